@@ -1,0 +1,190 @@
+"""ApproxDropoutMLP: Linear layers with an activation between them and a dropout site after each
+hidden activation, where the dropout is a row pattern, a tile pattern, or a baseline.
+
+Methods (one pattern or mask per dropout site per training step; eval runs the full network):
+- ``row``: a RowPattern per site; every layer computes only its kept outputs from its kept
+  inputs (``approxdrop::row_linear``), so hidden-to-hidden GEMMs shrink on both sides.
+- ``tile``: DropConnect on T x T tiles of the weight that reads each site (the next layer's
+  weight), so the site's randomness enters where dropout's does (``approxdrop::tile_linear``).
+  This placement is this project's choice (METHOD.md leaves it open).
+- ``bernoulli``: ``nn.Dropout`` (per element, full-size GEMMs).
+- ``shared``: batch-shared Bernoulli(p) over units, kept units gathered (irregular index sets).
+- ``none``: no dropout.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .distribution import PatternDistribution, check_rate, distribution_for
+from .ops import FULL, row_pattern_linear, tile_pattern_linear
+from .patterns import RowPattern, TilePattern, check_int
+
+METHODS = ("row", "tile", "bernoulli", "shared", "none")
+
+
+def shared_keep_indices(n: int, p: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Long[k]: units kept by one batch-shared Bernoulli(p) draw over ``n`` units."""
+    return (torch.rand(n, generator=generator) >= p).nonzero().flatten()
+
+
+def gathered_linear(x, weight, bias, in_index, out_index, in_scale: float):
+    """``in_scale * x @ W[out_index][:, in_index].T + b[out_index]`` with gathers (autograd
+    scatters the gradient back). ``None`` for an index means every unit of that side."""
+    if out_index is not None:
+        weight = weight.index_select(0, out_index)
+        bias = None if bias is None else bias.index_select(0, out_index)
+    if in_index is not None:
+        weight = weight.index_select(1, in_index)
+    y = nn.functional.linear(x, weight)
+    if in_scale != 1.0:
+        y = y * in_scale
+    return y if bias is None else y + bias
+
+
+class ApproxDropoutMLP(nn.Module):
+    """MLP ``sizes[0] -> ... -> sizes[-1]`` with dropout rate ``p`` after each hidden activation.
+
+    Args:
+        sizes: layer widths, at least two.
+        p: dropout rate in [0, 1).
+        method: one of ``METHODS``.
+        tile: tile size T for ``method="tile"``.
+        input_dropout: also put a dropout site on the input.
+        activation: module applied after every hidden Linear (default ReLU).
+        distributions: one PatternDistribution per site (row / tile); by default
+            ``distribution_for(p, width)`` of each site.
+        generator: CPU generator for pattern and mask draws (default: torch's global RNG).
+
+    After a training forward, ``last_patterns`` holds what each site drew (a pattern, a Long
+    index tensor of kept units for ``shared``, or None where nothing was drawn).
+    """
+
+    def __init__(
+        self,
+        sizes,
+        p: float,
+        method: str = "row",
+        *,
+        tile: int = 32,
+        input_dropout: bool = False,
+        activation: nn.Module | None = None,
+        distributions: list[PatternDistribution] | None = None,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__()
+        sizes = [check_int(f"sizes[{i}]", s, 1) for i, s in enumerate(sizes)]
+        if len(sizes) < 2:
+            raise ValueError(f"sizes needs at least an input and an output width, got {sizes}")
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+        self.sizes, self.p, self.method, self.tile = sizes, check_rate(p), method, check_int("tile", tile, 1)
+        self.input_dropout = bool(input_dropout)
+        self.generator = generator
+        self.linears = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
+        self.activation = activation if activation is not None else nn.ReLU()
+        self.dropout = nn.Dropout(self.p)
+        # site k sits on the input of linear k; site 0 exists only with input_dropout
+        self.site_widths = [sizes[i] if (i > 0 or self.input_dropout) else None for i in range(len(self.linears))]
+        self.distributions = self._site_distributions(distributions)
+        self.last_patterns: list = [None] * len(self.linears)
+
+    def _site_distributions(self, given):
+        if self.method not in ("row", "tile"):
+            if given is not None:
+                raise ValueError(f"distributions are for methods 'row' and 'tile', not {self.method!r}")
+            return None
+        widths = [w for w in self.site_widths if w is not None]
+        if given is None:
+            return [distribution_for(self.p, w, kind=self.method, tile=self.tile) for w in widths]
+        given = list(given)
+        if len(given) != len(widths):
+            raise ValueError(f"need one distribution per dropout site ({len(widths)}), got {len(given)}")
+        for d in given:
+            if not isinstance(d, PatternDistribution) or d.kind != self.method:
+                raise ValueError(f"method {self.method!r} needs {self.method} PatternDistributions, got {d!r}")
+            if self.method == "tile" and d.tile != self.tile:
+                raise ValueError(f"distribution tile {d.tile} differs from the model's tile {self.tile}")
+        return given
+
+    def draw(self) -> list:
+        """Draw this step's pattern (or shared mask) for every site; None where there is no site."""
+        if self.method in ("row", "tile"):
+            draws = iter(d.sample(self.generator) for d in self.distributions)
+            return [next(draws) if w is not None else None for w in self.site_widths]
+        if self.method == "shared":
+            return [shared_keep_indices(w, self.p, self.generator) if w is not None else None for w in self.site_widths]
+        return [None] * len(self.linears)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (Tensor[*, sizes[0]]) -> Tensor[*, sizes[-1]]."""
+        if x.shape[-1] != self.sizes[0]:
+            raise ValueError(f"input must have last dimension {self.sizes[0]}, got shape {tuple(x.shape)}")
+        if not self.training or self.method == "none" or self.p == 0.0:
+            self.last_patterns = [None] * len(self.linears)
+            return self._dense(x, dropout=False)
+        if self.method == "bernoulli":
+            self.last_patterns = [None] * len(self.linears)
+            return self._dense(x, dropout=True)
+        draws = self.draw()
+        self.last_patterns = draws
+        if self.method == "row":
+            return self._row(x, draws)
+        if self.method == "tile":
+            return self._tile(x, draws)
+        return self._shared(x, draws)
+
+    def _dense(self, x, dropout: bool):
+        last = len(self.linears) - 1
+        for i, linear in enumerate(self.linears):
+            if dropout and self.site_widths[i] is not None:
+                x = self.dropout(x)
+            x = linear(x)
+            if i < last:
+                x = self.activation(x)
+        return x
+
+    def _row(self, x, patterns: list[RowPattern | None]):
+        # x stays compact: [*, kept units of the current site]
+        outs = patterns[1:] + [None]
+        last = len(self.linears) - 1
+        if patterns[0] is not None:
+            x = x[..., patterns[0].selector(x.shape[-1], x.device)]  # [*, k_0]
+        for i, linear in enumerate(self.linears):
+            x = row_pattern_linear(x, linear.weight, linear.bias, patterns[i] or FULL, outs[i] or FULL)
+            if i < last:
+                x = self.activation(x)  # [*, k_{i+1}]
+        return x
+
+    def _tile(self, x, patterns: list[TilePattern | None]):
+        last = len(self.linears) - 1
+        for i, linear in enumerate(self.linears):
+            if patterns[i] is None:
+                x = linear(x)
+            else:
+                x = tile_pattern_linear(x, linear.weight, linear.bias, patterns[i])
+            if i < last:
+                x = self.activation(x)
+        return x
+
+    def _shared(self, x, kept: list[torch.Tensor | None]):
+        outs = kept[1:] + [None]
+        last = len(self.linears) - 1
+        scale = 1.0 / (1.0 - self.p)
+        if kept[0] is not None:
+            x = x.index_select(-1, kept[0].to(x.device))
+        for i, linear in enumerate(self.linears):
+            in_index = None if kept[i] is None else kept[i].to(x.device)
+            out_index = None if outs[i] is None else outs[i].to(x.device)
+            x = gathered_linear(
+                x, linear.weight, linear.bias, in_index, out_index, scale if in_index is not None else 1.0
+            )
+            if i < last:
+                x = self.activation(x)
+        return x
+
+    def extra_repr(self) -> str:
+        return f"sizes={self.sizes}, p={self.p}, method={self.method!r}" + (
+            f", tile={self.tile}" if self.method == "tile" else ""
+        )

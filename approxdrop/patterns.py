@@ -1,0 +1,152 @@
+"""Row and tile dropout patterns (METHOD.md §3): a few integers that say which units or tiles stay.
+
+A ``RowPattern(dp, offset, keep)`` keeps unit ``i`` iff ``(i - offset) mod dp < keep``.
+A ``TilePattern(dp, offset, tile, keep)`` keeps tile ``(a, b)`` of a weight's T x T tile grid iff
+``(b - a - offset) mod dp < keep``. Kept values are scaled by ``dp / keep`` (inverted dropout).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+def check_int(name: str, value: object, low: int, high: int | None = None) -> int:
+    """Return ``value`` if it is an int in ``[low, high]``, else raise ValueError naming it."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name} must be an int, got {value!r}")
+    if value < low or (high is not None and value > high):
+        bound = f"[{low}, {high}]" if high is not None else f">= {low}"
+        raise ValueError(f"{name} must be in {bound}, got {value}")
+    return value
+
+
+def periodic_count(n: int, dp: int, offset: int, keep: int) -> int:
+    """Number of ``i`` in ``[0, n)`` with ``(i - offset) mod dp < keep``, by arithmetic.
+    ``n`` may be a SymInt (fake tensors under torch.compile)."""
+    total = 0
+    for t in range(keep):
+        residue = (offset + t) % dp
+        total = total + torch.sym_max(0, (n - residue + dp - 1) // dp)
+    return total
+
+
+def periodic_mask(n: int, dp: int, offset: int, keep: int, device=None) -> torch.Tensor:
+    """Bool[n]: ``(i - offset) mod dp < keep`` for ``i`` in ``[0, n)``."""
+    i = torch.arange(n, device=device)
+    return torch.remainder(i - offset, dp) < keep
+
+
+@dataclass(frozen=True)
+class RowPattern:
+    """Keep unit ``i`` of ``n`` iff ``(i - offset) mod dp < keep``; nominal rate ``1 - keep/dp``."""
+
+    dp: int
+    offset: int
+    keep: int = 1
+
+    def __post_init__(self) -> None:
+        check_int("dp", self.dp, 1)
+        check_int("offset", self.offset, 0, self.dp - 1)
+        check_int("keep", self.keep, 1, self.dp)
+
+    @property
+    def rate(self) -> float:
+        """Nominal drop rate ``1 - keep/dp``."""
+        return 1.0 - self.keep / self.dp
+
+    @property
+    def scale(self) -> float:
+        """Factor ``dp/keep`` applied to kept activations."""
+        return self.dp / self.keep
+
+    def kept_count(self, n: int) -> int:
+        """How many of ``n`` units are kept (exact, also when dp does not divide n)."""
+        return periodic_count(check_int("n", n, 0), self.dp, self.offset, self.keep)
+
+    def keep_mask(self, n: int, device=None) -> torch.Tensor:
+        """Bool[n]: True for kept units."""
+        return periodic_mask(check_int("n", n, 0), self.dp, self.offset, self.keep, device)
+
+    def kept_indices(self, n: int, device=None) -> torch.Tensor:
+        """Long[k]: the kept units in increasing order."""
+        return self.keep_mask(n, device).nonzero().flatten()
+
+    def selector(self, n: int, device=None) -> slice | torch.Tensor:
+        """Kept units as a slice when they form one strided run (keep == 1 or keep == dp),
+        else as a Long index tensor. A slice lets a weight's kept rows be a view (no copy)."""
+        if self.keep == self.dp:
+            return slice(0, n)
+        if self.keep == 1:
+            return slice(self.offset, n, self.dp)
+        return self.kept_indices(n, device)
+
+
+@dataclass(frozen=True)
+class TilePattern:
+    """Keep T x T tile ``(a, b)`` of a weight iff ``(b - a - offset) mod dp < keep``.
+
+    Every tile row and tile column keeps the same share of tiles. The last tile row or column
+    may be partial when ``tile`` does not divide the weight's shape.
+    """
+
+    dp: int
+    offset: int
+    tile: int = 32
+    keep: int = 1
+
+    def __post_init__(self) -> None:
+        check_int("dp", self.dp, 1)
+        check_int("offset", self.offset, 0, self.dp - 1)
+        check_int("tile", self.tile, 1)
+        check_int("keep", self.keep, 1, self.dp)
+
+    @property
+    def rate(self) -> float:
+        """Nominal drop rate ``1 - keep/dp``."""
+        return 1.0 - self.keep / self.dp
+
+    @property
+    def scale(self) -> float:
+        """Factor ``dp/keep`` applied to kept weights."""
+        return self.dp / self.keep
+
+    def grid(self, n_out: int, n_in: int) -> tuple[int, int]:
+        """Tile-grid shape ``(ceil(n_out/T), ceil(n_in/T))``."""
+        check_int("n_out", n_out, 0)
+        check_int("n_in", n_in, 0)
+        return -(-n_out // self.tile), -(-n_in // self.tile)
+
+    def tile_mask(self, n_out: int, n_in: int, device=None) -> torch.Tensor:
+        """Bool[ceil(n_out/T), ceil(n_in/T)]: True for kept tiles."""
+        rows, cols = self.grid(n_out, n_in)
+        a = torch.arange(rows, device=device)[:, None]
+        b = torch.arange(cols, device=device)[None, :]
+        return torch.remainder(b - a - self.offset, self.dp) < self.keep
+
+    def keep_mask(self, n_out: int, n_in: int, device=None) -> torch.Tensor:
+        """Bool[n_out, n_in]: True for weights in kept tiles."""
+        tiles = self.tile_mask(n_out, n_in, device)
+        full = tiles.repeat_interleave(self.tile, 0).repeat_interleave(self.tile, 1)
+        return full[:n_out, :n_in]
+
+    def kept_count(self, n_out: int, n_in: int) -> int:
+        """How many weights lie in kept tiles."""
+        return int(self.keep_mask(n_out, n_in).sum())
+
+    def row_classes(self) -> list[tuple[RowPattern, RowPattern]]:
+        """The kept work as ``dp`` dense blocks, one per class ``r`` of tile rows ``a = r mod dp``.
+
+        Class ``r`` holds the output rows of tile rows ``a = r (mod dp)`` and needs exactly the
+        input columns of tile columns ``b`` with ``(b - r - offset) mod dp < keep``. Both sets
+        are periodic on elements with period ``dp * T``, returned as (rows, cols) row patterns.
+        """
+        period = self.dp * self.tile
+        return [
+            (
+                RowPattern(period, r * self.tile, self.tile),
+                RowPattern(period, ((r + self.offset) % self.dp) * self.tile, self.keep * self.tile),
+            )
+            for r in range(self.dp)
+        ]

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Set up and run every check on a fresh machine: a venv with the CPU torch wheel, the package
+# with its test extras, then ruff (lint + format) and pytest. Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+venv=${VENV:-.venv}
+[ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+# torch first and pinned: a plain `torch` requirement would pull several GB of CUDA packages
+"$venv/bin/python" -c "import torch" 2>/dev/null || "$venv/bin/pip" install -q torch==2.13.0
+"$venv/bin/pip" install -q -e ".[test]"
+"$venv/bin/ruff" check .
+"$venv/bin/ruff" format --check .
+"$venv/bin/python" -m pytest "$@"
