@@ -144,6 +144,7 @@ def bracket_distribution(p: float, kind: str = "row", tile: int = 32) -> Pattern
 
 
 def distribution_for(p: float, n: int, kind: str = "row", tile: int = 32) -> PatternDistribution:
-    """The distribution a dropout site of ``n`` units (row) or a weight (tile) uses by default."""
+    """The distribution a dropout site uses by default: ``n`` is its unit count (row) or the
+    number of T x T tiles of the weight it drops (tile)."""
     check_int("n", n, 1)
     return bracket_distribution(p, kind=kind, tile=tile)

@@ -97,7 +97,7 @@ class ApproxDropoutMLP(nn.Module):
             return None
         widths = [w for w in self.site_widths if w is not None]
         if given is None:
-            return [distribution_for(self.p, w, kind=self.method, tile=self.tile) for w in widths]
+            return [distribution_for(self.p, n, kind=self.method, tile=self.tile) for n in self._site_sizes()]
         given = list(given)
         if len(given) != len(widths):
             raise ValueError(f"need one distribution per dropout site ({len(widths)}), got {len(given)}")
@@ -107,6 +107,17 @@ class ApproxDropoutMLP(nn.Module):
             if self.method == "tile" and d.tile != self.tile:
                 raise ValueError(f"distribution tile {d.tile} differs from the model's tile {self.tile}")
         return given
+
+    def _site_sizes(self) -> list[int]:
+        """What each site's distribution is built for: its unit count (row), or the tile count
+        of the weight that reads it (tile)."""
+        sizes = []
+        for i, width in enumerate(self.site_widths):
+            if width is None:
+                continue
+            n_out, n_in = self.linears[i].weight.shape
+            sizes.append(width if self.method == "row" else -(-n_out // self.tile) * -(-n_in // self.tile))
+        return sizes
 
     def draw(self) -> list:
         """Draw this step's pattern (or shared mask) for every site; None where there is no site."""
