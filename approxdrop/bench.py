@@ -1,0 +1,199 @@
+"""Training-step benchmark: ApproxDropoutMLP, every method at every p, side by side in one process.
+
+One step is zero_grad + forward + cross-entropy + backward + optimizer step. For each p all
+methods are built from the same initial weights, warmed up, then timed in alternating rounds
+(the order rotates every round) so that drifts of the machine hit every method alike; each
+method's time is the median over rounds of the mean step time within a round. On CUDA every
+round is synchronised. Run ``python -m approxdrop.bench --help``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from .layers import METHODS, ApproxDropoutMLP
+
+PAPER_SIZES = (784, 2048, 2048, 10)
+
+
+def gemm_work_fraction(sizes, p: float, method: str, input_dropout: bool = False) -> float:
+    """Expected GEMM work left relative to the dense network (METHOD.md §6), the ideal bound.
+
+    Row / shared: a layer keeps ``(1-p)`` of its inputs (if a site feeds it) times ``(1-p)`` of
+    its outputs (if a site follows it). Tile: a layer keeps ``(1-p)`` of the weight that reads a
+    site. Bernoulli and none: everything.
+    """
+    dense = kept = 0.0
+    last = len(sizes) - 2
+    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        work = float(n_in * n_out)
+        site_in = i > 0 or input_dropout
+        keep = 1.0
+        if method in ("row", "shared"):
+            keep = (1 - p if site_in else 1.0) * (1 - p if i < last else 1.0)
+        elif method == "tile" and site_in:
+            keep = 1 - p
+        dense += work
+        kept += work * keep
+    return kept / dense
+
+
+@dataclass
+class BenchRow:
+    """One measured (method, p) cell."""
+
+    method: str
+    p: float
+    ms_per_step: float
+    ratio_to_bernoulli: float
+    gemm_work: float
+    rounds: int
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _make_step(model, x, target, lr: float):
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    loss_fn = torch.nn.CrossEntropyLoss()
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        loss_fn(model(x), target).backward()
+        opt.step()
+
+    return step
+
+
+def measure(
+    sizes=PAPER_SIZES,
+    batch: int = 128,
+    ps=(0.3, 0.5, 0.7),
+    methods=METHODS,
+    device: str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    tile: int = 32,
+    warmup: int = 3,
+    rounds: int = 7,
+    steps: int = 3,
+    seed: int = 0,
+    progress: bool = True,
+) -> list[BenchRow]:
+    """Time one training step per method and p; see the module docstring for the protocol."""
+    if "bernoulli" not in methods:
+        raise ValueError(f"methods must include 'bernoulli' (the baseline of the ratios), got {methods}")
+    dev = torch.device(device)
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, sizes[0], generator=gen).to(dev, dtype)
+    target = torch.randint(sizes[-1], (batch,), generator=gen).to(dev)
+    rows: list[BenchRow] = []
+    bar = tqdm(total=len(ps) * len(methods) * (warmup + rounds), desc="bench", disable=not progress, file=sys.stderr)
+    for p in ps:
+        steps_by_method = {}
+        for method in methods:
+            torch.manual_seed(seed)  # same initial weights for every method
+            model = ApproxDropoutMLP(sizes, p, method=method, tile=tile).to(dev, dtype).train()
+            steps_by_method[method] = _make_step(model, x, target, lr=0.01)
+        for method in methods:
+            for _ in range(warmup):
+                steps_by_method[method]()
+                bar.update()
+        times = {m: [] for m in methods}
+        for r in range(rounds):
+            order = methods[r % len(methods) :] + methods[: r % len(methods)]
+            for method in order:
+                step = steps_by_method[method]
+                _sync(dev)
+                start = time.perf_counter()
+                for _ in range(steps):
+                    step()
+                _sync(dev)
+                times[method].append((time.perf_counter() - start) / steps)
+                bar.update()
+        base = statistics.median(times["bernoulli"])
+        for method in methods:
+            med = statistics.median(times[method])
+            rows.append(BenchRow(method, p, 1e3 * med, med / base, gemm_work_fraction(sizes, p, method), rounds))
+    bar.close()
+    return rows
+
+
+def format_table(rows: list[BenchRow]) -> str:
+    """Markdown table: method, p, ms/step, ratio to bernoulli, GEMM-work bound."""
+    lines = [
+        "| p | method | ms / step | ratio to bernoulli | GEMM work left (bound) |",
+        "|---:|---|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r.p:.1f} | {r.method} | {r.ms_per_step:.2f} | {r.ratio_to_bernoulli:.3f} | {r.gemm_work:.3f} |"
+        )
+    return "\n".join(lines)
+
+
+def describe_machine(device: str) -> str:
+    """One line naming the device, torch version and date, for recorded tables."""
+    if device.startswith("cuda"):
+        name = torch.cuda.get_device_name(torch.device(device))
+        where = f"{name}, CUDA {torch.version.cuda}, TF32 matmul {torch.backends.cuda.matmul.allow_tf32}"
+    else:
+        where = f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    return f"{where}; torch {torch.__version__}; {datetime.date.today().isoformat()}"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="approxdrop bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=list(PAPER_SIZES), help="MLP widths")
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--ps", type=float, nargs="+", default=[0.3, 0.5, 0.7], help="dropout rates")
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float64", "bfloat16", "float16"])
+    parser.add_argument("--tile", type=int, default=32)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--steps", type=int, default=3, help="steps per method per round")
+    parser.add_argument("--tf32", action="store_true", help="allow TF32 matmuls (both sides alike)")
+    parser.add_argument("--json", help="also write the rows to this JSON file")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: CUDA is not available in this torch ({torch.__version__})")
+    torch.backends.cuda.matmul.allow_tf32 = args.tf32
+    rows = measure(
+        sizes=tuple(args.sizes),
+        batch=args.batch,
+        ps=tuple(args.ps),
+        methods=tuple(args.methods),
+        device=args.device,
+        dtype=getattr(torch, args.dtype),
+        tile=args.tile,
+        warmup=args.warmup,
+        rounds=args.rounds,
+        steps=args.steps,
+        progress=not args.no_progress,
+    )
+    print(f"ApproxDropoutMLP {args.sizes}, batch {args.batch}, {args.dtype}; {describe_machine(args.device)}")
+    print(format_table(rows))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(
+                {"machine": describe_machine(args.device), "args": vars(args), "rows": [asdict(r) for r in rows]}, f
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

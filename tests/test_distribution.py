@@ -1,0 +1,96 @@
+"""PatternDistribution: exact rates by enumeration, sampling, serialisation, the closed-form default."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from approxdrop import PatternDistribution, RowPattern, TilePattern, bracket_distribution
+
+MIXED = PatternDistribution(((1, 1), (3, 1), (5, 2), (4, 3)), (0.1, 0.4, 0.3, 0.2))
+
+
+@pytest.mark.parametrize("p", [0.0, 0.05, 0.3, 0.5, 0.6, 2 / 3, 0.7, 0.9, 0.99])
+def test_bracket_default_has_exactly_rate_p_for_every_unit(p):
+    dist = bracket_distribution(p)
+    assert dist.expected_rate == pytest.approx(p, abs=1e-12)
+    assert all(keep == 1 for _, keep in dist.pairs) and len(dist.pairs) <= 2
+    dps = [dp for dp, _ in dist.pairs]
+    assert max(dps) - min(dps) <= 1  # the two neighbouring paper patterns
+    for n in (1, 7, 64, 101):  # divisible or not by the periods
+        probs = dist.drop_probability(n)
+        assert torch.allclose(probs, torch.full((n,), p, dtype=torch.float64), atol=1e-12)
+
+
+def test_drop_probability_is_exact_by_enumeration_for_any_mixture():
+    rate = 0.1 * 0 + 0.4 * (2 / 3) + 0.3 * (3 / 5) + 0.2 * (1 / 4)
+    assert MIXED.expected_rate == pytest.approx(rate)
+    assert MIXED.expected_keep == pytest.approx(1 - rate)
+    probs = MIXED.drop_probability(37)
+    assert torch.allclose(probs, torch.full((37,), rate, dtype=torch.float64), atol=1e-12)
+    assert sum(w for _, w in MIXED.enumerate()) == pytest.approx(1.0)
+
+
+def test_tile_drop_probability_covers_partial_tiles():
+    dist = PatternDistribution(((2, 1), (3, 2)), (0.5, 0.5), kind="tile", tile=4)
+    probs = dist.drop_probability((10, 13))  # partial last tile row and column
+    assert probs.shape == (10, 13)
+    assert torch.allclose(probs, torch.full_like(probs, dist.expected_rate), atol=1e-12)
+
+
+def test_samples_follow_the_probabilities_and_uniform_offsets():
+    gen = torch.Generator().manual_seed(0)
+    draws = [MIXED.sample(gen) for _ in range(20000)]
+    for (dp, keep), q in zip(MIXED.pairs, MIXED.probs):
+        picked = [d for d in draws if (d.dp, d.keep) == (dp, keep)]
+        # 5 standard errors: fails for a wrong law, passes by chance with probability ~ 1e-6
+        assert abs(len(picked) / len(draws) - q) < 5 * math.sqrt(q * (1 - q) / len(draws))
+        counts = torch.bincount(torch.tensor([d.offset for d in picked]), minlength=dp)
+        assert len(counts) == dp and counts.min() > 0.8 * len(picked) / dp
+
+
+def test_same_generator_seed_gives_the_same_patterns():
+    a = [MIXED.sample(torch.Generator().manual_seed(7)) for _ in range(3)]
+    gen1, gen2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    assert [MIXED.sample(gen1) for _ in range(50)] == [MIXED.sample(gen2) for _ in range(50)]
+    assert a[0] == a[1] == a[2]
+
+
+def test_sample_makes_patterns_of_its_kind():
+    tile = PatternDistribution(((2, 1),), (1.0,), kind="tile", tile=16)
+    pattern = tile.sample(torch.Generator().manual_seed(0))
+    assert isinstance(pattern, TilePattern) and pattern.tile == 16
+    assert isinstance(MIXED.sample(), RowPattern)
+
+
+def test_to_dict_is_json_safe_and_round_trips():
+    dist = PatternDistribution(
+        ((2, 1), (3, 1)), (0.25, 0.75), kind="tile", tile=8, n=64, target_p=0.625, distance=0.5, loss_history=(3, 2, 1)
+    )
+    again = PatternDistribution.from_dict(json.loads(json.dumps(dist.to_dict())))
+    assert again == dist and again.loss_history == (3.0, 2.0, 1.0)
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda: PatternDistribution(((2, 1),), (0.5,)), "sum to 1"),
+        (lambda: PatternDistribution(((2, 1), (3, 1)), (1.2, -0.2)), "must be >= 0"),
+        (lambda: PatternDistribution(((2, 1),), (0.5, 0.5)), "as many probabilities"),
+        (lambda: PatternDistribution((), ()), "as many probabilities"),
+        (lambda: PatternDistribution(((2, 3),), (1.0,)), "keep must be in \\[1, 2\\], got 3"),
+        (lambda: PatternDistribution(((0, 1),), (1.0,)), "dp must be in"),
+        (lambda: PatternDistribution(((2, 1), (2, 1)), (0.5, 0.5)), "distinct"),
+        (lambda: PatternDistribution(((2, 1),), (1.0,), kind="diag"), "kind must be one of"),
+        (lambda: PatternDistribution(((2, 1),), (1.0,)).drop_probability((3, 4)), "int unit count"),
+        (lambda: PatternDistribution(((2, 1),), (1.0,), kind="tile").drop_probability(5), "weight shape"),
+        (lambda: PatternDistribution.from_dict({"probs": [1.0]}), "not a PatternDistribution dict"),
+        (lambda: bracket_distribution(1.0), "p must be a number in \\[0, 1\\), got 1.0"),
+        (lambda: bracket_distribution(-0.1), "got -0.1"),
+        (lambda: bracket_distribution("0.5"), "got '0.5'"),
+    ],
+)
+def test_bad_arguments_raise_value_error(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()

@@ -1,0 +1,239 @@
+"""The approxdrop:: ops against dense masked references: forward, backward, gradcheck, opcheck,
+exact unbiasedness by enumeration, what autograd saves, and errors."""
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from approxdrop import PatternDistribution, RowPattern, TilePattern, row_pattern_linear, tile_pattern_linear
+from approxdrop.ops import (
+    row_linear,
+    row_linear_backward,
+    row_linear_reference,
+    tile_linear,
+    tile_linear_backward,
+    tile_linear_reference,
+)
+
+F64 = torch.float64
+
+
+@st.composite
+def row_patterns(draw):
+    dp = draw(st.integers(1, 7))
+    return RowPattern(dp, draw(st.integers(0, dp - 1)), draw(st.integers(1, dp)))
+
+
+@st.composite
+def tile_patterns(draw):
+    dp = draw(st.integers(1, 5))
+    return TilePattern(dp, draw(st.integers(0, dp - 1)), draw(st.integers(1, 7)), draw(st.integers(1, dp)))
+
+
+def _assert_same_forward_backward(op, reference, inputs):
+    """Same output and same gradients (for a random upstream gradient) as the reference."""
+    y = op(*inputs)
+    expected = reference(*inputs)
+    torch.testing.assert_close(y, expected)
+    leaves = [t for t in inputs if isinstance(t, torch.Tensor) and t.requires_grad]
+    upstream = torch.randn_like(y)
+    got = torch.autograd.grad(y, leaves, upstream, allow_unused=True)
+    want = torch.autograd.grad(expected, leaves, upstream, allow_unused=True)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w)
+
+
+@given(row_patterns(), row_patterns(), st.integers(1, 40), st.integers(1, 40), st.booleans(), st.integers(0, 2**16))
+def test_row_linear_matches_dense_masked_reference(in_p, out_p, n_in, n_out, with_bias, seed):
+    gen = torch.Generator().manual_seed(seed)
+    weight = torch.randn(n_out, n_in, generator=gen, dtype=F64, requires_grad=True)
+    bias = torch.randn(n_out, generator=gen, dtype=F64, requires_grad=True) if with_bias else None
+    x = torch.randn(2, 3, in_p.kept_count(n_in), generator=gen, dtype=F64, requires_grad=True)  # leading dims
+    _assert_same_forward_backward(row_pattern_linear, row_linear_reference, (x, weight, bias, in_p, out_p))
+
+
+@given(tile_patterns(), st.integers(1, 40), st.integers(1, 40), st.booleans(), st.integers(0, 2**16))
+def test_tile_linear_matches_dense_masked_reference(pattern, n_in, n_out, with_bias, seed):
+    gen = torch.Generator().manual_seed(seed)
+    weight = torch.randn(n_out, n_in, generator=gen, dtype=F64, requires_grad=True)
+    bias = torch.randn(n_out, generator=gen, dtype=F64, requires_grad=True) if with_bias else None
+    x = torch.randn(2, 3, n_in, generator=gen, dtype=F64, requires_grad=True)
+    _assert_same_forward_backward(tile_pattern_linear, tile_linear_reference, (x, weight, bias, pattern))
+
+
+def test_float32_row_and_tile_match_their_float64_reference():
+    gen = torch.Generator().manual_seed(0)
+    weight, bias = torch.randn(70, 90, generator=gen), torch.randn(70, generator=gen)
+    in_p, out_p, tile_p = RowPattern(3, 2), RowPattern(4, 1, 3), TilePattern(3, 1, tile=8, keep=2)
+    x = torch.randn(16, in_p.kept_count(90), generator=gen)
+    ref = row_linear_reference(x.double(), weight.double(), bias.double(), in_p, out_p)
+    torch.testing.assert_close(row_pattern_linear(x, weight, bias, in_p, out_p), ref.float(), rtol=1e-5, atol=1e-4)
+    x = torch.randn(16, 90, generator=gen)
+    ref = tile_linear_reference(x.double(), weight.double(), bias.double(), tile_p)
+    torch.testing.assert_close(tile_pattern_linear(x, weight, bias, tile_p), ref.float(), rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "in_p, out_p, n_in, n_out",
+    [
+        (RowPattern(2, 1), RowPattern(3, 0), 11, 13),  # paper family, sizes not divisible
+        (RowPattern(4, 3, 2), RowPattern(5, 4, 3), 17, 9),  # extended, runs that wrap the period
+        (RowPattern(1, 0), RowPattern(1, 0), 5, 4),  # dp = 1: no dropout
+        (RowPattern(6, 5), RowPattern(2, 0), 4, 6),  # n < dp: the input keeps nothing
+    ],
+)
+def test_row_linear_gradcheck(in_p, out_p, n_in, n_out):
+    gen = torch.Generator().manual_seed(1)
+    weight = torch.randn(n_out, n_in, generator=gen, dtype=F64, requires_grad=True)
+    bias = torch.randn(n_out, generator=gen, dtype=F64, requires_grad=True)
+    x = torch.randn(3, in_p.kept_count(n_in), generator=gen, dtype=F64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda *t: row_pattern_linear(*t, in_p, out_p), (x, weight, bias))
+
+
+@pytest.mark.parametrize(
+    "pattern, n_in, n_out",
+    [
+        (TilePattern(2, 1, tile=3), 11, 7),  # partial tiles
+        (TilePattern(3, 2, tile=2, keep=2), 9, 10),
+        (TilePattern(4, 3, tile=16), 5, 6),  # one tile
+        (TilePattern(1, 0, tile=4), 6, 5),  # dp = 1
+    ],
+)
+def test_tile_linear_gradcheck(pattern, n_in, n_out):
+    gen = torch.Generator().manual_seed(2)
+    weight = torch.randn(n_out, n_in, generator=gen, dtype=F64, requires_grad=True)
+    bias = torch.randn(n_out, generator=gen, dtype=F64, requires_grad=True)
+    x = torch.randn(3, n_in, generator=gen, dtype=F64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda *t: tile_pattern_linear(*t, pattern), (x, weight, bias))
+
+
+def test_opcheck_all_ops():
+    gen = torch.Generator().manual_seed(3)
+    weight = torch.randn(13, 11, generator=gen, dtype=F64, requires_grad=True)
+    bias = torch.randn(13, generator=gen, dtype=F64, requires_grad=True)
+    x_row = torch.randn(5, RowPattern(3, 1, 2).kept_count(11), generator=gen, dtype=F64, requires_grad=True)
+    x_tile = torch.randn(5, 11, generator=gen, dtype=F64, requires_grad=True)
+    torch.library.opcheck(row_linear, (x_row, weight, bias, 3, 1, 2, 4, 3, 1))
+    torch.library.opcheck(row_linear, (x_row, weight, None, 3, 1, 2, 1, 0, 1))
+    torch.library.opcheck(tile_linear, (x_tile, weight, bias, 3, 2, 2, 4))
+    grad_row = torch.randn(5, RowPattern(4, 3).kept_count(13), dtype=F64)
+    torch.library.opcheck(row_linear_backward, (grad_row, x_row.detach(), weight.detach(), 3, 1, 2, 4, 3, 1))
+    torch.library.opcheck(
+        tile_linear_backward, (torch.randn(5, 13, dtype=F64), x_tile.detach(), weight.detach(), 3, 2, 2, 4)
+    )
+
+
+def _expand(compact, pattern, n):
+    full = compact.new_zeros(*compact.shape[:-1], n)
+    full[..., pattern.keep_mask(n)] = compact
+    return full
+
+
+@pytest.mark.parametrize(
+    "dist",
+    [
+        PatternDistribution(((2, 1), (3, 1)), (0.4, 0.6)),
+        PatternDistribution(((1, 1), (4, 3), (5, 2), (7, 1)), (0.1, 0.3, 0.4, 0.2)),
+    ],
+)
+def test_row_dropout_is_exactly_unbiased(dist):
+    """Sum over every pattern and offset, weighted by its probability, of the layer's output with
+    dropout on its input equals the no-dropout output (METHOD.md §4b)."""
+    gen = torch.Generator().manual_seed(4)
+    weight, bias = torch.randn(9, 23, generator=gen, dtype=F64), torch.randn(9, generator=gen, dtype=F64)
+    x = torch.randn(4, 23, generator=gen, dtype=F64)
+    expected = torch.zeros(4, 9, dtype=F64)
+    for pattern, prob in dist.enumerate():
+        kept_x = x[:, pattern.keep_mask(23)]
+        expected += prob * row_pattern_linear(kept_x, weight, bias, pattern, RowPattern(1, 0))
+    torch.testing.assert_close(expected, torch.nn.functional.linear(x, weight, bias), rtol=1e-12, atol=1e-12)
+    # and a dropped output site keeps every unit's expectation: E[mask * scale * y] = y
+    y = torch.nn.functional.linear(x, weight, bias)
+    mean = sum(
+        prob * pattern.scale * _expand(y[:, pattern.keep_mask(9)], pattern, 9) for pattern, prob in dist.enumerate()
+    )
+    torch.testing.assert_close(mean, y, rtol=1e-12, atol=1e-12)
+
+
+def test_tile_dropout_is_exactly_unbiased():
+    dist = PatternDistribution(((2, 1), (3, 2), (4, 1)), (0.3, 0.3, 0.4), kind="tile", tile=3)
+    gen = torch.Generator().manual_seed(5)
+    weight, bias = torch.randn(10, 14, generator=gen, dtype=F64), torch.randn(10, generator=gen, dtype=F64)
+    x = torch.randn(4, 14, generator=gen, dtype=F64)
+    mean = sum(prob * tile_pattern_linear(x, weight, bias, pattern) for pattern, prob in dist.enumerate())
+    torch.testing.assert_close(mean, torch.nn.functional.linear(x, weight, bias), rtol=1e-12, atol=1e-12)
+
+
+def test_dropped_weights_get_exactly_zero_gradient():
+    weight = torch.randn(12, 10, requires_grad=True)
+    bias = torch.randn(12, requires_grad=True)
+    in_p, out_p = RowPattern(2, 1), RowPattern(3, 2)
+    row_pattern_linear(torch.randn(4, 5), weight, bias, in_p, out_p).square().sum().backward()
+    kept = out_p.keep_mask(12)[:, None] & in_p.keep_mask(10)[None, :]
+    assert (weight.grad[~kept] == 0).all() and (weight.grad[kept] != 0).all()
+    assert (bias.grad[~out_p.keep_mask(12)] == 0).all()
+    weight.grad = None
+    tile_p = TilePattern(2, 0, tile=4)
+    tile_pattern_linear(torch.randn(4, 10), weight, None, tile_p).square().sum().backward()
+    assert torch.equal(weight.grad != 0, tile_p.keep_mask(12, 10))
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda x, w, b: row_pattern_linear(x[:, :5], w, b, RowPattern(2, 1), RowPattern(3, 0)),
+        lambda x, w, b: tile_pattern_linear(x, w, b, TilePattern(3, 1, tile=4, keep=2)),
+    ],
+)
+def test_backward_saves_only_x_and_weight(call):
+    """No mask or index tensor is kept for backward: the pattern travels as integers."""
+    saved = []
+    x, w, b = torch.randn(3, 11), torch.randn(7, 11, requires_grad=True), torch.randn(7, requires_grad=True)
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        y = call(x, w, b)
+    assert len(saved) == 2 and {tuple(t.shape) for t in saved} <= {tuple(w.shape), (3, 5), (3, 11)}
+    y.sum().backward()
+    assert w.grad is not None
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (
+            lambda: row_pattern_linear(torch.randn(2, 7), torch.randn(4, 10), None, RowPattern(2, 0), RowPattern(1, 0)),
+            "last dimension 5",
+        ),
+        (
+            lambda: row_pattern_linear(torch.randn(2, 5), torch.randn(10), None, RowPattern(2, 0), RowPattern(1, 0)),
+            "weight must be 2-D",
+        ),
+        (
+            lambda: row_pattern_linear(
+                torch.randn(2, 5), torch.randn(4, 10), torch.randn(3), RowPattern(2, 0), RowPattern(1, 0)
+            ),
+            "bias must have shape \\(4,\\)",
+        ),
+        (lambda: row_linear(torch.randn(2, 5), torch.randn(4, 10), None, 0, 0, 1, 1, 0, 1), "dp must be in"),
+        (lambda: row_linear(torch.randn(2, 5), torch.randn(4, 10), None, 2, 0, 1, 2, 5, 1), "offset must be in"),
+        (
+            lambda: tile_pattern_linear(torch.randn(2, 9), torch.randn(4, 10), None, TilePattern(2, 0)),
+            "last dimension 10",
+        ),
+        (lambda: tile_linear(torch.randn(2, 10), torch.randn(4, 10), None, 2, 0, 3, 4), "keep must be in"),
+        (lambda: tile_linear(torch.randn(2, 10), torch.randn(4, 10), None, 2, 0, 1, 0), "tile must be in"),
+    ],
+)
+def test_bad_input_raises_clear_value_error(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
+
+
+def test_torch_compile_traces_the_ops():
+    in_p, out_p, tile_p = RowPattern(2, 1), RowPattern(3, 0), TilePattern(2, 1, tile=4)
+
+    def f(x, w, b):
+        return tile_pattern_linear(row_pattern_linear(x, w, b, in_p, out_p), w[:4, :3], None, tile_p)
+
+    x, w, b = torch.randn(4, 6), torch.randn(9, 12), torch.randn(9)
+    torch.testing.assert_close(torch.compile(f, fullgraph=True)(x, w, b), f(x, w, b))

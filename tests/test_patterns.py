@@ -1,0 +1,93 @@
+"""RowPattern / TilePattern against a slow loop spec of METHOD.md §3, on random sizes."""
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from approxdrop import RowPattern, TilePattern
+
+
+@st.composite
+def row_args(draw):
+    dp = draw(st.integers(1, 12))
+    return dp, draw(st.integers(0, dp - 1)), draw(st.integers(1, dp))
+
+
+def spec_row_kept(n, dp, offset, keep):
+    """The definition, one unit at a time."""
+    return [i for i in range(n) if (i - offset) % dp < keep]
+
+
+def spec_tile_kept(n_out, n_in, dp, offset, tile, keep):
+    """Element (i, j) is kept iff its tile (i // T, j // T) is kept."""
+    return [[(j // tile - i // tile - offset) % dp < keep for j in range(n_in)] for i in range(n_out)]
+
+
+@given(row_args(), st.integers(0, 70))
+def test_row_pattern_matches_spec(args, n):
+    dp, offset, keep = args
+    pattern = RowPattern(dp, offset, keep)
+    kept = spec_row_kept(n, dp, offset, keep)
+    assert pattern.kept_indices(n).tolist() == kept
+    assert pattern.keep_mask(n).nonzero().flatten().tolist() == kept
+    assert pattern.kept_count(n) == len(kept)
+    assert torch.arange(n)[pattern.selector(n)].tolist() == kept
+    assert pattern.rate == pytest.approx(1 - keep / dp)
+    assert pattern.scale == pytest.approx(dp / keep)
+
+
+@given(row_args(), st.integers(1, 9), st.integers(0, 40), st.integers(0, 40))
+def test_tile_pattern_matches_spec(args, tile, n_out, n_in):
+    dp, offset, keep = args
+    pattern = TilePattern(dp, offset, tile, keep)
+    expected = torch.tensor(spec_tile_kept(n_out, n_in, dp, offset, tile, keep), dtype=torch.bool).reshape(n_out, n_in)
+    assert torch.equal(pattern.keep_mask(n_out, n_in), expected)
+    assert pattern.kept_count(n_out, n_in) == int(expected.sum())
+    grid = pattern.tile_mask(n_out, n_in)
+    assert grid.shape == (-(-n_out // tile), -(-n_in // tile))
+
+
+@given(row_args(), st.integers(1, 6), st.integers(1, 30), st.integers(1, 30))
+def test_tile_row_classes_cover_exactly_the_kept_tiles(args, tile, n_out, n_in):
+    dp, offset, keep = args
+    pattern = TilePattern(dp, offset, tile, keep)
+    covered = torch.zeros(n_out, n_in, dtype=torch.int64)
+    for rows, cols in pattern.row_classes():
+        covered[rows.keep_mask(n_out)[:, None] & cols.keep_mask(n_in)[None, :]] += 1
+    assert torch.equal(covered, pattern.keep_mask(n_out, n_in).long())
+
+
+def test_every_tile_row_and_column_keeps_the_same_share():
+    mask = TilePattern(4, 1, tile=8, keep=1).tile_mask(64, 128)  # 8 x 16 tiles
+    assert mask.sum(1).tolist() == [4] * 8
+    assert mask.sum(0).tolist() == [2] * 16
+
+
+def test_paper_pattern_rows_are_one_strided_view():
+    weight = torch.arange(24.0).reshape(8, 3)
+    sel = RowPattern(3, 1).selector(8)
+    view = weight[sel]
+    assert view.data_ptr() == weight[1].data_ptr() and view.stride() == (9, 1)
+    assert view[:, 0].tolist() == [3.0, 12.0, 21.0]
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda: RowPattern(0, 0), "dp must be in"),
+        (lambda: RowPattern(3, 3), "offset must be in \\[0, 2\\], got 3"),
+        (lambda: RowPattern(3, -1), "offset must be in"),
+        (lambda: RowPattern(3, 0, keep=0), "keep must be in \\[1, 3\\], got 0"),
+        (lambda: RowPattern(3, 0, keep=4), "keep must be in"),
+        (lambda: RowPattern(2.0, 0), "dp must be an int, got 2.0"),
+        (lambda: RowPattern(True, 0), "dp must be an int"),
+        (lambda: TilePattern(2, 0, tile=0), "tile must be in"),
+        (lambda: TilePattern(2, 2), "offset must be in"),
+        (lambda: RowPattern(2, 0).keep_mask(-1), "n must be in"),
+        (lambda: TilePattern(2, 0).keep_mask(-3, 4), "n_out must be in"),
+    ],
+)
+def test_bad_arguments_raise_value_error_naming_the_value(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
