@@ -1,0 +1,177 @@
+"""ApproxDropoutMLP: patterns per site per step, eval = dense, exact agreement with a dense masked
+reference, reproducibility, optimizers, and argument errors."""
+
+import pytest
+import torch
+from torch import nn
+
+from approxdrop import METHODS, ApproxDropoutMLP, PatternDistribution, RowPattern, TilePattern
+
+SIZES = [20, 17, 13, 5]
+
+
+def dense_reference(model: ApproxDropoutMLP, x: torch.Tensor, draws) -> torch.Tensor:
+    """The same network on full-size tensors with each site's mask applied explicitly."""
+    last = len(model.linears) - 1
+    for i, linear in enumerate(model.linears):
+        weight, draw = linear.weight, draws[i]
+        if isinstance(draw, RowPattern):
+            x = x * draw.keep_mask(x.shape[-1]) * draw.scale
+        elif isinstance(draw, TilePattern):
+            weight = weight * draw.keep_mask(*weight.shape) * draw.scale
+        elif isinstance(draw, torch.Tensor):  # shared: kept unit indices
+            mask = torch.zeros(x.shape[-1], dtype=torch.bool)
+            mask[draw] = True
+            x = x * mask / (1 - model.p)
+        x = nn.functional.linear(x, weight, linear.bias)
+        if i < last:
+            x = model.activation(x)
+    return x
+
+
+@pytest.mark.parametrize("method", ["row", "tile", "shared"])
+@pytest.mark.parametrize("input_dropout", [False, True])
+def test_training_forward_and_backward_equal_the_dense_masked_network(method, input_dropout):
+    torch.manual_seed(0)
+    model = ApproxDropoutMLP(SIZES, 0.5, method=method, tile=4, input_dropout=input_dropout).double()
+    x = torch.randn(6, SIZES[0], dtype=torch.float64)
+    for _ in range(5):  # several steps: several draws
+        y = model(x)
+        draws = model.last_patterns
+        assert (draws[0] is not None) == input_dropout and all(d is not None for d in draws[1:])
+        grads = torch.autograd.grad(y.square().sum(), list(model.parameters()))
+        ref = dense_reference(model, x, draws)
+        ref_grads = torch.autograd.grad(ref.square().sum(), list(model.parameters()))
+        torch.testing.assert_close(y, ref)
+        for g, r in zip(grads, ref_grads):
+            torch.testing.assert_close(g, r)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_eval_mode_is_the_dense_network_without_dropout(method):
+    torch.manual_seed(1)
+    model = ApproxDropoutMLP(SIZES, 0.7, method=method, tile=4, input_dropout=True).eval()
+    x = torch.randn(8, SIZES[0])
+    torch.testing.assert_close(model(x), dense_reference(model, x, [None] * 3))
+    assert model.last_patterns == [None, None, None]
+
+
+def test_parameters_are_the_linear_weights_and_biases_in_layer_order():
+    model = ApproxDropoutMLP([4, 3, 2], 0.5)
+    shapes = [tuple(p.shape) for p in model.parameters()]
+    assert shapes == [(3, 4), (3,), (2, 3), (2,)]
+    assert isinstance(model.activation, nn.ReLU)
+
+
+def test_one_pattern_per_site_per_step_drawn_from_the_site_distribution():
+    dist = PatternDistribution(((2, 1), (4, 3)), (0.5, 0.5))
+    model = ApproxDropoutMLP([6, 8, 8, 2], 0.375, method="row", distributions=[dist, dist])
+    seen = set()
+    for _ in range(200):
+        model(torch.randn(3, 6))
+        seen.update((d.dp, d.keep, d.offset) for d in model.last_patterns[1:])
+    assert seen == {(2, 1, 0), (2, 1, 1)} | {(4, 3, o) for o in range(4)}
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_same_seed_gives_identical_runs(method):
+    def run():
+        torch.manual_seed(123)
+        model = ApproxDropoutMLP(SIZES, 0.5, method=method, tile=4)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        x, t = torch.randn(16, SIZES[0]), torch.randint(5, (16,))
+        losses = []
+        for _ in range(4):
+            opt.zero_grad()
+            loss = nn.functional.cross_entropy(model(x), t)
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+        return losses, [p.detach().clone() for p in model.parameters()]
+
+    (l1, p1), (l2, p2) = run(), run()
+    assert l1 == l2 and all(torch.equal(a, b) for a, b in zip(p1, p2))
+
+
+def test_private_generator_makes_patterns_independent_of_global_seed():
+    draws = []
+    for global_seed in (0, 1):
+        torch.manual_seed(global_seed)
+        model = ApproxDropoutMLP(SIZES, 0.6, generator=torch.Generator().manual_seed(9))
+        model(torch.randn(2, SIZES[0]))
+        draws.append(model.last_patterns)
+    assert draws[0] == draws[1]
+
+
+@pytest.mark.parametrize("optimizer, lr", [(torch.optim.SGD, 0.2), (torch.optim.Adam, 1e-2), (torch.optim.AdamW, 1e-2)])
+@pytest.mark.parametrize("method", ["row", "tile"])
+def test_trains_with_any_optimizer_and_dropped_weights_get_zero_gradient(optimizer, lr, method):
+    torch.manual_seed(2)
+    model = ApproxDropoutMLP([10, 32, 32, 3], 0.5, method=method, tile=8)
+    opt = optimizer(model.parameters(), lr=lr)
+    x = torch.randn(128, 10)
+    t = (x @ torch.randn(10, 3)).argmax(1)  # a learnable labelling
+
+    def eval_loss():
+        with torch.no_grad():
+            return nn.functional.cross_entropy(model.eval()(x), t).item()
+
+    before = eval_loss()
+    for _ in range(60):
+        model.train()
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), t).backward()
+        opt.step()
+    grad = model.linears[1].weight.grad
+    draw_in, draw_out = model.last_patterns[1], model.last_patterns[2]  # the last step's draws
+    assert eval_loss() < 0.6 * before  # it learns
+    if method == "row":
+        kept = draw_out.keep_mask(32)[:, None] & draw_in.keep_mask(32)[None, :]
+    else:
+        kept = draw_in.keep_mask(32, 32)
+    assert (grad[~kept] == 0).all() and grad[kept].abs().sum() > 0
+
+
+def test_row_method_runs_the_hidden_gemm_on_the_kept_units_only():
+    model = ApproxDropoutMLP([8, 12, 12, 2], 0.5, method="row", generator=torch.Generator().manual_seed(0))
+    shapes = []
+    hook = model.activation.register_forward_hook(lambda m, args, out: shapes.append(tuple(out.shape)))
+    model(torch.randn(4, 8))
+    hook.remove()
+    kept = [d.kept_count(12) for d in model.last_patterns[1:]]
+    assert shapes == [(4, kept[0]), (4, kept[1])] and kept == [6, 6]
+
+
+def test_p_zero_is_the_dense_network_in_training_too():
+    model = ApproxDropoutMLP(SIZES, 0.0, method="row")
+    x = torch.randn(3, SIZES[0])
+    torch.testing.assert_close(model(x), dense_reference(model, x, [None] * 3))
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda: ApproxDropoutMLP([10], 0.5), "at least an input and an output"),
+        (lambda: ApproxDropoutMLP([10, 0, 3], 0.5), "sizes\\[1\\] must be in"),
+        (lambda: ApproxDropoutMLP([10, 5.5, 3], 0.5), "sizes\\[1\\] must be an int, got 5.5"),
+        (lambda: ApproxDropoutMLP([10, 5, 3], 1.0), "p must be a number in \\[0, 1\\), got 1.0"),
+        (lambda: ApproxDropoutMLP([10, 5, 3], -0.2), "got -0.2"),
+        (lambda: ApproxDropoutMLP([10, 5, 3], 0.5, method="gaussian"), "method must be one of"),
+        (lambda: ApproxDropoutMLP([10, 5, 3], 0.5, method="tile", tile=0), "tile must be in"),
+        (lambda: ApproxDropoutMLP([10, 5, 3], 0.5, distributions=[]), "one distribution per dropout site \\(1\\)"),
+        (
+            lambda: ApproxDropoutMLP([10, 5, 3], 0.5, method="bernoulli", distributions=[]),
+            "distributions are for methods",
+        ),
+        (
+            lambda: ApproxDropoutMLP(
+                [10, 5, 3], 0.5, method="tile", distributions=[PatternDistribution(((2, 1),), (1.0,))]
+            ),
+            "needs tile PatternDistributions",
+        ),
+        (lambda: ApproxDropoutMLP([10, 5, 3], 0.5)(torch.randn(2, 9)), "last dimension 10, got shape \\(2, 9\\)"),
+    ],
+)
+def test_bad_arguments_raise_value_error(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
