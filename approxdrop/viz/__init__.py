@@ -1,0 +1,1 @@
+"""Plotly figure builders for the labs (import from the submodules). Imported only by labs and widgets."""

@@ -1,0 +1,1 @@
+"""ipywidgets panels for the labs (import from the submodules). Imported only by labs."""
