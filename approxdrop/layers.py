@@ -146,54 +146,53 @@ class ApproxDropoutMLP(nn.Module):
             return self._tile(x, draws)
         return self._shared(x, draws)
 
-    def _dense(self, x, dropout: bool):
+    def _stack(self, x, layer):
+        """Apply ``layer(i, linear, x)`` for every layer, the activation between them."""
         last = len(self.linears) - 1
         for i, linear in enumerate(self.linears):
-            if dropout and self.site_widths[i] is not None:
-                x = self.dropout(x)
-            x = linear(x)
+            x = layer(i, linear, x)
             if i < last:
                 x = self.activation(x)
         return x
+
+    def _dense(self, x, dropout: bool):
+        def layer(i, linear, x):
+            return linear(self.dropout(x) if dropout and self.site_widths[i] is not None else x)
+
+        return self._stack(x, layer)
 
     def _row(self, x, patterns: list[RowPattern | None]):
         # x stays compact: [*, kept units of the current site]
         outs = patterns[1:] + [None]
-        last = len(self.linears) - 1
         if patterns[0] is not None:
             x = x[..., patterns[0].selector(x.shape[-1], x.device)]  # [*, k_0]
-        for i, linear in enumerate(self.linears):
-            x = row_pattern_linear(x, linear.weight, linear.bias, patterns[i] or FULL, outs[i] or FULL)
-            if i < last:
-                x = self.activation(x)  # [*, k_{i+1}]
-        return x
+
+        def layer(i, linear, x):
+            return row_pattern_linear(x, linear.weight, linear.bias, patterns[i] or FULL, outs[i] or FULL)
+
+        return self._stack(x, layer)
 
     def _tile(self, x, patterns: list[TilePattern | None]):
-        last = len(self.linears) - 1
-        for i, linear in enumerate(self.linears):
+        def layer(i, linear, x):
             if patterns[i] is None:
-                x = linear(x)
-            else:
-                x = tile_pattern_linear(x, linear.weight, linear.bias, patterns[i])
-            if i < last:
-                x = self.activation(x)
-        return x
+                return linear(x)
+            return tile_pattern_linear(x, linear.weight, linear.bias, patterns[i])
+
+        return self._stack(x, layer)
 
     def _shared(self, x, kept: list[torch.Tensor | None]):
+        # x stays compact: [*, kept units of the current site]
+        kept = [None if k is None else k.to(x.device) for k in kept]
         outs = kept[1:] + [None]
-        last = len(self.linears) - 1
         scale = 1.0 / (1.0 - self.p)
         if kept[0] is not None:
-            x = x.index_select(-1, kept[0].to(x.device))
-        for i, linear in enumerate(self.linears):
-            in_index = None if kept[i] is None else kept[i].to(x.device)
-            out_index = None if outs[i] is None else outs[i].to(x.device)
-            x = gathered_linear(
-                x, linear.weight, linear.bias, in_index, out_index, scale if in_index is not None else 1.0
-            )
-            if i < last:
-                x = self.activation(x)
-        return x
+            x = x.index_select(-1, kept[0])  # [*, k_0]
+
+        def layer(i, linear, x):
+            in_scale = 1.0 if kept[i] is None else scale
+            return gathered_linear(x, linear.weight, linear.bias, kept[i], outs[i], in_scale)
+
+        return self._stack(x, layer)
 
     def extra_repr(self) -> str:
         return f"sizes={self.sizes}, p={self.p}, method={self.method!r}" + (
