@@ -144,10 +144,10 @@ def row_linear_backward(
     rows, cols = out_p.selector(n_out, x.device), in_p.selector(n_in, x.device)
     w_kept = _kept_weight(weight, rows, cols)  # [k_out, k_in]
     g2 = _flat(grad_y)  # [N, k_out]
-    x2 = _flat(x)  # [N, k_in]
-    grad_x = torch.mm(g2, w_kept).mul_(in_p.scale).reshape(x.shape)
+    g_scaled = g2 * in_p.scale  # scale the small operand once, not the two products
+    grad_x = torch.mm(g_scaled, w_kept).reshape(x.shape)
     grad_w = torch.zeros_like(weight)
-    _put_block(grad_w, torch.mm(g2.t(), x2).mul_(in_p.scale), rows, cols)
+    _put_block(grad_w, torch.mm(g_scaled.t(), _flat(x)), rows, cols)
     grad_b = weight.new_zeros(n_out)
     grad_b[rows] = g2.sum(0)
     return grad_x, grad_w, grad_b
