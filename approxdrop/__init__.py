@@ -7,17 +7,53 @@ from .distribution import PatternDistribution, bracket_distribution, distributio
 from .layers import METHODS, ApproxDropoutMLP
 from .ops import row_pattern_linear, tile_pattern_linear
 from .patterns import RowPattern, TilePattern
+from .search import (
+    FAMILIES,
+    FrontierPoint,
+    candidates,
+    exact_optimum,
+    expected_work,
+    reachable_range,
+    search_distribution,
+    search_frontier,
+)
+from .stats import (
+    binomial_pmf,
+    binomial_test,
+    co_drop_matrix,
+    distance_to_binomial,
+    drop_probability,
+    dropped_count_histogram,
+    dropped_count_pmf,
+    monte_carlo,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "FAMILIES",
     "METHODS",
     "ApproxDropoutMLP",
+    "FrontierPoint",
     "PatternDistribution",
     "RowPattern",
     "TilePattern",
+    "binomial_pmf",
+    "binomial_test",
     "bracket_distribution",
+    "candidates",
+    "co_drop_matrix",
+    "distance_to_binomial",
     "distribution_for",
+    "drop_probability",
+    "dropped_count_histogram",
+    "dropped_count_pmf",
+    "exact_optimum",
+    "expected_work",
+    "monte_carlo",
+    "reachable_range",
     "row_pattern_linear",
+    "search_distribution",
+    "search_frontier",
     "tile_pattern_linear",
 ]

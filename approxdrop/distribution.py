@@ -145,6 +145,13 @@ def bracket_distribution(p: float, kind: str = "row", tile: int = 32) -> Pattern
 
 def distribution_for(p: float, n: int, kind: str = "row", tile: int = 32) -> PatternDistribution:
     """The distribution a dropout site uses by default: ``n`` is its unit count (row) or the
-    number of T x T tiles of the weight it drops (tile)."""
+    number of T x T tiles of the weight it drops (tile).
+
+    It is ``search_distribution(p, n, kind, family="paper")`` with ``max_period`` 16 (more when p
+    needs it), cached in memory and on disk (``approxdrop.cache``). The paper family (keep = 1)
+    is the default because its kept rows are strided views, the fastest executor."""
+    from .search import min_period, search_distribution  # search imports this module
+
     check_int("n", n, 1)
-    return bracket_distribution(p, kind=kind, tile=tile)
+    period = max(16, min_period(p))
+    return search_distribution(p, n, kind=kind, family="paper", max_period=period, tile=tile, cache=True)

@@ -1,6 +1,15 @@
 """Shared test settings: hypothesis profile sized for a 2-core CI machine."""
 
+import pytest
 from hypothesis import settings
 
 settings.register_profile("approxdrop", max_examples=60, deadline=None)
 settings.load_profile("approxdrop")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _approxdrop_cache_dir(tmp_path_factory):
+    """Searched distributions are cached under a temporary directory, never in $HOME."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("APPROXDROP_CACHE_DIR", str(tmp_path_factory.mktemp("approxdrop-cache")))
+        yield

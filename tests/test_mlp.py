@@ -117,14 +117,14 @@ def test_trains_with_any_optimizer_and_dropped_weights_get_zero_gradient(optimiz
             return nn.functional.cross_entropy(model.eval()(x), t).item()
 
     before = eval_loss()
-    for _ in range(60):
+    for _ in range(120):
         model.train()
         opt.zero_grad()
         nn.functional.cross_entropy(model(x), t).backward()
         opt.step()
     grad = model.linears[1].weight.grad
     draw_in, draw_out = model.last_patterns[1], model.last_patterns[2]  # the last step's draws
-    assert eval_loss() < 0.6 * before  # it learns
+    assert eval_loss() < 0.3 * before  # it learns (searched default distributions)
     if method == "row":
         kept = draw_out.keep_mask(32)[:, None] & draw_in.keep_mask(32)[None, :]
     else:

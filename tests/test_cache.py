@@ -1,0 +1,96 @@
+"""The search cache: directory choice, round trips, atomic writes, corrupt files never fatal."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from approxdrop import PatternDistribution
+from approxdrop import cache as store
+from approxdrop.search import search_distribution
+
+KEY = {"p": 0.5, "n": 12, "family": "paper"}
+DIST = PatternDistribution(((2, 1), (3, 1)), (0.25, 0.75), n=12, target_p=0.5, distance=0.1, loss_history=(2.0, 1.0))
+
+
+@pytest.fixture(autouse=True)
+def _cache_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("APPROXDROP_CACHE_DIR", str(tmp_path / "cache"))
+    store.clear_memory()
+    yield
+    store.clear_memory()
+
+
+def test_cache_dir_precedence(tmp_path, monkeypatch):
+    assert store.cache_dir() == tmp_path / "cache"
+    monkeypatch.delenv("APPROXDROP_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert store.cache_dir() == tmp_path / "xdg" / "approxdrop"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert store.cache_dir() == tmp_path / "home" / ".cache" / "approxdrop"
+
+
+def test_round_trip_through_memory_and_disk():
+    assert store.load(KEY) is None
+    store.store(KEY, DIST)
+    assert store.load(KEY) is DIST
+    store.clear_memory()
+    assert store.load(KEY) == DIST and store.load(KEY).loss_history == (2.0, 1.0)
+    data = json.loads(store.entry_path(KEY).read_text())
+    assert data["key"] == KEY and data["distribution"]["probs"] == [0.25, 0.75]
+    assert store.load({**KEY, "n": 13}) is None
+
+
+BAD_DIST = json.dumps({"key": KEY, "distribution": {"pairs": [[2, 1]], "probs": [0.5]}})
+
+
+BAD_TEXTS = ["{not json", "[]", '{"key": {"p": 0.5}}', '{"key": null, "distribution": {}}', BAD_DIST]
+
+
+@pytest.mark.parametrize("text", BAD_TEXTS)
+def test_corrupt_or_foreign_file_is_a_miss_and_is_rewritten(text):
+    path = store.entry_path(KEY)
+    path.parent.mkdir(parents=True)
+    path.write_text(text)
+    assert store.load(KEY) is None
+    calls = []
+    assert store.cached(KEY, lambda: calls.append(1) or DIST) == DIST
+    assert calls == [1]
+    store.clear_memory()
+    assert store.load(KEY) == DIST  # the file was rewritten
+
+
+def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(monkeypatch):
+    store.store(KEY, DIST)
+    before = store.entry_path(KEY).read_text()
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(store.json, "dump", disk_full)
+    other = PatternDistribution(((4, 1),), (1.0,))
+    with pytest.warns(UserWarning, match="could not write"):
+        store.store(KEY, other)
+    assert store.entry_path(KEY).read_text() == before
+    assert [p.name for p in store.cache_dir().iterdir()] == [store.entry_path(KEY).name]
+    assert store.load(KEY) is other  # memory still serves this session
+
+
+def test_an_unwritable_directory_is_not_fatal(tmp_path, monkeypatch):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    monkeypatch.setenv("APPROXDROP_CACHE_DIR", str(blocker / "cache"))
+    with pytest.warns(UserWarning, match="could not write"):
+        assert store.cached(KEY, lambda: DIST) is DIST
+
+
+def test_search_distribution_cache(tmp_path):
+    first = search_distribution(0.6, 50, family="extended", cache=True)
+    files = list(Path(tmp_path / "cache").glob("search-*.json"))
+    assert len(files) == 1 and first == search_distribution(0.6, 50, family="extended")
+    assert search_distribution(0.6, 50, family="extended", cache=True) is first
+    store.clear_memory()
+    again = search_distribution(0.6, 50, family="extended", cache=True)
+    assert again == first and again is not first
+    assert search_distribution(0.6, 50, family="extended", cache=True, steps=10) != first  # settings are in the key
