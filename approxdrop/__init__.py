@@ -3,6 +3,7 @@
 Importing approxdrop never compiles anything and never touches the network.
 """
 
+from . import kernels as kernels  # registers the CUDA implementations of the ops; builds nothing
 from .distribution import PatternDistribution, bracket_distribution, distribution_for
 from .layers import METHODS, ApproxDropoutMLP
 from .ops import row_pattern_linear, tile_pattern_linear

@@ -233,7 +233,7 @@ class _TileLayout:
         """[dp, N, A*T] -> y [N, n_out], inverse of ``output_blocks``."""
         n = y_blocks.shape[1]
         y4 = y_blocks.view(self.dp, n, self.a, self.t).permute(1, 2, 0, 3)  # [N, A, dp, T]
-        return y4.reshape(n, -1)[:, : self.n_out].contiguous()
+        return y4.reshape(n, self.a * self.dp * self.t)[:, : self.n_out].contiguous()
 
     def scatter_inputs(self, gx_blocks: torch.Tensor) -> torch.Tensor:
         """[dp, N, keep*B*T] -> grad_x [N, n_in]: sum over the classes that read each column."""
@@ -241,7 +241,7 @@ class _TileLayout:
         src = gx_blocks.view(self.dp, n, self.keep, self.b, self.t).permute(1, 3, 0, 2, 4)  # [N, B, dp, keep, T]
         gx = gx_blocks.new_zeros(n, self.b, self.dp, self.t)
         gx.index_add_(2, self.s_idx.flatten(), src.reshape(n, self.b, self.dp * self.keep, self.t))
-        return gx.view(n, -1)[:, : self.n_in].contiguous()
+        return gx.view(n, self.b * self.dp * self.t)[:, : self.n_in].contiguous()
 
     def scatter_weight(self, gw_blocks: torch.Tensor) -> torch.Tensor:
         """[dp, A*T, keep*B*T] -> grad_w [n_out, n_in], zero in skipped tiles."""

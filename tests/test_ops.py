@@ -62,6 +62,15 @@ def test_tile_linear_matches_dense_masked_reference(pattern, n_in, n_out, with_b
     _assert_same_forward_backward(tile_pattern_linear, tile_linear_reference, (x, weight, bias, pattern))
 
 
+def test_empty_batch_works_for_both_ops():
+    weight = torch.randn(9, 12, requires_grad=True)
+    y = tile_pattern_linear(torch.randn(0, 12), weight, None, TilePattern(2, 1, tile=4))
+    z = row_pattern_linear(torch.randn(0, 6), weight, None, RowPattern(2, 0), RowPattern(3, 1))
+    assert y.shape == (0, 9) and z.shape == (0, 3)
+    (y.sum() + z.sum()).backward()
+    assert torch.equal(weight.grad, torch.zeros_like(weight))
+
+
 def test_float32_row_and_tile_match_their_float64_reference():
     gen = torch.Generator().manual_seed(0)
     weight, bias = torch.randn(70, 90, generator=gen), torch.randn(70, generator=gen)

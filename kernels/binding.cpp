@@ -1,0 +1,194 @@
+// Torch binding of the pattern GEMM kernels: checks, contiguity, output allocation, launches.
+// Includes only <torch/extension.h> (no ATen/cuda or c10/cuda headers, which the CPU torch wheel lacks),
+// so it also compiles in CI against CPU torch. The caller (approxdrop/kernels.py) passes the current
+// CUDA stream as an integer and makes the tensors' device current.
+#include <torch/extension.h>
+
+#include <optional>
+#include <vector>
+
+#include "pattern_gemm.h"
+
+namespace {
+
+using approxdrop::Pattern;
+using torch::Tensor;
+
+int dtype_code(const Tensor& t) {
+  switch (t.scalar_type()) {
+    case torch::kFloat: return approxdrop::kFloat32;
+    case torch::kHalf: return approxdrop::kFloat16;
+    case torch::kBFloat16: return approxdrop::kBFloat16;
+    case torch::kDouble: return approxdrop::kFloat64;
+    default: TORCH_CHECK(false, "approxdrop kernels support float32, float16, bfloat16 and float64, got ", t.scalar_type());
+  }
+}
+
+/// Every tensor on the weight's CUDA device with the weight's dtype.
+void check_like_weight(const char* op, const Tensor& weight, std::initializer_list<std::pair<const char*, const Tensor*>> ts) {
+  TORCH_CHECK(weight.is_cuda(), op, ": weight must be a CUDA tensor, got device ", weight.device());
+  TORCH_CHECK(weight.dim() == 2, op, ": weight must be 2-D [n_out, n_in], got shape ", weight.sizes());
+  for (const auto& [name, t] : ts) {
+    TORCH_CHECK(t->device() == weight.device(), op, ": ", name, " is on ", t->device(), " but weight is on ",
+                weight.device());
+    TORCH_CHECK(t->scalar_type() == weight.scalar_type(), op, ": ", name, " has dtype ", t->scalar_type(),
+                " but weight has dtype ", weight.scalar_type());
+  }
+  dtype_code(weight);
+}
+
+Pattern row_pattern(const char* op, const char* side, int64_t dp, int64_t offset, int64_t keep) {
+  TORCH_CHECK(dp >= 1 && offset >= 0 && offset < dp && keep >= 1 && keep <= dp, op, ": invalid ", side,
+              " pattern (dp=", dp, ", offset=", offset, ", keep=", keep, ")");
+  return Pattern{dp, offset, keep};
+}
+
+void check_tile(const char* op, int64_t dp, int64_t offset, int64_t keep, int64_t tile) {
+  TORCH_CHECK(dp >= 1 && dp <= 65535 && offset >= 0 && offset < dp && keep >= 1 && keep <= dp && tile >= 1, op,
+              ": invalid tile pattern (dp=", dp, ", offset=", offset, ", keep=", keep, ", tile=", tile, ")");
+}
+
+/// t (Tensor[*, cols]) as a contiguous Tensor[rows, cols] (rows explicit, so cols = 0 works).
+Tensor flat(const Tensor& t) {
+  int64_t rows = 1;
+  for (int64_t d = 0; d + 1 < t.dim(); ++d) rows *= t.size(d);
+  return t.reshape({rows, t.size(-1)}).contiguous();
+}
+
+/// Shape of t with its last dimension replaced by last.
+std::vector<int64_t> with_last(const Tensor& t, int64_t last) {
+  auto sizes = t.sizes().vec();
+  sizes.back() = last;
+  return sizes;
+}
+
+/// The kernels keep row and column indices in 32-bit shared-memory tables.
+void check_index_range(const char* op, int64_t rows, const Tensor& weight) {
+  constexpr int64_t kMax = 2147483647;
+  TORCH_CHECK(rows <= kMax && weight.size(0) <= kMax && weight.size(1) <= kMax, op,
+              ": sizes must stay below 2^31, got ", rows, " rows and weight ", weight.sizes());
+}
+
+void* as_stream(int64_t stream) { return reinterpret_cast<void*>(static_cast<intptr_t>(stream)); }
+
+void run(const char* error) { TORCH_CHECK(error == nullptr, "approxdrop CUDA kernel failed: ", error); }
+
+Tensor row_linear(const Tensor& x, const Tensor& weight, const std::optional<Tensor>& bias, int64_t in_dp,
+                  int64_t in_offset, int64_t in_keep, int64_t out_dp, int64_t out_offset, int64_t out_keep,
+                  int64_t stream) {
+  const char* op = "approxdrop::row_linear";
+  check_like_weight(op, weight, {{"x", &x}});
+  const Pattern in = row_pattern(op, "input", in_dp, in_offset, in_keep);
+  const Pattern out = row_pattern(op, "output", out_dp, out_offset, out_keep);
+  const int64_t n_out = weight.size(0), n_in = weight.size(1);
+  const int64_t k_in = approxdrop::kept_count(in, n_in), k_out = approxdrop::kept_count(out, n_out);
+  TORCH_CHECK(x.dim() >= 1 && x.size(-1) == k_in, op, ": x must have last dimension ", k_in,
+              " (the kept inputs of weight ", weight.sizes(), "), got shape ", x.sizes());
+  Tensor b;
+  if (bias) {
+    check_like_weight(op, weight, {{"bias", &*bias}});
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == n_out, op, ": bias must have shape (", n_out, ",), got ",
+                bias->sizes());
+    b = bias->contiguous();
+  }
+  const Tensor x2 = flat(x), w = weight.contiguous();  // [N, k_in], [n_out, n_in]
+  check_index_range(op, x2.size(0), w);
+  Tensor y = torch::empty({x2.size(0), k_out}, x2.options());
+  run(approxdrop::launch_pattern_gemm(
+      approxdrop::row_forward(dtype_code(w), x2.data_ptr(), w.data_ptr(), b.defined() ? b.data_ptr() : nullptr,
+                              y.data_ptr(), x2.size(0), n_out, n_in, in, out),
+      as_stream(stream)));
+  return y.reshape(with_last(x, k_out));  // [*, k_out]
+}
+
+std::vector<Tensor> row_linear_backward(const Tensor& grad_y, const Tensor& x, const Tensor& weight, int64_t in_dp,
+                                        int64_t in_offset, int64_t in_keep, int64_t out_dp, int64_t out_offset,
+                                        int64_t out_keep, int64_t stream) {
+  const char* op = "approxdrop::row_linear_backward";
+  check_like_weight(op, weight, {{"grad_y", &grad_y}, {"x", &x}});
+  const Pattern in = row_pattern(op, "input", in_dp, in_offset, in_keep);
+  const Pattern out = row_pattern(op, "output", out_dp, out_offset, out_keep);
+  const int64_t n_out = weight.size(0), n_in = weight.size(1);
+  const int64_t k_in = approxdrop::kept_count(in, n_in), k_out = approxdrop::kept_count(out, n_out);
+  TORCH_CHECK(x.dim() >= 1 && x.size(-1) == k_in, op, ": x must have last dimension ", k_in, ", got shape ", x.sizes());
+  TORCH_CHECK(grad_y.sizes() == c10::IntArrayRef(with_last(x, k_out)), op, ": grad_y must have shape ",
+              c10::IntArrayRef(with_last(x, k_out)), ", got ", grad_y.sizes());
+  const Tensor g2 = flat(grad_y), x2 = flat(x), w = weight.contiguous();  // [N, k_out], [N, k_in]
+  check_index_range(op, x2.size(0), w);
+  const int64_t rows = x2.size(0);
+  const int dt = dtype_code(w);
+  void* s = as_stream(stream);
+  Tensor grad_x = torch::empty_like(x2);
+  Tensor grad_w = torch::zeros_like(w);
+  Tensor grad_b = torch::zeros({n_out}, w.options());
+  run(approxdrop::launch_pattern_gemm(
+      approxdrop::row_grad_input(dt, g2.data_ptr(), w.data_ptr(), grad_x.data_ptr(), rows, n_out, n_in, in, out),
+      s));
+  run(approxdrop::launch_pattern_gemm(
+      approxdrop::row_grad_weight(dt, g2.data_ptr(), x2.data_ptr(), grad_w.data_ptr(), rows, n_out, n_in, in, out),
+      s));
+  run(approxdrop::launch_column_sum(dt, g2.data_ptr(), rows, k_out, grad_b.data_ptr(), out, s));
+  return {grad_x.reshape(x.sizes()), grad_w, grad_b};
+}
+
+Tensor tile_linear(const Tensor& x, const Tensor& weight, const std::optional<Tensor>& bias, int64_t dp,
+                   int64_t offset, int64_t keep, int64_t tile, int64_t stream) {
+  const char* op = "approxdrop::tile_linear";
+  check_like_weight(op, weight, {{"x", &x}});
+  check_tile(op, dp, offset, keep, tile);
+  const int64_t n_out = weight.size(0), n_in = weight.size(1);
+  TORCH_CHECK(x.dim() >= 1 && x.size(-1) == n_in, op, ": x must have last dimension ", n_in, " (weight ",
+              weight.sizes(), "), got shape ", x.sizes());
+  Tensor b;
+  if (bias) {
+    check_like_weight(op, weight, {{"bias", &*bias}});
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == n_out, op, ": bias must have shape (", n_out, ",), got ",
+                bias->sizes());
+    b = bias->contiguous();
+  }
+  const Tensor x2 = flat(x), w = weight.contiguous();  // [N, n_in], [n_out, n_in]
+  check_index_range(op, x2.size(0), w);
+  Tensor y = torch::empty({x2.size(0), n_out}, x2.options());
+  run(approxdrop::launch_pattern_gemm(
+      approxdrop::tile_forward(dtype_code(w), x2.data_ptr(), w.data_ptr(), b.defined() ? b.data_ptr() : nullptr,
+                               y.data_ptr(), x2.size(0), n_out, n_in, dp, offset, keep, tile),
+      as_stream(stream)));
+  return y.reshape(with_last(x, n_out));  // [*, n_out]
+}
+
+std::vector<Tensor> tile_linear_backward(const Tensor& grad_y, const Tensor& x, const Tensor& weight, int64_t dp,
+                                         int64_t offset, int64_t keep, int64_t tile, int64_t stream) {
+  const char* op = "approxdrop::tile_linear_backward";
+  check_like_weight(op, weight, {{"grad_y", &grad_y}, {"x", &x}});
+  check_tile(op, dp, offset, keep, tile);
+  const int64_t n_out = weight.size(0), n_in = weight.size(1);
+  TORCH_CHECK(x.dim() >= 1 && x.size(-1) == n_in, op, ": x must have last dimension ", n_in, ", got shape ", x.sizes());
+  TORCH_CHECK(grad_y.sizes() == c10::IntArrayRef(with_last(x, n_out)), op, ": grad_y must have shape ",
+              c10::IntArrayRef(with_last(x, n_out)), ", got ", grad_y.sizes());
+  const Tensor g2 = flat(grad_y), x2 = flat(x), w = weight.contiguous();  // [N, n_out], [N, n_in]
+  check_index_range(op, x2.size(0), w);
+  const int64_t rows = x2.size(0);
+  const int dt = dtype_code(w);
+  void* s = as_stream(stream);
+  Tensor grad_x = torch::empty_like(x2);
+  Tensor grad_w = torch::zeros_like(w);  // skipped tiles stay zero
+  Tensor grad_b = torch::empty({n_out}, w.options());
+  run(approxdrop::launch_pattern_gemm(approxdrop::tile_grad_input(dt, g2.data_ptr(), w.data_ptr(), grad_x.data_ptr(),
+                                                                  rows, n_out, n_in, dp, offset, keep, tile),
+                                      s));
+  run(approxdrop::launch_pattern_gemm(approxdrop::tile_grad_weight(dt, g2.data_ptr(), x2.data_ptr(), grad_w.data_ptr(),
+                                                                   rows, n_out, n_in, dp, offset, keep, tile),
+                                      s));
+  run(approxdrop::launch_column_sum(dt, g2.data_ptr(), rows, n_out, grad_b.data_ptr(), Pattern{1, 0, 1}, s));
+  return {grad_x.reshape(x.sizes()), grad_w, grad_b};
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "approxdrop CUDA kernels: row- and tile-pattern GEMMs (see kernels/README.md)";
+  m.def("row_linear", &row_linear, "approxdrop::row_linear on CUDA");
+  m.def("row_linear_backward", &row_linear_backward, "approxdrop::row_linear_backward on CUDA");
+  m.def("tile_linear", &tile_linear, "approxdrop::tile_linear on CUDA");
+  m.def("tile_linear_backward", &tile_linear_backward, "approxdrop::tile_linear_backward on CUDA");
+}

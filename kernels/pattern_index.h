@@ -1,0 +1,95 @@
+// Kept-index arithmetic of row and tile dropout patterns (METHOD.md §3), shared by the CUDA kernels,
+// the host launchers and the CPU tests. Plain C++ when not compiled by nvcc; no torch, no CUDA headers.
+//
+// RowPattern(dp, offset, keep) keeps unit i iff (i - offset) mod dp < keep. Its kept residues, sorted,
+// are R[t] = t for t < w and offset + (t - w) otherwise, with w = max(0, offset + keep - dp) the residues
+// that wrap past dp. The j-th kept unit (increasing order) is (j / keep) * dp + R[j % keep].
+#pragma once
+
+#if defined(__CUDACC__)
+#define APPROXDROP_HD __host__ __device__ __forceinline__
+#else
+#define APPROXDROP_HD inline
+#endif
+
+namespace approxdrop {
+
+/// RowPattern(dp, offset, keep); {1, 0, 1} keeps everything (the identity map j -> j).
+struct Pattern {
+  long long dp, offset, keep;
+};
+
+/// How many kept residues wrap past dp to [0, w).
+APPROXDROP_HD long long wrapped(const Pattern& p) {
+  const long long w = p.offset + p.keep - p.dp;
+  return w > 0 ? w : 0;
+}
+
+/// R[t]: the t-th smallest kept residue, t in [0, keep).
+APPROXDROP_HD long long kept_residue(const Pattern& p, long long t) {
+  const long long w = wrapped(p);
+  return t < w ? t : p.offset + (t - w);
+}
+
+/// The j-th kept index (increasing order), j >= 0.
+APPROXDROP_HD long long kept_index(const Pattern& p, long long j) {
+  if (p.dp == 1) return j;
+  return (j / p.keep) * p.dp + kept_residue(p, j % p.keep);
+}
+
+/// Number of kept indices in [0, n): whole periods, plus the kept residues below n mod dp.
+APPROXDROP_HD long long kept_count(const Pattern& p, long long n) {
+  if (n <= 0) return 0;
+  const long long rem = n % p.dp, w = wrapped(p);
+  const long long low = rem < w ? rem : w;    // residues [0, w) below rem
+  const long long end = p.offset + p.keep - w;  // the unwrapped run is [offset, end)
+  const long long high = (rem < end ? rem : end) - p.offset;
+  return (n / p.dp) * p.keep + low + (high > 0 ? high : 0);
+}
+
+/// (i - offset) mod dp < keep.
+APPROXDROP_HD bool is_kept(const Pattern& p, long long i) {
+  long long r = (i - p.offset) % p.dp;
+  if (r < 0) r += p.dp;
+  return r < p.keep;
+}
+
+/// Tile (a, b) of TilePattern(dp, offset, keep) is kept iff (b - a - offset) mod dp < keep.
+APPROXDROP_HD bool tile_kept(long long a, long long b, long long dp, long long offset, long long keep) {
+  return is_kept(Pattern{dp, offset, keep}, b - a);
+}
+
+/// A family of row patterns indexed by a class z: Pattern{dp, (offset + z * step) mod dp, keep}.
+/// step = 0 gives one fixed pattern for every class.
+struct ClassPattern {
+  long long dp, offset, step, keep;
+
+  APPROXDROP_HD Pattern at(long long z) const { return Pattern{dp, (offset + z * step) % dp, keep}; }
+};
+
+APPROXDROP_HD ClassPattern fixed_pattern(long long dp, long long offset, long long keep) {
+  return ClassPattern{dp, offset, 0, keep};
+}
+
+APPROXDROP_HD ClassPattern identity_pattern() { return ClassPattern{1, 0, 0, 1}; }
+
+// A tile pattern's kept work is dp dense blocks (TilePattern.row_classes). Class z of tile rows (or, by
+// symmetry, of tile columns) is the tiles a = z (mod dp): on elements, RowPattern(dp*T, z*T, T).
+
+/// Elements of the tile rows (or tile columns) a = z (mod dp).
+APPROXDROP_HD ClassPattern tile_class(long long dp, long long tile) {
+  return ClassPattern{dp * tile, 0, tile, tile};
+}
+
+/// Input columns kept by output tile-row class z: tile columns b = z + offset + t (mod dp), t < keep.
+APPROXDROP_HD ClassPattern tile_cols_of_row_class(long long dp, long long offset, long long keep, long long tile) {
+  return ClassPattern{dp * tile, offset * tile, tile, keep * tile};
+}
+
+/// Output rows that read input tile-column class z: tile rows a = z - offset - keep + 1 + t (mod dp), t < keep.
+APPROXDROP_HD ClassPattern tile_rows_of_col_class(long long dp, long long offset, long long keep, long long tile) {
+  const long long first = ((-offset - keep + 1) % dp + dp) % dp;
+  return ClassPattern{dp * tile, first * tile, tile, keep * tile};
+}
+
+}  // namespace approxdrop

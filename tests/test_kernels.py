@@ -1,0 +1,323 @@
+"""CUDA kernels (approxdrop.kernels): build status and dispatch everywhere; the kernels themselves on a GPU.
+
+The GPU tests compare every kernel with the PyTorch implementation of its op (``op._init_fn``, the
+path that runs without kernels). Accuracy rule (flash-attention's): against a float64 reference, a
+kernel's max error is at most twice that of the plain PyTorch computation in the same dtype (with a
+floor of a few units in the last place, for outputs PyTorch gets exactly). On a machine with a GPU
+the kernels must build: a failed build fails these tests instead of skipping them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import subprocess
+import sys
+import warnings
+
+import pytest
+import torch
+
+import approxdrop
+from approxdrop import kernels
+from approxdrop.ops import row_linear, row_linear_backward, tile_linear, tile_linear_backward
+from approxdrop.patterns import RowPattern, TilePattern
+
+requires_cuda = pytest.mark.skipif(
+    not torch.cuda.is_available(),
+    reason="needs a CUDA GPU (index math and GEMM descriptions of the kernels: test_kernel_index.py, on CPU)",
+)
+DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+# --------------------------------------------------------------------------- status and dispatch (any machine)
+
+
+def test_import_never_compiles():
+    code = "import sys, approxdrop; print(any('approxdrop_kernels' in m or 'cpp_extension' in m for m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+    assert out.stdout.strip() == "False", out.stdout + out.stderr
+
+
+def test_importing_approxdrop_registers_cuda_implementations():
+    code = (
+        "import torch, approxdrop; has = torch._C._dispatch_has_kernel_for_dispatch_key; "
+        "print(all(has(f'approxdrop::{op}', 'CUDA') for op in "
+        "('row_linear', 'row_linear_backward', 'tile_linear', 'tile_linear_backward')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+    assert out.stdout.strip() == "True", out.stdout + out.stderr
+
+
+def test_status_reasons(tmp_path, monkeypatch):
+    """Distinct messages: not built yet, built for another torch/CUDA/GPU, stale sources, built."""
+    monkeypatch.setenv(kernels.ENV_CACHE, str(tmp_path))
+    key = kernels._build_key("sm_90")
+    assert kernels._unbuilt_reason("sm_90").startswith("not built yet")
+    other = tmp_path / "torch0.0-cuda0.0-sm_80"
+    other.mkdir()
+    (other / "approxdrop_build.json").write_text('{"sources": "x"}')
+    reason = kernels._unbuilt_reason("sm_90")
+    assert reason.startswith("built for another torch/CUDA/GPU") and other.name in reason and key in reason
+    (tmp_path / key).mkdir()
+    (tmp_path / key / "approxdrop_build.json").write_text('{"sources": "old"}')
+    assert "older sources" in kernels._unbuilt_reason("sm_90")
+    (tmp_path / key / "approxdrop_build.json").write_text(f'{{"sources": "{kernels._source_hash()}"}}')
+    assert kernels._unbuilt_reason("sm_90").startswith("built in")
+
+
+def test_disabled_by_environment(monkeypatch):
+    monkeypatch.setenv(kernels.ENV_SWITCH, "0")
+    monkeypatch.setattr(kernels, "_outcome", None)
+    assert not kernels.enabled()
+    assert kernels.status().reason == f"disabled by {kernels.ENV_SWITCH}=0"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # forced off: no warning
+        assert kernels.load() is None
+    assert not kernels.status().built
+
+
+def test_fallback_warns_once_and_matches_pytorch(monkeypatch):
+    """Without an extension the CUDA implementations run the PyTorch one, after a single warning."""
+    monkeypatch.setattr(kernels, "_outcome", None)
+    monkeypatch.setattr(kernels, "_blocker", lambda: "nvcc not found (test)")
+    gen = torch.Generator().manual_seed(0)
+    x, w, b = torch.randn(5, 4, generator=gen), torch.randn(6, 8, generator=gen), torch.randn(6, generator=gen)
+    with pytest.warns(RuntimeWarning, match="nvcc not found"):
+        y = kernels._row_linear_cuda(x, w, b, 2, 1, 1, 3, 0, 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        y_tile = kernels._tile_linear_cuda(torch.randn(5, 8, generator=gen), w, b, 2, 0, 1, 4)
+    assert torch.equal(y, row_linear(x, w, b, 2, 1, 1, 3, 0, 1))
+    assert y_tile.shape == (5, 6)
+    assert kernels.status() == kernels.KernelStatus(False, kernels._arch(), "nvcc not found (test)", None)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on machines without a GPU")
+def test_status_without_gpu_says_why():
+    st = kernels.status()
+    assert not st.built and st.arch is None and st.reason
+
+
+# --------------------------------------------------------------------------- the kernels (GPU)
+
+
+@pytest.fixture(scope="module")
+def ext():
+    if not kernels.enabled():
+        pytest.skip(f"kernels disabled by {kernels.ENV_SWITCH}")
+    module = kernels.load()
+    if module is None:
+        pytest.fail(f"a GPU is present but the kernels did not build: {kernels.status().reason}")
+    return module
+
+
+def _random_row_case(rng: random.Random):
+    def pattern():
+        dp = rng.choice([1, 2, 3, 4, 5, 7, 10])
+        return RowPattern(dp, rng.randrange(dp), rng.randint(1, dp))
+
+    rows, n_out, n_in = rng.choice([1, 37, 129, 255]), rng.choice([33, 67, 131, 257]), rng.choice([31, 97, 201])
+    return pattern(), pattern(), rows, n_out, n_in
+
+
+def _random_tile_case(rng: random.Random):
+    dp = rng.choice([1, 2, 3, 4, 7])
+    p = TilePattern(dp, rng.randrange(dp), rng.choice([1, 8, 16, 32, 48]), rng.randint(1, dp))
+    return p, rng.choice([1, 37, 129, 255]), rng.choice([33, 67, 131, 257]), rng.choice([31, 97, 201])
+
+
+def _row_args(gen, in_p, out_p, rows, n_out, n_in, dtype, device="cuda"):
+    """x [rows, k_in], W [n_out, n_in], b [n_out], grad_y [rows, k_out], pattern ints."""
+    k_in, k_out = in_p.kept_count(n_in), out_p.kept_count(n_out)
+    t = [torch.randn(*s, generator=gen, dtype=torch.float64) for s in ((rows, k_in), (n_out, n_in), (n_out,))]
+    gy = torch.randn(rows, k_out, generator=gen, dtype=torch.float64)
+    x, w, b, gy = (v.to(device, dtype) for v in (*t, gy))
+    return x, w, b, gy, (in_p.dp, in_p.offset, in_p.keep, out_p.dp, out_p.offset, out_p.keep)
+
+
+def _tile_args(gen, p, rows, n_out, n_in, dtype, device="cuda"):
+    shapes = ((rows, n_in), (n_out, n_in), (n_out,), (rows, n_out))
+    x, w, b, gy = (torch.randn(*s, generator=gen, dtype=torch.float64).to(device, dtype) for s in shapes)
+    return x, w, b, gy, (p.dp, p.offset, p.keep, p.tile)
+
+
+def _as_tuple(out):
+    return out if isinstance(out, tuple) else (out,)
+
+
+def _assert_within_twice_pytorch(op, args, what):
+    """op on CUDA (the kernel) vs op._init_fn (PyTorch) in the same dtype, both against float64."""
+    got = _as_tuple(op(*args))
+    plain = _as_tuple(op._init_fn(*args))
+    ref = _as_tuple(op._init_fn(*(a.double() if isinstance(a, torch.Tensor) else a for a in args)))
+    for i, (g, p, r) in enumerate(zip(got, plain, ref)):
+        assert g.dtype == p.dtype and g.shape == p.shape, (what, i, g.dtype, g.shape, p.shape)
+        err, plain_err = (g.double() - r).abs().max().item(), (p.double() - r).abs().max().item()
+        floor = 4 * torch.finfo(g.dtype).eps * max(r.abs().max().item(), 1.0)
+        assert err <= max(2 * plain_err, floor), f"{what} output {i}: error {err:.3g} vs PyTorch {plain_err:.3g}"
+
+
+@requires_cuda
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_row_kernels_match_pytorch(ext, dtype):
+    rng, gen = random.Random(10), torch.Generator().manual_seed(10)
+    for _ in range(12):
+        in_p, out_p, rows, n_out, n_in = _random_row_case(rng)
+        x, w, b, gy, ints = _row_args(gen, in_p, out_p, rows, n_out, n_in, dtype)
+        what = f"{dtype} {in_p} {out_p} rows={rows} W={n_out}x{n_in}"
+        _assert_within_twice_pytorch(row_linear, (x, w, b, *ints), f"row_linear {what}")
+        _assert_within_twice_pytorch(row_linear, (x, w, None, *ints), f"row_linear no bias {what}")
+        _assert_within_twice_pytorch(row_linear_backward, (gy, x, w, *ints), f"row_linear_backward {what}")
+
+
+@requires_cuda
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_tile_kernels_match_pytorch(ext, dtype):
+    rng, gen = random.Random(11), torch.Generator().manual_seed(11)
+    for _ in range(12):
+        p, rows, n_out, n_in = _random_tile_case(rng)
+        x, w, b, gy, ints = _tile_args(gen, p, rows, n_out, n_in, dtype)
+        what = f"{dtype} {p} rows={rows} W={n_out}x{n_in}"
+        _assert_within_twice_pytorch(tile_linear, (x, w, b, *ints), f"tile_linear {what}")
+        _assert_within_twice_pytorch(tile_linear, (x, w, None, *ints), f"tile_linear no bias {what}")
+        _assert_within_twice_pytorch(tile_linear_backward, (gy, x, w, *ints), f"tile_linear_backward {what}")
+
+
+EDGE_ROW = [
+    (RowPattern(1, 0, 1), RowPattern(1, 0, 1), 7, 9),  # dp = 1 on both sides
+    (RowPattern(5, 0, 5), RowPattern(4, 3, 1), 13, 11),  # keep = dp; offset at the end
+    (RowPattern(6, 5, 2), RowPattern(7, 6, 3), 20, 19),  # offsets at the end, runs that wrap
+    (RowPattern(9, 8, 1), RowPattern(10, 2, 1), 5, 8),  # n < dp: no kept input at all
+]
+EDGE_TILE = [
+    (TilePattern(1, 0, 32, 1), 20, 30),  # one tile
+    (TilePattern(3, 2, 8, 3), 17, 25),  # keep = dp
+    (TilePattern(4, 3, 5, 1), 21, 9),  # offset at the end
+    (TilePattern(7, 6, 16, 2), 20, 33),  # fewer tile rows than dp
+    (TilePattern(2, 1, 300, 1), 70, 80),  # tile larger than the weight
+]
+
+
+@requires_cuda
+@pytest.mark.parametrize("case", range(len(EDGE_ROW)))
+def test_row_edge_patterns(ext, case):
+    in_p, out_p, n_out, n_in = EDGE_ROW[case]
+    gen = torch.Generator().manual_seed(case)
+    x, w, b, gy, ints = _row_args(gen, in_p, out_p, 6, n_out, n_in, torch.float64)
+    torch.testing.assert_close(row_linear(x, w, b, *ints), row_linear._init_fn(x, w, b, *ints))
+    for got, want in zip(row_linear_backward(gy, x, w, *ints), row_linear_backward._init_fn(gy, x, w, *ints)):
+        torch.testing.assert_close(got, want)
+
+
+@requires_cuda
+@pytest.mark.parametrize("case", range(len(EDGE_TILE)))
+def test_tile_edge_patterns(ext, case):
+    p, n_out, n_in = EDGE_TILE[case]
+    gen = torch.Generator().manual_seed(case)
+    x, w, b, gy, ints = _tile_args(gen, p, 6, n_out, n_in, torch.float64)
+    torch.testing.assert_close(tile_linear(x, w, b, *ints), tile_linear._init_fn(x, w, b, *ints))
+    for got, want in zip(tile_linear_backward(gy, x, w, *ints), tile_linear_backward._init_fn(gy, x, w, *ints)):
+        torch.testing.assert_close(got, want)
+
+
+@requires_cuda
+def test_gradcheck_float64(ext):
+    gen = torch.Generator().manual_seed(3)
+    x, w, b, _, ints = _row_args(gen, RowPattern(3, 2, 2), RowPattern(2, 1, 1), 5, 11, 13, torch.float64)
+    args = [t.requires_grad_() for t in (x, w, b)]
+    assert torch.autograd.gradcheck(lambda x, w, b: row_linear(x, w, b, *ints), args)
+    x, w, b, _, ints = _tile_args(gen, TilePattern(3, 1, 4, 2), 5, 11, 13, torch.float64)
+    args = [t.requires_grad_() for t in (x, w, b)]
+    assert torch.autograd.gradcheck(lambda x, w, b: tile_linear(x, w, b, *ints), args)
+
+
+@requires_cuda
+def test_opcheck(ext):
+    gen = torch.Generator().manual_seed(4)
+    x, w, b, gy, ints = _row_args(gen, RowPattern(3, 1, 2), RowPattern(4, 3, 1), 9, 21, 17, torch.float32)
+    torch.library.opcheck(row_linear, (x.requires_grad_(), w.requires_grad_(), b.requires_grad_(), *ints))
+    torch.library.opcheck(row_linear_backward, (gy, x.detach(), w.detach(), *ints))
+    x, w, b, gy, ints = _tile_args(gen, TilePattern(3, 2, 4, 1), 9, 21, 17, torch.float32)
+    torch.library.opcheck(tile_linear, (x.requires_grad_(), w.requires_grad_(), b.requires_grad_(), *ints))
+    torch.library.opcheck(tile_linear_backward, (gy, x.detach(), w.detach(), *ints))
+
+
+@requires_cuda
+def test_same_inputs_same_results(ext):
+    """No atomics: two runs agree bit for bit, for every dtype."""
+    for dtype in DTYPES:
+        gen = torch.Generator().manual_seed(5)
+        x, w, b, gy, ints = _row_args(gen, RowPattern(3, 1, 2), RowPattern(2, 0, 1), 77, 131, 97, dtype)
+        assert torch.equal(row_linear(x, w, b, *ints), row_linear(x, w, b, *ints))
+        for a, c in zip(row_linear_backward(gy, x, w, *ints), row_linear_backward(gy, x, w, *ints)):
+            assert torch.equal(a, c)
+        x, w, b, gy, ints = _tile_args(gen, TilePattern(3, 1, 16, 2), 77, 131, 97, dtype)
+        assert torch.equal(tile_linear(x, w, b, *ints), tile_linear(x, w, b, *ints))
+        for a, c in zip(tile_linear_backward(gy, x, w, *ints), tile_linear_backward(gy, x, w, *ints)):
+            assert torch.equal(a, c)
+
+
+@requires_cuda
+def test_same_seed_same_training_step_as_pytorch_path(ext):
+    """ApproxDropoutMLP on CUDA: same seed, same patterns; kernels and PyTorch path give the same step."""
+    for method in ("row", "tile"):
+        grads = []
+        for use_kernels in (True, False):
+            torch.manual_seed(0)
+            model = approxdrop.ApproxDropoutMLP([37, 65, 33, 10], 0.5, method=method, tile=8).cuda().double()
+            model.generator = torch.Generator().manual_seed(1)
+            x = torch.randn(19, 37, device="cuda", dtype=torch.float64)
+            with contextlib.ExitStack() as stack:
+                for op in (row_linear, row_linear_backward, tile_linear, tile_linear_backward):
+                    stack.enter_context(op.set_kernel_enabled("cuda", use_kernels))
+                model(x).square().sum().backward()
+            grads.append([p.grad for p in model.parameters()])
+        for a, c in zip(*grads):
+            torch.testing.assert_close(a, c)
+
+
+@requires_cuda
+def test_non_contiguous_and_batched_inputs(ext):
+    gen = torch.Generator().manual_seed(6)
+    in_p, out_p = RowPattern(3, 2, 1), RowPattern(2, 1, 1)
+    big = torch.randn(40, 2 * 31, generator=gen, dtype=torch.float64).cuda()
+    w = big[:, ::2]  # [40, 31], non-contiguous
+    x = torch.randn(in_p.kept_count(31), 2, 3, 4, generator=gen, dtype=torch.float64).cuda().permute(1, 2, 3, 0)
+    ints = (in_p.dp, in_p.offset, in_p.keep, out_p.dp, out_p.offset, out_p.keep)
+    torch.testing.assert_close(row_linear(x, w, None, *ints), row_linear._init_fn(x, w, None, *ints))
+    xt = torch.randn(31, 2, 5, generator=gen, dtype=torch.float64).cuda().permute(1, 2, 0)  # [2, 5, 31]
+    torch.testing.assert_close(tile_linear(xt, w, None, 2, 1, 1, 8), tile_linear._init_fn(xt, w, None, 2, 1, 1, 8))
+    gy = torch.randn(2, 5, 40, generator=gen, dtype=torch.float64).cuda()
+    ints = (2, 1, 1, 8)
+    for got, want in zip(tile_linear_backward(gy, xt, w, *ints), tile_linear_backward._init_fn(gy, xt, w, *ints)):
+        torch.testing.assert_close(got, want)
+
+
+@requires_cuda
+def test_errors(ext):
+    w = torch.randn(6, 8, device="cuda")
+    with pytest.raises(RuntimeError, match="x is on cpu but weight is on cuda"):
+        tile_linear(torch.randn(3, 8), w, None, 2, 0, 1, 4)
+    with pytest.raises(RuntimeError, match="x has dtype Half but weight has dtype Float"):
+        tile_linear(torch.randn(3, 8, device="cuda").half(), w, None, 2, 0, 1, 4)
+    with pytest.raises(RuntimeError, match="support float32, float16, bfloat16 and float64"):
+        tile_linear(torch.ones(3, 8, device="cuda", dtype=torch.int32), w.int(), None, 2, 0, 1, 4)
+    with pytest.raises(ValueError, match="last dimension 8"):
+        tile_linear(torch.randn(3, 7, device="cuda"), w, None, 2, 0, 1, 4)
+    with pytest.raises(ValueError, match="last dimension 4"):
+        row_linear(torch.randn(3, 5, device="cuda"), w, None, 2, 0, 1, 1, 0, 1)
+    with pytest.raises(ValueError, match="bias must have shape"):
+        row_linear(torch.randn(3, 8, device="cuda"), w, torch.randn(5, device="cuda"), 1, 0, 1, 1, 0, 1)
+    with pytest.raises(ValueError, match="offset"):
+        row_linear(torch.randn(3, 8, device="cuda"), w, None, 2, 2, 1, 1, 0, 1)
+    with pytest.raises(RuntimeError, match="grad_y must have shape"):
+        row_linear_backward(torch.randn(3, 5, device="cuda"), torch.randn(3, 8, device="cuda"), w, 1, 0, 1, 1, 0, 1)
+
+
+@requires_cuda
+def test_status_after_build(ext):
+    st = kernels.status()
+    major, minor = torch.cuda.get_device_capability()
+    assert st.built and st.reason is None and st.arch == f"sm_{major}{minor}" and os.path.exists(st.path)
