@@ -203,15 +203,24 @@ def _row_linear_cuda(x, weight, bias, in_dp, in_offset, in_keep, out_dp, out_off
         return ext.row_linear(x, weight, bias, *ints, _stream(device))
 
 
-def _row_linear_backward_cuda(grad_y, x, weight, in_dp, in_offset, in_keep, out_dp, out_offset, out_keep):
+def _row_linear_backward_cuda(
+    grad_y, x, weight, in_dp, in_offset, in_keep, out_dp, out_offset, out_keep, need_grad_x=True
+):
     ext = load()
     ints = (in_dp, in_offset, in_keep, out_dp, out_offset, out_keep)
     if ext is None:
-        return row_linear_backward._init_fn(grad_y, x, weight, *ints)
+        return row_linear_backward._init_fn(grad_y, x, weight, *ints, need_grad_x)
     _check_row_ints(ints)
     device = _cuda_device(grad_y, x, weight)
     with torch.cuda.device(device):
-        return tuple(ext.row_linear_backward(grad_y, x, weight, *ints, _stream(device)))
+        grads = ext.row_linear_backward(grad_y, x, weight, *ints, _stream(device))
+    return _drop_grad_x(grads, x, need_grad_x)
+
+
+def _drop_grad_x(grads, x, need_grad_x: bool):
+    """The op's contract: grad_x empty when not needed (the kernel still computes it; to skip later)."""
+    grad_x, grad_w, grad_b = grads
+    return (grad_x if need_grad_x else x.new_empty(0)), grad_w, grad_b
 
 
 def _tile_linear_cuda(x, weight, bias, dp, offset, keep, tile):
@@ -226,14 +235,15 @@ def _tile_linear_cuda(x, weight, bias, dp, offset, keep, tile):
         return ext.tile_linear(x, weight, bias, dp, offset, keep, tile, _stream(device))
 
 
-def _tile_linear_backward_cuda(grad_y, x, weight, dp, offset, keep, tile):
+def _tile_linear_backward_cuda(grad_y, x, weight, dp, offset, keep, tile, need_grad_x=True):
     ext = load()
     if ext is None:
-        return tile_linear_backward._init_fn(grad_y, x, weight, dp, offset, keep, tile)
+        return tile_linear_backward._init_fn(grad_y, x, weight, dp, offset, keep, tile, need_grad_x)
     TilePattern(dp, offset, tile, keep)  # raises ValueError on bad integers
     device = _cuda_device(grad_y, x, weight)
     with torch.cuda.device(device):
-        return tuple(ext.tile_linear_backward(grad_y, x, weight, dp, offset, keep, tile, _stream(device)))
+        grads = ext.tile_linear_backward(grad_y, x, weight, dp, offset, keep, tile, _stream(device))
+    return _drop_grad_x(grads, x, need_grad_x)
 
 
 def _check_row_ints(ints) -> None:

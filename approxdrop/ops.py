@@ -136,16 +136,18 @@ def row_linear_backward(
     out_dp: int,
     out_offset: int,
     out_keep: int,
+    need_grad_x: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gradients (x: [*, k_in], weight: [n_out, n_in], bias: [n_out]) of ``row_linear``.
-    Weights and biases outside the kept rows and columns get exactly zero."""
+    Weights and biases outside the kept rows and columns get exactly zero. With
+    ``need_grad_x=False`` (a first layer) grad_x is skipped and returned empty."""
     in_p, out_p = RowPattern(in_dp, in_offset, in_keep), RowPattern(out_dp, out_offset, out_keep)
     n_out, n_in = weight.shape
     rows, cols = out_p.selector(n_out, x.device), in_p.selector(n_in, x.device)
     w_kept = _kept_weight(weight, rows, cols)  # [k_out, k_in]
     g2 = _flat(grad_y)  # [N, k_out]
     g_scaled = g2 * in_p.scale  # scale the small operand once, not the two products
-    grad_x = torch.mm(g_scaled, w_kept).reshape(x.shape)
+    grad_x = torch.mm(g_scaled, w_kept).reshape(x.shape) if need_grad_x else x.new_empty(0)
     grad_w = torch.zeros_like(weight)
     _put_block(grad_w, torch.mm(g_scaled.t(), _flat(x)), rows, cols)
     grad_b = weight.new_zeros(n_out)
@@ -154,8 +156,14 @@ def row_linear_backward(
 
 
 @row_linear_backward.register_fake
-def _(grad_y, x, weight, in_dp, in_offset, in_keep, out_dp, out_offset, out_keep):
-    return torch.empty_like(x), torch.empty_like(weight), weight.new_empty(weight.shape[0])
+def _(grad_y, x, weight, in_dp, in_offset, in_keep, out_dp, out_offset, out_keep, need_grad_x=True):
+    return _empty_grads(x, weight, need_grad_x)
+
+
+def _empty_grads(x, weight, need_grad_x: bool):
+    """Fake outputs of both backward ops: grad_x (empty when not needed), grad_w, grad_b."""
+    grad_x = torch.empty_like(x) if need_grad_x else x.new_empty(0)
+    return grad_x, torch.empty_like(weight), weight.new_empty(weight.shape[0])
 
 
 def _save_inputs(ctx, inputs, output):
@@ -168,8 +176,9 @@ def _save_inputs(ctx, inputs, output):
 
 def _row_backward(ctx, grad_y):
     x, weight = ctx.saved_tensors
-    grad_x, grad_w, grad_b = row_linear_backward(grad_y, x, weight, *ctx.ints)
-    return (grad_x, grad_w, grad_b if ctx.has_bias else None) + (None,) * 6
+    need_x = ctx.needs_input_grad[0]
+    grad_x, grad_w, grad_b = row_linear_backward(grad_y, x, weight, *ctx.ints, need_x)
+    return (grad_x if need_x else None, grad_w, grad_b if ctx.has_bias else None) + (None,) * 6
 
 
 row_linear.register_autograd(_row_backward, setup_context=_save_inputs)
@@ -290,29 +299,34 @@ def tile_linear_backward(
     offset: int,
     keep: int,
     tile: int,
+    need_grad_x: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gradients (x: [*, n_in], weight: [n_out, n_in], bias: [n_out]) of ``tile_linear``.
-    Weights in skipped tiles get exactly zero."""
+    Weights in skipped tiles get exactly zero. With ``need_grad_x=False`` grad_x is skipped and
+    returned empty."""
     n_out, n_in = weight.shape
     layout = _TileLayout(TilePattern(dp, offset, tile, keep), n_out, n_in, x.device)
     g2 = _flat(grad_y)  # [N, n_out]
     g_blocks = layout.output_blocks(g2)  # [dp, N, A*T]
     x_blocks = layout.input_blocks(_flat(x))  # [dp, N, keep*B*T]
-    gx_blocks = torch.bmm(g_blocks, layout.weight_blocks(weight)).mul_(layout.scale)  # [dp, N, keep*B*T]
     gw_blocks = torch.bmm(g_blocks.transpose(1, 2), x_blocks).mul_(layout.scale)  # [dp, A*T, keep*B*T]
-    grad_x = layout.scatter_inputs(gx_blocks).reshape(x.shape)
+    grad_x = x.new_empty(0)
+    if need_grad_x:
+        gx_blocks = torch.bmm(g_blocks, layout.weight_blocks(weight)).mul_(layout.scale)  # [dp, N, keep*B*T]
+        grad_x = layout.scatter_inputs(gx_blocks).reshape(x.shape)
     return grad_x, layout.scatter_weight(gw_blocks), g2.sum(0)
 
 
 @tile_linear_backward.register_fake
-def _(grad_y, x, weight, dp, offset, keep, tile):
-    return torch.empty_like(x), torch.empty_like(weight), weight.new_empty(weight.shape[0])
+def _(grad_y, x, weight, dp, offset, keep, tile, need_grad_x=True):
+    return _empty_grads(x, weight, need_grad_x)
 
 
 def _tile_backward(ctx, grad_y):
     x, weight = ctx.saved_tensors
-    grad_x, grad_w, grad_b = tile_linear_backward(grad_y, x, weight, *ctx.ints)
-    return (grad_x, grad_w, grad_b if ctx.has_bias else None) + (None,) * 4
+    need_x = ctx.needs_input_grad[0]
+    grad_x, grad_w, grad_b = tile_linear_backward(grad_y, x, weight, *ctx.ints, need_x)
+    return (grad_x if need_x else None, grad_w, grad_b if ctx.has_bias else None) + (None,) * 4
 
 
 tile_linear.register_autograd(_tile_backward, setup_context=_save_inputs)

@@ -62,6 +62,23 @@ def test_tile_linear_matches_dense_masked_reference(pattern, n_in, n_out, with_b
     _assert_same_forward_backward(tile_pattern_linear, tile_linear_reference, (x, weight, bias, pattern))
 
 
+def test_backward_skips_grad_x_when_the_input_needs_none():
+    """A first layer's input needs no gradient: the grad_x GEMM is skipped, grad_w is unchanged."""
+    x, weight = torch.randn(4, 10), torch.randn(6, 10, requires_grad=True)
+    for call in (
+        lambda x: row_pattern_linear(x, weight, None, RowPattern(1, 0), RowPattern(2, 1)),
+        lambda x: tile_pattern_linear(x, weight, None, TilePattern(2, 1, tile=3)),
+    ):
+        call(x).square().sum().backward()
+        skipped, weight.grad = weight.grad, None
+        x_grad = x.clone().requires_grad_()
+        call(x_grad).square().sum().backward()
+        assert x_grad.grad is not None and torch.equal(weight.grad, skipped)
+        weight.grad = None
+    grads = row_linear_backward(torch.randn(4, 3), x, weight.detach(), 1, 0, 1, 2, 1, 1, False)
+    assert grads[0].numel() == 0 and grads[1].shape == (6, 10)
+
+
 def test_empty_batch_works_for_both_ops():
     weight = torch.randn(9, 12, requires_grad=True)
     y = tile_pattern_linear(torch.randn(0, 12), weight, None, TilePattern(2, 1, tile=4))
