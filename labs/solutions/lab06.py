@@ -1,0 +1,12 @@
+"""Reference solutions of lab 06 (approxdrop.exercises.lab06)."""
+
+import torch
+
+
+def kept_residues(dp, offset, keep):
+    return torch.tensor(sorted((offset + t) % dp for t in range(keep)))
+
+
+def kept_index(j, dp, offset, keep):
+    residues = kept_residues(dp, offset, keep)
+    return (j // keep) * dp + int(residues[j % keep])
