@@ -60,7 +60,8 @@ class BenchRow:
     rounds: int
 
 
-def _sync(device: torch.device) -> None:
+def sync(device: torch.device) -> None:
+    """Wait for the GPU's queued work (no-op on CPU), so a timer measures it."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -115,11 +116,11 @@ def measure(
             order = methods[r % len(methods) :] + methods[: r % len(methods)]
             for method in order:
                 step = steps_by_method[method]
-                _sync(dev)
+                sync(dev)
                 start = time.perf_counter()
                 for _ in range(steps):
                     step()
-                _sync(dev)
+                sync(dev)
                 times[method].append((time.perf_counter() - start) / steps)
                 bar.update()
         base = statistics.median(times["bernoulli"])

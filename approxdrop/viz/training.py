@@ -1,0 +1,89 @@
+"""Training curves of several dropout methods on one figure: loss, accuracy, step time.
+
+``training_figure(methods)`` makes the empty figure (three subplots, one colour per method) and
+``update_training_figure(fig, result)`` fills it from an ``approxdrop.train.TrainResult``; on a
+FigureWidget that redraws in place, so it can follow a training run through ``train``'s callback.
+Traces, in order, per method ``m`` (index ``i``): ``3i`` loss (running mean), ``3i + 1`` test
+accuracy, ``3i + 2`` step time (ms, running median).
+"""
+
+from __future__ import annotations
+
+import statistics
+
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from ..gemm_timing import Timing
+
+COLORS = {"bernoulli": "#4C78A8", "row": "#E45756", "tile": "#54A24B", "shared": "#F58518", "none": "#9D9D9D"}
+WINDOW = 9  # steps in the running median of the step time
+
+
+def running_median(values: list[float], window: int = WINDOW) -> list[float]:
+    """Median of the last ``window`` values at every position."""
+    return [statistics.median(values[max(0, i + 1 - window) : i + 1]) for i in range(len(values))]
+
+
+def running_mean(values: list[float], window: int = WINDOW) -> list[float]:
+    """Mean of the last ``window`` values at every position."""
+    return [statistics.fmean(values[max(0, i + 1 - window) : i + 1]) for i in range(len(values))]
+
+
+def training_figure(methods, title: str = "Training side by side") -> go.Figure:
+    """Empty figure with the traces of every method, ready for ``update_training_figure``."""
+    fig = make_subplots(
+        rows=1,
+        cols=3,
+        subplot_titles=(
+            f"training loss (running mean of {WINDOW})",
+            "test accuracy",
+            f"ms per step (running median of {WINDOW}, log)",
+        ),
+    )
+    for method in methods:
+        color = COLORS.get(method, "#B279A2")
+        style = {"legendgroup": method, "line": {"color": color}}
+        fig.add_trace(go.Scatter(x=[], y=[], name=method, mode="lines", **style), 1, 1)
+        fig.add_trace(go.Scatter(x=[], y=[], name=method, mode="lines+markers", showlegend=False, **style), 1, 2)
+        fig.add_trace(go.Scatter(x=[], y=[], name=method, mode="lines", showlegend=False, **style), 1, 3)
+    fig.update_xaxes(title_text="step")
+    fig.update_yaxes(type="log", row=1, col=3)
+    fig.update_layout(title=title, height=380, legend={"orientation": "h", "y": -0.25}, margin={"t": 80})
+    return fig
+
+
+def update_training_figure(fig, result) -> None:
+    """Set every trace from ``result`` (a TrainResult); a FigureWidget redraws in place."""
+    with fig.batch_update():
+        for i, method in enumerate(result.methods):
+            h = result.histories[method]
+            fig.data[3 * i].update(x=h.step, y=running_mean(h.loss))
+            fig.data[3 * i + 1].update(x=h.eval_step, y=h.test_accuracy)
+            fig.data[3 * i + 2].update(x=h.step, y=[1e3 * s for s in running_median(h.seconds)])
+
+
+def result_figure(result, title: str = "Training side by side") -> go.Figure:
+    """A static figure of a finished (or running) training."""
+    fig = training_figure(result.methods, title)
+    update_training_figure(fig, result)
+    return fig
+
+
+def summary_timings(result) -> list[Timing]:
+    """The summary as Timings for ``approxdrop.viz.timing.timing_figure``, bernoulli first."""
+    rows = sorted(result.summary(), key=lambda r: r.method != "bernoulli")
+    return [Timing(r.method, r.ms_per_step, r.gemm_work) for r in rows]
+
+
+def samples_figure(x, y, image_shape, count: int = 8, title: str = "Examples") -> go.Figure:
+    """The first ``count`` images of x (Float[N, H*W]) with their labels y (Long[N]), in one row."""
+    count = min(count, len(y))
+    fig = make_subplots(rows=1, cols=count, subplot_titles=[f"label {int(label)}" for label in y[:count]])
+    for i in range(count):
+        image = x[i].reshape(image_shape).tolist()  # [H, W]
+        fig.add_trace(go.Heatmap(z=image, colorscale="gray_r", showscale=False, zmin=0, zmax=1), 1, i + 1)
+    fig.update_yaxes(autorange="reversed", showticklabels=False)
+    fig.update_xaxes(showticklabels=False)
+    fig.update_layout(title=title, height=220, margin={"t": 70, "b": 10})
+    return fig

@@ -1,0 +1,188 @@
+"""Data loaders: IDX parsing, the real download path against a local HTTP server (success, bad
+checksum, HTTP 500, connection refused), the cache, the fallback order, Fashion-MNIST and digits."""
+
+import gzip
+import hashlib
+import http.server
+import os
+import socket
+import threading
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from approxdrop import data
+from approxdrop.data import IDX_FILES, DataUnavailable, fetch_mnist, load_dataset, parse_idx
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    """An uncompressed IDX file holding a uint8 array."""
+    header = bytes([0, 0, 0x08, array.ndim]) + np.array(array.shape, dtype=">i4").tobytes()
+    return header + array.astype(np.uint8).tobytes()
+
+
+def write_idx_dir(directory: Path, train: int = 30, test: int = 10, side: int = 4, seed: int = 0) -> dict[str, str]:
+    """The four MNIST-named IDX .gz files of a tiny dataset; returns their MD5 sums."""
+    rng = np.random.default_rng(seed)
+    arrays = [
+        rng.integers(0, 256, (train, side, side)),
+        rng.integers(0, 10, train),
+        rng.integers(0, 256, (test, side, side)),
+        rng.integers(0, 10, test),
+    ]
+    directory.mkdir(parents=True, exist_ok=True)
+    sums = {}
+    for name, array in zip(IDX_FILES, arrays):
+        path = directory / name
+        path.write_bytes(gzip.compress(idx_bytes(array)))
+        sums[name] = hashlib.md5(path.read_bytes()).hexdigest()
+    return sums
+
+
+class Handler(http.server.SimpleHTTPRequestHandler):
+    fail_with: int | None = None
+
+    def do_GET(self):  # noqa: N802 (the http.server API)
+        if self.server.fail_with is not None:
+            self.send_error(self.server.fail_with)
+            return
+        super().do_GET()
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def server(tmp_path):
+    """A local HTTP server on 127.0.0.1 serving tmp_path/served; yields (base_url, md5 sums, httpd)."""
+    served = tmp_path / "served"
+    sums = write_idx_dir(served)
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), partial(Handler, directory=str(served)))
+    httpd.fail_with = None
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}/", sums, httpd
+    httpd.shutdown()
+    httpd.server_close()
+
+
+@pytest.fixture
+def no_fashion(monkeypatch, tmp_path):
+    monkeypatch.setattr(data, "FASHION_DIR", tmp_path / "no-fashion-here")
+
+
+def test_parse_idx_reads_shape_and_values_and_rejects_bad_files():
+    array = np.arange(24, dtype=np.uint8).reshape(2, 3, 4)
+    assert np.array_equal(parse_idx(idx_bytes(array)), array)
+    ints = np.array([[1, -2], [300, 4]], dtype=">i4")
+    header = bytes([0, 0, 0x0C, 2]) + np.array([2, 2], dtype=">i4").tobytes()
+    assert np.array_equal(parse_idx(header + ints.tobytes()), ints)
+    with pytest.raises(ValueError, match="not an IDX file"):
+        parse_idx(b"\x1f\x8b\x08\x00")
+    with pytest.raises(ValueError, match="data bytes"):
+        parse_idx(idx_bytes(array)[:-1])
+
+
+def test_download_verifies_and_caches_the_files(server, tmp_path, capsys):
+    url, sums, httpd = server
+    root = tmp_path / "cache"
+    ds = load_dataset("mnist", root=root, base_url=url, checksums=sums)
+    assert ds.train_x.shape == (30, 16) and ds.test_x.shape == (10, 16)
+    assert ds.train_x.dtype == torch.float32 and 0.0 <= float(ds.train_x.min()) and float(ds.train_x.max()) <= 1.0
+    assert ds.train_y.dtype == torch.int64 and ds.info.name == "mnist" and ds.info.image_shape == (4, 4)
+    expected = parse_idx(gzip.decompress((tmp_path / "served" / IDX_FILES[0]).read_bytes())).reshape(30, 16) / 255
+    assert torch.allclose(ds.train_x, torch.tensor(expected, dtype=torch.float32))
+    assert sorted(os.listdir(root)) == sorted(IDX_FILES)  # no temporary file left
+    assert "dataset: mnist" in capsys.readouterr().out
+    httpd.fail_with = 500  # from now on the cache must be enough
+    again = load_dataset("mnist", root=root, base_url=url, checksums=sums, download=False, verbose=False)
+    assert torch.equal(again.train_x, ds.train_x)
+
+
+def test_a_corrupt_cached_file_is_downloaded_again(server, tmp_path):
+    url, sums, _ = server
+    root = fetch_mnist(tmp_path / "cache", url, sums)
+    (root / IDX_FILES[1]).write_bytes(b"garbage")
+    fetch_mnist(root, url, sums)
+    assert hashlib.md5((root / IDX_FILES[1]).read_bytes()).hexdigest() == sums[IDX_FILES[1]]
+
+
+def test_a_checksum_mismatch_leaves_nothing_in_the_cache(server, tmp_path):
+    url, sums, _ = server
+    root = tmp_path / "cache"
+    wrong = {**sums, IDX_FILES[0]: "0" * 32}
+    with pytest.raises(DataUnavailable, match="checksum mismatch"):
+        fetch_mnist(root, url, wrong)
+    assert os.listdir(root) == []
+
+
+@pytest.mark.parametrize("failure", ["http 500", "connection refused"])
+def test_a_failing_server_raises_a_clear_error_and_auto_falls_back(server, tmp_path, no_fashion, failure, capsys):
+    url, sums, httpd = server
+    if failure == "http 500":
+        httpd.fail_with = 500
+    else:
+        with socket.socket() as sock:  # a port nobody listens on
+            sock.bind(("127.0.0.1", 0))
+            url = f"http://127.0.0.1:{sock.getsockname()[1]}/"
+    root = tmp_path / "cache"
+    with pytest.raises(DataUnavailable, match="could not download" + (".*500" if failure == "http 500" else "")):
+        load_dataset("mnist", root=root, base_url=url, checksums=sums)
+    assert not root.exists() or os.listdir(root) == []
+    ds = load_dataset("auto", root=root, base_url=url, checksums=sums)
+    out = capsys.readouterr().out.splitlines()
+    assert ds.info.name == "digits"
+    assert out[0].startswith("mnist unavailable") and out[0].endswith("falling back to fashion-mnist")
+    assert out[1].startswith("fashion-mnist unavailable") and out[1].endswith("falling back to digits")
+    assert out[2].startswith("dataset: digits")
+
+
+def test_auto_takes_fashion_mnist_when_mnist_is_not_cached_and_downloads_are_off(monkeypatch, tmp_path, capsys):
+    fashion = tmp_path / "fashion"
+    write_idx_dir(fashion, train=12, test=6, side=5, seed=1)
+    monkeypatch.setattr(data, "FASHION_DIR", fashion)
+    ds = load_dataset("auto", root=tmp_path / "empty", download=False)
+    assert ds.info.name == "fashion-mnist" and ds.train_x.shape == (12, 25) and ds.info.source == str(fashion)
+    out = capsys.readouterr().out
+    assert "downloads are off" in out and "dataset: fashion-mnist" in out
+
+
+def test_a_named_dataset_does_not_fall_back(no_fashion):
+    with pytest.raises(DataUnavailable, match="fashion-mnist: missing"):
+        load_dataset("fashion-mnist")
+    with pytest.raises(ValueError, match="name must be one of"):
+        load_dataset("cifar")
+
+
+@pytest.mark.skipif(not data.FASHION_DIR.exists(), reason="Debian package dataset-fashion-mnist not installed")
+def test_the_system_fashion_mnist():
+    ds = load_dataset("fashion-mnist", train_size=100, test_size=50, verbose=False)
+    assert ds.train_x.shape == (100, 784) and ds.test_x.shape == (50, 784) and ds.info.classes == 10
+    assert set(ds.train_y.tolist()) <= set(range(10))
+
+
+def test_digits_are_the_last_resort_and_subsets_are_seeded():
+    ds = load_dataset("digits", verbose=False)
+    assert ds.train_x.shape == (1438, 64) and ds.test_x.shape == (359, 64) and ds.info.image_shape == (8, 8)
+    assert float(ds.train_x.max()) == 1.0 and float(ds.train_x.min()) == 0.0
+    small = load_dataset("digits", train_size=100, test_size=20, verbose=False)
+    assert small.train_x.shape == (100, 64) and small.test_y.shape == (20,)
+    assert torch.equal(small.train_x, load_dataset("digits", train_size=100, test_size=20, verbose=False).train_x)
+
+
+def test_data_dir_follows_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("APPROXDROP_DATA_DIR", str(tmp_path / "a"))
+    assert data.data_dir() == tmp_path / "a"
+    monkeypatch.delenv("APPROXDROP_DATA_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert data.data_dir() == tmp_path / "xdg" / "approxdrop" / "data"
+
+
+def test_the_mirror_can_be_set_by_environment(server, tmp_path, monkeypatch):
+    url, sums, _ = server
+    monkeypatch.setenv("APPROXDROP_MNIST_URL", url)
+    root = fetch_mnist(tmp_path / "cache", checksums=sums)
+    assert sorted(os.listdir(root)) == sorted(IDX_FILES)

@@ -1,0 +1,81 @@
+"""Labs 04 and 05 exercises: the reference solutions pass every checker, wrong answers fail, the
+TODO stubs are "not attempted", and every TODO function of the notebooks has a reference solution."""
+
+import importlib.util
+import re
+from pathlib import Path
+
+import nbformat
+import pytest
+import torch
+
+from approxdrop.exercises import lab04, lab05
+
+LABS = Path(__file__).resolve().parents[1] / "labs"
+
+
+def solutions(lab: str):
+    spec = importlib.util.spec_from_file_location(f"solutions_{lab}", LABS / "solutions" / f"{lab}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+SOL04, SOL05 = solutions("lab04"), solutions("lab05")
+
+
+def todo(*args):
+    raise NotImplementedError
+
+
+def no_zero_grad(model, optimizer, x, y):
+    loss = torch.nn.functional.cross_entropy(model(x), y)
+    loss.backward()
+    optimizer.step()
+    return loss
+
+
+def keep_rate(pairs, probs):  # the kept share, not the dropped one
+    return sum(q * keep / dp for (dp, keep), q in zip(pairs, probs))
+
+
+def drops_if_divides(dp, keep, n):  # ignores keep and the offset
+    return torch.full((dp,), n - n // dp)
+
+
+def half(pairs, probs, n):
+    return torch.full((n,), 0.5, dtype=torch.float64)
+
+
+def ratio(measured_speedup, ideal_speedup):  # not Amdahl's law
+    return measured_speedup / ideal_speedup
+
+
+CHECKS = [
+    (lab04.check_expected_rate, SOL04.expected_rate, keep_rate),
+    (lab04.check_dropped_counts, SOL04.dropped_counts, drops_if_divides),
+    (lab04.check_drop_probability, SOL04.drop_probability, half),
+    (lab05.check_gemm_share, SOL05.gemm_share, ratio),
+    (lab05.check_train_step, SOL05.train_step, no_zero_grad),
+]
+
+
+@pytest.mark.parametrize("checker, solution, wrong", CHECKS, ids=lambda f: getattr(f, "__name__", ""))
+def test_solution_passes_wrong_answer_fails_todo_is_not_attempted(checker, solution, wrong, capsys):
+    assert checker(solution).status == "pass"
+    result = checker(wrong)
+    assert result.status == "fail" and (result.max_diff is None or result.max_diff > 0)
+    assert checker(todo).status == "not attempted"
+    out = capsys.readouterr().out
+    assert "[PASS]" in out and "[FAIL]" in out and "[TODO]" in out
+
+
+@pytest.mark.parametrize("notebook, module", [("04_the_search.ipynb", SOL04), ("05_training.ipynb", SOL05)])
+def test_every_todo_cell_has_a_reference_solution(notebook, module):
+    nb = nbformat.read(LABS / notebook, as_version=4)
+    todo_cells = [c.source for c in nb.cells if c.cell_type == "code" and "raise NotImplementedError" in c.source]
+    assert todo_cells
+    for source in todo_cells:
+        name = source.split("def ", 1)[1].split("(", 1)[0]
+        assert callable(getattr(module, name)), name
+        assert re.search(rf"lab0[45]\.check_\w+\({name}\)", source), source  # the cell checks it

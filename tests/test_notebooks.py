@@ -1,0 +1,65 @@
+"""The labs: committed without outputs, and each runs top to bottom under nbval in CI mode.
+
+Cells marked ``# NBVAL_CHECK_OUTPUT`` print deterministic text; their expected output is kept in
+``labs/expected_outputs.json`` (see tests/notebook_outputs.py) and put back into a temporary copy of
+the notebook, so that nbval compares it while git holds the notebooks stripped. ``--nbval-lax`` runs
+every other cell without comparing. Every labs/*.ipynb is picked up, whoever wrote it.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+from notebook_outputs import LABS, is_checked, load_expected, with_expected_outputs
+
+NOTEBOOKS = sorted(LABS.glob("*.ipynb"))
+SANITIZE = LABS / "nbval_sanitize.cfg"
+BOUND_S = 60  # a bound that catches a lab left at full size in CI mode, not a speed claim
+
+
+def test_there_are_labs():
+    assert [p.name[:2] for p in NOTEBOOKS] == ["00", "01", "02", "03", "04", "05", "06"]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_committed_notebook_is_stripped(path):
+    for i, cell in enumerate(json.loads(path.read_text())["cells"]):
+        if cell["cell_type"] == "code":
+            assert cell.get("execution_count") is None, f"{path.name} cell {i}: execution count"
+            assert cell.get("outputs") == [], f"{path.name} cell {i}: outputs must be stripped"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_every_checked_cell_has_exactly_one_expected_output(path):
+    checked = {c["id"] for c in json.loads(path.read_text())["cells"] if is_checked(c)}
+    assert checked, f"{path.name}: no cell checks its output"
+    assert set(load_expected().get(path.name, {})) == checked
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_runs_top_to_bottom_in_ci_mode(path, capsys):
+    filled = with_expected_outputs(json.loads(path.read_text()), load_expected()[path.name])
+    copy = LABS / f".nbval-{path.name}"  # beside the original: the kernel runs in labs/
+    copy.write_text(json.dumps(filled))
+    command = [sys.executable, "-m", "pytest", "--nbval-lax", "--nbval-current-env", "-p", "no:cacheprovider", "-q"]
+    command += ["--nbval-sanitize-with", str(SANITIZE), str(copy)]
+    start = time.perf_counter()
+    try:
+        proc = subprocess.run(
+            command,
+            cwd=LABS.parent,
+            env={**os.environ, "APPROXDROP_CI": "1"},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    finally:
+        copy.unlink()
+    elapsed = time.perf_counter() - start
+    with capsys.disabled():
+        print(f"\n  nbval {path.name}: {elapsed:.1f} s", end="")
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:]
+    assert elapsed < BOUND_S, f"{path.name} took {elapsed:.1f} s in CI mode (bound {BOUND_S} s)"

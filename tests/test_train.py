@@ -1,0 +1,91 @@
+"""The training helper: fair side-by-side runs (same weights, same batches), records, evaluation,
+callbacks, the summary table, and argument errors."""
+
+import pytest
+import torch
+
+from approxdrop import ApproxDropoutMLP
+from approxdrop.data import Dataset, DatasetInfo
+from approxdrop.train import evaluate, train, training_step
+
+
+def blobs(n_train=400, n_test=100, dim=16, classes=4, seed=0) -> Dataset:
+    """Linearly separable clusters in [0, 1]^dim."""
+    gen = torch.Generator().manual_seed(seed)
+    centers = torch.rand(classes, dim, generator=gen)
+
+    def draw(n):
+        y = torch.randint(classes, (n,), generator=gen)
+        return (centers[y] + 0.05 * torch.randn(n, dim, generator=gen)).clamp(0, 1), y
+
+    return Dataset(*draw(n_train), *draw(n_test), DatasetInfo("blobs", "test", (4, 4), classes))
+
+
+DATA = blobs()
+SMALL = dict(hidden=(32, 32), batch=16, tile=8, progress=False)
+
+
+def test_every_method_starts_from_the_same_weights_and_sees_the_same_batches():
+    # at p = 0 no method drops anything, so every loss curve must be the same
+    result = train(DATA, ["bernoulli", "row", "tile", "shared", "none"], p=0.0, steps=6, eval_every=3, **SMALL)
+    losses = [h.loss for h in result.histories.values()]
+    for other in losses[1:]:
+        assert other == pytest.approx(losses[0], rel=1e-5)
+
+
+def test_records_evaluations_and_callbacks():
+    calls = []
+    result = train(
+        DATA, ["bernoulli", "row"], p=0.5, steps=10, eval_every=4, callback=lambda r, s: calls.append(s),
+        callback_every=3, **SMALL,
+    )  # fmt: skip
+    assert calls == [3, 6, 9, 10]
+    for h in result.histories.values():
+        assert h.step == list(range(1, 11)) and len(h.loss) == len(h.seconds) == len(h.train_accuracy) == 10
+        assert h.eval_step == [4, 8, 10] and all(0.0 <= a <= 1.0 for a in h.test_accuracy)
+        assert all(s > 0 for s in h.seconds)
+    assert result.sizes == [16, 32, 32, 4] and result.methods == ["bernoulli", "row"]
+
+
+def test_training_learns_and_the_summary_compares_with_bernoulli():
+    result = train(DATA, ["bernoulli", "row", "none"], p=0.3, steps=100, eval_every=100, **SMALL)
+    rows = {r.method: r for r in result.summary()}
+    assert rows["bernoulli"].speedup == pytest.approx(1.0)
+    assert rows["row"].speedup == pytest.approx(rows["bernoulli"].ms_per_step / rows["row"].ms_per_step)
+    assert rows["row"].gemm_work == pytest.approx(
+        (16 * 32 * 0.7 + 32 * 32 * 0.49 + 32 * 4 * 0.7) / (16 * 32 + 32 * 32 + 32 * 4)
+    )
+    for row in rows.values():
+        assert row.test_accuracy > 0.9  # four separable clusters: chance is 0.25
+    table = result.format_table()
+    assert table.count("\n") == 4 and "| row |" in table and "1.00x" in table
+
+
+def test_without_bernoulli_there_is_no_speedup():
+    result = train(DATA, ["row"], p=0.5, steps=3, **SMALL)
+    assert result.summary()[0].speedup is None and "| row |" in result.format_table()
+
+
+def test_training_step_and_evaluate():
+    torch.manual_seed(0)
+    model = ApproxDropoutMLP([16, 8, 4], 0.5, method="row")
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    before = [p.detach().clone() for p in model.parameters()]
+    loss, logits = training_step(model, opt, DATA.train_x[:8], DATA.train_y[:8])
+    assert loss.shape == () and not loss.requires_grad and logits.shape == (8, 4)
+    assert any(not torch.equal(b, p) for b, p in zip(before, model.parameters()))
+    assert model.training and 0.0 <= evaluate(model, DATA.test_x, DATA.test_y, batch=7) <= 1.0 and model.training
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(methods=["dropout"]), "methods must be"),
+        (dict(methods=[]), "methods must be"),
+        (dict(methods=["row", "row"]), "methods must be"),
+        (dict(steps=0), "must be >= 1"),
+    ],
+)
+def test_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        train(DATA, **{"methods": ["row"], "steps": 2, **kwargs, **SMALL})

@@ -1,0 +1,68 @@
+"""Search figures: bars, loss curve, dropped-count law vs binomial, co-drop heatmap, families,
+frontier; the 2 x 2 figure redrawn in place."""
+
+import numpy as np
+import plotly.graph_objects as go
+import pytest
+
+import approxdrop as ad
+from approxdrop.search import FrontierPoint
+from approxdrop.stats import binomial_pmf
+from approxdrop.viz.search import (
+    co_drop_figure,
+    count_figure,
+    families_figure,
+    frontier_figure,
+    loss_figure,
+    probability_figure,
+    search_figure,
+    update_search_figure,
+)
+
+MIX = ad.PatternDistribution(((2, 1), (3, 1)), (0.4, 0.6), n=24, target_p=0.6, distance=0.05, loss_history=(3, 2, 1))
+
+
+def test_search_figure_holds_the_distribution_and_its_statistics():
+    fig = search_figure(MIX, 24, 0.6, steps=30)
+    bars, loss, pattern, binomial, co_drop = fig.data
+    assert list(bars.x) == ["dp=2, keep=1", "dp=3, keep=1"] and list(bars.y) == [0.4, 0.6]
+    assert list(loss.x) == [10, 20, 30] and list(loss.y) == [3, 2, 1]
+    counts = dict(zip(pattern.x, pattern.y))
+    assert counts[12] == pytest.approx(0.4) and counts[16] == pytest.approx(0.6)  # dp=2 drops 12, dp=3 drops 16
+    assert list(binomial.y) == pytest.approx(binomial_pmf(24, 0.6)[binomial.x[0] : binomial.x[-1] + 1])
+    z = np.array(co_drop.z)
+    assert z.shape == (24, 24) and np.allclose(np.diag(z), 0.6) and co_drop.zmid == pytest.approx(0.36)
+    # units 6 apart fall in the same class of both combs: dropped together whenever one is (0.6);
+    # neighbours: never both under dp=2, both under dp=3 at one offset in three (0.6 / 3)
+    assert z[0, 6] == pytest.approx(0.6) and z[0, 1] == pytest.approx(0.2)
+
+
+def test_update_search_figure_redraws_in_place():
+    fig = go.FigureWidget(search_figure(MIX, 24, 0.6))
+    traces = list(fig.data)
+    other = ad.search_distribution(0.3, 64, family="extended", steps=50)
+    update_search_figure(fig, other, 64, 0.3, steps=50)
+    assert list(fig.data) == traces
+    assert list(fig.data[0].y) == pytest.approx(other.probs) and len(fig.data[1].y) == len(other.loss_history)
+    assert np.array(fig.data[4].z).shape == (48, 48) and "p = 0.3 on n = 64" in fig.layout.title.text
+
+
+def test_single_figures_and_families():
+    assert list(probability_figure(MIX).data[0].y) == [0.4, 0.6]
+    assert loss_figure(MIX).layout.yaxis.type == "log"
+    fig = count_figure(MIX, 24, 0.6)
+    assert len(fig.data) == 2 and f"W1 {ad.distance_to_binomial(MIX, 24, 0.6):.4f}" in fig.layout.title.text
+    assert np.array(co_drop_figure(MIX, 10).data[0].z).shape == (10, 10)
+    one = ad.PatternDistribution(((2, 1),), (1.0,))
+    fig = families_figure({"one": one, "mix": MIX}, 24, 0.6)
+    assert len(fig.data) == 4 and fig.data[0].showlegend and not fig.data[2].showlegend
+    assert [a.text for a in fig.layout.annotations] == [
+        f"one: W1 {ad.distance_to_binomial(one, 24, 0.6):.4f}",
+        f"mix: W1 {ad.distance_to_binomial(MIX, 24, 0.6):.4f}",
+    ]
+
+
+def test_frontier_figure_plots_work_against_distance():
+    points = [FrontierPoint(0.0, 0.01, 0.7, MIX), FrontierPoint(5.0, 0.2, 0.55, MIX)]
+    trace = frontier_figure(points).data[0]
+    assert list(trace.x) == [0.01, 0.2] and list(trace.y) == [0.7, 0.55] and list(trace.text) == ["mu=0", "mu=5"]

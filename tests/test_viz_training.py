@@ -1,0 +1,67 @@
+"""Training figures: one trace per method per panel, filled from a TrainResult, redrawn in place."""
+
+import plotly.graph_objects as go
+import pytest
+import torch
+
+from approxdrop.train import History, TrainResult
+from approxdrop.viz.training import (
+    result_figure,
+    running_mean,
+    running_median,
+    samples_figure,
+    summary_timings,
+    training_figure,
+    update_training_figure,
+)
+
+
+def fake_result() -> TrainResult:
+    def history(scale):
+        return History(
+            step=[1, 2, 3, 4],
+            loss=[2.0 * scale, 1.0 * scale, 0.5, 0.25],
+            seconds=[0.004 * scale, 0.002 * scale, 0.003 * scale, 0.001 * scale],
+            train_accuracy=[0.1, 0.2, 0.3, 0.4],
+            eval_step=[2, 4],
+            test_accuracy=[0.5, 0.75 * scale],
+        )
+
+    return TrainResult({"row": history(0.5), "bernoulli": history(1.0)}, [16, 8, 4], 0.5, 4, "cpu", warmup=1)
+
+
+def test_running_statistics():
+    assert running_median([5.0, 1.0, 3.0, 2.0], window=3) == [5.0, 3.0, 3.0, 2.0]
+    assert running_mean([2.0, 4.0, 6.0], window=2) == [2.0, 3.0, 5.0]
+
+
+def test_training_figure_is_filled_in_place():
+    result = fake_result()
+    fig = go.FigureWidget(training_figure(result.methods))
+    assert len(fig.data) == 6 and all(len(t.x) == 0 for t in fig.data)
+    traces = list(fig.data)
+    update_training_figure(fig, result)
+    assert list(fig.data) == traces  # the same trace objects, updated
+    row, bernoulli = fig.data[0:3], fig.data[3:6]
+    assert row[0].name == "row" and bernoulli[0].name == "bernoulli"
+    assert list(row[0].y) == pytest.approx(running_mean([1.0, 0.5, 0.5, 0.25]))
+    assert list(bernoulli[1].x) == [2, 4] and list(bernoulli[1].y) == [0.5, 0.75]
+    assert list(row[2].y) == pytest.approx([1e3 * s for s in running_median([0.002, 0.001, 0.0015, 0.0005])])
+    assert row[0].line.color != bernoulli[0].line.color and row[0].xaxis == "x" and row[2].xaxis == "x3"
+
+
+def test_static_figures_from_a_result():
+    result = fake_result()
+    fig = result_figure(result, title="t")
+    assert isinstance(fig, go.Figure) and list(fig.data[4].y) == [0.5, 0.75] and fig.layout.title.text == "t"
+    timings = summary_timings(result)
+    assert [t.name for t in timings] == ["bernoulli", "row"]  # the baseline first
+    assert timings[1].ms == pytest.approx(1.0)  # median of 1, 1.5, 0.5 ms (the first step is warm-up)
+    assert timings[0].work == 1.0 and timings[1].work < 1.0
+
+
+def test_samples_figure_shows_images_with_labels():
+    x = torch.linspace(0, 1, 3 * 6).reshape(3, 6)
+    fig = samples_figure(x, torch.tensor([7, 1, 2]), (2, 3), count=8)
+    assert len(fig.data) == 3 and torch.tensor(fig.data[2].z).equal(x[2].reshape(2, 3))
+    assert [a.text for a in fig.layout.annotations] == ["label 7", "label 1", "label 2"]

@@ -1,0 +1,22 @@
+"""Lab 04's search panel: changing a control reruns the search and redraws the figure in place."""
+
+import numpy as np
+import pytest
+
+from approxdrop.widgets.search import SearchPanel
+
+
+def test_controls_rerun_the_search_and_redraw_in_place():
+    panel = SearchPanel(p=0.5, n=64, family="paper", steps=100)
+    traces, bars = list(panel.fig.data), panel.fig.data[0].y
+    assert panel.dist.target_p == 0.5 and "expected rate 0.5000" in panel.status.value
+    panel.p.value = 0.3
+    assert panel.dist.target_p == pytest.approx(0.3) and panel.dist.expected_rate == pytest.approx(0.3)
+    assert list(panel.fig.data) == traces and panel.fig.data[0].y != bars
+    assert "p = 0.3 on n = 64" in panel.fig.layout.title.text
+    panel.family.value = "extended"
+    assert any(keep > 1 for _, keep in panel.dist.pairs)
+    assert list(panel.fig.data[0].y) == pytest.approx(panel.dist.probs)
+    panel.n.value = 16
+    assert np.array(panel.fig.data[4].z).shape == (16, 16) and panel.dist.n == 16
+    assert not panel.p.continuous_update

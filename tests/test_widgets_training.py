@@ -1,0 +1,42 @@
+"""Lab 05's training panel: Start trains the checked methods and redraws the curves in place."""
+
+import torch
+
+from approxdrop.data import Dataset, DatasetInfo
+from approxdrop.widgets.training import TrainingPanel
+
+gen = torch.Generator().manual_seed(0)
+DATA = Dataset(
+    torch.rand(64, 12, generator=gen),
+    torch.randint(3, (64,), generator=gen),
+    torch.rand(16, 12, generator=gen),
+    torch.randint(3, (16,), generator=gen),
+    DatasetInfo("random", "test", (3, 4), 3),
+)
+SMALL = dict(hidden=(8, 8), batch=8, tile=4, eval_every=2, callback_every=2)
+
+
+def test_start_trains_the_checked_methods_and_redraws_in_place():
+    panel = TrainingPanel(DATA, methods=("bernoulli", "row"), steps=5, **SMALL)
+    fig = panel.fig
+    assert [t.name for t in fig.data[::3]] == ["bernoulli", "row"] and all(len(t.x) == 0 for t in fig.data)
+    panel.boxes["row"].value = False
+    panel.boxes["shared"].value = True
+    panel.p.value = 0.3
+    panel.button.click()
+    assert panel.fig is fig and [t.name for t in fig.data[::3]] == ["bernoulli", "shared"]
+    assert list(fig.data[0].x) == [1, 2, 3, 4, 5] and list(fig.data[4].x) == [2, 4, 5]
+    assert panel.progress.value == 5 and panel.result.p == 0.3 and panel.result.methods == ["bernoulli", "shared"]
+    assert not panel.button.disabled
+
+
+def test_an_earlier_result_is_shown_until_start_and_no_method_trains_nothing():
+    first = TrainingPanel(DATA, methods=("row",), steps=3, **SMALL)
+    first.start()
+    panel = TrainingPanel(DATA, steps=3, result=first.result, **SMALL)
+    assert [m for m, box in panel.boxes.items() if box.value] == ["row"]
+    assert list(panel.fig.data[0].y) == list(go_y := first.fig.data[0].y) and len(go_y) == 3
+    for box in panel.boxes.values():
+        box.value = False
+    panel.start()
+    assert panel.result is first.result
