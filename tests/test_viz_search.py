@@ -25,7 +25,7 @@ MIX = ad.PatternDistribution(((2, 1), (3, 1)), (0.4, 0.6), n=24, target_p=0.6, d
 def test_search_figure_holds_the_distribution_and_its_statistics():
     fig = search_figure(MIX, 24, 0.6, steps=30)
     bars, loss, pattern, binomial, co_drop = fig.data
-    assert list(bars.x) == ["dp=2, keep=1", "dp=3, keep=1"] and list(bars.y) == [0.4, 0.6]
+    assert list(bars.x) == ["2/1", "3/1"] and list(bars.y) == [0.4, 0.6]
     assert list(loss.x) == [10, 20, 30] and list(loss.y) == [3, 2, 1]
     counts = dict(zip(pattern.x, pattern.y))
     assert counts[12] == pytest.approx(0.4) and counts[16] == pytest.approx(0.6)  # dp=2 drops 12, dp=3 drops 16
@@ -66,3 +66,5 @@ def test_frontier_figure_plots_work_against_distance():
     points = [FrontierPoint(0.0, 0.01, 0.7, MIX), FrontierPoint(5.0, 0.2, 0.55, MIX)]
     trace = frontier_figure(points).data[0]
     assert list(trace.x) == [0.01, 0.2] and list(trace.y) == [0.7, 0.55] and list(trace.text) == ["mu=0", "mu=5"]
+    crowded = [FrontierPoint(mu, d, w, MIX) for mu, d, w in [(0, 0.0100, 0.7), (1, 0.0105, 0.7), (2, 0.05, 0.65)]]
+    assert list(frontier_figure(crowded).data[0].text) == ["mu=0..1", "", "mu=2"]

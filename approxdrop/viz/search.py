@@ -9,6 +9,8 @@ in place (a FigureWidget); traces in order: 0 probabilities, 1 loss, 2 pattern l
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
@@ -22,7 +24,8 @@ CO_DROP_UNITS = 48  # units shown in the co-drop heatmap (the top-left block of 
 
 
 def _label(pair: tuple[int, int]) -> str:
-    return f"dp={pair[0]}, keep={pair[1]}"
+    """Short tick label ``dp/keep`` (the axis title says so), so many patterns fit without overlap."""
+    return f"{pair[0]}/{pair[1]}"
 
 
 def probability_trace(dist: PatternDistribution) -> go.Bar:
@@ -34,7 +37,7 @@ def probability_trace(dist: PatternDistribution) -> go.Bar:
         marker_color=PATTERN,
         name="q(dp, keep)",
         showlegend=False,
-        hovertemplate="%{x}: q = %{y:.4f}, rate %{customdata:.3f}<extra></extra>",
+        hovertemplate="dp/keep %{x}: q = %{y:.4f}, rate %{customdata:.3f}<extra></extra>",
     )
 
 
@@ -105,6 +108,7 @@ def search_figure(dist: PatternDistribution, n: int, p: float | None = None, ste
     fig.add_trace(co_drop_trace(dist, min(n, CO_DROP_UNITS)), 2, 2)
     fig.update_yaxes(type="log", row=1, col=2)
     fig.update_yaxes(autorange="reversed", row=2, col=2)
+    fig.update_xaxes(title_text="pattern dp/keep", type="category", row=1, col=1)
     fig.update_xaxes(title_text="Adam step", row=1, col=2)
     fig.update_xaxes(title_text="dropped units", row=2, col=1)
     fig.update_layout(title=_title(dist, n), height=720, bargap=0.1, legend={"orientation": "h", "y": -0.08})
@@ -133,7 +137,7 @@ def _single(trace, title: str, xaxis: str, yaxis: str, **layout) -> go.Figure:
 
 def probability_figure(dist: PatternDistribution) -> go.Figure:
     """Bars of q(dp, keep)."""
-    return _single(probability_trace(dist), _title(dist, dist.n or 0), "pattern", "probability")
+    return _single(probability_trace(dist), _title(dist, dist.n or 0), "pattern dp/keep", "probability")
 
 
 def loss_figure(dist: PatternDistribution, steps: int = 1000) -> go.Figure:
@@ -181,16 +185,17 @@ def families_figure(dists: dict[str, PatternDistribution], n: int, p: float) -> 
 
 
 def frontier_figure(points: list[FrontierPoint], title: str = "Cost-aware frontier") -> go.Figure:
-    """Expected relative GEMM time against distance to the binomial, one point per ``mu``."""
+    """Expected relative GEMM time against distance to the binomial, one point per ``mu``; points
+    that would overlap share one label, e.g. ``mu=6..20``."""
     fig = go.Figure(
         go.Scatter(
             x=[pt.distance for pt in points],
             y=[pt.expected_work for pt in points],
-            text=[f"mu={pt.mu:g}" for pt in points],
+            text=_frontier_labels(points),
             mode="lines+markers+text",
-            textposition="top right",
+            textposition=_label_sides(points),
             line_color=PATTERN,
-            hovertemplate="%{text}: W1 %{x:.4f}, work %{y:.3f}<extra></extra>",
+            hovertemplate="W1 %{x:.4f}, work %{y:.3f}<extra></extra>",
         )
     )
     fig.update_layout(
@@ -201,3 +206,27 @@ def frontier_figure(points: list[FrontierPoint], title: str = "Cost-aware fronti
         height=420,
     )
     return fig
+
+
+def _frontier_labels(points: list[FrontierPoint]) -> list[str]:
+    """``mu=a..b`` on the first of each run of points that would overlap on the plot (distance
+    within 10% on the log axis and work within 0.002), empty on the others."""
+    labels = [""] * len(points)
+    start = 0
+    for i in range(1, len(points) + 1):
+        near = i < len(points) and (
+            abs(math.log((points[i].distance + 1e-12) / (points[start].distance + 1e-12))) < math.log(1.1)
+            and abs(points[i].expected_work - points[start].expected_work) < 2e-3
+        )
+        if not near:
+            first, last = points[start].mu, points[i - 1].mu
+            labels[start] = f"mu={first:g}" if i - 1 == start else f"mu={first:g}..{last:g}"
+            start = i
+    return labels
+
+
+def _label_sides(points: list[FrontierPoint]) -> list[str]:
+    """Labels right of points in the left half of the log axis, left of the others (none clipped)."""
+    logs = [math.log(pt.distance + 1e-12) for pt in points]
+    middle = (min(logs) + max(logs)) / 2
+    return ["top right" if x <= middle else "top left" for x in logs]
