@@ -73,6 +73,15 @@ void* as_stream(int64_t stream) { return reinterpret_cast<void*>(static_cast<int
 
 void run(const char* error) { TORCH_CHECK(error == nullptr, "approxdrop CUDA kernel failed: ", error); }
 
+/// The bias made contiguous after the weight's device/dtype checks and a shape check; undefined if absent.
+Tensor checked_bias(const char* op, const Tensor& weight, const std::optional<Tensor>& bias, int64_t n_out) {
+  if (!bias) return Tensor();
+  check_like_weight(op, weight, {{"bias", &*bias}});
+  TORCH_CHECK(bias->dim() == 1 && bias->size(0) == n_out, op, ": bias must have shape (", n_out, ",), got ",
+              bias->sizes());
+  return bias->contiguous();
+}
+
 Tensor row_linear(const Tensor& x, const Tensor& weight, const std::optional<Tensor>& bias, int64_t in_dp,
                   int64_t in_offset, int64_t in_keep, int64_t out_dp, int64_t out_offset, int64_t out_keep,
                   int64_t stream) {
@@ -84,13 +93,7 @@ Tensor row_linear(const Tensor& x, const Tensor& weight, const std::optional<Ten
   const int64_t k_in = approxdrop::kept_count(in, n_in), k_out = approxdrop::kept_count(out, n_out);
   TORCH_CHECK(x.dim() >= 1 && x.size(-1) == k_in, op, ": x must have last dimension ", k_in,
               " (the kept inputs of weight ", weight.sizes(), "), got shape ", x.sizes());
-  Tensor b;
-  if (bias) {
-    check_like_weight(op, weight, {{"bias", &*bias}});
-    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == n_out, op, ": bias must have shape (", n_out, ",), got ",
-                bias->sizes());
-    b = bias->contiguous();
-  }
+  const Tensor b = checked_bias(op, weight, bias, n_out);
   const Tensor x2 = flat(x), w = weight.contiguous();  // [N, k_in], [n_out, n_in]
   check_index_range(op, x2.size(0), w);
   Tensor y = torch::empty({x2.size(0), k_out}, x2.options());
@@ -139,13 +142,7 @@ Tensor tile_linear(const Tensor& x, const Tensor& weight, const std::optional<Te
   const int64_t n_out = weight.size(0), n_in = weight.size(1);
   TORCH_CHECK(x.dim() >= 1 && x.size(-1) == n_in, op, ": x must have last dimension ", n_in, " (weight ",
               weight.sizes(), "), got shape ", x.sizes());
-  Tensor b;
-  if (bias) {
-    check_like_weight(op, weight, {{"bias", &*bias}});
-    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == n_out, op, ": bias must have shape (", n_out, ",), got ",
-                bias->sizes());
-    b = bias->contiguous();
-  }
+  const Tensor b = checked_bias(op, weight, bias, n_out);
   const Tensor x2 = flat(x), w = weight.contiguous();  // [N, n_in], [n_out, n_in]
   check_index_range(op, x2.size(0), w);
   Tensor y = torch::empty({x2.size(0), n_out}, x2.options());
