@@ -275,7 +275,10 @@ def tile_linear(
     _check_weight("tile_linear", weight)
     n_out, n_in = weight.shape
     _check_linear_args("tile_linear", x, weight, bias, n_in)
-    layout = _TileLayout(TilePattern(dp, offset, tile, keep), n_out, n_in, x.device)
+    pattern = TilePattern(dp, offset, tile, keep)
+    if dp == 1:  # every tile kept: a dense linear, no blocks to gather
+        return torch.nn.functional.linear(x, weight, bias)
+    layout = _TileLayout(pattern, n_out, n_in, x.device)
     x2 = _flat(x)  # [N, n_in]
     w_blocks = layout.weight_blocks(weight)  # [dp, A*T, keep*B*T]
     y_blocks = torch.bmm(layout.input_blocks(x2), w_blocks.transpose(1, 2))  # [dp, N, A*T]
@@ -305,8 +308,12 @@ def tile_linear_backward(
     Weights in skipped tiles get exactly zero. With ``need_grad_x=False`` grad_x is skipped and
     returned empty."""
     n_out, n_in = weight.shape
-    layout = _TileLayout(TilePattern(dp, offset, tile, keep), n_out, n_in, x.device)
+    pattern = TilePattern(dp, offset, tile, keep)
     g2 = _flat(grad_y)  # [N, n_out]
+    if dp == 1:  # every tile kept: dense gradients
+        grad_x = torch.mm(g2, weight).reshape(x.shape) if need_grad_x else x.new_empty(0)
+        return grad_x, torch.mm(g2.t(), _flat(x)), g2.sum(0)
+    layout = _TileLayout(pattern, n_out, n_in, x.device)
     g_blocks = layout.output_blocks(g2)  # [dp, N, A*T]
     x_blocks = layout.input_blocks(_flat(x))  # [dp, N, keep*B*T]
     gw_blocks = torch.bmm(g_blocks.transpose(1, 2), x_blocks).mul_(layout.scale)  # [dp, A*T, keep*B*T]
