@@ -87,6 +87,9 @@ def _blocker() -> str | None:
 
     if CUDA_HOME is None:
         return "nvcc not found (set CUDA_HOME or put nvcc on PATH)"
+    missing = [s for s in SOURCES if not (SOURCE_DIR / s).exists()]
+    if missing:
+        return f"kernel sources {missing} not found in {SOURCE_DIR} (install from a checkout: pip install -e .)"
     return None
 
 
