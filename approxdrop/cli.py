@@ -1,10 +1,13 @@
-"""The ``approxdrop`` command: ``approxdrop bench [...]`` (see ``approxdrop bench --help``)."""
+"""The ``approxdrop`` command: ``approxdrop bench [...]``, ``approxdrop study mlp [...]`` (each has ``--help``)."""
 
 from __future__ import annotations
 
 import sys
 
-COMMANDS = {"bench": "training-step benchmark of every dropout method (approxdrop.bench)"}
+COMMANDS = {
+    "bench": "training-step benchmark of every dropout method (approxdrop.bench)",
+    "study": "accuracy-parity study: train every method at every p on real data (approxdrop.study)",
+}
 
 
 def main(argv=None) -> int:
@@ -13,9 +16,13 @@ def main(argv=None) -> int:
         listing = "\n".join(f"  {name:8s} {text}" for name, text in COMMANDS.items())
         print(f"usage: approxdrop COMMAND [ARGS]\n\ncommands:\n{listing}")
         return 0 if argv and argv[0] in ("-h", "--help") else 2
-    from . import bench
+    if argv[0] == "bench":
+        from . import bench
 
-    return bench.main(argv[1:])
+        return bench.main(argv[1:])
+    from . import study
+
+    return study.main(argv[1:])
 
 
 if __name__ == "__main__":
