@@ -58,20 +58,26 @@ def load(key: dict) -> PatternDistribution | None:
     return dist
 
 
+def write_json_atomic(path: Path, payload, indent: int | None = None) -> None:
+    """Write JSON to ``path`` atomically: a temporary file in the same directory, then a rename;
+    nothing is left behind on failure (the OSError propagates)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.name)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(payload, f, indent=indent)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
 def store(key: dict, dist: PatternDistribution) -> None:
     """Keep ``dist`` in memory and write it to disk atomically (a failed write only warns)."""
     _memory[_canonical(key)] = dist
     path = entry_path(key)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump({"key": key, "distribution": dist.to_dict()}, f)
-            os.replace(tmp, path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
+        write_json_atomic(path, {"key": key, "distribution": dist.to_dict()})
     except OSError as err:
         warnings.warn(f"approxdrop: could not write the search cache {path}: {err}", stacklevel=2)
 

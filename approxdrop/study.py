@@ -17,10 +17,8 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
 import statistics
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,6 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .bench import describe_machine, sync
+from .cache import write_json_atomic
 from .data import NAMES, Dataset, load_dataset
 from .distribution import check_rate
 from .layers import ApproxDropoutMLP
@@ -122,19 +121,6 @@ def train_run(config: StudyConfig, data: Dataset, variant: str, p: float, seed: 
     return result
 
 
-def _write_json(path: Path, payload: dict) -> None:
-    """Write atomically: a temporary file in the same directory, then a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.name)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(payload, f, indent=1)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def _read_run(path: Path, config: StudyConfig) -> RunResult | None:
     """A finished run of this config, None if missing or unreadable; ValueError for another config."""
     try:
@@ -165,7 +151,7 @@ def run_study(config: StudyConfig, out: Path, data: Dataset | None = None, progr
     for key in todo:
         bar.set_postfix_str(run_name(*key)[:-5])
         done[key] = train_run(config, data, *key, on_epoch=bar.update)
-        _write_json(out / "runs" / run_name(*key), {"config": asdict(config), "result": asdict(done[key])})
+        write_json_atomic(out / "runs" / run_name(*key), {"config": asdict(config), "result": asdict(done[key])}, 1)
     bar.close()
     results = [done[key] for key in runs]
     write_summary(config, results, out)
@@ -237,10 +223,11 @@ def write_summary(config: StudyConfig, results: list[RunResult], out: Path) -> N
         f"- Machine: {machine}\n- Written: {datetime.datetime.now().isoformat(timespec='seconds')}\n\n"
     )
     (out / "results.md").write_text(header + format_table(rows) + "\n")
-    _write_json(
+    write_json_atomic(
         out / "results.json",
         {"config": asdict(config), "machine": machine, "summary": [asdict(r) for r in rows],
          "runs": [asdict(r) for r in results]},
+        indent=1,
     )  # fmt: skip
     from .viz.study import study_figure  # plotly, only when writing figures
 
