@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .bench import sync
 from .ops import FULL, row_pattern_linear, tile_linear_reference, tile_pattern_linear
 from .patterns import RowPattern, TilePattern
 
@@ -29,15 +30,14 @@ class Timing:
 
 def median_ms(fn: Callable[[], object], device: torch.device, warmup: int = 3, repeats: int = 10) -> float:
     """Median wall time of ``fn()`` in milliseconds (CUDA-synchronised around every call)."""
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     for _ in range(warmup):
         fn()
     times = []
     for _ in range(repeats):
-        sync()
+        sync(device)
         start = time.perf_counter()
         fn()
-        sync()
+        sync(device)
         times.append(time.perf_counter() - start)
     return 1e3 * statistics.median(times)
 

@@ -7,7 +7,9 @@ import statistics
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-COLORS = {"bernoulli": "#4C78A8", "shared": "#F58518", "row": "#E45756", "row-extended": "#72B7B2", "tile": "#54A24B"}
+from .training import COLORS as METHOD_COLORS
+
+COLORS = {**METHOD_COLORS, "row-extended": "#72B7B2"}  # the training figure's colours, plus one
 DASHES = ("solid", "dash", "dot", "dashdot")
 
 
