@@ -6,6 +6,7 @@ Importing approxdrop never compiles anything and never touches the network.
 from . import kernels as kernels  # registers the CUDA implementations of the ops; builds nothing
 from .distribution import PatternDistribution, bracket_distribution, distribution_for
 from .layers import METHODS, ApproxDropoutMLP
+from .lstm import LM_METHODS, LSTM_METHODS, ApproxDropoutLSTM, TorchLSTM, language_model
 from .ops import row_pattern_linear, tile_pattern_linear
 from .patterns import RowPattern, TilePattern
 from .search import (
@@ -34,11 +35,15 @@ __version__ = "0.1.0"
 __all__ = [
     "FAMILIES",
     "METHODS",
+    "ApproxDropoutLSTM",
     "ApproxDropoutMLP",
     "FrontierPoint",
+    "LM_METHODS",
+    "LSTM_METHODS",
     "PatternDistribution",
     "RowPattern",
     "TilePattern",
+    "TorchLSTM",
     "binomial_pmf",
     "binomial_test",
     "bracket_distribution",
@@ -50,6 +55,7 @@ __all__ = [
     "dropped_count_histogram",
     "dropped_count_pmf",
     "exact_optimum",
+    "language_model",
     "expected_work",
     "monte_carlo",
     "reachable_range",

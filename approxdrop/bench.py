@@ -78,6 +78,31 @@ def _make_step(model, x, target, lr: float):
     return step
 
 
+def time_side_by_side(steps_by_method: dict, device: torch.device, warmup: int, rounds: int, steps: int, bar=None):
+    """Seconds per call of each zero-argument ``step`` in ``steps_by_method``: ``warmup`` calls
+    each, then ``rounds`` rounds in which every method runs ``steps`` calls (the order rotates
+    every round, synchronised on CUDA) -> {method: [mean seconds per call, one per round]}."""
+    methods = list(steps_by_method)
+    for method in methods:
+        for _ in range(warmup):
+            steps_by_method[method]()
+            if bar is not None:
+                bar.update()
+    times = {m: [] for m in methods}
+    for r in range(rounds):
+        for method in methods[r % len(methods) :] + methods[: r % len(methods)]:
+            step = steps_by_method[method]
+            sync(device)
+            start = time.perf_counter()
+            for _ in range(steps):
+                step()
+            sync(device)
+            times[method].append((time.perf_counter() - start) / steps)
+            if bar is not None:
+                bar.update()
+    return times
+
+
 def measure(
     sizes=PAPER_SIZES,
     batch: int = 128,
@@ -107,22 +132,7 @@ def measure(
             torch.manual_seed(seed)  # same initial weights for every method
             model = ApproxDropoutMLP(sizes, p, method=method, tile=tile).to(dev, dtype).train()
             steps_by_method[method] = _make_step(model, x, target, lr=0.01)
-        for method in methods:
-            for _ in range(warmup):
-                steps_by_method[method]()
-                bar.update()
-        times = {m: [] for m in methods}
-        for r in range(rounds):
-            order = methods[r % len(methods) :] + methods[: r % len(methods)]
-            for method in order:
-                step = steps_by_method[method]
-                sync(dev)
-                start = time.perf_counter()
-                for _ in range(steps):
-                    step()
-                sync(dev)
-                times[method].append((time.perf_counter() - start) / steps)
-                bar.update()
+        times = time_side_by_side(steps_by_method, dev, warmup, rounds, steps, bar)
         base = statistics.median(times["bernoulli"])
         for method in methods:
             med = statistics.median(times[method])

@@ -125,6 +125,19 @@ def download(url: str, dest: Path, md5: str, timeout: float = 30.0) -> Path:
     return dest
 
 
+def fetch_files(root: Path, base_url: str, checksums: dict[str, str], download_ok: bool = True) -> Path:
+    """``root``, holding every file of ``checksums`` (name: MD5) with a matching checksum; what is
+    missing or corrupt is downloaded from ``base_url`` (unless ``download_ok`` is False)."""
+    for name, md5 in checksums.items():
+        path = root / name
+        if path.exists() and md5sum(path) == md5:
+            continue
+        if not download_ok:
+            raise DataUnavailable(f"{path} is missing or corrupt and downloads are off")
+        download(base_url.rstrip("/") + "/" + name, path, md5)
+    return root
+
+
 def fetch_mnist(
     root: Path | None = None,
     base_url: str | None = None,
@@ -135,15 +148,7 @@ def fetch_mnist(
     missing or corrupt (unless ``download_ok`` is False)."""
     root = Path(root) if root is not None else data_dir() / "mnist"
     base_url = base_url or os.environ.get("APPROXDROP_MNIST_URL") or MNIST_URL
-    checksums = checksums or MNIST_MD5
-    for name, md5 in checksums.items():
-        path = root / name
-        if path.exists() and md5sum(path) == md5:
-            continue
-        if not download_ok:
-            raise DataUnavailable(f"{path} is missing or corrupt and downloads are off")
-        download(base_url.rstrip("/") + "/" + name, path, md5)
-    return root
+    return fetch_files(root, base_url, checksums or MNIST_MD5, download_ok)
 
 
 def _to_float(images: np.ndarray, scale: float) -> torch.Tensor:

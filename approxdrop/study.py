@@ -47,6 +47,7 @@ class StudyConfig:
     epochs: int = 5
     batch: int = 128
     lr: float = 0.03
+    clip: float | None = None  # max gradient norm (all variants alike); None: no clipping
     tile: int = 32
     variants: tuple[str, ...] = VARIANTS
     dataset: str = "auto"
@@ -63,6 +64,8 @@ class StudyConfig:
             raise ValueError(f"dataset must be one of {NAMES}, got {self.dataset!r}")
         if min(self.epochs, self.batch, *self.hidden) < 1 or not self.seeds or not self.ps or self.lr <= 0:
             raise ValueError(f"epochs, batch, hidden widths, lr must be positive and seeds, ps non-empty: {self}")
+        if self.clip is not None and not self.clip > 0:
+            raise ValueError(f"clip must be a positive gradient norm or None, got {self.clip}")
 
     def runs(self) -> list[tuple[str, float, int]]:
         """Every (variant, p, seed), seed-major so a partial study already covers every variant."""
@@ -112,7 +115,7 @@ def train_run(config: StudyConfig, data: Dataset, variant: str, p: float, seed: 
         start = time.perf_counter()
         for i in range(0, len(perm), config.batch):
             index = perm[i : i + config.batch]
-            training_step(model, opt, data.train_x[index], data.train_y[index])
+            training_step(model, opt, data.train_x[index], data.train_y[index], clip=config.clip)
         sync(dev)
         result.epoch_seconds.append(time.perf_counter() - start)
         result.test_accuracy.append(evaluate(model, data.test_x, data.test_y))
@@ -219,7 +222,8 @@ def write_summary(config: StudyConfig, results: list[RunResult], out: Path) -> N
     machine = describe_machine("cuda" if torch.cuda.is_available() else "cpu")
     header = (
         f"# Accuracy-parity study\n\n- Data: {results[0].dataset}; MLP hidden {list(config.hidden)}, batch "
-        f"{config.batch}, SGD lr {config.lr} momentum 0.9, {config.epochs} epochs, seeds {list(config.seeds)}\n"
+        f"{config.batch}, SGD lr {config.lr} momentum 0.9, gradient-norm clip {config.clip}, {config.epochs} epochs, "
+        f"seeds {list(config.seeds)}\n"
         f"- Machine: {machine}\n- Written: {datetime.datetime.now().isoformat(timespec='seconds')}\n\n"
     )
     (out / "results.md").write_text(header + format_table(rows) + "\n")
@@ -244,15 +248,20 @@ def main(argv=None) -> int:
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--lr", type=float, default=0.03)
+    parser.add_argument("--clip", type=float, help="clip every variant's gradient norm to this (default: none)")
+    parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     parser.add_argument("--dataset", default="auto", choices=NAMES)
     parser.add_argument("--train-size", type=int, help="seeded subset of the training set")
     parser.add_argument("--test-size", type=int, help="seeded subset of the test set")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     config = StudyConfig(
         tuple(args.hidden), tuple(args.ps), tuple(args.seeds), args.epochs, args.batch, args.lr,
-        variants=tuple(args.variants), dataset=args.dataset, train_size=args.train_size, test_size=args.test_size,
+        clip=args.clip, variants=tuple(args.variants), dataset=args.dataset, train_size=args.train_size,
+        test_size=args.test_size,
     )  # fmt: skip
     run_study(config, args.out, progress=not args.no_progress)
     print((args.out / "results.md").read_text())

@@ -100,13 +100,17 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 10
     return correct / max(1, len(y))
 
 
-def training_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor):
-    """One step: zero_grad, forward, cross-entropy, backward, optimizer step.
-    x (Float[B, D]), y (Long[B]) -> (loss Float[], logits Float[B, classes]), both detached."""
+def training_step(
+    model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, clip: float | None = None
+):
+    """One step: zero_grad, forward, cross-entropy, backward, (gradient-norm clipping to ``clip``),
+    optimizer step. x (Float[B, D]), y (Long[B]) -> (loss Float[], logits Float[B, classes]), detached."""
     optimizer.zero_grad(set_to_none=True)
     logits = model(x)  # [B, classes]
     loss = nn.functional.cross_entropy(logits, y)
     loss.backward()
+    if clip is not None:
+        nn.utils.clip_grad_norm_(model.parameters(), clip)
     optimizer.step()
     return loss.detach(), logits.detach()
 

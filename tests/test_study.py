@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 from approxdrop import study
 from approxdrop.data import load_dataset
@@ -79,6 +80,7 @@ def test_summary_statistics_and_table():
         ({"dataset": "cifar"}, "dataset must be one of"),
         ({"epochs": 0}, "must be positive"),
         ({"seeds": ()}, "must be positive"),
+        ({"clip": 0.0}, "clip must be a positive gradient norm"),
     ],
 )
 def test_bad_settings_raise_value_error(kwargs, message):
@@ -94,6 +96,24 @@ def test_cli_runs_the_study(tmp_path, capsys):
     assert "| row | 0.5 |" in capsys.readouterr().out
 
 
+def test_cli_clips_gradients_and_sets_threads(tmp_path, capsys, monkeypatch):
+    from approxdrop.cli import main
+
+    clips = []
+    real_step = study.training_step
+    monkeypatch.setattr(study, "training_step", lambda *a, clip: clips.append(clip) or real_step(*a, clip=clip))
+    threads = torch.get_num_threads()
+    try:
+        argv = ["study", "mlp", "--out", str(tmp_path), "--dataset", "digits", "--hidden", "8", "--epochs", "1"]
+        assert main([*argv, "--seeds", "0", "--ps", "0.5", "--variants", "row", "--clip", "1.5", "--threads", "1"]) == 0
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
+    assert clips and set(clips) == {1.5}
+    assert json.loads((tmp_path / "results.json").read_text())["config"]["clip"] == 1.5
+    assert "gradient-norm clip 1.5" in capsys.readouterr().out
+
+
 def test_study_figure_plots_means_against_p_and_time():
     from approxdrop.viz.study import study_figure
 
@@ -106,6 +126,7 @@ def test_study_figure_plots_means_against_p_and_time():
     by_p = {t.name: t for t in fig.data if t.xaxis == "x"}
     by_time = {t.name: t for t in fig.data if t.xaxis == "x2"}
     assert list(by_p["bernoulli"].y) == pytest.approx([0.85]) and list(by_p["row"].y) == [0.7]
+    assert by_time["p = 0.5"].line.dash == by_time["row p=0.5"].line.dash  # the legend of the line styles
     assert list(by_time["bernoulli p=0.5"].x) == [1.5, 4.0] and list(by_time["bernoulli p=0.5"].y) == pytest.approx(
         [0.5, 0.85]
     )

@@ -57,6 +57,9 @@ def study_figure(results) -> go.Figure:
                 1,
                 2,
             )
+    for i, p in enumerate(ps):  # legend entries for the line styles of the right panel
+        style = {"color": "#555555", "dash": DASHES[i % len(DASHES)]}
+        fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", line=style, name=f"p = {p:g}"), 1, 2)
     fig.update_xaxes(title_text="dropout rate p", row=1, col=1)
     fig.update_xaxes(title_text="training time (s, seed mean; line style: p)", row=1, col=2)
     fig.update_yaxes(title_text="test accuracy", row=1, col=1)

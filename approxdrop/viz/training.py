@@ -30,37 +30,45 @@ def running_mean(values: list[float], window: int = WINDOW) -> list[float]:
     return [statistics.fmean(values[max(0, i + 1 - window) : i + 1]) for i in range(len(values))]
 
 
-def training_figure(methods, title: str = "Training side by side") -> go.Figure:
-    """Empty figure with the traces of every method, ready for ``update_training_figure``."""
-    fig = make_subplots(
-        rows=1,
-        cols=3,
-        subplot_titles=(
-            f"training loss (running mean of {WINDOW})",
-            "test accuracy",
-            f"ms per step (running median of {WINDOW}, log)",
-        ),
-    )
+def race_panels(methods, titles, colors: dict, title: str, log_cols=(3,), font_size=None) -> go.Figure:
+    """Empty three-panel race figure (loss, an evaluation metric, step time) with three traces per
+    method (``3i``, ``3i + 1``, ``3i + 2``), coloured from ``colors``; ``log_cols``: log y axes."""
+    fig = make_subplots(rows=1, cols=3, subplot_titles=titles)
     for method in methods:
-        color = COLORS.get(method, "#B279A2")
-        style = {"legendgroup": method, "line": {"color": color}}
+        style = {"legendgroup": method, "line": {"color": colors.get(method, "#B279A2")}}
         fig.add_trace(go.Scatter(x=[], y=[], name=method, mode="lines", **style), 1, 1)
         fig.add_trace(go.Scatter(x=[], y=[], name=method, mode="lines+markers", showlegend=False, **style), 1, 2)
         fig.add_trace(go.Scatter(x=[], y=[], name=method, mode="lines", showlegend=False, **style), 1, 3)
     fig.update_xaxes(title_text="step")
-    fig.update_yaxes(type="log", row=1, col=3)
+    for col in log_cols:
+        fig.update_yaxes(type="log", row=1, col=col)
+    if font_size is not None:
+        fig.update_annotations(font_size=font_size)
     fig.update_layout(title=title, height=380, legend={"orientation": "h", "y": -0.25}, margin={"t": 80})
     return fig
 
 
-def update_training_figure(fig, result) -> None:
-    """Set every trace from ``result`` (a TrainResult); a FigureWidget redraws in place."""
+def update_race_panels(fig, result, metric: str) -> None:
+    """Set every trace of a ``race_panels`` figure from ``result`` (its histories' loss, ``metric``
+    at the evaluation steps, seconds); a FigureWidget redraws in place."""
     with fig.batch_update():
         for i, method in enumerate(result.methods):
             h = result.histories[method]
             fig.data[3 * i].update(x=h.step, y=running_mean(h.loss))
-            fig.data[3 * i + 1].update(x=h.eval_step, y=h.test_accuracy)
+            fig.data[3 * i + 1].update(x=h.eval_step, y=getattr(h, metric))
             fig.data[3 * i + 2].update(x=h.step, y=[1e3 * s for s in running_median(h.seconds)])
+
+
+def training_figure(methods, title: str = "Training side by side") -> go.Figure:
+    """Empty figure with the traces of every method, ready for ``update_training_figure``."""
+    loss, step_time = f"training loss (running mean of {WINDOW})", f"ms per step (running median of {WINDOW}, log)"
+    titles = (loss, "test accuracy", step_time)
+    return race_panels(methods, titles, COLORS, title)
+
+
+def update_training_figure(fig, result) -> None:
+    """Set every trace from ``result`` (a TrainResult); a FigureWidget redraws in place."""
+    update_race_panels(fig, result, "test_accuracy")
 
 
 def result_figure(result, title: str = "Training side by side") -> go.Figure:

@@ -1,81 +1,27 @@
-"""Lab 05's training race: method checkboxes, a p slider, a step count and a Start button; the
-curves redraw in place while the models train, a progress bar counts the steps, and the final
-table lands below. ``.widget`` is what to display, ``.fig`` the FigureWidget, ``.result`` the last
-TrainResult (None before the first run); ``go.Figure(panel.fig)`` is a static copy.
-"""
+"""Lab 05's training race (``approxdrop.widgets.race.RacePanel`` over ``approxdrop.train.train``):
+loss, accuracy and step-time curves of MLPs."""
 
 from __future__ import annotations
-
-import ipywidgets as w
-import plotly.graph_objects as go
 
 from ..layers import METHODS
 from ..train import train
 from ..viz.training import training_figure, update_training_figure
+from .race import RacePanel
 
-STYLE = {"description_width": "70px"}
 
+class TrainingPanel(RacePanel):
+    """Train ``data`` with the checked methods on Start (``train(data, methods, **train_kwargs)``)."""
 
-class TrainingPanel:
-    """Train ``data`` with the checked methods on Start (``train(data, methods, **train_kwargs)``).
-    ``result``: an earlier TrainResult to show until the first Start."""
+    METHODS = METHODS
 
     def __init__(self, data, methods=("bernoulli", "row", "tile"), p=0.5, steps=200, result=None, **train_kwargs):
-        self.data, self.train_kwargs, self.result = data, train_kwargs, result
-        if result is not None:
-            methods, p = result.methods, result.p
-        order = sorted(METHODS, key=lambda m: m != "bernoulli")  # the baseline first
-        self.boxes = {m: w.Checkbox(value=m in methods, description=m, indent=False) for m in order}
-        self.p = w.FloatSlider(
-            value=p, min=0.1, max=0.9, step=0.05, description="p", continuous_update=False, style=STYLE
-        )
-        self.steps = w.BoundedIntText(value=steps, min=1, max=100_000, description="steps", style=STYLE)
-        self.button = w.Button(description="Start", icon="play", button_style="primary")
-        self.progress = w.IntProgress(value=0, min=0, max=steps, description="steps", style=STYLE)
-        self.table = w.Output()
-        self.fig = go.FigureWidget(training_figure(methods))
-        if result is not None:
-            update_training_figure(self.fig, result)
-            with self.table:
-                print(result.format_table())
-        self.button.on_click(lambda _: self.start())
-        controls = w.HBox([w.VBox(list(self.boxes.values())), w.VBox([self.p, self.steps, self.button])])
-        self.widget = w.VBox([controls, self.progress, self.fig, self.table])
+        super().__init__(data, methods, p, steps, result, **train_kwargs)
 
-    @property
-    def methods(self) -> list[str]:
-        return [m for m, box in self.boxes.items() if box.value]
+    def _train(self, methods, p, steps, callback, **kwargs):
+        return train(self.source, methods, p=p, steps=steps, callback=callback, **kwargs)
 
-    def _follow(self, result, step: int) -> None:
-        update_training_figure(self.fig, result)
-        self.progress.value = step
+    def _figure(self, methods):
+        return training_figure(methods)
 
-    def start(self) -> None:
-        """Train the checked methods; redraw the curves in place as they go, then show the table."""
-        methods = self.methods
-        if not methods:
-            self.table.clear_output()
-            with self.table:
-                print("check at least one method")
-            return
-        self.button.disabled = True
-        self.progress.value, self.progress.max = 0, self.steps.value
-        with self.fig.batch_update():  # one set of traces per checked method
-            self.fig.data = ()
-            for trace in training_figure(methods).data:
-                self.fig.add_trace(trace)
-        try:
-            self.result = train(
-                self.data,
-                methods,
-                p=self.p.value,
-                steps=self.steps.value,
-                callback=self._follow,
-                progress=False,
-                **self.train_kwargs,
-            )
-        finally:
-            self.button.disabled = False
-        self.table.clear_output()
-        with self.table:
-            print(self.result.format_table())
+    def _update(self, fig, result) -> None:
+        update_training_figure(fig, result)

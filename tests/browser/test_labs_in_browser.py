@@ -24,7 +24,8 @@ except ImportError as missing:
 pytestmark = pytest.mark.browser
 
 NOTEBOOKS = sorted(p.name for p in LABS.glob("*.ipynb"))
-INTERACTIVE = {"02_row_patterns.ipynb", "04_the_search.ipynb", "05_training.ipynb"}
+RACES = ["05_training.ipynb", "07_lstm_language_model.ipynb"]  # a Start button that trains, curves that grow
+INTERACTIVE = {"02_row_patterns.ipynb", "04_the_search.ipynb", *RACES}
 TRAIN_STEPS = 30  # the panel redraws every 10 steps
 # every length the first loss curve takes in the page: recorded after each redraw (a DOM mutation)
 RECORD_LENGTHS = """el => {
@@ -128,8 +129,9 @@ def test_search_dropdown_redraws_the_figure(labs, screenshots):
     assert after != before
 
 
-def test_training_start_button_grows_the_live_curves(labs, screenshots):
-    lab = labs.get("05_training.ipynb")
+@pytest.mark.parametrize("name", RACES)
+def test_training_start_button_grows_the_live_curves(labs, screenshots, name):
+    lab = labs.get(name)
     panel = lab.widget(".widget-button:has-text('Start')")
     figure = panel.locator(".js-plotly-plot").first
     steps = panel.locator(".widget-text", has=lab.page.get_by_text("steps", exact=True)).locator("input")
@@ -142,7 +144,7 @@ def test_training_start_button_grows_the_live_curves(labs, screenshots):
     )
     expect(panel.get_by_role("button", name="Start")).to_be_enabled(timeout=30_000)
     lengths = figure.evaluate("() => { window.recorder.disconnect(); return window.lengths; }")
-    panel.screenshot(path=screenshots / "05_training-after.png")
+    panel.screenshot(path=screenshots / name.replace(".ipynb", "-after.png"))
     grew = lengths[lengths.index(min(lengths)) :]  # from Start's reset on: e.g. 0, 10, 20, 30
     assert grew == sorted(grew) and grew[-1] == TRAIN_STEPS, lengths
     assert len([n for n in grew if 0 < n < TRAIN_STEPS]) >= 2, f"no live redraws while training: lengths {lengths}"

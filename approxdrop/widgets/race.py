@@ -1,0 +1,83 @@
+"""The race panel shared by labs 05 and 07: method checkboxes, a p slider, a step count and a Start
+button; the curves redraw in place while the models train, a progress bar counts the steps, and the
+final table lands below. ``.widget`` is what to display, ``.fig`` the FigureWidget, ``.result`` the
+last result (None before the first run); ``go.Figure(panel.fig)`` is a static copy.
+"""
+
+from __future__ import annotations
+
+import ipywidgets as w
+import plotly.graph_objects as go
+
+STYLE = {"description_width": "70px"}
+
+
+class RacePanel:
+    """Race the checked methods on ``source`` on Start. Subclasses name the methods (``METHODS``) and
+    say how to train (``_train``), how to build the figure (``_figure``) and how to redraw it
+    (``_update``). ``result``: an earlier result to show until the first Start."""
+
+    METHODS: tuple[str, ...] = ()
+
+    def __init__(self, source, methods, p=0.5, steps=200, result=None, **train_kwargs):
+        self.source, self.train_kwargs, self.result = source, train_kwargs, result
+        if result is not None:
+            methods, p = result.methods, result.p
+        order = sorted(self.METHODS, key=lambda m: m != "bernoulli")  # the baseline first
+        self.boxes = {m: w.Checkbox(value=m in methods, description=m, indent=False) for m in order}
+        self.p = w.FloatSlider(
+            value=p, min=0.1, max=0.9, step=0.05, description="p", continuous_update=False, style=STYLE
+        )
+        self.steps = w.BoundedIntText(value=steps, min=1, max=100_000, description="steps", style=STYLE)
+        self.button = w.Button(description="Start", icon="play", button_style="primary")
+        self.progress = w.IntProgress(value=0, min=0, max=steps, description="steps", style=STYLE)
+        self.table = w.Output()
+        self.fig = go.FigureWidget(self._figure(methods))
+        if result is not None:
+            self._update(self.fig, result)
+            with self.table:
+                print(result.format_table())
+        self.button.on_click(lambda _: self.start())
+        controls = w.HBox([w.VBox(list(self.boxes.values())), w.VBox([self.p, self.steps, self.button])])
+        self.widget = w.VBox([controls, self.progress, self.fig, self.table])
+
+    def _train(self, methods, p, steps, callback, **kwargs):
+        raise NotImplementedError
+
+    def _figure(self, methods) -> go.Figure:
+        raise NotImplementedError
+
+    def _update(self, fig, result) -> None:
+        raise NotImplementedError
+
+    @property
+    def methods(self) -> list[str]:
+        return [m for m, box in self.boxes.items() if box.value]
+
+    def _follow(self, result, step: int) -> None:
+        self._update(self.fig, result)
+        self.progress.value = step
+
+    def start(self) -> None:
+        """Train the checked methods; redraw the curves in place as they go, then show the table."""
+        methods = self.methods
+        if not methods:
+            self.table.clear_output()
+            with self.table:
+                print("check at least one method")
+            return
+        self.button.disabled = True
+        self.progress.value, self.progress.max = 0, self.steps.value
+        with self.fig.batch_update():  # one set of traces per checked method
+            self.fig.data = ()
+            for trace in self._figure(methods).data:
+                self.fig.add_trace(trace)
+        try:
+            self.result = self._train(
+                methods, self.p.value, self.steps.value, self._follow, progress=False, **self.train_kwargs
+            )
+        finally:
+            self.button.disabled = False
+        self.table.clear_output()
+        with self.table:
+            print(self.result.format_table())

@@ -1,0 +1,147 @@
+"""Language-model training (train_lm, perplexity, lm_training_step) and the LSTM benchmark."""
+
+import json
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from approxdrop import bench_lstm
+from approxdrop.corpus import Corpus, CorpusInfo, Vocabulary
+from approxdrop.lm_train import lm_training_step, perplexity, train_lm
+from approxdrop.lstm import ApproxDropoutLSTM
+
+TINY = dict(hidden=16, layers=2, bptt=6, batch=4, eval_tokens=None, progress=False)
+
+
+def periodic_corpus(repeats: int = 40) -> Corpus:
+    """A corpus an LSTM can learn fast: the same sentence over and over."""
+    words = ("the cat sat on the mat <eos> a dog ran in the park <eos> " * repeats).split()
+    vocab = Vocabulary(words)
+    ids = vocab.encode(words)
+    cut = int(0.8 * len(ids))
+    info = CorpusInfo("periodic", "test", len(vocab), cut, len(ids) - cut, len(ids) - cut)
+    return Corpus(ids[:cut], ids[cut:], ids[cut:], vocab, info)
+
+
+def test_every_method_learns_and_the_histories_are_complete():
+    methods = ("bernoulli", "row", "shared", "torch")
+    adam = dict(optimizer="adam", lr=1e-2, clip=None)
+    result = train_lm(periodic_corpus(), methods, p=0.3, steps=120, eval_every=40, **TINY, **adam)
+    for method, hist in result.histories.items():
+        assert hist.step == list(range(1, 121)) and len(hist.seconds) == 120 and min(hist.seconds) > 0
+        assert hist.eval_step == [40, 80, 120]
+        assert hist.valid_perplexity[-1] < 0.6 * hist.valid_perplexity[0], method  # well below unigram ~10.4
+    rows = {r.method: r for r in result.summary()}
+    assert rows["bernoulli"].speedup == 1.0 and rows["torch"].speedup_vs_torch == 1.0
+    assert rows["row"].speedup == pytest.approx(rows["bernoulli"].ms_per_step / rows["row"].ms_per_step)
+    table = result.format_table()
+    assert table.count("\n") == 1 + 4 and "| row |" in table
+
+
+def test_at_p_zero_every_lstm_method_is_the_same_model_on_the_same_batches():
+    """Same initial weights, same stream of batches: with nothing dropped the losses coincide."""
+    result = train_lm(periodic_corpus(), ("none", "bernoulli", "row", "shared"), p=0.0, steps=15, eval_every=15, **TINY)
+    losses = [h.loss for h in result.histories.values()]
+    for other in losses[1:]:
+        assert other == pytest.approx(losses[0], rel=1e-5)
+
+
+def test_the_stream_wraps_around_when_the_corpus_ends():
+    corpus = periodic_corpus(repeats=3)  # 39 tokens: 7 columns of 4... a handful of batches
+    result = train_lm(corpus, ("row",), p=0.5, steps=25, eval_every=25, **(TINY | {"eval_tokens": 10}))
+    assert len(result.histories["row"].loss) == 25 and math.isfinite(result.histories["row"].valid_perplexity[-1])
+
+
+def test_perplexity_is_exp_of_the_mean_token_cross_entropy():
+    torch.manual_seed(0)
+    model = ApproxDropoutLSTM(9, 8, 2, 0.5, "row").train()
+    data = torch.randint(9, (23, 3))  # [T, B]
+    with torch.no_grad():
+        logits, _ = model.eval()(data[:-1])  # one pass over the whole stream = carried state
+    expected = math.exp(float(nn.functional.cross_entropy(logits.reshape(-1, 9), data[1:].reshape(-1))))
+    model.train()
+    assert perplexity(model, data, bptt=5) == pytest.approx(expected, rel=1e-5)
+    assert model.training  # restored
+
+
+def test_a_training_step_clips_the_gradient_and_detaches_the_state():
+    torch.manual_seed(0)
+    model = ApproxDropoutLSTM(9, 8, 2, 0.5, "bernoulli")
+    before = [p.detach().clone() for p in model.parameters()]
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    x, y = torch.randint(9, (5, 2)), torch.randint(9, (5, 2))
+    loss, state = lm_training_step(model, opt, x, y, None, clip=1e-3)
+    moved = torch.sqrt(sum(((p.detach() - b) ** 2).sum() for p, b in zip(model.parameters(), before)))
+    assert float(moved) <= 1e-3 * (1 + 1e-4) and loss.requires_grad is False
+    assert all(not s.requires_grad for s in state) and state[0].shape == (2, 2, 8)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"methods": ("row", "row")}, "distinct names"),
+        ({"methods": ("tile",)}, "distinct names"),
+        ({"methods": ()}, "distinct names"),
+        ({"steps": 0}, "must be >= 1"),
+        ({"bptt": 0}, "must be >= 1"),
+        ({"optimizer": "rmsprop"}, "optimizer must be one of"),
+    ],
+)
+def test_train_lm_rejects_bad_arguments(kwargs, message):
+    args = {"methods": ("row",)} | kwargs
+    with pytest.raises(ValueError, match=message):
+        train_lm(periodic_corpus(), **args, progress=False)
+
+
+def test_gemm_work_fraction_by_hand():
+    # H = 10, 1 layer, V = 30: input 10*40, recurrent 10*40, decoder 10*30 -> dense 1100
+    assert bench_lstm.lstm_gemm_work_fraction(10, 1, 30, 0.5, "bernoulli") == 1.0
+    assert bench_lstm.lstm_gemm_work_fraction(10, 1, 30, 0.5, "row") == pytest.approx((200 + 400 + 150) / 1100)
+    paper = bench_lstm.lstm_gemm_work_fraction(650, 2, 10_000, 0.5, "row")
+    assert 0.5 < paper < 0.7  # the recurrent GEMMs do not shrink
+
+
+@pytest.fixture
+def tiny_sizes(monkeypatch):
+    monkeypatch.setitem(bench_lstm.SIZES, "tiny", (8, 2, 50, 5, 3))
+    monkeypatch.setitem(bench_lstm.SIZES, "small", (8, 2, 50, 5, 3))
+
+
+def test_measure_lstm_times_every_method_side_by_side(tiny_sizes):
+    rows = bench_lstm.measure_lstm("tiny", ps=(0.3, 0.7), warmup=1, rounds=2, progress=False)
+    assert [(r.p, r.method) for r in rows] == [(p, m) for p in (0.3, 0.7) for m in bench_lstm.LM_METHODS]
+    for r in rows:
+        assert r.ms_per_step > 0 and r.ratio_to_torch is not None
+        assert (r.ratio_to_bernoulli == 1.0) == (r.method == "bernoulli")
+        assert r.gemm_work == bench_lstm.lstm_gemm_work_fraction(8, 2, 50, r.p, r.method)
+    assert bench_lstm.format_table(rows).count("| tiny |") == len(rows)
+    with pytest.raises(ValueError, match="size must be one of"):
+        bench_lstm.measure_lstm("huge")
+    with pytest.raises(ValueError, match="must include 'bernoulli'"):
+        bench_lstm.measure_lstm("tiny", methods=("row", "torch"))
+
+
+def test_the_benchmark_command_writes_json_and_a_perplexity_table(tiny_sizes, tmp_path, capsys):
+    out = tmp_path / "lstm.json"
+    args = ["--sizes", "tiny", "--ps", "0.5", "--methods", "bernoulli", "row", "--rounds", "1", "--warmup", "0"]
+    assert bench_lstm.main([*args, "--json", str(out), "--perplexity-steps", "3", "--eval-tokens", "200"]) == 0
+    text = capsys.readouterr().out
+    assert "| tiny | 0.5 | row |" in text and "valid perplexity" in text and "| 0.5 | row |" in text
+    saved = json.loads(out.read_text())
+    assert [r["method"] for r in saved["rows"]] == ["bernoulli", "row"] and "torch" in saved["machine"]
+    only = ["--sizes", "--ps", "0.3", "--methods", "bernoulli", "row", "--perplexity-steps", "2", "--seeds", "0", "1"]
+    assert bench_lstm.main(only) == 0
+    text = capsys.readouterr().out
+    assert "ms / step | ratio to bernoulli | ratio to nn.LSTM" not in text and "seeds [0, 1]" in text
+    rows = [line for line in text.splitlines() if line.startswith("| 0.3 |")]
+    assert len(rows) == 2 and all(" ± " in row for row in rows) and "| 1.000 |" in rows[0]
+
+
+def test_the_approxdrop_command_runs_the_lstm_benchmark(tiny_sizes, capsys):
+    from approxdrop.cli import main
+
+    assert main(["bench-lstm", "--sizes", "tiny", "--ps", "0.3", "--rounds", "1", "--warmup", "0"]) == 0
+    assert capsys.readouterr().out.count("| tiny | 0.3 |") == len(bench_lstm.LM_METHODS)
+    assert main([]) == 2 and "bench-lstm" in capsys.readouterr().out

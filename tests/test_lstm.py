@@ -1,0 +1,244 @@
+"""ApproxDropoutLSTM: the fused recurrence against its autograd reference, dropout masks that follow
+the patterns (one per site, the same over batch and time), exact unbiasedness of every site, eval =
+no dropout, agreement with nn.LSTM, the state carried across calls, and argument errors."""
+
+import pytest
+import torch
+from torch import nn
+
+from approxdrop import PatternDistribution, RowPattern
+from approxdrop.lstm import (
+    LM_METHODS,
+    LSTM_METHODS,
+    ApproxDropoutLSTM,
+    TorchLSTM,
+    language_model,
+    lstm_recurrence,
+    lstm_recurrence_reference,
+)
+
+VOCAB, HIDDEN, EMB, T, B = 37, 13, 11, 5, 3
+
+
+def tokens(seed: int = 0, steps: int = T) -> torch.Tensor:
+    return torch.randint(VOCAB, (steps, B), generator=torch.Generator().manual_seed(seed))  # [T, B]
+
+
+def site_mask(draw, n: int, p: float) -> torch.Tensor:
+    """Float64[n]: the scaled keep mask a site applies, from what it drew."""
+    if isinstance(draw, RowPattern):
+        return draw.keep_mask(n).double() * draw.scale
+    mask = torch.zeros(n, dtype=torch.float64)
+    mask[draw] = 1.0 / (1.0 - p)  # shared: kept unit indices
+    return mask
+
+
+def dense_reference(model: ApproxDropoutLSTM, x, draws):
+    """The same model on full-size tensors: one mask per site, broadcast over time and batch, and
+    the autograd reference recurrence."""
+    u = model.embedding(x)  # [T, B, E]
+    for i, layer in enumerate(model.lstm):
+        if draws[i] is not None:
+            u = u * site_mask(draws[i], u.shape[-1], model.p)
+        zeros = torch.zeros(x.shape[1], model.hidden, dtype=u.dtype)
+        xproj = nn.functional.linear(u, layer.weight_ih, layer.bias)  # [T, B, 4H]
+        u, _, _ = lstm_recurrence_reference(xproj, zeros, zeros, layer.weight_hh)
+    if draws[-1] is not None:
+        u = u * site_mask(draws[-1], u.shape[-1], model.p)
+    return model.decoder(u)
+
+
+def test_the_fused_recurrence_passes_gradcheck_and_equals_the_reference():
+    gen = torch.Generator().manual_seed(0)
+    args = [
+        torch.randn(shape, dtype=torch.float64, generator=gen, requires_grad=True)
+        for shape in [(4, 3, 8), (3, 2), (3, 2), (8, 2)]  # xproj [T, B, 4H], h, c [B, H], W_hh [4H, H]
+    ]
+    assert torch.autograd.gradcheck(lstm_recurrence, args)
+    ours, ref = lstm_recurrence(*args), lstm_recurrence_reference(*args)
+    weights = [torch.randn(o.shape, dtype=torch.float64, generator=gen) for o in ref]
+    grads = torch.autograd.grad(sum((o * w).sum() for o, w in zip(ours, weights)), args)
+    ref_grads = torch.autograd.grad(sum((o * w).sum() for o, w in zip(ref, weights)), args)
+    for a, b in zip((*ours, *grads), (*ref, *ref_grads)):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("pairs", [((2, 1), (3, 1)), ((3, 2), (5, 3)), ((1, 1), (4, 3))])
+def test_row_training_equals_the_dense_masked_model_with_one_pattern_per_site(pairs):
+    dist = PatternDistribution(pairs, (0.5, 0.5))
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(1)
+    model = ApproxDropoutLSTM(VOCAB, HIDDEN, 2, 0.5, "row", embedding=EMB, distributions=[dist] * 3, generator=gen)
+    model.double()
+    for step in range(4):  # several steps: several draws, slice and index selectors
+        x = tokens(step)
+        logits, _ = model(x)
+        draws = model.last_patterns
+        assert len(draws) == 3 and all(isinstance(d, RowPattern) for d in draws)
+        grads = torch.autograd.grad(logits.square().sum(), list(model.parameters()))
+        ref = dense_reference(model, x, draws)
+        ref_grads = torch.autograd.grad(ref.square().sum(), list(model.parameters()))
+        torch.testing.assert_close(logits, ref)
+        for g, r in zip(grads, ref_grads):
+            torch.testing.assert_close(g, r)
+
+
+def test_shared_training_equals_the_dense_masked_model():
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(2)
+    model = ApproxDropoutLSTM(VOCAB, HIDDEN, 2, 0.4, "shared", embedding=EMB, generator=gen).double()
+    x = tokens(3)
+    logits, _ = model(x)
+    draws = model.last_patterns
+    assert all(isinstance(d, torch.Tensor) for d in draws)
+    grads = torch.autograd.grad(logits.sum(), list(model.parameters()))
+    ref = dense_reference(model, x, draws)
+    torch.testing.assert_close(logits, ref)
+    for g, r in zip(grads, torch.autograd.grad(ref.sum(), list(model.parameters()))):
+        torch.testing.assert_close(g, r)
+
+
+def test_dropped_units_are_dropped_for_every_time_step_and_batch_row():
+    """The input-projection weight's columns of a site's dropped units get no gradient at all:
+    the unit was dropped in every time step and every sequence of the batch."""
+    torch.manual_seed(0)
+    model = ApproxDropoutLSTM(VOCAB, HIDDEN, 2, 0.5, "row", embedding=EMB, generator=torch.Generator().manual_seed(0))
+    logits, _ = model(tokens(0, steps=7))
+    logits.sum().backward()
+    consumers = [layer.weight_ih for layer in model.lstm] + [model.decoder.weight]
+    for draw, weight in zip(model.last_patterns, consumers):
+        keep = draw.keep_mask(weight.shape[1])
+        assert torch.all(weight.grad[:, ~keep] == 0)
+        assert torch.all(weight.grad[:, keep].abs().sum(0) > 0)
+
+
+@pytest.mark.parametrize("family", ["paper", "extended"])
+@pytest.mark.parametrize("p", [0.3, 0.5, 0.7])
+def test_every_site_is_exactly_unbiased_by_enumeration(p, family):
+    """Sum over every (pattern, offset) of probability x the site's projection = the dense projection."""
+    torch.manual_seed(0)
+    model = ApproxDropoutLSTM(VOCAB, HIDDEN, 2, p, "row", embedding=EMB, family=family).double()
+    gen = torch.Generator().manual_seed(0)
+    consumers = [(layer.weight_ih, layer.bias) for layer in model.lstm] + [(model.decoder.weight, model.decoder.bias)]
+    for site, (dist, (weight, bias)) in enumerate(zip(model.distributions, consumers)):
+        u = torch.randn(T, B, weight.shape[1], dtype=torch.float64, generator=gen)
+        expected = torch.zeros(T, B, weight.shape[0], dtype=torch.float64)
+        with torch.no_grad():
+            for pattern, prob in dist.enumerate():
+                draws = [pattern] * len(model.site_widths)
+                expected += prob * model._projection(draws, True)(site, u, weight, bias)
+            torch.testing.assert_close(expected, nn.functional.linear(u, weight, bias), rtol=1e-9, atol=1e-9)
+        assert abs(dist.expected_rate - p) < 1e-9
+
+
+@pytest.mark.parametrize("method", LSTM_METHODS)
+def test_eval_mode_is_the_network_without_dropout(method):
+    torch.manual_seed(0)
+    model = ApproxDropoutLSTM(VOCAB, HIDDEN, 2, 0.6, method, embedding=EMB).double().eval()
+    x = tokens(1)
+    logits, _ = model(x)
+    torch.testing.assert_close(logits, dense_reference(model, x, [None] * 3))
+    assert model.last_patterns == [None] * 3
+
+
+def test_the_none_method_matches_nn_lstm_with_the_same_weights():
+    torch.manual_seed(0)
+    ours = ApproxDropoutLSTM(VOCAB, HIDDEN, 2, 0.5, "none", embedding=EMB).double()
+    theirs = TorchLSTM(VOCAB, HIDDEN, 2, 0.5, embedding=EMB).double().eval()
+    with torch.no_grad():
+        theirs.embedding.weight.copy_(ours.embedding.weight)
+        theirs.decoder.weight.copy_(ours.decoder.weight)
+        theirs.decoder.bias.copy_(ours.decoder.bias)
+        for i, layer in enumerate(ours.lstm):
+            getattr(theirs.lstm, f"weight_ih_l{i}").copy_(layer.weight_ih)
+            getattr(theirs.lstm, f"weight_hh_l{i}").copy_(layer.weight_hh)
+            getattr(theirs.lstm, f"bias_ih_l{i}").copy_(layer.bias)
+            getattr(theirs.lstm, f"bias_hh_l{i}").zero_()
+    x = tokens(2)
+    state = tuple(torch.randn(2, B, HIDDEN, dtype=torch.float64) for _ in range(2))
+    (a, (ha, ca)), (b, (hb, cb)) = ours(x, state), theirs(x, state)
+    for u, v in [(a, b), (ha, hb), (ca, cb)]:
+        torch.testing.assert_close(u, v)
+
+
+def test_the_state_carries_across_calls():
+    torch.manual_seed(0)
+    model = ApproxDropoutLSTM(VOCAB, HIDDEN, 2, 0.5, "row").double().eval()
+    x = tokens(4, steps=9)
+    whole, (h, c) = model(x)
+    first, state = model(x[:4])
+    second, (h2, c2) = model(x[4:], state)
+    torch.testing.assert_close(torch.cat([first, second]), whole)
+    torch.testing.assert_close(h2, h)
+    torch.testing.assert_close(c2, c)
+    assert h.shape == c.shape == (2, B, HIDDEN)
+
+
+def test_draws_are_reproducible_with_a_generator_and_bernoulli_draws_nothing():
+    def draws(seed):
+        model = ApproxDropoutLSTM(VOCAB, HIDDEN, 2, 0.5, "row", generator=torch.Generator().manual_seed(seed))
+        out = []
+        for _ in range(5):
+            model(tokens())
+            out.append(model.last_patterns)
+        return out
+
+    assert draws(3) == draws(3) and draws(3) != draws(4)
+    model = ApproxDropoutLSTM(VOCAB, HIDDEN, 2, 0.5, "bernoulli")
+    model(tokens())
+    assert model.last_patterns == [None] * 3
+
+
+def test_row_extended_is_row_with_the_searched_extended_family():
+    model = language_model(VOCAB, "row-extended", HIDDEN, 2, 0.5)
+    assert isinstance(model, ApproxDropoutLSTM) and model.method == "row" and model.family == "extended"
+    assert any(keep > 1 for d in model.distributions for _, keep in d.pairs)
+    assert all(keep == 1 for d in language_model(VOCAB, "row", HIDDEN, 2, 0.5).distributions for _, keep in d.pairs)
+
+
+def test_language_model_builds_each_method_with_the_same_initial_law():
+    for method in LM_METHODS:
+        model = language_model(VOCAB, method, HIDDEN, 2, 0.5)
+        assert model.vocab == VOCAB and model.hidden == HIDDEN
+        assert all(param.abs().max() <= 0.05 for param in model.parameters())
+        logits, (h, c) = model.train()(tokens())
+        assert logits.shape == (T, B, VOCAB) and h.shape == (2, B, HIDDEN)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"method": "tile"}, "method must be one of"),
+        ({"p": 1.0}, "p"),
+        ({"hidden": 0}, "hidden"),
+        ({"layers": 0}, "layers"),
+        ({"family": "dense"}, "family must be one of"),
+        ({"distributions": [PatternDistribution(((2, 1),), (1.0,))]}, "one distribution per dropout site"),
+        ({"method": "bernoulli", "distributions": []}, "distributions are for method 'row'"),
+        ({"distributions": [PatternDistribution(((2, 1),), (1.0,), kind="tile")] * 3}, "row PatternDistributions"),
+    ],
+)
+def test_bad_arguments_raise_clear_errors(kwargs, message):
+    args = {"vocab": VOCAB, "hidden": HIDDEN, "layers": 2, "p": 0.5, "method": "row"} | kwargs
+    with pytest.raises(ValueError, match=message):
+        ApproxDropoutLSTM(**args)
+
+
+@pytest.mark.parametrize(
+    "x, message",
+    [
+        (torch.zeros(5, dtype=torch.long), r"Long tensor \[T, B\]"),
+        (torch.zeros(5, 3), r"Long tensor \[T, B\]"),
+        (torch.full((5, 3), VOCAB), r"token ids must lie in \[0, 37\)"),
+        (torch.full((5, 3), -1), r"token ids must lie in \[0, 37\)"),
+    ],
+)
+def test_bad_tokens_raise_clear_errors(x, message):
+    for model in (ApproxDropoutLSTM(VOCAB, HIDDEN), TorchLSTM(VOCAB, HIDDEN)):
+        with pytest.raises(ValueError, match=message):
+            model(x)
+
+
+def test_language_model_rejects_unknown_methods():
+    with pytest.raises(ValueError, match="torch"):
+        language_model(VOCAB, "dropconnect")
