@@ -27,7 +27,11 @@ def pick(full, ci):
 
 
 def device() -> torch.device:
-    """The GPU when there is one, else the CPU."""
+    """The GPU when there is one, else the CPU. In CI mode torch also gets one CPU thread: at CI
+    sizes every op is tiny, and a second thread only adds synchronisation (measured: lab 07's race
+    in a Jupyter kernel took 139 s with two threads and 1 s with one, on a machine with one busy core)."""
+    if ci_mode():
+        torch.set_num_threads(1)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from approxdrop.course import check, ci_mode, environment, pick
+from approxdrop.course import check, ci_mode, device, environment, pick
 
 
 def test_ci_mode_follows_the_environment_variable(monkeypatch):
@@ -12,6 +12,19 @@ def test_ci_mode_follows_the_environment_variable(monkeypatch):
     monkeypatch.setenv("APPROXDROP_CI", "0")
     assert not ci_mode() and pick(1000, 10) == 1000
     assert {"python", "torch", "device"} <= set(environment())
+
+
+def test_device_takes_one_thread_in_ci_mode_only(monkeypatch):
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        monkeypatch.setenv("APPROXDROP_CI", "0")
+        assert device().type in ("cpu", "cuda") and torch.get_num_threads() == 2
+        monkeypatch.setenv("APPROXDROP_CI", "1")
+        device()
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
 
 
 def reference(x):
