@@ -8,7 +8,7 @@ optimizer step; its time is measured around exactly that, synchronised on a GPU.
 is carried from batch to batch and detached. Default recipe: Zaremba et al.'s plain SGD (their lr 1
 and clip 5 on a loss summed over time steps are lr 20 and clip 0.25 on our per-token mean loss
 with 20-35 steps, PyTorch's word_language_model defaults); ``optimizer="adam"`` learns much faster
-in short races (the labs' CI mode).
+in short races (the tests use it).
 """
 
 from __future__ import annotations
