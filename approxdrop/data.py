@@ -237,20 +237,33 @@ def load_dataset(
     if name not in NAMES:
         raise ValueError(f"name must be one of {NAMES}, got {name!r}")
     order = ["mnist", "fashion-mnist", "digits"] if name == "auto" else [name]
-    for candidate, fallback in zip(order, order[1:] + [None]):
+
+    def load(candidate: str) -> Dataset:
+        return subset(_load_one(candidate, download, root, base_url, checksums), train_size, test_size, seed)
+
+    def describe(data: Dataset) -> str:
+        info = data.info
+        return (
+            f"dataset: {info.name} from {info.source}, {len(data.train_y)} train / {len(data.test_y)} test, "
+            f"{info.image_shape[0]}x{info.image_shape[1]} images, {info.classes} classes"
+        )
+
+    return load_first_available(order, load, describe, verbose)
+
+
+def load_first_available(order: list[str], load, describe, verbose: bool):
+    """``load(name)`` for the first name in ``order`` that can be had: a ``DataUnavailable`` moves on
+    to the next one (printing why, when ``verbose``), the last one's is raised; on success prints
+    ``describe(result)`` when ``verbose``."""
+    for candidate, fallback in zip(order, [*order[1:], None]):
         try:
-            data = _load_one(candidate, download, root, base_url, checksums)
+            result = load(candidate)
         except DataUnavailable as err:
             if fallback is None:
                 raise
             if verbose:
                 print(f"{candidate} unavailable ({err}); falling back to {fallback}")
             continue
-        data = subset(data, train_size, test_size, seed)
         if verbose:
-            info = data.info
-            print(
-                f"dataset: {info.name} from {info.source}, {len(data.train_y)} train / {len(data.test_y)} test, "
-                f"{info.image_shape[0]}x{info.image_shape[1]} images, {info.classes} classes"
-            )
-        return data
+            print(describe(result))
+        return result

@@ -111,6 +111,13 @@ def lstm_recurrence(xproj: torch.Tensor, h: torch.Tensor, c: torch.Tensor, weigh
     return _Recurrence.apply(xproj, h, c, weight_hh)
 
 
+def row_projection(u: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, pattern: RowPattern) -> torch.Tensor:
+    """The linear map reading a row-pattern dropout site: only the kept units of u (Float[T, B, n]) and
+    W's kept columns (Float[m, n]) enter one compact GEMM, scaled by dp/keep -> Float[T, B, m]."""
+    kept = u[..., pattern.selector(u.shape[-1], u.device)]  # [T, B, k]
+    return row_pattern_linear(kept, weight, bias, pattern, FULL)
+
+
 class LSTMLayer(nn.Module):
     """The parameters of one LSTM layer (nn.LSTM's layout, one bias)."""
 
@@ -241,9 +248,7 @@ class ApproxDropoutLSTM(nn.Module):
         if self.method == "row" and draws is not None:
 
             def project(site, u, weight, bias):
-                pattern: RowPattern = draws[site]
-                kept = u[..., pattern.selector(u.shape[-1], u.device)]  # [T, B, k]
-                return row_pattern_linear(kept, weight, bias, pattern, FULL)
+                return row_projection(u, weight, bias, draws[site])
 
         elif self.method == "shared" and draws is not None:
             scale = 1.0 / (1.0 - self.p)

@@ -9,15 +9,10 @@ import torch
 
 from ..bench_lstm import lstm_gemm_work_fraction
 from ..course import CheckResult, check
-from ..ops import FULL, row_pattern_linear
+from ..lstm import row_projection
 from ..patterns import RowPattern
 
-
-def model_projection(u: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, pattern: RowPattern) -> torch.Tensor:
-    """What ``ApproxDropoutLSTM`` computes at a row site: the kept columns of u (Float[T, B, n]) only,
-    one compact GEMM with W's kept columns, scaled by dp/keep -> Float[T, B, m]."""
-    kept = u[..., pattern.selector(u.shape[-1], u.device)]  # [T, B, k]
-    return row_pattern_linear(kept, weight, bias, pattern, FULL)
+model_projection = row_projection  # what ApproxDropoutLSTM computes at a row site: the checker's reference
 
 
 def projection_case(steps: int, batch: int, n: int, m: int, dp: int, offset: int, keep: int, seed: int):
