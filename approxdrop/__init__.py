@@ -1,45 +1,64 @@
 """approxdrop: Approximate Random Dropout (Song et al., arXiv:1805.08939) for PyTorch.
 
-Importing approxdrop never compiles anything and never touches the network.
+Importing approxdrop never compiles anything and never touches the network. The package's folders
+are its layers, each importing only the ones below it: ``patterns`` -> ``distribution`` ->
+``search`` -> ``ops`` -> ``models`` (and ``data``) -> ``training`` -> ``experiments`` /
+``course``; ``_env`` serves them all.
 """
 
-from . import kernels as kernels  # registers the CUDA implementations of the ops; builds nothing
-from .distribution import PatternDistribution, bracket_distribution, distribution_for
-from .layers import METHODS, ApproxDropoutMLP
-from .lstm import LM_METHODS, LSTM_METHODS, ApproxDropoutLSTM, TorchLSTM, language_model
+from .data import load_corpus, load_dataset
+from .distribution import PatternDistribution, bracket_distribution
+from .models import (
+    DROPOUT_METHODS,
+    LM_METHODS,
+    LSTM_METHODS,
+    METHODS,
+    ApproxDropoutLSTM,
+    ApproxDropoutMLP,
+    Method,
+    TorchLSTM,
+    language_model,
+    lstm_gemm_work,
+    mlp_gemm_work,
+)
+from .ops import cuda as kernels  # the CUDA kernels' build status and dispatch: ad.kernels.status()
 from .ops import row_pattern_linear, tile_pattern_linear
 from .patterns import RowPattern, TilePattern
 from .search import (
     FAMILIES,
     FrontierPoint,
+    binomial_pmf,
+    binomial_test,
     candidates,
+    co_drop_matrix,
+    distance_to_binomial,
+    distribution_for,
+    drop_probability,
+    dropped_count_histogram,
+    dropped_count_pmf,
     exact_optimum,
     expected_work,
+    monte_carlo,
     reachable_range,
     search_distribution,
     search_frontier,
 )
-from .stats import (
-    binomial_pmf,
-    binomial_test,
-    co_drop_matrix,
-    distance_to_binomial,
-    drop_probability,
-    dropped_count_histogram,
-    dropped_count_pmf,
-    monte_carlo,
-)
+from .training import LMRaceConfig, MLPRaceConfig, train, train_lm
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "DROPOUT_METHODS",
     "FAMILIES",
+    "LM_METHODS",
+    "LSTM_METHODS",
     "METHODS",
     "ApproxDropoutLSTM",
     "ApproxDropoutMLP",
     "FrontierPoint",
-    "LM_METHODS",
-    "LSTM_METHODS",
+    "LMRaceConfig",
+    "MLPRaceConfig",
+    "Method",
     "PatternDistribution",
     "RowPattern",
     "TilePattern",
@@ -55,12 +74,19 @@ __all__ = [
     "dropped_count_histogram",
     "dropped_count_pmf",
     "exact_optimum",
-    "language_model",
     "expected_work",
+    "kernels",
+    "language_model",
+    "load_corpus",
+    "load_dataset",
+    "lstm_gemm_work",
+    "mlp_gemm_work",
     "monte_carlo",
     "reachable_range",
     "row_pattern_linear",
     "search_distribution",
     "search_frontier",
     "tile_pattern_linear",
+    "train",
+    "train_lm",
 ]

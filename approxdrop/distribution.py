@@ -7,16 +7,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .patterns import RowPattern, TilePattern, check_int
+from ._env import check_int, check_rate
+from .patterns import RowPattern, TilePattern
 
 KINDS = ("row", "tile")
-
-
-def check_rate(p: object) -> float:
-    """Return ``p`` as a float if it is a number in [0, 1), else raise ValueError naming it."""
-    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p < 1.0:
-        raise ValueError(f"dropout rate p must be a number in [0, 1), got {p!r}")
-    return float(p)
 
 
 @dataclass(frozen=True)
@@ -141,17 +135,3 @@ def bracket_distribution(p: float, kind: str = "row", tile: int = 32) -> Pattern
     if w_high <= 1e-12:
         return PatternDistribution(((low, 1),), (1.0,), kind=kind, tile=tile, target_p=p)
     return PatternDistribution(((low, 1), (low + 1, 1)), (1.0 - w_high, w_high), kind=kind, tile=tile, target_p=p)
-
-
-def distribution_for(p: float, n: int, kind: str = "row", tile: int = 32, family: str = "paper") -> PatternDistribution:
-    """The distribution a dropout site uses by default: ``n`` is its unit count (row) or the
-    number of T x T tiles of the weight it drops (tile).
-
-    It is ``search_distribution(p, n, kind, family)`` with ``max_period`` 16 (more when p needs
-    it), cached in memory and on disk (``approxdrop.cache``). The paper family (keep = 1) is the
-    default because its kept rows are strided views, the fastest executor."""
-    from .search import min_period, search_distribution  # search imports this module
-
-    check_int("n", n, 1)
-    period = max(16, min_period(p))
-    return search_distribution(p, n, kind=kind, family=family, max_period=period, tile=tile, cache=True)

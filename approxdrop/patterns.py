@@ -11,15 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-
-def check_int(name: str, value: object, low: int, high: int | None = None) -> int:
-    """Return ``value`` if it is an int in ``[low, high]``, else raise ValueError naming it."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{name} must be an int, got {value!r}")
-    if value < low or (high is not None and value > high):
-        bound = f"[{low}, {high}]" if high is not None else f">= {low}"
-        raise ValueError(f"{name} must be in {bound}, got {value}")
-    return value
+from ._env import check_int
 
 
 def periodic_count(n: int, dp: int, offset: int, keep: int) -> int:

@@ -33,8 +33,8 @@ import torch
 import torch.nn.functional as F
 
 import approxdrop
-from approxdrop import kernels
-from approxdrop.layers import METHODS
+from approxdrop.models.mlp import METHODS
+from approxdrop.ops import cuda as kernels
 from approxdrop.ops import row_linear, row_linear_backward, tile_linear, tile_linear_backward
 
 RESULTS = Path(__file__).resolve().parent / "results"

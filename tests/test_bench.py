@@ -7,26 +7,25 @@ import sys
 import pytest
 
 from approxdrop import METHODS
-from approxdrop.bench import PAPER_SIZES, format_table, gemm_work_fraction, main, measure
-from approxdrop.cli import main as cli_main
+from approxdrop.experiments.bench import PAPER_SIZES, format_table, measure
+from approxdrop.experiments.cli import main as cli_main
+from approxdrop.models import mlp_gemm_work
 
 
 @pytest.mark.parametrize("p, left", [(0.3, 0.549), (0.5, 0.320), (0.7, 0.149)])
 def test_row_gemm_work_matches_method_md(p, left):
-    assert gemm_work_fraction(PAPER_SIZES, p, "row") == pytest.approx(left, abs=5e-4)
-    assert gemm_work_fraction(PAPER_SIZES, p, "shared") == gemm_work_fraction(PAPER_SIZES, p, "row")
+    assert mlp_gemm_work(PAPER_SIZES, p, "row") == pytest.approx(left, abs=5e-4)
+    assert mlp_gemm_work(PAPER_SIZES, p, "shared") == mlp_gemm_work(PAPER_SIZES, p, "row")
 
 
 def test_gemm_work_of_the_other_methods():
-    assert gemm_work_fraction(PAPER_SIZES, 0.5, "bernoulli") == 1.0
-    assert gemm_work_fraction(PAPER_SIZES, 0.5, "none") == 1.0
+    assert mlp_gemm_work(PAPER_SIZES, 0.5, "bernoulli") == 1.0
+    assert mlp_gemm_work(PAPER_SIZES, 0.5, "none") == 1.0
     # tile: the two weights that read a site keep half their tiles, the first layer is dense
     dense = 784 * 2048 + 2048 * 2048 + 2048 * 10
-    assert gemm_work_fraction(PAPER_SIZES, 0.5, "tile") == pytest.approx(
-        (784 * 2048 + 0.5 * (dense - 784 * 2048)) / dense
-    )
+    assert mlp_gemm_work(PAPER_SIZES, 0.5, "tile") == pytest.approx((784 * 2048 + 0.5 * (dense - 784 * 2048)) / dense)
     # input dropout adds a site on the first layer's input
-    assert gemm_work_fraction([4, 4], 0.5, "row", input_dropout=True) == 0.5
+    assert mlp_gemm_work([4, 4], 0.5, "row", input_dropout=True) == 0.5
 
 
 def test_measure_runs_every_method_side_by_side():
@@ -49,7 +48,7 @@ def test_measure_needs_the_baseline():
 def test_main_prints_the_table_and_writes_json(tmp_path, capsys):
     out = tmp_path / "bench.json"
     argv = ["--sizes", "10", "8", "3", "--batch", "4", "--ps", "0.3", "0.7", "--rounds", "1", "--warmup", "0"]
-    assert main([*argv, "--no-progress", "--json", str(out)]) == 0
+    assert cli_main(["bench", *argv, "--no-progress", "--json", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "ApproxDropoutMLP [10, 8, 3], batch 4" in printed and "| 0.7 | tile |" in printed
     data = json.loads(out.read_text())
@@ -61,8 +60,7 @@ def test_cuda_device_without_cuda_is_a_clear_error(capsys):
 
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
-    with pytest.raises(SystemExit):
-        main(["--device", "cuda", "--no-progress"])
+    assert cli_main(["bench", "--device", "cuda", "--no-progress"]) == 2
     assert "CUDA is not available" in capsys.readouterr().err
 
 
@@ -70,8 +68,11 @@ def test_cli_dispatches_and_explains_itself(capsys):
     assert cli_main([]) == 2
     assert "bench" in capsys.readouterr().out
     assert cli_main(["--help"]) == 0
+    listing = capsys.readouterr().out
+    for command in ("bench", "bench-lstm", "bench-search", "gemm-timing", "study"):
+        assert f"    {command}" in listing, command
     done = subprocess.run(
-        [sys.executable, "-m", "approxdrop.cli", "bench", "--sizes", "6", "3", "--batch", "2", "--ps", "0.5",
+        [sys.executable, "-m", "approxdrop", "bench", "--sizes", "6", "3", "--batch", "2", "--ps", "0.5",
          "--rounds", "1", "--warmup", "0", "--no-progress", "--methods", "bernoulli", "row"],
         capture_output=True, text=True, check=True,
     )  # fmt: skip

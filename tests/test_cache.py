@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 
 from approxdrop import PatternDistribution
-from approxdrop import cache as store
+from approxdrop.ops import cuda as kernels
+from approxdrop.search import cache as store
 from approxdrop.search import search_distribution
 
 KEY = {"p": 0.5, "n": 12, "family": "paper"}
@@ -21,14 +22,21 @@ def _cache_dir(tmp_path, monkeypatch):
     store.clear_memory()
 
 
-def test_cache_dir_precedence(tmp_path, monkeypatch):
-    assert store.cache_dir() == tmp_path / "cache"
+def test_every_cache_follows_one_rule(tmp_path, monkeypatch):
+    """The search cache and the kernel builds live in their own folders of ONE cache directory:
+    $APPROXDROP_CACHE_DIR, else $XDG_CACHE_HOME/approxdrop, else ~/.cache/approxdrop."""
+
+    def dirs():
+        return store.cache_dir(), kernels._cache_root()
+
+    assert dirs() == (tmp_path / "cache" / "search", tmp_path / "cache" / "kernels")
     monkeypatch.delenv("APPROXDROP_CACHE_DIR")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert store.cache_dir() == tmp_path / "xdg" / "approxdrop"
+    assert dirs() == (tmp_path / "xdg" / "approxdrop" / "search", tmp_path / "xdg" / "approxdrop" / "kernels")
     monkeypatch.delenv("XDG_CACHE_HOME")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    assert store.cache_dir() == tmp_path / "home" / ".cache" / "approxdrop"
+    home = tmp_path / "home" / ".cache" / "approxdrop"
+    assert dirs() == (home / "search", home / "kernels")
 
 
 def test_round_trip_through_memory_and_disk():
@@ -87,7 +95,7 @@ def test_an_unwritable_directory_is_not_fatal(tmp_path, monkeypatch):
 
 def test_search_distribution_cache(tmp_path):
     first = search_distribution(0.6, 50, family="extended", cache=True)
-    files = list(Path(tmp_path / "cache").glob("search-*.json"))
+    files = list(Path(tmp_path / "cache" / "search").glob("search-*.json"))
     assert len(files) == 1 and first == search_distribution(0.6, 50, family="extended")
     assert search_distribution(0.6, 50, family="extended", cache=True) is first
     store.clear_memory()

@@ -15,8 +15,8 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from approxdrop import corpus
-from approxdrop.corpus import (
+from approxdrop.data import DataUnavailable, corpus
+from approxdrop.data.corpus import (
     EOS,
     NAMES,
     PTB_MD5,
@@ -28,7 +28,6 @@ from approxdrop.corpus import (
     pydoc_lines,
     tokenize_lines,
 )
-from approxdrop.data import DataUnavailable
 
 WORDS = "the of and to a in is that for it as was with on by he at from his an".split()
 TRAIN, VALID, TEST = PTB_MD5  # the file names

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from approxdrop import data
 from approxdrop.data import IDX_FILES, DataUnavailable, fetch_mnist, load_dataset, parse_idx
+from approxdrop.data import datasets as data
 
 
 def idx_bytes(array: np.ndarray) -> bytes:

@@ -9,8 +9,8 @@ import nbformat
 import pytest
 import torch
 
-from approxdrop.exercises import lab07
-from approxdrop.lstm import ApproxDropoutLSTM, lstm_recurrence
+from approxdrop.course.exercises import lab07
+from approxdrop.models.lstm import ApproxDropoutLSTM, lstm_recurrence
 
 LABS = Path(__file__).resolve().parents[1] / "labs"
 NOTEBOOK = LABS / "07_lstm_language_model.ipynb"

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from approxdrop.exercises import lab01, lab02, lab03, lab06
+from approxdrop.course.exercises import lab01, lab02, lab03, lab06
 
 SOLUTIONS = Path(__file__).resolve().parents[1] / "labs" / "solutions"
 

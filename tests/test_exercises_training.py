@@ -9,7 +9,7 @@ import nbformat
 import pytest
 import torch
 
-from approxdrop.exercises import lab04, lab05
+from approxdrop.course.exercises import lab04, lab05
 
 LABS = Path(__file__).resolve().parents[1] / "labs"
 

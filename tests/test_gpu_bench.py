@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from approxdrop import METHODS
+
 SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "gpu_bench.py"
 
 
@@ -46,7 +48,7 @@ def test_dry_run_writes_a_table(bench, tmp_path, capsys):
     text = out.read_text()
     assert "- GPU: none (CPU dry run" in text and "- command: `python " in text and "--dry-run" in text
     kernel_rows = [line for line in text.splitlines() if line.startswith("| 48x40x36") or line.startswith("| 20-16")]
-    assert len(kernel_rows) == 4 * 2 + 5  # 4 layers x (row, tile) + 5 methods end to end
+    assert len(kernel_rows) == 4 * 2 + len(METHODS)  # 4 layers x (row, tile) + every MLP method end to end
     for line in kernel_rows:
         cells = [c.strip() for c in line.strip("|").split("|")]
         assert all(c for c in cells), line

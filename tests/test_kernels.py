@@ -1,4 +1,4 @@
-"""CUDA kernels (approxdrop.kernels): build status and dispatch everywhere; the kernels themselves on a GPU.
+"""CUDA kernels (approxdrop.ops.cuda): build status and dispatch everywhere; the kernels themselves on a GPU.
 
 The GPU tests compare every kernel with the PyTorch implementation of its op (``op._init_fn``, the
 path that runs without kernels). Accuracy rule (flash-attention's): against a float64 reference, a
@@ -20,7 +20,7 @@ import pytest
 import torch
 
 import approxdrop
-from approxdrop import kernels
+from approxdrop.ops import cuda as kernels
 from approxdrop.ops import row_linear, row_linear_backward, tile_linear, tile_linear_backward
 from approxdrop.patterns import RowPattern, TilePattern
 
@@ -52,18 +52,18 @@ def test_importing_approxdrop_registers_cuda_implementations():
 
 def test_status_reasons(tmp_path, monkeypatch):
     """Distinct messages: not built yet, built for another torch/CUDA/GPU, stale sources, built."""
-    monkeypatch.setenv(kernels.ENV_CACHE, str(tmp_path))
+    monkeypatch.setenv("APPROXDROP_CACHE_DIR", str(tmp_path))
     key = kernels._build_key("sm_90")
     assert kernels._unbuilt_reason("sm_90").startswith("not built yet")
-    other = tmp_path / "torch0.0-cuda0.0-sm_80"
-    other.mkdir()
+    other = tmp_path / "kernels" / "torch0.0-cuda0.0-sm_80"
+    other.mkdir(parents=True)
     (other / "approxdrop_build.json").write_text('{"sources": "x"}')
     reason = kernels._unbuilt_reason("sm_90")
     assert reason.startswith("built for another torch/CUDA/GPU") and other.name in reason and key in reason
-    (tmp_path / key).mkdir()
-    (tmp_path / key / "approxdrop_build.json").write_text('{"sources": "old"}')
+    (tmp_path / "kernels" / key).mkdir()
+    (tmp_path / "kernels" / key / "approxdrop_build.json").write_text('{"sources": "old"}')
     assert "older sources" in kernels._unbuilt_reason("sm_90")
-    (tmp_path / key / "approxdrop_build.json").write_text(f'{{"sources": "{kernels._source_hash()}"}}')
+    (tmp_path / "kernels" / key / "approxdrop_build.json").write_text(f'{{"sources": "{kernels._source_hash()}"}}')
     assert kernels._unbuilt_reason("sm_90").startswith("built in")
 
 

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from approxdrop import PatternDistribution, RowPattern
-from approxdrop.lstm import (
+from approxdrop.models.lstm import (
     LM_METHODS,
     LSTM_METHODS,
     ApproxDropoutLSTM,
@@ -16,6 +16,7 @@ from approxdrop.lstm import (
     lstm_recurrence,
     lstm_recurrence_reference,
 )
+from approxdrop.models.methods import ROW
 
 VOCAB, HIDDEN, EMB, T, B = 37, 13, 11, 5, 3
 
@@ -191,7 +192,8 @@ def test_draws_are_reproducible_with_a_generator_and_bernoulli_draws_nothing():
 
 def test_row_extended_is_row_with_the_searched_extended_family():
     model = language_model(VOCAB, "row-extended", HIDDEN, 2, 0.5)
-    assert isinstance(model, ApproxDropoutLSTM) and model.method == "row" and model.family == "extended"
+    assert isinstance(model, ApproxDropoutLSTM) and model.spec.drops == ROW and model.family == "extended"
+    assert ApproxDropoutLSTM(VOCAB, HIDDEN, 2, 0.5, "row", family="extended").family == "extended"
     assert any(keep > 1 for d in model.distributions for _, keep in d.pairs)
     assert all(keep == 1 for d in language_model(VOCAB, "row", HIDDEN, 2, 0.5).distributions for _, keep in d.pairs)
 
@@ -214,7 +216,7 @@ def test_language_model_builds_each_method_with_the_same_initial_law():
         ({"layers": 0}, "layers"),
         ({"family": "dense"}, "family must be one of"),
         ({"distributions": [PatternDistribution(((2, 1),), (1.0,))]}, "one distribution per dropout site"),
-        ({"method": "bernoulli", "distributions": []}, "distributions are for method 'row'"),
+        ({"method": "bernoulli", "distributions": []}, "distributions are for pattern methods"),
         ({"distributions": [PatternDistribution(((2, 1),), (1.0,), kind="tile")] * 3}, "row PatternDistributions"),
     ],
 )

@@ -161,7 +161,7 @@ def test_p_zero_is_the_dense_network_in_training_too():
         (lambda: ApproxDropoutMLP([10, 5, 3], 0.5, distributions=[]), "one distribution per dropout site \\(1\\)"),
         (
             lambda: ApproxDropoutMLP([10, 5, 3], 0.5, method="bernoulli", distributions=[]),
-            "distributions are for methods",
+            "distributions are for pattern methods",
         ),
         (
             lambda: ApproxDropoutMLP(

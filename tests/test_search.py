@@ -12,7 +12,6 @@ import pytest
 import torch
 
 import approxdrop as ad
-from approxdrop import cache as store
 from approxdrop.search import (
     SGD_ABS_TOL,
     SGD_REL_TOL,
@@ -24,7 +23,8 @@ from approxdrop.search import (
     search_distribution,
     search_frontier,
 )
-from approxdrop.stats import binomial_test, distance_to_binomial, drop_probability, monte_carlo
+from approxdrop.search import cache as store
+from approxdrop.search.stats import binomial_test, distance_to_binomial, drop_probability, monte_carlo
 
 NS = (37, 64, 100, 1000)  # 37 and 100 are not divisible by most periods
 PS = (0.05, 0.1, 0.3, 0.5, 0.7, 0.9)
@@ -172,7 +172,7 @@ def test_distribution_for_uses_the_cached_paper_search(tmp_path):
     dist = ad.distribution_for(0.3, 100)
     assert dist == search_distribution(0.3, 100, family="paper")
     assert all(keep == 1 for _, keep in dist.pairs)
-    assert len(list(tmp_path.glob("search-*.json"))) == 1
+    assert len(list(tmp_path.glob("search/search-*.json"))) == 1
     assert ad.distribution_for(0.3, 100) is dist  # from memory
     high = ad.distribution_for(0.96, 100, kind="tile", tile=16)  # beyond max_period 16
     assert abs(high.expected_rate - 0.96) <= 1e-9 and high.kind == "tile"

@@ -6,7 +6,7 @@ import torch
 from scipy import stats as sps
 
 from approxdrop import PatternDistribution, RowPattern, TilePattern
-from approxdrop.stats import (
+from approxdrop.search.stats import (
     binomial_pmf,
     binomial_test,
     candidate_dropped_counts,

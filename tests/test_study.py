@@ -5,9 +5,9 @@ import json
 import pytest
 import torch
 
-from approxdrop import study
 from approxdrop.data import load_dataset
-from approxdrop.study import RunResult, StudyConfig, best_p, format_table, run_study, summarise
+from approxdrop.experiments import study
+from approxdrop.experiments.study import RunResult, StudyConfig, best_p, format_table, run_study, summarise
 
 TINY = StudyConfig(hidden=(16,), ps=(0.5,), seeds=(0, 1), epochs=2, batch=64, dataset="digits")
 
@@ -19,14 +19,14 @@ def digits():
 
 def test_study_trains_every_run_and_writes_the_summary(tmp_path, digits):
     results = run_study(TINY, tmp_path, data=digits, progress=False)
-    assert [(r.variant, r.seed) for r in results] == [(v, s) for s in (0, 1) for v in study.VARIANTS]
+    assert [(r.variant, r.seed) for r in results] == [(v, s) for s in (0, 1) for v in TINY.variants]
     for r in results:
         assert len(r.test_accuracy) == 2 and len(r.epoch_seconds) == 2 and 0 <= r.test_accuracy[-1] <= 1
         assert (tmp_path / "runs" / study.run_name(r.variant, r.p, r.seed)).exists()
     table = (tmp_path / "results.md").read_text()
     assert "| bernoulli | 0.5 |" in table and "| row-extended | 0.5 |" in table and "best p" in table
     summary = json.loads((tmp_path / "results.json").read_text())["summary"]
-    assert len(summary) == len(study.VARIANTS)
+    assert len(summary) == len(TINY.variants)
     assert "plotly" in (tmp_path / "accuracy.html").read_text()
     assert not list(tmp_path.rglob(".tmp-*"))  # atomic writes leave nothing behind
 
@@ -89,7 +89,7 @@ def test_bad_settings_raise_value_error(kwargs, message):
 
 
 def test_cli_runs_the_study(tmp_path, capsys):
-    from approxdrop.cli import main
+    from approxdrop.experiments.cli import main
 
     argv = ["study", "mlp", "--out", str(tmp_path), "--dataset", "digits", "--hidden", "8", "--epochs", "1"]
     assert main([*argv, "--seeds", "0", "--ps", "0.5", "--variants", "bernoulli", "row", "--no-progress"]) == 0
@@ -97,7 +97,7 @@ def test_cli_runs_the_study(tmp_path, capsys):
 
 
 def test_cli_clips_gradients_and_sets_threads(tmp_path, capsys, monkeypatch):
-    from approxdrop.cli import main
+    from approxdrop.experiments.cli import main
 
     clips = []
     real_step = study.training_step
@@ -115,7 +115,7 @@ def test_cli_clips_gradients_and_sets_threads(tmp_path, capsys, monkeypatch):
 
 
 def test_study_figure_plots_means_against_p_and_time():
-    from approxdrop.viz.study import study_figure
+    from approxdrop.experiments.study_figure import study_figure
 
     runs = [
         RunResult("bernoulli", 0.5, 0, "x", [0.6, 0.8], [1.0, 3.0]),

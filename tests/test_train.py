@@ -4,9 +4,9 @@ callbacks, the summary table, and argument errors."""
 import pytest
 import torch
 
-from approxdrop import ApproxDropoutMLP
+from approxdrop import ApproxDropoutMLP, mlp_gemm_work
 from approxdrop.data import Dataset, DatasetInfo
-from approxdrop.train import evaluate, train, training_step
+from approxdrop.training import evaluate, train, training_step
 
 
 def blobs(n_train=400, n_test=100, dim=16, classes=4, seed=0) -> Dataset:
@@ -41,10 +41,11 @@ def test_records_evaluations_and_callbacks():
     )  # fmt: skip
     assert calls == [3, 6, 9, 10]
     for h in result.histories.values():
-        assert h.step == list(range(1, 11)) and len(h.loss) == len(h.seconds) == len(h.train_accuracy) == 10
-        assert h.eval_step == [4, 8, 10] and all(0.0 <= a <= 1.0 for a in h.test_accuracy)
+        assert h.step == list(range(1, 11)) and len(h.loss) == len(h.seconds) == 10
+        assert h.eval_step == [4, 8, 10] and all(0.0 <= a <= 1.0 for a in h.metric)
         assert all(s > 0 for s in h.seconds)
-    assert result.sizes == [16, 32, 32, 4] and result.methods == ["bernoulli", "row"]
+    assert result.methods == ["bernoulli", "row"]
+    assert result.gemm_work["row"] == mlp_gemm_work([16, 32, 32, 4], 0.5, "row")  # sizes: data, hidden, classes
 
 
 def test_training_learns_and_the_summary_compares_with_bernoulli():
@@ -56,7 +57,7 @@ def test_training_learns_and_the_summary_compares_with_bernoulli():
         (16 * 32 * 0.7 + 32 * 32 * 0.49 + 32 * 4 * 0.7) / (16 * 32 + 32 * 32 + 32 * 4)
     )
     for row in rows.values():
-        assert row.test_accuracy > 0.9  # four separable clusters: chance is 0.25
+        assert row.metric > 0.9  # four separable clusters: chance is 0.25
     table = result.format_table()
     assert table.count("\n") == 4 and "| row |" in table and "1.00x" in table
 
@@ -83,7 +84,9 @@ def test_training_step_and_evaluate():
         (dict(methods=["dropout"]), "methods must be"),
         (dict(methods=[]), "methods must be"),
         (dict(methods=["row", "row"]), "methods must be"),
-        (dict(steps=0), "must be >= 1"),
+        (dict(steps=0), "steps must be in \\[1, inf\\), got 0"),
+        (dict(lr=float("nan")), "lr must be a finite number > 0"),
+        (dict(clip=0.0), "clip must be a finite number > 0"),
     ],
 )
 def test_bad_arguments(kwargs, match):

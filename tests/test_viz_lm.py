@@ -5,11 +5,7 @@ import plotly.graph_objects as go
 import pytest
 import torch
 
-from approxdrop.bench_lstm import lstm_gemm_work_fraction
-from approxdrop.lm_train import LMHistory, LMTrainResult
-from approxdrop.lstm import ApproxDropoutLSTM
-from approxdrop.patterns import RowPattern
-from approxdrop.viz.lm import (
+from approxdrop.course.viz.lm import (
     RECURRENT,
     SITE,
     embedding_read_mask,
@@ -25,7 +21,11 @@ from approxdrop.viz.lm import (
     sites_figure,
     update_race_figure,
 )
-from approxdrop.viz.training import running_mean, running_median
+from approxdrop.course.viz.training import running_mean, running_median
+from approxdrop.models import lstm_gemm_work
+from approxdrop.models.lstm import ApproxDropoutLSTM
+from approxdrop.patterns import RowPattern
+from approxdrop.training import PERPLEXITY, History, LMRaceConfig, RaceResult
 
 
 def test_site_names_follow_the_stack():
@@ -82,7 +82,7 @@ def test_gemm_work_rows_add_up_to_the_benchmark_fraction(hidden, layers, vocab, 
     rows = gemm_work_rows(hidden, layers, vocab, p)
     assert len(rows) == 2 * layers + 1
     assert sum(r.row for r in rows) / sum(r.dense for r in rows) == pytest.approx(
-        lstm_gemm_work_fraction(hidden, layers, vocab, p, "row")
+        lstm_gemm_work(hidden, layers, vocab, p, "row")
     )
     assert all(r.row == r.dense for r in rows if r.name.startswith("recurrent"))
     assert all(r.row == pytest.approx((1 - p) * r.dense) for r in rows if not r.name.startswith("recurrent"))
@@ -103,18 +103,20 @@ def test_gemm_work_figure_shows_the_floor_of_the_recurrent_gemms():
     assert list(here.x) == [0.5] and here.y[0] == pytest.approx(8_320_000 / 13_260_000)
 
 
-def fake_result() -> LMTrainResult:
+def fake_result() -> RaceResult:
     def history(scale):
-        return LMHistory(
+        return History(
             step=[1, 2, 3, 4],
             loss=[6.0 * scale, 5.0, 4.0, 3.0],
             seconds=[0.004 * scale, 0.002 * scale, 0.003 * scale, 0.001 * scale],
             eval_step=[2, 4],
-            valid_perplexity=[400.0, 300.0 * scale],
+            metric=[400.0, 300.0 * scale],
         )
 
     histories = {"row": history(0.5), "bernoulli": history(1.0), "torch": history(2.0)}
-    return LMTrainResult(histories, hidden=8, layers=2, p=0.5, batch=4, bptt=5, device="cpu", warmup=1)
+    config = LMRaceConfig(hidden=8, layers=2, p=0.5, steps=4, batch=4, bptt=5, warmup=1)
+    work = {m: lstm_gemm_work(8, 2, 50, 0.5, m) for m in histories}
+    return RaceResult(histories, PERPLEXITY, config, work, "cpu", ("bernoulli", "torch"))
 
 
 def test_race_figure_is_filled_in_place():
@@ -137,8 +139,8 @@ def test_race_result_figure_and_timings():
     result = fake_result()
     fig = race_result_figure(result, title="t")
     assert isinstance(fig, go.Figure) and list(fig.data[4].y) == [400.0, 300.0] and fig.layout.title.text == "t"
-    timings = race_timings(result, vocab=50)
+    timings = race_timings(result)
     assert [t.name for t in timings] == ["bernoulli", "row", "torch"]  # the baseline first
     assert timings[1].ms == pytest.approx(1.0)  # median of 1, 1.5, 0.5 ms (the first step is warm-up)
     assert timings[0].work == 1.0 and timings[2].work == 1.0
-    assert timings[1].work == pytest.approx(lstm_gemm_work_fraction(8, 2, 50, 0.5, "row"))
+    assert timings[1].work == pytest.approx(lstm_gemm_work(8, 2, 50, 0.5, "row"))

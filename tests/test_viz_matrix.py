@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from approxdrop import RowPattern, TilePattern
-from approxdrop.viz.matrix import (
+from approxdrop.course.viz.matrix import (
     block_figure,
     block_reads,
     block_z,

@@ -6,9 +6,7 @@ import plotly.graph_objects as go
 import pytest
 
 import approxdrop as ad
-from approxdrop.search import FrontierPoint
-from approxdrop.stats import binomial_pmf
-from approxdrop.viz.search import (
+from approxdrop.course.viz.search import (
     co_drop_figure,
     count_figure,
     families_figure,
@@ -18,6 +16,8 @@ from approxdrop.viz.search import (
     search_figure,
     update_search_figure,
 )
+from approxdrop.search import FrontierPoint
+from approxdrop.search.stats import binomial_pmf
 
 MIX = ad.PatternDistribution(((2, 1), (3, 1)), (0.4, 0.6), n=24, target_p=0.6, distance=0.05, loss_history=(3, 2, 1))
 

@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from approxdrop import RowPattern, TilePattern
-from approxdrop.bench import BenchRow
-from approxdrop.gemm_timing import Timing, dropout_timings, median_ms, row_timings, tile_timings
-from approxdrop.viz.timing import from_bench, timing_figure, update_timing_figure
+from approxdrop.course.viz.timing import from_bench, timing_figure, update_timing_figure
+from approxdrop.experiments.bench import BenchRow
+from approxdrop.experiments.gemm_timing import Timing, dropout_timings, median_ms, row_timings, tile_timings
 
 ROWS = [Timing("dense GEMM", 4.0, 1.0), Timing("row pattern", 2.0, 0.25)]
 

@@ -4,8 +4,7 @@ import plotly.graph_objects as go
 import pytest
 import torch
 
-from approxdrop.train import History, TrainResult
-from approxdrop.viz.training import (
+from approxdrop.course.viz.training import (
     result_figure,
     running_mean,
     running_median,
@@ -14,20 +13,22 @@ from approxdrop.viz.training import (
     training_figure,
     update_training_figure,
 )
+from approxdrop.training import ACCURACY, History, MLPRaceConfig, RaceResult
 
 
-def fake_result() -> TrainResult:
+def fake_result() -> RaceResult:
     def history(scale):
         return History(
             step=[1, 2, 3, 4],
             loss=[2.0 * scale, 1.0 * scale, 0.5, 0.25],
             seconds=[0.004 * scale, 0.002 * scale, 0.003 * scale, 0.001 * scale],
-            train_accuracy=[0.1, 0.2, 0.3, 0.4],
             eval_step=[2, 4],
-            test_accuracy=[0.5, 0.75 * scale],
+            metric=[0.5, 0.75 * scale],
         )
 
-    return TrainResult({"row": history(0.5), "bernoulli": history(1.0)}, [16, 8, 4], 0.5, 4, "cpu", warmup=1)
+    config = MLPRaceConfig(hidden=(8,), p=0.5, steps=4, batch=4, warmup=1)
+    work = {"row": 0.25, "bernoulli": 1.0}
+    return RaceResult({"row": history(0.5), "bernoulli": history(1.0)}, ACCURACY, config, work, "cpu")
 
 
 def test_running_statistics():

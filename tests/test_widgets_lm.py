@@ -2,8 +2,8 @@
 
 import torch
 
-from approxdrop.corpus import Corpus, CorpusInfo, Vocabulary
-from approxdrop.widgets.lm import LMRacePanel
+from approxdrop.course.widgets.lm import LMRacePanel
+from approxdrop.data.corpus import Corpus, CorpusInfo, Vocabulary
 
 gen = torch.Generator().manual_seed(0)
 VOCAB = Vocabulary([f"w{i}" for i in range(20)])

@@ -3,7 +3,7 @@
 import torch
 
 from approxdrop import RowPattern, TilePattern
-from approxdrop.widgets.patterns import BlockReadsPanel, PatternSliders, RowPatternPanel, TilePatternPanel
+from approxdrop.course.widgets.patterns import BlockReadsPanel, PatternSliders, RowPatternPanel, TilePatternPanel
 
 
 def test_sliders_bound_offset_and_keep_by_dp_and_redraw_once():

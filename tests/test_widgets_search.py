@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from approxdrop.widgets.search import SearchPanel
+from approxdrop.course.widgets.search import SearchPanel
 
 
 def test_controls_rerun_the_search_and_redraw_in_place():

@@ -2,8 +2,8 @@
 
 import torch
 
+from approxdrop.course.widgets.training import TrainingPanel
 from approxdrop.data import Dataset, DatasetInfo
-from approxdrop.widgets.training import TrainingPanel
 
 gen = torch.Generator().manual_seed(0)
 DATA = Dataset(

@@ -1,4 +1,4 @@
-"""Reference solutions of lab 01 (approxdrop.exercises.lab01)."""
+"""Reference solutions of lab 01 (approxdrop.course.exercises.lab01)."""
 
 import torch
 

@@ -1,4 +1,4 @@
-"""Reference solutions of lab 02 (approxdrop.exercises.lab02)."""
+"""Reference solutions of lab 02 (approxdrop.course.exercises.lab02)."""
 
 import torch
 

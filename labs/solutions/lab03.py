@@ -1,4 +1,4 @@
-"""Reference solutions of lab 03 (approxdrop.exercises.lab03)."""
+"""Reference solutions of lab 03 (approxdrop.course.exercises.lab03)."""
 
 import torch
 

@@ -1,4 +1,4 @@
-"""Reference solutions of lab 06 (approxdrop.exercises.lab06)."""
+"""Reference solutions of lab 06 (approxdrop.course.exercises.lab06)."""
 
 import torch
 

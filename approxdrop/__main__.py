@@ -1,0 +1,7 @@
+"""``python -m approxdrop ARGS``: the ``approxdrop`` command."""
+
+import sys
+
+from .experiments.cli import main
+
+sys.exit(main())

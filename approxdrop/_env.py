@@ -1,0 +1,119 @@
+"""One home for what every layer needs from its environment: argument checks, the default device
+and its synchronisation, a one-line machine description, the cache and data directories (one
+rule for every cache), and atomic file writes.
+
+Directories: ``cache_root()`` is ``$APPROXDROP_CACHE_DIR``, else ``$XDG_CACHE_HOME/approxdrop``,
+else ``~/.cache/approxdrop``; each user of it takes its own subdirectory (``search/``,
+``kernels/``, ``gpu-dispatch/``). Downloads go to ``data_root()``: ``$APPROXDROP_DATA_DIR``, else
+``<$XDG_CACHE_HOME or ~/.cache>/approxdrop/data``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+import torch
+
+
+def check_int(name: str, value: object, low: int, high: int | None = None) -> int:
+    """Return ``value`` if it is an int in ``[low, high]``, else raise ValueError naming it."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name} must be an int, got {value!r}")
+    if value < low or (high is not None and value > high):
+        bound = f"[{low}, {high}]" if high is not None else f"[{low}, inf)"
+        raise ValueError(f"{name} must be in {bound}, got {value}")
+    return value
+
+
+def check_rate(p: object) -> float:
+    """Return ``p`` as a float if it is a number in [0, 1), else raise ValueError naming it."""
+    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p < 1.0:
+        raise ValueError(f"dropout rate p must be a number in [0, 1), got {p!r}")
+    return float(p)
+
+
+def check_positive(name: str, value: object) -> float:
+    """``value`` as a float if it is a finite number > 0, else ValueError naming it."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    return float(value)
+
+
+def default_device(device: str | torch.device | None = None) -> torch.device:
+    """``device`` as a torch.device; None means the GPU when there is one, else the CPU."""
+    if device is not None:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def sync(device: torch.device) -> None:
+    """Wait for the GPU's queued work (no-op on CPU), so a timer measures it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def describe_machine(device: str | torch.device) -> str:
+    """One line naming the device, torch version and date, for recorded tables."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        where = f"{name}, CUDA {torch.version.cuda}, TF32 matmul {torch.backends.cuda.matmul.allow_tf32}"
+    else:
+        where = f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    return f"{where}; torch {torch.__version__}; {datetime.date.today().isoformat()}"
+
+
+def _user_cache() -> Path:
+    if os.environ.get("XDG_CACHE_HOME"):
+        return Path(os.environ["XDG_CACHE_HOME"])
+    return Path.home() / ".cache"
+
+
+def cache_root() -> Path:
+    """The cache directory of every approxdrop cache (not created here)."""
+    if os.environ.get("APPROXDROP_CACHE_DIR"):
+        return Path(os.environ["APPROXDROP_CACHE_DIR"])
+    return _user_cache() / "approxdrop"
+
+
+def data_root() -> Path:
+    """The download directory of data sets and corpora (not created here)."""
+    if os.environ.get("APPROXDROP_DATA_DIR"):
+        return Path(os.environ["APPROXDROP_DATA_DIR"])
+    return _user_cache() / "approxdrop" / "data"
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_atomic(path: Path, write: Callable[[IO[Any]], None], binary: bool = False) -> None:
+    """Write ``path`` atomically: ``write(file)`` fills a temporary file in the same directory, which
+    then replaces ``path``; nothing is left behind on failure (the exception propagates). The file
+    gets the umask's mode, as ``open`` would give it (not mkstemp's 0600)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.name)
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())
+        with os.fdopen(fd, "wb" if binary else "w") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_json_atomic(path: Path, payload: Any, indent: int | None = None) -> None:
+    """Write JSON to ``path`` atomically (``write_atomic``)."""
+    write_atomic(path, lambda f: json.dump(payload, f, indent=indent))

@@ -1,0 +1,40 @@
+"""Lab 01 exercises: inverted dropout, and the GEMM work that row dropout leaves (METHOD.md §6)."""
+
+from __future__ import annotations
+
+import torch
+
+from ...models import mlp_gemm_work as _work
+from ..checks import CheckResult, check
+
+
+def reference_inverted_dropout(x: torch.Tensor, keep_mask: torch.Tensor, p: float) -> torch.Tensor:
+    return x * keep_mask / (1.0 - p)
+
+
+def check_inverted_dropout(fn) -> CheckResult:
+    """Spec: ``inverted_dropout(x, keep_mask, p)`` with x (Tensor[*]) and keep_mask (Bool, same
+    shape or broadcastable) returns x where the mask is True, scaled by ``1 / (1 - p)``, and 0
+    elsewhere, so that the expected output equals x."""
+    gen = torch.Generator().manual_seed(1)
+    cases = []
+    for shape, p in [((4, 6), 0.5), ((3, 5), 0.3), ((2, 8), 0.7)]:
+        x = torch.randn(shape, generator=gen, dtype=torch.float64)
+        cases.append((x, torch.rand(shape, generator=gen) >= p, p))
+    x = torch.randn(5, 4, generator=gen, dtype=torch.float64)
+    cases.append((x, torch.rand(4, generator=gen) >= 0.5, 0.5))  # one mask row shared by the batch
+    return check("inverted dropout", fn, reference_inverted_dropout, cases)
+
+
+def reference_gemm_work(sizes: tuple[int, ...], p: float) -> float:
+    return _work(sizes, p, "row")
+
+
+def check_gemm_work(fn) -> CheckResult:
+    """Spec: ``gemm_work(sizes, p)`` returns the GEMM work (multiply-adds) of an MLP with layer widths
+    ``sizes`` and row dropout of rate p after every hidden layer, as a fraction of the dense MLP's:
+    layer i has ``sizes[i] * sizes[i+1]`` multiply-adds, times (1-p) for each of its two sides
+    (input, output) that is a hidden layer. The batch size cancels out."""
+    cases = [((784, 2048, 2048, 10), p) for p in (0.3, 0.5, 0.7)]
+    cases += [((100, 10), 0.5), ((8, 16, 4), 0.25), ((32, 64, 64, 64, 8), 0.6)]
+    return check("GEMM work left", fn, reference_gemm_work, cases, atol=1e-9)

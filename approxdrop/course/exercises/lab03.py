@@ -1,0 +1,36 @@
+"""Lab 03 exercises: the tile mask of a TilePattern, and its expansion to weight entries."""
+
+from __future__ import annotations
+
+import torch
+
+from ...patterns import TilePattern
+from ..checks import CheckResult, check
+
+TILE_CASES = [
+    (8, 8, 2, 0, 2, 1),
+    (12, 20, 3, 1, 4, 1),
+    (10, 7, 4, 3, 3, 2),  # partial tiles on both sides
+    (16, 16, 5, 2, 2, 4),
+    (6, 9, 1, 0, 4, 1),
+]
+
+
+def reference_tile_mask(n_out: int, n_in: int, dp: int, offset: int, tile: int, keep: int) -> torch.Tensor:
+    return TilePattern(dp, offset, tile, keep).tile_mask(n_out, n_in)
+
+
+def check_tile_mask(fn) -> CheckResult:
+    """Spec: ``tile_mask(n_out, n_in, dp, offset, tile, keep)`` returns Bool[ceil(n_out/tile),
+    ceil(n_in/tile)]: tile (a, b) is True (kept) iff ``(b - a - offset) mod dp < keep``."""
+    return check("tile mask", fn, reference_tile_mask, TILE_CASES)
+
+
+def reference_weight_mask(n_out: int, n_in: int, dp: int, offset: int, tile: int, keep: int) -> torch.Tensor:
+    return TilePattern(dp, offset, tile, keep).keep_mask(n_out, n_in)
+
+
+def check_weight_mask(fn) -> CheckResult:
+    """Spec: ``weight_mask(n_out, n_in, dp, offset, tile, keep)`` returns Bool[n_out, n_in]: entry
+    (i, j) is True iff its tile (i // tile, j // tile) is kept. Edge tiles may be partial."""
+    return check("weight mask", fn, reference_weight_mask, TILE_CASES)

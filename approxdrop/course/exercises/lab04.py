@@ -1,0 +1,51 @@
+"""Lab 04 exercises (the search): the expected rate of a distribution, the dropped count of one
+pattern at every offset, and the exact per-unit drop probability. Each ``check_*`` takes the
+learner's function, runs it on fixed cases against the library and prints one PASS / FAIL / TODO line.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ...distribution import PatternDistribution
+from ...patterns import RowPattern
+from ..checks import CheckResult, check
+
+DISTRIBUTIONS = [
+    (((2, 1),), (1.0,)),
+    (((1, 1), (2, 1), (3, 1)), (0.2, 0.5, 0.3)),
+    (((3, 2), (5, 2), (8, 3)), (0.6, 0.3, 0.1)),
+    (((4, 1), (7, 5), (16, 9)), (0.25, 0.25, 0.5)),
+]
+
+
+def reference_expected_rate(pairs, probs) -> float:
+    """``sum q (1 - keep/dp)``."""
+    return PatternDistribution(pairs, probs).expected_rate
+
+
+def check_expected_rate(candidate) -> CheckResult:
+    """``candidate(pairs, probs) -> float``: the expected drop rate of a distribution."""
+    return check("expected rate", candidate, reference_expected_rate, DISTRIBUTIONS, atol=1e-9)
+
+
+def reference_dropped_counts(dp: int, keep: int, n: int) -> torch.Tensor:
+    """Long[dp]: units of ``n`` dropped by RowPattern(dp, offset, keep) for offset = 0..dp-1."""
+    return torch.tensor([n - RowPattern(dp, offset, keep).kept_count(n) for offset in range(dp)])
+
+
+def check_dropped_counts(candidate) -> CheckResult:
+    """``candidate(dp, keep, n) -> Long[dp]``: the dropped count at every offset."""
+    cases = [(2, 1, 8), (3, 1, 10), (4, 3, 10), (5, 2, 13), (16, 9, 100), (7, 1, 3)]
+    return check("dropped count per offset", candidate, reference_dropped_counts, cases)
+
+
+def reference_drop_probability(pairs, probs, n: int) -> torch.Tensor:
+    """Float64[n]: exact P(unit i dropped), by enumerating every pattern and offset."""
+    return PatternDistribution(pairs, probs).drop_probability(n)
+
+
+def check_drop_probability(candidate) -> CheckResult:
+    """``candidate(pairs, probs, n) -> Float[n]``: each unit's exact drop probability."""
+    cases = [(pairs, probs, n) for pairs, probs in DISTRIBUTIONS for n in (7, 24)]
+    return check("per-unit drop probability", candidate, reference_drop_probability, cases, atol=1e-6)

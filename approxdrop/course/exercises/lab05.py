@@ -1,0 +1,58 @@
+"""Lab 05 exercises (training): how much of a step is GEMM (Amdahl's law), and one training step.
+Each ``check_*`` takes the learner's function, runs it on fixed cases against the library and
+prints one PASS / FAIL / TODO line.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ...models import ApproxDropoutMLP
+from ...training import training_step
+from ..checks import CheckResult, check
+
+SIZES = [12, 16, 16, 4]  # the small MLP the training-step check runs
+
+
+def reference_gemm_share(measured_speedup: float, ideal_speedup: float) -> float:
+    """Amdahl's law solved for the GEMM share f of the baseline step:
+    ``1 / measured = (1 - f) + f / ideal``, so ``f = (1 - 1/measured) / (1 - 1/ideal)``."""
+    return (1.0 - 1.0 / measured_speedup) / (1.0 - 1.0 / ideal_speedup)
+
+
+def check_gemm_share(candidate) -> CheckResult:
+    """``candidate(measured_speedup, ideal_speedup) -> float``: the share of the step spent in GEMMs."""
+    cases = [(2.26, 3.13), (1.0, 3.13), (3.13, 3.13), (1.5, 6.73), (1.2, 1.82), (0.9, 2.15)]
+    return check("GEMM share of a step", candidate, reference_gemm_share, cases, atol=1e-9)
+
+
+def reference_train_step(model, optimizer, x, y) -> torch.Tensor:
+    """One step (approxdrop.train.training_step); returns the loss."""
+    return training_step(model, optimizer, x, y)[0]
+
+
+def after_three_steps(step, method: str, seed: int) -> torch.Tensor:
+    """Float[3 + parameters]: the three losses and the parameters after three ``step`` calls on a
+    fresh model (same seed, same data, same pattern draws for every ``step`` function)."""
+    torch.manual_seed(seed)  # initial weights and bernoulli masks
+    model = ApproxDropoutMLP(SIZES, 0.5, method=method, tile=4, generator=torch.Generator().manual_seed(seed))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    data = torch.Generator().manual_seed(seed + 1)
+    losses = []
+    for _ in range(3):
+        x, y = torch.rand(8, SIZES[0], generator=data), torch.randint(SIZES[-1], (8,), generator=data)
+        loss = step(model, optimizer, x, y)
+        losses.append(float(loss.detach() if torch.is_tensor(loss) else loss))
+    return torch.cat([torch.tensor(losses), *(p.detach().flatten() for p in model.parameters())])
+
+
+def check_train_step(candidate) -> CheckResult:
+    """``candidate(model, optimizer, x, y) -> loss``: one training step on every method."""
+    cases = [(method, seed) for seed, method in enumerate(("row", "tile", "bernoulli", "shared"))]
+    return check(
+        "one training step",
+        lambda method, seed: after_three_steps(candidate, method, seed),
+        lambda method, seed: after_three_steps(reference_train_step, method, seed),
+        cases,
+        atol=1e-5,
+    )

@@ -1,0 +1,63 @@
+"""Lab 07 exercises (the LSTM language model): one dropout site's input projection written as a dense
+masked GEMM, and the GEMM work a row-pattern LSTM has left. Each ``check_*`` takes the learner's
+function, runs it on fixed cases against the library and prints one PASS / FAIL / TODO line.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ...models import lstm_gemm_work
+from ...models.lstm import row_projection
+from ...patterns import RowPattern
+from ..checks import CheckResult, check
+
+model_projection = row_projection  # what ApproxDropoutLSTM computes at a row site: the checker's reference
+
+
+def projection_case(steps: int, batch: int, n: int, m: int, dp: int, offset: int, keep: int, seed: int):
+    """(u Float64[T, B, n], W Float64[m, n], b Float64[m], RowPattern): one case of the projection check."""
+    gen = torch.Generator().manual_seed(seed)
+    u = torch.randn(steps, batch, n, generator=gen, dtype=torch.float64)  # [T, B, n]
+    weight = torch.randn(m, n, generator=gen, dtype=torch.float64)  # [m, n]
+    bias = torch.randn(m, generator=gen, dtype=torch.float64)  # [m]
+    return u, weight, bias, RowPattern(dp, offset, keep)
+
+
+PROJECTION_CASES = [  # (T, B, n, m, dp, offset, keep, seed)
+    (5, 3, 12, 16, 2, 1, 1, 0),
+    (7, 2, 10, 8, 3, 2, 1, 1),
+    (4, 4, 13, 20, 4, 3, 1, 2),  # dp does not divide n
+    (6, 1, 15, 12, 5, 1, 3, 3),  # extended family: keep > 1
+    (3, 2, 9, 4, 1, 0, 1, 4),  # dp = 1: nothing dropped
+]
+
+
+def check_masked_projection(candidate) -> CheckResult:
+    """``candidate(u, weight, bias, pattern) -> Float[T, B, m]``: the dense masked reference of one
+    site's input projection, against the model's compact GEMM."""
+    return check(
+        "masked input projection",
+        lambda *case: candidate(*projection_case(*case)),
+        lambda *case: model_projection(*projection_case(*case)),
+        PROJECTION_CASES,
+        atol=1e-10,
+    )
+
+
+def reference_gemm_work_left(hidden: int, layers: int, vocab: int, p: float) -> float:
+    """GEMM work left by row patterns relative to dense (``models.lstm_gemm_work``)."""
+    return lstm_gemm_work(hidden, layers, vocab, p, "row")
+
+
+def check_gemm_work_left(candidate) -> CheckResult:
+    """``candidate(hidden, layers, vocab, p) -> float``: the share of the dense GEMM work left."""
+    cases = [
+        (650, 2, 10_000, 0.5),
+        (200, 2, 10_000, 0.3),
+        (650, 3, 10_000, 0.7),
+        (32, 1, 3199, 0.5),
+        (1500, 2, 10_000, 0.65),
+        (650, 2, 10_000, 0.0),
+    ]
+    return check("GEMM work left", candidate, reference_gemm_work_left, cases, atol=1e-9)

@@ -1,0 +1,48 @@
+"""What every lab shares: CI mode, the device, and an environment report.
+
+CI mode (environment variable ``APPROXDROP_CI=1``, set by the test suite) shrinks sizes and
+steps so that every lab runs top to bottom on a CPU in well under a minute.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+
+import torch
+
+CI_ENV = "APPROXDROP_CI"
+
+
+def ci_mode() -> bool:
+    """True when the labs run in CI mode (small sizes, few steps)."""
+    return os.environ.get(CI_ENV, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def pick(full, ci):
+    """``ci`` in CI mode, else ``full``: ``steps = pick(2000, 20)``."""
+    return ci if ci_mode() else full
+
+
+def device() -> torch.device:
+    """The GPU when there is one, else the CPU. In CI mode torch also gets one CPU thread: at CI
+    sizes every op is tiny, and a second thread only adds synchronisation (measured: lab 07's race
+    in a Jupyter kernel took 139 s with two threads and 1 s with one, on a machine with one busy core)."""
+    if ci_mode():
+        torch.set_num_threads(1)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def environment() -> dict[str, str]:
+    """Versions and hardware, for the start-here lab and for recorded results."""
+    info = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "device": str(device()),
+        "cpu threads": str(torch.get_num_threads()),
+        "ci mode": str(ci_mode()),
+    }
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+        info["cuda"] = str(torch.version.cuda)
+    return info

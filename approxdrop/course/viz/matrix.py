@@ -1,0 +1,231 @@
+"""Weight-matrix views: kept and skipped rows (RowPattern) or tiles (TilePattern), and which parts of
+a weight one thread block of the pattern GEMM reads (kernels/pattern_gemm.h), as plotly heatmaps.
+
+Cells are drawn on the weight's own coordinates (input unit across, output unit down), so partial
+tiles at the edges show their true size. Kept = blue, skipped = grey.
+"""
+
+from __future__ import annotations
+
+import plotly.graph_objects as go
+import torch
+from plotly.subplots import make_subplots
+
+from ...patterns import RowPattern, TilePattern
+
+KEPT, SKIPPED = "#4C78A8", "#E6E6E6"
+TWO_COLORS = [[0.0, SKIPPED], [0.5, SKIPPED], [0.5, KEPT], [1.0, KEPT]]
+
+
+def _edges(n: int, step: int) -> list[int]:
+    """Cell edges 0, step, 2 step, ..., n (the last cell may be shorter)."""
+    return list(range(0, n, step)) + [n]
+
+
+def _heatmap(z: torch.Tensor, x_edges, y_edges, hover: str) -> go.Heatmap:
+    return go.Heatmap(
+        z=z.int().tolist(),
+        x=x_edges,
+        y=y_edges,
+        zmin=0,
+        zmax=1,
+        colorscale=TWO_COLORS,
+        showscale=False,
+        xgap=1,
+        ygap=1,
+        hovertemplate=hover + "<extra></extra>",
+    )
+
+
+# --------------------------------------------------------------------------- dropout masks
+
+
+def masks_figure(masks: dict[str, torch.Tensor]) -> go.Figure:
+    """Dropout masks side by side, each Bool[batch, units] (True = kept); subplot titles count the
+    units dropped for every sample of the batch (the only ones a GEMM could skip)."""
+    titles = [
+        f"{name}<br>{int((~m).all(0).sum())} of {m.shape[1]} units dropped for all samples" for name, m in masks.items()
+    ]
+    fig = make_subplots(rows=1, cols=len(masks), subplot_titles=titles, horizontal_spacing=0.06)
+    for i, m in enumerate(masks.values()):
+        trace = _heatmap(m, None, None, "sample %{y}, unit %{x}: %{z} (1 = kept)")
+        fig.add_trace(trace, 1, i + 1)
+    fig.update_yaxes(autorange="reversed", title_text="sample in the batch", col=1)
+    fig.update_yaxes(autorange="reversed")
+    fig.update_xaxes(title_text="unit")
+    fig.update_layout(height=360, margin={"t": 80})
+    return fig
+
+
+# --------------------------------------------------------------------------- row patterns
+
+
+def row_title(pattern: RowPattern, n: int) -> str:
+    """Skipped rows and GEMM work left of both layers the pattern touches."""
+    kept = pattern.kept_count(n)
+    return (
+        f"RowPattern(dp={pattern.dp}, offset={pattern.offset}, keep={pattern.keep}) on {n} units: "
+        f"{n - kept} of {n} rows skipped<br><sup>GEMM work left {kept / n:.3f} in this layer (rows) "
+        f"and {kept / n:.3f} in the next (columns); kept values scaled by {pattern.scale:.3g}</sup>"
+    )
+
+
+def _row_traces(pattern: RowPattern, n_out: int, n_in: int, n_next: int) -> tuple[go.Heatmap, go.Heatmap]:
+    mask = pattern.keep_mask(n_out)  # [n_out]
+    this = _heatmap(mask[:, None], [0, n_in], list(range(n_out + 1)), "row %{y}: %{z} (1 = kept)")  # [n_out, 1]
+    nxt = _heatmap(mask[None, :], list(range(n_out + 1)), [0, n_next], "column %{x}: %{z} (1 = kept)")  # [1, n_out]
+    return this, nxt
+
+
+def row_figure(pattern: RowPattern, n_out: int, n_in: int, n_next: int) -> go.Figure:
+    """This layer's weight [n_out, n_in] with skipped rows, next layer's [n_next, n_out] with skipped columns.
+    Trace 0's z is the keep mask as a column (Int[n_out, 1]); trace 1's z as a row (Int[1, n_out])."""
+    fig = make_subplots(
+        rows=1,
+        cols=2,
+        column_widths=[n_in / (n_in + n_out), n_out / (n_in + n_out)],
+        subplot_titles=(f"this layer W [{n_out} x {n_in}]", f"next layer W [{n_next} x {n_out}]"),
+    )
+    this, nxt = _row_traces(pattern, n_out, n_in, n_next)
+    fig.add_trace(this, 1, 1)
+    fig.add_trace(nxt, 1, 2)
+    fig.update_yaxes(autorange="reversed", title_text="output unit")
+    fig.update_xaxes(title_text="input unit")
+    fig.update_layout(title=row_title(pattern, n_out), height=420, margin={"t": 110})
+    return fig
+
+
+def update_row_figure(fig, pattern: RowPattern, n_out: int, n_in: int, n_next: int) -> None:
+    """Redraw a ``row_figure`` for another pattern (in place for a FigureWidget)."""
+    this, nxt = _row_traces(pattern, n_out, n_in, n_next)
+    with fig.batch_update():
+        fig.data[0].z = this.z
+        fig.data[1].z = nxt.z
+        fig.layout.title.text = row_title(pattern, n_out)
+
+
+# --------------------------------------------------------------------------- tile patterns
+
+
+def _square_axes(fig: go.Figure) -> None:
+    """One weight entry is a square; output unit 0 at the top."""
+    fig.update_yaxes(autorange="reversed", title_text="output unit", scaleanchor="x", constrain="domain")
+    fig.update_xaxes(title_text="input unit", constrain="domain")
+
+
+def tile_title(pattern: TilePattern, n_out: int, n_in: int) -> str:
+    """Skipped tiles and GEMM work left of a tile pattern on a weight [n_out, n_in]."""
+    tiles = pattern.tile_mask(n_out, n_in)
+    skipped = int((~tiles).sum())
+    work = pattern.kept_count(n_out, n_in) / (n_out * n_in)
+    return (
+        f"TilePattern(dp={pattern.dp}, offset={pattern.offset}, tile={pattern.tile}, keep={pattern.keep})<br>"
+        f"{skipped} of {tiles.numel()} tiles skipped<br><sup>GEMM work left {work:.3f}; "
+        f"kept weights scaled by {pattern.scale:.3g}</sup>"
+    )
+
+
+def _tile_trace(pattern: TilePattern, n_out: int, n_in: int) -> go.Heatmap:
+    z = pattern.tile_mask(n_out, n_in)  # [ceil(n_out/T), ceil(n_in/T)]
+    return _heatmap(z, _edges(n_in, pattern.tile), _edges(n_out, pattern.tile), "tile at (%{y}, %{x}): %{z}")
+
+
+def tile_figure(pattern: TilePattern, n_out: int, n_in: int) -> go.Figure:
+    """The weight [n_out, n_in] as its tile grid; trace 0's z is ``pattern.tile_mask`` (1 = kept)."""
+    fig = go.Figure(_tile_trace(pattern, n_out, n_in))
+    _square_axes(fig)
+    fig.update_layout(title=tile_title(pattern, n_out, n_in), height=480, width=560, margin={"t": 110})
+    return fig
+
+
+def update_tile_figure(fig, pattern: TilePattern, n_out: int, n_in: int) -> None:
+    """Redraw a ``tile_figure`` for another pattern (in place for a FigureWidget)."""
+    trace = _tile_trace(pattern, n_out, n_in)
+    with fig.batch_update():
+        fig.data[0].update(z=trace.z, x=trace.x, y=trace.y)
+        fig.layout.title.text = tile_title(pattern, n_out, n_in)
+
+
+# --------------------------------------------------------------------------- what one thread block reads
+
+
+def block_reads(
+    pattern: TilePattern, n_out: int, n_in: int, cls: int, block: int, block_n: int = 64, block_k: int = 32
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The weight entries one thread block of the tile forward kernel reads, step by step.
+
+    Class ``cls`` (0 <= cls < dp) owns the output tile rows ``a = cls (mod dp)``; its output units
+    and its kept input units are ``pattern.row_classes()[cls]``. Block ``block`` computes logical
+    output units ``[block * block_n, (block + 1) * block_n)`` of its class, and at K step ``s``
+    reads the logical kept inputs ``[s * block_k, (s + 1) * block_k)``. Returns one
+    ``(rows Long[<=block_n], cols Long[<=block_k])`` pair per step: W[rows][:, cols] is read.
+    """
+    rows_p, cols_p = pattern.row_classes()[cls]
+    rows = rows_p.kept_indices(n_out)[block * block_n : (block + 1) * block_n]
+    cols = cols_p.kept_indices(n_in)
+    if rows.numel() == 0:
+        return []
+    return [(rows, cols[k : k + block_k]) for k in range(0, cols.numel(), block_k)]
+
+
+def block_z(pattern: TilePattern, n_out: int, n_in: int, steps, upto: int | None = None) -> torch.Tensor:
+    """Float[n_out, n_in]: NaN where skipped, 0 where kept (not read by this block), ``s + 1`` where
+    the block reads the entry at step ``s`` (only steps ``<= upto`` when given)."""
+    z = torch.zeros(n_out, n_in)
+    z[~pattern.keep_mask(n_out, n_in)] = float("nan")
+    for s, (rows, cols) in enumerate(steps):
+        if upto is not None and s > upto:
+            break
+        z[rows[:, None], cols[None, :]] = s + 1.0
+    return z
+
+
+def _block_trace(pattern, n_out, n_in, cls, block, block_n, block_k, upto) -> tuple[go.Heatmap, str]:
+    steps = block_reads(pattern, n_out, n_in, cls, block, block_n, block_k)
+    z = block_z(pattern, n_out, n_in, steps, upto)
+    top = max(len(steps), 1)
+    cut = 0.5 / top
+    scale = [[0.0, "#C6D6EA"], [cut, "#C6D6EA"], [cut, "#FDD49E"], [1.0, "#B30000"]]
+    trace = go.Heatmap(
+        z=[[None if v != v else v for v in row] for row in z.tolist()],  # NaN -> gap (skipped)
+        zmin=0,
+        zmax=top,
+        colorscale=scale,
+        colorbar={"title": {"text": "K step"}, "len": 0.8},
+        hovertemplate="W[%{y}, %{x}]: step %{z} (0 = not this block)<extra></extra>",
+    )
+    read = int(sum(r.numel() * c.numel() for r, c in steps))
+    shown = len(steps) if upto is None else min(upto + 1, len(steps))
+    title = (
+        f"Block {block} of class {cls} (tile rows a = {cls} mod {pattern.dp})<br>"
+        f"{len(steps)} K steps, showing {shown}; reads {read} of {pattern.kept_count(n_out, n_in)} kept weights"
+        "<br><sup>grey-blue: kept, read by other blocks; white: skipped, never read</sup>"
+    )
+    return trace, title
+
+
+def block_figure(
+    pattern: TilePattern,
+    n_out: int,
+    n_in: int,
+    cls: int = 0,
+    block: int = 0,
+    block_n: int = 64,
+    block_k: int = 32,
+    upto: int | None = None,
+) -> go.Figure:
+    """Weight [n_out, n_in] coloured by the K step at which one thread block reads each entry
+    (see ``block_reads``); meant for small weights (one heatmap cell per weight)."""
+    trace, title = _block_trace(pattern, n_out, n_in, cls, block, block_n, block_k, upto)
+    fig = go.Figure(trace)
+    _square_axes(fig)
+    fig.update_layout(title=title, height=500, width=580, margin={"t": 120}, plot_bgcolor="white")
+    return fig
+
+
+def update_block_figure(fig, pattern, n_out, n_in, cls, block, block_n=64, block_k=32, upto=None) -> None:
+    """Redraw a ``block_figure`` (in place for a FigureWidget)."""
+    trace, title = _block_trace(pattern, n_out, n_in, cls, block, block_n, block_k, upto)
+    with fig.batch_update():
+        fig.data[0].update(z=trace.z, zmax=trace.zmax, colorscale=trace.colorscale)
+        fig.layout.title.text = title

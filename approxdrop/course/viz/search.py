@@ -1,0 +1,231 @@
+"""Figures of a searched PatternDistribution (METHOD.md §4-5), from ``approxdrop.search`` and
+``approxdrop.stats``: its probabilities per (dp, keep), the search's loss curve, the dropped-count
+law against Binomial(n, p), the co-drop matrix, families side by side and the cost-aware frontier.
+
+``search_figure`` puts the first four on one 2 x 2 figure and ``update_search_figure`` redraws it
+in place (a FigureWidget); traces in order: 0 probabilities, 1 loss, 2 pattern law, 3 binomial,
+4 co-drop heatmap.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from ...distribution import PatternDistribution
+from ...search import FrontierPoint, co_drop_matrix, distance_to_binomial, dropped_count_histogram
+
+PATTERN, BINOMIAL = "#E45756", "#4C78A8"
+CO_DROP_UNITS = 48  # units shown in the co-drop heatmap (the top-left block of the full matrix)
+
+
+def _label(pair: tuple[int, int]) -> str:
+    """Short tick label ``dp/keep`` (the axis title says so), so many patterns fit without overlap."""
+    return f"{pair[0]}/{pair[1]}"
+
+
+def probability_trace(dist: PatternDistribution) -> go.Bar:
+    """Bars: probability of each (dp, keep), hover shows its rate."""
+    return go.Bar(
+        x=[_label(pair) for pair in dist.pairs],
+        y=list(dist.probs),
+        customdata=[1.0 - keep / dp for dp, keep in dist.pairs],
+        marker_color=PATTERN,
+        name="q(dp, keep)",
+        showlegend=False,
+        hovertemplate="dp/keep %{x}: q = %{y:.4f}, rate %{customdata:.3f}<extra></extra>",
+    )
+
+
+def loss_trace(dist: PatternDistribution, steps: int = 1000) -> go.Scatter:
+    """The search's loss at its recorded steps (``loss_history``, evenly spaced over ``steps``)."""
+    every = max(1, steps // max(1, len(dist.loss_history)))
+    return go.Scatter(
+        x=[every * (i + 1) for i in range(len(dist.loss_history))],
+        y=list(dist.loss_history),
+        mode="lines",
+        line_color=PATTERN,
+        name="search loss",
+        showlegend=False,
+    )
+
+
+def count_traces(dist: PatternDistribution, n: int, p: float | None = None) -> tuple[go.Bar, go.Scatter]:
+    """Dropped-count law of the patterns (bars) and of Binomial(n, p) (line), where either has mass."""
+    hist = dropped_count_histogram(dist, n, p)
+    mass = np.flatnonzero((hist.pattern > 1e-9) | (hist.binomial > 1e-6))
+    low, high = int(mass.min()), int(mass.max()) + 1
+    count = hist.count[low:high].tolist()
+    bars = go.Bar(x=count, y=hist.pattern[low:high].tolist(), name="patterns", marker_color=PATTERN)
+    line = go.Scatter(
+        x=count, y=hist.binomial[low:high].tolist(), name="Binomial(n, p)", mode="lines", line_color=BINOMIAL
+    )
+    return bars, line
+
+
+def co_drop_trace(dist: PatternDistribution, units: int = CO_DROP_UNITS) -> go.Heatmap:
+    """Heatmap of P(unit u and unit v both dropped) for the first ``units`` units; white at p^2
+    (Bernoulli's value off the diagonal), red above, blue below."""
+    return go.Heatmap(
+        z=co_drop_matrix(dist, units).tolist(),  # [units, units]
+        zmin=0.0,
+        zmax=1.0,
+        zmid=dist.expected_rate**2,
+        colorscale="RdBu_r",
+        colorbar={"title": "P(both)", "len": 0.45, "y": 0.22},
+        hovertemplate="units %{x} and %{y}: %{z:.3f}<extra></extra>",
+    )
+
+
+def _title(dist: PatternDistribution, n: int) -> str:
+    return (
+        f"{dist.kind} patterns for p = {dist.target_p if dist.target_p is not None else dist.expected_rate:.3g} "
+        f"on n = {n}: expected rate {dist.expected_rate:.4f}, W1 to the binomial {dist.distance or 0.0:.4f}"
+    )
+
+
+def search_figure(dist: PatternDistribution, n: int, p: float | None = None, steps: int = 1000) -> go.Figure:
+    """2 x 2: probabilities, search loss, dropped-count law vs binomial, co-drop matrix."""
+    fig = make_subplots(
+        rows=2,
+        cols=2,
+        subplot_titles=(
+            "probability of each pattern",
+            "search loss (W1 + penalty)",
+            "number of dropped units",
+            f"co-drop probability (first {CO_DROP_UNITS} units at most)",
+        ),
+        vertical_spacing=0.16,
+    )
+    fig.add_trace(probability_trace(dist), 1, 1)
+    fig.add_trace(loss_trace(dist, steps), 1, 2)
+    for trace in count_traces(dist, n, p):
+        fig.add_trace(trace, 2, 1)
+    fig.add_trace(co_drop_trace(dist, min(n, CO_DROP_UNITS)), 2, 2)
+    fig.update_yaxes(type="log", row=1, col=2)
+    fig.update_yaxes(autorange="reversed", row=2, col=2)
+    fig.update_xaxes(title_text="pattern dp/keep", type="category", row=1, col=1)
+    fig.update_xaxes(title_text="Adam step", row=1, col=2)
+    fig.update_xaxes(title_text="dropped units", row=2, col=1)
+    fig.update_layout(title=_title(dist, n), height=720, bargap=0.1, legend={"orientation": "h", "y": -0.08})
+    return fig
+
+
+def update_search_figure(fig, dist: PatternDistribution, n: int, p: float | None = None, steps: int = 1000) -> None:
+    """Redraw a ``search_figure`` for another distribution (in place for a FigureWidget)."""
+    bars, loss = probability_trace(dist), loss_trace(dist, steps)
+    pattern, binomial = count_traces(dist, n, p)
+    with fig.batch_update():
+        fig.data[0].update(x=bars.x, y=bars.y, customdata=bars.customdata)
+        fig.data[1].update(x=loss.x, y=loss.y)
+        fig.data[2].update(x=pattern.x, y=pattern.y)
+        fig.data[3].update(x=binomial.x, y=binomial.y)
+        co_drop = co_drop_trace(dist, min(n, CO_DROP_UNITS))
+        fig.data[4].update(z=co_drop.z, zmid=co_drop.zmid)
+        fig.layout.title.text = _title(dist, n)
+
+
+def _single(trace, title: str, xaxis: str, yaxis: str, **layout) -> go.Figure:
+    fig = go.Figure(trace)
+    fig.update_layout(title=title, xaxis_title=xaxis, yaxis_title=yaxis, **{"height": 380, "bargap": 0.1, **layout})
+    return fig
+
+
+def probability_figure(dist: PatternDistribution) -> go.Figure:
+    """Bars of q(dp, keep)."""
+    return _single(probability_trace(dist), _title(dist, dist.n or 0), "pattern dp/keep", "probability")
+
+
+def loss_figure(dist: PatternDistribution, steps: int = 1000) -> go.Figure:
+    """The search's loss curve (log scale)."""
+    return _single(
+        loss_trace(dist, steps), "Search loss: W1 + penalty x (mean - p)^2", "Adam step", "loss", yaxis_type="log"
+    )
+
+
+def count_figure(dist: PatternDistribution, n: int, p: float | None = None, title: str | None = None) -> go.Figure:
+    """The dropped-count law of the patterns against Binomial(n, p)."""
+    w1 = distance_to_binomial(dist, n, p)
+    title = title or f"Number of dropped units out of {n}: patterns vs Binomial (W1 {w1:.4f})"
+    return _single(list(count_traces(dist, n, p)), title, "dropped units", "probability")
+
+
+def co_drop_figure(dist: PatternDistribution, units: int = CO_DROP_UNITS) -> go.Figure:
+    """The co-drop heatmap of the first ``units`` units."""
+    p = dist.expected_rate
+    title = f"P(units u and v both dropped)<br><sup>white: {p * p:.3f}, as Bernoulli({p:.3g}) off the diagonal</sup>"
+    fig = _single(co_drop_trace(dist, units), title, "unit v", "unit u", height=520, width=600)
+    fig.update_yaxes(autorange="reversed")
+    fig.data[0].colorbar.update(len=1.0, y=0.5)
+    return fig
+
+
+def families_figure(dists: dict[str, PatternDistribution], n: int, p: float) -> go.Figure:
+    """One dropped-count panel per labelled distribution (e.g. paper vs extended), each with the binomial."""
+    labels = list(dists)
+    fig = make_subplots(
+        rows=1,
+        cols=len(labels),
+        shared_yaxes=True,
+        subplot_titles=[f"{label}: W1 {distance_to_binomial(dists[label], n, p):.4f}" for label in labels],
+    )
+    for col, label in enumerate(labels, start=1):
+        bars, line = count_traces(dists[label], n, p)
+        bars.update(showlegend=col == 1)
+        line.update(showlegend=col == 1)
+        fig.add_trace(bars, 1, col)
+        fig.add_trace(line, 1, col)
+        fig.update_xaxes(title_text="dropped units", row=1, col=col)
+    fig.update_layout(title=f"Dropped-count law against Binomial({n}, {p:g})", height=380, bargap=0.1)
+    return fig
+
+
+def frontier_figure(points: list[FrontierPoint], title: str = "Cost-aware frontier") -> go.Figure:
+    """Expected relative GEMM time against distance to the binomial, one point per ``mu``; points
+    that would overlap share one label, e.g. ``mu=6..20``."""
+    fig = go.Figure(
+        go.Scatter(
+            x=[pt.distance for pt in points],
+            y=[pt.expected_work for pt in points],
+            text=_frontier_labels(points),
+            mode="lines+markers+text",
+            textposition=_label_sides(points),
+            line_color=PATTERN,
+            hovertemplate="W1 %{x:.4f}, work %{y:.3f}<extra></extra>",
+        )
+    )
+    fig.update_layout(
+        title=title,
+        xaxis_title="W1 distance to the binomial, log scale (lower: more like Bernoulli dropout)",
+        xaxis_type="log",
+        yaxis_title="expected relative GEMM time (lower: faster)",
+        height=420,
+    )
+    return fig
+
+
+def _frontier_labels(points: list[FrontierPoint]) -> list[str]:
+    """``mu=a..b`` on the first of each run of points that would overlap on the plot (distance
+    within 10% on the log axis and work within 0.002), empty on the others."""
+    labels = [""] * len(points)
+    start = 0
+    for i in range(1, len(points) + 1):
+        near = i < len(points) and (
+            abs(math.log((points[i].distance + 1e-12) / (points[start].distance + 1e-12))) < math.log(1.1)
+            and abs(points[i].expected_work - points[start].expected_work) < 2e-3
+        )
+        if not near:
+            first, last = points[start].mu, points[i - 1].mu
+            labels[start] = f"mu={first:g}" if i - 1 == start else f"mu={first:g}..{last:g}"
+            start = i
+    return labels
+
+
+def _label_sides(points: list[FrontierPoint]) -> list[str]:
+    """Labels right of points in the left half of the log axis, left of the others (none clipped)."""
+    logs = [math.log(pt.distance + 1e-12) for pt in points]
+    middle = (min(logs) + max(logs)) / 2
+    return ["top right" if x <= middle else "top left" for x in logs]

@@ -1,0 +1,97 @@
+"""Training curves of several dropout methods on one figure: loss, accuracy, step time.
+
+``training_figure(methods)`` makes the empty figure (three subplots, one colour per method) and
+``update_training_figure(fig, result)`` fills it from a ``training.RaceResult``; on a
+FigureWidget that redraws in place, so it can follow a training run through ``train``'s callback.
+Traces, in order, per method ``m`` (index ``i``): ``3i`` loss (running mean), ``3i + 1`` test
+accuracy, ``3i + 2`` step time (ms, running median).
+"""
+
+from __future__ import annotations
+
+import statistics
+
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from ...experiments.gemm_timing import Timing
+from ...models.methods import color
+
+WINDOW = 9  # steps in the running median of the step time
+
+
+def running_median(values: list[float], window: int = WINDOW) -> list[float]:
+    """Median of the last ``window`` values at every position."""
+    return [statistics.median(values[max(0, i + 1 - window) : i + 1]) for i in range(len(values))]
+
+
+def running_mean(values: list[float], window: int = WINDOW) -> list[float]:
+    """Mean of the last ``window`` values at every position."""
+    return [statistics.fmean(values[max(0, i + 1 - window) : i + 1]) for i in range(len(values))]
+
+
+def race_panels(methods, titles, title: str, log_cols=(3,), font_size=None) -> go.Figure:
+    """Empty three-panel race figure (loss, an evaluation metric, step time) with three traces per
+    method (``3i``, ``3i + 1``, ``3i + 2``), coloured from the methods table; ``log_cols``: log y axes."""
+    fig = make_subplots(rows=1, cols=3, subplot_titles=titles)
+    for method in methods:
+        style = {"legendgroup": method, "line": {"color": color(method)}}
+        fig.add_trace(go.Scatter(x=[], y=[], name=method, mode="lines", **style), 1, 1)
+        fig.add_trace(go.Scatter(x=[], y=[], name=method, mode="lines+markers", showlegend=False, **style), 1, 2)
+        fig.add_trace(go.Scatter(x=[], y=[], name=method, mode="lines", showlegend=False, **style), 1, 3)
+    fig.update_xaxes(title_text="step")
+    for col in log_cols:
+        fig.update_yaxes(type="log", row=1, col=col)
+    if font_size is not None:
+        fig.update_annotations(font_size=font_size)
+    fig.update_layout(title=title, height=380, legend={"orientation": "h", "y": -0.25}, margin={"t": 80})
+    return fig
+
+
+def update_race_panels(fig, result) -> None:
+    """Set every trace of a ``race_panels`` figure from ``result`` (a ``training.RaceResult``: its
+    histories' loss, metric at the evaluation steps, seconds); a FigureWidget redraws in place."""
+    with fig.batch_update():
+        for i, method in enumerate(result.methods):
+            h = result.histories[method]
+            fig.data[3 * i].update(x=h.step, y=running_mean(h.loss))
+            fig.data[3 * i + 1].update(x=h.eval_step, y=h.metric)
+            fig.data[3 * i + 2].update(x=h.step, y=[1e3 * s for s in running_median(h.seconds)])
+
+
+def training_figure(methods, title: str = "Training side by side") -> go.Figure:
+    """Empty figure with the traces of every method, ready for ``update_training_figure``."""
+    loss, step_time = f"training loss (running mean of {WINDOW})", f"ms per step (running median of {WINDOW}, log)"
+    titles = (loss, "test accuracy", step_time)
+    return race_panels(methods, titles, title)
+
+
+def update_training_figure(fig, result) -> None:
+    """Set every trace from ``result`` (a RaceResult); a FigureWidget redraws in place."""
+    update_race_panels(fig, result)
+
+
+def result_figure(result, title: str = "Training side by side") -> go.Figure:
+    """A static figure of a finished (or running) training."""
+    fig = training_figure(result.methods, title)
+    update_training_figure(fig, result)
+    return fig
+
+
+def summary_timings(result) -> list[Timing]:
+    """The summary as Timings for ``approxdrop.viz.timing.timing_figure``, bernoulli first."""
+    rows = sorted(result.summary(), key=lambda r: r.method != "bernoulli")
+    return [Timing(r.method, r.ms_per_step, r.gemm_work) for r in rows]
+
+
+def samples_figure(x, y, image_shape, count: int = 8, title: str = "Examples") -> go.Figure:
+    """The first ``count`` images of x (Float[N, H*W]) with their labels y (Long[N]), in one row."""
+    count = min(count, len(y))
+    fig = make_subplots(rows=1, cols=count, subplot_titles=[f"label {int(label)}" for label in y[:count]])
+    for i in range(count):
+        image = x[i].reshape(image_shape).tolist()  # [H, W]
+        fig.add_trace(go.Heatmap(z=image, colorscale="gray_r", showscale=False, zmin=0, zmax=1), 1, i + 1)
+    fig.update_yaxes(autorange="reversed", showticklabels=False)
+    fig.update_xaxes(showticklabels=False)
+    fig.update_layout(title=title, height=220, margin={"t": 70, "b": 10})
+    return fig

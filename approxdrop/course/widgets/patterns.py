@@ -1,0 +1,199 @@
+"""ipywidgets panels for labs 02, 03 and 06: pattern sliders that redraw a plotly FigureWidget in
+place, and a button that re-times the GEMMs.
+
+Sliders cannot produce an invalid pattern: when ``dp`` changes, ``offset`` is bounded to
+``[0, dp-1]`` and ``keep`` to ``[1, dp]`` before anything is redrawn. Each panel has ``.widget``
+(to display) and ``.fig`` (the FigureWidget; ``go.Figure(panel.fig)`` is a static copy).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import ipywidgets as w
+import plotly.graph_objects as go
+
+from ...experiments.gemm_timing import row_timings, tile_timings
+from ...patterns import RowPattern, TilePattern
+from ..mode import device as default_device
+from ..viz.matrix import (
+    block_figure,
+    block_reads,
+    row_figure,
+    tile_figure,
+    update_block_figure,
+    update_row_figure,
+    update_tile_figure,
+)
+from ..viz.timing import timing_figure, update_timing_figure
+
+LAYOUT = {"continuous_update": False, "style": {"description_width": "60px"}}
+
+
+class PatternSliders:
+    """dp / offset / keep sliders kept consistent; ``on_change()`` runs once per user change."""
+
+    def __init__(self, on_change: Callable[[], None], max_dp: int = 8, dp: int = 4, offset: int = 0, keep: int = 1):
+        RowPattern(dp, offset, keep)  # validates the starting values
+        self.dp = w.IntSlider(value=dp, min=1, max=max_dp, description="dp", **LAYOUT)
+        self.offset = w.IntSlider(value=offset, min=0, max=dp - 1, description="offset", **LAYOUT)
+        self.keep = w.IntSlider(value=keep, min=1, max=dp, description="keep", **LAYOUT)
+        self._on_change = on_change
+        self._hold = False
+        self.dp.observe(self._dp_changed, "value")
+        self.offset.observe(self._changed, "value")
+        self.keep.observe(self._changed, "value")
+
+    def _dp_changed(self, change) -> None:
+        self._hold = True  # the range updates below may clamp offset / keep: redraw once, after
+        try:
+            self.offset.max = change["new"] - 1
+            self.keep.max = change["new"]
+        finally:
+            self._hold = False
+        self._on_change()
+
+    def _changed(self, change) -> None:
+        if not self._hold:
+            self._on_change()
+
+    @property
+    def values(self) -> tuple[int, int, int]:
+        return self.dp.value, self.offset.value, self.keep.value
+
+    @property
+    def box(self) -> w.VBox:
+        return w.VBox([self.dp, self.offset, self.keep])
+
+
+class _TimedPanel:
+    """A matrix FigureWidget that follows the sliders, and a timing FigureWidget behind a button."""
+
+    def __init__(self, batch: int, n: int, device, repeats: int) -> None:
+        self.batch, self.n, self.repeats = batch, n, repeats
+        self.device = default_device() if device is None else device
+        self.timing = go.FigureWidget(timing_figure([], self._timing_title()))
+        self.button = w.Button(description="time it", icon="clock-o", tooltip="measure the GEMMs at this pattern")
+        self.status = w.HTML()
+        self.button.on_click(lambda _: self.time_it())
+
+    def _timing_title(self) -> str:
+        return f"{self.batch} x {self.n} @ {self.n} x {self.n}, {self.device}"
+
+    def _measure(self):
+        raise NotImplementedError
+
+    def time_it(self) -> None:
+        """Measure the GEMMs at the current pattern and redraw the timing figure in place."""
+        self.status.value = "timing..."
+        rows = self._measure()
+        update_timing_figure(self.timing, rows, self._timing_title())
+        best = rows[-1]
+        speedup, bound = rows[0].ms / best.ms, 1 / best.work
+        self.status.value = f"{best.name}: speed-up over the dense GEMM {speedup:.2f}x (GEMM-work bound {bound:.2f}x)"
+
+
+class RowPatternPanel(_TimedPanel):
+    """Lab 02: a layer W [n_out, n_in] and the next layer [n_next, n_out] under a RowPattern.
+    Timing: a hidden layer [n, n] at batch ``batch`` (``gemm_timing.row_timings``)."""
+
+    def __init__(self, n_out=32, n_in=48, n_next=24, batch=128, n=1024, device=None, repeats=10, **start):
+        super().__init__(batch, n, device, repeats)
+        self.shape = (n_out, n_in, n_next)
+        self.sliders = PatternSliders(self.redraw, **start)
+        self.fig = go.FigureWidget(row_figure(self.pattern, *self.shape))
+        controls = w.HBox([self.sliders.box, w.VBox([self.button, self.status])])
+        self.widget = w.VBox([controls, self.fig, self.timing])
+
+    @property
+    def pattern(self) -> RowPattern:
+        return RowPattern(*self.sliders.values)
+
+    def redraw(self) -> None:
+        update_row_figure(self.fig, self.pattern, *self.shape)
+
+    def _measure(self):
+        return row_timings(self.batch, self.n, self.pattern, self.device, repeats=self.repeats)
+
+
+class TilePatternPanel(_TimedPanel):
+    """Lab 03: the tile grid of a weight [n_out, n_in] under a TilePattern (tile size from a dropdown).
+    Timing: W [n, n] at batch ``batch`` (``gemm_timing.tile_timings``)."""
+
+    def __init__(self, n_out=96, n_in=128, batch=128, n=1024, device=None, repeats=10, tiles=(4, 8, 16, 32), **start):
+        super().__init__(batch, n, device, repeats)
+        self.shape = (n_out, n_in)
+        self.tile = w.Dropdown(options=list(tiles), value=tiles[-2], description="tile", style=LAYOUT["style"])
+        self.sliders = PatternSliders(self.redraw, **start)
+        self.tile.observe(lambda _: self.redraw(), "value")
+        self.fig = go.FigureWidget(tile_figure(self.pattern, *self.shape))
+        controls = w.HBox([w.VBox([self.tile, self.sliders.box]), w.VBox([self.button, self.status])])
+        self.widget = w.VBox([controls, self.fig, self.timing])
+
+    @property
+    def pattern(self) -> TilePattern:
+        dp, offset, keep = self.sliders.values
+        return TilePattern(dp, offset, self.tile.value, keep)
+
+    def redraw(self) -> None:
+        update_tile_figure(self.fig, self.pattern, *self.shape)
+
+    def _measure(self):
+        return tile_timings(self.batch, self.n, self.n, self.pattern, self.device, repeats=self.repeats)
+
+
+class BlockReadsPanel:
+    """Lab 06: step through what one thread block of the tile kernel reads (``viz.matrix.block_reads``).
+    Sliders: the pattern, the class z, the block within the class, and the last K step shown."""
+
+    def __init__(self, n_out=128, n_in=128, tile=16, block_n=32, block_k=16, **start):
+        self.shape, self.tile, self.block_n, self.block_k = (n_out, n_in), tile, block_n, block_k
+        self.sliders = PatternSliders(self._pattern_changed, **start)
+        self.cls = w.IntSlider(value=0, min=0, max=self.sliders.dp.value - 1, description="class z", **LAYOUT)
+        self.block = w.IntSlider(value=0, min=0, max=0, description="block", **LAYOUT)
+        self.step = w.IntSlider(value=0, min=0, max=0, description="K step", **LAYOUT)
+        self._hold = False
+        self._fit_ranges()
+        for s in (self.cls, self.block):
+            s.observe(lambda _: self._position_changed(), "value")
+        self.step.observe(lambda _: self.redraw(), "value")
+        self.fig = go.FigureWidget(block_figure(self.pattern, *self.shape, *self._where(), *self._sizes()))
+        self.widget = w.VBox([w.HBox([self.sliders.box, w.VBox([self.cls, self.block, self.step])]), self.fig])
+
+    @property
+    def pattern(self) -> TilePattern:
+        dp, offset, keep = self.sliders.values
+        return TilePattern(dp, offset, self.tile, keep)
+
+    def _sizes(self) -> tuple[int, int, int]:
+        return self.block_n, self.block_k, self.step.value
+
+    def _where(self) -> tuple[int, int]:
+        return self.cls.value, self.block.value
+
+    def _fit_ranges(self) -> None:
+        """Bound class, block and step to what exists for the current pattern."""
+        self._hold = True
+        try:
+            pattern = self.pattern
+            self.cls.max = pattern.dp - 1
+            rows_p, _ = pattern.row_classes()[self.cls.value]
+            self.block.max = max(0, math.ceil(rows_p.kept_count(self.shape[0]) / self.block_n) - 1)
+            steps = block_reads(pattern, *self.shape, *self._where(), self.block_n, self.block_k)
+            self.step.max = max(0, len(steps) - 1)
+        finally:
+            self._hold = False
+
+    def _pattern_changed(self) -> None:
+        self._fit_ranges()
+        self.redraw()
+
+    def _position_changed(self) -> None:
+        if not self._hold:
+            self._fit_ranges()
+            self.redraw()
+
+    def redraw(self) -> None:
+        if not self._hold:
+            update_block_figure(self.fig, self.pattern, *self.shape, *self._where(), *self._sizes())

@@ -1,0 +1,48 @@
+"""Lab 04's search panel: a target-p slider, the unit count n and the family; every change reruns
+``search_distribution`` and redraws the 2 x 2 search figure in place. ``.widget`` is what to
+display, ``.fig`` the FigureWidget, ``.dist`` the current distribution; ``go.Figure(panel.fig)``
+is a static copy.
+"""
+
+from __future__ import annotations
+
+import ipywidgets as w
+import plotly.graph_objects as go
+
+from ...search import FAMILIES, search_distribution
+from ..viz.search import search_figure, update_search_figure
+
+STYLE = {"description_width": "70px"}
+
+
+class SearchPanel:
+    """Search a row distribution for (p, n, family) and show it; ``max_period`` bounds the candidates."""
+
+    def __init__(self, p: float = 0.5, n: int = 256, family: str = "paper", max_period: int = 16, steps: int = 1000):
+        self.max_period, self.search_steps = max_period, steps
+        top = round(1.0 - 1.0 / max_period - 0.005, 2)  # the largest reachable rate, rounded down
+        self.p = w.FloatSlider(
+            value=p, min=0.05, max=top, step=0.01, description="target p", continuous_update=False, style=STYLE
+        )
+        self.n = w.Dropdown(options=[16, 64, 256, 1024, 2048], value=n, description="n units", style=STYLE)
+        self.family = w.Dropdown(options=list(FAMILIES), value=family, description="family", style=STYLE)
+        self.status = w.HTML()
+        self.dist = self._search()
+        self.fig = go.FigureWidget(search_figure(self.dist, self.n.value, self.p.value, steps))
+        for control in (self.p, self.n, self.family):
+            control.observe(lambda _: self.redraw(), "value")
+        self.widget = w.VBox([w.HBox([self.p, self.n, self.family]), self.status, self.fig])
+
+    def _search(self):
+        dist = search_distribution(
+            self.p.value, self.n.value, "row", self.family.value, self.max_period, steps=self.search_steps
+        )
+        self.status.value = (
+            f"{len(dist.pairs)} patterns, expected rate {dist.expected_rate:.4f}, W1 {dist.distance:.4f}"
+        )
+        return dist
+
+    def redraw(self) -> None:
+        """Search again for the current controls and redraw in place."""
+        self.dist = self._search()
+        update_search_figure(self.fig, self.dist, self.n.value, self.p.value, self.search_steps)

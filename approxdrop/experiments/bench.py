@@ -1,0 +1,159 @@
+"""Training-step benchmark: ApproxDropoutMLP, every method at every p, side by side in one process.
+
+One step is zero_grad + forward + cross-entropy + backward + optimizer step. For each p all
+methods are built from the same initial weights, warmed up, then timed in alternating rounds
+(the order rotates every round) so that drifts of the machine hit every method alike; each
+method's time is the median over rounds of the mean step time within a round. On CUDA every
+round is synchronised. Run ``approxdrop bench --help``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from .._env import describe_machine, sync
+from ..models import METHODS, ApproxDropoutMLP, mlp_gemm_work
+from ..training import training_step
+from .options import non_negative_int, positive_int, rate, write_record
+
+PAPER_SIZES = (784, 2048, 2048, 10)
+
+
+@dataclass
+class BenchRow:
+    """One measured (method, p) cell."""
+
+    method: str
+    p: float
+    ms_per_step: float
+    ratio_to_bernoulli: float
+    gemm_work: float
+    rounds: int
+
+
+def mlp_step(model: torch.nn.Module, x: torch.Tensor, target: torch.Tensor, lr: float = 0.01):
+    """A zero-argument training step of ``model`` on one fixed batch (SGD with momentum 0.9)."""
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    return lambda: training_step(model, opt, x, target)
+
+
+def time_side_by_side(steps_by_method: dict, device: torch.device, warmup: int, rounds: int, steps: int, bar=None):
+    """Seconds per call of each zero-argument ``step`` in ``steps_by_method``: ``warmup`` calls
+    each, then ``rounds`` rounds in which every method runs ``steps`` calls (the order rotates
+    every round, synchronised on CUDA) -> {method: [mean seconds per call, one per round]}."""
+    methods = list(steps_by_method)
+    for method in methods:
+        for _ in range(warmup):
+            steps_by_method[method]()
+            if bar is not None:
+                bar.update()
+    times = {m: [] for m in methods}
+    for r in range(rounds):
+        for method in methods[r % len(methods) :] + methods[: r % len(methods)]:
+            step = steps_by_method[method]
+            sync(device)
+            start = time.perf_counter()
+            for _ in range(steps):
+                step()
+            sync(device)
+            times[method].append((time.perf_counter() - start) / steps)
+            if bar is not None:
+                bar.update()
+    return times
+
+
+def measure(
+    sizes=PAPER_SIZES,
+    batch: int = 128,
+    ps=(0.3, 0.5, 0.7),
+    methods=METHODS,
+    device: str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    tile: int = 32,
+    warmup: int = 3,
+    rounds: int = 7,
+    steps: int = 3,
+    seed: int = 0,
+    progress: bool = True,
+) -> list[BenchRow]:
+    """Time one training step per method and p; see the module docstring for the protocol."""
+    if "bernoulli" not in methods:
+        raise ValueError(f"methods must include 'bernoulli' (the baseline of the ratios), got {methods}")
+    dev = torch.device(device)
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, sizes[0], generator=gen).to(dev, dtype)
+    target = torch.randint(sizes[-1], (batch,), generator=gen).to(dev)
+    rows: list[BenchRow] = []
+    bar = tqdm(total=len(ps) * len(methods) * (warmup + rounds), desc="bench", disable=not progress, file=sys.stderr)
+    for p in ps:
+        steps_by_method = {}
+        for method in methods:
+            torch.manual_seed(seed)  # same initial weights for every method
+            model = ApproxDropoutMLP(sizes, p, method=method, tile=tile).to(dev, dtype).train()
+            steps_by_method[method] = mlp_step(model, x, target)
+        times = time_side_by_side(steps_by_method, dev, warmup, rounds, steps, bar)
+        base = statistics.median(times["bernoulli"])
+        for method in methods:
+            med = statistics.median(times[method])
+            rows.append(BenchRow(method, p, 1e3 * med, med / base, mlp_gemm_work(sizes, p, method), rounds))
+    bar.close()
+    return rows
+
+
+def format_table(rows: list[BenchRow]) -> str:
+    """Markdown table: method, p, ms/step, ratio to bernoulli, GEMM-work bound."""
+    lines = [
+        "| p | method | ms / step | ratio to bernoulli | GEMM work left (bound) |",
+        "|---:|---|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r.p:.1f} | {r.method} | {r.ms_per_step:.2f} | {r.ratio_to_bernoulli:.3f} | {r.gemm_work:.3f} |"
+        )
+    return "\n".join(lines)
+
+
+COMMAND, HELP = "bench", "training-step time of every dropout method of the MLP, side by side"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--sizes", type=positive_int, nargs="+", default=list(PAPER_SIZES), help="MLP widths")
+    parser.add_argument("--batch", type=positive_int, default=128)
+    parser.add_argument("--ps", type=rate, nargs="+", default=[0.3, 0.5, 0.7], help="dropout rates")
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float64", "bfloat16", "float16"])
+    parser.add_argument("--tile", type=positive_int, default=32)
+    parser.add_argument("--warmup", type=non_negative_int, default=3)
+    parser.add_argument("--rounds", type=positive_int, default=7)
+    parser.add_argument("--steps", type=positive_int, default=3, help="steps per method per round")
+    parser.add_argument("--tf32", action="store_true", help="allow TF32 matmuls (both sides alike)")
+
+
+def run(args: argparse.Namespace) -> int:
+    if "bernoulli" not in args.methods:
+        args.parser.error("--methods must include bernoulli (the baseline of the ratios)")
+    torch.backends.cuda.matmul.allow_tf32 = args.tf32
+    rows = measure(
+        sizes=tuple(args.sizes),
+        batch=args.batch,
+        ps=tuple(args.ps),
+        methods=tuple(args.methods),
+        device=args.device,
+        dtype=getattr(torch, args.dtype),
+        tile=args.tile,
+        warmup=args.warmup,
+        rounds=args.rounds,
+        steps=args.steps,
+        progress=not args.no_progress,
+    )
+    print(f"ApproxDropoutMLP {args.sizes}, batch {args.batch}, {args.dtype}; {describe_machine(args.device)}")
+    print(format_table(rows))
+    write_record(args, rows)
+    return 0

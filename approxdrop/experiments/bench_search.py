@@ -1,0 +1,56 @@
+"""Time ``search_distribution`` (and the LP optimum, when scipy is there) on this machine.
+
+Run: ``approxdrop bench-search [--repeat R] [--no-lp]``. Prints a Markdown table; times
+are the best of R runs (the LP: one run) and cover the whole call, candidate laws included.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+
+from ..search import exact_optimum, search_distribution
+from .options import positive_int, write_record
+
+
+def timed(fn, repeat: int, *args):
+    """``(fastest wall-clock seconds of repeat runs, last result)`` of ``fn(*args)``."""
+    best, result = float("inf"), None
+    for _ in range(repeat):
+        start = time.perf_counter()
+        result = fn(*args)
+        best = min(best, time.perf_counter() - start)
+    return best, result
+
+
+COMMAND, HELP = "bench-search", "time the pattern-law search (and its LP optimum) on this machine"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--repeat", type=positive_int, default=3)
+    parser.add_argument("--no-lp", action="store_true", help="skip the LP optimum")
+
+
+def run(args: argparse.Namespace) -> int:
+    rows = []
+    print(f"# {platform.machine()} {platform.processor()}, Python {platform.python_version()}")
+    print("| n | p | family | kind | search (s) | LP (s) | W1 search | W1 LP |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for n in (64, 1024, 4096):
+        for p in (0.1, 0.5, 0.7):
+            for family in ("paper", "extended"):
+                for kind in ("row", "tile"):
+                    case = (p, n, kind, family)
+                    t_search, dist = timed(search_distribution, args.repeat, *case)
+                    row = {"n": n, "p": p, "family": family, "kind": kind, "search_s": t_search, "w1": dist.distance}
+                    if not args.no_lp:
+                        t_lp, lp = timed(exact_optimum, 1, *case)
+                        row.update(lp_s=t_lp, w1_lp=lp.distance)
+                        lp_cells = f"{t_lp:.3f} | {dist.distance:.5f} | {lp.distance:.5f}"
+                    else:
+                        lp_cells = f"- | {dist.distance:.5f} | -"
+                    rows.append(row)
+                    print(f"| {n} | {p} | {family} | {kind} | {t_search:.3f} | {lp_cells} |")
+    write_record(args, rows)
+    return 0

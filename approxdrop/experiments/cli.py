@@ -1,0 +1,54 @@
+"""The ``approxdrop`` command. Each subcommand lives in its own module, which registers itself with
+``COMMAND``, ``HELP``, ``add_arguments(parser)`` and ``run(args)``; the common options
+(``--device``, ``--threads``, ``--json``, ``--no-progress``) come from ``options``.
+
+``approxdrop --help`` lists them; ``approxdrop SUBCOMMAND --help`` gives each one's options.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import bench, bench_lstm, bench_search, gemm_timing, study
+from .options import apply_common, common_parser
+
+SUBCOMMANDS = (bench, bench_lstm, bench_search, gemm_timing, study)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of the ``approxdrop`` command with every subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="approxdrop", description="Approximate Random Dropout: benchmarks, the accuracy study, GEMM timing."
+    )
+    commands = parser.add_subparsers(title="commands", dest="command", metavar="COMMAND")
+    common = common_parser()
+    for module in SUBCOMMANDS:
+        sub = commands.add_parser(
+            module.COMMAND,
+            help=module.HELP,
+            description=module.__doc__,
+            parents=[common],
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        module.add_arguments(sub)
+        sub.set_defaults(run=module.run, parser=sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``approxdrop ARGS``; returns the exit status (2 for usage errors, as argparse does)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help()
+            return 2
+        apply_common(args, args.parser)
+        return args.run(args)
+    except SystemExit as stop:  # --help, or a usage error argparse has already explained
+        return stop.code if isinstance(stop.code, int) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,21 @@
+"""Models with dropout sites: the table of dropout methods, the MLP, the LSTM language models."""
+
+from .lstm import LM_METHODS, LSTM_METHODS, ApproxDropoutLSTM, TorchLSTM, language_model
+from .methods import DROPOUT_METHODS, Method, get_method, lstm_gemm_work, methods_for, mlp_gemm_work
+from .mlp import METHODS, ApproxDropoutMLP
+
+__all__ = [
+    "DROPOUT_METHODS",
+    "LM_METHODS",
+    "LSTM_METHODS",
+    "METHODS",
+    "ApproxDropoutLSTM",
+    "ApproxDropoutMLP",
+    "Method",
+    "TorchLSTM",
+    "get_method",
+    "language_model",
+    "lstm_gemm_work",
+    "methods_for",
+    "mlp_gemm_work",
+]

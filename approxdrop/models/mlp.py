@@ -1,0 +1,166 @@
+"""ApproxDropoutMLP: Linear layers with an activation between them and a dropout site after each
+hidden activation, where the dropout is a row pattern, a tile pattern, or a baseline.
+
+Methods come from the table ``models.methods.DROPOUT_METHODS`` (one pattern or mask per dropout
+site per training step; eval runs the full network):
+- row patterns (``row``, ``row-extended``): a RowPattern per site; every layer computes only its
+  kept outputs from its kept inputs (``approxdrop::row_linear``), so hidden-to-hidden GEMMs shrink
+  on both sides.
+- tile patterns (``tile``): DropConnect on T x T tiles of the weight that reads each site (the next
+  layer's weight), so the site's randomness enters where dropout's does
+  (``approxdrop::tile_linear``). This placement is this project's choice (METHOD.md leaves it open).
+- per element (``bernoulli``): ``nn.Dropout``, full-size GEMMs.
+- batch-shared random units (``shared``): batch-shared Bernoulli(p) over units, kept units gathered.
+- nothing (``none``): no dropout.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from .._env import check_int, check_rate
+from ..distribution import PatternDistribution
+from ..ops import FULL, row_pattern_linear, tile_pattern_linear
+from ..patterns import RowPattern, TilePattern
+from .methods import ELEMENT, NOTHING, ROW, TILE, get_method, methods_for
+from .sites import draw_sites, gathered_linear, site_distributions
+
+METHODS = methods_for("mlp")
+
+
+class ApproxDropoutMLP(nn.Module):
+    """MLP ``sizes[0] -> ... -> sizes[-1]`` with dropout rate ``p`` after each hidden activation.
+
+    Args:
+        sizes: layer widths, at least two.
+        p: dropout rate in [0, 1).
+        method: a name from ``METHODS`` (the MLP rows of the methods table).
+        tile: tile size T for ``method="tile"``.
+        input_dropout: also put a dropout site on the input.
+        activation: module applied after every hidden Linear (default ReLU).
+        distributions: one PatternDistribution per site (row / tile); by default
+            ``distribution_for(p, width)`` of each site.
+        generator: CPU generator for pattern and mask draws (default: torch's global RNG).
+
+    After a training forward, ``last_patterns`` holds what each site drew (a pattern, a Long
+    index tensor of kept units for ``shared``, or None where nothing was drawn).
+    """
+
+    def __init__(
+        self,
+        sizes: Sequence[int],
+        p: float,
+        method: str = "row",
+        *,
+        tile: int = 32,
+        input_dropout: bool = False,
+        activation: nn.Module | None = None,
+        distributions: Sequence[PatternDistribution] | None = None,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__()
+        sizes = [check_int(f"sizes[{i}]", s, 1) for i, s in enumerate(sizes)]
+        if len(sizes) < 2:
+            raise ValueError(f"sizes needs at least an input and an output width, got {sizes}")
+        self.spec = get_method(method, "mlp")
+        self.sizes, self.p, self.method, self.tile = sizes, check_rate(p), method, check_int("tile", tile, 1)
+        self.input_dropout = bool(input_dropout)
+        self.generator = generator
+        self.linears = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
+        self.activation = activation if activation is not None else nn.ReLU()
+        self.dropout = nn.Dropout(self.p)
+        # site k sits on the input of linear k; site 0 exists only with input_dropout
+        self.site_widths = [sizes[i] if (i > 0 or self.input_dropout) else None for i in range(len(self.linears))]
+        self.distributions = site_distributions(self.spec, self.p, self._law_sizes(), distributions, self.tile)
+        self.last_patterns: list = [None] * len(self.linears)
+
+    def _law_sizes(self) -> list[int]:
+        """What each site's law is built for: its unit count (row), or the tile count of the weight
+        that reads it (tile)."""
+        sizes = []
+        for i, width in enumerate(self.site_widths):
+            if width is None:
+                continue
+            n_out, n_in = self.linears[i].weight.shape
+            sizes.append(-(-n_out // self.tile) * -(-n_in // self.tile) if self.spec.drops == TILE else width)
+        return sizes
+
+    def draw(self) -> list:
+        """Draw this step's pattern (or shared mask) for every site; None where there is no site."""
+        widths = [w for w in self.site_widths if w is not None]
+        draws = iter(draw_sites(self.spec, self.p, widths, self.distributions, self.generator))
+        return [next(draws) if w is not None else None for w in self.site_widths]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (Tensor[*, sizes[0]]) -> Tensor[*, sizes[-1]]."""
+        if x.shape[-1] != self.sizes[0]:
+            raise ValueError(f"input must have last dimension {self.sizes[0]}, got shape {tuple(x.shape)}")
+        self.last_patterns = [None] * len(self.linears)
+        drops = self.spec.drops
+        if not self.training or self.p == 0.0 or drops == NOTHING:
+            return self._dense(x, dropout=False)
+        if drops == ELEMENT:
+            return self._dense(x, dropout=True)
+        draws = self.draw()
+        self.last_patterns = draws
+        if drops == ROW:
+            return self._row(x, draws)
+        if drops == TILE:
+            return self._tile(x, draws)
+        return self._shared(x, draws)
+
+    def _stack(self, x, layer):
+        """Apply ``layer(i, linear, x)`` for every layer, the activation between them."""
+        last = len(self.linears) - 1
+        for i, linear in enumerate(self.linears):
+            x = layer(i, linear, x)
+            if i < last:
+                x = self.activation(x)
+        return x
+
+    def _dense(self, x, dropout: bool):
+        def layer(i, linear, x):
+            return linear(self.dropout(x) if dropout and self.site_widths[i] is not None else x)
+
+        return self._stack(x, layer)
+
+    def _row(self, x, patterns: list[RowPattern | None]):
+        # x stays compact: [*, kept units of the current site]
+        outs = patterns[1:] + [None]
+        if patterns[0] is not None:
+            x = x[..., patterns[0].selector(x.shape[-1], x.device)]  # [*, k_0]
+
+        def layer(i, linear, x):
+            return row_pattern_linear(x, linear.weight, linear.bias, patterns[i] or FULL, outs[i] or FULL)
+
+        return self._stack(x, layer)
+
+    def _tile(self, x, patterns: list[TilePattern | None]):
+        def layer(i, linear, x):
+            if patterns[i] is None:
+                return linear(x)
+            return tile_pattern_linear(x, linear.weight, linear.bias, patterns[i])
+
+        return self._stack(x, layer)
+
+    def _shared(self, x, kept: list[torch.Tensor | None]):
+        # x stays compact: [*, kept units of the current site]
+        kept = [None if k is None else k.to(x.device) for k in kept]
+        outs = kept[1:] + [None]
+        scale = 1.0 / (1.0 - self.p)
+        if kept[0] is not None:
+            x = x.index_select(-1, kept[0])  # [*, k_0]
+
+        def layer(i, linear, x):
+            in_scale = 1.0 if kept[i] is None else scale
+            return gathered_linear(x, linear.weight, linear.bias, kept[i], outs[i], in_scale)
+
+        return self._stack(x, layer)
+
+    def extra_repr(self) -> str:
+        return f"sizes={self.sizes}, p={self.p}, method={self.method!r}" + (
+            f", tile={self.tile}" if self.spec.drops == TILE else ""
+        )

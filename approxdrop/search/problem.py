@@ -1,0 +1,103 @@
+"""One search problem: the dropped-count laws of a family's candidates against Binomial(n, p), the
+W1 objective with its gradient, the exact-mean projection, and the argument checks shared by the
+SGD search and the LP."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .._env import check_int, check_rate
+from ..distribution import KINDS, PatternDistribution
+from .family import min_period, pattern_work, reachable_range
+from .stats import binomial_pmf, candidate_dropped_counts
+
+
+@dataclass
+class SearchProblem:
+    """Everything the losses need for one (p, n, candidates, mu)."""
+
+    p: float
+    n: int
+    pairs: list[tuple[int, int]]
+    mu: float
+    work_exponent: float
+
+    def __post_init__(self) -> None:
+        n, count = self.n, len(self.pairs)
+        self.rate = np.array([1.0 - keep / dp for dp, keep in self.pairs])  # [C]
+        self.work = pattern_work(self.pairs, self.work_exponent)  # [C]
+        self.index, self.count, self.weight = candidate_dropped_counts(self.pairs, n)  # [M] each
+        self.cdf_binom = np.cumsum(binomial_pmf(n, self.p))[:n]  # [n]
+        pmf = np.zeros((count, n + 1))
+        np.add.at(pmf, (self.index, self.count), self.weight)
+        self.cdf = np.cumsum(pmf, axis=1)[:, :n]  # [C, n]; CDF at k = n is 1 for everyone
+
+    def mixture_cdf(self, q: np.ndarray) -> np.ndarray:
+        """Float64[n]: CDF of the dropped count under the mixture q (sparse: O(M + n))."""
+        return np.cumsum(np.bincount(self.count, weights=q[self.index] * self.weight, minlength=self.n + 1))[: self.n]
+
+    def distance(self, q: np.ndarray) -> float:
+        return float(np.abs(self.mixture_cdf(q) - self.cdf_binom).sum() / self.n)
+
+    def objective(self, q: np.ndarray) -> float:
+        """What the search and the LP minimise: W1 + mu * expected work."""
+        return self.distance(q) + self.mu * float(q @ self.work)
+
+    def loss_and_grad(self, q: np.ndarray, penalty: float) -> tuple[float, np.ndarray]:
+        """Loss and its gradient in q (Float64[C])."""
+        diff = self.mixture_cdf(q) - self.cdf_binom  # [n]
+        sign = np.append(np.sign(diff) / self.n, 0.0)  # [n+1]; k = n does not count
+        tail = np.cumsum(sign[::-1])[::-1]  # [n+1]: sum_{k >= j} sign_k
+        grad_w1 = np.bincount(self.index, weights=self.weight * tail[self.count], minlength=len(q))  # [C]
+        gap = float(q @ self.rate) - self.p
+        loss = float(np.abs(diff).sum() / self.n) + penalty * gap**2 + self.mu * float(q @ self.work)
+        return loss, grad_w1 + 2.0 * penalty * gap * self.rate + self.mu * self.work
+
+    def project(self, q: np.ndarray) -> np.ndarray:
+        """Mix in the candidate on the other side of p that makes the mean exactly p at the
+        lowest objective. q: Float64[C] -> Float64[C]."""
+        mean = float(q @ self.rate)
+        if mean == self.p:
+            return q
+        side = np.flatnonzero(self.rate >= self.p if mean < self.p else self.rate <= self.p)  # [E]
+        t = (self.p - mean) / (self.rate[side] - mean)  # [E], in (0, 1]
+        mixed = (1.0 - t[:, None]) * self.mixture_cdf(q) + t[:, None] * self.cdf[side]  # [E, n]
+        work = (1.0 - t) * (q @ self.work) + t * self.work[side]  # [E]
+        cost = np.abs(mixed - self.cdf_binom).sum(1) / self.n + self.mu * work
+        best = int(np.argmin(cost))
+        out = (1.0 - t[best]) * q
+        out[side[best]] += t[best]
+        return out
+
+
+def check_search_args(p, n, kind, family, max_period, mu) -> tuple[float, int]:
+    p, n = check_rate(p), check_int("n", n, 1)
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    low, high = reachable_range(family, max_period)
+    if not low <= p <= high:
+        raise ValueError(
+            f"p={p} is outside the reachable range [{low:g}, {high:.6g}] of family {family!r} with "
+            f"max_period={max_period}; use max_period >= {min_period(p)}"
+        )
+    if not (isinstance(mu, (int, float)) and mu >= 0.0):
+        raise ValueError(f"mu must be a number >= 0, got {mu!r}")
+    return p, n
+
+
+def to_distribution(problem: SearchProblem, q: np.ndarray, kind: str, tile: int, history=()) -> PatternDistribution:
+    """Drop probabilities below 1e-12, renormalise, and wrap as a PatternDistribution."""
+    keep = np.flatnonzero(q > 1e-12)
+    probs = q[keep] / q[keep].sum()
+    return PatternDistribution(
+        pairs=tuple(problem.pairs[i] for i in keep),
+        probs=tuple(probs),
+        kind=kind,
+        tile=tile,
+        n=problem.n,
+        target_p=problem.p,
+        distance=problem.distance(np.bincount(keep, weights=probs, minlength=len(q))),
+        loss_history=history,
+    )

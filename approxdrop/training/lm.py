@@ -1,0 +1,169 @@
+"""The language-model race (lab 07, the LSTM benchmark): LSTM language models with several dropout
+methods trained side by side (``training.race``), and their training step and perplexity.
+
+Every method starts from the same initial weights (``TorchLSTM`` has its own layout but the same
+initialisation law) and reads the same stream of truncated-BPTT batches. The methods are
+interleaved step by step, the order rotating every step, so a drift of the machine hits all of
+them alike. A step is zero_grad + forward + cross-entropy + backward + gradient-norm clipping +
+optimizer step; its time is measured around exactly that, synchronised on a GPU. The hidden state
+is carried from batch to batch and detached. Default recipe: Zaremba et al.'s plain SGD (their lr 1
+and clip 5 on a loss summed over time steps are lr 20 and clip 0.25 on our per-token mean loss
+with 20-35 steps, PyTorch's word_language_model defaults); ``optimizer="adam"`` learns much faster
+in short races (the tests use it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .._env import check_int, check_positive, check_rate, default_device
+from ..data import Corpus, batchify, bptt_batches
+from ..models import get_method, language_model, lstm_gemm_work
+from ..models.lstm import State
+from ..models.methods import check_methods
+from .race import PERPLEXITY, History, RaceResult, check_race_settings, run_race
+
+OPTIMIZERS = {"sgd": (torch.optim.SGD, 20.0), "adam": (torch.optim.Adam, 3e-3)}  # name: (class, default lr)
+
+
+@dataclass(frozen=True)
+class LMRaceConfig:
+    """The settings of a language-model race: the model, the optimiser (a name from ``OPTIMIZERS``;
+    lr: its default unless given), the gradient-norm bound ``clip`` (every method alike; None: no
+    clipping) and the budget."""
+
+    hidden: int = 200
+    layers: int = 2
+    p: float = 0.5
+    steps: int = 200
+    bptt: int = 35
+    batch: int = 20
+    optimizer: str = "sgd"
+    lr: float | None = None
+    clip: float | None = 0.25
+    eval_every: int = 100
+    eval_tokens: int | None = None
+    warmup: int = 3
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_int("hidden", self.hidden, 1)
+        check_int("layers", self.layers, 1)
+        check_rate(self.p)
+        check_race_settings(self.steps, self.eval_every, self.warmup)
+        check_int("bptt", self.bptt, 1)
+        check_int("batch", self.batch, 1)
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {list(OPTIMIZERS)}, got {self.optimizer!r}")
+        if self.lr is not None:
+            check_positive("lr", self.lr)
+        if self.clip is not None:
+            check_positive("clip", self.clip)
+
+
+def lm_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, state: State | None):
+    """Mean cross-entropy per token of x (Long[T, B]) predicting y (Long[T, B]) -> (loss, state)."""
+    logits, state = model(x, state)  # [T, B, V]
+    return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1)), state
+
+
+def lm_training_step(model, optimizer, x, y, state: State | None, clip: float | None = 0.25):
+    """One truncated-BPTT step -> (loss Float[] detached, the new state detached for the next step)."""
+    optimizer.zero_grad(set_to_none=True)
+    loss, state = lm_loss(model, x, y, state)
+    loss.backward()
+    if clip is not None:
+        nn.utils.clip_grad_norm_(model.parameters(), clip)
+    optimizer.step()
+    return loss.detach(), tuple(s.detach() for s in state)
+
+
+@torch.no_grad()
+def perplexity(model: nn.Module, data: torch.Tensor, bptt: int = 35) -> float:
+    """exp(mean cross-entropy per token) of ``model`` in eval mode over data (Long[T, B]) read in
+    order with the state carried; restores the training mode."""
+    was_training = model.training
+    model.eval()
+    total, tokens, state = 0.0, 0, None
+    for x, y in bptt_batches(data, bptt):
+        loss, state = lm_loss(model, x, y, state)
+        total += float(loss) * y.numel()
+        tokens += y.numel()
+    model.train(was_training)
+    return math.exp(total / max(1, tokens))
+
+
+class _LMContestant:
+    """One method of the race: its model, optimiser and carried state, the validation data."""
+
+    def __init__(self, model: nn.Module, config: LMRaceConfig, valid_data: torch.Tensor) -> None:
+        opt_class, default_lr = OPTIMIZERS[config.optimizer]
+        self.model, self.config, self.valid_data, self.state = model, config, valid_data, None
+        self.optimizer = opt_class(model.parameters(), lr=default_lr if config.lr is None else config.lr)
+
+    def step(self, batch) -> float:
+        x, y, fresh = batch
+        if fresh:  # a new pass over the training stream: a fresh state
+            self.state = None
+        loss, self.state = lm_training_step(self.model, self.optimizer, x, y, self.state, self.config.clip)
+        return float(loss)
+
+    def evaluate(self) -> float:
+        return perplexity(self.model, self.valid_data, self.config.bptt)
+
+
+def train_lm(
+    corpus: Corpus,
+    methods: Sequence[str] = ("bernoulli", "row", "torch"),
+    config: LMRaceConfig | None = None,
+    *,
+    callback: Callable[[RaceResult, int], None] | None = None,
+    callback_every: int = 10,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+    **settings,
+) -> RaceResult:
+    """Train one language model per method for ``steps`` truncated-BPTT steps, interleaved.
+
+    ``config`` holds the settings (default ``LMRaceConfig()``); keyword ``settings`` override its
+    fields. Validation perplexity (on the first ``eval_tokens`` validation tokens) every
+    ``eval_every`` steps and after the last; ``callback(result, step)`` every ``callback_every``
+    steps and after the last, so a figure can follow the training live. The training stream wraps
+    around (the states are reset) when it ends.
+    """
+    config = dataclasses.replace(config or LMRaceConfig(), **settings)
+    methods = check_methods(methods, "lstm")
+    dev = default_device(device)
+    train_data = batchify(corpus.train, config.batch).to(dev)  # [T, B]
+    valid_ids = corpus.valid if config.eval_tokens is None else corpus.valid[: config.eval_tokens]
+    valid_data = batchify(valid_ids, config.batch).to(dev)  # [T', B]
+    vocab = len(corpus.vocab)
+    contestants = {}
+    for i, method in enumerate(methods):
+        torch.manual_seed(config.seed)  # same initial weights for every method
+        torch_modules = get_method(method).torch_modules
+        kwargs = {} if torch_modules else {"generator": torch.Generator().manual_seed(config.seed + 1 + i)}
+        model = language_model(vocab, method, config.hidden, config.layers, config.p, **kwargs).to(dev).train()
+        contestants[method] = _LMContestant(model, config, valid_data)
+    work = {m: lstm_gemm_work(config.hidden, config.layers, vocab, config.p, m) for m in methods}
+    result = RaceResult({m: History() for m in methods}, PERPLEXITY, config, work, str(dev), ("bernoulli", "torch"))
+    stream = iter(bptt_batches(train_data, config.bptt))
+
+    def next_batch(step: int):
+        nonlocal stream
+        try:
+            return (*next(stream), False)
+        except StopIteration:  # wrap around: a new pass, fresh states
+            stream = iter(bptt_batches(train_data, config.bptt))
+            return (*next(stream), True)
+
+    return run_race(
+        contestants, next_batch, result, steps=config.steps, eval_every=config.eval_every, callback=callback,
+        callback_every=callback_every, progress=progress,
+    )  # fmt: skip
