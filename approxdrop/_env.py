@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import datetime
 import json
+import math
+import numbers
 import os
 import platform
 import tempfile
@@ -19,29 +21,55 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
+import numpy as np
 import torch
 
 
+def _is_int(value: object) -> bool:
+    """An int or an integral numpy scalar (``numbers.Integral``), never a bool or a float like 2.0."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+
+
+def _is_real(value: object) -> bool:
+    """An int, float or numpy number (``numbers.Real``), never a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+
+
 def check_int(name: str, value: object, low: int, high: int | None = None) -> int:
-    """Return ``value`` if it is an int in ``[low, high]``, else raise ValueError naming it."""
-    if isinstance(value, bool) or not isinstance(value, int):
+    """``value`` as an int if it is an integer (a Python int or an integral numpy scalar; not a bool,
+    not a float such as 2.0) in ``[low, high]``, else raise ValueError naming it."""
+    if not _is_int(value):
         raise ValueError(f"{name} must be an int, got {value!r}")
+    value = int(value)
     if value < low or (high is not None and value > high):
         bound = f"[{low}, {high}]" if high is not None else f"[{low}, inf)"
         raise ValueError(f"{name} must be in {bound}, got {value}")
     return value
 
 
-def check_rate(p: object) -> float:
-    """Return ``p`` as a float if it is a number in [0, 1), else raise ValueError naming it."""
-    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p < 1.0:
-        raise ValueError(f"dropout rate p must be a number in [0, 1), got {p!r}")
+def check_rate(p: object, name: str = "dropout rate p") -> float:
+    """``p`` as a float if it is a real number (int, float or numpy scalar; not a bool) in [0, 1),
+    else raise ValueError naming it."""
+    if not _is_real(p) or not 0.0 <= p < 1.0:
+        raise ValueError(f"{name} must be a number in [0, 1), got {p!r}")
     return float(p)
 
 
+def check_number(name: str, value: object, low: float | None = None, high: float | None = None) -> float:
+    """``value`` as a float if it is a finite real number (int, float or numpy scalar; not a bool) in
+    ``[low, high]`` (an open end where a bound is None), else raise ValueError naming it."""
+    if not _is_real(value) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    if (low is not None and value < low) or (high is not None and value > high):
+        bound = f"[{'-inf' if low is None else low}, {'inf' if high is None else high}]"
+        raise ValueError(f"{name} must be in {bound}, got {value!r}")
+    return float(value)
+
+
 def check_positive(name: str, value: object) -> float:
-    """``value`` as a float if it is a finite number > 0, else ValueError naming it."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+    """``value`` as a float if it is a finite real number > 0 (int, float or numpy scalar; not a
+    bool), else ValueError naming it."""
+    if not _is_real(value) or not 0 < value < float("inf"):
         raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
     return float(value)
 
@@ -98,14 +126,15 @@ def _umask() -> int:
 
 def write_atomic(path: Path, write: Callable[[IO[Any]], None], binary: bool = False) -> None:
     """Write ``path`` atomically: ``write(file)`` fills a temporary file in the same directory, which
-    then replaces ``path``; nothing is left behind on failure (the exception propagates). The file
-    gets the umask's mode, as ``open`` would give it (not mkstemp's 0600)."""
+    then replaces ``path``; nothing is left behind on failure (the exception propagates), no file
+    descriptor either. The file gets the umask's mode, as ``open`` would give it (not mkstemp's
+    0600); a text file is UTF-8 whatever the locale."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.name)
     try:
-        os.fchmod(fd, 0o666 & ~_umask())
-        with os.fdopen(fd, "wb" if binary else "w") as f:
+        with os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", encoding="utf-8") as f:
+            os.fchmod(f.fileno(), 0o666 & ~_umask())
             write(f)
         os.replace(tmp, path)
     except BaseException:

@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import torch
 
-from ._env import check_int, check_rate
+from ._env import check_int, check_number, check_rate
 from .patterns import RowPattern, TilePattern
 
 KINDS = ("row", "tile")
+# The longest period dp of the default laws (bracket_distribution, the searched families): higher
+# rates need periods (and memory) that grow as 1 / (1 - p). 1 - 1/1024 = 0.9990234375 is the top rate.
+MAX_PERIOD = 1024
+MAX_RATE = 1.0 - 1.0 / MAX_PERIOD
+RATE_TOL = 1e-6  # how far a law's expected_rate may be from the p it is used for (model sites, search cache)
 
 
 @dataclass(frozen=True)
@@ -34,20 +40,27 @@ class PatternDistribution:
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
-        check_int("tile", self.tile, 1)
-        pairs = tuple((int(dp), int(keep)) for dp, keep in self.pairs)
-        probs = tuple(float(q) for q in self.probs)
+        object.__setattr__(self, "tile", check_int("tile", self.tile, 1))
+        pairs, probs = _sequence("pairs", self.pairs), _sequence("probs", self.probs)
         if not pairs or len(pairs) != len(probs):
             raise ValueError(f"need as many probabilities as patterns, got {len(pairs)} and {len(probs)}")
-        for dp, keep in pairs:
-            RowPattern(dp, 0, keep)  # validates dp >= 1 and 1 <= keep <= dp
+        pairs = tuple(_pair(i, pair) for i, pair in enumerate(pairs))
+        probs = tuple(check_number(f"probs[{i}]", q) for i, q in enumerate(probs))
         if len(set(pairs)) != len(pairs):
             raise ValueError(f"patterns must be distinct, got {pairs}")
         if any(not q >= 0.0 for q in probs) or abs(sum(probs) - 1.0) > 1e-9:
             raise ValueError(f"probabilities must be >= 0 and sum to 1, got {probs}")
         object.__setattr__(self, "pairs", pairs)
         object.__setattr__(self, "probs", probs)
-        object.__setattr__(self, "loss_history", tuple(float(v) for v in self.loss_history))
+        if self.n is not None:
+            object.__setattr__(self, "n", check_int("n", self.n, 1))
+        if self.target_p is not None:
+            object.__setattr__(self, "target_p", check_rate(self.target_p, "target_p"))
+        if self.distance is not None:
+            object.__setattr__(self, "distance", check_number("distance", self.distance, 0.0))
+        history = _sequence("loss_history", self.loss_history)
+        history = tuple(check_number(f"loss_history[{i}]", v) for i, v in enumerate(history))
+        object.__setattr__(self, "loss_history", history)
 
     @property
     def expected_rate(self) -> float:
@@ -72,6 +85,23 @@ class PatternDistribution:
         dp, keep = self.pairs[index]
         offset = int(torch.randint(dp, (1,), generator=generator))
         return self.make(dp, offset, keep)
+
+    def sample_groups(self, groups: int, generator: torch.Generator | None = None) -> tuple[RowPattern | TilePattern, ...]:
+        """One pattern per batch group (grouped complementary patterns, METHOD.md §9): ``(dp, keep)`` is
+        drawn once, and the groups' offsets run through a uniformly random permutation of 0..dp-1,
+        followed by fresh permutations when ``groups > dp``. Group 0 gets exactly the draw of
+        ``sample`` (so one group is the paper's method, bit for bit), and every group's offset is
+        uniform, so each unit keeps its drop probability and the layer stays unbiased."""
+        groups = check_int("groups", groups, 1)
+        first = self.sample(generator)
+        dp = first.dp
+        offsets = [first.offset]
+        if groups > 1:
+            rest = [o for o in range(dp) if o != first.offset]  # the rest of the first permutation
+            offsets += [rest[int(i)] for i in torch.randperm(dp - 1, generator=generator)]
+            while len(offsets) < groups:
+                offsets += [int(o) for o in torch.randperm(dp, generator=generator)]
+        return tuple(self.make(dp, o, first.keep) for o in offsets[:groups])
 
     def enumerate(self):
         """Yield ``(pattern, probability)`` for every pattern and offset with nonzero probability."""
@@ -114,21 +144,42 @@ class PatternDistribution:
         if not isinstance(data, dict) or "pairs" not in data or "probs" not in data:
             raise ValueError(f"not a PatternDistribution dict: {data!r}")
         return cls(
-            pairs=tuple(tuple(pair) for pair in data["pairs"]),
-            probs=tuple(data["probs"]),
+            pairs=data["pairs"],
+            probs=data["probs"],
             kind=data.get("kind", "row"),
             tile=data.get("tile", 32),
             n=data.get("n"),
             target_p=data.get("target_p"),
             distance=data.get("distance"),
-            loss_history=tuple(data.get("loss_history", ())),
+            loss_history=data.get("loss_history", ()),
         )
+
+
+def _sequence(name: str, value: object) -> tuple:
+    """``value`` as a tuple if it is a sequence (not a string), else ValueError naming it."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
+        raise ValueError(f"{name} must be a sequence, got {value!r}")
+    return tuple(value)
+
+
+def _pair(i: int, pair: object) -> tuple[int, int]:
+    """Pattern ``i`` as ``(dp, keep)`` ints with ``1 <= keep <= dp``, else ValueError naming it."""
+    if isinstance(pair, (str, bytes)) or not isinstance(pair, Iterable) or len(pair := tuple(pair)) != 2:
+        raise ValueError(f"pairs[{i}] must be a (dp, keep) pair of ints, got {pair!r}")
+    dp = check_int(f"pairs[{i}] dp", pair[0], 1)
+    return dp, check_int(f"pairs[{i}] keep", pair[1], 1, dp)
 
 
 def bracket_distribution(p: float, kind: str = "row", tile: int = 32) -> PatternDistribution:
     """Closed-form default: mix the two paper-family patterns (keep = 1) whose rates
-    ``1 - 1/d`` bracket ``p`` so that the expected rate is exactly ``p``."""
+    ``1 - 1/d`` bracket ``p`` so that the expected rate is exactly ``p``. Periods stop at
+    ``MAX_PERIOD``, so ``p`` must be at most ``1 - 1/MAX_PERIOD``."""
     p = check_rate(p)
+    if p > MAX_RATE:
+        raise ValueError(
+            f"p={p} is above {MAX_RATE:.7g} = 1 - 1/{MAX_PERIOD}, the highest rate reached with periods dp <= "
+            f"MAX_PERIOD={MAX_PERIOD}"
+        )
     low = math.floor(1.0 / (1.0 - p) + 1e-12)  # largest d with 1 - 1/d <= p
     rate_low, rate_high = 1.0 - 1.0 / low, 1.0 - 1.0 / (low + 1)
     w_high = (p - rate_low) / (rate_high - rate_low)

@@ -30,6 +30,12 @@ def periodic_mask(n: int, dp: int, offset: int, keep: int, device=None) -> torch
     return torch.remainder(i - offset, dp) < keep
 
 
+def _set(pattern: object, name: str, value: int) -> int:
+    """Store a checked field of a frozen pattern as a Python int (numpy integers are accepted)."""
+    object.__setattr__(pattern, name, value)
+    return value
+
+
 @dataclass(frozen=True)
 class RowPattern:
     """Keep unit ``i`` of ``n`` iff ``(i - offset) mod dp < keep``; nominal rate ``1 - keep/dp``."""
@@ -39,9 +45,9 @@ class RowPattern:
     keep: int = 1
 
     def __post_init__(self) -> None:
-        check_int("dp", self.dp, 1)
-        check_int("offset", self.offset, 0, self.dp - 1)
-        check_int("keep", self.keep, 1, self.dp)
+        dp = _set(self, "dp", check_int("dp", self.dp, 1))
+        _set(self, "offset", check_int("offset", self.offset, 0, dp - 1))
+        _set(self, "keep", check_int("keep", self.keep, 1, dp))
 
     @property
     def rate(self) -> float:
@@ -89,10 +95,10 @@ class TilePattern:
     keep: int = 1
 
     def __post_init__(self) -> None:
-        check_int("dp", self.dp, 1)
-        check_int("offset", self.offset, 0, self.dp - 1)
-        check_int("tile", self.tile, 1)
-        check_int("keep", self.keep, 1, self.dp)
+        dp = _set(self, "dp", check_int("dp", self.dp, 1))
+        _set(self, "offset", check_int("offset", self.offset, 0, dp - 1))
+        _set(self, "tile", check_int("tile", self.tile, 1))
+        _set(self, "keep", check_int("keep", self.keep, 1, dp))
 
     @property
     def rate(self) -> float:

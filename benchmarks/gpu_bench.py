@@ -1,14 +1,20 @@
-"""GPU benchmark of the approxdrop kernels: kernel level and end to end, written as a markdown table.
+"""GPU benchmark of the approxdrop kernels: kernel level, end to end and the dispatch, as markdown tables.
 
 Kernel level: forward + backward (the three GEMMs) of one layer at 4096 x 4096 x 4096 and at the
 layers of the MLPs 784-2048-2048-10 (batch 128) and 784-4096-4096-10 (batch 512), for each p, as
-dense cuBLAS (F.linear and the two backward matmuls, same dtype), the approxdrop op with the CUDA
-kernels, and the same op on its PyTorch path (kernels disabled). Patterns are the nominal ones of
-rate p: (dp, keep) = (10, 7), (2, 1), (10, 3) for p = 0.3, 0.5, 0.7, on both sides of hidden layers.
+dense cuBLAS (F.linear and the two backward matmuls, same dtype), and the approxdrop op (row, row
+with 4 batch groups, tile) on each path: the pattern-GEMM kernel (``APPROXDROP_KERNELS=pattern``),
+the PyTorch implementation (gather + cuBLAS, ``cublas``), and the measuring dispatch (``auto``).
+The grouped op has no kernel: its pattern column is n/a. Patterns are the nominal ones of rate p:
+(dp, keep) = (10, 7), (2, 1), (10, 3) for p = 0.3, 0.5, 0.7, on both sides of hidden layers.
 End to end: one ApproxDropoutMLP training step (forward, cross-entropy, backward, SGD with momentum)
-per method, eager with kernels, eager on the PyTorch path, and with the whole step captured in a
-CUDA graph (kernels on; the graph replays the pattern drawn at capture, so it measures the step
-without launch overhead, not the per-step pattern draw).
+per method, eager on each path, and with the whole step captured in a CUDA graph (auto; the graph
+replays the pattern drawn at capture, so it measures the step without launch overhead, not the
+per-step pattern draw). Dispatch: the first call of each op step in ``auto`` (which measures both
+paths) against the next ones, and every choice the dispatcher made, with its times.
+
+Precision: ``--dtype`` (tensors and model in that dtype), ``--tf32`` (TF32 matmuls for float32), or
+``--autocast bfloat16`` (float32 model and tensors, the step under torch.autocast).
 
 Times are medians over repeats of CUDA-event intervals after warm-up. Run on a GPU:
     python benchmarks/gpu_bench.py                     # writes benchmarks/results/gpu_bench_<gpu>_<date>.md
@@ -20,6 +26,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import math
+import os
 import shlex
 import statistics
 import subprocess
@@ -35,11 +43,14 @@ import torch.nn.functional as F
 import approxdrop
 from approxdrop.models.mlp import METHODS
 from approxdrop.ops import cuda as kernels
-from approxdrop.ops import row_linear, row_linear_backward, tile_linear, tile_linear_backward
+from approxdrop.ops import grouped_row_linear, row_linear, row_linear_backward, tile_linear, tile_linear_backward
+from approxdrop.ops.dispatch import ENV_SWITCH
 
 RESULTS = Path(__file__).resolve().parent / "results"
 NOMINAL = {0.3: (10, 7), 0.5: (2, 1), 0.7: (10, 3)}  # p -> (dp, keep) with 1 - keep/dp = p
-OPS = (row_linear, row_linear_backward, tile_linear, tile_linear_backward)
+KERNEL_METHODS = ("row", "row G=4", "tile")  # kernel level: row patterns, row with 4 batch groups, tile
+SECTIONS = ("kernels", "end-to-end", "dispatch")
+GROUPS = 4
 
 
 @dataclass(frozen=True)
@@ -78,6 +89,18 @@ def fmt(ms: float) -> str:
     return "n/a" if ms != ms else f"{ms:.3f}"
 
 
+_failures: list[str] = []  # the cells that raised, reset by main(): reported, and the exit status is 1
+
+
+def timed(what: str, fn: Callable[[], object], device: torch.device, warmup: int, repeats: int) -> float:
+    """``time_ms``, or NaN with the error recorded in ``_failures``: one failing cell must not lose the table."""
+    try:
+        return time_ms(fn, device, warmup, repeats)
+    except Exception as exc:  # noqa: BLE001 - recorded and reported
+        _failures.append(f"{what}: {type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:200]}")
+        return float("nan")
+
+
 def time_ms(fn: Callable[[], object], device: torch.device, warmup: int, repeats: int) -> float:
     """Median milliseconds of fn: CUDA events on a GPU, perf_counter on CPU."""
     for _ in range(warmup):
@@ -99,12 +122,24 @@ def time_ms(fn: Callable[[], object], device: torch.device, warmup: int, repeats
 
 
 @contextlib.contextmanager
-def pytorch_path():
-    """Run the approxdrop ops on their PyTorch implementation (CUDA kernels disabled)."""
-    with contextlib.ExitStack() as stack:
-        for op in OPS:
-            stack.enter_context(op.set_kernel_enabled("cuda", False))
+def kernels_mode(mode: str):
+    """Run the approxdrop ops with ``APPROXDROP_KERNELS=mode`` (pattern, cublas, auto), then restore it."""
+    saved = os.environ.get(ENV_SWITCH)
+    os.environ[ENV_SWITCH] = mode
+    try:
         yield
+    finally:
+        if saved is None:
+            os.environ.pop(ENV_SWITCH, None)
+        else:
+            os.environ[ENV_SWITCH] = saved
+
+
+def precision(args, device: torch.device):
+    """The context of every timed step: autocast to ``--autocast``'s dtype, or nothing."""
+    if args.autocast == "none":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=getattr(torch, args.autocast), cache_enabled=False)
 
 
 def kernel_steps(layer: Layer, p: float, method: str, tile: int, device, dtype):
@@ -128,6 +163,17 @@ def kernel_steps(layer: Layer, p: float, method: str, tile: int, device, dtype):
             return tile_linear(x, w, b, *ints), tile_linear_backward(gy, x, w, *ints)
 
         return dense, op
+    if method == "row G=4":  # full-width x and y, one offset per batch group (the grouped op's autograd)
+        side = {True: (dp, keep, [g % dp for g in range(GROUPS)]), False: (1, 1, [0] * GROUPS)}
+        xg, wg, bg = x.clone().requires_grad_(), w.clone().requires_grad_(), b.clone().requires_grad_()
+
+        def op():
+            # the grouped op has no autocast rule: under autocast, cast its operands as autocast would
+            low = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else xg.dtype
+            y = grouped_row_linear(xg.to(low), wg.to(low), bg.to(low), *side[layer.drop_in], *side[layer.drop_out])
+            return torch.autograd.grad(y, (xg, wg, bg), gy.to(y.dtype))
+
+        return dense, op
     side_in = approxdrop.RowPattern(dp, 0, keep) if layer.drop_in else approxdrop.RowPattern(1, 0, 1)
     side_out = approxdrop.RowPattern(dp, 0, keep) if layer.drop_out else approxdrop.RowPattern(1, 0, 1)
     ints = (side_in.dp, side_in.offset, side_in.keep, side_out.dp, side_out.offset, side_out.keep)
@@ -147,36 +193,92 @@ def work_left(layer: Layer, p: float, method: str) -> float:
     return (keep / dp if layer.drop_in else 1.0) * (keep / dp if layer.drop_out else 1.0)
 
 
-def bench_kernels(args, device, dtype) -> list[str]:
+def time_paths(what: str, op, args, device, have_kernels: bool, has_kernel: bool = True) -> dict[str, float]:
+    """Milliseconds of ``op`` on each path: pattern (the kernel), cublas (the PyTorch implementation), auto
+    (the dispatch); NaN where a path does not exist (CPU, no kernels, an op without a kernel)."""
+    nan = float("nan")
+    times = {}
+    for mode in ("pattern", "cublas", "auto"):
+        if mode != "cublas" and not (have_kernels and (has_kernel or mode == "auto")):
+            times[mode] = nan
+            continue
+        with kernels_mode(mode), precision(args, device):
+            times[mode] = timed(f"{what}, {mode}", op, device, args.warmup, args.repeats)
+    return times
+
+
+def bench_kernels(args, device, dtype, have_kernels: bool) -> list[str]:
     rows = [
-        "| layer | method | p | dense ms | kernels ms | PyTorch path ms | dense/kernels | dense/PyTorch | work left |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| layer | method | p | dense ms | pattern ms | PyTorch path ms | auto ms | dense/pattern | dense/PyTorch "
+        "| dense/auto | work left |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for layer in layers_for(args.dry_run):
+        t_dense = None  # the dense step does not depend on p or the method: timed once per layer
         for p in args.ps:
-            for method in ("row", "tile"):
+            for method in KERNEL_METHODS:
                 dense, op = kernel_steps(layer, p, method, args.tile, device, dtype)
-                t_dense = time_ms(dense, device, args.warmup, args.repeats)
-                t_kernel = time_ms(op, device, args.warmup, args.repeats) if device.type == "cuda" else float("nan")
-                with pytorch_path():
-                    t_torch = time_ms(op, device, args.warmup, args.repeats)
+                what = f"{layer.name} {method} p={p}"
+                if t_dense is None:
+                    with precision(args, device):
+                        t_dense = timed(f"{layer.name} dense", dense, device, args.warmup, args.repeats)
+                t = time_paths(what, op, args, device, have_kernels, has_kernel=method != "row G=4")
+                work = work_left(layer, p, "row" if method.startswith("row") else method)
                 rows.append(
-                    f"| {layer.name} | {method} | {p:.1f} | {fmt(t_dense)} | {fmt(t_kernel)} | {fmt(t_torch)} | "
-                    f"{fmt(t_dense / t_kernel)} | {fmt(t_dense / t_torch)} | {work_left(layer, p, method):.3f} |"
+                    f"| {layer.name} | {method} | {p:.1f} | {fmt(t_dense)} | {fmt(t['pattern'])} | {fmt(t['cublas'])} "
+                    f"| {fmt(t['auto'])} | {fmt(t_dense / t['pattern'])} | {fmt(t_dense / t['cublas'])} "
+                    f"| {fmt(t_dense / t['auto'])} | {work:.3f} |"
                 )
     return rows
 
 
-def training_step(sizes, batch: int, p: float, method: str, tile: int, device, dtype):
+def bench_dispatch(args, device, dtype, have_kernels: bool) -> list[str]:
+    """The first call of each op step in auto (the dispatcher measures both paths then) against the next."""
+    rows = [
+        "| layer | method | p | first call ms (measures) | next calls ms | choices made by the first call |",
+        "|---|---|---:|---:|---:|---|",
+    ]
+    for layer in layers_for(args.dry_run):
+        for p in args.ps:
+            for method in ("row", "tile"):
+                _, op = kernel_steps(layer, p, method, args.tile, device, dtype)
+                before = {c.key for c in kernels.status().choices}
+                what = f"dispatch {layer.name} {method} p={p}"
+                with kernels_mode("auto"), precision(args, device):
+                    first = timed(f"{what}, first call", op, device, 0, 1)
+                    steady = timed(what, op, device, args.warmup, args.repeats)
+                made = [c for c in kernels.status().choices if c.key not in before]
+                said = "; ".join(f"{c.key.split(' ')[0]}: {c.path} ({c.how})" for c in made)
+                said = said or ("none (CPU: no dispatch)" if device.type != "cuda" else "none new")
+                rows.append(f"| {layer.name} | {method} | {p:.1f} | {fmt(first)} | {fmt(steady)} | {said} |")
+    return rows
+
+
+def choices_table() -> list[str]:
+    """Every dispatch choice made or used in this process, with the candidates' times."""
+    choices = kernels.status().choices if torch.cuda.is_available() else ()
+    if not choices:
+        return ["none (no op ran on a GPU in auto mode)"]
+    rows = ["| key | runs | how | PyTorch path ms | pattern ms | reason |", "|---|---|---|---:|---:|---|"]
+    for c in choices:
+        times = dict(c.times_ms)
+        cells = [fmt(math.nan if times.get(name) is None else times[name]) for name in ("cublas", "pattern")]
+        rows.append(f"| {c.key} | {c.path} | {c.how} | {cells[0]} | {cells[1]} | {c.reason.replace('|', '/')} |")
+    return rows
+
+
+def training_step(sizes, batch: int, p: float, method: str, args, device, dtype):
     torch.manual_seed(0)
-    model = approxdrop.ApproxDropoutMLP(sizes, p, method=method, tile=tile).to(device, dtype).train()
+    model = approxdrop.ApproxDropoutMLP(sizes, p, method=method, tile=args.tile).to(device, dtype).train()
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     x = torch.randn(batch, sizes[0], device=device, dtype=dtype)
     target = torch.randint(sizes[-1], (batch,), device=device)
 
     def step():
         opt.zero_grad(set_to_none=True)
-        F.cross_entropy(model(x), target).backward()
+        with precision(args, device):
+            loss = F.cross_entropy(model(x), target)
+        loss.backward()
         opt.step()
 
     return step
@@ -196,34 +298,41 @@ def graphed(step: Callable[[], None]) -> Callable[[], None]:
     return graph.replay
 
 
-def bench_end_to_end(args, device, dtype) -> list[str]:
+def bench_end_to_end(args, device, dtype, have_kernels: bool) -> list[str]:
     configs = [((20, 16, 16, 4), 8)] if args.dry_run else [((784, 2048, 2048, 10), 128), ((784, 4096, 4096, 10), 512)]
     rows = [
-        "| MLP | batch | p | method | eager, kernels ms | eager, PyTorch path ms | CUDA graph, kernels ms |",
-        "|---|---:|---:|---|---:|---:|---:|",
+        "| MLP | batch | p | method | eager auto ms | eager PyTorch path ms | eager pattern ms | CUDA graph auto ms |",
+        "|---|---:|---:|---|---:|---:|---:|---:|",
     ]
     for sizes, batch in configs:
         for p in args.ps:
             for method in METHODS:
-                step = training_step(sizes, batch, p, method, args.tile, device, dtype)
-                eager = time_ms(step, device, args.warmup, args.repeats) if device.type == "cuda" else float("nan")
-                with pytorch_path():
-                    eager_torch = time_ms(step, device, args.warmup, args.repeats)
+                step = training_step(sizes, batch, p, method, args, device, dtype)
+                t = {}
+                for mode in ("auto", "cublas", "pattern"):
+                    if mode == "cublas" or have_kernels:
+                        with kernels_mode(mode):
+                            what = f"{'-'.join(map(str, sizes))} {method} p={p}, {mode}"
+                            t[mode] = fmt(timed(what, step, device, args.warmup, args.repeats))
+                    else:
+                        t[mode] = "n/a"
                 graph = "n/a"
                 if device.type == "cuda" and method != "shared":  # shared copies its host-drawn indices
                     try:
-                        graph = fmt(time_ms(graphed(step), device, args.warmup, args.repeats))
+                        with kernels_mode("auto"):
+                            graph = fmt(time_ms(graphed(step), device, args.warmup, args.repeats))
                     except RuntimeError as exc:
                         graph = f"failed: {str(exc).splitlines()[0][:60]}"
+                        _failures.append(f"{'-'.join(map(str, sizes))} {method} p={p}, CUDA graph: {graph}")
                 rows.append(
-                    f"| {'-'.join(map(str, sizes))} | {batch} | {p:.1f} | {method} | {fmt(eager)} | "
-                    f"{fmt(eager_torch)} | {graph} |"
+                    f"| {'-'.join(map(str, sizes))} | {batch} | {p:.1f} | {method} | {t['auto']} | {t['cublas']} "
+                    f"| {t['pattern']} | {graph} |"
                 )
     return rows
 
 
-def describe(device: torch.device, dtype: torch.dtype, command: str) -> list[str]:
-    """Header lines: GPU, driver, versions, kernel status, date, the exact command."""
+def describe(device: torch.device, dtype: torch.dtype, args, command: str) -> list[str]:
+    """Header lines: GPU, driver, versions, precision, kernel status, date, the exact command."""
     if device.type == "cuda":
         gpu = torch.cuda.get_device_name(device)
         try:
@@ -234,11 +343,13 @@ def describe(device: torch.device, dtype: torch.dtype, command: str) -> list[str
     else:
         gpu, driver = "none (CPU dry run: PyTorch path only, tiny sizes)", "n/a"
     st = kernels.status()
+    cudnn = torch.backends.cudnn.version() if device.type == "cuda" else None
     return [
         f"- GPU: {gpu}; driver {driver}",
-        f"- torch {torch.__version__}, CUDA {torch.version.cuda}; dtype {str(dtype)[6:]}; "
-        f"TF32 matmul {torch.backends.cuda.matmul.allow_tf32}",
-        f"- kernels: built={st.built}, arch={st.arch}" + (f", reason: {st.reason}" if st.reason else ""),
+        f"- torch {torch.__version__}, CUDA {torch.version.cuda}, cuDNN {cudnn}; dtype {str(dtype)[6:]}; "
+        f"autocast {args.autocast}; TF32 matmul {torch.backends.cuda.matmul.allow_tf32}",
+        f"- kernels: built={st.built}, arch={st.arch}, {ENV_SWITCH}={st.mode} outside the timed paths"
+        + (f", reason: {st.reason}" if st.reason else ""),
         f"- date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}",
         f"- command: `{command}`",
     ]
@@ -252,7 +363,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--tf32", action="store_true", help="allow TF32 matmuls (float32; both sides alike)")
-    parser.add_argument("--skip-end-to-end", action="store_true")
+    parser.add_argument(
+        "--autocast",
+        default="none",
+        choices=["none", "bfloat16", "float16"],
+        help="float32 tensors and model, every step under torch.autocast to this dtype (overrides --dtype)",
+    )
+    parser.add_argument("--sections", nargs="+", default=["kernels", "end-to-end"], choices=SECTIONS)
     parser.add_argument("--dry-run", action="store_true", help="tiny sizes on CPU through the PyTorch path")
     parser.add_argument("--out", type=Path, help="markdown file (default: results/gpu_bench_<gpu>_<date>.md)")
     args = parser.parse_args(argv)
@@ -263,29 +380,40 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    _failures.clear()
     command = shlex.join(["python", *sys.argv]) if argv is None else shlex.join(["python", __file__, *argv])
     if not args.dry_run and not torch.cuda.is_available():
         print("gpu_bench: no CUDA GPU visible; use --dry-run for the CPU smoke test", file=sys.stderr)
         return 2
     device = torch.device("cpu" if args.dry_run else "cuda")
-    dtype = torch.float32 if args.dry_run else getattr(torch, args.dtype)
+    dtype = torch.float32 if args.dry_run or args.autocast != "none" else getattr(torch, args.dtype)
     torch.backends.cuda.matmul.allow_tf32 = args.tf32
-    if device.type == "cuda" and kernels.load() is None:
-        print(f"gpu_bench: kernels unavailable: {kernels.status().reason}", file=sys.stderr)
-        return 1
-    lines = ["# approxdrop GPU benchmark", "", *describe(device, dtype, command), "", "## Kernel level (fwd + bwd)", ""]
-    lines += bench_kernels(args, device, dtype)
-    if not args.skip_end_to_end:
-        lines += ["", "## End to end (one training step)", "", *bench_end_to_end(args, device, dtype)]
-    text = "\n".join(lines) + "\n"
+    have_kernels = device.type == "cuda" and kernels.enabled() and kernels.load() is not None
+    if device.type == "cuda" and not have_kernels:
+        print(f"gpu_bench: kernels unavailable ({kernels.status().reason}): PyTorch path only", file=sys.stderr)
     if args.out is None:
         gpu = torch.cuda.get_device_name(device).replace(" ", "-") if device.type == "cuda" else "cpu"
         args.out = RESULTS / f"gpu_bench_{gpu}_{datetime.date.today().isoformat()}.md"
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    lines = ["# approxdrop GPU benchmark", "", *describe(device, dtype, args, command)]
+    sections = [  # the dispatch first: it sees the dispatcher before any other section has used it
+        ("dispatch", "Dispatch: first call (measures) and next calls, auto", bench_dispatch),
+        ("kernels", "Kernel level (fwd + bwd)", bench_kernels),
+        ("end-to-end", "End to end (one training step)", bench_end_to_end),
+    ]
+    for name, title, bench in sections:
+        if name in args.sections:
+            lines += ["", f"## {title}", "", *bench(args, device, dtype, have_kernels)]
+            args.out.write_text(
+                "\n".join(lines) + "\n"
+            )  # each finished section is kept, even if a later one is cut off
+    lines += ["", "## Dispatch choices", "", *choices_table()]
+    lines += ["", "## Failures", "", *(f"- {f}" for f in _failures or ["none"])]
+    text = "\n".join(lines) + "\n"
     args.out.write_text(text)
     print(text)
-    print(f"written to {args.out}", file=sys.stderr)
-    return 0
+    print(f"written to {args.out}; {len(_failures)} failed cell(s)", file=sys.stderr)
+    return 1 if _failures else 0
 
 
 if __name__ == "__main__":

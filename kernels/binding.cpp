@@ -1,6 +1,6 @@
 // Torch binding of the pattern GEMM kernels: checks, contiguity, output allocation, launches.
 // Includes only <torch/extension.h> (no ATen/cuda or c10/cuda headers, which the CPU torch wheel lacks),
-// so it also compiles in CI against CPU torch. The caller (approxdrop/kernels.py) passes the current
+// so it also compiles in CI against CPU torch. The caller (approxdrop/ops/cuda.py) passes the current
 // CUDA stream as an integer and makes the tensors' device current.
 #include <torch/extension.h>
 
@@ -106,7 +106,7 @@ Tensor row_linear(const Tensor& x, const Tensor& weight, const std::optional<Ten
 
 std::vector<Tensor> row_linear_backward(const Tensor& grad_y, const Tensor& x, const Tensor& weight, int64_t in_dp,
                                         int64_t in_offset, int64_t in_keep, int64_t out_dp, int64_t out_offset,
-                                        int64_t out_keep, int64_t stream) {
+                                        int64_t out_keep, bool need_grad_x, int64_t stream) {
   const char* op = "approxdrop::row_linear_backward";
   check_like_weight(op, weight, {{"grad_y", &grad_y}, {"x", &x}});
   const Pattern in = row_pattern(op, "input", in_dp, in_offset, in_keep);
@@ -121,17 +121,19 @@ std::vector<Tensor> row_linear_backward(const Tensor& grad_y, const Tensor& x, c
   const int64_t rows = x2.size(0);
   const int dt = dtype_code(w);
   void* s = as_stream(stream);
-  Tensor grad_x = torch::empty_like(x2);
+  Tensor grad_x = need_grad_x ? torch::empty_like(x2) : torch::empty({0}, x.options());  // empty: not needed
   Tensor grad_w = torch::zeros_like(w);
   Tensor grad_b = torch::zeros({n_out}, w.options());
-  run(approxdrop::launch_pattern_gemm(
-      approxdrop::row_grad_input(dt, g2.data_ptr(), w.data_ptr(), grad_x.data_ptr(), rows, n_out, n_in, in, out),
-      s));
+  if (need_grad_x) {
+    run(approxdrop::launch_pattern_gemm(
+        approxdrop::row_grad_input(dt, g2.data_ptr(), w.data_ptr(), grad_x.data_ptr(), rows, n_out, n_in, in, out),
+        s));
+  }
   run(approxdrop::launch_pattern_gemm(
       approxdrop::row_grad_weight(dt, g2.data_ptr(), x2.data_ptr(), grad_w.data_ptr(), rows, n_out, n_in, in, out),
       s));
   run(approxdrop::launch_column_sum(dt, g2.data_ptr(), rows, k_out, grad_b.data_ptr(), out, s));
-  return {grad_x.reshape(x.sizes()), grad_w, grad_b};
+  return {need_grad_x ? grad_x.reshape(x.sizes()) : grad_x, grad_w, grad_b};
 }
 
 Tensor tile_linear(const Tensor& x, const Tensor& weight, const std::optional<Tensor>& bias, int64_t dp,
@@ -154,7 +156,8 @@ Tensor tile_linear(const Tensor& x, const Tensor& weight, const std::optional<Te
 }
 
 std::vector<Tensor> tile_linear_backward(const Tensor& grad_y, const Tensor& x, const Tensor& weight, int64_t dp,
-                                         int64_t offset, int64_t keep, int64_t tile, int64_t stream) {
+                                         int64_t offset, int64_t keep, int64_t tile, bool need_grad_x,
+                                         int64_t stream) {
   const char* op = "approxdrop::tile_linear_backward";
   check_like_weight(op, weight, {{"grad_y", &grad_y}, {"x", &x}});
   check_tile(op, dp, offset, keep, tile);
@@ -167,17 +170,20 @@ std::vector<Tensor> tile_linear_backward(const Tensor& grad_y, const Tensor& x, 
   const int64_t rows = x2.size(0);
   const int dt = dtype_code(w);
   void* s = as_stream(stream);
-  Tensor grad_x = torch::empty_like(x2);
+  Tensor grad_x = need_grad_x ? torch::empty_like(x2) : torch::empty({0}, x.options());  // empty: not needed
   Tensor grad_w = torch::zeros_like(w);  // skipped tiles stay zero
   Tensor grad_b = torch::empty({n_out}, w.options());
-  run(approxdrop::launch_pattern_gemm(approxdrop::tile_grad_input(dt, g2.data_ptr(), w.data_ptr(), grad_x.data_ptr(),
-                                                                  rows, n_out, n_in, dp, offset, keep, tile),
-                                      s));
+  if (need_grad_x) {
+    run(approxdrop::launch_pattern_gemm(approxdrop::tile_grad_input(dt, g2.data_ptr(), w.data_ptr(),
+                                                                    grad_x.data_ptr(), rows, n_out, n_in, dp, offset,
+                                                                    keep, tile),
+                                        s));
+  }
   run(approxdrop::launch_pattern_gemm(approxdrop::tile_grad_weight(dt, g2.data_ptr(), x2.data_ptr(), grad_w.data_ptr(),
                                                                    rows, n_out, n_in, dp, offset, keep, tile),
                                       s));
   run(approxdrop::launch_column_sum(dt, g2.data_ptr(), rows, n_out, grad_b.data_ptr(), Pattern{1, 0, 1}, s));
-  return {grad_x.reshape(x.sizes()), grad_w, grad_b};
+  return {need_grad_x ? grad_x.reshape(x.sizes()) : grad_x, grad_w, grad_b};
 }
 
 }  // namespace

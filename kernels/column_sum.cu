@@ -3,6 +3,7 @@
 // reduce through shared memory. Plain CUDA: no torch headers.
 #include <cuda_runtime.h>
 
+#include "launch.cuh"
 #include "num.cuh"
 #include "pattern_gemm.h"
 
@@ -27,7 +28,8 @@ __global__ void column_sum(const T* g, long long rows, long long cols, T* out, P
 template <typename T>
 void launch(const void* g, long long rows, long long cols, void* out, Pattern map, cudaStream_t stream) {
   const dim3 block(32, 8), grid(static_cast<unsigned>((cols + 31) / 32));
-  column_sum<T><<<grid, block, 0, stream>>>(static_cast<const T*>(g), rows, cols, static_cast<T*>(out), map);
+  APPROXDROP_LAUNCH(column_sum<T>, grid, block, 0, stream, static_cast<const T*>(g), rows, cols, static_cast<T*>(out),
+                    map);
 }
 
 }  // namespace

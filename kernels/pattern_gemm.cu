@@ -10,6 +10,7 @@
 #include <cuda_runtime.h>
 #include <mma.h>
 
+#include "launch.cuh"
 #include "num.cuh"
 #include "pattern_gemm.h"
 
@@ -73,8 +74,10 @@ struct Block {
   __device__ bool empty() const { return m0 >= ext_m || n0 >= ext_n; }
 };
 
+// Minimum 1 block per SM: without it ptxas caps the fp64 and half instances at 128 and 64 registers and
+// spills (tests/test_kernel_resources.py holds the register budgets).
 template <typename T>
-__global__ void __launch_bounds__(kThreads) gemm_simt(PatternGemm g) {
+__global__ void __launch_bounds__(kThreads, 1) gemm_simt(PatternGemm g) {
   using A = typename Num<T>::acc;
   __shared__ T As[kBlockM][kBlockK + 1];  // [m, k]
   __shared__ T Bs[kBlockK][kBlockN + 1];  // [k, n]
@@ -174,11 +177,11 @@ template <typename T>
 void launch(const PatternGemm& g, dim3 grid, cudaStream_t stream) {
   if constexpr (Num<T>::min_wmma_arch > 0) {
     if (device_arch() >= Num<T>::min_wmma_arch) {
-      gemm_wmma<T><<<grid, kThreads, 0, stream>>>(g);
+      APPROXDROP_LAUNCH(gemm_wmma<T>, grid, kThreads, 0, stream, g);
       return;
     }
   }
-  gemm_simt<T><<<grid, kThreads, 0, stream>>>(g);  // float32, float64, and half types on older GPUs
+  APPROXDROP_LAUNCH(gemm_simt<T>, grid, kThreads, 0, stream, g);  // float32, float64, and half types on older GPUs
 }
 
 }  // namespace

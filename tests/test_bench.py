@@ -1,12 +1,15 @@
-"""The training-step benchmark: its GEMM-work bound (METHOD.md §6), a tiny real run, the CLI."""
+"""The training-step benchmark: its GEMM-work bound (METHOD.md §6), a tiny real run, the CLI, and
+the checks of bad arguments (in the CLI before any run, and in ``measure`` itself)."""
 
 import json
+import re
 import subprocess
 import sys
 
 import pytest
 
 from approxdrop import METHODS
+from approxdrop.experiments import bench
 from approxdrop.experiments.bench import PAPER_SIZES, format_table, measure
 from approxdrop.experiments.cli import main as cli_main
 from approxdrop.models import mlp_gemm_work
@@ -77,3 +80,76 @@ def test_cli_dispatches_and_explains_itself(capsys):
         capture_output=True, text=True, check=True,
     )  # fmt: skip
     assert "| 0.5 | row |" in done.stdout
+
+
+@pytest.fixture
+def no_measure(monkeypatch):
+    """bench.measure that fails the test if a run starts."""
+    monkeypatch.setattr(bench, "measure", lambda **kwargs: pytest.fail(f"measured with bad arguments {kwargs}"))
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--rounds", "0"], "argument --rounds: must be an int >= 1, got 0"),
+        (["--steps", "0"], "argument --steps: must be an int >= 1, got 0"),
+        (["--batch", "0"], "argument --batch: must be an int >= 1, got 0"),
+        (["--warmup", "-1"], "argument --warmup: must be an int >= 0, got -1"),
+        (["--sizes", "6", "0", "3"], "argument --sizes: must be an int >= 1, got 0"),
+        (["--tile", "0"], "argument --tile: must be an int >= 1, got 0"),
+        (["--ps", "1.0"], r"argument --ps: must be a dropout rate in \[0, 1\), got 1.0"),
+        (["--device", "meta"], "--device meta: timings need a cpu or cuda device"),
+        (["--device", "nonsense"], "--device nonsense: "),
+        (["--methods", "row"], "--methods must include bernoulli"),
+    ],
+)
+def test_bench_rejects_bad_options_before_any_run(no_measure, capsys, extra, message):
+    assert cli_main(["bench", "--no-progress", *extra]) == 2
+    assert re.search(message, capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("where", ["a directory", "under a file", "in a missing folder"])
+def test_bench_rejects_an_unwritable_json_path_before_any_run(no_measure, tmp_path, capsys, where):
+    (tmp_path / "file").write_text("")
+    path = {"a directory": tmp_path, "under a file": tmp_path / "file" / "x.json"}.get(
+        where, tmp_path / "no" / "x.json"
+    )
+    assert cli_main(["bench", "--no-progress", "--json", str(path)]) == 2
+    assert f"--json {path}: cannot write a file there" in capsys.readouterr().err
+
+
+TINY = {"sizes": (6, 4, 3), "batch": 2, "ps": (0.5,), "methods": ("bernoulli", "row"), "tile": 2, "warmup": 0,
+        "rounds": 1, "steps": 1, "progress": False}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ({"rounds": 0}, r"rounds must be in \[1, inf\), got 0"),
+        ({"steps": 0}, r"steps must be in \[1, inf\), got 0"),
+        ({"steps": 1.5}, "steps must be an int, got 1.5"),
+        ({"warmup": -1}, r"warmup must be in \[0, inf\), got -1"),
+        ({"batch": 0}, r"batch must be in \[1, inf\), got 0"),
+        ({"tile": 0}, r"tile must be in \[1, inf\), got 0"),
+        ({"sizes": (6, 0, 3)}, r"size must be in \[1, inf\), got 0"),
+        ({"sizes": (6,)}, "sizes must hold at least an input and an output width"),
+        ({"ps": ()}, "ps must hold at least one dropout rate"),
+        ({"ps": (0.5, 1.0)}, r"p must be a number in \[0, 1\), got 1.0"),
+        ({"methods": ("bernoulli", "gaussian")}, "methods must be distinct names from"),
+        ({"methods": ("bernoulli", "row", "row")}, "methods must be distinct names from"),
+        ({"device": "meta"}, "device must be cpu or cuda .*got 'meta'"),
+        ({"device": "nonsense"}, "device must be cpu or cuda, got 'nonsense'"),
+    ],
+)
+def test_measure_checks_its_arguments(bad, message):
+    with pytest.raises(ValueError, match=message):
+        measure(**{**TINY, **bad})
+
+
+def test_measure_on_cuda_without_cuda_is_a_value_error():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(ValueError, match="device 'cuda': CUDA is not available"):
+        measure(**{**TINY, "device": "cuda"})

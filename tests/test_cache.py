@@ -11,7 +11,7 @@ from approxdrop.search import cache as store
 from approxdrop.search import search_distribution
 
 KEY = {"p": 0.5, "n": 12, "family": "paper"}
-DIST = PatternDistribution(((2, 1), (3, 1)), (0.25, 0.75), n=12, target_p=0.5, distance=0.1, loss_history=(2.0, 1.0))
+DIST = PatternDistribution(((1, 1), (3, 1)), (0.25, 0.75), n=12, target_p=0.5, distance=0.1, loss_history=(2.0, 1.0))
 
 
 @pytest.fixture(autouse=True)
@@ -77,7 +77,7 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(monkeypatch):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(store.json, "dump", disk_full)
-    other = PatternDistribution(((4, 1),), (1.0,))
+    other = PatternDistribution(((2, 1),), (1.0,), n=12, target_p=0.5)
     with pytest.warns(UserWarning, match="could not write"):
         store.store(KEY, other)
     assert store.entry_path(KEY).read_text() == before
@@ -102,3 +102,49 @@ def test_search_distribution_cache(tmp_path):
     again = search_distribution(0.6, 50, family="extended", cache=True)
     assert again == first and again is not first
     assert search_distribution(0.6, 50, family="extended", cache=True, steps=10) != first  # settings are in the key
+
+
+FOREIGN = [  # laws that were not built for KEY (p = 0.5, n = 12) or SEARCH_KEY (kind, tile)
+    PatternDistribution(((2, 1), (3, 1)), (0.25, 0.75), n=12, target_p=0.5),  # rate 0.625
+    PatternDistribution(((2, 1),), (1.0,), n=13, target_p=0.5),  # another site size
+    PatternDistribution(((2, 1),), (1.0,), n=12, target_p=0.4),  # recorded for another p
+]
+
+
+@pytest.mark.parametrize("law", FOREIGN)
+def test_a_cached_law_that_does_not_fit_its_key_is_a_miss_and_is_recomputed(law):
+    path = store.entry_path(KEY)
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"key": KEY, "distribution": law.to_dict()}))
+    assert not store.fits(KEY, law)
+    assert store.load(KEY) is None
+    assert store.cached(KEY, lambda: DIST) == DIST
+    store.clear_memory()
+    assert store.load(KEY) == DIST  # the file was rewritten
+
+
+@pytest.mark.parametrize("changes", [dict(kind="tile"), dict(tile=16)])
+def test_a_cached_law_of_another_kind_or_tile_is_a_miss(changes):
+    key = {**KEY, "kind": "row", "tile": 32}
+    law = PatternDistribution(((2, 1),), (1.0,), n=12, target_p=0.5, **{"kind": "row", "tile": 32, **changes})
+    store.entry_path(key).parent.mkdir(parents=True)
+    store.entry_path(key).write_text(json.dumps({"key": key, "distribution": law.to_dict()}))
+    assert not store.fits(key, law) and store.load(key) is None
+
+
+def test_storing_a_law_under_a_key_it_does_not_fit_is_refused():
+    with pytest.raises(ValueError, match="cannot cache a law of rate 0.625"):
+        store.store(KEY, FOREIGN[0])
+    assert store.load(KEY) is None and not store.entry_path(KEY).exists()
+
+
+def test_search_recomputes_a_tampered_cache_entry(tmp_path):
+    first = search_distribution(0.5, 40, cache=True)
+    (path,) = Path(tmp_path / "cache" / "search").glob("search-*.json")
+    data = json.loads(path.read_text())
+    data["distribution"] = PatternDistribution(((16, 1),), (1.0,), n=40, target_p=0.5).to_dict()  # rate 0.9375
+    path.write_text(json.dumps(data))
+    store.clear_memory()
+    again = search_distribution(0.5, 40, cache=True)
+    assert again == first and abs(again.expected_rate - 0.5) <= 1e-9
+    assert json.loads(path.read_text())["distribution"] == first.to_dict()

@@ -1,6 +1,6 @@
 """Language-modelling corpora: the PTB download path against a local HTTP server (success, cache,
-corrupt cache, bad checksum, HTTP 500, connection refused, fallback), the offline pydoc corpus, the
-vocabulary, and batching for truncated backpropagation through time."""
+corrupt cache, bad checksum, unreadable files, HTTP 500, connection refused, fallback), the offline
+pydoc corpus, the vocabulary, and batching for truncated backpropagation through time."""
 
 import hashlib
 import http.server
@@ -127,6 +127,33 @@ def test_a_checksum_mismatch_leaves_nothing_in_the_cache(server, cache, monkeypa
     with pytest.raises(DataUnavailable, match="checksum mismatch.*ptb.valid.txt"):
         load_corpus("ptb", base_url=url)
     assert os.listdir(cache) == [TRAIN]  # the train file came before and was fine; nothing else
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b" the cat \xff\xfe sat \n", "cannot read .*ptb.valid.txt .*UnicodeDecodeError"),
+        (b" \n\n", ".*ptb.valid.txt holds no words"),
+    ],
+)
+def test_an_unreadable_ptb_file_with_a_matching_checksum_is_unavailable_and_auto_falls_back(
+    server, cache, monkeypatch, content, message, capsys
+):
+    url, served, _ = server
+    (served / VALID).write_bytes(content)
+    monkeypatch.setitem(corpus.PTB_MD5, VALID, hashlib.md5(content).hexdigest())  # the mirror serves it as valid
+    with pytest.raises(DataUnavailable, match=f"ptb: {message}"):
+        load_corpus("ptb", base_url=url, verbose=False)
+    assert load_corpus("auto", base_url=url).info.name == "pydoc"
+    out = capsys.readouterr().out
+    assert str(cache / VALID) in out and "falling back to pydoc" in out
+
+
+def test_a_directory_in_place_of_a_cached_ptb_file_is_unavailable_not_a_crash(server, cache):
+    url, _, _ = server
+    (cache / TRAIN).mkdir(parents=True)  # cannot be read, nor replaced by the download
+    with pytest.raises(DataUnavailable, match="could not download"):
+        load_corpus("ptb", base_url=url, verbose=False)
 
 
 @pytest.mark.parametrize("failure", ["http 500", "connection refused"])

@@ -1,5 +1,6 @@
 """Data loaders: IDX parsing, the real download path against a local HTTP server (success, bad
-checksum, HTTP 500, connection refused), the cache, the fallback order, Fashion-MNIST and digits."""
+checksum, HTTP 500, connection refused, a trickling mirror, file modes), the cache, the fallback
+order, corrupt Fashion-MNIST files, and digits."""
 
 import gzip
 import hashlib
@@ -7,6 +8,7 @@ import http.server
 import os
 import socket
 import threading
+import time
 from functools import partial
 from pathlib import Path
 
@@ -14,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from approxdrop.data import IDX_FILES, DataUnavailable, fetch_mnist, load_dataset, parse_idx
+from approxdrop.data import IDX_FILES, DataUnavailable, download, fetch_mnist, load_dataset, parse_idx
 from approxdrop.data import datasets as data
 
 
@@ -186,3 +188,130 @@ def test_the_mirror_can_be_set_by_environment(server, tmp_path, monkeypatch):
     monkeypatch.setenv("APPROXDROP_MNIST_URL", url)
     root = fetch_mnist(tmp_path / "cache", checksums=sums)
     assert sorted(os.listdir(root)) == sorted(IDX_FILES)
+
+
+def corrupt(path: Path, kind: str) -> None:
+    """Spoil a gzipped IDX file in one of the ways a damaged copy can be wrong."""
+    packed = path.read_bytes()
+    if kind == "truncated":
+        path.write_bytes(packed[: len(packed) // 2])  # EOFError inside gzip
+    elif kind == "not gzip":
+        path.write_bytes(b"this is no gzip file")  # BadGzipFile
+    elif kind == "bad deflate data":
+        path.write_bytes(packed[:10] + bytes(len(packed) - 18) + packed[-8:])  # zlib.error
+    elif kind == "wrong size":
+        path.write_bytes(gzip.compress(gzip.decompress(packed)[:-1]))  # ValueError from parse_idx
+    elif kind == "empty":
+        path.write_bytes(gzip.compress(b""))  # not an IDX header
+    elif kind == "wrong dims":
+        path.write_bytes(gzip.compress(idx_bytes(np.zeros((30, 2), dtype=np.uint8))))  # labels must be 1-D
+    elif kind == "a directory":
+        path.unlink()
+        path.mkdir()  # IsADirectoryError
+
+
+@pytest.mark.parametrize("kind", ["truncated", "not gzip", "bad deflate data", "wrong size", "empty", "wrong dims",
+                                  "a directory"])  # fmt: skip
+def test_a_corrupt_fashion_mnist_file_is_unavailable_and_auto_falls_back(monkeypatch, tmp_path, kind, capsys):
+    fashion = tmp_path / "fashion"
+    write_idx_dir(fashion)
+    spoiled = fashion / IDX_FILES[1]  # the train labels
+    corrupt(spoiled, kind)
+    monkeypatch.setattr(data, "FASHION_DIR", fashion)
+    with pytest.raises(DataUnavailable, match=f"fashion-mnist: .*{spoiled}"):
+        load_dataset("fashion-mnist", verbose=False)
+    ds = load_dataset("auto", root=tmp_path / "empty", download=False)
+    out = capsys.readouterr().out.splitlines()
+    assert ds.info.name == "digits"
+    assert out[1].startswith("fashion-mnist unavailable") and str(spoiled) in out[1]
+    assert out[1].endswith("falling back to digits")
+
+
+def test_a_directory_in_place_of_a_cached_file_is_unavailable_not_a_crash(server, tmp_path):
+    url, sums, _ = server
+    root = tmp_path / "cache"
+    (root / IDX_FILES[0]).mkdir(parents=True)  # cannot be read, nor replaced by the download
+    with pytest.raises(DataUnavailable, match="could not download"):
+        fetch_mnist(root, url, sums)
+
+
+class Trickle(http.server.BaseHTTPRequestHandler):
+    """Answers every GET with a 1000-byte body, sending one byte every ``server.interval`` seconds
+    from the start of the body (or, with ``server.slow_headers``, from the second header line on)
+    until the client leaves or the test ends (``server.stop``)."""
+
+    def do_GET(self):  # noqa: N802 (the http.server API)
+        status = b"HTTP/1.0 200 OK\r\n"
+        head = status + b"Content-Length: 1000\r\n" + b"X-Padding: " + b"a" * 1000 + b"\r\n\r\n"
+        response = head + bytes(1000)
+        fast = len(status) if self.server.slow_headers else len(head)
+        try:
+            self.wfile.write(response[:fast])
+            for i in range(fast, len(response)):
+                if self.server.stop.wait(self.server.interval):
+                    return
+                self.wfile.write(response[i : i + 1])
+        except OSError:  # the client gave up
+            return
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def trickle():
+    """A local server on 127.0.0.1 that trickles its answer (``Trickle``); yields (url, httpd). Its
+    handler threads stop at teardown and ``server_close`` joins them."""
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Trickle)
+    httpd.interval, httpd.slow_headers, httpd.stop = 0.05, False, threading.Event()
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}/file", httpd
+    httpd.stop.set()
+    httpd.shutdown()
+    httpd.server_close()  # joins the handler threads (block_on_close)
+    thread.join(5)
+
+
+@pytest.mark.parametrize("slow_headers", [False, True])
+def test_a_trickling_mirror_is_cut_off_at_the_deadline(trickle, tmp_path, slow_headers):
+    url, httpd = trickle
+    httpd.slow_headers = slow_headers
+    start = time.monotonic()
+    with pytest.raises(DataUnavailable, match="passed its deadline of 0.5 s"):
+        download(url, tmp_path / "cache" / "file", "0" * 32, timeout=10, deadline=0.5, min_rate=0)
+    assert 0.5 <= time.monotonic() - start < 3  # one byte per 0.05 s: 2000 bytes would take 100 s
+    assert os.listdir(tmp_path / "cache") == []
+
+
+def test_a_mirror_below_the_minimum_rate_is_cut_off_after_the_grace_period(trickle, tmp_path):
+    url, _ = trickle
+    start = time.monotonic()
+    with pytest.raises(DataUnavailable, match="too slow: .* below 1000 bytes/s"):
+        download(url, tmp_path / "cache" / "file", "0" * 32, timeout=10, deadline=60, min_rate=1000, grace=0.3)
+    assert 0.3 <= time.monotonic() - start < 3
+    assert os.listdir(tmp_path / "cache") == []
+
+
+@pytest.mark.parametrize(
+    "limits, message",
+    [
+        ({"deadline": 0}, "deadline must be a finite number > 0, got 0"),
+        ({"timeout": float("nan")}, "timeout must be a finite number > 0, got nan"),
+        ({"min_rate": -1.0}, r"min_rate must be in \[0, inf\], got -1.0"),
+        ({"grace": float("inf")}, "grace must be a finite number, got inf"),
+    ],
+)
+def test_download_limits_are_checked(tmp_path, limits, message):
+    with pytest.raises(ValueError, match=message):
+        download("http://127.0.0.1:9/x", tmp_path / "x", "0" * 32, **limits)
+
+
+def test_a_downloaded_file_gets_the_umask_mode(server, tmp_path):
+    url, sums, _ = server
+    old = os.umask(0o027)
+    try:
+        root = fetch_mnist(tmp_path / "cache", url, sums)
+    finally:
+        os.umask(old)
+    assert {(root / name).stat().st_mode & 0o777 for name in IDX_FILES} == {0o640}  # 0o666 & ~0o027, not 0o600

@@ -3,10 +3,12 @@
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
 from approxdrop import PatternDistribution, RowPattern, TilePattern, bracket_distribution
+from approxdrop.distribution import MAX_PERIOD, MAX_RATE
 
 MIXED = PatternDistribution(((1, 1), (3, 1), (5, 2), (4, 3)), (0.1, 0.4, 0.3, 0.2))
 
@@ -94,3 +96,56 @@ def test_to_dict_is_json_safe_and_round_trips():
 def test_bad_arguments_raise_value_error(make, message):
     with pytest.raises(ValueError, match=message):
         make()
+
+
+@pytest.mark.parametrize(
+    "pairs, probs, kwargs, message",
+    [
+        (((2.7, 1.9),), (1.0,), {}, r"pairs\[0\] dp must be an int, got 2.7"),  # was silently (2, 1)
+        (((2, 1.0),), (1.0,), {}, r"pairs\[0\] keep must be an int, got 1.0"),
+        ((("2", "1"),), (1.0,), {}, r"pairs\[0\] dp must be an int, got '2'"),
+        (("21",), (1.0,), {}, r"pairs\[0\] must be a \(dp, keep\) pair of ints, got '21'"),
+        (((2, 1, 1),), (1.0,), {}, r"pairs\[0\] must be a \(dp, keep\) pair of ints, got \(2, 1, 1\)"),
+        ((7,), (1.0,), {}, r"pairs\[0\] must be a \(dp, keep\) pair of ints, got 7"),
+        (((np.bool_(True), 1),), (1.0,), {}, r"pairs\[0\] dp must be an int"),
+        ("21", (0.5, 0.5), {}, "pairs must be a sequence, got '21'"),
+        (((2, 1),), ("1.0",), {}, r"probs\[0\] must be a finite number, got '1.0'"),
+        (((2, 1),), (True,), {}, r"probs\[0\] must be a finite number, got True"),
+        (((2, 1), (3, 1)), (float("nan"), 1.0), {}, r"probs\[0\] must be a finite number, got nan"),
+        (((2, 1),), (1.0,), {"tile": 8.0}, "tile must be an int, got 8.0"),
+        (((2, 1),), (1.0,), {"n": 12.0}, "n must be an int, got 12.0"),
+        (((2, 1),), (1.0,), {"n": 0}, "n must be in"),
+        (((2, 1),), (1.0,), {"target_p": 1.5}, r"target_p must be a number in \[0, 1\), got 1.5"),
+        (((2, 1),), (1.0,), {"distance": -0.1}, "distance must be in"),
+        (((2, 1),), (1.0,), {"loss_history": ("a",)}, r"loss_history\[0\] must be a finite number, got 'a'"),
+    ],
+)
+def test_non_numbers_are_refused_naming_the_value(pairs, probs, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        PatternDistribution(pairs, probs, **kwargs)
+
+
+def test_numpy_scalars_are_accepted_and_stored_as_python_numbers():
+    dist = PatternDistribution(
+        np.array([[2, 1], [3, 1]]),
+        np.array([0.25, 0.75], dtype=np.float32),
+        kind="tile",
+        tile=np.int64(8),
+        n=np.int32(12),
+        target_p=np.float32(0.625),
+        distance=np.float64(0.5),
+        loss_history=np.array([2.0, 1.0]),
+    )
+    plain = PatternDistribution(((2, 1), (3, 1)), (0.25, 0.75), "tile", 8, 12, 0.625, 0.5, (2.0, 1.0))
+    assert dist == plain and dist.loss_history == plain.loss_history
+    numbers = [*sum(dist.pairs, ()), dist.tile, dist.n]
+    assert all(type(v) is int for v in numbers) and all(type(q) is float for q in (*dist.probs, dist.target_p))
+    assert PatternDistribution.from_dict(json.loads(json.dumps(dist.to_dict()))) == plain
+
+
+def test_bracket_default_stops_at_the_longest_period():
+    assert bracket_distribution(MAX_RATE).pairs == ((MAX_PERIOD, 1),)
+    assert bracket_distribution(np.float32(0.5)) == bracket_distribution(0.5)
+    for p in (1 - 1e-15, 0.9999):  # was a ZeroDivisionError / a law of period 10^15
+        with pytest.raises(ValueError, match=rf"p={p} is above 0.9990234 = 1 - 1/1024"):
+            bracket_distribution(p)

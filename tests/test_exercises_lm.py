@@ -1,5 +1,6 @@
-"""Lab 07 exercises: the reference solutions pass every checker, wrong answers fail, the TODO stubs are
-"not attempted", and every TODO function of the notebook has a reference solution its cell checks."""
+"""Lab 07 exercises: the reference solutions pass every checker, wrong answers (NaN, a wrong type, an
+input changed in place) fail, the TODO stubs are "not attempted", and every TODO function of the notebook
+has a reference solution its cell checks."""
 
 import importlib.util
 import re
@@ -8,9 +9,11 @@ from pathlib import Path
 import nbformat
 import pytest
 import torch
+from wrong_answers import WRONG_TYPES, with_nan
 
+from approxdrop.course.checks import describe
 from approxdrop.course.exercises import lab07
-from approxdrop.models.lstm import ApproxDropoutLSTM, lstm_recurrence
+from approxdrop.models.lstm import ApproxDropoutLSTM, lstm_recurrence_reference
 
 LABS = Path(__file__).resolve().parents[1] / "labs"
 NOTEBOOK = LABS / "07_lstm_language_model.ipynb"
@@ -69,7 +72,7 @@ def test_the_projection_reference_is_the_model_own_site_computation():
     layer, (site0, site1) = model.lstm[0], model.last_patterns
     zeros = torch.zeros(3, 8)
     xproj = lab07.model_projection(model.embedding(x), layer.weight_ih, layer.bias, site0)  # [T, B, 4H]
-    u, _, _ = lstm_recurrence(xproj, zeros, zeros, layer.weight_hh)  # [T, B, H]
+    u, _, _ = lstm_recurrence_reference(xproj, zeros, zeros, layer.weight_hh)  # [T, B, H]
     expected = lab07.model_projection(u, model.decoder.weight, model.decoder.bias, site1)  # [T, B, V]
     assert torch.allclose(logits, expected, atol=1e-6)
 
@@ -82,3 +85,31 @@ def test_every_todo_cell_has_a_reference_solution():
         name = source.split("def ", 1)[1].split("(", 1)[0]
         assert callable(getattr(SOL, name)), name
         assert re.search(rf"lab07\.check_\w+\({name}\)", source), source  # the cell checks it
+
+
+def masks_in_place(u, weight, bias, pattern):  # the right values, but u is changed in place
+    u.mul_(pattern.keep_mask(u.shape[-1]).to(u.dtype) * pattern.scale)
+    return torch.nn.functional.linear(u, weight, bias)
+
+
+SOLVED = [(lab07.check_masked_projection, SOL.masked_projection), (lab07.check_gemm_work_left, SOL.gemm_work_left)]
+
+
+@pytest.mark.parametrize("checker, solution", SOLVED, ids=lambda f: getattr(f, "__name__", ""))
+def test_nan_answer_fails_naming_case_and_element(checker, solution, capsys):
+    assert checker(with_nan(solution)).status == "fail"
+    out = capsys.readouterr().out
+    assert out.startswith("[FAIL]") and "(case 1 of " in out and " nan, expected " in out
+
+
+@pytest.mark.parametrize("answer", WRONG_TYPES, ids=repr)
+@pytest.mark.parametrize("checker, solution", SOLVED, ids=lambda f: getattr(f, "__name__", ""))
+def test_wrong_type_fails_saying_what_was_expected(checker, solution, answer, capsys):
+    assert checker(lambda *args: answer).status == "fail"
+    out = capsys.readouterr().out
+    assert out.startswith("[FAIL]") and f"it returned {describe(answer)}, expected a " in out
+
+
+def test_a_projection_that_changes_its_input_fails_naming_it(capsys):
+    assert lab07.check_masked_projection(masks_in_place).status == "fail"
+    assert "(case 1 of 5) it changed u in place" in capsys.readouterr().out

@@ -1,12 +1,14 @@
 """Exercises of labs 01, 02, 03 and 06: reference solutions pass, the TODO stub is "not attempted",
-and a plausible wrong answer fails."""
+and a plausible wrong answer, NaN, a wrong type or an answer that changes its input fails."""
 
 import importlib.util
 from pathlib import Path
 
 import pytest
 import torch
+from wrong_answers import WRONG_TYPES, with_nan
 
+from approxdrop.course.checks import describe
 from approxdrop.course.exercises import lab01, lab02, lab03, lab06
 
 SOLUTIONS = Path(__file__).resolve().parents[1] / "labs" / "solutions"
@@ -64,3 +66,28 @@ def test_todo_stub_is_not_attempted(lab, solution, name, wrong, capsys):
 def test_wrong_answer_fails(lab, solution, name, wrong, capsys):
     assert getattr(lab, f"check_{name}")(wrong).status == "fail"
     assert capsys.readouterr().out.startswith("[FAIL]")
+
+
+@pytest.mark.parametrize("lab, solution, name, wrong", EXERCISES, ids=IDS)
+def test_nan_in_a_right_answer_fails_naming_case_and_element(lab, solution, name, wrong, capsys):
+    assert getattr(lab, f"check_{name}")(with_nan(getattr(solutions(solution), name))).status == "fail"
+    out = capsys.readouterr().out
+    assert out.startswith("[FAIL]") and "(case 1 of " in out and " nan, expected " in out
+
+
+@pytest.mark.parametrize("answer", WRONG_TYPES, ids=repr)
+@pytest.mark.parametrize("lab, solution, name, wrong", EXERCISES, ids=IDS)
+def test_wrong_type_fails_saying_what_was_expected(lab, solution, name, wrong, answer, capsys):
+    assert getattr(lab, f"check_{name}")(lambda *args: answer).status == "fail"
+    out = capsys.readouterr().out
+    assert out.startswith("[FAIL]") and f"it returned {describe(answer)}, expected a " in out
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [lambda x, keep_mask, p: x.mul_(0), lambda x, keep_mask, p: x.mul_(keep_mask).div_(1 - p)],
+    ids=["zeroes-x", "right-values-in-place"],
+)
+def test_an_answer_that_changes_its_input_fails_naming_it(answer, capsys):
+    assert lab01.check_inverted_dropout(answer).status == "fail"
+    assert "it changed x in place" in capsys.readouterr().out

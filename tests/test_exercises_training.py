@@ -1,14 +1,19 @@
-"""Labs 04 and 05 exercises: the reference solutions pass every checker, wrong answers fail, the
-TODO stubs are "not attempted", and every TODO function of the notebooks has a reference solution."""
+"""Labs 04 and 05 exercises: the reference solutions pass every checker, wrong answers (NaN, a wrong type,
+a step that never returns) fail, the TODO stubs are "not attempted", and every TODO function of the
+notebooks has a reference solution."""
 
 import importlib.util
 import re
+import time
 from pathlib import Path
 
 import nbformat
 import pytest
 import torch
+from wrong_answers import WRONG_TYPES, with_nan
 
+from approxdrop.course import checks
+from approxdrop.course.checks import describe
 from approxdrop.course.exercises import lab04, lab05
 
 LABS = Path(__file__).resolve().parents[1] / "labs"
@@ -79,3 +84,36 @@ def test_every_todo_cell_has_a_reference_solution(notebook, module):
         name = source.split("def ", 1)[1].split("(", 1)[0]
         assert callable(getattr(module, name)), name
         assert re.search(rf"lab0[45]\.check_\w+\({name}\)", source), source  # the cell checks it
+
+
+NAN_ANSWERS = [
+    (lab04.check_expected_rate, with_nan(SOL04.expected_rate), "it returned nan, expected 0.5"),
+    (lab04.check_dropped_counts, with_nan(SOL04.dropped_counts), "element [1] is nan, expected 4"),
+    (lab04.check_drop_probability, with_nan(SOL04.drop_probability), "element [6] is nan, expected 0.5"),
+    (lab05.check_gemm_share, with_nan(SOL05.gemm_share), "it returned nan, expected 0.81927"),
+    (lab05.check_train_step, lambda model, optimizer, x, y: float("nan"), "element [0] is nan, expected "),
+]
+
+
+@pytest.mark.parametrize("checker, answer, text", NAN_ANSWERS, ids=lambda f: getattr(f, "__name__", ""))
+def test_nan_answer_fails_naming_case_and_element(checker, answer, text, capsys):
+    assert checker(answer).status == "fail"
+    out = capsys.readouterr().out
+    assert out.startswith("[FAIL]") and "(case 1 of " in out and text in out
+
+
+@pytest.mark.parametrize("answer", WRONG_TYPES, ids=repr)
+@pytest.mark.parametrize("checker, solution, wrong", CHECKS, ids=lambda f: getattr(f, "__name__", ""))
+def test_wrong_type_fails_saying_what_was_expected(checker, solution, wrong, answer, capsys):
+    assert checker(lambda *args: answer).status == "fail"
+    out = capsys.readouterr().out
+    expected = (
+        "expected the loss (a number or a one-element tensor)" if checker is lab05.check_train_step else "expected a "
+    )
+    assert out.startswith("[FAIL]") and f"returned {describe(answer)}, {expected}" in out
+
+
+def test_a_train_step_that_never_returns_fails_after_the_deadline(monkeypatch, capsys):
+    monkeypatch.setattr(checks, "DEFAULT_TIMEOUT_S", 0.3)
+    assert lab05.check_train_step(lambda model, optimizer, x, y: time.sleep(10)).status == "fail"
+    assert "(case 1 of 4) it took longer than 0.3 s" in capsys.readouterr().out

@@ -25,6 +25,8 @@ def bench():
 def test_defaults_cover_the_issue(bench):
     args = bench.parse_args([])
     assert args.ps == [0.3, 0.5, 0.7] and args.dtype == "float16" and not args.dry_run
+    assert args.autocast == "none" and args.sections == ["kernels", "end-to-end"]
+    assert bench.KERNEL_METHODS == ("row", "row G=4", "tile")
     names = [layer.name for layer in bench.layers_for(dry_run=False)]
     assert names[0] == "4096x4096x4096" and len(names) == 7
     assert [(la.n_in, la.n_out, la.drop_in, la.drop_out) for la in bench.mlp_layers((784, 2048, 2048, 10), 128)] == [
@@ -48,11 +50,73 @@ def test_dry_run_writes_a_table(bench, tmp_path, capsys):
     text = out.read_text()
     assert "- GPU: none (CPU dry run" in text and "- command: `python " in text and "--dry-run" in text
     kernel_rows = [line for line in text.splitlines() if line.startswith("| 48x40x36") or line.startswith("| 20-16")]
-    assert len(kernel_rows) == 4 * 2 + len(METHODS)  # 4 layers x (row, tile) + every MLP method end to end
+    assert len(kernel_rows) == 4 * 3 + len(METHODS)  # 4 layers x (row, row G=4, tile) + every MLP method end to end
     for line in kernel_rows:
         cells = [c.strip() for c in line.strip("|").split("|")]
         assert all(c for c in cells), line
-    assert "## End to end" in text
+        assert cells[5] != "n/a", line  # the PyTorch path ran (kernel level and end to end alike)
+    assert "## End to end" in text and "## Dispatch choices" in text and "## Dispatch: first call" not in text
+    assert "## Failures\n\n- none" in text
+
+
+def test_a_failing_cell_is_reported_and_the_rest_still_runs(bench, tmp_path, monkeypatch):
+    steps = bench.kernel_steps
+
+    def broken(layer, p, method, *rest):
+        dense, op = steps(layer, p, method, *rest)
+        if method != "tile":
+            return dense, op
+
+        def fails():
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+        return dense, fails
+
+    monkeypatch.setattr(bench, "kernel_steps", broken)
+    out = tmp_path / "bench.md"
+    assert bench.main(["--dry-run", "--ps", "0.3", "--sections", "kernels", "--out", str(out)]) == 1
+    text = out.read_text()
+    failures = text.split("## Failures")[1]
+    assert "48x40x36 tile p=0.3, cublas: RuntimeError: CUDA error: an illegal memory access" in failures
+    assert failures.count("- ") == 4  # the tile cell of each of the 4 layers
+    row = next(line for line in text.splitlines() if line.startswith("| 48x40x36 | row | 0.3"))
+    assert row.split("|")[6].strip() != "n/a"  # the other cells were measured
+
+
+def test_dry_run_of_every_section_under_autocast(bench, tmp_path, capsys):
+    """The dispatch section (first call vs next calls) and a bfloat16 autocast run, as gpu_check.sh runs them."""
+    out = tmp_path / "bench.md"
+    argv = [
+        "--dry-run",
+        "--ps",
+        "0.7",
+        "--autocast",
+        "bfloat16",
+        "--sections",
+        "dispatch",
+        "kernels",
+        "--out",
+        str(out),
+    ]
+    assert bench.main(argv) == 0
+    text = out.read_text()
+    assert "autocast bfloat16" in text and "## End to end" not in text
+    dispatch_rows = text.split("## Dispatch: first call")[1].split("## Kernel level")[0].splitlines()
+    rows = [line for line in dispatch_rows if line.startswith("| 48x40x36") or line.startswith("| 20-16")]
+    assert len(rows) == 4 * 2 and all("none (CPU: no dispatch)" in line for line in rows)
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--sections", "everything"])
+
+
+def test_kernels_mode_sets_and_restores_the_switch(bench, monkeypatch):
+    monkeypatch.setenv(bench.ENV_SWITCH, "cublas")
+    with bench.kernels_mode("pattern"):
+        assert bench.os.environ[bench.ENV_SWITCH] == "pattern"
+    assert bench.os.environ[bench.ENV_SWITCH] == "cublas"
+    monkeypatch.delenv(bench.ENV_SWITCH)
+    with bench.kernels_mode("auto"):
+        pass
+    assert bench.ENV_SWITCH not in bench.os.environ
 
 
 def test_refuses_without_gpu_unless_dry_run(bench, capsys):

@@ -1,7 +1,8 @@
 """CUDA kernels (approxdrop.ops.cuda): build status and dispatch everywhere; the kernels themselves on a GPU.
 
 The GPU tests compare every kernel with the PyTorch implementation of its op (``op._init_fn``, the
-path that runs without kernels). Accuracy rule (flash-attention's): against a float64 reference, a
+path that runs without kernels); they force the kernels (``APPROXDROP_KERNELS=pattern``), and one
+test runs the measuring dispatch (``auto``). Accuracy rule (flash-attention's): against a float64 reference, a
 kernel's max error is at most twice that of the plain PyTorch computation in the same dtype (with a
 floor of a few units in the last place, for outputs PyTorch gets exactly). On a machine with a GPU
 the kernels must build: a failed build fails these tests instead of skipping them.
@@ -10,10 +11,14 @@ the kernels must build: a failed build fails these tests instead of skipping the
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import random
 import subprocess
 import sys
+import threading
+import time
+import types
 import warnings
 
 import pytest
@@ -21,7 +26,7 @@ import torch
 
 import approxdrop
 from approxdrop.ops import cuda as kernels
-from approxdrop.ops import row_linear, row_linear_backward, tile_linear, tile_linear_backward
+from approxdrop.ops import dispatch, row_linear, row_linear_backward, tile_linear, tile_linear_backward
 from approxdrop.patterns import RowPattern, TilePattern
 
 requires_cuda = pytest.mark.skipif(
@@ -69,7 +74,7 @@ def test_status_reasons(tmp_path, monkeypatch):
 
 def test_disabled_by_environment(monkeypatch):
     monkeypatch.setenv(kernels.ENV_SWITCH, "0")
-    monkeypatch.setattr(kernels, "_outcome", None)
+    monkeypatch.setattr(kernels, "_outcomes", {})
     assert not kernels.enabled()
     assert kernels.status().reason == f"disabled by {kernels.ENV_SWITCH}=0"
     with warnings.catch_warnings():
@@ -80,7 +85,7 @@ def test_disabled_by_environment(monkeypatch):
 
 def test_fallback_warns_once_and_matches_pytorch(monkeypatch):
     """Without an extension the CUDA implementations run the PyTorch one, after a single warning."""
-    monkeypatch.setattr(kernels, "_outcome", None)
+    monkeypatch.setattr(kernels, "_outcomes", {})
     monkeypatch.setattr(kernels, "_blocker", lambda: "nvcc not found (test)")
     gen = torch.Generator().manual_seed(0)
     x, w, b = torch.randn(5, 4, generator=gen), torch.randn(6, 8, generator=gen), torch.randn(6, generator=gen)
@@ -100,17 +105,191 @@ def test_status_without_gpu_says_why():
     assert not st.built and st.arch is None and st.reason
 
 
+@pytest.fixture
+def fake_build(tmp_path, monkeypatch):
+    """A GPU-free build: every architecture is buildable, ``_compile`` returns a stand-in module and records
+    the architectures it was asked for (``fake_build.calls``); fresh bookkeeping, cache in tmp_path."""
+    monkeypatch.setenv("APPROXDROP_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(kernels, "_outcomes", {})
+    monkeypatch.setattr(kernels, "_extensions", {})
+    monkeypatch.setattr(kernels, "_blocker", lambda: None)
+    monkeypatch.setattr(kernels, "_arch", lambda device=None: "sm_90")
+    calls = []
+
+    def compile_(arch, build_dir, verbose):
+        calls.append(arch)
+        return types.SimpleNamespace(arch=arch, __file__=str(build_dir / f"{kernels.NAME}_{arch}.so"))
+
+    monkeypatch.setattr(kernels, "_compile", compile_)
+    return types.SimpleNamespace(calls=calls, stamp=tmp_path / "kernels" / kernels._build_key("sm_90") / kernels.STAMP)
+
+
+@pytest.mark.parametrize("content", ["", '{"sources": "ab', "[]", '"text"', b"\xff\xfe"], ids=repr)
+def test_corrupt_stamp_means_rebuild(fake_build, capsys, content):
+    """A truncated or foreign stamp: status() says it will rebuild, load() rebuilds; nothing raises."""
+    fake_build.stamp.parent.mkdir(parents=True)
+    (fake_build.stamp.write_bytes if isinstance(content, bytes) else fake_build.stamp.write_text)(content)
+    reason = kernels.status().reason
+    assert reason.startswith("the build stamp") and "rebuilt on first CUDA use" in reason, reason
+    module = kernels.load()
+    assert module.arch == "sm_90" and fake_build.calls == ["sm_90"]
+    assert "compiling CUDA kernels for sm_90" in capsys.readouterr().err
+    assert json.loads(fake_build.stamp.read_text())["sources"] == kernels._source_hash()
+    assert kernels.status().built
+
+
+def test_fresh_stamp_prints_no_compile_line(fake_build, capsys):
+    fake_build.stamp.parent.mkdir(parents=True)
+    fake_build.stamp.write_text(json.dumps({"sources": kernels._source_hash()}))
+    assert kernels.status().reason.startswith("built in")
+    assert kernels.load() is not None and capsys.readouterr().err == ""
+
+
+def test_stamp_is_written_atomically(fake_build, monkeypatch):
+    """A write that dies half-way leaves the previous stamp whole, and no temporary file behind."""
+    fake_build.stamp.parent.mkdir(parents=True)
+    old = json.dumps({"sources": "old"})
+    fake_build.stamp.write_text(old)
+
+    def dies_half_way(payload, f, **kwargs):
+        f.write('{"sources": ')
+        raise OSError("disk full (test)")
+
+    monkeypatch.setattr(json, "dump", dies_half_way)
+    with pytest.raises(OSError, match="disk full"):
+        kernels.load()
+    assert fake_build.stamp.read_text() == old
+    assert [p.name for p in fake_build.stamp.parent.iterdir()] == [kernels.STAMP]
+
+
+def test_concurrent_loads_build_once(fake_build, monkeypatch):
+    built = fake_build.calls
+    slow = kernels._compile
+
+    def slow_compile(arch, build_dir, verbose):
+        time.sleep(0.2)  # long enough for every thread to reach load() while the first one builds
+        return slow(arch, build_dir, verbose)
+
+    monkeypatch.setattr(kernels, "_compile", slow_compile)
+    start, results = threading.Barrier(8), []
+
+    def worker():
+        start.wait()
+        results.append(kernels.load())
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert built == ["sm_90"]
+    assert len(results) == 8 and all(r is results[0] for r in results) and results[0] is not None
+
+
+def test_each_architecture_gets_its_own_build(fake_build, monkeypatch):
+    """Two GPUs of different architectures: two builds; a third that fails falls back alone, with a warning."""
+    archs = {0: "sm_80", 1: "sm_90", 2: "sm_120", 3: "sm_80"}
+    monkeypatch.setattr(kernels, "_arch", lambda device=None: archs[0 if device is None else device])
+    working = kernels._compile
+
+    def compile_(arch, build_dir, verbose):
+        if arch == "sm_120":
+            raise RuntimeError("nvcc fatal   : Unsupported gpu architecture 'compute_120'")
+        return working(arch, build_dir, verbose)
+
+    monkeypatch.setattr(kernels, "_compile", compile_)
+    assert kernels.load(device=0).arch == "sm_80"
+    assert kernels.load(device=1).arch == "sm_90"
+    assert kernels.load(device=3).arch == "sm_80"  # same architecture as device 0: no new build
+    assert fake_build.calls == ["sm_80", "sm_90"]
+    with pytest.warns(RuntimeWarning, match="Unsupported gpu architecture"):
+        assert kernels.load(device=2) is None
+    assert kernels.status(0).built and kernels.status(1).built and kernels.status(1).arch == "sm_90"
+    assert not kernels.status(2).built and "Unsupported gpu architecture" in kernels.status(2).reason
+    for arch in ("sm_80", "sm_90"):
+        assert (kernels._cache_root() / kernels._build_key(arch) / kernels.STAMP).exists()
+
+
+def test_ops_load_for_the_device_of_their_tensors(monkeypatch):
+    """Each CUDA implementation asks load() for its tensors' device (so its architecture's build)."""
+    asked = []
+    monkeypatch.setattr(kernels, "_cuda_device", lambda *tensors: "cuda:7")
+    monkeypatch.setattr(kernels, "load", lambda verbose=False, device=None: asked.append(device))
+    x, w, gy = torch.randn(3, 8), torch.randn(6, 8), torch.randn(3, 6)
+    kernels._row_linear_cuda(x, w, None, 1, 0, 1, 1, 0, 1)
+    kernels._row_linear_backward_cuda(gy, x, w, 1, 0, 1, 1, 0, 1)
+    kernels._tile_linear_cuda(x, w, None, 2, 0, 1, 4)
+    kernels._tile_linear_backward_cuda(gy, x, w, 2, 0, 1, 4)
+    assert asked == ["cuda:7"] * 4
+
+
+def _strides(out):
+    return [t.stride() for t in (out if isinstance(out, tuple) else (out,))]
+
+
+def _non_contiguous_cases(device):
+    """(op, args) of each op with a permuted x (dense, non-contiguous) and a transposed weight."""
+    gen = torch.Generator().manual_seed(8)
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=gen, dtype=torch.float64).to(device)
+
+    w = rand(9, 10).t()  # [10, 9]
+    ints = (3, 1, 2, 2, 0, 1)  # k_in = 6 of 9, k_out = 5 of 10
+    x, xt = rand(6, 5).t(), rand(9, 5).t()  # [5, 6], [5, 9]
+    return [
+        (row_linear, (x, w, None, *ints)),
+        (row_linear_backward, (rand(5, 5), x, w, *ints)),
+        (tile_linear, (xt, w, None, 3, 1, 2, 2)),
+        (tile_linear_backward, (rand(5, 10), xt, w, 3, 1, 2, 2)),
+    ]
+
+
+@pytest.mark.parametrize(
+    "device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU"))]
+)
+def test_fake_outputs_have_the_real_outputs_strides(device, monkeypatch):
+    """Every real output is contiguous (the kernels allocate them so); the fake (meta) implementations must
+    say so too, also for a non-contiguous x or weight, or torch.compile plans for the wrong layout."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    monkeypatch.setenv(kernels.ENV_SWITCH, "pattern")  # on a GPU: the kernels' outputs
+    for op, args in _non_contiguous_cases(device):
+        real = op(*args)
+        with FakeTensorMode() as mode:
+            fake = op(*(mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in args))
+        name = op._qualname
+        assert all(t.is_contiguous() for t in (real if isinstance(real, tuple) else (real,))), name
+        assert _strides(fake) == _strides(real), f"{name}: fake strides {_strides(fake)}, real {_strides(real)}"
+
+
+def test_tile_period_must_fit_int32(monkeypatch):
+    """dp * tile past 2**31 - 1 would overflow the kernels' 32-bit indices: a ValueError naming tile."""
+    kernels._check_tile_ints(1, 0, 1, 2**31 - 1)  # the largest period that fits
+    with pytest.raises(ValueError, match=r"tile=1073741824 with dp=2 \(dp \* tile = 2147483648\)"):
+        kernels._check_tile_ints(2, 0, 1, 2**30)
+    monkeypatch.setattr(kernels, "load", lambda verbose=False, device=None: object())  # an extension never called
+    x, w, gy = torch.randn(3, 8), torch.randn(6, 8), torch.randn(3, 6)
+    with pytest.raises(ValueError, match="dp \\* tile"):
+        kernels._tile_linear_cuda(x, w, None, 3, 0, 1, 2**30)
+    with pytest.raises(ValueError, match="dp \\* tile"):
+        kernels._tile_linear_backward_cuda(gy, x, w, 3, 0, 1, 2**30)
+
+
 # --------------------------------------------------------------------------- the kernels (GPU)
 
 
 @pytest.fixture(scope="module")
 def ext():
-    if not kernels.enabled():
-        pytest.skip(f"kernels disabled by {kernels.ENV_SWITCH}")
-    module = kernels.load()
-    if module is None:
-        pytest.fail(f"a GPU is present but the kernels did not build: {kernels.status().reason}")
-    return module
+    """The built extension, with the kernels forced (APPROXDROP_KERNELS=pattern) so the ops run them."""
+    if os.environ.get(kernels.ENV_SWITCH, "").strip() in ("0", "cublas", "torch"):
+        pytest.skip(f"kernels switched off by {kernels.ENV_SWITCH}={os.environ[kernels.ENV_SWITCH]}")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(kernels.ENV_SWITCH, "pattern")
+        module = kernels.load()
+        if module is None:
+            pytest.fail(f"a GPU is present but the kernels did not build: {kernels.status().reason}")
+        yield module
 
 
 def _random_row_case(rng: random.Random):
@@ -297,12 +476,13 @@ def test_non_contiguous_and_batched_inputs(ext):
 
 @requires_cuda
 def test_errors(ext):
+    """The CUDA path raises the PyTorch path's ValueErrors, before any kernel runs."""
     w = torch.randn(6, 8, device="cuda")
-    with pytest.raises(RuntimeError, match="x is on cpu but weight is on cuda"):
+    with pytest.raises(ValueError, match="every tensor must be on one device, got x on cpu, weight on cuda"):
         tile_linear(torch.randn(3, 8), w, None, 2, 0, 1, 4)
-    with pytest.raises(RuntimeError, match="x has dtype Half but weight has dtype Float"):
+    with pytest.raises(ValueError, match="same floating dtype, got x torch.float16, weight torch.float32"):
         tile_linear(torch.randn(3, 8, device="cuda").half(), w, None, 2, 0, 1, 4)
-    with pytest.raises(RuntimeError, match="support float32, float16, bfloat16 and float64"):
+    with pytest.raises(ValueError, match="same floating dtype"):
         tile_linear(torch.ones(3, 8, device="cuda", dtype=torch.int32), w.int(), None, 2, 0, 1, 4)
     with pytest.raises(ValueError, match="last dimension 8"):
         tile_linear(torch.randn(3, 7, device="cuda"), w, None, 2, 0, 1, 4)
@@ -312,8 +492,54 @@ def test_errors(ext):
         row_linear(torch.randn(3, 8, device="cuda"), w, torch.randn(5, device="cuda"), 1, 0, 1, 1, 0, 1)
     with pytest.raises(ValueError, match="offset"):
         row_linear(torch.randn(3, 8, device="cuda"), w, None, 2, 2, 1, 1, 0, 1)
-    with pytest.raises(RuntimeError, match="grad_y must have shape"):
+    with pytest.raises(ValueError, match="grad_y must have shape"):
         row_linear_backward(torch.randn(3, 5, device="cuda"), torch.randn(3, 8, device="cuda"), w, 1, 0, 1, 1, 0, 1)
+
+
+@requires_cuda
+def test_backward_kernels_skip_grad_x_when_not_needed(ext):
+    """need_grad_x=False: grad_x empty, the other gradients those of the full backward (bit for bit: the
+    kernels that remain are the same)."""
+    gen = torch.Generator().manual_seed(9)
+    x, w, _, gy, ints = _row_args(gen, RowPattern(3, 1, 2), RowPattern(2, 1, 1), 33, 67, 97, torch.float32)
+    full, skipped = row_linear_backward(gy, x, w, *ints), row_linear_backward(gy, x, w, *ints, False)
+    assert skipped[0].numel() == 0 and torch.equal(skipped[1], full[1]) and torch.equal(skipped[2], full[2])
+    x, w, _, gy, ints = _tile_args(gen, TilePattern(3, 1, 16, 2), 33, 67, 97, torch.float32)
+    full, skipped = tile_linear_backward(gy, x, w, *ints), tile_linear_backward(gy, x, w, *ints, False)
+    assert skipped[0].numel() == 0 and torch.equal(skipped[1], full[1]) and torch.equal(skipped[2], full[2])
+
+
+@requires_cuda
+def test_auto_dispatch_measures_caches_and_matches_pytorch(ext, tmp_path, monkeypatch, capsys):
+    """APPROXDROP_KERNELS=auto on the GPU: first use measures both paths (CUDA events), the results match
+    the PyTorch implementation, the choices are listed by status() and cached on disk, and a fresh
+    dispatcher reads them back instead of measuring."""
+    monkeypatch.setenv(kernels.ENV_SWITCH, "auto")
+    monkeypatch.setenv("APPROXDROP_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(kernels, "_dispatchers", {})
+    gen = torch.Generator().manual_seed(10)
+    for dtype in (torch.float32, torch.bfloat16):
+        x, w, b, gy, ints = _row_args(gen, RowPattern(2, 1, 1), RowPattern(10, 3, 7), 128, 512, 256, dtype)
+        _assert_within_twice_pytorch(row_linear, (x, w, b, *ints), f"auto row_linear {dtype}")
+        _assert_within_twice_pytorch(row_linear_backward, (gy, x, w, *ints), f"auto row_linear_backward {dtype}")
+        x, w, b, gy, ints = _tile_args(gen, TilePattern(2, 0, 32, 1), 128, 512, 256, dtype)
+        _assert_within_twice_pytorch(tile_linear, (x, w, b, *ints), f"auto tile_linear {dtype}")
+        _assert_within_twice_pytorch(tile_linear_backward, (gy, x, w, *ints), f"auto tile_linear_backward {dtype}")
+    choices = kernels.status().choices
+    assert len(choices) == 8 and all(c.how == "measured" and c.path in ("cublas", "pattern") for c in choices)
+    for c in choices:  # both paths timed; a kernel slower than the margin allows is never picked
+        times = dict(c.times_ms)
+        assert times["cublas"] is not None, c
+        if c.path == "pattern":
+            assert times["pattern"] < (1 - 0.05) * times["cublas"], c
+    assert capsys.readouterr().err.count("approxdrop: ") >= 8
+    cache = kernels._dispatch_file(torch.cuda.get_device_name())
+    assert set(json.loads(cache.read_text())["choices"]) == {c.key for c in choices}
+    monkeypatch.setattr(kernels, "_dispatchers", {})
+    x, w, b, _, ints = _row_args(gen, RowPattern(2, 1, 1), RowPattern(10, 3, 7), 128, 512, 256, torch.float32)
+    row_linear(x, w, b, *ints)
+    assert [c.how for c in kernels.status().choices] == ["cached"]
+    assert dispatch.kernel_mode() == "auto"
 
 
 @requires_cuda

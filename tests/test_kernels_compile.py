@@ -48,6 +48,16 @@ def test_there_are_kernels_to_compile():
 
 
 @pytest.mark.parametrize("source", CU_FILES, ids=lambda p: p.name)
+def test_kernels_launch_through_the_seam(source):
+    """Launches go through APPROXDROP_LAUNCH (kernels/launch.cuh), never <<<>>> directly: g++ cannot parse the
+    triple chevrons, and the CPU emulation of tests/test_emulated_kernels.py compiles these files with g++."""
+    text = source.read_text()
+    assert "<<<" not in text, f"{source.name}: launch kernels with APPROXDROP_LAUNCH(kernel, grid, block, smem, ...)"
+    if "APPROXDROP_LAUNCH(" in text:
+        assert '#include "launch.cuh"' in text, f"{source.name} uses APPROXDROP_LAUNCH without including launch.cuh"
+
+
+@pytest.mark.parametrize("source", CU_FILES, ids=lambda p: p.name)
 def test_cuda_sources_compile_for_sm80_and_sm90(source, tmp_path):
     gencode = [f"-gencode=arch=compute_{a},code=sm_{a}" for a in ARCHS]
     flags = [*cpp_extension.COMMON_NVCC_FLAGS, "-std=c++20", "-O3", f"-I{KERNELS}", *gencode]

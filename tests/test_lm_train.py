@@ -145,3 +145,42 @@ def test_the_approxdrop_command_runs_the_lstm_benchmark(tiny_sizes, capsys):
     assert cli_main(["bench-lstm", "--sizes", "tiny", "--ps", "0.3", "--rounds", "1", "--warmup", "0"]) == 0
     assert capsys.readouterr().out.count("| tiny | 0.3 |") == len(bench_lstm.LM_METHODS)
     assert cli_main([]) == 2 and "bench-lstm" in capsys.readouterr().out
+
+
+@pytest.fixture
+def no_measure_lstm(monkeypatch):
+    """bench_lstm.measure_lstm that fails the test if a run starts."""
+    monkeypatch.setattr(bench_lstm, "measure_lstm", lambda *a, **k: pytest.fail(f"measured with bad arguments {a}"))
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--rounds", "0"], "argument --rounds: must be an int >= 1, got 0"),
+        (["--steps", "0"], "argument --steps: must be an int >= 1, got 0"),
+        (["--warmup", "-1"], "argument --warmup: must be an int >= 0, got -1"),
+        (["--device", "meta"], "--device meta: timings need a cpu or cuda device"),
+        (["--methods", "row", "torch"], "--methods must include bernoulli"),
+        (["--json", "."], "--json .: cannot write a file there"),
+    ],
+)
+def test_the_benchmark_command_rejects_bad_options_before_any_run(tiny_sizes, no_measure_lstm, capsys, extra, message):
+    assert cli_main(["bench-lstm", "--sizes", "tiny", "--no-progress", *extra]) == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ({"rounds": 0}, r"rounds must be in \[1, inf\), got 0"),
+        ({"steps": 0}, r"steps must be in \[1, inf\), got 0"),
+        ({"warmup": -2}, r"warmup must be in \[0, inf\), got -2"),
+        ({"ps": ()}, "ps must hold at least one dropout rate"),
+        ({"ps": (-0.1,)}, r"p must be a number in \[0, 1\), got -0.1"),
+        ({"methods": ("bernoulli", "tile")}, "methods must be distinct names from"),
+        ({"device": "meta"}, "device must be cpu or cuda .*got 'meta'"),
+    ],
+)
+def test_measure_lstm_checks_its_arguments(tiny_sizes, bad, message):
+    with pytest.raises(ValueError, match=message):
+        bench_lstm.measure_lstm("tiny", **{"ps": (0.5,), "warmup": 0, "rounds": 1, "progress": False, **bad})

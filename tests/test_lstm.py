@@ -13,7 +13,7 @@ from approxdrop.models.lstm import (
     ApproxDropoutLSTM,
     TorchLSTM,
     language_model,
-    lstm_recurrence,
+    fused_lstm,
     lstm_recurrence_reference,
 )
 from approxdrop.models.methods import ROW
@@ -49,14 +49,18 @@ def dense_reference(model: ApproxDropoutLSTM, x, draws):
     return model.decoder(u)
 
 
-def test_the_fused_recurrence_passes_gradcheck_and_equals_the_reference():
+def test_the_fused_lstm_passes_gradcheck_and_equals_the_reference():
+    """PyTorch's fused LSTM on a compact input equals the step-by-step autograd reference on that
+    input's projection, outputs and every gradient, in float64."""
     gen = torch.Generator().manual_seed(0)
     args = [
         torch.randn(shape, dtype=torch.float64, generator=gen, requires_grad=True)
-        for shape in [(4, 3, 8), (3, 2), (3, 2), (8, 2)]  # xproj [T, B, 4H], h, c [B, H], W_hh [4H, H]
+        for shape in [(4, 3, 5), (3, 2), (3, 2), (8, 5), (8, 2), (8,)]  # inp [T, B, k], h, c, W_ih, W_hh, bias
     ]
-    assert torch.autograd.gradcheck(lstm_recurrence, args)
-    ours, ref = lstm_recurrence(*args), lstm_recurrence_reference(*args)
+    assert torch.autograd.gradcheck(fused_lstm, args)
+    inp, h, c, w_ih, w_hh, bias = args
+    ours = fused_lstm(*args)
+    ref = lstm_recurrence_reference(nn.functional.linear(inp, w_ih, bias), h, c, w_hh)
     weights = [torch.randn(o.shape, dtype=torch.float64, generator=gen) for o in ref]
     grads = torch.autograd.grad(sum((o * w).sum() for o, w in zip(ours, weights)), args)
     ref_grads = torch.autograd.grad(sum((o * w).sum() for o, w in zip(ref, weights)), args)
@@ -69,7 +73,8 @@ def test_row_training_equals_the_dense_masked_model_with_one_pattern_per_site(pa
     dist = PatternDistribution(pairs, (0.5, 0.5))
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(1)
-    model = ApproxDropoutLSTM(VOCAB, HIDDEN, 2, 0.5, "row", embedding=EMB, distributions=[dist] * 3, generator=gen)
+    p = dist.expected_rate  # a given law must have the model's rate
+    model = ApproxDropoutLSTM(VOCAB, HIDDEN, 2, p, "row", embedding=EMB, distributions=[dist] * 3, generator=gen)
     model.double()
     for step in range(4):  # several steps: several draws, slice and index selectors
         x = tokens(step)
@@ -126,8 +131,8 @@ def test_every_site_is_exactly_unbiased_by_enumeration(p, family):
         expected = torch.zeros(T, B, weight.shape[0], dtype=torch.float64)
         with torch.no_grad():
             for pattern, prob in dist.enumerate():
-                draws = [pattern] * len(model.site_widths)
-                expected += prob * model._projection(draws, True)(site, u, weight, bias)
+                inp, kept_weight = model._site_input(ROW, pattern, u, weight)  # what the site's GEMM reads
+                expected += prob * nn.functional.linear(inp, kept_weight, bias)
             torch.testing.assert_close(expected, nn.functional.linear(u, weight, bias), rtol=1e-9, atol=1e-9)
         assert abs(dist.expected_rate - p) < 1e-9
 
@@ -218,6 +223,14 @@ def test_language_model_builds_each_method_with_the_same_initial_law():
         ({"distributions": [PatternDistribution(((2, 1),), (1.0,))]}, "one distribution per dropout site"),
         ({"method": "bernoulli", "distributions": []}, "distributions are for pattern methods"),
         ({"distributions": [PatternDistribution(((2, 1),), (1.0,), kind="tile")] * 3}, "row PatternDistributions"),
+        (
+            {"distributions": [PatternDistribution(((16, 1),), (1.0,))] * 3},
+            r"distributions\[0\] has expected rate 0.9375, not the model's p=0.5",
+        ),
+        (
+            {"distributions": [PatternDistribution(((2, 1),), (1.0,), n=HIDDEN)] * 3, "embedding": EMB},
+            r"distributions\[0\] was built for n=13, but its site has 11 units",
+        ),
     ],
 )
 def test_bad_arguments_raise_clear_errors(kwargs, message):
@@ -239,6 +252,28 @@ def test_bad_tokens_raise_clear_errors(x, message):
     for model in (ApproxDropoutLSTM(VOCAB, HIDDEN), TorchLSTM(VOCAB, HIDDEN)):
         with pytest.raises(ValueError, match=message):
             model(x)
+
+
+@pytest.mark.parametrize("method", ["row", "shared"])
+def test_bfloat16_autocast_trains_on_cpu(method):
+    """Under CPU autocast the projections and the recurrence run in bfloat16, forward and backward;
+    the parameters stay float32 and get finite float32 gradients close to the float32 model's."""
+    torch.manual_seed(0)
+    model = ApproxDropoutLSTM(VOCAB, HIDDEN, 2, 0.5, method, embedding=EMB, generator=torch.Generator().manual_seed(5))
+    x = tokens(6)
+    grads = {}
+    for autocast in (False, True):
+        model.generator.manual_seed(5)  # the same draws in both runs
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            logits, (h, c) = model(x)
+        assert logits.dtype == (torch.bfloat16 if autocast else torch.float32)
+        model.zero_grad()
+        logits.float().square().mean().backward()
+        grads[autocast] = [param.grad.clone() for param in model.parameters()]
+    assert all(param.dtype == torch.float32 for param in model.parameters())
+    for ours, full in zip(grads[True], grads[False]):
+        assert ours.dtype == torch.float32 and torch.isfinite(ours).all()
+        assert (ours - full).norm() <= 0.05 * full.norm() + 1e-6
 
 
 def test_language_model_rejects_unknown_methods():

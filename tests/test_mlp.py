@@ -148,6 +148,90 @@ def test_p_zero_is_the_dense_network_in_training_too():
     torch.testing.assert_close(model(x), dense_reference(model, x, [None] * 3))
 
 
+@pytest.mark.parametrize("method", ["row", "tile", "shared"])
+def test_bfloat16_autocast_trains_on_cpu(method):
+    """Under CPU autocast the pattern GEMMs run in bfloat16, forward and backward; the parameters
+    stay float32 and get finite float32 gradients close to the float32 network's."""
+    torch.manual_seed(0)
+    model = ApproxDropoutMLP([20, 48, 32, 5], 0.5, method=method, tile=8, generator=torch.Generator())
+    x = torch.randn(16, 20)
+    grads = {}
+    for autocast in (False, True):
+        model.generator.manual_seed(3)  # the same draws in both runs
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            y = model(x)
+        assert y.dtype == (torch.bfloat16 if autocast else torch.float32)
+        model.zero_grad()
+        y.float().square().mean().backward()
+        grads[autocast] = [param.grad.clone() for param in model.parameters()]
+    assert all(param.dtype == torch.float32 for param in model.parameters())
+    for ours, full in zip(grads[True], grads[False]):
+        assert ours.dtype == torch.float32 and torch.isfinite(ours).all()
+        assert (ours - full).norm() <= 0.05 * full.norm() + 1e-6
+
+
+class _Square(nn.Module):
+    elementwise = True  # declared: acts on each unit alone
+
+    def forward(self, x):
+        return x * x
+
+
+@pytest.mark.parametrize(
+    "activation", [nn.GELU(), nn.SiLU(), nn.Tanh(), nn.LeakyReLU(0.1), nn.PReLU(), nn.Sequential(nn.ELU()), _Square()]
+)
+def test_elementwise_activations_are_accepted_and_run_on_the_kept_units(activation):
+    torch.manual_seed(3)
+    model = ApproxDropoutMLP(SIZES, 0.5, method="row", activation=activation).double()
+    x = torch.randn(4, SIZES[0], dtype=torch.float64)
+    torch.testing.assert_close(model(x), dense_reference(model, x, model.last_patterns))
+
+
+@pytest.mark.parametrize("method", ["row", "bernoulli"])
+@pytest.mark.parametrize(
+    "activation, message",
+    [
+        (nn.Softmax(dim=-1), "activation nn.Softmax is not a known elementwise module.*see only the kept units"),
+        (nn.LayerNorm(17), "nn.LayerNorm is not a known elementwise module"),
+        (nn.PReLU(17), "nn.PReLU is not"),  # one parameter per unit: the kept units would get the wrong ones
+        (nn.Sequential(nn.ReLU(), nn.Softmin(dim=-1)), "nn.Sequential is not"),
+        (torch.relu, "activation must be an nn.Module"),
+    ],
+)
+def test_an_activation_that_may_mix_units_is_refused_for_every_method(method, activation, message):
+    with pytest.raises(ValueError, match=message):
+        ApproxDropoutMLP([20, 17, 17, 5], 0.5, method=method, activation=activation)
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (
+            lambda: ApproxDropoutMLP([10, 5, 3], 0.5, distributions=[PatternDistribution(((16, 1),), (1.0,))]),
+            r"distributions\[0\] has expected rate 0.9375, not the model's p=0.5 \(tolerance 1e-06\)",
+        ),
+        (
+            lambda: ApproxDropoutMLP([10, 5, 3], 0.5, distributions=[PatternDistribution(((2, 1),), (1.0,), n=48)]),
+            r"distributions\[0\] was built for n=48, but its site has 5 units",
+        ),
+        (
+            lambda: ApproxDropoutMLP(
+                [10, 40, 3],
+                0.5,
+                method="tile",
+                tile=8,
+                distributions=[PatternDistribution(((2, 1),), (1.0,), "tile", 8, n=4)],
+            ),
+            r"built for n=4, but its site has 5 tiles \(8 x 8\)",
+        ),
+    ],
+)
+def test_a_given_law_must_fit_its_site(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
+    ApproxDropoutMLP([10, 5, 3], 0.5, distributions=[PatternDistribution(((2, 1),), (1.0,), n=5)])  # fits
+
+
 @pytest.mark.parametrize(
     "make, message",
     [

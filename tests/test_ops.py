@@ -15,6 +15,7 @@ from approxdrop.ops import (
     tile_linear_backward,
     tile_linear_reference,
 )
+from approxdrop.ops import tile as tile_ops
 
 F64 = torch.float64
 
@@ -253,6 +254,159 @@ def test_backward_saves_only_x_and_weight(call):
 def test_bad_input_raises_clear_value_error(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+OPS = ("row_linear", "row_linear_backward", "tile_linear", "tile_linear_backward")
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_every_op_has_an_autocast_rule_on_cpu_and_cuda(op):
+    """Registered through the dispatcher for both device types (the CUDA one is checked without a GPU)."""
+    for key in ("AutocastCPU", "AutocastCUDA"):
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(f"approxdrop::{op}", key)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda x, w, b: row_pattern_linear(x[:, :5], w, b, RowPattern(2, 1), RowPattern(3, 0)),
+        lambda x, w, b: tile_pattern_linear(x, w, b, TilePattern(3, 1, tile=4, keep=2)),
+    ],
+)
+def test_autocast_casts_like_linear_and_backward_agrees(call, dtype):
+    """In a CPU autocast region the op runs in the region's dtype (as F.linear does): the same result
+    as the op on inputs cast by hand, and a backward that gives float32 leaves float32 gradients."""
+    gen = torch.Generator().manual_seed(6)
+    x = torch.randn(5, 11, generator=gen, requires_grad=True)
+    w = torch.randn(9, 11, generator=gen, requires_grad=True)
+    b = torch.randn(9, generator=gen, requires_grad=True)
+    with torch.autocast("cpu", dtype=dtype):
+        y = call(x, w, b)
+    assert y.dtype == dtype
+    torch.testing.assert_close(y, call(x.to(dtype), w.to(dtype), b.to(dtype)), rtol=0, atol=0)
+    y.float().square().sum().backward()
+    for leaf in (x, w, b):
+        assert leaf.grad.dtype == torch.float32 and torch.isfinite(leaf.grad).all()
+    with torch.autocast("cpu", dtype=dtype):  # float64 is left alone, as F.linear leaves it
+        assert call(x.double(), w.double(), b.double()).dtype == torch.float64
+
+
+def _row_call(x, w, b):
+    return row_linear(x, w, b, 2, 0, 1, 1, 0, 1)
+
+
+def _tile_call(x, w, b):
+    return tile_linear(x, w, b, 2, 0, 1, 4)
+
+
+@pytest.mark.parametrize("call, width", [(_row_call, 5), (_tile_call, 10)])
+@pytest.mark.parametrize(
+    "x_kind, w_kind, b_kind, message",
+    [
+        ("cpu", "meta", None, "every tensor must be on one device, got x on cpu, weight on meta"),
+        ("meta", "cpu", "cpu", "every tensor must be on one device"),
+        ("cpu", "cpu", "meta", "bias on meta"),
+        ("f64", "f32", None, "same floating dtype, got x torch.float64, weight torch.float32"),
+        ("f32", "f32", "f64", "bias torch.float64"),
+        ("i64", "i64", None, "same floating dtype"),
+    ],
+)
+def test_mixed_devices_or_dtypes_raise_instead_of_reading_garbage(call, width, x_kind, w_kind, b_kind, message):
+    def make(kind, *shape):
+        if kind is None:
+            return None
+        if kind == "meta":
+            return torch.empty(*shape, device="meta")
+        return torch.ones(
+            *shape, dtype={"cpu": torch.float32, "f32": torch.float32, "f64": torch.float64}.get(kind, torch.long)
+        )
+
+    with pytest.raises(ValueError, match=message):
+        call(make(x_kind, 2, width), make(w_kind, 4, 10), make(b_kind, 4))
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (  # k_out of RowPattern(3, 1) on 13 rows is 4
+            lambda: row_linear_backward(torch.randn(5, 3), torch.randn(5, 6), torch.randn(13, 11), 2, 0, 1, 3, 1, 1),
+            r"grad_y must have shape \(5, 4\).*got \(5, 3\)",
+        ),
+        (
+            lambda: row_linear_backward(torch.randn(4, 4), torch.randn(5, 6), torch.randn(13, 11), 2, 0, 1, 3, 1, 1),
+            r"grad_y must have shape \(5, 4\)",
+        ),
+        (
+            lambda: row_linear_backward(torch.randn(5, 4), torch.randn(5, 7), torch.randn(13, 11), 2, 0, 1, 3, 1, 1),
+            "x must have last dimension 6",
+        ),
+        (
+            lambda: tile_linear_backward(torch.randn(5, 12), torch.randn(5, 11), torch.randn(13, 11), 3, 2, 2, 4),
+            r"grad_y must have shape \(5, 13\).*got \(5, 12\)",
+        ),
+        (
+            lambda: tile_linear_backward(torch.randn(5, 13), torch.randn(5, 10), torch.randn(13, 11), 3, 2, 2, 4),
+            "x must have last dimension 11",
+        ),
+        (
+            lambda: tile_linear_backward(
+                torch.randn(5, 13), torch.randn(5, 11), torch.randn(13, 11).double(), 3, 2, 2, 4
+            ),
+            "same floating dtype",
+        ),
+        (
+            lambda: tile_linear_backward(
+                torch.randn(5, 13), torch.randn(5, 11), torch.randn(13, 11, device="meta"), 3, 2, 2, 4
+            ),
+            "one device",
+        ),
+    ],
+)
+def test_backward_ops_check_grad_y_and_x_against_the_forward_shapes(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
+
+
+@pytest.mark.parametrize(
+    "pattern, n_out, n_in",
+    [
+        (TilePattern(4, 1, tile=32), 10, 300),  # one partial tile row: 10 rows, not dp * T
+        (TilePattern(16, 3, tile=64), 128, 128),  # a 2 x 2 tile grid, dp >> grid
+        (TilePattern(16, 15, tile=64, keep=9), 128, 128),  # kept tile columns that wrap
+        (TilePattern(3, 2, tile=8, keep=2), 4 * 8 + 5, 7 * 8 + 1),  # 5 x 8 grid: dp + 2 rows, partial tiles
+        (TilePattern(5, 4, tile=6, keep=1), 100, 9),  # two tile columns, 17 tile rows
+        (TilePattern(7, 6, tile=5, keep=3), 3, 70),  # one tile row narrower than the tile
+    ],
+)
+def test_tile_linear_on_grids_smaller_than_a_period(pattern, n_out, n_in):
+    gen = torch.Generator().manual_seed(7)
+    weight = torch.randn(n_out, n_in, generator=gen, dtype=F64, requires_grad=True)
+    bias = torch.randn(n_out, generator=gen, dtype=F64, requires_grad=True)
+    x = torch.randn(2, 3, n_in, generator=gen, dtype=F64, requires_grad=True)
+    _assert_same_forward_backward(tile_pattern_linear, tile_linear_reference, (x, weight, bias, pattern))
+
+
+@pytest.mark.parametrize(
+    "pattern, n_out, n_in",
+    [
+        (TilePattern(4, 1, tile=32), 10, 2048),
+        (TilePattern(16, 1, tile=32), 10, 2048),
+        (TilePattern(16, 5, tile=1024), 2048, 2048),
+        (TilePattern(4, 0, tile=1024, keep=3), 2048, 2048),
+        (TilePattern(5, 2, tile=16, keep=2), 250, 130),
+    ],
+)
+def test_tile_blocks_are_bounded_by_the_weight_not_by_a_period(pattern, n_out, n_in):
+    """The batched GEMM's weight blocks hold at most the weight plus one tile row per class (before:
+    a 10-row layer computed dp * T rows, and tile 1024 on a 2048^2 weight padded it to (dp * T)^2)."""
+    weight = torch.zeros(n_out, n_in)
+    blocks = tile_ops._TileLayout(pattern, n_out, n_in, weight.device).weight_blocks(weight)
+    classes = min(pattern.dp, -(-n_out // pattern.tile))
+    assert blocks.shape[0] == classes and blocks.shape[1] <= -(-n_out // classes) + pattern.tile
+    assert blocks.numel() <= (n_out + classes * pattern.tile) * n_in
+    if n_out < pattern.tile:
+        assert blocks.shape[1] == n_out  # a one-tile-row layer computes exactly its rows
 
 
 def test_torch_compile_traces_the_ops():

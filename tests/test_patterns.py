@@ -1,5 +1,6 @@
 """RowPattern / TilePattern against a slow loop spec of METHOD.md §3, on random sizes."""
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given
@@ -82,6 +83,9 @@ def test_paper_pattern_rows_are_one_strided_view():
         (lambda: RowPattern(3, 0, keep=4), "keep must be in"),
         (lambda: RowPattern(2.0, 0), "dp must be an int, got 2.0"),
         (lambda: RowPattern(True, 0), "dp must be an int"),
+        (lambda: RowPattern(np.float64(2.0), 0), r"dp must be an int, got np.float64\(2.0\)"),
+        (lambda: RowPattern(np.bool_(True), 0), "dp must be an int"),
+        (lambda: TilePattern(2, 0, tile="8"), "tile must be an int, got '8'"),
         (lambda: TilePattern(2, 0, tile=0), "tile must be in"),
         (lambda: TilePattern(2, 2), "offset must be in"),
         (lambda: RowPattern(2, 0).keep_mask(-1), "n must be in"),
@@ -91,3 +95,11 @@ def test_paper_pattern_rows_are_one_strided_view():
 def test_bad_arguments_raise_value_error_naming_the_value(make, message):
     with pytest.raises(ValueError, match=message):
         make()
+
+
+def test_numpy_integers_are_accepted_and_stored_as_ints():
+    row = RowPattern(np.int64(3), np.int32(1), np.uint8(2))
+    assert row == RowPattern(3, 1, 2) and hash(row) == hash(RowPattern(3, 1, 2))
+    assert all(type(v) is int for v in (row.dp, row.offset, row.keep))
+    tile = TilePattern(np.int64(4), np.int64(0), tile=np.int16(8))
+    assert tile == TilePattern(4, 0, tile=8) and all(type(v) is int for v in (tile.dp, tile.offset, tile.tile))

@@ -13,6 +13,7 @@ import torch
 
 import approxdrop as ad
 from approxdrop.search import (
+    MAX_PERIODS,
     SGD_ABS_TOL,
     SGD_REL_TOL,
     candidates,
@@ -132,6 +133,64 @@ def test_errors(kwargs, match):
         search_distribution(**kwargs)
     with pytest.raises(ValueError, match=match):
         exact_optimum(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [  # each was a MemoryError after allocating gigabytes, or a law of another period
+        (lambda: ad.distribution_for(0.9999, 100), r"p=0.9999 is above 0.9990234 = 1 - 1/1024.* family 'paper'"),
+        (
+            lambda: ad.distribution_for(0.99, 100, family="extended"),
+            r"p=0.99 is above 0.984375 = 1 - 1/64, the highest rate family 'extended' reaches.*'paper' reaches",
+        ),
+        (lambda: search_distribution(0.5, 100, max_period=2000), "max_period=2000 is above the limit 1024"),
+        (lambda: exact_optimum(0.5, 100, family="extended", max_period=65), "max_period=65 is above the limit 64"),
+        (lambda: candidates("extended", 1024), "max_period=1024 is above the limit 64 of family 'extended'"),
+    ],
+)
+def test_periods_are_capped_with_a_clear_error(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
+    assert MAX_PERIODS == {"paper": 1024, "extended": 64}
+    assert len(candidates("paper", 1024)) == 1024 and min_period(1 - 1 / 1024) == 1024
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(lr=float("nan")), "lr must be a finite number > 0, got nan"),
+        (dict(lr=-0.1), "lr must be a finite number > 0, got -0.1"),  # was a worse law, silently
+        (dict(lr=0), "lr must be a finite number > 0, got 0"),
+        (dict(penalty=float("nan")), "penalty must be a finite number, got nan"),
+        (dict(penalty=-1.0), r"penalty must be in \[0.0, inf\], got -1.0"),
+        (dict(work_exponent=float("nan")), "work_exponent must be a finite number, got nan"),
+        (dict(work_exponent=-0.5), r"work_exponent must be in \[0.0, inf\], got -0.5"),
+        (dict(mu=float("inf")), "mu must be a finite number, got inf"),
+        (dict(mu="1"), "mu must be a finite number, got '1'"),
+        (dict(min_prob=1.0), r"min_prob must be a number in \[0, 1\), got 1.0"),
+        (dict(min_prob=float("nan")), "min_prob must be a number in"),
+        (dict(steps=10.0), "steps must be an int, got 10.0"),
+        (dict(tile=0), "tile must be in"),
+    ],
+)
+def test_every_hyper_parameter_is_checked(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        search_distribution(0.3, 40, **kwargs)
+    if set(kwargs) <= {"mu", "work_exponent", "tile"}:
+        with pytest.raises(ValueError, match=match):
+            exact_optimum(0.3, 40, **kwargs)
+
+
+def test_a_large_min_prob_keeps_the_likeliest_pattern():
+    dist = search_distribution(0.3, 40, family="extended", min_prob=0.9)  # was "got 0 and 0"
+    assert abs(dist.expected_rate - 0.3) <= 1e-9 and len(dist.pairs) <= 2
+
+
+def test_numpy_scalars_are_accepted_like_python_numbers():
+    got = search_distribution(
+        np.float32(0.5), np.int64(40), "row", "paper", np.int64(16), mu=np.float32(0.0), lr=np.float64(0.1)
+    )
+    assert got == search_distribution(0.5, 40)
 
 
 def test_exact_optimum_needs_scipy(monkeypatch):

@@ -123,3 +123,13 @@ def test_sampled_patterns_come_from_sample(monkeypatch):
     assert len(drawn) == 20 and all(isinstance(t, TilePattern) for t in drawn)
     dropped = sum((~t.tile_mask(6, 8)).flatten().numpy().astype(int) for t in drawn)
     assert mc.drop_counts.tolist() == dropped.tolist()
+
+
+def test_numpy_scalars_are_accepted_like_python_numbers():
+    assert np.array_equal(binomial_pmf(np.int64(10), np.float32(0.25)), binomial_pmf(10, 0.25))
+    hist = dropped_count_histogram(MIXED, np.int64(23), p=np.float32(0.5))
+    assert np.array_equal(hist.binomial, dropped_count_histogram(MIXED, 23, p=0.5).binomial)
+    gen = torch.Generator().manual_seed(0)
+    assert monte_carlo(MIXED, np.int64(9), samples=np.int64(20), generator=gen).drop_counts.shape == (9,)
+    with pytest.raises(ValueError, match="n must be an int, got 9.0"):
+        drop_probability(MIXED, 9.0)

@@ -1,5 +1,5 @@
 """Lab 07's figures: the model with its dropout sites, the weight columns each GEMM reads, read masks
-measured through autograd, GEMM work per GEMM, and the race redrawn in place from an LMTrainResult."""
+measured through autograd, GEMM work per GEMM, and the race redrawn in place from a RaceResult."""
 
 import plotly.graph_objects as go
 import pytest
@@ -144,3 +144,13 @@ def test_race_result_figure_and_timings():
     assert timings[1].ms == pytest.approx(1.0)  # median of 1, 1.5, 0.5 ms (the first step is warm-up)
     assert timings[0].work == 1.0 and timings[2].work == 1.0
     assert timings[1].work == pytest.approx(lstm_gemm_work(8, 2, 50, 0.5, "row"))
+
+
+def test_a_diverged_language_model_is_named_so_in_the_figure_and_the_bars():
+    result = fake_result()
+    row = result.histories["row"]
+    row.step, row.loss, row.seconds, row.eval_step, row.metric = [1, 2, 3], row.loss[:3], row.seconds[:3], [2], [400.0]
+    row.diverged_at = 4
+    fig = race_result_figure(result)
+    assert fig.data[0].name == "row (diverged at step 4)" and fig.data[3].name == "bernoulli"
+    assert [t.name for t in race_timings(result)] == ["bernoulli", "row (diverged at step 4)", "torch"]

@@ -1,5 +1,7 @@
 """Training figures: one trace per method per panel, filled from a TrainResult, redrawn in place."""
 
+import math
+
 import plotly.graph_objects as go
 import pytest
 import torch
@@ -59,6 +61,41 @@ def test_static_figures_from_a_result():
     assert [t.name for t in timings] == ["bernoulli", "row"]  # the baseline first
     assert timings[1].ms == pytest.approx(1.0)  # median of 1, 1.5, 0.5 ms (the first step is warm-up)
     assert timings[0].work == 1.0 and timings[1].work < 1.0
+
+
+def diverged_result() -> RaceResult:
+    """bernoulli trains 4 steps; row's loss became NaN at step 3 and tile's at step 1 (the race's way:
+    nothing recorded from the step that diverged on)."""
+    result = fake_result()
+    row = result.histories["row"]
+    row.step, row.loss, row.seconds, row.eval_step, row.metric = [1, 2], row.loss[:2], row.seconds[:2], [2], [0.5]
+    row.diverged_at = 3
+    result.histories["tile"] = History(diverged_at=1)
+    result.gemm_work["tile"] = 0.5
+    return result
+
+
+def test_a_diverged_method_is_named_so_in_the_legend_and_no_nan_reaches_a_figure():
+    result = diverged_result()
+    fig = result_figure(result)
+    names = [t.name for t in fig.data if t.showlegend is not False]
+    assert names == ["row (diverged at step 3)", "bernoulli", "tile (diverged at step 1)"]
+    assert {t.name for t in fig.data[:3]} == {"row (diverged at step 3)"}  # and in its hover labels
+    assert list(fig.data[0].x) == [1, 2] and len(fig.data[6].x) == 0
+    assert all(math.isfinite(v) for t in fig.data for v in t.y)
+    timings = summary_timings(result)  # tile has no timed step: left out of the bar chart
+    assert [t.name for t in timings] == ["bernoulli", "row (diverged at step 3)"]
+    assert all(math.isfinite(t.ms) for t in timings)
+
+
+def test_a_live_figure_renames_a_method_when_it_diverges():
+    result = fake_result()
+    fig = go.FigureWidget(training_figure(result.methods))
+    update_training_figure(fig, result)
+    assert fig.data[0].name == "row"
+    result.histories["row"].diverged_at = 5
+    update_training_figure(fig, result)
+    assert fig.data[0].name == "row (diverged at step 5)" and fig.data[3].name == "bernoulli"
 
 
 def test_samples_figure_shows_images_with_labels():

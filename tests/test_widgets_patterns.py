@@ -1,8 +1,11 @@
 """Pattern panels, driven from Python: sliders stay valid and redraw the FigureWidgets in place."""
 
+import pytest
 import torch
 
 from approxdrop import RowPattern, TilePattern
+from approxdrop.course.viz.live import WIDTH
+from approxdrop.course.viz.matrix import block_figure
 from approxdrop.course.widgets.patterns import BlockReadsPanel, PatternSliders, RowPatternPanel, TilePatternPanel
 
 
@@ -19,6 +22,7 @@ def test_sliders_bound_offset_and_keep_by_dp_and_redraw_once():
 def test_row_panel_redraws_in_place_and_times_on_click():
     panel = RowPatternPanel(n_out=12, n_in=5, n_next=4, batch=4, n=16, device="cpu", repeats=1)
     trace, title = panel.fig.data[0], panel.fig.layout.title.text
+    assert panel.fig.layout.width == panel.timing.layout.width == WIDTH
     panel.sliders.dp.value = 3
     panel.sliders.offset.value = 2
     assert panel.fig.data[0] is trace and panel.fig.layout.title.text != title
@@ -44,9 +48,19 @@ def test_tile_panel_follows_tile_size_and_pattern():
 def test_block_panel_bounds_class_block_and_step():
     panel = BlockReadsPanel(n_out=32, n_in=32, tile=4, block_n=8, block_k=4, dp=4)
     trace = panel.fig.data[0]
+    assert panel.cls.value == 0 and panel.step.value == panel.step.max == 1  # the whole loop: 8 kept inputs / 4
     panel.cls.value = 3
     panel.sliders.dp.value = 2
     assert panel.cls.max == 1 and panel.cls.value == 1
     assert panel.block.max == 1 and panel.step.max == 3  # 16 rows of class 1 / 8 per block; 16 kept inputs / 4
     panel.step.value = 1
     assert panel.fig.data[0] is trace and "class 1" in panel.fig.layout.title.text
+
+
+def test_block_panel_starts_at_a_given_class_with_the_whole_loop_and_refuses_a_class_the_pattern_lacks():
+    panel = BlockReadsPanel(n_out=96, n_in=96, tile=8, block_n=16, block_k=8, dp=3, offset=1, cls=1)
+    whole_loop = block_figure(TilePattern(3, 1, tile=8), 96, 96, cls=1, block=0, block_n=16, block_k=8)
+    assert panel.cls.value == 1 and panel.fig.layout.title.text == whole_loop.layout.title.text
+    assert list(panel.fig.data[0].z) == list(whole_loop.data[0].z)
+    with pytest.raises(ValueError, match="got 3"):
+        BlockReadsPanel(dp=3, cls=3)

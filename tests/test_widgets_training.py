@@ -2,6 +2,7 @@
 
 import torch
 
+from approxdrop.course.viz.live import WIDTH
 from approxdrop.course.widgets.training import TrainingPanel
 from approxdrop.data import Dataset, DatasetInfo
 
@@ -20,6 +21,7 @@ def test_start_trains_the_checked_methods_and_redraws_in_place():
     panel = TrainingPanel(DATA, methods=("bernoulli", "row"), steps=5, **SMALL)
     fig = panel.fig
     assert [t.name for t in fig.data[::3]] == ["bernoulli", "row"] and all(len(t.x) == 0 for t in fig.data)
+    assert fig.layout.width == WIDTH  # a FigureWidget does not follow the notebook's width by itself
     panel.boxes["row"].value = False
     panel.boxes["shared"].value = True
     panel.p.value = 0.3

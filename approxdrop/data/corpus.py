@@ -12,8 +12,9 @@
    (blank-line separated), topics in sorted key order, split 90/5/5 on paragraph boundaries.
 
 Every non-empty line ends with ``<eos>``. The vocabulary is built from the training split only; other
-words map to ``<unk>``. Asking for ``"ptb"`` by name raises ``DataUnavailable`` with the reason instead
-of falling back. Nothing here touches the network at import.
+words map to ``<unk>``. A PTB file that cannot be read (not UTF-8, unreadable) or holds no words makes
+PTB unavailable (``DataUnavailable`` naming it). Asking for ``"ptb"`` by name raises ``DataUnavailable``
+with the reason instead of falling back. Nothing here touches the network at import.
 """
 
 from __future__ import annotations
@@ -137,8 +138,20 @@ def load_ptb(
 ) -> Corpus:
     """PTB from the cache (downloaded if needed); ``max_vocab`` None keeps its 10,000 words."""
     directory = fetch_ptb(root, base_url, download_ok)
-    splits = [tokenize_lines((directory / name).read_text(encoding="utf-8").splitlines()) for name in PTB_MD5]
+    splits = [_read_ptb_file(directory / name) for name in PTB_MD5]
     return _build("ptb", str(directory), splits, max_vocab)
+
+
+def _read_ptb_file(path: Path) -> list[str]:
+    """The tokens of one PTB file; DataUnavailable naming it when it cannot be read (not UTF-8,
+    unreadable) or holds no words."""
+    try:
+        tokens = tokenize_lines(path.read_text(encoding="utf-8").splitlines())
+    except (OSError, UnicodeDecodeError) as err:
+        raise DataUnavailable(f"ptb: cannot read {path} ({type(err).__name__}: {err})") from err
+    if not tokens:
+        raise DataUnavailable(f"ptb: {path} holds no words")
+    return tokens
 
 
 def pydoc_lines() -> list[str]:

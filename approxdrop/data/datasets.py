@@ -10,14 +10,17 @@
 2. **Fashion-MNIST** (same IDX format) from ``FASHION_DIR``, the Debian package ``dataset-fashion-mnist``.
 3. **digits**: scikit-learn's bundled 8x8 digits (1797 images), always there.
 
-Asking for one by name (``"mnist"``, ``"fashion-mnist"``, ``"digits"``) raises
-``DataUnavailable`` with the reason instead of falling back. Nothing here touches the network at import.
+A file that cannot be read (truncated, not gzip, corrupt, not IDX, the wrong size or shape) makes
+its dataset unavailable: ``DataUnavailable`` naming the file. Asking for one by name (``"mnist"``,
+``"fashion-mnist"``, ``"digits"``) raises ``DataUnavailable`` with the reason instead of falling back.
+Nothing here touches the network at import.
 """
 
 from __future__ import annotations
 
 import gzip
 import os
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -79,6 +82,20 @@ def read_idx_gz(path: Path) -> np.ndarray:
         return parse_idx(f.read())
 
 
+def _read_idx_file(path: Path, name: str, ndim: int) -> np.ndarray:
+    """``read_idx_gz(path)``, an array of ``ndim`` dimensions with at least one entry; DataUnavailable
+    naming the file when it cannot be read (truncated, not gzip, corrupt, not IDX, wrong size)."""
+    try:
+        array = read_idx_gz(path)
+    except (OSError, EOFError, zlib.error, ValueError) as err:  # BadGzipFile is an OSError
+        raise DataUnavailable(f"{name}: cannot read {path} ({type(err).__name__}: {err})") from err
+    if array.ndim != ndim or array.size == 0:
+        raise DataUnavailable(
+            f"{name}: {path} holds an array of shape {array.shape}, expected a non-empty {ndim}-D one"
+        )
+    return array
+
+
 def fetch_mnist(
     root: Path | None = None,
     base_url: str | None = None,
@@ -102,7 +119,7 @@ def load_idx_dir(directory: Path, name: str, source: str | None = None) -> Datas
     missing = [str(p) for p in paths if not p.exists()]
     if missing:
         raise DataUnavailable(f"{name}: missing {', '.join(missing)}")
-    train_x, train_y, test_x, test_y = (read_idx_gz(p) for p in paths)
+    train_x, train_y, test_x, test_y = (_read_idx_file(p, name, ndim) for p, ndim in zip(paths, (3, 1, 3, 1)))
     if len(train_x) != len(train_y) or len(test_x) != len(test_y) or train_x.shape[1:] != test_x.shape[1:]:
         raise DataUnavailable(f"{name}: image and label files in {directory} do not match")
     classes = int(max(train_y.max(), test_y.max())) + 1

@@ -1,13 +1,25 @@
-"""Downloads with checksums into the data directory, atomically, and the fallback loop of the loaders."""
+"""Downloads with checksums into the data directory, atomically, and the fallback loop of the loaders.
+
+A download is bounded: ``timeout`` per read, an overall deadline (``DEADLINE_S``) and a minimum
+average rate (``MIN_RATE`` bytes/s after ``GRACE_S`` seconds), so a mirror that trickles bytes
+cannot block a loader forever; each is an argument of ``download``."""
 
 from __future__ import annotations
 
 import hashlib
+import http.client
+import socket
+import threading
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
-from .._env import data_root, write_atomic
+from .._env import check_number, check_positive, data_root, write_atomic
+
+DEADLINE_S = 600.0  # default limit on a whole download, seconds
+MIN_RATE = 1000.0  # default minimum average rate, bytes/s, checked once GRACE_S seconds have passed
+GRACE_S = 30.0
 
 
 class DataUnavailable(RuntimeError):
@@ -28,24 +40,122 @@ def md5sum(path: Path) -> str:
     return digest.hexdigest()
 
 
-def download(url: str, dest: Path, md5: str, timeout: float = 30.0) -> Path:
-    """Download ``url`` to ``dest`` atomically: a temporary file in ``dest``'s directory, checked
-    against ``md5``, then renamed. Raises DataUnavailable (and leaves nothing) on any failure."""
+class _Watchdog:
+    """Shuts the sockets of one download down when its deadline passes, so that no read (status
+    line, headers or body) blocks beyond it; ``fired`` says it did. A context manager: the timer
+    runs inside the ``with`` block only."""
 
-    def fetch(out) -> None:
-        digest = hashlib.md5()
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            for block in iter(lambda: response.read(1 << 20), b""):
+    def __init__(self, seconds: float):
+        self.fired = False
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(seconds, self._fire)
+        self._timer.daemon = True
+
+    def __enter__(self) -> _Watchdog:
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._timer.cancel()
+        self._timer.join()
+
+    @staticmethod
+    def _shut(sock: socket.socket) -> None:
+        try:
+            socket.socket.shutdown(sock, socket.SHUT_RDWR)  # the plain socket's: wakes a blocked read
+        except OSError:
+            pass  # already closed
+
+    def _fire(self) -> None:
+        with self._lock:
+            self.fired = True
+            for sock in self._sockets:
+                self._shut(sock)
+
+    def watch(self, sock: socket.socket) -> None:
+        """Shut ``sock`` down at the deadline (now, if it has passed)."""
+        with self._lock:
+            self._sockets.append(sock)
+            if self.fired:
+                self._shut(sock)
+
+    def opener(self) -> urllib.request.OpenerDirector:
+        """A urllib opener (proxies, redirects, HTTPS as ``urlopen``'s) whose connections are watched."""
+        watchdog = self
+
+        class Watched:
+            def connect(self) -> None:
+                super().connect()
+                watchdog.watch(self.sock)
+
+        class HTTP(Watched, http.client.HTTPConnection):
+            pass
+
+        class HTTPS(Watched, http.client.HTTPSConnection):
+            pass
+
+        class HTTPHandler(urllib.request.HTTPHandler):
+            def http_open(self, req):
+                return self.do_open(HTTP, req)
+
+        class HTTPSHandler(urllib.request.HTTPSHandler):
+            def https_open(self, req):
+                return self.do_open(HTTPS, req)
+
+        return urllib.request.build_opener(HTTPHandler, HTTPSHandler)
+
+
+def download(
+    url: str,
+    dest: Path,
+    md5: str,
+    timeout: float = 30.0,
+    deadline: float = DEADLINE_S,
+    min_rate: float = MIN_RATE,
+    grace: float = GRACE_S,
+) -> Path:
+    """Download ``url`` to ``dest`` atomically: a temporary file in ``dest``'s directory, checked
+    against ``md5``, then renamed. Raises DataUnavailable (and leaves nothing) on any failure.
+
+    Limits: ``timeout`` seconds for the connection and for each read; ``deadline`` seconds for the
+    whole download (a trickling server is cut off then, even in the middle of a read); an average
+    of at least ``min_rate`` bytes/s (0: no minimum) once ``grace`` seconds have passed."""
+    timeout, deadline = check_positive("timeout", timeout), check_positive("deadline", deadline)
+    min_rate, grace = check_number("min_rate", min_rate, 0), check_number("grace", grace, 0)
+    late = f"download of {url} passed its deadline of {deadline:g} s"
+
+    def fetch(out, watchdog: _Watchdog) -> None:
+        digest, received, start = hashlib.md5(), 0, time.monotonic()
+        with watchdog.opener().open(url, timeout=timeout) as response:
+            while block := response.read1(1 << 20):  # what has arrived, without waiting for a full block
                 digest.update(block)
                 out.write(block)
+                received += len(block)
+                elapsed = time.monotonic() - start
+                if elapsed > grace and received < min_rate * elapsed:
+                    raise DataUnavailable(
+                        f"download of {url} too slow: {received} bytes in {elapsed:.1f} s, below {min_rate:g} bytes/s"
+                    )
+        if watchdog.fired:  # the socket was shut down: the body ended early
+            raise DataUnavailable(f"{late} ({received} bytes)")
         if digest.hexdigest() != md5:
             raise DataUnavailable(f"checksum mismatch for {url}: MD5 {digest.hexdigest()}, expected {md5}")
 
-    try:
-        write_atomic(dest, fetch, binary=True)
-    except (OSError, urllib.error.URLError) as err:  # HTTPError and timeouts are URLError / OSError
-        raise DataUnavailable(f"could not download {url}: {err}") from err
+    with _Watchdog(deadline) as watchdog:
+        try:
+            write_atomic(dest, lambda out: fetch(out, watchdog), binary=True)
+        except (OSError, urllib.error.URLError, http.client.HTTPException) as err:  # timeouts are OSError
+            raise DataUnavailable(f"{late} ({err})" if watchdog.fired else f"could not download {url}: {err}") from err
     return dest
+
+
+def _matches(path: Path, md5: str) -> bool:
+    """Whether ``path`` is a readable file with this MD5 sum."""
+    try:
+        return md5sum(path) == md5
+    except OSError:  # missing, a directory, unreadable
+        return False
 
 
 def fetch_files(root: Path, base_url: str, checksums: dict[str, str], download_ok: bool = True) -> Path:
@@ -53,7 +163,7 @@ def fetch_files(root: Path, base_url: str, checksums: dict[str, str], download_o
     missing or corrupt is downloaded from ``base_url`` (unless ``download_ok`` is False)."""
     for name, md5 in checksums.items():
         path = root / name
-        if path.exists() and md5sum(path) == md5:
+        if _matches(path, md5):
             continue
         if not download_ok:
             raise DataUnavailable(f"{path} is missing or corrupt and downloads are off")

@@ -13,12 +13,13 @@ import argparse
 import statistics
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
 
-from .._env import describe_machine, sync
+from .._env import check_int, check_rate, describe_machine, sync
 from ..models import METHODS, ApproxDropoutMLP, mlp_gemm_work
 from ..training import training_step
 from .options import non_negative_int, positive_int, rate, write_record
@@ -42,6 +43,49 @@ def mlp_step(model: torch.nn.Module, x: torch.Tensor, target: torch.Tensor, lr: 
     """A zero-argument training step of ``model`` on one fixed batch (SGD with momentum 0.9)."""
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
     return lambda: training_step(model, opt, x, target)
+
+
+def check_protocol(
+    device: str | torch.device,
+    warmup: int,
+    rounds: int,
+    steps: int,
+    ps: Sequence[float],
+    methods: Sequence[str],
+    choices: tuple[str, ...],
+) -> torch.device:
+    """Check the arguments every benchmark shares; return the device. ValueError naming a bad one:
+    the device must be cpu or cuda (available), warmup >= 0, rounds and steps >= 1, ps non-empty
+    rates, methods distinct names of ``choices`` that include the baseline, bernoulli."""
+    check_int("warmup", warmup, 0)
+    check_int("rounds", rounds, 1)
+    check_int("steps", steps, 1)
+    if not ps:
+        raise ValueError(f"ps must hold at least one dropout rate, got {ps!r}")
+    for p in ps:
+        check_rate(p)
+    if "bernoulli" not in methods:
+        raise ValueError(f"methods must include 'bernoulli' (the baseline of the ratios), got {methods}")
+    bad = [m for m in methods if m not in choices]
+    if bad or len(set(methods)) != len(methods):
+        raise ValueError(f"methods must be distinct names from {choices}, got {methods}")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"device must be cpu or cuda, got {device!r} ({err})") from err
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be cpu or cuda (timings on {dev.type} mean nothing), got {device!r}")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r}: CUDA is not available in this torch ({torch.__version__})")
+    return dev
+
+
+def with_groups(methods: Sequence[str], groups: Sequence[int]) -> dict[str, tuple[str, int | None]]:
+    """What a benchmark times: ``{label: (method, groups)}``, every method with its own groups, then
+    ``row`` with each G of ``groups`` (label ``"row G=4"``)."""
+    variants: dict[str, tuple[str, int | None]] = {m: (m, None) for m in methods}
+    variants.update({f"row G={g}": ("row", g) for g in (check_int("groups", g, 1) for g in groups)})
+    return variants
 
 
 def time_side_by_side(steps_by_method: dict, device: torch.device, warmup: int, rounds: int, steps: int, bar=None):
@@ -82,27 +126,35 @@ def measure(
     steps: int = 3,
     seed: int = 0,
     progress: bool = True,
+    groups: Sequence[int] = (),
 ) -> list[BenchRow]:
-    """Time one training step per method and p; see the module docstring for the protocol."""
-    if "bernoulli" not in methods:
-        raise ValueError(f"methods must include 'bernoulli' (the baseline of the ratios), got {methods}")
-    dev = torch.device(device)
+    """Time one training step per method and p; see the module docstring for the protocol. Each
+    ``G`` in ``groups`` adds ``row`` with G batch groups (``"row G=4"``). Bad arguments raise
+    ValueError (``check_protocol``; sizes, batch, tile, G >= 1, at least two sizes)."""
+    dev = check_protocol(device, warmup, rounds, steps, ps, methods, METHODS)
+    if len(sizes) < 2:
+        raise ValueError(f"sizes must hold at least an input and an output width, got {sizes!r}")
+    for width in sizes:
+        check_int("size", width, 1)
+    check_int("batch", batch, 1)
+    check_int("tile", tile, 1)
+    variants = with_groups(methods, groups)
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, sizes[0], generator=gen).to(dev, dtype)
     target = torch.randint(sizes[-1], (batch,), generator=gen).to(dev)
     rows: list[BenchRow] = []
-    bar = tqdm(total=len(ps) * len(methods) * (warmup + rounds), desc="bench", disable=not progress, file=sys.stderr)
+    bar = tqdm(total=len(ps) * len(variants) * (warmup + rounds), desc="bench", disable=not progress, file=sys.stderr)
     for p in ps:
         steps_by_method = {}
-        for method in methods:
+        for label, (method, g) in variants.items():
             torch.manual_seed(seed)  # same initial weights for every method
-            model = ApproxDropoutMLP(sizes, p, method=method, tile=tile).to(dev, dtype).train()
-            steps_by_method[method] = mlp_step(model, x, target)
+            model = ApproxDropoutMLP(sizes, p, method=method, tile=tile, groups=g).to(dev, dtype).train()
+            steps_by_method[label] = mlp_step(model, x, target)
         times = time_side_by_side(steps_by_method, dev, warmup, rounds, steps, bar)
         base = statistics.median(times["bernoulli"])
-        for method in methods:
-            med = statistics.median(times[method])
-            rows.append(BenchRow(method, p, 1e3 * med, med / base, mlp_gemm_work(sizes, p, method), rounds))
+        for label, (method, _) in variants.items():
+            med = statistics.median(times[label])
+            rows.append(BenchRow(label, p, 1e3 * med, med / base, mlp_gemm_work(sizes, p, method), rounds))
     bar.close()
     return rows
 
@@ -128,6 +180,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch", type=positive_int, default=128)
     parser.add_argument("--ps", type=rate, nargs="+", default=[0.3, 0.5, 0.7], help="dropout rates")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--groups", type=positive_int, nargs="+", default=[], help="also time row with G batch groups")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64", "bfloat16", "float16"])
     parser.add_argument("--tile", type=positive_int, default=32)
     parser.add_argument("--warmup", type=non_negative_int, default=3)
@@ -152,6 +205,7 @@ def run(args: argparse.Namespace) -> int:
         rounds=args.rounds,
         steps=args.steps,
         progress=not args.no_progress,
+        groups=tuple(args.groups),
     )
     print(f"ApproxDropoutMLP {args.sizes}, batch {args.batch}, {args.dtype}; {describe_machine(args.device)}")
     print(format_table(rows))

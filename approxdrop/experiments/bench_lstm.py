@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -22,7 +23,7 @@ from .._env import describe_machine
 from ..data import load_corpus
 from ..models import LM_METHODS, language_model, lstm_gemm_work
 from ..training import LMRaceConfig, lm_training_step, train_lm
-from .bench import time_side_by_side
+from .bench import check_protocol, time_side_by_side, with_groups
 from .options import non_negative_int, positive_int, rate, write_record
 
 
@@ -72,36 +73,39 @@ def measure_lstm(
     steps: int = 1,
     seed: int = 0,
     progress: bool = True,
+    groups: Sequence[int] = (),
 ) -> list[LSTMBenchRow]:
-    """Time one training step per method and p at ``SIZES[size]``."""
+    """Time one training step per method and p at ``SIZES[size]``; each G of ``groups`` adds ``row``
+    with G batch groups (``"row G=4"``). ValueError for bad arguments (``bench.check_protocol``)."""
     if size not in SIZES:
         raise ValueError(f"size must be one of {list(SIZES)}, got {size!r}")
-    if "bernoulli" not in methods:
-        raise ValueError(f"methods must include 'bernoulli' (the baseline of the ratios), got {methods}")
+    dev = check_protocol(device, warmup, rounds, steps, ps, methods, LM_METHODS)
     shape = SIZES[size]
     hidden, layers, vocab, bptt, batch = shape.hidden, shape.layers, shape.vocab, shape.bptt, shape.batch
-    dev = torch.device(device)
     gen = torch.Generator().manual_seed(seed)
     x = torch.randint(vocab, (bptt, batch), generator=gen).to(dev)  # [T, B]
     y = torch.randint(vocab, (bptt, batch), generator=gen).to(dev)  # [T, B]
+    variants = with_groups(methods, groups)
     rows = []
-    bar = tqdm(total=len(ps) * len(methods) * (warmup + rounds), desc=f"bench {size}", disable=not progress)
+    bar = tqdm(total=len(ps) * len(variants) * (warmup + rounds), desc=f"bench {size}", disable=not progress)
     for p in ps:
         steps_by_method = {}
-        for method in methods:
+        for label, (method, g) in variants.items():
             torch.manual_seed(seed)
-            steps_by_method[method] = lm_step(language_model(vocab, method, hidden, layers, p).to(dev).train(), x, y)
+            extra = {} if g is None else {"groups": g}
+            model = language_model(vocab, method, hidden, layers, p, **extra).to(dev).train()
+            steps_by_method[label] = lm_step(model, x, y)
         times = time_side_by_side(steps_by_method, dev, warmup, rounds, steps, bar)
         median = {m: statistics.median(t) for m, t in times.items()}
-        for method in methods:
+        for label, (method, _) in variants.items():
             rows.append(
                 LSTMBenchRow(
                     size,
-                    method,
+                    label,
                     p,
-                    1e3 * median[method],
-                    median[method] / median["bernoulli"],
-                    median[method] / median["torch"] if "torch" in median else None,
+                    1e3 * median[label],
+                    median[label] / median["bernoulli"],
+                    median[label] / median["torch"] if "torch" in median else None,
                     lstm_gemm_work(hidden, layers, vocab, p, method),
                 )
             )
@@ -166,6 +170,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sizes", nargs="*", default=["paper", "small"], choices=list(SIZES), help="none: no timing")
     parser.add_argument("--ps", type=rate, nargs="+", default=[0.3, 0.5, 0.7])
     parser.add_argument("--methods", nargs="+", default=list(LM_METHODS), choices=LM_METHODS)
+    parser.add_argument("--groups", type=positive_int, nargs="+", default=[], help="also time row with G batch groups")
     parser.add_argument("--warmup", type=non_negative_int, default=2)
     parser.add_argument("--rounds", type=positive_int, default=5)
     parser.add_argument("--steps", type=positive_int, default=1, help="timed steps per method per round")
@@ -184,7 +189,7 @@ def run(args: argparse.Namespace) -> int:
     for size in args.sizes:
         rows += measure_lstm(
             size, args.ps, args.methods, args.device, args.warmup, args.rounds, args.steps,
-            progress=not args.no_progress,
+            progress=not args.no_progress, groups=args.groups,
         )  # fmt: skip
     if rows:
         print(format_table(rows))

@@ -22,16 +22,26 @@ import statistics
 import sys
 import time
 from dataclasses import asdict, dataclass, field
+from math import inf
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-from .._env import check_rate, default_device, describe_machine, sync, write_json_atomic
+from .._env import (
+    check_int,
+    check_positive,
+    check_rate,
+    default_device,
+    describe_machine,
+    sync,
+    write_atomic,
+    write_json_atomic,
+)
 from ..data import NAMES, Dataset, load_dataset
 from ..models import METHODS, ApproxDropoutMLP
 from ..training import evaluate, training_step
-from .options import positive_int, rate
+from .options import positive_int, rate, write_record
 
 VARIANTS = METHODS  # a study can train any MLP method of the table
 
@@ -54,17 +64,36 @@ class StudyConfig:
     test_size: int | None = None
 
     def __post_init__(self) -> None:
-        for p in self.ps:
-            check_rate(p)
+        """Check every setting (ValueError naming a bad one) and keep it as plain Python values (the
+        run files record the config as JSON): sequences as tuples, numbers as int / float."""
+        for name in ("hidden", "ps", "seeds", "variants"):
+            value = getattr(self, name)
+            if not isinstance(value, (tuple, list)) or not value:
+                raise ValueError(f"{name} must be a non-empty tuple, got {value!r}")
+        self._set("hidden", tuple(check_int("hidden width", width, 1) for width in self.hidden))
+        self._set("ps", tuple(check_rate(p) for p in self.ps))
+        self._set("seeds", tuple(check_int("seed", seed, 0) for seed in self.seeds))
+        self._set("variants", tuple(self.variants))
         bad = [v for v in self.variants if v not in VARIANTS]
-        if bad or not self.variants:
+        if bad:
             raise ValueError(f"variants must be taken from {VARIANTS}, got {self.variants}")
+        for name in ("ps", "seeds", "variants"):  # a repeated one would train and count the same run twice
+            value = getattr(self, name)
+            if len(set(value)) != len(value):
+                raise ValueError(f"{name} must not repeat a value, got {value}")
+        for name in ("epochs", "batch", "tile"):
+            self._set(name, check_int(name, getattr(self, name), 1))
+        self._set("lr", check_positive("lr", self.lr))
+        if self.clip is not None:
+            self._set("clip", check_positive("clip (a gradient norm)", self.clip))
         if self.dataset not in NAMES:
             raise ValueError(f"dataset must be one of {NAMES}, got {self.dataset!r}")
-        if min(self.epochs, self.batch, *self.hidden) < 1 or not self.seeds or not self.ps or self.lr <= 0:
-            raise ValueError(f"epochs, batch, hidden widths, lr must be positive and seeds, ps non-empty: {self}")
-        if self.clip is not None and not self.clip > 0:
-            raise ValueError(f"clip must be a positive gradient norm or None, got {self.clip}")
+        for name in ("train_size", "test_size"):
+            if getattr(self, name) is not None:
+                self._set(name, check_int(name, getattr(self, name), 1))
+
+    def _set(self, name: str, value: object) -> None:
+        object.__setattr__(self, name, value)  # frozen: only __post_init__ normalises a field
 
     def runs(self) -> list[tuple[str, float, int]]:
         """Every (variant, p, seed), seed-major so a partial study already covers every variant."""
@@ -84,7 +113,8 @@ class RunResult:
 
 
 def run_name(variant: str, p: float, seed: int) -> str:
-    return f"{variant}-p{p:g}-seed{seed}.json"
+    """The file name of one run: p written exactly (``repr``), so distinct rates never share a file."""
+    return f"{variant}-p{float(p)!r}-seed{seed}.json"
 
 
 def build_model(config: StudyConfig, variant: str, p: float, sizes: list[int], seed: int) -> ApproxDropoutMLP:
@@ -117,8 +147,26 @@ def train_run(config: StudyConfig, data: Dataset, variant: str, p: float, seed: 
     return result
 
 
-def _read_run(path: Path, config: StudyConfig) -> RunResult | None:
-    """A finished run of this config, None if missing or unreadable; ValueError for another config."""
+def _run_problem(result: RunResult, key: tuple[str, float, int], epochs: int) -> str | None:
+    """Why ``result`` is not the finished run ``key`` of ``epochs`` epochs, or None when it is."""
+    if (result.variant, result.p, result.seed) != key:
+        return f"it holds {result.variant} p={result.p!r} seed {result.seed!r}, not {key[0]} p={key[1]!r} seed {key[2]}"
+    for name, values, high in (
+        ("test_accuracy", result.test_accuracy, 1),
+        ("epoch_seconds", result.epoch_seconds, inf),
+    ):
+        if not isinstance(values, list) or len(values) != epochs:
+            size = f"has length {len(values)}" if isinstance(values, list) else f"is {values!r}"
+            return f"its {name} {size}, not one value per epoch ({epochs})"
+        bad = [v for v in values if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= high]
+        if bad:
+            return f"its {name} holds {bad[:3]!r}, outside [0, {high}]"
+    return None
+
+
+def _read_run(path: Path, config: StudyConfig, key: tuple[str, float, int], dataset: str) -> RunResult | None:
+    """The finished run ``key`` of this config on ``dataset``; None if missing, or (saying why) unreadable,
+    another run or unfinished; ValueError for a run of another config or data set."""
     try:
         payload = json.loads(path.read_text())
         result = RunResult(**payload["result"])
@@ -129,6 +177,12 @@ def _read_run(path: Path, config: StudyConfig) -> RunResult | None:
         return None
     if payload.get("config") != json.loads(json.dumps(asdict(config))):
         raise ValueError(f"{path} was made with other settings ({payload.get('config')}); use another --out")
+    problem = _run_problem(result, key, config.epochs)
+    if problem is not None:
+        print(f"ignoring {path.name}: {problem}; training it again", file=sys.stderr)
+        return None
+    if result.dataset != dataset:
+        raise ValueError(f"{path} was trained on {result.dataset}, this study loads {dataset}; use another --out")
     return result
 
 
@@ -140,7 +194,7 @@ def run_study(config: StudyConfig, out: Path, data: Dataset | None = None, progr
         dev = default_device()
         data = Dataset(*(t.to(dev) for t in data[:4]), data.info)
     runs = config.runs()
-    done = {key: _read_run(out / "runs" / run_name(*key), config) for key in runs}
+    done = {key: _read_run(out / "runs" / run_name(*key), config, key, data.info.name) for key in runs}
     todo = [key for key in runs if done[key] is None]
     bar = tqdm(total=len(runs) * config.epochs, initial=(len(runs) - len(todo)) * config.epochs, desc="study",
                unit="epoch", disable=not progress, file=sys.stderr)  # fmt: skip
@@ -219,7 +273,7 @@ def write_summary(config: StudyConfig, results: list[RunResult], out: Path) -> N
         f"seeds {list(config.seeds)}\n"
         f"- Machine: {machine}\n- Written: {datetime.datetime.now().isoformat(timespec='seconds')}\n\n"
     )
-    (out / "results.md").write_text(header + format_table(rows) + "\n")
+    write_atomic(out / "results.md", lambda f: f.write(header + format_table(rows) + "\n"))
     write_json_atomic(
         out / "results.json",
         {"config": asdict(config), "machine": machine, "summary": [asdict(r) for r in rows],
@@ -228,7 +282,8 @@ def write_summary(config: StudyConfig, results: list[RunResult], out: Path) -> N
     )  # fmt: skip
     from .study_figure import study_figure  # plotly is optional (the lab extra): imported only to draw
 
-    study_figure(results).write_html(out / "accuracy.html", include_plotlyjs="cdn")
+    html = study_figure(results).to_html(include_plotlyjs="cdn")
+    write_atomic(out / "accuracy.html", lambda f: f.write(html))
 
 
 COMMAND, HELP = "study", "accuracy-parity study: train every method at every p on real data"
@@ -259,6 +314,7 @@ def run(args: argparse.Namespace) -> int:
         )  # fmt: skip
     except ValueError as err:
         args.parser.error(str(err))
-    run_study(config, args.out, progress=not args.no_progress)
+    results = run_study(config, args.out, progress=not args.no_progress)
     print((args.out / "results.md").read_text())
+    write_record(args, summarise(results))
     return 0

@@ -1,5 +1,7 @@
 """Models with dropout sites: the table of dropout methods, the MLP, the LSTM language models."""
 
+from .convert import convert
+from .ffn import ApproxDropoutFFN
 from .lstm import LM_METHODS, LSTM_METHODS, ApproxDropoutLSTM, TorchLSTM, language_model
 from .methods import DROPOUT_METHODS, Method, get_method, lstm_gemm_work, methods_for, mlp_gemm_work
 from .mlp import METHODS, ApproxDropoutMLP
@@ -9,10 +11,12 @@ __all__ = [
     "LM_METHODS",
     "LSTM_METHODS",
     "METHODS",
+    "ApproxDropoutFFN",
     "ApproxDropoutLSTM",
     "ApproxDropoutMLP",
     "Method",
     "TorchLSTM",
+    "convert",
     "get_method",
     "language_model",
     "lstm_gemm_work",

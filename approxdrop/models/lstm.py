@@ -7,11 +7,13 @@ are never dropped. Site ``i`` feeds LSTM layer ``i`` (``i < layers``) or the dec
 
 Methods come from the table ``models.methods.DROPOUT_METHODS`` (one pattern or mask per site per
 training step, shared by the whole batch AND all time steps of the step; eval runs the full network):
-- row patterns (``row``, ``row-extended``): a RowPattern per site. The input projections of all
-  time steps run as one GEMM over the site's kept columns only (``approxdrop::row_linear``), and so
-  does the decoder.
+- row patterns (``row``, ``row-extended``; ``row-g4``, ``row-g16`` with complementary offsets per
+  batch group): a RowPattern per site (per group). Each LSTM layer runs on PyTorch's fused LSTM
+  (oneDNN on a CPU, cuDNN on a GPU) given only the kept input columns and the matching gathered
+  columns of W_ih, so its input GEMM shrinks; the decoder is a row-pattern GEMM
+  (``approxdrop::row_linear``).
 - per element (``bernoulli``): per-element dropout (``nn.functional.dropout``), full-size GEMMs: the
-  standard-dropout twin, same LSTM code.
+  standard-dropout twin, the same fused LSTM.
 - batch-shared random units (``shared``): batch- and time-shared Bernoulli(p) over units, kept units gathered.
 - nothing (``none``): no dropout.
 
@@ -26,15 +28,15 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
-from torch.autograd.function import once_differentiable
 
 from .._env import check_int, check_rate
 from ..distribution import PatternDistribution
-from ..ops import FULL, row_pattern_linear
+from ..ops import FULL, grouped_row_pattern_linear, row_pattern_linear
+from ..ops.grouped import group_bounds
 from ..patterns import RowPattern
 from ..search import FAMILIES
 from .methods import ELEMENT, NOTHING, ROW, SHARED_UNITS, get_method, methods_for
-from .sites import draw_sites, gathered_linear, site_distributions
+from .sites import draw_sites, site_distributions
 
 LM_METHODS = methods_for("lstm")  # what language_model builds
 LSTM_METHODS = tuple(m for m in LM_METHODS if not get_method(m).torch_modules)  # ApproxDropoutLSTM's
@@ -45,7 +47,7 @@ State = tuple[torch.Tensor, torch.Tensor]  # (h Float[layers, B, H], c Float[lay
 
 def lstm_recurrence_reference(xproj: torch.Tensor, h: torch.Tensor, c: torch.Tensor, weight_hh: torch.Tensor):
     """One LSTM layer over time given its input projections (bias included), differentiated by
-    autograd step by step: the readable reference of ``lstm_recurrence``.
+    autograd step by step: the readable reference of ``fused_lstm``.
 
     xproj (Float[T, B, 4H], gate order i, f, g, o as in nn.LSTM), h, c (Float[B, H]),
     weight_hh (Float[4H, H]) -> (out Float[T, B, H], h Float[B, H], c Float[B, H]).
@@ -60,60 +62,19 @@ def lstm_recurrence_reference(xproj: torch.Tensor, h: torch.Tensor, c: torch.Ten
     return torch.stack(outs), h, c
 
 
-class _Recurrence(torch.autograd.Function):
-    """``lstm_recurrence_reference`` with a hand-written backward through time: the forward runs
-    without autograd bookkeeping, and the backward forms the weight gradient as ONE GEMM over all
-    time steps (``dG^T @ H_prev``) instead of T thin ones, as cuDNN does."""
+def fused_lstm(
+    inp: torch.Tensor, h: torch.Tensor, c: torch.Tensor, weight_ih: torch.Tensor, weight_hh: torch.Tensor, bias
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One LSTM layer over time on PyTorch's fused LSTM (``torch.lstm``: oneDNN on a CPU, cuDNN on a
+    GPU), differentiated by PyTorch. Same result as ``lstm_recurrence_reference`` on
+    ``inp @ weight_ih.T + bias``.
 
-    @staticmethod
-    def forward(ctx, xproj, h, c, weight_hh):
-        steps, hidden = xproj.shape[0], h.shape[-1]
-        acts = torch.empty_like(xproj)  # [T, B, 4H]: sigmoid(i), sigmoid(f), tanh(g), sigmoid(o)
-        cells = xproj.new_empty((steps + 1, *c.shape))  # [T+1, B, H]: c_0 .. c_T
-        outs = xproj.new_empty((steps + 1, *h.shape))  # [T+1, B, H]: h_0 .. h_T
-        cells[0], outs[0] = c, h
-        for t in range(steps):
-            gates = torch.addmm(xproj[t], outs[t], weight_hh.T)  # [B, 4H]
-            torch.sigmoid(gates, out=acts[t])
-            torch.tanh(gates[:, 2 * hidden : 3 * hidden], out=acts[t, :, 2 * hidden : 3 * hidden])
-            i, f, g, o = acts[t].chunk(4, dim=-1)  # each [B, H]
-            torch.addcmul(f * cells[t], i, g, out=cells[t + 1])
-            torch.mul(o, torch.tanh(cells[t + 1]), out=outs[t + 1])
-        ctx.save_for_backward(acts, cells, outs, weight_hh)
-        return outs[1:], outs[-1], cells[-1]
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_out, grad_h, grad_c):
-        acts, cells, outs, weight_hh = ctx.saved_tensors
-        steps = acts.shape[0]
-        grad_out = torch.zeros_like(outs[1:]) if grad_out is None else grad_out  # [T, B, H]
-        dh = torch.zeros_like(outs[0]) if grad_h is None else grad_h.clone()  # [B, H]
-        dc = torch.zeros_like(cells[0]) if grad_c is None else grad_c.clone()  # [B, H]
-        dgates = torch.empty_like(acts)  # [T, B, 4H]
-        for t in reversed(range(steps)):
-            i, f, g, o = acts[t].chunk(4, dim=-1)  # each [B, H]
-            dh = dh + grad_out[t]
-            tanh_c = torch.tanh(cells[t + 1])
-            dc = dc + dh * o * (1 - tanh_c * tanh_c)
-            di, df, dg, do = dgates[t].chunk(4, dim=-1)
-            torch.mul(dc * g, i * (1 - i), out=di)
-            torch.mul(dc * cells[t], f * (1 - f), out=df)
-            torch.mul(dc * i, 1 - g * g, out=dg)
-            torch.mul(dh * tanh_c, o * (1 - o), out=do)
-            dc = dc * f
-            dh = dgates[t] @ weight_hh  # [B, H]
-        grad_w = None
-        if ctx.needs_input_grad[3]:
-            flat = dgates.reshape(-1, dgates.shape[-1])  # [T*B, 4H]
-            grad_w = flat.T @ outs[:-1].reshape(-1, outs.shape[-1])  # [4H, H]: one GEMM over all steps
-        return dgates, dh, dc, grad_w
-
-
-def lstm_recurrence(xproj: torch.Tensor, h: torch.Tensor, c: torch.Tensor, weight_hh: torch.Tensor):
-    """One LSTM layer over time (same contract as ``lstm_recurrence_reference``), with a fused
-    backward through time. First-order gradients only."""
-    return _Recurrence.apply(xproj, h, c, weight_hh)
+    inp (Float[T, B, k]), h, c (Float[B, H]), weight_ih (Float[4H, k]), weight_hh (Float[4H, H]),
+    bias (Float[4H]) -> (out Float[T, B, H], h Float[B, H], c Float[B, H]).
+    """
+    params = [weight_ih, weight_hh, bias, torch.zeros_like(bias)]  # nn.LSTM's b_ih, b_hh: one bias here
+    out, h_n, c_n = torch.lstm(inp, (h[None], c[None]), params, True, 1, 0.0, torch.is_grad_enabled(), False, False)
+    return out, h_n[0], c_n[0]
 
 
 def row_projection(u: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, pattern: RowPattern) -> torch.Tensor:
@@ -161,11 +122,14 @@ class ApproxDropoutLSTM(nn.Module):
             strided views) or "extended" (keep >= 1: more varied sub-networks; it trains better
             here, see benchmarks/lstm_step.md); default: the method's own (``row-extended`` is
             ``row`` with ``family="extended"``).
+        groups: batch groups with complementary offsets (row patterns only; METHOD.md §9): the
+            batch splits as ``torch.tensor_split`` does, each group keeps its own pattern over all
+            time steps. Default: the method's (1 for ``row``).
         generator: CPU generator for pattern and mask draws (default: torch's global RNG).
 
     ``forward(x Long[T, B], state)`` -> (logits Float[T, B, V], state). After a training forward,
-    ``last_patterns`` holds what each site drew (a RowPattern, a Long index tensor of kept units
-    for ``shared``, or None).
+    ``last_patterns`` holds what each site drew (a RowPattern, a tuple of one per group with
+    ``groups > 1``, a Long index tensor of kept units for ``shared``, or None).
     """
 
     def __init__(
@@ -179,10 +143,14 @@ class ApproxDropoutLSTM(nn.Module):
         embedding: int | None = None,
         distributions: Sequence[PatternDistribution] | None = None,
         family: str | None = None,
+        groups: int | None = None,
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__()
         self.spec = get_method(method, "lstm")
+        self.groups = self.spec.groups if groups is None else check_int("groups", groups, 1)
+        if self.groups > 1 and self.spec.drops != ROW:
+            raise ValueError(f"groups={self.groups}: batch groups are for row-pattern methods, not {method!r}")
         if self.spec.torch_modules:
             raise ValueError(f"method {method!r} is nn.LSTM + nn.Dropout: build it with TorchLSTM or language_model")
         if family is not None and family not in FAMILIES:
@@ -209,7 +177,7 @@ class ApproxDropoutLSTM(nn.Module):
 
     def draw(self) -> list:
         """This step's pattern (row) or kept units (shared) for every site; None for the others."""
-        return draw_sites(self.spec, self.p, self.site_widths, self.distributions, self.generator)
+        return draw_sites(self.spec, self.p, self.site_widths, self.distributions, self.generator, self.groups)
 
     def forward(self, x: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
         """x (Long[T, B]), state (h, c) or None for zeros -> (logits Float[T, B, V], new state)."""
@@ -219,40 +187,53 @@ class ApproxDropoutLSTM(nn.Module):
         dropping = self.training and self.spec.drops != NOTHING and self.p > 0.0
         draws = self.draw() if dropping else [None] * len(self.site_widths)
         self.last_patterns = draws
-        project = self._projection(draws, dropping)
+        drops = self.spec.drops if dropping else NOTHING
         u = self.embedding(x)  # [T, B, E]
         hs, cs = [], []
         for i, layer in enumerate(self.lstm):
-            xproj = project(i, u, layer.weight_ih, layer.bias)  # [T, B, 4H]: one GEMM for all time steps
-            u, h, c = lstm_recurrence(xproj, state[0][i], state[1][i], layer.weight_hh)  # u [T, B, H]
+            u, h, c = self._layer(drops, draws[i], u, state[0][i], state[1][i], layer)  # u [T, B, H]
             hs.append(h)
             cs.append(c)
-        logits = project(self.layers, u, self.decoder.weight, self.decoder.bias)  # [T, B, V]
+        logits = self._decode(drops, draws[-1], u)  # [T, B, V]
         return logits, (torch.stack(hs), torch.stack(cs))
 
-    def _projection(self, draws, dropping: bool):
-        """``project(site, u Float[T, B, n], W Float[m, n], b Float[m]) -> Float[T, B, m]``: the
-        linear map reading dropout site ``site``, with this step's dropout applied."""
-        drops = self.spec.drops if dropping else NOTHING
+    def _site_input(self, drops: str, draw, u: torch.Tensor, weight: torch.Tensor):
+        """What the GEMM reading a dropout site needs: the site's units after this step's dropout
+        (Float[T, B, k]: only the kept ones, scaled, for row patterns and shared units) and the
+        matching columns of the reading weight (Float[m, k], gathered once per step)."""
         if drops == ROW:
+            sel = draw.selector(u.shape[-1], u.device)
+            cols = weight[:, sel] if isinstance(sel, slice) else weight.index_select(1, sel)
+            return u[..., sel] * draw.scale, cols.contiguous()
+        if drops == SHARED_UNITS:
+            index = draw.to(u.device)
+            return u.index_select(-1, index) / (1.0 - self.p), weight.index_select(1, index)
+        drop = self.p if drops == ELEMENT else 0.0
+        return nn.functional.dropout(u, drop, training=drop > 0), weight
 
-            def project(site, u, weight, bias):
-                return row_projection(u, weight, bias, draws[site])
+    def _layer(self, drops: str, draw, u, h, c, layer: LSTMLayer):
+        """One LSTM layer reading site ``draw`` on the fused LSTM; with batch groups, each group's
+        batch slice runs with its own kept columns."""
+        if self.groups == 1 or drops != ROW:
+            inp, w_ih = self._site_input(drops, draw, u, layer.weight_ih)
+            return fused_lstm(inp, h, c, w_ih, layer.weight_hh, layer.bias)
+        parts = []
+        for (start, stop), pattern in zip(group_bounds(u.shape[1], self.groups), draw):
+            if stop > start:
+                inp, w_ih = self._site_input(ROW, pattern, u[:, start:stop], layer.weight_ih)
+                parts.append(fused_lstm(inp, h[start:stop], c[start:stop], w_ih, layer.weight_hh, layer.bias))
+        out, h_n, c_n = zip(*parts)
+        return torch.cat(out, 1), torch.cat(h_n), torch.cat(c_n)
 
-        elif drops == SHARED_UNITS:
-            scale = 1.0 / (1.0 - self.p)
-
-            def project(site, u, weight, bias):
-                index = draws[site].to(u.device)
-                return gathered_linear(u.index_select(-1, index), weight, bias, index, None, scale)
-
-        else:
-            drop = self.p if drops == ELEMENT else 0.0
-
-            def project(site, u, weight, bias):
-                return nn.functional.linear(nn.functional.dropout(u, drop, training=drop > 0), weight, bias)
-
-        return project
+    def _decode(self, drops: str, draw, u: torch.Tensor) -> torch.Tensor:
+        """The decoder reading the last site: u (Float[T, B, H]) -> logits (Float[T, B, V])."""
+        weight, bias = self.decoder.weight, self.decoder.bias
+        if drops == ROW and self.groups > 1:
+            return grouped_row_pattern_linear(u, weight, bias, list(draw), [FULL] * self.groups)
+        if drops == ROW:
+            return row_projection(u, weight, bias, draw)
+        inp, w = self._site_input(drops, draw, u, weight)
+        return nn.functional.linear(inp, w, bias)
 
     def extra_repr(self) -> str:
         return f"vocab={self.vocab}, hidden={self.hidden}, layers={self.layers}, p={self.p}, method={self.method!r}"

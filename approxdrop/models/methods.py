@@ -25,9 +25,11 @@ MODELS = ("mlp", "lstm")  # ApproxDropoutMLP, the LSTM language models
 class Method:
     """One dropout method: a row of ``DROPOUT_METHODS``.
 
-    ``family`` is the searched pattern family of pattern methods (None otherwise); ``models`` the
-    model kinds that offer it; ``torch_modules`` marks the LSTM built from PyTorch's own
-    ``nn.LSTM`` + ``nn.Dropout`` (the baseline users write), not the library's LSTM code.
+    ``family`` is the searched pattern family of pattern methods (None otherwise); ``groups`` the
+    number of batch groups with complementary offsets of row patterns (1: the paper's one pattern
+    per batch; METHOD.md §9); ``models`` the model kinds that offer it; ``torch_modules`` marks the
+    LSTM built from PyTorch's own ``nn.LSTM`` + ``nn.Dropout`` (the baseline users write), not the
+    library's LSTM code.
     """
 
     name: str
@@ -35,6 +37,7 @@ class Method:
     label: str
     color: str
     family: str | None = None
+    groups: int = 1
     models: tuple[str, ...] = MODELS
     torch_modules: bool = False
 
@@ -43,6 +46,8 @@ class Method:
             raise ValueError(f"drops must be one of {DROPS}, got {self.drops!r}")
         if (self.family is not None) != (self.drops in (ROW, TILE)):
             raise ValueError(f"method {self.name!r}: a family is needed by pattern methods, and only by them")
+        if self.groups != 1 and self.drops != ROW:
+            raise ValueError(f"method {self.name!r}: batch groups are for row patterns only")
 
     @property
     def pattern_kind(self) -> str | None:
@@ -70,6 +75,22 @@ DROPOUT_METHODS: dict[str, Method] = {
         Method("bernoulli", ELEMENT, "nn.Dropout: per-element Bernoulli mask, full-size GEMMs", "#4C78A8"),
         Method("row", ROW, "row patterns, paper family (keep = 1: strided views)", "#E45756", family="paper"),
         Method("row-extended", ROW, "row patterns, extended family (keep >= 1)", "#72B7B2", family="extended"),
+        Method(
+            "row-g4",
+            ROW,
+            "row patterns, 4 batch groups with complementary offsets",
+            "#B0417A",
+            family="paper",
+            groups=4,
+        ),
+        Method(
+            "row-g16",
+            ROW,
+            "row patterns, 16 batch groups with complementary offsets",
+            "#7F3C8D",
+            family="paper",
+            groups=16,
+        ),
         Method(
             "tile", TILE, "tile patterns on the weight reading each site", "#54A24B", family="paper", models=("mlp",)
         ),

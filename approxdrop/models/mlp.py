@@ -23,10 +23,10 @@ from torch import nn
 
 from .._env import check_int, check_rate
 from ..distribution import PatternDistribution
-from ..ops import FULL, row_pattern_linear, tile_pattern_linear
+from ..ops import FULL, grouped_row_pattern_linear, row_pattern_linear, tile_pattern_linear
 from ..patterns import RowPattern, TilePattern
 from .methods import ELEMENT, NOTHING, ROW, TILE, get_method, methods_for
-from .sites import draw_sites, gathered_linear, site_distributions
+from .sites import check_elementwise, draw_sites, gathered_linear, site_distributions
 
 METHODS = methods_for("mlp")
 
@@ -40,13 +40,20 @@ class ApproxDropoutMLP(nn.Module):
         method: a name from ``METHODS`` (the MLP rows of the methods table).
         tile: tile size T for ``method="tile"``.
         input_dropout: also put a dropout site on the input.
-        activation: module applied after every hidden Linear (default ReLU).
+        activation: module applied after every hidden Linear (default ReLU). It must act on each
+            unit alone (``sites.is_elementwise``: ReLU, GELU, SiLU, Tanh, ... or a module with
+            ``elementwise = True``), for every method, so that one model is the same network under
+            each: a row pattern computes only the kept units, and nn.Softmax would see only those.
         distributions: one PatternDistribution per site (row / tile); by default
             ``distribution_for(p, width)`` of each site.
+        groups: batch groups with complementary offsets (row patterns only; METHOD.md §9): the
+            batch (second-to-last axis of x) splits as ``torch.tensor_split`` does and each group
+            gets its own offset of the step's ``(dp, keep)``. Default: the method's (1 for ``row``).
         generator: CPU generator for pattern and mask draws (default: torch's global RNG).
 
-    After a training forward, ``last_patterns`` holds what each site drew (a pattern, a Long
-    index tensor of kept units for ``shared``, or None where nothing was drawn).
+    After a training forward, ``last_patterns`` holds what each site drew (a pattern, a tuple of
+    one pattern per group with ``groups > 1``, a Long index tensor of kept units for ``shared``,
+    or None where nothing was drawn).
     """
 
     def __init__(
@@ -59,6 +66,7 @@ class ApproxDropoutMLP(nn.Module):
         input_dropout: bool = False,
         activation: nn.Module | None = None,
         distributions: Sequence[PatternDistribution] | None = None,
+        groups: int | None = None,
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__()
@@ -66,11 +74,14 @@ class ApproxDropoutMLP(nn.Module):
         if len(sizes) < 2:
             raise ValueError(f"sizes needs at least an input and an output width, got {sizes}")
         self.spec = get_method(method, "mlp")
+        self.groups = self.spec.groups if groups is None else check_int("groups", groups, 1)
+        if self.groups > 1 and self.spec.drops != ROW:
+            raise ValueError(f"groups={self.groups}: batch groups are for row-pattern methods, not {method!r}")
         self.sizes, self.p, self.method, self.tile = sizes, check_rate(p), method, check_int("tile", tile, 1)
         self.input_dropout = bool(input_dropout)
         self.generator = generator
         self.linears = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
-        self.activation = activation if activation is not None else nn.ReLU()
+        self.activation = check_elementwise(activation) if activation is not None else nn.ReLU()
         self.dropout = nn.Dropout(self.p)
         # site k sits on the input of linear k; site 0 exists only with input_dropout
         self.site_widths = [sizes[i] if (i > 0 or self.input_dropout) else None for i in range(len(self.linears))]
@@ -91,7 +102,7 @@ class ApproxDropoutMLP(nn.Module):
     def draw(self) -> list:
         """Draw this step's pattern (or shared mask) for every site; None where there is no site."""
         widths = [w for w in self.site_widths if w is not None]
-        draws = iter(draw_sites(self.spec, self.p, widths, self.distributions, self.generator))
+        draws = iter(draw_sites(self.spec, self.p, widths, self.distributions, self.generator, self.groups))
         return [next(draws) if w is not None else None for w in self.site_widths]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -107,7 +118,7 @@ class ApproxDropoutMLP(nn.Module):
         draws = self.draw()
         self.last_patterns = draws
         if drops == ROW:
-            return self._row(x, draws)
+            return self._row(x, draws) if self.groups == 1 else self._grouped(x, draws)
         if drops == TILE:
             return self._tile(x, draws)
         return self._shared(x, draws)
@@ -137,6 +148,20 @@ class ApproxDropoutMLP(nn.Module):
             return row_pattern_linear(x, linear.weight, linear.bias, patterns[i] or FULL, outs[i] or FULL)
 
         return self._stack(x, layer)
+
+    def _grouped(self, x, patterns: list[tuple[RowPattern, ...] | None]):
+        # activations stay full width, [*, B, n]: each group's layer reads its kept inputs and
+        # writes its kept outputs only (zero elsewhere; the next layer never reads those)
+        single = x.dim() == 1
+        x = x.unsqueeze(0) if single else x  # [*, B, n]: the batch axis is the second-to-last
+        whole = (FULL,) * self.groups
+        outs = patterns[1:] + [None]
+
+        def layer(i, linear, x):
+            return grouped_row_pattern_linear(x, linear.weight, linear.bias, patterns[i] or whole, outs[i] or whole)
+
+        y = self._stack(x, layer)
+        return y.squeeze(0) if single else y
 
     def _tile(self, x, patterns: list[TilePattern | None]):
         def layer(i, linear, x):

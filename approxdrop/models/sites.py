@@ -1,5 +1,6 @@
 """What every model with dropout sites shares: the pattern law of each site, this step's draws,
-and the gathered linear map of batch-shared random units."""
+the gathered linear map of batch-shared random units, and the check that an activation between
+sites acts on each unit alone."""
 
 from __future__ import annotations
 
@@ -8,9 +9,67 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ..distribution import PatternDistribution
+from ..distribution import RATE_TOL, PatternDistribution
 from ..search import distribution_for
 from .methods import SHARED_UNITS, TILE, Method
+
+# nn module types that act on each unit alone. nn.PReLU counts with one shared parameter only (with
+# one per channel it would pair the kept units with the wrong channels' parameters).
+ELEMENTWISE: tuple[type[nn.Module], ...] = (
+    nn.Identity,
+    nn.ReLU,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.RReLU,
+    nn.ELU,
+    nn.CELU,
+    nn.SELU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Mish,
+    nn.Tanh,
+    nn.Sigmoid,
+    nn.LogSigmoid,
+    nn.Hardtanh,
+    nn.Hardsigmoid,
+    nn.Hardswish,
+    nn.Hardshrink,
+    nn.Softshrink,
+    nn.Tanhshrink,
+    nn.Softplus,
+    nn.Softsign,
+    nn.Threshold,
+)
+
+
+def is_elementwise(module: nn.Module) -> bool:
+    """True when ``module`` is known to act on each unit alone: its type is one of ``ELEMENTWISE``
+    (exactly, not a subclass), an ``nn.PReLU`` with one parameter, an ``nn.Sequential`` of such
+    modules, or a module that declares itself with the attribute ``elementwise = True``."""
+    if getattr(module, "elementwise", False) is True:
+        return True
+    if type(module) is nn.PReLU:
+        return module.num_parameters == 1
+    if type(module) is nn.Sequential:
+        return all(is_elementwise(child) for child in module)
+    return type(module) in ELEMENTWISE
+
+
+def check_elementwise(activation: object, name: str = "activation") -> nn.Module:
+    """``activation`` if it is an nn.Module that acts on each unit alone (``is_elementwise``), else
+    a ValueError saying why: a row pattern (or batch-shared units) computes only the kept units, so
+    a module that mixes units, such as nn.Softmax or nn.LayerNorm, would see only those."""
+    if not isinstance(activation, nn.Module):
+        raise ValueError(f"{name} must be an nn.Module acting on each unit alone (e.g. nn.ReLU()), got {activation!r}")
+    if not is_elementwise(activation):
+        kind = type(activation).__name__
+        raise ValueError(
+            f"{name} nn.{kind} is not a known elementwise module: it may mix units, and with row patterns "
+            f"(or batch-shared units) it would see only the kept units. Use one of "
+            f"{', '.join(t.__name__ for t in ELEMENTWISE)} (or PReLU with one parameter), or set "
+            f"`elementwise = True` on a module of your own that acts on each unit alone"
+        )
+    return activation
 
 
 def shared_keep_indices(n: int, p: float, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -29,7 +88,7 @@ def gathered_linear(x, weight, bias, in_index, out_index, in_scale: float):
     y = nn.functional.linear(x, weight)
     if in_scale != 1.0:
         y = y * in_scale
-    return y if bias is None else y + bias
+    return y if bias is None else y + bias.to(y.dtype)  # y's dtype under autocast too, as nn.Linear's
 
 
 def site_distributions(
@@ -40,9 +99,10 @@ def site_distributions(
     tile: int = 32,
     family: str | None = None,
 ) -> list[PatternDistribution] | None:
-    """One pattern law per site for a pattern method (None for the others): ``given`` after checks,
-    else the searched default of each site. ``law_sizes`` is what each site's law is built for
-    (unit count for rows, tile count of the reading weight for tiles); ``family`` overrides the
+    """One pattern law per site for a pattern method (None for the others): ``given`` after checks
+    (kind and tile; expected rate ``p`` to ``RATE_TOL``; the site's size when the law records its
+    ``n``), else the searched default of each site. ``law_sizes`` is what each site's law is built
+    for (unit count for rows, tile count of the reading weight for tiles); ``family`` overrides the
     method's own."""
     kind = m.pattern_kind
     if kind is None:
@@ -55,11 +115,19 @@ def site_distributions(
     given = list(given)
     if len(given) != len(law_sizes):
         raise ValueError(f"need one distribution per dropout site ({len(law_sizes)}), got {len(given)}")
-    for d in given:
+    units = "units" if kind == "row" else f"tiles ({tile} x {tile}) in the weight reading it"
+    for i, (d, size) in enumerate(zip(given, law_sizes)):
         if not isinstance(d, PatternDistribution) or d.kind != kind:
             raise ValueError(f"method {m.name!r} needs {kind} PatternDistributions, got {d!r}")
         if m.drops == TILE and d.tile != tile:
             raise ValueError(f"distribution tile {d.tile} differs from the model's tile {tile}")
+        if not abs(d.expected_rate - p) <= RATE_TOL:
+            raise ValueError(
+                f"distributions[{i}] has expected rate {d.expected_rate:.9g}, not the model's p={p} "
+                f"(tolerance {RATE_TOL:g}): build the model with p={d.expected_rate:.9g} or give a law of rate p"
+            )
+        if d.n is not None and d.n != size:
+            raise ValueError(f"distributions[{i}] was built for n={d.n}, but its site has {size} {units}")
     return given
 
 
@@ -69,10 +137,14 @@ def draw_sites(
     widths: Sequence[int],
     distributions: Sequence[PatternDistribution] | None,
     generator: torch.Generator | None,
+    groups: int = 1,
 ) -> list:
-    """This step's draw for every site: a pattern (pattern methods), a Long index tensor of kept
-    units (batch-shared random units), or None (nothing is drawn)."""
+    """This step's draw for every site: a pattern (pattern methods; a tuple of one pattern per batch
+    group when ``groups > 1``), a Long index tensor of kept units (batch-shared random units), or
+    None (nothing is drawn)."""
     if distributions is not None:
+        if groups > 1:
+            return [d.sample_groups(groups, generator) for d in distributions]
         return [d.sample(generator) for d in distributions]
     if m.drops == SHARED_UNITS:
         return [shared_keep_indices(w, p, generator) for w in widths]

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from ..patterns import RowPattern, TilePattern
 from . import cuda as cuda  # registers the CUDA implementations of the ops; builds nothing
+from .grouped import grouped_row_linear, grouped_row_linear_reference, grouped_row_pattern_linear
 from .row import row_linear, row_linear_backward, row_linear_reference
 from .tile import tile_linear, tile_linear_backward, tile_linear_reference
 
@@ -43,6 +44,9 @@ FULL = RowPattern(1, 0, 1)  # keeps every unit: the side of a layer without drop
 __all__ = [
     "FULL",
     "cuda",
+    "grouped_row_linear",
+    "grouped_row_linear_reference",
+    "grouped_row_pattern_linear",
     "row_linear",
     "row_linear_backward",
     "row_linear_reference",

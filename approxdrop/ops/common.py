@@ -51,7 +51,22 @@ def check_weight(name: str, weight: torch.Tensor) -> None:
         raise ValueError(f"{name}: weight must be 2-D [n_out, n_in], got shape {tuple(weight.shape)}")
 
 
+def check_operands(name: str, **tensors: torch.Tensor | None) -> None:
+    """The given tensors (None skipped) share one device and one floating dtype, as F.linear needs;
+    else ValueError naming each one's (a mixed call would read another device's memory)."""
+    given = {key: t for key, t in tensors.items() if t is not None}
+    if len({t.device for t in given.values()}) > 1:
+        where = ", ".join(f"{key} on {t.device}" for key, t in given.items())
+        raise ValueError(f"{name}: every tensor must be on one device, got {where}")
+    dtypes = {t.dtype for t in given.values()}
+    if len(dtypes) > 1 or not all(dtype.is_floating_point for dtype in dtypes):
+        kinds = ", ".join(f"{key} {t.dtype}" for key, t in given.items())
+        raise ValueError(f"{name}: every tensor must have the same floating dtype, got {kinds}")
+
+
 def check_linear_args(name: str, x: torch.Tensor, weight: torch.Tensor, bias, k_in: int) -> None:
+    """x (Tensor[*, k_in]), weight (Tensor[n_out, n_in]) and bias (Tensor[n_out] or None) of a forward op."""
+    check_operands(name, x=x, weight=weight, bias=bias)
     if x.dim() < 1 or x.shape[-1] != k_in:
         raise ValueError(
             f"{name}: x must have last dimension {k_in} (the kept inputs of weight "
@@ -61,10 +76,23 @@ def check_linear_args(name: str, x: torch.Tensor, weight: torch.Tensor, bias, k_
         raise ValueError(f"{name}: bias must have shape ({weight.shape[0]},), got {tuple(bias.shape)}")
 
 
+def check_backward_args(name: str, grad_y: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, k_in, k_out) -> None:
+    """grad_y (Tensor[*, k_out]), x (Tensor[*, k_in]) and weight (2-D, ``check_weight``) of a backward op:
+    the forward's shapes."""
+    check_operands(name, grad_y=grad_y, x=x, weight=weight)
+    if x.dim() < 1 or x.shape[-1] != k_in:
+        raise ValueError(f"{name}: x must have last dimension {k_in}, got shape {tuple(x.shape)}")
+    if tuple(grad_y.shape) != (*x.shape[:-1], k_out):
+        raise ValueError(
+            f"{name}: grad_y must have shape {(*tuple(x.shape[:-1]), k_out)} (x's leading dimensions and the "
+            f"{k_out} outputs), got {tuple(grad_y.shape)}"
+        )
+
+
 def empty_grads(x, weight, need_grad_x: bool):
     """Fake outputs of both backward ops: grad_x (empty when not needed), grad_w, grad_b."""
-    grad_x = torch.empty_like(x) if need_grad_x else x.new_empty(0)
-    return grad_x, torch.empty_like(weight), weight.new_empty(weight.shape[0])
+    grad_x = x.new_empty(x.shape) if need_grad_x else x.new_empty(0)  # real outputs are contiguous
+    return grad_x, weight.new_empty(weight.shape), weight.new_empty(weight.shape[0])
 
 
 def save_inputs(ctx, inputs, output):
@@ -73,3 +101,37 @@ def save_inputs(ctx, inputs, output):
     ctx.save_for_backward(x, weight)
     ctx.ints = ints
     ctx.has_bias = bias is not None
+
+
+# Autocast rules of the approxdrop:: ops, registered in this library fragment (kept alive here).
+_AUTOCAST = torch.library.Library("approxdrop", "IMPL")
+AUTOCAST_DEVICES = ("cpu", "cuda")
+
+
+def register_autocast(name: str, op) -> None:
+    """The autocast rule of ``approxdrop::name`` on CPU and CUDA, the one F.linear has: in an autocast
+    region of a device type, the op's floating tensors on that device (float64 excepted) are cast to
+    the region's dtype (``torch.get_autocast_dtype``), then the op runs with autocast off, so its
+    output, its saved tensors and its backward all share that dtype."""
+    for device_type in AUTOCAST_DEVICES:
+        _AUTOCAST.impl(name, _autocast_kernel(op, device_type), "Autocast" + device_type.upper())
+
+
+def _autocast_kernel(op, device_type: str):
+    def kernel(*args):
+        dtype = torch.get_autocast_dtype(device_type)
+        cast = [_autocast_arg(a, device_type, dtype) for a in args]
+        with torch.autocast(device_type, enabled=False):
+            return op(*cast)
+
+    return kernel
+
+
+def _autocast_arg(arg, device_type: str, dtype: torch.dtype):
+    eligible = (
+        isinstance(arg, torch.Tensor)
+        and arg.is_floating_point()
+        and arg.device.type == device_type
+        and arg.dtype != torch.float64
+    )
+    return arg.to(dtype) if eligible else arg

@@ -5,7 +5,18 @@ from __future__ import annotations
 import torch
 
 from ..patterns import RowPattern, periodic_count
-from .common import check_linear_args, check_weight, empty_grads, flat, kept_weight, put_block, save_inputs, take
+from .common import (
+    check_backward_args,
+    check_linear_args,
+    check_weight,
+    empty_grads,
+    flat,
+    kept_weight,
+    put_block,
+    register_autocast,
+    save_inputs,
+    take,
+)
 
 
 def row_linear_reference(x, weight, bias, in_pattern: RowPattern, out_pattern: RowPattern):
@@ -62,6 +73,9 @@ def row_linear(
 
 @row_linear.register_fake
 def _(x, weight, bias, in_dp, in_offset, in_keep, out_dp, out_offset, out_keep):
+    # also the Meta kernel: a CPU x with meta weights lands here, so check like the real op
+    check_weight("row_linear", weight)
+    check_linear_args("row_linear", x, weight, bias, periodic_count(weight.shape[1], in_dp, in_offset, in_keep))
     k_out = periodic_count(weight.shape[0], out_dp, out_offset, out_keep)  # SymInt-safe
     return x.new_empty(*x.shape[:-1], k_out)
 
@@ -81,13 +95,15 @@ def row_linear_backward_torch(
     """The PyTorch implementation of ``approxdrop::row_linear_backward``: the CPU path, the fallback on a GPU
     without kernels, and the oracle the CUDA kernels are tested against."""
     in_p, out_p = RowPattern(in_dp, in_offset, in_keep), RowPattern(out_dp, out_offset, out_keep)
+    check_weight("row_linear_backward", weight)
     n_out, n_in = weight.shape
+    check_backward_args("row_linear_backward", grad_y, x, weight, in_p.kept_count(n_in), out_p.kept_count(n_out))
     rows, cols = out_p.selector(n_out, x.device), in_p.selector(n_in, x.device)
     w_kept = kept_weight(weight, rows, cols)  # [k_out, k_in]
     g2 = flat(grad_y)  # [N, k_out]
     g_scaled = g2 * in_p.scale  # scale the small operand once, not the two products
     grad_x = torch.mm(g_scaled, w_kept).reshape(x.shape) if need_grad_x else x.new_empty(0)
-    grad_w = torch.zeros_like(weight)
+    grad_w = weight.new_zeros(weight.shape)  # contiguous, as the fake says
     put_block(grad_w, torch.mm(g_scaled.t(), flat(x)), rows, cols)
     grad_b = weight.new_zeros(n_out)
     grad_b[rows] = g2.sum(0)
@@ -117,6 +133,10 @@ def row_linear_backward(
 
 @row_linear_backward.register_fake
 def _(grad_y, x, weight, in_dp, in_offset, in_keep, out_dp, out_offset, out_keep, need_grad_x=True):
+    check_weight("row_linear_backward", weight)
+    k_in = periodic_count(weight.shape[1], in_dp, in_offset, in_keep)
+    k_out = periodic_count(weight.shape[0], out_dp, out_offset, out_keep)
+    check_backward_args("row_linear_backward", grad_y, x, weight, k_in, k_out)
     return empty_grads(x, weight, need_grad_x)
 
 
@@ -128,3 +148,5 @@ def _row_backward(ctx, grad_y):
 
 
 row_linear.register_autograd(_row_backward, setup_context=save_inputs)
+register_autocast("row_linear", row_linear)
+register_autocast("row_linear_backward", row_linear_backward)

@@ -4,7 +4,7 @@ and the statistics that compare a law with Binomial(n, p)."""
 
 from .defaults import distribution_for
 from .exact import exact_optimum
-from .family import FAMILIES, candidates, expected_work, min_period, pattern_work, reachable_range
+from .family import FAMILIES, MAX_PERIODS, candidates, expected_work, min_period, pattern_work, reachable_range
 from .frontier import DEFAULT_MUS, FrontierPoint, search_frontier
 from .sgd import SEARCH_VERSION, SGD_ABS_TOL, SGD_REL_TOL, search_distribution
 from .stats import (
@@ -21,6 +21,7 @@ from .stats import (
 __all__ = [
     "DEFAULT_MUS",
     "FAMILIES",
+    "MAX_PERIODS",
     "SEARCH_VERSION",
     "SGD_ABS_TOL",
     "SGD_REL_TOL",

@@ -5,7 +5,9 @@ file ``search-<sha256 of the key, 16 hex>.json`` holding
 ``{"key": {...}, "distribution": PatternDistribution.to_dict()}``; the key holds every search
 input and the search version. Files are written atomically (a temporary file in the same
 directory, then ``os.replace``). An unreadable, corrupt or mismatching file counts as a miss and
-is rewritten; a directory that cannot be written gives a warning and no disk copy. Nothing here is fatal.
+is rewritten; so does a law that was not built for its key (``fits``: its rate, and the recorded
+target p, n, kind and tile, against the key's). A directory that cannot be written gives a warning
+and no disk copy. Nothing here is fatal.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .._env import cache_root, write_json_atomic
-from ..distribution import PatternDistribution
+from ..distribution import RATE_TOL, PatternDistribution
 
 _memory: dict[str, PatternDistribution] = {}
 
@@ -37,6 +39,17 @@ def entry_path(key: dict) -> Path:
     return cache_dir() / f"search-{digest}.json"
 
 
+_RECORDED = {"p": "target_p", "n": "n", "kind": "kind", "tile": "tile"}  # key field -> law attribute
+
+
+def fits(key: dict, dist: PatternDistribution) -> bool:
+    """True when ``dist`` was built for ``key``: its expected rate is the key's ``p`` (to ``RATE_TOL``)
+    and it records the key's ``p``, ``n``, ``kind`` and ``tile`` (each checked when the key has it)."""
+    if "p" in key and not abs(dist.expected_rate - key["p"]) <= RATE_TOL:
+        return False
+    return all(getattr(dist, attr) == key[field] for field, attr in _RECORDED.items() if field in key)
+
+
 def load(key: dict) -> PatternDistribution | None:
     """The cached distribution for ``key`` (memory first, then disk), or None."""
     text = _canonical(key)
@@ -49,12 +62,20 @@ def load(key: dict) -> PatternDistribution | None:
         dist = PatternDistribution.from_dict(data["distribution"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
+    if not fits(key, dist):
+        return None
     _memory[text] = dist
     return dist
 
 
 def store(key: dict, dist: PatternDistribution) -> None:
-    """Keep ``dist`` in memory and write it to disk atomically (a failed write only warns)."""
+    """Keep ``dist`` in memory and write it to disk atomically (a failed write only warns).
+    A law that does not ``fit`` the key is a ValueError."""
+    if not fits(key, dist):
+        raise ValueError(
+            f"cannot cache a law of rate {dist.expected_rate:.9g} (target_p={dist.target_p}, n={dist.n}, "
+            f"kind={dist.kind!r}, tile={dist.tile}) under the key {key}"
+        )
     _memory[_canonical(key)] = dist
     path = entry_path(key)
     try:

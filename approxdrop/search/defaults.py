@@ -13,7 +13,8 @@ def distribution_for(p: float, n: int, kind: str = "row", tile: int = 32, family
     number of T x T tiles of the weight it drops (tile).
 
     It is ``search_distribution(p, n, kind, family)`` with ``max_period`` 16 (more when p needs
-    it), cached in memory and on disk (``search.cache``). The paper family (keep = 1) is the
+    it, up to ``MAX_PERIODS[family]``: p <= 0.99902 for "paper", p <= 0.984375 for "extended"),
+    cached in memory and on disk (``search.cache``). The paper family (keep = 1) is the
     default because its kept rows are strided views, the fastest executor."""
     check_int("n", n, 1)
     period = max(16, min_period(p))

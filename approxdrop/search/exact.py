@@ -29,8 +29,10 @@ def exact_optimum(
         from scipy.optimize import linprog
     except ImportError as err:
         raise ImportError("exact_optimum needs scipy: pip install scipy (or approxdrop[test])") from err
-    p, n = check_search_args(p, n, kind, family, max_period, mu)
-    problem = SearchProblem(p, n, candidates(family, max_period), float(mu), float(work_exponent))
+    p, n, max_period, tile, mu, work_exponent = check_search_args(
+        p, n, kind, family, max_period, tile, mu, work_exponent
+    )
+    problem = SearchProblem(p, n, candidates(family, max_period), mu, work_exponent)
     count = len(problem.pairs)
     cdf_t = sparse.csr_matrix(problem.cdf.T)  # [n, C]
     eye = sparse.identity(n, format="csr")

@@ -8,19 +8,41 @@ import math
 import numpy as np
 
 from .._env import check_int, check_rate
-from ..distribution import PatternDistribution
+from ..distribution import MAX_PERIOD, PatternDistribution
 
 FAMILIES = ("paper", "extended")
+# The longest period of each family's candidates. A search holds every candidate's dropped-count law:
+# sum(dp) entries (about max_period**2 / 2 for "paper", max_period**3 / 3 for "extended") and a
+# [candidates, n] CDF table, so the period is capped; "paper" reaches p <= 1 - 1/1024 = 0.99902,
+# "extended" p <= 1 - 1/64 = 0.984375.
+MAX_PERIODS = {"paper": MAX_PERIOD, "extended": 64}
+
+
+def check_family(family: str) -> str:
+    """``family`` if it is one of ``FAMILIES``, else ValueError naming it."""
+    if family not in FAMILIES:
+        raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
+    return family
+
+
+def check_max_period(family: str, max_period: int) -> int:
+    """``max_period`` as an int in ``[1, MAX_PERIODS[family]]``, else ValueError naming it."""
+    limit = MAX_PERIODS[check_family(family)]
+    max_period = check_int("max_period", max_period, 1)
+    if max_period > limit:
+        raise ValueError(
+            f"max_period={max_period} is above the limit {limit} of family {family!r} (MAX_PERIODS), "
+            f"which reaches p <= 1 - 1/{limit} = {1.0 - 1.0 / limit:.7g}"
+        )
+    return max_period
 
 
 def candidates(family: str, max_period: int) -> list[tuple[int, int]]:
     """The ``(dp, keep)`` pairs of a family up to ``max_period`` (see the module docstring)."""
-    check_int("max_period", max_period, 1)
+    max_period = check_max_period(family, max_period)
     if family == "paper":
         return [(dp, 1) for dp in range(1, max_period + 1)]
-    if family == "extended":
-        return [(1, 1)] + [(dp, keep) for dp in range(2, max_period + 1) for keep in range(1, dp)]
-    raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
+    return [(1, 1)] + [(dp, keep) for dp in range(2, max_period + 1) for keep in range(1, dp)]
 
 
 def reachable_range(family: str, max_period: int) -> tuple[float, float]:

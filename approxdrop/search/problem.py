@@ -8,9 +8,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .._env import check_int, check_rate
+from .._env import check_int, check_number, check_rate
 from ..distribution import KINDS, PatternDistribution
-from .family import min_period, pattern_work, reachable_range
+from .family import MAX_PERIODS, check_family, check_max_period, min_period, pattern_work, reachable_range
 from .stats import binomial_pmf, candidate_dropped_counts
 
 
@@ -72,19 +72,31 @@ class SearchProblem:
         return out
 
 
-def check_search_args(p, n, kind, family, max_period, mu) -> tuple[float, int]:
+def check_search_args(
+    p, n, kind, family, max_period, tile, mu, work_exponent
+) -> tuple[float, int, int, int, float, float]:
+    """The arguments the SGD search and the LP share, checked: ``(p, n, max_period, tile, mu,
+    work_exponent)`` as numbers, else ValueError naming the bad one."""
     p, n = check_rate(p), check_int("n", n, 1)
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    limit = MAX_PERIODS[check_family(family)]
+    if p > 1.0 - 1.0 / limit:
+        hint = "" if family == "paper" else f"; family 'paper' reaches p <= 1 - 1/{MAX_PERIODS['paper']}"
+        raise ValueError(
+            f"p={p} is above {1.0 - 1.0 / limit:.7g} = 1 - 1/{limit}, the highest rate family {family!r} reaches "
+            f"(its periods are capped at MAX_PERIODS[{family!r}] = {limit}){hint}"
+        )
+    max_period = check_max_period(family, max_period)
     low, high = reachable_range(family, max_period)
     if not low <= p <= high:
         raise ValueError(
             f"p={p} is outside the reachable range [{low:g}, {high:.6g}] of family {family!r} with "
             f"max_period={max_period}; use max_period >= {min_period(p)}"
         )
-    if not (isinstance(mu, (int, float)) and mu >= 0.0):
-        raise ValueError(f"mu must be a number >= 0, got {mu!r}")
-    return p, n
+    tile = check_int("tile", tile, 1)
+    mu, work_exponent = check_number("mu", mu, 0.0), check_number("work_exponent", work_exponent, 0.0)
+    return p, n, max_period, tile, mu, work_exponent
 
 
 def to_distribution(problem: SearchProblem, q: np.ndarray, kind: str, tile: int, history=()) -> PatternDistribution:

@@ -19,7 +19,7 @@ Project choices:
 - **Loss and optimiser.** ``W1(q) + penalty * (sum q r - p)^2 + mu * work(q)`` with
   ``q = softmax(theta)``; Adam on ``theta`` (started at ``-30 |r - p|``, cosine learning rate), with
   the gradient written out: ``dW1/dq_c = sum_k sign(CDF_q(k) - CDF_binom(k)) CDF_c(k) / n``.
-- **Projection.** Probabilities below ``min_prob`` are dropped, then the mean is made exact by
+- **Projection.** Probabilities below ``min_prob`` are dropped (never the largest), then the mean is made exact by
   mixing in the one candidate on the other side of p that gives the lowest objective:
   ``q <- (1 - t) q + t e_j`` with ``t = (p - mean) / (r_j - mean)``.
 - **Cost (beyond the paper).** The expected FLOPs of a site are fixed by the mean: ``1 - p``. Time
@@ -39,7 +39,7 @@ import math
 
 import numpy as np
 
-from .._env import check_int
+from .._env import check_int, check_number, check_positive, check_rate
 from ..distribution import PatternDistribution
 from . import cache as store
 from .family import candidates, expected_work
@@ -95,27 +95,32 @@ def search_distribution(
         n: units of the site (row) or tiles of the weight (tile).
         kind, tile: the kind and tile size of the returned distribution.
         family, max_period: the candidates.
-        mu, work_exponent: cost-aware weight on ``expected_work`` (0: plain search).
-        steps, lr, penalty: Adam steps, learning rate, weight of ``(mean - p)^2``.
-        min_prob: probabilities below it are dropped before the exact-mean projection.
+        mu, work_exponent: cost-aware weight (>= 0) on ``expected_work`` (0: plain search), and
+            its exponent (>= 0).
+        steps, lr, penalty: Adam steps (>= 1), learning rate (> 0), weight of ``(mean - p)^2`` (>= 0).
+        min_prob: probabilities below it (in [0, 1)) are dropped before the exact-mean projection;
+            the likeliest pattern always stays.
         cache: look up / store the result in ``approxdrop.cache`` (memory and disk).
 
     Returns a PatternDistribution with ``distance`` (the W1 above), ``loss_history`` (the loss at
     up to 200 evenly spaced Adam steps), ``n`` and ``target_p``.
     """
-    p, n = check_search_args(p, n, kind, family, max_period, mu)
-    check_int("steps", steps, 1)
+    p, n, max_period, tile, mu, work_exponent = check_search_args(
+        p, n, kind, family, max_period, tile, mu, work_exponent
+    )
+    steps, lr = check_int("steps", steps, 1), check_positive("lr", lr)
+    penalty, min_prob = check_number("penalty", penalty, 0.0), check_rate(min_prob, "min_prob")
     settings = dict(mu=mu, work_exponent=work_exponent, steps=steps, lr=lr, penalty=penalty, min_prob=min_prob)
     if cache:
         key = dict(p=p, n=n, kind=kind, family=family, max_period=max_period, tile=tile, version=SEARCH_VERSION)
         return store.cached(
             {**key, **settings}, lambda: search_distribution(p, n, kind, family, max_period, tile=tile, **settings)
         )
-    problem = SearchProblem(p, n, candidates(family, max_period), float(mu), float(work_exponent))
+    problem = SearchProblem(p, n, candidates(family, max_period), mu, work_exponent)
     if p == 0.0:  # only (1, 1) has rate 0
         return to_distribution(problem, (problem.rate == 0.0).astype(np.float64), kind, tile)
     q, history = _adam(problem, steps, lr, penalty)
-    q = np.where(q >= min_prob, q, 0.0)
+    q = np.where(q >= min(min_prob, q.max()), q, 0.0)  # the likeliest pattern always stays
     best = to_distribution(problem, problem.project(q / q.sum()), kind, tile, history)
     if family == "extended":
         paper = search_distribution(p, n, kind, "paper", max_period, tile=tile, **settings)

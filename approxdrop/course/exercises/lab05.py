@@ -5,11 +5,13 @@ prints one PASS / FAIL / TODO line.
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 
 from ...models import ApproxDropoutMLP
 from ...training import training_step
-from ..checks import CheckResult, check
+from ..checks import CheckResult, WrongAnswer, check, describe
 
 SIZES = [12, 16, 16, 4]  # the small MLP the training-step check runs
 
@@ -31,6 +33,15 @@ def reference_train_step(model, optimizer, x, y) -> torch.Tensor:
     return training_step(model, optimizer, x, y)[0]
 
 
+def _loss_value(loss) -> float:
+    """The loss a step returned as a float; WrongAnswer unless it is a number or a one-element tensor."""
+    if torch.is_tensor(loss) and loss.numel() == 1:
+        return float(loss.detach())
+    if isinstance(loss, numbers.Real) and not isinstance(loss, bool):
+        return float(loss)
+    raise WrongAnswer(f"the step returned {describe(loss)}, expected the loss (a number or a one-element tensor)")
+
+
 def after_three_steps(step, method: str, seed: int) -> torch.Tensor:
     """Float[3 + parameters]: the three losses and the parameters after three ``step`` calls on a
     fresh model (same seed, same data, same pattern draws for every ``step`` function)."""
@@ -41,8 +52,7 @@ def after_three_steps(step, method: str, seed: int) -> torch.Tensor:
     losses = []
     for _ in range(3):
         x, y = torch.rand(8, SIZES[0], generator=data), torch.randint(SIZES[-1], (8,), generator=data)
-        loss = step(model, optimizer, x, y)
-        losses.append(float(loss.detach() if torch.is_tensor(loss) else loss))
+        losses.append(_loss_value(step(model, optimizer, x, y)))
     return torch.cat([torch.tensor(losses), *(p.detach().flatten() for p in model.parameters())])
 
 

@@ -36,13 +36,8 @@ PROJECTION_CASES = [  # (T, B, n, m, dp, offset, keep, seed)
 def check_masked_projection(candidate) -> CheckResult:
     """``candidate(u, weight, bias, pattern) -> Float[T, B, m]``: the dense masked reference of one
     site's input projection, against the model's compact GEMM."""
-    return check(
-        "masked input projection",
-        lambda *case: candidate(*projection_case(*case)),
-        lambda *case: model_projection(*projection_case(*case)),
-        PROJECTION_CASES,
-        atol=1e-10,
-    )
+    cases = [projection_case(*case) for case in PROJECTION_CASES]
+    return check("masked input projection", candidate, model_projection, cases, atol=1e-10)
 
 
 def reference_gemm_work_left(hidden: int, layers: int, vocab: int, p: float) -> float:

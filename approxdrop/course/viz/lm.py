@@ -6,7 +6,7 @@ reads, what shrinks, and the live perplexity / step-time race.
 - ``embedding_read_mask`` / ``read_masks_figure``: which entries of the embedding output [T, B, E]
   one training step read, measured through autograd, as [T x E] images.
 - ``gemm_work_rows`` / ``gemm_work_figure``: GEMM work per GEMM, dense vs row, and its floor.
-- ``race_figure`` / ``update_race_figure``: the training race from an ``approxdrop.lm_train.LMTrainResult``;
+- ``race_figure`` / ``update_race_figure``: the training race from a ``training.RaceResult``;
   traces, in order, per method ``m`` (index ``i``): ``3i`` loss (running mean), ``3i + 1`` validation
   perplexity, ``3i + 2`` step time (ms, running median).
 """
@@ -23,7 +23,7 @@ from ...experiments.gemm_timing import Timing
 from ...models import lstm_gemm_work
 from ...patterns import RowPattern
 from .matrix import KEPT, SKIPPED, TWO_COLORS
-from .training import WINDOW, race_panels, update_race_panels
+from .training import WINDOW, race_panels, summary_timings, update_race_panels
 
 SAME_PATTERN = "one pattern per step, the same for every t and sample"
 SITE, RECURRENT, PLAIN = "#E45756", "#9D9D9D", "#4C78A8"  # dropout site, recurrent arrow, other arrow
@@ -355,7 +355,7 @@ def gemm_work_figure(hidden: int, layers: int, vocab: int, p: float) -> go.Figur
 def race_figure(methods, title: str = "Language models side by side") -> go.Figure:
     """Empty figure with the traces of every method, ready for ``update_race_figure``."""
     titles = (f"training loss (mean of {WINDOW})", "validation perplexity", f"ms per step (median of {WINDOW})")
-    fig = race_panels(methods, titles, title, log_cols=(2,), font_size=14)  # titles fit a narrow panel
+    fig = race_panels(methods, titles, title, log_cols=(2,))
     fig.update_yaxes(type="log", dtick="D2", row=1, col=3)  # minor labels at 2 and 5 only
     return fig
 
@@ -373,7 +373,6 @@ def race_result_figure(result, title: str = "Language models side by side") -> g
 
 
 def race_timings(result) -> list[Timing]:
-    """The summary as Timings for ``approxdrop.viz.timing.timing_figure`` (bernoulli first), each with
-    its ideal GEMM work left (``lstm_gemm_work``)."""
-    rows = sorted(result.summary(), key=lambda r: r.method != "bernoulli")
-    return [Timing(r.method, r.ms_per_step, r.gemm_work) for r in rows]
+    """The summary as Timings for ``viz.timing.timing_figure`` (``viz.training.summary_timings``):
+    bernoulli first, each with its ideal GEMM work left (``lstm_gemm_work``)."""
+    return summary_timings(result)

@@ -4,11 +4,14 @@
 ``update_training_figure(fig, result)`` fills it from a ``training.RaceResult``; on a
 FigureWidget that redraws in place, so it can follow a training run through ``train``'s callback.
 Traces, in order, per method ``m`` (index ``i``): ``3i`` loss (running mean), ``3i + 1`` test
-accuracy, ``3i + 2`` step time (ms, running median).
+accuracy, ``3i + 2`` step time (ms, running median). A method the race stopped because its loss
+became NaN or inf is named "m (diverged at step N)" in the legend; its curves end at its last
+finite step (the race records no NaN, so none reaches a figure).
 """
 
 from __future__ import annotations
 
+import math
 import statistics
 
 import plotly.graph_objects as go
@@ -30,10 +33,16 @@ def running_mean(values: list[float], window: int = WINDOW) -> list[float]:
     return [statistics.fmean(values[max(0, i + 1 - window) : i + 1]) for i in range(len(values))]
 
 
-def race_panels(methods, titles, title: str, log_cols=(3,), font_size=None) -> go.Figure:
+def race_name(method: str, history) -> str:
+    """``method`` as the legend names it: with "(diverged at step N)" when the race stopped it there."""
+    return method if history.diverged_at is None else f"{method} (diverged at step {history.diverged_at})"
+
+
+def race_panels(methods, titles, title: str, log_cols=(3,)) -> go.Figure:
     """Empty three-panel race figure (loss, an evaluation metric, step time) with three traces per
-    method (``3i``, ``3i + 1``, ``3i + 2``), coloured from the methods table; ``log_cols``: log y axes."""
-    fig = make_subplots(rows=1, cols=3, subplot_titles=titles)
+    method (``3i``, ``3i + 1``, ``3i + 2``), coloured from the methods table; ``log_cols``: log y axes.
+    No width: a static figure fills the notebook (``figure_widget`` gives a live one its width)."""
+    fig = make_subplots(rows=1, cols=3, subplot_titles=titles, horizontal_spacing=0.08)
     for method in methods:
         style = {"legendgroup": method, "line": {"color": color(method)}}
         fig.add_trace(go.Scatter(x=[], y=[], name=method, mode="lines", **style), 1, 1)
@@ -42,27 +51,27 @@ def race_panels(methods, titles, title: str, log_cols=(3,), font_size=None) -> g
     fig.update_xaxes(title_text="step")
     for col in log_cols:
         fig.update_yaxes(type="log", row=1, col=col)
-    if font_size is not None:
-        fig.update_annotations(font_size=font_size)
+    fig.update_annotations(font_size=14)  # the subplot titles: they fit a panel a third of the figure wide
     fig.update_layout(title=title, height=380, legend={"orientation": "h", "y": -0.25}, margin={"t": 80})
     return fig
 
 
 def update_race_panels(fig, result) -> None:
     """Set every trace of a ``race_panels`` figure from ``result`` (a ``training.RaceResult``: its
-    histories' loss, metric at the evaluation steps, seconds); a FigureWidget redraws in place."""
+    histories' loss, metric at the evaluation steps, seconds); a FigureWidget redraws in place. A
+    diverged method's traces are named ``race_name``'s way."""
     with fig.batch_update():
         for i, method in enumerate(result.methods):
             h = result.histories[method]
-            fig.data[3 * i].update(x=h.step, y=running_mean(h.loss))
-            fig.data[3 * i + 1].update(x=h.eval_step, y=h.metric)
-            fig.data[3 * i + 2].update(x=h.step, y=[1e3 * s for s in running_median(h.seconds)])
+            name = race_name(method, h)
+            fig.data[3 * i].update(x=h.step, y=running_mean(h.loss), name=name)
+            fig.data[3 * i + 1].update(x=h.eval_step, y=h.metric, name=name)
+            fig.data[3 * i + 2].update(x=h.step, y=[1e3 * s for s in running_median(h.seconds)], name=name)
 
 
 def training_figure(methods, title: str = "Training side by side") -> go.Figure:
     """Empty figure with the traces of every method, ready for ``update_training_figure``."""
-    loss, step_time = f"training loss (running mean of {WINDOW})", f"ms per step (running median of {WINDOW}, log)"
-    titles = (loss, "test accuracy", step_time)
+    titles = (f"training loss (mean of {WINDOW})", "test accuracy", f"ms per step (median of {WINDOW})")
     return race_panels(methods, titles, title)
 
 
@@ -79,9 +88,14 @@ def result_figure(result, title: str = "Training side by side") -> go.Figure:
 
 
 def summary_timings(result) -> list[Timing]:
-    """The summary as Timings for ``approxdrop.viz.timing.timing_figure``, bernoulli first."""
+    """The summary as Timings for ``viz.timing.timing_figure``, bernoulli first, each with its ideal
+    GEMM work left; a diverged method named ``race_name``'s way, one with no timed step left out."""
     rows = sorted(result.summary(), key=lambda r: r.method != "bernoulli")
-    return [Timing(r.method, r.ms_per_step, r.gemm_work) for r in rows]
+    return [
+        Timing(race_name(r.method, result.histories[r.method]), r.ms_per_step, r.gemm_work)
+        for r in rows
+        if math.isfinite(r.ms_per_step)  # NaN: diverged at its first step
+    ]
 
 
 def samples_figure(x, y, image_shape, count: int = 8, title: str = "Examples") -> go.Figure:

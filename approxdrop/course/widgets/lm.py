@@ -1,5 +1,5 @@
-"""Lab 07's language-model race (``approxdrop.widgets.race.RacePanel`` over
-``approxdrop.lm_train.train_lm``): loss, perplexity and step-time curves of LSTM language models."""
+"""Lab 07's language-model race (``widgets.race.RacePanel`` over ``training.train_lm``): loss,
+perplexity and step-time curves of LSTM language models."""
 
 from __future__ import annotations
 

@@ -3,7 +3,8 @@ place, and a button that re-times the GEMMs.
 
 Sliders cannot produce an invalid pattern: when ``dp`` changes, ``offset`` is bounded to
 ``[0, dp-1]`` and ``keep`` to ``[1, dp]`` before anything is redrawn. Each panel has ``.widget``
-(to display) and ``.fig`` (the FigureWidget; ``go.Figure(panel.fig)`` is a static copy).
+(to display) and ``.fig`` (the FigureWidget); ``course.display.show(panel)`` displays a panel with a
+static copy.
 """
 
 from __future__ import annotations
@@ -12,11 +13,11 @@ import math
 from collections.abc import Callable
 
 import ipywidgets as w
-import plotly.graph_objects as go
 
 from ...experiments.gemm_timing import row_timings, tile_timings
 from ...patterns import RowPattern, TilePattern
 from ..mode import device as default_device
+from ..viz.live import figure_widget
 from ..viz.matrix import (
     block_figure,
     block_reads,
@@ -73,7 +74,7 @@ class _TimedPanel:
     def __init__(self, batch: int, n: int, device, repeats: int) -> None:
         self.batch, self.n, self.repeats = batch, n, repeats
         self.device = default_device() if device is None else device
-        self.timing = go.FigureWidget(timing_figure([], self._timing_title()))
+        self.timing = figure_widget(timing_figure([], self._timing_title()))
         self.button = w.Button(description="time it", icon="clock-o", tooltip="measure the GEMMs at this pattern")
         self.status = w.HTML()
         self.button.on_click(lambda _: self.time_it())
@@ -102,7 +103,7 @@ class RowPatternPanel(_TimedPanel):
         super().__init__(batch, n, device, repeats)
         self.shape = (n_out, n_in, n_next)
         self.sliders = PatternSliders(self.redraw, **start)
-        self.fig = go.FigureWidget(row_figure(self.pattern, *self.shape))
+        self.fig = figure_widget(row_figure(self.pattern, *self.shape))
         controls = w.HBox([self.sliders.box, w.VBox([self.button, self.status])])
         self.widget = w.VBox([controls, self.fig, self.timing])
 
@@ -127,7 +128,7 @@ class TilePatternPanel(_TimedPanel):
         self.tile = w.Dropdown(options=list(tiles), value=tiles[-2], description="tile", style=LAYOUT["style"])
         self.sliders = PatternSliders(self.redraw, **start)
         self.tile.observe(lambda _: self.redraw(), "value")
-        self.fig = go.FigureWidget(tile_figure(self.pattern, *self.shape))
+        self.fig = figure_widget(tile_figure(self.pattern, *self.shape))
         controls = w.HBox([w.VBox([self.tile, self.sliders.box]), w.VBox([self.button, self.status])])
         self.widget = w.VBox([controls, self.fig, self.timing])
 
@@ -145,20 +146,25 @@ class TilePatternPanel(_TimedPanel):
 
 class BlockReadsPanel:
     """Lab 06: step through what one thread block of the tile kernel reads (``viz.matrix.block_reads``).
-    Sliders: the pattern, the class z, the block within the class, and the last K step shown."""
+    Sliders: the pattern, the class z (starting at ``cls``), the block within the class, and the last
+    K step shown (starting at the last: the block's whole loop)."""
 
-    def __init__(self, n_out=128, n_in=128, tile=16, block_n=32, block_k=16, **start):
+    def __init__(self, n_out=128, n_in=128, tile=16, block_n=32, block_k=16, cls=0, **start):
         self.shape, self.tile, self.block_n, self.block_k = (n_out, n_in), tile, block_n, block_k
         self.sliders = PatternSliders(self._pattern_changed, **start)
-        self.cls = w.IntSlider(value=0, min=0, max=self.sliders.dp.value - 1, description="class z", **LAYOUT)
+        dp = self.sliders.dp.value
+        if not 0 <= cls < dp:
+            raise ValueError(f"cls must be a class of the pattern, in [0, {dp - 1}], got {cls}")
+        self.cls = w.IntSlider(value=cls, min=0, max=dp - 1, description="class z", **LAYOUT)
         self.block = w.IntSlider(value=0, min=0, max=0, description="block", **LAYOUT)
         self.step = w.IntSlider(value=0, min=0, max=0, description="K step", **LAYOUT)
         self._hold = False
         self._fit_ranges()
+        self.step.value = self.step.max
         for s in (self.cls, self.block):
             s.observe(lambda _: self._position_changed(), "value")
         self.step.observe(lambda _: self.redraw(), "value")
-        self.fig = go.FigureWidget(block_figure(self.pattern, *self.shape, *self._where(), *self._sizes()))
+        self.fig = figure_widget(block_figure(self.pattern, *self.shape, *self._where(), *self._sizes()))
         self.widget = w.VBox([w.HBox([self.sliders.box, w.VBox([self.cls, self.block, self.step])]), self.fig])
 
     @property

@@ -1,13 +1,15 @@
 """The race panel shared by labs 05 and 07: method checkboxes, a p slider, a step count and a Start
 button; the curves redraw in place while the models train, a progress bar counts the steps, and the
 final table lands below. ``.widget`` is what to display, ``.fig`` the FigureWidget, ``.result`` the
-last result (None before the first run); ``go.Figure(panel.fig)`` is a static copy.
+last result (None before the first run); ``course.display.show(panel)`` displays it with a static copy.
 """
 
 from __future__ import annotations
 
 import ipywidgets as w
 import plotly.graph_objects as go
+
+from ..viz.live import figure_widget
 
 STYLE = {"description_width": "70px"}
 
@@ -32,7 +34,7 @@ class RacePanel:
         self.button = w.Button(description="Start", icon="play", button_style="primary")
         self.progress = w.IntProgress(value=0, min=0, max=steps, description="steps", style=STYLE)
         self.table = w.Output()
-        self.fig = go.FigureWidget(self._figure(methods))
+        self.fig = figure_widget(self._figure(methods))
         if result is not None:
             self._update(self.fig, result)
             with self.table:

@@ -1,15 +1,15 @@
 """Lab 04's search panel: a target-p slider, the unit count n and the family; every change reruns
 ``search_distribution`` and redraws the 2 x 2 search figure in place. ``.widget`` is what to
-display, ``.fig`` the FigureWidget, ``.dist`` the current distribution; ``go.Figure(panel.fig)``
-is a static copy.
+display, ``.fig`` the FigureWidget, ``.dist`` the current distribution; ``course.display.show(panel)``
+displays it with a static copy.
 """
 
 from __future__ import annotations
 
 import ipywidgets as w
-import plotly.graph_objects as go
 
 from ...search import FAMILIES, search_distribution
+from ..viz.live import figure_widget
 from ..viz.search import search_figure, update_search_figure
 
 STYLE = {"description_width": "70px"}
@@ -28,7 +28,7 @@ class SearchPanel:
         self.family = w.Dropdown(options=list(FAMILIES), value=family, description="family", style=STYLE)
         self.status = w.HTML()
         self.dist = self._search()
-        self.fig = go.FigureWidget(search_figure(self.dist, self.n.value, self.p.value, steps))
+        self.fig = figure_widget(search_figure(self.dist, self.n.value, self.p.value, steps))
         for control in (self.p, self.n, self.family):
             control.observe(lambda _: self.redraw(), "value")
         self.widget = w.VBox([w.HBox([self.p, self.n, self.family]), self.status, self.fig])

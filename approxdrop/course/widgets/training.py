@@ -1,5 +1,5 @@
-"""Lab 05's training race (``approxdrop.widgets.race.RacePanel`` over ``approxdrop.train.train``):
-loss, accuracy and step-time curves of MLPs."""
+"""Lab 05's training race (``widgets.race.RacePanel`` over ``training.train``): loss, accuracy and
+step-time curves of MLPs."""
 
 from __future__ import annotations
 

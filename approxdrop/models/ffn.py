@@ -1,0 +1,200 @@
+"""ApproxDropoutFFN: a transformer's MLP block, Linear -> activation -> dropout -> Linear, as a drop-in
+module whose dropout is a row pattern (METHOD.md): only the kept hidden units are computed, so the
+first GEMM computes only the kept output rows and the second reads only the kept input columns.
+
+Its parameters are named as in ``nn.Sequential(Linear, activation, Dropout, Linear)`` (``0.weight``,
+``0.bias``, ``3.weight``, ``3.bias``), so a state_dict loads from that block and into it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from .._env import check_int, check_rate
+from ..distribution import PatternDistribution
+from ..ops import FULL, grouped_row_pattern_linear, row_pattern_linear
+from ..ops.grouped import group_bounds
+from ..patterns import RowPattern
+from .methods import DROPOUT_METHODS, ELEMENT, NOTHING, ROW, Method
+from .sites import check_elementwise, draw_sites, site_distributions
+
+# The methods an FFN offers: the MLP's row-pattern methods and the two baselines (nn.Dropout, none).
+FFN_METHODS = tuple(
+    name for name, m in DROPOUT_METHODS.items() if "mlp" in m.models and m.drops in (ROW, ELEMENT, NOTHING)
+)
+ACTIVATIONS: dict[str, type[nn.Module]] = {"gelu": nn.GELU, "relu": nn.ReLU, "silu": nn.SiLU, "tanh": nn.Tanh}
+
+
+def ffn_method(method: str, groups: int | None) -> tuple[Method, int]:
+    """The table row of ``method`` and the batch group count (``groups``, or the method's own), else a
+    ValueError naming the choices."""
+    if method not in FFN_METHODS:
+        raise ValueError(f"method must be one of {FFN_METHODS} for ApproxDropoutFFN, got {method!r}")
+    spec = DROPOUT_METHODS[method]
+    groups = spec.groups if groups is None else check_int("groups", groups, 1)
+    if groups > 1 and spec.drops != ROW:
+        raise ValueError(f"groups={groups}: batch groups are for row-pattern methods, not {method!r}")
+    return spec, groups
+
+
+def make_activation(activation: str | nn.Module) -> nn.Module:
+    """A fresh module for a name of ``ACTIVATIONS``, or ``activation`` itself if it acts on each unit
+    alone (``sites.check_elementwise``); else a ValueError saying why."""
+    if isinstance(activation, str):
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {tuple(ACTIVATIONS)} or an nn.Module, got {activation!r}")
+        return ACTIVATIONS[activation]()
+    return check_elementwise(activation)
+
+
+class ApproxDropoutFFN(nn.Module):
+    """``Linear(d_model, d_hidden) -> activation -> dropout(p) -> Linear(d_hidden, d_out)`` on x (Tensor[*, d_model]).
+
+    Args:
+        d_model: input width (and output width unless ``d_out`` is given).
+        d_hidden: hidden width, where the dropout site is.
+        p: dropout rate in [0, 1).
+        activation: "gelu", "relu", "silu", "tanh", or an nn.Module acting on each unit alone
+            (``sites.is_elementwise``): a row pattern computes only the kept units, and a module that
+            mixes units (nn.Softmax, nn.LayerNorm) would see only those, so it is refused.
+        method: one of ``FFN_METHODS``: a row-pattern method of the methods table (``row``,
+            ``row-extended``, ``row-g4``, ``row-g16``), ``bernoulli`` (nn.Dropout) or ``none``.
+        groups: batch groups with complementary offsets (row patterns only; METHOD.md §9); default:
+            the method's. The groups split the LEADING axis of x as ``torch.tensor_split`` does: the
+            samples B of a transformer's [B, T, d_model] (every token of a sample shares its group's
+            pattern), the rows N of [N, d_model]; a 1-D x is one sample.
+        bias: whether both Linears have a bias.
+        distributions: one row PatternDistribution (a sequence of one) for the site; by default
+            ``distribution_for(p, d_hidden)`` of the method's family.
+        generator: CPU generator for the pattern draws (default: torch's global RNG). Seed it by rank
+            under DistributedDataParallel, so each process draws its own patterns.
+        d_out: output width (default ``d_model``).
+
+    Eval runs the whole block without dropout. After a training forward, ``last_pattern`` holds the
+    step's draw: a RowPattern, a tuple of one per group with ``groups > 1``, or None.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        d_hidden: int,
+        p: float,
+        activation: str | nn.Module = "gelu",
+        method: str = "row",
+        groups: int | None = None,
+        bias: bool = True,
+        distributions: Sequence[PatternDistribution] | None = None,
+        generator: torch.Generator | None = None,
+        *,
+        d_out: int | None = None,
+    ) -> None:
+        super().__init__()
+        d_model, d_hidden = check_int("d_model", d_model, 1), check_int("d_hidden", d_hidden, 1)
+        d_out = d_model if d_out is None else check_int("d_out", d_out, 1)
+        act = make_activation(activation)
+        self._setup(nn.Linear(d_model, d_hidden, bias), act, nn.Linear(d_hidden, d_out, bias), p, method, groups)
+        self._setup_site(distributions, generator)
+
+    @classmethod
+    def from_modules(
+        cls,
+        fc1: nn.Linear,
+        activation: str | nn.Module,
+        fc2: nn.Linear,
+        p: float,
+        method: str = "row",
+        groups: int | None = None,
+        distributions: Sequence[PatternDistribution] | None = None,
+        generator: torch.Generator | None = None,
+    ) -> ApproxDropoutFFN:
+        """The block built around existing Linears and activation: their Parameter objects are shared,
+        not copied, so an optimizer that holds them keeps working (what ``convert`` uses)."""
+        for name, linear in (("fc1", fc1), ("fc2", fc2)):
+            if not isinstance(linear, nn.Linear):
+                raise ValueError(f"{name} must be an nn.Linear, got {type(linear).__name__}")
+        if fc1.out_features != fc2.in_features:
+            raise ValueError(
+                f"Linear sizes do not chain: fc1 gives {fc1.out_features} units, fc2 reads {fc2.in_features}"
+            )
+        block = cls.__new__(cls)
+        nn.Module.__init__(block)
+        block._setup(fc1, make_activation(activation), fc2, p, method, groups)
+        block._setup_site(distributions, generator)
+        return block
+
+    def _setup(self, fc1: nn.Linear, act: nn.Module, fc2: nn.Linear, p, method: str, groups: int | None) -> None:
+        self.p = check_rate(p)
+        self.spec, self.groups = ffn_method(method, groups)
+        self.method = method
+        # the names nn.Sequential(Linear, activation, Dropout, Linear) gives its entries
+        self.add_module("0", fc1)
+        self.add_module("1", act)
+        self.add_module("2", nn.Dropout(self.p))
+        self.add_module("3", fc2)
+        self.d_model, self.d_hidden, self.d_out = fc1.in_features, fc1.out_features, fc2.out_features
+
+    def _setup_site(self, distributions: Sequence[PatternDistribution] | None, generator) -> None:
+        self.distributions = site_distributions(self.spec, self.p, [self.d_hidden], distributions)
+        self.generator = generator
+        self.last_pattern: RowPattern | tuple[RowPattern, ...] | None = None
+
+    @property
+    def fc1(self) -> nn.Linear:
+        """The first Linear (entry ``0``)."""
+        return self._modules["0"]
+
+    @property
+    def activation(self) -> nn.Module:
+        """The activation (entry ``1``)."""
+        return self._modules["1"]
+
+    @property
+    def dropout(self) -> nn.Dropout:
+        """The nn.Dropout of the ``bernoulli`` method (entry ``2``)."""
+        return self._modules["2"]
+
+    @property
+    def fc2(self) -> nn.Linear:
+        """The second Linear (entry ``3``)."""
+        return self._modules["3"]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (Tensor[*, d_model]) -> Tensor[*, d_out]."""
+        if x.dim() < 1 or x.shape[-1] != self.d_model:
+            raise ValueError(f"input must have last dimension {self.d_model}, got shape {tuple(x.shape)}")
+        self.last_pattern = None
+        drops = self.spec.drops
+        if not self.training or self.p == 0.0 or drops == NOTHING:
+            return self.fc2(self.activation(self.fc1(x)))
+        if drops == ELEMENT:
+            return self.fc2(self.dropout(self.activation(self.fc1(x))))
+        (draw,) = draw_sites(self.spec, self.p, [self.d_hidden], self.distributions, self.generator, self.groups)
+        self.last_pattern = draw
+        return self._row(x, draw) if self.groups == 1 else self._grouped(x, draw)
+
+    def _row(self, x: torch.Tensor, pattern: RowPattern) -> torch.Tensor:
+        h = row_pattern_linear(x, self.fc1.weight, self.fc1.bias, FULL, pattern)  # [*, k]: the kept units only
+        return row_pattern_linear(self.activation(h), self.fc2.weight, self.fc2.bias, pattern, FULL)  # [*, d_out]
+
+    def _grouped(self, x: torch.Tensor, patterns: tuple[RowPattern, ...]) -> torch.Tensor:
+        # the grouped op splits the rows of a [N, n] tensor; with x [B, *, d_model] every sample's
+        # rows get its group's pattern (the op then runs one GEMM per distinct offset, not per sample)
+        rows = x.reshape(-1, self.d_model)  # [N, d_model]
+        if x.dim() >= 3 and x.shape[0] > 0:
+            patterns = tuple(
+                q
+                for (start, stop), q in zip(group_bounds(x.shape[0], len(patterns)), patterns)
+                for _ in range(start, stop)
+            )  # one per sample: N splits into B equal runs
+        whole = (FULL,) * len(patterns)
+        h = grouped_row_pattern_linear(rows, self.fc1.weight, self.fc1.bias, whole, patterns)  # [N, d_hidden]
+        y = grouped_row_pattern_linear(self.activation(h), self.fc2.weight, self.fc2.bias, patterns, whole)
+        return y.reshape(*x.shape[:-1], self.d_out)  # [*, d_out]
+
+    def extra_repr(self) -> str:
+        out = f", d_out={self.d_out}" if self.d_out != self.d_model else ""
+        groups = f", groups={self.groups}" if self.groups != self.spec.groups else ""
+        return f"d_model={self.d_model}, d_hidden={self.d_hidden}{out}, p={self.p}, method={self.method!r}{groups}"

@@ -1,0 +1,3 @@
+// Stand-in for <mma.h> when kernels/*.cu compile with g++ (see ../cuda_emulation.h).
+#pragma once
+#include "../cuda_emulation.h"

@@ -1,0 +1,479 @@
+"""Dispatch by measurement (approxdrop.ops.dispatch, and its use in approxdrop.ops.cuda), on the CPU.
+
+The Dispatcher takes its timer, output check and capture test as arguments, so these tests drive it
+with fakes: candidates that count their calls, a timer that returns set times. The CUDA
+implementations of the ops are driven with a fake extension (a stand-in for the built kernels) and
+CPU tensors. What only a GPU shows (CUDA-event timings, the real kernels) is in test_kernels.py.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import subprocess
+import sys
+import threading
+import types
+from pathlib import Path
+
+import pytest
+import torch
+
+from approxdrop.ops import cuda as kernels
+from approxdrop.ops import dispatch
+from approxdrop.ops.dispatch import ENV_SWITCH, Dispatcher, kernel_mode, outputs_agree
+from approxdrop.ops.row import row_linear_backward_torch, row_linear_torch
+from approxdrop.ops.tile import tile_linear_backward_torch
+from approxdrop.patterns import RowPattern
+
+TAG = {"gpu": "Fake GPU", "torch": "0.0", "kernels": "abc"}
+
+
+class Fakes:
+    """Candidates ``cublas`` (the reference) and ``pattern`` returning set outputs, a timer returning set
+    times (ms) per candidate, and the lines the dispatcher said."""
+
+    def __init__(self, times=None, outputs=None):
+        self.times = times or {"cublas": 2.0, "pattern": 1.0}
+        self.outputs = outputs or {"cublas": torch.ones(3), "pattern": torch.ones(3)}
+        self.calls = {name: 0 for name in self.outputs}
+        self.timed: list[str] = []
+        self.said: list[str] = []
+
+    def candidate(self, name):
+        def fn():
+            self.calls[name] += 1
+            out = self.outputs[name]
+            if isinstance(out, Exception):
+                raise out
+            return out
+
+        fn.name = name
+        return fn
+
+    def candidates(self):
+        return {name: self.candidate(name) for name in self.outputs}
+
+    def timer(self, fn):
+        self.timed.append(fn.name)
+        return self.times[fn.name]
+
+    def dispatcher(self, cache_file=None, **kwargs):
+        kwargs.setdefault("check", outputs_agree)
+        kwargs.setdefault("tag", TAG)
+        return Dispatcher(cache_file, timer=self.timer, say=self.said.append, **kwargs)
+
+
+@pytest.fixture(autouse=True)
+def _auto_mode(monkeypatch):
+    monkeypatch.delenv(ENV_SWITCH, raising=False)
+
+
+# --------------------------------------------------------------------------- the switch
+
+
+@pytest.mark.parametrize(
+    "value, mode", [(None, "auto"), ("", "auto"), ("auto", "auto"), (" Pattern ", "pattern"), ("CUBLAS", "cublas"),
+                    ("torch", "torch"), ("0", "0")]
+)  # fmt: skip
+def test_kernel_mode_reads_the_switch(monkeypatch, value, mode):
+    if value is not None:
+        monkeypatch.setenv(ENV_SWITCH, value)
+    assert kernel_mode() == mode
+
+
+@pytest.mark.parametrize("value", ["1", "off", "cudnn", "yes"])
+def test_any_other_switch_value_is_a_value_error_naming_the_allowed_ones(monkeypatch, value):
+    monkeypatch.setenv(ENV_SWITCH, value)
+    with pytest.raises(
+        ValueError, match=rf"APPROXDROP_KERNELS must be one of auto, cublas, pattern, torch, 0.*'{value}'"
+    ):
+        kernel_mode()
+    with pytest.raises(ValueError, match="must be one of"):
+        kernels.status()
+    x, w = torch.randn(3, 8), torch.randn(6, 8)
+    with pytest.raises(ValueError, match="must be one of"):
+        kernels._row_linear_cuda(x, w, None, 1, 0, 1, 1, 0, 1)
+
+
+def test_a_bad_switch_never_breaks_the_import():
+    code = "import approxdrop; print('ok')"
+    env = {**os.environ, ENV_SWITCH: "bogus"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.strip() == "ok"
+
+
+# --------------------------------------------------------------------------- measuring and choosing
+
+
+def test_measures_once_per_key_and_picks_the_faster():
+    fakes = Fakes()
+    d = fakes.dispatcher()
+    for _ in range(3):
+        assert torch.equal(d.run("k1", fakes.candidates(), "auto"), torch.ones(3))
+    assert fakes.timed == ["cublas", "pattern"]  # timed once for the key
+    assert fakes.calls == {"cublas": 1, "pattern": 3}  # checked once, then the winner runs
+    d.run("k2", fakes.candidates(), "auto")
+    assert fakes.timed == ["cublas", "pattern"] * 2  # a new key is measured
+    (c1, c2) = d.choices()
+    assert (c1.key, c1.path, c1.how) == ("k1", "pattern", "measured")
+    assert c1.times_ms == (("cublas", 2.0), ("pattern", 1.0))
+
+
+@pytest.mark.parametrize("pattern_ms, winner", [(1.89, "pattern"), (1.91, "cublas"), (2.0, "cublas"), (5.0, "cublas")])
+def test_another_path_must_beat_the_reference_by_the_margin(pattern_ms, winner):
+    fakes = Fakes(times={"cublas": 2.0, "pattern": pattern_ms})
+    d = fakes.dispatcher(margin=0.05)
+    d.run("k", fakes.candidates(), "auto")
+    assert d.choices()[0].path == winner
+
+
+def test_says_once_which_path_runs_and_why():
+    fakes = Fakes()
+    d = fakes.dispatcher()
+    for _ in range(3):
+        d.run("row_linear float16 N=8", fakes.candidates(), "auto")
+    assert len(fakes.said) == 1
+    line = fakes.said[0]
+    assert line.startswith("approxdrop: row_linear float16 N=8: the pattern-GEMM kernel runs (measured:")
+    assert "cublas 2.000 ms" in line and "pattern 1.000 ms" in line and "5%" in line
+
+
+@pytest.mark.parametrize(
+    "bad, why",
+    [
+        (RuntimeError("CUDA error: an illegal memory access"), "raised RuntimeError: CUDA error"),
+        (torch.zeros(3), "differs from the reference"),
+        (torch.ones(4), "the reference's torch.float32 (3,)"),
+        (torch.tensor([1.0, float("nan"), 1.0]), "non-finite"),
+    ],
+    ids=["raises", "wrong values", "wrong shape", "nan"],
+)
+def test_never_picks_a_candidate_that_raised_or_disagrees(bad, why):
+    fakes = Fakes(times={"cublas": 2.0, "pattern": 0.1}, outputs={"cublas": torch.ones(3), "pattern": bad})
+    d = fakes.dispatcher()
+    assert torch.equal(d.run("k", fakes.candidates(), "auto"), torch.ones(3))
+    choice = d.choices()[0]
+    assert choice.path == "cublas" and "pattern excluded" in choice.reason and why in choice.reason
+    assert fakes.timed == ["cublas"] and dict(choice.times_ms)["pattern"] is None
+    d.run("k", fakes.candidates(), "auto")
+    assert fakes.calls["pattern"] == 1  # never run again
+
+
+def test_never_picks_a_candidate_without_a_valid_time():
+    fakes = Fakes(times={"cublas": 2.0, "pattern": float("nan")})
+    d = fakes.dispatcher()
+    d.run("k", fakes.candidates(), "auto")
+    assert d.choices()[0].path == "cublas" and "timer gave nan" in d.choices()[0].reason
+    fakes = Fakes(times={"cublas": float("inf"), "pattern": 1.0})  # no reference time: nothing known faster
+    d = fakes.dispatcher()
+    d.run("k", fakes.candidates(), "auto")
+    assert d.choices()[0].path == "cublas"
+
+
+def test_the_references_errors_are_the_ops():
+    fakes = Fakes(outputs={"cublas": ValueError("row_linear: bad x"), "pattern": torch.ones(3)})
+    with pytest.raises(ValueError, match="bad x"):
+        fakes.dispatcher().run("k", fakes.candidates(), "auto")
+
+
+def test_one_candidate_runs_without_measuring():
+    fakes = Fakes(outputs={"cublas": torch.ones(3)})
+    d = fakes.dispatcher()
+    d.run("k", fakes.candidates(), "auto")
+    assert fakes.timed == [] and d.choices() == () and fakes.said == []
+
+
+def test_no_measuring_while_a_graph_is_captured():
+    fakes = Fakes()
+    capturing = [True]
+    d = fakes.dispatcher(can_measure=lambda: not capturing[0])
+    for _ in range(2):
+        d.run("k", fakes.candidates(), "auto")
+    assert fakes.timed == [] and fakes.calls == {"cublas": 2, "pattern": 0} and d.choices() == ()
+    assert len(fakes.said) == 1 and "CUDA graph" in fakes.said[0]
+    capturing[0] = False
+    d.run("k", fakes.candidates(), "auto")
+    assert d.choices()[0].path == "pattern"
+
+
+def test_concurrent_first_calls_measure_once():
+    fakes = Fakes()
+    d = fakes.dispatcher()
+    start = threading.Barrier(6)
+
+    def worker():
+        start.wait()
+        d.run("k", fakes.candidates(), "auto")
+
+    threads = [threading.Thread(target=worker) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert fakes.timed == ["cublas", "pattern"] and len(fakes.said) == 1
+
+
+# --------------------------------------------------------------------------- the switch, through the dispatcher
+
+
+@pytest.mark.parametrize("mode, path", [("cublas", "cublas"), ("torch", "cublas"), ("pattern", "pattern")])
+def test_forced_modes_run_their_path_without_measuring(monkeypatch, mode, path):
+    monkeypatch.setenv(ENV_SWITCH, mode)
+    fakes = Fakes(times={"cublas": 1.0, "pattern": 2.0})
+    d = fakes.dispatcher()
+    for _ in range(2):
+        d.run("k", fakes.candidates())
+    assert fakes.timed == [] and fakes.calls[path] == 2 and sum(fakes.calls.values()) == 2
+    assert d.choices()[0].how == "forced" and d.choices()[0].path == path
+    assert len(fakes.said) == 1 and f"APPROXDROP_KERNELS={mode}" in fakes.said[0]
+
+
+def test_auto_after_a_forced_mode_still_measures():
+    fakes = Fakes(times={"cublas": 1.0, "pattern": 2.0})
+    d = fakes.dispatcher()
+    d.run("k", fakes.candidates(), "pattern")
+    d.run("k", fakes.candidates(), "auto")
+    assert fakes.timed == ["cublas", "pattern"] and d.choices()[0].how == "measured" and d.choices()[0].path == "cublas"
+
+
+def test_forced_pattern_without_kernels_runs_the_reference_and_says_why():
+    fakes = Fakes(outputs={"cublas": torch.ones(3)})
+    d = fakes.dispatcher()
+    d.run("k", fakes.candidates(), "pattern")
+    assert fakes.calls == {"cublas": 1} and "pattern-GEMM kernel is unavailable" in fakes.said[0]
+
+
+def test_switch_zero_is_silent():
+    fakes = Fakes()
+    d = fakes.dispatcher()
+    d.run("k", fakes.candidates(), "0")
+    assert fakes.calls == {"cublas": 1, "pattern": 0} and fakes.said == [] and d.choices() == ()
+
+
+# --------------------------------------------------------------------------- the cache file
+
+
+def test_choices_are_cached_on_disk_and_reloaded_by_a_fresh_dispatcher(tmp_path):
+    cache = tmp_path / "gpu-dispatch" / "Fake-GPU_torch0.0.json"
+    fakes = Fakes()
+    fakes.dispatcher(cache).run("k", fakes.candidates(), "auto")
+    payload = json.loads(cache.read_text())
+    assert payload["format"] == dispatch.FORMAT and payload["tag"] == TAG
+    assert payload["choices"]["k"]["path"] == "pattern" and payload["choices"]["k"]["times_ms"]["cublas"] == 2.0
+    again = Fakes()
+    d = again.dispatcher(cache)
+    for _ in range(2):
+        d.run("k", again.candidates(), "auto")
+    assert again.timed == [] and again.calls == {"cublas": 0, "pattern": 2}
+    assert d.choices()[0].how == "cached" and d.choices()[0].times_ms == (("cublas", 2.0), ("pattern", 1.0))
+    assert len(again.said) == 1 and "(cached:" in again.said[0]
+
+
+def test_a_cache_for_other_kernels_is_measured_again(tmp_path):
+    cache = tmp_path / "c.json"
+    fakes = Fakes()
+    fakes.dispatcher(cache).run("k", fakes.candidates(), "auto")
+    again = Fakes()
+    again.dispatcher(cache, tag={**TAG, "kernels": "new"}).run("k", again.candidates(), "auto")
+    assert again.timed == ["cublas", "pattern"]
+    assert json.loads(cache.read_text())["tag"]["kernels"] == "new"
+
+
+def test_two_dispatchers_on_one_file_keep_each_others_choices(tmp_path):
+    cache = tmp_path / "c.json"
+    a, b = Fakes(), Fakes(times={"cublas": 1.0, "pattern": 2.0})
+    da, db = a.dispatcher(cache), b.dispatcher(cache)
+    da.run("ka", a.candidates(), "auto")
+    db.run("kb", b.candidates(), "auto")
+    choices = json.loads(cache.read_text())["choices"]
+    assert {k: c["path"] for k, c in choices.items()} == {"ka": "pattern", "kb": "cublas"}
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        "",
+        '{"format": 1, "tag": ',
+        "[]",
+        '{"format": 99, "tag": {}, "choices": {}}',
+        json.dumps({"format": 1, "tag": TAG, "choices": {"k": {"path": 3, "reason": "", "times_ms": {}}}}),
+        json.dumps({"format": 1, "tag": TAG, "choices": {"k": {"path": "pattern"}}}),
+        json.dumps({"format": 1, "tag": TAG, "choices": ["k"]}),
+        b"\xff\xfe\x00",
+    ],
+    ids=repr,
+)
+def test_a_corrupt_cache_is_rebuilt_never_fatal(tmp_path, content):
+    cache = tmp_path / "c.json"
+    (cache.write_bytes if isinstance(content, bytes) else cache.write_text)(content)
+    fakes = Fakes()
+    d = fakes.dispatcher(cache)
+    assert torch.equal(d.run("k", fakes.candidates(), "auto"), torch.ones(3))
+    assert fakes.timed == ["cublas", "pattern"]
+    assert "unreadable" in fakes.said[0] and "measuring again" in fakes.said[0]
+    assert json.loads(cache.read_text())["choices"]["k"]["path"] == "pattern"  # rewritten whole
+    assert [p.name for p in tmp_path.iterdir()] == ["c.json"]  # atomic: no temporary file left
+
+
+def test_an_unwritable_cache_is_not_fatal(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    fakes = Fakes()
+    d = fakes.dispatcher(blocker / "c.json")  # its directory cannot be made
+    d.run("k", fakes.candidates(), "auto")
+    d.run("k2", fakes.candidates(), "auto")
+    assert d.choices()[0].path == "pattern"
+    assert sum("cannot write the GPU dispatch cache" in line for line in fakes.said) == 1
+
+
+# --------------------------------------------------------------------------- the output check
+
+
+def test_outputs_agree():
+    a = torch.randn(4, 5, dtype=torch.float64)
+    assert outputs_agree(a.clone(), a) is None
+    assert outputs_agree(a + 1e-12, a) is None
+    assert "differs" in outputs_agree(a + 1e-6, a)
+    bf = a.to(torch.bfloat16)
+    assert outputs_agree((bf.double() * (1 + 2**-8)).to(torch.bfloat16), bf) is None  # a rounding step
+    assert "differs" in outputs_agree(bf * 2, bf)
+    grads = (torch.empty(0), a.float(), a[0].float())
+    assert outputs_agree(grads, grads) is None
+    assert "returned 2 outputs" in outputs_agree(grads[:2], grads)
+    assert "torch.float64" in outputs_agree((torch.empty(0), a, a[0].float()), grads)
+    inf = torch.tensor([1.0, float("inf")])
+    assert outputs_agree(inf.clone(), inf) is None and "non-finite" in outputs_agree(torch.ones(2), inf)
+
+
+# ------------------------------------------------------------------ the CUDA implementations, with a fake build
+
+
+class FakeExtension:
+    """Stands in for the built kernels: computes with the PyTorch implementation (optionally wrong) and
+    records each call's arguments."""
+
+    def __init__(self, wrong: bool = False):
+        self.calls: list[tuple] = []
+        self.wrong = wrong
+
+    def row_linear(self, x, weight, bias, *ints_and_stream):
+        self.calls.append(("row_linear", ints_and_stream))
+        y = row_linear_torch(x, weight, bias, *ints_and_stream[:-1])
+        return y * 0 if self.wrong else y
+
+    def row_linear_backward(self, grad_y, x, weight, *rest):
+        *ints, need_grad_x, _stream = rest
+        self.calls.append(("row_linear_backward", tuple(rest)))
+        return list(row_linear_backward_torch(grad_y, x, weight, *ints, need_grad_x))
+
+    def tile_linear_backward(self, grad_y, x, weight, dp, offset, keep, tile, need_grad_x, stream):
+        self.calls.append(("tile_linear_backward", (dp, offset, keep, tile, need_grad_x, stream)))
+        return list(tile_linear_backward_torch(grad_y, x, weight, dp, offset, keep, tile, need_grad_x))
+
+
+@pytest.fixture
+def fake_gpu(monkeypatch, tmp_path):
+    """approxdrop.ops.cuda on CPU tensors as on a GPU named "Fake GPU" whose kernels are built (a
+    FakeExtension), with a dispatcher whose timer says the kernel takes half the PyTorch path's time."""
+    monkeypatch.setenv("APPROXDROP_CACHE_DIR", str(tmp_path))
+    ext = FakeExtension()
+    monkeypatch.setattr(kernels, "load", lambda verbose=False, device=None: ext)
+    monkeypatch.setattr(kernels, "_launch", lambda device, call: call(0))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Fake GPU")
+    monkeypatch.setattr(kernels, "_arch", lambda device=None: "sm_90")
+    monkeypatch.setattr(kernels, "_outcomes", {"sm_90": kernels.KernelStatus(True, "sm_90", None, "fake.so")})
+    said: list[str] = []
+    times = {"cublas": 2.0, "pattern": 1.0}
+
+    def timer(fn):  # the reference is a functools.partial of the PyTorch implementation, the kernel a lambda
+        return times["cublas" if isinstance(fn, functools.partial) else "pattern"]
+
+    chooser = Dispatcher(kernels._dispatch_file("Fake GPU"), timer=timer, check=outputs_agree, tag=TAG, say=said.append)
+    monkeypatch.setattr(kernels, "_dispatchers", {"Fake GPU": chooser})
+    return types.SimpleNamespace(ext=ext, said=said, dispatcher=chooser)
+
+
+def _row_args(gen, rows=5, n_out=10, n_in=9, ints=(3, 1, 2, 2, 0, 1)):
+    """x [rows, k_in], W [n_out, n_in], b [n_out], grad_y [rows, k_out], the pattern ints."""
+    k_in, k_out = RowPattern(*ints[:3]).kept_count(n_in), RowPattern(*ints[3:]).kept_count(n_out)
+    shapes = ((rows, k_in), (n_out, n_in), (n_out,), (rows, k_out))
+    return (*(torch.randn(*s, generator=gen) for s in shapes), ints)
+
+
+def test_cuda_backward_skips_grad_x_in_the_kernel(fake_gpu, monkeypatch):
+    """need_grad_x=False reaches the kernel (which then skips the grad-input GEMM) and grad_x comes back empty."""
+    monkeypatch.setenv(ENV_SWITCH, "pattern")
+    x, w, _, gy, ints = _row_args(torch.Generator().manual_seed(0))
+    grad_x, grad_w, grad_b = kernels._row_linear_backward_cuda(gy, x, w, *ints, need_grad_x=False)
+    assert fake_gpu.ext.calls == [("row_linear_backward", (*ints, False, 0))]
+    assert grad_x.numel() == 0
+    want = row_linear_backward_torch(gy, x, w, *ints, True)
+    torch.testing.assert_close(grad_w, want[1])
+    torch.testing.assert_close(grad_b, want[2])
+    xt, gyt = torch.randn(5, 9), torch.randn(5, 10)
+    grad_x, _, _ = kernels._tile_linear_backward_cuda(gyt, xt, w, 3, 1, 2, 2, need_grad_x=False)
+    assert fake_gpu.ext.calls[-1] == ("tile_linear_backward", (3, 1, 2, 2, False, 0)) and grad_x.numel() == 0
+
+
+def test_cuda_ops_dispatch_and_status_lists_the_choices(fake_gpu):
+    x, w, b, gy, ints = _row_args(torch.Generator().manual_seed(1))
+    y = kernels._row_linear_cuda(x, w, b, *ints)
+    torch.testing.assert_close(y, row_linear_torch(x, w, b, *ints))
+    kernels._row_linear_backward_cuda(gy, x, w, *ints, need_grad_x=True)
+    st = kernels.status()
+    assert st.built and st.mode == "auto"
+    keys = [c.key for c in st.choices]
+    assert keys == sorted(keys) and len(keys) == 2
+    assert all(c.path == "pattern" and c.how == "measured" for c in st.choices)
+    assert keys[0].startswith("row_linear float32 N=5 W=10x9 in 2/3 out 1/2 bias")
+    assert keys[1].startswith("row_linear_backward float32 N=5 W=10x9 in 2/3 out 1/2 grad_x yes")
+    assert len(fake_gpu.said) == 2
+    assert kernels._dispatch_file("Fake GPU").exists()
+    assert kernels._dispatch_file("Fake GPU").parent == Path(fake_gpu.dispatcher.cache_file).parent
+
+
+def test_cuda_ops_never_run_a_kernel_that_computes_wrong_values(fake_gpu):
+    fake_gpu.ext.wrong = True
+    x, w, b, _, ints = _row_args(torch.Generator().manual_seed(2))
+    y = kernels._row_linear_cuda(x, w, b, *ints)
+    torch.testing.assert_close(y, row_linear_torch(x, w, b, *ints))
+    (choice,) = kernels.status().choices
+    assert choice.path == "cublas" and "pattern excluded: output 0 differs" in choice.reason
+
+
+@pytest.mark.parametrize("mode", ["cublas", "torch", "0"])
+def test_cuda_ops_on_the_pytorch_path_never_build(fake_gpu, monkeypatch, mode):
+    monkeypatch.setenv(ENV_SWITCH, mode)
+    monkeypatch.setattr(kernels, "load", lambda verbose=False, device=None: pytest.fail("built the kernels"))
+    x, w, b, _, ints = _row_args(torch.Generator().manual_seed(3))
+    kernels._row_linear_cuda(x, w, b, *ints)
+    assert fake_gpu.ext.calls == []
+    assert (fake_gpu.said == []) == (mode == "0")
+    assert not kernels.enabled()
+
+
+def test_the_key_is_the_pattern_class_not_the_offset(fake_gpu):
+    x, w, b, _, _ = _row_args(torch.Generator().manual_seed(4), n_in=10, ints=(2, 0, 1, 1, 0, 1))
+    for offset in (0, 1):  # two offsets of one pattern: one key, measured once
+        kernels._row_linear_cuda(x, w, b, 2, offset, 1, 1, 0, 1)
+    assert [c.key for c in kernels.status().choices] == ["row_linear float32 N=5 W=10x10 in 1/2 out all bias"]
+    assert len(fake_gpu.said) == 1
+    x2 = torch.randn(5, 10)
+    for offset in (0, 2):
+        kernels._row_linear_cuda(x2, w, None, 3, offset, 3, 1, 0, 1)  # keep = dp: everything kept, "all"
+    assert "row_linear float32 N=5 W=10x10 in all out all no bias" in [c.key for c in kernels.status().choices]
+
+
+def test_the_key_tells_tf32_apart(fake_gpu):
+    x, w, b, _, ints = _row_args(torch.Generator().manual_seed(5))
+    saved = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        kernels._row_linear_cuda(x, w, b, *ints)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = saved
+    kernels._row_linear_cuda(x, w, b, *ints)
+    assert [c.key.split(" ")[1] for c in kernels.status().choices] == ["float32", "float32+tf32"]

@@ -1,0 +1,310 @@
+"""Grouped complementary patterns (METHOD.md §9): the sampler and the grouped row op."""
+
+import math
+
+import pytest
+import torch
+
+import approxdrop as ad
+from approxdrop.ops import grouped_row_linear, grouped_row_linear_reference, grouped_row_pattern_linear
+from approxdrop.ops.grouped import group_bounds
+from approxdrop.patterns import RowPattern
+
+LAWS = [
+    ad.PatternDistribution(((2, 1), (3, 1), (4, 1)), (0.5, 0.3, 0.2)),
+    ad.PatternDistribution(((3, 2), (5, 2), (4, 3)), (0.4, 0.4, 0.2)),
+    ad.distribution_for(0.7, 100, family="extended"),
+]
+
+
+# --------------------------------------------------------------------------- the sampler
+
+
+@pytest.mark.parametrize("law", LAWS)
+def test_one_group_is_the_paper_draw_bit_for_bit(law):
+    for seed in range(50):
+        single = law.sample(torch.Generator().manual_seed(seed))
+        (grouped,) = law.sample_groups(1, torch.Generator().manual_seed(seed))
+        assert grouped == single
+    # and group 0 of any G is that same draw
+    assert law.sample_groups(7, torch.Generator().manual_seed(3))[0] == law.sample(torch.Generator().manual_seed(3))
+
+
+@pytest.mark.parametrize("law", LAWS)
+@pytest.mark.parametrize("groups", [2, 4, 9])
+def test_every_group_offset_is_uniform(law, groups):
+    gen = torch.Generator().manual_seed(0)
+    draws = 6000
+    counts = {}  # (group, dp, offset) -> count
+    per_dp = {}
+    for _ in range(draws):
+        patterns = law.sample_groups(groups, gen)
+        assert len({(q.dp, q.keep) for q in patterns}) == 1  # (dp, keep) drawn once
+        dp = patterns[0].dp
+        per_dp[dp] = per_dp.get(dp, 0) + 1
+        for g, q in enumerate(patterns):
+            counts[(g, dp, q.offset)] = counts.get((g, dp, q.offset), 0) + 1
+    for (g, dp, offset), k in counts.items():
+        # offset | dp ~ Uniform{0..dp-1}: a two-sided binomial test at a strict level (many cells)
+        assert ad.binomial_test(k, per_dp[dp], 1.0 / dp) > 1e-4, (g, dp, offset, k, per_dp[dp])
+
+
+@pytest.mark.parametrize("law", LAWS)
+def test_each_group_drops_every_unit_with_probability_p_and_is_unbiased_by_enumeration(law):
+    """Each group's pattern has the law's (dp, keep) and a uniform offset, so its per-unit drop
+    probability and its scaled expectation are those of ``law.enumerate()``: check them exactly."""
+    n = 23
+    drop = torch.zeros(n, dtype=torch.float64)
+    mean_scale = torch.zeros(n, dtype=torch.float64)
+    for pattern, weight in law.enumerate():
+        mask = pattern.keep_mask(n).double()
+        drop += weight * (1 - mask)
+        mean_scale += weight * mask * pattern.scale
+    assert torch.allclose(drop, torch.full((n,), law.expected_rate, dtype=torch.float64), atol=1e-12)
+    assert torch.allclose(mean_scale, torch.ones(n, dtype=torch.float64), atol=1e-12)
+
+
+def test_groups_are_disjoint_with_keep_one_and_complementary_from_dp_groups_on():
+    law = ad.PatternDistribution(((2, 1), (3, 1), (4, 1)), (0.3, 0.3, 0.4))
+    gen = torch.Generator().manual_seed(1)
+    n = 29
+    for _ in range(300):
+        for groups in (2, 3, 4, 6, 11):
+            patterns = law.sample_groups(groups, gen)
+            dp = patterns[0].dp
+            kept = torch.stack([q.keep_mask(n) for q in patterns])  # [G, n]
+            if groups <= dp:
+                assert int(kept.sum(0).max()) <= 1  # disjoint
+            if groups >= dp:
+                assert bool(kept.any(0).all())  # every unit trained by some group
+
+
+@pytest.mark.parametrize("bad", [0, -1, 2.5, "4", True])
+def test_bad_group_counts_are_value_errors(bad):
+    with pytest.raises(ValueError, match="groups"):
+        LAWS[0].sample_groups(bad)
+
+
+# --------------------------------------------------------------------------- the op
+
+
+def random_case(batch, groups, n_in, n_out, in_dp, in_keep, out_dp, out_keep, seed=0, lead=()):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(*lead, batch, n_in, generator=gen, dtype=torch.float64)
+    w = torch.randn(n_out, n_in, generator=gen, dtype=torch.float64)
+    b = torch.randn(n_out, generator=gen, dtype=torch.float64)
+    ins = [RowPattern(in_dp, int(torch.randint(in_dp, (1,), generator=gen)), in_keep) for _ in range(groups)]
+    outs = [RowPattern(out_dp, int(torch.randint(out_dp, (1,), generator=gen)), out_keep) for _ in range(groups)]
+    return x, w, b, ins, outs
+
+
+CASES = [
+    dict(batch=7, groups=4, n_in=10, n_out=9, in_dp=3, in_keep=2, out_dp=2, out_keep=1),
+    dict(batch=3, groups=5, n_in=11, n_out=13, in_dp=4, in_keep=1, out_dp=3, out_keep=1),  # fewer samples than groups
+    dict(batch=16, groups=16, n_in=17, n_out=5, in_dp=2, in_keep=1, out_dp=1, out_keep=1),  # last layer: out side whole
+    dict(batch=9, groups=2, n_in=6, n_out=12, in_dp=1, in_keep=1, out_dp=5, out_keep=3),  # first layer: in side whole
+    dict(batch=5, groups=3, n_in=8, n_out=7, in_dp=3, in_keep=1, out_dp=3, out_keep=1, lead=(4,)),  # [T, B, n]
+]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_forward_and_gradients_match_the_dense_masked_reference(case):
+    x, w, b, ins, outs = random_case(**case)
+    leaves = [t.requires_grad_() for t in (x, w, b)]
+    y = grouped_row_pattern_linear(x, w, b, ins, outs)
+    ref = grouped_row_linear_reference(x, w, b, ins, outs)
+    torch.testing.assert_close(y, ref)
+    grad = torch.randn_like(y)
+    got = torch.autograd.grad(y, leaves, grad)
+    want = torch.autograd.grad(ref, leaves, grad)
+    for g, r in zip(got, want):
+        torch.testing.assert_close(g, r)
+
+
+def test_weights_outside_every_groups_block_get_exactly_zero_gradient():
+    x, w, b, ins, outs = random_case(batch=6, groups=2, n_in=12, n_out=10, in_dp=4, in_keep=1, out_dp=4, out_keep=1)
+    w.requires_grad_()
+    grouped_row_pattern_linear(x, w, b, ins, outs).sum().backward()
+    used = torch.zeros_like(w, dtype=torch.bool)
+    for pin, pout in zip(ins, outs):
+        used |= pout.keep_mask(10)[:, None] & pin.keep_mask(12)[None, :]
+    assert bool((w.grad[~used] == 0).all()) and bool((w.grad[used] != 0).all())
+
+
+def test_gradcheck_float64():
+    x, w, b, ins, outs = random_case(batch=5, groups=3, n_in=7, n_out=6, in_dp=3, in_keep=2, out_dp=2, out_keep=1)
+    inputs = tuple(t.requires_grad_() for t in (x, w, b))
+    assert torch.autograd.gradcheck(lambda *t: grouped_row_pattern_linear(*t, ins, outs), inputs)
+
+
+def test_opcheck():
+    x, w, b, ins, outs = random_case(batch=6, groups=3, n_in=9, n_out=8, in_dp=3, in_keep=1, out_dp=2, out_keep=1)
+    args = (x.requires_grad_(), w.requires_grad_(), b, 3, 1, [q.offset for q in ins], 2, 1, [q.offset for q in outs])
+    torch.library.opcheck(grouped_row_linear, args)
+
+
+def test_torch_compile_matches_eager():
+    x, w, b, ins, outs = random_case(batch=8, groups=4, n_in=10, n_out=6, in_dp=2, in_keep=1, out_dp=3, out_keep=1)
+    compiled = torch.compile(lambda x, w, b: grouped_row_pattern_linear(x, w, b, ins, outs), fullgraph=True)
+    torch.testing.assert_close(compiled(x, w, b), grouped_row_pattern_linear(x, w, b, ins, outs))
+
+
+def test_group_bounds_split_like_tensor_split():
+    for batch in range(0, 12):
+        for groups in range(1, 7):
+            want = [len(t) for t in torch.tensor_split(torch.arange(batch), groups)]
+            assert [stop - start for start, stop in group_bounds(batch, groups)] == want
+
+
+def test_bad_arguments():
+    x, w, b, ins, outs = random_case(batch=4, groups=2, n_in=6, n_out=5, in_dp=2, in_keep=1, out_dp=2, out_keep=1)
+    with pytest.raises(ValueError, match="one in and one out offset per group"):
+        grouped_row_linear(x, w, b, 2, 1, [0, 1], 2, 1, [0])
+    with pytest.raises(ValueError, match="offset must be in"):
+        grouped_row_linear(x, w, b, 2, 1, [0, 2], 2, 1, [0, 1])
+    with pytest.raises(ValueError, match="full width"):
+        grouped_row_linear(x[:, :3], w, b, 2, 1, [0, 1], 2, 1, [0, 1])
+    with pytest.raises(ValueError, match="share dp and keep"):
+        grouped_row_pattern_linear(x, w, b, [RowPattern(2, 0), RowPattern(3, 0)], outs)
+    assert math.isfinite(float(grouped_row_pattern_linear(x, w, b, ins, outs).sum()))
+
+
+# --------------------------------------------------------------------------- the models
+
+
+def masked_mlp_reference(model, x, draws):
+    """The dense network with dropout as masks: each site's mask per group (broadcast within the
+    group, scaled by dp/keep), applied to the site's activations; the same weights."""
+    h = x
+    last = len(model.linears) - 1
+    for i, linear in enumerate(model.linears):
+        if draws[i] is not None:
+            mask = h.new_zeros(h.shape[-2], h.shape[-1])  # [B, n]
+            for (start, stop), pattern in zip(group_bounds(h.shape[-2], len(draws[i])), draws[i]):
+                mask[start:stop] = pattern.keep_mask(h.shape[-1]).to(h.dtype) * pattern.scale
+            h = h * mask
+        h = linear(h)
+        if i < last:
+            h = model.activation(h)
+    return h
+
+
+@pytest.mark.parametrize("groups, batch, input_dropout", [(2, 9, False), (4, 16, True), (5, 3, False), (16, 32, False)])
+@pytest.mark.parametrize("family", ["paper", "extended"])
+def test_grouped_mlp_matches_the_dense_masked_network_with_one_mask_per_group(groups, batch, input_dropout, family):
+    torch.manual_seed(0)
+    sizes = [13, 21, 17, 5]
+    dists = [ad.distribution_for(0.6, n, family=family) for n in sizes[0 if input_dropout else 1 : -1]]
+    model = ad.ApproxDropoutMLP(
+        sizes, 0.6, groups=groups, input_dropout=input_dropout, distributions=dists, activation=torch.nn.GELU(),
+        generator=torch.Generator().manual_seed(4),
+    ).double()  # fmt: skip
+    x = torch.randn(batch, 13, dtype=torch.float64)
+    y = model(x)
+    draws = model.last_patterns
+    assert all(d is None or len(d) == groups for d in draws)
+    grads = torch.autograd.grad(y.square().sum(), list(model.parameters()))
+    ref = masked_mlp_reference(model, x, draws)
+    torch.testing.assert_close(y, ref)
+    for got, want in zip(grads, torch.autograd.grad(ref.square().sum(), list(model.parameters()))):
+        torch.testing.assert_close(got, want)
+
+
+def test_one_group_is_the_paper_model_bit_for_bit():
+    x = torch.randn(6, 10)
+    outs = []
+    for groups in (None, 1):
+        torch.manual_seed(0)
+        model = ad.ApproxDropoutMLP([10, 16, 4], 0.5, groups=groups, generator=torch.Generator().manual_seed(2))
+        outs.append((model(x), model.last_patterns))
+    assert torch.equal(outs[0][0], outs[1][0]) and outs[0][1] == outs[1][1]
+
+
+def test_grouped_eval_is_the_whole_network_and_leading_dims_work():
+    torch.manual_seed(0)
+    model = ad.ApproxDropoutMLP([8, 12, 3], 0.5, groups=4)
+    x = torch.randn(2, 5, 8)  # [*, B, n]: groups split the 5 samples of each leading slice
+    assert model(x).shape == (2, 5, 3) and model(x[0, 0]).shape == (3,)
+    model.eval()
+    dense = model.linears[1](model.activation(model.linears[0](x)))
+    torch.testing.assert_close(model(x), dense)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(groups=0), "groups must be in"),
+        (dict(groups=2.5), "groups must be an int"),
+        (dict(groups=4, method="tile"), "batch groups are for row-pattern methods"),
+        (dict(groups=2, method="shared"), "batch groups are for row-pattern methods"),
+    ],
+)
+def test_bad_groups_are_value_errors_naming_the_value(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        ad.ApproxDropoutMLP([8, 12, 3], 0.5, **kwargs)
+
+
+def test_bench_times_grouped_row_side_by_side(capsys):
+    from approxdrop.experiments.cli import main
+
+    argv = ["bench", "--sizes", "12", "16", "3", "--batch", "8", "--ps", "0.5", "--rounds", "1", "--warmup", "0"]
+    assert main([*argv, "--methods", "bernoulli", "row", "--groups", "2", "4", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "| 0.5 | row G=2 |" in out and "| 0.5 | row G=4 |" in out and "| 0.5 | row |" in out
+    assert main([*argv, "--groups", "0"]) == 2
+
+
+def masked_lstm_reference(model, x, draws):
+    """The dense LSTM language model with each site's per-group mask (broadcast over time steps and
+    within the group, scaled by dp/keep), step-by-step autograd recurrence."""
+    from approxdrop.models.lstm import lstm_recurrence_reference
+
+    def mask(u, patterns):
+        m = u.new_zeros(u.shape[1], u.shape[-1])  # [B, n]
+        for (start, stop), pattern in zip(group_bounds(u.shape[1], len(patterns)), patterns):
+            m[start:stop] = pattern.keep_mask(u.shape[-1]).to(u.dtype) * pattern.scale
+        return u * m  # [T, B, n]
+
+    u = model.embedding(x)
+    zeros = u.new_zeros(x.shape[1], model.hidden)
+    for layer, patterns in zip(model.lstm, draws):
+        xproj = torch.nn.functional.linear(mask(u, patterns), layer.weight_ih, layer.bias)
+        u, _, _ = lstm_recurrence_reference(xproj, zeros, zeros, layer.weight_hh)
+    return model.decoder(mask(u, draws[-1]))
+
+
+@pytest.mark.parametrize("groups, batch", [(2, 5), (4, 4), (4, 3)])
+def test_grouped_lstm_matches_the_dense_masked_model_with_one_mask_per_group(groups, batch):
+    torch.manual_seed(0)
+    model = ad.ApproxDropoutLSTM(
+        23, hidden=9, layers=2, p=0.5, groups=groups, embedding=7, family="extended",
+        generator=torch.Generator().manual_seed(1),
+    ).double()  # fmt: skip
+    x = torch.randint(23, (6, batch), generator=torch.Generator().manual_seed(2))  # [T, B]
+    logits, _ = model(x)
+    draws = model.last_patterns
+    assert all(len(d) == groups for d in draws)
+    params = list(model.parameters())
+    grads = torch.autograd.grad(logits.square().sum(), params)
+    ref = masked_lstm_reference(model, x, draws)
+    torch.testing.assert_close(logits, ref)
+    for got, want in zip(grads, torch.autograd.grad(ref.square().sum(), params)):
+        torch.testing.assert_close(got, want)
+
+
+def test_grouped_lstm_methods_are_rows_of_the_table():
+    model = ad.language_model(23, "row-g4", hidden=9, layers=1, p=0.5)
+    assert model.groups == 4 and ad.DROPOUT_METHODS["row-g4"].groups == 4 and "row-g4" in ad.LM_METHODS
+    with pytest.raises(ValueError, match="batch groups are for row-pattern methods"):
+        ad.ApproxDropoutLSTM(23, 9, 1, 0.5, "shared", groups=2)
+
+
+def test_bench_lstm_times_grouped_row_side_by_side(monkeypatch, capsys):
+    from approxdrop.experiments import bench_lstm
+    from approxdrop.experiments.cli import main
+
+    monkeypatch.setitem(bench_lstm.SIZES, "tiny", bench_lstm.LSTMSize(8, 2, 50, 5, 4))
+    argv = ["bench-lstm", "--sizes", "tiny", "--ps", "0.5", "--rounds", "1", "--warmup", "0", "--no-progress"]
+    assert main([*argv, "--methods", "bernoulli", "row", "torch", "--groups", "2", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "| tiny | 0.5 | row G=2 |" in out and "| tiny | 0.5 | row G=4 |" in out
