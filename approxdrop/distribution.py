@@ -86,7 +86,9 @@ class PatternDistribution:
         offset = int(torch.randint(dp, (1,), generator=generator))
         return self.make(dp, offset, keep)
 
-    def sample_groups(self, groups: int, generator: torch.Generator | None = None) -> tuple[RowPattern | TilePattern, ...]:
+    def sample_groups(
+        self, groups: int, generator: torch.Generator | None = None
+    ) -> tuple[RowPattern | TilePattern, ...]:
         """One pattern per batch group (grouped complementary patterns, METHOD.md §9): ``(dp, keep)`` is
         drawn once, and the groups' offsets run through a uniformly random permutation of 0..dp-1,
         followed by fresh permutations when ``groups > dp``. Group 0 gets exactly the draw of

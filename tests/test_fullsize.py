@@ -20,6 +20,9 @@ from notebook_outputs import LABS
 pytestmark = pytest.mark.fullsize
 
 BOUND_S = 180  # the lab's whole run, kernel start included
+# THREADS: the kernel gets one torch thread. On a 2-core machine shared with other work, a second thread
+# makes every op wait on a partner that is not running: lab 07 took 694 s with two threads and 42 s with
+# one here, at a load of 3 (the reason CI mode takes one thread, ``course.mode.device``).
 SUMMARY = """import json
 print("RACE " + json.dumps({{
     "steps": run.config.steps,
@@ -52,6 +55,7 @@ def run_lab(name: str, chance: str) -> tuple[dict, float]:
 def test_lab_races_at_full_cpu_size_and_every_method_learns(name, monkeypatch, capsys):
     monkeypatch.delenv("APPROXDROP_CI", raising=False)  # the kernel inherits this environment:
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # CPU sizes, also on a machine with a GPU
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # see THREADS
     race, elapsed = run_lab(name, LABS_AND_CHANCE[name])
     with capsys.disabled():
         print(f"\n  {name} at full CPU size: {elapsed:.0f} s, {race['steps']} steps", end="")

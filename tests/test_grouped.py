@@ -308,3 +308,20 @@ def test_bench_lstm_times_grouped_row_side_by_side(monkeypatch, capsys):
     assert main([*argv, "--methods", "bernoulli", "row", "torch", "--groups", "2", "4"]) == 0
     out = capsys.readouterr().out
     assert "| tiny | 0.5 | row G=2 |" in out and "| tiny | 0.5 | row G=4 |" in out
+
+
+def test_grouped_op_checks_devices_and_dtypes_and_runs_under_autocast():
+    x, w, b, ins, outs = random_case(batch=6, groups=2, n_in=8, n_out=6, in_dp=2, in_keep=1, out_dp=2, out_keep=1)
+    with pytest.raises(ValueError, match="same floating dtype"):
+        grouped_row_pattern_linear(x.float(), w, b, ins, outs)
+    with pytest.raises(ValueError, match="one device"):
+        grouped_row_pattern_linear(x, w.to("meta"), b, ins, outs)
+    model = ad.ApproxDropoutMLP([8, 12, 12, 3], 0.5, groups=2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = model(x.float())
+    assert y.dtype == torch.bfloat16
+    y.float().sum().backward()
+    assert all(
+        p.grad is not None and p.grad.dtype == torch.float32 and bool(p.grad.isfinite().all())
+        for p in model.parameters()
+    )

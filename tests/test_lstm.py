@@ -12,8 +12,8 @@ from approxdrop.models.lstm import (
     LSTM_METHODS,
     ApproxDropoutLSTM,
     TorchLSTM,
-    language_model,
     fused_lstm,
+    language_model,
     lstm_recurrence_reference,
 )
 from approxdrop.models.methods import ROW
@@ -126,7 +126,7 @@ def test_every_site_is_exactly_unbiased_by_enumeration(p, family):
     model = ApproxDropoutLSTM(VOCAB, HIDDEN, 2, p, "row", embedding=EMB, family=family).double()
     gen = torch.Generator().manual_seed(0)
     consumers = [(layer.weight_ih, layer.bias) for layer in model.lstm] + [(model.decoder.weight, model.decoder.bias)]
-    for site, (dist, (weight, bias)) in enumerate(zip(model.distributions, consumers)):
+    for dist, (weight, bias) in zip(model.distributions, consumers):
         u = torch.randn(T, B, weight.shape[1], dtype=torch.float64, generator=gen)
         expected = torch.zeros(T, B, weight.shape[0], dtype=torch.float64)
         with torch.no_grad():

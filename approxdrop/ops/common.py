@@ -103,6 +103,20 @@ def save_inputs(ctx, inputs, output):
     ctx.has_bias = bias is not None
 
 
+def register_backward(forward_op, backward_op) -> None:
+    """Autograd of a forward op ``(x, weight, bias, *ints)`` whose backward is its own op
+    ``(grad_y, x, weight, *ints, need_grad_x) -> (grad_x, grad_w, grad_b)``: x and W are saved, the
+    pattern travels as the integers, grad_x is skipped when x needs none (a first layer)."""
+
+    def backward(ctx, grad_y):
+        x, weight = ctx.saved_tensors
+        need_x = ctx.needs_input_grad[0]
+        grad_x, grad_w, grad_b = backward_op(grad_y, x, weight, *ctx.ints, need_x)
+        return (grad_x if need_x else None, grad_w, grad_b if ctx.has_bias else None) + (None,) * len(ctx.ints)
+
+    forward_op.register_autograd(backward, setup_context=save_inputs)
+
+
 # Autocast rules of the approxdrop:: ops, registered in this library fragment (kept alive here).
 _AUTOCAST = torch.library.Library("approxdrop", "IMPL")
 AUTOCAST_DEVICES = ("cpu", "cuda")

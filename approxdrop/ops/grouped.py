@@ -20,7 +20,18 @@ from __future__ import annotations
 import torch
 
 from ..patterns import RowPattern
-from .common import check_weight, flat, kept_weight, take
+from .common import (
+    as_index,
+    check_backward_args,
+    check_linear_args,
+    check_weight,
+    flat,
+    kept_weight,
+    put_block,
+    register_autocast,
+    register_backward,
+    take,
+)
 
 
 def group_bounds(batch: int, groups: int) -> list[tuple[int, int]]:
@@ -34,35 +45,51 @@ def group_bounds(batch: int, groups: int) -> list[tuple[int, int]]:
     return bounds
 
 
-def _pairs(x: torch.Tensor, in_offsets: list[int], out_offsets: list[int]) -> dict[tuple[int, int], torch.Tensor]:
-    """(out offset, in offset) -> Long[m]: the batch positions of the groups carrying that pair."""
-    batch = x.shape[-2]
-    positions: dict[tuple[int, int], list[torch.Tensor]] = {}
+def _pairs(batch: int, in_offsets: list[int], out_offsets: list[int]) -> dict[tuple[int, int], list[tuple[int, int]]]:
+    """(out offset, in offset) -> the batch segments ``(start, stop)`` of the groups carrying that pair."""
+    segments: dict[tuple[int, int], list[tuple[int, int]]] = {}
     for (start, stop), i, o in zip(group_bounds(batch, len(in_offsets)), in_offsets, out_offsets):
         if stop > start:
-            positions.setdefault((o, i), []).append(torch.arange(start, stop, device=x.device))
-    return {pair: torch.cat(parts) for pair, parts in positions.items()}
+            segments.setdefault((o, i), []).append((start, stop))
+    return segments
+
+
+def _read(t: torch.Tensor, segments: list[tuple[int, int]], cols) -> torch.Tensor:
+    """t[..., segments, cols] (Tensor[*, m, k]): a view of one segment, else the segments stacked."""
+    parts = [take(t[..., start:stop, :], t.dim() - 1, cols) for start, stop in segments]
+    return parts[0] if len(parts) == 1 else torch.cat(parts, -2)
+
+
+def _write(dst: torch.Tensor, segments: list[tuple[int, int]], cols, value: torch.Tensor) -> None:
+    """dst[..., segments, cols] = value (Tensor[*, m, k], the segments stacked), in place."""
+    first = 0
+    for start, stop in segments:
+        dst[..., start:stop, cols] = value[..., first : first + stop - start, :]
+        first += stop - start
+
+
+def _disjoint(in_keep: int, in_dp: int, out_keep: int, out_dp: int) -> bool:
+    """True when distinct (out offset, in offset) pairs have disjoint weight blocks (keep = 1, or a
+    side kept whole), so their weight gradients can be written, not added."""
+    return (in_keep == 1 or in_keep == in_dp) and (out_keep == 1 or out_keep == out_dp)
 
 
 def _check(x, weight, bias, in_dp, in_keep, in_offsets, out_dp, out_keep, out_offsets) -> None:
     check_weight("grouped_row_linear", weight)
     if len(in_offsets) != len(out_offsets) or not in_offsets:
         raise ValueError(
-            f"grouped_row_linear: need one in and one out offset per group, got {len(in_offsets)} and {len(out_offsets)}"
+            "grouped_row_linear: need one in and one out offset per group, "
+            f"got {len(in_offsets)} and {len(out_offsets)}"
         )
     for o in in_offsets:
         RowPattern(in_dp, o, in_keep)  # ValueError on bad integers
     for o in out_offsets:
         RowPattern(out_dp, o, out_keep)
-    if x.dim() < 2 or x.shape[-1] != weight.shape[1]:
+    if x.dim() < 2:
         raise ValueError(
-            f"grouped_row_linear: x must be [*, B, {weight.shape[1]}] (full width, batch axis second-to-last), "
-            f"got shape {tuple(x.shape)}"
+            f"grouped_row_linear: x must be [*, B, n_in] (batch axis second-to-last), got {tuple(x.shape)}"
         )
-    if bias is not None and tuple(bias.shape) != (weight.shape[0],):
-        raise ValueError(f"grouped_row_linear: bias must have shape ({weight.shape[0]},), got {tuple(bias.shape)}")
-    if x.device != weight.device or (bias is not None and bias.device != weight.device):
-        raise ValueError(f"grouped_row_linear: x, weight and bias must be on one device, got {x.device}, {weight.device}")
+    check_linear_args("grouped_row_linear (x full width)", x, weight, bias, weight.shape[1])
 
 
 def grouped_row_linear_torch(
@@ -81,16 +108,18 @@ def grouped_row_linear_torch(
     n_out, n_in = weight.shape
     scale = in_dp / in_keep
     y = x.new_zeros(*x.shape[:-1], n_out)  # [*, B, n_out]: zero at every group's dropped outputs
-    for (o_out, o_in), where in _pairs(x, in_offsets, out_offsets).items():
+    for (o_out, o_in), segments in _pairs(x.shape[-2], in_offsets, out_offsets).items():
         rows = RowPattern(out_dp, o_out, out_keep).selector(n_out, x.device)
         cols = RowPattern(in_dp, o_in, in_keep).selector(n_in, x.device)
-        xs = take(x.index_select(-2, where), x.dim() - 1, cols)  # [*, m, k_in]
+        xs = _read(x, segments, cols)  # [*, m, k_in]
         w_kept = kept_weight(weight, rows, cols)  # [k_out, k_in]
         b_kept = None if bias is None else take(bias, 0, rows)
-        ys = torch.nn.functional.linear(xs * scale, w_kept, b_kept)  # [*, m, k_out]
-        block = x.new_zeros(*ys.shape[:-1], n_out)  # [*, m, n_out]
-        block[..., rows] = ys
-        y.index_copy_(-2, where, block)
+        x2 = flat(xs)  # [N, k_in]
+        if b_kept is None:
+            ys = torch.mm(x2, w_kept.t()).mul_(scale)  # [N, k_out]
+        else:
+            ys = torch.addmm(b_kept, x2, w_kept.t(), alpha=scale)
+        _write(y, segments, rows, ys.reshape(*xs.shape[:-1], -1))  # [*, m, k_out] into the kept outputs
     return y
 
 
@@ -112,6 +141,8 @@ def grouped_row_linear(
 
 @grouped_row_linear.register_fake
 def _(x, weight, bias, in_dp, in_keep, in_offsets, out_dp, out_keep, out_offsets):
+    # also the Meta kernel: a CPU x with meta weights lands here, so check like the real op
+    _check(x, weight, bias, in_dp, in_keep, in_offsets, out_dp, out_keep, out_offsets)
     return x.new_empty(*x.shape[:-1], weight.shape[0])
 
 
@@ -129,35 +160,31 @@ def grouped_row_linear_backward_torch(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The PyTorch implementation of ``approxdrop::grouped_row_linear_backward``: per pair, the kept
     block of grad_x, and the weight and bias gradient blocks added into zeroed full-size gradients."""
-    if grad_y.shape != (*x.shape[:-1], weight.shape[0]):
-        raise ValueError(
-            f"grouped_row_linear_backward: grad_y must have shape {(*x.shape[:-1], weight.shape[0])}, "
-            f"got {tuple(grad_y.shape)}"
-        )
+    check_weight("grouped_row_linear_backward", weight)
+    check_backward_args("grouped_row_linear_backward", grad_y, x, weight, weight.shape[1], weight.shape[0])
     n_out, n_in = weight.shape
     scale = in_dp / in_keep
     grad_x = x.new_zeros(x.shape) if need_grad_x else x.new_empty(0)  # [*, B, n_in]
     grad_w = weight.new_zeros(weight.shape)  # [n_out, n_in]
     grad_b = weight.new_zeros(n_out)
-    for (o_out, o_in), where in _pairs(x, in_offsets, out_offsets).items():
+    disjoint = _disjoint(in_keep, in_dp, out_keep, out_dp)
+    for (o_out, o_in), segments in _pairs(x.shape[-2], in_offsets, out_offsets).items():
         rows = RowPattern(out_dp, o_out, out_keep).selector(n_out, x.device)
         cols = RowPattern(in_dp, o_in, in_keep).selector(n_in, x.device)
-        g_kept = flat(take(grad_y.index_select(-2, where), x.dim() - 1, rows))  # [N, k_out]
+        g_kept = _read(grad_y, segments, rows)  # [*, m, k_out]
+        lead = g_kept.shape[:-1]
+        g_kept = flat(g_kept)  # [N, k_out]
         grad_b[rows] += g_kept.sum(0)
         g = g_kept * scale  # scale the small operand once, not the two products
-        xs = flat(take(x.index_select(-2, where), x.dim() - 1, cols))  # [N, k_in]
-        block_w = g.t() @ xs  # [k_out, k_in]
-        if isinstance(rows, slice) and isinstance(cols, slice):
-            grad_w[rows, cols] += block_w
-        else:
-            r = torch.arange(n_out, device=x.device)[rows] if isinstance(rows, slice) else rows
-            c = torch.arange(n_in, device=x.device)[cols] if isinstance(cols, slice) else cols
+        block_w = g.t() @ flat(_read(x, segments, cols))  # [k_out, k_in]
+        if disjoint:
+            put_block(grad_w, block_w, rows, cols)
+        else:  # blocks of keep > 1 patterns overlap: add
+            r, c = as_index(rows, n_out, x.device), as_index(cols, n_in, x.device)
             grad_w.index_put_((r[:, None], c[None, :]), block_w, accumulate=True)
         if need_grad_x:
-            gx = (g @ kept_weight(weight, rows, cols)).reshape(*x.shape[:-2], len(where), -1)  # [*, m, k_in]
-            block = torch.zeros_like(x.index_select(-2, where))  # [*, m, n_in]
-            block[..., cols] = gx
-            grad_x.index_copy_(-2, where, block)
+            gx = (g @ kept_weight(weight, rows, cols)).reshape(*lead, -1)  # [*, m, k_in]
+            _write(grad_x, segments, cols, gx)
     return grad_x, grad_w, grad_b
 
 
@@ -183,25 +210,15 @@ def grouped_row_linear_backward(
 
 @grouped_row_linear_backward.register_fake
 def _(grad_y, x, weight, in_dp, in_keep, in_offsets, out_dp, out_keep, out_offsets, need_grad_x=True):
+    check_weight("grouped_row_linear_backward", weight)
+    check_backward_args("grouped_row_linear_backward", grad_y, x, weight, weight.shape[1], weight.shape[0])
     grad_x = x.new_empty(x.shape) if need_grad_x else x.new_empty(0)  # real outputs are contiguous
     return grad_x, weight.new_empty(weight.shape), weight.new_empty(weight.shape[0])
 
 
-def _setup(ctx, inputs, output):
-    x, weight, bias, *ints = inputs
-    ctx.save_for_backward(x, weight)
-    ctx.ints = ints
-    ctx.has_bias = bias is not None
-
-
-def _backward(ctx, grad_y):
-    x, weight = ctx.saved_tensors
-    need_x = ctx.needs_input_grad[0]
-    grad_x, grad_w, grad_b = grouped_row_linear_backward(grad_y, x, weight, *ctx.ints, need_x)
-    return (grad_x if need_x else None, grad_w, grad_b if ctx.has_bias else None) + (None,) * 6
-
-
-grouped_row_linear.register_autograd(_backward, setup_context=_setup)
+register_backward(grouped_row_linear, grouped_row_linear_backward)
+register_autocast("grouped_row_linear", grouped_row_linear)
+register_autocast("grouped_row_linear_backward", grouped_row_linear_backward)
 
 
 def grouped_row_pattern_linear(
@@ -216,9 +233,8 @@ def grouped_row_pattern_linear(
         if len({(q.dp, q.keep) for q in patterns}) != 1:
             raise ValueError(f"the groups' {side} patterns must share dp and keep, got {patterns}")
     i0, o0 = in_patterns[0], out_patterns[0]
-    return grouped_row_linear(
-        x, weight, bias, i0.dp, i0.keep, [q.offset for q in in_patterns], o0.dp, o0.keep, [q.offset for q in out_patterns]
-    )
+    in_offsets, out_offsets = [q.offset for q in in_patterns], [q.offset for q in out_patterns]
+    return grouped_row_linear(x, weight, bias, i0.dp, i0.keep, in_offsets, o0.dp, o0.keep, out_offsets)
 
 
 def grouped_row_linear_reference(

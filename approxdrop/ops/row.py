@@ -14,7 +14,7 @@ from .common import (
     kept_weight,
     put_block,
     register_autocast,
-    save_inputs,
+    register_backward,
     take,
 )
 
@@ -140,13 +140,6 @@ def _(grad_y, x, weight, in_dp, in_offset, in_keep, out_dp, out_offset, out_keep
     return empty_grads(x, weight, need_grad_x)
 
 
-def _row_backward(ctx, grad_y):
-    x, weight = ctx.saved_tensors
-    need_x = ctx.needs_input_grad[0]
-    grad_x, grad_w, grad_b = row_linear_backward(grad_y, x, weight, *ctx.ints, need_x)
-    return (grad_x if need_x else None, grad_w, grad_b if ctx.has_bias else None) + (None,) * 6
-
-
-row_linear.register_autograd(_row_backward, setup_context=save_inputs)
+register_backward(row_linear, row_linear_backward)
 register_autocast("row_linear", row_linear)
 register_autocast("row_linear_backward", row_linear_backward)

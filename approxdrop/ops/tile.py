@@ -14,7 +14,7 @@ from .common import (
     empty_grads,
     flat,
     register_autocast,
-    save_inputs,
+    register_backward,
 )
 
 
@@ -262,13 +262,6 @@ def _(grad_y, x, weight, dp, offset, keep, tile, need_grad_x=True):
     return empty_grads(x, weight, need_grad_x)
 
 
-def _tile_backward(ctx, grad_y):
-    x, weight = ctx.saved_tensors
-    need_x = ctx.needs_input_grad[0]
-    grad_x, grad_w, grad_b = tile_linear_backward(grad_y, x, weight, *ctx.ints, need_x)
-    return (grad_x if need_x else None, grad_w, grad_b if ctx.has_bias else None) + (None,) * 4
-
-
-tile_linear.register_autograd(_tile_backward, setup_context=save_inputs)
+register_backward(tile_linear, tile_linear_backward)
 register_autocast("tile_linear", tile_linear)
 register_autocast("tile_linear_backward", tile_linear_backward)

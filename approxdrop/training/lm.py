@@ -96,7 +96,8 @@ def perplexity(model: nn.Module, data: torch.Tensor, bptt: int = 35) -> float:
         total += float(loss) * y.numel()
         tokens += y.numel()
     model.train(was_training)
-    return math.exp(total / max(1, tokens))
+    mean = total / max(1, tokens)
+    return math.exp(mean) if mean < 700 else math.inf  # exp overflows a float past ~709
 
 
 class _LMContestant:

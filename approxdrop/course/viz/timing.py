@@ -1,8 +1,8 @@
 """Timing bar chart: measured time per method, with the GEMM-work bound drawn on each bar.
 
 The bound of a method is ``baseline ms * work``: the time it would take if time shrank exactly
-with the GEMM work it has left. Rows are ``approxdrop.gemm_timing.Timing`` (name, ms, work);
-``from_bench`` converts ``approxdrop.bench.measure`` rows at one p.
+with the GEMM work it has left. Rows are ``experiments.gemm_timing.Timing`` (name, ms, work);
+``from_bench`` converts ``experiments.bench.measure`` rows at one p.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from ...experiments.gemm_timing import Timing
 
 
 def from_bench(rows, p: float) -> list[Timing]:
-    """The ``approxdrop.bench.BenchRow`` rows at rate ``p`` as Timings (ms per training step), with
+    """The ``experiments.bench.BenchRow`` rows at rate ``p`` as Timings (ms per training step), with
     ``bernoulli`` first, so that it is the baseline of the bound."""
     picked = sorted((r for r in rows if abs(r.p - p) < 1e-9), key=lambda r: r.method != "bernoulli")
     if not picked or picked[0].method != "bernoulli":
