@@ -184,3 +184,14 @@ def test_the_benchmark_command_rejects_bad_options_before_any_run(tiny_sizes, no
 def test_measure_lstm_checks_its_arguments(tiny_sizes, bad, message):
     with pytest.raises(ValueError, match=message):
         bench_lstm.measure_lstm("tiny", **{"ps": (0.5,), "warmup": 0, "rounds": 1, "progress": False, **bad})
+
+
+def test_perplexity_of_a_hopeless_model_is_inf_not_an_overflow_error():
+    class Hopeless(nn.Module):
+        def forward(self, x, state=None):
+            logits = torch.zeros(*x.shape, 3)
+            logits[..., 0] = 1e4  # every token predicted as 0 with certainty
+            return logits, state
+
+    data = torch.ones(12, 2, dtype=torch.long)  # every target is 1: cross-entropy 1e4 per token
+    assert perplexity(Hopeless(), data, bptt=4) == math.inf
