@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -105,7 +105,7 @@ class PatternDistribution:
                 offsets += [int(o) for o in torch.randperm(dp, generator=generator)]
         return tuple(self.make(dp, o, first.keep) for o in offsets[:groups])
 
-    def enumerate(self):
+    def enumerate(self) -> Iterator[tuple[RowPattern | TilePattern, float]]:
         """Yield ``(pattern, probability)`` for every pattern and offset with nonzero probability."""
         for (dp, keep), q in zip(self.pairs, self.probs):
             if q > 0.0:

@@ -24,7 +24,7 @@ def periodic_count(n: int, dp: int, offset: int, keep: int) -> int:
     return total
 
 
-def periodic_mask(n: int, dp: int, offset: int, keep: int, device=None) -> torch.Tensor:
+def periodic_mask(n: int, dp: int, offset: int, keep: int, device: torch.device | str | None = None) -> torch.Tensor:
     """Bool[n]: ``(i - offset) mod dp < keep`` for ``i`` in ``[0, n)``."""
     i = torch.arange(n, device=device)
     return torch.remainder(i - offset, dp) < keep
@@ -63,15 +63,15 @@ class RowPattern:
         """How many of ``n`` units are kept (exact, also when dp does not divide n)."""
         return periodic_count(check_int("n", n, 0), self.dp, self.offset, self.keep)
 
-    def keep_mask(self, n: int, device=None) -> torch.Tensor:
+    def keep_mask(self, n: int, device: torch.device | str | None = None) -> torch.Tensor:
         """Bool[n]: True for kept units."""
         return periodic_mask(check_int("n", n, 0), self.dp, self.offset, self.keep, device)
 
-    def kept_indices(self, n: int, device=None) -> torch.Tensor:
+    def kept_indices(self, n: int, device: torch.device | str | None = None) -> torch.Tensor:
         """Long[k]: the kept units in increasing order."""
         return self.keep_mask(n, device).nonzero().flatten()
 
-    def selector(self, n: int, device=None) -> slice | torch.Tensor:
+    def selector(self, n: int, device: torch.device | str | None = None) -> slice | torch.Tensor:
         """Kept units as a slice when they form one strided run (keep == 1 or keep == dp),
         else as a Long index tensor. A slice lets a weight's kept rows be a view (no copy)."""
         if self.keep == self.dp:
@@ -116,14 +116,14 @@ class TilePattern:
         check_int("n_in", n_in, 0)
         return -(-n_out // self.tile), -(-n_in // self.tile)
 
-    def tile_mask(self, n_out: int, n_in: int, device=None) -> torch.Tensor:
+    def tile_mask(self, n_out: int, n_in: int, device: torch.device | str | None = None) -> torch.Tensor:
         """Bool[ceil(n_out/T), ceil(n_in/T)]: True for kept tiles."""
         rows, cols = self.grid(n_out, n_in)
         a = torch.arange(rows, device=device)[:, None]
         b = torch.arange(cols, device=device)[None, :]
         return torch.remainder(b - a - self.offset, self.dp) < self.keep
 
-    def keep_mask(self, n_out: int, n_in: int, device=None) -> torch.Tensor:
+    def keep_mask(self, n_out: int, n_in: int, device: torch.device | str | None = None) -> torch.Tensor:
         """Bool[n_out, n_in]: True for weights in kept tiles."""
         tiles = self.tile_mask(n_out, n_in, device)
         full = tiles.repeat_interleave(self.tile, 0).repeat_interleave(self.tile, 1)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import html
 import re
+from typing import Protocol
 
 import ipywidgets as w
 import plotly.graph_objects as go
@@ -27,7 +28,13 @@ def static_copy(widget: w.Widget) -> list[go.Figure | str]:
     return [part for child in getattr(widget, "children", ()) for part in static_copy(child)]
 
 
-def show(panel) -> None:
+class Panel(Protocol):
+    """What ``show`` takes: a lab's panel, with the ``widget`` to display."""
+
+    widget: w.Widget
+
+
+def show(panel: Panel) -> None:
     """Display ``panel.widget`` (a lab's panel: sliders, buttons, live figures), then its static copy
     (``static_copy``): the status lines printed, the figures drawn."""
     display(panel.widget)

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import os
 import platform
+from typing import TypeVar
 
 import torch
 
 CI_ENV = "APPROXDROP_CI"
+_T = TypeVar("_T")  # what ``pick`` chooses between
 
 
 def ci_mode() -> bool:
@@ -19,7 +21,7 @@ def ci_mode() -> bool:
     return os.environ.get(CI_ENV, "").strip().lower() not in ("", "0", "false", "no")
 
 
-def pick(full, ci):
+def pick(full: _T, ci: _T) -> _T:
     """``ci`` in CI mode, else ``full``: ``steps = pick(2000, 20)``."""
     return ci if ci_mode() else full
 

@@ -65,7 +65,7 @@ class Vocabulary:
     frequency in the training tokens, ties broken by first appearance. ``max_size`` (counting the two
     specials) keeps only the most frequent words; the rest encode as ``<unk>``."""
 
-    def __init__(self, tokens: Iterable[str], max_size: int | None = None):
+    def __init__(self, tokens: Iterable[str], max_size: int | None = None) -> None:
         if max_size is not None and max_size < 2:
             raise ValueError(f"max_size must be at least 2 (<unk> and <eos>), got {max_size}")
         counts = Counter(tokens)  # insertion order = first appearance; most_common keeps it for ties
@@ -231,7 +231,7 @@ def batchify(ids: torch.Tensor, batch: int) -> torch.Tensor:
 class BpttBatches:
     """The (x, y) chunks of ``bptt_batches``: sized (for progress bars) and iterable more than once."""
 
-    def __init__(self, data: torch.Tensor, steps: int):
+    def __init__(self, data: torch.Tensor, steps: int) -> None:
         if data.ndim != 2 or data.shape[0] < 2:
             raise ValueError(f"data must be [T, B] with T >= 2, got shape {tuple(data.shape)}")
         if steps < 1:

@@ -13,7 +13,9 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from .._env import check_number, check_positive, data_root, write_atomic
 
@@ -171,7 +173,12 @@ def fetch_files(root: Path, base_url: str, checksums: dict[str, str], download_o
     return root
 
 
-def load_first_available(order: list[str], load, describe, verbose: bool):
+_T = TypeVar("_T")  # what ``load_first_available``'s loader returns
+
+
+def load_first_available(
+    order: list[str], load: Callable[[str], _T], describe: Callable[[_T], str], verbose: bool
+) -> _T:
     """``load(name)`` for the first name in ``order`` that can be had: a ``DataUnavailable`` moves on
     to the next one (printing why, when ``verbose``), the last one's is raised; on success prints
     ``describe(result)`` when ``verbose``."""

@@ -13,7 +13,7 @@ import argparse
 import statistics
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -39,7 +39,9 @@ class BenchRow:
     rounds: int
 
 
-def mlp_step(model: torch.nn.Module, x: torch.Tensor, target: torch.Tensor, lr: float = 0.01):
+def mlp_step(
+    model: torch.nn.Module, x: torch.Tensor, target: torch.Tensor, lr: float = 0.01
+) -> Callable[[], tuple[torch.Tensor, torch.Tensor]]:
     """A zero-argument training step of ``model`` on one fixed batch (SGD with momentum 0.9)."""
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
     return lambda: training_step(model, opt, x, target)
@@ -88,7 +90,14 @@ def with_groups(methods: Sequence[str], groups: Sequence[int]) -> dict[str, tupl
     return variants
 
 
-def time_side_by_side(steps_by_method: dict, device: torch.device, warmup: int, rounds: int, steps: int, bar=None):
+def time_side_by_side(
+    steps_by_method: dict[str, Callable[[], object]],
+    device: torch.device,
+    warmup: int,
+    rounds: int,
+    steps: int,
+    bar: tqdm | None = None,
+) -> dict[str, list[float]]:
     """Seconds per call of each zero-argument ``step`` in ``steps_by_method``: ``warmup`` calls
     each, then ``rounds`` rounds in which every method runs ``steps`` calls (the order rotates
     every round, synchronised on CUDA) -> {method: [mean seconds per call, one per round]}."""
@@ -114,10 +123,10 @@ def time_side_by_side(steps_by_method: dict, device: torch.device, warmup: int, 
 
 
 def measure(
-    sizes=PAPER_SIZES,
+    sizes: Sequence[int] = PAPER_SIZES,
     batch: int = 128,
-    ps=(0.3, 0.5, 0.7),
-    methods=METHODS,
+    ps: Sequence[float] = (0.3, 0.5, 0.7),
+    methods: Sequence[str] = METHODS,
     device: str = "cpu",
     dtype: torch.dtype = torch.float32,
     tile: int = 32,

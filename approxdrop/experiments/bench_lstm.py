@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from .._env import describe_machine
 from ..data import load_corpus
 from ..models import LM_METHODS, language_model, lstm_gemm_work
+from ..models.lstm import State
 from ..training import LMRaceConfig, lm_training_step, train_lm
 from .bench import check_protocol, time_side_by_side, with_groups
 from .options import non_negative_int, positive_int, rate, write_record
@@ -57,7 +58,9 @@ class LSTMBenchRow:
     gemm_work: float
 
 
-def lm_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, lr: float = 1.0):
+def lm_step(
+    model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, lr: float = 1.0
+) -> Callable[[], tuple[torch.Tensor, State]]:
     """A zero-argument training step of ``model`` on one fixed batch (plain SGD, no state, no clipping)."""
     opt = torch.optim.SGD(model.parameters(), lr=lr)
     return lambda: lm_training_step(model, opt, x, y, None, clip=None)
@@ -65,8 +68,8 @@ def lm_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, lr: float 
 
 def measure_lstm(
     size: str = "paper",
-    ps=(0.3, 0.5, 0.7),
-    methods=LM_METHODS,
+    ps: Sequence[float] = (0.3, 0.5, 0.7),
+    methods: Sequence[str] = LM_METHODS,
     device: str = "cpu",
     warmup: int = 2,
     rounds: int = 5,
@@ -130,7 +133,14 @@ def format_table(rows: list[LSTMBenchRow]) -> str:
     return "\n".join(lines)
 
 
-def perplexity_table(size: str, ps, methods, steps: int, eval_tokens: int | None = None, seeds=(0,)) -> str:
+def perplexity_table(
+    size: str,
+    ps: Sequence[float],
+    methods: Sequence[str],
+    steps: int,
+    eval_tokens: int | None = None,
+    seeds: Sequence[int] = (0,),
+) -> str:
     """Validation perplexity after ``steps`` training steps per method and p (one interleaved race
     per p and seed on ``load_corpus("auto")``), as a markdown table: mean and spread over seeds, the
     ratio of the means to bernoulli's, the median step time."""

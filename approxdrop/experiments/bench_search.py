@@ -9,12 +9,16 @@ from __future__ import annotations
 import argparse
 import platform
 import time
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from ..search import exact_optimum, search_distribution
 from .options import positive_int, write_record
 
+_R = TypeVar("_R")  # what the timed function returns
 
-def timed(fn, repeat: int, *args):
+
+def timed(fn: Callable[..., _R], repeat: int, *args: Any) -> tuple[float, _R]:
     """``(fastest wall-clock seconds of repeat runs, last result)`` of ``fn(*args)``."""
     best, result = float("inf"), None
     for _ in range(repeat):

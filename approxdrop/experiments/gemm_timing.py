@@ -52,7 +52,13 @@ def _operands(batch: int, n_in: int, n_out: int, device, dtype, seed: int = 0):
 
 
 def dropout_timings(
-    batch: int, n_in: int, n_out: int, p: float, device, dtype=torch.float32, repeats: int = 10
+    batch: int,
+    n_in: int,
+    n_out: int,
+    p: float,
+    device: torch.device | str,
+    dtype: torch.dtype = torch.float32,
+    repeats: int = 10,
 ) -> list[Timing]:
     """Dense GEMM; dense GEMM + per-element Bernoulli mask; dense GEMM + batch-shared mask; and the
     smaller dense GEMM on the ``round((1-p) n_out)`` kept rows that shared dropout could run instead."""
@@ -79,7 +85,12 @@ def dropout_timings(
 
 
 def row_timings(
-    batch: int, n: int, pattern: RowPattern, device, dtype=torch.float32, repeats: int = 10
+    batch: int,
+    n: int,
+    pattern: RowPattern,
+    device: torch.device | str,
+    dtype: torch.dtype = torch.float32,
+    repeats: int = 10,
 ) -> list[Timing]:
     """A hidden layer W [n, n] under one RowPattern: dense GEMM; kept output rows only (a strided
     view, this layer); kept input columns only (a gather, the next layer); both sides."""
@@ -100,7 +111,13 @@ def row_timings(
 
 
 def tile_timings(
-    batch: int, n_in: int, n_out: int, pattern: TilePattern, device, dtype=torch.float32, repeats: int = 10
+    batch: int,
+    n_in: int,
+    n_out: int,
+    pattern: TilePattern,
+    device: torch.device | str,
+    dtype: torch.dtype = torch.float32,
+    repeats: int = 10,
 ) -> list[Timing]:
     """Dense GEMM, masked dense GEMM (DropConnect with the element mask), and ``tile_pattern_linear``."""
     device = torch.device(device)

@@ -21,6 +21,7 @@ import json
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from math import inf
 from pathlib import Path
@@ -124,7 +125,9 @@ def build_model(config: StudyConfig, variant: str, p: float, sizes: list[int], s
     return ApproxDropoutMLP(sizes, p, method=variant, tile=config.tile, generator=generator).train()
 
 
-def train_run(config: StudyConfig, data: Dataset, variant: str, p: float, seed: int, on_epoch=None) -> RunResult:
+def train_run(
+    config: StudyConfig, data: Dataset, variant: str, p: float, seed: int, on_epoch: Callable[[], object] | None = None
+) -> RunResult:
     """Train one variant for ``config.epochs`` epochs of shuffled mini-batches; evaluate after each."""
     dev = data.train_x.device
     sizes = [data.train_x.shape[1], *config.hidden, data.info.classes]

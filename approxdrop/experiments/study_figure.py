@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import statistics
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from ..models.methods import color
 
+if TYPE_CHECKING:
+    from .study import RunResult
+
 DASHES = ("solid", "dash", "dot", "dashdot")
 
 
-def study_figure(results) -> go.Figure:
+def study_figure(results: Sequence[RunResult]) -> go.Figure:
     """Left: final test accuracy (mean ± std over seeds) against p, one line per variant.
     Right: seed-mean test accuracy after each epoch against cumulative training time, one line per
     (variant, p): for a given time budget, which method is best."""

@@ -45,7 +45,9 @@ INIT_RANGE = 0.05  # uniform(-0.05, 0.05) for every weight (Zaremba's medium mod
 State = tuple[torch.Tensor, torch.Tensor]  # (h Float[layers, B, H], c Float[layers, B, H])
 
 
-def lstm_recurrence_reference(xproj: torch.Tensor, h: torch.Tensor, c: torch.Tensor, weight_hh: torch.Tensor):
+def lstm_recurrence_reference(
+    xproj: torch.Tensor, h: torch.Tensor, c: torch.Tensor, weight_hh: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One LSTM layer over time given its input projections (bias included), differentiated by
     autograd step by step: the readable reference of ``fused_lstm``.
 
@@ -63,7 +65,12 @@ def lstm_recurrence_reference(xproj: torch.Tensor, h: torch.Tensor, c: torch.Ten
 
 
 def fused_lstm(
-    inp: torch.Tensor, h: torch.Tensor, c: torch.Tensor, weight_ih: torch.Tensor, weight_hh: torch.Tensor, bias
+    inp: torch.Tensor,
+    h: torch.Tensor,
+    c: torch.Tensor,
+    weight_ih: torch.Tensor,
+    weight_hh: torch.Tensor,
+    bias: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One LSTM layer over time on PyTorch's fused LSTM (``torch.lstm``: oneDNN on a CPU, cuDNN on a
     GPU), differentiated by PyTorch. Same result as ``lstm_recurrence_reference`` on
@@ -168,7 +175,9 @@ class ApproxDropoutLSTM(nn.Module):
         self.distributions = site_distributions(self.spec, self.p, self.site_widths, distributions, family=family)
         self.last_patterns: list = [None] * len(self.site_widths)
 
-    def init_state(self, batch: int, device=None, dtype=None) -> State:
+    def init_state(
+        self, batch: int, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    ) -> State:
         """Zero (h, c), each Float[layers, batch, H]."""
         weight = self.decoder.weight
         shape = (self.layers, batch, self.hidden)
@@ -245,7 +254,9 @@ class TorchLSTM(nn.Module):
 
     method = "torch"
 
-    def __init__(self, vocab: int, hidden: int = 650, layers: int = 2, p: float = 0.5, *, embedding=None) -> None:
+    def __init__(
+        self, vocab: int, hidden: int = 650, layers: int = 2, p: float = 0.5, *, embedding: int | None = None
+    ) -> None:
         super().__init__()
         self.vocab, self.hidden = check_int("vocab", vocab, 1), check_int("hidden", hidden, 1)
         self.layers, self.p = check_int("layers", layers, 1), check_rate(p)

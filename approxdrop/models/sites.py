@@ -77,7 +77,14 @@ def shared_keep_indices(n: int, p: float, generator: torch.Generator | None = No
     return (torch.rand(n, generator=generator) >= p).nonzero().flatten()
 
 
-def gathered_linear(x, weight, bias, in_index, out_index, in_scale: float):
+def gathered_linear(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    in_index: torch.Tensor | None,
+    out_index: torch.Tensor | None,
+    in_scale: float,
+) -> torch.Tensor:
     """``in_scale * x @ W[out_index][:, in_index].T + b[out_index]`` with gathers (autograd
     scatters the gradient back). ``None`` for an index means every unit of that side."""
     if out_index is not None:

@@ -17,6 +17,8 @@ tile_linear(x, W, b, dp, offset, keep, tile):
 
 from __future__ import annotations
 
+import torch
+
 from ..patterns import RowPattern, TilePattern
 from . import cuda as cuda  # registers the CUDA implementations of the ops; builds nothing
 from .grouped import grouped_row_linear, grouped_row_linear_reference, grouped_row_pattern_linear
@@ -24,12 +26,20 @@ from .row import row_linear, row_linear_backward, row_linear_reference
 from .tile import tile_linear, tile_linear_backward, tile_linear_reference
 
 
-def row_pattern_linear(x, weight, bias, in_pattern: RowPattern, out_pattern: RowPattern):
+def row_pattern_linear(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    in_pattern: RowPattern,
+    out_pattern: RowPattern,
+) -> torch.Tensor:
     """``row_linear`` taking RowPattern objects."""
     return row_linear(x, weight, bias, *_ints(in_pattern), *_ints(out_pattern))
 
 
-def tile_pattern_linear(x, weight, bias, pattern: TilePattern):
+def tile_pattern_linear(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, pattern: TilePattern
+) -> torch.Tensor:
     """``tile_linear`` taking a TilePattern object."""
     return tile_linear(x, weight, bias, pattern.dp, pattern.offset, pattern.keep, pattern.tile)
 

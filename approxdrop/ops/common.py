@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 
@@ -14,7 +15,7 @@ def take(t: torch.Tensor, dim: int, sel: slice | torch.Tensor) -> torch.Tensor:
     return t.index_select(dim, sel)
 
 
-def kept_weight(weight: torch.Tensor, rows, cols) -> torch.Tensor:
+def kept_weight(weight: torch.Tensor, rows: slice | torch.Tensor, cols: slice | torch.Tensor) -> torch.Tensor:
     """``weight[rows][:, cols]`` (Tensor[k_out, k_in]) for the GEMMs.
 
     Kept rows of a row-major weight are a strided view that BLAS reads in place. Kept columns
@@ -32,11 +33,11 @@ def flat(t: torch.Tensor) -> torch.Tensor:
     return t.reshape(math.prod(t.shape[:-1]), t.shape[-1])
 
 
-def as_index(sel: slice | torch.Tensor, n: int, device) -> torch.Tensor:
+def as_index(sel: slice | torch.Tensor, n: int, device: torch.device | str | None) -> torch.Tensor:
     return torch.arange(n, device=device)[sel] if isinstance(sel, slice) else sel
 
 
-def put_block(full: torch.Tensor, block: torch.Tensor, rows, cols) -> None:
+def put_block(full: torch.Tensor, block: torch.Tensor, rows: slice | torch.Tensor, cols: slice | torch.Tensor) -> None:
     """Write ``block`` (Tensor[k_r, k_c]) into ``full[rows][:, cols]`` in place."""
     if isinstance(rows, slice) and isinstance(cols, slice):
         full[rows, cols].copy_(block)
@@ -64,7 +65,7 @@ def check_operands(name: str, **tensors: torch.Tensor | None) -> None:
         raise ValueError(f"{name}: every tensor must have the same floating dtype, got {kinds}")
 
 
-def check_linear_args(name: str, x: torch.Tensor, weight: torch.Tensor, bias, k_in: int) -> None:
+def check_linear_args(name: str, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, k_in: int) -> None:
     """x (Tensor[*, k_in]), weight (Tensor[n_out, n_in]) and bias (Tensor[n_out] or None) of a forward op."""
     check_operands(name, x=x, weight=weight, bias=bias)
     if x.dim() < 1 or x.shape[-1] != k_in:
@@ -76,7 +77,9 @@ def check_linear_args(name: str, x: torch.Tensor, weight: torch.Tensor, bias, k_
         raise ValueError(f"{name}: bias must have shape ({weight.shape[0]},), got {tuple(bias.shape)}")
 
 
-def check_backward_args(name: str, grad_y: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, k_in, k_out) -> None:
+def check_backward_args(
+    name: str, grad_y: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, k_in: int, k_out: int
+) -> None:
     """grad_y (Tensor[*, k_out]), x (Tensor[*, k_in]) and weight (2-D, ``check_weight``) of a backward op:
     the forward's shapes."""
     check_operands(name, grad_y=grad_y, x=x, weight=weight)
@@ -89,13 +92,15 @@ def check_backward_args(name: str, grad_y: torch.Tensor, x: torch.Tensor, weight
         )
 
 
-def empty_grads(x, weight, need_grad_x: bool):
+def empty_grads(
+    x: torch.Tensor, weight: torch.Tensor, need_grad_x: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Fake outputs of both backward ops: grad_x (empty when not needed), grad_w, grad_b."""
     grad_x = x.new_empty(x.shape) if need_grad_x else x.new_empty(0)  # real outputs are contiguous
     return grad_x, weight.new_empty(weight.shape), weight.new_empty(weight.shape[0])
 
 
-def save_inputs(ctx, inputs, output):
+def save_inputs(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
     """Autograd setup shared by both ops: keep x and W, and the pattern as integers."""
     x, weight, bias, *ints = inputs
     ctx.save_for_backward(x, weight)
@@ -103,7 +108,7 @@ def save_inputs(ctx, inputs, output):
     ctx.has_bias = bias is not None
 
 
-def register_backward(forward_op, backward_op) -> None:
+def register_backward(forward_op: torch.library.CustomOpDef, backward_op: torch.library.CustomOpDef) -> None:
     """Autograd of a forward op ``(x, weight, bias, *ints)`` whose backward is its own op
     ``(grad_y, x, weight, *ints, need_grad_x) -> (grad_x, grad_w, grad_b)``: x and W are saved, the
     pattern travels as the integers, grad_x is skipped when x needs none (a first layer)."""
@@ -122,7 +127,7 @@ _AUTOCAST = torch.library.Library("approxdrop", "IMPL")
 AUTOCAST_DEVICES = ("cpu", "cuda")
 
 
-def register_autocast(name: str, op) -> None:
+def register_autocast(name: str, op: torch.library.CustomOpDef) -> None:
     """The autocast rule of ``approxdrop::name`` on CPU and CUDA, the one F.linear has: in an autocast
     region of a device type, the op's floating tensors on that device (float64 excepted) are cast to
     the region's dtype (``torch.get_autocast_dtype``), then the op runs with autocast off, so its

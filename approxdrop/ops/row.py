@@ -19,7 +19,13 @@ from .common import (
 )
 
 
-def row_linear_reference(x, weight, bias, in_pattern: RowPattern, out_pattern: RowPattern):
+def row_linear_reference(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    in_pattern: RowPattern,
+    out_pattern: RowPattern,
+) -> torch.Tensor:
     """Slow, obviously-correct twin: dense masked GEMM on full-size tensors, then compaction."""
     n_out, n_in = weight.shape
     full_x = x.new_zeros(*x.shape[:-1], n_in)

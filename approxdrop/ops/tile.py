@@ -18,7 +18,9 @@ from .common import (
 )
 
 
-def tile_linear_reference(x, weight, bias, pattern: TilePattern):
+def tile_linear_reference(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, pattern: TilePattern
+) -> torch.Tensor:
     """Slow, obviously-correct twin: DropConnect with the full element mask."""
     mask = pattern.keep_mask(*weight.shape, device=weight.device)
     return torch.nn.functional.linear(x, weight * mask * pattern.scale, bias)

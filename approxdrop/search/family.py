@@ -4,6 +4,7 @@ modelled GEMM work of a law (search/sgd.py's docstring states the project's choi
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -57,7 +58,7 @@ def min_period(p: float) -> int:
     return period if 1.0 - 1.0 / period >= p else period + 1
 
 
-def pattern_work(pairs, work_exponent: float = 0.5) -> np.ndarray:
+def pattern_work(pairs: Sequence[tuple[int, int]], work_exponent: float = 0.5) -> np.ndarray:
     """Float64[C]: modelled relative GEMM time ``(keep/dp) ** work_exponent`` of each pattern."""
     return np.array([(keep / dp) ** work_exponent for dp, keep in pairs])
 

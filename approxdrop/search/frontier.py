@@ -3,7 +3,8 @@ expected GEMM work."""
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 from ..distribution import PatternDistribution
 from .exact import exact_optimum
@@ -30,11 +31,11 @@ def search_frontier(
     family: str = "extended",
     max_period: int = 16,
     *,
-    mus=DEFAULT_MUS,
+    mus: Sequence[float] = DEFAULT_MUS,
     tile: int = 32,
     work_exponent: float = 0.5,
     exact: bool = False,
-    **search_kwargs,
+    **search_kwargs: Any,
 ) -> list[FrontierPoint]:
     """Distance to the binomial against expected work, one point per ``mu`` (cost-aware searches;
     ``exact=True`` solves each by LP instead). Plot ``expected_work`` against ``distance``: it runs

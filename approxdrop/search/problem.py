@@ -4,6 +4,7 @@ SGD search and the LP."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -73,7 +74,7 @@ class SearchProblem:
 
 
 def check_search_args(
-    p, n, kind, family, max_period, tile, mu, work_exponent
+    p: float, n: int, kind: str, family: str, max_period: int, tile: int, mu: float, work_exponent: float
 ) -> tuple[float, int, int, int, float, float]:
     """The arguments the SGD search and the LP share, checked: ``(p, n, max_period, tile, mu,
     work_exponent)`` as numbers, else ValueError naming the bad one."""
@@ -99,7 +100,9 @@ def check_search_args(
     return p, n, max_period, tile, mu, work_exponent
 
 
-def to_distribution(problem: SearchProblem, q: np.ndarray, kind: str, tile: int, history=()) -> PatternDistribution:
+def to_distribution(
+    problem: SearchProblem, q: np.ndarray, kind: str, tile: int, history: Sequence[float] = ()
+) -> PatternDistribution:
     """Drop probabilities below 1e-12, renormalise, and wrap as a PatternDistribution."""
     keep = np.flatnonzero(q > 1e-12)
     probs = q[keep] / q[keep].sum()

@@ -12,6 +12,7 @@ tile count ``n``, which is modelled as ``n`` units of a row pattern, as the sear
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -46,7 +47,7 @@ def binomial_test(k: int, trials: int, p: float) -> float:
     return float(min(1.0, pmf[pmf <= pmf[k] * (1.0 + 1e-7)].sum()))
 
 
-def candidate_dropped_counts(pairs, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def candidate_dropped_counts(pairs: Sequence[tuple[int, int]], n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The dropped-count law of each row pattern ``(dp, keep)`` on ``n`` units over its uniform offset.
 
     Returns ``(index, count, weight)``, each of length ``sum(dp)``, one entry per (pattern, offset):
@@ -68,7 +69,9 @@ def candidate_dropped_counts(pairs, n: int) -> tuple[np.ndarray, np.ndarray, np.
     return index, n - kept, 1.0 / dp
 
 
-def _unit_drop_masks(dist: PatternDistribution, n) -> tuple[np.ndarray, list[tuple[int, int, int]], np.ndarray]:
+def _unit_drop_masks(
+    dist: PatternDistribution, n: int | tuple[int, int]
+) -> tuple[np.ndarray, list[tuple[int, int, int]], np.ndarray]:
     """Every (pattern, offset) with nonzero probability: weights Float64[M], keys (dp, offset, keep),
     and drop masks Bool[M, U] over the U units (see the module docstring)."""
     weights, keys, masks = [], [], []
@@ -88,7 +91,7 @@ def _unit_drop_masks(dist: PatternDistribution, n) -> tuple[np.ndarray, list[tup
     return np.array(weights), keys, np.stack(masks)
 
 
-def dropped_count_pmf(dist: PatternDistribution, n) -> np.ndarray:
+def dropped_count_pmf(dist: PatternDistribution, n: int | tuple[int, int]) -> np.ndarray:
     """Float64[U+1]: exact law of the number of dropped units (or tiles)."""
     weights, _, masks = _unit_drop_masks(dist, n)
     return np.bincount(masks.sum(1), weights=weights, minlength=masks.shape[1] + 1)
@@ -102,7 +105,9 @@ class CountHistogram(NamedTuple):
     binomial: np.ndarray  # Float64[U+1]
 
 
-def dropped_count_histogram(dist: PatternDistribution, n, p: float | None = None) -> CountHistogram:
+def dropped_count_histogram(
+    dist: PatternDistribution, n: int | tuple[int, int], p: float | None = None
+) -> CountHistogram:
     """Exact dropped-count law next to Binomial(U, p); ``p`` defaults to the expected rate."""
     pmf = dropped_count_pmf(dist, n)
     p = dist.expected_rate if p is None else check_rate(p)
@@ -110,7 +115,7 @@ def dropped_count_histogram(dist: PatternDistribution, n, p: float | None = None
     return CountHistogram(np.arange(units + 1), pmf, binomial_pmf(units, p))
 
 
-def distance_to_binomial(dist: PatternDistribution, n, p: float | None = None) -> float:
+def distance_to_binomial(dist: PatternDistribution, n: int | tuple[int, int], p: float | None = None) -> float:
     """Wasserstein-1 distance between the dropped *fraction* (count / U) and Binomial(U, p) / U:
     ``sum_k |CDF_pattern(k) - CDF_binomial(k)| / U``, the distance the search minimises."""
     hist = dropped_count_histogram(dist, n, p)
@@ -118,7 +123,7 @@ def distance_to_binomial(dist: PatternDistribution, n, p: float | None = None) -
     return float(np.abs(np.cumsum(hist.pattern) - np.cumsum(hist.binomial))[:units].sum() / units)
 
 
-def drop_probability(dist: PatternDistribution, n) -> np.ndarray:
+def drop_probability(dist: PatternDistribution, n: int | tuple[int, int]) -> np.ndarray:
     """Exact drop probability of every unit: Float64[n] (int ``n``) or Float64[rows, cols] of tiles
     (weight shape). For a row distribution this is ``PatternDistribution.drop_probability``."""
     if dist.kind == "row":
@@ -128,7 +133,7 @@ def drop_probability(dist: PatternDistribution, n) -> np.ndarray:
     return prob.reshape(-(-n[0] // dist.tile), -(-n[1] // dist.tile)) if isinstance(n, tuple) else prob
 
 
-def co_drop_matrix(dist: PatternDistribution, n) -> np.ndarray:
+def co_drop_matrix(dist: PatternDistribution, n: int | tuple[int, int]) -> np.ndarray:
     """Float64[U, U]: exact P(unit u and unit v both dropped), by enumeration (cost O(M U^2) for M
     patterns-with-offset; meant for the few hundred units a lab shows). The diagonal is the
     per-unit drop probability; Bernoulli(p) would give p^2 off the diagonal."""
@@ -137,7 +142,9 @@ def co_drop_matrix(dist: PatternDistribution, n) -> np.ndarray:
     return d.T @ (weights[:, None] * d)
 
 
-def sample_drop_masks(dist: PatternDistribution, n, samples: int, generator: torch.Generator | None = None):
+def sample_drop_masks(
+    dist: PatternDistribution, n: int | tuple[int, int], samples: int, generator: torch.Generator | None = None
+) -> np.ndarray:
     """Bool[samples, U]: the units dropped by ``samples`` patterns drawn with ``dist.sample``."""
     check_int("samples", samples, 1)
     _, keys, masks = _unit_drop_masks(dist, n)
@@ -157,7 +164,7 @@ class MonteCarlo(NamedTuple):
 
 def monte_carlo(
     dist: PatternDistribution,
-    n,
+    n: int | tuple[int, int],
     samples: int = 10_000,
     generator: torch.Generator | None = None,
     co_drop: bool = False,

@@ -67,13 +67,20 @@ class LMRaceConfig:
             check_positive("clip", self.clip)
 
 
-def lm_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, state: State | None):
+def lm_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, state: State | None) -> tuple[torch.Tensor, State]:
     """Mean cross-entropy per token of x (Long[T, B]) predicting y (Long[T, B]) -> (loss, state)."""
     logits, state = model(x, state)  # [T, B, V]
     return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1)), state
 
 
-def lm_training_step(model, optimizer, x, y, state: State | None, clip: float | None = 0.25):
+def lm_training_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    state: State | None,
+    clip: float | None = 0.25,
+) -> tuple[torch.Tensor, State]:
     """One truncated-BPTT step -> (loss Float[] detached, the new state detached for the next step)."""
     optimizer.zero_grad(set_to_none=True)
     loss, state = lm_loss(model, x, y, state)

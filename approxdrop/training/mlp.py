@@ -60,7 +60,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 10
 
 def training_step(
     model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, clip: float | None = None
-):
+) -> tuple[torch.Tensor, torch.Tensor]:
     """One step: zero_grad, forward, cross-entropy, backward, (gradient-norm clipping to ``clip``),
     optimizer step. x (Float[B, D]), y (Long[B]) -> (loss Float[], logits Float[B, classes]), detached."""
     optimizer.zero_grad(set_to_none=True)

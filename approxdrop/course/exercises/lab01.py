@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 
 from ...models import mlp_gemm_work as _work
@@ -12,7 +15,7 @@ def reference_inverted_dropout(x: torch.Tensor, keep_mask: torch.Tensor, p: floa
     return x * keep_mask / (1.0 - p)
 
 
-def check_inverted_dropout(fn) -> CheckResult:
+def check_inverted_dropout(fn: Callable[..., Any]) -> CheckResult:
     """Spec: ``inverted_dropout(x, keep_mask, p)`` with x (Tensor[*]) and keep_mask (Bool, same
     shape or broadcastable) returns x where the mask is True, scaled by ``1 / (1 - p)``, and 0
     elsewhere, so that the expected output equals x."""
@@ -30,7 +33,7 @@ def reference_gemm_work(sizes: tuple[int, ...], p: float) -> float:
     return _work(sizes, p, "row")
 
 
-def check_gemm_work(fn) -> CheckResult:
+def check_gemm_work(fn: Callable[..., Any]) -> CheckResult:
     """Spec: ``gemm_work(sizes, p)`` returns the GEMM work (multiply-adds) of an MLP with layer widths
     ``sizes`` and row dropout of rate p after every hidden layer, as a fraction of the dense MLP's:
     layer i has ``sizes[i] * sizes[i+1]`` multiply-adds, times (1-p) for each of its two sides

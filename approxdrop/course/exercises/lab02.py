@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 
 from ...ops import row_pattern_linear
@@ -15,17 +18,23 @@ def reference_kept_indices(n: int, dp: int, offset: int, keep: int) -> torch.Ten
     return RowPattern(dp, offset, keep).kept_indices(n)
 
 
-def check_kept_indices(fn) -> CheckResult:
+def check_kept_indices(fn: Callable[..., Any]) -> CheckResult:
     """Spec: ``kept_indices(n, dp, offset, keep)`` returns Long[k], the units i in [0, n) with
     ``(i - offset) mod dp < keep``, in increasing order."""
     return check("kept indices", fn, reference_kept_indices, ROW_CASES)
 
 
-def reference_compact_forward(x_kept, weight, bias, in_pattern: RowPattern, out_pattern: RowPattern):
+def reference_compact_forward(
+    x_kept: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    in_pattern: RowPattern,
+    out_pattern: RowPattern,
+) -> torch.Tensor:
     return row_pattern_linear(x_kept, weight, bias, in_pattern, out_pattern)
 
 
-def check_compact_forward(fn) -> CheckResult:
+def check_compact_forward(fn: Callable[..., Any]) -> CheckResult:
     """Spec: ``compact_forward(x_kept, weight, bias, in_pattern, out_pattern)`` with x_kept
     (Tensor[B, k_in], only the kept inputs), weight (Tensor[n_out, n_in]) and bias (Tensor[n_out])
     returns Tensor[B, k_out], the kept outputs: ``in_pattern.scale * x_kept @ W[kept_out][:, kept_in].T

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 
 from ...patterns import TilePattern
@@ -20,7 +23,7 @@ def reference_tile_mask(n_out: int, n_in: int, dp: int, offset: int, tile: int, 
     return TilePattern(dp, offset, tile, keep).tile_mask(n_out, n_in)
 
 
-def check_tile_mask(fn) -> CheckResult:
+def check_tile_mask(fn: Callable[..., Any]) -> CheckResult:
     """Spec: ``tile_mask(n_out, n_in, dp, offset, tile, keep)`` returns Bool[ceil(n_out/tile),
     ceil(n_in/tile)]: tile (a, b) is True (kept) iff ``(b - a - offset) mod dp < keep``."""
     return check("tile mask", fn, reference_tile_mask, TILE_CASES)
@@ -30,7 +33,7 @@ def reference_weight_mask(n_out: int, n_in: int, dp: int, offset: int, tile: int
     return TilePattern(dp, offset, tile, keep).keep_mask(n_out, n_in)
 
 
-def check_weight_mask(fn) -> CheckResult:
+def check_weight_mask(fn: Callable[..., Any]) -> CheckResult:
     """Spec: ``weight_mask(n_out, n_in, dp, offset, tile, keep)`` returns Bool[n_out, n_in]: entry
     (i, j) is True iff its tile (i // tile, j // tile) is kept. Edge tiles may be partial."""
     return check("weight mask", fn, reference_weight_mask, TILE_CASES)

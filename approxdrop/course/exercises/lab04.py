@@ -5,6 +5,9 @@ learner's function, runs it on fixed cases against the library and prints one PA
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 
 from ...distribution import PatternDistribution
@@ -19,12 +22,12 @@ DISTRIBUTIONS = [
 ]
 
 
-def reference_expected_rate(pairs, probs) -> float:
+def reference_expected_rate(pairs: tuple[tuple[int, int], ...], probs: tuple[float, ...]) -> float:
     """``sum q (1 - keep/dp)``."""
     return PatternDistribution(pairs, probs).expected_rate
 
 
-def check_expected_rate(candidate) -> CheckResult:
+def check_expected_rate(candidate: Callable[..., Any]) -> CheckResult:
     """``candidate(pairs, probs) -> float``: the expected drop rate of a distribution."""
     return check("expected rate", candidate, reference_expected_rate, DISTRIBUTIONS, atol=1e-9)
 
@@ -34,18 +37,18 @@ def reference_dropped_counts(dp: int, keep: int, n: int) -> torch.Tensor:
     return torch.tensor([n - RowPattern(dp, offset, keep).kept_count(n) for offset in range(dp)])
 
 
-def check_dropped_counts(candidate) -> CheckResult:
+def check_dropped_counts(candidate: Callable[..., Any]) -> CheckResult:
     """``candidate(dp, keep, n) -> Long[dp]``: the dropped count at every offset."""
     cases = [(2, 1, 8), (3, 1, 10), (4, 3, 10), (5, 2, 13), (16, 9, 100), (7, 1, 3)]
     return check("dropped count per offset", candidate, reference_dropped_counts, cases)
 
 
-def reference_drop_probability(pairs, probs, n: int) -> torch.Tensor:
+def reference_drop_probability(pairs: tuple[tuple[int, int], ...], probs: tuple[float, ...], n: int) -> torch.Tensor:
     """Float64[n]: exact P(unit i dropped), by enumerating every pattern and offset."""
     return PatternDistribution(pairs, probs).drop_probability(n)
 
 
-def check_drop_probability(candidate) -> CheckResult:
+def check_drop_probability(candidate: Callable[..., Any]) -> CheckResult:
     """``candidate(pairs, probs, n) -> Float[n]``: each unit's exact drop probability."""
     cases = [(pairs, probs, n) for pairs, probs in DISTRIBUTIONS for n in (7, 24)]
     return check("per-unit drop probability", candidate, reference_drop_probability, cases, atol=1e-6)

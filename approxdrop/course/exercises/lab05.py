@@ -6,8 +6,11 @@ prints one PASS / FAIL / TODO line.
 from __future__ import annotations
 
 import numbers
+from collections.abc import Callable
+from typing import Any
 
 import torch
+from torch import nn
 
 from ...models import ApproxDropoutMLP
 from ...training import training_step
@@ -22,13 +25,15 @@ def reference_gemm_share(measured_speedup: float, ideal_speedup: float) -> float
     return (1.0 - 1.0 / measured_speedup) / (1.0 - 1.0 / ideal_speedup)
 
 
-def check_gemm_share(candidate) -> CheckResult:
+def check_gemm_share(candidate: Callable[..., Any]) -> CheckResult:
     """``candidate(measured_speedup, ideal_speedup) -> float``: the share of the step spent in GEMMs."""
     cases = [(2.26, 3.13), (1.0, 3.13), (3.13, 3.13), (1.5, 6.73), (1.2, 1.82), (0.9, 2.15)]
     return check("GEMM share of a step", candidate, reference_gemm_share, cases, atol=1e-9)
 
 
-def reference_train_step(model, optimizer, x, y) -> torch.Tensor:
+def reference_train_step(
+    model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor
+) -> torch.Tensor:
     """One step (approxdrop.train.training_step); returns the loss."""
     return training_step(model, optimizer, x, y)[0]
 
@@ -42,7 +47,9 @@ def _loss_value(loss) -> float:
     raise WrongAnswer(f"the step returned {describe(loss)}, expected the loss (a number or a one-element tensor)")
 
 
-def after_three_steps(step, method: str, seed: int) -> torch.Tensor:
+def after_three_steps(
+    step: Callable[[nn.Module, torch.optim.Optimizer, torch.Tensor, torch.Tensor], object], method: str, seed: int
+) -> torch.Tensor:
     """Float[3 + parameters]: the three losses and the parameters after three ``step`` calls on a
     fresh model (same seed, same data, same pattern draws for every ``step`` function)."""
     torch.manual_seed(seed)  # initial weights and bernoulli masks
@@ -56,7 +63,7 @@ def after_three_steps(step, method: str, seed: int) -> torch.Tensor:
     return torch.cat([torch.tensor(losses), *(p.detach().flatten() for p in model.parameters())])
 
 
-def check_train_step(candidate) -> CheckResult:
+def check_train_step(candidate: Callable[..., Any]) -> CheckResult:
     """``candidate(model, optimizer, x, y) -> loss``: one training step on every method."""
     cases = [(method, seed) for seed, method in enumerate(("row", "tile", "bernoulli", "shared"))]
     return check(

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 
 from ...patterns import RowPattern
@@ -14,7 +17,7 @@ def reference_kept_residues(dp: int, offset: int, keep: int) -> torch.Tensor:
     return RowPattern(dp, offset, keep).kept_indices(dp)  # the kept units of one period
 
 
-def check_kept_residues(fn) -> CheckResult:
+def check_kept_residues(fn: Callable[..., Any]) -> CheckResult:
     """Spec: ``kept_residues(dp, offset, keep)`` returns Long[keep], the residues r in [0, dp) with
     ``(r - offset) mod dp < keep``, sorted. They are ``offset, ..., offset + keep - 1`` taken mod dp:
     the ones that wrap past dp come first."""
@@ -25,7 +28,7 @@ def reference_kept_index(j: int, dp: int, offset: int, keep: int) -> int:
     return int(RowPattern(dp, offset, keep).kept_indices((j // keep + 1) * dp)[j])
 
 
-def check_kept_index(fn) -> CheckResult:
+def check_kept_index(fn: Callable[..., Any]) -> CheckResult:
     """Spec: ``kept_index(j, dp, offset, keep)`` returns the j-th kept unit (j >= 0, increasing
     order) of RowPattern(dp, offset, keep) as an int, with arithmetic only:
     ``(j // keep) * dp + R[j % keep]`` where R are the sorted kept residues."""

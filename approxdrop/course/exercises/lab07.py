@@ -5,6 +5,9 @@ function, runs it on fixed cases against the library and prints one PASS / FAIL 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 
 from ...models import lstm_gemm_work
@@ -15,7 +18,9 @@ from ..checks import CheckResult, check
 model_projection = row_projection  # what ApproxDropoutLSTM computes at a row site: the checker's reference
 
 
-def projection_case(steps: int, batch: int, n: int, m: int, dp: int, offset: int, keep: int, seed: int):
+def projection_case(
+    steps: int, batch: int, n: int, m: int, dp: int, offset: int, keep: int, seed: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, RowPattern]:
     """(u Float64[T, B, n], W Float64[m, n], b Float64[m], RowPattern): one case of the projection check."""
     gen = torch.Generator().manual_seed(seed)
     u = torch.randn(steps, batch, n, generator=gen, dtype=torch.float64)  # [T, B, n]
@@ -33,7 +38,7 @@ PROJECTION_CASES = [  # (T, B, n, m, dp, offset, keep, seed)
 ]
 
 
-def check_masked_projection(candidate) -> CheckResult:
+def check_masked_projection(candidate: Callable[..., Any]) -> CheckResult:
     """``candidate(u, weight, bias, pattern) -> Float[T, B, m]``: the dense masked reference of one
     site's input projection, against the model's compact GEMM."""
     cases = [projection_case(*case) for case in PROJECTION_CASES]
@@ -45,7 +50,7 @@ def reference_gemm_work_left(hidden: int, layers: int, vocab: int, p: float) -> 
     return lstm_gemm_work(hidden, layers, vocab, p, "row")
 
 
-def check_gemm_work_left(candidate) -> CheckResult:
+def check_gemm_work_left(candidate: Callable[..., Any]) -> CheckResult:
     """``candidate(hidden, layers, vocab, p) -> float``: the share of the dense GEMM work left."""
     cases = [
         (650, 2, 10_000, 0.5),

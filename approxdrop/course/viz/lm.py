@@ -13,6 +13,7 @@ reads, what shrinks, and the live perplexity / step-time race.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import plotly.graph_objects as go
@@ -20,8 +21,9 @@ import torch
 from plotly.subplots import make_subplots
 
 from ...experiments.gemm_timing import Timing
-from ...models import lstm_gemm_work
+from ...models import ApproxDropoutLSTM, TorchLSTM, lstm_gemm_work
 from ...patterns import RowPattern
+from ...training import RaceResult
 from .matrix import KEPT, SKIPPED, TWO_COLORS
 from .training import WINDOW, race_panels, summary_timings, update_race_panels
 
@@ -169,7 +171,7 @@ def sites_figure(patterns: list[RowPattern], site_widths: list[int], hidden: int
     return fig
 
 
-def embedding_read_mask(model, x: torch.Tensor) -> torch.Tensor:
+def embedding_read_mask(model: ApproxDropoutLSTM | TorchLSTM, x: torch.Tensor) -> torch.Tensor:
     """Bool[T, B, E]: the entries of the embedding output that one training forward of ``model`` on x
     (Long[T, B]) read, i.e. those its output depends on (non-zero gradient of the logits' sum). Puts the
     model in training mode (a fresh draw per site, in ``last_patterns``) and leaves no gradients behind."""
@@ -352,7 +354,7 @@ def gemm_work_figure(hidden: int, layers: int, vocab: int, p: float) -> go.Figur
 # --------------------------------------------------------------------------- the race
 
 
-def race_figure(methods, title: str = "Language models side by side") -> go.Figure:
+def race_figure(methods: Sequence[str], title: str = "Language models side by side") -> go.Figure:
     """Empty figure with the traces of every method, ready for ``update_race_figure``."""
     titles = (f"training loss (mean of {WINDOW})", "validation perplexity", f"ms per step (median of {WINDOW})")
     fig = race_panels(methods, titles, title, log_cols=(2,))
@@ -360,19 +362,19 @@ def race_figure(methods, title: str = "Language models side by side") -> go.Figu
     return fig
 
 
-def update_race_figure(fig, result) -> None:
+def update_race_figure(fig: go.Figure | go.FigureWidget, result: RaceResult) -> None:
     """Set every trace from ``result`` (a RaceResult); a FigureWidget redraws in place."""
     update_race_panels(fig, result)
 
 
-def race_result_figure(result, title: str = "Language models side by side") -> go.Figure:
+def race_result_figure(result: RaceResult, title: str = "Language models side by side") -> go.Figure:
     """A static figure of a finished (or running) race."""
     fig = race_figure(result.methods, title)
     update_race_figure(fig, result)
     return fig
 
 
-def race_timings(result) -> list[Timing]:
+def race_timings(result: RaceResult) -> list[Timing]:
     """The summary as Timings for ``viz.timing.timing_figure`` (``viz.training.summary_timings``):
     bernoulli first, each with its ideal GEMM work left (``lstm_gemm_work``)."""
     return summary_timings(result)

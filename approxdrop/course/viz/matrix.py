@@ -7,6 +7,8 @@ tiles at the edges show their true size. Kept = blue, skipped = grey.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
@@ -95,7 +97,9 @@ def row_figure(pattern: RowPattern, n_out: int, n_in: int, n_next: int) -> go.Fi
     return fig
 
 
-def update_row_figure(fig, pattern: RowPattern, n_out: int, n_in: int, n_next: int) -> None:
+def update_row_figure(
+    fig: go.Figure | go.FigureWidget, pattern: RowPattern, n_out: int, n_in: int, n_next: int
+) -> None:
     """Redraw a ``row_figure`` for another pattern (in place for a FigureWidget)."""
     this, nxt = _row_traces(pattern, n_out, n_in, n_next)
     with fig.batch_update():
@@ -138,7 +142,7 @@ def tile_figure(pattern: TilePattern, n_out: int, n_in: int) -> go.Figure:
     return fig
 
 
-def update_tile_figure(fig, pattern: TilePattern, n_out: int, n_in: int) -> None:
+def update_tile_figure(fig: go.Figure | go.FigureWidget, pattern: TilePattern, n_out: int, n_in: int) -> None:
     """Redraw a ``tile_figure`` for another pattern (in place for a FigureWidget)."""
     trace = _tile_trace(pattern, n_out, n_in)
     with fig.batch_update():
@@ -168,7 +172,13 @@ def block_reads(
     return [(rows, cols[k : k + block_k]) for k in range(0, cols.numel(), block_k)]
 
 
-def block_z(pattern: TilePattern, n_out: int, n_in: int, steps, upto: int | None = None) -> torch.Tensor:
+def block_z(
+    pattern: TilePattern,
+    n_out: int,
+    n_in: int,
+    steps: Sequence[tuple[torch.Tensor, torch.Tensor]],
+    upto: int | None = None,
+) -> torch.Tensor:
     """Float[n_out, n_in]: NaN where skipped, 0 where kept (not read by this block), ``s + 1`` where
     the block reads the entry at step ``s`` (only steps ``<= upto`` when given)."""
     z = torch.zeros(n_out, n_in)
@@ -223,7 +233,17 @@ def block_figure(
     return fig
 
 
-def update_block_figure(fig, pattern, n_out, n_in, cls, block, block_n=64, block_k=32, upto=None) -> None:
+def update_block_figure(
+    fig: go.Figure | go.FigureWidget,
+    pattern: TilePattern,
+    n_out: int,
+    n_in: int,
+    cls: int,
+    block: int,
+    block_n: int = 64,
+    block_k: int = 32,
+    upto: int | None = None,
+) -> None:
     """Redraw a ``block_figure`` (in place for a FigureWidget)."""
     trace, title = _block_trace(pattern, n_out, n_in, cls, block, block_n, block_k, upto)
     with fig.batch_update():

@@ -114,7 +114,9 @@ def search_figure(dist: PatternDistribution, n: int, p: float | None = None, ste
     return fig
 
 
-def update_search_figure(fig, dist: PatternDistribution, n: int, p: float | None = None, steps: int = 1000) -> None:
+def update_search_figure(
+    fig: go.Figure | go.FigureWidget, dist: PatternDistribution, n: int, p: float | None = None, steps: int = 1000
+) -> None:
     """Redraw a ``search_figure`` for another distribution (in place for a FigureWidget)."""
     bars, loss = probability_trace(dist), loss_trace(dist, steps)
     pattern, binomial = count_traces(dist, n, p)

@@ -7,14 +7,18 @@ with the GEMM work it has left. Rows are ``experiments.gemm_timing.Timing`` (nam
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 
 import plotly.graph_objects as go
 
 from ...experiments.gemm_timing import Timing
 
+if TYPE_CHECKING:
+    from ...experiments.bench import BenchRow  # not at run time: bench pulls in the training stack and tqdm
 
-def from_bench(rows, p: float) -> list[Timing]:
+
+def from_bench(rows: Iterable[BenchRow], p: float) -> list[Timing]:
     """The ``experiments.bench.BenchRow`` rows at rate ``p`` as Timings (ms per training step), with
     ``bernoulli`` first, so that it is the baseline of the bound."""
     picked = sorted((r for r in rows if abs(r.p - p) < 1e-9), key=lambda r: r.method != "bernoulli")
@@ -64,7 +68,9 @@ def timing_figure(rows: Sequence[Timing], title: str = "Measured time") -> go.Fi
     return fig
 
 
-def update_timing_figure(fig, rows: Sequence[Timing], title: str = "Measured time") -> None:
+def update_timing_figure(
+    fig: go.Figure | go.FigureWidget, rows: Sequence[Timing], title: str = "Measured time"
+) -> None:
     """Redraw a figure made by ``timing_figure`` (a FigureWidget redraws in place)."""
     bars, bound = _traces(rows)
     with fig.batch_update():

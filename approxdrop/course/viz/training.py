@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections.abc import Sequence
 
 import plotly.graph_objects as go
+import torch
 from plotly.subplots import make_subplots
 
 from ...experiments.gemm_timing import Timing
 from ...models.methods import color
+from ...training import History, RaceResult
 
 WINDOW = 9  # steps in the running median of the step time
 
@@ -33,12 +36,12 @@ def running_mean(values: list[float], window: int = WINDOW) -> list[float]:
     return [statistics.fmean(values[max(0, i + 1 - window) : i + 1]) for i in range(len(values))]
 
 
-def race_name(method: str, history) -> str:
+def race_name(method: str, history: History) -> str:
     """``method`` as the legend names it: with "(diverged at step N)" when the race stopped it there."""
     return method if history.diverged_at is None else f"{method} (diverged at step {history.diverged_at})"
 
 
-def race_panels(methods, titles, title: str, log_cols=(3,)) -> go.Figure:
+def race_panels(methods: Sequence[str], titles: Sequence[str], title: str, log_cols: Sequence[int] = (3,)) -> go.Figure:
     """Empty three-panel race figure (loss, an evaluation metric, step time) with three traces per
     method (``3i``, ``3i + 1``, ``3i + 2``), coloured from the methods table; ``log_cols``: log y axes.
     No width: a static figure fills the notebook (``figure_widget`` gives a live one its width)."""
@@ -56,7 +59,7 @@ def race_panels(methods, titles, title: str, log_cols=(3,)) -> go.Figure:
     return fig
 
 
-def update_race_panels(fig, result) -> None:
+def update_race_panels(fig: go.Figure | go.FigureWidget, result: RaceResult) -> None:
     """Set every trace of a ``race_panels`` figure from ``result`` (a ``training.RaceResult``: its
     histories' loss, metric at the evaluation steps, seconds); a FigureWidget redraws in place. A
     diverged method's traces are named ``race_name``'s way."""
@@ -69,25 +72,25 @@ def update_race_panels(fig, result) -> None:
             fig.data[3 * i + 2].update(x=h.step, y=[1e3 * s for s in running_median(h.seconds)], name=name)
 
 
-def training_figure(methods, title: str = "Training side by side") -> go.Figure:
+def training_figure(methods: Sequence[str], title: str = "Training side by side") -> go.Figure:
     """Empty figure with the traces of every method, ready for ``update_training_figure``."""
     titles = (f"training loss (mean of {WINDOW})", "test accuracy", f"ms per step (median of {WINDOW})")
     return race_panels(methods, titles, title)
 
 
-def update_training_figure(fig, result) -> None:
+def update_training_figure(fig: go.Figure | go.FigureWidget, result: RaceResult) -> None:
     """Set every trace from ``result`` (a RaceResult); a FigureWidget redraws in place."""
     update_race_panels(fig, result)
 
 
-def result_figure(result, title: str = "Training side by side") -> go.Figure:
+def result_figure(result: RaceResult, title: str = "Training side by side") -> go.Figure:
     """A static figure of a finished (or running) training."""
     fig = training_figure(result.methods, title)
     update_training_figure(fig, result)
     return fig
 
 
-def summary_timings(result) -> list[Timing]:
+def summary_timings(result: RaceResult) -> list[Timing]:
     """The summary as Timings for ``viz.timing.timing_figure``, bernoulli first, each with its ideal
     GEMM work left; a diverged method named ``race_name``'s way, one with no timed step left out."""
     rows = sorted(result.summary(), key=lambda r: r.method != "bernoulli")
@@ -98,7 +101,9 @@ def summary_timings(result) -> list[Timing]:
     ]
 
 
-def samples_figure(x, y, image_shape, count: int = 8, title: str = "Examples") -> go.Figure:
+def samples_figure(
+    x: torch.Tensor, y: torch.Tensor, image_shape: tuple[int, int], count: int = 8, title: str = "Examples"
+) -> go.Figure:
     """The first ``count`` images of x (Float[N, H*W]) with their labels y (Long[N]), in one row."""
     count = min(count, len(y))
     fig = make_subplots(rows=1, cols=count, subplot_titles=[f"label {int(label)}" for label in y[:count]])

@@ -3,8 +3,12 @@ perplexity and step-time curves of LSTM language models."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
+from ...data import Corpus
 from ...models import LM_METHODS
-from ...training import train_lm
+from ...training import RaceResult, train_lm
 from ..viz.lm import race_figure, update_race_figure
 from .race import RacePanel
 
@@ -15,7 +19,15 @@ class LMRacePanel(RacePanel):
 
     METHODS = LM_METHODS
 
-    def __init__(self, corpus, methods=("bernoulli", "row", "torch"), p=0.5, steps=200, result=None, **train_kwargs):
+    def __init__(
+        self,
+        corpus: Corpus,
+        methods: Sequence[str] = ("bernoulli", "row", "torch"),
+        p: float = 0.5,
+        steps: int = 200,
+        result: RaceResult | None = None,
+        **train_kwargs: Any,
+    ) -> None:
         super().__init__(corpus, methods, p, steps, result, **train_kwargs)
 
     def _train(self, methods, p, steps, callback, **kwargs):

@@ -10,9 +10,10 @@ static copy.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import ipywidgets as w
+import torch
 
 from ...experiments.gemm_timing import row_timings, tile_timings
 from ...patterns import RowPattern, TilePattern
@@ -35,7 +36,9 @@ LAYOUT = {"continuous_update": False, "style": {"description_width": "60px"}}
 class PatternSliders:
     """dp / offset / keep sliders kept consistent; ``on_change()`` runs once per user change."""
 
-    def __init__(self, on_change: Callable[[], None], max_dp: int = 8, dp: int = 4, offset: int = 0, keep: int = 1):
+    def __init__(
+        self, on_change: Callable[[], None], max_dp: int = 8, dp: int = 4, offset: int = 0, keep: int = 1
+    ) -> None:
         RowPattern(dp, offset, keep)  # validates the starting values
         self.dp = w.IntSlider(value=dp, min=1, max=max_dp, description="dp", **LAYOUT)
         self.offset = w.IntSlider(value=offset, min=0, max=dp - 1, description="offset", **LAYOUT)
@@ -99,7 +102,17 @@ class RowPatternPanel(_TimedPanel):
     """Lab 02: a layer W [n_out, n_in] and the next layer [n_next, n_out] under a RowPattern.
     Timing: a hidden layer [n, n] at batch ``batch`` (``gemm_timing.row_timings``)."""
 
-    def __init__(self, n_out=32, n_in=48, n_next=24, batch=128, n=1024, device=None, repeats=10, **start):
+    def __init__(
+        self,
+        n_out: int = 32,
+        n_in: int = 48,
+        n_next: int = 24,
+        batch: int = 128,
+        n: int = 1024,
+        device: torch.device | str | None = None,
+        repeats: int = 10,
+        **start: int,
+    ) -> None:
         super().__init__(batch, n, device, repeats)
         self.shape = (n_out, n_in, n_next)
         self.sliders = PatternSliders(self.redraw, **start)
@@ -122,7 +135,17 @@ class TilePatternPanel(_TimedPanel):
     """Lab 03: the tile grid of a weight [n_out, n_in] under a TilePattern (tile size from a dropdown).
     Timing: W [n, n] at batch ``batch`` (``gemm_timing.tile_timings``)."""
 
-    def __init__(self, n_out=96, n_in=128, batch=128, n=1024, device=None, repeats=10, tiles=(4, 8, 16, 32), **start):
+    def __init__(
+        self,
+        n_out: int = 96,
+        n_in: int = 128,
+        batch: int = 128,
+        n: int = 1024,
+        device: torch.device | str | None = None,
+        repeats: int = 10,
+        tiles: Sequence[int] = (4, 8, 16, 32),
+        **start: int,
+    ) -> None:
         super().__init__(batch, n, device, repeats)
         self.shape = (n_out, n_in)
         self.tile = w.Dropdown(options=list(tiles), value=tiles[-2], description="tile", style=LAYOUT["style"])
@@ -149,7 +172,16 @@ class BlockReadsPanel:
     Sliders: the pattern, the class z (starting at ``cls``), the block within the class, and the last
     K step shown (starting at the last: the block's whole loop)."""
 
-    def __init__(self, n_out=128, n_in=128, tile=16, block_n=32, block_k=16, cls=0, **start):
+    def __init__(
+        self,
+        n_out: int = 128,
+        n_in: int = 128,
+        tile: int = 16,
+        block_n: int = 32,
+        block_k: int = 16,
+        cls: int = 0,
+        **start: int,
+    ) -> None:
         self.shape, self.tile, self.block_n, self.block_k = (n_out, n_in), tile, block_n, block_k
         self.sliders = PatternSliders(self._pattern_changed, **start)
         dp = self.sliders.dp.value

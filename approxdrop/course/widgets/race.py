@@ -6,9 +6,14 @@ last result (None before the first run); ``course.display.show(panel)`` displays
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import ipywidgets as w
 import plotly.graph_objects as go
 
+from ...data import Corpus, Dataset
+from ...training import RaceResult
 from ..viz.live import figure_widget
 
 STYLE = {"description_width": "70px"}
@@ -21,7 +26,15 @@ class RacePanel:
 
     METHODS: tuple[str, ...] = ()
 
-    def __init__(self, source, methods, p=0.5, steps=200, result=None, **train_kwargs):
+    def __init__(
+        self,
+        source: Dataset | Corpus,
+        methods: Sequence[str],
+        p: float = 0.5,
+        steps: int = 200,
+        result: RaceResult | None = None,
+        **train_kwargs: Any,
+    ) -> None:
         self.source, self.train_kwargs, self.result = source, train_kwargs, result
         if result is not None:
             methods, p = result.methods, result.p

@@ -18,7 +18,9 @@ STYLE = {"description_width": "70px"}
 class SearchPanel:
     """Search a row distribution for (p, n, family) and show it; ``max_period`` bounds the candidates."""
 
-    def __init__(self, p: float = 0.5, n: int = 256, family: str = "paper", max_period: int = 16, steps: int = 1000):
+    def __init__(
+        self, p: float = 0.5, n: int = 256, family: str = "paper", max_period: int = 16, steps: int = 1000
+    ) -> None:
         self.max_period, self.search_steps = max_period, steps
         top = round(1.0 - 1.0 / max_period - 0.005, 2)  # the largest reachable rate, rounded down
         self.p = w.FloatSlider(

@@ -3,8 +3,12 @@ step-time curves of MLPs."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
+from ...data import Dataset
 from ...models import METHODS
-from ...training import train
+from ...training import RaceResult, train
 from ..viz.training import training_figure, update_training_figure
 from .race import RacePanel
 
@@ -14,7 +18,15 @@ class TrainingPanel(RacePanel):
 
     METHODS = METHODS
 
-    def __init__(self, data, methods=("bernoulli", "row", "tile"), p=0.5, steps=200, result=None, **train_kwargs):
+    def __init__(
+        self,
+        data: Dataset,
+        methods: Sequence[str] = ("bernoulli", "row", "tile"),
+        p: float = 0.5,
+        steps: int = 200,
+        result: RaceResult | None = None,
+        **train_kwargs: Any,
+    ) -> None:
         super().__init__(data, methods, p, steps, result, **train_kwargs)
 
     def _train(self, methods, p, steps, callback, **kwargs):
