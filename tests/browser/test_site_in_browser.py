@@ -22,11 +22,11 @@ pytestmark = pytest.mark.browser
 
 PAGES = ["05_training", "07_lstm_language_model"]  # the race labs: their figures are the largest
 DRAW_S = 60
-# per plotly figure div: drawn (an SVG of non-zero size) and holding traces
+# per plotly figure div: drawn by plotly.js (an SVG of non-zero size) with the traces plotly laid out
 FIGURES = """() => [...document.querySelectorAll('.plotly-graph-div')].map(div => {
-  const svg = div.querySelector('.js-plotly-plot .main-svg') || div.querySelector('.main-svg');
+  const svg = div.matches('.js-plotly-plot') ? div.querySelector('.main-svg') : null;
   const box = svg ? svg.getBoundingClientRect() : {width: 0, height: 0};
-  return {drawn: !!svg && box.width > 0 && box.height > 0, traces: div.querySelectorAll('.trace').length};
+  return {drawn: !!svg && box.width > 0 && box.height > 0, traces: (div._fullData || []).length};
 })"""
 ALL_DRAWN = f"() => {{ const f = ({FIGURES})(); return f.length > 0 && f.every(x => x.drawn && x.traces > 0); }}"
 
