@@ -11,7 +11,7 @@ from pathlib import Path
 import nbformat
 import pytest
 from notebook_outputs import LABS
-from site_build import SCRIPT, build_site, lab_names
+from site_build import SCRIPT, lab_names
 
 
 class Page(HTMLParser):
@@ -66,10 +66,8 @@ def first_heading(name: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("site") / "out"  # a folder that does not exist yet: the script makes it
-    build_site(out)
-    return out
+def site(ci_site) -> Path:
+    return ci_site
 
 
 def test_every_lab_has_a_page_and_the_index_links_it_by_its_title(site):

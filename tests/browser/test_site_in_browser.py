@@ -7,7 +7,6 @@ import os
 import re
 
 import pytest
-from site_build import build_site
 
 try:
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
@@ -32,10 +31,8 @@ ALL_DRAWN = f"() => {{ const f = ({FIGURES})(); return f.length > 0 && f.every(x
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory, browser):  # browser first: no build when the suite skips
-    out = tmp_path_factory.mktemp("site") / "out"
-    build_site(out)
-    return out
+def site(browser, ci_site):  # browser first: no build when the suite skips
+    return ci_site
 
 
 @pytest.mark.parametrize("name", PAGES)
