@@ -119,6 +119,14 @@ def data_root() -> Path:
 
 
 def _umask() -> int:
+    """The process umask, read from /proc where it can be (setting it to read it races other threads'
+    file creation), else by setting and restoring it."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
     mask = os.umask(0)
     os.umask(mask)
     return mask
