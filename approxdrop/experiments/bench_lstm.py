@@ -1,7 +1,7 @@
 """LSTM language-model benchmark: step time of every method at every p side by side, and
 validation perplexity after a fixed budget of steps.
 
-Step time: random tokens (the time does not depend on them), the protocol of ``approxdrop.bench``
+Step time: random tokens (the time does not depend on them), the protocol of ``experiments.bench``
 (same initial weights, warm-up, rotating rounds, median). Sizes: ``paper`` = 2 x 650, vocabulary
 10,000, 35 steps, batch 20 (Zaremba's medium model, the paper's setting); ``small`` = 2 x 200,
 20 steps (Zaremba's small model). Perplexity: ``training.train_lm`` on

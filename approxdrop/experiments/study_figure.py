@@ -1,4 +1,4 @@
-"""Figures of the accuracy-parity study (approxdrop.study): accuracy against p, and against wall time."""
+"""Figures of the accuracy-parity study (experiments.study): accuracy against p, and against wall time."""
 
 from __future__ import annotations
 

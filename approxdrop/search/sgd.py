@@ -100,7 +100,7 @@ def search_distribution(
         steps, lr, penalty: Adam steps (>= 1), learning rate (> 0), weight of ``(mean - p)^2`` (>= 0).
         min_prob: probabilities below it (in [0, 1)) are dropped before the exact-mean projection;
             the likeliest pattern always stays.
-        cache: look up / store the result in ``approxdrop.cache`` (memory and disk).
+        cache: look up / store the result in ``search.cache`` (memory and disk).
 
     Returns a PatternDistribution with ``distance`` (the W1 above), ``loss_history`` (the loss at
     up to 200 evenly spaced Adam steps), ``n`` and ``target_p``.

@@ -34,7 +34,7 @@ def check_gemm_share(candidate: Callable[..., Any]) -> CheckResult:
 def reference_train_step(
     model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor
 ) -> torch.Tensor:
-    """One step (approxdrop.train.training_step); returns the loss."""
+    """One step (approxdrop.training.training_step); returns the loss."""
     return training_step(model, optimizer, x, y)[0]
 
 

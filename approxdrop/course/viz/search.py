@@ -1,5 +1,5 @@
 """Figures of a searched PatternDistribution (METHOD.md §4-5), from ``approxdrop.search`` and
-``approxdrop.stats``: its probabilities per (dp, keep), the search's loss curve, the dropped-count
+``approxdrop.search.stats``: its probabilities per (dp, keep), the search's loss curve, the dropped-count
 law against Binomial(n, p), the co-drop matrix, families side by side and the cost-aware frontier.
 
 ``search_figure`` puts the first four on one 2 x 2 figure and ``update_search_figure`` redraws it
