@@ -6,13 +6,12 @@ register budget stated below; a kernel without a budget fails too, so a new kern
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
+from toolchain import find_nvcc, find_tool
 from torch.utils import cpp_extension
 
 KERNELS = Path(__file__).resolve().parent.parent / "kernels"
@@ -39,19 +38,11 @@ _USED = re.compile(r"Used (\d+) registers")
 
 
 def _tool(name: str, *candidates: str | None) -> str:
-    """Path of a tool, else skip (or fail under CI) naming what is missing."""
-    for candidate in candidates:
-        if candidate and shutil.which(candidate):
-            return shutil.which(candidate)
-    message = f"{name} not found (looked for {', '.join(c for c in candidates if c)})"
-    if os.environ.get("CI"):
-        pytest.fail(f"CI is set but {message}: the kernels' resource check cannot run")
-    pytest.skip(message)
+    return find_tool(name, *candidates, check="the kernels' resource check")
 
 
 def _nvcc() -> str:
-    cuda_home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
-    return _tool("nvcc", "nvcc", cuda_home and str(Path(cuda_home) / "bin" / "nvcc"), "/usr/local/cuda/bin/nvcc")
+    return find_nvcc(check="the kernels' resource check")
 
 
 def parse_ptxas(log: str) -> dict[str, dict[str, int]]:

@@ -9,12 +9,12 @@ when the environment variable CI is set, where they fail: CUDA code that does no
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sysconfig
 from pathlib import Path
 
 import pytest
+from toolchain import find_nvcc, find_tool
 from torch.utils import cpp_extension
 
 KERNELS = Path(__file__).resolve().parent.parent / "kernels"
@@ -23,19 +23,11 @@ ARCHS = ("80", "90")
 
 
 def _tool(name: str, *candidates: str | None) -> str:
-    """Path of a compiler, else skip (or fail under CI) naming what is missing."""
-    for candidate in candidates:
-        if candidate and shutil.which(candidate):
-            return shutil.which(candidate)
-    message = f"{name} not found (looked for {', '.join(c for c in candidates if c)})"
-    if os.environ.get("CI"):
-        pytest.fail(f"CI is set but {message}: the kernels' compile check cannot run")
-    pytest.skip(message)
+    return find_tool(name, *candidates, check="the kernels' compile check")
 
 
 def _nvcc() -> str:
-    cuda_home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
-    return _tool("nvcc", "nvcc", cuda_home and str(Path(cuda_home) / "bin" / "nvcc"), "/usr/local/cuda/bin/nvcc")
+    return find_nvcc(check="the kernels' compile check")
 
 
 def _run(cmd: list[str]) -> None:
