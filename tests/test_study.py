@@ -13,7 +13,15 @@ from approxdrop.data import Dataset, DatasetInfo, load_dataset
 from approxdrop.experiments import study
 from approxdrop.experiments.study import RunResult, StudyConfig, best_p, format_table, run_study, summarise
 
-TINY = StudyConfig(hidden=(16,), ps=(0.5,), seeds=(0, 1), epochs=2, batch=64, dataset="digits")
+
+def tiny(**settings) -> StudyConfig:
+    """A study that trains in a second on the digits fixture (300 train images: 100 held out)."""
+    base = {"hidden": (8,), "ps": (0.5,), "seeds": (0,), "epochs": 1, "lrs": (0.03,), "val_size": 100,
+            "variants": ("bernoulli",), "dataset": "digits"}  # fmt: skip
+    return StudyConfig(**{**base, **settings})
+
+
+TINY = tiny(hidden=(16,), seeds=(0, 1), epochs=2, batch=64, lrs=(0.01, 0.1), variants=("bernoulli", "row", "row-g4"))
 
 
 @pytest.fixture(scope="module")
@@ -21,59 +29,129 @@ def digits():
     return load_dataset("digits", train_size=300, test_size=100, verbose=False)
 
 
-def test_study_trains_every_run_and_writes_the_summary(tmp_path, digits):
+# the CLI on the digits set (1438 training images): 300 held out, one rate, a tiny MLP, one epoch
+CLI = ["study", "mlp", "--dataset", "digits", "--val-size", "300", "--lrs", "0.03", "--hidden", "8", "--epochs", "1"]
+
+
+def keys(results):
+    return [(r.variant, r.p, r.seed) for r in results]
+
+
+def test_study_pilots_every_rate_then_trains_every_run_at_the_chosen_one(tmp_path, digits):
     results = run_study(TINY, tmp_path, data=digits, progress=False)
-    assert [(r.variant, r.seed) for r in results] == [(v, s) for s in (0, 1) for v in TINY.variants]
+    assert keys(results) == [(v, 0.5, s) for s in (0, 1) for v in TINY.variants]
+    pilots = {}
+    for v in TINY.variants:
+        for lr in TINY.lrs:
+            payload = json.loads((tmp_path / "pilot" / study.pilot_name(v, 0.5, lr)).read_text())["result"]
+            assert payload["seed"] == 0 and len(payload["val_accuracy"]) == 1 and payload["test_accuracy"] is None
+            pilots.setdefault(v, []).append(RunResult(**payload))
     for r in results:
-        assert len(r.test_accuracy) == 2 and len(r.epoch_seconds) == 2 and 0 <= r.test_accuracy[-1] <= 1
+        assert r.lr == study.choose_lr(pilots[r.variant])  # every seed of a cell at the pilot's rate
+        assert len(r.val_accuracy) == 2 and len(r.epoch_seconds) == 2 and 0 <= r.test_accuracy <= 1
         assert (tmp_path / "runs" / study.run_name(r.variant, r.p, r.seed)).exists()
     table = (tmp_path / "results.md").read_text()
-    assert "| bernoulli | 0.5 |" in table and "| row-extended | 0.5 |" in table and "best p" in table
-    summary = json.loads((tmp_path / "results.json").read_text())["summary"]
-    assert len(summary) == len(TINY.variants)
+    assert "| bernoulli | 0.5 |" in table and "| row-g4 | 0.5 |" in table and "best p (validation)" in table
+    assert "| variant | p | lr 0.01 | lr 0.1 |" in table and table.count("*") >= 3  # one chosen rate per cell
+    summary = json.loads((tmp_path / "results.json").read_text())
+    assert len(summary["summary"]) == len(TINY.variants) and len(summary["pilots"]) == 6
     assert "plotly" in (tmp_path / "accuracy.html").read_text()
     assert not list(tmp_path.rglob(".tmp-*"))  # atomic writes leave nothing behind
+
+
+def test_the_test_set_is_touched_once_per_full_run_and_never_by_a_pilot(tmp_path, digits, monkeypatch):
+    seen = []
+    real = study.evaluate
+    monkeypatch.setattr(study, "evaluate", lambda model, x, y: seen.append(x is digits.test_x) or real(model, x, y))
+    run_study(tiny(seeds=(0, 1), epochs=2, lrs=(0.01, 0.1)), tmp_path, data=digits, progress=False)
+    # validation after each pilot epoch (2 pilots x 1) and each full epoch (2 runs x 2); the test set once per run
+    assert seen.count(False) == 2 + 4 and seen.count(True) == 2
+    split = study.split_validation(digits, 100)
+    assert len(split.val_y) == 100 and len(split.train_y) == 200 and len(split.test_y) == len(digits.test_y)
+
+
+def test_the_validation_split_is_a_seeded_part_of_the_training_set():
+    n = 50
+    data = Dataset(torch.arange(n, dtype=torch.float32)[:, None], torch.arange(n), torch.zeros(3, 1),
+                   torch.zeros(3, dtype=torch.long), DatasetInfo("digits", "x", (1, 1), 10))  # fmt: skip
+    split = study.split_validation(data, 10)
+    train, val = set(split.train_y.tolist()), set(split.val_y.tolist())
+    assert len(val) == 10 and not train & val and train | val == set(range(n))
+    assert torch.equal(split.train_x[:, 0].long(), split.train_y)  # images stay with their labels
+    assert torch.equal(study.split_validation(data, 10).val_y, split.val_y)  # the same split every time
+    with pytest.raises(ValueError, match=r"val_size \(50\) must be smaller than the training set \(50 images\)"):
+        study.split_validation(data, 50)
+
+
+def test_choose_lr_takes_the_best_validation_accuracy_diverged_pilots_lose_ties_go_low():
+    def pilot(lr, acc, diverged=False):
+        return RunResult("row", 0.5, 0, lr, "x", [acc], [1.0], None, diverged)
+
+    assert study.choose_lr([pilot(0.01, 0.5), pilot(0.03, 0.7), pilot(0.1, 0.6)]) == 0.03
+    assert study.choose_lr([pilot(0.01, 0.5), pilot(0.1, 0.9, diverged=True)]) == 0.01
+    assert study.choose_lr([pilot(0.1, 0.7), pilot(0.03, 0.7)]) == 0.03
+
+
+def test_a_run_whose_loss_is_not_finite_is_marked_diverged(digits):
+    split = study.split_validation(digits, 100)
+    config = tiny(clip=None)
+    assert study.train_run(config, split, "bernoulli", 0.5, 0, 0.03, 1, True).diverged is False
+    assert study.train_run(config, split, "bernoulli", 0.5, 0, 1e30, 1, True).diverged is True
+
+
+def test_parallel_workers_train_the_same_runs(tmp_path, digits):
+    config = tiny(seeds=(0, 1), lrs=(0.01, 0.1), variants=("bernoulli", "row"))
+    serial = run_study(config, tmp_path / "serial", data=digits, progress=False)
+    parallel = run_study(config, tmp_path / "parallel", data=digits, progress=False, workers=2)
+    strip = [(r.variant, r.seed, r.lr, r.val_accuracy, r.test_accuracy) for r in serial]
+    assert [(r.variant, r.seed, r.lr, r.val_accuracy, r.test_accuracy) for r in parallel] == strip
+    assert json.loads((tmp_path / "parallel" / "results.json").read_text())["workers"] == 2
+    with pytest.raises(ValueError, match=r"workers must be in \[1, inf\), got 0"):
+        run_study(config, tmp_path / "serial", data=digits, progress=False, workers=0)
 
 
 def test_study_resumes_where_it_stopped(tmp_path, digits, monkeypatch, capsys):
     run_study(TINY, tmp_path, data=digits, progress=False)
     trained = []
     real = study.train_run
-    monkeypatch.setattr(study, "train_run", lambda *a, **k: trained.append(a[2:]) or real(*a, **k))
+    monkeypatch.setattr(study, "train_run", lambda *a, **k: trained.append(a[2:5]) or real(*a, **k))
     run_study(TINY, tmp_path, data=digits, progress=False)
     assert trained == []  # everything was there
     (tmp_path / "runs" / study.run_name("row", 0.5, 1)).unlink()  # interrupted before this run ended
-    (tmp_path / "runs" / study.run_name("tile", 0.5, 0)).write_text("{not json")  # a broken file
+    (tmp_path / "runs" / study.run_name("row-g4", 0.5, 0)).write_text("{not json")  # a broken file
+    (tmp_path / "pilot" / study.pilot_name("bernoulli", 0.5, 0.1)).unlink()
     run_study(TINY, tmp_path, data=digits, progress=False)
-    assert sorted(trained) == [("row", 0.5, 1), ("tile", 0.5, 0)]
-    assert "ignoring unreadable tile-p0.5-seed0.json" in capsys.readouterr().err
+    assert sorted(trained) == [("bernoulli", 0.5, 0), ("row", 0.5, 1), ("row-g4", 0.5, 0)]
+    assert "ignoring unreadable row-g4-p0.5-seed0.json" in capsys.readouterr().err
 
 
 def test_study_directory_belongs_to_one_setting(tmp_path, digits):
-    run_study(StudyConfig(hidden=(8,), ps=(0.5,), seeds=(0,), epochs=1, variants=("bernoulli",), dataset="digits"),
-              tmp_path, data=digits, progress=False)  # fmt: skip
-    other = StudyConfig(hidden=(8,), ps=(0.5,), seeds=(0,), epochs=2, variants=("bernoulli",), dataset="digits")
+    run_study(tiny(), tmp_path, data=digits, progress=False)
     with pytest.raises(ValueError, match="other settings"):
-        run_study(other, tmp_path, data=digits, progress=False)
+        run_study(tiny(epochs=2), tmp_path, data=digits, progress=False)
 
 
 def test_summary_statistics_and_table():
     runs = [
-        RunResult("bernoulli", 0.5, 0, "x", [0.5, 0.80], [1.0, 3.0]),
-        RunResult("bernoulli", 0.5, 1, "x", [0.5, 0.90], [2.0, 2.0]),
-        RunResult("row", 0.5, 0, "x", [0.5, 0.84], [1.0, 1.0]),
-        RunResult("row", 0.5, 1, "x", [0.5, 0.82], [1.0, 1.0]),
-        RunResult("row", 0.3, 0, "x", [0.5, 0.95], [1.0, 1.0]),
+        RunResult("bernoulli", 0.5, 0, 0.1, "x", [0.5, 0.6], [1.0, 3.0], 0.80),
+        RunResult("bernoulli", 0.5, 1, 0.1, "x", [0.5, 0.8], [2.0, 2.0], 0.90),
+        RunResult("row", 0.5, 0, 0.03, "x", [0.5, 0.9], [1.0, 1.0], 0.84),
+        RunResult("row", 0.5, 1, 0.03, "x", [0.5, 0.9], [1.0, 1.0], 0.82, True),
+        RunResult("row", 0.3, 0, 0.03, "x", [0.5, 0.7], [1.0, 1.0], 0.95),
     ]
     rows = {(r.variant, r.p): r for r in summarise(runs)}
     assert rows[("bernoulli", 0.5)].accuracy_mean == pytest.approx(0.85)
     assert rows[("bernoulli", 0.5)].accuracy_std == pytest.approx(0.0707107, rel=1e-5)
+    assert rows[("bernoulli", 0.5)].val_accuracy_mean == pytest.approx(0.7)
     assert rows[("bernoulli", 0.5)].seconds_per_epoch == 2.0 and rows[("row", 0.3)].seeds == 1
-    assert best_p(list(rows.values()))["row"].p == 0.3
-    table = format_table(list(rows.values()))
-    assert "| row | 0.5 | 83.00 ± 1.41 | -2.00 | 1.0 |" in table
-    assert "| row | 0.3 | 95.00 ± 0.00 | - | 1.0 |" in table  # no bernoulli at p = 0.3
-    assert "| row | 0.3 | 95.00 |" in table
+    assert rows[("row", 0.5)].diverged == 1 and rows[("row", 0.5)].lr == 0.03
+    assert best_p(list(rows.values()))["row"].p == 0.5  # by validation (0.9 > 0.7), not by test (0.95)
+    pilots = [RunResult("row", 0.5, 0, lr, "x", [acc], [1.0]) for lr, acc in ((0.03, 0.6), (0.1, 0.4))]
+    table = format_table(list(rows.values()), pilots)
+    assert "| row | 0.5 | 0.03 | 90.00 | 83.00 ± 1.41 (1 diverged) | -2.00 | 1.0 |" in table
+    assert "| row | 0.3 | 0.03 | 70.00 | 95.00 ± 0.00 | - | 1.0 |" in table  # no bernoulli at p = 0.3
+    assert "| row | 0.5 | 83.00 |" in table
+    assert "| row | 0.5 | 60.00* | 40.00 |" in table
 
 
 @pytest.mark.parametrize(
@@ -88,8 +166,13 @@ def test_summary_statistics_and_table():
         ({"seeds": (0, 0)}, r"seeds must not repeat a value, got \(0, 0\)"),
         ({"ps": (0.5, 0.3, 0.5)}, r"ps must not repeat a value, got \(0.5, 0.3, 0.5\)"),
         ({"variants": ("row", "row")}, "variants must not repeat a value"),
-        ({"lr": float("nan")}, "lr must be a finite number > 0, got nan"),
-        ({"lr": 0}, "lr must be a finite number > 0, got 0"),
+        ({"lrs": (float("nan"),)}, "lr must be a finite number > 0, got nan"),
+        ({"lrs": (0.1, 0)}, "lr must be a finite number > 0, got 0"),
+        ({"lrs": (0.1, 0.1)}, r"lrs must not repeat a value, got \(0.1, 0.1\)"),
+        ({"lrs": ()}, "lrs must be a non-empty tuple"),
+        ({"pilot_epochs": 0}, r"pilot_epochs must be in \[1, inf\), got 0"),
+        ({"val_size": 0}, r"val_size must be in \[1, inf\), got 0"),
+        ({"train_size": 100, "val_size": 100}, r"val_size \(100\) must be smaller than train_size \(100\)"),
         ({"clip": float("inf")}, "got inf"),
         ({"batch": 0}, r"batch must be in \[1, inf\), got 0"),
         ({"batch": 2.5}, "batch must be an int, got 2.5"),
@@ -112,9 +195,10 @@ def test_bad_settings_raise_value_error(kwargs, message):
 def test_cli_runs_the_study(tmp_path, capsys):
     from approxdrop.experiments.cli import main
 
-    argv = ["study", "mlp", "--out", str(tmp_path), "--dataset", "digits", "--hidden", "8", "--epochs", "1"]
-    assert main([*argv, "--seeds", "0", "--ps", "0.5", "--variants", "bernoulli", "row", "--no-progress"]) == 0
-    assert "| row | 0.5 |" in capsys.readouterr().out
+    argv = [*CLI, "--out", str(tmp_path), "--seeds", "0", "--ps", "0.5", "--variants", "bernoulli", "row"]
+    assert main([*argv, "--no-progress", "--lrs", "0.01", "0.1"]) == 0
+    out = capsys.readouterr().out
+    assert "| row | 0.5 |" in out and "| variant | p | lr 0.01 | lr 0.1 |" in out
 
 
 def test_cli_clips_gradients_and_sets_threads(tmp_path, capsys, monkeypatch):
@@ -125,8 +209,8 @@ def test_cli_clips_gradients_and_sets_threads(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(study, "training_step", lambda *a, clip: clips.append(clip) or real_step(*a, clip=clip))
     threads = torch.get_num_threads()
     try:
-        argv = ["study", "mlp", "--out", str(tmp_path), "--dataset", "digits", "--hidden", "8", "--epochs", "1"]
-        assert main([*argv, "--seeds", "0", "--ps", "0.5", "--variants", "row", "--clip", "1.5", "--threads", "1"]) == 0
+        argv = [*CLI, "--out", str(tmp_path), "--seeds", "0", "--ps", "0.5", "--variants", "row"]
+        assert main([*argv, "--clip", "1.5", "--threads", "1", "--no-progress"]) == 0
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(threads)
@@ -139,9 +223,9 @@ def test_study_figure_plots_means_against_p_and_time():
     from approxdrop.experiments.study_figure import study_figure
 
     runs = [
-        RunResult("bernoulli", 0.5, 0, "x", [0.6, 0.8], [1.0, 3.0]),
-        RunResult("bernoulli", 0.5, 1, "x", [0.4, 0.9], [2.0, 2.0]),
-        RunResult("row", 0.5, 0, "x", [0.5, 0.7], [1.0, 1.0]),
+        RunResult("bernoulli", 0.5, 0, 0.1, "x", [0.6, 0.8], [1.0, 3.0], 0.8),
+        RunResult("bernoulli", 0.5, 1, 0.1, "x", [0.4, 0.9], [2.0, 2.0], 0.9),
+        RunResult("row", 0.5, 0, 0.1, "x", [0.5, 0.7], [1.0, 1.0], 0.7),
     ]
     fig = study_figure(runs)
     by_p = {t.name: t for t in fig.data if t.xaxis == "x"}
@@ -154,10 +238,12 @@ def test_study_figure_plots_means_against_p_and_time():
 
 
 def test_settings_are_kept_as_plain_python_values():
-    config = StudyConfig(hidden=[16], ps=[0, np.float32(0.5)], seeds=[np.int64(3)], variants=["row"], lr=1,
-                         epochs=np.int32(2), clip=np.float64(1.5), train_size=np.int16(10))  # fmt: skip
+    config = StudyConfig(hidden=[16], ps=[0, np.float32(0.5)], seeds=[np.int64(3)], variants=["row"], lrs=[1],
+                         epochs=np.int32(2), clip=np.float64(1.5), train_size=np.int16(10),
+                         val_size=np.int8(5))  # fmt: skip
     assert config.hidden == (16,) and config.ps == (0.0, 0.5) and config.seeds == (3,) and config.variants == ("row",)
-    assert [type(v) for v in (*config.ps, config.lr, config.clip)] == [float] * 4
+    assert config.lrs == (1.0,) and config.val_size == 5 and type(config.val_size) is int
+    assert [type(v) for v in (*config.ps, *config.lrs, config.clip)] == [float] * 4
     assert [type(v) for v in (*config.seeds, config.epochs, config.train_size)] == [int] * 3
     json.dumps(asdict(config))  # what every run file records
 
@@ -165,7 +251,7 @@ def test_settings_are_kept_as_plain_python_values():
 def test_close_rates_get_their_own_run_files(tmp_path, digits, monkeypatch):
     ps = (0.3, 0.30000000000000004)  # both print as 0.3 with {:g}
     assert len({study.run_name("row", p, 0) for p in ps}) == 2
-    config = StudyConfig(hidden=(8,), ps=ps, seeds=(0,), epochs=1, variants=("bernoulli",), dataset="digits")
+    config = tiny(ps=ps)
     first = run_study(config, tmp_path, data=digits, progress=False)
     assert len(list((tmp_path / "runs").iterdir())) == 2
     trained = []
@@ -178,27 +264,30 @@ def test_close_rates_get_their_own_run_files(tmp_path, digits, monkeypatch):
 @pytest.mark.parametrize(
     "spoil, reason",
     [
-        (lambda r: {**r, "seed": 0}, "it holds bernoulli p=0.5 seed 0, not bernoulli p=0.5 seed 1"),
-        (lambda r: {**r, "p": 0.7}, "it holds bernoulli p=0.7 seed 1, not bernoulli p=0.5 seed 1"),
+        (lambda r: {**r, "seed": 0}, "it holds bernoulli p=0.5 seed 0 lr 0.03, not bernoulli p=0.5 seed 1 lr 0.03"),
+        (lambda r: {**r, "p": 0.7}, "it holds bernoulli p=0.7 seed 1 lr 0.03, not bernoulli p=0.5 seed 1"),
+        (lambda r: {**r, "lr": 0.1}, r"it holds bernoulli p=0.5 seed 1 lr 0.1, not bernoulli p=0.5 seed 1 lr 0.03"),
         (
-            lambda r: {**r, "test_accuracy": [], "epoch_seconds": []},
-            r"its test_accuracy has length 0, not one value per epoch",
+            lambda r: {**r, "val_accuracy": [], "epoch_seconds": []},
+            r"its val_accuracy has length 0, not one value per epoch",
         ),
         (
-            lambda r: {**r, "test_accuracy": r["test_accuracy"][:1]},
-            "its test_accuracy has length 1, not one value per epoch",
+            lambda r: {**r, "val_accuracy": r["val_accuracy"][:1]},
+            "its val_accuracy has length 1, not one value per epoch",
         ),
         (
             lambda r: {**r, "epoch_seconds": [1.0, 2.0, 3.0]},
             r"its epoch_seconds has length 3, not one value per epoch \(2\)",
         ),
-        (lambda r: {**r, "test_accuracy": [0.5, 1.5]}, r"its test_accuracy holds \[1.5\], outside \[0, 1\]"),
+        (lambda r: {**r, "val_accuracy": [0.5, 1.5]}, r"its val_accuracy holds \[1.5\], outside \[0, 1\]"),
         (lambda r: {**r, "epoch_seconds": [1.0, "fast"]}, r"its epoch_seconds holds \['fast'\], outside"),
-        (lambda r: {**r, "test_accuracy": None}, "its test_accuracy is None, not one value per epoch"),
+        (lambda r: {**r, "val_accuracy": None}, "its val_accuracy is None, not one value per epoch"),
+        (lambda r: {**r, "test_accuracy": None}, r"its test_accuracy is None, not an accuracy in \[0, 1\]"),
+        (lambda r: {**r, "test_accuracy": 1.5}, r"its test_accuracy is 1.5, not an accuracy in \[0, 1\]"),
     ],
 )
 def test_a_run_file_that_is_not_its_run_is_trained_again(tmp_path, digits, monkeypatch, capsys, spoil, reason):
-    config = StudyConfig(hidden=(8,), ps=(0.5,), seeds=(0, 1), epochs=2, variants=("bernoulli",), dataset="digits")
+    config = tiny(seeds=(0, 1), epochs=2)
     first = run_study(config, tmp_path, data=digits, progress=False)
     path = tmp_path / "runs" / study.run_name("bernoulli", 0.5, 1)
     payload = json.loads(path.read_text())
@@ -206,11 +295,11 @@ def test_a_run_file_that_is_not_its_run_is_trained_again(tmp_path, digits, monke
     path.write_text(json.dumps(payload))
     trained = []
     real = study.train_run
-    monkeypatch.setattr(study, "train_run", lambda *a, **k: trained.append(a[2:]) or real(*a, **k))
+    monkeypatch.setattr(study, "train_run", lambda *a, **k: trained.append(a[2:5]) or real(*a, **k))
     again = run_study(config, tmp_path, data=digits, progress=False)
     assert trained == [("bernoulli", 0.5, 1)]
     assert [(r.variant, r.p, r.seed) for r in again] == [("bernoulli", 0.5, 0), ("bernoulli", 0.5, 1)]
-    assert [len(r.test_accuracy) for r in again] == [2, 2] and again[0] == first[0]
+    assert [len(r.val_accuracy) for r in again] == [2, 2] and again[0] == first[0]
     err = capsys.readouterr().err
     assert f"ignoring {path.name}: " in err and "training it again" in err
     assert re.search(reason, err), err
@@ -218,7 +307,7 @@ def test_a_run_file_that_is_not_its_run_is_trained_again(tmp_path, digits, monke
 
 
 def test_a_run_on_another_data_set_is_an_error_not_a_retrain(tmp_path, digits):
-    config = StudyConfig(hidden=(8,), ps=(0.5,), seeds=(0,), epochs=1, variants=("bernoulli",), dataset="auto")
+    config = tiny(dataset="auto")
     run_study(config, tmp_path, data=digits, progress=False)
     other = Dataset(*digits[:4], DatasetInfo("mnist", "elsewhere", (8, 8), 10))
     with pytest.raises(ValueError, match="was trained on digits, this study loads mnist; use another --out"):
@@ -226,7 +315,7 @@ def test_a_run_on_another_data_set_is_an_error_not_a_retrain(tmp_path, digits):
 
 
 def test_study_files_get_the_umask_mode(tmp_path, digits):
-    config = StudyConfig(hidden=(8,), ps=(0.5,), seeds=(0,), epochs=1, variants=("bernoulli",), dataset="digits")
+    config = tiny()
     old = os.umask(0o027)
     try:
         run_study(config, tmp_path, data=digits, progress=False)
@@ -234,6 +323,7 @@ def test_study_files_get_the_umask_mode(tmp_path, digits):
         os.umask(old)
     files = [
         tmp_path / "runs" / study.run_name("bernoulli", 0.5, 0),
+        tmp_path / "pilot" / study.pilot_name("bernoulli", 0.5, 0.03),
         *(tmp_path / n for n in ("results.json", "results.md", "accuracy.html")),
     ]
     assert {f.stat().st_mode & 0o777 for f in files} == {0o640}  # 0o666 & ~0o027, not mkstemp's 0o600
@@ -242,7 +332,9 @@ def test_study_files_get_the_umask_mode(tmp_path, digits):
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (["--lr", "nan"], "lr must be a finite number > 0, got nan"),
+        (["--lrs", "0.1", "nan"], "lr must be a finite number > 0, got nan"),
+        (["--workers", "0"], "argument --workers: must be an int >= 1, got 0"),
+        (["--val-size", "1438"], r"val_size \(1438\) must be smaller than the training set \(1438 images\)"),
         (["--seeds", "0", "0"], r"seeds must not repeat a value, got \(0, 0\)"),
         (["--ps", "0.5", "0.5"], "ps must not repeat a value"),
         (["--epochs", "0"], "argument --epochs: must be an int >= 1, got 0"),
@@ -252,7 +344,7 @@ def test_cli_rejects_bad_settings_before_any_run(tmp_path, capsys, extra, messag
     from approxdrop.experiments.cli import main
 
     argv = ["study", "mlp", "--out", str(tmp_path / "out"), "--dataset", "digits", "--hidden", "8", "--epochs", "1"]
-    assert main([*argv, "--variants", "bernoulli", "--no-progress", *extra]) == 2
+    assert main([*argv, "--variants", "bernoulli", "--lrs", "0.1", "--no-progress", *extra]) == 2
     assert re.search(message, capsys.readouterr().err)
     assert not (tmp_path / "out").exists()
 
@@ -260,9 +352,8 @@ def test_cli_rejects_bad_settings_before_any_run(tmp_path, capsys, extra, messag
 def test_cli_writes_the_summary_to_json(tmp_path, capsys):
     from approxdrop.experiments.cli import main
 
-    argv = ["study", "mlp", "--out", str(tmp_path), "--dataset", "digits", "--hidden", "8", "--epochs", "1"]
+    argv = [*CLI, "--out", str(tmp_path), "--seeds", "0", "--ps", "0.5", "--variants", "bernoulli", "row"]
     record = tmp_path / "record.json"
-    assert main([*argv, "--seeds", "0", "--ps", "0.5", "--variants", "bernoulli", "row", "--no-progress",
-                 "--json", str(record)]) == 0  # fmt: skip
+    assert main([*argv, "--no-progress", "--json", str(record)]) == 0
     rows = json.loads(record.read_text())["rows"]
     assert [(r["variant"], r["p"], r["seeds"]) for r in rows] == [("bernoulli", 0.5, 1), ("row", 0.5, 1)]

@@ -1,16 +1,25 @@
 """The accuracy-parity study: does Approximate Random Dropout train as well as dropout?
 
 ``approxdrop study mlp`` trains ``ApproxDropoutMLP`` on a real data set (``load_dataset("auto")``:
-MNIST when it can be had, else Fashion-MNIST, else digits) with every variant at every p for
-several seeds and a fixed budget of epochs. Every run writes its own JSON file atomically under
-``OUT/runs/``, so an interrupted study continues where it stopped; the summary (``results.json``,
-``results.md``: test accuracy mean and spread, time per epoch, best p of each variant) and the
-figures (``accuracy.html``) are written at the end. A study directory belongs to one setting: runs
-made with other settings are an error, not silently mixed.
+MNIST when it can be had, else Fashion-MNIST, else digits) with every variant at every p, with the
+same tuning effort for every variant:
 
-Variants: methods of the table (``models.methods``): by default ``bernoulli`` (nn.Dropout), ``shared``
-(batch-shared random units), ``row`` (searched paper family), ``row-extended`` (searched extended
-family), ``tile``.
+1. **Pilot.** ``val_size`` images of the training set are held out as a validation split (one
+   seeded split for every run). For every (variant, p), one short run (``pilot_epochs``, the first
+   seed) per learning rate in ``lrs``; the rate with the best validation accuracy is chosen.
+2. **Full runs.** Every (variant, p, seed) trains ``epochs`` epochs at its chosen rate on the rest of
+   the training set, with the validation accuracy after each epoch. The test set is evaluated once,
+   after the last epoch.
+
+Every run writes its own JSON file atomically (``OUT/pilot/`` and ``OUT/runs/``), so an interrupted
+study continues where it stopped; ``workers`` runs train in parallel processes (one torch thread
+each). The summary (``results.json``, ``results.md``) and the figures (``accuracy.html``) are written
+at the end. A study directory belongs to one setting: runs made with other settings are an error,
+not silently mixed.
+
+Variants: methods of the table (``models.methods``); by default ``bernoulli`` (nn.Dropout), ``row``
+(searched paper family, one pattern per batch), ``row-g4`` / ``row-g16`` (4 / 16 batch groups with
+complementary offsets, METHOD.md §9), ``shared`` (batch-shared random units) and ``tile``.
 """
 
 from __future__ import annotations
@@ -18,13 +27,16 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import multiprocessing
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from math import inf
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from tqdm.auto import tqdm
@@ -45,6 +57,7 @@ from ..training import evaluate, training_step
 from .options import positive_int, rate, write_record
 
 VARIANTS = METHODS  # a study can train any MLP method of the table
+SPLIT_SEED = 1234  # the one validation split of every run
 
 
 @dataclass(frozen=True)
@@ -53,13 +66,15 @@ class StudyConfig:
 
     hidden: tuple[int, ...] = (2048, 2048)
     ps: tuple[float, ...] = (0.3, 0.5, 0.7)
-    seeds: tuple[int, ...] = (0, 1)
-    epochs: int = 5
+    seeds: tuple[int, ...] = (0, 1, 2)
+    epochs: int = 4
     batch: int = 128
-    lr: float = 0.03
-    clip: float | None = None  # max gradient norm (all variants alike); None: no clipping
+    lrs: tuple[float, ...] = (0.01, 0.03, 0.1)  # SGD learning rates the pilot chooses from
+    pilot_epochs: int = 1
+    val_size: int = 10_000  # validation images held out of the training set
+    clip: float | None = 2.0  # max gradient norm (all variants alike); None: no clipping
     tile: int = 32
-    variants: tuple[str, ...] = ("bernoulli", "shared", "row", "row-extended", "tile")
+    variants: tuple[str, ...] = ("bernoulli", "row", "row-g4", "row-g16", "shared", "tile")
     dataset: str = "auto"
     train_size: int | None = None
     test_size: int | None = None
@@ -67,24 +82,24 @@ class StudyConfig:
     def __post_init__(self) -> None:
         """Check every setting (ValueError naming a bad one) and keep it as plain Python values (the
         run files record the config as JSON): sequences as tuples, numbers as int / float."""
-        for name in ("hidden", "ps", "seeds", "variants"):
+        for name in ("hidden", "ps", "seeds", "lrs", "variants"):
             value = getattr(self, name)
             if not isinstance(value, (tuple, list)) or not value:
                 raise ValueError(f"{name} must be a non-empty tuple, got {value!r}")
         self._set("hidden", tuple(check_int("hidden width", width, 1) for width in self.hidden))
         self._set("ps", tuple(check_rate(p) for p in self.ps))
         self._set("seeds", tuple(check_int("seed", seed, 0) for seed in self.seeds))
+        self._set("lrs", tuple(check_positive("lr", lr) for lr in self.lrs))
         self._set("variants", tuple(self.variants))
         bad = [v for v in self.variants if v not in VARIANTS]
         if bad:
             raise ValueError(f"variants must be taken from {VARIANTS}, got {self.variants}")
-        for name in ("ps", "seeds", "variants"):  # a repeated one would train and count the same run twice
+        for name in ("ps", "seeds", "lrs", "variants"):  # a repeated one would train and count the same run twice
             value = getattr(self, name)
             if len(set(value)) != len(value):
                 raise ValueError(f"{name} must not repeat a value, got {value}")
-        for name in ("epochs", "batch", "tile"):
+        for name in ("epochs", "pilot_epochs", "batch", "tile", "val_size"):
             self._set(name, check_int(name, getattr(self, name), 1))
-        self._set("lr", check_positive("lr", self.lr))
         if self.clip is not None:
             self._set("clip", check_positive("clip (a gradient norm)", self.clip))
         if self.dataset not in NAMES:
@@ -92,30 +107,69 @@ class StudyConfig:
         for name in ("train_size", "test_size"):
             if getattr(self, name) is not None:
                 self._set(name, check_int(name, getattr(self, name), 1))
+        if self.train_size is not None and self.val_size >= self.train_size:
+            raise ValueError(f"val_size ({self.val_size}) must be smaller than train_size ({self.train_size})")
 
     def _set(self, name: str, value: object) -> None:
         object.__setattr__(self, name, value)  # frozen: only __post_init__ normalises a field
 
+    def pilots(self) -> list[tuple[str, float, float]]:
+        """Every pilot (variant, p, lr), trained with the first seed."""
+        return [(v, p, lr) for p in self.ps for v in self.variants for lr in self.lrs]
+
     def runs(self) -> list[tuple[str, float, int]]:
-        """Every (variant, p, seed), seed-major so a partial study already covers every variant."""
+        """Every full (variant, p, seed), seed-major so a partial study already covers every variant."""
         return [(v, p, s) for s in self.seeds for p in self.ps for v in self.variants]
+
+
+class StudyData(NamedTuple):
+    """The training set split into train / validation, and the test set (Float[N, D], Long[N])."""
+
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    val_x: torch.Tensor
+    val_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    name: str
+    classes: int
+
+
+def split_validation(data: Dataset, val_size: int) -> StudyData:
+    """Hold ``val_size`` training images out (one seeded split, ``SPLIT_SEED``) as the validation split."""
+    n = len(data.train_y)
+    if val_size >= n:
+        raise ValueError(f"val_size ({val_size}) must be smaller than the training set ({n} images)")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(SPLIT_SEED)).to(data.train_x.device)
+    val, train = order[:val_size], order[val_size:]
+    return StudyData(data.train_x[train], data.train_y[train], data.train_x[val], data.train_y[val],
+                     data.test_x, data.test_y, data.info.name, data.info.classes)  # fmt: skip
 
 
 @dataclass
 class RunResult:
-    """One trained model: test accuracy and wall time after every epoch."""
+    """One trained model: validation accuracy and wall time after every epoch, and (full runs only)
+    the test accuracy after the last epoch; ``diverged`` when a loss was not finite."""
 
     variant: str
     p: float
     seed: int
+    lr: float
     dataset: str
-    test_accuracy: list[float] = field(default_factory=list)
+    val_accuracy: list[float] = field(default_factory=list)
     epoch_seconds: list[float] = field(default_factory=list)
+    test_accuracy: float | None = None
+    diverged: bool = False
 
 
 def run_name(variant: str, p: float, seed: int) -> str:
-    """The file name of one run: p written exactly (``repr``), so distinct rates never share a file."""
+    """The file name of one full run: p written exactly (``repr``), so distinct rates never share a file."""
     return f"{variant}-p{float(p)!r}-seed{seed}.json"
+
+
+def pilot_name(variant: str, p: float, lr: float) -> str:
+    """The file name of one pilot run."""
+    return f"{variant}-p{float(p)!r}-lr{float(lr)!r}.json"
 
 
 def build_model(config: StudyConfig, variant: str, p: float, sizes: list[int], seed: int) -> ApproxDropoutMLP:
@@ -126,48 +180,63 @@ def build_model(config: StudyConfig, variant: str, p: float, sizes: list[int], s
 
 
 def train_run(
-    config: StudyConfig, data: Dataset, variant: str, p: float, seed: int, on_epoch: Callable[[], object] | None = None
+    config: StudyConfig,
+    data: StudyData,
+    variant: str,
+    p: float,
+    seed: int,
+    lr: float,
+    epochs: int,
+    test: bool,
+    on_epoch: Callable[[], object] | None = None,
 ) -> RunResult:
-    """Train one variant for ``config.epochs`` epochs of shuffled mini-batches; evaluate after each."""
+    """Train one variant for ``epochs`` epochs of shuffled mini-batches at ``lr``; the validation accuracy
+    after each epoch, the test accuracy once at the end when ``test``."""
     dev = data.train_x.device
-    sizes = [data.train_x.shape[1], *config.hidden, data.info.classes]
+    sizes = [data.train_x.shape[1], *config.hidden, data.classes]
     model = build_model(config, variant, p, sizes, seed).to(dev)
-    opt = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=0.9)
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
     order = torch.Generator().manual_seed(seed)  # the same batches for every variant of a seed
-    result = RunResult(variant, p, seed, data.info.name)
-    for _ in range(config.epochs):
+    result = RunResult(variant, p, seed, lr, data.name)
+    finite = torch.ones((), dtype=torch.bool, device=dev)
+    for _ in range(epochs):
         perm = torch.randperm(len(data.train_y), generator=order).to(dev)
         sync(dev)
         start = time.perf_counter()
         for i in range(0, len(perm), config.batch):
             index = perm[i : i + config.batch]
-            training_step(model, opt, data.train_x[index], data.train_y[index], clip=config.clip)
+            loss, _ = training_step(model, opt, data.train_x[index], data.train_y[index], clip=config.clip)
+            finite &= torch.isfinite(loss)
         sync(dev)
         result.epoch_seconds.append(time.perf_counter() - start)
-        result.test_accuracy.append(evaluate(model, data.test_x, data.test_y))
+        result.val_accuracy.append(evaluate(model, data.val_x, data.val_y))
         if on_epoch is not None:
             on_epoch()
+    result.diverged = not bool(finite)
+    if test:
+        result.test_accuracy = evaluate(model, data.test_x, data.test_y)
     return result
 
 
-def _run_problem(result: RunResult, key: tuple[str, float, int], epochs: int) -> str | None:
-    """Why ``result`` is not the finished run ``key`` of ``epochs`` epochs, or None when it is."""
-    if (result.variant, result.p, result.seed) != key:
-        return f"it holds {result.variant} p={result.p!r} seed {result.seed!r}, not {key[0]} p={key[1]!r} seed {key[2]}"
-    for name, values, high in (
-        ("test_accuracy", result.test_accuracy, 1),
-        ("epoch_seconds", result.epoch_seconds, inf),
-    ):
+def _run_problem(result: RunResult, key: tuple, epochs: int, full: bool) -> str | None:
+    """Why ``result`` is not the finished run ``key`` = (variant, p, seed, lr) of ``epochs`` epochs, or None."""
+    if (result.variant, result.p, result.seed, result.lr) != key:
+        held = f"{result.variant} p={result.p!r} seed {result.seed!r} lr {result.lr!r}"
+        return f"it holds {held}, not {key[0]} p={key[1]!r} seed {key[2]} lr {key[3]!r}"
+    for name, values, high in (("val_accuracy", result.val_accuracy, 1), ("epoch_seconds", result.epoch_seconds, inf)):
         if not isinstance(values, list) or len(values) != epochs:
             size = f"has length {len(values)}" if isinstance(values, list) else f"is {values!r}"
             return f"its {name} {size}, not one value per epoch ({epochs})"
         bad = [v for v in values if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= high]
         if bad:
             return f"its {name} holds {bad[:3]!r}, outside [0, {high}]"
+    test = result.test_accuracy
+    if full and (isinstance(test, bool) or not isinstance(test, (int, float)) or not 0 <= test <= 1):
+        return f"its test_accuracy is {test!r}, not an accuracy in [0, 1]"
     return None
 
 
-def _read_run(path: Path, config: StudyConfig, key: tuple[str, float, int], dataset: str) -> RunResult | None:
+def _read_run(path: Path, config: StudyConfig, key: tuple, epochs: int, full: bool, dataset: str) -> RunResult | None:
     """The finished run ``key`` of this config on ``dataset``; None if missing, or (saying why) unreadable,
     another run or unfinished; ValueError for a run of another config or data set."""
     try:
@@ -180,7 +249,7 @@ def _read_run(path: Path, config: StudyConfig, key: tuple[str, float, int], data
         return None
     if payload.get("config") != json.loads(json.dumps(asdict(config))):
         raise ValueError(f"{path} was made with other settings ({payload.get('config')}); use another --out")
-    problem = _run_problem(result, key, config.epochs)
+    problem = _run_problem(result, key, epochs, full)
     if problem is not None:
         print(f"ignoring {path.name}: {problem}; training it again", file=sys.stderr)
         return None
@@ -189,25 +258,81 @@ def _read_run(path: Path, config: StudyConfig, key: tuple[str, float, int], data
     return result
 
 
-def run_study(config: StudyConfig, out: Path, data: Dataset | None = None, progress: bool = True) -> list[RunResult]:
-    """Train every run not already in ``out/runs`` (resumable), then write the summary and figures."""
+def choose_lr(pilots: Iterable[RunResult]) -> float:
+    """The pilot rate with the best final validation accuracy; diverged pilots lose; ties go to the smaller rate."""
+    return max(pilots, key=lambda r: (not r.diverged, r.val_accuracy[-1], -r.lr)).lr
+
+
+_WORKER_DATA: StudyData | None = None  # a worker process's copy of the data
+
+
+def _start_worker(data: StudyData) -> None:
+    global _WORKER_DATA
+    torch.set_num_threads(1)
+    _WORKER_DATA = data
+
+
+def _train_in_worker(config: StudyConfig, args: tuple) -> RunResult:
+    return train_run(config, _WORKER_DATA, *args)
+
+
+def _train_all(
+    config: StudyConfig, data: StudyData, jobs: dict[Path, tuple], workers: int, bar: tqdm
+) -> dict[Path, RunResult]:
+    """Train ``jobs`` (file -> train_run arguments after the data), ``workers`` at a time, writing each file."""
+    done = {}
+
+    def finish(path: Path, result: RunResult) -> None:
+        write_json_atomic(path, {"config": asdict(config), "result": asdict(result)}, 1)
+        done[path] = result
+
+    if workers == 1:
+        for path, args in jobs.items():
+            bar.set_postfix_str(path.stem)
+            finish(path, train_run(config, data, *args, on_epoch=bar.update))
+        return done
+    context = multiprocessing.get_context("spawn")  # no fork of a process holding torch threads
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker, initargs=(data,)) as pool:
+        futures = {pool.submit(_train_in_worker, config, args): path for path, args in jobs.items()}
+        for future in as_completed(futures):
+            finish(futures[future], future.result())
+            bar.update(jobs[futures[future]][4])  # its epochs
+    return done
+
+
+def run_study(
+    config: StudyConfig, out: Path, data: Dataset | None = None, progress: bool = True, workers: int = 1
+) -> list[RunResult]:
+    """Pilot every (variant, p) at every rate, then train every full run not already in ``out`` (resumable),
+    then write the summary and figures. Returns the full runs."""
     out = Path(out)
+    workers = check_int("workers", workers, 1)
     if data is None:
         data = load_dataset(config.dataset, train_size=config.train_size, test_size=config.test_size)
         dev = default_device()
         data = Dataset(*(t.to(dev) for t in data[:4]), data.info)
-    runs = config.runs()
-    done = {key: _read_run(out / "runs" / run_name(*key), config, key, data.info.name) for key in runs}
-    todo = [key for key in runs if done[key] is None]
-    bar = tqdm(total=len(runs) * config.epochs, initial=(len(runs) - len(todo)) * config.epochs, desc="study",
-               unit="epoch", disable=not progress, file=sys.stderr)  # fmt: skip
-    for key in todo:
-        bar.set_postfix_str(run_name(*key)[:-5])
-        done[key] = train_run(config, data, *key, on_epoch=bar.update)
-        write_json_atomic(out / "runs" / run_name(*key), {"config": asdict(config), "result": asdict(done[key])}, 1)
+    if workers > 1 and data.train_x.device.type != "cpu":
+        raise ValueError(f"workers={workers}: parallel runs are for the CPU; on {data.train_x.device} use workers=1")
+    split = split_validation(data, config.val_size)
+    pilot_keys = {out / "pilot" / pilot_name(v, p, lr): (v, p, config.seeds[0], lr) for v, p, lr in config.pilots()}
+    total = len(pilot_keys) * config.pilot_epochs + len(config.runs()) * config.epochs
+    bar = tqdm(total=total, desc="study", unit="epoch", disable=not progress, file=sys.stderr)
+    pilots = {
+        path: _read_run(path, config, key, config.pilot_epochs, False, split.name) for path, key in pilot_keys.items()
+    }
+    todo = {path: (*key, config.pilot_epochs, False) for path, key in pilot_keys.items() if pilots[path] is None}
+    bar.update(total - len(config.runs()) * config.epochs - len(todo) * config.pilot_epochs)
+    pilots.update(_train_all(config, split, todo, workers, bar))
+    chosen = {(v, p): choose_lr(pilots[path] for path, key in pilot_keys.items() if key[:2] == (v, p))
+              for v in config.variants for p in config.ps}  # fmt: skip
+    run_keys = {out / "runs" / run_name(v, p, s): (v, p, s, chosen[(v, p)]) for v, p, s in config.runs()}
+    runs = {path: _read_run(path, config, key, config.epochs, True, split.name) for path, key in run_keys.items()}
+    todo = {path: (*key, config.epochs, True) for path, key in run_keys.items() if runs[path] is None}
+    bar.update((len(run_keys) - len(todo)) * config.epochs)
+    runs.update(_train_all(config, split, todo, workers, bar))
     bar.close()
-    results = [done[key] for key in runs]
-    write_summary(config, results, out)
+    results = [runs[path] for path in run_keys]
+    write_summary(config, [pilots[path] for path in pilot_keys], results, out, workers)
     return results
 
 
@@ -217,70 +342,99 @@ class SummaryRow:
 
     variant: str
     p: float
+    lr: float
+    val_accuracy_mean: float
     accuracy_mean: float
     accuracy_std: float
     seconds_per_epoch: float
     seeds: int
+    diverged: int
 
 
 def summarise(results: list[RunResult]) -> list[SummaryRow]:
-    """Final test accuracy mean / sample std over seeds and the median time per epoch, per (variant, p)."""
+    """Per (variant, p): the rate, final validation accuracy mean, test accuracy mean / sample std over
+    seeds, the median time per epoch, and how many runs diverged."""
     cells: dict[tuple[str, float], list[RunResult]] = {}
     for r in results:
         cells.setdefault((r.variant, r.p), []).append(r)
     rows = []
     for (variant, p), runs in cells.items():
-        finals = [r.test_accuracy[-1] for r in runs]
-        std = statistics.stdev(finals) if len(finals) > 1 else 0.0
+        tests = [r.test_accuracy for r in runs]
+        std = statistics.stdev(tests) if len(tests) > 1 else 0.0
         seconds = statistics.median(s for r in runs for s in r.epoch_seconds)
-        rows.append(SummaryRow(variant, p, statistics.mean(finals), std, seconds, len(runs)))
+        val = statistics.mean(r.val_accuracy[-1] for r in runs)
+        rows.append(SummaryRow(variant, p, runs[0].lr, val, statistics.mean(tests), std, seconds, len(runs),
+                               sum(r.diverged for r in runs)))  # fmt: skip
     return rows
 
 
 def best_p(rows: list[SummaryRow]) -> dict[str, SummaryRow]:
-    """Each variant's row with the highest mean accuracy."""
+    """Each variant's row with the highest mean VALIDATION accuracy (the test set chooses nothing)."""
     best: dict[str, SummaryRow] = {}
     for row in rows:
-        if row.variant not in best or row.accuracy_mean > best[row.variant].accuracy_mean:
+        if row.variant not in best or row.val_accuracy_mean > best[row.variant].val_accuracy_mean:
             best[row.variant] = row
     return best
 
 
-def format_table(rows: list[SummaryRow]) -> str:
-    """Markdown: accuracy (mean ± std, in %) and time per epoch, one line per (variant, p); the gap
-    to bernoulli at the same p in percentage points; then each variant's best p."""
+def _order(variant: str) -> int:
+    return VARIANTS.index(variant)
+
+
+def format_table(rows: list[SummaryRow], pilots: list[RunResult] = ()) -> str:
+    """Markdown: per (variant, p) the chosen rate, validation and test accuracy (mean ± std, in %), the
+    test gap to bernoulli at the same p in percentage points and the time per epoch; each variant's
+    best p (by validation accuracy); then the pilot's validation accuracy at every rate."""
     base = {r.p: r.accuracy_mean for r in rows if r.variant == "bernoulli"}
     lines = [
-        "| variant | p | test accuracy % (mean ± std) | vs bernoulli (pp) | s / epoch |",
-        "|---|---:|---:|---:|---:|",
+        "| variant | p | lr | validation % | test accuracy % (mean ± std) | vs bernoulli (pp) | s / epoch |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for r in sorted(rows, key=lambda r: (r.p, VARIANTS.index(r.variant))):
+    for r in sorted(rows, key=lambda r: (r.p, _order(r.variant))):
         gap = f"{100 * (r.accuracy_mean - base[r.p]):+.2f}" if r.p in base else "-"
+        warn = f" ({r.diverged} diverged)" if r.diverged else ""
         lines.append(
-            f"| {r.variant} | {r.p:g} | {100 * r.accuracy_mean:.2f} ± {100 * r.accuracy_std:.2f} | {gap} "
-            f"| {r.seconds_per_epoch:.1f} |"
+            f"| {r.variant} | {r.p:g} | {r.lr:g} | {100 * r.val_accuracy_mean:.2f} | {100 * r.accuracy_mean:.2f} ± "
+            f"{100 * r.accuracy_std:.2f}{warn} | {gap} | {r.seconds_per_epoch:.1f} |"
         )
-    lines += ["", "| variant | best p | test accuracy % |", "|---|---:|---:|"]
-    for variant, r in sorted(best_p(rows).items(), key=lambda kv: VARIANTS.index(kv[0])):
+    lines += ["", "| variant | best p (validation) | test accuracy % |", "|---|---:|---:|"]
+    for variant, r in sorted(best_p(rows).items(), key=lambda kv: _order(kv[0])):
         lines.append(f"| {variant} | {r.p:g} | {100 * r.accuracy_mean:.2f} |")
+    if pilots:
+        lrs = sorted({r.lr for r in pilots})
+        lines += ["", "Pilot (first seed, validation accuracy %; * = chosen, x = diverged):", "",
+                  "| variant | p | " + " | ".join(f"lr {lr:g}" for lr in lrs) + " |",
+                  "|---|---:|" + "---:|" * len(lrs)]  # fmt: skip
+        cells: dict[tuple[str, float], dict[float, RunResult]] = {}
+        for r in pilots:
+            cells.setdefault((r.variant, r.p), {})[r.lr] = r
+        for (variant, p), by_lr in sorted(cells.items(), key=lambda kv: (kv[0][1], _order(kv[0][0]))):
+            chosen = choose_lr(by_lr.values())
+            marks = [f"{100 * by_lr[lr].val_accuracy[-1]:.2f}{'x' if by_lr[lr].diverged else ''}"
+                     f"{'*' if lr == chosen else ''}" if lr in by_lr else "-" for lr in lrs]  # fmt: skip
+            lines.append(f"| {variant} | {p:g} | " + " | ".join(marks) + " |")
     return "\n".join(lines)
 
 
-def write_summary(config: StudyConfig, results: list[RunResult], out: Path) -> None:
+def write_summary(config: StudyConfig, pilots: list[RunResult], results: list[RunResult], out: Path,
+                  workers: int = 1) -> None:  # fmt: skip
     """results.json, results.md and accuracy.html under ``out``."""
     rows = summarise(results)
     machine = describe_machine(default_device())
     header = (
-        f"# Accuracy-parity study\n\n- Data: {results[0].dataset}; MLP hidden {list(config.hidden)}, batch "
-        f"{config.batch}, SGD lr {config.lr} momentum 0.9, gradient-norm clip {config.clip}, {config.epochs} epochs, "
-        f"seeds {list(config.seeds)}\n"
-        f"- Machine: {machine}\n- Written: {datetime.datetime.now().isoformat(timespec='seconds')}\n\n"
+        f"# Accuracy-parity study\n\n- Data: {results[0].dataset} ({config.val_size} training images held out for "
+        f"validation); MLP hidden {list(config.hidden)}, batch {config.batch}, SGD momentum 0.9 at a rate chosen "
+        f"per (variant, p) from {list(config.lrs)} by a {config.pilot_epochs}-epoch pilot on the validation split, "
+        f"gradient-norm clip {config.clip}, {config.epochs} epochs, seeds {list(config.seeds)}; test set evaluated "
+        f"once, after the last epoch\n"
+        f"- Machine: {machine}; {workers} run(s) in parallel\n"
+        f"- Written: {datetime.datetime.now().isoformat(timespec='seconds')}\n\n"
     )
-    write_atomic(out / "results.md", lambda f: f.write(header + format_table(rows) + "\n"))
+    write_atomic(out / "results.md", lambda f: f.write(header + format_table(rows, pilots) + "\n"))
     write_json_atomic(
         out / "results.json",
-        {"config": asdict(config), "machine": machine, "summary": [asdict(r) for r in rows],
-         "runs": [asdict(r) for r in results]},
+        {"config": asdict(config), "machine": machine, "workers": workers, "summary": [asdict(r) for r in rows],
+         "pilots": [asdict(r) for r in pilots], "runs": [asdict(r) for r in results]},
         indent=1,
     )  # fmt: skip
     from .study_figure import study_figure  # plotly is optional (the lab extra): imported only to draw
@@ -293,31 +447,39 @@ COMMAND, HELP = "study", "accuracy-parity study: train every method at every p o
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    defaults = StudyConfig()
     parser.add_argument("model", choices=["mlp"], help="what to study")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/study"), help="study directory (resumable)")
-    parser.add_argument("--hidden", type=positive_int, nargs="+", default=[2048, 2048])
-    parser.add_argument("--ps", type=rate, nargs="+", default=[0.3, 0.5, 0.7])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    parser.add_argument("--epochs", type=positive_int, default=5)
-    parser.add_argument("--batch", type=positive_int, default=128)
-    parser.add_argument("--lr", type=float, default=0.03)
-    parser.add_argument("--clip", type=float, help="clip every variant's gradient norm to this (default: none)")
-    parser.add_argument("--variants", nargs="+", default=list(StudyConfig.variants), choices=VARIANTS)
+    parser.add_argument("--hidden", type=positive_int, nargs="+", default=list(defaults.hidden))
+    parser.add_argument("--ps", type=rate, nargs="+", default=list(defaults.ps))
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(defaults.seeds))
+    parser.add_argument("--epochs", type=positive_int, default=defaults.epochs)
+    parser.add_argument("--batch", type=positive_int, default=defaults.batch)
+    parser.add_argument("--lrs", type=float, nargs="+", default=list(defaults.lrs),
+                        help="learning rates the pilot chooses from, per (variant, p)")  # fmt: skip
+    parser.add_argument("--pilot-epochs", type=positive_int, default=defaults.pilot_epochs)
+    parser.add_argument("--val-size", type=positive_int, default=defaults.val_size,
+                        help="training images held out as the validation split")  # fmt: skip
+    parser.add_argument("--clip", type=float, default=defaults.clip,
+                        help="clip every variant's gradient norm to this (0: no clipping)")  # fmt: skip
+    parser.add_argument("--variants", nargs="+", default=list(defaults.variants), choices=VARIANTS)
     parser.add_argument("--dataset", default="auto", choices=NAMES)
     parser.add_argument("--train-size", type=positive_int, help="seeded subset of the training set")
     parser.add_argument("--test-size", type=positive_int, help="seeded subset of the test set")
+    parser.add_argument("--workers", type=positive_int, default=1,
+                        help="runs trained in parallel processes, one torch thread each (CPU)")  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
     try:
         config = StudyConfig(
-            tuple(args.hidden), tuple(args.ps), tuple(args.seeds), args.epochs, args.batch, args.lr,
-            clip=args.clip, variants=tuple(args.variants), dataset=args.dataset, train_size=args.train_size,
-            test_size=args.test_size,
+            tuple(args.hidden), tuple(args.ps), tuple(args.seeds), args.epochs, args.batch, tuple(args.lrs),
+            args.pilot_epochs, args.val_size, clip=args.clip or None, variants=tuple(args.variants),
+            dataset=args.dataset, train_size=args.train_size, test_size=args.test_size,
         )  # fmt: skip
-    except ValueError as err:
+        results = run_study(config, args.out, progress=not args.no_progress, workers=args.workers)
+    except ValueError as err:  # a bad setting, a split larger than the data, a directory of other settings
         args.parser.error(str(err))
-    results = run_study(config, args.out, progress=not args.no_progress)
     print((args.out / "results.md").read_text())
     write_record(args, summarise(results))
     return 0
