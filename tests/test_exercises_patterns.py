@@ -1,17 +1,22 @@
 """Exercises of labs 01, 02, 03 and 06: reference solutions pass, the TODO stub is "not attempted",
-and a plausible wrong answer, NaN, a wrong type or an answer that changes its input fails."""
+and a plausible wrong answer, NaN, a wrong type or an answer that changes its input fails. The grouped
+offset draw of lab 02 (a random function) is checked statistically: every wrong draw in
+wrong_answers.GROUPED_OFFSETS fails with its own reason, and the library's sampler passes."""
 
 import importlib.util
+import re
 from pathlib import Path
 
+import nbformat
 import pytest
 import torch
-from wrong_answers import WRONG_TYPES, with_nan
+from wrong_answers import GROUPED_OFFSETS, WRONG_TYPES, with_nan
 
 from approxdrop.course.checks import describe
 from approxdrop.course.exercises import lab01, lab02, lab03, lab06
 
-SOLUTIONS = Path(__file__).resolve().parents[1] / "labs" / "solutions"
+LABS = Path(__file__).resolve().parents[1] / "labs"
+SOLUTIONS = LABS / "solutions"
 
 
 def solutions(lab: str):
@@ -41,6 +46,7 @@ EXERCISES = [
     (lab01, "lab01", "gemm_work", lambda sizes, p: 1 - p),
     (lab02, "lab02", "kept_indices", lambda n, dp, offset, keep: torch.arange(offset, n, dp)),
     (lab02, "lab02", "compact_forward", unscaled_forward),
+    (lab02, "lab02", "grouped_offsets", GROUPED_OFFSETS["independent with replacement"][0]),
     (lab03, "lab03", "tile_mask", mirrored_tile_mask),
     (lab03, "lab03", "weight_mask", lambda n_out, n_in, *_: torch.ones(n_out, n_in, dtype=torch.bool)),
     (lab06, "lab06", "kept_residues", lambda dp, offset, keep: torch.tensor([(offset + t) % dp for t in range(keep)])),
@@ -91,3 +97,49 @@ def test_wrong_type_fails_saying_what_was_expected(lab, solution, name, wrong, a
 def test_an_answer_that_changes_its_input_fails_naming_it(answer, capsys):
     assert lab01.check_inverted_dropout(answer).status == "fail"
     assert "it changed x in place" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name", list(GROUPED_OFFSETS))
+def test_each_wrong_grouped_offset_draw_fails_saying_why(name, capsys):
+    answer, reason = GROUPED_OFFSETS[name]
+    assert lab02.check_grouped_offsets(answer).status == "fail"
+    out = capsys.readouterr().out
+    assert out.startswith("[FAIL] grouped offsets: on input (dp=") and reason in out, out
+
+
+def test_the_librarys_grouped_sampler_passes_the_grouped_offsets_check(capsys):
+    assert lab02.check_grouped_offsets(lab02.reference_grouped_offsets).passed
+    assert capsys.readouterr().out.startswith("[PASS] grouped offsets (max difference ")
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_right_grouped_offsets_drawn_in_another_order_pass(seed, monkeypatch):
+    """A right answer that consumes the generator differently sees other samples: it still passes."""
+    monkeypatch.setattr(
+        lab02, "GROUPED_CASES", [(dp, g, n, s + 100 * (seed + 1)) for dp, g, n, s in lab02.GROUPED_CASES]
+    )
+
+    def reversed_runs(dp, groups, generator):
+        runs = [torch.randperm(dp, generator=generator).flip(0) for _ in range(-(-groups // dp))]
+        return torch.cat(runs)[:groups]
+
+    assert lab02.check_grouped_offsets(reversed_runs).passed
+
+
+NOTEBOOKS = {
+    "01_why_dropout_saves_no_time.ipynb": "lab01",
+    "02_row_patterns.ipynb": "lab02",
+    "03_tile_patterns.ipynb": "lab03",
+    "06_inside_the_kernels.ipynb": "lab06",
+}
+
+
+@pytest.mark.parametrize("notebook, lab", NOTEBOOKS.items())
+def test_every_todo_cell_has_a_reference_solution_and_checks_it(notebook, lab):
+    nb = nbformat.read(LABS / notebook, as_version=4)
+    todo_cells = [c.source for c in nb.cells if c.cell_type == "code" and "raise NotImplementedError" in c.source]
+    assert todo_cells
+    for source in todo_cells:
+        name = source.split("def ", 1)[1].split("(", 1)[0]
+        assert callable(getattr(solutions(lab), name)), name
+        assert re.search(rf"check_\w+\({name}\)", source), source  # the cell checks it

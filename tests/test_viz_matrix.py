@@ -11,10 +11,13 @@ from approxdrop.course.viz.matrix import (
     block_figure,
     block_reads,
     block_z,
+    group_keep_counts,
+    grouped_figure,
     masks_figure,
     row_figure,
     tile_figure,
     update_block_figure,
+    update_grouped_figure,
     update_row_figure,
     update_tile_figure,
 )
@@ -43,6 +46,44 @@ def test_row_figure_shows_kept_rows_and_next_layer_columns():
     assert torch.equal(z(fig.data[0]), mask[:, None].float())  # [n_out, 1]
     assert torch.equal(z(fig.data[1]), mask[None, :].float())  # [1, n_out]
     assert "7 of 10 rows skipped" in fig.layout.title.text and "GEMM work left 0.300" in fig.layout.title.text
+
+
+def test_grouped_figure_has_one_strip_per_group_and_counts_the_groups_keeping_each_unit():
+    patterns = [RowPattern(4, 3), RowPattern(4, 0), RowPattern(4, 2)]  # G = 3 < dp = 4: unit 1 mod 4 is left out
+    fig = grouped_figure(patterns, 10, batch=7, p=0.75)
+    masks = torch.stack([pt.keep_mask(10) for pt in patterns]).float()  # [G, n]
+    assert torch.equal(z(fig.data[0]), masks) and list(fig.data[0].y) == [0, 1, 2]
+    counts = group_keep_counts(patterns, 10)
+    assert counts.tolist() == [1, 0, 1, 1, 1, 0, 1, 1, 1, 0]
+    assert torch.equal(z(fig.data[1]), counts[None].float()) and fig.data[1].zmax == 3
+    labels = ["group 0 · samples 0-2", "group 1 · samples 3-4", "group 2 · samples 5-6"]  # tensor_split of 7
+    assert list(fig.layout.yaxis.ticktext) == labels
+    title = fig.layout.title.text
+    assert "G = 3 groups share (dp, keep) = (4, 1); offsets [3, 0, 2]" in title
+    assert "3 of 10 units kept by no group" in title and title.startswith("p = 0.75")
+    assert "G (1 - p) = 0.75" in fig.layout.annotations[0].text
+
+
+def test_grouped_figure_says_when_every_unit_is_kept_and_labels_empty_groups():
+    patterns = RowPattern(2, 0, 1), RowPattern(2, 1, 1), RowPattern(2, 1, 1)
+    fig = grouped_figure(patterns, 6, batch=2)
+    assert group_keep_counts(patterns, 6).tolist() == [1, 2, 1, 2, 1, 2]
+    assert "every unit kept by some group (G >= dp)" in fig.layout.title.text
+    assert list(fig.layout.yaxis.ticktext)[2] == "group 2 · no samples"  # tensor_split of 2 samples into 3
+    assert "the paper's method" in grouped_figure(patterns[:1], 6).layout.title.text
+    with pytest.raises(ValueError, match="none"):
+        grouped_figure([], 6)
+
+
+def test_update_grouped_figure_changes_the_number_of_strips_in_place():
+    fig = go.FigureWidget(grouped_figure([RowPattern(3, 1), RowPattern(3, 0)], 9))
+    strips, height = fig.data[0], fig.layout.height
+    patterns = [RowPattern(3, o) for o in (2, 0, 1, 1, 2, 0)]
+    update_grouped_figure(fig, patterns, 9, batch=12, p=2 / 3)
+    assert fig.data[0] is strips and z(strips).shape == (6, 9) and list(strips.y) == list(range(6))
+    assert torch.equal(z(fig.data[1])[0], group_keep_counts(patterns, 9).float()) and fig.data[1].zmax == 6
+    assert fig.layout.height > height and len(fig.layout.yaxis.ticktext) == 6
+    assert "offsets [2, 0, 1, 1, 2, 0]" in fig.layout.title.text
 
 
 def test_update_row_figure_changes_the_traces_in_place():

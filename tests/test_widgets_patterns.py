@@ -5,8 +5,15 @@ import torch
 
 from approxdrop import RowPattern, TilePattern
 from approxdrop.course.viz.live import WIDTH
-from approxdrop.course.viz.matrix import block_figure
-from approxdrop.course.widgets.patterns import BlockReadsPanel, PatternSliders, RowPatternPanel, TilePatternPanel
+from approxdrop.course.viz.matrix import block_figure, group_keep_counts
+from approxdrop.course.widgets.patterns import (
+    BlockReadsPanel,
+    GroupedPatternPanel,
+    PatternSliders,
+    RowPatternPanel,
+    TilePatternPanel,
+)
+from approxdrop.search import distribution_for
 
 
 def test_sliders_bound_offset_and_keep_by_dp_and_redraw_once():
@@ -64,3 +71,30 @@ def test_block_panel_starts_at_a_given_class_with_the_whole_loop_and_refuses_a_c
     assert list(panel.fig.data[0].z) == list(whole_loop.data[0].z)
     with pytest.raises(ValueError, match="got 3"):
         BlockReadsPanel(dp=3, cls=3)
+
+
+def test_grouped_panel_redraws_the_same_step_for_every_g_and_a_new_step_on_click():
+    panel = GroupedPatternPanel(n=24, batch=16, groups=4, p=0.5, seed=3)
+    strips, counts = panel.fig.data
+    assert z_of(strips).shape == (4, 24) and panel.groups.max == 16
+    four = panel.patterns
+    assert len(four) == 4 and len({(pt.dp, pt.keep) for pt in four}) == 1
+    panel.groups.value = 2
+    assert panel.fig.data[0] is strips and z_of(strips).shape == (2, 24)
+    assert panel.patterns == four[:2]  # the same step, fewer groups
+    panel.groups.value = 9
+    assert panel.patterns[:4] == four and z_of(strips).shape == (9, 24)
+    assert torch.equal(z_of(counts)[0], group_keep_counts(panel.patterns, 24))
+    panel.p.value = 0.75
+    assert panel.law == distribution_for(0.75, 24) and "p = 0.75" in panel.fig.layout.title.text
+    assert torch.equal(z_of(strips), torch.stack([pt.keep_mask(24) for pt in panel.patterns]).int())
+    steps = {tuple(pt.offset for pt in panel.patterns)}
+    for _ in range(5):
+        panel.button.click()
+        steps.add(tuple(pt.offset for pt in panel.patterns))
+        assert panel.fig.data[0] is strips and z_of(strips).shape == (9, 24)
+    assert len(steps) > 1  # new draws, not the same step again
+
+
+def z_of(trace) -> torch.Tensor:
+    return torch.tensor(trace.z)

@@ -1,4 +1,5 @@
-"""Lab 02 exercises: the kept units of a RowPattern, and the compact forward of a layer."""
+"""Lab 02 exercises: the kept units of a RowPattern, the compact forward of a layer, and the grouped
+offset draw of grouped complementary patterns (METHOD.md §9)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,10 @@ from typing import Any
 
 import torch
 
+from ...distribution import PatternDistribution
 from ...ops import row_pattern_linear
 from ...patterns import RowPattern
-from ..checks import CheckResult, check
+from ..checks import CheckResult, WrongAnswer, check, describe
 
 ROW_CASES = [(12, 3, 1, 1), (10, 4, 3, 1), (10, 4, 3, 2), (7, 5, 4, 3), (9, 1, 0, 1), (6, 6, 2, 6), (5, 8, 6, 1)]
 
@@ -50,3 +52,131 @@ def check_compact_forward(fn: Callable[..., Any]) -> CheckResult:
         weight = torch.randn(n_out, n_in, generator=gen, dtype=torch.float64)
         cases.append((x, weight, torch.randn(n_out, generator=gen, dtype=torch.float64), in_p, out_p))
     return check("compact forward", fn, reference_compact_forward, cases, atol=1e-9)
+
+
+# --------------------------------------------------------------------------- grouped offsets (METHOD.md §9)
+
+# (dp, groups, draws, seed): fewer groups than dp, as many, more (not a multiple of dp), and dp = 1
+GROUPED_CASES = [(5, 3, 2000, 0), (4, 4, 2000, 1), (3, 8, 3000, 2), (2, 5, 2000, 3), (1, 3, 50, 4)]
+# Each statistical test fails a right answer with probability ALPHA. The cases hold 20 tests of one
+# group's offset and 16 of two neighbouring groups' offsets, so a right answer (any way of drawing
+# from the generator) fails the whole check with probability below 36 * ALPHA < 1e-6 (Bonferroni).
+ALPHA = 1e-8
+REPLAYED = 3  # draws repeated from a second generator with the same seed: the answer must draw from its generator
+
+
+def reference_grouped_offsets(dp: int, groups: int, generator: torch.Generator) -> torch.Tensor:
+    """Long[groups]: the offsets ``PatternDistribution.sample_groups`` gives the groups of one step."""
+    patterns = PatternDistribution(((dp, 1),), (1.0,)).sample_groups(groups, generator)
+    return torch.tensor([p.offset for p in patterns])
+
+
+def _offsets(fn: Callable[..., Any], dp: int, groups: int, generator: torch.Generator) -> torch.Tensor:
+    """``fn(dp, groups, generator)`` as Long[groups] after the checks every single draw must pass (type,
+    shape, finite, integer dtype, range, distinct offsets in each run of ``dp`` groups); WrongAnswer if not."""
+    got = fn(dp, groups, generator)
+    if not isinstance(got, torch.Tensor):
+        raise WrongAnswer(f"it returned {describe(got)}, expected a Long tensor of {groups} offsets")
+    got = got.detach().cpu()
+    if got.shape != (groups,):
+        raise WrongAnswer(f"it returned shape {tuple(got.shape)}, expected ({groups},): one offset per group")
+    if got.is_floating_point() or got.is_complex():
+        bad = ~got.isfinite()  # [groups]
+        if bool(bad.any()):
+            i = int(bad.nonzero()[0])
+            raise WrongAnswer(f"element [{i}] is {got[i].item():.6g}, expected an integer offset in [0, {dp - 1}]")
+    if got.dtype != torch.long:
+        raise WrongAnswer(f"it returned {describe(got)}, expected a Long tensor (torch.int64) of {groups} offsets")
+    outside = (got < 0) | (got >= dp)  # [groups]
+    if bool(outside.any()):
+        i = int(outside.nonzero()[0])
+        raise WrongAnswer(f"element [{i}] is {int(got[i])}, expected an offset in [0, {dp - 1}]")
+    for start in range(0, groups, dp):
+        run = got[start : start + dp]  # [<= dp]: one permutation, or the start of one
+        if run.unique().numel() != run.numel():
+            raise WrongAnswer(
+                f"it returned {got.tolist()}: groups {start}..{start + run.numel() - 1} repeat an offset, expected "
+                f"distinct offsets in every run of dp = {dp} groups (a permutation of 0..{dp - 1}), so that "
+                "the groups keep different units"
+            )
+    return got
+
+
+def _chi_square_p(counts: torch.Tensor) -> float:
+    """p-value of Pearson's chi-square test of ``counts`` (Long[cells]) against equal probabilities."""
+    expected = counts.sum().double() / counts.numel()
+    stat = float(((counts.double() - expected) ** 2 / expected).sum())
+    half_df, half_stat = torch.tensor([(counts.numel() - 1) / 2, stat / 2], dtype=torch.float64)
+    return float(torch.special.gammaincc(half_df, half_stat))  # the chi-square survival function
+
+
+def _uniformity(offsets: torch.Tensor, dp: int) -> None:
+    """WrongAnswer unless each group's offset (column of Long[draws, groups]) passes a chi-square test of
+    uniformity on 0..dp-1, and each two neighbouring groups' offset pairs are uniform: over the
+    dp (dp - 1) pairs of distinct offsets inside a permutation, over all dp^2 pairs across two (fresh,
+    independent) permutations."""
+    draws, groups = offsets.shape
+    if dp == 1:
+        return
+    for g in range(groups):
+        counts = torch.bincount(offsets[:, g], minlength=dp)  # [dp]
+        if (p := _chi_square_p(counts)) < ALPHA:
+            raise WrongAnswer(
+                f"group {g}'s offset is not uniform: over {draws} draws it took the values 0..{dp - 1} "
+                f"{counts.tolist()} times, expected about {draws / dp:.0f} each (chi-square test, p-value {p:.2g})"
+            )
+    for g in range(groups - 1):
+        pairs = torch.bincount(offsets[:, g] * dp + offsets[:, g + 1], minlength=dp * dp)  # [dp * dp]
+        fresh = (g + 1) % dp == 0  # group g + 1 starts a new permutation
+        cells = pairs if fresh else pairs[~torch.eye(dp, dtype=torch.bool).reshape(-1)]  # distinct pairs only
+        if (p := _chi_square_p(cells)) < ALPHA:
+            top = int(pairs.argmax())
+            what = "two independent uniform offsets" if fresh else "a uniformly random pair of distinct offsets"
+            why = f"group {g + 1} starts a fresh permutation" if fresh else "both are in one permutation"
+            raise WrongAnswer(
+                f"the offsets of groups {g} and {g + 1} are not {what} ({why}): over {draws} draws the pair "
+                f"({top // dp}, {top % dp}) came {int(pairs[top])} times, expected about {draws / cells.numel():.0f} "
+                f"(chi-square test, p-value {p:.2g})"
+            )
+
+
+def offset_frequencies(fn: Callable[..., Any], dp: int, groups: int, draws: int, seed: int) -> torch.Tensor:
+    """Float64[groups, dp]: how often each group got each offset over ``draws`` calls of ``fn`` with one
+    generator seeded ``seed``, after every test of ``check_grouped_offsets`` passed (WrongAnswer if one fails)."""
+    generator = torch.Generator().manual_seed(seed)
+    offsets = torch.stack([_offsets(fn, dp, groups, generator) for _ in range(draws)])  # [draws, groups]
+    again = torch.Generator().manual_seed(seed)
+    for i in range(min(REPLAYED, draws)):
+        if not torch.equal(replay := _offsets(fn, dp, groups, again), offsets[i]):
+            raise WrongAnswer(
+                f"two generators with the same seed gave different offsets ({offsets[i].tolist()} and "
+                f"{replay.tolist()}): draw only from `generator`, e.g. torch.randperm(dp, generator=generator)"
+            )
+    _uniformity(offsets, dp)
+    counts = torch.stack([torch.bincount(offsets[:, g], minlength=dp) for g in range(groups)])  # [groups, dp]
+    return counts.double() / draws
+
+
+def uniform_frequencies(dp: int, groups: int, draws: int, seed: int) -> torch.Tensor:
+    """Float64[groups, dp]: every group takes every offset with probability 1 / dp."""
+    return torch.full((groups, dp), 1.0 / dp, dtype=torch.float64)
+
+
+def check_grouped_offsets(fn: Callable[..., Any]) -> CheckResult:
+    """Spec: ``grouped_offsets(dp, groups, generator)`` returns Long[groups], the offsets of one step's
+    groups: a uniformly random permutation of 0..dp-1, followed by fresh permutations when groups > dp,
+    cut to ``groups`` entries, all drawn from ``generator``.
+
+    Checked over 2000-3000 draws per case (50 for dp = 1): the type, shape, dtype and range of every draw; distinct
+    offsets in every run of dp groups (so with groups >= dp every offset, and every unit, is covered);
+    the same offsets from two generators with the same seed; and chi-square tests (see ALPHA) that each
+    group's offset is uniform and each two neighbouring groups' offsets are a uniform pair. The max
+    difference printed is the largest gap between a group's observed offset frequency and 1 / dp: it
+    is chance, and the tests above decide (hence the tolerance of 1)."""
+    return check(
+        "grouped offsets",
+        lambda dp, groups, draws, seed: offset_frequencies(fn, dp, groups, draws, seed),
+        uniform_frequencies,
+        GROUPED_CASES,
+        atol=1.0,
+    )

@@ -1,5 +1,6 @@
-"""Weight-matrix views: kept and skipped rows (RowPattern) or tiles (TilePattern), and which parts of
-a weight one thread block of the pattern GEMM reads (kernels/pattern_gemm.h), as plotly heatmaps.
+"""Weight-matrix views: kept and skipped rows (RowPattern) or tiles (TilePattern), the kept units of
+the batch groups of one step (grouped complementary patterns), and which parts of a weight one thread
+block of the pattern GEMM reads (kernels/pattern_gemm.h), as plotly heatmaps.
 
 Cells are drawn on the weight's own coordinates (input unit across, output unit down), so partial
 tiles at the edges show their true size. Kept = blue, skipped = grey.
@@ -106,6 +107,123 @@ def update_row_figure(
         fig.data[0].z = this.z
         fig.data[1].z = nxt.z
         fig.layout.title.text = row_title(pattern, n_out)
+
+
+# --------------------------------------------------------------------------- grouped row patterns
+
+STRIP_PX, GAP_PX, MARGIN_TOP, MARGIN_BOTTOM = 24, 46, 100, 50  # heights of the grouped figure
+
+
+def group_keep_counts(patterns: Sequence[RowPattern], n: int) -> torch.Tensor:
+    """Long[n]: how many of the groups' patterns keep each of ``n`` units."""
+    if not patterns:
+        raise ValueError("need at least one group's pattern, got none")
+    return torch.stack([p.keep_mask(n) for p in patterns]).long().sum(0)  # [G, n] -> [n]
+
+
+def _group_labels(groups: int, batch: int) -> list[str]:
+    """``group g · samples a-b`` for each group of a batch split as ``torch.tensor_split`` does."""
+    labels = []
+    for g, part in enumerate(torch.tensor_split(torch.arange(batch), groups)):
+        rows = "no samples" if not part.numel() else f"samples {int(part[0])}-{int(part[-1])}"
+        labels.append(f"group {g} · {rows}")
+    return labels
+
+
+def grouped_title(patterns: Sequence[RowPattern], n: int, p: float | None = None) -> str:
+    """The step's shared (dp, keep), the groups' offsets, and how many units no group keeps."""
+    first, groups = patterns[0], len(patterns)
+    untrained = int((group_keep_counts(patterns, n) == 0).sum())
+    law = f"p = {p:g}: " if p is not None else ""
+    pair = f"(dp, keep) = ({first.dp}, {first.keep})"
+    if groups == 1:
+        step = f"G = 1 group (the paper's method) draws {pair}, offset {first.offset}"
+    else:
+        step = f"G = {groups} groups share {pair}; offsets {[pt.offset for pt in patterns]}"
+    if untrained:
+        cover = f"{untrained} of {n} units kept by no group (grey): G = {groups} < dp = {first.dp}"
+    else:
+        cover = f"every unit kept by some group{' (G >= dp)' if groups >= first.dp else ''}"
+    kept = f"{'each group keeps' if groups > 1 else 'it keeps'} {first.kept_count(n)} of {n} units"
+    return f"{law}{step}<br><sup>{kept}, scaled by {first.scale:.3g}; {cover}</sup>"
+
+
+def _count_title(groups: int, p: float | None) -> str:
+    """The title of the keep-count strip: with ``p``, the average count over steps, G (1 - p)."""
+    average = f" (average over steps: G (1 - p) = {groups * (1 - p):.3g})" if p is not None else ""
+    return f"kept by how many groups{average}"
+
+
+def _grouped_parts(patterns: Sequence[RowPattern], n: int, batch: int) -> tuple[go.Heatmap, go.Heatmap, dict]:
+    """The groups' keep masks (Int[G, n]), the keep counts (Int[1, n]) and the layout that fits G strips."""
+    groups = len(patterns)
+    masks = torch.stack([p.keep_mask(n) for p in patterns])  # [G, n]
+    counts = masks.long().sum(0, keepdim=True)  # [1, n]
+    strips = go.Heatmap(
+        z=masks.int().tolist(),
+        y=list(range(groups)),
+        zmin=0,
+        zmax=1,
+        colorscale=TWO_COLORS,
+        showscale=False,
+        xgap=1,
+        ygap=3,
+        hovertemplate="group %{y}, unit %{x}: %{z} (1 = kept)<extra></extra>",
+    )
+    cut = 0.5 / groups  # 0 (no group) grey; 1..G from light to dark blue
+    kept_by = go.Heatmap(
+        z=counts.tolist(),
+        zmin=0,
+        zmax=groups,
+        colorscale=[[0.0, SKIPPED], [cut, SKIPPED], [cut, "#C6D6EA"], [1.0, KEPT]],
+        showscale=False,
+        xgap=1,
+        text=counts.tolist(),
+        texttemplate="%{text}",
+        hovertemplate="unit %{x}: kept by %{z} groups<extra></extra>",
+    )
+    plot = STRIP_PX * (groups + 1) + GAP_PX  # px: G strips, the gap, the count strip
+    split = STRIP_PX / plot
+    layout = {
+        "height": plot + MARGIN_TOP + MARGIN_BOTTOM,
+        "yaxis.domain": [split + GAP_PX / plot, 1.0],
+        "yaxis.tickvals": list(range(groups)),
+        "yaxis.ticktext": _group_labels(groups, batch),
+        "yaxis2.domain": [0.0, split],
+    }
+    return strips, kept_by, layout
+
+
+def grouped_figure(patterns: Sequence[RowPattern], n: int, batch: int = 128, p: float | None = None) -> go.Figure:
+    """One step of grouped complementary patterns (METHOD.md §9) on a layer of ``n`` units: one strip per
+    batch group (trace 0, z Int[G, n]: 1 where the group keeps the unit; rows labelled with the group's
+    samples of a batch of ``batch`` split by ``torch.tensor_split``), and below them how many groups keep
+    each unit (trace 1, z Int[1, n]). ``p``, when given, goes into the title."""
+    group_keep_counts(patterns, n)  # validates: at least one pattern
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, subplot_titles=("", _count_title(len(patterns), p)))
+    strips, kept_by, layout = _grouped_parts(patterns, n, batch)
+    fig.add_trace(strips, 1, 1)
+    fig.add_trace(kept_by, 2, 1)
+    fig.update_yaxes(autorange="reversed", row=1, col=1)
+    fig.update_yaxes(showticklabels=False, row=2, col=1)
+    fig.update_xaxes(title_text="unit of the layer", row=2, col=1)
+    fig.update_layout(title=grouped_title(patterns, n, p), margin={"t": MARGIN_TOP, "b": MARGIN_BOTTOM})
+    fig.update_layout(layout)
+    fig.layout.annotations[0].update(y=layout["yaxis2.domain"][1], yanchor="bottom")
+    return fig
+
+
+def update_grouped_figure(
+    fig: go.Figure | go.FigureWidget, patterns: Sequence[RowPattern], n: int, batch: int = 128, p: float | None = None
+) -> None:
+    """Redraw a ``grouped_figure`` for another step or another G (in place for a FigureWidget)."""
+    strips, kept_by, layout = _grouped_parts(patterns, n, batch)
+    with fig.batch_update():
+        fig.data[0].update(z=strips.z, y=strips.y)
+        fig.data[1].update(z=kept_by.z, zmax=kept_by.zmax, colorscale=kept_by.colorscale, text=kept_by.text)
+        fig.update_layout(layout)
+        fig.layout.annotations[0].update(y=layout["yaxis2.domain"][1], text=_count_title(len(patterns), p))
+        fig.layout.title.text = grouped_title(patterns, n, p)
 
 
 # --------------------------------------------------------------------------- tile patterns

@@ -1,5 +1,5 @@
 """ipywidgets panels for labs 02, 03 and 06: pattern sliders that redraw a plotly FigureWidget in
-place, and a button that re-times the GEMMs.
+place, a button that re-times the GEMMs, and one step of grouped complementary patterns.
 
 Sliders cannot produce an invalid pattern: when ``dp`` changes, ``offset`` is bounded to
 ``[0, dp-1]`` and ``keep`` to ``[1, dp]`` before anything is redrawn. Each panel has ``.widget``
@@ -15,16 +15,20 @@ from collections.abc import Callable, Sequence
 import ipywidgets as w
 import torch
 
+from ...distribution import PatternDistribution
 from ...experiments.gemm_timing import row_timings, tile_timings
 from ...patterns import RowPattern, TilePattern
+from ...search.defaults import distribution_for
 from ..mode import device as default_device
 from ..viz.live import figure_widget
 from ..viz.matrix import (
     block_figure,
     block_reads,
+    grouped_figure,
     row_figure,
     tile_figure,
     update_block_figure,
+    update_grouped_figure,
     update_row_figure,
     update_tile_figure,
 )
@@ -235,3 +239,49 @@ class BlockReadsPanel:
     def redraw(self) -> None:
         if not self._hold:
             update_block_figure(self.fig, self.pattern, *self.shape, *self._where(), *self._sizes())
+
+
+class GroupedPatternPanel:
+    """Lab 02: one step of grouped complementary patterns (METHOD.md §9) on a layer of ``n`` units, for
+    a batch of ``batch`` samples: each group's kept units and how many groups keep each unit
+    (``viz.matrix.grouped_figure``). The step is drawn by ``PatternDistribution.sample_groups`` from the
+    law an ``ApproxDropoutMLP`` site of ``n`` units uses at rate p (``distribution_for(p, n)``).
+
+    Sliders: G (1..``max_groups``) and p. Moving one redraws the same step (the generator replays from
+    where this step started), so G = 2 shows the first two groups of G = 4; **new draw** draws the next step.
+    """
+
+    def __init__(
+        self, n: int = 32, batch: int = 128, groups: int = 4, p: float = 0.5, max_groups: int = 16, seed: int = 0
+    ) -> None:
+        self.n, self.batch = n, batch
+        self.groups = w.IntSlider(value=groups, min=1, max=max_groups, description="G", **LAYOUT)
+        self.p = w.FloatSlider(value=p, min=0.05, max=0.9, step=0.05, description="p", **LAYOUT)
+        self.button = w.Button(description="new draw", icon="refresh", tooltip="draw the next training step")
+        self.generator = torch.Generator().manual_seed(seed)
+        self._start = self.generator.get_state()  # where this step's draw starts
+        self.patterns = self._draw()
+        self.fig = figure_widget(grouped_figure(self.patterns, n, batch, self.p.value))
+        self.groups.observe(lambda _: self.redraw(), "value")
+        self.p.observe(lambda _: self.redraw(), "value")
+        self.button.on_click(lambda _: self.new_draw())
+        self.widget = w.VBox([w.HBox([self.groups, self.p, self.button]), self.fig])
+
+    @property
+    def law(self) -> PatternDistribution:
+        """The pattern law of a row site of ``n`` units at the slider's p."""
+        return distribution_for(self.p.value, self.n)
+
+    def _draw(self) -> tuple[RowPattern, ...]:
+        self.generator.set_state(self._start)
+        return self.law.sample_groups(self.groups.value, self.generator)
+
+    def redraw(self) -> None:
+        """Draw this step again at the sliders' G and p and redraw the figure in place."""
+        self.patterns = self._draw()
+        update_grouped_figure(self.fig, self.patterns, self.n, self.batch, self.p.value)
+
+    def new_draw(self) -> None:
+        """Draw the next step (the generator goes on from where this step's draw ended)."""
+        self._start = self.generator.get_state()
+        self.redraw()
