@@ -16,6 +16,7 @@ from .models import (
     ApproxDropoutFFN,
     ApproxDropoutLSTM,
     ApproxDropoutMLP,
+    DecoderLM,
     Method,
     TorchLSTM,
     convert,
@@ -23,6 +24,7 @@ from .models import (
     lstm_gemm_work,
     mlp_gemm_work,
 )
+from .models.sites import draw_patterns, pattern_key  # compiled and graphed training (README)
 from .ops import cuda as kernels  # the CUDA kernels' build status and dispatch: ad.kernels.status()
 from .ops import row_pattern_linear, tile_pattern_linear
 from .patterns import RowPattern, TilePattern
@@ -58,6 +60,7 @@ __all__ = [
     "ApproxDropoutFFN",
     "ApproxDropoutLSTM",
     "ApproxDropoutMLP",
+    "DecoderLM",
     "FrontierPoint",
     "LMRaceConfig",
     "MLPRaceConfig",
@@ -74,6 +77,7 @@ __all__ = [
     "convert",
     "distance_to_binomial",
     "distribution_for",
+    "draw_patterns",
     "drop_probability",
     "dropped_count_histogram",
     "dropped_count_pmf",
@@ -86,6 +90,7 @@ __all__ = [
     "lstm_gemm_work",
     "mlp_gemm_work",
     "monte_carlo",
+    "pattern_key",
     "reachable_range",
     "row_pattern_linear",
     "search_distribution",

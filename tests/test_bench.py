@@ -72,7 +72,7 @@ def test_cli_dispatches_and_explains_itself(capsys):
     assert "bench" in capsys.readouterr().out
     assert cli_main(["--help"]) == 0
     listing = capsys.readouterr().out
-    for command in ("bench", "bench-lstm", "bench-search", "gemm-timing", "study"):
+    for command in ("bench", "bench-ffn", "bench-lstm", "bench-search", "bench-transformer", "gemm-timing", "study"):
         assert f"    {command}" in listing, command
     done = subprocess.run(
         [sys.executable, "-m", "approxdrop", "bench", "--sizes", "6", "3", "--batch", "2", "--ps", "0.5",

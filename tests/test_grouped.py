@@ -7,7 +7,12 @@ import torch
 
 import approxdrop as ad
 from approxdrop.ops import grouped_row_linear, grouped_row_linear_reference, grouped_row_pattern_linear
-from approxdrop.ops.grouped import group_bounds
+from approxdrop.ops.grouped import (
+    group_bounds,
+    grouped_row_linear_compact,
+    grouped_row_linear_compact_backward,
+    grouped_row_pattern_linear_compact,
+)
 from approxdrop.patterns import RowPattern
 
 LAWS = [
@@ -169,6 +174,136 @@ def test_bad_arguments():
     assert math.isfinite(float(grouped_row_pattern_linear(x, w, b, ins, outs).sum()))
 
 
+# --------------------------------------------------------------------------- the op on compact activations
+
+
+def compact_case(**case):
+    """random_case with x split into the groups' compact inputs xs[g] (Tensor[*, B_g, k_in(g)])."""
+    x, w, b, ins, outs = random_case(**case)
+    xs = [
+        x[..., start:stop, :][..., q.keep_mask(x.shape[-1])].clone()
+        for (start, stop), q in zip(group_bounds(x.shape[-2], len(ins)), ins)
+    ]
+    return xs, w, b, ins, outs
+
+
+def compact_reference(xs, w, b, ins, outs):
+    """Each group's kept outputs of the dense masked reference, on its inputs placed at full width."""
+    ys = []
+    for x, pin, pout in zip(xs, ins, outs):
+        full = x.new_zeros(*x.shape[:-1], w.shape[1])
+        full[..., pin.keep_mask(w.shape[1])] = x
+        y = grouped_row_linear_reference(full, w, b, [pin], [pout])
+        ys.append(y[..., pout.keep_mask(w.shape[0])])
+    return ys
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_compact_forward_and_gradients_match_the_dense_masked_reference(case):
+    xs, w, b, ins, outs = compact_case(**case)
+    leaves = [t.requires_grad_() for t in (*xs, w, b)]
+    ys = grouped_row_pattern_linear_compact(xs, w, b, ins, outs)
+    refs = compact_reference(xs, w, b, ins, outs)
+    assert [y.shape for y in ys] == [r.shape for r in refs]
+    for y, r in zip(ys, refs):
+        torch.testing.assert_close(y, r)
+    grads = [torch.randn_like(y) for y in ys]
+    got = torch.autograd.grad(ys, leaves, grads)
+    want = torch.autograd.grad(refs, leaves, grads)
+    for g, r in zip(got, want):
+        torch.testing.assert_close(g, r)
+
+
+def test_compact_groups_sharing_a_pair_run_together_and_get_separate_outputs():
+    # G = 6 over dp = 2 on both sides: pairs repeat, so groups share GEMMs (stacked) and blocks
+    xs, w, b, ins, outs = compact_case(batch=12, groups=6, n_in=9, n_out=7, in_dp=2, in_keep=1, out_dp=2, out_keep=1)
+    ins, outs = [RowPattern(2, o) for o in (0, 1, 0, 1, 0, 0)], [RowPattern(2, o) for o in (1, 1, 1, 0, 1, 1)]
+    xs = [torch.randn(2, q.kept_count(9), dtype=torch.float64) for q in ins]
+    ys, blocks = grouped_row_linear_compact(xs, w, b, 2, 1, [q.offset for q in ins], 2, 1, [q.offset for q in outs])
+    assert len(blocks) == 3  # (1, 0), (1, 1), (0, 1): one gathered weight block per distinct pair
+    assert len({y.untyped_storage().data_ptr() for y in ys}) == len(ys)
+    refs = compact_reference(xs, w, b, ins, outs)
+    for y, r in zip(ys, refs):
+        torch.testing.assert_close(y, r)
+    # a y left out of the loss gets no gradient, the others theirs
+    w.requires_grad_()
+    got = torch.autograd.grad(grouped_row_pattern_linear_compact(xs, w, b, ins, outs)[2].sum(), w)
+    torch.testing.assert_close(got[0], torch.autograd.grad(compact_reference(xs, w, b, ins, outs)[2].sum(), w)[0])
+
+
+def test_compact_weights_outside_every_groups_block_get_exactly_zero_gradient():
+    xs, w, b, ins, outs = compact_case(batch=6, groups=2, n_in=12, n_out=10, in_dp=4, in_keep=1, out_dp=4, out_keep=1)
+    w.requires_grad_()
+    sum(y.sum() for y in grouped_row_pattern_linear_compact(xs, w, b, ins, outs)).backward()
+    used = torch.zeros_like(w, dtype=torch.bool)
+    for pin, pout in zip(ins, outs):
+        used |= pout.keep_mask(10)[:, None] & pin.keep_mask(12)[None, :]
+    assert bool((w.grad[~used] == 0).all()) and bool((w.grad[used] != 0).all())
+
+
+def test_compact_backward_without_the_forward_blocks_gathers_them_again():
+    xs, w, b, ins, outs = compact_case(batch=8, groups=4, n_in=10, n_out=9, in_dp=3, in_keep=1, out_dp=2, out_keep=1)
+    args = (3, 1, [q.offset for q in ins], 2, 1, [q.offset for q in outs])
+    ys, blocks = grouped_row_linear_compact(xs, w, b, *args)
+    grads = [torch.randn_like(y) for y in ys]
+    cached = grouped_row_linear_compact_backward(grads, xs, w, blocks, *args)
+    again = grouped_row_linear_compact_backward(grads, xs, w, [], *args)
+    for got, want in zip([*cached[0], *cached[1:]], [*again[0], *again[1:]]):
+        torch.testing.assert_close(got, want)
+    with pytest.raises(ValueError, match="one per"):
+        grouped_row_linear_compact_backward(grads, xs, w, blocks[:1], *args)
+
+
+def test_compact_gradcheck_float64():
+    xs, w, b, ins, outs = compact_case(batch=5, groups=3, n_in=7, n_out=6, in_dp=3, in_keep=2, out_dp=2, out_keep=1)
+    inputs = tuple(t.requires_grad_() for t in (*xs, w, b))
+    assert torch.autograd.gradcheck(lambda *t: grouped_row_pattern_linear_compact(t[:3], *t[3:], ins, outs), inputs)
+
+
+@pytest.mark.parametrize("in_keep", [1, 2])
+def test_compact_opcheck(in_keep):
+    xs, w, b, ins, outs = compact_case(
+        batch=6, groups=3, n_in=9, n_out=8, in_dp=3, in_keep=in_keep, out_dp=2, out_keep=1
+    )
+    args = ([x.requires_grad_() for x in xs], w.requires_grad_(), b, 3, in_keep, [q.offset for q in ins], 2, 1)
+    torch.library.opcheck(grouped_row_linear_compact, (*args, [q.offset for q in outs]))
+
+
+def test_compact_torch_compile_matches_eager():
+    xs, w, b, ins, outs = compact_case(batch=8, groups=4, n_in=10, n_out=6, in_dp=2, in_keep=1, out_dp=3, out_keep=1)
+
+    def f(xs, w, b):
+        return grouped_row_pattern_linear_compact(xs, w, b, ins, outs)
+
+    for got, want in zip(torch.compile(f, fullgraph=True)(xs, w, b), f(xs, w, b)):
+        torch.testing.assert_close(got, want)
+
+
+def test_compact_bad_arguments():
+    xs, w, b, ins, outs = compact_case(batch=4, groups=2, n_in=6, n_out=5, in_dp=2, in_keep=1, out_dp=2, out_keep=1)
+    offsets = [q.offset for q in ins]
+    with pytest.raises(ValueError, match="one in and one out offset per group"):
+        grouped_row_linear_compact(xs, w, b, 2, 1, offsets, 2, 1, [0])
+    with pytest.raises(ValueError, match="one x per group"):
+        grouped_row_linear_compact(xs[:1], w, b, 2, 1, offsets, 2, 1, [0, 1])
+    with pytest.raises(ValueError, match="last dimension 3"):
+        grouped_row_linear_compact([xs[0], xs[1][..., :2]], w, b, 2, 1, offsets, 2, 1, [0, 1])
+    with pytest.raises(ValueError, match="same floating dtype"):
+        grouped_row_pattern_linear_compact([xs[0], xs[1].float()], w, b, ins, outs)
+    with pytest.raises(ValueError, match="share dp and keep"):
+        grouped_row_pattern_linear_compact(xs, w, b, [RowPattern(2, 0), RowPattern(3, 0)], outs)
+
+
+def test_compact_runs_under_autocast():
+    xs, w, b, ins, outs = compact_case(batch=6, groups=2, n_in=8, n_out=6, in_dp=2, in_keep=1, out_dp=2, out_keep=1)
+    xs, w, b = [x.float().requires_grad_() for x in xs], w.float().requires_grad_(), b.float()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ys = grouped_row_pattern_linear_compact(xs, w, b, ins, outs)
+    assert all(y.dtype == torch.bfloat16 for y in ys)
+    sum(y.float().sum() for y in ys).backward()
+    assert w.grad.dtype == torch.float32 and all(x.grad.dtype == torch.float32 for x in xs)
+
+
 # --------------------------------------------------------------------------- the models
 
 
@@ -213,9 +348,10 @@ def test_grouped_mlp_matches_the_dense_masked_network_with_one_mask_per_group(gr
 def test_one_group_is_the_paper_model_bit_for_bit():
     x = torch.randn(6, 10)
     outs = []
-    for groups in (None, 1):
+    for method, groups in (("row", None), ("row-g4", 1)):  # the paper's method; the default one with G = 1
         torch.manual_seed(0)
-        model = ad.ApproxDropoutMLP([10, 16, 4], 0.5, groups=groups, generator=torch.Generator().manual_seed(2))
+        gen = torch.Generator().manual_seed(2)
+        model = ad.ApproxDropoutMLP([10, 16, 4], 0.5, method, groups=groups, generator=gen)
         outs.append((model(x), model.last_patterns))
     assert torch.equal(outs[0][0], outs[1][0]) and outs[0][1] == outs[1][1]
 
@@ -325,3 +461,16 @@ def test_grouped_op_checks_devices_and_dtypes_and_runs_under_autocast():
         p.grad is not None and p.grad.dtype == torch.float32 and bool(p.grad.isfinite().all())
         for p in model.parameters()
     )
+
+
+def test_compact_op_never_returns_a_block_aliasing_the_weight():
+    """A kept block of one row and one column is a view of the weight that .contiguous() keeps as it is;
+    the op must return a copy (custom ops may not alias their inputs; found by `approxdrop bench`)."""
+    from approxdrop.ops.grouped import grouped_row_linear_compact
+
+    weight = torch.randn(3, 2)
+    xs = [torch.randn(2, 1), torch.randn(2, 1)]  # in: dp 2, keep 1; out: dp 3, keep 1 -> [1, 1] blocks
+    ys, blocks = grouped_row_linear_compact(xs, weight, None, 2, 1, [0, 1], 3, 1, [0, 1])
+    assert blocks and all(b.untyped_storage().data_ptr() != weight.untyped_storage().data_ptr() for b in blocks)
+    torch.testing.assert_close(ys[0], xs[0] @ weight[0:1, 0:1].t() * 2)
+    torch.testing.assert_close(ys[1], xs[1] @ weight[1:2, 1:2].t() * 2)

@@ -16,6 +16,8 @@ from approxdrop.ops import (
     tile_linear_reference,
 )
 from approxdrop.ops import tile as tile_ops
+from approxdrop.ops.common import block_product
+from approxdrop.ops.row import row_linear_gathered, row_linear_gathered_backward, row_pattern_linear_gathered
 
 F64 = torch.float64
 
@@ -256,7 +258,14 @@ def test_bad_input_raises_clear_value_error(call, message):
         call()
 
 
-OPS = ("row_linear", "row_linear_backward", "tile_linear", "tile_linear_backward")
+OPS = (
+    "row_linear",
+    "row_linear_backward",
+    "row_linear_gathered",
+    "row_linear_gathered_backward",
+    "tile_linear",
+    "tile_linear_backward",
+)
 
 
 @pytest.mark.parametrize("op", OPS)
@@ -271,6 +280,7 @@ def test_every_op_has_an_autocast_rule_on_cpu_and_cuda(op):
     "call",
     [
         lambda x, w, b: row_pattern_linear(x[:, :5], w, b, RowPattern(2, 1), RowPattern(3, 0)),
+        lambda x, w, b: row_pattern_linear_gathered(x[:, :5], w, b, RowPattern(2, 1), RowPattern(3, 0)),
         lambda x, w, b: tile_pattern_linear(x, w, b, TilePattern(3, 1, tile=4, keep=2)),
     ],
 )
@@ -417,3 +427,177 @@ def test_torch_compile_traces_the_ops():
 
     x, w, b = torch.randn(4, 6), torch.randn(9, 12), torch.randn(9)
     torch.testing.assert_close(torch.compile(f, fullgraph=True)(x, w, b), f(x, w, b))
+
+
+# The CPU training path: row_linear_gathered gathers the kept weight block once and backward reuses it.
+
+GATHERED_CASES = [
+    (RowPattern(2, 1), RowPattern(3, 0), 11, 13),  # strided rows and columns, sizes not divisible
+    (RowPattern(4, 3, 2), RowPattern(5, 4, 3), 17, 9),  # extended: index selectors
+    (RowPattern(1, 0), RowPattern(1, 0), 5, 4),  # nothing dropped: no block, the GEMMs read W
+    (RowPattern(1, 0), RowPattern(3, 2), 7, 8),  # every input kept (a first layer): kept rows read in place
+    (RowPattern(3, 1), RowPattern(1, 0), 7, 8),  # every output kept, strided columns
+    (RowPattern(6, 5), RowPattern(2, 0), 4, 6),  # n < dp: the input keeps nothing
+]
+
+
+@given(row_patterns(), row_patterns(), st.integers(1, 40), st.integers(1, 40), st.booleans(), st.integers(0, 2**16))
+def test_gathered_row_linear_matches_dense_masked_reference(in_p, out_p, n_in, n_out, with_bias, seed):
+    gen = torch.Generator().manual_seed(seed)
+    weight = torch.randn(n_out, n_in, generator=gen, dtype=F64, requires_grad=True)
+    bias = torch.randn(n_out, generator=gen, dtype=F64, requires_grad=True) if with_bias else None
+    x = torch.randn(2, 3, in_p.kept_count(n_in), generator=gen, dtype=F64, requires_grad=True)
+    _assert_same_forward_backward(row_pattern_linear_gathered, row_linear_reference, (x, weight, bias, in_p, out_p))
+
+
+@pytest.mark.parametrize("in_p, out_p, n_in, n_out", GATHERED_CASES)
+def test_gathered_row_linear_gradcheck(in_p, out_p, n_in, n_out):
+    gen = torch.Generator().manual_seed(1)
+    weight = torch.randn(n_out, n_in, generator=gen, dtype=F64, requires_grad=True)
+    bias = torch.randn(n_out, generator=gen, dtype=F64, requires_grad=True)
+    x = torch.randn(3, in_p.kept_count(n_in), generator=gen, dtype=F64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda *t: row_pattern_linear_gathered(*t, in_p, out_p), (x, weight, bias))
+
+
+@pytest.mark.parametrize("in_p, out_p, n_in, n_out", GATHERED_CASES)
+def test_opcheck_gathered_ops(in_p, out_p, n_in, n_out):
+    gen = torch.Generator().manual_seed(3)
+    weight = torch.randn(n_out, n_in, generator=gen, dtype=F64, requires_grad=True)
+    bias = torch.randn(n_out, generator=gen, dtype=F64, requires_grad=True)
+    x = torch.randn(5, in_p.kept_count(n_in), generator=gen, dtype=F64, requires_grad=True)
+    ints = (in_p.dp, in_p.offset, in_p.keep, out_p.dp, out_p.offset, out_p.keep)
+    torch.library.opcheck(row_linear_gathered, (x, weight, bias, *ints))
+    torch.library.opcheck(row_linear_gathered, (x, weight, None, *ints))
+    _, block = row_linear_gathered(x.detach(), weight.detach(), None, *ints)
+    grad_y = torch.randn(5, out_p.kept_count(n_out), generator=gen, dtype=F64)
+    for need_grad_x in (True, False):
+        args = (grad_y, x.detach(), weight.detach(), block, *ints, need_grad_x)
+        torch.library.opcheck(row_linear_gathered_backward, args)
+
+
+def test_gathered_block_is_the_kept_weight_block_or_empty_when_every_input_is_kept():
+    weight = torch.randn(12, 10)
+    _, block = row_linear_gathered(torch.randn(3, 5), weight, None, 2, 1, 1, 3, 2, 1)
+    assert torch.equal(block, weight[2::3, 1::2]) and block.is_contiguous()
+    block.zero_()  # a copy, never a view of W (an op output may not alias an input)
+    assert weight.abs().sum() > 0
+    _, block = row_linear_gathered(torch.randn(3, 10), weight, None, 1, 0, 1, 3, 2, 1)
+    assert block.shape == (0,)
+
+
+def test_gathered_backward_reads_the_saved_block_not_the_weight():
+    """Backward reuses the block forward gathered: given another block, grad_x follows that block."""
+    x, weight, grad_y = torch.randn(4, 5), torch.randn(9, 10), torch.randn(4, 3)
+    other = torch.randn(3, 5)  # not W[0::3, 1::2]
+    grad_x, _, _ = row_linear_gathered_backward(grad_y, x, weight, other, 2, 1, 1, 3, 0, 1)
+    torch.testing.assert_close(grad_x, RowPattern(2, 1).scale * grad_y @ other)
+    with pytest.raises(ValueError, match=r"block must have shape \(3, 5\).*got \(0,\)"):
+        row_linear_gathered_backward(grad_y, x, weight, torch.empty(0), 2, 1, 1, 3, 0, 1)
+    with pytest.raises(ValueError, match=r"block must have shape \(0,\)"):
+        row_linear_gathered_backward(torch.randn(4, 3), torch.randn(4, 10), weight, other, 1, 0, 1, 3, 0, 1)
+
+
+def test_gathered_autograd_saves_x_weight_and_the_block():
+    saved = []
+    x, w, b = torch.randn(3, 5), torch.randn(7, 11, requires_grad=True), torch.randn(7, requires_grad=True)
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        y = row_pattern_linear_gathered(x, w, b, RowPattern(2, 1), RowPattern(3, 0))
+    assert [tuple(t.shape) for t in saved] == [(3, 5), (7, 11), (3, 5)]  # x, W, the [k_out, k_in] block
+    y.sum().backward()
+    assert w.grad is not None and b.grad is not None
+
+
+def test_gathered_block_is_not_stale_after_an_optimizer_step():
+    """The block is gathered anew by every forward: a second step uses the updated weight, and an
+    in-place change of W between forward and backward is refused, as autograd refuses it for F.linear."""
+    in_p, out_p = RowPattern(2, 0), RowPattern(2, 1)
+    gen = torch.Generator().manual_seed(4)
+    weight = torch.randn(8, 6, generator=gen, dtype=F64, requires_grad=True)
+    opt = torch.optim.SGD([weight], lr=0.5, momentum=0.9)
+    x = torch.randn(4, 3, generator=gen, dtype=F64, requires_grad=True)
+    for _ in range(2):
+        opt.zero_grad()
+        y = row_pattern_linear_gathered(x, weight, None, in_p, out_p)
+        got = torch.autograd.grad(y.square().sum(), (x, weight))
+        want = torch.autograd.grad(row_linear_reference(x, weight, None, in_p, out_p).square().sum(), (x, weight))
+        for g, w in zip(got, want):
+            torch.testing.assert_close(g, w)
+        weight.grad = got[1]
+        opt.step()
+    y = row_pattern_linear_gathered(x, weight, None, in_p, out_p)
+    with torch.no_grad():
+        weight.add_(1.0)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        y.sum().backward()
+
+
+@pytest.mark.parametrize(
+    "in_p, out_p",
+    [(RowPattern(2, 1), RowPattern(3, 2)), (RowPattern(1, 0), RowPattern(4, 1)), (RowPattern(3, 0), RowPattern(1, 0))],
+)
+def test_gathered_gradient_is_exactly_zero_outside_the_kept_block(in_p, out_p):
+    """grad_w is written without a zero fill of the whole tensor: what lies outside the kept block is
+    still exactly zero, also when the allocator hands back memory full of NaN."""
+    n_out, n_in = 48, 40
+    weight, bias = torch.randn(n_out, n_in, requires_grad=True), torch.randn(n_out, requires_grad=True)
+    x = torch.randn(6, in_p.kept_count(n_in), requires_grad=True)
+    y = row_pattern_linear_gathered(x, weight, bias, in_p, out_p)
+    for _ in range(4):  # freed blocks of grad_w's size, full of NaN, for the allocator to reuse
+        torch.full((n_out, n_in), float("nan"))
+    y.square().sum().backward()
+    kept = out_p.keep_mask(n_out)[:, None] & in_p.keep_mask(n_in)[None, :]
+    assert (weight.grad[~kept] == 0).all() and (weight.grad[kept] != 0).all()
+    assert weight.grad.is_contiguous() and (bias.grad[~out_p.keep_mask(n_out)] == 0).all()
+
+
+@pytest.mark.parametrize(
+    "rows, cols",
+    [
+        (slice(1, 11, 3), slice(0, 7, 2)),
+        (slice(0, 11), slice(1, 7, 2)),
+        (slice(2, 11, 4), slice(0, 7)),
+        (slice(0, 11), slice(0, 7)),
+        (torch.tensor([0, 1, 5, 9]), slice(1, 7, 3)),
+        (slice(1, 11, 2), torch.tensor([0, 2, 3])),
+    ],
+)
+def test_block_product_writes_the_block_and_zero_elsewhere(rows, cols):
+    n_r, n_c = 11, 7
+    k_r = len(range(n_r)[rows]) if isinstance(rows, slice) else len(rows)
+    k_c = len(range(n_c)[cols]) if isinstance(cols, slice) else len(cols)
+    a, b = torch.randn(k_r, 5, dtype=F64), torch.randn(5, k_c, dtype=F64)
+    for _ in range(4):
+        torch.full((n_r, n_c), float("nan"), dtype=F64)
+    got = block_product(a, b, torch.Size((n_r, n_c)), rows, cols)
+    want = torch.zeros(n_r, n_c, dtype=F64)
+    want[torch.arange(n_r)[rows][:, None], torch.arange(n_c)[cols][None, :]] = a @ b
+    assert torch.equal(got, want) and got.is_contiguous()
+    empty = block_product(a[:, :0], b[:0], torch.Size((n_r, n_c)), rows, cols)  # K = 0: an empty batch
+    assert torch.equal(empty, torch.zeros(n_r, n_c, dtype=F64))
+
+
+def test_torch_compile_traces_the_gathered_op_forward_and_backward():
+    in_p, out_p = RowPattern(2, 1), RowPattern(3, 0)
+    x, b = torch.randn(4, 6), torch.randn(9, requires_grad=True)
+    w = torch.randn(9, 12, requires_grad=True)
+    compiled = torch.compile(lambda x, w, b: row_pattern_linear_gathered(x, w, b, in_p, out_p), fullgraph=True)
+    y = compiled(x, w, b)
+    torch.testing.assert_close(y, row_linear_reference(x, w, b, in_p, out_p))
+    got = torch.autograd.grad(y.square().sum(), (w, b))
+    want = torch.autograd.grad(row_linear_reference(x, w, b, in_p, out_p).square().sum(), (w, b))
+    for g, e in zip(got, want):
+        torch.testing.assert_close(g, e)
+
+
+def test_the_row_mlp_trains_through_the_gathered_op_on_cpu():
+    """ApproxDropoutMLP's row path saves each layer's kept block in forward (no gather in backward)."""
+    from approxdrop.models import ApproxDropoutMLP
+
+    model = ApproxDropoutMLP([8, 12, 12, 2], 0.5, method="row", generator=torch.Generator().manual_seed(0))
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(tuple(t.shape)) or t, lambda t: t):
+        y = model(torch.randn(4, 8))
+    k = [d.kept_count(12) for d in model.last_patterns[1:]]  # 6 and 6
+    assert (k[1], k[0]) in saved and (2, k[1]) in saved  # layer 2's and layer 3's blocks
+    y.sum().backward()
+    assert all(p.grad is not None for p in model.parameters())

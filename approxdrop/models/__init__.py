@@ -1,10 +1,12 @@
-"""Models with dropout sites: the table of dropout methods, the MLP, the LSTM language models."""
+"""Models with dropout sites: the table of dropout methods, the MLP, the LSTM language models, the
+decoder-only transformer."""
 
 from .convert import convert
 from .ffn import ApproxDropoutFFN
 from .lstm import LM_METHODS, LSTM_METHODS, ApproxDropoutLSTM, TorchLSTM, language_model
 from .methods import DROPOUT_METHODS, Method, get_method, lstm_gemm_work, methods_for, mlp_gemm_work
 from .mlp import METHODS, ApproxDropoutMLP
+from .transformer import DecoderLM
 
 __all__ = [
     "DROPOUT_METHODS",
@@ -14,6 +16,7 @@ __all__ = [
     "ApproxDropoutFFN",
     "ApproxDropoutLSTM",
     "ApproxDropoutMLP",
+    "DecoderLM",
     "Method",
     "TorchLSTM",
     "convert",

@@ -19,7 +19,7 @@ from ..ops import FULL, grouped_row_pattern_linear, row_pattern_linear
 from ..ops.grouped import group_bounds
 from ..patterns import RowPattern
 from .methods import DROPOUT_METHODS, ELEMENT, NOTHING, ROW, Method
-from .sites import check_elementwise, draw_sites, site_distributions
+from .sites import check_elementwise, draw_sites, site_distributions, step_draws
 
 # The methods an FFN offers: the MLP's row-pattern methods and the two baselines (nn.Dropout, none).
 FFN_METHODS = tuple(
@@ -161,6 +161,10 @@ class ApproxDropoutFFN(nn.Module):
         """The second Linear (entry ``3``)."""
         return self._modules["3"]
 
+    def draw(self) -> list:
+        """This step's draw for the one site, as a list of one: a RowPattern, or a tuple of one per group."""
+        return draw_sites(self.spec, self.p, [self.d_hidden], self.distributions, self.generator, self.groups)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (Tensor[*, d_model]) -> Tensor[*, d_out]."""
         if x.dim() < 1 or x.shape[-1] != self.d_model:
@@ -171,7 +175,7 @@ class ApproxDropoutFFN(nn.Module):
             return self.fc2(self.activation(self.fc1(x)))
         if drops == ELEMENT:
             return self.fc2(self.dropout(self.activation(self.fc1(x))))
-        (draw,) = draw_sites(self.spec, self.p, [self.d_hidden], self.distributions, self.generator, self.groups)
+        (draw,) = step_draws(self)  # drawn now, or ahead by draw_patterns (compiled training)
         self.last_pattern = draw
         return self._row(x, draw) if self.groups == 1 else self._grouped(x, draw)
 

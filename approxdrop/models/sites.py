@@ -1,6 +1,7 @@
-"""What every model with dropout sites shares: the pattern law of each site, this step's draws,
-the gathered linear map of batch-shared random units, and the check that an activation between
-sites acts on each unit alone."""
+"""What every model with dropout sites shares: the pattern law of each site, this step's draws (drawn
+in the forward, or ahead of it by ``draw_patterns`` for compiled and graphed training), the gathered
+linear map of batch-shared random units, and the check that an activation between sites acts on each
+unit alone."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from torch import nn
 
 from ..distribution import RATE_TOL, PatternDistribution
 from ..search import distribution_for
-from .methods import SHARED_UNITS, TILE, Method
+from .methods import ROW, SHARED_UNITS, TILE, Method
 
 # nn module types that act on each unit alone. nn.PReLU counts with one shared parameter only (with
 # one per channel it would pair the kept units with the wrong channels' parameters).
@@ -138,6 +139,34 @@ def site_distributions(
     return given
 
 
+# Where ``draw_patterns`` leaves a module's draws for its next training forward.
+PENDING = "_pending_draws"
+DRAWN = (ROW, TILE, SHARED_UNITS)  # the kinds of method that draw something each step
+_COMPILE_ADVICE = (
+    "a training forward under torch.compile(fullgraph=True) cannot draw its dropout pattern inside the "
+    "graph (the draw is Python choices that set the GEMM shapes): call approxdrop.draw_patterns(model) "
+    "before each compiled step, outside the compiled function"
+)
+
+
+def check_drawable() -> None:
+    """Raise a RuntimeError where a draw made now would be frozen into a recording: under
+    ``torch.jit.trace`` (the trace would replay this one pattern at every call) and during CUDA graph
+    capture (every replay would reuse it)."""
+    if torch.jit.is_tracing():
+        raise RuntimeError(
+            "torch.jit.trace would freeze this training step's dropout pattern into the trace (every call would "
+            "reuse it): trace the model in eval mode (model.eval(), no dropout), or train under torch.compile "
+            "with approxdrop.draw_patterns(model) before each step"
+        )
+    if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
+        raise RuntimeError(
+            "a dropout pattern drawn during CUDA graph capture would be replayed at every replay: call "
+            "approxdrop.draw_patterns(model) before capturing, and capture one graph per pattern_key(model) "
+            "(README, 'Compiled and graphed training')"
+        )
+
+
 def draw_sites(
     m: Method,
     p: float,
@@ -148,11 +177,84 @@ def draw_sites(
 ) -> list:
     """This step's draw for every site: a pattern (pattern methods; a tuple of one pattern per batch
     group when ``groups > 1``), a Long index tensor of kept units (batch-shared random units), or
-    None (nothing is drawn)."""
+    None (nothing is drawn). A real draw is never traced by torch.compile (a graph break; an error that
+    says what to do under ``fullgraph=True``), and raises a RuntimeError under ``torch.jit.trace`` or
+    CUDA graph capture (``check_drawable``)."""
+    if distributions is None and m.drops != SHARED_UNITS:
+        return [None] * len(widths)
+    return _draw(m, p, widths, distributions, generator, groups)
+
+
+@torch.compiler.disable(reason=_COMPILE_ADVICE)
+def _draw(m: Method, p: float, widths, distributions, generator, groups: int) -> list:
+    """``draw_sites`` for a method that draws something."""
+    check_drawable()
     if distributions is not None:
         if groups > 1:
             return [d.sample_groups(groups, generator) for d in distributions]
         return [d.sample(generator) for d in distributions]
-    if m.drops == SHARED_UNITS:
-        return [shared_keep_indices(w, p, generator) for w in widths]
-    return [None] * len(widths)
+    return [shared_keep_indices(w, p, generator) for w in widths]
+
+
+def draws_each_step(module: nn.Module) -> bool:
+    """True for a module of this package (it has a methods-table ``spec`` and a ``draw()``) that draws a
+    pattern or mask at each training forward: in training mode, with ``p > 0`` and a drawing method."""
+    spec = getattr(module, "spec", None)
+    return (
+        isinstance(spec, Method)
+        and callable(getattr(module, "draw", None))
+        and module.training
+        and getattr(module, "p", 0.0) > 0.0
+        and spec.drops in DRAWN
+    )
+
+
+def draw_patterns(model: nn.Module) -> int:
+    """Draw the next training step's patterns of every dropout module in ``model`` (itself included) now,
+    outside any compiled region: each module's next training forward uses them, once, and draws anew
+    after that. Call it before each step of a model compiled with ``fullgraph=True`` (or captured in a
+    CUDA graph). The draws are the ones the forward would make (same generator, same order), so a
+    compiled run matches an eager one from the same generator state. Returns how many modules drew.
+
+    It turns on ``torch._dynamo.config.allow_unspec_int_on_nn_module``: the pattern integers are read from
+    the modules, and Dynamo would otherwise burn each pattern into its own graph (a recompile per
+    pattern, and a hard failure at the recompile limit under ``fullgraph=True``); with it, an integer
+    that changes becomes symbolic, so a compiled forward recompiles a few times in all (README)."""
+    torch._dynamo.config.allow_unspec_int_on_nn_module = True
+    count = 0
+    for module in model.modules():
+        if draws_each_step(module):
+            setattr(module, PENDING, module.draw())
+            count += 1
+    return count
+
+
+def step_draws(module: nn.Module) -> list:
+    """The draws of ``module``'s training forward: those ``draw_patterns`` left on it (taken, so each is
+    used once), else ``module.draw()`` now."""
+    pending = getattr(module, PENDING, None)
+    if pending is None:
+        return module.draw()
+    setattr(module, PENDING, None)
+    return pending
+
+
+def pattern_key(model: nn.Module) -> tuple:
+    """A hashable key of the draws ``draw_patterns`` left on ``model``'s modules (in module order), for
+    one CUDA graph per pattern: equal keys mean equal patterns, hence the same captured kernels and
+    shapes. A ValueError when a drawing module has no pending draw (call ``draw_patterns`` first) or
+    draws batch-shared units (an index tensor, not a few integers: no finite set of graphs)."""
+    key = []
+    for name, module in model.named_modules():
+        if not draws_each_step(module):
+            continue
+        pending = getattr(module, PENDING, None)
+        if pending is None:
+            raise ValueError(f"module {name or type(module).__name__!r} has no pending draw: call draw_patterns first")
+        if module.spec.drops == SHARED_UNITS:
+            raise ValueError(
+                f"module {name or type(module).__name__!r} draws batch-shared units ({module.spec.name!r}): an "
+                "index tensor of random length, which no finite set of graphs covers"
+            )
+        key.append(tuple(pending))
+    return tuple(key)

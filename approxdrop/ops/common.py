@@ -47,6 +47,41 @@ def put_block(full: torch.Tensor, block: torch.Tensor, rows: slice | torch.Tenso
     full.index_put_((r[:, None], c[None, :]), block)
 
 
+def complement(sel: slice, n: int) -> list[slice]:
+    """The units of ``[0, n)`` that a slice selector (``RowPattern.selector``: ``slice(0, n)`` or
+    ``slice(offset, n, dp)``) leaves out: the other residues mod dp, as strided slices."""
+    step = sel.step or 1
+    return [slice(r, n, step) for r in range(step) if r != sel.start]
+
+
+def block_product(
+    a: torch.Tensor, b: torch.Tensor, shape: torch.Size, rows: slice | torch.Tensor, cols: slice | torch.Tensor
+) -> torch.Tensor:
+    """Tensor[n_r, n_c] (contiguous, ``shape``) holding ``a @ b`` (a: Tensor[k_r, K], b: Tensor[K, k_c])
+    at ``[rows][:, cols]`` and exactly zero elsewhere: a weight gradient.
+
+    With slice selectors every element is written once (no zero fill of the whole tensor that the
+    block then overwrites): the GEMM writes straight into the kept rows (a strided view BLAS
+    writes in place) when every column is kept, and the dropped rows and columns are zeroed as
+    strided views. Index selectors (extended patterns) zero-fill, then put the block.
+    """
+    full = a.new_empty(shape)
+    if not (isinstance(rows, slice) and isinstance(cols, slice)):
+        full.zero_()
+        put_block(full, torch.mm(a, b), rows, cols)
+        return full
+    for dropped in complement(rows, shape[0]):
+        full[dropped].zero_()
+    kept = full[rows]  # [k_r, n_c] view, row stride dp * n_c
+    if cols == slice(0, shape[1]):
+        torch.mm(a, b, out=kept)
+        return full
+    kept[:, cols].copy_(torch.mm(a, b))
+    for dropped in complement(cols, shape[1]):
+        kept[:, dropped].zero_()
+    return full
+
+
 def check_weight(name: str, weight: torch.Tensor) -> None:
     if weight.dim() != 2:
         raise ValueError(f"{name}: weight must be 2-D [n_out, n_in], got shape {tuple(weight.shape)}")
@@ -147,6 +182,8 @@ def _autocast_kernel(op, device_type: str):
 
 
 def _autocast_arg(arg, device_type: str, dtype: torch.dtype):
+    if isinstance(arg, list):  # a Tensor[] argument
+        return [_autocast_arg(a, device_type, dtype) for a in arg]
     eligible = (
         isinstance(arg, torch.Tensor)
         and arg.is_floating_point()

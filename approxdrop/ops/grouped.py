@@ -1,29 +1,38 @@
-"""``approxdrop::grouped_row_linear`` and its backward op: row patterns with one offset per batch group
-(grouped complementary patterns, METHOD.md §9).
+"""Row patterns with one offset per batch group (grouped complementary patterns, METHOD.md §9): two ops
+that share one executor.
 
-The batch axis of x (the second-to-last) is split into ``G`` groups as ``torch.tensor_split`` does
-(any batch size, also smaller than G). Group ``g`` keeps the input units of
+Every group shares ``(dp, keep)`` on each side; group ``g`` keeps the input units of
 ``RowPattern(in_dp, in_offsets[g], in_keep)`` and computes the output units of
-``RowPattern(out_dp, out_offsets[g], out_keep)``; every group shares ``(dp, keep)`` on each side.
-Activations stay full width: x (Tensor[*, B, n_in]) is read only at each group's kept input units,
-and y (Tensor[*, B, n_out]) is zero at each group's dropped output units:
+``RowPattern(out_dp, out_offsets[g], out_keep)``:
 
-    y[g] = (in_scale * x[g][:, kept_in(g)] @ W[kept_out(g)][:, kept_in(g)].T + b[kept_out(g)]) at kept_out(g)
+    y[g] = in_scale * x[g] @ W[kept_out(g)][:, kept_in(g)].T + b[kept_out(g)]
+
+``approxdrop::grouped_row_linear_compact`` (what a chain of layers uses, e.g. the MLP): each group's
+activations are compact, a list ``xs`` with xs[g] (Tensor[*, k_in(g)]) holding only its kept inputs;
+returns ys[g] (Tensor[*, k_out(g)]), only its kept outputs. No full-width tensor is ever made.
+
+``approxdrop::grouped_row_linear`` (full-width activations, for a layer whose input is full width
+anyway, e.g. the LSTM's decoder): the batch axis of x (the second-to-last) is split into ``G`` groups
+as ``torch.tensor_split`` does (any batch size, also smaller than G); x (Tensor[*, B, n_in]) is read
+only at each group's kept input units, and y (Tensor[*, B, n_out]) is zero at each group's dropped
+output units.
 
 Executor: one GEMM per distinct (out offset, in offset) pair, on the samples of the groups that
 carry it. There are at most ``out_dp * in_dp`` pairs whatever G is, and for keep = 1 their weight
-blocks cover W at most once: no [G, k_out, k_in] copy of the weight is ever made.
+blocks cover W at most once: no [G, k_out, k_in] copy of the weight is ever made, and backward
+writes each pair's weight gradient block into one shared gradient.
 """
 
 from __future__ import annotations
 
 import torch
 
-from ..patterns import RowPattern
+from ..patterns import RowPattern, periodic_count
 from .common import (
     as_index,
     check_backward_args,
     check_linear_args,
+    check_operands,
     check_weight,
     flat,
     kept_weight,
@@ -43,6 +52,309 @@ def group_bounds(batch: int, groups: int) -> list[tuple[int, int]]:
         bounds.append((start, stop))
         start = stop
     return bounds
+
+
+def _check_offsets(name: str, in_dp, in_keep, in_offsets, out_dp, out_keep, out_offsets) -> None:
+    if len(in_offsets) != len(out_offsets) or not in_offsets:
+        raise ValueError(
+            f"{name}: need one in and one out offset per group, got {len(in_offsets)} and {len(out_offsets)}"
+        )
+    for o in in_offsets:
+        RowPattern(in_dp, o, in_keep)  # ValueError on bad integers
+    for o in out_offsets:
+        RowPattern(out_dp, o, out_keep)
+
+
+def _disjoint(in_keep: int, in_dp: int, out_keep: int, out_dp: int) -> bool:
+    """True when distinct (out offset, in offset) pairs have disjoint weight blocks (keep = 1, or a
+    side kept whole), so their weight gradients can be written, not added."""
+    return (in_keep == 1 or in_keep == in_dp) and (out_keep == 1 or out_keep == out_dp)
+
+
+def _selectors(weight: torch.Tensor, in_dp, in_keep, o_in, out_dp, out_keep, o_out):
+    """(rows, cols): the kept output rows and input columns of ``weight`` for one pair."""
+    n_out, n_in = weight.shape
+    rows = RowPattern(out_dp, o_out, out_keep).selector(n_out, weight.device)
+    cols = RowPattern(in_dp, o_in, in_keep).selector(n_in, weight.device)
+    return rows, cols
+
+
+def _pair_forward(x2, w_kept, bias, rows, scale: float) -> torch.Tensor:
+    """One pair's GEMM: x2 (Tensor[N, k_in]) @ w_kept (Tensor[k_out, k_in]).T -> Tensor[N, k_out]."""
+    if bias is None:
+        return torch.mm(x2, w_kept.t()).mul_(scale)
+    return torch.addmm(take(bias, 0, rows), x2, w_kept.t(), alpha=scale)
+
+
+def _pair_backward(g2, x2, weight, rows, cols, scale: float, grad_w, grad_b, disjoint: bool, need_grad_x: bool):
+    """One pair's gradients: its weight and bias blocks go into grad_w (Tensor[n_out, n_in]) and grad_b
+    (Tensor[n_out]) in place (written when the pairs' blocks are disjoint, else added); returns the
+    pair's grad_x (Tensor[N, k_in]), or None without need_grad_x. g2: Tensor[N, k_out], x2: Tensor[N, k_in]."""
+    grad_b[rows] += g2.sum(0)
+    g = g2 * scale  # scale the small operand once, not the two products
+    block_w = g.t() @ x2  # [k_out, k_in]
+    if disjoint:
+        put_block(grad_w, block_w, rows, cols)
+    else:  # blocks of keep > 1 patterns overlap: add
+        r, c = as_index(rows, grad_w.shape[0], grad_w.device), as_index(cols, grad_w.shape[1], grad_w.device)
+        grad_w.index_put_((r[:, None], c[None, :]), block_w, accumulate=True)
+    return g @ kept_weight(weight, rows, cols) if need_grad_x else None  # [N, k_in]
+
+
+# --------------------------------------------------------------------------- compact activations
+
+
+def _key(dp: int, offset: int, keep: int) -> int:
+    """The offset that names a pattern's kept units: every offset keeps them all when keep == dp."""
+    return 0 if keep == dp else offset
+
+
+def _compact_pairs(in_dp, in_keep, in_offsets, out_dp, out_keep, out_offsets) -> dict[tuple[int, int], list[int]]:
+    """(out offset, in offset) -> the groups carrying that pair."""
+    pairs: dict[tuple[int, int], list[int]] = {}
+    for g, (i, o) in enumerate(zip(in_offsets, out_offsets)):
+        pairs.setdefault((_key(out_dp, o, out_keep), _key(in_dp, i, in_keep)), []).append(g)
+    return pairs
+
+
+def _stack(ts: list[torch.Tensor], groups: list[int]) -> torch.Tensor:
+    """The groups' tensors flattened to rows and stacked: Tensor[N, k] (a view for one group)."""
+    parts = [flat(ts[g]) for g in groups]
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
+def _unstack(t: torch.Tensor, ts: list[torch.Tensor], groups: list[int], out: list) -> None:
+    """Split t (Tensor[N, k], the groups' rows stacked) back into out[g] (Tensor[*ts[g].shape[:-1], k]).
+    Several groups get copies: an op's outputs may not share memory."""
+    if len(groups) == 1:
+        out[groups[0]] = t.reshape(*ts[groups[0]].shape[:-1], t.shape[1])
+        return
+    sizes = [flat(ts[g]).shape[0] for g in groups]
+    for g, part in zip(groups, t.split(sizes)):
+        out[g] = part.reshape(*ts[g].shape[:-1], t.shape[1]).clone()
+
+
+def _widen(xs: list[torch.Tensor], groups: list[int], in_dp: int, in_keep: int, in_offsets: list[int], n_in: int):
+    """The groups' compact inputs stacked at full width: Tensor[N, n_in], zero at each group's dropped inputs."""
+    if in_keep == in_dp:
+        return _stack(xs, groups)
+    parts = [flat(xs[g]) for g in groups]
+    full = parts[0].new_zeros(sum(part.shape[0] for part in parts), n_in)
+    start = 0
+    for g, part in zip(groups, parts):
+        cols = RowPattern(in_dp, in_offsets[g], in_keep).selector(n_in, part.device)
+        full[start : start + part.shape[0], cols] = part
+        start += part.shape[0]
+    return full
+
+
+def _check_compact(xs, weight, bias, in_dp, in_keep, in_offsets, out_dp, out_keep, out_offsets) -> None:
+    name = "grouped_row_linear_compact"
+    check_weight(name, weight)
+    _check_offsets(name, in_dp, in_keep, in_offsets, out_dp, out_keep, out_offsets)
+    if len(xs) != len(in_offsets):
+        raise ValueError(f"{name}: need one x per group ({len(in_offsets)}), got {len(xs)}")
+    check_operands(name, weight=weight, bias=bias, **{f"xs[{g}]": x for g, x in enumerate(xs)})
+    for g, (x, o) in enumerate(zip(xs, in_offsets)):
+        check_linear_args(f"{name} (xs[{g}])", x, weight, bias, periodic_count(weight.shape[1], in_dp, o, in_keep))
+
+
+def grouped_row_linear_compact_torch(
+    xs: list[torch.Tensor],
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    in_dp: int,
+    in_keep: int,
+    in_offsets: list[int],
+    out_dp: int,
+    out_keep: int,
+    out_offsets: list[int],
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """The PyTorch implementation of ``approxdrop::grouped_row_linear_compact``: ``(ys, blocks)``, where
+    blocks are the pairs' kept weight blocks W[kept_out][:, kept_in] (Tensor[k_out, k_in], in pair order)
+    when kept columns had to be gathered (in_keep < in_dp), else empty; backward reuses them."""
+    _check_compact(xs, weight, bias, in_dp, in_keep, in_offsets, out_dp, out_keep, out_offsets)
+    ys: list = [None] * len(xs)
+    blocks = []
+    for (o_out, o_in), groups in _compact_pairs(in_dp, in_keep, in_offsets, out_dp, out_keep, out_offsets).items():
+        rows, cols = _selectors(weight, in_dp, in_keep, o_in, out_dp, out_keep, o_out)
+        w_kept = kept_weight(weight, rows, cols)  # [k_out, k_in]: a view when every column is kept
+        if in_keep != in_dp:  # an output may not alias the weight (a one-column block can stay a view)
+            shares = w_kept.untyped_storage().data_ptr() == weight.untyped_storage().data_ptr()
+            blocks.append(w_kept.clone() if shares else w_kept)
+        y2 = _pair_forward(_stack(xs, groups), w_kept, bias, rows, in_dp / in_keep)  # [N, k_out]
+        _unstack(y2, xs, groups, ys)
+    return ys, blocks
+
+
+@torch.library.custom_op("approxdrop::grouped_row_linear_compact", mutates_args=())
+def grouped_row_linear_compact(
+    xs: list[torch.Tensor],
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    in_dp: int,
+    in_keep: int,
+    in_offsets: list[int],
+    out_dp: int,
+    out_keep: int,
+    out_offsets: list[int],
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Row patterns with one (in, out) offset per group on compact activations (see the module docstring):
+    ``(ys, blocks)``; blocks (the gathered kept weight blocks, not differentiable) are for backward."""
+    return grouped_row_linear_compact_torch(xs, weight, bias, in_dp, in_keep, in_offsets, out_dp, out_keep, out_offsets)
+
+
+@grouped_row_linear_compact.register_fake
+def _(xs, weight, bias, in_dp, in_keep, in_offsets, out_dp, out_keep, out_offsets):
+    _check_compact(xs, weight, bias, in_dp, in_keep, in_offsets, out_dp, out_keep, out_offsets)
+    n_out, n_in = weight.shape
+    ys = [x.new_empty(*x.shape[:-1], periodic_count(n_out, out_dp, o, out_keep)) for x, o in zip(xs, out_offsets)]
+    pairs = _compact_pairs(in_dp, in_keep, in_offsets, out_dp, out_keep, out_offsets) if in_keep != in_dp else {}
+    blocks = [
+        weight.new_empty(periodic_count(n_out, out_dp, o_out, out_keep), periodic_count(n_in, in_dp, o_in, in_keep))
+        for o_out, o_in in pairs
+    ]
+    return ys, blocks
+
+
+def grouped_row_linear_compact_backward_torch(
+    grads: list[torch.Tensor],
+    xs: list[torch.Tensor],
+    weight: torch.Tensor,
+    blocks: list[torch.Tensor],
+    in_dp: int,
+    in_keep: int,
+    in_offsets: list[int],
+    out_dp: int,
+    out_keep: int,
+    out_offsets: list[int],
+    need_grad_x: bool = True,
+) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+    """The PyTorch implementation of ``approxdrop::grouped_row_linear_compact_backward``: per pair, the
+    groups' grad_x from the forward's kept weight block; per out offset, the weight gradient rows of its
+    groups in one GEMM (their inputs at full width, zero where dropped), written into the shared gradient."""
+    _check_compact_backward(grads, xs, weight, blocks, in_dp, in_keep, in_offsets, out_dp, out_keep, out_offsets)
+    n_out, n_in = weight.shape
+    scale = in_dp / in_keep
+    grad_xs: list = [None] * len(xs) if need_grad_x else []
+    if need_grad_x:
+        pairs = _compact_pairs(in_dp, in_keep, in_offsets, out_dp, out_keep, out_offsets)
+        for j, ((o_out, o_in), groups) in enumerate(pairs.items()):
+            rows, cols = _selectors(weight, in_dp, in_keep, o_in, out_dp, out_keep, o_out)
+            w_kept = blocks[j] if blocks else kept_weight(weight, rows, cols)  # [k_out, k_in]
+            _unstack(torch.mm(_stack(grads, groups), w_kept).mul_(scale), xs, groups, grad_xs)  # [N, k_in]
+    by_out: dict[int, list[int]] = {}
+    for g, o in enumerate(out_offsets):
+        by_out.setdefault(_key(out_dp, o, out_keep), []).append(g)
+    # keep = 1 (or all): the out offsets' rows are disjoint slices; every row is written when all offsets occur
+    covered = out_keep == out_dp or (out_keep == 1 and len(by_out) == out_dp)
+    grad_w = weight.new_empty(weight.shape) if covered else weight.new_zeros(weight.shape)  # [n_out, n_in]
+    grad_b = weight.new_zeros(n_out)
+    for o, groups in by_out.items():
+        rows = RowPattern(out_dp, o, out_keep).selector(n_out, weight.device)
+        g2 = _stack(grads, groups)  # [N, k_out]
+        grad_b[rows] += g2.sum(0)
+        g2 = g2 * scale  # scale the small operand
+        x_full = _widen(xs, groups, in_dp, in_keep, in_offsets, n_in)  # [N, n_in]
+        if isinstance(rows, slice):  # rows of distinct out offsets are disjoint: write in place
+            torch.mm(g2.t(), x_full, out=grad_w[rows])
+        else:  # keep > 1: rows overlap, add
+            grad_w.index_add_(0, rows, torch.mm(g2.t(), x_full))
+    return grad_xs, grad_w, grad_b
+
+
+def _check_compact_backward(grads, xs, weight, blocks, in_dp, in_keep, in_offsets, out_dp, out_keep, out_offsets):
+    name = "grouped_row_linear_compact_backward"
+    check_weight(name, weight)
+    _check_offsets(name, in_dp, in_keep, in_offsets, out_dp, out_keep, out_offsets)
+    if not len(grads) == len(xs) == len(in_offsets):
+        raise ValueError(f"{name}: need one grad and one x per group ({len(in_offsets)}), got {len(grads)}, {len(xs)}")
+    n_out, n_in = weight.shape
+    for g, (grad, x) in enumerate(zip(grads, xs)):
+        k_in = periodic_count(n_in, in_dp, in_offsets[g], in_keep)
+        k_out = periodic_count(n_out, out_dp, out_offsets[g], out_keep)
+        check_backward_args(f"{name} (group {g})", grad, x, weight, k_in, k_out)
+    pairs = _compact_pairs(in_dp, in_keep, in_offsets, out_dp, out_keep, out_offsets)
+    if blocks and len(blocks) != len(pairs):
+        raise ValueError(f"{name}: need no blocks or one per (out, in) offset pair ({len(pairs)}), got {len(blocks)}")
+
+
+@torch.library.custom_op("approxdrop::grouped_row_linear_compact_backward", mutates_args=())
+def grouped_row_linear_compact_backward(
+    grads: list[torch.Tensor],
+    xs: list[torch.Tensor],
+    weight: torch.Tensor,
+    blocks: list[torch.Tensor],
+    in_dp: int,
+    in_keep: int,
+    in_offsets: list[int],
+    out_dp: int,
+    out_keep: int,
+    out_offsets: list[int],
+    need_grad_x: bool = True,
+) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+    """Gradients (xs: like xs, empty without need_grad_x; weight: [n_out, n_in]; bias: [n_out]) of
+    ``grouped_row_linear_compact``; blocks: its forward's blocks, or empty (then gathered again).
+    Weights outside every group's kept block get exactly zero."""
+    return grouped_row_linear_compact_backward_torch(
+        grads, xs, weight, blocks, in_dp, in_keep, in_offsets, out_dp, out_keep, out_offsets, need_grad_x
+    )
+
+
+@grouped_row_linear_compact_backward.register_fake
+def _(grads, xs, weight, blocks, in_dp, in_keep, in_offsets, out_dp, out_keep, out_offsets, need_grad_x=True):
+    _check_compact_backward(grads, xs, weight, blocks, in_dp, in_keep, in_offsets, out_dp, out_keep, out_offsets)
+    grad_xs = [x.new_empty(x.shape) for x in xs] if need_grad_x else []  # real outputs are contiguous
+    return grad_xs, weight.new_empty(weight.shape), weight.new_empty(weight.shape[0])
+
+
+def _compact_setup(ctx, inputs, output) -> None:
+    xs, weight, bias, *ints = inputs
+    ys, blocks = output
+    ctx.mark_non_differentiable(*blocks)
+    ctx.set_materialize_grads(False)  # no zero gradients for the blocks
+    ctx.save_for_backward(weight, *xs, *blocks)
+    ctx.y_shapes = [y.shape for y in ys]
+    ctx.groups, ctx.ints, ctx.has_bias = len(xs), ints, bias is not None
+
+
+def _compact_backward(ctx, grads, _block_grads):
+    weight, *rest = ctx.saved_tensors
+    xs, blocks = rest[: ctx.groups], rest[ctx.groups :]
+    need_x = any(ctx.needs_input_grad[0])
+    grads = [weight.new_zeros(shape) if g is None else g for g, shape in zip(grads, ctx.y_shapes)]  # an unused y
+    grad_xs, grad_w, grad_b = grouped_row_linear_compact_backward(grads, xs, weight, blocks, *ctx.ints, need_x)
+    grad_xs = list(grad_xs) if need_x else [None] * len(xs)  # the structure of xs
+    return (grad_xs, grad_w, grad_b if ctx.has_bias else None) + (None,) * len(ctx.ints)
+
+
+grouped_row_linear_compact.register_autograd(_compact_backward, setup_context=_compact_setup)
+register_autocast("grouped_row_linear_compact", grouped_row_linear_compact)
+register_autocast("grouped_row_linear_compact_backward", grouped_row_linear_compact_backward)
+
+
+def grouped_row_pattern_linear_compact(
+    xs: list[torch.Tensor],
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    in_patterns: list[RowPattern],
+    out_patterns: list[RowPattern],
+) -> list[torch.Tensor]:
+    """``grouped_row_linear_compact`` taking one RowPattern per group and side (each side shares dp and keep)."""
+    ys, _ = grouped_row_linear_compact(list(xs), weight, bias, *_pattern_ints(in_patterns, out_patterns))
+    return ys
+
+
+def _pattern_ints(in_patterns: list[RowPattern], out_patterns: list[RowPattern]) -> tuple:
+    """(in_dp, in_keep, in_offsets, out_dp, out_keep, out_offsets) of per-group patterns sharing dp and keep."""
+    for side, patterns in (("in", in_patterns), ("out", out_patterns)):
+        if len({(q.dp, q.keep) for q in patterns}) != 1:
+            raise ValueError(f"the groups' {side} patterns must share dp and keep, got {patterns}")
+    i0, o0 = in_patterns[0], out_patterns[0]
+    return i0.dp, i0.keep, [q.offset for q in in_patterns], o0.dp, o0.keep, [q.offset for q in out_patterns]
+
+
+# --------------------------------------------------------------------------- full-width activations
 
 
 def _pairs(batch: int, in_offsets: list[int], out_offsets: list[int]) -> dict[tuple[int, int], list[tuple[int, int]]]:
@@ -68,23 +380,9 @@ def _write(dst: torch.Tensor, segments: list[tuple[int, int]], cols, value: torc
         first += stop - start
 
 
-def _disjoint(in_keep: int, in_dp: int, out_keep: int, out_dp: int) -> bool:
-    """True when distinct (out offset, in offset) pairs have disjoint weight blocks (keep = 1, or a
-    side kept whole), so their weight gradients can be written, not added."""
-    return (in_keep == 1 or in_keep == in_dp) and (out_keep == 1 or out_keep == out_dp)
-
-
 def _check(x, weight, bias, in_dp, in_keep, in_offsets, out_dp, out_keep, out_offsets) -> None:
     check_weight("grouped_row_linear", weight)
-    if len(in_offsets) != len(out_offsets) or not in_offsets:
-        raise ValueError(
-            "grouped_row_linear: need one in and one out offset per group, "
-            f"got {len(in_offsets)} and {len(out_offsets)}"
-        )
-    for o in in_offsets:
-        RowPattern(in_dp, o, in_keep)  # ValueError on bad integers
-    for o in out_offsets:
-        RowPattern(out_dp, o, out_keep)
+    _check_offsets("grouped_row_linear", in_dp, in_keep, in_offsets, out_dp, out_keep, out_offsets)
     if x.dim() < 2:
         raise ValueError(
             f"grouped_row_linear: x must be [*, B, n_in] (batch axis second-to-last), got {tuple(x.shape)}"
@@ -105,20 +403,11 @@ def grouped_row_linear_torch(
 ) -> torch.Tensor:
     """The PyTorch implementation of ``approxdrop::grouped_row_linear`` (see the module docstring)."""
     _check(x, weight, bias, in_dp, in_keep, in_offsets, out_dp, out_keep, out_offsets)
-    n_out, n_in = weight.shape
-    scale = in_dp / in_keep
-    y = x.new_zeros(*x.shape[:-1], n_out)  # [*, B, n_out]: zero at every group's dropped outputs
+    y = x.new_zeros(*x.shape[:-1], weight.shape[0])  # [*, B, n_out]: zero at every group's dropped outputs
     for (o_out, o_in), segments in _pairs(x.shape[-2], in_offsets, out_offsets).items():
-        rows = RowPattern(out_dp, o_out, out_keep).selector(n_out, x.device)
-        cols = RowPattern(in_dp, o_in, in_keep).selector(n_in, x.device)
+        rows, cols = _selectors(weight, in_dp, in_keep, o_in, out_dp, out_keep, o_out)
         xs = _read(x, segments, cols)  # [*, m, k_in]
-        w_kept = kept_weight(weight, rows, cols)  # [k_out, k_in]
-        b_kept = None if bias is None else take(bias, 0, rows)
-        x2 = flat(xs)  # [N, k_in]
-        if b_kept is None:
-            ys = torch.mm(x2, w_kept.t()).mul_(scale)  # [N, k_out]
-        else:
-            ys = torch.addmm(b_kept, x2, w_kept.t(), alpha=scale)
+        ys = _pair_forward(flat(xs), kept_weight(weight, rows, cols), bias, rows, in_dp / in_keep)  # [N, k_out]
         _write(y, segments, rows, ys.reshape(*xs.shape[:-1], -1))  # [*, m, k_out] into the kept outputs
     return y
 
@@ -159,32 +448,22 @@ def grouped_row_linear_backward_torch(
     need_grad_x: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The PyTorch implementation of ``approxdrop::grouped_row_linear_backward``: per pair, the kept
-    block of grad_x, and the weight and bias gradient blocks added into zeroed full-size gradients."""
+    block of grad_x, and the weight and bias gradient blocks written into zeroed full-size gradients."""
     check_weight("grouped_row_linear_backward", weight)
     check_backward_args("grouped_row_linear_backward", grad_y, x, weight, weight.shape[1], weight.shape[0])
-    n_out, n_in = weight.shape
-    scale = in_dp / in_keep
     grad_x = x.new_zeros(x.shape) if need_grad_x else x.new_empty(0)  # [*, B, n_in]
     grad_w = weight.new_zeros(weight.shape)  # [n_out, n_in]
-    grad_b = weight.new_zeros(n_out)
+    grad_b = weight.new_zeros(weight.shape[0])
     disjoint = _disjoint(in_keep, in_dp, out_keep, out_dp)
     for (o_out, o_in), segments in _pairs(x.shape[-2], in_offsets, out_offsets).items():
-        rows = RowPattern(out_dp, o_out, out_keep).selector(n_out, x.device)
-        cols = RowPattern(in_dp, o_in, in_keep).selector(n_in, x.device)
+        rows, cols = _selectors(weight, in_dp, in_keep, o_in, out_dp, out_keep, o_out)
         g_kept = _read(grad_y, segments, rows)  # [*, m, k_out]
-        lead = g_kept.shape[:-1]
-        g_kept = flat(g_kept)  # [N, k_out]
-        grad_b[rows] += g_kept.sum(0)
-        g = g_kept * scale  # scale the small operand once, not the two products
-        block_w = g.t() @ flat(_read(x, segments, cols))  # [k_out, k_in]
-        if disjoint:
-            put_block(grad_w, block_w, rows, cols)
-        else:  # blocks of keep > 1 patterns overlap: add
-            r, c = as_index(rows, n_out, x.device), as_index(cols, n_in, x.device)
-            grad_w.index_put_((r[:, None], c[None, :]), block_w, accumulate=True)
+        x2 = flat(_read(x, segments, cols))  # [N, k_in]
+        gx = _pair_backward(
+            flat(g_kept), x2, weight, rows, cols, in_dp / in_keep, grad_w, grad_b, disjoint, need_grad_x
+        )
         if need_grad_x:
-            gx = (g @ kept_weight(weight, rows, cols)).reshape(*lead, -1)  # [*, m, k_in]
-            _write(grad_x, segments, cols, gx)
+            _write(grad_x, segments, cols, gx.reshape(*g_kept.shape[:-1], -1))  # [*, m, k_in]
     return grad_x, grad_w, grad_b
 
 
@@ -229,12 +508,7 @@ def grouped_row_pattern_linear(
     out_patterns: list[RowPattern],
 ) -> torch.Tensor:
     """``grouped_row_linear`` taking one RowPattern per group and side (each side shares dp and keep)."""
-    for side, patterns in (("in", in_patterns), ("out", out_patterns)):
-        if len({(q.dp, q.keep) for q in patterns}) != 1:
-            raise ValueError(f"the groups' {side} patterns must share dp and keep, got {patterns}")
-    i0, o0 = in_patterns[0], out_patterns[0]
-    in_offsets, out_offsets = [q.offset for q in in_patterns], [q.offset for q in out_patterns]
-    return grouped_row_linear(x, weight, bias, i0.dp, i0.keep, in_offsets, o0.dp, o0.keep, out_offsets)
+    return grouped_row_linear(x, weight, bias, *_pattern_ints(in_patterns, out_patterns))
 
 
 def grouped_row_linear_reference(

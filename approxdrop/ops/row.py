@@ -6,13 +6,13 @@ import torch
 
 from ..patterns import RowPattern, periodic_count
 from .common import (
+    block_product,
     check_backward_args,
     check_linear_args,
     check_weight,
     empty_grads,
     flat,
     kept_weight,
-    put_block,
     register_autocast,
     register_backward,
     take,
@@ -49,15 +49,20 @@ def row_linear_torch(
     without kernels, and the oracle the CUDA kernels are tested against."""
     in_p, out_p = RowPattern(in_dp, in_offset, in_keep), RowPattern(out_dp, out_offset, out_keep)
     check_weight("row_linear", weight)
-    n_out, n_in = weight.shape
-    check_linear_args("row_linear", x, weight, bias, in_p.kept_count(n_in))
-    rows, cols = out_p.selector(n_out, x.device), in_p.selector(n_in, x.device)
-    w_kept = kept_weight(weight, rows, cols)  # [k_out, k_in]
+    check_linear_args("row_linear", x, weight, bias, in_p.kept_count(weight.shape[1]))
+    rows, cols = out_p.selector(weight.shape[0], x.device), in_p.selector(weight.shape[1], x.device)
+    return _kept_linear(x, kept_weight(weight, rows, cols), bias, rows, in_p.scale)
+
+
+def _kept_linear(
+    x: torch.Tensor, w_kept: torch.Tensor, bias: torch.Tensor | None, rows: slice | torch.Tensor, scale: float
+) -> torch.Tensor:
+    """x (Tensor[*, k_in]), w_kept (Tensor[k_out, k_in]) -> ``scale * x @ w_kept.T + bias[rows]`` (Tensor[*, k_out])."""
     x2 = flat(x)  # [N, k_in]
     if bias is None:
-        y = torch.mm(x2, w_kept.t()).mul_(in_p.scale)
+        y = torch.mm(x2, w_kept.t()).mul_(scale)
     else:
-        y = torch.addmm(take(bias, 0, rows), x2, w_kept.t(), alpha=in_p.scale)
+        y = torch.addmm(take(bias, 0, rows), x2, w_kept.t(), alpha=scale)
     return y.reshape(*x.shape[:-1], y.shape[-1])  # [*, k_out]
 
 
@@ -105,13 +110,27 @@ def row_linear_backward_torch(
     n_out, n_in = weight.shape
     check_backward_args("row_linear_backward", grad_y, x, weight, in_p.kept_count(n_in), out_p.kept_count(n_out))
     rows, cols = out_p.selector(n_out, x.device), in_p.selector(n_in, x.device)
-    w_kept = kept_weight(weight, rows, cols)  # [k_out, k_in]
+    return _kept_backward(grad_y, x, weight, kept_weight(weight, rows, cols), rows, cols, in_p.scale, need_grad_x)
+
+
+def _kept_backward(
+    grad_y: torch.Tensor,
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    w_kept: torch.Tensor,
+    rows: slice | torch.Tensor,
+    cols: slice | torch.Tensor,
+    scale: float,
+    need_grad_x: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients of ``_kept_linear`` given the kept block w_kept (Tensor[k_out, k_in]) of weight: grad_x
+    (Tensor[*, k_in], empty unless ``need_grad_x``), grad_w (Tensor[n_out, n_in], contiguous, zero outside
+    the block) and grad_b (Tensor[n_out], zero outside the kept rows)."""
     g2 = flat(grad_y)  # [N, k_out]
-    g_scaled = g2 * in_p.scale  # scale the small operand once, not the two products
+    g_scaled = g2 * scale  # scale the small operand once, not the two products
     grad_x = torch.mm(g_scaled, w_kept).reshape(x.shape) if need_grad_x else x.new_empty(0)
-    grad_w = weight.new_zeros(weight.shape)  # contiguous, as the fake says
-    put_block(grad_w, torch.mm(g_scaled.t(), flat(x)), rows, cols)
-    grad_b = weight.new_zeros(n_out)
+    grad_w = block_product(g_scaled.t(), flat(x), weight.shape, rows, cols)
+    grad_b = weight.new_zeros(weight.shape[0])
     grad_b[rows] = g2.sum(0)
     return grad_x, grad_w, grad_b
 
@@ -149,3 +168,165 @@ def _(grad_y, x, weight, in_dp, in_offset, in_keep, out_dp, out_offset, out_keep
 register_backward(row_linear, row_linear_backward)
 register_autocast("row_linear", row_linear)
 register_autocast("row_linear_backward", row_linear_backward)
+
+
+# The CPU training path: row_linear saves x and W and gathers the kept block W[kept_out][:, kept_in]
+# again in backward (the CUDA kernels read it in place, so there is nothing to keep). On a CPU, where
+# BLAS needs that block gathered, these ops gather it once per step: forward returns it, autograd
+# saves it, backward reuses it.
+
+
+def _gathers(in_dp: int, in_keep: int) -> bool:
+    """Whether the kept block is gathered (some input columns dropped); else it is a view of W's kept rows."""
+    return in_keep < in_dp
+
+
+def row_linear_gathered_torch(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    in_dp: int,
+    in_offset: int,
+    in_keep: int,
+    out_dp: int,
+    out_offset: int,
+    out_keep: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The PyTorch implementation of ``approxdrop::row_linear_gathered``."""
+    in_p, out_p = RowPattern(in_dp, in_offset, in_keep), RowPattern(out_dp, out_offset, out_keep)
+    check_weight("row_linear_gathered", weight)
+    check_linear_args("row_linear_gathered", x, weight, bias, in_p.kept_count(weight.shape[1]))
+    rows, cols = out_p.selector(weight.shape[0], x.device), in_p.selector(weight.shape[1], x.device)
+    w_rows = take(weight, 0, rows)  # [k_out, n_in]: a view for a slice
+    if not _gathers(in_dp, in_keep):
+        return _kept_linear(x, w_rows, bias, rows, in_p.scale), weight.new_empty(0)
+    if isinstance(cols, slice):  # an output may not alias W: always a fresh block, one strided copy
+        block = w_rows[:, cols].clone(memory_format=torch.contiguous_format)  # [k_out, k_in]
+    else:
+        block = w_rows.index_select(1, cols)  # [k_out, k_in], fresh and contiguous
+    return _kept_linear(x, block, bias, rows, in_p.scale), block
+
+
+@torch.library.custom_op("approxdrop::row_linear_gathered", mutates_args=())
+def row_linear_gathered(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    in_dp: int,
+    in_offset: int,
+    in_keep: int,
+    out_dp: int,
+    out_offset: int,
+    out_keep: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``row_linear``'s output (Tensor[*, k_out]) and the kept block ``W[kept_out][:, kept_in]`` it gathered
+    (Tensor[k_out, k_in]; empty, shape (0,), when every input is kept: the GEMMs then read W's kept rows
+    in place). The block is not differentiable; autograd saves it, and backward reuses it."""
+    return row_linear_gathered_torch(x, weight, bias, in_dp, in_offset, in_keep, out_dp, out_offset, out_keep)
+
+
+@row_linear_gathered.register_fake
+def _(x, weight, bias, in_dp, in_offset, in_keep, out_dp, out_offset, out_keep):
+    check_weight("row_linear_gathered", weight)
+    k_in = periodic_count(weight.shape[1], in_dp, in_offset, in_keep)
+    check_linear_args("row_linear_gathered", x, weight, bias, k_in)
+    k_out = periodic_count(weight.shape[0], out_dp, out_offset, out_keep)
+    block = weight.new_empty(k_out, k_in) if _gathers(in_dp, in_keep) else weight.new_empty(0)
+    return x.new_empty(*x.shape[:-1], k_out), block
+
+
+def row_linear_gathered_backward_torch(
+    grad_y: torch.Tensor,
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    block: torch.Tensor,
+    in_dp: int,
+    in_offset: int,
+    in_keep: int,
+    out_dp: int,
+    out_offset: int,
+    out_keep: int,
+    need_grad_x: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The PyTorch implementation of ``approxdrop::row_linear_gathered_backward``."""
+    in_p, out_p = RowPattern(in_dp, in_offset, in_keep), RowPattern(out_dp, out_offset, out_keep)
+    check_weight("row_linear_gathered_backward", weight)
+    n_out, n_in = weight.shape
+    k_in, k_out = in_p.kept_count(n_in), out_p.kept_count(n_out)
+    check_backward_args("row_linear_gathered_backward", grad_y, x, weight, k_in, k_out)
+    want = (k_out, k_in) if _gathers(in_dp, in_keep) else (0,)
+    if tuple(block.shape) != want:
+        raise ValueError(
+            f"row_linear_gathered_backward: block must have shape {want} (what row_linear_gathered returned), "
+            f"got {tuple(block.shape)}"
+        )
+    rows, cols = out_p.selector(n_out, x.device), in_p.selector(n_in, x.device)
+    w_kept = block if _gathers(in_dp, in_keep) else take(weight, 0, rows)  # [k_out, k_in]
+    return _kept_backward(grad_y, x, weight, w_kept, rows, cols, in_p.scale, need_grad_x)
+
+
+@torch.library.custom_op("approxdrop::row_linear_gathered_backward", mutates_args=())
+def row_linear_gathered_backward(
+    grad_y: torch.Tensor,
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    block: torch.Tensor,
+    in_dp: int,
+    in_offset: int,
+    in_keep: int,
+    out_dp: int,
+    out_offset: int,
+    out_keep: int,
+    need_grad_x: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``row_linear_backward`` reading the kept block that ``row_linear_gathered`` returned instead of
+    gathering it from W again (W gives the shapes, and the kept rows when the block is empty)."""
+    return row_linear_gathered_backward_torch(
+        grad_y, x, weight, block, in_dp, in_offset, in_keep, out_dp, out_offset, out_keep, need_grad_x
+    )
+
+
+@row_linear_gathered_backward.register_fake
+def _(grad_y, x, weight, block, in_dp, in_offset, in_keep, out_dp, out_offset, out_keep, need_grad_x=True):
+    check_weight("row_linear_gathered_backward", weight)
+    k_in = periodic_count(weight.shape[1], in_dp, in_offset, in_keep)
+    k_out = periodic_count(weight.shape[0], out_dp, out_offset, out_keep)
+    check_backward_args("row_linear_gathered_backward", grad_y, x, weight, k_in, k_out)
+    return empty_grads(x, weight, need_grad_x)
+
+
+def _save_block(ctx, inputs, output) -> None:
+    x, weight, bias, *ints = inputs
+    ctx.save_for_backward(x, weight, output[1])
+    ctx.mark_non_differentiable(output[1])
+    ctx.set_materialize_grads(False)  # no zero-filled gradient for the block
+    ctx.ints, ctx.has_bias = ints, bias is not None
+
+
+def _gathered_backward(ctx, grad_y, _grad_block):
+    x, weight, block = ctx.saved_tensors
+    need_x = ctx.needs_input_grad[0]
+    if grad_y is None:  # the output was not used
+        return (None,) * (3 + len(ctx.ints))
+    grad_x, grad_w, grad_b = row_linear_gathered_backward(grad_y, x, weight, block, *ctx.ints, need_x)
+    return (grad_x if need_x else None, grad_w, grad_b if ctx.has_bias else None) + (None,) * len(ctx.ints)
+
+
+row_linear_gathered.register_autograd(_gathered_backward, setup_context=_save_block)
+register_autocast("row_linear_gathered", row_linear_gathered)
+register_autocast("row_linear_gathered_backward", row_linear_gathered_backward)
+
+
+def row_pattern_linear_gathered(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    in_pattern: RowPattern,
+    out_pattern: RowPattern,
+) -> torch.Tensor:
+    """``row_pattern_linear`` for training: on CPU ``row_linear_gathered`` (the kept block gathered once
+    per call, reused by backward), elsewhere ``row_linear`` (whose CUDA kernels read the block in place)."""
+    ints = (in_pattern.dp, in_pattern.offset, in_pattern.keep, out_pattern.dp, out_pattern.offset, out_pattern.keep)
+    if weight.device.type != "cpu":
+        return row_linear(x, weight, bias, *ints)
+    return row_linear_gathered(x, weight, bias, *ints)[0]

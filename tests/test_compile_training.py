@@ -1,0 +1,174 @@
+"""Compiled and graphed training stays random (issue 16, item 6): under torch.compile (default and
+fullgraph=True) each step draws a new pattern and matches eager from the same generator state, with a
+bounded number of compiles; torch.jit.trace and CUDA graph capture refuse to freeze a pattern."""
+
+import pytest
+import torch
+from torch._dynamo.utils import counters
+
+import approxdrop as ad
+from approxdrop.models.sites import PENDING
+
+STEPS = 6
+
+
+def _twins(make):
+    """Two identical models with generators in the same state: one runs eagerly, one compiled."""
+    torch.manual_seed(0)
+    eager = make(torch.Generator().manual_seed(1))
+    torch.manual_seed(0)
+    return eager, make(torch.Generator().manual_seed(1))
+
+
+def _draws(model):
+    return model.last_patterns if hasattr(model, "last_patterns") else [model.last_pattern]
+
+
+def _train_side_by_side(eager, twin, compiled, x, draw_ahead: bool) -> set:
+    """STEPS forward/backward steps of both; the compiled twin's patterns, outputs and gradients must be
+    the eager model's. Returns the distinct draws seen."""
+    seen = set()
+    for _ in range(STEPS):
+        for model in (eager, twin):
+            model.zero_grad()
+        y_eager = eager(x)
+        y_eager.square().sum().backward()
+        if draw_ahead:
+            assert ad.draw_patterns(twin) == 1
+        y = compiled(x)
+        y.square().sum().backward()
+        assert _draws(twin) == _draws(eager)
+        torch.testing.assert_close(y, y_eager, rtol=1e-5, atol=1e-6)  # inductor's GELU may round differently
+        for a, b in zip(twin.parameters(), eager.parameters()):
+            torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-6)
+        seen.add(tuple(_draws(twin)))
+    return seen
+
+
+@pytest.mark.parametrize(
+    ("kind", "fullgraph"),
+    [("mlp", True), ("ffn", False)],
+    ids=["mlp-fullgraph", "ffn-default"],
+)
+def test_compiled_training_draws_fresh_patterns_matching_eager(kind, fullgraph):
+    """Every compiled step takes a pattern drawn by draw_patterns (a new one each step), the same as the
+    eager twin's, and the forward compiles at most 1 + 2 per site times (dp and offset turn symbolic;
+    keep is always 1 in the paper family), however many patterns occur."""
+    if kind == "mlp":
+        eager, twin = _twins(lambda g: ad.ApproxDropoutMLP([8, 16, 16, 4], 0.5, method="row", generator=g))
+        sites = 2
+    else:
+        eager, twin = _twins(lambda g: ad.ApproxDropoutFFN(8, 16, 0.5, generator=g))
+        sites = 1
+    torch._dynamo.reset()
+    counters.clear()
+    compiled = torch.compile(twin, fullgraph=fullgraph)
+    with torch._dynamo.config.patch(automatic_dynamic_local_pgo=False):  # count from a cold start
+        seen = _train_side_by_side(eager, twin, compiled, torch.randn(6, 8), draw_ahead=True)
+    assert counters["stats"]["unique_graphs"] <= 1 + 2 * sites
+    assert len(seen) >= 2, f"the patterns must change from step to step, saw {seen}"
+
+
+def test_default_compile_draws_in_forward_without_draw_patterns():
+    """Without draw_patterns, torch.compile's default mode breaks the graph at the draw (one clean break,
+    not an opaque one) and still draws a fresh pattern each step, the eager one."""
+    eager, twin = _twins(lambda g: ad.ApproxDropoutMLP([8, 16, 16, 4], 0.5, generator=g))
+    torch._dynamo.reset()
+    compiled = torch.compile(twin, backend="eager")  # Dynamo alone: the break and the draws are its doing
+    seen = _train_side_by_side(eager, twin, compiled, torch.randn(6, 8), draw_ahead=False)
+    assert len(seen) >= 3
+
+
+def test_the_default_grouped_mlp_runs_its_groups_eagerly_under_compile():
+    """The default MLP (row-g4: grouped patterns, whose GEMMs depend on the drawn offsets) compiles with a
+    graph break around its grouped layers and matches eager step by step; fullgraph=True says to use
+    method="row"."""
+    eager, twin = _twins(lambda g: ad.ApproxDropoutMLP([8, 16, 16, 4], 0.5, generator=g))
+    assert twin.groups == 4
+    torch._dynamo.reset()
+    seen = _train_side_by_side(eager, twin, torch.compile(twin, backend="eager"), torch.randn(6, 8), draw_ahead=True)
+    assert len(seen) >= 2 and all(len(site) == 4 for draws in seen for site in draws if site is not None)
+    torch._dynamo.reset()
+    ad.draw_patterns(twin)
+    with pytest.raises(Exception, match='method="row"'):
+        torch.compile(twin, fullgraph=True, backend="eager")(torch.randn(6, 8))
+
+
+def test_fullgraph_without_draw_patterns_says_what_to_do():
+    """Under fullgraph=True the draw cannot be traced: the error names draw_patterns (it used to be a
+    data-dependent-guard error from inside PatternDistribution.sample)."""
+    model = ad.ApproxDropoutFFN(8, 16, 0.5)
+    torch._dynamo.reset()
+    compiled = torch.compile(model, fullgraph=True, backend="eager")
+    with pytest.raises(Exception, match="draw_patterns"):
+        compiled(torch.randn(4, 8))
+
+
+def test_draw_patterns_is_used_once_and_only_by_drawing_modules():
+    """A pending draw serves one forward; eval-mode and non-drawing modules get none."""
+    net = torch.nn.Sequential(ad.ApproxDropoutFFN(8, 16, 0.5), ad.ApproxDropoutFFN(8, 16, 0.5, method="bernoulli"))
+    assert ad.draw_patterns(net) == 1
+    pending = getattr(net[0], PENDING)
+    x = torch.randn(3, 8)
+    net(x)
+    assert [net[0].last_pattern] == pending and getattr(net[0], PENDING) is None
+    assert getattr(net[1], PENDING, None) is None
+    net.eval()
+    assert ad.draw_patterns(net) == 0
+
+
+def test_jit_trace_refuses_to_freeze_a_training_pattern():
+    """torch.jit.trace would replay one pattern forever: in training mode it raises and says why; in
+    eval mode (no dropout) the trace works and matches the model."""
+    for model in (ad.ApproxDropoutMLP([8, 16, 4], 0.5), ad.ApproxDropoutFFN(8, 16, 0.5)):
+        x = torch.randn(4, 8)
+        with pytest.raises(RuntimeError, match="torch.jit.trace would freeze"):
+            torch.jit.trace(model, x)
+        model.eval()
+        traced = torch.jit.trace(model, x)
+        torch.testing.assert_close(traced(x), model(x))
+    torch.jit.trace(ad.ApproxDropoutFFN(8, 16, 0.5, method="bernoulli"), x, check_trace=False)  # nothing drawn
+
+
+@pytest.fixture
+def capturing(monkeypatch):
+    """Pretend a CUDA stream is capturing a graph (the check a GPU-less machine can run)."""
+    state = {"on": False}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: state["on"])
+    return state
+
+
+def test_cuda_graph_capture_refuses_to_draw(capturing):
+    """A draw during capture would be replayed at every replay: it raises; patterns drawn ahead by
+    draw_patterns (outside the capture) are used instead, one graph per pattern_key."""
+    model = ad.ApproxDropoutMLP([8, 16, 16, 4], 0.5, generator=torch.Generator().manual_seed(0))
+    x = torch.randn(4, 8)
+    capturing["on"] = True
+    with pytest.raises(RuntimeError, match="CUDA graph capture"):
+        model(x)
+    capturing["on"] = False
+    ad.draw_patterns(model)
+    key = ad.pattern_key(model)
+    capturing["on"] = True
+    model(x)  # the "capture" runs with the pattern drawn ahead
+    assert key == (tuple(model.last_patterns),)
+
+
+def test_pattern_key_keys_one_graph_per_pattern():
+    """Equal keys for equal draws, distinct keys for distinct ones; no key without a pending draw or
+    for batch-shared units (an index tensor: no finite set of graphs)."""
+    model = ad.ApproxDropoutMLP([8, 16, 16, 4], 0.5, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match="no pending draw"):
+        ad.pattern_key(model)
+    keys = []
+    for _ in range(12):
+        ad.draw_patterns(model)
+        keys.append(ad.pattern_key(model))
+        hash(keys[-1])
+    patterns = [k[0] for k in keys]
+    assert len(set(keys)) == len(set(patterns)) > 1
+    shared = ad.ApproxDropoutMLP([8, 16, 4], 0.5, method="shared")
+    ad.draw_patterns(shared)
+    with pytest.raises(ValueError, match="batch-shared"):
+        ad.pattern_key(shared)
