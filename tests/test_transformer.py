@@ -191,6 +191,15 @@ def test_at_p_zero_every_method_is_the_same_model_on_the_same_batches(words):
     assert len({round(h.metric[-1], 5) for h in result.histories.values()}) == 1
 
 
+def test_race_calls_back_while_it_trains(words):
+    """The live panels of lab 08 redraw from the callback: every callback_every steps and after the last."""
+    seen = []
+    config = TransformerRaceConfig("tiny", p=0.3, steps=5, warmup=1)
+    race(char_corpus(words), config, groups=(4,), progress=False, callback=lambda r, step: seen.append(step),
+         callback_every=2)  # fmt: skip
+    assert seen and seen[-1] == 5 and len(seen) >= 3
+
+
 def test_measure_transformer_gives_one_row_per_p_and_method(words):
     rows = measure_transformer("tiny", (0.1, 0.3), seeds=(0, 1), steps=3, progress=False, corpus=words)
     assert [(r.p, r.method) for r in rows] == [(p, m) for p in (0.1, 0.3) for m in ("nn.Dropout", "row G=1", "row G=4")]

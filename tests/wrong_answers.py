@@ -1,7 +1,10 @@
 """Answers every exercise checker must FAIL (tests/test_exercises_*.py): NaN in a right answer, and
-values of the wrong type; and plausible wrong grouped offset draws for lab 02's statistical checker."""
+values of the wrong type; plausible wrong grouped offset draws for lab 02's statistical checker; and
+plausible wrong chain matchers for lab 08."""
 
 import torch
+
+from approxdrop.models.sites import is_elementwise
 
 WRONG_TYPES = [None, "abc", {"a": 1}]
 
@@ -51,5 +54,90 @@ GROUPED_OFFSETS = {
     "one offset too few": (
         lambda dp, groups, generator: torch.randperm(dp, generator=generator)[: groups - 1],
         "expected (3,): one offset per group",
+    ),
+}
+
+
+def _chains(seq, accept):
+    """Start indices i where ``accept(seq[i], seq[i + 1], seq[i + 2], seq[i + 3])`` holds, a Linear never in
+    two chains: the skeleton of lab 08's wrong ``find_chains`` answers."""
+    mods, starts = list(seq), []
+    for i in range(len(mods) - 3):
+        if (not starts or i > starts[-1] + 3) and accept(*mods[i : i + 4]):
+            starts.append(i)
+    return starts
+
+
+def _linear(m):
+    return type(m) is torch.nn.Linear
+
+
+def _sizes(a, d):
+    return a.out_features == d.in_features
+
+
+# lab 08's find_chains answers that lab08.check_find_chains must FAIL: name -> (answer, what the FAIL says)
+FIND_CHAINS = {
+    "any activation (Softmax too)": (
+        lambda seq: _chains(
+            seq, lambda a, b, c, d: _linear(a) and type(c) is torch.nn.Dropout and _linear(d) and _sizes(a, d)
+        ),
+        "seq[1] is Softmax: not an elementwise activation",
+    ),
+    "any dropout class (Dropout1d too)": (
+        lambda seq: _chains(
+            seq,
+            lambda a, b, c, d: (
+                _linear(a)
+                and is_elementwise(b)
+                and isinstance(c, torch.nn.modules.dropout._DropoutNd)
+                and _linear(d)
+                and _sizes(a, d)
+            ),
+        ),
+        "seq[2] is Dropout1d, not nn.Dropout",
+    ),
+    "no size check": (
+        lambda seq: _chains(
+            seq, lambda a, b, c, d: _linear(a) and is_elementwise(b) and type(c) is torch.nn.Dropout and _linear(d)
+        ),
+        "the sizes do not chain: seq[0] gives 16 features, seq[3] takes 12",
+    ),
+    "overlapping chains both kept": (
+        lambda seq: [
+            i
+            for i in range(len(seq) - 3)
+            if _linear(seq[i])
+            and is_elementwise(seq[i + 1])
+            and type(seq[i + 2]) is torch.nn.Dropout
+            and _linear(seq[i + 3])
+            and _sizes(seq[i], seq[i + 3])
+        ],
+        "3 is not the start of a chain: its first Linear is the last one of the chain at 0",
+    ),
+    "indices of the Dropouts": (
+        lambda seq: [
+            i + 2
+            for i in _chains(
+                seq,
+                lambda a, b, c, d: (
+                    _linear(a) and is_elementwise(b) and type(c) is torch.nn.Dropout and _linear(d) and _sizes(a, d)
+                ),
+            )
+        ],
+        "it returned [2], expected [0]: 2 is not the start of a chain: seq[2] is Dropout(0.1), not nn.Linear",
+    ),
+    "misses a chain at the very end": (
+        lambda seq: [
+            i
+            for i in _chains(
+                seq,
+                lambda a, b, c, d: (
+                    _linear(a) and is_elementwise(b) and type(c) is torch.nn.Dropout and _linear(d) and _sizes(a, d)
+                ),
+            )
+            if i + 4 < len(seq)
+        ],
+        "it misses the chain that starts at 0",
     ),
 }

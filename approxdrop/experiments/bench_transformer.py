@@ -23,7 +23,7 @@ import argparse
 import copy
 import math
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -186,9 +186,12 @@ def race(
     groups: Sequence[int] = (1, 4),
     device: str | torch.device | None = None,
     progress: bool = True,
+    callback: Callable[[RaceResult, int], None] | None = None,
+    callback_every: int = 10,
 ) -> RaceResult:
     """Train nn.Dropout and one converted copy per G of ``groups`` side by side for ``config.steps``
-    steps on the same random windows (module docstring); the validation loss after the last step."""
+    steps on the same random windows (module docstring); the validation loss after the last step.
+    ``callback(result, step)`` runs every ``callback_every`` steps and after the last (live figures)."""
     size, dev = SIZES[config.size], default_device(device)
     vocab = len(chars.alphabet)
     if len(chars.train) <= size.context + 1:
@@ -208,8 +211,9 @@ def race(
     work = {label: linear_work(size, vocab, config.p, label) for label in models}
     result = RaceResult({m: History() for m in models}, VALID_LOSS, config, work, str(dev), (BASELINE,))
     return run_race(
-        contestants, next_batch, result, steps=config.steps, eval_every=config.eval_every, progress=progress
-    )
+        contestants, next_batch, result, steps=config.steps, eval_every=config.eval_every, progress=progress,
+        callback=callback, callback_every=callback_every,
+    )  # fmt: skip
 
 
 @dataclass

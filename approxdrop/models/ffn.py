@@ -19,7 +19,7 @@ from ..ops import FULL, grouped_row_pattern_linear, row_pattern_linear
 from ..ops.grouped import group_bounds
 from ..patterns import RowPattern
 from .methods import DROPOUT_METHODS, ELEMENT, NOTHING, ROW, Method
-from .sites import check_elementwise, draw_sites, site_distributions, step_draws
+from .sites import GROUPED_COMPILE_REASON, check_elementwise, draw_sites, site_distributions, step_draws
 
 # The methods an FFN offers: the MLP's row-pattern methods and the two baselines (nn.Dropout, none).
 FFN_METHODS = tuple(
@@ -183,6 +183,7 @@ class ApproxDropoutFFN(nn.Module):
         h = row_pattern_linear(x, self.fc1.weight, self.fc1.bias, FULL, pattern)  # [*, k]: the kept units only
         return row_pattern_linear(self.activation(h), self.fc2.weight, self.fc2.bias, pattern, FULL)  # [*, d_out]
 
+    @torch.compiler.disable(reason=GROUPED_COMPILE_REASON)
     def _grouped(self, x: torch.Tensor, patterns: tuple[RowPattern, ...]) -> torch.Tensor:
         # the grouped op splits the rows of a [N, n] tensor; with x [B, *, d_model] every sample's
         # rows get its group's pattern (the op then runs one GEMM per distinct offset, not per sample)

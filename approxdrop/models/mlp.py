@@ -29,17 +29,20 @@ from ..ops.grouped import group_bounds, grouped_row_pattern_linear_compact
 from ..ops.row import row_pattern_linear_gathered
 from ..patterns import RowPattern, TilePattern
 from .methods import ELEMENT, NOTHING, ROW, TILE, get_method, methods_for
-from .sites import check_elementwise, draw_sites, gathered_linear, site_distributions, step_draws
+from .sites import (
+    GROUPED_COMPILE_REASON,
+    check_elementwise,
+    draw_sites,
+    gathered_linear,
+    site_distributions,
+    step_draws,
+)
 
 METHODS = methods_for("mlp")
 # The default: row patterns with 4 batch groups. In the accuracy study (benchmarks/study: 3 seeds, a
 # learning rate per method) it is within 0.15 points of nn.Dropout at p = 0.3 / 0.5 / 0.7, where the
 # paper's one pattern per batch ("row") trails by 1.3 points; it still takes 0.5-0.8x of dropout's CPU step.
 DEFAULT_METHOD = "row-g4"
-_GROUPED_COMPILE = (
-    "grouped row patterns run eagerly under torch.compile (the GEMMs they run depend on the drawn offsets); "
-    'for a fullgraph=True model use method="row" (one pattern per batch)'
-)
 
 
 class ApproxDropoutMLP(nn.Module):
@@ -163,7 +166,7 @@ class ApproxDropoutMLP(nn.Module):
 
         return self._stack(x, layer)
 
-    @torch.compiler.disable(reason=_GROUPED_COMPILE)
+    @torch.compiler.disable(reason=GROUPED_COMPILE_REASON)
     def _grouped(self, x, patterns: list[tuple[RowPattern, ...] | None]):
         # activations stay compact per group: xs[g] is [*, B_g, kept units of group g at the current site]
         # (groups split the batch axis, the second-to-last, as torch.tensor_split does)

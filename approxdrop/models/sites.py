@@ -149,6 +149,13 @@ _COMPILE_ADVICE = (
 )
 
 
+# Why the grouped paths of the models are left out of torch.compile graphs (torch.compiler.disable).
+GROUPED_COMPILE_REASON = (
+    "grouped row patterns run eagerly under torch.compile (the GEMMs they run depend on the drawn offsets); "
+    'for a fullgraph=True model use method="row" (one pattern per batch)'
+)
+
+
 def check_drawable() -> None:
     """Raise a RuntimeError where a draw made now would be frozen into a recording: under
     ``torch.jit.trace`` (the trace would replay this one pattern at every call) and during CUDA graph

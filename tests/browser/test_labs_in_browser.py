@@ -24,7 +24,11 @@ except ImportError as missing:
 pytestmark = pytest.mark.browser
 
 NOTEBOOKS = sorted(p.name for p in LABS.glob("*.ipynb"))
-RACES = ["05_training.ipynb", "07_lstm_language_model.ipynb"]  # a Start button that trains, curves that grow
+RACES = [  # a Start button that trains, curves that grow
+    "05_training.ipynb",
+    "07_lstm_language_model.ipynb",
+    "08_ard_in_your_own_model.ipynb",
+]
 INTERACTIVE = {"02_row_patterns.ipynb", "04_the_search.ipynb", *RACES}
 TRAIN_STEPS = 30  # the panel redraws every 10 steps
 # every length the first loss curve takes in the page: recorded after each redraw (a DOM mutation)

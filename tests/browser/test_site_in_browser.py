@@ -19,7 +19,7 @@ except ImportError as missing:
 
 pytestmark = pytest.mark.browser
 
-PAGES = ["05_training", "07_lstm_language_model"]  # the race labs: their figures are the largest
+PAGES = ["05_training", "07_lstm_language_model", "08_ard_in_your_own_model"]  # the race labs: the largest figures
 DRAW_S = 60
 # per plotly figure div: drawn by plotly.js (an SVG of non-zero size) with the traces plotly laid out
 FIGURES = """() => [...document.querySelectorAll('.plotly-graph-div')].map(div => {

@@ -1,0 +1,223 @@
+"""Lab 08 exercises (ARD in your own model): that ``convert`` kept the model (the same Parameter objects,
+the same eval outputs), and the chain matcher of one ``nn.Sequential``, checked against what ``convert``
+itself converts. Each ``check_*`` prints one PASS / FAIL / TODO line and returns it.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from ...models import convert
+from ...models.sites import is_elementwise
+from ..checks import CheckResult, WrongAnswer, check
+
+__all__ = ["CASES", "check_conversion", "check_find_chains", "is_elementwise", "reference_find_chains"]
+
+
+# --------------------------------------------------------------------------- the conversion kept the model
+
+
+def check_conversion(
+    model: nn.Module, params_before: Sequence[nn.Parameter], x: torch.Tensor, logits_before: torch.Tensor
+) -> CheckResult:
+    """PASS when ``model`` (converted) holds exactly the Parameter objects ``params_before`` (taken before
+    ``convert``) and its eval output on x equals ``logits_before`` (within 1e-6); prints the line."""
+    after = list(model.parameters())
+    same = {id(p) for p in after} == {id(p) for p in params_before} and len(after) == len(params_before)
+    was_training = model.training
+    with torch.no_grad():
+        logits = model.eval()(x)
+    model.train(was_training)
+    diff = float((logits - logits_before).abs().max()) if logits.shape == logits_before.shape else None
+    objects = f"{len(after)} parameters, {'the same objects as before' if same else 'NOT the objects of before'}"
+    if diff is None:
+        detail = f"{objects}; eval output of shape {tuple(logits.shape)}, expected {tuple(logits_before.shape)}"
+    else:
+        detail = f"{objects}; eval output {'unchanged' if diff <= 1e-6 else 'CHANGED'}"
+    result = CheckResult(
+        "convert kept the model", "pass" if same and diff is not None and diff <= 1e-6 else "fail", diff, detail
+    )
+    print(result)
+    return result
+
+
+# --------------------------------------------------------------------------- the chain matcher
+
+
+def _layer(module: nn.Module) -> str:
+    """A module in a few characters: "Linear(8->16)", "GELU", "Dropout(0.1)"."""
+    if isinstance(module, nn.Linear):
+        return f"{type(module).__name__}({module.in_features}->{module.out_features})"
+    if isinstance(module, nn.Dropout):
+        return f"{type(module).__name__}({module.p:g})"
+    return type(module).__name__
+
+
+def layers_text(seq: nn.Sequential) -> str:
+    """``seq`` entry by entry: "[0] Linear(8->16), [1] GELU, [2] Dropout(0.1), [3] Linear(16->8)"."""
+    return ", ".join(f"[{i}] {_layer(m)}" for i, m in enumerate(seq)) or "an empty nn.Sequential"
+
+
+def chain_problem(seq: nn.Sequential, i: int) -> str | None:
+    """Why ``seq[i:i + 4]`` is not ``Linear -> elementwise activation -> nn.Dropout -> Linear`` with
+    matching sizes, or None if it is (overlaps with other chains are not looked at here)."""
+    mods = list(seq)
+    if not 0 <= i < len(mods):
+        return f"{i} is not an index of seq (it has {len(mods)} entries)"
+    if type(mods[i]) is not nn.Linear:
+        return f"seq[{i}] is {_layer(mods[i])}, not nn.Linear"
+    if i + 3 >= len(mods):
+        return f"a chain needs 4 entries, and seq[{i}:] has {len(mods) - i}"
+    fc1, act, drop, fc2 = mods[i : i + 4]
+    if not is_elementwise(act):
+        return f"seq[{i + 1}] is {_layer(act)}: not an elementwise activation (is_elementwise says False)"
+    if type(drop) is not nn.Dropout:
+        return f"seq[{i + 2}] is {_layer(drop)}, not nn.Dropout"
+    if type(fc2) is not nn.Linear:
+        return f"seq[{i + 3}] is {_layer(fc2)}, not nn.Linear"
+    if fc1.out_features != fc2.in_features:
+        return (
+            f"the sizes do not chain: seq[{i}] gives {fc1.out_features} features, seq[{i + 3}] takes {fc2.in_features}"
+        )
+    return None
+
+
+def reference_find_chains(seq: nn.Sequential) -> list[int]:
+    """The start indices of the chains that ``convert`` replaces in ``seq`` (an nn.Sequential with the
+    default keys "0", "1", ...), read from what it does to a copy: it collapses each chain of 4 entries
+    into one block and renumbers, so the k-th block found at new index j started at j + 3 k."""
+    converted = copy.deepcopy(seq)
+    report = convert(converted)
+    top = [int(name) for name in report.converted if "." not in name]  # chains of seq itself, not of nested ones
+    return [j + 3 * k for k, j in enumerate(top)]
+
+
+def _indices(got: Any) -> list[int] | Any:
+    """A list or tuple of numbers (or a 1-D tensor) as a list of ints; WrongAnswer for an element that is
+    not a whole number; anything else as it is (the checker says what was expected)."""
+    if isinstance(got, torch.Tensor) and got.dim() == 1:
+        got = got.tolist()
+    if not isinstance(got, (list, tuple)):
+        return got
+    out = []
+    for k, v in enumerate(got):
+        whole = isinstance(v, int) or (isinstance(v, float) and v == v and v == int(v))
+        if isinstance(v, bool) or not whole:
+            raise WrongAnswer(f"element [{k}] is {v!r}, expected an index of seq (an int)")
+        out.append(int(v))
+    return out
+
+
+CASES: list[tuple[str, nn.Sequential]] = [  # (what the case tests, the nn.Sequential)
+    ("one chain", nn.Sequential(nn.Linear(8, 16), nn.GELU(), nn.Dropout(0.1), nn.Linear(16, 8))),
+    ("no dropout, no chain", nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))),
+    ("an empty nn.Sequential", nn.Sequential()),
+    (
+        "two chains with a LayerNorm between them",
+        nn.Sequential(
+            nn.Linear(8, 16),
+            nn.GELU(),
+            nn.Dropout(0.1),
+            nn.Linear(16, 8),
+            nn.LayerNorm(8),
+            nn.Linear(8, 32),
+            nn.SiLU(),
+            nn.Dropout(0.2),
+            nn.Linear(32, 8),
+        ),
+    ),  # fmt: skip
+    (
+        "two adjacent chains (the second starts right after the first)",
+        nn.Sequential(
+            nn.Linear(8, 16),
+            nn.ReLU(),
+            nn.Dropout(0.1),
+            nn.Linear(16, 8),
+            nn.Linear(8, 12),
+            nn.Tanh(),
+            nn.Dropout(0.3),
+            nn.Linear(12, 6),
+        ),
+    ),  # fmt: skip
+    (
+        "two overlapping chains sharing the middle Linear: only the first is a block",
+        nn.Sequential(
+            nn.Linear(8, 16),
+            nn.ReLU(),
+            nn.Dropout(0.1),
+            nn.Linear(16, 16),
+            nn.ReLU(),
+            nn.Dropout(0.1),
+            nn.Linear(16, 4),
+        ),
+    ),  # fmt: skip
+    ("a Softmax instead of GELU", nn.Sequential(nn.Linear(8, 16), nn.Softmax(-1), nn.Dropout(0.1), nn.Linear(16, 8))),
+    (
+        "Dropout not between two Linears",
+        nn.Sequential(
+            nn.Dropout(0.1), nn.Linear(8, 16), nn.GELU(), nn.Dropout(0.1), nn.LayerNorm(16), nn.Linear(16, 8)
+        ),
+    ),
+    ("sizes that do not chain", nn.Sequential(nn.Linear(8, 16), nn.GELU(), nn.Dropout(0.1), nn.Linear(12, 8))),
+    ("Dropout1d is not nn.Dropout", nn.Sequential(nn.Linear(8, 16), nn.GELU(), nn.Dropout1d(0.1), nn.Linear(16, 8))),
+    (
+        "a chain after other layers, a Dropout at the end",
+        nn.Sequential(
+            nn.LayerNorm(8),
+            nn.Linear(8, 8),
+            nn.Linear(8, 24),
+            nn.GELU(),
+            nn.Dropout(0.2),
+            nn.Linear(24, 8),
+            nn.Dropout(0.1),
+        ),
+    ),  # fmt: skip
+]
+_NOTES = {layers_text(seq): note for note, seq in CASES}
+
+
+def _explain(seq: nn.Sequential, got: list[int], want: list[int]) -> str:
+    """What is wrong with ``got`` for ``seq``: the first index it has too many, or the first it misses."""
+    extra = [i for i in got if i not in want]
+    if extra:
+        i = extra[0]
+        taken = next((j for j in want if j < i <= j + 3), None)
+        why = (
+            chain_problem(seq, i)
+            or f"its first Linear is the last one of the chain at {taken}: a Linear is in one block"
+        )
+        return f"{i} is not the start of a chain: {why}"
+    if len(got) != len(set(got)):
+        return "it lists an index twice"
+    missing = [i for i in want if i not in got]
+    if missing:
+        return f"it misses the chain that starts at {missing[0]}"
+    return "the right indices, in the wrong order: list them in increasing order"
+
+
+def check_find_chains(candidate: Callable[[nn.Sequential], Any]) -> CheckResult:
+    """``candidate(seq) -> list[int]``: the start indices i, in increasing order, where ``seq[i:i + 4]`` is
+    nn.Linear -> an elementwise activation -> nn.Dropout -> nn.Linear whose sizes chain, a Linear never in
+    two chains (the first one takes it). The reference is what ``convert`` does to a copy of ``seq``."""
+
+    def answer(seq: nn.Sequential) -> Any:
+        original = copy.deepcopy(seq)  # as the case was, whatever the learner does to seq
+        got = _indices(candidate(seq))
+        if not isinstance(got, list):
+            return got  # the checker says what was expected
+        want = reference_find_chains(original)
+        if got != want:
+            note = _NOTES.get(layers_text(original), "")
+            raise WrongAnswer(
+                f"it returned {got}, expected {want}: {_explain(original, got, want)}. "
+                f"The case ({note}): {layers_text(original)}"
+            )
+        return got
+
+    cases = [(seq,) for _, seq in CASES]
+    return check("find_chains", answer, reference_find_chains, cases)

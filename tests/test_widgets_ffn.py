@@ -1,0 +1,65 @@
+"""Lab 08's panels: the p slider redraws the GEMM figure and its status line in place; the race panel
+trains nn.Dropout and the checked converted copies on Start and redraws the curves while they train."""
+
+import pytest
+import torch
+
+from approxdrop.course.display import static_copy
+from approxdrop.course.viz.ffn import block_gemm_flops
+from approxdrop.course.widgets.ffn import GemmFlopsPanel, TransformerRacePanel, race_groups
+from approxdrop.experiments.bench_transformer import CharCorpus
+
+gen = torch.Generator().manual_seed(0)
+CHARS = CharCorpus(
+    torch.randint(12, (600,), generator=gen), torch.randint(12, (100,), generator=gen), "abcdefghijk?", "x"
+)
+TINY = dict(size="tiny", warmup=1, callback_every=1)
+
+
+def test_the_slider_redraws_the_bars_the_marker_and_the_status_line():
+    panel = GemmFlopsPanel(16, 64, 32, p=0.3)
+    fig = panel.fig
+    assert "keep <b>0.800</b>" in panel.status.value and "at most 1.25x" in panel.status.value
+    panel.p.value = 0.6
+    rows = block_gemm_flops(16, 64, 32, 0.6)
+    assert panel.fig is fig and list(fig.data[1].x) == pytest.approx([r.after for r in rows][::-1])
+    assert fig.data[4].x == (0.6,) and "keep <b>0.600</b>" in panel.status.value
+    text, copy = static_copy(panel.widget)
+    assert text.startswith("p = 0.6: the block's Linear GEMMs keep 0.600") and list(copy.data[1].x) == list(
+        fig.data[1].x
+    )
+
+
+def test_race_labels_give_the_group_counts():
+    assert race_groups(["nn.Dropout", "row G=1", "row G=4"]) == [1, 4] and race_groups(["nn.Dropout"]) == []
+    for bad in ("row", "row G=0", "row G=x", "bernoulli"):
+        with pytest.raises(ValueError, match=f"got '{bad}'"):
+            race_groups([bad])
+
+
+def test_start_trains_the_baseline_and_the_checked_copies_and_redraws_in_place(capsys):
+    panel = TransformerRacePanel(CHARS, methods=("nn.Dropout", "row G=1"), steps=3, **TINY)
+    fig = panel.fig
+    assert panel.boxes["nn.Dropout"].disabled and panel.methods == ["nn.Dropout", "row G=1"]
+    panel.boxes["nn.Dropout"].value = False  # disabled in the page; even so the baseline trains
+    panel.boxes["row G=1"].value = False
+    panel.boxes["row G=4"].value = True
+    panel.p.value = 0.3
+    seen = []
+    panel._follow = lambda result, step: (seen.append(step), type(panel)._follow(panel, result, step))
+    panel.button.click()
+    assert seen == [1, 2, 3]  # redrawn after every step: live
+    assert panel.fig is fig and [t.name for t in fig.data[::3]] == ["nn.Dropout", "row G=4"]
+    assert list(fig.data[0].x) == [1, 2, 3] and list(fig.data[4].x) == [3]  # valid loss after the last step
+    result = panel.result
+    assert result.methods == ["nn.Dropout", "row G=4"] and result.p == 0.3 and result.config.size == "tiny"
+    assert panel.progress.value == 3 and not panel.button.disabled
+    assert capsys.readouterr().out.endswith(result.format_table() + "\n")
+
+
+def test_an_earlier_result_is_shown_until_start():
+    first = TransformerRacePanel(CHARS, methods=("nn.Dropout",), steps=2, **TINY)
+    first.start()
+    panel = TransformerRacePanel(CHARS, steps=2, result=first.result, **TINY)
+    assert panel.methods == ["nn.Dropout"] and panel.p.value == first.result.p
+    assert list(panel.fig.data[0].y) == list(first.fig.data[0].y) and len(first.fig.data[0].y) == 2
