@@ -279,3 +279,49 @@ def test_bfloat16_autocast_trains_on_cpu(method):
 def test_language_model_rejects_unknown_methods():
     with pytest.raises(ValueError, match="torch"):
         language_model(VOCAB, "dropconnect")
+
+
+def grouped_reference(model: ApproxDropoutLSTM, x, draws, state):
+    """The dense model with one mask per batch group at every site (the groups split B as
+    torch.tensor_split does; each group's mask is the same at every time step), the autograd
+    reference recurrence from ``state``: -> (logits Float[T, B, V], (h, c) Float[layers, B, H])."""
+
+    def masked(u, patterns):  # u [T, B, n]
+        mask = torch.cat([p.keep_mask(u.shape[-1]).double()[None] * p.scale for p in patterns])  # [G, n]
+        sizes = [len(part) for part in torch.arange(u.shape[1]).tensor_split(len(patterns))]
+        return u * mask.repeat_interleave(torch.tensor(sizes), dim=0)  # [B, n], broadcast over T
+
+    u, hs, cs = model.embedding(x), [], []  # u [T, B, E]
+    for i, layer in enumerate(model.lstm):
+        xproj = nn.functional.linear(masked(u, draws[i]), layer.weight_ih, layer.bias)  # [T, B, 4H]
+        u, h, c = lstm_recurrence_reference(xproj, state[0][i], state[1][i], layer.weight_hh)
+        hs.append(h)
+        cs.append(c)
+    return model.decoder(masked(u, draws[-1])), (torch.stack(hs), torch.stack(cs))
+
+
+@pytest.mark.parametrize("family", ["paper", "extended"])
+@pytest.mark.parametrize("groups, batch", [(4, 10), (4, 3), (2, 7)])
+def test_grouped_training_carries_each_sequences_state_through_its_groups_masks(family, groups, batch):
+    """Batch groups over several truncated-BPTT steps with the state carried (the LM race): logits,
+    the new state and every gradient equal the dense model with one mask per group, split along B."""
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(1)
+    model = ApproxDropoutLSTM(VOCAB, HIDDEN, 2, 0.5, "row", embedding=EMB, family=family, groups=groups, generator=gen)
+    model.double()
+    state = tuple(torch.randn(2, batch, HIDDEN, dtype=torch.float64) for _ in range(2))  # [layers, B, H]
+    params = list(model.parameters())
+    for step in range(3):
+        x = torch.randint(VOCAB, (T, batch), generator=torch.Generator().manual_seed(step))  # [T, B]
+        logits, new_state = model(x, state)
+        draws = model.last_patterns
+        assert all(len(d) == groups for d in draws)
+        ref, ref_state = grouped_reference(model, x, draws, state)
+        torch.testing.assert_close(logits, ref)
+        torch.testing.assert_close(new_state, ref_state)
+        weights = torch.randn(batch, HIDDEN, dtype=torch.float64, generator=gen)  # the state's gradient too
+        grads = torch.autograd.grad(logits.square().sum() + (new_state[0][-1] * weights).sum(), params)
+        ref_grads = torch.autograd.grad(ref.square().sum() + (ref_state[0][-1] * weights).sum(), params)
+        for got, want in zip(grads, ref_grads):
+            torch.testing.assert_close(got, want)
+        state = tuple(s.detach() for s in new_state)

@@ -5,22 +5,28 @@ Step time: random tokens (the time does not depend on them), the protocol of ``e
 (same initial weights, warm-up, rotating rounds, median). Sizes: ``paper`` = 2 x 650, vocabulary
 10,000, 35 steps, batch 20 (Zaremba's medium model, the paper's setting); ``small`` = 2 x 200,
 20 steps (Zaremba's small model). Perplexity: ``training.train_lm`` on
-``load_corpus("auto")`` for ``--perplexity-steps`` steps per p. Run
-``approxdrop bench-lstm --help``.
+``load_corpus("auto")`` for ``--perplexity-steps`` steps per p and seed, at the small size, the
+validation perplexity every ``--eval-every`` steps; ``--perplexity-out DIR`` writes every run with its
+history (results.json), the table (results.md) and the figure (perplexity.html: perplexity against p
+and against training time), updated after each race. Run ``approxdrop bench-lstm --help``.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
+import itertools
+import shlex
 import statistics
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-from .._env import describe_machine
-from ..data import load_corpus
+from .._env import describe_machine, write_atomic, write_json_atomic
+from ..data import Corpus, load_corpus
 from ..models import LM_METHODS, language_model, lstm_gemm_work
 from ..models.lstm import State
 from ..training import LMRaceConfig, lm_training_step, train_lm
@@ -133,44 +139,124 @@ def format_table(rows: list[LSTMBenchRow]) -> str:
     return "\n".join(lines)
 
 
-def perplexity_table(
+@dataclass
+class LMRun:
+    """One perplexity run: a method at p from a seed. The validation perplexity after every ``eval_step``
+    and the method's cumulative training time (seconds, the timed steps only) at that step."""
+
+    method: str
+    p: float
+    seed: int
+    perplexity: float | None  # the last evaluation; None when it diverged before the first
+    ms_per_step: float  # median after warm-up
+    eval_step: list[int]
+    eval_perplexity: list[float]
+    eval_seconds: list[float]
+    diverged_at: int | None = None
+
+
+def perplexity_runs(
+    corpus: Corpus,
     size: str,
     ps: Sequence[float],
     methods: Sequence[str],
     steps: int,
+    *,
     eval_tokens: int | None = None,
     seeds: Sequence[int] = (0,),
-) -> str:
-    """Validation perplexity after ``steps`` training steps per method and p (one interleaved race
-    per p and seed on ``load_corpus("auto")``), as a markdown table: mean and spread over seeds, the
-    ratio of the means to bernoulli's, the median step time."""
+    eval_every: int | None = None,
+    device: str | None = None,
+    progress: bool = False,
+    done: Callable[[list[LMRun]], None] | None = None,
+) -> list[LMRun]:
+    """Train every method for ``steps`` steps at ``SIZES[size]`` on ``corpus``: one interleaved race
+    (``training.train_lm``) per p and seed, evaluated every ``eval_every`` steps (default: only after
+    the last). ``done(runs so far)`` after each race (to save partial results)."""
+    if size not in SIZES:
+        raise ValueError(f"size must be one of {list(SIZES)}, got {size!r}")
     shape = SIZES[size]
-    corpus = load_corpus("auto")
-    lines = [
-        f"Corpus: {corpus.info.name} ({corpus.info.source}), vocabulary {len(corpus.vocab)}; {size} size, "
-        f"{steps} steps of {shape.bptt} x {shape.batch} tokens, SGD lr 20, clip 0.25, "
-        f"{'all' if eval_tokens is None else f'the first {eval_tokens}'} validation tokens, seeds {list(seeds)}.",
-        "",
-        "| p | method | valid perplexity (mean ± std) | ratio to bernoulli | ms / step (median) |",
-        "|---:|---|---:|---:|---:|",
-    ]
+    runs: list[LMRun] = []
     for p in ps:
-        runs = {m: [] for m in methods}  # method: [(perplexity, ms per step) per seed]
         for seed in seeds:
             config = LMRaceConfig(
                 hidden=shape.hidden, layers=shape.layers, p=p, steps=steps, bptt=shape.bptt, batch=shape.batch,
-                eval_every=steps, eval_tokens=eval_tokens, seed=seed,
+                eval_every=eval_every or steps, eval_tokens=eval_tokens, seed=seed,
             )  # fmt: skip
-            for r in train_lm(corpus, methods, config).summary():
-                runs[r.method].append((r.metric, r.ms_per_step))
-        means = {m: statistics.mean(ppl for ppl, _ in runs[m]) for m in methods}
-        for method in methods:
-            ppls = [ppl for ppl, _ in runs[method]]
-            spread = statistics.stdev(ppls) if len(ppls) > 1 else 0.0
-            ms = statistics.median(t for _, t in runs[method])
-            ratio = means[method] / means["bernoulli"]
-            lines.append(f"| {p:.1f} | {method} | {means[method]:.1f} ± {spread:.1f} | {ratio:.3f} | {ms:.1f} |")
+            result = train_lm(corpus, methods, config, device=device, progress=progress)
+            for row in result.summary():
+                hist = result.histories[row.method]
+                elapsed = dict(zip(hist.step, itertools.accumulate(hist.seconds)))  # step: seconds so far
+                last = hist.metric[-1] if hist.metric else None
+                seconds = [elapsed[s] for s in hist.eval_step]
+                runs.append(
+                    LMRun(
+                        row.method, p, seed, last, row.ms_per_step, list(hist.eval_step), list(hist.metric), seconds,
+                        hist.diverged_at,
+                    )
+                )  # fmt: skip
+            if done is not None:
+                done(runs)
+    return runs
+
+
+def perplexity_header(corpus: Corpus, size: str, steps: int, eval_tokens: int | None, seeds: Sequence[int]) -> str:
+    """One line saying what the perplexity runs trained on."""
+    shape = SIZES[size]
+    return (
+        f"Corpus: {corpus.info.name} ({corpus.info.source}), vocabulary {len(corpus.vocab)}; {size} size, "
+        f"{steps} steps of {shape.bptt} x {shape.batch} tokens, SGD lr 20, clip 0.25, "
+        f"{'all' if eval_tokens is None else f'the first {eval_tokens}'} validation tokens, seeds {list(seeds)}."
+    )
+
+
+def _mean_std(values: list[float]) -> tuple[float, float] | None:
+    """(mean, sample std; 0 for one value) of values, None for none."""
+    if not values:
+        return None
+    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def perplexity_table(runs: Sequence[LMRun]) -> str:
+    """Markdown: per p and method (in run order), the last validation perplexity (mean ± std over the
+    seeds that did not diverge), the ratio of the means to bernoulli's, the median step time, and the
+    diverged seeds."""
+    lines = [
+        "| p | method | valid perplexity (mean ± std) | ratio to bernoulli | ms / step (median) | diverged |",
+        "|---:|---|---:|---:|---:|---|",
+    ]
+    cells: dict[tuple[float, str], list[LMRun]] = {}
+    for r in runs:
+        cells.setdefault((r.p, r.method), []).append(r)
+    means = {key: _mean_std([r.perplexity for r in cell if r.diverged_at is None]) for key, cell in cells.items()}
+    for (p, method), cell in cells.items():
+        stats, base = means[(p, method)], means.get((p, "bernoulli"))
+        value = "-" if stats is None else f"{stats[0]:.1f} ± {stats[1]:.1f}"
+        ratio = "-" if stats is None or base is None else f"{stats[0] / base[0]:.3f}"
+        ms = statistics.median(r.ms_per_step for r in cell)
+        diverged = ", ".join(f"seed {r.seed} at step {r.diverged_at}" for r in cell if r.diverged_at is not None)
+        lines.append(f"| {p:.1f} | {method} | {value} | {ratio} | {ms:.1f} | {diverged or '-'} |")
     return "\n".join(lines)
+
+
+def write_perplexity_study(out: Path, runs: Sequence[LMRun], header: str, machine: str, command: str) -> None:
+    """``out``/results.json (every run with its history), results.md (the table) and perplexity.html (the
+    figure: ``lstm_study_figure``), each written atomically."""
+    out = Path(out)
+    date = datetime.datetime.now().isoformat(timespec="seconds")
+    about = f"- Machine: {machine}\n- Written: {date}\n- Command: `{command}`\n\n{header}\n\n"
+    write_atomic(out / "results.md", lambda f: f.write(about + perplexity_table(runs) + "\n"))
+    payload = {
+        "machine": machine,
+        "date": date,
+        "command": command,
+        "header": header,
+        "runs": [asdict(r) for r in runs],
+    }
+    write_json_atomic(out / "results.json", payload, indent=1)
+    from .lstm_study_figure import lstm_study_figure  # plotly is optional (the lab extra): imported only to draw
+
+    html = lstm_study_figure(runs).to_html(include_plotlyjs="cdn")
+    write_atomic(out / "perplexity.html", lambda f: f.write(html))
 
 
 COMMAND, HELP = "bench-lstm", "LSTM language-model step time and perplexity of every method"
@@ -189,11 +275,38 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds of the perplexity runs")
     parser.add_argument("--eval-tokens", type=positive_int, help="validation tokens for the perplexity (default: all)")
+    parser.add_argument(
+        "--eval-every", type=positive_int, help="validation perplexity every this many steps (default: only at the end)"
+    )
+    parser.add_argument(
+        "--perplexity-out", type=Path, help="write results.json, results.md and perplexity.html of the runs here"
+    )
+
+
+def perplexity_command(args: argparse.Namespace) -> str:
+    """The ``approxdrop bench-lstm`` command line that repeats these perplexity runs (no timing)."""
+    words = ["approxdrop", COMMAND, "--sizes", "--methods", *args.methods, "--ps", *map(str, args.ps)]
+    words += ["--perplexity-steps", str(args.perplexity_steps), "--seeds", *map(str, args.seeds)]
+    options = {
+        "--eval-tokens": args.eval_tokens,
+        "--eval-every": args.eval_every,
+        "--threads": args.threads,
+        "--device": args.device,
+        "--perplexity-out": args.perplexity_out,
+    }
+    for flag, value in options.items():
+        if value is not None:
+            words += [flag, str(value)]
+    return shlex.join(words)
 
 
 def run(args: argparse.Namespace) -> int:
     if "bernoulli" not in args.methods:
         args.parser.error("--methods must include bernoulli (the baseline of the ratios)")
+    if args.perplexity_out is not None and not args.perplexity_steps:
+        args.parser.error(f"--perplexity-out {args.perplexity_out}: needs --perplexity-steps (runs to record)")
+    if args.perplexity_out is not None and args.perplexity_out.exists() and not args.perplexity_out.is_dir():
+        args.parser.error(f"--perplexity-out {args.perplexity_out}: not a directory")
     print(f"LSTM language model; {describe_machine(args.device)}")
     rows = []
     for size in args.sizes:
@@ -205,6 +318,21 @@ def run(args: argparse.Namespace) -> int:
         print(format_table(rows))
     write_record(args, rows)
     if args.perplexity_steps:
+        corpus = load_corpus("auto")
+        header = perplexity_header(corpus, "small", args.perplexity_steps, args.eval_tokens, args.seeds)
+        machine = describe_machine(args.device)
+        command = perplexity_command(args)
+
+        def save(runs: list[LMRun]) -> None:
+            if args.perplexity_out is not None:
+                write_perplexity_study(args.perplexity_out, runs, header, machine, command)
+
+        runs = perplexity_runs(
+            corpus, "small", args.ps, args.methods, args.perplexity_steps, eval_tokens=args.eval_tokens,
+            seeds=args.seeds, eval_every=args.eval_every, device=args.device, progress=not args.no_progress, done=save,
+        )  # fmt: skip
         print()
-        print(perplexity_table("small", args.ps, args.methods, args.perplexity_steps, args.eval_tokens, args.seeds))
+        print(header)
+        print()
+        print(perplexity_table(runs))
     return 0

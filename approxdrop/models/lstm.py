@@ -36,7 +36,7 @@ from ..ops.grouped import group_bounds
 from ..patterns import RowPattern
 from ..search import FAMILIES
 from .methods import ELEMENT, NOTHING, ROW, SHARED_UNITS, get_method, methods_for
-from .sites import draw_sites, site_distributions
+from .sites import draw_sites, site_distributions, step_draws
 
 LM_METHODS = methods_for("lstm")  # what language_model builds
 LSTM_METHODS = tuple(m for m in LM_METHODS if not get_method(m).torch_modules)  # ApproxDropoutLSTM's
@@ -194,7 +194,7 @@ class ApproxDropoutLSTM(nn.Module):
         if state is None:
             state = self.init_state(x.shape[1], x.device)
         dropping = self.training and self.spec.drops != NOTHING and self.p > 0.0
-        draws = self.draw() if dropping else [None] * len(self.site_widths)
+        draws = step_draws(self) if dropping else [None] * len(self.site_widths)
         self.last_patterns = draws
         drops = self.spec.drops if dropping else NOTHING
         u = self.embedding(x)  # [T, B, E]
