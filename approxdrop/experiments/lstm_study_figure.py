@@ -11,7 +11,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from ..models.methods import color
-from .study_figure import DASHES
+from .study_figure import DASHES, add_line_style_legend
 
 if TYPE_CHECKING:
     from .bench_lstm import LMRun
@@ -70,9 +70,7 @@ def lstm_study_figure(runs: Sequence[LMRun]) -> go.Figure:
                 1,
                 2,
             )
-    for i, p in enumerate(ps):  # legend entries for the line styles of the right panel
-        style = {"color": "#555555", "dash": DASHES[i % len(DASHES)]}
-        fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", line=style, name=f"p = {p:g}"), 1, 2)
+    add_line_style_legend(fig, ps)
     fig.update_xaxes(title_text="dropout rate p", row=1, col=1)
     fig.update_xaxes(title_text="training time (s, seed median; line style: p)", row=1, col=2)
     fig.update_yaxes(title_text="validation perplexity (last step)", row=1, col=1)

@@ -17,6 +17,13 @@ if TYPE_CHECKING:
 DASHES = ("solid", "dash", "dot", "dashdot")
 
 
+def add_line_style_legend(fig: go.Figure, ps: Sequence[float]) -> None:
+    """Legend entries for the line styles of the right panel (row 1, column 2): one dash per p, in order."""
+    for i, p in enumerate(ps):
+        style = {"color": "#555555", "dash": DASHES[i % len(DASHES)]}
+        fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", line=style, name=f"p = {p:g}"), 1, 2)
+
+
 def study_figure(results: Sequence[RunResult]) -> go.Figure:
     """Left: test accuracy after the last epoch (mean ± std over seeds) against p, one line per variant.
     Right: seed-mean validation accuracy after each epoch against cumulative training time, one line per
@@ -61,9 +68,7 @@ def study_figure(results: Sequence[RunResult]) -> go.Figure:
                 1,
                 2,
             )
-    for i, p in enumerate(ps):  # legend entries for the line styles of the right panel
-        style = {"color": "#555555", "dash": DASHES[i % len(DASHES)]}
-        fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", line=style, name=f"p = {p:g}"), 1, 2)
+    add_line_style_legend(fig, ps)
     fig.update_xaxes(title_text="dropout rate p", row=1, col=1)
     fig.update_xaxes(title_text="training time (s, seed mean; line style: p)", row=1, col=2)
     fig.update_yaxes(title_text="test accuracy", row=1, col=1)
