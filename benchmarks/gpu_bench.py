@@ -3,15 +3,16 @@
 Kernel level: forward + backward (the three GEMMs) of one layer at 4096 x 4096 x 4096 and at the
 layers of the MLPs 784-2048-2048-10 (batch 128) and 784-4096-4096-10 (batch 512), for each p, as
 dense cuBLAS (F.linear and the two backward matmuls, same dtype), and the approxdrop op (row, row
-with 4 batch groups, tile) on each path: the pattern-GEMM kernel (``APPROXDROP_KERNELS=pattern``),
-the PyTorch implementation (gather + cuBLAS, ``cublas``), and the measuring dispatch (``auto``).
-The grouped op has no kernel: its pattern column is n/a. Patterns are the nominal ones of rate p:
+with 4 batch groups, tile) on each path: the pattern-GEMM kernel (``APPROXDROP_KERNELS=pattern``;
+per offset pair for the grouped op), the cuBLAS path (``cublas``: cuBLAS on strided views or one
+gathered block, fused scatter; row ops only, n/a for tiles), the PyTorch implementation (``torch``),
+and the measuring dispatch (``auto``). Patterns are the nominal ones of rate p:
 (dp, keep) = (10, 7), (2, 1), (10, 3) for p = 0.3, 0.5, 0.7, on both sides of hidden layers.
 End to end: one ApproxDropoutMLP training step (forward, cross-entropy, backward, SGD with momentum)
 per method, eager on each path, and with the whole step captured in a CUDA graph (auto; the graph
 replays the pattern drawn at capture, so it measures the step without launch overhead, not the
-per-step pattern draw). Dispatch: the first call of each op step in ``auto`` (which measures both
-paths) against the next ones, and every choice the dispatcher made, with its times.
+per-step pattern draw). Dispatch: the first call of each op step in ``auto`` (which measures every
+path) against the next ones, and every choice the dispatcher made, with its times.
 
 Precision: ``--dtype`` (tensors and model in that dtype), ``--tf32`` (TF32 matmuls for float32), or
 ``--autocast bfloat16`` (float32 model and tensors, the step under torch.autocast).
@@ -123,7 +124,7 @@ def time_ms(fn: Callable[[], object], device: torch.device, warmup: int, repeats
 
 @contextlib.contextmanager
 def kernels_mode(mode: str):
-    """Run the approxdrop ops with ``APPROXDROP_KERNELS=mode`` (pattern, cublas, auto), then restore it."""
+    """Run the approxdrop ops with ``APPROXDROP_KERNELS=mode`` (torch, cublas, pattern, auto), then restore it."""
     saved = os.environ.get(ENV_SWITCH)
     os.environ[ENV_SWITCH] = mode
     try:
@@ -191,13 +192,13 @@ def work_left(layer: Layer, p: float, method: str) -> float:
     return (keep / dp if layer.drop_in else 1.0) * (keep / dp if layer.drop_out else 1.0)
 
 
-def time_paths(what: str, op, args, device, have_kernels: bool, has_kernel: bool = True) -> dict[str, float]:
-    """Milliseconds of ``op`` on each path: pattern (the kernel), cublas (the PyTorch implementation), auto
-    (the dispatch); NaN where a path does not exist (CPU, no kernels, an op without a kernel)."""
+def time_paths(what: str, op, args, device, have_kernels: bool, has_cublas: bool = True) -> dict[str, float]:
+    """Milliseconds of ``op`` on each path: pattern (the kernel), cublas (the cuBLAS path), torch (the PyTorch
+    implementation), auto (the dispatch); NaN where a path does not exist (CPU, no kernels, tiles' cuBLAS)."""
     nan = float("nan")
     times = {}
-    for mode in ("pattern", "cublas", "auto"):
-        if mode != "cublas" and not (have_kernels and (has_kernel or mode == "auto")):
+    for mode in ("pattern", "cublas", "torch", "auto"):
+        if mode != "torch" and not (have_kernels and (has_cublas or mode != "cublas")):
             times[mode] = nan
             continue
         with kernels_mode(mode), precision(args, device):
@@ -207,9 +208,9 @@ def time_paths(what: str, op, args, device, have_kernels: bool, has_kernel: bool
 
 def bench_kernels(args, device, dtype, have_kernels: bool) -> list[str]:
     rows = [
-        "| layer | method | p | dense ms | pattern ms | PyTorch path ms | auto ms | dense/pattern | dense/PyTorch "
-        "| dense/auto | work left |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| layer | method | p | dense ms | pattern ms | cuBLAS path ms | PyTorch path ms | auto ms | dense/pattern "
+        "| dense/cuBLAS | dense/PyTorch | dense/auto | work left |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for layer in layers_for(args.dry_run):
         t_dense = None  # the dense step does not depend on p or the method: timed once per layer
@@ -220,18 +221,19 @@ def bench_kernels(args, device, dtype, have_kernels: bool) -> list[str]:
                 if t_dense is None:
                     with precision(args, device):
                         t_dense = timed(f"{layer.name} dense", dense, device, args.warmup, args.repeats)
-                t = time_paths(what, op, args, device, have_kernels, has_kernel=method != "row G=4")
+                t = time_paths(what, op, args, device, have_kernels, has_cublas=method != "tile")
                 work = work_left(layer, p, "row" if method.startswith("row") else method)
                 rows.append(
                     f"| {layer.name} | {method} | {p:.1f} | {fmt(t_dense)} | {fmt(t['pattern'])} | {fmt(t['cublas'])} "
-                    f"| {fmt(t['auto'])} | {fmt(t_dense / t['pattern'])} | {fmt(t_dense / t['cublas'])} "
-                    f"| {fmt(t_dense / t['auto'])} | {work:.3f} |"
+                    f"| {fmt(t['torch'])} | {fmt(t['auto'])} | {fmt(t_dense / t['pattern'])} "
+                    f"| {fmt(t_dense / t['cublas'])} | {fmt(t_dense / t['torch'])} | {fmt(t_dense / t['auto'])} "
+                    f"| {work:.3f} |"
                 )
     return rows
 
 
 def bench_dispatch(args, device, dtype, have_kernels: bool) -> list[str]:
-    """The first call of each op step in auto (the dispatcher measures both paths then) against the next."""
+    """The first call of each op step in auto (the dispatcher measures every path then) against the next."""
     rows = [
         "| layer | method | p | first call ms (measures) | next calls ms | choices made by the first call |",
         "|---|---|---:|---:|---:|---|",
@@ -257,11 +259,14 @@ def choices_table() -> list[str]:
     choices = kernels.status().choices if torch.cuda.is_available() else ()
     if not choices:
         return ["none (no op ran on a GPU in auto mode)"]
-    rows = ["| key | runs | how | PyTorch path ms | pattern ms | reason |", "|---|---|---|---:|---:|---|"]
+    rows = [
+        "| key | runs | how | PyTorch path ms | cuBLAS path ms | pattern ms | reason |",
+        "|---|---|---|---:|---:|---:|---|",
+    ]
     for c in choices:
         times = dict(c.times_ms)
-        cells = [fmt(math.nan if times.get(name) is None else times[name]) for name in ("cublas", "pattern")]
-        rows.append(f"| {c.key} | {c.path} | {c.how} | {cells[0]} | {cells[1]} | {c.reason.replace('|', '/')} |")
+        cells = " | ".join(fmt(math.nan if times.get(n) is None else times[n]) for n in ("torch", "cublas", "pattern"))
+        rows.append(f"| {c.key} | {c.path} | {c.how} | {cells} | {c.reason.replace('|', '/')} |")
     return rows
 
 
@@ -299,16 +304,17 @@ def graphed(step: Callable[[], None]) -> Callable[[], None]:
 def bench_end_to_end(args, device, dtype, have_kernels: bool) -> list[str]:
     configs = [((20, 16, 16, 4), 8)] if args.dry_run else [((784, 2048, 2048, 10), 128), ((784, 4096, 4096, 10), 512)]
     rows = [
-        "| MLP | batch | p | method | eager auto ms | eager PyTorch path ms | eager pattern ms | CUDA graph auto ms |",
-        "|---|---:|---:|---|---:|---:|---:|---:|",
+        "| MLP | batch | p | method | eager auto ms | eager PyTorch path ms | eager cuBLAS path ms | eager pattern ms "
+        "| CUDA graph auto ms |",
+        "|---|---:|---:|---|---:|---:|---:|---:|---:|",
     ]
     for sizes, batch in configs:
         for p in args.ps:
             for method in METHODS:
                 step = training_step(sizes, batch, p, method, args, device, dtype)
                 t = {}
-                for mode in ("auto", "cublas", "pattern"):
-                    if mode == "cublas" or have_kernels:
+                for mode in ("auto", "torch", "cublas", "pattern"):
+                    if mode == "torch" or have_kernels:
                         with kernels_mode(mode):
                             what = f"{'-'.join(map(str, sizes))} {method} p={p}, {mode}"
                             t[mode] = fmt(timed(what, step, device, args.warmup, args.repeats))
@@ -323,8 +329,8 @@ def bench_end_to_end(args, device, dtype, have_kernels: bool) -> list[str]:
                         graph = f"failed: {str(exc).splitlines()[0][:60]}"
                         _failures.append(f"{'-'.join(map(str, sizes))} {method} p={p}, CUDA graph: {graph}")
                 rows.append(
-                    f"| {'-'.join(map(str, sizes))} | {batch} | {p:.1f} | {method} | {t['auto']} | {t['cublas']} "
-                    f"| {t['pattern']} | {graph} |"
+                    f"| {'-'.join(map(str, sizes))} | {batch} | {p:.1f} | {method} | {t['auto']} | {t['torch']} "
+                    f"| {t['cublas']} | {t['pattern']} | {graph} |"
                 )
     return rows
 

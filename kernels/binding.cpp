@@ -1,4 +1,5 @@
-// Torch binding of the pattern GEMM kernels: checks, contiguity, output allocation, launches.
+// Torch binding of the kernels (pattern GEMMs, block scatter, column sums): checks, contiguity, output
+// allocation, launches.
 // Includes only <torch/extension.h> (no ATen/cuda or c10/cuda headers, which the CPU torch wheel lacks),
 // so it also compiles in CI against CPU torch. The caller (approxdrop/ops/cuda.py) passes the current
 // CUDA stream as an integer and makes the tensors' device current.
@@ -7,6 +8,7 @@
 #include <optional>
 #include <vector>
 
+#include "block_ops.h"
 #include "pattern_gemm.h"
 
 namespace {
@@ -82,6 +84,17 @@ Tensor checked_bias(const char* op, const Tensor& weight, const std::optional<Te
   return bias->contiguous();
 }
 
+/// out[kept_index(map, j)] = sum_i g2[i, j] for g2 [rows, cols] (contiguous): one pass, or split rows with a
+/// workspace of partial sums in the accumulator type (column_sum_splits).
+void column_sum_into(const Tensor& g2, Tensor& out, Pattern map, void* stream) {
+  const int64_t rows = g2.size(0), cols = g2.size(1);
+  const int64_t splits = approxdrop::column_sum_splits(rows, cols);
+  const auto acc = g2.scalar_type() == torch::kDouble ? torch::kDouble : torch::kFloat;
+  Tensor workspace = splits > 1 ? torch::empty({splits, cols}, g2.options().dtype(acc)) : Tensor();
+  run(approxdrop::launch_column_sum_split(dtype_code(g2), g2.data_ptr(), rows, cols, out.data_ptr(), map,
+                                          workspace.defined() ? workspace.data_ptr() : nullptr, splits, stream));
+}
+
 Tensor row_linear(const Tensor& x, const Tensor& weight, const std::optional<Tensor>& bias, int64_t in_dp,
                   int64_t in_offset, int64_t in_keep, int64_t out_dp, int64_t out_offset, int64_t out_keep,
                   int64_t stream) {
@@ -132,7 +145,7 @@ std::vector<Tensor> row_linear_backward(const Tensor& grad_y, const Tensor& x, c
   run(approxdrop::launch_pattern_gemm(
       approxdrop::row_grad_weight(dt, g2.data_ptr(), x2.data_ptr(), grad_w.data_ptr(), rows, n_out, n_in, in, out),
       s));
-  run(approxdrop::launch_column_sum(dt, g2.data_ptr(), rows, k_out, grad_b.data_ptr(), out, s));
+  column_sum_into(g2, grad_b, out, s);
   return {need_grad_x ? grad_x.reshape(x.sizes()) : grad_x, grad_w, grad_b};
 }
 
@@ -182,16 +195,75 @@ std::vector<Tensor> tile_linear_backward(const Tensor& grad_y, const Tensor& x, 
   run(approxdrop::launch_pattern_gemm(approxdrop::tile_grad_weight(dt, g2.data_ptr(), x2.data_ptr(), grad_w.data_ptr(),
                                                                    rows, n_out, n_in, dp, offset, keep, tile),
                                       s));
-  run(approxdrop::launch_column_sum(dt, g2.data_ptr(), rows, n_out, grad_b.data_ptr(), Pattern{1, 0, 1}, s));
+  column_sum_into(g2, grad_b, Pattern{1, 0, 1}, s);
   return {need_grad_x ? grad_x.reshape(x.sizes()) : grad_x, grad_w, grad_b};
+}
+
+// ------------------------------------------------------------------ the cuBLAS path's small kernels
+
+/// A contiguous 2-D block of the weight's device and dtype, [k_out, k_in] of the patterns on (n_out, n_in).
+Tensor checked_block(const char* op, const Tensor& block, const Tensor& like, int64_t n_out, int64_t n_in,
+                     const Pattern& out, const Pattern& in) {
+  check_like_weight(op, like, {{"block", &block}});
+  const int64_t k_out = approxdrop::kept_count(out, n_out), k_in = approxdrop::kept_count(in, n_in);
+  TORCH_CHECK(block.dim() == 2 && block.size(0) == k_out && block.size(1) == k_in, op, ": block must have shape (",
+              k_out, ", ", k_in, "), the kept rows and columns of (", n_out, ", ", n_in, "), got ", block.sizes());
+  return block.contiguous();
+}
+
+/// full [n_out, n_in] (new, contiguous): block at the kept (out row, in column) pairs, zero elsewhere; every
+/// element written once by one kernel.
+Tensor scatter_block(const Tensor& block, int64_t n_out, int64_t n_in, int64_t out_dp, int64_t out_offset,
+                     int64_t out_keep, int64_t in_dp, int64_t in_offset, int64_t in_keep, int64_t stream) {
+  const char* op = "approxdrop scatter_block";
+  const Pattern out = row_pattern(op, "output", out_dp, out_offset, out_keep);
+  const Pattern in = row_pattern(op, "input", in_dp, in_offset, in_keep);
+  TORCH_CHECK(n_out >= 0 && n_in >= 0, op, ": sizes must be >= 0, got (", n_out, ", ", n_in, ")");
+  const Tensor b = checked_block(op, block, block, n_out, n_in, out, in);
+  Tensor full = torch::empty({n_out, n_in}, b.options());
+  run(approxdrop::launch_scatter_block(dtype_code(b), b.data_ptr(), full.data_ptr(), n_out, n_in, out, in,
+                                       as_stream(stream)));
+  return full;
+}
+
+/// full[kept rows, kept columns] += block, in place (full: contiguous, the block's device and dtype).
+void scatter_block_add_(Tensor& full, const Tensor& block, int64_t out_dp, int64_t out_offset, int64_t out_keep,
+                        int64_t in_dp, int64_t in_offset, int64_t in_keep, int64_t stream) {
+  const char* op = "approxdrop scatter_block_add_";
+  const Pattern out = row_pattern(op, "output", out_dp, out_offset, out_keep);
+  const Pattern in = row_pattern(op, "input", in_dp, in_offset, in_keep);
+  TORCH_CHECK(full.dim() == 2 && full.is_contiguous(), op, ": full must be a contiguous 2-D tensor, got ",
+              full.sizes(), " with strides ", full.strides());
+  const Tensor b = checked_block(op, block, full, full.size(0), full.size(1), out, in);
+  run(approxdrop::launch_scatter_block_add(dtype_code(b), b.data_ptr(), full.data_ptr(), full.size(0), full.size(1),
+                                           out, in, as_stream(stream)));
+}
+
+/// The bias gradient [n] of g [*, k] (k = kept count of the pattern on n): column sums at the kept
+/// entries, zero elsewhere.
+Tensor column_sum(const Tensor& g, int64_t n, int64_t dp, int64_t offset, int64_t keep, int64_t stream) {
+  const char* op = "approxdrop column_sum";
+  TORCH_CHECK(g.is_cuda() && g.dim() >= 1, op, ": g must be a CUDA tensor [*, k], got ", g.sizes(), " on ",
+              g.device());
+  dtype_code(g);
+  const Pattern map = row_pattern(op, "bias", dp, offset, keep);
+  TORCH_CHECK(n >= 0 && g.size(-1) == approxdrop::kept_count(map, n), op, ": g must have last dimension ",
+              approxdrop::kept_count(map, n), " (the kept entries of ", n, "), got ", g.sizes());
+  const Tensor g2 = flat(g);
+  Tensor out = torch::zeros({n}, g2.options());
+  column_sum_into(g2, out, map, as_stream(stream));
+  return out;
 }
 
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.doc() = "approxdrop CUDA kernels: row- and tile-pattern GEMMs (see kernels/README.md)";
+  m.doc() = "approxdrop CUDA kernels: pattern GEMMs, block scatter and column sums (see kernels/README.md)";
   m.def("row_linear", &row_linear, "approxdrop::row_linear on CUDA");
   m.def("row_linear_backward", &row_linear_backward, "approxdrop::row_linear_backward on CUDA");
   m.def("tile_linear", &tile_linear, "approxdrop::tile_linear on CUDA");
   m.def("tile_linear_backward", &tile_linear_backward, "approxdrop::tile_linear_backward on CUDA");
+  m.def("scatter_block", &scatter_block, "weight-gradient block into a new full-size gradient (zero elsewhere)");
+  m.def("scatter_block_add_", &scatter_block_add_, "weight-gradient block added into a full-size gradient");
+  m.def("column_sum", &column_sum, "bias gradient: column sums at the kept entries, zero elsewhere");
 }

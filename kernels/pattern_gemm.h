@@ -15,8 +15,14 @@ namespace approxdrop {
 
 enum DType : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2, kFloat64 = 3 };
 
-/// Output block of one thread block, and the K step (also used by the CPU reference to cover the grid).
-constexpr int kBlockM = 64, kBlockN = 64, kBlockK = 32;
+/// Output block of one thread block: kBlockM x kBlockN, or kBigBlockM x kBigBlockN for problems with enough
+/// blocks to fill the GPU (pattern_gemm.cu). Each K step loads kBlockKBytes of every row of A and column of
+/// B: 16 floats, 32 halves, 8 doubles.
+constexpr int kBlockM = 64, kBlockN = 64, kBigBlockM = 128, kBigBlockN = 64, kBlockKBytes = 64;
+
+/// The kernels index each axis in 32 bits: logical and physical indices, and the block starts plus a block,
+/// stay below 2^31 (64-bit arithmetic only for the buffer offsets row * ld).
+constexpr long long kMaxAxisLength = 2147483647LL - 256;
 
 struct Axis {
   long long length;      // physical extent
@@ -58,6 +64,27 @@ inline long long max_extent(const Axis& ax, int classes) {
     best = e > best ? e : best;
   }
   return best;
+}
+
+/// nullptr if every index of g fits the kernels' 32-bit arithmetic, else why not: each axis at most
+/// kMaxAxisLength long, its pattern's integers below 2^31, and the class offsets offset + z * step
+/// (z < classes) below 2^32 (the kernels reduce them mod dp in unsigned 32-bit arithmetic).
+inline const char* index_range_error(const PatternGemm& g) {
+  const Axis* axes[3] = {&g.m, &g.n, &g.k};
+  const char* names[3] = {
+      "pattern GEMM: axis M does not fit 32-bit indices (length at most 2^31 - 257, pattern below 2^31)",
+      "pattern GEMM: axis N does not fit 32-bit indices (length at most 2^31 - 257, pattern below 2^31)",
+      "pattern GEMM: axis K does not fit 32-bit indices (length at most 2^31 - 257, pattern below 2^31)"};
+  if (g.classes < 1) return "pattern GEMM: classes must be >= 1";
+  for (int i = 0; i < 3; ++i) {
+    const Axis& ax = *axes[i];
+    const ClassPattern& p = ax.pattern;
+    const long long int_max = 2147483647LL, last_offset = p.offset + (g.classes - 1LL) * p.step;
+    if (ax.length < 0 || ax.length > kMaxAxisLength || p.dp < 1 || p.dp > int_max || p.keep < 1 || p.keep > p.dp ||
+        p.offset < 0 || p.step < 0 || p.offset > int_max || p.step > int_max || last_offset > 4294967295LL)
+      return names[i];
+  }
+  return nullptr;
 }
 
 // ------------------------------------------------------------------ the six GEMMs of the two ops

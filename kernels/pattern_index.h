@@ -14,36 +14,53 @@
 
 namespace approxdrop {
 
-/// RowPattern(dp, offset, keep); {1, 0, 1} keeps everything (the identity map j -> j).
-struct Pattern {
-  long long dp, offset, keep;
+/// RowPattern(dp, offset, keep); {1, 0, 1} keeps everything (the identity map j -> j). The index type I is
+/// long long on the host (Pattern) and int in the kernels' inner loops (Pattern32: no 64-bit division on
+/// the GPU; the launchers check that every index of a problem fits).
+template <typename I>
+struct BasicPattern {
+  I dp, offset, keep;
 };
+using Pattern = BasicPattern<long long>;
+using Pattern32 = BasicPattern<int>;
+
+/// NoDeduce<I>: the pattern alone fixes I, so kept_index(pattern, j) takes any integer j.
+template <typename I>
+struct SameType {
+  using type = I;
+};
+template <typename I>
+using NoDeduce = typename SameType<I>::type;
 
 /// How many kept residues wrap past dp to [0, w).
-APPROXDROP_HD long long wrapped(const Pattern& p) {
-  const long long w = p.offset + p.keep - p.dp;
+template <typename I>
+APPROXDROP_HD I wrapped(const BasicPattern<I>& p) {
+  const I w = p.offset + p.keep - p.dp;
   return w > 0 ? w : 0;
 }
 
 /// R[t]: the t-th smallest kept residue, t in [0, keep).
-APPROXDROP_HD long long kept_residue(const Pattern& p, long long t) {
-  const long long w = wrapped(p);
+template <typename I>
+APPROXDROP_HD I kept_residue(const BasicPattern<I>& p, NoDeduce<I> t) {
+  const I w = wrapped(p);
   return t < w ? t : p.offset + (t - w);
 }
 
 /// The j-th kept index (increasing order), j >= 0.
-APPROXDROP_HD long long kept_index(const Pattern& p, long long j) {
+template <typename I>
+APPROXDROP_HD I kept_index(const BasicPattern<I>& p, NoDeduce<I> j) {
   if (p.dp == 1) return j;
   return (j / p.keep) * p.dp + kept_residue(p, j % p.keep);
 }
 
 /// Number of kept indices in [0, n): whole periods, plus the kept residues below n mod dp.
-APPROXDROP_HD long long kept_count(const Pattern& p, long long n) {
+template <typename I>
+APPROXDROP_HD I kept_count(const BasicPattern<I>& p, NoDeduce<I> n) {
   if (n <= 0) return 0;
-  const long long rem = n % p.dp, w = wrapped(p);
-  const long long low = rem < w ? rem : w;    // residues [0, w) below rem
-  const long long end = p.offset + p.keep - w;  // the unwrapped run is [offset, end)
-  const long long high = (rem < end ? rem : end) - p.offset;
+  const I rem = n % p.dp, w = wrapped(p);
+  const I low = rem < w ? rem : w;    // residues [0, w) below rem
+  const I end = p.offset + p.keep - w;  // the unwrapped run is [offset, end)
+  const I high = (rem < end ? rem : end) - p.offset;
   return (n / p.dp) * p.keep + low + (high > 0 ? high : 0);
 }
 

@@ -170,8 +170,8 @@ else
   fi
   build='from approxdrop.ops import cuda; m = cuda.load(); print(cuda.status()); raise SystemExit(m is None)'
   if ! step "build" 150 "$py" -c "$build"; then
-    export APPROXDROP_KERNELS=cublas  # no rebuild attempt in every later step: the PyTorch path only
-    echo "gpu_check: the kernels did not build: the later steps run the PyTorch path (APPROXDROP_KERNELS=cublas)"
+    export APPROXDROP_KERNELS=torch  # no rebuild attempt in every later step: the PyTorch path only
+    echo "gpu_check: the kernels did not build: the later steps run the PyTorch path (APPROXDROP_KERNELS=torch)"
   fi
 fi
 

@@ -9,13 +9,13 @@ from approxdrop.ops.cuda import SOURCE_DIR
 def test_a_named_function_is_its_doc_comment_and_whole_body():
     text = kernel_source("pattern_index.h", "kept_index")
     assert text.startswith("/// The j-th kept index")
-    assert "long long kept_index(const Pattern& p, long long j) {" in text
+    assert "I kept_index(const BasicPattern<I>& p, NoDeduce<I> j) {" in text
     assert text.rstrip().endswith("}") and text.count("{") == text.count("}")
     assert "kept_count" not in text and "kept_residue(const" not in text  # neither the next nor the previous one
 
 
 def test_a_struct_ends_with_its_semicolon_and_a_nested_constructor_is_not_a_second_match():
-    assert kernel_source("pattern_index.h", "Pattern").endswith("long long dp, offset, keep;\n};")
+    assert kernel_source("pattern_index.h", "BasicPattern").endswith("I dp, offset, keep;\n};")
     block = kernel_source("pattern_gemm.cu", "Block")
     assert block.count("struct Block {") == 1 and block.endswith("};") and "__device__ explicit Block(" in block
 

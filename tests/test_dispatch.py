@@ -8,7 +8,6 @@ CPU tensors. What only a GPU shows (CUDA-event timings, the real kernels) is in 
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import subprocess
@@ -22,8 +21,15 @@ import torch
 
 from approxdrop.ops import cuda as kernels
 from approxdrop.ops import dispatch
+from approxdrop.ops.cuda_cublas import TORCH_BLOCK_KERNELS
 from approxdrop.ops.dispatch import ENV_SWITCH, Dispatcher, kernel_mode, outputs_agree
-from approxdrop.ops.row import row_linear_backward_torch, row_linear_torch
+from approxdrop.ops.grouped import (
+    grouped_row_linear_backward_torch,
+    grouped_row_linear_compact_backward_torch,
+    grouped_row_linear_compact_torch,
+    grouped_row_linear_torch,
+)
+from approxdrop.ops.row import row_linear_backward_torch, row_linear_gathered_torch, row_linear_torch
 from approxdrop.ops.tile import tile_linear_backward_torch
 from approxdrop.patterns import RowPattern
 
@@ -31,12 +37,12 @@ TAG = {"gpu": "Fake GPU", "torch": "0.0", "kernels": "abc"}
 
 
 class Fakes:
-    """Candidates ``cublas`` (the reference) and ``pattern`` returning set outputs, a timer returning set
+    """Candidates ``torch`` (the reference) and ``pattern`` returning set outputs, a timer returning set
     times (ms) per candidate, and the lines the dispatcher said."""
 
     def __init__(self, times=None, outputs=None):
-        self.times = times or {"cublas": 2.0, "pattern": 1.0}
-        self.outputs = outputs or {"cublas": torch.ones(3), "pattern": torch.ones(3)}
+        self.times = times or {"torch": 2.0, "pattern": 1.0}
+        self.outputs = outputs or {"torch": torch.ones(3), "pattern": torch.ones(3)}
         self.calls = {name: 0 for name in self.outputs}
         self.timed: list[str] = []
         self.said: list[str] = []
@@ -112,18 +118,18 @@ def test_measures_once_per_key_and_picks_the_faster():
     d = fakes.dispatcher()
     for _ in range(3):
         assert torch.equal(d.run("k1", fakes.candidates(), "auto"), torch.ones(3))
-    assert fakes.timed == ["cublas", "pattern"]  # timed once for the key
-    assert fakes.calls == {"cublas": 1, "pattern": 3}  # checked once, then the winner runs
+    assert fakes.timed == ["torch", "pattern"]  # timed once for the key
+    assert fakes.calls == {"torch": 1, "pattern": 3}  # checked once, then the winner runs
     d.run("k2", fakes.candidates(), "auto")
-    assert fakes.timed == ["cublas", "pattern"] * 2  # a new key is measured
+    assert fakes.timed == ["torch", "pattern"] * 2  # a new key is measured
     (c1, c2) = d.choices()
     assert (c1.key, c1.path, c1.how) == ("k1", "pattern", "measured")
-    assert c1.times_ms == (("cublas", 2.0), ("pattern", 1.0))
+    assert c1.times_ms == (("torch", 2.0), ("pattern", 1.0))
 
 
-@pytest.mark.parametrize("pattern_ms, winner", [(1.89, "pattern"), (1.91, "cublas"), (2.0, "cublas"), (5.0, "cublas")])
+@pytest.mark.parametrize("pattern_ms, winner", [(1.89, "pattern"), (1.91, "torch"), (2.0, "torch"), (5.0, "torch")])
 def test_another_path_must_beat_the_reference_by_the_margin(pattern_ms, winner):
-    fakes = Fakes(times={"cublas": 2.0, "pattern": pattern_ms})
+    fakes = Fakes(times={"torch": 2.0, "pattern": pattern_ms})
     d = fakes.dispatcher(margin=0.05)
     d.run("k", fakes.candidates(), "auto")
     assert d.choices()[0].path == winner
@@ -137,7 +143,7 @@ def test_says_once_which_path_runs_and_why():
     assert len(fakes.said) == 1
     line = fakes.said[0]
     assert line.startswith("approxdrop: row_linear float16 N=8: the pattern-GEMM kernel runs (measured:")
-    assert "cublas 2.000 ms" in line and "pattern 1.000 ms" in line and "5%" in line
+    assert "torch 2.000 ms" in line and "pattern 1.000 ms" in line and "5%" in line
 
 
 @pytest.mark.parametrize(
@@ -151,35 +157,35 @@ def test_says_once_which_path_runs_and_why():
     ids=["raises", "wrong values", "wrong shape", "nan"],
 )
 def test_never_picks_a_candidate_that_raised_or_disagrees(bad, why):
-    fakes = Fakes(times={"cublas": 2.0, "pattern": 0.1}, outputs={"cublas": torch.ones(3), "pattern": bad})
+    fakes = Fakes(times={"torch": 2.0, "pattern": 0.1}, outputs={"torch": torch.ones(3), "pattern": bad})
     d = fakes.dispatcher()
     assert torch.equal(d.run("k", fakes.candidates(), "auto"), torch.ones(3))
     choice = d.choices()[0]
-    assert choice.path == "cublas" and "pattern excluded" in choice.reason and why in choice.reason
-    assert fakes.timed == ["cublas"] and dict(choice.times_ms)["pattern"] is None
+    assert choice.path == "torch" and "pattern excluded" in choice.reason and why in choice.reason
+    assert fakes.timed == ["torch"] and dict(choice.times_ms)["pattern"] is None
     d.run("k", fakes.candidates(), "auto")
     assert fakes.calls["pattern"] == 1  # never run again
 
 
 def test_never_picks_a_candidate_without_a_valid_time():
-    fakes = Fakes(times={"cublas": 2.0, "pattern": float("nan")})
+    fakes = Fakes(times={"torch": 2.0, "pattern": float("nan")})
     d = fakes.dispatcher()
     d.run("k", fakes.candidates(), "auto")
-    assert d.choices()[0].path == "cublas" and "timer gave nan" in d.choices()[0].reason
-    fakes = Fakes(times={"cublas": float("inf"), "pattern": 1.0})  # no reference time: nothing known faster
+    assert d.choices()[0].path == "torch" and "timer gave nan" in d.choices()[0].reason
+    fakes = Fakes(times={"torch": float("inf"), "pattern": 1.0})  # no reference time: nothing known faster
     d = fakes.dispatcher()
     d.run("k", fakes.candidates(), "auto")
-    assert d.choices()[0].path == "cublas"
+    assert d.choices()[0].path == "torch"
 
 
 def test_the_references_errors_are_the_ops():
-    fakes = Fakes(outputs={"cublas": ValueError("row_linear: bad x"), "pattern": torch.ones(3)})
+    fakes = Fakes(outputs={"torch": ValueError("row_linear: bad x"), "pattern": torch.ones(3)})
     with pytest.raises(ValueError, match="bad x"):
         fakes.dispatcher().run("k", fakes.candidates(), "auto")
 
 
 def test_one_candidate_runs_without_measuring():
-    fakes = Fakes(outputs={"cublas": torch.ones(3)})
+    fakes = Fakes(outputs={"torch": torch.ones(3)})
     d = fakes.dispatcher()
     d.run("k", fakes.candidates(), "auto")
     assert fakes.timed == [] and d.choices() == () and fakes.said == []
@@ -191,11 +197,51 @@ def test_no_measuring_while_a_graph_is_captured():
     d = fakes.dispatcher(can_measure=lambda: not capturing[0])
     for _ in range(2):
         d.run("k", fakes.candidates(), "auto")
-    assert fakes.timed == [] and fakes.calls == {"cublas": 2, "pattern": 0} and d.choices() == ()
+    assert fakes.timed == [] and fakes.calls == {"torch": 2, "pattern": 0} and d.choices() == ()
     assert len(fakes.said) == 1 and "CUDA graph" in fakes.said[0]
     capturing[0] = False
     d.run("k", fakes.candidates(), "auto")
     assert d.choices()[0].path == "pattern"
+
+
+THREE = {"torch": torch.ones(3), "cublas": torch.ones(3), "pattern": torch.ones(3)}
+
+
+@pytest.mark.parametrize(
+    "times, winner",
+    [
+        ({"torch": 3.0, "cublas": 1.0, "pattern": 2.0}, "cublas"),
+        ({"torch": 3.0, "cublas": 2.0, "pattern": 1.0}, "pattern"),
+        ({"torch": 1.0, "cublas": 0.96, "pattern": 2.0}, "torch"),  # within the margin of the reference
+        ({"torch": 1.0, "cublas": 0.94, "pattern": 0.95}, "cublas"),
+    ],
+)
+def test_three_candidates_the_fastest_that_beats_the_reference_wins(times, winner):
+    fakes = Fakes(times=times, outputs=THREE)
+    d = fakes.dispatcher()
+    for _ in range(2):
+        d.run("k", fakes.candidates(), "auto")
+    assert fakes.timed == ["torch", "cublas", "pattern"]
+    choice = d.choices()[0]
+    assert choice.path == winner and [n for n, _ in choice.times_ms] == ["torch", "cublas", "pattern"]
+    assert fakes.calls[winner] == 2  # measured once, then run as the choice
+
+
+def test_three_candidates_one_that_disagrees_is_excluded_the_other_still_competes():
+    outputs = {**THREE, "cublas": torch.zeros(3)}
+    fakes = Fakes(times={"torch": 3.0, "cublas": 0.5, "pattern": 2.0}, outputs=outputs)
+    d = fakes.dispatcher()
+    d.run("k", fakes.candidates(), "auto")
+    choice = d.choices()[0]
+    assert choice.path == "pattern" and "cublas excluded" in choice.reason
+
+
+def test_outputs_agree_on_nested_lists():
+    """Grouped ops return lists of tensors (ys, blocks): compared leaf by leaf."""
+    ys = [torch.ones(2), torch.ones(3)]
+    assert outputs_agree((ys, []), (ys, [])) is None
+    assert "differs" in outputs_agree(([torch.ones(2), torch.zeros(3)], []), (ys, []))
+    assert "returned 1 outputs" in outputs_agree(([torch.ones(2)], []), (ys, []))
 
 
 def test_concurrent_first_calls_measure_once():
@@ -212,16 +258,17 @@ def test_concurrent_first_calls_measure_once():
         thread.start()
     for thread in threads:
         thread.join()
-    assert fakes.timed == ["cublas", "pattern"] and len(fakes.said) == 1
+    assert fakes.timed == ["torch", "pattern"] and len(fakes.said) == 1
 
 
 # --------------------------------------------------------------------------- the switch, through the dispatcher
 
 
-@pytest.mark.parametrize("mode, path", [("cublas", "cublas"), ("torch", "cublas"), ("pattern", "pattern")])
-def test_forced_modes_run_their_path_without_measuring(monkeypatch, mode, path):
+@pytest.mark.parametrize("mode", ["torch", "cublas", "pattern"])
+def test_forced_modes_run_their_path_without_measuring(monkeypatch, mode):
     monkeypatch.setenv(ENV_SWITCH, mode)
-    fakes = Fakes(times={"cublas": 1.0, "pattern": 2.0})
+    path = mode
+    fakes = Fakes(times={"torch": 1.0, "cublas": 3.0, "pattern": 2.0}, outputs=THREE)
     d = fakes.dispatcher()
     for _ in range(2):
         d.run("k", fakes.candidates())
@@ -230,26 +277,33 @@ def test_forced_modes_run_their_path_without_measuring(monkeypatch, mode, path):
     assert len(fakes.said) == 1 and f"APPROXDROP_KERNELS={mode}" in fakes.said[0]
 
 
+def test_forced_cublas_without_a_cublas_path_runs_the_reference_and_says_why():
+    fakes = Fakes()  # a tile op: the reference and the kernel only
+    fakes.dispatcher().run("k", fakes.candidates(), "cublas")
+    assert fakes.calls == {"torch": 1, "pattern": 0} and "the cuBLAS path" in fakes.said[0]
+    assert "unavailable" in fakes.said[0]
+
+
 def test_auto_after_a_forced_mode_still_measures():
-    fakes = Fakes(times={"cublas": 1.0, "pattern": 2.0})
+    fakes = Fakes(times={"torch": 1.0, "pattern": 2.0})
     d = fakes.dispatcher()
     d.run("k", fakes.candidates(), "pattern")
     d.run("k", fakes.candidates(), "auto")
-    assert fakes.timed == ["cublas", "pattern"] and d.choices()[0].how == "measured" and d.choices()[0].path == "cublas"
+    assert fakes.timed == ["torch", "pattern"] and d.choices()[0].how == "measured" and d.choices()[0].path == "torch"
 
 
 def test_forced_pattern_without_kernels_runs_the_reference_and_says_why():
-    fakes = Fakes(outputs={"cublas": torch.ones(3)})
+    fakes = Fakes(outputs={"torch": torch.ones(3)})
     d = fakes.dispatcher()
     d.run("k", fakes.candidates(), "pattern")
-    assert fakes.calls == {"cublas": 1} and "pattern-GEMM kernel is unavailable" in fakes.said[0]
+    assert fakes.calls == {"torch": 1} and "pattern-GEMM kernel is unavailable" in fakes.said[0]
 
 
 def test_switch_zero_is_silent():
     fakes = Fakes()
     d = fakes.dispatcher()
     d.run("k", fakes.candidates(), "0")
-    assert fakes.calls == {"cublas": 1, "pattern": 0} and fakes.said == [] and d.choices() == ()
+    assert fakes.calls == {"torch": 1, "pattern": 0} and fakes.said == [] and d.choices() == ()
 
 
 # --------------------------------------------------------------------------- the cache file
@@ -261,13 +315,13 @@ def test_choices_are_cached_on_disk_and_reloaded_by_a_fresh_dispatcher(tmp_path)
     fakes.dispatcher(cache).run("k", fakes.candidates(), "auto")
     payload = json.loads(cache.read_text())
     assert payload["format"] == dispatch.FORMAT and payload["tag"] == TAG
-    assert payload["choices"]["k"]["path"] == "pattern" and payload["choices"]["k"]["times_ms"]["cublas"] == 2.0
+    assert payload["choices"]["k"]["path"] == "pattern" and payload["choices"]["k"]["times_ms"]["torch"] == 2.0
     again = Fakes()
     d = again.dispatcher(cache)
     for _ in range(2):
         d.run("k", again.candidates(), "auto")
-    assert again.timed == [] and again.calls == {"cublas": 0, "pattern": 2}
-    assert d.choices()[0].how == "cached" and d.choices()[0].times_ms == (("cublas", 2.0), ("pattern", 1.0))
+    assert again.timed == [] and again.calls == {"torch": 0, "pattern": 2}
+    assert d.choices()[0].how == "cached" and d.choices()[0].times_ms == (("torch", 2.0), ("pattern", 1.0))
     assert len(again.said) == 1 and "(cached:" in again.said[0]
 
 
@@ -277,18 +331,18 @@ def test_a_cache_for_other_kernels_is_measured_again(tmp_path):
     fakes.dispatcher(cache).run("k", fakes.candidates(), "auto")
     again = Fakes()
     again.dispatcher(cache, tag={**TAG, "kernels": "new"}).run("k", again.candidates(), "auto")
-    assert again.timed == ["cublas", "pattern"]
+    assert again.timed == ["torch", "pattern"]
     assert json.loads(cache.read_text())["tag"]["kernels"] == "new"
 
 
 def test_two_dispatchers_on_one_file_keep_each_others_choices(tmp_path):
     cache = tmp_path / "c.json"
-    a, b = Fakes(), Fakes(times={"cublas": 1.0, "pattern": 2.0})
+    a, b = Fakes(), Fakes(times={"torch": 1.0, "pattern": 2.0})
     da, db = a.dispatcher(cache), b.dispatcher(cache)
     da.run("ka", a.candidates(), "auto")
     db.run("kb", b.candidates(), "auto")
     choices = json.loads(cache.read_text())["choices"]
-    assert {k: c["path"] for k, c in choices.items()} == {"ka": "pattern", "kb": "cublas"}
+    assert {k: c["path"] for k, c in choices.items()} == {"ka": "pattern", "kb": "torch"}
 
 
 @pytest.mark.parametrize(
@@ -311,7 +365,7 @@ def test_a_corrupt_cache_is_rebuilt_never_fatal(tmp_path, content):
     fakes = Fakes()
     d = fakes.dispatcher(cache)
     assert torch.equal(d.run("k", fakes.candidates(), "auto"), torch.ones(3))
-    assert fakes.timed == ["cublas", "pattern"]
+    assert fakes.timed == ["torch", "pattern"]
     assert "unreadable" in fakes.said[0] and "measuring again" in fakes.said[0]
     assert json.loads(cache.read_text())["choices"]["k"]["path"] == "pattern"  # rewritten whole
     assert [p.name for p in tmp_path.iterdir()] == ["c.json"]  # atomic: no temporary file left
@@ -372,11 +426,28 @@ class FakeExtension:
         self.calls.append(("tile_linear_backward", (dp, offset, keep, tile, need_grad_x, stream)))
         return list(tile_linear_backward_torch(grad_y, x, weight, dp, offset, keep, tile, need_grad_x))
 
+    # the cuBLAS path's small kernels (kernels/scatter.cu, column_sum.cu), as their PyTorch definitions
+    def scatter_block(self, block, n_out, n_in, *ints_and_stream):
+        self.calls.append(("scatter_block", ints_and_stream))
+        out, inp = RowPattern(*ints_and_stream[:3]), RowPattern(*ints_and_stream[3:6])
+        return TORCH_BLOCK_KERNELS.scatter(block, (n_out, n_in), out, inp)
+
+    def scatter_block_add_(self, full, block, *ints_and_stream):
+        self.calls.append(("scatter_block_add_", ints_and_stream))
+        TORCH_BLOCK_KERNELS.scatter_add(
+            full, block, RowPattern(*ints_and_stream[:3]), RowPattern(*ints_and_stream[3:6])
+        )
+
+    def column_sum(self, g, n, dp, offset, keep, stream):
+        self.calls.append(("column_sum", (dp, offset, keep, stream)))
+        return TORCH_BLOCK_KERNELS.column_sum(g, n, RowPattern(dp, offset, keep))
+
 
 @pytest.fixture
 def fake_gpu(monkeypatch, tmp_path):
     """approxdrop.ops.cuda on CPU tensors as on a GPU named "Fake GPU" whose kernels are built (a
-    FakeExtension), with a dispatcher whose timer says the kernel takes half the PyTorch path's time."""
+    FakeExtension), with a dispatcher whose timer gives each candidate its time in ``times`` (by default
+    the kernel fastest, then the cuBLAS path, then the PyTorch implementation)."""
     monkeypatch.setenv("APPROXDROP_CACHE_DIR", str(tmp_path))
     ext = FakeExtension()
     monkeypatch.setattr(kernels, "load", lambda verbose=False, device=None: ext)
@@ -386,14 +457,14 @@ def fake_gpu(monkeypatch, tmp_path):
     monkeypatch.setattr(kernels, "_arch", lambda device=None: "sm_90")
     monkeypatch.setattr(kernels, "_outcomes", {"sm_90": kernels.KernelStatus(True, "sm_90", None, "fake.so")})
     said: list[str] = []
-    times = {"cublas": 2.0, "pattern": 1.0}
+    times = {"torch": 3.0, "cublas": 2.0, "pattern": 1.0}
 
-    def timer(fn):  # the reference is a functools.partial of the PyTorch implementation, the kernel a lambda
-        return times["cublas" if isinstance(fn, functools.partial) else "pattern"]
+    def timer(fn):  # the reference is a functools.partial of the PyTorch implementation
+        return times[{kernels._launch_cublas: "cublas", kernels._launch_pattern: "pattern"}.get(fn.func, "torch")]
 
     chooser = Dispatcher(kernels._dispatch_file("Fake GPU"), timer=timer, check=outputs_agree, tag=TAG, say=said.append)
     monkeypatch.setattr(kernels, "_dispatchers", {"Fake GPU": chooser})
-    return types.SimpleNamespace(ext=ext, said=said, dispatcher=chooser)
+    return types.SimpleNamespace(ext=ext, said=said, dispatcher=chooser, times=times)
 
 
 def _row_args(gen, rows=5, n_out=10, n_in=9, ints=(3, 1, 2, 2, 0, 1)):
@@ -444,7 +515,7 @@ def test_cuda_ops_never_run_a_kernel_that_computes_wrong_values(fake_gpu):
     assert choice.path == "cublas" and "pattern excluded: output 0 differs" in choice.reason
 
 
-@pytest.mark.parametrize("mode", ["cublas", "torch", "0"])
+@pytest.mark.parametrize("mode", ["torch", "0"])
 def test_cuda_ops_on_the_pytorch_path_never_build(fake_gpu, monkeypatch, mode):
     monkeypatch.setenv(ENV_SWITCH, mode)
     monkeypatch.setattr(kernels, "load", lambda verbose=False, device=None: pytest.fail("built the kernels"))
@@ -477,3 +548,96 @@ def test_the_key_tells_tf32_apart(fake_gpu):
         torch.backends.cuda.matmul.allow_tf32 = saved
     kernels._row_linear_cuda(x, w, b, *ints)
     assert [c.key.split(" ")[1] for c in kernels.status().choices] == ["float32", "float32+tf32"]
+
+
+def test_three_candidates_on_the_cuda_ops(fake_gpu):
+    """The row ops offer the PyTorch implementation, the cuBLAS path and the kernel; the fastest wins."""
+    fake_gpu.times.update(torch=3.0, cublas=1.0, pattern=2.0)
+    x, w, b, gy, ints = _row_args(torch.Generator().manual_seed(6))
+    torch.testing.assert_close(kernels._row_linear_cuda(x, w, b, *ints), row_linear_torch(x, w, b, *ints))
+    got = kernels._row_linear_backward_cuda(gy, x, w, *ints, need_grad_x=True)
+    torch.testing.assert_close(got, row_linear_backward_torch(gy, x, w, *ints))
+    for choice in kernels.status().choices:
+        assert choice.path == "cublas" and [n for n, _ in choice.times_ms] == ["torch", "cublas", "pattern"]
+    names = [name for name, _ in fake_gpu.ext.calls]
+    assert "scatter_block" in names and "column_sum" in names  # the cuBLAS path's kernels, from the extension
+    assert any("the cuBLAS path" in line for line in fake_gpu.said)
+
+
+def test_forced_cublas_builds_and_runs_the_cublas_path(fake_gpu, monkeypatch):
+    monkeypatch.setenv(ENV_SWITCH, "cublas")
+    assert kernels.enabled()
+    x, w, _, gy, ints = _row_args(torch.Generator().manual_seed(7))
+    grad_x, grad_w, grad_b = kernels._row_linear_backward_cuda(gy, x, w, *ints, need_grad_x=False)
+    assert [name for name, _ in fake_gpu.ext.calls] == ["column_sum", "scatter_block"]  # never the pattern GEMM
+    assert grad_x.numel() == 0
+    want = row_linear_backward_torch(gy, x, w, *ints, False)
+    torch.testing.assert_close((grad_w, grad_b), want[1:])
+    (choice,) = kernels.status().choices
+    assert choice.how == "forced" and choice.path == "cublas"
+    xt, wt = torch.randn(5, 9), torch.randn(10, 9)
+    kernels._tile_linear_cuda(xt, wt, None, 3, 1, 2, 2)  # no cuBLAS path for tiles: the reference, said once
+    assert any("the cuBLAS path (strided views" in line and "unavailable" in line for line in fake_gpu.said)
+
+
+@pytest.mark.parametrize("mode", ["auto", "cublas", "pattern"])
+def test_gathered_ops_on_every_path(fake_gpu, monkeypatch, mode):
+    monkeypatch.setenv(ENV_SWITCH, mode)
+    x, w, b, gy, ints = _row_args(torch.Generator().manual_seed(8))
+    y, block = kernels._row_linear_gathered_cuda(x, w, b, *ints)
+    want_y, want_block = row_linear_gathered_torch(x, w, b, *ints)
+    torch.testing.assert_close((y, block), (want_y, want_block))
+    got = kernels._row_linear_gathered_backward_cuda(gy, x, w, block, *ints, need_grad_x=True)
+    torch.testing.assert_close(got, row_linear_backward_torch(gy, x, w, *ints))
+    with pytest.raises(ValueError, match=r"block must have shape \(5, 6\)"):
+        kernels._row_linear_gathered_backward_cuda(gy, x, w, block[:, :2], *ints)
+    assert {c.key.split(" ")[0] for c in kernels.status().choices} == {
+        "row_linear_gathered",
+        "row_linear_gathered_backward",
+    }
+
+
+def _grouped_args(gen, batch=7, groups=4):
+    in_offsets, out_offsets = [0, 2, 1, 0][:groups], [1, 0, 1, 1][:groups]
+    args = (3, 1, in_offsets, 2, 1, out_offsets)
+    w, b = torch.randn(10, 9, generator=gen), torch.randn(10, generator=gen)
+    x, gy = torch.randn(2, batch, 9, generator=gen), torch.randn(2, batch, 10, generator=gen)
+    xs = [torch.randn(3, RowPattern(3, o, 1).kept_count(9), generator=gen) for o in in_offsets]
+    return args, w, b, x, gy, xs
+
+
+@pytest.mark.parametrize("mode", ["auto", "torch", "cublas", "pattern"])
+def test_grouped_ops_dispatch_on_cuda(fake_gpu, monkeypatch, mode):
+    """The grouped ops have CUDA implementations through the dispatch; every path gives the PyTorch outputs."""
+    monkeypatch.setenv(ENV_SWITCH, mode)
+    args, w, b, x, gy, xs = _grouped_args(torch.Generator().manual_seed(9))
+    torch.testing.assert_close(
+        kernels._grouped_row_linear_cuda(x, w, b, *args), grouped_row_linear_torch(x, w, b, *args)
+    )
+    got = kernels._grouped_row_linear_backward_cuda(gy, x, w, *args, need_grad_x=True)
+    torch.testing.assert_close(got, grouped_row_linear_backward_torch(gy, x, w, *args, True))
+    ys, blocks = kernels._grouped_compact_cuda(xs, w, b, *args)
+    torch.testing.assert_close((ys, blocks), grouped_row_linear_compact_torch(xs, w, b, *args))
+    grads = [torch.randn_like(y) for y in ys]
+    got = kernels._grouped_compact_backward_cuda(grads, xs, w, blocks, *args, need_grad_x=False)
+    torch.testing.assert_close(got, grouped_row_linear_compact_backward_torch(grads, xs, w, blocks, *args, False))
+    names = {name for name, _ in fake_gpu.ext.calls}
+    if mode == "cublas":
+        assert names == {"scatter_block", "scatter_block_add_", "column_sum"}
+    elif mode == "pattern":
+        assert names == {"row_linear", "row_linear_backward"}
+    elif mode == "torch":
+        assert names == set()
+    if mode == "auto":
+        assert all(c.how == "measured" and c.path == "pattern" for c in kernels.status().choices)
+
+
+def test_grouped_keys_name_the_groups_never_the_offsets(fake_gpu):
+    args, w, b, x, _, _ = _grouped_args(torch.Generator().manual_seed(10))
+    kernels._grouped_row_linear_cuda(x, w, b, *args)
+    other = (args[0], args[1], [1, 1, 2, 0], args[3], args[4], [0, 0, 0, 1])  # other offsets, same classes
+    kernels._grouped_row_linear_cuda(x, w, b, *other)
+    (choice,) = kernels.status().choices
+    assert choice.key == "grouped_row_linear float32 N=14 W=10x9 in 1/3 out 1/2 G=4 bias"
+    with pytest.raises(ValueError, match="one in and one out offset per group"):
+        kernels._grouped_row_linear_cuda(x, w, b, 3, 1, [0, 1], 2, 1, [0])

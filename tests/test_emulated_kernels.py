@@ -6,11 +6,14 @@ Every GEMM description (row / tile x forward / grad-input / grad-weight) and the
 float64, float16 and bfloat16 (the half types through the WMMA kernel and the shared-memory fallback of
 older GPUs) on random odd shapes and patterns, against the PyTorch implementations of approxdrop.ops on the
 same (rounded) inputs. Outputs are prefilled with NaN: every entry an op returns must be written, and
-entries outside the kept ones must stay untouched. A subset runs under AddressSanitizer +
-UndefinedBehaviorSanitizer, one case under ThreadSanitizer, and planted bugs (a removed __syncthreads, a
-broken bound, an off-by-one in the kept index) must make the suite fail. Builds are cached per compiler,
-flags and source hash in the temporary directory. Speed, warp scheduling and real tensor cores still need
-a GPU (tests/test_kernels.py).
+entries outside the kept ones must stay untouched. The emulator's report (launch grids, cp.async copies,
+128-bit loads) shows which paths ran: the big block of large problems, 128-bit copies of aligned contiguous
+runs, the synchronous path of GPUs before sm_80 (a build with __CUDA_ARCH__ = 750). A subset runs under
+AddressSanitizer + UndefinedBehaviorSanitizer, one case under ThreadSanitizer, and planted bugs (a removed
+__syncthreads or cp.async wait, a broken bound, an off-by-one in the kept index, a 128-bit load on a
+misaligned or non-consecutive run) must make the suite fail. Builds are cached per compiler, flags and
+source hash in the temporary directory. Speed, warp scheduling, real cp.async timing and real tensor cores
+still need a GPU (tests/test_kernels.py).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import hashlib
 import os
 import platform
 import random
+import re
 import shutil
 import subprocess
 import tempfile
@@ -43,6 +47,7 @@ FLAVOURS = {
     "plain": ("-O1",),
     "asan": ("-O1", "-g", "-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer"),
     "tsan": ("-O1", "-g", "-fsanitize=thread"),
+    "sm75": ("-O1", "-D__CUDA_ARCH__=750"),  # device code as for a GPU without cp.async: the synchronous path
 }
 SANITIZER_ENV = {
     "ASAN_OPTIONS": "detect_leaks=1",
@@ -145,6 +150,19 @@ class Run:
         if self.done.returncode == 0:
             return None
         return f"{label}: driver exited with {self.done.returncode}\n{self.done.stderr[:4000]}"  # report's head
+
+    @property
+    def grids(self) -> list[tuple[int, ...]]:
+        """The launch grid of each kernel launch, in order (the emulator's report on stdout)."""
+        found = re.findall(r"^launch grid \((\d+), (\d+), (\d+)\)", self.done.stdout, re.MULTILINE)
+        return [tuple(map(int, g)) for g in found]
+
+    @property
+    def copies(self) -> dict[str, int]:
+        """``async`` (cp.async copies), ``async16`` (of them 16-byte ones) and ``load128`` (128-bit loads)."""
+        m = re.search(r"^copies async (\d+) async16 (\d+) load128 (\d+)$", self.done.stdout, re.MULTILINE)
+        assert m is not None, f"no emulator report in the driver's output:\n{self.done.stdout}"
+        return dict(zip(("async", "async16", "load128"), map(int, m.groups())))
 
 
 def run_driver(
@@ -254,6 +272,17 @@ EDGE_TILE_CASES = [
     TileCase(6, 20, 33, TilePattern(7, 6, 16, 2), True),  # fewer tile rows than dp
     TileCase(67, 65, 97, TilePattern(3, 2, 8, 3), True),  # keep = dp
     TileCase(5, 70, 69, TilePattern(3, 1, 1, 2), True),  # 1 x 1 tiles
+]
+# Large enough for the 128 x 64 block (the emulated GPU has 2 SMs): row ops with kept runs, tile ops with
+# every GEMM over more than one big block.
+LARGE_ROW_CASE = RowCase(200, 130, 72, RowPattern(8, 2, 6), RowPattern(1, 0, 1), True)
+LARGE_TILE_CASE = TileCase(150, 136, 200, TilePattern(2, 1, 8, 1), True)
+# Kept runs for 128-bit loads: aligned (ld a multiple of 16 bytes, runs at multiples of 8 elements), and
+# contiguous but partly misaligned (runs at multiples of 6), which must take the element-wise path.
+ALIGNED_TILE_CASE = TileCase(37, 64, 96, TilePattern(3, 1, 8, 2), True)
+MISALIGNED_TILE_CASES = [
+    TileCase(29, 66, 96, TilePattern(3, 2, 6, 2), False),
+    TileCase(21, 40, 48, TilePattern(2, 1, 6, 1), True),
 ]
 
 
@@ -435,6 +464,10 @@ def test_half_conversions_round_to_nearest_even(plain):
         ("wmma_bad_ldm", "not a multiple of 16 bytes"),
         ("trap", "__trap() was called"),
         ("bad_config", "invalid launch configuration"),
+        ("async_groups", None),  # cp.async lands at the wait that retires its group, not before
+        ("async_misaligned", "not 16-byte aligned"),
+        ("ldg_misaligned", "not 16-byte aligned"),
+        ("index_range", "does not fit 32-bit indices"),  # the launcher refuses, nothing runs
     ],
 )
 def test_emulator_checks(plain, name, expected, schedule):
@@ -480,10 +513,11 @@ def test_address_and_undefined_behaviour_sanitizers():
 
 
 def test_thread_sanitizer():
-    """One tile backward case (WMMA GEMMs and the column sum) and one float32 row case under TSan, the threads
-    of each block running freely: a race on shared memory (a missing barrier) is reported."""
+    """One tile case (WMMA GEMMs with 128-bit cp.async copies, and the column sum) and one float32 row case
+    (4-byte cp.async copies) under TSan, the threads of each block running freely: a race on shared memory
+    (a missing barrier or cp.async wait) is reported."""
     exe = build("tsan")
-    case = TileCase(37, 45, 41, TilePattern(2, 1, 7, 1), True)
+    case = TileCase(37, 48, 40, TilePattern(2, 1, 8, 1), True)  # rows of 80 bytes, runs of 8 halves
     failures = check_tile(exe, case, torch.bfloat16, 900, "parallel", seed=0)
     failures += check_row(
         exe, RowCase(21, 35, 53, RowPattern(3, 2, 2), RowPattern(2, 0, 1), True), torch.float32, 900, "parallel", seed=1
@@ -491,19 +525,92 @@ def test_thread_sanitizer():
     _assert_none(failures)
 
 
+def _forward_run(exe: Path, case: RowCase | TileCase, dtype: torch.dtype, arch: int = 900) -> Run:
+    """The forward op of ``case`` once (its GEMM is the first launch), for the emulator's report."""
+    gen = torch.Generator().manual_seed(0)
+    if isinstance(case, RowCase):
+        op, n_x, n_y = "row_linear", case.inp.kept_count(case.n_in), case.out.kept_count(case.n_out)
+    else:
+        op, n_x, n_y = "tile_linear", case.n_in, case.n_out
+    buffers = {"x": _random(gen, dtype, case.rows, n_x), "w": _random(gen, dtype, case.n_out, case.n_in)}
+    if case.bias:
+        buffers["b"] = _random(gen, dtype, case.n_out)
+    buffers["y"] = _nan(dtype, case.rows, n_y)
+    run = run_driver(exe, op, dtype, (case.rows, case.n_out, case.n_in, *case.ints, case.bias), buffers, arch)
+    assert run.failure(op) is None, run.failure(op)
+    return run
+
+
+def test_large_problems_take_the_big_block(plain):
+    """The launcher picks 128 x 64 blocks when they still give every SM (2 emulated) a block, else 64 x 64;
+    the big block computes every GEMM right in every dtype and kernel."""
+    all_kept = RowPattern(1, 0, 1)
+    grids = {
+        (200, 130): (2, 3, 1),  # 2 x 3 big blocks
+        (60, 130): (1, 3, 1),  # M fits one small block
+        (100, 50): (2, 1, 1),  # one big block would leave an SM idle
+    }
+    for (rows, n_out), grid in grids.items():
+        run = _forward_run(plain, RowCase(rows, n_out, 9, all_kept, all_kept, False), torch.float32)
+        assert run.grids[0] == grid, (rows, n_out, run.grids)
+    failures = []
+    for i, (dtype, arch) in enumerate(PATHS.values()):
+        failures += check_row(plain, LARGE_ROW_CASE, dtype, arch, _schedule(i), seed=i)
+        failures += check_tile(plain, LARGE_TILE_CASE, dtype, arch, _schedule(i + 1), seed=i)
+    _assert_none(failures)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.float64])
+def test_128_bit_loads_only_on_aligned_contiguous_runs(plain, dtype):
+    """Kept runs that are consecutive and 16-byte aligned are copied 128 bits at a time (cp.async on sm_90);
+    operands whose rows are not 16-byte aligned never are, and partly misaligned runs (which the emulator
+    would fault on) take the element-wise path. Every case still matches the ops."""
+    assert _forward_run(plain, ALIGNED_TILE_CASE, dtype).copies["async16"] > 0
+    odd_ld = TileCase(37, 63, 95, TilePattern(3, 1, 8, 2), True)  # rows of x and W not 16-byte aligned
+    copies = _forward_run(plain, odd_ld, dtype).copies
+    assert copies["async16"] == 0, copies
+    failures = []
+    for i, case in enumerate([ALIGNED_TILE_CASE, odd_ld, *MISALIGNED_TILE_CASES]):
+        failures += check_tile(plain, case, dtype, 900, _schedule(i), seed=i)
+    _assert_none(failures)
+
+
+@pytest.mark.parametrize("path", ["float32", "float64", "float16-wmma", "bfloat16-simt"])
+def test_synchronous_path_before_sm80(path):
+    """Device code built as for sm_75 (no cp.async): the tiles load synchronously, aligned runs through
+    128-bit loads (__ldg of a uint4), and every op matches."""
+    exe = build("sm75")
+    dtype = PATHS[path][0]
+    copies = _forward_run(exe, ALIGNED_TILE_CASE, dtype, arch=750).copies
+    assert copies["async"] == 0 and copies["load128"] > 0, copies
+    failures = []
+    for i, case in enumerate([ALIGNED_TILE_CASE, MISALIGNED_TILE_CASES[0], *tile_cases(2, seed=50)]):
+        failures += check_tile(exe, case, dtype, 750, _schedule(i), seed=i)
+    for i, case in enumerate([LARGE_ROW_CASE, *row_cases(2, seed=51)]):
+        failures += check_row(exe, case, dtype, 750, _schedule(i), seed=i)
+    _assert_none(failures)
+
+
 # A planted bug: file, the exact text, its replacement, build flavour, and what the failure must say.
 PLANTED_BUGS = {
     "removed __syncthreads": (
         "pattern_gemm.cu",
-        "    __syncthreads();\n#pragma unroll 4\n",
-        "#pragma unroll 4\n",
+        "    __syncthreads();  // everyone's;",
+        "    // everyone's;",
         "plain",
-        "entries off",  # the serial schedule reads the previous K step's tiles
+        "entries off",  # the serial schedule reads tiles other threads have not copied yet
+    ),
+    "removed cp.async wait": (
+        "pattern_gemm.cu",
+        "    wait_copies();    // this thread's",
+        "    (void)wait_copies;  // this thread's",
+        "plain",
+        "entries off",  # the copies never land: the K loop reads stale shared memory
     ),
     "broken bound": (
         "pattern_gemm.cu",
-        "if (r0 + r < ext_r && c0 + c < ext_c)",
-        "if (r0 + r < ext_r && c0 + c <= ext_c)",
+        "if (i0 + i + v < ext_i)",
+        "if (i0 + i + v <= ext_i)",
         "asan",
         "ERROR: AddressSanitizer: heap-buffer-overflow",  # reads one kept K index past the end
     ),
@@ -513,6 +620,20 @@ PLANTED_BUGS = {
         "return t <= w ? t : p.offset + (t - w);",
         "plain",
         "entries",  # wrong entries written, or right ones off
+    ),
+    "128-bit load on a misaligned run": (
+        "pattern_gemm.cu",
+        "first % kVec == 0 && ",
+        "",
+        "plain",
+        "not 16-byte aligned",  # the emulated cp.async checks its addresses
+    ),
+    "128-bit load on a non-consecutive run": (
+        "pattern_gemm.cu",
+        "last - first == kVec - 1",
+        "last >= first",
+        "plain",
+        "entries off",  # reads physical neighbours of kept indices
     ),
 }
 
@@ -533,7 +654,7 @@ def test_planted_bug_fails(bug, tmp_path):
         failures += check_row(exe, case, torch.float32, 900, "serial", seed=i)
         if failures:
             break
-    for i, case in enumerate(EDGE_TILE_CASES + tile_cases(3, seed=11)):
+    for i, case in enumerate([ALIGNED_TILE_CASE, *MISALIGNED_TILE_CASES, *EDGE_TILE_CASES, *tile_cases(3, seed=11)]):
         if failures:
             break
         failures += check_tile(exe, case, torch.float32, 900, "serial", seed=i)

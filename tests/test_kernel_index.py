@@ -50,6 +50,10 @@ def lib(tmp_path_factory):
     dll.ad_row_linear_backward.argtypes = [PTR] * 6 + [LL] * 9
     dll.ad_tile_linear.argtypes = [PTR] * 4 + [LL] * 7
     dll.ad_tile_linear_backward.argtypes = [PTR] * 6 + [LL] * 7
+    dll.ad_row_index_error.restype = ctypes.c_char_p
+    dll.ad_row_index_error.argtypes = [LL] * 9
+    dll.ad_tile_index_error.restype = ctypes.c_char_p
+    dll.ad_tile_index_error.argtypes = [LL] * 7
     return dll
 
 
@@ -210,3 +214,17 @@ def test_edge_patterns_match_ops(lib):
         y = torch.full((6, n_out), float("nan"), dtype=torch.float64)
         lib.ad_tile_linear(_ptr(x), _ptr(w), None, _ptr(y), 6, n_out, n_in, *ints)
         _assert_close(y, tile_linear(x, w, None, *ints), f"tile_linear {p}")
+
+
+def test_launcher_refuses_indices_past_32_bits(lib):
+    """The kernels index in 32 bits: launch_pattern_gemm refuses (with a message naming the axis) any axis
+    longer than 2^31 - 257 or a tile pattern with dp * tile past 2^31, before reading anything."""
+    limit, all_kept = 2**31 - 257, (1, 0, 1, 1, 0, 1)
+    assert lib.ad_row_index_error(4, 8, limit, *all_kept) is None
+    assert b"axis K" in lib.ad_row_index_error(4, 8, limit + 1, *all_kept)
+    assert b"axis M" in lib.ad_row_index_error(2**31, 8, 9, *all_kept)
+    assert b"axis N" in lib.ad_row_index_error(4, 2**40, 9, 2, 1, 1, 1, 0, 1)
+    assert lib.ad_row_index_error(4, 2**31 - 300, 2**31 - 300, 7, 6, 3, 10, 9, 4) is None
+    assert lib.ad_tile_index_error(4, 100, 100, 2, 1, 1, 2**30 - 1) is None  # dp * tile = 2^31 - 2
+    assert lib.ad_tile_index_error(4, 100, 100, 3, 2, 2, 2**30 - 1) is not None  # dp * tile > 2^31
+    assert lib.ad_tile_index_error(4, 100, 100, 7, 6, 3, 16) is None

@@ -27,6 +27,14 @@ import torch
 import approxdrop
 from approxdrop.ops import cuda as kernels
 from approxdrop.ops import dispatch, row_linear, row_linear_backward, tile_linear, tile_linear_backward
+from approxdrop.ops.cuda_cublas import TORCH_BLOCK_KERNELS
+from approxdrop.ops.grouped import (
+    grouped_row_linear,
+    grouped_row_linear_backward,
+    grouped_row_linear_compact,
+    grouped_row_linear_compact_backward,
+)
+from approxdrop.ops.row import row_linear_gathered, row_linear_gathered_backward
 from approxdrop.patterns import RowPattern, TilePattern
 
 requires_cuda = pytest.mark.skipif(
@@ -34,6 +42,19 @@ requires_cuda = pytest.mark.skipif(
     reason="needs a CUDA GPU (index math and GEMM descriptions of the kernels: test_kernel_index.py, on CPU)",
 )
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+# Every op with a CUDA implementation (set_kernel_enabled("cuda", False) sends them all to PyTorch).
+KERNEL_OPS = (
+    row_linear,
+    row_linear_backward,
+    row_linear_gathered,
+    row_linear_gathered_backward,
+    grouped_row_linear,
+    grouped_row_linear_backward,
+    grouped_row_linear_compact,
+    grouped_row_linear_compact_backward,
+    tile_linear,
+    tile_linear_backward,
+)
 
 
 # --------------------------------------------------------------------------- status and dispatch (any machine)
@@ -49,7 +70,9 @@ def test_importing_approxdrop_registers_cuda_implementations():
     code = (
         "import torch, approxdrop; has = torch._C._dispatch_has_kernel_for_dispatch_key; "
         "print(all(has(f'approxdrop::{op}', 'CUDA') for op in "
-        "('row_linear', 'row_linear_backward', 'tile_linear', 'tile_linear_backward')))"
+        "('row_linear', 'row_linear_backward', 'tile_linear', 'tile_linear_backward', 'row_linear_gathered', "
+        "'row_linear_gathered_backward', 'grouped_row_linear', 'grouped_row_linear_backward', "
+        "'grouped_row_linear_compact', 'grouped_row_linear_compact_backward')))"
     )
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
     assert out.stdout.strip() == "True", out.stdout + out.stderr
@@ -220,7 +243,13 @@ def test_ops_load_for_the_device_of_their_tensors(monkeypatch):
     kernels._row_linear_backward_cuda(gy, x, w, 1, 0, 1, 1, 0, 1)
     kernels._tile_linear_cuda(x, w, None, 2, 0, 1, 4)
     kernels._tile_linear_backward_cuda(gy, x, w, 2, 0, 1, 4)
-    assert asked == ["cuda:7"] * 4
+    kernels._row_linear_gathered_cuda(x, w, None, 1, 0, 1, 1, 0, 1)
+    kernels._row_linear_gathered_backward_cuda(gy, x, w, torch.empty(0), 1, 0, 1, 1, 0, 1)
+    kernels._grouped_row_linear_cuda(x, w, None, 2, 1, [0, 1], 1, 1, [0, 0])
+    kernels._grouped_row_linear_backward_cuda(gy, x, w, 2, 1, [0, 1], 1, 1, [0, 0])
+    kernels._grouped_compact_cuda([x[:, ::2]], w, None, 2, 1, [0], 1, 1, [0])
+    kernels._grouped_compact_backward_cuda([gy], [x[:, ::2]], w, [], 2, 1, [0], 1, 1, [0])
+    assert asked == ["cuda:7"] * 10
 
 
 def _strides(out):
@@ -282,7 +311,7 @@ def test_tile_period_must_fit_int32(monkeypatch):
 @pytest.fixture(scope="module")
 def ext():
     """The built extension, with the kernels forced (APPROXDROP_KERNELS=pattern) so the ops run them."""
-    if os.environ.get(kernels.ENV_SWITCH, "").strip() in ("0", "cublas", "torch"):
+    if os.environ.get(kernels.ENV_SWITCH, "").strip() in ("0", "torch"):
         pytest.skip(f"kernels switched off by {kernels.ENV_SWITCH}={os.environ[kernels.ENV_SWITCH]}")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv(kernels.ENV_SWITCH, "pattern")
@@ -449,7 +478,7 @@ def test_same_seed_same_training_step_as_pytorch_path(ext):
             model.generator = torch.Generator().manual_seed(1)
             x = torch.randn(19, 37, device="cuda", dtype=torch.float64)
             with contextlib.ExitStack() as stack:
-                for op in (row_linear, row_linear_backward, tile_linear, tile_linear_backward):
+                for op in KERNEL_OPS:
                     stack.enter_context(op.set_kernel_enabled("cuda", use_kernels))
                 model(x).square().sum().backward()
             grads.append([p.grad for p in model.parameters()])
@@ -511,7 +540,7 @@ def test_backward_kernels_skip_grad_x_when_not_needed(ext):
 
 @requires_cuda
 def test_auto_dispatch_measures_caches_and_matches_pytorch(ext, tmp_path, monkeypatch, capsys):
-    """APPROXDROP_KERNELS=auto on the GPU: first use measures both paths (CUDA events), the results match
+    """APPROXDROP_KERNELS=auto on the GPU: first use measures every path (CUDA events), the results match
     the PyTorch implementation, the choices are listed by status() and cached on disk, and a fresh
     dispatcher reads them back instead of measuring."""
     monkeypatch.setenv(kernels.ENV_SWITCH, "auto")
@@ -526,12 +555,13 @@ def test_auto_dispatch_measures_caches_and_matches_pytorch(ext, tmp_path, monkey
         _assert_within_twice_pytorch(tile_linear, (x, w, b, *ints), f"auto tile_linear {dtype}")
         _assert_within_twice_pytorch(tile_linear_backward, (gy, x, w, *ints), f"auto tile_linear_backward {dtype}")
     choices = kernels.status().choices
-    assert len(choices) == 8 and all(c.how == "measured" and c.path in ("cublas", "pattern") for c in choices)
-    for c in choices:  # both paths timed; a kernel slower than the margin allows is never picked
+    assert len(choices) == 8 and all(c.how == "measured" for c in choices)
+    for c in choices:  # every path timed (the row ops' cuBLAS path too); none slower than the margin allows is picked
         times = dict(c.times_ms)
-        assert times["cublas"] is not None, c
-        if c.path == "pattern":
-            assert times["pattern"] < (1 - 0.05) * times["cublas"], c
+        assert times["torch"] is not None and times["pattern"] is not None, c
+        assert ("cublas" in times) == c.key.startswith("row_linear"), c
+        if c.path != "torch":
+            assert times[c.path] < (1 - 0.05) * times["torch"], c
     assert capsys.readouterr().err.count("approxdrop: ") >= 8
     cache = kernels._dispatch_file(torch.cuda.get_device_name())
     assert set(json.loads(cache.read_text())["choices"]) == {c.key for c in choices}
@@ -547,3 +577,88 @@ def test_status_after_build(ext):
     st = kernels.status()
     major, minor = torch.cuda.get_device_capability()
     assert st.built and st.reason is None and st.arch == f"sm_{major}{minor}" and os.path.exists(st.path)
+
+
+# --------------------------------------------------------------------------- the cuBLAS path (GPU)
+
+
+@pytest.fixture
+def cublas_mode(ext, monkeypatch):
+    """The built extension, with the cuBLAS path forced (APPROXDROP_KERNELS=cublas)."""
+    monkeypatch.setenv(kernels.ENV_SWITCH, "cublas")
+    return ext
+
+
+@requires_cuda
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_cublas_path_row_ops_match_pytorch(cublas_mode, dtype):
+    rng, gen = random.Random(12), torch.Generator().manual_seed(12)
+    for _ in range(12):
+        in_p, out_p, rows, n_out, n_in = _random_row_case(rng)
+        x, w, b, gy, ints = _row_args(gen, in_p, out_p, rows, n_out, n_in, dtype)
+        what = f"cublas {dtype} {in_p} {out_p} rows={rows} W={n_out}x{n_in}"
+        _assert_within_twice_pytorch(row_linear, (x, w, b, *ints), f"row_linear {what}")
+        _assert_within_twice_pytorch(row_linear_backward, (gy, x, w, *ints), f"row_linear_backward {what}")
+        _assert_within_twice_pytorch(row_linear_gathered, (x, w, b, *ints), f"row_linear_gathered {what}")
+        _, block = row_linear_gathered._init_fn(x, w, b, *ints)
+        args = (gy, x, w, block, *ints)
+        _assert_within_twice_pytorch(row_linear_gathered_backward, args, f"row_linear_gathered_backward {what}")
+    assert all(c.path == "cublas" for c in kernels.status().choices)
+
+
+@requires_cuda
+@pytest.mark.parametrize("mode", ["cublas", "pattern"])
+def test_grouped_ops_on_cuda_match_pytorch(ext, monkeypatch, mode):
+    monkeypatch.setenv(kernels.ENV_SWITCH, mode)
+    gen = torch.Generator().manual_seed(13)
+    for in_dp, in_keep, out_dp, out_keep in [(2, 1, 3, 1), (3, 2, 4, 3), (4, 4, 2, 1)]:
+        offsets = [torch.randint(0, d, (4,), generator=gen).tolist() for d in (in_dp, out_dp)]
+        args = (in_dp, in_keep, offsets[0], out_dp, out_keep, offsets[1])
+        x = torch.randn(3, 9, 41, generator=gen, dtype=torch.float64).cuda()
+        w, b = (
+            torch.randn(37, 41, generator=gen, dtype=torch.float64).cuda(),
+            torch.randn(37, dtype=torch.float64).cuda(),
+        )
+        gy = torch.randn(3, 9, 37, generator=gen, dtype=torch.float64).cuda()
+        torch.testing.assert_close(grouped_row_linear(x, w, b, *args), grouped_row_linear._init_fn(x, w, b, *args))
+        for got, want in zip(
+            grouped_row_linear_backward(gy, x, w, *args), grouped_row_linear_backward._init_fn(gy, x, w, *args)
+        ):
+            torch.testing.assert_close(got, want)
+        xs = [x[0, :, RowPattern(in_dp, o, in_keep).keep_mask(41, "cuda")].contiguous() for o in offsets[0]]
+        ys, blocks = grouped_row_linear_compact(xs, w, b, *args)
+        torch.testing.assert_close((ys, blocks), grouped_row_linear_compact._init_fn(xs, w, b, *args))
+        grads = [torch.randn_like(y) for y in ys]
+        torch.testing.assert_close(
+            grouped_row_linear_compact_backward(grads, xs, w, blocks, *args),
+            grouped_row_linear_compact_backward._init_fn(grads, xs, w, blocks, *args),
+        )
+
+
+@requires_cuda
+@pytest.mark.parametrize("dtype", (*DTYPES, torch.float64), ids=str)
+def test_small_kernels_match_their_pytorch_definitions(ext, dtype):
+    """The scatter is a copy and the scatter-add one rounded addition: bit for bit. The column sum (with
+    row splits and a workspace for many rows) within fp32 summation error."""
+    from approxdrop.ops.cuda import block_kernels
+
+    small = block_kernels(ext, torch.cuda.current_stream().cuda_stream)
+    gen = torch.Generator().manual_seed(14)
+    for out, inp, n_out, n_in in [
+        (RowPattern(3, 2, 2), RowPattern(4, 1, 1), 131, 257),
+        (RowPattern(1, 0, 1), RowPattern(2, 1, 1), 70000, 3),
+    ]:
+        block = torch.randn(out.kept_count(n_out), inp.kept_count(n_in), generator=gen).to("cuda", dtype)
+        full = small.scatter(block, (n_out, n_in), out, inp)
+        assert torch.equal(full, TORCH_BLOCK_KERNELS.scatter(block, (n_out, n_in), out, inp))
+        want = full.clone()
+        TORCH_BLOCK_KERNELS.scatter_add(want, block, out, inp)
+        small.scatter_add(full, block, out, inp)
+        assert torch.equal(full, want)
+    for rows, cols in [(1, 5), (4096, 1024), (33, 70001)]:
+        g = torch.randn(rows, cols, generator=gen).to("cuda", dtype)
+        p = RowPattern(3, 1, 1)
+        got = small.column_sum(g, 3 * cols, p)
+        want = TORCH_BLOCK_KERNELS.column_sum(g.double(), 3 * cols, p)
+        tol = 1e-9 if dtype == torch.float64 else 4 * torch.finfo(dtype).eps * rows**0.5
+        torch.testing.assert_close(got.double(), want, atol=tol * g.abs().max().item(), rtol=tol)

@@ -12,10 +12,13 @@ in ``approxdrop.ops`` run instead. :func:`status` reports what happened, or what
 dispatch choices made.
 
 Which path runs is chosen by measurement (``approxdrop.ops.dispatch``): on the first call of an op
-with a given shape, dtype and pattern class on a GPU, the PyTorch implementation (gather + cuBLAS)
-and the pattern-GEMM kernel are both run, checked and timed, and the faster one is kept, per GPU
-(:func:`dispatcher`), on disk under ``cache_root() / "gpu-dispatch"``. ``APPROXDROP_KERNELS`` =
-``auto`` (default) | ``cublas`` | ``torch`` | ``pattern`` | ``0`` (the PyTorch path, silently, no build).
+with a given shape, dtype and pattern class on a GPU, its candidates run, are checked and timed, and
+the fastest is kept, per GPU (:func:`dispatcher`), on disk under ``cache_root() / "gpu-dispatch"``.
+The candidates: the PyTorch implementation (``torch``, the reference), the cuBLAS path (``cublas``,
+``approxdrop.ops.cuda_cublas``: cuBLAS GEMMs plus this extension's scatter and column-sum kernels; row,
+gathered and grouped ops) and the pattern-GEMM kernel (``pattern``). The grouped ops run one pair of
+offsets at a time on the chosen path (``approxdrop.ops.cuda_grouped``). ``APPROXDROP_KERNELS`` =
+``auto`` (default) | ``cublas`` | ``pattern`` | ``torch`` | ``0`` (the PyTorch path, silently, no build).
 
 The sources are the checkout's top-level ``kernels/`` (editable install); a wheel ships them as
 package data in ``approxdrop/_kernels/`` (see ``pyproject.toml``).
@@ -42,16 +45,49 @@ import torch
 
 from .._env import cache_root, write_json_atomic
 from ..patterns import RowPattern, TilePattern, periodic_count
+from . import cuda_cublas, cuda_grouped
 from .common import check_backward_args, check_linear_args, check_weight
-from .dispatch import ENV_SWITCH, PATTERN, REFERENCE, Choice, Dispatcher, cuda_event_timer, kernel_mode, outputs_agree
-from .row import row_linear, row_linear_backward, row_linear_backward_torch, row_linear_torch
+from .dispatch import (
+    CUBLAS,
+    ENV_SWITCH,
+    PATTERN,
+    REFERENCE,
+    Choice,
+    Dispatcher,
+    cuda_event_timer,
+    kernel_mode,
+    outputs_agree,
+)
+from .grouped import _check as check_grouped
+from .grouped import _check_compact as check_compact
+from .grouped import _check_compact_backward as check_compact_backward
+from .grouped import (
+    grouped_row_linear,
+    grouped_row_linear_backward,
+    grouped_row_linear_backward_torch,
+    grouped_row_linear_compact,
+    grouped_row_linear_compact_backward,
+    grouped_row_linear_compact_backward_torch,
+    grouped_row_linear_compact_torch,
+    grouped_row_linear_torch,
+)
+from .row import (
+    row_linear,
+    row_linear_backward,
+    row_linear_backward_torch,
+    row_linear_gathered,
+    row_linear_gathered_backward,
+    row_linear_gathered_backward_torch,
+    row_linear_gathered_torch,
+    row_linear_torch,
+)
 from .tile import tile_linear, tile_linear_backward, tile_linear_backward_torch, tile_linear_torch
 
-SOURCES = ("binding.cpp", "pattern_gemm.cu", "column_sum.cu")
+SOURCES = ("binding.cpp", "pattern_gemm.cu", "column_sum.cu", "scatter.cu")
 NAME = "approxdrop_kernels"
 STAMP = "approxdrop_build.json"  # in each build directory: the source hash it was built from
 INT32_MAX = 2**31 - 1
-KERNEL_MODES = ("auto", "pattern")  # the modes that build and may run the kernels
+KERNEL_MODES = ("auto", "cublas", "pattern")  # the modes that build and may run the extension
 
 T = TypeVar("T")
 
@@ -89,8 +125,8 @@ _lock = threading.Lock()
 
 
 def enabled() -> bool:
-    """Whether the kernels may be built and run: the ``APPROXDROP_KERNELS`` mode is ``auto`` or ``pattern``
-    (ValueError on an unknown mode)."""
+    """Whether the kernels may be built and run: the ``APPROXDROP_KERNELS`` mode is ``auto``, ``cublas`` or
+    ``pattern`` (ValueError on an unknown mode)."""
     return kernel_mode() in KERNEL_MODES
 
 
@@ -138,7 +174,7 @@ def _blocker() -> str | None:
     if mode == "0":
         return f"disabled by {ENV_SWITCH}=0"
     if mode not in KERNEL_MODES:
-        return f"not used: {ENV_SWITCH}={mode} selects the PyTorch implementation (gather + cuBLAS)"
+        return f"not used: {ENV_SWITCH}={mode} selects the PyTorch implementation"
     if torch.version.cuda is None:
         return f"this torch build has no CUDA (torch {torch.__version__})"
     if not torch.cuda.is_available():
@@ -304,9 +340,39 @@ def _cuda_device(*tensors) -> torch.device | None:
     return next((t.device for t in tensors if t is not None and t.device.type == "cuda"), None)
 
 
-def _run(device, key: str, torch_path: Callable[[], T], kernel: Callable[[ModuleType, int], T]) -> T:
-    """The op on CUDA tensors, by the mode: the PyTorch implementation (``torch_path()``) or the kernel
-    (``kernel(extension, stream)``), ``auto`` choosing by measurement (``dispatcher``)."""
+def block_kernels(ext: ModuleType, stream: int) -> cuda_cublas.BlockKernels:
+    """The cuBLAS path's small kernels from the extension (kernels/scatter.cu, column_sum.cu), on ``stream``."""
+
+    def ints(p: RowPattern) -> tuple[int, int, int]:
+        return p.dp, p.offset, p.keep
+
+    return cuda_cublas.BlockKernels(
+        scatter=lambda block, shape, out, inp: ext.scatter_block(block, *shape, *ints(out), *ints(inp), stream),
+        scatter_add=lambda full, block, out, inp: ext.scatter_block_add_(full, block, *ints(out), *ints(inp), stream),
+        column_sum=lambda g, n, p: ext.column_sum(g, n, *ints(p), stream),
+    )
+
+
+def _launch_cublas(device, path: Callable[[cuda_cublas.BlockKernels], T], ext: ModuleType) -> T:
+    """The cuBLAS candidate: ``path(block_kernels)`` with ``device`` current and its current stream."""
+    return _launch(device, lambda stream: path(block_kernels(ext, stream)))
+
+
+def _launch_pattern(device, kernel: Callable[[ModuleType, int], T], ext: ModuleType) -> T:
+    """The pattern-GEMM candidate: ``kernel(extension, stream)`` with ``device`` current."""
+    return _launch(device, functools.partial(kernel, ext))
+
+
+def _run(
+    device,
+    key: str,
+    torch_path: Callable[[], T],
+    cublas: Callable[[cuda_cublas.BlockKernels], T] | None,
+    kernel: Callable[[ModuleType, int], T],
+) -> T:
+    """The op on CUDA tensors, by the mode: the PyTorch implementation (``torch_path()``), the cuBLAS path
+    (``cublas(block_kernels)``; None for an op without one) or the pattern-GEMM kernel (``kernel(extension,
+    stream)``), ``auto`` choosing by measurement (``dispatcher``)."""
     mode = kernel_mode()
     if mode == "0":
         return torch_path()
@@ -315,7 +381,9 @@ def _run(device, key: str, torch_path: Callable[[], T], kernel: Callable[[Module
         return torch_path()  # load() said why
     candidates = {REFERENCE: torch_path}
     if ext is not None:
-        candidates[PATTERN] = lambda: _launch(device, functools.partial(kernel, ext))
+        if cublas is not None:
+            candidates[CUBLAS] = functools.partial(_launch_cublas, device, cublas, ext)
+        candidates[PATTERN] = functools.partial(_launch_pattern, device, kernel, ext)
     return dispatcher(device).run(key, candidates, mode)
 
 
@@ -339,6 +407,25 @@ def _row_key(op: str, x: torch.Tensor, weight: torch.Tensor, ints, extra: str) -
     )
 
 
+def _grouped_key(
+    op: str,
+    like: torch.Tensor,
+    rows: int,
+    weight: torch.Tensor,
+    in_dp,
+    in_keep,
+    out_dp,
+    out_keep,
+    groups: int,
+    extra: str,
+) -> str:
+    """A grouped op's key: as a row op's, plus the group count (never the offsets, nor how many distinct
+    pairs they make)."""
+    n_out, n_in = weight.shape
+    sides = f"in {_side(in_dp, in_keep)} out {_side(out_dp, out_keep)}"
+    return f"{op} {_dtype(like)} N={rows} W={n_out}x{n_in} {sides} G={groups} {extra}"
+
+
 def _tile_key(op: str, x: torch.Tensor, weight: torch.Tensor, dp: int, keep: int, tile: int, extra: str) -> str:
     n_out, n_in = weight.shape
     rows = math.prod(x.shape[:-1])
@@ -358,10 +445,12 @@ def _row_linear_cuda(x, weight, bias, in_dp, in_offset, in_keep, out_dp, out_off
     check_weight("row_linear", weight)
     check_linear_args("row_linear", x, weight, bias, periodic_count(weight.shape[1], in_dp, in_offset, in_keep))
     key = _row_key("row_linear", x, weight, ints, "bias" if bias is not None else "no bias")
+    in_p, out_p = RowPattern(*ints[:3]), RowPattern(*ints[3:])
     return _run(
         _cuda_device(x, weight, bias),
         key,
         functools.partial(row_linear_torch, x, weight, bias, *ints),
+        lambda _: cuda_cublas.forward(x, weight, bias, in_p, out_p)[0],
         lambda ext, stream: ext.row_linear(x, weight, bias, *ints, stream),
     )
 
@@ -376,10 +465,62 @@ def _row_linear_backward_cuda(
     k_in, k_out = periodic_count(n_in, in_dp, in_offset, in_keep), periodic_count(n_out, out_dp, out_offset, out_keep)
     check_backward_args("row_linear_backward", grad_y, x, weight, k_in, k_out)
     key = _row_key("row_linear_backward", x, weight, ints, f"grad_x {'yes' if need_grad_x else 'no'}")
+    in_p, out_p = RowPattern(*ints[:3]), RowPattern(*ints[3:])
     return _run(
         _cuda_device(grad_y, x, weight),
         key,
         functools.partial(row_linear_backward_torch, grad_y, x, weight, *ints, need_grad_x),
+        lambda small: cuda_cublas.backward(grad_y, x, weight, None, in_p, out_p, need_grad_x, small),
+        lambda ext, stream: tuple(ext.row_linear_backward(grad_y, x, weight, *ints, need_grad_x, stream)),
+    )
+
+
+def _row_linear_gathered_cuda(x, weight, bias, in_dp, in_offset, in_keep, out_dp, out_offset, out_keep):
+    ints = (in_dp, in_offset, in_keep, out_dp, out_offset, out_keep)
+    _check_row_ints(ints)
+    check_weight("row_linear_gathered", weight)
+    check_linear_args(
+        "row_linear_gathered", x, weight, bias, periodic_count(weight.shape[1], in_dp, in_offset, in_keep)
+    )
+    key = _row_key("row_linear_gathered", x, weight, ints, "bias" if bias is not None else "no bias")
+    in_p, out_p = RowPattern(*ints[:3]), RowPattern(*ints[3:])
+
+    def kernel(ext, stream):  # the kernel reads W in place; the op still returns the block backward reuses
+        block = weight.new_empty(0) if in_keep == in_dp else cuda_cublas.gather_block(weight, out_p, in_p)
+        return ext.row_linear(x, weight, bias, *ints, stream), block
+
+    return _run(
+        _cuda_device(x, weight, bias),
+        key,
+        functools.partial(row_linear_gathered_torch, x, weight, bias, *ints),
+        lambda _: cuda_cublas.forward(x, weight, bias, in_p, out_p),
+        kernel,
+    )
+
+
+def _row_linear_gathered_backward_cuda(
+    grad_y, x, weight, block, in_dp, in_offset, in_keep, out_dp, out_offset, out_keep, need_grad_x=True
+):
+    ints = (in_dp, in_offset, in_keep, out_dp, out_offset, out_keep)
+    _check_row_ints(ints)
+    check_weight("row_linear_gathered_backward", weight)
+    n_out, n_in = weight.shape
+    k_in, k_out = periodic_count(n_in, in_dp, in_offset, in_keep), periodic_count(n_out, out_dp, out_offset, out_keep)
+    check_backward_args("row_linear_gathered_backward", grad_y, x, weight, k_in, k_out)
+    want = (k_out, k_in) if in_keep < in_dp else (0,)
+    if tuple(block.shape) != want:
+        raise ValueError(
+            f"row_linear_gathered_backward: block must have shape {want} (what row_linear_gathered returned), "
+            f"got {tuple(block.shape)}"
+        )
+    key = _row_key("row_linear_gathered_backward", x, weight, ints, f"grad_x {'yes' if need_grad_x else 'no'}")
+    in_p, out_p = RowPattern(*ints[:3]), RowPattern(*ints[3:])
+    saved = block if in_keep < in_dp else None
+    return _run(
+        _cuda_device(grad_y, x, weight),
+        key,
+        functools.partial(row_linear_gathered_backward_torch, grad_y, x, weight, block, *ints, need_grad_x),
+        lambda small: cuda_cublas.backward(grad_y, x, weight, saved, in_p, out_p, need_grad_x, small),
         lambda ext, stream: tuple(ext.row_linear_backward(grad_y, x, weight, *ints, need_grad_x, stream)),
     )
 
@@ -393,6 +534,7 @@ def _tile_linear_cuda(x, weight, bias, dp, offset, keep, tile):
         _cuda_device(x, weight, bias),
         key,
         functools.partial(tile_linear_torch, x, weight, bias, dp, offset, keep, tile),
+        None,
         lambda ext, stream: ext.tile_linear(x, weight, bias, dp, offset, keep, tile, stream),
     )
 
@@ -406,9 +548,105 @@ def _tile_linear_backward_cuda(grad_y, x, weight, dp, offset, keep, tile, need_g
         _cuda_device(grad_y, x, weight),
         key,
         functools.partial(tile_linear_backward_torch, grad_y, x, weight, dp, offset, keep, tile, need_grad_x),
+        None,
         lambda ext, stream: tuple(
             ext.tile_linear_backward(grad_y, x, weight, dp, offset, keep, tile, need_grad_x, stream)
         ),
+    )
+
+
+def _kernel_pairs(ext: ModuleType, stream: int) -> cuda_grouped.PairPath:
+    """The grouped ops' pairs on the pattern-GEMM kernel (the extension's row ops, on ``stream``)."""
+    return cuda_grouped.kernel_path(
+        lambda *args: ext.row_linear(*args, stream), lambda *args: tuple(ext.row_linear_backward(*args, stream))
+    )
+
+
+def _bias(bias) -> str:
+    return "bias" if bias is not None else "no bias"
+
+
+def _grad_x(need_grad_x: bool) -> str:
+    return f"grad_x {'yes' if need_grad_x else 'no'}"
+
+
+def _grouped_row_linear_cuda(x, weight, bias, in_dp, in_keep, in_offsets, out_dp, out_keep, out_offsets):
+    args = (in_dp, in_keep, in_offsets, out_dp, out_keep, out_offsets)
+    check_grouped(x, weight, bias, *args)
+    rows, groups = math.prod(x.shape[:-1]), len(in_offsets)
+    key = _grouped_key("grouped_row_linear", x, rows, weight, in_dp, in_keep, out_dp, out_keep, groups, _bias(bias))
+    return _run(
+        _cuda_device(x, weight, bias),
+        key,
+        functools.partial(grouped_row_linear_torch, x, weight, bias, *args),
+        lambda small: cuda_grouped.full_forward(cuda_grouped.cublas_path(small), x, weight, bias, *args),
+        lambda ext, stream: cuda_grouped.full_forward(_kernel_pairs(ext, stream), x, weight, bias, *args),
+    )
+
+
+def _grouped_row_linear_backward_cuda(
+    grad_y, x, weight, in_dp, in_keep, in_offsets, out_dp, out_keep, out_offsets, need_grad_x=True
+):
+    args = (in_dp, in_keep, in_offsets, out_dp, out_keep, out_offsets)
+    check_weight("grouped_row_linear_backward", weight)
+    check_backward_args("grouped_row_linear_backward", grad_y, x, weight, weight.shape[1], weight.shape[0])
+    rows, groups = math.prod(x.shape[:-1]), len(in_offsets)
+    key = _grouped_key(
+        "grouped_row_linear_backward", x, rows, weight, in_dp, in_keep, out_dp, out_keep, groups, _grad_x(need_grad_x)
+    )
+    return _run(
+        _cuda_device(grad_y, x, weight),
+        key,
+        functools.partial(grouped_row_linear_backward_torch, grad_y, x, weight, *args, need_grad_x),
+        lambda small: cuda_grouped.full_backward(
+            cuda_grouped.cublas_path(small), grad_y, x, weight, *args, need_grad_x
+        ),
+        lambda ext, stream: cuda_grouped.full_backward(
+            _kernel_pairs(ext, stream), grad_y, x, weight, *args, need_grad_x
+        ),
+    )
+
+
+def _compact_rows(xs) -> int:
+    return sum(math.prod(x.shape[:-1]) for x in xs)
+
+
+def _grouped_compact_cuda(xs, weight, bias, in_dp, in_keep, in_offsets, out_dp, out_keep, out_offsets):
+    args = (in_dp, in_keep, in_offsets, out_dp, out_keep, out_offsets)
+    check_compact(xs, weight, bias, *args)
+    key = _grouped_key(
+        "grouped_row_linear_compact", weight, _compact_rows(xs), weight, in_dp, in_keep, out_dp, out_keep, len(xs),
+        _bias(bias),
+    )  # fmt: skip
+    return _run(
+        _cuda_device(*xs, weight, bias),
+        key,
+        functools.partial(grouped_row_linear_compact_torch, xs, weight, bias, *args),
+        lambda small: cuda_grouped.compact_forward(cuda_grouped.cublas_path(small), xs, weight, bias, *args),
+        lambda ext, stream: cuda_grouped.compact_forward(_kernel_pairs(ext, stream), xs, weight, bias, *args),
+    )
+
+
+def _grouped_compact_backward_cuda(
+    grads, xs, weight, blocks, in_dp, in_keep, in_offsets, out_dp, out_keep, out_offsets, need_grad_x=True
+):
+    args = (in_dp, in_keep, in_offsets, out_dp, out_keep, out_offsets)
+    check_compact_backward(grads, xs, weight, blocks, *args)
+    key = _grouped_key(
+        "grouped_row_linear_compact_backward", weight, _compact_rows(xs), weight, in_dp, in_keep, out_dp, out_keep,
+        len(xs), _grad_x(need_grad_x),
+    )  # fmt: skip
+    blocks = list(blocks)
+
+    def run(path):
+        return cuda_grouped.compact_backward(path, grads, xs, weight, blocks, *args, need_grad_x)
+
+    return _run(
+        _cuda_device(*grads, *xs, weight),
+        key,
+        functools.partial(grouped_row_linear_compact_backward_torch, grads, xs, weight, blocks, *args, need_grad_x),
+        lambda small: run(cuda_grouped.cublas_path(small)),
+        lambda ext, stream: run(_kernel_pairs(ext, stream)),
     )
 
 
@@ -430,5 +668,11 @@ def _check_tile_ints(dp: int, offset: int, keep: int, tile: int) -> None:
 
 row_linear.register_kernel("cuda")(_row_linear_cuda)
 row_linear_backward.register_kernel("cuda")(_row_linear_backward_cuda)
+row_linear_gathered.register_kernel("cuda")(_row_linear_gathered_cuda)
+row_linear_gathered_backward.register_kernel("cuda")(_row_linear_gathered_backward_cuda)
+grouped_row_linear.register_kernel("cuda")(_grouped_row_linear_cuda)
+grouped_row_linear_backward.register_kernel("cuda")(_grouped_row_linear_backward_cuda)
+grouped_row_linear_compact.register_kernel("cuda")(_grouped_compact_cuda)
+grouped_row_linear_compact_backward.register_kernel("cuda")(_grouped_compact_backward_cuda)
 tile_linear.register_kernel("cuda")(_tile_linear_cuda)
 tile_linear_backward.register_kernel("cuda")(_tile_linear_backward_cuda)

@@ -1,9 +1,11 @@
 """Dispatch by measurement: which implementation of an ``approxdrop::`` op runs on a GPU.
 
 An op on CUDA tensors has candidates, each a zero-argument callable computing the op on the call's
-own tensors: ``"cublas"``, the PyTorch implementation (on CUDA tensors: a gather of the kept weight
-block, then cuBLAS), always first and the reference; and ``"pattern"``, the pattern-GEMM kernel of
-``kernels/``, when it is built. ``APPROXDROP_KERNELS`` selects the mode (:func:`kernel_mode`):
+own tensors: ``"torch"``, the PyTorch implementation (the op's ``*_torch`` function), always first and
+the reference; and, when the kernels are built, ``"cublas"``, the cuBLAS path (``cuda_cublas``: cuBLAS
+GEMMs on strided views or one gathered block, the weight gradient scattered by one kernel; row ops
+only) and ``"pattern"``, the pattern-GEMM kernel of ``kernels/``. ``APPROXDROP_KERNELS`` selects the
+mode (:func:`kernel_mode`):
 
 - ``auto`` (or unset): on the first call of a key (op, shape, dtype, pattern class) the
   :class:`Dispatcher` runs every candidate once, checks its output against the reference, times it
@@ -13,7 +15,8 @@ block, then cuBLAS), always first and the reference; and ``"pattern"``, the patt
   memory and on disk (one JSON file per GPU name and torch version under
   ``cache_root() / "gpu-dispatch"``, written atomically; an unreadable file is measured again and
   rewritten, never fatal), and one line says which path runs and why.
-- ``cublas`` and ``torch``: the PyTorch implementation; ``pattern``: the kernel (no measurement).
+- ``torch``: the PyTorch implementation, the kernels never built; ``cublas`` / ``pattern``: that path,
+  without measuring (an op without it runs the PyTorch implementation, said once).
 - ``0``: the PyTorch implementation, silently, and the kernels are never built.
 
 Any other value is a ValueError naming the allowed ones. The timer, the output check and the
@@ -38,10 +41,15 @@ from .._env import write_json_atomic
 
 ENV_SWITCH = "APPROXDROP_KERNELS"
 MODES = ("auto", "cublas", "pattern", "torch", "0")
-REFERENCE = "cublas"  # the PyTorch implementation (gather + cuBLAS on CUDA tensors): first candidate, the oracle
+REFERENCE = "torch"  # the PyTorch implementation (the op's *_torch function): first candidate, the oracle
+CUBLAS = "cublas"  # the cuBLAS path (approxdrop.ops.cuda_cublas with kernels/scatter.cu and column_sum.cu)
 PATTERN = "pattern"  # the pattern-GEMM kernel of kernels/
-FORCED = {"cublas": REFERENCE, "torch": REFERENCE, "pattern": PATTERN}
-LABELS = {REFERENCE: "the PyTorch implementation (gather + cuBLAS)", PATTERN: "the pattern-GEMM kernel"}
+FORCED = {"torch": REFERENCE, "cublas": CUBLAS, "pattern": PATTERN}
+LABELS = {
+    REFERENCE: "the PyTorch implementation",
+    CUBLAS: "the cuBLAS path (strided views or one gathered block, fused scatter)",
+    PATTERN: "the pattern-GEMM kernel",
+}
 FORMAT = 1  # version of the cache file's layout
 
 T = TypeVar("T")
@@ -96,10 +104,17 @@ def cuda_event_timer(fn: Callable[[], object], warmup: int = 1, iters: int = 5) 
 TOLERANCE = {torch.float64: 1e-9, torch.float32: 1e-2, torch.float16: 1e-2, torch.bfloat16: 4e-2}
 
 
+def _leaves(out: Any) -> list[Any]:
+    """The tensors of an op's output: a tensor, or tuples and lists of them, nested (grouped ops), in order."""
+    if isinstance(out, (tuple, list)):
+        return [leaf for item in out for leaf in _leaves(item)]
+    return [out]
+
+
 def outputs_agree(out: Any, ref: Any) -> str | None:
-    """None when ``out`` (a tensor or a tuple of them) matches the reference ``ref`` in shape, dtype and
-    value (``TOLERANCE``); else what differs, in a few words."""
-    outs, refs = (out, ref) if isinstance(ref, (tuple, list)) else ((out,), (ref,))
+    """None when ``out`` (a tensor, or tuples and lists of them) matches the reference ``ref`` in structure,
+    shape, dtype and value (``TOLERANCE``); else what differs, in a few words."""
+    outs, refs = _leaves(out), _leaves(ref)
     if len(outs) != len(refs):
         return f"returned {len(outs)} outputs, the reference {len(refs)}"
     for i, (o, r) in enumerate(zip(outs, refs)):

@@ -357,12 +357,15 @@ def _pattern_ints(in_patterns: list[RowPattern], out_patterns: list[RowPattern])
 # --------------------------------------------------------------------------- full-width activations
 
 
-def _pairs(batch: int, in_offsets: list[int], out_offsets: list[int]) -> dict[tuple[int, int], list[tuple[int, int]]]:
-    """(out offset, in offset) -> the batch segments ``(start, stop)`` of the groups carrying that pair."""
+def _pairs(
+    batch: int, in_dp: int, in_keep: int, in_offsets: list[int], out_dp: int, out_keep: int, out_offsets: list[int]
+) -> dict[tuple[int, int], list[tuple[int, int]]]:
+    """(out offset, in offset) -> the batch segments ``(start, stop)`` of the groups carrying that pair (offsets
+    named by ``_key``: a side kept whole is one pair whatever its offsets, so pairs never share a block)."""
     segments: dict[tuple[int, int], list[tuple[int, int]]] = {}
     for (start, stop), i, o in zip(group_bounds(batch, len(in_offsets)), in_offsets, out_offsets):
         if stop > start:
-            segments.setdefault((o, i), []).append((start, stop))
+            segments.setdefault((_key(out_dp, o, out_keep), _key(in_dp, i, in_keep)), []).append((start, stop))
     return segments
 
 
@@ -404,7 +407,9 @@ def grouped_row_linear_torch(
     """The PyTorch implementation of ``approxdrop::grouped_row_linear`` (see the module docstring)."""
     _check(x, weight, bias, in_dp, in_keep, in_offsets, out_dp, out_keep, out_offsets)
     y = x.new_zeros(*x.shape[:-1], weight.shape[0])  # [*, B, n_out]: zero at every group's dropped outputs
-    for (o_out, o_in), segments in _pairs(x.shape[-2], in_offsets, out_offsets).items():
+    for (o_out, o_in), segments in _pairs(
+        x.shape[-2], in_dp, in_keep, in_offsets, out_dp, out_keep, out_offsets
+    ).items():
         rows, cols = _selectors(weight, in_dp, in_keep, o_in, out_dp, out_keep, o_out)
         xs = _read(x, segments, cols)  # [*, m, k_in]
         ys = _pair_forward(flat(xs), kept_weight(weight, rows, cols), bias, rows, in_dp / in_keep)  # [N, k_out]
@@ -455,7 +460,9 @@ def grouped_row_linear_backward_torch(
     grad_w = weight.new_zeros(weight.shape)  # [n_out, n_in]
     grad_b = weight.new_zeros(weight.shape[0])
     disjoint = _disjoint(in_keep, in_dp, out_keep, out_dp)
-    for (o_out, o_in), segments in _pairs(x.shape[-2], in_offsets, out_offsets).items():
+    for (o_out, o_in), segments in _pairs(
+        x.shape[-2], in_dp, in_keep, in_offsets, out_dp, out_keep, out_offsets
+    ).items():
         rows, cols = _selectors(weight, in_dp, in_keep, o_in, out_dp, out_keep, o_out)
         g_kept = _read(grad_y, segments, rows)  # [*, m, k_out]
         x2 = flat(_read(x, segments, cols))  # [N, k_in]

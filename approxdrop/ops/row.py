@@ -170,10 +170,9 @@ register_autocast("row_linear", row_linear)
 register_autocast("row_linear_backward", row_linear_backward)
 
 
-# The CPU training path: row_linear saves x and W and gathers the kept block W[kept_out][:, kept_in]
-# again in backward (the CUDA kernels read it in place, so there is nothing to keep). On a CPU, where
-# BLAS needs that block gathered, these ops gather it once per step: forward returns it, autograd
-# saves it, backward reuses it.
+# The training path: row_linear saves x and W and gathers the kept block W[kept_out][:, kept_in]
+# again in backward. Where BLAS needs that block gathered (on a CPU, and on the cuBLAS path of a GPU),
+# these ops gather it once per step: forward returns it, autograd saves it, backward reuses it.
 
 
 def _gathers(in_dp: int, in_keep: int) -> bool:
@@ -324,9 +323,7 @@ def row_pattern_linear_gathered(
     in_pattern: RowPattern,
     out_pattern: RowPattern,
 ) -> torch.Tensor:
-    """``row_pattern_linear`` for training: on CPU ``row_linear_gathered`` (the kept block gathered once
-    per call, reused by backward), elsewhere ``row_linear`` (whose CUDA kernels read the block in place)."""
+    """``row_pattern_linear`` for training: ``row_linear_gathered`` (the kept block gathered once per call,
+    reused by backward; on CUDA the dispatch picks its path, ``approxdrop.ops.cuda``)."""
     ints = (in_pattern.dp, in_pattern.offset, in_pattern.keep, out_pattern.dp, out_pattern.offset, out_pattern.keep)
-    if weight.device.type != "cpu":
-        return row_linear(x, weight, bias, *ints)
     return row_linear_gathered(x, weight, bias, *ints)[0]

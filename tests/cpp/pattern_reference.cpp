@@ -1,8 +1,8 @@
 // CPU twin of the CUDA kernels for tests/test_kernel_index.py, built with g++ and loaded with ctypes.
 // It uses the kernels' own headers: the same kept-index arithmetic, the same GEMM descriptions (which
-// operand is read at which index) and the same grid of kBlockM x kBlockN blocks per class, evaluated
-// one element at a time in double. Only the tiling inside a block, shared memory and tensor cores
-// are left to the GPU tests.
+// operand is read at which index) and a grid of kBlockM x kBlockN blocks per class (the kernels' big
+// blocks cover the same elements), evaluated one element at a time in double. The tiling inside a block,
+// shared memory, cp.async and tensor cores are left to tests/test_emulated_kernels.py and the GPU tests.
 #include "pattern_gemm.h"
 
 using namespace approxdrop;
@@ -104,6 +104,25 @@ void ad_row_linear_backward(const double* grad_y, const double* x, const double*
 void ad_tile_linear(const double* x, const double* w, const double* bias, double* y, long long rows, long long n_out,
                     long long n_in, long long dp, long long offset, long long keep, long long tile) {
   run_gemm(tile_forward(kFloat64, x, w, bias, y, rows, n_out, n_in, dp, offset, keep, tile));
+}
+
+/// What launch_pattern_gemm says of the forward GEMM's indices before launching: nullptr if they fit the
+/// kernels' 32-bit arithmetic, else why not (index_range_error). No buffer is touched.
+const char* ad_row_index_error(long long rows, long long n_out, long long n_in, long long in_dp, long long in_offset,
+                               long long in_keep, long long out_dp, long long out_offset, long long out_keep) {
+  const Pattern in{in_dp, in_offset, in_keep}, out{out_dp, out_offset, out_keep};
+  return index_range_error(row_forward(kFloat32, nullptr, nullptr, nullptr, nullptr, rows, n_out, n_in, in, out));
+}
+
+const char* ad_tile_index_error(long long rows, long long n_out, long long n_in, long long dp, long long offset,
+                                long long keep, long long tile) {
+  const PatternGemm gemms[3] = {
+      tile_forward(kFloat32, nullptr, nullptr, nullptr, nullptr, rows, n_out, n_in, dp, offset, keep, tile),
+      tile_grad_input(kFloat32, nullptr, nullptr, nullptr, rows, n_out, n_in, dp, offset, keep, tile),
+      tile_grad_weight(kFloat32, nullptr, nullptr, nullptr, rows, n_out, n_in, dp, offset, keep, tile)};
+  for (const PatternGemm& g : gemms)
+    if (const char* error = index_range_error(g)) return error;
+  return nullptr;
 }
 
 /// grad_w must come zeroed.

@@ -17,16 +17,24 @@
 //   spread over its lanes, so stores do not race. Pointers must be 256-bit aligned and ldm a multiple of
 //   16 bytes, as the CUDA programming guide requires; a violation fails the launch.
 // - __half / __nv_bfloat16 store 16 bits and convert with round-to-nearest-even.
+// - cp.async (__pipeline_memcpy_async / __pipeline_commit / __pipeline_wait_prior) is deferred per thread:
+//   a copy lands only when __pipeline_wait_prior retires its group (wait_prior(N) leaves the newest N
+//   committed groups pending), so shared memory read before the wait holds stale data; copies never waited
+//   for never land. Addresses must be aligned to the copy's size (4, 8 or 16 bytes).
+// - 128-bit loads (__ldg of a uint4) must be 16-byte aligned. Counters of both, and the launches' grids,
+//   are in cuda_emulation::stats (report()).
 // - Warp intrinsics and atomics are not emulated: using one is a compile error naming it.
 // Kernel faults (failed checks, __trap) end the launch with cudaErrorLaunchFailure and a message that
 // cudaGetErrorString returns. Launches are synchronous; streams are ignored.
 #pragma once
 
 #include <algorithm>
+#include <atomic>
 #include <barrier>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <deque>
 #include <memory>
 #include <mutex>
 #include <semaphore>
@@ -79,16 +87,37 @@ enum cudaError_t : int {
   cudaErrorLaunchFailure = 719,
 };
 
-enum cudaDeviceAttr : int { cudaDevAttrComputeCapabilityMajor = 75, cudaDevAttrComputeCapabilityMinor = 76 };
+enum cudaDeviceAttr : int {
+  cudaDevAttrMultiProcessorCount = 16,
+  cudaDevAttrComputeCapabilityMajor = 75,
+  cudaDevAttrComputeCapabilityMinor = 76,
+};
 
 namespace cuda_emulation {
 
 enum class Schedule { parallel, serial };
 
 inline int device_arch = 900;  // what cudaDeviceGetAttribute reports: 100 * major + 10 * minor
+inline int sm_count = 2;       // multiprocessors: few, so that small test problems reach the big-tile paths
 inline Schedule schedule = Schedule::parallel;
 inline cudaError_t last_error = cudaSuccess;
 inline std::string last_message;
+
+/// What the kernels did, for tests that check which path ran (report() prints it).
+struct Stats {
+  std::atomic<long long> async_copies{0}, async_copies16{0}, loads128{0};
+  std::vector<std::string> launches;  // "grid (x, y, z) block (x, y, z)"; launches come from one host thread
+};
+inline Stats stats;
+
+/// One line per launch, then the copy counters.
+inline std::string report() {
+  std::string out;
+  for (const std::string& launch : stats.launches) out += "launch " + launch + "\n";
+  out += "copies async " + std::to_string(stats.async_copies.load()) + " async16 " +
+         std::to_string(stats.async_copies16.load()) + " load128 " + std::to_string(stats.loads128.load()) + "\n";
+  return out;
+}
 
 /// A failed check inside a kernel: ends the calling CUDA thread and fails the launch.
 struct KernelFault : std::runtime_error {
@@ -124,6 +153,7 @@ inline cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int d
   switch (attr) {
     case cudaDevAttrComputeCapabilityMajor: *value = cuda_emulation::device_arch / 100; return cudaSuccess;
     case cudaDevAttrComputeCapabilityMinor: *value = cuda_emulation::device_arch / 10 % 10; return cudaSuccess;
+    case cudaDevAttrMultiProcessorCount: *value = cuda_emulation::sm_count; return cudaSuccess;
   }
   return cuda_emulation::fail(cudaErrorNotSupported, "emulation: device attribute " + std::to_string(attr) +
                                                          " is not emulated");
@@ -245,6 +275,7 @@ void launch(void (*kernel)(P...), dim3 grid, dim3 block, std::size_t smem, cudaS
          "emulation: dynamic shared memory is not emulated (smem = " + std::to_string(smem) + ")");
     return;
   }
+  stats.launches.push_back("grid " + dims(grid) + " block " + dims(block));
   const std::tuple<std::decay_t<P>...> params(static_cast<P>(std::forward<A>(args))...);  // copied once, like CUDA
   const unsigned long long blocks = 1ULL * grid.x * grid.y * grid.z;
   const int n = static_cast<int>(threads);
@@ -285,6 +316,77 @@ void launch(void (*kernel)(P...), dim3 grid, dim3 block, std::size_t smem, cudaS
 inline void __syncthreads() {
   const int t = cuda_emulation::thread_rank();
   cuda_emulation::current_block->sync(t);
+}
+
+// ------------------------------------------------------------------ cp.async and 128-bit loads
+namespace cuda_emulation {
+
+struct AsyncCopy {
+  void* dst;
+  const void* src;
+  std::size_t bytes, zfill;  // the last zfill bytes of dst become zero, the others come from src
+};
+
+/// The calling CUDA thread's copies: not yet committed, and committed groups oldest first. Each CUDA thread
+/// is a std::thread of its own, so copies never waited for vanish with it (they never land).
+struct AsyncQueue {
+  std::vector<AsyncCopy> open;
+  std::deque<std::vector<AsyncCopy>> committed;
+};
+inline thread_local AsyncQueue async_queue;
+
+inline void check_aligned(const char* what, const void* p, std::size_t bytes) {
+  if (reinterpret_cast<std::uintptr_t>(p) % bytes != 0)
+    throw KernelFault(std::string(what) + ": " + std::to_string(bytes) + "-byte access at an address that is not " +
+                      std::to_string(bytes) + "-byte aligned");
+}
+
+}  // namespace cuda_emulation
+
+/// cp.async: queued, lands when __pipeline_wait_prior retires its group (see the header comment).
+inline void __pipeline_memcpy_async(void* dst, const void* src, std::size_t size, std::size_t zfill = 0) {
+  using namespace cuda_emulation;
+  thread_rank();  // only inside a kernel
+  if (size != 4 && size != 8 && size != 16)
+    throw KernelFault("__pipeline_memcpy_async: size " + std::to_string(size) + " is not 4, 8 or 16 bytes");
+  if (zfill > size) throw KernelFault("__pipeline_memcpy_async: zfill is larger than the copy");
+  check_aligned("__pipeline_memcpy_async (shared)", dst, size);
+  check_aligned("__pipeline_memcpy_async (global)", src, size);
+  async_queue.open.push_back({dst, src, size, zfill});
+  ++stats.async_copies;
+  if (size == 16) ++stats.async_copies16;
+}
+
+/// Closes the calling thread's group of copies.
+inline void __pipeline_commit() {
+  using namespace cuda_emulation;
+  thread_rank();
+  async_queue.committed.push_back(std::move(async_queue.open));
+  async_queue.open.clear();
+}
+
+/// Lands the calling thread's committed groups but the newest `prior`, oldest first.
+inline void __pipeline_wait_prior(std::size_t prior) {
+  using namespace cuda_emulation;
+  thread_rank();
+  while (async_queue.committed.size() > prior) {
+    for (const AsyncCopy& c : async_queue.committed.front()) {
+      std::memcpy(c.dst, c.src, c.bytes - c.zfill);
+      std::memset(static_cast<char*>(c.dst) + (c.bytes - c.zfill), 0, c.zfill);
+    }
+    async_queue.committed.pop_front();
+  }
+}
+
+struct alignas(16) uint4 {
+  unsigned x, y, z, w;
+};
+
+/// A 128-bit load through the read-only path: the address must be 16-byte aligned.
+inline uint4 __ldg(const uint4* p) {
+  cuda_emulation::check_aligned("__ldg", p, 16);
+  ++cuda_emulation::stats.loads128;
+  return *p;
 }
 
 // ------------------------------------------------------------------ not emulated: a compile error naming it

@@ -16,11 +16,19 @@
 //   tile_linear           rows n_out n_in dp offset keep tile has_bias: x[rows, n_in] w (b) -> y[rows, n_out]
 //   tile_linear_backward  rows n_out n_in dp offset keep tile: gy[rows, n_out] x w -> gx gw gb
 //   column_sum            rows cols dp offset keep n: g[rows, cols] -> out[n]
+//   column_sum_split      rows cols dp offset keep n splits: g[rows, cols] -> out[n] (the driver owns the
+//                         workspace, exactly splits * cols accumulators, NaN-filled)
+//   scatter_block         n_out n_in out_dp out_offset out_keep in_dp in_offset in_keep add:
+//                         block[k_out, k_in] -> full[n_out, n_in] (add: the scatter-add kernel)
 //   convert               n (DTYPE ignored): f[n] float32 -> h[n] (__float2half_rn bits), b[n]
 //                         (__float2bfloat16_rn bits), hf[n], bf[n] (h and b back to float32)
 //   selftest NAME         (no buffers) a small kernel of this file that checks the emulator itself:
-//                         block_sum must succeed; divergent_sync, wmma_misaligned, wmma_bad_ldm, trap and
-//                         bad_config must fail their launch
+//                         block_sum and async_groups must succeed; divergent_sync, wmma_misaligned,
+//                         wmma_bad_ldm, trap, bad_config, async_misaligned and ldg_misaligned must fail their
+//                         launch, and index_range must be refused by the pattern GEMM's launcher
+//
+// After a successful op, stdout has the emulator's report: one line per launch (grid, block) and the counts
+// of cp.async copies and 128-bit loads (cuda_emulation::report).
 //
 // Exit status: 0 on success, 1 on bad arguments or buffers, 2 when a launch fails (message on stderr).
 #include <cstdio>
@@ -32,6 +40,7 @@
 #include <vector>
 
 #include "cuda_emulation.h"
+#include "block_ops.h"
 #include "pattern_gemm.h"
 
 using namespace approxdrop;
@@ -126,6 +135,31 @@ __global__ void wmma_load(long long*) {
 
 __global__ void trap(long long*) { __trap(); }
 
+alignas(16) const float kSource[12] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12};
+
+/// One thread, two groups of cp.async copies: nothing lands before a wait, wait_prior(1) lands the older
+/// group only, wait_prior(0) the rest (zfill bytes zeroed). out[0] = 1 if every check held.
+__global__ void async_groups(long long* out) {
+  __shared__ __align__(16) float s[8];
+  for (float& v : s) v = -1;
+  __pipeline_memcpy_async(s, kSource, 16);
+  __pipeline_commit();
+  __pipeline_memcpy_async(s + 4, kSource + 4, 16, 8);  // s[4..5] from the source, s[6..7] zero
+  __pipeline_commit();
+  bool ok = s[0] == -1 && s[4] == -1;
+  __pipeline_wait_prior(1);
+  ok = ok && s[0] == 1 && s[3] == 4 && s[4] == -1;
+  __pipeline_wait_prior(0);
+  out[0] = ok && s[4] == 5 && s[5] == 6 && s[6] == 0 && s[7] == 0;
+}
+
+__global__ void async_misaligned(long long*) {
+  __shared__ __align__(16) float s[8];
+  __pipeline_memcpy_async(s, kSource + 1, 16);  // 4 bytes past a 16-byte boundary
+}
+
+__global__ void ldg_misaligned(long long* out) { out[0] = __ldg(reinterpret_cast<const uint4*>(kSource + 2)).x; }
+
 void selftest(const std::string& name) {
   std::vector<long long> out(12 * kSumThreads, 0);
   const dim3 grid(2, 3, 2), block(4, 4, 4);
@@ -141,11 +175,23 @@ void selftest(const std::string& name) {
     APPROXDROP_LAUNCH(trap, 1, 32, 0, nullptr, out.data());
   } else if (name == "bad_config") {
     APPROXDROP_LAUNCH(block_sum, 1, dim3(1024, 2), 0, nullptr, out.data());
+  } else if (name == "async_groups") {
+    APPROXDROP_LAUNCH(async_groups, 1, 1, 0, nullptr, out.data());
+  } else if (name == "async_misaligned") {
+    APPROXDROP_LAUNCH(async_misaligned, 1, 1, 0, nullptr, out.data());
+  } else if (name == "ldg_misaligned") {
+    APPROXDROP_LAUNCH(ldg_misaligned, 1, 1, 0, nullptr, out.data());
+  } else if (name == "index_range") {  // K of 2^31 elements: refused before anything is read
+    const Pattern all{1, 0, 1};
+    check(launch_pattern_gemm(row_forward(kFloat32, nullptr, nullptr, nullptr, nullptr, 4, 8, 1LL << 31, all, all),
+                              nullptr));
   } else {
     throw Usage("unknown self-test " + name);
   }
   const cudaError_t err = cudaGetLastError();
   check(err == cudaSuccess ? nullptr : cudaGetErrorString(err));
+  if (name == "async_groups" && out[0] != 1) throw std::runtime_error("async_groups: cp.async landed out of order");
+  if (name != "block_sum") return;
   for (int b = 0; b < 12; ++b)
     if (out[b] != kSumThreads * (kSumThreads - 1) / 2 + 1000LL * kSumThreads * b)
       throw std::runtime_error("block_sum: block " + std::to_string(b) + " got " + std::to_string(out[b]));
@@ -211,6 +257,26 @@ void run(const std::string& op, int dt, long long elem, const std::vector<long l
     void* out = load("out", n);
     check(launch_column_sum(dt, g, rows, cols, out, map, nullptr));
     buf.save("out");
+  } else if (op == "column_sum_split") {
+    need(7);
+    const long long rows = v[0], cols = v[1], n = v[5], splits = v[6];
+    const Pattern map = pattern(v, 2);
+    if (kept_count(map, n) < cols) throw Usage("out is too short for the map's first cols kept indices");
+    void* g = load("g", rows * cols);
+    void* out = load("out", n);
+    std::vector<char> workspace(static_cast<std::size_t>(splits > 1 ? splits * cols * (dt == kFloat64 ? 8 : 4) : 0),
+                                static_cast<char>(0xff));  // NaN in float and double
+    check(launch_column_sum_split(dt, g, rows, cols, out, map, splits > 1 ? workspace.data() : nullptr, splits,
+                                  nullptr));
+    buf.save("out");
+  } else if (op == "scatter_block") {
+    need(9);
+    const long long n_out = v[0], n_in = v[1];
+    const Pattern out = pattern(v, 2), in = pattern(v, 5);
+    void* block = load("block", kept_count(out, n_out) * kept_count(in, n_in));
+    void* full = load("full", n_out * n_in);
+    check((v[8] ? launch_scatter_block_add : launch_scatter_block)(dt, block, full, n_out, n_in, out, in, nullptr));
+    buf.save("full");
   } else if (op == "convert") {
     need(1);
     const long long n = v[0];
@@ -252,6 +318,7 @@ int main(int argc, char** argv) {
     for (int i = 6; i < argc; ++i) ints.push_back(std::stoll(argv[i]));
     Buffers buffers(argv[1]);
     run(argv[2], dt, elem, ints, buffers);
+    std::fputs(cuda_emulation::report().c_str(), stdout);
     return 0;
   } catch (const Usage& e) {
     std::fprintf(stderr, "driver: %s\n", e.what());

@@ -1,0 +1,157 @@
+"""The cuBLAS path of the row ops: the ``"cublas"`` candidate of the GPU dispatch (``approxdrop.ops.dispatch``).
+
+Dense GEMMs through ``torch.mm`` / ``addmm`` (cuBLAS on CUDA tensors) on the kept rows and columns:
+
+- nothing dropped (dp = 1 or keep = dp on both sides): ``F.linear`` and its backward, untouched;
+- every input kept: the kept rows of W are read in place, a strided view with leading dimension
+  ``dp * n_in`` for a keep = 1 out side (W itself when every output is kept too): no copy;
+- some inputs dropped: the kept block ``W[kept_out][:, kept_in]`` is gathered once (one copy kernel), and
+  the gathered ops return it so that backward's grad-input GEMM reuses it instead of gathering again.
+  The saved block costs ``k_out * k_in`` elements per layer, at most the weight's size: ``(1 - p)^2`` of it
+  for a layer dropping a fraction p on both sides, ``1 - p`` for one side;
+- the weight gradient is one compact GEMM ``[k_out, k_in]``, written into the full-size gradient by one
+  scatter kernel (``kernels/scatter.cu``: every element once, the block at the kept positions, zero
+  elsewhere); the bias gradient is the column-sum kernel (``kernels/column_sum.cu``);
+- grad-input is skipped when not needed (a first layer).
+
+The small kernels come in as :class:`BlockKernels` callables: on a GPU the built extension's
+(``approxdrop.ops.cuda``), in the CPU tests their PyTorch definitions :data:`TORCH_BLOCK_KERNELS`, so
+this module's logic runs and is tested without a GPU.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..patterns import RowPattern
+from .common import as_index, flat, take
+
+
+@dataclass(frozen=True)
+class BlockKernels:
+    """The non-GEMM kernels of the cuBLAS path.
+
+    scatter(block, (n_out, n_in), out, in): a new Tensor[n_out, n_in] holding block (Tensor[k_out, k_in]) at
+    the kept (out row, in column) pairs and zero elsewhere. scatter_add(full, block, out, in): adds block
+    into full's kept pairs in place, nothing else touched. column_sum(g, n, pattern): Tensor[n], the column
+    sums of g (Tensor[N, k], k kept of n) at the pattern's kept entries, zero elsewhere."""
+
+    scatter: Callable[[torch.Tensor, tuple[int, int], RowPattern, RowPattern], torch.Tensor]
+    scatter_add: Callable[[torch.Tensor, torch.Tensor, RowPattern, RowPattern], None]
+    column_sum: Callable[[torch.Tensor, int, RowPattern], torch.Tensor]
+
+
+def _scatter_torch(block: torch.Tensor, shape: tuple[int, int], out: RowPattern, inp: RowPattern) -> torch.Tensor:
+    full = block.new_zeros(shape)  # [n_out, n_in]
+    full[out.keep_mask(shape[0], block.device)[:, None] & inp.keep_mask(shape[1], block.device)[None, :]] = (
+        block.flatten()
+    )
+    return full
+
+
+def _scatter_add_torch(full: torch.Tensor, block: torch.Tensor, out: RowPattern, inp: RowPattern) -> None:
+    r = as_index(out.selector(full.shape[0], full.device), full.shape[0], full.device)
+    c = as_index(inp.selector(full.shape[1], full.device), full.shape[1], full.device)
+    full.index_put_((r[:, None], c[None, :]), block, accumulate=True)
+
+
+def _column_sum_torch(g: torch.Tensor, n: int, pattern: RowPattern) -> torch.Tensor:
+    out = g.new_zeros(n)
+    out[pattern.keep_mask(n, g.device)] = g.sum(0)
+    return out
+
+
+# What kernels/scatter.cu and column_sum.cu compute, in PyTorch (their tests' oracle, and the CPU tests' kernels).
+TORCH_BLOCK_KERNELS = BlockKernels(_scatter_torch, _scatter_add_torch, _column_sum_torch)
+
+
+def kept_everything(p: RowPattern) -> bool:
+    """Whether a side keeps every unit (dp = 1 or keep = dp): no selection, no scale."""
+    return p.keep == p.dp
+
+
+def gather_block(weight: torch.Tensor, out: RowPattern, inp: RowPattern) -> torch.Tensor:
+    """``W[kept_out][:, kept_in]`` (Tensor[k_out, k_in]): a fresh contiguous copy made in one pass (a strided
+    copy for keep = 1 sides, else one two-index gather); it never aliases W."""
+    rows, cols = out.selector(weight.shape[0], weight.device), inp.selector(weight.shape[1], weight.device)
+    if isinstance(rows, slice) and isinstance(cols, slice):
+        return weight[rows, cols].clone(memory_format=torch.contiguous_format)
+    if isinstance(rows, slice):
+        return weight[rows].index_select(1, cols)
+    return weight[rows[:, None], as_index(cols, weight.shape[1], weight.device)[None, :]]
+
+
+def kept_weight_for(weight: torch.Tensor, block: torch.Tensor | None, out: RowPattern, inp: RowPattern) -> torch.Tensor:
+    """The kept block the GEMMs read (Tensor[k_out, k_in]): W's kept rows in place when every input is kept (a
+    view for a keep = 1 out side), else ``block`` when given (what forward gathered), else a fresh gather."""
+    if kept_everything(inp):
+        return take(weight, 0, out.selector(weight.shape[0], weight.device))
+    return block if block is not None else gather_block(weight, out, inp)
+
+
+def scaled_mm(a: torch.Tensor, b: torch.Tensor, scale: float) -> torch.Tensor:
+    """``scale * a @ b`` (Tensor[M, N]) with the scale in the GEMM's alpha (no extra pass)."""
+    if scale == 1.0:
+        return torch.mm(a, b)
+    return a.new_empty(a.shape[0], b.shape[1]).addmm_(a, b, beta=0, alpha=scale)  # beta = 0: the empty is not read
+
+
+def pair_forward(
+    x2: torch.Tensor, w_kept: torch.Tensor, bias: torch.Tensor | None, out: RowPattern, n_out: int, scale: float
+) -> torch.Tensor:
+    """x2 (Tensor[N, k_in]) -> ``scale * x2 @ w_kept.T + bias[kept_out]`` (Tensor[N, k_out]), one GEMM."""
+    if bias is None:
+        return scaled_mm(x2, w_kept.t(), scale)
+    return torch.addmm(take(bias, 0, out.selector(n_out, bias.device)), x2, w_kept.t(), alpha=scale)
+
+
+def forward(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, inp: RowPattern, out: RowPattern
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``row_linear_gathered`` on the cuBLAS path: y (Tensor[*, k_out]) and the gathered kept block
+    (Tensor[k_out, k_in]; empty, shape (0,), when every input is kept: then nothing was gathered)."""
+    n_out = weight.shape[0]
+    if kept_everything(inp):  # W's kept rows in place, unscaled: F.linear (W itself when every output is kept)
+        rows = out.selector(n_out, weight.device)
+        y = F.linear(x, take(weight, 0, rows), None if bias is None else take(bias, 0, rows))
+        return y.contiguous(), weight.new_empty(0)
+    block = gather_block(weight, out, inp)  # [k_out, k_in]
+    y = pair_forward(flat(x), block, bias, out, n_out, inp.scale)  # [N, k_out]
+    return y.reshape(*x.shape[:-1], y.shape[1]), block
+
+
+def weight_grad_block(g2: torch.Tensor, x2: torch.Tensor, scale: float) -> torch.Tensor:
+    """The compact weight gradient ``scale * g2.T @ x2`` (Tensor[k_out, k_in]) of g2 (Tensor[N, k_out]) and
+    x2 (Tensor[N, k_in])."""
+    return scaled_mm(g2.t(), x2, scale)
+
+
+def backward(
+    grad_y: torch.Tensor,
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    block: torch.Tensor | None,
+    inp: RowPattern,
+    out: RowPattern,
+    need_grad_x: bool,
+    kernels: BlockKernels,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``row_linear_backward`` on the cuBLAS path (block: what forward gathered, or None to gather again):
+    grad_x (Tensor[*, k_in], empty without ``need_grad_x``), grad_w (Tensor[n_out, n_in], zero outside the
+    kept block), grad_b (Tensor[n_out], zero outside the kept rows); all contiguous."""
+    n_out, n_in = weight.shape
+    g2, x2 = flat(grad_y), flat(x)  # [N, k_out], [N, k_in]
+    grad_b = kernels.column_sum(g2, n_out, out)
+    if kept_everything(inp) and kept_everything(out):  # F.linear's backward
+        grad_x = torch.mm(g2, weight).reshape(x.shape) if need_grad_x else x.new_empty(0)
+        return grad_x, torch.mm(g2.t(), x2), grad_b
+    scale = inp.scale
+    grad_x = x.new_empty(0)
+    if need_grad_x:
+        grad_x = scaled_mm(g2, kept_weight_for(weight, block, out, inp), scale).reshape(x.shape)
+    grad_w = kernels.scatter(weight_grad_block(g2, x2, scale), (n_out, n_in), out, inp)
+    return grad_x, grad_w, grad_b
