@@ -371,8 +371,8 @@ def test_grouped_eval_is_the_whole_network_and_leading_dims_work():
     [
         (dict(groups=0), "groups must be in"),
         (dict(groups=2.5), "groups must be an int"),
-        (dict(groups=4, method="tile"), "batch groups are for row-pattern methods"),
-        (dict(groups=2, method="shared"), "batch groups are for row-pattern methods"),
+        (dict(groups=4, method="bernoulli"), "batch groups are for row- and tile-pattern methods"),
+        (dict(groups=2, method="shared"), "batch groups are for row- and tile-pattern methods"),
     ],
 )
 def test_bad_groups_are_value_errors_naming_the_value(kwargs, match):

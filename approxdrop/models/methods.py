@@ -26,8 +26,8 @@ class Method:
     """One dropout method: a row of ``DROPOUT_METHODS``.
 
     ``family`` is the searched pattern family of pattern methods (None otherwise); ``groups`` the
-    number of batch groups with complementary offsets of row patterns (1: the paper's one pattern
-    per batch; METHOD.md §9); ``models`` the model kinds that offer it; ``torch_modules`` marks the
+    number of batch groups with complementary offsets of row or tile patterns (1: the paper's one
+    pattern per batch; METHOD.md §9); ``models`` the model kinds that offer it; ``torch_modules`` marks the
     LSTM built from PyTorch's own ``nn.LSTM`` + ``nn.Dropout`` (the baseline users write), not the
     library's LSTM code.
     """
@@ -46,8 +46,8 @@ class Method:
             raise ValueError(f"drops must be one of {DROPS}, got {self.drops!r}")
         if (self.family is not None) != (self.drops in (ROW, TILE)):
             raise ValueError(f"method {self.name!r}: a family is needed by pattern methods, and only by them")
-        if self.groups != 1 and self.drops != ROW:
-            raise ValueError(f"method {self.name!r}: batch groups are for row patterns only")
+        if self.groups != 1 and self.drops not in (ROW, TILE):
+            raise ValueError(f"method {self.name!r}: batch groups are for row and tile patterns only")
 
     @property
     def pattern_kind(self) -> str | None:
@@ -92,7 +92,24 @@ DROPOUT_METHODS: dict[str, Method] = {
             groups=16,
         ),
         Method(
+            "row-extended-g4",
+            ROW,
+            "row patterns, extended family, 4 batch groups with complementary offsets",
+            "#2E8B57",
+            family="extended",
+            groups=4,
+        ),
+        Method(
             "tile", TILE, "tile patterns on the weight reading each site", "#54A24B", family="paper", models=("mlp",)
+        ),
+        Method(
+            "tile-g4",
+            TILE,
+            "tile patterns, 4 batch groups with complementary offsets",
+            "#2E7D32",
+            family="paper",
+            groups=4,
+            models=("mlp",),
         ),
         Method("shared", SHARED_UNITS, "batch-shared Bernoulli over units, gathered", "#F58518"),
         Method("none", NOTHING, "no dropout", "#9D9D9D"),

@@ -9,6 +9,8 @@ site per training step; eval runs the full network):
 - tile patterns (``tile``): DropConnect on T x T tiles of the weight that reads each site (the next
   layer's weight), so the site's randomness enters where dropout's does
   (``approxdrop::tile_linear``). This placement is this project's choice (METHOD.md leaves it open).
+  ``tile-g4`` gives 4 batch groups complementary tile offsets (one tile op per distinct pattern, on
+  its groups' samples); measured in benchmarks/tile_groups.md.
 - per element (``bernoulli``): ``nn.Dropout``, full-size GEMMs.
 - batch-shared random units (``shared``): batch-shared Bernoulli(p) over units, kept units gathered.
 - nothing (``none``): no dropout.
@@ -62,10 +64,11 @@ class ApproxDropoutMLP(nn.Module):
             each: a row pattern computes only the kept units, and nn.Softmax would see only those.
         distributions: one PatternDistribution per site (row / tile); by default
             ``distribution_for(p, width)`` of each site.
-        groups: batch groups with complementary offsets (row patterns only; METHOD.md §9): the
+        groups: batch groups with complementary offsets (row or tile patterns; METHOD.md §9): the
             batch (second-to-last axis of x) splits as ``torch.tensor_split`` does and each group
-            gets its own offset of the step's ``(dp, keep)``. Default: the method's (4 for ``row-g4``,
-            1 for ``row``). Grouped patterns run eagerly under torch.compile (a graph break).
+            gets its own offset of the step's ``(dp, keep)``. Default: the method's (4 for ``row-g4``
+            and ``tile-g4``, 1 for ``row``). Grouped patterns run eagerly under torch.compile (a
+            graph break).
         generator: CPU generator for pattern and mask draws (default: torch's global RNG).
 
     After a training forward, ``last_patterns`` holds what each site drew (a pattern, a tuple of
@@ -92,8 +95,10 @@ class ApproxDropoutMLP(nn.Module):
             raise ValueError(f"sizes needs at least an input and an output width, got {sizes}")
         self.spec = get_method(method, "mlp")
         self.groups = self.spec.groups if groups is None else check_int("groups", groups, 1)
-        if self.groups > 1 and self.spec.drops != ROW:
-            raise ValueError(f"groups={self.groups}: batch groups are for row-pattern methods, not {method!r}")
+        if self.groups > 1 and self.spec.drops not in (ROW, TILE):
+            raise ValueError(
+                f"groups={self.groups}: batch groups are for row- and tile-pattern methods, not {method!r}"
+            )
         self.sizes, self.p, self.method, self.tile = sizes, check_rate(p), method, check_int("tile", tile, 1)
         self.input_dropout = bool(input_dropout)
         self.generator = generator
@@ -137,7 +142,7 @@ class ApproxDropoutMLP(nn.Module):
         if drops == ROW:
             return self._row(x, draws) if self.groups == 1 else self._grouped(x, draws)
         if drops == TILE:
-            return self._tile(x, draws)
+            return self._tile(x, draws) if self.groups == 1 else self._grouped_tile(x, draws)
         return self._shared(x, draws)
 
     def _stack(self, x, layer):
@@ -194,6 +199,30 @@ class ApproxDropoutMLP(nn.Module):
             return tile_pattern_linear(x, linear.weight, linear.bias, patterns[i])
 
         return self._stack(x, layer)
+
+    @torch.compiler.disable(reason=GROUPED_COMPILE_REASON)
+    def _grouped_tile(self, x, patterns: list[tuple[TilePattern, ...] | None]):
+        # groups split the batch axis (the second-to-last) as torch.tensor_split does; a layer reading a
+        # site runs the tile op once per distinct pattern, on the samples of the groups that drew it
+        single = x.dim() == 1
+        x = x.unsqueeze(0) if single else x  # [*, B, n]
+        bounds = group_bounds(x.shape[-2], self.groups)
+
+        def layer(i, linear, x):
+            if patterns[i] is None:
+                return linear(x)
+            ys: list = [None] * self.groups
+            for q in dict.fromkeys(patterns[i]):  # distinct patterns, in group order
+                members = [g for g, pg in enumerate(patterns[i]) if pg == q]
+                xq = torch.cat([x[..., slice(*bounds[g]), :] for g in members], -2)  # [*, B_q, n_in]
+                yq = tile_pattern_linear(xq, linear.weight, linear.bias, q)  # [*, B_q, n_out]
+                sizes = [bounds[g][1] - bounds[g][0] for g in members]
+                for g, y in zip(members, yq.split(sizes, -2)):
+                    ys[g] = y
+            return torch.cat(ys, -2)  # [*, B, n_out]
+
+        y = self._stack(x, layer)
+        return y.squeeze(0) if single else y
 
     def _shared(self, x, kept: list[torch.Tensor | None]):
         # x stays compact: [*, kept units of the current site]

@@ -151,8 +151,8 @@ _COMPILE_ADVICE = (
 
 # Why the grouped paths of the models are left out of torch.compile graphs (torch.compiler.disable).
 GROUPED_COMPILE_REASON = (
-    "grouped row patterns run eagerly under torch.compile (the GEMMs they run depend on the drawn offsets); "
-    'for a fullgraph=True model use method="row" (one pattern per batch)'
+    "grouped row and tile patterns run eagerly under torch.compile (the GEMMs they run depend on the drawn "
+    'offsets); for a fullgraph=True model use one pattern per batch (method="row" or "tile")'
 )
 
 
