@@ -9,11 +9,17 @@ addition per element, so both must match bit for bit; grouped gradients chain on
 into one buffer, as ``approxdrop.ops.cuda_grouped`` does. One case of each runs under AddressSanitizer +
 UndefinedBehaviorSanitizer, and planted bugs (an off-by-one in the inverse index, a missing zero, a dropped
 split) must fail.
+
+The split count a GPU run uses is column_sum_splits (kernels/block_ops.h, called by kernels/binding.cpp): the
+driver's ``column_sum_auto`` op lets that same function pick it, on shapes where it picks one pass, several
+splits and the most it ever picks, and the launch grids show the launch used its choice. Its bounds are checked
+directly (``column_sum_splits`` op), and a rule off by one split must fail.
 """
 
 from __future__ import annotations
 
 import random
+import re
 import shutil
 from pathlib import Path
 
@@ -131,21 +137,36 @@ def check_grouped(exe: Path, n_out, n_in, dp_keep, groups: int, dtype, seed: int
     return [f for f in [_differs(label, full, want)] if f is not None]
 
 
-def check_column_sum(exe: Path, rows, n, pattern, splits, dtype, seed: int, schedule="parallel") -> list[str]:
-    """out[kept_index(map, j)] = sum_i g[i, j], split over row ranges; out's other entries untouched."""
+def _column_sum_grids(cols: int, splits: int) -> list[tuple[int, int, int]]:
+    """The launches of a column sum: 32-column blocks by splits, then the finishing pass when split (none when
+    there is no column)."""
+    if cols == 0:
+        return []
+    return [((cols + 31) // 32, splits, 1)] + ([((cols + 255) // 256, 1, 1)] if splits > 1 else [])
+
+
+def check_column_sum(
+    exe: Path, rows, n, pattern, splits, dtype, seed: int, schedule="parallel", auto: bool = False
+) -> list[str]:
+    """out[kept_index(map, j)] = sum_i g[i, j], split over row ranges; out's other entries untouched; the
+    launches have the grids of ``splits`` splits. auto: the launcher gets the split count from
+    column_sum_splits, as the binding does (``splits`` is then the count it must pick)."""
     gen = torch.Generator().manual_seed(seed)
     kept = pattern.keep_mask(n)
-    g = _random(gen, dtype, rows, int(kept.sum()))
+    g = _random(gen, dtype, rows, int(kept.sum()))  # [rows, cols]
     exact, magnitude = torch.zeros(n, dtype=torch.float64), torch.zeros(n, dtype=torch.float64)
     exact[kept], magnitude[kept] = g.double().sum(0), g.double().abs().sum(0)
-    ints = (rows, g.shape[1], pattern.dp, pattern.offset, pattern.keep, n, splits)
-    run = run_driver(exe, "column_sum_split", dtype, ints, {"g": g, "out": _nan(dtype, n)}, schedule=schedule)
-    label = f"column_sum rows={rows} n={n} {pattern} splits={splits} {DTYPE_NAMES[dtype]} {schedule}"
+    ints = (rows, g.shape[1], pattern.dp, pattern.offset, pattern.keep, n)
+    op, ints = ("column_sum_auto", ints) if auto else ("column_sum_split", (*ints, splits))
+    run = run_driver(exe, op, dtype, ints, {"g": g, "out": _nan(dtype, n)}, schedule=schedule)
+    label = f"{op} rows={rows} n={n} {pattern} splits={splits} {DTYPE_NAMES[dtype]} {schedule}"
     if (failure := run.failure(label)) is not None:
         return [failure]
     failure = _compare(label, run.buffers["out"], exact, magnitude, rows, kept)
     torch_sum = TORCH_BLOCK_KERNELS.column_sum(g.double(), n, pattern)  # the PyTorch definition agrees with exact
     assert torch.allclose(torch_sum[kept], exact[kept])
+    if failure is None and run.grids != (want := _column_sum_grids(g.shape[1], splits)):
+        failure = f"{label}: launch grids {run.grids}, expected {want}"
     return [failure] if failure else []
 
 
@@ -181,6 +202,72 @@ def test_column_sum_with_row_splits_matches_pytorch(plain, dtype):
         rows, n = _odd(rng, 199), _odd(rng, 99)
         failures += check_column_sum(plain, rows, n, _row_pattern(rng), splits, dtype, seed=i, schedule=_schedule(i))
     _assert_none(failures)
+
+
+# Shapes on which column_sum_splits picks one pass, several splits and its most (kernels/block_ops.h: at least
+# kColumnSumRows = 128 rows per split, splits until about kColumnSumBlocks = 1024 blocks of 32 columns):
+# (rows, n, map, dtype, the split count it must pick); cols = map.kept_count(n).
+AUTO_CASES = {
+    "one pass at 128 rows": (128, 67, RowPattern(3, 2, 2), torch.float16, 1),  # 45 columns
+    "no rows": (0, 37, RowPattern(1, 0, 1), torch.float32, 1),  # out = 0 at the kept entries
+    "no kept column": (5, 3, RowPattern(4, 3, 1), torch.bfloat16, 1),  # nothing launched
+    "two splits at 129 rows": (129, 45, RowPattern(5, 1, 4), torch.bfloat16, 2),  # 36 columns
+    "tall": (1001, 101, RowPattern(4, 1, 3), torch.float32, 8),  # 75 columns: ceil(1001 / 128)
+    "wide": (385, 2729, RowPattern(4, 3, 3), torch.float64, 4),  # 2047 columns (64 blocks, 16 splits would fill)
+    # 31 columns (one block): 1024 splits of 129 rows, the last 3 empty; 1029 would have 128 rows each
+    "most splits": (131597, 31, RowPattern(1, 0, 1), torch.float16, 1024),
+}
+
+
+@pytest.mark.parametrize("case", AUTO_CASES)
+def test_column_sum_picks_its_splits_as_the_binding_does(plain, case):
+    rows, n, pattern, dtype, splits = AUTO_CASES[case]
+    schedule = _schedule(list(AUTO_CASES).index(case))
+    _assert_none(check_column_sum(plain, rows, n, pattern, splits, dtype, seed=90, schedule=schedule, auto=True))
+
+
+# column_sum_splits(rows, cols) on shapes worked out by hand from kernels/block_ops.h.
+RULE_CASES = {
+    (0, 0): 1,
+    (1, 1): 1,
+    (128, 45): 1,
+    (129, 45): 2,
+    (2001, 3001): 11,  # 94 column blocks: ceil(1024 / 94) = 11 splits fill the GPU, before ceil(2001 / 128) = 16
+    (4097, 1025): 32,  # 33 column blocks: ceil(1024 / 33) = 32
+    (129, 32769): 1,  # 1025 column blocks fill it without splitting
+    (1 << 40, 1): 1024,  # the most it picks: kColumnSumBlocks splits of one column block
+}
+RULE_ROWS = [0, 1, 2, 127, 128, 129, 255, 257, 1001, 130944, 130945, 131597, 10**6, 2**31, 2**40, 2**62]
+RULE_COLS = [0, 1, 31, 32, 33, 1023, 1025, 32736, 32737, 32769, 10**6, 2**31, 2**40]
+MAX_GRID_Y = 65535  # CUDA's limit on gridDim.y, which holds the splits
+
+
+def check_split_rule(exe: Path) -> list[str]:
+    """column_sum_splits on RULE_CASES and on every pair of RULE_ROWS x RULE_COLS: never 0, never more splits
+    than ceil(rows / 128) (so never more than rows), within gridDim.y, and about 1024 blocks at most."""
+    pairs = list(RULE_CASES) + [(r, c) for r in RULE_ROWS for c in RULE_COLS]
+    run = run_driver(exe, "column_sum_splits", torch.float32, [i for pair in pairs for i in pair], {})
+    if (failure := run.failure("column_sum_splits")) is not None:
+        return [failure]
+    found = re.findall(r"^splits (\d+) (\d+) (\d+)$", run.done.stdout, re.MULTILINE)
+    picked = {(int(r), int(c)): int(s) for r, c, s in found}
+    assert list(picked) == list(dict.fromkeys(pairs)), f"the driver answered other pairs:\n{run.done.stdout}"
+    failures = [
+        f"column_sum_splits{pair} = {picked[pair]}, expected {want}"
+        for pair, want in RULE_CASES.items()
+        if picked[pair] != want
+    ]
+    for (rows, cols), splits in picked.items():
+        col_blocks = (cols + 31) // 32
+        if not 1 <= splits <= min(max(1, -(-rows // 128)), MAX_GRID_Y):
+            failures.append(f"column_sum_splits({rows}, {cols}) = {splits}: outside [1, min(ceil(rows / 128), 65535)]")
+        elif splits > 1 and splits * col_blocks >= 1024 + col_blocks:
+            failures.append(f"column_sum_splits({rows}, {cols}) = {splits}: {splits * col_blocks} blocks, over 1024")
+    return failures
+
+
+def test_column_sum_split_rule_bounds(plain):
+    _assert_none(check_split_rule(plain))
 
 
 def test_column_sum_splits_give_the_same_bits_every_run(plain):
@@ -237,16 +324,52 @@ PLANTED_BUGS = {
 }
 
 
-@pytest.mark.parametrize("bug", PLANTED_BUGS)
-def test_planted_bug_fails(bug, tmp_path):
-    name, old, new, flavour, evidence = PLANTED_BUGS[bug]
+# Planted bugs in the split rule, which the checks with explicit split counts above never see.
+PLANTED_RULE_BUGS = {
+    "one split too many": (
+        "block_ops.h",
+        "return splits > 1 ? splits : 1;",
+        "return (splits > 1 ? splits : 1) + 1;",
+        "plain",
+        "launch grids",  # the grids show 3 splits where the rule must pick 2 (sums still right)
+    ),
+    "blocks rounded down": (
+        "block_ops.h",
+        "(kColumnSumBlocks + col_blocks - 1) / col_blocks",
+        "kColumnSumBlocks / col_blocks",
+        "plain",
+        "column_sum_splits(2001, 3001) = 10, expected 11",
+    ),
+}
+
+
+def _build_patched(tmp_path: Path, bugs: dict, bug: str) -> tuple[Path, str]:
+    """The driver built from a copy of kernels/ with ``bug`` planted; also what its failure must say."""
+    name, old, new, flavour, evidence = bugs[bug]
     kernels = tmp_path / "kernels"
     shutil.copytree(KERNELS, kernels)
     text = (kernels / name).read_text()
-    assert text.count(old) == 1, f"the text to patch is no longer in kernels/{name}: update PLANTED_BUGS"
+    assert text.count(old) == 1, f"the text to patch is no longer in kernels/{name}: update the planted bugs"
     (kernels / name).write_text(text.replace(old, new))
-    exe = build(flavour, kernels)
+    return build(flavour, kernels), evidence
+
+
+@pytest.mark.parametrize("bug", PLANTED_BUGS)
+def test_planted_bug_fails(bug, tmp_path):
+    exe, evidence = _build_patched(tmp_path, PLANTED_BUGS, bug)
     failures = check_scatter(exe, *EDGE_SCATTER[3], torch.float32, seed=0)
     failures += check_column_sum(exe, 91, 45, RowPattern(3, 1, 2), 4, torch.float32, seed=1)
     assert failures, f"the planted bug '{bug}' went unnoticed"
     assert evidence in failures[0], failures[0]
+
+
+@pytest.mark.parametrize("bug", PLANTED_RULE_BUGS)
+def test_planted_split_rule_bug_fails(bug, tmp_path):
+    exe, evidence = _build_patched(tmp_path, PLANTED_RULE_BUGS, bug)
+    failures = []
+    for case in ["two splits at 129 rows", "tall"]:  # the small ones
+        rows, n, pattern, _, splits = AUTO_CASES[case]
+        failures += check_column_sum(exe, rows, n, pattern, splits, torch.float32, seed=2, auto=True)
+    failures += check_split_rule(exe)
+    assert failures, f"the planted bug '{bug}' went unnoticed"
+    assert evidence in failures[0], "\n".join(failures)

@@ -131,6 +131,75 @@ def test_study_directory_belongs_to_one_setting(tmp_path, digits):
         run_study(tiny(epochs=2), tmp_path, data=digits, progress=False)
 
 
+def count_trainings(monkeypatch) -> list[tuple]:
+    """Every (variant, p, seed, lr, epochs) trained from now on."""
+    trained = []
+    real = study.train_run
+    monkeypatch.setattr(study, "train_run", lambda *a, **k: trained.append(a[2:7]) or real(*a, **k))
+    return trained
+
+
+def test_a_study_with_more_or_fewer_variants_ps_or_seeds_reuses_the_runs_it_has(tmp_path, digits, monkeypatch):
+    config = tiny(seeds=(0, 1), lrs=(0.01, 0.1), variants=("bernoulli", "row"))
+    run_study(config, tmp_path, data=digits, progress=False)
+    files = sorted(tmp_path.glob("*/*.json"))
+    before = {f: (f.stat().st_mtime_ns, f.read_text()) for f in files}
+    assert len(files) == 2 * 2 + 2 * 2  # pilots (variant, lr) and runs (variant, seed)
+    assert {json.dumps(json.loads(f.read_text())["config"]) for f in files} == {json.dumps(study.run_settings(config))}
+    assert "variants" not in study.run_settings(config) and study.run_settings(config)["pilot_seed"] == 0
+    trained = count_trainings(monkeypatch)
+    more = tiny(seeds=(0, 1), lrs=(0.01, 0.1), variants=("bernoulli", "row", "row-g4"))
+    results = run_study(more, tmp_path, data=digits, progress=False)
+    pilots = [("row-g4", 0.5, 0, lr, 1) for lr in (0.01, 0.1)]
+    chosen = results[2].lr
+    assert sorted(trained) == sorted([*pilots, *(("row-g4", 0.5, s, chosen, 1) for s in (0, 1))])
+    assert {f: (f.stat().st_mtime_ns, f.read_text()) for f in files} == before  # every old file reused untouched
+    assert keys(results) == [(v, 0.5, s) for s in (0, 1) for v in more.variants]
+    assert len(json.loads((tmp_path / "results.json").read_text())["summary"]) == 3
+    trained.clear()
+    fewer = run_study(tiny(seeds=(0, 1, 2), ps=(0.5, 0.3), lrs=(0.01, 0.1), variants=("row",)), tmp_path, data=digits,
+                      progress=False)  # fmt: skip
+    new_p = [*(("row", 0.3, 0, lr, 1) for lr in (0.01, 0.1)), *(("row", 0.3, s, fewer[1].lr, 1) for s in (0, 1, 2))]
+    assert sorted(trained) == sorted([*new_p, ("row", 0.5, 2, results[1].lr, 1)])  # only the new p's and seed's
+    assert [r for r in fewer if r.p == 0.5 and r.seed < 2] == [r for r in results if r.variant == "row"]
+
+
+@pytest.mark.parametrize(
+    "change, difference",
+    [
+        ({"epochs": 2}, "epochs 1, not 2"),
+        ({"lrs": (0.03, 0.1)}, r"lrs \[0.03\], not \[0.03, 0.1\]"),
+        ({"clip": None}, "clip 2.0, not None"),
+        ({"val_size": 50}, "val_size 100, not 50"),
+        ({"hidden": (4,)}, r"hidden \[8\], not \[4\]"),
+        ({"seeds": (1, 0)}, "pilot_seed 0, not 1"),  # the pilots, which chose every rate, trained another seed
+    ],
+)
+def test_a_changed_setting_that_matters_is_refused_naming_it(tmp_path, digits, change, difference):
+    run_study(tiny(seeds=(0, 1)), tmp_path, data=digits, progress=False)
+    trained = sorted(tmp_path.glob("*/*.json"))
+    with pytest.raises(ValueError, match=f"was made with other settings \\({difference}\\); use another --out"):
+        run_study(tiny(**{"seeds": (0, 1), **change}), tmp_path, data=digits, progress=False)
+    assert sorted(tmp_path.glob("*/*.json")) == trained
+
+
+def test_old_files_that_record_the_whole_config_are_reused(tmp_path, digits, monkeypatch):
+    config = tiny(seeds=(0, 1), lrs=(0.01, 0.1), variants=("bernoulli", "row"))
+    first = run_study(config, tmp_path, data=digits, progress=False)
+    old = {**asdict(config), "variants": ["bernoulli", "row", "tile-g4"], "ps": [0.5, 0.7]}  # as files were written
+    for path in tmp_path.glob("*/*.json"):
+        path.write_text(json.dumps({**json.loads(path.read_text()), "config": old}))
+    trained = count_trainings(monkeypatch)
+    assert run_study(config, tmp_path, data=digits, progress=False) == first and trained == []
+    assert json.loads((tmp_path / "runs" / study.run_name("row", 0.5, 1)).read_text())["config"] == json.loads(
+        json.dumps(old)
+    )  # read as it is, not rewritten
+    with pytest.raises(ValueError, match=r"other settings \(epochs 1, not 2\)"):
+        run_study(tiny(seeds=(0, 1), lrs=(0.01, 0.1), epochs=2), tmp_path, data=digits, progress=False)
+    with pytest.raises(ValueError, match=r"other settings \(pilot_seed 0, not 1\)"):
+        run_study(tiny(seeds=(1,), lrs=(0.01, 0.1)), tmp_path, data=digits, progress=False)
+
+
 def test_summary_statistics_and_table():
     runs = [
         RunResult("bernoulli", 0.5, 0, 0.1, "x", [0.5, 0.6], [1.0, 3.0], 0.80),

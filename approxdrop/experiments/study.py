@@ -14,8 +14,10 @@ same tuning effort for every variant:
 Every run writes its own JSON file atomically (``OUT/pilot/`` and ``OUT/runs/``), so an interrupted
 study continues where it stopped; ``workers`` runs train in parallel processes (one torch thread
 each). The summary (``results.json``, ``results.md``) and the figures (``accuracy.html``) are written
-at the end. A study directory belongs to one setting: runs made with other settings are an error,
-not silently mixed.
+at the end, for the variants, ps and seeds of the study as run. A run file records only what its run
+depends on (``run_settings``: the data, model and training settings, the rate grid and the pilot's
+seed), so a study with more or fewer variants, ps or seeds reuses the runs it shares with the files
+there; runs made with other settings are an error, not silently mixed.
 
 Variants: methods of the table (``models.methods``); by default ``bernoulli`` (nn.Dropout), ``row``
 (searched paper family, one pattern per batch), ``row-g4`` / ``row-g16`` (4 / 16 batch groups with
@@ -62,7 +64,8 @@ SPLIT_SEED = 1234  # the one validation split of every run
 
 @dataclass(frozen=True)
 class StudyConfig:
-    """What a study trains; every run file records it, and resuming requires the same one."""
+    """What a study trains. Every run file records its ``run_settings`` (all but the lists of variants, ps
+    and seeds), and resuming requires the same ones."""
 
     hidden: tuple[int, ...] = (2048, 2048)
     ps: tuple[float, ...] = (0.3, 0.5, 0.7)
@@ -120,6 +123,27 @@ class StudyConfig:
     def runs(self) -> list[tuple[str, float, int]]:
         """Every full (variant, p, seed), seed-major so a partial study already covers every variant."""
         return [(v, p, s) for s in self.seeds for p in self.ps for v in self.variants]
+
+
+_STUDY_LISTS = ("variants", "ps", "seeds")  # a run has its own variant, p and seed; the lists are the study's
+
+
+def run_settings(config: StudyConfig) -> dict:
+    """What every pilot and run file of ``config`` records, and must match to be reused: the settings a run
+    depends on beyond its own (variant, p, seed, lr), as JSON values. That is every field but the study's
+    lists of variants, ps and seeds, plus ``pilot_seed`` (the first seed: its pilots choose every rate)."""
+    settings = {name: value for name, value in asdict(config).items() if name not in _STUDY_LISTS}
+    return json.loads(json.dumps({**settings, "pilot_seed": config.seeds[0]}))
+
+
+def _recorded_settings(recorded: object) -> object:
+    """A file's recorded settings in the form of ``run_settings``: files written before it record the whole
+    ``StudyConfig`` (with ``variants``), read as its settings and the first of its ``seeds``."""
+    if not isinstance(recorded, dict) or "variants" not in recorded:
+        return recorded
+    seeds = recorded.get("seeds")
+    settings = {name: value for name, value in recorded.items() if name not in _STUDY_LISTS}
+    return {**settings, "pilot_seed": seeds[0] if isinstance(seeds, list) and seeds else seeds}
 
 
 class StudyData(NamedTuple):
@@ -238,7 +262,8 @@ def _run_problem(result: RunResult, key: tuple, epochs: int, full: bool) -> str 
 
 def _read_run(path: Path, config: StudyConfig, key: tuple, epochs: int, full: bool, dataset: str) -> RunResult | None:
     """The finished run ``key`` of this config on ``dataset``; None if missing, or (saying why) unreadable,
-    another run or unfinished; ValueError for a run of another config or data set."""
+    another run or unfinished; ValueError for a run of other ``run_settings`` (naming the ones that differ)
+    or of another data set."""
     try:
         payload = json.loads(path.read_text())
         result = RunResult(**payload["result"])
@@ -247,8 +272,13 @@ def _read_run(path: Path, config: StudyConfig, key: tuple, epochs: int, full: bo
     except (ValueError, KeyError, TypeError) as err:
         print(f"ignoring unreadable {path.name} ({err}); training it again", file=sys.stderr)
         return None
-    if payload.get("config") != json.loads(json.dumps(asdict(config))):
-        raise ValueError(f"{path} was made with other settings ({payload.get('config')}); use another --out")
+    recorded, settings = _recorded_settings(payload.get("config")), run_settings(config)
+    if recorded != settings:
+        if isinstance(recorded, dict):  # name the settings that differ, in the order of run_settings
+            names = [*settings, *sorted(recorded.keys() - settings.keys())]
+            recorded = ", ".join(f"{name} {recorded.get(name, 'missing')!r}, not {settings.get(name, 'missing')!r}"
+                                 for name in names if recorded.get(name, ...) != settings.get(name, ...))  # fmt: skip
+        raise ValueError(f"{path} was made with other settings ({recorded}); use another --out")
     problem = _run_problem(result, key, epochs, full)
     if problem is not None:
         print(f"ignoring {path.name}: {problem}; training it again", file=sys.stderr)
@@ -283,7 +313,7 @@ def _train_all(
     done = {}
 
     def finish(path: Path, result: RunResult) -> None:
-        write_json_atomic(path, {"config": asdict(config), "result": asdict(result)}, 1)
+        write_json_atomic(path, {"config": run_settings(config), "result": asdict(result)}, 1)
         done[path] = result
 
     if workers == 1:

@@ -18,6 +18,10 @@
 //   column_sum            rows cols dp offset keep n: g[rows, cols] -> out[n]
 //   column_sum_split      rows cols dp offset keep n splits: g[rows, cols] -> out[n] (the driver owns the
 //                         workspace, exactly splits * cols accumulators, NaN-filled)
+//   column_sum_auto       rows cols dp offset keep n: column_sum_split with splits = column_sum_splits(rows,
+//                         cols), the rule kernels/binding.cpp uses on a GPU
+//   column_sum_splits     rows cols [rows cols ...] (DTYPE ignored, no buffers): one line "splits ROWS COLS S"
+//                         per pair, S = column_sum_splits(rows, cols)
 //   scatter_block         n_out n_in out_dp out_offset out_keep in_dp in_offset in_keep add:
 //                         block[k_out, k_in] -> full[n_out, n_in] (add: the scatter-add kernel)
 //   convert               n (DTYPE ignored): f[n] float32 -> h[n] (__float2half_rn bits), b[n]
@@ -257,9 +261,10 @@ void run(const std::string& op, int dt, long long elem, const std::vector<long l
     void* out = load("out", n);
     check(launch_column_sum(dt, g, rows, cols, out, map, nullptr));
     buf.save("out");
-  } else if (op == "column_sum_split") {
-    need(7);
-    const long long rows = v[0], cols = v[1], n = v[5], splits = v[6];
+  } else if (op == "column_sum_split" || op == "column_sum_auto") {
+    const bool automatic = op == "column_sum_auto";
+    need(automatic ? 6 : 7);
+    const long long rows = v[0], cols = v[1], n = v[5], splits = automatic ? column_sum_splits(rows, cols) : v[6];
     const Pattern map = pattern(v, 2);
     if (kept_count(map, n) < cols) throw Usage("out is too short for the map's first cols kept indices");
     void* g = load("g", rows * cols);
@@ -269,6 +274,10 @@ void run(const std::string& op, int dt, long long elem, const std::vector<long l
     check(launch_column_sum_split(dt, g, rows, cols, out, map, splits > 1 ? workspace.data() : nullptr, splits,
                                   nullptr));
     buf.save("out");
+  } else if (op == "column_sum_splits") {
+    if (v.empty() || v.size() % 2 != 0) throw Usage(op + " takes pairs of integers (rows cols)");
+    for (std::size_t i = 0; i < v.size(); i += 2)
+      std::printf("splits %lld %lld %lld\n", v[i], v[i + 1], column_sum_splits(v[i], v[i + 1]));
   } else if (op == "scatter_block") {
     need(9);
     const long long n_out = v[0], n_in = v[1];
