@@ -71,7 +71,7 @@ def lstm_study_figure(runs: Sequence[LMRun]) -> go.Figure:
                 2,
             )
     add_line_style_legend(fig, ps)
-    fig.update_xaxes(title_text="dropout rate p", row=1, col=1)
+    fig.update_xaxes(title_text="dropout rate p", range=[0, 1], row=1, col=1)
     fig.update_xaxes(title_text="training time (s, seed median; line style: p)", row=1, col=2)
     fig.update_yaxes(title_text="validation perplexity (last step)", row=1, col=1)
     fig.update_yaxes(title_text="validation perplexity", type="log", row=1, col=2)

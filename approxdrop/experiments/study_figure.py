@@ -69,7 +69,7 @@ def study_figure(results: Sequence[RunResult]) -> go.Figure:
                 2,
             )
     add_line_style_legend(fig, ps)
-    fig.update_xaxes(title_text="dropout rate p", row=1, col=1)
+    fig.update_xaxes(title_text="dropout rate p", range=[0, 1], row=1, col=1)
     fig.update_xaxes(title_text="training time (s, seed mean; line style: p)", row=1, col=2)
     fig.update_yaxes(title_text="test accuracy", row=1, col=1)
     fig.update_yaxes(title_text="validation accuracy", row=1, col=2)
