@@ -71,6 +71,7 @@ from .grouped import (
     grouped_row_linear_compact_torch,
     grouped_row_linear_torch,
 )
+from .row import check_block as check_gathered_block
 from .row import (
     row_linear,
     row_linear_backward,
@@ -400,11 +401,7 @@ def _side(dp: int, keep: int) -> str:
 
 def _row_key(op: str, x: torch.Tensor, weight: torch.Tensor, ints, extra: str) -> str:
     in_dp, _, in_keep, out_dp, _, out_keep = ints
-    n_out, n_in = weight.shape
-    rows = math.prod(x.shape[:-1])
-    return (
-        f"{op} {_dtype(x)} N={rows} W={n_out}x{n_in} in {_side(in_dp, in_keep)} out {_side(out_dp, out_keep)} {extra}"
-    )
+    return _grouped_key(op, x, math.prod(x.shape[:-1]), weight, in_dp, in_keep, out_dp, out_keep, None, extra)
 
 
 def _grouped_key(
@@ -416,14 +413,15 @@ def _grouped_key(
     in_keep,
     out_dp,
     out_keep,
-    groups: int,
+    groups: int | None,
     extra: str,
 ) -> str:
-    """A grouped op's key: as a row op's, plus the group count (never the offsets, nor how many distinct
-    pairs they make)."""
+    """A row op's key (``groups`` None) or a grouped op's, which adds the group count: never the offsets, nor
+    how many distinct pairs they make."""
     n_out, n_in = weight.shape
     sides = f"in {_side(in_dp, in_keep)} out {_side(out_dp, out_keep)}"
-    return f"{op} {_dtype(like)} N={rows} W={n_out}x{n_in} {sides} G={groups} {extra}"
+    grouped = "" if groups is None else f" G={groups}"
+    return f"{op} {_dtype(like)} N={rows} W={n_out}x{n_in} {sides}{grouped} {extra}"
 
 
 def _tile_key(op: str, x: torch.Tensor, weight: torch.Tensor, dp: int, keep: int, tile: int, extra: str) -> str:
@@ -441,11 +439,10 @@ def _tile_key(op: str, x: torch.Tensor, weight: torch.Tensor, dp: int, keep: int
 
 def _row_linear_cuda(x, weight, bias, in_dp, in_offset, in_keep, out_dp, out_offset, out_keep):
     ints = (in_dp, in_offset, in_keep, out_dp, out_offset, out_keep)
-    _check_row_ints(ints)
+    in_p, out_p = _row_patterns(ints)
     check_weight("row_linear", weight)
     check_linear_args("row_linear", x, weight, bias, periodic_count(weight.shape[1], in_dp, in_offset, in_keep))
-    key = _row_key("row_linear", x, weight, ints, "bias" if bias is not None else "no bias")
-    in_p, out_p = RowPattern(*ints[:3]), RowPattern(*ints[3:])
+    key = _row_key("row_linear", x, weight, ints, _bias(bias))
     return _run(
         _cuda_device(x, weight, bias),
         key,
@@ -459,13 +456,12 @@ def _row_linear_backward_cuda(
     grad_y, x, weight, in_dp, in_offset, in_keep, out_dp, out_offset, out_keep, need_grad_x=True
 ):
     ints = (in_dp, in_offset, in_keep, out_dp, out_offset, out_keep)
-    _check_row_ints(ints)
+    in_p, out_p = _row_patterns(ints)
     check_weight("row_linear_backward", weight)
     n_out, n_in = weight.shape
     k_in, k_out = periodic_count(n_in, in_dp, in_offset, in_keep), periodic_count(n_out, out_dp, out_offset, out_keep)
     check_backward_args("row_linear_backward", grad_y, x, weight, k_in, k_out)
-    key = _row_key("row_linear_backward", x, weight, ints, f"grad_x {'yes' if need_grad_x else 'no'}")
-    in_p, out_p = RowPattern(*ints[:3]), RowPattern(*ints[3:])
+    key = _row_key("row_linear_backward", x, weight, ints, _grad_x(need_grad_x))
     return _run(
         _cuda_device(grad_y, x, weight),
         key,
@@ -477,16 +473,17 @@ def _row_linear_backward_cuda(
 
 def _row_linear_gathered_cuda(x, weight, bias, in_dp, in_offset, in_keep, out_dp, out_offset, out_keep):
     ints = (in_dp, in_offset, in_keep, out_dp, out_offset, out_keep)
-    _check_row_ints(ints)
+    in_p, out_p = _row_patterns(ints)
     check_weight("row_linear_gathered", weight)
     check_linear_args(
         "row_linear_gathered", x, weight, bias, periodic_count(weight.shape[1], in_dp, in_offset, in_keep)
     )
-    key = _row_key("row_linear_gathered", x, weight, ints, "bias" if bias is not None else "no bias")
-    in_p, out_p = RowPattern(*ints[:3]), RowPattern(*ints[3:])
+    key = _row_key("row_linear_gathered", x, weight, ints, _bias(bias))
 
     def kernel(ext, stream):  # the kernel reads W in place; the op still returns the block backward reuses
-        block = weight.new_empty(0) if in_keep == in_dp else cuda_cublas.gather_block(weight, out_p, in_p)
+        block = (
+            weight.new_empty(0) if cuda_cublas.kept_everything(in_p) else cuda_cublas.gather_block(weight, out_p, in_p)
+        )
         return ext.row_linear(x, weight, bias, *ints, stream), block
 
     return _run(
@@ -502,20 +499,13 @@ def _row_linear_gathered_backward_cuda(
     grad_y, x, weight, block, in_dp, in_offset, in_keep, out_dp, out_offset, out_keep, need_grad_x=True
 ):
     ints = (in_dp, in_offset, in_keep, out_dp, out_offset, out_keep)
-    _check_row_ints(ints)
+    in_p, out_p = _row_patterns(ints)
     check_weight("row_linear_gathered_backward", weight)
     n_out, n_in = weight.shape
     k_in, k_out = periodic_count(n_in, in_dp, in_offset, in_keep), periodic_count(n_out, out_dp, out_offset, out_keep)
     check_backward_args("row_linear_gathered_backward", grad_y, x, weight, k_in, k_out)
-    want = (k_out, k_in) if in_keep < in_dp else (0,)
-    if tuple(block.shape) != want:
-        raise ValueError(
-            f"row_linear_gathered_backward: block must have shape {want} (what row_linear_gathered returned), "
-            f"got {tuple(block.shape)}"
-        )
-    key = _row_key("row_linear_gathered_backward", x, weight, ints, f"grad_x {'yes' if need_grad_x else 'no'}")
-    in_p, out_p = RowPattern(*ints[:3]), RowPattern(*ints[3:])
-    saved = block if in_keep < in_dp else None
+    saved = block if check_gathered_block(block, in_dp, in_keep, k_out, k_in) else None
+    key = _row_key("row_linear_gathered_backward", x, weight, ints, _grad_x(need_grad_x))
     return _run(
         _cuda_device(grad_y, x, weight),
         key,
@@ -529,7 +519,7 @@ def _tile_linear_cuda(x, weight, bias, dp, offset, keep, tile):
     _check_tile_ints(dp, offset, keep, tile)
     check_weight("tile_linear", weight)
     check_linear_args("tile_linear", x, weight, bias, weight.shape[1])
-    key = _tile_key("tile_linear", x, weight, dp, keep, tile, "bias" if bias is not None else "no bias")
+    key = _tile_key("tile_linear", x, weight, dp, keep, tile, _bias(bias))
     return _run(
         _cuda_device(x, weight, bias),
         key,
@@ -543,7 +533,7 @@ def _tile_linear_backward_cuda(grad_y, x, weight, dp, offset, keep, tile, need_g
     _check_tile_ints(dp, offset, keep, tile)
     check_weight("tile_linear_backward", weight)
     check_backward_args("tile_linear_backward", grad_y, x, weight, weight.shape[1], weight.shape[0])
-    key = _tile_key("tile_linear_backward", x, weight, dp, keep, tile, f"grad_x {'yes' if need_grad_x else 'no'}")
+    key = _tile_key("tile_linear_backward", x, weight, dp, keep, tile, _grad_x(need_grad_x))
     return _run(
         _cuda_device(grad_y, x, weight),
         key,
@@ -650,10 +640,10 @@ def _grouped_compact_backward_cuda(
     )
 
 
-def _check_row_ints(ints) -> None:
-    """ValueError on bad (in_dp, in_offset, in_keep, out_dp, out_offset, out_keep), as on CPU."""
-    RowPattern(*ints[:3])
-    RowPattern(*ints[3:])
+def _row_patterns(ints) -> tuple[RowPattern, RowPattern]:
+    """The (in, out) RowPatterns of (in_dp, in_offset, in_keep, out_dp, out_offset, out_keep); ValueError on
+    bad integers, as on CPU."""
+    return RowPattern(*ints[:3]), RowPattern(*ints[3:])
 
 
 def _check_tile_ints(dp: int, offset: int, keep: int, tile: int) -> None:

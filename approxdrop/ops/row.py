@@ -180,6 +180,19 @@ def _gathers(in_dp: int, in_keep: int) -> bool:
     return in_keep < in_dp
 
 
+def check_block(block: torch.Tensor, in_dp: int, in_keep: int, k_out: int, k_in: int) -> bool:
+    """ValueError unless ``block`` has the shape ``row_linear_gathered`` returns: [k_out, k_in] when the kept
+    block was gathered, (0,) when every input is kept. Returns whether it holds a gathered block."""
+    gathered = _gathers(in_dp, in_keep)
+    want = (k_out, k_in) if gathered else (0,)
+    if tuple(block.shape) != want:
+        raise ValueError(
+            f"row_linear_gathered_backward: block must have shape {want} (what row_linear_gathered returned), "
+            f"got {tuple(block.shape)}"
+        )
+    return gathered
+
+
 def row_linear_gathered_torch(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -253,12 +266,7 @@ def row_linear_gathered_backward_torch(
     n_out, n_in = weight.shape
     k_in, k_out = in_p.kept_count(n_in), out_p.kept_count(n_out)
     check_backward_args("row_linear_gathered_backward", grad_y, x, weight, k_in, k_out)
-    want = (k_out, k_in) if _gathers(in_dp, in_keep) else (0,)
-    if tuple(block.shape) != want:
-        raise ValueError(
-            f"row_linear_gathered_backward: block must have shape {want} (what row_linear_gathered returned), "
-            f"got {tuple(block.shape)}"
-        )
+    check_block(block, in_dp, in_keep, k_out, k_in)
     rows, cols = out_p.selector(n_out, x.device), in_p.selector(n_in, x.device)
     w_kept = block if _gathers(in_dp, in_keep) else take(weight, 0, rows)  # [k_out, k_in]
     return _kept_backward(grad_y, x, weight, w_kept, rows, cols, in_p.scale, need_grad_x)
