@@ -28,6 +28,17 @@ def kept_weight(weight: torch.Tensor, rows: slice | torch.Tensor, cols: slice | 
     return take(w, 1, cols).contiguous()  # [k_out, k_in]
 
 
+def gather_block(weight: torch.Tensor, rows: slice | torch.Tensor, cols: slice | torch.Tensor) -> torch.Tensor:
+    """``weight[rows][:, cols]`` as a fresh contiguous Tensor[k_out, k_in] made in one pass (a strided copy for
+    slices, else one gather), never a view of ``weight``: what an op may return and backward reuses (an op's
+    output may not alias its input, and a one-column slice would be a view)."""
+    if isinstance(rows, slice) and isinstance(cols, slice):
+        return weight[rows, cols].clone(memory_format=torch.contiguous_format)
+    if isinstance(rows, slice):
+        return weight[rows].index_select(1, cols)
+    return weight[rows[:, None], as_index(cols, weight.shape[1], weight.device)[None, :]]
+
+
 def flat(t: torch.Tensor) -> torch.Tensor:
     """Tensor[*, k] -> Tensor[N, k] (explicit N, so k = 0 works)."""
     return t.reshape(math.prod(t.shape[:-1]), t.shape[-1])

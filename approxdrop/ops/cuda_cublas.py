@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from ..patterns import RowPattern
+from . import common
 from .common import as_index, flat, take
 
 
@@ -77,12 +78,9 @@ def kept_everything(p: RowPattern) -> bool:
 def gather_block(weight: torch.Tensor, out: RowPattern, inp: RowPattern) -> torch.Tensor:
     """``W[kept_out][:, kept_in]`` (Tensor[k_out, k_in]): a fresh contiguous copy made in one pass (a strided
     copy for keep = 1 sides, else one two-index gather); it never aliases W."""
-    rows, cols = out.selector(weight.shape[0], weight.device), inp.selector(weight.shape[1], weight.device)
-    if isinstance(rows, slice) and isinstance(cols, slice):
-        return weight[rows, cols].clone(memory_format=torch.contiguous_format)
-    if isinstance(rows, slice):
-        return weight[rows].index_select(1, cols)
-    return weight[rows[:, None], as_index(cols, weight.shape[1], weight.device)[None, :]]
+    return common.gather_block(
+        weight, out.selector(weight.shape[0], weight.device), inp.selector(weight.shape[1], weight.device)
+    )
 
 
 def kept_weight_for(weight: torch.Tensor, block: torch.Tensor | None, out: RowPattern, inp: RowPattern) -> torch.Tensor:

@@ -35,6 +35,7 @@ from .common import (
     check_operands,
     check_weight,
     flat,
+    gather_block,
     kept_weight,
     put_block,
     register_autocast,
@@ -178,10 +179,11 @@ def grouped_row_linear_compact_torch(
     blocks = []
     for (o_out, o_in), groups in _compact_pairs(in_dp, in_keep, in_offsets, out_dp, out_keep, out_offsets).items():
         rows, cols = _selectors(weight, in_dp, in_keep, o_in, out_dp, out_keep, o_out)
-        w_kept = kept_weight(weight, rows, cols)  # [k_out, k_in]: a view when every column is kept
-        if in_keep != in_dp:  # an output may not alias the weight (a one-column block can stay a view)
-            shares = w_kept.untyped_storage().data_ptr() == weight.untyped_storage().data_ptr()
-            blocks.append(w_kept.clone() if shares else w_kept)
+        if in_keep != in_dp:  # gathered once, returned for backward: a fresh copy (an output may not alias W)
+            w_kept = gather_block(weight, rows, cols)  # [k_out, k_in]
+            blocks.append(w_kept)
+        else:
+            w_kept = kept_weight(weight, rows, cols)  # [k_out, k_in]: a view of W's kept rows
         y2 = _pair_forward(_stack(xs, groups), w_kept, bias, rows, in_dp / in_keep)  # [N, k_out]
         _unstack(y2, xs, groups, ys)
     return ys, blocks

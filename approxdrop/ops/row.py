@@ -12,6 +12,7 @@ from .common import (
     check_weight,
     empty_grads,
     flat,
+    gather_block,
     kept_weight,
     register_autocast,
     register_backward,
@@ -209,13 +210,9 @@ def row_linear_gathered_torch(
     check_weight("row_linear_gathered", weight)
     check_linear_args("row_linear_gathered", x, weight, bias, in_p.kept_count(weight.shape[1]))
     rows, cols = out_p.selector(weight.shape[0], x.device), in_p.selector(weight.shape[1], x.device)
-    w_rows = take(weight, 0, rows)  # [k_out, n_in]: a view for a slice
-    if not _gathers(in_dp, in_keep):
-        return _kept_linear(x, w_rows, bias, rows, in_p.scale), weight.new_empty(0)
-    if isinstance(cols, slice):  # an output may not alias W: always a fresh block, one strided copy
-        block = w_rows[:, cols].clone(memory_format=torch.contiguous_format)  # [k_out, k_in]
-    else:
-        block = w_rows.index_select(1, cols)  # [k_out, k_in], fresh and contiguous
+    if not _gathers(in_dp, in_keep):  # W's kept rows: a view for a slice
+        return _kept_linear(x, take(weight, 0, rows), bias, rows, in_p.scale), weight.new_empty(0)
+    block = gather_block(weight, rows, cols)  # [k_out, k_in], fresh: an output may not alias W
     return _kept_linear(x, block, bias, rows, in_p.scale), block
 
 
