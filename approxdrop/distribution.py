@@ -1,4 +1,4 @@
-"""PatternDistribution: a probability law over (dp, keep) with a uniform offset (METHOD.md §3-4)."""
+"""PatternDistribution: a probability law over (dp, keep) with a uniform offset (docs/method.md §3-4)."""
 
 from __future__ import annotations
 
@@ -64,7 +64,7 @@ class PatternDistribution:
 
     @property
     def expected_rate(self) -> float:
-        """``sum q(dp, keep) * (1 - keep/dp)``: each unit's drop probability (METHOD.md §4a)."""
+        """``sum q(dp, keep) * (1 - keep/dp)``: each unit's drop probability (docs/method.md §4a)."""
         return math.fsum(q * (1.0 - keep / dp) for (dp, keep), q in zip(self.pairs, self.probs))
 
     @property
@@ -89,7 +89,7 @@ class PatternDistribution:
     def sample_groups(
         self, groups: int, generator: torch.Generator | None = None
     ) -> tuple[RowPattern | TilePattern, ...]:
-        """One pattern per batch group (grouped complementary patterns, METHOD.md §9): ``(dp, keep)`` is
+        """One pattern per batch group (grouped complementary patterns, docs/method.md §9): ``(dp, keep)`` is
         drawn once, and the groups' offsets run through a uniformly random permutation of 0..dp-1,
         followed by fresh permutations when ``groups > dp``. Group 0 gets exactly the draw of
         ``sample`` (so one group is the paper's method, bit for bit), and every group's offset is

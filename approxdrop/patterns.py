@@ -1,4 +1,4 @@
-"""Row and tile dropout patterns (METHOD.md §3): a few integers that say which units or tiles stay.
+"""Row and tile dropout patterns (docs/method.md §3): a few integers that say which units or tiles stay.
 
 A ``RowPattern(dp, offset, keep)`` keeps unit ``i`` iff ``(i - offset) mod dp < keep``.
 A ``TilePattern(dp, offset, tile, keep)`` keeps tile ``(a, b)`` of a weight's T x T tile grid iff

@@ -185,7 +185,7 @@ def kernel_steps(layer: Layer, p: float, method: str, tile: int, device, dtype):
 
 
 def work_left(layer: Layer, p: float, method: str) -> float:
-    """GEMM work of the pattern relative to dense (METHOD.md §6), the ideal bound."""
+    """GEMM work of the pattern relative to dense (docs/method.md §6), the ideal bound."""
     dp, keep = NOMINAL[p]
     if method == "tile":
         return keep / dp

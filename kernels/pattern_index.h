@@ -1,4 +1,4 @@
-// Kept-index arithmetic of row and tile dropout patterns (METHOD.md §3), shared by the CUDA kernels,
+// Kept-index arithmetic of row and tile dropout patterns (docs/method.md §3), shared by the CUDA kernels,
 // the host launchers and the CPU tests. Plain C++ when not compiled by nvcc; no torch, no CUDA headers.
 //
 // RowPattern(dp, offset, keep) keeps unit i iff (i - offset) mod dp < keep. Its kept residues, sorted,

@@ -1,4 +1,4 @@
-"""The training-step benchmark: its GEMM-work bound (METHOD.md §6), a tiny real run, the CLI, and
+"""The training-step benchmark: its GEMM-work bound (docs/method.md §6), a tiny real run, the CLI, and
 the checks of bad arguments (in the CLI before any run, and in ``measure`` itself)."""
 
 import json

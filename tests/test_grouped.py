@@ -1,4 +1,4 @@
-"""Grouped complementary patterns (METHOD.md §9): the sampler and the grouped row op."""
+"""Grouped complementary patterns (docs/method.md §9): the sampler and the grouped row op."""
 
 import math
 

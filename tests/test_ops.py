@@ -168,7 +168,7 @@ def _expand(compact, pattern, n):
 )
 def test_row_dropout_is_exactly_unbiased(dist):
     """Sum over every pattern and offset, weighted by its probability, of the layer's output with
-    dropout on its input equals the no-dropout output (METHOD.md §4b)."""
+    dropout on its input equals the no-dropout output (docs/method.md §4b)."""
     gen = torch.Generator().manual_seed(4)
     weight, bias = torch.randn(9, 23, generator=gen, dtype=F64), torch.randn(9, generator=gen, dtype=F64)
     x = torch.randn(4, 23, generator=gen, dtype=F64)

@@ -1,4 +1,4 @@
-"""RowPattern / TilePattern against a slow loop spec of METHOD.md §3, on random sizes."""
+"""RowPattern / TilePattern against a slow loop spec of docs/method.md §3, on random sizes."""
 
 import numpy as np
 import pytest

@@ -1,5 +1,5 @@
 """Tile patterns with batch groups (``tile-g4``): each group of the batch reads the weight through its
-own tile offset of the step's (dp, keep), complementary as for rows (METHOD.md §9)."""
+own tile offset of the step's (dp, keep), complementary as for rows (docs/method.md §9)."""
 
 import pytest
 import torch

@@ -3,7 +3,7 @@
 It displays the panel's widget, then a static copy of what the panel shows now: its status lines and
 a ``go.Figure`` of each of its plotly ``FigureWidget`` s, in the order they appear. The copies are
 what a reader sees where widgets do not render (a notebook viewer, a notebook reopened without its
-kernel), so every lab reads well there too (DESIGN.md, Labs).
+kernel), so every lab reads well there too (docs/design.md#labs).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Datasets for the labs, as flattened float tensors in [0, 1] (DESIGN.md "Data").
+"""Datasets for the labs, as flattened float tensors in [0, 1] (docs/design.md#data).
 
 ``load_dataset("auto")`` takes the first that works, and prints one line saying which:
 

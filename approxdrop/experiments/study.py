@@ -21,7 +21,7 @@ there; runs made with other settings are an error, not silently mixed.
 
 Variants: methods of the table (``models.methods``); by default ``bernoulli`` (nn.Dropout), ``row``
 (searched paper family, one pattern per batch), ``row-g4`` / ``row-g16`` (4 / 16 batch groups with
-complementary offsets, METHOD.md §9), ``shared`` (batch-shared random units) and ``tile``.
+complementary offsets, docs/method.md §9), ``shared`` (batch-shared random units) and ``tile``.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """ApproxDropoutFFN: a transformer's MLP block, Linear -> activation -> dropout -> Linear, as a drop-in
-module whose dropout is a row pattern (METHOD.md): only the kept hidden units are computed, so the
+module whose dropout is a row pattern (docs/method.md): only the kept hidden units are computed, so the
 first GEMM computes only the kept output rows and the second reads only the kept input columns.
 
 Its parameters are named as in ``nn.Sequential(Linear, activation, Dropout, Linear)`` (``0.weight``,
@@ -62,7 +62,7 @@ class ApproxDropoutFFN(nn.Module):
             mixes units (nn.Softmax, nn.LayerNorm) would see only those, so it is refused.
         method: one of ``FFN_METHODS``: a row-pattern method of the methods table (``row``,
             ``row-extended``, ``row-g4``, ``row-g16``), ``bernoulli`` (nn.Dropout) or ``none``.
-        groups: batch groups with complementary offsets (row patterns only; METHOD.md §9); default:
+        groups: batch groups with complementary offsets (row patterns only; docs/method.md §9); default:
             the method's. The groups split the LEADING axis of x as ``torch.tensor_split`` does: the
             samples B of a transformer's [B, T, d_model] (every token of a sample shares its group's
             pattern), the rows N of [N, d_model]; a 1-D x is one sample.

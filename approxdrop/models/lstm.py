@@ -129,7 +129,7 @@ class ApproxDropoutLSTM(nn.Module):
             strided views) or "extended" (keep >= 1: more varied sub-networks; it trains better
             here, see benchmarks/lstm_step.md); default: the method's own (``row-extended`` is
             ``row`` with ``family="extended"``).
-        groups: batch groups with complementary offsets (row patterns only; METHOD.md §9): the
+        groups: batch groups with complementary offsets (row patterns only; docs/method.md §9): the
             batch splits as ``torch.tensor_split`` does, each group keeps its own pattern over all
             time steps. Default: the method's (1 for ``row``).
         generator: CPU generator for pattern and mask draws (default: torch's global RNG).

@@ -2,7 +2,7 @@
 method is one new row here, not edits across the package.
 
 Each row says what the method drops, which searched pattern family it draws from, which models
-offer it, how its GEMM work is computed (from what it drops: METHOD.md §6) and its plot colour.
+offer it, how its GEMM work is computed (from what it drops: docs/method.md §6) and its plot colour.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ class Method:
 
     ``family`` is the searched pattern family of pattern methods (None otherwise); ``groups`` the
     number of batch groups with complementary offsets of row or tile patterns (1: the paper's one
-    pattern per batch; METHOD.md §9); ``models`` the model kinds that offer it; ``torch_modules`` marks the
+    pattern per batch; docs/method.md §9); ``models`` the model kinds that offer it; ``torch_modules`` marks the
     LSTM built from PyTorch's own ``nn.LSTM`` + ``nn.Dropout`` (the baseline users write), not the
     library's LSTM code.
     """
@@ -60,7 +60,7 @@ class Method:
         return self.drops in (ROW, SHARED_UNITS)
 
     def layer_work(self, p: float, site_in: bool, site_out: bool) -> float:
-        """GEMM work left in one layer relative to dense, ideally (METHOD.md §6): ``site_in`` / ``site_out``
+        """GEMM work left in one layer relative to dense, ideally (docs/method.md §6): ``site_in`` / ``site_out``
         say whether a dropout site feeds the layer / follows it."""
         if self.compacts_units:
             return (1.0 - p if site_in else 1.0) * (1.0 - p if site_out else 1.0)

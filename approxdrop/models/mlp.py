@@ -8,7 +8,7 @@ site per training step; eval runs the full network):
   on both sides.
 - tile patterns (``tile``): DropConnect on T x T tiles of the weight that reads each site (the next
   layer's weight), so the site's randomness enters where dropout's does
-  (``approxdrop::tile_linear``). This placement is this project's choice (METHOD.md leaves it open).
+  (``approxdrop::tile_linear``). This placement is this project's choice (docs/method.md §8).
   ``tile-g4`` gives 4 batch groups complementary tile offsets (one tile op per distinct pattern, on
   its groups' samples); measured in benchmarks/tile_groups.md.
 - per element (``bernoulli``): ``nn.Dropout``, full-size GEMMs.
@@ -64,7 +64,7 @@ class ApproxDropoutMLP(nn.Module):
             each: a row pattern computes only the kept units, and nn.Softmax would see only those.
         distributions: one PatternDistribution per site (row / tile); by default
             ``distribution_for(p, width)`` of each site.
-        groups: batch groups with complementary offsets (row or tile patterns; METHOD.md §9): the
+        groups: batch groups with complementary offsets (row or tile patterns; docs/method.md §9): the
             batch (second-to-last axis of x) splits as ``torch.tensor_split`` does and each group
             gets its own offset of the step's ``(dp, keep)``. Default: the method's (4 for ``row-g4``
             and ``tile-g4``, 1 for ``row``). Grouped patterns run eagerly under torch.compile (a

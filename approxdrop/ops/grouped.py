@@ -1,4 +1,4 @@
-"""Row patterns with one offset per batch group (grouped complementary patterns, METHOD.md §9): two ops
+"""Row patterns with one offset per batch group (grouped complementary patterns, docs/method.md §9): two ops
 that share one executor.
 
 Every group shares ``(dp, keep)`` on each side; group ``g`` keeps the input units of

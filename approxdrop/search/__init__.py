@@ -1,4 +1,4 @@
-"""The search for pattern laws (METHOD.md §5): families of candidate patterns, the SGD search and
+"""The search for pattern laws (docs/method.md §5): families of candidate patterns, the SGD search and
 its exact LP optimum, the cost-aware frontier, the default law of a dropout site, the search cache,
 and the statistics that compare a law with Binomial(n, p)."""
 

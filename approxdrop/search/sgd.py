@@ -1,4 +1,4 @@
-"""The SGD-based pattern-distribution search (METHOD.md §5), its exact LP optimum, and the
+"""The SGD-based pattern-distribution search (docs/method.md §5), its exact LP optimum, and the
 cost-aware speed/fidelity frontier.
 
 Project choices:
@@ -23,7 +23,7 @@ Project choices:
   mixing in the one candidate on the other side of p that gives the lowest objective:
   ``q <- (1 - t) q + t e_j`` with ``t = (p - mean) / (r_j - mean)``.
 - **Cost (beyond the paper).** The expected FLOPs of a site are fixed by the mean: ``1 - p``. Time
-  is not: small GEMMs run less efficiently (METHOD.md §6: on an H100 a 4x FLOP cut gives ~1.8x at
+  is not: small GEMMs run less efficiently (docs/method.md §6: on an H100 a 4x FLOP cut gives ~1.8x at
   width <= 1024, ~3.4x at 4096). We model the relative GEMM time of a pattern keeping the fraction
   ``f = keep/dp`` as ``f ** work_exponent`` (default 0.5: a 4x cut gives 2x) and call its mean
   ``expected_work``. It is concave, so mixing light and heavy patterns lowers it while moving the

@@ -1,4 +1,4 @@
-"""Statistics of a PatternDistribution for the course (METHOD.md §4): how close to Bernoulli(p) it is.
+"""Statistics of a PatternDistribution for the course (docs/method.md §4): how close to Bernoulli(p) it is.
 
 Exact quantities enumerate every (pattern, offset) with its probability; Monte Carlo ones draw
 patterns with ``PatternDistribution.sample``, as training does.

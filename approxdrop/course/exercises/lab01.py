@@ -1,4 +1,4 @@
-"""Lab 01 exercises: inverted dropout, and the GEMM work that row dropout leaves (METHOD.md §6)."""
+"""Lab 01 exercises: inverted dropout, and the GEMM work that row dropout leaves (docs/method.md §6)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Lab 02 exercises: the kept units of a RowPattern, the compact forward of a layer, and the grouped
-offset draw of grouped complementary patterns (METHOD.md §9)."""
+offset draw of grouped complementary patterns (docs/method.md §9)."""
 
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ def check_compact_forward(fn: Callable[..., Any]) -> CheckResult:
     return check("compact forward", fn, reference_compact_forward, cases, atol=1e-9)
 
 
-# --------------------------------------------------------------------------- grouped offsets (METHOD.md §9)
+# --------------------------------------------------------------------------- grouped offsets (docs/method.md §9)
 
 # (dp, groups, draws, seed): fewer groups than dp, as many, more (not a multiple of dp), and dp = 1
 GROUPED_CASES = [(5, 3, 2000, 0), (4, 4, 2000, 1), (3, 8, 3000, 2), (2, 5, 2000, 3), (1, 3, 50, 4)]

@@ -195,7 +195,7 @@ def _grouped_parts(patterns: Sequence[RowPattern], n: int, batch: int) -> tuple[
 
 
 def grouped_figure(patterns: Sequence[RowPattern], n: int, batch: int = 128, p: float | None = None) -> go.Figure:
-    """One step of grouped complementary patterns (METHOD.md §9) on a layer of ``n`` units: one strip per
+    """One step of grouped complementary patterns (docs/method.md §9) on a layer of ``n`` units: one strip per
     batch group (trace 0, z Int[G, n]: 1 where the group keeps the unit; rows labelled with the group's
     samples of a batch of ``batch`` split by ``torch.tensor_split``), and below them how many groups keep
     each unit (trace 1, z Int[1, n]). ``p``, when given, goes into the title."""

@@ -1,4 +1,4 @@
-"""Figures of a searched PatternDistribution (METHOD.md §4-5), from ``approxdrop.search`` and
+"""Figures of a searched PatternDistribution (docs/method.md §4-5), from ``approxdrop.search`` and
 ``approxdrop.search.stats``: its probabilities per (dp, keep), the search's loss curve, the dropped-count
 law against Binomial(n, p), the co-drop matrix, families side by side and the cost-aware frontier.
 

@@ -242,7 +242,7 @@ class BlockReadsPanel:
 
 
 class GroupedPatternPanel:
-    """Lab 02: one step of grouped complementary patterns (METHOD.md §9) on a layer of ``n`` units, for
+    """Lab 02: one step of grouped complementary patterns (docs/method.md §9) on a layer of ``n`` units, for
     a batch of ``batch`` samples: each group's kept units and how many groups keep each unit
     (``viz.matrix.grouped_figure``). The step is drawn by ``PatternDistribution.sample_groups`` from the
     law an ``ApproxDropoutMLP`` site of ``n`` units uses at rate p (``distribution_for(p, n)``).
