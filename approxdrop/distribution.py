@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import bisect
+import functools
+import itertools
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -78,32 +81,54 @@ class PatternDistribution:
             return RowPattern(dp, offset, keep)
         return TilePattern(dp, offset, self.tile, keep)
 
+    @functools.cached_property
+    def _table(self) -> tuple[tuple[RowPattern | TilePattern, ...], tuple[float, ...]]:
+        """Every pattern with its offset that has nonzero probability (``enumerate``'s order), built once,
+        and the cumulative probabilities: a draw is one uniform number and a bisection, no new object."""
+        patterns, probs = zip(*self.enumerate())
+        return patterns, tuple(itertools.accumulate(probs))
+
+    def pattern_at(self, u: float) -> RowPattern | TilePattern:
+        """The pattern a uniform number ``u`` in [0, 1) selects: ``(dp, keep)`` with probability q and each
+        offset with probability q / dp, the law of ``enumerate`` (a uniform ``u`` gives a draw of the law)."""
+        patterns, cumulative = self._table
+        return patterns[min(bisect.bisect_right(cumulative, u * cumulative[-1]), len(patterns) - 1)]
+
     def sample(self, generator: torch.Generator | None = None) -> RowPattern | TilePattern:
-        """Draw ``(dp, keep) ~ q``, then ``offset ~ Uniform{0..dp-1}``, on the CPU generator."""
-        probs = torch.tensor(self.probs, dtype=torch.float64)
-        index = int(torch.multinomial(probs, 1, generator=generator))
-        dp, keep = self.pairs[index]
-        offset = int(torch.randint(dp, (1,), generator=generator))
-        return self.make(dp, offset, keep)
+        """Draw ``(dp, keep) ~ q`` and ``offset ~ Uniform{0..dp-1}`` (one uniform number of the CPU generator)."""
+        return self.pattern_at(float(torch.rand(1, dtype=torch.float64, generator=generator)))
 
     def sample_groups(
         self, groups: int, generator: torch.Generator | None = None
     ) -> tuple[RowPattern | TilePattern, ...]:
-        """One pattern per batch group (grouped complementary patterns, docs/method.md §9): ``(dp, keep)`` is
+        """One pattern per batch group (grouped complementary patterns, METHOD.md §9): ``(dp, keep)`` is
         drawn once, and the groups' offsets run through a uniformly random permutation of 0..dp-1,
         followed by fresh permutations when ``groups > dp``. Group 0 gets exactly the draw of
         ``sample`` (so one group is the paper's method, bit for bit), and every group's offset is
         uniform, so each unit keeps its drop probability and the layer stays unbiased."""
-        groups = check_int("groups", groups, 1)
-        first = self.sample(generator)
+        return self.complete_groups(self.sample(generator), check_int("groups", groups, 1), generator)
+
+    def complete_groups(
+        self, first: RowPattern | TilePattern, groups: int, generator: torch.Generator | None = None
+    ) -> tuple[RowPattern | TilePattern, ...]:
+        """``first`` (group 0's draw) and the other groups' patterns: the rest of a uniformly random
+        permutation of the offsets 0..dp-1, then fresh permutations (see ``sample_groups``)."""
+        if groups == 1:
+            return (first,)
         dp = first.dp
-        offsets = [first.offset]
-        if groups > 1:
-            rest = [o for o in range(dp) if o != first.offset]  # the rest of the first permutation
-            offsets += [rest[int(i)] for i in torch.randperm(dp - 1, generator=generator)]
-            while len(offsets) < groups:
-                offsets += [int(o) for o in torch.randperm(dp, generator=generator)]
-        return tuple(self.make(dp, o, first.keep) for o in offsets[:groups])
+        rest = [o for o in range(dp) if o != first.offset]  # the rest of the first permutation
+        offsets = [first.offset] + [rest[i] for i in torch.randperm(dp - 1, generator=generator).tolist()]
+        while len(offsets) < groups:
+            offsets += torch.randperm(dp, generator=generator).tolist()
+        return tuple(self._same_class(first, o) for o in offsets[:groups])
+
+    def _same_class(self, first: RowPattern | TilePattern, offset: int) -> RowPattern | TilePattern:
+        """``first``'s (dp, keep) with another offset, from the table (no new object, no checks)."""
+        return self._by_key[first.dp, first.keep, offset]
+
+    @functools.cached_property
+    def _by_key(self) -> dict[tuple[int, int, int], RowPattern | TilePattern]:
+        return {(q.dp, q.keep, q.offset): q for q in self._table[0]}
 
     def enumerate(self) -> Iterator[tuple[RowPattern | TilePattern, float]]:
         """Yield ``(pattern, probability)`` for every pattern and offset with nonzero probability."""
@@ -155,6 +180,19 @@ class PatternDistribution:
             distance=data.get("distance"),
             loss_history=data.get("loss_history", ()),
         )
+
+
+def sample_sites(
+    distributions: Sequence[PatternDistribution], groups: int = 1, generator: torch.Generator | None = None
+) -> list:
+    """One training step's draws for sites with these laws, in one call of the generator (plus one
+    permutation per site with ``groups > 1``): each site's pattern, or its tuple of one pattern per group.
+    Site ``i``'s (group 0) pattern is what ``distributions[i].sample`` would draw from the i-th uniform."""
+    uniforms = torch.rand(len(distributions), dtype=torch.float64, generator=generator).tolist()
+    firsts = [d.pattern_at(u) for d, u in zip(distributions, uniforms)]
+    if groups == 1:
+        return firsts
+    return [d.complete_groups(first, groups, generator) for d, first in zip(distributions, firsts)]
 
 
 def _sequence(name: str, value: object) -> tuple:

@@ -7,6 +7,7 @@ A ``TilePattern(dp, offset, tile, keep)`` keeps tile ``(a, b)`` of a weight's T 
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -28,6 +29,13 @@ def periodic_mask(n: int, dp: int, offset: int, keep: int, device: torch.device 
     """Bool[n]: ``(i - offset) mod dp < keep`` for ``i`` in ``[0, n)``."""
     i = torch.arange(n, device=device)
     return torch.remainder(i - offset, dp) < keep
+
+
+@functools.lru_cache(maxsize=4096)
+def _kept_index(n: int, dp: int, offset: int, keep: int, device: torch.device | str | None) -> torch.Tensor:
+    """Long[k]: the kept units of a pattern, made once per (n, pattern, device) and reused by every step
+    that draws the pattern again (the ops' selectors; callers never write to it)."""
+    return periodic_mask(n, dp, offset, keep, device).nonzero().flatten()
 
 
 def _set(pattern: object, name: str, value: int) -> int:
@@ -73,12 +81,15 @@ class RowPattern:
 
     def selector(self, n: int, device: torch.device | str | None = None) -> slice | torch.Tensor:
         """Kept units as a slice when they form one strided run (keep == 1 or keep == dp),
-        else as a Long index tensor. A slice lets a weight's kept rows be a view (no copy)."""
+        else as a Long index tensor, cached per (n, pattern, device): read it, never write to it.
+        A slice lets a weight's kept rows be a view (no copy)."""
         if self.keep == self.dp:
             return slice(0, n)
         if self.keep == 1:
             return slice(self.offset, n, self.dp)
-        return self.kept_indices(n, device)
+        if torch.compiler.is_compiling():  # n may be symbolic, and a traced tensor must not be cached
+            return self.kept_indices(n, device)
+        return _kept_index(n, self.dp, self.offset, self.keep, device)
 
 
 @dataclass(frozen=True)

@@ -6,13 +6,14 @@ import pytest
 import torch
 
 import approxdrop as ad
-from approxdrop.ops import grouped_row_linear, grouped_row_linear_reference, grouped_row_pattern_linear
-from approxdrop.ops.grouped import (
+from approxdrop.ops import (
     group_bounds,
-    grouped_row_linear_compact,
-    grouped_row_linear_compact_backward,
+    grouped_row_linear,
+    grouped_row_linear_reference,
+    grouped_row_pattern_linear,
     grouped_row_pattern_linear_compact,
 )
+from approxdrop.ops.grouped import grouped_row_linear_compact, grouped_row_linear_compact_backward
 from approxdrop.patterns import RowPattern
 
 LAWS = [

@@ -17,7 +17,7 @@ from approxdrop.ops import (
 )
 from approxdrop.ops import tile as tile_ops
 from approxdrop.ops.common import block_product
-from approxdrop.ops.row import row_linear_gathered, row_linear_gathered_backward, row_pattern_linear_gathered
+from approxdrop.ops.row import row_linear_gathered, row_linear_gathered_backward
 
 F64 = torch.float64
 
@@ -211,7 +211,7 @@ def test_dropped_weights_get_exactly_zero_gradient():
 @pytest.mark.parametrize(
     "call",
     [
-        lambda x, w, b: row_pattern_linear(x[:, :5], w, b, RowPattern(2, 1), RowPattern(3, 0)),
+        lambda x, w, b: row_linear(x[:, :5], w, b, 2, 1, 1, 3, 0, 1),
         lambda x, w, b: tile_pattern_linear(x, w, b, TilePattern(3, 1, tile=4, keep=2)),
     ],
 )
@@ -279,8 +279,8 @@ def test_every_op_has_an_autocast_rule_on_cpu_and_cuda(op):
 @pytest.mark.parametrize(
     "call",
     [
+        lambda x, w, b: row_linear(x[:, :5], w, b, 2, 1, 1, 3, 0, 1),
         lambda x, w, b: row_pattern_linear(x[:, :5], w, b, RowPattern(2, 1), RowPattern(3, 0)),
-        lambda x, w, b: row_pattern_linear_gathered(x[:, :5], w, b, RowPattern(2, 1), RowPattern(3, 0)),
         lambda x, w, b: tile_pattern_linear(x, w, b, TilePattern(3, 1, tile=4, keep=2)),
     ],
 )
@@ -447,7 +447,7 @@ def test_gathered_row_linear_matches_dense_masked_reference(in_p, out_p, n_in, n
     weight = torch.randn(n_out, n_in, generator=gen, dtype=F64, requires_grad=True)
     bias = torch.randn(n_out, generator=gen, dtype=F64, requires_grad=True) if with_bias else None
     x = torch.randn(2, 3, in_p.kept_count(n_in), generator=gen, dtype=F64, requires_grad=True)
-    _assert_same_forward_backward(row_pattern_linear_gathered, row_linear_reference, (x, weight, bias, in_p, out_p))
+    _assert_same_forward_backward(row_pattern_linear, row_linear_reference, (x, weight, bias, in_p, out_p))
 
 
 @pytest.mark.parametrize("in_p, out_p, n_in, n_out", GATHERED_CASES)
@@ -456,7 +456,7 @@ def test_gathered_row_linear_gradcheck(in_p, out_p, n_in, n_out):
     weight = torch.randn(n_out, n_in, generator=gen, dtype=F64, requires_grad=True)
     bias = torch.randn(n_out, generator=gen, dtype=F64, requires_grad=True)
     x = torch.randn(3, in_p.kept_count(n_in), generator=gen, dtype=F64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda *t: row_pattern_linear_gathered(*t, in_p, out_p), (x, weight, bias))
+    assert torch.autograd.gradcheck(lambda *t: row_pattern_linear(*t, in_p, out_p), (x, weight, bias))
 
 
 @pytest.mark.parametrize("in_p, out_p, n_in, n_out", GATHERED_CASES)
@@ -501,7 +501,7 @@ def test_gathered_autograd_saves_x_weight_and_the_block():
     saved = []
     x, w, b = torch.randn(3, 5), torch.randn(7, 11, requires_grad=True), torch.randn(7, requires_grad=True)
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
-        y = row_pattern_linear_gathered(x, w, b, RowPattern(2, 1), RowPattern(3, 0))
+        y = row_pattern_linear(x, w, b, RowPattern(2, 1), RowPattern(3, 0))
     assert [tuple(t.shape) for t in saved] == [(3, 5), (7, 11), (3, 5)]  # x, W, the [k_out, k_in] block
     y.sum().backward()
     assert w.grad is not None and b.grad is not None
@@ -517,14 +517,14 @@ def test_gathered_block_is_not_stale_after_an_optimizer_step():
     x = torch.randn(4, 3, generator=gen, dtype=F64, requires_grad=True)
     for _ in range(2):
         opt.zero_grad()
-        y = row_pattern_linear_gathered(x, weight, None, in_p, out_p)
+        y = row_pattern_linear(x, weight, None, in_p, out_p)
         got = torch.autograd.grad(y.square().sum(), (x, weight))
         want = torch.autograd.grad(row_linear_reference(x, weight, None, in_p, out_p).square().sum(), (x, weight))
         for g, w in zip(got, want):
             torch.testing.assert_close(g, w)
         weight.grad = got[1]
         opt.step()
-    y = row_pattern_linear_gathered(x, weight, None, in_p, out_p)
+    y = row_pattern_linear(x, weight, None, in_p, out_p)
     with torch.no_grad():
         weight.add_(1.0)
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
@@ -541,7 +541,7 @@ def test_gathered_gradient_is_exactly_zero_outside_the_kept_block(in_p, out_p):
     n_out, n_in = 48, 40
     weight, bias = torch.randn(n_out, n_in, requires_grad=True), torch.randn(n_out, requires_grad=True)
     x = torch.randn(6, in_p.kept_count(n_in), requires_grad=True)
-    y = row_pattern_linear_gathered(x, weight, bias, in_p, out_p)
+    y = row_pattern_linear(x, weight, bias, in_p, out_p)
     for _ in range(4):  # freed blocks of grad_w's size, full of NaN, for the allocator to reuse
         torch.full((n_out, n_in), float("nan"))
     y.square().sum().backward()
@@ -580,7 +580,7 @@ def test_torch_compile_traces_the_gathered_op_forward_and_backward():
     in_p, out_p = RowPattern(2, 1), RowPattern(3, 0)
     x, b = torch.randn(4, 6), torch.randn(9, requires_grad=True)
     w = torch.randn(9, 12, requires_grad=True)
-    compiled = torch.compile(lambda x, w, b: row_pattern_linear_gathered(x, w, b, in_p, out_p), fullgraph=True)
+    compiled = torch.compile(lambda x, w, b: row_pattern_linear(x, w, b, in_p, out_p), fullgraph=True)
     y = compiled(x, w, b)
     torch.testing.assert_close(y, row_linear_reference(x, w, b, in_p, out_p))
     got = torch.autograd.grad(y.square().sum(), (w, b))

@@ -164,9 +164,9 @@ def test_groups_that_drew_the_same_tiles_share_one_tile_op(monkeypatch):
 
     calls = []
 
-    def counting(x, weight, bias, pattern):
+    def counting(x, weight, bias, pattern, **kwargs):
         calls.append((x.shape[-2], pattern))
-        return ad.ops.tile_pattern_linear(x, weight, bias, pattern)
+        return ad.ops.tile_pattern_linear(x, weight, bias, pattern, **kwargs)
 
     monkeypatch.setattr(mlp, "tile_pattern_linear", counting)
     law = ad.PatternDistribution(((2, 1),), (1.0,), kind="tile", tile=8)

@@ -15,11 +15,10 @@ from torch import nn
 
 from .._env import check_int, check_rate
 from ..distribution import PatternDistribution
-from ..ops import FULL, grouped_row_pattern_linear, row_pattern_linear
-from ..ops.grouped import group_bounds
+from ..ops import FULL, group_bounds, grouped_row_pattern_linear, row_pattern_linear
 from ..patterns import RowPattern
 from .methods import DROPOUT_METHODS, ELEMENT, NOTHING, ROW, Method
-from .sites import GROUPED_COMPILE_REASON, check_elementwise, draw_sites, site_distributions, step_draws
+from .sites import check_elementwise, draw_sites, run_eagerly, site_distributions, step_draws
 
 # The methods an FFN offers: the MLP's row-pattern methods and the two baselines (nn.Dropout, none).
 FFN_METHODS = tuple(
@@ -180,10 +179,11 @@ class ApproxDropoutFFN(nn.Module):
         return self._row(x, draw) if self.groups == 1 else self._grouped(x, draw)
 
     def _row(self, x: torch.Tensor, pattern: RowPattern) -> torch.Tensor:
-        h = row_pattern_linear(x, self.fc1.weight, self.fc1.bias, FULL, pattern)  # [*, k]: the kept units only
-        return row_pattern_linear(self.activation(h), self.fc2.weight, self.fc2.bias, pattern, FULL)  # [*, d_out]
+        fc1, fc2 = self.fc1, self.fc2
+        h = row_pattern_linear(x, fc1.weight, fc1.bias, FULL, pattern, check=False)  # [*, k]: the kept units only
+        return row_pattern_linear(self.activation(h), fc2.weight, fc2.bias, pattern, FULL, check=False)  # [*, d_out]
 
-    @torch.compiler.disable(reason=GROUPED_COMPILE_REASON)
+    @run_eagerly
     def _grouped(self, x: torch.Tensor, patterns: tuple[RowPattern, ...]) -> torch.Tensor:
         # the grouped op splits the rows of a [N, n] tensor; with x [B, *, d_model] every sample's
         # rows get its group's pattern (the op then runs one GEMM per distinct offset, not per sample)
@@ -195,8 +195,9 @@ class ApproxDropoutFFN(nn.Module):
                 for _ in range(start, stop)
             )  # one per sample: N splits into B equal runs
         whole = (FULL,) * len(patterns)
-        h = grouped_row_pattern_linear(rows, self.fc1.weight, self.fc1.bias, whole, patterns)  # [N, d_hidden]
-        y = grouped_row_pattern_linear(self.activation(h), self.fc2.weight, self.fc2.bias, patterns, whole)
+        fc1, fc2 = self.fc1, self.fc2
+        h = grouped_row_pattern_linear(rows, fc1.weight, fc1.bias, whole, patterns, check=False)  # [N, d_hidden]
+        y = grouped_row_pattern_linear(self.activation(h), fc2.weight, fc2.bias, patterns, whole, check=False)
         return y.reshape(*x.shape[:-1], self.d_out)  # [*, d_out]
 
     def extra_repr(self) -> str:

@@ -31,8 +31,7 @@ from torch import nn
 
 from .._env import check_int, check_rate
 from ..distribution import PatternDistribution
-from ..ops import FULL, grouped_row_pattern_linear, row_pattern_linear
-from ..ops.grouped import group_bounds
+from ..ops import FULL, group_bounds, grouped_row_pattern_linear, row_pattern_linear
 from ..patterns import RowPattern
 from ..search import FAMILIES
 from .methods import ELEMENT, NOTHING, ROW, SHARED_UNITS, get_method, methods_for
@@ -88,7 +87,7 @@ def row_projection(u: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, pa
     """The linear map reading a row-pattern dropout site: only the kept units of u (Float[T, B, n]) and
     W's kept columns (Float[m, n]) enter one compact GEMM, scaled by dp/keep -> Float[T, B, m]."""
     kept = u[..., pattern.selector(u.shape[-1], u.device)]  # [T, B, k]
-    return row_pattern_linear(kept, weight, bias, pattern, FULL)
+    return row_pattern_linear(kept, weight, bias, pattern, FULL, check=False)
 
 
 class LSTMLayer(nn.Module):
@@ -238,7 +237,7 @@ class ApproxDropoutLSTM(nn.Module):
         """The decoder reading the last site: u (Float[T, B, H]) -> logits (Float[T, B, V])."""
         weight, bias = self.decoder.weight, self.decoder.bias
         if drops == ROW and self.groups > 1:
-            return grouped_row_pattern_linear(u, weight, bias, list(draw), [FULL] * self.groups)
+            return grouped_row_pattern_linear(u, weight, bias, list(draw), [FULL] * self.groups, check=False)
         if drops == ROW:
             return row_projection(u, weight, bias, draw)
         inp, w = self._site_input(drops, draw, u, weight)

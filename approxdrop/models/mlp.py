@@ -25,20 +25,10 @@ from torch import nn
 
 from .._env import check_int, check_rate
 from ..distribution import PatternDistribution
-from ..ops import FULL, tile_pattern_linear
-from ..ops.common import take
-from ..ops.grouped import group_bounds, grouped_row_pattern_linear_compact
-from ..ops.row import row_pattern_linear_gathered
+from ..ops import FULL, group_bounds, grouped_row_pattern_linear_compact, row_pattern_linear, tile_pattern_linear
 from ..patterns import RowPattern, TilePattern
 from .methods import ELEMENT, NOTHING, ROW, TILE, get_method, methods_for
-from .sites import (
-    GROUPED_COMPILE_REASON,
-    check_elementwise,
-    draw_sites,
-    gathered_linear,
-    site_distributions,
-    step_draws,
-)
+from .sites import check_elementwise, draw_sites, gathered_linear, run_eagerly, site_distributions, step_draws
 
 METHODS = methods_for("mlp")
 # The default: row patterns with 4 batch groups. In the accuracy study (benchmarks/study: 3 seeds, a
@@ -167,11 +157,12 @@ class ApproxDropoutMLP(nn.Module):
             x = x[..., patterns[0].selector(x.shape[-1], x.device)]  # [*, k_0]
 
         def layer(i, linear, x):
-            return row_pattern_linear_gathered(x, linear.weight, linear.bias, patterns[i] or FULL, outs[i] or FULL)
+            ins, out = patterns[i] or FULL, outs[i] or FULL
+            return row_pattern_linear(x, linear.weight, linear.bias, ins, out, check=False)
 
         return self._stack(x, layer)
 
-    @torch.compiler.disable(reason=GROUPED_COMPILE_REASON)
+    @run_eagerly
     def _grouped(self, x, patterns: list[tuple[RowPattern, ...] | None]):
         # activations stay compact per group: xs[g] is [*, B_g, kept units of group g at the current site]
         # (groups split the batch axis, the second-to-last, as torch.tensor_split does)
@@ -181,12 +172,12 @@ class ApproxDropoutMLP(nn.Module):
         ins = [q or whole for q in patterns]
         outs = ins[1:] + [whole]
         xs = [
-            take(x[..., start:stop, :], x.dim() - 1, q.selector(x.shape[-1], x.device))
+            x[..., start:stop, q.selector(x.shape[-1], x.device)]
             for (start, stop), q in zip(group_bounds(x.shape[-2], self.groups), ins[0])
         ]  # [*, B_g, k_0(g)]
         last = len(self.linears) - 1
         for i, linear in enumerate(self.linears):
-            xs = grouped_row_pattern_linear_compact(xs, linear.weight, linear.bias, ins[i], outs[i])
+            xs = grouped_row_pattern_linear_compact(xs, linear.weight, linear.bias, ins[i], outs[i], check=False)
             if i < last:
                 xs = [self.activation(t) for t in xs]
         y = torch.cat(xs, -2)  # [*, B, sizes[-1]]
@@ -196,11 +187,11 @@ class ApproxDropoutMLP(nn.Module):
         def layer(i, linear, x):
             if patterns[i] is None:
                 return linear(x)
-            return tile_pattern_linear(x, linear.weight, linear.bias, patterns[i])
+            return tile_pattern_linear(x, linear.weight, linear.bias, patterns[i], check=False)
 
         return self._stack(x, layer)
 
-    @torch.compiler.disable(reason=GROUPED_COMPILE_REASON)
+    @run_eagerly
     def _grouped_tile(self, x, patterns: list[tuple[TilePattern, ...] | None]):
         # groups split the batch axis (the second-to-last) as torch.tensor_split does; a layer reading a
         # site runs the tile op once per distinct pattern, on the samples of the groups that drew it
@@ -215,7 +206,7 @@ class ApproxDropoutMLP(nn.Module):
             for q in dict.fromkeys(patterns[i]):  # distinct patterns, in group order
                 members = [g for g, pg in enumerate(patterns[i]) if pg == q]
                 xq = torch.cat([x[..., slice(*bounds[g]), :] for g in members], -2)  # [*, B_q, n_in]
-                yq = tile_pattern_linear(xq, linear.weight, linear.bias, q)  # [*, B_q, n_out]
+                yq = tile_pattern_linear(xq, linear.weight, linear.bias, q, check=False)  # [*, B_q, n_out]
                 sizes = [bounds[g][1] - bounds[g][0] for g in members]
                 for g, y in zip(members, yq.split(sizes, -2)):
                     ys[g] = y

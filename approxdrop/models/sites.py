@@ -5,12 +5,13 @@ unit alone."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import torch
 from torch import nn
 
-from ..distribution import RATE_TOL, PatternDistribution
+from ..distribution import RATE_TOL, PatternDistribution, sample_sites
 from ..search import distribution_for
 from .methods import ROW, SHARED_UNITS, TILE, Method
 
@@ -41,19 +42,64 @@ ELEMENTWISE: tuple[type[nn.Module], ...] = (
     nn.Softsign,
     nn.Threshold,
 )
+# Elementwise activation classes of optional packages, by "module.QualName" (nothing is imported).
+# Never a softmax-like or normalising one, nor one with a parameter per unit.
+ELEMENTWISE_NAMES: frozenset[str] = frozenset(
+    [
+        f"transformers.activations.{name}"
+        for name in (
+            "GELUActivation",
+            "NewGELUActivation",
+            "FastGELUActivation",
+            "QuickGELUActivation",
+            "AccurateGELUActivation",
+            "GELUTanh",
+            "PytorchGELUTanh",
+            "ClippedGELUActivation",
+            "SiLUActivation",
+            "MishActivation",
+            "LaplaceActivation",
+            "ReLUSquaredActivation",
+            "LinearActivation",
+        )
+    ]
+    + [
+        f"timm.layers.{module}.{name}"
+        for module in ("activations", "activations_me")
+        for name in (
+            "Swish",
+            "Mish",
+            "Sigmoid",
+            "Tanh",
+            "HardSwish",
+            "HardSigmoid",
+            "HardMish",
+            "GELU",
+            "GELUTanh",
+            "QuickGELU",
+            "SwishMe",
+            "MishMe",
+            "HardSwishMe",
+            "HardSigmoidMe",
+            "HardMishMe",
+        )
+    ]
+)
 
 
 def is_elementwise(module: nn.Module) -> bool:
     """True when ``module`` is known to act on each unit alone: its type is one of ``ELEMENTWISE``
-    (exactly, not a subclass), an ``nn.PReLU`` with one parameter, an ``nn.Sequential`` of such
-    modules, or a module that declares itself with the attribute ``elementwise = True``."""
+    (exactly, not a subclass) or its "module.QualName" is in ``ELEMENTWISE_NAMES`` (transformers and
+    timm activations), an ``nn.PReLU`` with one parameter, an ``nn.Sequential`` of such modules, or a
+    module that declares itself with the attribute ``elementwise = True``."""
     if getattr(module, "elementwise", False) is True:
         return True
     if type(module) is nn.PReLU:
         return module.num_parameters == 1
     if type(module) is nn.Sequential:
         return all(is_elementwise(child) for child in module)
-    return type(module) in ELEMENTWISE
+    cls = type(module)
+    return cls in ELEMENTWISE or f"{cls.__module__}.{cls.__qualname__}" in ELEMENTWISE_NAMES
 
 
 def check_elementwise(activation: object, name: str = "activation") -> nn.Module:
@@ -184,23 +230,40 @@ def draw_sites(
 ) -> list:
     """This step's draw for every site: a pattern (pattern methods; a tuple of one pattern per batch
     group when ``groups > 1``), a Long index tensor of kept units (batch-shared random units), or
-    None (nothing is drawn). A real draw is never traced by torch.compile (a graph break; an error that
-    says what to do under ``fullgraph=True``), and raises a RuntimeError under ``torch.jit.trace`` or
-    CUDA graph capture (``check_drawable``)."""
+    None (nothing is drawn). Pattern draws take one call of the generator for all sites
+    (``distribution.sample_sites``). A real draw is never traced by torch.compile (a graph break; an
+    error that says what to do under ``fullgraph=True``), and raises a RuntimeError under
+    ``torch.jit.trace`` or CUDA graph capture (``check_drawable``)."""
     if distributions is None and m.drops != SHARED_UNITS:
         return [None] * len(widths)
+    if torch.compiler.is_compiling():
+        return _draw_outside_graph(m, p, widths, distributions, generator, groups)
     return _draw(m, p, widths, distributions, generator, groups)
 
 
-@torch.compiler.disable(reason=_COMPILE_ADVICE)
 def _draw(m: Method, p: float, widths, distributions, generator, groups: int) -> list:
     """``draw_sites`` for a method that draws something."""
     check_drawable()
     if distributions is not None:
-        if groups > 1:
-            return [d.sample_groups(groups, generator) for d in distributions]
-        return [d.sample(generator) for d in distributions]
+        return sample_sites(distributions, groups, generator)
     return [shared_keep_indices(w, p, generator) for w in widths]
+
+
+_draw_outside_graph = torch.compiler.disable(_draw, reason=_COMPILE_ADVICE)
+
+
+def run_eagerly(fn):
+    """``fn`` as it is, except that under torch.compile it runs outside the graph (a graph break; under
+    ``fullgraph=True`` an error giving ``GROUPED_COMPILE_REASON``): the grouped paths, whose GEMMs depend on
+    the drawn offsets. Eager calls pay nothing for the wrapper but one check."""
+    outside = torch.compiler.disable(fn, reason=GROUPED_COMPILE_REASON)
+
+    def call(*args, **kwargs):
+        if torch.compiler.is_compiling():
+            return outside(*args, **kwargs)
+        return fn(*args, **kwargs)
+
+    return functools.wraps(fn)(call)
 
 
 def draws_each_step(module: nn.Module) -> bool:

@@ -1,4 +1,6 @@
-"""The ``approxdrop::`` ops: pattern linears registered through ``torch.library``.
+"""The ``approxdrop::`` ops: pattern linears registered through ``torch.library``, and the functions
+that models and users call (``ops.linear``: pattern objects in, the eager autograd path or the
+registered op chosen per call, ``ops.eager``).
 
 Each op is defined by the readable pure-PyTorch implementation below; that implementation is the
 CPU path, the fallback on a GPU without built kernels, and the oracle the CUDA kernels are
@@ -17,46 +19,26 @@ tile_linear(x, W, b, dp, offset, keep, tile):
 
 from __future__ import annotations
 
-import torch
-
-from ..patterns import RowPattern, TilePattern
 from . import cuda as cuda  # registers the CUDA implementations of the ops; builds nothing
-from .grouped import grouped_row_linear, grouped_row_linear_reference, grouped_row_pattern_linear
+from .grouped import group_bounds, grouped_row_linear, grouped_row_linear_reference
+from .linear import (
+    FULL,
+    grouped_row_pattern_linear,
+    grouped_row_pattern_linear_compact,
+    row_pattern_linear,
+    tile_pattern_linear,
+)
 from .row import row_linear, row_linear_backward, row_linear_reference
 from .tile import tile_linear, tile_linear_backward, tile_linear_reference
-
-
-def row_pattern_linear(
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    in_pattern: RowPattern,
-    out_pattern: RowPattern,
-) -> torch.Tensor:
-    """``row_linear`` taking RowPattern objects."""
-    return row_linear(x, weight, bias, *_ints(in_pattern), *_ints(out_pattern))
-
-
-def tile_pattern_linear(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, pattern: TilePattern
-) -> torch.Tensor:
-    """``tile_linear`` taking a TilePattern object."""
-    return tile_linear(x, weight, bias, pattern.dp, pattern.offset, pattern.keep, pattern.tile)
-
-
-def _ints(pattern: RowPattern) -> tuple[int, int, int]:
-    return pattern.dp, pattern.offset, pattern.keep
-
-
-FULL = RowPattern(1, 0, 1)  # keeps every unit: the side of a layer without dropout
-
 
 __all__ = [
     "FULL",
     "cuda",
+    "group_bounds",
     "grouped_row_linear",
     "grouped_row_linear_reference",
     "grouped_row_pattern_linear",
+    "grouped_row_pattern_linear_compact",
     "row_linear",
     "row_linear_backward",
     "row_linear_reference",

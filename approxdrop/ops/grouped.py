@@ -175,6 +175,21 @@ def grouped_row_linear_compact_torch(
     blocks are the pairs' kept weight blocks W[kept_out][:, kept_in] (Tensor[k_out, k_in], in pair order)
     when kept columns had to be gathered (in_keep < in_dp), else empty; backward reuses them."""
     _check_compact(xs, weight, bias, in_dp, in_keep, in_offsets, out_dp, out_keep, out_offsets)
+    return run_compact(xs, weight, bias, in_dp, in_keep, in_offsets, out_dp, out_keep, out_offsets)
+
+
+def run_compact(
+    xs: list[torch.Tensor],
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    in_dp: int,
+    in_keep: int,
+    in_offsets: list[int],
+    out_dp: int,
+    out_keep: int,
+    out_offsets: list[int],
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """``grouped_row_linear_compact_torch`` on checked operands: one GEMM per distinct offset pair."""
     ys: list = [None] * len(xs)
     blocks = []
     for (o_out, o_in), groups in _compact_pairs(in_dp, in_keep, in_offsets, out_dp, out_keep, out_offsets).items():
@@ -236,6 +251,24 @@ def grouped_row_linear_compact_backward_torch(
     groups' grad_x from the forward's kept weight block; per out offset, the weight gradient rows of its
     groups in one GEMM (their inputs at full width, zero where dropped), written into the shared gradient."""
     _check_compact_backward(grads, xs, weight, blocks, in_dp, in_keep, in_offsets, out_dp, out_keep, out_offsets)
+    args = (in_dp, in_keep, in_offsets, out_dp, out_keep, out_offsets)
+    return run_compact_backward(grads, xs, weight, blocks, *args, need_grad_x)
+
+
+def run_compact_backward(
+    grads: list[torch.Tensor],
+    xs: list[torch.Tensor],
+    weight: torch.Tensor,
+    blocks: list[torch.Tensor],
+    in_dp: int,
+    in_keep: int,
+    in_offsets: list[int],
+    out_dp: int,
+    out_keep: int,
+    out_offsets: list[int],
+    need_grad_x: bool,
+) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+    """``grouped_row_linear_compact_backward_torch`` on checked operands."""
     n_out, n_in = weight.shape
     scale = in_dp / in_keep
     grad_xs: list = [None] * len(xs) if need_grad_x else []
@@ -335,27 +368,6 @@ register_autocast("grouped_row_linear_compact", grouped_row_linear_compact)
 register_autocast("grouped_row_linear_compact_backward", grouped_row_linear_compact_backward)
 
 
-def grouped_row_pattern_linear_compact(
-    xs: list[torch.Tensor],
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    in_patterns: list[RowPattern],
-    out_patterns: list[RowPattern],
-) -> list[torch.Tensor]:
-    """``grouped_row_linear_compact`` taking one RowPattern per group and side (each side shares dp and keep)."""
-    ys, _ = grouped_row_linear_compact(list(xs), weight, bias, *_pattern_ints(in_patterns, out_patterns))
-    return ys
-
-
-def _pattern_ints(in_patterns: list[RowPattern], out_patterns: list[RowPattern]) -> tuple:
-    """(in_dp, in_keep, in_offsets, out_dp, out_keep, out_offsets) of per-group patterns sharing dp and keep."""
-    for side, patterns in (("in", in_patterns), ("out", out_patterns)):
-        if len({(q.dp, q.keep) for q in patterns}) != 1:
-            raise ValueError(f"the groups' {side} patterns must share dp and keep, got {patterns}")
-    i0, o0 = in_patterns[0], out_patterns[0]
-    return i0.dp, i0.keep, [q.offset for q in in_patterns], o0.dp, o0.keep, [q.offset for q in out_patterns]
-
-
 # --------------------------------------------------------------------------- full-width activations
 
 
@@ -408,6 +420,21 @@ def grouped_row_linear_torch(
 ) -> torch.Tensor:
     """The PyTorch implementation of ``approxdrop::grouped_row_linear`` (see the module docstring)."""
     _check(x, weight, bias, in_dp, in_keep, in_offsets, out_dp, out_keep, out_offsets)
+    return run_full_width(x, weight, bias, in_dp, in_keep, in_offsets, out_dp, out_keep, out_offsets)
+
+
+def run_full_width(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    in_dp: int,
+    in_keep: int,
+    in_offsets: list[int],
+    out_dp: int,
+    out_keep: int,
+    out_offsets: list[int],
+) -> torch.Tensor:
+    """``grouped_row_linear_torch`` on checked operands: one GEMM per distinct offset pair."""
     y = x.new_zeros(*x.shape[:-1], weight.shape[0])  # [*, B, n_out]: zero at every group's dropped outputs
     for (o_out, o_in), segments in _pairs(
         x.shape[-2], in_dp, in_keep, in_offsets, out_dp, out_keep, out_offsets
@@ -458,6 +485,23 @@ def grouped_row_linear_backward_torch(
     block of grad_x, and the weight and bias gradient blocks written into zeroed full-size gradients."""
     check_weight("grouped_row_linear_backward", weight)
     check_backward_args("grouped_row_linear_backward", grad_y, x, weight, weight.shape[1], weight.shape[0])
+    args = (in_dp, in_keep, in_offsets, out_dp, out_keep, out_offsets)
+    return run_full_width_backward(grad_y, x, weight, *args, need_grad_x)
+
+
+def run_full_width_backward(
+    grad_y: torch.Tensor,
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    in_dp: int,
+    in_keep: int,
+    in_offsets: list[int],
+    out_dp: int,
+    out_keep: int,
+    out_offsets: list[int],
+    need_grad_x: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``grouped_row_linear_backward_torch`` on checked operands."""
     grad_x = x.new_zeros(x.shape) if need_grad_x else x.new_empty(0)  # [*, B, n_in]
     grad_w = weight.new_zeros(weight.shape)  # [n_out, n_in]
     grad_b = weight.new_zeros(weight.shape[0])
@@ -507,17 +551,6 @@ def _(grad_y, x, weight, in_dp, in_keep, in_offsets, out_dp, out_keep, out_offse
 register_backward(grouped_row_linear, grouped_row_linear_backward)
 register_autocast("grouped_row_linear", grouped_row_linear)
 register_autocast("grouped_row_linear_backward", grouped_row_linear_backward)
-
-
-def grouped_row_pattern_linear(
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    in_patterns: list[RowPattern],
-    out_patterns: list[RowPattern],
-) -> torch.Tensor:
-    """``grouped_row_linear`` taking one RowPattern per group and side (each side shares dp and keep)."""
-    return grouped_row_linear(x, weight, bias, *_pattern_ints(in_patterns, out_patterns))
 
 
 def grouped_row_linear_reference(

@@ -59,12 +59,14 @@ def _kept_linear(
     x: torch.Tensor, w_kept: torch.Tensor, bias: torch.Tensor | None, rows: slice | torch.Tensor, scale: float
 ) -> torch.Tensor:
     """x (Tensor[*, k_in]), w_kept (Tensor[k_out, k_in]) -> ``scale * x @ w_kept.T + bias[rows]`` (Tensor[*, k_out])."""
-    x2 = flat(x)  # [N, k_in]
+    x2 = x if x.dim() == 2 else flat(x)  # [N, k_in]
     if bias is None:
-        y = torch.mm(x2, w_kept.t()).mul_(scale)
+        y = torch.mm(x2, w_kept.t())
+        if scale != 1.0:
+            y.mul_(scale)
     else:
         y = torch.addmm(take(bias, 0, rows), x2, w_kept.t(), alpha=scale)
-    return y.reshape(*x.shape[:-1], y.shape[-1])  # [*, k_out]
+    return y if x.dim() == 2 else y.reshape(*x.shape[:-1], y.shape[-1])  # [*, k_out]
 
 
 @torch.library.custom_op("approxdrop::row_linear", mutates_args=())
@@ -127,10 +129,15 @@ def _kept_backward(
     """Gradients of ``_kept_linear`` given the kept block w_kept (Tensor[k_out, k_in]) of weight: grad_x
     (Tensor[*, k_in], empty unless ``need_grad_x``), grad_w (Tensor[n_out, n_in], contiguous, zero outside
     the block) and grad_b (Tensor[n_out], zero outside the kept rows)."""
-    g2 = flat(grad_y)  # [N, k_out]
-    g_scaled = g2 * scale  # scale the small operand once, not the two products
-    grad_x = torch.mm(g_scaled, w_kept).reshape(x.shape) if need_grad_x else x.new_empty(0)
-    grad_w = block_product(g_scaled.t(), flat(x), weight.shape, rows, cols)
+    g2 = grad_y if grad_y.dim() == 2 else flat(grad_y)  # [N, k_out]
+    g_scaled = g2 * scale if scale != 1.0 else g2  # scale the small operand once, not the two products
+    grad_x = x.new_empty(0)
+    if need_grad_x:
+        grad_x = torch.mm(g_scaled, w_kept)
+        grad_x = grad_x if x.dim() == 2 else grad_x.reshape(x.shape)  # [*, k_in]
+    grad_w = block_product(g_scaled.t(), x if x.dim() == 2 else flat(x), weight.shape, rows, cols)
+    if rows == slice(0, weight.shape[0]):
+        return grad_x, grad_w, g2.sum(0)
     grad_b = weight.new_zeros(weight.shape[0])
     grad_b[rows] = g2.sum(0)
     return grad_x, grad_w, grad_b
@@ -319,16 +326,3 @@ def _gathered_backward(ctx, grad_y, _grad_block):
 row_linear_gathered.register_autograd(_gathered_backward, setup_context=_save_block)
 register_autocast("row_linear_gathered", row_linear_gathered)
 register_autocast("row_linear_gathered_backward", row_linear_gathered_backward)
-
-
-def row_pattern_linear_gathered(
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    in_pattern: RowPattern,
-    out_pattern: RowPattern,
-) -> torch.Tensor:
-    """``row_pattern_linear`` for training: ``row_linear_gathered`` (the kept block gathered once per call,
-    reused by backward; on CUDA the dispatch picks its path, ``approxdrop.ops.cuda``)."""
-    ints = (in_pattern.dp, in_pattern.offset, in_pattern.keep, out_pattern.dp, out_pattern.offset, out_pattern.keep)
-    return row_linear_gathered(x, weight, bias, *ints)[0]

@@ -172,10 +172,16 @@ def tile_linear_torch(
     """The PyTorch implementation of ``approxdrop::tile_linear``: the CPU path, the fallback on a GPU
     without kernels, and the oracle the CUDA kernels are tested against."""
     check_weight("tile_linear", weight)
+    check_linear_args("tile_linear", x, weight, bias, weight.shape[1])
+    return tile_forward(x, weight, bias, TilePattern(dp, offset, tile, keep))
+
+
+def tile_forward(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, pattern: TilePattern
+) -> torch.Tensor:
+    """``tile_linear`` on checked operands: x (Tensor[*, n_in]) -> Tensor[*, n_out]."""
     n_out, n_in = weight.shape
-    check_linear_args("tile_linear", x, weight, bias, n_in)
-    pattern = TilePattern(dp, offset, tile, keep)
-    if dp == 1 or weight.numel() == 0:  # every tile kept (or none exists): a dense linear, no blocks
+    if pattern.dp == 1 or weight.numel() == 0:  # every tile kept (or none exists): a dense linear, no blocks
         return torch.nn.functional.linear(x, weight, bias)
     layout = _layout(pattern, n_out, n_in, x.device)
     x2 = flat(x)  # [N, n_in]
@@ -223,10 +229,17 @@ def tile_linear_backward_torch(
     without kernels, and the oracle the CUDA kernels are tested against."""
     pattern = TilePattern(dp, offset, tile, keep)
     check_weight("tile_linear_backward", weight)
+    check_backward_args("tile_linear_backward", grad_y, x, weight, weight.shape[1], weight.shape[0])
+    return tile_backward(grad_y, x, weight, pattern, need_grad_x)
+
+
+def tile_backward(
+    grad_y: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, pattern: TilePattern, need_grad_x: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``tile_linear_backward`` on checked operands: (grad_x, grad_w, grad_b)."""
     n_out, n_in = weight.shape
-    check_backward_args("tile_linear_backward", grad_y, x, weight, n_in, n_out)
     g2 = flat(grad_y)  # [N, n_out]
-    if dp == 1 or weight.numel() == 0:  # every tile kept (or none exists): dense gradients
+    if pattern.dp == 1 or weight.numel() == 0:  # every tile kept (or none exists): dense gradients
         grad_x = torch.mm(g2, weight).reshape(x.shape) if need_grad_x else x.new_empty(0)
         return grad_x, torch.mm(g2.t(), flat(x)), g2.sum(0)
     layout = _layout(pattern, n_out, n_in, x.device)

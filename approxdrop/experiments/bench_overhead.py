@@ -1,0 +1,294 @@
+"""Host overhead of a training step: what each dropout method's own machinery (Python, dispatch, pattern
+draws, loops) costs where the GEMMs cost nothing, and where on this machine ARD starts to win.
+
+Three measurements, each side by side in one process, methods interleaved (``bench.time_side_by_side``):
+- **host ms / step** on tiny models (MLP [8, 16, 16, 2] batch 4, an FFN block d 8 -> 32 -> 8 batch 4 and
+  its ``nn.Sequential`` twin, an LSTM language model 2 x 16, vocabulary 50, 5 x 4 tokens): compute is
+  negligible there, so the step time is the fixed host cost; on a GPU it is the step time of every lab;
+- **aten ops per step** at the paper size (MLP 784-2048-2048-10, batch 128): every op one training step
+  dispatches (forward, backward, optimizer), counted with a TorchDispatchMode;
+- **crossover**: for each batch size, the smallest width ``w`` of an MLP [w, w, w, 10] at which a
+  method's step beats nn.Dropout's (ratio < 1) on this machine.
+
+Every step is zero_grad + forward + loss + backward + SGD step. Run ``approxdrop bench-overhead --help``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from tqdm.auto import tqdm
+
+from .._env import check_int, check_rate, describe_machine
+from ..models import METHODS, ApproxDropoutFFN, ApproxDropoutLSTM
+from ..models.lstm import LSTM_METHODS
+from ..models.mlp import ApproxDropoutMLP
+from ..training import training_step
+from ..training.lm import lm_training_step
+from .bench import check_protocol, time_side_by_side
+from .options import non_negative_int, positive_int, rate, write_record
+
+TINY_MLP = (8, 16, 16, 2)
+TINY_BATCH = 4
+PAPER_SIZES = (784, 2048, 2048, 10)
+CROSSOVER_WIDTHS = (16, 32, 64, 128, 256, 512, 1024, 2048)
+CROSSOVER_BATCHES = (8, 32, 128)
+FFN_METHODS = ("bernoulli", "row", "row-g4")  # the FFN's baseline is its nn.Sequential twin ("nn.Dropout")
+
+
+@dataclass
+class OverheadRow:
+    """One measured cell: ``model`` (mlp, ffn, lstm), method label, host ms per step and its ratio to the
+    model's nn.Dropout baseline (the spread is the relative interquartile range over rounds)."""
+
+    model: str
+    method: str
+    ms_per_step: float
+    ratio: float
+    spread: float
+
+
+@dataclass
+class OpCountRow:
+    """aten ops dispatched by one paper-size training step of ``method``, and the most frequent ones."""
+
+    method: str
+    ops: int
+    top: str
+
+
+@dataclass
+class CrossoverRow:
+    """The smallest width at which ``method``'s step beats nn.Dropout's at ``batch`` (None: none of the
+    widths tried), with the ratio at every width tried."""
+
+    method: str
+    batch: int
+    width: int | None
+    ratios: dict[int, float]
+
+
+def _spread(times: list[float]) -> float:
+    """Relative interquartile range of ``times`` (0 for fewer than 4)."""
+    if len(times) < 4:
+        return 0.0
+    q1, _, q3 = statistics.quantiles(times, n=4)
+    return (q3 - q1) / statistics.median(times)
+
+
+def mlp_steps(
+    sizes: Sequence[int], batch: int, p: float, methods: Sequence[str], device: torch.device, seed: int = 0
+) -> dict[str, Callable[[], object]]:
+    """A zero-argument training step per MLP method on one fixed batch, same initial weights."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, sizes[0], generator=gen).to(device)
+    y = torch.randint(sizes[-1], (batch,), generator=gen).to(device)
+    steps = {}
+    for method in methods:
+        torch.manual_seed(seed)
+        model = ApproxDropoutMLP(sizes, p, method=method).to(device).train()
+        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        steps[method] = _bind(training_step, model, opt, x, y)
+    return steps
+
+
+def _bind(step, model, opt, x, y) -> Callable[[], object]:
+    return lambda: step(model, opt, x, y)
+
+
+def ffn_steps(p: float, methods: Sequence[str], device: torch.device, seed: int = 0) -> dict[str, Callable[[], object]]:
+    """Tiny FFN block (d 8 -> 32 -> 8, batch 4, GELU): ``nn.Dropout`` is the plain nn.Sequential twin,
+    the others ApproxDropoutFFN built around the same Linears (what ``convert`` makes)."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(TINY_BATCH, 8, generator=gen).to(device)
+    target = torch.randn(TINY_BATCH, 8, generator=gen).to(device)
+    steps = {}
+    for method in methods:
+        torch.manual_seed(seed)
+        fc1, fc2 = nn.Linear(8, 32), nn.Linear(32, 8)
+        if method == "bernoulli":
+            block = nn.Sequential(fc1, nn.GELU(), nn.Dropout(p), fc2)
+            label = "nn.Dropout"
+        else:
+            block = ApproxDropoutFFN.from_modules(fc1, nn.GELU(), fc2, p, method=method)
+            label = method
+        block = block.to(device).train()
+        opt = torch.optim.SGD(block.parameters(), lr=0.01, momentum=0.9)
+        steps[label] = _bind(_regression_step, block, opt, x, target)
+    return steps
+
+
+def _regression_step(model, opt, x, target) -> None:
+    opt.zero_grad(set_to_none=True)
+    nn.functional.mse_loss(model(x), target).backward()
+    opt.step()
+
+
+def lstm_steps(
+    p: float, methods: Sequence[str], device: torch.device, seed: int = 0
+) -> dict[str, Callable[[], object]]:
+    """Tiny LSTM language model (2 x 16, vocabulary 50, 5 steps x batch 4), one truncated-BPTT step."""
+    gen = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(50, (6, 4), generator=gen).to(device)  # [T + 1, B]
+    steps = {}
+    for method in methods:
+        torch.manual_seed(seed)
+        model = ApproxDropoutLSTM(50, hidden=16, layers=2, p=p, method=method).to(device).train()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        steps[method] = _bind(_lm_step, model, opt, tokens[:-1], tokens[1:])
+    return steps
+
+
+def _lm_step(model, opt, x, y) -> None:
+    lm_training_step(model, opt, x, y, None)
+
+
+def host_overhead(
+    p: float,
+    mlp_methods: Sequence[str],
+    lstm_methods: Sequence[str],
+    device: torch.device,
+    warmup: int,
+    rounds: int,
+    steps: int,
+    bar: tqdm | None = None,
+) -> list[OverheadRow]:
+    """Host ms per step of every method on the three tiny models; ratios to each model's nn.Dropout."""
+    rows = []
+    for model, steps_by_method, base in (
+        ("mlp", mlp_steps(TINY_MLP, TINY_BATCH, p, mlp_methods, device), "bernoulli"),
+        ("ffn", ffn_steps(p, FFN_METHODS, device), "nn.Dropout"),
+        ("lstm", lstm_steps(p, lstm_methods, device), "bernoulli"),
+    ):
+        times = time_side_by_side(steps_by_method, device, warmup, rounds, steps, bar)
+        base_median = statistics.median(times[base])
+        for label, t in times.items():
+            median = statistics.median(t)
+            rows.append(OverheadRow(model, label, 1e3 * median, median / base_median, _spread(t)))
+    return rows
+
+
+class _OpCounter(TorchDispatchMode):
+    """Counts every aten op dispatched inside it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: Counter[str] = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops[str(func.overloadpacket)] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def op_counts(
+    p: float, methods: Sequence[str], device: torch.device, sizes: Sequence[int] = PAPER_SIZES
+) -> list[OpCountRow]:
+    """aten ops of one paper-size training step per method (after one warm-up step)."""
+    rows = []
+    for method, step in mlp_steps(sizes, 128, p, methods, device).items():
+        step()  # warm-up: momentum buffers exist, the laws are searched
+        with _OpCounter() as counter:
+            step()
+        top = ", ".join(f"{name.removeprefix('aten.')} {n}" for name, n in counter.ops.most_common(4))
+        rows.append(OpCountRow(method, sum(counter.ops.values()), top))
+    return rows
+
+
+def crossover(
+    p: float,
+    methods: Sequence[str],
+    device: torch.device,
+    widths: Sequence[int],
+    batches: Sequence[int],
+    warmup: int,
+    rounds: int,
+    steps: int,
+    bar: tqdm | None = None,
+) -> list[CrossoverRow]:
+    """For each batch, the smallest width w of an MLP [w, w, w, 10] where each method beats nn.Dropout."""
+    ratios: dict[tuple[str, int], dict[int, float]] = {(m, b): {} for m in methods for b in batches}
+    for batch in batches:
+        for width in widths:
+            times = time_side_by_side(
+                mlp_steps((width, width, width, 10), batch, p, ("bernoulli", *methods), device),
+                device,
+                warmup,
+                rounds,
+                steps,
+                bar,
+            )
+            base = statistics.median(times["bernoulli"])
+            for m in methods:
+                ratios[m, batch][width] = statistics.median(times[m]) / base
+    return [CrossoverRow(m, b, next((w for w in widths if r[w] < 1.0), None), r) for (m, b), r in ratios.items()]
+
+
+def format_tables(overhead: list[OverheadRow], counts: list[OpCountRow], cross: list[CrossoverRow]) -> str:
+    """The three results as Markdown tables."""
+    lines = ["| model | method | host ms / step | x nn.Dropout | spread (IQR) |", "|---|---|---:|---:|---:|"]
+    lines += [f"| {r.model} | {r.method} | {r.ms_per_step:.3f} | {r.ratio:.2f} | {r.spread:.0%} |" for r in overhead]
+    if counts:
+        lines += ["", "| method | aten ops / step (paper size) | most frequent |", "|---|---:|---|"]
+        lines += [f"| {r.method} | {r.ops} | {r.top} |" for r in counts]
+    if cross:
+        widths = sorted(next(iter(cross)).ratios)
+        lines += ["", "| method | batch | wins from width | " + " | ".join(f"w={w}" for w in widths) + " |"]
+        lines.append("|---|---:|---:|" + "---:|" * len(widths))
+        for r in cross:
+            cells = " | ".join(f"{r.ratios[w]:.2f}" for w in widths)
+            lines.append(f"| {r.method} | {r.batch} | {r.width if r.width is not None else 'none'} | {cells} |")
+    return "\n".join(lines)
+
+
+COMMAND, HELP = "bench-overhead", "host cost of a training step on tiny models, aten ops per step, the crossover"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--p", type=rate, default=0.5, help="dropout rate")
+    parser.add_argument("--methods", nargs="+", default=["bernoulli", "row", "row-g4"], choices=METHODS)
+    parser.add_argument("--lstm-methods", nargs="+", default=["bernoulli", "row", "row-g4"], choices=LSTM_METHODS)
+    parser.add_argument("--warmup", type=non_negative_int, default=20)
+    parser.add_argument("--rounds", type=positive_int, default=15)
+    parser.add_argument("--steps", type=positive_int, default=20, help="steps per method per round")
+    parser.add_argument("--no-op-counts", action="store_true", help="skip the paper-size aten op counts")
+    parser.add_argument("--crossover-widths", type=positive_int, nargs="*", default=list(CROSSOVER_WIDTHS))
+    parser.add_argument("--crossover-batches", type=positive_int, nargs="*", default=list(CROSSOVER_BATCHES))
+    parser.add_argument("--crossover-rounds", type=positive_int, default=5)
+
+
+def measure(args: argparse.Namespace) -> tuple[list[OverheadRow], list[OpCountRow], list[CrossoverRow]]:
+    """Run the three measurements of ``args`` (see ``add_arguments``)."""
+    check_rate(args.p)
+    for name in ("methods", "lstm_methods"):
+        chosen = getattr(args, name)
+        if "bernoulli" not in chosen or len(set(chosen)) != len(chosen):
+            args.parser.error(f"--{name.replace('_', '-')} must be distinct and include bernoulli (the baseline)")
+    dev = check_protocol(args.device, args.warmup, args.rounds, args.steps, [args.p], args.methods, METHODS)
+    challengers = [m for m in args.methods if m != "bernoulli"]
+    widths, batches = [check_int("width", w, 1) for w in args.crossover_widths], args.crossover_batches
+    total = 3 * (args.warmup + args.rounds) * len(args.methods) + len(widths) * len(batches) * (
+        1 + args.crossover_rounds
+    ) * len(args.methods)
+    with tqdm(total=total, desc="bench-overhead", disable=args.no_progress, file=sys.stderr) as bar:
+        overhead = host_overhead(
+            args.p, args.methods, args.lstm_methods, dev, args.warmup, args.rounds, args.steps, bar
+        )
+        counts = [] if args.no_op_counts else op_counts(args.p, args.methods, dev)
+        cross = crossover(args.p, challengers, dev, widths, batches, 1, args.crossover_rounds, 3, bar)
+    return overhead, counts, cross
+
+
+def run(args: argparse.Namespace) -> int:
+    overhead, counts, cross = measure(args)
+    print(f"host overhead at p = {args.p}, {torch.get_num_threads()} torch thread(s); {describe_machine(args.device)}")
+    print(format_tables(overhead, counts, cross))
+    write_record(args, [*overhead, *counts, *cross])
+    return 0

@@ -1,0 +1,113 @@
+"""The eager training path of the pattern linears: ``torch.autograd.Function``s around the same PyTorch
+implementations that the registered ``approxdrop::`` ops run on a CPU.
+
+A registered custom op pays for torch.library's Python machinery at every call (schema defaults,
+redispatch through autograd, autocast and the backend, its own backward op): about 0.25 ms of host
+time per layer and step, more than a tiny layer's GEMMs. Where nothing needs the registered op (no
+torch.compile or export tracing, no autocast region, no CUDA kernels to dispatch to), the models call
+these Functions instead: same forward and backward code, the same numbers bit for bit, no per-call
+validation (the models check their patterns and shapes when they are built and at the forward's
+entry). ``use_eager(x)`` says which path a call takes.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..patterns import RowPattern, TilePattern
+from . import cuda
+from .common import kept_weight
+from .grouped import run_compact, run_compact_backward, run_full_width, run_full_width_backward
+from .row import _kept_backward, _kept_linear
+from .tile import tile_backward, tile_forward
+
+
+def use_eager(x: torch.Tensor) -> bool:
+    """Whether a call on ``x`` may skip the registered op: not while torch.compile or export traces, not in
+    an autocast region (the op's autocast rule casts), and on CUDA only when the kernels are off
+    (``APPROXDROP_KERNELS=torch`` or ``0``), since the registered op's CUDA kernel dispatches between paths."""
+    if torch.compiler.is_compiling():
+        return False
+    if x.is_cuda:
+        return not torch.is_autocast_enabled("cuda") and not cuda.enabled()
+    return not torch.is_autocast_enabled(x.device.type)
+
+
+def _grads(ctx, grad_x, grad_w, grad_b, extra: int) -> tuple:
+    """The gradients autograd wants back for ``(x, weight, bias, *extra non-tensors)``: None where no
+    input needs one."""
+    need = ctx.needs_input_grad
+    return (grad_x if need[0] else None, grad_w if need[1] else None, grad_b if need[2] else None) + (None,) * extra
+
+
+class RowLinear(torch.autograd.Function):
+    """``approxdrop::row_linear_gathered``'s forward and backward: x (Tensor[*, k_in]) -> Tensor[*, k_out]."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, in_pattern: RowPattern, out_pattern: RowPattern):
+        n_out, n_in = weight.shape
+        rows, cols = out_pattern.selector(n_out, x.device), in_pattern.selector(n_in, x.device)
+        w_kept = kept_weight(weight, rows, cols)  # [k_out, k_in]: W's kept rows in place, or gathered once
+        ctx.save_for_backward(x, weight, w_kept)
+        ctx.selected = rows, cols, in_pattern.scale
+        return _kept_linear(x, w_kept, bias, rows, in_pattern.scale)
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        x, weight, w_kept = ctx.saved_tensors
+        rows, cols, scale = ctx.selected
+        grads = _kept_backward(grad_y, x, weight, w_kept, rows, cols, scale, ctx.needs_input_grad[0])
+        return _grads(ctx, *grads, extra=2)
+
+
+class TileLinear(torch.autograd.Function):
+    """``approxdrop::tile_linear``'s forward and backward: x (Tensor[*, n_in]) -> Tensor[*, n_out]."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, pattern: TilePattern):
+        ctx.save_for_backward(x, weight)
+        ctx.pattern = pattern
+        return tile_forward(x, weight, bias, pattern)
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        x, weight = ctx.saved_tensors
+        return _grads(ctx, *tile_backward(grad_y, x, weight, ctx.pattern, ctx.needs_input_grad[0]), extra=1)
+
+
+class GroupedRowLinear(torch.autograd.Function):
+    """``approxdrop::grouped_row_linear``'s forward and backward on full-width x (Tensor[*, B, n_in])."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, ints: tuple):
+        ctx.save_for_backward(x, weight)
+        ctx.ints = ints
+        return run_full_width(x, weight, bias, *ints)
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        x, weight = ctx.saved_tensors
+        grads = run_full_width_backward(grad_y, x, weight, *ctx.ints, ctx.needs_input_grad[0])
+        return _grads(ctx, *grads, extra=1)
+
+
+class GroupedRowLinearCompact(torch.autograd.Function):
+    """``approxdrop::grouped_row_linear_compact``'s forward and backward: (weight, bias, ints, *xs) -> ys, with
+    xs[g] (Tensor[*, k_in(g)]) and ys[g] (Tensor[*, k_out(g)]) the compact activations of group g."""
+
+    @staticmethod
+    def forward(ctx, weight, bias, ints: tuple, *xs):
+        ys, blocks = run_compact(list(xs), weight, bias, *ints)
+        ctx.save_for_backward(weight, *xs, *blocks)
+        ctx.ints, ctx.groups, ctx.has_bias = ints, len(xs), bias is not None
+        return tuple(ys)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        weight, *rest = ctx.saved_tensors
+        xs, blocks = rest[: ctx.groups], rest[ctx.groups :]
+        need_x = any(ctx.needs_input_grad[3:])
+        grad_xs, grad_w, grad_b = run_compact_backward(list(grads), xs, weight, blocks, *ctx.ints, need_x)
+        need = ctx.needs_input_grad
+        grad_xs = grad_xs if need_x else [None] * ctx.groups
+        return (grad_w if need[0] else None, grad_b if need[1] and ctx.has_bias else None, None, *grad_xs)
