@@ -97,10 +97,13 @@ def time_side_by_side(
     rounds: int,
     steps: int,
     bar: tqdm | None = None,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> dict[str, list[float]]:
     """Seconds per call of each zero-argument ``step`` in ``steps_by_method``: ``warmup`` calls
     each, then ``rounds`` rounds in which every method runs ``steps`` calls (the order rotates
-    every round, synchronised on CUDA) -> {method: [mean seconds per call, one per round]}."""
+    every round, synchronised on CUDA) -> {method: [mean seconds per call, one per round]}.
+    ``clock``: wall time by default; ``time.process_time`` counts this process's CPU time only (host
+    cost on a CPU shared with other work)."""
     methods = list(steps_by_method)
     for method in methods:
         for _ in range(warmup):
@@ -112,11 +115,11 @@ def time_side_by_side(
         for method in methods[r % len(methods) :] + methods[: r % len(methods)]:
             step = steps_by_method[method]
             sync(device)
-            start = time.perf_counter()
+            start = clock()
             for _ in range(steps):
                 step()
             sync(device)
-            times[method].append((time.perf_counter() - start) / steps)
+            times[method].append((clock() - start) / steps)
             if bar is not None:
                 bar.update()
     return times
