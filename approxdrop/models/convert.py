@@ -1,63 +1,53 @@
-"""``convert``: swap the ``Linear -> elementwise activation -> Dropout -> Linear`` chains of an existing
-model for ApproxDropoutFFN blocks, in place, and report what was converted and what was left alone.
-
-Only chains of four consecutive entries of an ``nn.Sequential`` (exactly that class) are converted: there
-the data flow is the order of the entries. A dropout anywhere else runs in some module's ``forward`` code,
-which the converter cannot see; it is reported and left alone.
+"""``convert``: turn the feed-forward blocks (``Linear -> elementwise activation -> dropout -> Linear``) of
+an existing model into ApproxDropoutFFN blocks, in place, through the adapter of each module's class
+(``adapters``), and report module by module what was converted (by which adapter), what was left alone
+and why, and where forward code applies dropout that no adapter covers.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
+import copy
+import inspect
+import re
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from .._env import check_rate
+from .adapters import DROPOUT_TYPES, Adapter, Build, Chain, Plan, adapter_for
 from .ffn import ApproxDropoutFFN, ffn_method
 from .lstm import ApproxDropoutLSTM
 from .mlp import ApproxDropoutMLP
 from .sites import is_elementwise
+from .state_keys import add_entries
 
-# Every dropout module of torch.nn; only nn.Dropout itself (per-element, any shape) is a dropout site
-# of an FFN.
-DROPOUT_TYPES: tuple[type[nn.Module], ...] = (
-    nn.Dropout,
-    nn.Dropout1d,
-    nn.Dropout2d,
-    nn.Dropout3d,
-    nn.AlphaDropout,
-    nn.FeatureAlphaDropout,
-)
 ARD_MODELS = (ApproxDropoutFFN, ApproxDropoutMLP, ApproxDropoutLSTM)  # their dropouts are already theirs
+FUNCTIONAL = "functional dropout in forward code: not convertible"
 
 
 @dataclass
 class ConvertReport:
     """What ``convert`` did: ``converted`` holds the qualified names of the new ApproxDropoutFFN blocks
-    (``model.get_submodule(name)`` returns one), ``skipped`` a ``(name, reason)`` pair for every dropout
-    module left alone, named as in the converted model."""
+    (``model.get_submodule(name)`` returns one) and ``adapters`` the adapter that made each; ``skipped`` a
+    ``(name, reason)`` pair for every dropout left alone; ``functional`` a ``(name, detail)`` pair for
+    every module whose forward code applies dropout that no adapter turned into a block. Names are as
+    in the converted model."""
 
     converted: list[str] = field(default_factory=list)
+    adapters: dict[str, str] = field(default_factory=dict)
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    functional: list[tuple[str, str]] = field(default_factory=list)
 
     def __str__(self) -> str:
         lines = [f"converted {len(self.converted)} Linear -> activation -> Dropout -> Linear chain(s)"]
-        lines += [f"  {name}: ApproxDropoutFFN" for name in self.converted]
+        lines += [f"  {name}: ApproxDropoutFFN (adapter {self.adapters[name]})" for name in self.converted]
         lines.append(f"left {len(self.skipped)} dropout(s) alone")
         lines += [f"  {name}: {reason}" for name, reason in self.skipped]
+        if self.functional:
+            lines.append(f"{len(self.functional)} module(s) apply dropout in forward code")
+            lines += [f"  {name}: {FUNCTIONAL} ({detail})" for name, detail in self.functional]
         return "\n".join(lines)
-
-
-@dataclass
-class _Plan:
-    """The new entries of one nn.Sequential, and where its converted blocks and skipped dropouts land."""
-
-    seq: nn.Sequential
-    entries: OrderedDict[str, nn.Module]
-    converted: list[str]  # keys in ``entries``
-    skipped: list[tuple[str, str]]  # (key in ``entries``, reason)
 
 
 def convert(
@@ -68,111 +58,242 @@ def convert(
     *,
     generator: torch.Generator | None = None,
 ) -> ConvertReport:
-    """Replace every ``Linear -> elementwise activation -> Dropout -> Linear`` run of four consecutive
-    entries of an ``nn.Sequential`` inside ``module`` (``module`` itself included, at any depth) by one
-    ``ApproxDropoutFFN.from_modules`` block holding the same Linear and activation modules, so the very
-    same Parameter objects: an optimizer built before keeps working, and eval outputs do not change.
+    """Replace every feed-forward an adapter finds inside ``module`` (itself included, at any depth) by
+    one ``ApproxDropoutFFN.from_modules`` block holding the same Linear and activation modules, so the
+    very same Parameter objects: an optimizer built before keeps working, eval outputs do not change,
+    and state_dict keys stay as they were (a checkpoint loads both ways, ``strict=True``).
 
-    ``p`` defaults to each Dropout's own p; ``method`` and ``groups`` are ApproxDropoutFFN's; ``generator``
-    is given to every new block. A block takes its Dropout's train / eval mode. Where two chains share a
-    Linear (a stack Linear, act, Dropout, Linear, act, Dropout, Linear), the first one is converted. A
-    container with the default keys "0", "1", ... is renumbered (as ``del seq[i]`` does); named entries
-    keep their names, the block taking its first Linear's. Everything is planned before anything is
-    replaced: a chain is converted whole or left untouched.
+    ``p`` defaults to each dropout's own p; ``method`` and ``groups`` are ApproxDropoutFFN's; ``generator``
+    is given to every new block. A block takes its dropout's train / eval mode. Everything is planned
+    before anything changes: a chain is converted whole or left untouched, with the reason in the report.
     """
     if p is not None:
         p = check_rate(p)
     ffn_method(method, groups)  # a bad method or group count fails before anything changes
-    plans: list[_Plan] = []
-    outside: list[tuple[nn.Module, str, str]] = []  # (parent, child key, reason) of dropouts elsewhere
-    for parent in _parents(module):
-        if type(parent) is nn.Sequential:
-            plan = _plan(parent, p, method, groups, generator)
-            if plan is not None:
-                plans.append(plan)
-            continue
-        for key, child in parent.named_children():
-            if isinstance(child, DROPOUT_TYPES):
-                why = f"its parent {type(parent).__name__} is not an nn.Sequential: the data flow is in forward code"
-                outside.append((parent, key, why))
-    for plan in plans:
-        plan.seq._modules = plan.entries
-    names = {id(m): name for name, m in module.named_modules()}
-    report = ConvertReport()
-    for plan in plans:
-        report.converted += [_join(names[id(plan.seq)], key) for key in plan.converted]
-        report.skipped += [(_join(names[id(plan.seq)], key), why) for key, why in plan.skipped]
-    report.skipped += [(_join(names[id(parent)], key), why) for parent, key, why in outside]
-    return report
+    build = _builder(p, method, groups, generator)
+    walk = _Walk(build)
+    walk.visit(module)
+    for owner, key, replacement, plan in walk.replacements:
+        owner.add_module(key, replacement)
+        add_entries(owner, [(f"{key}.{raw}", f"{key}.{saved}", alias) for raw, saved, alias in plan.moved])
+    for owner, plan in walk.plans:
+        plan.apply()
+        add_entries(owner, plan.moved)
+    return walk.report(module)
 
 
-def _parents(module: nn.Module, seen: set[int] | None = None):
-    """``module`` and its descendants, each once, parents first, not entering the library's own models."""
-    seen = set() if seen is None else seen
-    if id(module) in seen or isinstance(module, ARD_MODELS):
-        return
-    seen.add(id(module))
-    yield module
-    for child in module.children():
-        yield from _parents(child, seen)
+def _join(*parts: str) -> str:
+    return ".".join(part for part in parts if part)
 
 
-def _join(prefix: str, key: str) -> str:
-    return f"{prefix}.{key}" if prefix else key
+class _Walk:
+    """One pass over a model: the plans of every adapter, and what is left alone and why."""
+
+    def __init__(self, build: Build) -> None:
+        self.build = build
+        self.seen: set[int] = set()
+        self.plans: list[tuple[nn.Module, Plan]] = []
+        self.replacements: list[tuple[nn.Module, str, nn.Module, Plan]] = []
+        self.made: list[tuple[nn.Module, str, str]] = []  # (module, key relative to it, adapter name)
+        self.left: list[tuple[nn.Module, str, str]] = []  # (module, key relative to it, reason)
+        self.functional: list[tuple[nn.Module, str]] = []
+        self.refused: dict[int, set[str]] = {}  # id of a module whose replacement was refused -> its dropouts
+
+    def visit(self, module: nn.Module) -> None:
+        if id(module) in self.seen or isinstance(module, ARD_MODELS):
+            return
+        self.seen.add(id(module))
+        adapter = adapter_for(module)
+        covered: set[str] = set()
+        if adapter is not None and not adapter.replaces:
+            covered = self._own(module, adapter)
+        elif adapter is not None:  # its plan was refused in _replace, or it is the model itself
+            covered = self.refused.pop(id(module), None) or self._root(module)
+        for key, child in module.named_children():
+            child_adapter = adapter_for(child)
+            if child_adapter is not None and child_adapter.replaces and id(child) not in self.seen:
+                if self._replace(module, key, child, child_adapter):
+                    continue
+            elif isinstance(child, DROPOUT_TYPES) and key not in covered:
+                self.left.append((module, key, _outside(module, adapter)))
+            self.visit(child)
+        detail = _functional_dropout(module)
+        if detail is not None:
+            if isinstance(adapter, Adapter) and any(m is module for m, _ in self.plans):
+                detail += "; its activation dropout was converted"
+            self.functional.append((module, detail))
+
+    def _own(self, module: nn.Module, adapter: Adapter) -> set[str]:
+        """Plan ``module`` with its adapter; the keys of the dropouts the plan speaks for."""
+        plan = adapter.plan(module, self.build)
+        self.left += [(module, key, why) for key, why in plan.skipped]
+        if plan.apply is not None:
+            self.plans.append((module, plan))
+            self.made += [(module, key, adapter.name) for key in plan.converted]
+        return set(plan.used)
+
+    def _root(self, module: nn.Module) -> set[str]:
+        """Leave the dropouts of a model that an adapter would replace in its parent (it has none)."""
+        why = f"the model itself is a {type(module).__name__}, which a block replaces in its parent: convert the parent"
+        keys = {key for key, child in module.named_children() if isinstance(child, DROPOUT_TYPES)}
+        self.left += [(module, key, why) for key in keys]
+        return keys
+
+    def _replace(self, parent: nn.Module, key: str, child: nn.Module, adapter: Adapter) -> bool:
+        """Plan swapping ``parent.key`` for what ``adapter`` makes of it; True when it will be swapped."""
+        plan = adapter.plan(child, self.build)
+        if plan.apply is None:
+            self.left += [(child, k, why) for k, why in plan.skipped]
+            self.refused[id(child)] = {k for k, _ in plan.skipped}
+            return False
+        self.seen.add(id(child))
+        new = plan.apply()
+        self.replacements.append((parent, key, new, plan))
+        self.made += [(new, k, adapter.name) for k in plan.converted]
+        return True
+
+    def report(self, root: nn.Module) -> ConvertReport:
+        names = {id(m): name for name, m in root.named_modules(remove_duplicate=False)}
+        out = ConvertReport()
+        for module, key, adapter in self.made:
+            name = _join(names[id(module)], key)
+            out.converted.append(name)
+            out.adapters[name] = adapter
+        out.skipped = [(_join(names[id(module)], key), why) for module, key, why in self.left]
+        out.functional = [(names[id(module)] or type(module).__name__, detail) for module, detail in self.functional]
+        return out
 
 
-def _plan(seq: nn.Sequential, p, method: str, groups, generator) -> _Plan | None:
-    """The plan for one nn.Sequential (None when it holds no dropout module)."""
-    keys, mods = list(seq._modules), list(seq._modules.values())
-    blocks: dict[int, ApproxDropoutFFN] = {}  # first Linear's position -> its block
-    skipped: list[tuple[int, str]] = []  # (position, reason)
-    end = -1  # position of the last entry of the last converted chain
-    for j, dropout in enumerate(mods):
-        if not isinstance(dropout, DROPOUT_TYPES):
-            continue
-        why = _problem(mods, j)
-        if why is None and j - 2 <= end:
-            why = (
-                "its first Linear is the last one of the chain converted just before it: consecutive chains "
-                "share a Linear, and one block holds one chain (ApproxDropoutMLP covers such stacks)"
-            )
-        if why is None:
-            try:
-                rate = dropout.p if p is None else p
-                block = ApproxDropoutFFN.from_modules(
-                    mods[j - 2], mods[j - 1], mods[j + 1], rate, method, groups, generator=generator
-                )
-            except ValueError as error:
-                why = f"cannot build the block: {error}"
-            else:
-                block.training = dropout.training
-                block.dropout.train(dropout.training)
-                blocks[j - 2] = block
-                end = j + 1
-        if why is not None:
-            skipped.append((j, why))
-    if not blocks and not skipped:
+def _outside(parent: nn.Module, adapter: Adapter | None) -> str:
+    """Why a dropout module that no plan speaks for is left alone."""
+    kind = type(parent).__name__
+    if adapter is None:
+        return (
+            f"no adapter for its parent {kind}: its forward code applies it "
+            "(approxdrop.models.adapters.register_adapter adds one)"
+        )
+    return f"{kind} applies it outside its feed-forward (on the residual branch or attention): not a hidden-unit site"
+
+
+# ``F.dropout(``, ``nn.functional.dropout(``, ``torch.dropout(``, ``F.alpha_dropout(``, ``dropout_p=...``
+_FUNCTIONAL_CALL = re.compile(
+    r"\b(?:F|functional|torch)\.(\w*dropout\w*|multi_head_attention_forward)\(|\b(dropout_p)\s*=(?!\s*0\.?0?\b)"
+)
+_SOURCE_CACHE: dict[type, set[str]] = {}
+
+
+def _functional_dropout(module: nn.Module) -> str | None:
+    """What dropout ``module``'s class applies in its own code (a call such as ``F.dropout``), or None."""
+    cls = type(module)
+    if isinstance(module, DROPOUT_TYPES + ARD_MODELS) or cls.__module__.startswith("approxdrop."):
         return None
-    kept = [i for i in range(len(mods)) if not any(start < i <= start + 3 for start in blocks)]
-    numbered = keys == [str(i) for i in range(len(keys))]  # the default keys: renumber, as del seq[i] does
-    new_key = {i: str(n) if numbered else keys[i] for n, i in enumerate(kept)}
-    entries = OrderedDict((new_key[i], blocks.get(i, mods[i])) for i in kept)
-    return _Plan(seq, entries, [new_key[i] for i in blocks], [(new_key[j], why) for j, why in skipped])
+    found = set().union(*(_calls(base) for base in cls.__mro__ if base not in (nn.Module, object)))
+    return f"{cls.__name__} calls {', '.join(sorted(found))}" if found else None
 
 
-def _problem(mods: list[nn.Module], j: int) -> str | None:
-    """Why the dropout at ``mods[j]`` is not in a convertible chain, or None if it is."""
-    if type(mods[j]) is not nn.Dropout:
-        return f"nn.{type(mods[j]).__name__} is not nn.Dropout: only per-element dropout becomes a row pattern"
-    if j < 2 or j + 1 >= len(mods) or type(mods[j - 2]) is not nn.Linear or type(mods[j + 1]) is not nn.Linear:
-        found = " -> ".join(type(m).__name__ for m in mods[max(j - 2, 0) : j + 2])
-        return f"Dropout not between two Linears: needs Linear -> activation -> Dropout -> Linear, found {found}"
-    fc1, act, fc2 = mods[j - 2], mods[j - 1], mods[j + 1]
-    if not is_elementwise(act):
-        return f"activation not elementwise: nn.{type(act).__name__} may mix units, and would see only the kept ones"
+def _calls(cls: type) -> set[str]:
+    """The functional dropout calls in the source of ``cls`` itself (cached per class)."""
+    if cls not in _SOURCE_CACHE:
+        try:
+            source = inspect.getsource(cls)
+        except (OSError, TypeError):
+            source = ""
+        _SOURCE_CACHE[cls] = {a or b for a, b in _FUNCTIONAL_CALL.findall(source)}
+    return _SOURCE_CACHE[cls]
+
+
+# Activation functions a layer may hold instead of a module, as the module that computes the same.
+_FUNCTIONS = {
+    nn.functional.relu: nn.ReLU,
+    torch.relu: nn.ReLU,
+    nn.functional.gelu: nn.GELU,
+    nn.functional.silu: nn.SiLU,
+    nn.functional.tanh: nn.Tanh,
+    torch.tanh: nn.Tanh,
+    nn.functional.sigmoid: nn.Sigmoid,
+    torch.sigmoid: nn.Sigmoid,
+    nn.functional.mish: nn.Mish,
+}
+
+
+def _builder(p: float | None, method: str, groups: int | None, generator) -> Build:
+    """``build(chain)``: the block for one chain, or the reason there is none; nothing is changed."""
+
+    def build(chain: Chain) -> ApproxDropoutFFN | str:
+        why = _chain_problem(chain)
+        if why is not None:
+            return why
+        act = _activation_module(chain.activation)
+        if isinstance(act, str):
+            return act
+        try:
+            rate = chain.p if p is None else p
+            block = ApproxDropoutFFN.from_modules(chain.fc1, act, chain.fc2, rate, method, groups, generator=generator)
+        except ValueError as error:
+            return f"cannot build the block: {error}"
+        block.train((chain.dropout or chain.fc1).training)
+        return block
+
+    return build
+
+
+def _chain_problem(chain: Chain) -> str | None:
+    """Why a found chain cannot become a block, or None."""
+    fc1, fc2 = chain.fc1, chain.fc2
+    for name, linear in zip(chain.members[::3], (fc1, fc2)):
+        if not isinstance(linear, nn.Linear) or type(linear).forward is not nn.Linear.forward:
+            return f"{name} is {type(linear).__name__}, not an nn.Linear (the block computes the GEMM itself)"
     if fc1.out_features != fc2.in_features:
         return (
             f"Linear sizes do not chain: {fc1.in_features} -> {fc1.out_features}, "
             f"then {fc2.in_features} -> {fc2.out_features}"
         )
+    parts = [fc1, chain.activation, chain.dropout, fc2]
+    for name, part in zip(chain.members, parts):
+        why = _hooked(part) if isinstance(part, nn.Module) else None
+        if why is not None:
+            return f"{name} {why}"
     return None
+
+
+def _hooked(module: nn.Module) -> str | None:
+    """Why ``module``'s hooks would stop working inside a block, or None when it has none."""
+    pre = list(module._forward_pre_hooks.values())
+    kinds = {type(h).__module__ + "." + type(h).__name__ for h in pre}
+    if any("prune" in k for k in kinds) or any(k.endswith("WeightNorm") for k in kinds):
+        return (
+            "is re-parametrised by torch.nn.utils.prune or the legacy weight_norm: a forward pre-hook recomputes its "
+            "weight each forward, and the block reads the weight without calling the module. Use "
+            "torch.nn.utils.parametrize (torch.nn.utils.parametrizations.weight_norm, or prune.remove first), "
+            "whose weight is recomputed at each read"
+        )
+    hooks = pre + list(module._forward_hooks.values())
+    hooks += list(module._backward_hooks.values()) + list(module._backward_pre_hooks.values())
+    if hooks:
+        return (
+            f"carries {len(hooks)} forward/backward hook(s): the block computes only the kept units without "
+            "calling its parts, so in training they would silently stop firing. Remove them to convert"
+        )
+    return None
+
+
+def _type_name(module: nn.Module) -> str:
+    """``nn.LayerNorm`` for torch.nn's classes, the bare class name for others."""
+    cls = type(module)
+    return f"nn.{cls.__name__}" if cls.__module__.startswith("torch.nn.") else cls.__name__
+
+
+def _activation_module(activation) -> nn.Module | str:
+    """The module the block applies: ``activation`` itself, an out-of-place copy of an in-place one, or
+    the module of a known function; else the reason it cannot be used."""
+    if not isinstance(activation, nn.Module):
+        module_type = _FUNCTIONS.get(activation)
+        if module_type is None:
+            return f"activation function {getattr(activation, '__name__', activation)!r} is not a known elementwise one"
+        return module_type()
+    if not is_elementwise(activation):
+        return f"activation not elementwise: {_type_name(activation)} may mix units, and would see only the kept ones"
+    if getattr(activation, "inplace", False) is True:
+        activation = copy.copy(activation)  # the kept units are a view of the GEMM output: no in-place
+        activation.inplace = False
+    return activation

@@ -1,0 +1,291 @@
+"""Adapters: how ``convert`` finds the ``Linear -> activation -> dropout -> Linear`` feed-forward of one
+kind of module and routes its forward through an ApproxDropoutFFN block, keyed by module class.
+
+An adapter's ``plan(module, build)`` returns a ``Plan``: the blocks it would make (``build`` makes one
+from a ``Chain``, or says why not), the dropouts it leaves alone with the reason, and an ``apply`` that
+changes the module. Nothing changes before ``apply``, so a failed check leaves the model as it was. An
+adapter with ``replaces = True`` plans on a child: its ``apply`` returns the module that takes the
+child's place in its parent.
+
+Register one for a class of your own with ``register_adapter(MyLayer, adapter)`` (README, convert).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from .ffn import ApproxDropoutFFN
+from .state_keys import Entry
+
+
+@dataclass
+class Chain:
+    """One feed-forward found in a module: ``fc2(dropout_p(activation(fc1(x))))``. ``activation`` is a
+    module or a function such as ``F.relu``; ``dropout`` the dropout module (None where the forward
+    calls ``F.dropout``); ``members`` the names of the parts in the module, for the reasons."""
+
+    fc1: nn.Module
+    activation: nn.Module | Callable
+    fc2: nn.Module
+    p: float
+    dropout: nn.Module | None
+    members: tuple[str, ...]
+
+
+Build = Callable[[Chain], "ApproxDropoutFFN | str"]  # a block, or the reason there is none
+
+
+@dataclass
+class Plan:
+    """What an adapter would do to one module: blocks by the key they get (relative to the module),
+    dropouts left alone ``(key, reason)``, the dropouts the plan speaks for, the key moves for its
+    state_dict (``state_keys``), and the change itself."""
+
+    converted: list[str] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    used: list[str] = field(default_factory=list)  # keys (as they are now) of the dropouts it speaks for
+    moved: list[Entry] = field(default_factory=list)
+    apply: Callable[[], nn.Module | None] | None = None
+
+
+class Adapter:
+    """Base class: ``name`` (shown in the report), ``plan``. ``replaces``: the module is swapped in its
+    parent for what ``apply`` returns."""
+
+    name = "adapter"
+    replaces = False
+
+    def plan(self, module: nn.Module, build: Build) -> Plan:
+        raise NotImplementedError
+
+
+class SequentialAdapter(Adapter):
+    """nn.Sequential, and every subclass that keeps Sequential's forward (torchvision.ops.MLP): runs of
+    four entries ``Linear, activation, nn.Dropout, Linear`` collapse into one block at the first Linear's
+    key; default keys "0", "1", ... are renumbered (as ``del seq[i]`` does), named keys are kept."""
+
+    name = "sequential"
+
+    def plan(self, module: nn.Module, build: Build) -> Plan:
+        keys, mods = list(module._modules), list(module._modules.values())
+        dropouts = [key for key, m in zip(keys, mods) if isinstance(m, DROPOUT_TYPES)]  # each converted or skipped
+        blocks: dict[int, ApproxDropoutFFN] = {}  # first Linear's position -> its block
+        skipped: list[tuple[int, str]] = []
+        end = -1  # the last entry of the last chain converted
+        for j, dropout in enumerate(mods):
+            if not isinstance(dropout, DROPOUT_TYPES):
+                continue
+            why = _sequence_problem(mods, j)
+            if why is None and j - 2 <= end:
+                why = (
+                    "its first Linear is the last one of the chain converted just before it: consecutive chains "
+                    "share a Linear, and one block holds one chain (ApproxDropoutMLP covers such stacks)"
+                )
+            if why is None:
+                members = tuple(f"entry {key}" for key in keys[j - 2 : j + 2])
+                block = build(Chain(mods[j - 2], mods[j - 1], mods[j + 1], dropout.p, dropout, members))
+                if isinstance(block, str):
+                    why = block
+                else:
+                    blocks[j - 2], end = block, j + 1
+            if why is not None:
+                skipped.append((j, why))
+        if not blocks:
+            return Plan(skipped=[(keys[j], why) for j, why in skipped], used=dropouts)
+        kept = [i for i in range(len(mods)) if not any(start < i <= start + 3 for start in blocks)]
+        numbered = keys == [str(i) for i in range(len(keys))]
+        new_key = {i: str(n) if numbered else keys[i] for n, i in enumerate(kept)}
+        moved = [(f"{new_key[i]}.", f"{keys[i]}.", False) for i in kept if i not in blocks and new_key[i] != keys[i]]
+        for start in blocks:
+            moved += [(f"{new_key[start]}.{n}.", f"{keys[start + n]}.", False) for n in range(4)]
+
+        def apply() -> None:
+            entries = OrderedDict((new_key[i], blocks.get(i, module._modules[keys[i]])) for i in kept)
+            module._modules = entries
+
+        return Plan(
+            converted=[new_key[i] for i in blocks],
+            used=dropouts,
+            skipped=[(new_key.get(j, keys[j]), why) for j, why in skipped],
+            moved=moved,
+            apply=apply,
+        )
+
+
+def _sequence_problem(mods: list[nn.Module], j: int) -> str | None:
+    """Why the dropout at ``mods[j]`` is not in a ``Linear, activation, Dropout, Linear`` run, or None."""
+    if type(mods[j]) is not nn.Dropout:
+        return f"nn.{type(mods[j]).__name__} is not nn.Dropout: only per-element dropout becomes a row pattern"
+    if j < 2 or j + 1 >= len(mods) or not isinstance(mods[j - 2], nn.Linear) or not isinstance(mods[j + 1], nn.Linear):
+        found = " -> ".join(type(m).__name__ for m in mods[max(j - 2, 0) : j + 2])
+        return f"Dropout not between two Linears: needs Linear -> activation -> Dropout -> Linear, found {found}"
+    return None
+
+
+class TorchLayerAdapter(Adapter):
+    """nn.TransformerEncoderLayer / nn.TransformerDecoderLayer: ``_ff_block`` is linear1 -> activation
+    (a module or a function such as F.relu) -> dropout -> linear2. The layer keeps its Linears (its eval
+    fast path reads them) and gets the block as ``ard_ffn``; its class becomes a subclass whose
+    ``_ff_block`` runs the block."""
+
+    name = "torch-transformer-layer"
+
+    def __init__(self, converted_class: type[nn.Module]) -> None:
+        self.converted_class = converted_class
+
+    def plan(self, module: nn.Module, build: Build) -> Plan:
+        act = module.activation
+        chain = Chain(module.linear1, act, module.linear2, module.dropout.p, module.dropout, _MEMBERS_TORCH)
+        block = build(chain) if type(module.dropout) is nn.Dropout else "its dropout is not nn.Dropout"
+        if isinstance(block, str):
+            return Plan(skipped=[("dropout", block)], used=["dropout"])
+        moved = [(f"{BLOCK_KEY}.0.", "linear1.", True), (f"{BLOCK_KEY}.3.", "linear2.", True)]
+        moved += [(f"{BLOCK_KEY}.1.", "activation.", True)] if isinstance(act, nn.Module) else []
+
+        def apply() -> None:
+            module.add_module(BLOCK_KEY, block)
+            module.__class__ = self.converted_class
+
+        return Plan(
+            converted=[BLOCK_KEY], used=["dropout"], moved=moved + [(f"{BLOCK_KEY}.2.", "dropout.", True)], apply=apply
+        )
+
+
+BLOCK_KEY = "ard_ffn"  # where a layer that keeps its Linears holds its block
+_MEMBERS_TORCH = ("linear1", "activation", "dropout", "linear2")
+
+
+class ConvertedEncoderLayer(nn.TransformerEncoderLayer):
+    """An nn.TransformerEncoderLayer whose feed-forward runs its ApproxDropoutFFN ``ard_ffn``."""
+
+    def _ff_block(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout2(self.ard_ffn(x))
+
+
+class ConvertedDecoderLayer(nn.TransformerDecoderLayer):
+    """An nn.TransformerDecoderLayer whose feed-forward runs its ApproxDropoutFFN ``ard_ffn``."""
+
+    def _ff_block(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout3(self.ard_ffn(x))
+
+
+class AttributeAdapter(Adapter):
+    """A feed-forward module whose forward is ``fc2(drop(act(fc1(x))))`` on attributes named by
+    ``members`` = (fc1, activation, dropout, fc2) (HF T5DenseActDense: wi, act, dropout, wo): replaced in
+    its parent by the block, or by ``nn.Sequential(block, rest...)`` where ``rest`` names output-side
+    modules that follow (timm Mlp: drop2). ``identity`` names modules that must be nn.Identity (timm
+    Mlp's norm)."""
+
+    replaces = True
+
+    def __init__(
+        self, name: str, members: tuple[str, str, str, str], rest: tuple[str, ...] = (), identity: tuple[str, ...] = ()
+    ) -> None:
+        self.name, self.members, self.rest, self.identity = name, members, rest, identity
+
+    def plan(self, module: nn.Module, build: Build) -> Plan:
+        fc1, act, drop, fc2 = (getattr(module, m) for m in self.members)
+        for name in self.identity:
+            if type(getattr(module, name)) is not nn.Identity:
+                kind = type(getattr(module, name)).__name__
+                why = f"its {name} is {kind}, not Identity: it would sit between the GEMMs"
+                return Plan(skipped=[(self.members[2], why)])
+        block = build(Chain(fc1, act, fc2, drop.p, drop, self.members)) if type(drop) is nn.Dropout else None
+        if block is None or isinstance(block, str):
+            return Plan(skipped=[(self.members[2], block or f"its {self.members[2]} is not nn.Dropout")])
+        if not self.rest:
+            moved = [(f"{n}.", f"{m}.", False) for n, m in enumerate(self.members)]
+            return Plan(converted=[""], moved=moved, apply=lambda: block)
+        moved = [(f"ffn.{n}.", f"{m}.", False) for n, m in enumerate(self.members)]
+        moved += [(f"{m}.", f"{m}.", False) for m in self.rest]
+        wrapped = nn.Sequential(OrderedDict([("ffn", block)] + [(m, getattr(module, m)) for m in self.rest]))
+        return Plan(converted=["ffn"], moved=moved, apply=lambda: wrapped)
+
+
+class FunctionalDropoutAdapter(Adapter):
+    """A layer whose forward has ``fc2(F.dropout(activation_fn(fc1(x)), p=self.activation_dropout))``
+    inline (HF BART, mBART, Marian, ...): the forward code stays; ``fc1`` becomes the whole block,
+    ``activation_fn`` and ``fc2`` become nn.Identity and ``activation_dropout`` 0, so the same lines
+    now run block -> identity -> dropout(p=0) -> identity. The layer's source is checked for those lines."""
+
+    name = "functional-activation-dropout"
+    LINES = ("self.activation_fn(self.fc1(", "p=self.activation_dropout", "self.fc2(")
+
+    def plan(self, module: nn.Module, build: Build) -> Plan:
+        try:
+            source = inspect.getsource(type(module).forward)
+        except (OSError, TypeError):
+            source = ""
+        missing = [line for line in self.LINES if line not in source]
+        if missing:
+            return Plan(skipped=[("activation_dropout", f"its forward lacks {missing[0]!r}: not the expected layout")])
+        p = module.activation_dropout
+        if not isinstance(p, (int, float)) or p == 0:
+            return Plan(skipped=[("activation_dropout", f"activation_dropout is {p!r}: no dropout to convert")])
+        members = ("fc1", "activation_fn", "activation_dropout", "fc2")
+        block = build(Chain(module.fc1, module.activation_fn, module.fc2, float(p), None, members))
+        if isinstance(block, str):
+            return Plan(skipped=[("activation_dropout", block)])
+        moved = [("fc1.0.", "fc1.", False), ("fc1.1.", "activation_fn.", False), ("fc1.3.", "fc2.", False)]
+
+        def apply() -> None:
+            module.fc1, module.activation_fn, module.fc2 = block, nn.Identity(), nn.Identity()
+            module.activation_dropout = 0.0
+
+        return Plan(converted=["fc1"], moved=moved, apply=apply)
+
+
+DROPOUT_TYPES: tuple[type[nn.Module], ...] = (
+    nn.Dropout,
+    nn.Dropout1d,
+    nn.Dropout2d,
+    nn.Dropout3d,
+    nn.AlphaDropout,
+    nn.FeatureAlphaDropout,
+)
+
+# Adapters by class, or by "module.QualName" for classes of optional packages (nothing is imported).
+ADAPTERS: dict[type | str, Adapter] = {
+    nn.TransformerEncoderLayer: TorchLayerAdapter(ConvertedEncoderLayer),
+    nn.TransformerDecoderLayer: TorchLayerAdapter(ConvertedDecoderLayer),
+    "transformers.models.t5.modeling_t5.T5DenseActDense": AttributeAdapter("hf-t5", ("wi", "act", "dropout", "wo")),
+}
+_TIMM_MLP = AttributeAdapter("timm-mlp", ("fc1", "act", "drop1", "fc2"), rest=("drop2",), identity=("norm",))
+ADAPTERS["timm.layers.mlp.Mlp"] = ADAPTERS["timm.models.layers.mlp.Mlp"] = _TIMM_MLP
+_FUNCTIONAL = FunctionalDropoutAdapter()
+for _model in ("bart", "mbart", "marian", "plbart", "pegasus", "blenderbot", "blenderbot_small", "m2m_100"):
+    _prefix = "".join(part.capitalize() for part in _model.split("_"))
+    _prefix = {"Mbart": "MBart", "M2m100": "M2M100", "Plbart": "PLBart"}.get(_prefix, _prefix)
+    for _kind in ("EncoderLayer", "DecoderLayer"):
+        ADAPTERS[f"transformers.models.{_model}.modeling_{_model}.{_prefix}{_kind}"] = _FUNCTIONAL
+SEQUENTIAL = SequentialAdapter()
+
+
+def register_adapter(cls: type | str, adapter: Adapter) -> None:
+    """Use ``adapter`` for modules of class ``cls`` (exactly; or its "module.QualName")."""
+    if not isinstance(adapter, Adapter):
+        raise ValueError(f"adapter must be an approxdrop.models.adapters.Adapter, got {adapter!r}")
+    if not isinstance(cls, (type, str)):
+        raise ValueError(f"cls must be a class or a 'module.QualName' string, got {cls!r}")
+    ADAPTERS[cls] = adapter
+
+
+def class_name(cls: type) -> str:
+    """``module.QualName`` of a class."""
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def adapter_for(module: nn.Module) -> Adapter | None:
+    """The adapter of ``module``'s class (exact match), Sequential's for a subclass that keeps
+    Sequential's forward, else None."""
+    cls = type(module)
+    found = ADAPTERS.get(cls) or ADAPTERS.get(class_name(cls))
+    if found is None and isinstance(module, nn.Sequential) and cls.forward is nn.Sequential.forward:
+        return SEQUENTIAL
+    return found

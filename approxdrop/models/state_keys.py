@@ -1,0 +1,96 @@
+"""Checkpoint keys that survive ``convert``: a module whose children ``convert`` moved (a chain collapsed
+into one block, a block that holds Linears its layer still holds) saves its state_dict under the keys it
+had before, and loads a checkpoint written with those keys; so a checkpoint of the unconverted model
+loads into the converted one, and the reverse, with ``strict=True``.
+
+Such a module carries a ``KeyMap``: prefixes of its keys as they now are (``raw``) against the keys of
+the checkpoint (``saved``). An ``alias`` entry names a tensor the module also holds under another, live
+key (the same Parameter reached twice): it is left out on save and filled from that key on load.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from torch import nn
+
+ATTR = "_approxdrop_key_map"  # where a module keeps its KeyMap
+
+Entry = tuple[str, str, bool]  # (raw prefix, saved prefix, alias); prefixes relative to the module, ending in "."
+
+
+@dataclass
+class KeyMap:
+    """The entries of one module; the longest matching prefix wins."""
+
+    entries: list[Entry] = field(default_factory=list)
+
+    def to_saved(self, rel: str) -> str | None:
+        """The checkpoint key of raw key ``rel`` (None for an alias: not saved)."""
+        hits = [e for e in self.entries if rel.startswith(e[0])]
+        if not hits:
+            return rel
+        raw, saved, alias = max(hits, key=lambda e: len(e[0]))
+        return None if alias else saved + rel[len(raw) :]
+
+    def to_raw(self, rel: str) -> list[str]:
+        """The raw keys checkpoint key ``rel`` fills: its new key (or itself, if it did not move and its
+        place was not taken) and its aliases; empty when it has no place here."""
+        renames = [e for e in self.entries if not e[2] and rel.startswith(e[1])]
+        if renames:
+            raw, saved, _ = max(renames, key=lambda e: len(e[1]))
+            out = [raw + rel[len(saved) :]]
+        else:
+            out = [rel]
+        out = [key for key in out if self.to_saved(key) == rel]
+        aliases = [raw + rel[len(saved) :] for raw, saved, alias in self.entries if alias and rel.startswith(saved)]
+        return out + [key for key in aliases if self.to_saved(key) is None]
+
+
+def add_entries(module: nn.Module, moved: list[Entry]) -> None:
+    """Record that ``module``'s children moved as ``moved`` says (raw prefixes after this conversion
+    against the raw prefixes before it), composed with what an earlier ``convert`` left on it; install
+    the hooks that apply the map, once."""
+    old = getattr(module, ATTR, None)
+    if old is None:
+        module.register_state_dict_post_hook(_save_hook)
+        module.register_load_state_dict_pre_hook(_load_hook)
+        old = KeyMap()
+    entries: list[Entry] = []
+    for raw, before, alias in moved:
+        entries += [(raw + r[len(before) :], s, a or alias) for r, s, a in old.entries if r.startswith(before)]
+        saved = old.to_saved(before)
+        entries.append((raw, before if saved is None else saved, alias or saved is None))
+    entries += [e for e in old.entries if not any(e[0].startswith(before) for _, before, _ in moved)]
+    object.__setattr__(module, ATTR, KeyMap(entries))
+
+
+def _save_hook(module: nn.Module, state_dict: dict, prefix: str, local_metadata: dict) -> None:
+    """Rename this module's keys to the checkpoint's, in order, leaving aliases out."""
+    keys: KeyMap = getattr(module, ATTR)
+    items = list(state_dict.items())
+    state_dict.clear()
+    for key, value in items:
+        if not key.startswith(prefix):
+            state_dict[key] = value
+            continue
+        saved = keys.to_saved(key[len(prefix) :])
+        if saved is not None:
+            state_dict[prefix + saved] = value
+
+
+def _load_hook(module, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+    """Rename the checkpoint's keys to this module's before its children read them; a key whose place
+    is taken by a moved child is unexpected."""
+    keys: KeyMap = getattr(module, ATTR)
+    items = list(state_dict.items())
+    state_dict.clear()
+    for key, value in items:
+        if not key.startswith(prefix):
+            state_dict[key] = value
+            continue
+        raws = keys.to_raw(key[len(prefix) :])
+        if not raws:
+            unexpected_keys.append(key)
+        for raw in raws:
+            state_dict[prefix + raw] = value

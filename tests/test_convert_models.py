@@ -1,0 +1,466 @@
+"""convert on real model classes (torch's Transformer layers; Hugging Face T5 / BART / mBART / Marian /
+GPT-2 / BERT built from tiny configs when transformers is installed; timm and torchvision only where
+already importable): a block per feed-forward, bit-identical eval output (the encoder's fast path
+included), gradients equal to the unconverted model with the drawn pattern as a dense mask, state_dict
+keys that survive (a checkpoint loads both ways, strict), and refusals with the reason for hooks,
+prune / legacy weight_norm, sizes that do not chain."""
+
+import copy
+import io
+import pickle
+from unittest import mock
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils import prune
+
+from approxdrop import ApproxDropoutFFN, convert, draw_patterns
+from approxdrop.models import adapters
+from approxdrop.models.adapters import AttributeAdapter, register_adapter
+from approxdrop.models.convert import FUNCTIONAL
+
+
+class Masked(nn.Module):
+    """The reference dropout: a fixed 0/1 mask over the last axis, times the pattern's scale."""
+
+    def __init__(self, block: ApproxDropoutFFN) -> None:
+        super().__init__()
+        pattern = block.last_pattern
+        self.register_buffer("mask", pattern.keep_mask(block.d_hidden).double() * pattern.scale)
+
+    def forward(self, x):
+        return x * self.mask.to(x.dtype)
+
+
+def grads(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Each parameter's gradient by its state_dict key (the keys convert keeps)."""
+    return {k: v.grad for k, v in model.state_dict(keep_vars=True).items() if isinstance(v, nn.Parameter)}
+
+
+def assert_same_training_step(converted, twin, x_of, masks_into):
+    """One training step of ``converted`` equals ``twin`` (unconverted) with the drawn patterns as dense
+    masks (``masks_into(twin, blocks)``): outputs and every parameter's gradient."""
+    y = x_of(converted)
+    y.square().sum().backward()
+    blocks = [m for m in converted.modules() if isinstance(m, ApproxDropoutFFN)]
+    assert blocks and all(b.last_pattern is not None for b in blocks)
+    masks_into(twin, blocks)
+    y_ref = x_of(twin)
+    y_ref.square().sum().backward()
+    torch.testing.assert_close(y, y_ref, rtol=1e-10, atol=1e-10)
+    got, want = grads(converted), grads(twin)
+    assert got.keys() == want.keys()
+    for key in want:
+        if want[key] is None:
+            assert got[key] is None, key
+        else:
+            torch.testing.assert_close(got[key], want[key], rtol=1e-9, atol=1e-10, msg=key)
+
+
+def assert_checkpoints_load_both_ways(make, converted):
+    """A state_dict of a fresh unconverted model loads into ``converted`` and the reverse, strict."""
+    fresh = make()
+    assert list(converted.state_dict()) == list(fresh.state_dict())
+    converted.load_state_dict(fresh.state_dict(), strict=True)
+    for k, v in converted.state_dict().items():
+        assert torch.equal(v, fresh.state_dict()[k]), k
+    with torch.no_grad():
+        for v in converted.parameters():
+            v.add_(1.0)
+    other = make()
+    other.load_state_dict(converted.state_dict(), strict=True)
+    for k, v in other.state_dict().items():
+        assert torch.equal(v, converted.state_dict()[k]), k
+    buffer = io.BytesIO()
+    torch.save(converted.state_dict(), buffer)
+    buffer.seek(0)
+    make().load_state_dict(torch.load(buffer), strict=True)
+
+
+# --- nn.Sequential: keys, hooks, re-parametrised weights, in-place activations -------------------------
+
+
+def chain(inplace=False, d=8, h=16):
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(d, h), nn.ReLU(inplace=inplace), nn.Dropout(0.3), nn.Linear(h, d), nn.Linear(d, 4))
+
+
+def test_state_dict_keys_survive_and_checkpoints_load_both_ways():
+    model = chain()
+    keys = list(model.state_dict())
+    assert convert(model).converted == ["0"]
+    assert list(model.state_dict()) == keys == ["0.weight", "0.bias", "3.weight", "3.bias", "4.weight", "4.bias"]
+    assert_checkpoints_load_both_ways(chain, model)
+    for copied in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
+        assert list(copied.state_dict()) == keys
+        assert_checkpoints_load_both_ways(chain, copied)
+
+
+def test_a_stray_or_missing_key_is_still_reported_by_a_strict_load():
+    model = chain()
+    convert(model)
+    state = chain().state_dict()
+    state["1.weight"] = torch.zeros(1)  # the ReLU has no weight, and its place is now the renumbered Linear's
+    with pytest.raises(RuntimeError, match=r"Unexpected key\(s\) in state_dict: \"(0\.)?1\.weight\""):
+        model.load_state_dict(state, strict=True)
+    del state["1.weight"], state["3.bias"]
+    with pytest.raises(RuntimeError, match="Missing key"):
+        model.load_state_dict(state, strict=True)
+
+
+def test_hooks_on_the_chain_refuse_it_with_the_reason():
+    model = chain()
+    model[3].register_forward_hook(lambda mod, i, o: o * 0)
+    before = list(model.children())
+    report = convert(model)
+    assert report.converted == [] and list(model.children()) == before
+    assert "entry 3 carries 1 forward/backward hook(s)" in dict(report.skipped)["2"]
+    assert model.train()(torch.randn(4, 8)).abs().sum() == model.eval()(torch.randn(4, 8)).abs().sum()
+    pre = chain()
+    pre[2].register_forward_pre_hook(lambda mod, i: None)
+    assert convert(pre).converted == []
+
+
+def test_a_chain_converted_after_its_hook_is_removed_keeps_the_keys():
+    model = nn.Sequential(chain(), nn.Linear(4, 4), nn.ReLU(), nn.Dropout(0.2), nn.Linear(4, 4))
+    handle = model[0][3].register_forward_hook(lambda mod, i, o: None)
+    keys = list(model.state_dict())
+    assert convert(model).converted == ["1"]
+    handle.remove()
+    assert convert(model).converted == ["0.0"]
+    assert list(model.state_dict()) == keys
+    assert_checkpoints_load_both_ways(lambda: nn.Sequential(chain(), *list(nn.Sequential(*_tail()))), model)
+
+
+def _tail():
+    return [nn.Linear(4, 4), nn.ReLU(), nn.Dropout(0.2), nn.Linear(4, 4)]
+
+
+def test_prune_and_legacy_weight_norm_are_refused_and_parametrizations_train():
+    for reparametrise in (
+        lambda m: prune.l1_unstructured(m[0], "weight", 0.3),
+        lambda m: torch.nn.utils.weight_norm(m[3]),
+    ):
+        model = chain()
+        reparametrise(model)
+        report = convert(model)
+        assert report.converted == [] and "torch.nn.utils.prune or the legacy weight_norm" in report.skipped[0][1]
+    model = chain()
+    torch.nn.utils.parametrizations.weight_norm(model[0])
+    assert convert(model, generator=torch.Generator().manual_seed(0)).converted == ["0"]
+    for _ in range(2):  # the second backward was the failure with prune / legacy weight_norm
+        model(torch.randn(4, 8)).sum().backward()
+    assert torch.isfinite(model[0].fc1.parametrizations.weight.original0.grad).all()
+
+
+@pytest.mark.parametrize("frozen", [False, True])
+def test_an_inplace_activation_trains_and_equals_the_masked_reference(frozen):
+    model = chain(inplace=True).double()
+    model[0].requires_grad_(not frozen)  # frozen: the kept units were a view the in-place ReLU wrote into
+    twin = copy.deepcopy(model)
+    x = torch.randn(5, 8, dtype=torch.float64)
+    with torch.no_grad():
+        before = model.eval()(x)
+    convert(model.train(), generator=torch.Generator().manual_seed(1))
+    assert model[0].activation.inplace is False and twin[1].inplace is True  # a copy, applied out of place
+    assert torch.equal(model.eval()(x), before)
+    model.train()
+
+    def masks_into(reference, blocks):
+        reference[2] = Masked(blocks[0])
+
+    assert_same_training_step(model, twin, lambda m: m(x), masks_into)
+
+
+def test_a_frozen_first_linear_stays_frozen_and_the_rest_trains():
+    model = chain().double()
+    model[0].requires_grad_(False)
+    twin = copy.deepcopy(model)
+    convert(model, generator=torch.Generator().manual_seed(2))
+    x = torch.randn(3, 8, dtype=torch.float64)
+
+    def masks_into(reference, blocks):
+        reference[2] = Masked(blocks[0])
+
+    assert_same_training_step(model, twin, lambda m: m(x), masks_into)
+    assert model[0].fc1.weight.grad is None and model[0].fc2.weight.grad is not None
+
+
+def test_sequential_subclasses_with_sequentials_forward_convert_others_are_reported():
+    class MLP(nn.Sequential):  # torchvision.ops.MLP's shape: only __init__ of its own
+        def __init__(self):
+            super().__init__(nn.Linear(4, 8), nn.GELU(), nn.Dropout(0.1), nn.Linear(8, 4), nn.Dropout(0.1))
+
+    class Custom(nn.Sequential):
+        def forward(self, x):
+            return super().forward(x) * 2
+
+    model = nn.ModuleList([MLP(), Custom(nn.Linear(4, 8), nn.GELU(), nn.Dropout(0.1), nn.Linear(8, 4))])
+    report = convert(model)
+    assert report.converted == ["0.0"] and report.adapters["0.0"] == "sequential"
+    assert dict(report.skipped)["0.1"].startswith("Dropout not between two Linears")  # output side, left alone
+    assert dict(report.skipped)["1.2"].startswith("no adapter for its parent Custom")
+
+
+def test_functional_dropout_in_forward_code_is_reported():
+    class Residual(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+
+        def forward(self, x):
+            return x + nn.functional.dropout(self.fc(x), 0.1, self.training)
+
+    report = convert(nn.Sequential(Residual()))
+    assert report.functional == [("0", "Residual calls dropout")]
+    assert f"0: {FUNCTIONAL} (Residual calls dropout)" in str(report)
+
+
+def test_a_user_adapter_for_a_class_of_ones_own(monkeypatch):
+    class MyFFN(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.up, self.act, self.drop, self.down = nn.Linear(4, 8), nn.SiLU(), nn.Dropout(0.2), nn.Linear(8, 4)
+
+        def forward(self, x):
+            return self.down(self.drop(self.act(self.up(x))))
+
+    monkeypatch.setattr(adapters, "ADAPTERS", dict(adapters.ADAPTERS))  # the registry as it was, after the test
+    register_adapter(MyFFN, AttributeAdapter("my-ffn", ("up", "act", "drop", "down")))
+    model = nn.Sequential(MyFFN())
+    keys, x = list(model.state_dict()), torch.randn(3, 4)
+    before = model.eval()(x)
+    report = convert(model)
+    assert report.converted == ["0"] and report.adapters == {"0": "my-ffn"}
+    assert torch.equal(model(x), before) and list(model.state_dict()) == keys
+    with pytest.raises(ValueError, match="must be an approxdrop.models.adapters.Adapter"):
+        register_adapter(MyFFN, object())
+
+
+# --- torch's Transformer layers -------------------------------------------------------------------------
+
+
+def encoder(activation="relu"):
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(16, 2, 32, 0.3, activation=activation, batch_first=True)
+    return nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+
+
+def decoder(activation="gelu"):
+    torch.manual_seed(0)
+    return nn.TransformerDecoder(nn.TransformerDecoderLayer(16, 2, 32, 0.3, activation=activation), 2)
+
+
+def only_hidden_dropout(model: nn.Module) -> nn.Module:
+    """Every dropout but the feed-forward's at p = 0 (so the reference needs one mask per layer)."""
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Dropout) and not name.endswith(".dropout"):
+            m.p = 0.0
+        if isinstance(m, nn.MultiheadAttention):
+            m.dropout = 0.0
+    return model.double()
+
+
+@pytest.mark.parametrize("activation", ["relu", "gelu", nn.functional.gelu, nn.SiLU()])
+def test_encoder_eval_is_bit_identical_fast_path_included(activation):
+    model = encoder(activation).eval()
+    x = torch.randn(3, 5, 16)
+    with torch.no_grad():
+        fast = model(x)
+    slow = model(x)  # grad enabled: the slow path
+    keys = list(model.state_dict())
+    report = convert(model)
+    assert report.converted == ["layers.0.ard_ffn", "layers.1.ard_ffn"]
+    assert set(report.adapters.values()) == {"torch-transformer-layer"}
+    with mock.patch.object(torch, "_transformer_encoder_layer_fwd", wraps=torch._transformer_encoder_layer_fwd) as fwd:
+        with torch.no_grad():
+            assert torch.equal(model(x), fast)
+    # the fast path ran, reading the layer's own Linears (torch takes it for relu / gelu only)
+    assert fwd.call_count == (0 if isinstance(activation, nn.SiLU) else 2)
+    assert torch.equal(model(x), slow)
+    assert list(model.state_dict()) == keys
+    assert isinstance(model.layers[0], nn.TransformerEncoderLayer)
+
+
+def test_encoder_and_decoder_train_as_the_masked_reference_and_load_checkpoints():
+    model = only_hidden_dropout(encoder())
+    twin = copy.deepcopy(model)
+    convert(model, generator=torch.Generator().manual_seed(3))
+    x = torch.randn(3, 5, 16, dtype=torch.float64)
+
+    def masks_into(reference, blocks):
+        for layer, block in zip(reference.layers, blocks):
+            layer.dropout = Masked(block)
+
+    assert_same_training_step(model.train(), twin.train(), lambda m: m(x), masks_into)
+    assert_checkpoints_load_both_ways(encoder, model.float())
+    dec = only_hidden_dropout(decoder())
+    twin = copy.deepcopy(dec)
+    assert len(convert(dec, generator=torch.Generator().manual_seed(4)).converted) == 2
+    tgt, memory = torch.randn(4, 2, 16, dtype=torch.float64), torch.randn(6, 2, 16, dtype=torch.float64)
+    assert_same_training_step(dec, twin, lambda m: m(tgt, memory), masks_into)
+    assert_checkpoints_load_both_ways(decoder, dec.float())
+
+
+def test_a_converted_encoder_pickles_copies_and_draws_ahead():
+    model = encoder()
+    convert(model)
+    for copied in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
+        assert type(copied.layers[0]).__name__ == "ConvertedEncoderLayer"
+        assert copied.layers[0].ard_ffn.fc1 is copied.layers[0].linear1
+    assert draw_patterns(model.train()) == 2  # the blocks are in modules(): compiled training finds them
+
+
+def test_a_layer_whose_sizes_do_not_chain_is_left_unchanged():
+    model = encoder()
+    model.layers[1].linear2 = nn.Linear(24, 16)
+    before = [(name, id(m), type(m)) for name, m in model.named_modules()]
+    report = convert(model)
+    assert report.converted == ["layers.0.ard_ffn"]
+    assert dict(report.skipped)["layers.1.dropout"] == "Linear sizes do not chain: 16 -> 32, then 24 -> 16"
+    assert [(n, i, t) for n, i, t in before if n.startswith("layers.1")] == [
+        (name, id(m), type(m)) for name, m in model.named_modules() if name.startswith("layers.1")
+    ]
+
+
+# --- Hugging Face transformers (tiny configs, random weights, no downloads) ------------------------------
+
+
+def hf():
+    return pytest.importorskip("transformers", reason="transformers is not installed (pip install approxdrop[test])")
+
+
+def t5(gated=False):
+    T = hf()
+    torch.manual_seed(0)
+    config = T.T5Config(
+        vocab_size=40, d_model=16, d_kv=4, d_ff=32, num_layers=2, num_heads=2, dropout_rate=0.3,
+        feed_forward_proj="gated-gelu" if gated else "relu",
+    )  # fmt: skip
+    return T.T5Model(config)
+
+
+def bart(kind="Bart"):
+    T = hf()
+    torch.manual_seed(0)
+    config = getattr(T, f"{kind}Config")(
+        vocab_size=40, d_model=16, encoder_layers=2, decoder_layers=1, encoder_attention_heads=2,
+        decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32, activation_dropout=0.3, dropout=0.0,
+        attention_dropout=0.0, max_position_embeddings=16, pad_token_id=0, decoder_start_token_id=0,
+    )  # fmt: skip
+    return getattr(T, f"{kind}Model")(config)
+
+
+def test_pinned_torch_stays_with_transformers_installed():
+    hf()
+    assert torch.__version__.startswith("2.13.0")
+
+
+def seq2seq(model, ids):
+    return model(input_ids=ids, decoder_input_ids=ids).last_hidden_state
+
+
+def test_t5_converts_every_feed_forward_bit_identical_and_trains_as_the_reference():
+    model = t5()
+    ids = torch.randint(1, 40, (2, 6))
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Dropout) and "DenseReluDense" not in name:
+            m.p = 0.0
+        if isinstance(getattr(m, "dropout", None), float):  # T5Attention's functional attention dropout
+            m.dropout = 0.0
+    model.double().eval()
+    with torch.no_grad():
+        before = seq2seq(model, ids)
+    twin = copy.deepcopy(model)
+    keys = list(model.state_dict())
+    report = convert(model, generator=torch.Generator().manual_seed(5))
+    assert len(report.converted) == 4 and set(report.adapters.values()) == {"hf-t5"}  # 2 encoder + 2 decoder blocks
+    with torch.no_grad():
+        assert torch.equal(seq2seq(model, ids), before)
+    assert list(model.state_dict()) == keys
+
+    def masks_into(reference, blocks):
+        ffns = [m for name, m in reference.named_modules() if name.endswith("DenseReluDense")]
+        for ffn, block in zip(ffns, blocks):
+            ffn.dropout = Masked(block)
+
+    assert_same_training_step(model.train(), twin.train(), lambda m: seq2seq(m, ids), masks_into)
+    assert_checkpoints_load_both_ways(t5, model.float())
+
+
+@pytest.mark.parametrize("kind", ["Bart", "MBart", "Marian"])
+def test_bart_style_functional_activation_dropout_converts(kind):
+    model = bart(kind).double()
+    ids = torch.randint(1, 40, (2, 6))
+    with torch.no_grad():
+        before = seq2seq(model.eval(), ids)
+    twin = copy.deepcopy(model)
+    keys = list(model.state_dict())
+    report = convert(model, generator=torch.Generator().manual_seed(6))
+    layers = [n for n, m in model.named_modules() if type(m).__name__.endswith("Layer")]
+    assert report.converted == [f"{n}.fc1" for n in layers] and len(layers) == 3
+    assert all(f"{FUNCTIONAL} ({kind}" in line for line in str(report).splitlines() if FUNCTIONAL in line)
+    with torch.no_grad():
+        assert torch.equal(seq2seq(model, ids), before)
+    assert list(model.state_dict()) == keys
+
+    def masks_into(reference, blocks):
+        mods = [m for m in reference.modules() if type(m).__name__.endswith("Layer")]
+        for layer, block in zip(mods, blocks):
+            layer.activation_fn, layer.activation_dropout = nn.Sequential(layer.activation_fn, Masked(block)), 0.0
+
+    assert_same_training_step(model.train(), twin.train(), lambda m: seq2seq(m, ids), masks_into)
+    assert_checkpoints_load_both_ways(lambda: bart(kind), model.float())
+
+
+def test_gpt2_and_bert_output_side_dropouts_are_reported_not_converted():
+    T = hf()
+    gpt2 = T.GPT2Model(T.GPT2Config(vocab_size=40, n_embd=16, n_layer=1, n_head=2, n_positions=16))
+    bert = T.BertModel(
+        T.BertConfig(
+            vocab_size=40,
+            hidden_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=32,
+            max_position_embeddings=16,
+        )  # fmt: skip
+    )
+    for model, name in ((gpt2, "h.0.mlp.dropout"), (bert, "encoder.layer.0.output.dropout")):
+        keys = list(model.state_dict())
+        report = convert(model)
+        assert report.converted == [] and list(model.state_dict()) == keys
+        assert dict(report.skipped)[name].startswith("no adapter for its parent")
+
+
+def test_hf_and_timm_activations_are_elementwise_softmax_never():
+    T = hf()
+    from approxdrop.models.sites import ELEMENTWISE_NAMES, is_elementwise
+
+    for name in ("gelu", "gelu_new", "gelu_fast", "quick_gelu", "silu", "mish", "relu2", "linear"):
+        assert is_elementwise(T.activations.ACT2FN[name]), name
+    assert not is_elementwise(nn.Softmax(-1)) and not any("softmax" in n.lower() for n in ELEMENTWISE_NAMES)
+
+
+# --- timm and torchvision: only where already installed (they pull a newer torch) ------------------------
+
+
+def test_timm_mlp_converts_when_timm_is_installed():
+    layers = pytest.importorskip("timm.layers", reason="timm is not installed here (it would replace the pinned torch)")
+    model = nn.Sequential(layers.Mlp(16, 32, drop=0.2))
+    keys, x = list(model.state_dict()), torch.randn(3, 16)
+    before = model.eval()(x)
+    report = convert(model)
+    assert report.converted == ["0.ffn"] and report.adapters["0.ffn"] == "timm-mlp"
+    assert torch.equal(model(x), before) and list(model.state_dict()) == keys
+
+
+def test_torchvision_mlp_converts_when_torchvision_is_installed():
+    ops = pytest.importorskip("torchvision.ops", reason="torchvision is not installed here (it would replace torch)")
+    model = ops.MLP(16, [32, 32, 8], dropout=0.2)
+    keys, x = list(model.state_dict()), torch.randn(3, 16)
+    before = model.eval()(x)
+    report = convert(model)
+    assert report.converted and set(report.adapters.values()) == {"sequential"}
+    assert torch.equal(model(x), before) and list(model.state_dict()) == keys
