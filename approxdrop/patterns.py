@@ -38,6 +38,19 @@ def _kept_index(n: int, dp: int, offset: int, keep: int, device: torch.device | 
     return periodic_mask(n, dp, offset, keep, device).nonzero().flatten()
 
 
+def periodic_selector(
+    n: int, dp: int, offset: int, keep: int, device: torch.device | str | None = None
+) -> slice | torch.Tensor:
+    """``RowPattern(dp, offset, keep).selector(n, device)`` from checked integers, with no pattern object."""
+    if keep == dp:
+        return slice(0, n)
+    if keep == 1:
+        return slice(offset, n, dp)
+    if torch.compiler.is_compiling():  # n may be symbolic, and a traced tensor must not be cached
+        return periodic_mask(n, dp, offset, keep, device).nonzero().flatten()
+    return _kept_index(n, dp, offset, keep, device)
+
+
 def _set(pattern: object, name: str, value: int) -> int:
     """Store a checked field of a frozen pattern as a Python int (numpy integers are accepted)."""
     object.__setattr__(pattern, name, value)
@@ -83,13 +96,7 @@ class RowPattern:
         """Kept units as a slice when they form one strided run (keep == 1 or keep == dp),
         else as a Long index tensor, cached per (n, pattern, device): read it, never write to it.
         A slice lets a weight's kept rows be a view (no copy)."""
-        if self.keep == self.dp:
-            return slice(0, n)
-        if self.keep == 1:
-            return slice(self.offset, n, self.dp)
-        if torch.compiler.is_compiling():  # n may be symbolic, and a traced tensor must not be cached
-            return self.kept_indices(n, device)
-        return _kept_index(n, self.dp, self.offset, self.keep, device)
+        return periodic_selector(n, self.dp, self.offset, self.keep, device)
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,9 @@ Three measurements, each side by side in one process, methods interleaved (``ben
 - **crossover**: for each batch size, the smallest width ``w`` of an MLP [w, w, w, 10] at which a
   method's step beats nn.Dropout's (ratio < 1) on this machine.
 
-Every step is zero_grad + forward + loss + backward + SGD step. Run ``approxdrop bench-overhead --help``.
+Every step is zero_grad + forward + loss + backward + SGD step. On a CPU with one torch thread the clock is
+this process's CPU time (``time.process_time``), so other work on a shared machine does not count; else
+wall time, synchronised on CUDA. Run ``approxdrop bench-overhead --help``.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -74,6 +77,12 @@ class CrossoverRow:
     batch: int
     width: int | None
     ratios: dict[int, float]
+
+
+def _clock(device: torch.device) -> Callable[[], float]:
+    """CPU time of this process on a CPU with one torch thread (what the host spends, whatever else runs),
+    else wall time."""
+    return time.process_time if device.type == "cpu" and torch.get_num_threads() == 1 else time.perf_counter
 
 
 def _spread(times: list[float]) -> float:
@@ -168,7 +177,7 @@ def host_overhead(
         ("ffn", ffn_steps(p, FFN_METHODS, device), "nn.Dropout"),
         ("lstm", lstm_steps(p, lstm_methods, device), "bernoulli"),
     ):
-        times = time_side_by_side(steps_by_method, device, warmup, rounds, steps, bar)
+        times = time_side_by_side(steps_by_method, device, warmup, rounds, steps, bar, _clock(device))
         base_median = statistics.median(times[base])
         for label, t in times.items():
             median = statistics.median(t)
@@ -224,6 +233,7 @@ def crossover(
                 rounds,
                 steps,
                 bar,
+                _clock(device),
             )
             base = statistics.median(times["bernoulli"])
             for m in methods:

@@ -40,8 +40,8 @@ def gather_block(weight: torch.Tensor, rows: slice | torch.Tensor, cols: slice |
 
 
 def flat(t: torch.Tensor) -> torch.Tensor:
-    """Tensor[*, k] -> Tensor[N, k] (explicit N, so k = 0 works)."""
-    return t.reshape(math.prod(t.shape[:-1]), t.shape[-1])
+    """Tensor[*, k] -> Tensor[N, k] (explicit N, so k = 0 works); a 2-D t as it is."""
+    return t if t.dim() == 2 else t.reshape(math.prod(t.shape[:-1]), t.shape[-1])
 
 
 def as_index(sel: slice | torch.Tensor, n: int, device: torch.device | str | None) -> torch.Tensor:

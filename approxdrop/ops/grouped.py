@@ -25,9 +25,11 @@ writes each pair's weight gradient block into one shared gradient.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
-from ..patterns import RowPattern, periodic_count
+from ..patterns import RowPattern, periodic_count, periodic_selector
 from .common import (
     as_index,
     check_backward_args,
@@ -75,8 +77,8 @@ def _disjoint(in_keep: int, in_dp: int, out_keep: int, out_dp: int) -> bool:
 def _selectors(weight: torch.Tensor, in_dp, in_keep, o_in, out_dp, out_keep, o_out):
     """(rows, cols): the kept output rows and input columns of ``weight`` for one pair."""
     n_out, n_in = weight.shape
-    rows = RowPattern(out_dp, o_out, out_keep).selector(n_out, weight.device)
-    cols = RowPattern(in_dp, o_in, in_keep).selector(n_in, weight.device)
+    rows = periodic_selector(n_out, out_dp, o_out, out_keep, weight.device)
+    cols = periodic_selector(n_in, in_dp, o_in, in_keep, weight.device)
     return rows, cols
 
 
@@ -128,11 +130,16 @@ def _unstack(t: torch.Tensor, ts: list[torch.Tensor], groups: list[int], out: li
     """Split t (Tensor[N, k], the groups' rows stacked) back into out[g] (Tensor[*ts[g].shape[:-1], k]).
     Several groups get copies: an op's outputs may not share memory."""
     if len(groups) == 1:
-        out[groups[0]] = t.reshape(*ts[groups[0]].shape[:-1], t.shape[1])
+        out[groups[0]] = _shaped(t, ts[groups[0]])
         return
-    sizes = [flat(ts[g]).shape[0] for g in groups]
+    sizes = [math.prod(ts[g].shape[:-1]) for g in groups]
     for g, part in zip(groups, t.split(sizes)):
-        out[g] = part.reshape(*ts[g].shape[:-1], t.shape[1]).clone()
+        out[g] = _shaped(part, ts[g]).clone()
+
+
+def _shaped(rows: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """rows (Tensor[N, k]) with like's leading dimensions: Tensor[*like.shape[:-1], k] (itself for a 2-D like)."""
+    return rows if like.dim() == 2 else rows.reshape(*like.shape[:-1], rows.shape[1])
 
 
 def _widen(xs: list[torch.Tensor], groups: list[int], in_dp: int, in_keep: int, in_offsets: list[int], n_in: int):
@@ -143,7 +150,7 @@ def _widen(xs: list[torch.Tensor], groups: list[int], in_dp: int, in_keep: int, 
     full = parts[0].new_zeros(sum(part.shape[0] for part in parts), n_in)
     start = 0
     for g, part in zip(groups, parts):
-        cols = RowPattern(in_dp, in_offsets[g], in_keep).selector(n_in, part.device)
+        cols = periodic_selector(n_in, in_dp, in_offsets[g], in_keep, part.device)
         full[start : start + part.shape[0], cols] = part
         start += part.shape[0]
     return full
@@ -286,7 +293,7 @@ def run_compact_backward(
     grad_w = weight.new_empty(weight.shape) if covered else weight.new_zeros(weight.shape)  # [n_out, n_in]
     grad_b = weight.new_zeros(n_out)
     for o, groups in by_out.items():
-        rows = RowPattern(out_dp, o, out_keep).selector(n_out, weight.device)
+        rows = periodic_selector(n_out, out_dp, o, out_keep, weight.device)
         g2 = _stack(grads, groups)  # [N, k_out]
         grad_b[rows] += g2.sum(0)
         g2 = g2 * scale  # scale the small operand

@@ -59,7 +59,7 @@ def _kept_linear(
     x: torch.Tensor, w_kept: torch.Tensor, bias: torch.Tensor | None, rows: slice | torch.Tensor, scale: float
 ) -> torch.Tensor:
     """x (Tensor[*, k_in]), w_kept (Tensor[k_out, k_in]) -> ``scale * x @ w_kept.T + bias[rows]`` (Tensor[*, k_out])."""
-    x2 = x if x.dim() == 2 else flat(x)  # [N, k_in]
+    x2 = flat(x)  # [N, k_in]
     if bias is None:
         y = torch.mm(x2, w_kept.t())
         if scale != 1.0:
@@ -129,13 +129,13 @@ def _kept_backward(
     """Gradients of ``_kept_linear`` given the kept block w_kept (Tensor[k_out, k_in]) of weight: grad_x
     (Tensor[*, k_in], empty unless ``need_grad_x``), grad_w (Tensor[n_out, n_in], contiguous, zero outside
     the block) and grad_b (Tensor[n_out], zero outside the kept rows)."""
-    g2 = grad_y if grad_y.dim() == 2 else flat(grad_y)  # [N, k_out]
+    g2 = flat(grad_y)  # [N, k_out]
     g_scaled = g2 * scale if scale != 1.0 else g2  # scale the small operand once, not the two products
     grad_x = x.new_empty(0)
     if need_grad_x:
         grad_x = torch.mm(g_scaled, w_kept)
         grad_x = grad_x if x.dim() == 2 else grad_x.reshape(x.shape)  # [*, k_in]
-    grad_w = block_product(g_scaled.t(), x if x.dim() == 2 else flat(x), weight.shape, rows, cols)
+    grad_w = block_product(g_scaled.t(), flat(x), weight.shape, rows, cols)
     if rows == slice(0, weight.shape[0]):
         return grad_x, grad_w, g2.sum(0)
     grad_b = weight.new_zeros(weight.shape[0])
