@@ -101,7 +101,7 @@ class PatternDistribution:
     def sample_groups(
         self, groups: int, generator: torch.Generator | None = None
     ) -> tuple[RowPattern | TilePattern, ...]:
-        """One pattern per batch group (grouped complementary patterns, METHOD.md §9): ``(dp, keep)`` is
+        """One pattern per batch group (grouped complementary patterns, docs/method.md §9): ``(dp, keep)`` is
         drawn once, and the groups' offsets run through a uniformly random permutation of 0..dp-1,
         followed by fresh permutations when ``groups > dp``. Group 0 gets exactly the draw of
         ``sample`` (so one group is the paper's method, bit for bit), and every group's offset is
