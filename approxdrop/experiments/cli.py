@@ -10,10 +10,30 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import bench, bench_ffn, bench_lstm, bench_overhead, bench_search, bench_transformer, gemm_timing, study
+from . import (
+    bench,
+    bench_convert,
+    bench_ffn,
+    bench_lstm,
+    bench_overhead,
+    bench_search,
+    bench_transformer,
+    gemm_timing,
+    study,
+)
 from .options import apply_common, common_parser
 
-SUBCOMMANDS = (bench, bench_ffn, bench_lstm, bench_overhead, bench_search, bench_transformer, gemm_timing, study)
+SUBCOMMANDS = (
+    bench,
+    bench_convert,
+    bench_ffn,
+    bench_lstm,
+    bench_overhead,
+    bench_search,
+    bench_transformer,
+    gemm_timing,
+    study,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,48 @@
+"""bench-convert: both models convert every feed-forward, the table and the record are written, bad
+arguments are usage errors."""
+
+import json
+
+import pytest
+
+from approxdrop.experiments import bench_convert
+from approxdrop.experiments.cli import main
+
+TINY = bench_convert.Size(d_model=16, d_hidden=32, heads=2, layers=2, sequence=4, batch=2)
+
+
+def test_measure_converts_every_feed_forward_and_times_both():
+    models = ("encoder", "t5") if _has_transformers() else ("encoder",)
+    rows = bench_convert.measure(models, size=TINY, warmup=0, rounds=2, progress=False)
+    assert [r.model for r in rows] == list(models)
+    assert [r.converted_blocks for r in rows] == [2, 4][: len(models)]  # T5: 2 encoder + 2 decoder blocks
+    for r in rows:
+        assert (
+            r.ms_unconverted > 0 and r.ms_converted > 0 and r.ratio == pytest.approx(r.ms_converted / r.ms_unconverted)
+        )
+    assert "| nn.TransformerEncoder | 2 |" in bench_convert.format_table(rows, TINY)
+
+
+def test_the_cli_writes_the_table_and_the_record(tmp_path, capsys):
+    out = tmp_path / "convert.json"
+    argv = ["bench-convert", "--models", "encoder", "--d-model", "16", "--d-hidden", "32", "--heads", "2"]
+    argv += ["--sequence", "4", "--batch", "2", "--warmup", "0", "--rounds", "2", "--threads", "1"]
+    assert main(argv + ["--no-progress", "--json", str(out)]) == 0
+    assert "| nn.TransformerEncoder | 2 |" in capsys.readouterr().out
+    assert json.loads(out.read_text())["rows"][0]["converted_blocks"] == 2
+
+
+@pytest.mark.parametrize(
+    "argv", [["--models", "bert"], ["--d-model", "10", "--heads", "4"], ["--method", "tile"], ["--p", "1.5"]]
+)
+def test_bad_arguments_are_usage_errors(argv, capsys):
+    assert main(["bench-convert", *argv, "--no-progress"]) == 2
+    assert "error:" in capsys.readouterr().err
+
+
+def _has_transformers() -> bool:
+    try:
+        import transformers  # noqa: F401
+    except ImportError:
+        return False
+    return True
