@@ -8,19 +8,32 @@
 #
 # Full CPU size by default (APPROXDROP_CI unset); --ci or APPROXDROP_CI=1: CI size (small, fast).
 # Open OUT_DIR/index.html in a browser. Uses $VENV (default .venv) as set up by scripts/labs.sh or test.sh.
+# Widgets cannot render in a static page: their text fallbacks (FigureWidget({...}), VBox(children=...),
+# progress bars frozen at 0%) are stripped by scripts/site_strip.py; each lab's static copies stay.
 set -euo pipefail
 
-usage() { echo "usage: bash scripts/site.sh [--ci] [OUT_DIR]" >&2; exit 2; }
+USAGE="usage: bash scripts/site.sh [--ci] [--] [OUT_DIR]
+
+Execute every lab and write the course site (static HTML) to OUT_DIR (default: site/).
+  --ci        CI size (small, fast), as APPROXDROP_CI=1 does
+  -h, --help  show this help and exit
+  --          end of options: what follows is OUT_DIR, even if it starts with '-'"
+usage_error() { echo "$USAGE" >&2; exit 2; }
 out=""
+options=1
 for arg in "$@"; do
-  case "$arg" in
-    --ci) export APPROXDROP_CI=1 ;;
-    -h | --help) usage ;;
-    -*) echo "error: unknown option '$arg'" >&2; usage ;;
-    *) [ -z "$out" ] || { echo "error: more than one OUT_DIR ('$out', '$arg')" >&2; usage; }; out=$arg ;;
-  esac
+  if [ "$options" = 1 ]; then
+    case "$arg" in
+      --ci) export APPROXDROP_CI=1; continue ;;
+      -h | --help) echo "$USAGE"; exit 0 ;;
+      --) options=0; continue ;;
+      -*) echo "error: unknown option '$arg'" >&2; usage_error ;;
+    esac
+  fi
+  [ -z "$out" ] || { echo "error: more than one OUT_DIR ('$out', '$arg')" >&2; usage_error; }
+  out=$arg
 done
-out=$(realpath -m "${out:-$(dirname "$0")/../site}")  # relative to the caller's directory
+out=$(realpath -m -- "${out:-$(dirname "$0")/../site}")  # relative to the caller's directory
 cd "$(dirname "$0")/.."
 python=${VENV:-.venv}/bin/python
 [ -x "$python" ] || { echo "error: $python not found: run scripts/labs.sh or scripts/test.sh first" >&2; exit 1; }
@@ -30,15 +43,22 @@ python=${VENV:-.venv}/bin/python
 export OMP_NUM_THREADS=1 PLOTLY_RENDERER=notebook
 case "${APPROXDROP_CI:-}" in "" | 0 | false | no) size="full CPU size" ;; *) size="CI size" ;; esac
 mkdir -p "$out"
+executed=$(mktemp -d)
+trap 'rm -rf "$executed"' EXIT
 echo "building the course site at $size into $out"
 start=$SECONDS
 for notebook in labs/[0-9]*.ipynb; do
   lab_start=$SECONDS
-  # the widget state is dropped from the notebook's metadata once executed (ClearMetadataPreprocessor):
-  # without it the page fetches no widget manager from a CDN to draw widgets that have no kernel anyway
-  "$python" -m nbconvert --to html --execute --log-level=WARN --ExecutePreprocessor.timeout=1200 \
+  # executed in labs/ (nbconvert runs the kernel in the notebook's folder), written to a scratch copy
+  "$python" -m nbconvert --to notebook --execute --log-level=WARN --ExecutePreprocessor.timeout=1200 \
+    --output-dir "$executed" "$notebook"
+  copy="$executed/$(basename "$notebook")"
+  "$python" scripts/site_strip.py "$copy"
+  # the widget state is dropped from the notebook's metadata (ClearMetadataPreprocessor): without it the
+  # page fetches no widget manager from a CDN to draw widgets that have no kernel anyway
+  "$python" -m nbconvert --to html --log-level=WARN \
     --ClearMetadataPreprocessor.enabled=True --ClearMetadataPreprocessor.clear_cell_metadata=False \
-    --output-dir "$out" "$notebook"
+    --output-dir "$out" "$copy"
   echo "  $(basename "$notebook"): $((SECONDS - lab_start)) s"
 done
 

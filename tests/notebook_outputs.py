@@ -1,11 +1,14 @@
 """Expected outputs of the labs' checked cells, kept beside the notebooks so that git holds them stripped.
 
-Cells marked ``# NBVAL_CHECK_OUTPUT`` print deterministic text. Their expected stdout lives in
+Cells tagged ``nbval-check-output`` (a cell tag, nbval's own, not a comment in the learner's code) print
+deterministic text. Their expected stdout lives in
 ``labs/expected_outputs.json`` (notebook name -> cell id -> text); ``with_expected_outputs`` puts it
 back into a copy of a stripped notebook for nbval to compare. After changing such a cell, record
 its output again (needs the lab extras, for nbclient):
 
-    APPROXDROP_CI=1 python tests/notebook_outputs.py
+    APPROXDROP_CI=1 python tests/notebook_outputs.py [LAB ...]
+
+(``LAB``: notebook names such as ``00_start_here.ipynb``; only those are recorded again, the others kept.)
 """
 
 from __future__ import annotations
@@ -18,11 +21,11 @@ from pathlib import Path
 
 LABS = Path(__file__).resolve().parents[1] / "labs"
 EXPECTED = LABS / "expected_outputs.json"
-CHECK = "# NBVAL_CHECK_OUTPUT"
+CHECK_TAG = "nbval-check-output"
 
 
 def is_checked(cell: dict) -> bool:
-    return cell["cell_type"] == "code" and CHECK in "".join(cell["source"])
+    return cell["cell_type"] == "code" and CHECK_TAG in cell.get("metadata", {}).get("tags", [])
 
 
 def load_expected() -> dict[str, dict[str, str]]:
@@ -57,7 +60,15 @@ def main() -> int:
     if os.environ.get("APPROXDROP_CI") != "1":
         print("set APPROXDROP_CI=1: expected outputs are those of CI mode", file=sys.stderr)
         return 2
-    expected = {path.name: record(path) for path in sorted(LABS.glob("*.ipynb"))}
+    names = sys.argv[1:]
+    paths = sorted(LABS.glob("*.ipynb"))
+    unknown = set(names) - {path.name for path in paths}
+    if unknown:
+        print(f"no such lab: {sorted(unknown)}", file=sys.stderr)
+        return 2
+    expected = load_expected() if names else {}
+    expected.update({path.name: record(path) for path in paths if not names or path.name in names})
+    expected = dict(sorted(expected.items()))
     EXPECTED.write_text(json.dumps(expected, indent=1, sort_keys=True) + "\n")
     print(f"wrote {EXPECTED} ({sum(map(len, expected.values()))} checked cells)")
     return 0

@@ -1,8 +1,9 @@
 """The labs: committed without outputs, and each runs top to bottom under nbval in CI mode.
 
-Cells marked ``# NBVAL_CHECK_OUTPUT`` print deterministic text; their expected output is kept in
-``labs/expected_outputs.json`` (see tests/notebook_outputs.py) and put back into a temporary copy of
-the notebook, so that nbval compares it while git holds the notebooks stripped. ``--nbval-lax`` runs
+Cells tagged ``nbval-check-output`` (nbval's cell tag: no plumbing in the learner's code) print
+deterministic text; their expected output is kept in ``labs/expected_outputs.json`` (see
+tests/notebook_outputs.py) and put back into a temporary copy of the notebook, so that nbval compares
+it while git holds the notebooks stripped. ``--nbval-lax`` runs
 every other cell without comparing. Every labs/*.ipynb is picked up, whoever wrote it.
 """
 
@@ -37,6 +38,13 @@ def test_every_checked_cell_has_exactly_one_expected_output(path):
     checked = {c["id"] for c in json.loads(path.read_text())["cells"] if is_checked(c)}
     assert checked, f"{path.name}: no cell checks its output"
     assert set(load_expected().get(path.name, {})) == checked
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_output_checks_are_cell_tags_not_comments(path):
+    """nbval also honours a ``# NBVAL_CHECK_OUTPUT`` comment; the labs keep that plumbing off the page."""
+    sources = ["".join(c["source"]) for c in json.loads(path.read_text())["cells"]]
+    assert not [s for s in sources if "NBVAL_" in s], f"{path.name}: an nbval comment in a cell"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)

@@ -103,3 +103,16 @@ def test_samples_figure_shows_images_with_labels():
     fig = samples_figure(x, torch.tensor([7, 1, 2]), (2, 3), count=8)
     assert len(fig.data) == 3 and torch.tensor(fig.data[2].z).equal(x[2].reshape(2, 3))
     assert [a.text for a in fig.layout.annotations] == ["label 7", "label 1", "label 2"]
+
+
+def test_metric_axis_has_a_minimum_span_so_noise_does_not_look_like_a_gap():
+    from approxdrop.course.viz.training import MIN_SPAN, metric_range
+
+    tight = [3.2371, 3.2424, 3.2420]  # validation losses 0.2% apart
+    lo, hi = metric_range(tight)
+    assert lo < min(tight) and hi > max(tight) and hi - lo >= MIN_SPAN * max(tight)
+    assert metric_range([80.0, 85.0]) is None, "a real spread keeps plotly's autorange"
+    assert metric_range([800.0, 1500.0], log=True) is None
+    lo, hi = metric_range([300.0, 301.0], log=True)  # log axes take log10 bounds
+    assert lo < math.log10(300.0) and hi > math.log10(301.0) and hi - lo >= MIN_SPAN
+    assert metric_range([]) is None and metric_range([float("nan")]) is None

@@ -137,7 +137,7 @@ def gemm_flops_figure(d_model: int, d_hidden: int, tokens: int, p: float) -> go.
     fig.update_layout(
         barmode="overlay",
         height=460,
-        width=1000,
+        width=900,
         margin={"t": 90},
         legend={"orientation": "h", "y": -0.18},
         title=f"Which GEMMs of a block shrink: d_model {d_model}, d_hidden {d_hidden}, {tokens:,} tokens per step",

@@ -139,13 +139,8 @@ def sites_figure(patterns: list[RowPattern], site_widths: list[int], hidden: int
         read = cols if site is None else patterns[site].kept_count(cols)
         source = "h<sub>t-1</sub>, all" if site is None else f"site {site}"
         titles.append(f"{name} [{rows} x {cols}]<br><sup>reads {source}: {read} of {cols} columns</sup>")
-    fig = make_subplots(
-        rows=1,
-        cols=len(weights),
-        subplot_titles=titles,
-        horizontal_spacing=0.035,
-        column_widths=[cols for _, _, cols, _ in weights],
-    )
+    # one weight per row, stacked: five panels side by side need 1150 px, wider than a notebook (900)
+    fig = make_subplots(rows=len(weights), cols=1, subplot_titles=titles, vertical_spacing=0.5 / len(weights))
     for k, (_, rows, cols, site) in enumerate(weights):
         mask = torch.ones(cols, dtype=torch.bool) if site is None else patterns[site].keep_mask(cols)  # [cols]
         heat = go.Heatmap(
@@ -158,15 +153,14 @@ def sites_figure(patterns: list[RowPattern], site_widths: list[int], hidden: int
             showscale=False,
             hovertemplate="column %{x}: %{z} (1 = read)<extra></extra>",
         )
-        fig.add_trace(heat, 1, k + 1)
+        fig.add_trace(heat, k + 1, 1)
     fig.update_yaxes(autorange="reversed", showticklabels=False)
-    fig.update_yaxes(title_text="output rows (gates or words)", col=1)
-    fig.update_xaxes(title_text="input column")
+    fig.update_xaxes(title_text="input column", row=len(weights), col=1)
     fig.update_layout(
         title="Which weight columns the GEMMs of one training step read (blue) and skip (grey)",
-        height=340,
-        width=1150,  # five panels with two-line titles: narrower and the titles collide
-        margin={"t": 110, "l": 60, "r": 20},
+        height=130 * len(weights) + 140,
+        width=900,
+        margin={"t": 110, "l": 40, "r": 20},
     )
     return fig
 
@@ -223,7 +217,7 @@ def read_masks_figure(masks: dict[str, torch.Tensor], site: str = "embedding out
     fig.update_yaxes(autorange="reversed")
     fig.update_yaxes(title_text="time step t", col=1)
     fig.update_xaxes(title_text=f"unit of the {site}")
-    fig.update_layout(height=380, width=450 * len(masks) + 100, margin={"t": 90})
+    fig.update_layout(height=380, width=min(900, 450 * len(masks) + 100), margin={"t": 90})
     return fig
 
 
@@ -340,7 +334,7 @@ def gemm_work_figure(hidden: int, layers: int, vocab: int, p: float) -> go.Figur
     fig.update_layout(
         barmode="overlay",
         height=400,
-        width=950,
+        width=900,
         margin={"t": 90},
         legend={"orientation": "h", "y": -0.2},
         title=f"What shrinks: LSTM {layers} x {hidden}, vocabulary {vocab:,}",
@@ -358,7 +352,7 @@ def race_figure(methods: Sequence[str], title: str = "Language models side by si
     """Empty figure with the traces of every method, ready for ``update_race_figure``."""
     titles = (f"training loss (mean of {WINDOW})", "validation perplexity", f"ms per step (median of {WINDOW})")
     fig = race_panels(methods, titles, title, log_cols=(2,))
-    fig.update_yaxes(type="log", dtick="D2", row=1, col=3)  # minor labels at 2 and 5 only
+    fig.update_yaxes(type="log", dtick="D2", minorloglabels="complete", row=1, col=3)  # 1, 2, 5 x 10^k in full
     return fig
 
 

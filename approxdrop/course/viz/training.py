@@ -53,7 +53,8 @@ def race_panels(methods: Sequence[str], titles: Sequence[str], title: str, log_c
         fig.add_trace(go.Scatter(x=[], y=[], name=method, mode="lines", showlegend=False, **style), 1, 3)
     fig.update_xaxes(title_text="step")
     for col in log_cols:
-        fig.update_yaxes(type="log", row=1, col=col)
+        # ticks at 1, 2, 5 x 10^k, each labelled in full ("20", not a bare "2" beside "10")
+        fig.update_yaxes(type="log", dtick="D2", minorloglabels="complete", row=1, col=col)
     fig.update_annotations(font_size=14)  # the subplot titles: they fit a panel a third of the figure wide
     fig.update_layout(title=title, height=380, legend={"orientation": "h", "y": -0.25}, margin={"t": 80})
     return fig
@@ -70,6 +71,27 @@ def update_race_panels(fig: go.Figure | go.FigureWidget, result: RaceResult) -> 
             fig.data[3 * i].update(x=h.step, y=running_mean(h.loss), name=name)
             fig.data[3 * i + 1].update(x=h.eval_step, y=h.metric, name=name)
             fig.data[3 * i + 2].update(x=h.step, y=[1e3 * s for s in running_median(h.seconds)], name=name)
+        span = metric_range([y for h in result.histories.values() for y in h.metric], fig.layout.yaxis2.type == "log")
+        fig.layout.yaxis2.update(range=span, autorange=span is None)
+
+
+MIN_SPAN = 0.05  # the metric axis spans at least 5% of the metric's size: noise must not look like a gap
+
+
+def metric_range(values: Sequence[float], log: bool = False) -> list[float] | None:
+    """The y range of the metric panel: None (autorange) when the values spread over at least ``MIN_SPAN``
+    of their size, else a range of that span centred on them (a log axis takes log10 bounds). Without
+    it plotly stretches 3.2371-3.2424 over the whole panel and a difference of 0.2% looks decisive."""
+    finite = [v for v in values if math.isfinite(v) and (v > 0 or not log)]
+    if not finite:
+        return None
+    points = [math.log10(v) for v in finite] if log else finite
+    lo, hi = min(points), max(points)
+    size = MIN_SPAN * (1 if log else max(abs(lo), abs(hi)))  # log: 5% of a decade is about 12%
+    if hi - lo >= size or size == 0:
+        return None
+    middle = (lo + hi) / 2
+    return [middle - 0.55 * size, middle + 0.55 * size]
 
 
 def training_figure(methods: Sequence[str], title: str = "Training side by side") -> go.Figure:
