@@ -112,4 +112,4 @@ def test_wrong_type_fails_saying_what_was_expected(checker, solution, answer, ca
 
 def test_a_projection_that_changes_its_input_fails_naming_it(capsys):
     assert lab07.check_masked_projection(masks_in_place).status == "fail"
-    assert "(case 1 of 5) it changed u in place" in capsys.readouterr().out
+    assert re.search(r"\(case 1 of \d+\) it changed u in place", capsys.readouterr().out)

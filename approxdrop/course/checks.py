@@ -2,23 +2,31 @@
 
 Every case is deep-copied for each side (tensors cloned, modules, optimizers and generators copied), so
 neither side sees what the other did to its inputs; a learner function that changes an input tensor in
-place fails, naming the argument. Each call of the learner's function runs under a deadline
-(``DEFAULT_TIMEOUT_S`` seconds unless ``check`` is told otherwise), so code that never returns fails
-instead of hanging the notebook. An answer with NaN or inf where the reference has none fails, naming
-the element; an answer of the wrong type or shape fails, saying what was expected.
+place fails, naming the argument. Each call of the learner's function runs in a worker thread under a
+deadline (``DEFAULT_TIMEOUT_S`` seconds unless ``check`` is told otherwise): the caller only waits, so
+code that never returns fails whatever it catches, instead of hanging the notebook, and a kernel
+interrupt still stops the check. An answer with NaN or inf where the reference has none fails, naming
+the element; an answer of the wrong type, dtype, layout or shape fails, saying what was expected; an
+answer that calls ``sys.exit`` fails. The global random streams (torch, ``random``, numpy) are put back
+as they were after each check, whatever the answer or the reference seeded.
 """
 
 from __future__ import annotations
 
 import copy
+import ctypes
 import inspect
 import numbers
-import signal
+import random
+import sys
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
+from types import FrameType
 from typing import Any
 
+import numpy as np
 import torch
 
 from .._env import check_positive
@@ -59,7 +67,10 @@ def describe(value: Any) -> str:
     if value is None:
         return "None"
     if isinstance(value, torch.Tensor):
-        return f"a tensor of shape {tuple(value.shape)} ({value.dtype})"
+        if value.is_nested:
+            return f"a nested tensor ({value.dtype})"
+        layout = "" if value.layout == torch.strided else f", layout {value.layout}"
+        return f"a tensor of shape {tuple(value.shape)} ({value.dtype}{layout})"
     if isinstance(value, bool):
         return f"a bool ({value})"
     if isinstance(value, numbers.Number):
@@ -71,10 +82,38 @@ def describe(value: Any) -> str:
 
 
 def _expected(want: Any) -> str:
-    """The kind of answer the reference's value asks for."""
+    """The kind of answer the reference's value asks for: "a tensor of shape (3,) (torch.int64)"."""
     if isinstance(want, torch.Tensor):
-        return f"a {'bool ' if want.dtype == torch.bool else ''}tensor of shape {tuple(want.shape)}"
+        return f"a {'bool ' if want.dtype == torch.bool else ''}tensor of shape {tuple(want.shape)} ({want.dtype})"
+    if isinstance(want, bool):
+        return "a bool"
+    if isinstance(want, numbers.Integral):
+        return "a whole number (an int)"
     return "a number" if isinstance(want, numbers.Number) else describe(want)
+
+
+def _is_number(value: Any, integral: bool) -> bool:
+    """``value`` is a real number (a whole one when ``integral``): a Python or numpy scalar or a 0-d
+    tensor, never a bool or a complex."""
+    if isinstance(value, torch.Tensor):
+        kind_ok = not value.is_floating_point() if integral else not value.is_complex()
+        return value.dim() == 0 and value.dtype != torch.bool and kind_ok
+    kind = numbers.Integral if integral else numbers.Real
+    return isinstance(value, kind) and not isinstance(value, (bool, np.bool_))
+
+
+def _kind_problem(got: Any, want: Any) -> str | None:
+    """Why ``got`` is not the kind of answer ``want`` is (another dtype, a list or an array where a
+    tensor is asked, a float where an int is), or None; lists are judged by their values alone."""
+    if isinstance(want, torch.Tensor):
+        ok = isinstance(got, torch.Tensor) and got.dtype == want.dtype
+    elif isinstance(want, bool):
+        ok = isinstance(got, (bool, np.bool_))
+    elif isinstance(want, numbers.Real):
+        ok = _is_number(got, integral=isinstance(want, numbers.Integral))
+    else:
+        ok = True
+    return None if ok else f"it returned {describe(got)}, expected {_expected(want)}"
 
 
 def _show(value: Any) -> str:
@@ -126,62 +165,112 @@ def _changed(before: Any, after: Any, path: str) -> str | None:
     return None
 
 
-def _call_with_deadline(fn: Callable, args: Sequence, timeout_s: float) -> Any:
-    """``fn(*args)``, raising _Timeout once it has run ``timeout_s`` seconds. On the main thread of a
-    POSIX process (a notebook's cells) a SIGALRM timer interrupts it; elsewhere (another thread, Windows,
-    a timer already armed by someone else) it runs in a daemon thread that is abandoned at the deadline."""
-    can_alarm = (
-        hasattr(signal, "setitimer")
-        and threading.current_thread() is threading.main_thread()
-        and signal.getitimer(signal.ITIMER_REAL)[0] == 0.0
-        and signal.getsignal(signal.SIGALRM) is not None  # None: a handler set outside Python, not ours to replace
-    )
-    if can_alarm:
+class _Worker(threading.Thread):
+    """One call ``fn(*args)`` in a daemon thread, with the caller's grad mode; ``outcome`` holds its
+    "value" or "error" once it returns. ``stop`` makes every later line of Python it runs raise
+    _Timeout, so even a retry loop that catches everything ends (at the first line of its handler)."""
 
-        def on_alarm(signum, frame):
-            raise _Timeout("")
+    def __init__(self, fn: Callable, args: Sequence):
+        super().__init__(name="approxdrop-check", daemon=True)
+        self.fn, self.args, self.outcome = fn, args, {}
+        self.grad_enabled = torch.is_grad_enabled()  # thread-local in torch: carry the caller's mode over
+        self.running, self.stopping = True, False
 
-        previous = signal.signal(signal.SIGALRM, on_alarm)
-        signal.setitimer(signal.ITIMER_REAL, timeout_s)
+    def run(self) -> None:
+        sys.settrace(self._on_call)  # costs a call per Python call; gives stop() a hook into every frame
         try:
-            return fn(*args)
+            try:
+                with torch.set_grad_enabled(self.grad_enabled):
+                    self.outcome["value"] = self.fn(*self.args)
+            except BaseException as exc:  # handed to the caller, who reports it
+                self.outcome["error"] = exc
+            self.running = False  # no stop is sent after this
+            _pending_stop_lands_here()
+        except _Timeout:  # a stop sent at the answer's last line lands after it returned
+            pass
         finally:
-            signal.setitimer(signal.ITIMER_REAL, 0.0)
-            signal.signal(signal.SIGALRM, previous)
-    outcome: dict[str, Any] = {}
-    grad_enabled = torch.is_grad_enabled()  # thread-local in torch: carry the caller's mode over
+            sys.settrace(None)
 
-    def work():
-        try:
-            with torch.set_grad_enabled(grad_enabled):
-                outcome["value"] = fn(*args)
-        except BaseException as exc:  # handed to the caller, who re-raises it
-            outcome["error"] = exc
+    def _on_call(self, frame: FrameType, event: str, arg: Any) -> Callable | None:
+        return self._on_line if self.stopping else None
 
-    worker = threading.Thread(target=work, name="approxdrop-check", daemon=True)
+    def _on_line(self, frame: FrameType, event: str, arg: Any) -> Callable:
+        # raising here would switch tracing off, so the stop is sent as an asynchronous exception
+        if self.running and event == "line":
+            _async_raise(self.ident, _Timeout)
+        return self._on_line
+
+    def stop(self, grace_s: float) -> None:
+        """Trace the answer's running frames (not ``run``'s), then wait up to ``grace_s`` seconds for it to
+        end. Code blocked in C (a sleep) stops only at its next Python line."""
+        self.stopping = True
+        frame = sys._current_frames().get(self.ident)
+        while frame is not None and frame.f_code is not _Worker.run.__code__:
+            frame.f_trace = self._on_line
+            frame = frame.f_back
+        self.join(grace_s)
+
+
+def _async_raise(ident: int | None, exc: type[BaseException]) -> None:
+    """Raise ``exc`` in thread ``ident`` at its next check for pending events (a call, a loop's jump back)."""
+    if ident is not None and hasattr(ctypes, "pythonapi"):  # CPython
+        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), ctypes.py_object(exc))
+
+
+def _pending_stop_lands_here() -> None:
+    """Nothing: entering a Python function raises a pending asynchronous exception, so a stop sent at the
+    answer's last line is raised inside ``_Worker.run``'s ``try`` rather than after it."""
+
+
+STOP_GRACE_S = 1.0  # how long a late answer is given to end once it is told to stop
+
+
+def _call_with_deadline(fn: Callable, args: Sequence, timeout_s: float) -> Any:
+    """``fn(*args)`` in a worker thread; _Timeout once it has run ``timeout_s`` seconds. The caller only
+    waits, so nothing the answer catches (a bare ``except:`` retry loop) can hold the deadline off, and
+    a kernel interrupt (KeyboardInterrupt here) stops the worker and propagates."""
+    worker = _Worker(fn, args)
     worker.start()
-    worker.join(timeout_s)
+    try:
+        worker.join(timeout_s)
+    except KeyboardInterrupt:
+        worker.stop(STOP_GRACE_S)
+        raise
     if worker.is_alive():
-        raise _Timeout(" (it is still running in the background: restart the kernel to stop it)")
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["value"]
+        worker.stop(STOP_GRACE_S)
+        still = " (it is still running in the background: restart the kernel to stop it)" if worker.is_alive() else ""
+        raise _Timeout(still)
+    if "error" in worker.outcome:
+        raise worker.outcome["error"]
+    return worker.outcome["value"]
 
 
 def _as_tensor(value: Any) -> torch.Tensor | None:
-    """An answer as a CPU tensor, or None when it is not a tensor, a number or a list of numbers."""
+    """An answer as a dense CPU tensor (numbers that are not tensors in float64, so a Python float is
+    compared at full precision), or None when it is not a dense tensor, a number or a list of numbers."""
     if value is None or isinstance(value, (str, bytes, dict, set)):
         return None
     try:
-        return torch.as_tensor(value.detach() if isinstance(value, torch.Tensor) else value).cpu()
-    except (TypeError, ValueError, RuntimeError):
+        tensor = value.detach() if isinstance(value, torch.Tensor) else torch.as_tensor(value)
+        if tensor.is_nested or tensor.layout != torch.strided:
+            return None
+        if not isinstance(value, torch.Tensor) and tensor.is_floating_point():
+            tensor = torch.as_tensor(value, dtype=torch.float64)
+        return tensor.cpu()
+    except (TypeError, ValueError, RuntimeError, NotImplementedError):
         return None
+
+
+def _number_texts(got: float | bool, want: float | bool) -> list[str]:
+    """``got`` and ``want`` as text: 6 digits, or all that a float needs when 6 do not show the difference."""
+    texts = [f"{v:.6g}" if isinstance(v, float) else str(v) for v in (got, want)]
+    return [repr(v) for v in (got, want)] if texts[0] == texts[1] and got != want else texts
 
 
 def _mismatch(tensor: torch.Tensor, flat: int, got: float | bool, want: float | bool) -> str:
     """The mismatch at flat index ``flat`` of ``tensor``: "element [i, j] is 0.5, expected 1" ("it
     returned 0.5, expected 1" when the tensor is 0-d)."""
-    got, want = (f"{v:.6g}" if isinstance(v, float) else str(v) for v in (got, want))
+    got, want = _number_texts(got, want)
     if not tensor.dim():
         return f"it returned {got}, expected {want}"
     index = [int(i) for i in torch.unravel_index(torch.tensor(flat), tensor.shape)]
@@ -195,7 +284,7 @@ def _compare(got: Any, want: Any) -> tuple[float | None, str]:
     want_t, got_t = _as_tensor(want), _as_tensor(got)
     if want_t is None:
         raise TypeError(f"the reference returned {describe(want)}, which the checker cannot compare")
-    if got_t is None:
+    if got_t is None or (got_t.is_complex() and not want_t.is_complex()):
         return None, f"it returned {describe(got)}, expected {_expected(want)}"
     if got_t.shape != want_t.shape:
         if isinstance(got, torch.Tensor) and isinstance(want, torch.Tensor):
@@ -224,6 +313,40 @@ def _compare(got: Any, want: Any) -> tuple[float | None, str]:
     return float(diff[worst]), _mismatch(got_t, worst, g[worst].item(), w[worst].item())
 
 
+@contextmanager
+def random_streams_kept() -> Iterator[None]:
+    """Put torch's CPU (and initialised CUDA) generators, ``random`` and numpy's global stream back as they
+    were on exit, so a check leaves the notebook's random stream alone whatever its code seeded."""
+    states = torch.get_rng_state(), random.getstate(), np.random.get_state()
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+    try:
+        yield
+    finally:
+        torch.set_rng_state(states[0])
+        random.setstate(states[1])
+        np.random.set_state(states[2])
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)
+
+
+def fresh_generator() -> torch.Generator:
+    """A CPU generator seeded from the operating system, for the cases a check draws anew at every call
+    (a lookup table of the fixed cases cannot pass them); the global stream is not touched."""
+    generator = torch.Generator()
+    generator.seed()
+    return generator
+
+
+def draw_int(generator: torch.Generator, low: int, high: int) -> int:
+    """An int drawn uniformly from [low, high] (both included) with ``generator``."""
+    return int(torch.randint(low, high + 1, (), generator=generator))
+
+
+def draw_float(generator: torch.Generator, low: float, high: float) -> float:
+    """A float drawn uniformly from [low, high) with ``generator``, rounded to 3 digits (readable cases)."""
+    return round(low + (high - low) * float(torch.rand((), generator=generator, dtype=torch.float64)), 3)
+
+
 def _run_cases(
     name: str, candidate: Callable, reference: Callable, cases: Iterable[tuple], atol: float, timeout_s: float
 ) -> CheckResult:
@@ -242,19 +365,26 @@ def _run_cases(
             return CheckResult(name, "fail", None, f"on {where} it took longer than {timeout_s:g} s{exc}")
         except WrongAnswer as exc:
             return CheckResult(name, "fail", None, f"on {where} {exc}")
-        except Exception as exc:  # the learner's code failed: report it, do not crash the lab
+        except KeyboardInterrupt:  # the learner stopped the check
+            raise
+        except SystemExit as exc:
+            return CheckResult(name, "fail", None, f"on {where} it called sys.exit({exc.code!r}): return the answer")
+        except BaseException as exc:  # the learner's code failed: report it, do not crash the lab
             return CheckResult(name, "fail", None, f"on {where} it raised {type(exc).__name__}: {exc}")
         labels = names or [f"argument {i}" for i in range(1, len(case) + 1)]
         for label, before, after in zip(labels, case, mine):
             if path := _changed(before, after, label):
                 detail = f"on {where} it changed {path} in place: leave the inputs as they are"
                 return CheckResult(name, "fail", None, detail)
-        diff, text = _compare(got, reference(*copy.deepcopy(case)))
+        want = reference(*copy.deepcopy(case))
+        diff, text = _compare(got, want)
         if diff is None:
             return CheckResult(name, "fail", None, f"on {where} {text}")
         worst = max(worst, diff)
         if diff > atol:
             return CheckResult(name, "fail", worst, f"differs on {where}: {text}")
+        if problem := _kind_problem(got, want):
+            return CheckResult(name, "fail", None, f"on {where} {problem}")
     return CheckResult(name, "pass", worst)
 
 
@@ -271,9 +401,11 @@ def check(
     A candidate that raises NotImplementedError (the TODO cell as given) is "not attempted",
     never an error, so a lab still runs top to bottom; any other exception, a wrong type, shape or
     value, a NaN or inf the reference does not have, an input changed in place, or a call running
-    past ``timeout_s`` seconds (None: ``DEFAULT_TIMEOUT_S``) is a "fail".
+    past ``timeout_s`` seconds (None: ``DEFAULT_TIMEOUT_S``) is a "fail". The values are compared first
+    (within ``atol``, in float64), then the kind: the reference's tensor dtype, or an int or a number.
     """
     timeout_s = check_positive("timeout_s", DEFAULT_TIMEOUT_S if timeout_s is None else timeout_s)
-    result = _run_cases(name, candidate, reference, cases, atol, timeout_s)
+    with random_streams_kept():
+        result = _run_cases(name, candidate, reference, cases, atol, timeout_s)
     print(result)
     return result

@@ -7,11 +7,12 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from ...distribution import PatternDistribution
 from ...ops import row_pattern_linear
 from ...patterns import RowPattern
-from ..checks import CheckResult, WrongAnswer, check, describe
+from ..checks import CheckResult, WrongAnswer, check, describe, draw_int, fresh_generator
 
 ROW_CASES = [(12, 3, 1, 1), (10, 4, 3, 1), (10, 4, 3, 2), (7, 5, 4, 3), (9, 1, 0, 1), (6, 6, 2, 6), (5, 8, 6, 1)]
 
@@ -20,10 +21,23 @@ def reference_kept_indices(n: int, dp: int, offset: int, keep: int) -> torch.Ten
     return RowPattern(dp, offset, keep).kept_indices(n)
 
 
+def random_pattern(generator: torch.Generator, max_dp: int = 16) -> RowPattern:
+    """A RowPattern drawn with ``generator``: dp in [1, max_dp], any offset, keep in [1, dp]."""
+    dp = draw_int(generator, 1, max_dp)
+    return RowPattern(dp, draw_int(generator, 0, dp - 1), draw_int(generator, 1, dp))
+
+
+def row_cases() -> list[tuple[int, int, int, int]]:
+    """ROW_CASES and three (n, dp, offset, keep) drawn anew at every call."""
+    fresh = fresh_generator()
+    drawn = [(draw_int(fresh, 1, 100), random_pattern(fresh)) for _ in range(3)]
+    return ROW_CASES + [(n, p.dp, p.offset, p.keep) for n, p in drawn]
+
+
 def check_kept_indices(fn: Callable[..., Any]) -> CheckResult:
     """Spec: ``kept_indices(n, dp, offset, keep)`` returns Long[k], the units i in [0, n) with
     ``(i - offset) mod dp < keep``, in increasing order."""
-    return check("kept indices", fn, reference_kept_indices, ROW_CASES)
+    return check("kept indices", fn, reference_kept_indices, row_cases())
 
 
 def reference_compact_forward(
@@ -40,18 +54,52 @@ def check_compact_forward(fn: Callable[..., Any]) -> CheckResult:
     """Spec: ``compact_forward(x_kept, weight, bias, in_pattern, out_pattern)`` with x_kept
     (Tensor[B, k_in], only the kept inputs), weight (Tensor[n_out, n_in]) and bias (Tensor[n_out])
     returns Tensor[B, k_out], the kept outputs: ``in_pattern.scale * x_kept @ W[kept_out][:, kept_in].T
-    + b[kept_out]``, with a GEMM of the kept size (never the full weight)."""
-    gen = torch.Generator().manual_seed(2)
-    cases = []
-    for n_out, n_in, in_p, out_p in [
+    + b[kept_out]``, with a GEMM of the kept size (never the full weight), in x_kept's dtype.
+
+    Fixed cases and two drawn anew; the matrix products the answer runs are counted
+    (``FlopCounterMode``), and more multiply-adds than the kept-size GEMM's fail."""
+    gen, fresh = torch.Generator().manual_seed(2), fresh_generator()
+    shapes = [
         (12, 10, RowPattern(2, 1), RowPattern(3, 0)),
         (9, 8, RowPattern(1, 0), RowPattern(4, 2, 3)),
         (7, 11, RowPattern(5, 3, 2), RowPattern(1, 0)),
-    ]:
-        x = torch.randn(4, in_p.kept_count(n_in), generator=gen, dtype=torch.float64)
-        weight = torch.randn(n_out, n_in, generator=gen, dtype=torch.float64)
-        cases.append((x, weight, torch.randn(n_out, generator=gen, dtype=torch.float64), in_p, out_p))
-    return check("compact forward", fn, reference_compact_forward, cases, atol=1e-9)
+    ]
+    shapes += [(draw_int(fresh, 1, 40), draw_int(fresh, 1, 40), random_pattern(fresh), random_pattern(fresh))]
+    shapes += [(draw_int(fresh, 1, 40), draw_int(fresh, 1, 40), random_pattern(fresh), random_pattern(fresh))]
+    cases = []
+    for n_out, n_in, in_p, out_p in shapes:
+        g = gen if len(cases) < 3 else fresh
+        x = torch.randn(4, in_p.kept_count(n_in), generator=g, dtype=torch.float64)  # [B, k_in]
+        weight = torch.randn(n_out, n_in, generator=g, dtype=torch.float64)  # [n_out, n_in]
+        cases.append((x, weight, torch.randn(n_out, generator=g, dtype=torch.float64), in_p, out_p))
+
+    def kept_size_only(x_kept, weight, bias, in_pattern, out_pattern):
+        return kept_size_forward(fn, x_kept, weight, bias, in_pattern, out_pattern)
+
+    return check("compact forward", kept_size_only, reference_compact_forward, cases, atol=1e-9)
+
+
+def kept_size_forward(
+    fn: Callable[..., Any],
+    x_kept: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    in_pattern: RowPattern,
+    out_pattern: RowPattern,
+) -> Any:
+    """``fn``'s answer, after counting the multiply-adds of its matrix products: WrongAnswer when they
+    exceed the kept-size GEMM's B * k_out * k_in (e.g. the full GEMM masked or sliced afterwards)."""
+    with FlopCounterMode(display=False) as counter:
+        out = fn(x_kept, weight, bias, in_pattern, out_pattern)
+    k_out, k_in = out_pattern.kept_count(weight.shape[0]), in_pattern.kept_count(weight.shape[1])
+    kept = x_kept.shape[0] * k_out * k_in
+    if (ran := counter.get_total_flops() // 2) > kept:
+        raise WrongAnswer(
+            f"it ran matrix products of {ran} multiply-adds, where the kept-size GEMM needs {kept} "
+            f"(B x k_out x k_in = {x_kept.shape[0]} x {k_out} x {k_in}): take the kept rows and columns of "
+            "the weight first, then multiply"
+        )
+    return out
 
 
 # --------------------------------------------------------------------------- grouped offsets (docs/method.md §9)

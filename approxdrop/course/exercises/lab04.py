@@ -12,7 +12,7 @@ import torch
 
 from ...distribution import PatternDistribution
 from ...patterns import RowPattern
-from ..checks import CheckResult, check
+from ..checks import CheckResult, check, draw_int, fresh_generator
 
 DISTRIBUTIONS = [
     (((2, 1),), (1.0,)),
@@ -22,14 +22,33 @@ DISTRIBUTIONS = [
 ]
 
 
+def random_distribution(generator: torch.Generator) -> tuple[tuple[tuple[int, int], ...], tuple[float, ...]]:
+    """(pairs, probs) drawn with ``generator``: one to four distinct (dp, keep) pairs, dp <= 16, and
+    probabilities proportional to whole numbers 1..9."""
+    pairs = []
+    for _ in range(draw_int(generator, 1, 4)):
+        dp = draw_int(generator, 1, 16)
+        if (pair := (dp, draw_int(generator, 1, dp))) not in pairs:
+            pairs.append(pair)
+    weights = [draw_int(generator, 1, 9) for _ in pairs]
+    return tuple(pairs), tuple(w / sum(weights) for w in weights)
+
+
+def distributions() -> list[tuple[tuple[tuple[int, int], ...], tuple[float, ...]]]:
+    """DISTRIBUTIONS and two drawn anew at every call."""
+    fresh = fresh_generator()
+    return DISTRIBUTIONS + [random_distribution(fresh) for _ in range(2)]
+
+
 def reference_expected_rate(pairs: tuple[tuple[int, int], ...], probs: tuple[float, ...]) -> float:
     """``sum q (1 - keep/dp)``."""
     return PatternDistribution(pairs, probs).expected_rate
 
 
 def check_expected_rate(candidate: Callable[..., Any]) -> CheckResult:
-    """``candidate(pairs, probs) -> float``: the expected drop rate of a distribution."""
-    return check("expected rate", candidate, reference_expected_rate, DISTRIBUTIONS, atol=1e-9)
+    """``candidate(pairs, probs) -> float``: the expected drop rate of a distribution, in float64 to 1e-9
+    (a rate in [0, 1]: float64 sums are exact to about 1e-15, a slip in the formula is far larger)."""
+    return check("expected rate", candidate, reference_expected_rate, distributions(), atol=1e-9)
 
 
 def reference_dropped_counts(dp: int, keep: int, n: int) -> torch.Tensor:
@@ -40,6 +59,10 @@ def reference_dropped_counts(dp: int, keep: int, n: int) -> torch.Tensor:
 def check_dropped_counts(candidate: Callable[..., Any]) -> CheckResult:
     """``candidate(dp, keep, n) -> Long[dp]``: the dropped count at every offset."""
     cases = [(2, 1, 8), (3, 1, 10), (4, 3, 10), (5, 2, 13), (16, 9, 100), (7, 1, 3)]
+    fresh = fresh_generator()
+    for _ in range(2):
+        dp = draw_int(fresh, 1, 16)
+        cases.append((dp, draw_int(fresh, 1, dp), draw_int(fresh, 1, 200)))
     return check("dropped count per offset", candidate, reference_dropped_counts, cases)
 
 
@@ -50,5 +73,7 @@ def reference_drop_probability(pairs: tuple[tuple[int, int], ...], probs: tuple[
 
 def check_drop_probability(candidate: Callable[..., Any]) -> CheckResult:
     """``candidate(pairs, probs, n) -> Float[n]``: each unit's exact drop probability."""
+    fresh = fresh_generator()
     cases = [(pairs, probs, n) for pairs, probs in DISTRIBUTIONS for n in (7, 24)]
+    cases += [(*random_distribution(fresh), draw_int(fresh, 1, 50)) for _ in range(2)]
     return check("per-unit drop probability", candidate, reference_drop_probability, cases, atol=1e-6)

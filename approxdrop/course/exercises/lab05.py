@@ -14,7 +14,7 @@ from torch import nn
 
 from ...models import ApproxDropoutMLP
 from ...training import training_step
-from ..checks import CheckResult, WrongAnswer, check, describe
+from ..checks import CheckResult, WrongAnswer, check, describe, draw_float, fresh_generator
 
 SIZES = [12, 16, 16, 4]  # the small MLP the training-step check runs
 
@@ -26,8 +26,14 @@ def reference_gemm_share(measured_speedup: float, ideal_speedup: float) -> float
 
 
 def check_gemm_share(candidate: Callable[..., Any]) -> CheckResult:
-    """``candidate(measured_speedup, ideal_speedup) -> float``: the share of the step spent in GEMMs."""
+    """``candidate(measured_speedup, ideal_speedup) -> float``: the share of the step spent in GEMMs, in
+    float64 to 1e-9 (a share of order 1: float64 is exact to about 1e-15, a slip in the formula is far
+    larger), on fixed cases and two drawn anew."""
     cases = [(2.26, 3.13), (1.0, 3.13), (3.13, 3.13), (1.5, 6.73), (1.2, 1.82), (0.9, 2.15)]
+    fresh = fresh_generator()
+    for _ in range(2):
+        ideal = draw_float(fresh, 1.2, 8.0)
+        cases.append((draw_float(fresh, 0.8, ideal), ideal))
     return check("GEMM share of a step", candidate, reference_gemm_share, cases, atol=1e-9)
 
 

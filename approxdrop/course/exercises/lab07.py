@@ -13,7 +13,7 @@ import torch
 from ...models import lstm_gemm_work
 from ...models.lstm import row_projection
 from ...patterns import RowPattern
-from ..checks import CheckResult, check
+from ..checks import CheckResult, check, draw_float, draw_int, fresh_generator
 
 model_projection = row_projection  # what ApproxDropoutLSTM computes at a row site: the checker's reference
 
@@ -41,7 +41,13 @@ PROJECTION_CASES = [  # (T, B, n, m, dp, offset, keep, seed)
 def check_masked_projection(candidate: Callable[..., Any]) -> CheckResult:
     """``candidate(u, weight, bias, pattern) -> Float[T, B, m]``: the dense masked reference of one
     site's input projection, against the model's compact GEMM."""
+    fresh = fresh_generator()
     cases = [projection_case(*case) for case in PROJECTION_CASES]
+    dp = draw_int(fresh, 1, 8)
+    drawn = (draw_int(fresh, 1, 6), draw_int(fresh, 1, 4), draw_int(fresh, 1, 20), draw_int(fresh, 1, 20))
+    cases.append(
+        projection_case(*drawn, dp, draw_int(fresh, 0, dp - 1), draw_int(fresh, 1, dp), draw_int(fresh, 0, 9999))
+    )
     return check("masked input projection", candidate, model_projection, cases, atol=1e-10)
 
 
@@ -51,7 +57,8 @@ def reference_gemm_work_left(hidden: int, layers: int, vocab: int, p: float) -> 
 
 
 def check_gemm_work_left(candidate: Callable[..., Any]) -> CheckResult:
-    """``candidate(hidden, layers, vocab, p) -> float``: the share of the dense GEMM work left."""
+    """``candidate(hidden, layers, vocab, p) -> float``: the share of the dense GEMM work left, in float64
+    to 1e-9 (a share in [0, 1]), on fixed cases and two drawn anew."""
     cases = [
         (650, 2, 10_000, 0.5),
         (200, 2, 10_000, 0.3),
@@ -60,4 +67,9 @@ def check_gemm_work_left(candidate: Callable[..., Any]) -> CheckResult:
         (1500, 2, 10_000, 0.65),
         (650, 2, 10_000, 0.0),
     ]
+    fresh = fresh_generator()
+    for _ in range(2):
+        cases.append(
+            (draw_int(fresh, 1, 2048), draw_int(fresh, 1, 4), draw_int(fresh, 2, 50_000), draw_float(fresh, 0, 0.9))
+        )
     return check("GEMM work left", candidate, reference_gemm_work_left, cases, atol=1e-9)

@@ -6,6 +6,7 @@ itself converts. Each ``check_*`` prints one PASS / FAIL / TODO line and returns
 from __future__ import annotations
 
 import copy
+import numbers
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -13,8 +14,8 @@ import torch
 from torch import nn
 
 from ...models import convert
-from ...models.sites import is_elementwise
-from ..checks import CheckResult, WrongAnswer, check
+from ...models.sites import ELEMENTWISE, is_elementwise
+from ..checks import CheckResult, WrongAnswer, check, draw_int, fresh_generator
 
 __all__ = ["CASES", "check_conversion", "check_find_chains", "is_elementwise", "reference_find_chains"]
 
@@ -98,19 +99,21 @@ def reference_find_chains(seq: nn.Sequential) -> list[int]:
 
 
 def _indices(got: Any) -> list[int] | Any:
-    """A list or tuple of numbers (or a 1-D tensor) as a list of ints; WrongAnswer for an element that is
-    not a whole number; anything else as it is (the checker says what was expected)."""
+    """A list or tuple of ints (or a 1-D integer tensor) as a list of ints; WrongAnswer for an element
+    that is not an int (a float, even 2.0, or a bool); anything else as it is (the checker says what
+    was expected)."""
     if isinstance(got, torch.Tensor) and got.dim() == 1:
         got = got.tolist()
     if not isinstance(got, (list, tuple)):
         return got
-    out = []
     for k, v in enumerate(got):
-        whole = isinstance(v, int) or (isinstance(v, float) and v == v and v == int(v))
-        if isinstance(v, bool) or not whole:
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral):
             raise WrongAnswer(f"element [{k}] is {v!r}, expected an index of seq (an int)")
-        out.append(int(v))
-    return out
+    return [int(v) for v in got]
+
+
+class SubclassedDropout(nn.Dropout):
+    """A subclass of nn.Dropout: not an nn.Dropout to ``convert`` (it may do more than drop)."""
 
 
 CASES: list[tuple[str, nn.Sequential]] = [  # (what the case tests, the nn.Sequential)
@@ -166,6 +169,15 @@ CASES: list[tuple[str, nn.Sequential]] = [  # (what the case tests, the nn.Seque
     ("sizes that do not chain", nn.Sequential(nn.Linear(8, 16), nn.GELU(), nn.Dropout(0.1), nn.Linear(12, 8))),
     ("Dropout1d is not nn.Dropout", nn.Sequential(nn.Linear(8, 16), nn.GELU(), nn.Dropout1d(0.1), nn.Linear(16, 8))),
     (
+        "a subclass of nn.Dropout is not nn.Dropout",
+        nn.Sequential(nn.Linear(8, 16), nn.GELU(), SubclassedDropout(0.1), nn.Linear(16, 8)),
+    ),
+    (
+        "a Hardswish: every activation is_elementwise accepts counts",
+        nn.Sequential(nn.Linear(8, 16), nn.Hardswish(), nn.Dropout(0.1), nn.Linear(16, 8)),
+    ),
+    ("a PReLU with one parameter", nn.Sequential(nn.Linear(8, 16), nn.PReLU(), nn.Dropout(0.1), nn.Linear(16, 8))),
+    (
         "a chain after other layers, a Dropout at the end",
         nn.Sequential(
             nn.LayerNorm(8),
@@ -179,6 +191,40 @@ CASES: list[tuple[str, nn.Sequential]] = [  # (what the case tests, the nn.Seque
     ),  # fmt: skip
 ]
 _NOTES = {layers_text(seq): note for note, seq in CASES}
+DRAWN_NOTE = "drawn anew at this call"
+
+
+def _activation(generator: torch.Generator) -> nn.Module:
+    """Any of ``ELEMENTWISE`` (so a hard-coded list misses some), or now and then one that mixes units."""
+    kinds = [*ELEMENTWISE, nn.Softmax, nn.PReLU]
+    kind = kinds[draw_int(generator, 0, len(kinds) - 1)]
+    if kind is nn.Threshold:
+        return nn.Threshold(0.0, 0.0)
+    return nn.Softmax(-1) if kind is nn.Softmax else kind()
+
+
+def _dropout(generator: torch.Generator) -> nn.Module:
+    """Mostly nn.Dropout, sometimes a look-alike that convert leaves alone."""
+    kinds = [nn.Dropout, nn.Dropout, nn.Dropout, SubclassedDropout, nn.Dropout1d, nn.AlphaDropout]
+    return kinds[draw_int(generator, 0, len(kinds) - 1)](0.1 * draw_int(generator, 1, 5))
+
+
+def random_sequential(generator: torch.Generator) -> nn.Sequential:
+    """An nn.Sequential of 1-4 pieces drawn with ``generator``: chains (some broken by their sizes, their
+    activation or their dropout), lone Linears, LayerNorms and Dropouts."""
+    width, mods = 8, []
+    for _ in range(draw_int(generator, 1, 4)):
+        piece = draw_int(generator, 0, 5)
+        if piece <= 2:
+            hidden, out = 4 * draw_int(generator, 1, 6), 4 * draw_int(generator, 1, 6)
+            reads = hidden + (draw_int(generator, 0, 1) if piece == 2 else 0)  # sometimes sizes that do not chain
+            mods += [nn.Linear(width, hidden), _activation(generator), _dropout(generator), nn.Linear(reads, out)]
+            width = out
+        elif piece == 3:
+            mods.append(nn.Linear(width, width))
+        else:
+            mods.append(nn.LayerNorm(width) if piece == 4 else nn.Dropout(0.1))
+    return nn.Sequential(*mods)
 
 
 def _explain(seq: nn.Sequential, got: list[int], want: list[int]) -> str:
@@ -215,9 +261,10 @@ def check_find_chains(candidate: Callable[[nn.Sequential], Any]) -> CheckResult:
             note = _NOTES.get(layers_text(original), "")
             raise WrongAnswer(
                 f"it returned {got}, expected {want}: {_explain(original, got, want)}. "
-                f"The case ({note}): {layers_text(original)}"
+                f"The case ({note or DRAWN_NOTE}): {layers_text(original)}"
             )
         return got
 
-    cases = [(seq,) for _, seq in CASES]
+    fresh = fresh_generator()
+    cases = [(seq,) for _, seq in CASES] + [(random_sequential(fresh),) for _ in range(4)]
     return check("find_chains", answer, reference_find_chains, cases)

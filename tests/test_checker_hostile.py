@@ -1,0 +1,280 @@
+"""Hostile answers to the exercise checkers (issue #28 items 1, 3, 11, 13; #27's wrong types): correct
+numbers in float64 pass and near misses fail, nothing the answer catches holds the deadline off, odd
+tensors and sys.exit give a FAIL, wrong dtypes and kinds fail, the kept-size GEMM is enforced, the
+chain matcher's look-alikes fail, the notebook's random streams survive a check, and a lookup table of
+the fixed cases fails."""
+
+import importlib.util
+import random
+import signal
+import sys
+import threading
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from approxdrop.course import check
+from approxdrop.course.exercises import lab01, lab02, lab03, lab04, lab05, lab06, lab07, lab08
+from approxdrop.models.sites import is_elementwise
+
+SOLUTIONS = Path(__file__).resolve().parents[1] / "labs" / "solutions"
+
+
+def solutions(lab: str):
+    spec = importlib.util.spec_from_file_location(f"hostile_{lab}", SOLUTIONS / f"{lab}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+SOL = {lab: solutions(lab) for lab in ("lab01", "lab02", "lab03", "lab04", "lab06", "lab08")}
+
+# (checker, reference) of the exercises whose answer is a float
+NUMBER_CHECKS = [
+    (lab01.check_gemm_work, lab01.reference_gemm_work),
+    (lab04.check_expected_rate, lab04.reference_expected_rate),
+    (lab05.check_gemm_share, lab05.reference_gemm_share),
+    (lab07.check_gemm_work_left, lab07.reference_gemm_work_left),
+]
+NUMBER_IDS = ["lab01-gemm_work", "lab04-expected_rate", "lab05-gemm_share", "lab07-gemm_work_left"]
+
+
+# --------------------------------------------------------------------------- item 1: numbers in float64
+
+
+@pytest.mark.parametrize(
+    "wrap",
+    [np.float64, lambda v: torch.tensor(v, dtype=torch.float64), float],
+    ids=["numpy-float64", "float64-tensor", "python-float"],
+)
+@pytest.mark.parametrize("checker, reference", NUMBER_CHECKS, ids=NUMBER_IDS)
+def test_a_correct_float64_answer_passes(checker, reference, wrap, capsys):
+    assert checker(lambda *args: wrap(reference(*args))).passed, capsys.readouterr().out
+
+
+@pytest.mark.parametrize("checker, reference", NUMBER_CHECKS, ids=NUMBER_IDS)
+def test_an_answer_5e_9_off_fails_at_atol_1e_9(checker, reference, capsys):
+    assert checker(lambda *args: reference(*args) + 5e-9).status == "fail"
+    out = capsys.readouterr().out
+    assert "(max difference 5e-09)" in out and "differs on input" in out, out
+
+
+def test_a_near_miss_is_printed_with_the_digits_that_differ(capsys):
+    check("rate", lambda: 0.45 + 5e-9, lambda: 0.45, [()], atol=1e-9)
+    assert "it returned 0.45000000500000004, expected 0.45" in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------- item 3: the deadline holds
+
+
+def retry_forever(end):
+    """A learner's retry loop with a bare ``except:`` that swallows everything, until ``end``."""
+
+    def answer(*args):
+        while time.perf_counter() < end:
+            try:
+                time.sleep(0.01)
+            except:  # noqa: E722
+                pass
+
+    return answer
+
+
+def test_a_bare_except_retry_loop_cannot_hold_the_deadline_off(capsys):
+    start = time.perf_counter()
+    result = check("double", retry_forever(start + 20), lambda x: x + x, [(torch.ones(3),)], timeout_s=0.3)
+    assert result.status == "fail" and time.perf_counter() - start < 5
+    out = capsys.readouterr().out
+    assert "it took longer than 0.3 s" in out and "background" not in out, out  # stopped, not left running
+
+
+def test_a_kernel_interrupt_stops_a_check_whose_answer_catches_everything(capsys):
+    start = time.perf_counter()
+    main = threading.main_thread().ident
+    interrupt = threading.Timer(0.3, lambda: signal.pthread_kill(main, signal.SIGINT))
+    interrupt.start()
+    with pytest.raises(KeyboardInterrupt):
+        check("double", retry_forever(start + 20), lambda x: x + x, [(torch.ones(3),)], timeout_s=30)
+    assert time.perf_counter() - start < 5
+
+
+# --------------------------------------------------------------------------- item 11: a verdict, always
+
+
+@pytest.mark.parametrize(
+    "convert, text",
+    [
+        (lambda t: t.to_sparse(), "layout torch.sparse_coo"),
+        (lambda t: torch.nested.nested_tensor(list(t)), "it returned a nested tensor"),
+    ],
+    ids=["sparse-coo", "nested"],
+)
+def test_a_sparse_or_nested_answer_fails_saying_what_it_is(convert, text, capsys):
+    answer = SOL["lab01"].inverted_dropout
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # nested tensors are a prototype
+        result = lab01.check_inverted_dropout(lambda x, m, p: convert(answer(x, m, p)))
+    out = capsys.readouterr().out
+    assert result.status == "fail" and text in out and "expected a tensor of shape (4, 6)" in out, out
+
+
+@pytest.mark.parametrize("code", [0, 1, None])
+def test_sys_exit_inside_an_answer_fails_instead_of_ending_the_process(code, capsys):
+    def leave(*args):
+        sys.exit(code)
+
+    assert lab04.check_expected_rate(leave).status == "fail"
+    assert f"it called sys.exit({code!r})" in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------- item 13 and #27: the kind of answer
+
+
+def as_float64(fn):
+    return lambda *args: fn(*args).double()
+
+
+def as_list(fn):
+    return lambda *args: fn(*args).tolist()
+
+
+WRONG_KINDS = [
+    ("kept indices in float64", lab02.check_kept_indices, as_float64(SOL["lab02"].kept_indices), "(torch.int64)"),
+    ("kept indices as a list", lab02.check_kept_indices, as_list(SOL["lab02"].kept_indices), "(torch.int64)"),
+    ("kept indices in int32", lab02.check_kept_indices, lambda *a: SOL["lab02"].kept_indices(*a).int(), "int64"),
+    ("tile mask as ints", lab03.check_tile_mask, lambda *a: SOL["lab03"].tile_mask(*a).long(), "(torch.bool)"),
+    ("tile mask as floats", lab03.check_tile_mask, lambda *a: SOL["lab03"].tile_mask(*a).float(), "(torch.bool)"),
+    ("weight mask as ints", lab03.check_weight_mask, lambda *a: SOL["lab03"].weight_mask(*a).int(), "(torch.bool)"),
+    (
+        "float32 output for float64 inputs",
+        lab01.check_inverted_dropout,
+        lambda x, m, p: SOL["lab01"].inverted_dropout(x, m, p).float(),
+        "(torch.float64)",
+    ),
+    (
+        "complex output",
+        lab01.check_inverted_dropout,
+        lambda x, m, p: SOL["lab01"].inverted_dropout(x, m, p).to(torch.complex128),
+        "(torch.float64)",
+    ),
+    ("counts in numpy", lab04.check_dropped_counts, lambda *a: SOL["lab04"].dropped_counts(*a).numpy(), "int64"),
+    ("residues in float64", lab06.check_kept_residues, as_float64(SOL["lab06"].kept_residues), "(torch.int64)"),
+    ("a float where an int is asked", lab06.check_kept_index, lambda *a: float(SOL["lab06"].kept_index(*a)), "an int"),
+    ("a complex rate", lab04.check_expected_rate, lambda *a: complex(SOL["lab04"].expected_rate(*a)), "a number"),
+    ("float indices", lab08.check_find_chains, lambda s: [float(i) for i in SOL["lab08"].find_chains(s)], "an int"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("what, checker, answer, text", WRONG_KINDS, ids=[w[0] for w in WRONG_KINDS])
+def test_an_answer_of_the_wrong_kind_fails_saying_what_was_asked(what, checker, answer, text, capsys):
+    assert checker(answer).status == "fail"
+    out = capsys.readouterr().out
+    assert out.startswith("[FAIL]") and text in out and "expected" in out, out
+
+
+def test_the_values_are_named_before_the_kind(capsys):
+    kept = SOL["lab02"].kept_indices
+    lab02.check_kept_indices(lambda n, dp, offset, keep: kept(n, dp, offset, keep).double() + 1)
+    assert "element [0] is 2, expected 1" in capsys.readouterr().out  # wrong values: the values are named
+    lab02.check_kept_indices(lambda n, dp, offset, keep: kept(n, dp, offset, keep).double())
+    out = capsys.readouterr().out
+    assert "it returned a tensor of shape (4,) (torch.float64), expected a tensor of shape (4,) (torch.int64)" in out
+
+
+def full_masked_forward(x_kept, weight, bias, in_pattern, out_pattern):
+    """The right values from the full GEMM: scatter the kept inputs, multiply by all of W, keep rows."""
+    n_out, n_in = weight.shape
+    x = torch.zeros(x_kept.shape[0], n_in, dtype=x_kept.dtype)  # [B, n_in]
+    x[:, in_pattern.kept_indices(n_in)] = x_kept
+    return (in_pattern.scale * x @ weight.T + bias)[:, out_pattern.kept_indices(n_out)]  # [B, k_out]
+
+
+def test_compact_forward_with_the_full_gemm_fails(capsys):
+    assert lab02.check_compact_forward(SOL["lab02"].compact_forward).passed
+    assert lab02.check_compact_forward(full_masked_forward).status == "fail"
+    out = capsys.readouterr().out.splitlines()[-1]
+    assert "where the kept-size GEMM needs" in out and "take the kept rows and columns" in out, out
+
+
+HARD_CODED = (nn.ReLU, nn.GELU, nn.SiLU, nn.Tanh)
+
+
+def find_chains_with(act_ok, drop_ok):
+    def answer(seq):
+        mods, starts = list(seq), []
+        for i in range(len(mods) - 3):
+            a, b, c, d = mods[i : i + 4]
+            if starts and i <= starts[-1] + 3:
+                continue
+            if type(a) is nn.Linear and type(d) is nn.Linear and act_ok(b) and drop_ok(c):
+                if a.out_features == d.in_features:
+                    starts.append(i)
+        return starts
+
+    return answer
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        find_chains_with(lambda b: type(b) in HARD_CODED, lambda c: type(c) is nn.Dropout),
+        find_chains_with(is_elementwise, lambda c: isinstance(c, nn.Dropout)),
+    ],
+    ids=["hard-coded-activations", "isinstance-dropout"],
+)
+def test_find_chains_look_alikes_fail(answer, capsys):
+    assert lab08.check_find_chains(answer).status == "fail", capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------- item 13: random streams, lookup tables
+
+
+def test_an_answer_that_reseeds_the_global_streams_leaves_the_notebook_stream_alone(capsys):
+    def reseeding(sizes, p):
+        torch.manual_seed(0)
+        random.seed(0)
+        np.random.seed(0)
+        return SOL["lab01"].gemm_work(sizes, p)
+
+    torch.manual_seed(123)
+    random.seed(123)
+    np.random.seed(123)
+    expected = torch.rand(3), random.random(), np.random.rand()
+    torch.manual_seed(123)
+    random.seed(123)
+    np.random.seed(123)
+    assert lab01.check_gemm_work(reseeding).passed
+    assert lab05.check_gemm_share(lambda m, i: (torch.manual_seed(1), (1 - 1 / m) / (1 - 1 / i))[1]).passed
+    got = torch.rand(3), random.random(), np.random.rand()
+    assert torch.equal(got[0], expected[0]) and got[1:] == expected[1:]
+
+
+def lookup_table(reference, cases):
+    table = {repr(case): reference(*case) for case in cases}
+    return lambda *args: table[repr(args)]
+
+
+LOOKUPS = [
+    (lab02.check_kept_indices, lab02.reference_kept_indices, lab02.ROW_CASES),
+    (lab03.check_tile_mask, lab03.reference_tile_mask, lab03.TILE_CASES),
+    (lab03.check_weight_mask, lab03.reference_weight_mask, lab03.TILE_CASES),
+    (lab04.check_expected_rate, lab04.reference_expected_rate, lab04.DISTRIBUTIONS),
+    (lab06.check_kept_residues, lab06.reference_kept_residues, lab06.PATTERNS),
+]
+
+
+@pytest.mark.parametrize("checker, reference, cases", LOOKUPS, ids=lambda v: getattr(v, "__name__", ""))
+def test_a_lookup_table_of_the_fixed_cases_fails(checker, reference, cases, capsys):
+    assert checker(lookup_table(reference, cases)).status == "fail"
+    assert "it raised KeyError" in capsys.readouterr().out
+
+
+def test_find_chains_lookup_table_of_the_fixed_cases_fails(capsys):
+    table = {lab08.layers_text(seq): lab08.reference_find_chains(seq) for _, seq in lab08.CASES}
+    assert lab08.check_find_chains(lambda seq: table[lab08.layers_text(seq)]).status == "fail"
+    assert "KeyError" in capsys.readouterr().out
