@@ -19,6 +19,9 @@ KINDS = ("row", "tile")
 # rates need periods (and memory) that grow as 1 / (1 - p). 1 - 1/1024 = 0.9990234375 is the top rate.
 MAX_PERIOD = 1024
 MAX_RATE = 1.0 - 1.0 / MAX_PERIOD
+# The most batch groups a draw gives (grouped complementary patterns): a draw costs O(groups), and groups
+# beyond the batch hold no sample. 1024 groups cover a batch of 1024 rows at one sample per group.
+MAX_GROUPS = 1024
 RATE_TOL = 1e-6  # how far a law's expected_rate may be from the p it is used for (model sites, search cache)
 
 
@@ -106,7 +109,7 @@ class PatternDistribution:
         followed by fresh permutations when ``groups > dp``. Group 0 gets exactly the draw of
         ``sample`` (so one group is the paper's method, bit for bit), and every group's offset is
         uniform, so each unit keeps its drop probability and the layer stays unbiased."""
-        return self.complete_groups(self.sample(generator), check_int("groups", groups, 1), generator)
+        return self.complete_groups(self.sample(generator), check_int("groups", groups, 1, MAX_GROUPS), generator)
 
     def complete_groups(
         self, first: RowPattern | TilePattern, groups: int, generator: torch.Generator | None = None
@@ -118,8 +121,9 @@ class PatternDistribution:
         dp = first.dp
         rest = [o for o in range(dp) if o != first.offset]  # the rest of the first permutation
         offsets = [first.offset] + [rest[i] for i in torch.randperm(dp - 1, generator=generator).tolist()]
-        while len(offsets) < groups:
-            offsets += torch.randperm(dp, generator=generator).tolist()
+        if groups > dp:  # the fresh permutations, all in one call: argsort of i.i.d. uniforms per row
+            fresh = -(-(groups - dp) // dp)
+            offsets += torch.rand(fresh, dp, dtype=torch.float64, generator=generator).argsort(1).flatten().tolist()
         return tuple(self._same_class(first, o) for o in offsets[:groups])
 
     def _same_class(self, first: RowPattern | TilePattern, offset: int) -> RowPattern | TilePattern:

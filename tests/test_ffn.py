@@ -188,7 +188,7 @@ def test_private_generator_gives_reproducible_patterns():
         (lambda: ApproxDropoutFFN(0, 8, 0.3), r"d_model must be in \[1, inf\), got 0"),
         (lambda: ApproxDropoutFFN(6, 8, 0.3, d_out=0), "d_out must be in"),
         (lambda: ApproxDropoutFFN(6, 8, 0.3, method="bernoulli", groups=4), "groups=4: batch groups are for row"),
-        (lambda: ApproxDropoutFFN(6, 8, 0.3, groups=0), r"groups must be in \[1, inf\), got 0"),
+        (lambda: ApproxDropoutFFN(6, 8, 0.3, groups=0), r"groups must be in \[1, 1024\], got 0"),
         (lambda: ApproxDropoutFFN(6, 8, 0.3, distributions=KEEP_TWO), "not the model's p=0.3"),
         (lambda: ApproxDropoutFFN(6, 8, 0.3, method="none", distributions=KEEP_TWO), "for pattern methods"),
         (lambda: ApproxDropoutFFN(6, 8, 0.3)(torch.randn(2, 5)), r"last dimension 6, got shape \(2, 5\)"),

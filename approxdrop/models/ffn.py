@@ -14,11 +14,11 @@ import torch
 from torch import nn
 
 from .._env import check_int, check_rate
-from ..distribution import PatternDistribution
+from ..distribution import MAX_GROUPS, PatternDistribution
 from ..ops import FULL, group_bounds, grouped_row_pattern_linear, row_pattern_linear
 from ..patterns import RowPattern
 from .methods import DROPOUT_METHODS, ELEMENT, NOTHING, ROW, Method
-from .sites import check_elementwise, draw_sites, run_eagerly, site_distributions, step_draws
+from .sites import activate, check_elementwise, draw_sites, run_eagerly, site_distributions, step_draws
 
 # The methods an FFN offers: the MLP's row-pattern methods and the two baselines (nn.Dropout, none).
 FFN_METHODS = tuple(
@@ -33,7 +33,7 @@ def ffn_method(method: str, groups: int | None) -> tuple[Method, int]:
     if method not in FFN_METHODS:
         raise ValueError(f"method must be one of {FFN_METHODS} for ApproxDropoutFFN, got {method!r}")
     spec = DROPOUT_METHODS[method]
-    groups = spec.groups if groups is None else check_int("groups", groups, 1)
+    groups = spec.groups if groups is None else check_int("groups", groups, 1, MAX_GROUPS)
     if groups > 1 and spec.drops != ROW:
         raise ValueError(f"groups={groups}: batch groups are for row-pattern methods, not {method!r}")
     return spec, groups
@@ -181,7 +181,8 @@ class ApproxDropoutFFN(nn.Module):
     def _row(self, x: torch.Tensor, pattern: RowPattern) -> torch.Tensor:
         fc1, fc2 = self.fc1, self.fc2
         h = row_pattern_linear(x, fc1.weight, fc1.bias, FULL, pattern, check=False)  # [*, k]: the kept units only
-        return row_pattern_linear(self.activation(h), fc2.weight, fc2.bias, pattern, FULL, check=False)  # [*, d_out]
+        h = activate(self.activation, h)
+        return row_pattern_linear(h, fc2.weight, fc2.bias, pattern, FULL, check=False)  # [*, d_out]
 
     @run_eagerly
     def _grouped(self, x: torch.Tensor, patterns: tuple[RowPattern, ...]) -> torch.Tensor:
@@ -197,7 +198,7 @@ class ApproxDropoutFFN(nn.Module):
         whole = (FULL,) * len(patterns)
         fc1, fc2 = self.fc1, self.fc2
         h = grouped_row_pattern_linear(rows, fc1.weight, fc1.bias, whole, patterns, check=False)  # [N, d_hidden]
-        y = grouped_row_pattern_linear(self.activation(h), fc2.weight, fc2.bias, patterns, whole, check=False)
+        y = grouped_row_pattern_linear(activate(self.activation, h), fc2.weight, fc2.bias, patterns, whole, check=False)
         return y.reshape(*x.shape[:-1], self.d_out)  # [*, d_out]
 
     def extra_repr(self) -> str:

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from .._env import check_int, check_rate
-from ..distribution import PatternDistribution
+from ..distribution import MAX_GROUPS, PatternDistribution
 from ..ops import FULL, group_bounds, grouped_row_pattern_linear, row_pattern_linear
 from ..patterns import RowPattern
 from ..search import FAMILIES
@@ -154,7 +154,7 @@ class ApproxDropoutLSTM(nn.Module):
     ) -> None:
         super().__init__()
         self.spec = get_method(method, "lstm")
-        self.groups = self.spec.groups if groups is None else check_int("groups", groups, 1)
+        self.groups = self.spec.groups if groups is None else check_int("groups", groups, 1, MAX_GROUPS)
         if self.groups > 1 and self.spec.drops != ROW:
             raise ValueError(f"groups={self.groups}: batch groups are for row-pattern methods, not {method!r}")
         if self.spec.torch_modules:
@@ -222,8 +222,9 @@ class ApproxDropoutLSTM(nn.Module):
     def _layer(self, drops: str, draw, u, h, c, layer: LSTMLayer):
         """One LSTM layer reading site ``draw`` on the fused LSTM; with batch groups, each group's
         batch slice runs with its own kept columns."""
-        if self.groups == 1 or drops != ROW:
-            inp, w_ih = self._site_input(drops, draw, u, layer.weight_ih)
+        grouped = self.groups > 1 and drops == ROW
+        if not grouped or u.shape[1] == 0:  # an empty batch: no group holds a sample, any one pattern serves
+            inp, w_ih = self._site_input(drops, draw[0] if grouped else draw, u, layer.weight_ih)
             return fused_lstm(inp, h, c, w_ih, layer.weight_hh, layer.bias)
         parts = []
         for (start, stop), pattern in zip(group_bounds(u.shape[1], self.groups), draw):

@@ -24,11 +24,11 @@ import torch
 from torch import nn
 
 from .._env import check_int, check_rate
-from ..distribution import PatternDistribution
+from ..distribution import MAX_GROUPS, PatternDistribution
 from ..ops import FULL, group_bounds, grouped_row_pattern_linear_compact, row_pattern_linear, tile_pattern_linear
 from ..patterns import RowPattern, TilePattern
 from .methods import ELEMENT, NOTHING, ROW, TILE, get_method, methods_for
-from .sites import check_elementwise, draw_sites, gathered_linear, run_eagerly, site_distributions, step_draws
+from .sites import activate, check_elementwise, draw_sites, gathered_linear, run_eagerly, site_distributions, step_draws
 
 METHODS = methods_for("mlp")
 # The default: row patterns with 4 batch groups. In the accuracy study (benchmarks/study: 3 seeds, a
@@ -84,7 +84,7 @@ class ApproxDropoutMLP(nn.Module):
         if len(sizes) < 2:
             raise ValueError(f"sizes needs at least an input and an output width, got {sizes}")
         self.spec = get_method(method, "mlp")
-        self.groups = self.spec.groups if groups is None else check_int("groups", groups, 1)
+        self.groups = self.spec.groups if groups is None else check_int("groups", groups, 1, MAX_GROUPS)
         if self.groups > 1 and self.spec.drops not in (ROW, TILE):
             raise ValueError(
                 f"groups={self.groups}: batch groups are for row- and tile-pattern methods, not {method!r}"
@@ -141,7 +141,7 @@ class ApproxDropoutMLP(nn.Module):
         for i, linear in enumerate(self.linears):
             x = layer(i, linear, x)
             if i < last:
-                x = self.activation(x)
+                x = activate(self.activation, x)
         return x
 
     def _dense(self, x, dropout: bool):
@@ -179,7 +179,7 @@ class ApproxDropoutMLP(nn.Module):
         for i, linear in enumerate(self.linears):
             xs = grouped_row_pattern_linear_compact(xs, linear.weight, linear.bias, ins[i], outs[i], check=False)
             if i < last:
-                xs = [self.activation(t) for t in xs]
+                xs = [activate(self.activation, t) for t in xs]
         y = torch.cat(xs, -2)  # [*, B, sizes[-1]]
         return y.squeeze(0) if single else y
 

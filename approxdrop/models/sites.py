@@ -119,6 +119,14 @@ def check_elementwise(activation: object, name: str = "activation") -> nn.Module
     return activation
 
 
+def activate(activation: nn.Module, h: torch.Tensor) -> torch.Tensor:
+    """``activation(h)`` on a pattern op's output. An in-place activation (``inplace=True``, e.g.
+    ``nn.ReLU(inplace=True)``) acts on a copy: the op's output may be a view of the op's own buffer,
+    which autograd does not let a later in-place op modify. The copy is the memory traffic an
+    out-of-place activation makes anyway."""
+    return activation(h.clone() if getattr(activation, "inplace", False) else h)
+
+
 def shared_keep_indices(n: int, p: float, generator: torch.Generator | None = None) -> torch.Tensor:
     """Long[k]: units kept by one batch-shared Bernoulli(p) draw over ``n`` units."""
     return (torch.rand(n, generator=generator) >= p).nonzero().flatten()
@@ -286,16 +294,20 @@ def draw_patterns(model: nn.Module) -> int:
     CUDA graph). The draws are the ones the forward would make (same generator, same order), so a
     compiled run matches an eager one from the same generator state. Returns how many modules drew.
 
-    It turns on ``torch._dynamo.config.allow_unspec_int_on_nn_module``: the pattern integers are read from
-    the modules, and Dynamo would otherwise burn each pattern into its own graph (a recompile per
-    pattern, and a hard failure at the recompile limit under ``fullgraph=True``); with it, an integer
-    that changes becomes symbolic, so a compiled forward recompiles a few times in all (README)."""
-    torch._dynamo.config.allow_unspec_int_on_nn_module = True
+    When ``model`` holds a module that draws, it turns on ``torch._dynamo.config.allow_unspec_int_on_nn_module``
+    for the rest of the process (a model without one leaves Dynamo's settings alone): the pattern integers
+    are read from the modules, and Dynamo would otherwise burn each pattern into its own graph (a
+    recompile per pattern, and a hard failure at the recompile limit under ``fullgraph=True``); with it,
+    an integer that changes becomes symbolic, so a compiled forward recompiles a few times in all
+    (README). The compiled steps that follow need it on, so it is not restored; to scope it, run the
+    training loop inside ``torch._dynamo.config.patch(allow_unspec_int_on_nn_module=True)``."""
     count = 0
     for module in model.modules():
         if draws_each_step(module):
             setattr(module, PENDING, module.draw())
             count += 1
+    if count:
+        torch._dynamo.config.allow_unspec_int_on_nn_module = True
     return count
 
 

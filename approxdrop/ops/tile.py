@@ -190,7 +190,7 @@ def tile_forward(
     y = layout.gather_outputs(y_blocks).mul_(layout.scale)  # [N, n_out]
     if bias is not None:
         y.add_(bias)
-    return y.reshape(*x.shape[:-1], n_out)  # [*, n_out]
+    return y if x.dim() == 2 else y.reshape(*x.shape[:-1], n_out)  # [*, n_out]
 
 
 @torch.library.custom_op("approxdrop::tile_linear", mutates_args=())

@@ -1,0 +1,191 @@
+"""The eager training path (ops.eager) and the lean draws: the same numbers as the registered ops, the
+same law as the enumeration, and the hostile inputs the models now take (issue 28 items 4, 10, 14, 15)."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import approxdrop as ad
+from approxdrop.distribution import MAX_GROUPS, sample_sites
+from approxdrop.ops import grouped_row_linear, row_linear, tile_linear
+from approxdrop.ops.eager import GroupedRowLinear, GroupedRowLinearCompact, RowLinear, TileLinear, use_eager
+from approxdrop.ops.grouped import grouped_row_linear_compact
+from approxdrop.ops.row import row_linear_gathered
+from approxdrop.patterns import RowPattern, TilePattern
+
+F64 = torch.float64
+
+
+def _leaves(*shapes, seed=0, dtype=F64):
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randn(*s, generator=gen, dtype=dtype, requires_grad=True) for s in shapes]
+
+
+def _grads(out, inputs):
+    outs = out if isinstance(out, (list, tuple)) else [out]
+    loss = sum((o * torch.linspace(-1, 1, o.numel(), dtype=o.dtype).reshape(o.shape)).sum() for o in outs)
+    return torch.autograd.grad(loss, inputs)
+
+
+@pytest.mark.parametrize(
+    "in_p, out_p",
+    [
+        (RowPattern(2, 1), RowPattern(3, 2)),
+        (RowPattern(1, 0), RowPattern(4, 1)),
+        (RowPattern(5, 3, keep=2), RowPattern(3, 0, keep=2)),
+        (RowPattern(3, 0), RowPattern(1, 0)),
+    ],
+)
+def test_eager_row_equals_the_registered_op_bit_for_bit(in_p, out_p):
+    x, w, b = _leaves((3, 2, in_p.kept_count(13)), (11, 13), (11,))
+    ints = (in_p.dp, in_p.offset, in_p.keep, out_p.dp, out_p.offset, out_p.keep)
+    got = RowLinear.apply(x, w, b, in_p, out_p)
+    want = row_linear_gathered(x, w, b, *ints)[0]
+    assert torch.equal(got, want) and torch.equal(got, row_linear(x, w, b, *ints))
+    for g, h in zip(_grads(got, (x, w, b)), _grads(want, (x, w, b))):
+        assert torch.equal(g, h)
+    assert torch.autograd.gradcheck(lambda *t: RowLinear.apply(*t, in_p, out_p), (x, w, b))
+
+
+@pytest.mark.parametrize("pattern", [TilePattern(3, 1, tile=4, keep=2), TilePattern(2, 0, tile=3)])
+def test_eager_tile_equals_the_registered_op_bit_for_bit(pattern):
+    x, w, b = _leaves((5, 10), (9, 10), (9,), seed=1)
+    got = TileLinear.apply(x, w, b, pattern)
+    want = tile_linear(x, w, b, pattern.dp, pattern.offset, pattern.keep, pattern.tile)
+    assert torch.equal(got, want)
+    for g, h in zip(_grads(got, (x, w, b)), _grads(want, (x, w, b))):
+        assert torch.equal(g, h)
+    assert torch.autograd.gradcheck(lambda *t: TileLinear.apply(*t, pattern), (x, w, b))
+
+
+@pytest.mark.parametrize("keep", [1, 2])
+def test_eager_grouped_ops_equal_the_registered_ops(keep):
+    ins, outs = [3, keep, [0, 2, 1, 0]], [4, keep, [1, 3, 0, 2]]
+    ints = (*ins, *outs)
+    x, w, b = _leaves((2, 7, 12), (10, 12), (10,), seed=2)
+    got, want = GroupedRowLinear.apply(x, w, b, ints), grouped_row_linear(x, w, b, *ints)
+    assert torch.equal(got, want)
+    for g, h in zip(_grads(got, (x, w, b)), _grads(want, (x, w, b))):
+        assert torch.equal(g, h)
+    xs = _leaves(*[(3, RowPattern(3, o, keep).kept_count(12)) for o in ins[2]], seed=3)
+    got_ys = GroupedRowLinearCompact.apply(w, b, ints, *xs)
+    want_ys, _ = grouped_row_linear_compact(xs, w, b, *ints)
+    assert all(torch.equal(g, h) for g, h in zip(got_ys, want_ys))
+    for g, h in zip(_grads(got_ys, (w, b, *xs)), _grads(want_ys, (w, b, *xs))):
+        assert torch.equal(g, h)
+    assert torch.autograd.gradcheck(lambda w, b, *xs: GroupedRowLinearCompact.apply(w, b, ints, *xs), (w, b, *xs))
+
+
+def test_the_registered_op_runs_where_the_eager_path_may_not():
+    x = torch.randn(2, 3)
+    assert use_eager(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not use_eager(x)
+    seen = []
+    torch.compile(lambda t: seen.append(use_eager(t)) or t * 2, backend="eager")(x)
+    assert seen == [False]
+
+
+# --------------------------------------------------------------------------- the draws
+
+
+@pytest.mark.parametrize(
+    "law",
+    [
+        ad.PatternDistribution(((2, 1), (3, 1), (4, 1)), (0.5, 0.3, 0.2)),
+        ad.PatternDistribution(((3, 2), (5, 2), (4, 3)), (0.4, 0.4, 0.2)),
+        ad.PatternDistribution(((2, 1), (3, 1)), (1.0, 0.0), kind="tile", tile=4),
+    ],
+)
+def test_a_uniform_number_selects_each_pattern_with_its_exact_probability(law):
+    """pattern_at splits [0, 1) into one interval per (pattern, offset), as wide as its probability in
+    the enumeration: the table draw is the law, exactly (up to float64 rounding of the cut points)."""
+    patterns, cumulative = law._table
+    starts = (0.0, *cumulative[:-1])
+    for (pattern, prob), start, stop in zip(law.enumerate(), starts, cumulative):
+        assert math.isclose(stop - start, prob, rel_tol=0, abs_tol=1e-12)
+        middle = (start + stop) / 2 / cumulative[-1]
+        assert law.pattern_at(middle) == pattern
+    assert law.pattern_at(0.0) == patterns[0] and law.pattern_at(math.nextafter(1.0, 0.0)) == patterns[-1]
+
+
+def test_one_call_draws_every_site_and_groups_one_is_the_row_draw():
+    laws = [ad.distribution_for(0.5, 32), ad.distribution_for(0.7, 48, family="extended")]
+    first = sample_sites(laws, 1, torch.Generator().manual_seed(5))
+    grouped = sample_sites(laws, 4, torch.Generator().manual_seed(5))
+    assert [g[0] for g in grouped] == first
+    uniforms = torch.rand(2, dtype=F64, generator=torch.Generator().manual_seed(5)).tolist()
+    assert first == [law.pattern_at(u) for law, u in zip(laws, uniforms)]
+
+
+@pytest.mark.parametrize("groups", [2, 7, 40])
+def test_groups_past_dp_run_through_whole_permutations(groups):
+    law = ad.PatternDistribution(((3, 1), (5, 2)), (0.5, 0.5))
+    for seed in range(20):
+        draws = law.sample_groups(groups, torch.Generator().manual_seed(seed))
+        dp = draws[0].dp
+        offsets = [q.offset for q in draws]
+        for start in range(0, groups - dp + 1, dp):  # every full block of dp groups is a permutation
+            assert sorted(offsets[start : start + dp]) == list(range(dp))
+        assert all((q.dp, q.keep) == (dp, draws[0].keep) for q in draws)
+
+
+# --------------------------------------------------------------------------- hostile inputs (issue 28)
+
+
+@pytest.mark.parametrize("method", ["row", "row-g4", "row-extended", "tile", "tile-g4", "shared"])
+@pytest.mark.parametrize("shape", [(6, 8), (2, 3, 8)])
+@pytest.mark.parametrize("autocast", [False, True])
+def test_inplace_activation_trains_like_the_out_of_place_one(method, shape, autocast):
+    """nn.ReLU(inplace=True) between pattern ops: the same output and gradients as nn.ReLU()."""
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(7))
+    results = []
+    for act in (nn.ReLU(), nn.ReLU(inplace=True)):
+        torch.manual_seed(0)
+        model = ad.ApproxDropoutMLP([8, 16, 12, 3], 0.5, method=method, activation=act)
+        model.generator = torch.Generator().manual_seed(1)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            y = model(x)
+        y.float().square().sum().backward()
+        results.append((y, [p.grad for p in model.parameters()]))
+    (y0, g0), (y1, g1) = results
+    assert torch.equal(y0, y1) and all(torch.equal(a, b) for a, b in zip(g0, g1))
+
+
+@pytest.mark.parametrize("method", ["row", "row-g4"])
+def test_ffn_with_an_inplace_activation_trains(method):
+    block = ad.ApproxDropoutFFN(8, 16, 0.5, activation=nn.ReLU(inplace=True), method=method)
+    block(torch.randn(2, 3, 8)).square().sum().backward()
+    assert torch.isfinite(block.fc1.weight.grad).all() and block.fc1.weight.grad.abs().sum() > 0
+
+
+def test_grouped_lstm_takes_an_empty_batch():
+    lm = ad.ApproxDropoutLSTM(20, hidden=8, layers=2, p=0.5, method="row-g4")
+    logits, (h, c) = lm(torch.zeros(3, 0, dtype=torch.long))
+    assert logits.shape == (3, 0, 20) and h.shape == c.shape == (2, 0, 8)
+    logits.sum().backward()
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda g: ad.ApproxDropoutMLP([4, 8, 2], 0.5, method="row", groups=g),
+        lambda g: ad.ApproxDropoutFFN(4, 8, 0.5, groups=g),
+        lambda g: ad.ApproxDropoutLSTM(10, hidden=4, layers=1, p=0.5, groups=g),
+        lambda g: ad.distribution_for(0.5, 8).sample_groups(g),
+    ],
+)
+def test_groups_have_a_documented_cap(build):
+    build(MAX_GROUPS)
+    with pytest.raises(ValueError, match=rf"groups must be in \[1, {MAX_GROUPS}\], got {10**6}"):
+        build(10**6)
+
+
+def test_draw_patterns_on_a_model_without_dropout_modules_leaves_dynamo_alone():
+    with torch._dynamo.config.patch(allow_unspec_int_on_nn_module=False):
+        assert ad.draw_patterns(nn.Sequential(nn.Linear(2, 2), nn.Dropout(0.5))) == 0
+        assert torch._dynamo.config.allow_unspec_int_on_nn_module is False
+        assert ad.draw_patterns(ad.ApproxDropoutMLP([4, 8, 2], 0.5, method="row")) == 1
+        assert torch._dynamo.config.allow_unspec_int_on_nn_module is True
