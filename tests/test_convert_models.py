@@ -19,6 +19,7 @@ from approxdrop import ApproxDropoutFFN, convert, draw_patterns
 from approxdrop.models import adapters
 from approxdrop.models.adapters import AttributeAdapter, register_adapter
 from approxdrop.models.convert import FUNCTIONAL
+from approxdrop.models.gated import GatedApproxDropoutFFN
 
 
 class Masked(nn.Module):
@@ -464,3 +465,38 @@ def test_torchvision_mlp_converts_when_torchvision_is_installed():
     report = convert(model)
     assert report.converted and set(report.adapters.values()) == {"sequential"}
     assert torch.equal(model(x), before) and list(model.state_dict()) == keys
+
+
+def test_t5_gated_feed_forward_converts_and_trains_as_the_reference():
+    model = t5(gated=True)
+    ids = torch.randint(1, 40, (2, 6))
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Dropout) and "DenseReluDense" not in name:
+            m.p = 0.0
+        if isinstance(getattr(m, "dropout", None), float):
+            m.dropout = 0.0
+    model.double().eval()
+    with torch.no_grad():
+        before = seq2seq(model, ids)
+    twin, keys = copy.deepcopy(model), list(model.state_dict())
+    report = convert(model, generator=torch.Generator().manual_seed(7))
+    assert len(report.converted) == 4 and set(report.adapters.values()) == {"hf-t5-gated"}
+    for name in report.converted:  # the pattern site, inside the gated block that replaced DenseReluDense
+        assert name.endswith("DenseReluDense.ffn") and isinstance(model.get_submodule(name), ApproxDropoutFFN)
+        assert isinstance(model.get_submodule(name.removesuffix(".ffn")), GatedApproxDropoutFFN)
+    with torch.no_grad():
+        assert torch.equal(seq2seq(model, ids), before)
+    assert list(model.state_dict()) == keys
+
+    def masks_into(reference, blocks):
+        ffns = [m for name, m in reference.named_modules() if name.endswith("DenseReluDense")]
+        for ffn, block in zip(ffns, blocks):
+            ffn.dropout = Masked(block)
+
+    assert_same_training_step(model.train(), twin.train(), lambda m: seq2seq(m, ids), masks_into)
+    assert_checkpoints_load_both_ways(lambda: t5(gated=True), model.float())
+    assert draw_patterns(model) == 4  # the pattern sites are found for compiled training
+    model = t5(gated=True)
+    report = convert(model, method="row-g4")
+    reasons = {why for name, why in report.skipped if name.endswith("DenseReluDense.dropout")}
+    assert report.converted == [] and len(reasons) == 1 and "groups=1" in reasons.pop()

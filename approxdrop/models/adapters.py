@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from .ffn import ApproxDropoutFFN
+from .gated import GatedApproxDropoutFFN
 from .state_keys import Entry
 
 
@@ -208,6 +209,35 @@ class AttributeAdapter(Adapter):
         return Plan(converted=["ffn"], moved=moved, apply=lambda: wrapped)
 
 
+class GatedAdapter(Adapter):
+    """A gated feed-forward ``wo(dropout(act(wi_0(x)) * wi_1(x)))`` on attributes named by ``members`` =
+    (wi_0, activation, dropout, wo) and ``gate`` = wi_1 (HF T5DenseGatedActDense): replaced in its
+    parent by a GatedApproxDropoutFFN (one pattern per batch)."""
+
+    replaces = True
+
+    def __init__(self, name: str, members: tuple[str, str, str, str], gate: str) -> None:
+        self.name, self.members, self.gate = name, members, gate
+
+    def plan(self, module: nn.Module, build: Build) -> Plan:
+        wi_0, act, drop, wo = (getattr(module, m) for m in self.members)
+        wi_1 = getattr(module, self.gate)
+        why = None if type(drop) is nn.Dropout else f"its {self.members[2]} is not nn.Dropout"
+        block = build(Chain(wi_0, act, wo, drop.p, drop, self.members)) if why is None else why
+        if not isinstance(block, str):
+            gate_chain = Chain(wi_1, nn.Identity(), wo, drop.p, None, (self.gate, "", "", self.members[3]))
+            problem = build(gate_chain)  # the same checks for wi_1 (type, sizes, hooks)
+            try:
+                block = problem if isinstance(problem, str) else GatedApproxDropoutFFN(block, wi_1)
+            except ValueError as error:
+                block = f"cannot build the block: {error}"
+        if isinstance(block, str):
+            return Plan(skipped=[(self.members[2], block)])
+        moved = [(f"ffn.{n}.", f"{m}.", False) for n, m in enumerate(self.members)]
+        moved.append((f"{self.gate}.", f"{self.gate}.", False))
+        return Plan(converted=["ffn"], moved=moved, apply=lambda: block)
+
+
 class FunctionalDropoutAdapter(Adapter):
     """A layer whose forward has ``fc2(F.dropout(activation_fn(fc1(x)), p=self.activation_dropout))``
     inline (HF BART, mBART, Marian, ...): the forward code stays; ``fc1`` becomes the whole block,
@@ -255,6 +285,9 @@ ADAPTERS: dict[type | str, Adapter] = {
     nn.TransformerEncoderLayer: TorchLayerAdapter(ConvertedEncoderLayer),
     nn.TransformerDecoderLayer: TorchLayerAdapter(ConvertedDecoderLayer),
     "transformers.models.t5.modeling_t5.T5DenseActDense": AttributeAdapter("hf-t5", ("wi", "act", "dropout", "wo")),
+    "transformers.models.t5.modeling_t5.T5DenseGatedActDense": GatedAdapter(
+        "hf-t5-gated", ("wi_0", "act", "dropout", "wo"), "wi_1"
+    ),
 }
 _TIMM_MLP = AttributeAdapter("timm-mlp", ("fc1", "act", "drop1", "fc2"), rest=("drop2",), identity=("norm",))
 ADAPTERS["timm.layers.mlp.Mlp"] = ADAPTERS["timm.models.layers.mlp.Mlp"] = _TIMM_MLP

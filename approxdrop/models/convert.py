@@ -17,12 +17,18 @@ from torch import nn
 from .._env import check_rate
 from .adapters import DROPOUT_TYPES, Adapter, Build, Chain, Plan, adapter_for
 from .ffn import ApproxDropoutFFN, ffn_method
+from .gated import GatedApproxDropoutFFN
 from .lstm import ApproxDropoutLSTM
 from .mlp import ApproxDropoutMLP
 from .sites import is_elementwise
 from .state_keys import add_entries
 
-ARD_MODELS = (ApproxDropoutFFN, ApproxDropoutMLP, ApproxDropoutLSTM)  # their dropouts are already theirs
+ARD_MODELS = (
+    ApproxDropoutFFN,
+    GatedApproxDropoutFFN,
+    ApproxDropoutMLP,
+    ApproxDropoutLSTM,
+)  # their dropouts are already theirs
 FUNCTIONAL = "functional dropout in forward code: not convertible"
 
 
@@ -73,12 +79,15 @@ def convert(
     build = _builder(p, method, groups, generator)
     walk = _Walk(build)
     walk.visit(module)
+    owners = [owner for owner, *_ in walk.replacements] + [owner for owner, _ in walk.plans]
+    order = {id(owner): list(owner.state_dict(keep_vars=True)) for owner in owners}  # checkpoint key order
     for owner, key, replacement, plan in walk.replacements:
         owner.add_module(key, replacement)
-        add_entries(owner, [(f"{key}.{raw}", f"{key}.{saved}", alias) for raw, saved, alias in plan.moved])
+        moved = [(f"{key}.{raw}", f"{key}.{saved}", alias) for raw, saved, alias in plan.moved]
+        add_entries(owner, moved, order[id(owner)])
     for owner, plan in walk.plans:
         plan.apply()
-        add_entries(owner, plan.moved)
+        add_entries(owner, plan.moved, order[id(owner)])
     return walk.report(module)
 
 
@@ -231,7 +240,8 @@ def _builder(p: float | None, method: str, groups: int | None, generator) -> Bui
             block = ApproxDropoutFFN.from_modules(chain.fc1, act, chain.fc2, rate, method, groups, generator=generator)
         except ValueError as error:
             return f"cannot build the block: {error}"
-        block.train((chain.dropout or chain.fc1).training)
+        block.training = (chain.dropout or chain.fc1).training  # its dropout's mode; its parts are left as they are
+        block.dropout.train(block.training)
         return block
 
     return build

@@ -24,6 +24,7 @@ class KeyMap:
     """The entries of one module; the longest matching prefix wins."""
 
     entries: list[Entry] = field(default_factory=list)
+    order: list[str] = field(default_factory=list)  # the checkpoint's keys in the order they were saved
 
     def to_saved(self, rel: str) -> str | None:
         """The checkpoint key of raw key ``rel`` (None for an alias: not saved)."""
@@ -47,10 +48,10 @@ class KeyMap:
         return out + [key for key in aliases if self.to_saved(key) is None]
 
 
-def add_entries(module: nn.Module, moved: list[Entry]) -> None:
+def add_entries(module: nn.Module, moved: list[Entry], order: list[str]) -> None:
     """Record that ``module``'s children moved as ``moved`` says (raw prefixes after this conversion
-    against the raw prefixes before it), composed with what an earlier ``convert`` left on it; install
-    the hooks that apply the map, once."""
+    against the raw prefixes before it), composed with what an earlier ``convert`` left on it, and
+    ``order``, its state_dict keys before the move; install the hooks that apply the map, once."""
     old = getattr(module, ATTR, None)
     if old is None:
         module.register_state_dict_post_hook(_save_hook)
@@ -62,21 +63,25 @@ def add_entries(module: nn.Module, moved: list[Entry]) -> None:
         saved = old.to_saved(before)
         entries.append((raw, before if saved is None else saved, alias or saved is None))
     entries += [e for e in old.entries if not any(e[0].startswith(before) for _, before, _ in moved)]
-    object.__setattr__(module, ATTR, KeyMap(entries))
+    object.__setattr__(module, ATTR, KeyMap(entries, order))
 
 
 def _save_hook(module: nn.Module, state_dict: dict, prefix: str, local_metadata: dict) -> None:
-    """Rename this module's keys to the checkpoint's, in order, leaving aliases out."""
+    """Rename this module's keys to the checkpoint's, in the checkpoint's order, leaving aliases out."""
     keys: KeyMap = getattr(module, ATTR)
     items = list(state_dict.items())
     state_dict.clear()
+    mine = []  # (checkpoint key relative to the module, value)
     for key, value in items:
         if not key.startswith(prefix):
             state_dict[key] = value
             continue
         saved = keys.to_saved(key[len(prefix) :])
         if saved is not None:
-            state_dict[prefix + saved] = value
+            mine.append((saved, value))
+    rank = {key: i for i, key in enumerate(keys.order)}
+    for saved, value in sorted(mine, key=lambda item: rank.get(item[0], len(rank))):  # stable: new keys last
+        state_dict[prefix + saved] = value
 
 
 def _load_hook(module, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
