@@ -61,7 +61,7 @@ def main() -> int:
         print("set APPROXDROP_CI=1: expected outputs are those of CI mode", file=sys.stderr)
         return 2
     names = sys.argv[1:]
-    paths = sorted(LABS.glob("*.ipynb"))
+    paths = sorted(LABS.glob("[!.]*.ipynb"))
     unknown = set(names) - {path.name for path in paths}
     if unknown:
         print(f"no such lab: {sorted(unknown)}", file=sys.stderr)

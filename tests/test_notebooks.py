@@ -9,6 +9,7 @@ every other cell without comparing. Every labs/*.ipynb is picked up, whoever wro
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -16,7 +17,7 @@ import time
 import pytest
 from notebook_outputs import LABS, is_checked, load_expected, with_expected_outputs
 
-NOTEBOOKS = sorted(LABS.glob("*.ipynb"))
+NOTEBOOKS = sorted(LABS.glob("[!.]*.ipynb"))  # not the .nbval-* copies a running test leaves beside them
 SANITIZE = LABS / "nbval_sanitize.cfg"
 BOUND_S = 60  # a bound that catches a lab left at full size in CI mode, not a speed claim
 
@@ -45,6 +46,45 @@ def test_output_checks_are_cell_tags_not_comments(path):
     """nbval also honours a ``# NBVAL_CHECK_OUTPUT`` comment; the labs keep that plumbing off the page."""
     sources = ["".join(c["source"]) for c in json.loads(path.read_text())["cells"]]
     assert not [s for s in sources if "NBVAL_" in s], f"{path.name}: an nbval comment in a cell"
+
+
+EXERCISE_HEADING = re.compile(r"^#+ .*\b(Exercise|Warm-up)\b", re.M)
+HEADER = re.compile(r"\*\*Difficulty:\*\* (easy|medium|hard) · \*\*Time:\*\* about \d+ minutes")
+HINT = re.compile(r"<details><summary>Hint[^<]*</summary>\n\n.+?\n\n</details>", re.S)
+
+
+def exercises(cells: list[dict]) -> list[tuple[str, str]]:
+    """(code cell id, the markdown cell before it) for every exercise: a code cell the learner completes
+    (it raises NotImplementedError until then)."""
+    found = []
+    for i, cell in enumerate(cells):
+        if cell["cell_type"] == "code" and "raise NotImplementedError" in "".join(cell["source"]):
+            spec = next((c for c in reversed(cells[:i]) if c["cell_type"] == "markdown"), None)
+            found.append((cell["id"], "".join(spec["source"]) if spec else ""))
+    return found
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_every_exercise_has_a_header_and_a_hint(path):
+    """Each exercise: a heading, its difficulty and time, and at least one collapsed hint, in the markdown cell
+    right before the code the learner completes."""
+    found = exercises(json.loads(path.read_text())["cells"])
+    if path.name[:2] != "00":
+        assert found, f"{path.name}: no exercise"
+    for cell_id, spec in found:
+        assert EXERCISE_HEADING.search(spec), f"{path.name} {cell_id}: no exercise heading before it"
+        assert HEADER.search(spec), f"{path.name} {cell_id}: no '**Difficulty:** ... · **Time:** about N minutes'"
+        assert HINT.search(spec), f"{path.name} {cell_id}: no <details><summary>Hint</summary> block"
+
+
+def test_the_exercise_scan_finds_a_missing_hint():
+    cells = [
+        {"cell_type": "markdown", "source": ["### Exercise 1: x\n\n**Difficulty:** easy · **Time:** about 5 minutes"]},
+        {"cell_type": "code", "id": "c", "source": ["def f():\n", "    raise NotImplementedError"]},
+    ]
+    ((_, spec),) = exercises(cells)
+    assert HEADER.search(spec) and not HINT.search(spec)
+    assert HINT.search(spec + "\n\n<details><summary>Hint</summary>\n\nuse x\n\n</details>")
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
