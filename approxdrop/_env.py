@@ -1,6 +1,7 @@
 """One home for what every layer needs from its environment: argument checks, the default device
 and its synchronisation, a one-line machine description, the cache and data directories (one
-rule for every cache), and atomic file writes.
+rule for every cache), and atomic file writes (of regular files only: a symlink is written through to
+its target, and a target that is not a regular file, such as a directory or /dev/full, is refused).
 
 Directories: ``cache_root()`` is ``$APPROXDROP_CACHE_DIR``, else ``$XDG_CACHE_HOME/approxdrop``,
 else ``~/.cache/approxdrop``; each user of it takes its own subdirectory (``search/``,
@@ -132,12 +133,24 @@ def _umask() -> int:
     return mask
 
 
+def regular_file_target(path: Path) -> Path:
+    """Where a write to ``path`` lands: ``path`` with its symlinks resolved (a link is written through, as
+    ``open`` would, and stays a link); ValueError when something other than a regular file is there (a
+    directory, a device such as /dev/full, a FIFO, a socket), which a write must not replace."""
+    target = Path(os.path.realpath(path))
+    if target.exists() and not target.is_file():
+        via = f" (it leads to {target})" if target != Path(path).absolute() else ""
+        raise ValueError(f"{path} is not a regular file{via}: refusing to replace it")
+    return target
+
+
 def write_atomic(path: Path, write: Callable[[IO[Any]], None], binary: bool = False) -> None:
     """Write ``path`` atomically: ``write(file)`` fills a temporary file in the same directory, which
     then replaces ``path``; nothing is left behind on failure (the exception propagates), no file
     descriptor either. The file gets the umask's mode, as ``open`` would give it (not mkstemp's
-    0600); a text file is UTF-8 whatever the locale."""
-    path = Path(path)
+    0600); a text file is UTF-8 whatever the locale. Only regular files are written
+    (``regular_file_target``: symlinks written through, anything else refused with ValueError)."""
+    path = regular_file_target(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.name)
     try:

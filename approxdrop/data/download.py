@@ -12,6 +12,7 @@ import socket
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -108,6 +109,21 @@ class _Watchdog:
         return urllib.request.build_opener(HTTPHandler, HTTPSHandler)
 
 
+SCHEMES = ("http", "https", "ftp", "file")  # what the download opener reads
+
+
+def check_url(url: str) -> str:
+    """``url`` if it is one a download can open (a scheme of ``SCHEMES``, and a host unless it is a file
+    URL), else DataUnavailable naming it, so a bad mirror setting falls back like an offline one."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError as err:  # e.g. "http://[::1": an unclosed IPv6 bracket
+        raise DataUnavailable(f"bad download URL {url!r}: {err}") from err
+    if parts.scheme not in SCHEMES or (parts.scheme != "file" and not parts.hostname):
+        raise DataUnavailable(f"bad download URL {url!r}: expected https://HOST/PATH or another of {SCHEMES}")
+    return url
+
+
 def download(
     url: str,
     dest: Path,
@@ -122,9 +138,11 @@ def download(
 
     Limits: ``timeout`` seconds for the connection and for each read; ``deadline`` seconds for the
     whole download (a trickling server is cut off then, even in the middle of a read); an average
-    of at least ``min_rate`` bytes/s (0: no minimum) once ``grace`` seconds have passed."""
+    of at least ``min_rate`` bytes/s (0: no minimum) once ``grace`` seconds have passed. A URL that
+    cannot be opened (``check_url``) is DataUnavailable too, naming it."""
     timeout, deadline = check_positive("timeout", timeout), check_positive("deadline", deadline)
     min_rate, grace = check_number("min_rate", min_rate, 0), check_number("grace", grace, 0)
+    check_url(url)
     late = f"download of {url} passed its deadline of {deadline:g} s"
 
     def fetch(out, watchdog: _Watchdog) -> None:
@@ -147,7 +165,7 @@ def download(
     with _Watchdog(deadline) as watchdog:
         try:
             write_atomic(dest, lambda out: fetch(out, watchdog), binary=True)
-        except (OSError, urllib.error.URLError, http.client.HTTPException) as err:  # timeouts are OSError
+        except (OSError, ValueError, urllib.error.URLError, http.client.HTTPException) as err:  # timeouts: OSError
             raise DataUnavailable(f"{late} ({err})" if watchdog.fired else f"could not download {url}: {err}") from err
     return dest
 

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from .._env import check_int, check_rate, describe_machine, sync
 from ..models import METHODS, ApproxDropoutMLP, mlp_gemm_work
 from ..training import training_step
-from .options import non_negative_int, positive_int, rate, write_record
+from .options import check_distinct, non_negative_int, positive_int, rate, write_record
 
 PAPER_SIZES = (784, 2048, 2048, 10)
 
@@ -204,6 +204,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if "bernoulli" not in args.methods:
         args.parser.error("--methods must include bernoulli (the baseline of the ratios)")
+    check_distinct(args.parser, "--methods", args.methods)
+    if len(args.sizes) < 2:
+        args.parser.error(f"--sizes {' '.join(map(str, args.sizes))}: give at least an input and an output width")
     torch.backends.cuda.matmul.allow_tf32 = args.tf32
     rows = measure(
         sizes=tuple(args.sizes),

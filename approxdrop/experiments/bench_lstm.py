@@ -31,7 +31,7 @@ from ..models import LM_METHODS, language_model, lstm_gemm_work
 from ..models.lstm import State
 from ..training import LMRaceConfig, lm_training_step, train_lm
 from .bench import check_protocol, time_side_by_side, with_groups
-from .options import non_negative_int, positive_int, rate, write_record
+from .options import check_distinct, check_output_dir, non_negative_int, positive_int, rate, write_record
 
 
 @dataclass(frozen=True)
@@ -305,8 +305,11 @@ def run(args: argparse.Namespace) -> int:
         args.parser.error("--methods must include bernoulli (the baseline of the ratios)")
     if args.perplexity_out is not None and not args.perplexity_steps:
         args.parser.error(f"--perplexity-out {args.perplexity_out}: needs --perplexity-steps (runs to record)")
-    if args.perplexity_out is not None and args.perplexity_out.exists() and not args.perplexity_out.is_dir():
-        args.parser.error(f"--perplexity-out {args.perplexity_out}: not a directory")
+    check_distinct(args.parser, "--methods", args.methods)
+    if args.perplexity_out is not None:
+        check_output_dir(args.parser, "--perplexity-out", args.perplexity_out)
+        if args.json is not None and args.json.absolute() == args.perplexity_out.absolute():
+            args.parser.error(f"--json {args.json}: this is the --perplexity-out directory; name a file outside it")
     print(f"LSTM language model; {describe_machine(args.device)}")
     rows = []
     for size in args.sizes:

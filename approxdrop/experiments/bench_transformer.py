@@ -227,9 +227,9 @@ class TransformerBenchRow:
     ratio_to_dropout: float  # ms_per_step / nn.Dropout's
     linear_work: float
     valid_losses: list[float]  # one per seed, after the last step (nan where the method diverged)
-    valid_loss_mean: float
-    valid_loss_std: float
-    gap_percent: float  # 100 * (valid_loss_mean / nn.Dropout's - 1)
+    valid_loss_mean: float  # over the seeds that did not diverge (nan when every seed diverged)
+    valid_loss_std: float  # likewise (0 with one such seed)
+    gap_percent: float  # 100 * (valid_loss_mean / nn.Dropout's - 1); nan when either diverged everywhere
     diverged: int  # seeds whose loss became NaN or inf
 
 
@@ -268,18 +268,27 @@ def measure_transformer(
     ]
 
 
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation of the finite ``values`` (a diverged seed's nan left out): nan
+    and nan when none is finite, std 0 with one."""
+    finite = [v for v in values if math.isfinite(v)]
+    if not finite:
+        return math.nan, math.nan
+    return statistics.mean(finite), statistics.stdev(finite) if len(finite) > 1 else 0.0
+
+
 def summarise(size: str, p: float, races: Sequence[RaceResult]) -> list[TransformerBenchRow]:
-    """One row per method of ``races`` (the races of one p, one per seed, with the same methods)."""
+    """One row per method of ``races`` (the races of one p, one per seed, with the same methods); the
+    losses of diverged seeds are nan and left out of the mean and std (``diverged`` counts them)."""
     runs = [result.summary() for result in races]
     cells = {r.method: [run[i] for run in runs] for i, r in enumerate(runs[0])}  # method: [SummaryRow per seed]
     base_ms = statistics.median(r.ms_per_step for r in cells[BASELINE])
     losses = {m: [math.nan if r.diverged_at is not None else r.metric for r in cell] for m, cell in cells.items()}
-    base_loss = statistics.mean(losses[BASELINE])
+    base_loss = mean_std(losses[BASELINE])[0]
     rows = []
     for method, cell in cells.items():
         ms = statistics.median(r.ms_per_step for r in cell)
-        mean = statistics.mean(losses[method])
-        std = statistics.stdev(losses[method]) if len(cell) > 1 else 0.0
+        mean, std = mean_std(losses[method])
         rows.append(
             TransformerBenchRow(
                 size, method, p, ms, ms / base_ms, cell[0].gemm_work, losses[method], mean, std,
@@ -299,9 +308,11 @@ def format_table(rows: list[TransformerBenchRow]) -> str:
     ]
     for r in rows:
         warn = f" ({r.diverged} diverged)" if r.diverged else ""
+        loss = "diverged" if math.isnan(r.valid_loss_mean) else f"{r.valid_loss_mean:.4f} ± {r.valid_loss_std:.4f}"
+        gap = "-" if math.isnan(r.gap_percent) else f"{r.gap_percent:+.2f}%"
         lines.append(
             f"| {r.p:.1f} | {r.method} | {r.ms_per_step:.1f} | {r.ratio_to_dropout:.3f} | {r.linear_work:.3f} "
-            f"| {r.valid_loss_mean:.4f} ± {r.valid_loss_std:.4f}{warn} | {r.gap_percent:+.2f}% |"
+            f"| {loss}{warn} | {gap} |"
         )
     return "\n".join(lines)
 
@@ -329,6 +340,11 @@ def run(args: argparse.Namespace) -> int:
         TransformerRaceConfig(args.size, args.ps[0], args.steps, args.lr, warmup=args.warmup)
     except ValueError as err:
         args.parser.error(str(err))
+    if args.warmup >= args.steps:
+        args.parser.error(
+            f"--warmup {args.warmup} must be below --steps {args.steps}: the step time is the median of the "
+            "steps after warm-up"
+        )
     corpus = load_corpus("auto")
     chars = char_corpus(corpus)
     rows = measure_transformer(

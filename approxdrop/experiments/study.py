@@ -56,7 +56,7 @@ from .._env import (
 from ..data import NAMES, Dataset, load_dataset
 from ..models import METHODS, ApproxDropoutMLP
 from ..training import evaluate, training_step
-from .options import positive_int, rate, write_record
+from .options import check_output_dir, positive_int, rate, write_record
 
 VARIANTS = METHODS  # a study can train any MLP method of the table
 SPLIT_SEED = 1234  # the one validation split of every run
@@ -500,7 +500,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="runs trained in parallel processes, one torch thread each (CPU)")  # fmt: skip
 
 
+def check_outputs(args: argparse.Namespace) -> None:
+    """Usage errors, before any work, for an --out that cannot be a study directory (a file, read-only,
+    a full disk) and a --json that is the study directory itself."""
+    check_output_dir(args.parser, "--out", args.out)
+    if args.json is not None and args.json.absolute() == args.out.absolute():
+        args.parser.error(f"--json {args.json}: this is the study directory (--out); name a file outside it")
+
+
 def run(args: argparse.Namespace) -> int:
+    check_outputs(args)
     try:
         config = StudyConfig(
             tuple(args.hidden), tuple(args.ps), tuple(args.seeds), args.epochs, args.batch, tuple(args.lrs),
