@@ -20,6 +20,7 @@ from approxdrop.models import adapters
 from approxdrop.models.adapters import AttributeAdapter, register_adapter
 from approxdrop.models.convert import FUNCTIONAL
 from approxdrop.models.gated import GatedApproxDropoutFFN
+from approxdrop.models.output_side import OutputRowDropout
 
 
 class Masked(nn.Module):
@@ -200,7 +201,7 @@ def test_sequential_subclasses_with_sequentials_forward_convert_others_are_repor
     model = nn.ModuleList([MLP(), Custom(nn.Linear(4, 8), nn.GELU(), nn.Dropout(0.1), nn.Linear(8, 4))])
     report = convert(model)
     assert report.converted == ["0.0"] and report.adapters["0.0"] == "sequential"
-    assert dict(report.skipped)["0.1"].startswith("Dropout not between two Linears")  # output side, left alone
+    assert dict(report.skipped)["0.1"].startswith("its first Linear is the last one of the chain converted")
     assert dict(report.skipped)["1.2"].startswith("no adapter for its parent Custom")
 
 
@@ -237,6 +238,38 @@ def test_a_user_adapter_for_a_class_of_ones_own(monkeypatch):
     assert torch.equal(model(x), before) and list(model.state_dict()) == keys
     with pytest.raises(ValueError, match="must be an approxdrop.models.adapters.Adapter"):
         register_adapter(MyFFN, object())
+
+
+def test_output_side_dropout_on_request_trains_as_the_masked_reference():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.Dropout(0.3), nn.ReLU(), nn.Linear(16, 4)).double()
+    twin, keys, x = copy.deepcopy(model), list(model.state_dict()), torch.randn(5, 8, dtype=torch.float64)
+    before = model.eval()(x)
+    report = convert(model, output_side=True, generator=torch.Generator().manual_seed(9))
+    assert report.converted == ["0"] and report.kinds == {"0": "OutputRowDropout"}
+    assert torch.equal(model(x), before) and list(model.state_dict()) == keys
+    model.train()
+
+    def masks_into(reference, blocks):
+        block = model[0]
+        mask = block.last_pattern.keep_mask(block.d_out).double() * block.last_pattern.scale
+        reference[1] = Masked.__new__(Masked)
+        nn.Module.__init__(reference[1])
+        reference[1].register_buffer("mask", mask)
+
+    y = model(x)
+    y.square().sum().backward()
+    masks_into(twin, None)
+    twin(x).square().sum().backward()
+    torch.testing.assert_close(y, twin.train()(x), rtol=1e-10, atol=1e-10)
+    for key, value in grads(twin).items():
+        torch.testing.assert_close(grads(model)[key], value, rtol=1e-9, atol=1e-10)
+    assert isinstance(model[0], OutputRowDropout)
+    assert_checkpoints_load_both_ways(
+        lambda: nn.Sequential(nn.Linear(8, 16), nn.Dropout(0.3), nn.ReLU(), nn.Linear(16, 4)), model.float()
+    )
+    grouped = nn.Sequential(nn.Linear(8, 16), nn.Dropout(0.3))
+    assert "one pattern per batch" in convert(grouped, method="row-g4", output_side=True).skipped[0][1]
 
 
 # --- torch's Transformer layers -------------------------------------------------------------------------
@@ -415,24 +448,41 @@ def test_bart_style_functional_activation_dropout_converts(kind):
     assert_checkpoints_load_both_ways(lambda: bart(kind), model.float())
 
 
-def test_gpt2_and_bert_output_side_dropouts_are_reported_not_converted():
+def gpt2():
     T = hf()
-    gpt2 = T.GPT2Model(T.GPT2Config(vocab_size=40, n_embd=16, n_layer=1, n_head=2, n_positions=16))
-    bert = T.BertModel(
-        T.BertConfig(
-            vocab_size=40,
-            hidden_size=16,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            intermediate_size=32,
-            max_position_embeddings=16,
-        )  # fmt: skip
-    )
-    for model, name in ((gpt2, "h.0.mlp.dropout"), (bert, "encoder.layer.0.output.dropout")):
-        keys = list(model.state_dict())
-        report = convert(model)
-        assert report.converted == [] and list(model.state_dict()) == keys
-        assert dict(report.skipped)[name].startswith("no adapter for its parent")
+    torch.manual_seed(0)
+    return T.GPT2Model(T.GPT2Config(vocab_size=40, n_embd=16, n_layer=2, n_head=2, n_positions=16, resid_pdrop=0.3))
+
+
+def bert():
+    T = hf()
+    torch.manual_seed(0)
+    config = T.BertConfig(
+        vocab_size=40, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
+        max_position_embeddings=16, hidden_dropout_prob=0.3,
+    )  # fmt: skip
+    return T.BertModel(config)
+
+
+@pytest.mark.parametrize("make, sites", [("gpt2", ["h.0.mlp.c_proj", "h.1.mlp.c_proj"]), ("bert", ["output.dense"])])
+def test_gpt2_and_bert_output_side_dropout_converts_on_request_only(make, sites):
+    make = {"gpt2": gpt2, "bert": bert}[make]
+    model = make()
+    keys, ids = list(model.state_dict()), torch.randint(1, 40, (2, 6))
+    report = convert(model)
+    assert report.converted == [] and list(model.state_dict()) == keys
+    off = [why for name, why in report.skipped if any(name.endswith(s.rsplit(".", 1)[0] + ".dropout") for s in sites)]
+    assert off and all(why.startswith("output-side dropout") and "output_side=True" in why for why in off)
+    with torch.no_grad():
+        before = model.eval()(input_ids=ids).last_hidden_state
+    report = convert(model, output_side=True, generator=torch.Generator().manual_seed(8))
+    assert all(any(name.endswith(site) for name in report.converted) for site in sites)
+    assert set(report.adapters.values()) == {"output-side"} and set(report.kinds.values()) == {"OutputRowDropout"}
+    with torch.no_grad():
+        assert torch.equal(model(input_ids=ids).last_hidden_state, before)
+    assert list(model.state_dict()) == keys
+    model.train()(input_ids=ids).last_hidden_state.sum().backward()
+    assert_checkpoints_load_both_ways(make, model)
 
 
 def test_hf_and_timm_activations_are_elementwise_softmax_never():

@@ -16,12 +16,14 @@ import inspect
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 from torch import nn
 
 from .ffn import ApproxDropoutFFN
 from .gated import GatedApproxDropoutFFN
+from .output_side import OutputRowDropout
 from .state_keys import Entry
 
 
@@ -39,7 +41,14 @@ class Chain:
     members: tuple[str, ...]
 
 
-Build = Callable[[Chain], "ApproxDropoutFFN | str"]  # a block, or the reason there is none
+class Build(Protocol):
+    """What ``convert`` gives an adapter: ``build(chain)`` makes the block of a feed-forward, or says why
+    not; ``build.output(linear, dropout, members)`` makes the OutputRowDropout of a ``linear -> dropout``
+    pair (output side), or says why not (also when ``convert`` was not asked for output-side dropout)."""
+
+    def __call__(self, chain: Chain) -> ApproxDropoutFFN | str: ...
+
+    def output(self, linear: nn.Module, dropout: nn.Module, members: tuple[str, str]) -> OutputRowDropout | str: ...
 
 
 @dataclass
@@ -69,64 +78,85 @@ class Adapter:
 class SequentialAdapter(Adapter):
     """nn.Sequential, and every subclass that keeps Sequential's forward (torchvision.ops.MLP): runs of
     four entries ``Linear, activation, nn.Dropout, Linear`` collapse into one block at the first Linear's
-    key; default keys "0", "1", ... are renumbered (as ``del seq[i]`` does), named keys are kept."""
+    key, and with ``output_side`` pairs ``Linear, nn.Dropout`` into one OutputRowDropout; default keys
+    "0", "1", ... are renumbered (as ``del seq[i]`` does), named keys are kept."""
 
     name = "sequential"
 
     def plan(self, module: nn.Module, build: Build) -> Plan:
         keys, mods = list(module._modules), list(module._modules.values())
         dropouts = [key for key, m in zip(keys, mods) if isinstance(m, DROPOUT_TYPES)]  # each converted or skipped
-        blocks: dict[int, ApproxDropoutFFN] = {}  # first Linear's position -> its block
+        blocks: dict[int, tuple[nn.Module, tuple[str, ...]]] = {}  # first position -> (block, its entries' keys)
         skipped: list[tuple[int, str]] = []
-        end = -1  # the last entry of the last chain converted
+        end = -1  # the last entry of the last run converted
         for j, dropout in enumerate(mods):
             if not isinstance(dropout, DROPOUT_TYPES):
                 continue
-            why = _sequence_problem(mods, j)
-            if why is None and j - 2 <= end:
+            why, start, inner = _sequence_problem(mods, j), j - 2, ("0", "1", "2", "3")
+            if why == OUTPUT_SIDE:
+                why, start, inner = None, j - 1, ("linear", "dropout")
+            if why is None and start <= end:
                 why = (
                     "its first Linear is the last one of the chain converted just before it: consecutive chains "
                     "share a Linear, and one block holds one chain (ApproxDropoutMLP covers such stacks)"
                 )
             if why is None:
-                members = tuple(f"entry {key}" for key in keys[j - 2 : j + 2])
-                block = build(Chain(mods[j - 2], mods[j - 1], mods[j + 1], dropout.p, dropout, members))
+                members = tuple(f"entry {key}" for key in keys[start : j + 2 if len(inner) == 4 else j + 1])
+                if len(inner) == 4:
+                    block = build(Chain(mods[j - 2], mods[j - 1], mods[j + 1], dropout.p, dropout, members))
+                else:
+                    block = build.output(mods[j - 1], dropout, members)
                 if isinstance(block, str):
                     why = block
                 else:
-                    blocks[j - 2], end = block, j + 1
+                    blocks[start], end = (block, inner), start + len(inner) - 1
             if why is not None:
                 skipped.append((j, why))
         if not blocks:
             return Plan(skipped=[(keys[j], why) for j, why in skipped], used=dropouts)
-        kept = [i for i in range(len(mods)) if not any(start < i <= start + 3 for start in blocks)]
+        inside = {i for start, (_, inner) in blocks.items() for i in range(start + 1, start + len(inner))}
+        kept = [i for i in range(len(mods)) if i not in inside]
         numbered = keys == [str(i) for i in range(len(keys))]
         new_key = {i: str(n) if numbered else keys[i] for n, i in enumerate(kept)}
         moved = [(f"{new_key[i]}.", f"{keys[i]}.", False) for i in kept if i not in blocks and new_key[i] != keys[i]]
-        for start in blocks:
-            moved += [(f"{new_key[start]}.{n}.", f"{keys[start + n]}.", False) for n in range(4)]
+        for start, (_, inner) in blocks.items():
+            moved += [(f"{new_key[start]}.{name}.", f"{keys[start + n]}.", False) for n, name in enumerate(inner)]
 
         def apply() -> None:
-            entries = OrderedDict((new_key[i], blocks.get(i, module._modules[keys[i]])) for i in kept)
+            entries = OrderedDict((new_key[i], blocks[i][0] if i in blocks else module._modules[keys[i]]) for i in kept)
             module._modules = entries
 
         return Plan(
             converted=[new_key[i] for i in blocks],
-            used=dropouts,
             skipped=[(new_key.get(j, keys[j]), why) for j, why in skipped],
+            used=dropouts,
             moved=moved,
             apply=apply,
         )
 
 
+OUTPUT_SIDE = "output side"  # what _sequence_problem says of a Linear -> nn.Dropout pair
+
+
 def _sequence_problem(mods: list[nn.Module], j: int) -> str | None:
-    """Why the dropout at ``mods[j]`` is not in a ``Linear, activation, Dropout, Linear`` run, or None."""
+    """Why the dropout at ``mods[j]`` is not in a ``Linear, activation, Dropout, Linear`` run (None if
+    it is; ``OUTPUT_SIDE`` when it follows a Linear: an output-side pair)."""
     if type(mods[j]) is not nn.Dropout:
         return f"nn.{type(mods[j]).__name__} is not nn.Dropout: only per-element dropout becomes a row pattern"
+    if j >= 1 and is_linear(mods[j - 1]):
+        return OUTPUT_SIDE
     if j < 2 or j + 1 >= len(mods) or not isinstance(mods[j - 2], nn.Linear) or not isinstance(mods[j + 1], nn.Linear):
         found = " -> ".join(type(m).__name__ for m in mods[max(j - 2, 0) : j + 2])
         return f"Dropout not between two Linears: needs Linear -> activation -> Dropout -> Linear, found {found}"
     return None
+
+
+CONV1D = "transformers.pytorch_utils.Conv1D"  # HF's Linear with a [d_in, d_out] weight (GPT-2)
+
+
+def is_linear(module: nn.Module) -> bool:
+    """An nn.Linear or HF's Conv1D (what output-side dropout can follow)."""
+    return isinstance(module, nn.Linear) or class_name(type(module)) == CONV1D
 
 
 class TorchLayerAdapter(Adapter):
@@ -238,6 +268,42 @@ class GatedAdapter(Adapter):
         return Plan(converted=["ffn"], moved=moved, apply=lambda: block)
 
 
+class OutputSideAdapter(Adapter):
+    """A module whose forward applies ``dropout`` right after ``linear`` (output side; HF GPT2MLP's c_proj,
+    BertOutput's dense): with ``convert(..., output_side=True)`` the Linear becomes an OutputRowDropout
+    around it and the dropout nn.Identity; the forward source is checked for the two lines in a row."""
+
+    def __init__(self, name: str, linear: str, dropout: str) -> None:
+        self.name, self.linear, self.dropout = name, linear, dropout
+
+    def plan(self, module: nn.Module, build: Build) -> Plan:
+        lines = [line.strip() for line in _forward_source(module).splitlines() if line.strip()]
+        calls = [i for i, line in enumerate(lines) if f"self.{self.linear}(" in line]
+        if not any(i + 1 < len(lines) and f"self.{self.dropout}(" in lines[i + 1] for i in calls):
+            order = f"self.{self.dropout} right after self.{self.linear}"
+            why = f"its forward does not apply {order}: not the layout expected"
+            return Plan(skipped=[(self.dropout, why)], used=[self.dropout])
+        linear, dropout = getattr(module, self.linear), getattr(module, self.dropout)
+        block = build.output(linear, dropout, (self.linear, self.dropout))
+        if isinstance(block, str):
+            return Plan(skipped=[(self.dropout, block)], used=[self.dropout])
+
+        def apply() -> None:
+            setattr(module, self.linear, block)
+            setattr(module, self.dropout, nn.Identity())
+
+        moved = [(f"{self.linear}.linear.", f"{self.linear}.", False)]
+        return Plan(converted=[self.linear], used=[self.dropout], moved=moved, apply=apply)
+
+
+def _forward_source(module: nn.Module) -> str:
+    """The source of ``module``'s forward ("" where there is none to read)."""
+    try:
+        return inspect.getsource(type(module).forward)
+    except (OSError, TypeError):
+        return ""
+
+
 class FunctionalDropoutAdapter(Adapter):
     """A layer whose forward has ``fc2(F.dropout(activation_fn(fc1(x)), p=self.activation_dropout))``
     inline (HF BART, mBART, Marian, ...): the forward code stays; ``fc1`` becomes the whole block,
@@ -248,10 +314,7 @@ class FunctionalDropoutAdapter(Adapter):
     LINES = ("self.activation_fn(self.fc1(", "p=self.activation_dropout", "self.fc2(")
 
     def plan(self, module: nn.Module, build: Build) -> Plan:
-        try:
-            source = inspect.getsource(type(module).forward)
-        except (OSError, TypeError):
-            source = ""
+        source = _forward_source(module)
         missing = [line for line in self.LINES if line not in source]
         if missing:
             return Plan(skipped=[("activation_dropout", f"its forward lacks {missing[0]!r}: not the expected layout")])
@@ -289,6 +352,9 @@ ADAPTERS: dict[type | str, Adapter] = {
         "hf-t5-gated", ("wi_0", "act", "dropout", "wo"), "wi_1"
     ),
 }
+for _name, _linear in (("gpt2.modeling_gpt2.GPT2MLP", "c_proj"), ("bert.modeling_bert.BertOutput", "dense")):
+    ADAPTERS[f"transformers.models.{_name}"] = OutputSideAdapter("output-side", _linear, "dropout")
+ADAPTERS["transformers.models.bert.modeling_bert.BertSelfOutput"] = OutputSideAdapter("output-side", "dense", "dropout")
 _TIMM_MLP = AttributeAdapter("timm-mlp", ("fc1", "act", "drop1", "fc2"), rest=("drop2",), identity=("norm",))
 ADAPTERS["timm.layers.mlp.Mlp"] = ADAPTERS["timm.models.layers.mlp.Mlp"] = _TIMM_MLP
 _FUNCTIONAL = FunctionalDropoutAdapter()

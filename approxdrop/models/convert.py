@@ -15,11 +15,12 @@ import torch
 from torch import nn
 
 from .._env import check_rate
-from .adapters import DROPOUT_TYPES, Adapter, Build, Chain, Plan, adapter_for
+from .adapters import CONV1D, DROPOUT_TYPES, Adapter, Build, Chain, Plan, adapter_for, class_name
 from .ffn import ApproxDropoutFFN, ffn_method
 from .gated import GatedApproxDropoutFFN
 from .lstm import ApproxDropoutLSTM
 from .mlp import ApproxDropoutMLP
+from .output_side import OutputRowDropout
 from .sites import is_elementwise
 from .state_keys import add_entries
 
@@ -34,20 +35,22 @@ FUNCTIONAL = "functional dropout in forward code: not convertible"
 
 @dataclass
 class ConvertReport:
-    """What ``convert`` did: ``converted`` holds the qualified names of the new ApproxDropoutFFN blocks
-    (``model.get_submodule(name)`` returns one) and ``adapters`` the adapter that made each; ``skipped`` a
+    """What ``convert`` did: ``converted`` holds the qualified names of the new blocks, each an
+    ApproxDropoutFFN (an OutputRowDropout for output-side dropout; ``kinds`` says which), so
+    ``model.get_submodule(name)`` returns it, and ``adapters`` the adapter that made each; ``skipped`` a
     ``(name, reason)`` pair for every dropout left alone; ``functional`` a ``(name, detail)`` pair for
     every module whose forward code applies dropout that no adapter turned into a block. Names are as
     in the converted model."""
 
     converted: list[str] = field(default_factory=list)
     adapters: dict[str, str] = field(default_factory=dict)
+    kinds: dict[str, str] = field(default_factory=dict)  # name -> class of the block
     skipped: list[tuple[str, str]] = field(default_factory=list)
     functional: list[tuple[str, str]] = field(default_factory=list)
 
     def __str__(self) -> str:
         lines = [f"converted {len(self.converted)} Linear -> activation -> Dropout -> Linear chain(s)"]
-        lines += [f"  {name}: ApproxDropoutFFN (adapter {self.adapters[name]})" for name in self.converted]
+        lines += [f"  {name}: {self.kinds[name]} (adapter {self.adapters[name]})" for name in self.converted]
         lines.append(f"left {len(self.skipped)} dropout(s) alone")
         lines += [f"  {name}: {reason}" for name, reason in self.skipped]
         if self.functional:
@@ -63,6 +66,7 @@ def convert(
     groups: int | None = None,
     *,
     generator: torch.Generator | None = None,
+    output_side: bool = False,
 ) -> ConvertReport:
     """Replace every feed-forward an adapter finds inside ``module`` (itself included, at any depth) by
     one ``ApproxDropoutFFN.from_modules`` block holding the same Linear and activation modules, so the
@@ -70,13 +74,16 @@ def convert(
     and state_dict keys stay as they were (a checkpoint loads both ways, ``strict=True``).
 
     ``p`` defaults to each dropout's own p; ``method`` and ``groups`` are ApproxDropoutFFN's; ``generator``
-    is given to every new block. A block takes its dropout's train / eval mode. Everything is planned
-    before anything changes: a chain is converted whole or left untouched, with the reason in the report.
+    is given to every new block. A block takes its dropout's train / eval mode. ``output_side``: also
+    turn ``Linear -> Dropout`` pairs (whole output features dropped) into OutputRowDropout blocks that
+    compute only the kept output rows (one pattern per batch); off by default (README, convert).
+    Everything is planned before anything changes: a chain is converted whole or left untouched, with
+    the reason in the report.
     """
     if p is not None:
         p = check_rate(p)
     ffn_method(method, groups)  # a bad method or group count fails before anything changes
-    build = _builder(p, method, groups, generator)
+    build = _Builder(p, method, groups, generator, output_side)
     walk = _Walk(build)
     walk.visit(module)
     owners = [owner for owner, *_ in walk.replacements] + [owner for owner, _ in walk.plans]
@@ -168,6 +175,7 @@ class _Walk:
             name = _join(names[id(module)], key)
             out.converted.append(name)
             out.adapters[name] = adapter
+            out.kinds[name] = type(root.get_submodule(name)).__name__
         out.skipped = [(_join(names[id(module)], key), why) for module, key, why in self.left]
         out.functional = [(names[id(module)] or type(module).__name__, detail) for module, detail in self.functional]
         return out
@@ -225,10 +233,20 @@ _FUNCTIONS = {
 }
 
 
-def _builder(p: float | None, method: str, groups: int | None, generator) -> Build:
-    """``build(chain)``: the block for one chain, or the reason there is none; nothing is changed."""
+OUTPUT_OFF = (
+    "output-side dropout (drops whole output features of the Linear before it): converted only on request, "
+    "convert(model, output_side=True)"
+)
 
-    def build(chain: Chain) -> ApproxDropoutFFN | str:
+
+class _Builder:
+    """``build(chain)`` and ``build.output(linear, dropout, members)`` for the adapters (``adapters.Build``):
+    the block, or the reason there is none; nothing is changed."""
+
+    def __init__(self, p: float | None, method: str, groups: int | None, generator, output_side: bool) -> None:
+        self.p, self.method, self.groups, self.generator, self.output_side = p, method, groups, generator, output_side
+
+    def __call__(self, chain: Chain) -> ApproxDropoutFFN | str:
         why = _chain_problem(chain)
         if why is not None:
             return why
@@ -236,15 +254,41 @@ def _builder(p: float | None, method: str, groups: int | None, generator) -> Bui
         if isinstance(act, str):
             return act
         try:
-            rate = chain.p if p is None else p
-            block = ApproxDropoutFFN.from_modules(chain.fc1, act, chain.fc2, rate, method, groups, generator=generator)
+            rate = chain.p if self.p is None else self.p
+            block = ApproxDropoutFFN.from_modules(
+                chain.fc1, act, chain.fc2, rate, self.method, self.groups, generator=self.generator
+            )
         except ValueError as error:
             return f"cannot build the block: {error}"
-        block.training = (chain.dropout or chain.fc1).training  # its dropout's mode; its parts are left as they are
-        block.dropout.train(block.training)
-        return block
+        return _take_mode(block, (chain.dropout or chain.fc1).training)
 
-    return build
+    def output(self, linear: nn.Module, dropout: nn.Module, members: tuple[str, str]) -> OutputRowDropout | str:
+        if not self.output_side:
+            return OUTPUT_OFF
+        if type(dropout) is not nn.Dropout:
+            return f"nn.{type(dropout).__name__} is not nn.Dropout: only per-element dropout becomes a row pattern"
+        conv1d = class_name(type(linear)) == CONV1D
+        if not conv1d and (not isinstance(linear, nn.Linear) or type(linear).forward is not nn.Linear.forward):
+            return f"{members[0]} is {type(linear).__name__}, not an nn.Linear (the block computes the GEMM itself)"
+        for name, part in zip(members, (linear, dropout)):
+            why = _hooked(part)
+            if why is not None:
+                return f"{name} {why}"
+        if self.groups not in (None, 1):
+            return f"output-side dropout takes one pattern per batch, not groups={self.groups}"
+        try:
+            rate = dropout.p if self.p is None else self.p
+            block = OutputRowDropout(linear, rate, self.method, generator=self.generator, transposed=conv1d)
+        except ValueError as error:
+            return f"cannot build the block: {error}"
+        return _take_mode(block, dropout.training)
+
+
+def _take_mode(block: nn.Module, training: bool) -> nn.Module:
+    """``block`` in its dropout's train / eval mode, its parts' flags left as they are."""
+    block.training = training
+    block.dropout.train(training)
+    return block
 
 
 def _chain_problem(chain: Chain) -> str | None:

@@ -1,0 +1,76 @@
+"""OutputRowDropout: ``dropout_p(linear(x))`` where the dropout drops whole output features with a row
+pattern (one per batch), so the GEMM computes only the kept output rows; they are scaled and put back
+into a zero ``[*, d_out]`` tensor. What ``convert(model, output_side=True)`` builds around a Linear (or
+HF's Conv1D, whose weight is ``[d_in, d_out]``) followed by a Dropout.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from .._env import check_rate
+from ..distribution import PatternDistribution
+from ..ops import FULL, row_pattern_linear
+from .ffn import ffn_method
+from .methods import ELEMENT, NOTHING
+from .sites import draw_sites, site_distributions, step_draws
+
+
+class OutputRowDropout(nn.Module):
+    """``dropout_p(linear(x))`` on x (Tensor[*, d_in]) -> Tensor[*, d_out], around an existing ``linear``.
+
+    Args:
+        linear: an nn.Linear, or a module with ``weight`` [d_in, d_out] and ``bias`` [d_out] computing
+            ``x @ weight + bias`` when ``transposed`` (HF Conv1D). Its Parameters are shared.
+        p: dropout rate in [0, 1).
+        method: a row-pattern method with one pattern per batch (``row``, ``row-extended``), or
+            ``bernoulli`` (nn.Dropout) or ``none``.
+        distributions, generator: as ApproxDropoutFFN's.
+        transposed: the weight is ``[d_in, d_out]``.
+    """
+
+    def __init__(
+        self,
+        linear: nn.Module,
+        p: float,
+        method: str = "row",
+        distributions: Sequence[PatternDistribution] | None = None,
+        generator: torch.Generator | None = None,
+        transposed: bool = False,
+    ) -> None:
+        super().__init__()
+        self.p = check_rate(p)
+        self.spec, self.groups = ffn_method(method, None)
+        if self.groups != 1:
+            raise ValueError(f"output-side dropout takes one pattern per batch, not {method!r} ({self.groups} groups)")
+        self.method, self.transposed = method, transposed
+        self.linear = linear
+        self.dropout = nn.Dropout(self.p)
+        self.d_out = linear.weight.shape[1 if transposed else 0]
+        self.distributions = site_distributions(self.spec, self.p, [self.d_out], distributions)
+        self.generator = generator
+        self.last_pattern = None
+
+    def draw(self) -> list:
+        """This step's draw for the one site, as a list of one RowPattern."""
+        return draw_sites(self.spec, self.p, [self.d_out], self.distributions, self.generator)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (Tensor[*, d_in]) -> Tensor[*, d_out]; the dropped features are 0."""
+        self.last_pattern = None
+        if not self.training or self.p == 0.0 or self.spec.drops == NOTHING:
+            return self.linear(x)
+        if self.spec.drops == ELEMENT:
+            return self.dropout(self.linear(x))
+        (pattern,) = step_draws(self)
+        self.last_pattern = pattern
+        weight = self.linear.weight.t() if self.transposed else self.linear.weight  # [d_out, d_in]
+        kept = row_pattern_linear(x, weight, self.linear.bias, FULL, pattern) * pattern.scale  # [*, k]
+        index = pattern.kept_indices(self.d_out, kept.device)  # Long[k]
+        return kept.new_zeros(*kept.shape[:-1], self.d_out).index_copy(-1, index, kept)  # [*, d_out]
+
+    def extra_repr(self) -> str:
+        return f"d_out={self.d_out}, p={self.p}, method={self.method!r}"
