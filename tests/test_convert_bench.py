@@ -12,10 +12,11 @@ TINY = bench_convert.Size(d_model=16, d_hidden=32, heads=2, layers=2, sequence=4
 
 
 def test_measure_converts_every_feed_forward_and_times_both():
-    models = ("encoder", "t5") if _has_transformers() else ("encoder",)
+    models = ("encoder", "t5", "gpt2", "bert") if _has_transformers() else ("encoder",)
     rows = bench_convert.measure(models, size=TINY, warmup=0, rounds=2, progress=False)
     assert [r.model for r in rows] == list(models)
-    assert [r.converted_blocks for r in rows] == [2, 4][: len(models)]  # T5: 2 encoder + 2 decoder blocks
+    # T5: 2 encoder + 2 decoder blocks; GPT-2: c_proj per layer; BERT: two output-side denses per layer
+    assert [r.converted_blocks for r in rows] == [2, 4, 2, 4][: len(models)]
     for r in rows:
         assert (
             r.ms_unconverted > 0 and r.ms_converted > 0 and r.ratio == pytest.approx(r.ms_converted / r.ms_unconverted)
@@ -33,7 +34,7 @@ def test_the_cli_writes_the_table_and_the_record(tmp_path, capsys):
 
 
 @pytest.mark.parametrize(
-    "argv", [["--models", "bert"], ["--d-model", "10", "--heads", "4"], ["--method", "tile"], ["--p", "1.5"]]
+    "argv", [["--models", "vit"], ["--d-model", "10", "--heads", "4"], ["--method", "tile"], ["--p", "1.5"]]
 )
 def test_bad_arguments_are_usage_errors(argv, capsys):
     assert main(["bench-convert", *argv, "--no-progress"]) == 2

@@ -1,6 +1,7 @@
 """Training-step benchmark of ``convert`` on real model classes: PyTorch's ``nn.TransformerEncoder`` and,
-when transformers is installed, a Hugging Face T5 built from its config (random weights), each against
-its unconverted twin, side by side in one process.
+when transformers is installed, Hugging Face T5, GPT-2 and BERT built from their configs (random
+weights; GPT-2 and BERT have output-side dropout only, converted with ``output_side=True``), each
+against its unconverted twin, side by side in one process.
 
 One step is zero_grad + forward + mean-squared error of the last hidden state against a fixed target +
 backward + SGD step with momentum. The converted copy is a deep copy of the unconverted model (the same
@@ -31,7 +32,7 @@ from ..models.ffn import FFN_METHODS
 from .bench import check_protocol, time_side_by_side
 from .options import non_negative_int, positive_int, rate, write_record
 
-MODELS = ("encoder", "t5")
+MODELS = ("encoder", "t5", "gpt2", "bert")
 CLOCKS: dict[str, Callable[[], float]] = {"cpu": time.process_time, "wall": time.perf_counter}
 
 
@@ -70,10 +71,7 @@ def encoder(size: Size, p: float) -> tuple[nn.Module, Callable[[nn.Module, torch
 def t5(size: Size, p: float) -> tuple[nn.Module, Callable[[nn.Module, torch.Tensor], torch.Tensor]]:
     """A T5 encoder-decoder from its config (relu feed-forward, vocabulary 256) and its forward on token
     ids (Long[B, T]) as both encoder and decoder input -> last hidden state [B, T, d_model]."""
-    try:
-        import transformers
-    except ImportError as error:
-        raise ValueError("model 't5' needs transformers (pip install transformers)") from error
+    transformers = _transformers()
     config = transformers.T5Config(
         vocab_size=256, d_model=size.d_model, d_kv=size.d_model // size.heads, d_ff=size.d_hidden,
         num_layers=size.layers, num_heads=size.heads, dropout_rate=p, feed_forward_proj="relu",
@@ -81,7 +79,37 @@ def t5(size: Size, p: float) -> tuple[nn.Module, Callable[[nn.Module, torch.Tens
     return transformers.T5Model(config), lambda m, ids: m(input_ids=ids, decoder_input_ids=ids).last_hidden_state
 
 
-BUILDERS = {"encoder": encoder, "t5": t5}
+def _transformers():
+    try:
+        import transformers
+    except ImportError as error:
+        raise ValueError("models t5, gpt2 and bert need transformers (pip install transformers)") from error
+    return transformers
+
+
+def gpt2(size: Size, p: float) -> tuple[nn.Module, Callable[[nn.Module, torch.Tensor], torch.Tensor]]:
+    """A GPT-2 from its config (4 d_model feed-forward, its only hidden-unit-free dropout sites: output side)."""
+    T = _transformers()
+    config = T.GPT2Config(
+        vocab_size=256, n_embd=size.d_model, n_inner=size.d_hidden, n_layer=size.layers, n_head=size.heads,
+        n_positions=max(size.sequence, 8), resid_pdrop=p, embd_pdrop=p, attn_pdrop=p,
+    )  # fmt: skip
+    return T.GPT2Model(config), lambda m, ids: m(input_ids=ids).last_hidden_state
+
+
+def bert(size: Size, p: float) -> tuple[nn.Module, Callable[[nn.Module, torch.Tensor], torch.Tensor]]:
+    """A BERT from its config (BertOutput / BertSelfOutput: output-side dropout after dense)."""
+    T = _transformers()
+    config = T.BertConfig(
+        vocab_size=256, hidden_size=size.d_model, intermediate_size=size.d_hidden, num_hidden_layers=size.layers,
+        num_attention_heads=size.heads, max_position_embeddings=max(size.sequence, 8), hidden_dropout_prob=p,
+        attention_probs_dropout_prob=p,
+    )  # fmt: skip
+    return T.BertModel(config), lambda m, ids: m(input_ids=ids).last_hidden_state
+
+
+BUILDERS = {"encoder": encoder, "t5": t5, "gpt2": gpt2, "bert": bert}
+OUTPUT_SIDE = ("gpt2", "bert")  # converted with output_side=True: they have no hidden-unit dropout
 
 
 def train_step(model: nn.Module, forward, x: torch.Tensor, target: torch.Tensor) -> Callable[[], torch.Tensor]:
@@ -99,7 +127,7 @@ def train_step(model: nn.Module, forward, x: torch.Tensor, target: torch.Tensor)
 
 
 def measure(
-    models=MODELS,
+    models=("encoder", "t5"),
     p: float = 0.3,
     method: str = "row",
     size: Size | None = None,
@@ -123,9 +151,10 @@ def measure(
         model, forward = BUILDERS[name](size, p)
         model.to(dev)
         twin = copy.deepcopy(model)
-        report = convert(twin, method=method, generator=torch.Generator().manual_seed(seed))
+        side = name in OUTPUT_SIDE
+        report = convert(twin, method=method, generator=torch.Generator().manual_seed(seed), output_side=side)
         gen = torch.Generator().manual_seed(seed)
-        if name == "t5":
+        if name != "encoder":
             x = torch.randint(256, (size.batch, size.sequence), generator=gen)  # [B, T]
         else:
             x = torch.randn(size.batch, size.sequence, size.d_model, generator=gen)  # [B, T, d_model]
@@ -151,7 +180,12 @@ def format_table(rows: list[ConvertBenchRow], size: Size) -> str:
         "|---|---:|---:|---:|---:|",
     ]
     for r in rows:
-        label = {"encoder": "nn.TransformerEncoder", "t5": "HF T5 (T5Model)"}[r.model]
+        label = {
+            "encoder": "nn.TransformerEncoder",
+            "t5": "HF T5 (T5Model)",
+            "gpt2": "HF GPT-2, output side (c_proj + dropout)",
+            "bert": "HF BERT, output side (dense + dropout)",
+        }[r.model]
         lines.append(
             f"| {label} | {r.converted_blocks} | {r.ms_unconverted:.2f} | {r.ms_converted:.2f} | {r.ratio:.3f} |"
         )
@@ -162,7 +196,7 @@ COMMAND, HELP = "bench-convert", "training-step time of convert()ed real models 
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    parser.add_argument("--models", nargs="+", default=["encoder", "t5"], choices=MODELS)
     parser.add_argument("--p", type=rate, default=0.3)
     parser.add_argument("--method", default="row", choices=[m for m in FFN_METHODS if m not in ("none", "bernoulli")])
     parser.add_argument("--d-model", type=positive_int, default=128)
