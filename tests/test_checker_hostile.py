@@ -278,3 +278,29 @@ def test_find_chains_lookup_table_of_the_fixed_cases_fails(capsys):
     table = {lab08.layers_text(seq): lab08.reference_find_chains(seq) for _, seq in lab08.CASES}
     assert lab08.check_find_chains(lambda seq: table[lab08.layers_text(seq)]).status == "fail"
     assert "KeyError" in capsys.readouterr().out
+
+
+def test_a_float32_drop_probability_passes_where_the_spec_asks_for_a_float_tensor(capsys):
+    sol = solutions("lab04")
+    assert lab04.check_drop_probability(lambda *a: sol.drop_probability(*a).float()).passed
+    assert lab04.check_drop_probability(lambda *a: sol.drop_probability(*a).half()).status == "fail"  # too coarse
+    assert lab04.check_drop_probability(lambda *a: (sol.drop_probability(*a) > 2).long()).status == "fail"
+    capsys.readouterr()
+
+
+class Hostile:
+    """An answer whose repr, len and conversion all raise."""
+
+    def __repr__(self):
+        raise RuntimeError("no repr")
+
+    def __len__(self):
+        raise KeyError("no len")
+
+    def __array__(self, *args, **kwargs):
+        raise KeyError("no array")
+
+
+def test_an_answer_object_that_raises_everywhere_gets_a_fail(capsys):
+    assert lab04.check_expected_rate(lambda *a: Hostile()).status == "fail"
+    assert "it returned a Hostile, expected a number" in capsys.readouterr().out

@@ -97,6 +97,14 @@ def test_write_atomic_refuses_what_is_not_a_regular_file(tmp_path, via_link):
     assert fifo.is_fifo() and path.exists() and [p.name for p in tmp_path.iterdir() if p.name.startswith(".tmp")] == []
 
 
+def test_a_link_to_a_device_is_refused_and_left_alone(tmp_path):
+    link = tmp_path / "link"
+    link.symlink_to("/dev/null")
+    with pytest.raises(ValueError, match=r"link is not a regular file \(it leads to /dev/null\)"):
+        write_json_atomic(link, {"a": 1})
+    assert link.is_symlink() and Path("/dev/null").is_char_device()
+
+
 def test_json_on_a_fifo_is_a_usage_error_before_any_run(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(bench, "measure", lambda *a, **k: pytest.fail("ran"))
     fifo = tmp_path / "fifo"
