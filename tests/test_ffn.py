@@ -74,7 +74,8 @@ def test_training_forward_and_gradients_equal_the_dense_masked_block(shape, meth
 
 
 def test_groups_split_the_leading_axis_so_every_token_of_a_sample_shares_its_pattern():
-    block = ApproxDropoutFFN(D_MODEL, 16, 0.75, method="row-g4", distributions=[PatternDistribution(((4, 1),), (1.0,))])
+    law = PatternDistribution(((4, 1),), (1.0,))
+    block = ApproxDropoutFFN(D_MODEL, 16, 0.75, method="row-g4", distributions=[law], executor="compact")
     x = torch.randn(4, 5, D_MODEL)  # [B, T, d]: 4 samples, one per group
     block(x)
     offsets = [q.offset for q in block.last_pattern]
@@ -97,7 +98,7 @@ def gemm_flops(block: ApproxDropoutFFN, x: torch.Tensor) -> float:
 @pytest.mark.parametrize("groups", [1, 4])
 def test_both_gemms_shrink_to_the_kept_share(groups):
     law = [PatternDistribution(((4, 1),), (1.0,))]  # keep a quarter of the hidden units
-    block = ApproxDropoutFFN(16, 64, 0.75, method="row", groups=groups, distributions=law)
+    block = ApproxDropoutFFN(16, 64, 0.75, method="row", groups=groups, distributions=law, executor="compact")
     dense = ApproxDropoutFFN(16, 64, 0.75, method="bernoulli")
     x = torch.randn(8, 3, 16, requires_grad=True)
     assert gemm_flops(block, x) == gemm_flops(dense, x) / 4

@@ -189,3 +189,75 @@ def test_draw_patterns_on_a_model_without_dropout_modules_leaves_dynamo_alone():
         assert torch._dynamo.config.allow_unspec_int_on_nn_module is False
         assert ad.draw_patterns(ad.ApproxDropoutMLP([4, 8, 2], 0.5, method="row")) == 1
         assert torch._dynamo.config.allow_unspec_int_on_nn_module is True
+
+
+# --------------------------------------------------------------------------- grouped executors
+
+
+def _run_twice(build, x, forward=lambda model, x: model(x)):
+    """Output and parameter gradients of the same model (same weights, same draws) under each executor."""
+    results = []
+    for executor in ("compact", "masked"):
+        torch.manual_seed(0)
+        model = build(executor)
+        model.generator = torch.Generator().manual_seed(3)
+        y = forward(model, x)
+        (y * torch.linspace(-1, 1, y.numel(), dtype=y.dtype).reshape(y.shape)).sum().backward()
+        results.append((y, [p.grad for p in model.parameters()], model.last_patterns))
+    return results
+
+
+@pytest.mark.parametrize("groups", [4, 16])
+@pytest.mark.parametrize("shape", [(10, 12), (2, 5, 12), (12,)])
+def test_masked_mlp_equals_compact(groups, shape):
+    x = torch.randn(*shape, dtype=F64, generator=torch.Generator().manual_seed(1))
+    (y0, g0, d0), (y1, g1, d1) = _run_twice(
+        lambda e: ad.ApproxDropoutMLP([12, 20, 18, 3], 0.5, method="row", groups=groups, executor=e).double(), x
+    )
+    assert d0 == d1
+    torch.testing.assert_close(y0, y1, rtol=1e-12, atol=1e-12)
+    for a, b in zip(g0, g1):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("shape", [(7, 10), (3, 4, 10), (10,)])
+def test_masked_ffn_equals_compact(shape):
+    x = torch.randn(*shape, dtype=F64, generator=torch.Generator().manual_seed(2))
+    results = []
+    for executor in ("compact", "masked"):
+        torch.manual_seed(0)
+        block = ad.ApproxDropoutFFN(10, 24, 0.5, method="row-g4", executor=executor).double()
+        block.generator = torch.Generator().manual_seed(3)
+        y = block(x)
+        y.square().sum().backward()
+        results.append((y, [p.grad for p in block.parameters()], block.last_pattern))
+    (y0, g0, d0), (y1, g1, d1) = results
+    assert d0 == d1
+    torch.testing.assert_close(y0, y1, rtol=1e-12, atol=1e-12)
+    for a, b in zip(g0, g1):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_masked_lstm_equals_compact():
+    tokens = torch.randint(30, (6, 5), generator=torch.Generator().manual_seed(4))
+    (y0, g0, d0), (y1, g1, d1) = _run_twice(
+        lambda e: ad.ApproxDropoutLSTM(30, hidden=12, layers=2, p=0.5, method="row-g4", executor=e).double(),
+        tokens,
+        forward=lambda model, x: model(x)[0],
+    )
+    assert d0 == d1
+    torch.testing.assert_close(y0, y1, rtol=1e-10, atol=1e-10)
+    for a, b in zip(g0, g1):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+def test_auto_masks_below_the_crossover_and_skips_above_it():
+    from approxdrop.models.sites import MASKED_BELOW_MACS
+
+    model = ad.ApproxDropoutMLP([64, 256, 256, 10], 0.5, method="row-g4")  # largest layer 256 x 256
+    below = MASKED_BELOW_MACS // (256 * 256) - 1
+    assert model.executor_for(torch.zeros(below, 64)) == "masked"
+    assert model.executor_for(torch.zeros(below + 2, 64)) == "compact"
+    assert ad.ApproxDropoutMLP([4, 8, 2], 0.5, executor="compact").executor_for(torch.zeros(2, 4)) == "compact"
+    with pytest.raises(ValueError, match=r"executor must be one of \('auto', 'compact', 'masked'\), got 'fast'"):
+        ad.ApproxDropoutFFN(4, 8, 0.5, executor="fast")

@@ -8,6 +8,7 @@ Its parameters are named as in ``nn.Sequential(Linear, activation, Dropout, Line
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -18,7 +19,17 @@ from ..distribution import MAX_GROUPS, PatternDistribution
 from ..ops import FULL, group_bounds, grouped_row_pattern_linear, row_pattern_linear
 from ..patterns import RowPattern
 from .methods import DROPOUT_METHODS, ELEMENT, NOTHING, ROW, Method
-from .sites import activate, check_elementwise, draw_sites, run_eagerly, site_distributions, step_draws
+from .sites import (
+    activate,
+    check_elementwise,
+    check_executor,
+    draw_sites,
+    group_mask,
+    run_eagerly,
+    runs_masked,
+    site_distributions,
+    step_draws,
+)
 
 # The methods an FFN offers: the MLP's row-pattern methods and the two baselines (nn.Dropout, none).
 FFN_METHODS = tuple(
@@ -71,6 +82,8 @@ class ApproxDropoutFFN(nn.Module):
         generator: CPU generator for the pattern draws (default: torch's global RNG). Seed it by rank
             under DistributedDataParallel, so each process draws its own patterns.
         d_out: output width (default ``d_model``).
+        executor: how grouped row patterns run, "auto" (default), "compact" or "masked", as in
+            ApproxDropoutMLP (``sites.GROUPED_EXECUTORS``); ``executor_for(x)`` says which.
 
     Eval runs the whole block without dropout. After a training forward, ``last_pattern`` holds the
     step's draw: a RowPattern, a tuple of one per group with ``groups > 1``, or None.
@@ -89,12 +102,14 @@ class ApproxDropoutFFN(nn.Module):
         generator: torch.Generator | None = None,
         *,
         d_out: int | None = None,
+        executor: str = "auto",
     ) -> None:
         super().__init__()
         d_model, d_hidden = check_int("d_model", d_model, 1), check_int("d_hidden", d_hidden, 1)
         d_out = d_model if d_out is None else check_int("d_out", d_out, 1)
         act = make_activation(activation)
-        self._setup(nn.Linear(d_model, d_hidden, bias), act, nn.Linear(d_hidden, d_out, bias), p, method, groups)
+        fc1, fc2 = nn.Linear(d_model, d_hidden, bias), nn.Linear(d_hidden, d_out, bias)
+        self._setup(fc1, act, fc2, p, method, groups, executor)
         self._setup_site(distributions, generator)
 
     @classmethod
@@ -108,6 +123,8 @@ class ApproxDropoutFFN(nn.Module):
         groups: int | None = None,
         distributions: Sequence[PatternDistribution] | None = None,
         generator: torch.Generator | None = None,
+        *,
+        executor: str = "auto",
     ) -> ApproxDropoutFFN:
         """The block built around existing Linears and activation: their Parameter objects are shared,
         not copied, so an optimizer that holds them keeps working (what ``convert`` uses)."""
@@ -120,12 +137,15 @@ class ApproxDropoutFFN(nn.Module):
             )
         block = cls.__new__(cls)
         nn.Module.__init__(block)
-        block._setup(fc1, make_activation(activation), fc2, p, method, groups)
+        block._setup(fc1, make_activation(activation), fc2, p, method, groups, executor)
         block._setup_site(distributions, generator)
         return block
 
-    def _setup(self, fc1: nn.Linear, act: nn.Module, fc2: nn.Linear, p, method: str, groups: int | None) -> None:
+    def _setup(
+        self, fc1: nn.Linear, act: nn.Module, fc2: nn.Linear, p, method: str, groups: int | None, executor: str
+    ) -> None:
         self.p = check_rate(p)
+        self.executor = check_executor(executor)
         self.spec, self.groups = ffn_method(method, groups)
         self.method = method
         # the names nn.Sequential(Linear, activation, Dropout, Linear) gives its entries
@@ -184,8 +204,15 @@ class ApproxDropoutFFN(nn.Module):
         h = activate(self.activation, h)
         return row_pattern_linear(h, fc2.weight, fc2.bias, pattern, FULL, check=False)  # [*, d_out]
 
+    def executor_for(self, x: torch.Tensor) -> str:
+        """ "compact" or "masked": how a training forward on x runs grouped row patterns (``executor``)."""
+        largest = self.d_hidden * max(self.d_model, self.d_out)
+        return "masked" if runs_masked(self.executor, math.prod(x.shape[:-1]) * largest) else "compact"
+
     @run_eagerly
     def _grouped(self, x: torch.Tensor, patterns: tuple[RowPattern, ...]) -> torch.Tensor:
+        if self.executor_for(x) == "masked":
+            return self._grouped_masked(x, patterns)
         # the grouped op splits the rows of a [N, n] tensor; with x [B, *, d_model] every sample's
         # rows get its group's pattern (the op then runs one GEMM per distinct offset, not per sample)
         rows = x.reshape(-1, self.d_model)  # [N, d_model]
@@ -200,6 +227,13 @@ class ApproxDropoutFFN(nn.Module):
         h = grouped_row_pattern_linear(rows, fc1.weight, fc1.bias, whole, patterns, check=False)  # [N, d_hidden]
         y = grouped_row_pattern_linear(activate(self.activation, h), fc2.weight, fc2.bias, patterns, whole, check=False)
         return y.reshape(*x.shape[:-1], self.d_out)  # [*, d_out]
+
+    def _grouped_masked(self, x: torch.Tensor, patterns: tuple[RowPattern, ...]) -> torch.Tensor:
+        # dense GEMMs; the hidden units of each sample (the leading axis) multiplied by its group's scaled mask
+        h = activate(self.activation, self.fc1(x))  # [B, *, d_hidden]
+        mask = group_mask(patterns, x.shape[0] if x.dim() > 1 else 1, self.d_hidden, h.dtype, h.device)  # [B, d_h]
+        mask = mask[0] if x.dim() == 1 else mask.view(mask.shape[0], *(1,) * (x.dim() - 2), self.d_hidden)
+        return self.fc2(h * mask)  # [*, d_out]
 
     def extra_repr(self) -> str:
         out = f", d_out={self.d_out}" if self.d_out != self.d_model else ""

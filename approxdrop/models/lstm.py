@@ -35,7 +35,7 @@ from ..ops import FULL, group_bounds, grouped_row_pattern_linear, row_pattern_li
 from ..patterns import RowPattern
 from ..search import FAMILIES
 from .methods import ELEMENT, NOTHING, ROW, SHARED_UNITS, get_method, methods_for
-from .sites import draw_sites, site_distributions, step_draws
+from .sites import check_executor, draw_sites, group_mask, runs_masked, site_distributions, step_draws
 
 LM_METHODS = methods_for("lstm")  # what language_model builds
 LSTM_METHODS = tuple(m for m in LM_METHODS if not get_method(m).torch_modules)  # ApproxDropoutLSTM's
@@ -131,6 +131,9 @@ class ApproxDropoutLSTM(nn.Module):
         groups: batch groups with complementary offsets (row patterns only; docs/method.md §9): the
             batch splits as ``torch.tensor_split`` does, each group keeps its own pattern over all
             time steps. Default: the method's (1 for ``row``).
+        executor: how grouped row patterns run, "auto" (default), "compact" (each group's batch slice on
+            its kept input columns) or "masked" (the whole batch at once, each group's dropped inputs zeroed by
+            a scaled mask), as in ApproxDropoutMLP (``sites.GROUPED_EXECUTORS``); ``executor_for(x)`` says which.
         generator: CPU generator for pattern and mask draws (default: torch's global RNG).
 
     ``forward(x Long[T, B], state)`` -> (logits Float[T, B, V], state). After a training forward,
@@ -150,10 +153,12 @@ class ApproxDropoutLSTM(nn.Module):
         distributions: Sequence[PatternDistribution] | None = None,
         family: str | None = None,
         groups: int | None = None,
+        executor: str = "auto",
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__()
         self.spec = get_method(method, "lstm")
+        self.executor = check_executor(executor)
         self.groups = self.spec.groups if groups is None else check_int("groups", groups, 1, MAX_GROUPS)
         if self.groups > 1 and self.spec.drops != ROW:
             raise ValueError(f"groups={self.groups}: batch groups are for row-pattern methods, not {method!r}")
@@ -196,13 +201,14 @@ class ApproxDropoutLSTM(nn.Module):
         draws = step_draws(self) if dropping else [None] * len(self.site_widths)
         self.last_patterns = draws
         drops = self.spec.drops if dropping else NOTHING
+        masked = drops == ROW and self.groups > 1 and self.executor_for(x) == "masked"
         u = self.embedding(x)  # [T, B, E]
         hs, cs = [], []
         for i, layer in enumerate(self.lstm):
-            u, h, c = self._layer(drops, draws[i], u, state[0][i], state[1][i], layer)  # u [T, B, H]
+            u, h, c = self._layer(drops, draws[i], u, state[0][i], state[1][i], layer, masked)  # u [T, B, H]
             hs.append(h)
             cs.append(c)
-        logits = self._decode(drops, draws[-1], u)  # [T, B, V]
+        logits = self._decode(drops, draws[-1], u, masked)  # [T, B, V]
         return logits, (torch.stack(hs), torch.stack(cs))
 
     def _site_input(self, drops: str, draw, u: torch.Tensor, weight: torch.Tensor):
@@ -219,9 +225,18 @@ class ApproxDropoutLSTM(nn.Module):
         drop = self.p if drops == ELEMENT else 0.0
         return nn.functional.dropout(u, drop, training=drop > 0), weight
 
-    def _layer(self, drops: str, draw, u, h, c, layer: LSTMLayer):
+    def executor_for(self, x: torch.Tensor) -> str:
+        """ "compact" or "masked": how a training forward on tokens x (Long[T, B]) runs grouped row patterns."""
+        largest = max(4 * self.hidden * max(self.emb_size, self.hidden), self.vocab * self.hidden)
+        return "masked" if runs_masked(self.executor, x.numel() * largest) else "compact"
+
+    def _layer(self, drops: str, draw, u, h, c, layer: LSTMLayer, masked: bool):
         """One LSTM layer reading site ``draw`` on the fused LSTM; with batch groups, each group's
-        batch slice runs with its own kept columns."""
+        batch slice runs with its own kept columns, or (``masked``) the whole batch with each group's
+        dropped inputs zeroed."""
+        if masked:
+            mask = group_mask(draw, u.shape[1], u.shape[-1], u.dtype, u.device)  # [B, n]
+            return fused_lstm(u * mask, h, c, layer.weight_ih, layer.weight_hh, layer.bias)
         grouped = self.groups > 1 and drops == ROW
         if not grouped or u.shape[1] == 0:  # an empty batch: no group holds a sample, any one pattern serves
             inp, w_ih = self._site_input(drops, draw[0] if grouped else draw, u, layer.weight_ih)
@@ -234,9 +249,11 @@ class ApproxDropoutLSTM(nn.Module):
         out, h_n, c_n = zip(*parts)
         return torch.cat(out, 1), torch.cat(h_n), torch.cat(c_n)
 
-    def _decode(self, drops: str, draw, u: torch.Tensor) -> torch.Tensor:
+    def _decode(self, drops: str, draw, u: torch.Tensor, masked: bool) -> torch.Tensor:
         """The decoder reading the last site: u (Float[T, B, H]) -> logits (Float[T, B, V])."""
         weight, bias = self.decoder.weight, self.decoder.bias
+        if masked:
+            return nn.functional.linear(u * group_mask(draw, u.shape[1], u.shape[-1], u.dtype, u.device), weight, bias)
         if drops == ROW and self.groups > 1:
             return grouped_row_pattern_linear(u, weight, bias, list(draw), [FULL] * self.groups, check=False)
         if drops == ROW:

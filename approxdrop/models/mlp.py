@@ -18,6 +18,7 @@ site per training step; eval runs the full network):
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -28,7 +29,18 @@ from ..distribution import MAX_GROUPS, PatternDistribution
 from ..ops import FULL, group_bounds, grouped_row_pattern_linear_compact, row_pattern_linear, tile_pattern_linear
 from ..patterns import RowPattern, TilePattern
 from .methods import ELEMENT, NOTHING, ROW, TILE, get_method, methods_for
-from .sites import activate, check_elementwise, draw_sites, gathered_linear, run_eagerly, site_distributions, step_draws
+from .sites import (
+    activate,
+    check_elementwise,
+    check_executor,
+    draw_sites,
+    gathered_linear,
+    group_mask,
+    run_eagerly,
+    runs_masked,
+    site_distributions,
+    step_draws,
+)
 
 METHODS = methods_for("mlp")
 # The default: row patterns with 4 batch groups. In the accuracy study (benchmarks/study: 3 seeds, a
@@ -59,6 +71,11 @@ class ApproxDropoutMLP(nn.Module):
             gets its own offset of the step's ``(dp, keep)``. Default: the method's (4 for ``row-g4``
             and ``tile-g4``, 1 for ``row``). Grouped patterns run eagerly under torch.compile (a
             graph break).
+        executor: how a layer with grouped row patterns runs (``sites.GROUPED_EXECUTORS``): "compact" (one
+            GEMM per distinct offset pair, on the kept units only), "masked" (the dense GEMM, each group's
+            dropped units zeroed by a scaled mask: the same numbers, fewer host operations) or "auto"
+            (default: "masked" below ``sites.MASKED_BELOW_MACS`` multiply-adds in the largest layer per
+            step, where compact GEMMs cost more host time than they save). ``executor_for(x)`` says which.
         generator: CPU generator for pattern and mask draws (default: torch's global RNG).
 
     After a training forward, ``last_patterns`` holds what each site drew (a pattern, a tuple of
@@ -77,6 +94,7 @@ class ApproxDropoutMLP(nn.Module):
         activation: nn.Module | None = None,
         distributions: Sequence[PatternDistribution] | None = None,
         groups: int | None = None,
+        executor: str = "auto",
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__()
@@ -91,6 +109,7 @@ class ApproxDropoutMLP(nn.Module):
             )
         self.sizes, self.p, self.method, self.tile = sizes, check_rate(p), method, check_int("tile", tile, 1)
         self.input_dropout = bool(input_dropout)
+        self.executor = check_executor(executor)
         self.generator = generator
         self.linears = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
         self.activation = check_elementwise(activation) if activation is not None else nn.ReLU()
@@ -162,8 +181,15 @@ class ApproxDropoutMLP(nn.Module):
 
         return self._stack(x, layer)
 
+    def executor_for(self, x: torch.Tensor) -> str:
+        """ "compact" or "masked": how a training forward on x runs grouped row patterns (``executor``)."""
+        largest = max(linear.in_features * linear.out_features for linear in self.linears)
+        return "masked" if runs_masked(self.executor, math.prod(x.shape[:-1]) * largest) else "compact"
+
     @run_eagerly
     def _grouped(self, x, patterns: list[tuple[RowPattern, ...] | None]):
+        if self.executor_for(x) == "masked":
+            return self._grouped_masked(x, patterns)
         # activations stay compact per group: xs[g] is [*, B_g, kept units of group g at the current site]
         # (groups split the batch axis, the second-to-last, as torch.tensor_split does)
         single = x.dim() == 1
@@ -182,6 +208,18 @@ class ApproxDropoutMLP(nn.Module):
                 xs = [activate(self.activation, t) for t in xs]
         y = torch.cat(xs, -2)  # [*, B, sizes[-1]]
         return y.squeeze(0) if single else y
+
+    def _grouped_masked(self, x, patterns: list[tuple[RowPattern, ...] | None]):
+        # every GEMM dense; each site's input multiplied by its groups' scaled keep masks, Tensor[B, width]
+        batch = 1 if x.dim() == 1 else x.shape[-2]
+
+        def layer(i, linear, x):
+            if patterns[i] is None:
+                return linear(x)
+            mask = group_mask(patterns[i], batch, x.shape[-1], x.dtype, x.device)  # [B, n]
+            return linear(x * (mask[0] if x.dim() == 1 else mask))
+
+        return self._stack(x, layer)
 
     def _tile(self, x, patterns: list[TilePattern | None]):
         def layer(i, linear, x):

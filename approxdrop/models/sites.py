@@ -12,6 +12,8 @@ import torch
 from torch import nn
 
 from ..distribution import RATE_TOL, PatternDistribution, sample_sites
+from ..ops import group_bounds
+from ..patterns import RowPattern
 from ..search import distribution_for
 from .methods import ROW, SHARED_UNITS, TILE, Method
 
@@ -125,6 +127,43 @@ def activate(activation: nn.Module, h: torch.Tensor) -> torch.Tensor:
     which autograd does not let a later in-place op modify. The copy is the memory traffic an
     out-of-place activation makes anyway."""
     return activation(h.clone() if getattr(activation, "inplace", False) else h)
+
+
+# How a layer with grouped row patterns runs (``executor=``): "compact" runs one GEMM per distinct
+# (out offset, in offset) pair on the kept units only; "masked" runs the layer's dense GEMM once and
+# multiplies each group's rows by its scaled keep mask (the same numbers: the same units are dropped,
+# with the same law); "auto" takes "masked" below MASKED_BELOW_MACS multiply-adds in the model's largest
+# layer per step, where the compact GEMMs save less time than their per-pair bookkeeping costs (the
+# crossover of ``approxdrop bench-overhead`` on this project's CPU: row-g4 beats nn.Dropout from about
+# 2**25 MACs per layer at batch 8 and at batch 128), else "compact".
+GROUPED_EXECUTORS = ("auto", "compact", "masked")
+MASKED_BELOW_MACS = 2**25
+
+
+def check_executor(executor: str) -> str:
+    """``executor`` if it is one of ``GROUPED_EXECUTORS``, else a ValueError naming the choices."""
+    if executor not in GROUPED_EXECUTORS:
+        raise ValueError(f"executor must be one of {GROUPED_EXECUTORS}, got {executor!r}")
+    return executor
+
+
+def runs_masked(executor: str, macs: int) -> bool:
+    """Whether a grouped forward whose largest layer does ``macs`` multiply-adds runs the masked executor."""
+    return executor == "masked" or (executor == "auto" and macs < MASKED_BELOW_MACS)
+
+
+@functools.lru_cache(maxsize=1024)
+def group_mask(
+    patterns: tuple[RowPattern, ...], batch: int, n: int, dtype: torch.dtype, device: torch.device
+) -> torch.Tensor:
+    """Tensor[batch, n]: row b holds ``scale * keep_mask(n)`` of the pattern of b's group (the batch split into
+    ``len(patterns)`` groups as torch.tensor_split splits it). Made once per draw and shape, then reused:
+    read it, never write to it."""
+    rows = [
+        (q.keep_mask(n, device).to(dtype) * q.scale).expand(stop - start, n)
+        for (start, stop), q in zip(group_bounds(batch, len(patterns)), patterns)
+    ]
+    return torch.cat(rows)  # [batch, n]
 
 
 def shared_keep_indices(n: int, p: float, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -97,7 +97,7 @@ class GroupedRowLinearCompact(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, weight, bias, ints: tuple, *xs):
-        ys, blocks = run_compact(list(xs), weight, bias, *ints)
+        ys, blocks = run_compact(list(xs), weight, bias, *ints, separate=False)
         ctx.save_for_backward(weight, *xs, *blocks)
         ctx.ints, ctx.groups, ctx.has_bias = ints, len(xs), bias is not None
         return tuple(ys)
@@ -107,7 +107,7 @@ class GroupedRowLinearCompact(torch.autograd.Function):
         weight, *rest = ctx.saved_tensors
         xs, blocks = rest[: ctx.groups], rest[ctx.groups :]
         need_x = any(ctx.needs_input_grad[3:])
-        grad_xs, grad_w, grad_b = run_compact_backward(list(grads), xs, weight, blocks, *ctx.ints, need_x)
+        grad_xs, grad_w, grad_b = run_compact_backward(list(grads), xs, weight, blocks, *ctx.ints, need_x, False)
         need = ctx.needs_input_grad
         grad_xs = grad_xs if need_x else [None] * ctx.groups
         return (grad_w if need[0] else None, grad_b if need[1] and ctx.has_bias else None, None, *grad_xs)

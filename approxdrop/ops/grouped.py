@@ -126,15 +126,16 @@ def _stack(ts: list[torch.Tensor], groups: list[int]) -> torch.Tensor:
     return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
-def _unstack(t: torch.Tensor, ts: list[torch.Tensor], groups: list[int], out: list) -> None:
+def _unstack(t: torch.Tensor, ts: list[torch.Tensor], groups: list[int], out: list, separate: bool = True) -> None:
     """Split t (Tensor[N, k], the groups' rows stacked) back into out[g] (Tensor[*ts[g].shape[:-1], k]).
-    Several groups get copies: an op's outputs may not share memory."""
+    With ``separate``, several groups get copies: a registered op's outputs may not share memory (the
+    eager path's may)."""
     if len(groups) == 1:
         out[groups[0]] = _shaped(t, ts[groups[0]])
         return
     sizes = [math.prod(ts[g].shape[:-1]) for g in groups]
     for g, part in zip(groups, t.split(sizes)):
-        out[g] = _shaped(part, ts[g]).clone()
+        out[g] = _shaped(part, ts[g]).clone() if separate else _shaped(part, ts[g])
 
 
 def _shaped(rows: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -195,8 +196,10 @@ def run_compact(
     out_dp: int,
     out_keep: int,
     out_offsets: list[int],
+    separate: bool = True,
 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """``grouped_row_linear_compact_torch`` on checked operands: one GEMM per distinct offset pair."""
+    """``grouped_row_linear_compact_torch`` on checked operands: one GEMM per distinct offset pair
+    (``separate``: no two outputs share memory, as a registered op's may not)."""
     ys: list = [None] * len(xs)
     blocks = []
     for (o_out, o_in), groups in _compact_pairs(in_dp, in_keep, in_offsets, out_dp, out_keep, out_offsets).items():
@@ -207,7 +210,7 @@ def run_compact(
         else:
             w_kept = kept_weight(weight, rows, cols)  # [k_out, k_in]: a view of W's kept rows
         y2 = _pair_forward(_stack(xs, groups), w_kept, bias, rows, in_dp / in_keep)  # [N, k_out]
-        _unstack(y2, xs, groups, ys)
+        _unstack(y2, xs, groups, ys, separate)
     return ys, blocks
 
 
@@ -274,8 +277,9 @@ def run_compact_backward(
     out_keep: int,
     out_offsets: list[int],
     need_grad_x: bool,
+    separate: bool = True,
 ) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
-    """``grouped_row_linear_compact_backward_torch`` on checked operands."""
+    """``grouped_row_linear_compact_backward_torch`` on checked operands (``separate``: as ``run_compact``)."""
     n_out, n_in = weight.shape
     scale = in_dp / in_keep
     grad_xs: list = [None] * len(xs) if need_grad_x else []
@@ -284,7 +288,8 @@ def run_compact_backward(
         for j, ((o_out, o_in), groups) in enumerate(pairs.items()):
             rows, cols = _selectors(weight, in_dp, in_keep, o_in, out_dp, out_keep, o_out)
             w_kept = blocks[j] if blocks else kept_weight(weight, rows, cols)  # [k_out, k_in]
-            _unstack(torch.mm(_stack(grads, groups), w_kept).mul_(scale), xs, groups, grad_xs)  # [N, k_in]
+            grad_x2 = torch.mm(_stack(grads, groups), w_kept).mul_(scale)  # [N, k_in]
+            _unstack(grad_x2, xs, groups, grad_xs, separate)
     by_out: dict[int, list[int]] = {}
     for g, o in enumerate(out_offsets):
         by_out.setdefault(_key(out_dp, o, out_keep), []).append(g)
