@@ -15,7 +15,17 @@ import torch
 from torch import nn
 
 from .._env import check_rate
-from .adapters import CONV1D, DROPOUT_TYPES, Adapter, Build, Chain, Plan, adapter_for, class_name
+from .adapters import (
+    CONV1D,
+    DROPOUT_TYPES,
+    Adapter,
+    Build,
+    Chain,
+    FunctionalDropoutAdapter,
+    Plan,
+    adapter_for,
+    class_name,
+)
 from .ffn import ApproxDropoutFFN, ffn_method
 from .gated import GatedApproxDropoutFFN
 from .lstm import ApproxDropoutLSTM
@@ -135,7 +145,7 @@ class _Walk:
             self.visit(child)
         detail = _functional_dropout(module)
         if detail is not None:
-            if isinstance(adapter, Adapter) and any(m is module for m, _ in self.plans):
+            if isinstance(adapter, FunctionalDropoutAdapter) and any(m is module for m, _ in self.plans):
                 detail += "; its activation dropout was converted"
             self.functional.append((module, detail))
 
@@ -169,15 +179,21 @@ class _Walk:
         return True
 
     def report(self, root: nn.Module) -> ConvertReport:
-        names = {id(m): name for name, m in root.named_modules(remove_duplicate=False)}
+        names: dict[int, str] = {}
+        for name, m in root.named_modules(remove_duplicate=False):
+            names.setdefault(id(m), name)  # a shared module: its first name
+
+        def name_of(module: nn.Module, key: str = "") -> str:
+            return _join(names.get(id(module), type(module).__name__), key)
+
         out = ConvertReport()
         for module, key, adapter in self.made:
-            name = _join(names[id(module)], key)
+            name = name_of(module, key)
             out.converted.append(name)
             out.adapters[name] = adapter
             out.kinds[name] = type(root.get_submodule(name)).__name__
-        out.skipped = [(_join(names[id(module)], key), why) for module, key, why in self.left]
-        out.functional = [(names[id(module)] or type(module).__name__, detail) for module, detail in self.functional]
+        out.skipped = [(name_of(module, key), why) for module, key, why in self.left]
+        out.functional = [(name_of(module) or type(module).__name__, detail) for module, detail in self.functional]
         return out
 
 
