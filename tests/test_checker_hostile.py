@@ -304,3 +304,16 @@ class Hostile:
 def test_an_answer_object_that_raises_everywhere_gets_a_fail(capsys):
     assert lab04.check_expected_rate(lambda *a: Hostile()).status == "fail"
     assert "it returned a Hostile, expected a number" in capsys.readouterr().out
+
+
+def test_the_grouped_offsets_check_draws_other_seeds_at_every_call(capsys):
+    seen: list[set[int]] = []
+
+    def recording(dp, groups, generator):
+        seen[-1].add(generator.initial_seed())
+        return lab02.reference_grouped_offsets(dp, groups, generator)
+
+    for _ in range(2):
+        seen.append(set())
+        assert lab02.check_grouped_offsets(recording).passed, capsys.readouterr().out
+    assert seen[0] and not seen[0] & seen[1]  # a table of the draws of one call is useless at the next

@@ -220,11 +220,13 @@ def check_grouped_offsets(fn: Callable[..., Any]) -> CheckResult:
     the same offsets from two generators with the same seed; and chi-square tests (see ALPHA) that each
     group's offset is uniform and each two neighbouring groups' offsets are a uniform pair. The max
     difference printed is the largest gap between a group's observed offset frequency and 1 / dp: it
-    is chance, and the tests above decide (hence the tolerance of 1)."""
+    is chance, and the tests above decide (hence the tolerance of 1). The seeds are GROUPED_CASES' shifted
+    by one drawn anew at every call, so no answer can know the draws in advance."""
+    shift = draw_int(fresh_generator(), 0, 2**31)
     return check(
         "grouped offsets",
         lambda dp, groups, draws, seed: offset_frequencies(fn, dp, groups, draws, seed),
         uniform_frequencies,
-        GROUPED_CASES,
+        [(dp, groups, draws, seed + shift) for dp, groups, draws, seed in GROUPED_CASES],
         atol=1.0,
     )
