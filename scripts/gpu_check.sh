@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The one GPU check of approxdrop (issue "GPU verification"), ready for the day a GPU is lent: builds
 # the kernels, runs every CUDA test, the dispatch's first-use timings, the kernel-level and end-to-end
-# benchmarks (fp32 with TF32 off and on, bf16 autocast; eager and CUDA graphs), the LSTM benchmark, and
+# benchmarks (fp32 with TF32 off and on, bf16 autocast; eager and CUDA graphs), the LSTM benchmark, the
+# host overhead of a step on tiny models (bench-overhead: on a GPU, the step time of every lab), and
 # compute-sanitizer (memcheck, racecheck, synccheck) on a small workload. Every table goes, with the
 # GPU's name, driver, versions, date and command, under one folder: $OUT if set, else ./gpu_check_out
 # (at most 8 files, none in subfolders: what the device tool brings back).
@@ -148,10 +149,14 @@ write_table() {
 
 bench=(benchmarks/gpu_bench.py --warmup 3 --repeats 10)
 lstm=(-m approxdrop bench-lstm --device cuda --sizes paper --ps 0.3 0.5 0.7 --warmup 2 --rounds 5 --no-progress)
+overhead=(-m approxdrop bench-overhead --device cuda --threads 1 --warmup 20 --rounds 10 --steps 20
+  --crossover-rounds 3 --no-progress)
 if ((dry)); then
   bench=(benchmarks/gpu_bench.py --dry-run --ps 0.5)
   lstm=(-m approxdrop bench-lstm --device cpu --sizes small --ps 0.5 --methods bernoulli row torch --warmup 0
     --rounds 1 --no-progress)
+  overhead=(-m approxdrop bench-overhead --device cpu --threads 1 --warmup 1 --rounds 2 --steps 2 --no-op-counts
+    --crossover-widths 16 --crossover-batches 4 --crossover-rounds 1 --no-progress)
 fi
 
 # ----------------------------------------------------------------------------- build and tests
@@ -183,6 +188,9 @@ step "bench fp32 TF32" 60 "$py" "${bench[@]}" --dtype float32 --tf32 --out "$out
 step "bench bf16 autocast" 60 "$py" "${bench[@]}" --autocast bfloat16 --out "$out/bench_bf16_autocast.md"
 step "LSTM bench" 60 --stdout "$work/lstm.out" "$py" "${lstm[@]}"
 write_table "$out/lstm.md" "approxdrop LSTM language-model step time" "python ${lstm[*]}" "$work/lstm.out"
+step "host overhead" 60 --stdout "$work/overhead.out" "$py" "${overhead[@]}"
+write_table "$out/overhead.md" "approxdrop host overhead per step, aten ops, crossover" "python ${overhead[*]}" \
+  "$work/overhead.out"
 
 # ----------------------------------------------------------------------------- compute-sanitizer
 if ((dry)); then
@@ -217,7 +225,7 @@ fi
   cat "$work/steps"
   echo
   echo "Tables: dispatch.md (first use), bench_fp32.md, bench_tf32.md, bench_bf16_autocast.md (kernel level,"
-  echo "end to end, dispatch choices), lstm.md; every step's output: logs.txt."
+  echo "end to end, dispatch choices), lstm.md, overhead.md (host cost per step); every step's output: logs.txt."
 } >"$out/summary.md"
 echo "gpu_check: $([ "$failed" = 0 ] && echo "every step passed" || echo "some steps FAILED"); tables in $out"
 exit "$failed"

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "gpu_check.sh"
-TABLES = ("dispatch.md", "bench_fp32.md", "bench_tf32.md", "bench_bf16_autocast.md", "lstm.md")
+TABLES = ("dispatch.md", "bench_fp32.md", "bench_tf32.md", "bench_bf16_autocast.md", "lstm.md", "overhead.md")
 STEPS = (
     "machine",
     "CUDA tests (and the build)",
@@ -23,6 +23,7 @@ STEPS = (
     "bench fp32 TF32",
     "bench bf16 autocast",
     "LSTM bench",
+    "host overhead",
     "sanitizer workload",
     "compute-sanitizer memcheck",
     "compute-sanitizer racecheck",
@@ -86,6 +87,7 @@ def test_dry_run_tables_carry_the_machine_and_the_command(dry_run):
     assert "autocast bfloat16" in (out / "bench_bf16_autocast.md").read_text()
     assert "## Dispatch: first call" in (out / "dispatch.md").read_text()
     assert "| small | 0.5 | row |" in (out / "lstm.md").read_text()
+    assert "| mlp | row-g4 |" in (out / "overhead.md").read_text()
     assert "===== bench fp32: " in (out / "logs.txt").read_text()
 
 
