@@ -504,6 +504,7 @@ def test_timm_mlp_converts_when_timm_is_installed():
     before = model.eval()(x)
     report = convert(model)
     assert report.converted == ["0.ffn"] and report.adapters["0.ffn"] == "timm-mlp"
+    assert dict(report.skipped)["0.drop2"].startswith("output-side dropout after the converted block")
     assert torch.equal(model(x), before) and list(model.state_dict()) == keys
 
 

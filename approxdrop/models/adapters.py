@@ -236,7 +236,9 @@ class AttributeAdapter(Adapter):
         moved = [(f"ffn.{n}.", f"{m}.", False) for n, m in enumerate(self.members)]
         moved += [(f"{m}.", f"{m}.", False) for m in self.rest]
         wrapped = nn.Sequential(OrderedDict([("ffn", block)] + [(m, getattr(module, m)) for m in self.rest]))
-        return Plan(converted=["ffn"], moved=moved, apply=lambda: wrapped)
+        after = [m for m in self.rest if isinstance(getattr(module, m), DROPOUT_TYPES)]
+        left = [(m, "output-side dropout after the converted block: left as it is") for m in after]
+        return Plan(converted=["ffn"], skipped=left, moved=moved, apply=lambda: wrapped)
 
 
 class GatedAdapter(Adapter):

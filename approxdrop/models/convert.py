@@ -176,6 +176,7 @@ class _Walk:
         new = plan.apply()
         self.replacements.append((parent, key, new, plan))
         self.made += [(new, k, adapter.name) for k in plan.converted]
+        self.left += [(new, k, why) for k, why in plan.skipped]
         return True
 
     def report(self, root: nn.Module) -> ConvertReport:
@@ -205,7 +206,10 @@ def _outside(parent: nn.Module, adapter: Adapter | None) -> str:
             f"no adapter for its parent {kind}: its forward code applies it "
             "(approxdrop.models.adapters.register_adapter adds one)"
         )
-    return f"{kind} applies it outside its feed-forward (on the residual branch or attention): not a hidden-unit site"
+    return (
+        f"{kind} applies it in its forward code outside the feed-forward its adapter converts (after attention, "
+        "on a residual branch or an output): not a hidden-unit site"
+    )
 
 
 # ``F.dropout(``, ``nn.functional.dropout(``, ``torch.dropout(``, ``F.alpha_dropout(``, ``dropout_p=...``
