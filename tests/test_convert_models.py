@@ -551,3 +551,32 @@ def test_t5_gated_feed_forward_converts_and_trains_as_the_reference():
     report = convert(model, method="row-g4")
     reasons = {why for name, why in report.skipped if name.endswith("DenseReluDense.dropout")}
     assert report.converted == [] and len(reasons) == 1 and "groups=1" in reasons.pop()
+
+
+def test_hf_conv1d_output_side_trains_as_the_masked_reference():
+    hf()
+    from transformers.pytorch_utils import Conv1D
+
+    torch.manual_seed(0)
+    model = nn.Sequential(Conv1D(16, 8), nn.Dropout(0.3)).double()  # GPT-2's c_proj: weight [8, 16]
+    twin, x = copy.deepcopy(model), torch.randn(2, 3, 8, dtype=torch.float64)
+    before = model.eval()(x)
+    assert convert(model, output_side=True, generator=torch.Generator().manual_seed(10)).converted == ["0"]
+    assert torch.equal(model(x), before)
+    y = model.train()(x)
+    y.square().sum().backward()
+    block = model[0]
+    mask = block.last_pattern.keep_mask(16).double() * block.last_pattern.scale
+    y_ref = twin[0](x) * mask
+    y_ref.square().sum().backward()
+    torch.testing.assert_close(y, y_ref, rtol=1e-10, atol=1e-10)
+    for key, value in grads(twin).items():
+        torch.testing.assert_close(grads(model)[key], value, rtol=1e-9, atol=1e-10)
+
+
+def test_a_hook_on_a_layers_linear_refuses_that_layer():
+    model = encoder()
+    model.layers[0].linear1.register_forward_pre_hook(lambda mod, args: None)
+    report = convert(model)
+    assert report.converted == ["layers.1.ard_ffn"] and type(model.layers[0]) is nn.TransformerEncoderLayer
+    assert dict(report.skipped)["layers.0.dropout"].startswith("linear1 carries 1 forward/backward hook(s)")
