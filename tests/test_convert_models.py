@@ -580,3 +580,15 @@ def test_a_hook_on_a_layers_linear_refuses_that_layer():
     report = convert(model)
     assert report.converted == ["layers.1.ard_ffn"] and type(model.layers[0]) is nn.TransformerEncoderLayer
     assert dict(report.skipped)["layers.0.dropout"].startswith("linear1 carries 1 forward/backward hook(s)")
+
+
+@pytest.mark.parametrize("make", ["encoder", "bart"])
+def test_converting_a_converted_layer_again_changes_nothing_and_says_so(make):
+    model = encoder() if make == "encoder" else bart()
+    first = convert(model)
+    modules, keys = [(name, id(m)) for name, m in model.named_modules()], list(model.state_dict())
+    again = convert(model)
+    assert again.converted == [] and [(name, id(m)) for name, m in model.named_modules()] == modules
+    assert list(model.state_dict()) == keys
+    reasons = [why for _, why in again.skipped if why.startswith("already converted")]
+    assert len(reasons) == len(first.converted)

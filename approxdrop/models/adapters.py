@@ -192,6 +192,15 @@ BLOCK_KEY = "ard_ffn"  # where a layer that keeps its Linears holds its block
 _MEMBERS_TORCH = ("linear1", "activation", "dropout", "linear2")
 
 
+class ConvertedLayerAdapter(Adapter):
+    """A layer ``TorchLayerAdapter`` converted before: its feed-forward already runs its block."""
+
+    name = "torch-transformer-layer"
+
+    def plan(self, module: nn.Module, build: Build) -> Plan:
+        return Plan(skipped=[("dropout", f"already converted: the feed-forward runs {BLOCK_KEY}")], used=["dropout"])
+
+
 class ConvertedEncoderLayer(nn.TransformerEncoderLayer):
     """An nn.TransformerEncoderLayer whose feed-forward runs its ApproxDropoutFFN ``ard_ffn``."""
 
@@ -321,6 +330,8 @@ class FunctionalDropoutAdapter(Adapter):
         if missing:
             return Plan(skipped=[("activation_dropout", f"its forward lacks {missing[0]!r}: not the expected layout")])
         p = module.activation_dropout
+        if isinstance(module.fc1, ApproxDropoutFFN):
+            return Plan(skipped=[("activation_dropout", "already converted: fc1 is the block")])
         if not isinstance(p, (int, float)) or p == 0:
             return Plan(skipped=[("activation_dropout", f"activation_dropout is {p!r}: no dropout to convert")])
         members = ("fc1", "activation_fn", "activation_dropout", "fc2")
@@ -349,6 +360,8 @@ DROPOUT_TYPES: tuple[type[nn.Module], ...] = (
 ADAPTERS: dict[type | str, Adapter] = {
     nn.TransformerEncoderLayer: TorchLayerAdapter(ConvertedEncoderLayer),
     nn.TransformerDecoderLayer: TorchLayerAdapter(ConvertedDecoderLayer),
+    ConvertedEncoderLayer: ConvertedLayerAdapter(),
+    ConvertedDecoderLayer: ConvertedLayerAdapter(),
     "transformers.models.t5.modeling_t5.T5DenseActDense": AttributeAdapter("hf-t5", ("wi", "act", "dropout", "wo")),
     "transformers.models.t5.modeling_t5.T5DenseGatedActDense": GatedAdapter(
         "hf-t5-gated", ("wi_0", "act", "dropout", "wo"), "wi_1"
