@@ -592,3 +592,21 @@ def test_converting_a_converted_layer_again_changes_nothing_and_says_so(make):
     assert list(model.state_dict()) == keys
     reasons = [why for _, why in again.skipped if why.startswith("already converted")]
     assert len(reasons) == len(first.converted)
+
+
+def test_a_converted_encoder_learns_after_a_strict_assign_load():
+    model, reference = encoder(), encoder()
+    convert(model, generator=torch.Generator().manual_seed(11))
+    state = {k: v + 0.01 for k, v in reference.state_dict().items()}
+    model.load_state_dict(state, strict=True, assign=True)  # new Parameter objects: the blocks see them
+    assert model.layers[0].ard_ffn.fc1.weight is model.layers[0].linear1.weight
+    x, target = torch.randn(4, 5, 16), torch.randn(4, 5, 16)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(30):
+        opt.zero_grad()
+        loss = nn.functional.mse_loss(model.train()(x), target)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert sum(losses[-5:]) < 0.8 * sum(losses[:5])
