@@ -59,8 +59,13 @@ class ConvertReport:
     functional: list[tuple[str, str]] = field(default_factory=list)
 
     def __str__(self) -> str:
-        lines = [f"converted {len(self.converted)} Linear -> activation -> Dropout -> Linear chain(s)"]
-        lines += [f"  {name}: {self.kinds[name]} (adapter {self.adapters[name]})" for name in self.converted]
+        outputs = [name for name in self.converted if self.kinds[name] == OutputRowDropout.__name__]
+        chains = [name for name in self.converted if name not in outputs]
+        lines = [f"converted {len(chains)} Linear -> activation -> Dropout -> Linear chain(s)"]
+        lines += [f"  {name}: {self.kinds[name]} (adapter {self.adapters[name]})" for name in chains]
+        if outputs:
+            lines.append(f"converted {len(outputs)} Linear -> Dropout pair(s) (output side)")
+            lines += [f"  {name}: {self.kinds[name]} (adapter {self.adapters[name]})" for name in outputs]
         lines.append(f"left {len(self.skipped)} dropout(s) alone")
         lines += [f"  {name}: {reason}" for name, reason in self.skipped]
         if self.functional:
