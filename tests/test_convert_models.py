@@ -614,3 +614,14 @@ def test_a_converted_encoder_learns_after_a_strict_assign_load():
         opt.step()
         losses.append(loss.item())
     assert sum(losses[-5:]) < 0.8 * sum(losses[:5])
+
+
+def test_t5_with_wo_kept_in_float32_under_bfloat16_is_left_with_the_reason():
+    model = t5().to(torch.bfloat16)
+    for name, m in model.named_modules():
+        if name.endswith("DenseReluDense"):
+            m.wo.float()  # what from_pretrained(dtype=bfloat16) does (T5's _keep_in_fp32_modules)
+    report = convert(model)
+    assert report.converted == []
+    why = dict(report.skipped)["encoder.block.0.layer.1.DenseReluDense.dropout"]
+    assert why.startswith("wi is torch.bfloat16 but wo is torch.float32")

@@ -327,6 +327,11 @@ def _chain_problem(chain: Chain) -> str | None:
             f"Linear sizes do not chain: {fc1.in_features} -> {fc1.out_features}, "
             f"then {fc2.in_features} -> {fc2.out_features}"
         )
+    if fc1.weight.dtype != fc2.weight.dtype:  # e.g. HF T5 keeps wo in float32 when the rest is half precision
+        return (
+            f"{chain.members[0]} is {fc1.weight.dtype} but {chain.members[3]} is {fc2.weight.dtype}: the module casts "
+            "between them in its forward code, which the block does not"
+        )
     parts = [fc1, chain.activation, chain.dropout, fc2]
     for name, part in zip(chain.members, parts):
         why = _hooked(part) if isinstance(part, nn.Module) else None
