@@ -25,8 +25,8 @@ from .sites import (
     check_executor,
     draw_sites,
     group_mask,
+    grouped_executor,
     run_eagerly,
-    runs_masked,
     site_distributions,
     step_draws,
 )
@@ -207,7 +207,7 @@ class ApproxDropoutFFN(nn.Module):
     def executor_for(self, x: torch.Tensor) -> str:
         """ "compact" or "masked": how a training forward on x runs grouped row patterns (``executor``)."""
         largest = self.d_hidden * max(self.d_model, self.d_out)
-        return "masked" if runs_masked(self.executor, math.prod(x.shape[:-1]) * largest) else "compact"
+        return grouped_executor(self.executor, math.prod(x.shape[:-1]), self.groups, largest)
 
     @run_eagerly
     def _grouped(self, x: torch.Tensor, patterns: tuple[RowPattern, ...]) -> torch.Tensor:

@@ -35,7 +35,7 @@ from ..ops import FULL, group_bounds, grouped_row_pattern_linear, row_pattern_li
 from ..patterns import RowPattern
 from ..search import FAMILIES
 from .methods import ELEMENT, NOTHING, ROW, SHARED_UNITS, get_method, methods_for
-from .sites import check_executor, draw_sites, group_mask, runs_masked, site_distributions, step_draws
+from .sites import check_executor, draw_sites, group_mask, grouped_executor, site_distributions, step_draws
 
 LM_METHODS = methods_for("lstm")  # what language_model builds
 LSTM_METHODS = tuple(m for m in LM_METHODS if not get_method(m).torch_modules)  # ApproxDropoutLSTM's
@@ -228,7 +228,7 @@ class ApproxDropoutLSTM(nn.Module):
     def executor_for(self, x: torch.Tensor) -> str:
         """ "compact" or "masked": how a training forward on tokens x (Long[T, B]) runs grouped row patterns."""
         largest = max(4 * self.hidden * max(self.emb_size, self.hidden), self.vocab * self.hidden)
-        return "masked" if runs_masked(self.executor, x.numel() * largest) else "compact"
+        return grouped_executor(self.executor, x.numel(), self.groups, largest)
 
     def _layer(self, drops: str, draw, u, h, c, layer: LSTMLayer, masked: bool):
         """One LSTM layer reading site ``draw`` on the fused LSTM; with batch groups, each group's

@@ -36,8 +36,8 @@ from .sites import (
     draw_sites,
     gathered_linear,
     group_mask,
+    grouped_executor,
     run_eagerly,
-    runs_masked,
     site_distributions,
     step_draws,
 )
@@ -74,8 +74,9 @@ class ApproxDropoutMLP(nn.Module):
         executor: how a layer with grouped row patterns runs (``sites.GROUPED_EXECUTORS``): "compact" (one
             GEMM per distinct offset pair, on the kept units only), "masked" (the dense GEMM, each group's
             dropped units zeroed by a scaled mask: the same numbers, fewer host operations) or "auto"
-            (default: "masked" below ``sites.MASKED_BELOW_MACS`` multiply-adds in the largest layer per
-            step, where compact GEMMs cost more host time than they save). ``executor_for(x)`` says which.
+            (default: "compact" only where it measured faster, from ``sites.MASKED_BELOW_MACS``
+            multiply-adds in the largest layer and ``sites.MIN_GROUP_ROWS`` rows per group).
+            ``executor_for(x)`` says which.
         generator: CPU generator for pattern and mask draws (default: torch's global RNG).
 
     After a training forward, ``last_patterns`` holds what each site drew (a pattern, a tuple of
@@ -184,7 +185,7 @@ class ApproxDropoutMLP(nn.Module):
     def executor_for(self, x: torch.Tensor) -> str:
         """ "compact" or "masked": how a training forward on x runs grouped row patterns (``executor``)."""
         largest = max(linear.in_features * linear.out_features for linear in self.linears)
-        return "masked" if runs_masked(self.executor, math.prod(x.shape[:-1]) * largest) else "compact"
+        return grouped_executor(self.executor, math.prod(x.shape[:-1]), self.groups, largest)
 
     @run_eagerly
     def _grouped(self, x, patterns: list[tuple[RowPattern, ...] | None]):

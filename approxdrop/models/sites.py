@@ -132,12 +132,14 @@ def activate(activation: nn.Module, h: torch.Tensor) -> torch.Tensor:
 # How a layer with grouped row patterns runs (``executor=``): "compact" runs one GEMM per distinct
 # (out offset, in offset) pair on the kept units only; "masked" runs the layer's dense GEMM once and
 # multiplies each group's rows by its scaled keep mask (the same numbers: the same units are dropped,
-# with the same law); "auto" takes "masked" below MASKED_BELOW_MACS multiply-adds in the model's largest
-# layer per step, where the compact GEMMs save less time than their per-pair bookkeeping costs (the
-# crossover of ``approxdrop bench-overhead`` on this project's CPU: row-g4 beats nn.Dropout from about
-# 2**25 MACs per layer at batch 8 and at batch 128), else "compact".
+# with the same law); "auto" takes "compact" only where it measured faster (benchmarks/overhead.md,
+# this project's 2-core CPU, one thread, G = 4, p = 0.5): from MASKED_BELOW_MACS = 2**25 multiply-adds in
+# the model's largest layer per step AND at least MIN_GROUP_ROWS rows per group. Below, the compact
+# GEMMs cost more host time and gathers than they save (at batch 8, 2 rows per group, compact was 1.3x
+# the masked step even at 2048 x 2048).
 GROUPED_EXECUTORS = ("auto", "compact", "masked")
 MASKED_BELOW_MACS = 2**25
+MIN_GROUP_ROWS = 8
 
 
 def check_executor(executor: str) -> str:
@@ -147,9 +149,13 @@ def check_executor(executor: str) -> str:
     return executor
 
 
-def runs_masked(executor: str, macs: int) -> bool:
-    """Whether a grouped forward whose largest layer does ``macs`` multiply-adds runs the masked executor."""
-    return executor == "masked" or (executor == "auto" and macs < MASKED_BELOW_MACS)
+def grouped_executor(executor: str, rows: int, groups: int, largest_layer: int) -> str:
+    """ "compact" or "masked": what a grouped forward over ``rows`` rows (all groups together) runs, for a
+    model whose largest layer has ``largest_layer`` weights (see ``GROUPED_EXECUTORS``)."""
+    if executor != "auto":
+        return executor
+    compact = rows * largest_layer >= MASKED_BELOW_MACS and rows >= MIN_GROUP_ROWS * groups
+    return "compact" if compact else "masked"
 
 
 @functools.lru_cache(maxsize=1024)
