@@ -160,10 +160,25 @@ def test_study_out_on_a_full_disk_is_a_usage_error(no_work, tmp_path, monkeypatc
     assert list(tmp_path.iterdir()) == []  # the probe is gone, nothing was created
 
 
-def test_study_json_that_is_the_study_directory_is_a_usage_error(no_work, tmp_path, capsys):
+def test_a_disk_that_fills_up_mid_study_ends_with_an_error_line(tmp_path, monkeypatch, capsys):
+    def fills_up(config, out, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(out / "row-p0.5-seed0.json"))
+
+    monkeypatch.setattr(study, "run_study", fills_up)
+    assert cli_main(["study", "mlp", "--no-progress", "--out", str(tmp_path / "study")]) == 1
+    err = capsys.readouterr().err
+    assert "approxdrop study: error: [Errno 28] No space left on device" in err and "to resume" in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("inside", ["", "results.json"], ids=["the-directory", "its-summary"])
+def test_study_json_that_is_the_study_directory_or_in_it_is_a_usage_error(inside, no_work, tmp_path, capsys):
     out = tmp_path / "study"
-    err = usage_error(["study", "mlp", "--out", str(out), "--json", str(out)], capsys)
-    assert "this is the study directory (--out)" in err
+    if inside:
+        out.mkdir()  # a study to resume: its folder is there (a --json on the folder itself fails as a directory)
+    json_path = out / inside if inside else out
+    err = usage_error(["study", "mlp", "--out", str(out), "--json", str(json_path)], capsys)
+    assert f"--json {json_path}: is --out {out} or one of its files (results.json, results.md, accuracy.html)" in err
 
 
 @pytest.mark.parametrize("where", ["proc", "read-only"])
@@ -182,7 +197,7 @@ def test_bench_lstm_perplexity_out_that_takes_no_file_fails_before_training(wher
 def test_bench_lstm_json_that_is_the_perplexity_directory_is_a_usage_error(no_work, tmp_path, capsys):
     out = tmp_path / "runs"
     argv = ["bench-lstm", "--sizes", "--perplexity-steps", "1", "--perplexity-out", str(out), "--json", str(out)]
-    assert "this is the --perplexity-out directory" in usage_error(argv, capsys)
+    assert f"--json {out}: is --perplexity-out {out} or one of its files" in usage_error(argv, capsys)
 
 
 # --------------------------------------------------------------------------- item 16: bounds

@@ -31,7 +31,15 @@ from ..models import LM_METHODS, language_model, lstm_gemm_work
 from ..models.lstm import State
 from ..training import LMRaceConfig, lm_training_step, train_lm
 from .bench import check_protocol, time_side_by_side, with_groups
-from .options import check_distinct, check_output_dir, non_negative_int, positive_int, rate, write_record
+from .options import (
+    check_distinct,
+    check_json_apart,
+    check_output_dir,
+    non_negative_int,
+    positive_int,
+    rate,
+    write_record,
+)
 
 
 @dataclass(frozen=True)
@@ -238,6 +246,9 @@ def perplexity_table(runs: Sequence[LMRun]) -> str:
     return "\n".join(lines)
 
 
+PERPLEXITY_FILES = ("results.json", "results.md", "perplexity.html")  # what write_perplexity_study writes
+
+
 def write_perplexity_study(out: Path, runs: Sequence[LMRun], header: str, machine: str, command: str) -> None:
     """``out``/results.json (every run with its history), results.md (the table) and perplexity.html (the
     figure: ``lstm_study_figure``), each written atomically."""
@@ -308,8 +319,7 @@ def run(args: argparse.Namespace) -> int:
     check_distinct(args.parser, "--methods", args.methods)
     if args.perplexity_out is not None:
         check_output_dir(args.parser, "--perplexity-out", args.perplexity_out)
-        if args.json is not None and args.json.absolute() == args.perplexity_out.absolute():
-            args.parser.error(f"--json {args.json}: this is the --perplexity-out directory; name a file outside it")
+        check_json_apart(args.parser, args.json, "--perplexity-out", args.perplexity_out, PERPLEXITY_FILES)
     print(f"LSTM language model; {describe_machine(args.device)}")
     rows = []
     for size in args.sizes:

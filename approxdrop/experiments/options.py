@@ -105,6 +105,15 @@ def check_output_file(parser: argparse.ArgumentParser, option: str, path: Path) 
         parser.error(f"{option} {path}: cannot write a file there ({why})")
 
 
+def check_json_apart(
+    parser: argparse.ArgumentParser, json_path: Path | None, option: str, folder: Path, names: Sequence[str]
+) -> None:
+    """A usage error when ``--json`` is the output directory ``folder`` (given as ``option``) or one of the
+    files ``names`` the command writes there: they would clash."""
+    if json_path is not None and json_path.resolve() in {folder.resolve(), *(folder.resolve() / n for n in names)}:
+        parser.error(f"--json {json_path}: is {option} {folder} or one of its files ({', '.join(names)})")
+
+
 def common_parser() -> argparse.ArgumentParser:
     """The options of every subcommand: --device, --threads, --json, --no-progress."""
     parser = argparse.ArgumentParser(add_help=False)

@@ -56,7 +56,7 @@ from .._env import (
 from ..data import NAMES, Dataset, load_dataset
 from ..models import METHODS, ApproxDropoutMLP
 from ..training import evaluate, training_step
-from .options import check_output_dir, positive_int, rate, write_record
+from .options import check_json_apart, check_output_dir, positive_int, rate, write_record
 
 VARIANTS = METHODS  # a study can train any MLP method of the table
 SPLIT_SEED = 1234  # the one validation split of every run
@@ -446,6 +446,9 @@ def format_table(rows: list[SummaryRow], pilots: list[RunResult] = ()) -> str:
     return "\n".join(lines)
 
 
+SUMMARY_FILES = ("results.json", "results.md", "accuracy.html")  # what write_summary writes in the study folder
+
+
 def write_summary(config: StudyConfig, pilots: list[RunResult], results: list[RunResult], out: Path,
                   workers: int = 1) -> None:  # fmt: skip
     """results.json, results.md and accuracy.html under ``out``."""
@@ -502,10 +505,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def check_outputs(args: argparse.Namespace) -> None:
     """Usage errors, before any work, for an --out that cannot be a study directory (a file, read-only,
-    a full disk) and a --json that is the study directory itself."""
+    a full disk) and a --json that is the study directory or its summary."""
     check_output_dir(args.parser, "--out", args.out)
-    if args.json is not None and args.json.absolute() == args.out.absolute():
-        args.parser.error(f"--json {args.json}: this is the study directory (--out); name a file outside it")
+    check_json_apart(args.parser, args.json, "--out", args.out, SUMMARY_FILES)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -519,6 +521,10 @@ def run(args: argparse.Namespace) -> int:
         results = run_study(config, args.out, progress=not args.no_progress, workers=args.workers)
     except ValueError as err:  # a bad setting, a split larger than the data, a directory of other settings
         args.parser.error(str(err))
+    except OSError as err:  # the disk filled up or the folder went away mid-study: what finished is kept
+        print(f"approxdrop study: error: {err}. The finished runs in {args.out} are kept: fix this and run "
+              "the same command again to resume.", file=sys.stderr)  # fmt: skip
+        return 1
     print((args.out / "results.md").read_text())
     write_record(args, summarise(results))
     return 0
