@@ -625,3 +625,19 @@ def test_t5_with_wo_kept_in_float32_under_bfloat16_is_left_with_the_reason():
     assert report.converted == []
     why = dict(report.skipped)["encoder.block.0.layer.1.DenseReluDense.dropout"]
     assert why.startswith("wi is torch.bfloat16 but wo is torch.float32")
+
+
+def test_a_second_convert_of_the_same_sequential_composes_the_key_moves():
+    def flat():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Dropout(0.3), nn.Linear(16, 4), *_tail(), nn.Linear(4, 4))
+
+    model = flat()
+    keys = list(model.state_dict())
+    handle = model[3].register_forward_hook(lambda mod, i, o: None)
+    assert convert(model).converted == ["4"]  # the second chain; the first waits for its hook to go
+    handle.remove()
+    assert convert(model).converted == ["0"]  # now the first: the second block moves from "4" to "1"
+    assert [type(m).__name__ for m in model] == ["ApproxDropoutFFN", "ApproxDropoutFFN", "Linear"]
+    assert list(model.state_dict()) == keys
+    assert_checkpoints_load_both_ways(flat, model)
