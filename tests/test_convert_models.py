@@ -83,6 +83,11 @@ def assert_checkpoints_load_both_ways(make, converted):
 # --- nn.Sequential: keys, hooks, re-parametrised weights, in-place activations -------------------------
 
 
+def _tail():
+    """A second chain, 4 -> 4 -> 4, to follow ``chain()``'s output."""
+    return [nn.Linear(4, 4), nn.ReLU(), nn.Dropout(0.2), nn.Linear(4, 4)]
+
+
 def chain(inplace=False, d=8, h=16):
     torch.manual_seed(0)
     return nn.Sequential(nn.Linear(d, h), nn.ReLU(inplace=inplace), nn.Dropout(0.3), nn.Linear(h, d), nn.Linear(d, 4))
@@ -125,18 +130,14 @@ def test_hooks_on_the_chain_refuse_it_with_the_reason():
 
 
 def test_a_chain_converted_after_its_hook_is_removed_keeps_the_keys():
-    model = nn.Sequential(chain(), nn.Linear(4, 4), nn.ReLU(), nn.Dropout(0.2), nn.Linear(4, 4))
+    model = nn.Sequential(chain(), *_tail())
     handle = model[0][3].register_forward_hook(lambda mod, i, o: None)
     keys = list(model.state_dict())
     assert convert(model).converted == ["1"]
     handle.remove()
     assert convert(model).converted == ["0.0"]
     assert list(model.state_dict()) == keys
-    assert_checkpoints_load_both_ways(lambda: nn.Sequential(chain(), *list(nn.Sequential(*_tail()))), model)
-
-
-def _tail():
-    return [nn.Linear(4, 4), nn.ReLU(), nn.Dropout(0.2), nn.Linear(4, 4)]
+    assert_checkpoints_load_both_ways(lambda: nn.Sequential(chain(), *_tail()), model)
 
 
 def test_prune_and_legacy_weight_norm_are_refused_and_parametrizations_train():
