@@ -1,5 +1,6 @@
 """Adapters: how ``convert`` finds the ``Linear -> activation -> dropout -> Linear`` feed-forward of one
-kind of module and routes its forward through an ApproxDropoutFFN block, keyed by module class.
+kind of module and routes its forward through a block (an ApproxDropoutFFN; a GatedApproxDropoutFFN for
+a gated one; an OutputRowDropout for ``Linear -> Dropout`` on request), keyed by module class.
 
 An adapter's ``plan(module, build)`` returns a ``Plan``: the blocks it would make (``build`` makes one
 from a ``Chain``, or says why not), the dropouts it leaves alone with the reason, and an ``apply`` that
