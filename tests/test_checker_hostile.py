@@ -103,6 +103,25 @@ def test_a_kernel_interrupt_stops_a_check_whose_answer_catches_everything(capsys
     assert time.perf_counter() - start < 5
 
 
+def test_a_tracer_already_set_is_left_alone_and_the_deadline_still_holds(capsys):
+    """Under a debugger or coverage (a trace function on new threads) the checker does not trace: the
+    deadline holds all the same, and the answer is left to end by itself."""
+    events = []
+
+    def tracer(frame, event, arg):
+        events.append(event)
+
+    threading.settrace(tracer)
+    try:
+        start = time.perf_counter()
+        result = check("double", retry_forever(start + 3), lambda x: x + x, [(torch.ones(3),)], timeout_s=0.3)
+    finally:
+        threading.settrace(None)
+    out = capsys.readouterr().out
+    assert result.status == "fail" and "took longer than 0.3 s (it is still running in the background" in out
+    assert "call" in events  # the tracer saw the answer's calls: it was not replaced
+
+
 # --------------------------------------------------------------------------- item 11: a verdict, always
 
 

@@ -180,10 +180,14 @@ class _Worker(threading.Thread):
         super().__init__(name="approxdrop-check", daemon=True)
         self.fn, self.args, self.outcome = fn, args, {}
         self.grad_enabled = torch.is_grad_enabled()  # thread-local in torch: carry the caller's mode over
-        self.running, self.stopping = True, False
+        self.running, self.stopping, self.traced = True, False, False
 
     def run(self) -> None:
-        sys.settrace(self._on_call)  # costs a call per Python call; gives stop() a hook into every frame
+        # costs a call per Python call; gives stop() a hook into every frame. A tracer already set here (a
+        # debugger, coverage) is left alone: then stop() cannot end code that catches everything.
+        self.traced = sys.gettrace() is None
+        if self.traced:
+            sys.settrace(self._on_call)
         try:
             try:
                 with torch.set_grad_enabled(self.grad_enabled):
@@ -195,7 +199,8 @@ class _Worker(threading.Thread):
         except _Timeout:  # a stop sent at the answer's last line lands after it returned
             pass
         finally:
-            sys.settrace(None)
+            if self.traced:
+                sys.settrace(None)
 
     def _on_call(self, frame: FrameType, event: str, arg: Any) -> Callable | None:
         return self._on_line if self.stopping else None
@@ -210,7 +215,7 @@ class _Worker(threading.Thread):
         """Trace the answer's running frames (not ``run``'s), then wait up to ``grace_s`` seconds for it to
         end. Code blocked in C (a sleep) stops only at its next Python line."""
         self.stopping = True
-        frame = sys._current_frames().get(self.ident)
+        frame = sys._current_frames().get(self.ident) if self.traced else None
         while frame is not None and frame.f_code is not _Worker.run.__code__:
             frame.f_trace = self._on_line
             frame = frame.f_back
