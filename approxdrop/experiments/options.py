@@ -75,12 +75,13 @@ def _probe(folder: Path) -> None:
 def _unwritable_dir(path: Path) -> str | None:
     """Why no file can be written in ``path`` or in the directory it would become (its nearest existing
     parent, probed by ``_probe``: a file in the way, read-only, a full disk), or None. Nothing is created."""
-    base = next(p for p in (path, *path.absolute().parents) if p.exists())
-    if not base.is_dir():
-        return f"{base} is not a directory"
+    base = path
     try:
+        base = next(p for p in (path, *path.absolute().parents) if p.exists())
+        if not base.is_dir():
+            return f"{base} is not a directory"
         _probe(base)
-    except OSError as err:
+    except OSError as err:  # a parent we may not look into, a read-only folder, a full disk
         return f"{base} takes no file: {err.strerror or err}"
     return None
 
@@ -99,7 +100,7 @@ def check_output_file(parser: argparse.ArgumentParser, option: str, path: Path) 
         target = regular_file_target(path)
         why = None if target.parent.is_dir() else f"{target.parent} is not a directory"
         why = why or _unwritable_dir(target.parent)
-    except ValueError as err:
+    except (ValueError, OSError) as err:  # not a regular file; a parent we may not look into
         why = str(err)
     if why:
         parser.error(f"{option} {path}: cannot write a file there ({why})")
