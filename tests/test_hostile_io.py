@@ -217,4 +217,4 @@ def test_threads_beyond_the_cpu_count_is_a_usage_error():
 
 def test_a_warmup_as_long_as_the_run_is_a_usage_error(no_work, capsys):
     err = usage_error(["bench-transformer", "--warmup", "5", "--steps", "2"], capsys)
-    assert "--warmup 5 must be below --steps 2" in err
+    assert "warmup (5) must be below steps (2): the step time is the median of the steps after it" in err

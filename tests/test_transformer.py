@@ -201,7 +201,7 @@ def test_race_calls_back_while_it_trains(words):
 
 
 def test_measure_transformer_gives_one_row_per_p_and_method(words):
-    rows = measure_transformer("tiny", (0.1, 0.3), seeds=(0, 1), steps=3, progress=False, corpus=words)
+    rows = measure_transformer("tiny", (0.1, 0.3), seeds=(0, 1), steps=3, warmup=1, progress=False, corpus=words)
     assert [(r.p, r.method) for r in rows] == [(p, m) for p in (0.1, 0.3) for m in ("nn.Dropout", "row G=1", "row G=4")]
     for r in rows:
         assert len(r.valid_losses) == 2 and r.ms_per_step > 0 and r.diverged == 0
@@ -223,6 +223,7 @@ def test_measure_transformer_gives_one_row_per_p_and_method(words):
         ({"size": "huge"}, "size must be one of"),
         ({"steps": 0}, r"steps must be in \[1, inf\), got 0"),
         ({"lr": -1.0}, "lr must be a finite number > 0, got -1.0"),
+        ({"steps": 2, "warmup": 5}, r"warmup \(5\) must be below steps \(2\)"),
     ],
 )
 def test_measure_transformer_rejects_bad_arguments_before_training(monkeypatch, kwargs, message):

@@ -238,6 +238,15 @@ def _distinct(name: str, values: Sequence) -> None:
         raise ValueError(f"{name} must be a non-empty list of distinct values, got {list(values)}")
 
 
+def check_timed_steps(steps: int, warmup: int) -> None:
+    """ValueError unless some steps are left after the warm-up: the step time is their median (a race
+    alone would quietly time warm-up steps instead)."""
+    if warmup >= steps:
+        raise ValueError(
+            f"warmup ({warmup}) must be below steps ({steps}): the step time is the median of the steps after it"
+        )
+
+
 def measure_transformer(
     size: str = "default",
     ps: Sequence[float] = (0.1, 0.2, 0.3),
@@ -258,6 +267,7 @@ def measure_transformer(
     configs = {
         (p, seed): TransformerRaceConfig(size, p, steps, lr, warmup=warmup, seed=seed) for p in ps for seed in seeds
     }
+    check_timed_steps(steps, warmup)
     for g in groups:
         check_int("groups", g, 1)
     chars = char_corpus(load_corpus("auto") if corpus is None else corpus)
@@ -338,13 +348,9 @@ def run(args: argparse.Namespace) -> int:
         for name in ("ps", "seeds", "groups"):
             _distinct(f"--{name}", getattr(args, name))
         TransformerRaceConfig(args.size, args.ps[0], args.steps, args.lr, warmup=args.warmup)
+        check_timed_steps(args.steps, args.warmup)
     except ValueError as err:
         args.parser.error(str(err))
-    if args.warmup >= args.steps:
-        args.parser.error(
-            f"--warmup {args.warmup} must be below --steps {args.steps}: the step time is the median of the "
-            "steps after warm-up"
-        )
     corpus = load_corpus("auto")
     chars = char_corpus(corpus)
     rows = measure_transformer(
