@@ -264,3 +264,18 @@ def test_auto_masks_below_the_crossover_and_skips_above_it():
     assert ad.ApproxDropoutMLP([4, 8, 2], 0.5, executor="compact").executor_for(torch.zeros(2, 4)) == "compact"
     with pytest.raises(ValueError, match=r"executor must be one of \('auto', 'compact', 'masked'\), got 'fast'"):
         ad.ApproxDropoutFFN(4, 8, 0.5, executor="fast")
+
+
+def test_grouped_tile_op_equals_each_group_on_its_own_samples():
+    from approxdrop.ops import group_bounds, grouped_tile_pattern_linear, tile_linear_reference
+
+    x, w, b = _leaves((2, 9, 12), (10, 12), (10,), seed=5)
+    patterns = [TilePattern(3, o, tile=4) for o in (2, 0, 1, 2)]
+    y = grouped_tile_pattern_linear(x, w, b, patterns)
+    for (start, stop), q in zip(group_bounds(9, 4), patterns):
+        torch.testing.assert_close(y[:, start:stop], tile_linear_reference(x[:, start:stop], w, b, q))
+    assert torch.autograd.gradcheck(lambda *t: grouped_tile_pattern_linear(*t, patterns), (x, w, b))
+    with pytest.raises(ValueError, match=r"x must be \[\*, B, n_in\] and patterns one per group"):
+        grouped_tile_pattern_linear(x[0, 0], w, b, patterns)
+    with pytest.raises(ValueError, match="x must have last dimension 12"):
+        grouped_tile_pattern_linear(x[..., :5], w, b, patterns)

@@ -160,7 +160,7 @@ def test_bad_groups_are_value_errors_naming_the_value(kwargs, match):
 
 def test_groups_that_drew_the_same_tiles_share_one_tile_op(monkeypatch):
     """G = 4 groups with dp = 2 draw two distinct patterns: two tile ops per layer reading the site."""
-    import approxdrop.models.mlp as mlp
+    import approxdrop.ops.linear as linear
 
     calls = []
 
@@ -168,7 +168,7 @@ def test_groups_that_drew_the_same_tiles_share_one_tile_op(monkeypatch):
         calls.append((x.shape[-2], pattern))
         return ad.ops.tile_pattern_linear(x, weight, bias, pattern, **kwargs)
 
-    monkeypatch.setattr(mlp, "tile_pattern_linear", counting)
+    monkeypatch.setattr(linear, "tile_pattern_linear", counting)
     law = ad.PatternDistribution(((2, 1),), (1.0,), kind="tile", tile=8)
     model = tile_model(0.5, 4, sizes=(19, 40, 24), distributions=[law])
     model(torch.randn(10, 19))  # groups of 3, 3, 2, 2 samples

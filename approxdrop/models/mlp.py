@@ -26,7 +26,14 @@ from torch import nn
 
 from .._env import check_int, check_rate
 from ..distribution import MAX_GROUPS, PatternDistribution
-from ..ops import FULL, group_bounds, grouped_row_pattern_linear_compact, row_pattern_linear, tile_pattern_linear
+from ..ops import (
+    FULL,
+    group_bounds,
+    grouped_row_pattern_linear_compact,
+    grouped_tile_pattern_linear,
+    row_pattern_linear,
+    tile_pattern_linear,
+)
 from ..patterns import RowPattern, TilePattern
 from .methods import ELEMENT, NOTHING, ROW, TILE, get_method, methods_for
 from .sites import (
@@ -232,24 +239,14 @@ class ApproxDropoutMLP(nn.Module):
 
     @run_eagerly
     def _grouped_tile(self, x, patterns: list[tuple[TilePattern, ...] | None]):
-        # groups split the batch axis (the second-to-last) as torch.tensor_split does; a layer reading a
-        # site runs the tile op once per distinct pattern, on the samples of the groups that drew it
+        # groups split the batch axis (the second-to-last) as torch.tensor_split does
         single = x.dim() == 1
         x = x.unsqueeze(0) if single else x  # [*, B, n]
-        bounds = group_bounds(x.shape[-2], self.groups)
 
         def layer(i, linear, x):
             if patterns[i] is None:
                 return linear(x)
-            ys: list = [None] * self.groups
-            for q in dict.fromkeys(patterns[i]):  # distinct patterns, in group order
-                members = [g for g, pg in enumerate(patterns[i]) if pg == q]
-                xq = torch.cat([x[..., slice(*bounds[g]), :] for g in members], -2)  # [*, B_q, n_in]
-                yq = tile_pattern_linear(xq, linear.weight, linear.bias, q, check=False)  # [*, B_q, n_out]
-                sizes = [bounds[g][1] - bounds[g][0] for g in members]
-                for g, y in zip(members, yq.split(sizes, -2)):
-                    ys[g] = y
-            return torch.cat(ys, -2)  # [*, B, n_out]
+            return grouped_tile_pattern_linear(x, linear.weight, linear.bias, patterns[i], check=False)
 
         y = self._stack(x, layer)
         return y.squeeze(0) if single else y

@@ -25,6 +25,7 @@ from .linear import (
     FULL,
     grouped_row_pattern_linear,
     grouped_row_pattern_linear_compact,
+    grouped_tile_pattern_linear,
     row_pattern_linear,
     tile_pattern_linear,
 )
@@ -39,6 +40,7 @@ __all__ = [
     "grouped_row_linear_reference",
     "grouped_row_pattern_linear",
     "grouped_row_pattern_linear_compact",
+    "grouped_tile_pattern_linear",
     "row_linear",
     "row_linear_backward",
     "row_linear_reference",

@@ -17,7 +17,7 @@ import torch
 from ..patterns import RowPattern, TilePattern
 from .common import check_linear_args, check_weight
 from .eager import GroupedRowLinear, GroupedRowLinearCompact, RowLinear, TileLinear, use_eager
-from .grouped import _check, _check_compact, grouped_row_linear, grouped_row_linear_compact
+from .grouped import _check, _check_compact, group_bounds, grouped_row_linear, grouped_row_linear_compact
 from .row import row_linear_gathered
 from .tile import tile_linear
 
@@ -56,6 +56,37 @@ def tile_pattern_linear(
     if use_eager(x):
         return TileLinear.apply(x, weight, bias, pattern)
     return tile_linear(x, weight, bias, pattern.dp, pattern.offset, pattern.keep, pattern.tile)
+
+
+def grouped_tile_pattern_linear(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    patterns: Sequence[TilePattern],
+    *,
+    check: bool = True,
+) -> torch.Tensor:
+    """DropConnect on tiles with one TilePattern per batch group: the batch axis of x (Tensor[*, B, n_in],
+    the second-to-last) splits as ``torch.tensor_split`` does, and the tile op runs once per distinct
+    pattern, on the samples of the groups that drew it -> Tensor[*, B, n_out]."""
+    if check:
+        if x.dim() < 2 or not patterns:
+            raise ValueError(
+                f"grouped_tile_linear: x must be [*, B, n_in] and patterns one per group, got x of shape "
+                f"{tuple(x.shape)} and {len(patterns)} patterns"
+            )
+        check_weight("tile_linear", weight)
+        check_linear_args("tile_linear", x, weight, bias, weight.shape[1])
+    bounds = group_bounds(x.shape[-2], len(patterns))
+    ys: list = [None] * len(patterns)
+    for q in dict.fromkeys(patterns):  # distinct patterns, in group order
+        members = [g for g, pg in enumerate(patterns) if pg == q]
+        xq = torch.cat([x[..., slice(*bounds[g]), :] for g in members], -2)  # [*, B_q, n_in]
+        yq = tile_pattern_linear(xq, weight, bias, q, check=False)  # [*, B_q, n_out]
+        sizes = [bounds[g][1] - bounds[g][0] for g in members]
+        for g, y in zip(members, yq.split(sizes, -2)):
+            ys[g] = y
+    return torch.cat(ys, -2)  # [*, B, n_out]
 
 
 def grouped_row_pattern_linear(
