@@ -6,6 +6,7 @@ resolve to a file inside the repository (and to an existing heading when they ca
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 from pathlib import Path
@@ -38,8 +39,12 @@ def tracked_files() -> list[Path]:
             check=True,
         ).stdout.splitlines()
         paths = [ROOT / name for name in names]
-    except (OSError, subprocess.CalledProcessError):
-        paths = [p for p in ROOT.rglob("*") if not SKIP_DIRS.intersection(p.relative_to(ROOT).parts)]
+    except (OSError, subprocess.CalledProcessError):  # not a git checkout (an unpacked archive)
+        paths = []
+        for folder, dirs, files in os.walk(ROOT):
+            dirs[:] = [d for d in dirs if d not in SKIP_DIRS]  # never descend into a venv or a build
+            paths += [Path(folder, f) for f in files]
+    paths = [p for p in paths if not SKIP_DIRS.intersection(p.relative_to(ROOT).parts)]
     this = Path(__file__).resolve()  # its planted broken citations are the scan's own test cases
     return sorted(p for p in paths if p.suffix in TEXT_SUFFIXES and p.is_file() and p.resolve() != this)
 
