@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import os
 import platform
-from typing import TypeVar
+from types import SimpleNamespace
+from typing import Any, TypeVar
 
 import torch
 
@@ -24,6 +25,22 @@ def ci_mode() -> bool:
 def pick(full: _T, ci: _T) -> _T:
     """``ci`` in CI mode, else ``full``: ``steps = pick(2000, 20)``."""
     return ci if ci_mode() else full
+
+
+def lab_sizes(**choices: tuple[Any, Any]) -> SimpleNamespace:
+    """A lab's sizes, chosen in one call: every keyword is ``(full, ci)``, and CI mode takes ``ci``.
+    Prints the chosen values in one line, so the learner sees at once what the lab will run:
+
+        size = lab_sizes(n=(2048, 256), batch=(512, 64))  # then size.n, size.batch
+    """
+    chosen = {}
+    for name, pair in choices.items():
+        if not (isinstance(pair, tuple) and len(pair) == 2):
+            raise ValueError(f"sizes: {name}={pair!r} is not a (full, ci) pair")
+        chosen[name] = pick(*pair)
+    listed = ", ".join(f"{name} {value}" for name, value in chosen.items())
+    print(f"sizes ({'CI mode' if ci_mode() else 'full size'}): {listed}")
+    return SimpleNamespace(**chosen)
 
 
 def device() -> torch.device:
