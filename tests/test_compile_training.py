@@ -172,3 +172,22 @@ def test_pattern_key_keys_one_graph_per_pattern():
     ad.draw_patterns(shared)
     with pytest.raises(ValueError, match="batch-shared"):
         ad.pattern_key(shared)
+
+
+def test_once_the_offset_is_symbolic_a_new_offset_compiles_nothing():
+    """With one period (dp = 4 dividing the widths), offsets are the only change between steps: after the
+    first two offsets (the second turns the offset symbolic) no new offset costs a graph."""
+    law = ad.PatternDistribution(((4, 1),), (1.0,))
+    model = ad.ApproxDropoutMLP([8, 16, 16, 4], 0.75, method="row", distributions=[law, law])
+    torch._dynamo.reset()
+    counters.clear()
+    compiled = torch.compile(model, fullgraph=True, backend="eager")
+    x = torch.randn(6, 8)
+    graphs = []
+    with torch._dynamo.config.patch(automatic_dynamic_local_pgo=False, allow_unspec_int_on_nn_module=True):
+        for a, b in [(0, 0), (1, 2), (2, 3), (3, 1), (1, 0), (2, 2)]:
+            setattr(model, PENDING, [None, ad.RowPattern(4, a), ad.RowPattern(4, b)])
+            compiled(x).sum().backward()
+            assert [q.offset for q in model.last_patterns[1:]] == [a, b]
+            graphs.append(counters["stats"]["unique_graphs"])
+    assert graphs[-1] == graphs[1] <= 3, graphs
