@@ -1,13 +1,30 @@
 """Timing chart and the live GEMM timing helpers."""
 
+import math
+from types import SimpleNamespace
+
 import plotly.graph_objects as go
 import pytest
 import torch
 
 from approxdrop import RowPattern, TilePattern
-from approxdrop.course.viz.timing import from_bench, timing_figure, update_timing_figure
+from approxdrop.course.viz.timing import (
+    BUSY_SPREAD,
+    Spread,
+    from_bench,
+    median_rows,
+    noise_warning,
+    race_lines,
+    race_speedups,
+    repeat_timings,
+    spread,
+    timing_figure,
+    timing_lines,
+    update_timing_figure,
+)
 from approxdrop.experiments.bench import BenchRow
 from approxdrop.experiments.gemm_timing import Timing, dropout_timings, median_ms, row_timings, tile_timings
+from approxdrop.training.race import ACCURACY, History, RaceResult
 
 ROWS = [Timing("dense GEMM", 4.0, 1.0), Timing("row pattern", 2.0, 0.25)]
 
@@ -48,3 +65,82 @@ def test_median_ms_measures_and_helpers_report_work():
     assert [t.name for t in rows][0] == "dense GEMM" and rows[-1].work == pytest.approx(1 / 9)
     tiles = tile_timings(4, 16, 16, TilePattern(4, 0, 4), "cpu", repeats=2)
     assert tiles[-1].work == pytest.approx(0.25) and all(t.ms > 0 for t in tiles)
+
+
+def test_spread_of_tight_repeats_does_not_warn():
+    s = spread([1.0, 1.02, 0.98, 1.01, 0.99])
+    assert (s.median, s.low, s.high, s.count, s.dropped) == (1.0, 0.98, 1.02, 5, 0)
+    assert s.q1 == pytest.approx(0.99) and s.q3 == pytest.approx(1.01)
+    assert s.relative == pytest.approx(0.02) and not s.busy
+    assert s.describe() == "1.00x (IQR 0.99-1.01, range 0.98-1.02 over 5 repeats)"
+    assert noise_warning([s]) is None
+
+
+def test_busy_spread_warns_once_for_any_busy_timing():
+    tight, busy = spread([0.5, 0.51, 0.49]), spread([0.47, 0.53, 1.08, 0.5, 0.9])
+    assert busy.relative > BUSY_SPREAD and busy.busy
+    warning = noise_warning([tight, busy])
+    assert warning is not None and "machine looks busy" in warning and "25%" in warning
+    assert noise_warning([tight]) is None and noise_warning([]) is None
+    assert not Spread(1.0, 0.88, 1.12, 0.5, 2.0, 7).busy  # IQR 0.24 of the median: below the limit
+    assert Spread(1.0, 0.87, 1.13, 0.87, 1.13, 7).busy  # 0.26: above it, however tight the range
+
+
+def test_spread_leaves_out_nan_and_inf():
+    s = spread([1.0, math.nan, 2.0, math.inf, 3.0])
+    assert (s.median, s.count, s.dropped, s.low, s.high) == (2.0, 3, 2, 1.0, 3.0)
+    assert s.describe().endswith("over 3 repeats, 2 not finite left out)")
+    none = spread([math.nan, math.nan])
+    assert none.count == 0 and none.dropped == 2 and math.isnan(none.median) and math.isnan(none.relative)
+    assert not none.busy and none.describe() == "not measured (2 repeats, none finite)"
+    assert noise_warning([none]) is None
+    one = spread([0.7])
+    assert (one.q1, one.q3, one.relative, one.busy) == (0.7, 0.7, 0.0, False)
+
+
+def test_repeat_timings_gives_the_ratio_to_the_baseline_of_each_round():
+    rounds = iter([[4.0, 2.0], [8.0, 2.0], [4.0, 1.0]])  # the second round: a slow moment for the baseline
+
+    def measure():
+        dense, small = next(rounds)
+        return [Timing("dense GEMM", dense, 1.0), Timing("small", small, 0.5)]
+
+    dense, small = repeat_timings(measure, 3)
+    assert (dense.name, small.name, small.work) == ("dense GEMM", "small", 0.5)
+    assert dense.ratio.median == 1.0 and dense.ms.median == 4.0 and small.ms.median == 2.0
+    assert (small.ratio.low, small.ratio.median, small.ratio.high) == (0.25, 0.25, 0.5)
+    assert (small.speedup.low, small.speedup.median, small.speedup.high) == (2.0, 4.0, 4.0)
+    assert median_rows([dense, small]) == [Timing("dense GEMM", 4.0, 1.0), Timing("small", 2.0, 0.5)]
+    lines = timing_lines([dense, small])
+    assert lines[1].startswith("                   small:    2.000 ms, 0.25x dense GEMM (IQR")
+    assert lines[-1] == noise_warning([small.ratio])  # 0.25 / 0.25 / 0.5: IQR 0.125 of 0.25, busy
+    with pytest.raises(ValueError, match="rounds"):
+        repeat_timings(measure, 0)
+
+
+def _history(seconds, start=1):
+    return History(step=list(range(start, start + len(seconds))), seconds=list(seconds))
+
+
+def test_race_speedups_pair_steps_after_warmup_and_warn_when_noisy():
+    result = RaceResult(
+        {
+            "bernoulli": _history([9.0, 4.0, 4.0, 4.0, 4.0]),
+            "row": _history([1.0, 2.0, 2.0, 2.0, 2.0]),  # the first step is warm-up: left out
+            "tile": _history([9.0, 1.0, 4.0, 8.0, 2.0]),
+            "late": _history([2.0], start=5),  # only step 5 pairs with bernoulli
+        },
+        ACCURACY,
+        SimpleNamespace(p=0.5, warmup=1, steps=5),
+        {"bernoulli": 1.0, "row": 0.3, "tile": 0.6, "late": 1.0},
+        "cpu",
+    )
+    speed = race_speedups(result)
+    assert list(speed) == ["row", "tile", "late"]
+    assert (speed["row"].median, speed["row"].count, speed["row"].busy) == (2.0, 4, False)
+    assert (speed["tile"].low, speed["tile"].high, speed["tile"].busy) == (0.5, 4.0, True)
+    assert speed["late"].count == 1 and speed["late"].median == 2.0
+    lines = race_lines(result)
+    assert lines[0] == "      row: 2.00x bernoulli's speed (IQR 2.00-2.00, range 2.00-2.00 over 4 repeats)"
+    assert lines[-1] == noise_warning([speed["tile"]])
+    assert race_speedups(result, baseline="none") == {}

@@ -13,6 +13,7 @@ from approxdrop.course.widgets.patterns import (
     RowPatternPanel,
     TilePatternPanel,
 )
+from approxdrop.experiments.gemm_timing import Timing
 from approxdrop.search import distribution_for
 
 
@@ -38,6 +39,23 @@ def test_row_panel_redraws_in_place_and_times_on_click():
     assert bars.y is None or len(bars.y) == 0
     panel.button.click()
     assert panel.timing.data[0] is bars and len(bars.y) == 4 and "speed-up over the dense GEMM" in panel.status.value
+    assert "over 5 repeats" in panel.status.value and len(panel.spreads) == 4  # the default: 5 rounds
+
+
+def test_timed_panel_shows_the_spread_and_warns_only_when_busy():
+    panel = RowPatternPanel(n_out=12, n_in=5, n_next=4, batch=4, n=16, device="cpu", repeats=10, rounds=4)
+    assert panel.repeats == 3  # about 10 timed calls per method in all, over 4 rounds
+    quiet = iter([[4.0, 2.0, 2.0, 1.0], [4.0, 2.0, 2.0, 1.0], [4.2, 2.0, 2.0, 1.0], [4.0, 2.1, 2.0, 1.0]])
+    busy = iter([[4.0, 2.0, 2.0, 1.0], [4.0, 2.0, 2.0, 4.0], [4.0, 2.0, 2.0, 1.0], [4.0, 2.0, 2.0, 1.0]])
+    names = ["dense GEMM", "kept rows", "kept columns", "rows and columns"]
+    for rounds, warns in ((quiet, False), (busy, True)):
+        panel._measure = lambda r=rounds: [Timing(n, ms, 1.0) for n, ms in zip(names, next(r))]
+        panel.time_it()
+        assert panel.status.value.startswith("rows and columns: speed-up over the dense GEMM 4.00x (IQR")
+        assert "over 4 repeats" in panel.status.value
+        assert ("machine looks busy" in panel.warning.value) is warns
+    with pytest.raises(ValueError, match="rounds"):
+        RowPatternPanel(n=16, rounds=0)
 
 
 def test_tile_panel_follows_tile_size_and_pattern():

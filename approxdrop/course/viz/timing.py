@@ -1,13 +1,23 @@
-"""Timing bar chart: measured time per method, with the GEMM-work bound drawn on each bar.
+"""Timing bar chart: measured time per method, with the GEMM-work bound drawn on each bar; and the one
+helper every live timing of the labs reports through: its spread over repeats, and a warning when that
+spread says the machine was busy.
 
 The bound of a method is ``baseline ms * work``: the time it would take if time shrank exactly
 with the GEMM work it has left. Rows are ``experiments.gemm_timing.Timing`` (name, ms, work);
 ``from_bench`` converts ``experiments.bench.measure`` rows at one p.
+
+Spread: ``spread(values)`` gives median, quartiles and range (NaN and inf left out);
+``noise_warning`` returns one warning line when any interquartile range is above ``BUSY_SPREAD`` (25%)
+of its median. ``repeat_timings`` repeats a GEMM timing (labs 01-03: ``timing_lines`` prints it, the
+pattern panels show it); ``race_speedups`` / ``race_lines`` give a race's per-step speedups (lab 05).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import math
+import statistics
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import plotly.graph_objects as go
@@ -16,6 +26,7 @@ from ...experiments.gemm_timing import Timing
 
 if TYPE_CHECKING:
     from ...experiments.bench import BenchRow  # not at run time: bench pulls in the training stack and tqdm
+    from ...training import RaceResult
 
 
 def from_bench(rows: Iterable[BenchRow], p: float) -> list[Timing]:
@@ -77,3 +88,146 @@ def update_timing_figure(
         fig.data[0].update(x=bars.x, y=bars.y, text=bars.text)
         fig.data[1].update(x=bound.x, y=bound.y)
         fig.layout.title.text = _title(title, rows)
+
+
+# ---- spread over repeats: one helper for every live timing of the labs ----------------------------------
+
+BUSY_SPREAD = 0.25
+"""A timing is flagged noisy when its interquartile range exceeds this share of its median. On a quiet
+machine repeated medians of one GEMM agree within a few percent, and the per-step speedups of lab 05's
+CI-size race (steps of about 1.5 ms) within 15-20% (this project's 2-core CPU, 2026-12-06); with other work
+on the cores the same timings spread 30-100%, and a ratio read from them can be off by more than the effect
+it measures."""
+
+BUSY_WARNING = (
+    "WARNING: the machine looks busy: these timings are noisy (IQR above {limit:.0%} of the median); "
+    "time again when it is quiet, and compare with the recorded reference in the text"
+)
+
+
+@dataclass(frozen=True)
+class Spread:
+    """Median, quartiles and range of repeated measurements of one quantity; ``count`` finite values
+    (NaN and inf are left out and counted in ``dropped``)."""
+
+    median: float
+    q1: float
+    q3: float
+    low: float
+    high: float
+    count: int
+    dropped: int = 0
+
+    @property
+    def relative(self) -> float:
+        """Interquartile range over the median (NaN without a positive median)."""
+        return (self.q3 - self.q1) / self.median if self.count and self.median > 0 else math.nan
+
+    @property
+    def busy(self) -> bool:
+        """True when the spread says the machine was busy: IQR above ``BUSY_SPREAD`` of the median."""
+        return self.relative > BUSY_SPREAD
+
+    def describe(self, unit: str = "x") -> str:
+        """E.g. ``0.53x (IQR 0.47-0.60, range 0.45-1.08 over 7 repeats)``."""
+        if not self.count:
+            return f"not measured ({self.dropped} repeats, none finite)"
+        text = (
+            f"{self.median:.2f}{unit} (IQR {self.q1:.2f}-{self.q3:.2f}, "
+            f"range {self.low:.2f}-{self.high:.2f} over {self.count} repeats"
+        )
+        return text + (f", {self.dropped} not finite left out)" if self.dropped else ")")
+
+
+def spread(values: Iterable[float]) -> Spread:
+    """The ``Spread`` of ``values``; non-finite values are left out (all of them: every field NaN)."""
+    values = [float(v) for v in values]
+    finite = sorted(v for v in values if math.isfinite(v))
+    dropped = len(values) - len(finite)
+    if not finite:
+        return Spread(math.nan, math.nan, math.nan, math.nan, math.nan, 0, dropped)
+    if len(finite) == 1:
+        q1 = q3 = finite[0]
+    else:
+        q1, _, q3 = statistics.quantiles(finite, n=4, method="inclusive")
+    return Spread(statistics.median(finite), q1, q3, finite[0], finite[-1], len(finite), dropped)
+
+
+def noise_warning(spreads: Iterable[Spread]) -> str | None:
+    """``BUSY_WARNING`` when any of ``spreads`` is busy, else None."""
+    return BUSY_WARNING.format(limit=BUSY_SPREAD) if any(s.busy for s in spreads) else None
+
+
+@dataclass(frozen=True)
+class TimingSpread:
+    """One method's timing over repeated rounds: ms per round, and its time as a share of the first
+    method's in the same round (``ratio``) and that method's time over its own (``speedup``): measured
+    side by side, so a slow moment of the machine hits both."""
+
+    name: str
+    work: float
+    ms: Spread
+    ratio: Spread
+    speedup: Spread
+
+
+def repeat_timings(measure: Callable[[], Sequence[Timing]], rounds: int) -> list[TimingSpread]:
+    """Call ``measure()`` (e.g. ``lambda: gemm_timing.dropout_timings(...)``, a list of medians, the first
+    the baseline) ``rounds`` times; each method's ms and ratios to the baseline over the rounds."""
+    if rounds < 1:
+        raise ValueError(f"rounds must be at least 1, got {rounds}")
+    runs = [list(measure()) for _ in range(rounds)]
+
+    def share(num: float, den: float) -> float:
+        return num / den if den > 0 else math.nan
+
+    return [
+        TimingSpread(
+            row.name,
+            row.work,
+            spread(run[i].ms for run in runs),
+            spread(share(run[i].ms, run[0].ms) for run in runs),
+            spread(share(run[0].ms, run[i].ms) for run in runs),
+        )
+        for i, row in enumerate(runs[0])
+    ]
+
+
+def median_rows(spreads: Sequence[TimingSpread]) -> list[Timing]:
+    """The medians as ``Timing`` rows, for ``timing_figure``."""
+    return [Timing(s.name, s.ms.median, s.work) for s in spreads]
+
+
+def timing_lines(spreads: Sequence[TimingSpread], baseline: str | None = None) -> list[str]:
+    """One line per method: median ms, its ratio to the first method with spread, and the GEMM-work
+    bound; then the busy-machine warning when a spread is large."""
+    base = baseline or (spreads[0].name if spreads else "")
+    lines = [
+        f"{s.name:>24}: {s.ms.median:8.3f} ms, {s.ratio.describe(f'x {base}')}; GEMM work {s.work:.2f}" for s in spreads
+    ]
+    warning = noise_warning(s.ratio for s in spreads[1:])
+    return lines + ([warning] if warning else [])
+
+
+def race_speedups(result: RaceResult, baseline: str = "bernoulli") -> dict[str, Spread]:
+    """Per method, the spread of the per-step speedup ``baseline ms / method ms`` over the steps after
+    warm-up that both ran (the race interleaves them, so each pair is measured side by side)."""
+    hists = result.histories
+    if baseline not in hists:
+        return {}
+    base = {s: t for s, t in zip(hists[baseline].step, hists[baseline].seconds) if s > result.warmup}
+    return {
+        m: spread(base[s] / t if t > 0 else math.nan for s, t in zip(h.step, h.seconds) if s in base)
+        for m, h in hists.items()
+        if m != baseline
+    }
+
+
+def race_lines(result: RaceResult, baseline: str = "bernoulli") -> list[str]:
+    """One line per method: its speedup over ``baseline`` with the spread over steps, then the
+    busy-machine warning when a spread is large."""
+    speedups = race_speedups(result, baseline)
+    unit = f"x {baseline}'s speed"
+    lines = [f"{m:>9}: {s.describe(unit)}" for m, s in speedups.items()]
+    warning = noise_warning(speedups.values())
+    return lines + ([warning] if warning else [])

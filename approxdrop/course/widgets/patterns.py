@@ -9,6 +9,7 @@ static copy.
 
 from __future__ import annotations
 
+import html
 import math
 from collections.abc import Callable, Sequence
 
@@ -32,7 +33,7 @@ from ..viz.matrix import (
     update_row_figure,
     update_tile_figure,
 )
-from ..viz.timing import timing_figure, update_timing_figure
+from ..viz.timing import median_rows, noise_warning, repeat_timings, timing_figure, update_timing_figure
 
 LAYOUT = {"continuous_update": False, "style": {"description_width": "60px"}}
 
@@ -76,14 +77,21 @@ class PatternSliders:
 
 
 class _TimedPanel:
-    """A matrix FigureWidget that follows the sliders, and a timing FigureWidget behind a button."""
+    """A matrix FigureWidget that follows the sliders, and a timing FigureWidget behind a button.
+    ``time it`` measures ``rounds`` times, about ``repeats`` timed calls per method in all; the figure
+    shows the medians, ``status`` the speed-up with its spread, ``warning`` the busy-machine line
+    (``viz.timing.noise_warning``) when the spread is large."""
 
-    def __init__(self, batch: int, n: int, device, repeats: int) -> None:
-        self.batch, self.n, self.repeats = batch, n, repeats
+    def __init__(self, batch: int, n: int, device, repeats: int, rounds: int = 5) -> None:
+        if rounds < 1:
+            raise ValueError(f"rounds must be at least 1, got {rounds}")
+        self.batch, self.n, self.rounds = batch, n, rounds
+        self.repeats = max(1, -(-repeats // rounds))  # timed calls per round: about ``repeats`` in all
         self.device = default_device() if device is None else device
         self.timing = figure_widget(timing_figure([], self._timing_title()))
         self.button = w.Button(description="time it", icon="clock-o", tooltip="measure the GEMMs at this pattern")
         self.status = w.HTML()
+        self.warning = w.HTML()  # the busy-machine warning of the last timing, if any
         self.button.on_click(lambda _: self.time_it())
 
     def _timing_title(self) -> str:
@@ -93,13 +101,18 @@ class _TimedPanel:
         raise NotImplementedError
 
     def time_it(self) -> None:
-        """Measure the GEMMs at the current pattern and redraw the timing figure in place."""
+        """Measure the GEMMs at the current pattern ``rounds`` times (``viz.timing.repeat_timings``) and
+        redraw the timing figure in place with the medians; the status gives each method's time as a
+        share of the dense GEMM's, with its spread over the rounds, and warns when the machine looks busy."""
         self.status.value = "timing..."
-        rows = self._measure()
-        update_timing_figure(self.timing, rows, self._timing_title())
-        best = rows[-1]
-        speedup, bound = rows[0].ms / best.ms, 1 / best.work
-        self.status.value = f"{best.name}: speed-up over the dense GEMM {speedup:.2f}x (GEMM-work bound {bound:.2f}x)"
+        self.spreads = spreads = repeat_timings(self._measure, self.rounds)
+        update_timing_figure(self.timing, median_rows(spreads), self._timing_title())
+        best = spreads[-1]
+        self.status.value = (
+            f"{best.name}: speed-up over the dense GEMM {best.speedup.describe()}; GEMM-work bound {1 / best.work:.2f}x"
+        )
+        warning = noise_warning([best.speedup, *(s.ratio for s in spreads[1:])])
+        self.warning.value = f'<b style="color:#B22222">{html.escape(warning)}</b>' if warning else ""
 
 
 class RowPatternPanel(_TimedPanel):
@@ -115,13 +128,14 @@ class RowPatternPanel(_TimedPanel):
         n: int = 1024,
         device: torch.device | str | None = None,
         repeats: int = 10,
+        rounds: int = 5,
         **start: int,
     ) -> None:
-        super().__init__(batch, n, device, repeats)
+        super().__init__(batch, n, device, repeats, rounds)
         self.shape = (n_out, n_in, n_next)
         self.sliders = PatternSliders(self.redraw, **start)
         self.fig = figure_widget(row_figure(self.pattern, *self.shape))
-        controls = w.HBox([self.sliders.box, w.VBox([self.button, self.status])])
+        controls = w.HBox([self.sliders.box, w.VBox([self.button, self.status, self.warning])])
         self.widget = w.VBox([controls, self.fig, self.timing])
 
     @property
@@ -147,16 +161,17 @@ class TilePatternPanel(_TimedPanel):
         n: int = 1024,
         device: torch.device | str | None = None,
         repeats: int = 10,
+        rounds: int = 5,
         tiles: Sequence[int] = (4, 8, 16, 32),
         **start: int,
     ) -> None:
-        super().__init__(batch, n, device, repeats)
+        super().__init__(batch, n, device, repeats, rounds)
         self.shape = (n_out, n_in)
         self.tile = w.Dropdown(options=list(tiles), value=tiles[-2], description="tile", style=LAYOUT["style"])
         self.sliders = PatternSliders(self.redraw, **start)
         self.tile.observe(lambda _: self.redraw(), "value")
         self.fig = figure_widget(tile_figure(self.pattern, *self.shape))
-        controls = w.HBox([w.VBox([self.tile, self.sliders.box]), w.VBox([self.button, self.status])])
+        controls = w.HBox([w.VBox([self.tile, self.sliders.box]), w.VBox([self.button, self.status, self.warning])])
         self.widget = w.VBox([controls, self.fig, self.timing])
 
     @property
