@@ -11,6 +11,7 @@ from approxdrop import RowPattern, TilePattern
 from approxdrop.course.viz.timing import (
     BUSY_SPREAD,
     Spread,
+    TimingSpread,
     from_bench,
     median_rows,
     noise_warning,
@@ -18,6 +19,7 @@ from approxdrop.course.viz.timing import (
     race_speedups,
     repeat_timings,
     spread,
+    spread_figure,
     timing_figure,
     timing_lines,
     update_timing_figure,
@@ -144,3 +146,26 @@ def test_race_speedups_pair_steps_after_warmup_and_warn_when_noisy():
     assert lines[0] == "      row: 2.00x bernoulli's speed (IQR 2.00-2.00, range 2.00-2.00 over 4 repeats)"
     assert lines[-1] == noise_warning([speed["tile"]])
     assert race_speedups(result, baseline="none") == {}
+
+
+def test_timing_figure_draws_the_spread_as_whiskers_and_update_clears_them():
+    spreads = [spread([3.0, 4.0, 5.0]), spread([1.5, 2.0, 3.0])]  # quartiles 3.5-4.5 and 1.75-2.5
+    fig = timing_figure(ROWS, "t", spreads)
+    err = fig.data[0].error_y
+    assert err.visible and list(err.array) == [0.5, 0.5] and list(err.arrayminus) == [0.5, 0.25]
+    assert "whiskers" in fig.layout.title.text
+    assert not timing_figure(ROWS, "t").data[0].error_y.visible
+    live = go.FigureWidget(timing_figure([], "t"))
+    update_timing_figure(live, ROWS, "t", spreads)
+    assert live.data[0].error_y.visible and list(live.data[0].error_y.arrayminus) == [0.5, 0.25]
+    update_timing_figure(live, ROWS, "t")
+    assert not live.data[0].error_y.visible and "whiskers" not in live.layout.title.text
+    with pytest.raises(ValueError, match="1 spreads for 2"):
+        timing_figure(ROWS, "t", spreads[:1])
+
+
+def test_spread_figure_puts_the_medians_and_their_iqr_in_the_bars():
+    timings = [TimingSpread("dense GEMM", 1.0, spread([4.0]), spread([1.0]), spread([1.0]))]
+    timings.append(TimingSpread("small", 0.5, spread([1.0, 2.0, 5.0]), spread([0.5]), spread([2.0])))
+    bars = spread_figure(timings, "t").data[0]
+    assert list(bars.y) == [4.0, 2.0] and list(bars.error_y.array) == [0.0, 1.5]

@@ -38,12 +38,31 @@ def from_bench(rows: Iterable[BenchRow], p: float) -> list[Timing]:
     return [Timing(r.method, r.ms_per_step, r.gemm_work) for r in picked]
 
 
-def _traces(rows: Sequence[Timing]) -> tuple[go.Bar, go.Scatter]:
+def _error_bars(spreads: Sequence[Spread] | None) -> dict:
+    """Whiskers from each bar's median to its quartiles (``spreads``: one ms Spread per row), or none."""
+    if not spreads:
+        return {"visible": False}
+    return {
+        "type": "data",
+        "symmetric": False,
+        "array": [s.q3 - s.median for s in spreads],
+        "arrayminus": [s.median - s.q1 for s in spreads],
+        "color": "#333333",
+        "thickness": 1.5,
+        "width": 8,
+        "visible": True,
+    }
+
+
+def _traces(rows: Sequence[Timing], spreads: Sequence[Spread] | None = None) -> tuple[go.Bar, go.Scatter]:
+    if spreads is not None and len(spreads) != len(rows):
+        raise ValueError(f"{len(spreads)} spreads for {len(rows)} timing rows")
     names = [r.name for r in rows]
     base = rows[0].ms if rows else 1.0
     bars = go.Bar(
         x=names,
         y=[r.ms for r in rows],
+        error_y=_error_bars(spreads),
         name="measured",
         text=[f"{r.ms:.3g} ms = {r.ms / base:.2f} x {rows[0].name}" for r in rows],
         textposition="inside",
@@ -62,32 +81,42 @@ def _traces(rows: Sequence[Timing]) -> tuple[go.Bar, go.Scatter]:
     return bars, bound
 
 
-def _title(title: str, rows: Sequence[Timing]) -> str:
+def _title(title: str, rows: Sequence[Timing], spreads: Sequence[Spread] | None = None) -> str:
     if not rows:
         return f"{title}<br><sup>not measured yet</sup>"
-    return f"{title}<br><sup>red line: {rows[0].name} time x GEMM work left (ideal); bars: measured median</sup>"
+    bars = "bars: measured median, whiskers: its IQR over repeats" if spreads else "bars: measured median"
+    return f"{title}<br><sup>red line: {rows[0].name} time x GEMM work left (ideal); {bars}</sup>"
 
 
-def timing_figure(rows: Sequence[Timing], title: str = "Measured time") -> go.Figure:
+def timing_figure(
+    rows: Sequence[Timing], title: str = "Measured time", spreads: Sequence[Spread] | None = None
+) -> go.Figure:
     """Bars of measured ms per method; the first row is the baseline of the ratios and of the bound.
+    ``spreads`` (one ms ``Spread`` per row) draws each bar's interquartile range as whiskers.
     With no rows the figure is empty, ready for ``update_timing_figure``."""
-    bars, bound = _traces(rows)
+    bars, bound = _traces(rows, spreads)
     fig = go.Figure([bars, bound])
     fig.update_layout(
-        title=_title(title, rows), yaxis_title="milliseconds", height=380, legend={"orientation": "h", "y": -0.2}
+        title=_title(title, rows, spreads),
+        yaxis_title="milliseconds",
+        height=380,
+        legend={"orientation": "h", "y": -0.2},
     )
     return fig
 
 
 def update_timing_figure(
-    fig: go.Figure | go.FigureWidget, rows: Sequence[Timing], title: str = "Measured time"
+    fig: go.Figure | go.FigureWidget,
+    rows: Sequence[Timing],
+    title: str = "Measured time",
+    spreads: Sequence[Spread] | None = None,
 ) -> None:
     """Redraw a figure made by ``timing_figure`` (a FigureWidget redraws in place)."""
-    bars, bound = _traces(rows)
+    bars, bound = _traces(rows, spreads)
     with fig.batch_update():
-        fig.data[0].update(x=bars.x, y=bars.y, text=bars.text)
+        fig.data[0].update(x=bars.x, y=bars.y, text=bars.text, error_y=bars.error_y)
         fig.data[1].update(x=bound.x, y=bound.y)
-        fig.layout.title.text = _title(title, rows)
+        fig.layout.title.text = _title(title, rows, spreads)
 
 
 # ---- spread over repeats: one helper for every live timing of the labs ----------------------------------
@@ -196,6 +225,11 @@ def repeat_timings(measure: Callable[[], Sequence[Timing]], rounds: int) -> list
 def median_rows(spreads: Sequence[TimingSpread]) -> list[Timing]:
     """The medians as ``Timing`` rows, for ``timing_figure``."""
     return [Timing(s.name, s.ms.median, s.work) for s in spreads]
+
+
+def spread_figure(timings: Sequence[TimingSpread], title: str = "Measured time") -> go.Figure:
+    """``timing_figure`` of ``repeat_timings`` results: median bars with their IQR as whiskers."""
+    return timing_figure(median_rows(timings), title, [t.ms for t in timings])
 
 
 def timing_lines(spreads: Sequence[TimingSpread], baseline: str | None = None) -> list[str]:

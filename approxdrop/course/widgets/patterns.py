@@ -106,7 +106,7 @@ class _TimedPanel:
         share of the dense GEMM's, with its spread over the rounds, and warns when the machine looks busy."""
         self.status.value = "timing..."
         self.spreads = spreads = repeat_timings(self._measure, self.rounds)
-        update_timing_figure(self.timing, median_rows(spreads), self._timing_title())
+        update_timing_figure(self.timing, median_rows(spreads), self._timing_title(), [t.ms for t in spreads])
         best = spreads[-1]
         self.status.value = (
             f"{best.name}: speed-up over the dense GEMM {best.speedup.describe()}; GEMM-work bound {1 / best.work:.2f}x"
