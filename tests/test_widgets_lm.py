@@ -2,6 +2,7 @@
 
 import torch
 
+from approxdrop.course.viz.timing import race_lines
 from approxdrop.course.widgets.lm import LMRacePanel
 from approxdrop.data.corpus import Corpus, CorpusInfo, Vocabulary
 
@@ -29,7 +30,8 @@ def test_start_trains_the_checked_methods_and_redraws_in_place(capsys):
     assert list(fig.data[0].x) == [1, 2, 3, 4, 5] and list(fig.data[4].x) == [2, 4, 5]
     assert panel.progress.value == 5 and panel.result.p == 0.3 and panel.result.methods == ["bernoulli", "torch"]
     assert not panel.button.disabled
-    assert capsys.readouterr().out.endswith(panel.result.format_table() + "\n")  # the Output widget, outside Jupyter
+    table = panel.result.format_table() + "\n" + "\n".join(race_lines(panel.result)) + "\n"  # speedups with spread
+    assert capsys.readouterr().out.endswith(table)  # the Output widget, outside Jupyter
 
 
 def test_an_earlier_result_is_shown_until_start_and_no_method_trains_nothing(capsys):

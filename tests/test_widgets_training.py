@@ -3,6 +3,7 @@
 import torch
 
 from approxdrop.course.viz.live import WIDTH
+from approxdrop.course.viz.timing import race_lines
 from approxdrop.course.widgets.training import TrainingPanel
 from approxdrop.data import Dataset, DatasetInfo
 
@@ -42,3 +43,13 @@ def test_an_earlier_result_is_shown_until_start_and_no_method_trains_nothing():
         box.value = False
     panel.start()
     assert panel.result is first.result
+
+
+def test_the_table_gives_each_speedup_with_its_spread_over_the_steps(capsys):
+    panel = TrainingPanel(DATA, methods=("bernoulli", "row"), steps=8, **SMALL)
+    panel.start()  # the Output widget, outside Jupyter, prints to stdout
+    out = capsys.readouterr().out
+    lines = race_lines(panel.result)
+    assert out.endswith(panel.result.format_table() + "\n" + "\n".join(lines) + "\n")
+    assert lines[0].startswith("      row: ") and "x bernoulli's speed (IQR" in lines[0]
+    assert f"over {8 - panel.result.warmup} repeats" in lines[0]  # every step after the warm-up

@@ -15,6 +15,7 @@ import plotly.graph_objects as go
 from ...data import Corpus, Dataset
 from ...training import RaceResult
 from ..viz.live import figure_widget
+from ..viz.timing import race_lines
 
 STYLE = {"description_width": "70px"}
 
@@ -50,8 +51,7 @@ class RacePanel:
         self.fig = figure_widget(self._figure(methods))
         if result is not None:
             self._update(self.fig, result)
-            with self.table:
-                print(result.format_table())
+            self._show_table(result)
         self.button.on_click(lambda _: self.start())
         controls = w.HBox([w.VBox(list(self.boxes.values())), w.VBox([self.p, self.steps, self.button])])
         self.widget = w.VBox([controls, self.progress, self.fig, self.table])
@@ -93,6 +93,12 @@ class RacePanel:
             )
         finally:
             self.button.disabled = False
+        self._show_table(self.result)
+
+    def _show_table(self, result: RaceResult) -> None:
+        """The final table, then each method's speedup over bernoulli with its spread over the steps and
+        the busy-machine warning when a spread is large (``viz.timing.race_lines``)."""
         self.table.clear_output()
         with self.table:
-            print(self.result.format_table())
+            print(result.format_table())
+            print("\n".join(race_lines(result)))
