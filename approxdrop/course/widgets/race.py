@@ -101,4 +101,5 @@ class RacePanel:
         self.table.clear_output()
         with self.table:
             print(result.format_table())
-            print("\n".join(race_lines(result)))
+            for line in race_lines(result):  # none where the race has no bernoulli (lab 08's nn.Dropout twin)
+                print(line)
