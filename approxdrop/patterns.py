@@ -47,7 +47,7 @@ def periodic_selector(
     if keep == 1:
         return slice(offset, n, dp)
     if torch.compiler.is_compiling():  # n may be symbolic, and a traced tensor must not be cached
-        return periodic_mask(n, dp, offset, keep, device).nonzero().flatten()
+        return _kept_index.__wrapped__(n, dp, offset, keep, device)  # the same index, uncached
     return _kept_index(n, dp, offset, keep, device)
 
 

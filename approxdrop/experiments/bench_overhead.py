@@ -34,9 +34,8 @@ from .._env import check_int, check_rate, describe_machine
 from ..models import METHODS, ApproxDropoutFFN, ApproxDropoutLSTM
 from ..models.lstm import LSTM_METHODS
 from ..models.mlp import ApproxDropoutMLP
-from ..training import training_step
 from ..training.lm import lm_training_step
-from .bench import check_protocol, time_side_by_side
+from .bench import check_protocol, mlp_step, time_side_by_side
 from .options import non_negative_int, positive_int, rate, write_record
 
 TINY_MLP = (8, 16, 16, 2)
@@ -103,9 +102,7 @@ def mlp_steps(
     steps = {}
     for method in methods:
         torch.manual_seed(seed)
-        model = ApproxDropoutMLP(sizes, p, method=method).to(device).train()
-        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-        steps[method] = _bind(training_step, model, opt, x, y)
+        steps[method] = mlp_step(ApproxDropoutMLP(sizes, p, method=method).to(device).train(), x, y)
     return steps
 
 
