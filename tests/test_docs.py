@@ -135,8 +135,33 @@ def link_problems(markdown: str, source: Path, root: Path = ROOT) -> list[str]:
     return problems
 
 
+# a repository path written out in prose or code spans: "approxdrop/search/problem.py", "benchmarks/study/",
+# "labs/solutions/lab07.py" (it starts at a word boundary, not inside a longer path or a URL)
+REPO_PATH = re.compile(r"(?<![\w/.:-])((?:approxdrop|labs|benchmarks|docs|kernels|scripts|tests)/[\w./-]*[\w/])")
+# paths that exist only in a built wheel (pyproject.toml maps kernels/ there), not in a checkout
+WHEEL_ONLY = {"approxdrop/_kernels"}
+
+
+def path_problems(text: str, source: Path, root: Path = ROOT) -> list[str]:
+    """Every repository path cited in ``text`` (read from ``source``) that names no file or folder, taken
+    from the repository root or from the citing file's folder. ``labs/00_...`` (an ellipsis) is a name
+    pattern, not a path."""
+    problems = []
+    cited_paths = (m[1] for m in REPO_PATH.finditer(text) if not text.startswith("...", m.end()))
+    for cited in dict.fromkeys(cited_paths):
+        if cited.rstrip("/") in WHEEL_ONLY:
+            continue
+        if not any((base / cited).exists() for base in (root, source.parent)):
+            problems.append(f"{source.relative_to(root)}: cites {cited}, which does not exist")
+    return problems
+
+
 FILES = tracked_files()
 MARKDOWN_NAMES = {p.name for p in FILES if p.suffix == ".md"}
+# where prose cites paths: the README, the docs, the benchmark records and the labs
+CITING = [ROOT / "README.md"] + [
+    p for p in FILES if p.relative_to(ROOT).parts[0] in {"docs", "benchmarks", "labs"} and p.suffix in {".md", ".ipynb"}
+]
 
 
 def test_the_docs_exist_and_number_the_method_sections():
@@ -203,3 +228,37 @@ def test_the_link_scan_catches_each_kind_of_broken_link(link, message):
 def test_the_link_scan_accepts_good_links():
     good = "[m](docs/method.md#6-where-the-time-goes) [b](benchmarks/study/README.md) [w](https://example.org/x)"
     assert link_problems(good, ROOT / "README.md") == []
+
+
+def test_every_repository_path_cited_in_the_docs_benchmarks_and_labs_exists():
+    """README.md, docs/*.md, benchmarks/**/*.md and the labs cite files by path (``approxdrop/search/...``,
+    ``benchmarks/study/README.md``, ``labs/solutions/lab07.py``): each must exist, so that a module moved
+    into a package (``approxdrop/search.py`` -> ``approxdrop/search/``) cannot leave a stale citation."""
+    assert {"README.md", "docs/method.md", "benchmarks/search_timing.md"} <= {str(p.relative_to(ROOT)) for p in CITING}
+    problems = [q for p in CITING for q in path_problems(readable_text(p), p)]
+    assert not problems, "\n".join(problems)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "see `approxdrop/search.py`",
+        "(approxdrop/models/no_such_module.py)",
+        "benchmarks/no_such_table.md, recorded",
+        "labs/09_no_such_lab.ipynb",
+        "docs/nowhere/",
+    ],
+)
+def test_the_path_scan_catches_a_missing_path(text):
+    problems = path_problems(text, ROOT / "README.md")
+    assert len(problems) == 1 and "does not exist" in problems[0], problems
+
+
+def test_the_path_scan_accepts_existing_paths_wheel_paths_and_name_patterns():
+    good = (
+        "`approxdrop/search/problem.py`, approxdrop/search/, benchmarks/study/README.md, labs/solutions/lab07.py, "
+        "approxdrop/_kernels (in the wheel), `labs/00_...` to `labs/08_...`, https://example.org/labs/x.md"
+    )
+    assert path_problems(good, ROOT / "README.md") == []
+    # a path relative to the citing file's folder (benchmarks/lstm_study/README.md cites its own results)
+    assert path_problems("benchmarks/lstm_study/results.md", ROOT / "benchmarks" / "x.md") == []
