@@ -91,6 +91,18 @@ def test_block_panel_starts_at_a_given_class_with_the_whole_loop_and_refuses_a_c
         BlockReadsPanel(dp=3, cls=3)
 
 
+def test_block_panel_can_start_part_way_through_the_loop():
+    """Lab 06 opens at an early K step, so that it does not repeat lab 03's whole-loop figure."""
+    panel = BlockReadsPanel(n_out=96, n_in=96, tile=8, block_n=16, block_k=8, dp=3, offset=1, cls=1, step=1)
+    whole_loop = block_figure(TilePattern(3, 1, tile=8), 96, 96, cls=1, block=0, block_n=16, block_k=8)
+    two_steps = block_figure(TilePattern(3, 1, tile=8), 96, 96, cls=1, block=0, block_n=16, block_k=8, upto=1)
+    assert panel.step.value == 1 < panel.step.max
+    assert list(panel.fig.data[0].z) == list(two_steps.data[0].z) != list(whole_loop.data[0].z)
+    assert BlockReadsPanel(n_out=32, n_in=32, tile=4, block_n=8, block_k=4, dp=4, step=99).step.value == 1
+    with pytest.raises(ValueError, match="got -1"):
+        BlockReadsPanel(dp=3, step=-1)
+
+
 def test_grouped_panel_redraws_the_same_step_for_every_g_and_a_new_step_on_click():
     panel = GroupedPatternPanel(n=24, batch=16, groups=4, p=0.5, seed=3)
     strips, counts = panel.fig.data

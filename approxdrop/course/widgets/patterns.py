@@ -189,7 +189,8 @@ class TilePatternPanel(_TimedPanel):
 class BlockReadsPanel:
     """Lab 06: step through what one thread block of the tile kernel reads (``viz.matrix.block_reads``).
     Sliders: the pattern, the class z (starting at ``cls``), the block within the class, and the last
-    K step shown (starting at the last: the block's whole loop)."""
+    K step shown (starting at ``step``, bounded by the loop's length; ``None``: the last, the block's
+    whole loop)."""
 
     def __init__(
         self,
@@ -199,6 +200,7 @@ class BlockReadsPanel:
         block_n: int = 32,
         block_k: int = 16,
         cls: int = 0,
+        step: int | None = None,
         **start: int,
     ) -> None:
         self.shape, self.tile, self.block_n, self.block_k = (n_out, n_in), tile, block_n, block_k
@@ -211,7 +213,9 @@ class BlockReadsPanel:
         self.step = w.IntSlider(value=0, min=0, max=0, description="K step", **LAYOUT)
         self._hold = False
         self._fit_ranges()
-        self.step.value = self.step.max
+        if step is not None and step < 0:
+            raise ValueError(f"step must be >= 0 (or None for the whole loop), got {step}")
+        self.step.value = self.step.max if step is None else min(step, self.step.max)
         for s in (self.cls, self.block):
             s.observe(lambda _: self._position_changed(), "value")
         self.step.observe(lambda _: self.redraw(), "value")
