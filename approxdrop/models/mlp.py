@@ -32,6 +32,9 @@ from ..ops import (
     grouped_row_pattern_linear_compact,
     grouped_tile_pattern_linear,
     row_pattern_linear,
+    static_row_linear,
+    static_side,
+    static_site,
     tile_pattern_linear,
 )
 from ..patterns import RowPattern, TilePattern
@@ -84,6 +87,11 @@ class ApproxDropoutMLP(nn.Module):
             (default: "compact" only where it measured faster, from ``sites.MASKED_BELOW_MACS``
             multiply-adds in the largest layer and ``sites.MIN_GROUP_ROWS`` rows per group).
             ``executor_for(x)`` says which.
+        static_shapes: (``row`` with one group) run each layer at the shape its site's ``(dp, keep)`` sets,
+            whatever the offset (``ops.static``): offsets are read from the ``static_offsets`` buffer,
+            which every draw fills, so a graph compiled or captured after ``draw_patterns`` serves every
+            offset of its ``(dp, keep)`` classes (``pattern_key`` keys by them). Same outputs as the
+            compact path, at ``keep * ceil(n / dp)`` slots per site.
         generator: CPU generator for pattern and mask draws (default: torch's global RNG).
 
     After a training forward, ``last_patterns`` holds what each site drew (a pattern, a tuple of
@@ -103,6 +111,7 @@ class ApproxDropoutMLP(nn.Module):
         distributions: Sequence[PatternDistribution] | None = None,
         groups: int | None = None,
         executor: str = "auto",
+        static_shapes: bool = False,
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__()
@@ -126,6 +135,14 @@ class ApproxDropoutMLP(nn.Module):
         self.site_widths = [sizes[i] if (i > 0 or self.input_dropout) else None for i in range(len(self.linears))]
         self.distributions = site_distributions(self.spec, self.p, self._law_sizes(), distributions, self.tile)
         self.last_patterns: list = [None] * len(self.linears)
+        self.static_shapes = bool(static_shapes)
+        if self.static_shapes and (self.spec.drops != ROW or self.groups != 1):
+            raise ValueError(
+                f"static_shapes is for row patterns with one group, not method={method!r} with groups={self.groups}"
+            )
+        sites = sum(w is not None for w in self.site_widths)
+        self.static_classes: tuple[tuple[int, int], ...] = ()  # each site's (dp, keep), set by each draw
+        self.register_buffer("static_offsets", torch.zeros(sites, dtype=torch.long), persistent=False)
 
     def _law_sizes(self) -> list[int]:
         """What each site's law is built for: its unit count (row), or the tile count of the weight
@@ -141,7 +158,11 @@ class ApproxDropoutMLP(nn.Module):
     def draw(self) -> list:
         """Draw this step's pattern (or shared mask) for every site; None where there is no site."""
         widths = [w for w in self.site_widths if w is not None]
-        draws = iter(draw_sites(self.spec, self.p, widths, self.distributions, self.generator, self.groups))
+        drawn = draw_sites(self.spec, self.p, widths, self.distributions, self.generator, self.groups)
+        if self.static_shapes and None not in drawn:  # a graph reads the classes and the offsets' buffer
+            self.static_classes = tuple((q.dp, q.keep) for q in drawn)
+            self.static_offsets.copy_(torch.tensor([q.offset for q in drawn]))  # one host-to-device copy
+        draws = iter(drawn)
         return [next(draws) if w is not None else None for w in self.site_widths]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -178,6 +199,8 @@ class ApproxDropoutMLP(nn.Module):
         return self._stack(x, layer)
 
     def _row(self, x, patterns: list[RowPattern | None]):
+        if self.static_shapes:
+            return self._row_static(x)
         # x stays compact: [*, kept units of the current site]
         outs = patterns[1:] + [None]
         if patterns[0] is not None:
@@ -186,6 +209,20 @@ class ApproxDropoutMLP(nn.Module):
         def layer(i, linear, x):
             ins, out = patterns[i] or FULL, outs[i] or FULL
             return row_pattern_linear(x, linear.weight, linear.bias, ins, out, check=False)
+
+        return self._stack(x, layer)
+
+    def _row_static(self, x):
+        # x stays in slots: [*, keep * ceil(n / dp) of the current site], shapes free of the offsets
+        # read from plain ints and a buffer, not from the pattern objects: a compiled graph guards on (dp, keep)
+        classes, offsets = iter(self.static_classes), iter(self.static_offsets)
+        sides = [None if n is None else static_side(n, *next(classes), next(offsets)) for n in self.site_widths]
+        outs = sides[1:] + [None]
+        if sides[0] is not None:
+            x = static_site(x, sides[0])  # [*, K_0]
+
+        def layer(i, linear, x):
+            return static_row_linear(x, linear.weight, linear.bias, sides[i], outs[i])
 
         return self._stack(x, layer)
 
@@ -266,6 +303,8 @@ class ApproxDropoutMLP(nn.Module):
         return self._stack(x, layer)
 
     def extra_repr(self) -> str:
-        return f"sizes={self.sizes}, p={self.p}, method={self.method!r}" + (
-            f", tile={self.tile}" if self.spec.drops == TILE else ""
+        return (
+            f"sizes={self.sizes}, p={self.p}, method={self.method!r}"
+            + (f", tile={self.tile}" if self.spec.drops == TILE else "")
+            + (", static_shapes=True" if self.static_shapes else "")
         )

@@ -368,9 +368,11 @@ def step_draws(module: nn.Module) -> list:
 
 def pattern_key(model: nn.Module) -> tuple:
     """A hashable key of the draws ``draw_patterns`` left on ``model``'s modules (in module order), for
-    one CUDA graph per pattern: equal keys mean equal patterns, hence the same captured kernels and
-    shapes. A ValueError when a drawing module has no pending draw (call ``draw_patterns`` first) or
-    draws batch-shared units (an index tensor, not a few integers: no finite set of graphs)."""
+    one CUDA graph per key: equal keys mean the same captured kernels and shapes. A module built with
+    ``static_shapes=True`` is keyed by each site's ``(dp, keep)`` (its offsets are read from a buffer),
+    any other by its patterns. A ValueError when a drawing module has no pending draw (call
+    ``draw_patterns`` first) or draws batch-shared units (an index tensor, not a few integers: no finite
+    set of graphs)."""
     key = []
     for name, module in model.named_modules():
         if not draws_each_step(module):
@@ -383,5 +385,8 @@ def pattern_key(model: nn.Module) -> tuple:
                 f"module {name or type(module).__name__!r} draws batch-shared units ({module.spec.name!r}): an "
                 "index tensor of random length, which no finite set of graphs covers"
             )
-        key.append(tuple(pending))
+        if getattr(module, "static_shapes", False):  # shapes set by (dp, keep): the offsets live in a buffer
+            key.append(tuple(None if q is None else (q.dp, q.keep) for q in pending))
+        else:
+            key.append(tuple(pending))
     return tuple(key)

@@ -30,10 +30,12 @@ from .linear import (
     tile_pattern_linear,
 )
 from .row import row_linear, row_linear_backward, row_linear_reference
+from .static import StaticSide, static_row_linear, static_side, static_site
 from .tile import tile_linear, tile_linear_backward, tile_linear_reference
 
 __all__ = [
     "FULL",
+    "StaticSide",
     "cuda",
     "group_bounds",
     "grouped_row_linear",
@@ -45,6 +47,9 @@ __all__ = [
     "row_linear_backward",
     "row_linear_reference",
     "row_pattern_linear",
+    "static_row_linear",
+    "static_side",
+    "static_site",
     "tile_linear",
     "tile_linear_backward",
     "tile_linear_reference",

@@ -1,0 +1,146 @@
+"""Static-shape row linears (``ops.static``) and the MLP's ``static_shapes`` path: shapes set by (dp, keep)
+alone, outputs and gradients equal to the compact path's, one compiled graph per (dp, keep) class."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch._dynamo.utils import counters
+
+import approxdrop as ad
+from approxdrop.models.sites import PENDING
+from approxdrop.ops import StaticSide, row_linear_reference, static_row_linear, static_side, static_site
+
+
+def _units(side: StaticSide, n: int) -> list[int]:
+    index = side.index.tolist()
+    return sorted(index if side.valid is None else [i for i, v in zip(index, side.valid.tolist()) if v])
+
+
+@pytest.mark.parametrize("n,dp,keep", [(12, 4, 1), (13, 4, 3), (7, 3, 2), (5, 5, 4), (9, 2, 1), (1, 3, 1)])
+def test_slots_hold_exactly_the_kept_units_at_a_shape_free_of_the_offset(n, dp, keep):
+    shapes = set()
+    for offset in range(dp):
+        side = static_side(n, dp, keep, torch.tensor(offset))
+        shapes.add(side.index.shape)
+        assert _units(side, n) == ad.RowPattern(dp, offset, keep).kept_indices(n).tolist()
+        assert int(side.index.max()) < n and side.scale == dp / keep
+        assert (side.valid is None) == (n % dp == 0)
+    assert shapes == {torch.Size([keep * -(-n // dp)])}
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_static_row_linear_equals_the_dense_masked_reference_on_odd_sizes(seed):
+    g = torch.Generator().manual_seed(seed)
+    n_out, n_in, batch = (int(v) for v in torch.randint(3, 23, (3,), generator=g))
+    dp_in, dp_out = (int(v) for v in torch.randint(1, 6, (2,), generator=g))
+    p_in = ad.RowPattern(dp_in, seed % dp_in, 1 + seed % dp_in)
+    p_out = ad.RowPattern(dp_out, (seed + 1) % dp_out, max(1, dp_out - 1))
+    w, b = torch.randn(n_out, n_in, generator=g), torch.randn(n_out, generator=g)
+    x = torch.randn(batch, n_in, generator=g)
+    ins = static_side(n_in, p_in.dp, p_in.keep, torch.tensor(p_in.offset))
+    outs = static_side(n_out, p_out.dp, p_out.keep, torch.tensor(p_out.offset))
+    y = static_row_linear(static_site(x, ins), w, b, ins, outs)  # [B, K_out]
+    want = row_linear_reference(x[:, p_in.kept_indices(n_in)], w, b, p_in, p_out)  # [B, k_out], sorted units
+    valid = slice(None) if outs.valid is None else outs.valid
+    order = outs.index[valid].argsort()
+    torch.testing.assert_close(y[:, valid][:, order], want)
+
+
+def test_static_row_linear_gradcheck_float64_padding_included():
+    """Padding slots hold nonzero inputs: they must reach no kept output and no gradient (the loss reads the
+    kept output slots only, as the next layer does by zeroing the padding)."""
+    g = torch.Generator().manual_seed(3)
+    ins = static_side(7, 3, 2, torch.tensor(2))  # 7 % 3 != 0: padding
+    outs = static_side(5, 2, 1, torch.tensor(1))
+    x = torch.randn(4, ins.index.numel(), dtype=torch.float64, generator=g, requires_grad=True)
+    w = torch.randn(5, 7, dtype=torch.float64, generator=g, requires_grad=True)
+    b = torch.randn(5, dtype=torch.float64, generator=g, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda *a: static_row_linear(*a, ins, outs), (x, w, b))
+    static_row_linear(x, w, b, ins, outs)[:, outs.valid].sum().backward()
+    assert (x.grad[:, ~ins.valid] == 0).all()
+    dropped_rows = ~ad.RowPattern(2, 1).keep_mask(5)
+    assert (w.grad[dropped_rows] == 0).all() and (b.grad[dropped_rows] == 0).all()
+
+
+def _pair(sizes, seed=0, **kw):
+    """The same MLP twice (same weights, same pattern generator seed): compact and static_shapes."""
+    torch.manual_seed(seed)
+    compact = ad.ApproxDropoutMLP(sizes, 0.5, method="row", generator=torch.Generator().manual_seed(7), **kw)
+    torch.manual_seed(seed)
+    static = ad.ApproxDropoutMLP(
+        sizes, 0.5, method="row", static_shapes=True, generator=torch.Generator().manual_seed(7), **kw
+    )
+    return compact, static
+
+
+@pytest.mark.parametrize("input_dropout", [False, True])
+def test_static_mlp_matches_the_compact_path_step_by_step(input_dropout):
+    compact, static = _pair([11, 13, 9, 3], input_dropout=input_dropout)  # widths dp rarely divides
+    x = torch.randn(5, 11)
+    for _ in range(6):
+        for model in (compact, static):
+            model.zero_grad()
+            model(x).square().sum().backward()
+        assert static.last_patterns == compact.last_patterns
+        for a, b in zip(compact.parameters(), static.parameters()):
+            torch.testing.assert_close(b.grad, a.grad)
+    assert "static_shapes=True" in repr(static)
+
+
+def test_static_shapes_refuses_what_it_cannot_run():
+    with pytest.raises(ValueError, match="static_shapes is for row patterns with one group"):
+        ad.ApproxDropoutMLP([4, 8, 2], 0.5, method="row-g4", static_shapes=True)
+    with pytest.raises(ValueError, match="static_shapes"):
+        ad.ApproxDropoutMLP([4, 8, 2], 0.5, method="tile", static_shapes=True)
+
+
+def test_pattern_key_of_a_static_model_is_its_dp_keep_classes():
+    law = ad.PatternDistribution(((3, 1), (3, 2)), (0.5, 0.5))
+    model = ad.ApproxDropoutMLP(
+        [6, 10, 10, 2], 0.5, method="row", distributions=[law, law], static_shapes=True,
+        generator=torch.Generator().manual_seed(0),
+    )  # fmt: skip
+    keys = set()
+    for _ in range(30):
+        ad.draw_patterns(model)
+        key = ad.pattern_key(model)
+        pending = getattr(model, PENDING)
+        assert pending[0] is None  # no site on the input
+        assert key == ((None, *((q.dp, q.keep) for q in pending[1:])),)
+        assert model.static_offsets.tolist() == [q.offset for q in pending[1:]]
+        keys.add(key)
+    assert len(keys) == 4  # (3, 1) or (3, 2) at each of two sites, whatever the offsets
+
+
+def test_compiled_static_mlp_makes_one_graph_per_dp_keep_class_not_per_offset():
+    """Widths that dp = 3 does not divide, so the compact path's shapes change with the offset: the static
+    path compiles once per (dp, keep) combination of the sites (here 2 x 2), then never again."""
+    law = ad.PatternDistribution(((3, 1), (3, 2)), (0.5, 0.5))
+    sizes = [7, 10, 11, 3]
+    compact, static = _pair(sizes, distributions=[law, law])
+    torch._dynamo.reset()
+    counters.clear()
+    compiled = torch.compile(static, fullgraph=True, backend="eager")
+    x = torch.randn(4, 7)
+    classes, offsets = set(), set()
+    with torch._dynamo.config.patch(automatic_dynamic_local_pgo=False):
+        for step in range(24):
+            for model in (compact, static):
+                model.zero_grad()
+            ad.draw_patterns(static)
+            classes.add(ad.pattern_key(static))
+            offsets.add(tuple(static.static_offsets.tolist()))
+            compiled(x).square().sum().backward()
+            compact(x).square().sum().backward()  # draws the same patterns from its own generator
+            assert static.last_patterns == compact.last_patterns, step
+            for a, b in zip(compact.parameters(), static.parameters()):
+                torch.testing.assert_close(b.grad, a.grad)
+    assert len(classes) == 4 and len(offsets) > 2 * len(classes)  # many offsets per class
+    assert counters["stats"]["unique_graphs"] <= len(classes), counters["stats"]
+
+
+def test_full_side_is_the_layer_without_dropout():
+    """An MLP's first layer reads the full input and its last writes every output: no side there."""
+    w, b, x = torch.randn(4, 6), torch.randn(4), torch.randn(2, 6)
+    torch.testing.assert_close(static_row_linear(x, w, b, None, None), torch.nn.functional.linear(x, w, b))
