@@ -2,7 +2,8 @@
 # The one GPU check of approxdrop (issue "GPU verification"), ready for the day a GPU is lent: builds
 # the kernels, runs every CUDA test, the dispatch's first-use timings, the kernel-level and end-to-end
 # benchmarks (fp32 with TF32 off and on, bf16 autocast; eager and CUDA graphs), the LSTM benchmark, the
-# host overhead of a step on tiny models (bench-overhead: on a GPU, the step time of every lab), and
+# host overhead of a step on tiny models (bench-overhead: on a GPU, the step time of every lab), eager
+# against CUDA-graphed steps (bench-graphs: torch.compile reduce-overhead, static-shape ARD), and
 # compute-sanitizer (memcheck, racecheck, synccheck) on a small workload. Every table goes, with the
 # GPU's name, driver, versions, date and command, under one folder: $OUT if set, else ./gpu_check_out
 # (at most 8 files, none in subfolders: what the device tool brings back).
@@ -151,12 +152,15 @@ bench=(benchmarks/gpu_bench.py --warmup 3 --repeats 10)
 lstm=(-m approxdrop bench-lstm --device cuda --sizes paper --ps 0.3 0.5 0.7 --warmup 2 --rounds 5 --no-progress)
 overhead=(-m approxdrop bench-overhead --device cuda --threads 1 --warmup 20 --rounds 10 --steps 20
   --crossover-rounds 3 --no-progress)
+graphs=(-m approxdrop bench-graphs --device cuda --warmup 5 --rounds 5 --steps 10 --no-progress)
 if ((dry)); then
   bench=(benchmarks/gpu_bench.py --dry-run --ps 0.5)
   lstm=(-m approxdrop bench-lstm --device cpu --sizes small --ps 0.5 --methods bernoulli row torch --warmup 0
     --rounds 1 --no-progress)
   overhead=(-m approxdrop bench-overhead --device cpu --threads 1 --warmup 1 --rounds 2 --steps 2 --no-op-counts
     --crossover-widths 16 --crossover-batches 4 --crossover-rounds 1 --no-progress)
+  graphs=(-m approxdrop bench-graphs --device cpu --threads 1 --no-paper --backend eager --warmup 1 --rounds 1
+    --steps 2 --no-progress)
 fi
 
 # ----------------------------------------------------------------------------- build and tests
@@ -189,8 +193,13 @@ step "bench bf16 autocast" 60 "$py" "${bench[@]}" --autocast bfloat16 --out "$ou
 step "LSTM bench" 60 --stdout "$work/lstm.out" "$py" "${lstm[@]}"
 write_table "$out/lstm.md" "approxdrop LSTM language-model step time" "python ${lstm[*]}" "$work/lstm.out"
 step "host overhead" 60 --stdout "$work/overhead.out" "$py" "${overhead[@]}"
-write_table "$out/overhead.md" "approxdrop host overhead per step, aten ops, crossover" "python ${overhead[*]}" \
-  "$work/overhead.out"
+step "graphed steps" 90 --stdout "$work/graphs.out" "$py" "${graphs[@]}"
+# one file for both (the device tool brings back at most 8): the host cost, then eager against graphed steps
+{ cat "$work/overhead.out" 2>/dev/null || echo "(host overhead: no output)"; echo; echo "## Eager against graphed steps"
+  echo; echo "- command: \`python ${graphs[*]}\`"; echo; cat "$work/graphs.out" 2>/dev/null || echo "(no output)"
+} >"$work/host.out"
+write_table "$out/overhead.md" "approxdrop host overhead per step, aten ops, crossover; eager against graphed steps" \
+  "python ${overhead[*]}" "$work/host.out"
 
 # ----------------------------------------------------------------------------- compute-sanitizer
 if ((dry)); then
@@ -225,7 +234,8 @@ fi
   cat "$work/steps"
   echo
   echo "Tables: dispatch.md (first use), bench_fp32.md, bench_tf32.md, bench_bf16_autocast.md (kernel level,"
-  echo "end to end, dispatch choices), lstm.md, overhead.md (host cost per step); every step's output: logs.txt."
+  echo "end to end, dispatch choices), lstm.md, overhead.md (host cost per step; eager against CUDA-graphed"
+  echo "steps); every step's output: logs.txt."
 } >"$out/summary.md"
 echo "gpu_check: $([ "$failed" = 0 ] && echo "every step passed" || echo "some steps FAILED"); tables in $out"
 exit "$failed"

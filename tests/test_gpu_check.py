@@ -24,6 +24,7 @@ STEPS = (
     "bench bf16 autocast",
     "LSTM bench",
     "host overhead",
+    "graphed steps",
     "sanitizer workload",
     "compute-sanitizer memcheck",
     "compute-sanitizer racecheck",
@@ -87,7 +88,9 @@ def test_dry_run_tables_carry_the_machine_and_the_command(dry_run):
     assert "autocast bfloat16" in (out / "bench_bf16_autocast.md").read_text()
     assert "## Dispatch: first call" in (out / "dispatch.md").read_text()
     assert "| small | 0.5 | row |" in (out / "lstm.md").read_text()
-    assert "| mlp | row-g4 |" in (out / "overhead.md").read_text()
+    host = (out / "overhead.md").read_text()
+    assert "| mlp | row-g4 |" in host and "## Eager against graphed steps" in host
+    assert "| row static compiled |" in host
     assert "===== bench fp32: " in (out / "logs.txt").read_text()
 
 

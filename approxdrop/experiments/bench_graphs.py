@@ -1,0 +1,176 @@
+"""Eager against graphed training steps of the MLP: what a compiled step (CUDA graphs on a GPU) saves of
+the host cost, and how many graphs ARD's patterns need.
+
+Four steps per size, side by side in one process, methods interleaved (``bench.time_side_by_side``):
+``bernoulli`` eager and compiled, ``row`` eager (the compact path, shapes set by each pattern) and
+``row`` compiled with ``static_shapes=True`` (shapes set by each site's ``(dp, keep)``; ``draw_patterns``
+before each step, outside the graph). On CUDA the compiled steps use
+``torch.compile(mode="reduce-overhead")``: CUDA graphs, one per ``(dp, keep)`` class of the static model.
+Elsewhere ``--backend`` picks the compiler (default inductor; ``eager`` for a quick dry run).
+
+Every step is zero_grad + forward + cross-entropy + backward + SGD step; the compiled ones compile the
+model's forward and backward. Both ``row`` models draw from one law per site with a single ``(dp, keep)``
+class (``single_class_law``: the smallest period that keeps exactly ``1 - p``), so after its first step a
+static compiled model replays one graph whatever the offsets; a searched law of a small width has up to
+about ten classes per site, and one graph per combination of them. ``graphs`` counts the graphs Dynamo
+made for a step; ``bound`` is the product over the static model's sites of its laws' classes. Run
+``approxdrop bench-graphs --help``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from fractions import Fraction
+
+import torch
+from torch._dynamo.utils import counters
+from tqdm.auto import tqdm
+
+from .._env import check_rate
+from ..distribution import PatternDistribution
+from ..models.mlp import ApproxDropoutMLP
+from ..models.sites import draw_patterns
+from ..training.mlp import training_step
+from .bench import check_protocol, time_side_by_side
+from .bench_overhead import PAPER_SIZES, TINY_BATCH, TINY_MLP
+from .options import non_negative_int, positive_int, rate, write_record
+
+COMMAND, HELP = "bench-graphs", "eager against compiled (CUDA-graphed on a GPU) MLP steps, and graphs per model"
+STEPS = ("bernoulli eager", "bernoulli compiled", "row eager", "row static compiled")
+PAPER_BATCH = 128
+
+
+@dataclass
+class GraphRow:
+    """One measured step: model size, step label, ms per step (median over rounds), its ratio to eager
+    bernoulli's, and the graphs compiled for it (None for eager steps) with their bound."""
+
+    size: str
+    step: str
+    ms_per_step: float
+    ratio: float
+    graphs: int | None
+    bound: int | None
+
+
+def graph_bound(model: ApproxDropoutMLP) -> int:
+    """Most graphs a static-shape model needs: the product over its sites of their laws' ``(dp, keep)`` classes."""
+    return math.prod(sum(q > 0 for q in law.probs) for law in model.distributions)
+
+
+def single_class_law(p: float, max_period: int = 16) -> PatternDistribution:
+    """The row law with one ``(dp, keep)``: ``keep / dp`` the fraction nearest ``1 - p`` with ``dp <= max_period``."""
+    kept = Fraction(1 - check_rate(p)).limit_denominator(max_period)
+    return PatternDistribution(((kept.denominator, kept.numerator),), (1.0,))
+
+
+class _Counted:
+    """A step that adds the graphs Dynamo compiles during its calls to ``graphs``."""
+
+    def __init__(self, step: Callable[[], object]) -> None:
+        self.step, self.graphs = step, 0
+
+    def __call__(self) -> None:
+        before = counters["stats"]["unique_graphs"]
+        self.step()
+        self.graphs += counters["stats"]["unique_graphs"] - before
+
+
+def _compiled(model: torch.nn.Module, device: torch.device, backend: str) -> Callable:
+    if device.type == "cuda":
+        return torch.compile(model, mode="reduce-overhead")
+    return torch.compile(model, backend=backend)
+
+
+def steps_for(
+    sizes: tuple[int, ...], batch: int, p: float, device: torch.device, backend: str, seed: int = 0
+) -> tuple[dict[str, Callable[[], object]], int]:
+    """The four steps of ``STEPS`` on one fixed batch, same initial weights; the static model's graph bound."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, sizes[0], generator=gen).to(device)  # [B, D]
+    y = torch.randint(sizes[-1], (batch,), generator=gen).to(device)  # [B]
+    laws = {"bernoulli": None, "row": [single_class_law(p)] * (len(sizes) - 2)}  # a site per hidden layer
+    steps: dict[str, Callable[[], object]] = {}
+    bound = 0
+    for label in STEPS:
+        method, compiled = label.split()[0], label.endswith("compiled")
+        torch.manual_seed(seed)
+        model = ApproxDropoutMLP(sizes, p, method=method, distributions=laws[method], static_shapes="static" in label)
+        model = model.to(device).train()
+        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        if not compiled:
+            steps[label] = lambda model=model, opt=opt: training_step(model, opt, x, y)
+            continue
+        run = _compiled(model, device, backend)
+
+        def step(model=model, run=run, opt=opt) -> None:
+            draw_patterns(model)  # outside the graph: the offsets land in the model's buffer
+            if device.type == "cuda":
+                torch.compiler.cudagraph_mark_step_begin()
+            training_step(run, opt, x, y)
+
+        steps[label] = _Counted(step)
+        if "static" in label:
+            bound = graph_bound(model)
+    return steps, bound
+
+
+def measure(args: argparse.Namespace) -> list[GraphRow]:
+    """Time the four steps at each size of ``args``; rows in ``STEPS`` order per size."""
+    check_rate(args.p)
+    device = check_protocol(args.device, args.warmup, args.rounds, args.steps, [args.p], ["bernoulli"], ("bernoulli",))
+    sizes = [("tiny", TINY_MLP, TINY_BATCH)] + ([] if args.no_paper else [("paper", PAPER_SIZES, PAPER_BATCH)])
+    rows = []
+    total = len(sizes) * len(STEPS) * (args.warmup + args.rounds)
+    with tqdm(total=total, desc=COMMAND, disable=args.no_progress, file=sys.stderr) as bar:
+        for name, dims, batch in sizes:
+            torch._dynamo.reset()
+            steps, bound = steps_for(dims, batch, args.p, device, args.backend)
+            with torch._dynamo.config.patch(recompile_limit=max(8, bound + 1)):
+                times = time_side_by_side(steps, device, args.warmup, args.rounds, args.steps, bar)
+            base = statistics.median(times["bernoulli eager"])
+            for label, t in times.items():
+                graphs = getattr(steps[label], "graphs", None)
+                rows.append(
+                    GraphRow(
+                        f"{name} {list(dims)} batch {batch}",
+                        label,
+                        1e3 * statistics.median(t),
+                        statistics.median(t) / base,
+                        graphs,
+                        bound if "static" in label else None,
+                    )
+                )
+    return rows
+
+
+def format_table(rows: list[GraphRow]) -> str:
+    lines = ["| size | step | ms / step | x eager bernoulli | graphs (bound) |", "|---|---|---:|---:|---|"]
+    for r in rows:
+        graphs = "" if r.graphs is None else f"{r.graphs}" + ("" if r.bound is None else f" ({r.bound})")
+        lines.append(f"| {r.size} | {r.step} | {r.ms_per_step:.3f} | {r.ratio:.2f} | {graphs} |")
+    return "\n".join(lines)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--p", type=rate, default=0.5, help="dropout rate")
+    parser.add_argument("--warmup", type=non_negative_int, default=10, help="steps per method before timing")
+    parser.add_argument("--rounds", type=positive_int, default=10)
+    parser.add_argument("--steps", type=positive_int, default=10, help="steps per method per round")
+    parser.add_argument("--no-paper", action="store_true", help="skip the paper size (784-2048-2048-10, batch 128)")
+    parser.add_argument(
+        "--backend", default="inductor", help="torch.compile backend off CUDA (CUDA: mode reduce-overhead)"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    rows = measure(args)
+    print(f"eager against compiled steps at p = {args.p}, {torch.get_num_threads()} torch thread(s)")
+    print(format_table(rows))
+    write_record(args, rows)
+    return 0

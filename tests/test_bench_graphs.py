@@ -1,0 +1,48 @@
+"""approxdrop bench-graphs: eager against compiled steps, side by side; the static model compiles one graph
+per (dp, keep) class, never per offset."""
+
+import json
+from fractions import Fraction
+
+import pytest
+
+from approxdrop.experiments.bench_graphs import STEPS, GraphRow, format_table, single_class_law
+from approxdrop.experiments.cli import main as cli_main
+
+QUICK = ["--threads", "1", "--warmup", "2", "--rounds", "2", "--steps", "3", "--no-progress", "--backend", "eager"]
+
+
+def test_bench_graphs_times_every_step_and_the_static_model_needs_one_graph(tmp_path, capsys):
+    out = tmp_path / "graphs.json"
+    assert cli_main(["bench-graphs", *QUICK, "--no-paper", "--json", str(out)]) == 0
+    table = capsys.readouterr().out
+    for step in STEPS:
+        assert f"| {step} |" in table
+    rows = {r["step"]: r for r in json.loads(out.read_text())["rows"]}
+    assert rows["bernoulli eager"]["ratio"] == 1.0 and rows["row eager"]["graphs"] is None
+    static = rows["row static compiled"]
+    assert static["bound"] == 1 and static["graphs"] == 1  # 14 steps, many offsets, one graph
+    assert all(r["ms_per_step"] > 0 for r in rows.values())
+
+
+@pytest.mark.parametrize("p", [0.1, 0.3, 0.5, 0.7, 0.9])
+def test_single_class_law_keeps_exactly_one_minus_p_where_a_small_period_can(p):
+    ((dp, keep),) = single_class_law(p).pairs
+    assert Fraction(keep, dp) == Fraction(1 - p).limit_denominator(16) and 1 <= keep <= dp <= 16
+
+
+def test_table_shows_graphs_with_their_bound():
+    rows = [
+        GraphRow("tiny", "row static compiled", 0.5, 1.2, 3, 4),
+        GraphRow("tiny", "row eager", 0.4, 1.0, None, None),
+    ]
+    table = format_table(rows)
+    assert (
+        "| tiny | row static compiled | 0.500 | 1.20 | 3 (4) |" in table
+        and "| tiny | row eager | 0.400 | 1.00 |  |" in table
+    )
+
+
+def test_bad_rate_is_refused_before_any_run(capsys):
+    assert cli_main(["bench-graphs", *QUICK, "--p", "1.5"]) == 2
+    assert "must be a dropout rate" in capsys.readouterr().err
