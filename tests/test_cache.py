@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from approxdrop import PatternDistribution
-from approxdrop.ops import cuda as kernels
+from approxdrop.ops import cuda_build as build
 from approxdrop.search import cache as store
 from approxdrop.search import search_distribution
 
@@ -27,7 +27,7 @@ def test_every_cache_follows_one_rule(tmp_path, monkeypatch):
     $APPROXDROP_CACHE_DIR, else $XDG_CACHE_HOME/approxdrop, else ~/.cache/approxdrop."""
 
     def dirs():
-        return store.cache_dir(), kernels._cache_root()
+        return store.cache_dir(), build._cache_root()
 
     assert dirs() == (tmp_path / "cache" / "search", tmp_path / "cache" / "kernels")
     monkeypatch.delenv("APPROXDROP_CACHE_DIR")

@@ -20,7 +20,9 @@ import pytest
 import torch
 
 from approxdrop.ops import cuda as kernels
+from approxdrop.ops import cuda_build as build
 from approxdrop.ops import dispatch
+from approxdrop.ops.candidates import Candidate
 from approxdrop.ops.cuda_cublas import TORCH_BLOCK_KERNELS
 from approxdrop.ops.dispatch import ENV_SWITCH, Dispatcher, kernel_mode, outputs_agree
 from approxdrop.ops.grouped import (
@@ -48,18 +50,17 @@ class Fakes:
         self.said: list[str] = []
 
     def candidate(self, name):
-        def fn():
+        def run(args):
             self.calls[name] += 1
             out = self.outputs[name]
             if isinstance(out, Exception):
                 raise out
             return out
 
-        fn.name = name
-        return fn
+        return Candidate(name, run)
 
     def candidates(self):
-        return {name: self.candidate(name) for name in self.outputs}
+        return [self.candidate(name) for name in self.outputs]
 
     def timer(self, fn):
         self.timed.append(fn.name)
@@ -117,10 +118,10 @@ def test_measures_once_per_key_and_picks_the_faster():
     fakes = Fakes()
     d = fakes.dispatcher()
     for _ in range(3):
-        assert torch.equal(d.run("k1", fakes.candidates(), "auto"), torch.ones(3))
+        assert torch.equal(d.run("k1", fakes.candidates(), None, "auto"), torch.ones(3))
     assert fakes.timed == ["torch", "pattern"]  # timed once for the key
     assert fakes.calls == {"torch": 1, "pattern": 3}  # checked once, then the winner runs
-    d.run("k2", fakes.candidates(), "auto")
+    d.run("k2", fakes.candidates(), None, "auto")
     assert fakes.timed == ["torch", "pattern"] * 2  # a new key is measured
     (c1, c2) = d.choices()
     assert (c1.key, c1.path, c1.how) == ("k1", "pattern", "measured")
@@ -131,7 +132,7 @@ def test_measures_once_per_key_and_picks_the_faster():
 def test_another_path_must_beat_the_reference_by_the_margin(pattern_ms, winner):
     fakes = Fakes(times={"torch": 2.0, "pattern": pattern_ms})
     d = fakes.dispatcher(margin=0.05)
-    d.run("k", fakes.candidates(), "auto")
+    d.run("k", fakes.candidates(), None, "auto")
     assert d.choices()[0].path == winner
 
 
@@ -139,7 +140,7 @@ def test_says_once_which_path_runs_and_why():
     fakes = Fakes()
     d = fakes.dispatcher()
     for _ in range(3):
-        d.run("row_linear float16 N=8", fakes.candidates(), "auto")
+        d.run("row_linear float16 N=8", fakes.candidates(), None, "auto")
     assert len(fakes.said) == 1
     line = fakes.said[0]
     assert line.startswith("approxdrop: row_linear float16 N=8: the pattern-GEMM kernel runs (measured:")
@@ -159,35 +160,35 @@ def test_says_once_which_path_runs_and_why():
 def test_never_picks_a_candidate_that_raised_or_disagrees(bad, why):
     fakes = Fakes(times={"torch": 2.0, "pattern": 0.1}, outputs={"torch": torch.ones(3), "pattern": bad})
     d = fakes.dispatcher()
-    assert torch.equal(d.run("k", fakes.candidates(), "auto"), torch.ones(3))
+    assert torch.equal(d.run("k", fakes.candidates(), None, "auto"), torch.ones(3))
     choice = d.choices()[0]
     assert choice.path == "torch" and "pattern excluded" in choice.reason and why in choice.reason
     assert fakes.timed == ["torch"] and dict(choice.times_ms)["pattern"] is None
-    d.run("k", fakes.candidates(), "auto")
+    d.run("k", fakes.candidates(), None, "auto")
     assert fakes.calls["pattern"] == 1  # never run again
 
 
 def test_never_picks_a_candidate_without_a_valid_time():
     fakes = Fakes(times={"torch": 2.0, "pattern": float("nan")})
     d = fakes.dispatcher()
-    d.run("k", fakes.candidates(), "auto")
+    d.run("k", fakes.candidates(), None, "auto")
     assert d.choices()[0].path == "torch" and "timer gave nan" in d.choices()[0].reason
     fakes = Fakes(times={"torch": float("inf"), "pattern": 1.0})  # no reference time: nothing known faster
     d = fakes.dispatcher()
-    d.run("k", fakes.candidates(), "auto")
+    d.run("k", fakes.candidates(), None, "auto")
     assert d.choices()[0].path == "torch"
 
 
 def test_the_references_errors_are_the_ops():
     fakes = Fakes(outputs={"torch": ValueError("row_linear: bad x"), "pattern": torch.ones(3)})
     with pytest.raises(ValueError, match="bad x"):
-        fakes.dispatcher().run("k", fakes.candidates(), "auto")
+        fakes.dispatcher().run("k", fakes.candidates(), None, "auto")
 
 
 def test_one_candidate_runs_without_measuring():
     fakes = Fakes(outputs={"torch": torch.ones(3)})
     d = fakes.dispatcher()
-    d.run("k", fakes.candidates(), "auto")
+    d.run("k", fakes.candidates(), None, "auto")
     assert fakes.timed == [] and d.choices() == () and fakes.said == []
 
 
@@ -196,11 +197,11 @@ def test_no_measuring_while_a_graph_is_captured():
     capturing = [True]
     d = fakes.dispatcher(can_measure=lambda: not capturing[0])
     for _ in range(2):
-        d.run("k", fakes.candidates(), "auto")
+        d.run("k", fakes.candidates(), None, "auto")
     assert fakes.timed == [] and fakes.calls == {"torch": 2, "pattern": 0} and d.choices() == ()
     assert len(fakes.said) == 1 and "CUDA graph" in fakes.said[0]
     capturing[0] = False
-    d.run("k", fakes.candidates(), "auto")
+    d.run("k", fakes.candidates(), None, "auto")
     assert d.choices()[0].path == "pattern"
 
 
@@ -220,7 +221,7 @@ def test_three_candidates_the_fastest_that_beats_the_reference_wins(times, winne
     fakes = Fakes(times=times, outputs=THREE)
     d = fakes.dispatcher()
     for _ in range(2):
-        d.run("k", fakes.candidates(), "auto")
+        d.run("k", fakes.candidates(), None, "auto")
     assert fakes.timed == ["torch", "cublas", "pattern"]
     choice = d.choices()[0]
     assert choice.path == winner and [n for n, _ in choice.times_ms] == ["torch", "cublas", "pattern"]
@@ -231,7 +232,7 @@ def test_three_candidates_one_that_disagrees_is_excluded_the_other_still_compete
     outputs = {**THREE, "cublas": torch.zeros(3)}
     fakes = Fakes(times={"torch": 3.0, "cublas": 0.5, "pattern": 2.0}, outputs=outputs)
     d = fakes.dispatcher()
-    d.run("k", fakes.candidates(), "auto")
+    d.run("k", fakes.candidates(), None, "auto")
     choice = d.choices()[0]
     assert choice.path == "pattern" and "cublas excluded" in choice.reason
 
@@ -251,7 +252,7 @@ def test_concurrent_first_calls_measure_once():
 
     def worker():
         start.wait()
-        d.run("k", fakes.candidates(), "auto")
+        d.run("k", fakes.candidates(), None, "auto")
 
     threads = [threading.Thread(target=worker) for _ in range(6)]
     for thread in threads:
@@ -271,7 +272,7 @@ def test_forced_modes_run_their_path_without_measuring(monkeypatch, mode):
     fakes = Fakes(times={"torch": 1.0, "cublas": 3.0, "pattern": 2.0}, outputs=THREE)
     d = fakes.dispatcher()
     for _ in range(2):
-        d.run("k", fakes.candidates())
+        d.run("k", fakes.candidates(), None)
     assert fakes.timed == [] and fakes.calls[path] == 2 and sum(fakes.calls.values()) == 2
     assert d.choices()[0].how == "forced" and d.choices()[0].path == path
     assert len(fakes.said) == 1 and f"APPROXDROP_KERNELS={mode}" in fakes.said[0]
@@ -279,7 +280,7 @@ def test_forced_modes_run_their_path_without_measuring(monkeypatch, mode):
 
 def test_forced_cublas_without_a_cublas_path_runs_the_reference_and_says_why():
     fakes = Fakes()  # a tile op: the reference and the kernel only
-    fakes.dispatcher().run("k", fakes.candidates(), "cublas")
+    fakes.dispatcher().run("k", fakes.candidates(), None, "cublas")
     assert fakes.calls == {"torch": 1, "pattern": 0} and "the cuBLAS path" in fakes.said[0]
     assert "unavailable" in fakes.said[0]
 
@@ -287,22 +288,37 @@ def test_forced_cublas_without_a_cublas_path_runs_the_reference_and_says_why():
 def test_auto_after_a_forced_mode_still_measures():
     fakes = Fakes(times={"torch": 1.0, "pattern": 2.0})
     d = fakes.dispatcher()
-    d.run("k", fakes.candidates(), "pattern")
-    d.run("k", fakes.candidates(), "auto")
+    d.run("k", fakes.candidates(), None, "pattern")
+    d.run("k", fakes.candidates(), None, "auto")
     assert fakes.timed == ["torch", "pattern"] and d.choices()[0].how == "measured" and d.choices()[0].path == "torch"
 
 
 def test_forced_pattern_without_kernels_runs_the_reference_and_says_why():
     fakes = Fakes(outputs={"torch": torch.ones(3)})
     d = fakes.dispatcher()
-    d.run("k", fakes.candidates(), "pattern")
+    d.run("k", fakes.candidates(), None, "pattern")
     assert fakes.calls == {"torch": 1} and "pattern-GEMM kernel is unavailable" in fakes.said[0]
+
+
+def test_a_candidate_that_cannot_run_the_call_is_skipped_with_its_reasons():
+    """supports(args) gives reasons: the candidate is neither run nor timed, and its reasons are said."""
+    fakes = Fakes(times={"torch": 3.0, "cublas": 2.0, "pattern": 1.0}, outputs=THREE)
+    torch_c, cublas_c, pattern_c = fakes.candidates()
+    picky = Candidate("pattern", pattern_c.run, lambda args: [] if args == "small" else [f"not for {args}"])
+    d = fakes.dispatcher()
+    d.run("k", [torch_c, cublas_c, picky], "big", "auto")
+    assert fakes.calls["pattern"] == 0 and fakes.timed == ["torch", "cublas"]
+    assert "pattern skipped: not for big" in d.choices()[0].reason
+    d.run("k2", [torch_c, cublas_c, picky], "small", "auto")
+    assert fakes.timed[-1] == "pattern"
+    d.run("k3", [torch_c, picky], "big", "pattern")
+    assert any("pattern-GEMM kernel is unavailable (pattern skipped: not for big)" in line for line in fakes.said)
 
 
 def test_switch_zero_is_silent():
     fakes = Fakes()
     d = fakes.dispatcher()
-    d.run("k", fakes.candidates(), "0")
+    d.run("k", fakes.candidates(), None, "0")
     assert fakes.calls == {"torch": 1, "pattern": 0} and fakes.said == [] and d.choices() == ()
 
 
@@ -312,14 +328,14 @@ def test_switch_zero_is_silent():
 def test_choices_are_cached_on_disk_and_reloaded_by_a_fresh_dispatcher(tmp_path):
     cache = tmp_path / "gpu-dispatch" / "Fake-GPU_torch0.0.json"
     fakes = Fakes()
-    fakes.dispatcher(cache).run("k", fakes.candidates(), "auto")
+    fakes.dispatcher(cache).run("k", fakes.candidates(), None, "auto")
     payload = json.loads(cache.read_text())
     assert payload["format"] == dispatch.FORMAT and payload["tag"] == TAG
     assert payload["choices"]["k"]["path"] == "pattern" and payload["choices"]["k"]["times_ms"]["torch"] == 2.0
     again = Fakes()
     d = again.dispatcher(cache)
     for _ in range(2):
-        d.run("k", again.candidates(), "auto")
+        d.run("k", again.candidates(), None, "auto")
     assert again.timed == [] and again.calls == {"torch": 0, "pattern": 2}
     assert d.choices()[0].how == "cached" and d.choices()[0].times_ms == (("torch", 2.0), ("pattern", 1.0))
     assert len(again.said) == 1 and "(cached:" in again.said[0]
@@ -328,9 +344,9 @@ def test_choices_are_cached_on_disk_and_reloaded_by_a_fresh_dispatcher(tmp_path)
 def test_a_cache_for_other_kernels_is_measured_again(tmp_path):
     cache = tmp_path / "c.json"
     fakes = Fakes()
-    fakes.dispatcher(cache).run("k", fakes.candidates(), "auto")
+    fakes.dispatcher(cache).run("k", fakes.candidates(), None, "auto")
     again = Fakes()
-    again.dispatcher(cache, tag={**TAG, "kernels": "new"}).run("k", again.candidates(), "auto")
+    again.dispatcher(cache, tag={**TAG, "kernels": "new"}).run("k", again.candidates(), None, "auto")
     assert again.timed == ["torch", "pattern"]
     assert json.loads(cache.read_text())["tag"]["kernels"] == "new"
 
@@ -339,8 +355,8 @@ def test_two_dispatchers_on_one_file_keep_each_others_choices(tmp_path):
     cache = tmp_path / "c.json"
     a, b = Fakes(), Fakes(times={"torch": 1.0, "pattern": 2.0})
     da, db = a.dispatcher(cache), b.dispatcher(cache)
-    da.run("ka", a.candidates(), "auto")
-    db.run("kb", b.candidates(), "auto")
+    da.run("ka", a.candidates(), None, "auto")
+    db.run("kb", b.candidates(), None, "auto")
     choices = json.loads(cache.read_text())["choices"]
     assert {k: c["path"] for k, c in choices.items()} == {"ka": "pattern", "kb": "torch"}
 
@@ -364,7 +380,7 @@ def test_a_corrupt_cache_is_rebuilt_never_fatal(tmp_path, content):
     (cache.write_bytes if isinstance(content, bytes) else cache.write_text)(content)
     fakes = Fakes()
     d = fakes.dispatcher(cache)
-    assert torch.equal(d.run("k", fakes.candidates(), "auto"), torch.ones(3))
+    assert torch.equal(d.run("k", fakes.candidates(), None, "auto"), torch.ones(3))
     assert fakes.timed == ["torch", "pattern"]
     assert "unreadable" in fakes.said[0] and "measuring again" in fakes.said[0]
     assert json.loads(cache.read_text())["choices"]["k"]["path"] == "pattern"  # rewritten whole
@@ -376,8 +392,8 @@ def test_an_unwritable_cache_is_not_fatal(tmp_path):
     blocker.write_text("")
     fakes = Fakes()
     d = fakes.dispatcher(blocker / "c.json")  # its directory cannot be made
-    d.run("k", fakes.candidates(), "auto")
-    d.run("k2", fakes.candidates(), "auto")
+    d.run("k", fakes.candidates(), None, "auto")
+    d.run("k2", fakes.candidates(), None, "auto")
     assert d.choices()[0].path == "pattern"
     assert sum("cannot write the GPU dispatch cache" in line for line in fakes.said) == 1
 
@@ -454,16 +470,16 @@ def fake_gpu(monkeypatch, tmp_path):
     monkeypatch.setattr(kernels, "_launch", lambda device, call: call(0))
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Fake GPU")
-    monkeypatch.setattr(kernels, "_arch", lambda device=None: "sm_90")
-    monkeypatch.setattr(kernels, "_outcomes", {"sm_90": kernels.KernelStatus(True, "sm_90", None, "fake.so")})
+    monkeypatch.setattr(build, "_arch", lambda device=None: "sm_90")
+    monkeypatch.setattr(build, "_outcomes", {"sm_90": kernels.KernelStatus(True, "sm_90", None, "fake.so")})
     said: list[str] = []
     times = {"torch": 3.0, "cublas": 2.0, "pattern": 1.0}
 
-    def timer(fn):  # the reference is a functools.partial of the PyTorch implementation
-        return times[{kernels._launch_cublas: "cublas", kernels._launch_pattern: "pattern"}.get(fn.func, "torch")]
+    def timer(fn):  # fn is named after its candidate
+        return times[fn.name]
 
-    chooser = Dispatcher(kernels._dispatch_file("Fake GPU"), timer=timer, check=outputs_agree, tag=TAG, say=said.append)
-    monkeypatch.setattr(kernels, "_dispatchers", {"Fake GPU": chooser})
+    chooser = Dispatcher(build._dispatch_file("Fake GPU"), timer=timer, check=outputs_agree, tag=TAG, say=said.append)
+    monkeypatch.setattr(build, "_dispatchers", {"Fake GPU": chooser})
     return types.SimpleNamespace(ext=ext, said=said, dispatcher=chooser, times=times)
 
 
@@ -502,8 +518,8 @@ def test_cuda_ops_dispatch_and_status_lists_the_choices(fake_gpu):
     assert keys[0].startswith("row_linear float32 N=5 W=10x9 in 2/3 out 1/2 bias")
     assert keys[1].startswith("row_linear_backward float32 N=5 W=10x9 in 2/3 out 1/2 grad_x yes")
     assert len(fake_gpu.said) == 2
-    assert kernels._dispatch_file("Fake GPU").exists()
-    assert kernels._dispatch_file("Fake GPU").parent == Path(fake_gpu.dispatcher.cache_file).parent
+    assert build._dispatch_file("Fake GPU").exists()
+    assert build._dispatch_file("Fake GPU").parent == Path(fake_gpu.dispatcher.cache_file).parent
 
 
 def test_cuda_ops_never_run_a_kernel_that_computes_wrong_values(fake_gpu):
@@ -558,7 +574,9 @@ def test_three_candidates_on_the_cuda_ops(fake_gpu):
     got = kernels._row_linear_backward_cuda(gy, x, w, *ints, need_grad_x=True)
     torch.testing.assert_close(got, row_linear_backward_torch(gy, x, w, *ints))
     for choice in kernels.status().choices:
-        assert choice.path == "cublas" and [n for n, _ in choice.times_ms] == ["torch", "cublas", "pattern"]
+        assert choice.path == "cublas" and [n for n, _ in choice.times_ms] == ["torch", "cublas", "pattern"], (
+            choice.reason
+        )
     names = [name for name, _ in fake_gpu.ext.calls]
     assert "scatter_block" in names and "column_sum" in names  # the cuBLAS path's kernels, from the extension
     assert any("the cuBLAS path" in line for line in fake_gpu.said)

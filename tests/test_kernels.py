@@ -26,6 +26,7 @@ import torch
 
 import approxdrop
 from approxdrop.ops import cuda as kernels
+from approxdrop.ops import cuda_build as build
 from approxdrop.ops import dispatch, row_linear, row_linear_backward, tile_linear, tile_linear_backward
 from approxdrop.ops.cuda_cublas import TORCH_BLOCK_KERNELS
 from approxdrop.ops.grouped import (
@@ -81,23 +82,23 @@ def test_importing_approxdrop_registers_cuda_implementations():
 def test_status_reasons(tmp_path, monkeypatch):
     """Distinct messages: not built yet, built for another torch/CUDA/GPU, stale sources, built."""
     monkeypatch.setenv("APPROXDROP_CACHE_DIR", str(tmp_path))
-    key = kernels._build_key("sm_90")
-    assert kernels._unbuilt_reason("sm_90").startswith("not built yet")
+    key = build._build_key("sm_90")
+    assert build._unbuilt_reason("sm_90").startswith("not built yet")
     other = tmp_path / "kernels" / "torch0.0-cuda0.0-sm_80"
     other.mkdir(parents=True)
     (other / "approxdrop_build.json").write_text('{"sources": "x"}')
-    reason = kernels._unbuilt_reason("sm_90")
+    reason = build._unbuilt_reason("sm_90")
     assert reason.startswith("built for another torch/CUDA/GPU") and other.name in reason and key in reason
     (tmp_path / "kernels" / key).mkdir()
     (tmp_path / "kernels" / key / "approxdrop_build.json").write_text('{"sources": "old"}')
-    assert "older sources" in kernels._unbuilt_reason("sm_90")
-    (tmp_path / "kernels" / key / "approxdrop_build.json").write_text(f'{{"sources": "{kernels._source_hash()}"}}')
-    assert kernels._unbuilt_reason("sm_90").startswith("built in")
+    assert "older sources" in build._unbuilt_reason("sm_90")
+    (tmp_path / "kernels" / key / "approxdrop_build.json").write_text(f'{{"sources": "{build._source_hash()}"}}')
+    assert build._unbuilt_reason("sm_90").startswith("built in")
 
 
 def test_disabled_by_environment(monkeypatch):
     monkeypatch.setenv(kernels.ENV_SWITCH, "0")
-    monkeypatch.setattr(kernels, "_outcomes", {})
+    monkeypatch.setattr(build, "_outcomes", {})
     assert not kernels.enabled()
     assert kernels.status().reason == f"disabled by {kernels.ENV_SWITCH}=0"
     with warnings.catch_warnings():
@@ -108,8 +109,8 @@ def test_disabled_by_environment(monkeypatch):
 
 def test_fallback_warns_once_and_matches_pytorch(monkeypatch):
     """Without an extension the CUDA implementations run the PyTorch one, after a single warning."""
-    monkeypatch.setattr(kernels, "_outcomes", {})
-    monkeypatch.setattr(kernels, "_blocker", lambda: "nvcc not found (test)")
+    monkeypatch.setattr(build, "_outcomes", {})
+    monkeypatch.setattr(build, "_blocker", lambda: "nvcc not found (test)")
     gen = torch.Generator().manual_seed(0)
     x, w, b = torch.randn(5, 4, generator=gen), torch.randn(6, 8, generator=gen), torch.randn(6, generator=gen)
     with pytest.warns(RuntimeWarning, match="nvcc not found"):
@@ -119,7 +120,7 @@ def test_fallback_warns_once_and_matches_pytorch(monkeypatch):
         y_tile = kernels._tile_linear_cuda(torch.randn(5, 8, generator=gen), w, b, 2, 0, 1, 4)
     assert torch.equal(y, row_linear(x, w, b, 2, 1, 1, 3, 0, 1))
     assert y_tile.shape == (5, 6)
-    assert kernels.status() == kernels.KernelStatus(False, kernels._arch(), "nvcc not found (test)", None)
+    assert kernels.status() == kernels.KernelStatus(False, build._arch(), "nvcc not found (test)", None)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on machines without a GPU")
@@ -133,18 +134,18 @@ def fake_build(tmp_path, monkeypatch):
     """A GPU-free build: every architecture is buildable, ``_compile`` returns a stand-in module and records
     the architectures it was asked for (``fake_build.calls``); fresh bookkeeping, cache in tmp_path."""
     monkeypatch.setenv("APPROXDROP_CACHE_DIR", str(tmp_path))
-    monkeypatch.setattr(kernels, "_outcomes", {})
-    monkeypatch.setattr(kernels, "_extensions", {})
-    monkeypatch.setattr(kernels, "_blocker", lambda: None)
-    monkeypatch.setattr(kernels, "_arch", lambda device=None: "sm_90")
+    monkeypatch.setattr(build, "_outcomes", {})
+    monkeypatch.setattr(build, "_extensions", {})
+    monkeypatch.setattr(build, "_blocker", lambda: None)
+    monkeypatch.setattr(build, "_arch", lambda device=None: "sm_90")
     calls = []
 
     def compile_(arch, build_dir, verbose):
         calls.append(arch)
         return types.SimpleNamespace(arch=arch, __file__=str(build_dir / f"{kernels.NAME}_{arch}.so"))
 
-    monkeypatch.setattr(kernels, "_compile", compile_)
-    return types.SimpleNamespace(calls=calls, stamp=tmp_path / "kernels" / kernels._build_key("sm_90") / kernels.STAMP)
+    monkeypatch.setattr(build, "_compile", compile_)
+    return types.SimpleNamespace(calls=calls, stamp=tmp_path / "kernels" / build._build_key("sm_90") / kernels.STAMP)
 
 
 @pytest.mark.parametrize("content", ["", '{"sources": "ab', "[]", '"text"', b"\xff\xfe"], ids=repr)
@@ -157,13 +158,13 @@ def test_corrupt_stamp_means_rebuild(fake_build, capsys, content):
     module = kernels.load()
     assert module.arch == "sm_90" and fake_build.calls == ["sm_90"]
     assert "compiling CUDA kernels for sm_90" in capsys.readouterr().err
-    assert json.loads(fake_build.stamp.read_text())["sources"] == kernels._source_hash()
+    assert json.loads(fake_build.stamp.read_text())["sources"] == build._source_hash()
     assert kernels.status().built
 
 
 def test_fresh_stamp_prints_no_compile_line(fake_build, capsys):
     fake_build.stamp.parent.mkdir(parents=True)
-    fake_build.stamp.write_text(json.dumps({"sources": kernels._source_hash()}))
+    fake_build.stamp.write_text(json.dumps({"sources": build._source_hash()}))
     assert kernels.status().reason.startswith("built in")
     assert kernels.load() is not None and capsys.readouterr().err == ""
 
@@ -187,13 +188,13 @@ def test_stamp_is_written_atomically(fake_build, monkeypatch):
 
 def test_concurrent_loads_build_once(fake_build, monkeypatch):
     built = fake_build.calls
-    slow = kernels._compile
+    slow = build._compile
 
     def slow_compile(arch, build_dir, verbose):
         time.sleep(0.2)  # long enough for every thread to reach load() while the first one builds
         return slow(arch, build_dir, verbose)
 
-    monkeypatch.setattr(kernels, "_compile", slow_compile)
+    monkeypatch.setattr(build, "_compile", slow_compile)
     start, results = threading.Barrier(8), []
 
     def worker():
@@ -212,15 +213,15 @@ def test_concurrent_loads_build_once(fake_build, monkeypatch):
 def test_each_architecture_gets_its_own_build(fake_build, monkeypatch):
     """Two GPUs of different architectures: two builds; a third that fails falls back alone, with a warning."""
     archs = {0: "sm_80", 1: "sm_90", 2: "sm_120", 3: "sm_80"}
-    monkeypatch.setattr(kernels, "_arch", lambda device=None: archs[0 if device is None else device])
-    working = kernels._compile
+    monkeypatch.setattr(build, "_arch", lambda device=None: archs[0 if device is None else device])
+    working = build._compile
 
     def compile_(arch, build_dir, verbose):
         if arch == "sm_120":
             raise RuntimeError("nvcc fatal   : Unsupported gpu architecture 'compute_120'")
         return working(arch, build_dir, verbose)
 
-    monkeypatch.setattr(kernels, "_compile", compile_)
+    monkeypatch.setattr(build, "_compile", compile_)
     assert kernels.load(device=0).arch == "sm_80"
     assert kernels.load(device=1).arch == "sm_90"
     assert kernels.load(device=3).arch == "sm_80"  # same architecture as device 0: no new build
@@ -230,7 +231,7 @@ def test_each_architecture_gets_its_own_build(fake_build, monkeypatch):
     assert kernels.status(0).built and kernels.status(1).built and kernels.status(1).arch == "sm_90"
     assert not kernels.status(2).built and "Unsupported gpu architecture" in kernels.status(2).reason
     for arch in ("sm_80", "sm_90"):
-        assert (kernels._cache_root() / kernels._build_key(arch) / kernels.STAMP).exists()
+        assert (build._cache_root() / build._build_key(arch) / kernels.STAMP).exists()
 
 
 def test_ops_load_for_the_device_of_their_tensors(monkeypatch):
@@ -545,7 +546,7 @@ def test_auto_dispatch_measures_caches_and_matches_pytorch(ext, tmp_path, monkey
     dispatcher reads them back instead of measuring."""
     monkeypatch.setenv(kernels.ENV_SWITCH, "auto")
     monkeypatch.setenv("APPROXDROP_CACHE_DIR", str(tmp_path))
-    monkeypatch.setattr(kernels, "_dispatchers", {})
+    monkeypatch.setattr(build, "_dispatchers", {})
     gen = torch.Generator().manual_seed(10)
     for dtype in (torch.float32, torch.bfloat16):
         x, w, b, gy, ints = _row_args(gen, RowPattern(2, 1, 1), RowPattern(10, 3, 7), 128, 512, 256, dtype)
@@ -563,9 +564,9 @@ def test_auto_dispatch_measures_caches_and_matches_pytorch(ext, tmp_path, monkey
         if c.path != "torch":
             assert times[c.path] < (1 - 0.05) * times["torch"], c
     assert capsys.readouterr().err.count("approxdrop: ") >= 8
-    cache = kernels._dispatch_file(torch.cuda.get_device_name())
+    cache = build._dispatch_file(torch.cuda.get_device_name())
     assert set(json.loads(cache.read_text())["choices"]) == {c.key for c in choices}
-    monkeypatch.setattr(kernels, "_dispatchers", {})
+    monkeypatch.setattr(build, "_dispatchers", {})
     x, w, b, _, ints = _row_args(gen, RowPattern(2, 1, 1), RowPattern(10, 3, 7), 128, 512, 256, torch.float32)
     row_linear(x, w, b, *ints)
     assert [c.how for c in kernels.status().choices] == ["cached"]

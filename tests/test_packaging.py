@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from approxdrop.ops import cuda as kernels
+from approxdrop.ops import cuda_build
 
 REPO = Path(__file__).resolve().parent.parent
 KERNEL_SOURCES = sorted(p for p in (REPO / "kernels").iterdir() if p.suffix in (".cu", ".cuh", ".h", ".cpp"))
@@ -109,7 +110,7 @@ def test_installed_wheel_finds_its_kernel_sources(build, tmp_path):
     target = tmp_path / "target"
     _run([*PIP, "install", "--no-deps", "--no-index", "--target", str(target), str(build("tree"))])
     code = (
-        "import json, approxdrop; from approxdrop.ops import cuda; "
+        "import json, approxdrop; from approxdrop.ops import cuda_build as cuda; "
         "print(json.dumps({'package': approxdrop.__file__, 'source_dir': str(cuda.SOURCE_DIR), "
         "'missing': cuda._missing_sources(), 'hash': cuda._source_hash()}))"
     )
@@ -118,4 +119,4 @@ def test_installed_wheel_finds_its_kernel_sources(build, tmp_path):
     assert Path(out["package"]).is_relative_to(target), out  # the installed copy, not the checkout
     assert Path(out["source_dir"]) == target / "approxdrop" / "_kernels"
     assert out["missing"] == []
-    assert out["hash"] == kernels._source_hash()  # the same sources as the checkout's
+    assert out["hash"] == cuda_build._source_hash()  # the same sources as the checkout's

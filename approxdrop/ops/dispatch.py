@@ -1,10 +1,11 @@
 """Dispatch by measurement: which implementation of an ``approxdrop::`` op runs on a GPU.
 
-An op on CUDA tensors has candidates, each a zero-argument callable computing the op on the call's
-own tensors: ``"torch"``, the PyTorch implementation (the op's ``*_torch`` function), always first and
-the reference; and, when the kernels are built, ``"cublas"``, the cuBLAS path (``cuda_cublas``: cuBLAS
-GEMMs on strided views or one gathered block, the weight gradient scattered by one kernel; row ops
-only) and ``"pattern"``, the pattern-GEMM kernel of ``kernels/``. ``APPROXDROP_KERNELS`` selects the
+An op on CUDA tensors has a list of candidates (``approxdrop.ops.candidates.Candidate``), each running
+the op on one call's arguments: ``"torch"``, the PyTorch implementation (the op's ``*_torch`` function),
+always first and the reference; ``"cublas"``, the cuBLAS path (``cuda_cublas``: cuBLAS GEMMs on strided
+views or one gathered block, the weight gradient scattered by one kernel; row ops only) and
+``"pattern"``, the pattern-GEMM kernel of ``kernels/``. A candidate whose ``supports`` gives reasons (the
+kernels are not built) is skipped, and its reasons are said. ``APPROXDROP_KERNELS`` selects the
 mode (:func:`kernel_mode`):
 
 - ``auto`` (or unset): on the first call of a key (op, shape, dtype, pattern class) the
@@ -30,14 +31,15 @@ import math
 import os
 import sys
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
 
 from .._env import write_json_atomic
+from .candidates import Candidate, usable
 
 ENV_SWITCH = "APPROXDROP_KERNELS"
 MODES = ("auto", "cublas", "pattern", "torch", "0")
@@ -51,8 +53,6 @@ LABELS = {
     PATTERN: "the pattern-GEMM kernel",
 }
 FORMAT = 1  # version of the cache file's layout
-
-T = TypeVar("T")
 
 
 def kernel_mode() -> str:
@@ -168,56 +168,63 @@ class Dispatcher:
         with self._lock:
             return tuple(self._choices[k] for k in sorted(self._choices))
 
-    def run(self, key: str, candidates: Mapping[str, Callable[[], T]], mode: str | None = None) -> T:
-        """The output of the candidate chosen for ``key`` (the first candidate is the reference). ``mode``:
-        ``kernel_mode()`` when None."""
+    def run(self, key: str, candidates: Sequence[Candidate], args: Any, mode: str | None = None) -> Any:
+        """The output of the candidate chosen for ``key`` run on ``args`` (the first candidate is the
+        reference; those whose ``supports(args)`` gives reasons are skipped). ``mode``: ``kernel_mode()``
+        when None."""
         mode = kernel_mode() if mode is None else mode
-        reference = next(iter(candidates))
+        reference = candidates[0]
         if mode == "0":
-            return candidates[reference]()
+            return reference.run(args)
+        ok, skipped = usable(candidates[1:], args)
+        ok = {reference.name: reference, **ok}
         if mode in FORCED:
-            return candidates[self._forced(key, candidates, mode)]()
+            return ok[self._forced(key, ok, skipped, mode)].run(args)
         with self._lock:  # decide under the lock (a first call measures once, whichever threads ask); run outside
             choice = self._choices.get(key)
             if choice is None or choice.how == "forced":  # a forced run measured nothing
                 choice = self._cached(key)
-            if choice is not None and choice.path in candidates:
+            if choice is not None and choice.path in ok:
                 self._use(choice)
                 path = choice.path
-            elif len(candidates) == 1:
-                path = reference
+            elif len(ok) == 1:
+                path = reference.name
             elif not self.can_measure():
                 self._say_once(
                     f"capture:{key}",
-                    f"approxdrop: {key}: {LABELS.get(reference, reference)} runs undecided: no timing while a CUDA "
-                    "graph is captured (run the step once before capturing)",
+                    f"approxdrop: {key}: {LABELS.get(reference.name, reference.name)} runs undecided: no timing while "
+                    "a CUDA graph is captured (run the step once before capturing)",
                 )
-                path = reference
+                path = reference.name
             else:
-                choice, output = self._measure(key, candidates)
+                choice, output = self._measure(key, ok, skipped, args)
                 self._choices[key] = choice
                 self._say_once(key, choice.line())
                 self._save(choice)
                 return output
-        return candidates[path]()
+        return ok[path].run(args)
 
-    def _forced(self, key: str, candidates: Mapping[str, Callable[[], object]], mode: str) -> str:
-        path = FORCED[mode] if FORCED[mode] in candidates else next(iter(candidates))
-        why = f"{ENV_SWITCH}={mode}" + ("" if path == FORCED[mode] else f", but {LABELS[FORCED[mode]]} is unavailable")
+    def _forced(self, key: str, ok: Mapping[str, Candidate], skipped: list[str], mode: str) -> str:
+        path = FORCED[mode] if FORCED[mode] in ok else next(iter(ok))
+        why = f"{ENV_SWITCH}={mode}"
+        if path != FORCED[mode]:
+            why += f", but {LABELS[FORCED[mode]]} is unavailable"
+            why += "".join(f" ({s})" for s in skipped if s.startswith(f"{FORCED[mode]} "))
         with self._lock:
             if key not in self._choices:
                 self._choices[key] = Choice(key, path, "forced", why)
             self._say_once(f"forced:{mode}:{path}", f"approxdrop: {LABELS.get(path, path)} runs on CUDA ({why})")
         return path
 
-    def _measure(self, key: str, candidates: Mapping[str, Callable[[], T]]) -> tuple[Choice, T]:
-        """Run, check and time every candidate; the reference's errors propagate (they are the op's)."""
-        reference = next(iter(candidates))
-        outputs: dict[str, T] = {}
+    def _measure(self, key: str, ok: Mapping[str, Candidate], skipped: list[str], args: Any) -> tuple[Choice, Any]:
+        """Run, check and time every usable candidate; the reference's errors propagate (they are the op's)."""
+        reference = next(iter(ok))
+        outputs: dict[str, Any] = {}
         times: dict[str, float | None] = {}
         excluded: list[str] = []
-        for name, fn in candidates.items():
+        for name, candidate in ok.items():
             times[name] = None
+            fn = _bound(candidate, args)
             try:
                 out = fn()
                 if name == reference:
@@ -242,8 +249,8 @@ class Dispatcher:
             best = min(faster, key=faster.get) if faster else reference
         measured = ", ".join(f"{n} {t:.3f} ms" for n, t in times.items() if t is not None) or "no valid time"
         reason = f"{measured}; another path must beat {reference} by {self.margin:.0%}"
-        if excluded:
-            reason += "; " + "; ".join(excluded)
+        if excluded or skipped:
+            reason += "; " + "; ".join(excluded + skipped)
         return Choice(key, best, "measured", reason, tuple(times.items())), outputs[best]
 
     def _use(self, choice: Choice) -> None:
@@ -303,6 +310,16 @@ class Dispatcher:
             self._say_once(
                 "unwritable-cache", f"approxdrop: cannot write the GPU dispatch cache {self.cache_file}: {exc}"
             )
+
+
+def _bound(candidate: Candidate, args: Any) -> Callable[[], Any]:
+    """``candidate.run(args)`` as a zero-argument callable (what the timer times), named like the candidate."""
+
+    def call():
+        return candidate.run(args)
+
+    call.name = candidate.name
+    return call
 
 
 def _choice_from_json(key: str, entry: dict) -> Choice:
