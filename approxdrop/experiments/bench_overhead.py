@@ -78,7 +78,7 @@ class CrossoverRow:
     ratios: dict[int, float]
 
 
-def _clock(device: torch.device) -> Callable[[], float]:
+def host_clock(device: torch.device) -> Callable[[], float]:
     """CPU time of this process on a CPU with one torch thread (what the host spends, whatever else runs),
     else wall time."""
     return time.process_time if device.type == "cpu" and torch.get_num_threads() == 1 else time.perf_counter
@@ -174,7 +174,7 @@ def host_overhead(
         ("ffn", ffn_steps(p, FFN_METHODS, device), "nn.Dropout"),
         ("lstm", lstm_steps(p, lstm_methods, device), "bernoulli"),
     ):
-        times = time_side_by_side(steps_by_method, device, warmup, rounds, steps, bar, _clock(device))
+        times = time_side_by_side(steps_by_method, device, warmup, rounds, steps, bar, host_clock(device))
         base_median = statistics.median(times[base])
         for label, t in times.items():
             median = statistics.median(t)
@@ -230,7 +230,7 @@ def crossover(
                 rounds,
                 steps,
                 bar,
-                _clock(device),
+                host_clock(device),
             )
             base = statistics.median(times["bernoulli"])
             for m in methods:
