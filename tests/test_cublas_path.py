@@ -25,6 +25,10 @@ from approxdrop.ops.grouped import (
     grouped_row_linear_compact_torch,
     grouped_row_linear_reference,
     grouped_row_linear_torch,
+    run_compact,
+    run_compact_backward,
+    run_full_width,
+    run_full_width_backward,
 )
 from approxdrop.ops.row import row_linear_backward_torch, row_linear_torch
 from approxdrop.patterns import RowPattern
@@ -260,17 +264,17 @@ def test_grouped_full_width_matches_the_dense_reference(config, groups, batch):
     ref = grouped_row_linear_reference(x, w, b, ins, outs)
     ref.backward(gy)
     path = cuda_grouped.cublas_path(KERNELS)
-    y = cuda_grouped.full_forward(path, x.detach(), w.detach(), b.detach(), *args)
+    y = run_full_width(x.detach(), w.detach(), b.detach(), *args, path=path)
     torch.testing.assert_close(y, ref.detach())
     torch.testing.assert_close(y, grouped_row_linear_torch(x.detach(), w.detach(), b.detach(), *args))
-    grad_x, grad_w, grad_b = cuda_grouped.full_backward(path, gy, x.detach(), w.detach(), *args, True)
+    grad_x, grad_w, grad_b = run_full_width_backward(gy, x.detach(), w.detach(), *args, True, path=path)
     torch.testing.assert_close(grad_x, x.grad)  # zero at each group's dropped inputs, as the mask makes it
     torch.testing.assert_close(grad_w, w.grad)
     torch.testing.assert_close(grad_b, b.grad)
     torch_grads = grouped_row_linear_backward_torch(gy, x.detach(), w.detach(), *args, True)
     for g, r in zip((grad_x, grad_w, grad_b), torch_grads):  # the PyTorch implementation agrees too
         torch.testing.assert_close(g, r)
-    grad_x, _, _ = cuda_grouped.full_backward(path, gy, x.detach(), w.detach(), *args, False)
+    grad_x, _, _ = run_full_width_backward(gy, x.detach(), w.detach(), *args, False, path=path)
     assert grad_x.numel() == 0
 
 
@@ -282,16 +286,14 @@ def test_grouped_compact_matches_the_pytorch_implementation(config):
     w, b = torch.randn(11, 13, generator=gen, dtype=F64), torch.randn(11, generator=gen, dtype=F64)
     xs = [torch.randn(3, RowPattern(in_dp, o, in_keep).kept_count(13), generator=gen, dtype=F64) for o in in_offsets]
     xs[2] = xs[2][:0]  # a group without samples
-    ys, blocks = cuda_grouped.compact_forward(cuda_grouped.cublas_path(KERNELS), xs, w, b, *args)
+    ys, blocks = run_compact(xs, w, b, *args, path=cuda_grouped.cublas_path(KERNELS))
     ref_ys, ref_blocks = grouped_row_linear_compact_torch(xs, w, b, *args)
     torch.testing.assert_close(ys, ref_ys)
     torch.testing.assert_close(blocks, ref_blocks)
     grads = [torch.randn(y.shape, generator=gen, dtype=F64) for y in ys]
     for saved, need_grad_x in itertools.product((blocks, []), (True, False)):
         rec = Recording()
-        got = cuda_grouped.compact_backward(
-            cuda_grouped.cublas_path(rec.kernels), grads, xs, w, saved, *args, need_grad_x
-        )
+        got = run_compact_backward(grads, xs, w, saved, *args, need_grad_x, path=cuda_grouped.cublas_path(rec.kernels))
         ref = grouped_row_linear_compact_backward_torch(grads, xs, w, saved, *args, need_grad_x)
         torch.testing.assert_close(got, ref)
         pairs = len(set(zip(out_offsets, in_offsets))) if in_keep < in_dp and out_keep < out_dp else None
@@ -312,7 +314,7 @@ def test_grouped_disjoint_pairs_cover_the_gradient_once():
     gy = torch.randn(8, 6, generator=gen, dtype=F64)
     ins, outs = [RowPattern(2, o, 1) for o in in_offsets], [RowPattern(2, o, 1) for o in out_offsets]
     grouped_row_linear_reference(x, w, None, ins, outs).backward(gy)
-    _, grad_w, _ = cuda_grouped.full_backward(cuda_grouped.cublas_path(KERNELS), gy, x, w.detach(), *args, True)
+    _, grad_w, _ = run_full_width_backward(gy, x, w.detach(), *args, True, path=cuda_grouped.cublas_path(KERNELS))
     torch.testing.assert_close(grad_w, w.grad)
 
 
@@ -324,19 +326,17 @@ def test_grouped_on_the_kernel_path_adds_full_size_gradients(config):
     path = cuda_grouped.kernel_path(row_linear_torch, row_linear_backward_torch)
     w, b = torch.randn(11, 13, generator=gen, dtype=F64), torch.randn(11, generator=gen, dtype=F64)
     x, gy = torch.randn(9, 13, generator=gen, dtype=F64), torch.randn(9, 11, generator=gen, dtype=F64)
-    torch.testing.assert_close(
-        cuda_grouped.full_forward(path, x, w, b, *args), grouped_row_linear_torch(x, w, b, *args)
-    )
-    got = cuda_grouped.full_backward(path, gy, x, w, *args, True)
+    torch.testing.assert_close(run_full_width(x, w, b, *args, path=path), grouped_row_linear_torch(x, w, b, *args))
+    got = run_full_width_backward(gy, x, w, *args, True, path=path)
     torch.testing.assert_close(got, grouped_row_linear_backward_torch(gy, x, w, *args, True))
     in_dp, in_keep, in_offsets = args[:3]
     xs = [torch.randn(2, RowPattern(in_dp, o, in_keep).kept_count(13), generator=gen, dtype=F64) for o in in_offsets]
-    ys, blocks = cuda_grouped.compact_forward(path, xs, w, b, *args)
+    ys, blocks = run_compact(xs, w, b, *args, path=path)
     ref = grouped_row_linear_compact_torch(xs, w, b, *args)
     torch.testing.assert_close((ys, blocks), ref)
     grads = [torch.randn(y.shape, generator=gen, dtype=F64) for y in ys]
     torch.testing.assert_close(
-        cuda_grouped.compact_backward(path, grads, xs, w, blocks, *args, True),
+        run_compact_backward(grads, xs, w, blocks, *args, True, path=path),
         grouped_row_linear_compact_backward_torch(grads, xs, w, blocks, *args, True),
     )
 

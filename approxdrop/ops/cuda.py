@@ -41,10 +41,8 @@ from .cuda_build import (  # noqa: F401 - the public names of approxdrop.ops.cud
     status,
 )
 from .dispatch import CUBLAS, ENV_SWITCH, PATTERN, REFERENCE, kernel_mode  # noqa: F401 - ENV_SWITCH: public
-from .grouped import _check as check_grouped
-from .grouped import _check_compact as check_compact
-from .grouped import _check_compact_backward as check_compact_backward
 from .grouped import (
+    PairPath,
     grouped_row_linear,
     grouped_row_linear_backward,
     grouped_row_linear_backward_torch,
@@ -53,7 +51,14 @@ from .grouped import (
     grouped_row_linear_compact_backward_torch,
     grouped_row_linear_compact_torch,
     grouped_row_linear_torch,
+    run_compact,
+    run_compact_backward,
+    run_full_width,
+    run_full_width_backward,
 )
+from .grouped import _check as check_grouped
+from .grouped import _check_compact as check_compact
+from .grouped import _check_compact_backward as check_compact_backward
 from .row import check_block as check_gathered_block
 from .row import (
     row_linear,
@@ -194,7 +199,7 @@ def _gathered_kernel(ext, stream, x, weight, bias, *ints):
     return ext.row_linear(x, weight, bias, *ints, stream), block
 
 
-def _kernel_pairs(ext: ModuleType, stream: int) -> cuda_grouped.PairPath:
+def _kernel_pairs(ext: ModuleType, stream: int) -> PairPath:
     """The grouped ops' pairs on the pattern-GEMM kernel (the extension's row ops, on ``stream``)."""
     return cuda_grouped.kernel_path(
         lambda *args: ext.row_linear(*args, stream), lambda *args: tuple(ext.row_linear_backward(*args, stream))
@@ -243,26 +248,20 @@ TILE_LINEAR_BACKWARD = [
 ]
 
 
-GROUPED_ROW_LINEAR = [
-    reference(grouped_row_linear_torch),
-    cublas(lambda k, *inputs: cuda_grouped.full_forward(cuda_grouped.cublas_path(k), *inputs)),
-    pattern(lambda ext, s, *inputs: cuda_grouped.full_forward(_kernel_pairs(ext, s), *inputs)),
-]
-GROUPED_ROW_LINEAR_BACKWARD = [
-    reference(grouped_row_linear_backward_torch),
-    cublas(lambda k, *inputs: cuda_grouped.full_backward(cuda_grouped.cublas_path(k), *inputs)),
-    pattern(lambda ext, s, *inputs: cuda_grouped.full_backward(_kernel_pairs(ext, s), *inputs)),
-]
-GROUPED_COMPACT = [
-    reference(grouped_row_linear_compact_torch),
-    cublas(lambda k, *inputs: cuda_grouped.compact_forward(cuda_grouped.cublas_path(k), *inputs)),
-    pattern(lambda ext, s, *inputs: cuda_grouped.compact_forward(_kernel_pairs(ext, s), *inputs)),
-]
-GROUPED_COMPACT_BACKWARD = [
-    reference(grouped_row_linear_compact_backward_torch),
-    cublas(lambda k, *inputs: cuda_grouped.compact_backward(cuda_grouped.cublas_path(k), *inputs)),
-    pattern(lambda ext, s, *inputs: cuda_grouped.compact_backward(_kernel_pairs(ext, s), *inputs)),
-]
+def _grouped(torch_impl: Callable, executor: Callable) -> list[Candidate]:
+    """A grouped op's candidates: its PyTorch implementation, then the grouped executor (``run_*`` of
+    ``approxdrop.ops.grouped``, on checked operands) with the cuBLAS pairs, then with the kernel's."""
+    return [
+        reference(torch_impl),
+        cublas(lambda k, *inputs: executor(*inputs, path=cuda_grouped.cublas_path(k))),
+        pattern(lambda ext, s, *inputs: executor(*inputs, path=_kernel_pairs(ext, s))),
+    ]
+
+
+GROUPED_ROW_LINEAR = _grouped(grouped_row_linear_torch, run_full_width)
+GROUPED_ROW_LINEAR_BACKWARD = _grouped(grouped_row_linear_backward_torch, run_full_width_backward)
+GROUPED_COMPACT = _grouped(grouped_row_linear_compact_torch, run_compact)
+GROUPED_COMPACT_BACKWARD = _grouped(grouped_row_linear_compact_backward_torch, run_compact_backward)
 
 
 # --------------------------------------------------------------------------- CUDA implementations

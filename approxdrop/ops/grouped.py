@@ -20,12 +20,17 @@ output units.
 Executor: one GEMM per distinct (out offset, in offset) pair, on the samples of the groups that
 carry it. There are at most ``out_dp * in_dp`` pairs whatever G is, and for keep = 1 their weight
 blocks cover W at most once: no [G, k_out, k_in] copy of the weight is ever made, and backward
-writes each pair's weight gradient block into one shared gradient.
+writes each pair's weight gradient block into one shared gradient. The executor (``run_*``) is the one
+per-pair loop of every path: a :class:`PairPath` says how one pair's GEMMs run (PyTorch's here, the
+cuBLAS and kernel pairs of ``cuda_grouped`` on a GPU).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -89,19 +94,70 @@ def _pair_forward(x2, w_kept, bias, rows, scale: float) -> torch.Tensor:
     return torch.addmm(take(bias, 0, rows), x2, w_kept.t(), alpha=scale)
 
 
-def _pair_backward(g2, x2, weight, rows, cols, scale: float, grad_w, grad_b, disjoint: bool, need_grad_x: bool):
-    """One pair's gradients: its weight and bias blocks go into grad_w (Tensor[n_out, n_in]) and grad_b
-    (Tensor[n_out]) in place (written when the pairs' blocks are disjoint, else added); returns the
-    pair's grad_x (Tensor[N, k_in]), or None without need_grad_x. g2: Tensor[N, k_out], x2: Tensor[N, k_in]."""
+@dataclass(frozen=True)
+class PairPath:
+    """How one (out offset, in offset) pair's GEMMs run; ``inp`` and ``out`` are its sides' ``(dp, offset,
+    keep)`` integers.
+
+    forward(x2, weight, bias, inp, out, want_block) -> (y2, block): y2 = in_scale * x2 @ W[kept_out][:, kept_in].T
+    + bias[kept_out] (Tensor[N, k_out]) for x2 (Tensor[N, k_in]); block: the gathered kept block (Tensor[k_out,
+    k_in]) when inputs are dropped and the path gathered it or ``want_block``, else None.
+    backward(g2, x2, weight, block, inp, out, need_grad_x, sums) -> the pair's grad_x (Tensor[N, k_in]) or None
+    without need_grad_x; adds the pair's weight and bias gradients to ``sums``. block: forward's, or None.
+    sums(weight): new gradient sums, whose result() is (grad_w, grad_b). None for a path whose compact weight
+    gradients come at once, from compact_grads(grads, xs, weight, *ints) -> (grad_w, grad_b) (then x2 is None)."""
+
+    forward: Callable[..., tuple[torch.Tensor, torch.Tensor | None]]
+    backward: Callable[..., torch.Tensor | None]
+    sums: Callable[[torch.Tensor], Any] | None
+    compact_grads: Callable[..., tuple[torch.Tensor, torch.Tensor]] | None = None
+
+
+def _torch_forward(x2, weight, bias, inp, out, want_block):
+    (in_dp, o_in, in_keep), (out_dp, o_out, out_keep) = inp, out
+    rows, cols = _selectors(weight, in_dp, in_keep, o_in, out_dp, out_keep, o_out)
+    if want_block and in_keep != in_dp:  # gathered once, returned for backward: a fresh copy (may not alias W)
+        block = gather_block(weight, rows, cols)  # [k_out, k_in]
+        return _pair_forward(x2, block, bias, rows, in_dp / in_keep), block
+    return _pair_forward(x2, kept_weight(weight, rows, cols), bias, rows, in_dp / in_keep), None
+
+
+class _Sums:
+    """grad_w (Tensor[n_out, n_in]) and grad_b (Tensor[n_out]) of a grouped op, zeroed, the pairs' blocks
+    written in (disjoint blocks) or added."""
+
+    def __init__(self, weight: torch.Tensor) -> None:
+        self.grad_w, self.grad_b = weight.new_zeros(weight.shape), weight.new_zeros(weight.shape[0])
+
+    def result(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.grad_w, self.grad_b
+
+
+def _torch_backward(g2, x2, weight, block, inp, out, need_grad_x: bool, sums: _Sums):
+    """One pair's gradients on full-width activations: its weight and bias blocks go into ``sums`` in place."""
+    (in_dp, o_in, in_keep), (out_dp, o_out, out_keep) = inp, out
+    rows, cols = _selectors(weight, in_dp, in_keep, o_in, out_dp, out_keep, o_out)
+    grad_w, grad_b = sums.grad_w, sums.grad_b
     grad_b[rows] += g2.sum(0)
-    g = g2 * scale  # scale the small operand once, not the two products
+    g = g2 * (in_dp / in_keep)  # scale the small operand once, not the two products
     block_w = g.t() @ x2  # [k_out, k_in]
-    if disjoint:
+    if _disjoint(in_keep, in_dp, out_keep, out_dp):
         put_block(grad_w, block_w, rows, cols)
     else:  # blocks of keep > 1 patterns overlap: add
         r, c = as_index(rows, grad_w.shape[0], grad_w.device), as_index(cols, grad_w.shape[1], grad_w.device)
         grad_w.index_put_((r[:, None], c[None, :]), block_w, accumulate=True)
     return g @ kept_weight(weight, rows, cols) if need_grad_x else None  # [N, k_in]
+
+
+def _torch_compact_grad_x(g2, x2, weight, block, inp, out, need_grad_x: bool, sums):
+    """One pair's grad_x on compact activations, from forward's block when given (the weight gradients
+    come at once, ``_compact_grads``)."""
+    if not need_grad_x:
+        return None
+    (in_dp, o_in, in_keep), (out_dp, o_out, out_keep) = inp, out
+    if block is None:
+        block = kept_weight(weight, *_selectors(weight, in_dp, in_keep, o_in, out_dp, out_keep, o_out))
+    return torch.mm(g2, block).mul_(in_dp / in_keep)  # [N, k_in]
 
 
 # --------------------------------------------------------------------------- compact activations
@@ -197,19 +253,18 @@ def run_compact(
     out_keep: int,
     out_offsets: list[int],
     separate: bool = True,
+    path: PairPath | None = None,
 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """``grouped_row_linear_compact_torch`` on checked operands: one GEMM per distinct offset pair
-    (``separate``: no two outputs share memory, as a registered op's may not)."""
+    """``grouped_row_linear_compact_torch`` on checked operands: one GEMM per distinct offset pair on ``path``
+    (default: PyTorch's); ``separate``: no two outputs share memory, as a registered op's may not."""
+    path = path or TORCH_COMPACT
     ys: list = [None] * len(xs)
     blocks = []
     for (o_out, o_in), groups in _compact_pairs(in_dp, in_keep, in_offsets, out_dp, out_keep, out_offsets).items():
-        rows, cols = _selectors(weight, in_dp, in_keep, o_in, out_dp, out_keep, o_out)
-        if in_keep != in_dp:  # gathered once, returned for backward: a fresh copy (an output may not alias W)
-            w_kept = gather_block(weight, rows, cols)  # [k_out, k_in]
-            blocks.append(w_kept)
-        else:
-            w_kept = kept_weight(weight, rows, cols)  # [k_out, k_in]: a view of W's kept rows
-        y2 = _pair_forward(_stack(xs, groups), w_kept, bias, rows, in_dp / in_keep)  # [N, k_out]
+        inp, out = (in_dp, o_in, in_keep), (out_dp, o_out, out_keep)
+        y2, block = path.forward(_stack(xs, groups), weight, bias, inp, out, True)  # [N, k_out]
+        if in_keep != in_dp:
+            blocks.append(block)
         _unstack(y2, xs, groups, ys, separate)
     return ys, blocks
 
@@ -278,18 +333,31 @@ def run_compact_backward(
     out_offsets: list[int],
     need_grad_x: bool,
     separate: bool = True,
+    path: PairPath | None = None,
 ) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
-    """``grouped_row_linear_compact_backward_torch`` on checked operands (``separate``: as ``run_compact``)."""
+    """``grouped_row_linear_compact_backward_torch`` on checked operands, on ``path`` (default: PyTorch's;
+    ``separate``: as ``run_compact``)."""
+    path = path or TORCH_COMPACT
+    args = (in_dp, in_keep, in_offsets, out_dp, out_keep, out_offsets)
+    sums = None if path.sums is None else path.sums(weight)
+    grad_xs: list = [None] * len(xs) if need_grad_x else []
+    if need_grad_x or sums is not None:
+        for j, ((o_out, o_in), groups) in enumerate(_compact_pairs(*args).items()):
+            inp, out = (in_dp, o_in, in_keep), (out_dp, o_out, out_keep)
+            x2 = None if sums is None else _stack(xs, groups)  # [N, k_in]
+            block = blocks[j] if blocks else None
+            grad_x2 = path.backward(_stack(grads, groups), x2, weight, block, inp, out, need_grad_x, sums)
+            if need_grad_x:
+                _unstack(grad_x2, xs, groups, grad_xs, separate)
+    grad_w, grad_b = path.compact_grads(grads, xs, weight, *args) if sums is None else sums.result()
+    return grad_xs, grad_w, grad_b
+
+
+def _compact_grads(grads, xs, weight, in_dp, in_keep, in_offsets, out_dp, out_keep, out_offsets):
+    """The compact op's (grad_w, grad_b) on PyTorch: per out offset, the weight gradient rows of its groups in
+    one GEMM (their inputs at full width, zero where dropped), written into the shared gradient."""
     n_out, n_in = weight.shape
     scale = in_dp / in_keep
-    grad_xs: list = [None] * len(xs) if need_grad_x else []
-    if need_grad_x:
-        pairs = _compact_pairs(in_dp, in_keep, in_offsets, out_dp, out_keep, out_offsets)
-        for j, ((o_out, o_in), groups) in enumerate(pairs.items()):
-            rows, cols = _selectors(weight, in_dp, in_keep, o_in, out_dp, out_keep, o_out)
-            w_kept = blocks[j] if blocks else kept_weight(weight, rows, cols)  # [k_out, k_in]
-            grad_x2 = torch.mm(_stack(grads, groups), w_kept).mul_(scale)  # [N, k_in]
-            _unstack(grad_x2, xs, groups, grad_xs, separate)
     by_out: dict[int, list[int]] = {}
     for g, o in enumerate(out_offsets):
         by_out.setdefault(_key(out_dp, o, out_keep), []).append(g)
@@ -307,7 +375,10 @@ def run_compact_backward(
             torch.mm(g2.t(), x_full, out=grad_w[rows])
         else:  # keep > 1: rows overlap, add
             grad_w.index_add_(0, rows, torch.mm(g2.t(), x_full))
-    return grad_xs, grad_w, grad_b
+    return grad_w, grad_b
+
+
+TORCH_COMPACT = PairPath(_torch_forward, _torch_compact_grad_x, None, _compact_grads)  # the PyTorch path
 
 
 def _check_compact_backward(grads, xs, weight, blocks, in_dp, in_keep, in_offsets, out_dp, out_keep, out_offsets):
@@ -445,16 +516,20 @@ def run_full_width(
     out_dp: int,
     out_keep: int,
     out_offsets: list[int],
+    path: PairPath | None = None,
 ) -> torch.Tensor:
-    """``grouped_row_linear_torch`` on checked operands: one GEMM per distinct offset pair."""
-    y = x.new_zeros(*x.shape[:-1], weight.shape[0])  # [*, B, n_out]: zero at every group's dropped outputs
+    """``grouped_row_linear_torch`` on checked operands: one GEMM per distinct offset pair on ``path``
+    (default: PyTorch's)."""
+    path = path or TORCH_FULL
+    n_out, n_in = weight.shape
+    y = x.new_zeros(*x.shape[:-1], n_out)  # [*, B, n_out]: zero at every group's dropped outputs
     for (o_out, o_in), segments in _pairs(
         x.shape[-2], in_dp, in_keep, in_offsets, out_dp, out_keep, out_offsets
     ).items():
-        rows, cols = _selectors(weight, in_dp, in_keep, o_in, out_dp, out_keep, o_out)
-        xs = _read(x, segments, cols)  # [*, m, k_in]
-        ys = _pair_forward(flat(xs), kept_weight(weight, rows, cols), bias, rows, in_dp / in_keep)  # [N, k_out]
-        _write(y, segments, rows, ys.reshape(*xs.shape[:-1], -1))  # [*, m, k_out] into the kept outputs
+        x_kept = _read(x, segments, periodic_selector(n_in, in_dp, o_in, in_keep, x.device))  # [*, m, k_in]
+        y2, _ = path.forward(flat(x_kept), weight, bias, (in_dp, o_in, in_keep), (out_dp, o_out, out_keep), False)
+        rows = periodic_selector(n_out, out_dp, o_out, out_keep, x.device)
+        _write(y, segments, rows, y2.reshape(*x_kept.shape[:-1], -1))  # [*, m, k_out] into the kept outputs
     return y
 
 
@@ -512,24 +587,27 @@ def run_full_width_backward(
     out_keep: int,
     out_offsets: list[int],
     need_grad_x: bool,
+    path: PairPath | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``grouped_row_linear_backward_torch`` on checked operands."""
+    """``grouped_row_linear_backward_torch`` on checked operands, on ``path`` (default: PyTorch's)."""
+    path = path or TORCH_FULL
+    n_out, n_in = weight.shape
     grad_x = x.new_zeros(x.shape) if need_grad_x else x.new_empty(0)  # [*, B, n_in]
-    grad_w = weight.new_zeros(weight.shape)  # [n_out, n_in]
-    grad_b = weight.new_zeros(weight.shape[0])
-    disjoint = _disjoint(in_keep, in_dp, out_keep, out_dp)
+    sums = path.sums(weight)
     for (o_out, o_in), segments in _pairs(
         x.shape[-2], in_dp, in_keep, in_offsets, out_dp, out_keep, out_offsets
     ).items():
-        rows, cols = _selectors(weight, in_dp, in_keep, o_in, out_dp, out_keep, o_out)
-        g_kept = _read(grad_y, segments, rows)  # [*, m, k_out]
+        cols = periodic_selector(n_in, in_dp, o_in, in_keep, x.device)
+        g_kept = _read(grad_y, segments, periodic_selector(n_out, out_dp, o_out, out_keep, x.device))  # [*, m, k_out]
         x2 = flat(_read(x, segments, cols))  # [N, k_in]
-        gx = _pair_backward(
-            flat(g_kept), x2, weight, rows, cols, in_dp / in_keep, grad_w, grad_b, disjoint, need_grad_x
-        )
+        inp, out = (in_dp, o_in, in_keep), (out_dp, o_out, out_keep)
+        grad_x2 = path.backward(flat(g_kept), x2, weight, None, inp, out, need_grad_x, sums)
         if need_grad_x:
-            _write(grad_x, segments, cols, gx.reshape(*g_kept.shape[:-1], -1))  # [*, m, k_in]
-    return grad_x, grad_w, grad_b
+            _write(grad_x, segments, cols, grad_x2.reshape(*g_kept.shape[:-1], -1))  # [*, m, k_in]
+    return (grad_x, *sums.result())
+
+
+TORCH_FULL = PairPath(_torch_forward, _torch_backward, _Sums)  # the PyTorch path on full-width activations
 
 
 @torch.library.custom_op("approxdrop::grouped_row_linear_backward", mutates_args=())
