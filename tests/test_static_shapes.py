@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 from torch._dynamo.utils import counters
 
 import approxdrop as ad
@@ -144,3 +145,67 @@ def test_full_side_is_the_layer_without_dropout():
     """An MLP's first layer reads the full input and its last writes every output: no side there."""
     w, b, x = torch.randn(4, 6), torch.randn(4), torch.randn(2, 6)
     torch.testing.assert_close(static_row_linear(x, w, b, None, None), torch.nn.functional.linear(x, w, b))
+
+
+def _ffn_pair(**kw):
+    """ApproxDropoutFFN twice with the same weights and pattern generator seed: compact and static."""
+    blocks = []
+    for static in (False, True):
+        torch.manual_seed(0)
+        generator = torch.Generator().manual_seed(5)
+        blocks.append(ad.ApproxDropoutFFN(6, 11, 0.5, method="row", generator=generator, static_shapes=static, **kw))
+    return blocks
+
+
+def test_static_ffn_matches_the_compact_block_and_compiles_once_per_class():
+    law = ad.PatternDistribution(((4, 1), (4, 3)), (0.5, 0.5))  # rate 0.5; dp 4 does not divide d_hidden 11
+    compact, static = _ffn_pair(distributions=[law])
+    torch._dynamo.reset()
+    counters.clear()
+    compiled = torch.compile(static, fullgraph=True, backend="eager")
+    x = torch.randn(2, 3, 6)
+    offsets = set()
+    for _ in range(16):
+        for block in (compact, static):
+            block.zero_grad()
+        ad.draw_patterns(static)
+        offsets.add(static.static_offsets.item())
+        compiled(x).square().sum().backward()
+        compact(x).square().sum().backward()
+        assert static.last_pattern == compact.last_pattern
+        for a, b in zip(compact.parameters(), static.parameters()):
+            torch.testing.assert_close(b.grad, a.grad)
+    assert len(offsets) > 2 and counters["stats"]["unique_graphs"] <= 2, counters["stats"]
+    assert "static_shapes=True" in repr(static)
+    with pytest.raises(ValueError, match="static_shapes is for row patterns with one group"):
+        ad.ApproxDropoutFFN(6, 11, 0.5, method="row-g4", static_shapes=True)
+
+
+def test_convert_with_static_shapes_gives_gated_and_plain_blocks_the_static_path():
+    """A gated block (wo(act(wi_0 x) * wi_1 x)) and a plain FFN, converted both ways from the same weights,
+    give the same outputs and gradients under the same draws."""
+    from approxdrop.models.gated import GatedApproxDropoutFFN
+
+    twins = []
+    for static in (False, True):
+        torch.manual_seed(0)
+        wi_0, wi_1, wo = nn.Linear(5, 9), nn.Linear(5, 9), nn.Linear(9, 5)
+        ffn = ad.ApproxDropoutFFN.from_modules(
+            wi_0, "gelu", wo, 0.5, generator=torch.Generator().manual_seed(2), static_shapes=static
+        )
+        twins.append(GatedApproxDropoutFFN(ffn, wi_1))
+    x = torch.randn(4, 5)
+    for _ in range(5):
+        for block in twins:
+            block.zero_grad()
+            block(x).square().sum().backward()
+        assert twins[0].ffn.last_pattern == twins[1].ffn.last_pattern
+        for a, b in zip(twins[0].parameters(), twins[1].parameters()):
+            torch.testing.assert_close(b.grad, a.grad)
+    layer = nn.TransformerEncoderLayer(8, 2, dim_feedforward=14, dropout=0.25, batch_first=True)
+    report = ad.convert(layer, static_shapes=True)
+    blocks = [m for m in layer.modules() if isinstance(m, ad.ApproxDropoutFFN)]
+    assert report.converted and blocks and all(b.static_shapes for b in blocks)
+    layer(torch.randn(2, 3, 8)).sum().backward()
+    with pytest.raises(ValueError, match="static_shapes"):
+        ad.convert(nn.TransformerEncoderLayer(8, 2, dim_feedforward=14), method="row-g4", static_shapes=True)

@@ -29,6 +29,7 @@ from .adapters import (
 from .ffn import ApproxDropoutFFN, ffn_method
 from .gated import GatedApproxDropoutFFN
 from .lstm import ApproxDropoutLSTM
+from .methods import ROW
 from .mlp import ApproxDropoutMLP
 from .output_side import OutputRowDropout
 from .sites import is_elementwise
@@ -82,6 +83,7 @@ def convert(
     *,
     generator: torch.Generator | None = None,
     output_side: bool = False,
+    static_shapes: bool = False,
 ) -> ConvertReport:
     """Replace every feed-forward an adapter finds inside ``module`` (itself included, at any depth) by
     one ``ApproxDropoutFFN.from_modules`` block holding the same Linear and activation modules, so the
@@ -92,13 +94,17 @@ def convert(
     is given to every new block. A block takes its dropout's train / eval mode. ``output_side``: also
     turn ``Linear -> Dropout`` pairs (whole output features dropped) into OutputRowDropout blocks that
     compute only the kept output rows (one pattern per batch); off by default (README, convert).
+    ``static_shapes``: the feed-forward blocks run at shapes set by their draw's ``(dp, keep)``
+    (ApproxDropoutFFN), for one compiled or CUDA graph per pattern class.
     Everything is planned before anything changes: a chain is converted whole or left untouched, with
     the reason in the report.
     """
     if p is not None:
         p = check_rate(p)
-    ffn_method(method, groups)  # a bad method or group count fails before anything changes
-    build = _Builder(p, method, groups, generator, output_side)
+    spec, group_count = ffn_method(method, groups)  # a bad method or group count fails before anything changes
+    if static_shapes and (spec.drops != ROW or group_count != 1):
+        raise ValueError(f"static_shapes is for row patterns with one group, not method={method!r} groups={groups}")
+    build = _Builder(p, method, groups, generator, output_side, static_shapes)
     walk = _Walk(build)
     walk.visit(module)
     owners = [owner for owner, *_ in walk.replacements] + [owner for owner, _ in walk.plans]
@@ -268,8 +274,11 @@ class _Builder:
     """``build(chain)`` and ``build.output(linear, dropout, members)`` for the adapters (``adapters.Build``):
     the block, or the reason there is none; nothing is changed."""
 
-    def __init__(self, p: float | None, method: str, groups: int | None, generator, output_side: bool) -> None:
+    def __init__(
+        self, p: float | None, method: str, groups: int | None, generator, output_side: bool, static_shapes: bool
+    ) -> None:
         self.p, self.method, self.groups, self.generator, self.output_side = p, method, groups, generator, output_side
+        self.static_shapes = static_shapes
 
     def __call__(self, chain: Chain) -> ApproxDropoutFFN | str:
         why = _chain_problem(chain)
@@ -281,7 +290,14 @@ class _Builder:
         try:
             rate = chain.p if self.p is None else self.p
             block = ApproxDropoutFFN.from_modules(
-                chain.fc1, act, chain.fc2, rate, self.method, self.groups, generator=self.generator
+                chain.fc1,
+                act,
+                chain.fc2,
+                rate,
+                self.method,
+                self.groups,
+                generator=self.generator,
+                static_shapes=self.static_shapes,
             )
         except ValueError as error:
             return f"cannot build the block: {error}"

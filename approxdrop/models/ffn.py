@@ -16,7 +16,7 @@ from torch import nn
 
 from .._env import check_int, check_rate
 from ..distribution import MAX_GROUPS, PatternDistribution
-from ..ops import FULL, group_bounds, grouped_row_pattern_linear, row_pattern_linear
+from ..ops import FULL, group_bounds, grouped_row_pattern_linear, row_pattern_linear, static_row_linear
 from ..patterns import RowPattern
 from .methods import DROPOUT_METHODS, ELEMENT, NOTHING, ROW, Method
 from .sites import (
@@ -27,8 +27,11 @@ from .sites import (
     group_mask,
     grouped_executor,
     run_eagerly,
+    setup_static,
     site_distributions,
+    static_sides,
     step_draws,
+    store_static,
 )
 
 # The methods an FFN offers: the MLP's row-pattern methods and the two baselines (nn.Dropout, none).
@@ -84,6 +87,9 @@ class ApproxDropoutFFN(nn.Module):
         d_out: output width (default ``d_model``).
         executor: how grouped row patterns run, "auto" (default), "compact" or "masked", as in
             ApproxDropoutMLP (``sites.GROUPED_EXECUTORS``); ``executor_for(x)`` says which.
+        static_shapes: (row patterns, one group) run at the shapes the draw's ``(dp, keep)`` sets, the
+            offset read from a buffer, as ApproxDropoutMLP's ``static_shapes``: one compiled or CUDA graph
+            per ``(dp, keep)``, not per offset.
 
     Eval runs the whole block without dropout. After a training forward, ``last_pattern`` holds the
     step's draw: a RowPattern, a tuple of one per group with ``groups > 1``, or None.
@@ -103,6 +109,7 @@ class ApproxDropoutFFN(nn.Module):
         *,
         d_out: int | None = None,
         executor: str = "auto",
+        static_shapes: bool = False,
     ) -> None:
         super().__init__()
         d_model, d_hidden = check_int("d_model", d_model, 1), check_int("d_hidden", d_hidden, 1)
@@ -110,7 +117,7 @@ class ApproxDropoutFFN(nn.Module):
         act = make_activation(activation)
         fc1, fc2 = nn.Linear(d_model, d_hidden, bias), nn.Linear(d_hidden, d_out, bias)
         self._setup(fc1, act, fc2, p, method, groups, executor)
-        self._setup_site(distributions, generator)
+        self._setup_site(distributions, generator, static_shapes)
 
     @classmethod
     def from_modules(
@@ -125,6 +132,7 @@ class ApproxDropoutFFN(nn.Module):
         generator: torch.Generator | None = None,
         *,
         executor: str = "auto",
+        static_shapes: bool = False,
     ) -> ApproxDropoutFFN:
         """The block built around existing Linears and activation: their Parameter objects are shared,
         not copied, so an optimizer that holds them keeps working (what ``convert`` uses)."""
@@ -138,7 +146,7 @@ class ApproxDropoutFFN(nn.Module):
         block = cls.__new__(cls)
         nn.Module.__init__(block)
         block._setup(fc1, make_activation(activation), fc2, p, method, groups, executor)
-        block._setup_site(distributions, generator)
+        block._setup_site(distributions, generator, static_shapes)
         return block
 
     def _setup(
@@ -155,10 +163,11 @@ class ApproxDropoutFFN(nn.Module):
         self.add_module("3", fc2)
         self.d_model, self.d_hidden, self.d_out = fc1.in_features, fc1.out_features, fc2.out_features
 
-    def _setup_site(self, distributions: Sequence[PatternDistribution] | None, generator) -> None:
+    def _setup_site(self, distributions: Sequence[PatternDistribution] | None, generator, static_shapes: bool) -> None:
         self.distributions = site_distributions(self.spec, self.p, [self.d_hidden], distributions)
         self.generator = generator
         self.last_pattern: RowPattern | tuple[RowPattern, ...] | None = None
+        setup_static(self, static_shapes, 1)
 
     @property
     def fc1(self) -> nn.Linear:
@@ -182,7 +191,9 @@ class ApproxDropoutFFN(nn.Module):
 
     def draw(self) -> list:
         """This step's draw for the one site, as a list of one: a RowPattern, or a tuple of one per group."""
-        return draw_sites(self.spec, self.p, [self.d_hidden], self.distributions, self.generator, self.groups)
+        drawn = draw_sites(self.spec, self.p, [self.d_hidden], self.distributions, self.generator, self.groups)
+        store_static(self, drawn)
+        return drawn
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (Tensor[*, d_model]) -> Tensor[*, d_out]."""
@@ -200,6 +211,10 @@ class ApproxDropoutFFN(nn.Module):
 
     def _row(self, x: torch.Tensor, pattern: RowPattern) -> torch.Tensor:
         fc1, fc2 = self.fc1, self.fc2
+        if self.static_shapes:  # [*, K] slots whatever the offset (ops.static)
+            (side,) = static_sides(self, [self.d_hidden])
+            h = activate(self.activation, static_row_linear(x, fc1.weight, fc1.bias, None, side))  # [*, K]
+            return static_row_linear(h, fc2.weight, fc2.bias, side, None)  # [*, d_out]
         h = row_pattern_linear(x, fc1.weight, fc1.bias, FULL, pattern, check=False)  # [*, k]: the kept units only
         h = activate(self.activation, h)
         return row_pattern_linear(h, fc2.weight, fc2.bias, pattern, FULL, check=False)  # [*, d_out]
@@ -238,4 +253,7 @@ class ApproxDropoutFFN(nn.Module):
     def extra_repr(self) -> str:
         out = f", d_out={self.d_out}" if self.d_out != self.d_model else ""
         groups = f", groups={self.groups}" if self.groups != self.spec.groups else ""
-        return f"d_model={self.d_model}, d_hidden={self.d_hidden}{out}, p={self.p}, method={self.method!r}{groups}"
+        static = ", static_shapes=True" if self.static_shapes else ""
+        return (
+            f"d_model={self.d_model}, d_hidden={self.d_hidden}{out}, p={self.p}, method={self.method!r}{groups}{static}"
+        )

@@ -13,10 +13,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..ops import FULL, row_pattern_linear
+from ..ops import FULL, row_pattern_linear, static_row_linear
 from .ffn import ApproxDropoutFFN
 from .methods import ELEMENT, NOTHING
-from .sites import activate, step_draws
+from .sites import activate, static_sides, step_draws
 
 
 class GatedApproxDropoutFFN(nn.Module):
@@ -49,6 +49,11 @@ class GatedApproxDropoutFFN(nn.Module):
         (pattern,) = step_draws(ffn)  # drawn now, or ahead by draw_patterns
         ffn.last_pattern = pattern
         wi_0, wi_1, wo = ffn.fc1, self.wi_1, ffn.fc2
+        if ffn.static_shapes:  # [*, K] slots whatever the offset (ops.static); wo zeroes the padding
+            (side,) = static_sides(ffn, [ffn.d_hidden])
+            gate = activate(ffn.activation, static_row_linear(x, wi_0.weight, wi_0.bias, None, side))  # [*, K]
+            h = gate * static_row_linear(x, wi_1.weight, wi_1.bias, None, side)  # [*, K]
+            return static_row_linear(h, wo.weight, wo.bias, side, None)  # [*, d_out]
         gate = activate(ffn.activation, row_pattern_linear(x, wi_0.weight, wi_0.bias, FULL, pattern))  # [*, k]
         h = gate * row_pattern_linear(x, wi_1.weight, wi_1.bias, FULL, pattern)  # [*, k]: the kept units only
         return row_pattern_linear(h, wo.weight, wo.bias, pattern, FULL)  # [*, d_out]

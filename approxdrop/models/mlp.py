@@ -33,7 +33,6 @@ from ..ops import (
     grouped_tile_pattern_linear,
     row_pattern_linear,
     static_row_linear,
-    static_side,
     static_site,
     tile_pattern_linear,
 )
@@ -48,8 +47,11 @@ from .sites import (
     group_mask,
     grouped_executor,
     run_eagerly,
+    setup_static,
     site_distributions,
+    static_sides,
     step_draws,
+    store_static,
 )
 
 METHODS = methods_for("mlp")
@@ -91,7 +93,8 @@ class ApproxDropoutMLP(nn.Module):
             whatever the offset (``ops.static``): offsets are read from the ``static_offsets`` buffer,
             which every draw fills, so a graph compiled or captured after ``draw_patterns`` serves every
             offset of its ``(dp, keep)`` classes (``pattern_key`` keys by them). Same outputs as the
-            compact path, at ``keep * ceil(n / dp)`` slots per site.
+            compact path, at ``keep * ceil(n / dp)`` slots per site. Under DistributedDataParallel pass
+            ``broadcast_buffers=False`` (each rank reads its own offsets).
         generator: CPU generator for pattern and mask draws (default: torch's global RNG).
 
     After a training forward, ``last_patterns`` holds what each site drew (a pattern, a tuple of
@@ -135,14 +138,7 @@ class ApproxDropoutMLP(nn.Module):
         self.site_widths = [sizes[i] if (i > 0 or self.input_dropout) else None for i in range(len(self.linears))]
         self.distributions = site_distributions(self.spec, self.p, self._law_sizes(), distributions, self.tile)
         self.last_patterns: list = [None] * len(self.linears)
-        self.static_shapes = bool(static_shapes)
-        if self.static_shapes and (self.spec.drops != ROW or self.groups != 1):
-            raise ValueError(
-                f"static_shapes is for row patterns with one group, not method={method!r} with groups={self.groups}"
-            )
-        sites = sum(w is not None for w in self.site_widths)
-        self.static_classes: tuple[tuple[int, int], ...] = ()  # each site's (dp, keep), set by each draw
-        self.register_buffer("static_offsets", torch.zeros(sites, dtype=torch.long), persistent=False)
+        setup_static(self, static_shapes, sum(w is not None for w in self.site_widths))
 
     def _law_sizes(self) -> list[int]:
         """What each site's law is built for: its unit count (row), or the tile count of the weight
@@ -159,9 +155,7 @@ class ApproxDropoutMLP(nn.Module):
         """Draw this step's pattern (or shared mask) for every site; None where there is no site."""
         widths = [w for w in self.site_widths if w is not None]
         drawn = draw_sites(self.spec, self.p, widths, self.distributions, self.generator, self.groups)
-        if self.static_shapes and None not in drawn:  # a graph reads the classes and the offsets' buffer
-            self.static_classes = tuple((q.dp, q.keep) for q in drawn)
-            self.static_offsets.copy_(torch.tensor([q.offset for q in drawn]))  # one host-to-device copy
+        store_static(self, drawn)
         draws = iter(drawn)
         return [next(draws) if w is not None else None for w in self.site_widths]
 
@@ -215,8 +209,7 @@ class ApproxDropoutMLP(nn.Module):
     def _row_static(self, x):
         # x stays in slots: [*, keep * ceil(n / dp) of the current site], shapes free of the offsets
         # read from plain ints and a buffer, not from the pattern objects: a compiled graph guards on (dp, keep)
-        classes, offsets = iter(self.static_classes), iter(self.static_offsets)
-        sides = [None if n is None else static_side(n, *next(classes), next(offsets)) for n in self.site_widths]
+        sides = static_sides(self, self.site_widths)
         outs = sides[1:] + [None]
         if sides[0] is not None:
             x = static_site(x, sides[0])  # [*, K_0]

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from ..distribution import RATE_TOL, PatternDistribution, sample_sites
-from ..ops import group_bounds
+from ..ops import StaticSide, group_bounds, static_side
 from ..patterns import RowPattern
 from ..search import distribution_for
 from .methods import ROW, SHARED_UNITS, TILE, Method
@@ -390,3 +390,41 @@ def pattern_key(model: nn.Module) -> tuple:
         else:
             key.append(tuple(pending))
     return tuple(key)
+
+
+# ----------------------------------------------------------------------------- static shapes
+# A row-pattern module with one group may run at shapes set by each site's (dp, keep) alone (ops.static):
+# its draws store the classes as plain ints (a compiled graph guards on them) and the offsets in a buffer
+# (a graph reads it), so one graph serves every offset of a class.
+
+
+def setup_static(module: nn.Module, static_shapes: bool, sites: int) -> None:
+    """Set ``module.static_shapes``; when True, also the ``static_classes`` each draw sets and the
+    non-persistent ``static_offsets`` buffer (Long[sites]) it fills. A ValueError for a module that does not
+    draw one row pattern per site and step. Under DistributedDataParallel use ``broadcast_buffers=False``:
+    each rank reads its own offsets."""
+    module.static_shapes = bool(static_shapes)
+    if not module.static_shapes:
+        return
+    if module.spec.drops != ROW or module.groups != 1:
+        raise ValueError(
+            f"static_shapes is for row patterns with one group, not method={module.method!r} with "
+            f"groups={module.groups}"
+        )
+    module.static_classes = ()
+    module.register_buffer("static_offsets", torch.zeros(sites, dtype=torch.long), persistent=False)
+
+
+def store_static(module: nn.Module, drawn: Sequence) -> None:
+    """Put a draw of row patterns (one per site) where a static-shape forward reads it (one small
+    host-to-device copy); nothing for another module or a step that drew nothing."""
+    if module.static_shapes and drawn and None not in drawn:
+        module.static_classes = tuple((q.dp, q.keep) for q in drawn)
+        module.static_offsets.copy_(torch.tensor([q.offset for q in drawn]))
+
+
+def static_sides(module: nn.Module, widths: Sequence[int | None]) -> list[StaticSide | None]:
+    """The slots of each site of a static-shape module (None where ``widths`` has no site), from the
+    stored classes and the offsets' buffer, never from pattern objects."""
+    classes, offsets = iter(module.static_classes), iter(module.static_offsets)
+    return [None if n is None else static_side(n, *next(classes), next(offsets)) for n in widths]
