@@ -47,7 +47,7 @@ from .search import (
     search_distribution,
     search_frontier,
 )
-from .training import LMRaceConfig, MLPRaceConfig, train, train_lm
+from .training import LMRaceConfig, MLPRaceConfig, compiled_step, train, train_lm
 
 __version__ = "0.1.0"
 
@@ -74,6 +74,7 @@ __all__ = [
     "bracket_distribution",
     "candidates",
     "co_drop_matrix",
+    "compiled_step",
     "convert",
     "distance_to_binomial",
     "distribution_for",

@@ -209,3 +209,17 @@ def test_convert_with_static_shapes_gives_gated_and_plain_blocks_the_static_path
     layer(torch.randn(2, 3, 8)).sum().backward()
     with pytest.raises(ValueError, match="static_shapes"):
         ad.convert(nn.TransformerEncoderLayer(8, 2, dim_feedforward=14), method="row-g4", static_shapes=True)
+
+
+def test_compiled_step_trains_a_static_model_as_the_eager_step_trains_its_twin():
+    compact, static = _pair([7, 10, 3])
+    opts = [torch.optim.SGD(m.parameters(), lr=0.1) for m in (compact, static)]
+    step = ad.compiled_step(static, opts[1], torch.nn.functional.cross_entropy, backend="eager")
+    x, y = torch.randn(6, 7), torch.randint(3, (6,))
+    for _ in range(4):
+        loss = step(x, y)
+        eager_loss, _ = ad.training.training_step(compact, opts[0], x, y)
+        torch.testing.assert_close(loss, eager_loss)
+        assert static.last_patterns == compact.last_patterns
+    for a, b in zip(compact.parameters(), static.parameters()):
+        torch.testing.assert_close(b, a)

@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 from .._env import check_rate
 from ..distribution import PatternDistribution
 from ..models.mlp import ApproxDropoutMLP
-from ..models.sites import draw_patterns
+from ..training.graphed import compiled_step
 from ..training.mlp import training_step
 from .bench import check_protocol, time_side_by_side
 from .bench_overhead import PAPER_SIZES, TINY_BATCH, TINY_MLP, host_clock
@@ -82,12 +82,6 @@ class _Counted:
         self.graphs += counters["stats"]["unique_graphs"] - before
 
 
-def _compiled(model: torch.nn.Module, device: torch.device, backend: str) -> Callable:
-    if device.type == "cuda":
-        return torch.compile(model, mode="reduce-overhead")
-    return torch.compile(model, backend=backend)
-
-
 def steps_for(
     sizes: tuple[int, ...], batch: int, p: float, device: torch.device, backend: str, seed: int = 0
 ) -> tuple[dict[str, Callable[[], object]], int]:
@@ -107,15 +101,8 @@ def steps_for(
         if not compiled:
             steps[label] = lambda model=model, opt=opt: training_step(model, opt, x, y)
             continue
-        run = _compiled(model, device, backend)
-
-        def step(model=model, run=run, opt=opt) -> None:
-            draw_patterns(model)  # outside the graph: the offsets land in the model's buffer
-            if device.type == "cuda":
-                torch.compiler.cudagraph_mark_step_begin()
-            training_step(run, opt, x, y)
-
-        steps[label] = _Counted(step)
+        step = compiled_step(model, opt, torch.nn.functional.cross_entropy, backend=backend)
+        steps[label] = _Counted(lambda step=step: step(x, y))
         if "static" in label:
             bound = graph_bound(model)
     return steps, bound

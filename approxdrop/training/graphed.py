@@ -1,0 +1,42 @@
+"""A compiled training step for ARD models: the patterns drawn outside the graph (``draw_patterns``), the
+model's forward and backward compiled, on CUDA as CUDA graphs (``torch.compile(mode="reduce-overhead")``).
+With ``static_shapes=True`` models (MLP, FFN, converted blocks) it needs one graph per ``(dp, keep)``
+combination of the sites, whatever the offsets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from ..models.sites import draw_patterns
+
+
+def compiled_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    *,
+    mode: str | None = None,
+    backend: str = "inductor",
+) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """``step(x, target) -> loss`` (detached): draw this step's patterns, zero_grad, compiled forward,
+    ``loss_fn(output, target)``, backward, ``optimizer.step()``. ``mode`` defaults to "reduce-overhead"
+    (CUDA graphs) when the model's parameters are on CUDA, else torch.compile's default; ``backend``
+    as torch.compile's."""
+    cuda = any(p.is_cuda for p in model.parameters())
+    run = torch.compile(model, mode=mode or ("reduce-overhead" if cuda else None), backend=backend)
+
+    def step(x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        draw_patterns(model)  # outside the graph: a static model's offsets land in its buffer
+        if cuda:
+            torch.compiler.cudagraph_mark_step_begin()  # the last step's graph outputs may be overwritten
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_fn(run(x), target)
+        loss.backward()
+        optimizer.step()
+        return loss.detach()
+
+    return step
