@@ -179,7 +179,8 @@ def kernel_steps(layer: Layer, p: float, method: str, tile: int, device, dtype):
     xk, gyk = rand(layer.batch, side_in.kept_count(layer.n_in)), rand(layer.batch, side_out.kept_count(layer.n_out))
 
     def op():
-        return row_linear(xk, w, b, *ints), row_linear_backward(gyk, xk, w, *ints)
+        y, block = row_linear(xk, w, b, *ints)
+        return y, row_linear_backward(gyk, xk, w, block, *ints)
 
     return dense, op
 

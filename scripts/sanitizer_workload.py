@@ -44,9 +44,10 @@ def calls(device: torch.device, dtype: torch.dtype):
         x, w, b = rand(rows, in_p.kept_count(n_in)), rand(n_out, n_in), rand(n_out)
         gy = rand(rows, out_p.kept_count(n_out))
         what = f"{in_p} {out_p} {rows}x{n_out}x{n_in}"
+        block = row_linear(x, w, b, *ints)[1]  # what backward reads
         yield f"row_linear {what}", row_linear, (x, w, b, *ints)
-        yield f"row_linear_backward {what}", row_linear_backward, (gy, x, w, *ints, True)
-        yield f"row_linear_backward no grad_x {what}", row_linear_backward, (gy, x, w, *ints, False)
+        yield f"row_linear_backward {what}", row_linear_backward, (gy, x, w, block, *ints, True)
+        yield f"row_linear_backward no grad_x {what}", row_linear_backward, (gy, x, w, block, *ints, False)
     for p, rows, n_out, n_in in TILE_CASES:
         ints = (p.dp, p.offset, p.keep, p.tile)
         x, w, gy = rand(rows, n_in), rand(n_out, n_in), rand(rows, n_out)

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from approxdrop.ops import cuda_cublas as cublas
 from approxdrop.ops import cuda_grouped
+from approxdrop.ops import row as row_ops
 from approxdrop.ops.grouped import (
     grouped_row_linear_backward_torch,
     grouped_row_linear_compact_backward_torch,
@@ -30,7 +31,6 @@ from approxdrop.ops.grouped import (
     run_full_width,
     run_full_width_backward,
 )
-from approxdrop.ops.row import row_linear_backward_torch, row_linear_torch
 from approxdrop.patterns import RowPattern
 
 KERNELS = cublas.TORCH_BLOCK_KERNELS
@@ -43,6 +43,18 @@ PATTERNS = [
     RowPattern(5, 1, 3),
 ]
 F64 = torch.float64
+
+
+def _y_ref(x, w, b, *ints):
+    """What the pattern kernel returns: row_linear's y."""
+    return row_ops.row_linear_torch(x, w, b, *ints)[0]
+
+
+def _grads_ref(gy, x, w, *ints_need):
+    """row_linear_backward's gradients, from the block forward returns."""
+    return row_ops.row_linear_backward_torch(
+        gy, x, w, row_ops.row_linear_torch(x, w, None, *ints_need[:6])[1], *ints_need
+    )
 
 
 class Recording:
@@ -90,13 +102,13 @@ def test_row_path_matches_the_pytorch_implementation(inp, out):
     x, w, b, gy = _args(gen, inp, out, lead=(2, 3))
     for bias in (b, None):
         y, block = cublas.forward(x, w, bias, inp, out)
-        torch.testing.assert_close(y, row_linear_torch(x, w, bias, *_ints(inp, out)))
+        torch.testing.assert_close(y, _y_ref(x, w, bias, *_ints(inp, out)))
         assert y.is_contiguous()
     want = (out.kept_count(11), inp.kept_count(13)) if inp.keep < inp.dp else (0,)
     assert tuple(block.shape) == want
     for saved, need_grad_x in itertools.product((None, block if block.numel() else None), (True, False)):
         got = cublas.backward(gy, x, w, saved, inp, out, need_grad_x, KERNELS)
-        ref = row_linear_backward_torch(gy, x, w, *_ints(inp, out), need_grad_x)
+        ref = _grads_ref(gy, x, w, *_ints(inp, out), need_grad_x)
         for g, r in zip(got, ref):
             torch.testing.assert_close(g, r)
             assert g.is_contiguous()
@@ -112,9 +124,9 @@ def test_edge_shapes():
     ]:
         x, w, b, gy = _args(gen, inp, out, (rows,), n_out, n_in)
         y, block = cublas.forward(x, w, b, inp, out)
-        torch.testing.assert_close(y, row_linear_torch(x, w, b, *_ints(inp, out)))
+        torch.testing.assert_close(y, _y_ref(x, w, b, *_ints(inp, out)))
         got = cublas.backward(gy, x, w, block if block.numel() else None, inp, out, True, KERNELS)
-        for g, r in zip(got, row_linear_backward_torch(gy, x, w, *_ints(inp, out))):
+        for g, r in zip(got, _grads_ref(gy, x, w, *_ints(inp, out))):
             torch.testing.assert_close(g, r)
 
 
@@ -125,10 +137,8 @@ def test_non_contiguous_inputs():
     x = torch.randn(inp.kept_count(13), 5, generator=gen, dtype=F64).t()  # [5, k_in]
     gy = torch.randn(out.kept_count(11), 5, generator=gen, dtype=F64).t()
     y, block = cublas.forward(x, w, None, inp, out)
-    torch.testing.assert_close(y, row_linear_torch(x, w, None, *_ints(inp, out)))
-    for g, r in zip(
-        cublas.backward(gy, x, w, block, inp, out, True, KERNELS), row_linear_backward_torch(gy, x, w, *_ints(inp, out))
-    ):
+    torch.testing.assert_close(y, _y_ref(x, w, None, *_ints(inp, out)))
+    for g, r in zip(cublas.backward(gy, x, w, block, inp, out, True, KERNELS), _grads_ref(gy, x, w, *_ints(inp, out))):
         torch.testing.assert_close(g, r)
         assert g.is_contiguous()
 
@@ -159,7 +169,7 @@ def test_every_input_kept_reads_w_in_place(linear_spy, monkeypatch):
     view = linear_spy[-1]
     assert view.data_ptr() == w[3].data_ptr() and view.stride() == (4 * 13, 1) and view.shape == (2, 13)
     assert block.numel() == 0
-    torch.testing.assert_close(y, row_linear_torch(x, w, b, 2, 0, 2, 4, 3, 1))
+    torch.testing.assert_close(y, _y_ref(x, w, b, 2, 0, 2, 4, 3, 1))
 
 
 def test_dropped_inputs_gather_once_and_backward_reuses_the_block(monkeypatch, linear_spy):
@@ -202,7 +212,7 @@ def test_backward_without_grad_x_runs_no_grad_input_gemm(monkeypatch):
     x, w, _, gy = _args(gen, inp, out)
     grad_x, grad_w, grad_b = cublas.backward(gy, x, w, None, inp, out, False, KERNELS)
     assert grad_x.numel() == 0
-    ref = row_linear_backward_torch(gy, x, w, *_ints(inp, out), False)
+    ref = _grads_ref(gy, x, w, *_ints(inp, out), False)
     torch.testing.assert_close(grad_w, ref[1])
     torch.testing.assert_close(grad_b, ref[2])
 
@@ -214,7 +224,7 @@ def test_nothing_dropped_is_f_linear_backward_without_a_scatter():
     rec = Recording()
     got = cublas.backward(gy, x, w, None, whole, whole, True, rec.kernels)
     assert rec.names() == ["column_sum"]
-    ref = row_linear_backward_torch(gy, x, w, *_ints(whole, whole))
+    ref = _grads_ref(gy, x, w, *_ints(whole, whole))
     for g, r in zip(got, ref):
         torch.testing.assert_close(g, r)
 
@@ -323,7 +333,7 @@ def test_grouped_on_the_kernel_path_adds_full_size_gradients(config):
     """The pattern-GEMM path per pair (here its PyTorch equivalents) gives the same outputs."""
     gen = torch.Generator().manual_seed(13)
     args = _grouped_case(14, config, groups=4)
-    path = cuda_grouped.kernel_path(row_linear_torch, row_linear_backward_torch)
+    path = cuda_grouped.kernel_path(_y_ref, _grads_ref)
     w, b = torch.randn(11, 13, generator=gen, dtype=F64), torch.randn(11, generator=gen, dtype=F64)
     x, gy = torch.randn(9, 13, generator=gen, dtype=F64), torch.randn(9, 11, generator=gen, dtype=F64)
     torch.testing.assert_close(run_full_width(x, w, b, *args, path=path), grouped_row_linear_torch(x, w, b, *args))

@@ -22,6 +22,7 @@ import torch
 from approxdrop.ops import cuda as kernels
 from approxdrop.ops import cuda_build as build
 from approxdrop.ops import dispatch
+from approxdrop.ops import row as row_ops
 from approxdrop.ops.candidates import Candidate
 from approxdrop.ops.cuda_cublas import TORCH_BLOCK_KERNELS
 from approxdrop.ops.dispatch import ENV_SWITCH, Dispatcher, kernel_mode, outputs_agree
@@ -31,11 +32,25 @@ from approxdrop.ops.grouped import (
     grouped_row_linear_compact_torch,
     grouped_row_linear_torch,
 )
-from approxdrop.ops.row import row_linear_backward_torch, row_linear_gathered_torch, row_linear_torch
 from approxdrop.ops.tile import tile_linear_backward_torch
 from approxdrop.patterns import RowPattern
 
 TAG = {"gpu": "Fake GPU", "torch": "0.0", "kernels": "abc"}
+
+
+def _y_ref(x, w, b, *ints):
+    """What the pattern kernel returns: row_linear's y."""
+    return row_ops.row_linear_torch(x, w, b, *ints)[0]
+
+
+def _block(x, w, ints):
+    """The kept block row_linear returns, which backward reads."""
+    return row_ops.row_linear_torch(x, w, None, *ints)[1]
+
+
+def _grads_ref(gy, x, w, *ints_need):
+    """row_linear_backward's gradients, from the block forward returns."""
+    return row_ops.row_linear_backward_torch(gy, x, w, _block(x, w, ints_need[:6]), *ints_need)
 
 
 class Fakes:
@@ -430,13 +445,13 @@ class FakeExtension:
 
     def row_linear(self, x, weight, bias, *ints_and_stream):
         self.calls.append(("row_linear", ints_and_stream))
-        y = row_linear_torch(x, weight, bias, *ints_and_stream[:-1])
+        y = _y_ref(x, weight, bias, *ints_and_stream[:-1])
         return y * 0 if self.wrong else y
 
     def row_linear_backward(self, grad_y, x, weight, *rest):
         *ints, need_grad_x, _stream = rest
         self.calls.append(("row_linear_backward", tuple(rest)))
-        return list(row_linear_backward_torch(grad_y, x, weight, *ints, need_grad_x))
+        return list(_grads_ref(grad_y, x, weight, *ints, need_grad_x))
 
     def tile_linear_backward(self, grad_y, x, weight, dp, offset, keep, tile, need_grad_x, stream):
         self.calls.append(("tile_linear_backward", (dp, offset, keep, tile, need_grad_x, stream)))
@@ -494,10 +509,10 @@ def test_cuda_backward_skips_grad_x_in_the_kernel(fake_gpu, monkeypatch):
     """need_grad_x=False reaches the kernel (which then skips the grad-input GEMM) and grad_x comes back empty."""
     monkeypatch.setenv(ENV_SWITCH, "pattern")
     x, w, _, gy, ints = _row_args(torch.Generator().manual_seed(0))
-    grad_x, grad_w, grad_b = kernels._row_linear_backward_cuda(gy, x, w, *ints, need_grad_x=False)
+    grad_x, grad_w, grad_b = kernels._row_linear_backward_cuda(gy, x, w, _block(x, w, ints), *ints, need_grad_x=False)
     assert fake_gpu.ext.calls == [("row_linear_backward", (*ints, False, 0))]
     assert grad_x.numel() == 0
-    want = row_linear_backward_torch(gy, x, w, *ints, True)
+    want = _grads_ref(gy, x, w, *ints, True)
     torch.testing.assert_close(grad_w, want[1])
     torch.testing.assert_close(grad_b, want[2])
     xt, gyt = torch.randn(5, 9), torch.randn(5, 10)
@@ -507,9 +522,9 @@ def test_cuda_backward_skips_grad_x_in_the_kernel(fake_gpu, monkeypatch):
 
 def test_cuda_ops_dispatch_and_status_lists_the_choices(fake_gpu):
     x, w, b, gy, ints = _row_args(torch.Generator().manual_seed(1))
-    y = kernels._row_linear_cuda(x, w, b, *ints)
-    torch.testing.assert_close(y, row_linear_torch(x, w, b, *ints))
-    kernels._row_linear_backward_cuda(gy, x, w, *ints, need_grad_x=True)
+    y, _ = kernels._row_linear_cuda(x, w, b, *ints)
+    torch.testing.assert_close(y, _y_ref(x, w, b, *ints))
+    kernels._row_linear_backward_cuda(gy, x, w, _block(x, w, ints), *ints, need_grad_x=True)
     st = kernels.status()
     assert st.built and st.mode == "auto"
     keys = [c.key for c in st.choices]
@@ -525,8 +540,8 @@ def test_cuda_ops_dispatch_and_status_lists_the_choices(fake_gpu):
 def test_cuda_ops_never_run_a_kernel_that_computes_wrong_values(fake_gpu):
     fake_gpu.ext.wrong = True
     x, w, b, _, ints = _row_args(torch.Generator().manual_seed(2))
-    y = kernels._row_linear_cuda(x, w, b, *ints)
-    torch.testing.assert_close(y, row_linear_torch(x, w, b, *ints))
+    y, _ = kernels._row_linear_cuda(x, w, b, *ints)
+    torch.testing.assert_close(y, _y_ref(x, w, b, *ints))
     (choice,) = kernels.status().choices
     assert choice.path == "cublas" and "pattern excluded: output 0 differs" in choice.reason
 
@@ -570,9 +585,9 @@ def test_three_candidates_on_the_cuda_ops(fake_gpu):
     """The row ops offer the PyTorch implementation, the cuBLAS path and the kernel; the fastest wins."""
     fake_gpu.times.update(torch=3.0, cublas=1.0, pattern=2.0)
     x, w, b, gy, ints = _row_args(torch.Generator().manual_seed(6))
-    torch.testing.assert_close(kernels._row_linear_cuda(x, w, b, *ints), row_linear_torch(x, w, b, *ints))
-    got = kernels._row_linear_backward_cuda(gy, x, w, *ints, need_grad_x=True)
-    torch.testing.assert_close(got, row_linear_backward_torch(gy, x, w, *ints))
+    torch.testing.assert_close(kernels._row_linear_cuda(x, w, b, *ints)[0], _y_ref(x, w, b, *ints))
+    got = kernels._row_linear_backward_cuda(gy, x, w, _block(x, w, ints), *ints, need_grad_x=True)
+    torch.testing.assert_close(got, _grads_ref(gy, x, w, *ints))
     for choice in kernels.status().choices:
         assert choice.path == "cublas" and [n for n, _ in choice.times_ms] == ["torch", "cublas", "pattern"], (
             choice.reason
@@ -586,10 +601,10 @@ def test_forced_cublas_builds_and_runs_the_cublas_path(fake_gpu, monkeypatch):
     monkeypatch.setenv(ENV_SWITCH, "cublas")
     assert kernels.enabled()
     x, w, _, gy, ints = _row_args(torch.Generator().manual_seed(7))
-    grad_x, grad_w, grad_b = kernels._row_linear_backward_cuda(gy, x, w, *ints, need_grad_x=False)
+    grad_x, grad_w, grad_b = kernels._row_linear_backward_cuda(gy, x, w, _block(x, w, ints), *ints, need_grad_x=False)
     assert [name for name, _ in fake_gpu.ext.calls] == ["column_sum", "scatter_block"]  # never the pattern GEMM
     assert grad_x.numel() == 0
-    want = row_linear_backward_torch(gy, x, w, *ints, False)
+    want = _grads_ref(gy, x, w, *ints, False)
     torch.testing.assert_close((grad_w, grad_b), want[1:])
     (choice,) = kernels.status().choices
     assert choice.how == "forced" and choice.path == "cublas"
@@ -599,20 +614,16 @@ def test_forced_cublas_builds_and_runs_the_cublas_path(fake_gpu, monkeypatch):
 
 
 @pytest.mark.parametrize("mode", ["auto", "cublas", "pattern"])
-def test_gathered_ops_on_every_path(fake_gpu, monkeypatch, mode):
+def test_row_ops_on_every_path(fake_gpu, monkeypatch, mode):
     monkeypatch.setenv(ENV_SWITCH, mode)
     x, w, b, gy, ints = _row_args(torch.Generator().manual_seed(8))
-    y, block = kernels._row_linear_gathered_cuda(x, w, b, *ints)
-    want_y, want_block = row_linear_gathered_torch(x, w, b, *ints)
-    torch.testing.assert_close((y, block), (want_y, want_block))
-    got = kernels._row_linear_gathered_backward_cuda(gy, x, w, block, *ints, need_grad_x=True)
-    torch.testing.assert_close(got, row_linear_backward_torch(gy, x, w, *ints))
+    y, block = kernels._row_linear_cuda(x, w, b, *ints)
+    torch.testing.assert_close((y, block), row_ops.row_linear_torch(x, w, b, *ints))
+    got = kernels._row_linear_backward_cuda(gy, x, w, block, *ints, need_grad_x=True)
+    torch.testing.assert_close(got, _grads_ref(gy, x, w, *ints))
     with pytest.raises(ValueError, match=r"block must have shape \(5, 6\)"):
-        kernels._row_linear_gathered_backward_cuda(gy, x, w, block[:, :2], *ints)
-    assert {c.key.split(" ")[0] for c in kernels.status().choices} == {
-        "row_linear_gathered",
-        "row_linear_gathered_backward",
-    }
+        kernels._row_linear_backward_cuda(gy, x, w, block[:, :2], *ints)
+    assert {c.key.split(" ")[0] for c in kernels.status().choices} == {"row_linear", "row_linear_backward"}
 
 
 def _grouped_args(gen, batch=7, groups=4):

@@ -35,7 +35,6 @@ from approxdrop.ops.grouped import (
     grouped_row_linear_compact,
     grouped_row_linear_compact_backward,
 )
-from approxdrop.ops.row import row_linear_gathered, row_linear_gathered_backward
 from approxdrop.patterns import RowPattern, TilePattern
 
 requires_cuda = pytest.mark.skipif(
@@ -47,8 +46,6 @@ DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 KERNEL_OPS = (
     row_linear,
     row_linear_backward,
-    row_linear_gathered,
-    row_linear_gathered_backward,
     grouped_row_linear,
     grouped_row_linear_backward,
     grouped_row_linear_compact,
@@ -71,8 +68,8 @@ def test_importing_approxdrop_registers_cuda_implementations():
     code = (
         "import torch, approxdrop; has = torch._C._dispatch_has_kernel_for_dispatch_key; "
         "print(all(has(f'approxdrop::{op}', 'CUDA') for op in "
-        "('row_linear', 'row_linear_backward', 'tile_linear', 'tile_linear_backward', 'row_linear_gathered', "
-        "'row_linear_gathered_backward', 'grouped_row_linear', 'grouped_row_linear_backward', "
+        "('row_linear', 'row_linear_backward', 'tile_linear', 'tile_linear_backward', "
+        "'grouped_row_linear', 'grouped_row_linear_backward', "
         "'grouped_row_linear_compact', 'grouped_row_linear_compact_backward')))"
     )
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
@@ -118,7 +115,7 @@ def test_fallback_warns_once_and_matches_pytorch(monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         y_tile = kernels._tile_linear_cuda(torch.randn(5, 8, generator=gen), w, b, 2, 0, 1, 4)
-    assert torch.equal(y, row_linear(x, w, b, 2, 1, 1, 3, 0, 1))
+    assert all(torch.equal(got, want) for got, want in zip(y, row_linear(x, w, b, 2, 1, 1, 3, 0, 1)))
     assert y_tile.shape == (5, 6)
     assert kernels.status() == kernels.KernelStatus(False, build._arch(), "nvcc not found (test)", None)
 
@@ -241,16 +238,14 @@ def test_ops_load_for_the_device_of_their_tensors(monkeypatch):
     monkeypatch.setattr(kernels, "load", lambda verbose=False, device=None: asked.append(device))
     x, w, gy = torch.randn(3, 8), torch.randn(6, 8), torch.randn(3, 6)
     kernels._row_linear_cuda(x, w, None, 1, 0, 1, 1, 0, 1)
-    kernels._row_linear_backward_cuda(gy, x, w, 1, 0, 1, 1, 0, 1)
+    kernels._row_linear_backward_cuda(gy, x, w, torch.empty(0), 1, 0, 1, 1, 0, 1)
     kernels._tile_linear_cuda(x, w, None, 2, 0, 1, 4)
     kernels._tile_linear_backward_cuda(gy, x, w, 2, 0, 1, 4)
-    kernels._row_linear_gathered_cuda(x, w, None, 1, 0, 1, 1, 0, 1)
-    kernels._row_linear_gathered_backward_cuda(gy, x, w, torch.empty(0), 1, 0, 1, 1, 0, 1)
     kernels._grouped_row_linear_cuda(x, w, None, 2, 1, [0, 1], 1, 1, [0, 0])
     kernels._grouped_row_linear_backward_cuda(gy, x, w, 2, 1, [0, 1], 1, 1, [0, 0])
     kernels._grouped_compact_cuda([x[:, ::2]], w, None, 2, 1, [0], 1, 1, [0])
     kernels._grouped_compact_backward_cuda([gy], [x[:, ::2]], w, [], 2, 1, [0], 1, 1, [0])
-    assert asked == ["cuda:7"] * 10
+    assert asked == ["cuda:7"] * 8
 
 
 def _strides(out):
@@ -267,9 +262,10 @@ def _non_contiguous_cases(device):
     w = rand(9, 10).t()  # [10, 9]
     ints = (3, 1, 2, 2, 0, 1)  # k_in = 6 of 9, k_out = 5 of 10
     x, xt = rand(6, 5).t(), rand(9, 5).t()  # [5, 6], [5, 9]
+    block = row_linear._init_fn(x, w, None, *ints)[1]  # [5, 6]
     return [
         (row_linear, (x, w, None, *ints)),
-        (row_linear_backward, (rand(5, 5), x, w, *ints)),
+        (row_linear_backward, (rand(5, 5), x, w, block, *ints)),
         (tile_linear, (xt, w, None, 3, 1, 2, 2)),
         (tile_linear_backward, (rand(5, 10), xt, w, 3, 1, 2, 2)),
     ]
@@ -378,7 +374,8 @@ def test_row_kernels_match_pytorch(ext, dtype):
         what = f"{dtype} {in_p} {out_p} rows={rows} W={n_out}x{n_in}"
         _assert_within_twice_pytorch(row_linear, (x, w, b, *ints), f"row_linear {what}")
         _assert_within_twice_pytorch(row_linear, (x, w, None, *ints), f"row_linear no bias {what}")
-        _assert_within_twice_pytorch(row_linear_backward, (gy, x, w, *ints), f"row_linear_backward {what}")
+        block = row_linear._init_fn(x, w, None, *ints)[1]
+        _assert_within_twice_pytorch(row_linear_backward, (gy, x, w, block, *ints), f"row_linear_backward {what}")
 
 
 @requires_cuda
@@ -416,7 +413,9 @@ def test_row_edge_patterns(ext, case):
     gen = torch.Generator().manual_seed(case)
     x, w, b, gy, ints = _row_args(gen, in_p, out_p, 6, n_out, n_in, torch.float64)
     torch.testing.assert_close(row_linear(x, w, b, *ints), row_linear._init_fn(x, w, b, *ints))
-    for got, want in zip(row_linear_backward(gy, x, w, *ints), row_linear_backward._init_fn(gy, x, w, *ints)):
+    block = row_linear._init_fn(x, w, b, *ints)[1]
+    want_grads = row_linear_backward._init_fn(gy, x, w, block, *ints)
+    for got, want in zip(row_linear_backward(gy, x, w, block, *ints), want_grads):
         torch.testing.assert_close(got, want)
 
 
@@ -436,7 +435,7 @@ def test_gradcheck_float64(ext):
     gen = torch.Generator().manual_seed(3)
     x, w, b, _, ints = _row_args(gen, RowPattern(3, 2, 2), RowPattern(2, 1, 1), 5, 11, 13, torch.float64)
     args = [t.requires_grad_() for t in (x, w, b)]
-    assert torch.autograd.gradcheck(lambda x, w, b: row_linear(x, w, b, *ints), args)
+    assert torch.autograd.gradcheck(lambda x, w, b: row_linear(x, w, b, *ints)[0], args)
     x, w, b, _, ints = _tile_args(gen, TilePattern(3, 1, 4, 2), 5, 11, 13, torch.float64)
     args = [t.requires_grad_() for t in (x, w, b)]
     assert torch.autograd.gradcheck(lambda x, w, b: tile_linear(x, w, b, *ints), args)
@@ -447,7 +446,8 @@ def test_opcheck(ext):
     gen = torch.Generator().manual_seed(4)
     x, w, b, gy, ints = _row_args(gen, RowPattern(3, 1, 2), RowPattern(4, 3, 1), 9, 21, 17, torch.float32)
     torch.library.opcheck(row_linear, (x.requires_grad_(), w.requires_grad_(), b.requires_grad_(), *ints))
-    torch.library.opcheck(row_linear_backward, (gy, x.detach(), w.detach(), *ints))
+    block = row_linear(x.detach(), w.detach(), None, *ints)[1]
+    torch.library.opcheck(row_linear_backward, (gy, x.detach(), w.detach(), block, *ints))
     x, w, b, gy, ints = _tile_args(gen, TilePattern(3, 2, 4, 1), 9, 21, 17, torch.float32)
     torch.library.opcheck(tile_linear, (x.requires_grad_(), w.requires_grad_(), b.requires_grad_(), *ints))
     torch.library.opcheck(tile_linear_backward, (gy, x.detach(), w.detach(), *ints))
@@ -459,8 +459,9 @@ def test_same_inputs_same_results(ext):
     for dtype in DTYPES:
         gen = torch.Generator().manual_seed(5)
         x, w, b, gy, ints = _row_args(gen, RowPattern(3, 1, 2), RowPattern(2, 0, 1), 77, 131, 97, dtype)
-        assert torch.equal(row_linear(x, w, b, *ints), row_linear(x, w, b, *ints))
-        for a, c in zip(row_linear_backward(gy, x, w, *ints), row_linear_backward(gy, x, w, *ints)):
+        (y, block), (y2, block2) = row_linear(x, w, b, *ints), row_linear(x, w, b, *ints)
+        assert torch.equal(y, y2) and torch.equal(block, block2)
+        for a, c in zip(row_linear_backward(gy, x, w, block, *ints), row_linear_backward(gy, x, w, block, *ints)):
             assert torch.equal(a, c)
         x, w, b, gy, ints = _tile_args(gen, TilePattern(3, 1, 16, 2), 77, 131, 97, dtype)
         assert torch.equal(tile_linear(x, w, b, *ints), tile_linear(x, w, b, *ints))
@@ -523,7 +524,8 @@ def test_errors(ext):
     with pytest.raises(ValueError, match="offset"):
         row_linear(torch.randn(3, 8, device="cuda"), w, None, 2, 2, 1, 1, 0, 1)
     with pytest.raises(ValueError, match="grad_y must have shape"):
-        row_linear_backward(torch.randn(3, 5, device="cuda"), torch.randn(3, 8, device="cuda"), w, 1, 0, 1, 1, 0, 1)
+        gy, x = torch.randn(3, 5, device="cuda"), torch.randn(3, 8, device="cuda")
+        row_linear_backward(gy, x, w, torch.empty(0, device="cuda"), 1, 0, 1, 1, 0, 1)
 
 
 @requires_cuda
@@ -532,7 +534,8 @@ def test_backward_kernels_skip_grad_x_when_not_needed(ext):
     kernels that remain are the same)."""
     gen = torch.Generator().manual_seed(9)
     x, w, _, gy, ints = _row_args(gen, RowPattern(3, 1, 2), RowPattern(2, 1, 1), 33, 67, 97, torch.float32)
-    full, skipped = row_linear_backward(gy, x, w, *ints), row_linear_backward(gy, x, w, *ints, False)
+    block = row_linear(x, w, None, *ints)[1]
+    full, skipped = row_linear_backward(gy, x, w, block, *ints), row_linear_backward(gy, x, w, block, *ints, False)
     assert skipped[0].numel() == 0 and torch.equal(skipped[1], full[1]) and torch.equal(skipped[2], full[2])
     x, w, _, gy, ints = _tile_args(gen, TilePattern(3, 1, 16, 2), 33, 67, 97, torch.float32)
     full, skipped = tile_linear_backward(gy, x, w, *ints), tile_linear_backward(gy, x, w, *ints, False)
@@ -551,7 +554,9 @@ def test_auto_dispatch_measures_caches_and_matches_pytorch(ext, tmp_path, monkey
     for dtype in (torch.float32, torch.bfloat16):
         x, w, b, gy, ints = _row_args(gen, RowPattern(2, 1, 1), RowPattern(10, 3, 7), 128, 512, 256, dtype)
         _assert_within_twice_pytorch(row_linear, (x, w, b, *ints), f"auto row_linear {dtype}")
-        _assert_within_twice_pytorch(row_linear_backward, (gy, x, w, *ints), f"auto row_linear_backward {dtype}")
+        block = row_linear._init_fn(x, w, None, *ints)[1]
+        args = (gy, x, w, block, *ints)
+        _assert_within_twice_pytorch(row_linear_backward, args, f"auto row_linear_backward {dtype}")
         x, w, b, gy, ints = _tile_args(gen, TilePattern(2, 0, 32, 1), 128, 512, 256, dtype)
         _assert_within_twice_pytorch(tile_linear, (x, w, b, *ints), f"auto tile_linear {dtype}")
         _assert_within_twice_pytorch(tile_linear_backward, (gy, x, w, *ints), f"auto tile_linear_backward {dtype}")
@@ -599,11 +604,8 @@ def test_cublas_path_row_ops_match_pytorch(cublas_mode, dtype):
         x, w, b, gy, ints = _row_args(gen, in_p, out_p, rows, n_out, n_in, dtype)
         what = f"cublas {dtype} {in_p} {out_p} rows={rows} W={n_out}x{n_in}"
         _assert_within_twice_pytorch(row_linear, (x, w, b, *ints), f"row_linear {what}")
-        _assert_within_twice_pytorch(row_linear_backward, (gy, x, w, *ints), f"row_linear_backward {what}")
-        _assert_within_twice_pytorch(row_linear_gathered, (x, w, b, *ints), f"row_linear_gathered {what}")
-        _, block = row_linear_gathered._init_fn(x, w, b, *ints)
-        args = (gy, x, w, block, *ints)
-        _assert_within_twice_pytorch(row_linear_gathered_backward, args, f"row_linear_gathered_backward {what}")
+        _, block = row_linear._init_fn(x, w, b, *ints)
+        _assert_within_twice_pytorch(row_linear_backward, (gy, x, w, block, *ints), f"row_linear_backward {what}")
     assert all(c.path == "cublas" for c in kernels.status().choices)
 
 

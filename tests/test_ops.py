@@ -17,7 +17,6 @@ from approxdrop.ops import (
 )
 from approxdrop.ops import tile as tile_ops
 from approxdrop.ops.common import block_product
-from approxdrop.ops.row import row_linear_gathered, row_linear_gathered_backward
 
 F64 = torch.float64
 
@@ -78,7 +77,7 @@ def test_backward_skips_grad_x_when_the_input_needs_none():
         call(x_grad).square().sum().backward()
         assert x_grad.grad is not None and torch.equal(weight.grad, skipped)
         weight.grad = None
-    grads = row_linear_backward(torch.randn(4, 3), x, weight.detach(), 1, 0, 1, 2, 1, 1, False)
+    grads = row_linear_backward(torch.randn(4, 3), x, weight.detach(), torch.empty(0), 1, 0, 1, 2, 1, 1, False)
     assert grads[0].numel() == 0 and grads[1].shape == (6, 10)
 
 
@@ -147,7 +146,8 @@ def test_opcheck_all_ops():
     torch.library.opcheck(row_linear, (x_row, weight, None, 3, 1, 2, 1, 0, 1))
     torch.library.opcheck(tile_linear, (x_tile, weight, bias, 3, 2, 2, 4))
     grad_row = torch.randn(5, RowPattern(4, 3).kept_count(13), dtype=F64)
-    torch.library.opcheck(row_linear_backward, (grad_row, x_row.detach(), weight.detach(), 3, 1, 2, 4, 3, 1))
+    block = row_linear(x_row.detach(), weight.detach(), None, 3, 1, 2, 4, 3, 1)[1]
+    torch.library.opcheck(row_linear_backward, (grad_row, x_row.detach(), weight.detach(), block, 3, 1, 2, 4, 3, 1))
     torch.library.opcheck(
         tile_linear_backward, (torch.randn(5, 13, dtype=F64), x_tile.detach(), weight.detach(), 3, 2, 2, 4)
     )
@@ -211,17 +211,18 @@ def test_dropped_weights_get_exactly_zero_gradient():
 @pytest.mark.parametrize(
     "call",
     [
-        lambda x, w, b: row_linear(x[:, :5], w, b, 2, 1, 1, 3, 0, 1),
+        lambda x, w, b: row_linear(x[:, :5], w, b, 2, 1, 1, 3, 0, 1)[0],
         lambda x, w, b: tile_pattern_linear(x, w, b, TilePattern(3, 1, tile=4, keep=2)),
     ],
 )
 def test_backward_saves_only_x_and_weight(call):
-    """No mask or index tensor is kept for backward: the pattern travels as integers."""
+    """No mask or index tensor is kept for backward: the pattern travels as integers (row also saves the
+    kept weight block it gathered, [3, 5] here)."""
     saved = []
     x, w, b = torch.randn(3, 11), torch.randn(7, 11, requires_grad=True), torch.randn(7, requires_grad=True)
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
         y = call(x, w, b)
-    assert len(saved) == 2 and {tuple(t.shape) for t in saved} <= {tuple(w.shape), (3, 5), (3, 11)}
+    assert len(saved) in (2, 3) and {tuple(t.shape) for t in saved} <= {tuple(w.shape), (3, 5), (3, 11)}
     y.sum().backward()
     assert w.grad is not None
 
@@ -261,8 +262,6 @@ def test_bad_input_raises_clear_value_error(call, message):
 OPS = (
     "row_linear",
     "row_linear_backward",
-    "row_linear_gathered",
-    "row_linear_gathered_backward",
     "tile_linear",
     "tile_linear_backward",
 )
@@ -279,7 +278,7 @@ def test_every_op_has_an_autocast_rule_on_cpu_and_cuda(op):
 @pytest.mark.parametrize(
     "call",
     [
-        lambda x, w, b: row_linear(x[:, :5], w, b, 2, 1, 1, 3, 0, 1),
+        lambda x, w, b: row_linear(x[:, :5], w, b, 2, 1, 1, 3, 0, 1)[0],
         lambda x, w, b: row_pattern_linear(x[:, :5], w, b, RowPattern(2, 1), RowPattern(3, 0)),
         lambda x, w, b: tile_pattern_linear(x, w, b, TilePattern(3, 1, tile=4, keep=2)),
     ],
@@ -303,7 +302,7 @@ def test_autocast_casts_like_linear_and_backward_agrees(call, dtype):
 
 
 def _row_call(x, w, b):
-    return row_linear(x, w, b, 2, 0, 1, 1, 0, 1)
+    return row_linear(x, w, b, 2, 0, 1, 1, 0, 1)[0]
 
 
 def _tile_call(x, w, b):
@@ -336,19 +335,22 @@ def test_mixed_devices_or_dtypes_raise_instead_of_reading_garbage(call, width, x
         call(make(x_kind, 2, width), make(w_kind, 4, 10), make(b_kind, 4))
 
 
+W13, BLOCK = torch.randn(13, 11), torch.empty(4, 6)  # W and its kept block [k_out, k_in] in the cases below
+
+
 @pytest.mark.parametrize(
     "call, message",
     [
         (  # k_out of RowPattern(3, 1) on 13 rows is 4
-            lambda: row_linear_backward(torch.randn(5, 3), torch.randn(5, 6), torch.randn(13, 11), 2, 0, 1, 3, 1, 1),
+            lambda: row_linear_backward(torch.randn(5, 3), torch.randn(5, 6), W13, BLOCK, 2, 0, 1, 3, 1, 1),
             r"grad_y must have shape \(5, 4\).*got \(5, 3\)",
         ),
         (
-            lambda: row_linear_backward(torch.randn(4, 4), torch.randn(5, 6), torch.randn(13, 11), 2, 0, 1, 3, 1, 1),
+            lambda: row_linear_backward(torch.randn(4, 4), torch.randn(5, 6), W13, BLOCK, 2, 0, 1, 3, 1, 1),
             r"grad_y must have shape \(5, 4\)",
         ),
         (
-            lambda: row_linear_backward(torch.randn(5, 4), torch.randn(5, 7), torch.randn(13, 11), 2, 0, 1, 3, 1, 1),
+            lambda: row_linear_backward(torch.randn(5, 4), torch.randn(5, 7), W13, BLOCK, 2, 0, 1, 3, 1, 1),
             "x must have last dimension 6",
         ),
         (
@@ -429,7 +431,7 @@ def test_torch_compile_traces_the_ops():
     torch.testing.assert_close(torch.compile(f, fullgraph=True)(x, w, b), f(x, w, b))
 
 
-# The CPU training path: row_linear_gathered gathers the kept weight block once and backward reuses it.
+# The CPU training path: row_linear gathers the kept weight block once and backward reuses it.
 
 GATHERED_CASES = [
     (RowPattern(2, 1), RowPattern(3, 0), 11, 13),  # strided rows and columns, sizes not divisible
@@ -466,22 +468,22 @@ def test_opcheck_gathered_ops(in_p, out_p, n_in, n_out):
     bias = torch.randn(n_out, generator=gen, dtype=F64, requires_grad=True)
     x = torch.randn(5, in_p.kept_count(n_in), generator=gen, dtype=F64, requires_grad=True)
     ints = (in_p.dp, in_p.offset, in_p.keep, out_p.dp, out_p.offset, out_p.keep)
-    torch.library.opcheck(row_linear_gathered, (x, weight, bias, *ints))
-    torch.library.opcheck(row_linear_gathered, (x, weight, None, *ints))
-    _, block = row_linear_gathered(x.detach(), weight.detach(), None, *ints)
+    torch.library.opcheck(row_linear, (x, weight, bias, *ints))
+    torch.library.opcheck(row_linear, (x, weight, None, *ints))
+    _, block = row_linear(x.detach(), weight.detach(), None, *ints)
     grad_y = torch.randn(5, out_p.kept_count(n_out), generator=gen, dtype=F64)
     for need_grad_x in (True, False):
         args = (grad_y, x.detach(), weight.detach(), block, *ints, need_grad_x)
-        torch.library.opcheck(row_linear_gathered_backward, args)
+        torch.library.opcheck(row_linear_backward, args)
 
 
 def test_gathered_block_is_the_kept_weight_block_or_empty_when_every_input_is_kept():
     weight = torch.randn(12, 10)
-    _, block = row_linear_gathered(torch.randn(3, 5), weight, None, 2, 1, 1, 3, 2, 1)
+    _, block = row_linear(torch.randn(3, 5), weight, None, 2, 1, 1, 3, 2, 1)
     assert torch.equal(block, weight[2::3, 1::2]) and block.is_contiguous()
     block.zero_()  # a copy, never a view of W (an op output may not alias an input)
     assert weight.abs().sum() > 0
-    _, block = row_linear_gathered(torch.randn(3, 10), weight, None, 1, 0, 1, 3, 2, 1)
+    _, block = row_linear(torch.randn(3, 10), weight, None, 1, 0, 1, 3, 2, 1)
     assert block.shape == (0,)
 
 
@@ -489,12 +491,12 @@ def test_gathered_backward_reads_the_saved_block_not_the_weight():
     """Backward reuses the block forward gathered: given another block, grad_x follows that block."""
     x, weight, grad_y = torch.randn(4, 5), torch.randn(9, 10), torch.randn(4, 3)
     other = torch.randn(3, 5)  # not W[0::3, 1::2]
-    grad_x, _, _ = row_linear_gathered_backward(grad_y, x, weight, other, 2, 1, 1, 3, 0, 1)
+    grad_x, _, _ = row_linear_backward(grad_y, x, weight, other, 2, 1, 1, 3, 0, 1)
     torch.testing.assert_close(grad_x, RowPattern(2, 1).scale * grad_y @ other)
     with pytest.raises(ValueError, match=r"block must have shape \(3, 5\).*got \(0,\)"):
-        row_linear_gathered_backward(grad_y, x, weight, torch.empty(0), 2, 1, 1, 3, 0, 1)
+        row_linear_backward(grad_y, x, weight, torch.empty(0), 2, 1, 1, 3, 0, 1)
     with pytest.raises(ValueError, match=r"block must have shape \(0,\)"):
-        row_linear_gathered_backward(torch.randn(4, 3), torch.randn(4, 10), weight, other, 1, 0, 1, 3, 0, 1)
+        row_linear_backward(torch.randn(4, 3), torch.randn(4, 10), weight, other, 1, 0, 1, 3, 0, 1)
 
 
 def test_gathered_autograd_saves_x_weight_and_the_block():

@@ -9,9 +9,10 @@ so no mask or index tensor is ever saved for backward.
 
 row_linear(x, W, b, in_(dp, offset, keep), out_(dp, offset, keep)):
     x (Tensor[*, k_in]) holds only the kept input units (k_in = kept count of the in pattern on
-    n_in = W.shape[1]); returns Tensor[*, k_out], the kept output units of the out pattern:
-    ``y = in_scale * x @ W[kept_out][:, kept_in].T + b[kept_out]``. A pattern (1, 0, 1) keeps
-    everything: use it for a side without dropout.
+    n_in = W.shape[1]); returns y (Tensor[*, k_out]), the kept output units of the out pattern:
+    ``y = in_scale * x @ W[kept_out][:, kept_in].T + b[kept_out]``, and the kept weight block it
+    gathered for backward (empty when every input is kept). A pattern (1, 0, 1) keeps everything:
+    use it for a side without dropout.
 tile_linear(x, W, b, dp, offset, keep, tile):
     x (Tensor[*, n_in]) -> Tensor[*, n_out]: ``y = x @ (W * tile_mask * dp/keep).T + b``,
     computed as one batched GEMM over ``dp`` dense blocks that never read a skipped tile.

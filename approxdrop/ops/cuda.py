@@ -64,10 +64,6 @@ from .row import (
     row_linear,
     row_linear_backward,
     row_linear_backward_torch,
-    row_linear_gathered,
-    row_linear_gathered_backward,
-    row_linear_gathered_backward_torch,
-    row_linear_gathered_torch,
     row_linear_torch,
 )
 from .tile import tile_linear, tile_linear_backward, tile_linear_backward_torch, tile_linear_torch
@@ -193,7 +189,7 @@ def _row_patterns(ints) -> tuple[RowPattern, RowPattern]:
 
 
 def _gathered_kernel(ext, stream, x, weight, bias, *ints):
-    """The kernel reads W in place; the gathered op still returns the block backward reuses."""
+    """The kernel reads W in place; the op still returns the block backward reuses."""
     in_p, out_p = _row_patterns(ints)
     block = weight.new_empty(0) if cuda_cublas.kept_everything(in_p) else cuda_cublas.gather_block(weight, out_p, in_p)
     return ext.row_linear(x, weight, bias, *ints, stream), block
@@ -207,36 +203,22 @@ def _kernel_pairs(ext: ModuleType, stream: int) -> PairPath:
 
 
 def _row_backward_cublas(kernels, grad_y, x, weight, block, *ints_need):
-    """A row backward on the cuBLAS path; block: what the gathered forward returned (shape (0,): nothing
+    """``row_linear_backward`` on the cuBLAS path; block: what forward returned (shape (0,): nothing
     gathered, checked by the op)."""
     *ints, need_grad_x = ints_need
     saved = block if block.dim() == 2 else None
     return cuda_cublas.backward(grad_y, x, weight, saved, *_row_patterns(ints), need_grad_x, kernels)
 
 
-def _row_backward_kernel(ext, stream, grad_y, x, weight, *ints_need):
-    return tuple(ext.row_linear_backward(grad_y, x, weight, *ints_need, stream))
-
-
 ROW_LINEAR = [
     reference(row_linear_torch),
-    cublas(lambda k, x, w, b, *ints: cuda_cublas.forward(x, w, b, *_row_patterns(ints))[0]),
-    pattern(lambda ext, s, x, w, b, *ints: ext.row_linear(x, w, b, *ints, s)),
-]
-ROW_LINEAR_BACKWARD = [
-    reference(row_linear_backward_torch),
-    cublas(lambda k, gy, x, w, *rest: _row_backward_cublas(k, gy, x, w, w.new_empty(0), *rest)),
-    pattern(_row_backward_kernel),
-]
-ROW_LINEAR_GATHERED = [
-    reference(row_linear_gathered_torch),
     cublas(lambda k, x, w, b, *ints: cuda_cublas.forward(x, w, b, *_row_patterns(ints))),
     pattern(_gathered_kernel),
 ]
-ROW_LINEAR_GATHERED_BACKWARD = [
-    reference(row_linear_gathered_backward_torch),
+ROW_LINEAR_BACKWARD = [  # the kernel reads W in place, not the block
+    reference(row_linear_backward_torch),
     cublas(_row_backward_cublas),
-    pattern(lambda ext, s, gy, x, w, block, *rest: _row_backward_kernel(ext, s, gy, x, w, *rest)),
+    pattern(lambda ext, s, gy, x, w, block, *rest: tuple(ext.row_linear_backward(gy, x, w, *rest, s))),
 ]
 TILE_LINEAR = [
     reference(tile_linear_torch),
@@ -285,46 +267,18 @@ def _row_linear_cuda(x, weight, bias, in_dp, in_offset, in_keep, out_dp, out_off
     return _run(_cuda_device(x, weight, bias), key, ROW_LINEAR, (x, weight, bias, *ints))
 
 
-def _row_backward_checks(name, grad_y, x, weight, ints) -> tuple[int, int]:
-    """ValueError on bad operands of a row backward op, as on CPU; (k_in, k_out)."""
-    in_p, out_p = _row_patterns(ints)
-    check_weight(name, weight)
-    n_out, n_in = weight.shape
-    k_in, k_out = in_p.kept_count(n_in), out_p.kept_count(n_out)
-    check_backward_args(name, grad_y, x, weight, k_in, k_out)
-    return k_in, k_out
-
-
 def _row_linear_backward_cuda(
-    grad_y, x, weight, in_dp, in_offset, in_keep, out_dp, out_offset, out_keep, need_grad_x=True
-):
-    ints = (in_dp, in_offset, in_keep, out_dp, out_offset, out_keep)
-    _row_backward_checks("row_linear_backward", grad_y, x, weight, ints)
-    key = _row_key("row_linear_backward", x, weight, ints, _grad_x(need_grad_x))
-    inputs = (grad_y, x, weight, *ints, need_grad_x)
-    return _run(_cuda_device(grad_y, x, weight), key, ROW_LINEAR_BACKWARD, inputs)
-
-
-def _row_linear_gathered_cuda(x, weight, bias, in_dp, in_offset, in_keep, out_dp, out_offset, out_keep):
-    ints = (in_dp, in_offset, in_keep, out_dp, out_offset, out_keep)
-    _row_patterns(ints)
-    check_weight("row_linear_gathered", weight)
-    check_linear_args(
-        "row_linear_gathered", x, weight, bias, periodic_count(weight.shape[1], in_dp, in_offset, in_keep)
-    )
-    key = _row_key("row_linear_gathered", x, weight, ints, _bias(bias))
-    return _run(_cuda_device(x, weight, bias), key, ROW_LINEAR_GATHERED, (x, weight, bias, *ints))
-
-
-def _row_linear_gathered_backward_cuda(
     grad_y, x, weight, block, in_dp, in_offset, in_keep, out_dp, out_offset, out_keep, need_grad_x=True
 ):
     ints = (in_dp, in_offset, in_keep, out_dp, out_offset, out_keep)
-    k_in, k_out = _row_backward_checks("row_linear_gathered_backward", grad_y, x, weight, ints)
+    in_p, out_p = _row_patterns(ints)
+    check_weight("row_linear_backward", weight)
+    k_in, k_out = in_p.kept_count(weight.shape[1]), out_p.kept_count(weight.shape[0])
+    check_backward_args("row_linear_backward", grad_y, x, weight, k_in, k_out)
     check_gathered_block(block, in_dp, in_keep, k_out, k_in)
-    key = _row_key("row_linear_gathered_backward", x, weight, ints, _grad_x(need_grad_x))
+    key = _row_key("row_linear_backward", x, weight, ints, _grad_x(need_grad_x))
     inputs = (grad_y, x, weight, block, *ints, need_grad_x)
-    return _run(_cuda_device(grad_y, x, weight), key, ROW_LINEAR_GATHERED_BACKWARD, inputs)
+    return _run(_cuda_device(grad_y, x, weight), key, ROW_LINEAR_BACKWARD, inputs)
 
 
 def _tile_linear_cuda(x, weight, bias, dp, offset, keep, tile):
@@ -405,8 +359,6 @@ def _check_tile_ints(dp: int, offset: int, keep: int, tile: int) -> None:
 
 row_linear.register_kernel("cuda")(_row_linear_cuda)
 row_linear_backward.register_kernel("cuda")(_row_linear_backward_cuda)
-row_linear_gathered.register_kernel("cuda")(_row_linear_gathered_cuda)
-row_linear_gathered_backward.register_kernel("cuda")(_row_linear_gathered_backward_cuda)
 grouped_row_linear.register_kernel("cuda")(_grouped_row_linear_cuda)
 grouped_row_linear_backward.register_kernel("cuda")(_grouped_row_linear_backward_cuda)
 grouped_row_linear_compact.register_kernel("cuda")(_grouped_compact_cuda)

@@ -110,7 +110,7 @@ def pair_forward(
 def forward(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, inp: RowPattern, out: RowPattern
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``row_linear_gathered`` on the cuBLAS path: y (Tensor[*, k_out]) and the gathered kept block
+    """``row_linear`` on the cuBLAS path: y (Tensor[*, k_out]) and the gathered kept block
     (Tensor[k_out, k_in]; empty, shape (0,), when every input is kept: then nothing was gathered)."""
     n_out = weight.shape[0]
     if kept_everything(inp):  # W's kept rows in place, unscaled: F.linear (W itself when every output is kept)

@@ -41,7 +41,7 @@ def _grads(ctx, grad_x, grad_w, grad_b, extra: int) -> tuple:
 
 
 class RowLinear(torch.autograd.Function):
-    """``approxdrop::row_linear_gathered``'s forward and backward: x (Tensor[*, k_in]) -> Tensor[*, k_out]."""
+    """``approxdrop::row_linear``'s forward and backward: x (Tensor[*, k_in]) -> Tensor[*, k_out]."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, in_pattern: RowPattern, out_pattern: RowPattern):

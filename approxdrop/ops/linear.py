@@ -18,7 +18,7 @@ from ..patterns import RowPattern, TilePattern
 from .common import check_linear_args, check_weight
 from .eager import GroupedRowLinear, GroupedRowLinearCompact, RowLinear, TileLinear, use_eager
 from .grouped import _check, _check_compact, group_bounds, grouped_row_linear, grouped_row_linear_compact
-from .row import row_linear_gathered
+from .row import row_linear
 from .tile import tile_linear
 
 FULL = RowPattern(1, 0, 1)  # keeps every unit: the side of a layer without dropout
@@ -35,14 +35,14 @@ def row_pattern_linear(
 ) -> torch.Tensor:
     """Kept outputs (Tensor[*, k_out]) of a layer from its kept inputs x (Tensor[*, k_in]):
     ``in_pattern.scale * x @ W[kept_out][:, kept_in].T + b[kept_out]``; backward reuses the kept weight
-    block it gathered (``approxdrop::row_linear_gathered``)."""
+    block it gathered (``approxdrop::row_linear``)."""
     if check:
         check_weight("row_linear", weight)
         check_linear_args("row_linear", x, weight, bias, in_pattern.kept_count(weight.shape[1]))
     if use_eager(x):
         return RowLinear.apply(x, weight, bias, in_pattern, out_pattern)
     ints = (in_pattern.dp, in_pattern.offset, in_pattern.keep, out_pattern.dp, out_pattern.offset, out_pattern.keep)
-    return row_linear_gathered(x, weight, bias, *ints)[0]
+    return row_linear(x, weight, bias, *ints)[0]
 
 
 def tile_pattern_linear(
