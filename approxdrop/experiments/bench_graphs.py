@@ -9,8 +9,9 @@ before each step, outside the graph). On CUDA the compiled steps use
 Elsewhere ``--backend`` picks the compiler (default inductor; ``eager`` for a quick dry run).
 
 Every step is zero_grad + forward + cross-entropy + backward + SGD step; the compiled ones compile the
-model's forward and backward. The clock is ``bench-overhead``'s: this process's CPU time on a CPU with
-one torch thread, else wall time (synchronised on CUDA). Both ``row`` models draw from one law per site
+model's forward and backward. The clock is wall time (synchronised on CUDA), not CPU time: after a
+compile, inductor's worker threads in this process add CPU time to every step, compiled or not (run it
+on a quiet machine). Both ``row`` models draw from one law per site
 with a single ``(dp, keep)`` class (``single_class_law``: the smallest period that keeps exactly
 ``1 - p``), so after its first step a static compiled model replays one graph whatever the offsets; a
 searched law of a small width has up to about ten classes per site, and one graph per combination.
@@ -38,7 +39,7 @@ from ..models.mlp import ApproxDropoutMLP
 from ..training.graphed import compiled_step
 from ..training.mlp import training_step
 from .bench import check_protocol, time_side_by_side
-from .bench_overhead import PAPER_SIZES, TINY_BATCH, TINY_MLP, host_clock
+from .bench_overhead import PAPER_SIZES, TINY_BATCH, TINY_MLP
 from .options import non_negative_int, positive_int, rate, write_record
 
 COMMAND, HELP = "bench-graphs", "eager against compiled (CUDA-graphed on a GPU) MLP steps, and graphs per model"
@@ -120,7 +121,7 @@ def measure(args: argparse.Namespace) -> list[GraphRow]:
             torch._dynamo.reset()
             steps, bound = steps_for(dims, batch, args.p, device, args.backend)
             with torch._dynamo.config.patch(recompile_limit=max(8, bound + 1)):
-                times = time_side_by_side(steps, device, args.warmup, args.rounds, args.steps, bar, host_clock(device))
+                times = time_side_by_side(steps, device, args.warmup, args.rounds, args.steps, bar)
             base = statistics.median(times["bernoulli eager"])
             for label, t in times.items():
                 graphs = getattr(steps[label], "graphs", None)
