@@ -133,13 +133,41 @@ def test_trains_with_any_optimizer_and_dropped_weights_get_zero_gradient(optimiz
 
 
 def test_row_method_runs_the_hidden_gemm_on_the_kept_units_only():
-    model = ApproxDropoutMLP([8, 12, 12, 2], 0.5, method="row", generator=torch.Generator().manual_seed(0))
+    model = ApproxDropoutMLP(
+        [8, 12, 12, 2], 0.5, method="row", executor="compact", generator=torch.Generator().manual_seed(0)
+    )
     shapes = []
     hook = model.activation.register_forward_hook(lambda m, args, out: shapes.append(tuple(out.shape)))
     model(torch.randn(4, 8))
     hook.remove()
     kept = [d.kept_count(12) for d in model.last_patterns[1:]]
     assert shapes == [(4, kept[0]), (4, kept[1])] and max(kept) < 12  # both sites dropped units
+
+
+def test_row_auto_executor_masks_dense_gemms_where_they_are_too_small_to_shrink():
+    """At a tiny size "auto" runs the masked executor (full-width activations); the outputs and gradients
+    are the compact path's, from the same draws. At the paper size it runs compact."""
+    x = torch.randn(4, 8)
+    models = {}
+    for executor in ("auto", "compact"):
+        torch.manual_seed(0)
+        models[executor] = ApproxDropoutMLP(
+            [8, 12, 12, 2], 0.5, method="row", executor=executor, generator=torch.Generator().manual_seed(0)
+        )
+    assert models["auto"].executor_for(x) == "masked"
+    shapes = []
+    hook = models["auto"].activation.register_forward_hook(lambda m, args, out: shapes.append(tuple(out.shape)))
+    outs = {e: m(x) for e, m in models.items()}
+    hook.remove()
+    assert shapes == [(4, 12), (4, 12)]
+    assert models["auto"].last_patterns == models["compact"].last_patterns
+    torch.testing.assert_close(outs["auto"], outs["compact"])
+    for out in outs.values():
+        out.square().sum().backward()
+    for a, b in zip(models["auto"].parameters(), models["compact"].parameters()):
+        torch.testing.assert_close(a.grad, b.grad)
+    paper = ApproxDropoutMLP([784, 2048, 2048, 10], 0.5, method="row")
+    assert paper.executor_for(torch.empty(128, 784)) == "compact"
 
 
 def test_p_zero_is_the_dense_network_in_training_too():

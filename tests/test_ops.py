@@ -595,7 +595,9 @@ def test_the_row_mlp_trains_through_the_gathered_op_on_cpu():
     """ApproxDropoutMLP's row path saves each layer's kept block in forward (no gather in backward)."""
     from approxdrop.models import ApproxDropoutMLP
 
-    model = ApproxDropoutMLP([8, 12, 12, 2], 0.5, method="row", generator=torch.Generator().manual_seed(0))
+    model = ApproxDropoutMLP(
+        [8, 12, 12, 2], 0.5, method="row", executor="compact", generator=torch.Generator().manual_seed(0)
+    )
     saved = []
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(tuple(t.shape)) or t, lambda t: t):
         y = model(torch.randn(4, 8))

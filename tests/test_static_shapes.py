@@ -67,7 +67,9 @@ def test_static_row_linear_gradcheck_float64_padding_included():
 def _pair(sizes, seed=0, **kw):
     """The same MLP twice (same weights, same pattern generator seed): compact and static_shapes."""
     torch.manual_seed(seed)
-    compact = ad.ApproxDropoutMLP(sizes, 0.5, method="row", generator=torch.Generator().manual_seed(7), **kw)
+    compact = ad.ApproxDropoutMLP(
+        sizes, 0.5, method="row", executor="compact", generator=torch.Generator().manual_seed(7), **kw
+    )
     torch.manual_seed(seed)
     static = ad.ApproxDropoutMLP(
         sizes, 0.5, method="row", static_shapes=True, generator=torch.Generator().manual_seed(7), **kw
@@ -153,7 +155,12 @@ def _ffn_pair(**kw):
     for static in (False, True):
         torch.manual_seed(0)
         generator = torch.Generator().manual_seed(5)
-        blocks.append(ad.ApproxDropoutFFN(6, 11, 0.5, method="row", generator=generator, static_shapes=static, **kw))
+        executor = "masked" if static else "compact"  # the static block ignores it
+        blocks.append(
+            ad.ApproxDropoutFFN(
+                6, 11, 0.5, method="row", generator=generator, static_shapes=static, executor=executor, **kw
+            )
+        )
     return blocks
 
 

@@ -85,7 +85,7 @@ class ApproxDropoutFFN(nn.Module):
         generator: CPU generator for the pattern draws (default: torch's global RNG). Seed it by rank
             under DistributedDataParallel, so each process draws its own patterns.
         d_out: output width (default ``d_model``).
-        executor: how grouped row patterns run, "auto" (default), "compact" or "masked", as in
+        executor: how row patterns run in eager training, "auto" (default), "compact" or "masked", as in
             ApproxDropoutMLP (``sites.GROUPED_EXECUTORS``); ``executor_for(x)`` says which.
         static_shapes: (row patterns, one group) run at the shapes the draw's ``(dp, keep)`` sets, the
             offset read from a buffer, as ApproxDropoutMLP's ``static_shapes``: one compiled or CUDA graph
@@ -211,6 +211,8 @@ class ApproxDropoutFFN(nn.Module):
 
     def _row(self, x: torch.Tensor, pattern: RowPattern) -> torch.Tensor:
         fc1, fc2 = self.fc1, self.fc2
+        if not self.static_shapes and not torch.compiler.is_compiling() and self.executor_for(x) == "masked":
+            return self._grouped_masked(x, (pattern,))  # GEMMs too small to shrink: dense, times the mask
         if self.static_shapes:  # [*, K] slots whatever the offset (ops.static)
             (side,) = static_sides(self, [self.d_hidden])
             h = activate(self.activation, static_row_linear(x, fc1.weight, fc1.bias, None, side))  # [*, K]
@@ -220,7 +222,7 @@ class ApproxDropoutFFN(nn.Module):
         return row_pattern_linear(h, fc2.weight, fc2.bias, pattern, FULL, check=False)  # [*, d_out]
 
     def executor_for(self, x: torch.Tensor) -> str:
-        """ "compact" or "masked": how a training forward on x runs grouped row patterns (``executor``)."""
+        """ "compact" or "masked": how an eager training forward on x runs row patterns (``executor``)."""
         largest = self.d_hidden * max(self.d_model, self.d_out)
         return grouped_executor(self.executor, math.prod(x.shape[:-1]), self.groups, largest)
 

@@ -5,7 +5,8 @@ Methods come from the table ``models.methods.DROPOUT_METHODS`` (one pattern or m
 site per training step; eval runs the full network):
 - row patterns (``row``, ``row-extended``): a RowPattern per site; every layer computes only its
   kept outputs from its kept inputs (``approxdrop::row_linear``), so hidden-to-hidden GEMMs shrink
-  on both sides.
+  on both sides. Where the GEMMs are too small to pay for that (``executor="auto"``), the dense GEMMs
+  run with the pattern's scaled keep mask instead: the same numbers, fewer host operations.
 - tile patterns (``tile``): DropConnect on T x T tiles of the weight that reads each site (the next
   layer's weight), so the site's randomness enters where dropout's does
   (``approxdrop::tile_linear``). This placement is this project's choice (docs/method.md §8).
@@ -83,12 +84,13 @@ class ApproxDropoutMLP(nn.Module):
             gets its own offset of the step's ``(dp, keep)``. Default: the method's (4 for ``row-g4``
             and ``tile-g4``, 1 for ``row``). Grouped patterns run eagerly under torch.compile (a
             graph break).
-        executor: how a layer with grouped row patterns runs (``sites.GROUPED_EXECUTORS``): "compact" (one
-            GEMM per distinct offset pair, on the kept units only), "masked" (the dense GEMM, each group's
-            dropped units zeroed by a scaled mask: the same numbers, fewer host operations) or "auto"
-            (default: "compact" only where it measured faster, from ``sites.MASKED_BELOW_MACS``
-            multiply-adds in the largest layer and ``sites.MIN_GROUP_ROWS`` rows per group).
-            ``executor_for(x)`` says which.
+        executor: how a layer with row patterns runs in eager training (``sites.GROUPED_EXECUTORS``):
+            "compact" (one GEMM per distinct offset pair, on the kept units only), "masked" (the dense GEMM,
+            each group's dropped units zeroed by a scaled mask: the same numbers, fewer host operations) or
+            "auto" (default: "compact" only where it measured faster, from ``sites.MASKED_BELOW_MACS``
+            multiply-adds in the largest layer with groups, ``sites.MASKED_BELOW_MACS_ONE_GROUP`` with one,
+            and ``sites.MIN_GROUP_ROWS`` rows per group). ``executor_for(x)`` says which. Under
+            torch.compile ``row`` always runs compact.
         static_shapes: (``row`` with one group) run each layer at the shape its site's ``(dp, keep)`` sets,
             whatever the offset (``ops.static``): offsets are read from the ``static_offsets`` buffer,
             which every draw fills, so a graph compiled or captured after ``draw_patterns`` serves every
@@ -195,6 +197,8 @@ class ApproxDropoutMLP(nn.Module):
     def _row(self, x, patterns: list[RowPattern | None]):
         if self.static_shapes:
             return self._row_static(x)
+        if not torch.compiler.is_compiling() and self.executor_for(x) == "masked":  # GEMMs too small to shrink
+            return self._grouped_masked(x, [None if q is None else (q,) for q in patterns])
         # x stays compact: [*, kept units of the current site]
         outs = patterns[1:] + [None]
         if patterns[0] is not None:
@@ -220,7 +224,7 @@ class ApproxDropoutMLP(nn.Module):
         return self._stack(x, layer)
 
     def executor_for(self, x: torch.Tensor) -> str:
-        """ "compact" or "masked": how a training forward on x runs grouped row patterns (``executor``)."""
+        """ "compact" or "masked": how an eager training forward on x runs row patterns (``executor``)."""
         largest = max(linear.in_features * linear.out_features for linear in self.linears)
         return grouped_executor(self.executor, math.prod(x.shape[:-1]), self.groups, largest)
 

@@ -129,16 +129,18 @@ def activate(activation: nn.Module, h: torch.Tensor) -> torch.Tensor:
     return activation(h.clone() if getattr(activation, "inplace", False) else h)
 
 
-# How a layer with grouped row patterns runs (``executor=``): "compact" runs one GEMM per distinct
-# (out offset, in offset) pair on the kept units only; "masked" runs the layer's dense GEMM once and
-# multiplies each group's rows by its scaled keep mask (the same numbers: the same units are dropped,
-# with the same law); "auto" takes "compact" only where it measured faster (benchmarks/overhead.md,
-# this project's 2-core CPU, one thread, G = 4, p = 0.5): from MASKED_BELOW_MACS = 2**25 multiply-adds in
-# the model's largest layer per step AND at least MIN_GROUP_ROWS rows per group. Below, the compact
-# GEMMs cost more host time and gathers than they save (at batch 8, 2 rows per group, compact was 1.3x
-# the masked step even at 2048 x 2048).
+# How a layer with row patterns runs (``executor=``): "compact" runs one GEMM per distinct (out offset,
+# in offset) pair on the kept units only (one pair with one group); "masked" runs the layer's dense GEMM
+# once and multiplies each group's rows by its scaled keep mask (the same numbers: the same units are
+# dropped, with the same law); "auto" takes "compact" only where it measured faster (benchmarks/overhead.md,
+# this project's 2-core CPU, one thread, p = 0.5, MLP [w, w, w, 10]): with groups, from
+# MASKED_BELOW_MACS = 2**25 multiply-adds in the model's largest layer per step (G = 4) AND at least
+# MIN_GROUP_ROWS rows per group; with one group, from MASKED_BELOW_MACS_ONE_GROUP = 2**22 (compact was
+# 1.1-1.5x the masked step up to 2**21 and 0.75-0.89x from 2**23, at batch 8, 32 and 128). Below, the
+# compact GEMMs cost more host time and gathers than they save.
 GROUPED_EXECUTORS = ("auto", "compact", "masked")
 MASKED_BELOW_MACS = 2**25
+MASKED_BELOW_MACS_ONE_GROUP = 2**22
 MIN_GROUP_ROWS = 8
 
 
@@ -150,11 +152,12 @@ def check_executor(executor: str) -> str:
 
 
 def grouped_executor(executor: str, rows: int, groups: int, largest_layer: int) -> str:
-    """ "compact" or "masked": what a grouped forward over ``rows`` rows (all groups together) runs, for a
-    model whose largest layer has ``largest_layer`` weights (see ``GROUPED_EXECUTORS``)."""
+    """ "compact" or "masked": what a row-pattern forward over ``rows`` rows (all groups together) runs, for
+    a model whose largest layer has ``largest_layer`` weights (see ``GROUPED_EXECUTORS``)."""
     if executor != "auto":
         return executor
-    compact = rows * largest_layer >= MASKED_BELOW_MACS and rows >= MIN_GROUP_ROWS * groups
+    least = MASKED_BELOW_MACS if groups > 1 else MASKED_BELOW_MACS_ONE_GROUP
+    compact = rows * largest_layer >= least and rows >= MIN_GROUP_ROWS * groups
     return "compact" if compact else "masked"
 
 
