@@ -103,7 +103,9 @@ def convert(
         p = check_rate(p)
     spec, group_count = ffn_method(method, groups)  # a bad method or group count fails before anything changes
     if static_shapes and (spec.drops != ROW or group_count != 1):
-        raise ValueError(f"static_shapes is for row patterns with one group, not method={method!r} groups={groups}")
+        raise ValueError(
+            f"static_shapes is for row patterns with one group, not method={method!r} with groups={group_count}"
+        )
     build = _Builder(p, method, groups, generator, output_side, static_shapes)
     walk = _Walk(build)
     walk.visit(module)

@@ -211,12 +211,12 @@ class ApproxDropoutFFN(nn.Module):
 
     def _row(self, x: torch.Tensor, pattern: RowPattern) -> torch.Tensor:
         fc1, fc2 = self.fc1, self.fc2
-        if not self.static_shapes and not torch.compiler.is_compiling() and self.executor_for(x) == "masked":
-            return self._grouped_masked(x, (pattern,))  # GEMMs too small to shrink: dense, times the mask
         if self.static_shapes:  # [*, K] slots whatever the offset (ops.static)
             (side,) = static_sides(self, [self.d_hidden])
             h = activate(self.activation, static_row_linear(x, fc1.weight, fc1.bias, None, side))  # [*, K]
             return static_row_linear(h, fc2.weight, fc2.bias, side, None)  # [*, d_out]
+        if not torch.compiler.is_compiling() and self.executor_for(x) == "masked":
+            return self._grouped_masked(x, (pattern,))  # GEMMs too small to shrink: dense, times the mask
         h = row_pattern_linear(x, fc1.weight, fc1.bias, FULL, pattern, check=False)  # [*, k]: the kept units only
         h = activate(self.activation, h)
         return row_pattern_linear(h, fc2.weight, fc2.bias, pattern, FULL, check=False)  # [*, d_out]

@@ -136,8 +136,8 @@ def activate(activation: nn.Module, h: torch.Tensor) -> torch.Tensor:
 # this project's 2-core CPU, one thread, p = 0.5, MLP [w, w, w, 10]): with groups, from
 # MASKED_BELOW_MACS = 2**25 multiply-adds in the model's largest layer per step (G = 4) AND at least
 # MIN_GROUP_ROWS rows per group; with one group, from MASKED_BELOW_MACS_ONE_GROUP = 2**22 (compact was
-# 1.1-1.5x the masked step up to 2**21 and 0.75-0.89x from 2**23, at batch 8, 32 and 128). Below, the
-# compact GEMMs cost more host time and gathers than they save.
+# 1.1-1.5x the masked step up to 2**21, 0.80-0.89x at 2**23 and 0.54-0.75x above, at batch 8, 32 and
+# 128). Below, the compact GEMMs cost more host time and gathers than they save.
 GROUPED_EXECUTORS = ("auto", "compact", "masked")
 MASKED_BELOW_MACS = 2**25
 MASKED_BELOW_MACS_ONE_GROUP = 2**22
