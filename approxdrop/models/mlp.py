@@ -212,7 +212,6 @@ class ApproxDropoutMLP(nn.Module):
 
     def _row_static(self, x):
         # x stays in slots: [*, keep * ceil(n / dp) of the current site], shapes free of the offsets
-        # read from plain ints and a buffer, not from the pattern objects: a compiled graph guards on (dp, keep)
         sides = static_sides(self, self.site_widths)
         outs = sides[1:] + [None]
         if sides[0] is not None:

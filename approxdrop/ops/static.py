@@ -3,7 +3,7 @@ or a ``torch.compile(fullgraph=True)`` graph needs to serve every offset of a pa
 
 A pattern ``(dp, offset, keep)`` keeps ``keep * ceil(n / dp)`` units of a width ``n`` when ``dp``
 divides ``n``, and one fewer for some offsets when it does not. The static form always carries
-``slots(n, dp, keep) = keep * ceil(n / dp)`` slots: slot ``j * keep + t`` holds unit
+``keep * ceil(n / dp)`` slots: slot ``j * keep + t`` holds unit
 ``(offset + t) mod dp + j * dp``, and a slot past the width is padding. The offset arrives as a tensor,
 so the index is computed inside the graph; padding reads a real unit and is multiplied by zero where it
 enters a GEMM, so it adds nothing to any output or gradient. The slots are in a different order from
@@ -25,11 +25,6 @@ class StaticSide(NamedTuple):
     index: torch.Tensor
     valid: torch.Tensor | None
     scale: float
-
-
-def slots(n: int, dp: int, keep: int) -> int:
-    """How many slots a width ``n`` has under any pattern with this ``dp`` and ``keep``."""
-    return keep * -(-n // dp)
 
 
 def static_side(n: int, dp: int, keep: int, offset: torch.Tensor) -> StaticSide:
