@@ -92,16 +92,87 @@ def test_static_mlp_matches_the_compact_path_step_by_step(input_dropout):
 
 
 def test_static_shapes_refuses_what_it_cannot_run():
-    with pytest.raises(ValueError, match="static_shapes is for row patterns with one group"):
-        ad.ApproxDropoutMLP([4, 8, 2], 0.5, method="row-g4", static_shapes=True)
-    with pytest.raises(ValueError, match="static_shapes"):
-        ad.ApproxDropoutMLP([4, 8, 2], 0.5, method="tile", static_shapes=True)
+    for method in ("tile", "tile-g4", "bernoulli", "shared"):
+        with pytest.raises(ValueError, match="static_shapes is for row patterns"):
+            ad.ApproxDropoutMLP([4, 8, 2], 0.5, method=method, static_shapes=True)
+    with pytest.raises(ValueError, match="static_shapes is for row patterns"):
+        ad.ApproxDropoutFFN(6, 11, 0.5, method="bernoulli", static_shapes=True)
 
 
-def test_pattern_key_of_a_static_model_is_its_dp_keep_classes():
+def _grouped_pair(sizes, groups, **kw):
+    """The same grouped MLP twice (same weights, same pattern generator seed): compact and static_shapes."""
+    models = []
+    for static in (False, True):
+        torch.manual_seed(0)
+        generator = torch.Generator().manual_seed(11)
+        executor = "masked" if static else "compact"  # the static model ignores it
+        models.append(
+            ad.ApproxDropoutMLP(
+                sizes,
+                0.5,
+                method="row",
+                groups=groups,
+                executor=executor,
+                static_shapes=static,
+                generator=generator,
+                **kw,
+            )  # fmt: skip
+        )
+    return models
+
+
+@pytest.mark.parametrize(
+    "groups,shape,input_dropout",
+    [(4, (5, 11), False), (4, (3, 11), True), (3, (2, 7, 11), True), (2, (11,), False), (1, (11,), True)],
+)
+def test_static_grouped_mlp_matches_the_compact_grouped_path_step_by_step(groups, shape, input_dropout):
+    """Groups split the batch unevenly (5 rows in 4 groups), or leave some empty (3 rows in 4), or x has
+    no batch axis: each group's rows must still read their own group's slots."""
+    compact, static = _grouped_pair([11, 13, 9, 3], groups, input_dropout=input_dropout)
+    x = torch.randn(*shape)
+    mixed = 0  # steps on which the groups of a site drew different offsets
+    for _ in range(6):
+        for model in (compact, static):
+            model.zero_grad()
+            model(x).square().sum().backward()
+        assert static.last_patterns == compact.last_patterns
+        mixed += any(isinstance(q, tuple) and len(set(q)) > 1 for q in static.last_patterns)
+        for a, b in zip(compact.parameters(), static.parameters()):
+            torch.testing.assert_close(b.grad, a.grad)
+    assert (mixed >= 3 or groups == 1) and static.static_offsets.shape == (2 + input_dropout, groups)
+
+
+def test_compiled_static_grouped_mlp_makes_one_graph_per_dp_keep_class():
+    """row-g4, the MLP's default method, compiled whole (no graph break for the groups): every group's
+    offset changes each step, the graphs stay one per (dp, keep) combination of the sites."""
+    law = ad.PatternDistribution(((3, 1), (3, 2)), (0.5, 0.5))
+    compact, static = _grouped_pair([7, 10, 11, 3], 4, distributions=[law, law])
+    torch._dynamo.reset()
+    counters.clear()
+    compiled = torch.compile(static, fullgraph=True, backend="eager")
+    x = torch.randn(6, 7)
+    classes, offsets = set(), set()
+    with torch._dynamo.config.patch(automatic_dynamic_local_pgo=False):
+        for step in range(16):
+            for model in (compact, static):
+                model.zero_grad()
+            ad.draw_patterns(static)
+            classes.add(ad.pattern_key(static))
+            offsets.add(tuple(map(tuple, static.static_offsets.tolist())))
+            compiled(x).square().sum().backward()
+            compact(x).square().sum().backward()
+            assert static.last_patterns == compact.last_patterns, step
+            for a, b in zip(compact.parameters(), static.parameters()):
+                torch.testing.assert_close(b.grad, a.grad)
+    assert len(offsets) > 2 * len(classes)
+    assert counters["stats"]["unique_graphs"] <= len(classes), counters["stats"]
+
+
+@pytest.mark.parametrize("groups", [1, 4])
+def test_pattern_key_of_a_static_model_is_its_dp_keep_classes(groups):
     law = ad.PatternDistribution(((3, 1), (3, 2)), (0.5, 0.5))
     model = ad.ApproxDropoutMLP(
-        [6, 10, 10, 2], 0.5, method="row", distributions=[law, law], static_shapes=True,
+        [6, 10, 10, 2], 0.5, method="row", groups=groups, distributions=[law, law], static_shapes=True,
         generator=torch.Generator().manual_seed(0),
     )  # fmt: skip
     keys = set()
@@ -110,8 +181,9 @@ def test_pattern_key_of_a_static_model_is_its_dp_keep_classes():
         key = ad.pattern_key(model)
         pending = getattr(model, PENDING)
         assert pending[0] is None  # no site on the input
-        assert key == ((None, *((q.dp, q.keep) for q in pending[1:])),)
-        assert model.static_offsets.tolist() == [q.offset for q in pending[1:]]
+        sites = [q if groups > 1 else (q,) for q in pending[1:]]  # one pattern per group
+        assert key == ((None, *((site[0].dp, site[0].keep) for site in sites)),)
+        assert model.static_offsets.tolist() == [[q.offset for q in site] for site in sites]
         keys.add(key)
     assert len(keys) == 4  # (3, 1) or (3, 2) at each of two sites, whatever the offsets
 
@@ -133,7 +205,7 @@ def test_compiled_static_mlp_makes_one_graph_per_dp_keep_class_not_per_offset():
                 model.zero_grad()
             ad.draw_patterns(static)
             classes.add(ad.pattern_key(static))
-            offsets.add(tuple(static.static_offsets.tolist()))
+            offsets.add(tuple(static.static_offsets.flatten().tolist()))
             compiled(x).square().sum().backward()
             compact(x).square().sum().backward()  # draws the same patterns from its own generator
             assert static.last_patterns == compact.last_patterns, step
@@ -184,8 +256,22 @@ def test_static_ffn_matches_the_compact_block_and_compiles_once_per_class():
             torch.testing.assert_close(b.grad, a.grad)
     assert len(offsets) > 2 and counters["stats"]["unique_graphs"] <= 2, counters["stats"]
     assert "static_shapes=True" in repr(static)
-    with pytest.raises(ValueError, match="static_shapes is for row patterns with one group"):
-        ad.ApproxDropoutFFN(6, 11, 0.5, method="row-g4", static_shapes=True)
+
+
+@pytest.mark.parametrize("shape", [(5, 3, 6), (7, 6), (6,)])
+def test_static_grouped_ffn_matches_the_compact_grouped_block(shape):
+    """Groups split the samples (the leading axis: a transformer's B of [B, T, d], the rows of [N, d]); a
+    1-D x is one sample, group 0's."""
+    compact, static = _ffn_pair(groups=4)
+    compact.executor = "compact"
+    x = torch.randn(*shape)
+    for _ in range(5):
+        for block in (compact, static):
+            block.zero_grad()
+            block(x).square().sum().backward()
+        assert static.last_pattern == compact.last_pattern and len(static.last_pattern) == 4
+        for a, b in zip(compact.parameters(), static.parameters()):
+            torch.testing.assert_close(b.grad, a.grad)
 
 
 def test_convert_with_static_shapes_gives_gated_and_plain_blocks_the_static_path():
@@ -214,8 +300,14 @@ def test_convert_with_static_shapes_gives_gated_and_plain_blocks_the_static_path
     blocks = [m for m in layer.modules() if isinstance(m, ad.ApproxDropoutFFN)]
     assert report.converted and blocks and all(b.static_shapes for b in blocks)
     layer(torch.randn(2, 3, 8)).sum().backward()
-    with pytest.raises(ValueError, match="static_shapes"):
-        ad.convert(nn.TransformerEncoderLayer(8, 2, dim_feedforward=14), method="row-g4", static_shapes=True)
+    grouped = nn.TransformerEncoderLayer(8, 2, dim_feedforward=14, dropout=0.25, batch_first=True)
+    report = ad.convert(grouped, method="row-g4", static_shapes=True)
+    (block,) = [m for m in grouped.modules() if isinstance(m, ad.ApproxDropoutFFN)]
+    assert report.converted and block.static_shapes and block.groups == 4
+    grouped(torch.randn(5, 3, 8)).sum().backward()
+    assert len(block.last_pattern) == 4 and block.fc1.weight.grad is not None
+    with pytest.raises(ValueError, match="static_shapes is for row patterns"):
+        ad.convert(nn.TransformerEncoderLayer(8, 2, dim_feedforward=14), method="bernoulli", static_shapes=True)
 
 
 def test_compiled_step_trains_a_static_model_as_the_eager_step_trains_its_twin():

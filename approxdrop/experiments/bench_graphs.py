@@ -1,17 +1,17 @@
 """Eager against graphed training steps of the MLP: what a compiled step (CUDA graphs on a GPU) saves of
 the host cost, and how many graphs ARD's patterns need.
 
-Four steps per size, side by side in one process, methods interleaved (``bench.time_side_by_side``):
-``bernoulli`` eager and compiled, ``row`` eager (the compact path, shapes set by each pattern) and
-``row`` compiled with ``static_shapes=True`` (shapes set by each site's ``(dp, keep)``; ``draw_patterns``
-before each step, outside the graph). On CUDA the compiled steps use
+Six steps per size, side by side in one process, methods interleaved (``bench.time_side_by_side``):
+``bernoulli`` eager and compiled; ``row`` and ``row-g4`` (the MLP's default: four complementary batch
+groups) each eager (their ``auto`` executor) and compiled with ``static_shapes=True`` (shapes set by each
+site's ``(dp, keep)``; ``draw_patterns`` before each step, outside the graph). On CUDA the compiled steps use
 ``torch.compile(mode="reduce-overhead")``: CUDA graphs, one per ``(dp, keep)`` class of the static model.
 Elsewhere ``--backend`` picks the compiler (default inductor; ``eager`` for a quick dry run).
 
 Every step is zero_grad + forward + cross-entropy + backward + SGD step; the compiled ones compile the
 model's forward and backward. The clock is wall time (synchronised on CUDA), not CPU time: after a
 compile, inductor's worker threads in this process add CPU time to every step, compiled or not (run it
-on a quiet machine). Both ``row`` models draw from one law per site
+on a quiet machine). The ``row`` and ``row-g4`` models draw from one law per site
 with a single ``(dp, keep)`` class (``single_class_law``: the smallest period that keeps exactly
 ``1 - p``), so after its first step a static compiled model replays one graph whatever the offsets; a
 searched law of a small width has up to about ten classes per site, and one graph per combination.
@@ -43,7 +43,14 @@ from .bench_overhead import PAPER_SIZES, TINY_BATCH, TINY_MLP
 from .options import non_negative_int, positive_int, rate, write_record
 
 COMMAND, HELP = "bench-graphs", "eager against compiled (CUDA-graphed on a GPU) MLP steps, and graphs per model"
-STEPS = ("bernoulli eager", "bernoulli compiled", "row eager", "row static compiled")
+STEPS = (
+    "bernoulli eager",
+    "bernoulli compiled",
+    "row eager",
+    "row static compiled",
+    "row-g4 eager",
+    "row-g4 static compiled",
+)
 PAPER_BATCH = 128
 
 
@@ -86,11 +93,12 @@ class _Counted:
 def steps_for(
     sizes: tuple[int, ...], batch: int, p: float, device: torch.device, backend: str, seed: int = 0
 ) -> tuple[dict[str, Callable[[], object]], int]:
-    """The four steps of ``STEPS`` on one fixed batch, same initial weights; the static model's graph bound."""
+    """The steps of ``STEPS`` on one fixed batch, same initial weights; the static models' graph bound."""
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, sizes[0], generator=gen).to(device)  # [B, D]
     y = torch.randint(sizes[-1], (batch,), generator=gen).to(device)  # [B]
-    laws = {"bernoulli": None, "row": [single_class_law(p)] * (len(sizes) - 2)}  # a site per hidden layer
+    row_laws = [single_class_law(p)] * (len(sizes) - 2)  # a site per hidden layer
+    laws = {"bernoulli": None, "row": row_laws, "row-g4": row_laws}
     steps: dict[str, Callable[[], object]] = {}
     bound = 0
     for label in STEPS:
@@ -110,7 +118,7 @@ def steps_for(
 
 
 def measure(args: argparse.Namespace) -> list[GraphRow]:
-    """Time the four steps at each size of ``args``; rows in ``STEPS`` order per size."""
+    """Time the steps of ``STEPS`` at each size of ``args``; rows in ``STEPS`` order per size."""
     check_rate(args.p)
     device = check_protocol(args.device, args.warmup, args.rounds, args.steps, [args.p], ["bernoulli"], ("bernoulli",))
     sizes = [("tiny", TINY_MLP, TINY_BATCH)] + ([] if args.no_paper else [("paper", PAPER_SIZES, PAPER_BATCH)])

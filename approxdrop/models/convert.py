@@ -101,11 +101,9 @@ def convert(
     """
     if p is not None:
         p = check_rate(p)
-    spec, group_count = ffn_method(method, groups)  # a bad method or group count fails before anything changes
-    if static_shapes and (spec.drops != ROW or group_count != 1):
-        raise ValueError(
-            f"static_shapes is for row patterns with one group, not method={method!r} with groups={group_count}"
-        )
+    spec, _ = ffn_method(method, groups)  # a bad method or group count fails before anything changes
+    if static_shapes and spec.drops != ROW:
+        raise ValueError(f"static_shapes is for row patterns, not method={method!r}")
     build = _Builder(p, method, groups, generator, output_side, static_shapes)
     walk = _Walk(build)
     walk.visit(module)

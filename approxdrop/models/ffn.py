@@ -87,8 +87,8 @@ class ApproxDropoutFFN(nn.Module):
         d_out: output width (default ``d_model``).
         executor: how row patterns run in eager training, "auto" (default), "compact" or "masked", as in
             ApproxDropoutMLP (``sites.GROUPED_EXECUTORS``); ``executor_for(x)`` says which.
-        static_shapes: (row patterns, one group) run at the shapes the draw's ``(dp, keep)`` sets, the
-            offset read from a buffer, as ApproxDropoutMLP's ``static_shapes``: one compiled or CUDA graph
+        static_shapes: (row patterns, any groups) run at the shapes the draw's ``(dp, keep)`` sets, the
+            offsets read from a buffer, as ApproxDropoutMLP's ``static_shapes``: one compiled or CUDA graph
             per ``(dp, keep)``, not per offset.
 
     Eval runs the whole block without dropout. After a training forward, ``last_pattern`` holds the
@@ -207,14 +207,24 @@ class ApproxDropoutFFN(nn.Module):
             return self.fc2(self.dropout(self.activation(self.fc1(x))))
         (draw,) = step_draws(self)  # drawn now, or ahead by draw_patterns (compiled training)
         self.last_pattern = draw
+        if self.static_shapes:
+            return self._static(x)
         return self._row(x, draw) if self.groups == 1 else self._grouped(x, draw)
+
+    def _static(self, x: torch.Tensor) -> torch.Tensor:
+        # hidden units in slots, [*, K] whatever the offsets (ops.static); with groups, each group's samples
+        # (the leading axis, as the grouped path splits it) read their own group's slots
+        (sides,) = static_sides(self, [self.d_hidden])  # one StaticSide per group
+        parts = [x] if x.dim() == 1 else x.tensor_split(len(sides), dim=0)  # [B_g, *, d_model]
+        fc1, fc2 = self.fc1, self.fc2
+        ys = []
+        for part, side in zip(parts, sides):  # a single sample (x 1-D) is group 0's
+            h = activate(self.activation, static_row_linear(part, fc1.weight, fc1.bias, None, side))  # [*, K]
+            ys.append(static_row_linear(h, fc2.weight, fc2.bias, side, None))  # [*, d_out]
+        return ys[0] if len(ys) == 1 else torch.cat(ys, 0)  # [*, d_out]
 
     def _row(self, x: torch.Tensor, pattern: RowPattern) -> torch.Tensor:
         fc1, fc2 = self.fc1, self.fc2
-        if self.static_shapes:  # [*, K] slots whatever the offset (ops.static)
-            (side,) = static_sides(self, [self.d_hidden])
-            h = activate(self.activation, static_row_linear(x, fc1.weight, fc1.bias, None, side))  # [*, K]
-            return static_row_linear(h, fc2.weight, fc2.bias, side, None)  # [*, d_out]
         if not torch.compiler.is_compiling() and self.executor_for(x) == "masked":
             return self._grouped_masked(x, (pattern,))  # GEMMs too small to shrink: dense, times the mask
         h = row_pattern_linear(x, fc1.weight, fc1.bias, FULL, pattern, check=False)  # [*, k]: the kept units only

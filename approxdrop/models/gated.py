@@ -50,7 +50,7 @@ class GatedApproxDropoutFFN(nn.Module):
         ffn.last_pattern = pattern
         wi_0, wi_1, wo = ffn.fc1, self.wi_1, ffn.fc2
         if ffn.static_shapes:  # [*, K] slots whatever the offset (ops.static); wo zeroes the padding
-            (side,) = static_sides(ffn, [ffn.d_hidden])
+            ((side,),) = static_sides(ffn, [ffn.d_hidden])  # one site, one group
             gate = activate(ffn.activation, static_row_linear(x, wi_0.weight, wi_0.bias, None, side))  # [*, K]
             h = gate * static_row_linear(x, wi_1.weight, wi_1.bias, None, side)  # [*, K]
             return static_row_linear(h, wo.weight, wo.bias, side, None)  # [*, d_out]

@@ -83,7 +83,7 @@ class ApproxDropoutMLP(nn.Module):
             batch (second-to-last axis of x) splits as ``torch.tensor_split`` does and each group
             gets its own offset of the step's ``(dp, keep)``. Default: the method's (4 for ``row-g4``
             and ``tile-g4``, 1 for ``row``). Grouped patterns run eagerly under torch.compile (a
-            graph break).
+            graph break) unless ``static_shapes``.
         executor: how a layer with row patterns runs in eager training (``sites.GROUPED_EXECUTORS``):
             "compact" (one GEMM per distinct offset pair, on the kept units only), "masked" (the dense GEMM,
             each group's dropped units zeroed by a scaled mask: the same numbers, fewer host operations) or
@@ -91,12 +91,13 @@ class ApproxDropoutMLP(nn.Module):
             multiply-adds in the largest layer with groups, ``sites.MASKED_BELOW_MACS_ONE_GROUP`` with one,
             and ``sites.MIN_GROUP_ROWS`` rows per group). ``executor_for(x)`` says which. Under
             torch.compile ``row`` always runs compact.
-        static_shapes: (``row`` with one group) run each layer at the shape its site's ``(dp, keep)`` sets,
-            whatever the offset (``ops.static``): offsets are read from the ``static_offsets`` buffer,
+        static_shapes: (row patterns, any groups) run each layer at the shape its site's ``(dp, keep)``
+            sets, whatever the offsets (``ops.static``): offsets are read from the ``static_offsets`` buffer,
             which every draw fills, so a graph compiled or captured after ``draw_patterns`` serves every
             offset of its ``(dp, keep)`` classes (``pattern_key`` keys by them). Same outputs as the
-            compact path, at ``keep * ceil(n / dp)`` slots per site. Under DistributedDataParallel pass
-            ``broadcast_buffers=False`` (each rank reads its own offsets).
+            compact path, at ``keep * ceil(n / dp)`` slots per site (with groups, one GEMM per group and
+            layer). Under DistributedDataParallel pass ``broadcast_buffers=False`` (each rank reads its
+            own offsets).
         generator: CPU generator for pattern and mask draws (default: torch's global RNG).
 
     After a training forward, ``last_patterns`` holds what each site drew (a pattern, a tuple of
@@ -173,6 +174,8 @@ class ApproxDropoutMLP(nn.Module):
             return self._dense(x, dropout=True)
         draws = step_draws(self)  # drawn now, or ahead by draw_patterns (compiled training)
         self.last_patterns = draws
+        if drops == ROW and self.static_shapes:
+            return self._static(x)
         if drops == ROW:
             return self._row(x, draws) if self.groups == 1 else self._grouped(x, draws)
         if drops == TILE:
@@ -195,8 +198,6 @@ class ApproxDropoutMLP(nn.Module):
         return self._stack(x, layer)
 
     def _row(self, x, patterns: list[RowPattern | None]):
-        if self.static_shapes:
-            return self._row_static(x)
         if not torch.compiler.is_compiling() and self.executor_for(x) == "masked":  # GEMMs too small to shrink
             return self._grouped_masked(x, [None if q is None else (q,) for q in patterns])
         # x stays compact: [*, kept units of the current site]
@@ -210,17 +211,25 @@ class ApproxDropoutMLP(nn.Module):
 
         return self._stack(x, layer)
 
-    def _row_static(self, x):
-        # x stays in slots: [*, keep * ceil(n / dp) of the current site], shapes free of the offsets
-        sides = static_sides(self, self.site_widths)
-        outs = sides[1:] + [None]
+    def _static(self, x):
+        # each group's rows in slots: xs[g] is [*, B_g, keep * ceil(n / dp) of the current site], shapes free
+        # of the offsets (groups split the batch axis, the second-to-last)
+        sides = static_sides(self, self.site_widths)  # per site: one StaticSide per group, or None
+        single = x.dim() == 1
+        x = x.unsqueeze(0) if single else x  # [*, B, n]
+        xs = list(x.tensor_split(self.groups, dim=-2))  # [*, B_g, n]
+        whole = (None,) * self.groups
+        ins = [s or whole for s in sides]
+        outs = ins[1:] + [whole]
         if sides[0] is not None:
-            x = static_site(x, sides[0])  # [*, K_0]
-
-        def layer(i, linear, x):
-            return static_row_linear(x, linear.weight, linear.bias, sides[i], outs[i])
-
-        return self._stack(x, layer)
+            xs = [static_site(t, side) for t, side in zip(xs, sides[0])]  # [*, B_g, K_0]
+        last = len(self.linears) - 1
+        for i, linear in enumerate(self.linears):
+            xs = [static_row_linear(t, linear.weight, linear.bias, a, b) for t, a, b in zip(xs, ins[i], outs[i])]
+            if i < last:
+                xs = [activate(self.activation, t) for t in xs]
+        y = xs[0] if self.groups == 1 else torch.cat(xs, -2)  # [*, B, sizes[-1]]
+        return y.squeeze(0) if single else y
 
     def executor_for(self, x: torch.Tensor) -> str:
         """ "compact" or "masked": how an eager training forward on x runs row patterns (``executor``)."""

@@ -254,7 +254,8 @@ _COMPILE_ADVICE = (
 # Why the grouped paths of the models are left out of torch.compile graphs (torch.compiler.disable).
 GROUPED_COMPILE_REASON = (
     "grouped row and tile patterns run eagerly under torch.compile (the GEMMs they run depend on the drawn "
-    'offsets); for a fullgraph=True model use one pattern per batch (method="row" or "tile")'
+    "offsets); for a fullgraph=True model build grouped row patterns with static_shapes=True, or use one "
+    'pattern per batch (method="row" or "tile")'
 )
 
 
@@ -389,45 +390,64 @@ def pattern_key(model: nn.Module) -> tuple:
                 "index tensor of random length, which no finite set of graphs covers"
             )
         if getattr(module, "static_shapes", False):  # shapes set by (dp, keep): the offsets live in a buffer
-            key.append(tuple(None if q is None else (q.dp, q.keep) for q in pending))
+            key.append(tuple(static_class(q) for q in pending))
         else:
             key.append(tuple(pending))
     return tuple(key)
 
 
 # ----------------------------------------------------------------------------- static shapes
-# A row-pattern module with one group may run at shapes set by each site's (dp, keep) alone (ops.static):
-# its draws store the classes as plain ints (a compiled graph guards on them) and the offsets in a buffer
-# (a graph reads it), so one graph serves every offset of a class.
+# A row-pattern module may run at shapes set by each site's (dp, keep) alone (ops.static): its draws store
+# the classes as plain ints (a compiled graph guards on them) and the offsets, one per batch group, in a
+# buffer (a graph reads it), so one graph serves every offset of a class.
 
 
 def setup_static(module: nn.Module, static_shapes: bool, sites: int) -> None:
     """Set ``module.static_shapes``; when True, also the ``static_classes`` each draw sets and the
-    non-persistent ``static_offsets`` buffer (Long[sites]) it fills. A ValueError for a module that does not
-    draw one row pattern per site and step. Under DistributedDataParallel use ``broadcast_buffers=False``:
-    each rank reads its own offsets."""
+    non-persistent ``static_offsets`` buffer (Long[sites, groups]) it fills. A ValueError for a module that
+    does not draw row patterns. Under DistributedDataParallel use ``broadcast_buffers=False``: each rank
+    reads its own offsets."""
     module.static_shapes = bool(static_shapes)
     if not module.static_shapes:
         return
-    if module.spec.drops != ROW or module.groups != 1:
-        raise ValueError(
-            f"static_shapes is for row patterns with one group, not method={module.method!r} with "
-            f"groups={module.groups}"
-        )
+    if module.spec.drops != ROW:
+        raise ValueError(f"static_shapes is for row patterns, not method={module.method!r}")
     module.static_classes = ()
-    module.register_buffer("static_offsets", torch.zeros(sites, dtype=torch.long), persistent=False)
+    module.register_buffer("static_offsets", torch.zeros(sites, module.groups, dtype=torch.long), persistent=False)
+
+
+def _groups_of(draw: RowPattern | tuple[RowPattern, ...]) -> tuple[RowPattern, ...]:
+    """A site's draw as one pattern per group (a one-group module draws a bare pattern)."""
+    return draw if isinstance(draw, tuple) else (draw,)
 
 
 def store_static(module: nn.Module, drawn: Sequence) -> None:
-    """Put a draw of row patterns (one per site) where a static-shape forward reads it (one small
-    host-to-device copy); nothing for another module or a step that drew nothing."""
+    """Put a draw of row patterns (one per site, or one tuple of one per group) where a static-shape
+    forward reads it (one small host-to-device copy); nothing for another module or a step that drew
+    nothing. The groups of a site share ``(dp, keep)``: only their offsets differ."""
     if module.static_shapes and drawn and None not in drawn:
-        module.static_classes = tuple((q.dp, q.keep) for q in drawn)
-        module.static_offsets.copy_(torch.tensor([q.offset for q in drawn]))
+        sites = [_groups_of(q) for q in drawn]
+        module.static_classes = tuple((group[0].dp, group[0].keep) for group in sites)
+        module.static_offsets.copy_(torch.tensor([[q.offset for q in group] for group in sites]))
 
 
-def static_sides(module: nn.Module, widths: Sequence[int | None]) -> list[StaticSide | None]:
-    """The slots of each site of a static-shape module (None where ``widths`` has no site), from the
-    stored classes and the offsets' buffer, never from pattern objects."""
+def static_class(draw: RowPattern | tuple[RowPattern, ...] | None) -> tuple[int, int] | None:
+    """A site's ``(dp, keep)``, which sets a static-shape module's shapes (None where it drew nothing)."""
+    if draw is None:
+        return None
+    first = _groups_of(draw)[0]
+    return first.dp, first.keep
+
+
+def static_sides(module: nn.Module, widths: Sequence[int | None]) -> list[tuple[StaticSide, ...] | None]:
+    """The slots of each site of a static-shape module, one StaticSide per batch group (None where
+    ``widths`` has no site), from the stored classes and the offsets' buffer, never from pattern objects."""
     classes, offsets = iter(module.static_classes), iter(module.static_offsets)
-    return [None if n is None else static_side(n, *next(classes), next(offsets)) for n in widths]
+    sides: list[tuple[StaticSide, ...] | None] = []
+    for n in widths:
+        if n is None:
+            sides.append(None)
+            continue
+        (dp, keep), group_offsets = next(classes), next(offsets)  # group_offsets: Long[groups]
+        sides.append(tuple(static_side(n, dp, keep, offset) for offset in group_offsets))
+    return sides
