@@ -31,11 +31,29 @@ from torch import nn
 
 from .._env import check_int, check_rate
 from ..distribution import MAX_GROUPS, PatternDistribution
-from ..ops import FULL, group_bounds, grouped_row_pattern_linear, row_pattern_linear
+from ..ops import (
+    FULL,
+    StaticSide,
+    group_bounds,
+    grouped_row_pattern_linear,
+    row_pattern_linear,
+    static_row_linear,
+    static_site,
+)
 from ..patterns import RowPattern
 from ..search import FAMILIES
 from .methods import ELEMENT, NOTHING, ROW, SHARED_UNITS, get_method, methods_for
-from .sites import check_executor, draw_sites, group_mask, grouped_executor, site_distributions, step_draws
+from .sites import (
+    check_executor,
+    draw_sites,
+    group_mask,
+    grouped_executor,
+    setup_static,
+    site_distributions,
+    static_sides,
+    step_draws,
+    store_static,
+)
 
 LM_METHODS = methods_for("lstm")  # what language_model builds
 LSTM_METHODS = tuple(m for m in LM_METHODS if not get_method(m).torch_modules)  # ApproxDropoutLSTM's
@@ -106,8 +124,12 @@ def _init_uniform(module: nn.Module) -> None:
 
 
 def _check_tokens(x: torch.Tensor, vocab: int) -> None:
+    """ValueError unless x is Long[T, B] with ids in [0, vocab). Under torch.compile only the shape and dtype
+    are checked (reading the ids would end the graph); the embedding rejects an id out of range."""
     if x.dim() != 2 or x.dtype != torch.long:
         raise ValueError(f"tokens must be a Long tensor [T, B], got {x.dtype} of shape {tuple(x.shape)}")
+    if torch.compiler.is_compiling():
+        return
     if x.numel() and (int(x.min()) < 0 or int(x.max()) >= vocab):
         raise ValueError(f"token ids must lie in [0, {vocab}), got [{int(x.min())}, {int(x.max())}]")
 
@@ -134,6 +156,9 @@ class ApproxDropoutLSTM(nn.Module):
         executor: how grouped row patterns run, "auto" (default), "compact" (each group's batch slice on
             its kept input columns) or "masked" (the whole batch at once, each group's dropped inputs zeroed by
             a scaled mask), as in ApproxDropoutMLP (``sites.GROUPED_EXECUTORS``); ``executor_for(x)`` says which.
+        static_shapes: (row patterns, any groups) each site's units in ``keep * ceil(n / dp)`` slots whatever
+            the offsets, read from the ``static_offsets`` buffer each draw fills, as ApproxDropoutMLP's
+            ``static_shapes``: one compiled or CUDA graph per ``(dp, keep)`` combination of the sites.
         generator: CPU generator for pattern and mask draws (default: torch's global RNG).
 
     ``forward(x Long[T, B], state)`` -> (logits Float[T, B, V], state). After a training forward,
@@ -154,6 +179,7 @@ class ApproxDropoutLSTM(nn.Module):
         family: str | None = None,
         groups: int | None = None,
         executor: str = "auto",
+        static_shapes: bool = False,
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__()
@@ -178,6 +204,7 @@ class ApproxDropoutLSTM(nn.Module):
         self.site_widths = [self.emb_size] + [hidden] * layers
         self.distributions = site_distributions(self.spec, self.p, self.site_widths, distributions, family=family)
         self.last_patterns: list = [None] * len(self.site_widths)
+        setup_static(self, static_shapes, len(self.site_widths))
 
     def init_state(
         self, batch: int, device: torch.device | str | None = None, dtype: torch.dtype | None = None
@@ -190,7 +217,9 @@ class ApproxDropoutLSTM(nn.Module):
 
     def draw(self) -> list:
         """This step's pattern (row) or kept units (shared) for every site; None for the others."""
-        return draw_sites(self.spec, self.p, self.site_widths, self.distributions, self.generator, self.groups)
+        drawn = draw_sites(self.spec, self.p, self.site_widths, self.distributions, self.generator, self.groups)
+        store_static(self, drawn)
+        return drawn
 
     def forward(self, x: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
         """x (Long[T, B]), state (h, c) or None for zeros -> (logits Float[T, B, V], new state)."""
@@ -201,15 +230,20 @@ class ApproxDropoutLSTM(nn.Module):
         draws = step_draws(self) if dropping else [None] * len(self.site_widths)
         self.last_patterns = draws
         drops = self.spec.drops if dropping else NOTHING
+        sides = static_sides(self, self.site_widths) if drops == ROW and self.static_shapes else None
         masked = drops == ROW and self.groups > 1 and self.executor_for(x) == "masked"
         u = self.embedding(x)  # [T, B, E]
         hs, cs = [], []
         for i, layer in enumerate(self.lstm):
-            u, h, c = self._layer(drops, draws[i], u, state[0][i], state[1][i], layer, masked)  # u [T, B, H]
+            h, c = state[0][i], state[1][i]
+            if sides is None:
+                u, h, c = self._layer(drops, draws[i], u, h, c, layer, masked)  # u [T, B, H]
+            else:
+                u, h, c = self._static_layer(sides[i], u, h, c, layer)
             hs.append(h)
             cs.append(c)
-        logits = self._decode(drops, draws[-1], u, masked)  # [T, B, V]
-        return logits, (torch.stack(hs), torch.stack(cs))
+        logits = self._decode(drops, draws[-1], u, masked) if sides is None else self._static_decode(sides[-1], u)
+        return logits, (torch.stack(hs), torch.stack(cs))  # logits [T, B, V]
 
     def _site_input(self, drops: str, draw, u: torch.Tensor, weight: torch.Tensor):
         """What the GEMM reading a dropout site needs: the site's units after this step's dropout
@@ -261,8 +295,31 @@ class ApproxDropoutLSTM(nn.Module):
         inp, w = self._site_input(drops, draw, u, weight)
         return nn.functional.linear(inp, w, bias)
 
+    def _static_layer(self, sides: tuple[StaticSide, ...], u, h, c, layer: LSTMLayer):
+        """One LSTM layer at shapes free of the offsets: each group's batch slice (u's axis 1, as
+        ``torch.tensor_split`` splits it) reads its site's slots, [T, B_g, keep * ceil(n / dp)], and the
+        matching columns of W_ih."""
+        groups = len(sides)
+        parts = []
+        for ug, hg, cg, side in zip(u.tensor_split(groups, 1), h.tensor_split(groups), c.tensor_split(groups), sides):
+            w_ih = layer.weight_ih.index_select(1, side.index)  # [4H, K]
+            parts.append(fused_lstm(static_site(ug, side) * side.scale, hg, cg, w_ih, layer.weight_hh, layer.bias))
+        out, h_n, c_n = zip(*parts)
+        return torch.cat(out, 1), torch.cat(h_n), torch.cat(c_n)
+
+    def _static_decode(self, sides: tuple[StaticSide, ...], u: torch.Tensor) -> torch.Tensor:
+        """The decoder on each group's slots of the last site: u (Float[T, B, H]) -> logits (Float[T, B, V])."""
+        weight, bias = self.decoder.weight, self.decoder.bias
+        parts = [
+            static_row_linear(static_site(ug, side), weight, bias, side, None)  # [T, B_g, V]
+            for ug, side in zip(u.tensor_split(len(sides), 1), sides)
+        ]
+        return torch.cat(parts, 1)
+
     def extra_repr(self) -> str:
-        return f"vocab={self.vocab}, hidden={self.hidden}, layers={self.layers}, p={self.p}, method={self.method!r}"
+        sizes = f"vocab={self.vocab}, hidden={self.hidden}, layers={self.layers}"
+        static = ", static_shapes=True" if self.static_shapes else ""
+        return f"{sizes}, p={self.p}, method={self.method!r}{static}"
 
 
 class TorchLSTM(nn.Module):
