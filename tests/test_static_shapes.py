@@ -390,3 +390,30 @@ def test_compiled_static_lstm_makes_one_graph_per_dp_keep_class():
             for a, b in zip(compact.parameters(), static.parameters()):
                 torch.testing.assert_close(b.grad, a.grad)
     assert counters["stats"]["unique_graphs"] <= len(keys) < 20, counters["stats"]
+
+
+def test_compiled_step_allows_a_graph_per_class_past_dynamos_recompile_limit():
+    """Two sites with three (dp, keep) classes each: 9 combinations, one more than Dynamo's default limit
+    of 8. compiled_step raises the limit for its calls to the bound, so every combination gets its graph
+    (a step past the limit would run eagerly, uncounted) and the global setting is left as it was."""
+    from approxdrop.models.sites import static_graph_bound
+
+    law = ad.PatternDistribution(((2, 1), (4, 2), (6, 3)), (0.4, 0.3, 0.3))  # every class keeps half
+    model = ad.ApproxDropoutMLP(
+        [5, 12, 12, 2], 0.5, method="row", distributions=[law, law], static_shapes=True,
+        generator=torch.Generator().manual_seed(1),
+    )  # fmt: skip
+    assert static_graph_bound(model) == 9 > torch._dynamo.config.recompile_limit
+    torch._dynamo.reset()
+    counters.clear()
+    step = ad.compiled_step(
+        model, torch.optim.SGD(model.parameters(), lr=0.01), nn.functional.cross_entropy, backend="eager"
+    )
+    x, y = torch.randn(3, 5), torch.randint(2, (3,))
+    keys = set()
+    with torch._dynamo.config.patch(automatic_dynamic_local_pgo=False):
+        for _ in range(80):
+            step(x, y)
+            keys.add(tuple(model.static_classes))
+    assert len(keys) == 9 and counters["stats"]["unique_graphs"] == 9, counters["stats"]
+    assert torch._dynamo.config.recompile_limit == 8

@@ -22,7 +22,6 @@ sites of its laws' classes. Run ``approxdrop bench-graphs --help``.
 from __future__ import annotations
 
 import argparse
-import math
 import statistics
 import sys
 from collections.abc import Callable
@@ -36,6 +35,7 @@ from tqdm.auto import tqdm
 from .._env import check_rate
 from ..distribution import PatternDistribution
 from ..models.mlp import ApproxDropoutMLP
+from ..models.sites import static_graph_bound
 from ..training.graphed import compiled_step
 from ..training.mlp import training_step
 from .bench import check_protocol, time_side_by_side
@@ -65,11 +65,6 @@ class GraphRow:
     ratio: float
     graphs: int | None
     bound: int | None
-
-
-def graph_bound(model: ApproxDropoutMLP) -> int:
-    """Most graphs a static-shape model needs: the product over its sites of their laws' ``(dp, keep)`` classes."""
-    return math.prod(sum(q > 0 for q in law.probs) for law in model.distributions)
 
 
 def single_class_law(p: float, max_period: int = 16) -> PatternDistribution:
@@ -113,7 +108,7 @@ def steps_for(
         step = compiled_step(model, opt, torch.nn.functional.cross_entropy, backend=backend)
         steps[label] = _Counted(lambda step=step: step(x, y))
         if "static" in label:
-            bound = graph_bound(model)
+            bound = static_graph_bound(model)
     return steps, bound
 
 
@@ -128,8 +123,7 @@ def measure(args: argparse.Namespace) -> list[GraphRow]:
         for name, dims, batch in sizes:
             torch._dynamo.reset()
             steps, bound = steps_for(dims, batch, args.p, device, args.backend)
-            with torch._dynamo.config.patch(recompile_limit=max(8, bound + 1)):
-                times = time_side_by_side(steps, device, args.warmup, args.rounds, args.steps, bar)
+            times = time_side_by_side(steps, device, args.warmup, args.rounds, args.steps, bar)
             base = statistics.median(times["bernoulli eager"])
             for label, t in times.items():
                 graphs = getattr(steps[label], "graphs", None)

@@ -6,6 +6,7 @@ unit alone."""
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Sequence
 
 import torch
@@ -429,6 +430,16 @@ def store_static(module: nn.Module, drawn: Sequence) -> None:
         sites = [_groups_of(q) for q in drawn]
         module.static_classes = tuple((group[0].dp, group[0].keep) for group in sites)
         module.static_offsets.copy_(torch.tensor([[q.offset for q in group] for group in sites]))
+
+
+def static_graph_bound(model: nn.Module) -> int:
+    """Most graphs a compiled forward of ``model`` needs for its static-shape modules: the product over
+    their sites of each law's ``(dp, keep)`` classes (1 for a model without one)."""
+    bound = 1
+    for module in model.modules():
+        if getattr(module, "static_shapes", False):
+            bound *= math.prod(sum(q > 0 for q in law.probs) for law in module.distributions)
+    return bound
 
 
 def static_class(draw: RowPattern | tuple[RowPattern, ...] | None) -> tuple[int, int] | None:

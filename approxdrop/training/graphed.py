@@ -11,7 +11,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from ..models.sites import draw_patterns
+from ..models.sites import draw_patterns, static_graph_bound
 
 
 def compiled_step(
@@ -25,16 +25,20 @@ def compiled_step(
     """``step(x, target) -> loss`` (detached): draw this step's patterns, zero_grad, compiled forward,
     ``loss_fn(output, target)``, backward, ``optimizer.step()``. ``mode`` defaults to "reduce-overhead"
     (CUDA graphs) when the model's parameters are on CUDA, else torch.compile's default; ``backend``
-    as torch.compile's."""
+    as torch.compile's. Its calls allow as many recompiles as the model's static-shape modules may need
+    (``static_graph_bound``), where that passes Dynamo's recompile limit."""
     cuda = any(p.is_cuda for p in model.parameters())
     run = torch.compile(model, mode=mode or ("reduce-overhead" if cuda else None), backend=backend)
+    # a graph per (dp, keep) combination may pass Dynamo's default recompile limit (8): raise it to the bound
+    limit = max(torch._dynamo.config.recompile_limit, static_graph_bound(model))
 
     def step(x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         draw_patterns(model)  # outside the graph: a static model's offsets land in its buffer
         if cuda:
             torch.compiler.cudagraph_mark_step_begin()  # the last step's graph outputs may be overwritten
         optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn(run(x), target)
+        with torch._dynamo.config.patch(recompile_limit=limit):
+            loss = loss_fn(run(x), target)
         loss.backward()
         optimizer.step()
         return loss.detach()
