@@ -41,8 +41,15 @@ from .cuda_build import (  # noqa: F401 - the public names of approxdrop.ops.cud
     status,
 )
 from .dispatch import CUBLAS, ENV_SWITCH, PATTERN, REFERENCE, kernel_mode  # noqa: F401 - ENV_SWITCH: public
-from .grouped import PairPath, check_backward, check_forward
-from .row import row_linear, row_linear_backward, row_linear_backward_torch, row_linear_torch
+from .grouped import PairPath
+from .row import (
+    check_backward,
+    check_forward,
+    row_linear,
+    row_linear_backward,
+    row_linear_backward_torch,
+    row_linear_torch,
+)
 from .tile import (
     check_tile,
     check_tile_backward,

@@ -23,14 +23,10 @@ from typing import Any
 
 import torch
 
-from ..patterns import RowPattern, periodic_count, periodic_selector
+from ..patterns import periodic_selector
 from .common import (
     as_index,
     block_product,
-    check_backward_args,
-    check_linear_args,
-    check_operands,
-    check_weight,
     flat,
     gather_block,
     kept_weight,
@@ -50,56 +46,6 @@ def group_bounds(batch: int, groups: int) -> list[tuple[int, int]]:
     return bounds
 
 
-def check_offsets(name: str, in_dp, in_keep, in_offsets, out_dp, out_keep, out_offsets) -> None:
-    """ValueError unless there is one in and one out offset per group, each a valid pattern."""
-    if len(in_offsets) != len(out_offsets) or not in_offsets:
-        raise ValueError(
-            f"{name}: need one in and one out offset per group, got {len(in_offsets)} and {len(out_offsets)}"
-        )
-    for o in in_offsets:
-        RowPattern(in_dp, o, in_keep)  # ValueError on bad integers
-    for o in out_offsets:
-        RowPattern(out_dp, o, out_keep)
-
-
-def check_forward(name, xs, weight, bias, in_dp, in_keep, in_offsets, out_dp, out_keep, out_offsets) -> None:
-    """The row op's operands: one compact x per group, xs[g] (Tensor[*, k_in(g)])."""
-    check_weight(name, weight)
-    check_offsets(name, in_dp, in_keep, in_offsets, out_dp, out_keep, out_offsets)
-    if len(xs) != len(in_offsets):
-        raise ValueError(f"{name}: need one x per group ({len(in_offsets)}), got {len(xs)}")
-    if len(xs) > 1:
-        check_operands(name, weight=weight, bias=bias, **{f"xs[{g}]": x for g, x in enumerate(xs)})
-    for g, (x, o) in enumerate(zip(xs, in_offsets)):
-        where = name if len(xs) == 1 else f"{name} (xs[{g}])"
-        check_linear_args(where, x, weight, bias, periodic_count(weight.shape[1], in_dp, o, in_keep))
-
-
-def check_backward(name, grads, xs, weight, blocks, in_dp, in_keep, in_offsets, out_dp, out_keep, out_offsets):
-    """The row backward op's operands: forward's shapes, and no blocks or one per (out, in) offset pair."""
-    check_weight(name, weight)
-    check_offsets(name, in_dp, in_keep, in_offsets, out_dp, out_keep, out_offsets)
-    if not len(grads) == len(xs) == len(in_offsets):
-        raise ValueError(f"{name}: need one grad and one x per group ({len(in_offsets)}), got {len(grads)}, {len(xs)}")
-    n_out, n_in = weight.shape
-    for g, (grad, x) in enumerate(zip(grads, xs)):
-        k_in = periodic_count(n_in, in_dp, in_offsets[g], in_keep)
-        k_out = periodic_count(n_out, out_dp, out_offsets[g], out_keep)
-        check_backward_args(name if len(xs) == 1 else f"{name} (group {g})", grad, x, weight, k_in, k_out)
-    if not blocks:
-        return
-    pairs = pair_groups(in_dp, in_keep, in_offsets, out_dp, out_keep, out_offsets)
-    if len(blocks) != len(pairs) or in_keep == in_dp:
-        want = len(pairs) if in_keep != in_dp else 0
-        raise ValueError(f"{name}: need no blocks or one per (out, in) offset pair ({want}), got {len(blocks)}")
-    for block, (o_out, o_in) in zip(blocks, pairs):
-        shape = (periodic_count(n_out, out_dp, o_out, out_keep), periodic_count(n_in, in_dp, o_in, in_keep))
-        if tuple(block.shape) != shape:
-            raise ValueError(
-                f"{name}: block must have shape {shape} (what row_linear returned), got {tuple(block.shape)}"
-            )
-
-
 def _key(dp: int, offset: int, keep: int) -> int:
     """The offset that names a pattern's kept units: every offset keeps them all when keep == dp."""
     return 0 if keep == dp else offset
@@ -113,14 +59,12 @@ def pair_groups(in_dp, in_keep, in_offsets, out_dp, out_keep, out_offsets) -> di
     return pairs
 
 
-def traced_selector(n: int, dp: int, offset: int, keep: int, device) -> slice | torch.Tensor:
-    """``periodic_selector``, but under torch.compile an index of keep > 1 has a static length (the sorted
-    residues of each period, cut at the kept count), not nonzero's data-dependent one."""
-    if keep in (1, dp) or not torch.compiler.is_compiling():
-        return periodic_selector(n, dp, offset, keep, device)
-    residues = torch.tensor(sorted((offset + t) % dp for t in range(keep)), device=device)  # [keep]
-    starts = torch.arange(0, n, dp, device=device)  # [ceil(n / dp)]: only the last period may run past n
-    return (starts[:, None] + residues).flatten()[: periodic_count(n, dp, offset, keep)]
+def pair_keys(in_dp, in_keep, in_offsets, out_dp, out_keep, out_offsets) -> list[tuple[int, int]]:
+    """The distinct (out offset, in offset) pairs, in ``pair_groups``'s order; one group's pair without hashing
+    its offsets (SymInts, under torch.compile, are not hashable)."""
+    if len(in_offsets) == 1:
+        return [(_key(out_dp, out_offsets[0], out_keep), _key(in_dp, in_offsets[0], in_keep))]
+    return list(pair_groups(in_dp, in_keep, in_offsets, out_dp, out_keep, out_offsets))
 
 
 def _selectors(weight: torch.Tensor, inp: tuple[int, int, int], out: tuple[int, int, int]):

@@ -13,8 +13,8 @@ from collections.abc import Sequence
 import torch
 
 from ..patterns import RowPattern, periodic_count
-from .common import register_autocast
-from .grouped import check_backward, check_forward, pair_groups, run_backward, run_forward
+from .common import check_backward_args, check_linear_args, check_operands, check_weight, concrete, register_autocast
+from .grouped import pair_keys, run_backward, run_forward
 
 
 def row_linear_reference(
@@ -37,6 +37,58 @@ def row_linear_reference(
         y = torch.nn.functional.linear(full_x * pin.scale, weight, bias)
         ys.append(y[..., pout.keep_mask(n_out, y.device)])
     return ys
+
+
+def check_offsets(name: str, in_dp, in_keep, in_offsets, out_dp, out_keep, out_offsets) -> None:
+    """ValueError unless there is one in and one out offset per group, each a valid pattern."""
+    if len(in_offsets) != len(out_offsets) or not in_offsets:
+        raise ValueError(
+            f"{name}: need one in and one out offset per group, got {len(in_offsets)} and {len(out_offsets)}"
+        )
+    if not concrete(in_dp, in_keep, out_dp, out_keep, *in_offsets, *out_offsets):
+        return
+    for o in in_offsets:
+        RowPattern(in_dp, o, in_keep)  # ValueError on bad integers
+    for o in out_offsets:
+        RowPattern(out_dp, o, out_keep)
+
+
+def check_forward(name, xs, weight, bias, in_dp, in_keep, in_offsets, out_dp, out_keep, out_offsets) -> None:
+    """The row op's operands: one compact x per group, xs[g] (Tensor[*, k_in(g)])."""
+    check_weight(name, weight)
+    check_offsets(name, in_dp, in_keep, in_offsets, out_dp, out_keep, out_offsets)
+    if len(xs) != len(in_offsets):
+        raise ValueError(f"{name}: need one x per group ({len(in_offsets)}), got {len(xs)}")
+    if len(xs) > 1:
+        check_operands(name, weight=weight, bias=bias, **{f"xs[{g}]": x for g, x in enumerate(xs)})
+    for g, (x, o) in enumerate(zip(xs, in_offsets)):
+        where = name if len(xs) == 1 else f"{name} (xs[{g}])"
+        check_linear_args(where, x, weight, bias, periodic_count(weight.shape[1], in_dp, o, in_keep))
+
+
+def check_backward(name, grads, xs, weight, blocks, in_dp, in_keep, in_offsets, out_dp, out_keep, out_offsets):
+    """The row backward op's operands: forward's shapes, and no blocks or one per (out, in) offset pair."""
+    check_weight(name, weight)
+    check_offsets(name, in_dp, in_keep, in_offsets, out_dp, out_keep, out_offsets)
+    if not len(grads) == len(xs) == len(in_offsets):
+        raise ValueError(f"{name}: need one grad and one x per group ({len(in_offsets)}), got {len(grads)}, {len(xs)}")
+    n_out, n_in = weight.shape
+    for g, (grad, x) in enumerate(zip(grads, xs)):
+        k_in = periodic_count(n_in, in_dp, in_offsets[g], in_keep)
+        k_out = periodic_count(n_out, out_dp, out_offsets[g], out_keep)
+        check_backward_args(name if len(xs) == 1 else f"{name} (group {g})", grad, x, weight, k_in, k_out)
+    if not blocks:
+        return
+    pairs = pair_keys(in_dp, in_keep, in_offsets, out_dp, out_keep, out_offsets)
+    if len(blocks) != len(pairs) or in_keep == in_dp:
+        want = len(pairs) if in_keep != in_dp else 0
+        raise ValueError(f"{name}: need no blocks or one per (out, in) offset pair ({want}), got {len(blocks)}")
+    for block, (o_out, o_in) in zip(blocks, pairs):
+        shape = (periodic_count(n_out, out_dp, o_out, out_keep), periodic_count(n_in, in_dp, o_in, in_keep))
+        if tuple(block.shape) != shape:
+            raise ValueError(
+                f"{name}: block must have shape {shape} (what row_linear returned), got {tuple(block.shape)}"
+            )
 
 
 def row_linear_torch(
@@ -81,7 +133,7 @@ def _(xs, weight, bias, in_dp, in_keep, in_offsets, out_dp, out_keep, out_offset
     check_forward("row_linear", xs, weight, bias, in_dp, in_keep, in_offsets, out_dp, out_keep, out_offsets)
     n_out, n_in = weight.shape
     ys = [x.new_empty(*x.shape[:-1], periodic_count(n_out, out_dp, o, out_keep)) for x, o in zip(xs, out_offsets)]
-    pairs = pair_groups(in_dp, in_keep, in_offsets, out_dp, out_keep, out_offsets) if in_keep != in_dp else {}
+    pairs = pair_keys(in_dp, in_keep, in_offsets, out_dp, out_keep, out_offsets) if in_keep != in_dp else []
     blocks = [  # SymInt-safe counts
         weight.new_empty(periodic_count(n_out, out_dp, o_out, out_keep), periodic_count(n_in, in_dp, o_in, in_keep))
         for o_out, o_in in pairs
@@ -133,8 +185,8 @@ def row_linear_backward(
 
 @row_linear_backward.register_fake
 def _(grads, xs, weight, blocks, in_dp, in_keep, in_offsets, out_dp, out_keep, out_offsets, need_grad_x=True):
-    check_backward("row_linear_backward", grads, xs, weight, blocks, in_dp, in_keep, in_offsets, out_dp, out_keep,
-                   out_offsets)  # fmt: skip
+    args = (in_dp, in_keep, in_offsets, out_dp, out_keep, out_offsets)
+    check_backward("row_linear_backward", grads, xs, weight, blocks, *args)
     grad_xs = [x.new_empty(x.shape) for x in xs] if need_grad_x else []  # real outputs are contiguous
     return grad_xs, weight.new_empty(weight.shape), weight.new_empty(weight.shape[0])
 

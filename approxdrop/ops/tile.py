@@ -18,6 +18,7 @@ from .common import (
     check_backward_args,
     check_linear_args,
     check_weight,
+    concrete,
     empty_grads,
     register_autocast,
     register_backward,
@@ -49,19 +50,23 @@ def check_tile(name: str, x, weight, dp: int, keep: int, tile: int, offsets: lis
             f"{name}: x must be [*, B, n_in] and offsets one per group, got x of shape {tuple(x.shape)} and "
             f"{len(offsets)} offsets"
         )
-    for o in offsets:
-        TilePattern(dp, o, tile, keep)  # ValueError on bad integers
+    if concrete(dp, keep, tile, *offsets):
+        for o in offsets:
+            TilePattern(dp, o, tile, keep)  # ValueError on bad integers
     check_weight(name, weight)
 
 
 def _segments(batch: int, dp: int, keep: int, offsets: list[int]) -> dict[int, list[tuple[int, int]]]:
-    """offset -> the batch segments ``(start, stop)`` of the groups that drew it (every offset is one pattern
-    when keep == dp), empty groups left out."""
+    """offset -> the batch segments ``(start, stop)`` of the groups that drew it, adjacent groups merged (every
+    offset is one pattern when keep == dp), empty groups left out."""
     by_offset: dict[int, list[tuple[int, int]]] = {}
     for (start, stop), o in zip(group_bounds(batch, len(offsets)), offsets):
-        if stop > start:
-            by_offset.setdefault(0 if keep == dp else o, []).append((start, stop))
-    return by_offset
+        segments = by_offset.setdefault(0 if keep == dp else o, [])
+        if stop > start and segments and segments[-1][1] == start:
+            segments[-1] = (segments[-1][0], stop)
+        elif stop > start:
+            segments.append((start, stop))
+    return {o: segments for o, segments in by_offset.items() if segments}
 
 
 def _rows(t: torch.Tensor, segments: list[tuple[int, int]]) -> torch.Tensor:
@@ -70,12 +75,16 @@ def _rows(t: torch.Tensor, segments: list[tuple[int, int]]) -> torch.Tensor:
     return parts[0] if len(parts) == 1 else torch.cat(parts, -2)
 
 
-def _put_rows(dst: torch.Tensor, segments: list[tuple[int, int]], value: torch.Tensor) -> None:
-    """dst[..., segments, :] = value (Tensor[*, m, n], the segments stacked), in place."""
-    first = 0
-    for start, stop in segments:
-        dst[..., start:stop, :] = value[..., first : first + stop - start, :]
-        first += stop - start
+def _place(rows: dict[int, torch.Tensor], segments: list[tuple[int, int]], value: torch.Tensor) -> None:
+    """rows[start] = value's rows of each segment (value: Tensor[*, m, n], the segments stacked)."""
+    parts = value.split([stop - start for start, stop in segments], -2) if len(segments) > 1 else (value,)
+    for (start, _), part in zip(segments, parts):
+        rows[start] = part
+
+
+def _in_order(rows: dict[int, torch.Tensor]) -> torch.Tensor:
+    """The segments' rows in batch order: Tensor[*, B, n]."""
+    return torch.cat([rows[start] for start in sorted(rows)], -2)
 
 
 def run_forward(
@@ -90,12 +99,13 @@ def run_forward(
 ) -> torch.Tensor:
     """``tile_linear`` on checked operands: ``one(x, weight, bias, dp, offset, keep, tile)`` (one pattern; default
     PyTorch's) once per distinct offset on its groups' rows -> Tensor[*, B, n_out]."""
-    if len(offsets) == 1:
-        return one(x, weight, bias, dp, offsets[0], keep, tile)
-    y = x.new_empty(*x.shape[:-1], weight.shape[0])  # [*, B, n_out]
-    for offset, segments in _segments(x.shape[-2], dp, keep, offsets).items():
-        _put_rows(y, segments, one(_rows(x, segments), weight, bias, dp, offset, keep, tile))
-    return y
+    segments = _segments(x.shape[-2], dp, keep, offsets) if len(offsets) > 1 else {}
+    if len(segments) <= 1:  # one pattern for every row (or no rows)
+        return one(x, weight, bias, dp, next(iter(segments), offsets[0]), keep, tile)
+    ys: dict[int, torch.Tensor] = {}
+    for offset, where in segments.items():
+        _place(ys, where, one(_rows(x, where), weight, bias, dp, offset, keep, tile))  # [*, B_q, n_out]
+    return _in_order(ys)
 
 
 def run_backward(
@@ -111,17 +121,17 @@ def run_backward(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``tile_linear_backward`` on checked operands, ``one(grad_y, x, weight, dp, offset, keep, tile, need_grad_x)``
     per distinct offset (default PyTorch's): each offset's grad_x rows, and the weight and bias gradients summed."""
-    if len(offsets) == 1:
-        return one(grad_y, x, weight, dp, offsets[0], keep, tile, need_grad_x)
-    grad_x = x.new_empty(x.shape) if need_grad_x else x.new_empty(0)  # [*, B, n_in]
-    grad_w, grad_b = weight.new_zeros(weight.shape), weight.new_zeros(weight.shape[0])
-    for offset, segments in _segments(x.shape[-2], dp, keep, offsets).items():
-        gx, gw, gb = one(_rows(grad_y, segments), _rows(x, segments), weight, dp, offset, keep, tile, need_grad_x)
-        grad_w.add_(gw)
-        grad_b.add_(gb)
+    segments = _segments(x.shape[-2], dp, keep, offsets) if len(offsets) > 1 else {}
+    if len(segments) <= 1:
+        return one(grad_y, x, weight, dp, next(iter(segments), offsets[0]), keep, tile, need_grad_x)
+    grad_xs: dict[int, torch.Tensor] = {}
+    grad_w = grad_b = None
+    for offset, where in segments.items():
+        gx, gw, gb = one(_rows(grad_y, where), _rows(x, where), weight, dp, offset, keep, tile, need_grad_x)
+        grad_w, grad_b = (gw, gb) if grad_w is None else (grad_w.add_(gw), grad_b.add_(gb))  # fresh: ours to add to
         if need_grad_x:
-            _put_rows(grad_x, segments, gx)
-    return grad_x, grad_w, grad_b
+            _place(grad_xs, where, gx)  # [*, B_q, n_in]
+    return _in_order(grad_xs) if need_grad_x else x.new_empty(0), grad_w, grad_b
 
 
 def tile_linear_torch(
