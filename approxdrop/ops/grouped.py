@@ -59,6 +59,13 @@ def pair_groups(in_dp, in_keep, in_offsets, out_dp, out_keep, out_offsets) -> di
     return pairs
 
 
+def _pairs(in_dp, in_keep, in_offsets, out_dp, out_keep, out_offsets) -> list[tuple[tuple, tuple, list[int]]]:
+    """(inp, out, groups) of each distinct pair: its sides' ``(dp, offset, keep)`` and the groups carrying it, in
+    ``pair_groups``'s order."""
+    pairs = pair_groups(in_dp, in_keep, in_offsets, out_dp, out_keep, out_offsets)
+    return [((in_dp, o_in, in_keep), (out_dp, o_out, out_keep), groups) for (o_out, o_in), groups in pairs.items()]
+
+
 def pair_keys(in_dp, in_keep, in_offsets, out_dp, out_keep, out_offsets) -> list[tuple[int, int]]:
     """The distinct (out offset, in offset) pairs, in ``pair_groups``'s order; one group's pair without hashing
     its offsets (SymInts, under torch.compile, are not hashable)."""
@@ -99,22 +106,38 @@ class PairPath:
     sums: Callable[[torch.Tensor, int], Any]
 
 
+def _batched(ts: list[torch.Tensor], groups: list[int]) -> bool:
+    """Whether the groups' tensors (Tensor[*, B_g, k]) share every leading dimension but the batch axis (-2), so
+    they stack along it in one copy (views of one full-width tensor, e.g. [T, B_g, k], flatten only by copying)."""
+    first = ts[groups[0]].shape[:-2]
+    return len(first) > 0 and all(ts[g].shape[:-2] == first for g in groups)
+
+
 def _stack(ts: list[torch.Tensor], groups: list[int]) -> torch.Tensor:
-    """The groups' tensors flattened to rows and stacked: Tensor[N, k] (a view for one group)."""
-    parts = [flat(ts[g]) for g in groups]
-    return parts[0] if len(parts) == 1 else torch.cat(parts)
+    """The groups' tensors as the rows of one Tensor[N, k] (a view for one group), one copy for several."""
+    if len(groups) == 1:
+        return flat(ts[groups[0]])
+    if _batched(ts, groups):
+        return flat(torch.cat([ts[g] for g in groups], -2))  # [*, sum B_g, k]
+    return torch.cat([flat(ts[g]) for g in groups])
 
 
 def _unstack(t: torch.Tensor, ts: list[torch.Tensor], groups: list[int], out: list, separate: bool) -> None:
-    """Split t (Tensor[N, k], the groups' rows stacked) back into out[g] (Tensor[*ts[g].shape[:-1], k]).
+    """Split t (Tensor[N, k], rows as ``_stack`` stacked them) back into out[g] (Tensor[*ts[g].shape[:-1], k]).
     With ``separate``, several groups get copies: a registered op's outputs may not share memory (the
     eager path's may)."""
     if len(groups) == 1:
         out[groups[0]] = _shaped(t, ts[groups[0]])
         return
-    sizes = [math.prod(ts[g].shape[:-1]) for g in groups]
-    for g, part in zip(groups, t.split(sizes)):
-        out[g] = _shaped(part, ts[g]).clone() if separate else _shaped(part, ts[g])
+    if _batched(ts, groups):
+        lead, batches = ts[groups[0]].shape[:-2], [ts[g].shape[-2] for g in groups]
+        parts = t.view(*lead, sum(batches), t.shape[-1]).split(batches, -2)  # [*, B_g, k] views
+    else:
+        parts = [
+            _shaped(part, ts[g]) for g, part in zip(groups, t.split([math.prod(ts[g].shape[:-1]) for g in groups]))
+        ]
+    for g, part in zip(groups, parts):
+        out[g] = part.clone(memory_format=torch.contiguous_format) if separate else part
 
 
 def _shaped(rows: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -139,10 +162,16 @@ def run_forward(
     PyTorch's); blocks: the pairs' gathered kept blocks when inputs are dropped (in pair order), else none.
     ``separate``: no two outputs share memory, as a registered op's may not."""
     path = path or TORCH_PAIRS
+    if len(xs) == 1:  # one group (the paper's method): its own pair, nothing to stack
+        x = xs[0]
+        y2, block = path.forward(
+            flat(x), weight, bias, (in_dp, in_offsets[0], in_keep), (out_dp, out_offsets[0], out_keep)
+        )
+        return [_shaped(y2, x)], [block] if in_keep != in_dp else []
     ys: list = [None] * len(xs)
     blocks = []
-    for (o_out, o_in), groups in pair_groups(in_dp, in_keep, in_offsets, out_dp, out_keep, out_offsets).items():
-        y2, block = path.forward(_stack(xs, groups), weight, bias, (in_dp, o_in, in_keep), (out_dp, o_out, out_keep))
+    for inp, out, groups in _pairs(in_dp, in_keep, in_offsets, out_dp, out_keep, out_offsets):
+        y2, block = path.forward(_stack(xs, groups), weight, bias, inp, out)
         if in_keep != in_dp:
             blocks.append(block)
         _unstack(y2, xs, groups, ys, separate)  # [N, k_out] -> ys[g]
@@ -167,11 +196,17 @@ def run_backward(
     """``row_linear_backward`` on checked operands, on ``path`` (default: PyTorch's; ``separate``: as
     ``run_forward``): (grad_xs, empty without ``need_grad_x``; grad_w; grad_b)."""
     path = path or TORCH_PAIRS
-    pairs = pair_groups(in_dp, in_keep, in_offsets, out_dp, out_keep, out_offsets)
+    if len(xs) == 1:  # one group: its own pair
+        x, sums = xs[0], path.sums(weight, 1)
+        inp, out = (in_dp, in_offsets[0], in_keep), (out_dp, out_offsets[0], out_keep)
+        grad_x2 = path.backward(
+            flat(grads[0]), flat(x), weight, blocks[0] if blocks else None, inp, out, need_grad_x, sums
+        )
+        return ([_shaped(grad_x2, x)] if need_grad_x else []), *sums.result()
+    pairs = _pairs(in_dp, in_keep, in_offsets, out_dp, out_keep, out_offsets)
     sums = path.sums(weight, len(pairs))
     grad_xs: list = [None] * len(xs) if need_grad_x else []
-    for j, ((o_out, o_in), groups) in enumerate(pairs.items()):
-        inp, out = (in_dp, o_in, in_keep), (out_dp, o_out, out_keep)
+    for j, (inp, out, groups) in enumerate(pairs):
         block = blocks[j] if blocks else None
         grad_x2 = path.backward(_stack(grads, groups), _stack(xs, groups), weight, block, inp, out, need_grad_x, sums)
         if need_grad_x:
@@ -212,16 +247,16 @@ class _Sums:
         shape = self.weight.shape
         if self.pairs == 1:
             self.grad_w = block_product(g.t(), x2, shape, rows, cols)
-            if rows == slice(0, shape[0]):
-                self.grad_b = g2.sum(0)
-                return
-        if self.grad_b is None:
-            self.grad_b = self.weight.new_zeros(shape[0])
-        self.grad_b[rows] += g2.sum(0)
-        if self.pairs == 1:
+            self.grad_b = g2.sum(0) if rows == slice(0, shape[0]) else self.weight.new_zeros(shape[0])
+            if rows != slice(0, shape[0]):
+                self.grad_b[rows] = g2.sum(0)
             return
         if self.grad_w is None:
-            self.grad_w = self.weight.new_zeros(shape)
+            self.grad_w, self.grad_b = self.weight.new_zeros(shape), self.weight.new_zeros(shape[0])
+        if isinstance(rows, slice):  # in place on the view
+            self.grad_b[rows].add_(g2.sum(0))
+        else:
+            self.grad_b.index_add_(0, rows, g2.sum(0))
         block = torch.mm(g.t(), x2)  # [k_out, k_in]
         if disjoint:
             put_block(self.grad_w, block, rows, cols)

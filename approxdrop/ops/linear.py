@@ -75,11 +75,11 @@ def grouped_row_pattern_linear(
 ) -> torch.Tensor:
     """Row patterns on full-width activations, one RowPattern per batch group and side (each side shares dp and
     keep): x (Tensor[*, B, n_in], the batch axis split as ``torch.tensor_split`` does) -> Tensor[*, B, n_out],
-    zero at each group's dropped outputs. Composed around ``approxdrop::row_linear``: each group's kept
-    columns of x in, its kept outputs written into a zero tensor."""
-    if check and x.dim() < 2:
-        raise ValueError(f"row_linear: x must be [*, B, n_in] (batch axis second-to-last), got {tuple(x.shape)}")
+    zero at each group's dropped outputs. Composed around ``approxdrop::row_linear`` (docs/design.md, "Ops and
+    dispatch"): each group's kept columns of x in, its kept outputs widened with zeros."""
     if check:
+        if x.dim() < 2:
+            raise ValueError(f"row_linear: x must be [*, B, n_in] (batch axis second-to-last), got {tuple(x.shape)}")
         check_linear_args("row_linear (x full width)", x, weight, bias, weight.shape[1])
     n_out, n_in = weight.shape
     parts = x.tensor_split(len(in_patterns), -2)  # [*, B_g, n_in] views: their backward is one cat

@@ -9,7 +9,7 @@ kernel paths; ``tile_layout`` is the PyTorch executor of one pattern).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -87,16 +87,7 @@ def _in_order(rows: dict[int, torch.Tensor]) -> torch.Tensor:
     return torch.cat([rows[start] for start in sorted(rows)], -2)
 
 
-def run_forward(
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    dp: int,
-    keep: int,
-    tile: int,
-    offsets: list[int],
-    one: Callable[..., torch.Tensor] = tile_forward,
-) -> torch.Tensor:
+def run_forward(x, weight, bias, dp: int, keep: int, tile: int, offsets: list[int], one=tile_forward) -> torch.Tensor:
     """``tile_linear`` on checked operands: ``one(x, weight, bias, dp, offset, keep, tile)`` (one pattern; default
     PyTorch's) once per distinct offset on its groups' rows -> Tensor[*, B, n_out]."""
     segments = _segments(x.shape[-2], dp, keep, offsets) if len(offsets) > 1 else {}
@@ -109,16 +100,8 @@ def run_forward(
 
 
 def run_backward(
-    grad_y: torch.Tensor,
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    dp: int,
-    keep: int,
-    tile: int,
-    offsets: list[int],
-    need_grad_x: bool,
-    one: Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = tile_backward,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    grad_y, x, weight, dp: int, keep: int, tile: int, offsets: list[int], need_grad_x: bool, one=tile_backward
+):
     """``tile_linear_backward`` on checked operands, ``one(grad_y, x, weight, dp, offset, keep, tile, need_grad_x)``
     per distinct offset (default PyTorch's): each offset's grad_x rows, and the weight and bias gradients summed."""
     segments = _segments(x.shape[-2], dp, keep, offsets) if len(offsets) > 1 else {}
