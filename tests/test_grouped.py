@@ -263,6 +263,14 @@ def test_compact_gradcheck_float64():
     assert torch.autograd.gradcheck(lambda *t: grouped_row_pattern_linear_compact(t[:3], *t[3:], ins, outs), inputs)
 
 
+def test_registered_op_gradcheck_float64():
+    """The registered op's own autograd (its backward op), as torch.compile and export run it."""
+    xs, w, b, ins, outs = compact_case(batch=7, groups=4, n_in=9, n_out=8, in_dp=3, in_keep=2, out_dp=2, out_keep=1)
+    ints = (3, 2, [q.offset for q in ins], 2, 1, [q.offset for q in outs])
+    inputs = tuple(t.requires_grad_() for t in (*xs, w, b))
+    assert torch.autograd.gradcheck(lambda *t: tuple(OPS.row_linear(list(t[:4]), t[4], t[5], *ints)[0]), inputs)
+
+
 @pytest.mark.parametrize("in_keep", [1, 2])
 def test_compact_opcheck(in_keep):
     xs, w, b, ins, outs = compact_case(

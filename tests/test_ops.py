@@ -160,6 +160,9 @@ def test_opcheck_all_ops():
     torch.library.opcheck(OPS_NS.row_linear, ([x_row], weight, bias, 3, 2, [1], 4, 1, [3]))
     torch.library.opcheck(OPS_NS.row_linear, ([x_row], weight, None, 3, 2, [1], 1, 1, [0]))
     torch.library.opcheck(OPS_NS.tile_linear, (x_tile, weight, bias, 3, 2, 4, [2]))
+    torch.library.opcheck(OPS_NS.tile_linear, (x_tile, weight, bias, 3, 2, 4, [2, 0, 2]))  # 3 groups of rows
+    grad_tile = torch.randn(5, 13, dtype=F64)
+    torch.library.opcheck(OPS_NS.tile_linear_backward, (grad_tile, x_tile.detach(), weight.detach(), 3, 1, 4, [1, 0]))
     grad_row = torch.randn(5, RowPattern(4, 3).kept_count(13), dtype=F64)
     blocks = row_linear(x_row.detach(), weight.detach(), None, 3, 1, 2, 4, 3, 1)[1]
     args = ([grad_row], [x_row.detach()], weight.detach(), blocks, 3, 2, [1], 4, 1, [3])
@@ -600,3 +603,43 @@ def test_the_row_mlp_trains_through_the_gathered_op_on_cpu():
     assert (k[1], k[0]) in saved and (2, k[1]) in saved  # layer 2's and layer 3's blocks
     y.sum().backward()
     assert all(p.grad is not None for p in model.parameters())
+
+
+def test_torch_export_keeps_the_registered_ops():
+    """torch.export traces the pattern linears to the registered ops (one row op, one tile op with groups),
+    and the exported program computes what eager does."""
+    from approxdrop.ops import grouped_tile_pattern_linear
+
+    in_p, out_p = RowPattern(2, 1), RowPattern(3, 0)
+    tiles = [TilePattern(2, o, tile=2) for o in (1, 0, 1)]
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w1, self.w2 = torch.nn.Parameter(torch.randn(9, 12)), torch.nn.Parameter(torch.randn(5, 3))
+
+        def forward(self, x):  # x [B, 6]: the kept inputs of in_p on 12 units
+            h = row_pattern_linear(x, self.w1, None, in_p, out_p)  # [B, 3]
+            return grouped_tile_pattern_linear(h, self.w2, None, tiles)  # [B, 5]
+
+    net, x = Net(), torch.randn(7, 6)
+    program = torch.export.export(net, (x,))
+    targets = {str(node.target) for node in program.graph.nodes if node.op == "call_function"}
+    assert {"approxdrop.row_linear.default", "approxdrop.tile_linear.default"} <= targets, targets
+    torch.testing.assert_close(program.module()(x), net(x))
+
+
+@given(
+    tile_patterns(), st.integers(1, 6), st.integers(1, 9), st.integers(1, 30), st.integers(1, 30), st.integers(0, 2**16)
+)
+def test_grouped_tile_matches_dense_masked_reference(pattern, groups, batch, n_in, n_out, seed):
+    """One offset per batch group (fewer rows than groups too): each group's rows get its pattern's DropConnect."""
+    from approxdrop.ops import grouped_tile_pattern_linear
+
+    gen = torch.Generator().manual_seed(seed)
+    offsets = torch.randint(pattern.dp, (groups,), generator=gen).tolist()
+    patterns = [TilePattern(pattern.dp, o, pattern.tile, pattern.keep) for o in offsets]
+    weight = torch.randn(n_out, n_in, generator=gen, dtype=F64, requires_grad=True)
+    bias = torch.randn(n_out, generator=gen, dtype=F64, requires_grad=True)
+    x = torch.randn(2, batch, n_in, generator=gen, dtype=F64, requires_grad=True)
+    _assert_same_forward_backward(grouped_tile_pattern_linear, tile_linear_reference, (x, weight, bias, patterns))
