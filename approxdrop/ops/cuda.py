@@ -5,9 +5,9 @@ Importing this module compiles nothing and touches no GPU: it only registers the
 Each validates its operands like the PyTorch path (same ValueErrors), then hands the op's candidates
 (``approxdrop.ops.candidates``) to the dispatcher of the tensors' GPU: the PyTorch implementation
 (``torch``, the reference), the cuBLAS path (``cublas``, ``approxdrop.ops.cuda_cublas``: cuBLAS GEMMs plus
-the extension's scatter and column-sum kernels; row, gathered and grouped ops) and the pattern-GEMM
-kernel (``pattern``). The grouped ops run one pair of offsets at a time on the chosen path
-(``approxdrop.ops.cuda_grouped``). Which runs is chosen by measurement (``approxdrop.ops.dispatch``), or
+the extension's scatter and column-sum kernels; the row op) and the pattern-GEMM kernel (``pattern``). The
+row op runs one (out, in) offset pair at a time on the chosen path (``approxdrop.ops.cuda_grouped``), the
+tile op one distinct offset at a time. Which runs is chosen by measurement (``approxdrop.ops.dispatch``), or
 by ``APPROXDROP_KERNELS`` = ``auto`` (default) | ``cublas`` | ``pattern`` | ``torch`` | ``0`` (the
 PyTorch path, silently, no build). The first call on a GPU builds the extension for its architecture
 (``approxdrop.ops.cuda_build``, whose public names this module re-exports: status, load, enabled,

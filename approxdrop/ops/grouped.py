@@ -242,13 +242,16 @@ class _Sums:
         self.grad_w: torch.Tensor | None = None
         self.grad_b: torch.Tensor | None = None
 
-    def add(self, g2, g, x2, rows, cols, disjoint: bool) -> None:
-        """A pair's gradients from g2 (Tensor[N, k_out]), g (g2 scaled) and x2 (Tensor[N, k_in])."""
+    def add(self, g2, g, x2, rows, cols, inp, out) -> None:
+        """A pair's gradients from g2 (Tensor[N, k_out]), g (g2 scaled) and x2 (Tensor[N, k_in]); ``inp``, ``out``:
+        its sides' ``(dp, offset, keep)``."""
         shape = self.weight.shape
         if self.pairs == 1:
             self.grad_w = block_product(g.t(), x2, shape, rows, cols)
-            self.grad_b = g2.sum(0) if rows == slice(0, shape[0]) else self.weight.new_zeros(shape[0])
-            if rows != slice(0, shape[0]):
+            if rows == slice(0, shape[0]):
+                self.grad_b = g2.sum(0)
+            else:
+                self.grad_b = self.weight.new_zeros(shape[0])
                 self.grad_b[rows] = g2.sum(0)
             return
         if self.grad_w is None:
@@ -258,7 +261,7 @@ class _Sums:
         else:
             self.grad_b.index_add_(0, rows, g2.sum(0))
         block = torch.mm(g.t(), x2)  # [k_out, k_in]
-        if disjoint:
+        if _disjoint(inp, out):
             put_block(self.grad_w, block, rows, cols)
         else:  # blocks of keep > 1 patterns overlap: add
             r, c = as_index(rows, shape[0], block.device), as_index(cols, shape[1], block.device)
@@ -277,7 +280,7 @@ def _torch_backward(g2, x2, weight, block, inp, out, need_grad_x: bool, sums: _S
     rows, cols = _selectors(weight, inp, out)
     scale = inp[0] / inp[2]
     g = g2 * scale if scale != 1.0 else g2  # [N, k_out]
-    sums.add(g2, g, x2, rows, cols, _disjoint(inp, out))
+    sums.add(g2, g, x2, rows, cols, inp, out)
     if not need_grad_x:
         return None
     return torch.mm(g, kept_weight(weight, rows, cols) if block is None else block)  # [N, k_in]
