@@ -43,8 +43,15 @@ import torch.nn.functional as F
 
 import approxdrop
 from approxdrop.models.mlp import METHODS
+from approxdrop.ops import (
+    FULL,
+    grouped_row_pattern_linear,
+    row_linear,
+    row_linear_backward,
+    tile_linear,
+    tile_linear_backward,
+)
 from approxdrop.ops import cuda as kernels
-from approxdrop.ops import grouped_row_linear, row_linear, row_linear_backward, tile_linear, tile_linear_backward
 from approxdrop.ops.dispatch import ENV_SWITCH
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -158,29 +165,29 @@ def kernel_steps(layer: Layer, p: float, method: str, tile: int, device, dtype):
         return F.linear(x, w, b), gy @ w, gy.t() @ x, gy.sum(0)
 
     if method == "tile":
-        ints = (dp, 0, keep, tile)
+        ints = (dp, keep, tile, [0])
 
         def op():
             return tile_linear(x, w, b, *ints), tile_linear_backward(gy, x, w, *ints)
 
         return dense, op
-    if method == "row G=4":  # full-width x and y, one offset per batch group (the grouped op's autograd)
-        side = {True: (dp, keep, [g % dp for g in range(GROUPS)]), False: (1, 1, [0] * GROUPS)}
+    if method == "row G=4":  # full-width x and y, one offset per batch group (the row op composed with gathers)
+        side = {True: [approxdrop.RowPattern(dp, g % dp, keep) for g in range(GROUPS)], False: [FULL] * GROUPS}
         xg, wg, bg = x.clone().requires_grad_(), w.clone().requires_grad_(), b.clone().requires_grad_()
 
         def op():
-            y = grouped_row_linear(xg, wg, bg, *side[layer.drop_in], *side[layer.drop_out])
+            y = grouped_row_pattern_linear(xg, wg, bg, side[layer.drop_in], side[layer.drop_out])
             return torch.autograd.grad(y, (xg, wg, bg), gy.to(y.dtype))
 
         return dense, op
     side_in = approxdrop.RowPattern(dp, 0, keep) if layer.drop_in else approxdrop.RowPattern(1, 0, 1)
     side_out = approxdrop.RowPattern(dp, 0, keep) if layer.drop_out else approxdrop.RowPattern(1, 0, 1)
-    ints = (side_in.dp, side_in.offset, side_in.keep, side_out.dp, side_out.offset, side_out.keep)
+    ints = (side_in.dp, side_in.keep, [side_in.offset], side_out.dp, side_out.keep, [side_out.offset])
     xk, gyk = rand(layer.batch, side_in.kept_count(layer.n_in)), rand(layer.batch, side_out.kept_count(layer.n_out))
 
     def op():
-        y, block = row_linear(xk, w, b, *ints)
-        return y, row_linear_backward(gyk, xk, w, block, *ints)
+        ys, blocks = row_linear([xk], w, b, *ints)
+        return ys[0], row_linear_backward([gyk], [xk], w, blocks, *ints)
 
     return dense, op
 

@@ -40,20 +40,27 @@ def calls(device: torch.device, dtype: torch.dtype):
         return torch.randn(*shape, generator=gen, dtype=torch.float64).to(device, dtype)
 
     for in_p, out_p, rows, n_out, n_in in ROW_CASES:
-        ints = (in_p.dp, in_p.offset, in_p.keep, out_p.dp, out_p.offset, out_p.keep)
-        x, w, b = rand(rows, in_p.kept_count(n_in)), rand(n_out, n_in), rand(n_out)
-        gy = rand(rows, out_p.kept_count(n_out))
-        what = f"{in_p} {out_p} {rows}x{n_out}x{n_in}"
-        block = row_linear(x, w, b, *ints)[1]  # what backward reads
-        yield f"row_linear {what}", row_linear, (x, w, b, *ints)
-        yield f"row_linear_backward {what}", row_linear_backward, (gy, x, w, block, *ints, True)
-        yield f"row_linear_backward no grad_x {what}", row_linear_backward, (gy, x, w, block, *ints, False)
+        for groups in (1, 3):  # one group (the paper's), and groups with other offsets of the same class
+            ins = [in_p.offset] + [(in_p.offset + g) % in_p.dp for g in range(1, groups)]
+            outs = [out_p.offset] + [(out_p.offset + 2 * g) % out_p.dp for g in range(1, groups)]
+            ints = (in_p.dp, in_p.keep, ins, out_p.dp, out_p.keep, outs)
+            xs = [rand(rows, RowPattern(in_p.dp, o, in_p.keep).kept_count(n_in)) for o in ins]
+            gys = [rand(rows, RowPattern(out_p.dp, o, out_p.keep).kept_count(n_out)) for o in outs]
+            w, b = rand(n_out, n_in), rand(n_out)
+            what = f"{in_p} {out_p} G={groups} {rows}x{n_out}x{n_in}"
+            blocks = row_linear(xs, w, b, *ints)[1]  # what backward reads
+            yield f"row_linear {what}", row_linear, (xs, w, b, *ints)
+            yield f"row_linear_backward {what}", row_linear_backward, (gys, xs, w, blocks, *ints, True)
+            yield f"row_linear_backward no grad_x {what}", row_linear_backward, (gys, xs, w, blocks, *ints, False)
     for p, rows, n_out, n_in in TILE_CASES:
-        ints = (p.dp, p.offset, p.keep, p.tile)
+        ints = (p.dp, p.keep, p.tile, [p.offset])
         x, w, gy = rand(rows, n_in), rand(n_out, n_in), rand(rows, n_out)
         what = f"{p} {rows}x{n_out}x{n_in}"
         yield f"tile_linear {what}", tile_linear, (x, w, None, *ints)
         yield f"tile_linear_backward {what}", tile_linear_backward, (gy, x, w, *ints, True)
+        groups = (p.dp, p.keep, p.tile, [p.offset, (p.offset + 1) % p.dp, p.offset])  # 3 groups along the rows
+        yield f"tile_linear G=3 {what}", tile_linear, (x, w, None, *groups)
+        yield f"tile_linear_backward G=3 {what}", tile_linear_backward, (gy, x, w, *groups, True)
 
 
 def main(argv=None) -> int:

@@ -1,38 +1,27 @@
-"""The cuBLAS path of the row and grouped ops (approxdrop.ops.cuda_cublas, cuda_grouped) on CPU tensors.
+"""The cuBLAS path of the row op (approxdrop.ops.cuda_cublas, cuda_grouped) on CPU tensors.
 
 On a GPU its GEMMs are cuBLAS and its small kernels come from kernels/scatter.cu and column_sum.cu; here
-the same Python logic runs with the kernels' PyTorch definitions (``TORCH_BLOCK_KERNELS``, themselves the
-oracle of tests/test_emulated_small_kernels.py) and is checked against the ops' PyTorch implementations
-and dense masked references: which operand is a view and which a gather, the F.linear shortcut, the
-single gather reused by backward, grad-input skipped, and the grouped ops' gradient assembly.
+the same Python logic runs, through the one per-pair executor (``ops.grouped.run_forward`` /
+``run_backward``), with the kernels' PyTorch definitions (``TORCH_BLOCK_KERNELS``, themselves the oracle of
+tests/test_emulated_small_kernels.py) and is checked against the registered op (``torch.ops.approxdrop``,
+whose CPU path is the PyTorch implementation) and the dense masked reference: which operand is a view and
+which a gather, the single gather reused by backward, grad-input skipped, and the gradient assembly.
 """
 
 from __future__ import annotations
 
 import itertools
 import random
-import types
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from approxdrop.ops import cuda_cublas as cublas
-from approxdrop.ops import cuda_grouped
-from approxdrop.ops import row as row_ops
-from approxdrop.ops.grouped import (
-    grouped_row_linear_backward_torch,
-    grouped_row_linear_compact_backward_torch,
-    grouped_row_linear_compact_torch,
-    grouped_row_linear_reference,
-    grouped_row_linear_torch,
-    run_compact,
-    run_compact_backward,
-    run_full_width,
-    run_full_width_backward,
-)
+from approxdrop.ops import cuda_grouped, row_linear_reference
+from approxdrop.ops.grouped import run_backward, run_forward
 from approxdrop.patterns import RowPattern
 
+OPS = torch.ops.approxdrop
 KERNELS = cublas.TORCH_BLOCK_KERNELS
 PATTERNS = [
     RowPattern(1, 0, 1),  # dp = 1
@@ -45,16 +34,38 @@ PATTERNS = [
 F64 = torch.float64
 
 
-def _y_ref(x, w, b, *ints):
-    """What the pattern kernel returns: row_linear's y."""
-    return row_ops.row_linear_torch(x, w, b, *ints)[0]
+def _ints(inp: RowPattern, out: RowPattern) -> tuple:
+    """The row op's pattern integers for one group."""
+    return inp.dp, inp.keep, [inp.offset], out.dp, out.keep, [out.offset]
 
 
-def _grads_ref(gy, x, w, *ints_need):
-    """row_linear_backward's gradients, from the block forward returns."""
-    return row_ops.row_linear_backward_torch(
-        gy, x, w, row_ops.row_linear_torch(x, w, None, *ints_need[:6])[1], *ints_need
-    )
+def forward(x, w, b, inp, out, kernels=KERNELS):
+    """One group on the cuBLAS path: (y, blocks)."""
+    ys, blocks = run_forward([x], w, b, *_ints(inp, out), path=cuda_grouped.cublas_path(kernels))
+    return ys[0], blocks
+
+
+def backward(gy, x, w, blocks, inp, out, need_grad_x, kernels=KERNELS):
+    """One group's gradients on the cuBLAS path: (grad_x, empty without need_grad_x; grad_w; grad_b)."""
+    path = cuda_grouped.cublas_path(kernels)
+    grad_xs, grad_w, grad_b = run_backward([gy], [x], w, blocks, *_ints(inp, out), need_grad_x, path=path)
+    return (grad_xs[0] if need_grad_x else x.new_empty(0)), grad_w, grad_b
+
+
+def _y_ref(x, w, b, in_dp, in_offset, in_keep, out_dp, out_offset, out_keep):
+    """What the pattern kernel returns for one pair (its arguments): the registered op's y."""
+    return OPS.row_linear([x], w, b, in_dp, in_keep, [in_offset], out_dp, out_keep, [out_offset])[0][0]
+
+
+def _grads_ref(gy, x, w, in_dp, in_offset, in_keep, out_dp, out_offset, out_keep, need_grad_x=True):
+    """The registered backward op's gradients for one pair, grad_x empty without need_grad_x."""
+    ints = (in_dp, in_keep, [in_offset], out_dp, out_keep, [out_offset])
+    grad_xs, grad_w, grad_b = OPS.row_linear_backward([gy], [x], w, [], *ints, need_grad_x)
+    return (grad_xs[0] if need_grad_x else x.new_empty(0)), grad_w, grad_b
+
+
+def _one(inp, out):
+    return inp.dp, inp.offset, inp.keep, out.dp, out.offset, out.keep
 
 
 class Recording:
@@ -81,10 +92,6 @@ class Recording:
         return [c[0] for c in self.calls]
 
 
-def _ints(inp: RowPattern, out: RowPattern) -> tuple[int, ...]:
-    return inp.dp, inp.offset, inp.keep, out.dp, out.offset, out.keep
-
-
 def _args(gen, inp, out, lead=(5,), n_out=11, n_in=13):
     x = torch.randn(*lead, inp.kept_count(n_in), generator=gen, dtype=F64)
     w = torch.randn(n_out, n_in, generator=gen, dtype=F64)
@@ -93,7 +100,7 @@ def _args(gen, inp, out, lead=(5,), n_out=11, n_in=13):
     return x, w, b, gy
 
 
-# --------------------------------------------------------------------------- row ops
+# --------------------------------------------------------------------------- one group
 
 
 @pytest.mark.parametrize("inp, out", list(itertools.product(PATTERNS, PATTERNS)), ids=str)
@@ -101,14 +108,14 @@ def test_row_path_matches_the_pytorch_implementation(inp, out):
     gen = torch.Generator().manual_seed(0)
     x, w, b, gy = _args(gen, inp, out, lead=(2, 3))
     for bias in (b, None):
-        y, block = cublas.forward(x, w, bias, inp, out)
-        torch.testing.assert_close(y, _y_ref(x, w, bias, *_ints(inp, out)))
+        y, blocks = forward(x, w, bias, inp, out)
+        torch.testing.assert_close(y, _y_ref(x, w, bias, *_one(inp, out)))
         assert y.is_contiguous()
-    want = (out.kept_count(11), inp.kept_count(13)) if inp.keep < inp.dp else (0,)
-    assert tuple(block.shape) == want
-    for saved, need_grad_x in itertools.product((None, block if block.numel() else None), (True, False)):
-        got = cublas.backward(gy, x, w, saved, inp, out, need_grad_x, KERNELS)
-        ref = _grads_ref(gy, x, w, *_ints(inp, out), need_grad_x)
+    want = [(out.kept_count(11), inp.kept_count(13))] if inp.keep < inp.dp else []
+    assert [tuple(block.shape) for block in blocks] == want
+    for saved, need_grad_x in itertools.product((blocks, []), (True, False)):
+        got = backward(gy, x, w, saved, inp, out, need_grad_x)
+        ref = _grads_ref(gy, x, w, *_one(inp, out), need_grad_x)
         for g, r in zip(got, ref):
             torch.testing.assert_close(g, r)
             assert g.is_contiguous()
@@ -123,10 +130,10 @@ def test_edge_shapes():
         (RowPattern(1, 0, 1), RowPattern(10, 2, 1), 6, 2, 11),
     ]:
         x, w, b, gy = _args(gen, inp, out, (rows,), n_out, n_in)
-        y, block = cublas.forward(x, w, b, inp, out)
-        torch.testing.assert_close(y, _y_ref(x, w, b, *_ints(inp, out)))
-        got = cublas.backward(gy, x, w, block if block.numel() else None, inp, out, True, KERNELS)
-        for g, r in zip(got, _grads_ref(gy, x, w, *_ints(inp, out))):
+        y, blocks = forward(x, w, b, inp, out)
+        torch.testing.assert_close(y, _y_ref(x, w, b, *_one(inp, out)))
+        got = backward(gy, x, w, blocks, inp, out, True)
+        for g, r in zip(got, _grads_ref(gy, x, w, *_one(inp, out))):
             torch.testing.assert_close(g, r)
 
 
@@ -136,43 +143,44 @@ def test_non_contiguous_inputs():
     w = torch.randn(13, 11, generator=gen, dtype=F64).t()  # [11, 13], transposed
     x = torch.randn(inp.kept_count(13), 5, generator=gen, dtype=F64).t()  # [5, k_in]
     gy = torch.randn(out.kept_count(11), 5, generator=gen, dtype=F64).t()
-    y, block = cublas.forward(x, w, None, inp, out)
-    torch.testing.assert_close(y, _y_ref(x, w, None, *_ints(inp, out)))
-    for g, r in zip(cublas.backward(gy, x, w, block, inp, out, True, KERNELS), _grads_ref(gy, x, w, *_ints(inp, out))):
+    y, blocks = forward(x, w, None, inp, out)
+    torch.testing.assert_close(y, _y_ref(x, w, None, *_one(inp, out)))
+    for g, r in zip(backward(gy, x, w, blocks, inp, out, True), _grads_ref(gy, x, w, *_one(inp, out))):
         torch.testing.assert_close(g, r)
         assert g.is_contiguous()
 
 
 @pytest.fixture
-def linear_spy(monkeypatch):
-    """Records the weight each F.linear call of the cuBLAS path gets (then runs the real one)."""
+def gemm_spy(monkeypatch):
+    """Records the kept weight each pair's forward GEMM reads (then runs the real one)."""
     weights = []
+    real = cublas.pair_forward
 
-    def linear(x, weight, bias=None):
-        weights.append(weight)
-        return F.linear(x, weight, bias)
+    def pair_forward(x2, w_kept, *rest):
+        weights.append(w_kept)
+        return real(x2, w_kept, *rest)
 
-    monkeypatch.setattr(cublas, "F", types.SimpleNamespace(linear=linear))
+    monkeypatch.setattr(cublas, "pair_forward", pair_forward)
     return weights
 
 
-def test_every_input_kept_reads_w_in_place(linear_spy, monkeypatch):
-    """in side whole: F.linear on W itself (out side whole too) or on the strided view of its kept rows
+def test_every_input_kept_reads_w_in_place(gemm_spy, monkeypatch):
+    """in side whole: the GEMM reads W itself (out side whole too) or the strided view of its kept rows
     (keep = 1: leading dimension dp * n_in); nothing is gathered."""
     monkeypatch.setattr(cublas, "gather_block", lambda *a: pytest.fail("gathered W"))
     gen = torch.Generator().manual_seed(3)
     x, w, b, _ = _args(gen, RowPattern(1, 0, 1), RowPattern(1, 0, 1))
-    cublas.forward(x, w, b, RowPattern(1, 0, 1), RowPattern(3, 2, 3))
-    whole = linear_spy[-1]
+    forward(x, w, b, RowPattern(1, 0, 1), RowPattern(3, 2, 3))
+    whole = gemm_spy[-1]
     assert whole.data_ptr() == w.data_ptr() and whole.stride() == w.stride() and whole.shape == w.shape
-    y, block = cublas.forward(x, w, b, RowPattern(2, 0, 2), RowPattern(4, 3, 1))
-    view = linear_spy[-1]
+    y, blocks = forward(x, w, b, RowPattern(2, 0, 2), RowPattern(4, 3, 1))
+    view = gemm_spy[-1]
     assert view.data_ptr() == w[3].data_ptr() and view.stride() == (4 * 13, 1) and view.shape == (2, 13)
-    assert block.numel() == 0
+    assert blocks == []
     torch.testing.assert_close(y, _y_ref(x, w, b, 2, 0, 2, 4, 3, 1))
 
 
-def test_dropped_inputs_gather_once_and_backward_reuses_the_block(monkeypatch, linear_spy):
+def test_dropped_inputs_gather_once_and_backward_reuses_the_block(monkeypatch):
     gathers = []
     real = cublas.gather_block
 
@@ -184,17 +192,18 @@ def test_dropped_inputs_gather_once_and_backward_reuses_the_block(monkeypatch, l
     gen = torch.Generator().manual_seed(4)
     inp, out = RowPattern(2, 1, 1), RowPattern(3, 0, 1)
     x, w, b, gy = _args(gen, inp, out)
-    y, block = cublas.forward(x, w, b, inp, out)
-    assert len(gathers) == 1 and linear_spy == []  # scaled: one addmm on the block, not F.linear
+    y, blocks = forward(x, w, b, inp, out)
+    (block,) = blocks
+    assert len(gathers) == 1
     assert block.is_contiguous() and block.untyped_storage().data_ptr() != w.untyped_storage().data_ptr()
     torch.testing.assert_close(block, w[0::3, 1::2])
-    cublas.backward(gy, x, w, block, inp, out, True, KERNELS)
+    backward(gy, x, w, blocks, inp, out, True)
     assert len(gathers) == 1  # reused, not gathered again
     other = torch.randn_like(block)  # backward's grad_x reads the given block, not W
-    grad_x = cublas.backward(gy, x, w, other, inp, out, True, KERNELS)[0]
+    grad_x = backward(gy, x, w, [other], inp, out, True)[0]
     torch.testing.assert_close(grad_x, 2.0 * gy @ other)
-    cublas.backward(gy, x, w, None, inp, out, True, KERNELS)
-    assert len(gathers) == 2  # the plain backward op gathers again
+    backward(gy, x, w, [], inp, out, True)
+    assert len(gathers) == 2  # without forward's blocks, backward gathers again
 
 
 def test_gather_block_is_one_fresh_copy_for_every_selector_kind():
@@ -210,9 +219,9 @@ def test_backward_without_grad_x_runs_no_grad_input_gemm(monkeypatch):
     gen = torch.Generator().manual_seed(5)
     inp, out = RowPattern(3, 2, 2), RowPattern(2, 1, 1)
     x, w, _, gy = _args(gen, inp, out)
-    grad_x, grad_w, grad_b = cublas.backward(gy, x, w, None, inp, out, False, KERNELS)
+    grad_x, grad_w, grad_b = backward(gy, x, w, [], inp, out, False)
     assert grad_x.numel() == 0
-    ref = _grads_ref(gy, x, w, *_ints(inp, out), False)
+    ref = _grads_ref(gy, x, w, *_one(inp, out), False)
     torch.testing.assert_close(grad_w, ref[1])
     torch.testing.assert_close(grad_b, ref[2])
 
@@ -222,9 +231,9 @@ def test_nothing_dropped_is_f_linear_backward_without_a_scatter():
     whole = RowPattern(2, 1, 2)
     x, w, _, gy = _args(gen, whole, whole)
     rec = Recording()
-    got = cublas.backward(gy, x, w, None, whole, whole, True, rec.kernels)
+    got = backward(gy, x, w, [], whole, whole, True, rec.kernels)
     assert rec.names() == ["column_sum"]
-    ref = _grads_ref(gy, x, w, *_ints(whole, whole))
+    ref = _grads_ref(gy, x, w, *_one(whole, whole))
     for g, r in zip(got, ref):
         torch.testing.assert_close(g, r)
 
@@ -234,7 +243,7 @@ def test_weight_gradient_is_one_compact_gemm_and_one_scatter():
     inp, out = RowPattern(1, 0, 1), RowPattern(4, 1, 1)  # every input kept, a quarter of the outputs
     x, w, _, gy = _args(gen, inp, out)
     rec = Recording()
-    cublas.backward(gy, x, w, None, inp, out, True, rec.kernels)
+    backward(gy, x, w, [], inp, out, True, rec.kernels)
     assert rec.calls == [("column_sum", (5, 3), out), ("scatter", (3, 13), out, inp)]
 
 
@@ -259,33 +268,35 @@ def _grouped_case(seed: int, config, groups: int):
     return (in_dp, in_keep, _offsets(rng, in_dp, groups), out_dp, out_keep, _offsets(rng, out_dp, groups))
 
 
+def _xs(gen, in_dp, in_keep, in_offsets, rows=3, n_in=13):
+    return [
+        torch.randn(rows, RowPattern(in_dp, o, in_keep).kept_count(n_in), generator=gen, dtype=F64) for o in in_offsets
+    ]
+
+
 @pytest.mark.parametrize("config", GROUPED, ids=str)
-@pytest.mark.parametrize("groups, batch", [(5, 7), (3, 2)])  # batch < G: a group without samples
-def test_grouped_full_width_matches_the_dense_reference(config, groups, batch):
+@pytest.mark.parametrize("groups", [5, 3])
+def test_grouped_matches_the_dense_reference(config, groups):
     gen = torch.Generator().manual_seed(8)
     args = _grouped_case(9, config, groups)
     in_dp, in_keep, in_offsets, out_dp, out_keep, out_offsets = args
     w = torch.randn(11, 13, generator=gen, dtype=F64, requires_grad=True)
     b = torch.randn(11, generator=gen, dtype=F64, requires_grad=True)
-    x = torch.randn(2, batch, 13, generator=gen, dtype=F64, requires_grad=True)
-    gy = torch.randn(2, batch, 11, generator=gen, dtype=F64)
+    xs = [x.requires_grad_() for x in _xs(gen, in_dp, in_keep, in_offsets)]
+    xs[1] = xs[1][:0].detach().requires_grad_()  # a group without samples
     ins = [RowPattern(in_dp, o, in_keep) for o in in_offsets]
     outs = [RowPattern(out_dp, o, out_keep) for o in out_offsets]
-    ref = grouped_row_linear_reference(x, w, b, ins, outs)
-    ref.backward(gy)
+    refs = row_linear_reference(xs, w, b, ins, outs)
+    gys = [torch.randn(r.shape, generator=gen, dtype=F64) for r in refs]
+    want = torch.autograd.grad(refs, (*xs, w, b), gys)
     path = cuda_grouped.cublas_path(KERNELS)
-    y = run_full_width(x.detach(), w.detach(), b.detach(), *args, path=path)
-    torch.testing.assert_close(y, ref.detach())
-    torch.testing.assert_close(y, grouped_row_linear_torch(x.detach(), w.detach(), b.detach(), *args))
-    grad_x, grad_w, grad_b = run_full_width_backward(gy, x.detach(), w.detach(), *args, True, path=path)
-    torch.testing.assert_close(grad_x, x.grad)  # zero at each group's dropped inputs, as the mask makes it
-    torch.testing.assert_close(grad_w, w.grad)
-    torch.testing.assert_close(grad_b, b.grad)
-    torch_grads = grouped_row_linear_backward_torch(gy, x.detach(), w.detach(), *args, True)
-    for g, r in zip((grad_x, grad_w, grad_b), torch_grads):  # the PyTorch implementation agrees too
-        torch.testing.assert_close(g, r)
-    grad_x, _, _ = run_full_width_backward(gy, x.detach(), w.detach(), *args, False, path=path)
-    assert grad_x.numel() == 0
+    detached = [x.detach() for x in xs]
+    ys, blocks = run_forward(detached, w.detach(), b.detach(), *args, path=path)
+    torch.testing.assert_close(ys, [r.detach() for r in refs])
+    grad_xs, grad_w, grad_b = run_backward(gys, detached, w.detach(), blocks, *args, True, path=path)
+    torch.testing.assert_close([*grad_xs, grad_w, grad_b], list(want))
+    grad_xs, _, _ = run_backward(gys, detached, w.detach(), blocks, *args, False, path=path)
+    assert grad_xs == []
 
 
 @pytest.mark.parametrize("config", GROUPED, ids=str)
@@ -294,20 +305,23 @@ def test_grouped_compact_matches_the_pytorch_implementation(config):
     args = _grouped_case(11, config, groups=6)
     in_dp, in_keep, in_offsets, out_dp, out_keep, out_offsets = args
     w, b = torch.randn(11, 13, generator=gen, dtype=F64), torch.randn(11, generator=gen, dtype=F64)
-    xs = [torch.randn(3, RowPattern(in_dp, o, in_keep).kept_count(13), generator=gen, dtype=F64) for o in in_offsets]
+    xs = _xs(gen, in_dp, in_keep, in_offsets)
     xs[2] = xs[2][:0]  # a group without samples
-    ys, blocks = run_compact(xs, w, b, *args, path=cuda_grouped.cublas_path(KERNELS))
-    ref_ys, ref_blocks = grouped_row_linear_compact_torch(xs, w, b, *args)
+    ys, blocks = run_forward(xs, w, b, *args, path=cuda_grouped.cublas_path(KERNELS))
+    ref_ys, ref_blocks = OPS.row_linear(xs, w, b, *args)
     torch.testing.assert_close(ys, ref_ys)
     torch.testing.assert_close(blocks, ref_blocks)
     grads = [torch.randn(y.shape, generator=gen, dtype=F64) for y in ys]
     for saved, need_grad_x in itertools.product((blocks, []), (True, False)):
         rec = Recording()
-        got = run_compact_backward(grads, xs, w, saved, *args, need_grad_x, path=cuda_grouped.cublas_path(rec.kernels))
-        ref = grouped_row_linear_compact_backward_torch(grads, xs, w, saved, *args, need_grad_x)
+        got = run_backward(grads, xs, w, saved, *args, need_grad_x, path=cuda_grouped.cublas_path(rec.kernels))
+        ref = OPS.row_linear_backward(grads, xs, w, saved, *args, need_grad_x)
         torch.testing.assert_close(got, ref)
         pairs = len(set(zip(out_offsets, in_offsets))) if in_keep < in_dp and out_keep < out_dp else None
         scatters = [n for n in rec.names() if n != "column_sum"]
+        if in_keep == in_dp and out_keep == out_dp:  # nothing dropped: F.linear's gradient, no scatter
+            assert scatters == []
+            continue
         assert scatters[0] == "scatter" and set(scatters[1:]) <= {"scatter_add"}  # first writes all, others add
         if pairs is not None:
             assert len(scatters) == pairs
@@ -320,34 +334,29 @@ def test_grouped_disjoint_pairs_cover_the_gradient_once():
     in_offsets, out_offsets = [0, 1, 0, 1], [0, 0, 1, 1]
     args = (2, 1, in_offsets, 2, 1, out_offsets)
     w = torch.randn(6, 8, generator=gen, dtype=F64, requires_grad=True)
-    x = torch.randn(8, 8, generator=gen, dtype=F64)
-    gy = torch.randn(8, 6, generator=gen, dtype=F64)
+    xs = _xs(gen, 2, 1, in_offsets, rows=2, n_in=8)
+    gys = [torch.randn(2, 3, generator=gen, dtype=F64) for _ in xs]
     ins, outs = [RowPattern(2, o, 1) for o in in_offsets], [RowPattern(2, o, 1) for o in out_offsets]
-    grouped_row_linear_reference(x, w, None, ins, outs).backward(gy)
-    _, grad_w, _ = run_full_width_backward(gy, x, w.detach(), *args, True, path=cuda_grouped.cublas_path(KERNELS))
+    torch.autograd.backward(row_linear_reference(xs, w, None, ins, outs), gys)
+    _, grad_w, _ = run_backward(gys, xs, w.detach(), [], *args, True, path=cuda_grouped.cublas_path(KERNELS))
     torch.testing.assert_close(grad_w, w.grad)
 
 
 @pytest.mark.parametrize("config", GROUPED[:3], ids=str)
 def test_grouped_on_the_kernel_path_adds_full_size_gradients(config):
-    """The pattern-GEMM path per pair (here its PyTorch equivalents) gives the same outputs."""
+    """The pattern-GEMM path per pair (here the registered op on one pair, for the kernel) gives the same
+    outputs."""
     gen = torch.Generator().manual_seed(13)
     args = _grouped_case(14, config, groups=4)
     path = cuda_grouped.kernel_path(_y_ref, _grads_ref)
     w, b = torch.randn(11, 13, generator=gen, dtype=F64), torch.randn(11, generator=gen, dtype=F64)
-    x, gy = torch.randn(9, 13, generator=gen, dtype=F64), torch.randn(9, 11, generator=gen, dtype=F64)
-    torch.testing.assert_close(run_full_width(x, w, b, *args, path=path), grouped_row_linear_torch(x, w, b, *args))
-    got = run_full_width_backward(gy, x, w, *args, True, path=path)
-    torch.testing.assert_close(got, grouped_row_linear_backward_torch(gy, x, w, *args, True))
-    in_dp, in_keep, in_offsets = args[:3]
-    xs = [torch.randn(2, RowPattern(in_dp, o, in_keep).kept_count(13), generator=gen, dtype=F64) for o in in_offsets]
-    ys, blocks = run_compact(xs, w, b, *args, path=path)
-    ref = grouped_row_linear_compact_torch(xs, w, b, *args)
-    torch.testing.assert_close((ys, blocks), ref)
+    xs = _xs(gen, *args[:3], rows=2)
+    ys, blocks = run_forward(xs, w, b, *args, path=path)
+    torch.testing.assert_close((ys, blocks), OPS.row_linear(xs, w, b, *args))
     grads = [torch.randn(y.shape, generator=gen, dtype=F64) for y in ys]
     torch.testing.assert_close(
-        run_compact_backward(grads, xs, w, blocks, *args, True, path=path),
-        grouped_row_linear_compact_backward_torch(grads, xs, w, blocks, *args, True),
+        run_backward(grads, xs, w, blocks, *args, True, path=path),
+        OPS.row_linear_backward(grads, xs, w, blocks, *args, True),
     )
 
 

@@ -22,35 +22,49 @@ import torch
 from approxdrop.ops import cuda as kernels
 from approxdrop.ops import cuda_build as build
 from approxdrop.ops import dispatch
-from approxdrop.ops import row as row_ops
 from approxdrop.ops.candidates import Candidate
 from approxdrop.ops.cuda_cublas import TORCH_BLOCK_KERNELS
 from approxdrop.ops.dispatch import ENV_SWITCH, Dispatcher, kernel_mode, outputs_agree
-from approxdrop.ops.grouped import (
-    grouped_row_linear_backward_torch,
-    grouped_row_linear_compact_backward_torch,
-    grouped_row_linear_compact_torch,
-    grouped_row_linear_torch,
-)
-from approxdrop.ops.tile import tile_linear_backward_torch
 from approxdrop.patterns import RowPattern
 
 TAG = {"gpu": "Fake GPU", "torch": "0.0", "kernels": "abc"}
 
 
+OPS = torch.ops.approxdrop
+
+
+def _op_ints(in_dp, in_offset, in_keep, out_dp, out_offset, out_keep):
+    """The row op's integers for one group, from one pair's (the kernel's) integers."""
+    return in_dp, in_keep, [in_offset], out_dp, out_keep, [out_offset]
+
+
 def _y_ref(x, w, b, *ints):
-    """What the pattern kernel returns: row_linear's y."""
-    return row_ops.row_linear_torch(x, w, b, *ints)[0]
+    """What the pattern kernel returns for one pair: the registered row op's y."""
+    return OPS.row_linear([x], w, b, *_op_ints(*ints))[0][0]
 
 
 def _block(x, w, ints):
-    """The kept block row_linear returns, which backward reads."""
-    return row_ops.row_linear_torch(x, w, None, *ints)[1]
+    """The kept blocks the row op returns on one group, which backward reads."""
+    return OPS.row_linear([x], w, None, *_op_ints(*ints))[1]
 
 
 def _grads_ref(gy, x, w, *ints_need):
-    """row_linear_backward's gradients, from the block forward returns."""
-    return row_ops.row_linear_backward_torch(gy, x, w, _block(x, w, ints_need[:6]), *ints_need)
+    """The registered backward op's gradients on one group (grad_x empty without need_grad_x)."""
+    *ints, need_grad_x = ints_need if len(ints_need) == 7 else (*ints_need, True)
+    grad_xs, grad_w, grad_b = OPS.row_linear_backward([gy], [x], w, _block(x, w, ints), *_op_ints(*ints), need_grad_x)
+    return (grad_xs[0] if need_grad_x else x.new_empty(0)), grad_w, grad_b
+
+
+def _row_cuda(x, w, b, *ints):
+    """The row op's CUDA implementation on one group: (y, blocks)."""
+    ys, blocks = kernels._row_linear_cuda([x], w, b, *_op_ints(*ints))
+    return ys[0], blocks
+
+
+def _row_backward_cuda(gy, x, w, blocks, *ints, need_grad_x=True):
+    """The row backward op's CUDA implementation on one group: (grad_x, grad_w, grad_b)."""
+    grad_xs, grad_w, grad_b = kernels._row_linear_backward_cuda([gy], [x], w, blocks, *_op_ints(*ints), need_grad_x)
+    return (grad_xs[0] if need_grad_x else x.new_empty(0)), grad_w, grad_b
 
 
 class Fakes:
@@ -116,7 +130,7 @@ def test_any_other_switch_value_is_a_value_error_naming_the_allowed_ones(monkeyp
         kernels.status()
     x, w = torch.randn(3, 8), torch.randn(6, 8)
     with pytest.raises(ValueError, match="must be one of"):
-        kernels._row_linear_cuda(x, w, None, 1, 0, 1, 1, 0, 1)
+        _row_cuda(x, w, None, 1, 0, 1, 1, 0, 1)
 
 
 def test_a_bad_switch_never_breaks_the_import():
@@ -455,7 +469,7 @@ class FakeExtension:
 
     def tile_linear_backward(self, grad_y, x, weight, dp, offset, keep, tile, need_grad_x, stream):
         self.calls.append(("tile_linear_backward", (dp, offset, keep, tile, need_grad_x, stream)))
-        return list(tile_linear_backward_torch(grad_y, x, weight, dp, offset, keep, tile, need_grad_x))
+        return list(OPS.tile_linear_backward(grad_y, x, weight, dp, keep, tile, [offset], need_grad_x))
 
     # the cuBLAS path's small kernels (kernels/scatter.cu, column_sum.cu), as their PyTorch definitions
     def scatter_block(self, block, n_out, n_in, *ints_and_stream):
@@ -509,29 +523,29 @@ def test_cuda_backward_skips_grad_x_in_the_kernel(fake_gpu, monkeypatch):
     """need_grad_x=False reaches the kernel (which then skips the grad-input GEMM) and grad_x comes back empty."""
     monkeypatch.setenv(ENV_SWITCH, "pattern")
     x, w, _, gy, ints = _row_args(torch.Generator().manual_seed(0))
-    grad_x, grad_w, grad_b = kernels._row_linear_backward_cuda(gy, x, w, _block(x, w, ints), *ints, need_grad_x=False)
+    grad_x, grad_w, grad_b = _row_backward_cuda(gy, x, w, _block(x, w, ints), *ints, need_grad_x=False)
     assert fake_gpu.ext.calls == [("row_linear_backward", (*ints, False, 0))]
     assert grad_x.numel() == 0
     want = _grads_ref(gy, x, w, *ints, True)
     torch.testing.assert_close(grad_w, want[1])
     torch.testing.assert_close(grad_b, want[2])
     xt, gyt = torch.randn(5, 9), torch.randn(5, 10)
-    grad_x, _, _ = kernels._tile_linear_backward_cuda(gyt, xt, w, 3, 1, 2, 2, need_grad_x=False)
+    grad_x, _, _ = kernels._tile_linear_backward_cuda(gyt, xt, w, 3, 2, 2, [1], need_grad_x=False)
     assert fake_gpu.ext.calls[-1] == ("tile_linear_backward", (3, 1, 2, 2, False, 0)) and grad_x.numel() == 0
 
 
 def test_cuda_ops_dispatch_and_status_lists_the_choices(fake_gpu):
     x, w, b, gy, ints = _row_args(torch.Generator().manual_seed(1))
-    y, _ = kernels._row_linear_cuda(x, w, b, *ints)
+    y, _ = _row_cuda(x, w, b, *ints)
     torch.testing.assert_close(y, _y_ref(x, w, b, *ints))
-    kernels._row_linear_backward_cuda(gy, x, w, _block(x, w, ints), *ints, need_grad_x=True)
+    _row_backward_cuda(gy, x, w, _block(x, w, ints), *ints, need_grad_x=True)
     st = kernels.status()
     assert st.built and st.mode == "auto"
     keys = [c.key for c in st.choices]
     assert keys == sorted(keys) and len(keys) == 2
     assert all(c.path == "pattern" and c.how == "measured" for c in st.choices)
-    assert keys[0].startswith("row_linear float32 N=5 W=10x9 in 2/3 out 1/2 bias")
-    assert keys[1].startswith("row_linear_backward float32 N=5 W=10x9 in 2/3 out 1/2 grad_x yes")
+    assert keys[0].startswith("row_linear float32 N=5 W=10x9 in 2/3 out 1/2 G=1 bias")
+    assert keys[1].startswith("row_linear_backward float32 N=5 W=10x9 in 2/3 out 1/2 G=1 grad_x yes")
     assert len(fake_gpu.said) == 2
     assert build._dispatch_file("Fake GPU").exists()
     assert build._dispatch_file("Fake GPU").parent == Path(fake_gpu.dispatcher.cache_file).parent
@@ -540,7 +554,7 @@ def test_cuda_ops_dispatch_and_status_lists_the_choices(fake_gpu):
 def test_cuda_ops_never_run_a_kernel_that_computes_wrong_values(fake_gpu):
     fake_gpu.ext.wrong = True
     x, w, b, _, ints = _row_args(torch.Generator().manual_seed(2))
-    y, _ = kernels._row_linear_cuda(x, w, b, *ints)
+    y, _ = _row_cuda(x, w, b, *ints)
     torch.testing.assert_close(y, _y_ref(x, w, b, *ints))
     (choice,) = kernels.status().choices
     assert choice.path == "cublas" and "pattern excluded: output 0 differs" in choice.reason
@@ -551,7 +565,7 @@ def test_cuda_ops_on_the_pytorch_path_never_build(fake_gpu, monkeypatch, mode):
     monkeypatch.setenv(ENV_SWITCH, mode)
     monkeypatch.setattr(kernels, "load", lambda verbose=False, device=None: pytest.fail("built the kernels"))
     x, w, b, _, ints = _row_args(torch.Generator().manual_seed(3))
-    kernels._row_linear_cuda(x, w, b, *ints)
+    _row_cuda(x, w, b, *ints)
     assert fake_gpu.ext.calls == []
     assert (fake_gpu.said == []) == (mode == "0")
     assert not kernels.enabled()
@@ -560,13 +574,13 @@ def test_cuda_ops_on_the_pytorch_path_never_build(fake_gpu, monkeypatch, mode):
 def test_the_key_is_the_pattern_class_not_the_offset(fake_gpu):
     x, w, b, _, _ = _row_args(torch.Generator().manual_seed(4), n_in=10, ints=(2, 0, 1, 1, 0, 1))
     for offset in (0, 1):  # two offsets of one pattern: one key, measured once
-        kernels._row_linear_cuda(x, w, b, 2, offset, 1, 1, 0, 1)
-    assert [c.key for c in kernels.status().choices] == ["row_linear float32 N=5 W=10x10 in 1/2 out all bias"]
+        _row_cuda(x, w, b, 2, offset, 1, 1, 0, 1)
+    assert [c.key for c in kernels.status().choices] == ["row_linear float32 N=5 W=10x10 in 1/2 out all G=1 bias"]
     assert len(fake_gpu.said) == 1
     x2 = torch.randn(5, 10)
     for offset in (0, 2):
-        kernels._row_linear_cuda(x2, w, None, 3, offset, 3, 1, 0, 1)  # keep = dp: everything kept, "all"
-    assert "row_linear float32 N=5 W=10x10 in all out all no bias" in [c.key for c in kernels.status().choices]
+        _row_cuda(x2, w, None, 3, offset, 3, 1, 0, 1)  # keep = dp: everything kept, "all"
+    assert "row_linear float32 N=5 W=10x10 in all out all G=1 no bias" in [c.key for c in kernels.status().choices]
 
 
 def test_the_key_tells_tf32_apart(fake_gpu):
@@ -574,10 +588,10 @@ def test_the_key_tells_tf32_apart(fake_gpu):
     saved = torch.backends.cuda.matmul.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = True
     try:
-        kernels._row_linear_cuda(x, w, b, *ints)
+        _row_cuda(x, w, b, *ints)
     finally:
         torch.backends.cuda.matmul.allow_tf32 = saved
-    kernels._row_linear_cuda(x, w, b, *ints)
+    _row_cuda(x, w, b, *ints)
     assert [c.key.split(" ")[1] for c in kernels.status().choices] == ["float32", "float32+tf32"]
 
 
@@ -585,8 +599,8 @@ def test_three_candidates_on_the_cuda_ops(fake_gpu):
     """The row ops offer the PyTorch implementation, the cuBLAS path and the kernel; the fastest wins."""
     fake_gpu.times.update(torch=3.0, cublas=1.0, pattern=2.0)
     x, w, b, gy, ints = _row_args(torch.Generator().manual_seed(6))
-    torch.testing.assert_close(kernels._row_linear_cuda(x, w, b, *ints)[0], _y_ref(x, w, b, *ints))
-    got = kernels._row_linear_backward_cuda(gy, x, w, _block(x, w, ints), *ints, need_grad_x=True)
+    torch.testing.assert_close(_row_cuda(x, w, b, *ints)[0], _y_ref(x, w, b, *ints))
+    got = _row_backward_cuda(gy, x, w, _block(x, w, ints), *ints, need_grad_x=True)
     torch.testing.assert_close(got, _grads_ref(gy, x, w, *ints))
     for choice in kernels.status().choices:
         assert choice.path == "cublas" and [n for n, _ in choice.times_ms] == ["torch", "cublas", "pattern"], (
@@ -601,7 +615,7 @@ def test_forced_cublas_builds_and_runs_the_cublas_path(fake_gpu, monkeypatch):
     monkeypatch.setenv(ENV_SWITCH, "cublas")
     assert kernels.enabled()
     x, w, _, gy, ints = _row_args(torch.Generator().manual_seed(7))
-    grad_x, grad_w, grad_b = kernels._row_linear_backward_cuda(gy, x, w, _block(x, w, ints), *ints, need_grad_x=False)
+    grad_x, grad_w, grad_b = _row_backward_cuda(gy, x, w, _block(x, w, ints), *ints, need_grad_x=False)
     assert [name for name, _ in fake_gpu.ext.calls] == ["column_sum", "scatter_block"]  # never the pattern GEMM
     assert grad_x.numel() == 0
     want = _grads_ref(gy, x, w, *ints, False)
@@ -609,7 +623,7 @@ def test_forced_cublas_builds_and_runs_the_cublas_path(fake_gpu, monkeypatch):
     (choice,) = kernels.status().choices
     assert choice.how == "forced" and choice.path == "cublas"
     xt, wt = torch.randn(5, 9), torch.randn(10, 9)
-    kernels._tile_linear_cuda(xt, wt, None, 3, 1, 2, 2)  # no cuBLAS path for tiles: the reference, said once
+    kernels._tile_linear_cuda(xt, wt, None, 3, 2, 2, [1])  # no cuBLAS path for tiles: the reference, said once
     assert any("the cuBLAS path (strided views" in line and "unavailable" in line for line in fake_gpu.said)
 
 
@@ -617,39 +631,34 @@ def test_forced_cublas_builds_and_runs_the_cublas_path(fake_gpu, monkeypatch):
 def test_row_ops_on_every_path(fake_gpu, monkeypatch, mode):
     monkeypatch.setenv(ENV_SWITCH, mode)
     x, w, b, gy, ints = _row_args(torch.Generator().manual_seed(8))
-    y, block = kernels._row_linear_cuda(x, w, b, *ints)
-    torch.testing.assert_close((y, block), row_ops.row_linear_torch(x, w, b, *ints))
-    got = kernels._row_linear_backward_cuda(gy, x, w, block, *ints, need_grad_x=True)
+    y, blocks = _row_cuda(x, w, b, *ints)
+    torch.testing.assert_close((y, blocks), (_y_ref(x, w, b, *ints), _block(x, w, ints)))
+    got = _row_backward_cuda(gy, x, w, blocks, *ints, need_grad_x=True)
     torch.testing.assert_close(got, _grads_ref(gy, x, w, *ints))
     with pytest.raises(ValueError, match=r"block must have shape \(5, 6\)"):
-        kernels._row_linear_backward_cuda(gy, x, w, block[:, :2], *ints)
+        _row_backward_cuda(gy, x, w, [blocks[0][:, :2]], *ints)
     assert {c.key.split(" ")[0] for c in kernels.status().choices} == {"row_linear", "row_linear_backward"}
 
 
-def _grouped_args(gen, batch=7, groups=4):
+def _grouped_args(gen, groups=4):
     in_offsets, out_offsets = [0, 2, 1, 0][:groups], [1, 0, 1, 1][:groups]
     args = (3, 1, in_offsets, 2, 1, out_offsets)
     w, b = torch.randn(10, 9, generator=gen), torch.randn(10, generator=gen)
-    x, gy = torch.randn(2, batch, 9, generator=gen), torch.randn(2, batch, 10, generator=gen)
     xs = [torch.randn(3, RowPattern(3, o, 1).kept_count(9), generator=gen) for o in in_offsets]
-    return args, w, b, x, gy, xs
+    return args, w, b, xs
 
 
 @pytest.mark.parametrize("mode", ["auto", "torch", "cublas", "pattern"])
 def test_grouped_ops_dispatch_on_cuda(fake_gpu, monkeypatch, mode):
-    """The grouped ops have CUDA implementations through the dispatch; every path gives the PyTorch outputs."""
+    """The row op with groups runs through the dispatch; every path gives the PyTorch outputs."""
     monkeypatch.setenv(ENV_SWITCH, mode)
-    args, w, b, x, gy, xs = _grouped_args(torch.Generator().manual_seed(9))
-    torch.testing.assert_close(
-        kernels._grouped_row_linear_cuda(x, w, b, *args), grouped_row_linear_torch(x, w, b, *args)
-    )
-    got = kernels._grouped_row_linear_backward_cuda(gy, x, w, *args, need_grad_x=True)
-    torch.testing.assert_close(got, grouped_row_linear_backward_torch(gy, x, w, *args, True))
-    ys, blocks = kernels._grouped_compact_cuda(xs, w, b, *args)
-    torch.testing.assert_close((ys, blocks), grouped_row_linear_compact_torch(xs, w, b, *args))
+    args, w, b, xs = _grouped_args(torch.Generator().manual_seed(9))
+    ys, blocks = kernels._row_linear_cuda(xs, w, b, *args)
+    torch.testing.assert_close((ys, blocks), OPS.row_linear(xs, w, b, *args))
     grads = [torch.randn_like(y) for y in ys]
-    got = kernels._grouped_compact_backward_cuda(grads, xs, w, blocks, *args, need_grad_x=False)
-    torch.testing.assert_close(got, grouped_row_linear_compact_backward_torch(grads, xs, w, blocks, *args, False))
+    for need_grad_x in (True, False):
+        got = kernels._row_linear_backward_cuda(grads, xs, w, blocks, *args, need_grad_x)
+        torch.testing.assert_close(got, OPS.row_linear_backward(grads, xs, w, blocks, *args, need_grad_x))
     names = {name for name, _ in fake_gpu.ext.calls}
     if mode == "cublas":
         assert names == {"scatter_block", "scatter_block_add_", "column_sum"}
@@ -662,11 +671,12 @@ def test_grouped_ops_dispatch_on_cuda(fake_gpu, monkeypatch, mode):
 
 
 def test_grouped_keys_name_the_groups_never_the_offsets(fake_gpu):
-    args, w, b, x, _, _ = _grouped_args(torch.Generator().manual_seed(10))
-    kernels._grouped_row_linear_cuda(x, w, b, *args)
+    args, w, b, xs = _grouped_args(torch.Generator().manual_seed(10))
+    kernels._row_linear_cuda(xs, w, b, *args)
     other = (args[0], args[1], [1, 1, 2, 0], args[3], args[4], [0, 0, 0, 1])  # other offsets, same classes
-    kernels._grouped_row_linear_cuda(x, w, b, *other)
+    xs = [torch.randn(3, RowPattern(3, o, 1).kept_count(9)) for o in other[2]]
+    kernels._row_linear_cuda(xs, w, b, *other)
     (choice,) = kernels.status().choices
-    assert choice.key == "grouped_row_linear float32 N=14 W=10x9 in 1/3 out 1/2 G=4 bias"
+    assert choice.key == "row_linear float32 N=12 W=10x9 in 1/3 out 1/2 G=4 bias"
     with pytest.raises(ValueError, match="one in and one out offset per group"):
-        kernels._grouped_row_linear_cuda(x, w, b, 3, 1, [0, 1], 2, 1, [0])
+        kernels._row_linear_cuda(xs, w, b, 3, 1, [0, 1, 2, 0], 2, 1, [0])

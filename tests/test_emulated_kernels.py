@@ -33,9 +33,31 @@ from pathlib import Path
 import pytest
 import torch
 
-from approxdrop.ops.row import row_linear_backward_torch, row_linear_torch
-from approxdrop.ops.tile import tile_linear_backward_torch, tile_linear_torch
 from approxdrop.patterns import RowPattern, TilePattern
+
+OPS = torch.ops.approxdrop  # the registered ops: on CPU tensors, their PyTorch implementations
+
+
+def row_linear_one(x, w, b, in_dp, in_offset, in_keep, out_dp, out_offset, out_keep):
+    """The row op's y on one group, from one pair's integers (the kernel's arguments)."""
+    return OPS.row_linear([x], w, b, in_dp, in_keep, [in_offset], out_dp, out_keep, [out_offset])[0][0]
+
+
+def row_linear_backward_one(gy, x, w, in_dp, in_offset, in_keep, out_dp, out_offset, out_keep):
+    """The row backward op's (grad_x, grad_w, grad_b) on one group, from the blocks forward returns."""
+    ints = (in_dp, in_keep, [in_offset], out_dp, out_keep, [out_offset])
+    blocks = OPS.row_linear([x], w, None, *ints)[1]
+    grad_xs, grad_w, grad_b = OPS.row_linear_backward([gy], [x], w, blocks, *ints)
+    return grad_xs[0], grad_w, grad_b
+
+
+def tile_linear_one(x, w, b, dp, offset, keep, tile):
+    return OPS.tile_linear(x, w, b, dp, keep, tile, [offset])
+
+
+def tile_linear_backward_one(gy, x, w, dp, offset, keep, tile):
+    return tuple(OPS.tile_linear_backward(gy, x, w, dp, keep, tile, [offset]))
+
 
 pytestmark = pytest.mark.emulated
 
@@ -347,12 +369,8 @@ def check_row(exe: Path, case: RowCase, dtype: torch.dtype, arch: int, schedule:
     x, w = _random(gen, dtype, case.rows, k_in), _random(gen, dtype, case.n_out, case.n_in)
     gy = _random(gen, dtype, case.rows, k_out)
     b = _random(gen, dtype, case.n_out) if case.bias else None
-    y = _exact_and_magnitude(lambda x, w, b: row_linear_torch(x, w, b, *case.ints)[0], x, w, b)
-
-    def backward(gy, x, w):  # from the kept block forward returns
-        return row_linear_backward_torch(gy, x, w, row_linear_torch(x, w, None, *case.ints)[1], *case.ints)
-
-    gx, gw, gb = _exact_and_magnitude(backward, gy, x, w)
+    y = _exact_and_magnitude(lambda x, w, b: row_linear_one(x, w, b, *case.ints), x, w, b)
+    gx, gw, gb = _exact_and_magnitude(lambda gy, x, w: row_linear_backward_one(gy, x, w, *case.ints), gy, x, w)
     out_kept, in_kept = case.out.keep_mask(case.n_out), case.inp.keep_mask(case.n_in)
     sizes, label = (case.rows, case.n_out, case.n_in), f"{case} {DTYPE_NAMES[dtype]} sm_{arch} {schedule}"
     inputs = {"x": x, "w": w, **({"b": b} if case.bias else {})}
@@ -371,8 +389,8 @@ def check_tile(exe: Path, case: TileCase, dtype: torch.dtype, arch: int, schedul
     x, w = _random(gen, dtype, case.rows, case.n_in), _random(gen, dtype, case.n_out, case.n_in)
     gy = _random(gen, dtype, case.rows, case.n_out)
     b = _random(gen, dtype, case.n_out) if case.bias else None
-    y = _exact_and_magnitude(lambda x, w, b: tile_linear_torch(x, w, b, *case.ints), x, w, b)
-    gx, gw, gb = _exact_and_magnitude(lambda gy, x, w: tile_linear_backward_torch(gy, x, w, *case.ints), gy, x, w)
+    y = _exact_and_magnitude(lambda x, w, b: tile_linear_one(x, w, b, *case.ints), x, w, b)
+    gx, gw, gb = _exact_and_magnitude(lambda gy, x, w: tile_linear_backward_one(gy, x, w, *case.ints), gy, x, w)
     sizes, label = (case.rows, case.n_out, case.n_in), f"{case} {DTYPE_NAMES[dtype]} sm_{arch} {schedule}"
     inputs = {"x": x, "w": w, **({"b": b} if case.bias else {})}
     ints = (*sizes, *case.ints, case.bias)

@@ -1,4 +1,5 @@
-"""Grouped complementary patterns (docs/method.md §9): the sampler and the grouped row op."""
+"""Grouped complementary patterns (docs/method.md §9): the sampler, and the row op with several groups (on
+compact and on full-width activations) against a dense masked oracle."""
 
 import math
 
@@ -6,15 +7,10 @@ import pytest
 import torch
 
 import approxdrop as ad
-from approxdrop.ops import (
-    group_bounds,
-    grouped_row_linear,
-    grouped_row_linear_reference,
-    grouped_row_pattern_linear,
-    grouped_row_pattern_linear_compact,
-)
-from approxdrop.ops.grouped import grouped_row_linear_compact, grouped_row_linear_compact_backward
+from approxdrop.ops import group_bounds, grouped_row_pattern_linear, grouped_row_pattern_linear_compact
 from approxdrop.patterns import RowPattern
+
+OPS = torch.ops.approxdrop
 
 LAWS = [
     ad.PatternDistribution(((2, 1), (3, 1), (4, 1)), (0.5, 0.3, 0.2)),
@@ -104,6 +100,18 @@ def random_case(batch, groups, n_in, n_out, in_dp, in_keep, out_dp, out_keep, se
     return x, w, b, ins, outs
 
 
+def dense_reference(x, weight, bias, in_patterns, out_patterns):
+    """The oracle on full-width x (Tensor[*, B, n_in]): a dense GEMM with one scaled input mask per group,
+    broadcast within the group, and the output zeroed at each group's dropped units."""
+    n_out, n_in = weight.shape
+    in_mask = x.new_zeros(x.shape[-2], n_in)  # [B, n_in]
+    out_mask = x.new_zeros(x.shape[-2], n_out)  # [B, n_out]
+    for (start, stop), pin, pout in zip(group_bounds(x.shape[-2], len(in_patterns)), in_patterns, out_patterns):
+        in_mask[start:stop] = pin.keep_mask(n_in).to(x.dtype) * pin.scale
+        out_mask[start:stop] = pout.keep_mask(n_out).to(x.dtype)
+    return torch.nn.functional.linear(x * in_mask, weight, bias) * out_mask
+
+
 CASES = [
     dict(batch=7, groups=4, n_in=10, n_out=9, in_dp=3, in_keep=2, out_dp=2, out_keep=1),
     dict(batch=3, groups=5, n_in=11, n_out=13, in_dp=4, in_keep=1, out_dp=3, out_keep=1),  # fewer samples than groups
@@ -118,7 +126,7 @@ def test_forward_and_gradients_match_the_dense_masked_reference(case):
     x, w, b, ins, outs = random_case(**case)
     leaves = [t.requires_grad_() for t in (x, w, b)]
     y = grouped_row_pattern_linear(x, w, b, ins, outs)
-    ref = grouped_row_linear_reference(x, w, b, ins, outs)
+    ref = dense_reference(x, w, b, ins, outs)
     torch.testing.assert_close(y, ref)
     grad = torch.randn_like(y)
     got = torch.autograd.grad(y, leaves, grad)
@@ -143,12 +151,6 @@ def test_gradcheck_float64():
     assert torch.autograd.gradcheck(lambda *t: grouped_row_pattern_linear(*t, ins, outs), inputs)
 
 
-def test_opcheck():
-    x, w, b, ins, outs = random_case(batch=6, groups=3, n_in=9, n_out=8, in_dp=3, in_keep=1, out_dp=2, out_keep=1)
-    args = (x.requires_grad_(), w.requires_grad_(), b, 3, 1, [q.offset for q in ins], 2, 1, [q.offset for q in outs])
-    torch.library.opcheck(grouped_row_linear, args)
-
-
 def test_torch_compile_matches_eager():
     x, w, b, ins, outs = random_case(batch=8, groups=4, n_in=10, n_out=6, in_dp=2, in_keep=1, out_dp=3, out_keep=1)
     compiled = torch.compile(lambda x, w, b: grouped_row_pattern_linear(x, w, b, ins, outs), fullgraph=True)
@@ -165,11 +167,11 @@ def test_group_bounds_split_like_tensor_split():
 def test_bad_arguments():
     x, w, b, ins, outs = random_case(batch=4, groups=2, n_in=6, n_out=5, in_dp=2, in_keep=1, out_dp=2, out_keep=1)
     with pytest.raises(ValueError, match="one in and one out offset per group"):
-        grouped_row_linear(x, w, b, 2, 1, [0, 1], 2, 1, [0])
-    with pytest.raises(ValueError, match="offset must be in"):
-        grouped_row_linear(x, w, b, 2, 1, [0, 2], 2, 1, [0, 1])
+        grouped_row_pattern_linear(x, w, b, ins, outs[:1])
     with pytest.raises(ValueError, match="full width"):
-        grouped_row_linear(x[:, :3], w, b, 2, 1, [0, 1], 2, 1, [0, 1])
+        grouped_row_pattern_linear(x[:, :3], w, b, ins, outs)
+    with pytest.raises(ValueError, match=r"x must be \[\*, B, n_in\]"):
+        grouped_row_pattern_linear(x[0], w, b, ins, outs)
     with pytest.raises(ValueError, match="share dp and keep"):
         grouped_row_pattern_linear(x, w, b, [RowPattern(2, 0), RowPattern(3, 0)], outs)
     assert math.isfinite(float(grouped_row_pattern_linear(x, w, b, ins, outs).sum()))
@@ -194,7 +196,7 @@ def compact_reference(xs, w, b, ins, outs):
     for x, pin, pout in zip(xs, ins, outs):
         full = x.new_zeros(*x.shape[:-1], w.shape[1])
         full[..., pin.keep_mask(w.shape[1])] = x
-        y = grouped_row_linear_reference(full, w, b, [pin], [pout])
+        y = dense_reference(full, w, b, [pin], [pout])
         ys.append(y[..., pout.keep_mask(w.shape[0])])
     return ys
 
@@ -220,7 +222,7 @@ def test_compact_groups_sharing_a_pair_run_together_and_get_separate_outputs():
     xs, w, b, ins, outs = compact_case(batch=12, groups=6, n_in=9, n_out=7, in_dp=2, in_keep=1, out_dp=2, out_keep=1)
     ins, outs = [RowPattern(2, o) for o in (0, 1, 0, 1, 0, 0)], [RowPattern(2, o) for o in (1, 1, 1, 0, 1, 1)]
     xs = [torch.randn(2, q.kept_count(9), dtype=torch.float64) for q in ins]
-    ys, blocks = grouped_row_linear_compact(xs, w, b, 2, 1, [q.offset for q in ins], 2, 1, [q.offset for q in outs])
+    ys, blocks = OPS.row_linear(xs, w, b, 2, 1, [q.offset for q in ins], 2, 1, [q.offset for q in outs])
     assert len(blocks) == 3  # (1, 0), (1, 1), (0, 1): one gathered weight block per distinct pair
     assert len({y.untyped_storage().data_ptr() for y in ys}) == len(ys)
     refs = compact_reference(xs, w, b, ins, outs)
@@ -245,14 +247,14 @@ def test_compact_weights_outside_every_groups_block_get_exactly_zero_gradient():
 def test_compact_backward_without_the_forward_blocks_gathers_them_again():
     xs, w, b, ins, outs = compact_case(batch=8, groups=4, n_in=10, n_out=9, in_dp=3, in_keep=1, out_dp=2, out_keep=1)
     args = (3, 1, [q.offset for q in ins], 2, 1, [q.offset for q in outs])
-    ys, blocks = grouped_row_linear_compact(xs, w, b, *args)
+    ys, blocks = OPS.row_linear(xs, w, b, *args)
     grads = [torch.randn_like(y) for y in ys]
-    cached = grouped_row_linear_compact_backward(grads, xs, w, blocks, *args)
-    again = grouped_row_linear_compact_backward(grads, xs, w, [], *args)
+    cached = OPS.row_linear_backward(grads, xs, w, blocks, *args)
+    again = OPS.row_linear_backward(grads, xs, w, [], *args)
     for got, want in zip([*cached[0], *cached[1:]], [*again[0], *again[1:]]):
         torch.testing.assert_close(got, want)
     with pytest.raises(ValueError, match="one per"):
-        grouped_row_linear_compact_backward(grads, xs, w, blocks[:1], *args)
+        OPS.row_linear_backward(grads, xs, w, blocks[:1], *args)
 
 
 def test_compact_gradcheck_float64():
@@ -261,13 +263,21 @@ def test_compact_gradcheck_float64():
     assert torch.autograd.gradcheck(lambda *t: grouped_row_pattern_linear_compact(t[:3], *t[3:], ins, outs), inputs)
 
 
+def test_registered_op_gradcheck_float64():
+    """The registered op's own autograd (its backward op), as torch.compile and export run it."""
+    xs, w, b, ins, outs = compact_case(batch=7, groups=4, n_in=9, n_out=8, in_dp=3, in_keep=2, out_dp=2, out_keep=1)
+    ints = (3, 2, [q.offset for q in ins], 2, 1, [q.offset for q in outs])
+    inputs = tuple(t.requires_grad_() for t in (*xs, w, b))
+    assert torch.autograd.gradcheck(lambda *t: tuple(OPS.row_linear(list(t[:4]), t[4], t[5], *ints)[0]), inputs)
+
+
 @pytest.mark.parametrize("in_keep", [1, 2])
 def test_compact_opcheck(in_keep):
     xs, w, b, ins, outs = compact_case(
         batch=6, groups=3, n_in=9, n_out=8, in_dp=3, in_keep=in_keep, out_dp=2, out_keep=1
     )
     args = ([x.requires_grad_() for x in xs], w.requires_grad_(), b, 3, in_keep, [q.offset for q in ins], 2, 1)
-    torch.library.opcheck(grouped_row_linear_compact, (*args, [q.offset for q in outs]))
+    torch.library.opcheck(OPS.row_linear, (*args, [q.offset for q in outs]))
 
 
 def test_compact_torch_compile_matches_eager():
@@ -284,11 +294,13 @@ def test_compact_bad_arguments():
     xs, w, b, ins, outs = compact_case(batch=4, groups=2, n_in=6, n_out=5, in_dp=2, in_keep=1, out_dp=2, out_keep=1)
     offsets = [q.offset for q in ins]
     with pytest.raises(ValueError, match="one in and one out offset per group"):
-        grouped_row_linear_compact(xs, w, b, 2, 1, offsets, 2, 1, [0])
+        OPS.row_linear(xs, w, b, 2, 1, offsets, 2, 1, [0])
     with pytest.raises(ValueError, match="one x per group"):
-        grouped_row_linear_compact(xs[:1], w, b, 2, 1, offsets, 2, 1, [0, 1])
+        OPS.row_linear(xs[:1], w, b, 2, 1, offsets, 2, 1, [0, 1])
     with pytest.raises(ValueError, match="last dimension 3"):
-        grouped_row_linear_compact([xs[0], xs[1][..., :2]], w, b, 2, 1, offsets, 2, 1, [0, 1])
+        OPS.row_linear([xs[0], xs[1][..., :2]], w, b, 2, 1, offsets, 2, 1, [0, 1])
+    with pytest.raises(ValueError, match="offset must be in"):
+        OPS.row_linear(xs, w, b, 2, 1, [0, 2], 2, 1, [0, 1])
     with pytest.raises(ValueError, match="same floating dtype"):
         grouped_row_pattern_linear_compact([xs[0], xs[1].float()], w, b, ins, outs)
     with pytest.raises(ValueError, match="share dp and keep"):
@@ -467,11 +479,9 @@ def test_grouped_op_checks_devices_and_dtypes_and_runs_under_autocast():
 def test_compact_op_never_returns_a_block_aliasing_the_weight():
     """A kept block of one row and one column is a view of the weight that .contiguous() keeps as it is;
     the op must return a copy (custom ops may not alias their inputs; found by `approxdrop bench`)."""
-    from approxdrop.ops.grouped import grouped_row_linear_compact
-
     weight = torch.randn(3, 2)
     xs = [torch.randn(2, 1), torch.randn(2, 1)]  # in: dp 2, keep 1; out: dp 3, keep 1 -> [1, 1] blocks
-    ys, blocks = grouped_row_linear_compact(xs, weight, None, 2, 1, [0, 1], 3, 1, [0, 1])
+    ys, blocks = OPS.row_linear(xs, weight, None, 2, 1, [0, 1], 3, 1, [0, 1])
     assert blocks and all(b.untyped_storage().data_ptr() != weight.untyped_storage().data_ptr() for b in blocks)
     torch.testing.assert_close(ys[0], xs[0] @ weight[0:1, 0:1].t() * 2)
     torch.testing.assert_close(ys[1], xs[1] @ weight[1:2, 1:2].t() * 2)

@@ -9,10 +9,17 @@ from torch import nn
 
 import approxdrop as ad
 from approxdrop.distribution import MAX_GROUPS, sample_sites
-from approxdrop.ops import grouped_row_linear, row_linear, tile_linear
-from approxdrop.ops.eager import GroupedRowLinear, GroupedRowLinearCompact, RowLinear, TileLinear, use_eager
-from approxdrop.ops.grouped import grouped_row_linear_compact
+from approxdrop.ops import (
+    grouped_row_pattern_linear,
+    grouped_row_pattern_linear_compact,
+    grouped_tile_pattern_linear,
+    row_pattern_linear,
+    tile_pattern_linear,
+)
+from approxdrop.ops.eager import use_eager
 from approxdrop.patterns import RowPattern, TilePattern
+
+OPS = torch.ops.approxdrop
 
 F64 = torch.float64
 
@@ -39,42 +46,54 @@ def _grads(out, inputs):
 )
 def test_eager_row_equals_the_registered_op_bit_for_bit(in_p, out_p):
     x, w, b = _leaves((3, 2, in_p.kept_count(13)), (11, 13), (11,))
-    ints = (in_p.dp, in_p.offset, in_p.keep, out_p.dp, out_p.offset, out_p.keep)
-    got = RowLinear.apply(x, w, b, in_p, out_p)
-    want = row_linear(x, w, b, *ints)[0]
+    ints = (in_p.dp, in_p.keep, [in_p.offset], out_p.dp, out_p.keep, [out_p.offset])
+    assert use_eager(x)
+    got = row_pattern_linear(x, w, b, in_p, out_p)  # the eager autograd.Function
+    want = OPS.row_linear([x], w, b, *ints)[0][0]
     assert torch.equal(got, want)
     for g, h in zip(_grads(got, (x, w, b)), _grads(want, (x, w, b))):
         assert torch.equal(g, h)
-    assert torch.autograd.gradcheck(lambda *t: RowLinear.apply(*t, in_p, out_p), (x, w, b))
+    assert torch.autograd.gradcheck(lambda *t: row_pattern_linear(*t, in_p, out_p), (x, w, b))
 
 
 @pytest.mark.parametrize("pattern", [TilePattern(3, 1, tile=4, keep=2), TilePattern(2, 0, tile=3)])
 def test_eager_tile_equals_the_registered_op_bit_for_bit(pattern):
     x, w, b = _leaves((5, 10), (9, 10), (9,), seed=1)
-    got = TileLinear.apply(x, w, b, pattern)
-    want = tile_linear(x, w, b, pattern.dp, pattern.offset, pattern.keep, pattern.tile)
+    got = tile_pattern_linear(x, w, b, pattern)
+    want = OPS.tile_linear(x, w, b, pattern.dp, pattern.keep, pattern.tile, [pattern.offset])
     assert torch.equal(got, want)
     for g, h in zip(_grads(got, (x, w, b)), _grads(want, (x, w, b))):
         assert torch.equal(g, h)
-    assert torch.autograd.gradcheck(lambda *t: TileLinear.apply(*t, pattern), (x, w, b))
+    assert torch.autograd.gradcheck(lambda *t: tile_pattern_linear(*t, pattern), (x, w, b))
 
 
 @pytest.mark.parametrize("keep", [1, 2])
 def test_eager_grouped_ops_equal_the_registered_ops(keep):
-    ins, outs = [3, keep, [0, 2, 1, 0]], [4, keep, [1, 3, 0, 2]]
-    ints = (*ins, *outs)
-    x, w, b = _leaves((2, 7, 12), (10, 12), (10,), seed=2)
-    got, want = GroupedRowLinear.apply(x, w, b, ints), grouped_row_linear(x, w, b, *ints)
-    assert torch.equal(got, want)
-    for g, h in zip(_grads(got, (x, w, b)), _grads(want, (x, w, b))):
-        assert torch.equal(g, h)
-    xs = _leaves(*[(3, RowPattern(3, o, keep).kept_count(12)) for o in ins[2]], seed=3)
-    got_ys = GroupedRowLinearCompact.apply(w, b, ints, *xs)
-    want_ys, _ = grouped_row_linear_compact(xs, w, b, *ints)
+    ins = [RowPattern(3, o, keep) for o in (0, 2, 1, 0)]
+    outs = [RowPattern(4, o, keep) for o in (1, 3, 0, 2)]
+    ints = (3, keep, [q.offset for q in ins], 4, keep, [q.offset for q in outs])
+    w, b = _leaves((10, 12), (10,), seed=2)
+    xs = _leaves(*[(3, q.kept_count(12)) for q in ins], seed=3)
+    got_ys = grouped_row_pattern_linear_compact(xs, w, b, ins, outs)
+    want_ys, _ = OPS.row_linear(xs, w, b, *ints)
     assert all(torch.equal(g, h) for g, h in zip(got_ys, want_ys))
     for g, h in zip(_grads(got_ys, (w, b, *xs)), _grads(want_ys, (w, b, *xs))):
         assert torch.equal(g, h)
-    assert torch.autograd.gradcheck(lambda w, b, *xs: GroupedRowLinearCompact.apply(w, b, ints, *xs), (w, b, *xs))
+    assert torch.autograd.gradcheck(
+        lambda w, b, *xs: grouped_row_pattern_linear_compact(xs, w, b, ins, outs), (w, b, *xs)
+    )
+    # full width and grouped tile: eager, and traced (the registered ops) by torch.compile
+    (x,) = _leaves((2, 7, 12), seed=4)
+    tiles = [TilePattern(3, o, tile=4, keep=keep) for o in (2, 0, 2, 1)]
+    for f, args in (
+        (grouped_row_pattern_linear, (x, w, b, ins, outs)),
+        (grouped_tile_pattern_linear, (x, w, b, tiles)),
+    ):
+        got = f(*args)
+        want = torch.compile(f, backend="eager", fullgraph=True)(*args)
+        assert torch.equal(got, want)
+        for g, h in zip(_grads(got, (x, w, b)), _grads(want, (x, w, b))):
+            assert torch.equal(g, h)
 
 
 def test_the_registered_op_runs_where_the_eager_path_may_not():
@@ -274,7 +293,7 @@ def test_grouped_tile_op_equals_each_group_on_its_own_samples():
     for (start, stop), q in zip(group_bounds(9, 4), patterns):
         torch.testing.assert_close(y[:, start:stop], tile_linear_reference(x[:, start:stop], w, b, q))
     assert torch.autograd.gradcheck(lambda *t: grouped_tile_pattern_linear(*t, patterns), (x, w, b))
-    with pytest.raises(ValueError, match=r"x must be \[\*, B, n_in\] and patterns one per group"):
+    with pytest.raises(ValueError, match=r"x must be \[\*, B, n_in\] and offsets one per group"):
         grouped_tile_pattern_linear(x[0, 0], w, b, patterns)
     with pytest.raises(ValueError, match="x must have last dimension 12"):
         grouped_tile_pattern_linear(x[..., :5], w, b, patterns)

@@ -18,8 +18,31 @@ from pathlib import Path
 import pytest
 import torch
 
-from approxdrop.ops import row_linear, row_linear_backward, tile_linear, tile_linear_backward
 from approxdrop.patterns import RowPattern, TilePattern
+
+OPS = torch.ops.approxdrop
+
+
+def row_linear(x, w, b, in_dp, in_offset, in_keep, out_dp, out_offset, out_keep):
+    """The row op on one group, from one pair's integers (the kernel's arguments): (y, blocks)."""
+    ys, blocks = OPS.row_linear([x], w, b, in_dp, in_keep, [in_offset], out_dp, out_keep, [out_offset])
+    return ys[0], blocks
+
+
+def row_linear_backward(gy, x, w, blocks, in_dp, in_offset, in_keep, out_dp, out_offset, out_keep):
+    """The row backward op on one group: (grad_x, grad_w, grad_b)."""
+    ints = (in_dp, in_keep, [in_offset], out_dp, out_keep, [out_offset])
+    grad_xs, grad_w, grad_b = OPS.row_linear_backward([gy], [x], w, blocks, *ints)
+    return grad_xs[0], grad_w, grad_b
+
+
+def tile_linear(x, w, b, dp, offset, keep, tile):
+    return OPS.tile_linear(x, w, b, dp, keep, tile, [offset])
+
+
+def tile_linear_backward(gy, x, w, dp, offset, keep, tile):
+    return OPS.tile_linear_backward(gy, x, w, dp, keep, tile, [offset])
+
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCE = ROOT / "tests" / "cpp" / "pattern_reference.cpp"

@@ -25,17 +25,67 @@ import pytest
 import torch
 
 import approxdrop
+from approxdrop import ops
 from approxdrop.ops import cuda as kernels
 from approxdrop.ops import cuda_build as build
-from approxdrop.ops import dispatch, row_linear, row_linear_backward, tile_linear, tile_linear_backward
+from approxdrop.ops import dispatch
 from approxdrop.ops.cuda_cublas import TORCH_BLOCK_KERNELS
-from approxdrop.ops.grouped import (
-    grouped_row_linear,
-    grouped_row_linear_backward,
-    grouped_row_linear_compact,
-    grouped_row_linear_compact_backward,
-)
+from approxdrop.ops.row import row_linear_backward_torch, row_linear_torch
+from approxdrop.ops.tile import tile_linear_backward_torch, tile_linear_torch
 from approxdrop.patterns import RowPattern, TilePattern
+
+OPS = torch.ops.approxdrop
+
+
+def _one_group(name: str, op, torch_impl, wrap):
+    """A row or tile op called on one group with one pair's integers (the kernels' own form), as ``wrap(op)``;
+    ``_init_fn``: the same on its PyTorch implementation."""
+    call = wrap(op)
+    call._init_fn, call._qualname = wrap(torch_impl), f"approxdrop::{name}"
+    return call
+
+
+def _row_forward(op):
+    def call(x, w, b, in_dp, in_offset, in_keep, out_dp, out_offset, out_keep):
+        """(y, the kept block it gathered, or an empty tensor)."""
+        ys, blocks = op([x], w, b, in_dp, in_keep, [in_offset], out_dp, out_keep, [out_offset])
+        return ys[0], blocks[0] if blocks else w.new_empty(0)
+
+    return call
+
+
+def _row_backward(op):
+    def call(gy, x, w, block, in_dp, in_offset, in_keep, out_dp, out_offset, out_keep, need_grad_x=True):
+        """(grad_x, empty without need_grad_x; grad_w; grad_b)."""
+        ints = (in_dp, in_keep, [in_offset], out_dp, out_keep, [out_offset])
+        grad_xs, grad_w, grad_b = op([gy], [x], w, [block] if block.dim() == 2 else [], *ints, need_grad_x)
+        return grad_xs[0] if grad_xs else x.new_empty(0), grad_w, grad_b
+
+    return call
+
+
+def _tile_forward(op):
+    def call(x, w, b, dp, offset, keep, tile):
+        return op(x, w, b, dp, keep, tile, [offset])
+
+    return call
+
+
+def _tile_backward(op):
+    def call(gy, x, w, dp, offset, keep, tile, need_grad_x=True):
+        return tuple(op(gy, x, w, dp, keep, tile, [offset], need_grad_x))
+
+    return call
+
+
+row_linear = _one_group("row_linear", OPS.row_linear, row_linear_torch, _row_forward)
+row_linear_backward = _one_group(
+    "row_linear_backward", OPS.row_linear_backward, row_linear_backward_torch, _row_backward
+)
+tile_linear = _one_group("tile_linear", OPS.tile_linear, tile_linear_torch, _tile_forward)
+tile_linear_backward = _one_group(
+    "tile_linear_backward", OPS.tile_linear_backward, tile_linear_backward_torch, _tile_backward
+)
 
 requires_cuda = pytest.mark.skipif(
     not torch.cuda.is_available(),
@@ -43,16 +93,7 @@ requires_cuda = pytest.mark.skipif(
 )
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # Every op with a CUDA implementation (set_kernel_enabled("cuda", False) sends them all to PyTorch).
-KERNEL_OPS = (
-    row_linear,
-    row_linear_backward,
-    grouped_row_linear,
-    grouped_row_linear_backward,
-    grouped_row_linear_compact,
-    grouped_row_linear_compact_backward,
-    tile_linear,
-    tile_linear_backward,
-)
+KERNEL_OPS = (ops.row_linear, ops.row_linear_backward, ops.tile_linear, ops.tile_linear_backward)
 
 
 # --------------------------------------------------------------------------- status and dispatch (any machine)
@@ -68,9 +109,7 @@ def test_importing_approxdrop_registers_cuda_implementations():
     code = (
         "import torch, approxdrop; has = torch._C._dispatch_has_kernel_for_dispatch_key; "
         "print(all(has(f'approxdrop::{op}', 'CUDA') for op in "
-        "('row_linear', 'row_linear_backward', 'tile_linear', 'tile_linear_backward', "
-        "'grouped_row_linear', 'grouped_row_linear_backward', "
-        "'grouped_row_linear_compact', 'grouped_row_linear_compact_backward')))"
+        "('row_linear', 'row_linear_backward', 'tile_linear', 'tile_linear_backward')))"
     )
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
     assert out.stdout.strip() == "True", out.stdout + out.stderr
@@ -111,11 +150,12 @@ def test_fallback_warns_once_and_matches_pytorch(monkeypatch):
     gen = torch.Generator().manual_seed(0)
     x, w, b = torch.randn(5, 4, generator=gen), torch.randn(6, 8, generator=gen), torch.randn(6, generator=gen)
     with pytest.warns(RuntimeWarning, match="nvcc not found"):
-        y = kernels._row_linear_cuda(x, w, b, 2, 1, 1, 3, 0, 1)
+        ys, blocks = kernels._row_linear_cuda([x], w, b, 2, 1, [1], 3, 1, [0])
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        y_tile = kernels._tile_linear_cuda(torch.randn(5, 8, generator=gen), w, b, 2, 0, 1, 4)
-    assert all(torch.equal(got, want) for got, want in zip(y, row_linear(x, w, b, 2, 1, 1, 3, 0, 1)))
+        y_tile = kernels._tile_linear_cuda(torch.randn(5, 8, generator=gen), w, b, 2, 1, 4, [0])
+    want_ys, want_blocks = OPS.row_linear([x], w, b, 2, 1, [1], 3, 1, [0])
+    assert all(torch.equal(got, want) for got, want in zip([*ys, *blocks], [*want_ys, *want_blocks]))
     assert y_tile.shape == (5, 6)
     assert kernels.status() == kernels.KernelStatus(False, build._arch(), "nvcc not found (test)", None)
 
@@ -237,15 +277,12 @@ def test_ops_load_for_the_device_of_their_tensors(monkeypatch):
     monkeypatch.setattr(kernels, "_cuda_device", lambda *tensors: "cuda:7")
     monkeypatch.setattr(kernels, "load", lambda verbose=False, device=None: asked.append(device))
     x, w, gy = torch.randn(3, 8), torch.randn(6, 8), torch.randn(3, 6)
-    kernels._row_linear_cuda(x, w, None, 1, 0, 1, 1, 0, 1)
-    kernels._row_linear_backward_cuda(gy, x, w, torch.empty(0), 1, 0, 1, 1, 0, 1)
-    kernels._tile_linear_cuda(x, w, None, 2, 0, 1, 4)
-    kernels._tile_linear_backward_cuda(gy, x, w, 2, 0, 1, 4)
-    kernels._grouped_row_linear_cuda(x, w, None, 2, 1, [0, 1], 1, 1, [0, 0])
-    kernels._grouped_row_linear_backward_cuda(gy, x, w, 2, 1, [0, 1], 1, 1, [0, 0])
-    kernels._grouped_compact_cuda([x[:, ::2]], w, None, 2, 1, [0], 1, 1, [0])
-    kernels._grouped_compact_backward_cuda([gy], [x[:, ::2]], w, [], 2, 1, [0], 1, 1, [0])
-    assert asked == ["cuda:7"] * 8
+    kernels._row_linear_cuda([x], w, None, 1, 1, [0], 1, 1, [0])
+    kernels._row_linear_backward_cuda([gy], [x], w, [], 1, 1, [0], 1, 1, [0])
+    kernels._row_linear_cuda([x[:, ::2], x[:, 1::2]], w, None, 2, 1, [0, 1], 1, 1, [0, 0])
+    kernels._tile_linear_cuda(x, w, None, 2, 1, 4, [0])
+    kernels._tile_linear_backward_cuda(gy, x, w, 2, 1, 4, [0])
+    assert asked == ["cuda:7"] * 5
 
 
 def _strides(out):
@@ -291,15 +328,15 @@ def test_fake_outputs_have_the_real_outputs_strides(device, monkeypatch):
 
 def test_tile_period_must_fit_int32(monkeypatch):
     """dp * tile past 2**31 - 1 would overflow the kernels' 32-bit indices: a ValueError naming tile."""
-    kernels._check_tile_ints(1, 0, 1, 2**31 - 1)  # the largest period that fits
+    kernels._check_tile_period(1, 2**31 - 1)  # the largest period that fits
     with pytest.raises(ValueError, match=r"tile=1073741824 with dp=2 \(dp \* tile = 2147483648\)"):
-        kernels._check_tile_ints(2, 0, 1, 2**30)
+        kernels._check_tile_period(2, 2**30)
     monkeypatch.setattr(kernels, "load", lambda verbose=False, device=None: object())  # an extension never called
     x, w, gy = torch.randn(3, 8), torch.randn(6, 8), torch.randn(3, 6)
     with pytest.raises(ValueError, match="dp \\* tile"):
-        kernels._tile_linear_cuda(x, w, None, 3, 0, 1, 2**30)
+        kernels._tile_linear_cuda(x, w, None, 3, 1, 2**30, [0])
     with pytest.raises(ValueError, match="dp \\* tile"):
-        kernels._tile_linear_backward_cuda(gy, x, w, 3, 0, 1, 2**30)
+        kernels._tile_linear_backward_cuda(gy, x, w, 3, 1, 2**30, [0])
 
 
 # --------------------------------------------------------------------------- the kernels (GPU)
@@ -445,12 +482,15 @@ def test_gradcheck_float64(ext):
 def test_opcheck(ext):
     gen = torch.Generator().manual_seed(4)
     x, w, b, gy, ints = _row_args(gen, RowPattern(3, 1, 2), RowPattern(4, 3, 1), 9, 21, 17, torch.float32)
-    torch.library.opcheck(row_linear, (x.requires_grad_(), w.requires_grad_(), b.requires_grad_(), *ints))
-    block = row_linear(x.detach(), w.detach(), None, *ints)[1]
-    torch.library.opcheck(row_linear_backward, (gy, x.detach(), w.detach(), block, *ints))
-    x, w, b, gy, ints = _tile_args(gen, TilePattern(3, 2, 4, 1), 9, 21, 17, torch.float32)
-    torch.library.opcheck(tile_linear, (x.requires_grad_(), w.requires_grad_(), b.requires_grad_(), *ints))
-    torch.library.opcheck(tile_linear_backward, (gy, x.detach(), w.detach(), *ints))
+    in_dp, in_offset, in_keep, out_dp, out_offset, out_keep = ints
+    op_ints = (in_dp, in_keep, [in_offset], out_dp, out_keep, [out_offset])
+    torch.library.opcheck(OPS.row_linear, ([x.requires_grad_()], w.requires_grad_(), b.requires_grad_(), *op_ints))
+    blocks = OPS.row_linear([x.detach()], w.detach(), None, *op_ints)[1]
+    torch.library.opcheck(OPS.row_linear_backward, ([gy], [x.detach()], w.detach(), blocks, *op_ints))
+    x, w, b, gy, (dp, offset, keep, tile) = _tile_args(gen, TilePattern(3, 2, 4, 1), 9, 21, 17, torch.float32)
+    args = (dp, keep, tile, [offset])
+    torch.library.opcheck(OPS.tile_linear, (x.requires_grad_(), w.requires_grad_(), b.requires_grad_(), *args))
+    torch.library.opcheck(OPS.tile_linear_backward, (gy, x.detach(), w.detach(), *args))
 
 
 @requires_cuda
@@ -611,30 +651,24 @@ def test_cublas_path_row_ops_match_pytorch(cublas_mode, dtype):
 
 @requires_cuda
 @pytest.mark.parametrize("mode", ["cublas", "pattern"])
-def test_grouped_ops_on_cuda_match_pytorch(ext, monkeypatch, mode):
+def test_grouped_row_op_on_cuda_matches_pytorch(ext, monkeypatch, mode):
     monkeypatch.setenv(kernels.ENV_SWITCH, mode)
     gen = torch.Generator().manual_seed(13)
     for in_dp, in_keep, out_dp, out_keep in [(2, 1, 3, 1), (3, 2, 4, 3), (4, 4, 2, 1)]:
         offsets = [torch.randint(0, d, (4,), generator=gen).tolist() for d in (in_dp, out_dp)]
         args = (in_dp, in_keep, offsets[0], out_dp, out_keep, offsets[1])
-        x = torch.randn(3, 9, 41, generator=gen, dtype=torch.float64).cuda()
+        x = torch.randn(9, 41, generator=gen, dtype=torch.float64).cuda()
         w, b = (
             torch.randn(37, 41, generator=gen, dtype=torch.float64).cuda(),
             torch.randn(37, dtype=torch.float64).cuda(),
         )
-        gy = torch.randn(3, 9, 37, generator=gen, dtype=torch.float64).cuda()
-        torch.testing.assert_close(grouped_row_linear(x, w, b, *args), grouped_row_linear._init_fn(x, w, b, *args))
-        for got, want in zip(
-            grouped_row_linear_backward(gy, x, w, *args), grouped_row_linear_backward._init_fn(gy, x, w, *args)
-        ):
-            torch.testing.assert_close(got, want)
-        xs = [x[0, :, RowPattern(in_dp, o, in_keep).keep_mask(41, "cuda")].contiguous() for o in offsets[0]]
-        ys, blocks = grouped_row_linear_compact(xs, w, b, *args)
-        torch.testing.assert_close((ys, blocks), grouped_row_linear_compact._init_fn(xs, w, b, *args))
+        xs = [x[:, RowPattern(in_dp, o, in_keep).keep_mask(41, "cuda")].contiguous() for o in offsets[0]]
+        ys, blocks = OPS.row_linear(xs, w, b, *args)
+        torch.testing.assert_close((ys, blocks), row_linear_torch(xs, w, b, *args))
         grads = [torch.randn_like(y) for y in ys]
         torch.testing.assert_close(
-            grouped_row_linear_compact_backward(grads, xs, w, blocks, *args),
-            grouped_row_linear_compact_backward._init_fn(grads, xs, w, blocks, *args),
+            OPS.row_linear_backward(grads, xs, w, blocks, *args),
+            row_linear_backward_torch(grads, xs, w, blocks, *args),
         )
 
 

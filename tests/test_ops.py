@@ -7,18 +7,33 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from approxdrop import PatternDistribution, RowPattern, TilePattern, row_pattern_linear, tile_pattern_linear
-from approxdrop.ops import (
-    row_linear,
-    row_linear_backward,
-    row_linear_reference,
-    tile_linear,
-    tile_linear_backward,
-    tile_linear_reference,
-)
-from approxdrop.ops import tile as tile_ops
-from approxdrop.ops.common import block_product
+from approxdrop.ops import row_linear_reference, tile_linear_reference
+from approxdrop.ops.tile_layout import _TileLayout
 
 F64 = torch.float64
+OPS_NS = torch.ops.approxdrop
+
+
+def row_linear(x, w, b, in_dp, in_offset, in_keep, out_dp, out_offset, out_keep):
+    """``approxdrop::row_linear`` on one group: (y, blocks)."""
+    ys, blocks = OPS_NS.row_linear([x], w, b, in_dp, in_keep, [in_offset], out_dp, out_keep, [out_offset])
+    return ys[0], blocks
+
+
+def row_linear_backward(grad_y, x, w, blocks, in_dp, in_offset, in_keep, out_dp, out_offset, out_keep, need=True):
+    """``approxdrop::row_linear_backward`` on one group: (grad_x, empty without ``need``; grad_w; grad_b)."""
+    ints = (in_dp, in_keep, [in_offset], out_dp, out_keep, [out_offset])
+    grad_xs, grad_w, grad_b = OPS_NS.row_linear_backward([grad_y], [x], w, blocks, *ints, need)
+    return (grad_xs[0] if grad_xs else x.new_empty(0)), grad_w, grad_b
+
+
+def tile_linear(x, w, b, dp, offset, keep, tile):
+    """``approxdrop::tile_linear`` on one group."""
+    return OPS_NS.tile_linear(x, w, b, dp, keep, tile, [offset])
+
+
+def tile_linear_backward(grad_y, x, w, dp, offset, keep, tile, need=True):
+    return OPS_NS.tile_linear_backward(grad_y, x, w, dp, keep, tile, [offset], need)
 
 
 @st.composite
@@ -77,7 +92,7 @@ def test_backward_skips_grad_x_when_the_input_needs_none():
         call(x_grad).square().sum().backward()
         assert x_grad.grad is not None and torch.equal(weight.grad, skipped)
         weight.grad = None
-    grads = row_linear_backward(torch.randn(4, 3), x, weight.detach(), torch.empty(0), 1, 0, 1, 2, 1, 1, False)
+    grads = row_linear_backward(torch.randn(4, 3), x, weight.detach(), [], 1, 0, 1, 2, 1, 1, False)
     assert grads[0].numel() == 0 and grads[1].shape == (6, 10)
 
 
@@ -142,14 +157,18 @@ def test_opcheck_all_ops():
     bias = torch.randn(13, generator=gen, dtype=F64, requires_grad=True)
     x_row = torch.randn(5, RowPattern(3, 1, 2).kept_count(11), generator=gen, dtype=F64, requires_grad=True)
     x_tile = torch.randn(5, 11, generator=gen, dtype=F64, requires_grad=True)
-    torch.library.opcheck(row_linear, (x_row, weight, bias, 3, 1, 2, 4, 3, 1))
-    torch.library.opcheck(row_linear, (x_row, weight, None, 3, 1, 2, 1, 0, 1))
-    torch.library.opcheck(tile_linear, (x_tile, weight, bias, 3, 2, 2, 4))
+    torch.library.opcheck(OPS_NS.row_linear, ([x_row], weight, bias, 3, 2, [1], 4, 1, [3]))
+    torch.library.opcheck(OPS_NS.row_linear, ([x_row], weight, None, 3, 2, [1], 1, 1, [0]))
+    torch.library.opcheck(OPS_NS.tile_linear, (x_tile, weight, bias, 3, 2, 4, [2]))
+    torch.library.opcheck(OPS_NS.tile_linear, (x_tile, weight, bias, 3, 2, 4, [2, 0, 2]))  # 3 groups of rows
+    grad_tile = torch.randn(5, 13, dtype=F64)
+    torch.library.opcheck(OPS_NS.tile_linear_backward, (grad_tile, x_tile.detach(), weight.detach(), 3, 1, 4, [1, 0]))
     grad_row = torch.randn(5, RowPattern(4, 3).kept_count(13), dtype=F64)
-    block = row_linear(x_row.detach(), weight.detach(), None, 3, 1, 2, 4, 3, 1)[1]
-    torch.library.opcheck(row_linear_backward, (grad_row, x_row.detach(), weight.detach(), block, 3, 1, 2, 4, 3, 1))
+    blocks = row_linear(x_row.detach(), weight.detach(), None, 3, 1, 2, 4, 3, 1)[1]
+    args = ([grad_row], [x_row.detach()], weight.detach(), blocks, 3, 2, [1], 4, 1, [3])
+    torch.library.opcheck(OPS_NS.row_linear_backward, args)
     torch.library.opcheck(
-        tile_linear_backward, (torch.randn(5, 13, dtype=F64), x_tile.detach(), weight.detach(), 3, 2, 2, 4)
+        OPS_NS.tile_linear_backward, (torch.randn(5, 13, dtype=F64), x_tile.detach(), weight.detach(), 3, 2, 4, [2])
     )
 
 
@@ -335,7 +354,7 @@ def test_mixed_devices_or_dtypes_raise_instead_of_reading_garbage(call, width, x
         call(make(x_kind, 2, width), make(w_kind, 4, 10), make(b_kind, 4))
 
 
-W13, BLOCK = torch.randn(13, 11), torch.empty(4, 6)  # W and its kept block [k_out, k_in] in the cases below
+W13, BLOCK = torch.randn(13, 11), [torch.empty(4, 6)]  # W and its kept block [k_out, k_in] in the cases below
 
 
 @pytest.mark.parametrize(
@@ -413,7 +432,7 @@ def test_tile_blocks_are_bounded_by_the_weight_not_by_a_period(pattern, n_out, n
     """The batched GEMM's weight blocks hold at most the weight plus one tile row per class (before:
     a 10-row layer computed dp * T rows, and tile 1024 on a 2048^2 weight padded it to (dp * T)^2)."""
     weight = torch.zeros(n_out, n_in)
-    blocks = tile_ops._TileLayout(pattern, n_out, n_in, weight.device).weight_blocks(weight)
+    blocks = _TileLayout(pattern, n_out, n_in, weight.device).weight_blocks(weight)
     classes = min(pattern.dp, -(-n_out // pattern.tile))
     assert blocks.shape[0] == classes and blocks.shape[1] <= -(-n_out // classes) + pattern.tile
     assert blocks.numel() <= (n_out + classes * pattern.tile) * n_in
@@ -467,36 +486,34 @@ def test_opcheck_gathered_ops(in_p, out_p, n_in, n_out):
     weight = torch.randn(n_out, n_in, generator=gen, dtype=F64, requires_grad=True)
     bias = torch.randn(n_out, generator=gen, dtype=F64, requires_grad=True)
     x = torch.randn(5, in_p.kept_count(n_in), generator=gen, dtype=F64, requires_grad=True)
-    ints = (in_p.dp, in_p.offset, in_p.keep, out_p.dp, out_p.offset, out_p.keep)
-    torch.library.opcheck(row_linear, (x, weight, bias, *ints))
-    torch.library.opcheck(row_linear, (x, weight, None, *ints))
-    _, block = row_linear(x.detach(), weight.detach(), None, *ints)
+    ints = (in_p.dp, in_p.keep, [in_p.offset], out_p.dp, out_p.keep, [out_p.offset])
+    torch.library.opcheck(OPS_NS.row_linear, ([x], weight, bias, *ints))
+    torch.library.opcheck(OPS_NS.row_linear, ([x], weight, None, *ints))
+    _, blocks = OPS_NS.row_linear([x.detach()], weight.detach(), None, *ints)
     grad_y = torch.randn(5, out_p.kept_count(n_out), generator=gen, dtype=F64)
     for need_grad_x in (True, False):
-        args = (grad_y, x.detach(), weight.detach(), block, *ints, need_grad_x)
-        torch.library.opcheck(row_linear_backward, args)
+        args = ([grad_y], [x.detach()], weight.detach(), blocks, *ints, need_grad_x)
+        torch.library.opcheck(OPS_NS.row_linear_backward, args)
 
 
 def test_gathered_block_is_the_kept_weight_block_or_empty_when_every_input_is_kept():
     weight = torch.randn(12, 10)
-    _, block = row_linear(torch.randn(3, 5), weight, None, 2, 1, 1, 3, 2, 1)
+    _, (block,) = row_linear(torch.randn(3, 5), weight, None, 2, 1, 1, 3, 2, 1)
     assert torch.equal(block, weight[2::3, 1::2]) and block.is_contiguous()
     block.zero_()  # a copy, never a view of W (an op output may not alias an input)
     assert weight.abs().sum() > 0
-    _, block = row_linear(torch.randn(3, 10), weight, None, 1, 0, 1, 3, 2, 1)
-    assert block.shape == (0,)
+    _, blocks = row_linear(torch.randn(3, 10), weight, None, 1, 0, 1, 3, 2, 1)
+    assert blocks == []
 
 
 def test_gathered_backward_reads_the_saved_block_not_the_weight():
     """Backward reuses the block forward gathered: given another block, grad_x follows that block."""
     x, weight, grad_y = torch.randn(4, 5), torch.randn(9, 10), torch.randn(4, 3)
     other = torch.randn(3, 5)  # not W[0::3, 1::2]
-    grad_x, _, _ = row_linear_backward(grad_y, x, weight, other, 2, 1, 1, 3, 0, 1)
+    grad_x, _, _ = row_linear_backward(grad_y, x, weight, [other], 2, 1, 1, 3, 0, 1)
     torch.testing.assert_close(grad_x, RowPattern(2, 1).scale * grad_y @ other)
-    with pytest.raises(ValueError, match=r"block must have shape \(3, 5\).*got \(0,\)"):
-        row_linear_backward(grad_y, x, weight, torch.empty(0), 2, 1, 1, 3, 0, 1)
-    with pytest.raises(ValueError, match=r"block must have shape \(0,\)"):
-        row_linear_backward(torch.randn(4, 3), torch.randn(4, 10), weight, other, 1, 0, 1, 3, 0, 1)
+    with pytest.raises(ValueError, match=r"need no blocks or one per \(out, in\) offset pair \(1\), got 2"):
+        row_linear_backward(grad_y, x, weight, [other, other], 2, 1, 1, 3, 0, 1)
 
 
 def test_gathered_autograd_saves_x_weight_and_the_block():
@@ -504,7 +521,7 @@ def test_gathered_autograd_saves_x_weight_and_the_block():
     x, w, b = torch.randn(3, 5), torch.randn(7, 11, requires_grad=True), torch.randn(7, requires_grad=True)
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
         y = row_pattern_linear(x, w, b, RowPattern(2, 1), RowPattern(3, 0))
-    assert [tuple(t.shape) for t in saved] == [(3, 5), (7, 11), (3, 5)]  # x, W, the [k_out, k_in] block
+    assert sorted(tuple(t.shape) for t in saved) == [(3, 5), (3, 5), (7, 11)]  # x, W, the [k_out, k_in] block
     y.sum().backward()
     assert w.grad is not None and b.grad is not None
 
@@ -535,47 +552,28 @@ def test_gathered_block_is_not_stale_after_an_optimizer_step():
 
 @pytest.mark.parametrize(
     "in_p, out_p",
-    [(RowPattern(2, 1), RowPattern(3, 2)), (RowPattern(1, 0), RowPattern(4, 1)), (RowPattern(3, 0), RowPattern(1, 0))],
+    [
+        (RowPattern(2, 1), RowPattern(3, 2)),
+        (RowPattern(1, 0), RowPattern(4, 1)),
+        (RowPattern(3, 0), RowPattern(1, 0)),
+        (RowPattern(4, 3, 2), RowPattern(3, 1)),  # index columns
+        (RowPattern(2, 1), RowPattern(5, 4, 3)),  # index rows
+    ],
 )
-def test_gathered_gradient_is_exactly_zero_outside_the_kept_block(in_p, out_p):
+@pytest.mark.parametrize("batch", [6, 0])
+def test_gathered_gradient_is_exactly_zero_outside_the_kept_block(in_p, out_p, batch):
     """grad_w is written without a zero fill of the whole tensor: what lies outside the kept block is
-    still exactly zero, also when the allocator hands back memory full of NaN."""
+    still exactly zero, also when the allocator hands back memory full of NaN (and for an empty batch)."""
     n_out, n_in = 48, 40
     weight, bias = torch.randn(n_out, n_in, requires_grad=True), torch.randn(n_out, requires_grad=True)
-    x = torch.randn(6, in_p.kept_count(n_in), requires_grad=True)
+    x = torch.randn(batch, in_p.kept_count(n_in), requires_grad=True)
     y = row_pattern_linear(x, weight, bias, in_p, out_p)
     for _ in range(4):  # freed blocks of grad_w's size, full of NaN, for the allocator to reuse
         torch.full((n_out, n_in), float("nan"))
     y.square().sum().backward()
     kept = out_p.keep_mask(n_out)[:, None] & in_p.keep_mask(n_in)[None, :]
-    assert (weight.grad[~kept] == 0).all() and (weight.grad[kept] != 0).all()
+    assert (weight.grad[~kept] == 0).all() and (weight.grad[kept] != 0).all() == (batch > 0)
     assert weight.grad.is_contiguous() and (bias.grad[~out_p.keep_mask(n_out)] == 0).all()
-
-
-@pytest.mark.parametrize(
-    "rows, cols",
-    [
-        (slice(1, 11, 3), slice(0, 7, 2)),
-        (slice(0, 11), slice(1, 7, 2)),
-        (slice(2, 11, 4), slice(0, 7)),
-        (slice(0, 11), slice(0, 7)),
-        (torch.tensor([0, 1, 5, 9]), slice(1, 7, 3)),
-        (slice(1, 11, 2), torch.tensor([0, 2, 3])),
-    ],
-)
-def test_block_product_writes_the_block_and_zero_elsewhere(rows, cols):
-    n_r, n_c = 11, 7
-    k_r = len(range(n_r)[rows]) if isinstance(rows, slice) else len(rows)
-    k_c = len(range(n_c)[cols]) if isinstance(cols, slice) else len(cols)
-    a, b = torch.randn(k_r, 5, dtype=F64), torch.randn(5, k_c, dtype=F64)
-    for _ in range(4):
-        torch.full((n_r, n_c), float("nan"), dtype=F64)
-    got = block_product(a, b, torch.Size((n_r, n_c)), rows, cols)
-    want = torch.zeros(n_r, n_c, dtype=F64)
-    want[torch.arange(n_r)[rows][:, None], torch.arange(n_c)[cols][None, :]] = a @ b
-    assert torch.equal(got, want) and got.is_contiguous()
-    empty = block_product(a[:, :0], b[:0], torch.Size((n_r, n_c)), rows, cols)  # K = 0: an empty batch
-    assert torch.equal(empty, torch.zeros(n_r, n_c, dtype=F64))
 
 
 def test_torch_compile_traces_the_gathered_op_forward_and_backward():
@@ -605,3 +603,43 @@ def test_the_row_mlp_trains_through_the_gathered_op_on_cpu():
     assert (k[1], k[0]) in saved and (2, k[1]) in saved  # layer 2's and layer 3's blocks
     y.sum().backward()
     assert all(p.grad is not None for p in model.parameters())
+
+
+def test_torch_export_keeps_the_registered_ops():
+    """torch.export traces the pattern linears to the registered ops (one row op, one tile op with groups),
+    and the exported program computes what eager does."""
+    from approxdrop.ops import grouped_tile_pattern_linear
+
+    in_p, out_p = RowPattern(2, 1), RowPattern(3, 0)
+    tiles = [TilePattern(2, o, tile=2) for o in (1, 0, 1)]
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w1, self.w2 = torch.nn.Parameter(torch.randn(9, 12)), torch.nn.Parameter(torch.randn(5, 3))
+
+        def forward(self, x):  # x [B, 6]: the kept inputs of in_p on 12 units
+            h = row_pattern_linear(x, self.w1, None, in_p, out_p)  # [B, 3]
+            return grouped_tile_pattern_linear(h, self.w2, None, tiles)  # [B, 5]
+
+    net, x = Net(), torch.randn(7, 6)
+    program = torch.export.export(net, (x,))
+    targets = {str(node.target) for node in program.graph.nodes if node.op == "call_function"}
+    assert {"approxdrop.row_linear.default", "approxdrop.tile_linear.default"} <= targets, targets
+    torch.testing.assert_close(program.module()(x), net(x))
+
+
+@given(
+    tile_patterns(), st.integers(1, 6), st.integers(1, 9), st.integers(1, 30), st.integers(1, 30), st.integers(0, 2**16)
+)
+def test_grouped_tile_matches_dense_masked_reference(pattern, groups, batch, n_in, n_out, seed):
+    """One offset per batch group (fewer rows than groups too): each group's rows get its pattern's DropConnect."""
+    from approxdrop.ops import grouped_tile_pattern_linear
+
+    gen = torch.Generator().manual_seed(seed)
+    offsets = torch.randint(pattern.dp, (groups,), generator=gen).tolist()
+    patterns = [TilePattern(pattern.dp, o, pattern.tile, pattern.keep) for o in offsets]
+    weight = torch.randn(n_out, n_in, generator=gen, dtype=F64, requires_grad=True)
+    bias = torch.randn(n_out, generator=gen, dtype=F64, requires_grad=True)
+    x = torch.randn(2, batch, n_in, generator=gen, dtype=F64, requires_grad=True)
+    _assert_same_forward_backward(grouped_tile_pattern_linear, tile_linear_reference, (x, weight, bias, patterns))

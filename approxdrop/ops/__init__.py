@@ -7,21 +7,26 @@ CPU path, the fallback on a GPU without built kernels, and the oracle the CUDA k
 tested against. Patterns travel as integers; backward rebuilds the kept index sets from them,
 so no mask or index tensor is ever saved for backward.
 
-row_linear(x, W, b, in_(dp, offset, keep), out_(dp, offset, keep)):
-    x (Tensor[*, k_in]) holds only the kept input units (k_in = kept count of the in pattern on
-    n_in = W.shape[1]); returns y (Tensor[*, k_out]), the kept output units of the out pattern:
-    ``y = in_scale * x @ W[kept_out][:, kept_in].T + b[kept_out]``, and the kept weight block it
-    gathered for backward (empty when every input is kept). A pattern (1, 0, 1) keeps everything:
-    use it for a side without dropout.
-tile_linear(x, W, b, dp, offset, keep, tile):
-    x (Tensor[*, n_in]) -> Tensor[*, n_out]: ``y = x @ (W * tile_mask * dp/keep).T + b``,
-    computed as one batched GEMM over ``dp`` dense blocks that never read a skipped tile.
+Two ops, each with one offset per group (G = 1 is the paper's method; groups share dp and keep):
+
+row_linear(Tensor[] xs, Tensor weight, Tensor? bias, int in_dp, int in_keep, int[] in_offsets,
+           int out_dp, int out_keep, int[] out_offsets) -> (Tensor[] ys, Tensor[] blocks):
+    xs[g] (Tensor[*, k_in(g)]) holds only group g's kept input units; ys[g] (Tensor[*, k_out(g)]) only its
+    kept outputs: ``ys[g] = in_scale * xs[g] @ W[kept_out(g)][:, kept_in(g)].T + b[kept_out(g)]``, one GEMM
+    per distinct (out, in) offset pair. blocks: the kept weight blocks it gathered for backward, one per
+    pair when inputs are dropped, else none. A side (1, 1, [0]) keeps everything: a side without dropout.
+    Full-width activations (x [*, B, n_in], zero at dropped outputs) compose around it:
+    ``ops.grouped_row_pattern_linear``.
+tile_linear(Tensor x, Tensor weight, Tensor? bias, int dp, int keep, int tile, int[] offsets) -> Tensor:
+    x (Tensor[*, B, n_in], the batch axis split into len(offsets) groups as torch.tensor_split does; any
+    x with one group) -> Tensor[*, B, n_out]: ``x @ (W * tile_mask(g) * dp/keep).T + b`` on group g's rows,
+    one batched GEMM per distinct offset over ``dp`` dense blocks that never read a skipped tile.
 """
 
 from __future__ import annotations
 
 from . import cuda as cuda  # registers the CUDA implementations of the ops; builds nothing
-from .grouped import group_bounds, grouped_row_linear, grouped_row_linear_reference
+from .grouped import group_bounds
 from .linear import (
     FULL,
     grouped_row_pattern_linear,
@@ -39,8 +44,6 @@ __all__ = [
     "StaticSide",
     "cuda",
     "group_bounds",
-    "grouped_row_linear",
-    "grouped_row_linear_reference",
     "grouped_row_pattern_linear",
     "grouped_row_pattern_linear_compact",
     "grouped_tile_pattern_linear",

@@ -95,6 +95,12 @@ def block_product(
     return full
 
 
+def concrete(*values: Any) -> bool:
+    """Whether every value is a Python int: under torch.compile a fake implementation may get SymInts for the
+    pattern integers, which only the real op (on concrete values) checks."""
+    return all(isinstance(v, int) for v in values)
+
+
 def check_weight(name: str, weight: torch.Tensor) -> None:
     if weight.dim() != 2:
         raise ValueError(f"{name}: weight must be 2-D [n_out, n_in], got shape {tuple(weight.shape)}")
@@ -143,13 +149,13 @@ def check_backward_args(
 def empty_grads(
     x: torch.Tensor, weight: torch.Tensor, need_grad_x: bool
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Fake outputs of both backward ops: grad_x (empty when not needed), grad_w, grad_b."""
+    """Fake outputs of the tile backward op: grad_x (empty when not needed), grad_w, grad_b."""
     grad_x = x.new_empty(x.shape) if need_grad_x else x.new_empty(0)  # real outputs are contiguous
     return grad_x, weight.new_empty(weight.shape), weight.new_empty(weight.shape[0])
 
 
 def save_inputs(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
-    """Autograd setup shared by both ops: keep x and W, and the pattern as integers."""
+    """Autograd setup of a forward op ``(x, weight, bias, *ints)``: keep x and W, and the pattern as integers."""
     x, weight, bias, *ints = inputs
     ctx.save_for_backward(x, weight)
     ctx.ints = ints

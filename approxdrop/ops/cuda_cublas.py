@@ -1,12 +1,12 @@
-"""The cuBLAS path of the row ops: the ``"cublas"`` candidate of the GPU dispatch (``approxdrop.ops.dispatch``).
+"""The cuBLAS path of the row op, one (out offset, in offset) pair at a time (``cuda_grouped.cublas_path``): the
+``"cublas"`` candidate of the GPU dispatch (``approxdrop.ops.dispatch``).
 
 Dense GEMMs through ``torch.mm`` / ``addmm`` (cuBLAS on CUDA tensors) on the kept rows and columns:
 
-- nothing dropped (dp = 1 or keep = dp on both sides): ``F.linear`` and its backward, untouched;
 - every input kept: the kept rows of W are read in place, a strided view with leading dimension
   ``dp * n_in`` for a keep = 1 out side (W itself when every output is kept too): no copy;
 - some inputs dropped: the kept block ``W[kept_out][:, kept_in]`` is gathered once (one copy kernel), and
-  the gathered ops return it so that backward's grad-input GEMM reuses it instead of gathering again.
+  the row op returns it so that backward's grad-input GEMM reuses it instead of gathering again.
   The saved block costs ``k_out * k_in`` elements per layer, at most the weight's size: ``(1 - p)^2`` of it
   for a layer dropping a fraction p on both sides, ``1 - p`` for one side;
 - the weight gradient is one compact GEMM ``[k_out, k_in]``, written into the full-size gradient by one
@@ -25,11 +25,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from ..patterns import RowPattern
 from . import common
-from .common import as_index, flat, take
+from .common import as_index, take
 
 
 @dataclass(frozen=True)
@@ -107,49 +106,7 @@ def pair_forward(
     return torch.addmm(take(bias, 0, out.selector(n_out, bias.device)), x2, w_kept.t(), alpha=scale)
 
 
-def forward(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, inp: RowPattern, out: RowPattern
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``row_linear`` on the cuBLAS path: y (Tensor[*, k_out]) and the gathered kept block
-    (Tensor[k_out, k_in]; empty, shape (0,), when every input is kept: then nothing was gathered)."""
-    n_out = weight.shape[0]
-    if kept_everything(inp):  # W's kept rows in place, unscaled: F.linear (W itself when every output is kept)
-        rows = out.selector(n_out, weight.device)
-        y = F.linear(x, take(weight, 0, rows), None if bias is None else take(bias, 0, rows))
-        return y.contiguous(), weight.new_empty(0)
-    block = gather_block(weight, out, inp)  # [k_out, k_in]
-    y = pair_forward(flat(x), block, bias, out, n_out, inp.scale)  # [N, k_out]
-    return y.reshape(*x.shape[:-1], y.shape[1]), block
-
-
 def weight_grad_block(g2: torch.Tensor, x2: torch.Tensor, scale: float) -> torch.Tensor:
     """The compact weight gradient ``scale * g2.T @ x2`` (Tensor[k_out, k_in]) of g2 (Tensor[N, k_out]) and
     x2 (Tensor[N, k_in])."""
     return scaled_mm(g2.t(), x2, scale)
-
-
-def backward(
-    grad_y: torch.Tensor,
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    block: torch.Tensor | None,
-    inp: RowPattern,
-    out: RowPattern,
-    need_grad_x: bool,
-    kernels: BlockKernels,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``row_linear_backward`` on the cuBLAS path (block: what forward gathered, or None to gather again):
-    grad_x (Tensor[*, k_in], empty without ``need_grad_x``), grad_w (Tensor[n_out, n_in], zero outside the
-    kept block), grad_b (Tensor[n_out], zero outside the kept rows); all contiguous."""
-    n_out, n_in = weight.shape
-    g2, x2 = flat(grad_y), flat(x)  # [N, k_out], [N, k_in]
-    grad_b = kernels.column_sum(g2, n_out, out)
-    if kept_everything(inp) and kept_everything(out):  # F.linear's backward
-        grad_x = torch.mm(g2, weight).reshape(x.shape) if need_grad_x else x.new_empty(0)
-        return grad_x, torch.mm(g2.t(), x2), grad_b
-    scale = inp.scale
-    grad_x = x.new_empty(0)
-    if need_grad_x:
-        grad_x = scaled_mm(g2, kept_weight_for(weight, block, out, inp), scale).reshape(x.shape)
-    grad_w = kernels.scatter(weight_grad_block(g2, x2, scale), (n_out, n_in), out, inp)
-    return grad_x, grad_w, grad_b

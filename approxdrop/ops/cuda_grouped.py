@@ -1,5 +1,5 @@
-"""The grouped row ops' pair paths (``approxdrop.ops.grouped.PairPath``) on the GPU: the cuBLAS path and the
-pattern-GEMM kernel, run by the grouped executor of ``approxdrop.ops.grouped`` one (out offset, in offset)
+"""The row op's pair paths (``approxdrop.ops.grouped.PairPath``) on the GPU: the cuBLAS path and the
+pattern-GEMM kernel, run by the per-pair executor of ``approxdrop.ops.grouped`` one (out offset, in offset)
 pair at a time, the weight and bias gradients summed over the pairs by :class:`GradSum`. On the cuBLAS
 path the first pair's weight gradient block is scattered into a new full-size gradient (every element
 written once), and every other pair's block is added into its kept positions; the blocks of distinct
@@ -18,7 +18,7 @@ from .grouped import PairPath
 
 
 class GradSum:
-    """grad_w (Tensor[n_out, n_in]) and grad_b (Tensor[n_out]) of a grouped op, summed over its pairs."""
+    """grad_w (Tensor[n_out, n_in]) and grad_b (Tensor[n_out]) of the row op, summed over its pairs."""
 
     def __init__(self, weight: torch.Tensor, kernels: cublas.BlockKernels | None = None) -> None:
         self.weight, self.kernels = weight, kernels
@@ -50,9 +50,10 @@ class GradSum:
 
 def cublas_path(kernels: cublas.BlockKernels) -> PairPath:
     """The cuBLAS path: one GEMM per pair on W's kept rows in place or on the one gathered block; the pair's
-    weight gradient is a compact GEMM scattered into the sum; its bias gradient the column-sum kernel."""
+    weight gradient is a compact GEMM scattered into the sum (nothing dropped: added as it is); its bias
+    gradient the column-sum kernel."""
 
-    def forward(x2, weight, bias, inp, out, want_block):
+    def forward(x2, weight, bias, inp, out):
         inp, out = RowPattern(*inp), RowPattern(*out)
         block = None if cublas.kept_everything(inp) else cublas.gather_block(weight, out, inp)
         w_kept = cublas.kept_weight_for(weight, block, out, inp)  # [k_out, k_in]
@@ -61,12 +62,15 @@ def cublas_path(kernels: cublas.BlockKernels) -> PairPath:
     def backward(g2, x2, weight, block, inp, out, need_grad_x, sums):
         inp, out = RowPattern(*inp), RowPattern(*out)
         sums.add_bias(kernels.column_sum(g2, weight.shape[0], out))
-        sums.add_block(cublas.weight_grad_block(g2, x2, inp.scale), out, inp)
+        if cublas.kept_everything(inp) and cublas.kept_everything(out):  # F.linear's weight gradient, no scatter
+            sums.add_full(torch.mm(g2.t(), x2))
+        else:
+            sums.add_block(cublas.weight_grad_block(g2, x2, inp.scale), out, inp)
         if not need_grad_x:
             return None
         return cublas.scaled_mm(g2, cublas.kept_weight_for(weight, block, out, inp), inp.scale)  # [N, k_in]
 
-    return PairPath(forward, backward, lambda weight: GradSum(weight, kernels))
+    return PairPath(forward, backward, lambda weight, pairs: GradSum(weight, kernels))
 
 
 def kernel_path(row_linear: Callable, row_linear_backward: Callable) -> PairPath:
@@ -74,8 +78,8 @@ def kernel_path(row_linear: Callable, row_linear_backward: Callable) -> PairPath
     ``row_linear_backward(g2, x2, weight, *ints, need_grad_x)`` (the extension's, with the stream bound);
     its full-size weight and bias gradients are added up."""
 
-    def forward(x2, weight, bias, inp, out, want_block):
-        gathers = want_block and inp[2] != inp[0]  # some inputs dropped
+    def forward(x2, weight, bias, inp, out):
+        gathers = inp[2] != inp[0]  # some inputs dropped: the op returns the block (its backward reads W)
         block = cublas.gather_block(weight, RowPattern(*out), RowPattern(*inp)) if gathers else None
         return row_linear(x2, weight, bias, *inp, *out), block
 
@@ -85,4 +89,4 @@ def kernel_path(row_linear: Callable, row_linear_backward: Callable) -> PairPath
         sums.add_bias(grad_b)
         return grad_x if need_grad_x else None
 
-    return PairPath(forward, backward, GradSum)
+    return PairPath(forward, backward, lambda weight, pairs: GradSum(weight))

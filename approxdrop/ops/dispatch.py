@@ -3,7 +3,7 @@
 An op on CUDA tensors has a list of candidates (``approxdrop.ops.candidates.Candidate``), each running
 the op on one call's arguments: ``"torch"``, the PyTorch implementation (the op's ``*_torch`` function),
 always first and the reference; ``"cublas"``, the cuBLAS path (``cuda_cublas``: cuBLAS GEMMs on strided
-views or one gathered block, the weight gradient scattered by one kernel; row ops only) and
+views or one gathered block, the weight gradient scattered by one kernel; the row op only) and
 ``"pattern"``, the pattern-GEMM kernel of ``kernels/``. A candidate whose ``supports`` gives reasons (the
 kernels are not built) is skipped, and its reasons are said. ``APPROXDROP_KERNELS`` selects the
 mode (:func:`kernel_mode`):
@@ -105,7 +105,7 @@ TOLERANCE = {torch.float64: 1e-9, torch.float32: 1e-2, torch.float16: 1e-2, torc
 
 
 def _leaves(out: Any) -> list[Any]:
-    """The tensors of an op's output: a tensor, or tuples and lists of them, nested (grouped ops), in order."""
+    """The tensors of an op's output: a tensor, or tuples and lists of them, nested (the row op's lists), in order."""
     if isinstance(out, (tuple, list)):
         return [leaf for item in out for leaf in _leaves(item)]
     return [out]

@@ -14,12 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from ..patterns import RowPattern, TilePattern
-from . import cuda
-from .common import kept_weight
-from .grouped import run_compact, run_compact_backward, run_full_width, run_full_width_backward
-from .row import _kept_backward, _kept_linear
-from .tile import tile_backward, tile_forward
+from . import cuda, grouped, tile
 
 
 def use_eager(x: torch.Tensor) -> bool:
@@ -33,71 +28,14 @@ def use_eager(x: torch.Tensor) -> bool:
     return not torch.is_autocast_enabled(x.device.type)
 
 
-def _grads(ctx, grad_x, grad_w, grad_b, extra: int) -> tuple:
-    """The gradients autograd wants back for ``(x, weight, bias, *extra non-tensors)``: None where no
-    input needs one."""
-    need = ctx.needs_input_grad
-    return (grad_x if need[0] else None, grad_w if need[1] else None, grad_b if need[2] else None) + (None,) * extra
-
-
 class RowLinear(torch.autograd.Function):
-    """``approxdrop::row_linear``'s forward and backward: x (Tensor[*, k_in]) -> Tensor[*, k_out]."""
-
-    @staticmethod
-    def forward(ctx, x, weight, bias, in_pattern: RowPattern, out_pattern: RowPattern):
-        n_out, n_in = weight.shape
-        rows, cols = out_pattern.selector(n_out, x.device), in_pattern.selector(n_in, x.device)
-        w_kept = kept_weight(weight, rows, cols)  # [k_out, k_in]: W's kept rows in place, or gathered once
-        ctx.save_for_backward(x, weight, w_kept)
-        ctx.selected = rows, cols, in_pattern.scale
-        return _kept_linear(x, w_kept, bias, rows, in_pattern.scale)
-
-    @staticmethod
-    def backward(ctx, grad_y):
-        x, weight, w_kept = ctx.saved_tensors
-        rows, cols, scale = ctx.selected
-        grads = _kept_backward(grad_y, x, weight, w_kept, rows, cols, scale, ctx.needs_input_grad[0])
-        return _grads(ctx, *grads, extra=2)
-
-
-class TileLinear(torch.autograd.Function):
-    """``approxdrop::tile_linear``'s forward and backward: x (Tensor[*, n_in]) -> Tensor[*, n_out]."""
-
-    @staticmethod
-    def forward(ctx, x, weight, bias, pattern: TilePattern):
-        ctx.save_for_backward(x, weight)
-        ctx.pattern = pattern
-        return tile_forward(x, weight, bias, pattern)
-
-    @staticmethod
-    def backward(ctx, grad_y):
-        x, weight = ctx.saved_tensors
-        return _grads(ctx, *tile_backward(grad_y, x, weight, ctx.pattern, ctx.needs_input_grad[0]), extra=1)
-
-
-class GroupedRowLinear(torch.autograd.Function):
-    """``approxdrop::grouped_row_linear``'s forward and backward on full-width x (Tensor[*, B, n_in])."""
-
-    @staticmethod
-    def forward(ctx, x, weight, bias, ints: tuple):
-        ctx.save_for_backward(x, weight)
-        ctx.ints = ints
-        return run_full_width(x, weight, bias, *ints)
-
-    @staticmethod
-    def backward(ctx, grad_y):
-        x, weight = ctx.saved_tensors
-        grads = run_full_width_backward(grad_y, x, weight, *ctx.ints, ctx.needs_input_grad[0])
-        return _grads(ctx, *grads, extra=1)
-
-
-class GroupedRowLinearCompact(torch.autograd.Function):
-    """``approxdrop::grouped_row_linear_compact``'s forward and backward: (weight, bias, ints, *xs) -> ys, with
-    xs[g] (Tensor[*, k_in(g)]) and ys[g] (Tensor[*, k_out(g)]) the compact activations of group g."""
+    """``approxdrop::row_linear``'s forward and backward: (weight, bias, ints, *xs) -> ys, with xs[g]
+    (Tensor[*, k_in(g)]) and ys[g] (Tensor[*, k_out(g)]) the compact activations of group g; ints: the op's
+    ``(in_dp, in_keep, in_offsets, out_dp, out_keep, out_offsets)``."""
 
     @staticmethod
     def forward(ctx, weight, bias, ints: tuple, *xs):
-        ys, blocks = run_compact(list(xs), weight, bias, *ints, separate=False)
+        ys, blocks = grouped.run_forward(list(xs), weight, bias, *ints, separate=False)
         ctx.save_for_backward(weight, *xs, *blocks)
         ctx.ints, ctx.groups, ctx.has_bias = ints, len(xs), bias is not None
         return tuple(ys)
@@ -107,7 +45,25 @@ class GroupedRowLinearCompact(torch.autograd.Function):
         weight, *rest = ctx.saved_tensors
         xs, blocks = rest[: ctx.groups], rest[ctx.groups :]
         need_x = any(ctx.needs_input_grad[3:])
-        grad_xs, grad_w, grad_b = run_compact_backward(list(grads), xs, weight, blocks, *ctx.ints, need_x, False)
+        grad_xs, grad_w, grad_b = grouped.run_backward(list(grads), xs, weight, blocks, *ctx.ints, need_x, False)
         need = ctx.needs_input_grad
         grad_xs = grad_xs if need_x else [None] * ctx.groups
         return (grad_w if need[0] else None, grad_b if need[1] and ctx.has_bias else None, None, *grad_xs)
+
+
+class TileLinear(torch.autograd.Function):
+    """``approxdrop::tile_linear``'s forward and backward: x (Tensor[*, B, n_in]) -> Tensor[*, B, n_out];
+    ints: the op's ``(dp, keep, tile, offsets)``."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, ints: tuple):
+        ctx.save_for_backward(x, weight)
+        ctx.ints = ints
+        return tile.run_forward(x, weight, bias, *ints)
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        x, weight = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        grad_x, grad_w, grad_b = tile.run_backward(grad_y, x, weight, *ctx.ints, need[0])
+        return grad_x if need[0] else None, grad_w if need[1] else None, grad_b if need[2] else None, None

@@ -1,7 +1,7 @@
 """The pattern linears that models and users call, taking pattern objects: each runs the eager
 ``autograd.Function`` (``ops.eager``) where nothing needs the registered op, else the registered
 ``approxdrop::`` op (torch.compile and export, autocast, CUDA dispatch). A pattern crosses into the ops
-here, once.
+here, once, as integers.
 
 ``check=True`` (the default) validates the operands at the call's entry with the registered ops'
 ValueErrors; the models pass ``check=False``: they check their patterns and widths when they are built
@@ -14,12 +14,11 @@ from collections.abc import Sequence
 
 import torch
 
-from ..patterns import RowPattern, TilePattern
+from ..patterns import RowPattern, TilePattern, periodic_count, periodic_selector
 from .common import check_linear_args, check_weight
-from .eager import GroupedRowLinear, GroupedRowLinearCompact, RowLinear, TileLinear, use_eager
-from .grouped import _check, _check_compact, group_bounds, grouped_row_linear, grouped_row_linear_compact
-from .row import row_linear
-from .tile import tile_linear
+from .eager import RowLinear, TileLinear, use_eager
+from .row import check_forward, row_linear
+from .tile import check_tile, tile_linear
 
 FULL = RowPattern(1, 0, 1)  # keeps every unit: the side of a layer without dropout
 
@@ -35,77 +34,14 @@ def row_pattern_linear(
 ) -> torch.Tensor:
     """Kept outputs (Tensor[*, k_out]) of a layer from its kept inputs x (Tensor[*, k_in]):
     ``in_pattern.scale * x @ W[kept_out][:, kept_in].T + b[kept_out]``; backward reuses the kept weight
-    block it gathered (``approxdrop::row_linear``)."""
+    block it gathered (``approxdrop::row_linear`` with one group)."""
     if check:
         check_weight("row_linear", weight)
         check_linear_args("row_linear", x, weight, bias, in_pattern.kept_count(weight.shape[1]))
+    ints = (in_pattern.dp, in_pattern.keep, [in_pattern.offset], out_pattern.dp, out_pattern.keep, [out_pattern.offset])
     if use_eager(x):
-        return RowLinear.apply(x, weight, bias, in_pattern, out_pattern)
-    ints = (in_pattern.dp, in_pattern.offset, in_pattern.keep, out_pattern.dp, out_pattern.offset, out_pattern.keep)
-    return row_linear(x, weight, bias, *ints)[0]
-
-
-def tile_pattern_linear(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, pattern: TilePattern, *, check: bool = True
-) -> torch.Tensor:
-    """DropConnect on the T x T tiles of ``weight`` (``approxdrop::tile_linear``): x (Tensor[*, n_in]) ->
-    Tensor[*, n_out]."""
-    if check:
-        check_weight("tile_linear", weight)
-        check_linear_args("tile_linear", x, weight, bias, weight.shape[1])
-    if use_eager(x):
-        return TileLinear.apply(x, weight, bias, pattern)
-    return tile_linear(x, weight, bias, pattern.dp, pattern.offset, pattern.keep, pattern.tile)
-
-
-def grouped_tile_pattern_linear(
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    patterns: Sequence[TilePattern],
-    *,
-    check: bool = True,
-) -> torch.Tensor:
-    """DropConnect on tiles with one TilePattern per batch group: the batch axis of x (Tensor[*, B, n_in],
-    the second-to-last) splits as ``torch.tensor_split`` does, and the tile op runs once per distinct
-    pattern, on the samples of the groups that drew it -> Tensor[*, B, n_out]."""
-    if check:
-        if x.dim() < 2 or not patterns:
-            raise ValueError(
-                f"grouped_tile_linear: x must be [*, B, n_in] and patterns one per group, got x of shape "
-                f"{tuple(x.shape)} and {len(patterns)} patterns"
-            )
-        check_weight("tile_linear", weight)
-        check_linear_args("tile_linear", x, weight, bias, weight.shape[1])
-    bounds = group_bounds(x.shape[-2], len(patterns))
-    ys: list = [None] * len(patterns)
-    for q in dict.fromkeys(patterns):  # distinct patterns, in group order
-        members = [g for g, pg in enumerate(patterns) if pg == q]
-        xq = torch.cat([x[..., slice(*bounds[g]), :] for g in members], -2)  # [*, B_q, n_in]
-        yq = tile_pattern_linear(xq, weight, bias, q, check=False)  # [*, B_q, n_out]
-        sizes = [bounds[g][1] - bounds[g][0] for g in members]
-        for g, y in zip(members, yq.split(sizes, -2)):
-            ys[g] = y
-    return torch.cat(ys, -2)  # [*, B, n_out]
-
-
-def grouped_row_pattern_linear(
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    in_patterns: Sequence[RowPattern],
-    out_patterns: Sequence[RowPattern],
-    *,
-    check: bool = True,
-) -> torch.Tensor:
-    """``approxdrop::grouped_row_linear`` with one RowPattern per batch group and side (each side shares dp
-    and keep): x (Tensor[*, B, n_in]) -> Tensor[*, B, n_out], zero at each group's dropped outputs."""
-    ints = pattern_ints(in_patterns, out_patterns)
-    if check:
-        _check(x, weight, bias, *ints)
-    if use_eager(x):
-        return GroupedRowLinear.apply(x, weight, bias, ints)
-    return grouped_row_linear(x, weight, bias, *ints)
+        return RowLinear.apply(weight, bias, ints, x)[0]
+    return row_linear([x], weight, bias, *ints)[0][0]
 
 
 def grouped_row_pattern_linear_compact(
@@ -117,15 +53,83 @@ def grouped_row_pattern_linear_compact(
     *,
     check: bool = True,
 ) -> list[torch.Tensor]:
-    """``approxdrop::grouped_row_linear_compact`` with one RowPattern per group and side: xs[g]
-    (Tensor[*, k_in(g)]) -> ys[g] (Tensor[*, k_out(g)]), the compact activations of group g."""
+    """``approxdrop::row_linear`` with one RowPattern per group and side: xs[g] (Tensor[*, k_in(g)]) -> ys[g]
+    (Tensor[*, k_out(g)]), the compact activations of group g."""
     ints = pattern_ints(in_patterns, out_patterns)
     if check:
-        _check_compact(list(xs), weight, bias, *ints)
+        check_forward("row_linear", list(xs), weight, bias, *ints)
     if use_eager(weight):
-        return list(GroupedRowLinearCompact.apply(weight, bias, ints, *xs))
-    ys, _ = grouped_row_linear_compact(list(xs), weight, bias, *ints)
+        return list(RowLinear.apply(weight, bias, ints, *xs))
+    ys, _ = row_linear(list(xs), weight, bias, *ints)
     return ys
+
+
+def grouped_row_pattern_linear(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    in_patterns: Sequence[RowPattern],
+    out_patterns: Sequence[RowPattern],
+    *,
+    check: bool = True,
+) -> torch.Tensor:
+    """Row patterns on full-width activations, one RowPattern per batch group and side (each side shares dp and
+    keep): x (Tensor[*, B, n_in], the batch axis split as ``torch.tensor_split`` does) -> Tensor[*, B, n_out],
+    zero at each group's dropped outputs. Composed around ``approxdrop::row_linear`` (docs/design.md, "Ops and
+    dispatch"): each group's kept columns of x in, its kept outputs widened with zeros."""
+    if check:
+        if x.dim() < 2:
+            raise ValueError(f"row_linear: x must be [*, B, n_in] (batch axis second-to-last), got {tuple(x.shape)}")
+        check_linear_args("row_linear (x full width)", x, weight, bias, weight.shape[1])
+    n_out, n_in = weight.shape
+    parts = x.tensor_split(len(in_patterns), -2)  # [*, B_g, n_in] views: their backward is one cat
+    xs = [part[..., _selector(n_in, q.dp, q.offset, q.keep, x.device)] for part, q in zip(parts, in_patterns)]
+    ys = grouped_row_pattern_linear_compact(xs, weight, bias, in_patterns, out_patterns, check=check)  # [*, B_g, k_out]
+    if out_patterns[0].keep != out_patterns[0].dp:  # zero at each group's dropped outputs
+        ys = [_widen(yg, _selector(n_out, q.dp, q.offset, q.keep, x.device), n_out) for q, yg in zip(out_patterns, ys)]
+    return torch.cat(ys, -2)  # [*, B, n_out]
+
+
+def _widen(y: torch.Tensor, kept: slice | torch.Tensor, n: int) -> torch.Tensor:
+    """y (Tensor[*, k]) at the ``kept`` units of a zero Tensor[*, n]."""
+    full = y.new_zeros(*y.shape[:-1], n)
+    full[..., kept] = y
+    return full
+
+
+def tile_pattern_linear(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, pattern: TilePattern, *, check: bool = True
+) -> torch.Tensor:
+    """DropConnect on the T x T tiles of ``weight`` (``approxdrop::tile_linear`` with one group): x
+    (Tensor[*, n_in]) -> Tensor[*, n_out]."""
+    return _tile(x, weight, bias, (pattern.dp, pattern.keep, pattern.tile, [pattern.offset]), check)
+
+
+def grouped_tile_pattern_linear(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    patterns: Sequence[TilePattern],
+    *,
+    check: bool = True,
+) -> torch.Tensor:
+    """DropConnect on tiles with one TilePattern per batch group (sharing dp, keep and tile): the batch axis of
+    x (Tensor[*, B, n_in], the second-to-last) splits as ``torch.tensor_split`` does; each group's rows get its
+    pattern (``approxdrop::tile_linear``) -> Tensor[*, B, n_out]."""
+    if len({(q.dp, q.keep, q.tile) for q in patterns}) > 1:
+        raise ValueError(f"tile_linear: the groups' patterns must share dp, keep and tile, got {patterns}")
+    p0 = patterns[0] if patterns else TilePattern(1, 0)
+    return _tile(x, weight, bias, (p0.dp, p0.keep, p0.tile, [q.offset for q in patterns]), check)
+
+
+def _tile(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, ints: tuple, check: bool) -> torch.Tensor:
+    """The tile op on ``ints`` = (dp, keep, tile, offsets): the eager Function, or the registered op."""
+    if check:
+        check_tile("tile_linear", x, weight, *ints)
+        check_linear_args("tile_linear", x, weight, bias, weight.shape[1])
+    if use_eager(x):
+        return TileLinear.apply(x, weight, bias, ints)
+    return tile_linear(x, weight, bias, *ints)
 
 
 def pattern_ints(in_patterns: Sequence[RowPattern], out_patterns: Sequence[RowPattern]) -> tuple:
@@ -135,3 +139,13 @@ def pattern_ints(in_patterns: Sequence[RowPattern], out_patterns: Sequence[RowPa
             raise ValueError(f"the groups' {side} patterns must share dp and keep, got {patterns}")
     i0, o0 = in_patterns[0], out_patterns[0]
     return i0.dp, i0.keep, [q.offset for q in in_patterns], o0.dp, o0.keep, [q.offset for q in out_patterns]
+
+
+def _selector(n: int, dp: int, offset: int, keep: int, device) -> slice | torch.Tensor:
+    """``periodic_selector``, but under torch.compile an index of keep > 1 has a static length (the sorted
+    residues of each period, cut at the kept count), not nonzero's data-dependent one."""
+    if keep in (1, dp) or not torch.compiler.is_compiling():
+        return periodic_selector(n, dp, offset, keep, device)
+    residues = torch.tensor(sorted((offset + t) % dp for t in range(keep)), device=device)  # [keep]
+    starts = torch.arange(0, n, dp, device=device)  # [ceil(n / dp)]: only the last period may run past n
+    return (starts[:, None] + residues).flatten()[: periodic_count(n, dp, offset, keep)]
