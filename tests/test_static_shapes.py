@@ -64,17 +64,22 @@ def test_static_row_linear_gradcheck_float64_padding_included():
     assert (w.grad[dropped_rows] == 0).all() and (b.grad[dropped_rows] == 0).all()
 
 
-def _pair(sizes, seed=0, **kw):
-    """The same MLP twice (same weights, same pattern generator seed): compact and static_shapes."""
-    torch.manual_seed(seed)
-    compact = ad.ApproxDropoutMLP(
-        sizes, 0.5, method="row", executor="compact", generator=torch.Generator().manual_seed(7), **kw
-    )
-    torch.manual_seed(seed)
-    static = ad.ApproxDropoutMLP(
-        sizes, 0.5, method="row", static_shapes=True, generator=torch.Generator().manual_seed(7), **kw
-    )
-    return compact, static
+def _twins(model_class, *args, seed: int, **kw) -> list:
+    """A row-pattern model built twice from the same weights and pattern generator seed: compact (executor
+    "compact"), then with static_shapes (which ignores the executor)."""
+    models = []
+    for static in (False, True):
+        torch.manual_seed(0)
+        generator = torch.Generator().manual_seed(seed)
+        models.append(
+            model_class(*args, method="row", executor="compact", static_shapes=static, generator=generator, **kw)
+        )
+    return models
+
+
+def _pair(sizes, groups=1, **kw):
+    """An MLP: compact and static_shapes."""
+    return _twins(ad.ApproxDropoutMLP, sizes, 0.5, groups=groups, seed=11, **kw)
 
 
 @pytest.mark.parametrize("input_dropout", [False, True])
@@ -99,28 +104,6 @@ def test_static_shapes_refuses_what_it_cannot_run():
         ad.ApproxDropoutFFN(6, 11, 0.5, method="bernoulli", static_shapes=True)
 
 
-def _grouped_pair(sizes, groups, **kw):
-    """The same grouped MLP twice (same weights, same pattern generator seed): compact and static_shapes."""
-    models = []
-    for static in (False, True):
-        torch.manual_seed(0)
-        generator = torch.Generator().manual_seed(11)
-        executor = "masked" if static else "compact"  # the static model ignores it
-        models.append(
-            ad.ApproxDropoutMLP(
-                sizes,
-                0.5,
-                method="row",
-                groups=groups,
-                executor=executor,
-                static_shapes=static,
-                generator=generator,
-                **kw,
-            )  # fmt: skip
-        )
-    return models
-
-
 @pytest.mark.parametrize(
     "groups,shape,input_dropout",
     [(4, (5, 11), False), (4, (3, 11), True), (3, (2, 7, 11), True), (2, (11,), False), (1, (11,), True)],
@@ -128,7 +111,7 @@ def _grouped_pair(sizes, groups, **kw):
 def test_static_grouped_mlp_matches_the_compact_grouped_path_step_by_step(groups, shape, input_dropout):
     """Groups split the batch unevenly (5 rows in 4 groups), or leave some empty (3 rows in 4), or x has
     no batch axis: each group's rows must still read their own group's slots."""
-    compact, static = _grouped_pair([11, 13, 9, 3], groups, input_dropout=input_dropout)
+    compact, static = _pair([11, 13, 9, 3], groups, input_dropout=input_dropout)
     x = torch.randn(*shape)
     mixed = 0  # steps on which the groups of a site drew different offsets
     for _ in range(6):
@@ -140,32 +123,6 @@ def test_static_grouped_mlp_matches_the_compact_grouped_path_step_by_step(groups
         for a, b in zip(compact.parameters(), static.parameters()):
             torch.testing.assert_close(b.grad, a.grad)
     assert (mixed >= 3 or groups == 1) and static.static_offsets.shape == (2 + input_dropout, groups)
-
-
-def test_compiled_static_grouped_mlp_makes_one_graph_per_dp_keep_class():
-    """row-g4, the MLP's default method, compiled whole (no graph break for the groups): every group's
-    offset changes each step, the graphs stay one per (dp, keep) combination of the sites."""
-    law = ad.PatternDistribution(((3, 1), (3, 2)), (0.5, 0.5))
-    compact, static = _grouped_pair([7, 10, 11, 3], 4, distributions=[law, law])
-    torch._dynamo.reset()
-    counters.clear()
-    compiled = torch.compile(static, fullgraph=True, backend="eager")
-    x = torch.randn(6, 7)
-    classes, offsets = set(), set()
-    with torch._dynamo.config.patch(automatic_dynamic_local_pgo=False):
-        for step in range(16):
-            for model in (compact, static):
-                model.zero_grad()
-            ad.draw_patterns(static)
-            classes.add(ad.pattern_key(static))
-            offsets.add(tuple(map(tuple, static.static_offsets.tolist())))
-            compiled(x).square().sum().backward()
-            compact(x).square().sum().backward()
-            assert static.last_patterns == compact.last_patterns, step
-            for a, b in zip(compact.parameters(), static.parameters()):
-                torch.testing.assert_close(b.grad, a.grad)
-    assert len(offsets) > 2 * len(classes)
-    assert counters["stats"]["unique_graphs"] <= len(classes), counters["stats"]
 
 
 @pytest.mark.parametrize("groups", [1, 4])
@@ -188,16 +145,17 @@ def test_pattern_key_of_a_static_model_is_its_dp_keep_classes(groups):
     assert len(keys) == 4  # (3, 1) or (3, 2) at each of two sites, whatever the offsets
 
 
-def test_compiled_static_mlp_makes_one_graph_per_dp_keep_class_not_per_offset():
+@pytest.mark.parametrize("groups,batch", [(1, 4), (4, 6)])
+def test_compiled_static_mlp_makes_one_graph_per_dp_keep_class_not_per_offset(groups, batch):
     """Widths that dp = 3 does not divide, so the compact path's shapes change with the offset: the static
-    path compiles once per (dp, keep) combination of the sites (here 2 x 2), then never again."""
+    path compiles once per (dp, keep) combination of the sites (here 2 x 2), then never again. With four
+    groups (row-g4, the MLP's default) the model compiles whole too, every group's offset changing."""
     law = ad.PatternDistribution(((3, 1), (3, 2)), (0.5, 0.5))
-    sizes = [7, 10, 11, 3]
-    compact, static = _pair(sizes, distributions=[law, law])
+    compact, static = _pair([7, 10, 11, 3], groups, distributions=[law, law])
     torch._dynamo.reset()
     counters.clear()
     compiled = torch.compile(static, fullgraph=True, backend="eager")
-    x = torch.randn(4, 7)
+    x = torch.randn(batch, 7)
     classes, offsets = set(), set()
     with torch._dynamo.config.patch(automatic_dynamic_local_pgo=False):
         for step in range(24):
@@ -222,18 +180,8 @@ def test_full_side_is_the_layer_without_dropout():
 
 
 def _ffn_pair(**kw):
-    """ApproxDropoutFFN twice with the same weights and pattern generator seed: compact and static."""
-    blocks = []
-    for static in (False, True):
-        torch.manual_seed(0)
-        generator = torch.Generator().manual_seed(5)
-        executor = "masked" if static else "compact"  # the static block ignores it
-        blocks.append(
-            ad.ApproxDropoutFFN(
-                6, 11, 0.5, method="row", generator=generator, static_shapes=static, executor=executor, **kw
-            )
-        )
-    return blocks
+    """ApproxDropoutFFN: compact and static_shapes."""
+    return _twins(ad.ApproxDropoutFFN, 6, 11, 0.5, seed=5, **kw)
 
 
 def test_static_ffn_matches_the_compact_block_and_compiles_once_per_class():
@@ -263,7 +211,6 @@ def test_static_grouped_ffn_matches_the_compact_grouped_block(shape):
     """Groups split the samples (the leading axis: a transformer's B of [B, T, d], the rows of [N, d]); a
     1-D x is one sample, group 0's."""
     compact, static = _ffn_pair(groups=4)
-    compact.executor = "compact"
     x = torch.randn(*shape)
     for _ in range(5):
         for block in (compact, static):
@@ -325,29 +272,8 @@ def test_compiled_step_trains_a_static_model_as_the_eager_step_trains_its_twin()
 
 
 def _lstm_pair(groups, **kw):
-    """ApproxDropoutLSTM twice (same weights, same pattern generator seed): compact and static_shapes."""
-    from approxdrop.models.lstm import ApproxDropoutLSTM
-
-    models = []
-    for static in (False, True):
-        torch.manual_seed(0)
-        generator = torch.Generator().manual_seed(3)
-        models.append(
-            ApproxDropoutLSTM(
-                17,
-                hidden=11,
-                embedding=7,
-                layers=2,
-                p=0.5,
-                method="row",
-                groups=groups,
-                executor="compact",
-                static_shapes=static,
-                generator=generator,
-                **kw,
-            )  # fmt: skip
-        )
-    return models
+    """ApproxDropoutLSTM: compact and static_shapes."""
+    return _twins(ad.ApproxDropoutLSTM, 17, hidden=11, embedding=7, layers=2, p=0.5, groups=groups, seed=3, **kw)
 
 
 @pytest.mark.parametrize("groups,batch", [(1, 4), (4, 6), (4, 3)])
