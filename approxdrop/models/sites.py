@@ -427,9 +427,8 @@ def store_static(module: nn.Module, drawn: Sequence) -> None:
     forward reads it (one small host-to-device copy); nothing for another module or a step that drew
     nothing. The groups of a site share ``(dp, keep)``: only their offsets differ."""
     if module.static_shapes and drawn and None not in drawn:
-        sites = [_groups_of(q) for q in drawn]
-        module.static_classes = tuple((group[0].dp, group[0].keep) for group in sites)
-        module.static_offsets.copy_(torch.tensor([[q.offset for q in group] for group in sites]))
+        module.static_classes = tuple(static_class(q) for q in drawn)
+        module.static_offsets.copy_(torch.tensor([[q.offset for q in _groups_of(site)] for site in drawn]))
 
 
 def static_graph_bound(model: nn.Module) -> int:
