@@ -9,8 +9,11 @@ import torch
 
 
 def take(t: torch.Tensor, dim: int, sel: slice | torch.Tensor) -> torch.Tensor:
-    """``t`` restricted to ``sel`` along ``dim``: a view for a slice, a gather for indices."""
+    """``t`` restricted to ``sel`` along ``dim``: ``t`` itself for every unit, a view for a slice, a gather for
+    indices."""
     if isinstance(sel, slice):
+        if sel == slice(0, t.shape[dim]):
+            return t
         return t[(slice(None),) * dim + (sel,)]
     return t.index_select(dim, sel)
 
@@ -33,10 +36,18 @@ def gather_block(weight: torch.Tensor, rows: slice | torch.Tensor, cols: slice |
     slices, else one gather), never a view of ``weight``: what an op may return and backward reuses (an op's
     output may not alias its input, and a one-column slice would be a view)."""
     if isinstance(rows, slice) and isinstance(cols, slice):
-        return weight[rows, cols].clone(memory_format=torch.contiguous_format)
+        return strided_block(weight, rows, cols).clone(memory_format=torch.contiguous_format)
     if isinstance(rows, slice):
         return weight[rows].index_select(1, cols)
     return weight[rows[:, None], as_index(cols, weight.shape[1], weight.device)[None, :]]
+
+
+def strided_block(t: torch.Tensor, rows: slice, cols: slice) -> torch.Tensor:
+    """``t[rows][:, cols]`` (t: Tensor[n_r, n_c], non-negative slices) as one view op: two slices are two
+    dispatched ops, and a step takes such a block of each weight and of its gradient."""
+    r, c = range(t.shape[0])[rows], range(t.shape[1])[cols]
+    (s_r, s_c), o = t.stride(), t.storage_offset()
+    return t.as_strided((len(r), len(c)), (s_r * r.step, s_c * c.step), o + r.start * s_r + c.start * s_c)
 
 
 def flat(t: torch.Tensor) -> torch.Tensor:
@@ -51,47 +62,55 @@ def as_index(sel: slice | torch.Tensor, n: int, device: torch.device | str | Non
 def put_block(full: torch.Tensor, block: torch.Tensor, rows: slice | torch.Tensor, cols: slice | torch.Tensor) -> None:
     """Write ``block`` (Tensor[k_r, k_c]) into ``full[rows][:, cols]`` in place."""
     if isinstance(rows, slice) and isinstance(cols, slice):
-        full[rows, cols].copy_(block)
+        strided_block(full, rows, cols).copy_(block)
         return
     r = as_index(rows, full.shape[0], full.device)
     c = as_index(cols, full.shape[1], full.device)
     full.index_put_((r[:, None], c[None, :]), block)
 
 
-def complement(sel: slice, n: int) -> list[slice]:
-    """The units of ``[0, n)`` that a slice selector (``RowPattern.selector``: ``slice(0, n)`` or
-    ``slice(offset, n, dp)``) leaves out: the other residues mod dp, as strided slices."""
-    step = sel.step or 1
-    return [slice(r, n, step) for r in range(step) if r != sel.start]
+def scaled_mm(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    scale: float,
+    like: torch.Tensor | None = None,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``scale * a @ b`` (Tensor[M, N]) in one GEMM, the scale in its alpha: no pass to scale an operand or the
+    product, and one dispatched op. With beta = 0 addmm does not read its input (documented: NaN and inf in
+    it do not propagate), so ``like`` may be any tensor of the product's shape (else a new empty one), and
+    ``out`` (a view BLAS writes in place) is written."""
+    if scale == 1.0:
+        return torch.mm(a, b, out=out)
+    source = out if out is not None else like if like is not None else a.new_empty(a.shape[0], b.shape[1])
+    return torch.addmm(source, a, b, beta=0, alpha=scale, out=out)
 
 
 def block_product(
-    a: torch.Tensor, b: torch.Tensor, shape: torch.Size, rows: slice | torch.Tensor, cols: slice | torch.Tensor
+    a: torch.Tensor,
+    b: torch.Tensor,
+    shape: torch.Size,
+    rows: slice | torch.Tensor,
+    cols: slice | torch.Tensor,
+    scale: float = 1.0,
+    like: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Tensor[n_r, n_c] (contiguous, ``shape``) holding ``a @ b`` (a: Tensor[k_r, K], b: Tensor[K, k_c])
-    at ``[rows][:, cols]`` and exactly zero elsewhere: a weight gradient.
+    """Tensor[n_r, n_c] (contiguous, ``shape``) holding ``scale * a @ b`` (a: Tensor[k_r, K], b: Tensor[K, k_c])
+    at ``[rows][:, cols]`` and exactly zero elsewhere: a weight gradient. ``like``: as ``scaled_mm``'s.
 
-    With slice selectors every element is written once (no zero fill of the whole tensor that the
-    block then overwrites): the GEMM writes straight into the kept rows (a strided view BLAS
-    writes in place) when every column is kept, and the dropped rows and columns are zeroed as
-    strided views. Index selectors (extended patterns) zero-fill, then put the block.
+    One zero fill of the whole tensor, then the block: where every column is kept the GEMM writes
+    straight into the kept rows (a strided view BLAS writes in place), else the block is put. The one
+    fill beats zeroing only the dropped rows and columns as strided views, though it writes the block's
+    elements twice: a column-strided fill writes one element at a time (CPU, 2048 x 2048 at dp 3-4:
+    1.4-2.6 ms against 2.5-5.0 ms, docs/design.md "Host cost"), and on a GPU it is one launch, not 2(dp - 1).
     """
     if rows == slice(0, shape[0]) and cols == slice(0, shape[1]):
-        return torch.mm(a, b)
-    full = a.new_empty(shape)
-    if not (isinstance(rows, slice) and isinstance(cols, slice)):
-        full.zero_()
-        put_block(full, torch.mm(a, b), rows, cols)
-        return full
-    for dropped in complement(rows, shape[0]):
-        full[dropped].zero_()
-    kept = full[rows]  # [k_r, n_c] view, row stride dp * n_c
-    if cols == slice(0, shape[1]):
-        torch.mm(a, b, out=kept)
-        return full
-    kept[:, cols].copy_(torch.mm(a, b))
-    for dropped in complement(cols, shape[1]):
-        kept[:, dropped].zero_()
+        return scaled_mm(a, b, scale, like)
+    full = a.new_zeros(shape)
+    if isinstance(rows, slice) and cols == slice(0, shape[1]):
+        scaled_mm(a, b, scale, out=full[rows])  # [k_r, n_c] view, row stride dp * n_c
+    else:  # BLAS cannot write a column-strided view in place: the block, then one strided copy
+        put_block(full, scaled_mm(a, b, scale, like), rows, cols)
     return full
 
 

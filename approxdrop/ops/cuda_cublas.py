@@ -90,23 +90,18 @@ def kept_weight_for(weight: torch.Tensor, block: torch.Tensor | None, out: RowPa
     return block if block is not None else gather_block(weight, out, inp)
 
 
-def scaled_mm(a: torch.Tensor, b: torch.Tensor, scale: float) -> torch.Tensor:
-    """``scale * a @ b`` (Tensor[M, N]) with the scale in the GEMM's alpha (no extra pass)."""
-    if scale == 1.0:
-        return torch.mm(a, b)
-    return a.new_empty(a.shape[0], b.shape[1]).addmm_(a, b, beta=0, alpha=scale)  # beta = 0: the empty is not read
-
-
 def pair_forward(
     x2: torch.Tensor, w_kept: torch.Tensor, bias: torch.Tensor | None, out: RowPattern, n_out: int, scale: float
 ) -> torch.Tensor:
     """x2 (Tensor[N, k_in]) -> ``scale * x2 @ w_kept.T + bias[kept_out]`` (Tensor[N, k_out]), one GEMM."""
     if bias is None:
-        return scaled_mm(x2, w_kept.t(), scale)
+        return common.scaled_mm(x2, w_kept.t(), scale)
     return torch.addmm(take(bias, 0, out.selector(n_out, bias.device)), x2, w_kept.t(), alpha=scale)
 
 
-def weight_grad_block(g2: torch.Tensor, x2: torch.Tensor, scale: float) -> torch.Tensor:
+def weight_grad_block(
+    g2: torch.Tensor, x2: torch.Tensor, scale: float, like: torch.Tensor | None = None
+) -> torch.Tensor:
     """The compact weight gradient ``scale * g2.T @ x2`` (Tensor[k_out, k_in]) of g2 (Tensor[N, k_out]) and
-    x2 (Tensor[N, k_in])."""
-    return scaled_mm(g2.t(), x2, scale)
+    x2 (Tensor[N, k_in]); like: as ``common.scaled_mm``'s (forward's kept block has the shape)."""
+    return common.scaled_mm(g2.t(), x2, scale, like)

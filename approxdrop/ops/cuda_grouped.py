@@ -14,6 +14,7 @@ import torch
 
 from ..patterns import RowPattern
 from . import cuda_cublas as cublas
+from .common import scaled_mm
 from .grouped import PairPath
 
 
@@ -65,10 +66,11 @@ def cublas_path(kernels: cublas.BlockKernels) -> PairPath:
         if cublas.kept_everything(inp) and cublas.kept_everything(out):  # F.linear's weight gradient, no scatter
             sums.add_full(torch.mm(g2.t(), x2))
         else:
-            sums.add_block(cublas.weight_grad_block(g2, x2, inp.scale), out, inp)
+            sums.add_block(cublas.weight_grad_block(g2, x2, inp.scale, like=block), out, inp)
         if not need_grad_x:
             return None
-        return cublas.scaled_mm(g2, cublas.kept_weight_for(weight, block, out, inp), inp.scale)  # [N, k_in]
+        w_kept = cublas.kept_weight_for(weight, block, out, inp)  # [k_out, k_in]
+        return scaled_mm(g2, w_kept, inp.scale, like=x2)  # [N, k_in]
 
     return PairPath(forward, backward, lambda weight, pairs: GradSum(weight, kernels))
 

@@ -31,6 +31,7 @@ from .common import (
     gather_block,
     kept_weight,
     put_block,
+    scaled_mm,
     take,
 )
 
@@ -234,25 +235,27 @@ def _disjoint(inp: tuple[int, int, int], out: tuple[int, int, int]) -> bool:
 
 class _Sums:
     """grad_w (Tensor[n_out, n_in]) and grad_b (Tensor[n_out]) on PyTorch: one pair's block with exact zeros
-    around it (``block_product``: every element written once), or several pairs' blocks written into zeros
-    (disjoint) or added."""
+    around it (``block_product``), or several pairs' blocks written into zeros (disjoint) or added."""
 
     def __init__(self, weight: torch.Tensor, pairs: int) -> None:
         self.weight, self.pairs = weight, pairs
         self.grad_w: torch.Tensor | None = None
         self.grad_b: torch.Tensor | None = None
 
-    def add(self, g2, g, x2, rows, cols, inp, out) -> None:
-        """A pair's gradients from g2 (Tensor[N, k_out]), g (g2 scaled) and x2 (Tensor[N, k_in]); ``inp``, ``out``:
-        its sides' ``(dp, offset, keep)``."""
-        shape = self.weight.shape
+    def add(self, g2, x2, rows, cols, inp, out, block) -> None:
+        """A pair's gradients from g2 (Tensor[N, k_out]) and x2 (Tensor[N, k_in]); ``inp``, ``out``: its sides'
+        ``(dp, offset, keep)``; block: forward's kept block (Tensor[k_out, k_in]) or None, the product's shape."""
+        shape, scale = self.weight.shape, inp[0] / inp[2]
         if self.pairs == 1:
-            self.grad_w = block_product(g.t(), x2, shape, rows, cols)
+            self.grad_w = block_product(g2.t(), x2, shape, rows, cols, scale, like=block)
             if rows == slice(0, shape[0]):
                 self.grad_b = g2.sum(0)
             else:
                 self.grad_b = self.weight.new_zeros(shape[0])
-                self.grad_b[rows] = g2.sum(0)
+                if isinstance(rows, slice):  # summed straight into the kept rows
+                    torch.sum(g2, 0, out=self.grad_b[rows])
+                else:
+                    self.grad_b[rows] = g2.sum(0)
             return
         if self.grad_w is None:
             self.grad_w, self.grad_b = self.weight.new_zeros(shape), self.weight.new_zeros(shape[0])
@@ -260,12 +263,12 @@ class _Sums:
             self.grad_b[rows].add_(g2.sum(0))
         else:
             self.grad_b.index_add_(0, rows, g2.sum(0))
-        block = torch.mm(g.t(), x2)  # [k_out, k_in]
+        grad_block = scaled_mm(g2.t(), x2, scale, like=block)  # [k_out, k_in]
         if _disjoint(inp, out):
-            put_block(self.grad_w, block, rows, cols)
+            put_block(self.grad_w, grad_block, rows, cols)
         else:  # blocks of keep > 1 patterns overlap: add
-            r, c = as_index(rows, shape[0], block.device), as_index(cols, shape[1], block.device)
-            self.grad_w.index_put_((r[:, None], c[None, :]), block, accumulate=True)
+            r, c = as_index(rows, shape[0], x2.device), as_index(cols, shape[1], x2.device)
+            self.grad_w.index_put_((r[:, None], c[None, :]), grad_block, accumulate=True)
 
     def result(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(grad_w, grad_b); zeros where no pair wrote."""
@@ -275,15 +278,13 @@ class _Sums:
 
 
 def _torch_backward(g2, x2, weight, block, inp, out, need_grad_x: bool, sums: _Sums):
-    """One pair's gradients; the small operand is scaled once, for both products; grad_x reads forward's block
-    when given."""
+    """One pair's gradients, the input scale in each GEMM's alpha; grad_x reads forward's block when given."""
     rows, cols = _selectors(weight, inp, out)
-    scale = inp[0] / inp[2]
-    g = g2 * scale if scale != 1.0 else g2  # [N, k_out]
-    sums.add(g2, g, x2, rows, cols, inp, out)
+    sums.add(g2, x2, rows, cols, inp, out, block)
     if not need_grad_x:
         return None
-    return torch.mm(g, kept_weight(weight, rows, cols) if block is None else block)  # [N, k_in]
+    w_kept = kept_weight(weight, rows, cols) if block is None else block  # [k_out, k_in]
+    return scaled_mm(g2, w_kept, inp[0] / inp[2], like=x2)  # [N, k_in]
 
 
 TORCH_PAIRS = PairPath(_torch_forward, _torch_backward, _Sums)  # the PyTorch path
