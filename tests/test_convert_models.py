@@ -490,6 +490,36 @@ def test_gpt2_and_bert_output_side_dropout_converts_on_request_only(make, sites)
     assert_checkpoints_load_both_ways(make, model)
 
 
+def test_gpt2_output_side_blocks_with_static_shapes_train_as_the_eager_blocks():
+    """HF Conv1D weights ([d_in, d_out]) in the static form: the same outputs and gradients as the eager
+    output-side blocks under the same draws (attention and embedding dropout off; the attention output's
+    dropout, which stays nn.Dropout, draws from the same seed in both)."""
+    T = hf()
+    twins = []
+    for static in (False, True):
+        torch.manual_seed(0)
+        config = T.GPT2Config(
+            vocab_size=40, n_embd=16, n_layer=2, n_head=2, n_positions=16, resid_pdrop=0.3, attn_pdrop=0.0,
+            embd_pdrop=0.0,
+        )  # fmt: skip
+        model = T.GPT2Model(config).double()  # float64: the two paths' GEMMs may round differently
+        convert(model, output_side=True, static_shapes=static, generator=torch.Generator().manual_seed(4))
+        twins.append(model.train())
+    blocks = [m for m in twins[1].modules() if isinstance(m, OutputRowDropout)]
+    assert len(blocks) == 2 and all(b.static_shapes and b.transposed for b in blocks)  # h.{0,1}.mlp.c_proj
+    ids = torch.randint(1, 40, (3, 7))
+    for step in range(3):
+        outs = []
+        for model in twins:
+            model.zero_grad()
+            torch.manual_seed(step)  # the attention blocks' resid_dropout stays nn.Dropout: the same masks
+            outs.append(model(input_ids=ids).last_hidden_state)
+            outs[-1].square().sum().backward()
+        torch.testing.assert_close(outs[1], outs[0])
+        for (name, a), b in zip(twins[0].named_parameters(), twins[1].parameters()):
+            torch.testing.assert_close(b.grad, a.grad, msg=lambda m, name=name: f"{name}: {m}")
+
+
 def test_hf_and_timm_activations_are_elementwise_softmax_never():
     T = hf()
     from approxdrop.models.sites import ELEMENTWISE_NAMES, is_elementwise

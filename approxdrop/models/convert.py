@@ -94,8 +94,8 @@ def convert(
     is given to every new block. A block takes its dropout's train / eval mode. ``output_side``: also
     turn ``Linear -> Dropout`` pairs (whole output features dropped) into OutputRowDropout blocks that
     compute only the kept output rows (one pattern per batch); off by default (README, convert).
-    ``static_shapes``: the feed-forward blocks run at shapes set by their draw's ``(dp, keep)``
-    (ApproxDropoutFFN), for one compiled or CUDA graph per pattern class.
+    ``static_shapes``: the feed-forward and output-side blocks run at shapes set by their draw's ``(dp, keep)``
+    (ApproxDropoutFFN, OutputRowDropout), for one compiled or CUDA graph per pattern class.
     Everything is planned before anything changes: a chain is converted whole or left untouched, with
     the reason in the report.
     """
@@ -319,7 +319,9 @@ class _Builder:
             return f"output-side dropout takes one pattern per batch, not groups={self.groups}"
         try:
             rate = dropout.p if self.p is None else self.p
-            block = OutputRowDropout(linear, rate, self.method, generator=self.generator, transposed=conv1d)
+            block = OutputRowDropout(
+                linear, rate, self.method, generator=self.generator, transposed=conv1d, static_shapes=self.static_shapes
+            )
         except ValueError as error:
             return f"cannot build the block: {error}"
         return _take_mode(block, dropout.training)

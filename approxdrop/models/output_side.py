@@ -1,7 +1,8 @@
 """OutputRowDropout: ``dropout_p(linear(x))`` where the dropout drops whole output features with a row
 pattern (one per batch), so the GEMM computes only the kept output rows; they are scaled and put back
 into a zero ``[*, d_out]`` tensor. What ``convert(model, output_side=True)`` builds around a Linear (or
-HF's Conv1D, whose weight is ``[d_in, d_out]``) followed by a Dropout.
+HF's Conv1D, whose weight is ``[d_in, d_out]``) followed by a Dropout. With ``static_shapes`` the kept
+features sit in the slots of ``ops.static`` (shapes set by the draw's ``(dp, keep)``, not its offset).
 """
 
 from __future__ import annotations
@@ -13,10 +14,10 @@ from torch import nn
 
 from .._env import check_rate
 from ..distribution import PatternDistribution
-from ..ops import FULL, row_pattern_linear
+from ..ops import FULL, row_pattern_linear, static_row_linear
 from .ffn import ffn_method
 from .methods import ELEMENT, NOTHING
-from .sites import draw_sites, site_distributions, step_draws
+from .sites import draw_sites, setup_static, site_distributions, static_sides, step_draws, store_static
 
 
 class OutputRowDropout(nn.Module):
@@ -30,6 +31,8 @@ class OutputRowDropout(nn.Module):
             ``bernoulli`` (nn.Dropout) or ``none``.
         distributions, generator: as ApproxDropoutFFN's.
         transposed: the weight is ``[d_in, d_out]``.
+        static_shapes: run at the shapes the draw's ``(dp, keep)`` sets, the offset read from a buffer, as
+            ApproxDropoutFFN's ``static_shapes``: one compiled or CUDA graph per pattern class.
     """
 
     def __init__(
@@ -40,6 +43,7 @@ class OutputRowDropout(nn.Module):
         distributions: Sequence[PatternDistribution] | None = None,
         generator: torch.Generator | None = None,
         transposed: bool = False,
+        static_shapes: bool = False,
     ) -> None:
         super().__init__()
         self.p = check_rate(p)
@@ -53,10 +57,13 @@ class OutputRowDropout(nn.Module):
         self.distributions = site_distributions(self.spec, self.p, [self.d_out], distributions)
         self.generator = generator
         self.last_pattern = None
+        setup_static(self, static_shapes, 1)
 
     def draw(self) -> list:
         """This step's draw for the one site, as a list of one RowPattern."""
-        return draw_sites(self.spec, self.p, [self.d_out], self.distributions, self.generator)
+        drawn = draw_sites(self.spec, self.p, [self.d_out], self.distributions, self.generator)
+        store_static(self, drawn)
+        return drawn
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (Tensor[*, d_in]) -> Tensor[*, d_out]; the dropped features are 0."""
@@ -68,9 +75,20 @@ class OutputRowDropout(nn.Module):
         (pattern,) = step_draws(self)
         self.last_pattern = pattern
         weight = self.linear.weight.t() if self.transposed else self.linear.weight  # [d_out, d_in]
+        if self.static_shapes:
+            return self._static(x, weight)
         kept = row_pattern_linear(x, weight, self.linear.bias, FULL, pattern) * pattern.scale  # [*, k]
         index = pattern.kept_indices(self.d_out, kept.device)  # Long[k]
         return kept.new_zeros(*kept.shape[:-1], self.d_out).index_copy(-1, index, kept)  # [*, d_out]
 
+    def _static(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        # the kept features in slots, [*, K] whatever the offset; a padding slot (index 0) adds an exact zero
+        ((side,),) = static_sides(self, [self.d_out])
+        kept = static_row_linear(x, weight, self.linear.bias, None, side) * side.scale  # [*, K]
+        if side.valid is not None:
+            kept = kept * side.valid
+        return kept.new_zeros(*kept.shape[:-1], self.d_out).index_add(-1, side.index, kept)  # [*, d_out]
+
     def extra_repr(self) -> str:
-        return f"d_out={self.d_out}, p={self.p}, method={self.method!r}"
+        static = ", static_shapes=True" if self.static_shapes else ""
+        return f"d_out={self.d_out}, p={self.p}, method={self.method!r}{static}"
