@@ -270,7 +270,7 @@ def test_masked_lstm_equals_compact():
 
 
 def test_auto_masks_below_the_crossover_and_skips_above_it():
-    from approxdrop.models.sites import MASKED_BELOW_MACS, MIN_GROUP_ROWS
+    from approxdrop.models.sites import MASKED_BELOW_MACS, MIN_GROUP_ROWS, MIN_ROWS_ONE_GROUP
 
     model = ad.ApproxDropoutMLP([64, 256, 256, 10], 0.5, method="row-g4")  # largest layer 256 x 256
     below = MASKED_BELOW_MACS // (256 * 256) - 1
@@ -279,6 +279,9 @@ def test_auto_masks_below_the_crossover_and_skips_above_it():
     wide = ad.ApproxDropoutMLP([64, 4096, 4096, 10], 0.5, method="row-g4")  # many MACs, few rows per group
     assert wide.executor_for(torch.zeros(4 * MIN_GROUP_ROWS - 1, 64)) == "masked"
     assert wide.executor_for(torch.zeros(4 * MIN_GROUP_ROWS, 64)) == "compact"
+    one = ad.ApproxDropoutMLP([64, 4096, 4096, 10], 0.5, method="row")  # one group: its own row minimum
+    assert one.executor_for(torch.zeros(MIN_ROWS_ONE_GROUP - 1, 64)) == "masked"
+    assert one.executor_for(torch.zeros(MIN_ROWS_ONE_GROUP, 64)) == "compact"
     assert ad.ApproxDropoutMLP([4, 8, 2], 0.5, executor="compact").executor_for(torch.zeros(2, 4)) == "compact"
     with pytest.raises(ValueError, match=r"executor must be one of \('auto', 'compact', 'masked'\), got 'fast'"):
         ad.ApproxDropoutFFN(4, 8, 0.5, executor="fast")

@@ -89,8 +89,8 @@ class ApproxDropoutMLP(nn.Module):
             each group's dropped units zeroed by a scaled mask: the same numbers, fewer host operations) or
             "auto" (default: "compact" only where it measured faster, from ``sites.MASKED_BELOW_MACS``
             multiply-adds in the largest layer with groups, ``sites.MASKED_BELOW_MACS_ONE_GROUP`` with one,
-            and ``sites.MIN_GROUP_ROWS`` rows per group). ``executor_for(x)`` says which. Under
-            torch.compile ``row`` always runs compact.
+            and ``sites.MIN_GROUP_ROWS`` rows per group, ``sites.MIN_ROWS_ONE_GROUP`` with one).
+            ``executor_for(x)`` says which. Under torch.compile ``row`` always runs compact.
         static_shapes: (row patterns, any groups) run each layer at the shape its site's ``(dp, keep)``
             sets, whatever the offsets (``ops.static``): offsets are read from the ``static_offsets`` buffer,
             which every draw fills, so a graph compiled or captured after ``draw_patterns`` serves every

@@ -136,13 +136,16 @@ def activate(activation: nn.Module, h: torch.Tensor) -> torch.Tensor:
 # dropped, with the same law); "auto" takes "compact" only where it measured faster (benchmarks/overhead.md,
 # this project's 2-core CPU, one thread, p = 0.5, MLP [w, w, w, 10]): with groups, from
 # MASKED_BELOW_MACS = 2**25 multiply-adds in the model's largest layer per step (G = 4) AND at least
-# MIN_GROUP_ROWS rows per group; with one group, from MASKED_BELOW_MACS_ONE_GROUP = 2**22 (compact was
+# MIN_GROUP_ROWS = 16 rows per group (at 8 rows per group, batch 32, masked was 0.84-0.98x nn.Dropout's
+# step and compact 1.00-1.17x; at 16 rows compact 0.70-0.75x and masked 0.88-0.95x, w = 1024-2048); with
+# one group, from MASKED_BELOW_MACS_ONE_GROUP = 2**22 and MIN_ROWS_ONE_GROUP = 8 rows (compact was
 # 1.1-1.5x the masked step up to 2**21, 0.80-0.89x at 2**23 and 0.54-0.75x above, at batch 8, 32 and
 # 128). Below, the compact GEMMs cost more host time and gathers than they save.
 GROUPED_EXECUTORS = ("auto", "compact", "masked")
 MASKED_BELOW_MACS = 2**25
 MASKED_BELOW_MACS_ONE_GROUP = 2**22
-MIN_GROUP_ROWS = 8
+MIN_GROUP_ROWS = 16
+MIN_ROWS_ONE_GROUP = 8
 
 
 def check_executor(executor: str) -> str:
@@ -157,8 +160,12 @@ def grouped_executor(executor: str, rows: int, groups: int, largest_layer: int) 
     a model whose largest layer has ``largest_layer`` weights (see ``GROUPED_EXECUTORS``)."""
     if executor != "auto":
         return executor
-    least = MASKED_BELOW_MACS if groups > 1 else MASKED_BELOW_MACS_ONE_GROUP
-    compact = rows * largest_layer >= least and rows >= MIN_GROUP_ROWS * groups
+    least, fewest = (
+        (MASKED_BELOW_MACS, MIN_GROUP_ROWS * groups)
+        if groups > 1
+        else (MASKED_BELOW_MACS_ONE_GROUP, MIN_ROWS_ONE_GROUP)
+    )
+    compact = rows * largest_layer >= least and rows >= fewest
     return "compact" if compact else "masked"
 
 
