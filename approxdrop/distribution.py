@@ -112,18 +112,26 @@ class PatternDistribution:
         return self.complete_groups(self.sample(generator), check_int("groups", groups, 1, MAX_GROUPS), generator)
 
     def complete_groups(
-        self, first: RowPattern | TilePattern, groups: int, generator: torch.Generator | None = None
+        self,
+        first: RowPattern | TilePattern,
+        groups: int,
+        generator: torch.Generator | None = None,
+        uniforms: Sequence[float] | None = None,
     ) -> tuple[RowPattern | TilePattern, ...]:
         """``first`` (group 0's draw) and the other groups' patterns: the rest of a uniformly random
-        permutation of the offsets 0..dp-1, then fresh permutations (see ``sample_groups``)."""
+        permutation of the offsets 0..dp-1, then fresh permutations (see ``sample_groups``). Each
+        permutation is the argsort of i.i.d. uniforms: ``uniforms`` (``permutation_uniforms(dp, groups)`` of
+        them) when given, else one call of the generator."""
         if groups == 1:
             return (first,)
         dp = first.dp
+        if uniforms is None:
+            count = permutation_uniforms(dp, groups)
+            uniforms = torch.rand(count, dtype=torch.float64, generator=generator).tolist()
         rest = [o for o in range(dp) if o != first.offset]  # the rest of the first permutation
-        offsets = [first.offset] + [rest[i] for i in torch.randperm(dp - 1, generator=generator).tolist()]
-        if groups > dp:  # the fresh permutations, all in one call: argsort of i.i.d. uniforms per row
-            fresh = -(-(groups - dp) // dp)
-            offsets += torch.rand(fresh, dp, dtype=torch.float64, generator=generator).argsort(1).flatten().tolist()
+        offsets = [first.offset] + [rest[i] for i in _argsort(uniforms[: dp - 1])]
+        for start in range(dp - 1, len(uniforms), dp):  # the fresh permutations
+            offsets += _argsort(uniforms[start : start + dp])
         return tuple(self._same_class(first, o) for o in offsets[:groups])
 
     def _same_class(self, first: RowPattern | TilePattern, offset: int) -> RowPattern | TilePattern:
@@ -186,17 +194,37 @@ class PatternDistribution:
         )
 
 
+def permutation_uniforms(dp: int, groups: int) -> int:
+    """How many uniforms ``complete_groups`` turns into the offsets of ``groups`` groups: dp - 1 for the rest
+    of the first permutation, dp for each fresh one (none for one group)."""
+    if groups == 1:
+        return 0
+    return dp - 1 + dp * -(-max(groups - dp, 0) // dp)
+
+
+def _argsort(values: Sequence[float]) -> list[int]:
+    """The permutation that sorts ``values``: of i.i.d. uniforms, a uniformly random permutation."""
+    return sorted(range(len(values)), key=values.__getitem__)
+
+
 def sample_sites(
     distributions: Sequence[PatternDistribution], groups: int = 1, generator: torch.Generator | None = None
 ) -> list:
-    """One training step's draws for sites with these laws, in one call of the generator (plus one
-    permutation per site with ``groups > 1``): each site's pattern, or its tuple of one pattern per group.
-    Site ``i``'s (group 0) pattern is what ``distributions[i].sample`` would draw from the i-th uniform."""
+    """One training step's draws for sites with these laws, in one call of the generator (a second one for
+    every site's group offsets with ``groups > 1``): each site's pattern, or its tuple of one pattern per
+    group. Site ``i``'s (group 0) pattern is what ``distributions[i].sample`` would draw from the i-th
+    uniform."""
     uniforms = torch.rand(len(distributions), dtype=torch.float64, generator=generator).tolist()
     firsts = [d.pattern_at(u) for d, u in zip(distributions, uniforms)]
     if groups == 1:
         return firsts
-    return [d.complete_groups(first, groups, generator) for d, first in zip(distributions, firsts)]
+    counts = [permutation_uniforms(first.dp, groups) for first in firsts]
+    pool = torch.rand(sum(counts), dtype=torch.float64, generator=generator).tolist()
+    starts = [0, *itertools.accumulate(counts)]
+    return [
+        d.complete_groups(first, groups, uniforms=pool[start : start + count])
+        for d, first, start, count in zip(distributions, firsts, starts, counts)
+    ]
 
 
 def _sequence(name: str, value: object) -> tuple:

@@ -2,6 +2,7 @@
 same law as the enumeration, and the hostile inputs the models now take (issue 28 items 4, 10, 14, 15)."""
 
 import math
+from collections import Counter
 
 import pytest
 import torch
@@ -139,15 +140,22 @@ def test_one_call_draws_every_site_and_groups_one_is_the_row_draw():
 
 
 @pytest.mark.parametrize("groups", [2, 7, 40])
-def test_groups_past_dp_run_through_whole_permutations(groups):
-    law = ad.PatternDistribution(((3, 1), (5, 2)), (0.5, 0.5))
-    for seed in range(20):
-        draws = law.sample_groups(groups, torch.Generator().manual_seed(seed))
+@pytest.mark.parametrize("site", [None, 0, 1])  # sample_groups, or a site of sample_sites' one-call draw
+def test_groups_past_dp_run_through_whole_permutations_with_uniform_offsets(groups, site):
+    laws = [ad.PatternDistribution(((3, 1), (5, 2)), (0.5, 0.5)), ad.PatternDistribution(((2, 1), (4, 1)), (0.5, 0.5))]
+    counts, per_dp = Counter(), Counter()  # (group, dp, offset), dp
+    for seed in range(1500):
+        gen = torch.Generator().manual_seed(seed)
+        draws = laws[0].sample_groups(groups, gen) if site is None else sample_sites(laws, groups, gen)[site]
         dp = draws[0].dp
         offsets = [q.offset for q in draws]
         for start in range(0, groups - dp + 1, dp):  # every full block of dp groups is a permutation
             assert sorted(offsets[start : start + dp]) == list(range(dp))
         assert all((q.dp, q.keep) == (dp, draws[0].keep) for q in draws)
+        per_dp[dp] += 1
+        counts.update((g, dp, o) for g, o in enumerate(offsets))
+    for (g, dp, offset), k in counts.items():  # each group's offset ~ Uniform{0..dp-1} given dp
+        assert ad.binomial_test(k, per_dp[dp], 1.0 / dp) > 1e-4, (g, dp, offset, k, per_dp[dp])
 
 
 # --------------------------------------------------------------------------- hostile inputs (issue 28)
