@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from approxdrop.experiments.bench_overhead import CrossoverRow, format_tables
+from approxdrop.experiments.bench_overhead import CrossoverRow, format_tables, lasting_win
 from approxdrop.experiments.cli import main as cli_main
 
 QUICK = ["--threads", "1", "--warmup", "0", "--rounds", "2", "--steps", "1", "--no-progress"]
@@ -25,9 +25,16 @@ def test_bench_overhead_measures_every_model_and_writes_json(tmp_path, capsys):
     assert set(ops) == {"bernoulli", "row", "row-g4"} and all(n > 20 for n in ops.values())
     cross = [r for r in rows if "ratios" in r]
     assert {(r["method"], r["batch"]) for r in cross} == {("row", 4), ("row-g4", 4)}
-    for r in cross:  # the width is the first one that wins, or none
-        wins = [int(w) for w, ratio in r["ratios"].items() if ratio < 1.0]
-        assert r["width"] == (min(wins) if wins else None)
+    for r in cross:  # the width from which every wider one wins too, or none
+        ratios = {int(w): ratio for w, ratio in r["ratios"].items()}
+        assert r["width"] == lasting_win(ratios)
+
+
+def test_the_crossover_is_the_width_from_which_every_wider_one_wins():
+    assert lasting_win({16: 0.9, 32: 1.05, 64: 0.95, 128: 0.8}) == 64  # a dip below 1 that does not last
+    assert lasting_win({16: 0.9, 32: 0.8}) == 16
+    assert lasting_win({16: 0.9, 32: 1.0}) is None  # the widest one does not win
+    assert lasting_win({64: 0.9, 16: 1.2, 32: 0.95}) == 32  # widths in any order
 
 
 def test_crossover_table_says_none_where_no_width_wins():

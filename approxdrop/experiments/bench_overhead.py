@@ -7,8 +7,8 @@ Three measurements, each side by side in one process, methods interleaved (``ben
   negligible there, so the step time is the fixed host cost; on a GPU it is the step time of every lab;
 - **aten ops per step** at the paper size (MLP 784-2048-2048-10, batch 128): every op one training step
   dispatches (forward, backward, optimizer), counted with a TorchDispatchMode;
-- **crossover**: for each batch size, the smallest width ``w`` of an MLP [w, w, w, 10] at which a
-  method's step beats nn.Dropout's (ratio < 1) on this machine.
+- **crossover**: for each batch size, the smallest width ``w`` of an MLP [w, w, w, 10] from which a
+  method's step beats nn.Dropout's (ratio < 1) at every wider width tried too, on this machine.
 
 Every step is zero_grad + forward + loss + backward + SGD step. On a CPU with one torch thread the clock is
 this process's CPU time (``time.process_time``), so other work on a shared machine does not count; else
@@ -69,8 +69,8 @@ class OpCountRow:
 
 @dataclass
 class CrossoverRow:
-    """The smallest width at which ``method``'s step beats nn.Dropout's at ``batch`` (None: none of the
-    widths tried), with the ratio at every width tried."""
+    """The smallest width from which ``method``'s step beats nn.Dropout's at ``batch`` at every wider width
+    tried too (``lasting_win``; None: no such width), with the ratio at every width tried."""
 
     method: str
     batch: int
@@ -219,7 +219,8 @@ def crossover(
     steps: int,
     bar: tqdm | None = None,
 ) -> list[CrossoverRow]:
-    """For each batch, the smallest width w of an MLP [w, w, w, 10] where each method beats nn.Dropout."""
+    """For each batch, the smallest width w of an MLP [w, w, w, 10] from which each method beats nn.Dropout
+    at every wider width tried (``lasting_win``)."""
     ratios: dict[tuple[str, int], dict[int, float]] = {(m, b): {} for m in methods for b in batches}
     for batch in batches:
         for width in widths:
@@ -235,7 +236,15 @@ def crossover(
             base = statistics.median(times["bernoulli"])
             for m in methods:
                 ratios[m, batch][width] = statistics.median(times[m]) / base
-    return [CrossoverRow(m, b, next((w for w in widths if r[w] < 1.0), None), r) for (m, b), r in ratios.items()]
+    return [CrossoverRow(m, b, lasting_win(r), r) for (m, b), r in ratios.items()]
+
+
+def lasting_win(ratios: dict[int, float]) -> int | None:
+    """The smallest width whose ratio, and every wider width's, is below 1 (None: the widest one is not): a
+    ratio that dips below 1 and comes back above is the machine's noise near 1, not a crossover."""
+    widths = sorted(ratios)
+    lasting = [w for i, w in enumerate(widths) if all(ratios[v] < 1.0 for v in widths[i:])]
+    return lasting[0] if lasting else None
 
 
 def format_tables(overhead: list[OverheadRow], counts: list[OpCountRow], cross: list[CrossoverRow]) -> str:
