@@ -160,11 +160,10 @@ def grouped_executor(executor: str, rows: int, groups: int, largest_layer: int) 
     a model whose largest layer has ``largest_layer`` weights (see ``GROUPED_EXECUTORS``)."""
     if executor != "auto":
         return executor
-    least, fewest = (
-        (MASKED_BELOW_MACS, MIN_GROUP_ROWS * groups)
-        if groups > 1
-        else (MASKED_BELOW_MACS_ONE_GROUP, MIN_ROWS_ONE_GROUP)
-    )
+    if groups > 1:
+        least, fewest = MASKED_BELOW_MACS, MIN_GROUP_ROWS * groups
+    else:
+        least, fewest = MASKED_BELOW_MACS_ONE_GROUP, MIN_ROWS_ONE_GROUP
     compact = rows * largest_layer >= least and rows >= fewest
     return "compact" if compact else "masked"
 
