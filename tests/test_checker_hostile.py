@@ -93,7 +93,16 @@ def test_a_bare_except_retry_loop_cannot_hold_the_deadline_off(capsys):
     assert "it took longer than 0.3 s" in out and "background" not in out, out  # stopped, not left running
 
 
-def test_a_kernel_interrupt_stops_a_check_whose_answer_catches_everything(capsys):
+@pytest.fixture
+def sigint_raises():
+    """SIGINT raises KeyboardInterrupt here, as in a Jupyter kernel. A process that a non-interactive shell
+    starts in the background inherits SIGINT ignored, and Python then installs no handler for it."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_a_kernel_interrupt_stops_a_check_whose_answer_catches_everything(capsys, sigint_raises):
     start = time.perf_counter()
     main = threading.main_thread().ident
     interrupt = threading.Timer(0.3, lambda: signal.pthread_kill(main, signal.SIGINT))
