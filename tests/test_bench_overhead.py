@@ -4,8 +4,9 @@ bad options refused before any run."""
 import json
 
 import pytest
+import torch
 
-from approxdrop.experiments.bench_overhead import CrossoverRow, format_tables, lasting_win
+from approxdrop.experiments.bench_overhead import CrossoverRow, _OpCounter, format_tables, lasting_win
 from approxdrop.experiments.cli import main as cli_main
 
 QUICK = ["--threads", "1", "--warmup", "0", "--rounds", "2", "--steps", "1", "--no-progress"]
@@ -21,13 +22,23 @@ def test_bench_overhead_measures_every_model_and_writes_json(tmp_path, capsys):
             assert f"| {model} | {method} |" in table
     assert "| lstm | row-g4 |" in table
     rows = json.loads(out.read_text())["rows"]
-    ops = {r["method"]: r["ops"] for r in rows if "ops" in r}
-    assert set(ops) == {"bernoulli", "row", "row-g4"} and all(n > 20 for n in ops.values())
+    ops = {r["method"]: (r["ops"], r["compute_ops"]) for r in rows if "ops" in r}
+    assert set(ops) == {"bernoulli", "row", "row-g4"} and all(20 < c < n for n, c in ops.values())
     cross = [r for r in rows if "ratios" in r]
     assert {(r["method"], r["batch"]) for r in cross} == {("row", 4), ("row-g4", 4)}
     for r in cross:  # the width from which every wider one wins too, or none
         ratios = {int(w): ratio for w, ratio in r["ratios"].items()}
         assert r["width"] == lasting_win(ratios)
+
+
+def test_the_op_counter_tells_views_from_ops_that_compute():
+    a, b = torch.randn(4, 3), torch.randn(5, 3)
+    with _OpCounter() as counter:
+        y = torch.mm(a, b.t())  # t: a view; mm computes
+        y[1:3].detach().relu_()  # slice, detach: views; relu_ computes
+        torch.cat([y, y])  # computes
+    assert sum(counter.ops.values()) == 6 and counter.compute == 3
+    assert counter.ops["aten.t"] == counter.ops["aten.slice"] == counter.ops["aten.detach"] == 1
 
 
 def test_the_crossover_is_the_width_from_which_every_wider_one_wins():

@@ -6,7 +6,8 @@ Three measurements, each side by side in one process, methods interleaved (``ben
   its ``nn.Sequential`` twin, an LSTM language model 2 x 16, vocabulary 50, 5 x 4 tokens): compute is
   negligible there, so the step time is the fixed host cost; on a GPU it is the step time of every lab;
 - **aten ops per step** at the paper size (MLP 784-2048-2048-10, batch 128): every op one training step
-  dispatches (forward, backward, optimizer), counted with a TorchDispatchMode;
+  dispatches (forward, backward, optimizer), counted with a TorchDispatchMode, and how many of them
+  compute, leaving out views such as ``t``, ``slice`` or ``detach`` (on a GPU, the ops that launch kernels);
 - **crossover**: for each batch size, the smallest width ``w`` of an MLP [w, w, w, 10] from which a
   method's step beats nn.Dropout's (ratio < 1) at every wider width tried too, on this machine.
 
@@ -60,10 +61,12 @@ class OverheadRow:
 
 @dataclass
 class OpCountRow:
-    """aten ops dispatched by one paper-size training step of ``method``, and the most frequent ones."""
+    """aten ops dispatched by one paper-size training step of ``method``: all of them, those that compute
+    (``_OpCounter``), and the most frequent ones."""
 
     method: str
     ops: int
+    compute_ops: int
     top: str
 
 
@@ -183,14 +186,17 @@ def host_overhead(
 
 
 class _OpCounter(TorchDispatchMode):
-    """Counts every aten op dispatched inside it."""
+    """Counts every op dispatched inside it (``ops``, by name), and in ``compute`` those that compute: aten ops
+    that are not views (a view, ``t``, ``slice``, ``detach``, ..., only makes a new header)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.ops: Counter[str] = Counter()
+        self.compute = 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         self.ops[str(func.overloadpacket)] += 1
+        self.compute += func.namespace == "aten" and not func.is_view
         return func(*args, **(kwargs or {}))
 
 
@@ -204,7 +210,7 @@ def op_counts(
         with _OpCounter() as counter:
             step()
         top = ", ".join(f"{name.removeprefix('aten.')} {n}" for name, n in counter.ops.most_common(4))
-        rows.append(OpCountRow(method, sum(counter.ops.values()), top))
+        rows.append(OpCountRow(method, sum(counter.ops.values()), counter.compute, top))
     return rows
 
 
@@ -252,8 +258,12 @@ def format_tables(overhead: list[OverheadRow], counts: list[OpCountRow], cross: 
     lines = ["| model | method | host ms / step | x nn.Dropout | spread (IQR) |", "|---|---|---:|---:|---:|"]
     lines += [f"| {r.model} | {r.method} | {r.ms_per_step:.3f} | {r.ratio:.2f} | {r.spread:.0%} |" for r in overhead]
     if counts:
-        lines += ["", "| method | aten ops / step (paper size) | most frequent |", "|---|---:|---|"]
-        lines += [f"| {r.method} | {r.ops} | {r.top} |" for r in counts]
+        lines += [
+            "",
+            "| method | aten ops / step (paper size) | of which compute | most frequent |",
+            "|---|---:|---:|---|",
+        ]
+        lines += [f"| {r.method} | {r.ops} | {r.compute_ops} | {r.top} |" for r in counts]
     if cross:
         widths = sorted(next(iter(cross)).ratios)
         lines += ["", "| method | batch | wins from width | " + " | ".join(f"w={w}" for w in widths) + " |"]
