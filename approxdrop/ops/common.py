@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -181,15 +182,40 @@ def save_inputs(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None
     ctx.has_bias = bias is not None
 
 
-def register_backward(forward_op: torch.library.CustomOpDef, backward_op: torch.library.CustomOpDef) -> None:
+def reference_grads(
+    reference: Callable[..., Any], inputs: Sequence[torch.Tensor | None], grad_outputs: Any
+) -> list[torch.Tensor | None]:
+    """Gradients of ``reference(*inputs)`` (grad_outputs: like its output) with respect to the inputs that
+    require grad (None for the others), built with create_graph=True: what an op's backward returns when the
+    backward itself is differentiated (double backward, a gradient penalty). An op's fast backward is not
+    differentiable: it reads blocks gathered in forward with no graph back to the weight, and writes through
+    ``out=``; its reference twin, recomputed here, is plain differentiable PyTorch."""
+    wanted = [t for t in inputs if t is not None and t.requires_grad]
+    found = iter(torch.autograd.grad(reference(*inputs), wanted, grad_outputs, create_graph=True, allow_unused=True))
+    grads: list[torch.Tensor | None] = []
+    for t in inputs:
+        g = next(found) if t is not None and t.requires_grad else None
+        grads.append(torch.zeros_like(t) if g is None and t is not None and t.requires_grad else g)
+    return grads
+
+
+def register_backward(
+    forward_op: torch.library.CustomOpDef,
+    backward_op: torch.library.CustomOpDef,
+    reference_backward: Callable[..., tuple[Any, Any, Any]],
+) -> None:
     """Autograd of a forward op ``(x, weight, bias, *ints)`` whose backward is its own op
     ``(grad_y, x, weight, *ints, need_grad_x) -> (grad_x, grad_w, grad_b)``: x and W are saved, the
-    pattern travels as the integers, grad_x is skipped when x needs none (a first layer)."""
+    pattern travels as the integers, grad_x is skipped when x needs none (a first layer). Under
+    create_graph=True the gradients come from ``reference_backward(grad_y, x, weight, has_bias, *ints)``."""
 
     def backward(ctx, grad_y):
         x, weight = ctx.saved_tensors
         need_x = ctx.needs_input_grad[0]
-        grad_x, grad_w, grad_b = backward_op(grad_y, x, weight, *ctx.ints, need_x)
+        if torch.is_grad_enabled():  # create_graph=True: a backward that is differentiable itself
+            grad_x, grad_w, grad_b = reference_backward(grad_y, x, weight, ctx.has_bias, *ctx.ints)
+        else:
+            grad_x, grad_w, grad_b = backward_op(grad_y, x, weight, *ctx.ints, need_x)
         return (grad_x if need_x else None, grad_w, grad_b if ctx.has_bias else None) + (None,) * len(ctx.ints)
 
     forward_op.register_autograd(backward, setup_context=save_inputs)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from . import cuda, grouped, tile
+from . import cuda, grouped, row, tile
 
 
 def use_eager(x: torch.Tensor) -> bool:
@@ -45,7 +45,10 @@ class RowLinear(torch.autograd.Function):
         weight, *rest = ctx.saved_tensors
         xs, blocks = rest[: ctx.groups], rest[ctx.groups :]
         need_x = any(ctx.needs_input_grad[3:])
-        grad_xs, grad_w, grad_b = grouped.run_backward(list(grads), xs, weight, blocks, *ctx.ints, need_x, False)
+        if torch.is_grad_enabled():  # create_graph=True: a backward that is differentiable itself
+            grad_xs, grad_w, grad_b = row.reference_backward(list(grads), xs, weight, ctx.has_bias, *ctx.ints)
+        else:
+            grad_xs, grad_w, grad_b = grouped.run_backward(list(grads), xs, weight, blocks, *ctx.ints, need_x, False)
         need = ctx.needs_input_grad
         grad_xs = grad_xs if need_x else [None] * ctx.groups
         return (grad_w if need[0] else None, grad_b if need[1] and ctx.has_bias else None, None, *grad_xs)
@@ -58,12 +61,15 @@ class TileLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, ints: tuple):
         ctx.save_for_backward(x, weight)
-        ctx.ints = ints
+        ctx.ints, ctx.has_bias = ints, bias is not None
         return tile.run_forward(x, weight, bias, *ints)
 
     @staticmethod
     def backward(ctx, grad_y):
         x, weight = ctx.saved_tensors
         need = ctx.needs_input_grad
-        grad_x, grad_w, grad_b = tile.run_backward(grad_y, x, weight, *ctx.ints, need[0])
+        if torch.is_grad_enabled():  # create_graph=True: a backward that is differentiable itself
+            grad_x, grad_w, grad_b = tile.reference_backward(grad_y, x, weight, ctx.has_bias, *ctx.ints)
+        else:
+            grad_x, grad_w, grad_b = tile.run_backward(grad_y, x, weight, *ctx.ints, need[0])
         return grad_x if need[0] else None, grad_w if need[1] else None, grad_b if need[2] else None, None

@@ -13,7 +13,15 @@ from collections.abc import Sequence
 import torch
 
 from ..patterns import RowPattern, periodic_count
-from .common import check_backward_args, check_linear_args, check_operands, check_weight, concrete, register_autocast
+from .common import (
+    check_backward_args,
+    check_linear_args,
+    check_operands,
+    check_weight,
+    concrete,
+    reference_grads,
+    register_autocast,
+)
 from .grouped import pair_keys, run_backward, run_forward
 
 
@@ -37,6 +45,25 @@ def row_linear_reference(
         y = torch.nn.functional.linear(full_x * pin.scale, weight, bias)
         ys.append(y[..., pout.keep_mask(n_out, y.device)])
     return ys
+
+
+def reference_backward(
+    grads: list[torch.Tensor], xs: Sequence[torch.Tensor], weight: torch.Tensor, has_bias: bool, *ints
+) -> tuple[list[torch.Tensor | None], torch.Tensor | None, torch.Tensor | None]:
+    """(grad_xs, grad_w, grad_b) of ``row_linear`` from ``row_linear_reference`` with create_graph=True
+    (``common.reference_grads``), ints: the op's ``(in_dp, in_keep, in_offsets, out_dp, out_keep, out_offsets)``.
+    The backward under create_graph, differentiable itself: the fast one reads the forward's gathered blocks,
+    which have no graph back to W, so second derivatives through it would miss terms."""
+    in_dp, in_keep, in_offsets, out_dp, out_keep, out_offsets = ints
+    ins = [RowPattern(in_dp, o, in_keep) for o in in_offsets]
+    outs = [RowPattern(out_dp, o, out_keep) for o in out_offsets]
+    bias = weight.new_zeros(weight.shape[0], requires_grad=True) if has_bias else None  # grad_b does not read b
+
+    def reference(w, b, *xs):
+        return row_linear_reference(list(xs), w, b, ins, outs)
+
+    grad_w, grad_b, *grad_xs = reference_grads(reference, [weight, bias, *xs], grads)
+    return grad_xs, grad_w, grad_b
 
 
 def check_offsets(name: str, in_dp, in_keep, in_offsets, out_dp, out_keep, out_offsets) -> None:
@@ -206,7 +233,10 @@ def _backward(ctx, grads, _block_grads):
     xs, blocks = rest[: ctx.groups], rest[ctx.groups :]
     need_x = any(ctx.needs_input_grad[0])
     grads = [weight.new_zeros(shape) if g is None else g for g, shape in zip(grads, ctx.y_shapes)]  # an unused y
-    grad_xs, grad_w, grad_b = row_linear_backward(grads, xs, weight, blocks, *ctx.ints, need_x)
+    if torch.is_grad_enabled():  # create_graph=True: a backward that is differentiable itself
+        grad_xs, grad_w, grad_b = reference_backward(grads, xs, weight, ctx.has_bias, *ctx.ints)
+    else:
+        grad_xs, grad_w, grad_b = row_linear_backward(grads, xs, weight, blocks, *ctx.ints, need_x)
     grad_xs = list(grad_xs) if need_x else [None] * len(xs)  # the structure of xs
     return (grad_xs, grad_w, grad_b if ctx.has_bias else None) + (None,) * len(ctx.ints)
 

@@ -20,6 +20,7 @@ from .common import (
     check_weight,
     concrete,
     empty_grads,
+    reference_grads,
     register_autocast,
     register_backward,
 )
@@ -41,6 +42,28 @@ def tile_linear_reference(
     bounds = group_bounds(x.shape[-2], len(patterns))
     parts = [tile_linear_reference(x[..., a:b, :], weight, bias, q) for (a, b), q in zip(bounds, patterns)]
     return torch.cat(parts, -2)
+
+
+def reference_backward(
+    grad_y: torch.Tensor,
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    has_bias: bool,
+    dp: int,
+    keep: int,
+    tile: int,
+    offsets: list[int],
+) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """(grad_x, grad_w, grad_b) of ``tile_linear`` from ``tile_linear_reference`` with create_graph=True
+    (``common.reference_grads``): the backward under create_graph, differentiable itself."""
+    patterns = [TilePattern(dp, o, tile, keep) for o in offsets]
+    bias = weight.new_zeros(weight.shape[0], requires_grad=True) if has_bias else None  # grad_b does not read b
+
+    def reference(x, w, b):
+        return tile_linear_reference(x, w, b, patterns)
+
+    grad_x, grad_w, grad_b = reference_grads(reference, [x, weight, bias], grad_y)
+    return grad_x, grad_w, grad_b
 
 
 def check_tile(name: str, x, weight, dp: int, keep: int, tile: int, offsets: list[int]) -> None:
@@ -187,6 +210,6 @@ def _(grad_y, x, weight, dp, keep, tile, offsets, need_grad_x=True):
     return empty_grads(x, weight, need_grad_x)
 
 
-register_backward(tile_linear, tile_linear_backward)
+register_backward(tile_linear, tile_linear_backward, reference_backward)
 register_autocast("tile_linear", tile_linear)
 register_autocast("tile_linear_backward", tile_linear_backward)
