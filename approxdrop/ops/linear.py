@@ -1,7 +1,7 @@
 """The pattern linears that models and users call, taking pattern objects: each runs the eager
 ``autograd.Function`` (``ops.eager``) where nothing needs the registered op, else the registered
-``approxdrop::`` op (torch.compile and export, autocast, CUDA dispatch). A pattern crosses into the ops
-here, once, as integers.
+``approxdrop::`` op (torch.compile and export, autocast, CUDA dispatch), and under a torch.func transform
+the op's reference twin (``transformed``). A pattern crosses into the ops here, once, as integers.
 
 ``check=True`` (the default) validates the operands at the call's entry with the registered ops'
 ValueErrors; the models pass ``check=False``: they check their patterns and widths when they are built
@@ -17,8 +17,8 @@ import torch
 from ..patterns import RowPattern, TilePattern, periodic_count, periodic_selector
 from .common import check_linear_args, check_weight
 from .eager import RowLinear, TileLinear, use_eager
-from .row import check_forward, row_linear
-from .tile import check_tile, tile_linear
+from .row import check_forward, row_linear, row_linear_reference
+from .tile import check_tile, tile_linear, tile_linear_reference
 
 FULL = RowPattern(1, 0, 1)  # keeps every unit: the side of a layer without dropout
 
@@ -38,6 +38,8 @@ def row_pattern_linear(
     if check:
         check_weight("row_linear", weight)
         check_linear_args("row_linear", x, weight, bias, in_pattern.kept_count(weight.shape[1]))
+    if transformed():
+        return row_linear_reference(x, weight, bias, in_pattern, out_pattern)
     ints = (in_pattern.dp, in_pattern.keep, [in_pattern.offset], out_pattern.dp, out_pattern.keep, [out_pattern.offset])
     if use_eager(x):
         return RowLinear.apply(weight, bias, ints, x)[0]
@@ -58,6 +60,8 @@ def grouped_row_pattern_linear_compact(
     ints = pattern_ints(in_patterns, out_patterns)
     if check:
         check_forward("row_linear", list(xs), weight, bias, *ints)
+    if transformed():
+        return row_linear_reference(list(xs), weight, bias, list(in_patterns), list(out_patterns))
     if use_eager(weight):
         return list(RowLinear.apply(weight, bias, ints, *xs))
     ys, _ = row_linear(list(xs), weight, bias, *ints)
@@ -127,9 +131,19 @@ def _tile(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, ints
     if check:
         check_tile("tile_linear", x, weight, *ints)
         check_linear_args("tile_linear", x, weight, bias, weight.shape[1])
+    if transformed():
+        dp, keep, tile, offsets = ints
+        return tile_linear_reference(x, weight, bias, [TilePattern(dp, o, tile, keep) for o in offsets])
     if use_eager(x):
         return TileLinear.apply(x, weight, bias, ints)
     return tile_linear(x, weight, bias, *ints)
+
+
+def transformed() -> bool:
+    """Whether a torch.func transform (grad, vmap, jacrev, functional per-sample gradients, ...) is active. The
+    pattern linears then run their plain-PyTorch reference twins, which every transform handles: the eager
+    Functions and the registered ops support none of them. Slower (dense masked GEMMs), the same numbers."""
+    return torch._C._are_functorch_transforms_active()  # what torch.autograd.Function.apply asks too
 
 
 def pattern_ints(in_patterns: Sequence[RowPattern], out_patterns: Sequence[RowPattern]) -> tuple:

@@ -1,0 +1,65 @@
+"""torch.func transforms through the models (functional_call + grad, as meta-learning does; vmap over grad,
+as per-sample gradients do): the same gradients as ordinary autograd under the same draws."""
+
+import pytest
+import torch
+
+from approxdrop import ApproxDropoutFFN, ApproxDropoutLSTM, ApproxDropoutMLP
+
+
+def _functional_grads(model, x, loss):
+    params = {name: p.detach() for name, p in model.named_parameters()}
+    torch.manual_seed(3)
+    return torch.func.grad(lambda ps: loss(torch.func.functional_call(model, ps, (x,))))(params)
+
+
+def _autograd_grads(model, x, loss):
+    model.zero_grad()
+    torch.manual_seed(3)  # the draws of _functional_grads
+    loss(model(x)).backward()
+    return {name: p.grad for name, p in model.named_parameters()}
+
+
+def _squares(out):
+    return out.pow(2).mean()
+
+
+@pytest.mark.parametrize(
+    "make, x",
+    [
+        (lambda: ApproxDropoutMLP([16, 64, 64, 4], p=0.5, method="row", executor="compact"), torch.randn(8, 16)),
+        (lambda: ApproxDropoutMLP([16, 64, 64, 4], p=0.5, method="row-g4", executor="compact"), torch.randn(8, 16)),
+        (lambda: ApproxDropoutMLP([16, 64, 64, 4], p=0.5, method="tile-g4", tile=8), torch.randn(8, 16)),
+        (lambda: ApproxDropoutFFN(16, 64, p=0.5, method="row-g4", executor="compact"), torch.randn(8, 16)),
+        (
+            lambda: ApproxDropoutLSTM(30, hidden=16, p=0.5, method="row-g4", executor="compact"),
+            torch.randint(30, (5, 4)),
+        ),
+    ],
+)
+def test_torch_func_grad_equals_autograd(make, x):
+    torch.manual_seed(0)
+    model = make()
+    loss = _squares if not isinstance(model, ApproxDropoutLSTM) else (lambda out: _squares(out[0]))
+    got, want = _functional_grads(model, x, loss), _autograd_grads(model, x, loss)
+    assert got.keys() == want.keys()
+    for name in got:
+        torch.testing.assert_close(got[name], want[name], msg=name)
+
+
+def test_per_sample_gradients_with_vmap_equal_a_loop_over_samples():
+    torch.manual_seed(0)
+    model = ApproxDropoutMLP([16, 64, 64, 4], p=0.5, method="row-g4", executor="compact")
+    params = {name: p.detach() for name, p in model.named_parameters()}
+    x = torch.randn(6, 16)
+
+    def loss(ps, sample):
+        return _squares(torch.func.functional_call(model, ps, (sample[None],)))
+
+    torch.manual_seed(3)
+    per_sample = torch.func.vmap(torch.func.grad(loss), in_dims=(None, 0), randomness="same")(params, x)
+    for i in range(len(x)):
+        torch.manual_seed(3)  # randomness="same": every sample saw this draw
+        one = torch.func.grad(loss)(params, x[i])
+        for name in one:
+            torch.testing.assert_close(per_sample[name][i], one[name], msg=name)
