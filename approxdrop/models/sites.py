@@ -266,10 +266,18 @@ GROUPED_COMPILE_REASON = (
 )
 
 
-def check_drawable() -> None:
+def check_drawable(generator: torch.Generator | None) -> None:
     """Raise a RuntimeError where a draw made now would be frozen into a recording: under
     ``torch.jit.trace`` (the trace would replay this one pattern at every call) and during CUDA graph
-    capture (every replay would reuse it)."""
+    capture (every replay would reuse it); or where it would differ from the draw it must repeat: from a
+    module's own ``generator`` inside a backward pass (activation checkpointing recomputing the forward)."""
+    if generator is not None and torch._C._current_graph_task_id() != -1:
+        raise RuntimeError(
+            "this training forward runs inside a backward pass (activation checkpointing recomputes it): a "
+            "pattern drawn now from the module's own generator would not be the one the first forward drew, and "
+            "the gradients would be wrong. Build the module with generator=None (the global random state, which "
+            "checkpointing saves and restores, so the recomputed forward draws the same pattern)"
+        )
     if torch.jit.is_tracing():
         raise RuntimeError(
             "torch.jit.trace would freeze this training step's dropout pattern into the trace (every call would "
@@ -307,7 +315,7 @@ def draw_sites(
 
 def _draw(m: Method, p: float, widths, distributions, generator, groups: int) -> list:
     """``draw_sites`` for a method that draws something."""
-    check_drawable()
+    check_drawable(generator)
     if distributions is not None:
         return sample_sites(distributions, groups, generator)
     return [shared_keep_indices(w, p, generator) for w in widths]

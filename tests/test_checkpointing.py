@@ -1,0 +1,60 @@
+"""Activation checkpointing (torch.utils.checkpoint) re-runs a forward inside backward. With the global random
+state, which checkpointing saves and restores, the recomputed forward draws the same patterns, so the
+gradients are those of the plain step; a module's own generator cannot be restored, so that draw is refused."""
+
+import copy
+
+import pytest
+import torch
+from torch.utils.checkpoint import checkpoint
+
+from approxdrop import ApproxDropoutFFN, ApproxDropoutMLP, convert
+
+MODELS = {
+    "mlp row": lambda gen: ApproxDropoutMLP([16, 48, 48, 4], p=0.5, method="row", executor="compact", generator=gen),
+    "mlp row-g4": lambda gen: ApproxDropoutMLP([16, 48, 48, 4], p=0.5, method="row-g4", generator=gen),
+    "mlp tile": lambda gen: ApproxDropoutMLP([16, 48, 48, 4], p=0.5, method="tile", tile=8, generator=gen),
+    "ffn row-g4": lambda gen: ApproxDropoutFFN(16, 48, p=0.5, method="row-g4", executor="compact", generator=gen),
+}
+
+
+@pytest.mark.parametrize("reentrant", [False, True])
+@pytest.mark.parametrize("name", list(MODELS))
+def test_checkpointed_step_has_the_plain_steps_gradients(name, reentrant):
+    torch.manual_seed(0)
+    plain = MODELS[name](None)
+    checkpointed = copy.deepcopy(plain)
+    x = torch.randn(32, 16, requires_grad=True)
+    torch.manual_seed(1)
+    plain(x).pow(2).sum().backward()
+    torch.manual_seed(1)
+    checkpoint(checkpointed, x, use_reentrant=reentrant).pow(2).sum().backward()
+    for (param, a), b in zip(plain.named_parameters(), checkpointed.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, msg=param)
+
+
+@pytest.mark.parametrize("reentrant", [False, True])
+def test_a_modules_own_generator_is_refused_when_checkpointing_recomputes(reentrant):
+    model = MODELS["mlp row-g4"](torch.Generator().manual_seed(7))
+    y = checkpoint(model, torch.randn(32, 16, requires_grad=True), use_reentrant=reentrant)
+    with pytest.raises(RuntimeError, match="activation checkpointing recomputes it.*generator=None"):
+        y.pow(2).sum().backward()
+
+
+def test_hugging_face_gradient_checkpointing_of_a_converted_t5_keeps_the_gradients():
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.T5Config(
+        vocab_size=40, d_model=16, d_kv=4, d_ff=32, num_layers=2, num_heads=2, dropout_rate=0.3, use_cache=False
+    )
+    plain = transformers.T5Model(config)
+    assert convert(plain, method="row-g4").converted  # the feed-forward blocks
+    checkpointed = copy.deepcopy(plain)
+    checkpointed.gradient_checkpointing_enable()
+    plain.train(), checkpointed.train()
+    ids = torch.randint(1, 40, (4, 6))
+    for model in (plain, checkpointed):
+        torch.manual_seed(5)
+        model(input_ids=ids, decoder_input_ids=ids).last_hidden_state.pow(2).sum().backward()
+    for (param, a), b in zip(plain.named_parameters(), checkpointed.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, msg=param)
