@@ -20,6 +20,7 @@ from ..ops import FULL, group_bounds, grouped_row_pattern_linear, row_pattern_li
 from ..patterns import RowPattern
 from .methods import DROPOUT_METHODS, ELEMENT, NOTHING, ROW, Method
 from .sites import (
+    DropoutRate,
     activate,
     check_elementwise,
     check_executor,
@@ -63,7 +64,7 @@ def make_activation(activation: str | nn.Module) -> nn.Module:
     return check_elementwise(activation)
 
 
-class ApproxDropoutFFN(nn.Module):
+class ApproxDropoutFFN(DropoutRate, nn.Module):
     """``Linear(d_model, d_hidden) -> activation -> dropout(p) -> Linear(d_hidden, d_out)`` on x (Tensor[*, d_model]).
 
     Args:
@@ -152,22 +153,24 @@ class ApproxDropoutFFN(nn.Module):
     def _setup(
         self, fc1: nn.Linear, act: nn.Module, fc2: nn.Linear, p, method: str, groups: int | None, executor: str
     ) -> None:
-        self.p = check_rate(p)
         self.executor = check_executor(executor)
         self.spec, self.groups = ffn_method(method, groups)
         self.method = method
-        # the names nn.Sequential(Linear, activation, Dropout, Linear) gives its entries
+        # the names nn.Sequential(Linear, activation, Dropout, Linear) gives its entries; entry 2 holds p
         self.add_module("0", fc1)
         self.add_module("1", act)
-        self.add_module("2", nn.Dropout(self.p))
+        self.add_module("2", nn.Dropout(check_rate(p)))
         self.add_module("3", fc2)
         self.d_model, self.d_hidden, self.d_out = fc1.in_features, fc1.out_features, fc2.out_features
 
     def _setup_site(self, distributions: Sequence[PatternDistribution] | None, generator, static_shapes: bool) -> None:
-        self.distributions = site_distributions(self.spec, self.p, [self.d_hidden], distributions)
+        self.init_laws(distributions)
         self.generator = generator
         self.last_pattern: RowPattern | tuple[RowPattern, ...] | None = None
         setup_static(self, static_shapes, 1)
+
+    def _site_laws(self, p: float, given: Sequence[PatternDistribution] | None) -> list[PatternDistribution] | None:
+        return site_distributions(self.spec, p, [self.d_hidden], given)
 
     @property
     def fc1(self) -> nn.Linear:
@@ -191,7 +194,7 @@ class ApproxDropoutFFN(nn.Module):
 
     def draw(self) -> list:
         """This step's draw for the one site, as a list of one: a RowPattern, or a tuple of one per group."""
-        drawn = draw_sites(self.spec, self.p, [self.d_hidden], self.distributions, self.generator, self.groups)
+        drawn = draw_sites(self.spec, self.p, [self.d_hidden], self.site_laws(), self.generator, self.groups)
         store_static(self, drawn)
         return drawn
 

@@ -44,6 +44,7 @@ from ..patterns import RowPattern
 from ..search import FAMILIES
 from .methods import ELEMENT, NOTHING, ROW, SHARED_UNITS, get_method, methods_for
 from .sites import (
+    DropoutRate,
     check_executor,
     draw_sites,
     group_mask,
@@ -134,7 +135,7 @@ def _check_tokens(x: torch.Tensor, vocab: int) -> None:
         raise ValueError(f"token ids must lie in [0, {vocab}), got [{int(x.min())}, {int(x.max())}]")
 
 
-class ApproxDropoutLSTM(nn.Module):
+class ApproxDropoutLSTM(DropoutRate, nn.Module):
     """Word-level LSTM language model with dropout rate ``p`` on its non-recurrent connections.
 
     Args:
@@ -196,15 +197,20 @@ class ApproxDropoutLSTM(nn.Module):
         self.vocab, self.hidden = check_int("vocab", vocab, 1), check_int("hidden", hidden, 1)
         self.layers = check_int("layers", layers, 1)
         self.emb_size = hidden if embedding is None else check_int("embedding", embedding, 1)
-        self.p, self.method, self.generator = check_rate(p), method, generator
+        self.method, self.generator = method, generator
+        rate = check_rate(p)
         self.embedding = nn.Embedding(vocab, self.emb_size)
         self.lstm = nn.ModuleList(LSTMLayer(self.emb_size if i == 0 else hidden, hidden) for i in range(layers))
         self.decoder = nn.Linear(hidden, vocab)
+        self.dropout = nn.Dropout(rate)  # holds p (sites.DropoutRate)
         _init_uniform(self)
         self.site_widths = [self.emb_size] + [hidden] * layers
-        self.distributions = site_distributions(self.spec, self.p, self.site_widths, distributions, family=family)
+        self.init_laws(distributions)
         self.last_patterns: list = [None] * len(self.site_widths)
         setup_static(self, static_shapes, len(self.site_widths))
+
+    def _site_laws(self, p: float, given: Sequence[PatternDistribution] | None) -> list[PatternDistribution] | None:
+        return site_distributions(self.spec, p, self.site_widths, given, family=self.family)
 
     def init_state(
         self, batch: int, device: torch.device | str | None = None, dtype: torch.dtype | None = None
@@ -217,7 +223,7 @@ class ApproxDropoutLSTM(nn.Module):
 
     def draw(self) -> list:
         """This step's pattern (row) or kept units (shared) for every site; None for the others."""
-        drawn = draw_sites(self.spec, self.p, self.site_widths, self.distributions, self.generator, self.groups)
+        drawn = draw_sites(self.spec, self.p, self.site_widths, self.site_laws(), self.generator, self.groups)
         store_static(self, drawn)
         return drawn
 

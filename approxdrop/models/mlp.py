@@ -40,6 +40,7 @@ from ..ops import (
 from ..patterns import RowPattern, TilePattern
 from .methods import ELEMENT, NOTHING, ROW, TILE, get_method, methods_for
 from .sites import (
+    DropoutRate,
     activate,
     check_elementwise,
     check_executor,
@@ -62,7 +63,7 @@ METHODS = methods_for("mlp")
 DEFAULT_METHOD = "row-g4"
 
 
-class ApproxDropoutMLP(nn.Module):
+class ApproxDropoutMLP(DropoutRate, nn.Module):
     """MLP ``sizes[0] -> ... -> sizes[-1]`` with dropout rate ``p`` after each hidden activation.
 
     Args:
@@ -130,18 +131,22 @@ class ApproxDropoutMLP(nn.Module):
             raise ValueError(
                 f"groups={self.groups}: batch groups are for row- and tile-pattern methods, not {method!r}"
             )
-        self.sizes, self.p, self.method, self.tile = sizes, check_rate(p), method, check_int("tile", tile, 1)
+        self.sizes, self.method, self.tile = sizes, method, check_int("tile", tile, 1)
+        rate = check_rate(p)
         self.input_dropout = bool(input_dropout)
         self.executor = check_executor(executor)
         self.generator = generator
         self.linears = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
         self.activation = check_elementwise(activation) if activation is not None else nn.ReLU()
-        self.dropout = nn.Dropout(self.p)
+        self.dropout = nn.Dropout(rate)  # holds p (sites.DropoutRate)
         # site k sits on the input of linear k; site 0 exists only with input_dropout
         self.site_widths = [sizes[i] if (i > 0 or self.input_dropout) else None for i in range(len(self.linears))]
-        self.distributions = site_distributions(self.spec, self.p, self._law_sizes(), distributions, self.tile)
+        self.init_laws(distributions)
         self.last_patterns: list = [None] * len(self.linears)
         setup_static(self, static_shapes, sum(w is not None for w in self.site_widths))
+
+    def _site_laws(self, p: float, given: Sequence[PatternDistribution] | None) -> list[PatternDistribution] | None:
+        return site_distributions(self.spec, p, self._law_sizes(), given, self.tile)
 
     def _law_sizes(self) -> list[int]:
         """What each site's law is built for: its unit count (row), or the tile count of the weight
@@ -157,7 +162,7 @@ class ApproxDropoutMLP(nn.Module):
     def draw(self) -> list:
         """Draw this step's pattern (or shared mask) for every site; None where there is no site."""
         widths = [w for w in self.site_widths if w is not None]
-        drawn = draw_sites(self.spec, self.p, widths, self.distributions, self.generator, self.groups)
+        drawn = draw_sites(self.spec, self.p, widths, self.site_laws(), self.generator, self.groups)
         store_static(self, drawn)
         draws = iter(drawn)
         return [next(draws) if w is not None else None for w in self.site_widths]

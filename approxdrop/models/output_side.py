@@ -17,10 +17,10 @@ from ..distribution import PatternDistribution
 from ..ops import FULL, row_pattern_linear, static_row_linear
 from .ffn import ffn_method
 from .methods import ELEMENT, NOTHING
-from .sites import draw_sites, setup_static, site_distributions, static_sides, step_draws, store_static
+from .sites import DropoutRate, draw_sites, setup_static, site_distributions, static_sides, step_draws, store_static
 
 
-class OutputRowDropout(nn.Module):
+class OutputRowDropout(DropoutRate, nn.Module):
     """``dropout_p(linear(x))`` on x (Tensor[*, d_in]) -> Tensor[*, d_out], around an existing ``linear``.
 
     Args:
@@ -46,22 +46,24 @@ class OutputRowDropout(nn.Module):
         static_shapes: bool = False,
     ) -> None:
         super().__init__()
-        self.p = check_rate(p)
+        self.dropout = nn.Dropout(check_rate(p))  # holds p (sites.DropoutRate)
         self.spec, self.groups = ffn_method(method, None)
         if self.groups != 1:
             raise ValueError(f"output-side dropout takes one pattern per batch, not {method!r} ({self.groups} groups)")
         self.method, self.transposed = method, transposed
         self.linear = linear
-        self.dropout = nn.Dropout(self.p)
         self.d_out = linear.weight.shape[1 if transposed else 0]
-        self.distributions = site_distributions(self.spec, self.p, [self.d_out], distributions)
+        self.init_laws(distributions)
         self.generator = generator
         self.last_pattern = None
         setup_static(self, static_shapes, 1)
 
+    def _site_laws(self, p: float, given: Sequence[PatternDistribution] | None) -> list[PatternDistribution] | None:
+        return site_distributions(self.spec, p, [self.d_out], given)
+
     def draw(self) -> list:
         """This step's draw for the one site, as a list of one RowPattern."""
-        drawn = draw_sites(self.spec, self.p, [self.d_out], self.distributions, self.generator)
+        drawn = draw_sites(self.spec, self.p, [self.d_out], self.site_laws(), self.generator)
         store_static(self, drawn)
         return drawn
 

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from .._env import check_rate
 from ..distribution import RATE_TOL, PatternDistribution, sample_sites
 from ..ops import StaticSide, group_bounds, static_side
 from ..patterns import RowPattern
@@ -206,6 +207,46 @@ def gathered_linear(
     if in_scale != 1.0:
         y = y * in_scale
     return y if bias is None else y + bias.to(y.dtype)  # y's dtype under autocast too, as nn.Linear's
+
+
+class DropoutRate:
+    """A model's dropout rate ``p`` and its sites' pattern laws, kept in step. ``p`` lives in the model's
+    ``dropout`` (an nn.Dropout child), so a schedule that sets the ``p`` of every nn.Dropout of a model, as
+    training scripts do, changes this model's rate too; setting ``model.p`` sets it there. The laws are
+    searched again at the next draw after ``p`` changes (``site_laws``; each new rate runs the search once,
+    then it is cached). Laws given at construction hold for their own rate only. A model calls
+    ``init_laws`` once its sites exist, and its ``_site_laws(p, given)`` makes the laws of a rate
+    (``site_distributions`` with its sites' sizes)."""
+
+    dropout: nn.Dropout
+    distributions: list[PatternDistribution] | None
+
+    @property
+    def p(self) -> float:
+        """The dropout rate, in [0, 1)."""
+        return self.dropout.p
+
+    @p.setter
+    def p(self, value: float) -> None:
+        self.dropout.p = check_rate(value)
+
+    def init_laws(self, given: Sequence[PatternDistribution] | None) -> None:
+        """The sites' laws for the rate p: ``given`` after checks, else searched."""
+        self.distributions = self._site_laws(self.p, given)
+        self._laws_rate, self._laws_given = self.p, given is not None
+
+    def site_laws(self) -> list[PatternDistribution] | None:
+        """``distributions`` for the current ``p``: searched again if ``p`` changed since they were made;
+        a ValueError if they were given at construction for another rate."""
+        p = check_rate(self.p)
+        if p != self._laws_rate:
+            if self._laws_given:
+                raise ValueError(
+                    f"p is now {p}, but this model's pattern laws were given for p = {self._laws_rate} "
+                    "(distributions=...): build it again with laws for the new rate"
+                )
+            self.distributions, self._laws_rate = self._site_laws(p, None), p
+        return self.distributions
 
 
 def site_distributions(
@@ -451,7 +492,7 @@ def static_graph_bound(model: nn.Module) -> int:
     bound = 1
     for module in model.modules():
         if getattr(module, "static_shapes", False):
-            bound *= math.prod(sum(q > 0 for q in law.probs) for law in module.distributions)
+            bound *= math.prod(sum(q > 0 for q in law.probs) for law in module.site_laws())
     return bound
 
 

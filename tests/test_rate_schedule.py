@@ -1,0 +1,77 @@
+"""A dropout rate that changes during training (a schedule): set through the model's ``p`` or through the
+``p`` of its nn.Dropout, as a training script sets every nn.Dropout of a model, the next training step
+draws from laws for the new rate; laws given for one rate refuse another."""
+
+import pytest
+import torch
+from torch import nn
+
+from approxdrop import ApproxDropoutFFN, ApproxDropoutLSTM, ApproxDropoutMLP, convert, distribution_for
+from approxdrop.models.output_side import OutputRowDropout
+
+MODELS = {
+    "mlp row-g4": (lambda p: ApproxDropoutMLP([8, 32, 32, 2], p=p, method="row-g4"), lambda: torch.randn(8, 8)),
+    "mlp tile": (lambda p: ApproxDropoutMLP([8, 32, 32, 2], p=p, method="tile", tile=8), lambda: torch.randn(8, 8)),
+    "ffn row": (lambda p: ApproxDropoutFFN(8, 32, p=p, method="row"), lambda: torch.randn(8, 8)),
+    "lstm row-g4": (
+        lambda p: ApproxDropoutLSTM(20, hidden=16, p=p, method="row-g4"),
+        lambda: torch.randint(20, (3, 8)),
+    ),
+    "output side": (lambda p: OutputRowDropout(nn.Linear(8, 32), p=p), lambda: torch.randn(8, 8)),
+}
+
+
+def _step_rates(model) -> list[float]:
+    """The expected rate of each site's law that this step drew from."""
+    return [law.expected_rate for law in model.distributions]
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize("through", ["model", "nn.Dropout"])
+def test_a_new_rate_reaches_the_next_steps_laws(name, through):
+    make, batch = MODELS[name]
+    model = make(0.5).train()
+    model(batch())
+    assert _step_rates(model) == pytest.approx([0.5] * len(model.distributions))
+    if through == "model":
+        model.p = 0.2
+    else:  # what a schedule written for nn.Dropout does
+        for module in model.modules():
+            if isinstance(module, nn.Dropout):
+                module.p = 0.2
+    assert model.p == 0.2 and model.dropout.p == 0.2
+    model(batch())
+    assert _step_rates(model) == pytest.approx([0.2] * len(model.distributions), abs=1e-6)
+
+
+def test_the_bernoulli_method_follows_the_new_rate_too():
+    model = ApproxDropoutMLP([8, 4096, 2], p=0.5, method="bernoulli").train()
+    model.p = 0.1
+    hidden = model.dropout(torch.ones(4096))
+    assert 0.05 < (hidden == 0).float().mean().item() < 0.15
+
+
+def test_a_converted_models_schedule_sets_its_blocks_rate():
+    model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Dropout(0.5), nn.Linear(32, 8))
+    convert(model)
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.3
+    block = model[0]
+    assert isinstance(block, ApproxDropoutFFN) and block.p == 0.3
+    block.train()(torch.randn(8, 8))
+    assert _step_rates(block) == pytest.approx([0.3], abs=1e-6)
+
+
+def test_laws_given_for_one_rate_refuse_another_and_a_bad_rate_is_refused():
+    laws = [distribution_for(0.5, 32), distribution_for(0.5, 32)]
+    model = ApproxDropoutMLP([8, 32, 32, 2], p=0.5, method="row", distributions=laws).train()
+    model.p = 0.3
+    with pytest.raises(ValueError, match="laws were given for p = 0.5"):
+        model(torch.randn(4, 8))
+    with pytest.raises(ValueError, match="dropout rate p"):
+        model.p = 1.0
+    model.p = 0.5
+    model.dropout.p = 1.5  # nn.Dropout does not check what is assigned to it: the next draw does
+    with pytest.raises(ValueError, match="dropout rate p"):
+        model(torch.randn(4, 8))
