@@ -238,8 +238,9 @@ class DropoutRate:
     def site_laws(self) -> list[PatternDistribution] | None:
         """``distributions`` for the current ``p``: searched again if ``p`` changed since they were made;
         a ValueError if they were given at construction for another rate."""
-        p = check_rate(self.p)
+        p = self.p
         if p != self._laws_rate:
+            check_rate(p)  # nn.Dropout takes any p it is given
             if self._laws_given:
                 raise ValueError(
                     f"p is now {p}, but this model's pattern laws were given for p = {self._laws_rate} "
