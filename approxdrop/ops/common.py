@@ -194,9 +194,18 @@ def reference_grads(
     found = iter(torch.autograd.grad(reference(*inputs), wanted, grad_outputs, create_graph=True, allow_unused=True))
     grads: list[torch.Tensor | None] = []
     for t in inputs:
-        g = next(found) if t is not None and t.requires_grad else None
-        grads.append(torch.zeros_like(t) if g is None and t is not None and t.requires_grad else g)
+        if t is None or not t.requires_grad:
+            grads.append(None)
+        else:
+            g = next(found)  # None where the reference did not use t
+            grads.append(torch.zeros_like(t) if g is None else g)
     return grads
+
+
+def bias_stand_in(weight: torch.Tensor, has_bias: bool) -> torch.Tensor | None:
+    """A zero bias (Tensor[n_out]) that requires grad, for ``reference_grads`` where the op had a bias: the
+    bias gradient does not depend on the bias, which backward does not keep."""
+    return weight.new_zeros(weight.shape[0], requires_grad=True) if has_bias else None
 
 
 def register_backward(

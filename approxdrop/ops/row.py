@@ -14,6 +14,7 @@ import torch
 
 from ..patterns import RowPattern, periodic_count
 from .common import (
+    bias_stand_in,
     check_backward_args,
     check_linear_args,
     check_operands,
@@ -57,12 +58,11 @@ def reference_backward(
     in_dp, in_keep, in_offsets, out_dp, out_keep, out_offsets = ints
     ins = [RowPattern(in_dp, o, in_keep) for o in in_offsets]
     outs = [RowPattern(out_dp, o, out_keep) for o in out_offsets]
-    bias = weight.new_zeros(weight.shape[0], requires_grad=True) if has_bias else None  # grad_b does not read b
 
     def reference(w, b, *xs):
         return row_linear_reference(list(xs), w, b, ins, outs)
 
-    grad_w, grad_b, *grad_xs = reference_grads(reference, [weight, bias, *xs], grads)
+    grad_w, grad_b, *grad_xs = reference_grads(reference, [weight, bias_stand_in(weight, has_bias), *xs], grads)
     return grad_xs, grad_w, grad_b
 
 

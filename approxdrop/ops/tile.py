@@ -15,6 +15,7 @@ import torch
 
 from ..patterns import TilePattern
 from .common import (
+    bias_stand_in,
     check_backward_args,
     check_linear_args,
     check_weight,
@@ -57,12 +58,11 @@ def reference_backward(
     """(grad_x, grad_w, grad_b) of ``tile_linear`` from ``tile_linear_reference`` with create_graph=True
     (``common.reference_grads``): the backward under create_graph, differentiable itself."""
     patterns = [TilePattern(dp, o, tile, keep) for o in offsets]
-    bias = weight.new_zeros(weight.shape[0], requires_grad=True) if has_bias else None  # grad_b does not read b
 
     def reference(x, w, b):
         return tile_linear_reference(x, w, b, patterns)
 
-    grad_x, grad_w, grad_b = reference_grads(reference, [x, weight, bias], grad_y)
+    grad_x, grad_w, grad_b = reference_grads(reference, [x, weight, bias_stand_in(weight, has_bias)], grad_y)
     return grad_x, grad_w, grad_b
 
 
