@@ -6,7 +6,13 @@ import json
 import pytest
 import torch
 
-from approxdrop.experiments.bench_overhead import CrossoverRow, _OpCounter, format_tables, lasting_win
+from approxdrop.experiments.bench_overhead import (
+    CrossoverRow,
+    ExecutorRow,
+    _OpCounter,
+    format_tables,
+    lasting_win,
+)
 from approxdrop.experiments.cli import main as cli_main
 
 QUICK = ["--threads", "1", "--warmup", "0", "--rounds", "2", "--steps", "1", "--no-progress"]
@@ -29,6 +35,16 @@ def test_bench_overhead_measures_every_model_and_writes_json(tmp_path, capsys):
     for r in cross:  # the width from which every wider one wins too, or none
         ratios = {int(w): ratio for w, ratio in r["ratios"].items()}
         assert r["width"] == lasting_win(ratios)
+    executors = [r for r in rows if "rule" in r]  # the CPU rule against the executor measured here
+    assert {(r["method"], r["batch"], r["width"]) for r in executors} == {
+        (m, 4, w) for m in ("row", "row-g4") for w in (16, 32)
+    }
+    for r in executors:
+        assert r["rule"] == "masked"  # 4 rows: far below the rule's thresholds
+        assert r["measured"] in ("masked", "compact") and r["masked_ms"] > 0 and r["compact_ms"] > 0
+        faster = r["compact_ms"] < 0.95 * r["masked_ms"]
+        assert r["measured"] == ("compact" if faster else "masked")
+    assert "| row-g4 | 4 | 32 | masked |" in table
 
 
 def test_the_op_counter_tells_views_from_ops_that_compute():
@@ -52,6 +68,11 @@ def test_crossover_table_says_none_where_no_width_wins():
     rows = [CrossoverRow("row", 8, None, {64: 1.5, 512: 1.1}), CrossoverRow("row-g4", 8, 512, {64: 2.0, 512: 0.9})]
     table = format_tables([], [], rows)
     assert "| row | 8 | none | 1.50 | 1.10 |" in table and "| row-g4 | 8 | 512 | 2.00 | 0.90 |" in table
+
+
+def test_executor_table_shows_both_choices_and_dashes_for_untimed():
+    rows = [ExecutorRow("row", 128, 2048, "compact", "masked", 75.0, None)]
+    assert "| row | 128 | 2048 | compact | masked | 75.000 | - |" in format_tables([], [], [], rows)
 
 
 @pytest.mark.parametrize(

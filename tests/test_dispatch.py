@@ -157,6 +157,20 @@ def test_measures_once_per_key_and_picks_the_faster():
     assert c1.times_ms == (("torch", 2.0), ("pattern", 1.0))
 
 
+@pytest.mark.parametrize("switch", [None, "torch", "0", "pattern"])
+def test_choose_names_the_faster_path_once_whatever_the_kernel_switch(monkeypatch, switch):
+    if switch is not None:  # the switch picks kernels; choose() is for other choices (models' executors)
+        monkeypatch.setenv(ENV_SWITCH, switch)
+    fakes = Fakes()
+    d = fakes.dispatcher()
+    assert [d.choose("k", fakes.candidates(), None) for _ in range(3)] == ["pattern"] * 3
+    assert fakes.timed == ["torch", "pattern"] and fakes.calls == {"torch": 1, "pattern": 1}
+    assert d.run("k", fakes.candidates(), None, "auto") is fakes.outputs["pattern"]  # the same decision
+    assert fakes.timed == ["torch", "pattern"]
+    slow = Fakes(times={"torch": 2.0, "pattern": 1.95})
+    assert slow.dispatcher().choose("k", slow.candidates(), None) == "torch"
+
+
 @pytest.mark.parametrize("pattern_ms, winner", [(1.89, "pattern"), (1.91, "torch"), (2.0, "torch"), (5.0, "torch")])
 def test_another_path_must_beat_the_reference_by_the_margin(pattern_ms, winner):
     fakes = Fakes(times={"torch": 2.0, "pattern": pattern_ms})

@@ -291,7 +291,8 @@ def test_auto_masks_below_the_crossover_and_skips_above_it():
     assert one.executor_for(torch.zeros(MIN_ROWS_ONE_GROUP - 1, 64)) == "masked"
     assert one.executor_for(torch.zeros(MIN_ROWS_ONE_GROUP, 64)) == "compact"
     assert ad.ApproxDropoutMLP([4, 8, 2], 0.5, executor="compact").executor_for(torch.zeros(2, 4)) == "compact"
-    with pytest.raises(ValueError, match=r"executor must be one of \('auto', 'compact', 'masked'\), got 'fast'"):
+    allowed = r"\('auto', 'compact', 'masked', 'measured'\)"
+    with pytest.raises(ValueError, match=rf"executor must be one of {allowed}, got 'fast'"):
         ad.ApproxDropoutFFN(4, 8, 0.5, executor="fast")
 
 

@@ -1,7 +1,7 @@
 """Host overhead of a training step: what each dropout method's own machinery (Python, dispatch, pattern
 draws, loops) costs where the GEMMs cost nothing, and where on this machine ARD starts to win.
 
-Three measurements, each side by side in one process, methods interleaved (``bench.time_side_by_side``):
+Timings side by side in one process, methods interleaved (``bench.time_side_by_side``):
 - **host ms / step** on tiny models (MLP [8, 16, 16, 2] batch 4, an FFN block d 8 -> 32 -> 8 batch 4 and
   its ``nn.Sequential`` twin, an LSTM language model 2 x 16, vocabulary 50, 5 x 4 tokens): compute is
   negligible there, so the step time is the fixed host cost; on a GPU it is the step time of every lab;
@@ -9,7 +9,10 @@ Three measurements, each side by side in one process, methods interleaved (``ben
   dispatches (forward, backward, optimizer), counted with a TorchDispatchMode, and how many of them
   compute, leaving out views such as ``t``, ``slice`` or ``detach`` (on a GPU, the ops that launch kernels);
 - **crossover**: for each batch size, the smallest width ``w`` of an MLP [w, w, w, 10] from which a
-  method's step beats nn.Dropout's (ratio < 1) at every wider width tried too, on this machine.
+  method's step beats nn.Dropout's (ratio < 1) at every wider width tried too, on this machine (with the
+  default executor: the CPU rule on a CPU, measured on CUDA);
+- **executors**: on the same grid, the executor of the CPU rule against the one measured on this device
+  (``executor="measured"``, ``models.executor_choice``), with the probe's times.
 
 Every step is zero_grad + forward + loss + backward + SGD step. On a CPU with one torch thread the clock is
 this process's CPU time (``time.process_time``), so other work on a shared machine does not count; else
@@ -33,8 +36,10 @@ from tqdm.auto import tqdm
 
 from .._env import check_int, check_rate, describe_machine
 from ..models import METHODS, ApproxDropoutFFN, ApproxDropoutLSTM
+from ..models.executor_choice import measured_choice
 from ..models.lstm import LSTM_METHODS
 from ..models.mlp import ApproxDropoutMLP
+from ..models.sites import grouped_executor
 from ..training.lm import lm_training_step
 from .bench import check_protocol, mlp_step, time_side_by_side
 from .options import non_negative_int, positive_int, rate, write_record
@@ -245,6 +250,47 @@ def crossover(
     return [CrossoverRow(m, b, lasting_win(r), r) for (m, b), r in ratios.items()]
 
 
+@dataclass
+class ExecutorRow:
+    """How an MLP [w, w, w, 10] of ``method`` runs its row patterns at ``batch``: the CPU rule's executor
+    (``sites.grouped_executor``), the one measured on this device (``executor="measured"``, the default on
+    CUDA) and the probe's times (ms per forward and backward; None: not timed)."""
+
+    method: str
+    batch: int
+    width: int
+    rule: str
+    measured: str
+    masked_ms: float | None
+    compact_ms: float | None
+
+
+def executor_choices(
+    p: float,
+    methods: Sequence[str],
+    device: torch.device,
+    widths: Sequence[int],
+    batches: Sequence[int],
+    bar: tqdm | None = None,
+) -> list[ExecutorRow]:
+    """The rule's and the measurement's executor for each method, batch and width of the crossover grid."""
+    rows = []
+    for method in methods:
+        for batch in batches:
+            for width in widths:
+                model = ApproxDropoutMLP((width, width, width, 10), p, method, executor="measured").to(device)
+                rule = grouped_executor("auto", batch, model.groups, width * width)
+                choice = measured_choice(model.executor_probe(), batch, model.groups, torch.float32, device)
+                times = dict(choice.times_ms) if choice is not None else {}
+                measured = choice.path if choice is not None else "masked"
+                rows.append(
+                    ExecutorRow(method, batch, width, rule, measured, times.get("masked"), times.get("compact"))
+                )
+                if bar is not None:
+                    bar.update(1)
+    return rows
+
+
 def lasting_win(ratios: dict[int, float]) -> int | None:
     """The smallest width whose ratio, and every wider width's, is below 1 (None: the widest one is not): a
     ratio that dips below 1 and comes back above is the machine's noise near 1, not a crossover."""
@@ -253,8 +299,13 @@ def lasting_win(ratios: dict[int, float]) -> int | None:
     return lasting[0] if lasting else None
 
 
-def format_tables(overhead: list[OverheadRow], counts: list[OpCountRow], cross: list[CrossoverRow]) -> str:
-    """The three results as Markdown tables."""
+def format_tables(
+    overhead: list[OverheadRow],
+    counts: list[OpCountRow],
+    cross: list[CrossoverRow],
+    executors: Sequence[ExecutorRow] = (),
+) -> str:
+    """The results as Markdown tables."""
     lines = ["| model | method | host ms / step | x nn.Dropout | spread (IQR) |", "|---|---|---:|---:|---:|"]
     lines += [f"| {r.model} | {r.method} | {r.ms_per_step:.3f} | {r.ratio:.2f} | {r.spread:.0%} |" for r in overhead]
     if counts:
@@ -271,6 +322,15 @@ def format_tables(overhead: list[OverheadRow], counts: list[OpCountRow], cross: 
         for r in cross:
             cells = " | ".join(f"{r.ratios[w]:.2f}" for w in widths)
             lines.append(f"| {r.method} | {r.batch} | {r.width if r.width is not None else 'none'} | {cells} |")
+    if executors:
+        lines += [
+            "",
+            "| method | batch | width | CPU rule | measured here | masked ms | compact ms |",
+            "|---|---:|---:|---|---|---:|---:|",
+        ]
+        for r in executors:
+            ms = " | ".join("-" if t is None else f"{t:.3f}" for t in (r.masked_ms, r.compact_ms))
+            lines.append(f"| {r.method} | {r.batch} | {r.width} | {r.rule} | {r.measured} | {ms} |")
     return "\n".join(lines)
 
 
@@ -285,13 +345,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rounds", type=positive_int, default=15)
     parser.add_argument("--steps", type=positive_int, default=20, help="steps per method per round")
     parser.add_argument("--no-op-counts", action="store_true", help="skip the paper-size aten op counts")
+    parser.add_argument(
+        "--no-executors", action="store_true", help="skip the executor choices (CPU rule against measured)"
+    )
     parser.add_argument("--crossover-widths", type=positive_int, nargs="*", default=list(CROSSOVER_WIDTHS))
     parser.add_argument("--crossover-batches", type=positive_int, nargs="*", default=list(CROSSOVER_BATCHES))
     parser.add_argument("--crossover-rounds", type=positive_int, default=5)
 
 
-def measure(args: argparse.Namespace) -> tuple[list[OverheadRow], list[OpCountRow], list[CrossoverRow]]:
-    """Run the three measurements of ``args`` (see ``add_arguments``)."""
+def measure(
+    args: argparse.Namespace,
+) -> tuple[list[OverheadRow], list[OpCountRow], list[CrossoverRow], list[ExecutorRow]]:
+    """Run the measurements of ``args`` (see ``add_arguments``)."""
     check_rate(args.p)
     for name in ("methods", "lstm_methods"):
         chosen = getattr(args, name)
@@ -300,21 +365,24 @@ def measure(args: argparse.Namespace) -> tuple[list[OverheadRow], list[OpCountRo
     dev = check_protocol(args.device, args.warmup, args.rounds, args.steps, [args.p], args.methods, METHODS)
     challengers = [m for m in args.methods if m != "bernoulli"]
     widths, batches = [check_int("width", w, 1) for w in args.crossover_widths], args.crossover_batches
-    total = 3 * (args.warmup + args.rounds) * len(args.methods) + len(widths) * len(batches) * (
-        1 + args.crossover_rounds
-    ) * len(args.methods)
+    total = (
+        3 * (args.warmup + args.rounds) * len(args.methods)
+        + len(widths) * len(batches) * (1 + args.crossover_rounds) * len(args.methods)
+        + len(widths) * len(batches) * len(challengers) * (not args.no_executors)
+    )
     with tqdm(total=total, desc="bench-overhead", disable=args.no_progress, file=sys.stderr) as bar:
         overhead = host_overhead(
             args.p, args.methods, args.lstm_methods, dev, args.warmup, args.rounds, args.steps, bar
         )
         counts = [] if args.no_op_counts else op_counts(args.p, args.methods, dev)
         cross = crossover(args.p, challengers, dev, widths, batches, 1, args.crossover_rounds, 3, bar)
-    return overhead, counts, cross
+        executors = [] if args.no_executors else executor_choices(args.p, challengers, dev, widths, batches, bar)
+    return overhead, counts, cross, executors
 
 
 def run(args: argparse.Namespace) -> int:
-    overhead, counts, cross = measure(args)
+    overhead, counts, cross, executors = measure(args)
     print(f"host overhead at p = {args.p}, {torch.get_num_threads()} torch thread(s); {describe_machine(args.device)}")
-    print(format_tables(overhead, counts, cross))
-    write_record(args, [*overhead, *counts, *cross])
+    print(format_tables(overhead, counts, cross, executors))
+    write_record(args, [*overhead, *counts, *cross, *executors])
     return 0

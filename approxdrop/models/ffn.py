@@ -18,6 +18,7 @@ from .._env import check_int, check_rate
 from ..distribution import MAX_GROUPS, PatternDistribution
 from ..ops import FULL, group_bounds, grouped_row_pattern_linear, row_pattern_linear, static_row_linear
 from ..patterns import RowPattern
+from .executor_choice import Probe, choose_executor
 from .methods import DROPOUT_METHODS, ELEMENT, NOTHING, ROW, Method
 from .sites import (
     DropoutRate,
@@ -26,7 +27,6 @@ from .sites import (
     check_executor,
     draw_sites,
     group_mask,
-    grouped_executor,
     run_eagerly,
     setup_static,
     site_distributions,
@@ -86,8 +86,8 @@ class ApproxDropoutFFN(DropoutRate, nn.Module):
         generator: CPU generator for the pattern draws (default: torch's global RNG). Seed it by rank
             under DistributedDataParallel, so each process draws its own patterns.
         d_out: output width (default ``d_model``).
-        executor: how row patterns run in eager training, "auto" (default), "compact" or "masked", as in
-            ApproxDropoutMLP (``sites.GROUPED_EXECUTORS``); ``executor_for(x)`` says which.
+        executor: how row patterns run in eager training, "auto" (default), "compact", "masked" or
+            "measured", as in ApproxDropoutMLP (``sites.GROUPED_EXECUTORS``); ``executor_for(x)`` says which.
         static_shapes: (row patterns, any groups) run at the shapes the draw's ``(dp, keep)`` sets, the
             offsets read from a buffer, as ApproxDropoutMLP's ``static_shapes``: one compiled or CUDA graph
             per ``(dp, keep)``, not per offset.
@@ -237,7 +237,11 @@ class ApproxDropoutFFN(DropoutRate, nn.Module):
     def executor_for(self, x: torch.Tensor) -> str:
         """ "compact" or "masked": how an eager training forward on x runs row patterns (``executor``)."""
         largest = self.d_hidden * max(self.d_model, self.d_out)
-        return grouped_executor(self.executor, math.prod(x.shape[:-1]), self.groups, largest)
+        return choose_executor(self.executor, x, math.prod(x.shape[:-1]), self.groups, largest, self.executor_probe)
+
+    def executor_probe(self) -> Probe:
+        """The block itself (``executor_choice.Probe``)."""
+        return Probe(self.d_model, self.d_hidden, self.d_out, self.site_laws()[0], self.p)
 
     @run_eagerly
     def _grouped(self, x: torch.Tensor, patterns: tuple[RowPattern, ...]) -> torch.Tensor:

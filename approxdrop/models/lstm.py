@@ -44,6 +44,7 @@ from ..patterns import RowPattern
 from ..search import FAMILIES
 from .methods import ELEMENT, NOTHING, ROW, SHARED_UNITS, get_method, methods_for
 from .sites import (
+    RULED_EXECUTORS,
     DropoutRate,
     check_executor,
     draw_sites,
@@ -156,7 +157,8 @@ class ApproxDropoutLSTM(DropoutRate, nn.Module):
             time steps. Default: the method's (1 for ``row``).
         executor: how grouped row patterns run, "auto" (default), "compact" (each group's batch slice on
             its kept input columns) or "masked" (the whole batch at once, each group's dropped inputs zeroed by
-            a scaled mask), as in ApproxDropoutMLP (``sites.GROUPED_EXECUTORS``); ``executor_for(x)`` says which.
+            a scaled mask), as in ApproxDropoutMLP (``sites.RULED_EXECUTORS``); ``executor_for(x)`` says which.
+            "auto" follows the CPU-measured rule on every device: the LSTM has no measured probe.
         static_shapes: (row patterns, any groups) each site's units in ``keep * ceil(n / dp)`` slots whatever
             the offsets, read from the ``static_offsets`` buffer each draw fills, as ApproxDropoutMLP's
             ``static_shapes``: one compiled or CUDA graph per ``(dp, keep)`` combination of the sites.
@@ -185,7 +187,7 @@ class ApproxDropoutLSTM(DropoutRate, nn.Module):
     ) -> None:
         super().__init__()
         self.spec = get_method(method, "lstm")
-        self.executor = check_executor(executor)
+        self.executor = check_executor(executor, RULED_EXECUTORS)
         self.groups = self.spec.groups if groups is None else check_int("groups", groups, 1, MAX_GROUPS)
         if self.groups > 1 and self.spec.drops != ROW:
             raise ValueError(f"groups={self.groups}: batch groups are for row-pattern methods, not {method!r}")

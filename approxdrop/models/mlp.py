@@ -38,6 +38,7 @@ from ..ops import (
     tile_pattern_linear,
 )
 from ..patterns import RowPattern, TilePattern
+from .executor_choice import Probe, choose_executor
 from .methods import ELEMENT, NOTHING, ROW, TILE, get_method, methods_for
 from .sites import (
     DropoutRate,
@@ -47,7 +48,6 @@ from .sites import (
     draw_sites,
     gathered_linear,
     group_mask,
-    grouped_executor,
     run_eagerly,
     setup_static,
     site_distributions,
@@ -88,9 +88,11 @@ class ApproxDropoutMLP(DropoutRate, nn.Module):
         executor: how a layer with row patterns runs in eager training (``sites.GROUPED_EXECUTORS``):
             "compact" (one GEMM per distinct offset pair, on the kept units only), "masked" (the dense GEMM,
             each group's dropped units zeroed by a scaled mask: the same numbers, fewer host operations) or
-            "auto" (default: "compact" only where it measured faster, from ``sites.MASKED_BELOW_MACS``
-            multiply-adds in the largest layer with groups, ``sites.MASKED_BELOW_MACS_ONE_GROUP`` with one,
-            and ``sites.MIN_GROUP_ROWS`` rows per group, ``sites.MIN_ROWS_ONE_GROUP`` with one).
+            "auto" (default: on a CPU, "compact" only where it measured faster on this project's CPU, from
+            ``sites.MASKED_BELOW_MACS`` multiply-adds in the largest layer with groups,
+            ``sites.MASKED_BELOW_MACS_ONE_GROUP`` with one, and ``sites.MIN_GROUP_ROWS`` rows per group,
+            ``sites.MIN_ROWS_ONE_GROUP`` with one; on CUDA, as "measured") or "measured" (both timed once
+            per shape on this device, on the widest site and its two linears: ``models.executor_choice``).
             ``executor_for(x)`` says which. Under torch.compile ``row`` always runs compact.
         static_shapes: (row patterns, any groups) run each layer at the shape its site's ``(dp, keep)``
             sets, whatever the offsets (``ops.static``): offsets are read from the ``static_offsets`` buffer,
@@ -239,7 +241,17 @@ class ApproxDropoutMLP(DropoutRate, nn.Module):
     def executor_for(self, x: torch.Tensor) -> str:
         """ "compact" or "masked": how an eager training forward on x runs row patterns (``executor``)."""
         largest = max(linear.in_features * linear.out_features for linear in self.linears)
-        return grouped_executor(self.executor, math.prod(x.shape[:-1]), self.groups, largest)
+        return choose_executor(self.executor, x, math.prod(x.shape[:-1]), self.groups, largest, self.executor_probe)
+
+    def executor_probe(self) -> Probe:
+        """The widest site with the linears around it (``executor_choice.Probe``)."""
+        laws = iter(self.site_laws())
+        probes = [
+            Probe(self.sizes[i - 1] if i > 0 else None, width, self.sizes[i + 1], next(laws), self.p)
+            for i, width in enumerate(self.site_widths)
+            if width is not None
+        ]
+        return max(probes, key=lambda q: ((q.n_in or 0) + q.n_out) * q.n_site)
 
     @run_eagerly
     def _grouped(self, x, patterns: list[tuple[RowPattern, ...] | None]):

@@ -141,24 +141,28 @@ def activate(activation: nn.Module, h: torch.Tensor) -> torch.Tensor:
 # step and compact 1.00-1.17x; at 16 rows compact 0.70-0.75x and masked 0.88-0.95x, w = 1024-2048); with
 # one group, from MASKED_BELOW_MACS_ONE_GROUP = 2**22 and MIN_ROWS_ONE_GROUP = 8 rows (compact was
 # 1.1-1.5x the masked step up to 2**21, 0.80-0.89x at 2**23 and 0.54-0.75x above, at batch 8, 32 and
-# 128). Below, the compact GEMMs cost more host time and gathers than they save.
-GROUPED_EXECUTORS = ("auto", "compact", "masked")
+# 128). Below, the compact GEMMs cost more host time and gathers than they save. That rule is for CPUs: on
+# CUDA "auto" measures both executors on the model's own shapes instead, and "measured" does so on any
+# device (``models.executor_choice``). The LSTM has no probe and takes the rule everywhere.
+GROUPED_EXECUTORS = ("auto", "compact", "masked", "measured")
+RULED_EXECUTORS = GROUPED_EXECUTORS[:3]  # without "measured": the LSTM's
 MASKED_BELOW_MACS = 2**25
 MASKED_BELOW_MACS_ONE_GROUP = 2**22
 MIN_GROUP_ROWS = 16
 MIN_ROWS_ONE_GROUP = 8
 
 
-def check_executor(executor: str) -> str:
-    """``executor`` if it is one of ``GROUPED_EXECUTORS``, else a ValueError naming the choices."""
-    if executor not in GROUPED_EXECUTORS:
-        raise ValueError(f"executor must be one of {GROUPED_EXECUTORS}, got {executor!r}")
+def check_executor(executor: str, allowed: Sequence[str] = GROUPED_EXECUTORS) -> str:
+    """``executor`` if it is one of ``allowed``, else a ValueError naming the choices."""
+    if executor not in allowed:
+        raise ValueError(f"executor must be one of {tuple(allowed)}, got {executor!r}")
     return executor
 
 
 def grouped_executor(executor: str, rows: int, groups: int, largest_layer: int) -> str:
     """ "compact" or "masked": what a row-pattern forward over ``rows`` rows (all groups together) runs, for
-    a model whose largest layer has ``largest_layer`` weights (see ``GROUPED_EXECUTORS``)."""
+    a model whose largest layer has ``largest_layer`` weights by the CPU-measured rule (see
+    ``GROUPED_EXECUTORS``)."""
     if executor != "auto":
         return executor
     if groups > 1:

@@ -26,6 +26,8 @@ tile_linear(Tensor x, Tensor weight, Tensor? bias, int dp, int keep, int tile, i
 from __future__ import annotations
 
 from . import cuda as cuda  # registers the CUDA implementations of the ops; builds nothing
+from .candidates import Candidate
+from .dispatch import Choice, Dispatcher, outputs_agree
 from .grouped import group_bounds
 from .linear import (
     FULL,
@@ -41,12 +43,16 @@ from .tile import tile_linear, tile_linear_backward, tile_linear_reference
 
 __all__ = [
     "FULL",
+    "Candidate",
+    "Choice",
+    "Dispatcher",
     "StaticSide",
     "cuda",
     "group_bounds",
     "grouped_row_pattern_linear",
     "grouped_row_pattern_linear_compact",
     "grouped_tile_pattern_linear",
+    "outputs_agree",
     "row_linear",
     "row_linear_backward",
     "row_linear_reference",

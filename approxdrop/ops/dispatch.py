@@ -53,6 +53,7 @@ LABELS = {
     PATTERN: "the pattern-GEMM kernel",
 }
 FORMAT = 1  # version of the cache file's layout
+_UNRUN = object()  # Dispatcher._decide: no candidate ran while deciding
 
 
 def kernel_mode() -> str:
@@ -180,6 +181,19 @@ class Dispatcher:
         ok = {reference.name: reference, **ok}
         if mode in FORCED:
             return ok[self._forced(key, ok, skipped, mode)].run(args)
+        path, output = self._decide(key, ok, skipped, args)
+        return ok[path].run(args) if output is _UNRUN else output
+
+    def choose(self, key: str, candidates: Sequence[Candidate], args: Any) -> str:
+        """The name of the candidate chosen for ``key``, measured on ``args`` the first time (the ``auto``
+        mode whatever ``APPROXDROP_KERNELS`` says: for choices that are not between kernels)."""
+        ok, skipped = usable(candidates[1:], args)
+        return self._decide(key, {candidates[0].name: candidates[0], **ok}, skipped, args)[0]
+
+    def _decide(self, key: str, ok: Mapping[str, Candidate], skipped: list[str], args: Any) -> tuple[str, Any]:
+        """(the path for ``key`` among the usable candidates ``ok``, the reference first; the output of that
+        path on ``args`` when deciding ran it, else ``_UNRUN``): chosen before, cached on disk, or measured."""
+        reference = next(iter(ok.values()))
         with self._lock:  # decide under the lock (a first call measures once, whichever threads ask); run outside
             choice = self._choices.get(key)
             if choice is None or choice.how == "forced":  # a forced run measured nothing
@@ -201,8 +215,8 @@ class Dispatcher:
                 self._choices[key] = choice
                 self._say_once(key, choice.line())
                 self._save(choice)
-                return output
-        return ok[path].run(args)
+                return choice.path, output
+        return path, _UNRUN
 
     def _forced(self, key: str, ok: Mapping[str, Candidate], skipped: list[str], mode: str) -> str:
         path = FORCED[mode] if FORCED[mode] in ok else next(iter(ok))
