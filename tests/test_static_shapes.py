@@ -383,3 +383,27 @@ def test_compiled_step_allows_a_graph_per_class_past_dynamos_recompile_limit():
             keys.add(tuple(model.static_classes))
     assert len(keys) == 9 and counters["stats"]["unique_graphs"] == 9, counters["stats"]
     assert torch._dynamo.config.recompile_limit == 8
+
+
+def test_compiled_step_keeps_compiling_through_a_rate_schedule():
+    """A schedule that raises p brings new laws with more (dp, keep) classes, so more graphs than the first
+    rate's bound (4 at p = 0.1, under Dynamo's default limit of 8). compiled_step raises the limit by each new
+    law set's bound, so no step of the schedule falls back to eager (uncounted frames), and the global
+    setting is left as it was."""
+    model = ad.ApproxDropoutMLP(
+        [5, 24, 24, 2], 0.1, method="row", static_shapes=True, generator=torch.Generator().manual_seed(2)
+    )
+    torch._dynamo.reset()
+    counters.clear()
+    step = ad.compiled_step(
+        model, torch.optim.SGD(model.parameters(), lr=0.01), nn.functional.cross_entropy, backend="eager"
+    )
+    x, y = torch.randn(3, 5), torch.randint(2, (3,))
+    with torch._dynamo.config.patch(automatic_dynamic_local_pgo=False):
+        for p in (0.1, 0.3, 0.5):
+            model.p = p
+            for _ in range(60):
+                step(x, y)
+    assert counters["stats"]["unique_graphs"] > torch._dynamo.config.recompile_limit, counters["stats"]
+    assert counters["frames"]["total"] == counters["frames"]["ok"], counters["frames"]  # every frame compiled
+    assert torch._dynamo.config.recompile_limit == 8

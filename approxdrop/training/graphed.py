@@ -11,6 +11,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from ..distribution import PatternDistribution
 from ..models.sites import draw_patterns, static_graph_bound
 
 
@@ -26,21 +27,35 @@ def compiled_step(
     ``loss_fn(output, target)``, backward, ``optimizer.step()``. ``mode`` defaults to "reduce-overhead"
     (CUDA graphs) when the model's parameters are on CUDA, else torch.compile's default; ``backend``
     as torch.compile's. Its calls allow as many recompiles as the model's static-shape modules may need
-    (``static_graph_bound``), where that passes Dynamo's recompile limit."""
+    (``static_graph_bound``, summed over the laws of every rate a schedule sets), where that passes
+    Dynamo's recompile limit."""
     cuda = any(p.is_cuda for p in model.parameters())
     run = torch.compile(model, mode=mode or ("reduce-overhead" if cuda else None), backend=backend)
-    # a graph per (dp, keep) combination may pass Dynamo's default recompile limit (8): raise it to the bound
-    limit = max(torch._dynamo.config.recompile_limit, static_graph_bound(model))
+    # a graph per (dp, keep) combination may pass Dynamo's default recompile limit (8): raise it to the bound,
+    # and by the bound of each new set of laws a new rate brings (its graphs come on top of the old ones)
+    static = [m for m in model.modules() if getattr(m, "static_shapes", False)]
+    bounds: dict[tuple, int] = {}  # the graph bound of each set of the sites' (dp, keep) classes seen
+
+    def recompile_limit() -> int:
+        classes = tuple(_classes(law) for module in static for law in module.site_laws())
+        if classes not in bounds:
+            bounds[classes] = static_graph_bound(model)
+        return max(torch._dynamo.config.recompile_limit, sum(bounds.values()))
 
     def step(x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         draw_patterns(model)  # outside the graph: a static model's offsets land in its buffer
         if cuda:
             torch.compiler.cudagraph_mark_step_begin()  # the last step's graph outputs may be overwritten
         optimizer.zero_grad(set_to_none=True)
-        with torch._dynamo.config.patch(recompile_limit=limit):
+        with torch._dynamo.config.patch(recompile_limit=recompile_limit()):
             loss = loss_fn(run(x), target)
         loss.backward()
         optimizer.step()
         return loss.detach()
 
     return step
+
+
+def _classes(law: PatternDistribution) -> tuple[tuple[int, int], ...]:
+    """The ``(dp, keep)`` classes a law draws (probability > 0): what sets a static site's shapes."""
+    return tuple(pair for pair, q in zip(law.pairs, law.probs) if q > 0)
