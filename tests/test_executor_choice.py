@@ -214,3 +214,14 @@ def test_a_training_forward_probes_under_no_grad_inference_mode_and_autocast(reg
         y = model(torch.randn(16, 8))
     assert y.shape == (16, 2) and torch.isfinite(y).all()
     assert fake.timed == ["masked", "compact"] and "compact runs" in fake.said[0]
+
+
+def test_the_host_timer_takes_the_fastest_call_not_one_that_stalled(monkeypatch):
+    durations = iter([0.050, 0.002, 0.120, 0.003, 0.002])  # seconds per timed call: two stalls
+    clock = {"now": 0.0}
+
+    def call():
+        clock["now"] += next(durations, 0.0)
+
+    monkeypatch.setattr(executor_choice.time, "perf_counter", lambda: clock["now"])
+    assert executor_choice.host_timer(call, warmup=0, iters=5) == pytest.approx(2.0)
