@@ -216,7 +216,7 @@ def test_a_training_forward_probes_under_no_grad_inference_mode_and_autocast(reg
     assert fake.timed == ["masked", "compact"] and "compact runs" in fake.said[0]
 
 
-def test_the_host_timer_takes_the_fastest_call_not_one_that_stalled(monkeypatch):
+def test_the_host_timer_takes_the_median_call_so_two_stalls_do_not_decide(monkeypatch):
     durations = iter([0.050, 0.002, 0.120, 0.003, 0.002])  # seconds per timed call: two stalls
     clock = {"now": 0.0}
 
@@ -224,4 +224,4 @@ def test_the_host_timer_takes_the_fastest_call_not_one_that_stalled(monkeypatch)
         clock["now"] += next(durations, 0.0)
 
     monkeypatch.setattr(executor_choice.time, "perf_counter", lambda: clock["now"])
-    assert executor_choice.host_timer(call, warmup=0, iters=5) == pytest.approx(2.0)
+    assert executor_choice.host_timer(call, warmup=0, iters=5) == pytest.approx(3.0)
