@@ -12,7 +12,14 @@ from torch._dynamo.utils import counters
 
 import approxdrop as ad
 from approxdrop.models.sites import PENDING
-from approxdrop.ops import StaticSide, row_linear_reference, static_row_linear, static_side, static_site
+from approxdrop.ops import (
+    StaticSide,
+    row_linear_reference,
+    static_grouped_linear,
+    static_row_linear,
+    static_side,
+    static_site,
+)
 
 
 def _units(side: StaticSide, n: int) -> list[int]:
@@ -175,6 +182,49 @@ def test_compiled_static_mlp_makes_one_graph_per_dp_keep_class_not_per_offset(gr
     assert counters["stats"]["unique_graphs"] <= len(classes), counters["stats"]
 
 
+def _group_sides(n: int, dp: int, keep: int, offsets: list[int]) -> list[StaticSide]:
+    return [static_side(n, dp, keep, torch.tensor(o)) for o in offsets]
+
+
+@pytest.mark.parametrize(
+    "in_offsets,out_offsets", [([0, 2, 0, 1], [1, 1, 0, 2]), (None, [2, 0, 2, 1]), ([1, 0, 1, 1], None)]
+)
+def test_grouped_static_linear_compiled_equals_each_group_on_its_own(in_offsets, out_offsets):
+    """Under torch.compile the groups' blocks come from one gather whose backward adds every group's gradient
+    into one buffer; groups with equal offsets read the same block (their gradients add), dp = 3 pads both
+    widths, one group is empty. Outputs and every gradient equal the per-group form's in float64."""
+    torch.manual_seed(0)
+    w, b = torch.randn(10, 7, dtype=torch.float64), torch.randn(10, dtype=torch.float64)
+    ins = _group_sides(7, 3, 2, in_offsets) if in_offsets else [None] * 4
+    outs = _group_sides(10, 3, 1, out_offsets) if out_offsets else [None] * 4
+    xs = [
+        torch.randn(rows, 7 if ins[0] is None else ins[0].index.numel(), dtype=torch.float64) for rows in (3, 2, 0, 4)
+    ]
+
+    def grads(fn):
+        params = [t.clone().requires_grad_() for t in (w, b, *xs)]
+        ys = fn(params[2:], params[0], params[1], ins, outs)
+        loss = sum((y * torch.arange(y.numel(), dtype=y.dtype).view_as(y)).sum() for y in ys)
+        return [y.detach() for y in ys], torch.autograd.grad(loss, params)
+
+    eager = grads(static_grouped_linear)
+    compiled = grads(torch.compile(static_grouped_linear, fullgraph=True, backend="eager"))
+    per_group = grads(lambda xs, w, b, ins, outs: [static_row_linear(*a) for a in zip(xs, [w] * 4, [b] * 4, ins, outs)])
+    for got in (eager, compiled):
+        for a, c in zip(per_group[0] + list(per_group[1]), got[0] + list(got[1])):
+            torch.testing.assert_close(c, a, rtol=1e-12, atol=1e-12)
+
+
+def test_the_one_gather_of_every_groups_block_passes_gradcheck():
+    from approxdrop.ops.static import _GroupBlocks
+
+    w = torch.randn(6, 5, dtype=torch.float64, requires_grad=True)
+    rows = torch.tensor([[0, 2, 4], [1, 3, 5], [0, 2, 4]])  # groups 0 and 2 share their rows
+    cols = torch.tensor([[0, 1], [2, 3], [0, 1]])
+    assert torch.autograd.gradcheck(lambda w: _GroupBlocks.apply(w, rows, cols), (w,))
+    torch.testing.assert_close(_GroupBlocks.apply(w, rows, cols)[1], w[[1, 3, 5]][:, [2, 3]])
+
+
 def test_full_side_is_the_layer_without_dropout():
     """An MLP's first layer reads the full input and its last writes every output: no side there."""
     w, b, x = torch.randn(4, 6), torch.randn(4), torch.randn(2, 6)
@@ -208,16 +258,20 @@ def test_static_ffn_matches_the_compact_block_and_compiles_once_per_class():
     assert "static_shapes=True" in repr(static)
 
 
+@pytest.mark.parametrize("compiled", [False, True])
 @pytest.mark.parametrize("shape", [(5, 3, 6), (7, 6), (6,)])
-def test_static_grouped_ffn_matches_the_compact_grouped_block(shape):
+def test_static_grouped_ffn_matches_the_compact_grouped_block(shape, compiled):
     """Groups split the samples (the leading axis: a transformer's B of [B, T, d], the rows of [N, d]); a
-    1-D x is one sample, group 0's."""
+    1-D x is one sample, group 0's. Compiled, the groups' blocks come from one gather (ops.static)."""
     compact, static = _ffn_pair(groups=4)
+    run = torch.compile(static, fullgraph=True, backend="eager") if compiled else static
     x = torch.randn(*shape)
     for _ in range(5):
         for block in (compact, static):
             block.zero_grad()
-            block(x).square().sum().backward()
+        ad.draw_patterns(static)
+        run(x).square().sum().backward()
+        compact(x).square().sum().backward()
         assert static.last_pattern == compact.last_pattern and len(static.last_pattern) == 4
         for a, b in zip(compact.parameters(), static.parameters()):
             torch.testing.assert_close(b.grad, a.grad)

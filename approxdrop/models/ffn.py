@@ -16,7 +16,7 @@ from torch import nn
 
 from .._env import check_int, check_rate
 from ..distribution import MAX_GROUPS, PatternDistribution
-from ..ops import FULL, group_bounds, grouped_row_pattern_linear, row_pattern_linear, static_row_linear
+from ..ops import FULL, group_bounds, grouped_row_pattern_linear, row_pattern_linear, static_grouped_linear
 from ..patterns import RowPattern
 from .executor_choice import Probe, choose_executor
 from .methods import DROPOUT_METHODS, ELEMENT, NOTHING, ROW, Method
@@ -220,10 +220,11 @@ class ApproxDropoutFFN(DropoutRate, nn.Module):
         (sides,) = static_sides(self, [self.d_hidden])  # one StaticSide per group
         parts = [x] if x.dim() == 1 else x.tensor_split(len(sides), dim=0)  # [B_g, *, d_model]
         fc1, fc2 = self.fc1, self.fc2
-        ys = []
-        for part, side in zip(parts, sides):  # a single sample (x 1-D) is group 0's
-            h = activate(self.activation, static_row_linear(part, fc1.weight, fc1.bias, None, side))  # [*, K]
-            ys.append(static_row_linear(h, fc2.weight, fc2.bias, side, None))  # [*, d_out]
+        sides = sides[: len(parts)]  # a single sample (x 1-D) is group 0's
+        whole = (None,) * len(parts)
+        hs = static_grouped_linear(parts, fc1.weight, fc1.bias, whole, sides)  # [B_g, *, K]
+        hs = [activate(self.activation, h) for h in hs]
+        ys = static_grouped_linear(hs, fc2.weight, fc2.bias, sides, whole)  # [B_g, *, d_out]
         return ys[0] if len(ys) == 1 else torch.cat(ys, 0)  # [*, d_out]
 
     def _row(self, x: torch.Tensor, pattern: RowPattern) -> torch.Tensor:

@@ -37,7 +37,7 @@ from ..ops import (
     group_bounds,
     grouped_row_pattern_linear,
     row_pattern_linear,
-    static_row_linear,
+    static_grouped_linear,
     static_site,
 )
 from ..patterns import RowPattern
@@ -318,10 +318,8 @@ class ApproxDropoutLSTM(DropoutRate, nn.Module):
     def _static_decode(self, sides: tuple[StaticSide, ...], u: torch.Tensor) -> torch.Tensor:
         """The decoder on each group's slots of the last site: u (Float[T, B, H]) -> logits (Float[T, B, V])."""
         weight, bias = self.decoder.weight, self.decoder.bias
-        parts = [
-            static_row_linear(static_site(ug, side), weight, bias, side, None)  # [T, B_g, V]
-            for ug, side in zip(u.tensor_split(len(sides), 1), sides)
-        ]
+        slots = [static_site(ug, side) for ug, side in zip(u.tensor_split(len(sides), 1), sides)]  # [T, B_g, K]
+        parts = static_grouped_linear(slots, weight, bias, sides, (None,) * len(sides))  # [T, B_g, V]
         return torch.cat(parts, 1)
 
     def extra_repr(self) -> str:

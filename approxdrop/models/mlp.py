@@ -33,7 +33,7 @@ from ..ops import (
     grouped_row_pattern_linear_compact,
     grouped_tile_pattern_linear,
     row_pattern_linear,
-    static_row_linear,
+    static_grouped_linear,
     static_site,
     tile_pattern_linear,
 )
@@ -232,7 +232,7 @@ class ApproxDropoutMLP(DropoutRate, nn.Module):
             xs = [static_site(t, side) for t, side in zip(xs, sides[0])]  # [*, B_g, K_0]
         last = len(self.linears) - 1
         for i, linear in enumerate(self.linears):
-            xs = [static_row_linear(t, linear.weight, linear.bias, a, b) for t, a, b in zip(xs, ins[i], outs[i])]
+            xs = static_grouped_linear(xs, linear.weight, linear.bias, ins[i], outs[i])
             if i < last:
                 xs = [activate(self.activation, t) for t in xs]
         y = xs[0] if self.groups == 1 else torch.cat(xs, -2)  # [*, B, sizes[-1]]

@@ -13,6 +13,7 @@ site, so a model's outputs are those of the compact path.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
@@ -55,16 +56,76 @@ def static_row_linear(
     ``in_scale * x @ W[out slots][:, in slots].T + b[out slots]``, padding of x zeroed first (the output's
     padding slots hold values the next reader zeroes, and get no gradient from it). Plain
     differentiable PyTorch: autograd gives the backward, and a compiler traces it whole."""
-    scale = 1.0
     if in_side is not None:
-        scale = in_side.scale
-        if in_side.valid is not None:
-            x = x * in_side.valid  # [*, K_in]: a padding slot may hold a nonzero activation
         weight = weight.index_select(1, in_side.index)  # [n_out, K_in]
     if out_side is not None:
         weight = weight.index_select(0, out_side.index)  # [K_out, K_in]
-        bias = None if bias is None else bias.index_select(0, out_side.index)
-    y = torch.nn.functional.linear(x, weight)  # [*, K_out]
-    if scale != 1.0:
-        y = y * scale
-    return y if bias is None else y + bias
+    return _slot_linear(x, weight, bias, in_side, out_side)
+
+
+def static_grouped_linear(
+    xs: Sequence[torch.Tensor],
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    in_sides: Sequence[StaticSide | None],
+    out_sides: Sequence[StaticSide | None],
+) -> list[torch.Tensor]:
+    """``static_row_linear`` for every batch group g: xs[g] with in_sides[g] and out_sides[g] -> ys[g].
+
+    Under torch.compile the groups' weight blocks come from one gather, and its backward writes every
+    group's block gradient into one zero buffer (``_GroupBlocks``): one full-size weight gradient per layer
+    instead of one per group plus their sum (one 2048 x 2048 layer at G = 4, compiled on this CPU: 24 ms
+    against 44 ms). Eagerly each group gathers its own block, which is the faster form there (43 ms against
+    71-75 ms: an eager advanced-indexing gather and scatter walk the block element by element)."""
+    if len(xs) == 1 or not torch.compiler.is_compiling():
+        return [static_row_linear(x, weight, bias, a, b) for x, a, b in zip(xs, in_sides, out_sides)]
+    n_out, n_in = weight.shape
+    rows = _slots(out_sides, n_out, weight.device)  # [G, K_out]
+    cols = _slots(in_sides, n_in, weight.device)  # [G, K_in]
+    blocks = _GroupBlocks.apply(weight, rows, cols).unbind(0)  # G x [K_out, K_in]: their backward is one stack
+    return [_slot_linear(x, block, bias, a, b) for x, block, a, b in zip(xs, blocks, in_sides, out_sides)]
+
+
+def _slot_linear(
+    x: torch.Tensor,
+    block: torch.Tensor,
+    bias: torch.Tensor | None,
+    in_side: StaticSide | None,
+    out_side: StaticSide | None,
+) -> torch.Tensor:
+    """x (Tensor[*, K_in]) -> Tensor[*, K_out] for the gathered block (Tensor[K_out, K_in]): x's padding zeroed,
+    the in side's scale, the out slots' bias."""
+    if in_side is not None and in_side.valid is not None:
+        x = x * in_side.valid  # [*, K_in]: a padding slot may hold a nonzero activation
+    y = torch.nn.functional.linear(x, block)  # [*, K_out]
+    if in_side is not None and in_side.scale != 1.0:
+        y = y * in_side.scale
+    if bias is None:
+        return y
+    return y + (bias if out_side is None else bias.index_select(0, out_side.index))
+
+
+def _slots(sides: Sequence[StaticSide | None], n: int, device: torch.device) -> torch.Tensor:
+    """Long[G, K]: each group's slots on a width-``n`` side (every unit, K = n, where the side has no site)."""
+    if sides[0] is None:
+        return torch.arange(n, device=device).expand(len(sides), n)
+    return torch.stack([side.index for side in sides])
+
+
+class _GroupBlocks(torch.autograd.Function):
+    """weight (Tensor[n_out, n_in]), rows (Long[G, K_out]), cols (Long[G, K_in]) -> Tensor[G, K_out, K_in], block g
+    ``weight[rows[g]][:, cols[g]]``; backward adds every block's gradient into one zero Tensor[n_out, n_in]
+    (blocks of groups with equal slots overlap: accumulated)."""
+
+    @staticmethod
+    def forward(ctx, weight: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(rows, cols)
+        ctx.shape = weight.shape
+        return weight[rows[:, :, None], cols[:, None, :]]  # [G, K_out, K_in]
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        rows, cols = ctx.saved_tensors
+        index = (rows[:, :, None].expand_as(grad), cols[:, None, :].expand_as(grad))
+        grad_w = grad.new_zeros(ctx.shape).index_put_(index, grad, accumulate=True)  # [n_out, n_in]
+        return grad_w, None, None
