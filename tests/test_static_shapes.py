@@ -186,20 +186,21 @@ def _group_sides(n: int, dp: int, keep: int, offsets: list[int]) -> list[StaticS
     return [static_side(n, dp, keep, torch.tensor(o)) for o in offsets]
 
 
+@pytest.mark.parametrize("n_in,n_out", [(7, 10), (9, 12)])  # dp = 3 pads both (one gather by index), or none
 @pytest.mark.parametrize(
     "in_offsets,out_offsets", [([0, 2, 0, 1], [1, 1, 0, 2]), (None, [2, 0, 2, 1]), ([1, 0, 1, 1], None)]
 )
-def test_grouped_static_linear_compiled_equals_each_group_on_its_own(in_offsets, out_offsets):
+def test_grouped_static_linear_compiled_equals_each_group_on_its_own(in_offsets, out_offsets, n_in, n_out):
     """Under torch.compile the groups' blocks come from one gather whose backward adds every group's gradient
-    into one buffer; groups with equal offsets read the same block (their gradients add), dp = 3 pads both
-    widths, one group is empty. Outputs and every gradient equal the per-group form's in float64."""
+    into one buffer (by residue where dp divides the widths, else by index); groups with equal offsets read
+    the same block (their gradients add), keep 2 of 3 on the inputs, one group is empty. Outputs and every
+    gradient equal the per-group form's in float64."""
     torch.manual_seed(0)
-    w, b = torch.randn(10, 7, dtype=torch.float64), torch.randn(10, dtype=torch.float64)
-    ins = _group_sides(7, 3, 2, in_offsets) if in_offsets else [None] * 4
-    outs = _group_sides(10, 3, 1, out_offsets) if out_offsets else [None] * 4
-    xs = [
-        torch.randn(rows, 7 if ins[0] is None else ins[0].index.numel(), dtype=torch.float64) for rows in (3, 2, 0, 4)
-    ]
+    w, b = torch.randn(n_out, n_in, dtype=torch.float64), torch.randn(n_out, dtype=torch.float64)
+    ins = _group_sides(n_in, 3, 2, in_offsets) if in_offsets else [None] * 4
+    outs = _group_sides(n_out, 3, 1, out_offsets) if out_offsets else [None] * 4
+    k_in = n_in if ins[0] is None else ins[0].index.numel()
+    xs = [torch.randn(rows, k_in, dtype=torch.float64) for rows in (3, 2, 0, 4)]
 
     def grads(fn):
         params = [t.clone().requires_grad_() for t in (w, b, *xs)]
@@ -216,13 +217,16 @@ def test_grouped_static_linear_compiled_equals_each_group_on_its_own(in_offsets,
 
 
 def test_the_one_gather_of_every_groups_block_passes_gradcheck():
-    from approxdrop.ops.static import _GroupBlocks
+    from approxdrop.ops.static import _IndexBlocks, _ResidueBlocks
 
-    w = torch.randn(6, 5, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(6, 6, dtype=torch.float64, requires_grad=True)
     rows = torch.tensor([[0, 2, 4], [1, 3, 5], [0, 2, 4]])  # groups 0 and 2 share their rows
-    cols = torch.tensor([[0, 1], [2, 3], [0, 1]])
-    assert torch.autograd.gradcheck(lambda w: _GroupBlocks.apply(w, rows, cols), (w,))
-    torch.testing.assert_close(_GroupBlocks.apply(w, rows, cols)[1], w[[1, 3, 5]][:, [2, 3]])
+    cols = torch.tensor([[0, 1, 3, 4], [1, 2, 4, 5], [0, 1, 3, 4]])  # dp 3, keep 2: residues (0, 1), (1, 2)
+    assert torch.autograd.gradcheck(lambda w: _IndexBlocks.apply(w, rows, cols), (w,))
+    torch.testing.assert_close(_IndexBlocks.apply(w, rows, cols)[1], w[[1, 3, 5]][:, [1, 2, 4, 5]])
+    ro, ri = torch.tensor([[0], [1], [0]]), torch.tensor([[0, 1], [1, 2], [0, 1]])  # the same slots by residue
+    assert torch.autograd.gradcheck(lambda w: _ResidueBlocks.apply(w, ro, ri, 2, 3), (w,))
+    torch.testing.assert_close(_ResidueBlocks.apply(w, ro, ri, 2, 3), _IndexBlocks.apply(w, rows, cols))
 
 
 def test_full_side_is_the_layer_without_dropout():
