@@ -142,10 +142,10 @@ class _ResidueBlocks(torch.autograd.Function):
         ctx.save_for_backward(ro, ri)
         ctx.dps = dp_out, dp_in
         n_out, n_in = weight.shape
-        w4 = weight.view(n_out // dp_out, dp_out, n_in // dp_in, dp_in)
+        w4 = weight.reshape(n_out // dp_out, dp_out, n_in // dp_in, dp_in)
         picked = w4[:, ro[:, :, None], :, ri[:, None, :]]  # [G, keep_out, keep_in, n_out/dp, n_in/dp]
-        g, keep_out, keep_in = picked.shape[:3]
-        return picked.permute(0, 3, 1, 4, 2).reshape(g, -1, (n_in // dp_in) * keep_in)  # [G, K_out, K_in]
+        k_out, k_in = (n_out // dp_out) * ro.shape[1], (n_in // dp_in) * ri.shape[1]
+        return picked.permute(0, 3, 1, 4, 2).reshape(ro.shape[0], k_out, k_in)  # [G, K_out, K_in], slot order
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
