@@ -37,6 +37,7 @@ from ..ops import (
     group_bounds,
     grouped_row_pattern_linear,
     row_pattern_linear,
+    static_group_blocks,
     static_grouped_linear,
     static_site,
 )
@@ -308,9 +309,11 @@ class ApproxDropoutLSTM(DropoutRate, nn.Module):
         ``torch.tensor_split`` splits it) reads its site's slots, [T, B_g, keep * ceil(n / dp)], and the
         matching columns of W_ih."""
         groups = len(sides)
+        w_ihs = static_group_blocks(layer.weight_ih, sides, (None,) * groups)  # [4H, K] per group
         parts = []
-        for ug, hg, cg, side in zip(u.tensor_split(groups, 1), h.tensor_split(groups), c.tensor_split(groups), sides):
-            w_ih = layer.weight_ih.index_select(1, side.index)  # [4H, K]
+        for ug, hg, cg, side, w_ih in zip(
+            u.tensor_split(groups, 1), h.tensor_split(groups), c.tensor_split(groups), sides, w_ihs
+        ):
             parts.append(fused_lstm(static_site(ug, side) * side.scale, hg, cg, w_ih, layer.weight_hh, layer.bias))
         out, h_n, c_n = zip(*parts)
         return torch.cat(out, 1), torch.cat(h_n), torch.cat(c_n)

@@ -38,7 +38,7 @@ from .linear import (
     tile_pattern_linear,
 )
 from .row import row_linear, row_linear_backward, row_linear_reference
-from .static import StaticSide, static_grouped_linear, static_row_linear, static_side, static_site
+from .static import StaticSide, static_group_blocks, static_grouped_linear, static_row_linear, static_side, static_site
 from .tile import tile_linear, tile_linear_backward, tile_linear_reference
 
 __all__ = [
@@ -57,6 +57,7 @@ __all__ = [
     "row_linear_backward",
     "row_linear_reference",
     "row_pattern_linear",
+    "static_group_blocks",
     "static_grouped_linear",
     "static_row_linear",
     "static_side",

@@ -60,11 +60,7 @@ def static_row_linear(
     ``in_scale * x @ W[out slots][:, in slots].T + b[out slots]``, padding of x zeroed first (the output's
     padding slots hold values the next reader zeroes, and get no gradient from it). Plain
     differentiable PyTorch: autograd gives the backward, and a compiler traces it whole."""
-    if in_side is not None:
-        weight = weight.index_select(1, in_side.index)  # [n_out, K_in]
-    if out_side is not None:
-        weight = weight.index_select(0, out_side.index)  # [K_out, K_in]
-    return _slot_linear(x, weight, bias, in_side, out_side)
+    return _slot_linear(x, _block(weight, in_side, out_side), bias, in_side, out_side)
 
 
 def static_grouped_linear(
@@ -74,17 +70,28 @@ def static_grouped_linear(
     in_sides: Sequence[StaticSide | None],
     out_sides: Sequence[StaticSide | None],
 ) -> list[torch.Tensor]:
-    """``static_row_linear`` for every batch group g: xs[g] with in_sides[g] and out_sides[g] -> ys[g].
+    """``static_row_linear`` for every batch group g: xs[g] with in_sides[g] and out_sides[g] -> ys[g], the
+    blocks from ``static_group_blocks``."""
+    if len(xs) == 1 or not torch.compiler.is_compiling():
+        return [static_row_linear(x, weight, bias, a, b) for x, a, b in zip(xs, in_sides, out_sides)]
+    blocks = static_group_blocks(weight, in_sides, out_sides)
+    return [_slot_linear(x, block, bias, a, b) for x, block, a, b in zip(xs, blocks, in_sides, out_sides)]
 
-    Under torch.compile the groups' weight blocks come from one gather, and its backward writes every
-    group's block gradient into one zero buffer: one full-size weight gradient per layer instead of one per
-    group plus their sum. Where no side pads (dp divides both widths) the gather picks residues on W viewed
-    as [n_out / dp, dp, n_in / dp, dp] (``_ResidueBlocks``), strided reads; else it indexes every element
+
+def static_group_blocks(
+    weight: torch.Tensor, in_sides: Sequence[StaticSide | None], out_sides: Sequence[StaticSide | None]
+) -> list[torch.Tensor]:
+    """Each group's block of ``weight`` (Tensor[K_out, K_in]: its out slots' rows, its in slots' columns).
+
+    Under torch.compile they come from one gather, and its backward writes every group's block gradient
+    into one zero buffer: one full-size weight gradient per layer instead of one per group plus their sum.
+    Where no side pads (dp divides both widths) the gather picks residues on W viewed as
+    [n_out / dp, dp, n_in / dp, dp] (``_ResidueBlocks``), strided reads; else it indexes every element
     (``_IndexBlocks``). One 2048 x 2048 layer at G = 4, compiled on this CPU: 19 ms, 24-33 ms and 44 ms for
     the per-group gathers. Eagerly each group gathers its own block, the faster form there (43 ms against
     71-75 ms: an eager advanced-indexing gather and scatter walk the block element by element)."""
-    if len(xs) == 1 or not torch.compiler.is_compiling():
-        return [static_row_linear(x, weight, bias, a, b) for x, a, b in zip(xs, in_sides, out_sides)]
+    if len(in_sides) == 1 or not torch.compiler.is_compiling():
+        return [_block(weight, a, b) for a, b in zip(in_sides, out_sides)]
     n_out, n_in = weight.shape
     if all(side is None or side.valid is None for side in (*in_sides, *out_sides)):
         ro, dp_out = _residues(out_sides, weight.device)  # [G, keep_out]
@@ -94,8 +101,16 @@ def static_grouped_linear(
         rows = _slots(out_sides, n_out, weight.device)  # [G, K_out]
         cols = _slots(in_sides, n_in, weight.device)  # [G, K_in]
         blocks = _IndexBlocks.apply(weight, rows, cols)  # [G, K_out, K_in]
-    # unbind: the blocks' gradients come back as one stack
-    return [_slot_linear(x, block, bias, a, b) for x, block, a, b in zip(xs, blocks.unbind(0), in_sides, out_sides)]
+    return list(blocks.unbind(0))  # unbind: the blocks' gradients come back as one stack
+
+
+def _block(weight: torch.Tensor, in_side: StaticSide | None, out_side: StaticSide | None) -> torch.Tensor:
+    """One group's block (Tensor[K_out, K_in]) by two index_selects."""
+    if in_side is not None:
+        weight = weight.index_select(1, in_side.index)  # [n_out, K_in]
+    if out_side is not None:
+        weight = weight.index_select(0, out_side.index)  # [K_out, K_in]
+    return weight
 
 
 def _slot_linear(
