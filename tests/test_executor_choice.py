@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+import approxdrop as ad
 from approxdrop.models import executor_choice
 from approxdrop.models.executor_choice import (
     Probe,
@@ -79,7 +80,7 @@ def test_measured_takes_compact_only_when_it_is_faster_by_the_margin(fake_host, 
     assert model.executor_for(torch.randn(30, 8)) == chosen  # measured at 32 rows (a power of two)
     assert fake.timed == ["masked", "compact"]
     assert len(fake.said) == 1 and fake.said[0].startswith(
-        f"approxdrop: executor 8x16x16 rows=32 groups=4 p=0.5 float32: {chosen} runs (measured: masked"
+        f"approxdrop: executor 8x16x16 dp=2 keep=1 rows=32 groups=4 p=0.5 float32: {chosen} runs (measured: masked"
     )
 
 
@@ -101,8 +102,10 @@ def test_measured_once_per_key(fake_host):
     model.p = 0.3  # a new rate: a new key
     model(x)
     model.double()(x.double())  # a new dtype: a new key
-    assert fake.timed == ["masked", "compact"] * 4
-    assert len(fake.said) == 4
+    half_of_four = ad.PatternDistribution(((4, 2),), (1.0,))  # p = 0.5 too, another pattern class: a new key
+    ApproxDropoutMLP([8, 16, 16, 2], 0.5, "row-g4", executor="measured", distributions=[half_of_four] * 2)(x)
+    assert fake.timed == ["masked", "compact"] * 5
+    assert len(fake.said) == 5 and "dp=4 keep=2" in fake.said[-1]
 
 
 def test_a_compact_probe_that_disagrees_is_never_chosen(fake_host, monkeypatch):

@@ -5,11 +5,11 @@ The rule of ``executor="auto"`` (``sites.grouped_executor``) was measured on a C
 hundred to a thousand times faster while each op's host cost stays about the same, so where the compact
 GEMMs pay for their extra ops is not known in advance (docs/design.md, "Host cost"). There ``auto``
 measures instead, as the GPU dispatch of the ops does (``ops.dispatch``): on the first training forward
-of each key (the probe's shape, the rows, the groups, p and the dtype) it times one forward and backward
-of a probe block both ways, checks that both give the same numbers, keeps ``compact`` only when it is 5%
-faster, and says which runs and why in one line. Rows are measured in powers of two (``row_bucket``).
-``executor="measured"`` does the same on any device (a CPU other than the one the rule was measured on).
-The probe draws nothing from the global or the model's random state.
+of each key (the probe's shape and pattern class, the rows, the groups, p and the dtype) it times one
+forward and backward of a probe block both ways, checks that both give the same numbers, keeps
+``compact`` only when it is 5% faster, and says which runs and why in one line. Rows are measured in
+powers of two (``row_bucket``). ``executor="measured"`` does the same on any device (a CPU other than the
+one the rule was measured on). The probe draws nothing from the global or the model's random state.
 
 The probe (``Probe``) is the model's widest dropout site with the linear layers around it, at the law's
 most probable ``(dp, keep)`` with complementary group offsets: Linear(n_in -> n_site), ReLU, the site,
@@ -97,10 +97,12 @@ def measured_choice(probe: Probe, rows: int, groups: int, dtype: torch.dtype, de
 
 
 def _key(probe: Probe, rows: int, groups: int, dtype: torch.dtype) -> str:
+    """What a measurement stands for: the probe's widths and pattern class, the rows, the groups, p, the dtype."""
     first = "-" if probe.n_in is None else probe.n_in
+    dp, keep = probe_class(probe.law)
     return (
-        f"executor {first}x{probe.n_site}x{probe.n_out} rows={rows} groups={groups} p={probe.p:g} "
-        f"{str(dtype).removeprefix('torch.')}"
+        f"executor {first}x{probe.n_site}x{probe.n_out} dp={dp} keep={keep} rows={rows} groups={groups} "
+        f"p={probe.p:g} {str(dtype).removeprefix('torch.')}"
     )
 
 
@@ -129,9 +131,14 @@ class _ProbeArgs:
         return self._tensors
 
 
+def probe_class(law: PatternDistribution) -> tuple[int, int]:
+    """The law's most probable ``(dp, keep)``: the class the probe runs."""
+    return law.pairs[max(range(len(law.probs)), key=law.probs.__getitem__)]
+
+
 def probe_patterns(law: PatternDistribution, groups: int) -> tuple[RowPattern, ...]:
-    """One pattern per group: the law's most probable ``(dp, keep)``, group g at offset g mod dp (complementary)."""
-    dp, keep = law.pairs[max(range(len(law.probs)), key=law.probs.__getitem__)]
+    """One pattern per group: the law's ``probe_class``, group g at offset g mod dp (complementary)."""
+    dp, keep = probe_class(law)
     return tuple(RowPattern(dp, g % dp, keep) for g in range(groups))
 
 
