@@ -2,8 +2,8 @@
 # The one GPU check of approxdrop (issue "GPU verification"), ready for the day a GPU is lent: builds
 # the kernels, runs every CUDA test, the dispatch's first-use timings, the kernel-level and end-to-end
 # benchmarks (fp32 with TF32 off and on, bf16 autocast; eager and CUDA graphs), the LSTM benchmark, the
-# host overhead of a step on tiny models (bench-overhead: on a GPU, the step time of every lab), eager
-# against CUDA-graphed steps (bench-graphs: torch.compile reduce-overhead, static-shape ARD), and
+# host overhead of a step on tiny models (bench-overhead: on a GPU, the step time of every lab; and the
+# executor `auto` measures on this GPU against the CPU's rule), eager against CUDA-graphed steps (bench-graphs: torch.compile reduce-overhead, static-shape ARD), and
 # compute-sanitizer (memcheck, racecheck, synccheck) on a small workload. Every table goes, with the
 # GPU's name, driver, versions, date and command, under one folder: $OUT if set, else ./gpu_check_out
 # (at most 8 files, none in subfolders: what the device tool brings back).
@@ -192,13 +192,14 @@ step "bench fp32 TF32" 60 "$py" "${bench[@]}" --dtype float32 --tf32 --out "$out
 step "bench bf16 autocast" 60 "$py" "${bench[@]}" --autocast bfloat16 --out "$out/bench_bf16_autocast.md"
 step "LSTM bench" 60 --stdout "$work/lstm.out" "$py" "${lstm[@]}"
 write_table "$out/lstm.md" "approxdrop LSTM language-model step time" "python ${lstm[*]}" "$work/lstm.out"
-step "host overhead" 60 --stdout "$work/overhead.out" "$py" "${overhead[@]}"
+# 90 s: besides the crossover, the executor table measures 48 probes, each a first use of its shapes here
+step "host overhead" 90 --stdout "$work/overhead.out" "$py" "${overhead[@]}"
 step "graphed steps" 90 --stdout "$work/graphs.out" "$py" "${graphs[@]}"
 # one file for both (the device tool brings back at most 8): the host cost, then eager against graphed steps
 { cat "$work/overhead.out" 2>/dev/null || echo "(host overhead: no output)"; echo; echo "## Eager against graphed steps"
   echo; echo "- command: \`python ${graphs[*]}\`"; echo; cat "$work/graphs.out" 2>/dev/null || echo "(no output)"
 } >"$work/host.out"
-write_table "$out/overhead.md" "approxdrop host overhead per step, aten ops, crossover; eager against graphed steps" \
+write_table "$out/overhead.md" "approxdrop host overhead per step, aten ops, crossover, executors; eager against graphed steps" \
   "python ${overhead[*]}" "$work/host.out"
 
 # ----------------------------------------------------------------------------- compute-sanitizer

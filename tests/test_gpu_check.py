@@ -90,6 +90,7 @@ def test_dry_run_tables_carry_the_machine_and_the_command(dry_run):
     assert "| small | 0.5 | row |" in (out / "lstm.md").read_text()
     host = (out / "overhead.md").read_text()
     assert "| mlp | row-g4 |" in host and "## Eager against graphed steps" in host
+    assert "| CPU rule | measured here |" in host  # the executor table: on a GPU, what auto measures there
     assert "| row static compiled |" in host
     assert "===== bench fp32: " in (out / "logs.txt").read_text()
 
