@@ -497,8 +497,13 @@ def static_graph_bound(model: nn.Module) -> int:
     bound = 1
     for module in model.modules():
         if getattr(module, "static_shapes", False):
-            bound *= math.prod(sum(q > 0 for q in law.probs) for law in module.site_laws())
+            bound *= math.prod(len(law_classes(law)) for law in module.site_laws())
     return bound
+
+
+def law_classes(law: PatternDistribution) -> tuple[tuple[int, int], ...]:
+    """The ``(dp, keep)`` classes a law draws (probability > 0): what sets a static site's shapes."""
+    return tuple(pair for pair, q in zip(law.pairs, law.probs) if q > 0)
 
 
 def static_class(draw: RowPattern | tuple[RowPattern, ...] | None) -> tuple[int, int] | None:

@@ -72,8 +72,6 @@ def static_grouped_linear(
 ) -> list[torch.Tensor]:
     """``static_row_linear`` for every batch group g: xs[g] with in_sides[g] and out_sides[g] -> ys[g], the
     blocks from ``static_group_blocks``."""
-    if len(xs) == 1 or not torch.compiler.is_compiling():
-        return [static_row_linear(x, weight, bias, a, b) for x, a, b in zip(xs, in_sides, out_sides)]
     blocks = static_group_blocks(weight, in_sides, out_sides)
     return [_slot_linear(x, block, bias, a, b) for x, block, a, b in zip(xs, blocks, in_sides, out_sides)]
 

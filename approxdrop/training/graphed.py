@@ -11,8 +11,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from ..distribution import PatternDistribution
-from ..models.sites import draw_patterns, static_graph_bound
+from ..models.sites import draw_patterns, law_classes, static_graph_bound
 
 
 def compiled_step(
@@ -37,7 +36,7 @@ def compiled_step(
     bounds: dict[tuple, int] = {}  # the graph bound of each set of the sites' (dp, keep) classes seen
 
     def recompile_limit() -> int:
-        classes = tuple(_classes(law) for module in static for law in module.site_laws())
+        classes = tuple(law_classes(law) for module in static for law in module.site_laws())
         if classes not in bounds:
             bounds[classes] = static_graph_bound(model)
         return max(torch._dynamo.config.recompile_limit, sum(bounds.values()))
@@ -54,8 +53,3 @@ def compiled_step(
         return loss.detach()
 
     return step
-
-
-def _classes(law: PatternDistribution) -> tuple[tuple[int, int], ...]:
-    """The ``(dp, keep)`` classes a law draws (probability > 0): what sets a static site's shapes."""
-    return tuple(pair for pair, q in zip(law.pairs, law.probs) if q > 0)
