@@ -21,7 +21,7 @@ from approxdrop.models.executor_choice import (
     uses_measurement,
 )
 from approxdrop.models.ffn import ApproxDropoutFFN
-from approxdrop.models.lstm import ApproxDropoutLSTM
+from approxdrop.models.lstm import ApproxDropoutLSTM, LSTMProbe
 from approxdrop.models.mlp import ApproxDropoutMLP
 from approxdrop.ops import Dispatcher, outputs_agree
 from approxdrop.search import distribution_for
@@ -180,27 +180,47 @@ def test_measuring_leaves_the_draws_and_the_numbers_alone(method):
 
 def test_choose_executor_falls_back_to_the_rule_without_a_probe(fake_host):
     fake = fake_host(masked=1.0, compact=0.1)
-    x = torch.randn(128, 8)
-    assert choose_executor("measured", x, 128, 4, 2048 * 2048, lambda: None) == "compact"
-    assert choose_executor("measured", x, 8, 4, 64, lambda: None) == "masked"
-    assert choose_executor("compact", x, 8, 4, 64, lambda: None) == "compact"
+    cpu, f32 = torch.device("cpu"), torch.float32
+    assert choose_executor("measured", cpu, f32, 128, 4, 2048 * 2048, lambda: None) == "compact"
+    assert choose_executor("measured", cpu, f32, 8, 4, 64, lambda: None) == "masked"
+    assert choose_executor("compact", cpu, f32, 8, 4, 64, lambda: None) == "compact"
     assert fake.timed == []
 
 
-def test_bad_executors_are_refused_by_name():
+def test_nothing_is_timed_while_torch_compile_traces(fake_host, monkeypatch):
+    fake = fake_host(masked=1.0, compact=0.1)
+    model = ApproxDropoutMLP([8, 16, 16, 2], 0.5, "row-g4", executor="measured")
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    assert model.executor_for(torch.randn(128, 8)) == "masked"  # the rule's answer for this tiny model
+    assert fake.timed == []
+
+
+@pytest.mark.parametrize(
+    "build",
+    [lambda e: ApproxDropoutMLP([8, 16, 2], 0.5, executor=e), lambda e: ApproxDropoutFFN(8, 16, 0.5, executor=e),
+     lambda e: ApproxDropoutLSTM(20, 8, 1, 0.5, "row-g4", executor=e)],
+)  # fmt: skip
+def test_bad_executors_are_refused_by_name(build):
     with pytest.raises(ValueError, match=r"executor must be one of \('auto', 'compact', 'masked', 'measured'\)"):
-        ApproxDropoutMLP([8, 16, 2], 0.5, executor="fastest")
-    with pytest.raises(ValueError, match=r"executor must be one of \('auto', 'compact', 'masked'\), got 'measured'"):
-        ApproxDropoutLSTM(20, 8, 1, 0.5, "row-g4", executor="measured")
+        build("fastest")
+    assert build("measured").executor == "measured"
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
-def test_auto_on_cuda_measures_with_the_gpu_dispatch():
+@pytest.mark.parametrize("model", ["mlp", "lstm"])
+def test_auto_on_cuda_measures_with_the_gpu_dispatch(model):
     from approxdrop.ops import cuda
 
-    model = ApproxDropoutMLP([64, 256, 256, 10], 0.5, "row-g4").cuda()
-    chosen = model.executor_for(torch.randn(64, 64, device="cuda"))
-    (choice,) = [c for c in cuda.dispatcher().choices() if c.key.startswith("executor 64x256x256 rows=64 groups=4")]
+    if model == "mlp":
+        built, x, key = ApproxDropoutMLP([64, 256, 256, 10], 0.5, "row-g4"), torch.randn(64, 64), "executor 64x256x256"
+    else:  # T = 8 steps of 8 sequences: 64 rows
+        built, x, key = (
+            ApproxDropoutLSTM(100, 64, 2, 0.5, "row-g4"),
+            torch.randint(100, (8, 8)),
+            "executor lstm 64x64x100",
+        )
+    chosen = built.cuda().executor_for(x.cuda())
+    (choice,) = [c for c in cuda.dispatcher().choices() if c.key.startswith(key) and "rows=64 groups=4" in c.key]
     assert choice.path == chosen and choice.how in ("measured", "cached")
 
 
@@ -228,3 +248,76 @@ def test_the_host_timer_takes_the_median_call_so_two_stalls_do_not_decide(monkey
 
     monkeypatch.setattr(executor_choice.time, "perf_counter", lambda: clock["now"])
     assert executor_choice.host_timer(call, warmup=0, iters=5) == pytest.approx(3.0)
+
+
+# ---------------------------------------------------------------- the LSTM's probe: its last layer and the decoder
+
+
+def _lstm_probe_args(n_site, hidden, n_out, steps, groups, rows, family="paper", p=0.5):
+    law = distribution_for(p, hidden, family=family)
+    probe = LSTMProbe(n_site, hidden, n_out, steps, law, p)
+    return _ProbeArgs(probe, rows, groups, torch.float64, torch.device("cpu"))
+
+
+@pytest.mark.parametrize(
+    "n_site, hidden, n_out, steps, groups, rows, family, p",
+    [(12, 16, 30, 4, 4, 32, "paper", 0.5), (9, 13, 7, 3, 3, 21, "extended", 0.7), (16, 16, 5, 2, 4, 4, "paper", 0.5),
+     (10, 11, 6, 5, 1, 15, "extended", 0.3)],
+)  # fmt: skip
+def test_the_lstm_probes_two_executors_give_the_same_numbers(n_site, hidden, n_out, steps, groups, rows, family, p):
+    args = _lstm_probe_args(n_site, hidden, n_out, steps, groups, rows, family, p)
+    u = args.tensors()[0]
+    assert u.shape == (steps, max(1, rows // steps), n_site)  # rows / steps sequences (2 of 4 groups empty above)
+    masked, compact = _masked_step(args), _compact_step(args)
+    assert len(masked) == len(compact) == 6  # logits and the gradients of W_ih, W_hh, the bias, the decoder's two
+    assert masked[0].shape == (steps, u.shape[1], n_out)
+    for m, c in zip(masked, compact):
+        torch.testing.assert_close(c, m, rtol=1e-10, atol=1e-12)
+    assert torch.isfinite(masked[0]).all() and all(g.abs().sum() > 0 for g in masked[1:])
+
+
+def test_the_lstm_probes_its_last_layer_and_the_decoder():
+    model = ApproxDropoutLSTM(30, 16, 1, 0.5, "row-g4", embedding=12)
+    probe = model.executor_probe(35)
+    assert (probe.n_site, probe.hidden, probe.n_out, probe.steps, probe.p) == (12, 16, 30, 64, 0.5)
+    assert probe.law is model.site_laws()[-1]
+    two = ApproxDropoutLSTM(30, 16, 2, 0.5, "row-g4", embedding=12).executor_probe(5)
+    assert (two.n_site, two.steps) == (16, 8)
+    assert ApproxDropoutLSTM(30, 16, 2, 0.5, "bernoulli", executor="measured").executor_probe(5) is None
+
+
+@pytest.mark.parametrize("masked_ms, compact_ms, chosen", [(1.0, 0.5, "compact"), (1.0, 0.99, "masked")])
+def test_the_lstm_takes_the_executor_measured_faster(fake_host, masked_ms, compact_ms, chosen):
+    fake = fake_host(masked_ms, compact_ms)
+    model = ApproxDropoutLSTM(30, 16, 2, 0.5, "row-g4", executor="measured")
+    tokens = torch.randint(30, (5, 8))  # T = 5 (probed at 8 steps), B = 8: 40 rows (probed at 64)
+    for _ in range(2):
+        model(tokens)[0].sum().backward()
+    assert model.executor_for(tokens) == chosen
+    assert fake.timed == ["masked", "compact"]  # measured once
+    assert fake.said[0].startswith(
+        f"approxdrop: executor lstm 16x16x30 T=8 dp=2 keep=1 rows=64 groups=4 p=0.5 float32: {chosen} runs"
+    )
+
+
+def test_the_lstm_without_groups_or_patterns_times_nothing(fake_host):
+    fake = fake_host(masked=1.0, compact=0.5)
+    tokens = torch.randint(30, (5, 8))
+    for method in ("row", "bernoulli"):
+        ApproxDropoutLSTM(30, 16, 2, 0.5, method, executor="measured")(tokens)
+    assert fake.timed == []
+
+
+def test_measuring_leaves_the_lstms_draws_and_numbers_alone():
+    tokens = torch.randint(30, (6, 12))
+    outs = {}
+    for executor in ("measured", "compact", "masked"):
+        torch.manual_seed(0)
+        model = ApproxDropoutLSTM(30, 16, 2, 0.5, "row-g4", executor=executor).double()
+        logits, _ = model(tokens)
+        logits.square().sum().backward()
+        outs[executor] = (logits, model.lstm[1].weight_ih.grad, model.decoder.weight.grad, torch.random.get_rng_state())
+    for executor in ("compact", "masked"):
+        for ours, theirs in zip(outs["measured"][:3], outs[executor][:3]):
+            torch.testing.assert_close(ours, theirs)
+        assert torch.equal(outs["measured"][3], outs[executor][3])  # the probe drew nothing

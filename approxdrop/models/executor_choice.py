@@ -11,9 +11,11 @@ forward and backward of a probe block both ways, checks that both give the same 
 powers of two (``row_bucket``). ``executor="measured"`` does the same on any device (a CPU other than the
 one the rule was measured on). The probe draws nothing from the global or the model's random state.
 
-The probe (``Probe``) is the model's widest dropout site with the linear layers around it, at the law's
-most probable ``(dp, keep)`` with complementary group offsets: Linear(n_in -> n_site), ReLU, the site,
-Linear(n_site -> n_out) (without the first layer when the site is the model's input).
+A probe (``ExecutorProbe``) is a small block of the model run at the law's most probable ``(dp, keep)`` with
+complementary group offsets. The MLP's and the FFN's (``Probe``) is their widest dropout site with the linear
+layers around it: Linear(n_in -> n_site), ReLU, the site, Linear(n_site -> n_out) (without the first layer
+when the site is the model's input). The LSTM's (``models.lstm.LSTMProbe``) is its last LSTM layer reading a
+site and the decoder reading the next one, over the step's time steps.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch.nn import functional as F
@@ -35,17 +38,76 @@ MEASURED = "measured"  # the executor option that always measures (``sites.GROUP
 MASKED, COMPACT = "masked", "compact"  # the candidates; masked is the reference: fewer ops, never slower by much
 
 
+class ExecutorProbe(Protocol):
+    """What a model times for its measured executor: a block with dropout sites of law ``law`` at rate ``p``,
+    run one forward and backward with each executor on tensors it makes (``tensors``); both runs return the
+    output and every parameter's gradient, which must agree."""
+
+    law: PatternDistribution
+    p: float
+
+    def shape_name(self) -> str:
+        """The block's sizes, for the key and the line said (e.g. "784x2048x10")."""
+        ...
+
+    def tensors(self, rows: int, groups: int, dtype: torch.dtype, device: torch.device) -> tuple:
+        """The block's input and parameters (requiring grad) for ``rows`` rows in ``groups`` groups, drawn from
+        a generator of its own, and one pattern per group (``probe_patterns``)."""
+        ...
+
+    def masked(self, tensors: tuple) -> tuple[torch.Tensor, ...]:
+        """The masked executor's (output, *gradients)."""
+        ...
+
+    def compact(self, tensors: tuple) -> tuple[torch.Tensor, ...]:
+        """The compact executor's (output, *gradients)."""
+        ...
+
+
 @dataclass(frozen=True)
 class Probe:
-    """What a model times for its measured executor: its widest dropout site (``n_site`` units, law ``law``,
-    rate ``p``) between Linear(n_in -> n_site) and Linear(n_site -> n_out); ``n_in`` None: the site is the
-    model's input, no first layer."""
+    """The MLP's and the FFN's probe: their widest dropout site (``n_site`` units, law ``law``, rate ``p``)
+    between Linear(n_in -> n_site) and Linear(n_site -> n_out); ``n_in`` None: the site is the model's input,
+    no first layer."""
 
     n_in: int | None
     n_site: int
     n_out: int
     law: PatternDistribution
     p: float
+
+    def shape_name(self) -> str:
+        return f"{'-' if self.n_in is None else self.n_in}x{self.n_site}x{self.n_out}"
+
+    def tensors(self, rows: int, groups: int, dtype: torch.dtype, device: torch.device) -> tuple:
+        """(x Tensor[rows, n_in or n_site], w1, b1, w2, b2, patterns); w1 and b1 None without a first layer."""
+        gen = torch.Generator().manual_seed(0)  # its own: the training's random state is left alone
+        x = torch.randn(rows, self.n_site if self.n_in is None else self.n_in, generator=gen)
+        first = (None, None) if self.n_in is None else probe_linear(self.n_site, self.n_in, gen, dtype, device)
+        second = probe_linear(self.n_out, self.n_site, gen, dtype, device)
+        return (x.to(device, dtype), *first, *second, probe_patterns(self.law, groups))
+
+    def masked(self, tensors: tuple) -> tuple[torch.Tensor, ...]:
+        """Dense GEMMs, the site times its groups' scaled keep masks."""
+        x, w1, b1, w2, b2, patterns = tensors
+        h = x if w1 is None else F.relu(F.linear(x, w1, b1))  # [rows, n_site]
+        mask = group_mask(patterns, x.shape[0], h.shape[-1], x.dtype, x.device)  # [rows, n_site]
+        y = F.linear(h * mask, w2, b2)  # [rows, n_out]
+        return output_and_grads(y, [w1, b1, w2, b2])
+
+    def compact(self, tensors: tuple) -> tuple[torch.Tensor, ...]:
+        """Each group's kept units only."""
+        x, w1, b1, w2, b2, patterns = tensors
+        whole = (FULL,) * len(patterns)
+        parts = x.tensor_split(len(patterns))  # [B_g, n]
+        if w1 is None:
+            hs = [part[:, q.selector(part.shape[-1], part.device)] for part, q in zip(parts, patterns)]  # [B_g, k(g)]
+        else:
+            hs = grouped_row_pattern_linear_compact(parts, w1, b1, whole, patterns, check=False)  # [B_g, k(g)]
+            hs = [F.relu(h) for h in hs]
+        ys = grouped_row_pattern_linear_compact(hs, w2, b2, patterns, whole, check=False)  # [B_g, n_out]
+        y = torch.cat(ys)  # [rows, n_out]
+        return output_and_grads(y, [w1, b1, w2, b2])
 
 
 def uses_measurement(executor: str, device: torch.device) -> bool:
@@ -55,22 +117,25 @@ def uses_measurement(executor: str, device: torch.device) -> bool:
 
 def choose_executor(
     executor: str,
-    x: torch.Tensor,
+    device: torch.device,
+    dtype: torch.dtype,
     rows: int,
     groups: int,
     largest_layer: int,
-    probe: Callable[[], Probe | None],
+    probe: Callable[[], ExecutorProbe | None],
 ) -> str:
-    """ "compact" or "masked" for a training forward over ``rows`` rows of x's dtype and device, split into
+    """ "compact" or "masked" for a training forward over ``rows`` rows of ``dtype`` on ``device``, split into
     ``groups`` batch groups: ``executor`` itself when it names one, a measured choice where
-    ``uses_measurement`` (``probe()``: the model's Probe; None, a model without one: the rule), else the
-    rule of ``sites.grouped_executor`` for a largest layer of ``largest_layer`` weights."""
+    ``uses_measurement`` (``probe()``: the model's probe; None, a model without one: the rule), else the
+    rule of ``sites.grouped_executor`` for a largest layer of ``largest_layer`` weights. While torch.compile
+    traces, nothing is timed: the rule decides."""
     if executor in (COMPACT, MASKED):
         return executor
-    block = probe() if uses_measurement(executor, x.device) else None
+    measure = uses_measurement(executor, device) and not torch.compiler.is_compiling()
+    block = probe() if measure else None
     if block is None:
         return grouped_executor("auto", rows, groups, largest_layer)
-    return measured_executor(block, row_bucket(rows), groups, x.dtype, x.device)
+    return measured_executor(block, row_bucket(rows), groups, dtype, device)
 
 
 def row_bucket(rows: int) -> int:
@@ -79,7 +144,7 @@ def row_bucket(rows: int) -> int:
     return 1 << max(rows - 1, 0).bit_length()
 
 
-def measured_executor(probe: Probe, rows: int, groups: int, dtype: torch.dtype, device: torch.device) -> str:
+def measured_executor(probe: ExecutorProbe, rows: int, groups: int, dtype: torch.dtype, device: torch.device) -> str:
     """The executor that measured faster for ``probe`` on ``rows`` rows in ``groups`` groups (measured on the
     first call of each key, then remembered; on CUDA also on disk, with the GPU dispatch's choices)."""
     candidates = [Candidate(MASKED, _masked_step), Candidate(COMPACT, _compact_step)]
@@ -88,7 +153,9 @@ def measured_executor(probe: Probe, rows: int, groups: int, dtype: torch.dtype, 
         return _dispatcher(device).choose(_key(probe, rows, groups, dtype), candidates, args)
 
 
-def measured_choice(probe: Probe, rows: int, groups: int, dtype: torch.dtype, device: torch.device) -> Choice | None:
+def measured_choice(
+    probe: ExecutorProbe, rows: int, groups: int, dtype: torch.dtype, device: torch.device
+) -> Choice | None:
     """``measured_executor``'s decision with its reason and times (None: nothing could be measured, during a
     CUDA graph capture)."""
     measured_executor(probe, rows, groups, dtype, device)
@@ -96,39 +163,40 @@ def measured_choice(probe: Probe, rows: int, groups: int, dtype: torch.dtype, de
     return next((c for c in _dispatcher(device).choices() if c.key == key), None)
 
 
-def _key(probe: Probe, rows: int, groups: int, dtype: torch.dtype) -> str:
-    """What a measurement stands for: the probe's widths and pattern class, the rows, the groups, p, the dtype."""
-    first = "-" if probe.n_in is None else probe.n_in
+def _key(probe: ExecutorProbe, rows: int, groups: int, dtype: torch.dtype) -> str:
+    """What a measurement stands for: the probe's sizes and pattern class, the rows, the groups, p, the dtype."""
     dp, keep = probe_class(probe.law)
     return (
-        f"executor {first}x{probe.n_site}x{probe.n_out} dp={dp} keep={keep} rows={rows} groups={groups} "
+        f"executor {probe.shape_name()} dp={dp} keep={keep} rows={rows} groups={groups} "
         f"p={probe.p:g} {str(dtype).removeprefix('torch.')}"
     )
 
 
 class _ProbeArgs:
-    """The probe's tensors, made on first use (a decision already made never builds them): x (Tensor[rows,
-    n_in or n_site]), the layers' weights and biases (requiring grad), one pattern per group."""
+    """The probe's tensors, made on first use (a decision already made never builds them)."""
 
-    def __init__(self, probe: Probe, rows: int, groups: int, dtype: torch.dtype, device: torch.device) -> None:
+    def __init__(self, probe: ExecutorProbe, rows: int, groups: int, dtype: torch.dtype, device: torch.device):
         self.probe, self.rows, self.groups, self.dtype, self.device = probe, rows, groups, dtype, device
         self._tensors: tuple | None = None
 
     def tensors(self) -> tuple:
-        """(x, w1, b1, w2, b2, patterns); w1 and b1 None without a first layer."""
+        """``probe.tensors(...)``, made once."""
         if self._tensors is None:
-            p = self.probe
-            gen = torch.Generator().manual_seed(0)  # its own: the training's random state is left alone
-
-            def param(*shape: int) -> torch.Tensor:
-                t = torch.randn(*shape, generator=gen, dtype=torch.float64) / shape[-1] ** 0.5
-                return t.to(self.device, self.dtype).requires_grad_()
-
-            x = torch.randn(self.rows, p.n_site if p.n_in is None else p.n_in, generator=gen)
-            first = (None, None) if p.n_in is None else (param(p.n_site, p.n_in), param(p.n_site))
-            second = (param(p.n_out, p.n_site), param(p.n_out))
-            self._tensors = (x.to(self.device, self.dtype), *first, *second, probe_patterns(p.law, self.groups))
+            self._tensors = self.probe.tensors(self.rows, self.groups, self.dtype, self.device)
         return self._tensors
+
+
+def probe_linear(
+    n_out: int, n_in: int, gen: torch.Generator, dtype: torch.dtype, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A probe's Linear(n_in -> n_out): (weight Tensor[n_out, n_in], bias Tensor[n_out]), requiring grad,
+    drawn from ``gen`` with std 1/sqrt(n_in) (the weight) and 1 (the bias)."""
+
+    def param(*shape: int) -> torch.Tensor:
+        t = torch.randn(*shape, generator=gen, dtype=torch.float64) / shape[-1] ** 0.5
+        return t.to(device, dtype).requires_grad_()
+
+    return param(n_out, n_in), param(n_out)
 
 
 def probe_class(law: PatternDistribution) -> tuple[int, int]:
@@ -142,35 +210,21 @@ def probe_patterns(law: PatternDistribution, groups: int) -> tuple[RowPattern, .
     return tuple(RowPattern(dp, g % dp, keep) for g in range(groups))
 
 
-def _grads(y: torch.Tensor, params: list[torch.Tensor | None]) -> tuple[torch.Tensor, ...]:
-    """(y, the gradients of y.sum() for the given parameters): what both executors must agree on."""
+def output_and_grads(y: torch.Tensor, params: list[torch.Tensor | None]) -> tuple[torch.Tensor, ...]:
+    """(y, the gradients of y.sum() for the given parameters, None left out): what both executors must agree
+    on."""
     present = [t for t in params if t is not None]
     return (y.detach(), *torch.autograd.grad(y.sum(), present))
 
 
 def _masked_step(args: _ProbeArgs) -> tuple[torch.Tensor, ...]:
-    """The probe's forward and backward as the masked executor runs it: dense GEMMs, the site times its
-    groups' scaled keep masks."""
-    x, w1, b1, w2, b2, patterns = args.tensors()
-    h = x if w1 is None else F.relu(F.linear(x, w1, b1))  # [rows, n_site]
-    mask = group_mask(patterns, x.shape[0], h.shape[-1], x.dtype, x.device)  # [rows, n_site]
-    y = F.linear(h * mask, w2, b2)  # [rows, n_out]
-    return _grads(y, [w1, b1, w2, b2])
+    """The probe's forward and backward as the masked executor runs it."""
+    return args.probe.masked(args.tensors())
 
 
 def _compact_step(args: _ProbeArgs) -> tuple[torch.Tensor, ...]:
-    """The probe's forward and backward as the compact executor runs it: each group's kept units only."""
-    x, w1, b1, w2, b2, patterns = args.tensors()
-    whole = (FULL,) * len(patterns)
-    parts = x.tensor_split(len(patterns))  # [B_g, n]
-    if w1 is None:
-        hs = [part[:, q.selector(part.shape[-1], part.device)] for part, q in zip(parts, patterns)]  # [B_g, k(g)]
-    else:
-        hs = grouped_row_pattern_linear_compact(parts, w1, b1, whole, patterns, check=False)  # [B_g, k(g)]
-        hs = [F.relu(h) for h in hs]
-    ys = grouped_row_pattern_linear_compact(hs, w2, b2, patterns, whole, check=False)  # [B_g, n_out]
-    y = torch.cat(ys)  # [rows, n_out]
-    return _grads(y, [w1, b1, w2, b2])
+    """The probe's forward and backward as the compact executor runs it."""
+    return args.probe.compact(args.tensors())
 
 
 def host_timer(fn: Callable[[], object], warmup: int = 1, iters: int = 5) -> float:

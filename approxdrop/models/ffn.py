@@ -238,7 +238,9 @@ class ApproxDropoutFFN(DropoutRate, nn.Module):
     def executor_for(self, x: torch.Tensor) -> str:
         """ "compact" or "masked": how an eager training forward on x runs row patterns (``executor``)."""
         largest = self.d_hidden * max(self.d_model, self.d_out)
-        return choose_executor(self.executor, x, math.prod(x.shape[:-1]), self.groups, largest, self.executor_probe)
+        return choose_executor(
+            self.executor, x.device, x.dtype, math.prod(x.shape[:-1]), self.groups, largest, self.executor_probe
+        )
 
     def executor_probe(self) -> Probe:
         """The block itself (``executor_choice.Probe``)."""

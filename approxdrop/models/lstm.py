@@ -25,9 +25,11 @@ builds either.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from .._env import check_int, check_rate
 from ..distribution import MAX_GROUPS, PatternDistribution
@@ -43,14 +45,13 @@ from ..ops import (
 )
 from ..patterns import RowPattern
 from ..search import FAMILIES
+from .executor_choice import choose_executor, output_and_grads, probe_linear, probe_patterns, row_bucket
 from .methods import ELEMENT, NOTHING, ROW, SHARED_UNITS, get_method, methods_for
 from .sites import (
-    RULED_EXECUTORS,
     DropoutRate,
     check_executor,
     draw_sites,
     group_mask,
-    grouped_executor,
     setup_static,
     site_distributions,
     static_sides,
@@ -102,6 +103,91 @@ def fused_lstm(
     params = [weight_ih, weight_hh, bias, torch.zeros_like(bias)]  # nn.LSTM's b_ih, b_hh: one bias here
     out, h_n, c_n = torch.lstm(inp, (h[None], c[None]), params, True, 1, 0.0, torch.is_grad_enabled(), False, False)
     return out, h_n[0], c_n[0]
+
+
+def row_site_input(pattern: RowPattern, u: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """What the GEMM reading a row-pattern site needs: the kept units of u (Float[T, B, n]), scaled by
+    dp/keep (Float[T, B, k]), and the matching columns of the reading weight (Float[m, k], gathered once)."""
+    sel = pattern.selector(u.shape[-1], u.device)
+    cols = weight[:, sel] if isinstance(sel, slice) else weight.index_select(1, sel)
+    return u[..., sel] * pattern.scale, cols.contiguous()
+
+
+def grouped_site_lstm(
+    u: torch.Tensor,
+    h: torch.Tensor,
+    c: torch.Tensor,
+    weight_ih: torch.Tensor,
+    weight_hh: torch.Tensor,
+    bias: torch.Tensor,
+    patterns: Sequence[RowPattern],
+    masked: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One LSTM layer reading a site with one row pattern per batch group (u's axis 1 splits as
+    ``torch.tensor_split`` does): "compact", each group's batch slice on the fused LSTM with its kept input
+    columns and W_ih's matching columns; ``masked``, the whole batch at once, each group's dropped inputs
+    zeroed by a scaled mask. Arguments and result as ``fused_lstm``'s."""
+    if masked:
+        mask = group_mask(patterns, u.shape[1], u.shape[-1], u.dtype, u.device)  # [B, n]
+        return fused_lstm(u * mask, h, c, weight_ih, weight_hh, bias)
+    parts = []
+    for (start, stop), pattern in zip(group_bounds(u.shape[1], len(patterns)), patterns):
+        if stop > start:
+            inp, w_ih = row_site_input(pattern, u[:, start:stop], weight_ih)  # [T, B_g, k], [4H, k]
+            parts.append(fused_lstm(inp, h[start:stop], c[start:stop], w_ih, weight_hh, bias))
+    out, h_n, c_n = zip(*parts)
+    return torch.cat(out, 1), torch.cat(h_n), torch.cat(c_n)
+
+
+def grouped_site_decoder(
+    u: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, patterns: Sequence[RowPattern], masked: bool
+) -> torch.Tensor:
+    """The decoder reading a site with one row pattern per batch group: u (Float[T, B, H]) -> Float[T, B, V],
+    one compact GEMM per distinct pattern, or (``masked``) the dense GEMM on u times the groups' scaled masks."""
+    if masked:
+        return F.linear(u * group_mask(patterns, u.shape[1], u.shape[-1], u.dtype, u.device), weight, bias)
+    return grouped_row_pattern_linear(u, weight, bias, list(patterns), [FULL] * len(patterns), check=False)
+
+
+@dataclass(frozen=True)
+class LSTMProbe:
+    """The LSTM's measured-executor probe (``executor_choice.ExecutorProbe``): its last LSTM layer (n_site ->
+    hidden) reading a site, and the decoder (hidden -> n_out) reading the next, over ``steps`` time steps;
+    both sites drop with law ``law`` at rate ``p``."""
+
+    n_site: int
+    hidden: int
+    n_out: int
+    steps: int
+    law: PatternDistribution
+    p: float
+
+    def shape_name(self) -> str:
+        return f"lstm {self.n_site}x{self.hidden}x{self.n_out} T={self.steps}"
+
+    def tensors(self, rows: int, groups: int, dtype: torch.dtype, device: torch.device) -> tuple:
+        """(u Tensor[steps, B, n_site], h, c zeros Tensor[B, hidden], w_ih, w_hh, bias, w_dec, b_dec, patterns)
+        with B = rows / steps (at least 1)."""
+        gen = torch.Generator().manual_seed(0)  # its own: the training's random state is left alone
+        batch = max(1, rows // self.steps)
+        u = torch.randn(self.steps, batch, self.n_site, generator=gen).to(device, dtype)
+        h = torch.zeros(batch, self.hidden, dtype=dtype, device=device)
+        w_ih, bias = probe_linear(4 * self.hidden, self.n_site, gen, dtype, device)
+        w_hh = probe_linear(4 * self.hidden, self.hidden, gen, dtype, device)[0]
+        w_dec, b_dec = probe_linear(self.n_out, self.hidden, gen, dtype, device)
+        return u, h, h.clone(), w_ih, w_hh, bias, w_dec, b_dec, probe_patterns(self.law, groups)
+
+    def masked(self, tensors: tuple) -> tuple[torch.Tensor, ...]:
+        return self._run(tensors, masked=True)
+
+    def compact(self, tensors: tuple) -> tuple[torch.Tensor, ...]:
+        return self._run(tensors, masked=False)
+
+    def _run(self, tensors: tuple, masked: bool) -> tuple[torch.Tensor, ...]:
+        u, h, c, w_ih, w_hh, bias, w_dec, b_dec, patterns = tensors
+        out = grouped_site_lstm(u, h, c, w_ih, w_hh, bias, patterns, masked)[0]  # [T, B, hidden]
+        y = grouped_site_decoder(out, w_dec, b_dec, patterns, masked)  # [T, B, n_out]
+        return output_and_grads(y, [w_ih, w_hh, bias, w_dec, b_dec])
 
 
 def row_projection(u: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, pattern: RowPattern) -> torch.Tensor:
@@ -157,9 +243,10 @@ class ApproxDropoutLSTM(DropoutRate, nn.Module):
             batch splits as ``torch.tensor_split`` does, each group keeps its own pattern over all
             time steps. Default: the method's (1 for ``row``).
         executor: how grouped row patterns run, "auto" (default), "compact" (each group's batch slice on
-            its kept input columns) or "masked" (the whole batch at once, each group's dropped inputs zeroed by
-            a scaled mask), as in ApproxDropoutMLP (``sites.RULED_EXECUTORS``); ``executor_for(x)`` says which.
-            "auto" follows the CPU-measured rule on every device: the LSTM has no measured probe.
+            its kept input columns), "masked" (the whole batch at once, each group's dropped inputs zeroed by
+            a scaled mask) or "measured", as in ApproxDropoutMLP (``sites.GROUPED_EXECUTORS``);
+            ``executor_for(x)`` says which. "auto" follows the CPU-measured rule on a CPU and measures on
+            CUDA, timing ``executor_probe``: the last LSTM layer and the decoder, both ways.
         static_shapes: (row patterns, any groups) each site's units in ``keep * ceil(n / dp)`` slots whatever
             the offsets, read from the ``static_offsets`` buffer each draw fills, as ApproxDropoutMLP's
             ``static_shapes``: one compiled or CUDA graph per ``(dp, keep)`` combination of the sites.
@@ -188,7 +275,7 @@ class ApproxDropoutLSTM(DropoutRate, nn.Module):
     ) -> None:
         super().__init__()
         self.spec = get_method(method, "lstm")
-        self.executor = check_executor(executor, RULED_EXECUTORS)
+        self.executor = check_executor(executor)
         self.groups = self.spec.groups if groups is None else check_int("groups", groups, 1, MAX_GROUPS)
         if self.groups > 1 and self.spec.drops != ROW:
             raise ValueError(f"groups={self.groups}: batch groups are for row-pattern methods, not {method!r}")
@@ -240,7 +327,7 @@ class ApproxDropoutLSTM(DropoutRate, nn.Module):
         self.last_patterns = draws
         drops = self.spec.drops if dropping else NOTHING
         sides = static_sides(self, self.site_widths) if drops == ROW and self.static_shapes else None
-        masked = drops == ROW and self.groups > 1 and self.executor_for(x) == "masked"
+        masked = drops == ROW and self.groups > 1 and sides is None and self.executor_for(x) == "masked"
         u = self.embedding(x)  # [T, B, E]
         hs, cs = [], []
         for i, layer in enumerate(self.lstm):
@@ -259,9 +346,7 @@ class ApproxDropoutLSTM(DropoutRate, nn.Module):
         (Float[T, B, k]: only the kept ones, scaled, for row patterns and shared units) and the
         matching columns of the reading weight (Float[m, k], gathered once per step)."""
         if drops == ROW:
-            sel = draw.selector(u.shape[-1], u.device)
-            cols = weight[:, sel] if isinstance(sel, slice) else weight.index_select(1, sel)
-            return u[..., sel] * draw.scale, cols.contiguous()
+            return row_site_input(draw, u, weight)
         if drops == SHARED_UNITS:
             index = draw.to(u.device)
             return u.index_select(-1, index) / (1.0 - self.p), weight.index_select(1, index)
@@ -271,34 +356,35 @@ class ApproxDropoutLSTM(DropoutRate, nn.Module):
     def executor_for(self, x: torch.Tensor) -> str:
         """ "compact" or "masked": how a training forward on tokens x (Long[T, B]) runs grouped row patterns."""
         largest = max(4 * self.hidden * max(self.emb_size, self.hidden), self.vocab * self.hidden)
-        return grouped_executor(self.executor, x.numel(), self.groups, largest)
+        weight = self.decoder.weight
+        return choose_executor(
+            self.executor, weight.device, weight.dtype, x.numel(), self.groups, largest,
+            lambda: self.executor_probe(x.shape[0]),
+        )  # fmt: skip
+
+    def executor_probe(self, steps: int) -> LSTMProbe | None:
+        """The last LSTM layer and the decoder over ``steps`` time steps (rounded up to a power of two), at the
+        last site's law (``LSTMProbe``); None for a method without row patterns."""
+        laws = self.site_laws()
+        if laws is None:
+            return None
+        return LSTMProbe(self.site_widths[-2], self.hidden, self.vocab, row_bucket(steps), laws[-1], self.p)
 
     def _layer(self, drops: str, draw, u, h, c, layer: LSTMLayer, masked: bool):
         """One LSTM layer reading site ``draw`` on the fused LSTM; with batch groups, each group's
         batch slice runs with its own kept columns, or (``masked``) the whole batch with each group's
-        dropped inputs zeroed."""
-        if masked:
-            mask = group_mask(draw, u.shape[1], u.shape[-1], u.dtype, u.device)  # [B, n]
-            return fused_lstm(u * mask, h, c, layer.weight_ih, layer.weight_hh, layer.bias)
+        dropped inputs zeroed (``grouped_site_lstm``)."""
         grouped = self.groups > 1 and drops == ROW
-        if not grouped or u.shape[1] == 0:  # an empty batch: no group holds a sample, any one pattern serves
-            inp, w_ih = self._site_input(drops, draw[0] if grouped else draw, u, layer.weight_ih)
-            return fused_lstm(inp, h, c, w_ih, layer.weight_hh, layer.bias)
-        parts = []
-        for (start, stop), pattern in zip(group_bounds(u.shape[1], self.groups), draw):
-            if stop > start:
-                inp, w_ih = self._site_input(ROW, pattern, u[:, start:stop], layer.weight_ih)
-                parts.append(fused_lstm(inp, h[start:stop], c[start:stop], w_ih, layer.weight_hh, layer.bias))
-        out, h_n, c_n = zip(*parts)
-        return torch.cat(out, 1), torch.cat(h_n), torch.cat(c_n)
+        if grouped and (masked or u.shape[1] > 0):  # an empty batch: no group holds a sample, one pattern serves
+            return grouped_site_lstm(u, h, c, layer.weight_ih, layer.weight_hh, layer.bias, draw, masked)
+        inp, w_ih = self._site_input(drops, draw[0] if grouped else draw, u, layer.weight_ih)
+        return fused_lstm(inp, h, c, w_ih, layer.weight_hh, layer.bias)
 
     def _decode(self, drops: str, draw, u: torch.Tensor, masked: bool) -> torch.Tensor:
         """The decoder reading the last site: u (Float[T, B, H]) -> logits (Float[T, B, V])."""
         weight, bias = self.decoder.weight, self.decoder.bias
-        if masked:
-            return nn.functional.linear(u * group_mask(draw, u.shape[1], u.shape[-1], u.dtype, u.device), weight, bias)
         if drops == ROW and self.groups > 1:
-            return grouped_row_pattern_linear(u, weight, bias, list(draw), [FULL] * self.groups, check=False)
+            return grouped_site_decoder(u, weight, bias, draw, masked)
         if drops == ROW:
             return row_projection(u, weight, bias, draw)
         inp, w = self._site_input(drops, draw, u, weight)

@@ -241,7 +241,9 @@ class ApproxDropoutMLP(DropoutRate, nn.Module):
     def executor_for(self, x: torch.Tensor) -> str:
         """ "compact" or "masked": how an eager training forward on x runs row patterns (``executor``)."""
         largest = max(linear.in_features * linear.out_features for linear in self.linears)
-        return choose_executor(self.executor, x, math.prod(x.shape[:-1]), self.groups, largest, self.executor_probe)
+        return choose_executor(
+            self.executor, x.device, x.dtype, math.prod(x.shape[:-1]), self.groups, largest, self.executor_probe
+        )
 
     def executor_probe(self) -> Probe:
         """The widest site with the linears around it (``executor_choice.Probe``)."""

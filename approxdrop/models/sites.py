@@ -143,19 +143,18 @@ def activate(activation: nn.Module, h: torch.Tensor) -> torch.Tensor:
 # 1.1-1.5x the masked step up to 2**21, 0.80-0.89x at 2**23 and 0.54-0.75x above, at batch 8, 32 and
 # 128). Below, the compact GEMMs cost more host time and gathers than they save. That rule is for CPUs: on
 # CUDA "auto" measures both executors on the model's own shapes instead, and "measured" does so on any
-# device (``models.executor_choice``). The LSTM has no probe and takes the rule everywhere.
+# device (``models.executor_choice``).
 GROUPED_EXECUTORS = ("auto", "compact", "masked", "measured")
-RULED_EXECUTORS = GROUPED_EXECUTORS[:3]  # without "measured": the LSTM's
 MASKED_BELOW_MACS = 2**25
 MASKED_BELOW_MACS_ONE_GROUP = 2**22
 MIN_GROUP_ROWS = 16
 MIN_ROWS_ONE_GROUP = 8
 
 
-def check_executor(executor: str, allowed: Sequence[str] = GROUPED_EXECUTORS) -> str:
-    """``executor`` if it is one of ``allowed``, else a ValueError naming the choices."""
-    if executor not in allowed:
-        raise ValueError(f"executor must be one of {tuple(allowed)}, got {executor!r}")
+def check_executor(executor: str) -> str:
+    """``executor`` if it is one of ``GROUPED_EXECUTORS``, else a ValueError naming the choices."""
+    if executor not in GROUPED_EXECUTORS:
+        raise ValueError(f"executor must be one of {GROUPED_EXECUTORS}, got {executor!r}")
     return executor
 
 
