@@ -64,6 +64,26 @@ def test_an_answer_5e_9_off_fails_at_atol_1e_9(checker, reference, capsys):
     assert "(max difference 5e-09)" in out and "differs on input" in out, out
 
 
+@pytest.mark.parametrize("checker, reference", NUMBER_CHECKS, ids=NUMBER_IDS)
+def test_an_answer_rounded_to_float32_fails_with_a_note_to_compute_in_float64(checker, reference, capsys):
+    def in_float32(*args):
+        return float(torch.tensor(reference(*args), dtype=torch.float32))  # the learner's float32 arithmetic
+
+    def far_off(*args):
+        return float(torch.tensor(reference(*args) + 0.01, dtype=torch.float32))
+
+    note = "(float32 rounding: compute in float64"
+    result = checker(in_float32)
+    out = capsys.readouterr().out
+    if result.passed:  # every case happened to be a float32 number: nothing to note
+        assert note not in out
+        return
+    assert note in out, out
+    assert checker(far_off).status == "fail" and note not in capsys.readouterr().out  # a slip: no such note
+    checker(lambda *args: reference(*args) + 5e-9)  # float64 values off by 5e-9: not float32's rounding
+    assert note not in capsys.readouterr().out
+
+
 def test_a_near_miss_is_printed_with_the_digits_that_differ(capsys):
     check("rate", lambda: 0.45 + 5e-9, lambda: 0.45, [()], atol=1e-9)
     assert "it returned 0.45000000500000004, expected 0.45" in capsys.readouterr().out

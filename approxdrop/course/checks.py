@@ -324,6 +324,27 @@ def _compare(got: Any, want: Any) -> tuple[float | None, str]:
     return float(diff[worst]), _mismatch(got_t, worst, g[worst].item(), w[worst].item())
 
 
+FLOAT32_NEAR = 1e-6  # relative: float32 rounds at about 6e-8 per operation, a few operations stay below this
+
+
+def _float32_note(got: Any, want: Any, diff: float) -> str:
+    """For a near miss that float32 rounding explains (the answer holds float32 values, a float32 tensor or
+    numbers float32 represents exactly, and is off by at most FLOAT32_NEAR of the expected magnitude): a note
+    saying to compute in float64; else ""."""
+    try:
+        values = torch.as_tensor(got, dtype=torch.float64 if isinstance(got, float) else None)
+        expected = torch.as_tensor(want, dtype=torch.float64)
+    except (TypeError, ValueError, RuntimeError):
+        return ""
+    if not values.is_floating_point() or not values.numel() or values.shape != expected.shape:
+        return ""
+    if diff > FLOAT32_NEAR * max(1.0, float(expected.abs().max())):
+        return ""
+    if values.dtype == torch.float64 and not torch.equal(values, values.float().double()):
+        return ""  # float64 values float32 cannot hold: not float32 rounding
+    return " (float32 rounding: compute in float64, with Python floats or dtype=torch.float64)"
+
+
 @contextmanager
 def random_streams_kept() -> Iterator[None]:
     """Put torch's CPU (and initialised CUDA) generators, ``random`` and numpy's global stream back as they
@@ -399,7 +420,7 @@ def _run_cases(
             return CheckResult(name, "fail", None, f"on {where} {text}")
         worst = max(worst, diff)
         if diff > atol:
-            return CheckResult(name, "fail", worst, f"differs on {where}: {text}")
+            return CheckResult(name, "fail", worst, f"differs on {where}: {text}{_float32_note(got, want, diff)}")
         if problem := _kind_problem(got, want, any_float):
             return CheckResult(name, "fail", None, f"on {where} {problem}")
     return CheckResult(name, "pass", worst)
