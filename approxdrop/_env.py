@@ -12,6 +12,7 @@ else ``~/.cache/approxdrop``; each user of it takes its own subdirectory (``sear
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 import math
 import numbers
@@ -73,6 +74,31 @@ def check_positive(name: str, value: object) -> float:
     if not _is_real(value) or not 0 < value < float("inf"):
         raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
     return float(value)
+
+
+def check_generator(generator: object) -> torch.Generator | None:
+    """``generator`` if it is None or a CPU ``torch.Generator`` (the draws run on the CPU), else a ValueError."""
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise ValueError(f"generator must be a CPU torch.Generator or None, got {type(generator).__name__}")
+    if generator is not None and generator.device.type != "cpu":
+        raise ValueError(f"generator must be a CPU torch.Generator (the draws run on the CPU), got {generator.device}")
+    return generator
+
+
+def tensor_cache(maxsize: int) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``functools.lru_cache(maxsize)`` for a function that makes constant tensors (index tensors, masks): its
+    body runs outside inference mode, so a first call under ``torch.inference_mode()`` (sampling with dropout
+    on) caches ordinary tensors, which a later training step may save for backward."""
+
+    def decorate(make: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(make)
+        def outside_inference_mode(*args: Any) -> Any:
+            with torch.inference_mode(False):
+                return make(*args)
+
+        return functools.lru_cache(maxsize=maxsize)(outside_inference_mode)
+
+    return decorate
 
 
 def default_device(device: str | torch.device | None = None) -> torch.device:

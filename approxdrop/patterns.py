@@ -7,12 +7,11 @@ A ``TilePattern(dp, offset, tile, keep)`` keeps tile ``(a, b)`` of a weight's T 
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
 import torch
 
-from ._env import check_int
+from ._env import check_int, tensor_cache
 
 
 def periodic_count(n: int, dp: int, offset: int, keep: int) -> int:
@@ -31,11 +30,14 @@ def periodic_mask(n: int, dp: int, offset: int, keep: int, device: torch.device 
     return torch.remainder(i - offset, dp) < keep
 
 
-@functools.lru_cache(maxsize=4096)
 def _kept_index(n: int, dp: int, offset: int, keep: int, device: torch.device | str | None) -> torch.Tensor:
-    """Long[k]: the kept units of a pattern, made once per (n, pattern, device) and reused by every step
-    that draws the pattern again (the ops' selectors; callers never write to it)."""
+    """Long[k]: the kept units of a pattern."""
     return periodic_mask(n, dp, offset, keep, device).nonzero().flatten()
+
+
+# made once per (n, pattern, device) and reused by every step that draws the pattern again (the ops'
+# selectors; callers never write to it)
+_cached_kept_index = tensor_cache(maxsize=4096)(_kept_index)
 
 
 def periodic_selector(
@@ -47,8 +49,8 @@ def periodic_selector(
     if keep == 1:
         return slice(offset, n, dp)
     if torch.compiler.is_compiling():  # n may be symbolic, and a traced tensor must not be cached
-        return _kept_index.__wrapped__(n, dp, offset, keep, device)  # the same index, uncached
-    return _kept_index(n, dp, offset, keep, device)
+        return _kept_index(n, dp, offset, keep, device)  # the same index, uncached
+    return _cached_kept_index(n, dp, offset, keep, device)
 
 
 def _set(pattern: object, name: str, value: int) -> int:

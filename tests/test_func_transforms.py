@@ -1,10 +1,13 @@
 """torch.func transforms through the models (functional_call + grad, as meta-learning does; vmap over grad,
 as per-sample gradients do): the same gradients as ordinary autograd under the same draws."""
 
+import copy
+import io
+
 import pytest
 import torch
 
-from approxdrop import ApproxDropoutFFN, ApproxDropoutLSTM, ApproxDropoutMLP
+from approxdrop import ApproxDropoutFFN, ApproxDropoutLSTM, ApproxDropoutMLP, draw_patterns
 
 
 def _functional_grads(model, x, loss):
@@ -63,3 +66,26 @@ def test_per_sample_gradients_with_vmap_equal_a_loop_over_samples():
         one = torch.func.grad(loss)(params, x[i])
         for name in one:
             torch.testing.assert_close(per_sample[name][i], one[name], msg=name)
+
+
+def test_a_static_model_draws_before_the_transform_and_says_so_inside_it():
+    model = ApproxDropoutMLP([5, 8, 3], 0.5, "row", static_shapes=True)
+    x = torch.randn(4, 5)
+    with pytest.raises(ValueError, match=r"call ad.draw_patterns\(model\) before the transform"):
+        _functional_grads(model, x, _squares)
+    draw_patterns(model)  # the draw lands in the buffer here; the forward inside the transform runs it
+    model.zero_grad()
+    pattern = model.static_offsets.clone()
+    grads = _functional_grads(model, x, _squares)
+    assert torch.equal(model.static_offsets, pattern) and all(torch.isfinite(g).all() for g in grads.values())
+
+
+def test_a_unit_index_drawn_inside_a_transform_is_kept_as_a_plain_tensor():
+    """``shared`` draws an index tensor, which torch.func wraps: the module keeps it unwrapped, so it still
+    deep-copies and saves."""
+    model = ApproxDropoutMLP([5, 8, 3], 0.5, "shared")
+    _functional_grads(model, torch.randn(4, 5), _squares)
+    kept = model.last_patterns[1]
+    assert not torch._C._functorch.is_functorch_wrapped_tensor(kept) and kept.dtype == torch.long
+    copy.deepcopy(model)
+    torch.save(model, io.BytesIO())

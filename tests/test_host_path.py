@@ -23,6 +23,7 @@ from approxdrop.patterns import RowPattern, TilePattern
 OPS = torch.ops.approxdrop
 
 F64 = torch.float64
+FULL_ROW = RowPattern(1, 0)
 
 
 def _leaves(*shapes, seed=0, dtype=F64):
@@ -309,3 +310,66 @@ def test_grouped_tile_op_equals_each_group_on_its_own_samples():
         grouped_tile_pattern_linear(x[0, 0], w, b, patterns)
     with pytest.raises(ValueError, match="x must have last dimension 12"):
         grouped_tile_pattern_linear(x[..., :5], w, b, patterns)
+
+
+# --------------------------------------------------------------------------- caches and inference mode
+
+
+def _cache_users():
+    """Models whose training forward fills the process-wide tensor caches: the masked executor's group masks
+    (sites.group_mask), keep > 1 kept indices (patterns), tile layouts (ops.tile_layout)."""
+    return {
+        "mlp row-g4 masked": (ad.ApproxDropoutMLP([16, 64, 4], 0.5, "row-g4", executor="masked"), torch.randn(32, 16)),
+        "mlp row-extended compact": (
+            ad.ApproxDropoutMLP([16, 64, 4], 0.5, "row-extended", executor="compact"),
+            torch.randn(64, 16),
+        ),
+        "mlp tile": (ad.ApproxDropoutMLP([16, 64, 4], 0.5, "tile", tile=4), torch.randn(8, 16)),
+        "ffn row-extended": (ad.ApproxDropoutFFN(16, 64, 0.5, method="row-extended"), torch.randn(4, 8, 16)),
+        "lstm row-g4 masked": (
+            ad.ApproxDropoutLSTM(11, 8, 2, 0.5, "row-g4", executor="masked"),
+            torch.randint(11, (3, 8)),
+        ),
+    }
+
+
+@pytest.mark.parametrize("name", list(_cache_users()))
+def test_sampling_under_inference_mode_leaves_no_inference_tensor_for_training(name):
+    model, x = _cache_users()[name]
+    model.train()
+    with torch.inference_mode():  # dropout kept on while sampling (MC dropout): the caches fill here
+        for _ in range(20):
+            model(x)
+    for _ in range(20):  # the same draws again, now saved for backward
+        y = model(x)
+        (y[0] if isinstance(y, tuple) else y).sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+@pytest.mark.parametrize(
+    "build, message",
+    [(lambda: ad.ApproxDropoutFFN(8, 16, 0.5, generator="seed"), "CPU torch.Generator or None, got str"),
+     (lambda: ad.ApproxDropoutMLP([4, 8, 2], 0.5, generator=123), "CPU torch.Generator or None, got int"),
+     (lambda: ad.ApproxDropoutLSTM(10, 4, 1, 0.5, generator=0.5), "got float")],
+)  # fmt: skip
+def test_a_generator_of_another_type_is_refused_at_construction(build, message):
+    with pytest.raises(ValueError, match=message):
+        build()
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [(lambda x, w: row_pattern_linear(x, w, None, (2, 0, 1), RowPattern(1, 0)), "expected a RowPattern, got tuple"),
+     (lambda x, w: tile_pattern_linear(x, w, None, RowPattern(2, 0)), "expected a TilePattern, got Row"),
+     (lambda x, w: grouped_tile_pattern_linear(x, w, None, []), "tile_linear: patterns must be a non-empty sequence"),
+     (lambda x, w: grouped_row_pattern_linear(x, w, None, [], []), "row_linear in: patterns must be a"),
+     (lambda x, w: grouped_row_pattern_linear_compact([x], w, None, [FULL_ROW], FULL_ROW), "linear out: patterns")],
+)  # fmt: skip
+def test_a_pattern_of_another_type_is_refused_at_the_call(call, message):
+    with pytest.raises(ValueError, match=message):
+        call(torch.randn(3, 8), torch.randn(6, 8))
+
+
+def test_a_zero_dimensional_input_is_refused_by_shape():
+    with pytest.raises(ValueError, match=r"input must have last dimension 4, got shape \(\)"):
+        ad.ApproxDropoutMLP([4, 8, 2], 0.5)(torch.tensor(1.0))

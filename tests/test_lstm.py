@@ -325,3 +325,28 @@ def test_grouped_training_carries_each_sequences_state_through_its_groups_masks(
         for got, want in zip(grads, ref_grads):
             torch.testing.assert_close(got, want)
         state = tuple(s.detach() for s in new_state)
+
+
+@pytest.mark.parametrize(
+    "state, message",
+    [((torch.zeros(2, 2, 8),) * 2, r"state h must be torch.float32 of shape \[2, 3, 8\].*shape \[2, 2, 8\]"),
+     ((torch.zeros(2, 3, 8), torch.zeros(5, 3, 8)), r"state c must be .* got torch.float32 of shape \[5, 3, 8\]"),
+     ((torch.zeros(2, 3, 8, dtype=torch.float64),) * 2, r"got torch.float64"),
+     (torch.zeros(2, 3, 8), r"state must be a pair \(h, c\) of tensors \[layers, B, H\], got Tensor"),
+     ((torch.zeros(2, 3, 8),) * 3, r"state must be a pair")],
+)  # fmt: skip
+@pytest.mark.parametrize("method", ["row", "row-g4", "bernoulli"])
+def test_a_state_of_another_shape_or_dtype_is_refused_by_name(state, message, method):
+    """The fused LSTM checks nothing: a state for batch 2 with tokens of batch 3 corrupted memory."""
+    model = ApproxDropoutLSTM(20, 8, 2, 0.5, method)
+    with pytest.raises(ValueError, match=message):
+        model(torch.randint(20, (5, 3)), state)
+
+
+def test_a_bfloat16_state_is_carried_under_autocast():
+    model = ApproxDropoutLSTM(20, 8, 2, 0.5, "row")
+    x = torch.randint(20, (5, 3))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        _, state = model(x)
+        logits, _ = model(x, state)  # the state is bfloat16 now: autocast casts it
+    assert state[0].dtype == torch.bfloat16 and torch.isfinite(logits.float()).all()

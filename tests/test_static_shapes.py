@@ -465,3 +465,20 @@ def test_compiled_step_keeps_compiling_through_a_rate_schedule():
     assert counters["stats"]["unique_graphs"] > torch._dynamo.config.recompile_limit, counters["stats"]
     assert counters["frames"]["total"] == counters["frames"]["ok"], counters["frames"]  # every frame compiled
     assert torch._dynamo.config.recompile_limit == 8
+
+
+@pytest.mark.parametrize(
+    "build, x",
+    [(lambda s: ad.ApproxDropoutMLP([12, 24, 24, 3], 0.5, "row-g4", static_shapes=s), lambda: torch.randn(8, 12)),
+     (lambda s: ad.ApproxDropoutFFN(12, 24, 0.5, method="row", static_shapes=s), lambda: torch.randn(2, 5, 12)),
+     (lambda s: ad.ApproxDropoutLSTM(20, 8, 2, 0.5, "row-g4", static_shapes=s), lambda: torch.randint(20, (4, 8)))],
+)  # fmt: skip
+def test_a_static_model_under_autocast_gives_the_compact_paths_dtype(build, x):
+    """The slots' bias is cast to the product's dtype, as nn.Linear's is: bfloat16 out under bfloat16 autocast."""
+    inputs = x()
+    dtypes = []
+    for static in (False, True):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = build(static).train()(inputs)
+        dtypes.append((y[0] if isinstance(y, tuple) else y).dtype)
+    assert dtypes == [torch.bfloat16, torch.bfloat16]

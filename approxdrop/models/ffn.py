@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .._env import check_int, check_rate
+from .._env import check_generator, check_int, check_rate
 from ..distribution import MAX_GROUPS, PatternDistribution
 from ..ops import FULL, group_bounds, grouped_row_pattern_linear, row_pattern_linear, static_grouped_linear
 from ..patterns import RowPattern
@@ -165,7 +165,7 @@ class ApproxDropoutFFN(DropoutRate, nn.Module):
 
     def _setup_site(self, distributions: Sequence[PatternDistribution] | None, generator, static_shapes: bool) -> None:
         self.init_laws(distributions)
-        self.generator = generator
+        self.generator = check_generator(generator)
         self.last_pattern: RowPattern | tuple[RowPattern, ...] | None = None
         setup_static(self, static_shapes, 1)
 

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .._env import check_int, check_rate
+from .._env import check_generator, check_int, check_rate
 from ..distribution import MAX_GROUPS, PatternDistribution
 from ..ops import (
     FULL,
@@ -57,6 +57,7 @@ from .sites import (
     static_sides,
     step_draws,
     store_static,
+    stored_draws,
 )
 
 LM_METHODS = methods_for("lstm")  # what language_model builds
@@ -223,6 +224,22 @@ def _check_tokens(x: torch.Tensor, vocab: int) -> None:
         raise ValueError(f"token ids must lie in [0, {vocab}), got [{int(x.min())}, {int(x.max())}]")
 
 
+def _check_state(state: object, shape: tuple[int, int, int], weight: torch.Tensor) -> None:
+    """ValueError unless ``state`` is a pair (h, c) of tensors of ``shape`` ([layers, B, H]) on the weight's
+    device, with its dtype (any float dtype in an autocast region, which casts): the fused LSTM itself checks
+    none of it (a state of another batch can corrupt memory)."""
+    if not isinstance(state, (tuple, list)) or len(state) != 2 or not all(isinstance(t, torch.Tensor) for t in state):
+        raise ValueError(f"state must be a pair (h, c) of tensors [layers, B, H], got {type(state).__name__}")
+    casts = torch.is_autocast_enabled(weight.device.type)
+    for name, t in zip("hc", state):
+        dtype_ok = t.dtype == weight.dtype or (casts and t.is_floating_point())
+        if tuple(t.shape) != shape or not dtype_ok or t.device != weight.device:
+            raise ValueError(
+                f"state {name} must be {weight.dtype} of shape {list(shape)} ([layers, B, H]) on {weight.device}, "
+                f"got {t.dtype} of shape {list(t.shape)} on {t.device}"
+            )
+
+
 class ApproxDropoutLSTM(DropoutRate, nn.Module):
     """Word-level LSTM language model with dropout rate ``p`` on its non-recurrent connections.
 
@@ -287,7 +304,7 @@ class ApproxDropoutLSTM(DropoutRate, nn.Module):
         self.vocab, self.hidden = check_int("vocab", vocab, 1), check_int("hidden", hidden, 1)
         self.layers = check_int("layers", layers, 1)
         self.emb_size = hidden if embedding is None else check_int("embedding", embedding, 1)
-        self.method, self.generator = method, generator
+        self.method, self.generator = method, check_generator(generator)
         rate = check_rate(p)
         self.embedding = nn.Embedding(vocab, self.emb_size)
         self.lstm = nn.ModuleList(LSTMLayer(self.emb_size if i == 0 else hidden, hidden) for i in range(layers))
@@ -322,9 +339,10 @@ class ApproxDropoutLSTM(DropoutRate, nn.Module):
         _check_tokens(x, self.vocab)
         if state is None:
             state = self.init_state(x.shape[1], x.device)
+        _check_state(state, (self.layers, x.shape[1], self.hidden), self.decoder.weight)
         dropping = self.training and self.spec.drops != NOTHING and self.p > 0.0
         draws = step_draws(self) if dropping else [None] * len(self.site_widths)
-        self.last_patterns = draws
+        self.last_patterns = stored_draws(draws)
         drops = self.spec.drops if dropping else NOTHING
         sides = static_sides(self, self.site_widths) if drops == ROW and self.static_shapes else None
         masked = drops == ROW and self.groups > 1 and sides is None and self.executor_for(x) == "masked"

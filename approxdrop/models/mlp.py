@@ -25,7 +25,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .._env import check_int, check_rate
+from .._env import check_generator, check_int, check_rate
 from ..distribution import MAX_GROUPS, PatternDistribution
 from ..ops import (
     FULL,
@@ -54,6 +54,7 @@ from .sites import (
     static_sides,
     step_draws,
     store_static,
+    stored_draws,
 )
 
 METHODS = methods_for("mlp")
@@ -137,7 +138,7 @@ class ApproxDropoutMLP(DropoutRate, nn.Module):
         rate = check_rate(p)
         self.input_dropout = bool(input_dropout)
         self.executor = check_executor(executor)
-        self.generator = generator
+        self.generator = check_generator(generator)
         self.linears = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
         self.activation = check_elementwise(activation) if activation is not None else nn.ReLU()
         self.dropout = nn.Dropout(rate)  # holds p (sites.DropoutRate)
@@ -171,7 +172,7 @@ class ApproxDropoutMLP(DropoutRate, nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (Tensor[*, sizes[0]]) -> Tensor[*, sizes[-1]]."""
-        if x.shape[-1] != self.sizes[0]:
+        if x.dim() == 0 or x.shape[-1] != self.sizes[0]:
             raise ValueError(f"input must have last dimension {self.sizes[0]}, got shape {tuple(x.shape)}")
         self.last_patterns = [None] * len(self.linears)
         drops = self.spec.drops
@@ -180,7 +181,7 @@ class ApproxDropoutMLP(DropoutRate, nn.Module):
         if drops == ELEMENT:
             return self._dense(x, dropout=True)
         draws = step_draws(self)  # drawn now, or ahead by draw_patterns (compiled training)
-        self.last_patterns = draws
+        self.last_patterns = stored_draws(draws)
         if drops == ROW and self.static_shapes:
             return self._static(x)
         if drops == ROW:

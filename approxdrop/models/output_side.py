@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .._env import check_rate
+from .._env import check_generator, check_rate
 from ..distribution import PatternDistribution
 from ..ops import FULL, row_pattern_linear, static_row_linear
 from .ffn import ffn_method
@@ -54,7 +54,7 @@ class OutputRowDropout(DropoutRate, nn.Module):
         self.linear = linear
         self.d_out = linear.weight.shape[1 if transposed else 0]
         self.init_laws(distributions)
-        self.generator = generator
+        self.generator = check_generator(generator)
         self.last_pattern = None
         setup_static(self, static_shapes, 1)
 

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .._env import check_rate
+from .._env import check_rate, tensor_cache
 from ..distribution import RATE_TOL, PatternDistribution, sample_sites
 from ..ops import StaticSide, group_bounds, static_side
 from ..patterns import RowPattern
@@ -172,7 +172,7 @@ def grouped_executor(executor: str, rows: int, groups: int, largest_layer: int) 
     return "compact" if compact else "masked"
 
 
-@functools.lru_cache(maxsize=1024)
+@tensor_cache(maxsize=1024)
 def group_mask(
     patterns: tuple[RowPattern, ...], batch: int, n: int, dtype: torch.dtype, device: torch.device
 ) -> torch.Tensor:
@@ -430,6 +430,21 @@ def step_draws(module: nn.Module) -> list:
     return pending
 
 
+def stored_draws(draws: list) -> list:
+    """``draws`` as a module keeps them after its forward (``last_patterns``): a kept-unit index drawn inside a
+    torch.func transform is a functorch wrapper, kept as the plain tensor inside it, so that the module still
+    copies and saves."""
+    if torch.compiler.is_compiling():
+        return draws
+    return [_unwrapped(d) if isinstance(d, torch.Tensor) else d for d in draws]
+
+
+def _unwrapped(t: torch.Tensor) -> torch.Tensor:
+    while torch._C._functorch.is_functorch_wrapped_tensor(t):
+        t = torch._C._functorch.get_unwrapped(t)
+    return t
+
+
 def pattern_key(model: nn.Module) -> tuple:
     """A hashable key of the draws ``draw_patterns`` left on ``model``'s modules (in module order), for
     one CUDA graph per key: equal keys mean the same captured kernels and shapes. A module built with
@@ -486,6 +501,12 @@ def store_static(module: nn.Module, drawn: Sequence) -> None:
     forward reads it (one small host-to-device copy); nothing for another module or a step that drew
     nothing. The groups of a site share ``(dp, keep)``: only their offsets differ."""
     if module.static_shapes and drawn and None not in drawn:
+        if torch._C._functorch.peek_interpreter_stack() is not None:  # inside torch.func.grad, vmap, ...
+            raise ValueError(
+                "a static_shapes model writes each draw into its static_offsets buffer, which a torch.func "
+                "transform may not write: call ad.draw_patterns(model) before the transform (its forward then "
+                "runs that draw)"
+            )
         module.static_classes = tuple(static_class(q) for q in drawn)
         module.static_offsets.copy_(torch.tensor([[q.offset for q in _groups_of(site)] for site in drawn]))
 

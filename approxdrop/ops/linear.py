@@ -36,6 +36,7 @@ def row_pattern_linear(
     ``in_pattern.scale * x @ W[kept_out][:, kept_in].T + b[kept_out]``; backward reuses the kept weight
     block it gathered (``approxdrop::row_linear`` with one group)."""
     if check:
+        check_patterns("row_linear", RowPattern, [in_pattern, out_pattern])
         check_weight("row_linear", weight)
         check_linear_args("row_linear", x, weight, bias, in_pattern.kept_count(weight.shape[1]))
     if transformed():
@@ -57,6 +58,9 @@ def grouped_row_pattern_linear_compact(
 ) -> list[torch.Tensor]:
     """``approxdrop::row_linear`` with one RowPattern per group and side: xs[g] (Tensor[*, k_in(g)]) -> ys[g]
     (Tensor[*, k_out(g)]), the compact activations of group g."""
+    if check:
+        check_patterns("row_linear in", RowPattern, in_patterns)
+        check_patterns("row_linear out", RowPattern, out_patterns)
     ints = pattern_ints(in_patterns, out_patterns)
     if check:
         check_forward("row_linear", list(xs), weight, bias, *ints)
@@ -82,6 +86,8 @@ def grouped_row_pattern_linear(
     zero at each group's dropped outputs. Composed around ``approxdrop::row_linear`` (docs/design.md, "Ops and
     dispatch"): each group's kept columns of x in, its kept outputs widened with zeros."""
     if check:
+        check_patterns("row_linear in", RowPattern, in_patterns)
+        check_patterns("row_linear out", RowPattern, out_patterns)
         if x.dim() < 2:
             raise ValueError(f"row_linear: x must be [*, B, n_in] (batch axis second-to-last), got {tuple(x.shape)}")
         check_linear_args("row_linear (x full width)", x, weight, bias, weight.shape[1])
@@ -106,6 +112,8 @@ def tile_pattern_linear(
 ) -> torch.Tensor:
     """DropConnect on the T x T tiles of ``weight`` (``approxdrop::tile_linear`` with one group): x
     (Tensor[*, n_in]) -> Tensor[*, n_out]."""
+    if check:
+        check_patterns("tile_linear", TilePattern, [pattern])
     return _tile(x, weight, bias, (pattern.dp, pattern.keep, pattern.tile, [pattern.offset]), check)
 
 
@@ -120,6 +128,8 @@ def grouped_tile_pattern_linear(
     """DropConnect on tiles with one TilePattern per batch group (sharing dp, keep and tile): the batch axis of
     x (Tensor[*, B, n_in], the second-to-last) splits as ``torch.tensor_split`` does; each group's rows get its
     pattern (``approxdrop::tile_linear``) -> Tensor[*, B, n_out]."""
+    if check:
+        check_patterns("tile_linear", TilePattern, patterns)
     if len({(q.dp, q.keep, q.tile) for q in patterns}) > 1:
         raise ValueError(f"tile_linear: the groups' patterns must share dp, keep and tile, got {patterns}")
     p0 = patterns[0] if patterns else TilePattern(1, 0)
@@ -144,6 +154,15 @@ def transformed() -> bool:
     pattern linears then run their plain-PyTorch reference twins, which every transform handles: the eager
     Functions and the registered ops support none of them. Slower (dense masked GEMMs), the same numbers."""
     return torch._C._are_functorch_transforms_active()  # what torch.autograd.Function.apply asks too
+
+
+def check_patterns(name: str, kind: type, patterns: Sequence[object]) -> None:
+    """ValueError unless ``patterns`` is a non-empty sequence of ``kind`` (RowPattern or TilePattern)."""
+    if isinstance(patterns, (str, bytes)) or not isinstance(patterns, Sequence) or not patterns:
+        raise ValueError(f"{name}: patterns must be a non-empty sequence of {kind.__name__}, got {patterns!r}")
+    for q in patterns:
+        if not isinstance(q, kind):
+            raise ValueError(f"{name}: expected a {kind.__name__}, got {type(q).__name__} {q!r}")
 
 
 def pattern_ints(in_patterns: Sequence[RowPattern], out_patterns: Sequence[RowPattern]) -> tuple:

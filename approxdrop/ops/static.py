@@ -127,7 +127,8 @@ def _slot_linear(
         y = y * in_side.scale
     if bias is None:
         return y
-    return y + (bias if out_side is None else bias.index_select(0, out_side.index))
+    slots = bias if out_side is None else bias.index_select(0, out_side.index)  # [K_out]
+    return y + slots.to(y.dtype)  # y's dtype under autocast too, as nn.Linear's
 
 
 def _slots(sides: Sequence[StaticSide | None], n: int, device: torch.device) -> torch.Tensor:

@@ -4,10 +4,9 @@ tile."""
 
 from __future__ import annotations
 
-import functools
-
 import torch
 
+from .._env import tensor_cache
 from ..patterns import TilePattern
 from .common import flat
 
@@ -121,7 +120,7 @@ class _TileLayout:
         return gw[: self.n_out, : self.n_in].contiguous() if gw.shape != (self.n_out, self.n_in) else gw
 
 
-@functools.lru_cache(maxsize=256)
+@tensor_cache(maxsize=256)
 def _layout(dp: int, offset: int, keep: int, tile: int, n_out: int, n_in: int, device: torch.device) -> _TileLayout:
     """The layout of a pattern on a weight shape, built once (a few small index tensors)."""
     return _TileLayout(TilePattern(dp, offset, tile, keep), n_out, n_in, device)
