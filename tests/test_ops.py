@@ -6,6 +6,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
+import approxdrop as ad
 from approxdrop import PatternDistribution, RowPattern, TilePattern, row_pattern_linear, tile_pattern_linear
 from approxdrop.ops import row_linear_reference, tile_linear_reference
 from approxdrop.ops.tile_layout import _TileLayout
@@ -643,3 +644,15 @@ def test_grouped_tile_matches_dense_masked_reference(pattern, groups, batch, n_i
     bias = torch.randn(n_out, generator=gen, dtype=F64, requires_grad=True)
     x = torch.randn(2, batch, n_in, generator=gen, dtype=F64, requires_grad=True)
     _assert_same_forward_backward(grouped_tile_pattern_linear, tile_linear_reference, (x, weight, bias, patterns))
+
+
+@pytest.mark.parametrize("strict", [False, True])
+def test_exporting_a_training_mode_model_says_to_export_it_in_eval_mode(strict):
+    """An exported program would replay one draw forever (after draw_patterns it did, silently): refused, with
+    the advice; the eval-mode model exports and computes what eager does."""
+    model, x = ad.ApproxDropoutMLP([8, 32, 4], 0.5, "row-g4"), torch.randn(16, 8)
+    ad.draw_patterns(model)
+    with pytest.raises(Exception, match=r"export it in eval mode \(model.eval\(\)\)"):
+        torch.export.export(model, (x,), strict=strict)
+    model.eval()
+    torch.testing.assert_close(torch.export.export(model, (x,), strict=strict).module()(x), model(x))

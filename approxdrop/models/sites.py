@@ -420,9 +420,18 @@ def draw_patterns(model: nn.Module) -> int:
     return count
 
 
+EXPORT_ADVICE = (
+    "torch.export of a training-mode ARD model: its forward draws a new pattern on the host every step, and an "
+    "exported program would replay one draw forever; export it in eval mode (model.eval()), or export the ops "
+    "(ad.row_pattern_linear, ...) with fixed patterns"
+)
+
+
 def step_draws(module: nn.Module) -> list:
     """The draws of ``module``'s training forward: those ``draw_patterns`` left on it (taken, so each is
     used once), else ``module.draw()`` now."""
+    if torch.compiler.is_exporting():
+        raise ValueError(EXPORT_ADVICE)
     pending = getattr(module, PENDING, None)
     if pending is None:
         return module.draw()
