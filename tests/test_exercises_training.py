@@ -15,6 +15,7 @@ from wrong_answers import WRONG_TYPES, with_nan
 from approxdrop.course import checks
 from approxdrop.course.checks import describe
 from approxdrop.course.exercises import lab04, lab05
+from approxdrop.models import methods_for
 
 LABS = Path(__file__).resolve().parents[1] / "labs"
 
@@ -116,4 +117,12 @@ def test_wrong_type_fails_saying_what_was_expected(checker, solution, wrong, ans
 def test_a_train_step_that_never_returns_fails_after_the_deadline(monkeypatch, capsys):
     monkeypatch.setattr(checks, "DEFAULT_TIMEOUT_S", 0.3)
     assert lab05.check_train_step(lambda model, optimizer, x, y: time.sleep(10)).status == "fail"
-    assert "(case 1 of 4) it took longer than 0.3 s" in capsys.readouterr().out
+    assert f"(case 1 of {len(methods_for('mlp'))}) it took longer than 0.3 s" in capsys.readouterr().out
+
+
+def test_the_training_step_check_runs_every_method_of_the_mlp(monkeypatch):
+    """The exercise says "with every dropout method": the checker's cases are the methods table's MLP rows."""
+    seen = []
+    monkeypatch.setattr(lab05, "after_three_steps", lambda step, method, seed: seen.append(method) or torch.zeros(1))
+    assert lab05.check_train_step(SOL05.train_step).passed
+    assert sorted(set(seen)) == sorted(methods_for("mlp"))

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ...models import ApproxDropoutMLP
+from ...models import ApproxDropoutMLP, methods_for
 from ...training import training_step
 from ..checks import CheckResult, WrongAnswer, check, describe, draw_float, fresh_generator
 
@@ -70,8 +70,8 @@ def after_three_steps(
 
 
 def check_train_step(candidate: Callable[..., Any]) -> CheckResult:
-    """``candidate(model, optimizer, x, y) -> loss``: one training step on every method."""
-    cases = [(method, seed) for seed, method in enumerate(("row", "tile", "bernoulli", "shared"))]
+    """``candidate(model, optimizer, x, y) -> loss``: one training step on every method of the MLP."""
+    cases = [(method, seed) for seed, method in enumerate(methods_for("mlp"))]
     return check(
         "one training step",
         lambda method, seed: after_three_steps(candidate, method, seed),
