@@ -672,3 +672,197 @@ def test_a_second_convert_of_the_same_sequential_composes_the_key_moves():
     assert [type(m).__name__ for m in model] == ["ApproxDropoutFFN", "ApproxDropoutFFN", "Linear"]
     assert list(model.state_dict()) == keys
     assert_checkpoints_load_both_ways(flat, model)
+
+
+# --- what users hold on to: parameter order, the batch axis, the dropout attribute ----------------------
+
+
+def _ids():
+    return torch.randint(1, 40, (2, 6))
+
+
+def _hidden(model, **kwargs):
+    return model(**kwargs).last_hidden_state
+
+
+# name -> (model maker, convert's keywords, a forward giving a tensor); the layers keep their parts' names
+ADAPTED = {
+    "sequential": (chain, {}, lambda m: m(torch.randn(3, 8))),
+    "encoder": (encoder, {}, lambda m: m(torch.randn(2, 5, 16))),
+    "decoder": (decoder, {}, lambda m: m(torch.randn(4, 2, 16), torch.randn(6, 2, 16))),
+    "t5": (t5, {}, lambda m: seq2seq(m, _ids())),
+    "t5-gated": (lambda: t5(gated=True), {}, lambda m: seq2seq(m, _ids())),
+    "bart": (bart, {}, lambda m: seq2seq(m, _ids())),
+    "gpt2": (gpt2, {"output_side": True}, lambda m: _hidden(m, input_ids=_ids())),
+    "bert": (bert, {"output_side": True}, lambda m: _hidden(m, input_ids=_ids())),
+}
+KEEP_NAMES = {"encoder", "decoder", "t5-gated"}
+
+
+@pytest.mark.parametrize("name", list(ADAPTED))
+def test_convert_keeps_the_parameter_order_so_a_saved_optimizer_resumes(name):
+    make, kwargs, run = ADAPTED[name]
+    model = make().train()
+    ids, names = [id(q) for q in model.parameters()], [n for n, _ in model.named_parameters()]
+    by_key = {k: id(v) for k, v in model.state_dict(keep_vars=True).items()}
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    run(model).square().mean().backward()
+    opt.step()
+    saved = copy.deepcopy(opt.state_dict())  # indexed by position in model.parameters()
+    moments = {
+        id(q): opt.state[q]["exp_avg"].clone() for q in model.parameters() if q in opt.state
+    }  # BERT's pooler: none
+    assert convert(model, **kwargs).converted
+    assert [id(q) for q in model.parameters()] == ids
+    assert {k: id(v) for k, v in model.state_dict(keep_vars=True).items()} == by_key
+    if name in KEEP_NAMES:
+        assert [n for n, _ in model.named_parameters()] == names
+    resumed = torch.optim.Adam(model.parameters(), lr=1e-3)
+    resumed.load_state_dict(saved)
+    assert {id(q) for q in resumed.state} == set(moments)
+    for q in resumed.state:
+        assert torch.equal(resumed.state[q]["exp_avg"], moments[id(q)])
+    model.zero_grad()
+    run(model).square().mean().backward()
+    resumed.step()
+
+
+def test_a_replacement_that_would_reorder_the_parameters_is_refused(monkeypatch):
+    class GainFFN(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.up, self.act, self.drop, self.down = nn.Linear(4, 8), nn.ReLU(), nn.Dropout(0.2), nn.Linear(8, 4)
+            self.gain = nn.Parameter(torch.ones(4))  # not one of the adapter's members: the block would drop it
+
+        def forward(self, x):
+            return self.gain * self.down(self.drop(self.act(self.up(x))))
+
+    monkeypatch.setattr(adapters, "ADAPTERS", dict(adapters.ADAPTERS))
+    register_adapter(GainFFN, AttributeAdapter("gain-ffn", ("up", "act", "drop", "down")))
+    model = nn.Sequential(GainFFN())
+    ids = [id(q) for q in model.parameters()]
+    report = convert(model)
+    assert report.converted == [] and [id(q) for q in model.parameters()] == ids and type(model[0]) is GainFFN
+    assert "would not hold GainFFN's parameters in their order" in dict(report.skipped)["0.drop"]
+
+
+def identity_ffn_layer(kind, batch_first, **kwargs):
+    """A converted torch layer, row patterns in 4 groups, whose feed-forward is relu(h) times the keep mask
+    (identity Linears) and whose other dropouts are off."""
+    torch.manual_seed(0)
+    cls = nn.TransformerEncoderLayer if kind == "encoder" else nn.TransformerDecoderLayer
+    layer = cls(8, 2, 8, 0.5, batch_first=batch_first).double()
+    with torch.no_grad():
+        for linear in (layer.linear1, layer.linear2):
+            linear.weight.copy_(torch.eye(8))
+            linear.bias.zero_()
+    for m in layer.modules():
+        if isinstance(m, nn.MultiheadAttention):
+            m.dropout = 0.0
+        elif isinstance(m, nn.Dropout) and m is not layer.dropout:
+            m.p = 0.0
+    convert(layer, method="row", groups=4, generator=torch.Generator().manual_seed(1), **kwargs)
+    return layer.train()
+
+
+def _masked(h, pattern):
+    return h * pattern.keep_mask(h.shape[-1]).double() * pattern.scale
+
+
+@pytest.mark.parametrize("kind", ["encoder", "decoder"])
+@pytest.mark.parametrize("executor, static", [("compact", False), ("masked", False), ("auto", True)])
+def test_groups_split_the_batch_of_a_seq_first_layer_not_its_sequence(kind, executor, static):
+    seq, first = (identity_ffn_layer(kind, b, static_shapes=static) for b in (False, True))
+    for layer in (seq, first):
+        layer.ard_ffn.executor = executor
+    h = torch.rand(5, 8, 8, dtype=torch.float64) + 0.1  # [T, B, d] > 0: relu keeps every unit
+    for _ in range(4):
+        y = seq._ff_block(h)  # [T, B, d]
+        patterns = seq.ard_ffn.last_pattern
+        for b in range(8):  # B = 8 in 4 groups: samples 2g, 2g + 1 get pattern g at every position
+            torch.testing.assert_close(y[:, b], _masked(h[:, b], patterns[b // 2]), rtol=0, atol=1e-15)
+        torch.testing.assert_close(first._ff_block(h.transpose(0, 1)).transpose(0, 1), y)
+        assert first.ard_ffn.last_pattern == patterns
+    x, memory = torch.randn(5, 8, 8, dtype=torch.float64), torch.randn(3, 8, 8, dtype=torch.float64)
+    args = (x,) if kind == "encoder" else (x, memory)
+    want = first(*(a.transpose(0, 1) for a in args)).transpose(0, 1)  # the batch-first layer, same seed
+    torch.testing.assert_close(seq(*args), want)
+    assert first.ard_ffn.last_pattern == seq.ard_ffn.last_pattern
+
+
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_an_unbatched_sequence_is_one_sample_for_the_groups(batch_first):
+    layer = identity_ffn_layer("encoder", batch_first)
+    h = torch.rand(6, 8, dtype=torch.float64) + 0.1  # [T, d]
+    for _ in range(4):  # the draws differ between groups from the second on
+        y = layer._ff_block(h)
+        torch.testing.assert_close(y, _masked(h, layer.ard_ffn.last_pattern[0]), rtol=0, atol=1e-15)
+    assert layer(torch.randn(6, 8, dtype=torch.float64)).shape == (6, 8)
+
+
+def test_a_torch_layers_dropout_still_sets_the_rate():
+    model = only_hidden_dropout(encoder())
+    mine = [layer.dropout for layer in model.layers]
+    convert(model, generator=torch.Generator().manual_seed(12))
+    assert [layer.ard_ffn.dropout for layer in model.layers] == mine  # the very modules, `is`
+    x = torch.randn(3, 5, 16, dtype=torch.float64)
+    model.train()(x)
+    assert all(layer.ard_ffn.last_pattern is not None for layer in model.layers)
+    for layer in model.layers:
+        layer.dropout.p = 0.0  # the attribute torch users know
+    y = model(x)
+    assert all(layer.ard_ffn.last_pattern is None for layer in model.layers)
+    assert torch.equal(y, model.eval()(x))
+
+
+@pytest.mark.parametrize("gated", [False, True])
+def test_t5s_dropout_is_the_blocks_and_convert_p_is_set_on_it(gated):
+    model = t5(gated)
+    mine = [m.dropout for name, m in model.named_modules() if name.endswith("DenseReluDense")]
+    convert(model, p=0.2, generator=torch.Generator().manual_seed(13))
+    blocks = [m for name, m in model.named_modules() if name.endswith("DenseReluDense")]
+    assert [m.dropout for m in blocks] == mine and all(d.p == 0.2 for d in mine)
+    ffns = [m for m in model.modules() if isinstance(m, ApproxDropoutFFN)]
+    assert len(ffns) == 4 and all(f.p == 0.2 for f in ffns)
+    for block in blocks:
+        block.dropout.p = 0.0
+    seq2seq(model.train(), _ids())
+    assert all(f.last_pattern is None for f in ffns)
+
+
+def test_a_refused_chain_keeps_its_dropouts_p():
+    model = t5(gated=True)
+    report = convert(model, method="row-g4", p=0.1)  # the gated block takes one group: refused
+    assert report.converted == []
+    assert all(m.dropout.p == 0.3 for name, m in model.named_modules() if name.endswith("DenseReluDense"))
+
+
+def test_a_sequentials_dropout_is_the_blocks():
+    model = chain()
+    mine = model[2]
+    convert(model)
+    assert model[0].dropout is mine
+    mine.p = 0.0
+    model.train()(torch.randn(3, 8))
+    assert model[0].last_pattern is None
+
+
+@pytest.mark.parametrize("make", ["gpt2", "bert"])
+def test_an_output_side_modules_dropout_attribute_still_sets_the_rate(make):
+    model = {"gpt2": gpt2, "bert": bert}[make]()
+    pairs = [(m, m.dropout) for m in model.modules() if type(m).__name__ in ("GPT2MLP", "BertOutput")]
+    convert(model, output_side=True, generator=torch.Generator().manual_seed(14))
+    blocks = [m for m in model.modules() if isinstance(m, OutputRowDropout)]
+    assert {id(b.dropout) for b in blocks} >= {id(d) for _, d in pairs}  # the very nn.Dropout modules
+    for module, _ in pairs:
+        assert module.dropout.p == 0.3
+        module.dropout.p = 0.0  # the attribute users know: its block's rate
+    _hidden(model.train(), input_ids=_ids())
+    mine = [b for b in blocks if any(b.dropout is d for _, d in pairs)]
+    assert mine and all(b.p == 0.0 and b.last_pattern is None for b in mine)
+    assert (
+        "already converted"
+        in dict(convert(model, output_side=True).skipped)[
+            "h.0.mlp.dropout" if make == "gpt2" else "encoder.layer.0.output.dropout"
+        ]
+    )

@@ -373,3 +373,11 @@ def test_a_pattern_of_another_type_is_refused_at_the_call(call, message):
 def test_a_zero_dimensional_input_is_refused_by_shape():
     with pytest.raises(ValueError, match=r"input must have last dimension 4, got shape \(\)"):
         ad.ApproxDropoutMLP([4, 8, 2], 0.5)(torch.tensor(1.0))
+
+
+def test_convert_refuses_a_generator_or_a_module_of_another_type():
+    seq = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Dropout(0.5), nn.Linear(8, 4))
+    with pytest.raises(ValueError, match="generator must be a CPU torch.Generator or None, got int"):
+        ad.convert(seq, generator=123)  # before: every chain left alone, "cannot build the block"
+    with pytest.raises(ValueError, match="convert takes an nn.Module, got NoneType"):
+        ad.convert(None)

@@ -206,14 +206,27 @@ class ConvertedEncoderLayer(nn.TransformerEncoderLayer):
     """An nn.TransformerEncoderLayer whose feed-forward runs its ApproxDropoutFFN ``ard_ffn``."""
 
     def _ff_block(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout2(self.ard_ffn(x))
+        return self.dropout2(_batch_leading(self.ard_ffn, x, self.self_attn.batch_first))
 
 
 class ConvertedDecoderLayer(nn.TransformerDecoderLayer):
     """An nn.TransformerDecoderLayer whose feed-forward runs its ApproxDropoutFFN ``ard_ffn``."""
 
     def _ff_block(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout3(self.ard_ffn(x))
+        return self.dropout3(_batch_leading(self.ard_ffn, x, self.self_attn.batch_first))
+
+
+def _batch_leading(ffn: ApproxDropoutFFN, x: torch.Tensor, batch_first: bool) -> torch.Tensor:
+    """``ffn(x)`` for a torch layer's x ([B, T, d] batch first, else [T, B, d]; [T, d] unbatched) with the
+    batch on the leading axis, the one ``ffn``'s groups split: each sample keeps one pattern at every
+    position."""
+    if ffn.groups == 1 or not ffn.training:
+        return ffn(x)
+    if x.dim() == 2:  # one unbatched sequence [T, d]: one sample
+        return ffn(x.unsqueeze(0)).squeeze(0)
+    if batch_first:
+        return ffn(x)
+    return ffn(x.transpose(0, 1)).transpose(0, 1)  # [T, B, d] -> [B, T, d] -> [T, B, d]
 
 
 class AttributeAdapter(Adapter):
@@ -254,7 +267,7 @@ class AttributeAdapter(Adapter):
 class GatedAdapter(Adapter):
     """A gated feed-forward ``wo(dropout(act(wi_0(x)) * wi_1(x)))`` on attributes named by ``members`` =
     (wi_0, activation, dropout, wo) and ``gate`` = wi_1 (HF T5DenseGatedActDense): replaced in its
-    parent by a GatedApproxDropoutFFN (one pattern per batch)."""
+    parent by a GatedApproxDropoutFFN (one pattern per batch), which holds them in T5's order and names."""
 
     replaces = True
 
@@ -275,15 +288,16 @@ class GatedAdapter(Adapter):
                 block = f"cannot build the block: {error}"
         if isinstance(block, str):
             return Plan(skipped=[(self.members[2], block)])
-        moved = [(f"ffn.{n}.", f"{m}.", False) for n, m in enumerate(self.members)]
-        moved.append((f"{self.gate}.", f"{self.gate}.", False))
+        names = ("wi_0", "ffn.1", "ffn.2", "wo", "wi_1")  # the block's, for members + (gate,)
+        moved = [(f"{n}.", f"{m}.", False) for n, m in zip(names, self.members + (self.gate,)) if n != m]
         return Plan(converted=["ffn"], moved=moved, apply=lambda: block)
 
 
 class OutputSideAdapter(Adapter):
     """A module whose forward applies ``dropout`` right after ``linear`` (output side; HF GPT2MLP's c_proj,
     BertOutput's dense): with ``convert(..., output_side=True)`` the Linear becomes an OutputRowDropout
-    around it and the dropout nn.Identity; the forward source is checked for the two lines in a row."""
+    around it, holding the nn.Dropout, and the dropout a MovedDropout (the input as it is; its ``p`` the
+    block's); the forward source is checked for the two lines in a row."""
 
     def __init__(self, name: str, linear: str, dropout: str) -> None:
         self.name, self.linear, self.dropout = name, linear, dropout
@@ -296,16 +310,44 @@ class OutputSideAdapter(Adapter):
             why = f"its forward does not apply {order}: not the layout expected"
             return Plan(skipped=[(self.dropout, why)], used=[self.dropout])
         linear, dropout = getattr(module, self.linear), getattr(module, self.dropout)
+        if isinstance(linear, OutputRowDropout):
+            return Plan(skipped=[(self.dropout, f"already converted: {self.linear} is the block")], used=[self.dropout])
         block = build.output(linear, dropout, (self.linear, self.dropout))
         if isinstance(block, str):
             return Plan(skipped=[(self.dropout, block)], used=[self.dropout])
 
         def apply() -> None:
             setattr(module, self.linear, block)
-            setattr(module, self.dropout, nn.Identity())
+            setattr(module, self.dropout, MovedDropout(dropout))
 
         moved = [(f"{self.linear}.linear.", f"{self.linear}.", False)]
         return Plan(converted=[self.linear], used=[self.dropout], moved=moved, apply=apply)
+
+
+class MovedDropout(nn.Module):
+    """What a module's dropout attribute holds once a block applies that dropout: the input as it is.
+    ``p`` reads and sets the p of the nn.Dropout the block now holds, so setting it the usual way,
+    ``module.dropout.p = 0``, still sets the rate."""
+
+    def __init__(self, dropout: nn.Module) -> None:
+        super().__init__()
+        object.__setattr__(self, "moved", dropout)  # not a child: the block holds it
+
+    @property
+    def p(self) -> float:
+        """The rate of the nn.Dropout the block holds."""
+        return self.moved.p
+
+    @p.setter
+    def p(self, value: float) -> None:
+        self.moved.p = value
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x, as it is (the block before it has applied the dropout)."""
+        return x
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}, applied by the block before it"
 
 
 def _forward_source(module: nn.Module) -> str:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .._env import check_rate
+from .._env import check_generator, check_rate
 from .adapters import (
     CONV1D,
     DROPOUT_TYPES,
@@ -38,6 +38,7 @@ from .state_keys import add_entries
 ARD_MODELS = (
     ApproxDropoutFFN,
     GatedApproxDropoutFFN,
+    OutputRowDropout,
     ApproxDropoutMLP,
     ApproxDropoutLSTM,
 )  # their dropouts are already theirs
@@ -91,7 +92,8 @@ def convert(
     and state_dict keys stay as they were (a checkpoint loads both ways, ``strict=True``).
 
     ``p`` defaults to each dropout's own p; ``method`` and ``groups`` are ApproxDropoutFFN's; ``generator``
-    is given to every new block. A block takes its dropout's train / eval mode. ``output_side``: also
+    is given to every new block. A block holds the very nn.Dropout of its chain (its p is the block's rate,
+    and ``p``, when given, is set on it) and takes its train / eval mode. ``output_side``: also
     turn ``Linear -> Dropout`` pairs (whole output features dropped) into OutputRowDropout blocks that
     compute only the kept output rows (one pattern per batch); off by default (README, convert).
     ``static_shapes``: the feed-forward and output-side blocks run at shapes set by their draw's ``(dp, keep)``
@@ -99,8 +101,11 @@ def convert(
     Everything is planned before anything changes: a chain is converted whole or left untouched, with
     the reason in the report.
     """
+    if not isinstance(module, nn.Module):
+        raise ValueError(f"convert takes an nn.Module, got {type(module).__name__}")
     if p is not None:
         p = check_rate(p)
+    check_generator(generator)
     spec, _ = ffn_method(method, groups)  # a bad method or group count fails before anything changes
     if static_shapes and spec.drops != ROW:
         raise ValueError(f"static_shapes is for row patterns, not method={method!r}")
@@ -116,6 +121,11 @@ def convert(
     for owner, plan in walk.plans:
         plan.apply()
         add_entries(owner, plan.moved, order[id(owner)])
+    if p is not None:  # the rate given, on the dropouts of the blocks now in the model (a plan refused keeps its p)
+        live = {id(m) for m in module.modules()}
+        for block in build.shared:
+            if id(block) in live:
+                block.p = p
     return walk.report(module)
 
 
@@ -179,12 +189,19 @@ class _Walk:
     def _replace(self, parent: nn.Module, key: str, child: nn.Module, adapter: Adapter) -> bool:
         """Plan swapping ``parent.key`` for what ``adapter`` makes of it; True when it will be swapped."""
         plan = adapter.plan(child, self.build)
+        new = plan.apply() if plan.apply is not None else None  # nothing in the model changes yet
+        if new is not None and [id(q) for q in new.parameters()] != [id(q) for q in child.parameters()]:
+            why = (
+                f"the {type(new).__name__} would not hold {type(child).__name__}'s parameters in their order: "
+                "model.parameters() would change, and an optimizer's saved state would load onto other parameters"
+            )
+            keys = [k for k, m in child.named_children() if isinstance(m, DROPOUT_TYPES)]
+            plan = Plan(skipped=[(k, why) for k in keys])
         if plan.apply is None:
             self.left += [(child, k, why) for k, why in plan.skipped]
             self.refused[id(child)] = {k for k, _ in plan.skipped}
             return False
         self.seen.add(id(child))
-        new = plan.apply()
         self.replacements.append((parent, key, new, plan))
         self.made += [(new, k, adapter.name) for k in plan.converted]
         self.left += [(new, k, why) for k, why in plan.skipped]
@@ -279,6 +296,7 @@ class _Builder:
     ) -> None:
         self.p, self.method, self.groups, self.generator, self.output_side = p, method, groups, generator, output_side
         self.static_shapes = static_shapes
+        self.shared: list[nn.Module] = []  # the blocks made that hold their chain's own nn.Dropout
 
     def __call__(self, chain: Chain) -> ApproxDropoutFFN | str:
         why = _chain_problem(chain)
@@ -301,7 +319,8 @@ class _Builder:
             )
         except ValueError as error:
             return f"cannot build the block: {error}"
-        return _take_mode(block, (chain.dropout or chain.fc1).training)
+        block = _take_mode(block, (chain.dropout or chain.fc1).training)
+        return block if chain.dropout is None else self._share(block, "2", chain.dropout)
 
     def output(self, linear: nn.Module, dropout: nn.Module, members: tuple[str, str]) -> OutputRowDropout | str:
         if not self.output_side:
@@ -324,7 +343,15 @@ class _Builder:
             )
         except ValueError as error:
             return f"cannot build the block: {error}"
-        return _take_mode(block, dropout.training)
+        return self._share(_take_mode(block, dropout.training), "dropout", dropout)
+
+    def _share(self, block: nn.Module, key: str, dropout: nn.Module) -> nn.Module:
+        """``block`` holding ``dropout`` at ``key`` instead of its own nn.Dropout: the rate is read from it at
+        each step, so ``dropout.p`` set through the model's own attribute still sets it. Its p becomes the
+        ``p`` given to ``convert`` only once the block is in the model."""
+        block.add_module(key, dropout)
+        self.shared.append(block)
+        return block
 
 
 def _take_mode(block: nn.Module, training: bool) -> nn.Module:

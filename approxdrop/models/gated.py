@@ -5,7 +5,9 @@ such a block; one pattern per batch (``groups == 1``).
 
 The pattern, p, method and generator live in an ApproxDropoutFFN around (wi_0, act, wo) held as ``ffn``
 (so ``draw_patterns`` finds it, and ``ffn.last_pattern`` holds the step's draw); ``wi_1`` is the gate's
-second Linear.
+second Linear. The block also holds the three Linears as ``wi_0``, ``wi_1``, ``wo``, ahead of ``ffn``, so
+``parameters()`` and ``named_parameters()`` give them in T5DenseGatedActDense's order and names, and its
+state_dict has T5's keys (``ffn``'s copies of wi_0 and wo are left out, and filled on load).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from ..ops import FULL, row_pattern_linear, static_row_linear
 from .ffn import ApproxDropoutFFN
 from .methods import ELEMENT, NOTHING
 from .sites import activate, static_sides, step_draws
+from .state_keys import add_entries
 
 
 class GatedApproxDropoutFFN(nn.Module):
@@ -34,7 +37,15 @@ class GatedApproxDropoutFFN(nn.Module):
             raise ValueError(f"a gated block takes one pattern per batch (groups=1), got groups={ffn.groups}")
         if not isinstance(wi_1, nn.Linear) or (wi_1.in_features, wi_1.out_features) != (ffn.d_model, ffn.d_hidden):
             raise ValueError(f"wi_1 must be an nn.Linear({ffn.d_model}, {ffn.d_hidden}) like wi_0, got {wi_1!r}")
-        self.ffn, self.wi_1 = ffn, wi_1
+        self.wi_0, self.wi_1, self.wo = ffn.fc1, wi_1, ffn.fc2  # T5's order: an optimizer's state keeps its place
+        self.ffn = ffn  # wi_0 and wo a second time: listed once, under the names above
+        aliases = [("ffn.0.", "wi_0.", True), ("ffn.3.", "wo.", True)]
+        add_entries(self, aliases, [key for key in self.state_dict(keep_vars=True) if not key.startswith("ffn.")])
+
+    @property
+    def dropout(self) -> nn.Dropout:
+        """The nn.Dropout holding p (``ffn``'s), as T5DenseGatedActDense's ``dropout``."""
+        return self.ffn.dropout
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (Tensor[*, d_model]) -> Tensor[*, d_out]."""
