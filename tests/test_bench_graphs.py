@@ -7,6 +7,7 @@ from fractions import Fraction
 import pytest
 
 from approxdrop.experiments.bench_graphs import STEPS, GraphRow, format_table, single_class_law
+from approxdrop.experiments.cli import build_parser
 from approxdrop.experiments.cli import main as cli_main
 
 QUICK = ["--threads", "1", "--warmup", "2", "--rounds", "2", "--steps", "3", "--no-progress", "--backend", "eager"]
@@ -46,3 +47,15 @@ def test_table_shows_graphs_with_their_bound():
 def test_bad_rate_is_refused_before_any_run(capsys):
     assert cli_main(["bench-graphs", *QUICK, "--p", "1.5"]) == 2
     assert "must be a dropout rate" in capsys.readouterr().err
+
+
+def test_an_unknown_backend_is_refused_before_any_run(capsys):
+    assert cli_main(["bench-graphs", *QUICK, "--no-paper", "--backend", "nosuch"]) == 2
+    err = capsys.readouterr().err
+    assert "error: argument --backend: must be a torch.compile backend (" in err and "got 'nosuch'" in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("backend", ["inductor", "eager", "aot_eager"])
+def test_the_usual_backends_are_accepted(backend):
+    assert build_parser().parse_args(["bench-graphs", "--backend", backend]).backend == backend

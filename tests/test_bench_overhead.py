@@ -70,6 +70,14 @@ def test_crossover_table_says_none_where_no_width_wins():
     assert "| row | 8 | none | 1.50 | 1.10 |" in table and "| row-g4 | 8 | 512 | 2.00 | 0.90 |" in table
 
 
+@pytest.mark.parametrize("widths", [{}, {64: 1.5}, {64: 1.5, 512: 0.9}])
+def test_crossover_table_has_as_many_columns_in_every_row(widths):
+    table = format_tables([], [], [CrossoverRow("row", 8, lasting_win(widths), widths)])
+    header, separator, row = table.splitlines()[-3:]
+    assert header.startswith("| method | batch | wins from width |") and separator.startswith("|---|")
+    assert header.count("|") == separator.count("|") == row.count("|") == 4 + len(widths)
+
+
 def test_executor_table_shows_both_choices_and_dashes_for_untimed():
     rows = [ExecutorRow("row", 128, 2048, "compact", "masked", 75.0, None)]
     assert "| row | 128 | 2048 | compact | masked | 75.000 | - |" in format_tables([], [], [], rows)
@@ -78,10 +86,12 @@ def test_executor_table_shows_both_choices_and_dashes_for_untimed():
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (["--methods", "row", "row-g4"], "--methods must be distinct and include bernoulli"),
-        (["--methods", "bernoulli", "row", "row"], "--methods must be distinct and include bernoulli"),
-        (["--lstm-methods", "row"], "--lstm-methods must be distinct and include bernoulli"),
+        (["--methods", "row", "row-g4"], "--methods must include bernoulli"),
+        (["--methods", "bernoulli", "row", "row"], "argument --methods: row is given twice"),
+        (["--lstm-methods", "row"], "--lstm-methods must include bernoulli"),
         (["--p", "1.0"], "argument --p: must be a dropout rate"),
+        (["--crossover-widths"], "argument --crossover-widths: expected at least one argument"),
+        (["--crossover-batches"], "argument --crossover-batches: expected at least one argument"),
     ],
 )
 def test_bad_options_are_usage_errors(extra, message, capsys):

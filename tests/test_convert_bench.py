@@ -33,6 +33,15 @@ def test_the_cli_writes_the_table_and_the_record(tmp_path, capsys):
     assert json.loads(out.read_text())["rows"][0]["converted_blocks"] == 2
 
 
+@pytest.mark.parametrize("name", ["t5", "gpt2", "bert"])
+def test_the_special_tokens_of_the_hf_models_are_in_their_vocabulary(name):
+    if not _has_transformers():
+        pytest.skip("transformers is not installed")
+    config = bench_convert.BUILDERS[name](TINY, 0.1)[0].config
+    ids = {key: value for key, value in config.to_dict().items() if key.endswith("_token_id") and value is not None}
+    assert ids and all(0 <= value < config.vocab_size for value in ids.values()), ids
+
+
 @pytest.mark.parametrize(
     "argv", [["--models", "vit"], ["--d-model", "10", "--heads", "4"], ["--method", "tile"], ["--p", "1.5"]]
 )

@@ -144,6 +144,11 @@ def test_a_repeated_method_is_a_usage_error(command, no_work, capsys):
     assert "--methods: row is given twice, got bernoulli row row" in err
 
 
+def test_bench_lstm_with_nothing_to_run_is_a_usage_error(no_work, capsys):
+    err = usage_error(["bench-lstm", "--sizes"], capsys)
+    assert "nothing to run: --sizes names no size to time and --perplexity-steps is 0" in err
+
+
 def test_study_out_on_a_file_is_a_usage_error(no_work, tmp_path, capsys):
     (tmp_path / "file").write_text("")
     err = usage_error(["study", "mlp", "--out", str(tmp_path / "file")], capsys)

@@ -9,6 +9,7 @@ from torch import nn
 
 from approxdrop.data.corpus import Corpus, CorpusInfo, Vocabulary
 from approxdrop.experiments import bench_lstm
+from approxdrop.experiments.cli import build_parser
 from approxdrop.experiments.cli import main as cli_main
 from approxdrop.models import lstm_gemm_work
 from approxdrop.models.lstm import ApproxDropoutLSTM
@@ -167,6 +168,32 @@ def no_measure_lstm(monkeypatch):
 def test_the_benchmark_command_rejects_bad_options_before_any_run(tiny_sizes, no_measure_lstm, capsys, extra, message):
     assert cli_main(["bench-lstm", "--sizes", "tiny", "--no-progress", *extra]) == 2
     assert message in capsys.readouterr().err
+
+
+PERPLEXITY_ONLY = ["bench-lstm", "--sizes", "--ps", "0.5", "--methods", "bernoulli", "--perplexity-steps", "1"]
+
+
+def test_too_few_evaluation_tokens_are_a_usage_error_before_the_corpus_loads(monkeypatch, capsys):
+    monkeypatch.setattr(bench_lstm, "load_corpus", lambda *a, **k: pytest.fail("loaded the corpus"))
+    assert cli_main([*PERPLEXITY_ONLY, "--no-progress", "--eval-tokens", "39"]) == 2
+    message = (
+        "argument --eval-tokens: must be an int >= 40 (2 time steps per column at the evaluation batch 20), got 39"
+    )
+    assert message in capsys.readouterr().err
+    assert build_parser().parse_args([*PERPLEXITY_ONLY, "--eval-tokens", "40"]).eval_tokens == 40
+
+
+def test_the_least_evaluation_tokens_follow_the_evaluation_batch(tiny_sizes, capsys):  # batch 3: 6 tokens
+    assert cli_main([*PERPLEXITY_ONLY, "--no-progress", "--eval-tokens", "5"]) == 2
+    assert "must be an int >= 6 (2 time steps per column at the evaluation batch 3), got 5" in capsys.readouterr().err
+    assert cli_main([*PERPLEXITY_ONLY, "--no-progress", "--eval-tokens", "6"]) == 0
+    assert "the first 6 validation tokens" in capsys.readouterr().out
+
+
+def test_the_perplexity_runs_show_one_bar_for_all_races(tiny_sizes, capsys):
+    assert cli_main([*PERPLEXITY_ONLY, "--ps", "0.3", "0.5", "--perplexity-steps", "2", "--seeds", "0", "1"]) == 0
+    err = capsys.readouterr().err
+    assert "perplexity: 100%" in err and " 8/8 " in err and "training" not in err  # 2 ps x 2 seeds x 2 steps
 
 
 @pytest.mark.parametrize(

@@ -404,8 +404,9 @@ def test_study_files_get_the_umask_mode(tmp_path, digits):
         (["--lrs", "0.1", "nan"], "lr must be a finite number > 0, got nan"),
         (["--workers", "0"], "argument --workers: must be an int >= 1, got 0"),
         (["--val-size", "1438"], r"val_size \(1438\) must be smaller than the training set \(1438 images\)"),
-        (["--seeds", "0", "0"], r"seeds must not repeat a value, got \(0, 0\)"),
-        (["--ps", "0.5", "0.5"], "ps must not repeat a value"),
+        (["--seeds", "0", "0"], "argument --seeds: 0 is given twice, got 0 0"),
+        (["--ps", "0.5", "0.5"], "argument --ps: 0.5 is given twice, got 0.5 0.5"),
+        (["--variants", "row", "row"], "argument --variants: row is given twice, got row row"),
         (["--epochs", "0"], "argument --epochs: must be an int >= 1, got 0"),
     ],
 )

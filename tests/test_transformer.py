@@ -245,6 +245,13 @@ def test_the_command_prints_the_table_and_writes_json(tmp_path, capsys):
     assert len(data["rows"]) == 6 and all(math.isfinite(r["valid_loss_mean"]) for r in data["rows"])
 
 
+def test_the_command_shows_one_bar_for_all_races(capsys):
+    argv = ["--size", "tiny", "--steps", "2", "--warmup", "0", "--ps", "0.1", "--seeds", "0", "1", "--groups", "1"]
+    assert cli_main(["bench-transformer", *argv]) == 0
+    err = capsys.readouterr().err
+    assert "bench-transformer: 100%" in err and " 4/4 " in err and "training" not in err  # 2 seeds x 2 steps
+
+
 @pytest.mark.parametrize(
     "extra, message",
     [
@@ -253,8 +260,9 @@ def test_the_command_prints_the_table_and_writes_json(tmp_path, capsys):
         (["--groups", "0"], "argument --groups: must be an int >= 1, got 0"),
         (["--warmup", "-1"], "argument --warmup: must be an int >= 0, got -1"),
         (["--size", "huge"], "argument --size: invalid choice: 'huge'"),
-        (["--seeds", "0", "0"], r"--seeds must be a non-empty list of distinct values, got \[0, 0\]"),
-        (["--groups", "4", "4"], r"--groups must be a non-empty list of distinct values, got \[4, 4\]"),
+        (["--seeds", "0", "0"], "argument --seeds: 0 is given twice, got 0 0"),
+        (["--groups", "4", "4"], "argument --groups: 4 is given twice, got 4 4"),
+        (["--ps", "0.1", "0.1"], "argument --ps: 0.1 is given twice, got 0.1 0.1"),
         (["--lr", "0"], "lr must be a finite number > 0, got 0.0"),
     ],
 )

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ from tqdm.auto import tqdm
 from .._env import check_int, check_rate, describe_machine, sync
 from ..models import METHODS, ApproxDropoutMLP, mlp_gemm_work
 from ..training import training_step
-from .options import check_distinct, non_negative_int, positive_int, rate, write_record
+from .options import Distinct, non_negative_int, positive_int, progress_bar, rate, write_record
 
 PAPER_SIZES = (784, 2048, 2048, 10)
 
@@ -155,7 +154,7 @@ def measure(
     x = torch.randn(batch, sizes[0], generator=gen).to(dev, dtype)
     target = torch.randint(sizes[-1], (batch,), generator=gen).to(dev)
     rows: list[BenchRow] = []
-    bar = tqdm(total=len(ps) * len(variants) * (warmup + rounds), desc="bench", disable=not progress, file=sys.stderr)
+    bar = progress_bar(len(ps) * len(variants) * (warmup + rounds), "bench", progress)
     for p in ps:
         steps_by_method = {}
         for label, (method, g) in variants.items():
@@ -190,9 +189,11 @@ COMMAND, HELP = "bench", "training-step time of every dropout method of the MLP,
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sizes", type=positive_int, nargs="+", default=list(PAPER_SIZES), help="MLP widths")
     parser.add_argument("--batch", type=positive_int, default=128)
-    parser.add_argument("--ps", type=rate, nargs="+", default=[0.3, 0.5, 0.7], help="dropout rates")
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    parser.add_argument("--groups", type=positive_int, nargs="+", default=[], help="also time row with G batch groups")
+    parser.add_argument("--ps", type=rate, nargs="+", action=Distinct, default=[0.3, 0.5, 0.7], help="dropout rates")
+    parser.add_argument("--methods", nargs="+", action=Distinct, default=list(METHODS), choices=METHODS)
+    parser.add_argument(
+        "--groups", type=positive_int, nargs="+", action=Distinct, default=[], help="also time row with G batch groups"
+    )
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64", "bfloat16", "float16"])
     parser.add_argument("--tile", type=positive_int, default=32)
     parser.add_argument("--warmup", type=non_negative_int, default=3)
@@ -204,7 +205,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if "bernoulli" not in args.methods:
         args.parser.error("--methods must include bernoulli (the baseline of the ratios)")
-    check_distinct(args.parser, "--methods", args.methods)
     if len(args.sizes) < 2:
         args.parser.error(f"--sizes {' '.join(map(str, args.sizes))}: give at least an input and an output width")
     torch.backends.cuda.matmul.allow_tf32 = args.tf32

@@ -17,20 +17,18 @@ from __future__ import annotations
 import argparse
 import copy
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from .._env import describe_machine
 from ..models import convert
 from ..models.ffn import FFN_METHODS
 from .bench import check_protocol, time_side_by_side
-from .options import non_negative_int, positive_int, rate, write_record
+from .options import Distinct, non_negative_int, positive_int, progress_bar, rate, write_record
 
 MODELS = ("encoder", "t5", "gpt2", "bert")
 CLOCKS: dict[str, Callable[[], float]] = {"cpu": time.process_time, "wall": time.perf_counter}
@@ -88,11 +86,13 @@ def _transformers():
 
 
 def gpt2(size: Size, p: float) -> tuple[nn.Module, Callable[[nn.Module, torch.Tensor], torch.Tensor]]:
-    """A GPT-2 from its config (4 d_model feed-forward, its only hidden-unit-free dropout sites: output side)."""
+    """A GPT-2 from its config (4 d_model feed-forward, its only hidden-unit-free dropout sites: output side);
+    its begin / end token is the last of the 256 (the config's default, 50256, is outside the vocabulary)."""
     T = _transformers()
     config = T.GPT2Config(
         vocab_size=256, n_embd=size.d_model, n_inner=size.d_hidden, n_layer=size.layers, n_head=size.heads,
-        n_positions=max(size.sequence, 8), resid_pdrop=p, embd_pdrop=p, attn_pdrop=p,
+        n_positions=max(size.sequence, 8), resid_pdrop=p, embd_pdrop=p, attn_pdrop=p, bos_token_id=255,
+        eos_token_id=255,
     )  # fmt: skip
     return T.GPT2Model(config), lambda m, ids: m(input_ids=ids).last_hidden_state
 
@@ -145,7 +145,7 @@ def measure(
     if unknown or not models:
         raise ValueError(f"models must be some of {MODELS}, got {list(models)}")
     rows = []
-    bar = tqdm(total=len(models) * 2 * (warmup + rounds), desc="bench-convert", disable=not progress, file=sys.stderr)
+    bar = progress_bar(len(models) * 2 * (warmup + rounds), "bench-convert", progress)
     for name in models:
         torch.manual_seed(seed)
         model, forward = BUILDERS[name](size, p)
@@ -196,7 +196,7 @@ COMMAND, HELP = "bench-convert", "training-step time of convert()ed real models 
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--models", nargs="+", default=["encoder", "t5"], choices=MODELS)
+    parser.add_argument("--models", nargs="+", action=Distinct, default=["encoder", "t5"], choices=MODELS)
     parser.add_argument("--p", type=rate, default=0.3)
     parser.add_argument("--method", default="row", choices=[m for m in FFN_METHODS if m not in ("none", "bernoulli")])
     parser.add_argument("--d-model", type=positive_int, default=128)
@@ -215,7 +215,7 @@ def run(args: argparse.Namespace) -> int:
     if args.d_model % args.heads:
         args.parser.error(f"--d-model {args.d_model} must be a multiple of --heads {args.heads}")
     try:
-        rows = measure(tuple(dict.fromkeys(args.models)), args.p, args.method, size, args.warmup, args.rounds,
+        rows = measure(tuple(args.models), args.p, args.method, size, args.warmup, args.rounds,
                        args.clock, args.device, progress=not args.no_progress)  # fmt: skip
     except ValueError as err:
         args.parser.error(str(err))

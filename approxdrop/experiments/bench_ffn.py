@@ -12,19 +12,17 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from .._env import check_int, describe_machine
 from ..models import ApproxDropoutFFN
 from ..models.ffn import FFN_METHODS
 from .bench import check_protocol, time_side_by_side
-from .options import non_negative_int, positive_int, rate, write_record
+from .options import Distinct, non_negative_int, positive_int, progress_bar, rate, write_record
 
 CHOICES = tuple(m for m in FFN_METHODS if m != "none")
 
@@ -91,7 +89,7 @@ def measure(
     target = torch.randn(batch, sequence, d_model, generator=gen).to(dev)
     rows = []
     total = len(ps) * len(methods) * (warmup + rounds)
-    bar = tqdm(total=total, desc="bench-ffn", disable=not progress, file=sys.stderr)
+    bar = progress_bar(total, "bench-ffn", progress)
     for p in ps:
         steps_by_method = {}
         for method in methods:
@@ -123,8 +121,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--d-hidden", type=positive_int, default=4096)
     parser.add_argument("--batch", type=positive_int, default=16, help="sequences per step")
     parser.add_argument("--sequence", type=positive_int, default=128, help="tokens per sequence")
-    parser.add_argument("--ps", type=rate, nargs="+", default=[0.3])
-    parser.add_argument("--methods", nargs="+", default=["bernoulli", "row", "row-g4"], choices=CHOICES)
+    parser.add_argument("--ps", type=rate, nargs="+", action=Distinct, default=[0.3], help="dropout rates")
+    parser.add_argument(
+        "--methods", nargs="+", action=Distinct, default=["bernoulli", "row", "row-g4"], choices=CHOICES
+    )
     parser.add_argument("--warmup", type=non_negative_int, default=2)
     parser.add_argument("--rounds", type=positive_int, default=5)
     parser.add_argument("--steps", type=positive_int, default=1, help="steps per method per round")

@@ -23,14 +23,12 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
 
 import torch
 from torch._dynamo.utils import counters
-from tqdm.auto import tqdm
 
 from .._env import check_rate
 from ..distribution import PatternDistribution
@@ -40,7 +38,7 @@ from ..training.graphed import compiled_step
 from ..training.mlp import training_step
 from .bench import check_protocol, time_side_by_side
 from .bench_overhead import PAPER_SIZES, TINY_BATCH, TINY_MLP
-from .options import non_negative_int, positive_int, rate, write_record
+from .options import compile_backend, non_negative_int, positive_int, progress_bar, rate, write_record
 
 COMMAND, HELP = "bench-graphs", "eager against compiled (CUDA-graphed on a GPU) MLP steps, and graphs per model"
 STEPS = (
@@ -119,7 +117,7 @@ def measure(args: argparse.Namespace) -> list[GraphRow]:
     sizes = [("tiny", TINY_MLP, TINY_BATCH)] + ([] if args.no_paper else [("paper", PAPER_SIZES, PAPER_BATCH)])
     rows = []
     total = len(sizes) * len(STEPS) * (args.warmup + args.rounds)
-    with tqdm(total=total, desc=COMMAND, disable=args.no_progress, file=sys.stderr) as bar:
+    with progress_bar(total, COMMAND, not args.no_progress) as bar:
         for name, dims, batch in sizes:
             torch._dynamo.reset()
             steps, bound = steps_for(dims, batch, args.p, device, args.backend)
@@ -155,7 +153,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=positive_int, default=10, help="steps per method per round")
     parser.add_argument("--no-paper", action="store_true", help="skip the paper size (784-2048-2048-10, batch 128)")
     parser.add_argument(
-        "--backend", default="inductor", help="torch.compile backend off CUDA (CUDA: mode reduce-overhead)"
+        "--backend",
+        type=compile_backend,
+        default="inductor",
+        help="torch.compile backend off CUDA (CUDA: mode reduce-overhead); one of torch._dynamo.list_backends",
     )
 
 

@@ -23,7 +23,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from .._env import describe_machine, write_atomic, write_json_atomic
 from ..data import Corpus, load_corpus
@@ -32,11 +31,13 @@ from ..models.lstm import State
 from ..training import LMRaceConfig, lm_training_step, train_lm
 from .bench import check_protocol, time_side_by_side, with_groups
 from .options import (
-    check_distinct,
+    Distinct,
     check_json_apart,
     check_output_dir,
+    int_at_least,
     non_negative_int,
     positive_int,
+    progress_bar,
     rate,
     write_record,
 )
@@ -57,6 +58,7 @@ SIZES = {
     "paper": LSTMSize(hidden=650, layers=2, vocab=10_000, bptt=35, batch=20),
     "small": LSTMSize(hidden=200, layers=2, vocab=10_000, bptt=20, batch=20),
 }
+PERPLEXITY_SIZE = "small"  # the size of the command's perplexity runs
 
 
 @dataclass
@@ -104,7 +106,7 @@ def measure_lstm(
     y = torch.randint(vocab, (bptt, batch), generator=gen).to(dev)  # [T, B]
     variants = with_groups(methods, groups)
     rows = []
-    bar = tqdm(total=len(ps) * len(variants) * (warmup + rounds), desc=f"bench {size}", disable=not progress)
+    bar = progress_bar(len(ps) * len(variants) * (warmup + rounds), f"bench {size}", progress)
     for p in ps:
         steps_by_method = {}
         for label, (method, g) in variants.items():
@@ -179,18 +181,20 @@ def perplexity_runs(
 ) -> list[LMRun]:
     """Train every method for ``steps`` steps at ``SIZES[size]`` on ``corpus``: one interleaved race
     (``training.train_lm``) per p and seed, evaluated every ``eval_every`` steps (default: only after
-    the last). ``done(runs so far)`` after each race (to save partial results)."""
+    the last). ``done(runs so far)`` after each race (to save partial results); one progress bar for all."""
     if size not in SIZES:
         raise ValueError(f"size must be one of {list(SIZES)}, got {size!r}")
     shape = SIZES[size]
     runs: list[LMRun] = []
+    bar = progress_bar(len(ps) * len(seeds) * steps, "perplexity", progress)
     for p in ps:
         for seed in seeds:
             config = LMRaceConfig(
                 hidden=shape.hidden, layers=shape.layers, p=p, steps=steps, bptt=shape.bptt, batch=shape.batch,
                 eval_every=eval_every or steps, eval_tokens=eval_tokens, seed=seed,
             )  # fmt: skip
-            result = train_lm(corpus, methods, config, device=device, progress=progress)
+            result = train_lm(corpus, methods, config, device=device, progress=False,
+                              callback=lambda *_: bar.update(), callback_every=1)  # fmt: skip
             for row in result.summary():
                 hist = result.histories[row.method]
                 elapsed = dict(zip(hist.step, itertools.accumulate(hist.seconds)))  # step: seconds so far
@@ -204,6 +208,7 @@ def perplexity_runs(
                 )  # fmt: skip
             if done is not None:
                 done(runs)
+    bar.close()
     return runs
 
 
@@ -274,18 +279,32 @@ COMMAND, HELP = "bench-lstm", "LSTM language-model step time and perplexity of e
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--sizes", nargs="*", default=["paper", "small"], choices=list(SIZES), help="none: no timing")
-    parser.add_argument("--ps", type=rate, nargs="+", default=[0.3, 0.5, 0.7])
-    parser.add_argument("--methods", nargs="+", default=list(LM_METHODS), choices=LM_METHODS)
-    parser.add_argument("--groups", type=positive_int, nargs="+", default=[], help="also time row with G batch groups")
+    parser.add_argument(
+        "--sizes", nargs="*", action=Distinct, default=["paper", "small"], choices=list(SIZES), help="none: no timing"
+    )
+    parser.add_argument("--ps", type=rate, nargs="+", action=Distinct, default=[0.3, 0.5, 0.7], help="dropout rates")
+    parser.add_argument("--methods", nargs="+", action=Distinct, default=list(LM_METHODS), choices=LM_METHODS)
+    parser.add_argument(
+        "--groups", type=positive_int, nargs="+", action=Distinct, default=[], help="also time row with G batch groups"
+    )
     parser.add_argument("--warmup", type=non_negative_int, default=2)
     parser.add_argument("--rounds", type=positive_int, default=5)
     parser.add_argument("--steps", type=positive_int, default=1, help="timed steps per method per round")
     parser.add_argument(
-        "--perplexity-steps", type=non_negative_int, default=0, help="also train this many steps per p (small size)"
+        "--perplexity-steps",
+        type=non_negative_int,
+        default=0,
+        help=f"also train this many steps per p and seed ({PERPLEXITY_SIZE} size)",
     )
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds of the perplexity runs")
-    parser.add_argument("--eval-tokens", type=positive_int, help="validation tokens for the perplexity (default: all)")
+    parser.add_argument(
+        "--seeds", type=int, nargs="+", action=Distinct, default=[0], help="seeds of the perplexity runs"
+    )
+    batch = SIZES[PERPLEXITY_SIZE].batch  # the validation split is read in this many columns of 2 tokens or more
+    parser.add_argument(
+        "--eval-tokens",
+        type=int_at_least(2 * batch, f"2 time steps per column at the evaluation batch {batch}"),
+        help="validation tokens for the perplexity (default: all)",
+    )
     parser.add_argument(
         "--eval-every", type=positive_int, help="validation perplexity every this many steps (default: only at the end)"
     )
@@ -316,7 +335,8 @@ def run(args: argparse.Namespace) -> int:
         args.parser.error("--methods must include bernoulli (the baseline of the ratios)")
     if args.perplexity_out is not None and not args.perplexity_steps:
         args.parser.error(f"--perplexity-out {args.perplexity_out}: needs --perplexity-steps (runs to record)")
-    check_distinct(args.parser, "--methods", args.methods)
+    if not args.sizes and not args.perplexity_steps:
+        args.parser.error("nothing to run: --sizes names no size to time and --perplexity-steps is 0")
     if args.perplexity_out is not None:
         check_output_dir(args.parser, "--perplexity-out", args.perplexity_out)
         check_json_apart(args.parser, args.json, "--perplexity-out", args.perplexity_out, PERPLEXITY_FILES)
@@ -332,7 +352,7 @@ def run(args: argparse.Namespace) -> int:
     write_record(args, rows)
     if args.perplexity_steps:
         corpus = load_corpus("auto")
-        header = perplexity_header(corpus, "small", args.perplexity_steps, args.eval_tokens, args.seeds)
+        header = perplexity_header(corpus, PERPLEXITY_SIZE, args.perplexity_steps, args.eval_tokens, args.seeds)
         machine = describe_machine(args.device)
         command = perplexity_command(args)
 
@@ -341,7 +361,7 @@ def run(args: argparse.Namespace) -> int:
                 write_perplexity_study(args.perplexity_out, runs, header, machine, command)
 
         runs = perplexity_runs(
-            corpus, "small", args.ps, args.methods, args.perplexity_steps, eval_tokens=args.eval_tokens,
+            corpus, PERPLEXITY_SIZE, args.ps, args.methods, args.perplexity_steps, eval_tokens=args.eval_tokens,
             seeds=args.seeds, eval_every=args.eval_every, device=args.device, progress=not args.no_progress, done=save,
         )  # fmt: skip
         print()

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -42,7 +41,7 @@ from ..models.mlp import ApproxDropoutMLP
 from ..models.sites import grouped_executor
 from ..training.lm import lm_training_step
 from .bench import check_protocol, mlp_step, time_side_by_side
-from .options import non_negative_int, positive_int, rate, write_record
+from .options import Distinct, non_negative_int, positive_int, progress_bar, rate, write_record
 
 TINY_MLP = (8, 16, 16, 2)
 TINY_BATCH = 4
@@ -317,11 +316,11 @@ def format_tables(
         lines += [f"| {r.method} | {r.ops} | {r.compute_ops} | {r.top} |" for r in counts]
     if cross:
         widths = sorted(next(iter(cross)).ratios)
-        lines += ["", "| method | batch | wins from width | " + " | ".join(f"w={w}" for w in widths) + " |"]
+        lines += ["", "| " + " | ".join(["method", "batch", "wins from width", *(f"w={w}" for w in widths)]) + " |"]
         lines.append("|---|---:|---:|" + "---:|" * len(widths))
         for r in cross:
-            cells = " | ".join(f"{r.ratios[w]:.2f}" for w in widths)
-            lines.append(f"| {r.method} | {r.batch} | {r.width if r.width is not None else 'none'} | {cells} |")
+            cells = [r.method, str(r.batch), "none" if r.width is None else str(r.width)]
+            lines.append("| " + " | ".join([*cells, *(f"{r.ratios[w]:.2f}" for w in widths)]) + " |")
     if executors:
         lines += [
             "",
@@ -339,8 +338,9 @@ COMMAND, HELP = "bench-overhead", "host cost of a training step on tiny models, 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--p", type=rate, default=0.5, help="dropout rate")
-    parser.add_argument("--methods", nargs="+", default=["bernoulli", "row", "row-g4"], choices=METHODS)
-    parser.add_argument("--lstm-methods", nargs="+", default=["bernoulli", "row", "row-g4"], choices=LSTM_METHODS)
+    defaults = ("bernoulli", "row", "row-g4")
+    parser.add_argument("--methods", nargs="+", action=Distinct, default=list(defaults), choices=METHODS)
+    parser.add_argument("--lstm-methods", nargs="+", action=Distinct, default=list(defaults), choices=LSTM_METHODS)
     parser.add_argument("--warmup", type=non_negative_int, default=20)
     parser.add_argument("--rounds", type=positive_int, default=15)
     parser.add_argument("--steps", type=positive_int, default=20, help="steps per method per round")
@@ -348,8 +348,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-executors", action="store_true", help="skip the executor choices (CPU rule against measured)"
     )
-    parser.add_argument("--crossover-widths", type=positive_int, nargs="*", default=list(CROSSOVER_WIDTHS))
-    parser.add_argument("--crossover-batches", type=positive_int, nargs="*", default=list(CROSSOVER_BATCHES))
+    parser.add_argument(
+        "--crossover-widths",
+        type=positive_int,
+        nargs="+",
+        action=Distinct,
+        default=list(CROSSOVER_WIDTHS),
+        help="widths w of the crossover's MLPs [w, w, w, 10] (also the executor table's)",
+    )
+    parser.add_argument(
+        "--crossover-batches",
+        type=positive_int,
+        nargs="+",
+        action=Distinct,
+        default=list(CROSSOVER_BATCHES),
+        help="batch sizes of the crossover (also the executor table's)",
+    )
     parser.add_argument("--crossover-rounds", type=positive_int, default=5)
 
 
@@ -359,9 +373,8 @@ def measure(
     """Run the measurements of ``args`` (see ``add_arguments``)."""
     check_rate(args.p)
     for name in ("methods", "lstm_methods"):
-        chosen = getattr(args, name)
-        if "bernoulli" not in chosen or len(set(chosen)) != len(chosen):
-            args.parser.error(f"--{name.replace('_', '-')} must be distinct and include bernoulli (the baseline)")
+        if "bernoulli" not in getattr(args, name):
+            args.parser.error(f"--{name.replace('_', '-')} must include bernoulli (the baseline)")
     dev = check_protocol(args.device, args.warmup, args.rounds, args.steps, [args.p], args.methods, METHODS)
     challengers = [m for m in args.methods if m != "bernoulli"]
     widths, batches = [check_int("width", w, 1) for w in args.crossover_widths], args.crossover_batches
@@ -370,7 +383,7 @@ def measure(
         + len(widths) * len(batches) * (1 + args.crossover_rounds) * len(args.methods)
         + len(widths) * len(batches) * len(challengers) * (not args.no_executors)
     )
-    with tqdm(total=total, desc="bench-overhead", disable=args.no_progress, file=sys.stderr) as bar:
+    with progress_bar(total, COMMAND, not args.no_progress) as bar:
         overhead = host_overhead(
             args.p, args.methods, args.lstm_methods, dev, args.warmup, args.rounds, args.steps, bar
         )

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from .._env import describe_machine
 from ..search import exact_optimum, search_distribution
 from .options import positive_int, write_record
 
@@ -29,16 +30,18 @@ def timed(fn: Callable[..., _R], repeat: int, *args: Any) -> tuple[float, _R]:
 
 
 COMMAND, HELP = "bench-search", "time the pattern-law search (and its LP optimum) on this machine"
+COMMON_OPTIONS = ("--threads", "--json")  # the search runs on the CPU and prints row by row: no --device, no bar
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--repeat", type=positive_int, default=3)
+    parser.add_argument("--repeat", type=positive_int, default=3, help="runs per search (the time is the best)")
     parser.add_argument("--no-lp", action="store_true", help="skip the LP optimum")
+    parser.set_defaults(device="cpu")
 
 
 def run(args: argparse.Namespace) -> int:
     rows = []
-    print(f"# {platform.machine()} {platform.processor()}, Python {platform.python_version()}")
+    print(f"# {describe_machine(args.device)}; Python {platform.python_version()}")
     print("| n | p | family | kind | search (s) | LP (s) | W1 search | W1 LP |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for n in (64, 1024, 4096):

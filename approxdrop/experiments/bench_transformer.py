@@ -35,7 +35,7 @@ from ..data import Corpus, load_corpus
 from ..data.corpus import EOS, UNK
 from ..models import DecoderLM, convert
 from ..training.race import History, Metric, RaceResult, check_race_settings, run_race
-from .options import non_negative_int, positive_int, rate, write_record
+from .options import Distinct, non_negative_int, positive_int, progress_bar, rate, write_record
 
 BASELINE = "nn.Dropout"
 VALID_LOSS = Metric("valid loss (nats / char)", higher_is_better=False, digits=3)
@@ -260,7 +260,7 @@ def measure_transformer(
     corpus: Corpus | None = None,
 ) -> list[TransformerBenchRow]:
     """One race per p and seed (``race``) on ``corpus`` (default ``load_corpus("auto")``) -> one row
-    per (p, method). ValueError for bad arguments, before any training."""
+    per (p, method); one progress bar for all. ValueError for bad arguments, before any training."""
     _distinct("ps", ps)
     _distinct("seeds", seeds)
     _distinct("groups", groups)
@@ -271,11 +271,10 @@ def measure_transformer(
     for g in groups:
         check_int("groups", g, 1)
     chars = char_corpus(load_corpus("auto") if corpus is None else corpus)
-    return [
-        row
-        for p in ps
-        for row in summarise(size, p, [race(chars, configs[(p, seed)], groups, device, progress) for seed in seeds])
-    ]
+    with progress_bar(len(configs) * steps, COMMAND, progress) as bar:
+        races = {key: race(chars, config, groups, device, progress=False, callback=lambda *_: bar.update(),
+                           callback_every=1) for key, config in configs.items()}  # fmt: skip
+    return [row for p in ps for row in summarise(size, p, [races[(p, seed)] for seed in seeds])]
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -332,11 +331,16 @@ COMMAND, HELP = "bench-transformer", "GPT-style character LM: nn.Dropout vs conv
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", default="default", choices=list(SIZES), help="model and batch size")
-    parser.add_argument("--ps", type=rate, nargs="+", default=[0.1, 0.2, 0.3], help="dropout rates")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--ps", type=rate, nargs="+", action=Distinct, default=[0.1, 0.2, 0.3], help="dropout rates")
+    parser.add_argument("--seeds", type=int, nargs="+", action=Distinct, default=[0, 1, 2])
     parser.add_argument("--steps", type=positive_int, default=400, help="training steps per race (the budget)")
     parser.add_argument(
-        "--groups", type=positive_int, nargs="+", default=[1, 4], help="one converted model per G batch groups"
+        "--groups",
+        type=positive_int,
+        nargs="+",
+        action=Distinct,
+        default=[1, 4],
+        help="one converted model per G batch groups",
     )
     parser.add_argument("--lr", type=float, default=2e-3, help="AdamW learning rate (every method alike)")
     parser.add_argument("--warmup", type=non_negative_int, default=5, help="first steps left out of the step time")
@@ -345,8 +349,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     size = SIZES[args.size]
     try:
-        for name in ("ps", "seeds", "groups"):
-            _distinct(f"--{name}", getattr(args, name))
         TransformerRaceConfig(args.size, args.ps[0], args.steps, args.lr, warmup=args.warmup)
         check_timed_steps(args.steps, args.warmup)
     except ValueError as err:

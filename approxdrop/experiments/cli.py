@@ -1,6 +1,7 @@
 """The ``approxdrop`` command. Each subcommand lives in its own module, which registers itself with
 ``COMMAND``, ``HELP``, ``add_arguments(parser)`` and ``run(args)``; the common options
-(``--device``, ``--threads``, ``--json``, ``--no-progress``) come from ``options``.
+(``--device``, ``--threads``, ``--json``, ``--no-progress``) come from ``options``: all of them, or those
+of the module's ``COMMON_OPTIONS`` (a subcommand offers only the ones it honours).
 
 ``approxdrop --help`` lists them; ``approxdrop SUBCOMMAND --help`` gives each one's options.
 """
@@ -22,7 +23,7 @@ from . import (
     gemm_timing,
     study,
 )
-from .options import apply_common, common_parser
+from .options import COMMON_OPTIONS, HelpFormatter, apply_common, common_parser
 
 SUBCOMMANDS = (
     bench,
@@ -44,14 +45,13 @@ def build_parser() -> argparse.ArgumentParser:
         prog="approxdrop", description="Approximate Random Dropout: benchmarks, the accuracy study, GEMM timing."
     )
     commands = parser.add_subparsers(title="commands", dest="command", metavar="COMMAND")
-    common = common_parser()
     for module in SUBCOMMANDS:
         sub = commands.add_parser(
             module.COMMAND,
             help=module.HELP,
             description=module.__doc__,
-            parents=[common],
-            formatter_class=argparse.RawDescriptionHelpFormatter,
+            parents=[common_parser(getattr(module, "COMMON_OPTIONS", COMMON_OPTIONS))],
+            formatter_class=HelpFormatter,
         )
         module.add_arguments(sub)
         sub.set_defaults(run=module.run, parser=sub)

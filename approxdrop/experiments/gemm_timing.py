@@ -135,6 +135,7 @@ def tile_timings(
 
 
 COMMAND, HELP = "gemm-timing", "time one dense GEMM against its dropout and pattern variants (labs 01-03)"
+COMMON_OPTIONS = ("--device", "--threads", "--json")  # no progress bar to turn off
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

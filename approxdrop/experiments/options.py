@@ -1,18 +1,22 @@
-"""The command-line options every ``approxdrop`` subcommand shares, their checks, and the JSON record
-a subcommand writes: one place, so no subcommand repeats them."""
+"""The command-line options every ``approxdrop`` subcommand shares, their checks, the format of the
+subcommands' help, their progress bar, and the JSON record a subcommand writes: one place, so no
+subcommand repeats them."""
 
 from __future__ import annotations
 
 import argparse
+import copy
 import math
 import os
+import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
 from .._env import describe_machine, regular_file_target, write_json_atomic
 
@@ -31,6 +35,19 @@ def non_negative_int(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be an int >= 0, got {value}")
     return value
+
+
+def int_at_least(low: int, reason: str) -> Callable[[str], int]:
+    """argparse type: an int >= ``low``; ``reason`` says in the error where the bound comes from."""
+
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be an int >= {low} ({reason}), got {value}")
+        return value
+
+    parse.__name__ = "int"  # argparse names it in "invalid int value: 'x'"
+    return parse
 
 
 def rate(text: str) -> float:
@@ -54,11 +71,50 @@ def threads(text: str) -> int:
     return value
 
 
-def check_distinct(parser: argparse.ArgumentParser, option: str, values: Sequence) -> None:
-    """A usage error naming ``option`` when ``values`` repeats one."""
-    if len(set(values)) != len(values):
-        repeated = next(v for i, v in enumerate(values) if v in values[:i])
-        parser.error(f"{option}: {repeated} is given twice, got {' '.join(map(str, values))}")
+def compile_backend(text: str) -> str:
+    """argparse type: a backend name ``torch.compile`` takes here: one of ``torch._dynamo.list_backends``, its
+    debug and experimental ones included (``eager`` and ``aot_eager`` are debug backends)."""
+    names = torch._dynamo.list_backends(exclude_tags=())
+    if text not in names:
+        shown = [*torch._dynamo.list_backends(), *(name for name in ("eager", "aot_eager") if name in names)]
+        raise argparse.ArgumentTypeError(f"must be a torch.compile backend ({', '.join(shown)}, ...), got {text!r}")
+    return text
+
+
+class Distinct(argparse.Action):
+    """argparse action of a list option whose values must differ: a repeat would run, or count, one thing
+    twice, so it is a usage error naming the option."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        repeated = next((v for i, v in enumerate(values) if v in values[:i]), None)
+        if repeated is not None:
+            raise argparse.ArgumentError(self, f"{repeated} is given twice, got {' '.join(map(str, values))}")
+        setattr(namespace, self.dest, values)
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """The subcommands' help: the description as written, and each option's default after its help, unless
+    the help gives it already (says "default") or there is none to give (None, a flag's False, an empty list)."""
+
+    def _format_action(self, action: argparse.Action) -> str:
+        default, text = action.default, action.help or ""
+        nothing = default is None or default is False or default == [] or default == argparse.SUPPRESS
+        if action.option_strings and not nothing and "default" not in text:
+            shown = " ".join(map(str, default)) if isinstance(default, (list, tuple)) else str(default)
+            action = copy.copy(action)
+            action.help = f"{text} (default: {shown.replace('%', '%%')})".lstrip()
+        return super()._format_action(action)
+
+
+LOG_INTERVAL_S = 30.0  # the least seconds between two updates of a progress bar written to a file
+
+
+def progress_bar(total: int, desc: str, enabled: bool = True, **options: Any) -> tqdm:
+    """The progress bar of every subcommand, on stderr: live on a terminal; written to a file or a pipe (a
+    log), an update every ``LOG_INTERVAL_S`` seconds at most; none unless ``enabled`` (--no-progress)."""
+    live = sys.stderr.isatty()
+    interval = {} if live else {"mininterval": LOG_INTERVAL_S, "maxinterval": LOG_INTERVAL_S}
+    return tqdm(total=total, desc=desc, disable=not enabled, file=sys.stderr, **interval, **options)
 
 
 def _probe(folder: Path) -> None:
@@ -115,20 +171,24 @@ def check_json_apart(
         parser.error(f"--json {json_path}: is {option} {folder} or one of its files ({', '.join(names)})")
 
 
-def common_parser() -> argparse.ArgumentParser:
-    """The options of every subcommand: --device, --threads, --json, --no-progress."""
+COMMON_OPTIONS = ("--device", "--threads", "--json", "--no-progress")
+
+
+def common_parser(options: Sequence[str] = COMMON_OPTIONS) -> argparse.ArgumentParser:
+    """The common options a subcommand takes: ``options``, some of ``COMMON_OPTIONS`` (default all)."""
+    specs = {
+        "--device": {"default": None, "help": "cpu or cuda[:N] (default: cuda when available, else cpu)"},
+        "--threads": {"type": threads, "help": "CPU threads for torch, at most the CPU count (default: torch's)"},
+        "--json": {
+            "type": Path,
+            "help": "also write the results to this JSON file (a regular file; a symlink is written through)",
+        },
+        "--no-progress": {"action": "store_true", "help": "no progress bar"},
+    }
     parser = argparse.ArgumentParser(add_help=False)
     group = parser.add_argument_group("common options")
-    group.add_argument("--device", default=None, help="cpu or cuda[:N] (default: cuda when available, else cpu)")
-    group.add_argument(
-        "--threads", type=threads, help="CPU threads for torch, at most the CPU count (default: torch's)"
-    )
-    group.add_argument(
-        "--json",
-        type=Path,
-        help="also write the results to this JSON file (a regular file; a symlink is written through)",
-    )
-    group.add_argument("--no-progress", action="store_true", help="no progress bar")
+    for option in options:
+        group.add_argument(option, **specs[option])
     return parser
 
 

@@ -56,10 +56,11 @@ from .._env import (
 from ..data import NAMES, Dataset, load_dataset
 from ..models import METHODS, ApproxDropoutMLP
 from ..training import evaluate, training_step
-from .options import check_json_apart, check_output_dir, positive_int, rate, write_record
+from .options import Distinct, check_json_apart, check_output_dir, positive_int, progress_bar, rate, write_record
 
 VARIANTS = METHODS  # a study can train any MLP method of the table
 SPLIT_SEED = 1234  # the one validation split of every run
+DEFAULT_OUT = Path("approxdrop-study")  # not benchmarks/study: run from the repository, that is the recorded study
 
 
 @dataclass(frozen=True)
@@ -346,7 +347,7 @@ def run_study(
     split = split_validation(data, config.val_size)
     pilot_keys = {out / "pilot" / pilot_name(v, p, lr): (v, p, config.seeds[0], lr) for v, p, lr in config.pilots()}
     total = len(pilot_keys) * config.pilot_epochs + len(config.runs()) * config.epochs
-    bar = tqdm(total=total, desc="study", unit="epoch", disable=not progress, file=sys.stderr)
+    bar = progress_bar(total, "study", progress, unit="epoch")
     pilots = {
         path: _read_run(path, config, key, config.pilot_epochs, False, split.name) for path, key in pilot_keys.items()
     }
@@ -482,20 +483,27 @@ COMMAND, HELP = "study", "accuracy-parity study: train every method at every p o
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = StudyConfig()
     parser.add_argument("model", choices=["mlp"], help="what to study")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/study"), help="study directory (resumable)")
-    parser.add_argument("--hidden", type=positive_int, nargs="+", default=list(defaults.hidden))
-    parser.add_argument("--ps", type=rate, nargs="+", default=list(defaults.ps))
-    parser.add_argument("--seeds", type=int, nargs="+", default=list(defaults.seeds))
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=DEFAULT_OUT,
+        help="study directory; a rerun with the same settings resumes there, reusing its runs and rewriting its "
+        f"summary (default: {DEFAULT_OUT} in the current directory; the recorded study is benchmarks/study, made "
+        "by the command in its README)",
+    )
+    parser.add_argument("--hidden", type=positive_int, nargs="+", default=list(defaults.hidden), help="hidden widths")
+    parser.add_argument("--ps", type=rate, nargs="+", action=Distinct, default=list(defaults.ps), help="dropout rates")
+    parser.add_argument("--seeds", type=int, nargs="+", action=Distinct, default=list(defaults.seeds))
     parser.add_argument("--epochs", type=positive_int, default=defaults.epochs)
     parser.add_argument("--batch", type=positive_int, default=defaults.batch)
-    parser.add_argument("--lrs", type=float, nargs="+", default=list(defaults.lrs),
+    parser.add_argument("--lrs", type=float, nargs="+", action=Distinct, default=list(defaults.lrs),
                         help="learning rates the pilot chooses from, per (variant, p)")  # fmt: skip
     parser.add_argument("--pilot-epochs", type=positive_int, default=defaults.pilot_epochs)
     parser.add_argument("--val-size", type=positive_int, default=defaults.val_size,
                         help="training images held out as the validation split")  # fmt: skip
     parser.add_argument("--clip", type=float, default=defaults.clip,
                         help="clip every variant's gradient norm to this (0: no clipping)")  # fmt: skip
-    parser.add_argument("--variants", nargs="+", default=list(defaults.variants), choices=VARIANTS)
+    parser.add_argument("--variants", nargs="+", action=Distinct, default=list(defaults.variants), choices=VARIANTS)
     parser.add_argument("--dataset", default="auto", choices=NAMES)
     parser.add_argument("--train-size", type=positive_int, help="seeded subset of the training set")
     parser.add_argument("--test-size", type=positive_int, help="seeded subset of the test set")
