@@ -321,3 +321,19 @@ def test_measuring_leaves_the_lstms_draws_and_numbers_alone():
         for ours, theirs in zip(outs["measured"][:3], outs[executor][:3]):
             torch.testing.assert_close(ours, theirs)
         assert torch.equal(outs["measured"][3], outs[executor][3])  # the probe drew nothing
+
+
+def test_the_lstm_executor_benchmark_runs_at_a_tiny_size(capsys):
+    """benchmarks/lstm_executor.py (full steps both ways against the probe's pick) as a smoke test."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "lstm_executor.py"
+    spec = importlib.util.spec_from_file_location("lstm_executor", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    assert script.main(["--sizes", "tiny", "--rounds", "1", "--methods", "row-g4"]) == 0
+    (row,) = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| tiny")]
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[1] == "row-g4" and float(cells[4]) > 0 and cells[5] in ("compact", "masked")
+    assert cells[6].split()[0] in ("compact", "masked")
