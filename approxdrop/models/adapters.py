@@ -267,7 +267,7 @@ class AttributeAdapter(Adapter):
 class GatedAdapter(Adapter):
     """A gated feed-forward ``wo(dropout(act(wi_0(x)) * wi_1(x)))`` on attributes named by ``members`` =
     (wi_0, activation, dropout, wo) and ``gate`` = wi_1 (HF T5DenseGatedActDense): replaced in its
-    parent by a GatedApproxDropoutFFN (one pattern per batch), which holds them in T5's order and names."""
+    parent by a GatedApproxDropoutFFN (any batch groups), which holds them in T5's order and names."""
 
     replaces = True
 

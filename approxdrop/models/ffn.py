@@ -198,23 +198,25 @@ class ApproxDropoutFFN(DropoutRate, nn.Module):
         store_static(self, drawn)
         return drawn
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x (Tensor[*, d_model]) -> Tensor[*, d_out]."""
+    def forward(self, x: torch.Tensor, gate: nn.Linear | None = None) -> torch.Tensor:
+        """x (Tensor[*, d_model]) -> Tensor[*, d_out]. ``gate``: a gated block's second input Linear
+        (``GatedApproxDropoutFFN``), ``fc2(dropout(act(fc1(x)) * gate(x)))``: its hidden units are dropped
+        with fc1's, and every path computes only what fc1 computes."""
         if x.dim() < 1 or x.shape[-1] != self.d_model:
             raise ValueError(f"input must have last dimension {self.d_model}, got shape {tuple(x.shape)}")
         self.last_pattern = None
         drops = self.spec.drops
         if not self.training or self.p == 0.0 or drops == NOTHING:
-            return self.fc2(self.activation(self.fc1(x)))
+            return self.fc2(_gated(self.activation(self.fc1(x)), gate, x))
         if drops == ELEMENT:
-            return self.fc2(self.dropout(self.activation(self.fc1(x))))
+            return self.fc2(self.dropout(_gated(self.activation(self.fc1(x)), gate, x)))
         (draw,) = step_draws(self)  # drawn now, or ahead by draw_patterns (compiled training)
         self.last_pattern = draw
         if self.static_shapes:
-            return self._static(x)
-        return self._row(x, draw) if self.groups == 1 else self._grouped(x, draw)
+            return self._static(x, gate)
+        return self._row(x, draw, gate) if self.groups == 1 else self._grouped(x, draw, gate)
 
-    def _static(self, x: torch.Tensor) -> torch.Tensor:
+    def _static(self, x: torch.Tensor, gate: nn.Linear | None) -> torch.Tensor:
         # hidden units in slots, [*, K] whatever the offsets (ops.static); with groups, each group's samples
         # (the leading axis, as the grouped path splits it) read their own group's slots
         (sides,) = static_sides(self, [self.d_hidden])  # one StaticSide per group
@@ -224,15 +226,19 @@ class ApproxDropoutFFN(DropoutRate, nn.Module):
         whole = (None,) * len(parts)
         hs = static_grouped_linear(parts, fc1.weight, fc1.bias, whole, sides)  # [B_g, *, K]
         hs = [activate(self.activation, h) for h in hs]
+        if gate is not None:
+            hs = [h * g for h, g in zip(hs, static_grouped_linear(parts, gate.weight, gate.bias, whole, sides))]
         ys = static_grouped_linear(hs, fc2.weight, fc2.bias, sides, whole)  # [B_g, *, d_out]
         return ys[0] if len(ys) == 1 else torch.cat(ys, 0)  # [*, d_out]
 
-    def _row(self, x: torch.Tensor, pattern: RowPattern) -> torch.Tensor:
+    def _row(self, x: torch.Tensor, pattern: RowPattern, gate: nn.Linear | None) -> torch.Tensor:
         fc1, fc2 = self.fc1, self.fc2
         if not torch.compiler.is_compiling() and self.executor_for(x) == "masked":
-            return self._grouped_masked(x, (pattern,))  # GEMMs too small to shrink: dense, times the mask
+            return self._grouped_masked(x, (pattern,), gate)  # GEMMs too small to shrink: dense, times the mask
         h = row_pattern_linear(x, fc1.weight, fc1.bias, FULL, pattern, check=False)  # [*, k]: the kept units only
         h = activate(self.activation, h)
+        if gate is not None:
+            h = h * row_pattern_linear(x, gate.weight, gate.bias, FULL, pattern, check=False)  # [*, k]
         return row_pattern_linear(h, fc2.weight, fc2.bias, pattern, FULL, check=False)  # [*, d_out]
 
     def executor_for(self, x: torch.Tensor) -> str:
@@ -247,9 +253,9 @@ class ApproxDropoutFFN(DropoutRate, nn.Module):
         return Probe(self.d_model, self.d_hidden, self.d_out, self.site_laws()[0], self.p)
 
     @run_eagerly
-    def _grouped(self, x: torch.Tensor, patterns: tuple[RowPattern, ...]) -> torch.Tensor:
+    def _grouped(self, x: torch.Tensor, patterns: tuple[RowPattern, ...], gate: nn.Linear | None) -> torch.Tensor:
         if self.executor_for(x) == "masked":
-            return self._grouped_masked(x, patterns)
+            return self._grouped_masked(x, patterns, gate)
         # the grouped op splits the rows of a [N, n] tensor; with x [B, *, d_model] every sample's
         # rows get its group's pattern (the op then runs one GEMM per distinct offset, not per sample)
         rows = x.reshape(-1, self.d_model)  # [N, d_model]
@@ -262,12 +268,17 @@ class ApproxDropoutFFN(DropoutRate, nn.Module):
         whole = (FULL,) * len(patterns)
         fc1, fc2 = self.fc1, self.fc2
         h = grouped_row_pattern_linear(rows, fc1.weight, fc1.bias, whole, patterns, check=False)  # [N, d_hidden]
-        y = grouped_row_pattern_linear(activate(self.activation, h), fc2.weight, fc2.bias, patterns, whole, check=False)
+        h = activate(self.activation, h)  # what it gives at the dropped units (zeros) is never read
+        if gate is not None:
+            h = h * grouped_row_pattern_linear(rows, gate.weight, gate.bias, whole, patterns, check=False)
+        y = grouped_row_pattern_linear(h, fc2.weight, fc2.bias, patterns, whole, check=False)
         return y.reshape(*x.shape[:-1], self.d_out)  # [*, d_out]
 
-    def _grouped_masked(self, x: torch.Tensor, patterns: tuple[RowPattern, ...]) -> torch.Tensor:
+    def _grouped_masked(
+        self, x: torch.Tensor, patterns: tuple[RowPattern, ...], gate: nn.Linear | None
+    ) -> torch.Tensor:
         # dense GEMMs; the hidden units of each sample (the leading axis) multiplied by its group's scaled mask
-        h = activate(self.activation, self.fc1(x))  # [B, *, d_hidden]
+        h = _gated(activate(self.activation, self.fc1(x)), gate, x)  # [B, *, d_hidden]
         mask = group_mask(patterns, x.shape[0] if x.dim() > 1 else 1, self.d_hidden, h.dtype, h.device)  # [B, d_h]
         mask = mask[0] if x.dim() == 1 else mask.view(mask.shape[0], *(1,) * (x.dim() - 2), self.d_hidden)
         return self.fc2(h * mask)  # [*, d_out]
@@ -279,3 +290,8 @@ class ApproxDropoutFFN(DropoutRate, nn.Module):
         return (
             f"d_model={self.d_model}, d_hidden={self.d_hidden}{out}, p={self.p}, method={self.method!r}{groups}{static}"
         )
+
+
+def _gated(h: torch.Tensor, gate: nn.Linear | None, x: torch.Tensor) -> torch.Tensor:
+    """The hidden units h (Tensor[*, d_hidden]) times ``gate(x)`` for a gated block, else h itself."""
+    return h if gate is None else h * gate(x)
