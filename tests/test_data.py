@@ -121,6 +121,13 @@ def test_a_checksum_mismatch_leaves_nothing_in_the_cache(server, tmp_path):
     assert os.listdir(root) == []
 
 
+def test_checksums_given_in_upper_case_hex_match(server, tmp_path):
+    """Some mirrors publish MD5 sums in upper case: a hex digest is the same number."""
+    url, sums, _ = server
+    root = fetch_mnist(tmp_path / "cache", url, {name: md5.upper() for name, md5 in sums.items()})
+    assert sorted(os.listdir(root)) == sorted(IDX_FILES)
+
+
 @pytest.mark.parametrize("failure", ["http 500", "connection refused"])
 def test_a_failing_server_raises_a_clear_error_and_auto_falls_back(server, tmp_path, no_fashion, failure, capsys):
     url, sums, httpd = server
@@ -315,3 +322,14 @@ def test_a_downloaded_file_gets_the_umask_mode(server, tmp_path):
     finally:
         os.umask(old)
     assert {(root / name).stat().st_mode & 0o777 for name in IDX_FILES} == {0o640}  # 0o666 & ~0o027, not 0o600
+
+
+@pytest.mark.parametrize("sizes", [{"train_size": -5}, {"train_size": 0}, {"test_size": 2.5}])
+def test_a_subset_size_below_one_is_refused_before_anything_loads(sizes, monkeypatch):
+    """train_size=-5 kept all but 5 examples; 0 an empty split that failed later in training."""
+    from approxdrop.data import datasets
+
+    monkeypatch.setattr(datasets, "_load_one", lambda *a: pytest.fail("loaded before the sizes were checked"))
+    name = next(iter(sizes))
+    with pytest.raises(ValueError, match=f"{name} must be"):
+        load_dataset("digits", **sizes, verbose=False)

@@ -222,3 +222,17 @@ def test_perplexity_of_a_hopeless_model_is_inf_not_an_overflow_error():
 
     data = torch.ones(12, 2, dtype=torch.long)  # every target is 1: cross-entropy 1e4 per token
     assert perplexity(Hopeless(), data, bptt=4) == math.inf
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [({"eval_tokens": -390}, r"eval_tokens must be in \[40, inf\), got -390"), ({"eval_tokens": 0}, "eval_tokens"),
+     ({"eval_tokens": 7, "batch": 4}, r"eval_tokens must be in \[8, inf\)"), ({"seed": 1.5}, "seed must be an int")],
+)  # fmt: skip
+def test_an_lm_race_setting_out_of_range_is_refused_by_name(settings, message):
+    from approxdrop.training import LMRaceConfig
+
+    with pytest.raises(ValueError, match=message):
+        LMRaceConfig(**settings)
+    if "eval_tokens" in settings:
+        LMRaceConfig(**{**settings, "eval_tokens": 2 * settings.get("batch", 20)})  # the least it can read

@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+import approxdrop as ad
 from approxdrop import ApproxDropoutFFN, ApproxDropoutLSTM, ApproxDropoutMLP, convert, distribution_for
 from approxdrop.models.output_side import OutputRowDropout
 
@@ -75,3 +76,29 @@ def test_laws_given_for_one_rate_refuse_another_and_a_bad_rate_is_refused():
     model.dropout.p = 1.5  # nn.Dropout does not check what is assigned to it: the next draw does
     with pytest.raises(ValueError, match="dropout rate p"):
         model(torch.randn(4, 8))
+
+
+@pytest.mark.parametrize("method", ["row", "row-g4", "shared"])
+def test_a_draw_left_by_draw_patterns_is_redrawn_when_the_rate_changes_before_the_forward(method):
+    """A schedule may set p between draw_patterns and the forward: the draw of the old rate (its patterns and
+    its 1 / (1 - p) scale) is not used at the new one."""
+    from approxdrop.models.sites import PENDING
+
+    model = ad.ApproxDropoutMLP([6, 40, 3], 0.5, method, generator=torch.Generator().manual_seed(0))
+    ad.draw_patterns(model)
+    old = getattr(model, PENDING)
+    model.p = 0.9
+    model(torch.randn(8, 6))
+    used = model.last_patterns[1]
+    if method == "shared":
+        assert used.numel() < 20  # kept units of a p = 0.9 draw (about 4 of 40), not of the p = 0.5 one
+    else:
+        support = {(q.dp, q.keep) for q, _ in model.site_laws()[0].enumerate()}
+        for q in used if isinstance(used, tuple) else (used,):
+            assert (q.dp, q.keep) in support
+        assert used != old[1]
+    model.p = 0.9  # the same rate: a pending draw is used as it is
+    ad.draw_patterns(model)
+    pending = getattr(model, PENDING)[1]
+    model(torch.randn(8, 6))
+    assert model.last_patterns[1] is pending

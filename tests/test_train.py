@@ -92,3 +92,25 @@ def test_training_step_and_evaluate():
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         train(DATA, **{"methods": ["row"], "steps": 2, **kwargs, **SMALL})
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [("eval_size", -50, r"eval_size must be in \[1, inf\), got -50"), ("eval_size", 0, "eval_size must be"),
+     ("eval_size", 2.5, "eval_size must be an int"), ("seed", 1.5, "seed must be an int"),
+     ("seed", -1, "seed must be")],
+)  # fmt: skip
+def test_a_race_setting_out_of_range_is_refused_by_name(field, value, message):
+    """eval_size=-50 silently evaluated test_x[:-50]; seed=1.5 failed deep inside torch."""
+    from approxdrop.training.mlp import MLPRaceConfig
+
+    with pytest.raises(ValueError, match=message):
+        MLPRaceConfig(**{field: value})
+
+
+def test_a_race_whose_methods_diverge_before_a_timed_step_prints_no_nan():
+    """No step was timed: its step time and every speedup against it are "-", not nan."""
+    poisoned = DATA._replace(train_x=torch.full_like(DATA.train_x, float("nan")))  # a NaN loss at step 1
+    result = train(poisoned, ["bernoulli", "row"], hidden=(16,), batch=8, steps=3, progress=False)
+    table = result.format_table()
+    assert "nan" not in table.lower() and table.count("diverged at step 1") == 2, table

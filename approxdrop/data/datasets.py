@@ -28,6 +28,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from .._env import check_int
 from .download import DataUnavailable, data_dir, fetch_files, load_first_available
 
 MNIST_URL = "https://ossci-datasets.s3.amazonaws.com/mnist/"
@@ -148,8 +149,16 @@ def load_digits(test_fraction: float = 0.2, seed: int = 0) -> Dataset:
     )
 
 
+def _check_sizes(train_size: object, test_size: object) -> None:
+    """ValueError unless each size is None or an int >= 1."""
+    for name, size in (("train_size", train_size), ("test_size", test_size)):
+        if size is not None:
+            check_int(name, size, 1)
+
+
 def subset(data: Dataset, train_size: int | None = None, test_size: int | None = None, seed: int = 0) -> Dataset:
-    """A seeded random subset (sizes None or larger than the split keep everything)."""
+    """A seeded random subset (sizes None or larger than the split keep everything; at least 1)."""
+    _check_sizes(train_size, test_size)
     gen = torch.Generator().manual_seed(seed)
 
     def take(x, y, size):
@@ -194,6 +203,7 @@ def load_dataset(
     """
     if name not in NAMES:
         raise ValueError(f"name must be one of {NAMES}, got {name!r}")
+    _check_sizes(train_size, test_size)  # before anything loads
     order = ["mnist", "fashion-mnist", "digits"] if name == "auto" else [name]
 
     def load(candidate: str) -> Dataset:

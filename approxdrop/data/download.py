@@ -180,9 +180,10 @@ def _matches(path: Path, md5: str) -> bool:
 
 def fetch_files(root: Path, base_url: str, checksums: dict[str, str], download_ok: bool = True) -> Path:
     """``root``, holding every file of ``checksums`` (name: MD5) with a matching checksum; what is
-    missing or corrupt is downloaded from ``base_url`` (unless ``download_ok`` is False)."""
+    missing or corrupt is downloaded from ``base_url`` (unless ``download_ok`` is False). MD5 sums are hex,
+    in either case."""
     for name, md5 in checksums.items():
-        path = root / name
+        md5, path = md5.lower(), root / name
         if _matches(path, md5):
             continue
         if not download_ok:

@@ -267,7 +267,8 @@ class ApproxDropoutLSTM(DropoutRate, nn.Module):
         static_shapes: (row patterns, any groups) each site's units in ``keep * ceil(n / dp)`` slots whatever
             the offsets, read from the ``static_offsets`` buffer each draw fills, as ApproxDropoutMLP's
             ``static_shapes``: one compiled or CUDA graph per ``(dp, keep)`` combination of the sites.
-        generator: CPU generator for pattern and mask draws (default: torch's global RNG).
+        generator: CPU generator for pattern and mask draws (default: torch's global RNG);
+            ``bernoulli`` drops per element from the global RNG, as nn.Dropout does.
 
     ``forward(x Long[T, B], state)`` -> (logits Float[T, B, V], state). After a training forward,
     ``last_patterns`` holds what each site drew (a RowPattern, a tuple of one per group with

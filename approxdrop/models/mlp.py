@@ -100,9 +100,10 @@ class ApproxDropoutMLP(DropoutRate, nn.Module):
             which every draw fills, so a graph compiled or captured after ``draw_patterns`` serves every
             offset of its ``(dp, keep)`` classes (``pattern_key`` keys by them). Same outputs as the
             compact path, at ``keep * ceil(n / dp)`` slots per site (with groups, one GEMM per group and
-            layer). Under DistributedDataParallel pass ``broadcast_buffers=False`` (each rank reads its
-            own offsets).
-        generator: CPU generator for pattern and mask draws (default: torch's global RNG).
+            layer). Under DistributedDataParallel pass ``forward_sync_buffers=False``
+            (``broadcast_buffers=False`` before torch 2.13; each rank reads its own offsets).
+        generator: CPU generator for pattern and mask draws (default: torch's global RNG);
+            ``bernoulli`` drops per element from the global RNG, as nn.Dropout does.
 
     After a training forward, ``last_patterns`` holds what each site drew (a pattern, a tuple of
     one pattern per group with ``groups > 1``, a Long index tensor of kept units for ``shared``,

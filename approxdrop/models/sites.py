@@ -295,6 +295,7 @@ def site_distributions(
 
 # Where ``draw_patterns`` leaves a module's draws for its next training forward.
 PENDING = "_pending_draws"
+PENDING_RATE = "_pending_rate"  # the p a pending draw was made at
 DRAWN = (ROW, TILE, SHARED_UNITS)  # the kinds of method that draw something each step
 _COMPILE_ADVICE = (
     "a training forward under torch.compile(fullgraph=True) cannot draw its dropout pattern inside the "
@@ -414,6 +415,7 @@ def draw_patterns(model: nn.Module) -> int:
     for module in model.modules():
         if draws_each_step(module):
             setattr(module, PENDING, module.draw())
+            setattr(module, PENDING_RATE, module.p)
             count += 1
     if count:
         torch._dynamo.config.allow_unspec_int_on_nn_module = True
@@ -429,13 +431,16 @@ EXPORT_ADVICE = (
 
 def step_draws(module: nn.Module) -> list:
     """The draws of ``module``'s training forward: those ``draw_patterns`` left on it (taken, so each is
-    used once), else ``module.draw()`` now."""
+    used once), else ``module.draw()`` now; also now when ``p`` changed since that draw (a schedule between
+    ``draw_patterns`` and the forward: the old draw's patterns and scale belong to the old rate)."""
     if torch.compiler.is_exporting():
         raise ValueError(EXPORT_ADVICE)
     pending = getattr(module, PENDING, None)
     if pending is None:
         return module.draw()
     setattr(module, PENDING, None)
+    if getattr(module, PENDING_RATE, module.p) != module.p:
+        return module.draw()
     return pending
 
 
@@ -489,8 +494,8 @@ def pattern_key(model: nn.Module) -> tuple:
 def setup_static(module: nn.Module, static_shapes: bool, sites: int) -> None:
     """Set ``module.static_shapes``; when True, also the ``static_classes`` each draw sets and the
     non-persistent ``static_offsets`` buffer (Long[sites, groups]) it fills. A ValueError for a module that
-    does not draw row patterns. Under DistributedDataParallel use ``broadcast_buffers=False``: each rank
-    reads its own offsets."""
+    does not draw row patterns. Under DistributedDataParallel use ``forward_sync_buffers=False``
+    (``broadcast_buffers=False`` before torch 2.13): each rank reads its own offsets."""
     module.static_shapes = bool(static_shapes)
     if not module.static_shapes:
         return

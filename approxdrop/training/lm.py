@@ -65,6 +65,9 @@ class LMRaceConfig:
             check_positive("lr", self.lr)
         if self.clip is not None:
             check_positive("clip", self.clip)
+        if self.eval_tokens is not None:  # the validation split is read in ``batch`` columns of 2 tokens or more
+            check_int("eval_tokens", self.eval_tokens, 2 * self.batch)
+        check_int("seed", self.seed, 0)
 
 
 def lm_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, state: State | None) -> tuple[torch.Tensor, State]:

@@ -46,6 +46,9 @@ class MLPRaceConfig:
         check_positive("lr", self.lr)
         if self.clip is not None:
             check_positive("clip", self.clip)
+        if self.eval_size is not None:
+            check_int("eval_size", self.eval_size, 1)
+        check_int("seed", self.seed, 0)
 
 
 @torch.no_grad()

@@ -103,7 +103,7 @@ class RaceResult:
             SummaryRow(
                 m,
                 ms[m],
-                {b: ms[b] / ms[m] if b in ms else None for b in self.baselines},
+                {b: ms[b] / ms[m] if _timed(ms.get(b)) and _timed(ms[m]) else None for b in self.baselines},
                 h.metric[-1] if h.metric else float("nan"),
                 self.gemm_work[m],
                 h.diverged_at,
@@ -121,10 +121,11 @@ class RaceResult:
         ]
         for r in self.summary():
             speeds = "".join(" - |" if s is None else f" {s:.2f}x |" for s in r.speedups.values())
-            value = f"{r.metric:.{self.metric.digits}f}"
+            value = f"{r.metric:.{self.metric.digits}f}" if r.metric == r.metric else "-"
             if r.diverged_at is not None:
                 value = f"diverged at step {r.diverged_at}" + (f" (last: {value})" if r.metric == r.metric else "")
-            lines.append(f"| {r.method} | {r.ms_per_step:.2f} |{speeds} {1 / r.gemm_work:.2f}x | {value} |")
+            ms = f"{r.ms_per_step:.2f}" if _timed(r.ms_per_step) else "-"  # a method stopped before any timed step
+            lines.append(f"| {r.method} | {ms} |{speeds} {1 / r.gemm_work:.2f}x | {value} |")
         return "\n".join(lines)
 
 
@@ -185,3 +186,8 @@ def run_race(
             callback(result, step)
     bar.close()
     return result
+
+
+def _timed(ms: float | None) -> bool:
+    """Whether a method has a step time: None (no such method) and NaN (no step timed) have none."""
+    return ms is not None and not math.isnan(ms)
