@@ -20,3 +20,21 @@ def test_sizes_pick_every_pair_and_say_which(monkeypatch, capsys):
 def test_sizes_refuse_what_is_not_a_pair(bad):
     with pytest.raises(ValueError, match="not a \\(full, ci\\) pair"):
         lab_sizes(n=bad)
+
+
+@pytest.mark.parametrize("value, on", [("1", True), ("yes", True), ("on", True), ("0", False), ("off", False),
+                                       ("", False), (" False ", False)])  # fmt: skip
+def test_ci_mode_reads_the_usual_words(monkeypatch, value, on):
+    from approxdrop.course.mode import ci_mode
+
+    monkeypatch.setenv(CI_ENV, value)
+    assert ci_mode() is on
+
+
+def test_an_unknown_ci_mode_value_is_refused_with_the_ones_understood(monkeypatch):
+    """APPROXDROP_CI=disabled used to turn CI mode on."""
+    from approxdrop.course.mode import ci_mode
+
+    monkeypatch.setenv(CI_ENV, "disabled")
+    with pytest.raises(ValueError, match=r"APPROXDROP_CI='disabled': use one of \('1', 'true', 'yes', 'on'\)"):
+        ci_mode()

@@ -143,3 +143,12 @@ def test_block_figure_colours_reads_by_step_and_leaves_skipped_blank():
     trace = widget.data[0]
     update_block_figure(widget, pattern, 24, 24, 0, 0, 8, 4, upto=0)
     assert widget.data[0] is trace and "class 0" in widget.layout.title.text
+
+
+def test_the_grouped_title_gives_the_range_of_kept_counts_when_offsets_keep_different_counts():
+    """n = 32 and dp = 3: offsets 0 and 1 keep 11 units, offset 2 keeps 10."""
+    from approxdrop.course.viz.matrix import grouped_title
+
+    patterns = [RowPattern(3, o) for o in (2, 1, 0, 1)]
+    assert "each group keeps 10-11 of 32 units" in grouped_title(patterns, 32, 0.5)
+    assert "each group keeps 8 of 32 units" in grouped_title([RowPattern(4, o) for o in range(4)], 32, 0.5)

@@ -68,3 +68,14 @@ def test_frontier_figure_plots_work_against_distance():
     assert list(trace.x) == [0.01, 0.2] and list(trace.y) == [0.7, 0.55] and list(trace.text) == ["mu=0", "mu=5"]
     crowded = [FrontierPoint(mu, d, w, MIX) for mu, d, w in [(0, 0.0100, 0.7), (1, 0.0105, 0.7), (2, 0.05, 0.65)]]
     assert list(frontier_figure(crowded).data[0].text) == ["mu=0..1", "", "mu=2"]
+
+
+def test_a_law_built_by_hand_is_titled_without_a_width_or_a_distance():
+    """A law built by hand has no n and no W1: the title says neither (it said "n = 0", "W1 0.0000")."""
+    from approxdrop.course.viz.search import probability_figure
+
+    hand = ad.PatternDistribution(((2, 1), (3, 1)), (0.5, 0.5))
+    title = probability_figure(hand).layout.title.text
+    assert "n = " not in title and "W1" not in title and "expected rate 0.5833" in title
+    searched = ad.search_distribution(0.5, 64, family="paper")
+    assert "on n = 64" in probability_figure(searched).layout.title.text

@@ -63,3 +63,24 @@ def test_an_earlier_result_is_shown_until_start():
     panel = TransformerRacePanel(CHARS, steps=2, result=first.result, **TINY)
     assert panel.methods == ["nn.Dropout"] and panel.p.value == first.result.p
     assert list(panel.fig.data[0].y) == list(first.fig.data[0].y) and len(first.fig.data[0].y) == 2
+
+
+@pytest.mark.parametrize("error", [KeyboardInterrupt, RuntimeError])
+def test_a_race_stopped_or_failing_says_so_and_leaves_no_stale_table(error, capsys):
+    first = TransformerRacePanel(CHARS, methods=("nn.Dropout",), steps=2, **TINY)
+    first.button.click()
+    panel = TransformerRacePanel(CHARS, methods=("nn.Dropout",), steps=3, result=first.result, **TINY)
+    capsys.readouterr()
+
+    def follow(result, step):
+        type(panel)._follow(panel, result, step)
+        if step == 2:
+            raise error("stop")
+
+    panel._follow = follow
+    with pytest.raises(error):
+        panel.start()
+    out = capsys.readouterr().out
+    why = "stopped" if error is KeyboardInterrupt else "failed: RuntimeError: stop"
+    assert f"the race {why} at step 2 of 3: no table" in out and "| method |" not in out
+    assert panel.result is None and not panel.button.disabled

@@ -51,7 +51,8 @@ def test_timed_panel_shows_the_spread_and_warns_only_when_busy():
     for rounds, warns in ((quiet, False), (busy, True)):
         panel._measure = lambda r=rounds: [Timing(n, ms, 1.0) for n, ms in zip(names, next(r))]
         panel.time_it()
-        assert panel.status.value.startswith("rows and columns: speed-up over the dense GEMM 4.00x (IQR")
+        timed = str(panel.pattern)
+        assert panel.status.value.startswith(f"{timed}, rows and columns: speed-up over the dense GEMM 4.00x (IQR")
         assert "over 4 repeats" in panel.status.value
         assert ("machine looks busy" in panel.warning.value) is warns
     with pytest.raises(ValueError, match="rounds"):
@@ -128,3 +129,23 @@ def test_grouped_panel_redraws_the_same_step_for_every_g_and_a_new_step_on_click
 
 def z_of(trace) -> torch.Tensor:
     return torch.tensor(trace.z)
+
+
+def test_time_it_is_off_while_it_measures_names_the_pattern_timed_and_says_a_failure():
+    panel = RowPatternPanel(n_out=12, n_in=5, n_next=4, batch=4, n=16, device="cpu", repeats=1, rounds=2)
+    seen = []
+    names = ["dense GEMM", "kept rows", "kept columns", "rows and columns"]
+    panel._measure = lambda: seen.append(panel.button.disabled) or [Timing(n, 1.0, 1.0) for n in names]
+    timed = str(panel.pattern)
+    panel.button.click()
+    assert seen == [True, True] and not panel.button.disabled  # a second click cannot queue a second timing
+    panel.sliders.dp.value = 5  # the results stay those of the pattern timed, and say which it was
+    assert panel.status.value.startswith(timed) and panel.timing.layout.title.text.startswith(timed)
+
+    def fails():
+        raise RuntimeError("out of memory")
+
+    panel._measure = fails
+    with pytest.raises(RuntimeError):
+        panel.time_it()
+    assert "failed: RuntimeError: out of memory" in panel.status.value and not panel.button.disabled

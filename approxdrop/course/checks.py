@@ -174,7 +174,9 @@ def _changed(before: Any, after: Any, path: str) -> str | None:
 class _Worker(threading.Thread):
     """One call ``fn(*args)`` in a daemon thread, with the caller's grad mode; ``outcome`` holds its
     "value" or "error" once it returns. ``stop`` makes every later line of Python it runs raise
-    _Timeout, so even a retry loop that catches everything ends (at the first line of its handler)."""
+    _Timeout, so a retry loop that catches everything ends at the first line of its handler. A loop that
+    never reaches a new line (``while True: pass``, or a tight inner loop under ``except BaseException``)
+    cannot be stopped from another thread: the check then says it is still running and to restart the kernel."""
 
     def __init__(self, fn: Callable, args: Sequence):
         super().__init__(name="approxdrop-check", daemon=True)

@@ -17,9 +17,16 @@ CI_ENV = "APPROXDROP_CI"
 _T = TypeVar("_T")  # what ``pick`` chooses between
 
 
+CI_ON, CI_OFF = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")  # the values CI_ENV may take
+
+
 def ci_mode() -> bool:
-    """True when the labs run in CI mode (small sizes, few steps)."""
-    return os.environ.get(CI_ENV, "").strip().lower() not in ("", "0", "false", "no")
+    """True when the labs run in CI mode (small sizes, few steps): ``CI_ENV`` set to one of ``CI_ON``; one of
+    ``CI_OFF`` (or unset) is full size; any other value is a ValueError saying which are understood."""
+    value = os.environ.get(CI_ENV, "").strip().lower()
+    if value not in CI_ON + CI_OFF:
+        raise ValueError(f"{CI_ENV}={value!r}: use one of {CI_ON} for CI mode, or one of {CI_OFF[1:]} (or unset)")
+    return value in CI_ON
 
 
 def pick(full: _T, ci: _T) -> _T:

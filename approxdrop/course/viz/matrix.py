@@ -144,7 +144,9 @@ def grouped_title(patterns: Sequence[RowPattern], n: int, p: float | None = None
         cover = f"{untrained} of {n} units kept by no group (grey): G = {groups} < dp = {first.dp}"
     else:
         cover = f"every unit kept by some group{' (G >= dp)' if groups >= first.dp else ''}"
-    kept = f"{'each group keeps' if groups > 1 else 'it keeps'} {first.kept_count(n)} of {n} units"
+    counts = sorted({q.kept_count(n) for q in patterns})  # offsets keep different counts when dp does not divide n
+    shown = str(counts[0]) if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
+    kept = f"{'each group keeps' if groups > 1 else 'it keeps'} {shown} of {n} units"
     return f"{law}{step}<br><sup>{kept}, scaled by {first.scale:.3g}; {cover}</sup>"
 
 
@@ -320,14 +322,15 @@ def _block_trace(pattern, n_out, n_in, cls, block, block_n, block_k, upto) -> tu
         zmax=top,
         colorscale=scale,
         colorbar={"title": {"text": "K step"}, "len": 0.8},
-        hovertemplate="W[%{y}, %{x}]: step %{z} (0 = not this block)<extra></extra>",
+        hovertemplate="W[%{y}, %{x}]: step %{z} (0 = not read by this block in the steps shown)<extra></extra>",
     )
     read = int(sum(r.numel() * c.numel() for r, c in steps))
     shown = len(steps) if upto is None else min(upto + 1, len(steps))
     title = (
         f"Block {block} of class {cls} (tile rows a = {cls} mod {pattern.dp})<br>"
         f"{len(steps)} K steps, showing {shown}; reads {read} of {pattern.kept_count(n_out, n_in)} kept weights"
-        "<br><sup>grey-blue: kept, read by other blocks; white: skipped, never read</sup>"
+        "<br><sup>grey-blue: kept, not read by this block in the steps shown (other blocks', or later steps); "
+        "white: skipped, never read</sup>"
     )
     return trace, title
 

@@ -80,11 +80,13 @@ def co_drop_trace(dist: PatternDistribution, units: int = CO_DROP_UNITS) -> go.H
     )
 
 
-def _title(dist: PatternDistribution, n: int) -> str:
-    return (
-        f"{dist.kind} patterns for p = {dist.target_p if dist.target_p is not None else dist.expected_rate:.3g} "
-        f"on n = {n}: expected rate {dist.expected_rate:.4f}, W1 to the binomial {dist.distance or 0.0:.4f}"
-    )
+def _title(dist: PatternDistribution, n: int | None) -> str:
+    """The law's kind, rate and expected rate; its width and W1 to the binomial where they are known (a law
+    built by hand, not searched, has neither)."""
+    p = dist.target_p if dist.target_p is not None else dist.expected_rate
+    width = f" on n = {n}" if n else ""
+    w1 = f", W1 to the binomial {dist.distance:.4f}" if dist.distance is not None else ""
+    return f"{dist.kind} patterns for p = {p:.3g}{width}: expected rate {dist.expected_rate:.4f}{w1}"
 
 
 def search_figure(dist: PatternDistribution, n: int, p: float | None = None, steps: int = 1000) -> go.Figure:
@@ -138,7 +140,7 @@ def _single(trace, title: str, xaxis: str, yaxis: str, **layout) -> go.Figure:
 
 def probability_figure(dist: PatternDistribution) -> go.Figure:
     """Bars of q(dp, keep)."""
-    return _single(probability_trace(dist), _title(dist, dist.n or 0), "pattern dp/keep", "probability")
+    return _single(probability_trace(dist), _title(dist, dist.n), "pattern dp/keep", "probability")
 
 
 def loss_figure(dist: PatternDistribution, steps: int = 1000) -> go.Figure:

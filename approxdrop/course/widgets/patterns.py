@@ -94,22 +94,33 @@ class _TimedPanel:
         self.warning = w.HTML()  # the busy-machine warning of the last timing, if any
         self.button.on_click(lambda _: self.time_it())
 
-    def _timing_title(self) -> str:
-        return f"{self.batch} x {self.n} @ {self.n} x {self.n}, {self.device}"
+    def _timing_title(self, pattern: object = None) -> str:
+        timed = f"{pattern}: " if pattern is not None else ""
+        return f"{timed}{self.batch} x {self.n} @ {self.n} x {self.n}, {self.device}"
 
     def _measure(self):
         raise NotImplementedError
 
     def time_it(self) -> None:
         """Measure the GEMMs at the current pattern ``rounds`` times (``viz.timing.repeat_timings``) and
-        redraw the timing figure in place with the medians; the status gives each method's time as a
-        share of the dense GEMM's, with its spread over the rounds, and warns when the machine looks busy."""
-        self.status.value = "timing..."
-        self.spreads = spreads = repeat_timings(self._measure, self.rounds)
-        update_timing_figure(self.timing, median_rows(spreads), self._timing_title(), [t.ms for t in spreads])
+        redraw the timing figure in place with the medians; the status names the pattern timed and gives
+        each method's time as a share of the dense GEMM's, with its spread over the rounds, and warns when
+        the machine looks busy. The button is off while it measures; a failure is said in the status."""
+        pattern = self.pattern  # the one timed, named in the results: the sliders may move on
+        self.button.disabled = True
+        self.status.value = html.escape(f"timing {pattern}...")
+        try:
+            self.spreads = spreads = repeat_timings(self._measure, self.rounds)
+        except Exception as error:
+            self.status.value = html.escape(f"timing {pattern} failed: {type(error).__name__}: {error}")
+            raise
+        finally:
+            self.button.disabled = False
+        update_timing_figure(self.timing, median_rows(spreads), self._timing_title(pattern), [t.ms for t in spreads])
         best = spreads[-1]
-        self.status.value = (
-            f"{best.name}: speed-up over the dense GEMM {best.speedup.describe()}; GEMM-work bound {1 / best.work:.2f}x"
+        self.status.value = html.escape(
+            f"{pattern}, {best.name}: speed-up over the dense GEMM {best.speedup.describe()}; "
+            f"GEMM-work bound {1 / best.work:.2f}x"
         )
         warning = noise_warning([best.speedup, *(s.ratio for s in spreads[1:])])
         self.warning.value = f'<b style="color:#B22222">{html.escape(warning)}</b>' if warning else ""

@@ -83,6 +83,8 @@ class RacePanel:
             return
         self.button.disabled = True
         self.progress.value, self.progress.max = 0, self.steps.value
+        self.result = None  # the last run's result goes with its table: neither stands for this run
+        self.table.clear_output()
         with self.fig.batch_update():  # one set of traces per checked method
             self.fig.data = ()
             for trace in self._figure(methods).data:
@@ -91,6 +93,11 @@ class RacePanel:
             self.result = self._train(
                 methods, self.p.value, self.steps.value, self._follow, progress=False, **self.train_kwargs
             )
+        except BaseException as error:  # the stop button (KeyboardInterrupt) or a failure: said where the table goes
+            with self.table:
+                why = "stopped" if isinstance(error, KeyboardInterrupt) else f"failed: {type(error).__name__}: {error}"
+                print(f"the race {why} at step {self.progress.value} of {self.progress.max}: no table")
+            raise
         finally:
             self.button.disabled = False
         self._show_table(self.result)
