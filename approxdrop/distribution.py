@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ._env import check_int, check_number, check_rate
+from ._env import check_generator, check_int, check_number, check_rate
 from .patterns import RowPattern, TilePattern
 
 KINDS = ("row", "tile")
@@ -99,7 +99,7 @@ class PatternDistribution:
 
     def sample(self, generator: torch.Generator | None = None) -> RowPattern | TilePattern:
         """Draw ``(dp, keep) ~ q`` and ``offset ~ Uniform{0..dp-1}`` (one uniform number of the CPU generator)."""
-        return self.pattern_at(float(torch.rand(1, dtype=torch.float64, generator=generator)))
+        return self.pattern_at(float(torch.rand(1, dtype=torch.float64, generator=check_generator(generator))))
 
     def sample_groups(
         self, groups: int, generator: torch.Generator | None = None
@@ -121,13 +121,18 @@ class PatternDistribution:
         """``first`` (group 0's draw) and the other groups' patterns: the rest of a uniformly random
         permutation of the offsets 0..dp-1, then fresh permutations (see ``sample_groups``). Each
         permutation is the argsort of i.i.d. uniforms: ``uniforms`` (``permutation_uniforms(dp, groups)`` of
-        them) when given, else one call of the generator."""
+        them) when given (``sample_sites``, which checked its draws), else one call of the generator, after
+        checking ``first`` and ``groups``."""
+        if uniforms is None:
+            groups = check_int("groups", groups, 1, MAX_GROUPS)
+            if self._by_key.get((first.dp, first.keep, first.offset)) != first:
+                raise ValueError(f"first must be a pattern this law draws, got {first!r}")
         if groups == 1:
             return (first,)
         dp = first.dp
         if uniforms is None:
             count = permutation_uniforms(dp, groups)
-            uniforms = torch.rand(count, dtype=torch.float64, generator=generator).tolist()
+            uniforms = torch.rand(count, dtype=torch.float64, generator=check_generator(generator)).tolist()
         rest = [o for o in range(dp) if o != first.offset]  # the rest of the first permutation
         offsets = [first.offset] + [rest[i] for i in _argsort(uniforms[: dp - 1])]
         for start in range(dp - 1, len(uniforms), dp):  # the fresh permutations
@@ -158,6 +163,8 @@ class PatternDistribution:
             n = check_int("n", n, 1)
         elif not (isinstance(n, tuple) and len(n) == 2):
             raise ValueError(f"a tile distribution takes a weight shape (n_out, n_in), got {n!r}")
+        else:
+            n = (check_int("n_out", n[0], 1), check_int("n_in", n[1], 1))
         total = torch.zeros(n if isinstance(n, int) else tuple(n), dtype=torch.float64)
         for pattern, weight in self.enumerate():
             mask = pattern.keep_mask(n) if self.kind == "row" else pattern.keep_mask(*n)

@@ -98,6 +98,8 @@ class RowPattern:
         """Kept units as a slice when they form one strided run (keep == 1 or keep == dp),
         else as a Long index tensor, cached per (n, pattern, device): read it, never write to it.
         A slice lets a weight's kept rows be a view (no copy)."""
+        if not isinstance(n, torch.SymInt):  # a traced width (torch.compile) is checked by the tracer
+            n = check_int("n", n, 0)
         return periodic_selector(n, self.dp, self.offset, self.keep, device)
 
 

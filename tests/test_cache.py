@@ -53,7 +53,14 @@ def test_round_trip_through_memory_and_disk():
 BAD_DIST = json.dumps({"key": KEY, "distribution": {"pairs": [[2, 1]], "probs": [0.5]}})
 
 
-BAD_TEXTS = ["{not json", "[]", '{"key": {"p": 0.5}}', '{"key": null, "distribution": {}}', BAD_DIST]
+BAD_TEXTS = [
+    "{not json",
+    "[]",
+    '{"key": {"p": 0.5}}',
+    '{"key": null, "distribution": {}}',
+    BAD_DIST,
+    "[" * 200_000 + "]" * 200_000,
+]  # nested past the parser's stack: a RecursionError, also a miss
 
 
 @pytest.mark.parametrize("text", BAD_TEXTS)
@@ -148,3 +155,11 @@ def test_search_recomputes_a_tampered_cache_entry(tmp_path):
     again = search_distribution(0.5, 40, cache=True)
     assert again == first and abs(again.expected_rate - 0.5) <= 1e-9
     assert json.loads(path.read_text())["distribution"] == first.to_dict()
+
+
+def test_an_entry_path_that_is_not_a_regular_file_is_not_fatal():
+    """A directory (or a device) where the entry would go: a warning, and the law from memory."""
+    store.entry_path(KEY).mkdir(parents=True)
+    with pytest.warns(UserWarning, match="not a regular file"):
+        assert store.cached(KEY, lambda: DIST) is DIST
+    assert store.entry_path(KEY).is_dir()

@@ -149,3 +149,24 @@ def test_bracket_default_stops_at_the_longest_period():
     for p in (1 - 1e-15, 0.9999):  # was a ZeroDivisionError / a law of period 10^15
         with pytest.raises(ValueError, match=rf"p={p} is above 0.9990234 = 1 - 1/1024"):
             bracket_distribution(p)
+
+
+def test_bad_shapes_generators_and_first_patterns_are_refused_by_name():
+    tile_law = PatternDistribution(((2, 1),), (1.0,), kind="tile", tile=2)
+    for shape, name in (((-1, 4), "n_out"), ((2.5, 4), "n_out"), ((3, "4"), "n_in")):
+        with pytest.raises(ValueError, match=f"{name} must be"):
+            tile_law.drop_probability(shape)
+    law = PatternDistribution(((2, 1), (4, 1)), (0.5, 0.5))
+    with pytest.raises(ValueError, match="generator must be a CPU torch.Generator or None, got int"):
+        law.sample(0)
+    with pytest.raises(ValueError, match="got str"):
+        law.sample_groups(2, "seed")
+    with pytest.raises(ValueError, match="groups must be"):
+        law.complete_groups(RowPattern(2, 0), 0)
+    for foreign in (RowPattern(3, 0), TilePattern(2, 0, tile=32)):  # not a pattern this law draws
+        with pytest.raises(ValueError, match="first must be a pattern this law draws"):
+            law.complete_groups(foreign, 2)
+    assert law.complete_groups(RowPattern(2, 1), 2, torch.Generator().manual_seed(0)) == (
+        RowPattern(2, 1),
+        RowPattern(2, 0),
+    )

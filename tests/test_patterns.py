@@ -103,3 +103,11 @@ def test_numpy_integers_are_accepted_and_stored_as_ints():
     assert all(type(v) is int for v in (row.dp, row.offset, row.keep))
     tile = TilePattern(np.int64(4), np.int64(0), tile=np.int16(8))
     assert tile == TilePattern(4, 0, tile=8) and all(type(v) is int for v in (tile.dp, tile.offset, tile.tile))
+
+
+@pytest.mark.parametrize("n", [-1, 2.0, True, None, "8"])
+@pytest.mark.parametrize("keep", [1, 2])
+def test_selector_refuses_a_width_that_is_not_a_count(n, keep):
+    """keep_mask, kept_indices and kept_count refused these; selector returned slices like slice(1, -1, 3)."""
+    with pytest.raises(ValueError, match="n must be"):
+        RowPattern(3, 1, keep).selector(n)

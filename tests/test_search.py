@@ -1,7 +1,7 @@
 """The pattern-distribution search: exactness, agreement with the LP optimum, frontier, errors.
 
 Stated tolerance (search.SGD_REL_TOL / SGD_ABS_TOL): the SGD objective (W1 + mu * work) is at
-most ``LP * (1 + 0.05) + 5e-4`` on the grids below.
+most ``LP * (1 + 0.05) + 5e-4`` on the grids below (below about 40 units it can miss: search/sgd.py).
 """
 
 import sys
@@ -243,3 +243,8 @@ def test_mlp_sites_get_searched_distributions():
     assert all(d.distance is not None and abs(d.expected_rate - 0.4) <= 1e-9 for d in model.distributions)
     tiles = ad.ApproxDropoutMLP([20, 48, 36, 5], 0.4, method="tile", tile=8)
     assert [d.n for d in tiles.distributions] == [5 * 6, 1 * 5]
+
+
+def test_the_exact_frontier_refuses_search_settings_it_would_ignore():
+    with pytest.raises(ValueError, match=r"search settings \['steps'\] do not apply"):
+        ad.search_frontier(0.5, 16, exact=True, mus=(0.0,), steps=5)

@@ -60,7 +60,7 @@ def load(key: dict) -> PatternDistribution | None:
         if _canonical(data["key"]) != text:
             return None
         dist = PatternDistribution.from_dict(data["distribution"])
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):  # RecursionError: JSON nested past the stack
         return None
     if not fits(key, dist):
         return None
@@ -80,7 +80,7 @@ def store(key: dict, dist: PatternDistribution) -> None:
     path = entry_path(key)
     try:
         write_json_atomic(path, {"key": key, "distribution": dist.to_dict()})
-    except OSError as err:
+    except (OSError, ValueError) as err:  # ValueError: the entry's path is not a regular file (a directory, a device)
         warnings.warn(f"approxdrop: could not write the search cache {path}: {err}", stacklevel=2)
 
 

@@ -39,7 +39,10 @@ def search_frontier(
 ) -> list[FrontierPoint]:
     """Distance to the binomial against expected work, one point per ``mu`` (cost-aware searches;
     ``exact=True`` solves each by LP instead). Plot ``expected_work`` against ``distance``: it runs
-    from the W1 optimum (mu = 0) to the mix of dense steps and the sparsest pattern (large mu)."""
+    from the W1 optimum (mu = 0) to the mix of dense steps and the sparsest pattern (large mu).
+    ``search_kwargs`` (steps, lr, ...) go to ``search_distribution``; the LP takes none."""
+    if exact and search_kwargs:
+        raise ValueError(f"exact=True solves a linear program: search settings {sorted(search_kwargs)} do not apply")
     points = []
     for mu in mus:
         if exact:
