@@ -152,3 +152,22 @@ def test_the_grouped_title_gives_the_range_of_kept_counts_when_offsets_keep_diff
     patterns = [RowPattern(3, o) for o in (2, 1, 0, 1)]
     assert "each group keeps 10-11 of 32 units" in grouped_title(patterns, 32, 0.5)
     assert "each group keeps 8 of 32 units" in grouped_title([RowPattern(4, o) for o in range(4)], 32, 0.5)
+
+
+def test_figures_given_nothing_to_draw_say_so():
+    """Empty input gave plotly's "'cols' argument must be an int greater than 0" or min() of an empty sequence."""
+    from approxdrop.course.viz import search, timing, training
+    from approxdrop.course.viz.matrix import masks_figure
+    from approxdrop.experiments.gemm_timing import Timing
+
+    cases = [
+        (lambda: masks_figure({}), "at least one mask"),
+        (lambda: search.families_figure({}, 24, 0.6), "at least one distribution"),
+        (lambda: search.frontier_figure([]), "at least one point"),
+        (lambda: training.samples_figure(torch.zeros(0, 4), torch.zeros(0, dtype=torch.long), (2, 2)), "one image"),
+    ]
+    for make, message in cases:
+        with pytest.raises(ValueError, match=message):
+            make()
+    bars = timing.timing_figure([Timing("dense", 0.0, 1.0), Timing("x", 0.5, 0.5)]).data[0]  # a 0 ms baseline
+    assert list(bars.text) == ["0 ms", "0.5 ms"]

@@ -46,6 +46,8 @@ def _heatmap(z: torch.Tensor, x_edges, y_edges, hover: str) -> go.Heatmap:
 def masks_figure(masks: dict[str, torch.Tensor]) -> go.Figure:
     """Dropout masks side by side, each Bool[batch, units] (True = kept); subplot titles count the
     units dropped for every sample of the batch (the only ones a GEMM could skip)."""
+    if not masks:
+        raise ValueError("masks_figure needs at least one mask, got none")
     titles = [
         f"{name}<br>{int((~m).all(0).sum())} of {m.shape[1]} units dropped for all samples" for name, m in masks.items()
     ]

@@ -170,6 +170,8 @@ def co_drop_figure(dist: PatternDistribution, units: int = CO_DROP_UNITS) -> go.
 def families_figure(dists: dict[str, PatternDistribution], n: int, p: float) -> go.Figure:
     """One dropped-count panel per labelled distribution (e.g. paper vs extended), each with the binomial."""
     labels = list(dists)
+    if not labels:
+        raise ValueError("families_figure needs at least one distribution, got none")
     fig = make_subplots(
         rows=1,
         cols=len(labels),
@@ -190,6 +192,8 @@ def families_figure(dists: dict[str, PatternDistribution], n: int, p: float) -> 
 def frontier_figure(points: list[FrontierPoint], title: str = "Cost-aware frontier") -> go.Figure:
     """Expected relative GEMM time against distance to the binomial, one point per ``mu``; points
     that would overlap share one label, e.g. ``mu=6..20``."""
+    if not points:
+        raise ValueError("frontier_figure needs at least one point, got none")
     fig = go.Figure(
         go.Scatter(
             x=[pt.distance for pt in points],

@@ -64,7 +64,7 @@ def _traces(rows: Sequence[Timing], spreads: Sequence[Spread] | None = None) -> 
         y=[r.ms for r in rows],
         error_y=_error_bars(spreads),
         name="measured",
-        text=[f"{r.ms:.3g} ms = {r.ms / base:.2f} x {rows[0].name}" for r in rows],
+        text=[f"{r.ms:.3g} ms" + (f" = {r.ms / base:.2f} x {rows[0].name}" if base > 0 else "") for r in rows],
         textposition="inside",
         insidetextanchor="middle",
         textfont={"color": "white"},

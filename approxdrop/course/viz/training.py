@@ -128,6 +128,8 @@ def samples_figure(
 ) -> go.Figure:
     """The first ``count`` images of x (Float[N, H*W]) with their labels y (Long[N]), in one row."""
     count = min(count, len(y))
+    if count < 1:
+        raise ValueError(f"samples_figure needs at least one image and count >= 1, got {len(y)} images, count {count}")
     fig = make_subplots(rows=1, cols=count, subplot_titles=[f"label {int(label)}" for label in y[:count]])
     for i in range(count):
         image = x[i].reshape(image_shape).tolist()  # [H, W]
