@@ -186,29 +186,28 @@ def perplexity_runs(
         raise ValueError(f"size must be one of {list(SIZES)}, got {size!r}")
     shape = SIZES[size]
     runs: list[LMRun] = []
-    bar = progress_bar(len(ps) * len(seeds) * steps, "perplexity", progress)
-    for p in ps:
-        for seed in seeds:
-            config = LMRaceConfig(
-                hidden=shape.hidden, layers=shape.layers, p=p, steps=steps, bptt=shape.bptt, batch=shape.batch,
-                eval_every=eval_every or steps, eval_tokens=eval_tokens, seed=seed,
-            )  # fmt: skip
-            result = train_lm(corpus, methods, config, device=device, progress=False,
-                              callback=lambda *_: bar.update(), callback_every=1)  # fmt: skip
-            for row in result.summary():
-                hist = result.histories[row.method]
-                elapsed = dict(zip(hist.step, itertools.accumulate(hist.seconds)))  # step: seconds so far
-                last = hist.metric[-1] if hist.metric else None
-                seconds = [elapsed[s] for s in hist.eval_step]
-                runs.append(
-                    LMRun(
-                        row.method, p, seed, last, row.ms_per_step, list(hist.eval_step), list(hist.metric), seconds,
-                        hist.diverged_at,
-                    )
+    with progress_bar(len(ps) * len(seeds) * steps, "perplexity", progress) as bar:  # closed on an error too
+        for p in ps:
+            for seed in seeds:
+                config = LMRaceConfig(
+                    hidden=shape.hidden, layers=shape.layers, p=p, steps=steps, bptt=shape.bptt, batch=shape.batch,
+                    eval_every=eval_every or steps, eval_tokens=eval_tokens, seed=seed,
                 )  # fmt: skip
-            if done is not None:
-                done(runs)
-    bar.close()
+                result = train_lm(corpus, methods, config, device=device, progress=False,
+                                  callback=lambda *_: bar.update(), callback_every=1)  # fmt: skip
+                for row in result.summary():
+                    hist = result.histories[row.method]
+                    elapsed = dict(zip(hist.step, itertools.accumulate(hist.seconds)))  # step: seconds so far
+                    last = hist.metric[-1] if hist.metric else None
+                    seconds = [elapsed[s] for s in hist.eval_step]
+                    runs.append(
+                        LMRun(
+                            row.method, p, seed, last, row.ms_per_step, list(hist.eval_step), list(hist.metric),
+                            seconds, hist.diverged_at,
+                        )
+                    )  # fmt: skip
+                if done is not None:
+                    done(runs)
     return runs
 
 
