@@ -113,6 +113,23 @@ def test_a_bare_except_retry_loop_cannot_hold_the_deadline_off(capsys):
     assert "it took longer than 0.3 s" in out and "background" not in out, out  # stopped, not left running
 
 
+def test_a_loop_with_no_new_line_is_stopped_at_the_deadline(capsys):
+    """``while True: pass`` never starts a new line, so line tracing cannot reach it; the stop lands at
+    its jump back, and no thread is left spinning."""
+
+    def spin(x):
+        while True:
+            pass
+
+    start = time.perf_counter()
+    result = check("double", spin, lambda x: x + x, [(torch.ones(3),)], timeout_s=0.3)
+    assert result.status == "fail" and time.perf_counter() - start < 5
+    out = capsys.readouterr().out
+    assert "it took longer than 0.3 s" in out and "background" not in out, out
+    assert not [t for t in threading.enumerate() if t.name == "approxdrop-check"]
+    assert check("double", lambda x: x + x, lambda x: x + x, [(torch.ones(3),)], timeout_s=0.3).passed
+
+
 @pytest.fixture
 def sigint_raises():
     """SIGINT raises KeyboardInterrupt here, as in a Jupyter kernel. A process that a non-interactive shell

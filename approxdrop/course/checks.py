@@ -20,6 +20,7 @@ import numbers
 import random
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -174,9 +175,10 @@ def _changed(before: Any, after: Any, path: str) -> str | None:
 class _Worker(threading.Thread):
     """One call ``fn(*args)`` in a daemon thread, with the caller's grad mode; ``outcome`` holds its
     "value" or "error" once it returns. ``stop`` makes every later line of Python it runs raise
-    _Timeout, so a retry loop that catches everything ends at the first line of its handler. A loop that
-    never reaches a new line (``while True: pass``, or a tight inner loop under ``except BaseException``)
-    cannot be stopped from another thread: the check then says it is still running and to restart the kernel."""
+    _Timeout, so a retry loop that catches everything ends at the first line of its handler; a loop that
+    never reaches a new line (``while True: pass``) gets one _Timeout at its next jump back. A tight inner
+    loop under ``except BaseException`` can outlast both: the check then says it is still running and to
+    restart the kernel."""
 
     def __init__(self, fn: Callable, args: Sequence):
         super().__init__(name="approxdrop-check", daemon=True)
@@ -221,7 +223,10 @@ class _Worker(threading.Thread):
         while frame is not None and frame.f_code is not _Worker.run.__code__:
             frame.f_trace = self._on_line
             frame = frame.f_back
-        self.join(grace_s)
+        self.join(min(grace_s, LINE_STOP_S))
+        if self.is_alive() and self.running and _busy(self.native_id):
+            _async_raise(self.ident, _Timeout)  # a loop with no new line (``while True: pass``) only sees this
+        self.join(max(0.0, grace_s - LINE_STOP_S))
 
 
 def _async_raise(ident: int | None, exc: type[BaseException]) -> None:
@@ -230,12 +235,31 @@ def _async_raise(ident: int | None, exc: type[BaseException]) -> None:
         ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), ctypes.py_object(exc))
 
 
+def _busy(native_id: int | None, window_s: float = 0.05) -> bool:
+    """Whether the thread with kernel id ``native_id`` ran for a fifth of ``window_s`` seconds. An
+    asynchronous exception sent to a thread blocked in C (a sleep) stays pending until it wakes, and
+    meanwhile stalls every traced thread (CPython 3.11), so only a busy thread is sent one. False where the
+    kernel does not say (no Linux ``/proc``) or the thread has ended."""
+
+    def run_ns() -> int:  # first field of schedstat: nanoseconds on a CPU
+        with open(f"/proc/self/task/{native_id}/schedstat") as stat:
+            return int(stat.read().split()[0])
+
+    try:
+        start = run_ns()
+        time.sleep(window_s)
+        return run_ns() - start > window_s * 1e9 / 5
+    except (OSError, ValueError, IndexError):
+        return False
+
+
 def _pending_stop_lands_here() -> None:
     """Nothing: entering a Python function raises a pending asynchronous exception, so a stop sent at the
     answer's last line is raised inside ``_Worker.run``'s ``try`` rather than after it."""
 
 
 STOP_GRACE_S = 1.0  # how long a late answer is given to end once it is told to stop
+LINE_STOP_S = 0.1  # of which this long for the stop at its next line, before one at its next jump back
 
 
 def _call_with_deadline(fn: Callable, args: Sequence, timeout_s: float) -> Any:
