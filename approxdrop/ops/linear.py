@@ -61,9 +61,21 @@ def grouped_row_pattern_linear_compact(
     if check:
         check_patterns("row_linear in", RowPattern, in_patterns)
         check_patterns("row_linear out", RowPattern, out_patterns)
+    return _compact(list(xs), weight, bias, in_patterns, out_patterns, check_shapes=check)
+
+
+def _compact(
+    xs: list[torch.Tensor],
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    in_patterns: Sequence[RowPattern],
+    out_patterns: Sequence[RowPattern],
+    check_shapes: bool,
+) -> list[torch.Tensor]:
+    """``grouped_row_pattern_linear_compact`` on patterns already checked."""
     ints = pattern_ints(in_patterns, out_patterns)
-    if check:
-        check_forward("row_linear", list(xs), weight, bias, *ints)
+    if check_shapes:
+        check_forward("row_linear", xs, weight, bias, *ints)
     if transformed():
         return row_linear_reference(list(xs), weight, bias, list(in_patterns), list(out_patterns))
     if use_eager(weight):
@@ -94,7 +106,7 @@ def grouped_row_pattern_linear(
     n_out, n_in = weight.shape
     parts = x.tensor_split(len(in_patterns), -2)  # [*, B_g, n_in] views: their backward is one cat
     xs = [part[..., _selector(n_in, q.dp, q.offset, q.keep, x.device)] for part, q in zip(parts, in_patterns)]
-    ys = grouped_row_pattern_linear_compact(xs, weight, bias, in_patterns, out_patterns, check=check)  # [*, B_g, k_out]
+    ys = _compact(xs, weight, bias, in_patterns, out_patterns, check_shapes=check)  # [*, B_g, k_out]
     if out_patterns[0].keep != out_patterns[0].dp:  # zero at each group's dropped outputs
         ys = [_widen(yg, _selector(n_out, q.dp, q.offset, q.keep, x.device), n_out) for q, yg in zip(out_patterns, ys)]
     return torch.cat(ys, -2)  # [*, B, n_out]
