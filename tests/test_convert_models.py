@@ -366,6 +366,35 @@ def test_a_layer_whose_sizes_do_not_chain_is_left_unchanged():
 # --- Hugging Face transformers (tiny configs, random weights, no downloads) ------------------------------
 
 
+def test_a_rate_attribute_handed_on_as_a_keyword_is_reported_a_dropout_modules_p_is_not():
+    """Hugging Face attention classes pass ``dropout=0.0 if not self.training else self.attention_dropout`` (a
+    float) to an attention function outside the class; ``dropout=self.dropout.p`` reads a module the report
+    lists already."""
+
+    def attend(x, dropout):
+        return nn.functional.dropout(x, dropout)
+
+    class FloatRate(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.attention_dropout = 0.1
+
+        def forward(self, x):
+            return attend(x, dropout=0.0 if not self.training else self.attention_dropout)
+
+    class ModuleRate(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.dropout = nn.Dropout(0.1)
+
+        def forward(self, x):
+            return attend(x, dropout=self.dropout.p if self.training else 0.0)
+
+    report = convert(nn.Sequential(FloatRate(), ModuleRate()))
+    assert report.functional == [("0", "FloatRate calls dropout=self.attention_dropout")]
+    assert [name for name, _ in report.skipped] == ["1.dropout"]
+
+
 def hf():
     return pytest.importorskip("transformers", reason="transformers is not installed (pip install approxdrop[test])")
 

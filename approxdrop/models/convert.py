@@ -240,9 +240,13 @@ def _outside(parent: nn.Module, adapter: Adapter | None) -> str:
     )
 
 
-# ``F.dropout(``, ``nn.functional.dropout(``, ``torch.dropout(``, ``F.alpha_dropout(``, ``dropout_p=...``
+# ``F.dropout(``, ``nn.functional.dropout(``, ``torch.dropout(``, ``F.alpha_dropout(``, ``dropout_p=...``, and a
+# rate attribute handed on as a keyword: ``dropout=0.0 if not self.training else self.attention_dropout``
+# (Hugging Face attention classes pass it to an attention function defined outside the class; the p of an
+# nn.Dropout module, ``self.dropout.p``, is left out: the report already lists that module)
 _FUNCTIONAL_CALL = re.compile(
     r"\b(?:F|functional|torch)\.(\w*dropout\w*|multi_head_attention_forward)\(|\b(dropout_p)\s*=(?!\s*0\.?0?\b)"
+    r"|(?<![.\w])(dropout\s*=)(?!=)[^,\n()]*?\bself\.(\w*dropout\w*)\b(?!\.)"  # not ``self.dropout.p``: a module
 )
 _SOURCE_CACHE: dict[type, set[str]] = {}
 
@@ -263,7 +267,10 @@ def _calls(cls: type) -> set[str]:
             source = inspect.getsource(cls)
         except (OSError, TypeError):
             source = ""
-        _SOURCE_CACHE[cls] = {a or b for a, b in _FUNCTIONAL_CALL.findall(source)}
+        _SOURCE_CACHE[cls] = {
+            call or keyword or f"dropout=self.{attribute}"
+            for call, keyword, _, attribute in _FUNCTIONAL_CALL.findall(source)
+        }
     return _SOURCE_CACHE[cls]
 
 
