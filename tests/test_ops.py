@@ -1,13 +1,15 @@
 """The approxdrop:: ops against dense masked references: forward, backward, gradcheck, opcheck,
 exact unbiasedness by enumeration, what autograd saves, and errors."""
 
+import inspect
+
 import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
 import approxdrop as ad
-from approxdrop import PatternDistribution, RowPattern, TilePattern, row_pattern_linear, tile_pattern_linear
+from approxdrop import PatternDistribution, RowPattern, TilePattern, ops, row_pattern_linear, tile_pattern_linear
 from approxdrop.ops import row_linear_reference, tile_linear_reference
 from approxdrop.ops.tile_layout import _TileLayout
 
@@ -656,3 +658,10 @@ def test_exporting_a_training_mode_model_says_to_export_it_in_eval_mode(strict):
         torch.export.export(model, (x,), strict=strict)
     model.eval()
     torch.testing.assert_close(torch.export.export(model, (x,), strict=strict).module()(x), model(x))
+
+
+def test_the_registered_ops_keep_their_own_docstrings():
+    """help(ops.row_linear) shows what the op computes, not torch's text about CustomOpDef."""
+    for op in (ops.row_linear, ops.row_linear_backward, ops.tile_linear, ops.tile_linear_backward):
+        doc = inspect.getdoc(op)
+        assert doc and not doc.startswith("CustomOpDef"), doc

@@ -9,15 +9,15 @@ so no mask or index tensor is ever saved for backward.
 
 Two ops, each with one offset per group (G = 1 is the paper's method; groups share dp and keep):
 
-row_linear(Tensor[] xs, Tensor weight, Tensor? bias, int in_dp, int in_keep, int[] in_offsets,
-           int out_dp, int out_keep, int[] out_offsets) -> (Tensor[] ys, Tensor[] blocks):
+row_linear(Tensor[] xs, Tensor weight, Tensor? bias, SymInt in_dp, SymInt in_keep, SymInt[] in_offsets,
+           SymInt out_dp, SymInt out_keep, SymInt[] out_offsets) -> (Tensor[] ys, Tensor[] blocks):
     xs[g] (Tensor[*, k_in(g)]) holds only group g's kept input units; ys[g] (Tensor[*, k_out(g)]) only its
     kept outputs: ``ys[g] = in_scale * xs[g] @ W[kept_out(g)][:, kept_in(g)].T + b[kept_out(g)]``, one GEMM
     per distinct (out, in) offset pair. blocks: the kept weight blocks it gathered for backward, one per
     pair when inputs are dropped, else none. A side (1, 1, [0]) keeps everything: a side without dropout.
     Full-width activations (x [*, B, n_in], zero at dropped outputs) compose around it:
     ``ops.grouped_row_pattern_linear``.
-tile_linear(Tensor x, Tensor weight, Tensor? bias, int dp, int keep, int tile, int[] offsets) -> Tensor:
+tile_linear(Tensor x, Tensor weight, Tensor? bias, SymInt dp, SymInt keep, SymInt tile, SymInt[] offsets) -> Tensor:
     x (Tensor[*, B, n_in], the batch axis split into len(offsets) groups as torch.tensor_split does; any
     x with one group) -> Tensor[*, B, n_out]: ``x @ (W * tile_mask(g) * dp/keep).T + b`` on group g's rows,
     one batched GEMM per distinct offset over ``dp`` dense blocks that never read a skipped tile.

@@ -208,6 +208,18 @@ def bias_stand_in(weight: torch.Tensor, has_bias: bool) -> torch.Tensor | None:
     return weight.new_zeros(weight.shape[0], requires_grad=True) if has_bias else None
 
 
+def custom_op(name: str) -> Callable[[Callable], torch.library.CustomOpDef]:
+    """``torch.library.custom_op(name, mutates_args=())`` that keeps the function's docstring on the op, so
+    ``help(ops.row_linear)`` shows it rather than torch's text about CustomOpDef."""
+
+    def register(fn: Callable) -> torch.library.CustomOpDef:
+        registered = torch.library.custom_op(name, mutates_args=())(fn)
+        registered.__doc__ = fn.__doc__
+        return registered
+
+    return register
+
+
 def register_backward(
     forward_op: torch.library.CustomOpDef,
     backward_op: torch.library.CustomOpDef,

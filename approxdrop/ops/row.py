@@ -20,6 +20,7 @@ from .common import (
     check_operands,
     check_weight,
     concrete,
+    custom_op,
     reference_grads,
     register_autocast,
 )
@@ -136,7 +137,7 @@ def row_linear_torch(
     return run_forward(xs, weight, bias, *args)
 
 
-@torch.library.custom_op("approxdrop::row_linear", mutates_args=())
+@custom_op("approxdrop::row_linear")
 def row_linear(
     xs: list[torch.Tensor],
     weight: torch.Tensor,
@@ -188,7 +189,7 @@ def row_linear_backward_torch(
     return run_backward(grads, xs, weight, blocks, *args, need_grad_x)
 
 
-@torch.library.custom_op("approxdrop::row_linear_backward", mutates_args=())
+@custom_op("approxdrop::row_linear_backward")
 def row_linear_backward(
     grads: list[torch.Tensor],
     xs: list[torch.Tensor],

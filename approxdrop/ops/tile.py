@@ -20,6 +20,7 @@ from .common import (
     check_linear_args,
     check_weight,
     concrete,
+    custom_op,
     empty_grads,
     reference_grads,
     register_autocast,
@@ -150,7 +151,7 @@ def tile_linear_torch(
     return run_forward(x, weight, bias, dp, keep, tile, offsets)
 
 
-@torch.library.custom_op("approxdrop::tile_linear", mutates_args=())
+@custom_op("approxdrop::tile_linear")
 def tile_linear(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, dp: int, keep: int, tile: int, offsets: list[int]
 ) -> torch.Tensor:
@@ -188,7 +189,7 @@ def tile_linear_backward_torch(
     return run_backward(grad_y, x, weight, dp, keep, tile, offsets, need_grad_x)
 
 
-@torch.library.custom_op("approxdrop::tile_linear_backward", mutates_args=())
+@custom_op("approxdrop::tile_linear_backward")
 def tile_linear_backward(
     grad_y: torch.Tensor,
     x: torch.Tensor,
