@@ -1,7 +1,7 @@
 """approxdrop: Approximate Random Dropout (Song et al., arXiv:1805.08939) for PyTorch.
 
 Importing approxdrop never compiles anything and never touches the network. The package's folders
-are its layers, each importing only the ones below it: ``patterns`` -> ``distribution`` ->
+are its layers, each importing only the ones before it in ``patterns`` -> ``distribution`` ->
 ``search`` -> ``ops`` -> ``models`` (and ``data``) -> ``training`` -> ``experiments`` /
 ``course``; ``_env`` serves them all.
 """

@@ -79,8 +79,9 @@ class ApproxDropoutMLP(DropoutRate, nn.Module):
             unit alone (``sites.is_elementwise``: ReLU, GELU, SiLU, Tanh, ... or a module with
             ``elementwise = True``), for every method, so that one model is the same network under
             each: a row pattern computes only the kept units, and nn.Softmax would see only those.
-        distributions: one PatternDistribution per site (row / tile); by default
-            ``distribution_for(p, width)`` of each site.
+        distributions: one PatternDistribution per site (row / tile); by default the searched law of
+            each site, ``distribution_for(p, n, kind, family=...)`` in the method's family, n the site's
+            width (row) or the tile count of the weight reading it (tile).
         groups: batch groups with complementary offsets (row or tile patterns; docs/method.md §9): the
             batch (second-to-last axis of x) splits as ``torch.tensor_split`` does and each group
             gets its own offset of the step's ``(dp, keep)``. Default: the method's (4 for ``row-g4``
