@@ -254,6 +254,30 @@ def test_bad_tokens_raise_clear_errors(x, message):
             model(x)
 
 
+def test_the_torch_baseline_follows_its_rate_as_the_ard_models_do():
+    """``model.p = 0`` and a schedule that sets every nn.Dropout's p both reach nn.LSTM's float between its
+    layers: at rate 0 the training outputs no longer depend on the seed."""
+    x = tokens(6)
+
+    def seeded_outputs_differ(model):
+        outs = []
+        for seed in (0, 1):
+            torch.manual_seed(seed)
+            outs.append(model.train()(x)[0])
+        return not torch.equal(*outs)
+
+    by_property, by_schedule = TorchLSTM(VOCAB, HIDDEN, 2, 0.5), TorchLSTM(VOCAB, HIDDEN, 2, 0.5)
+    assert seeded_outputs_differ(by_property)
+    by_property.p = 0.0
+    for module in by_schedule.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    for model in (by_property, by_schedule):
+        assert model.p == 0.0 and not seeded_outputs_differ(model) and model.lstm.dropout == 0.0
+    with pytest.raises(ValueError, match="p"):
+        by_property.p = 1.0
+
+
 @pytest.mark.parametrize("method", ["row", "shared"])
 def test_bfloat16_autocast_trains_on_cpu(method):
     """Under CPU autocast the projections and the recurrence run in bfloat16, forward and backward;

@@ -438,20 +438,31 @@ class ApproxDropoutLSTM(DropoutRate, nn.Module):
 
 class TorchLSTM(nn.Module):
     """The usual PyTorch model: nn.Embedding, nn.Dropout, nn.LSTM(dropout=p), nn.Dropout, nn.Linear;
-    same sizes, initialisation and interface as ApproxDropoutLSTM."""
+    same sizes, initialisation and interface as ApproxDropoutLSTM. Its rate ``p`` lives in ``dropout``, as
+    the ARD models' does (``sites.DropoutRate``): setting ``model.p``, or the p of every nn.Dropout (a rate
+    schedule), also sets nn.LSTM's float between its layers at the next forward."""
 
     method = "torch"
+
+    @property
+    def p(self) -> float:
+        """The dropout rate, in [0, 1)."""
+        return self.dropout.p
+
+    @p.setter
+    def p(self, value: float) -> None:
+        self.dropout.p = check_rate(value)
 
     def __init__(
         self, vocab: int, hidden: int = 650, layers: int = 2, p: float = 0.5, *, embedding: int | None = None
     ) -> None:
         super().__init__()
         self.vocab, self.hidden = check_int("vocab", vocab, 1), check_int("hidden", hidden, 1)
-        self.layers, self.p = check_int("layers", layers, 1), check_rate(p)
+        self.layers, p = check_int("layers", layers, 1), check_rate(p)
         emb = hidden if embedding is None else check_int("embedding", embedding, 1)
         self.embedding = nn.Embedding(vocab, emb)
-        self.dropout = nn.Dropout(self.p)
-        self.lstm = nn.LSTM(emb, hidden, layers, dropout=self.p if layers > 1 else 0.0)
+        self.dropout = nn.Dropout(p)
+        self.lstm = nn.LSTM(emb, hidden, layers, dropout=p if layers > 1 else 0.0)
         self.decoder = nn.Linear(hidden, vocab)
         _init_uniform(self)
 
@@ -462,6 +473,8 @@ class TorchLSTM(nn.Module):
         _check_tokens(x, self.vocab)
         if state is None:
             state = self.init_state(x.shape[1], x.device)
+        if self.layers > 1:  # nn.LSTM reads this float at each call: keep it at the model's rate
+            self.lstm.dropout = check_rate(self.p)  # nn.Dropout takes any p it is given
         out, state = self.lstm(self.dropout(self.embedding(x)), state)  # [T, B, H]
         return self.decoder(self.dropout(out)), state
 
