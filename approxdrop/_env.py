@@ -25,6 +25,7 @@ from typing import IO, Any
 
 import numpy as np
 import torch
+from torch._subclasses.fake_tensor import is_fake, unset_fake_temporarily
 
 
 def _is_int(value: object) -> bool:
@@ -88,7 +89,9 @@ def check_generator(generator: object) -> torch.Generator | None:
 def tensor_cache(maxsize: int) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """``functools.lru_cache(maxsize)`` for a function that makes constant tensors (index tensors, masks): its
     body runs outside inference mode, so a first call under ``torch.inference_mode()`` (sampling with dropout
-    on) caches ordinary tensors, which a later training step may save for backward."""
+    on) caches ordinary tensors, which a later training step may save for backward; and outside a
+    FakeTensorMode (shape inference), which gets a fake copy of the real tensor: the cache never holds a
+    fake one, and building it may read values (``nonzero``), which a fake tensor has not."""
 
     def decorate(make: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(make)
@@ -96,9 +99,29 @@ def tensor_cache(maxsize: int) -> Callable[[Callable[..., Any]], Callable[..., A
             with torch.inference_mode(False):
                 return make(*args)
 
-        return functools.lru_cache(maxsize=maxsize)(outside_inference_mode)
+        cached = functools.lru_cache(maxsize=maxsize)(outside_inference_mode)
+        return functools.wraps(make)(functools.partial(outside_fake_mode, cached))
 
     return decorate
+
+
+def holds_values(t: torch.Tensor) -> bool:
+    """Whether ``t`` has values to read: not a meta or fake tensor (shape inference)."""
+    return not (t.is_meta or is_fake(t))
+
+
+def outside_fake_mode(make: Callable[..., Any], *args: Any) -> Any:
+    """``make(*args)`` on real tensors even under a FakeTensorMode (shape inference), for what needs values: a
+    random draw, an index built with ``nonzero``. Under the mode, a tensor it returns (alone or in a list)
+    comes back as a fake copy."""
+    fake_mode = torch._C._get_dispatch_mode(torch._C._TorchDispatchModeKey.FAKE)
+    if fake_mode is None:
+        return make(*args)
+    with unset_fake_temporarily():
+        made = make(*args)
+    if isinstance(made, list):
+        return [fake_mode.from_tensor(m) if isinstance(m, torch.Tensor) else m for m in made]
+    return fake_mode.from_tensor(made) if isinstance(made, torch.Tensor) else made
 
 
 def default_device(device: str | torch.device | None = None) -> torch.device:

@@ -31,7 +31,9 @@ def periodic_mask(n: int, dp: int, offset: int, keep: int, device: torch.device 
 
 
 def _kept_index(n: int, dp: int, offset: int, keep: int, device: torch.device | str | None) -> torch.Tensor:
-    """Long[k]: the kept units of a pattern."""
+    """Long[k]: the kept units of a pattern (made on the CPU for a meta device, which holds no values)."""
+    if device is not None and torch.device(device).type == "meta":
+        return _kept_index(n, dp, offset, keep, "cpu").to(device)
     return periodic_mask(n, dp, offset, keep, device).nonzero().flatten()
 
 

@@ -374,3 +374,15 @@ def test_a_bfloat16_state_is_carried_under_autocast():
         _, state = model(x)
         logits, _ = model(x, state)  # the state is bfloat16 now: autocast casts it
     assert state[0].dtype == torch.bfloat16 and torch.isfinite(logits.float()).all()
+
+
+@pytest.mark.parametrize("method", ["row", "row-g4", "bernoulli"])
+def test_a_training_step_runs_under_fake_tensor_mode(method):
+    """Shape inference (FakeTensorMode): fake tokens hold no ids to check, the draws are made on real values."""
+    from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
+
+    with FakeTensorMode():
+        model = ApproxDropoutLSTM(VOCAB, HIDDEN, 2, 0.5, method, embedding=EMB)
+        logits, _ = model(torch.randint(VOCAB, (5, 4)))
+        logits.sum().backward()
+    assert isinstance(logits, FakeTensor) and logits.shape == (5, 4, VOCAB)

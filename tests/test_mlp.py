@@ -287,3 +287,21 @@ def test_a_given_law_must_fit_its_site(make, message):
 def test_bad_arguments_raise_value_error(make, message):
     with pytest.raises(ValueError, match=message):
         make()
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_a_training_step_runs_under_fake_tensor_mode_on_real_draws(method):
+    """Shape inference of a whole step (FakeTensorMode): the draws are made on real values, the step on fake
+    tensors, and a real step afterwards is untouched by it."""
+    from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
+
+    sizes = [12, 24, 24, 3]
+    with FakeTensorMode():
+        model = ApproxDropoutMLP(sizes, p=0.6, method=method, groups=3 if method == "row" else None)
+        y = model(torch.randn(9, 12))
+        y.sum().backward()
+    assert isinstance(y, FakeTensor) and y.shape == (9, 3)
+    assert all(isinstance(param.grad, FakeTensor) for param in model.parameters())
+    real = ApproxDropoutMLP(sizes, p=0.6, method=method, groups=3 if method == "row" else None)
+    out = real(torch.randn(9, 12))
+    assert type(out) is torch.Tensor and torch.isfinite(out).all()

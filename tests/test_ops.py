@@ -665,3 +665,45 @@ def test_the_registered_ops_keep_their_own_docstrings():
     for op in (ops.row_linear, ops.row_linear_backward, ops.tile_linear, ops.tile_linear_backward):
         doc = inspect.getdoc(op)
         assert doc and not doc.startswith("CustomOpDef"), doc
+
+
+FAKE_CASES = [  # (op, x shape, weight shape, patterns): keep > 1 builds its kept index with nonzero
+    (ad.row_pattern_linear, (5, 8), (9, 13), (RowPattern(3, 1, 2), RowPattern(3, 0, 2))),
+    (ad.tile_pattern_linear, (5, 13), (7, 13), (TilePattern(2, 1, 4),)),
+    (ops.grouped_row_pattern_linear, (6, 13), (9, 13), ([RowPattern(3, o, 2) for o in (0, 1, 2)],) * 2),
+    (ops.grouped_tile_pattern_linear, (6, 13), (7, 13), ([TilePattern(2, o, 4) for o in (0, 1)],)),
+]
+
+
+@pytest.mark.parametrize("op, x_shape, w_shape, patterns", FAKE_CASES)
+def test_the_public_ops_infer_shapes_on_meta_and_fake_tensors_and_cache_no_fake_tensor(op, x_shape, w_shape, patterns):
+    from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
+
+    def run(make):
+        return op(make(x_shape), make(w_shape), make(w_shape[:1]), *patterns)
+
+    real = run(torch.randn)
+    assert run(lambda s: torch.empty(s, device="meta")).shape == real.shape
+    with FakeTensorMode():
+        fake = run(torch.empty)
+    assert isinstance(fake, FakeTensor) and fake.shape == real.shape
+    again = run(torch.randn)  # the index caches hold real tensors still
+    assert type(again) is torch.Tensor and again.shape == real.shape
+
+
+def test_a_one_group_tile_op_takes_a_vmapped_sample_and_double_backward_on_1d_x():
+    """Per-sample gradients (``vmap(grad(loss))`` hands the op a 1-D sample) and create_graph on a 1-D x."""
+    pattern = TilePattern(2, 1, 4)
+    x, w = torch.randn(5, 13, dtype=torch.float64), torch.randn(7, 13, dtype=torch.float64, requires_grad=True)
+
+    def loss(w, sample):
+        return ad.tile_pattern_linear(sample, w, None, pattern).square().sum()
+
+    per_sample = torch.func.vmap(torch.func.grad(loss), in_dims=(None, 0))(w, x)  # [5, 7, 13]
+    expected = torch.stack([torch.autograd.grad(loss(w, sample), w)[0] for sample in x])
+    torch.testing.assert_close(per_sample, expected)
+    (g,) = torch.autograd.grad(loss(w, x[0]), w, create_graph=True)
+    (gg,) = torch.autograd.grad(g.square().sum(), w)
+    masked = w * pattern.keep_mask(7, 13).double() * pattern.scale  # the dense reference
+    (g_ref,) = torch.autograd.grad((masked @ x[0]).square().sum(), w, create_graph=True)
+    torch.testing.assert_close(gg, torch.autograd.grad(g_ref.square().sum(), w)[0])

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .._env import check_generator, check_int, check_rate
+from .._env import check_generator, check_int, check_rate, holds_values
 from ..distribution import MAX_GROUPS, PatternDistribution
 from ..ops import (
     FULL,
@@ -215,10 +215,11 @@ def _init_uniform(module: nn.Module) -> None:
 
 def _check_tokens(x: torch.Tensor, vocab: int) -> None:
     """ValueError unless x is Long[T, B] with ids in [0, vocab). Under torch.compile only the shape and dtype
-    are checked (reading the ids would end the graph); the embedding rejects an id out of range."""
+    are checked (reading the ids would end the graph; the embedding rejects an id out of range), and on meta
+    or fake tokens, which hold no ids."""
     if x.dim() != 2 or x.dtype != torch.long:
         raise ValueError(f"tokens must be a Long tensor [T, B], got {x.dtype} of shape {tuple(x.shape)}")
-    if torch.compiler.is_compiling():
+    if torch.compiler.is_compiling() or not holds_values(x):
         return
     if x.numel() and (int(x.min()) < 0 or int(x.max()) >= vocab):
         raise ValueError(f"token ids must lie in [0, {vocab}), got [{int(x.min())}, {int(x.max())}]")

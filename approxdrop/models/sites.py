@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .._env import check_rate, tensor_cache
+from .._env import check_rate, outside_fake_mode, tensor_cache
 from ..distribution import RATE_TOL, PatternDistribution, sample_sites
 from ..ops import StaticSide, group_bounds, static_side
 from ..patterns import RowPattern
@@ -360,11 +360,11 @@ def draw_sites(
 
 
 def _draw(m: Method, p: float, widths, distributions, generator, groups: int) -> list:
-    """``draw_sites`` for a method that draws something."""
+    """``draw_sites`` for a method that draws something (real draws under a FakeTensorMode too)."""
     check_drawable(generator)
     if distributions is not None:
-        return sample_sites(distributions, groups, generator)
-    return [shared_keep_indices(w, p, generator) for w in widths]
+        return outside_fake_mode(sample_sites, distributions, groups, generator)
+    return [outside_fake_mode(shared_keep_indices, w, p, generator) for w in widths]
 
 
 _draw_outside_graph = torch.compiler.disable(_draw, reason=_COMPILE_ADVICE)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import torch
 
+from .._env import holds_values
 from . import cuda, grouped, row, tile
 
 
@@ -21,7 +22,7 @@ def use_eager(x: torch.Tensor) -> bool:
     """Whether a call on ``x`` may skip the registered op: not while torch.compile or export traces, not in
     an autocast region (the op's autocast rule casts), and on CUDA only when the kernels are off
     (``APPROXDROP_KERNELS=torch`` or ``0``), since the registered op's CUDA kernel dispatches between paths."""
-    if torch.compiler.is_compiling():
+    if torch.compiler.is_compiling() or not holds_values(x):  # fake and meta: the op's fake kernel
         return False
     if x.is_cuda:
         return not torch.is_autocast_enabled("cuda") and not cuda.enabled()

@@ -38,6 +38,8 @@ def tile_linear_reference(
 ) -> torch.Tensor:
     """Slow, obviously-correct twin of ``tile_linear``: DropConnect with the full element mask of each group's
     pattern (one TilePattern: one group), on the group's rows of x (Tensor[*, B, n_in]) -> Tensor[*, B, n_out]."""
+    if not isinstance(patterns, TilePattern) and len(patterns) == 1:
+        patterns = patterns[0]  # one group: any x, with a batch axis or not (a vmapped sample is 1-D)
     if isinstance(patterns, TilePattern):
         mask = patterns.keep_mask(*weight.shape, device=weight.device)
         return torch.nn.functional.linear(x, weight * mask * patterns.scale, bias)
