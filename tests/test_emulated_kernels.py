@@ -657,14 +657,23 @@ PLANTED_BUGS = {
         "plain",
         "entries off",  # reads physical neighbours of kept indices
     ),
+    "removed WMMA staging barrier": (
+        "pattern_gemm.cu",
+        "      __syncthreads();  // the warp's lanes read each other's entries",
+        "      // the warp's lanes read each other's entries",
+        "plain",
+        "entries off",  # a lane reads staged entries that other lanes of its warp have not stored yet
+    ),
 }
+PLANTED_DTYPES = {"removed WMMA staging barrier": torch.float16}  # the half types run the WMMA kernel
 
 
 @pytest.mark.parametrize("bug", PLANTED_BUGS)
 def test_planted_bug_fails(bug, tmp_path):
-    """The kernels with one planted bug, built from a patched copy: the float32 cases must catch it, with a
-    wrong result or a sanitizer report."""
+    """The kernels with one planted bug, built from a patched copy: the float32 cases (float16 for the WMMA
+    kernel) must catch it, with a wrong result or a sanitizer report."""
     name, old, new, flavour, evidence = PLANTED_BUGS[bug]
+    dtype = PLANTED_DTYPES.get(bug, torch.float32)
     kernels = tmp_path / "kernels"
     shutil.copytree(KERNELS, kernels)
     text = (kernels / name).read_text()
@@ -673,12 +682,12 @@ def test_planted_bug_fails(bug, tmp_path):
     exe = build(flavour, kernels)
     failures = []
     for i, case in enumerate(EDGE_ROW_CASES + row_cases(3, seed=10)):
-        failures += check_row(exe, case, torch.float32, 900, "serial", seed=i)
+        failures += check_row(exe, case, dtype, 900, "serial", seed=i)
         if failures:
             break
     for i, case in enumerate([ALIGNED_TILE_CASE, *MISALIGNED_TILE_CASES, *EDGE_TILE_CASES, *tile_cases(3, seed=11)]):
         if failures:
             break
-        failures += check_tile(exe, case, torch.float32, 900, "serial", seed=i)
+        failures += check_tile(exe, case, dtype, 900, "serial", seed=i)
     assert failures, f"the planted bug '{bug}' went unnoticed"
     assert evidence in failures[0], failures[0]

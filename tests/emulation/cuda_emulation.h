@@ -13,9 +13,11 @@
 // - A thread that returns or faults leaves the barrier (arrive_and_drop); when the block ends, every thread
 //   must have called __syncthreads equally often, else the launch fails ("divergent __syncthreads").
 // - WMMA m16n16k16 fragments (fp16 / bf16 inputs, fp32 accumulators) are emulated: a / b fragments hold the
-//   whole tile in every lane; accumulator lane l holds elements l + 32 i (row-major), as a warp owns them
-//   spread over its lanes, so stores do not race. Pointers must be 256-bit aligned and ldm a multiple of
-//   16 bytes, as the CUDA programming guide requires; a violation fails the launch.
+//   whole tile in every lane; each accumulator lane holds 8 elements spread over the tile as on sm_80 (lane
+//   l: rows l / 4 and l / 4 + 8, columns 2 (l % 4) + {0, 1} and + 8; detail::element), so stores do not
+//   race, and a lane that reads the stored tile back reads what other lanes wrote: a missing barrier
+//   between the store and the read shows. Pointers must be 256-bit aligned and ldm a multiple of 16 bytes,
+//   as the CUDA programming guide requires; a violation fails the launch.
 // - __half / __nv_bfloat16 store 16 bits and convert with round-to-nearest-even.
 // - cp.async (__pipeline_memcpy_async / __pipeline_commit / __pipeline_wait_prior) is deferred per thread:
 //   a copy lands only when __pipeline_wait_prior retires its group (wait_prior(N) leaves the newest N
@@ -521,6 +523,15 @@ inline int lane_checked(const char* op, const void* ptr, unsigned ldm, std::size
   return rank % kLanes;
 }
 
+/// The element (row-major index in the 16 x 16 tile) that accumulator lane ``lane`` holds as x[i]: sm_80's
+/// layout, two 16 x 8 halves (i / 4), in each rows lane / 4 and lane / 4 + 8 (i % 4 / 2), columns 2 (lane % 4)
+/// and the next (i % 2). A bijection of (lane, i) onto 0..255; real hardware's layout is opaque, this one
+/// only has to differ from any read-back loop a kernel uses.
+constexpr int element(int lane, int i) {
+  const int row = lane / 4 + 8 * (i % 4 / 2), col = 8 * (i / 4) + 2 * (lane % 4) + i % 2;
+  return row * 16 + col;
+}
+
 /// Offset of element (r, c) of a 16 x 16 tile stored with leading dimension ldm.
 inline std::size_t offset(int r, int c, unsigned ldm, bool row_major_layout) {
   return row_major_layout ? std::size_t(r) * ldm + c : std::size_t(c) * ldm + r;
@@ -545,7 +556,7 @@ struct fragment<accumulator, M, N, K, T, void> {
   static_assert(M == 16 && N == 16 && K == 16, "emulated WMMA supports m16n16k16 only");
   static_assert(std::is_same_v<T, float>, "emulated WMMA accumulators are float");
   static constexpr int num_elements = detail::kPerLane;
-  float x[detail::kPerLane];  // x[i] is element lane + 32 i of the tile, row-major
+  float x[detail::kPerLane];  // x[i] is element detail::element(lane, i) of the tile, row-major
 };
 
 template <typename Use, int M, int N, int K, typename T, typename Layout, typename V>
@@ -564,7 +575,7 @@ template <int M, int N, int K>
 void load_matrix_sync(fragment<accumulator, M, N, K, float>& f, const float* p, unsigned ldm, layout_t layout) {
   const int lane = detail::lane_checked("load_matrix_sync", p, ldm, sizeof(float));
   for (int i = 0; i < detail::kPerLane; ++i) {
-    const int e = lane + detail::kLanes * i;
+    const int e = detail::element(lane, i);
     f.x[i] = p[detail::offset(e / 16, e % 16, ldm, layout == mem_row_major)];
   }
 }
@@ -573,7 +584,7 @@ template <int M, int N, int K>
 void store_matrix_sync(float* p, const fragment<accumulator, M, N, K, float>& f, unsigned ldm, layout_t layout) {
   const int lane = detail::lane_checked("store_matrix_sync", p, ldm, sizeof(float));
   for (int i = 0; i < detail::kPerLane; ++i) {
-    const int e = lane + detail::kLanes * i;
+    const int e = detail::element(lane, i);
     p[detail::offset(e / 16, e % 16, ldm, layout == mem_row_major)] = f.x[i];
   }
 }
@@ -584,7 +595,7 @@ void mma_sync(fragment<accumulator, M, N, K, float>& d, const fragment<matrix_a,
               const fragment<matrix_b, M, N, K, T, LB>& b, const fragment<accumulator, M, N, K, float>& c) {
   const int lane = cuda_emulation::thread_rank() % detail::kLanes;
   for (int i = 0; i < detail::kPerLane; ++i) {
-    const int e = lane + detail::kLanes * i, r = e / 16, col = e % 16;
+    const int e = detail::element(lane, i), r = e / 16, col = e % 16;
     float acc = c.x[i];
     for (int k = 0; k < 16; ++k) acc += detail::to_float(a.x[r * 16 + k]) * detail::to_float(b.x[k * 16 + col]);
     d.x[i] = acc;
