@@ -235,8 +235,9 @@ def _async_raise(ident: int | None, exc: type[BaseException]) -> None:
         ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), ctypes.py_object(exc))
 
 
-def _busy(native_id: int | None, window_s: float = 0.05) -> bool:
-    """Whether the thread with kernel id ``native_id`` ran for a fifth of ``window_s`` seconds. An
+def _busy(native_id: int | None, window_s: float = 0.1, ran_s: float = 2e-4) -> bool:
+    """Whether the thread with kernel id ``native_id`` ran on a CPU for ``ran_s`` seconds over ``window_s``
+    (a sleeping one runs for none; a spinning one gets its share even on a machine loaded 100-fold). An
     asynchronous exception sent to a thread blocked in C (a sleep) stays pending until it wakes, and
     meanwhile stalls every traced thread (CPython 3.11), so only a busy thread is sent one. False where the
     kernel does not say (no Linux ``/proc``) or the thread has ended."""
@@ -248,7 +249,7 @@ def _busy(native_id: int | None, window_s: float = 0.05) -> bool:
     try:
         start = run_ns()
         time.sleep(window_s)
-        return run_ns() - start > window_s * 1e9 / 5
+        return run_ns() - start > ran_s * 1e9
     except (OSError, ValueError, IndexError):
         return False
 
