@@ -1,12 +1,14 @@
 """Timing chart and the live GEMM timing helpers."""
 
 import math
+import statistics
 from types import SimpleNamespace
 
 import plotly.graph_objects as go
 import pytest
 import torch
 
+import approxdrop.course.viz.training as training_viz
 from approxdrop import RowPattern, TilePattern
 from approxdrop.course.viz.timing import (
     BUSY_SPREAD,
@@ -36,7 +38,10 @@ def test_timing_figure_draws_measured_bars_and_the_work_bound():
     bars, bound = fig.data
     assert list(bars.x) == ["dense GEMM", "row pattern"] and list(bars.y) == [4.0, 2.0]
     assert list(bound.y) == [4.0, 1.0]  # baseline ms x work
-    assert bars.text[1] == "2 ms = 0.50 x dense GEMM"
+    assert bars.text[1] == "2 ms, 2.00x"  # speedup: the dense GEMM's time / its own (single medians: their ratio)
+    assert bars.textposition == "none"  # the label is under the bar, in its tick label: no whisker runs through it
+    assert list(fig.layout.xaxis.ticktext) == ["dense GEMM<br><b>4 ms, 1.00x</b>", "row pattern<br><b>2 ms, 2.00x</b>"]
+    assert "above 1x: faster" in fig.layout.title.text and "lower is faster" in fig.layout.yaxis.title.text
 
 
 def test_update_timing_figure_in_place_from_empty():
@@ -114,7 +119,8 @@ def test_repeat_timings_gives_the_ratio_to_the_baseline_of_each_round():
     assert (small.speedup.low, small.speedup.median, small.speedup.high) == (2.0, 4.0, 4.0)
     assert median_rows([dense, small]) == [Timing("dense GEMM", 4.0, 1.0), Timing("small", 2.0, 0.5)]
     lines = timing_lines([dense, small])
-    assert lines[1].startswith("                   small:    2.000 ms, 0.25x dense GEMM (IQR")
+    assert lines[1].startswith("     small:   2.000 ms, speedup vs dense GEMM 4.00x (IQR 3.00-4.00, range 2.00-4.00")
+    assert "over 3 rounds" in lines[1] and lines[1].endswith("; ideal 2.00x")  # 1 / GEMM work
     assert lines[-1] == noise_warning([small.ratio])  # 0.25 / 0.25 / 0.5: IQR 0.125 of 0.25, busy
     with pytest.raises(ValueError, match="rounds"):
         repeat_timings(measure, 0)
@@ -143,7 +149,7 @@ def test_race_speedups_pair_steps_after_warmup_and_warn_when_noisy():
     assert (speed["tile"].low, speed["tile"].high, speed["tile"].busy) == (0.5, 4.0, True)
     assert speed["late"].count == 1 and speed["late"].median == 2.0
     lines = race_lines(result)
-    assert lines[0] == "      row: 2.00x bernoulli's speed (IQR 2.00-2.00, range 2.00-2.00 over 4 repeats)"
+    assert lines[0] == " row: speedup vs bernoulli 2.00x (IQR 2.00-2.00, range 2.00-2.00 over 4 steps)"
     assert lines[-1] == noise_warning([speed["tile"]])
     assert race_speedups(result, baseline="none") == {}
 
@@ -169,3 +175,78 @@ def test_spread_figure_puts_the_medians_and_their_iqr_in_the_bars():
     timings.append(TimingSpread("small", 0.5, spread([1.0, 2.0, 5.0]), spread([0.5]), spread([2.0])))
     bars = spread_figure(timings, "t").data[0]
     assert list(bars.y) == [4.0, 2.0] and list(bars.error_y.array) == [0.0, 1.5]
+
+
+def _race(histories: dict[str, History], warmup: int = 2, steps: int = 6) -> RaceResult:
+    work = {m: 1.0 if m == "bernoulli" else 0.5 for m in histories}
+    return RaceResult(histories, ACCURACY, SimpleNamespace(p=0.5, warmup=warmup, steps=steps), work, "cpu")
+
+
+def test_a_method_diverged_in_warmup_has_no_step_time_and_no_speedup_is_taken_against_it():
+    """Its warm-up times were its "median after warm-up", and every other method's speedup was taken against
+    them (``h.seconds[warmup:] or h.seconds``): now it has none, and every ratio against it is "-"."""
+    fast_warmup = History(step=[1], loss=[2.0], seconds=[0.001], diverged_at=2)  # stopped inside the warm-up
+    result = _race({"bernoulli": fast_warmup, "row": _history([0.009, 0.004, 0.002, 0.002, 0.002, 0.002])}, warmup=2)
+    rows = {r.method: r for r in result.summary()}
+    assert math.isnan(rows["bernoulli"].ms_per_step) and rows["bernoulli"].speedups == {"bernoulli": None}
+    assert rows["row"].ms_per_step == pytest.approx(2.0) and rows["row"].speedup is None
+    assert result.timed_seconds("bernoulli") == {} and result.step_speedups("bernoulli", "row") == []
+    table = result.format_table()
+    assert "| bernoulli | - | - |" in table and "| row | 2.00 | - |" in table and "nan" not in table.lower()
+    assert race_lines(result) == ["row: speedup vs bernoulli not measured (0 steps, none finite)"]
+    assert [t.name for t in training_viz.summary_timings(result)] == ["row"]  # no bar without a timed step
+    # a method (not the baseline) diverged in warm-up: its own row is "-", the baseline's is untouched
+    result = _race({"bernoulli": _history([0.004] * 6), "row": History(step=[1], loss=[1.0], seconds=[1e-4])})
+    rows = {r.method: r for r in result.summary()}
+    assert math.isnan(rows["row"].ms_per_step) and rows["row"].speedup is None
+    assert rows["bernoulli"].speedup == 1.0 and "| row | - | - |" in result.format_table()
+
+
+def test_the_table_the_bars_and_the_lines_give_one_speedup():
+    """The median of the per-step ratios, everywhere: the table said the ratio of the medians (1.50x here),
+    the bar its inverse, the lines the median of the per-step ratios (2.00x)."""
+    base = [0.009, 0.009, 0.004, 0.002, 0.005, 0.002, 0.003]  # steps 1-2 are warm-up
+    row = [0.009, 0.009, 0.002, 0.001, 0.005, 0.002, 0.001]  # per step 2, 2, 1, 1, 3: median 2
+    result = _race({"bernoulli": _history(base), "row": _history(row)}, warmup=2, steps=7)
+    assert statistics.median(base[2:]) / statistics.median(row[2:]) == pytest.approx(1.5)  # not what is shown
+    assert result.step_speedups("bernoulli", "row") == pytest.approx([2.0, 2.0, 1.0, 1.0, 3.0])
+    assert result.summary()[1].speedup == pytest.approx(2.0) == result.speedup("bernoulli", "row")
+    table = result.format_table()
+    assert "| row | 2.00 | 2.00x |" in table and "| bernoulli | 3.00 | 1.00x |" in table
+    assert "speedup vs bernoulli" in table.splitlines()[0] and "faster" in table.splitlines()[0]
+    assert race_speedups(result)["row"].median == pytest.approx(2.0)
+    assert race_lines(result)[0].startswith("row: speedup vs bernoulli 2.00x (IQR")
+    fig = training_viz.summary_figure(result, "t")
+    assert list(fig.data[0].text) == ["3 ms, 1.00x", "2 ms, 2.00x"]
+    assert fig.layout.xaxis.ticktext[1] == "row<br><b>2 ms, 2.00x</b>"
+    assert "median of the per-step ratios" in fig.layout.title.text
+    plain = timing_figure(training_viz.summary_timings(result), "t")  # lab 07's way: the rows carry the speedups
+    assert list(plain.data[0].text) == ["3 ms, 1.00x", "2 ms, 2.00x"] and "per-step" in plain.layout.title.text
+    assert [t.speedup for t in training_viz.summary_timings(result)] == pytest.approx([1.0, 2.0])
+
+
+def test_spread_figure_labels_the_median_per_round_speedup_that_the_lines_print():
+    rounds = iter([[4.0, 1.0], [8.0, 2.0], [4.0, 4.0]])  # ratio of the medians: 4 / 2 = 2.00; per round 4, 4, 1
+
+    def measure():
+        dense, small = next(rounds)
+        return [Timing("dense GEMM", dense, 1.0), Timing("small", small, 0.5)]
+
+    timings = repeat_timings(measure, 3)
+    fig = spread_figure(timings, "t")
+    assert list(fig.data[0].text) == ["4 ms, 1.00x", "2 ms, 4.00x"]
+    assert "speedup vs dense GEMM 4.00x" in timing_lines(timings)[1]
+    assert "median of the per-round ratios" in fig.layout.title.text
+    live = go.FigureWidget(timing_figure([], "t"))
+    update_timing_figure(live, median_rows(timings), "t", [t.ms for t in timings], [t.speedup.median for t in timings])
+    assert list(live.data[0].text) == ["4 ms, 1.00x", "2 ms, 4.00x"] and live.layout.xaxis.ticktext[1].endswith(
+        "4.00x</b>"
+    )
+    with pytest.raises(ValueError, match="1 speedups for 2"):
+        timing_figure(median_rows(timings), "t", speedups=[1.0])
+
+
+def test_spread_describe_names_rounds_or_steps():
+    s = spread([1.0, 2.0, 3.0])
+    assert s.describe("x", "rounds").endswith("over 3 rounds)") and s.describe("x", "steps").endswith("over 3 steps)")
+    assert spread([math.nan]).describe("x", "steps") == "not measured (1 steps, none finite)"

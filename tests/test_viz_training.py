@@ -116,3 +116,54 @@ def test_metric_axis_has_a_minimum_span_so_noise_does_not_look_like_a_gap():
     lo, hi = metric_range([300.0, 301.0], log=True)  # log axes take log10 bounds
     assert lo < math.log10(300.0) and hi > math.log10(301.0) and hi - lo >= MIN_SPAN
     assert metric_range([]) is None and metric_range([float("nan")]) is None
+
+
+def test_log_ticks_label_at_least_four_values_however_narrow_the_range():
+    from approxdrop.course.viz.training import log_ticks, tick_text
+
+    assert log_ticks(1.5, 13) == [2.0, 3.0, 5.0, 7.0, 10.0]  # plotly drew 2, 5, 10, the 2 and 5 in a small font
+    assert log_ticks(500, 2000) == [500.0, 700.0, 1000.0, 2000.0]
+    narrow = log_ticks(4.0, 6.5)  # lab 08's ms panel: plotly labelled a single "5"
+    assert len(narrow) >= 4 and all(4.0 <= t <= 6.5 for t in narrow)
+    tight = log_ticks(3.2, 3.3)
+    assert len(tight) >= 4 and all(3.2 <= t <= 3.3 for t in tight)
+    assert log_ticks(1, 1000)[:4] == [1.0, 2.0, 5.0, 10.0]
+    assert log_ticks(0.0, 1.0) == [] and log_ticks(2.0, math.inf) == [] and log_ticks(3.0, 3.0) == [3.0]
+    assert [tick_text(t) for t in (20.0, 1.5, 1000.0, 0.25)] == ["20", "1.5", "1000", "0.25"]
+
+
+def test_race_panels_put_readable_ticks_on_log_axes():
+    result = fake_result()  # step times 0.5-4 ms
+    fig = result_figure(result)
+    ms = fig.layout.yaxis3
+    assert ms.type == "log" and ms.tickmode == "array" and len(ms.tickvals) >= 4
+    lo = min(min(t.y) for t in fig.data[2::3])
+    hi = max(max(t.y) for t in fig.data[2::3])
+    assert all(lo <= v <= hi for v in ms.tickvals) and list(ms.ticktext) == [f"{v:.4g}" for v in ms.tickvals]
+    assert fig.layout.yaxis.type != "log" and fig.layout.yaxis.tickvals is None  # a linear axis keeps plotly's
+
+
+def test_a_single_evaluation_sits_at_the_end_of_the_race_s_steps():
+    """A CI-size race evaluates once, after its last step: plotly drew that column of dots on an axis 19-21."""
+    result = fake_result()
+    for h in result.histories.values():
+        h.eval_step, h.metric = [4], [h.metric[-1]]
+    fig = go.FigureWidget(training_figure(result.methods))
+    update_training_figure(fig, result)
+    lo, hi = fig.layout.xaxis2.range
+    assert fig.layout.xaxis2.autorange is False and lo < 1 and 4 < hi < 4.5  # steps 1-4, the points at 4
+    for h in result.histories.values():  # evaluations at several steps: plotly's range again
+        h.eval_step, h.metric = [2, 4], [0.5, 0.6]
+    update_training_figure(fig, result)
+    assert fig.layout.xaxis2.autorange is True and fig.layout.xaxis2.range is None
+
+
+def test_samples_figure_titles_images_with_class_names():
+    from approxdrop.course.viz.training import class_names
+
+    names = class_names("fashion-mnist", 10)
+    assert names[0] == "T-shirt/top" and names[6] == "Shirt" and names[9] == "Ankle boot"
+    assert class_names("mnist", 10) == [str(i) for i in range(10)] == class_names("digits", 10)
+    x = torch.zeros(3, 6)
+    fig = samples_figure(x, torch.tensor([6, 9, 1]), (2, 3), names=names)
+    assert [a.text for a in fig.layout.annotations] == ["Shirt", "Ankle boot", "Trouser"]

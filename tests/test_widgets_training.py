@@ -51,5 +51,5 @@ def test_the_table_gives_each_speedup_with_its_spread_over_the_steps(capsys):
     out = capsys.readouterr().out
     lines = race_lines(panel.result)
     assert out.endswith(panel.result.format_table() + "\n" + "\n".join(lines) + "\n")
-    assert lines[0].startswith("      row: ") and "x bernoulli's speed (IQR" in lines[0]
-    assert f"over {8 - panel.result.warmup} repeats" in lines[0]  # every step after the warm-up
+    assert lines[0].startswith("row: speedup vs bernoulli ") and "x (IQR" in lines[0]
+    assert f"over {8 - panel.result.warmup} steps" in lines[0]  # every step after the warm-up

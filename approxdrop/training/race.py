@@ -58,8 +58,10 @@ class SummaryRow:
     """One method's line of the final table."""
 
     method: str
-    ms_per_step: float  # median over the steps after warm-up
-    speedups: dict[str, float | None]  # baseline method: its ms_per_step / this one's (None without it)
+    ms_per_step: float  # median over the steps after warm-up (NaN: none timed after it)
+    # baseline method: the median over the steps both timed after warm-up of its time / this one's
+    # (RaceResult.speedup; above 1: faster); None without such a step
+    speedups: dict[str, float | None]
     metric: float  # the last evaluation
     gemm_work: float  # ideal GEMM work left relative to dense (models.methods)
     diverged_at: int | None = None
@@ -93,17 +95,36 @@ class RaceResult:
     def warmup(self) -> int:
         return min(self.config.warmup, self.config.steps - 1)
 
+    def timed_seconds(self, method: str) -> dict[int, float]:
+        """``method``'s step times (seconds) by step, for the steps after ``warmup``: the ones every
+        statistic of the summary reads. Empty for a method that is not in the race, or that was stopped
+        (diverged) before its first step after the warm-up: its warm-up steps are never read as its time."""
+        h = self.histories.get(method)
+        return {} if h is None else {s: t for s, t in zip(h.step, h.seconds) if s > self.warmup}
+
+    def step_speedups(self, baseline: str, method: str) -> list[float]:
+        """``baseline``'s time over ``method``'s at every step after warm-up that both timed, in step order.
+        The race interleaves the methods step by step, so each pair is measured side by side and a slow
+        moment of the machine hits both. Empty without such a step (either method missing or stopped)."""
+        base = self.timed_seconds(baseline)
+        return [base[s] / t for s, t in self.timed_seconds(method).items() if s in base and t > 0 and base[s] > 0]
+
+    def speedup(self, baseline: str, method: str) -> float | None:
+        """The median of ``step_speedups(baseline, method)``: how many times faster ``method`` ran than
+        ``baseline`` (above 1: faster); None where no step pairs (a missing or stopped baseline too)."""
+        ratios = self.step_speedups(baseline, method)
+        return statistics.median(ratios) if ratios else None
+
     def summary(self) -> list[SummaryRow]:
-        """Median step time (after ``warmup`` steps), speedups against the baselines, last evaluation."""
-        ms = {
-            m: 1e3 * statistics.median(h.seconds[self.warmup :] or h.seconds or [math.nan])
-            for m, h in self.histories.items()
-        }
+        """Median step time after ``warmup`` steps (NaN: no timed step after it), speedups against the
+        baselines (``speedup``: the median of the per-step ratios; None without a timed pair), last
+        evaluation."""
+        ms = {m: 1e3 * statistics.median(self.timed_seconds(m).values() or [math.nan]) for m in self.histories}
         return [
             SummaryRow(
                 m,
                 ms[m],
-                {b: ms[b] / ms[m] if _timed(ms.get(b)) and _timed(ms[m]) else None for b in self.baselines},
+                {b: self.speedup(b, m) for b in self.baselines},
                 h.metric[-1] if h.metric else float("nan"),
                 self.gemm_work[m],
                 h.diverged_at,
@@ -112,9 +133,10 @@ class RaceResult:
         ]
 
     def format_table(self) -> str:
-        """The summary as a markdown table."""
+        """The summary as a markdown table. A speedup is the median over the steps of the baseline's time
+        over the method's in the same step (above 1x: faster); "-" where there is none to take."""
         names = {"bernoulli": "bernoulli", "torch": "nn.LSTM"}
-        speed_cols = "".join(f" speedup vs {names.get(b, b)} |" for b in self.baselines)
+        speed_cols = "".join(f" speedup vs {names.get(b, b)} (median per step; > 1x: faster) |" for b in self.baselines)
         lines = [
             f"| method | ms / step (median) |{speed_cols} ideal GEMM speedup | {self.metric.name} |",
             "|---|---:|" + "---:|" * (len(self.baselines) + 2),

@@ -1,15 +1,21 @@
 """Timing bar chart: measured time per method, with the GEMM-work bound drawn on each bar; and the one
-helper every live timing of the labs reports through: its spread over repeats, and a warning when that
-spread says the machine was busy.
+helper every live timing of the labs reports through: its spread over rounds (or steps), and a warning when
+that spread says the machine was busy.
 
 The bound of a method is ``baseline ms * work``: the time it would take if time shrank exactly
 with the GEMM work it has left. Rows are ``experiments.gemm_timing.Timing`` (name, ms, work);
 ``from_bench`` converts ``experiments.bench.measure`` rows at one p.
 
+One statistic and one direction everywhere: a **speedup** is the baseline's time over the method's (above
+1x: faster). Where a timing is repeated side by side (rounds of labs 01-03, the interleaved steps of a
+race), it is the median of the per-round (per-step) ratios, and the bars' labels, the printed lines and the
+race's table all show that same number. A chart of single medians (no rounds) labels the ratio of them.
+
 Spread: ``spread(values)`` gives median, quartiles and range (NaN and inf left out);
 ``noise_warning`` returns one warning line when any interquartile range is above ``BUSY_SPREAD`` (25%)
 of its median. ``repeat_timings`` repeats a GEMM timing (labs 01-03: ``timing_lines`` prints it, the
 pattern panels show it); ``race_speedups`` / ``race_lines`` give a race's per-step speedups (lab 05).
+``Spread.describe`` names what was repeated: "rounds" (a timing repeated side by side) or "steps" (a race).
 """
 
 from __future__ import annotations
@@ -38,6 +44,17 @@ def from_bench(rows: Iterable[BenchRow], p: float) -> list[Timing]:
     return [Timing(r.method, r.ms_per_step, r.gemm_work) for r in picked]
 
 
+@dataclass(frozen=True)
+class PairedTiming(Timing):
+    """A ``Timing`` that carries its measured speedup over the chart's first row, taken side by side: the
+    median of the per-``paired`` ratios (``viz.training.summary_timings`` gives a race's rows this way, with
+    the speedups of its table). ``timing_figure`` labels a chart of these rows with that speedup, so a chart
+    drawn from them agrees with the table whoever draws it. None: no step to pair."""
+
+    speedup: float | None = None
+    paired: str = "step"
+
+
 def _error_bars(spreads: Sequence[Spread] | None) -> dict:
     """Whiskers from each bar's median to its quartiles (``spreads``: one ms Spread per row), or none."""
     if not spreads:
@@ -54,20 +71,50 @@ def _error_bars(spreads: Sequence[Spread] | None) -> dict:
     }
 
 
-def _traces(rows: Sequence[Timing], spreads: Sequence[Spread] | None = None) -> tuple[go.Bar, go.Scatter]:
+def _carried(rows: Sequence[Timing]) -> tuple[list[float | None] | None, str | None]:
+    """The speedups and their pairing that ``PairedTiming`` rows carry; (None, None) for plain Timings."""
+    if rows and all(isinstance(r, PairedTiming) for r in rows):
+        return [r.speedup for r in rows], rows[0].paired
+    return None, None
+
+
+def _speedups(rows: Sequence[Timing], speedups: Sequence[float | None] | None) -> list[float | None]:
+    """Each row's speedup over the first row: ``speedups`` where given (one per row; None or NaN: none),
+    else what ``PairedTiming`` rows carry, else the first row's ms over the row's (single medians: the
+    only statistic there is)."""
+    if speedups is None:
+        speedups, _ = _carried(rows)
+    if speedups is not None:
+        if len(speedups) != len(rows):
+            raise ValueError(f"{len(speedups)} speedups for {len(rows)} timing rows")
+        return [None if s is None or not math.isfinite(s) else float(s) for s in speedups]
+    base = rows[0].ms if rows else 0.0
+    return [base / r.ms if base > 0 and r.ms > 0 else None for r in rows]
+
+
+def _label(row: Timing, speedup: float | None) -> str:
+    """A bar's label: its median ms and its speedup over the first row (e.g. ``2 ms, 2.00x``)."""
+    return f"{row.ms:.3g} ms" + ("" if speedup is None else f", {speedup:.2f}x")
+
+
+def _traces(
+    rows: Sequence[Timing], spreads: Sequence[Spread] | None = None, speedups: Sequence[float | None] | None = None
+) -> tuple[go.Bar, go.Scatter, list[str]]:
+    """The bars, the bound marks, and the x tick labels: each bar's name over its label. The label goes
+    under the bar, not in it, where no whisker and no bound line can run through it."""
     if spreads is not None and len(spreads) != len(rows):
         raise ValueError(f"{len(spreads)} spreads for {len(rows)} timing rows")
     names = [r.name for r in rows]
     base = rows[0].ms if rows else 1.0
+    labels = [_label(r, s) for r, s in zip(rows, _speedups(rows, speedups))]
     bars = go.Bar(
         x=names,
         y=[r.ms for r in rows],
         error_y=_error_bars(spreads),
         name="measured",
-        text=[f"{r.ms:.3g} ms" + (f" = {r.ms / base:.2f} x {rows[0].name}" if base > 0 else "") for r in rows],
-        textposition="inside",
-        insidetextanchor="middle",
-        textfont={"color": "white"},
+        text=labels,
+        textposition="none",  # shown in the tick labels; in the hover too
+        hovertemplate="%{x}: %{text}<extra></extra>",
         marker_color="#4C78A8",
     )
     bound = go.Scatter(
@@ -78,29 +125,54 @@ def _traces(rows: Sequence[Timing], spreads: Sequence[Spread] | None = None) -> 
         marker={"symbol": "line-ew-open", "size": 40, "line": {"width": 3, "color": "#E45756"}},
         hovertemplate="%{x}: bound %{y:.3g} ms<extra></extra>",
     )
-    return bars, bound
+    ticks = [f"{name}<br><b>{label}</b>" for name, label in zip(names, labels)]
+    return bars, bound, ticks
 
 
-def _title(title: str, rows: Sequence[Timing], spreads: Sequence[Spread] | None = None) -> str:
+def _title(
+    title: str, rows: Sequence[Timing], spreads: Sequence[Spread] | None = None, paired: str | None = None
+) -> str:
     if not rows:
         return f"{title}<br><sup>not measured yet</sup>"
-    bars = "bars: measured median, whiskers: its IQR over repeats" if spreads else "bars: measured median"
-    return f"{title}<br><sup>red line: {rows[0].name} time x GEMM work left (ideal); {bars}</sup>"
+    paired = paired or _carried(rows)[1]
+    base = rows[0].name
+    how = f"median of the per-{paired} ratios" if paired else "ratio of the medians"
+    bars = "bars: measured median, whiskers: its IQR over the rounds" if spreads else "bars: measured median"
+    return (
+        f"{title}<br><sup>under each bar: its ms and its speedup, {base}'s time / its time ({how}; above 1x: "
+        f"faster)</sup><br><sup>red line: {base} time x GEMM work left (ideal); {bars}</sup>"
+    )
+
+
+def _axes(ticks: Sequence[str], rows: Sequence[Timing]) -> dict:
+    return {
+        "xaxis": {"tickmode": "array", "tickvals": [r.name for r in rows], "ticktext": list(ticks)},
+        "yaxis": {"title": {"text": "ms (lower is faster)"}},
+    }
 
 
 def timing_figure(
-    rows: Sequence[Timing], title: str = "Measured time", spreads: Sequence[Spread] | None = None
+    rows: Sequence[Timing],
+    title: str = "Measured time",
+    spreads: Sequence[Spread] | None = None,
+    speedups: Sequence[float | None] | None = None,
+    paired: str = "round",
 ) -> go.Figure:
-    """Bars of measured ms per method; the first row is the baseline of the ratios and of the bound.
+    """Bars of measured ms per method; the first row is the baseline of the speedups and of the bound.
     ``spreads`` (one ms ``Spread`` per row) draws each bar's interquartile range as whiskers.
-    With no rows the figure is empty, ready for ``update_timing_figure``."""
-    bars, bound = _traces(rows, spreads)
+    ``speedups`` (one per row, None: none) are the speedups to label: the medians of the per-``paired``
+    ratios ("round": a timing repeated side by side, "step": a race), as the title says; without them the
+    speedups ``PairedTiming`` rows carry, else a bar is labelled with the first row's ms over its own (single
+    medians). The labels sit in the
+    x tick labels, under the bars. With no rows the figure is empty, ready for ``update_timing_figure``."""
+    bars, bound, ticks = _traces(rows, spreads, speedups)
     fig = go.Figure([bars, bound])
     fig.update_layout(
-        title=_title(title, rows, spreads),
-        yaxis_title="milliseconds",
-        height=380,
-        legend={"orientation": "h", "y": -0.2},
+        title=_title(title, rows, spreads, paired if speedups is not None else None),
+        height=420,
+        margin={"t": 110},
+        legend={"orientation": "h", "y": -0.28},
+        **_axes(ticks, rows),
     )
     return fig
 
@@ -110,16 +182,19 @@ def update_timing_figure(
     rows: Sequence[Timing],
     title: str = "Measured time",
     spreads: Sequence[Spread] | None = None,
+    speedups: Sequence[float | None] | None = None,
+    paired: str = "round",
 ) -> None:
     """Redraw a figure made by ``timing_figure`` (a FigureWidget redraws in place)."""
-    bars, bound = _traces(rows, spreads)
+    bars, bound, ticks = _traces(rows, spreads, speedups)
     with fig.batch_update():
         fig.data[0].update(x=bars.x, y=bars.y, text=bars.text, error_y=bars.error_y)
         fig.data[1].update(x=bound.x, y=bound.y)
-        fig.layout.title.text = _title(title, rows, spreads)
+        fig.layout.title.text = _title(title, rows, spreads, paired if speedups is not None else None)
+        fig.update_layout(**_axes(ticks, rows))
 
 
-# ---- spread over repeats: one helper for every live timing of the labs ----------------------------------
+# ---- spread over rounds: one helper for every live timing of the labs ----------------------------------
 
 BUSY_SPREAD = 0.25
 """A timing is flagged noisy when its interquartile range exceeds this share of its median. On a quiet
@@ -157,13 +232,14 @@ class Spread:
         """True when the spread says the machine was busy: IQR above ``BUSY_SPREAD`` of the median."""
         return self.relative > BUSY_SPREAD
 
-    def describe(self, unit: str = "x") -> str:
-        """E.g. ``0.53x (IQR 0.47-0.60, range 0.45-1.08 over 7 repeats)``."""
+    def describe(self, unit: str = "x", over: str = "repeats") -> str:
+        """E.g. ``0.53x (IQR 0.47-0.60, range 0.45-1.08 over 7 rounds)``; ``over`` names what was repeated
+        ("rounds" of a side-by-side timing, "steps" of a race)."""
         if not self.count:
-            return f"not measured ({self.dropped} repeats, none finite)"
+            return f"not measured ({self.dropped} {over}, none finite)"
         text = (
             f"{self.median:.2f}{unit} (IQR {self.q1:.2f}-{self.q3:.2f}, "
-            f"range {self.low:.2f}-{self.high:.2f} over {self.count} repeats"
+            f"range {self.low:.2f}-{self.high:.2f} over {self.count} {over}"
         )
         return text + (f", {self.dropped} not finite left out)" if self.dropped else ")")
 
@@ -227,41 +303,49 @@ def median_rows(spreads: Sequence[TimingSpread]) -> list[Timing]:
     return [Timing(s.name, s.ms.median, s.work) for s in spreads]
 
 
+def median_speedups(spreads: Sequence[TimingSpread]) -> list[float]:
+    """Each method's median per-round speedup over the first, for ``timing_figure``'s labels: the number
+    ``timing_lines`` prints."""
+    return [s.speedup.median for s in spreads]
+
+
 def spread_figure(timings: Sequence[TimingSpread], title: str = "Measured time") -> go.Figure:
-    """``timing_figure`` of ``repeat_timings`` results: median bars with their IQR as whiskers."""
-    return timing_figure(median_rows(timings), title, [t.ms for t in timings])
+    """``timing_figure`` of ``repeat_timings`` results: median bars with their IQR as whiskers, each
+    labelled with its median per-round speedup over the first."""
+    return timing_figure(median_rows(timings), title, [t.ms for t in timings], median_speedups(timings))
 
 
 def timing_lines(spreads: Sequence[TimingSpread], baseline: str | None = None) -> list[str]:
-    """One line per method: median ms, its ratio to the first method with spread, and the GEMM-work
-    bound; then the busy-machine warning when a spread is large."""
+    """One line per method: median ms, its speedup over the first method (the first's time over its own in
+    each round: the median, with its spread over the rounds; above 1x: faster), and the ideal speedup of
+    its GEMM work left (``1 / work``, the red line of the chart); then the busy-machine warning when a
+    spread is large."""
     base = baseline or (spreads[0].name if spreads else "")
+    width = max((len(s.name) for s in spreads), default=0)
     lines = [
-        f"{s.name:>24}: {s.ms.median:8.3f} ms, {s.ratio.describe(f'x {base}')}; GEMM work {s.work:.2f}" for s in spreads
+        f"{s.name:>{width}}: {s.ms.median:7.3f} ms, speedup vs {base} {s.speedup.describe('x', 'rounds')}; "
+        f"ideal {1 / s.work:.2f}x"
+        for s in spreads
     ]
-    warning = noise_warning(s.ratio for s in spreads[1:])
+    warning = noise_warning([*(s.speedup for s in spreads[1:]), *(s.ratio for s in spreads[1:])])
     return lines + ([warning] if warning else [])
 
 
 def race_speedups(result: RaceResult, baseline: str = "bernoulli") -> dict[str, Spread]:
     """Per method, the spread of the per-step speedup ``baseline ms / method ms`` over the steps after
-    warm-up that both ran (the race interleaves them, so each pair is measured side by side)."""
-    hists = result.histories
-    if baseline not in hists:
+    warm-up that both ran (``RaceResult.step_speedups``: the race interleaves them, so each pair is
+    measured side by side). Its median is the table's speedup (``RaceResult.speedup``)."""
+    if baseline not in result.histories:
         return {}
-    base = {s: t for s, t in zip(hists[baseline].step, hists[baseline].seconds) if s > result.warmup}
-    return {
-        m: spread(base[s] / t if t > 0 else math.nan for s, t in zip(h.step, h.seconds) if s in base)
-        for m, h in hists.items()
-        if m != baseline
-    }
+    return {m: spread(result.step_speedups(baseline, m)) for m in result.histories if m != baseline}
 
 
 def race_lines(result: RaceResult, baseline: str = "bernoulli") -> list[str]:
-    """One line per method: its speedup over ``baseline`` with the spread over steps, then the
-    busy-machine warning when a spread is large."""
+    """One line per method: its speedup over ``baseline`` (the table's number: the median of the per-step
+    ratios, above 1x: faster) with the spread over the steps, then the busy-machine warning when a spread
+    is large."""
     speedups = race_speedups(result, baseline)
-    unit = f"x {baseline}'s speed"
-    lines = [f"{m:>9}: {s.describe(unit)}" for m, s in speedups.items()]
+    width = max((len(m) for m in speedups), default=0)
+    lines = [f"{m:>{width}}: speedup vs {baseline} {s.describe('x', 'steps')}" for m, s in speedups.items()]
     warning = noise_warning(speedups.values())
     return lines + ([warning] if warning else [])
