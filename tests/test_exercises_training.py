@@ -12,6 +12,7 @@ import pytest
 import torch
 from wrong_answers import WRONG_TYPES, with_nan
 
+import approxdrop as ad
 from approxdrop.course import checks
 from approxdrop.course.checks import describe
 from approxdrop.course.exercises import lab04, lab05
@@ -126,3 +127,32 @@ def test_the_training_step_check_runs_every_method_of_the_mlp(monkeypatch):
     monkeypatch.setattr(lab05, "after_three_steps", lambda step, method, seed: seen.append(method) or torch.zeros(1))
     assert lab05.check_train_step(SOL05.train_step).passed
     assert sorted(set(seen)) == sorted(methods_for("mlp"))
+
+
+def test_drop_probability_needs_the_enumeration_a_constant_answer_fails():
+    """Under a uniform offset every unit's probability is the expected rate, so ``torch.full((n,), rate)`` passed
+    without enumerating anything; the cases with the offset fixed at 0 give units different probabilities."""
+
+    def shortcut(pairs, probs, n, uniform_offset=True):
+        return torch.full((n,), float(SOL04.expected_rate(pairs, probs)), dtype=torch.float64)
+
+    def three_arguments(pairs, probs, n):  # the exercise's old signature
+        return torch.full((n,), float(SOL04.expected_rate(pairs, probs)), dtype=torch.float64)
+
+    def hint_2(pairs, probs, n, uniform_offset=True):  # the notebook's hint 2, written out
+        prob = torch.zeros(n, dtype=torch.float64)
+        for (dp, keep), q in zip(pairs, probs):
+            offsets = range(dp) if uniform_offset else [0]
+            for offset in offsets:
+                prob += q / len(offsets) * (~ad.RowPattern(dp, offset, keep).keep_mask(n)).double()
+        return prob
+
+    assert lab04.check_drop_probability(SOL04.drop_probability).passed
+    assert lab04.check_drop_probability(hint_2).passed
+    assert lab04.check_drop_probability(shortcut).status == "fail"
+    assert lab04.check_drop_probability(three_arguments).status == "fail"
+    fixed = lab04.reference_drop_probability(((2, 1),), (1.0,), 7, False)
+    assert fixed.tolist() == [0.0, 1.0, 0.0, 1.0, 0.0, 1.0, 0.0]  # (2, 1) at offset 0 keeps the even units
+    assert torch.allclose(
+        lab04.reference_drop_probability(((2, 1),), (1.0,), 7), torch.full((7,), 0.5, dtype=torch.float64)
+    )

@@ -154,3 +154,39 @@ def test_a_diverged_language_model_is_named_so_in_the_figure_and_the_bars():
     fig = race_result_figure(result)
     assert fig.data[0].name == "row (diverged at step 4)" and fig.data[3].name == "bernoulli"
     assert [t.name for t in race_timings(result)] == ["bernoulli", "row (diverged at step 4)", "torch"]
+
+
+def test_the_gemm_work_table_says_multiply_adds_and_the_figure_label_is_not_clipped():
+    header = format_gemm_work(gemm_work_rows(650, 2, 10_000, 0.5)).splitlines()[0]
+    assert "multiply-adds/token" in header and "MAC" not in header
+    for p, side in [(0.3, "top right"), (0.5, "top right"), (0.7, "bottom left")]:
+        here = gemm_work_figure(650, 2, 10_000, p).data[4]
+        assert here.textposition == side and here.cliponaxis is False
+        work = lstm_gemm_work(650, 2, 10_000, p, "row")
+        assert here.text[0].startswith(f"{work:.3f} left")  # "0.627", not ".627" cut at the axis
+
+
+def test_the_read_masks_figure_gives_its_colour_key():
+    mask = torch.tensor([[True, False, True]] * 4)
+    title = read_masks_figure({"row": mask}).layout.title.text
+    assert "blue: read" in title and "grey: not read" in title
+
+
+def test_a_single_evaluation_gets_a_readable_perplexity_panel():
+    """CI mode evaluates once, after the last step: the dots sat alone on an x axis from 19 to 21 with one log
+    tick. The step axis now runs from 0 to the last step, the title gives the step and the ticks are labelled."""
+    result = fake_result()
+    for h in result.histories.values():
+        h.eval_step, h.metric = [4], [h.metric[-1]]
+    fig = go.FigureWidget(race_figure(result.methods))
+    update_race_figure(fig, result)
+    assert list(fig.layout.xaxis2.range) == [0, pytest.approx(4.2)] and fig.layout.xaxis2.autorange is False
+    assert fig.layout.annotations[1].text == "validation perplexity at step 4"
+    assert fig.layout.yaxis2.dtick is None and fig.data[1].marker.size == 10  # 150..600: labels in full
+    update_race_figure(fig, fake_result())  # two evaluations: back to the plain panel
+    assert fig.layout.annotations[1].text == "validation perplexity" and fig.layout.xaxis2.autorange is True
+    assert fig.data[1].marker.size is None
+    wide = fake_result()
+    wide.histories["row"].metric = [4000.0, 150.0]  # more than a decade: 1-2-5 ticks
+    update_race_figure(fig, wide)
+    assert fig.layout.yaxis2.dtick == "D2"

@@ -171,3 +171,27 @@ def test_figures_given_nothing_to_draw_say_so():
             make()
     bars = timing.timing_figure([Timing("dense", 0.0, 1.0), Timing("x", 0.5, 0.5)]).data[0]  # a 0 ms baseline
     assert list(bars.text) == ["0 ms", "0.5 ms"]
+
+
+def test_block_figure_numbers_k_steps_from_1_and_counts_the_reads_shown_so_far():
+    """Lab 03 / lab 06's block figure: the colour key numbers the steps 1..4 (0 is "not read"), and part-way
+    through the loop the title counts what was read so far (it said "reads 512 of 3072" at 2 of 4 steps)."""
+    pattern = TilePattern(3, 1, tile=8)
+    steps = block_reads(pattern, 96, 96, 1, 0, 16, 8)
+    sizes = [r.numel() * c.numel() for r, c in steps]
+    assert len(steps) == 4 and sizes == [128] * 4
+    whole = block_figure(pattern, 96, 96, cls=1, block=0, block_n=16, block_k=8)
+    bar = whole.data[0].colorbar
+    assert list(bar.tickvals) == [0, 1, 2, 3, 4] and list(bar.ticktext) == ["not read", "1", "2", "3", "4"]
+    assert "4 K steps, all shown: reads 512 of 3072 kept weights" in whole.layout.title.text
+    two = block_figure(pattern, 96, 96, cls=1, block=0, block_n=16, block_k=8, upto=1)
+    assert "4 K steps, steps 1-2 shown: reads 256 so far (512 in all)" in two.layout.title.text
+    one = block_figure(pattern, 96, 96, cls=1, block=0, block_n=16, block_k=8, upto=0)
+    assert "step 1 shown: reads 128 so far" in one.layout.title.text
+    assert int((z(two.data[0]) > 0).sum()) == 256 and float(z(two.data[0]).nan_to_num().max()) == 2.0
+    # every title line fits the figure's 580 px: the colour key is its own line, not cut at "white: skipped, ne..."
+    lines = two.layout.title.text.replace("<sup>", "").replace("</sup>", "").split("<br>")
+    assert lines[-1] == "white: skipped, never read" and max(len(line) for line in lines) <= 90
+    widget = go.FigureWidget(whole)
+    update_block_figure(widget, TilePattern(2, 0, tile=8), 96, 96, 0, 0, 16, 8, upto=0)
+    assert list(widget.data[0].colorbar.ticktext) == ["not read", *map(str, range(1, widget.data[0].zmax + 1))]

@@ -31,7 +31,8 @@ def test_search_figure_holds_the_distribution_and_its_statistics():
     assert counts[12] == pytest.approx(0.4) and counts[16] == pytest.approx(0.6)  # dp=2 drops 12, dp=3 drops 16
     assert list(binomial.y) == pytest.approx(binomial_pmf(24, 0.6)[binomial.x[0] : binomial.x[-1] + 1])
     z = np.array(co_drop.z)
-    assert z.shape == (24, 24) and np.allclose(np.diag(z), 0.6) and co_drop.zmid == pytest.approx(0.36)
+    assert z.shape == (24, 24) and np.allclose(np.diag(z), 0.6)
+    assert _white_stops(co_drop.colorscale) == [pytest.approx(0.36, abs=1e-12)]
     # units 6 apart fall in the same class of both combs: dropped together whenever one is (0.6);
     # neighbours: never both under dp=2, both under dp=3 at one offset in three (0.6 / 3)
     assert z[0, 6] == pytest.approx(0.6) and z[0, 1] == pytest.approx(0.2)
@@ -79,3 +80,52 @@ def test_a_law_built_by_hand_is_titled_without_a_width_or_a_distance():
     assert "n = " not in title and "W1" not in title and "expected rate 0.5833" in title
     searched = ad.search_distribution(0.5, 64, family="paper")
     assert "on n = 64" in probability_figure(searched).layout.title.text
+
+
+def _white_stops(colorscale) -> list[float]:
+    return [
+        float(pos) for pos, color in colorscale if color.replace(" ", "").lower() in ("rgb(255,255,255)", "#ffffff")
+    ]
+
+
+@pytest.mark.parametrize(
+    "law",
+    [
+        MIX,
+        ad.PatternDistribution(((2, 1),), (1.0,)),
+        ad.PatternDistribution(((5, 1),), (1.0,)),
+        ad.PatternDistribution(((10, 7),), (1.0,)),  # p = 0.3: its stops summed to 0.9999999999999999, not 1
+        ad.PatternDistribution(((1, 1), (2, 1), (5, 1)), (0.5, 0.25, 0.25)),
+        ad.PatternDistribution(((1, 1),), (1.0,)),  # p = 0: white at the very bottom, nothing below it
+    ],
+)
+def test_the_co_drop_colour_key_puts_white_exactly_at_p_squared(law):
+    """With zmin = 0 and zmax = 1 fixed plotly ignores zmid, so "RdBu_r" drew white at 0.5, not at p^2
+    (0.36 at p = 0.6 came out light blue while the subtitle called it white)."""
+    p2 = law.expected_rate**2
+    for trace in (co_drop_figure(law, 10).data[0], search_figure(law, 24, law.expected_rate).data[4]):
+        assert (trace.zmin, trace.zmax) == (0.0, 1.0)
+        positions = [float(pos) for pos, _ in trace.colorscale]
+        assert positions[0] == 0.0 and positions[-1] == 1.0 and positions == sorted(positions)
+        assert _white_stops(trace.colorscale) == [pytest.approx(p2, abs=1e-12)]
+        below, above = [c for pos, c in trace.colorscale if pos < p2], [c for pos, c in trace.colorscale if pos > p2]
+        assert (bool(below) == (p2 > 0)) and above  # blue below p^2 (where there is room), red above
+    assert f"white: {p2:.3f}" in co_drop_figure(law, 10).layout.title.text
+
+
+def test_the_search_panel_moves_its_white_with_p():
+    fig = go.FigureWidget(search_figure(MIX, 24, 0.6))
+    other = ad.search_distribution(0.3, 64, family="paper", steps=50)
+    update_search_figure(fig, other, 64, 0.3, steps=50)
+    assert _white_stops(fig.data[4].colorscale) == [pytest.approx(other.expected_rate**2, abs=1e-12)]
+    assert f"p² = {other.expected_rate**2:.3f}" in fig.layout.annotations[3].text
+
+
+def test_the_loss_curve_has_a_log_step_axis_and_the_frontier_says_its_time_is_modelled():
+    assert loss_figure(MIX).layout.xaxis.type == "log" and search_figure(MIX, 24, 0.6).layout.xaxis2.type == "log"
+    points = [FrontierPoint(0.0, 0.01, 0.7, MIX), FrontierPoint(5.0, 0.2, 0.55, MIX)]
+    title = frontier_figure(points).layout.yaxis.title.text
+    assert "modelled, not measured" in title and "f^0.5" in title
+    assert "f^0.7" in frontier_figure(points, work_exponent=0.7).layout.yaxis.title.text
+    families = families_figure({"one": ad.PatternDistribution(((2, 1),), (1.0,))}, 24, 0.6)
+    assert families.layout.yaxis.title.text == "probability"

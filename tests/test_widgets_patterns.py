@@ -39,7 +39,7 @@ def test_row_panel_redraws_in_place_and_times_on_click():
     assert bars.y is None or len(bars.y) == 0
     panel.button.click()
     assert panel.timing.data[0] is bars and len(bars.y) == 4 and "speed-up over the dense GEMM" in panel.status.value
-    assert "over 5 repeats" in panel.status.value and len(panel.spreads) == 4  # the default: 5 rounds
+    assert "over 5 rounds" in panel.status.value and len(panel.spreads) == 4  # the default: 5 rounds
 
 
 def test_timed_panel_shows_the_spread_and_warns_only_when_busy():
@@ -53,7 +53,7 @@ def test_timed_panel_shows_the_spread_and_warns_only_when_busy():
         panel.time_it()
         timed = str(panel.pattern)
         assert panel.status.value.startswith(f"{timed}, rows and columns: speed-up over the dense GEMM 4.00x (IQR")
-        assert "over 4 repeats" in panel.status.value
+        assert "over 4 rounds" in panel.status.value
         assert ("machine looks busy" in panel.warning.value) is warns
     with pytest.raises(ValueError, match="rounds"):
         RowPatternPanel(n=16, rounds=0)
@@ -74,11 +74,11 @@ def test_tile_panel_follows_tile_size_and_pattern():
 def test_block_panel_bounds_class_block_and_step():
     panel = BlockReadsPanel(n_out=32, n_in=32, tile=4, block_n=8, block_k=4, dp=4)
     trace = panel.fig.data[0]
-    assert panel.cls.value == 0 and panel.step.value == panel.step.max == 1  # the whole loop: 8 kept inputs / 4
+    assert panel.cls.value == 0 and panel.step.value == panel.step.max == 2  # the whole loop: 8 kept inputs / 4
     panel.cls.value = 3
     panel.sliders.dp.value = 2
     assert panel.cls.max == 1 and panel.cls.value == 1
-    assert panel.block.max == 1 and panel.step.max == 3  # 16 rows of class 1 / 8 per block; 16 kept inputs / 4
+    assert panel.block.max == 1 and panel.step.max == 4  # 16 rows of class 1 / 8 per block; 16 kept inputs / 4
     panel.step.value = 1
     assert panel.fig.data[0] is trace and "class 1" in panel.fig.layout.title.text
 
@@ -94,14 +94,15 @@ def test_block_panel_starts_at_a_given_class_with_the_whole_loop_and_refuses_a_c
 
 def test_block_panel_can_start_part_way_through_the_loop():
     """Lab 06 opens at an early K step, so that it does not repeat lab 03's whole-loop figure."""
-    panel = BlockReadsPanel(n_out=96, n_in=96, tile=8, block_n=16, block_k=8, dp=3, offset=1, cls=1, step=1)
+    panel = BlockReadsPanel(n_out=96, n_in=96, tile=8, block_n=16, block_k=8, dp=3, offset=1, cls=1, step=2)
     whole_loop = block_figure(TilePattern(3, 1, tile=8), 96, 96, cls=1, block=0, block_n=16, block_k=8)
     two_steps = block_figure(TilePattern(3, 1, tile=8), 96, 96, cls=1, block=0, block_n=16, block_k=8, upto=1)
-    assert panel.step.value == 1 < panel.step.max
+    assert panel.step.value == 2 < panel.step.max and panel.step.min == 1  # K steps shown, from 1
     assert list(panel.fig.data[0].z) == list(two_steps.data[0].z) != list(whole_loop.data[0].z)
-    assert BlockReadsPanel(n_out=32, n_in=32, tile=4, block_n=8, block_k=4, dp=4, step=99).step.value == 1
-    with pytest.raises(ValueError, match="got -1"):
-        BlockReadsPanel(dp=3, step=-1)
+    assert BlockReadsPanel(n_out=32, n_in=32, tile=4, block_n=8, block_k=4, dp=4, step=99).step.value == 2
+    for bad in (0, -1):
+        with pytest.raises(ValueError, match=f"got {bad}"):
+            BlockReadsPanel(dp=3, step=bad)
 
 
 def test_grouped_panel_redraws_the_same_step_for_every_g_and_a_new_step_on_click():

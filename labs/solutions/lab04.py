@@ -12,10 +12,11 @@ def dropped_counts(dp, keep, n):
     return torch.stack([((units - offset) % dp >= keep).sum() for offset in range(dp)])
 
 
-def drop_probability(pairs, probs, n):
+def drop_probability(pairs, probs, n, uniform_offset=True):
     units = torch.arange(n)
     prob = torch.zeros(n, dtype=torch.float64)
     for (dp, keep), q in zip(pairs, probs):
-        for offset in range(dp):
-            prob += q / dp * ((units - offset) % dp >= keep).double()
+        offsets = range(dp) if uniform_offset else [0]
+        for offset in offsets:
+            prob += q / len(offsets) * ((units - offset) % dp >= keep).double()
     return prob

@@ -1,5 +1,6 @@
 """Lab 04 exercises (the search): the expected rate of a distribution, the dropped count of one
-pattern at every offset, and the exact per-unit drop probability. Each ``check_*`` takes the
+pattern at every offset, and the exact per-unit drop probability (with the offset drawn uniformly, as the
+library does, or fixed at 0, where units differ and only enumeration gets every one right). Each ``check_*`` takes the
 learner's function, runs it on fixed cases against the library and prints one PASS / FAIL / TODO line.
 """
 
@@ -66,15 +67,28 @@ def check_dropped_counts(candidate: Callable[..., Any]) -> CheckResult:
     return check("dropped count per offset", candidate, reference_dropped_counts, cases)
 
 
-def reference_drop_probability(pairs: tuple[tuple[int, int], ...], probs: tuple[float, ...], n: int) -> torch.Tensor:
-    """Float64[n]: exact P(unit i dropped), by enumerating every pattern and offset."""
-    return PatternDistribution(pairs, probs).drop_probability(n)
+def reference_drop_probability(
+    pairs: tuple[tuple[int, int], ...], probs: tuple[float, ...], n: int, uniform_offset: bool = True
+) -> torch.Tensor:
+    """Float64[n]: exact P(unit i dropped), by enumerating every pattern and offset. ``uniform_offset``:
+    the offset is drawn uniformly from 0..dp-1 (the library's rule: every unit gets the same probability);
+    False: it is always 0, so each (dp, keep) drops the same units every time and units differ."""
+    if uniform_offset:
+        return PatternDistribution(pairs, probs).drop_probability(n)
+    prob = torch.zeros(n, dtype=torch.float64)
+    for (dp, keep), q in zip(pairs, probs):
+        prob += q * (~RowPattern(dp, 0, keep).keep_mask(n)).double()
+    return prob
 
 
 def check_drop_probability(candidate: Callable[..., Any]) -> CheckResult:
-    """``candidate(pairs, probs, n) -> Float[n]``: each unit's exact drop probability, in any float dtype
-    (the spec asks for "a float tensor"; float32 sums are within the 1e-6 tolerance)."""
+    """``candidate(pairs, probs, n, uniform_offset=True) -> Float[n]``: each unit's exact drop probability,
+    in any float dtype (the spec asks for "a float tensor"; float32 sums are within the 1e-6 tolerance).
+    The cases with ``uniform_offset=False`` (offset always 0) have units with different probabilities, so
+    an answer that fills every entry with the expected rate, without enumerating, fails them."""
     fresh = fresh_generator()
     cases = [(pairs, probs, n) for pairs, probs in DISTRIBUTIONS for n in (7, 24)]
     cases += [(*random_distribution(fresh), draw_int(fresh, 1, 50)) for _ in range(2)]
+    cases += [(pairs, probs, n, False) for pairs, probs in DISTRIBUTIONS for n in (7, 24)]
+    cases += [(*random_distribution(fresh), draw_int(fresh, 1, 50), False) for _ in range(2)]
     return check("per-unit drop probability", candidate, reference_drop_probability, cases, atol=1e-6, any_float=True)

@@ -13,6 +13,7 @@ reads, what shrinks, and the live perplexity / step-time race.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -192,6 +193,9 @@ def _mask_title(name: str, mask: torch.Tensor) -> str:
     return f"{name}: {rows}<br><sup>{skipped} of {mask.shape[1]} columns skipped at all {mask.shape[0]} steps</sup>"
 
 
+READ_KEY = "blue: read (its unit kept) · grey: not read (dropped)"
+
+
 def read_masks_figure(masks: dict[str, torch.Tensor], site: str = "embedding output") -> go.Figure:
     """Read masks side by side, each Bool[T, n] (True = read) for one sample of the batch; the titles
     say whether every time step reads the same columns, and how many columns no step reads."""
@@ -217,7 +221,12 @@ def read_masks_figure(masks: dict[str, torch.Tensor], site: str = "embedding out
     fig.update_yaxes(autorange="reversed")
     fig.update_yaxes(title_text="time step t", col=1)
     fig.update_xaxes(title_text=f"unit of the {site}")
-    fig.update_layout(height=380, width=min(900, 450 * len(masks) + 100), margin={"t": 90})
+    fig.update_layout(
+        title=f"What one training step read of the {site}<br><sup>{READ_KEY}</sup>",
+        height=420,
+        width=min(900, 450 * len(masks) + 100),
+        margin={"t": 130},
+    )
     return fig
 
 
@@ -249,10 +258,11 @@ def gemm_work_rows(hidden: int, layers: int, vocab: int, p: float) -> list[GemmW
 
 
 def format_gemm_work(rows: list[GemmWork]) -> str:
-    """The rows as a text table with a total line."""
-    lines = [f"{'GEMM':<20} {'weight':>14} {'dense MACs/token':>17} {'row MACs/token':>15} {'left':>6}"]
+    """The rows as a text table with a total line (multiply-adds per token, as everywhere in the labs)."""
+    dense, row = "dense multiply-adds/token", "row multiply-adds/token"
+    lines = [f"{'GEMM':<20} {'weight':>14} {dense:>27} {row:>25} {'left':>6}"]
     for r in [*rows, GemmWork("total", "", sum(r.dense for r in rows), sum(r.row for r in rows))]:
-        lines.append(f"{r.name:<20} {r.shape:>14} {r.dense:>17,} {r.row:>15,.0f} {r.row / r.dense:>6.3f}")
+        lines.append(f"{r.name:<20} {r.shape:>14} {r.dense:>27,} {r.row:>25,.0f} {r.row / r.dense:>6.3f}")
     return "\n".join(lines)
 
 
@@ -324,8 +334,11 @@ def gemm_work_figure(hidden: int, layers: int, vocab: int, p: float) -> go.Figur
             y=[work],
             mode="markers+text",
             marker={"color": KEPT, "size": 10},
-            text=[f"{work:.3f} left: at most {1 / work:.2f}x"],
-            textposition="bottom left",
+            text=[f"{work:.3f} left:<br>at most {1 / work:.2f}x"],
+            # above and right of the point while there is room on the right, else below and left (the curve
+            # falls to the right, so neither side covers it); drawn past the axes rather than clipped
+            textposition="top right" if p <= 0.6 else "bottom left",
+            cliponaxis=False,
             showlegend=False,
         ),
         1,
@@ -348,17 +361,43 @@ def gemm_work_figure(hidden: int, layers: int, vocab: int, p: float) -> go.Figur
 # --------------------------------------------------------------------------- the race
 
 
+PERPLEXITY_TITLE = "validation perplexity"
+
+
 def race_figure(methods: Sequence[str], title: str = "Language models side by side") -> go.Figure:
     """Empty figure with the traces of every method, ready for ``update_race_figure``."""
-    titles = (f"training loss (mean of {WINDOW})", "validation perplexity", f"ms per step (median of {WINDOW})")
+    titles = (f"training loss (mean of {WINDOW})", PERPLEXITY_TITLE, f"ms per step (median of {WINDOW})")
     fig = race_panels(methods, titles, title, log_cols=(2,))
     fig.update_yaxes(type="log", dtick="D2", minorloglabels="complete", row=1, col=3)  # 1, 2, 5 x 10^k in full
     return fig
 
 
 def update_race_figure(fig: go.Figure | go.FigureWidget, result: RaceResult) -> None:
-    """Set every trace from ``result`` (a RaceResult); a FigureWidget redraws in place."""
-    update_race_panels(fig, result)
+    """Set every trace from ``result`` (a RaceResult); a FigureWidget redraws in place. The perplexity
+    panel's ticks are labelled in full (e.g. 800, 1000, 1200) when its values span less than a decade, where
+    1-2-5 ticks would leave one label or none; after a single evaluation (CI mode: one, after the last step)
+    its step axis runs from 0 to the last step trained, like the loss panel's, and its title gives that step."""
+    with fig.batch_update():
+        update_race_panels(fig, result)
+        _perplexity_axes(fig, result)
+
+
+def _perplexity_axes(fig: go.Figure | go.FigureWidget, result: RaceResult) -> None:
+    histories = list(result.histories.values())
+    values = [v for h in histories for v in h.metric if math.isfinite(v) and v > 0]
+    decades = math.log10(max(values) / min(values)) if values else 0.0
+    fig.layout.yaxis2.dtick = "D2" if decades >= 1 else None  # None: plotly labels a short log axis in full
+    evaluated = sorted({s for h in histories for s in h.eval_step})
+    title = fig.layout.annotations[1]
+    if len(evaluated) == 1:
+        last = max([evaluated[0], *(h.step[-1] for h in histories if h.step)])
+        fig.layout.xaxis2.update(range=[0, 1.05 * last], autorange=False)
+        title.text = f"{PERPLEXITY_TITLE} at step {evaluated[0]}"  # the one evaluation so far
+    else:
+        fig.layout.xaxis2.update(range=None, autorange=True)
+        title.text = PERPLEXITY_TITLE
+    for i in range(len(result.methods)):  # a lone dot per method: larger, so its colour reads
+        fig.data[3 * i + 1].marker.size = 10 if len(evaluated) == 1 else None
 
 
 def race_result_figure(result: RaceResult, title: str = "Language models side by side") -> go.Figure:

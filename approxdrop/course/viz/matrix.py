@@ -302,7 +302,9 @@ def block_z(
     upto: int | None = None,
 ) -> torch.Tensor:
     """Float[n_out, n_in]: NaN where skipped, 0 where kept (not read by this block), ``s + 1`` where
-    the block reads the entry at step ``s`` (only steps ``<= upto`` when given)."""
+    the block reads the entry at step ``s`` (only steps ``<= upto`` when given). ``steps`` and ``upto``
+    index from 0, as the kernel's loop does; the values, like every label a figure shows, number the
+    steps from 1."""
     z = torch.zeros(n_out, n_in)
     z[~pattern.keep_mask(n_out, n_in)] = float("nan")
     for s, (rows, cols) in enumerate(steps):
@@ -310,6 +312,17 @@ def block_z(
             break
         z[rows[:, None], cols[None, :]] = s + 1.0
     return z
+
+
+def _step_colorbar(top: int) -> dict:
+    """The K-step colour key: 0 is "not read", the steps are numbered 1..``top``."""
+    ticks = list(range(top + 1)) if top <= 12 else [0, *range(1, top + 1, max(1, top // 8))]
+    return {
+        "title": {"text": "K step"},
+        "len": 0.8,
+        "tickvals": ticks,
+        "ticktext": ["not read" if t == 0 else str(t) for t in ticks],
+    }
 
 
 def _block_trace(pattern, n_out, n_in, cls, block, block_n, block_k, upto) -> tuple[go.Heatmap, str]:
@@ -323,16 +336,21 @@ def _block_trace(pattern, n_out, n_in, cls, block, block_n, block_k, upto) -> tu
         zmin=0,
         zmax=top,
         colorscale=scale,
-        colorbar={"title": {"text": "K step"}, "len": 0.8},
-        hovertemplate="W[%{y}, %{x}]: step %{z} (0 = not read by this block in the steps shown)<extra></extra>",
+        colorbar=_step_colorbar(top),
+        hovertemplate="W[%{y}, %{x}]: K step %{z} (0 = not read by this block in the steps shown)<extra></extra>",
     )
-    read = int(sum(r.numel() * c.numel() for r, c in steps))
+    sizes = [r.numel() * c.numel() for r, c in steps]
     shown = len(steps) if upto is None else min(upto + 1, len(steps))
+    kept = pattern.kept_count(n_out, n_in)
+    if shown == len(steps):
+        reads = f"{len(steps)} K steps, all shown: reads {sum(sizes)} of {kept} kept weights"
+    else:
+        first = "step 1" if shown == 1 else f"steps 1-{shown}"
+        reads = f"{len(steps)} K steps, {first} shown: reads {sum(sizes[:shown])} so far ({sum(sizes)} in all)"
     title = (
-        f"Block {block} of class {cls} (tile rows a = {cls} mod {pattern.dp})<br>"
-        f"{len(steps)} K steps, showing {shown}; reads {read} of {pattern.kept_count(n_out, n_in)} kept weights"
-        "<br><sup>grey-blue: kept, not read by this block in the steps shown (other blocks', or later steps); "
-        "white: skipped, never read</sup>"
+        f"Block {block} of class {cls} (tile rows a = {cls} mod {pattern.dp})<br>{reads}"
+        "<br><sup>grey-blue: kept, not read by this block in the steps shown (other blocks', or later steps)</sup>"
+        "<br><sup>white: skipped, never read</sup>"
     )
     return trace, title
 
@@ -352,7 +370,7 @@ def block_figure(
     trace, title = _block_trace(pattern, n_out, n_in, cls, block, block_n, block_k, upto)
     fig = go.Figure(trace)
     _square_axes(fig)
-    fig.update_layout(title=title, height=500, width=580, margin={"t": 120}, plot_bgcolor="white")
+    fig.update_layout(title=title, height=535, width=580, margin={"t": 155}, plot_bgcolor="white")
     return fig
 
 
@@ -370,5 +388,5 @@ def update_block_figure(
     """Redraw a ``block_figure`` (in place for a FigureWidget)."""
     trace, title = _block_trace(pattern, n_out, n_in, cls, block, block_n, block_k, upto)
     with fig.batch_update():
-        fig.data[0].update(z=trace.z, zmax=trace.zmax, colorscale=trace.colorscale)
+        fig.data[0].update(z=trace.z, zmax=trace.zmax, colorscale=trace.colorscale, colorbar=trace.colorbar)
         fig.layout.title.text = title

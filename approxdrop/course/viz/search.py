@@ -13,6 +13,7 @@ import math
 
 import numpy as np
 import plotly.graph_objects as go
+from plotly.colors import get_colorscale
 from plotly.subplots import make_subplots
 
 from ...distribution import PatternDistribution
@@ -66,15 +67,35 @@ def count_traces(dist: PatternDistribution, n: int, p: float | None = None) -> t
     return bars, line
 
 
+WHITE = "rgb(255,255,255)"
+DIVERGING = [color for _, color in get_colorscale("RdBu_r")]  # blue, ..., near-white middle, ..., red
+
+
+def co_drop_colorscale(white_at: float) -> list[list]:
+    """RdBu_r on [0, 1] with its middle, pure white, at ``white_at`` instead of 0.5: its blue half stretched
+    over [0, white_at], its red half over [white_at, 1]. (Plotly ignores ``zmid`` once ``zmin`` and ``zmax``
+    are fixed, so the colour key of a [0, 1] heatmap is set here.)"""
+    if not 0.0 <= white_at <= 1.0:
+        raise ValueError(f"white_at must be in [0, 1], got {white_at}")
+    half = len(DIVERGING) // 2  # index of the middle colour
+    blue = [[white_at * i / half, DIVERGING[i]] for i in range(half)] if white_at > 0 else []
+    # the last stop exactly 1.0 (plotly.js rejects a colorscale ending at 0.9999999999999999 and draws its default)
+    red = [
+        [1.0 if i == half else white_at + (1 - white_at) * i / half, DIVERGING[half + i]] for i in range(1, half + 1)
+    ]
+    red = red if white_at < 1 else []
+    return [*blue, [white_at, WHITE], *red]
+
+
 def co_drop_trace(dist: PatternDistribution, units: int = CO_DROP_UNITS) -> go.Heatmap:
-    """Heatmap of P(unit u and unit v both dropped) for the first ``units`` units; white at p^2
-    (Bernoulli's value off the diagonal), red above, blue below."""
+    """Heatmap of P(unit u and unit v both dropped) for the first ``units`` units, on a fixed [0, 1] colour
+    range: white exactly at p^2 (Bernoulli's value off the diagonal), red above, blue below."""
+    white = min(1.0, dist.expected_rate**2)  # a float sum may land a hair above 1
     return go.Heatmap(
         z=co_drop_matrix(dist, units).tolist(),  # [units, units]
         zmin=0.0,
         zmax=1.0,
-        zmid=dist.expected_rate**2,
-        colorscale="RdBu_r",
+        colorscale=co_drop_colorscale(white),
         colorbar={"title": "P(both)", "len": 0.45, "y": 0.22},
         hovertemplate="units %{x} and %{y}: %{z:.3f}<extra></extra>",
     )
@@ -89,6 +110,11 @@ def _title(dist: PatternDistribution, n: int | None) -> str:
     return f"{dist.kind} patterns for p = {p:.3g}{width}: expected rate {dist.expected_rate:.4f}{w1}"
 
 
+def _co_drop_subtitle(dist: PatternDistribution, n: int) -> str:
+    """The co-drop panel's title: the units it shows and its colour key, white at p^2."""
+    return f"co-drop probability, units 0-{min(n, CO_DROP_UNITS) - 1} (white: p² = {dist.expected_rate**2:.3f})"
+
+
 def search_figure(dist: PatternDistribution, n: int, p: float | None = None, steps: int = 1000) -> go.Figure:
     """2 x 2: probabilities, search loss, dropped-count law vs binomial, co-drop matrix."""
     fig = make_subplots(
@@ -98,7 +124,7 @@ def search_figure(dist: PatternDistribution, n: int, p: float | None = None, ste
             "probability of each pattern",
             "search loss (W1 + penalty)",
             "number of dropped units",
-            f"co-drop probability (first {CO_DROP_UNITS} units at most)",
+            _co_drop_subtitle(dist, n),
         ),
         vertical_spacing=0.16,
     )
@@ -110,7 +136,7 @@ def search_figure(dist: PatternDistribution, n: int, p: float | None = None, ste
     fig.update_yaxes(type="log", row=1, col=2)
     fig.update_yaxes(autorange="reversed", row=2, col=2)
     fig.update_xaxes(title_text="pattern dp/keep", type="category", row=1, col=1)
-    fig.update_xaxes(title_text="Adam step", row=1, col=2)
+    fig.update_xaxes(title_text="Adam step (log scale)", type="log", row=1, col=2)  # most of the fall is early
     fig.update_xaxes(title_text="dropped units", row=2, col=1)
     fig.update_layout(title=_title(dist, n), height=720, bargap=0.1, legend={"orientation": "h", "y": -0.08})
     return fig
@@ -128,7 +154,8 @@ def update_search_figure(
         fig.data[2].update(x=pattern.x, y=pattern.y)
         fig.data[3].update(x=binomial.x, y=binomial.y)
         co_drop = co_drop_trace(dist, min(n, CO_DROP_UNITS))
-        fig.data[4].update(z=co_drop.z, zmid=co_drop.zmid)
+        fig.data[4].update(z=co_drop.z, colorscale=co_drop.colorscale)
+        fig.layout.annotations[3].text = _co_drop_subtitle(dist, n)
         fig.layout.title.text = _title(dist, n)
 
 
@@ -144,9 +171,14 @@ def probability_figure(dist: PatternDistribution) -> go.Figure:
 
 
 def loss_figure(dist: PatternDistribution, steps: int = 1000) -> go.Figure:
-    """The search's loss curve (log scale)."""
+    """The search's loss curve, both axes on a log scale (the loss falls mostly in the first steps)."""
     return _single(
-        loss_trace(dist, steps), "Search loss: W1 + penalty x (mean - p)^2", "Adam step", "loss", yaxis_type="log"
+        loss_trace(dist, steps),
+        "Search loss: W1 + penalty x (mean - p)^2",
+        "Adam step (log scale)",
+        "loss (log scale)",
+        xaxis_type="log",
+        yaxis_type="log",
     )
 
 
@@ -185,13 +217,18 @@ def families_figure(dists: dict[str, PatternDistribution], n: int, p: float) -> 
         fig.add_trace(bars, 1, col)
         fig.add_trace(line, 1, col)
         fig.update_xaxes(title_text="dropped units", row=1, col=col)
+    fig.update_yaxes(title_text="probability", row=1, col=1)
     fig.update_layout(title=f"Dropped-count law against Binomial({n}, {p:g})", height=380, bargap=0.1)
     return fig
 
 
-def frontier_figure(points: list[FrontierPoint], title: str = "Cost-aware frontier") -> go.Figure:
+def frontier_figure(
+    points: list[FrontierPoint], title: str = "Cost-aware frontier", work_exponent: float = 0.5
+) -> go.Figure:
     """Expected relative GEMM time against distance to the binomial, one point per ``mu``; points
-    that would overlap share one label, e.g. ``mu=6..20``."""
+    that would overlap share one label, e.g. ``mu=6..20``. The time is the search's model, not a
+    measurement: a pattern keeping a share f costs ``f ** work_exponent`` of dense (the
+    ``work_exponent`` the frontier was searched with, 0.5 by default), and the y axis says so."""
     if not points:
         raise ValueError("frontier_figure needs at least one point, got none")
     fig = go.Figure(
@@ -202,14 +239,14 @@ def frontier_figure(points: list[FrontierPoint], title: str = "Cost-aware fronti
             mode="lines+markers+text",
             textposition=_label_sides(points),
             line_color=PATTERN,
-            hovertemplate="W1 %{x:.4f}, work %{y:.3f}<extra></extra>",
+            hovertemplate="W1 %{x:.4f}, modelled time %{y:.3f}<extra></extra>",
         )
     )
     fig.update_layout(
         title=title,
         xaxis_title="W1 distance to the binomial, log scale (lower: more like Bernoulli dropout)",
         xaxis_type="log",
-        yaxis_title="expected relative GEMM time (lower: faster)",
+        yaxis_title=f"expected GEMM time, modelled, not measured<br>(f^{work_exponent:g} of dense for a share f kept)",
         height=420,
     )
     return fig

@@ -33,7 +33,14 @@ from ..viz.matrix import (
     update_row_figure,
     update_tile_figure,
 )
-from ..viz.timing import median_rows, noise_warning, repeat_timings, timing_figure, update_timing_figure
+from ..viz.timing import (
+    median_rows,
+    median_speedups,
+    noise_warning,
+    repeat_timings,
+    timing_figure,
+    update_timing_figure,
+)
 
 LAYOUT = {"continuous_update": False, "style": {"description_width": "60px"}}
 
@@ -79,8 +86,9 @@ class PatternSliders:
 class _TimedPanel:
     """A matrix FigureWidget that follows the sliders, and a timing FigureWidget behind a button.
     ``time it`` measures ``rounds`` times, about ``repeats`` timed calls per method in all; the figure
-    shows the medians, ``status`` the speed-up with its spread, ``warning`` the busy-machine line
-    (``viz.timing.noise_warning``) when the spread is large."""
+    shows the medians, each labelled with its median per-round speedup over the dense GEMM, ``status`` the
+    last method's speedup with its spread over the rounds (the same median as its bar's label),
+    ``warning`` the busy-machine line (``viz.timing.noise_warning``) when the spread is large."""
 
     def __init__(self, batch: int, n: int, device, repeats: int, rounds: int = 5) -> None:
         if rounds < 1:
@@ -104,8 +112,9 @@ class _TimedPanel:
     def time_it(self) -> None:
         """Measure the GEMMs at the current pattern ``rounds`` times (``viz.timing.repeat_timings``) and
         redraw the timing figure in place with the medians; the status names the pattern timed and gives
-        each method's time as a share of the dense GEMM's, with its spread over the rounds, and warns when
-        the machine looks busy. The button is off while it measures; a failure is said in the status."""
+        the last method's speedup over the dense GEMM (the dense GEMM's time over its own in each round:
+        the median, as on its bar, with its spread over the rounds; above 1x: faster), and warns when the
+        machine looks busy. The button is off while it measures; a failure is said in the status."""
         pattern = self.pattern  # the one timed, named in the results: the sliders may move on
         self.button.disabled = True
         self.status.value = html.escape(f"timing {pattern}...")
@@ -116,11 +125,17 @@ class _TimedPanel:
             raise
         finally:
             self.button.disabled = False
-        update_timing_figure(self.timing, median_rows(spreads), self._timing_title(pattern), [t.ms for t in spreads])
+        update_timing_figure(
+            self.timing,
+            median_rows(spreads),
+            self._timing_title(pattern),
+            [t.ms for t in spreads],
+            median_speedups(spreads),
+        )
         best = spreads[-1]
         self.status.value = html.escape(
-            f"{pattern}, {best.name}: speed-up over the dense GEMM {best.speedup.describe()}; "
-            f"GEMM-work bound {1 / best.work:.2f}x"
+            f"{pattern}, {best.name}: speed-up over the dense GEMM {best.speedup.describe('x', 'rounds')} "
+            f"(above 1x: faster); GEMM-work bound {1 / best.work:.2f}x"
         )
         warning = noise_warning([best.speedup, *(s.ratio for s in spreads[1:])])
         self.warning.value = f'<b style="color:#B22222">{html.escape(warning)}</b>' if warning else ""
@@ -199,9 +214,9 @@ class TilePatternPanel(_TimedPanel):
 
 class BlockReadsPanel:
     """Lab 06: step through what one thread block of the tile kernel reads (``viz.matrix.block_reads``).
-    Sliders: the pattern, the class z (starting at ``cls``), the block within the class, and the last
-    K step shown (starting at ``step``, bounded by the loop's length; ``None``: the last, the block's
-    whole loop)."""
+    Sliders: the pattern, the class z (starting at ``cls``), the block within the class, and how many K
+    steps are shown, counted from 1 as the figure numbers them (starting at ``step``, bounded by the loop's
+    length; ``None``: all, the block's whole loop)."""
 
     def __init__(
         self,
@@ -221,11 +236,11 @@ class BlockReadsPanel:
             raise ValueError(f"cls must be a class of the pattern, in [0, {dp - 1}], got {cls}")
         self.cls = w.IntSlider(value=cls, min=0, max=dp - 1, description="class z", **LAYOUT)
         self.block = w.IntSlider(value=0, min=0, max=0, description="block", **LAYOUT)
-        self.step = w.IntSlider(value=0, min=0, max=0, description="K step", **LAYOUT)
+        self.step = w.IntSlider(value=1, min=1, max=1, description="K steps shown", **LAYOUT)
         self._hold = False
         self._fit_ranges()
-        if step is not None and step < 0:
-            raise ValueError(f"step must be >= 0 (or None for the whole loop), got {step}")
+        if step is not None and step < 1:
+            raise ValueError(f"step must be >= 1 (K steps shown; None for the whole loop), got {step}")
         self.step.value = self.step.max if step is None else min(step, self.step.max)
         for s in (self.cls, self.block):
             s.observe(lambda _: self._position_changed(), "value")
@@ -239,7 +254,7 @@ class BlockReadsPanel:
         return TilePattern(dp, offset, self.tile, keep)
 
     def _sizes(self) -> tuple[int, int, int]:
-        return self.block_n, self.block_k, self.step.value
+        return self.block_n, self.block_k, self.step.value - 1  # the figure's ``upto``: the last step, from 0
 
     def _where(self) -> tuple[int, int]:
         return self.cls.value, self.block.value
@@ -253,7 +268,7 @@ class BlockReadsPanel:
             rows_p, _ = pattern.row_classes()[self.cls.value]
             self.block.max = max(0, math.ceil(rows_p.kept_count(self.shape[0]) / self.block_n) - 1)
             steps = block_reads(pattern, *self.shape, *self._where(), self.block_n, self.block_k)
-            self.step.max = max(0, len(steps) - 1)
+            self.step.max = max(1, len(steps))
         finally:
             self._hold = False
 
