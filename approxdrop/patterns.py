@@ -61,6 +61,9 @@ def _set(pattern: object, name: str, value: int) -> int:
     return value
 
 
+INT64_MAX = 2**63 - 1  # the ops take the pattern's integers as int64 (SymInt), the kernels' hosts as long long
+
+
 @dataclass(frozen=True)
 class RowPattern:
     """Keep unit ``i`` of ``n`` iff ``(i - offset) mod dp < keep``; nominal rate ``1 - keep/dp``."""
@@ -70,7 +73,7 @@ class RowPattern:
     keep: int = 1
 
     def __post_init__(self) -> None:
-        dp = _set(self, "dp", check_int("dp", self.dp, 1))
+        dp = _set(self, "dp", check_int("dp", self.dp, 1, INT64_MAX))
         _set(self, "offset", check_int("offset", self.offset, 0, dp - 1))
         _set(self, "keep", check_int("keep", self.keep, 1, dp))
 
@@ -119,9 +122,9 @@ class TilePattern:
     keep: int = 1
 
     def __post_init__(self) -> None:
-        dp = _set(self, "dp", check_int("dp", self.dp, 1))
+        dp = _set(self, "dp", check_int("dp", self.dp, 1, INT64_MAX))
         _set(self, "offset", check_int("offset", self.offset, 0, dp - 1))
-        _set(self, "tile", check_int("tile", self.tile, 1))
+        _set(self, "tile", check_int("tile", self.tile, 1, INT64_MAX))
         _set(self, "keep", check_int("keep", self.keep, 1, dp))
 
     @property

@@ -88,6 +88,9 @@ def test_paper_pattern_rows_are_one_strided_view():
         (lambda: TilePattern(2, 0, tile="8"), "tile must be an int, got '8'"),
         (lambda: TilePattern(2, 0, tile=0), "tile must be in"),
         (lambda: TilePattern(2, 2), "offset must be in"),
+        (lambda: RowPattern(2**70, 0), r"dp must be in \[1, 9223372036854775807\]"),  # not an OverflowError later
+        (lambda: TilePattern(2**70, 1, 2), "dp must be in"),
+        (lambda: TilePattern(2, 1, tile=2**63), "tile must be in"),
         (lambda: RowPattern(2, 0).keep_mask(-1), "n must be in"),
         (lambda: TilePattern(2, 0).keep_mask(-3, 4), "n_out must be in"),
     ],
