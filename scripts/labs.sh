@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 venv=${VENV:-.venv}
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
-"$venv/bin/python" -c "import torch" 2>/dev/null || "$venv/bin/pip" install -q torch==2.13.0 --extra-index-url https://download.pytorch.org/whl/cpu
+"$venv/bin/python" -c "import torch" 2>/dev/null || "$venv/bin/pip" install -q --no-deps torch==2.13.0 --extra-index-url https://download.pytorch.org/whl/cpu
 "$venv/bin/pip" install -q -e ".[lab]"
 settings="$venv/share/jupyter/lab/settings"
 mkdir -p "$settings"
