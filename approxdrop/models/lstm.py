@@ -49,6 +49,7 @@ from .executor_choice import choose_executor, output_and_grads, probe_linear, pr
 from .methods import ELEMENT, NOTHING, ROW, SHARED_UNITS, get_method, methods_for
 from .sites import (
     DropoutRate,
+    RateInDropout,
     check_executor,
     draw_sites,
     group_mask,
@@ -437,22 +438,13 @@ class ApproxDropoutLSTM(DropoutRate, nn.Module):
         return f"{sizes}, p={self.p}, method={self.method!r}{static}"
 
 
-class TorchLSTM(nn.Module):
+class TorchLSTM(RateInDropout, nn.Module):
     """The usual PyTorch model: nn.Embedding, nn.Dropout, nn.LSTM(dropout=p), nn.Dropout, nn.Linear;
     same sizes, initialisation and interface as ApproxDropoutLSTM. Its rate ``p`` lives in ``dropout``, as
-    the ARD models' does (``sites.DropoutRate``): setting ``model.p``, or the p of every nn.Dropout (a rate
+    the ARD models' does (``sites.RateInDropout``): setting ``model.p``, or the p of every nn.Dropout (a rate
     schedule), also sets nn.LSTM's float between its layers at the next forward."""
 
     method = "torch"
-
-    @property
-    def p(self) -> float:
-        """The dropout rate, in [0, 1)."""
-        return self.dropout.p
-
-    @p.setter
-    def p(self, value: float) -> None:
-        self.dropout.p = check_rate(value)
 
     def __init__(
         self, vocab: int, hidden: int = 650, layers: int = 2, p: float = 0.5, *, embedding: int | None = None

@@ -212,17 +212,12 @@ def gathered_linear(
     return y if bias is None else y + bias.to(y.dtype)  # y's dtype under autocast too, as nn.Linear's
 
 
-class DropoutRate:
-    """A model's dropout rate ``p`` and its sites' pattern laws, kept in step. ``p`` lives in the model's
-    ``dropout`` (an nn.Dropout child), so a schedule that sets the ``p`` of every nn.Dropout of a model, as
-    training scripts do, changes this model's rate too; setting ``model.p`` sets it there. The laws are
-    searched again at the next draw after ``p`` changes (``site_laws``; each new rate runs the search once,
-    then it is cached). Laws given at construction hold for their own rate only. A model calls
-    ``init_laws`` once its sites exist, and its ``_site_laws(p, given)`` makes the laws of a rate
-    (``site_distributions`` with its sites' sizes)."""
+class RateInDropout:
+    """A model's dropout rate ``p``, kept in the model's ``dropout`` (an nn.Dropout child), so a schedule that
+    sets the ``p`` of every nn.Dropout of a model, as training scripts do, changes this model's rate too;
+    setting ``model.p`` sets it there."""
 
     dropout: nn.Dropout
-    distributions: list[PatternDistribution] | None
 
     @property
     def p(self) -> float:
@@ -232,6 +227,17 @@ class DropoutRate:
     @p.setter
     def p(self, value: float) -> None:
         self.dropout.p = check_rate(value)
+
+
+class DropoutRate(RateInDropout):
+    """A model's dropout rate ``p`` and its sites' pattern laws, kept in step. ``p`` lives in the model's
+    ``dropout`` (``RateInDropout``): a rate schedule or ``model.p = ...`` sets it. The laws are
+    searched again at the next draw after ``p`` changes (``site_laws``; each new rate runs the search once,
+    then it is cached). Laws given at construction hold for their own rate only. A model calls
+    ``init_laws`` once its sites exist, and its ``_site_laws(p, given)`` makes the laws of a rate
+    (``site_distributions`` with its sites' sizes)."""
+
+    distributions: list[PatternDistribution] | None
 
     def init_laws(self, given: Sequence[PatternDistribution] | None) -> None:
         """The sites' laws for the rate p: ``given`` after checks, else searched."""
