@@ -174,19 +174,16 @@ def test_the_read_masks_figure_gives_its_colour_key():
 
 def test_a_single_evaluation_gets_a_readable_perplexity_panel():
     """CI mode evaluates once, after the last step: the dots sat alone on an x axis from 19 to 21 with one log
-    tick. The step axis now runs from 0 to the last step, the title gives the step and the ticks are labelled."""
+    tick. The step axis now spans the race's steps, the title gives the step and the ticks are labelled."""
     result = fake_result()
     for h in result.histories.values():
         h.eval_step, h.metric = [4], [h.metric[-1]]
     fig = go.FigureWidget(race_figure(result.methods))
     update_race_figure(fig, result)
-    assert list(fig.layout.xaxis2.range) == [0, pytest.approx(4.2)] and fig.layout.xaxis2.autorange is False
+    lo, hi = fig.layout.xaxis2.range
+    assert lo < 1 and 4 < hi < 4.5 and fig.layout.xaxis2.autorange is False
     assert fig.layout.annotations[1].text == "validation perplexity at step 4"
-    assert fig.layout.yaxis2.dtick is None and fig.data[1].marker.size == 10  # 150..600: labels in full
+    assert len(fig.layout.yaxis2.tickvals) >= 4 and fig.data[1].marker.size == 10  # 150..600: labels in full
     update_race_figure(fig, fake_result())  # two evaluations: back to the plain panel
     assert fig.layout.annotations[1].text == "validation perplexity" and fig.layout.xaxis2.autorange is True
     assert fig.data[1].marker.size is None
-    wide = fake_result()
-    wide.histories["row"].metric = [4000.0, 150.0]  # more than a decade: 1-2-5 ticks
-    update_race_figure(fig, wide)
-    assert fig.layout.yaxis2.dtick == "D2"

@@ -13,7 +13,6 @@ reads, what shrinks, and the live perplexity / step-time race.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -373,31 +372,17 @@ def race_figure(methods: Sequence[str], title: str = "Language models side by si
 
 
 def update_race_figure(fig: go.Figure | go.FigureWidget, result: RaceResult) -> None:
-    """Set every trace from ``result`` (a RaceResult); a FigureWidget redraws in place. The perplexity
-    panel's ticks are labelled in full (e.g. 800, 1000, 1200) when its values span less than a decade, where
-    1-2-5 ticks would leave one label or none; after a single evaluation (CI mode: one, after the last step)
-    its step axis runs from 0 to the last step trained, like the loss panel's, and its title gives that step."""
+    """Set every trace from ``result`` (a RaceResult); a FigureWidget redraws in place. The axes are
+    ``update_race_panels``' (readable log ticks; a single evaluation on the race's steps); after a single
+    evaluation (CI mode: one, after the last step) the perplexity panel's title gives its step and its dots
+    are larger, so their colours read."""
     with fig.batch_update():
         update_race_panels(fig, result)
-        _perplexity_axes(fig, result)
-
-
-def _perplexity_axes(fig: go.Figure | go.FigureWidget, result: RaceResult) -> None:
-    histories = list(result.histories.values())
-    values = [v for h in histories for v in h.metric if math.isfinite(v) and v > 0]
-    decades = math.log10(max(values) / min(values)) if values else 0.0
-    fig.layout.yaxis2.dtick = "D2" if decades >= 1 else None  # None: plotly labels a short log axis in full
-    evaluated = sorted({s for h in histories for s in h.eval_step})
-    title = fig.layout.annotations[1]
-    if len(evaluated) == 1:
-        last = max([evaluated[0], *(h.step[-1] for h in histories if h.step)])
-        fig.layout.xaxis2.update(range=[0, 1.05 * last], autorange=False)
-        title.text = f"{PERPLEXITY_TITLE} at step {evaluated[0]}"  # the one evaluation so far
-    else:
-        fig.layout.xaxis2.update(range=None, autorange=True)
-        title.text = PERPLEXITY_TITLE
-    for i in range(len(result.methods)):  # a lone dot per method: larger, so its colour reads
-        fig.data[3 * i + 1].marker.size = 10 if len(evaluated) == 1 else None
+        evaluated = {s for h in result.histories.values() for s in h.eval_step}
+        once = len(evaluated) == 1
+        fig.layout.annotations[1].text = f"{PERPLEXITY_TITLE} at step {min(evaluated)}" if once else PERPLEXITY_TITLE
+        for i in range(len(result.methods)):
+            fig.data[3 * i + 1].marker.size = 10 if once else None
 
 
 def race_result_figure(result: RaceResult, title: str = "Language models side by side") -> go.Figure:
