@@ -113,15 +113,13 @@ def holds_values(t: torch.Tensor) -> bool:
 
 def outside_fake_mode(make: Callable[..., Any], *args: Any) -> Any:
     """``make(*args)`` on real tensors even under a FakeTensorMode (shape inference), for what needs values: a
-    random draw, an index built with ``nonzero``. Under the mode, a tensor it returns (alone or in a list)
-    comes back as a fake copy."""
+    random draw, an index built with ``nonzero``. Under the mode, a tensor it returns comes back as a fake
+    copy; anything else (patterns, a layout) as it is."""
     fake_mode = torch._C._get_dispatch_mode(torch._C._TorchDispatchModeKey.FAKE)
     if fake_mode is None:
         return make(*args)
     with unset_fake_temporarily():
         made = make(*args)
-    if isinstance(made, list):
-        return [fake_mode.from_tensor(m) if isinstance(m, torch.Tensor) else m for m in made]
     return fake_mode.from_tensor(made) if isinstance(made, torch.Tensor) else made
 
 
