@@ -47,9 +47,10 @@ def from_bench(rows: Iterable[BenchRow], p: float) -> list[Timing]:
 @dataclass(frozen=True)
 class PairedTiming(Timing):
     """A ``Timing`` that carries its measured speedup over the chart's first row, taken side by side: the
-    median of the per-``paired`` ratios (``viz.training.summary_timings`` gives a race's rows this way, with
-    the speedups of its table). ``timing_figure`` labels a chart of these rows with that speedup, so a chart
-    drawn from them agrees with the table whoever draws it. None: no step to pair."""
+    median of the per-``paired`` ratios ("round": a timing repeated side by side, ``median_rows``; "step": a
+    race, ``viz.training.summary_timings``, with the speedups of its table). ``timing_figure`` labels a chart
+    of these rows with that speedup, so a chart drawn from them agrees with the lines and the table whoever
+    draws it. None: no step to pair."""
 
     speedup: float | None = None
     paired: str = "step"
@@ -78,15 +79,11 @@ def _carried(rows: Sequence[Timing]) -> tuple[list[float | None] | None, str | N
     return None, None
 
 
-def _speedups(rows: Sequence[Timing], speedups: Sequence[float | None] | None) -> list[float | None]:
-    """Each row's speedup over the first row: ``speedups`` where given (one per row; None or NaN: none),
-    else what ``PairedTiming`` rows carry, else the first row's ms over the row's (single medians: the
-    only statistic there is)."""
-    if speedups is None:
-        speedups, _ = _carried(rows)
+def _speedups(rows: Sequence[Timing]) -> list[float | None]:
+    """Each row's speedup over the first row: what ``PairedTiming`` rows carry (None or NaN: none), else the
+    first row's ms over the row's (single medians: the only statistic there is)."""
+    speedups, _ = _carried(rows)
     if speedups is not None:
-        if len(speedups) != len(rows):
-            raise ValueError(f"{len(speedups)} speedups for {len(rows)} timing rows")
         return [None if s is None or not math.isfinite(s) else float(s) for s in speedups]
     base = rows[0].ms if rows else 0.0
     return [base / r.ms if base > 0 and r.ms > 0 else None for r in rows]
@@ -97,16 +94,14 @@ def _label(row: Timing, speedup: float | None) -> str:
     return f"{row.ms:.3g} ms" + ("" if speedup is None else f", {speedup:.2f}x")
 
 
-def _traces(
-    rows: Sequence[Timing], spreads: Sequence[Spread] | None = None, speedups: Sequence[float | None] | None = None
-) -> tuple[go.Bar, go.Scatter, list[str]]:
+def _traces(rows: Sequence[Timing], spreads: Sequence[Spread] | None = None) -> tuple[go.Bar, go.Scatter, list[str]]:
     """The bars, the bound marks, and the x tick labels: each bar's name over its label. The label goes
     under the bar, not in it, where no whisker and no bound line can run through it."""
     if spreads is not None and len(spreads) != len(rows):
         raise ValueError(f"{len(spreads)} spreads for {len(rows)} timing rows")
     names = [r.name for r in rows]
     base = rows[0].ms if rows else 1.0
-    labels = [_label(r, s) for r, s in zip(rows, _speedups(rows, speedups))]
+    labels = [_label(r, s) for r, s in zip(rows, _speedups(rows))]
     bars = go.Bar(
         x=names,
         y=[r.ms for r in rows],
@@ -129,12 +124,10 @@ def _traces(
     return bars, bound, ticks
 
 
-def _title(
-    title: str, rows: Sequence[Timing], spreads: Sequence[Spread] | None = None, paired: str | None = None
-) -> str:
+def _title(title: str, rows: Sequence[Timing], spreads: Sequence[Spread] | None = None) -> str:
     if not rows:
         return f"{title}<br><sup>not measured yet</sup>"
-    paired = paired or _carried(rows)[1]
+    _, paired = _carried(rows)
     base = rows[0].name
     how = f"median of the per-{paired} ratios" if paired else "ratio of the medians"
     bars = "bars: measured median, whiskers: its IQR over the rounds" if spreads else "bars: measured median"
@@ -152,23 +145,17 @@ def _axes(ticks: Sequence[str], rows: Sequence[Timing]) -> dict:
 
 
 def timing_figure(
-    rows: Sequence[Timing],
-    title: str = "Measured time",
-    spreads: Sequence[Spread] | None = None,
-    speedups: Sequence[float | None] | None = None,
-    paired: str = "round",
+    rows: Sequence[Timing], title: str = "Measured time", spreads: Sequence[Spread] | None = None
 ) -> go.Figure:
     """Bars of measured ms per method; the first row is the baseline of the speedups and of the bound.
-    ``spreads`` (one ms ``Spread`` per row) draws each bar's interquartile range as whiskers.
-    ``speedups`` (one per row, None: none) are the speedups to label: the medians of the per-``paired``
-    ratios ("round": a timing repeated side by side, "step": a race), as the title says; without them the
-    speedups ``PairedTiming`` rows carry, else a bar is labelled with the first row's ms over its own (single
-    medians). The labels sit in the
-    x tick labels, under the bars. With no rows the figure is empty, ready for ``update_timing_figure``."""
-    bars, bound, ticks = _traces(rows, spreads, speedups)
+    ``spreads`` (one ms ``Spread`` per row) draws each bar's interquartile range as whiskers. Each bar is
+    labelled with its speedup: the one ``PairedTiming`` rows carry (the median of the side-by-side ratios, as
+    the title says), else the first row's ms over its own (single medians). The labels sit in the x tick
+    labels, under the bars. With no rows the figure is empty, ready for ``update_timing_figure``."""
+    bars, bound, ticks = _traces(rows, spreads)
     fig = go.Figure([bars, bound])
     fig.update_layout(
-        title=_title(title, rows, spreads, paired if speedups is not None else None),
+        title=_title(title, rows, spreads),
         height=420,
         margin={"t": 110},
         legend={"orientation": "h", "y": -0.28},
@@ -182,15 +169,13 @@ def update_timing_figure(
     rows: Sequence[Timing],
     title: str = "Measured time",
     spreads: Sequence[Spread] | None = None,
-    speedups: Sequence[float | None] | None = None,
-    paired: str = "round",
 ) -> None:
     """Redraw a figure made by ``timing_figure`` (a FigureWidget redraws in place)."""
-    bars, bound, ticks = _traces(rows, spreads, speedups)
+    bars, bound, ticks = _traces(rows, spreads)
     with fig.batch_update():
         fig.data[0].update(x=bars.x, y=bars.y, text=bars.text, error_y=bars.error_y)
         fig.data[1].update(x=bound.x, y=bound.y)
-        fig.layout.title.text = _title(title, rows, spreads, paired if speedups is not None else None)
+        fig.layout.title.text = _title(title, rows, spreads)
         fig.update_layout(**_axes(ticks, rows))
 
 
@@ -298,21 +283,16 @@ def repeat_timings(measure: Callable[[], Sequence[Timing]], rounds: int) -> list
     ]
 
 
-def median_rows(spreads: Sequence[TimingSpread]) -> list[Timing]:
-    """The medians as ``Timing`` rows, for ``timing_figure``."""
-    return [Timing(s.name, s.ms.median, s.work) for s in spreads]
-
-
-def median_speedups(spreads: Sequence[TimingSpread]) -> list[float]:
-    """Each method's median per-round speedup over the first, for ``timing_figure``'s labels: the number
-    ``timing_lines`` prints."""
-    return [s.speedup.median for s in spreads]
+def median_rows(spreads: Sequence[TimingSpread]) -> list[PairedTiming]:
+    """The medians as rows for ``timing_figure``, each carrying its median per-round speedup over the first:
+    the number ``timing_lines`` prints."""
+    return [PairedTiming(s.name, s.ms.median, s.work, s.speedup.median, "round") for s in spreads]
 
 
 def spread_figure(timings: Sequence[TimingSpread], title: str = "Measured time") -> go.Figure:
     """``timing_figure`` of ``repeat_timings`` results: median bars with their IQR as whiskers, each
     labelled with its median per-round speedup over the first."""
-    return timing_figure(median_rows(timings), title, [t.ms for t in timings], median_speedups(timings))
+    return timing_figure(median_rows(timings), title, [t.ms for t in timings])
 
 
 def timing_lines(spreads: Sequence[TimingSpread], baseline: str | None = None) -> list[str]:

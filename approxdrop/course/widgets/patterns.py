@@ -35,7 +35,6 @@ from ..viz.matrix import (
 )
 from ..viz.timing import (
     median_rows,
-    median_speedups,
     noise_warning,
     repeat_timings,
     timing_figure,
@@ -130,7 +129,6 @@ class _TimedPanel:
             median_rows(spreads),
             self._timing_title(pattern),
             [t.ms for t in spreads],
-            median_speedups(spreads),
         )
         best = spreads[-1]
         self.status.value = html.escape(
