@@ -136,6 +136,12 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def cpu_threads() -> str:
+    """torch's CPU threads in words: "1 thread", "2 threads"."""
+    threads = torch.get_num_threads()
+    return f"{threads} thread{'' if threads == 1 else 's'}"
+
+
 def describe_machine(device: str | torch.device) -> str:
     """One line naming the device, torch version and date, for recorded tables."""
     device = torch.device(device)
@@ -143,7 +149,7 @@ def describe_machine(device: str | torch.device) -> str:
         name = torch.cuda.get_device_name(device)
         where = f"{name}, CUDA {torch.version.cuda}, TF32 matmul {torch.backends.cuda.matmul.allow_tf32}"
     else:
-        where = f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+        where = f"CPU {platform.processor() or platform.machine()}, {cpu_threads()}"
     return f"{where}; torch {torch.__version__}; {datetime.date.today().isoformat()}"
 
 

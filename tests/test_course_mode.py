@@ -1,8 +1,9 @@
-"""``course.mode.lab_sizes``: a lab's full and CI sizes chosen in one call."""
+"""``course.mode``: a lab's full and CI sizes chosen in one call, and the device in words."""
 
 import pytest
+import torch
 
-from approxdrop.course.mode import CI_ENV, lab_sizes
+from approxdrop.course.mode import CI_ENV, device_name, lab_sizes
 
 
 def test_sizes_pick_every_pair_and_say_which(monkeypatch, capsys):
@@ -38,3 +39,9 @@ def test_an_unknown_ci_mode_value_is_refused_with_the_ones_understood(monkeypatc
     monkeypatch.setenv(CI_ENV, "disabled")
     with pytest.raises(ValueError, match=r"APPROXDROP_CI='disabled': use one of \('1', 'true', 'yes', 'on'\)"):
         ci_mode()
+
+
+@pytest.mark.parametrize("threads, words", [(1, "CPU with 1 thread"), (2, "CPU with 2 threads")])
+def test_device_name_counts_the_cpu_threads_in_words(monkeypatch, threads, words):
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
+    assert device_name(torch.device("cpu")) == words

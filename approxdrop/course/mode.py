@@ -13,6 +13,8 @@ from typing import Any, TypeVar
 
 import torch
 
+from .._env import cpu_threads
+
 CI_ENV = "APPROXDROP_CI"
 _T = TypeVar("_T")  # what ``pick`` chooses between
 
@@ -57,6 +59,13 @@ def device() -> torch.device:
     if ci_mode():
         torch.set_num_threads(1)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def device_name(on: torch.device) -> str:
+    """The device in words, for a lab's first lines: the GPU's name, or "CPU with 1 thread" ("... 2 threads")."""
+    if on.type == "cuda":
+        return torch.cuda.get_device_name(on)
+    return f"CPU with {cpu_threads()}"
 
 
 def environment() -> dict[str, str]:
