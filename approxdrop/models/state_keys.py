@@ -1,7 +1,8 @@
 """Checkpoint keys that survive ``convert``: a module whose children ``convert`` moved (a chain collapsed
 into one block, a block that holds Linears its layer still holds) saves its state_dict under the keys it
 had before, and loads a checkpoint written with those keys; so a checkpoint of the unconverted model
-loads into the converted one, and the reverse, with ``strict=True``.
+loads into the converted one, and the reverse, with ``strict=True``; a partial load reports its missing and
+unexpected keys by the checkpoint's names, as the unconverted model would.
 
 Such a module carries a ``KeyMap``: prefixes of its keys as they now are (``raw``) against the keys of
 the checkpoint (``saved``). An ``alias`` entry names a tensor the module also holds under another, live
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 from torch import nn
 
 ATTR = "_approxdrop_key_map"  # where a module keeps its KeyMap
+LOAD_MARKS = "_approxdrop_load_marks"  # (prefix, len(missing_keys), len(unexpected_keys)) as its load began
 
 Entry = tuple[str, str, bool]  # (raw prefix, saved prefix, alias); prefixes relative to the module, ending in "."
 
@@ -56,6 +58,7 @@ def add_entries(module: nn.Module, moved: list[Entry], order: list[str]) -> None
     if old is None:
         module.register_state_dict_post_hook(_save_hook)
         module.register_load_state_dict_pre_hook(_load_hook)
+        module.register_load_state_dict_post_hook(_load_post_hook)
         old = KeyMap()
     entries: list[Entry] = []
     for raw, before, alias in moved:
@@ -99,3 +102,20 @@ def _load_hook(module, state_dict, prefix, local_metadata, strict, missing_keys,
             unexpected_keys.append(key)
         for raw in raws:
             state_dict[prefix + raw] = value
+    object.__setattr__(module, LOAD_MARKS, (prefix, len(missing_keys), len(unexpected_keys)))
+
+
+def _load_post_hook(module: nn.Module, incompatible) -> None:
+    """Name the missing and unexpected keys that this module and its children found (raw keys) as the
+    checkpoint does, leaving aliases out: load_state_dict reports the keys state_dict() shows."""
+    keys: KeyMap = getattr(module, ATTR)
+    prefix, *starts = getattr(module, LOAD_MARKS)
+    for found, start in zip((incompatible.missing_keys, incompatible.unexpected_keys), starts):
+        renamed: list[str] = []
+        for key in found[start:]:
+            if key.startswith(prefix):
+                saved = keys.to_saved(key[len(prefix) :])
+                key = None if saved is None else prefix + saved
+            if key is not None and key not in renamed:
+                renamed.append(key)
+        found[start:] = renamed
