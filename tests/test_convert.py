@@ -143,14 +143,14 @@ def test_look_alikes_are_left_untouched_never_half_converted():
         nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Dropout(1.0), nn.Linear(8, 4)),  # no row law at p = 1
         nn.Sequential(nn.ReLU(), nn.Dropout(0.5), nn.Linear(4, 4)),  # at the start
         nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Dropout(0.5)),  # at the end
-        ApproxDropoutMLP([4, 8, 4], 0.5),  # the library's own: its dropout is its own
+        ApproxDropoutMLP([4, 8, 4], 0.5),  # the library's own: left as it is, and said so
     ]
     model = nn.ModuleList(seqs)
     entries = [list(s.children()) for s in seqs]
     report = convert(model)
     assert report.converted == [] and [list(s.children()) for s in seqs] == entries
     reasons = dict(report.skipped)
-    assert list(reasons) == ["0.2", "1.2", "2.2", "3.2", "4.1", "5.2"]
+    assert list(reasons) == ["0.2", "1.2", "2.2", "3.2", "4.1", "5.2", "6"]
     assert reasons["0.2"] == "Linear sizes do not chain: 4 -> 8, then 6 -> 4"
     assert reasons["1.2"].startswith("activation not elementwise: nn.LayerNorm")
     assert reasons["2.2"].startswith("nn.Dropout1d is not nn.Dropout")
@@ -158,6 +158,7 @@ def test_look_alikes_are_left_untouched_never_half_converted():
     needs = "Dropout not between two Linears: needs Linear -> activation -> Dropout -> Linear"
     assert reasons["4.1"] == f"{needs}, found ReLU -> Dropout -> Linear"
     assert reasons["5.2"].endswith("found Linear -> ReLU -> Dropout")
+    assert reasons["6"].startswith("already approxdrop's ApproxDropoutMLP (p 0.5, method 'row-g4'): left as it is")
 
 
 @pytest.mark.parametrize(
@@ -180,8 +181,13 @@ def test_converting_twice_changes_nothing_more():
     model = make_model()
     convert(model)
     modules = [(name, id(m)) for name, m in model.named_modules()]
-    report = convert(model)
-    assert report.converted == [] and {name for name, _ in report.skipped} == set(EXPECTED_SKIPPED)
+    rates = {name: model.get_submodule(name).p for name in EXPECTED_CONVERTED}
+    report = convert(model, p=0.6, method="row-g4")
+    reasons = dict(report.skipped)
+    assert report.converted == [] and set(reasons) == set(EXPECTED_SKIPPED) | set(EXPECTED_CONVERTED)
+    for name, p in rates.items():  # the blocks of the first convert: said to be left as they are
+        said = f"already approxdrop's ApproxDropoutFFN (p {p}, method 'row'): left as it is"
+        assert reasons[name].startswith(said) and model.get_submodule(name).p == p != 0.6
     assert [(name, id(m)) for name, m in model.named_modules()] == modules
 
 

@@ -141,6 +141,26 @@ def test_hooks_on_the_chain_refuse_it_with_the_reason():
     assert convert(pre).converted == []
 
 
+def test_a_linear_whose_forward_is_replaced_on_the_instance_is_refused_with_the_reason():
+    """A patched forward (a LoRA delta, accelerate's hooks) would be skipped by the block, which reads the
+    weight: refused, as hooks are, for a chain's Linear and for an output-side GPT-2 Conv1D."""
+
+    def shifted(self, x):
+        return nn.functional.linear(x, self.weight, self.bias) + 100.0
+
+    model = chain()
+    model[3].forward = shifted.__get__(model[3])
+    report = convert(model)
+    assert report.converted == [] and type(model[3]) is nn.Linear
+    assert "entry 3 has its forward replaced on the instance" in dict(report.skipped)["2"]
+    gpt = gpt2()
+    mlp = gpt.h[0].mlp
+    mlp.c_proj.forward = lambda x: x
+    report = convert(gpt, output_side=True)
+    assert "h.0.mlp.c_proj" not in report.converted and "h.1.mlp.c_proj" in report.converted
+    assert "c_proj has its forward replaced on the instance" in dict(report.skipped)["h.0.mlp.dropout"]
+
+
 def test_a_chain_converted_after_its_hook_is_removed_keeps_the_keys():
     model = nn.Sequential(chain(), *_tail())
     handle = model[0][3].register_forward_hook(lambda mod, i, o: None)

@@ -50,7 +50,8 @@ class ConvertReport:
     """What ``convert`` did: ``converted`` holds the qualified names of the new blocks, each an
     ApproxDropoutFFN (an OutputRowDropout for output-side dropout; ``kinds`` says which), so
     ``model.get_submodule(name)`` returns it, and ``adapters`` the adapter that made each; ``skipped`` a
-    ``(name, reason)`` pair for every dropout left alone; ``functional`` a ``(name, detail)`` pair for
+    ``(name, reason)`` pair for every dropout left alone (for an approxdrop block already in the model, the
+    block's name); ``functional`` a ``(name, detail)`` pair for
     every module whose forward code applies dropout that no adapter turned into a block. Names are as
     in the converted model."""
 
@@ -99,7 +100,8 @@ def convert(
     ``static_shapes``: the feed-forward and output-side blocks run at shapes set by their draw's ``(dp, keep)``
     (ApproxDropoutFFN, OutputRowDropout), for one compiled or CUDA graph per pattern class.
     Everything is planned before anything changes: a chain is converted whole or left untouched, with
-    the reason in the report.
+    the reason in the report. Blocks already in the model (a second ``convert``) are left as they are, and
+    the report says so.
     """
     if not isinstance(module, nn.Module):
         raise ValueError(f"convert takes an nn.Module, got {type(module).__name__}")
@@ -147,9 +149,12 @@ class _Walk:
         self.refused: dict[int, set[str]] = {}  # id of a module whose replacement was refused -> its dropouts
 
     def visit(self, module: nn.Module) -> None:
-        if id(module) in self.seen or isinstance(module, ARD_MODELS):
+        if id(module) in self.seen:
             return
         self.seen.add(id(module))
+        if isinstance(module, ARD_MODELS):
+            self._already(module)
+            return
         adapter = adapter_for(module)
         covered: set[str] = set()
         if adapter is not None and not adapter.replaces:
@@ -169,6 +174,18 @@ class _Walk:
             if isinstance(adapter, FunctionalDropoutAdapter) and any(m is module for m, _ in self.plans):
                 detail += "; its activation dropout was converted"
             self.functional.append((module, detail))
+
+    def _already(self, block: nn.Module) -> None:
+        """Leave an approxdrop block that is in the model already (converted before, or built so) as it is, and
+        say so, unless its layer's plan said it (the block holds that layer's dropout)."""
+        dropout = getattr(block, "dropout", None)
+        if dropout is not None and any(m._modules.get(key) is dropout for m, key, _ in self.left):
+            return
+        why = (
+            f"already approxdrop's {type(block).__name__} (p {block.p}, method {block.method!r}): left as it is, "
+            "whatever p, method and groups convert is given (set its p to change the rate)"
+        )
+        self.left.append((block, "", why))
 
     def _own(self, module: nn.Module, adapter: Adapter) -> set[str]:
         """Plan ``module`` with its adapter; the keys of the dropouts the plan speaks for."""
@@ -335,8 +352,9 @@ class _Builder:
         if type(dropout) is not nn.Dropout:
             return f"nn.{type(dropout).__name__} is not nn.Dropout: only per-element dropout becomes a row pattern"
         conv1d = class_name(type(linear)) == CONV1D
-        if not conv1d and (not isinstance(linear, nn.Linear) or type(linear).forward is not nn.Linear.forward):
-            return f"{members[0]} is {type(linear).__name__}, not an nn.Linear (the block computes the GEMM itself)"
+        why = _gemm_problem(members[0], linear, conv1d)
+        if why is not None:
+            return why
         for name, part in zip(members, (linear, dropout)):
             why = _hooked(part)
             if why is not None:
@@ -372,8 +390,9 @@ def _chain_problem(chain: Chain) -> str | None:
     """Why a found chain cannot become a block, or None."""
     fc1, fc2 = chain.fc1, chain.fc2
     for name, linear in zip(chain.members[::3], (fc1, fc2)):
-        if not isinstance(linear, nn.Linear) or type(linear).forward is not nn.Linear.forward:
-            return f"{name} is {type(linear).__name__}, not an nn.Linear (the block computes the GEMM itself)"
+        why = _gemm_problem(name, linear)
+        if why is not None:
+            return why
     if fc1.out_features != fc2.in_features:
         return (
             f"Linear sizes do not chain: {fc1.in_features} -> {fc1.out_features}, "
@@ -389,6 +408,19 @@ def _chain_problem(chain: Chain) -> str | None:
         why = _hooked(part) if isinstance(part, nn.Module) else None
         if why is not None:
             return f"{name} {why}"
+    return None
+
+
+def _gemm_problem(name: str, linear: nn.Module, conv1d: bool = False) -> str | None:
+    """Why a block cannot compute the GEMM of ``linear`` itself (it reads the weight and never calls the
+    module), or None. ``conv1d``: a Hugging Face Conv1D, whose GEMM the block computes transposed."""
+    if not conv1d and (not isinstance(linear, nn.Linear) or type(linear).forward is not nn.Linear.forward):
+        return f"{name} is {type(linear).__name__}, not an nn.Linear (the block computes the GEMM itself)"
+    if "forward" in vars(linear):
+        return (
+            f"{name} has its forward replaced on the instance (a patch, or a wrapper's hook such as accelerate's): "
+            "the block computes the GEMM itself, so in training the replacement would silently stop running"
+        )
     return None
 
 
