@@ -30,6 +30,20 @@ def test_candidate_dropped_counts_match_periodic_count():
         assert np.allclose(np.bincount(index, weights=weight), 1.0)
 
 
+def test_a_pattern_drops_as_few_distinct_counts_as_docs_method_says():
+    """docs/method.md §4c: one count when dp divides n, else at most min(keep, dp - keep) + 1 (two for keep 1),
+    and that many are reached."""
+    most = {}
+    for dp in range(1, 13):
+        for keep in range(1, dp + 1):
+            for n in range(1, 4 * dp):
+                index, count, _ = candidate_dropped_counts([(dp, keep)], n)
+                distinct = len(set(count.tolist()))
+                assert distinct == 1 if n % dp == 0 else distinct <= min(keep, dp - keep) + 1, (dp, keep, n)
+                most[dp, keep] = max(most.get((dp, keep), 0), distinct)
+    assert all(m == min(keep, dp - keep) + 1 for (dp, keep), m in most.items() if dp > 1), most
+
+
 @pytest.mark.parametrize("n, p", [(1, 0.3), (10, 0.5), (200, 0.05), (4096, 0.7), (50, 0.0)])
 def test_binomial_pmf_matches_scipy(n, p):
     assert np.allclose(binomial_pmf(n, p), sps.binom.pmf(np.arange(n + 1), n, p), atol=1e-13)
