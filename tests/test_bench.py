@@ -43,6 +43,11 @@ def test_measure_runs_every_method_side_by_side():
     assert table.count("\n") == len(rows) + 1 and "| 0.5 | row |" in table
 
 
+def test_table_tells_close_rates_apart():
+    rows = [bench.BenchRow("row", p, 1.0, 0.5, 0.5, 3) for p in (0.2, 0.25, 0.99)]
+    assert [line.split(" | ")[0] for line in format_table(rows).splitlines()[2:]] == ["| 0.2", "| 0.25", "| 0.99"]
+
+
 def test_measure_needs_the_baseline():
     with pytest.raises(ValueError, match="must include 'bernoulli'"):
         measure(methods=("row",), progress=False)

@@ -32,6 +32,13 @@ def test_single_class_law_keeps_exactly_one_minus_p_where_a_small_period_can(p):
     assert Fraction(keep, dp) == Fraction(1 - p).limit_denominator(16) and 1 <= keep <= dp <= 16
 
 
+@pytest.mark.parametrize("p", [0.33, 0.99])
+def test_a_rate_with_no_small_period_is_refused_in_one_line(p, capsys):
+    assert cli_main(["bench-graphs", "--p", str(p), "--no-paper", "--backend", "eager", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"error: p {p} is not 1 - keep/dp for any period dp <= 16" in err and "Traceback" not in err
+
+
 def test_table_shows_graphs_with_their_bound():
     rows = [
         GraphRow("tiny", "row static compiled", 0.5, 1.2, 3, 4),

@@ -152,3 +152,33 @@ def test_the_documented_study_commands_name_their_folder():
     assert len(commands) >= 3
     for command in commands:
         assert "--out " in command, command
+
+
+@pytest.mark.parametrize(
+    "argv, status, said",
+    [
+        (["bench", "--ps", "0.99", "--methods", "bernoulli", "row-extended", "--no-progress"], 2,
+         "approxdrop bench: error: p=0.99 is above 0.984375 = 1 - 1/64, the highest rate family 'extended' reaches"),
+        (["gemm-timing", "--n", "1000000", "--batch", "8", "--repeats", "1"], 1,
+         "approxdrop gemm-timing: error: out of memory ("),
+        (["bench-lstm", "--sizes", "--perplexity-steps", "2", "--seeds", "-5", "--no-progress"], 2,
+         "approxdrop bench-lstm: error: argument --seeds: must be a seed in [0, 2**63 - 1], got -5"),
+    ],
+    ids=["unreachable rate", "no memory", "negative seed"],
+)  # fmt: skip
+def test_a_setting_the_library_refuses_is_one_error_line(argv, status, said, capsys):
+    assert cli_main(argv) == status
+    err = capsys.readouterr().err
+    assert said in err and "Traceback" not in err
+
+
+def test_data_that_cannot_be_had_is_one_error_line(monkeypatch, capsys):
+    from approxdrop.data.download import DataUnavailable
+    from approxdrop.experiments import gemm_timing
+
+    def offline(args):
+        raise DataUnavailable("mnist: could not download (offline)")
+
+    monkeypatch.setattr(gemm_timing, "run", offline)
+    assert cli_main(["gemm-timing"]) == 1
+    assert capsys.readouterr().err == "approxdrop gemm-timing: error: mnist: could not download (offline)\n"

@@ -50,6 +50,13 @@ def test_bad_arguments_are_usage_errors(argv, capsys):
     assert "error:" in capsys.readouterr().err
 
 
+def test_a_method_that_converts_nothing_is_refused_before_any_timing(capsys):
+    argv = ["--models", "encoder", "--method", "row-extended", "--p", "0.99", "--rounds", "1", "--warmup", "0"]
+    assert main(["bench-convert", *argv, "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "error: model encoder: convert(method='row-extended', p=0.99) made no block (layers.0.dropout: " in err
+
+
 def _has_transformers() -> bool:
     try:
         import transformers  # noqa: F401

@@ -177,9 +177,7 @@ def format_table(rows: list[BenchRow]) -> str:
         "|---:|---|---:|---:|---:|",
     ]
     for r in rows:
-        lines.append(
-            f"| {r.p:.1f} | {r.method} | {r.ms_per_step:.2f} | {r.ratio_to_bernoulli:.3f} | {r.gemm_work:.3f} |"
-        )
+        lines.append(f"| {r.p:g} | {r.method} | {r.ms_per_step:.2f} | {r.ratio_to_bernoulli:.3f} | {r.gemm_work:.3f} |")
     return "\n".join(lines)
 
 

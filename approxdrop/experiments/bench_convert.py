@@ -144,15 +144,10 @@ def measure(
     unknown = [m for m in models if m not in BUILDERS]
     if unknown or not models:
         raise ValueError(f"models must be some of {MODELS}, got {list(models)}")
+    built = {name: _converted_twins(name, size, p, method, seed, dev) for name in models}  # refusals before timing
     rows = []
     bar = progress_bar(len(models) * 2 * (warmup + rounds), "bench-convert", progress)
-    for name in models:
-        torch.manual_seed(seed)
-        model, forward = BUILDERS[name](size, p)
-        model.to(dev)
-        twin = copy.deepcopy(model)
-        side = name in OUTPUT_SIDE
-        report = convert(twin, method=method, generator=torch.Generator().manual_seed(seed), output_side=side)
+    for name, (model, twin, forward, report) in built.items():
         gen = torch.Generator().manual_seed(seed)
         if name != "encoder":
             x = torch.randint(256, (size.batch, size.sequence), generator=gen)  # [B, T]
@@ -171,6 +166,22 @@ def measure(
         )
     bar.close()
     return rows
+
+
+def _converted_twins(name: str, size: Size, p: float, method: str, seed: int, device: torch.device):
+    """(model, its converted copy, forward, convert's report); ValueError, with convert's reason, when
+    ``method`` converts nothing in it (a timing of two equal models would read as a speedup of 1)."""
+    torch.manual_seed(seed)
+    model, forward = BUILDERS[name](size, p)
+    model.to(device)
+    twin = copy.deepcopy(model)
+    side = name in OUTPUT_SIDE
+    report = convert(twin, method=method, generator=torch.Generator().manual_seed(seed), output_side=side)
+    if not report.converted:
+        refusals = [item for item in report.skipped if item[1].startswith("cannot build")] or report.skipped
+        where, why = refusals[0] if refusals else ("", "no dropout found")
+        raise ValueError(f"model {name}: convert(method={method!r}, p={p}) made no block ({where}: {why})")
+    return model, twin, forward, report
 
 
 def format_table(rows: list[ConvertBenchRow], size: Size) -> str:
@@ -214,11 +225,8 @@ def run(args: argparse.Namespace) -> int:
     size = Size(args.d_model, args.d_hidden, args.heads, args.layers, args.sequence, args.batch)
     if args.d_model % args.heads:
         args.parser.error(f"--d-model {args.d_model} must be a multiple of --heads {args.heads}")
-    try:
-        rows = measure(tuple(args.models), args.p, args.method, size, args.warmup, args.rounds,
-                       args.clock, args.device, progress=not args.no_progress)  # fmt: skip
-    except ValueError as err:
-        args.parser.error(str(err))
+    rows = measure(tuple(args.models), args.p, args.method, size, args.warmup, args.rounds,
+                   args.clock, args.device, progress=not args.no_progress)  # fmt: skip
     print(
         f"convert, p {args.p}, method {args.method}: d_model {size.d_model}, feed-forward {size.d_hidden}, "
         f"{size.layers} layers, {size.batch} x {size.sequence} tokens, float32, {torch.get_num_threads()} thread(s), "

@@ -11,9 +11,9 @@ Elsewhere ``--backend`` picks the compiler (default inductor; ``eager`` for a qu
 Every step is zero_grad + forward + cross-entropy + backward + SGD step; the compiled ones compile the
 model's forward and backward. The clock is wall time (synchronised on CUDA), not CPU time: after a
 compile, inductor's worker threads in this process add CPU time to every step, compiled or not (run it
-on a quiet machine). The ``row`` and ``row-g4`` models draw from one law per site
-with a single ``(dp, keep)`` class (``single_class_law``: the smallest period that keeps exactly
-``1 - p``), so after its first step a static compiled model replays one graph whatever the offsets; a
+on a quiet machine). The ``row`` and ``row-g4`` models draw from one law per site with a single ``(dp, keep)``
+class (``single_class_law``: the smallest period that keeps exactly ``1 - p``; a p with no such period up to 16
+is refused), so after its first step a static compiled model replays one graph whatever the offsets; a
 searched law of a small width has up to about ten classes per site, and one graph per combination.
 ``graphs`` counts the graphs Dynamo made for a step; ``bound`` is the product over the static model's
 sites of its laws' classes. Run ``approxdrop bench-graphs --help``.
@@ -31,7 +31,7 @@ import torch
 from torch._dynamo.utils import counters
 
 from .._env import check_rate
-from ..distribution import PatternDistribution
+from ..distribution import RATE_TOL, PatternDistribution
 from ..models.mlp import ApproxDropoutMLP
 from ..models.sites import static_graph_bound
 from ..training.graphed import compiled_step
@@ -66,8 +66,14 @@ class GraphRow:
 
 
 def single_class_law(p: float, max_period: int = 16) -> PatternDistribution:
-    """The row law with one ``(dp, keep)``: ``keep / dp`` the fraction nearest ``1 - p`` with ``dp <= max_period``."""
+    """The row law with one ``(dp, keep)`` of rate p: ``keep / dp = 1 - p`` with ``dp <= max_period`` (the
+    smallest such period), within the models' ``RATE_TOL``; ValueError for a p that has none."""
     kept = Fraction(1 - check_rate(p)).limit_denominator(max_period)
+    if kept == 0 or abs(float(1 - kept) - p) > RATE_TOL:
+        raise ValueError(
+            f"p {p} is not 1 - keep/dp for any period dp <= {max_period}: the steps here draw from one (dp, keep) "
+            "per site, so give such a rate (0.1, 0.25, 0.3, 0.5, 0.7, 0.75, 0.9, ...)"
+        )
     return PatternDistribution(((kept.denominator, kept.numerator),), (1.0,))
 
 
@@ -112,7 +118,7 @@ def steps_for(
 
 def measure(args: argparse.Namespace) -> list[GraphRow]:
     """Time the steps of ``STEPS`` at each size of ``args``; rows in ``STEPS`` order per size."""
-    check_rate(args.p)
+    single_class_law(args.p)  # a rate with one (dp, keep) class, refused before anything runs
     device = check_protocol(args.device, args.warmup, args.rounds, args.steps, [args.p], ["bernoulli"], ("bernoulli",))
     sizes = [("tiny", TINY_MLP, TINY_BATCH)] + ([] if args.no_paper else [("paper", PAPER_SIZES, PAPER_BATCH)])
     rows = []

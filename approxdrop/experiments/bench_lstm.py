@@ -38,6 +38,7 @@ from .options import (
     non_negative_int,
     positive_int,
     progress_bar,
+    random_seed,
     rate,
     write_record,
 )
@@ -143,7 +144,7 @@ def format_table(rows: list[LSTMBenchRow]) -> str:
         torch_ratio = "-" if r.ratio_to_torch is None else f"{r.ratio_to_torch:.3f}"
         speedup = "-" if r.ratio_to_torch is None else f"{1 / r.ratio_to_torch:.2f}x"
         lines.append(
-            f"| {r.size} | {r.p:.1f} | {r.method} | {r.ms_per_step:.1f} | {r.ratio_to_bernoulli:.3f} | {torch_ratio} "
+            f"| {r.size} | {r.p:g} | {r.method} | {r.ms_per_step:.1f} | {r.ratio_to_bernoulli:.3f} | {torch_ratio} "
             f"| {speedup} | {r.gemm_work:.3f} |"
         )
     return "\n".join(lines)
@@ -246,7 +247,7 @@ def perplexity_table(runs: Sequence[LMRun]) -> str:
         ratio = "-" if stats is None or base is None else f"{stats[0] / base[0]:.3f}"
         ms = statistics.median(r.ms_per_step for r in cell)
         diverged = ", ".join(f"seed {r.seed} at step {r.diverged_at}" for r in cell if r.diverged_at is not None)
-        lines.append(f"| {p:.1f} | {method} | {value} | {ratio} | {ms:.1f} | {diverged or '-'} |")
+        lines.append(f"| {p:g} | {method} | {value} | {ratio} | {ms:.1f} | {diverged or '-'} |")
     return "\n".join(lines)
 
 
@@ -296,7 +297,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"also train this many steps per p and seed ({PERPLEXITY_SIZE} size)",
     )
     parser.add_argument(
-        "--seeds", type=int, nargs="+", action=Distinct, default=[0], help="seeds of the perplexity runs"
+        "--seeds", type=random_seed, nargs="+", action=Distinct, default=[0], help="seeds of the perplexity runs"
     )
     batch = SIZES[PERPLEXITY_SIZE].batch  # the validation split is read in this many columns of 2 tokens or more
     parser.add_argument(

@@ -11,6 +11,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+import torch
+
+from ..data.download import DataUnavailable
 from . import (
     bench,
     bench_convert,
@@ -67,9 +70,26 @@ def main(argv: list[str] | None = None) -> int:
             parser.print_help()
             return 2
         apply_common(args, args.parser)
-        return args.run(args)
+        return run(args)
     except SystemExit as stop:  # --help, or a usage error argparse has already explained
         return stop.code if isinstance(stop.code, int) else 1
+
+
+def run(args: argparse.Namespace) -> int:
+    """The subcommand, with the library's refusal of a setting (ValueError: a rate no pattern family reaches,
+    a law that does not fit) as a usage error, and data it cannot get or memory it cannot have as one line."""
+    try:
+        return args.run(args)
+    except ValueError as err:
+        args.parser.error(str(err))
+    except DataUnavailable as err:
+        print(f"approxdrop {args.command}: error: {err}", file=sys.stderr)
+    except RuntimeError as err:
+        if not (isinstance(err, torch.OutOfMemoryError) or "can't allocate memory" in str(err)):
+            raise
+        first = str(err).strip().splitlines()[0]
+        print(f"approxdrop {args.command}: error: out of memory ({first}): use smaller sizes", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

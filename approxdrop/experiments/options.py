@@ -37,6 +37,17 @@ def non_negative_int(text: str) -> int:
     return value
 
 
+SEED_MAX = 2**63 - 1  # torch.manual_seed takes a seed as a C++ int64
+
+
+def random_seed(text: str) -> int:
+    """argparse type: a random seed, an int in [0, SEED_MAX]."""
+    value = int(text)
+    if not 0 <= value <= SEED_MAX:
+        raise argparse.ArgumentTypeError(f"must be a seed in [0, 2**63 - 1], got {value}")
+    return value
+
+
 def int_at_least(low: int, reason: str) -> Callable[[str], int]:
     """argparse type: an int >= ``low``; ``reason`` says in the error where the bound comes from."""
 

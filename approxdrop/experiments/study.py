@@ -56,7 +56,16 @@ from .._env import (
 from ..data import NAMES, Dataset, load_dataset
 from ..models import METHODS, ApproxDropoutMLP
 from ..training import evaluate, training_step
-from .options import Distinct, check_json_apart, check_output_dir, positive_int, progress_bar, rate, write_record
+from .options import (
+    Distinct,
+    check_json_apart,
+    check_output_dir,
+    positive_int,
+    progress_bar,
+    random_seed,
+    rate,
+    write_record,
+)
 
 VARIANTS = METHODS  # a study can train any MLP method of the table
 SPLIT_SEED = 1234  # the one validation split of every run
@@ -493,7 +502,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--hidden", type=positive_int, nargs="+", default=list(defaults.hidden), help="hidden widths")
     parser.add_argument("--ps", type=rate, nargs="+", action=Distinct, default=list(defaults.ps), help="dropout rates")
-    parser.add_argument("--seeds", type=int, nargs="+", action=Distinct, default=list(defaults.seeds))
+    parser.add_argument("--seeds", type=random_seed, nargs="+", action=Distinct, default=list(defaults.seeds))
     parser.add_argument("--epochs", type=positive_int, default=defaults.epochs)
     parser.add_argument("--batch", type=positive_int, default=defaults.batch)
     parser.add_argument("--lrs", type=float, nargs="+", action=Distinct, default=list(defaults.lrs),
@@ -527,8 +536,6 @@ def run(args: argparse.Namespace) -> int:
             dataset=args.dataset, train_size=args.train_size, test_size=args.test_size,
         )  # fmt: skip
         results = run_study(config, args.out, progress=not args.no_progress, workers=args.workers)
-    except ValueError as err:  # a bad setting, a split larger than the data, a directory of other settings
-        args.parser.error(str(err))
     except OSError as err:  # the disk filled up or the folder went away mid-study: what finished is kept
         print(f"approxdrop study: error: {err}. The finished runs in {args.out} are kept: fix this and run "
               "the same command again to resume.", file=sys.stderr)  # fmt: skip
