@@ -1,6 +1,7 @@
 """Activation checkpointing (torch.utils.checkpoint) re-runs a forward inside backward. With the global random
 state, which checkpointing saves and restores, the recomputed forward draws the same patterns, so the
-gradients are those of the plain step; a module's own generator cannot be restored, so that draw is refused."""
+gradients are those of the plain step; a module's own generator cannot be restored, so that draw is refused. A
+forward that took a draw of draw_patterns gets that draw again when it is recomputed."""
 
 import copy
 
@@ -8,13 +9,14 @@ import pytest
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from approxdrop import ApproxDropoutFFN, ApproxDropoutMLP, convert
+from approxdrop import ApproxDropoutFFN, ApproxDropoutMLP, convert, draw_patterns
 
 MODELS = {
     "mlp row": lambda gen: ApproxDropoutMLP([16, 48, 48, 4], p=0.5, method="row", executor="compact", generator=gen),
     "mlp row-g4": lambda gen: ApproxDropoutMLP([16, 48, 48, 4], p=0.5, method="row-g4", generator=gen),
     "mlp tile": lambda gen: ApproxDropoutMLP([16, 48, 48, 4], p=0.5, method="tile", tile=8, generator=gen),
     "ffn row-g4": lambda gen: ApproxDropoutFFN(16, 48, p=0.5, method="row-g4", executor="compact", generator=gen),
+    "mlp shared": lambda gen: ApproxDropoutMLP([16, 48, 48, 4], p=0.5, method="shared", generator=gen),
 }
 
 
@@ -29,6 +31,24 @@ def test_checkpointed_step_has_the_plain_steps_gradients(name, reentrant):
     plain(x).pow(2).sum().backward()
     torch.manual_seed(1)
     checkpoint(checkpointed, x, use_reentrant=reentrant).pow(2).sum().backward()
+    for (param, a), b in zip(plain.named_parameters(), checkpointed.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, msg=param)
+
+
+@pytest.mark.parametrize("reentrant", [False, True])
+@pytest.mark.parametrize("generator", [None, 7], ids=["global random state", "own generator"])
+@pytest.mark.parametrize("name", list(MODELS))
+def test_a_draw_of_draw_patterns_is_the_one_the_recomputed_forward_uses(name, generator, reentrant):
+    """draw_patterns before the step (compiled training does so): the recomputation must not draw anew."""
+    torch.manual_seed(0)
+    make = (lambda: None) if generator is None else (lambda: torch.Generator().manual_seed(generator))
+    plain = MODELS[name](make())
+    checkpointed = copy.deepcopy(plain)
+    x = torch.randn(32, 16, requires_grad=True)
+    for model, run in ((plain, lambda m: m(x)), (checkpointed, lambda m: checkpoint(m, x, use_reentrant=reentrant))):
+        torch.manual_seed(1)
+        assert draw_patterns(model) == 1
+        run(model).pow(2).sum().backward()
     for (param, a), b in zip(plain.named_parameters(), checkpointed.parameters()):
         torch.testing.assert_close(a.grad, b.grad, msg=param)
 

@@ -302,6 +302,7 @@ def site_distributions(
 # Where ``draw_patterns`` leaves a module's draws for its next training forward.
 PENDING = "_pending_draws"
 PENDING_RATE = "_pending_rate"  # the p a pending draw was made at
+REPLAY = "_replay_draws"  # the pending draw a forward took, for that forward's recomputation in backward
 DRAWN = (ROW, TILE, SHARED_UNITS)  # the kinds of method that draw something each step
 _COMPILE_ADVICE = (
     "a training forward under torch.compile(fullgraph=True) cannot draw its dropout pattern inside the "
@@ -438,16 +439,24 @@ EXPORT_ADVICE = (
 def step_draws(module: nn.Module) -> list:
     """The draws of ``module``'s training forward: those ``draw_patterns`` left on it (taken, so each is
     used once), else ``module.draw()`` now; also now when ``p`` changed since that draw (a schedule between
-    ``draw_patterns`` and the forward: the old draw's patterns and scale belong to the old rate)."""
+    ``draw_patterns`` and the forward: the old draw's patterns and scale belong to the old rate).
+
+    A forward that activation checkpointing recomputes inside the backward pass gets the pending draw its
+    first run took again (a draw made now would be another pattern than the output's); a first run that
+    drew for itself is repeated by checkpointing's restored random state, as any other random op is."""
     if torch.compiler.is_exporting():
         raise ValueError(EXPORT_ADVICE)
+    eager = not torch.compiler.is_compiling()
+    if eager and torch._C._current_graph_task_id() != -1 and getattr(module, REPLAY, None) is not None:
+        return getattr(module, REPLAY)
     pending = getattr(module, PENDING, None)
-    if pending is None:
-        return module.draw()
-    setattr(module, PENDING, None)
-    if getattr(module, PENDING_RATE, module.p) != module.p:
-        return module.draw()
-    return pending
+    if pending is not None:
+        setattr(module, PENDING, None)
+        if getattr(module, PENDING_RATE, module.p) != module.p:
+            pending = None
+    if eager:
+        setattr(module, REPLAY, pending)
+    return module.draw() if pending is None else pending
 
 
 def stored_draws(draws: list) -> list:
