@@ -289,6 +289,32 @@ def test_bad_arguments_raise_value_error(make, message):
         make()
 
 
+@pytest.mark.parametrize("kind", ["mlp", "ffn", "lstm"])
+def test_a_model_built_on_the_meta_device_searches_its_law_on_the_cpu(kind, tmp_path, monkeypatch):
+    """Deferred initialisation (build under torch.device("meta"), then to_empty) with no law cached yet: the
+    search runs on the CPU whatever the default device, and the model then trains."""
+    from approxdrop import ApproxDropoutFFN, ApproxDropoutLSTM
+    from approxdrop.search import cache
+
+    monkeypatch.setenv("APPROXDROP_CACHE_DIR", str(tmp_path))
+    cache.clear_memory()
+    make = {
+        "mlp": lambda: ApproxDropoutMLP([4, 23, 2], 0.37, "row"),
+        "ffn": lambda: ApproxDropoutFFN(4, 23, 0.37),
+        "lstm": lambda: ApproxDropoutLSTM(10, 23, 2, 0.37, "row"),
+    }[kind]
+    with torch.device("meta"):
+        model = make()
+    model.to_empty(device="cpu")
+    for param in model.parameters():
+        nn.init.normal_(param, std=0.1)
+    y = model(torch.randint(10, (3, 4)) if kind == "lstm" else torch.randn(8, 4))
+    y = y[0] if isinstance(y, tuple) else y
+    drawn = [model.last_pattern] if kind == "ffn" else model.last_patterns
+    assert torch.isfinite(y).all() and any(q is not None for q in drawn)
+    cache.clear_memory()
+
+
 @pytest.mark.parametrize("method", METHODS)
 def test_a_training_step_runs_under_fake_tensor_mode_on_real_draws(method):
     """Shape inference of a whole step (FakeTensorMode): the draws are made on real values, the step on fake
