@@ -78,6 +78,23 @@ def test_laws_given_for_one_rate_refuse_another_and_a_bad_rate_is_refused():
         model(torch.randn(4, 8))
 
 
+@pytest.mark.parametrize("bad", [-0.1, float("nan"), 1.0])
+@pytest.mark.parametrize("name", [*MODELS, "lstm bernoulli"])
+def test_a_schedule_that_sets_a_bad_rate_is_refused_at_the_next_training_forward(name, bad):
+    """nn.Dropout takes any p assigned to it; every model refuses it at its next training step (the LSTM
+    trained without dropout at a negative or NaN rate)."""
+    if name == "lstm bernoulli":
+        make, batch = (lambda p: ApproxDropoutLSTM(20, hidden=16, p=p, method="bernoulli")), MODELS["lstm row-g4"][1]
+    else:
+        make, batch = MODELS[name]
+    model = make(0.5).train()
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = bad
+    with pytest.raises(ValueError, match=r"dropout rate p must be a number in \[0, 1\)"):
+        model(batch())
+
+
 @pytest.mark.parametrize("method", ["row", "row-g4", "shared"])
 def test_a_draw_left_by_draw_patterns_is_redrawn_when_the_rate_changes_before_the_forward(method):
     """A schedule may set p between draw_patterns and the forward: the draw of the old rate (its patterns and

@@ -343,7 +343,7 @@ class ApproxDropoutLSTM(DropoutRate, nn.Module):
         if state is None:
             state = self.init_state(x.shape[1], x.device)
         _check_state(state, (self.layers, x.shape[1], self.hidden), self.decoder.weight)
-        dropping = self.training and self.spec.drops != NOTHING and self.p > 0.0
+        dropping = self.training and self.spec.drops != NOTHING and check_rate(self.p) > 0.0  # a schedule's p
         draws = step_draws(self) if dropping else [None] * len(self.site_widths)
         self.last_patterns = stored_draws(draws)
         drops = self.spec.drops if dropping else NOTHING
