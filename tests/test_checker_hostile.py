@@ -121,12 +121,12 @@ def test_a_loop_with_no_new_line_is_stopped_at_the_deadline(capsys):
         while True:
             pass
 
-    start = time.perf_counter()
+    start, earlier = time.perf_counter(), set(threading.enumerate())  # e.g. a sleeping answer of another test
     result = check("double", spin, lambda x: x + x, [(torch.ones(3),)], timeout_s=0.3)
     assert result.status == "fail" and time.perf_counter() - start < 5
     out = capsys.readouterr().out
     assert "it took longer than 0.3 s" in out and "background" not in out, out
-    assert not [t for t in threading.enumerate() if t.name == "approxdrop-check"]
+    assert not [t for t in threading.enumerate() if t.name == "approxdrop-check" and t not in earlier]
     assert check("double", lambda x: x + x, lambda x: x + x, [(torch.ones(3),)], timeout_s=0.3).passed
 
 
@@ -266,6 +266,114 @@ def test_compact_forward_with_the_full_gemm_fails(capsys):
     assert "where the kept-size GEMM needs" in out and "take the kept rows and columns" in out, out
 
 
+def full_width_x(x_kept, weight, in_pattern):
+    """Float[B, n_in]: the kept inputs scattered back to the full width, scaled (zeros at the dropped ones)."""
+    x = torch.zeros(x_kept.shape[0], weight.shape[1], dtype=x_kept.dtype)  # [B, n_in]
+    x[:, in_pattern.kept_indices(weight.shape[1])] = x_kept
+    return in_pattern.scale * x
+
+
+def per_sample_mv(x_kept, weight, bias, in_pattern, out_pattern):  # W @ x_row: one aten.mv per sample
+    x = full_width_x(x_kept, weight, in_pattern)
+    return torch.stack([weight @ row + bias for row in x])[:, out_pattern.kept_indices(weight.shape[0])]
+
+
+def torch_mv(x_kept, weight, bias, in_pattern, out_pattern):
+    rows = out_pattern.kept_indices(weight.shape[0])
+    return (
+        torch.stack([torch.mv(weight, row) for row in full_width_x(x_kept, weight, in_pattern)])[:, rows] + bias[rows]
+    )
+
+
+def broadcast_multiply(x_kept, weight, bias, in_pattern, out_pattern):  # an elementwise product, then a sum
+    rows = out_pattern.kept_indices(weight.shape[0])
+    x = full_width_x(x_kept, weight, in_pattern)
+    return (x[:, None, :] * weight[None]).sum(-1)[:, rows] + bias[rows]
+
+
+def all_rows_then_slice(x_kept, weight, bias, in_pattern, out_pattern):  # kept columns, every row
+    cols = in_pattern.kept_indices(weight.shape[1])
+    return (in_pattern.scale * x_kept @ weight[:, cols].T + bias)[:, out_pattern.kept_indices(weight.shape[0])]
+
+
+@pytest.mark.parametrize(
+    "answer, op",
+    [
+        (per_sample_mv, "one matrix product (aten.mv)"),
+        (torch_mv, "one matrix product (aten.mv)"),
+        (broadcast_multiply, "one elementwise multiply (aten.mul)"),
+        (all_rows_then_slice, "one matrix product (aten.mm)"),
+    ],
+    ids=["per-sample-matmul", "torch-mv", "broadcast-multiply", "all-rows-then-slice"],
+)
+def test_compact_forward_with_full_size_work_of_any_kind_fails_naming_the_op(answer, op, capsys):
+    assert lab02.check_compact_forward(answer).status == "fail"
+    out = capsys.readouterr().out
+    assert f"(case 1 of 7) {op} did " in out and "where the kept-size GEMM needs 80 in all" in out, out
+
+
+def kept_weight(weight, in_pattern, out_pattern):
+    rows, cols = out_pattern.kept_indices(weight.shape[0]), in_pattern.kept_indices(weight.shape[1])
+    return weight[rows][:, cols], rows  # [k_out, k_in], [k_out]
+
+
+def debug_product(x_kept, weight, bias, in_pattern, out_pattern):  # the kept-size GEMM run twice
+    w_kept, rows = kept_weight(weight, in_pattern, out_pattern)
+    print("shape check:", (x_kept @ w_kept.T).shape)
+    return in_pattern.scale * x_kept @ w_kept.T + bias[rows]
+
+
+def kept_broadcast(x_kept, weight, bias, in_pattern, out_pattern):  # the kept-size product, elementwise
+    w_kept, rows = kept_weight(weight, in_pattern, out_pattern)
+    return (x_kept[:, None, :] * w_kept[None]).sum(-1) * in_pattern.scale + bias[rows]
+
+
+def per_sample_kept_mv(x_kept, weight, bias, in_pattern, out_pattern):
+    w_kept, rows = kept_weight(weight, in_pattern, out_pattern)
+    return torch.stack([torch.mv(w_kept, row) for row in in_pattern.scale * x_kept]) + bias[rows]
+
+
+@pytest.mark.parametrize("answer", [debug_product, kept_broadcast, per_sample_kept_mv], ids=lambda f: f.__name__)
+def test_compact_forward_of_the_kept_size_passes_however_often_and_however_multiplied(answer, capsys):
+    assert lab02.check_compact_forward(answer).passed, capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "checker, answer",
+    [
+        (lab01.check_inverted_dropout, lambda x, m, p: x.double() * m / (1 - p)),
+        (
+            lab02.check_compact_forward,
+            lambda x, w, b, i, o: SOL["lab02"].compact_forward(x.double(), w.double(), b, i, o),
+        ),
+    ],
+    ids=["inverted-dropout", "compact-forward"],
+)
+def test_an_answer_that_always_returns_float64_fails_on_float32_inputs(checker, answer, capsys):
+    assert checker(answer).status == "fail"
+    out = capsys.readouterr().out
+    assert "(torch.float64), expected a tensor of shape" in out and "(torch.float32)" in out, out
+
+
+@pytest.mark.parametrize(
+    "checker, solution",
+    [
+        (lab01.check_inverted_dropout, SOL["lab01"].inverted_dropout),
+        (lab02.check_compact_forward, SOL["lab02"].compact_forward),
+    ],
+    ids=["inverted-dropout", "compact-forward"],
+)
+def test_the_float32_cases_compare_to_float32_precision_and_a_slip_fails(checker, solution, capsys):
+    def off_in_float32(*args):
+        out = solution(*args)
+        return out + 1e-3 if out.dtype == torch.float32 else out
+
+    assert checker(solution).passed
+    assert checker(off_in_float32).status == "fail"
+    out = capsys.readouterr().out
+    assert "(torch.float32)>" in out and "differs on input" in out and "float32 rounding" not in out, out
+
+
 HARD_CODED = (nn.ReLU, nn.GELU, nn.SiLU, nn.Tanh)
 
 
@@ -382,3 +490,120 @@ def test_the_grouped_offsets_check_draws_other_seeds_at_every_call(capsys):
         seen.append(set())
         assert lab02.check_grouped_offsets(recording).passed, capsys.readouterr().out
     assert seen[0] and not seen[0] & seen[1]  # a table of the draws of one call is useless at the next
+
+
+# --------------------------------------------------------------------------- what a FAIL or PASS line says
+
+
+def test_a_torch_named_tuple_is_named_as_such_and_articles_follow_the_first_letter(capsys):
+    residues = SOL["lab06"].kept_residues
+    assert lab06.check_kept_residues(lambda *a: torch.sort(residues(*a))).status == "fail"
+    out = capsys.readouterr().out
+    assert "it returned a torch.return_types.sort (a named tuple: take its .values or .indices), expected" in out
+    assert lab06.check_kept_residues(lambda *a: residues(*a).numpy()).status == "fail"
+    assert "it returned an ndarray (array(" in capsys.readouterr().out
+
+
+LEARNER_CELL = """
+import torch
+from approxdrop.course.exercises.lab04 import reference_drop_probability
+
+
+def asserting(pairs, probs, n, uniform_offset=True):
+    out = reference_drop_probability(pairs, probs, n, uniform_offset)
+    assert out.max() < 1
+    return out
+
+
+def calls_torch_wrongly(pairs, probs, n, uniform_offset=True):
+    return torch.einsum("ij,jk->ik", torch.ones(n), torch.ones(n))  # raises inside torch's own Python code
+"""
+
+
+@pytest.mark.parametrize(
+    "name, text, line",
+    [
+        ("asserting", "(case 11 of 20) it raised AssertionError (no message), at line 8 of ", "assert out.max() < 1"),
+        ("calls_torch_wrongly", "(case 1 of 20) it raised RuntimeError: einsum(): ", "return torch.einsum("),
+    ],
+    ids=["bare-assert", "inside-torch"],
+)
+def test_an_exception_is_reported_at_the_learners_line(name, text, line, tmp_path, capsys):
+    """The learner's code in a file of its own, as a notebook cell is (pytest would rewrite an assert here)."""
+    cell = tmp_path / "cell.py"
+    cell.write_text(LEARNER_CELL)
+    spec = importlib.util.spec_from_file_location("learner_cell", cell)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert lab04.check_drop_probability(getattr(module, name)).status == "fail"
+    out = capsys.readouterr().out
+    assert text in out and f"of {cell}: {line}" in out, out
+
+
+def test_a_not_implemented_error_after_cases_that_passed_is_a_fail_on_that_case(capsys):
+    def half_done(pairs, probs, n, uniform_offset=True):
+        if not uniform_offset:
+            raise NotImplementedError("the fixed offset")
+        return SOL["lab04"].drop_probability(pairs, probs, n)
+
+    def not_started(pairs, probs, n, uniform_offset=True):
+        raise NotImplementedError("the fixed offset")
+
+    assert lab04.check_drop_probability(half_done).status == "fail"
+    out = capsys.readouterr().out
+    assert "uniform_offset=False) (case 11 of 20) it raised NotImplementedError: the fixed offset, at line" in out
+    assert lab04.check_drop_probability(not_started).status == "not attempted"
+    assert "[TODO] per-unit drop probability: replace the NotImplementedError" in capsys.readouterr().out
+
+
+def test_where_any_float_dtype_passes_a_wrong_kind_is_told_to_return_a_floating_tensor(capsys):
+    assert lab04.check_drop_probability(lambda *a: SOL["lab04"].drop_probability(*a).tolist()).status == "fail"
+    out = capsys.readouterr().out
+    assert "it returned a list of length 7, expected a floating tensor of shape (7,)" in out and "float64" not in out
+
+
+def test_a_pass_line_counts_the_cases_and_a_statistical_one_says_what_decided(capsys):
+    assert check("double", lambda x: x + x, lambda x: 2 * x, [(torch.ones(3),), (torch.zeros(2),)]).passed
+    assert capsys.readouterr().out == "[PASS] double (max difference 0): 2 cases\n"
+    assert lab02.check_grouped_offsets(lab02.reference_grouped_offsets).passed
+    out = capsys.readouterr().out
+    assert (
+        out.startswith("[PASS] grouped offsets (max difference ") and "): 5 cases; decided by chi-square tests" in out
+    )
+
+
+def test_an_answer_that_changes_a_module_input_fails_naming_what_it_changed(capsys):
+    def norm(layer, x):
+        return torch.nn.functional.layer_norm(x, x.shape[-1:], layer.weight, layer.bias)
+
+    def zeroes_bias(layer, x):
+        out = norm(layer, x)
+        with torch.no_grad():
+            layer.bias.zero_()
+        return out
+
+    case = (nn.LayerNorm(3), torch.randn(2, 3))
+    with torch.no_grad():
+        case[0].bias.fill_(0.5)
+    assert check("norm", norm, norm, [case]).passed
+    assert check("norm", zeroes_bias, norm, [case]).status == "fail"
+    assert "it changed layer.bias in place" in capsys.readouterr().out
+
+
+def test_a_training_step_may_change_the_model_its_optimizer_trains_and_no_other_module(capsys):
+    def step(model, optimizer, frozen, x):
+        optimizer.zero_grad()
+        model(frozen(x)).sum().backward()
+        optimizer.step()
+        return model(x).detach()
+
+    def step_and_scale_frozen(model, optimizer, frozen, x):
+        with torch.no_grad():
+            frozen.weight.mul_(2)
+        return step(model, optimizer, frozen, x)
+
+    model = nn.Linear(3, 2)
+    case = (model, torch.optim.SGD(model.parameters(), lr=0.5), nn.Linear(3, 3), torch.ones(4, 3))
+    assert check("step", step, step, [case]).passed
+    assert check("step", step_and_scale_frozen, step, [case]).status == "fail"
+    assert "it changed frozen.weight in place" in capsys.readouterr().out

@@ -39,7 +39,7 @@ def test_solution_passes_and_todo_is_not_attempted(capsys):
     assert lab08.check_find_chains(SOL.find_chains).status == "pass"
     assert lab08.check_find_chains(todo).status == "not attempted"
     out = capsys.readouterr().out
-    assert "[PASS] find_chains" in out and "[TODO] find_chains" in out
+    assert "[PASS] find_chains (max difference 0): 40 cases\n" in out and "[TODO] find_chains" in out
 
 
 @pytest.mark.parametrize("name", list(FIND_CHAINS))
@@ -87,6 +87,78 @@ def test_a_matcher_that_converts_its_input_is_judged_on_the_case_as_given(capsys
 
     assert lab08.check_find_chains(converts_first).status == "fail"
     assert "(case 1 of " in capsys.readouterr().out
+
+
+FIXED_ACTIVATIONS = (nn.GELU, nn.ReLU, nn.SiLU, nn.Tanh, nn.Hardswish, nn.PReLU)  # those the fixed cases show
+
+
+def hard_coded_activations(seq):
+    """A matcher right in every respect but one: it knows only the fixed cases' activations."""
+    mods, starts = list(seq), []
+    for i in range(len(mods) - 3):
+        a, b, c, d = mods[i : i + 4]
+        if starts and i <= starts[-1] + 3:
+            continue
+        if type(a) is nn.Linear and type(b) in FIXED_ACTIVATIONS and type(c) is nn.Dropout and type(d) is nn.Linear:
+            if a.out_features == d.in_features:
+                starts.append(i)
+    return starts
+
+
+TABLE = {lab08.layers_text(seq): SOL.find_chains(seq) for _, seq in lab08.CASES}
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [hard_coded_activations, lambda seq: TABLE.get(lab08.layers_text(seq), [])],
+    ids=["hard-coded-activations", "table-of-fixed-cases-else-empty"],
+)
+def test_a_hard_coded_activation_list_or_a_table_fails_at_every_seed(answer, monkeypatch, capsys):
+    for seed in range(60):
+        monkeypatch.setattr(lab08, "fresh_generator", lambda seed=seed: torch.Generator().manual_seed(seed))
+        assert lab08.check_find_chains(answer).status == "fail", (seed, capsys.readouterr().out)
+        assert "drawn anew at this call" in capsys.readouterr().out
+    assert all(lab08.is_elementwise(lab08._new(kind)) for kind in lab08.UNSEEN_ACTIVATIONS)
+
+
+def empties(seq):
+    starts = SOL.find_chains(seq)
+    for name in list(seq._modules):
+        del seq._modules[name]
+    return starts
+
+
+def zeroes_weights(seq):
+    starts = SOL.find_chains(seq)
+    with torch.no_grad():
+        for module in seq:
+            if isinstance(module, nn.Linear):
+                module.weight.zero_()
+    return starts
+
+
+def converts_after(seq):
+    starts = SOL.find_chains(seq)
+    convert(seq)
+    return starts
+
+
+@pytest.mark.parametrize(
+    "answer, changed",
+    [
+        (empties, "seq"),
+        (zeroes_weights, "seq.0.weight"),
+        (converts_after, "seq"),
+        (lambda s: SOL.find_chains(s.double()), "seq.0.weight"),
+    ],
+    ids=["empties-seq", "zeroes-weights", "converts-seq", "converts-dtype"],
+)
+def test_a_matcher_that_changes_its_input_module_fails_naming_what_changed(answer, changed, capsys):
+    assert lab08.check_find_chains(answer).status == "fail"
+    assert (
+        f"(case 1 of {len(lab08.CASES) + len(lab08.UNSEEN_ACTIVATIONS) + lab08.DRAWN}) it changed {changed} in place"
+        in capsys.readouterr().out
+    )
 
 
 def test_every_todo_cell_has_a_reference_solution():

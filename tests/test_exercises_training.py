@@ -93,7 +93,7 @@ NAN_ANSWERS = [
     (lab04.check_dropped_counts, with_nan(SOL04.dropped_counts), "element [1] is nan, expected 4"),
     (lab04.check_drop_probability, with_nan(SOL04.drop_probability), "element [6] is nan, expected 0.5"),
     (lab05.check_gemm_share, with_nan(SOL05.gemm_share), "it returned nan, expected 0.81927"),
-    (lab05.check_train_step, lambda model, optimizer, x, y: float("nan"), "element [0] is nan, expected "),
+    (lab05.check_train_step, lambda model, optimizer, x, y: float("nan"), "the loss of step 1 is nan, expected "),
 ]
 
 
@@ -119,6 +119,50 @@ def test_a_train_step_that_never_returns_fails_after_the_deadline(monkeypatch, c
     monkeypatch.setattr(checks, "DEFAULT_TIMEOUT_S", 0.3)
     assert lab05.check_train_step(lambda model, optimizer, x, y: time.sleep(10)).status == "fail"
     assert f"(case 1 of {len(methods_for('mlp'))}) it took longer than 0.3 s" in capsys.readouterr().out
+
+
+def no_backward(model, optimizer, x, y):
+    optimizer.zero_grad()
+    loss = torch.nn.functional.cross_entropy(model(x), y)
+    optimizer.step()
+    return loss
+
+
+def right_step_returns_zero(model, optimizer, x, y):
+    SOL05.train_step(model, optimizer, x, y)
+    return 0.0
+
+
+PARAMETER_ENTRY = r"parameter linears\.[0-2]\.(weight\[\d+, \d+\]|bias\[\d+\]) after the three steps"
+
+
+@pytest.mark.parametrize(
+    "answer, pattern",
+    [
+        (no_zero_grad, PARAMETER_ENTRY),
+        (no_backward, PARAMETER_ENTRY),
+        (right_step_returns_zero, r"the loss of step [1-3]"),
+    ],
+    ids=["no-zero-grad", "no-backward", "returns-zero"],
+)
+def test_a_wrong_train_step_is_told_which_loss_or_parameter_differs(answer, pattern, capsys):
+    assert lab05.check_train_step(answer).status == "fail"
+    out = capsys.readouterr().out
+    assert re.search(r"\(case 1 of 10\): " + pattern + r" is -?[\d.e+-]+, expected -?[\d.e+-]+\n", out), out
+
+
+def test_every_element_of_the_three_steps_vector_has_a_name():
+    names = [
+        lab05.train_step_element(flat, "row", 1)
+        for flat in range(len(lab05.after_three_steps(SOL05.train_step, "row", 1)))
+    ]
+    assert names[:4] == [
+        "the loss of step 1",
+        "the loss of step 2",
+        "the loss of step 3",
+        "parameter linears.0.weight[0, 0] after the three steps",
+    ]
+    assert names[-1] == "parameter linears.2.bias[3] after the three steps" and len(set(names)) == len(names)
 
 
 def test_the_training_step_check_runs_every_method_of_the_mlp(monkeypatch):

@@ -1,14 +1,16 @@
 """The exercise checker of the labs: a learner's function against the reference, one printed line.
 
 Every case is deep-copied for each side (tensors cloned, modules, optimizers and generators copied), so
-neither side sees what the other did to its inputs; a learner function that changes an input tensor in
-place fails, naming the argument. Each call of the learner's function runs in a worker thread under a
-deadline (``DEFAULT_TIMEOUT_S`` seconds unless ``check`` is told otherwise): the caller only waits, so
-code that never returns fails whatever it catches, instead of hanging the notebook, and a kernel
-interrupt still stops the check. An answer with NaN or inf where the reference has none fails, naming
-the element; an answer of the wrong type, dtype, layout or shape fails, saying what was expected; an
-answer that calls ``sys.exit`` fails. The global random streams (torch, ``random``, numpy) are put back
-as they were after each check, whatever the answer or the reference seeded.
+neither side sees what the other did to its inputs; a learner function that changes an input tensor or
+module in place fails, naming the argument (a module that an optimizer of the case trains may change).
+Each call of the learner's function runs in a worker thread under a deadline (``DEFAULT_TIMEOUT_S``
+seconds unless ``check`` is told otherwise): the caller only waits, so code that never returns fails
+whatever it catches, instead of hanging the notebook, and a kernel interrupt still stops the check. An
+answer with NaN or inf where the reference has none fails, naming the element; an answer of the wrong
+type, dtype, layout or shape fails, saying what was expected; an answer that calls ``sys.exit`` fails; an
+exception from the answer is reported with the line of the learner's code that raised it. The global
+random streams (torch, ``random``, numpy) are put back as they were after each check, whatever the
+answer or the reference seeded.
 """
 
 from __future__ import annotations
@@ -19,11 +21,14 @@ import inspect
 import numbers
 import random
 import sys
+import sysconfig
 import threading
 import time
+import traceback
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -63,6 +68,16 @@ class CheckResult:
         return f"[{mark}] {self.name}{diff}" + (f": {self.detail}" if self.detail else "")
 
 
+SPELLED_OUT = ("ndarray",)  # type names read letter by letter: "an en-d-array"
+
+
+def _a(word: str) -> str:
+    """``word`` with its indefinite article, chosen by its first letter (as read): "an int", "an ndarray",
+    "a list"."""
+    vowel_sound = word[:1].lower() in "aeiou" or word.startswith(SPELLED_OUT)
+    return f"{'an' if vowel_sound else 'a'} {word}"
+
+
 def describe(value: Any) -> str:
     """What a value is, for a FAIL message: its type, and its shape, length or a short repr."""
     if value is None:
@@ -76,18 +91,24 @@ def describe(value: Any) -> str:
         return f"a bool ({value})"
     if isinstance(value, numbers.Number):
         return f"the number {value!r}"
+    if type(value).__module__ == "torch.return_types":  # torch.sort, torch.max(dim=...), ...: a named tuple
+        fields = " or ".join(f".{field}" for field in getattr(type(value), "__match_args__", ()))
+        return f"a torch.return_types.{type(value).__name__} (a named tuple: take its {fields or 'fields'})"
     if isinstance(value, (list, tuple)):
-        return f"a {type(value).__name__} of length {len(value)}"
+        return f"{_a(type(value).__name__)} of length {len(value)}"
     try:
         text = repr(value)
     except Exception:  # an answer's own class with a broken __repr__
-        return f"a {type(value).__name__}"
-    return f"a {type(value).__name__} ({text if len(text) <= 40 else text[:37] + '...'})"
+        return _a(type(value).__name__)
+    return f"{_a(type(value).__name__)} ({text if len(text) <= 40 else text[:37] + '...'})"
 
 
-def _expected(want: Any) -> str:
-    """The kind of answer the reference's value asks for: "a tensor of shape (3,) (torch.int64)"."""
+def _expected(want: Any, any_float: bool = False) -> str:
+    """The kind of answer the reference's value asks for: "a tensor of shape (3,) (torch.int64)" (with
+    ``any_float``, "a floating tensor of shape (3,)" for a floating reference)."""
     if isinstance(want, torch.Tensor):
+        if any_float and want.is_floating_point():
+            return f"a floating tensor of shape {tuple(want.shape)}"
         return f"a {'bool ' if want.dtype == torch.bool else ''}tensor of shape {tuple(want.shape)} ({want.dtype})"
     if isinstance(want, bool):
         return "a bool"
@@ -120,7 +141,7 @@ def _kind_problem(got: Any, want: Any, any_float: bool) -> str | None:
         ok = _is_number(got, integral=isinstance(want, numbers.Integral))
     else:
         ok = True
-    return None if ok else f"it returned {describe(got)}, expected {_expected(want)}"
+    return None if ok else f"it returned {describe(got)}, expected {_expected(want, any_float)}"
 
 
 def _show(value: Any) -> str:
@@ -156,19 +177,37 @@ def _same(before: torch.Tensor, after: Any) -> bool:
     return bool(((after == before) | ((after != after) & (before != before))).all())
 
 
-def _changed(before: Any, after: Any, path: str) -> str | None:
+def _own_parts(module: torch.nn.Module) -> dict[str, Any]:
+    """A module's own parameters and buffers, and its children, by name."""
+    parts = dict(module.named_parameters(recurse=False)) | dict(module.named_buffers(recurse=False))
+    return parts | dict(module.named_children())
+
+
+def _changed(before: Any, after: Any, path: str, trained: frozenset[int] = frozenset()) -> str | None:
     """The path of the first tensor in ``after`` that is not the same as in ``before``, looking into
-    lists, tuples and dicts; None when every tensor is unchanged."""
+    lists, tuples, dicts and modules (their parameters, buffers and children, which must keep their names
+    and types); None when every tensor is unchanged. A module holding a parameter whose id is in ``trained``
+    (one an optimizer of the case steps: a training step changes it) is not looked into."""
     if isinstance(before, torch.Tensor):
         return None if _same(before, after) else path
+    if isinstance(before, torch.nn.Module):
+        if any(id(param) in trained for param in before.parameters()):
+            return None
+        if type(after) is not type(before):
+            return path
+        parts = _own_parts(before), _own_parts(after)
+        if parts[0].keys() != parts[1].keys():
+            return path
+        return next((p for k in parts[0] if (p := _changed(parts[0][k], parts[1][k], f"{path}.{k}", trained))), None)
     if isinstance(before, (list, tuple)) and isinstance(after, (list, tuple)):
         if len(before) != len(after):
             return path
-        return next((p for i, (b, a) in enumerate(zip(before, after)) if (p := _changed(b, a, f"{path}[{i}]"))), None)
+        pairs = enumerate(zip(before, after))
+        return next((p for i, (b, a) in pairs if (p := _changed(b, a, f"{path}[{i}]", trained))), None)
     if isinstance(before, dict) and isinstance(after, dict):
         if before.keys() != after.keys():
             return path
-        return next((p for k in before if (p := _changed(before[k], after[k], f"{path}[{k!r}]"))), None)
+        return next((p for k in before if (p := _changed(before[k], after[k], f"{path}[{k!r}]", trained))), None)
     return None
 
 
@@ -305,29 +344,36 @@ def _number_texts(got: float | bool, want: float | bool) -> list[str]:
     return [repr(v) for v in (got, want)] if texts[0] == texts[1] and got != want else texts
 
 
-def _mismatch(tensor: torch.Tensor, flat: int, got: float | bool, want: float | bool) -> str:
+def _mismatch(
+    tensor: torch.Tensor, flat: int, got: float | bool, want: float | bool, element_name: Callable | None = None
+) -> str:
     """The mismatch at flat index ``flat`` of ``tensor``: "element [i, j] is 0.5, expected 1" ("it
-    returned 0.5, expected 1" when the tensor is 0-d)."""
+    returned 0.5, expected 1" when the tensor is 0-d; ``element_name(flat)`` instead of "element [i, j]"
+    when given)."""
     got, want = _number_texts(got, want)
+    if element_name is not None:
+        return f"{element_name(flat)} is {got}, expected {want}"
     if not tensor.dim():
         return f"it returned {got}, expected {want}"
     index = [int(i) for i in torch.unravel_index(torch.tensor(flat), tensor.shape)]
     return f"element {index} is {got}, expected {want}"
 
 
-def _compare(got: Any, want: Any) -> tuple[float | None, str]:
+def _compare(
+    got: Any, want: Any, any_float: bool = False, element_name: Callable | None = None
+) -> tuple[float | None, str]:
     """(max difference, where it is) when ``got`` has the type and shape of ``want`` and every NaN or
     inf of one is at the same place with the same value in the other; else (None, what is wrong).
-    Bool answers count their mismatched entries."""
+    Bool answers count their mismatched entries; ``element_name(flat)`` names an element (see _mismatch)."""
     want_t, got_t = _as_tensor(want), _as_tensor(got)
     if want_t is None:
         raise TypeError(f"the reference returned {describe(want)}, which the checker cannot compare")
     if got_t is None or (got_t.is_complex() and not want_t.is_complex()):
-        return None, f"it returned {describe(got)}, expected {_expected(want)}"
+        return None, f"it returned {describe(got)}, expected {_expected(want, any_float)}"
     if got_t.shape != want_t.shape:
         if isinstance(got, torch.Tensor) and isinstance(want, torch.Tensor):
             return None, f"it returned shape {tuple(got_t.shape)}, expected {tuple(want_t.shape)}"
-        return None, f"it returned {describe(got)}, expected {_expected(want)}"
+        return None, f"it returned {describe(got)}, expected {_expected(want, any_float)}"
     if not got_t.numel():
         return 0.0, ""
     g, w = got_t.reshape(-1), want_t.reshape(-1)  # [N], [N]
@@ -337,7 +383,7 @@ def _compare(got: Any, want: Any) -> tuple[float | None, str]:
         if not count:
             return 0.0, ""
         first = int(wrong.nonzero()[0])
-        where = _mismatch(got_t, first, g[first].item(), w[first].item())
+        where = _mismatch(got_t, first, g[first].item(), w[first].item(), element_name)
         return float(count), f"{count} of {g.numel()} entries differ; {where}"
     g, w = g.double(), w.double()
     finite = g.isfinite() & w.isfinite()  # [N]
@@ -345,10 +391,10 @@ def _compare(got: Any, want: Any) -> tuple[float | None, str]:
     if bool(bad.any()):
         first, more = int(bad.nonzero()[0]), int(bad.sum()) - 1
         extra = f" ({more} more such elements)" if more else ""
-        return None, _mismatch(got_t, first, g[first].item(), w[first].item()) + extra
+        return None, _mismatch(got_t, first, g[first].item(), w[first].item(), element_name) + extra
     diff = torch.where(finite, (g - w).abs(), torch.zeros_like(g))  # [N]: 0 where both have the same NaN/inf
     worst = int(diff.argmax())
-    return float(diff[worst]), _mismatch(got_t, worst, g[worst].item(), w[worst].item())
+    return float(diff[worst]), _mismatch(got_t, worst, g[worst].item(), w[worst].item(), element_name)
 
 
 FLOAT32_NEAR = 1e-6  # relative: float32 rounds at about 6e-8 per operation, a few operations stay below this
@@ -406,6 +452,29 @@ def draw_float(generator: torch.Generator, low: float, high: float) -> float:
     return round(low + (high - low) * float(torch.rand((), generator=generator, dtype=torch.float64)), 3)
 
 
+_PACKAGE = Path(__file__).resolve().parents[1]  # approxdrop: the checkers and the library they call
+_LIBRARIES = tuple(Path(sysconfig.get_paths()[key]).resolve() for key in ("stdlib", "platstdlib", "purelib", "platlib"))
+
+
+def _raised_at(exc: BaseException) -> str:
+    """Where the learner's code raised ``exc``: ", at line 7 of cell.py: assert x > 0", from the last frame
+    of its traceback outside the approxdrop package and the installed libraries (torch, the standard
+    library); "" when there is none."""
+    for frame in reversed(traceback.extract_tb(exc.__traceback__)):
+        path = Path(frame.filename).resolve()
+        if not path.is_relative_to(_PACKAGE) and not any(path.is_relative_to(lib) for lib in _LIBRARIES):
+            source = f": {frame.line.strip()}" if frame.line and frame.line.strip() else ""
+            return f", at line {frame.lineno} of {frame.filename}{source}"
+    return ""
+
+
+def _raised(exc: BaseException) -> str:
+    """The FAIL text of an exception from the learner's code: its type, its message (or "(no message)")
+    and where it was raised."""
+    text = str(exc)
+    return f"it raised {type(exc).__name__}{f': {text}' if text else ' (no message)'}{_raised_at(exc)}"
+
+
 def _run_cases(
     name: str,
     candidate: Callable,
@@ -414,6 +483,9 @@ def _run_cases(
     atol: float,
     timeout_s: float,
     any_float: bool,
+    atol_float32: float | None = None,
+    element_name: Callable | None = None,
+    pass_note: str = "",
 ) -> CheckResult:
     cases = list(cases)
     worst = 0.0
@@ -424,7 +496,9 @@ def _run_cases(
         mine = copy.deepcopy(case)  # the learner's own copy; ``case`` stays as it was
         try:
             got = _call_with_deadline(candidate, mine, timeout_s)
-        except NotImplementedError:
+        except NotImplementedError as exc:
+            if number > 1:  # the earlier cases passed: the answer is begun, and this case is not done
+                return CheckResult(name, "fail", None, f"on {where} {_raised(exc)}")
             return CheckResult(name, "not attempted", None, "replace the NotImplementedError with your code")
         except _Timeout as exc:
             return CheckResult(name, "fail", None, f"on {where} it took longer than {timeout_s:g} s{exc}")
@@ -435,22 +509,33 @@ def _run_cases(
         except SystemExit as exc:
             return CheckResult(name, "fail", None, f"on {where} it called sys.exit({exc.code!r}): return the answer")
         except BaseException as exc:  # the learner's code failed: report it, do not crash the lab
-            return CheckResult(name, "fail", None, f"on {where} it raised {type(exc).__name__}: {exc}")
+            return CheckResult(name, "fail", None, f"on {where} {_raised(exc)}")
         labels = names or [f"argument {i}" for i in range(1, len(case) + 1)]
+        trained = frozenset(
+            id(param)
+            for arg in case
+            if isinstance(arg, torch.optim.Optimizer)
+            for group in arg.param_groups
+            for param in group["params"]
+        )
         for label, before, after in zip(labels, case, mine):
-            if path := _changed(before, after, label):
+            if path := _changed(before, after, label, trained):
                 detail = f"on {where} it changed {path} in place: leave the inputs as they are"
                 return CheckResult(name, "fail", None, detail)
         want = reference(*copy.deepcopy(case))
-        diff, text = _compare(got, want)
+        named = None if element_name is None else lambda flat, case=case: element_name(flat, *case)
+        diff, text = _compare(got, want, any_float, named)
         if diff is None:
             return CheckResult(name, "fail", None, f"on {where} {text}")
         worst = max(worst, diff)
-        if diff > atol:
-            return CheckResult(name, "fail", worst, f"differs on {where}: {text}{_float32_note(got, want, diff)}")
+        in_float32 = isinstance(want, torch.Tensor) and want.dtype == torch.float32
+        if diff > (atol_float32 if in_float32 and atol_float32 is not None else atol):
+            note = "" if in_float32 else _float32_note(got, want, diff)
+            return CheckResult(name, "fail", worst, f"differs on {where}: {text}{note}")
         if problem := _kind_problem(got, want, any_float):
             return CheckResult(name, "fail", None, f"on {where} {problem}")
-    return CheckResult(name, "pass", worst)
+    counted = f"{len(cases)} case{'' if len(cases) == 1 else 's'}"
+    return CheckResult(name, "pass", worst, counted + (f"; {pass_note}" if pass_note else ""))
 
 
 def check(
@@ -461,18 +546,26 @@ def check(
     atol: float = 1e-6,
     timeout_s: float | None = None,
     any_float: bool = False,
+    atol_float32: float | None = None,
+    element_name: Callable[..., str] | None = None,
+    pass_note: str = "",
 ) -> CheckResult:
     """Run ``candidate(*case)`` against ``reference(*case)`` on every case; print and return one line.
 
-    A candidate that raises NotImplementedError (the TODO cell as given) is "not attempted",
-    never an error, so a lab still runs top to bottom; any other exception, a wrong type, shape or
-    value, a NaN or inf the reference does not have, an input changed in place, or a call running
-    past ``timeout_s`` seconds (None: ``DEFAULT_TIMEOUT_S``) is a "fail". The values are compared first
-    (within ``atol``, in float64), then the kind: the reference's tensor dtype (any float dtype for a
-    floating reference with ``any_float``, where the spec asks for "a float tensor"), or an int or a number.
+    A candidate that raises NotImplementedError on the first case (the TODO cell as given) is "not
+    attempted", never an error, so a lab still runs top to bottom; a NotImplementedError on a later case,
+    any other exception, a wrong type, shape or value, a NaN or inf the reference does not have, an input
+    changed in place, or a call running past ``timeout_s`` seconds (None: ``DEFAULT_TIMEOUT_S``) is a
+    "fail". The values are compared first (within ``atol``, in float64; within ``atol_float32``, when
+    given, where the reference is a float32 tensor), then the kind: the reference's tensor dtype (any
+    float dtype for a floating reference with ``any_float``, where the spec asks for "a float tensor"),
+    or an int or a number. ``element_name(flat, *case)`` names element ``flat`` of the answer in a FAIL
+    line (default "element [i, j]"); the PASS line gives the number of cases, then ``pass_note``.
     """
     timeout_s = check_positive("timeout_s", DEFAULT_TIMEOUT_S if timeout_s is None else timeout_s)
     with random_streams_kept():
-        result = _run_cases(name, candidate, reference, cases, atol, timeout_s, any_float)
+        result = _run_cases(
+            name, candidate, reference, cases, atol, timeout_s, any_float, atol_float32, element_name, pass_note
+        )
     print(result)
     return result

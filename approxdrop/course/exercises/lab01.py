@@ -18,7 +18,8 @@ def reference_inverted_dropout(x: torch.Tensor, keep_mask: torch.Tensor, p: floa
 def check_inverted_dropout(fn: Callable[..., Any]) -> CheckResult:
     """Spec: ``inverted_dropout(x, keep_mask, p)`` with x (Tensor[*]) and keep_mask (Bool, same
     shape or broadcastable) returns x where the mask is True, scaled by ``1 / (1 - p)``, and 0
-    elsewhere, so that the expected output equals x, in x's dtype. Fixed cases, then two drawn anew."""
+    elsewhere, so that the expected output equals x, in x's dtype. Fixed cases in float64 (to 1e-6) and
+    float32 (to FLOAT32_ATOL), then two drawn anew."""
     gen = torch.Generator().manual_seed(1)
     cases = []
     for shape, p in [((4, 6), 0.5), ((3, 5), 0.3), ((2, 8), 0.7)]:
@@ -26,13 +27,19 @@ def check_inverted_dropout(fn: Callable[..., Any]) -> CheckResult:
         cases.append((x, torch.rand(shape, generator=gen) >= p, p))
     x = torch.randn(5, 4, generator=gen, dtype=torch.float64)
     cases.append((x, torch.rand(4, generator=gen) >= 0.5, 0.5))  # one mask row shared by the batch
+    for shape, p in [((3, 7), 0.4), ((6, 2), 0.8)]:  # float32: the answer keeps x's dtype
+        x = torch.randn(shape, generator=gen, dtype=torch.float32)
+        cases.append((x, torch.rand(shape, generator=gen) >= p, p))
     fresh = fresh_generator()
     for _ in range(2):
         shape, p = (draw_int(fresh, 1, 6), draw_int(fresh, 1, 9)), draw_float(fresh, 0.05, 0.9)
         cases.append(
             (torch.randn(shape, generator=fresh, dtype=torch.float64), torch.rand(shape, generator=fresh) >= p, p)
         )
-    return check("inverted dropout", fn, reference_inverted_dropout, cases)
+    return check("inverted dropout", fn, reference_inverted_dropout, cases, atol_float32=FLOAT32_ATOL)
+
+
+FLOAT32_ATOL = 1e-5  # float32 keeps about 7 digits; the float32 cases' outputs stay below 10
 
 
 def reference_gemm_work(sizes: tuple[int, ...], p: float) -> float:

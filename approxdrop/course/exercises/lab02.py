@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from ...distribution import PatternDistribution
 from ...ops import row_pattern_linear
@@ -56,8 +56,9 @@ def check_compact_forward(fn: Callable[..., Any]) -> CheckResult:
     returns Tensor[B, k_out], the kept outputs: ``in_pattern.scale * x_kept @ W[kept_out][:, kept_in].T
     + b[kept_out]``, with a GEMM of the kept size (never the full weight), in x_kept's dtype.
 
-    Fixed cases and two drawn anew; the matrix products the answer runs are counted
-    (``FlopCounterMode``), and more multiply-adds than the kept-size GEMM's fail."""
+    Fixed cases in float64 (to 1e-9) and float32 (to FLOAT32_ATOL), and two drawn anew; every
+    multiplication the answer runs is counted (``MultiplyCounter``), and one that does more than the
+    kept-size GEMM needs fails."""
     gen, fresh = torch.Generator().manual_seed(2), fresh_generator()
     shapes = [
         (12, 10, RowPattern(2, 1), RowPattern(3, 0)),
@@ -66,17 +67,62 @@ def check_compact_forward(fn: Callable[..., Any]) -> CheckResult:
     ]
     shapes += [(draw_int(fresh, 1, 40), draw_int(fresh, 1, 40), random_pattern(fresh), random_pattern(fresh))]
     shapes += [(draw_int(fresh, 1, 40), draw_int(fresh, 1, 40), random_pattern(fresh), random_pattern(fresh))]
+    shapes += [(10, 12, RowPattern(3, 2), RowPattern(2, 0)), (16, 9, RowPattern(4, 1, 3), RowPattern(1, 0))]
+    dtypes = [torch.float64] * 5 + [torch.float32] * 2
     cases = []
-    for n_out, n_in, in_p, out_p in shapes:
-        g = gen if len(cases) < 3 else fresh
-        x = torch.randn(4, in_p.kept_count(n_in), generator=g, dtype=torch.float64)  # [B, k_in]
-        weight = torch.randn(n_out, n_in, generator=g, dtype=torch.float64)  # [n_out, n_in]
-        cases.append((x, weight, torch.randn(n_out, generator=g, dtype=torch.float64), in_p, out_p))
+    for (n_out, n_in, in_p, out_p), dtype in zip(shapes, dtypes):
+        g = fresh if len(cases) in (3, 4) else gen
+        x = torch.randn(4, in_p.kept_count(n_in), generator=g, dtype=dtype)  # [B, k_in]
+        weight = torch.randn(n_out, n_in, generator=g, dtype=dtype)  # [n_out, n_in]
+        cases.append((x, weight, torch.randn(n_out, generator=g, dtype=dtype), in_p, out_p))
 
     def kept_size_only(x_kept, weight, bias, in_pattern, out_pattern):
         return kept_size_forward(fn, x_kept, weight, bias, in_pattern, out_pattern)
 
-    return check("compact forward", kept_size_only, reference_compact_forward, cases, atol=1e-9)
+    return check(
+        "compact forward",
+        kept_size_only,
+        reference_compact_forward,
+        cases,
+        atol=1e-9,
+        atol_float32=FLOAT32_ATOL,
+        pass_note="each multiplication at most the kept-size GEMM's work",
+    )
+
+
+FLOAT32_ATOL = 1e-4  # float32 keeps about 7 digits; the float32 cases' outputs stay below 20
+
+
+def _matrix_work(packet: str, args: tuple) -> int:
+    """Multiply-adds of one matrix product ``aten.<packet>(*args)``, 0 for any other op."""
+    first = 1 if packet in ("addmm", "_addmm_activation", "baddbmm", "addbmm", "addmv", "addr") else 0
+    a, b = (args[first : first + 2] + (None, None))[:2]
+    if not isinstance(a, torch.Tensor) or not isinstance(b, torch.Tensor):
+        return 0
+    if packet in ("mm", "bmm", "addmm", "_addmm_activation", "baddbmm", "addbmm"):  # a [..., n, k] @ b [..., k, m]
+        return a.numel() * b.shape[-1]
+    if packet in ("mv", "addmv", "dot", "vdot"):  # a [n, k] @ b [k], or a [k] . b [k]
+        return a.numel()
+    return a.numel() * b.numel() if packet == "addr" else 0  # the outer product a [n] b [m]^T
+
+
+class MultiplyCounter(TorchDispatchMode):
+    """Records every multiplication the code under it runs as (kind, aten op, multiplies): matrix
+    products (mm, addmm, bmm, baddbmm, addbmm, mv, addmv, dot, vdot, addr: what ``@``, ``torch.matmul``,
+    ``F.linear`` and ``torch.einsum`` run) and elementwise multiplies (mul, addcmul: their output's elements)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: list[tuple[str, str, int]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        packet = func.overloadpacket.__name__
+        if work := _matrix_work(packet, args):
+            self.ops.append(("matrix product", f"aten.{packet}", work))
+        elif packet.rstrip("_") in ("mul", "addcmul") and isinstance(out, torch.Tensor):
+            self.ops.append(("elementwise multiply", f"aten.{packet}", out.numel()))
+        return out
 
 
 def kept_size_forward(
@@ -87,17 +133,26 @@ def kept_size_forward(
     in_pattern: RowPattern,
     out_pattern: RowPattern,
 ) -> Any:
-    """``fn``'s answer, after counting the multiply-adds of its matrix products: WrongAnswer when they
-    exceed the kept-size GEMM's B * k_out * k_in (e.g. the full GEMM masked or sliced afterwards)."""
-    with FlopCounterMode(display=False) as counter:
+    """``fn``'s answer, after counting its multiplications: WrongAnswer when one op does more than the
+    kept-size GEMM's B * k_out * k_in multiply-adds (e.g. the full weight, masked, sliced or multiplied a
+    row at a time; an elementwise multiply may also scale all of x_kept or the output). Ops are judged
+    one by one, so running the kept-size product twice passes."""
+    with MultiplyCounter() as counter:
         out = fn(x_kept, weight, bias, in_pattern, out_pattern)
+    batch = x_kept.shape[0]
     k_out, k_in = out_pattern.kept_count(weight.shape[0]), in_pattern.kept_count(weight.shape[1])
-    kept = x_kept.shape[0] * k_out * k_in
-    if (ran := counter.get_total_flops() // 2) > kept:
+    kept = batch * k_out * k_in
+    scaling = max(kept, batch * k_in, batch * k_out)  # an elementwise multiply may scale x_kept or the output
+    over = [op for op in counter.ops if op[2] > (scaling if op[0] == "elementwise multiply" else kept)]
+    if over:
+        kind, name, work = max(over, key=lambda op: op[2])
+        scaled = (
+            f", or {scaling} to scale x_kept or the output" if kind == "elementwise multiply" and scaling > kept else ""
+        )
         raise WrongAnswer(
-            f"it ran matrix products of {ran} multiply-adds, where the kept-size GEMM needs {kept} "
-            f"(B x k_out x k_in = {x_kept.shape[0]} x {k_out} x {k_in}): take the kept rows and columns of "
-            "the weight first, then multiply"
+            f"one {kind} ({name}) did {work} multiplies, where the kept-size GEMM needs {kept} in all "
+            f"(B x k_out x k_in = {batch} x {k_out} x {k_in}){scaled}: take the kept rows and columns of the "
+            "weight first, then multiply only those"
         )
     return out
 
@@ -220,8 +275,8 @@ def check_grouped_offsets(fn: Callable[..., Any]) -> CheckResult:
     the same offsets from two generators with the same seed; and chi-square tests (see ALPHA) that each
     group's offset is uniform and each two neighbouring groups' offsets are a uniform pair. The max
     difference printed is the largest gap between a group's observed offset frequency and 1 / dp: it
-    is chance, and the tests above decide (hence the tolerance of 1). The seeds are GROUPED_CASES' shifted
-    by one drawn anew at every call, so no answer can know the draws in advance."""
+    is chance, and the tests above decide (hence the tolerance of 1, and the PASS line says so). The seeds
+    are GROUPED_CASES' shifted by one drawn anew at every call, so no answer can know the draws in advance."""
     shift = draw_int(fresh_generator(), 0, 2**31)
     return check(
         "grouped offsets",
@@ -229,4 +284,6 @@ def check_grouped_offsets(fn: Callable[..., Any]) -> CheckResult:
         uniform_frequencies,
         [(dp, groups, draws, seed + shift) for dp, groups, draws, seed in GROUPED_CASES],
         atol=1.0,
+        pass_note=f"decided by chi-square tests of uniform offsets (each at p >= {ALPHA:g}) over every draw; "
+        "the max difference is sampling noise",
     )

@@ -53,13 +53,32 @@ def _loss_value(loss) -> float:
     raise WrongAnswer(f"the step returned {describe(loss)}, expected the loss (a number or a one-element tensor)")
 
 
+def _fresh_model(method: str, seed: int) -> nn.Module:
+    """The MLP the training-step check trains, as it starts (global torch stream seeded with ``seed``)."""
+    torch.manual_seed(seed)  # initial weights and bernoulli masks
+    return ApproxDropoutMLP(SIZES, 0.5, method=method, tile=4, generator=torch.Generator().manual_seed(seed))
+
+
+def train_step_element(flat: int, method: str, seed: int) -> str:
+    """What element ``flat`` of ``after_three_steps``'s vector is: "the loss of step 2", or a parameter entry
+    after the three steps ("parameter linears.1.weight[3, 5] after the three steps")."""
+    if flat < 3:
+        return f"the loss of step {flat + 1}"
+    flat -= 3
+    for name, param in _fresh_model(method, seed).named_parameters():
+        if flat < param.numel():
+            index = [int(i) for i in torch.unravel_index(torch.tensor(flat), param.shape)]
+            return f"parameter {name}{index} after the three steps"
+        flat -= param.numel()
+    return f"element [{flat}] past the parameters"
+
+
 def after_three_steps(
     step: Callable[[nn.Module, torch.optim.Optimizer, torch.Tensor, torch.Tensor], object], method: str, seed: int
 ) -> torch.Tensor:
     """Float[3 + parameters]: the three losses and the parameters after three ``step`` calls on a
     fresh model (same seed, same data, same pattern draws for every ``step`` function)."""
-    torch.manual_seed(seed)  # initial weights and bernoulli masks
-    model = ApproxDropoutMLP(SIZES, 0.5, method=method, tile=4, generator=torch.Generator().manual_seed(seed))
+    model = _fresh_model(method, seed)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     data = torch.Generator().manual_seed(seed + 1)
     losses = []
@@ -70,7 +89,8 @@ def after_three_steps(
 
 
 def check_train_step(candidate: Callable[..., Any]) -> CheckResult:
-    """``candidate(model, optimizer, x, y) -> loss``: one training step on every method of the MLP."""
+    """``candidate(model, optimizer, x, y) -> loss``: one training step on every method of the MLP, compared
+    by the three losses and the parameters after three steps; a FAIL names the loss or parameter that differs."""
     cases = [(method, seed) for seed, method in enumerate(methods_for("mlp"))]
     return check(
         "one training step",
@@ -78,4 +98,5 @@ def check_train_step(candidate: Callable[..., Any]) -> CheckResult:
         lambda method, seed: after_three_steps(reference_train_step, method, seed),
         cases,
         atol=1e-5,
+        element_name=train_step_element,
     )

@@ -191,16 +191,25 @@ CASES: list[tuple[str, nn.Sequential]] = [  # (what the case tests, the nn.Seque
     ),  # fmt: skip
 ]
 _NOTES = {layers_text(seq): note for note, seq in CASES}
+DRAWN = 8  # drawn cases besides those with an unseen activation
 DRAWN_NOTE = "drawn anew at this call"
+
+
+# the elementwise activations no fixed case shows: a drawn case holds a chain with each of them
+UNSEEN_ACTIVATIONS = [kind for kind in ELEMENTWISE if all(type(m) is not kind for _, seq in CASES for m in seq)]
+
+
+def _new(kind: type[nn.Module]) -> nn.Module:
+    """An activation module of type ``kind``, with the arguments it needs."""
+    if kind is nn.Threshold:
+        return nn.Threshold(0.0, 0.0)
+    return nn.Softmax(-1) if kind is nn.Softmax else kind()
 
 
 def _activation(generator: torch.Generator) -> nn.Module:
     """Any of ``ELEMENTWISE`` (so a hard-coded list misses some), or now and then one that mixes units."""
     kinds = [*ELEMENTWISE, nn.Softmax, nn.PReLU]
-    kind = kinds[draw_int(generator, 0, len(kinds) - 1)]
-    if kind is nn.Threshold:
-        return nn.Threshold(0.0, 0.0)
-    return nn.Softmax(-1) if kind is nn.Softmax else kind()
+    return _new(kinds[draw_int(generator, 0, len(kinds) - 1)])
 
 
 def _dropout(generator: torch.Generator) -> nn.Module:
@@ -209,13 +218,20 @@ def _dropout(generator: torch.Generator) -> nn.Module:
     return kinds[draw_int(generator, 0, len(kinds) - 1)](0.1 * draw_int(generator, 1, 5))
 
 
-def random_sequential(generator: torch.Generator) -> nn.Sequential:
+def random_sequential(generator: torch.Generator, activation: type[nn.Module] | None = None) -> nn.Sequential:
     """An nn.Sequential of 1-4 pieces drawn with ``generator``: chains (some broken by their sizes, their
-    activation or their dropout), lone Linears, LayerNorms and Dropouts."""
+    activation or their dropout), lone Linears, LayerNorms and Dropouts. With ``activation``, one more
+    piece, at a drawn place, is a valid chain with that activation (no piece can take its first Linear)."""
     width, mods = 8, []
-    for _ in range(draw_int(generator, 1, 4)):
-        piece = draw_int(generator, 0, 5)
-        if piece <= 2:
+    pieces = draw_int(generator, 1, 4)
+    valid_at = draw_int(generator, 0, pieces) if activation is not None else -1
+    for number in range(pieces + (activation is not None)):
+        piece = -1 if number == valid_at else draw_int(generator, 0, 5)
+        if piece == -1:
+            hidden, out = 4 * draw_int(generator, 1, 6), 4 * draw_int(generator, 1, 6)
+            mods += [nn.Linear(width, hidden), _new(activation), nn.Dropout(0.1), nn.Linear(hidden, out)]
+            width = out
+        elif piece <= 2:
             hidden, out = 4 * draw_int(generator, 1, 6), 4 * draw_int(generator, 1, 6)
             reads = hidden + (draw_int(generator, 0, 1) if piece == 2 else 0)  # sometimes sizes that do not chain
             mods += [nn.Linear(width, hidden), _activation(generator), _dropout(generator), nn.Linear(reads, out)]
@@ -249,7 +265,10 @@ def _explain(seq: nn.Sequential, got: list[int], want: list[int]) -> str:
 def check_find_chains(candidate: Callable[[nn.Sequential], Any]) -> CheckResult:
     """``candidate(seq) -> list[int]``: the start indices i, in increasing order, where ``seq[i:i + 4]`` is
     nn.Linear -> an elementwise activation -> nn.Dropout -> nn.Linear whose sizes chain, a Linear never in
-    two chains (the first one takes it). The reference is what ``convert`` does to a copy of ``seq``."""
+    two chains (the first one takes it). The reference is what ``convert`` does to a copy of ``seq``.
+
+    The fixed CASES, then cases drawn anew: one holding a valid chain with each of UNSEEN_ACTIVATIONS (so a
+    hard-coded list of activations, or a table of the fixed cases, fails every time) and DRAWN others."""
 
     def answer(seq: nn.Sequential) -> Any:
         original = copy.deepcopy(seq)  # as the case was, whatever the learner does to seq
@@ -266,5 +285,7 @@ def check_find_chains(candidate: Callable[[nn.Sequential], Any]) -> CheckResult:
         return got
 
     fresh = fresh_generator()
-    cases = [(seq,) for _, seq in CASES] + [(random_sequential(fresh),) for _ in range(4)]
+    unseen = [UNSEEN_ACTIVATIONS[int(i)] for i in torch.randperm(len(UNSEEN_ACTIVATIONS), generator=fresh)]
+    drawn = [random_sequential(fresh, kind) for kind in unseen] + [random_sequential(fresh) for _ in range(DRAWN)]
+    cases = [(seq,) for _, seq in CASES] + [(drawn[int(i)],) for i in torch.randperm(len(drawn), generator=fresh)]
     return check("find_chains", answer, reference_find_chains, cases)
