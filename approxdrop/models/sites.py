@@ -447,15 +447,15 @@ def step_draws(module: nn.Module) -> list:
     if torch.compiler.is_exporting():
         raise ValueError(EXPORT_ADVICE)
     eager = not torch.compiler.is_compiling()
-    if eager and torch._C._current_graph_task_id() != -1 and getattr(module, REPLAY, None) is not None:
-        return getattr(module, REPLAY)
+    if eager and torch._C._current_graph_task_id() != -1 and module.__dict__.get(REPLAY) is not None:
+        return module.__dict__[REPLAY]
     pending = getattr(module, PENDING, None)
     if pending is not None:
         setattr(module, PENDING, None)
         if getattr(module, PENDING_RATE, module.p) != module.p:
             pending = None
-    if eager:
-        setattr(module, REPLAY, pending)
+    if eager and module.__dict__.get(REPLAY) is not pending:  # a plain attribute, without Module.__setattr__
+        module.__dict__[REPLAY] = pending
     return module.draw() if pending is None else pending
 
 
