@@ -68,6 +68,21 @@ def test_per_sample_gradients_with_vmap_equal_a_loop_over_samples():
             torch.testing.assert_close(per_sample[name][i], one[name], msg=name)
 
 
+@pytest.mark.parametrize("method", ["row", "row-g4", "shared", "tile"])
+def test_vmap_with_a_pattern_per_sample_is_refused_with_the_mode_that_works(method):
+    """randomness="different" asks each sample for its own draw; ARD's pattern is the batch's (it failed with
+    "Cannot access data pointer of Tensor that doesn't have storage")."""
+    model = ApproxDropoutMLP([6, 10, 3], 0.5, method, tile=2)
+    params = {name: p.detach() for name, p in model.named_parameters()}
+
+    def loss(ps, sample):
+        return _squares(torch.func.functional_call(model, ps, (sample[None],)))
+
+    per_sample = torch.func.vmap(torch.func.grad(loss), in_dims=(None, 0), randomness="different")
+    with pytest.raises(RuntimeError, match=r"randomness='different'.*use randomness='same'"):
+        per_sample(params, torch.randn(4, 6))
+
+
 def test_a_static_model_draws_before_the_transform_and_says_so_inside_it():
     model = ApproxDropoutMLP([5, 8, 3], 0.5, "row", static_shapes=True)
     x = torch.randn(4, 5)

@@ -323,13 +323,20 @@ def check_drawable(generator: torch.Generator | None) -> None:
     """Raise a RuntimeError where a draw made now would be frozen into a recording: under
     ``torch.jit.trace`` (the trace would replay this one pattern at every call) and during CUDA graph
     capture (every replay would reuse it); or where it would differ from the draw it must repeat: from a
-    module's own ``generator`` inside a backward pass (activation checkpointing recomputing the forward)."""
+    module's own ``generator`` inside a backward pass (activation checkpointing recomputing the forward); and
+    inside ``torch.func.vmap(..., randomness="different")``, which asks for a pattern per sample."""
     if generator is not None and torch._C._current_graph_task_id() != -1:
         raise RuntimeError(
             "this training forward runs inside a backward pass (activation checkpointing recomputes it): a "
             "pattern drawn now from the module's own generator would not be the one the first forward drew, and "
             "the gradients would be wrong. Build the module with generator=None (the global random state, which "
             "checkpointing saves and restores, so the recomputed forward draws the same pattern)"
+        )
+    if _vmap_with_different_randomness():
+        raise RuntimeError(
+            "torch.func.vmap(..., randomness='different') would give every sample its own pattern, but ARD draws "
+            "one pattern per step for the whole batch: use randomness='same' (per-sample gradients then see the "
+            "step's pattern, as the samples of a batch do)"
         )
     if torch.jit.is_tracing():
         raise RuntimeError(
@@ -343,6 +350,17 @@ def check_drawable(generator: torch.Generator | None) -> None:
             "approxdrop.draw_patterns(model) before capturing, and capture one graph per pattern_key(model) "
             "(README, 'Compiled and graphed training')"
         )
+
+
+def _vmap_with_different_randomness() -> bool:
+    """Whether this runs inside a torch.func.vmap with ``randomness="different"`` (a random op there draws per
+    sample); a C call and nothing more outside every torch.func transform."""
+    if torch._C._functorch.maybe_current_level() is None:
+        return False
+    from torch._functorch.pyfunctorch import coerce_cinterpreter
+
+    interpreters = map(coerce_cinterpreter, torch._C._functorch.get_interpreter_stack() or [])
+    return any(getattr(i, "randomness", lambda: None)() == "different" for i in interpreters)
 
 
 def draw_sites(
