@@ -323,20 +323,13 @@ def check_drawable(generator: torch.Generator | None) -> None:
     """Raise a RuntimeError where a draw made now would be frozen into a recording: under
     ``torch.jit.trace`` (the trace would replay this one pattern at every call) and during CUDA graph
     capture (every replay would reuse it); or where it would differ from the draw it must repeat: from a
-    module's own ``generator`` inside a backward pass (activation checkpointing recomputing the forward); and
-    inside ``torch.func.vmap(..., randomness="different")``, which asks for a pattern per sample."""
+    module's own ``generator`` inside a backward pass (activation checkpointing recomputing the forward)."""
     if generator is not None and torch._C._current_graph_task_id() != -1:
         raise RuntimeError(
             "this training forward runs inside a backward pass (activation checkpointing recomputes it): a "
             "pattern drawn now from the module's own generator would not be the one the first forward drew, and "
             "the gradients would be wrong. Build the module with generator=None (the global random state, which "
             "checkpointing saves and restores, so the recomputed forward draws the same pattern)"
-        )
-    if _vmap_with_different_randomness():
-        raise RuntimeError(
-            "torch.func.vmap(..., randomness='different') would give every sample its own pattern, but ARD draws "
-            "one pattern per step for the whole batch: use randomness='same' (per-sample gradients then see the "
-            "step's pattern, as the samples of a batch do)"
         )
     if torch.jit.is_tracing():
         raise RuntimeError(
@@ -352,10 +345,17 @@ def check_drawable(generator: torch.Generator | None) -> None:
         )
 
 
+VMAP_ADVICE = (
+    "torch.func.vmap(..., randomness='different') would give every sample its own pattern, but ARD draws one "
+    "pattern per step for the whole batch: use randomness='same' (per-sample gradients then see the step's "
+    "pattern, as the samples of a batch do)"
+)
+
+
 def _vmap_with_different_randomness() -> bool:
     """Whether this runs inside a torch.func.vmap with ``randomness="different"`` (a random op there draws per
-    sample); a C call and nothing more outside every torch.func transform."""
-    if torch._C._functorch.maybe_current_level() is None:
+    sample, and a draw's ``tolist`` fails)."""
+    if torch._C._functorch.maybe_current_level() is None:  # no torch.func transform
         return False
     from torch._functorch.pyfunctorch import coerce_cinterpreter
 
@@ -387,9 +387,14 @@ def draw_sites(
 def _draw(m: Method, p: float, widths, distributions, generator, groups: int) -> list:
     """``draw_sites`` for a method that draws something (real draws under a FakeTensorMode too)."""
     check_drawable(generator)
-    if distributions is not None:
-        return outside_fake_mode(sample_sites, distributions, groups, generator)
-    return [outside_fake_mode(shared_keep_indices, w, p, generator) for w in widths]
+    try:
+        if distributions is not None:
+            return outside_fake_mode(sample_sites, distributions, groups, generator)
+        return [outside_fake_mode(shared_keep_indices, w, p, generator) for w in widths]
+    except RuntimeError as error:  # asked about only on failure: the question costs a step 1% of its host time
+        if _vmap_with_different_randomness():
+            raise RuntimeError(VMAP_ADVICE) from error
+        raise
 
 
 _draw_outside_graph = torch.compiler.disable(_draw, reason=_COMPILE_ADVICE)
