@@ -38,7 +38,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import torch
 
 from .._env import check_int, check_number, check_positive, check_rate
 from ..distribution import PatternDistribution
@@ -120,13 +119,12 @@ def search_distribution(
         return store.cached(
             {**key, **settings}, lambda: search_distribution(p, n, kind, family, max_period, tile=tile, **settings)
         )
-    with torch.device("cpu"):  # its tensors are read as numpy, whatever the default device (a model built on meta)
-        problem = SearchProblem(p, n, candidates(family, max_period), mu, work_exponent)
-        if p == 0.0:  # only (1, 1) has rate 0
-            return to_distribution(problem, (problem.rate == 0.0).astype(np.float64), kind, tile)
-        q, history = _adam(problem, steps, lr, penalty)
-        q = np.where(q >= min(min_prob, q.max()), q, 0.0)  # the likeliest pattern always stays
-        best = to_distribution(problem, problem.project(q / q.sum()), kind, tile, history)
+    problem = SearchProblem(p, n, candidates(family, max_period), mu, work_exponent)
+    if p == 0.0:  # only (1, 1) has rate 0
+        return to_distribution(problem, (problem.rate == 0.0).astype(np.float64), kind, tile)
+    q, history = _adam(problem, steps, lr, penalty)
+    q = np.where(q >= min(min_prob, q.max()), q, 0.0)  # the likeliest pattern always stays
+    best = to_distribution(problem, problem.project(q / q.sum()), kind, tile, history)
     if family == "extended":
         paper = search_distribution(p, n, kind, "paper", max_period, tile=tile, **settings)
         if _objective(paper, mu, work_exponent) < _objective(best, mu, work_exponent):

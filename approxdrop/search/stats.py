@@ -32,9 +32,11 @@ def binomial_pmf(n: int, p: float) -> np.ndarray:
         pmf = np.zeros(n + 1)
         pmf[0 if p == 0.0 else n] = 1.0
         return pmf
-    k = torch.arange(n + 1, dtype=torch.float64)
+    k = torch.arange(n + 1, dtype=torch.float64, device="cpu")  # read as numpy, whatever the default device
     log_choose = (
-        torch.lgamma(torch.tensor(n + 1.0, dtype=torch.float64)) - torch.lgamma(k + 1) - torch.lgamma(n - k + 1)
+        torch.lgamma(torch.tensor(n + 1.0, dtype=torch.float64, device="cpu"))
+        - torch.lgamma(k + 1)
+        - torch.lgamma(n - k + 1)
     )
     return torch.exp(log_choose + k * math.log(p) + (n - k) * math.log1p(-p)).numpy()
 
