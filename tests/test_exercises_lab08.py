@@ -11,7 +11,7 @@ import nbformat
 import pytest
 import torch
 from torch import nn
-from wrong_answers import FIND_CHAINS, WRONG_TYPES, with_nan
+from wrong_answers import FIND_CHAINS, WRONG_TYPES, chains_where, with_nan
 
 from approxdrop import DecoderLM, convert
 from approxdrop.course.checks import describe
@@ -94,15 +94,12 @@ FIXED_ACTIVATIONS = (nn.GELU, nn.ReLU, nn.SiLU, nn.Tanh, nn.Hardswish, nn.PReLU)
 
 def hard_coded_activations(seq):
     """A matcher right in every respect but one: it knows only the fixed cases' activations."""
-    mods, starts = list(seq), []
-    for i in range(len(mods) - 3):
-        a, b, c, d = mods[i : i + 4]
-        if starts and i <= starts[-1] + 3:
-            continue
-        if type(a) is nn.Linear and type(b) in FIXED_ACTIVATIONS and type(c) is nn.Dropout and type(d) is nn.Linear:
-            if a.out_features == d.in_features:
-                starts.append(i)
-    return starts
+
+    def accept(a, b, c, d):
+        linears = type(a) is nn.Linear and type(d) is nn.Linear and a.out_features == d.in_features
+        return linears and type(b) in FIXED_ACTIVATIONS and type(c) is nn.Dropout
+
+    return chains_where(seq, accept)
 
 
 TABLE = {lab08.layers_text(seq): SOL.find_chains(seq) for _, seq in lab08.CASES}

@@ -58,7 +58,7 @@ GROUPED_OFFSETS = {
 }
 
 
-def _chains(seq, accept):
+def chains_where(seq, accept):
     """Start indices i where ``accept(seq[i], seq[i + 1], seq[i + 2], seq[i + 3])`` holds, a Linear never in
     two chains: the skeleton of lab 08's wrong ``find_chains`` answers."""
     mods, starts = list(seq), []
@@ -79,13 +79,13 @@ def _sizes(a, d):
 # lab 08's find_chains answers that lab08.check_find_chains must FAIL: name -> (answer, what the FAIL says)
 FIND_CHAINS = {
     "any activation (Softmax too)": (
-        lambda seq: _chains(
+        lambda seq: chains_where(
             seq, lambda a, b, c, d: _linear(a) and type(c) is torch.nn.Dropout and _linear(d) and _sizes(a, d)
         ),
         "seq[1] is Softmax: not an elementwise activation",
     ),
     "any dropout class (Dropout1d too)": (
-        lambda seq: _chains(
+        lambda seq: chains_where(
             seq,
             lambda a, b, c, d: (
                 _linear(a)
@@ -98,7 +98,7 @@ FIND_CHAINS = {
         "seq[2] is Dropout1d, not nn.Dropout",
     ),
     "no size check": (
-        lambda seq: _chains(
+        lambda seq: chains_where(
             seq, lambda a, b, c, d: _linear(a) and is_elementwise(b) and type(c) is torch.nn.Dropout and _linear(d)
         ),
         "the sizes do not chain: seq[0] gives 16 features, seq[3] takes 12",
@@ -118,7 +118,7 @@ FIND_CHAINS = {
     "indices of the Dropouts": (
         lambda seq: [
             i + 2
-            for i in _chains(
+            for i in chains_where(
                 seq,
                 lambda a, b, c, d: (
                     _linear(a) and is_elementwise(b) and type(c) is torch.nn.Dropout and _linear(d) and _sizes(a, d)
@@ -130,7 +130,7 @@ FIND_CHAINS = {
     "misses a chain at the very end": (
         lambda seq: [
             i
-            for i in _chains(
+            for i in chains_where(
                 seq,
                 lambda a, b, c, d: (
                     _linear(a) and is_elementwise(b) and type(c) is torch.nn.Dropout and _linear(d) and _sizes(a, d)
