@@ -8,7 +8,7 @@ import torch
 
 from approxdrop import ApproxDropoutMLP, mlp_gemm_work
 from approxdrop.data import Dataset, DatasetInfo
-from approxdrop.training import evaluate, train, training_step
+from approxdrop.training import evaluate, sgd, train, training_step
 
 
 def blobs(n_train=400, n_test=100, dim=16, classes=4, seed=0) -> Dataset:
@@ -117,3 +117,20 @@ def test_a_race_whose_methods_diverge_before_a_timed_step_prints_no_nan():
     result = train(poisoned, ["bernoulli", "row"], hidden=(16,), batch=8, steps=3, progress=False)
     table = result.format_table()
     assert "nan" not in table.lower() and table.count("diverged at step 1") == 2, table
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_the_fused_sgd_takes_the_steps_of_torchs_per_parameter_loop(momentum):
+    # training.sgd is fused for its host cost alone: every step must land on the loop's numbers, bit for bit
+    def trained(make):
+        torch.manual_seed(0)
+        model = ApproxDropoutMLP([16, 24, 4], p=0.0, method="none")
+        opt = make(model.parameters())
+        for i in range(5):
+            training_step(model, opt, DATA.train_x[16 * i : 16 * (i + 1)], DATA.train_y[16 * i : 16 * (i + 1)])
+        return [p.detach().clone() for p in model.parameters()]
+
+    fused = trained(lambda params: sgd(params, 0.1, momentum=momentum))
+    loop = trained(lambda params: torch.optim.SGD(params, lr=0.1, momentum=momentum, foreach=False))
+    assert all(torch.equal(a, b) for a, b in zip(fused, loop))
+    assert sgd(torch.nn.Linear(2, 2).parameters(), 0.1).defaults["fused"]

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from .._env import check_int, check_rate, describe_machine, sync
 from ..models import METHODS, ApproxDropoutMLP, mlp_gemm_work
-from ..training import training_step
+from ..training import sgd, training_step
 from .options import Distinct, non_negative_int, positive_int, progress_bar, rate, write_record
 
 PAPER_SIZES = (784, 2048, 2048, 10)
@@ -42,7 +42,7 @@ def mlp_step(
     model: torch.nn.Module, x: torch.Tensor, target: torch.Tensor, lr: float = 0.01
 ) -> Callable[[], tuple[torch.Tensor, torch.Tensor]]:
     """A zero-argument training step of ``model`` on one fixed batch (SGD with momentum 0.9)."""
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    opt = sgd(model.parameters(), lr, momentum=0.9)
     return lambda: training_step(model, opt, x, target)
 
 

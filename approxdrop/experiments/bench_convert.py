@@ -27,6 +27,7 @@ from torch import nn
 from .._env import describe_machine
 from ..models import convert
 from ..models.ffn import FFN_METHODS
+from ..training import sgd
 from .bench import check_protocol, time_side_by_side
 from .options import Distinct, non_negative_int, positive_int, progress_bar, rate, write_record
 
@@ -114,7 +115,7 @@ OUTPUT_SIDE = ("gpt2", "bert")  # converted with output_side=True: they have no 
 
 def train_step(model: nn.Module, forward, x: torch.Tensor, target: torch.Tensor) -> Callable[[], torch.Tensor]:
     """A zero-argument training step of ``model`` on a fixed input and target."""
-    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    opt = sgd(model.parameters(), 1e-3, momentum=0.9)
 
     def step() -> torch.Tensor:
         opt.zero_grad(set_to_none=True)

@@ -21,6 +21,7 @@ from torch import nn
 from .._env import check_int, describe_machine
 from ..models import ApproxDropoutFFN
 from ..models.ffn import FFN_METHODS
+from ..training import sgd
 from .bench import check_protocol, time_side_by_side
 from .options import Distinct, non_negative_int, positive_int, progress_bar, rate, write_record
 
@@ -54,7 +55,7 @@ def block_for(method: str, d_model: int, d_hidden: int, p: float) -> nn.Module:
 
 def ffn_step(block: nn.Module, x: torch.Tensor, target: torch.Tensor) -> Callable[[], torch.Tensor]:
     """A zero-argument training step of ``block`` on a fixed x, target (Tensor[B, T, d_model])."""
-    opt = torch.optim.SGD(block.parameters(), lr=1e-3, momentum=0.9)
+    opt = sgd(block.parameters(), 1e-3, momentum=0.9)
 
     def step() -> torch.Tensor:
         opt.zero_grad(set_to_none=True)

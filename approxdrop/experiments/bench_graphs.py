@@ -36,6 +36,7 @@ from ..models.mlp import ApproxDropoutMLP
 from ..models.sites import static_graph_bound
 from ..training.graphed import compiled_step
 from ..training.mlp import training_step
+from ..training.optim import sgd
 from .bench import check_protocol, time_side_by_side
 from .bench_overhead import PAPER_SIZES, TINY_BATCH, TINY_MLP
 from .options import compile_backend, non_negative_int, positive_int, progress_bar, rate, write_record
@@ -105,7 +106,7 @@ def steps_for(
         torch.manual_seed(seed)
         model = ApproxDropoutMLP(sizes, p, method=method, distributions=laws[method], static_shapes="static" in label)
         model = model.to(device).train()
-        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        opt = sgd(model.parameters(), 0.01, momentum=0.9)
         if not compiled:
             steps[label] = lambda model=model, opt=opt: training_step(model, opt, x, y)
             continue

@@ -28,7 +28,7 @@ from .._env import describe_machine, write_atomic, write_json_atomic
 from ..data import Corpus, load_corpus
 from ..models import LM_METHODS, language_model, lstm_gemm_work
 from ..models.lstm import State
-from ..training import LMRaceConfig, lm_training_step, train_lm
+from ..training import LMRaceConfig, lm_training_step, sgd, train_lm
 from .bench import check_protocol, time_side_by_side, with_groups
 from .options import (
     Distinct,
@@ -79,7 +79,7 @@ def lm_step(
     model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, lr: float = 1.0
 ) -> Callable[[], tuple[torch.Tensor, State]]:
     """A zero-argument training step of ``model`` on one fixed batch (plain SGD, no state, no clipping)."""
-    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    opt = sgd(model.parameters(), lr)
     return lambda: lm_training_step(model, opt, x, y, None, clip=None)
 
 

@@ -39,6 +39,7 @@ from ..models.executor_choice import measured_choice
 from ..models.lstm import LSTM_METHODS
 from ..models.mlp import ApproxDropoutMLP
 from ..models.sites import grouped_executor
+from ..training import sgd
 from ..training.lm import lm_training_step
 from .bench import check_protocol, mlp_step, time_side_by_side
 from .options import Distinct, non_negative_int, positive_int, progress_bar, rate, write_record
@@ -134,7 +135,7 @@ def ffn_steps(p: float, methods: Sequence[str], device: torch.device, seed: int 
             block = ApproxDropoutFFN.from_modules(fc1, nn.GELU(), fc2, p, method=method)
             label = method
         block = block.to(device).train()
-        opt = torch.optim.SGD(block.parameters(), lr=0.01, momentum=0.9)
+        opt = sgd(block.parameters(), 0.01, momentum=0.9)
         steps[label] = _bind(_regression_step, block, opt, x, target)
     return steps
 
@@ -155,7 +156,7 @@ def lstm_steps(
     for method in methods:
         torch.manual_seed(seed)
         model = ApproxDropoutLSTM(50, hidden=16, layers=2, p=p, method=method).to(device).train()
-        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        opt = sgd(model.parameters(), 0.1)
         steps[method] = _bind(_lm_step, model, opt, tokens[:-1], tokens[1:])
     return steps
 

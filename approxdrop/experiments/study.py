@@ -55,7 +55,7 @@ from .._env import (
 )
 from ..data import NAMES, Dataset, load_dataset
 from ..models import METHODS, ApproxDropoutMLP
-from ..training import evaluate, training_step
+from ..training import evaluate, sgd, training_step
 from .options import (
     Distinct,
     check_json_apart,
@@ -229,7 +229,7 @@ def train_run(
     dev = data.train_x.device
     sizes = [data.train_x.shape[1], *config.hidden, data.classes]
     model = build_model(config, variant, p, sizes, seed).to(dev)
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    opt = sgd(model.parameters(), lr, momentum=0.9)
     order = torch.Generator().manual_seed(seed)  # the same batches for every variant of a seed
     result = RunResult(variant, p, seed, lr, data.name)
     finite = torch.ones((), dtype=torch.bool, device=dev)

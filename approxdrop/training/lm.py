@@ -27,9 +27,10 @@ from ..data import Corpus, batchify, bptt_batches
 from ..models import get_method, language_model, lstm_gemm_work
 from ..models.lstm import State
 from ..models.methods import check_methods
+from .optim import sgd
 from .race import PERPLEXITY, History, RaceResult, check_race_settings, run_race
 
-OPTIMIZERS = {"sgd": (torch.optim.SGD, 20.0), "adam": (torch.optim.Adam, 3e-3)}  # name: (class, default lr)
+OPTIMIZERS = {"sgd": (sgd, 20.0), "adam": (torch.optim.Adam, 3e-3)}  # name: (builder, default lr)
 
 
 @dataclass(frozen=True)

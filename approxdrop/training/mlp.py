@@ -15,6 +15,7 @@ from .._env import check_int, check_positive, check_rate, default_device
 from ..data import Dataset
 from ..models import ApproxDropoutMLP, mlp_gemm_work
 from ..models.methods import check_methods
+from .optim import sgd
 from .race import ACCURACY, History, RaceResult, check_race_settings, run_race
 
 
@@ -81,7 +82,7 @@ class _MLPContestant:
 
     def __init__(self, model: nn.Module, config: MLPRaceConfig, test_x: torch.Tensor, test_y: torch.Tensor) -> None:
         self.model, self.clip, self.test_x, self.test_y = model, config.clip, test_x, test_y
-        self.optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=0.9)
+        self.optimizer = sgd(model.parameters(), config.lr, momentum=0.9)
 
     def step(self, batch) -> float:
         loss, _ = training_step(self.model, self.optimizer, *batch, clip=self.clip)
