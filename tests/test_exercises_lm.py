@@ -42,6 +42,11 @@ def per_time_step(u, weight, bias, pattern):  # masks the time axis instead of t
     return torch.nn.functional.linear(u * mask * pattern.scale, weight, bias)
 
 
+def always_float64(u, weight, bias, pattern):  # right in float64, but turns a float32 u into float64
+    mask = pattern.keep_mask(u.shape[-1]).to(torch.float64) * pattern.scale  # [n]
+    return torch.nn.functional.linear(u.double() * mask, weight.double(), bias.double())
+
+
 def everything_shrinks(hidden, layers, vocab, p):  # as if the recurrent GEMMs read a dropout site too
     return 1 - p
 
@@ -49,6 +54,7 @@ def everything_shrinks(hidden, layers, vocab, p):  # as if the recurrent GEMMs r
 CHECKS = [
     (lab07.check_masked_projection, SOL.masked_projection, unscaled),
     (lab07.check_masked_projection, SOL.masked_projection, per_time_step),
+    (lab07.check_masked_projection, SOL.masked_projection, always_float64),
     (lab07.check_gemm_work_left, SOL.gemm_work_left, everything_shrinks),
 ]
 

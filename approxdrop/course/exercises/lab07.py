@@ -19,13 +19,21 @@ model_projection = row_projection  # what ApproxDropoutLSTM computes at a row si
 
 
 def projection_case(
-    steps: int, batch: int, n: int, m: int, dp: int, offset: int, keep: int, seed: int
+    steps: int,
+    batch: int,
+    n: int,
+    m: int,
+    dp: int,
+    offset: int,
+    keep: int,
+    seed: int,
+    dtype: torch.dtype = torch.float64,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, RowPattern]:
-    """(u Float64[T, B, n], W Float64[m, n], b Float64[m], RowPattern): one case of the projection check."""
+    """(u [T, B, n], W [m, n], b [m], RowPattern), the tensors in ``dtype``: one case of the projection check."""
     gen = torch.Generator().manual_seed(seed)
-    u = torch.randn(steps, batch, n, generator=gen, dtype=torch.float64)  # [T, B, n]
-    weight = torch.randn(m, n, generator=gen, dtype=torch.float64)  # [m, n]
-    bias = torch.randn(m, generator=gen, dtype=torch.float64)  # [m]
+    u = torch.randn(steps, batch, n, generator=gen, dtype=dtype)  # [T, B, n]
+    weight = torch.randn(m, n, generator=gen, dtype=dtype)  # [m, n]
+    bias = torch.randn(m, generator=gen, dtype=dtype)  # [m]
     return u, weight, bias, RowPattern(dp, offset, keep)
 
 
@@ -36,19 +44,23 @@ PROJECTION_CASES = [  # (T, B, n, m, dp, offset, keep, seed)
     (6, 1, 15, 12, 5, 1, 3, 3),  # extended family: keep > 1
     (3, 2, 9, 4, 1, 0, 1, 4),  # dp = 1: nothing dropped
 ]
+FLOAT32_CASE = (4, 3, 11, 6, 3, 1, 1, 5)  # the answer keeps u's dtype
+FLOAT32_ATOL = 1e-4  # float32 keeps about 7 digits; the float32 case's outputs stay below 20
 
 
 def check_masked_projection(candidate: Callable[..., Any]) -> CheckResult:
     """``candidate(u, weight, bias, pattern) -> Float[T, B, m]``: the dense masked reference of one
-    site's input projection, against the model's compact GEMM."""
+    site's input projection, against the model's compact GEMM: fixed cases in float64 (to 1e-10) and one in
+    float32 (to FLOAT32_ATOL, in u's dtype), then one drawn anew."""
     fresh = fresh_generator()
     cases = [projection_case(*case) for case in PROJECTION_CASES]
+    cases.append(projection_case(*FLOAT32_CASE, dtype=torch.float32))
     dp = draw_int(fresh, 1, 8)
     drawn = (draw_int(fresh, 1, 6), draw_int(fresh, 1, 4), draw_int(fresh, 1, 20), draw_int(fresh, 1, 20))
     cases.append(
         projection_case(*drawn, dp, draw_int(fresh, 0, dp - 1), draw_int(fresh, 1, dp), draw_int(fresh, 0, 9999))
     )
-    return check("masked input projection", candidate, model_projection, cases, atol=1e-10)
+    return check("masked input projection", candidate, model_projection, cases, atol=1e-10, atol_float32=FLOAT32_ATOL)
 
 
 def reference_gemm_work_left(hidden: int, layers: int, vocab: int, p: float) -> float:
