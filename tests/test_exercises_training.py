@@ -39,7 +39,7 @@ def no_zero_grad(model, optimizer, x, y):
     loss = torch.nn.functional.cross_entropy(model(x), y)
     loss.backward()
     optimizer.step()
-    return loss
+    return loss.item()
 
 
 def keep_rate(pairs, probs):  # the kept share, not the dropped one
@@ -110,7 +110,7 @@ def test_wrong_type_fails_saying_what_was_expected(checker, solution, wrong, ans
     assert checker(lambda *args: answer).status == "fail"
     out = capsys.readouterr().out
     expected = (
-        "expected the loss (a number or a one-element tensor)" if checker is lab05.check_train_step else "expected a "
+        "expected the loss as a float" if checker is lab05.check_train_step else "expected a "
     )
     assert out.startswith("[FAIL]") and f"returned {describe(answer)}, {expected}" in out
 
@@ -125,7 +125,20 @@ def no_backward(model, optimizer, x, y):
     optimizer.zero_grad()
     loss = torch.nn.functional.cross_entropy(model(x), y)
     optimizer.step()
+    return loss.item()
+
+
+def returns_the_loss_tensor(model, optimizer, x, y):  # right step, but the loss still holds its graph
+    optimizer.zero_grad()
+    loss = torch.nn.functional.cross_entropy(model(x), y)
+    loss.backward()
+    optimizer.step()
     return loss
+
+
+def test_a_train_step_returning_the_loss_tensor_is_told_to_return_a_float(capsys):
+    assert lab05.check_train_step(returns_the_loss_tensor).status == "fail"
+    assert "expected the loss as a float (loss.item())" in capsys.readouterr().out
 
 
 def right_step_returns_zero(model, optimizer, x, y):

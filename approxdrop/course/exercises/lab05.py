@@ -40,17 +40,17 @@ def check_gemm_share(candidate: Callable[..., Any]) -> CheckResult:
 def reference_train_step(
     model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor
 ) -> torch.Tensor:
-    """One step (approxdrop.training.training_step); returns the loss."""
-    return training_step(model, optimizer, x, y)[0]
+    """One step (approxdrop.training.training_step); returns the loss as a float."""
+    return float(training_step(model, optimizer, x, y)[0])
 
 
 def _loss_value(loss) -> float:
-    """The loss a step returned as a float; WrongAnswer unless it is a number or a one-element tensor."""
-    if torch.is_tensor(loss) and loss.numel() == 1:
-        return float(loss.detach())
-    if isinstance(loss, numbers.Real) and not isinstance(loss, bool):
+    """The loss a step returned, a float as the exercise asks; WrongAnswer for anything else, a tensor too (one
+    that still requires grad keeps the step's whole graph alive for as long as the caller holds it)."""
+    if isinstance(loss, numbers.Real) and not isinstance(loss, bool) and not torch.is_tensor(loss):
         return float(loss)
-    raise WrongAnswer(f"the step returned {describe(loss)}, expected the loss (a number or a one-element tensor)")
+    hint = " (loss.item())" if torch.is_tensor(loss) and loss.numel() == 1 else ""
+    raise WrongAnswer(f"the step returned {describe(loss)}, expected the loss as a float{hint}")
 
 
 def _fresh_model(method: str, seed: int) -> nn.Module:

@@ -311,19 +311,22 @@ def timing_lines(spreads: Sequence[TimingSpread], baseline: str | None = None) -
     return lines + ([warning] if warning else [])
 
 
-def race_speedups(result: RaceResult, baseline: str = "bernoulli") -> dict[str, Spread]:
-    """Per method, the spread of the per-step speedup ``baseline ms / method ms`` over the steps after
-    warm-up that both ran (``RaceResult.step_speedups``: the race interleaves them, so each pair is
-    measured side by side). Its median is the table's speedup (``RaceResult.speedup``)."""
+def race_speedups(result: RaceResult, baseline: str | None = None) -> dict[str, Spread]:
+    """Per method, the spread of the per-step speedup ``baseline ms / method ms`` (default: the race's first
+    baseline, ``bernoulli`` or lab 08's ``nn.Dropout``) over the steps after warm-up that both ran
+    (``RaceResult.step_speedups``: the race interleaves them, so each pair is measured side by side). Its
+    median is the table's speedup (``RaceResult.speedup``)."""
+    baseline = baseline or result.baselines[0]
     if baseline not in result.histories:
         return {}
     return {m: spread(result.step_speedups(baseline, m)) for m in result.histories if m != baseline}
 
 
-def race_lines(result: RaceResult, baseline: str = "bernoulli") -> list[str]:
-    """One line per method: its speedup over ``baseline`` (the table's number: the median of the per-step
-    ratios, above 1x: faster) with the spread over the steps, then the busy-machine warning when a spread
-    is large."""
+def race_lines(result: RaceResult, baseline: str | None = None) -> list[str]:
+    """One line per method: its speedup over ``baseline`` (default: the race's first baseline; the table's
+    number: the median of the per-step ratios, above 1x: faster) with the spread over the steps, then the
+    busy-machine warning when a spread is large."""
+    baseline = baseline or result.baselines[0]
     speedups = race_speedups(result, baseline)
     width = max((len(m) for m in speedups), default=0)
     lines = [f"{m:>{width}}: speedup vs {baseline} {s.describe('x', 'steps')}" for m, s in speedups.items()]

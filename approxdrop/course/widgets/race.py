@@ -103,10 +103,10 @@ class RacePanel:
         self._show_table(self.result)
 
     def _show_table(self, result: RaceResult) -> None:
-        """The final table, then each method's speedup over bernoulli with its spread over the steps and
-        the busy-machine warning when a spread is large (``viz.timing.race_lines``)."""
+        """The final table, then each method's speedup over the race's first baseline with its spread over the
+        steps and the busy-machine warning when a spread is large (``viz.timing.race_lines``)."""
         self.table.clear_output()
         with self.table:
             print(result.format_table())
-            for line in race_lines(result):  # none where the race has no bernoulli (lab 08's nn.Dropout twin)
+            for line in race_lines(result):
                 print(line)
