@@ -109,9 +109,7 @@ def test_nan_answer_fails_naming_case_and_element(checker, answer, text, capsys)
 def test_wrong_type_fails_saying_what_was_expected(checker, solution, wrong, answer, capsys):
     assert checker(lambda *args: answer).status == "fail"
     out = capsys.readouterr().out
-    expected = (
-        "expected the loss as a float" if checker is lab05.check_train_step else "expected a "
-    )
+    expected = "expected the loss as a float" if checker is lab05.check_train_step else "expected a "
     assert out.startswith("[FAIL]") and f"returned {describe(answer)}, {expected}" in out
 
 
