@@ -142,6 +142,17 @@ def cpu_threads() -> str:
     return f"{threads} thread{'' if threads == 1 else 's'}"
 
 
+def cpu_name(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """The CPU's model name from ``cpuinfo`` (Linux), else the architecture: records from two machines of one
+    architecture (an AMD and an Intel VM) time differently."""
+    try:
+        lines = cpuinfo.read_text().splitlines()
+    except OSError:
+        lines = []
+    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name") and ":" in line]
+    return names[0] if names and names[0] else platform.processor() or platform.machine()
+
+
 def describe_machine(device: str | torch.device) -> str:
     """One line naming the device, torch version and date, for recorded tables."""
     device = torch.device(device)
@@ -149,7 +160,7 @@ def describe_machine(device: str | torch.device) -> str:
         name = torch.cuda.get_device_name(device)
         where = f"{name}, CUDA {torch.version.cuda}, TF32 matmul {torch.backends.cuda.matmul.allow_tf32}"
     else:
-        where = f"CPU {platform.processor() or platform.machine()}, {cpu_threads()}"
+        where = f"CPU {cpu_name()}, {cpu_threads()}"
     return f"{where}; torch {torch.__version__}; {datetime.date.today().isoformat()}"
 
 

@@ -2,6 +2,7 @@
 the checks of bad arguments (in the CLI before any run, and in ``measure`` itself)."""
 
 import json
+import platform
 import re
 import subprocess
 import sys
@@ -9,6 +10,7 @@ import sys
 import pytest
 
 from approxdrop import METHODS
+from approxdrop._env import cpu_name, describe_machine
 from approxdrop.experiments import bench
 from approxdrop.experiments.bench import PAPER_SIZES, format_table, measure
 from approxdrop.experiments.cli import main as cli_main
@@ -158,3 +160,13 @@ def test_measure_on_cuda_without_cuda_is_a_value_error():
         pytest.skip("this machine has CUDA")
     with pytest.raises(ValueError, match="device 'cuda': CUDA is not available"):
         measure(**{**TINY, "device": "cuda"})
+
+
+def test_records_name_the_cpu_model_from_cpuinfo_else_the_architecture(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 7B13\nflags\t: fpu\n")
+    assert cpu_name(cpuinfo) == "AMD EPYC 7B13"
+    cpuinfo.write_text("processor\t: 0\nmodel name\t:\n")  # blank, as some VMs report
+    assert cpu_name(cpuinfo) == (platform.processor() or platform.machine())
+    assert cpu_name(tmp_path / "missing") == (platform.processor() or platform.machine())
+    assert describe_machine("cpu").startswith(f"CPU {cpu_name()}, ")
