@@ -1,5 +1,6 @@
 """Timing chart and the live GEMM timing helpers."""
 
+import itertools
 import math
 import statistics
 from types import SimpleNamespace
@@ -29,6 +30,7 @@ from approxdrop.course.viz.timing import (
 )
 from approxdrop.experiments.bench import BenchRow
 from approxdrop.experiments.gemm_timing import Timing, dropout_timings, median_ms, row_timings, tile_timings
+from approxdrop.models.methods import DROPOUT_METHODS, MODELS, methods_for
 from approxdrop.training.race import ACCURACY, History, RaceResult
 
 ROWS = [Timing("dense GEMM", 4.0, 1.0), Timing("row pattern", 2.0, 0.25)]
@@ -253,3 +255,26 @@ def test_spread_describe_names_rounds_or_steps():
     s = spread([1.0, 2.0, 3.0])
     assert s.describe("x", "rounds").endswith("over 3 rounds)") and s.describe("x", "steps").endswith("over 3 steps)")
     assert spread([math.nan]).describe("x", "steps") == "not measured (1 steps, none finite)"
+
+
+def _cie_lab(hex_color: str) -> tuple[float, float, float]:
+    """CIE L*a*b* (D65) of an sRGB colour "#RRGGBB"."""
+    srgb = [int(hex_color[i : i + 2], 16) / 255 for i in (1, 3, 5)]
+    r, g, b = [((c + 0.055) / 1.055) ** 2.4 if c > 0.04045 else c / 12.92 for c in srgb]
+    xyz = (
+        (0.4124 * r + 0.3576 * g + 0.1805 * b) / 0.95047,
+        0.2126 * r + 0.7152 * g + 0.0722 * b,
+        (0.0193 * r + 0.1192 * g + 0.9505 * b) / 1.08883,
+    )
+    fx, fy, fz = [t ** (1 / 3) if t > 0.008856 else 7.787 * t + 16 / 116 for t in xyz]
+    return 116 * fy - 16, 500 * (fx - fy), 200 * (fy - fz)
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_the_methods_one_model_offers_have_colours_a_reader_tells_apart(model):
+    # a figure draws every method of a race in its table colour: no two may look alike (CIE76 distance >= 20;
+    # tile-g4 was at 14 from row-extended-g4 and 15 from tile, three greens)
+    names = methods_for(model)
+    for a, b in itertools.combinations(names, 2):
+        la, lb = _cie_lab(DROPOUT_METHODS[a].color), _cie_lab(DROPOUT_METHODS[b].color)
+        assert math.dist(la, lb) >= 20, (a, b)
