@@ -201,3 +201,16 @@ def test_a_converted_model_trains_with_row_patterns_and_evaluates_densely():
     model.eval()
     model(x)
     assert all(model.get_submodule(name).last_pattern is None for name in EXPECTED_CONVERTED)
+
+
+def test_a_dropout_left_in_a_renumbered_sequential_is_reported_with_its_entry_before_convert():
+    # the chain at 0-3 becomes one block, so the Softmax chain's dropout moves from entry 7 to entry 4
+    seq = nn.Sequential(nn.Linear(16, 64), nn.GELU(), nn.Dropout(0.1), nn.Linear(64, 16), nn.LayerNorm(16))
+    seq.extend([nn.Linear(16, 64), nn.Softmax(-1), nn.Dropout(0.1), nn.Linear(64, 16)])
+    dropout = seq[7]
+    [(name, why)] = convert(seq).skipped
+    assert name == "4" and seq.get_submodule(name) is dropout
+    assert why.endswith("(entry 7 before convert renumbered the Sequential)"), why
+    named = nn.Sequential(OrderedDict(a=nn.Linear(4, 8), b=nn.ReLU(), c=nn.Dropout(0.1), d=nn.Linear(8, 4)))
+    named.add_module("e", nn.Dropout(0.1))  # after a Linear that is in a block: left, its key kept
+    assert [why.endswith("renumbered the Sequential)") for _, why in convert(named).skipped] == [False]

@@ -127,9 +127,12 @@ class SequentialAdapter(Adapter):
             entries = OrderedDict((new_key[i], blocks[i][0] if i in blocks else module._modules[keys[i]]) for i in kept)
             module._modules = entries
 
+        renamed = {
+            j: f" (entry {keys[j]} before convert renumbered the Sequential)" for j in new_key if new_key[j] != keys[j]
+        }
         return Plan(
             converted=[new_key[i] for i in blocks],
-            skipped=[(new_key.get(j, keys[j]), why) for j, why in skipped],
+            skipped=[(new_key.get(j, keys[j]), why + renamed.get(j, "")) for j, why in skipped],
             used=dropouts,
             moved=moved,
             apply=apply,
