@@ -105,6 +105,8 @@ def test_race_figure_has_three_coloured_traces_per_label_filled_from_the_result(
     empty = race_figure(["nn.Dropout", "row G=1", "row G=4"])
     assert len(empty.data) == 9 and [t.name for t in empty.data[::3]] == ["nn.Dropout", "row G=1", "row G=4"]
     assert [t.line.color for t in empty.data[3:6]] == [color("row")] * 3
+    widths = [t.line.width for t in empty.data]  # the baseline wider, so it shows where curves overlap
+    assert min(widths[:3]) > max(w or 2 for w in widths[3:])
     assert empty.layout.annotations[1].text == "validation loss (nats / char)"
     assert empty.layout.xaxis2.matches == empty.layout.xaxis3.matches == "x"  # one step axis for the three panels
     fig = race_result_figure(race_result())
