@@ -51,8 +51,19 @@ def periodic_selector(
     if keep == 1:
         return slice(offset, n, dp)
     if torch.compiler.is_compiling():  # n may be symbolic, and a traced tensor must not be cached
-        return _kept_index(n, dp, offset, keep, device)  # the same index, uncached
+        return _static_kept_index(n, dp, offset, keep, device)  # the same index, uncached
     return _cached_kept_index(n, dp, offset, keep, device)
+
+
+def _static_kept_index(n: int, dp: int, offset: int, keep: int, device: torch.device | str | None) -> torch.Tensor:
+    """``_kept_index`` with a length the tracer knows (``periodic_count``), not nonzero's data-dependent one, which
+    a compiled graph cannot guard on: the kept residues of each period in increasing order (the ``wrapped`` ones
+    past dp, ``0 .. wrapped - 1``, then ``offset ..``; no sort, offset may be symbolic), cut at the kept count."""
+    t = torch.arange(keep, device=device)  # [keep]
+    wrapped = torch.sym_max(0, offset + keep - dp)
+    residues = torch.where(t < wrapped, t, t + (offset - wrapped))  # [keep], increasing
+    starts = torch.arange(0, n, dp, device=device)  # [ceil(n / dp)]: only the last period may run past n
+    return (starts[:, None] + residues).flatten()[: periodic_count(n, dp, offset, keep)]  # [k]
 
 
 def _set(pattern: object, name: str, value: int) -> int:
@@ -151,10 +162,13 @@ class TilePattern:
         return torch.remainder(b - a - self.offset, self.dp) < self.keep
 
     def keep_mask(self, n_out: int, n_in: int, device: torch.device | str | None = None) -> torch.Tensor:
-        """Bool[n_out, n_in]: True for weights in kept tiles."""
-        tiles = self.tile_mask(n_out, n_in, device)
-        full = tiles.repeat_interleave(self.tile, 0).repeat_interleave(self.tile, 1)
-        return full[:n_out, :n_in]
+        """Bool[n_out, n_in]: True for weights in kept tiles (each weight's tile row and column compared: no
+        tile-padded grid, so memory stays O(n_out * n_in) whatever T is)."""
+        check_int("n_out", n_out, 0)
+        check_int("n_in", n_in, 0)
+        a = torch.arange(n_out, device=device)[:, None] // self.tile  # [n_out, 1]: tile row
+        b = torch.arange(n_in, device=device)[None, :] // self.tile  # [1, n_in]: tile column
+        return torch.remainder(b - a - self.offset, self.dp) < self.keep
 
     def kept_count(self, n_out: int, n_in: int) -> int:
         """How many weights lie in kept tiles."""

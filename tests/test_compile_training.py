@@ -191,3 +191,43 @@ def test_once_the_offset_is_symbolic_a_new_offset_compiles_nothing():
             assert [q.offset for q in model.last_patterns[1:]] == [a, b]
             graphs.append(counters["stats"]["unique_graphs"])
     assert graphs[-1] == graphs[1] <= 3, graphs
+
+
+EXTENDED = ad.PatternDistribution(((2, 1), (4, 3)), (0.5, 0.5))  # keep 3 of 4: an index of kept units, not a slice
+
+
+@pytest.mark.parametrize("kind", ["lstm", "mlp-input-dropout"])
+def test_fullgraph_selects_keep_above_one_sites_with_a_static_length(kind):
+    """Models that take a site's kept units themselves (the LSTM's row sites, the MLP's input site) select a
+    keep > 1 pattern by an index of static length under torch.compile(fullgraph=True), not nonzero's
+    data-dependent one (a guard on it failed); every step matches the eager twin."""
+    p = EXTENDED.expected_rate
+    if kind == "lstm":
+        eager, twin = _twins(
+            lambda g: ad.ApproxDropoutLSTM(11, 8, 2, p, "row-extended", distributions=[EXTENDED] * 3, generator=g)
+        )
+        x = torch.randint(0, 11, (3, 4))
+    else:
+        eager, twin = _twins(
+            lambda g: ad.ApproxDropoutMLP(
+                [12, 10, 3], p, "row-extended", input_dropout=True, distributions=[EXTENDED] * 2, generator=g
+            )
+        )
+        x = torch.randn(5, 12)
+    torch._dynamo.reset()
+    compiled = torch.compile(twin, fullgraph=True, backend="aot_eager")
+    kept = set()
+    for _ in range(STEPS):
+        for model in (eager, twin):
+            model.zero_grad()
+        ad.draw_patterns(twin)
+        outputs = [eager(x), compiled(x)]
+        ys = [y[0] if isinstance(y, tuple) else y for y in outputs]  # the LSTM's (logits, state)
+        for y in ys:
+            y.square().sum().backward()
+        assert twin.last_patterns == eager.last_patterns
+        torch.testing.assert_close(ys[1], ys[0], rtol=1e-5, atol=1e-6)
+        for a, b in zip(twin.parameters(), eager.parameters()):
+            torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-6)
+        kept |= {q.keep for q in twin.last_patterns if q is not None}
+    assert 3 in kept, f"no keep > 1 pattern drawn in {STEPS} steps: {kept}"

@@ -707,3 +707,57 @@ def test_a_one_group_tile_op_takes_a_vmapped_sample_and_double_backward_on_1d_x(
     masked = w * pattern.keep_mask(7, 13).double() * pattern.scale  # the dense reference
     (g_ref,) = torch.autograd.grad((masked @ x[0]).square().sum(), w, create_graph=True)
     torch.testing.assert_close(gg, torch.autograd.grad(g_ref.square().sum(), w)[0])
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (
+            lambda: ops.row_linear([torch.ones(2, 5)] * 2, torch.randn(7, 10), None, 2, 1, [0, 5], 1, 1, [0, 0]),
+            r"^row_linear: in_offsets\[1\]: offset must be in \[0, 1\], got 5$",
+        ),
+        (
+            lambda: ops.row_linear([torch.ones(2, 5)], torch.randn(7, 10), None, 2, 1, [0], 3, 1, [-1]),
+            r"^row_linear: out_offsets\[0\]: offset must be in \[0, 2\], got -1$",
+        ),
+        (
+            lambda: ops.row_linear([torch.ones(2, 5)], torch.randn(7, 10), None, 2, 3, [0], 1, 1, [0]),
+            r"^row_linear: in_keep must be in \[1, 2\], got 3$",
+        ),
+        (
+            lambda: ops.row_linear([torch.ones(2, 10)], torch.randn(7, 10), None, 1, 1, [0], 0, 1, [0]),
+            r"^row_linear: out_dp must be in \[1, ",
+        ),
+        (
+            lambda: ops.row_linear_backward(
+                [torch.ones(2, 7)], [torch.ones(2, 5)], torch.randn(7, 10), [], 2, 1, [2], 1, 1, [0]
+            ),
+            r"^row_linear_backward: in_offsets\[0\]: offset must be in \[0, 1\], got 2$",
+        ),
+        (
+            lambda: ops.tile_linear(torch.ones(2, 10), torch.randn(7, 10), None, 2, 3, 4, [0]),
+            r"^tile_linear: keep must be in \[1, 2\], got 3$",
+        ),
+        (
+            lambda: ops.tile_linear(torch.ones(4, 10), torch.randn(7, 10), None, 2, 1, 4, [0, 2]),
+            r"^tile_linear: offsets\[1\]: offset must be in \[0, 1\], got 2$",
+        ),
+        (
+            lambda: ops.tile_linear(torch.ones(2, 10), torch.randn(7, 10), None, 2, 1, 0, [0]),
+            r"^tile_linear: tile must be in \[1, ",
+        ),
+        (  # the tile op reads every input column: not "the kept inputs"
+            lambda: tile_pattern_linear(torch.ones(2, 9), torch.randn(7, 10), None, TilePattern(2, 0, 4)),
+            r"^tile_linear: x must have last dimension 10 \(the inputs of weight \(7, 10\)\), got shape \(2, 9\)$",
+        ),
+        (
+            lambda: row_pattern_linear(torch.ones(2, 4), torch.randn(7, 10), None, RowPattern(2, 0), ops.FULL),
+            r"^row_linear: x must have last dimension 5 \(the kept inputs of weight \(7, 10\)\), got shape \(2, 4\)$",
+        ),
+    ],
+)
+def test_registered_ops_name_the_op_and_the_argument_in_integer_errors(call, message):
+    """The ops' integer checks said only "offset must be in [0, 1], got 5": not which op, nor which offset of
+    which side."""
+    with pytest.raises(ValueError, match=message):
+        call()

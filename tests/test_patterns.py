@@ -7,6 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from approxdrop import RowPattern, TilePattern
+from approxdrop.patterns import periodic_selector
 
 
 @st.composite
@@ -114,3 +115,32 @@ def test_selector_refuses_a_width_that_is_not_a_count(n, keep):
     """keep_mask, kept_indices and kept_count refused these; selector returned slices like slice(1, -1, 3)."""
     with pytest.raises(ValueError, match="n must be"):
         RowPattern(3, 1, keep).selector(n)
+
+
+def test_selector_under_compile_is_an_index_of_static_length():
+    """Under torch.compile an index of keep > 1 is built without nonzero (whose data-dependent length a model's
+    compiled backward could not guard on: test_compile_training) and without sorting a symbolic offset: with a
+    symbolic width, offset and keep it selects exactly the kept units in order, forward and backward."""
+
+    def kept_gemm(x, w, dp, offset, keep):  # x [B, n], w [k, 1] -> [B, 1]
+        return x[..., periodic_selector(x.shape[-1], dp, offset, keep, x.device)] @ w
+
+    compiled = torch.compile(kept_gemm, fullgraph=True, backend="aot_eager", dynamic=True)
+    for n, dp, offset, keep in [(13, 4, 3, 3), (13, 4, 0, 3), (12, 4, 2, 2), (14, 4, 1, 3), (7, 5, 4, 4), (3, 5, 1, 2)]:
+        kept = spec_row_kept(n, dp, offset, keep)
+        x = torch.randn(2, n, requires_grad=True)
+        w = torch.randn(len(kept), 1, requires_grad=True)
+        y = compiled(x, w, dp, offset, keep)
+        y.sum().backward()
+        torch.testing.assert_close(y, x[:, kept] @ w)
+        torch.testing.assert_close(x.grad[:, kept], w.detach().t().expand(2, -1))
+
+
+def test_tile_keep_mask_memory_follows_the_weight_not_the_tile():
+    """A tile far larger than the weight (one partial tile): keep_mask and kept_count build no tile-padded grid
+    (it was (ceil(n / T) * T)^2 elements, 10^10 here)."""
+    pattern = TilePattern(2, 1, tile=100_000)
+    mask = pattern.keep_mask(7, 10)
+    assert mask.shape == (7, 10) and not mask.any()  # tile (0, 0): (0 - 0 - 1) mod 2 = 1, dropped
+    assert TilePattern(2, 0, tile=100_000).keep_mask(7, 10).all()
+    assert pattern.kept_count(7, 10) == 0 and TilePattern(3, 0, tile=10**12, keep=2).kept_count(5, 9) == 45

@@ -482,3 +482,34 @@ def test_a_static_model_under_autocast_gives_the_compact_paths_dtype(build, x):
             y = build(static).train()(inputs)
         dtypes.append((y[0] if isinstance(y, tuple) else y).dtype)
     assert dtypes == [torch.bfloat16, torch.bfloat16]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ((6, 3, 5, torch.tensor(0)), r"static_side: keep must be in \[1, 3\], got 5"),  # duplicated units
+        ((6, 3, 0, torch.tensor(0)), r"static_side: keep must be in \[1, 3\], got 0"),
+        ((6, 3, 1, torch.tensor(4)), r"static_side: offset must be in \[0, 2\], got 4"),  # wrapped to 1
+        ((6, 3, 1, torch.tensor(-1)), r"static_side: offset must be in \[0, 2\], got -1"),
+        ((6, 0, 1, torch.tensor(0)), r"static_side: dp must be in \[1, "),  # ZeroDivisionError
+        ((-1, 3, 1, torch.tensor(0)), r"static_side: n must be in \[0, inf\), got -1"),
+        ((6, 3.0, 1, torch.tensor(0)), "static_side: dp must be an int, got 3.0"),
+        ((6, 3, 1, 1), "static_side: offset must be an integer tensor of one value, got 1"),
+        ((6, 3, 1, torch.tensor(1.0)), "static_side: offset must be an integer tensor of one value"),
+        ((6, 3, 1, torch.tensor([0, 1])), "static_side: offset must be an integer tensor of one value"),
+    ],
+)
+def test_static_side_refuses_integers_no_row_pattern_has(args, message):
+    """RowPattern's rules (dp >= 1, 1 <= keep <= dp, 0 <= offset < dp), each error naming the argument; before,
+    keep > dp duplicated units, an offset past dp wrapped and dp = 0 divided by zero, silently or deep inside."""
+    with pytest.raises(ValueError, match=message):
+        static_side(*args)
+
+
+def test_static_side_check_false_skips_the_checks_of_a_caller_with_checked_patterns():
+    """A model's stored draws are valid by construction: check=False builds the same side without reading the
+    offset's value (a sync on a GPU)."""
+    side = static_side(7, 3, 2, torch.tensor(2), check=False)
+    want = static_side(7, 3, 2, torch.tensor(2))
+    assert torch.equal(side.index, want.index) and torch.equal(side.valid, want.valid)
+    assert side.scale == want.scale and side.dp == want.dp and torch.equal(side.residues, want.residues)

@@ -596,5 +596,5 @@ def static_sides(module: nn.Module, widths: Sequence[int | None]) -> list[tuple[
             sides.append(None)
             continue
         (dp, keep), group_offsets = next(classes), next(offsets)  # group_offsets: Long[groups]
-        sides.append(tuple(static_side(n, dp, keep, offset) for offset in group_offsets))
+        sides.append(tuple(static_side(n, dp, keep, offset, check=False) for offset in group_offsets))
     return sides

@@ -8,6 +8,9 @@ from typing import Any
 
 import torch
 
+from .._env import check_int
+from ..patterns import INT64_MAX
+
 
 def take(t: torch.Tensor, dim: int, sel: slice | torch.Tensor) -> torch.Tensor:
     """``t`` restricted to ``sel`` along ``dim``: ``t`` itself for every unit, a view for a slice, a gather for
@@ -54,6 +57,13 @@ def strided_block(t: torch.Tensor, rows: slice, cols: slice) -> torch.Tensor:
 def flat(t: torch.Tensor) -> torch.Tensor:
     """Tensor[*, k] -> Tensor[N, k] (explicit N, so k = 0 works); a 2-D t as it is."""
     return t if t.dim() == 2 else t.reshape(math.prod(t.shape[:-1]), t.shape[-1])
+
+
+def owned(t: torch.Tensor) -> torch.Tensor:
+    """An op's output as a tensor autograd does not track as a view: a view of a buffer made inside the op
+    (a reshape, a split) becomes the same memory through ``aten._unsafe_view``, as matmul returns its
+    result, so an in-place op on the output works as on F.linear's."""
+    return torch.ops.aten._unsafe_view(t, t.shape) if t._is_view() else t
 
 
 def as_index(sel: slice | torch.Tensor, n: int, device: torch.device | str | None) -> torch.Tensor:
@@ -121,6 +131,15 @@ def concrete(*values: Any) -> bool:
     return all(isinstance(v, int) for v in values)
 
 
+def check_pattern_ints(name: str, dp: int, keep: int, offsets: Sequence[int], prefix: str = "") -> None:
+    """ValueError naming the op and the argument (``{prefix}dp``, ``{prefix}keep``, ``{prefix}offsets[g]``) unless
+    the integers make valid patterns, by RowPattern's rules: dp >= 1, 1 <= keep <= dp, 0 <= offset < dp."""
+    dp = check_int(f"{name}: {prefix}dp", dp, 1, INT64_MAX)
+    check_int(f"{name}: {prefix}keep", keep, 1, dp)
+    for g, offset in enumerate(offsets):
+        check_int(f"{name}: {prefix}offsets[{g}]: offset", offset, 0, dp - 1)
+
+
 def check_weight(name: str, weight: torch.Tensor) -> None:
     if weight.dim() != 2:
         raise ValueError(f"{name}: weight must be 2-D [n_out, n_in], got shape {tuple(weight.shape)}")
@@ -143,9 +162,10 @@ def check_linear_args(name: str, x: torch.Tensor, weight: torch.Tensor, bias: to
     """x (Tensor[*, k_in]), weight (Tensor[n_out, n_in]) and bias (Tensor[n_out] or None) of a forward op."""
     check_operands(name, x=x, weight=weight, bias=bias)
     if x.dim() < 1 or x.shape[-1] != k_in:
+        inputs = "the inputs" if k_in == weight.shape[1] else "the kept inputs"  # a tile op reads every column
         raise ValueError(
-            f"{name}: x must have last dimension {k_in} (the kept inputs of weight "
-            f"{tuple(weight.shape)}), got shape {tuple(x.shape)}"
+            f"{name}: x must have last dimension {k_in} ({inputs} of weight {tuple(weight.shape)}), got shape "
+            f"{tuple(x.shape)}"
         )
     if bias is not None and tuple(bias.shape) != (weight.shape[0],):
         raise ValueError(f"{name}: bias must have shape ({weight.shape[0]},), got {tuple(bias.shape)}")

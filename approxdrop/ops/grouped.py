@@ -30,6 +30,7 @@ from .common import (
     flat,
     gather_block,
     kept_weight,
+    owned,
     put_block,
     scaled_mm,
     take,
@@ -161,14 +162,14 @@ def run_forward(
 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """``row_linear`` on checked operands: (ys, blocks), one GEMM per distinct offset pair on ``path`` (default:
     PyTorch's); blocks: the pairs' gathered kept blocks when inputs are dropped (in pair order), else none.
-    ``separate``: no two outputs share memory, as a registered op's may not."""
+    ``separate``: no two outputs share memory, as a registered op's may not. No output is a view (``owned``)."""
     path = path or TORCH_PAIRS
     if len(xs) == 1:  # one group (the paper's method): its own pair, nothing to stack
         x = xs[0]
         y2, block = path.forward(
             flat(x), weight, bias, (in_dp, in_offsets[0], in_keep), (out_dp, out_offsets[0], out_keep)
         )
-        return [_shaped(y2, x)], [block] if in_keep != in_dp else []
+        return [owned(_shaped(y2, x))], [block] if in_keep != in_dp else []
     ys: list = [None] * len(xs)
     blocks = []
     for inp, out, groups in _pairs(in_dp, in_keep, in_offsets, out_dp, out_keep, out_offsets):
@@ -176,7 +177,7 @@ def run_forward(
         if in_keep != in_dp:
             blocks.append(block)
         _unstack(y2, xs, groups, ys, separate)  # [N, k_out] -> ys[g]
-    return ys, blocks
+    return [owned(y) for y in ys], blocks
 
 
 def run_backward(

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import torch
 
-from ..patterns import RowPattern, TilePattern, periodic_count, periodic_selector
+from ..patterns import RowPattern, TilePattern, periodic_selector
 from .common import check_linear_args, check_weight
 from .eager import RowLinear, TileLinear, use_eager
 from .row import check_forward, row_linear, row_linear_reference
@@ -105,10 +105,13 @@ def grouped_row_pattern_linear(
         check_linear_args("row_linear (x full width)", x, weight, bias, weight.shape[1])
     n_out, n_in = weight.shape
     parts = x.tensor_split(len(in_patterns), -2)  # [*, B_g, n_in] views: their backward is one cat
-    xs = [part[..., _selector(n_in, q.dp, q.offset, q.keep, x.device)] for part, q in zip(parts, in_patterns)]
+    xs = [part[..., periodic_selector(n_in, q.dp, q.offset, q.keep, x.device)] for part, q in zip(parts, in_patterns)]
     ys = _compact(xs, weight, bias, in_patterns, out_patterns, check_shapes=check)  # [*, B_g, k_out]
     if out_patterns[0].keep != out_patterns[0].dp:  # zero at each group's dropped outputs
-        ys = [_widen(yg, _selector(n_out, q.dp, q.offset, q.keep, x.device), n_out) for q, yg in zip(out_patterns, ys)]
+        ys = [
+            _widen(yg, periodic_selector(n_out, q.dp, q.offset, q.keep, x.device), n_out)
+            for q, yg in zip(out_patterns, ys)
+        ]
     return torch.cat(ys, -2)  # [*, B, n_out]
 
 
@@ -184,13 +187,3 @@ def pattern_ints(in_patterns: Sequence[RowPattern], out_patterns: Sequence[RowPa
             raise ValueError(f"the groups' {side} patterns must share dp and keep, got {patterns}")
     i0, o0 = in_patterns[0], out_patterns[0]
     return i0.dp, i0.keep, [q.offset for q in in_patterns], o0.dp, o0.keep, [q.offset for q in out_patterns]
-
-
-def _selector(n: int, dp: int, offset: int, keep: int, device) -> slice | torch.Tensor:
-    """``periodic_selector``, but under torch.compile an index of keep > 1 has a static length (the sorted
-    residues of each period, cut at the kept count), not nonzero's data-dependent one."""
-    if keep in (1, dp) or not torch.compiler.is_compiling():
-        return periodic_selector(n, dp, offset, keep, device)
-    residues = torch.tensor(sorted((offset + t) % dp for t in range(keep)), device=device)  # [keep]
-    starts = torch.arange(0, n, dp, device=device)  # [ceil(n / dp)]: only the last period may run past n
-    return (starts[:, None] + residues).flatten()[: periodic_count(n, dp, offset, keep)]

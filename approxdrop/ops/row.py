@@ -18,6 +18,7 @@ from .common import (
     check_backward_args,
     check_linear_args,
     check_operands,
+    check_pattern_ints,
     check_weight,
     concrete,
     custom_op,
@@ -75,10 +76,8 @@ def check_offsets(name: str, in_dp, in_keep, in_offsets, out_dp, out_keep, out_o
         )
     if not concrete(in_dp, in_keep, out_dp, out_keep, *in_offsets, *out_offsets):
         return
-    for o in in_offsets:
-        RowPattern(in_dp, o, in_keep)  # ValueError on bad integers
-    for o in out_offsets:
-        RowPattern(out_dp, o, out_keep)
+    for side, dp, keep, offsets in (("in", in_dp, in_keep, in_offsets), ("out", out_dp, out_keep, out_offsets)):
+        check_pattern_ints(name, dp, keep, offsets, f"{side}_")
 
 
 def check_forward(name, xs, weight, bias, in_dp, in_keep, in_offsets, out_dp, out_keep, out_offsets) -> None:

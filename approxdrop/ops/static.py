@@ -18,6 +18,9 @@ from typing import NamedTuple
 
 import torch
 
+from .._env import check_int, holds_values
+from ..patterns import INT64_MAX
+
 
 class StaticSide(NamedTuple):
     """One side of a layer in the static form: ``index`` (Long[K], the unit in each slot), ``valid``
@@ -32,8 +35,14 @@ class StaticSide(NamedTuple):
     residues: torch.Tensor
 
 
-def static_side(n: int, dp: int, keep: int, offset: torch.Tensor) -> StaticSide:
-    """The slots of a width-``n`` site under ``(dp, offset, keep)``, offset a Long[] tensor (0 <= offset < dp)."""
+def static_side(n: int, dp: int, keep: int, offset: torch.Tensor, *, check: bool = True) -> StaticSide:
+    """The slots of a width-``n`` site under ``(dp, offset, keep)``, offset a Long[] tensor (0 <= offset < dp).
+
+    ``check`` (the default): a ValueError naming a bad argument, by RowPattern's rules; the offset's value is
+    read where it has one (not under torch.compile; on a GPU, a sync). A caller whose integers come from checked
+    patterns (a model's stored draws, every step) passes ``check=False``."""
+    if check:
+        _check_side(n, dp, keep, offset)
     residues = torch.remainder(offset + torch.arange(keep, device=offset.device), dp)  # [keep]
     starts = torch.arange(0, -(-n // dp) * dp, dp, device=offset.device)  # [ceil(n/dp)]
     index = (starts[:, None] + residues[None, :]).flatten()  # [K]
@@ -41,6 +50,21 @@ def static_side(n: int, dp: int, keep: int, offset: torch.Tensor) -> StaticSide:
         return StaticSide(index, None, dp / keep, dp, residues)
     valid = index < n  # [K]
     return StaticSide(torch.where(valid, index, 0), valid, dp / keep, dp, residues)
+
+
+def _check_side(n: int, dp: int, keep: int, offset: torch.Tensor) -> None:
+    """ValueError unless n >= 0, dp >= 1, 1 <= keep <= dp and offset is an integer tensor of one value in
+    ``[0, dp)`` (its value checked where it holds one; traced SymInts are the tracer's)."""
+    traced = any(isinstance(v, torch.SymInt) for v in (n, dp, keep))
+    if not traced:
+        check_int("static_side: n", n, 0)
+        dp = check_int("static_side: dp", dp, 1, INT64_MAX)
+        check_int("static_side: keep", keep, 1, dp)
+    integral = isinstance(offset, torch.Tensor) and not (offset.is_floating_point() or offset.is_complex())
+    if not integral or offset.dtype == torch.bool or offset.numel() != 1:
+        raise ValueError(f"static_side: offset must be an integer tensor of one value, got {offset!r}")
+    if not traced and not torch.compiler.is_compiling() and holds_values(offset):
+        check_int("static_side: offset", int(offset), 0, dp - 1)
 
 
 def static_site(x: torch.Tensor, side: StaticSide) -> torch.Tensor:

@@ -13,15 +13,18 @@ from collections.abc import Sequence
 
 import torch
 
-from ..patterns import TilePattern
+from .._env import check_int
+from ..patterns import INT64_MAX, TilePattern
 from .common import (
     bias_stand_in,
     check_backward_args,
     check_linear_args,
+    check_pattern_ints,
     check_weight,
     concrete,
     custom_op,
     empty_grads,
+    owned,
     reference_grads,
     register_autocast,
     register_backward,
@@ -77,8 +80,8 @@ def check_tile(name: str, x, weight, dp: int, keep: int, tile: int, offsets: lis
             f"{len(offsets)} offsets"
         )
     if concrete(dp, keep, tile, *offsets):
-        for o in offsets:
-            TilePattern(dp, o, tile, keep)  # ValueError on bad integers
+        check_pattern_ints(name, dp, keep, offsets)
+        check_int(f"{name}: tile", tile, 1, INT64_MAX)
     check_weight(name, weight)
 
 
@@ -115,10 +118,10 @@ def _in_order(rows: dict[int, torch.Tensor]) -> torch.Tensor:
 
 def run_forward(x, weight, bias, dp: int, keep: int, tile: int, offsets: list[int], one=tile_forward) -> torch.Tensor:
     """``tile_linear`` on checked operands: ``one(x, weight, bias, dp, offset, keep, tile)`` (one pattern; default
-    PyTorch's) once per distinct offset on its groups' rows -> Tensor[*, B, n_out]."""
+    PyTorch's) once per distinct offset on its groups' rows -> Tensor[*, B, n_out], not a view (``owned``)."""
     segments = _segments(x.shape[-2], dp, keep, offsets) if len(offsets) > 1 else {}
     if len(segments) <= 1:  # one pattern for every row (or no rows)
-        return one(x, weight, bias, dp, next(iter(segments), offsets[0]), keep, tile)
+        return owned(one(x, weight, bias, dp, next(iter(segments), offsets[0]), keep, tile))
     ys: dict[int, torch.Tensor] = {}
     for offset, where in segments.items():
         _place(ys, where, one(_rows(x, where), weight, bias, dp, offset, keep, tile))  # [*, B_q, n_out]
