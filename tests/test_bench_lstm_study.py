@@ -110,6 +110,16 @@ def test_the_command_writes_the_runs_table_and_figure_with_machine_date_and_comm
     assert "plotly" in (out / "perplexity.html").read_text()
 
 
+def test_the_json_record_holds_the_perplexity_runs(tiny, tmp_path, capsys):
+    record, out = tmp_path / "record.json", tmp_path / "study"
+    argv = ["bench-lstm", "--sizes", "--methods", "bernoulli", "row", "--ps", "0.5", "0.7", "--perplexity-steps", "2",
+            "--eval-tokens", "200", "--no-progress", "--json", str(record), "--perplexity-out", str(out)]  # fmt: skip
+    assert cli_main(argv) == 0
+    rows = json.loads(record.read_text())["rows"]
+    assert [(r["method"], r["p"]) for r in rows] == [(m, p) for p in (0.5, 0.7) for m in ("bernoulli", "row")]
+    assert rows == json.loads((out / "results.json").read_text())["runs"]
+
+
 def test_bad_perplexity_outputs_are_usage_errors_before_any_run(tiny, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(bench_lstm, "perplexity_runs", lambda *a, **k: pytest.fail("ran with bad arguments"))
     file = tmp_path / "file"

@@ -53,6 +53,18 @@ def test_at_p_zero_every_lstm_method_is_the_same_model_on_the_same_batches():
         assert other == pytest.approx(losses[0], rel=1e-5)
 
 
+@pytest.mark.parametrize("method", ["bernoulli", "torch", "row", "shared"])
+def test_a_methods_numbers_do_not_depend_on_the_other_methods_or_their_order(method):
+    other = "torch" if method != "torch" else "bernoulli"  # both draw from torch's global random state
+
+    def run(methods):
+        hist = train_lm(periodic_corpus(), methods, p=0.5, steps=5, eval_every=5, **TINY).histories[method]
+        return hist.loss, hist.metric
+
+    alone = run([method])
+    assert run([method, other]) == alone and run([other, "row-g4", method]) == alone
+
+
 def test_the_stream_wraps_around_when_the_corpus_ends():
     corpus = periodic_corpus(repeats=3)  # 39 tokens: 7 columns of 4... a handful of batches
     result = train_lm(corpus, ("row",), p=0.5, steps=25, eval_every=25, **(TINY | {"eval_tokens": 10}))
@@ -135,7 +147,11 @@ def test_the_benchmark_command_writes_json_and_a_perplexity_table(tiny_sizes, tm
     text = capsys.readouterr().out
     assert "| tiny | 0.5 | row |" in text and "valid perplexity" in text and "| 0.5 | row |" in text
     saved = json.loads(out.read_text())
-    assert [r["method"] for r in saved["rows"]] == ["bernoulli", "row"] and "torch" in saved["machine"]
+    assert "torch" in saved["machine"]  # the timing rows, then the perplexity runs
+    assert [(r["method"], r.get("size"), r.get("seed")) for r in saved["rows"]] == [
+        ("bernoulli", "tiny", None), ("row", "tiny", None), ("bernoulli", None, 0), ("row", None, 0)
+    ]  # fmt: skip
+    assert saved["rows"][3]["eval_step"] == [3] and saved["rows"][3]["perplexity"] > 1
     only = ["--sizes", "--ps", "0.3", "--methods", "bernoulli", "row", "--perplexity-steps", "2", "--seeds", "0", "1"]
     assert cli_main(["bench-lstm", *only]) == 0
     text = capsys.readouterr().out

@@ -110,6 +110,16 @@ def test_parallel_workers_train_the_same_runs(tmp_path, digits):
         run_study(config, tmp_path / "serial", data=digits, progress=False, workers=0)
 
 
+def test_a_failed_parallel_run_lets_the_running_ones_finish_and_be_written_then_raises(tmp_path, digits):
+    split = study.split_validation(digits, 100)
+    slow, broken = tmp_path / "pilot" / "slow.json", tmp_path / "pilot" / "broken.json"
+    jobs = {slow: ("bernoulli", 0.5, 0, 0.03, 100, False), broken: ("no-such-method", 0.5, 0, 0.03, 1, False)}
+    with pytest.raises(ValueError, match="no-such-method"):  # the broken one fails at once, the slow one takes seconds
+        study._train_all(tiny(hidden=(1024, 1024)), split, jobs, 2, study.progress_bar(101, "study", False))
+    saved = json.loads(slow.read_text())  # trained while the broken one failed: written, not lost
+    assert len(saved["result"]["val_accuracy"]) == 100 and not broken.exists()
+
+
 def test_study_resumes_where_it_stopped(tmp_path, digits, monkeypatch, capsys):
     run_study(TINY, tmp_path, data=digits, progress=False)
     trained = []
@@ -254,6 +264,8 @@ def test_summary_statistics_and_table():
         ({"test_size": -3}, r"test_size must be in \[1, inf\), got -3"),
         ({"ps": 0.5}, "ps must be a non-empty tuple, got 0.5"),
         ({"variants": "row"}, "variants must be a non-empty tuple, got 'row'"),
+        ({"ps": (0.5, 0.99), "variants": ("row", "row-extended")}, "variant row-extended: p=0.99 is above 0.984375"),
+        ({"ps": (0.9995,), "variants": ("bernoulli", "tile")}, r"variant tile: p=0.9995 is above 0.9990234"),
     ],
 )
 def test_bad_settings_raise_value_error(kwargs, message):
@@ -408,6 +420,7 @@ def test_study_files_get_the_umask_mode(tmp_path, digits):
         (["--ps", "0.5", "0.5"], "argument --ps: 0.5 is given twice, got 0.5 0.5"),
         (["--variants", "row", "row"], "argument --variants: row is given twice, got row row"),
         (["--epochs", "0"], "argument --epochs: must be an int >= 1, got 0"),
+        (["--ps", "0.99", "--variants", "bernoulli", "row-extended"], "variant row-extended: p=0.99 is above"),
     ],
 )
 def test_cli_rejects_bad_settings_before_any_run(tmp_path, capsys, extra, message):
@@ -417,6 +430,26 @@ def test_cli_rejects_bad_settings_before_any_run(tmp_path, capsys, extra, messag
     assert main([*argv, "--variants", "bernoulli", "--lrs", "0.1", "--no-progress", *extra]) == 2
     assert re.search(message, capsys.readouterr().err)
     assert not (tmp_path / "out").exists()
+
+
+def test_cli_trains_on_the_device_it_is_given(tmp_path, capsys, monkeypatch):
+    from approxdrop.experiments.cli import main
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a GPU machine: the default would be cuda
+    devices = []
+    real = study.train_run
+    monkeypatch.setattr(study, "train_run", lambda c, data, *a, **k: devices.append(data.train_x.device.type)
+                        or real(c, data, *a, **k))  # fmt: skip
+    argv = [*CLI, "--out", str(tmp_path), "--seeds", "0", "--ps", "0.5", "--variants", "bernoulli", "--device", "cpu"]
+    assert main([*argv, "--no-progress"]) == 0
+    assert devices == ["cpu", "cpu"]  # the pilot and the run
+    assert "- Machine: CPU " in (tmp_path / "results.md").read_text()
+
+
+def test_a_progress_bar_written_to_a_log_is_not_redrawn_for_every_run(tmp_path, digits, capsys):
+    run_study(tiny(seeds=(0, 1, 2), lrs=(0.01, 0.1), variants=("bernoulli", "row")), tmp_path, data=digits)
+    err = capsys.readouterr().err  # not a terminal: at most one update per LOG_INTERVAL_S (30 s) and the last
+    assert err.count("study:") <= 2 and "10/10" in err, err
 
 
 def test_cli_writes_the_summary_to_json(tmp_path, capsys):

@@ -8,7 +8,18 @@ import torch
 
 from approxdrop import ApproxDropoutMLP, mlp_gemm_work
 from approxdrop.data import Dataset, DatasetInfo
-from approxdrop.training import evaluate, sgd, train, training_step
+from approxdrop.training import (
+    ACCURACY,
+    History,
+    MLPRaceConfig,
+    RaceResult,
+    evaluate,
+    run_race,
+    sgd,
+    train,
+    training_step,
+)
+from approxdrop.training.race import race_seed
 
 
 def blobs(n_train=400, n_test=100, dim=16, classes=4, seed=0) -> Dataset:
@@ -33,6 +44,53 @@ def test_every_method_starts_from_the_same_weights_and_sees_the_same_batches():
     losses = [h.loss for h in result.histories.values()]
     for other in losses[1:]:
         assert other == pytest.approx(losses[0], rel=1e-5)
+
+
+@pytest.mark.parametrize("method", ["bernoulli", "row", "row-g4", "shared", "tile"])
+def test_a_methods_numbers_do_not_depend_on_the_other_methods_or_their_order(method):
+    other = "shared" if method != "shared" else "row"  # draws patterns too
+
+    def run(methods, seed=0):
+        hist = train(DATA, methods, p=0.5, steps=6, eval_every=3, seed=seed, **SMALL).histories[method]
+        return hist.loss, hist.metric
+
+    alone = run([method])
+    assert run([method, other]) == alone and run([other, "none", method]) == alone
+    assert run([method], seed=1) != alone  # the seed still matters
+
+
+def test_race_seeds_are_a_fixed_hash_of_seed_method_and_stream():
+    # recorded races are reproducible in any process: not Python's per-process hash()
+    assert race_seed(0, "row", "patterns") == 1436432115790176988
+    assert len({race_seed(s, m, k) for s in (0, 1) for m in ("row", "tile") for k in ("patterns", "global")}) == 8
+
+
+class Coin:
+    """A contestant whose loss is a draw from torch's global random state, as nn.Dropout's masks are."""
+
+    def step(self, batch) -> float:
+        return float(torch.rand(()))
+
+    def evaluate(self) -> float:
+        return 0.0
+
+
+def coin_race(names, seed):
+    result = RaceResult({n: History() for n in names}, ACCURACY, MLPRaceConfig(), dict.fromkeys(names, 1.0), "cpu")
+    run_race({n: Coin() for n in names}, lambda step: None, result, steps=4, eval_every=4, progress=False, seed=seed)
+    return {n: h.loss for n, h in result.histories.items()}
+
+
+def test_each_contestant_draws_from_its_own_global_stream_and_the_race_gives_the_state_back():
+    torch.manual_seed(5)
+    state = torch.get_rng_state()
+    alone = coin_race(["a"], seed=0)["a"]
+    assert torch.equal(torch.get_rng_state(), state)
+    both = coin_race(["b", "a"], seed=0)
+    assert both["a"] == alone and both["b"] != alone
+    assert coin_race(["a"], seed=1)["a"] != alone
+    shared = coin_race(["b", "a"], seed=None)  # without a seed they share (and advance) the global state
+    assert shared["a"] != alone and not torch.equal(torch.get_rng_state(), state)
 
 
 def test_records_evaluations_and_callbacks():

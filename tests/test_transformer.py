@@ -2,6 +2,7 @@
 ``convert`` on every block's MLP (same Parameters, same eval output, gradients through the kept units),
 the character corpus, the race at a tiny size, the CLI, and the checks of bad arguments."""
 
+import dataclasses
 import json
 import math
 import re
@@ -189,6 +190,17 @@ def test_at_p_zero_every_method_is_the_same_model_on_the_same_batches(words):
     for other in losses[1:]:
         assert other == pytest.approx(losses[0], rel=1e-5)
     assert len({round(h.metric[-1], 5) for h in result.histories.values()}) == 1
+
+
+def test_a_copys_numbers_do_not_depend_on_the_other_copies_in_the_race(words):
+    # each copy draws its patterns, and every model its nn.Dropout masks, from streams of its own (race_seed)
+    config = TransformerRaceConfig("tiny", p=0.3, steps=4, warmup=1)
+    both = race(char_corpus(words), config, groups=(1, 4), progress=False).histories
+    alone = race(char_corpus(words), config, groups=(4,), progress=False).histories
+    for label in ("nn.Dropout", "row G=4"):
+        assert both[label].loss == alone[label].loss and both[label].metric == alone[label].metric, label
+    reseeded = race(char_corpus(words), dataclasses.replace(config, seed=1), groups=(4,), progress=False).histories
+    assert reseeded["row G=4"].loss != alone["row G=4"].loss
 
 
 def test_race_calls_back_while_it_trains(words):

@@ -8,7 +8,9 @@ Step time: random tokens (the time does not depend on them), the protocol of ``e
 ``load_corpus("auto")`` for ``--perplexity-steps`` steps per p and seed, at the small size, the
 validation perplexity every ``--eval-every`` steps; ``--perplexity-out DIR`` writes every run with its
 history (results.json), the table (results.md) and the figure (perplexity.html: perplexity against p
-and against training time), updated after each race. Run ``approxdrop bench-lstm --help``.
+and against training time), updated after each race. ``--json FILE`` records the timing rows
+(``LSTMBenchRow``, with ``size``), then the perplexity runs (``LMRun``, with ``seed``), also updated after
+each race. Run ``approxdrop bench-lstm --help``.
 """
 
 from __future__ import annotations
@@ -349,7 +351,7 @@ def run(args: argparse.Namespace) -> int:
         )  # fmt: skip
     if rows:
         print(format_table(rows))
-    write_record(args, rows)
+    write_record(args, rows)  # --json: the timing rows, then with the perplexity runs after each race
     if args.perplexity_steps:
         corpus = load_corpus("auto")
         header = perplexity_header(corpus, PERPLEXITY_SIZE, args.perplexity_steps, args.eval_tokens, args.seeds)
@@ -357,6 +359,7 @@ def run(args: argparse.Namespace) -> int:
         command = perplexity_command(args)
 
         def save(runs: list[LMRun]) -> None:
+            write_record(args, [*rows, *runs])
             if args.perplexity_out is not None:
                 write_perplexity_study(args.perplexity_out, runs, header, machine, command)
 

@@ -34,7 +34,7 @@ from .._env import check_int, check_positive, check_rate, default_device, descri
 from ..data import Corpus, load_corpus
 from ..data.corpus import EOS, UNK
 from ..models import DecoderLM, convert
-from ..training.race import History, Metric, RaceResult, check_race_settings, run_race
+from ..training.race import History, Metric, RaceResult, check_race_settings, race_seed, run_race
 from .options import Distinct, non_negative_int, positive_int, progress_bar, random_seed, rate, write_record
 
 BASELINE = "nn.Dropout"
@@ -167,13 +167,15 @@ def linear_work(size: TransformerSize, vocab: int, p: float, method: str) -> flo
 
 def race_models(vocab: int, size: TransformerSize, p: float, groups: Sequence[int], seed: int) -> dict[str, DecoderLM]:
     """``{"nn.Dropout": model, "row G=g": converted copy, ...}``, all from the same initial weights;
-    each converted copy draws its patterns from its own generator seeded from ``seed``."""
+    each converted copy draws its patterns from its own generator, seeded from ``seed`` and its label
+    (``race_seed``: the same draws whatever the other copies)."""
     torch.manual_seed(seed)
     base = DecoderLM(vocab, size.d_model, size.heads, size.layers, size.context, p)
     models = {BASELINE: base}
-    for i, g in enumerate(groups):
+    for g in groups:
         model = copy.deepcopy(base)
-        report = convert(model, method="row", groups=g, generator=torch.Generator().manual_seed(seed + 1 + i))
+        gen = torch.Generator().manual_seed(race_seed(seed, f"row G={g}", "patterns"))
+        report = convert(model, method="row", groups=g, generator=gen)
         if len(report.converted) != size.layers:
             raise RuntimeError(f"convert should turn every block's MLP into an ApproxDropoutFFN:\n{report}")
         models[f"row G={g}"] = model
@@ -212,7 +214,7 @@ def race(
     result = RaceResult({m: History() for m in models}, VALID_LOSS, config, work, str(dev), (BASELINE,))
     return run_race(
         contestants, next_batch, result, steps=config.steps, eval_every=config.eval_every, progress=progress,
-        callback=callback, callback_every=callback_every,
+        callback=callback, callback_every=callback_every, seed=config.seed,
     )  # fmt: skip
 
 

@@ -54,7 +54,9 @@ from .._env import (
     write_json_atomic,
 )
 from ..data import NAMES, Dataset, load_dataset
-from ..models import METHODS, ApproxDropoutMLP
+from ..models import METHODS, ApproxDropoutMLP, get_method
+from ..search.family import MAX_PERIODS
+from ..search.problem import check_search_args
 from ..training import evaluate, sgd, training_step
 from .options import (
     Distinct,
@@ -122,6 +124,12 @@ class StudyConfig:
                 self._set(name, check_int(name, getattr(self, name), 1))
         if self.train_size is not None and self.val_size >= self.train_size:
             raise ValueError(f"val_size ({self.val_size}) must be smaller than train_size ({self.train_size})")
+        for variant, p in ((v, p) for v in self.variants for p in self.ps if get_method(v).family is not None):
+            kind, family = get_method(variant).pattern_kind, get_method(variant).family
+            try:  # a rate the variant's family cannot reach: refused now, by the check of the model's search
+                check_search_args(p, 1, kind, family, MAX_PERIODS[family], self.tile, mu=0.0, work_exponent=0.0)
+            except ValueError as err:
+                raise ValueError(f"variant {variant}: {err}") from None
 
     def _set(self, name: str, value: object) -> None:
         object.__setattr__(self, name, value)  # frozen: only __post_init__ normalises a field
@@ -319,7 +327,8 @@ def _train_in_worker(config: StudyConfig, args: tuple) -> RunResult:
 def _train_all(
     config: StudyConfig, data: StudyData, jobs: dict[Path, tuple], workers: int, bar: tqdm
 ) -> dict[Path, RunResult]:
-    """Train ``jobs`` (file -> train_run arguments after the data), ``workers`` at a time, writing each file."""
+    """Train ``jobs`` (file -> train_run arguments after the data), ``workers`` at a time, writing each file.
+    A failed run stops the others from starting; every run that finishes is written, then its error raised."""
     done = {}
 
     def finish(path: Path, result: RunResult) -> None:
@@ -328,31 +337,47 @@ def _train_all(
 
     if workers == 1:
         for path, args in jobs.items():
-            bar.set_postfix_str(path.stem)
+            bar.set_postfix_str(path.stem, refresh=False)  # a log gets one line per LOG_INTERVAL_S, not one per run
             finish(path, train_run(config, data, *args, on_epoch=bar.update))
         return done
     context = multiprocessing.get_context("spawn")  # no fork of a process holding torch threads
+    error = None
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker, initargs=(data,)) as pool:
         futures = {pool.submit(_train_in_worker, config, args): path for path, args in jobs.items()}
         for future in as_completed(futures):
+            if future.cancelled():
+                continue
+            if future.exception() is not None:  # no new run starts; the ones running are still written
+                error = error or future.exception()
+                for pending in futures:
+                    pending.cancel()
+                continue
             finish(futures[future], future.result())
             bar.update(jobs[futures[future]][4])  # its epochs
+    if error is not None:
+        raise error
     return done
 
 
 def run_study(
-    config: StudyConfig, out: Path, data: Dataset | None = None, progress: bool = True, workers: int = 1
+    config: StudyConfig,
+    out: Path,
+    data: Dataset | None = None,
+    progress: bool = True,
+    workers: int = 1,
+    device: str | torch.device | None = None,
 ) -> list[RunResult]:
     """Pilot every (variant, p) at every rate, then train every full run not already in ``out`` (resumable),
-    then write the summary and figures. Returns the full runs."""
+    then write the summary and figures. Returns the full runs. The data (default: ``config.dataset``, loaded)
+    is moved to ``device`` (default: the GPU when there is one, else the CPU; given data stays where it is)."""
     out = Path(out)
     workers = check_int("workers", workers, 1)
+    dev = data.train_x.device if data is not None and device is None else default_device(device)
+    if workers > 1 and dev.type != "cpu":
+        raise ValueError(f"workers={workers}: parallel runs are for the CPU; on {dev} use workers=1")
     if data is None:
         data = load_dataset(config.dataset, train_size=config.train_size, test_size=config.test_size)
-        dev = default_device()
-        data = Dataset(*(t.to(dev) for t in data[:4]), data.info)
-    if workers > 1 and data.train_x.device.type != "cpu":
-        raise ValueError(f"workers={workers}: parallel runs are for the CPU; on {data.train_x.device} use workers=1")
+    data = Dataset(*(t.to(dev) for t in data[:4]), data.info)
     split = split_validation(data, config.val_size)
     pilot_keys = {out / "pilot" / pilot_name(v, p, lr): (v, p, config.seeds[0], lr) for v, p, lr in config.pilots()}
     total = len(pilot_keys) * config.pilot_epochs + len(config.runs()) * config.epochs
@@ -372,7 +397,7 @@ def run_study(
     runs.update(_train_all(config, split, todo, workers, bar))
     bar.close()
     results = [runs[path] for path in run_keys]
-    write_summary(config, [pilots[path] for path in pilot_keys], results, out, workers)
+    write_summary(config, [pilots[path] for path in pilot_keys], results, out, workers, dev)
     return results
 
 
@@ -460,10 +485,11 @@ SUMMARY_FILES = ("results.json", "results.md", "accuracy.html")  # what write_su
 
 
 def write_summary(config: StudyConfig, pilots: list[RunResult], results: list[RunResult], out: Path,
-                  workers: int = 1) -> None:  # fmt: skip
-    """results.json, results.md and accuracy.html under ``out``."""
+                  workers: int, device: str | torch.device) -> None:  # fmt: skip
+    """results.json, results.md and accuracy.html under ``out``; the machine line names ``device``, where
+    the runs trained."""
     rows = summarise(results)
-    machine = describe_machine(default_device())
+    machine = describe_machine(device)
     header = (
         f"# Accuracy-parity study\n\n- Data: {results[0].dataset} ({config.val_size} training images held out for "
         f"validation); MLP hidden {list(config.hidden)}, batch {config.batch}, SGD momentum 0.9 at a rate chosen "
@@ -535,7 +561,7 @@ def run(args: argparse.Namespace) -> int:
             args.pilot_epochs, args.val_size, clip=args.clip or None, variants=tuple(args.variants),
             dataset=args.dataset, train_size=args.train_size, test_size=args.test_size,
         )  # fmt: skip
-        results = run_study(config, args.out, progress=not args.no_progress, workers=args.workers)
+        results = run_study(config, args.out, progress=not args.no_progress, workers=args.workers, device=args.device)
     except OSError as err:  # the disk filled up or the folder went away mid-study: what finished is kept
         print(f"approxdrop study: error: {err}. The finished runs in {args.out} are kept: fix this and run "
               "the same command again to resume.", file=sys.stderr)  # fmt: skip

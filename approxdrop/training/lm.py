@@ -2,7 +2,8 @@
 methods trained side by side (``training.race``), and their training step and perplexity.
 
 Every method starts from the same initial weights (``TorchLSTM`` has its own layout but the same
-initialisation law) and reads the same stream of truncated-BPTT batches. The methods are
+initialisation law), reads the same stream of truncated-BPTT batches and draws its dropout from its
+own random streams (``race.race_seed``: the same draws whatever the other methods). The methods are
 interleaved step by step, the order rotating every step, so a drift of the machine hits all of
 them alike. A step is zero_grad + forward + cross-entropy + backward + gradient-norm clipping +
 optimizer step; its time is measured around exactly that, synchronised on a GPU. The hidden state
@@ -28,7 +29,7 @@ from ..models import get_method, language_model, lstm_gemm_work
 from ..models.lstm import State
 from ..models.methods import check_methods
 from .optim import sgd
-from .race import PERPLEXITY, History, RaceResult, check_race_settings, run_race
+from .race import PERPLEXITY, History, RaceResult, check_race_settings, race_seed, run_race
 
 OPTIMIZERS = {"sgd": (sgd, 20.0), "adam": (torch.optim.Adam, 3e-3)}  # name: (builder, default lr)
 
@@ -157,10 +158,10 @@ def train_lm(
     valid_data = batchify(valid_ids, config.batch).to(dev)  # [T', B]
     vocab = len(corpus.vocab)
     contestants = {}
-    for i, method in enumerate(methods):
+    for method in methods:
         torch.manual_seed(config.seed)  # same initial weights for every method
-        torch_modules = get_method(method).torch_modules
-        kwargs = {} if torch_modules else {"generator": torch.Generator().manual_seed(config.seed + 1 + i)}
+        seed = race_seed(config.seed, method, "patterns")
+        kwargs = {} if get_method(method).torch_modules else {"generator": torch.Generator().manual_seed(seed)}
         model = language_model(vocab, method, config.hidden, config.layers, config.p, **kwargs).to(dev).train()
         contestants[method] = _LMContestant(model, config, valid_data)
     work = {m: lstm_gemm_work(config.hidden, config.layers, vocab, config.p, m) for m in methods}
@@ -177,5 +178,5 @@ def train_lm(
 
     return run_race(
         contestants, next_batch, result, steps=config.steps, eval_every=config.eval_every, callback=callback,
-        callback_every=callback_every, progress=progress,
+        callback_every=callback_every, progress=progress, seed=config.seed,
     )  # fmt: skip

@@ -16,7 +16,7 @@ from ..data import Dataset
 from ..models import ApproxDropoutMLP, mlp_gemm_work
 from ..models.methods import check_methods
 from .optim import sgd
-from .race import ACCURACY, History, RaceResult, check_race_settings, run_race
+from .race import ACCURACY, History, RaceResult, check_race_settings, race_seed, run_race
 
 
 @dataclass(frozen=True)
@@ -108,7 +108,8 @@ def train(
     ``config`` holds the settings (default ``MLPRaceConfig()``); keyword ``settings`` override its
     fields (``train(data, methods, p=0.3, steps=200)``). Test accuracy (on the first ``eval_size``
     test examples) every ``eval_every`` steps and after the last; ``callback(result, step)`` every
-    ``callback_every`` steps and after the last, so a figure can follow the training live.
+    ``callback_every`` steps and after the last, so a figure can follow the training live. A method's
+    dropout draws depend on the seed and the method only (``race.race_seed``), not on the other methods.
     """
     config = dataclasses.replace(config or MLPRaceConfig(), **settings)
     methods = check_methods(methods, "mlp")
@@ -117,9 +118,9 @@ def train(
     test_x, test_y = data.test_x[: config.eval_size].to(dev), data.test_y[: config.eval_size].to(dev)
     sizes = [train_x.shape[1], *config.hidden, data.info.classes]
     contestants = {}
-    for i, method in enumerate(methods):
+    for method in methods:
         torch.manual_seed(config.seed)  # same initial weights for every method
-        gen = torch.Generator().manual_seed(config.seed + 1 + i)  # pattern draws
+        gen = torch.Generator().manual_seed(race_seed(config.seed, method, "patterns"))
         model = ApproxDropoutMLP(sizes, config.p, method=method, tile=config.tile, generator=gen).to(dev).train()
         contestants[method] = _MLPContestant(model, config, test_x, test_y)
     work = {m: mlp_gemm_work(sizes, config.p, m) for m in methods}
@@ -132,5 +133,5 @@ def train(
 
     return run_race(
         contestants, next_batch, result, steps=config.steps, eval_every=config.eval_every, callback=callback,
-        callback_every=callback_every, progress=progress,
+        callback_every=callback_every, progress=progress, seed=config.seed,
     )  # fmt: skip
