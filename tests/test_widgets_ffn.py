@@ -6,6 +6,7 @@ import torch
 
 from approxdrop.course.display import static_copy
 from approxdrop.course.viz.ffn import block_gemm_flops
+from approxdrop.course.viz.timing import race_lines
 from approxdrop.course.widgets.ffn import GemmFlopsPanel, TransformerRacePanel, race_groups
 from approxdrop.experiments.bench_transformer import CharCorpus
 
@@ -54,7 +55,9 @@ def test_start_trains_the_baseline_and_the_checked_copies_and_redraws_in_place(c
     result = panel.result
     assert result.methods == ["nn.Dropout", "row G=4"] and result.p == 0.3 and result.config.size == "tiny"
     assert panel.progress.value == 3 and not panel.button.disabled
-    assert capsys.readouterr().out.endswith(result.format_table() + "\n")
+    lines = race_lines(result)  # the copy's speedup over nn.Dropout with its spread, as in the other races
+    assert lines[0].startswith("row G=4: speedup vs nn.Dropout ")
+    assert capsys.readouterr().out.endswith(result.format_table() + "\n" + "\n".join(lines) + "\n")
 
 
 def test_an_earlier_result_is_shown_until_start():
