@@ -150,3 +150,15 @@ def test_time_it_is_off_while_it_measures_names_the_pattern_timed_and_says_a_fai
     with pytest.raises(RuntimeError):
         panel.time_it()
     assert "failed: RuntimeError: out of memory" in panel.status.value and not panel.button.disabled
+
+
+def test_time_it_on_a_pattern_that_keeps_no_work_says_there_is_no_bound():
+    panel = TilePatternPanel(n_out=4, n_in=4, batch=2, n=8, device="cpu", repeats=1, rounds=1)
+    panel.sliders.dp.value, panel.sliders.offset.value = 8, 7  # at n = 8 no tile of the timed layer is kept
+    panel.time_it()
+    assert panel.status.value.endswith("GEMM-work bound none (the pattern keeps no work)"), panel.status.value
+
+
+def test_a_starting_dp_above_the_sliders_range_is_refused():
+    with pytest.raises(ValueError, match=r"dp must be in \[1, 8\], got 9"):
+        RowPatternPanel(device="cpu", dp=9)

@@ -20,3 +20,21 @@ def test_controls_rerun_the_search_and_redraw_in_place():
     panel.n.value = 16
     assert np.array(panel.fig.data[4].z).shape == (16, 16) and panel.dist.n == 16
     assert not panel.p.continuous_update
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"max_period": 1}, r"max_period must be in \[2, inf\), got 1"),
+        ({"p": 0.99}, r"p must be in \[0.05, 0.93\] \(the slider's range for max_period=16\), got 0.99"),
+        ({"n": 100}, r"n must be one of \(16, 64, 256, 1024, 2048\)"),
+    ],
+)
+def test_settings_the_controls_cannot_show_are_refused(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        SearchPanel(**kwargs)
+
+
+def test_the_slider_reaches_every_rate_the_period_allows():
+    # 1 - 1/2 = 0.5 is reachable: the slider's top is not rounded below it by binary floating point
+    assert SearchPanel(p=0.5, max_period=2, steps=5).p.max == 0.5

@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 import ipywidgets as w
 import torch
 
+from ..._env import check_int
 from ...distribution import PatternDistribution
 from ...experiments.gemm_timing import row_timings, tile_timings
 from ...patterns import RowPattern, TilePattern
@@ -51,6 +52,7 @@ class PatternSliders:
         self, on_change: Callable[[], None], max_dp: int = 8, dp: int = 4, offset: int = 0, keep: int = 1
     ) -> None:
         RowPattern(dp, offset, keep)  # validates the starting values
+        check_int("dp", dp, 1, max_dp)  # the dp slider would clamp it, and offset / keep would not follow
         self.dp = w.IntSlider(value=dp, min=1, max=max_dp, description="dp", **LAYOUT)
         self.offset = w.IntSlider(value=offset, min=0, max=dp - 1, description="offset", **LAYOUT)
         self.keep = w.IntSlider(value=keep, min=1, max=dp, description="keep", **LAYOUT)
@@ -131,9 +133,10 @@ class _TimedPanel:
             [t.ms for t in spreads],
         )
         best = spreads[-1]
+        bound = f"{1 / best.work:.2f}x" if best.work > 0 else "none (the pattern keeps no work)"
         self.status.value = html.escape(
             f"{pattern}, {best.name}: speed-up over the dense GEMM {best.speedup.describe('x', 'rounds')} "
-            f"(above 1x: faster); GEMM-work bound {1 / best.work:.2f}x"
+            f"(above 1x: faster); GEMM-work bound {bound}"
         )
         warning = noise_warning([best.speedup, *(s.ratio for s in spreads[1:])])
         self.warning.value = f'<b style="color:#B22222">{html.escape(warning)}</b>' if warning else ""

@@ -6,13 +6,17 @@ displays it with a static copy.
 
 from __future__ import annotations
 
+import math
+
 import ipywidgets as w
 
+from ..._env import check_int
 from ...search import FAMILIES, search_distribution
 from ..viz.live import figure_widget
 from ..viz.search import search_figure, update_search_figure
 
 STYLE = {"description_width": "70px"}
+N_CHOICES = (16, 64, 256, 1024, 2048)  # the site widths the panel offers
 
 
 class SearchPanel:
@@ -21,12 +25,16 @@ class SearchPanel:
     def __init__(
         self, p: float = 0.5, n: int = 256, family: str = "paper", max_period: int = 16, steps: int = 1000
     ) -> None:
-        self.max_period, self.search_steps = max_period, steps
-        top = round(1.0 - 1.0 / max_period - 0.005, 2)  # the largest reachable rate, rounded down
+        self.max_period, self.search_steps = check_int("max_period", max_period, 2), steps
+        top = math.floor(round(100 * (1.0 - 1.0 / max_period), 6)) / 100  # the largest reachable rate, rounded down
+        if not 0.05 <= p <= top:
+            raise ValueError(f"p must be in [0.05, {top}] (the slider's range for max_period={max_period}), got {p}")
+        if n not in N_CHOICES:
+            raise ValueError(f"n must be one of {N_CHOICES} (the dropdown's choices), got {n}")
         self.p = w.FloatSlider(
             value=p, min=0.05, max=top, step=0.01, description="target p", continuous_update=False, style=STYLE
         )
-        self.n = w.Dropdown(options=[16, 64, 256, 1024, 2048], value=n, description="n units", style=STYLE)
+        self.n = w.Dropdown(options=list(N_CHOICES), value=n, description="n units", style=STYLE)
         self.family = w.Dropdown(options=list(FAMILIES), value=family, description="family", style=STYLE)
         self.status = w.HTML()
         self.dist = self._search()
