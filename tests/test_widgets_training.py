@@ -1,5 +1,6 @@
 """Lab 05's training panel: Start trains the checked methods and redraws the curves in place."""
 
+import pytest
 import torch
 
 from approxdrop.course.viz.live import WIDTH
@@ -53,3 +54,17 @@ def test_the_table_gives_each_speedup_with_its_spread_over_the_steps(capsys):
     assert out.endswith(panel.result.format_table() + "\n" + "\n".join(lines) + "\n")
     assert lines[0].startswith("row: speedup vs bernoulli ") and "x (IQR" in lines[0]
     assert f"over {8 - panel.result.warmup} steps" in lines[0]  # every step after the warm-up
+
+
+@pytest.mark.parametrize("p", [0.0, 0.95])
+def test_a_rate_outside_the_sliders_usual_range_is_shown_as_it_is(p):
+    # an earlier race at p = 0 (no dropout) must not be shown under a slider that says 0.1
+    first = TrainingPanel(DATA, methods=("bernoulli",), p=p, steps=2, **SMALL)
+    assert first.p.value == p
+    first.button.click()
+    assert TrainingPanel(DATA, steps=2, result=first.result, **SMALL).p.value == first.result.p == p
+
+
+def test_a_rate_no_dropout_has_is_refused():
+    with pytest.raises(ValueError, match="p must be"):
+        TrainingPanel(DATA, methods=("row",), p=1.0, steps=2, **SMALL)

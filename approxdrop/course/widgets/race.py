@@ -12,6 +12,7 @@ from typing import Any
 import ipywidgets as w
 import plotly.graph_objects as go
 
+from ..._env import check_rate
 from ...data import Corpus, Dataset
 from ...training import RaceResult
 from ..viz.live import figure_widget
@@ -41,8 +42,9 @@ class RacePanel:
             methods, p = result.methods, result.p
         order = sorted(self.METHODS, key=lambda m: m != "bernoulli")  # the baseline first
         self.boxes = {m: w.Checkbox(value=m in methods, description=m, indent=False) for m in order}
+        p = check_rate(p)  # the slider spans 0.1-0.9, and reaches further to show a given or earlier rate as it is
         self.p = w.FloatSlider(
-            value=p, min=0.1, max=0.9, step=0.05, description="p", continuous_update=False, style=STYLE
+            value=p, min=min(0.1, p), max=max(0.9, p), step=0.05, description="p", continuous_update=False, style=STYLE
         )
         self.steps = w.BoundedIntText(value=steps, min=1, max=100_000, description="steps", style=STYLE)
         self.button = w.Button(description="Start", icon="play", button_style="primary")
