@@ -31,10 +31,15 @@ def periodic_mask(n: int, dp: int, offset: int, keep: int, device: torch.device 
 
 
 def _kept_index(n: int, dp: int, offset: int, keep: int, device: torch.device | str | None) -> torch.Tensor:
-    """Long[k]: the kept units of a pattern (made on the CPU for a meta device, which holds no values)."""
-    if device is not None and torch.device(device).type == "meta":
-        return _kept_index(n, dp, offset, keep, "cpu").to(device)
-    return periodic_mask(n, dp, offset, keep, device).nonzero().flatten()
+    """Long[k]: the kept units of a pattern, with a length known from the integers (``periodic_count``), not
+    nonzero's data-dependent one, which a compiled graph cannot guard on, and no values read (a meta device
+    works): the kept residues of each period in increasing order (the ``wrapped`` ones past dp, ``0 .. wrapped -
+    1``, then ``offset ..``; no sort, offset may be symbolic), cut at the kept count."""
+    t = torch.arange(keep, device=device)  # [keep]
+    wrapped = torch.sym_max(0, offset + keep - dp)
+    residues = torch.where(t < wrapped, t, t + (offset - wrapped))  # [keep], increasing
+    starts = torch.arange(0, n, dp, device=device)  # [ceil(n / dp)]: only the last period may run past n
+    return (starts[:, None] + residues).flatten()[: periodic_count(n, dp, offset, keep)]  # [k]
 
 
 # made once per (n, pattern, device) and reused by every step that draws the pattern again (the ops'
@@ -51,19 +56,8 @@ def periodic_selector(
     if keep == 1:
         return slice(offset, n, dp)
     if torch.compiler.is_compiling():  # n may be symbolic, and a traced tensor must not be cached
-        return _static_kept_index(n, dp, offset, keep, device)  # the same index, uncached
+        return _kept_index(n, dp, offset, keep, device)  # the same index, uncached
     return _cached_kept_index(n, dp, offset, keep, device)
-
-
-def _static_kept_index(n: int, dp: int, offset: int, keep: int, device: torch.device | str | None) -> torch.Tensor:
-    """``_kept_index`` with a length the tracer knows (``periodic_count``), not nonzero's data-dependent one, which
-    a compiled graph cannot guard on: the kept residues of each period in increasing order (the ``wrapped`` ones
-    past dp, ``0 .. wrapped - 1``, then ``offset ..``; no sort, offset may be symbolic), cut at the kept count."""
-    t = torch.arange(keep, device=device)  # [keep]
-    wrapped = torch.sym_max(0, offset + keep - dp)
-    residues = torch.where(t < wrapped, t, t + (offset - wrapped))  # [keep], increasing
-    starts = torch.arange(0, n, dp, device=device)  # [ceil(n / dp)]: only the last period may run past n
-    return (starts[:, None] + residues).flatten()[: periodic_count(n, dp, offset, keep)]  # [k]
 
 
 def _set(pattern: object, name: str, value: int) -> int:

@@ -19,7 +19,7 @@ from typing import NamedTuple
 import torch
 
 from .._env import check_int, holds_values
-from ..patterns import INT64_MAX
+from .common import check_pattern_ints
 
 
 class StaticSide(NamedTuple):
@@ -58,8 +58,7 @@ def _check_side(n: int, dp: int, keep: int, offset: torch.Tensor) -> None:
     traced = any(isinstance(v, torch.SymInt) for v in (n, dp, keep))
     if not traced:
         check_int("static_side: n", n, 0)
-        dp = check_int("static_side: dp", dp, 1, INT64_MAX)
-        check_int("static_side: keep", keep, 1, dp)
+        check_pattern_ints("static_side", dp, keep, [])  # the offset, a tensor, below
     integral = isinstance(offset, torch.Tensor) and not (offset.is_floating_point() or offset.is_complex())
     if not integral or offset.dtype == torch.bool or offset.numel() != 1:
         raise ValueError(f"static_side: offset must be an integer tensor of one value, got {offset!r}")
