@@ -55,8 +55,7 @@ from .._env import (
 )
 from ..data import NAMES, Dataset, load_dataset
 from ..models import METHODS, ApproxDropoutMLP, get_method
-from ..search.family import MAX_PERIODS
-from ..search.problem import check_search_args
+from ..search.problem import check_reached
 from ..training import evaluate, sgd, training_step
 from .options import (
     Distinct,
@@ -124,12 +123,12 @@ class StudyConfig:
                 self._set(name, check_int(name, getattr(self, name), 1))
         if self.train_size is not None and self.val_size >= self.train_size:
             raise ValueError(f"val_size ({self.val_size}) must be smaller than train_size ({self.train_size})")
-        for variant, p in ((v, p) for v in self.variants for p in self.ps if get_method(v).family is not None):
-            kind, family = get_method(variant).pattern_kind, get_method(variant).family
-            try:  # a rate the variant's family cannot reach: refused now, by the check of the model's search
-                check_search_args(p, 1, kind, family, MAX_PERIODS[family], self.tile, mu=0.0, work_exponent=0.0)
-            except ValueError as err:
-                raise ValueError(f"variant {variant}: {err}") from None
+        for variant, family in ((v, get_method(v).family) for v in self.variants):
+            for p in self.ps if family is not None else ():
+                try:  # a rate the variant's family cannot reach: refused now, by the check of the model's search
+                    check_reached(p, family)
+                except ValueError as err:
+                    raise ValueError(f"variant {variant}: {err}") from None
 
     def _set(self, name: str, value: object) -> None:
         object.__setattr__(self, name, value)  # frozen: only __post_init__ normalises a field

@@ -73,6 +73,17 @@ class SearchProblem:
         return out
 
 
+def check_reached(p: float, family: str) -> None:
+    """ValueError unless ``family`` (a name of FAMILIES) reaches the rate ``p`` at its longest period."""
+    limit = MAX_PERIODS[check_family(family)]
+    if p > 1.0 - 1.0 / limit:
+        hint = "" if family == "paper" else f"; family 'paper' reaches p <= 1 - 1/{MAX_PERIODS['paper']}"
+        raise ValueError(
+            f"p={p} is above {1.0 - 1.0 / limit:.7g} = 1 - 1/{limit}, the highest rate family {family!r} reaches "
+            f"(its periods are capped at MAX_PERIODS[{family!r}] = {limit}){hint}"
+        )
+
+
 def check_search_args(
     p: float, n: int, kind: str, family: str, max_period: int, tile: int, mu: float, work_exponent: float
 ) -> tuple[float, int, int, int, float, float]:
@@ -81,13 +92,7 @@ def check_search_args(
     p, n = check_rate(p), check_int("n", n, 1)
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
-    limit = MAX_PERIODS[check_family(family)]
-    if p > 1.0 - 1.0 / limit:
-        hint = "" if family == "paper" else f"; family 'paper' reaches p <= 1 - 1/{MAX_PERIODS['paper']}"
-        raise ValueError(
-            f"p={p} is above {1.0 - 1.0 / limit:.7g} = 1 - 1/{limit}, the highest rate family {family!r} reaches "
-            f"(its periods are capped at MAX_PERIODS[{family!r}] = {limit}){hint}"
-        )
+    check_reached(p, family)
     max_period = check_max_period(family, max_period)
     low, high = reachable_range(family, max_period)
     if not low <= p <= high:
