@@ -117,8 +117,9 @@ class RowPattern:
 class TilePattern:
     """Keep T x T tile ``(a, b)`` of a weight iff ``(b - a - offset) mod dp < keep``.
 
-    Every tile row and tile column keeps the same share of tiles. The last tile row or column
-    may be partial when ``tile`` does not divide the weight's shape.
+    Every tile row and tile column keeps ``keep`` of every ``dp`` consecutive tiles (equal counts where
+    ``dp`` divides the grid's side, else differing by at most ``min(keep, dp - keep)``). The last tile
+    row or column may be partial when ``tile`` does not divide the weight's shape.
     """
 
     dp: int

@@ -170,3 +170,39 @@ def test_records_name_the_cpu_model_from_cpuinfo_else_the_architecture(tmp_path)
     assert cpu_name(cpuinfo) == (platform.processor() or platform.machine())
     assert cpu_name(tmp_path / "missing") == (platform.processor() or platform.machine())
     assert describe_machine("cpu").startswith(f"CPU {cpu_name()}, ")
+
+
+@pytest.mark.parametrize(
+    "methods, groups, same",
+    [(["bernoulli", "row"], ["1"], "row"), (["bernoulli", "row", "row-g4"], ["1", "4"], "row"),
+     (["bernoulli", "row-g4"], ["4"], "row-g4"), (["bernoulli", "row-g16"], ["2", "16"], "row-g16")],
+)  # fmt: skip
+def test_a_group_count_that_makes_a_timed_method_is_a_usage_error_naming_it(no_measure, capsys, methods, groups, same):
+    assert cli_main(["bench", "--no-progress", "--methods", *methods, "--groups", *groups]) == 2
+    err = capsys.readouterr().err
+    assert f"is the method {same} (the same family and groups), which is timed already" in err
+    assert "Traceback" not in err and err.count("error:") == 1
+
+
+def test_a_duplicate_group_count_is_found_in_the_methods_table_not_in_the_names(monkeypatch):
+    from dataclasses import replace
+
+    from approxdrop.models import methods as table
+
+    # tile-g4 (tile patterns) and row-extended-g4 (another family) are not row with 4 groups: kept
+    methods = ["bernoulli", "tile-g4", "row-extended-g4", "row-g16"]
+    assert bench.with_groups(methods, [4]) == {**{m: (m, None) for m in methods}, "row G=4": ("row", 4)}
+    monkeypatch.setitem(table.DROPOUT_METHODS, "row-g4", replace(table.DROPOUT_METHODS["row-g4"], groups=8))
+    assert "row G=4" in bench.with_groups(["bernoulli", "row-g4"], [4])  # "row-g4" is now 8 groups, not 4
+    with pytest.raises(ValueError, match="groups 8: row with 8 batch group.s. is the method row-g4"):
+        bench.with_groups(["bernoulli", "row-g4"], [8])
+
+
+def test_bench_lstm_refuses_a_group_count_that_makes_a_timed_method_before_any_run(monkeypatch, capsys):
+    from approxdrop.experiments import bench_lstm
+
+    monkeypatch.setattr(bench_lstm, "measure_lstm", lambda *a, **k: pytest.fail("timed a duplicate"))
+    argv = ["bench-lstm", "--sizes", "small", "--ps", "0.5", "--methods", "bernoulli", "row-g4", "--groups", "4"]
+    assert cli_main([*argv, "--no-progress"]) == 2
+    captured = capsys.readouterr()
+    assert "groups 4: row with 4 batch group(s) is the method row-g4" in captured.err and not captured.out

@@ -66,3 +66,29 @@ def test_an_unknown_backend_is_refused_before_any_run(capsys):
 @pytest.mark.parametrize("backend", ["inductor", "eager", "aot_eager"])
 def test_the_usual_backends_are_accepted(backend):
     assert build_parser().parse_args(["bench-graphs", "--backend", backend]).backend == backend
+
+
+def test_each_compiled_step_counts_its_own_graphs_even_where_an_earlier_step_made_the_same_one():
+    import torch
+
+    from approxdrop.experiments.bench_graphs import steps_for
+
+    torch._dynamo.reset()
+    # p = 0: every model computes the same graph, which Dynamo would reuse across steps of one process
+    steps, bound = steps_for((8, 16, 16, 2), 4, 0.0, torch.device("cpu"), "eager")
+    for label in STEPS:
+        steps[label]()
+        steps[label]()
+    graphs = {label: steps[label].graphs for label in STEPS if "compiled" in label}
+    assert bound == 1 and graphs == {"bernoulli compiled": 1, "row static compiled": 1, "row-g4 static compiled": 1}
+
+
+def test_bench_graphs_names_the_machine_like_every_other_command(monkeypatch, capsys):
+    from approxdrop.experiments import bench_graphs
+
+    monkeypatch.setattr(
+        bench_graphs, "measure", lambda args: [GraphRow("tiny", "bernoulli eager", 0.5, 1.0, None, None)]
+    )
+    monkeypatch.setattr(bench_graphs, "describe_machine", lambda device: f"THE MACHINE ({device})", raising=False)
+    assert cli_main(["bench-graphs", "--no-paper", "--device", "cpu", "--no-progress"]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == "eager against compiled steps at p = 0.5; THE MACHINE (cpu)"

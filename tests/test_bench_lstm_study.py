@@ -130,3 +130,29 @@ def test_bad_perplexity_outputs_are_usage_errors_before_any_run(tiny, tmp_path, 
     assert cli_main([*base, "--perplexity-steps", "2", "--perplexity-out", str(file)]) == 2
     assert "not a directory" in capsys.readouterr().err
     assert cli_main([*base, "--perplexity-steps", "2", "--eval-every", "0"]) == 2
+
+
+@pytest.mark.parametrize(
+    "eval_tokens, said",
+    [(None, "the first 45 validation tokens (of 48: all, in whole columns of 5)"),
+     (10**8, "the first 45 validation tokens (of 48: all, in whole columns of 5)"),
+     (48, "the first 45 validation tokens (of 48: all, in whole columns of 5)"),
+     (30, "the first 30 validation tokens (of 48)"), (33, "the first 30 validation tokens (of 48)")],
+)  # fmt: skip
+def test_the_header_gives_the_validation_tokens_read_not_those_asked_for(monkeypatch, eval_tokens, said):
+    from approxdrop.data.corpus import batchify
+
+    monkeypatch.setitem(bench_lstm.SIZES, "small", bench_lstm.LSTMSize(8, 2, 50, 5, 5))  # read in 5 columns
+    corpus = sentence_corpus()
+    assert len(corpus.valid) == 48
+    header = bench_lstm.perplexity_header(corpus, "small", 3, eval_tokens, [0])
+    assert f", {said}, seeds [0]." in header and "100000000" not in header
+    valid = corpus.valid if eval_tokens is None else corpus.valid[:eval_tokens]
+    assert (
+        bench_lstm.evaluated_tokens(corpus, "small", eval_tokens) == batchify(valid, 5).numel()
+    )  # what train_lm reads
+
+
+def test_a_split_the_columns_divide_is_read_whole(tiny):  # 48 validation tokens, 4 columns
+    header = bench_lstm.perplexity_header(sentence_corpus(), "small", 3, 10**8, [0])
+    assert ", all 48 validation tokens, seeds [0]." in header

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from approxdrop.experiments.bench_overhead import (
+    OP_COUNT_STEPS,
     CrossoverRow,
     ExecutorRow,
     _OpCounter,
@@ -28,8 +29,13 @@ def test_bench_overhead_measures_every_model_and_writes_json(tmp_path, capsys):
             assert f"| {model} | {method} |" in table
     assert "| lstm | row-g4 |" in table
     rows = json.loads(out.read_text())["rows"]
-    ops = {r["method"]: (r["ops"], r["compute_ops"]) for r in rows if "ops" in r}
-    assert set(ops) == {"bernoulli", "row", "row-g4"} and all(20 < c < n for n, c in ops.values())
+    ops = {(r["method"], r["executor"]): r for r in rows if "ops" in r}  # row methods: both executors
+    assert set(ops) == {("bernoulli", "auto"), *((m, e) for m in ("row", "row-g4") for e in ("compact", "masked"))}
+    for r in ops.values():
+        low, high = r["ops_range"]
+        assert 20 < r["compute_ops"] < r["ops"] and low <= r["ops"] <= high and r["steps"] == OP_COUNT_STEPS
+    # the masked executor runs the dense GEMMs: about bernoulli's ops; compact row-g4 has ops per group and pair
+    assert ops["row-g4", "masked"]["ops"] < ops["row-g4", "compact"]["ops"]
     cross = [r for r in rows if "ratios" in r]
     assert {(r["method"], r["batch"]) for r in cross} == {("row", 4), ("row-g4", 4)}
     for r in cross:  # the width from which every wider one wins too, or none

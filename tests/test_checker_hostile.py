@@ -231,7 +231,7 @@ WRONG_KINDS = [
     ("counts in numpy", lab04.check_dropped_counts, lambda *a: SOL["lab04"].dropped_counts(*a).numpy(), "int64"),
     ("residues in float64", lab06.check_kept_residues, as_float64(SOL["lab06"].kept_residues), "(torch.int64)"),
     ("a float where an int is asked", lab06.check_kept_index, lambda *a: float(SOL["lab06"].kept_index(*a)), "an int"),
-    ("a complex rate", lab04.check_expected_rate, lambda *a: complex(SOL["lab04"].expected_rate(*a)), "a number"),
+    ("a complex rate", lab04.check_expected_rate, lambda *a: complex(SOL["lab04"].expected_rate(*a)), "a float"),
     ("float indices", lab08.check_find_chains, lambda s: [float(i) for i in SOL["lab08"].find_chains(s)], "an int"),
 ]  # fmt: skip
 
@@ -470,7 +470,7 @@ class Hostile:
 
 def test_an_answer_object_that_raises_everywhere_gets_a_fail(capsys):
     assert lab04.check_expected_rate(lambda *a: Hostile()).status == "fail"
-    assert "it returned a Hostile, expected a number" in capsys.readouterr().out
+    assert "it returned a Hostile, expected a float" in capsys.readouterr().out
 
 
 def test_the_grouped_offsets_check_draws_other_seeds_at_every_call(capsys):

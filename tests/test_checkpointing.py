@@ -78,3 +78,51 @@ def test_hugging_face_gradient_checkpointing_of_a_converted_t5_keeps_the_gradien
         model(input_ids=ids, decoder_input_ids=ids).last_hidden_state.pow(2).sum().backward()
     for (param, a), b in zip(plain.named_parameters(), checkpointed.parameters()):
         torch.testing.assert_close(a.grad, b.grad, msg=param)
+
+
+def _shared_block_steps(forward_of, reentrant):
+    """The gradients of a plain step and of a checkpointed one (``forward_of(model, x, wrap)``, ``wrap`` the
+    checkpoint of a function, or a plain call) of a converted block called several times in one forward, each
+    after draw_patterns from the same state."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(16, 64), torch.nn.ReLU(), torch.nn.Dropout(0.4), torch.nn.Linear(64, 16)
+    )
+    convert(model)  # generator=None: the global random state
+    model.train()
+    checkpointed = copy.deepcopy(model)
+    x = torch.randn(8, 5, 16, requires_grad=True)
+    steps = []
+    for m, wrap in (
+        (model, lambda f, *a: f(*a)),
+        (checkpointed, lambda f, *a: checkpoint(f, *a, use_reentrant=reentrant)),
+    ):
+        torch.manual_seed(3)
+        assert draw_patterns(m) == 1
+        y = forward_of(m, x, wrap)
+        y.square().sum().backward()
+        steps.append((y, [q.grad for q in m.parameters()]))
+    (y1, g1), (y2, g2) = steps
+    assert torch.equal(y1, y2)
+    for a, b in zip(g1, g2):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("reentrant", [False, True])
+def test_a_block_called_twice_in_one_checkpointed_forward_replays_each_calls_draw(reentrant):
+    """The first call takes draw_patterns' draw, the second draws for itself: recomputed, each gets its own."""
+    _shared_block_steps(lambda m, x, wrap: wrap(lambda z: m(torch.tanh(m(z))), x), reentrant)
+
+
+@pytest.mark.parametrize("reentrant", [False, True])
+def test_a_block_shared_by_checkpointed_layers_replays_each_layers_draw(reentrant):
+    """One checkpointed segment per layer (Hugging Face's gradient checkpointing of tied layers), recomputed in
+    reverse order, with another random op between the layers (as a transformer's other dropouts are)."""
+    drop = torch.nn.Dropout(0.2)
+
+    def layers(m, x, wrap):
+        for _ in range(3):
+            x = wrap(lambda z: drop(torch.tanh(m(z))), x)
+        return x
+
+    _shared_block_steps(layers, reentrant)

@@ -104,7 +104,7 @@ def test_check_fails_on_a_wrong_type_saying_what_was_expected(answer, text, caps
 
 def test_check_fails_on_a_tensor_where_a_number_is_expected(capsys):
     assert check("half", lambda x: torch.ones(2), lambda x: x / 2, [(1.0,)]).status == "fail"
-    assert "it returned a tensor of shape (2,) (torch.float32), expected a number" in capsys.readouterr().out
+    assert "it returned a tensor of shape (2,) (torch.float32), expected a float" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(

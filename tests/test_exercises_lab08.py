@@ -11,6 +11,7 @@ import nbformat
 import pytest
 import torch
 from torch import nn
+from torch.nn.modules.linear import NonDynamicallyQuantizableLinear
 from wrong_answers import FIND_CHAINS, WRONG_TYPES, chains_where, with_nan
 
 from approxdrop import DecoderLM, convert
@@ -39,7 +40,10 @@ def test_solution_passes_and_todo_is_not_attempted(capsys):
     assert lab08.check_find_chains(SOL.find_chains).status == "pass"
     assert lab08.check_find_chains(todo).status == "not attempted"
     out = capsys.readouterr().out
-    assert "[PASS] find_chains (max difference 0): 40 cases\n" in out and "[TODO] find_chains" in out
+    cases = len(lab08.CASES) + len(lab08.UNSEEN_ACTIVATIONS) + lab08.DRAWN
+    assert (
+        cases == 43 and f"[PASS] find_chains (max difference 0): {cases} cases\n" in out and "[TODO] find_chains" in out
+    )
 
 
 @pytest.mark.parametrize("name", list(FIND_CHAINS))
@@ -59,6 +63,12 @@ def test_the_cases_cover_what_the_brief_lists():
     assert expected["two overlapping chains sharing the middle Linear: only the first is a block"] == [0]
     for note in ("a Softmax instead of GELU", "Dropout not between two Linears", "sizes that do not chain"):
         assert expected[note] == []
+    assert expected[
+        "a subclass of nn.Linear that keeps its forward counts, as torch's NonDynamicallyQuantizableLinear"
+    ] == [0]
+    for note in ("a subclass of nn.Linear with a forward of its own is not a Linear to convert",
+                 "nn.Dropout with p = 1 drops every unit: no block"):  # fmt: skip
+        assert expected[note] == []
 
 
 @pytest.mark.parametrize("note, seq", lab08.CASES, ids=[note for note, _ in lab08.CASES])
@@ -73,6 +83,20 @@ def test_the_reference_is_what_convert_replaces_and_chain_problem_agrees(note, s
     assert len(report.converted) == len(starts)
     clean = [i for i in range(len(seq)) if lab08.chain_problem(seq, i) is None]
     assert starts == [i for i in clean if not any(j < i <= j + 3 for j in starts)]
+
+
+def test_the_solution_and_chain_problem_follow_convert_on_drawn_sequentials():
+    """Drawn cases hold Linear subclasses (one that keeps nn.Linear's forward, one with its own) and Dropouts
+    of p = 1; on each, the solution and ``chain_problem`` say what ``convert`` does."""
+    seen = set()
+    for seed in range(200):
+        seq = lab08.random_sequential(torch.Generator().manual_seed(seed))
+        starts = lab08.reference_find_chains(seq)
+        assert SOL.find_chains(seq) == starts, lab08.layers_text(seq)
+        clean = [i for i in range(len(seq)) if lab08.chain_problem(seq, i) is None]
+        assert starts == [i for i in clean if not any(j < i <= j + 3 for j in starts)], lab08.layers_text(seq)
+        seen |= {type(m) for m in seq} | {m.p for m in seq if type(m) is nn.Dropout}
+    assert {NonDynamicallyQuantizableLinear, lab08.ClampedLinear, 1.0} <= seen
 
 
 def test_a_transformer_block_mlp_is_one_chain():
@@ -96,8 +120,8 @@ def hard_coded_activations(seq):
     """A matcher right in every respect but one: it knows only the fixed cases' activations."""
 
     def accept(a, b, c, d):
-        linears = type(a) is nn.Linear and type(d) is nn.Linear and a.out_features == d.in_features
-        return linears and type(b) in FIXED_ACTIVATIONS and type(c) is nn.Dropout
+        linears = SOL.is_linear(a) and SOL.is_linear(d) and a.out_features == d.in_features
+        return linears and type(b) in FIXED_ACTIVATIONS and type(c) is nn.Dropout and c.p < 1
 
     return chains_where(seq, accept)
 

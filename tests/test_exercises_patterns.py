@@ -4,7 +4,9 @@ offset draw of lab 02 (a random function) is checked statistically: every wrong 
 wrong_answers.GROUPED_OFFSETS fails with its own reason, and the library's sampler passes."""
 
 import importlib.util
+import math
 import re
+from fractions import Fraction
 from pathlib import Path
 
 import nbformat
@@ -12,6 +14,7 @@ import pytest
 import torch
 from wrong_answers import GROUPED_OFFSETS, WRONG_TYPES, with_nan
 
+from approxdrop import TilePattern
 from approxdrop.course.checks import describe
 from approxdrop.course.exercises import lab01, lab02, lab03, lab06
 
@@ -124,6 +127,51 @@ def test_right_grouped_offsets_drawn_in_another_order_pass(seed, monkeypatch):
         return torch.cat(runs)[:groups]
 
     assert lab02.check_grouped_offsets(reversed_runs).passed
+
+
+@pytest.mark.parametrize("draws, cells", [(300, 4), (500, 36), (120, 6)])
+def test_the_fresh_run_bounds_fail_a_right_answer_at_most_as_often_as_stated(draws, cells):
+    """binomial_bounds' range against exact binomial tails (integer arithmetic): its stated bound is the true
+    chance that one of ``cells`` Binomial(draws, 1 / cells) counts falls outside (union bound), it is at most
+    alpha, and the range is the narrowest with that property on each side."""
+    alpha = 1e-3
+    low, high, bound = lab02.binomial_bounds(draws, cells, alpha)
+    pmf = [Fraction(math.comb(draws, k) * (cells - 1) ** (draws - k), cells**draws) for k in range(draws + 1)]
+    below, above = sum(pmf[:low]), sum(pmf[high + 1 :])
+    assert math.isclose(bound, float(cells * (below + above)), rel_tol=1e-9) and bound <= alpha
+    side = Fraction(alpha) / (2 * cells)
+    assert below <= side < below + pmf[low] and above <= side < above + pmf[high]
+
+
+def test_the_fresh_run_tests_of_the_cases_stay_within_their_budget():
+    """The false-failure budget of the grouped-offsets check (see lab02.ALPHA): every fresh-run test of the
+    cases fails a right answer with probability at most RUNS_ALPHA, and all tests together below 1e-6."""
+    tests = []
+    for dp, groups, draws, _ in lab02.GROUPED_CASES:
+        for start in range(dp, groups, dp):
+            cells = math.factorial(dp) * math.perm(dp, min(dp, groups - start))
+            if dp > 1 and cells <= draws * lab02.RUN_CELLS_PER_DRAW:
+                tests.append(lab02.binomial_bounds(draws, cells, lab02.RUNS_ALPHA)[2])
+    assert len(tests) == 4 and max(tests) <= lab02.RUNS_ALPHA
+    chi_square_tests = sum(groups + (groups - 1) for dp, groups, _, _ in lab02.GROUPED_CASES if dp > 1)
+    assert chi_square_tests == 36 and chi_square_tests * lab02.ALPHA + sum(tests) < 1e-6
+
+
+def test_lab03_states_the_tile_count_spread_that_holds():
+    """Lab 03's text: tile rows (columns) keep equal counts when dp divides the tile columns (rows), else
+    counts that differ by at most min(keep, dp - keep), a bound reached with dp or more tile rows."""
+    text = "".join(c.source for c in nbformat.read(LABS / "03_tile_patterns.ipynb", as_version=4).cells)
+    assert "differ by at most one" not in text and text.count("min(keep, dp - keep)") == 2
+    for dp in range(1, 9):
+        for keep in range(1, dp + 1):
+            for offset in range(dp):
+                for rows, cols in [(3, 2), (8, 8), (15, 24), (9, 13), (16, 7)]:
+                    tiles = TilePattern(dp, offset, 1, keep).tile_mask(rows, cols)
+                    for counts, across in ((tiles.sum(1), cols), (tiles.sum(0), rows)):  # per row, per column
+                        spread = int(counts.max() - counts.min())
+                        bound = min(keep, dp - keep, across % dp, dp - across % dp)  # 0 when dp divides across
+                        assert spread <= bound <= min(keep, dp - keep)
+                        assert spread == bound or counts.numel() < dp  # reached when dp lines or more are counted
 
 
 NOTEBOOKS = {

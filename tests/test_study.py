@@ -106,6 +106,9 @@ def test_parallel_workers_train_the_same_runs(tmp_path, digits):
     strip = [(r.variant, r.seed, r.lr, r.val_accuracy, r.test_accuracy) for r in serial]
     assert [(r.variant, r.seed, r.lr, r.val_accuracy, r.test_accuracy) for r in parallel] == strip
     assert json.loads((tmp_path / "parallel" / "results.json").read_text())["workers"] == 2
+    for path in (tmp_path / "parallel").glob("*/*.json"):  # each file: the worker's machine line (one thread)
+        result = json.loads(path.read_text())["result"]
+        assert result["workers"] == 2 and ", 1 thread; torch " in result["machine"], path
     with pytest.raises(ValueError, match=r"workers must be in \[1, inf\), got 0"):
         run_study(config, tmp_path / "serial", data=digits, progress=False, workers=0)
 
@@ -460,3 +463,80 @@ def test_cli_writes_the_summary_to_json(tmp_path, capsys):
     assert main([*argv, "--no-progress", "--json", str(record)]) == 0
     rows = json.loads(record.read_text())["rows"]
     assert [(r["variant"], r["p"], r["seeds"]) for r in rows] == [("bernoulli", 0.5, 1), ("row", 0.5, 1)]
+
+
+def machine_lines(out) -> list[str]:
+    return [line for line in (out / "results.md").read_text().splitlines() if line.startswith("- Machine: ")]
+
+
+def test_each_run_file_records_where_and_when_it_was_trained_and_a_resumed_summary_says_that(
+    tmp_path, digits, monkeypatch
+):
+    import datetime
+
+    from approxdrop._env import describe_machine
+
+    run_study(TINY, tmp_path, data=digits, progress=False)
+    here = describe_machine("cpu")
+    for path in tmp_path.glob("*/*.json"):
+        result = json.loads(path.read_text())["result"]
+        assert result["machine"] == here and result["workers"] == 1, path
+        datetime.datetime.fromisoformat(result["trained"])
+    monkeypatch.setattr(study, "describe_machine", lambda device: "ANOTHER MACHINE")  # resumed elsewhere, later
+    trained = count_trainings(monkeypatch)
+    run_study(TINY, tmp_path, data=digits, progress=False, workers=2)
+    assert trained == []  # every run reused: the summary's machine and parallel runs are still the first ones
+    text = (tmp_path / "results.md").read_text()
+    assert "ANOTHER MACHINE" not in text and "2 run(s) in parallel" not in text
+    (line,) = machine_lines(tmp_path)
+    assert line.startswith(f"- Machine: {here}; 1 run(s) in parallel (every run, trained ")
+    summary = json.loads((tmp_path / "results.json").read_text())
+    assert summary["machine"] == here and summary["workers"] == 1 and summary["trained_on"][0]["runs"] == 12
+    assert {r["machine"] for r in summary["runs"]} == {here}
+
+
+def test_runs_whose_files_record_no_machine_are_said_to_be_not_recorded(tmp_path, digits, monkeypatch):
+    from approxdrop._env import describe_machine
+
+    run_study(TINY, tmp_path, data=digits, progress=False)
+    for path in sorted((tmp_path / "runs").glob("*.json"))[:2]:  # as run files were written before
+        payload = json.loads(path.read_text())
+        payload["result"] = {k: v for k, v in payload["result"].items() if k not in ("machine", "trained", "workers")}
+        path.write_text(json.dumps(payload))
+    monkeypatch.setattr(study, "describe_machine", lambda device: "ANOTHER MACHINE")
+    trained = count_trainings(monkeypatch)
+    run_study(TINY, tmp_path, data=digits, progress=False)
+    assert trained == []  # old files are reused, not trained again
+    first, second = machine_lines(tmp_path)
+    assert first.startswith(f"- Machine: {describe_machine('cpu')}; 1 run(s) in parallel (10 of the 12 runs, trained ")
+    assert second == "- Machine: not recorded (2 of the 12 runs: files written before run files recorded their machine)"
+    summary = json.loads((tmp_path / "results.json").read_text())
+    assert summary["machine"] is None and summary["workers"] is None and len(summary["trained_on"]) == 2
+
+
+def test_the_summary_names_every_machine_its_runs_were_trained_on():
+    def run(seed, machine, workers, trained):
+        return RunResult("row", 0.5, seed, 0.1, "x", [0.5], [1.0], 0.8, False, machine, trained, workers)
+
+    runs = [run(0, "B", 1, "2026-11-30T13:00:00"), run(1, "A", 2, "2026-11-30T10:55:00"),
+            run(2, None, None, None), run(3, "A", 2, "2026-11-30T10:00:00")]  # fmt: skip
+    assert study.describe_trained_on(runs) == (
+        "A; 2 run(s) in parallel (2 of the 4 runs, trained 2026-11-30T10:00:00 to 2026-11-30T10:55:00) | "
+        "B; 1 run(s) in parallel (1 of the 4 runs, trained 2026-11-30T13:00:00) | "
+        "not recorded (1 of the 4 runs: files written before run files recorded their machine)"
+    )
+
+
+def test_the_json_record_of_a_resumed_study_names_the_machine_its_runs_were_trained_on(tmp_path, capsys, monkeypatch):
+    from approxdrop._env import describe_machine
+    from approxdrop.experiments import options
+    from approxdrop.experiments.cli import main
+
+    argv = [*CLI, "--out", str(tmp_path / "study"), "--seeds", "0", "--ps", "0.5", "--variants", "bernoulli"]
+    assert main([*argv, "--no-progress"]) == 0
+    for module in (study, options):
+        monkeypatch.setattr(module, "describe_machine", lambda device: "ANOTHER MACHINE")
+    record = tmp_path / "record.json"
+    assert main([*argv, "--no-progress", "--json", str(record)]) == 0
+    machine = json.loads(record.read_text())["machine"]
+    assert machine.startswith(f"{describe_machine('cpu')}; 1 run(s) in parallel (every run, trained ")

@@ -24,6 +24,14 @@ def _runs(dp, groups):
     return -(-groups // dp)  # ceil(groups / dp): permutations needed for ``groups`` offsets
 
 
+def _shifted_runs(dp, groups, generator):
+    """The first permutation, then copies of it each shifted by a random amount (mod dp): every single
+    offset and neighbouring pair stays uniform, but the later runs are not fresh."""
+    first = torch.randperm(dp, generator=generator)
+    runs = [first] + [(first + torch.randint(dp, (1,), generator=generator)) % dp for _ in range(_runs(dp, groups) - 1)]
+    return torch.cat(runs)[:groups]
+
+
 # Grouped offset draws (lab 02) that lab02.check_grouped_offsets must FAIL: name -> (answer, what the FAIL says)
 GROUPED_OFFSETS = {
     "independent with replacement": (
@@ -42,6 +50,10 @@ GROUPED_OFFSETS = {
     "random cyclic shift": (
         lambda dp, groups, generator: (torch.randint(dp, (1,), generator=generator) + torch.arange(groups)) % dp,
         "not a uniformly random pair of distinct offsets",
+    ),
+    "later runs shift the first (not fresh)": (
+        lambda dp, groups, generator: _shifted_runs(dp, groups, generator),
+        "groups 0..5 are not two fresh, independent permutations",
     ),
     "global RNG, not the generator": (
         lambda dp, groups, generator: torch.cat([torch.randperm(dp) for _ in range(_runs(dp, groups))])[:groups],
@@ -74,6 +86,14 @@ def _linear(m):
 
 def _sizes(a, d):
     return a.out_features == d.in_features
+
+
+def _gemm_linear(m):  # what convert takes as a Linear: nn.Linear's forward, subclasses included
+    return isinstance(m, torch.nn.Linear) and type(m).forward is torch.nn.Linear.forward
+
+
+def _dropout(m):
+    return type(m) is torch.nn.Dropout
 
 
 # lab 08's find_chains answers that lab08.check_find_chains must FAIL: name -> (answer, what the FAIL says)
@@ -139,5 +159,37 @@ FIND_CHAINS = {
             if i + 4 < len(seq)
         ],
         "it misses the chain that starts at 0",
+    ),
+    "exactly nn.Linear (a subclass that keeps its forward missed)": (
+        lambda seq: chains_where(
+            seq,
+            lambda a, b, c, d: (
+                _linear(a) and is_elementwise(b) and _dropout(c) and c.p < 1 and _linear(d) and _sizes(a, d)
+            ),
+        ),
+        "it misses the chain that starts at 0. The case (a subclass of nn.Linear that keeps its forward counts",
+    ),
+    "any subclass of nn.Linear (its own forward too)": (
+        lambda seq: chains_where(
+            seq,
+            lambda a, b, c, d: (
+                isinstance(a, torch.nn.Linear)
+                and is_elementwise(b)
+                and _dropout(c)
+                and c.p < 1
+                and isinstance(d, torch.nn.Linear)
+                and _sizes(a, d)
+            ),
+        ),
+        "seq[3] is ClampedLinear(16->8), an nn.Linear with a forward of its own",
+    ),
+    "p = 1 too": (
+        lambda seq: chains_where(
+            seq,
+            lambda a, b, c, d: (
+                _gemm_linear(a) and is_elementwise(b) and _dropout(c) and _gemm_linear(d) and _sizes(a, d)
+            ),
+        ),
+        "seq[2] is Dropout(1): p = 1 drops every unit",
     ),
 }

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import ctypes
+import dis
 import inspect
 import numbers
 import random
@@ -89,8 +90,10 @@ def describe(value: Any) -> str:
         return f"a tensor of shape {tuple(value.shape)} ({value.dtype}{layout})"
     if isinstance(value, bool):
         return f"a bool ({value})"
-    if isinstance(value, numbers.Number):
+    if isinstance(value, (int, float, complex, np.number)):
         return f"the number {value!r}"
+    if isinstance(value, numbers.Number):  # a Fraction, a Decimal: say which kind of number
+        return f"{_a(type(value).__name__)} ({value!r})"
     if type(value).__module__ == "torch.return_types":  # torch.sort, torch.max(dim=...), ...: a named tuple
         fields = " or ".join(f".{field}" for field in getattr(type(value), "__match_args__", ()))
         return f"a torch.return_types.{type(value).__name__} (a named tuple: take its {fields or 'fields'})"
@@ -114,6 +117,8 @@ def _expected(want: Any, any_float: bool = False) -> str:
         return "a bool"
     if isinstance(want, numbers.Integral):
         return "a whole number (an int)"
+    if isinstance(want, numbers.Real):
+        return "a float"
     return "a number" if isinstance(want, numbers.Number) else describe(want)
 
 
@@ -368,14 +373,27 @@ def _compare(
     want_t, got_t = _as_tensor(want), _as_tensor(got)
     if want_t is None:
         raise TypeError(f"the reference returned {describe(want)}, which the checker cannot compare")
+    wrong_kind = f"it returned {describe(got)}, expected {_expected(want, any_float)}"
+    if got_t is None and isinstance(got, numbers.Number) and isinstance(want, numbers.Real):
+        return None, f"{wrong_kind}: convert it with {'int' if isinstance(want, numbers.Integral) else 'float'}()"
     if got_t is None or (got_t.is_complex() and not want_t.is_complex()):
-        return None, f"it returned {describe(got)}, expected {_expected(want, any_float)}"
+        return None, wrong_kind
     if got_t.shape != want_t.shape:
         if isinstance(got, torch.Tensor) and isinstance(want, torch.Tensor):
             return None, f"it returned shape {tuple(got_t.shape)}, expected {tuple(want_t.shape)}"
-        return None, f"it returned {describe(got)}, expected {_expected(want, any_float)}"
+        return None, wrong_kind
     if not got_t.numel():
         return 0.0, ""
+    try:
+        return _compare_values(got_t, want_t, element_name)
+    except (RuntimeError, TypeError):  # a dtype torch cannot compare or promote (uint32 with bool, quantized)
+        return None, wrong_kind
+
+
+def _compare_values(
+    got_t: torch.Tensor, want_t: torch.Tensor, element_name: Callable | None
+) -> tuple[float | None, str]:
+    """_compare for two dense CPU tensors of one shape, with at least one element."""
     g, w = got_t.reshape(-1), want_t.reshape(-1)  # [N], [N]
     if got_t.dtype == torch.bool or want_t.dtype == torch.bool:
         wrong = g != w  # [N]
@@ -456,16 +474,38 @@ _PACKAGE = Path(__file__).resolve().parents[1]  # approxdrop: the checkers and t
 _LIBRARIES = tuple(Path(sysconfig.get_paths()[key]).resolve() for key in ("stdlib", "platstdlib", "purelib", "platlib"))
 
 
+def _learners(filename: str) -> bool:
+    """Whether code of file ``filename`` is the learner's: outside the approxdrop package and the installed
+    libraries (torch, the standard library)."""
+    path = Path(filename).resolve()
+    return not path.is_relative_to(_PACKAGE) and not any(path.is_relative_to(lib) for lib in _LIBRARIES)
+
+
 def _raised_at(exc: BaseException) -> str:
     """Where the learner's code raised ``exc``: ", at line 7 of cell.py: assert x > 0", from the last frame
     of its traceback outside the approxdrop package and the installed libraries (torch, the standard
     library); "" when there is none."""
     for frame in reversed(traceback.extract_tb(exc.__traceback__)):
-        path = Path(frame.filename).resolve()
-        if not path.is_relative_to(_PACKAGE) and not any(path.is_relative_to(lib) for lib in _LIBRARIES):
+        if _learners(frame.filename):
             source = f": {frame.line.strip()}" if frame.line and frame.line.strip() else ""
             return f", at line {frame.lineno} of {frame.filename}{source}"
     return ""
+
+
+def _raised_by_a_stub(exc: BaseException) -> bool:
+    """Whether a ``raise`` statement of the learner's own code raised ``exc``, as the TODO cell's ``raise
+    NotImplementedError`` does: the innermost frame of its traceback is the learner's and stopped at a raise.
+    False for an error a library raised inside a real attempt (torch's "... not implemented for 'Bool'",
+    raised in C while the learner's frame was at a call or an operator such as ``@``)."""
+    tb = exc.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    code = tb.tb_frame.f_code
+    if not _learners(code.co_filename):
+        return False
+    return any(op.offset == tb.tb_lasti and op.opname == "RAISE_VARARGS" for op in dis.get_instructions(code))
 
 
 def _raised(exc: BaseException) -> str:
@@ -497,7 +537,10 @@ def _run_cases(
         try:
             got = _call_with_deadline(candidate, mine, timeout_s)
         except NotImplementedError as exc:
-            if number > 1:  # the earlier cases passed: the answer is begun, and this case is not done
+            # not attempted: the TODO stub's own raise on the first case. On a later case the earlier ones
+            # passed (the answer is begun, and this case is not done); one that torch raised inside the
+            # learner's code (an op not implemented for bool) is a real attempt's error: both FAIL
+            if number > 1 or not _raised_by_a_stub(exc):
                 return CheckResult(name, "fail", None, f"on {where} {_raised(exc)}")
             return CheckResult(name, "not attempted", None, "replace the NotImplementedError with your code")
         except _Timeout as exc:
@@ -552,15 +595,18 @@ def check(
 ) -> CheckResult:
     """Run ``candidate(*case)`` against ``reference(*case)`` on every case; print and return one line.
 
-    A candidate that raises NotImplementedError on the first case (the TODO cell as given) is "not
-    attempted", never an error, so a lab still runs top to bottom; a NotImplementedError on a later case,
-    any other exception, a wrong type, shape or value, a NaN or inf the reference does not have, an input
-    changed in place, or a call running past ``timeout_s`` seconds (None: ``DEFAULT_TIMEOUT_S``) is a
-    "fail". The values are compared first (within ``atol``, in float64; within ``atol_float32``, when
-    given, where the reference is a float32 tensor), then the kind: the reference's tensor dtype (any
-    float dtype for a floating reference with ``any_float``, where the spec asks for "a float tensor"),
-    or an int or a number. ``element_name(flat, *case)`` names element ``flat`` of the answer in a FAIL
-    line (default "element [i, j]"); the PASS line gives the number of cases, then ``pass_note``.
+    A candidate whose own code raises NotImplementedError on the first case (a ``raise`` statement of the
+    learner's code, as in the TODO cell as given) is "not attempted", never an error, so a lab still runs
+    top to bottom; a NotImplementedError on a later case or from a library the answer called (torch's
+    "... not implemented for 'Bool'"), any other exception, a wrong type, shape or value, a NaN or inf the
+    reference does not have, an input changed in place, or a call running past ``timeout_s`` seconds
+    (None: ``DEFAULT_TIMEOUT_S``) is a "fail". The values are compared first (within ``atol``, in float64;
+    within ``atol_float32``, when given, where the reference is a float32 tensor), then the kind: the
+    reference's tensor dtype (any float dtype for a floating reference with ``any_float``, where the spec
+    asks for "a float tensor"), or an int or a float. An answer whose dtype torch cannot compare with the
+    reference's (uint32 with bool, a quantized tensor) fails, saying what was expected.
+    ``element_name(flat, *case)`` names element ``flat`` of the answer in a FAIL line (default "element
+    [i, j]"); the PASS line gives the number of cases, then ``pass_note``.
     """
     timeout_s = check_positive("timeout_s", DEFAULT_TIMEOUT_S if timeout_s is None else timeout_s)
     with random_streams_kept():

@@ -13,13 +13,13 @@ import argparse
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from tqdm.auto import tqdm
 
 from .._env import check_int, check_rate, describe_machine, sync
-from ..models import METHODS, ApproxDropoutMLP, mlp_gemm_work
+from ..models import METHODS, ApproxDropoutMLP, Method, get_method, mlp_gemm_work
 from ..training import sgd, training_step
 from .options import Distinct, non_negative_int, positive_int, progress_bar, rate, write_record
 
@@ -81,11 +81,27 @@ def check_protocol(
     return dev
 
 
+def _configuration(method: Method) -> tuple:
+    """What a method times, as the methods table says it: what it drops, from which family, in how many batch
+    groups, in which modules (its name, label and colour aside)."""
+    return method.drops, method.family, method.groups, method.torch_modules
+
+
 def with_groups(methods: Sequence[str], groups: Sequence[int]) -> dict[str, tuple[str, int | None]]:
     """What a benchmark times: ``{label: (method, groups)}``, every method with its own groups, then
-    ``row`` with each G of ``groups`` (label ``"row G=4"``)."""
+    ``row`` with each G of ``groups`` (label ``"row G=4"``). ValueError for a G that makes a method of
+    ``methods`` (the same family and groups in the methods table: G = 1 is ``row``, G = 4 ``row-g4``),
+    which would time one configuration twice under two labels."""
     variants: dict[str, tuple[str, int | None]] = {m: (m, None) for m in methods}
-    variants.update({f"row G={g}": ("row", g) for g in (check_int("groups", g, 1) for g in groups)})
+    timed = {_configuration(get_method(m)): m for m in methods}
+    for g in (check_int("groups", g, 1) for g in groups):
+        same = timed.get(_configuration(replace(get_method("row"), groups=g)))
+        if same is not None:
+            raise ValueError(
+                f"groups {g}: row with {g} batch group(s) is the method {same} (the same family and groups), "
+                f"which is timed already; give one of them"
+            )
+        variants[f"row G={g}"] = ("row", g)
     return variants
 
 
@@ -205,6 +221,7 @@ def run(args: argparse.Namespace) -> int:
         args.parser.error("--methods must include bernoulli (the baseline of the ratios)")
     if len(args.sizes) < 2:
         args.parser.error(f"--sizes {' '.join(map(str, args.sizes))}: give at least an input and an output width")
+    with_groups(args.methods, args.groups)  # a --groups that repeats a method: refused before any run
     torch.backends.cuda.matmul.allow_tf32 = args.tf32
     rows = measure(
         sizes=tuple(args.sizes),

@@ -15,8 +15,11 @@ on a quiet machine). The ``row`` and ``row-g4`` models draw from one law per sit
 class (``single_class_law``: the smallest period that keeps exactly ``1 - p``; a p with no such period up to 16
 is refused), so after its first step a static compiled model replays one graph whatever the offsets; a
 searched law of a small width has up to about ten classes per site, and one graph per combination.
-``graphs`` counts the graphs Dynamo made for a step; ``bound`` is the product over the static model's
-sites of its laws' classes. Run ``approxdrop bench-graphs --help``.
+``graphs`` counts the graphs Dynamo compiled for a step: each compiled step compiles through a backend object
+of its own, so Dynamo keeps its graphs apart from the other steps' (a step never reuses a graph another step
+compiled, as the models of one class would at p = 0, when their graphs are the same), and the count is that
+backend's compiles; ``bound`` is the product over the static model's sites of its laws' classes. Run
+``approxdrop bench-graphs --help``.
 """
 
 from __future__ import annotations
@@ -28,9 +31,8 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 import torch
-from torch._dynamo.utils import counters
 
-from .._env import check_rate
+from .._env import check_rate, describe_machine
 from ..distribution import RATE_TOL, PatternDistribution
 from ..models.mlp import ApproxDropoutMLP
 from ..models.sites import static_graph_bound
@@ -78,16 +80,45 @@ def single_class_law(p: float, max_period: int = 16) -> PatternDistribution:
     return PatternDistribution(((kept.denominator, kept.numerator),), (1.0,))
 
 
-class _Counted:
-    """A step that adds the graphs Dynamo compiles during its calls to ``graphs``."""
+class CountingBackend:
+    """A torch.compile backend that compiles as the backend named ``name`` would (built as torch.compile
+    builds it, with the mode torch.compile passes on) and counts its compiles in ``graphs``. One per compiled
+    step: Dynamo keeps the graphs of backends that differ apart, so each step compiles, and counts, its own
+    graphs; a graph another step made earlier in the process (Dynamo's cache is per code object, the same for
+    every model of a class) is never reused or left uncounted."""
 
-    def __init__(self, step: Callable[[], object]) -> None:
-        self.step, self.graphs = step, 0
+    def __init__(self, name: str) -> None:
+        self.name = self.__name__ = name
+        self.graphs = 0
+        self._compilers: dict[str | None, Callable] = {}
+
+    def __call__(self, graph: torch.fx.GraphModule, inputs: list, mode: str | None = None) -> Callable:
+        self.graphs += 1
+        if mode not in self._compilers:
+            self._compilers[mode] = (
+                torch._TorchCompileInductorWrapper(mode, None, None)
+                if self.name == "inductor"
+                else torch._TorchCompileWrapper(self.name, mode, None, None)
+            )
+        return self._compilers[mode](graph, inputs)
+
+    def reset(self) -> None:
+        for compiler in self._compilers.values():
+            compiler.reset()
+
+
+class _Counted:
+    """A compiled step; ``graphs``: the graphs its own backend compiled during its calls."""
+
+    def __init__(self, step: Callable[[], object], backend: CountingBackend) -> None:
+        self.step, self.backend = step, backend
+
+    @property
+    def graphs(self) -> int:
+        return self.backend.graphs
 
     def __call__(self) -> None:
-        before = counters["stats"]["unique_graphs"]
         self.step()
-        self.graphs += counters["stats"]["unique_graphs"] - before
 
 
 def steps_for(
@@ -110,8 +141,9 @@ def steps_for(
         if not compiled:
             steps[label] = lambda model=model, opt=opt: training_step(model, opt, x, y)
             continue
-        step = compiled_step(model, opt, torch.nn.functional.cross_entropy, backend=backend)
-        steps[label] = _Counted(lambda step=step: step(x, y))
+        counting = CountingBackend(backend)
+        step = compiled_step(model, opt, torch.nn.functional.cross_entropy, backend=counting)
+        steps[label] = _Counted(lambda step=step: step(x, y), counting)
         if "static" in label:
             bound = static_graph_bound(model)
     return steps, bound
@@ -169,7 +201,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     rows = measure(args)
-    print(f"eager against compiled steps at p = {args.p}, {torch.get_num_threads()} torch thread(s)")
+    print(f"eager against compiled steps at p = {args.p}; {describe_machine(args.device)}")
     print(format_table(rows))
     write_record(args, rows)
     return 0

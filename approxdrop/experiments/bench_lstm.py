@@ -214,13 +214,29 @@ def perplexity_runs(
     return runs
 
 
+def evaluated_tokens(corpus: Corpus, size: str, eval_tokens: int | None) -> int:
+    """How many validation tokens the perplexity runs read: the first ``eval_tokens`` (all when None or more
+    than the split has), in whole columns of the batch (``batchify`` drops the rest)."""
+    batch = SIZES[size].batch
+    available = len(corpus.valid) if eval_tokens is None else min(eval_tokens, len(corpus.valid))
+    return available // batch * batch
+
+
 def perplexity_header(corpus: Corpus, size: str, steps: int, eval_tokens: int | None, seeds: Sequence[int]) -> str:
-    """One line saying what the perplexity runs trained on."""
+    """One line saying what the perplexity runs trained on, and on how many validation tokens they were
+    evaluated (those read, not those asked for: ``evaluated_tokens``)."""
     shape = SIZES[size]
+    used, split = evaluated_tokens(corpus, size, eval_tokens), len(corpus.valid)
+    if used == split:
+        tokens = f"all {used} validation tokens"
+    elif eval_tokens is not None and eval_tokens < split:
+        tokens = f"the first {used} validation tokens (of {split})"
+    else:  # all of them but the last few, which make no whole column
+        tokens = f"the first {used} validation tokens (of {split}: all, in whole columns of {shape.batch})"
     return (
         f"Corpus: {corpus.info.name} ({corpus.info.source}), vocabulary {len(corpus.vocab)}; {size} size, "
         f"{steps} steps of {shape.bptt} x {shape.batch} tokens, SGD lr 20, clip 0.25, "
-        f"{'all' if eval_tokens is None else f'the first {eval_tokens}'} validation tokens, seeds {list(seeds)}."
+        f"{tokens}, seeds {list(seeds)}."
     )
 
 
@@ -305,7 +321,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--eval-tokens",
         type=int_at_least(2 * batch, f"2 time steps per column at the evaluation batch {batch}"),
-        help="validation tokens for the perplexity (default: all)",
+        help="the first this many validation tokens for the perplexity, in whole columns of the batch (default, "
+        "or more than the split has: all of them); the recorded header gives the number read",
     )
     parser.add_argument(
         "--eval-every", type=positive_int, help="validation perplexity every this many steps (default: only at the end)"
@@ -342,6 +359,8 @@ def run(args: argparse.Namespace) -> int:
     if args.perplexity_out is not None:
         check_output_dir(args.parser, "--perplexity-out", args.perplexity_out)
         check_json_apart(args.parser, args.json, "--perplexity-out", args.perplexity_out, PERPLEXITY_FILES)
+    if args.sizes:
+        with_groups(args.methods, args.groups)  # a --groups that repeats a method: refused before any output
     print(f"LSTM language model; {describe_machine(args.device)}")
     rows = []
     for size in args.sizes:

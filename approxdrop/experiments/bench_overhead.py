@@ -8,6 +8,9 @@ Timings side by side in one process, methods interleaved (``bench.time_side_by_s
 - **aten ops per step** at the paper size (MLP 784-2048-2048-10, batch 128): every op one training step
   dispatches (forward, backward, optimizer), counted with a TorchDispatchMode, and how many of them
   compute, leaving out views such as ``t``, ``slice`` or ``detach`` (on a GPU, the ops that launch kernels);
+  the median and range over a few steps (a step's count depends on its draw), for each executor of the row
+  methods (``compact``, what the CPU rule runs at this size; ``masked``, what a measured choice runs where
+  the host cost decides);
 - **crossover**: for each batch size, the smallest width ``w`` of an MLP [w, w, w, 10] from which a
   method's step beats nn.Dropout's (ratio < 1) at every wider width tried too, on this machine (with the
   default executor: the CPU rule on a CPU, measured on CUDA);
@@ -34,9 +37,10 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from tqdm.auto import tqdm
 
 from .._env import check_int, check_rate, describe_machine
-from ..models import METHODS, ApproxDropoutFFN, ApproxDropoutLSTM
+from ..models import METHODS, ApproxDropoutFFN, ApproxDropoutLSTM, get_method
 from ..models.executor_choice import measured_choice
 from ..models.lstm import LSTM_METHODS
+from ..models.methods import ROW
 from ..models.mlp import ApproxDropoutMLP
 from ..models.sites import grouped_executor
 from ..training import sgd
@@ -66,11 +70,15 @@ class OverheadRow:
 
 @dataclass
 class OpCountRow:
-    """aten ops dispatched by one paper-size training step of ``method``: all of them, those that compute
-    (``_OpCounter``), and the most frequent ones."""
+    """aten ops dispatched by a paper-size training step of ``method`` run by ``executor`` (``auto`` for methods
+    without one), over ``steps`` steps: the median of all of them (``ops``) and their range, the median of
+    those that compute (``_OpCounter``), and the most frequent ones of the first step counted."""
 
     method: str
+    executor: str
+    steps: int
     ops: int
+    ops_range: tuple[int, int]
     compute_ops: int
     top: str
 
@@ -101,16 +109,24 @@ def _spread(times: list[float]) -> float:
 
 
 def mlp_steps(
-    sizes: Sequence[int], batch: int, p: float, methods: Sequence[str], device: torch.device, seed: int = 0
+    sizes: Sequence[int],
+    batch: int,
+    p: float,
+    methods: Sequence[str],
+    device: torch.device,
+    seed: int = 0,
+    executor: str = "auto",
 ) -> dict[str, Callable[[], object]]:
-    """A zero-argument training step per MLP method on one fixed batch, same initial weights."""
+    """A zero-argument training step per MLP method on one fixed batch, same initial weights (``executor``: how
+    the row methods run, ``sites.GROUPED_EXECUTORS``)."""
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, sizes[0], generator=gen).to(device)
     y = torch.randint(sizes[-1], (batch,), generator=gen).to(device)
     steps = {}
     for method in methods:
         torch.manual_seed(seed)
-        steps[method] = mlp_step(ApproxDropoutMLP(sizes, p, method=method).to(device).train(), x, y)
+        model = ApproxDropoutMLP(sizes, p, method=method, executor=executor)
+        steps[method] = mlp_step(model.to(device).train(), x, y)
     return steps
 
 
@@ -205,17 +221,39 @@ class _OpCounter(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
+OP_COUNT_STEPS = 8  # steps counted per method and executor: a step's count depends on its draw
+
+
 def op_counts(
     p: float, methods: Sequence[str], device: torch.device, sizes: Sequence[int] = PAPER_SIZES
 ) -> list[OpCountRow]:
-    """aten ops of one paper-size training step per method (after one warm-up step)."""
+    """aten ops of ``OP_COUNT_STEPS`` paper-size training steps per method and executor (after one warm-up
+    step); row methods once per executor (compact, masked), the others as they run."""
     rows = []
-    for method, step in mlp_steps(sizes, 128, p, methods, device).items():
-        step()  # warm-up: momentum buffers exist, the laws are searched
-        with _OpCounter() as counter:
-            step()
-        top = ", ".join(f"{name.removeprefix('aten.')} {n}" for name, n in counter.ops.most_common(4))
-        rows.append(OpCountRow(method, sum(counter.ops.values()), counter.compute, top))
+    for method in methods:
+        executors = ("compact", "masked") if get_method(method).drops == ROW else ("auto",)
+        for executor in executors:
+            step = mlp_steps(sizes, 128, p, [method], device, executor=executor)[method]
+            step()  # warm-up: momentum buffers exist, the laws are searched
+            counters = []
+            for _ in range(OP_COUNT_STEPS):
+                with _OpCounter() as counter:
+                    step()
+                counters.append(counter)
+            totals = [sum(c.ops.values()) for c in counters]
+            top = ", ".join(f"{name.removeprefix('aten.')} {n}" for name, n in counters[0].ops.most_common(4))
+            compute = round(statistics.median(c.compute for c in counters))
+            rows.append(
+                OpCountRow(
+                    method,
+                    executor,
+                    OP_COUNT_STEPS,
+                    round(statistics.median(totals)),
+                    (min(totals), max(totals)),
+                    compute,
+                    top,
+                )
+            )
     return rows
 
 
@@ -311,10 +349,14 @@ def format_tables(
     if counts:
         lines += [
             "",
-            "| method | aten ops / step (paper size) | of which compute | most frequent |",
-            "|---|---:|---:|---|",
+            f"| method | executor | aten ops / step (paper size; median, range over {counts[0].steps} steps) "
+            "| of which compute (median) | most frequent |",
+            "|---|---|---:|---:|---|",
         ]
-        lines += [f"| {r.method} | {r.ops} | {r.compute_ops} | {r.top} |" for r in counts]
+        lines += [
+            f"| {r.method} | {r.executor} | {r.ops} ({r.ops_range[0]}-{r.ops_range[1]}) | {r.compute_ops} | {r.top} |"
+            for r in counts
+        ]
     if cross:
         widths = sorted(next(iter(cross)).ratios)
         lines += ["", "| " + " | ".join(["method", "batch", "wins from width", *(f"w={w}" for w in widths)]) + " |"]

@@ -61,10 +61,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+INTERRUPTED = 130  # the exit status of a command stopped by Ctrl-C (128 + SIGINT), as a shell gives it
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run ``approxdrop ARGS``; returns the exit status (2 for usage errors, as argparse does)."""
-    parser = build_parser()
     try:
+        parser = build_parser()
         args = parser.parse_args(argv)
         if args.command is None:
             parser.print_help()
@@ -73,13 +76,23 @@ def main(argv: list[str] | None = None) -> int:
         return run(args)
     except SystemExit as stop:  # --help, or a usage error argparse has already explained
         return stop.code if isinstance(stop.code, int) else 1
+    except KeyboardInterrupt:  # Ctrl-C before the subcommand ran (run says it for the subcommand)
+        print("\napproxdrop: interrupted", file=sys.stderr)
+        return INTERRUPTED
 
 
 def run(args: argparse.Namespace) -> int:
     """The subcommand, with the library's refusal of a setting (ValueError: a rate no pattern family reaches,
-    a law that does not fit) as a usage error, and data it cannot get or memory it cannot have as one line."""
+    a law that does not fit) as a usage error, and data it cannot get or memory it cannot have as one line.
+    Ctrl-C is one line too, exit status 130: the module's ``interrupted(args)`` where it has one (a command
+    that can resume says what it keeps and how), else "interrupted"."""
     try:
         return args.run(args)
+    except KeyboardInterrupt:
+        module = next(m for m in SUBCOMMANDS if m.COMMAND == args.command)
+        said = module.interrupted(args) if hasattr(module, "interrupted") else "interrupted"
+        print(f"\napproxdrop {args.command}: {said}", file=sys.stderr)  # on a line of its own, after a progress bar
+        return INTERRUPTED
     except ValueError as err:
         args.parser.error(str(err))
     except DataUnavailable as err:

@@ -222,14 +222,15 @@ def apply_common(args: argparse.Namespace, parser: argparse.ArgumentParser) -> N
         torch.set_num_threads(args.threads)
 
 
-def write_record(args: argparse.Namespace, rows: list[Any]) -> None:
+def write_record(args: argparse.Namespace, rows: list[Any], machine: str | None = None) -> None:
     """Write ``{"machine", "args", "rows"}`` to ``args.json`` (when given), atomically; a number that is
-    not finite (a diverged run's loss) is written as null, so the file is strict JSON."""
+    not finite (a diverged run's loss) is written as null, so the file is strict JSON. ``machine``: where
+    the rows were measured when that is not this machine now (default: ``describe_machine(args.device)``)."""
     if args.json is None:
         return
     options = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k not in ("run", "parser")}
     payload = {
-        "machine": describe_machine(args.device),
+        "machine": describe_machine(args.device) if machine is None else machine,
         "args": options,
         "rows": [asdict(r) if is_dataclass(r) else r for r in rows],
     }

@@ -17,7 +17,11 @@ each). The summary (``results.json``, ``results.md``) and the figures (``accurac
 at the end, for the variants, ps and seeds of the study as run. A run file records only what its run
 depends on (``run_settings``: the data, model and training settings, the rate grid and the pilot's
 seed), so a study with more or fewer variants, ps or seeds reuses the runs it shares with the files
-there; runs made with other settings are an error, not silently mixed.
+there; runs made with other settings are an error, not silently mixed. A run file also records where and
+when its run was trained (the machine line of the process that trained it, the time it finished, the runs
+trained in parallel), and the summary names those, not the machine that writes it: a resumed study that
+reuses every run says where they were trained (runs from files written before this was recorded: "not
+recorded"). Ctrl-C keeps every finished run; the same command resumes.
 
 Variants: methods of the table (``models.methods``); by default ``bernoulli`` (nn.Dropout), ``row``
 (searched paper family, one pattern per batch), ``row-g4`` / ``row-g16`` (4 / 16 batch groups with
@@ -27,13 +31,16 @@ complementary offsets, docs/method.md §9), ``shared`` (batch-shared random unit
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import multiprocessing
+import signal
 import statistics
 import sys
+import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from math import inf
@@ -201,6 +208,10 @@ class RunResult:
     epoch_seconds: list[float] = field(default_factory=list)
     test_accuracy: float | None = None
     diverged: bool = False
+    # where and when it was trained (set as its file is written; None in files written before they were recorded)
+    machine: str | None = None  # the machine line of the process that trained it
+    trained: str | None = None  # the date and time it finished
+    workers: int | None = None  # the runs that trained in parallel with it (its own included)
 
 
 def run_name(variant: str, p: float, seed: int) -> str:
@@ -319,40 +330,70 @@ def _start_worker(data: StudyData) -> None:
     _WORKER_DATA = data
 
 
-def _train_in_worker(config: StudyConfig, args: tuple) -> RunResult:
-    return train_run(config, _WORKER_DATA, *args)
+@contextlib.contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """Ctrl-C ignored meanwhile (in the main thread, where signals are handled), so that the worker processes
+    started meanwhile inherit that: a Ctrl-C reaching them (even while they import torch) prints no traceback
+    in each, and the main process ends them (``_train_all``)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_DFL if handler is None else handler)
+
+
+def _train_in_worker(config: StudyConfig, args: tuple) -> tuple[RunResult, str]:
+    """The run, and the machine line of the process that trained it."""
+    return train_run(config, _WORKER_DATA, *args), describe_machine(_WORKER_DATA.train_x.device)
 
 
 def _train_all(
     config: StudyConfig, data: StudyData, jobs: dict[Path, tuple], workers: int, bar: tqdm
 ) -> dict[Path, RunResult]:
     """Train ``jobs`` (file -> train_run arguments after the data), ``workers`` at a time, writing each file.
-    A failed run stops the others from starting; every run that finishes is written, then its error raised."""
+    A failed run stops the others from starting; every run that finishes is written, then its error raised.
+    Each result records the machine line of the process that trained it, when it finished and ``workers``."""
     done = {}
+    if not jobs:  # nothing to train (a resumed study): no worker processes either
+        return done
 
-    def finish(path: Path, result: RunResult) -> None:
+    def finish(path: Path, result: RunResult, machine: str) -> None:
+        result.machine, result.workers = machine, workers
+        result.trained = datetime.datetime.now().isoformat(timespec="seconds")
         write_json_atomic(path, {"config": run_settings(config), "result": asdict(result)}, 1)
         done[path] = result
 
     if workers == 1:
         for path, args in jobs.items():
             bar.set_postfix_str(path.stem, refresh=False)  # a log gets one line per LOG_INTERVAL_S, not one per run
-            finish(path, train_run(config, data, *args, on_epoch=bar.update))
+            result = train_run(config, data, *args, on_epoch=bar.update)
+            finish(path, result, describe_machine(data.train_x.device))
         return done
     context = multiprocessing.get_context("spawn")  # no fork of a process holding torch threads
     error = None
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker, initargs=(data,)) as pool:
-        futures = {pool.submit(_train_in_worker, config, args): path for path, args in jobs.items()}
-        for future in as_completed(futures):
-            if future.cancelled():
-                continue
-            if future.exception() is not None:  # no new run starts; the ones running are still written
-                error = error or future.exception()
-                for pending in futures:
-                    pending.cancel()
-                continue
-            finish(futures[future], future.result())
-            bar.update(jobs[futures[future]][4])  # its epochs
+        with _sigint_ignored():  # the workers start (at submit) ignoring Ctrl-C: this process ends them
+            futures = {pool.submit(_train_in_worker, config, args): path for path, args in jobs.items()}
+        try:
+            for future in as_completed(futures):
+                if future.cancelled():
+                    continue
+                if future.exception() is not None:  # no new run starts; the ones running are still written
+                    error = error or future.exception()
+                    for pending in futures:
+                        pending.cancel()
+                    continue
+                finish(futures[future], *future.result())
+                bar.update(jobs[futures[future]][4])  # its epochs
+        except KeyboardInterrupt:  # Ctrl-C: no new run starts, the running ones end now (finished ones are written)
+            processes = list((pool._processes or {}).values())
+            pool.shutdown(wait=False, cancel_futures=True)
+            for process in processes:
+                process.terminate()
+            raise
     if error is not None:
         raise error
     return done
@@ -396,7 +437,7 @@ def run_study(
     runs.update(_train_all(config, split, todo, workers, bar))
     bar.close()
     results = [runs[path] for path in run_keys]
-    write_summary(config, [pilots[path] for path in pilot_keys], results, out, workers, dev)
+    write_summary(config, [pilots[path] for path in pilot_keys], results, out)
     return results
 
 
@@ -483,25 +524,70 @@ def format_table(rows: list[SummaryRow], pilots: list[RunResult] = ()) -> str:
 SUMMARY_FILES = ("results.json", "results.md", "accuracy.html")  # what write_summary writes in the study folder
 
 
-def write_summary(config: StudyConfig, pilots: list[RunResult], results: list[RunResult], out: Path,
-                  workers: int, device: str | torch.device) -> None:  # fmt: skip
-    """results.json, results.md and accuracy.html under ``out``; the machine line names ``device``, where
-    the runs trained."""
+@dataclass(frozen=True)
+class TrainedOn:
+    """Runs (pilots and full runs) trained on one machine line with one number of parallel runs, and the
+    first and last time one of them finished; ``machine`` None: runs whose files do not record it."""
+
+    machine: str | None
+    workers: int | None
+    runs: int
+    first: str | None
+    last: str | None
+
+    def describe(self, total: int) -> str:
+        """One line of a summary: where and when these of the ``total`` runs were trained."""
+        share = "every run" if self.runs == total else f"{self.runs} of the {total} runs"
+        if self.machine is None:
+            return f"not recorded ({share}: files written before run files recorded their machine)"
+        when = self.first if self.first == self.last else f"{self.first} to {self.last}"
+        parallel = "" if self.workers is None else f"; {self.workers} run(s) in parallel"
+        return f"{self.machine}{parallel} ({share}, trained {when})"
+
+
+def trained_on(runs: Iterable[RunResult]) -> list[TrainedOn]:
+    """Where and when ``runs`` were trained, as their files record it: one entry per distinct (machine line,
+    parallel runs), in the order they first finished; runs that record no machine last, as one entry."""
+    cells: dict[tuple, list[RunResult]] = {}
+    for r in runs:
+        cells.setdefault((r.machine, r.workers) if r.machine is not None else (None, None), []).append(r)
+    entries = []
+    for (machine, workers), cell in cells.items():
+        dates = sorted(r.trained for r in cell if r.trained is not None)
+        entries.append(
+            TrainedOn(machine, workers, len(cell), dates[0] if dates else None, dates[-1] if dates else None)
+        )
+    return sorted(entries, key=lambda e: (e.machine is None, e.first or ""))
+
+
+def describe_trained_on(runs: list[RunResult]) -> str:
+    """Where and when ``runs`` were trained, on one line: ``TrainedOn.describe`` of each, joined by " | "."""
+    return " | ".join(entry.describe(len(runs)) for entry in trained_on(runs))
+
+
+def write_summary(config: StudyConfig, pilots: list[RunResult], results: list[RunResult], out: Path) -> None:
+    """results.json, results.md and accuracy.html under ``out``. The machine lines, parallel runs and dates
+    are those the run files record (where and when each run was trained, not where the summary is written);
+    runs from files that do not record them are counted as not recorded."""
     rows = summarise(results)
-    machine = describe_machine(device)
+    entries = trained_on([*pilots, *results])
+    total = len(pilots) + len(results)
+    machines = "".join(f"- Machine: {entry.describe(total)}\n" for entry in entries)
     header = (
         f"# Accuracy-parity study\n\n- Data: {results[0].dataset} ({config.val_size} training images held out for "
         f"validation); MLP hidden {list(config.hidden)}, batch {config.batch}, SGD momentum 0.9 at a rate chosen "
         f"per (variant, p) from {list(config.lrs)} by a {config.pilot_epochs}-epoch pilot on the validation split, "
         f"gradient-norm clip {config.clip}, {config.epochs} epochs, seeds {list(config.seeds)}; test set evaluated "
         f"once, after the last epoch\n"
-        f"- Machine: {machine}; {workers} run(s) in parallel\n"
-        f"- Written: {datetime.datetime.now().isoformat(timespec='seconds')}\n\n"
+        f"{machines}"
+        f"- Summary written: {datetime.datetime.now().isoformat(timespec='seconds')}\n\n"
     )
     write_atomic(out / "results.md", lambda f: f.write(header + format_table(rows, pilots) + "\n"))
+    single = entries[0] if len(entries) == 1 else TrainedOn(None, None, total, None, None)  # one machine, or none
     write_json_atomic(
         out / "results.json",
-        {"config": asdict(config), "machine": machine, "workers": workers, "summary": [asdict(r) for r in rows],
+        {"config": asdict(config), "machine": single.machine, "workers": single.workers,
+         "trained_on": [asdict(e) for e in entries], "summary": [asdict(r) for r in rows],
          "pilots": [asdict(r) for r in pilots], "runs": [asdict(r) for r in results]},
         indent=1,
     )  # fmt: skip
@@ -566,5 +652,11 @@ def run(args: argparse.Namespace) -> int:
               "the same command again to resume.", file=sys.stderr)  # fmt: skip
         return 1
     print((args.out / "results.md").read_text())
-    write_record(args, summarise(results))
+    write_record(args, summarise(results), machine=describe_trained_on(results))
     return 0
+
+
+def interrupted(args: argparse.Namespace) -> str:
+    """What ``approxdrop study`` says when Ctrl-C stops it (cli.run): what is kept and how to resume."""
+    return (f"interrupted. The finished runs in {args.out} are kept: run the same command again to resume "
+            "(unfinished runs train again).")  # fmt: skip

@@ -206,16 +206,22 @@ class ConvertedLayerAdapter(Adapter):
 
 
 class ConvertedEncoderLayer(nn.TransformerEncoderLayer):
-    """An nn.TransformerEncoderLayer whose feed-forward runs its ApproxDropoutFFN ``ard_ffn``."""
+    """An nn.TransformerEncoderLayer whose feed-forward runs its ApproxDropoutFFN ``ard_ffn`` (torch's own,
+    once the layer's ``dropout`` is replaced, e.g. by an nn.Identity)."""
 
     def _ff_block(self, x: torch.Tensor) -> torch.Tensor:
+        if self.dropout is not self.ard_ffn.dropout:
+            return super()._ff_block(x)
         return self.dropout2(_batch_leading(self.ard_ffn, x, self.self_attn.batch_first))
 
 
 class ConvertedDecoderLayer(nn.TransformerDecoderLayer):
-    """An nn.TransformerDecoderLayer whose feed-forward runs its ApproxDropoutFFN ``ard_ffn``."""
+    """An nn.TransformerDecoderLayer whose feed-forward runs its ApproxDropoutFFN ``ard_ffn`` (torch's own,
+    once the layer's ``dropout`` is replaced)."""
 
     def _ff_block(self, x: torch.Tensor) -> torch.Tensor:
+        if self.dropout is not self.ard_ffn.dropout:
+            return super()._ff_block(x)
         return self.dropout3(_batch_leading(self.ard_ffn, x, self.self_attn.batch_first))
 
 
@@ -223,7 +229,7 @@ def _batch_leading(ffn: ApproxDropoutFFN, x: torch.Tensor, batch_first: bool) ->
     """``ffn(x)`` for a torch layer's x ([B, T, d] batch first, else [T, B, d]; [T, d] unbatched) with the
     batch on the leading axis, the one ``ffn``'s groups split: each sample keeps one pattern at every
     position."""
-    if ffn.groups == 1 or not ffn.training:
+    if ffn.groups == 1 or not ffn.dropout_training:
         return ffn(x)
     if x.dim() == 2:  # one unbatched sequence [T, d]: one sample
         return ffn(x.unsqueeze(0)).squeeze(0)

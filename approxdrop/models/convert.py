@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+from torch.nn.modules.lazy import LazyModuleMixin
 
 from .._env import check_generator, check_rate
 from .adapters import (
@@ -22,6 +23,7 @@ from .adapters import (
     Build,
     Chain,
     FunctionalDropoutAdapter,
+    MovedDropout,
     Plan,
     adapter_for,
     class_name,
@@ -147,6 +149,7 @@ class _Walk:
         self.left: list[tuple[nn.Module, str, str]] = []  # (module, key relative to it, reason)
         self.functional: list[tuple[nn.Module, str]] = []
         self.refused: dict[int, set[str]] = {}  # id of a module whose replacement was refused -> its dropouts
+        self.swapped: dict[int, tuple[nn.Module, Plan, str]] = {}  # id of a module replaced -> (block, plan, adapter)
 
     def visit(self, module: nn.Module) -> None:
         if id(module) in self.seen:
@@ -161,7 +164,16 @@ class _Walk:
             covered = self._own(module, adapter)
         elif adapter is not None:  # its plan was refused in _replace, or it is the model itself
             covered = self.refused.pop(id(module), None) or self._root(module)
-        for key, child in module.named_children():
+        children: set[int] = set()
+        for key, child in module._modules.items():  # every key: named_children() gives a shared child once
+            if child is None:
+                continue
+            if id(child) in self.swapped:  # a module shared by several places: the same block at every place
+                self._again(module, key, child)
+                continue
+            if id(child) in children:
+                continue
+            children.add(id(child))
             child_adapter = adapter_for(child)
             if child_adapter is not None and child_adapter.replaces and id(child) not in self.seen:
                 if self._replace(module, key, child, child_adapter):
@@ -179,7 +191,7 @@ class _Walk:
         """Leave an approxdrop block that is in the model already (converted before, or built so) as it is, and
         say so, unless its layer's plan said it (the block holds that layer's dropout)."""
         dropout = getattr(block, "dropout", None)
-        if dropout is not None and any(m._modules.get(key) is dropout for m, key, _ in self.left):
+        if dropout is not None and any(_holds(m._modules.get(key), dropout) for m, key, _ in self.left):
             return
         why = (
             f"already approxdrop's {type(block).__name__} (p {block.p}, method {block.method!r}): left as it is, "
@@ -219,10 +231,19 @@ class _Walk:
             self.refused[id(child)] = {k for k, _ in plan.skipped}
             return False
         self.seen.add(id(child))
+        self.swapped[id(child)] = (new, plan, adapter.name)
         self.replacements.append((parent, key, new, plan))
         self.made += [(new, k, adapter.name) for k in plan.converted]
         self.left += [(new, k, why) for k, why in plan.skipped]
         return True
+
+    def _again(self, parent: nn.Module, key: str, child: nn.Module) -> None:
+        """``parent.key`` holds a module already swapped at another place (a module shared by layers): it
+        gets the same block, so the places still share one module (the same parameters), and the report
+        names the block at this place too."""
+        new, plan, adapter = self.swapped[id(child)]
+        self.replacements.append((parent, key, new, plan))
+        self.made += [(parent, _join(key, k), adapter) for k in plan.converted]
 
     def report(self, root: nn.Module) -> ConvertReport:
         names: dict[int, str] = {}
@@ -241,6 +262,12 @@ class _Walk:
         out.skipped = [(name_of(module, key), why) for module, key, why in self.left]
         out.functional = [(name_of(module) or type(module).__name__, detail) for module, detail in self.functional]
         return out
+
+
+def _holds(entry: nn.Module | None, dropout: nn.Module) -> bool:
+    """Whether a module's entry is ``dropout``, or the MovedDropout left where the block took it from (an
+    output-side block: the module's ``dropout`` attribute passes its input through, the block applies it)."""
+    return entry is dropout or (isinstance(entry, MovedDropout) and entry.moved is dropout)
 
 
 def _outside(parent: nn.Module, adapter: Adapter | None) -> str:
@@ -425,7 +452,13 @@ def _gemm_problem(name: str, linear: nn.Module, conv1d: bool = False) -> str | N
 
 
 def _hooked(module: nn.Module) -> str | None:
-    """Why ``module``'s hooks would stop working inside a block, or None when it has none."""
+    """Why ``module``'s hooks would stop working inside a block, or None when it has none; for a lazy module
+    not yet initialised (its hook is its own initialisation), that it must be initialised first."""
+    if isinstance(module, LazyModuleMixin) and module.has_uninitialized_params():
+        return (
+            f"is an uninitialised {_type_name(module)}: its parameters are made at its first forward, which the "
+            "block would never call. Run one forward pass of the model first (initialising it), then convert"
+        )
     pre = list(module._forward_pre_hooks.values())
     kinds = {type(h).__module__ + "." + type(h).__name__ for h in pre}
     if any("prune" in k for k in kinds) or any(k.endswith("WeightNorm") for k in kinds):

@@ -22,6 +22,7 @@ from .executor_choice import Probe, choose_executor
 from .methods import DROPOUT_METHODS, ELEMENT, NOTHING, ROW, Method
 from .sites import (
     DropoutRate,
+    ModeInDropout,
     activate,
     check_elementwise,
     check_executor,
@@ -64,7 +65,7 @@ def make_activation(activation: str | nn.Module) -> nn.Module:
     return check_elementwise(activation)
 
 
-class ApproxDropoutFFN(DropoutRate, nn.Module):
+class ApproxDropoutFFN(ModeInDropout, DropoutRate, nn.Module):
     """``Linear(d_model, d_hidden) -> activation -> dropout(p) -> Linear(d_hidden, d_out)`` on x (Tensor[*, d_model]).
 
     Args:
@@ -92,8 +93,11 @@ class ApproxDropoutFFN(DropoutRate, nn.Module):
             offsets read from a buffer, as ApproxDropoutMLP's ``static_shapes``: one compiled or CUDA graph
             per ``(dp, keep)``, not per offset.
 
-    Eval runs the whole block without dropout. After a training forward, ``last_pattern`` holds the
-    step's draw: a RowPattern, a tuple of one per group with ``groups > 1``, or None.
+    Dropout runs as its nn.Dropout (``dropout``, entry ``2``, which holds ``p``) is set, as nn.Dropout does:
+    in its training mode (``model.train()`` / ``model.eval()`` set it with the block's; setting only the
+    nn.Dropout's mode, as Monte Carlo dropout does, decides too), and not at ``p = 0`` or with an
+    nn.Identity in its place. Eval runs the whole block without dropout. After a training forward,
+    ``last_pattern`` holds the step's draw: a RowPattern, a tuple of one per group with ``groups > 1``, or None.
     """
 
     def __init__(
@@ -206,7 +210,7 @@ class ApproxDropoutFFN(DropoutRate, nn.Module):
             raise ValueError(f"input must have last dimension {self.d_model}, got shape {tuple(x.shape)}")
         self.last_pattern = None
         drops = self.spec.drops
-        if not self.training or self.p == 0.0 or drops == NOTHING:
+        if not self.dropout_training or self.p == 0.0 or drops == NOTHING:  # the nn.Dropout's mode
             return self.fc2(_gated(self.activation(self.fc1(x)), gate, x))
         if drops == ELEMENT:
             return self.fc2(self.dropout(_gated(self.activation(self.fc1(x)), gate, x)))

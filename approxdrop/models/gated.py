@@ -38,6 +38,20 @@ class GatedApproxDropoutFFN(nn.Module):
         add_entries(self, aliases, [key for key in self.state_dict(keep_vars=True) if not key.startswith("ffn.")])
 
     @property
+    def p(self) -> float:
+        """The dropout rate (``ffn``'s, kept in ``dropout``); setting it sets ``ffn.p``."""
+        return self.ffn.p
+
+    @p.setter
+    def p(self, value: float) -> None:
+        self.ffn.p = value
+
+    @property
+    def method(self) -> str:
+        """``ffn``'s method."""
+        return self.ffn.method
+
+    @property
     def dropout(self) -> nn.Dropout:
         """The nn.Dropout holding p (``ffn``'s), as T5DenseGatedActDense's ``dropout``."""
         return self.ffn.dropout

@@ -17,11 +17,23 @@ from ..distribution import PatternDistribution
 from ..ops import FULL, row_pattern_linear, static_row_linear
 from .ffn import ffn_method
 from .methods import ELEMENT, NOTHING
-from .sites import DropoutRate, draw_sites, setup_static, site_distributions, static_sides, step_draws, store_static
+from .sites import (
+    DropoutRate,
+    ModeInDropout,
+    draw_sites,
+    setup_static,
+    site_distributions,
+    static_sides,
+    step_draws,
+    store_static,
+)
 
 
-class OutputRowDropout(DropoutRate, nn.Module):
+class OutputRowDropout(ModeInDropout, DropoutRate, nn.Module):
     """``dropout_p(linear(x))`` on x (Tensor[*, d_in]) -> Tensor[*, d_out], around an existing ``linear``.
+
+    Dropout runs as its nn.Dropout (``dropout``, which holds ``p``) is set: in its training mode, as
+    ApproxDropoutFFN's.
 
     Args:
         linear: an nn.Linear, or a module with ``weight`` [d_in, d_out] and ``bias`` [d_out] computing
@@ -70,16 +82,20 @@ class OutputRowDropout(DropoutRate, nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (Tensor[*, d_in]) -> Tensor[*, d_out]; the dropped features are 0."""
         self.last_pattern = None
-        if not self.training or self.p == 0.0 or self.spec.drops == NOTHING:
+        if not self.dropout_training or self.p == 0.0 or self.spec.drops == NOTHING:  # the nn.Dropout's mode
             return self.linear(x)
         if self.spec.drops == ELEMENT:
             return self.dropout(self.linear(x))
+        weight = self.linear.weight.t() if self.transposed else self.linear.weight  # [d_out, d_in]
+        if x.dim() < 1 or x.shape[-1] != weight.shape[1]:
+            raise ValueError(f"input must have last dimension {weight.shape[1]}, got shape {tuple(x.shape)}")
         (pattern,) = step_draws(self)
         self.last_pattern = pattern
-        weight = self.linear.weight.t() if self.transposed else self.linear.weight  # [d_out, d_in]
         if self.static_shapes:
             return self._static(x, weight)
-        kept = row_pattern_linear(x, weight, self.linear.bias, FULL, pattern) * pattern.scale  # [*, k]
+        # no Python dtype check (check=False, as the FFN blocks): under torch.autocast the op's autocast rule
+        # casts x, weight and bias to the autocast dtype, as nn.Linear's does
+        kept = row_pattern_linear(x, weight, self.linear.bias, FULL, pattern, check=False) * pattern.scale  # [*, k]
         index = pattern.kept_indices(self.d_out, kept.device)  # Long[k]
         return kept.new_zeros(*kept.shape[:-1], self.d_out).index_copy(-1, index, kept)  # [*, d_out]
 

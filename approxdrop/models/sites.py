@@ -221,12 +221,47 @@ class RateInDropout:
 
     @property
     def p(self) -> float:
-        """The dropout rate, in [0, 1)."""
-        return self.dropout.p
+        """The dropout rate, in [0, 1): the ``p`` of ``dropout``; 0 where ``dropout`` was replaced by an
+        nn.Identity (the usual way to switch a dropout off); a TypeError for another module without ``p``
+        (not an AttributeError, which nn.Module's attribute lookup would swallow into a misleading one)."""
+        dropout = self.dropout
+        if isinstance(dropout, nn.Identity):
+            return 0.0
+        try:
+            return dropout.p
+        except AttributeError:
+            raise TypeError(_not_a_dropout(self, dropout)) from None
 
     @p.setter
     def p(self, value: float) -> None:
-        self.dropout.p = check_rate(value)
+        dropout = self.dropout
+        if not hasattr(dropout, "p"):
+            raise TypeError(_not_a_dropout(self, dropout) + "; put an nn.Dropout back to set a rate")
+        dropout.p = check_rate(value)
+
+
+def _not_a_dropout(model: nn.Module, dropout: object) -> str:
+    """The message for a model whose ``dropout`` holds something without a rate."""
+    return (
+        f"{type(model).__name__}.dropout is {type(dropout).__name__}, which has no p: the block reads its "
+        "dropout rate from that module; put an nn.Dropout there (set its p = 0 to switch dropout off), "
+        "or an nn.Identity (no dropout)"
+    )
+
+
+class ModeInDropout:
+    """A block whose dropout runs as its ``dropout`` child's mode says (ApproxDropoutFFN, OutputRowDropout:
+    the blocks ``convert`` makes around a model's own nn.Dropout)."""
+
+    dropout: nn.Module
+
+    @property
+    def dropout_training(self) -> bool:
+        """Whether a forward drops: the train / eval mode of ``dropout`` (the nn.Dropout that holds ``p``), as
+        for nn.Dropout itself, whatever the block's own mode: ``model.eval()`` then ``.train()`` on every
+        nn.Dropout (Monte Carlo dropout) drops, ``.eval()`` on every nn.Dropout of a model in training mode
+        does not. ``model.train()`` / ``model.eval()`` set both."""
+        return self.dropout.training
 
 
 class DropoutRate(RateInDropout):
@@ -302,7 +337,7 @@ def site_distributions(
 # Where ``draw_patterns`` leaves a module's draws for its next training forward.
 PENDING = "_pending_draws"
 PENDING_RATE = "_pending_rate"  # the p a pending draw was made at
-REPLAY = "_replay_draws"  # the pending draw a forward took, for that forward's recomputation in backward
+REPLAY = "_replay_draws"  # the Replay of the calls since a pending draw was taken, for their recomputation in backward
 DRAWN = (ROW, TILE, SHARED_UNITS)  # the kinds of method that draw something each step
 _COMPILE_ADVICE = (
     "a training forward under torch.compile(fullgraph=True) cannot draw its dropout pattern inside the "
@@ -414,6 +449,13 @@ def run_eagerly(fn):
     return functools.wraps(fn)(call)
 
 
+def drops_now(module: nn.Module) -> bool:
+    """Whether ``module``'s training forward drops: the mode of its nn.Dropout for a block whose mode
+    follows it (``dropout_training``: ApproxDropoutFFN, OutputRowDropout), else ``module.training``."""
+    follows = getattr(type(module), "dropout_training", None)
+    return module.dropout_training if isinstance(follows, property) else module.training
+
+
 def draws_each_step(module: nn.Module) -> bool:
     """True for a module of this package (it has a methods-table ``spec`` and a ``draw()``) that draws a
     pattern or mask at each training forward: in training mode, with ``p > 0`` and a drawing method."""
@@ -421,7 +463,7 @@ def draws_each_step(module: nn.Module) -> bool:
     return (
         isinstance(spec, Method)
         and callable(getattr(module, "draw", None))
-        and module.training
+        and drops_now(module)
         and getattr(module, "p", 0.0) > 0.0
         and spec.drops in DRAWN
     )
@@ -466,20 +508,74 @@ def step_draws(module: nn.Module) -> list:
 
     A forward that activation checkpointing recomputes inside the backward pass gets the pending draw its
     first run took again (a draw made now would be another pattern than the output's); a first run that
-    drew for itself is repeated by checkpointing's restored random state, as any other random op is."""
+    drew for itself is repeated by checkpointing's restored random state, as any other random op is. A
+    module called several times in one forward (a block shared by layers) keeps a record of its calls since
+    it took a pending draw (``Replay``): each recomputed call is matched to the call it repeats."""
     if torch.compiler.is_exporting():
         raise ValueError(EXPORT_ADVICE)
     eager = not torch.compiler.is_compiling()
-    if eager and torch._C._current_graph_task_id() != -1 and module.__dict__.get(REPLAY) is not None:
-        return module.__dict__[REPLAY]
+    record = module.__dict__.get(REPLAY) if eager else None
+    in_backward = eager and torch._C._current_graph_task_id() != -1
+    if record is not None and in_backward:
+        hit, draws = record.take(module)
+        if hit:
+            return module.draw() if draws is None else draws
     pending = getattr(module, PENDING, None)
     if pending is not None:
         setattr(module, PENDING, None)
         if getattr(module, PENDING_RATE, module.p) != module.p:
             pending = None
-    if eager and module.__dict__.get(REPLAY) is not pending:  # a plain attribute, without Module.__setattr__
-        module.__dict__[REPLAY] = pending
+    if eager and not in_backward:  # plain attributes, without Module.__setattr__
+        if pending is not None:
+            module.__dict__[REPLAY] = Replay(module, pending)
+        elif record is not None:
+            record.add(module)
     return module.draw() if pending is None else pending
+
+
+class Replay:
+    """The calls of a module's forward since it took a pending draw of ``draw_patterns``, in call order: for
+    each, the state of the random generator it draws from (the global one, which checkpointing restores
+    before it recomputes a forward; none for a module's own generator, which it does not restore) and the
+    draw it took (the pending one), or None where it drew for itself. A recomputed call gets the call with
+    its generator state (the first not yet replayed, in call order), or, without one, the first call not
+    yet replayed: so a block called twice in one checkpointed forward, or once in each of several
+    checkpointed layers, gets the pending draw at the call that took it, and draws again (the same draw,
+    from the restored state) at the others. Kept until the next pending draw, for ``LIMIT`` calls at most.
+    Not told apart: calls in different checkpointed segments with the same generator state (no random op
+    between them, the first taking the pending draw), which backward recomputes in reverse order."""
+
+    LIMIT = 256
+
+    def __init__(self, module: nn.Module, pending: list) -> None:
+        self.calls: list[tuple[torch.Tensor | None, list | None]] = [(_generator_state(module), pending)]
+        self.replayed: set[int] = set()
+
+    def add(self, module: nn.Module) -> None:
+        """Record a call that drew for itself."""
+        if len(self.calls) < self.LIMIT:
+            self.calls.append((_generator_state(module), None))
+
+    def take(self, module: nn.Module) -> tuple[bool, list | None]:
+        """``(True, draws)`` for the recorded call a recomputed call repeats (draws None: it drew for itself),
+        ``(False, None)`` when none was recorded."""
+        state = _generator_state(module)
+        same = [i for i, (s, _) in enumerate(self.calls) if s is None or state is None or torch.equal(s, state)]
+        if not same:  # the state was not restored (checkpoint(..., preserve_rng_state=False)): call order
+            same = list(range(len(self.calls)))
+        if not same:
+            return False, None
+        left = [i for i in same if i not in self.replayed]
+        if not left:  # every such call was replayed: a new recomputation (another backward)
+            self.replayed.difference_update(same)
+            left = same
+        self.replayed.add(left[0])
+        return True, self.calls[left[0]][1]
+
+
+def _generator_state(module: nn.Module) -> torch.Tensor | None:
+    """The state of the global random generator, which ``module`` draws from (None: it has its own)."""
+    return torch.default_generator.get_state() if getattr(module, "generator", None) is None else None
 
 
 def stored_draws(draws: list) -> list:

@@ -36,20 +36,24 @@ class RowLinear(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, weight, bias, ints: tuple, *xs):
-        ys, blocks = grouped.run_forward(list(xs), weight, bias, *ints, separate=False)
-        ctx.save_for_backward(weight, *xs, *blocks)
-        ctx.ints, ctx.groups, ctx.has_bias = ints, len(xs), bias is not None
+        stacks: list[torch.Tensor] = []  # each pair's input rows, stacked once: backward reads them
+        ys, blocks = grouped.run_forward(list(xs), weight, bias, *ints, separate=False, stacks=stacks)
+        ctx.save_for_backward(weight, *xs, *blocks, *stacks)
+        ctx.ints, ctx.groups, ctx.blocks, ctx.has_bias = ints, len(xs), len(blocks), bias is not None
         return tuple(ys)
 
     @staticmethod
     def backward(ctx, *grads):
         weight, *rest = ctx.saved_tensors
-        xs, blocks = rest[: ctx.groups], rest[ctx.groups :]
+        xs, rest = rest[: ctx.groups], rest[ctx.groups :]
+        blocks, stacks = rest[: ctx.blocks], rest[ctx.blocks :]
         need_x = any(ctx.needs_input_grad[3:])
         if torch.is_grad_enabled():  # create_graph=True: a backward that is differentiable itself
             grad_xs, grad_w, grad_b = row.reference_backward(list(grads), xs, weight, ctx.has_bias, *ctx.ints)
         else:
-            grad_xs, grad_w, grad_b = grouped.run_backward(list(grads), xs, weight, blocks, *ctx.ints, need_x, False)
+            grad_xs, grad_w, grad_b = grouped.run_backward(
+                list(grads), xs, weight, blocks, *ctx.ints, need_x, False, stacks=stacks
+            )
         need = ctx.needs_input_grad
         grad_xs = grad_xs if need_x else [None] * ctx.groups
         return (grad_w if need[0] else None, grad_b if need[1] and ctx.has_bias else None, None, *grad_xs)

@@ -159,10 +159,13 @@ def run_forward(
     out_offsets: list[int],
     separate: bool = True,
     path: PairPath | None = None,
+    stacks: list[torch.Tensor] | None = None,
 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """``row_linear`` on checked operands: (ys, blocks), one GEMM per distinct offset pair on ``path`` (default:
     PyTorch's); blocks: the pairs' gathered kept blocks when inputs are dropped (in pair order), else none.
-    ``separate``: no two outputs share memory, as a registered op's may not. No output is a view (``owned``)."""
+    ``separate``: no two outputs share memory, as a registered op's may not. No output is a view (``owned``).
+    ``stacks``: a list that receives each pair's input rows as its GEMM read them (Tensor[N, k_in], in pair
+    order; several groups stacked in one copy), for ``run_backward`` to read instead of stacking again."""
     path = path or TORCH_PAIRS
     if len(xs) == 1:  # one group (the paper's method): its own pair, nothing to stack
         x = xs[0]
@@ -173,9 +176,12 @@ def run_forward(
     ys: list = [None] * len(xs)
     blocks = []
     for inp, out, groups in _pairs(in_dp, in_keep, in_offsets, out_dp, out_keep, out_offsets):
-        y2, block = path.forward(_stack(xs, groups), weight, bias, inp, out)
+        x2 = _stack(xs, groups)  # [N, k_in]
+        y2, block = path.forward(x2, weight, bias, inp, out)
         if in_keep != in_dp:
             blocks.append(block)
+        if stacks is not None:
+            stacks.append(x2)
         _unstack(y2, xs, groups, ys, separate)  # [N, k_out] -> ys[g]
     return [owned(y) for y in ys], blocks
 
@@ -194,9 +200,11 @@ def run_backward(
     need_grad_x: bool,
     separate: bool = True,
     path: PairPath | None = None,
+    stacks: list[torch.Tensor] | None = None,
 ) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
     """``row_linear_backward`` on checked operands, on ``path`` (default: PyTorch's; ``separate``: as
-    ``run_forward``): (grad_xs, empty without ``need_grad_x``; grad_w; grad_b)."""
+    ``run_forward``): (grad_xs, empty without ``need_grad_x``; grad_w; grad_b). ``stacks``: the pairs' input
+    rows that ``run_forward`` stacked (its ``stacks``), else they are stacked from ``xs`` again."""
     path = path or TORCH_PAIRS
     if len(xs) == 1:  # one group: its own pair
         x, sums = xs[0], path.sums(weight, 1)
@@ -210,7 +218,8 @@ def run_backward(
     grad_xs: list = [None] * len(xs) if need_grad_x else []
     for j, (inp, out, groups) in enumerate(pairs):
         block = blocks[j] if blocks else None
-        grad_x2 = path.backward(_stack(grads, groups), _stack(xs, groups), weight, block, inp, out, need_grad_x, sums)
+        x2 = stacks[j] if stacks else _stack(xs, groups)  # [N, k_in]
+        grad_x2 = path.backward(_stack(grads, groups), x2, weight, block, inp, out, need_grad_x, sums)
         if need_grad_x:
             _unstack(grad_x2, xs, groups, grad_xs, separate)  # [N, k_in] -> grad_xs[g]
     return (grad_xs, *sums.result())

@@ -3,6 +3,8 @@ offset draw of grouped complementary patterns (docs/method.md §9)."""
 
 from __future__ import annotations
 
+import itertools
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -161,10 +163,14 @@ def kept_size_forward(
 
 # (dp, groups, draws, seed): fewer groups than dp, as many, more (not a multiple of dp), and dp = 1
 GROUPED_CASES = [(5, 3, 2000, 0), (4, 4, 2000, 1), (3, 8, 3000, 2), (2, 5, 2000, 3), (1, 3, 50, 4)]
-# Each statistical test fails a right answer with probability ALPHA. The cases hold 20 tests of one
-# group's offset and 16 of two neighbouring groups' offsets, so a right answer (any way of drawing
-# from the generator) fails the whole check with probability below 36 * ALPHA < 1e-6 (Bonferroni).
+# Each chi-square test fails a right answer with probability ALPHA. The cases hold 20 tests of one
+# group's offset and 16 of two neighbouring groups' offsets, and 4 tests (at most RUNS_ALPHA each, an
+# exact binomial bound, see _fresh_runs) that a run of dp groups is a fresh permutation, independent of
+# the run before, so a right answer (any way of drawing from the generator) fails the whole check with
+# probability below 36 * ALPHA + 4 * RUNS_ALPHA < 3.7e-7 < 1e-6 (Bonferroni).
 ALPHA = 1e-8
+RUNS_ALPHA = 1e-9
+RUN_CELLS_PER_DRAW = 1 / 20  # two runs are tested where there are at most draws / 20 ways to fill them
 REPLAYED = 3  # draws repeated from a second generator with the same seed: the answer must draw from its generator
 
 
@@ -243,6 +249,59 @@ def _uniformity(offsets: torch.Tensor, dp: int) -> None:
             )
 
 
+def binomial_bounds(draws: int, cells: int, alpha: float) -> tuple[int, int, float]:
+    """(low, high, bound): each of ``cells`` counts, each Binomial(draws, 1 / cells) when a right answer
+    fills the cells, falls outside [low, high] with probability at most alpha / (2 cells) on each side, so
+    one outside the range fails a right answer with probability at most ``bound`` <= alpha (the union
+    bound: cells times the exact two tails, computed in float64 from the log-pmf, summed from each end)."""
+    if cells == 1:  # one cell: it holds every draw
+        return draws, draws, 0.0
+    p = 1.0 / cells
+    log_pmf = [
+        math.lgamma(draws + 1) - math.lgamma(k + 1) - math.lgamma(draws - k + 1)
+        + (k * math.log(p) if k else 0.0) + ((draws - k) * math.log1p(-p) if draws > k else 0.0)
+        for k in range(draws + 1)
+    ]  # fmt: skip
+    pmf = [math.exp(v) for v in log_pmf]
+    side = alpha / (2 * cells)
+    low, below = 0, 0.0  # below: P(X < low)
+    while below + pmf[low] <= side:
+        below += pmf[low]
+        low += 1
+    high, above = draws, 0.0  # above: P(X > high)
+    while above + pmf[high] <= side:
+        above += pmf[high]
+        high -= 1
+    return low, high, cells * (below + above)
+
+
+def _fresh_runs(offsets: torch.Tensor, dp: int) -> None:
+    """WrongAnswer unless each run of dp groups is a fresh permutation, independent of the run before it:
+    over the draws, every way of filling two consecutive runs (dp! permutations, then the next run's first
+    m offsets: dp! / (dp - m)! ways) comes Binomial(draws, 1 / cells) times, within ``binomial_bounds`` at
+    RUNS_ALPHA. Runs are tested where there are at most draws * RUN_CELLS_PER_DRAW ways to fill them, and
+    dp > 1. A later run that is the first one shifted (mod dp) fails this with dp >= 3."""
+    draws, groups = offsets.shape
+    for start in range(dp, groups, dp):  # the run at start, and the run of dp before it
+        m = min(dp, groups - start)
+        cells = math.factorial(dp) * math.perm(dp, m)
+        if dp < 2 or cells > draws * RUN_CELLS_PER_DRAW:
+            continue
+        low, high, _ = binomial_bounds(draws, cells, RUNS_ALPHA)
+        counts = {a + b: 0 for a in itertools.permutations(range(dp)) for b in itertools.permutations(range(dp), m)}
+        for pair in offsets[:, start - dp : start + m].tolist():
+            counts[tuple(pair)] += 1
+        outside = [cell for cell in counts if not low <= counts[cell] <= high]
+        if outside:
+            worst = max(outside, key=lambda cell: abs(counts[cell] - draws / cells))
+            raise WrongAnswer(
+                f"groups {start - dp}..{start + m - 1} are not two fresh, independent permutations: over {draws} "
+                f"draws, offsets {list(worst[:dp])} then {list(worst[dp:])} came {counts[worst]} times, expected about "
+                f"{draws / cells:.0f} (between {low} and {high}) for each of the {cells} ways to fill them: draw each "
+                f"run of dp = {dp} groups anew (a new torch.randperm), not from the run before"
+            )
+
+
 def offset_frequencies(fn: Callable[..., Any], dp: int, groups: int, draws: int, seed: int) -> torch.Tensor:
     """Float64[groups, dp]: how often each group got each offset over ``draws`` calls of ``fn`` with one
     generator seeded ``seed``, after every test of ``check_grouped_offsets`` passed (WrongAnswer if one fails)."""
@@ -256,6 +315,7 @@ def offset_frequencies(fn: Callable[..., Any], dp: int, groups: int, draws: int,
                 f"{replay.tolist()}): draw only from `generator`, e.g. torch.randperm(dp, generator=generator)"
             )
     _uniformity(offsets, dp)
+    _fresh_runs(offsets, dp)
     counts = torch.stack([torch.bincount(offsets[:, g], minlength=dp) for g in range(groups)])  # [groups, dp]
     return counts.double() / draws
 
@@ -272,8 +332,9 @@ def check_grouped_offsets(fn: Callable[..., Any]) -> CheckResult:
 
     Checked over 2000-3000 draws per case (50 for dp = 1): the type, shape, dtype and range of every draw; distinct
     offsets in every run of dp groups (so with groups >= dp every offset, and every unit, is covered);
-    the same offsets from two generators with the same seed; and chi-square tests (see ALPHA) that each
-    group's offset is uniform and each two neighbouring groups' offsets are a uniform pair. The max
+    the same offsets from two generators with the same seed; chi-square tests (see ALPHA) that each
+    group's offset is uniform and each two neighbouring groups' offsets are a uniform pair; and tests (see
+    ``_fresh_runs``) that each run of dp groups is a fresh permutation, independent of the run before. The max
     difference printed is the largest gap between a group's observed offset frequency and 1 / dp: it
     is chance, and the tests above decide (hence the tolerance of 1, and the PASS line says so). The seeds
     are GROUPED_CASES' shifted by one drawn anew at every call, so no answer can know the draws in advance."""
@@ -284,6 +345,6 @@ def check_grouped_offsets(fn: Callable[..., Any]) -> CheckResult:
         uniform_frequencies,
         [(dp, groups, draws, seed + shift) for dp, groups, draws, seed in GROUPED_CASES],
         atol=1.0,
-        pass_note=f"decided by chi-square tests of uniform offsets (each at p >= {ALPHA:g}) over every draw; "
-        "the max difference is sampling noise",
+        pass_note=f"decided by chi-square tests of uniform offsets (each at p >= {ALPHA:g}) and tests of fresh "
+        "permutations over every draw; the max difference is sampling noise",
     )

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.modules.linear import NonDynamicallyQuantizableLinear
 
 from ...models import convert
 from ...models.sites import ELEMENTWISE, is_elementwise
@@ -64,14 +65,46 @@ def layers_text(seq: nn.Sequential) -> str:
     return ", ".join(f"[{i}] {_layer(m)}" for i, m in enumerate(seq)) or "an empty nn.Sequential"
 
 
+def is_gemm_linear(module: nn.Module) -> bool:
+    """Whether ``convert`` takes ``module`` as a chain's Linear: an ``nn.Linear`` whose class keeps
+    nn.Linear's forward (nn.Linear itself, or a subclass such as torch's NonDynamicallyQuantizableLinear),
+    and no forward set on the instance. The block reads the weight and computes the GEMM itself, so a
+    forward of its own would silently stop running."""
+    return isinstance(module, nn.Linear) and type(module).forward is nn.Linear.forward and "forward" not in vars(module)
+
+
+def _linear_problem(seq: nn.Sequential, i: int) -> str | None:
+    """Why ``seq[i]`` is not a Linear that ``convert`` takes (``is_gemm_linear``), or None."""
+    module = seq[i]
+    if not isinstance(module, nn.Linear):
+        return f"seq[{i}] is {_layer(module)}, not nn.Linear"
+    if "forward" in vars(module):
+        return f"seq[{i}] has its forward replaced on the instance: the block computes the GEMM itself"
+    if not is_gemm_linear(module):
+        return (
+            f"seq[{i}] is {_layer(module)}, an nn.Linear with a forward of its own: the block computes the GEMM "
+            "itself (type(m).forward must be nn.Linear.forward)"
+        )
+    return None
+
+
+def _hooks(module: nn.Module) -> int:
+    """How many forward and backward hooks ``module`` carries (a block would skip them all)."""
+    kinds = (module._forward_pre_hooks, module._forward_hooks, module._backward_hooks, module._backward_pre_hooks)
+    return sum(len(hooks) for hooks in kinds)
+
+
 def chain_problem(seq: nn.Sequential, i: int) -> str | None:
-    """Why ``seq[i:i + 4]`` is not ``Linear -> elementwise activation -> nn.Dropout -> Linear`` with
-    matching sizes, or None if it is (overlaps with other chains are not looked at here)."""
+    """Why ``seq[i:i + 4]`` is not a chain ``convert`` replaces, or None if it is (overlaps with other chains
+    are not looked at here): Linears that ``is_gemm_linear`` accepts with sizes that chain, an activation
+    that ``is_elementwise`` accepts, exactly nn.Dropout with p < 1 between them; also, as in ``convert``, no
+    forward set on a Linear's instance, both Linears of one dtype and no hooks on the four entries (the
+    checker's cases have none of these three)."""
     mods = list(seq)
     if not 0 <= i < len(mods):
         return f"{i} is not an index of seq (it has {len(mods)} entries)"
-    if type(mods[i]) is not nn.Linear:
-        return f"seq[{i}] is {_layer(mods[i])}, not nn.Linear"
+    if why := _linear_problem(seq, i):
+        return why
     if i + 3 >= len(mods):
         return f"a chain needs 4 entries, and seq[{i}:] has {len(mods) - i}"
     fc1, act, drop, fc2 = mods[i : i + 4]
@@ -79,11 +112,19 @@ def chain_problem(seq: nn.Sequential, i: int) -> str | None:
         return f"seq[{i + 1}] is {_layer(act)}: not an elementwise activation (is_elementwise says False)"
     if type(drop) is not nn.Dropout:
         return f"seq[{i + 2}] is {_layer(drop)}, not nn.Dropout"
-    if type(fc2) is not nn.Linear:
-        return f"seq[{i + 3}] is {_layer(fc2)}, not nn.Linear"
+    if not drop.p < 1:
+        return f"seq[{i + 2}] is {_layer(drop)}: p = 1 drops every unit, and a block takes rates p < 1 only"
+    if why := _linear_problem(seq, i + 3):
+        return why
     if fc1.out_features != fc2.in_features:
         return (
             f"the sizes do not chain: seq[{i}] gives {fc1.out_features} features, seq[{i + 3}] takes {fc2.in_features}"
+        )
+    if fc1.weight.dtype != fc2.weight.dtype:
+        return f"seq[{i}] is {fc1.weight.dtype} but seq[{i + 3}] is {fc2.weight.dtype}"
+    if hooked := [f"seq[{j}]" for j in range(i, i + 4) if _hooks(mods[j])]:
+        return (
+            f"{', '.join(hooked)} {'carries' if len(hooked) == 1 else 'carry'} hooks, which a block would no longer run"
         )
     return None
 
@@ -114,6 +155,14 @@ def _indices(got: Any) -> list[int] | Any:
 
 class SubclassedDropout(nn.Dropout):
     """A subclass of nn.Dropout: not an nn.Dropout to ``convert`` (it may do more than drop)."""
+
+
+class ClampedLinear(nn.Linear):
+    """A subclass of nn.Linear with a forward of its own (it clamps its outputs to [-1, 1]): not a Linear to
+    ``convert``, whose block computes the GEMM itself and would skip the clamp."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x).clamp(-1.0, 1.0)
 
 
 CASES: list[tuple[str, nn.Sequential]] = [  # (what the case tests, the nn.Sequential)
@@ -189,6 +238,18 @@ CASES: list[tuple[str, nn.Sequential]] = [  # (what the case tests, the nn.Seque
             nn.Dropout(0.1),
         ),
     ),  # fmt: skip
+    (
+        "a subclass of nn.Linear that keeps its forward counts, as torch's NonDynamicallyQuantizableLinear",
+        nn.Sequential(NonDynamicallyQuantizableLinear(8, 16), nn.GELU(), nn.Dropout(0.1), nn.Linear(16, 8)),
+    ),
+    (
+        "a subclass of nn.Linear with a forward of its own is not a Linear to convert",
+        nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Dropout(0.1), ClampedLinear(16, 8)),
+    ),
+    (
+        "nn.Dropout with p = 1 drops every unit: no block",
+        nn.Sequential(nn.Linear(8, 16), nn.GELU(), nn.Dropout(1.0), nn.Linear(16, 8)),
+    ),
 ]
 _NOTES = {layers_text(seq): note for note, seq in CASES}
 DRAWN = 8  # drawn cases besides those with an unseen activation
@@ -213,15 +274,23 @@ def _activation(generator: torch.Generator) -> nn.Module:
 
 
 def _dropout(generator: torch.Generator) -> nn.Module:
-    """Mostly nn.Dropout, sometimes a look-alike that convert leaves alone."""
+    """Mostly nn.Dropout, sometimes a look-alike that convert leaves alone; now and then with p = 1."""
     kinds = [nn.Dropout, nn.Dropout, nn.Dropout, SubclassedDropout, nn.Dropout1d, nn.AlphaDropout]
-    return kinds[draw_int(generator, 0, len(kinds) - 1)](0.1 * draw_int(generator, 1, 5))
+    kind = kinds[draw_int(generator, 0, len(kinds) - 1)]
+    return kind(1.0 if draw_int(generator, 1, 8) == 8 else 0.1 * draw_int(generator, 1, 5))
+
+
+def _linear(generator: torch.Generator, n_in: int, n_out: int) -> nn.Linear:
+    """Mostly nn.Linear, sometimes a subclass that keeps its forward (convert takes it) or one that does not."""
+    kinds = [nn.Linear] * 6 + [NonDynamicallyQuantizableLinear, ClampedLinear]
+    return kinds[draw_int(generator, 0, len(kinds) - 1)](n_in, n_out)
 
 
 def random_sequential(generator: torch.Generator, activation: type[nn.Module] | None = None) -> nn.Sequential:
     """An nn.Sequential of 1-4 pieces drawn with ``generator``: chains (some broken by their sizes, their
-    activation or their dropout), lone Linears, LayerNorms and Dropouts. With ``activation``, one more
-    piece, at a drawn place, is a valid chain with that activation (no piece can take its first Linear)."""
+    activation, their dropout or a Linear with a forward of its own), lone Linears, LayerNorms and Dropouts.
+    With ``activation``, one more piece, at a drawn place, is a valid chain with that activation (no piece
+    can take its first Linear)."""
     width, mods = 8, []
     pieces = draw_int(generator, 1, 4)
     valid_at = draw_int(generator, 0, pieces) if activation is not None else -1
@@ -234,7 +303,8 @@ def random_sequential(generator: torch.Generator, activation: type[nn.Module] | 
         elif piece <= 2:
             hidden, out = 4 * draw_int(generator, 1, 6), 4 * draw_int(generator, 1, 6)
             reads = hidden + (draw_int(generator, 0, 1) if piece == 2 else 0)  # sometimes sizes that do not chain
-            mods += [nn.Linear(width, hidden), _activation(generator), _dropout(generator), nn.Linear(reads, out)]
+            head = [_linear(generator, width, hidden), _activation(generator), _dropout(generator)]
+            mods += [*head, _linear(generator, reads, out)]
             width = out
         elif piece == 3:
             mods.append(nn.Linear(width, width))
@@ -264,8 +334,9 @@ def _explain(seq: nn.Sequential, got: list[int], want: list[int]) -> str:
 
 def check_find_chains(candidate: Callable[[nn.Sequential], Any]) -> CheckResult:
     """``candidate(seq) -> list[int]``: the start indices i, in increasing order, where ``seq[i:i + 4]`` is
-    nn.Linear -> an elementwise activation -> nn.Dropout -> nn.Linear whose sizes chain, a Linear never in
-    two chains (the first one takes it). The reference is what ``convert`` does to a copy of ``seq``.
+    Linear -> an elementwise activation -> nn.Dropout with p < 1 -> Linear whose sizes chain, each Linear an
+    nn.Linear that keeps nn.Linear's forward (``is_gemm_linear``), a Linear never in two chains (the first
+    one takes it). The reference is what ``convert`` does to a copy of ``seq`` (see ``chain_problem``).
 
     The fixed CASES, then cases drawn anew: one holding a valid chain with each of UNSEEN_ACTIVATIONS (so a
     hard-coded list of activations, or a table of the fixed cases, fails every time) and DRAWN others."""
