@@ -6,7 +6,7 @@ its target, and a target that is not a regular file, such as a directory or /dev
 Directories: ``cache_root()`` is ``$APPROXDROP_CACHE_DIR``, else ``$XDG_CACHE_HOME/approxdrop``,
 else ``~/.cache/approxdrop``; each user of it takes its own subdirectory (``search/``,
 ``kernels/``, ``gpu-dispatch/``). Downloads go to ``data_root()``: ``$APPROXDROP_DATA_DIR``, else
-``<$XDG_CACHE_HOME or ~/.cache>/approxdrop/data``.
+``<$XDG_CACHE_HOME or ~/.cache>/approxdrop/data``. A ``~`` in these variables is the home directory.
 """
 
 from __future__ import annotations
@@ -166,21 +166,21 @@ def describe_machine(device: str | torch.device) -> str:
 
 def _user_cache() -> Path:
     if os.environ.get("XDG_CACHE_HOME"):
-        return Path(os.environ["XDG_CACHE_HOME"])
+        return Path(os.environ["XDG_CACHE_HOME"]).expanduser()
     return Path.home() / ".cache"
 
 
 def cache_root() -> Path:
     """The cache directory of every approxdrop cache (not created here)."""
     if os.environ.get("APPROXDROP_CACHE_DIR"):
-        return Path(os.environ["APPROXDROP_CACHE_DIR"])
+        return Path(os.environ["APPROXDROP_CACHE_DIR"]).expanduser()
     return _user_cache() / "approxdrop"
 
 
 def data_root() -> Path:
     """The download directory of data sets and corpora (not created here)."""
     if os.environ.get("APPROXDROP_DATA_DIR"):
-        return Path(os.environ["APPROXDROP_DATA_DIR"])
+        return Path(os.environ["APPROXDROP_DATA_DIR"]).expanduser()
     return _user_cache() / "approxdrop" / "data"
 
 

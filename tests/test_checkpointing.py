@@ -80,15 +80,16 @@ def test_hugging_face_gradient_checkpointing_of_a_converted_t5_keeps_the_gradien
         torch.testing.assert_close(a.grad, b.grad, msg=param)
 
 
-def _shared_block_steps(forward_of, reentrant):
+def _shared_block_steps(forward_of, reentrant, static):
     """The gradients of a plain step and of a checkpointed one (``forward_of(model, x, wrap)``, ``wrap`` the
-    checkpoint of a function, or a plain call) of a converted block called several times in one forward, each
-    after draw_patterns from the same state."""
+    checkpoint of a function, or a plain call) of a converted block (``static``: with static shapes, whose
+    forward reads the draw from its buffer) called several times in one forward, each after draw_patterns
+    from the same state."""
     torch.manual_seed(0)
     model = torch.nn.Sequential(
         torch.nn.Linear(16, 64), torch.nn.ReLU(), torch.nn.Dropout(0.4), torch.nn.Linear(64, 16)
     )
-    convert(model)  # generator=None: the global random state
+    convert(model, static_shapes=static)  # generator=None: the global random state
     model.train()
     checkpointed = copy.deepcopy(model)
     x = torch.randn(8, 5, 16, requires_grad=True)
@@ -108,14 +109,16 @@ def _shared_block_steps(forward_of, reentrant):
         torch.testing.assert_close(a, b)
 
 
+@pytest.mark.parametrize("static", [False, True], ids=["dynamic", "static"])
 @pytest.mark.parametrize("reentrant", [False, True])
-def test_a_block_called_twice_in_one_checkpointed_forward_replays_each_calls_draw(reentrant):
+def test_a_block_called_twice_in_one_checkpointed_forward_replays_each_calls_draw(reentrant, static):
     """The first call takes draw_patterns' draw, the second draws for itself: recomputed, each gets its own."""
-    _shared_block_steps(lambda m, x, wrap: wrap(lambda z: m(torch.tanh(m(z))), x), reentrant)
+    _shared_block_steps(lambda m, x, wrap: wrap(lambda z: m(torch.tanh(m(z))), x), reentrant, static)
 
 
+@pytest.mark.parametrize("static", [False, True], ids=["dynamic", "static"])
 @pytest.mark.parametrize("reentrant", [False, True])
-def test_a_block_shared_by_checkpointed_layers_replays_each_layers_draw(reentrant):
+def test_a_block_shared_by_checkpointed_layers_replays_each_layers_draw(reentrant, static):
     """One checkpointed segment per layer (Hugging Face's gradient checkpointing of tied layers), recomputed in
     reverse order, with another random op between the layers (as a transformer's other dropouts are)."""
     drop = torch.nn.Dropout(0.2)
@@ -125,4 +128,4 @@ def test_a_block_shared_by_checkpointed_layers_replays_each_layers_draw(reentran
             x = wrap(lambda z: drop(torch.tanh(m(z))), x)
         return x
 
-    _shared_block_steps(layers, reentrant)
+    _shared_block_steps(layers, reentrant, static)

@@ -94,6 +94,36 @@ def test_the_default_grouped_mlp_runs_its_groups_eagerly_under_compile():
         torch.compile(twin, fullgraph=True, backend="eager")(torch.randn(6, 8))
 
 
+@pytest.mark.parametrize("executor", ["compact", "masked"])
+def test_the_grouped_lstm_runs_its_groups_eagerly_under_compile(executor):
+    """The grouped LSTM (row-g4) compiles with a graph break around its grouped layers and decoder, as the
+    MLP does, and matches eager step by step (its offsets used to turn symbolic after a few steps and crash
+    the trace); fullgraph=True says to use static_shapes=True or method="row"."""
+    x = torch.randint(11, (4, 5))  # [T, B]
+    eager, twin = _twins(lambda g: ad.ApproxDropoutLSTM(11, 8, 2, 0.5, "row-g4", executor=executor, generator=g))
+    torch._dynamo.reset()
+    compiled = torch.compile(twin, backend="eager")
+    seen = set()
+    for _ in range(STEPS):
+        for model in (eager, twin):
+            model.zero_grad()
+        y_eager = eager(x)[0]  # [T, B, V]
+        y_eager.square().sum().backward()
+        assert ad.draw_patterns(twin) == 1
+        y = compiled(x)[0]
+        y.square().sum().backward()
+        assert twin.last_patterns == eager.last_patterns
+        torch.testing.assert_close(y, y_eager, rtol=1e-5, atol=1e-6)
+        for a, b in zip(twin.parameters(), eager.parameters()):
+            torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-6)
+        seen.add(tuple(tuple(site) for site in twin.last_patterns))
+    assert len(seen) >= 2
+    torch._dynamo.reset()
+    ad.draw_patterns(twin)
+    with pytest.raises(Exception, match="static_shapes=True"):
+        torch.compile(twin, fullgraph=True, backend="eager")(x)
+
+
 def test_fullgraph_without_draw_patterns_says_what_to_do():
     """Under fullgraph=True the draw cannot be traced: the error names draw_patterns (it used to be a
     data-dependent-guard error from inside PatternDistribution.sample)."""
@@ -231,3 +261,21 @@ def test_fullgraph_selects_keep_above_one_sites_with_a_static_length(kind):
             torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-6)
         kept |= {q.keep for q in twin.last_patterns if q is not None}
     assert 3 in kept, f"no keep > 1 pattern drawn in {STEPS} steps: {kept}"
+
+
+def test_draw_patterns_on_the_compiled_wrapper_draws_once_as_on_the_model():
+    """torch.compile(model) passes attribute lookups through to the model: draw_patterns, pattern_key and
+    static_graph_bound on the wrapper count the model once, and the compiled run matches an eager twin."""
+    from approxdrop.models.sites import static_graph_bound
+
+    eager, twin = _twins(
+        lambda g: ad.ApproxDropoutMLP([7, 12, 10, 3], 0.5, method="row", static_shapes=True, generator=g)
+    )
+    torch._dynamo.reset()
+    compiled = torch.compile(twin, fullgraph=True, backend="eager")
+    assert static_graph_bound(compiled) == static_graph_bound(twin)
+    x = torch.randn(8, 7)
+    for _ in range(3):
+        assert ad.draw_patterns(compiled) == 1 and len(ad.pattern_key(compiled)) == 1
+        torch.testing.assert_close(compiled(x), eager(x))
+        assert twin.last_patterns == eager.last_patterns

@@ -128,6 +128,13 @@ def test_checksums_given_in_upper_case_hex_match(server, tmp_path):
     assert sorted(os.listdir(root)) == sorted(IDX_FILES)
 
 
+def test_download_takes_an_md5_in_upper_case_hex_too(server, tmp_path):
+    """The public download() compares a hex digest whatever its case, as fetch_files does."""
+    url, sums, _ = server
+    dest = download(f"{url}/{IDX_FILES[0]}", tmp_path / IDX_FILES[0], sums[IDX_FILES[0]].upper())
+    assert hashlib.md5(dest.read_bytes()).hexdigest() == sums[IDX_FILES[0]]
+
+
 @pytest.mark.parametrize("failure", ["http 500", "connection refused"])
 def test_a_failing_server_raises_a_clear_error_and_auto_falls_back(server, tmp_path, no_fashion, failure, capsys):
     url, sums, httpd = server
@@ -188,6 +195,17 @@ def test_data_dir_follows_the_environment(monkeypatch, tmp_path):
     monkeypatch.delenv("APPROXDROP_DATA_DIR")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert data.data_dir() == tmp_path / "xdg" / "approxdrop" / "data"
+
+
+def test_a_home_directory_tilde_in_the_environment_is_expanded(monkeypatch, tmp_path):
+    """APPROXDROP_DATA_DIR="~/data", as a shell leaves it inside quotes: the home directory's data, not a
+    folder named "~" under the working directory."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("APPROXDROP_DATA_DIR", "~/data")
+    assert data.data_dir() == tmp_path / "home" / "data"
+    monkeypatch.delenv("APPROXDROP_DATA_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", "~/xdg")
+    assert data.data_dir() == tmp_path / "home" / "xdg" / "approxdrop" / "data"
 
 
 def test_the_mirror_can_be_set_by_environment(server, tmp_path, monkeypatch):

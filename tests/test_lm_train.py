@@ -83,6 +83,19 @@ def test_perplexity_is_exp_of_the_mean_token_cross_entropy():
     assert model.training  # restored
 
 
+def test_the_perplexity_of_a_broken_model_is_nan_not_inf():
+    """A model whose outputs are NaN is told apart from a finite but hopeless one (inf past exp's range)."""
+    model = ApproxDropoutLSTM(9, 8, 2, 0.5, "row")
+    data = torch.randint(9, (23, 3))  # [T, B]
+    with torch.no_grad():
+        model.decoder.weight.fill_(float("nan"))
+    assert math.isnan(perplexity(model, data, bptt=5))
+    with torch.no_grad():
+        model.decoder.weight.fill_(0.0)
+        model.decoder.bias.copy_(torch.arange(9.0) * 1e4)  # finite logits, a mean cross-entropy far past 700
+    assert perplexity(model, data, bptt=5) == math.inf
+
+
 def test_a_training_step_clips_the_gradient_and_detaches_the_state():
     torch.manual_seed(0)
     model = ApproxDropoutLSTM(9, 8, 2, 0.5, "bernoulli")

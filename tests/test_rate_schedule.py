@@ -119,3 +119,35 @@ def test_a_draw_left_by_draw_patterns_is_redrawn_when_the_rate_changes_before_th
     pending = getattr(model, PENDING)[1]
     model(torch.randn(8, 6))
     assert model.last_patterns[1] is pending
+
+
+@pytest.mark.parametrize("static", [False, True], ids=["row", "row static"])
+def test_a_schedule_under_plain_torch_compile_searches_the_new_laws_outside_the_graph(static):
+    """Default torch.compile, no draw_patterns: the step after a new rate searches its laws eagerly (a graph
+    break), and draws from them; the search used to be traced and fail on a symbolic float."""
+    torch.manual_seed(0)
+    model = ApproxDropoutMLP([7, 12, 10, 3], 0.5, method="row", static_shapes=static)
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend="eager")
+    x = torch.randn(8, 7)
+    for p in (0.5, 0.3):
+        model.p = p
+        for _ in range(2):
+            compiled(x).sum().backward()
+            assert _step_rates(model) == pytest.approx([p, p], abs=1e-6)
+
+
+def test_a_new_rate_inside_a_fullgraph_forward_says_to_draw_after_setting_it():
+    model = ApproxDropoutMLP([7, 12, 10, 3], 0.5, method="row", static_shapes=True)
+    torch._dynamo.reset()
+    compiled = torch.compile(model, fullgraph=True, backend="eager")
+    x = torch.randn(8, 7)
+    ad.draw_patterns(model)
+    compiled(x)
+    ad.draw_patterns(model)
+    model.p = 0.3  # after the draw: the pending draw is for the old rate
+    with pytest.raises(Exception, match=r"set p, then call approxdrop.draw_patterns\(model\)"):
+        compiled(x)
+    ad.draw_patterns(model)  # the advice: drawn after the new rate, outside the graph
+    compiled(x)
+    assert _step_rates(model) == pytest.approx([0.3, 0.3], abs=1e-6)

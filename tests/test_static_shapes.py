@@ -443,6 +443,28 @@ def test_compiled_step_allows_a_graph_per_class_past_dynamos_recompile_limit():
     assert torch._dynamo.config.recompile_limit == 8
 
 
+def test_compiled_step_compiles_an_epochs_last_smaller_batch_too():
+    """A batch of another size (an epoch's last, drop_last=False) makes Dynamo compile the combinations it
+    meets again with a dynamic batch: more graphs than the bound, which compiled_step's limit leaves room
+    for, so every step runs compiled (a step past the limit would run eagerly: an uncounted frame)."""
+    law = ad.PatternDistribution(((2, 1), (4, 2), (6, 3)), (0.4, 0.3, 0.3))  # 9 combinations of 2 sites
+    model = ad.ApproxDropoutMLP(
+        [5, 12, 12, 2], 0.5, method="row", distributions=[law, law], static_shapes=True,
+        generator=torch.Generator().manual_seed(1),
+    )  # fmt: skip
+    torch._dynamo.reset()
+    counters.clear()
+    step = ad.compiled_step(
+        model, torch.optim.SGD(model.parameters(), lr=0.01), nn.functional.cross_entropy, backend="eager"
+    )
+    with torch._dynamo.config.patch(automatic_dynamic_local_pgo=False):
+        for _ in range(3):  # epochs of 41 batches: 40 of 8 samples, then 5
+            for batch in [8] * 40 + [5]:
+                step(torch.randn(batch, 5), torch.randint(2, (batch,)))
+    assert counters["stats"]["unique_graphs"] > 9, counters["stats"]  # the dynamic-batch graphs came on top
+    assert counters["frames"]["total"] == counters["frames"]["ok"], counters["frames"]  # every frame compiled
+
+
 def test_compiled_step_keeps_compiling_through_a_rate_schedule():
     """A schedule that raises p brings new laws with more (dp, keep) classes, so more graphs than the first
     rate's bound (4 at p = 0.1, under Dynamo's default limit of 8). compiled_step raises the limit by each new

@@ -134,7 +134,7 @@ def download(
     grace: float = GRACE_S,
 ) -> Path:
     """Download ``url`` to ``dest`` atomically: a temporary file in ``dest``'s directory, checked
-    against ``md5``, then renamed. Raises DataUnavailable (and leaves nothing) on any failure.
+    against ``md5`` (hex, in either case), then renamed. Raises DataUnavailable (and leaves nothing) on any failure.
 
     Limits: ``timeout`` seconds for the connection and for each read; ``deadline`` seconds for the
     whole download (a trickling server is cut off then, even in the middle of a read); an average
@@ -159,7 +159,7 @@ def download(
                     )
         if watchdog.fired:  # the socket was shut down: the body ended early
             raise DataUnavailable(f"{late} ({received} bytes)")
-        if digest.hexdigest() != md5:
+        if digest.hexdigest() != md5.lower():
             raise DataUnavailable(f"checksum mismatch for {url}: MD5 {digest.hexdigest()}, expected {md5}")
 
     with _Watchdog(deadline) as watchdog:

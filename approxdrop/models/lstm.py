@@ -53,6 +53,7 @@ from .sites import (
     check_executor,
     draw_sites,
     group_mask,
+    run_eagerly,
     setup_static,
     site_distributions,
     static_sides,
@@ -242,6 +243,12 @@ def _check_state(state: object, shape: tuple[int, int, int], weight: torch.Tenso
             )
 
 
+# The grouped paths as the LSTM runs them: under torch.compile outside the graph (their GEMMs depend on the
+# drawn offsets), as the MLP's and FFN's grouped layers run; static_shapes=True compiles them whole.
+_grouped_layer = run_eagerly(grouped_site_lstm)
+_grouped_decoder = run_eagerly(grouped_site_decoder)
+
+
 class ApproxDropoutLSTM(DropoutRate, nn.Module):
     """Word-level LSTM language model with dropout rate ``p`` on its non-recurrent connections.
 
@@ -397,7 +404,7 @@ class ApproxDropoutLSTM(DropoutRate, nn.Module):
         dropped inputs zeroed (``grouped_site_lstm``)."""
         grouped = self.groups > 1 and drops == ROW
         if grouped and (masked or u.shape[1] > 0):  # an empty batch: no group holds a sample, one pattern serves
-            return grouped_site_lstm(u, h, c, layer.weight_ih, layer.weight_hh, layer.bias, draw, masked)
+            return _grouped_layer(u, h, c, layer.weight_ih, layer.weight_hh, layer.bias, draw, masked)
         inp, w_ih = self._site_input(drops, draw[0] if grouped else draw, u, layer.weight_ih)
         return fused_lstm(inp, h, c, w_ih, layer.weight_hh, layer.bias)
 
@@ -405,7 +412,7 @@ class ApproxDropoutLSTM(DropoutRate, nn.Module):
         """The decoder reading the last site: u (Float[T, B, H]) -> logits (Float[T, B, V])."""
         weight, bias = self.decoder.weight, self.decoder.bias
         if drops == ROW and self.groups > 1:
-            return grouped_site_decoder(u, weight, bias, draw, masked)
+            return _grouped_decoder(u, weight, bias, draw, masked)
         if drops == ROW:
             return row_projection(u, weight, bias, draw)
         inp, w = self._site_input(drops, draw, u, weight)

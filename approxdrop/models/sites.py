@@ -290,8 +290,25 @@ class DropoutRate(RateInDropout):
                     f"p is now {p}, but this model's pattern laws were given for p = {self._laws_rate} "
                     "(distributions=...): build it again with laws for the new rate"
                 )
-            self.distributions, self._laws_rate = self._site_laws(p, None), p
+            return _laws_for_new_rate(self, p)
         return self.distributions
+
+
+_NEW_RATE_ADVICE = (
+    "a new dropout rate's pattern laws are searched in Python, which a compiled graph cannot hold: under "
+    "torch.compile(fullgraph=True), set p, then call approxdrop.draw_patterns(model) before the forward (it "
+    "searches and draws outside the graph)"
+)
+
+
+def _search_laws(model: DropoutRate, p: float) -> list[PatternDistribution] | None:
+    """``model``'s sites' laws for the new rate ``p``, kept on it."""
+    model.distributions, model._laws_rate = model._site_laws(p, None), p
+    return model.distributions
+
+
+# Under torch.compile the search runs outside the graph (a graph break; fullgraph=True: an error saying what to do)
+_laws_for_new_rate = torch.compiler.disable(_search_laws, reason=_NEW_RATE_ADVICE)
 
 
 def site_distributions(
@@ -458,15 +475,24 @@ def drops_now(module: nn.Module) -> bool:
 
 def draws_each_step(module: nn.Module) -> bool:
     """True for a module of this package (it has a methods-table ``spec`` and a ``draw()``) that draws a
-    pattern or mask at each training forward: in training mode, with ``p > 0`` and a drawing method."""
+    pattern or mask at each training forward: in training mode, with ``p > 0`` and a drawing method. Not
+    the wrapper ``torch.compile(module)`` makes, which only passes attributes through to the module it holds."""
     spec = getattr(module, "spec", None)
     return (
         isinstance(spec, Method)
+        and not compile_wrapper(module)
         and callable(getattr(module, "draw", None))
         and drops_now(module)
         and getattr(module, "p", 0.0) > 0.0
         and spec.drops in DRAWN
     )
+
+
+def compile_wrapper(module: nn.Module) -> bool:
+    """Whether ``module`` is the OptimizedModule of ``torch.compile(model)``: it holds the model as its child
+    ``_orig_mod`` and passes attribute lookups through to it, so it looks like the model but is not a second
+    one."""
+    return isinstance(module, torch._dynamo.eval_frame.OptimizedModule)
 
 
 def draw_patterns(model: nn.Module) -> int:
@@ -518,8 +544,11 @@ def step_draws(module: nn.Module) -> list:
     in_backward = eager and torch._C._current_graph_task_id() != -1
     if record is not None and in_backward:
         hit, draws = record.take(module)
-        if hit:
-            return module.draw() if draws is None else draws
+        if hit and draws is None:
+            return module.draw()  # drew for itself: again, from the restored state (a static module stores it)
+        if hit:  # the pending draw: where a static-shape forward reads it too, not the later calls' draws
+            store_static(module, [d for d in draws if d is not None])
+            return draws
     pending = getattr(module, PENDING, None)
     if pending is not None:
         setattr(module, PENDING, None)
@@ -664,7 +693,7 @@ def static_graph_bound(model: nn.Module) -> int:
     their sites of each law's ``(dp, keep)`` classes (1 for a model without one)."""
     bound = 1
     for module in model.modules():
-        if getattr(module, "static_shapes", False):
+        if getattr(module, "static_shapes", False) and not compile_wrapper(module):
             bound *= math.prod(len(law_classes(law)) for law in module.site_laws())
     return bound
 

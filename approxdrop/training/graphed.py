@@ -26,12 +26,13 @@ def compiled_step(
     ``loss_fn(output, target)``, backward, ``optimizer.step()``. ``mode`` defaults to "reduce-overhead"
     (CUDA graphs) when the model's parameters are on CUDA, else torch.compile's default; ``backend``
     as torch.compile's. Its calls allow as many recompiles as the model's static-shape modules may need
-    (``static_graph_bound``, summed over the laws of every rate a schedule sets), where that passes
-    Dynamo's recompile limit."""
+    (``static_graph_bound``, summed over the laws of every rate a schedule sets, twice for a batch of another
+    size), where that passes Dynamo's recompile limit."""
     cuda = any(p.is_cuda for p in model.parameters())
     run = torch.compile(model, mode=mode or ("reduce-overhead" if cuda else None), backend=backend)
     # a graph per (dp, keep) combination may pass Dynamo's default recompile limit (8): raise it to the bound,
-    # and by the bound of each new set of laws a new rate brings (its graphs come on top of the old ones)
+    # and by the bound of each new set of laws a new rate brings (its graphs come on top of the old ones); twice
+    # that, since a batch of another size (an epoch's last) compiles each combination again with a dynamic batch
     static = [m for m in model.modules() if getattr(m, "static_shapes", False)]
     bounds: dict[tuple, int] = {}  # the graph bound of each set of the sites' (dp, keep) classes seen
 
@@ -39,7 +40,7 @@ def compiled_step(
         classes = tuple(law_classes(law) for module in static for law in module.site_laws())
         if classes not in bounds:
             bounds[classes] = static_graph_bound(model)
-        return max(torch._dynamo.config.recompile_limit, sum(bounds.values()))
+        return max(torch._dynamo.config.recompile_limit, 2 * sum(bounds.values()))
 
     def step(x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         draw_patterns(model)  # outside the graph: a static model's offsets land in its buffer

@@ -109,7 +109,7 @@ def perplexity(model: nn.Module, data: torch.Tensor, bptt: int = 35) -> float:
         tokens += y.numel()
     model.train(was_training)
     mean = total / max(1, tokens)
-    return math.exp(mean) if mean < 700 else math.inf  # exp overflows a float past ~709
+    return math.exp(mean) if mean < 700 or math.isnan(mean) else math.inf  # exp overflows past ~709; NaN stays NaN
 
 
 class _LMContestant:
