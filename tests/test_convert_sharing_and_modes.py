@@ -8,25 +8,12 @@ import copy
 
 import pytest
 import torch
+from test_convert_models import hf, t5  # tiny Hugging Face models built from configs
 from torch import nn
 
 from approxdrop import ApproxDropoutFFN, convert, draw_patterns
 from approxdrop.models.gated import GatedApproxDropoutFFN
 from approxdrop.models.output_side import OutputRowDropout
-
-
-def hf():
-    return pytest.importorskip("transformers", reason="transformers is not installed (pip install approxdrop[test])")
-
-
-def t5(gated: bool):
-    T = hf()
-    torch.manual_seed(0)
-    config = T.T5Config(
-        vocab_size=40, d_model=16, d_kv=4, d_ff=32, num_layers=2, num_heads=2, dropout_rate=0.3,
-        feed_forward_proj="gated-gelu" if gated else "relu",
-    )  # fmt: skip
-    return T.T5Model(config)
 
 
 def gpt2():
