@@ -469,8 +469,7 @@ def run_eagerly(fn):
 def drops_now(module: nn.Module) -> bool:
     """Whether ``module``'s training forward drops: the mode of its nn.Dropout for a block whose mode
     follows it (``dropout_training``: ApproxDropoutFFN, OutputRowDropout), else ``module.training``."""
-    follows = getattr(type(module), "dropout_training", None)
-    return module.dropout_training if isinstance(follows, property) else module.training
+    return module.dropout_training if isinstance(module, ModeInDropout) else module.training
 
 
 def draws_each_step(module: nn.Module) -> bool:
@@ -543,12 +542,11 @@ def step_draws(module: nn.Module) -> list:
     record = module.__dict__.get(REPLAY) if eager else None
     in_backward = eager and torch._C._current_graph_task_id() != -1
     if record is not None and in_backward:
-        hit, draws = record.take(module)
-        if hit and draws is None:
+        draws = record.take(module)
+        if draws is None:
             return module.draw()  # drew for itself: again, from the restored state (a static module stores it)
-        if hit:  # the pending draw: where a static-shape forward reads it too, not the later calls' draws
-            store_static(module, [d for d in draws if d is not None])
-            return draws
+        store_static(module, [d for d in draws if d is not None])  # where a static-shape forward reads it too
+        return draws
     pending = getattr(module, PENDING, None)
     if pending is not None:
         setattr(module, PENDING, None)
@@ -585,21 +583,19 @@ class Replay:
         if len(self.calls) < self.LIMIT:
             self.calls.append((_generator_state(module), None))
 
-    def take(self, module: nn.Module) -> tuple[bool, list | None]:
-        """``(True, draws)`` for the recorded call a recomputed call repeats (draws None: it drew for itself),
-        ``(False, None)`` when none was recorded."""
+    def take(self, module: nn.Module) -> list | None:
+        """The draws of the recorded call a recomputed call repeats: the pending draw, or None where that call
+        drew for itself (the record holds one call at least, the one that took the pending draw)."""
         state = _generator_state(module)
         same = [i for i, (s, _) in enumerate(self.calls) if s is None or state is None or torch.equal(s, state)]
         if not same:  # the state was not restored (checkpoint(..., preserve_rng_state=False)): call order
             same = list(range(len(self.calls)))
-        if not same:
-            return False, None
         left = [i for i in same if i not in self.replayed]
         if not left:  # every such call was replayed: a new recomputation (another backward)
             self.replayed.difference_update(same)
             left = same
         self.replayed.add(left[0])
-        return True, self.calls[left[0]][1]
+        return self.calls[left[0]][1]
 
 
 def _generator_state(module: nn.Module) -> torch.Tensor | None:
