@@ -277,7 +277,10 @@ def test_batchify_lays_contiguous_streams_in_columns_and_drops_the_tail():
     "ids, batch, message",
     [
         (torch.arange(7), 4, "7 tokens make 1 time steps per column at batch 4; need at least 2"),
-        (torch.arange(10), 0, "batch must be at least 1, got 0"),
+        (torch.arange(10), 0, r"batch must be in \[1, inf\), got 0"),
+        (torch.arange(10), 2.0, "batch must be an int, got 2.0"),
+        (torch.arange(10.0), 2, "ids must be a tensor of integer token ids, got Tensor torch.float32"),
+        ([1, 2, 3, 4], 2, "ids must be a tensor of integer token ids, got list"),
         (torch.arange(12).view(3, 4), 2, r"ids must be 1-D, got shape \(3, 4\)"),
     ],
 )
@@ -333,7 +336,8 @@ def test_every_target_is_the_next_token_of_its_column_stream_exactly_once(n, bat
 @pytest.mark.parametrize(
     "data, steps, message",
     [
-        (torch.arange(20).view(10, 2), 0, "steps must be at least 1, got 0"),
+        (torch.arange(20).view(10, 2), 0, r"steps must be in \[1, inf\), got 0"),
+        (torch.arange(20).view(10, 2), 3.0, "steps must be an int, got 3.0"),
         (torch.arange(20), 3, r"data must be \[T, B\] with T >= 2, got shape \(20,\)"),
         (torch.arange(4).view(1, 4), 3, r"got shape \(1, 4\)"),
     ],

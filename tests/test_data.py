@@ -351,3 +351,19 @@ def test_a_subset_size_below_one_is_refused_before_anything_loads(sizes, monkeyp
     name = next(iter(sizes))
     with pytest.raises(ValueError, match=f"{name} must be"):
         load_dataset("digits", **sizes, verbose=False)
+
+
+@pytest.mark.parametrize(
+    "code, labels, message",
+    [
+        (0x09, np.array([3, -1, 2], dtype=np.int8), r"holds a negative label \(-1\); classes start at 0"),
+        (0x0D, np.array([1.0, 2.5, 0.0], dtype=">f4"), "holds >f4 labels, expected integer class indices"),
+    ],
+)
+def test_labels_that_are_not_class_indices_are_refused_naming_the_file(tmp_path, code, labels, message):
+    write_idx_dir(tmp_path, train=3)
+    spoiled = tmp_path / IDX_FILES[1]  # the train labels, as an IDX file of another element type
+    header = bytes([0, 0, code, 1]) + np.array(labels.shape, dtype=">i4").tobytes()
+    spoiled.write_bytes(gzip.compress(header + labels.tobytes()))
+    with pytest.raises(DataUnavailable, match=f"mine: {spoiled} {message}"):
+        data.load_idx_dir(tmp_path, "mine")

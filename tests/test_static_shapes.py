@@ -369,6 +369,27 @@ def test_compiled_step_trains_a_static_model_as_the_eager_step_trains_its_twin()
         torch.testing.assert_close(b, a)
 
 
+def test_compiled_step_clips_the_gradient_norm_before_the_optimizer_steps():
+    compact, static = _pair([7, 10, 3])
+    opts = [torch.optim.SGD(m.parameters(), lr=0.1) for m in (compact, static)]
+    step = ad.compiled_step(static, opts[1], torch.nn.functional.cross_entropy, backend="eager", clip=0.01)
+    x, y = torch.randn(6, 7), torch.randint(3, (6,))
+    for _ in range(3):
+        loss = step(x, y)
+        assert torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in static.parameters()])) <= 0.01 + 1e-6
+        opts[0].zero_grad(set_to_none=True)
+        eager_loss = torch.nn.functional.cross_entropy(compact(x), y)
+        eager_loss.backward()
+        torch.nn.utils.clip_grad_norm_(compact.parameters(), 0.01)
+        opts[0].step()
+        torch.testing.assert_close(loss, eager_loss.detach())
+    for a, b in zip(compact.parameters(), static.parameters()):
+        torch.testing.assert_close(b, a)
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="clip"):
+            ad.compiled_step(static, opts[1], torch.nn.functional.cross_entropy, backend="eager", clip=bad)
+
+
 def _lstm_pair(groups, **kw):
     """ApproxDropoutLSTM: compact and static_shapes."""
     return _twins(ad.ApproxDropoutLSTM, 17, hidden=11, embedding=7, layers=2, p=0.5, groups=groups, seed=3, **kw)

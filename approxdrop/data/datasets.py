@@ -97,6 +97,15 @@ def _read_idx_file(path: Path, name: str, ndim: int) -> np.ndarray:
     return array
 
 
+def _check_labels(labels: np.ndarray, path: Path, name: str) -> None:
+    """DataUnavailable naming the file unless ``labels`` are class indices: integers >= 0 (an IDX label file
+    may hold signed or floating-point values; a negative index would wrap around in the loss)."""
+    if labels.dtype.kind not in "iu":
+        raise DataUnavailable(f"{name}: {path} holds {labels.dtype} labels, expected integer class indices")
+    if labels.min() < 0:
+        raise DataUnavailable(f"{name}: {path} holds a negative label ({int(labels.min())}); classes start at 0")
+
+
 def fetch_mnist(
     root: Path | None = None,
     base_url: str | None = None,
@@ -123,6 +132,8 @@ def load_idx_dir(directory: Path, name: str, source: str | None = None) -> Datas
     train_x, train_y, test_x, test_y = (_read_idx_file(p, name, ndim) for p, ndim in zip(paths, (3, 1, 3, 1)))
     if len(train_x) != len(train_y) or len(test_x) != len(test_y) or train_x.shape[1:] != test_x.shape[1:]:
         raise DataUnavailable(f"{name}: image and label files in {directory} do not match")
+    for path, labels in ((paths[1], train_y), (paths[3], test_y)):
+        _check_labels(labels, path, name)
     classes = int(max(train_y.max(), test_y.max())) + 1
     return Dataset(
         _to_float(train_x, 255.0),

@@ -11,6 +11,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from .._env import check_positive
 from ..models.sites import draw_patterns, law_classes, static_graph_bound
 
 
@@ -21,13 +22,17 @@ def compiled_step(
     *,
     mode: str | None = None,
     backend: str = "inductor",
+    clip: float | None = None,
 ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """``step(x, target) -> loss`` (detached): draw this step's patterns, zero_grad, compiled forward,
-    ``loss_fn(output, target)``, backward, ``optimizer.step()``. ``mode`` defaults to "reduce-overhead"
+    ``loss_fn(output, target)``, backward, gradient-norm clipping to ``clip`` (None: none; as ``train_lm``'s),
+    ``optimizer.step()``. ``mode`` defaults to "reduce-overhead"
     (CUDA graphs) when the model's parameters are on CUDA, else torch.compile's default; ``backend``
     as torch.compile's. Its calls allow as many recompiles as the model's static-shape modules may need
     (``static_graph_bound``, summed over the laws of every rate a schedule sets, twice for a batch of another
     size), where that passes Dynamo's recompile limit."""
+    if clip is not None:
+        check_positive("clip", clip)
     cuda = any(p.is_cuda for p in model.parameters())
     run = torch.compile(model, mode=mode or ("reduce-overhead" if cuda else None), backend=backend)
     # a graph per (dp, keep) combination may pass Dynamo's default recompile limit (8): raise it to the bound,
@@ -50,6 +55,8 @@ def compiled_step(
         with torch._dynamo.config.patch(recompile_limit=recompile_limit()):
             loss = loss_fn(run(x), target)
         loss.backward()
+        if clip is not None:
+            nn.utils.clip_grad_norm_(model.parameters(), clip)
         optimizer.step()
         return loss.detach()
 
