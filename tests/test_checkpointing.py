@@ -53,6 +53,35 @@ def test_a_draw_of_draw_patterns_is_the_one_the_recomputed_forward_uses(name, ge
         torch.testing.assert_close(a.grad, b.grad, msg=param)
 
 
+@pytest.mark.parametrize("static", [False, True], ids=["dynamic", "static"])
+@pytest.mark.parametrize("reentrant", [False, True])
+@pytest.mark.parametrize("generator", [None, 7], ids=["global random state", "own generator"])
+@pytest.mark.parametrize("method", ["row", "row-g4"])
+def test_two_drawn_checkpointed_forwards_before_one_backward_get_their_own_draws(method, generator, reentrant, static):
+    """R-Drop: two forwards of one batch, each after its own draw_patterns, then one backward of a loss on
+    both. Each recomputation must get its own forward's draw (it got the later one: wrong gradients, or a
+    CheckpointError for a static model)."""
+    torch.manual_seed(0)
+    make = (lambda: None) if generator is None else (lambda: torch.Generator().manual_seed(generator))
+    plain = ApproxDropoutMLP([16, 48, 48, 4], p=0.5, method=method, static_shapes=static, generator=make())
+    checkpointed = copy.deepcopy(plain)
+    x = torch.randn(32, 16, requires_grad=True)  # the reentrant checkpoint needs an input that does
+    for step in range(3):
+        for model, run in (
+            (plain, lambda m: m(x)),
+            (checkpointed, lambda m: checkpoint(m, x, use_reentrant=reentrant)),
+        ):
+            torch.manual_seed(step)
+            model.zero_grad()
+            draw_patterns(model)
+            first = run(model)
+            draw_patterns(model)
+            second = run(model)
+            ((first - second).square().sum() + first.sum()).backward()
+        for (param, a), b in zip(plain.named_parameters(), checkpointed.parameters()):
+            torch.testing.assert_close(a.grad, b.grad, msg=f"step {step}: {param}")
+
+
 @pytest.mark.parametrize("reentrant", [False, True])
 def test_a_modules_own_generator_is_refused_when_checkpointing_recomputes(reentrant):
     model = MODELS["mlp row-g4"](torch.Generator().manual_seed(7))

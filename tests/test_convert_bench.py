@@ -15,8 +15,8 @@ def test_measure_converts_every_feed_forward_and_times_both():
     models = ("encoder", "t5", "gpt2", "bert") if _has_transformers() else ("encoder",)
     rows = bench_convert.measure(models, size=TINY, warmup=0, rounds=2, progress=False)
     assert [r.model for r in rows] == list(models)
-    # T5: 2 encoder + 2 decoder blocks; GPT-2: c_proj per layer; BERT: two output-side denses per layer
-    assert [r.converted_blocks for r in rows] == [2, 4, 2, 4][: len(models)]
+    # T5: 2 encoder + 2 decoder blocks; GPT-2 and BERT: two output-side projections per layer (attention, MLP)
+    assert [r.converted_blocks for r in rows] == [2, 4, 4, 4][: len(models)]
     for r in rows:
         assert (
             r.ms_unconverted > 0 and r.ms_converted > 0 and r.ratio == pytest.approx(r.ms_converted / r.ms_unconverted)

@@ -554,7 +554,7 @@ def test_gpt2_and_bert_output_side_dropout_converts_on_request_only(make, sites)
 def test_gpt2_output_side_blocks_with_static_shapes_train_as_the_eager_blocks():
     """HF Conv1D weights ([d_in, d_out]) in the static form: the same outputs and gradients as the eager
     output-side blocks under the same draws (attention and embedding dropout off; the attention output's
-    dropout, which stays nn.Dropout, draws from the same seed in both)."""
+    c_proj and the MLP's become blocks)."""
     T = hf()
     twins = []
     for static in (False, True):
@@ -567,13 +567,13 @@ def test_gpt2_output_side_blocks_with_static_shapes_train_as_the_eager_blocks():
         convert(model, output_side=True, static_shapes=static, generator=torch.Generator().manual_seed(4))
         twins.append(model.train())
     blocks = [m for m in twins[1].modules() if isinstance(m, OutputRowDropout)]
-    assert len(blocks) == 2 and all(b.static_shapes and b.transposed for b in blocks)  # h.{0,1}.mlp.c_proj
+    assert len(blocks) == 4 and all(b.static_shapes and b.transposed for b in blocks)  # h.{0,1}.{attn,mlp}.c_proj
     ids = torch.randint(1, 40, (3, 7))
     for step in range(3):
         outs = []
         for model in twins:
             model.zero_grad()
-            torch.manual_seed(step)  # the attention blocks' resid_dropout stays nn.Dropout: the same masks
+            torch.manual_seed(step)
             outs.append(model(input_ids=ids).last_hidden_state)
             outs[-1].square().sum().backward()
         torch.testing.assert_close(outs[1], outs[0])

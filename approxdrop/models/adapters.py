@@ -8,12 +8,15 @@ changes the module. Nothing changes before ``apply``, so a failed check leaves t
 adapter with ``replaces = True`` plans on a child: its ``apply`` returns the module that takes the
 child's place in its parent.
 
-Register one for a class of your own with ``register_adapter(MyLayer, adapter)`` (README, convert).
+Register one for a class of your own with ``register_adapter(MyLayer, adapter)`` (README, convert). With
+``output_side``, a module of a class with none registered gets an OutputSideAdapter where its forward
+shows a ``Linear -> Dropout`` pair (``found_output_side``).
 """
 
 from __future__ import annotations
 
 import inspect
+import re
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -306,17 +309,25 @@ class OutputSideAdapter(Adapter):
     """A module whose forward applies ``dropout`` right after ``linear`` (output side; HF GPT2MLP's c_proj,
     BertOutput's dense): with ``convert(..., output_side=True)`` the Linear becomes an OutputRowDropout
     around it, holding the nn.Dropout, and the dropout a MovedDropout (the input as it is; its ``p`` the
-    block's); the forward source is checked for the two lines in a row."""
+    block's); the forward source (``_forward_lines``) is checked for the two lines in a row, and for the
+    dropout applied nowhere else."""
 
     def __init__(self, name: str, linear: str, dropout: str) -> None:
         self.name, self.linear, self.dropout = name, linear, dropout
 
     def plan(self, module: nn.Module, build: Build) -> Plan:
-        lines = [line.strip() for line in _forward_source(module).splitlines() if line.strip()]
+        lines = _forward_lines(module)
         calls = [i for i, line in enumerate(lines) if f"self.{self.linear}(" in line]
         if not any(i + 1 < len(lines) and f"self.{self.dropout}(" in lines[i + 1] for i in calls):
             order = f"self.{self.dropout} right after self.{self.linear}"
             why = f"its forward does not apply {order}: not the layout expected"
+            return Plan(skipped=[(self.dropout, why)], used=[self.dropout])
+        uses = len(re.findall(rf"\bself\.{self.dropout}\s*[(,)]", "\n".join(lines)))
+        if uses > 1:
+            why = (
+                f"its forward applies self.{self.dropout} in {uses} places: a block would take it from all of them "
+                "(a MovedDropout passes its input through), so the others would stop dropping"
+            )
             return Plan(skipped=[(self.dropout, why)], used=[self.dropout])
         linear, dropout = getattr(module, self.linear), getattr(module, self.dropout)
         if isinstance(linear, OutputRowDropout):
@@ -331,6 +342,23 @@ class OutputSideAdapter(Adapter):
 
         moved = [(f"{self.linear}.linear.", f"{self.linear}.", False)]
         return Plan(converted=[self.linear], used=[self.dropout], moved=moved, apply=apply)
+
+
+def found_output_side(module: nn.Module) -> OutputSideAdapter | None:
+    """The output-side adapter for a module of a class with none registered (HF RobertaOutput, DistilBERT's
+    FFN): its forward (``_forward_lines``) calls a child Linear on one line and a child nn.Dropout on the
+    next (each as converted before: OutputRowDropout, MovedDropout); None where it does not."""
+    lines, children = _forward_lines(module), module._modules
+    for line, after in zip(lines, lines[1:]):
+        calls = [(n, children.get(n)) for n in _SELF_CALL.findall(line)]
+        linears = [n for n, child in calls if is_linear(child) or isinstance(child, OutputRowDropout)]
+        dropouts = [n for n in _SELF_CALL.findall(after) if isinstance(children.get(n), (nn.Dropout, MovedDropout))]
+        if linears and dropouts:
+            return OutputSideAdapter("output-side", linears[0], dropouts[0])
+    return None
+
+
+_SELF_CALL = re.compile(r"\bself\.(\w+)\(")
 
 
 class MovedDropout(nn.Module):
@@ -359,12 +387,26 @@ class MovedDropout(nn.Module):
         return f"p={self.p}, applied by the block before it"
 
 
-def _forward_source(module: nn.Module) -> str:
-    """The source of ``module``'s forward ("" where there is none to read)."""
+def _source(function: Callable) -> str:
+    """The source of ``function`` ("" where there is none to read)."""
     try:
-        return inspect.getsource(type(module).forward)
+        return inspect.getsource(function)
     except (OSError, TypeError):
         return ""
+
+
+def _forward_lines(module: nn.Module) -> list[str]:
+    """The lines (stripped, blank ones left out) of ``module``'s forward and, one level deep, of the methods
+    it calls or hands on as ``self.<name>`` (DistilBERT FFN's ``ff_chunk``, given to
+    ``apply_chunking_to_forward``)."""
+    cls = type(module)
+    forward = _source(cls.forward)
+    names = dict.fromkeys(re.findall(r"\bself\.(\w+)", forward))
+    methods = [
+        getattr(cls, n) for n in names if inspect.isfunction(getattr(cls, n, None)) and not hasattr(nn.Module, n)
+    ]
+    sources = [forward] + [_source(method) for method in methods]
+    return [line.strip() for source in sources for line in source.splitlines() if line.strip()]
 
 
 class FunctionalDropoutAdapter(Adapter):
@@ -377,7 +419,7 @@ class FunctionalDropoutAdapter(Adapter):
     LINES = ("self.activation_fn(self.fc1(", "p=self.activation_dropout", "self.fc2(")
 
     def plan(self, module: nn.Module, build: Build) -> Plan:
-        source = _forward_source(module)
+        source = _source(type(module).forward)
         missing = [line for line in self.LINES if line not in source]
         if missing:
             return Plan(skipped=[("activation_dropout", f"its forward lacks {missing[0]!r}: not the expected layout")])
@@ -447,11 +489,14 @@ def class_name(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
-def adapter_for(module: nn.Module) -> Adapter | None:
+def adapter_for(module: nn.Module, output_side: bool = False) -> Adapter | None:
     """The adapter of ``module``'s class (exact match), Sequential's for a subclass that keeps
-    Sequential's forward, else None."""
+    Sequential's forward, else (with ``output_side``) the one ``found_output_side`` reads in its forward,
+    else None."""
     cls = type(module)
     found = ADAPTERS.get(cls) or ADAPTERS.get(class_name(cls))
     if found is None and isinstance(module, nn.Sequential) and cls.forward is nn.Sequential.forward:
         return SEQUENTIAL
+    if found is None and output_side:
+        return found_output_side(module)
     return found

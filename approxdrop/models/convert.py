@@ -114,7 +114,7 @@ def convert(
     if static_shapes and spec.drops != ROW:
         raise ValueError(f"static_shapes is for row patterns, not method={method!r}")
     build = _Builder(p, method, groups, generator, output_side, static_shapes)
-    walk = _Walk(build)
+    walk = _Walk(build, output_side)
     walk.visit(module)
     owners = [owner for owner, *_ in walk.replacements] + [owner for owner, _ in walk.plans]
     order = {id(owner): list(owner.state_dict(keep_vars=True)) for owner in owners}  # checkpoint key order
@@ -140,8 +140,8 @@ def _join(*parts: str) -> str:
 class _Walk:
     """One pass over a model: the plans of every adapter, and what is left alone and why."""
 
-    def __init__(self, build: Build) -> None:
-        self.build = build
+    def __init__(self, build: Build, output_side: bool) -> None:
+        self.build, self.output_side = build, output_side
         self.seen: set[int] = set()
         self.plans: list[tuple[nn.Module, Plan]] = []
         self.replacements: list[tuple[nn.Module, str, nn.Module, Plan]] = []
@@ -158,7 +158,7 @@ class _Walk:
         if isinstance(module, ARD_MODELS):
             self._already(module)
             return
-        adapter = adapter_for(module)
+        adapter = adapter_for(module, self.output_side)
         covered: set[str] = set()
         if adapter is not None and not adapter.replaces:
             covered = self._own(module, adapter)

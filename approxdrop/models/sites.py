@@ -354,7 +354,7 @@ def site_distributions(
 # Where ``draw_patterns`` leaves a module's draws for its next training forward.
 PENDING = "_pending_draws"
 PENDING_RATE = "_pending_rate"  # the p a pending draw was made at
-REPLAY = "_replay_draws"  # the Replay of the calls since a pending draw was taken, for their recomputation in backward
+REPLAY = "_replay_draws"  # the Replays of the calls since pending draws were taken, for their recomputation in backward
 DRAWN = (ROW, TILE, SHARED_UNITS)  # the kinds of method that draw something each step
 _COMPILE_ADVICE = (
     "a training forward under torch.compile(fullgraph=True) cannot draw its dropout pattern inside the "
@@ -534,8 +534,9 @@ def step_draws(module: nn.Module) -> list:
     A forward that activation checkpointing recomputes inside the backward pass gets the pending draw its
     first run took again (a draw made now would be another pattern than the output's); a first run that
     drew for itself is repeated by checkpointing's restored random state, as any other random op is. A
-    module called several times in one forward (a block shared by layers) keeps a record of its calls since
-    it took a pending draw (``Replay``): each recomputed call is matched to the call it repeats."""
+    module called several times in one forward (a block shared by layers), or in several forwards before one
+    backward, keeps a record of its calls since it took each pending draw (``Replays``): each recomputed
+    call is matched to the call it repeats."""
     if torch.compiler.is_exporting():
         raise ValueError(EXPORT_ADVICE)
     eager = not torch.compiler.is_compiling()
@@ -554,23 +555,23 @@ def step_draws(module: nn.Module) -> list:
             pending = None
     if eager and not in_backward:  # plain attributes, without Module.__setattr__
         if pending is not None:
-            module.__dict__[REPLAY] = Replay(module, pending)
+            module.__dict__.setdefault(REPLAY, Replays()).start(module, pending)
         elif record is not None:
             record.add(module)
     return module.draw() if pending is None else pending
 
 
 class Replay:
-    """The calls of a module's forward since it took a pending draw of ``draw_patterns``, in call order: for
+    """The calls of a module's forward since it took one pending draw of ``draw_patterns``, in call order: for
     each, the state of the random generator it draws from (the global one, which checkpointing restores
     before it recomputes a forward; none for a module's own generator, which it does not restore) and the
     draw it took (the pending one), or None where it drew for itself. A recomputed call gets the call with
     its generator state (the first not yet replayed, in call order), or, without one, the first call not
     yet replayed: so a block called twice in one checkpointed forward, or once in each of several
     checkpointed layers, gets the pending draw at the call that took it, and draws again (the same draw,
-    from the restored state) at the others. Kept until the next pending draw, for ``LIMIT`` calls at most.
-    Not told apart: calls in different checkpointed segments with the same generator state (no random op
-    between them, the first taking the pending draw), which backward recomputes in reverse order."""
+    from the restored state) at the others. At most ``LIMIT`` calls. Not told apart: calls in different
+    checkpointed segments with the same generator state (no random op between them, the first taking the
+    pending draw), which backward recomputes in reverse order."""
 
     LIMIT = 256
 
@@ -582,6 +583,14 @@ class Replay:
         """Record a call that drew for itself."""
         if len(self.calls) < self.LIMIT:
             self.calls.append((_generator_state(module), None))
+
+    def holds(self, state: torch.Tensor) -> bool:
+        """Whether a call of this record ran from generator state ``state``."""
+        return any(s is not None and torch.equal(s, state) for s, _ in self.calls)
+
+    def done(self) -> bool:
+        """Whether every call was replayed."""
+        return len(self.replayed) == len(self.calls)
 
     def take(self, module: nn.Module) -> list | None:
         """The draws of the recorded call a recomputed call repeats: the pending draw, or None where that call
@@ -596,6 +605,35 @@ class Replay:
             left = same
         self.replayed.add(left[0])
         return self.calls[left[0]][1]
+
+
+class Replays:
+    """A module's ``Replay`` records of its last ``LIMIT`` pending draws, newest last: several forwards may
+    each take a draw before one backward recomputes them all (two forwards of one batch compared, as R-Drop
+    does; gradient accumulation over checkpointed forwards). A recomputed call goes to the newest record
+    holding its restored generator state; without one (a module's own generator, or the state not restored),
+    to the newest record with a call not yet replayed, as backward recomputes the later forward first."""
+
+    LIMIT = 16
+
+    def __init__(self) -> None:
+        self.records: list[Replay] = []
+
+    def start(self, module: nn.Module, pending: list) -> None:
+        """Record a call that took a pending draw."""
+        self.records = [*self.records[1 - self.LIMIT :], Replay(module, pending)]
+
+    def add(self, module: nn.Module) -> None:
+        """Record a call that drew for itself (it belongs to the newest pending draw)."""
+        self.records[-1].add(module)
+
+    def take(self, module: nn.Module) -> list | None:
+        """``Replay.take`` on the record the recomputed call repeats a call of."""
+        state = _generator_state(module)
+        held = [r for r in self.records if state is not None and r.holds(state)]
+        if not held:
+            held = [r for r in self.records if not r.done()] or self.records
+        return held[-1].take(module)
 
 
 def _generator_state(module: nn.Module) -> torch.Tensor | None:
