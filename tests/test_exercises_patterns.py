@@ -6,15 +6,17 @@ wrong_answers.GROUPED_OFFSETS fails with its own reason, and the library's sampl
 import importlib.util
 import math
 import re
+import time
 from fractions import Fraction
 from pathlib import Path
 
 import nbformat
+import numpy as np
 import pytest
 import torch
 from wrong_answers import GROUPED_OFFSETS, WRONG_TYPES, with_nan
 
-from approxdrop import TilePattern
+from approxdrop import RowPattern, TilePattern
 from approxdrop.course.checks import describe
 from approxdrop.course.exercises import lab01, lab02, lab03, lab06
 
@@ -100,6 +102,68 @@ def test_wrong_type_fails_saying_what_was_expected(lab, solution, name, wrong, a
 def test_an_answer_that_changes_its_input_fails_naming_it(answer, capsys):
     assert lab01.check_inverted_dropout(answer).status == "fail"
     assert "it changed x in place" in capsys.readouterr().out
+
+
+def mask_kept_index(j, dp, offset, keep):  # the review's answer: a mask over all units up to the j-th kept one
+    return int(RowPattern(dp, offset, keep).kept_indices((j // keep + 2) * dp)[j])
+
+
+def numpy_mask_kept_index(j, dp, offset, keep):
+    return int(np.flatnonzero((np.arange((j // keep + 2) * dp) - offset) % dp < keep)[j])
+
+
+def counting_kept_index(j, dp, offset, keep):  # walks the units one by one: no allocation, no end
+    seen, unit = -1, -1
+    while seen < j:
+        unit += 1
+        seen += (unit - offset) % dp < keep
+    return unit
+
+
+@pytest.mark.parametrize("answer", [mask_kept_index, numpy_mask_kept_index], ids=["torch-mask", "numpy-mask"])
+def test_a_kept_index_that_builds_a_mask_fails_saying_why(answer, capsys):
+    """Exercise 2 of lab 06 forbids a mask over all units: the huge j cases make one impossible to allocate,
+    and the FAIL says so instead of a bare allocator error."""
+    assert lab06.check_kept_index(answer).status == "fail"
+    out = capsys.readouterr().out
+    assert out.startswith("[FAIL] j-th kept index: on input (j=1000000000000000, dp=8") and "ran out of memory" in out
+    assert "integer arithmetic" in out
+
+
+def test_a_kept_index_that_walks_the_units_fails_on_time(monkeypatch, capsys):
+    monkeypatch.setattr(lab06, "HUGE_TIMEOUT_S", 0.3)
+    assert lab06.check_kept_index(counting_kept_index).status == "fail"
+    out = capsys.readouterr().out
+    assert "(j=1000000000000000, dp=8" in out and "it took longer than 0.3 s" in out
+
+
+def table_free_kept_index(j, dp, offset, keep):  # hint 2's table-free form: the wrapped residues come first
+    wrapped, r = max(0, offset + keep - dp), j % keep
+    return (j // keep) * dp + (r if r < wrapped else offset + r - wrapped)
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        table_free_kept_index,
+        lambda j, dp, offset, keep: (j // keep) * dp + int(RowPattern(dp, offset, keep).kept_indices(dp)[j % keep]),
+        lambda j, dp, offset, keep: np.int64(
+            divmod(j, keep)[0] * dp + sorted((offset + t) % dp for t in range(keep))[j % keep]
+        ),
+    ],
+    ids=["table-free", "one-period-of-kept-indices", "numpy-int"],
+)
+def test_right_kept_indices_pass_the_huge_cases_quickly(answer):
+    start = time.perf_counter()
+    assert lab06.check_kept_index(answer).passed
+    assert time.perf_counter() - start < 5  # the huge cases cost an arithmetic answer nothing
+
+
+def test_the_huge_kept_index_cases_need_more_memory_than_any_machine_has():
+    for j, dp, offset, keep in lab06.HUGE_CASES:
+        assert j >= lab06.HUGE_J and (j // keep) * dp >= 2 * 10**14 > 2**47  # bytes of a bool mask up to unit j
+        assert lab06.reference_kept_index(j, dp, offset, keep) < 2**53  # exact in the float64 comparison
+        assert lab06.reference_kept_index(j, dp, offset, keep) == table_free_kept_index(j, dp, offset, keep)
 
 
 @pytest.mark.parametrize("name", list(GROUPED_OFFSETS))

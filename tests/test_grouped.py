@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import approxdrop as ad
-from approxdrop.ops import group_bounds, grouped_row_pattern_linear, grouped_row_pattern_linear_compact
+from approxdrop.ops import group_bounds, grouped, grouped_row_pattern_linear, grouped_row_pattern_linear_compact
 from approxdrop.patterns import RowPattern
 
 OPS = torch.ops.approxdrop
@@ -242,6 +242,43 @@ def test_compact_weights_outside_every_groups_block_get_exactly_zero_gradient():
     for pin, pout in zip(ins, outs):
         used |= pout.keep_mask(10)[:, None] & pin.keep_mask(12)[None, :]
     assert bool((w.grad[~used] == 0).all()) and bool((w.grad[used] != 0).all())
+
+
+@pytest.mark.parametrize(
+    "in_dp, in_offsets, out_dp, out_offsets, tiled",
+    [
+        (2, (0, 1, 0, 1), 2, (0, 0, 1, 1), True),  # all four (out, in) offset pairs: the blocks tile W
+        (1, (0, 0, 0), 3, (2, 0, 1), True),  # every input kept: the out offsets' row sets tile W
+        (2, (0, 1, 0, 1), 2, (0, 1, 0, 1), False),  # (0, 1) and (1, 0) missing
+        (3, (0, 1, 2, 0), 2, (0, 1, 0, 1), False),  # 4 of the 6 pairs
+    ],
+)
+def test_where_the_pairs_blocks_tile_the_weight_its_gradient_skips_the_zero_fill(
+    monkeypatch, in_dp, in_offsets, out_dp, out_offsets, tiled
+):
+    """Each new tensor starts as NaN here: where the grouped backward writes its weight gradient into an
+    uninitialised tensor (the blocks tile W), every element must be written, and elsewhere it zero-fills."""
+    ins, outs = [RowPattern(in_dp, o) for o in in_offsets], [RowPattern(out_dp, o) for o in out_offsets]
+    gen = torch.Generator().manual_seed(0)
+    w = torch.randn(7, 11, dtype=torch.float64, generator=gen, requires_grad=True)  # widths the periods do not divide
+    b = torch.randn(7, dtype=torch.float64, generator=gen, requires_grad=True)
+    xs = [torch.randn(2, q.kept_count(11), dtype=torch.float64, generator=gen) for q in ins]
+    assert grouped._tile([((in_dp, i, 1), (out_dp, o, 1)) for i, o in zip(in_offsets, out_offsets)]) is tiled
+    new_empty = torch.Tensor.new_empty
+    monkeypatch.setattr(torch.Tensor, "new_empty", lambda t, *a, **k: new_empty(t, *a, **k).fill_(math.nan))
+    ys = grouped_row_pattern_linear_compact(xs, w, b, ins, outs)
+    grads = [torch.randn(y.shape, dtype=y.dtype, generator=gen) for y in ys]
+    got = torch.autograd.grad(ys, (w, b), grads)
+    monkeypatch.undo()
+    want = torch.autograd.grad(compact_reference(xs, w, b, ins, outs), (w, b), grads)
+    for g, r in zip(got, want):
+        torch.testing.assert_close(g, r)
+
+
+def test_blocks_tile_the_weight_only_with_one_unit_kept_per_period_and_every_offset_pair():
+    assert grouped._tile([((2, 0, 1), (2, 0, 1)), ((2, 1, 1), (2, 1, 1))]) is False
+    assert grouped._tile([((4, o, 2), (1, 0, 1)) for o in range(4)]) is False  # keep 2 of 4: blocks overlap
+    assert grouped._tile([((3, o, 3), (2, p, 1)) for o in range(3) for p in range(2)]) is True  # inputs kept whole
 
 
 def test_compact_backward_without_the_forward_blocks_gathers_them_again():

@@ -71,6 +71,23 @@ def test_frontier_figure_plots_work_against_distance():
     assert list(frontier_figure(crowded).data[0].text) == ["mu=0..1", "", "mu=2"]
 
 
+def test_the_loss_figure_draws_a_reference_loss_as_a_dashed_line():
+    """Lab 04 compares the curve with the bracket mix's loss: a dashed line across the recorded steps."""
+    assert len(loss_figure(MIX).data) == 1
+    curve, line = loss_figure(MIX, steps=30, reference=0.0486, reference_name="bracket").data
+    assert list(line.x) == [10, 30] and list(line.y) == [0.0486, 0.0486] and line.line.dash == "dash"
+    assert line.name == "bracket: 0.0486" and curve.showlegend
+
+
+def test_the_last_frontier_label_sits_below_the_line_that_comes_down_to_it():
+    """The curve falls into its last point from the upper left: a label above left sat on the line."""
+    points = [FrontierPoint(mu, d, w, MIX) for mu, d, w in [(0, 0.001, 0.63), (4, 0.31, 0.55), (10, 0.41, 0.52)]]
+    fig = frontier_figure(points)
+    assert list(fig.data[0].textposition) == ["top right", "top left", "bottom left"]
+    low, high = fig.layout.yaxis.range
+    assert low < 0.52 and high > 0.63  # room for the labels inside the plot
+
+
 def test_a_law_built_by_hand_is_titled_without_a_width_or_a_distance():
     """A law built by hand has no n and no W1: the title says neither (it said "n = 0", "W1 0.0000")."""
     from approxdrop.course.viz.search import probability_figure

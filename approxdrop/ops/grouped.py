@@ -101,7 +101,8 @@ class PairPath:
     k_in], a fresh tensor backward reuses) when inputs are dropped, else None.
     backward(g2, x2, weight, block, inp, out, need_grad_x, sums) -> the pair's grad_x (Tensor[N, k_in]) or None
     without need_grad_x; adds the pair's weight and bias gradients to ``sums``. block: forward's, or None.
-    sums(weight, pairs): new gradient sums over ``pairs`` pairs, whose result() is (grad_w, grad_b)."""
+    sums(weight, sides): new gradient sums over the pairs whose ``(inp, out)`` are ``sides``, whose result() is
+    (grad_w, grad_b)."""
 
     forward: Callable[..., tuple[torch.Tensor, torch.Tensor | None]]
     backward: Callable[..., torch.Tensor | None]
@@ -207,14 +208,14 @@ def run_backward(
     rows that ``run_forward`` stacked (its ``stacks``), else they are stacked from ``xs`` again."""
     path = path or TORCH_PAIRS
     if len(xs) == 1:  # one group: its own pair
-        x, sums = xs[0], path.sums(weight, 1)
         inp, out = (in_dp, in_offsets[0], in_keep), (out_dp, out_offsets[0], out_keep)
+        x, sums = xs[0], path.sums(weight, [(inp, out)])
         grad_x2 = path.backward(
             flat(grads[0]), flat(x), weight, blocks[0] if blocks else None, inp, out, need_grad_x, sums
         )
         return ([_shaped(grad_x2, x)] if need_grad_x else []), *sums.result()
     pairs = _pairs(in_dp, in_keep, in_offsets, out_dp, out_keep, out_offsets)
-    sums = path.sums(weight, len(pairs))
+    sums = path.sums(weight, [(inp, out) for inp, out, _ in pairs])
     grad_xs: list = [None] * len(xs) if need_grad_x else []
     for j, (inp, out, groups) in enumerate(pairs):
         block = blocks[j] if blocks else None
@@ -243,12 +244,27 @@ def _disjoint(inp: tuple[int, int, int], out: tuple[int, int, int]) -> bool:
     return inp[2] in (1, inp[0]) and out[2] in (1, out[0])
 
 
+def _tile(sides: list[tuple[tuple[int, int, int], tuple[int, int, int]]]) -> bool:
+    """Whether the weight blocks of pairs with these ``(inp, out)`` sides tile W: each side keeps one unit per
+    period (or all), and every combination of the sides' offsets is a pair (G >= 4 groups at p = 0.5 often
+    carry all four), so each element of W lies in exactly one block."""
+    needed = 1
+    for side in (0, 1):
+        dp, _, keep = sides[0][side]
+        if keep not in (1, dp):
+            return False
+        needed *= 1 if keep == dp else dp
+    return len({(_key(*inp), _key(*out)) for inp, out in sides}) == needed
+
+
 class _Sums:
     """grad_w (Tensor[n_out, n_in]) and grad_b (Tensor[n_out]) on PyTorch: one pair's block with exact zeros
-    around it (``block_product``), or several pairs' blocks written into zeros (disjoint) or added."""
+    around it (``block_product``), or several pairs' blocks written into zeros (disjoint) or added; into an
+    uninitialised tensor where the blocks tile W (``_tile``): a zero fill of W that every element's block
+    overwrites would be a pass over W at memory speed."""
 
-    def __init__(self, weight: torch.Tensor, pairs: int) -> None:
-        self.weight, self.pairs = weight, pairs
+    def __init__(self, weight: torch.Tensor, sides: list) -> None:
+        self.weight, self.pairs, self.tiled = weight, len(sides), len(sides) > 1 and _tile(sides)
         self.grad_w: torch.Tensor | None = None
         self.grad_b: torch.Tensor | None = None
 
@@ -268,7 +284,8 @@ class _Sums:
                     self.grad_b[rows] = g2.sum(0)
             return
         if self.grad_w is None:
-            self.grad_w, self.grad_b = self.weight.new_zeros(shape), self.weight.new_zeros(shape[0])
+            self.grad_w = self.weight.new_empty(shape) if self.tiled else self.weight.new_zeros(shape)
+            self.grad_b = self.weight.new_zeros(shape[0])
         if isinstance(rows, slice):  # in place on the view
             self.grad_b[rows].add_(g2.sum(0))
         else:

@@ -170,15 +170,34 @@ def probability_figure(dist: PatternDistribution) -> go.Figure:
     return _single(probability_trace(dist), _title(dist, dist.n), "pattern dp/keep", "probability")
 
 
-def loss_figure(dist: PatternDistribution, steps: int = 1000) -> go.Figure:
-    """The search's loss curve, both axes on a log scale (the loss falls mostly in the first steps)."""
+def loss_figure(
+    dist: PatternDistribution, steps: int = 1000, reference: float | None = None, reference_name: str = "reference"
+) -> go.Figure:
+    """The search's loss curve, both axes on a log scale (the loss falls mostly in the first steps).
+    ``reference``: a loss to compare against, drawn as a dashed horizontal line named ``reference_name``
+    in the legend (e.g. a mix whose mean is exactly p: its penalty term is 0, so its loss is its W1)."""
+    curve = loss_trace(dist, steps)
+    traces = [curve]
+    if reference is not None:
+        curve.update(showlegend=True)
+        traces.append(
+            go.Scatter(
+                x=[curve.x[0], curve.x[-1]] if curve.x else [1, steps],
+                y=[reference, reference],
+                mode="lines",
+                line={"color": "#333333", "dash": "dash", "width": 1.5},
+                name=f"{reference_name}: {reference:.4f}",
+                hovertemplate=f"{reference_name}: {reference:.4f}<extra></extra>",
+            )
+        )
     return _single(
-        loss_trace(dist, steps),
+        traces,
         "Search loss: W1 + penalty x (mean - p)^2",
         "Adam step (log scale)",
         "loss (log scale)",
         xaxis_type="log",
         yaxis_type="log",
+        legend={"x": 0.99, "xanchor": "right", "y": 0.99, "yanchor": "top", "bgcolor": "rgba(255,255,255,0.7)"},
     )
 
 
@@ -249,6 +268,9 @@ def frontier_figure(
         yaxis_title=f"expected GEMM time, modelled, not measured<br>(f^{work_exponent:g} of dense for a share f kept)",
         height=420,
     )
+    low, high = min(pt.expected_work for pt in points), max(pt.expected_work for pt in points)
+    pad = max(high - low, 0.01) * 0.12  # room for the labels above the top point and below the last one
+    fig.update_yaxes(range=[low - pad, high + pad])
     return fig
 
 
@@ -270,7 +292,11 @@ def _frontier_labels(points: list[FrontierPoint]) -> list[str]:
 
 
 def _label_sides(points: list[FrontierPoint]) -> list[str]:
-    """Labels right of points in the left half of the log axis, left of the others (none clipped)."""
+    """Labels right of points in the left half of the log axis, left of the others (none clipped). The
+    last point, where the curve comes down from the upper left, takes its label below left, off the line."""
     logs = [math.log(pt.distance + 1e-12) for pt in points]
     middle = (min(logs) + max(logs)) / 2
-    return ["top right" if x <= middle else "top left" for x in logs]
+    sides = ["top right" if x <= middle else "top left" for x in logs]
+    if len(points) > 1 and sides[-1] == "top left" and points[-1].expected_work < points[-2].expected_work:
+        sides[-1] = "bottom left"
+    return sides
