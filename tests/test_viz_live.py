@@ -22,6 +22,19 @@ def test_a_live_figure_gets_the_course_width_and_a_square_one_keeps_its_own():
     assert figure_widget(square).layout.width == square.layout.width != WIDTH
 
 
+def test_a_live_figure_shows_one_line_of_text_where_widgets_do_not_render():
+    from IPython.core.formatters import DisplayFormatter
+
+    fig = training_figure(["bernoulli", "row"], title="MNIST, MLP <b>[784, 10]</b><br><sup>detail</sup>")
+    live = figure_widget(fig)
+    bundle, _ = DisplayFormatter().format(live)  # what display(live) stores in a notebook
+    text = bundle["text/plain"]
+    assert "application/vnd.jupyter.widget-view+json" in bundle  # still the live widget where it renders
+    assert "\n" not in text and len(text) < 200 and "'data'" not in text  # not the figure's repr
+    assert text.startswith("live figure: MNIST, MLP [784, 10] (") and "static copy below" in text
+    assert [t.name for t in go.Figure(live).data] == [t.name for t in fig.data]  # a static copy: the same traces
+
+
 @pytest.mark.parametrize("figure", [training_figure, race_figure])
 @pytest.mark.parametrize("width", [PLOTLY_DEFAULT_WIDTH, WIDTH])
 def test_race_panel_titles_do_not_run_into_each_other(figure, width):

@@ -170,7 +170,7 @@ def test_figures_given_nothing_to_draw_say_so():
         with pytest.raises(ValueError, match=message):
             make()
     bars = timing.timing_figure([Timing("dense", 0.0, 1.0), Timing("x", 0.5, 0.5)]).data[0]  # a 0 ms baseline
-    assert list(bars.text) == ["0 ms", "0.5 ms"]
+    assert list(bars.text) == ["0.000 ms", "0.500 ms"]
 
 
 def test_block_figure_numbers_k_steps_from_1_and_counts_the_reads_shown_so_far():

@@ -41,10 +41,16 @@ def test_timing_figure_draws_measured_bars_and_the_work_bound():
     bars, bound = fig.data
     assert list(bars.x) == ["dense GEMM", "row pattern"] and list(bars.y) == [4.0, 2.0]
     assert list(bound.y) == [4.0, 1.0]  # baseline ms x work
-    assert bars.text[1] == "2 ms, 2.00x"  # speedup: the dense GEMM's time / its own (single medians: their ratio)
+    assert bars.text[1] == "2.000 ms, 2.00x"  # speedup: the dense GEMM's time / its own (single medians: their ratio)
     assert bars.textposition == "none"  # the label is under the bar, in its tick label: no whisker runs through it
-    assert list(fig.layout.xaxis.ticktext) == ["dense GEMM<br><b>4 ms, 1.00x</b>", "row pattern<br><b>2 ms, 2.00x</b>"]
+    assert list(fig.layout.xaxis.ticktext) == [
+        "dense GEMM<br><b>4.000 ms, 1.00x</b>",
+        "row pattern<br><b>2.000 ms, 2.00x</b>",
+    ]
     assert "above 1x: faster" in fig.layout.title.text and "lower is faster" in fig.layout.yaxis.title.text
+    assert fig.layout.yaxis.rangemode == "tozero"  # whiskers never push the axis below 0 ms
+    assert bound.name == "GEMM-work bound (ideal)" and "black line: GEMM-work bound (ideal)" in fig.layout.title.text
+    assert bound.marker.color == bound.marker.line.color == "#222222"  # not red: red is the `row` method's colour
 
 
 def test_update_timing_figure_in_place_from_empty():
@@ -83,15 +89,19 @@ def test_spread_of_tight_repeats_does_not_warn():
     assert s.q1 == pytest.approx(0.99) and s.q3 == pytest.approx(1.01)
     assert s.relative == pytest.approx(0.02) and not s.busy
     assert s.describe() == "1.00x (IQR 0.99-1.01, range 0.98-1.02 over 5 repeats)"
-    assert noise_warning([s]) is None
+    assert noise_warning({"s": s}) is None
 
 
 def test_busy_spread_warns_once_for_any_busy_timing():
     tight, busy = spread([0.5, 0.51, 0.49]), spread([0.47, 0.53, 1.08, 0.5, 0.9])
     assert busy.relative > BUSY_SPREAD and busy.busy
-    warning = noise_warning([tight, busy])
+    warning = noise_warning({"tight one": tight, "kept columns": busy})
     assert warning is not None and "machine looks busy" in warning and "25%" in warning
-    assert noise_warning([tight]) is None and noise_warning([]) is None
+    assert f"kept columns: IQR {busy.relative:.0%} of its median" in warning  # names the noisy one, its spread
+    assert "tight one" not in warning
+    both = noise_warning({"a": busy, "b": busy})
+    assert both is not None and "a: IQR" in both and "; b: IQR" in both
+    assert noise_warning({"tight one": tight}) is None and noise_warning({}) is None
     assert not Spread(1.0, 0.88, 1.12, 0.5, 2.0, 7).busy  # IQR 0.24 of the median: below the limit
     assert Spread(1.0, 0.87, 1.13, 0.87, 1.13, 7).busy  # 0.26: above it, however tight the range
 
@@ -103,7 +113,7 @@ def test_spread_leaves_out_nan_and_inf():
     none = spread([math.nan, math.nan])
     assert none.count == 0 and none.dropped == 2 and math.isnan(none.median) and math.isnan(none.relative)
     assert not none.busy and none.describe() == "not measured (2 repeats, none finite)"
-    assert noise_warning([none]) is None
+    assert noise_warning({"none": none}) is None
     one = spread([0.7])
     assert (one.q1, one.q3, one.relative, one.busy) == (0.7, 0.7, 0.0, False)
 
@@ -127,7 +137,8 @@ def test_repeat_timings_gives_the_ratio_to_the_baseline_of_each_round():
     lines = timing_lines([dense, small])
     assert lines[1].startswith("     small:   2.000 ms, speedup vs dense GEMM 4.00x (IQR 3.00-4.00, range 2.00-4.00")
     assert "over 3 rounds" in lines[1] and lines[1].endswith("; ideal 2.00x")  # 1 / GEMM work
-    assert lines[-1] == noise_warning([small.ratio])  # 0.25 / 0.25 / 0.5: IQR 0.125 of 0.25, busy
+    assert lines[-1] == noise_warning({"small": small.ratio})  # 0.25 / 0.25 / 0.5: IQR 0.125 of 0.25, busy
+    assert "small: IQR 50% of its median" in lines[-1]
     with pytest.raises(ValueError, match="rounds"):
         repeat_timings(measure, 0)
 
@@ -156,7 +167,7 @@ def test_race_speedups_pair_steps_after_warmup_and_warn_when_noisy():
     assert speed["late"].count == 1 and speed["late"].median == 2.0
     lines = race_lines(result)
     assert lines[0] == " row: speedup vs bernoulli 2.00x (IQR 2.00-2.00, range 2.00-2.00 over 4 steps)"
-    assert lines[-1] == noise_warning([speed["tile"]])
+    assert lines[-1] == noise_warning({"tile": speed["tile"]}) and "tile: IQR" in lines[-1] and "row:" not in lines[-1]
     assert race_speedups(result, baseline="none") == {}
 
 
@@ -223,11 +234,11 @@ def test_the_table_the_bars_and_the_lines_give_one_speedup():
     assert race_speedups(result)["row"].median == pytest.approx(2.0)
     assert race_lines(result)[0].startswith("row: speedup vs bernoulli 2.00x (IQR")
     fig = training_viz.summary_figure(result, "t")
-    assert list(fig.data[0].text) == ["3 ms, 1.00x", "2 ms, 2.00x"]
-    assert fig.layout.xaxis.ticktext[1] == "row<br><b>2 ms, 2.00x</b>"
+    assert list(fig.data[0].text) == ["3.000 ms, 1.00x", "2.000 ms, 2.00x"]
+    assert fig.layout.xaxis.ticktext[1] == "row<br><b>2.000 ms, 2.00x</b>"
     assert "median of the per-step ratios" in fig.layout.title.text
     plain = timing_figure(training_viz.summary_timings(result), "t")  # lab 07's way: the rows carry the speedups
-    assert list(plain.data[0].text) == ["3 ms, 1.00x", "2 ms, 2.00x"] and "per-step" in plain.layout.title.text
+    assert list(plain.data[0].text) == ["3.000 ms, 1.00x", "2.000 ms, 2.00x"] and "per-step" in plain.layout.title.text
     assert [t.speedup for t in training_viz.summary_timings(result)] == pytest.approx([1.0, 2.0])
 
 
@@ -240,12 +251,12 @@ def test_spread_figure_labels_the_median_per_round_speedup_that_the_lines_print(
 
     timings = repeat_timings(measure, 3)
     fig = spread_figure(timings, "t")
-    assert list(fig.data[0].text) == ["4 ms, 1.00x", "2 ms, 4.00x"]
+    assert list(fig.data[0].text) == ["4.000 ms, 1.00x", "2.000 ms, 4.00x"]
     assert "speedup vs dense GEMM 4.00x" in timing_lines(timings)[1]
     assert "median of the per-round ratios" in fig.layout.title.text
     live = go.FigureWidget(timing_figure([], "t"))
     update_timing_figure(live, median_rows(timings), "t", [t.ms for t in timings])
-    assert list(live.data[0].text) == ["4 ms, 1.00x", "2 ms, 4.00x"] and live.layout.xaxis.ticktext[1].endswith(
+    assert list(live.data[0].text) == ["4.000 ms, 1.00x", "2.000 ms, 4.00x"] and live.layout.xaxis.ticktext[1].endswith(
         "4.00x</b>"
     )
     assert "median of the per-round ratios" in live.layout.title.text

@@ -55,6 +55,8 @@ def test_timed_panel_shows_the_spread_and_warns_only_when_busy():
         assert panel.status.value.startswith(f"{timed}, rows and columns: speed-up over the dense GEMM 4.00x (IQR")
         assert "over 4 rounds" in panel.status.value
         assert ("machine looks busy" in panel.warning.value) is warns
+        assert ("rows and columns: IQR" in panel.warning.value) is warns  # the noisy one, named
+        assert "kept rows" not in panel.warning.value
     with pytest.raises(ValueError, match="rounds"):
         RowPatternPanel(n=16, rounds=0)
 

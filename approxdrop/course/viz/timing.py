@@ -12,9 +12,10 @@ race), it is the median of the per-round (per-step) ratios, and the bars' labels
 race's table all show that same number. A chart of single medians (no rounds) labels the ratio of them.
 
 Spread: ``spread(values)`` gives median, quartiles and range (NaN and inf left out);
-``noise_warning`` returns one warning line when any interquartile range is above ``BUSY_SPREAD`` (25%)
-of its median. ``repeat_timings`` repeats a GEMM timing (labs 01-03: ``timing_lines`` prints it, the
-pattern panels show it); ``race_speedups`` / ``race_lines`` give a race's per-step speedups (lab 05).
+``noise_warning`` returns one warning line, naming each noisy measurement and its spread, when any
+interquartile range is above ``BUSY_SPREAD`` (25%) of its median. ``repeat_timings`` repeats a GEMM timing
+(labs 01-03: ``timing_lines`` prints it, the pattern panels show it); ``race_speedups`` / ``race_lines``
+give a race's per-step speedups (lab 05).
 ``Spread.describe`` names what was repeated: "rounds" (a timing repeated side by side) or "steps" (a race).
 """
 
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -90,8 +91,13 @@ def _speedups(rows: Sequence[Timing]) -> list[float | None]:
 
 
 def _label(row: Timing, speedup: float | None) -> str:
-    """A bar's label: its median ms and its speedup over the first row (e.g. ``2 ms, 2.00x``)."""
-    return f"{row.ms:.3g} ms" + ("" if speedup is None else f", {speedup:.2f}x")
+    """A bar's label: its median ms, always to 3 decimals, and its speedup over the first row (e.g.
+    ``2.000 ms, 2.00x``)."""
+    return f"{row.ms:.3f} ms" + ("" if speedup is None else f", {speedup:.2f}x")
+
+
+BOUND_NAME = "GEMM-work bound (ideal)"
+BOUND_COLOUR = "#222222"  # near black: red is the `row` method's colour in the training curves (methods table)
 
 
 def _traces(rows: Sequence[Timing], spreads: Sequence[Spread] | None = None) -> tuple[go.Bar, go.Scatter, list[str]]:
@@ -115,9 +121,14 @@ def _traces(rows: Sequence[Timing], spreads: Sequence[Spread] | None = None) -> 
     bound = go.Scatter(
         x=names,
         y=[base * r.work for r in rows],
-        name="GEMM-work bound",
+        name=BOUND_NAME,
         mode="markers",
-        marker={"symbol": "line-ew-open", "size": 40, "line": {"width": 3, "color": "#E45756"}},
+        marker={  # an open symbol is stroked in marker.color (plotly.js); line.color for other renderers
+            "symbol": "line-ew-open",
+            "size": 40,
+            "color": BOUND_COLOUR,
+            "line": {"width": 3, "color": BOUND_COLOUR},
+        },
         hovertemplate="%{x}: bound %{y:.3g} ms<extra></extra>",
     )
     ticks = [f"{name}<br><b>{label}</b>" for name, label in zip(names, labels)]
@@ -133,14 +144,14 @@ def _title(title: str, rows: Sequence[Timing], spreads: Sequence[Spread] | None 
     bars = "bars: measured median, whiskers: its IQR over the rounds" if spreads else "bars: measured median"
     return (
         f"{title}<br><sup>under each bar: its ms and its speedup, {base}'s time / its time ({how}; above 1x: "
-        f"faster)</sup><br><sup>red line: {base} time x GEMM work left (ideal); {bars}</sup>"
+        f"faster)</sup><br><sup>black line: {BOUND_NAME}, {base} time x GEMM work left; {bars}</sup>"
     )
 
 
 def _axes(ticks: Sequence[str], rows: Sequence[Timing]) -> dict:
     return {
         "xaxis": {"tickmode": "array", "tickvals": [r.name for r in rows], "ticktext": list(ticks)},
-        "yaxis": {"title": {"text": "ms (lower is faster)"}},
+        "yaxis": {"title": {"text": "ms (lower is faster)"}, "rangemode": "tozero"},
     }
 
 
@@ -189,7 +200,7 @@ on the cores the same timings spread 30-100%, and a ratio read from them can be 
 it measures."""
 
 BUSY_WARNING = (
-    "WARNING: the machine looks busy: these timings are noisy (IQR above {limit:.0%} of the median); "
+    "WARNING: the machine looks busy: {noisy} (above {limit:.0%}: noisy); "
     "time again when it is quiet, and compare with the recorded reference in the text"
 )
 
@@ -243,9 +254,11 @@ def spread(values: Iterable[float]) -> Spread:
     return Spread(statistics.median(finite), q1, q3, finite[0], finite[-1], len(finite), dropped)
 
 
-def noise_warning(spreads: Iterable[Spread]) -> str | None:
-    """``BUSY_WARNING`` when any of ``spreads`` is busy, else None."""
-    return BUSY_WARNING.format(limit=BUSY_SPREAD) if any(s.busy for s in spreads) else None
+def noise_warning(spreads: Mapping[str, Spread]) -> str | None:
+    """``BUSY_WARNING`` naming each busy measurement of ``spreads`` (what was measured -> its Spread) with
+    its IQR as a share of its median, e.g. ``kept columns: IQR 36% of its median``; None when none is busy."""
+    noisy = [f"{name}: IQR {s.relative:.0%} of its median" for name, s in spreads.items() if s.busy]
+    return BUSY_WARNING.format(noisy="; ".join(noisy), limit=BUSY_SPREAD) if noisy else None
 
 
 @dataclass(frozen=True)
@@ -283,6 +296,15 @@ def repeat_timings(measure: Callable[[], Sequence[Timing]], rounds: int) -> list
     ]
 
 
+def round_noise(spreads: Sequence[TimingSpread]) -> dict[str, Spread]:
+    """For ``noise_warning``: each method after the baseline, by name, with the noisier of its per-round
+    speedup and time share (reciprocals, whose relative IQRs differ a little)."""
+    return {
+        s.name: max(s.speedup, s.ratio, key=lambda x: -1.0 if math.isnan(x.relative) else x.relative)
+        for s in spreads[1:]
+    }
+
+
 def median_rows(spreads: Sequence[TimingSpread]) -> list[PairedTiming]:
     """The medians as rows for ``timing_figure``, each carrying its median per-round speedup over the first:
     the number ``timing_lines`` prints."""
@@ -298,7 +320,7 @@ def spread_figure(timings: Sequence[TimingSpread], title: str = "Measured time")
 def timing_lines(spreads: Sequence[TimingSpread], baseline: str | None = None) -> list[str]:
     """One line per method: median ms, its speedup over the first method (the first's time over its own in
     each round: the median, with its spread over the rounds; above 1x: faster), and the ideal speedup of
-    its GEMM work left (``1 / work``, the red line of the chart); then the busy-machine warning when a
+    its GEMM work left (``1 / work``, the black line of the chart); then the busy-machine warning when a
     spread is large."""
     base = baseline or (spreads[0].name if spreads else "")
     width = max((len(s.name) for s in spreads), default=0)
@@ -307,7 +329,7 @@ def timing_lines(spreads: Sequence[TimingSpread], baseline: str | None = None) -
         f"ideal {1 / s.work:.2f}x"
         for s in spreads
     ]
-    warning = noise_warning([*(s.speedup for s in spreads[1:]), *(s.ratio for s in spreads[1:])])
+    warning = noise_warning(round_noise(spreads))
     return lines + ([warning] if warning else [])
 
 
@@ -330,5 +352,5 @@ def race_lines(result: RaceResult, baseline: str | None = None) -> list[str]:
     speedups = race_speedups(result, baseline)
     width = max((len(m) for m in speedups), default=0)
     lines = [f"{m:>{width}}: speedup vs {baseline} {s.describe('x', 'steps')}" for m, s in speedups.items()]
-    warning = noise_warning(speedups.values())
+    warning = noise_warning(speedups)
     return lines + ([warning] if warning else [])

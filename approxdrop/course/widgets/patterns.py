@@ -38,6 +38,7 @@ from ..viz.timing import (
     median_rows,
     noise_warning,
     repeat_timings,
+    round_noise,
     timing_figure,
     update_timing_figure,
 )
@@ -138,7 +139,7 @@ class _TimedPanel:
             f"{pattern}, {best.name}: speed-up over the dense GEMM {best.speedup.describe('x', 'rounds')} "
             f"(above 1x: faster); GEMM-work bound {bound}"
         )
-        warning = noise_warning([best.speedup, *(s.ratio for s in spreads[1:])])
+        warning = noise_warning(round_noise(spreads))  # names each noisy method and its spread
         self.warning.value = f'<b style="color:#B22222">{html.escape(warning)}</b>' if warning else ""
 
 
