@@ -15,13 +15,15 @@ from ._env import check_int, tensor_cache
 
 
 def periodic_count(n: int, dp: int, offset: int, keep: int) -> int:
-    """Number of ``i`` in ``[0, n)`` with ``(i - offset) mod dp < keep``, by arithmetic.
-    ``n`` may be a SymInt (fake tensors under torch.compile)."""
-    total = 0
-    for t in range(keep):
-        residue = (offset + t) % dp
-        total = total + torch.sym_max(0, (n - residue + dp - 1) // dp)
-    return total
+    """Number of ``i`` in ``[0, n)`` with ``(i - offset) mod dp < keep``, in closed form (no loop over keep):
+    ``keep`` per whole period, plus the kept residues below ``n mod dp``. ``n`` and ``offset`` may be SymInts
+    (fake tensors under torch.compile): no branch on them."""
+    rem = n % dp
+
+    def below_rem(x):  # i in [0, x), x < 2 dp, with i mod dp < rem
+        return torch.sym_min(x, rem) + torch.sym_max(0, torch.sym_min(x - dp, rem))
+
+    return (n // dp) * keep + below_rem(offset + keep) - below_rem(offset)
 
 
 def periodic_mask(n: int, dp: int, offset: int, keep: int, device: torch.device | str | None = None) -> torch.Tensor:
@@ -35,9 +37,10 @@ def _kept_index(n: int, dp: int, offset: int, keep: int, device: torch.device | 
     nonzero's data-dependent one, which a compiled graph cannot guard on, and no values read (a meta device
     works): the kept residues of each period in increasing order (the ``wrapped`` ones past dp, ``0 .. wrapped -
     1``, then ``offset ..``; no sort, offset may be symbolic), cut at the kept count."""
-    t = torch.arange(keep, device=device)  # [keep]
+    # [keep]; past the first n residues none is a unit (only dp > n leaves keep > n, a single period)
+    t = torch.arange(min(keep, n) if isinstance(n, int) else keep, device=device)
     wrapped = torch.sym_max(0, offset + keep - dp)
-    residues = torch.where(t < wrapped, t, t + (offset - wrapped))  # [keep], increasing
+    residues = torch.where(t < wrapped, t, t + (offset - wrapped))  # increasing
     starts = torch.arange(0, n, dp, device=device)  # [ceil(n / dp)]: only the last period may run past n
     return (starts[:, None] + residues).flatten()[: periodic_count(n, dp, offset, keep)]  # [k]
 

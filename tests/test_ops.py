@@ -3,6 +3,7 @@ exact unbiasedness by enumeration, what autograd saves, and errors."""
 
 import inspect
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given
@@ -279,6 +280,49 @@ def test_backward_saves_only_x_and_weight(call):
 def test_bad_input_raises_clear_value_error(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda x, w: row_pattern_linear(x, w, None, RowPattern(1, 0), RowPattern(1, 0)), "row_linear: x"),
+        (lambda x, w: tile_pattern_linear(x, w, None, TilePattern(2, 0)), "tile_linear: x"),
+        (lambda x, w: ops.grouped_row_pattern_linear(x, w, None, [RowPattern(1, 0)], [RowPattern(1, 0)]), "x"),
+        (lambda x, w: ops.grouped_tile_pattern_linear(x, w, None, [TilePattern(2, 0)]), "x"),
+        (
+            lambda x, w: ops.grouped_row_pattern_linear_compact([x], w, None, [RowPattern(1, 0)], [RowPattern(1, 0)]),
+            "x",
+        ),
+        (
+            lambda x, w: ops.grouped_row_pattern_linear_compact(x, w, None, [RowPattern(1, 0)], [RowPattern(1, 0)]),
+            "row_linear: xs?",
+        ),
+    ],
+)
+@pytest.mark.parametrize("as_given", [np.asarray, lambda t: t.tolist()], ids=["numpy", "list"])
+def test_an_operand_that_is_not_a_tensor_is_named_at_entry(call, message, as_given):
+    """NumPy 2's arrays have a device too: the device check said every operand was on cpu and named none."""
+    x, w = torch.randn(3, 10), torch.randn(4, 10)
+    with pytest.raises(ValueError, match=f"{message}.* must be a (torch.Tensor|list of tensors)"):
+        call(as_given(x), w)
+    with pytest.raises(ValueError, match="weight must be a torch.Tensor, got NoneType"):
+        row_pattern_linear(x, None, None, RowPattern(1, 0), RowPattern(1, 0))
+    with pytest.raises(ValueError, match="bias must be a torch.Tensor, got ndarray"):
+        tile_pattern_linear(x, w, np.zeros(4), TilePattern(2, 0))
+
+
+def test_a_tile_pattern_that_keeps_every_tile_is_the_dense_layer_with_no_layout(monkeypatch):
+    """keep == dp keeps every tile at scale 1 whatever dp: no per-class layout (its size grew with keep)."""
+    from approxdrop.ops import tile_layout
+
+    monkeypatch.setattr(tile_layout, "_layout", lambda *a: pytest.fail("a layout was built"))
+    x, w, b = torch.randn(3, 10, requires_grad=True), torch.randn(4, 10, requires_grad=True), torch.randn(4)
+    y = tile_pattern_linear(x, w, b, TilePattern(10**7, 5, 4, 10**7))
+    torch.testing.assert_close(y, torch.nn.functional.linear(x, w, b))
+    got = torch.autograd.grad(y.square().sum(), (x, w))
+    want = torch.autograd.grad(torch.nn.functional.linear(x, w, b).square().sum(), (x, w))
+    for g, r in zip(got, want):
+        torch.testing.assert_close(g, r)
 
 
 OPS = (

@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from approxdrop import RowPattern, TilePattern
-from approxdrop.patterns import periodic_selector
+from approxdrop.patterns import periodic_count, periodic_selector
 
 
 @st.composite
@@ -144,3 +144,18 @@ def test_tile_keep_mask_memory_follows_the_weight_not_the_tile():
     assert mask.shape == (7, 10) and not mask.any()  # tile (0, 0): (0 - 0 - 1) mod 2 = 1, dropped
     assert TilePattern(2, 0, tile=100_000).keep_mask(7, 10).all()
     assert pattern.kept_count(7, 10) == 0 and TilePattern(3, 0, tile=10**12, keep=2).kept_count(5, 9) == 45
+
+
+@given(n=st.integers(0, 60), dp=st.integers(1, 12), data=st.data())
+def test_periodic_count_in_closed_form_counts_the_kept_units(n, dp, data):
+    offset, keep = data.draw(st.integers(0, dp - 1)), data.draw(st.integers(1, dp))
+    assert periodic_count(n, dp, offset, keep) == sum((i - offset) % dp < keep for i in range(n))
+    assert len(RowPattern(dp, offset, keep).kept_indices(n)) == periodic_count(n, dp, offset, keep)
+
+
+def test_a_huge_period_costs_no_loop_over_keep():
+    """keep = 10**6 on 8 units: the count is arithmetic and the kept index has at most n entries (the one
+    dropped residue, (offset + keep) mod dp = 2, wraps around)."""
+    q = RowPattern(10**6 + 1, 3, 10**6)
+    assert q.kept_count(8) == periodic_count(8, q.dp, q.offset, q.keep) == 7
+    assert q.kept_indices(8).tolist() == [0, 1, 3, 4, 5, 6, 7]

@@ -140,6 +140,15 @@ def check_pattern_ints(name: str, dp: int, keep: int, offsets: Sequence[int], pr
         check_int(f"{name}: {prefix}offsets[{g}]: offset", offset, 0, dp - 1)
 
 
+def check_tensors(name: str, x: object, weight: object, bias: object) -> None:
+    """ValueError naming the first of x, weight and bias (which may be None) that is not a torch.Tensor: a
+    NumPy array or a list would fail deeper with a message that names nothing (NumPy 2's arrays even have a
+    ``device``)."""
+    for key, value in (("x", x), ("weight", weight), ("bias", bias)):
+        if not isinstance(value, torch.Tensor) and not (key == "bias" and value is None):
+            raise ValueError(f"{name}: {key} must be a torch.Tensor, got {type(value).__name__}")
+
+
 def check_weight(name: str, weight: torch.Tensor) -> None:
     if weight.dim() != 2:
         raise ValueError(f"{name}: weight must be 2-D [n_out, n_in], got shape {tuple(weight.shape)}")

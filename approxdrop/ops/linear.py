@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import torch
 
 from ..patterns import RowPattern, TilePattern, periodic_selector
-from .common import check_linear_args, check_weight
+from .common import check_linear_args, check_tensors, check_weight
 from .eager import RowLinear, TileLinear, use_eager
 from .row import check_forward, row_linear, row_linear_reference
 from .tile import check_tile, tile_linear, tile_linear_reference
@@ -36,6 +36,7 @@ def row_pattern_linear(
     ``in_pattern.scale * x @ W[kept_out][:, kept_in].T + b[kept_out]``; backward reuses the kept weight
     block it gathered (``approxdrop::row_linear`` with one group)."""
     if check:
+        check_tensors("row_linear", x, weight, bias)
         check_patterns("row_linear", RowPattern, [in_pattern, out_pattern])
         check_weight("row_linear", weight)
         check_linear_args("row_linear", x, weight, bias, in_pattern.kept_count(weight.shape[1]))
@@ -59,6 +60,10 @@ def grouped_row_pattern_linear_compact(
     """``approxdrop::row_linear`` with one RowPattern per group and side: xs[g] (Tensor[*, k_in(g)]) -> ys[g]
     (Tensor[*, k_out(g)]), the compact activations of group g."""
     if check:
+        if isinstance(xs, torch.Tensor) or not isinstance(xs, Sequence):
+            raise ValueError(f"row_linear: xs must be a list of tensors, one per group, got {type(xs).__name__}")
+        for x in xs:
+            check_tensors("row_linear", x, weight, bias)
         check_patterns("row_linear in", RowPattern, in_patterns)
         check_patterns("row_linear out", RowPattern, out_patterns)
     return _compact(list(xs), weight, bias, in_patterns, out_patterns, check_shapes=check)
@@ -98,6 +103,7 @@ def grouped_row_pattern_linear(
     zero at each group's dropped outputs. Composed around ``approxdrop::row_linear`` (docs/design.md, "Ops and
     dispatch"): each group's kept columns of x in, its kept outputs widened with zeros."""
     if check:
+        check_tensors("row_linear", x, weight, bias)
         check_patterns("row_linear in", RowPattern, in_patterns)
         check_patterns("row_linear out", RowPattern, out_patterns)
         if x.dim() < 2:
@@ -128,6 +134,7 @@ def tile_pattern_linear(
     """DropConnect on the T x T tiles of ``weight`` (``approxdrop::tile_linear`` with one group): x
     (Tensor[*, n_in]) -> Tensor[*, n_out]."""
     if check:
+        check_tensors("tile_linear", x, weight, bias)
         check_patterns("tile_linear", TilePattern, [pattern])
     return _tile(x, weight, bias, (pattern.dp, pattern.keep, pattern.tile, [pattern.offset]), check)
 
@@ -144,6 +151,7 @@ def grouped_tile_pattern_linear(
     x (Tensor[*, B, n_in], the second-to-last) splits as ``torch.tensor_split`` does; each group's rows get its
     pattern (``approxdrop::tile_linear``) -> Tensor[*, B, n_out]."""
     if check:
+        check_tensors("tile_linear", x, weight, bias)
         check_patterns("tile_linear", TilePattern, patterns)
     if len({(q.dp, q.keep, q.tile) for q in patterns}) > 1:
         raise ValueError(f"tile_linear: the groups' patterns must share dp, keep and tile, got {patterns}")

@@ -150,7 +150,7 @@ def tile_forward(
 ) -> torch.Tensor:
     """One tile pattern ``(dp, offset, keep, tile)`` on checked operands: x (Tensor[*, n_in]) -> Tensor[*, n_out]."""
     n_out, n_in = weight.shape
-    if dp == 1 or weight.numel() == 0:  # every tile kept (or none exists): a dense linear, no blocks
+    if keep == dp or weight.numel() == 0:  # every tile kept, scale 1 (or none exists): a dense linear, no blocks
         return torch.nn.functional.linear(x, weight, bias)
     layout = _layout(dp, offset, keep, tile, n_out, n_in, x.device)
     x2 = flat(x)  # [N, n_in]
@@ -175,7 +175,7 @@ def tile_backward(
     """Gradients of ``tile_forward`` on checked operands: (grad_x, empty without ``need_grad_x``; grad_w; grad_b)."""
     n_out, n_in = weight.shape
     g2 = flat(grad_y)  # [N, n_out]
-    if dp == 1 or weight.numel() == 0:  # every tile kept (or none exists): dense gradients
+    if keep == dp or weight.numel() == 0:  # every tile kept, scale 1 (or none exists): dense gradients
         grad_x = torch.mm(g2, weight).reshape(x.shape) if need_grad_x else x.new_empty(0)
         return grad_x, torch.mm(g2.t(), flat(x)), g2.sum(0)
     layout = _layout(dp, offset, keep, tile, n_out, n_in, x.device)
