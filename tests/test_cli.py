@@ -105,6 +105,20 @@ def test_bench_search_names_the_machine_without_a_stray_space(monkeypatch, capsy
     assert " ," not in header
 
 
+def test_bench_search_without_scipy_leaves_the_lp_out_and_says_so(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "scipy", None)  # import scipy raises ImportError
+    monkeypatch.setitem(sys.modules, "scipy.optimize", None)
+    times = []
+    monkeypatch.setattr(
+        bench_search, "timed", lambda fn, repeat, *case: times.append(fn) or (0.001, SimpleNamespace(distance=0.5))
+    )
+    assert cli_main(["bench-search", "--repeat", "1"]) == 0
+    out, err = capsys.readouterr()
+    assert err.strip() == "bench-search: scipy is not installed, so the LP columns are left out (pip install scipy)"
+    assert bench_search.exact_optimum not in times and len(times) == 36
+    assert all(line.endswith("| - | 0.50000 | - |") for line in out.splitlines()[3:])
+
+
 class Terminal(io.StringIO):
     def isatty(self) -> bool:
         return True

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import platform
+import sys
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -39,8 +40,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(device="cpu")
 
 
+def lp_available() -> bool:
+    """Whether scipy (the LP's solver, not a dependency of the library) imports."""
+    try:
+        import scipy.optimize  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def run(args: argparse.Namespace) -> int:
     rows = []
+    with_lp = not args.no_lp and lp_available()
+    if not args.no_lp and not with_lp:
+        print(f"{COMMAND}: scipy is not installed, so the LP columns are left out (pip install scipy)", file=sys.stderr)
     print(f"# {describe_machine(args.device)}; Python {platform.python_version()}")
     print("| n | p | family | kind | search (s) | LP (s) | W1 search | W1 LP |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
@@ -51,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
                     case = (p, n, kind, family)
                     t_search, dist = timed(search_distribution, args.repeat, *case)
                     row = {"n": n, "p": p, "family": family, "kind": kind, "search_s": t_search, "w1": dist.distance}
-                    if not args.no_lp:
+                    if with_lp:
                         t_lp, lp = timed(exact_optimum, 1, *case)
                         row.update(lp_s=t_lp, w1_lp=lp.distance)
                         lp_cells = f"{t_lp:.3f} | {dist.distance:.5f} | {lp.distance:.5f}"
