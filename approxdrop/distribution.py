@@ -22,12 +22,16 @@ MAX_RATE = 1.0 - 1.0 / MAX_PERIOD
 # The most batch groups a draw gives (grouped complementary patterns): a draw costs O(groups), and groups
 # beyond the batch hold no sample. 1024 groups cover a batch of 1024 rows at one sample per group.
 MAX_GROUPS = 1024
+# The longest period a law may hold: its first draw builds a table of every (pattern, offset), O(sum of dp)
+# time and memory (dp = 2**16: about 0.4 s and 20 MB; 10**6: 5 s and 300 MB; 10**9 does not return).
+MAX_LAW_PERIOD = 2**16
 RATE_TOL = 1e-6  # how far a law's expected_rate may be from the p it is used for (model sites, search cache)
 
 
 @dataclass(frozen=True)
 class PatternDistribution:
-    """Patterns ``(dp, keep)`` with probabilities; the offset is drawn uniformly in [0, dp).
+    """Patterns ``(dp, keep)`` with probabilities; the offset is drawn uniformly in [0, dp), with
+    ``1 <= keep <= dp <= MAX_LAW_PERIOD`` (2**16: draws use a table of every pattern and offset).
 
     ``kind`` is "row" (RowPattern on units) or "tile" (TilePattern of size ``tile``).
     ``distance`` and ``loss_history`` are filled in by a search (None / empty otherwise);
@@ -93,7 +97,9 @@ class PatternDistribution:
 
     def pattern_at(self, u: float) -> RowPattern | TilePattern:
         """The pattern a uniform number ``u`` in [0, 1) selects: ``(dp, keep)`` with probability q and each
-        offset with probability q / dp, the law of ``enumerate`` (a uniform ``u`` gives a draw of the law)."""
+        offset with probability q / dp, the law of ``enumerate`` (a uniform ``u`` gives a draw of the law).
+        ValueError unless ``u`` is a number in [0, 1)."""
+        u = check_rate(u, "u")
         patterns, cumulative = self._table
         return patterns[min(bisect.bisect_right(cumulative, u * cumulative[-1]), len(patterns) - 1)]
 
@@ -242,10 +248,14 @@ def _sequence(name: str, value: object) -> tuple:
 
 
 def _pair(i: int, pair: object) -> tuple[int, int]:
-    """Pattern ``i`` as ``(dp, keep)`` ints with ``1 <= keep <= dp``, else ValueError naming it."""
+    """Pattern ``i`` as ``(dp, keep)`` ints with ``1 <= keep <= dp <= MAX_LAW_PERIOD``, else ValueError naming it."""
     if isinstance(pair, (str, bytes)) or not isinstance(pair, Iterable) or len(pair := tuple(pair)) != 2:
         raise ValueError(f"pairs[{i}] must be a (dp, keep) pair of ints, got {pair!r}")
     dp = check_int(f"pairs[{i}] dp", pair[0], 1)
+    if dp > MAX_LAW_PERIOD:
+        raise ValueError(
+            f"pairs[{i}] dp must be at most MAX_LAW_PERIOD = {MAX_LAW_PERIOD} (a draw tabulates every offset), got {dp}"
+        )
     return dp, check_int(f"pairs[{i}] keep", pair[1], 1, dp)
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from approxdrop import PatternDistribution, RowPattern, TilePattern, bracket_distribution
-from approxdrop.distribution import MAX_PERIOD, MAX_RATE
+from approxdrop.distribution import MAX_LAW_PERIOD, MAX_PERIOD, MAX_RATE
 
 MIXED = PatternDistribution(((1, 1), (3, 1), (5, 2), (4, 3)), (0.1, 0.4, 0.3, 0.2))
 
@@ -170,3 +170,24 @@ def test_bad_shapes_generators_and_first_patterns_are_refused_by_name():
         RowPattern(2, 1),
         RowPattern(2, 0),
     )
+
+
+def test_periods_are_capped_at_construction():
+    # a first draw tabulated every offset: dp = 10**6 took 5 s and 600 MB, 10**9 never returned
+    for dp in (MAX_LAW_PERIOD + 1, 10**9):
+        with pytest.raises(ValueError, match=rf"pairs\[1\] dp must be at most MAX_LAW_PERIOD = 65536 .*got {dp}"):
+            PatternDistribution(((2, 1), (dp, 1)), (0.5, 0.5))
+    law = PatternDistribution(((MAX_LAW_PERIOD, 1),), (1.0,))
+    assert law.pattern_at(0.5) == RowPattern(MAX_LAW_PERIOD, MAX_LAW_PERIOD // 2)
+
+
+@pytest.mark.parametrize("u", [float("nan"), -3.0, -1e-300, 1.0, 2.0, float("inf"), True, "0.5", None])
+def test_pattern_at_refuses_a_number_outside_the_unit_interval(u):
+    with pytest.raises(ValueError, match=r"u must be a number in \[0, 1\), got "):
+        MIXED.pattern_at(u)  # nan and negatives returned a pattern
+
+
+def test_pattern_at_covers_the_unit_interval():
+    assert MIXED.pattern_at(0.0) == RowPattern(1, 0)
+    assert MIXED.pattern_at(np.float64(0.1 - 1e-12)) == RowPattern(1, 0)
+    assert MIXED.pattern_at(1.0 - 2**-53) == RowPattern(4, 3, keep=3)

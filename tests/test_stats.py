@@ -19,6 +19,7 @@ from approxdrop.search.stats import (
 )
 
 MIXED = PatternDistribution(((1, 1), (3, 1), (5, 2), (7, 4)), (0.1, 0.4, 0.3, 0.2))
+TILE = PatternDistribution(((2, 1), (3, 1)), (0.5, 0.5), kind="tile", tile=4)
 
 
 def test_candidate_dropped_counts_match_periodic_count():
@@ -147,3 +148,22 @@ def test_numpy_scalars_are_accepted_like_python_numbers():
     assert monte_carlo(MIXED, np.int64(9), samples=np.int64(20), generator=gen).drop_counts.shape == (9,)
     with pytest.raises(ValueError, match="n must be an int, got 9.0"):
         drop_probability(MIXED, 9.0)
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [  # each was a TypeError from inside, or an answer
+        (lambda: binomial_pmf(5, None), "p must be a finite number, got None"),
+        (lambda: binomial_pmf(5, True), "p must be a finite number, got True"),
+        (lambda: binomial_pmf(5, "0.5"), "p must be a finite number, got '0.5'"),
+        (lambda: binomial_pmf(5, 1.5), r"p must be in \[0.0, 1.0\], got 1.5"),
+        (lambda: binomial_pmf(-1, 0.5), r"n must be in \[0, inf\), got -1"),
+        (lambda: distance_to_binomial(TILE, (0, 8)), r"n_out must be in \[1, inf\), got 0"),  # was nan
+        (lambda: dropped_count_pmf(TILE, (0, 8)), r"n_out must be in \[1, inf\), got 0"),  # was [1.]
+        (lambda: dropped_count_pmf(TILE, (8, -2)), r"n_in must be in \[1, inf\), got -2"),
+        (lambda: drop_probability(TILE, (8, 2.5)), "n_in must be an int, got 2.5"),
+    ],
+)
+def test_bad_arguments_are_refused_at_the_entry(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()

@@ -21,7 +21,7 @@ def exact_optimum(
     mu: float = 0.0,
     work_exponent: float = 0.5,
 ) -> PatternDistribution:
-    """The exact minimiser of ``W1 + mu * expected_work`` with mean exactly p, as a linear program
+    """The exact minimiser of ``W1 + mu * expected_work`` with mean p, as a linear program
     (scipy's HiGHS): variables q (Float64[C]) and t (Float64[n]), minimise ``sum t / n + mu work.q``
     subject to ``|CDF q - CDF_binom| <= t``, ``q >= 0``, ``sum q = 1``, ``rate.q = p``."""
     try:

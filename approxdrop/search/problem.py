@@ -27,8 +27,12 @@ class SearchProblem:
 
     def __post_init__(self) -> None:
         n, count = self.n, len(self.pairs)
-        self.rate = np.array([1.0 - keep / dp for dp, keep in self.pairs])  # [C]
+        kept = np.array([keep / dp for dp, keep in self.pairs])  # [C]
+        self.rate = 1.0 - kept  # [C]
         self.work = pattern_work(self.pairs, self.work_exponent)  # [C]
+        # work beyond the kept fraction: at mean p, the work less the constant 1 - p, so it moves the optimum
+        # as the work does, without pulling the mean off p during the search (zero for work_exponent = 1)
+        self.excess_work = self.work - kept  # [C]
         self.index, self.count, self.weight = candidate_dropped_counts(self.pairs, n)  # [M] each
         self.cdf_binom = np.cumsum(binomial_pmf(n, self.p))[:n]  # [n]
         pmf = np.zeros((count, n + 1))
@@ -43,21 +47,22 @@ class SearchProblem:
         return float(np.abs(self.mixture_cdf(q) - self.cdf_binom).sum() / self.n)
 
     def objective(self, q: np.ndarray) -> float:
-        """What the search and the LP minimise: W1 + mu * expected work."""
+        """What the search and the LP minimise (over laws of mean p): W1 + mu * expected work."""
         return self.distance(q) + self.mu * float(q @ self.work)
 
     def loss_and_grad(self, q: np.ndarray, penalty: float) -> tuple[float, np.ndarray]:
-        """Loss and its gradient in q (Float64[C])."""
+        """Loss ``W1 + penalty * (mean - p)^2 + mu * excess work`` and its gradient in q (Float64[C]); with
+        mean p it is ``objective`` less the constant ``mu * (1 - p)``."""
         diff = self.mixture_cdf(q) - self.cdf_binom  # [n]
         sign = np.append(np.sign(diff) / self.n, 0.0)  # [n+1]; k = n does not count
         tail = np.cumsum(sign[::-1])[::-1]  # [n+1]: sum_{k >= j} sign_k
         grad_w1 = np.bincount(self.index, weights=self.weight * tail[self.count], minlength=len(q))  # [C]
         gap = float(q @ self.rate) - self.p
-        loss = float(np.abs(diff).sum() / self.n) + penalty * gap**2 + self.mu * float(q @ self.work)
-        return loss, grad_w1 + 2.0 * penalty * gap * self.rate + self.mu * self.work
+        loss = float(np.abs(diff).sum() / self.n) + penalty * gap**2 + self.mu * float(q @ self.excess_work)
+        return loss, grad_w1 + 2.0 * penalty * gap * self.rate + self.mu * self.excess_work
 
     def project(self, q: np.ndarray) -> np.ndarray:
-        """Mix in the candidate on the other side of p that makes the mean exactly p at the
+        """Mix in the candidate on the other side of p that makes the mean p (up to rounding) at the
         lowest objective. q: Float64[C] -> Float64[C]."""
         mean = float(q @ self.rate)
         if mean == self.p:

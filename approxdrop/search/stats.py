@@ -18,16 +18,14 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from .._env import check_int, check_rate
+from .._env import check_int, check_number, check_rate
 from ..distribution import PatternDistribution
 from ..patterns import RowPattern
 
 
 def binomial_pmf(n: int, p: float) -> np.ndarray:
     """Float64[n+1]: P(K = k) for K ~ Binomial(n, p), without scipy."""
-    n, p = check_int("n", n, 0), float(p)
-    if not 0.0 <= p <= 1.0:
-        raise ValueError(f"p must be in [0, 1], got {p}")
+    n, p = check_int("n", n, 0), check_number("p", p, 0.0, 1.0)
     if p in (0.0, 1.0):
         pmf = np.zeros(n + 1)
         pmf[0 if p == 0.0 else n] = 1.0
@@ -80,6 +78,7 @@ def _unit_drop_masks(
     if isinstance(n, tuple):
         if dist.kind != "tile" or len(n) != 2:
             raise ValueError(f"a weight shape (n_out, n_in) needs a tile distribution, got {n!r} for {dist.kind!r}")
+        n = (check_int("n_out", n[0], 1), check_int("n_in", n[1], 1))
     else:
         n = check_int("n", n, 1)
     for pattern, weight in dist.enumerate():
