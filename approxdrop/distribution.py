@@ -51,10 +51,10 @@ class PatternDistribution:
         if self.kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
         object.__setattr__(self, "tile", check_int("tile", self.tile, 1))
-        pairs, probs = _sequence("pairs", self.pairs), _sequence("probs", self.probs)
+        pairs, probs = check_sequence("pairs", self.pairs), check_sequence("probs", self.probs)
         if not pairs or len(pairs) != len(probs):
             raise ValueError(f"need as many probabilities as patterns, got {len(pairs)} and {len(probs)}")
-        pairs = tuple(_pair(i, pair) for i, pair in enumerate(pairs))
+        pairs = tuple(check_pair(i, pair) for i, pair in enumerate(pairs))
         probs = tuple(check_number(f"probs[{i}]", q) for i, q in enumerate(probs))
         if len(set(pairs)) != len(pairs):
             raise ValueError(f"patterns must be distinct, got {pairs}")
@@ -68,7 +68,7 @@ class PatternDistribution:
             object.__setattr__(self, "target_p", check_rate(self.target_p, "target_p"))
         if self.distance is not None:
             object.__setattr__(self, "distance", check_number("distance", self.distance, 0.0))
-        history = _sequence("loss_history", self.loss_history)
+        history = check_sequence("loss_history", self.loss_history)
         history = tuple(check_number(f"loss_history[{i}]", v) for i, v in enumerate(history))
         object.__setattr__(self, "loss_history", history)
 
@@ -240,14 +240,14 @@ def sample_sites(
     ]
 
 
-def _sequence(name: str, value: object) -> tuple:
+def check_sequence(name: str, value: object) -> tuple:
     """``value`` as a tuple if it is a sequence (not a string), else ValueError naming it."""
     if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
         raise ValueError(f"{name} must be a sequence, got {value!r}")
     return tuple(value)
 
 
-def _pair(i: int, pair: object) -> tuple[int, int]:
+def check_pair(i: int, pair: object) -> tuple[int, int]:
     """Pattern ``i`` as ``(dp, keep)`` ints with ``1 <= keep <= dp <= MAX_LAW_PERIOD``, else ValueError naming it."""
     if isinstance(pair, (str, bytes)) or not isinstance(pair, Iterable) or len(pair := tuple(pair)) != 2:
         raise ValueError(f"pairs[{i}] must be a (dp, keep) pair of ints, got {pair!r}")

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from .._env import check_int, check_number, check_rate
-from ..distribution import MAX_PERIOD, PatternDistribution, _pair, _sequence
+from ..distribution import MAX_PERIOD, PatternDistribution, check_pair, check_sequence
 
 FAMILIES = ("paper", "extended")
 # The longest period of each family's candidates. A search holds every candidate's dropped-count law:
@@ -62,7 +62,7 @@ def pattern_work(pairs: Sequence[tuple[int, int]], work_exponent: float = 0.5) -
     """Float64[C]: modelled relative GEMM time ``(keep/dp) ** work_exponent`` of each pattern (``pairs``:
     ``(dp, keep)`` with ``1 <= keep <= dp``; ``work_exponent`` >= 0), else ValueError naming the bad one."""
     work_exponent = check_number("work_exponent", work_exponent, 0.0)
-    pairs = [_pair(i, pair) for i, pair in enumerate(_sequence("pairs", pairs))]
+    pairs = [check_pair(i, pair) for i, pair in enumerate(check_sequence("pairs", pairs))]
     return np.array([(keep / dp) ** work_exponent for dp, keep in pairs])
 
 

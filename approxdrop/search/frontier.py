@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
-from ..distribution import PatternDistribution, _sequence
+from ..distribution import PatternDistribution, check_sequence
 from .exact import exact_optimum
 from .family import expected_work
 from .sgd import search_distribution
@@ -44,7 +44,7 @@ def search_frontier(
     if exact and search_kwargs:
         raise ValueError(f"exact=True solves a linear program: search settings {sorted(search_kwargs)} do not apply")
     points = []
-    for mu in _sequence("mus", mus):
+    for mu in check_sequence("mus", mus):
         if exact:
             dist = exact_optimum(p, n, kind, family, max_period, tile=tile, mu=mu, work_exponent=work_exponent)
         else:
