@@ -6,7 +6,6 @@ wrong_answers.GROUPED_OFFSETS fails with its own reason, and the library's sampl
 import importlib.util
 import math
 import re
-import time
 from fractions import Fraction
 from pathlib import Path
 
@@ -153,10 +152,8 @@ def table_free_kept_index(j, dp, offset, keep):  # hint 2's table-free form: the
     ],
     ids=["table-free", "one-period-of-kept-indices", "numpy-int"],
 )
-def test_right_kept_indices_pass_the_huge_cases_quickly(answer):
-    start = time.perf_counter()
-    assert lab06.check_kept_index(answer).passed
-    assert time.perf_counter() - start < 5  # the huge cases cost an arithmetic answer nothing
+def test_right_kept_indices_pass_the_huge_cases(answer):
+    assert lab06.check_kept_index(answer).passed  # within the checker's own time limit, HUGE_TIMEOUT_S
 
 
 def test_the_huge_kept_index_cases_need_more_memory_than_any_machine_has():
