@@ -15,6 +15,7 @@ shows a ``Linear -> Dropout`` pair (``found_output_side``).
 
 from __future__ import annotations
 
+import functools
 import inspect
 import re
 from collections import OrderedDict
@@ -395,18 +396,24 @@ def _source(function: Callable) -> str:
         return ""
 
 
-def _forward_lines(module: nn.Module) -> list[str]:
+def _forward_lines(module: nn.Module) -> tuple[str, ...]:
     """The lines (stripped, blank ones left out) of ``module``'s forward and, one level deep, of the methods
     it calls or hands on as ``self.<name>`` (DistilBERT FFN's ``ff_chunk``, given to
     ``apply_chunking_to_forward``)."""
-    cls = type(module)
+    return _class_lines(type(module))
+
+
+@functools.cache
+def _class_lines(cls: type) -> tuple[str, ...]:
+    """``_forward_lines`` of a class, read once per class (a model repeats its layers' classes, and a module
+    found by ``found_output_side`` is read again by its adapter's plan)."""
     forward = _source(cls.forward)
     names = dict.fromkeys(re.findall(r"\bself\.(\w+)", forward))
     methods = [
         getattr(cls, n) for n in names if inspect.isfunction(getattr(cls, n, None)) and not hasattr(nn.Module, n)
     ]
     sources = [forward] + [_source(method) for method in methods]
-    return [line.strip() for source in sources for line in source.splitlines() if line.strip()]
+    return tuple(line.strip() for source in sources for line in source.splitlines() if line.strip())
 
 
 class FunctionalDropoutAdapter(Adapter):
