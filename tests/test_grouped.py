@@ -263,7 +263,10 @@ def test_where_the_pairs_blocks_tile_the_weight_its_gradient_skips_the_zero_fill
     w = torch.randn(7, 11, dtype=torch.float64, generator=gen, requires_grad=True)  # widths the periods do not divide
     b = torch.randn(7, dtype=torch.float64, generator=gen, requires_grad=True)
     xs = [torch.randn(2, q.kept_count(11), dtype=torch.float64, generator=gen) for q in ins]
-    assert grouped._tile([((in_dp, i, 1), (out_dp, o, 1)) for i, o in zip(in_offsets, out_offsets)]) is tiled
+    assert (
+        grouped._blocks_cover_weight([((in_dp, i, 1), (out_dp, o, 1)) for i, o in zip(in_offsets, out_offsets)])
+        is tiled
+    )
     new_empty = torch.Tensor.new_empty
     monkeypatch.setattr(torch.Tensor, "new_empty", lambda t, *a, **k: new_empty(t, *a, **k).fill_(math.nan))
     ys = grouped_row_pattern_linear_compact(xs, w, b, ins, outs)
@@ -276,9 +279,13 @@ def test_where_the_pairs_blocks_tile_the_weight_its_gradient_skips_the_zero_fill
 
 
 def test_blocks_tile_the_weight_only_with_one_unit_kept_per_period_and_every_offset_pair():
-    assert grouped._tile([((2, 0, 1), (2, 0, 1)), ((2, 1, 1), (2, 1, 1))]) is False
-    assert grouped._tile([((4, o, 2), (1, 0, 1)) for o in range(4)]) is False  # keep 2 of 4: blocks overlap
-    assert grouped._tile([((3, o, 3), (2, p, 1)) for o in range(3) for p in range(2)]) is True  # inputs kept whole
+    assert grouped._blocks_cover_weight([((2, 0, 1), (2, 0, 1)), ((2, 1, 1), (2, 1, 1))]) is False
+    assert (
+        grouped._blocks_cover_weight([((4, o, 2), (1, 0, 1)) for o in range(4)]) is False
+    )  # keep 2 of 4: blocks overlap
+    assert (
+        grouped._blocks_cover_weight([((3, o, 3), (2, p, 1)) for o in range(3) for p in range(2)]) is True
+    )  # inputs kept whole
 
 
 def test_compact_backward_without_the_forward_blocks_gathers_them_again():

@@ -244,7 +244,7 @@ def _disjoint(inp: tuple[int, int, int], out: tuple[int, int, int]) -> bool:
     return inp[2] in (1, inp[0]) and out[2] in (1, out[0])
 
 
-def _tile(sides: list[tuple[tuple[int, int, int], tuple[int, int, int]]]) -> bool:
+def _blocks_cover_weight(sides: list[tuple[tuple[int, int, int], tuple[int, int, int]]]) -> bool:
     """Whether the weight blocks of pairs with these ``(inp, out)`` sides tile W: each side keeps one unit per
     period (or all), and every combination of the sides' offsets is a pair (G >= 4 groups at p = 0.5 often
     carry all four), so each element of W lies in exactly one block."""
@@ -260,11 +260,12 @@ def _tile(sides: list[tuple[tuple[int, int, int], tuple[int, int, int]]]) -> boo
 class _Sums:
     """grad_w (Tensor[n_out, n_in]) and grad_b (Tensor[n_out]) on PyTorch: one pair's block with exact zeros
     around it (``block_product``), or several pairs' blocks written into zeros (disjoint) or added; into an
-    uninitialised tensor where the blocks tile W (``_tile``): a zero fill of W that every element's block
-    overwrites would be a pass over W at memory speed."""
+    uninitialised tensor where the blocks tile W (``_blocks_cover_weight``): a zero fill of W that every
+    element's block overwrites would be a pass over W at memory speed."""
 
     def __init__(self, weight: torch.Tensor, sides: list) -> None:
-        self.weight, self.pairs, self.tiled = weight, len(sides), len(sides) > 1 and _tile(sides)
+        self.weight, self.pairs = weight, len(sides)
+        self.covered = len(sides) > 1 and _blocks_cover_weight(sides)
         self.grad_w: torch.Tensor | None = None
         self.grad_b: torch.Tensor | None = None
 
@@ -284,7 +285,7 @@ class _Sums:
                     self.grad_b[rows] = g2.sum(0)
             return
         if self.grad_w is None:
-            self.grad_w = self.weight.new_empty(shape) if self.tiled else self.weight.new_zeros(shape)
+            self.grad_w = self.weight.new_empty(shape) if self.covered else self.weight.new_zeros(shape)
             self.grad_b = self.weight.new_zeros(shape[0])
         if isinstance(rows, slice):  # in place on the view
             self.grad_b[rows].add_(g2.sum(0))
