@@ -722,13 +722,18 @@ def store_static(module: nn.Module, drawn: Sequence) -> None:
         module.static_offsets.copy_(torch.tensor([[q.offset for q in _groups_of(site)] for site in drawn]))
 
 
+def static_modules(model: nn.Module) -> list[nn.Module]:
+    """The modules of ``model`` built with ``static_shapes=True`` (not torch.compile's wrapper, which only
+    passes the attribute through from the module it holds)."""
+    return [m for m in model.modules() if getattr(m, "static_shapes", False) and not compile_wrapper(m)]
+
+
 def static_graph_bound(model: nn.Module) -> int:
     """Most graphs a compiled forward of ``model`` needs for its static-shape modules: the product over
     their sites of each law's ``(dp, keep)`` classes (1 for a model without one)."""
     bound = 1
-    for module in model.modules():
-        if getattr(module, "static_shapes", False) and not compile_wrapper(module):
-            bound *= math.prod(len(law_classes(law)) for law in module.site_laws())
+    for module in static_modules(model):
+        bound *= math.prod(len(law_classes(law)) for law in module.site_laws())
     return bound
 
 

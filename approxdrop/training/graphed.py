@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from .._env import check_positive
-from ..models.sites import draw_patterns, law_classes, static_graph_bound
+from ..models.sites import draw_patterns, law_classes, static_graph_bound, static_modules
 
 
 def compiled_step(
@@ -38,7 +38,7 @@ def compiled_step(
     # a graph per (dp, keep) combination may pass Dynamo's default recompile limit (8): raise it to the bound,
     # and by the bound of each new set of laws a new rate brings (its graphs come on top of the old ones); twice
     # that, since a batch of another size (an epoch's last) compiles each combination again with a dynamic batch
-    static = [m for m in model.modules() if getattr(m, "static_shapes", False)]
+    static = static_modules(model)
     bounds: dict[tuple, int] = {}  # the graph bound of each set of the sites' (dp, keep) classes seen
 
     def recompile_limit() -> int:
