@@ -601,3 +601,64 @@ def test_a_training_step_may_change_the_model_its_optimizer_trains_and_no_other_
     assert check("step", step, step, [case]).passed
     assert check("step", step_and_scale_frozen, step, [case]).status == "fail"
     assert "it changed frozen.weight in place" in capsys.readouterr().out
+
+
+def test_an_answer_on_another_device_fails_naming_both_devices(capsys):
+    """A meta answer got "it returned a tensor of shape (4, 6) (torch.float64), expected a tensor of shape (4, 6)
+    (torch.float64)"; on a GPU a CUDA answer to CPU inputs was moved back and passed."""
+    inverted = SOL["lab01"].inverted_dropout
+    assert lab01.check_inverted_dropout(lambda x, m, p: inverted(x, m, p).to("meta")).status == "fail"
+    out = capsys.readouterr().out
+    assert "it returned a tensor of shape (4, 6) (torch.float64, on meta), expected a tensor on cpu" in out, out
+    assert lab01.check_inverted_dropout(inverted).passed  # the reference solution's answer is on the inputs' device
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_a_cuda_answer_to_cpu_inputs_fails(capsys):
+    inverted = SOL["lab01"].inverted_dropout
+    assert lab01.check_inverted_dropout(lambda x, m, p: inverted(x, m, p).cuda()).status == "fail"
+    assert "on cuda:0), expected a tensor on cpu, the device of the inputs" in capsys.readouterr().out
+
+
+def test_a_bool_where_a_float_is_asked_is_told_a_float_was_expected(capsys):
+    """It got "1 of 1 entries differ; it returned True, expected 0.54867"."""
+    assert lab01.check_gemm_work(lambda s, p: True).status == "fail"
+    out = capsys.readouterr().out
+    assert "it returned a bool (True), expected a float" in out and "entries differ" not in out, out
+    tile_mask = SOL["lab03"].tile_mask
+    assert lab04.check_drop_probability(lambda *a: SOL["lab04"].drop_probability(*a) > 0.4).status == "fail"
+    assert "(torch.bool), expected a floating tensor of shape" in capsys.readouterr().out
+    assert lab03.check_tile_mask(tile_mask).passed  # a bool answer where a bool is asked still passes
+    capsys.readouterr()
+
+
+@pytest.mark.parametrize("dtype, digits", [(torch.float16, 3), (torch.bfloat16, 2)])
+def test_a_half_precision_near_miss_is_told_that_the_dtype_is_the_cause(dtype, digits, capsys):
+    """A float16 drop_probability failed with only "element [0] is 0.449951, expected 0.45"."""
+    answer = SOL["lab04"].drop_probability
+    assert lab04.check_drop_probability(lambda *a: answer(*a).to(dtype)).status == "fail"
+    name = str(dtype).removeprefix("torch.")
+    assert f"({name} rounding: {name} keeps about {digits} significant digits" in capsys.readouterr().out
+    assert lab04.check_drop_probability(lambda *a: answer(*a).to(dtype) + 0.1).status == "fail"
+    assert "rounding" not in capsys.readouterr().out  # a real slip gets no such note
+
+
+def test_a_train_step_that_changes_its_batch_in_place_fails_naming_it(capsys):
+    """x and y are made inside after_three_steps, so the checker's copy-and-compare never saw them: a step that
+    zeroed y after using it passed."""
+    train_step = solutions("lab05").train_step
+
+    def zeroes(name):
+        def step(model, optimizer, x, y):
+            loss = train_step(model, optimizer, x, y)
+            {"x": x, "y": y}[name].zero_()
+            return loss
+
+        return step
+
+    for name, ordinal in (("x", "third"), ("y", "fourth")):
+        assert lab05.check_train_step(zeroes(name)).status == "fail"
+        out = capsys.readouterr().out
+        assert f"step 1 changed {name} (the {ordinal} argument) in place: leave the inputs as they are" in out, out
+    assert lab05.check_train_step(train_step).passed
+    capsys.readouterr()

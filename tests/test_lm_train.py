@@ -267,3 +267,13 @@ def test_an_lm_race_setting_out_of_range_is_refused_by_name(settings, message):
         LMRaceConfig(**settings)
     if "eval_tokens" in settings:
         LMRaceConfig(**{**settings, "eval_tokens": 2 * settings.get("batch", 20)})  # the least it can read
+
+
+@pytest.mark.parametrize("split, name", [("train", "the training split"), ("valid", "the validation split")])
+def test_a_split_too_short_for_the_batch_is_refused_naming_the_split(split, name):
+    """A 5-token validation split at batch 4 failed with "5 tokens make 1 time steps per column at batch 4",
+    which did not say which split was short."""
+    corpus = periodic_corpus()
+    short = corpus._replace(**{split: getattr(corpus, split)[:5]})
+    with pytest.raises(ValueError, match=f"{name} \\(corpus.{split}\\) has 5 tokens, too few for batch=4.* at least 8"):
+        train_lm(short, ("row",), steps=1, **TINY)

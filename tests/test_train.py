@@ -152,6 +152,7 @@ def test_training_step_and_evaluate():
         (dict(methods=["dropout"]), "methods must be"),
         (dict(methods=[]), "methods must be"),
         (dict(methods=["row", "row"]), "methods must be"),
+        (dict(methods="row"), r"got the string 'row': write \('row',\)"),
         (dict(steps=0), "steps must be in \\[1, inf\\), got 0"),
         (dict(lr=float("nan")), "lr must be a finite number > 0"),
         (dict(clip=0.0), "clip must be a finite number > 0"),
@@ -199,3 +200,32 @@ def test_the_fused_sgd_takes_the_steps_of_torchs_per_parameter_loop(momentum):
     loop = trained(lambda params: torch.optim.SGD(params, lr=0.1, momentum=momentum, foreach=False))
     assert all(torch.equal(a, b) for a, b in zip(fused, loop))
     assert sgd(torch.nn.Linear(2, 2).parameters(), 0.1).defaults["fused"]
+
+
+@pytest.mark.parametrize(
+    "split, data",
+    [("training split", DATA._replace(train_x=DATA.train_x[:0], train_y=DATA.train_y[:0])),
+     ("test split", DATA._replace(test_x=DATA.test_x[:0], test_y=DATA.test_y[:0]))],
+)  # fmt: skip
+def test_an_empty_split_is_refused_by_name_before_training(split, data):
+    """An empty test split was raced and reported as test accuracy 0.000; an empty training split failed in
+    torch.randint ("random_ expects 'from' to be less than 'to'")."""
+    with pytest.raises(ValueError, match=f"the {split} .* must hold at least one example"):
+        train(data, ["row"], steps=2, **SMALL)
+
+
+@pytest.mark.parametrize(
+    "n, batch, match",
+    [(0, 1024, "x and y must hold at least one example"), (4, 0, r"batch must be in \[1, inf\), got 0")],
+)
+def test_evaluate_refuses_no_examples_and_a_batch_below_one(n, batch, match):
+    """No examples gave accuracy 0.0, as if measured; batch=0 failed with "range() arg 3 must not be zero"."""
+    with pytest.raises(ValueError, match=match):
+        evaluate(torch.nn.Linear(16, 4), DATA.test_x[:n], DATA.test_y[:n], batch=batch)
+
+
+@pytest.mark.parametrize("hidden", [32, "32"])
+def test_hidden_widths_given_as_one_number_are_refused_with_the_form_to_use(hidden):
+    """hidden=32 failed with "TypeError: 'int' object is not iterable"."""
+    with pytest.raises(ValueError, match=r"hidden must be a sequence of hidden-layer widths.*\(32,\)"):
+        train(DATA, ["row"], steps=2, **{**SMALL, "hidden": hidden})

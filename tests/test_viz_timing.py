@@ -116,6 +116,8 @@ def test_spread_leaves_out_nan_and_inf():
     assert noise_warning({"none": none}) is None
     one = spread([0.7])
     assert (one.q1, one.q3, one.relative, one.busy) == (0.7, 0.7, 0.0, False)
+    assert one.describe(over="steps").endswith("over 1 step)")
+    assert spread([math.nan]).describe() == "not measured (1 repeat, none finite)"
 
 
 def test_repeat_timings_gives_the_ratio_to_the_baseline_of_each_round():
@@ -265,7 +267,7 @@ def test_spread_figure_labels_the_median_per_round_speedup_that_the_lines_print(
 def test_spread_describe_names_rounds_or_steps():
     s = spread([1.0, 2.0, 3.0])
     assert s.describe("x", "rounds").endswith("over 3 rounds)") and s.describe("x", "steps").endswith("over 3 steps)")
-    assert spread([math.nan]).describe("x", "steps") == "not measured (1 steps, none finite)"
+    assert spread([math.nan]).describe("x", "steps") == "not measured (1 step, none finite)"
 
 
 def _cie_lab(hex_color: str) -> tuple[float, float, float]:

@@ -31,6 +31,15 @@ def test_the_slider_redraws_the_bars_the_marker_and_the_status_line():
     )
 
 
+@pytest.mark.parametrize("p", [0.95, -0.1, float("nan"), True])
+def test_a_p_the_slider_cannot_show_is_refused(p):
+    """p=0.95 built the figure at 0.95 while the slider clamped to 0.9 and the status line said p = 0.9."""
+    with pytest.raises(ValueError, match=r"p must be (in \[0, 0.9\] \(the slider's range\)|a finite number)"):
+        GemmFlopsPanel(16, 64, 32, p=p)
+    panel = GemmFlopsPanel(16, 64, 32, p=0.9)  # the slider's end is fine, and the status agrees with it
+    assert panel.p.value == 0.9 and panel.status.value.startswith("p = 0.9:")
+
+
 def test_race_labels_give_the_group_counts():
     assert race_groups(["nn.Dropout", "row G=1", "row G=4"]) == [1, 4] and race_groups(["nn.Dropout"]) == []
     for bad in ("row", "row G=0", "row G=x", "bernoulli"):

@@ -164,3 +164,39 @@ def test_time_it_on_a_pattern_that_keeps_no_work_says_there_is_no_bound():
 def test_a_starting_dp_above_the_sliders_range_is_refused():
     with pytest.raises(ValueError, match=r"dp must be in \[1, 8\], got 9"):
         RowPatternPanel(device="cpu", dp=9)
+
+
+def test_one_tile_size_is_a_dropdown_of_one_and_no_tile_sizes_or_bad_ones_are_refused():
+    """tiles=(16,) and tiles=() raised IndexError (the default choice was tiles[-2])."""
+    panel = TilePatternPanel(n_out=8, n_in=8, batch=2, n=8, device="cpu", repeats=1, tiles=(16,))
+    assert panel.tile.options == (16,) and panel.pattern.tile == 16
+    assert TilePatternPanel(device="cpu", tiles=[4, 8, 16]).tile.value == 8  # the next to last, as before
+    bad = [((), "tiles must be a non-empty sequence"), (16, "tiles must be a non-empty sequence"),
+           ((8, 0), r"each tile size in tiles must be in \[1, inf\), got 0"),
+           ((8, 2.5), "each tile size in tiles must be an int"), ((8, 8), "tiles must be distinct")]  # fmt: skip
+    for tiles, match in bad:
+        with pytest.raises(ValueError, match=match):
+            TilePatternPanel(device="cpu", tiles=tiles)
+
+
+@pytest.mark.parametrize("panel, sizes", [(RowPatternPanel, (0, 4, 4)), (TilePatternPanel, (4, 0))])
+def test_a_layer_of_no_units_is_refused_by_name(panel, sizes):
+    """RowPatternPanel(0, 4, 4) and TilePatternPanel(4, 0) raised ZeroDivisionError while drawing."""
+    name = "n_out" if sizes[0] == 0 else "n_in"
+    with pytest.raises(ValueError, match=rf"{name} must be in \[1, inf\), got 0"):
+        panel(*sizes, device="cpu")
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [(dict(p=0.0), r"p must be in \[0.05, 0.9\] \(the slider's range\), got 0"),
+     (dict(p=1.5), r"p must be in \[0.05, 0.9\] \(the slider's range\), got 1.5"),
+     (dict(p=float("nan")), "p must be a finite number"),
+     (dict(groups=40), r"groups must be in \[1, 16\] \(the G slider's range, up to max_groups\), got 40"),
+     (dict(groups=0), r"groups must be in \[1, inf\), got 0"), (dict(groups=5, max_groups=4), r"\[1, 4\]")],
+)  # fmt: skip
+def test_a_grouped_panel_setting_outside_its_sliders_range_is_refused(kwargs, match):
+    """p=0.0 was shown as 0.05, p=1.5 as 0.9 and groups=40 as 16, with no word."""
+    with pytest.raises(ValueError, match=match):
+        GroupedPatternPanel(n=8, batch=4, **kwargs)
+    assert GroupedPatternPanel(n=8, batch=4, groups=16, p=0.9).p.value == 0.9  # the sliders' ends are fine

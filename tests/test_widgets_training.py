@@ -68,3 +68,15 @@ def test_a_rate_outside_the_sliders_usual_range_is_shown_as_it_is(p):
 def test_a_rate_no_dropout_has_is_refused():
     with pytest.raises(ValueError, match="p must be"):
         TrainingPanel(DATA, methods=("row",), p=1.0, steps=2, **SMALL)
+
+
+@pytest.mark.parametrize(
+    "steps, match",
+    [(200_000, r"steps must be in \[1, 100000\] \(the steps box's range\), got 200000"),
+     (0, r"steps must be in \[1, inf\), got 0"), (2.5, "steps must be an int")],
+)  # fmt: skip
+def test_a_step_count_the_steps_box_cannot_hold_is_refused(steps, match):
+    """steps=200_000 became 100000 in the box while the progress bar still counted to 200000."""
+    with pytest.raises(ValueError, match=match):
+        TrainingPanel(DATA, methods=("row",), steps=steps, **SMALL)
+    assert TrainingPanel(DATA, methods=("row",), steps=100_000, **SMALL).steps.value == 100_000

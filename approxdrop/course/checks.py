@@ -19,6 +19,7 @@ import copy
 import ctypes
 import dis
 import inspect
+import math
 import numbers
 import random
 import sys
@@ -87,7 +88,8 @@ def describe(value: Any) -> str:
         if value.is_nested:
             return f"a nested tensor ({value.dtype})"
         layout = "" if value.layout == torch.strided else f", layout {value.layout}"
-        return f"a tensor of shape {tuple(value.shape)} ({value.dtype}{layout})"
+        where = "" if value.device.type == "cpu" else f", on {value.device}"
+        return f"a tensor of shape {tuple(value.shape)} ({value.dtype}{layout}{where})"
     if isinstance(value, bool):
         return f"a bool ({value})"
     if isinstance(value, (int, float, complex, np.number)):
@@ -130,6 +132,11 @@ def _is_number(value: Any, integral: bool) -> bool:
         return value.dim() == 0 and value.dtype != torch.bool and kind_ok
     kind = numbers.Integral if integral else numbers.Real
     return isinstance(value, kind) and not isinstance(value, (bool, np.bool_))
+
+
+def _is_bool(value: Any) -> bool:
+    """``value`` is a bool: a Python or numpy bool, or a tensor of dtype torch.bool."""
+    return isinstance(value, (bool, np.bool_)) or (isinstance(value, torch.Tensor) and value.dtype == torch.bool)
 
 
 def _kind_problem(got: Any, want: Any, any_float: bool) -> str | None:
@@ -374,6 +381,13 @@ def _compare(
     if want_t is None:
         raise TypeError(f"the reference returned {describe(want)}, which the checker cannot compare")
     wrong_kind = f"it returned {describe(got)}, expected {_expected(want, any_float)}"
+    if isinstance(got, torch.Tensor) and isinstance(want, torch.Tensor) and got.device != want.device:
+        return None, (
+            f"it returned {describe(got)}, expected a tensor on {want.device}, the device of the inputs: "
+            "compute the answer where its inputs are, without moving it"
+        )
+    if _is_bool(got) and want_t.dtype != torch.bool:
+        return None, wrong_kind
     if got_t is None and isinstance(got, numbers.Number) and isinstance(want, numbers.Real):
         return None, f"{wrong_kind}: convert it with {'int' if isinstance(want, numbers.Integral) else 'float'}()"
     if got_t is None or (got_t.is_complex() and not want_t.is_complex()):
@@ -434,6 +448,32 @@ def _float32_note(got: Any, want: Any, diff: float) -> str:
     if values.dtype == torch.float64 and not torch.equal(values, values.float().double()):
         return ""  # float64 values float32 cannot hold: not float32 rounding
     return " (float32 rounding: compute in float64, with Python floats or dtype=torch.float64)"
+
+
+LOW_PRECISION_EPS = {torch.float16: 2.0**-10, torch.bfloat16: 2.0**-7}  # the spacing of the numbers near 1
+LOW_PRECISION_NEAR = 8.0  # epsilons of the expected magnitude: the rounding of a few operations stays below this
+
+
+def _low_precision_note(got: Any, want: Any, diff: float) -> str:
+    """For a near miss that the rounding of a float16 or bfloat16 answer explains (the reference is of another
+    dtype, and the answer is off by at most LOW_PRECISION_NEAR epsilons of its dtype, of the expected
+    magnitude): a note naming the dtype as the cause; else ""."""
+    if not isinstance(got, torch.Tensor) or got.dtype not in LOW_PRECISION_EPS:
+        return ""
+    if isinstance(want, torch.Tensor) and want.dtype == got.dtype:
+        return ""
+    try:
+        expected = torch.as_tensor(want, dtype=torch.float64)
+    except (TypeError, ValueError, RuntimeError):
+        return ""
+    eps = LOW_PRECISION_EPS[got.dtype]
+    if not expected.numel() or diff > LOW_PRECISION_NEAR * eps * max(1.0, float(expected.abs().max())):
+        return ""
+    name = str(got.dtype).removeprefix("torch.")
+    return (
+        f" ({name} rounding: {name} keeps about {round(-math.log10(eps))} significant digits, too few for this "
+        "tolerance; compute and return float32 or float64)"
+    )
 
 
 @contextmanager
@@ -573,7 +613,7 @@ def _run_cases(
         worst = max(worst, diff)
         in_float32 = isinstance(want, torch.Tensor) and want.dtype == torch.float32
         if diff > (atol_float32 if in_float32 and atol_float32 is not None else atol):
-            note = "" if in_float32 else _float32_note(got, want, diff)
+            note = _low_precision_note(got, want, diff) or ("" if in_float32 else _float32_note(got, want, diff))
             return CheckResult(name, "fail", worst, f"differs on {where}: {text}{note}")
         if problem := _kind_problem(got, want, any_float):
             return CheckResult(name, "fail", None, f"on {where} {problem}")

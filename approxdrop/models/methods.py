@@ -143,8 +143,12 @@ def methods_for(model: str) -> tuple[str, ...]:
 
 def check_methods(names: Sequence[str], model: str) -> list[str]:
     """``names`` as a list if they are distinct methods of ``model``, else ValueError naming them."""
-    names = list(names)
     allowed = methods_for(model)
+    if isinstance(names, str):  # list("row") would be ['r', 'o', 'w']
+        raise ValueError(
+            f"methods must be a sequence of names from {allowed}, got the string {names!r}: write ({names!r},)"
+        )
+    names = list(names)
     if not names or any(n not in allowed for n in names) or len(set(names)) != len(names):
         raise ValueError(f"methods must be distinct names from {allowed}, got {names}")
     return names

@@ -131,6 +131,16 @@ class _LMContestant:
         return perplexity(self.model, self.valid_data, self.config.bptt)
 
 
+def _check_split_length(name: str, ids: torch.Tensor, batch: int) -> None:
+    """ValueError naming the split ``name`` when its token ids (Long[N]) are too few to read in ``batch``
+    columns of at least 2 tokens (an input and its target), as ``batchify`` does."""
+    if len(ids) < 2 * batch:
+        raise ValueError(
+            f"{name} has {len(ids)} tokens, too few for batch={batch}: it is read in {batch} columns of at least "
+            f"2 tokens, so it needs at least {2 * batch}; use a smaller batch or a longer split"
+        )
+
+
 def train_lm(
     corpus: Corpus,
     methods: Sequence[str] = ("bernoulli", "row", "torch"),
@@ -153,8 +163,10 @@ def train_lm(
     config = dataclasses.replace(config or LMRaceConfig(), **settings)
     methods = check_methods(methods, "lstm")
     dev = default_device(device)
-    train_data = batchify(corpus.train, config.batch).to(dev)  # [T, B]
     valid_ids = corpus.valid if config.eval_tokens is None else corpus.valid[: config.eval_tokens]
+    _check_split_length("the training split (corpus.train)", corpus.train, config.batch)
+    _check_split_length("the validation split (corpus.valid)", valid_ids, config.batch)
+    train_data = batchify(corpus.train, config.batch).to(dev)  # [T, B]
     valid_data = batchify(valid_ids, config.batch).to(dev)  # [T', B]
     vocab = len(corpus.vocab)
     contestants = {}

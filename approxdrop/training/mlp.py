@@ -5,7 +5,7 @@ the evaluation."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -40,6 +40,11 @@ class MLPRaceConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        if isinstance(self.hidden, (str, bytes)) or not isinstance(self.hidden, Iterable):
+            raise ValueError(
+                f"hidden must be a sequence of hidden-layer widths, e.g. (2048, 2048), or (32,) for one layer "
+                f"of 32, got {self.hidden!r}"
+            )
         object.__setattr__(self, "hidden", tuple(check_int("hidden width", h, 1) for h in self.hidden))
         check_rate(self.p)
         check_race_settings(self.steps, self.eval_every, self.warmup)
@@ -54,12 +59,24 @@ class MLPRaceConfig:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 1024) -> float:
-    """Accuracy of ``model`` in eval mode on x (Float[N, D]), y (Long[N]); restores the training mode."""
+    """Accuracy of ``model`` in eval mode on x (Float[N, D]), y (Long[N]), read ``batch`` examples at a
+    time; restores the training mode. ValueError for x and y of different N, N = 0 (no accuracy to measure) or
+    batch < 1."""
+    _check_examples("x and y", x, y)
+    batch = check_int("batch", batch, 1)
     was_training = model.training
     model.eval()
     correct = sum(int((model(x[i : i + batch]).argmax(-1) == y[i : i + batch]).sum()) for i in range(0, len(y), batch))
     model.train(was_training)
-    return correct / max(1, len(y))
+    return correct / len(y)
+
+
+def _check_examples(name: str, x: torch.Tensor, y: torch.Tensor) -> None:
+    """ValueError naming ``name`` unless x (Float[N, ...]) and y (Long[N]) hold the same N >= 1 examples."""
+    if len(x) != len(y):
+        raise ValueError(f"{name} must hold as many examples as labels, got {len(x)} examples and {len(y)} labels")
+    if not len(y):
+        raise ValueError(f"{name} must hold at least one example, got none")
 
 
 def training_step(
@@ -113,6 +130,8 @@ def train(
     """
     config = dataclasses.replace(config or MLPRaceConfig(), **settings)
     methods = check_methods(methods, "mlp")
+    _check_examples("the training split (data.train_x, data.train_y)", data.train_x, data.train_y)
+    _check_examples("the test split (data.test_x, data.test_y)", data.test_x, data.test_y)
     dev = default_device(device)
     train_x, train_y = data.train_x.to(dev), data.train_y.to(dev)
     test_x, test_y = data.test_x[: config.eval_size].to(dev), data.test_y[: config.eval_size].to(dev)

@@ -73,18 +73,31 @@ def train_step_element(flat: int, method: str, seed: int) -> str:
     return f"element [{flat}] past the parameters"
 
 
+def _check_batch_kept(batch: dict[str, tuple[torch.Tensor, torch.Tensor]], number: int) -> None:
+    """WrongAnswer naming the first tensor of ``batch`` (name: (the tensor given to step ``number``, a copy
+    taken before)) that the step changed in place."""
+    for name, (given, before) in batch.items():
+        same = given.shape == before.shape and given.dtype == before.dtype and torch.equal(given.detach(), before)
+        if not same:
+            raise WrongAnswer(f"step {number} changed {name} in place: leave the inputs as they are")
+
+
 def after_three_steps(
     step: Callable[[nn.Module, torch.optim.Optimizer, torch.Tensor, torch.Tensor], object], method: str, seed: int
 ) -> torch.Tensor:
     """Float[3 + parameters]: the three losses and the parameters after three ``step`` calls on a
-    fresh model (same seed, same data, same pattern draws for every ``step`` function)."""
+    fresh model (same seed, same data, same pattern draws for every ``step`` function). WrongAnswer when a
+    step changes its batch x or y in place (the checker's own copy-and-compare never sees them: they are
+    made here)."""
     model = _fresh_model(method, seed)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     data = torch.Generator().manual_seed(seed + 1)
     losses = []
-    for _ in range(3):
-        x, y = torch.rand(8, SIZES[0], generator=data), torch.randint(SIZES[-1], (8,), generator=data)
+    for number in range(1, 4):
+        x, y = torch.rand(8, SIZES[0], generator=data), torch.randint(SIZES[-1], (8,), generator=data)  # [8, D], [8]
+        batch = {"x (the third argument)": (x, x.clone()), "y (the fourth argument)": (y, y.clone())}
         losses.append(_loss_value(step(model, optimizer, x, y)))
+        _check_batch_kept(batch, number)
     return torch.cat([torch.tensor(losses), *(p.detach().flatten() for p in model.parameters())])
 
 

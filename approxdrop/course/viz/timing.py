@@ -232,12 +232,17 @@ class Spread:
         """E.g. ``0.53x (IQR 0.47-0.60, range 0.45-1.08 over 7 rounds)``; ``over`` names what was repeated
         ("rounds" of a side-by-side timing, "steps" of a race)."""
         if not self.count:
-            return f"not measured ({self.dropped} {over}, none finite)"
+            return f"not measured ({counted(self.dropped, over)}, none finite)"
         text = (
             f"{self.median:.2f}{unit} (IQR {self.q1:.2f}-{self.q3:.2f}, "
-            f"range {self.low:.2f}-{self.high:.2f} over {self.count} {over}"
+            f"range {self.low:.2f}-{self.high:.2f} over {counted(self.count, over)}"
         )
         return text + (f", {self.dropped} not finite left out)" if self.dropped else ")")
+
+
+def counted(count: int, plural: str) -> str:
+    """``1 step``, ``7 steps``: ``count`` and the noun ``plural`` (ending in s) in its number."""
+    return f"{count} {plural if count != 1 else plural.removesuffix('s')}"
 
 
 def spread(values: Iterable[float]) -> Spread:

@@ -9,6 +9,7 @@ from typing import Any
 
 import ipywidgets as w
 
+from ..._env import check_number
 from ...experiments.bench_transformer import BASELINE, CharCorpus, TransformerRaceConfig, race
 from ...training import RaceResult
 from ..viz.ffn import block_flops_floor, block_flops_left, gemm_flops_figure, race_figure, update_gemm_flops_figure
@@ -19,12 +20,19 @@ from .race import STYLE, RacePanel
 
 class GemmFlopsPanel:
     """A p slider over ``viz.ffn.gemm_flops_figure`` for one block (``d_model``, ``d_hidden``) on ``tokens``
-    tokens per step, and a status line with the share of the FLOPs left. ``.widget`` is what to display."""
+    tokens per step, and a status line with the share of the FLOPs left. ``.widget`` is what to display.
+    ``p`` must lie in the slider's range ``[P_MIN, P_MAX]`` (the slider would clamp it, and the status line
+    would then disagree with the figure)."""
+
+    P_MIN, P_MAX = 0.0, 0.9
 
     def __init__(self, d_model: int, d_hidden: int, tokens: int, p: float = 0.3) -> None:
         self.sizes = (d_model, d_hidden, tokens)
+        p = check_number("p", p)
+        if not self.P_MIN <= p <= self.P_MAX:
+            raise ValueError(f"p must be in [{self.P_MIN:g}, {self.P_MAX:g}] (the slider's range), got {p:g}")
         self.p = w.FloatSlider(
-            value=p, min=0.0, max=0.9, step=0.05, description="p", continuous_update=False, style=STYLE
+            value=p, min=self.P_MIN, max=self.P_MAX, step=0.05, description="p", continuous_update=False, style=STYLE
         )
         self.fig = figure_widget(gemm_flops_figure(d_model, d_hidden, tokens, p))
         self.status = w.HTML()

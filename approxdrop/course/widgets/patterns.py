@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 import ipywidgets as w
 import torch
 
-from ..._env import check_int
+from ..._env import check_int, check_number
 from ...distribution import PatternDistribution
 from ...experiments.gemm_timing import row_timings, tile_timings
 from ...patterns import RowPattern, TilePattern
@@ -143,6 +143,23 @@ class _TimedPanel:
         self.warning.value = f'<b style="color:#B22222">{html.escape(warning)}</b>' if warning else ""
 
 
+def _layer_sizes(**sizes: int) -> tuple[int, ...]:
+    """The layer sizes given by name (``n_out=32, n_in=48``), in order, if each is an int >= 1, else
+    ValueError naming the first that is not."""
+    return tuple(check_int(name, size, 1) for name, size in sizes.items())
+
+
+def _tile_sizes(tiles: Sequence[int]) -> list[int]:
+    """``tiles`` as a list if it is a non-empty sequence of distinct tile sizes (ints >= 1), the dropdown's
+    choices; else ValueError saying what to give."""
+    if isinstance(tiles, (str, bytes)) or not isinstance(tiles, Sequence) or not tiles:
+        raise ValueError(f"tiles must be a non-empty sequence of tile sizes such as (8, 16), got {tiles!r}")
+    sizes = [check_int("each tile size in tiles", t, 1) for t in tiles]
+    if len(set(sizes)) != len(sizes):
+        raise ValueError(f"tiles must be distinct tile sizes (the dropdown's choices), got {tiles!r}")
+    return sizes
+
+
 class RowPatternPanel(_TimedPanel):
     """Lab 02: a layer W [n_out, n_in] and the next layer [n_next, n_out] under a RowPattern.
     Timing: a hidden layer [n, n] at batch ``batch`` (``gemm_timing.row_timings``)."""
@@ -159,8 +176,8 @@ class RowPatternPanel(_TimedPanel):
         rounds: int = 5,
         **start: int,
     ) -> None:
+        self.shape = _layer_sizes(n_out=n_out, n_in=n_in, n_next=n_next)
         super().__init__(batch, n, device, repeats, rounds)
-        self.shape = (n_out, n_in, n_next)
         self.sliders = PatternSliders(self.redraw, **start)
         self.fig = figure_widget(row_figure(self.pattern, *self.shape))
         controls = w.HBox([self.sliders.box, w.VBox([self.button, self.status, self.warning])])
@@ -193,9 +210,11 @@ class TilePatternPanel(_TimedPanel):
         tiles: Sequence[int] = (4, 8, 16, 32),
         **start: int,
     ) -> None:
+        self.shape = _layer_sizes(n_out=n_out, n_in=n_in)
+        tiles = _tile_sizes(tiles)
         super().__init__(batch, n, device, repeats, rounds)
-        self.shape = (n_out, n_in)
-        self.tile = w.Dropdown(options=list(tiles), value=tiles[-2], description="tile", style=LAYOUT["style"])
+        start_tile = tiles[-2] if len(tiles) > 1 else tiles[0]  # the next to last: a mid-sized tile by default
+        self.tile = w.Dropdown(options=tiles, value=start_tile, description="tile", style=LAYOUT["style"])
         self.sliders = PatternSliders(self.redraw, **start)
         self.tile.observe(lambda _: self.redraw(), "value")
         self.fig = figure_widget(tile_figure(self.pattern, *self.shape))
@@ -294,16 +313,28 @@ class GroupedPatternPanel:
     (``viz.matrix.grouped_figure``). The step is drawn by ``PatternDistribution.sample_groups`` from the
     law an ``ApproxDropoutMLP`` site of ``n`` units uses at rate p (``distribution_for(p, n)``).
 
-    Sliders: G (1..``max_groups``) and p. Moving one redraws the same step (the generator replays from
-    where this step started), so G = 2 shows the first two groups of G = 4; **new draw** draws the next step.
+    Sliders: G (1..``max_groups``) and p (``P_MIN``..``P_MAX``); a starting ``groups`` or ``p`` outside its
+    slider's range is a ValueError (the slider would show another value than the one asked for). Moving one
+    redraws the same step (the generator replays from where this step started), so G = 2 shows the first two
+    groups of G = 4; **new draw** draws the next step.
     """
+
+    P_MIN, P_MAX = 0.05, 0.9
 
     def __init__(
         self, n: int = 32, batch: int = 128, groups: int = 4, p: float = 0.5, max_groups: int = 16, seed: int = 0
     ) -> None:
         self.n, self.batch = n, batch
+        max_groups = check_int("max_groups", max_groups, 1)
+        if check_int("groups", groups, 1) > max_groups:
+            raise ValueError(
+                f"groups must be in [1, {max_groups}] (the G slider's range, up to max_groups), got {groups}"
+            )
+        p = check_number("p", p)
+        if not self.P_MIN <= p <= self.P_MAX:
+            raise ValueError(f"p must be in [{self.P_MIN:g}, {self.P_MAX:g}] (the slider's range), got {p:g}")
         self.groups = w.IntSlider(value=groups, min=1, max=max_groups, description="G", **LAYOUT)
-        self.p = w.FloatSlider(value=p, min=0.05, max=0.9, step=0.05, description="p", **LAYOUT)
+        self.p = w.FloatSlider(value=p, min=self.P_MIN, max=self.P_MAX, step=0.05, description="p", **LAYOUT)
         self.button = w.Button(description="new draw", icon="refresh", tooltip="draw the next training step")
         self.generator = torch.Generator().manual_seed(seed)
         self._start = self.generator.get_state()  # where this step's draw starts

@@ -12,19 +12,21 @@ from typing import Any
 import ipywidgets as w
 import plotly.graph_objects as go
 
-from ..._env import check_rate
+from ..._env import check_int, check_rate
 from ...data import Corpus, Dataset
 from ...training import RaceResult
 from ..viz.live import figure_widget
 from ..viz.timing import race_lines
 
 STYLE = {"description_width": "70px"}
+MAX_STEPS = 100_000  # the steps box's upper end
 
 
 class RacePanel:
     """Race the checked methods on ``source`` on Start. Subclasses name the methods (``METHODS``) and
     say how to train (``_train``), how to build the figure (``_figure``) and how to redraw it
-    (``_update``). ``result``: an earlier result to show until the first Start."""
+    (``_update``). ``result``: an earlier result to show until the first Start. ``steps`` must lie in the
+    steps box's range, 1 to ``MAX_STEPS`` (the box would clamp it, and the progress bar would not follow)."""
 
     METHODS: tuple[str, ...] = ()
 
@@ -37,6 +39,8 @@ class RacePanel:
         result: RaceResult | None = None,
         **train_kwargs: Any,
     ) -> None:
+        if check_int("steps", steps, 1) > MAX_STEPS:
+            raise ValueError(f"steps must be in [1, {MAX_STEPS}] (the steps box's range), got {steps}")
         self.source, self.train_kwargs, self.result = source, train_kwargs, result
         if result is not None:
             methods, p = result.methods, result.p
@@ -46,7 +50,7 @@ class RacePanel:
         self.p = w.FloatSlider(
             value=p, min=min(0.1, p), max=max(0.9, p), step=0.05, description="p", continuous_update=False, style=STYLE
         )
-        self.steps = w.BoundedIntText(value=steps, min=1, max=100_000, description="steps", style=STYLE)
+        self.steps = w.BoundedIntText(value=steps, min=1, max=MAX_STEPS, description="steps", style=STYLE)
         self.button = w.Button(description="Start", icon="play", button_style="primary")
         self.progress = w.IntProgress(value=0, min=0, max=steps, description="steps", style=STYLE)
         self.table = w.Output()
