@@ -514,6 +514,46 @@ def test_bart_style_functional_activation_dropout_converts(kind):
     assert_checkpoints_load_both_ways(lambda: bart(kind), model.float())
 
 
+def whisper():
+    T = hf()
+    torch.manual_seed(0)
+    config = T.WhisperConfig(
+        vocab_size=40, d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+        decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32, activation_dropout=0.3, dropout=0.0,
+        attention_dropout=0.0, num_mel_bins=8, max_source_positions=8, max_target_positions=16, pad_token_id=0,
+        decoder_start_token_id=0,
+    )  # fmt: skip
+    return T.WhisperModel(config)
+
+
+def test_a_layer_of_bart_layout_with_no_adapter_registered_converts_whisper():
+    """Whisper's layers have BART's layout but no registered adapter: the functional adapter finds them."""
+    model = whisper().double()
+    features, ids = torch.randn(2, 8, 16, dtype=torch.float64), torch.randint(1, 40, (2, 5))
+
+    def run(m):
+        return m(input_features=features, decoder_input_ids=ids).last_hidden_state
+
+    with torch.no_grad():
+        before = run(model.eval())
+    twin = copy.deepcopy(model)
+    keys = list(model.state_dict())
+    report = convert(model, generator=torch.Generator().manual_seed(6))
+    assert report.converted == ["encoder.layers.0.fc1", "decoder.layers.0.fc1"]
+    assert set(report.adapters.values()) == {"functional-activation-dropout"}
+    with torch.no_grad():
+        assert torch.equal(run(model), before)
+    assert list(model.state_dict()) == keys
+
+    def masks_into(reference, blocks):
+        mods = [m for m in reference.modules() if type(m).__name__.endswith("Layer")]
+        for layer, block in zip(mods, blocks):
+            layer.activation_fn, layer.activation_dropout = nn.Sequential(layer.activation_fn, Masked(block)), 0.0
+
+    assert_same_training_step(model.train(), twin.train(), run, masks_into)
+    assert_checkpoints_load_both_ways(whisper, model.float())
+
+
 def gpt2():
     T = hf()
     torch.manual_seed(0)

@@ -13,6 +13,7 @@ from torch import nn
 
 from approxdrop import convert
 from approxdrop.models.adapters import MovedDropout
+from approxdrop.models.convert import OUTPUT_OFF
 from approxdrop.models.output_side import OutputRowDropout
 
 BERT_LIKE = dict(
@@ -70,7 +71,10 @@ def test_output_side_converts_on_request_only_and_keeps_eval_outputs_and_checkpo
         before = hidden(model.eval())
     report = convert(model)
     assert report.converted == [] and list(model.state_dict()) == keys and not moved(model)
-    assert all(why.startswith("no adapter for its parent") for _, why in report.skipped)
+    site_dropouts = [site.rsplit(".", 1)[0] + ".dropout" for site in sites]
+    assert all(dict(report.skipped)[name] == OUTPUT_OFF for name in site_dropouts)  # what would convert them
+    others = [why for name, why in report.skipped if name not in site_dropouts]
+    assert all(why.startswith("no adapter for its parent") for why in others)
     saved = make().state_dict()
     report = convert(model, output_side=True, generator=torch.Generator().manual_seed(8))
     assert report.converted == sites
@@ -114,8 +118,9 @@ def test_a_second_output_side_convert_changes_nothing_and_says_so(name):
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
     skipped = dict(report.skipped)
     for site in sites:
-        assert (
-            skipped[site.rsplit(".", 1)[0] + ".dropout"] == f"already converted: {site.rsplit('.', 1)[1]} is the block"
+        assert skipped[site.rsplit(".", 1)[0] + ".dropout"] == (
+            f"already converted: {site.rsplit('.', 1)[1]} is the block, left as it is, whatever p, method and groups "
+            "convert is given (set its p to change the rate)"
         )
     assert not [name for name, why in report.skipped if why.startswith("already approxdrop")]
 
@@ -134,7 +139,8 @@ class Once(nn.Module):
 
 
 class Twice(Once):
-    """As HF ViTLayer: the one ``self.dropout`` after the attention and after the MLP."""
+    """One ``self.dropout`` applied after two Linears (HF's ViTLayer uses one dropout twice too, but after
+    its attention and MLP modules, not after Linears)."""
 
     def __init__(self) -> None:
         super().__init__()

@@ -31,6 +31,9 @@ from .gated import GatedApproxDropoutFFN
 from .output_side import OutputRowDropout
 from .state_keys import Entry
 
+# what a second convert does to a block already there (convert's report says it for every kind of block)
+KEPT_AS_IS = "left as it is, whatever p, method and groups convert is given (set its p to change the rate)"
+
 
 @dataclass
 class Chain:
@@ -206,7 +209,8 @@ class ConvertedLayerAdapter(Adapter):
     name = "torch-transformer-layer"
 
     def plan(self, module: nn.Module, build: Build) -> Plan:
-        return Plan(skipped=[("dropout", f"already converted: the feed-forward runs {BLOCK_KEY}")], used=["dropout"])
+        why = f"already converted: the feed-forward runs {BLOCK_KEY}, {KEPT_AS_IS}"
+        return Plan(skipped=[("dropout", why)], used=["dropout"])
 
 
 class ConvertedEncoderLayer(nn.TransformerEncoderLayer):
@@ -332,7 +336,8 @@ class OutputSideAdapter(Adapter):
             return Plan(skipped=[(self.dropout, why)], used=[self.dropout])
         linear, dropout = getattr(module, self.linear), getattr(module, self.dropout)
         if isinstance(linear, OutputRowDropout):
-            return Plan(skipped=[(self.dropout, f"already converted: {self.linear} is the block")], used=[self.dropout])
+            why = f"already converted: {self.linear} is the block, {KEPT_AS_IS}"
+            return Plan(skipped=[(self.dropout, why)], used=[self.dropout])
         block = build.output(linear, dropout, (self.linear, self.dropout))
         if isinstance(block, str):
             return Plan(skipped=[(self.dropout, block)], used=[self.dropout])
@@ -425,6 +430,12 @@ class FunctionalDropoutAdapter(Adapter):
     name = "functional-activation-dropout"
     LINES = ("self.activation_fn(self.fc1(", "p=self.activation_dropout", "self.fc2(")
 
+    def fits(self, module: nn.Module) -> bool:
+        """Whether ``module`` (of a class with no adapter registered) has this layout: an ``fc1`` and ``fc2``,
+        an ``activation_dropout`` rate and ``LINES`` in its forward (read only once the attributes are there)."""
+        attributes = module._modules.keys() >= {"fc1", "fc2"} and "activation_dropout" in module.__dict__
+        return attributes and all(line in _source(type(module).forward) for line in self.LINES)
+
     def plan(self, module: nn.Module, build: Build) -> Plan:
         source = _source(type(module).forward)
         missing = [line for line in self.LINES if line not in source]
@@ -432,7 +443,7 @@ class FunctionalDropoutAdapter(Adapter):
             return Plan(skipped=[("activation_dropout", f"its forward lacks {missing[0]!r}: not the expected layout")])
         p = module.activation_dropout
         if isinstance(module.fc1, ApproxDropoutFFN):
-            return Plan(skipped=[("activation_dropout", "already converted: fc1 is the block")])
+            return Plan(skipped=[("activation_dropout", f"already converted: fc1 is the block, {KEPT_AS_IS}")])
         if not isinstance(p, (int, float)) or p == 0:
             return Plan(skipped=[("activation_dropout", f"activation_dropout is {p!r}: no dropout to convert")])
         members = ("fc1", "activation_fn", "activation_dropout", "fc2")
@@ -498,12 +509,15 @@ def class_name(cls: type) -> str:
 
 def adapter_for(module: nn.Module, output_side: bool = False) -> Adapter | None:
     """The adapter of ``module``'s class (exact match), Sequential's for a subclass that keeps
-    Sequential's forward, else (with ``output_side``) the one ``found_output_side`` reads in its forward,
+    Sequential's forward, the functional one for a layer of BART's layout (``FunctionalDropoutAdapter.fits``:
+    HF Whisper, LED, ...), else (with ``output_side``) the one ``found_output_side`` reads in its forward,
     else None."""
     cls = type(module)
     found = ADAPTERS.get(cls) or ADAPTERS.get(class_name(cls))
     if found is None and isinstance(module, nn.Sequential) and cls.forward is nn.Sequential.forward:
         return SEQUENTIAL
+    if found is None and _FUNCTIONAL.fits(module):
+        return _FUNCTIONAL
     if found is None and output_side:
         return found_output_side(module)
     return found

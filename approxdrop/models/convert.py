@@ -13,12 +13,12 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from torch.nn.modules.lazy import LazyModuleMixin
 
 from .._env import check_generator, check_rate
 from .adapters import (
     CONV1D,
     DROPOUT_TYPES,
+    KEPT_AS_IS,
     Adapter,
     Build,
     Chain,
@@ -27,6 +27,7 @@ from .adapters import (
     Plan,
     adapter_for,
     class_name,
+    found_output_side,
 )
 from .ffn import ApproxDropoutFFN, ffn_method
 from .gated import GatedApproxDropoutFFN
@@ -34,6 +35,7 @@ from .lstm import ApproxDropoutLSTM
 from .methods import ROW
 from .mlp import ApproxDropoutMLP
 from .output_side import OutputRowDropout
+from .parts import gemm_problem, hook_problem, type_name
 from .sites import is_elementwise
 from .state_keys import add_entries
 
@@ -179,7 +181,7 @@ class _Walk:
                 if self._replace(module, key, child, child_adapter):
                     continue
             elif isinstance(child, DROPOUT_TYPES) and key not in covered:
-                self.left.append((module, key, _outside(module, adapter)))
+                self.left.append((module, key, _outside(module, key, adapter, self.output_side)))
             self.visit(child)
         detail = _functional_dropout(module)
         if detail is not None:
@@ -193,10 +195,7 @@ class _Walk:
         dropout = getattr(block, "dropout", None)
         if dropout is not None and any(_holds(m._modules.get(key), dropout) for m, key, _ in self.left):
             return
-        why = (
-            f"already approxdrop's {type(block).__name__} (p {block.p}, method {block.method!r}): left as it is, "
-            "whatever p, method and groups convert is given (set its p to change the rate)"
-        )
+        why = f"already approxdrop's {type(block).__name__} (p {block.p}, method {block.method!r}): {KEPT_AS_IS}"
         self.left.append((block, "", why))
 
     def _own(self, module: nn.Module, adapter: Adapter) -> set[str]:
@@ -270,9 +269,13 @@ def _holds(entry: nn.Module | None, dropout: nn.Module) -> bool:
     return entry is dropout or (isinstance(entry, MovedDropout) and entry.moved is dropout)
 
 
-def _outside(parent: nn.Module, adapter: Adapter | None) -> str:
-    """Why a dropout module that no plan speaks for is left alone."""
+def _outside(parent: nn.Module, key: str, adapter: Adapter | None, output_side: bool) -> str:
+    """Why the dropout module ``parent.<key>`` that no plan speaks for is left alone."""
     kind = type(parent).__name__
+    if adapter is None and not output_side:
+        found = found_output_side(parent)
+        if found is not None and found.dropout == key:
+            return OUTPUT_OFF
     if adapter is None:
         return (
             f"no adapter for its parent {kind}: its forward code applies it "
@@ -379,11 +382,11 @@ class _Builder:
         if type(dropout) is not nn.Dropout:
             return f"nn.{type(dropout).__name__} is not nn.Dropout: only per-element dropout becomes a row pattern"
         conv1d = class_name(type(linear)) == CONV1D
-        why = _gemm_problem(members[0], linear, conv1d)
+        why = gemm_problem(members[0], linear, conv1d)
         if why is not None:
             return why
         for name, part in zip(members, (linear, dropout)):
-            why = _hooked(part)
+            why = hook_problem(part)
             if why is not None:
                 return f"{name} {why}"
         if self.groups not in (None, 1):
@@ -417,7 +420,7 @@ def _chain_problem(chain: Chain) -> str | None:
     """Why a found chain cannot become a block, or None."""
     fc1, fc2 = chain.fc1, chain.fc2
     for name, linear in zip(chain.members[::3], (fc1, fc2)):
-        why = _gemm_problem(name, linear)
+        why = gemm_problem(name, linear)
         if why is not None:
             return why
     if fc1.out_features != fc2.in_features:
@@ -432,56 +435,10 @@ def _chain_problem(chain: Chain) -> str | None:
         )
     parts = [fc1, chain.activation, chain.dropout, fc2]
     for name, part in zip(chain.members, parts):
-        why = _hooked(part) if isinstance(part, nn.Module) else None
+        why = hook_problem(part) if isinstance(part, nn.Module) else None
         if why is not None:
             return f"{name} {why}"
     return None
-
-
-def _gemm_problem(name: str, linear: nn.Module, conv1d: bool = False) -> str | None:
-    """Why a block cannot compute the GEMM of ``linear`` itself (it reads the weight and never calls the
-    module), or None. ``conv1d``: a Hugging Face Conv1D, whose GEMM the block computes transposed."""
-    if not conv1d and (not isinstance(linear, nn.Linear) or type(linear).forward is not nn.Linear.forward):
-        return f"{name} is {type(linear).__name__}, not an nn.Linear (the block computes the GEMM itself)"
-    if "forward" in vars(linear):
-        return (
-            f"{name} has its forward replaced on the instance (a patch, or a wrapper's hook such as accelerate's): "
-            "the block computes the GEMM itself, so in training the replacement would silently stop running"
-        )
-    return None
-
-
-def _hooked(module: nn.Module) -> str | None:
-    """Why ``module``'s hooks would stop working inside a block, or None when it has none; for a lazy module
-    not yet initialised (its hook is its own initialisation), that it must be initialised first."""
-    if isinstance(module, LazyModuleMixin) and module.has_uninitialized_params():
-        return (
-            f"is an uninitialised {_type_name(module)}: its parameters are made at its first forward, which the "
-            "block would never call. Run one forward pass of the model first (initialising it), then convert"
-        )
-    pre = list(module._forward_pre_hooks.values())
-    kinds = {type(h).__module__ + "." + type(h).__name__ for h in pre}
-    if any("prune" in k for k in kinds) or any(k.endswith("WeightNorm") for k in kinds):
-        return (
-            "is re-parametrised by torch.nn.utils.prune or the legacy weight_norm: a forward pre-hook recomputes its "
-            "weight each forward, and the block reads the weight without calling the module. Use "
-            "torch.nn.utils.parametrize (torch.nn.utils.parametrizations.weight_norm, or prune.remove first), "
-            "whose weight is recomputed at each read"
-        )
-    hooks = pre + list(module._forward_hooks.values())
-    hooks += list(module._backward_hooks.values()) + list(module._backward_pre_hooks.values())
-    if hooks:
-        return (
-            f"carries {len(hooks)} forward/backward hook(s): the block computes only the kept units without "
-            "calling its parts, so in training they would silently stop firing. Remove them to convert"
-        )
-    return None
-
-
-def _type_name(module: nn.Module) -> str:
-    """``nn.LayerNorm`` for torch.nn's classes, the bare class name for others."""
-    cls = type(module)
-    return f"nn.{cls.__name__}" if cls.__module__.startswith("torch.nn.") else cls.__name__
 
 
 def _activation_module(activation) -> nn.Module | str:
@@ -493,7 +450,7 @@ def _activation_module(activation) -> nn.Module | str:
             return f"activation function {getattr(activation, '__name__', activation)!r} is not a known elementwise one"
         return module_type()
     if not is_elementwise(activation):
-        return f"activation not elementwise: {_type_name(activation)} may mix units, and would see only the kept ones"
+        return f"activation not elementwise: {type_name(activation)} may mix units, and would see only the kept ones"
     if getattr(activation, "inplace", False) is True:
         activation = copy.copy(activation)  # the kept units are a view of the GEMM output: no in-place
         activation.inplace = False

@@ -20,6 +20,7 @@ from ..ops import FULL, group_bounds, grouped_row_pattern_linear, row_pattern_li
 from ..patterns import RowPattern
 from .executor_choice import Probe, choose_executor
 from .methods import DROPOUT_METHODS, ELEMENT, NOTHING, ROW, Method
+from .parts import must_call, warn_calls_parts
 from .sites import (
     DropoutRate,
     ModeInDropout,
@@ -216,9 +217,20 @@ class ApproxDropoutFFN(ModeInDropout, DropoutRate, nn.Module):
             return self.fc2(self.dropout(_gated(self.activation(self.fc1(x)), gate, x)))
         (draw,) = step_draws(self)  # drawn now, or ahead by draw_patterns (compiled training)
         self.last_pattern = draw
+        called = self._called_part(gate)
+        if called is not None:  # wrapped (LoRA) or hooked since the block was built: its modules are called
+            warn_calls_parts(self, *called)
+            return self._grouped_masked(x, draw if self.groups > 1 else (draw,), gate)
         if self.static_shapes:
             return self._static(x, gate)
         return self._row(x, draw, gate) if self.groups == 1 else self._grouped(x, draw, gate)
+
+    def _called_part(self, gate: nn.Linear | None) -> tuple[str, nn.Module] | None:
+        """The first Linear the block must call rather than read (``parts.must_call``), with its name; or None."""
+        for name, part in (("fc1", self.fc1), ("fc2", self.fc2), ("gate", gate)):
+            if must_call(part):
+                return name, part
+        return None
 
     def _static(self, x: torch.Tensor, gate: nn.Linear | None) -> torch.Tensor:
         # hidden units in slots, [*, K] whatever the offsets (ops.static); with groups, each group's samples

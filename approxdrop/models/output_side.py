@@ -17,6 +17,7 @@ from ..distribution import PatternDistribution
 from ..ops import FULL, row_pattern_linear, static_row_linear
 from .ffn import ffn_method
 from .methods import ELEMENT, NOTHING
+from .parts import must_call, warn_calls_parts
 from .sites import (
     DropoutRate,
     ModeInDropout,
@@ -64,6 +65,7 @@ class OutputRowDropout(ModeInDropout, DropoutRate, nn.Module):
             raise ValueError(f"output-side dropout takes one pattern per batch, not {method!r} ({self.groups} groups)")
         self.method, self.transposed = method, transposed
         self.linear = linear
+        self.gemm_class = type(linear)  # a linear of another class later (a LoRA wrapper) is called (parts.must_call)
         self.d_out = linear.weight.shape[1 if transposed else 0]
         self.init_laws(distributions)
         self.generator = check_generator(generator)
@@ -86,6 +88,12 @@ class OutputRowDropout(ModeInDropout, DropoutRate, nn.Module):
             return self.linear(x)
         if self.spec.drops == ELEMENT:
             return self.dropout(self.linear(x))
+        if must_call(self.linear, self.gemm_class):  # wrapped (LoRA) or hooked since the block was built
+            warn_calls_parts(self, "linear", self.linear, self.gemm_class)
+            y = self.linear(x)  # [*, d_out]
+            (pattern,) = step_draws(self)
+            self.last_pattern = pattern
+            return y * (pattern.keep_mask(self.d_out, y.device).to(y.dtype) * pattern.scale)  # [*, d_out]
         weight = self.linear.weight.t() if self.transposed else self.linear.weight  # [d_out, d_in]
         if x.dim() < 1 or x.shape[-1] != weight.shape[1]:
             raise ValueError(f"input must have last dimension {weight.shape[1]}, got shape {tuple(x.shape)}")

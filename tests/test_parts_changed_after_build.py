@@ -1,0 +1,110 @@
+"""A block's Linear wrapped (as peft's LoRA does), patched or hooked after the block was built: the block
+reads a Linear's weight without calling it, so in training it must notice and call its parts instead
+(dense GEMMs times the same pattern's mask), with one RuntimeWarning, not silently skip the wrapper."""
+
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+from approxdrop import ApproxDropoutFFN, convert
+from approxdrop.models.gated import GatedApproxDropoutFFN
+from approxdrop.models.output_side import OutputRowDropout
+
+
+class LoraLike(nn.Module):
+    """``base(x) + B(A(x))``: what a LoRA wrapper puts in the place of a Linear."""
+
+    def __init__(self, base: nn.Linear, rank: int = 2) -> None:
+        super().__init__()
+        self.base = base
+        self.a = nn.Linear(base.in_features, rank, bias=False)
+        self.b = nn.Linear(rank, base.out_features, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base(x) + self.b(self.a(x))
+
+
+def hidden_mask(block: ApproxDropoutFFN, batch: int) -> torch.Tensor:
+    """[batch, d_hidden]: each sample's scaled keep mask from the block's last draw."""
+    patterns = block.last_pattern if isinstance(block.last_pattern, tuple) else (block.last_pattern,)
+    bounds = torch.tensor_split(torch.arange(batch), len(patterns))
+    rows = [q.keep_mask(block.d_hidden).double() * q.scale for q, part in zip(patterns, bounds) for _ in part]
+    return torch.stack(rows)
+
+
+def ffn_block(method: str, executor: str, static_shapes: bool) -> ApproxDropoutFFN:
+    torch.manual_seed(0)
+    block = ApproxDropoutFFN(12, 40, 0.5, "relu", method, executor=executor, static_shapes=static_shapes)
+    return block.double().train()
+
+
+@pytest.mark.parametrize("method", ["row", "row-g4"])
+@pytest.mark.parametrize("executor", ["compact", "masked"])
+@pytest.mark.parametrize("static_shapes", [False, True])
+@pytest.mark.parametrize("entry", ["0", "3"])
+def test_a_linear_wrapped_after_the_block_is_built_runs_in_training(method, executor, static_shapes, entry):
+    block = ffn_block(method, executor, static_shapes)
+    wrapped = LoraLike(block._modules[entry]).double()
+    nn.init.normal_(wrapped.b.weight)  # a LoRA delta that changes the output
+    block._modules[entry] = wrapped
+    x = torch.randn(8, 12, dtype=torch.float64)
+    with pytest.warns(RuntimeWarning, match=r"its fc[12] is now a LoraLike .* calls its parts"):
+        y = block(x)
+    expected = block.fc2(block.activation(block.fc1(x)) * hidden_mask(block, 8))  # [8, 12]
+    torch.testing.assert_close(y, expected)
+    y.sum().backward()
+    assert wrapped.a.weight.grad is not None and wrapped.a.weight.grad.abs().sum() > 0
+
+
+def test_a_hook_registered_after_the_block_is_built_fires_in_training():
+    block = ffn_block("row", "compact", False)
+    seen = []
+    block.fc2.register_forward_hook(lambda module, inputs, output: seen.append(output.shape))
+    x = torch.randn(6, 12, dtype=torch.float64)
+    with pytest.warns(RuntimeWarning, match="its fc2 carries hooks"):
+        y = block(x)
+    assert seen == [torch.Size([6, 12])]
+    torch.testing.assert_close(y, block.fc2(block.activation(block.fc1(x)) * hidden_mask(block, 6)))
+
+
+def test_a_patched_forward_on_the_gate_of_a_gated_block_runs_in_training():
+    torch.manual_seed(0)
+    ffn = ApproxDropoutFFN.from_modules(nn.Linear(8, 16), nn.GELU(), nn.Linear(16, 8), 0.5, executor="compact")
+    gate = nn.Linear(8, 16)
+    block = GatedApproxDropoutFFN(ffn, gate).double().train()
+    calls = []
+    plain = gate.forward
+    gate.forward = lambda x: calls.append(1) or plain(x)
+    x = torch.randn(5, 8, dtype=torch.float64)
+    with pytest.warns(RuntimeWarning, match="its gate has its forward replaced"):
+        y = block(x)
+    assert calls == [1]
+    hidden = ffn.activation(ffn.fc1(x)) * plain(x) * hidden_mask(ffn, 5)  # [5, 16]
+    torch.testing.assert_close(y, ffn.fc2(hidden))
+
+
+@pytest.mark.parametrize("static_shapes", [False, True])
+def test_an_output_side_linear_wrapped_after_convert_runs_in_training(static_shapes):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(10, 24), nn.Dropout(0.5), nn.ReLU()).double()
+    convert(model, output_side=True, static_shapes=static_shapes)
+    block = model[0]
+    assert isinstance(block, OutputRowDropout)
+    wrapped = LoraLike(block.linear).double()
+    nn.init.normal_(wrapped.b.weight)
+    block.linear = wrapped
+    x = torch.randn(7, 10, dtype=torch.float64)
+    with pytest.warns(RuntimeWarning, match="its linear is now a LoraLike"):
+        y = block(x)
+    q = block.last_pattern
+    torch.testing.assert_close(y, wrapped(x) * (q.keep_mask(24).double() * q.scale))
+
+
+def test_blocks_with_plain_parts_warn_nothing_and_keep_the_compact_path():
+    block = ffn_block("row", "compact", False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        y = block(torch.randn(8, 12, dtype=torch.float64))
+    assert y.shape == (8, 12)
