@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from approxdrop import ApproxDropoutFFN, convert
+from approxdrop import ApproxDropoutFFN, ApproxDropoutMLP, convert
 from approxdrop.models.gated import GatedApproxDropoutFFN
 from approxdrop.models.output_side import OutputRowDropout
 
@@ -108,3 +108,35 @@ def test_blocks_with_plain_parts_warn_nothing_and_keep_the_compact_path():
         warnings.simplefilter("error")
         y = block(torch.randn(8, 12, dtype=torch.float64))
     assert y.shape == (8, 12)
+
+
+@pytest.mark.parametrize("method", ["row", "row-g4"])
+@pytest.mark.parametrize("executor", ["compact", "masked"])
+@pytest.mark.parametrize("static_shapes", [False, True])
+def test_an_mlp_linear_hooked_after_the_model_is_built_fires_in_training(method, executor, static_shapes):
+    torch.manual_seed(0)
+    model = ApproxDropoutMLP([12, 32, 32, 4], 0.5, method=method, executor=executor, static_shapes=static_shapes)
+    model = model.double().train()
+    seen = []
+    model.linears[1].register_forward_hook(lambda module, inputs, output: seen.append(inputs[0].shape))
+    x = torch.randn(8, 12, dtype=torch.float64)
+    with pytest.warns(RuntimeWarning, match=r"its linears\[1\] carries hooks"):
+        y = model(x)
+    assert seen == [torch.Size([8, 32])]
+    h = x
+    for i, (linear, draw) in enumerate(zip(model.linears, model.last_patterns)):
+        if draw is not None:
+            patterns = draw if isinstance(draw, tuple) else (draw,)
+            bounds = torch.tensor_split(torch.arange(8), len(patterns))
+            mask = [q.keep_mask(h.shape[-1]).double() * q.scale for q, part in zip(patterns, bounds) for _ in part]
+            h = h * torch.stack(mask)  # [8, n]
+        h = linear(h)
+        h = torch.relu(h) if i < 2 else h
+    torch.testing.assert_close(y, h)
+
+
+def test_an_mlp_with_tile_patterns_refuses_a_linear_it_would_skip():
+    model = ApproxDropoutMLP([12, 32, 4], 0.5, method="tile").train()
+    model.linears[0].register_forward_pre_hook(lambda module, inputs: None)
+    with pytest.raises(RuntimeError, match=r"linears\[0\] was wrapped, patched or hooked .* 'tile' step"):
+        model(torch.randn(8, 12))

@@ -40,6 +40,7 @@ from ..ops import (
 from ..patterns import RowPattern, TilePattern
 from .executor_choice import Probe, choose_executor
 from .methods import ELEMENT, NOTHING, ROW, TILE, get_method, methods_for
+from .parts import must_call, warn_calls_parts
 from .sites import (
     DropoutRate,
     activate,
@@ -184,6 +185,9 @@ class ApproxDropoutMLP(DropoutRate, nn.Module):
             return self._dense(x, dropout=True)
         draws = step_draws(self)  # drawn now, or ahead by draw_patterns (compiled training)
         self.last_patterns = stored_draws(draws)
+        called = self._called_linear()
+        if called is not None:  # wrapped or hooked since the model was built: its Linears are called
+            return self._calling_linears(x, draws, *called)
         if drops == ROW and self.static_shapes:
             return self._static(x)
         if drops == ROW:
@@ -191,6 +195,25 @@ class ApproxDropoutMLP(DropoutRate, nn.Module):
         if drops == TILE:
             return self._tile(x, draws) if self.groups == 1 else self._grouped_tile(x, draws)
         return self._shared(x, draws)
+
+    def _called_linear(self) -> tuple[str, nn.Module] | None:
+        """The first Linear to call rather than read (``parts.must_call``), with its name; or None."""
+        for i, linear in enumerate(self.linears):
+            if must_call(linear):
+                return f"linears[{i}]", linear
+        return None
+
+    def _calling_linears(self, x, draws: list, name: str, linear: nn.Module):
+        """The masked executor, which calls every Linear, for row patterns (with a warning); a RuntimeError
+        for tile and shared patterns, whose pattern is on the weight itself."""
+        if self.spec.drops != ROW:
+            raise RuntimeError(
+                f"ApproxDropoutMLP: its {name} was wrapped, patched or hooked since the model was built, and a "
+                f"{self.method!r} step reads the weights without calling the Linears, so it would skip that: remove "
+                "the wrapper or hook, or train with a row-pattern method"
+            )
+        warn_calls_parts(self, name, linear)
+        return self._grouped_masked(x, draws if self.groups > 1 else [None if q is None else (q,) for q in draws])
 
     def _stack(self, x, layer):
         """Apply ``layer(i, linear, x)`` for every layer, the activation between them."""
