@@ -156,3 +156,65 @@ def test_the_header_gives_the_validation_tokens_read_not_those_asked_for(monkeyp
 def test_a_split_the_columns_divide_is_read_whole(tiny):  # 48 validation tokens, 4 columns
     header = bench_lstm.perplexity_header(sentence_corpus(), "small", 3, 10**8, [0])
     assert ", all 48 validation tokens, seeds [0]." in header
+
+
+def test_races_stopped_by_ctrl_c_leave_files_that_say_they_are_partial(tiny, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(bench_lstm, "load_corpus", lambda name: sentence_corpus())
+    real, races = bench_lstm.train_lm, []
+
+    def second_race_stopped(*args, **kwargs):
+        races.append(args)
+        if len(races) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(bench_lstm, "train_lm", second_race_stopped)
+    record, out = tmp_path / "record.json", tmp_path / "study"
+    argv = ["bench-lstm", "--sizes", "--methods", "bernoulli", "row", "--ps", "0.5", "0.7", "--perplexity-steps", "2",
+            "--eval-tokens", "200", "--no-progress", "--json", str(record), "--perplexity-out", str(out)]  # fmt: skip
+    assert cli_main(argv) == 130
+    said = "partial: 1 of 2 perplexity races finished (p=0.5 seed 0); not run: p=0.7 seed 0"
+    assert json.loads(record.read_text())["partial"] == said
+    assert json.loads((out / "results.json").read_text())["partial"] == said
+    assert f"- {said[0].upper()}{said[1:]}\n" in (out / "results.md").read_text()
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"approxdrop bench-lstm: interrupted. {record} and {out} keep what finished, marked {said}; "
+        "run the command again to start over (it does not resume)."
+    )
+    monkeypatch.setattr(bench_lstm, "train_lm", real)  # run to the end: the same files, complete
+    assert cli_main(argv) == 0
+    assert "partial" not in json.loads(record.read_text())
+    assert json.loads((out / "results.json").read_text())["partial"] is None
+    assert "Partial" not in (out / "results.md").read_text()
+
+
+def test_ctrl_c_before_any_output_is_written_says_only_interrupted(tiny, monkeypatch, capsys):
+    monkeypatch.setattr(bench_lstm, "load_corpus", lambda name: sentence_corpus())
+    monkeypatch.setattr(bench_lstm, "train_lm", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+    argv = ["bench-lstm", "--sizes", "--methods", "bernoulli", "--ps", "0.5", "--perplexity-steps", "2"]
+    assert cli_main([*argv, "--no-progress"]) == 130
+    assert capsys.readouterr().err.strip() == "approxdrop bench-lstm: interrupted"
+
+
+@pytest.mark.parametrize(
+    "extra, said",
+    [(["--seeds", "0", "1"], "--seeds 0 1: needs --perplexity-steps"),
+     (["--eval-every", "3"], "--eval-every 3: needs --perplexity-steps"),
+     (["--eval-tokens", "100"], "--eval-tokens 100: needs --perplexity-steps")],
+)  # fmt: skip
+def test_perplexity_options_without_perplexity_runs_are_usage_errors(extra, said, monkeypatch, capsys):
+    monkeypatch.setattr(bench_lstm, "measure_lstm", lambda *a, **k: pytest.fail("ran with bad arguments"))
+    assert cli_main(["bench-lstm", "--sizes", "small", "--methods", "bernoulli", "--no-progress", *extra]) == 2
+    assert said in capsys.readouterr().err
+
+
+def test_the_perplexity_runs_default_to_seed_0(tiny, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(bench_lstm, "load_corpus", lambda name: sentence_corpus())
+    record = tmp_path / "record.json"
+    argv = ["bench-lstm", "--sizes", "--methods", "bernoulli", "--ps", "0.5", "--perplexity-steps", "1",
+            "--no-progress", "--json", str(record)]  # fmt: skip
+    assert cli_main(argv) == 0
+    assert "seeds [0]" in capsys.readouterr().out
+    saved = json.loads(record.read_text())
+    assert saved["args"]["seeds"] == [0] and [r["seed"] for r in saved["rows"]] == [0]

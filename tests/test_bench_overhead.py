@@ -2,6 +2,7 @@
 bad options refused before any run."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -103,3 +104,39 @@ def test_executor_table_shows_both_choices_and_dashes_for_untimed():
 def test_bad_options_are_usage_errors(extra, message, capsys):
     assert cli_main(["bench-overhead", *QUICK, *extra]) == 2
     assert message in capsys.readouterr().err
+
+
+class CountingBar:
+    """A progress bar that counts its steps (``bench_overhead.progress_bar`` stand-in)."""
+
+    def __init__(self, total, desc, enabled=True, **options):
+        self.total, self.n = total, 0
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def update(self, n=1):
+        self.n += n
+
+
+@pytest.mark.parametrize(
+    "methods, lstm_methods",
+    [(["bernoulli"], ["bernoulli", "row", "row-g4", "shared"]),
+     (["bernoulli", "row", "row-g4", "shared"], ["bernoulli"])],
+)  # fmt: skip
+def test_the_bar_counts_every_phase_and_only_row_methods_have_executors(methods, lstm_methods, monkeypatch, capsys):
+    from approxdrop.experiments import bench_overhead
+
+    bars = []
+    monkeypatch.setattr(bench_overhead, "progress_bar", lambda *a, **k: bars.append(CountingBar(*a, **k)) or bars[-1])
+    argv = ["bench-overhead", *QUICK, "--methods", *methods, "--lstm-methods", *lstm_methods, "--no-op-counts",
+            "--crossover-widths", "8", "--crossover-batches", "2", "--crossover-rounds", "1"]  # fmt: skip
+    assert cli_main(argv) == 0
+    (bar,) = bars
+    assert bar.n == bar.total
+    table = capsys.readouterr().out  # the executor table: the row methods only (shared runs no executor)
+    executor_rows = re.findall(r"^\| ([\w-]+) \| 2 \| 8 \| (?:masked|compact) \|", table, re.MULTILINE)
+    assert executor_rows == [m for m in methods if m in ("row", "row-g4")]

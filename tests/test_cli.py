@@ -4,6 +4,7 @@ default folder."""
 
 import argparse
 import io
+import json
 import re
 import sys
 from pathlib import Path
@@ -196,3 +197,84 @@ def test_data_that_cannot_be_had_is_one_error_line(monkeypatch, capsys):
     monkeypatch.setattr(gemm_timing, "run", offline)
     assert cli_main(["gemm-timing"]) == 1
     assert capsys.readouterr().err == "approxdrop gemm-timing: error: mnist: could not download (offline)\n"
+
+
+@pytest.mark.parametrize(
+    "argv, said",
+    [
+        (["bench", "--sizes", "1e3", "10"], "argument --sizes: invalid int value: '1e3'"),
+        (["bench", "--warmup", "x"], "argument --warmup: invalid int value: 'x'"),
+        (["bench", "--threads", "abc"], "argument --threads: invalid int value: 'abc'"),
+        (["bench", "--ps", "half"], "argument --ps: invalid float value: 'half'"),
+        (["bench-lstm", "--seeds", "s0"], "argument --seeds: invalid int value: 's0'"),
+    ],
+)
+def test_a_value_of_the_wrong_type_is_named_by_its_type_not_by_a_function(argv, said, capsys):
+    assert cli_main(argv) == 2
+    assert said in capsys.readouterr().err
+
+
+def no_study(monkeypatch):
+    monkeypatch.setattr(study, "run_study", lambda *a, **k: pytest.fail("the study started"))
+
+
+@pytest.mark.parametrize("inside", ["runs/row-p0.5-seed0.json", "pilot/row-p0.5-lr0.1.json", "runs/new/x.json"])
+def test_a_study_json_among_its_run_files_is_a_usage_error(inside, tmp_path, monkeypatch, capsys):
+    no_study(monkeypatch)
+    out = tmp_path / "study"
+    (out / Path(inside).parent).mkdir(parents=True)  # a study to resume: its run files are there
+    json_path = out / inside
+    assert cli_main(["study", "mlp", "--out", str(out), "--json", str(json_path), "--no-progress"]) == 2
+    folder = Path(inside).parts[0]
+    assert f"--json {json_path}: is in --out {out}'s {folder}/ folder, which holds the command's own files" in (
+        capsys.readouterr().err
+    )
+    assert not json_path.exists()
+
+
+def test_a_study_json_elsewhere_in_its_folder_is_allowed(tmp_path, monkeypatch):
+    monkeypatch.setattr(study, "run_study", lambda *a, **k: [])
+    monkeypatch.setattr(study, "describe_trained_on", lambda results: "here")
+    out = tmp_path / "study"
+    out.mkdir()
+    (out / "results.md").write_text("table\n")
+    assert cli_main(["study", "mlp", "--out", str(out), "--json", str(out / "record.json"), "--no-progress"]) == 0
+    assert json.loads((out / "record.json").read_text())["machine"] == "here"
+
+
+def test_study_workers_beyond_the_cpu_count_is_a_usage_error(monkeypatch, capsys):
+    no_study(monkeypatch)
+    monkeypatch.setattr(options, "max_threads", lambda: 2)
+    assert cli_main(["study", "mlp", "--workers", "3", "--no-progress"]) == 2
+    assert "argument --workers: must be at most 2 (this machine's CPUs), got 3" in capsys.readouterr().err
+
+
+def test_a_study_resumes_when_its_rates_are_only_reordered(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "study"
+    argv = ["study", "mlp", "--dataset", "digits", "--train-size", "200", "--test-size", "50", "--val-size", "50",
+            "--hidden", "4", "--epochs", "1", "--ps", "0.5", "--seeds", "0", "--variants", "bernoulli",
+            "--out", str(out), "--no-progress", "--threads", "1"]  # fmt: skip
+    assert cli_main([*argv, "--lrs", "0.1", "0.03"]) == 0
+    settings = json.loads((out / "runs" / study.run_name("bernoulli", 0.5, 0)).read_text())["config"]
+    assert settings["lrs"] == [0.03, 0.1]  # recorded sorted: the order of the grid changes nothing
+    for path in out.glob("*/*.json"):  # as files were written before: the rates in the order given
+        path.write_text(json.dumps({**json.loads(path.read_text()), "config": {**settings, "lrs": [0.1, 0.03]}}))
+    trained = []
+    monkeypatch.setattr(study, "train_run", lambda *a, **k: trained.append(a) or pytest.fail("trained again"))
+    capsys.readouterr()
+    assert cli_main([*argv, "--lrs", "0.03", "0.1"]) == 0
+    assert cli_main([*argv, "--lrs", "0.1", "0.03"]) == 0
+    assert trained == [] and "other settings" not in capsys.readouterr().err
+
+
+def test_a_gemm_timing_tile_as_wide_as_the_layer_is_a_usage_error(monkeypatch, capsys):
+    from approxdrop.experiments import gemm_timing
+
+    monkeypatch.setattr(gemm_timing, "tile_timings", lambda *a, **k: pytest.fail("timed"))
+    for tile in ("8", "3000"):
+        assert cli_main(["gemm-timing", "--n", "8", "--batch", "2", "--repeats", "1", "--tile", tile]) == 2
+        err = capsys.readouterr().err
+        assert f"--tile {tile}: must be smaller than --n 8 (a layer of one tile keeps it: the tile pattern" in err
+    monkeypatch.undo()
+    assert cli_main(["gemm-timing", "--n", "8", "--batch", "2", "--repeats", "1", "--tile", "4"]) == 0
+    assert "| tile pattern dp=2 | tile pattern |" in capsys.readouterr().out

@@ -170,19 +170,18 @@ def measure(
     x = torch.randn(batch, sizes[0], generator=gen).to(dev, dtype)
     target = torch.randint(sizes[-1], (batch,), generator=gen).to(dev)
     rows: list[BenchRow] = []
-    bar = progress_bar(len(ps) * len(variants) * (warmup + rounds), "bench", progress)
-    for p in ps:
-        steps_by_method = {}
-        for label, (method, g) in variants.items():
-            torch.manual_seed(seed)  # same initial weights for every method
-            model = ApproxDropoutMLP(sizes, p, method=method, tile=tile, groups=g).to(dev, dtype).train()
-            steps_by_method[label] = mlp_step(model, x, target)
-        times = time_side_by_side(steps_by_method, dev, warmup, rounds, steps, bar)
-        base = statistics.median(times["bernoulli"])
-        for label, (method, _) in variants.items():
-            med = statistics.median(times[label])
-            rows.append(BenchRow(label, p, 1e3 * med, med / base, mlp_gemm_work(sizes, p, method), rounds))
-    bar.close()
+    with progress_bar(len(ps) * len(variants) * (warmup + rounds), "bench", progress) as bar:  # ended on Ctrl-C too
+        for p in ps:
+            steps_by_method = {}
+            for label, (method, g) in variants.items():
+                torch.manual_seed(seed)  # same initial weights for every method
+                model = ApproxDropoutMLP(sizes, p, method=method, tile=tile, groups=g).to(dev, dtype).train()
+                steps_by_method[label] = mlp_step(model, x, target)
+            times = time_side_by_side(steps_by_method, dev, warmup, rounds, steps, bar)
+            base = statistics.median(times["bernoulli"])
+            for label, (method, _) in variants.items():
+                med = statistics.median(times[label])
+                rows.append(BenchRow(label, p, 1e3 * med, med / base, mlp_gemm_work(sizes, p, method), rounds))
     return rows
 
 

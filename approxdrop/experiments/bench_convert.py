@@ -147,25 +147,24 @@ def measure(
         raise ValueError(f"models must be some of {MODELS}, got {list(models)}")
     built = {name: _converted_twins(name, size, p, method, seed, dev) for name in models}  # refusals before timing
     rows = []
-    bar = progress_bar(len(models) * 2 * (warmup + rounds), "bench-convert", progress)
-    for name, (model, twin, forward, report) in built.items():
-        gen = torch.Generator().manual_seed(seed)
-        if name != "encoder":
-            x = torch.randint(256, (size.batch, size.sequence), generator=gen)  # [B, T]
-        else:
-            x = torch.randn(size.batch, size.sequence, size.d_model, generator=gen)  # [B, T, d_model]
-        target = torch.randn(size.batch, size.sequence, size.d_model, generator=gen).to(dev)
-        x = x.to(dev)
-        steps = {
-            "unconverted": train_step(model.train(), forward, x, target),
-            "converted": train_step(twin.train(), forward, x, target),
-        }
-        times = time_side_by_side(steps, dev, warmup, rounds, 1, bar, clock=CLOCKS[clock])
-        base, conv = statistics.median(times["unconverted"]), statistics.median(times["converted"])
-        rows.append(
-            ConvertBenchRow(name, p, method, len(report.converted), 1e3 * base, 1e3 * conv, conv / base, rounds)
-        )
-    bar.close()
+    with progress_bar(len(models) * 2 * (warmup + rounds), "bench-convert", progress) as bar:  # ended on Ctrl-C too
+        for name, (model, twin, forward, report) in built.items():
+            gen = torch.Generator().manual_seed(seed)
+            if name != "encoder":
+                x = torch.randint(256, (size.batch, size.sequence), generator=gen)  # [B, T]
+            else:
+                x = torch.randn(size.batch, size.sequence, size.d_model, generator=gen)  # [B, T, d_model]
+            target = torch.randn(size.batch, size.sequence, size.d_model, generator=gen).to(dev)
+            x = x.to(dev)
+            steps = {
+                "unconverted": train_step(model.train(), forward, x, target),
+                "converted": train_step(twin.train(), forward, x, target),
+            }
+            times = time_side_by_side(steps, dev, warmup, rounds, 1, bar, clock=CLOCKS[clock])
+            base, conv = statistics.median(times["unconverted"]), statistics.median(times["converted"])
+            rows.append(
+                ConvertBenchRow(name, p, method, len(report.converted), 1e3 * base, 1e3 * conv, conv / base, rounds)
+            )
     return rows
 
 

@@ -90,18 +90,17 @@ def measure(
     target = torch.randn(batch, sequence, d_model, generator=gen).to(dev)
     rows = []
     total = len(ps) * len(methods) * (warmup + rounds)
-    bar = progress_bar(total, "bench-ffn", progress)
-    for p in ps:
-        steps_by_method = {}
-        for method in methods:
-            torch.manual_seed(seed)  # the same initial weights for every method
-            steps_by_method[method] = ffn_step(block_for(method, d_model, d_hidden, p).to(dev).train(), x, target)
-        times = time_side_by_side(steps_by_method, dev, warmup, rounds, steps, bar)
-        base = statistics.median(times["bernoulli"])
-        for method in methods:
-            med = statistics.median(times[method])
-            rows.append(FFNBenchRow(method, p, 1e3 * med, med / base, rounds))
-    bar.close()
+    with progress_bar(total, "bench-ffn", progress) as bar:  # ended on Ctrl-C too, before cli says so
+        for p in ps:
+            steps_by_method = {}
+            for method in methods:
+                torch.manual_seed(seed)  # the same initial weights for every method
+                steps_by_method[method] = ffn_step(block_for(method, d_model, d_hidden, p).to(dev).train(), x, target)
+            times = time_side_by_side(steps_by_method, dev, warmup, rounds, steps, bar)
+            base = statistics.median(times["bernoulli"])
+            for method in methods:
+                med = statistics.median(times[method])
+                rows.append(FFNBenchRow(method, p, 1e3 * med, med / base, rounds))
     return rows
 
 

@@ -10,7 +10,9 @@ validation perplexity every ``--eval-every`` steps; ``--perplexity-out DIR`` wri
 history (results.json), the table (results.md) and the figure (perplexity.html: perplexity against p
 and against training time), updated after each race. ``--json FILE`` records the timing rows
 (``LSTMBenchRow``, with ``size``), then the perplexity runs (``LMRun``, with ``seed``), also updated after
-each race. Run ``approxdrop bench-lstm --help``.
+each race. Until the last race has finished, these files say they are partial (``partial_note``: the races
+finished and those not run, a ``partial`` field in the JSON, a line in results.md), so the files a Ctrl-C
+leaves cannot pass for the whole command's; it does not resume. Run ``approxdrop bench-lstm --help``.
 """
 
 from __future__ import annotations
@@ -109,29 +111,28 @@ def measure_lstm(
     y = torch.randint(vocab, (bptt, batch), generator=gen).to(dev)  # [T, B]
     variants = with_groups(methods, groups)
     rows = []
-    bar = progress_bar(len(ps) * len(variants) * (warmup + rounds), f"bench {size}", progress)
-    for p in ps:
-        steps_by_method = {}
-        for label, (method, g) in variants.items():
-            torch.manual_seed(seed)
-            extra = {} if g is None else {"groups": g}
-            model = language_model(vocab, method, hidden, layers, p, **extra).to(dev).train()
-            steps_by_method[label] = lm_step(model, x, y)
-        times = time_side_by_side(steps_by_method, dev, warmup, rounds, steps, bar)
-        median = {m: statistics.median(t) for m, t in times.items()}
-        for label, (method, _) in variants.items():
-            rows.append(
-                LSTMBenchRow(
-                    size,
-                    label,
-                    p,
-                    1e3 * median[label],
-                    median[label] / median["bernoulli"],
-                    median[label] / median["torch"] if "torch" in median else None,
-                    lstm_gemm_work(hidden, layers, vocab, p, method),
+    with progress_bar(len(ps) * len(variants) * (warmup + rounds), f"bench {size}", progress) as bar:  # on Ctrl-C too
+        for p in ps:
+            steps_by_method = {}
+            for label, (method, g) in variants.items():
+                torch.manual_seed(seed)
+                extra = {} if g is None else {"groups": g}
+                model = language_model(vocab, method, hidden, layers, p, **extra).to(dev).train()
+                steps_by_method[label] = lm_step(model, x, y)
+            times = time_side_by_side(steps_by_method, dev, warmup, rounds, steps, bar)
+            median = {m: statistics.median(t) for m, t in times.items()}
+            for label, (method, _) in variants.items():
+                rows.append(
+                    LSTMBenchRow(
+                        size,
+                        label,
+                        p,
+                        1e3 * median[label],
+                        median[label] / median["bernoulli"],
+                        median[label] / median["torch"] if "torch" in median else None,
+                        lstm_gemm_work(hidden, layers, vocab, p, method),
+                    )
                 )
-            )
-    bar.close()
     return rows
 
 
@@ -272,17 +273,37 @@ def perplexity_table(runs: Sequence[LMRun]) -> str:
 PERPLEXITY_FILES = ("results.json", "results.md", "perplexity.html")  # what write_perplexity_study writes
 
 
-def write_perplexity_study(out: Path, runs: Sequence[LMRun], header: str, machine: str, command: str) -> None:
+def partial_note(runs: Sequence[LMRun], ps: Sequence[float], seeds: Sequence[int]) -> str | None:
+    """None when ``runs`` hold every race (p, seed) of ``ps`` x ``seeds``; else one line saying the files are
+    partial, naming the races finished and those not run (when the files were written)."""
+    done = list(dict.fromkeys((r.p, r.seed) for r in runs))
+    left = [(p, seed) for p in ps for seed in seeds if (p, seed) not in done]
+    if not left:
+        return None
+
+    def names(races: list[tuple[float, int]]) -> str:
+        return ", ".join(f"p={p:g} seed {seed}" for p, seed in races) or "none"
+
+    count = f"{len(done)} of {len(done) + len(left)}"
+    return f"partial: {count} perplexity races finished ({names(done)}); not run: {names(left)}"
+
+
+def write_perplexity_study(
+    out: Path, runs: Sequence[LMRun], header: str, machine: str, command: str, partial: str | None = None
+) -> None:
     """``out``/results.json (every run with its history), results.md (the table) and perplexity.html (the
-    figure: ``lstm_study_figure``), each written atomically."""
+    figure: ``lstm_study_figure``), each written atomically. ``partial``: the ``partial_note`` of files written
+    before the last race has finished (a line of results.md, ``partial`` in results.json; None: complete)."""
     out = Path(out)
     date = datetime.datetime.now().isoformat(timespec="seconds")
-    about = f"- Machine: {machine}\n- Written: {date}\n- Command: `{command}`\n\n{header}\n\n"
+    mark = "" if partial is None else f"- {partial[0].upper()}{partial[1:]}\n"
+    about = f"- Machine: {machine}\n- Written: {date}\n- Command: `{command}`\n{mark}\n{header}\n\n"
     write_atomic(out / "results.md", lambda f: f.write(about + perplexity_table(runs) + "\n"))
     payload = {
         "machine": machine,
         "date": date,
         "command": command,
+        "partial": partial,
         "header": header,
         "runs": [asdict(r) for r in runs],
     }
@@ -314,8 +335,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=0,
         help=f"also train this many steps per p and seed ({PERPLEXITY_SIZE} size)",
     )
-    parser.add_argument(
-        "--seeds", type=random_seed, nargs="+", action=Distinct, default=[0], help="seeds of the perplexity runs"
+    parser.add_argument(  # default None, read as 0: a --seeds given without --perplexity-steps is refused
+        "--seeds", type=random_seed, nargs="+", action=Distinct, help="seeds of the perplexity runs (default: 0)"
     )
     batch = SIZES[PERPLEXITY_SIZE].batch  # the validation split is read in this many columns of 2 tokens or more
     parser.add_argument(
@@ -349,11 +370,30 @@ def perplexity_command(args: argparse.Namespace) -> str:
     return shlex.join(words)
 
 
+PERPLEXITY_OPTIONS = {  # option: (its dest, what it is for) of the options only the perplexity runs read
+    "--seeds": ("seeds", "seeds of the perplexity runs"),
+    "--eval-tokens": ("eval_tokens", "tokens of their evaluation"),
+    "--eval-every": ("eval_every", "when they are evaluated"),
+    "--perplexity-out": ("perplexity_out", "runs to record"),
+}
+
+
+def check_perplexity_options(args: argparse.Namespace) -> None:
+    """A usage error for an option of the perplexity runs given without ``--perplexity-steps`` (no runs to
+    read it: it would be ignored without a word); then ``--seeds`` not given is seed 0."""
+    for option, (dest, purpose) in PERPLEXITY_OPTIONS.items():
+        value = getattr(args, dest)
+        if value is not None and not args.perplexity_steps:
+            shown = " ".join(map(str, value)) if isinstance(value, list) else value
+            args.parser.error(f"{option} {shown}: needs --perplexity-steps ({purpose})")
+    if args.seeds is None:
+        args.seeds = [0]
+
+
 def run(args: argparse.Namespace) -> int:
     if "bernoulli" not in args.methods:
         args.parser.error("--methods must include bernoulli (the baseline of the ratios)")
-    if args.perplexity_out is not None and not args.perplexity_steps:
-        args.parser.error(f"--perplexity-out {args.perplexity_out}: needs --perplexity-steps (runs to record)")
+    check_perplexity_options(args)
     if not args.sizes and not args.perplexity_steps:
         args.parser.error("nothing to run: --sizes names no size to time and --perplexity-steps is 0")
     if args.perplexity_out is not None:
@@ -370,7 +410,7 @@ def run(args: argparse.Namespace) -> int:
         )  # fmt: skip
     if rows:
         print(format_table(rows))
-    write_record(args, rows)  # --json: the timing rows, then with the perplexity runs after each race
+    save_record(args, rows, [])  # --json: the timing rows, then with the perplexity runs after each race
     if args.perplexity_steps:
         corpus = load_corpus("auto")
         header = perplexity_header(corpus, PERPLEXITY_SIZE, args.perplexity_steps, args.eval_tokens, args.seeds)
@@ -378,9 +418,10 @@ def run(args: argparse.Namespace) -> int:
         command = perplexity_command(args)
 
         def save(runs: list[LMRun]) -> None:
-            write_record(args, [*rows, *runs])
+            partial = save_record(args, rows, runs)
             if args.perplexity_out is not None:
-                write_perplexity_study(args.perplexity_out, runs, header, machine, command)
+                write_perplexity_study(args.perplexity_out, runs, header, machine, command, partial)
+                _note_written(args, args.perplexity_out)
 
         runs = perplexity_runs(
             corpus, PERPLEXITY_SIZE, args.ps, args.methods, args.perplexity_steps, eval_tokens=args.eval_tokens,
@@ -391,3 +432,32 @@ def run(args: argparse.Namespace) -> int:
         print()
         print(perplexity_table(runs))
     return 0
+
+
+def save_record(args: argparse.Namespace, rows: list[LSTMBenchRow], runs: list[LMRun]) -> str | None:
+    """Write the --json record of the timing ``rows`` and the perplexity ``runs`` so far, marked partial
+    (``partial_note``) while perplexity races are still to run; returns that mark (None: complete), which
+    ``args._partial`` keeps for ``interrupted``."""
+    args._partial = partial_note(runs, args.ps, args.seeds) if args.perplexity_steps else None
+    write_record(args, [*rows, *runs], partial=args._partial)
+    if args.json is not None:
+        _note_written(args, args.json)
+    return args._partial
+
+
+def _note_written(args: argparse.Namespace, path: Path) -> None:
+    """Note in ``args._written`` (the command's state, not recorded: ``write_record``) a file it has written."""
+    written = vars(args).setdefault("_written", [])
+    if str(path) not in written:
+        written.append(str(path))
+
+
+def interrupted(args: argparse.Namespace) -> str:
+    """What ``approxdrop bench-lstm`` says when Ctrl-C stops it (cli.run): the files that keep the perplexity
+    races that finished, which they say are partial; just "interrupted" when it wrote none, or all of them."""
+    written, partial = vars(args).get("_written", []), vars(args).get("_partial")
+    if not written or partial is None:
+        return "interrupted"
+    keep = "keeps" if len(written) == 1 else "keep"
+    return (f"interrupted. {' and '.join(written)} {keep} what finished, marked {partial}; run the command again "
+            "to start over (it does not resume).")  # fmt: skip

@@ -14,8 +14,9 @@ Timings side by side in one process, methods interleaved (``bench.time_side_by_s
 - **crossover**: for each batch size, the smallest width ``w`` of an MLP [w, w, w, 10] from which a
   method's step beats nn.Dropout's (ratio < 1) at every wider width tried too, on this machine (with the
   default executor: the CPU rule on a CPU, measured on CUDA);
-- **executors**: on the same grid, the executor of the CPU rule against the one measured on this device
-  (``executor="measured"``, ``models.executor_choice``), with the probe's times.
+- **executors**: on the same grid, for the row methods (the others run no executor), the executor of the CPU
+  rule against the one measured on this device (``executor="measured"``, ``models.executor_choice``), with
+  the probe's times.
 
 Every step is zero_grad + forward + loss + backward + SGD step. On a CPU with one torch thread the clock is
 this process's CPU time (``time.process_time``), so other work on a shared machine does not count; else
@@ -420,11 +421,12 @@ def measure(
             args.parser.error(f"--{name.replace('_', '-')} must include bernoulli (the baseline)")
     dev = check_protocol(args.device, args.warmup, args.rounds, args.steps, [args.p], args.methods, METHODS)
     challengers = [m for m in args.methods if m != "bernoulli"]
+    row_methods = [m for m in challengers if get_method(m).drops == ROW]  # those an executor runs (row patterns)
     widths, batches = [check_int("width", w, 1) for w in args.crossover_widths], args.crossover_batches
-    total = (
-        3 * (args.warmup + args.rounds) * len(args.methods)
+    total = (  # the steps each phase counts on the bar: host_overhead, crossover, executor_choices
+        (args.warmup + args.rounds) * (len(args.methods) + len(FFN_METHODS) + len(args.lstm_methods))
         + len(widths) * len(batches) * (1 + args.crossover_rounds) * len(args.methods)
-        + len(widths) * len(batches) * len(challengers) * (not args.no_executors)
+        + len(widths) * len(batches) * len(row_methods) * (not args.no_executors)
     )
     with progress_bar(total, COMMAND, not args.no_progress) as bar:
         overhead = host_overhead(
@@ -432,7 +434,7 @@ def measure(
         )
         counts = [] if args.no_op_counts else op_counts(args.p, args.methods, dev)
         cross = crossover(args.p, challengers, dev, widths, batches, 1, args.crossover_rounds, 3, bar)
-        executors = [] if args.no_executors else executor_choices(args.p, challengers, dev, widths, batches, bar)
+        executors = [] if args.no_executors else executor_choices(args.p, row_methods, dev, widths, batches, bar)
     return overhead, counts, cross, executors
 
 

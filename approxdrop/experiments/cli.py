@@ -84,8 +84,9 @@ def main(argv: list[str] | None = None) -> int:
 def run(args: argparse.Namespace) -> int:
     """The subcommand, with the library's refusal of a setting (ValueError: a rate no pattern family reaches,
     a law that does not fit) as a usage error, and data it cannot get or memory it cannot have as one line.
-    Ctrl-C is one line too, exit status 130: the module's ``interrupted(args)`` where it has one (a command
-    that can resume says what it keeps and how), else "interrupted"."""
+    Ctrl-C is one line too, exit status 130, after the progress bar has ended (each command ends its bar on
+    the way out): the module's ``interrupted(args)`` where it has one (a command that keeps what finished says
+    what: the study, and how to resume; bench-lstm, the files it marked partial), else "interrupted"."""
     try:
         return args.run(args)
     except KeyboardInterrupt:

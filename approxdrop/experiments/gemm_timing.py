@@ -143,11 +143,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n", type=positive_int, default=2048, help="layer width (n_in = n_out)")
     parser.add_argument("--p", type=rate, default=0.5, help="dropout rate of the dropout timings")
     parser.add_argument("--dp", type=positive_int, default=2, help="period of the row and tile patterns")
-    parser.add_argument("--tile", type=positive_int, default=32)
+    parser.add_argument("--tile", type=positive_int, default=32, help="tile side of the tile pattern, below --n")
     parser.add_argument("--repeats", type=positive_int, default=10)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.tile >= args.n:  # one tile (0, 0) per side: kept at offset 0, whatever dp is
+        args.parser.error(f"--tile {args.tile}: must be smaller than --n {args.n} (a layer of one tile keeps it: "
+                          "the tile pattern would drop nothing)")  # fmt: skip
     device = torch.device(args.device)
     groups = {
         "dropout": dropout_timings(args.batch, args.n, args.n, args.p, device, repeats=args.repeats),

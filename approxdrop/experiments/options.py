@@ -21,6 +21,18 @@ from tqdm.auto import tqdm
 from .._env import describe_machine, regular_file_target, write_json_atomic
 
 
+def reads_as(name: str) -> Callable[[Callable], Callable]:
+    """Decorator of an argparse type: argparse names it by ``__name__`` in "invalid NAME value: 'x'", so it
+    takes the name of the type it reads (``int``, ``float``), not the function's."""
+
+    def rename(parse: Callable) -> Callable:
+        parse.__name__ = name
+        return parse
+
+    return rename
+
+
+@reads_as("int")
 def positive_int(text: str) -> int:
     """argparse type: an int >= 1."""
     value = int(text)
@@ -29,6 +41,7 @@ def positive_int(text: str) -> int:
     return value
 
 
+@reads_as("int")
 def non_negative_int(text: str) -> int:
     """argparse type: an int >= 0."""
     value = int(text)
@@ -40,6 +53,7 @@ def non_negative_int(text: str) -> int:
 SEED_MAX = 2**63 - 1  # torch.manual_seed takes a seed as a C++ int64
 
 
+@reads_as("int")
 def random_seed(text: str) -> int:
     """argparse type: a random seed, an int in [0, SEED_MAX]."""
     value = int(text)
@@ -57,10 +71,10 @@ def int_at_least(low: int, reason: str) -> Callable[[str], int]:
             raise argparse.ArgumentTypeError(f"must be an int >= {low} ({reason}), got {value}")
         return value
 
-    parse.__name__ = "int"  # argparse names it in "invalid int value: 'x'"
-    return parse
+    return reads_as("int")(parse)
 
 
+@reads_as("float")
 def rate(text: str) -> float:
     """argparse type: a dropout rate in [0, 1)."""
     value = float(text)
@@ -74,8 +88,10 @@ def max_threads() -> int:
     return os.cpu_count() or 1
 
 
+@reads_as("int")
 def threads(text: str) -> int:
-    """argparse type: an int in [1, ``max_threads()``]."""
+    """argparse type: an int in [1, ``max_threads()``]: CPU threads, or processes that run one thread each
+    (``study --workers``: more than the CPUs only slow each other down, each with its own copy of the data)."""
     value = positive_int(text)
     if value > max_threads():
         raise argparse.ArgumentTypeError(f"must be at most {max_threads()} (this machine's CPUs), got {value}")
@@ -174,12 +190,25 @@ def check_output_file(parser: argparse.ArgumentParser, option: str, path: Path) 
 
 
 def check_json_apart(
-    parser: argparse.ArgumentParser, json_path: Path | None, option: str, folder: Path, names: Sequence[str]
+    parser: argparse.ArgumentParser,
+    json_path: Path | None,
+    option: str,
+    folder: Path,
+    names: Sequence[str],
+    subfolders: Sequence[str] = (),
 ) -> None:
-    """A usage error when ``--json`` is the output directory ``folder`` (given as ``option``) or one of the
-    files ``names`` the command writes there: they would clash."""
-    if json_path is not None and json_path.resolve() in {folder.resolve(), *(folder.resolve() / n for n in names)}:
+    """A usage error when ``--json`` is the output directory ``folder`` (given as ``option``), one of the
+    files ``names`` the command writes there, or lies in one of its ``subfolders`` (whose files are the
+    command's own: a study's run files): they would clash. Links are followed (``--json`` is written through)."""
+    if json_path is None:
+        return
+    target, base = json_path.resolve(), folder.resolve()
+    if target in {base, *(base / n for n in names)}:
         parser.error(f"--json {json_path}: is {option} {folder} or one of its files ({', '.join(names)})")
+    for sub in subfolders:
+        if target.is_relative_to(base / sub):
+            parser.error(f"--json {json_path}: is in {option} {folder}'s {sub}/ folder, which holds the command's "
+                         "own files")  # fmt: skip
 
 
 COMMON_OPTIONS = ("--device", "--threads", "--json", "--no-progress")
@@ -222,17 +251,27 @@ def apply_common(args: argparse.Namespace, parser: argparse.ArgumentParser) -> N
         torch.set_num_threads(args.threads)
 
 
-def write_record(args: argparse.Namespace, rows: list[Any], machine: str | None = None) -> None:
+def write_record(
+    args: argparse.Namespace, rows: list[Any], machine: str | None = None, partial: str | None = None
+) -> None:
     """Write ``{"machine", "args", "rows"}`` to ``args.json`` (when given), atomically; a number that is
     not finite (a diverged run's loss) is written as null, so the file is strict JSON. ``machine``: where
-    the rows were measured when that is not this machine now (default: ``describe_machine(args.device)``)."""
+    the rows were measured when that is not this machine now (default: ``describe_machine(args.device)``).
+    ``partial``: a line saying what the rows lack, for a record written before the command has finished
+    (as ``"partial"``; a finished record has none). Attributes of ``args`` named ``_...`` are the command's
+    own state, not options: they are not recorded."""
     if args.json is None:
         return
-    options = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k not in ("run", "parser")}
+    options = {
+        k: (str(v) if isinstance(v, Path) else v)
+        for k, v in vars(args).items()
+        if k not in ("run", "parser") and not k.startswith("_")
+    }
     payload = {
         "machine": describe_machine(args.device) if machine is None else machine,
         "args": options,
         "rows": [asdict(r) if is_dataclass(r) else r for r in rows],
+        **({} if partial is None else {"partial": partial}),
     }
     write_json_atomic(args.json, finite_or_null(payload))
 

@@ -72,6 +72,7 @@ from .options import (
     progress_bar,
     random_seed,
     rate,
+    threads,
     write_record,
 )
 
@@ -155,9 +156,19 @@ _STUDY_LISTS = ("variants", "ps", "seeds")  # a run has its own variant, p and s
 def run_settings(config: StudyConfig) -> dict:
     """What every pilot and run file of ``config`` records, and must match to be reused: the settings a run
     depends on beyond its own (variant, p, seed, lr), as JSON values. That is every field but the study's
-    lists of variants, ps and seeds, plus ``pilot_seed`` (the first seed: its pilots choose every rate)."""
+    lists of variants, ps and seeds, plus ``pilot_seed`` (the first seed: its pilots choose every rate). The
+    rates ``lrs`` are sorted: their order changes no run (``choose_lr`` does not depend on it)."""
     settings = {name: value for name, value in asdict(config).items() if name not in _STUDY_LISTS}
-    return json.loads(json.dumps({**settings, "pilot_seed": config.seeds[0]}))
+    return json.loads(json.dumps({**settings, "lrs": sorted(config.lrs), "pilot_seed": config.seeds[0]}))
+
+
+def _sorted_rates(settings: object) -> object:
+    """Recorded ``settings`` with their ``lrs`` sorted, as ``run_settings`` records them (files written before
+    it did record the rates in the order given); anything else (not numbers: a spoilt file) as it is."""
+    rates = settings.get("lrs") if isinstance(settings, dict) else None
+    if not isinstance(rates, list) or any(isinstance(r, bool) or not isinstance(r, (int, float)) for r in rates):
+        return settings
+    return {**settings, "lrs": sorted(rates)}
 
 
 def _recorded_settings(recorded: object) -> object:
@@ -300,7 +311,7 @@ def _read_run(path: Path, config: StudyConfig, key: tuple, epochs: int, full: bo
     except (ValueError, KeyError, TypeError) as err:
         print(f"ignoring unreadable {path.name} ({err}); training it again", file=sys.stderr)
         return None
-    recorded, settings = _recorded_settings(payload.get("config")), run_settings(config)
+    recorded, settings = _sorted_rates(_recorded_settings(payload.get("config"))), run_settings(config)
     if recorded != settings:
         if isinstance(recorded, dict):  # name the settings that differ, in the order of run_settings
             names = [*settings, *sorted(recorded.keys() - settings.keys())]
@@ -421,21 +432,21 @@ def run_study(
     split = split_validation(data, config.val_size)
     pilot_keys = {out / "pilot" / pilot_name(v, p, lr): (v, p, config.seeds[0], lr) for v, p, lr in config.pilots()}
     total = len(pilot_keys) * config.pilot_epochs + len(config.runs()) * config.epochs
-    bar = progress_bar(total, "study", progress, unit="epoch")
-    pilots = {
-        path: _read_run(path, config, key, config.pilot_epochs, False, split.name) for path, key in pilot_keys.items()
-    }
-    todo = {path: (*key, config.pilot_epochs, False) for path, key in pilot_keys.items() if pilots[path] is None}
-    bar.update(total - len(config.runs()) * config.epochs - len(todo) * config.pilot_epochs)
-    pilots.update(_train_all(config, split, todo, workers, bar))
-    chosen = {(v, p): choose_lr(pilots[path] for path, key in pilot_keys.items() if key[:2] == (v, p))
-              for v in config.variants for p in config.ps}  # fmt: skip
-    run_keys = {out / "runs" / run_name(v, p, s): (v, p, s, chosen[(v, p)]) for v, p, s in config.runs()}
-    runs = {path: _read_run(path, config, key, config.epochs, True, split.name) for path, key in run_keys.items()}
-    todo = {path: (*key, config.epochs, True) for path, key in run_keys.items() if runs[path] is None}
-    bar.update((len(run_keys) - len(todo)) * config.epochs)
-    runs.update(_train_all(config, split, todo, workers, bar))
-    bar.close()
+    with progress_bar(total, "study", progress, unit="epoch") as bar:  # ended on Ctrl-C too, before cli says so
+        pilots = {
+            path: _read_run(path, config, key, config.pilot_epochs, False, split.name)
+            for path, key in pilot_keys.items()
+        }
+        todo = {path: (*key, config.pilot_epochs, False) for path, key in pilot_keys.items() if pilots[path] is None}
+        bar.update(total - len(config.runs()) * config.epochs - len(todo) * config.pilot_epochs)
+        pilots.update(_train_all(config, split, todo, workers, bar))
+        chosen = {(v, p): choose_lr(pilots[path] for path, key in pilot_keys.items() if key[:2] == (v, p))
+                  for v in config.variants for p in config.ps}  # fmt: skip
+        run_keys = {out / "runs" / run_name(v, p, s): (v, p, s, chosen[(v, p)]) for v, p, s in config.runs()}
+        runs = {path: _read_run(path, config, key, config.epochs, True, split.name) for path, key in run_keys.items()}
+        todo = {path: (*key, config.epochs, True) for path, key in run_keys.items() if runs[path] is None}
+        bar.update((len(run_keys) - len(todo)) * config.epochs)
+        runs.update(_train_all(config, split, todo, workers, bar))
     results = [runs[path] for path in run_keys]
     write_summary(config, [pilots[path] for path in pilot_keys], results, out)
     return results
@@ -522,6 +533,7 @@ def format_table(rows: list[SummaryRow], pilots: list[RunResult] = ()) -> str:
 
 
 SUMMARY_FILES = ("results.json", "results.md", "accuracy.html")  # what write_summary writes in the study folder
+RUN_FOLDERS = ("pilot", "runs")  # the folders of the run files in the study folder (run_study)
 
 
 @dataclass(frozen=True)
@@ -627,15 +639,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", default="auto", choices=NAMES)
     parser.add_argument("--train-size", type=positive_int, help="seeded subset of the training set")
     parser.add_argument("--test-size", type=positive_int, help="seeded subset of the test set")
-    parser.add_argument("--workers", type=positive_int, default=1,
-                        help="runs trained in parallel processes, one torch thread each (CPU)")  # fmt: skip
+    parser.add_argument("--workers", type=threads, default=1,
+                        help="runs trained in parallel processes, one torch thread each (CPU), at most the CPU "
+                        "count")  # fmt: skip
 
 
 def check_outputs(args: argparse.Namespace) -> None:
     """Usage errors, before any work, for an --out that cannot be a study directory (a file, read-only,
-    a full disk) and a --json that is the study directory or its summary."""
+    a full disk) and a --json that is the study directory, its summary, or in its folders of run files (it
+    would overwrite a finished run, or be read as one)."""
     check_output_dir(args.parser, "--out", args.out)
-    check_json_apart(args.parser, args.json, "--out", args.out, SUMMARY_FILES)
+    check_json_apart(args.parser, args.json, "--out", args.out, SUMMARY_FILES, RUN_FOLDERS)
 
 
 def run(args: argparse.Namespace) -> int:
