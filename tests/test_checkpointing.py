@@ -10,6 +10,7 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from approxdrop import ApproxDropoutFFN, ApproxDropoutMLP, convert, draw_patterns
+from approxdrop.models.sites import Replay
 
 MODELS = {
     "mlp row": lambda gen: ApproxDropoutMLP([16, 48, 48, 4], p=0.5, method="row", executor="compact", generator=gen),
@@ -51,6 +52,29 @@ def test_a_draw_of_draw_patterns_is_the_one_the_recomputed_forward_uses(name, ge
         run(model).pow(2).sum().backward()
     for (param, a), b in zip(plain.named_parameters(), checkpointed.parameters()):
         torch.testing.assert_close(a.grad, b.grad, msg=param)
+
+
+@pytest.mark.parametrize("reentrant", [False, True])
+@pytest.mark.parametrize("static", [False, True], ids=["dynamic", "static"])
+def test_one_draw_of_draw_patterns_then_plain_checkpointed_steps_keep_plain_gradients(static, reentrant, monkeypatch):
+    """One draw_patterns, then training without it: the record of that draw holds at most Replay.LIMIT calls,
+    then is dropped, so no recomputation long after is handed the old draw (it was from step LIMIT on)."""
+    monkeypatch.setattr(Replay, "LIMIT", 4)
+    torch.manual_seed(0)
+    plain = ApproxDropoutMLP([16, 48, 48, 4], p=0.5, method="row-g4", executor="compact", static_shapes=static)
+    checkpointed = copy.deepcopy(plain)
+    x = torch.randn(32, 16, requires_grad=True)
+    draw_patterns(checkpointed)
+    checkpointed(x).sum().backward()
+    for step in range(1, 12):
+        for model in (plain, checkpointed):
+            model.zero_grad()
+        torch.manual_seed(step)
+        plain(x).pow(2).sum().backward()
+        torch.manual_seed(step)
+        checkpoint(checkpointed, x, use_reentrant=reentrant).pow(2).sum().backward()
+        for (param, a), b in zip(plain.named_parameters(), checkpointed.parameters()):
+            assert torch.equal(a.grad, b.grad), f"step {step}: {param}"
 
 
 @pytest.mark.parametrize("static", [False, True], ids=["dynamic", "static"])

@@ -569,7 +569,8 @@ class Replay:
     its generator state (the first not yet replayed, in call order), or, without one, the first call not
     yet replayed: so a block called twice in one checkpointed forward, or once in each of several
     checkpointed layers, gets the pending draw at the call that took it, and draws again (the same draw,
-    from the restored state) at the others. At most ``LIMIT`` calls. Not told apart: calls in different
+    from the restored state) at the others. At most ``LIMIT`` calls: a record that would hold more is ``full``,
+    and ``Replays`` drops it (its pending draw is that many calls old). Not told apart: calls in different
     checkpointed segments with the same generator state (no random op between them, the first taking the
     pending draw), which backward recomputes in reverse order."""
 
@@ -581,8 +582,11 @@ class Replay:
 
     def add(self, module: nn.Module) -> None:
         """Record a call that drew for itself."""
-        if len(self.calls) < self.LIMIT:
-            self.calls.append((_generator_state(module), None))
+        self.calls.append((_generator_state(module), None))
+
+    def full(self) -> bool:
+        """Whether the record holds ``LIMIT`` calls."""
+        return len(self.calls) >= self.LIMIT
 
     def holds(self, state: torch.Tensor) -> bool:
         """Whether a call of this record ran from generator state ``state``."""
@@ -624,11 +628,20 @@ class Replays:
         self.records = [*self.records[1 - self.LIMIT :], Replay(module, pending)]
 
     def add(self, module: nn.Module) -> None:
-        """Record a call that drew for itself (it belongs to the newest pending draw)."""
+        """Record a call that drew for itself (it belongs to the newest pending draw). Once the newest record is
+        full, every record is dropped: each pending draw is ``Replay.LIMIT`` calls old or older, its backward
+        long done (one ``draw_patterns`` and then plain training, each call drawing for itself)."""
+        if not self.records:
+            return
         self.records[-1].add(module)
+        if self.records[-1].full():
+            self.records = []
 
     def take(self, module: nn.Module) -> list | None:
-        """``Replay.take`` on the record the recomputed call repeats a call of."""
+        """``Replay.take`` on the record the recomputed call repeats a call of; None (the call drew for
+        itself) when no record is left."""
+        if not self.records:
+            return None
         state = _generator_state(module)
         held = [r for r in self.records if state is not None and r.holds(state)]
         if not held:
