@@ -6,8 +6,9 @@ import io
 
 import pytest
 import torch
+from torch import nn
 
-from approxdrop import ApproxDropoutFFN, ApproxDropoutLSTM, ApproxDropoutMLP, draw_patterns
+from approxdrop import ApproxDropoutFFN, ApproxDropoutLSTM, ApproxDropoutMLP, convert, draw_patterns
 
 
 def _functional_grads(model, x, loss):
@@ -48,6 +49,26 @@ def test_torch_func_grad_equals_autograd(make, x):
     assert got.keys() == want.keys()
     for name in got:
         torch.testing.assert_close(got[name], want[name], msg=name)
+
+
+def test_functional_call_on_a_converted_torch_layer_equals_autograd_and_leaves_it_trainable():
+    """The converted layer's block reads the layer's Linears, not a second name for them: functional_call (tied
+    weights, its default) swaps each once and puts the Parameters back, so eager training goes on after it."""
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(16, 2, dim_feedforward=40, dropout=0.3, batch_first=True)
+    convert(layer, p=0.5, method="row-g4")
+    layer.dropout1.p = layer.dropout2.p = 0.0  # torch's own residual dropouts draw otherwise under torch.func
+    x = torch.randn(4, 5, 16)
+    got, want = _functional_grads(layer, x, _squares), _autograd_grads(layer, x, _squares)
+    assert got.keys() == want.keys()
+    for name in got:
+        torch.testing.assert_close(got[name], want[name], msg=name)
+    assert all(type(p) is nn.Parameter for p in layer.parameters())
+    optimizer = torch.optim.SGD(layer.parameters(), lr=0.1)
+    before = layer.linear1.weight.detach().clone()
+    _autograd_grads(layer, x, _squares)
+    optimizer.step()
+    assert not torch.equal(before, layer.linear1.weight)
 
 
 def test_per_sample_gradients_with_vmap_equal_a_loop_over_samples():

@@ -140,3 +140,20 @@ def test_an_mlp_with_tile_patterns_refuses_a_linear_it_would_skip():
     model.linears[0].register_forward_pre_hook(lambda module, inputs: None)
     with pytest.raises(RuntimeError, match=r"linears\[0\] was wrapped, patched or hooked .* 'tile' step"):
         model(torch.randn(8, 12))
+
+
+def test_a_torch_layers_linear_replaced_after_convert_runs_in_training():
+    """peft puts its LoRA Linear in the layer's attribute (``linear1``): the block reads the layer's Linears, so
+    it sees the wrapper and calls it."""
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(12, 2, dim_feedforward=32, dropout=0.5, batch_first=True).double()
+    convert(layer, p=0.5)
+    wrapped = LoraLike(layer.linear1).double()
+    nn.init.normal_(wrapped.b.weight)
+    layer.linear1 = wrapped
+    block = layer.ard_ffn
+    x = torch.randn(3, 4, 12, dtype=torch.float64)
+    with pytest.warns(RuntimeWarning, match="its fc1 is now a LoraLike"):
+        y = block(x)
+    mask = block.last_pattern.keep_mask(32).double() * block.last_pattern.scale  # [32]
+    torch.testing.assert_close(y, layer.linear2(block.activation(wrapped(x)) * mask))

@@ -173,8 +173,8 @@ def is_linear(module: nn.Module) -> bool:
 class TorchLayerAdapter(Adapter):
     """nn.TransformerEncoderLayer / nn.TransformerDecoderLayer: ``_ff_block`` is linear1 -> activation
     (a module or a function such as F.relu) -> dropout -> linear2. The layer keeps its Linears (its eval
-    fast path reads them) and gets the block as ``ard_ffn``; its class becomes a subclass whose
-    ``_ff_block`` runs the block."""
+    fast path reads them) and gets the block as ``ard_ffn``, a ``LayerFFN`` that reads them from the layer;
+    its class becomes a subclass whose ``_ff_block`` runs the block."""
 
     name = "torch-transformer-layer"
 
@@ -187,11 +187,10 @@ class TorchLayerAdapter(Adapter):
         block = build(chain) if type(module.dropout) is nn.Dropout else "its dropout is not nn.Dropout"
         if isinstance(block, str):
             return Plan(skipped=[("dropout", block)], used=["dropout"])
-        moved = [(f"{BLOCK_KEY}.0.", "linear1.", True), (f"{BLOCK_KEY}.3.", "linear2.", True)]
-        moved += [(f"{BLOCK_KEY}.1.", "activation.", True)] if isinstance(act, nn.Module) else []
+        moved = [(f"{BLOCK_KEY}.1.", "activation.", True)] if isinstance(act, nn.Module) else []
 
         def apply() -> None:
-            module.add_module(BLOCK_KEY, block)
+            module.add_module(BLOCK_KEY, LayerFFN.of(block, module))
             module.__class__ = self.converted_class
 
         return Plan(
@@ -211,6 +210,31 @@ class ConvertedLayerAdapter(Adapter):
     def plan(self, module: nn.Module, build: Build) -> Plan:
         why = f"already converted: the feed-forward runs {BLOCK_KEY}, {KEPT_AS_IS}"
         return Plan(skipped=[("dropout", why)], used=["dropout"])
+
+
+class LayerFFN(ApproxDropoutFFN):
+    """The block of a converted torch Transformer layer: its Linears are the layer's ``linear1`` and ``linear2``,
+    read from the layer at each use (``layer``, a plain attribute), not children of the block. A Linear held
+    under two names would be swapped twice by ``torch.func.functional_call``, which then leaves a plain tensor
+    in it; and a Linear put in the layer's place later (peft's LoRA) would not be the one the block runs."""
+
+    @classmethod
+    def of(cls, block: ApproxDropoutFFN, layer: nn.Module) -> LayerFFN:
+        """``block`` (built around ``layer``'s Linears) as the layer's: its own entries ``0`` and ``3`` dropped."""
+        del block._modules["0"], block._modules["3"]
+        block.__class__ = cls
+        object.__setattr__(block, "layer", layer)  # not a child: the layer holds the block
+        return block
+
+    @property
+    def fc1(self) -> nn.Linear:
+        """The layer's first Linear."""
+        return self.layer.linear1
+
+    @property
+    def fc2(self) -> nn.Linear:
+        """The layer's second Linear."""
+        return self.layer.linear2
 
 
 class ConvertedEncoderLayer(nn.TransformerEncoderLayer):
