@@ -8,6 +8,7 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
+from torch import nn
 
 import approxdrop as ad
 from approxdrop import PatternDistribution, RowPattern, TilePattern, ops, row_pattern_linear, tile_pattern_linear
@@ -692,11 +693,25 @@ def test_grouped_tile_matches_dense_masked_reference(pattern, groups, batch, n_i
     _assert_same_forward_backward(grouped_tile_pattern_linear, tile_linear_reference, (x, weight, bias, patterns))
 
 
+def _converted_encoder_layer() -> nn.Module:
+    layer = nn.TransformerEncoderLayer(8, 2, dim_feedforward=32, dropout=0.3, batch_first=True)
+    ad.convert(layer, p=0.5, method="row-g4")
+    return layer
+
+
 @pytest.mark.parametrize("strict", [False, True])
-def test_exporting_a_training_mode_model_says_to_export_it_in_eval_mode(strict):
+@pytest.mark.parametrize(
+    "make, x",
+    [
+        (lambda: ad.ApproxDropoutMLP([8, 32, 4], 0.5, "row-g4"), torch.randn(16, 8)),
+        (_converted_encoder_layer, torch.randn(4, 5, 8)),  # export's copies of its modules: no identity test
+    ],
+    ids=["mlp", "converted torch layer"],
+)
+def test_exporting_a_training_mode_model_says_to_export_it_in_eval_mode(make, x, strict):
     """An exported program would replay one draw forever (after draw_patterns it did, silently): refused, with
     the advice; the eval-mode model exports and computes what eager does."""
-    model, x = ad.ApproxDropoutMLP([8, 32, 4], 0.5, "row-g4"), torch.randn(16, 8)
+    model = make()
     ad.draw_patterns(model)
     with pytest.raises(Exception, match=r"export it in eval mode \(model.eval\(\)\)"):
         torch.export.export(model, (x,), strict=strict)

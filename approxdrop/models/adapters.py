@@ -193,9 +193,7 @@ class TorchLayerAdapter(Adapter):
             module.add_module(BLOCK_KEY, LayerFFN.of(block, module))
             module.__class__ = self.converted_class
 
-        return Plan(
-            converted=[BLOCK_KEY], used=["dropout"], moved=moved + [(f"{BLOCK_KEY}.2.", "dropout.", True)], apply=apply
-        )
+        return Plan(converted=[BLOCK_KEY], used=["dropout"], moved=moved, apply=apply)
 
 
 BLOCK_KEY = "ard_ffn"  # where a layer that keeps its Linears holds its block
@@ -213,18 +211,25 @@ class ConvertedLayerAdapter(Adapter):
 
 
 class LayerFFN(ApproxDropoutFFN):
-    """The block of a converted torch Transformer layer: its Linears are the layer's ``linear1`` and ``linear2``,
-    read from the layer at each use (``layer``, a plain attribute), not children of the block. A Linear held
-    under two names would be swapped twice by ``torch.func.functional_call``, which then leaves a plain tensor
-    in it; and a Linear put in the layer's place later (peft's LoRA) would not be the one the block runs."""
+    """The block of a converted torch Transformer layer: its Linears and its dropout are the layer's ``linear1``,
+    ``linear2`` and ``dropout``, read from the layer at each use (``layer``, a plain attribute), not children of
+    the block. A Linear held under two names would be swapped twice by ``torch.func.functional_call``, which
+    then leaves a plain tensor in it; a module put in the layer's place later (peft's LoRA Linear, an
+    nn.Identity for the dropout) would not be the one the block runs; and an identity test of the two names
+    fails under torch.export, which copies modules."""
 
     @classmethod
     def of(cls, block: ApproxDropoutFFN, layer: nn.Module) -> LayerFFN:
-        """``block`` (built around ``layer``'s Linears) as the layer's: its own entries ``0`` and ``3`` dropped."""
-        del block._modules["0"], block._modules["3"]
+        """``block`` (built around ``layer``'s parts) as the layer's: its own entries ``0``, ``2``, ``3`` dropped."""
+        del block._modules["0"], block._modules["2"], block._modules["3"]
         block.__class__ = cls
         object.__setattr__(block, "layer", layer)  # not a child: the layer holds the block
         return block
+
+    @property
+    def dropout(self) -> nn.Module:
+        """The layer's dropout (an nn.Dropout, which holds ``p``, or an nn.Identity: no dropout)."""
+        return self.layer.dropout
 
     @property
     def fc1(self) -> nn.Linear:
@@ -238,23 +243,26 @@ class LayerFFN(ApproxDropoutFFN):
 
 
 class ConvertedEncoderLayer(nn.TransformerEncoderLayer):
-    """An nn.TransformerEncoderLayer whose feed-forward runs its ApproxDropoutFFN ``ard_ffn`` (torch's own,
-    once the layer's ``dropout`` is replaced, e.g. by an nn.Identity)."""
+    """An nn.TransformerEncoderLayer whose feed-forward runs its LayerFFN ``ard_ffn`` (torch's own, once the
+    layer's ``dropout`` is replaced by a module other than an nn.Dropout or an nn.Identity)."""
 
     def _ff_block(self, x: torch.Tensor) -> torch.Tensor:
-        if self.dropout is not self.ard_ffn.dropout:
+        if type(self.dropout) not in RATE_MODULES:
             return super()._ff_block(x)
         return self.dropout2(_batch_leading(self.ard_ffn, x, self.self_attn.batch_first))
 
 
 class ConvertedDecoderLayer(nn.TransformerDecoderLayer):
-    """An nn.TransformerDecoderLayer whose feed-forward runs its ApproxDropoutFFN ``ard_ffn`` (torch's own,
-    once the layer's ``dropout`` is replaced)."""
+    """An nn.TransformerDecoderLayer whose feed-forward runs its LayerFFN ``ard_ffn`` (torch's own, once the
+    layer's ``dropout`` is replaced by a module other than an nn.Dropout or an nn.Identity)."""
 
     def _ff_block(self, x: torch.Tensor) -> torch.Tensor:
-        if self.dropout is not self.ard_ffn.dropout:
+        if type(self.dropout) not in RATE_MODULES:
             return super()._ff_block(x)
         return self.dropout3(_batch_leading(self.ard_ffn, x, self.self_attn.batch_first))
+
+
+RATE_MODULES = (nn.Dropout, nn.Identity)  # a converted layer's dropout the block runs as (Identity: p = 0)
 
 
 def _batch_leading(ffn: ApproxDropoutFFN, x: torch.Tensor, batch_first: bool) -> torch.Tensor:
