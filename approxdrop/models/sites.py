@@ -359,7 +359,9 @@ DRAWN = (ROW, TILE, SHARED_UNITS)  # the kinds of method that draw something eac
 _COMPILE_ADVICE = (
     "a training forward under torch.compile(fullgraph=True) cannot draw its dropout pattern inside the "
     "graph (the draw is Python choices that set the GEMM shapes): call approxdrop.draw_patterns(model) "
-    "before each compiled step, outside the compiled function"
+    "before each compiled step, outside the compiled function. A module called several times in one forward (a "
+    "block shared by layers) gets one draw there, for its first call: give each place its own block, or compile "
+    "without fullgraph=True"
 )
 
 
