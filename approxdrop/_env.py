@@ -18,6 +18,8 @@ import math
 import numbers
 import os
 import platform
+import re
+import socket
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -209,15 +211,65 @@ def regular_file_target(path: Path) -> Path:
     return target
 
 
+def _host_tag() -> str:
+    """This machine's name as it goes into temporary file names: letters, digits and dots only (no "-", the
+    separator), so that a process id is only ever judged on the machine that wrote it (a shared cache)."""
+    return re.sub(r"[^A-Za-z0-9.]", "", socket.gethostname())[:32] or "localhost"
+
+
+def _temp_prefix() -> str:
+    """The start of ``write_atomic``'s temporary file names: ``.tmp-<pid>@<host>-``; ``mkstemp`` adds
+    random letters, then ``-<target name>``."""
+    return f".tmp-{os.getpid()}@{_host_tag()}-"
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (on this machine); one of another user counts as alive."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (OSError, OverflowError):  # PermissionError: someone else's; OverflowError: no pid (judged alive)
+        return True
+    return True
+
+
+def remove_stale_temps(path: Path) -> list[Path]:
+    """Remove the temporary files that ``write_atomic`` left beside ``path`` in a process that died without
+    cleaning up (SIGKILL, a power cut), and return them: those of this target written on this machine whose
+    process no longer exists. A live process's file, another machine's or another target's is left alone,
+    and so is one that cannot be removed. A link ``path`` is followed, as ``write_atomic`` follows it."""
+    path = Path(os.path.realpath(path))
+    pattern = re.compile(rf"\.tmp-(\d+)@{re.escape(_host_tag())}-[a-z0-9_]+-{re.escape(path.name)}")
+    try:
+        names = os.listdir(path.parent)
+    except OSError:  # no directory yet, or not one that can be listed
+        return []
+    removed = []
+    for name in names:
+        match = pattern.fullmatch(name)
+        pid = int(match.group(1)) if match else 0
+        if pid > 0 and not _pid_alive(pid):
+            stale = path.parent / name
+            try:
+                stale.unlink()
+            except OSError:  # gone already (another sweep), or not ours to remove
+                continue
+            removed.append(stale)
+    return removed
+
+
 def write_atomic(path: Path, write: Callable[[IO[Any]], None], binary: bool = False) -> None:
     """Write ``path`` atomically: ``write(file)`` fills a temporary file in the same directory, which
     then replaces ``path``; nothing is left behind on failure (the exception propagates), no file
     descriptor either. The file gets the umask's mode, as ``open`` would give it (not mkstemp's
     0600); a text file is UTF-8 whatever the locale. Only regular files are written
-    (``regular_file_target``: symlinks written through, anything else refused with ValueError)."""
+    (``regular_file_target``: symlinks written through, anything else refused with ValueError).
+    The temporary file's name holds the writing process's id and machine (``.tmp-<pid>@<host>-XXXX-<name>``),
+    so that one left by a killed process can be told apart and removed (``remove_stale_temps``)."""
     path = regular_file_target(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.name)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_temp_prefix(), suffix="-" + path.name)
     try:
         with os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", encoding="utf-8") as f:
             os.fchmod(f.fileno(), 0o666 & ~_umask())

@@ -84,6 +84,18 @@ def server(tmp_path, monkeypatch):
     httpd.server_close()
 
 
+def test_ptb_lines_end_at_newlines_only(cache, monkeypatch):
+    """A form feed, U+2028 or U+0085 inside a line separates words but ends no line (str.splitlines would
+    add an <eos> at each); CRLF and LF end lines alike, as reading the file line by line does."""
+    text = " a b\x0cc d \r\n x y\u2028z \n p\x85q \n"
+    cache.mkdir(parents=True)
+    for name in PTB_MD5:
+        (cache / name).write_bytes(text.encode("utf-8"))
+    monkeypatch.setattr(corpus, "PTB_MD5", {name: hashlib.md5(text.encode("utf-8")).hexdigest() for name in PTB_MD5})
+    ptb = corpus.load_ptb(cache, download_ok=False)
+    assert ptb.vocab.decode(ptb.train) == ["a", "b", "c", "d", EOS, "x", "y", "z", EOS, "p", "q", EOS]
+
+
 @pytest.fixture(scope="module")
 def pydoc():
     return load_corpus("pydoc", verbose=False)
@@ -260,6 +272,9 @@ def test_vocabulary_errors():
         vocab.decode([0, 4, -1])
     with pytest.raises(ValueError, match="max_size must be at least 2.*got 1"):
         Vocabulary(["x"], max_size=1)
+    for size in (2.5, True, "3"):  # 2.5 was a TypeError from slicing
+        with pytest.raises(ValueError, match=f"max_size must be .*an int or None, got {size!r}"):
+            Vocabulary(["x"], max_size=size)
 
 
 def test_batchify_lays_contiguous_streams_in_columns_and_drops_the_tail():
@@ -282,11 +297,23 @@ def test_batchify_lays_contiguous_streams_in_columns_and_drops_the_tail():
         (torch.arange(10.0), 2, "ids must be a tensor of integer token ids, got Tensor torch.float32"),
         ([1, 2, 3, 4], 2, "ids must be a tensor of integer token ids, got list"),
         (torch.arange(12).view(3, 4), 2, r"ids must be 1-D, got shape \(3, 4\)"),
+        (
+            torch.tensor([True, False, True, True]),
+            2,
+            "ids must be a tensor of integer token ids, got Tensor torch.bool",
+        ),
     ],
 )
 def test_batchify_errors(ids, batch, message):
     with pytest.raises(ValueError, match=message):
         batchify(ids, batch)
+
+
+@pytest.mark.parametrize("dtype", [torch.int32, torch.int16, torch.uint8])
+def test_batchify_returns_long_ids_whatever_integer_dtype_it_is_given(dtype):
+    """Long[N] -> Long[T, B]: int32 ids came back as int32, which the LSTM models then refused."""
+    data = batchify(torch.arange(10, dtype=dtype), 2)
+    assert data.dtype == torch.long and torch.equal(data, batchify(torch.arange(10), 2)) and data.is_contiguous()
 
 
 def test_bptt_batches_shift_targets_by_one_and_cover_every_position_once():
@@ -340,6 +367,7 @@ def test_every_target_is_the_next_token_of_its_column_stream_exactly_once(n, bat
         (torch.arange(20).view(10, 2), 3.0, "steps must be an int, got 3.0"),
         (torch.arange(20), 3, r"data must be \[T, B\] with T >= 2, got shape \(20,\)"),
         (torch.arange(4).view(1, 4), 3, r"got shape \(1, 4\)"),
+        ([[1, 2], [3, 4]], 1, r"data must be a tensor \[T, B\] \(as batchify makes\), got list"),  # was AttributeError
     ],
 )
 def test_bptt_batches_errors(data, steps, message):

@@ -6,7 +6,9 @@ import gzip
 import hashlib
 import http.server
 import os
+import re
 import socket
+import subprocess
 import threading
 import time
 from functools import partial
@@ -16,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 
+from approxdrop._env import write_atomic
 from approxdrop.data import IDX_FILES, DataUnavailable, download, fetch_mnist, load_dataset, parse_idx
 from approxdrop.data import datasets as data
 
@@ -367,3 +370,82 @@ def test_labels_that_are_not_class_indices_are_refused_naming_the_file(tmp_path,
     spoiled.write_bytes(gzip.compress(header + labels.tobytes()))
     with pytest.raises(DataUnavailable, match=f"mine: {spoiled} {message}"):
         data.load_idx_dir(tmp_path, "mine")
+
+
+@pytest.mark.parametrize(
+    "code, images, message",
+    [
+        (0x0D, np.full((3, 2, 2), 300.0, dtype=">f4"), r"holds >f4 images, expected unsigned bytes \(0..255\)"),
+        (0x09, np.full((3, 2, 2), -5, dtype=np.int8), r"holds int8 images, expected unsigned bytes \(0..255\)"),
+    ],
+)
+def test_images_that_are_not_unsigned_bytes_are_refused_naming_the_file(tmp_path, code, images, message):
+    """Float 300 loaded as 1.18 and int8 -5 as -0.02: outside the promised [0, 1]."""
+    write_idx_dir(tmp_path, train=3, side=2)
+    spoiled = tmp_path / IDX_FILES[0]  # the train images, as an IDX file of another element type
+    header = bytes([0, 0, code, 3]) + np.array(images.shape, dtype=">i4").tobytes()
+    spoiled.write_bytes(gzip.compress(header + images.tobytes()))
+    with pytest.raises(DataUnavailable, match=f"mine: {spoiled} {message}"):
+        data.load_idx_dir(tmp_path, "mine")
+
+
+class Short(http.server.BaseHTTPRequestHandler):
+    """Announces ``server.body``'s length, sends its first 1000 bytes and closes the connection."""
+
+    def do_GET(self):  # noqa: N802 (the http.server API)
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(self.server.body)))
+        self.end_headers()
+        self.wfile.write(self.server.body[:1000])
+        self.close_connection = True
+
+    def log_message(self, *args):
+        pass
+
+
+def test_a_body_that_ends_early_is_reported_as_such_not_as_a_checksum_mismatch(tmp_path):
+    body = bytes(range(256)) * 100
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Short)
+    httpd.body = body
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{httpd.server_address[1]}/file"
+        with pytest.raises(DataUnavailable, match=f"{url} failed: the body ended after 1000 of 25600 bytes"):
+            download(url, tmp_path / "cache" / "file", hashlib.md5(body).hexdigest())
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert os.listdir(tmp_path / "cache") == []
+
+
+@pytest.mark.parametrize("md5", ["xyz", "0" * 31, "g" * 32, None])
+def test_an_md5_that_is_not_32_hex_digits_is_refused_before_downloading(server, tmp_path, md5):
+    """'xyz' was taken: the whole file came down, then 'checksum mismatch ... expected xyz'."""
+    url, sums, httpd = server
+    httpd.fail_with = 500  # a download would be a DataUnavailable, not the ValueError
+    with pytest.raises(ValueError, match=f"md5 must be an MD5 sum of 32 hex digits, got {re.escape(repr(md5))}"):
+        download(f"{url}/{IDX_FILES[0]}", tmp_path / IDX_FILES[0], md5)
+    with pytest.raises(ValueError, match=f"the MD5 sum of {IDX_FILES[1]} must be an MD5 sum of 32 hex digits"):
+        fetch_mnist(tmp_path / "cache", url, {**sums, IDX_FILES[1]: md5})
+    assert not (tmp_path / "cache").exists()  # refused before the first file came down
+
+
+def test_a_download_sweeps_what_a_killed_download_of_the_same_file_left(server, tmp_path):
+    """A SIGKILLed download leaves its temporary file (the process cannot clean up): the next download of
+    that file removes it, once its process is gone, so the cache holds no partial file for long."""
+    url, sums, _ = server
+    root = tmp_path / "cache"
+    root.mkdir()
+    seen = []
+    write_atomic(root / "probe", lambda f: seen.extend(os.listdir(root)))  # .tmp-<pid>@<host>-XXXX-probe
+    (root / "probe").unlink()
+    host = seen[0].split("@", 1)[1].split("-", 1)[0]
+    child = subprocess.Popen(["true"])
+    child.wait()  # a process id that no longer runs: the killed download's
+    stale = root / f".tmp-{child.pid}@{host}-k1ll3d00-{IDX_FILES[0]}"
+    live = root / f".tmp-{os.getpid()}@{host}-l1ve0000-{IDX_FILES[0]}"  # a download under way in this process
+    for path in (stale, live):
+        path.write_bytes(b"partial")
+    fetch_mnist(root, url, sums)
+    assert sorted(os.listdir(root)) == sorted([*IDX_FILES, live.name])

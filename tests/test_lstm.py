@@ -16,7 +16,7 @@ from approxdrop.models.lstm import (
     language_model,
     lstm_recurrence_reference,
 )
-from approxdrop.models.methods import ROW
+from approxdrop.models.methods import ROW, lstm_gemm_work
 
 VOCAB, HIDDEN, EMB, T, B = 37, 13, 11, 5, 3
 
@@ -246,6 +246,7 @@ def test_bad_arguments_raise_clear_errors(kwargs, message):
         (torch.zeros(5, 3), r"Long tensor \[T, B\]"),
         (torch.full((5, 3), VOCAB), r"token ids must lie in \[0, 37\)"),
         (torch.full((5, 3), -1), r"token ids must lie in \[0, 37\)"),
+        (torch.zeros(0, 3, dtype=torch.long), r"T must be >= 1, got shape \(0, 3\)"),  # was torch.lstm's RuntimeError
     ],
 )
 def test_bad_tokens_raise_clear_errors(x, message):
@@ -303,6 +304,42 @@ def test_bfloat16_autocast_trains_on_cpu(method):
 def test_language_model_rejects_unknown_methods():
     with pytest.raises(ValueError, match="torch"):
         language_model(VOCAB, "dropconnect")
+
+
+def test_language_model_takes_a_generator_for_every_method_but_says_torch_draws_from_the_global_rng():
+    """``generator=None`` builds every method, so callers need not special-case ``torch``; a generator given
+    to ``torch`` (nn.Dropout, nn.LSTM: torch's global RNG) is refused, not silently ignored (was a TypeError)."""
+    for method in LM_METHODS:
+        assert language_model(VOCAB, method, HIDDEN, 2, 0.5, generator=None).method == method
+    with pytest.raises(ValueError, match="generator must be None for method 'torch'.*global RNG"):
+        language_model(VOCAB, "torch", HIDDEN, 2, 0.5, generator=torch.Generator())
+    model = language_model(VOCAB, "row", HIDDEN, 2, 0.5, generator=torch.Generator().manual_seed(1))
+    assert isinstance(model.generator, torch.Generator)
+
+
+def test_lstm_gemm_work_at_the_ends_of_p():
+    dense = 2 * (2 * 10 * 40) + 10 * 30  # H = 10, 2 layers, V = 30: input + recurrent projections, decoder
+    assert lstm_gemm_work(10, 2, 30, 0.0, "row") == 1.0
+    assert lstm_gemm_work(10, 2, 30, 1.0, "row") == pytest.approx(2 * 10 * 40 / dense)  # the floor: recurrent only
+    assert lstm_gemm_work(10, 2, 30, 0.5, "torch") == 1.0
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ((650, 2, 10_000, 1.5, "row"), r"dropout rate p must be in \[0.0, 1.0\], got 1.5"),  # was -0.118
+        ((650, 2, 10_000, -1, "row"), r"dropout rate p must be in \[0.0, 1.0\], got -1"),  # was 1.745
+        ((650, 2, 10_000, True, "row"), "dropout rate p must be a finite number, got True"),
+        ((650, 2, 10_000, 0.5, "tile"), "method must be one of .* for the lstm models, got 'tile'"),  # was 0.627
+        ((650, 0, 10_000, 0.5, "row"), r"layers must be in \[1, inf\), got 0"),  # was 0.5
+        ((0, 2, 10_000, 0.5, "row"), r"hidden must be in \[1, inf\), got 0"),  # was ZeroDivisionError
+        ((650, 2, 0, 0.5, "row"), r"vocab must be in \[1, inf\), got 0"),
+        ((650.0, 2, 10_000, 0.5, "row"), "hidden must be an int, got 650.0"),
+    ],
+)
+def test_lstm_gemm_work_refuses_bad_arguments_by_name(args, message):
+    with pytest.raises(ValueError, match=message):
+        lstm_gemm_work(*args)
 
 
 def grouped_reference(model: ApproxDropoutLSTM, x, draws, state):

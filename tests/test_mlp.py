@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from approxdrop import METHODS, ApproxDropoutMLP, PatternDistribution, RowPattern, TilePattern
+from approxdrop import METHODS, ApproxDropoutMLP, PatternDistribution, RowPattern, TilePattern, mlp_gemm_work
 
 SIZES = [20, 17, 13, 5]
 
@@ -287,6 +287,27 @@ def test_a_given_law_must_fit_its_site(make, message):
 def test_bad_arguments_raise_value_error(make, message):
     with pytest.raises(ValueError, match=message):
         make()
+
+
+@pytest.mark.parametrize(
+    "sizes, p, name, message",
+    [
+        ([784, 2048, 10], 1.5, "row", r"dropout rate p must be in \[0.0, 1.0\], got 1.5"),  # was a negative work
+        ([784, 2048, 10], -1, "row", r"dropout rate p must be in \[0.0, 1.0\], got -1"),  # was more than dense
+        ([784, 2048, 10], 0.5, "torch", "method must be one of .* for the mlp models, got 'torch'"),
+        ([784], 0.5, "row", "sizes must be a sequence of at least two widths"),  # was a ZeroDivisionError
+        ([784, 0, 10], 0.5, "row", r"sizes\[1\] must be in \[1, inf\), got 0"),  # was a ZeroDivisionError at [0, 0]
+        ([784, 20.5, 10], 0.5, "row", r"sizes\[1\] must be an int, got 20.5"),
+        ("784", 0.5, "row", "sizes must be a sequence of at least two widths"),
+    ],
+)
+def test_mlp_gemm_work_refuses_bad_arguments_by_name(sizes, p, name, message):
+    with pytest.raises(ValueError, match=message):
+        mlp_gemm_work(sizes, p, name)
+
+
+def test_mlp_gemm_work_takes_p_up_to_one_its_limit():
+    assert mlp_gemm_work([4, 4, 4], 1.0, "row") == 0.0 and mlp_gemm_work([4, 4, 4], 0.0, "row") == 1.0
 
 
 @pytest.mark.parametrize("kind", ["mlp", "ffn", "lstm"])

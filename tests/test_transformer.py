@@ -83,6 +83,16 @@ def test_inputs_longer_than_the_context_or_not_batched_are_refused(shape):
         small_model()(torch.zeros(shape, dtype=torch.long))
 
 
+@pytest.mark.parametrize("bad_id", [11, -1])
+def test_token_ids_outside_the_vocabulary_are_refused_as_the_lstm_models_do(bad_id):
+    """Was a bare IndexError from the embedding (or a wrap-around for -1 on some devices)."""
+    idx = torch.tensor([[0, 3, bad_id]])
+    with pytest.raises(
+        ValueError, match=re.escape(f"token ids must lie in [0, 11), got [{min(bad_id, 0)}, {max(bad_id, 3)}]")
+    ):
+        small_model()(idx)
+
+
 @pytest.mark.parametrize("groups", [1, 4])
 def test_convert_turns_every_mlp_into_a_block_with_the_same_parameters_and_eval_output(groups):
     model = small_model().eval()

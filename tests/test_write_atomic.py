@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from approxdrop._env import write_atomic
+from approxdrop._env import remove_stale_temps, write_atomic
 from approxdrop.distribution import PatternDistribution
 from approxdrop.search import cache
 
@@ -53,3 +53,44 @@ def test_text_is_utf8_in_an_ascii_locale(tmp_path):
     env = {**os.environ, "LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}
     subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True)
     assert path.read_bytes() == text.encode("utf-8")
+
+
+def temp_name(path) -> str:
+    """The name ``write_atomic`` gives its temporary file for ``path``, seen from inside the write."""
+    seen = []
+    write_atomic(path, lambda f: seen.extend(n for n in os.listdir(path.parent) if n.startswith(".tmp-")))
+    path.unlink()
+    return seen[0]
+
+
+def dead_pid() -> int:
+    """The id of a process that has ended."""
+    child = subprocess.Popen(["true"])
+    child.wait()
+    return child.pid
+
+
+def test_the_temporary_file_names_its_process_and_its_target(tmp_path):
+    name = temp_name(tmp_path / "f.bin")
+    assert name.startswith(f".tmp-{os.getpid()}@") and name.endswith("-f.bin")
+
+
+def test_only_a_dead_process_s_temporary_files_of_the_target_are_swept(tmp_path):
+    """A SIGKILLed writer leaves its temporary file behind: ``remove_stale_temps`` removes it, and leaves a
+    live process's, another target's, another machine's and a name it does not know."""
+    ours = temp_name(tmp_path / "f.bin")  # .tmp-<pid>@<host>-XXXX-f.bin
+    rest = ours.split("@", 1)[1]
+    host, random_and_name = rest.split("-", 1)
+    dead = f".tmp-{dead_pid()}@{host}-{random_and_name}"
+    kept = [
+        ours,  # this process: alive
+        f".tmp-{dead_pid()}@{host}-{random_and_name[: -len('f.bin')]}g.bin",  # another target
+        f".tmp-{dead_pid()}@{host}x-{random_and_name}",  # another machine: its pids mean nothing here
+        ".tmp-abcd1234f.bin",  # no process id to judge
+        "f.bin.tmp-1",
+    ]
+    for name in [dead, *kept]:
+        (tmp_path / name).write_bytes(b"partial")
+    assert remove_stale_temps(tmp_path / "f.bin") == [tmp_path / dead]
+    assert sorted(os.listdir(tmp_path)) == sorted(kept)
+    assert remove_stale_temps(tmp_path / "missing-dir" / "f.bin") == []

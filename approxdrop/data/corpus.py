@@ -19,6 +19,7 @@ with the reason instead of falling back. Nothing here touches the network at imp
 
 from __future__ import annotations
 
+import numbers
 import os
 import re
 from bisect import bisect_left
@@ -61,14 +62,19 @@ class CorpusInfo:
     test_tokens: int
 
 
+def _is_count(value: object) -> bool:
+    """An int or an integral numpy scalar, not a bool (a float such as 2.5 cannot cut a list)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 class Vocabulary:
     """Word <-> id. ``<unk>`` is id 0 and ``<eos>`` id 1; the other words follow by decreasing
     frequency in the training tokens, ties broken by first appearance. ``max_size`` (counting the two
     specials) keeps only the most frequent words; the rest encode as ``<unk>``."""
 
     def __init__(self, tokens: Iterable[str], max_size: int | None = None) -> None:
-        if max_size is not None and max_size < 2:
-            raise ValueError(f"max_size must be at least 2 (<unk> and <eos>), got {max_size}")
+        if max_size is not None and (not _is_count(max_size) or max_size < 2):
+            raise ValueError(f"max_size must be at least 2 (<unk> and <eos>), an int or None, got {max_size!r}")
         counts = Counter(tokens)  # insertion order = first appearance; most_common keeps it for ties
         ranked = [word for word, _ in counts.most_common() if word not in (UNK, EOS)]
         self.words: list[str] = [UNK, EOS, *ranked][:max_size]
@@ -147,7 +153,8 @@ def _read_ptb_file(path: Path) -> list[str]:
     """The tokens of one PTB file; DataUnavailable naming it when it cannot be read (not UTF-8,
     unreadable) or holds no words."""
     try:
-        tokens = tokenize_lines(path.read_text(encoding="utf-8").splitlines())
+        lines = path.read_text(encoding="utf-8").split("\n")  # newlines only (CRLF read as \n), as a file's lines
+        tokens = tokenize_lines(lines)
     except (OSError, UnicodeDecodeError) as err:
         raise DataUnavailable(f"ptb: cannot read {path} ({type(err).__name__}: {err})") from err
     if not tokens:
@@ -218,8 +225,14 @@ def load_corpus(
 
 def batchify(ids: torch.Tensor, batch: int) -> torch.Tensor:
     """Long[N] -> Long[T, B] with T = N // B: column b is the contiguous stream ``ids[b*T:(b+1)*T]``;
-    the last N - T*B tokens are dropped. Needs T >= 2 (an input and its target)."""
-    if not isinstance(ids, torch.Tensor) or ids.dtype.is_floating_point or ids.dtype.is_complex:
+    the last N - T*B tokens are dropped. Needs T >= 2 (an input and its target). Ids of another integer
+    dtype (int32, uint8) come back as Long; bool, floating-point and complex ids are refused."""
+    if (
+        not isinstance(ids, torch.Tensor)
+        or ids.dtype.is_floating_point
+        or ids.dtype.is_complex
+        or ids.dtype == torch.bool
+    ):
         kind = f"{type(ids).__name__} {getattr(ids, 'dtype', '')}".strip()
         raise ValueError(f"ids must be a tensor of integer token ids, got {kind}")
     if ids.ndim != 1:
@@ -228,13 +241,15 @@ def batchify(ids: torch.Tensor, batch: int) -> torch.Tensor:
     steps = len(ids) // batch
     if steps < 2:
         raise ValueError(f"{len(ids)} tokens make {steps} time steps per column at batch {batch}; need at least 2")
-    return ids[: steps * batch].view(batch, steps).t().contiguous()  # [T, B]
+    return ids[: steps * batch].view(batch, steps).t().contiguous().long()  # [T, B]
 
 
 class BpttBatches:
     """The (x, y) chunks of ``bptt_batches``: sized (for progress bars) and iterable more than once."""
 
     def __init__(self, data: torch.Tensor, steps: int) -> None:
+        if not isinstance(data, torch.Tensor):
+            raise ValueError(f"data must be a tensor [T, B] (as batchify makes), got {type(data).__name__}")
         if data.ndim != 2 or data.shape[0] < 2:
             raise ValueError(f"data must be [T, B] with T >= 2, got shape {tuple(data.shape)}")
         self.data, self.steps = data, check_int("steps", steps, 1)

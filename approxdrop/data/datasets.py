@@ -6,7 +6,8 @@
    ``base_url`` (default ``MNIST_URL``, or ``$APPROXDROP_MNIST_URL``) and checked against their
    published MD5 sums. Cache: ``$APPROXDROP_DATA_DIR``, else ``$XDG_CACHE_HOME/approxdrop/data``,
    else ``~/.cache/approxdrop/data``. A download goes to a temporary file in the same directory
-   and is renamed into place only once its checksum matches: the cache never holds a partial file.
+   and is renamed into place only once its checksum matches: the cache never holds a partial file
+   under a data file's name (the temporary file of a killed download is removed by the next download).
 2. **Fashion-MNIST** (same IDX format) from ``FASHION_DIR``, the Debian package ``dataset-fashion-mnist``.
 3. **digits**: scikit-learn's bundled 8x8 digits (1797 images), always there.
 
@@ -106,6 +107,13 @@ def _check_labels(labels: np.ndarray, path: Path, name: str) -> None:
         raise DataUnavailable(f"{name}: {path} holds a negative label ({int(labels.min())}); classes start at 0")
 
 
+def _check_images(images: np.ndarray, path: Path, name: str) -> None:
+    """DataUnavailable naming the file unless ``images`` are unsigned bytes (0..255, scaled to [0, 1] as the
+    Dataset promises): an IDX image file may hold signed or floating-point values, which would fall outside."""
+    if images.dtype != np.uint8:
+        raise DataUnavailable(f"{name}: {path} holds {images.dtype} images, expected unsigned bytes (0..255)")
+
+
 def fetch_mnist(
     root: Path | None = None,
     base_url: str | None = None,
@@ -132,6 +140,8 @@ def load_idx_dir(directory: Path, name: str, source: str | None = None) -> Datas
     train_x, train_y, test_x, test_y = (_read_idx_file(p, name, ndim) for p, ndim in zip(paths, (3, 1, 3, 1)))
     if len(train_x) != len(train_y) or len(test_x) != len(test_y) or train_x.shape[1:] != test_x.shape[1:]:
         raise DataUnavailable(f"{name}: image and label files in {directory} do not match")
+    for path, images in ((paths[0], train_x), (paths[2], test_x)):
+        _check_images(images, path, name)
     for path, labels in ((paths[1], train_y), (paths[3], test_y)):
         _check_labels(labels, path, name)
     classes = int(max(train_y.max(), test_y.max())) + 1

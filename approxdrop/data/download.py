@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import re
 import socket
 import threading
 import time
@@ -18,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from .._env import check_number, check_positive, data_root, write_atomic
+from .._env import check_number, check_positive, data_root, remove_stale_temps, write_atomic
 
 DEADLINE_S = 600.0  # default limit on a whole download, seconds
 MIN_RATE = 1000.0  # default minimum average rate, bytes/s, checked once GRACE_S seconds have passed
@@ -124,6 +125,23 @@ def check_url(url: str) -> str:
     return url
 
 
+def check_md5(md5: object, name: str = "md5") -> str:
+    """``md5`` in lower case if it is an MD5 sum in hex (32 hex digits, either case), else ValueError naming it."""
+    if not isinstance(md5, str) or not re.fullmatch(r"[0-9a-fA-F]{32}", md5):
+        raise ValueError(f"{name} must be an MD5 sum of 32 hex digits, got {md5!r}")
+    return md5.lower()
+
+
+def _content_length(response) -> int | None:
+    """The body length the server announced (Content-Length), or None when it gave none (or nonsense)."""
+    value = response.headers.get("Content-Length")
+    try:
+        length = int(value) if value is not None else None
+    except ValueError:
+        return None
+    return length if length is not None and length >= 0 else None
+
+
 def download(
     url: str,
     dest: Path,
@@ -134,7 +152,10 @@ def download(
     grace: float = GRACE_S,
 ) -> Path:
     """Download ``url`` to ``dest`` atomically: a temporary file in ``dest``'s directory, checked
-    against ``md5`` (hex, in either case), then renamed. Raises DataUnavailable (and leaves nothing) on any failure.
+    against ``md5`` (32 hex digits, in either case; else ValueError before anything is fetched), then
+    renamed. Raises DataUnavailable (and leaves nothing) on any failure; a body shorter than the server's
+    Content-Length says so. Temporary files of ``dest`` that a killed download left behind are removed
+    first (``_env.remove_stale_temps``).
 
     Limits: ``timeout`` seconds for the connection and for each read; ``deadline`` seconds for the
     whole download (a trickling server is cut off then, even in the middle of a read); an average
@@ -142,12 +163,14 @@ def download(
     cannot be opened (``check_url``) is DataUnavailable too, naming it."""
     timeout, deadline = check_positive("timeout", timeout), check_positive("deadline", deadline)
     min_rate, grace = check_number("min_rate", min_rate, 0), check_number("grace", grace, 0)
+    md5 = check_md5(md5)
     check_url(url)
     late = f"download of {url} passed its deadline of {deadline:g} s"
 
     def fetch(out, watchdog: _Watchdog) -> None:
         digest, received, start = hashlib.md5(), 0, time.monotonic()
         with watchdog.opener().open(url, timeout=timeout) as response:
+            announced = _content_length(response)
             while block := response.read1(1 << 20):  # what has arrived, without waiting for a full block
                 digest.update(block)
                 out.write(block)
@@ -159,9 +182,12 @@ def download(
                     )
         if watchdog.fired:  # the socket was shut down: the body ended early
             raise DataUnavailable(f"{late} ({received} bytes)")
-        if digest.hexdigest() != md5.lower():
+        if announced is not None and received < announced:  # the server closed early: read1 just returns b""
+            raise DataUnavailable(f"download of {url} failed: the body ended after {received} of {announced} bytes")
+        if digest.hexdigest() != md5:
             raise DataUnavailable(f"checksum mismatch for {url}: MD5 {digest.hexdigest()}, expected {md5}")
 
+    remove_stale_temps(dest)
     with _Watchdog(deadline) as watchdog:
         try:
             write_atomic(dest, lambda out: fetch(out, watchdog), binary=True)
@@ -181,9 +207,10 @@ def _matches(path: Path, md5: str) -> bool:
 def fetch_files(root: Path, base_url: str, checksums: dict[str, str], download_ok: bool = True) -> Path:
     """``root``, holding every file of ``checksums`` (name: MD5) with a matching checksum; what is
     missing or corrupt is downloaded from ``base_url`` (unless ``download_ok`` is False). MD5 sums are hex,
-    in either case."""
+    in either case (anything else is a ValueError before any file is read)."""
+    checksums = {name: check_md5(md5, f"the MD5 sum of {name}") for name, md5 in checksums.items()}
     for name, md5 in checksums.items():
-        md5, path = md5.lower(), root / name
+        path = root / name
         if _matches(path, md5):
             continue
         if not download_ok:

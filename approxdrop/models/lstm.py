@@ -216,11 +216,13 @@ def _init_uniform(module: nn.Module) -> None:
 
 
 def _check_tokens(x: torch.Tensor, vocab: int) -> None:
-    """ValueError unless x is Long[T, B] with ids in [0, vocab). Under torch.compile only the shape and dtype
-    are checked (reading the ids would end the graph; the embedding rejects an id out of range), and on meta
-    or fake tokens, which hold no ids."""
+    """ValueError unless x is Long[T, B] with T >= 1 (the fused LSTM needs a time step; B may be 0) and ids in
+    [0, vocab). Under torch.compile only the shape and dtype are checked (reading the ids would end the graph;
+    the embedding rejects an id out of range), and on meta or fake tokens, which hold no ids."""
     if x.dim() != 2 or x.dtype != torch.long:
         raise ValueError(f"tokens must be a Long tensor [T, B], got {x.dtype} of shape {tuple(x.shape)}")
+    if x.shape[0] < 1:
+        raise ValueError(f"tokens must hold at least one time step: T must be >= 1, got shape {tuple(x.shape)}")
     if torch.compiler.is_compiling() or not holds_values(x):
         return
     if x.numel() and (int(x.min()) < 0 or int(x.max()) >= vocab):
@@ -481,7 +483,14 @@ class TorchLSTM(RateInDropout, nn.Module):
 
 def language_model(vocab: int, method: str, hidden: int = 650, layers: int = 2, p: float = 0.5, **kwargs) -> nn.Module:
     """The language model of a method of the table: ``TorchLSTM`` for the row built from PyTorch's
-    own modules (``torch``), else ``ApproxDropoutLSTM`` with that method."""
+    own modules (``torch``), else ``ApproxDropoutLSTM`` with that method. ``generator=None`` is taken by
+    both; a generator is refused (ValueError) for ``torch``, whose nn.Dropout and nn.LSTM draw from
+    torch's global RNG (seed it with ``torch.manual_seed``)."""
     if get_method(method, "lstm").torch_modules:
+        if kwargs.pop("generator", None) is not None:
+            raise ValueError(
+                "generator must be None for method 'torch': nn.Dropout and nn.LSTM draw from torch's global RNG "
+                "(seed it with torch.manual_seed)"
+            )
         return TorchLSTM(vocab, hidden, layers, p, **kwargs)
     return ApproxDropoutLSTM(vocab, hidden, layers, p, method, **kwargs)

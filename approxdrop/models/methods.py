@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from .._env import check_int, check_number
+
 # What a method drops: one of these.
 ROW = "row pattern"  # whole units, periodic, batch-shared: both GEMM sides shrink
 TILE = "tile pattern"  # T x T tiles of the weight reading a site, periodic: that weight's work shrinks
@@ -159,10 +161,20 @@ def color(name: str) -> str:
     return DROPOUT_METHODS[name].color if name in DROPOUT_METHODS else "#555555"
 
 
+def _check_work_rate(p: object) -> float:
+    """``p`` as a float if it is a real number in [0, 1] (1: the limit p -> 1, the floor of the work
+    left), else ValueError naming it."""
+    return check_number("dropout rate p", p, 0.0, 1.0)
+
+
 def mlp_gemm_work(sizes: Sequence[int], p: float, name: str, input_dropout: bool = False) -> float:
     """Expected GEMM work of an MLP ``sizes`` left relative to dense, the ideal bound: each layer's
-    ``Method.layer_work`` weighted by its size (a site follows every hidden layer)."""
-    m = get_method(name)
+    ``Method.layer_work`` weighted by its size (a site follows every hidden layer). ``sizes`` are at
+    least two widths >= 1, ``p`` in [0, 1] and ``name`` a method of the MLP; else ValueError."""
+    if isinstance(sizes, (str, bytes)) or not isinstance(sizes, Sequence) or len(sizes) < 2:
+        raise ValueError(f"sizes must be a sequence of at least two widths (input, ..., output), got {sizes!r}")
+    sizes = [check_int(f"sizes[{i}]", n, 1) for i, n in enumerate(sizes)]
+    p, m = _check_work_rate(p), get_method(name, "mlp")
     dense = kept = 0.0
     last = len(sizes) - 2
     for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
@@ -174,8 +186,11 @@ def mlp_gemm_work(sizes: Sequence[int], p: float, name: str, input_dropout: bool
 
 def lstm_gemm_work(hidden: int, layers: int, vocab: int, p: float, name: str) -> float:
     """GEMM work of an LSTM language model left relative to dense, the ideal bound: the input
-    projections and the decoder read a dropout site; the recurrent GEMMs stay whole."""
-    m = get_method(name)
+    projections and the decoder read a dropout site; the recurrent GEMMs stay whole. The embedding is
+    taken as wide as the LSTM. Sizes are ints >= 1, ``p`` in [0, 1] and ``name`` a method of the LSTM
+    models; else ValueError."""
+    hidden, layers, vocab = check_int("hidden", hidden, 1), check_int("layers", layers, 1), check_int("vocab", vocab, 1)
+    p, m = _check_work_rate(p), get_method(name, "lstm")
     gates = 4 * hidden
     read = m.layer_work(p, site_in=True, site_out=False)
     dense = layers * 2 * hidden * gates + hidden * vocab  # input + recurrent projections, decoder
