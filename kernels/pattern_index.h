@@ -32,10 +32,11 @@ struct SameType {
 template <typename I>
 using NoDeduce = typename SameType<I>::type;
 
-/// How many kept residues wrap past dp to [0, w).
+/// How many kept residues wrap past dp to [0, w): offset + keep - dp, computed without the sum (which can pass
+/// the type's range where offset and keep both near dp).
 template <typename I>
 APPROXDROP_HD I wrapped(const BasicPattern<I>& p) {
-  const I w = p.offset + p.keep - p.dp;
+  const I w = p.keep - (p.dp - p.offset);
   return w > 0 ? w : 0;
 }
 
@@ -59,7 +60,7 @@ APPROXDROP_HD I kept_count(const BasicPattern<I>& p, NoDeduce<I> n) {
   if (n <= 0) return 0;
   const I rem = n % p.dp, w = wrapped(p);
   const I low = rem < w ? rem : w;    // residues [0, w) below rem
-  const I end = p.offset + p.keep - w;  // the unwrapped run is [offset, end)
+  const I end = w > 0 ? p.dp : p.offset + p.keep;  // the unwrapped run is [offset, end); no wrap: the sum <= dp
   const I high = (rem < end ? rem : end) - p.offset;
   return (n / p.dp) * p.keep + low + (high > 0 ? high : 0);
 }

@@ -358,6 +358,32 @@ def test_a_candidate_that_cannot_run_the_call_is_skipped_with_its_reasons():
     assert any("pattern-GEMM kernel is unavailable (pattern skipped: not for big)" in line for line in fakes.said)
 
 
+def _kernel_reasons(candidates: list, inputs: tuple) -> list[str]:
+    """The pattern kernel's reasons for a call (the extension as if built: only the launcher's limits)."""
+    (kernel,) = [c for c in candidates if c.name == dispatch.PATTERN]
+    return kernel.supports(kernels.Call(None, types.ModuleType("built"), inputs))
+
+
+def test_the_kernel_is_not_handed_a_call_its_launcher_refuses():
+    """A weight side past the kernel's grid, a period past int32 once offset + keep is added, a tile dp past one
+    grid axis: the pattern candidate says why (the reference runs), not a RuntimeError from the binding."""
+    meta = {"device": "meta"}
+    w, wide = torch.empty(8, 8, **meta), torch.empty(8, kernels.KERNEL_MAX_WIDTH + 1, **meta)
+    x = torch.empty(4, 8, **meta)
+    row = lambda weight, in_dp, out_dp: ([x], weight, None, in_dp, 1, [0], out_dp, 1, [0])  # noqa: E731
+    assert _kernel_reasons(kernels.ROW_LINEAR, row(w, 2, 3)) == []
+    assert "a weight side above" in _kernel_reasons(kernels.ROW_LINEAR, row(wide, 2, 3))[0]
+    assert "a period above 2**30" in _kernel_reasons(kernels.ROW_LINEAR, row(w, 2, 2**30 + 1))[0]
+    back = ([x], [x], w, [], 2**30 + 1, 1, [0], 2, 1, [0], True)  # (grads, xs, weight, blocks, in_dp, ...)
+    assert "a period above 2**30" in _kernel_reasons(kernels.ROW_LINEAR_BACKWARD, back)[0]
+    tile = lambda dp, tile_: (x, w, None, dp, 1, tile_, [0])  # noqa: E731
+    assert _kernel_reasons(kernels.TILE_LINEAR, tile(3, 4)) == []
+    assert "a period above 2**30 (dp * tile" in _kernel_reasons(kernels.TILE_LINEAR, tile(3, 2**29))[0]
+    assert "a tile dp above 65535" in _kernel_reasons(kernels.TILE_LINEAR, tile(70000, 1))[0]
+    grad_tile = (x, x, w, 70000, 1, 1, [0], True)
+    assert "a tile dp above 65535" in _kernel_reasons(kernels.TILE_LINEAR_BACKWARD, grad_tile)[0]
+
+
 def test_switch_zero_is_silent():
     fakes = Fakes()
     d = fakes.dispatcher()

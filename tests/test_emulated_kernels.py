@@ -295,6 +295,7 @@ EDGE_TILE_CASES = [
     TileCase(67, 65, 97, TilePattern(3, 2, 8, 3), True),  # keep = dp
     TileCase(5, 70, 69, TilePattern(3, 1, 1, 2), True),  # 1 x 1 tiles
 ]
+HUGE_PERIOD_TILE_CASE = TileCase(3, 5, 7, TilePattern(3, 1, 715827882, 2), True)  # dp * tile = 2^31 - 2
 # Large enough for the 128 x 64 block (the emulated GPU has 2 SMs): row ops with kept runs, tile ops with
 # every GEMM over more than one big block.
 LARGE_ROW_CASE = RowCase(200, 130, 72, RowPattern(8, 2, 6), RowPattern(1, 0, 1), True)
@@ -531,6 +532,9 @@ def test_address_and_undefined_behaviour_sanitizers():
     for i, case in enumerate(EDGE_ROW_CASES[:3]):
         failures += check_row(exe, case, torch.float32, 900, "parallel", seed=i)
     failures += check_tile(exe, EDGE_TILE_CASES[0], torch.float32, 900, "parallel", seed=0)
+    # offset + keep of the element pattern past 2^31 - 1 (dp * tile just below it): the index arithmetic must
+    # not form that sum (UBSan's signed-overflow abort before pattern_index.h computed it without the sum)
+    failures += check_tile(exe, HUGE_PERIOD_TILE_CASE, torch.float32, 900, "parallel", seed=0)
     _assert_none(failures)
 
 

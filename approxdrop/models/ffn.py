@@ -217,22 +217,23 @@ class ApproxDropoutFFN(ModeInDropout, DropoutRate, nn.Module):
             return self.fc2(self.dropout(_gated(self.activation(self.fc1(x)), gate, x)))
         (draw,) = step_draws(self)  # drawn now, or ahead by draw_patterns (compiled training)
         self.last_pattern = draw
-        called = self._called_part(gate)
-        if called is not None:  # wrapped (LoRA) or hooked since the block was built: its modules are called
-            warn_calls_parts(self, *called)
-            return self._grouped_masked(x, draw if self.groups > 1 else (draw,), gate)
         if self.static_shapes:
             return self._static(x, gate)
         return self._row(x, draw, gate) if self.groups == 1 else self._grouped(x, draw, gate)
 
-    def _called_part(self, gate: nn.Linear | None) -> tuple[str, nn.Module] | None:
-        """The first Linear the block must call rather than read (``parts.must_call``), with its name; or None."""
+    def _calls_parts(self, gate: nn.Linear | None) -> bool:
+        """Whether a Linear was wrapped (LoRA), patched or hooked since the block was built (``parts.must_call``),
+        so the paths that read the weights must call the Linears instead (with a warning). The masked path
+        calls them anyway: only the others ask."""
         for name, part in (("fc1", self.fc1), ("fc2", self.fc2), ("gate", gate)):
             if must_call(part):
-                return name, part
-        return None
+                warn_calls_parts(self, name, part)
+                return True
+        return False
 
     def _static(self, x: torch.Tensor, gate: nn.Linear | None) -> torch.Tensor:
+        if self._calls_parts(gate):
+            return self._grouped_masked(x, self.last_pattern if self.groups > 1 else (self.last_pattern,), gate)
         # hidden units in slots, [*, K] whatever the offsets (ops.static); with groups, each group's samples
         # (the leading axis, as the grouped path splits it) read their own group's slots
         (sides,) = static_sides(self, [self.d_hidden])  # one StaticSide per group
@@ -251,6 +252,8 @@ class ApproxDropoutFFN(ModeInDropout, DropoutRate, nn.Module):
         fc1, fc2 = self.fc1, self.fc2
         if not torch.compiler.is_compiling() and self.executor_for(x) == "masked":
             return self._grouped_masked(x, (pattern,), gate)  # GEMMs too small to shrink: dense, times the mask
+        if self._calls_parts(gate):
+            return self._grouped_masked(x, (pattern,), gate)
         h = row_pattern_linear(x, fc1.weight, fc1.bias, FULL, pattern, check=False)  # [*, k]: the kept units only
         h = activate(self.activation, h)
         if gate is not None:
@@ -270,7 +273,7 @@ class ApproxDropoutFFN(ModeInDropout, DropoutRate, nn.Module):
 
     @run_eagerly
     def _grouped(self, x: torch.Tensor, patterns: tuple[RowPattern, ...], gate: nn.Linear | None) -> torch.Tensor:
-        if self.executor_for(x) == "masked":
+        if self.executor_for(x) == "masked" or self._calls_parts(gate):
             return self._grouped_masked(x, patterns, gate)
         # the grouped op splits the rows of a [N, n] tensor; with x [B, *, d_model] every sample's
         # rows get its group's pattern (the op then runs one GEMM per distinct offset, not per sample)

@@ -185,8 +185,7 @@ class ApproxDropoutMLP(DropoutRate, nn.Module):
             return self._dense(x, dropout=True)
         draws = step_draws(self)  # drawn now, or ahead by draw_patterns (compiled training)
         self.last_patterns = stored_draws(draws)
-        called = self._called_linear()
-        if called is not None:  # wrapped or hooked since the model was built: its Linears are called
+        if drops != ROW and (called := self._called_linear()) is not None:  # tile and shared read every weight
             return self._calling_linears(x, draws, *called)
         if drops == ROW and self.static_shapes:
             return self._static(x)
@@ -204,8 +203,9 @@ class ApproxDropoutMLP(DropoutRate, nn.Module):
         return None
 
     def _calling_linears(self, x, draws: list, name: str, linear: nn.Module):
-        """The masked executor, which calls every Linear, for row patterns (with a warning); a RuntimeError
-        for tile and shared patterns, whose pattern is on the weight itself."""
+        """For a Linear wrapped, patched or hooked since the model was built (``_called_linear``, checked on the
+        paths that read the weights, not the masked one, which calls the Linears): the masked executor for row
+        patterns (with a warning); a RuntimeError for tile and shared patterns, whose pattern is on the weight."""
         if self.spec.drops != ROW:
             raise RuntimeError(
                 f"ApproxDropoutMLP: its {name} was wrapped, patched or hooked since the model was built, and a "
@@ -233,6 +233,8 @@ class ApproxDropoutMLP(DropoutRate, nn.Module):
     def _row(self, x, patterns: list[RowPattern | None]):
         if not torch.compiler.is_compiling() and self.executor_for(x) == "masked":  # GEMMs too small to shrink
             return self._grouped_masked(x, [None if q is None else (q,) for q in patterns])
+        if (called := self._called_linear()) is not None:
+            return self._calling_linears(x, patterns, *called)
         # x stays compact: [*, kept units of the current site]
         outs = patterns[1:] + [None]
         if patterns[0] is not None:
@@ -245,6 +247,8 @@ class ApproxDropoutMLP(DropoutRate, nn.Module):
         return self._stack(x, layer)
 
     def _static(self, x):
+        if (called := self._called_linear()) is not None:
+            return self._calling_linears(x, self.last_patterns, *called)
         # each group's rows in slots: xs[g] is [*, B_g, keep * ceil(n / dp) of the current site], shapes free
         # of the offsets (groups split the batch axis, the second-to-last)
         sides = static_sides(self, self.site_widths)  # per site: one StaticSide per group, or None
@@ -285,6 +289,8 @@ class ApproxDropoutMLP(DropoutRate, nn.Module):
     def _grouped(self, x, patterns: list[tuple[RowPattern, ...] | None]):
         if self.executor_for(x) == "masked":
             return self._grouped_masked(x, patterns)
+        if (called := self._called_linear()) is not None:
+            return self._calling_linears(x, patterns, *called)
         # activations stay compact per group: xs[g] is [*, B_g, kept units of group g at the current site]
         # (groups split the batch axis, the second-to-last, as torch.tensor_split does)
         single = x.dim() == 1

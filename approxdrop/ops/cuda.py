@@ -112,9 +112,33 @@ def cublas(path: Callable) -> Candidate:
     )
 
 
-def pattern(kernel: Callable) -> Candidate:
-    """The pattern-GEMM kernel, ``kernel(extension, stream, *inputs)``, on the device's current stream."""
-    return Candidate(PATTERN, lambda call: _launch(call.device, lambda s: kernel(call.ext, s, *call.inputs)), _built)
+def pattern(kernel: Callable, limits: Callable[[tuple], list[str]]) -> Candidate:
+    """The pattern-GEMM kernel, ``kernel(extension, stream, *inputs)``, on the device's current stream, for the
+    calls whose inputs are within its ``limits`` (the reasons it cannot run them)."""
+    return Candidate(
+        PATTERN,
+        lambda call: _launch(call.device, lambda s: kernel(call.ext, s, *call.inputs)),
+        lambda call: _built(call) + limits(call.inputs),
+    )
+
+
+KERNEL_MAX_WIDTH = 65535 * 64  # a GEMM's N axis (a weight side) spans at most 65535 grid blocks of 64 columns
+KERNEL_MAX_DP = 2**30  # offset + keep, below 2 dp, stays an int32 (kernels/pattern_index.h)
+KERNEL_MAX_TILE_CLASSES = 65535  # a tile pattern's dp classes are one grid axis (kernels/binding.cpp)
+
+
+def _kernel_limits(weight: torch.Tensor, dps: tuple[int, ...], tile_: int | None = None) -> list[str]:
+    """Why the pattern kernel cannot run a call with ``weight`` and the patterns' periods ``dps`` (a tile
+    pattern's, with ``tile_``): what its launcher refuses, so the dispatch never hands it such a call."""
+    reasons = []
+    if max(weight.shape) > KERNEL_MAX_WIDTH:
+        reasons.append(f"a weight side above {KERNEL_MAX_WIDTH} (W is {tuple(weight.shape)})")
+    periods = dps if tile_ is None else (dps[0] * tile_,)
+    if max(periods) > KERNEL_MAX_DP:
+        reasons.append(f"a period above 2**30 (dp{' * tile' if tile_ else ''} {max(periods)})")
+    if tile_ is not None and dps[0] > KERNEL_MAX_TILE_CLASSES:
+        reasons.append(f"a tile dp above {KERNEL_MAX_TILE_CLASSES} (dp {dps[0]})")
+    return reasons
 
 
 def _run(device, key: str, candidates: list[Candidate], inputs: tuple) -> Any:
@@ -164,13 +188,17 @@ def _kernel_pairs(ext: ModuleType, stream: int) -> PairPath:
     )
 
 
-def _pairs(torch_impl: Callable, executor: Callable) -> list[Candidate]:
+def _pairs(torch_impl: Callable, executor: Callable, at: int) -> list[Candidate]:
     """The row op's candidates: its PyTorch implementation, then the per-pair executor (``run_*`` of
-    ``approxdrop.ops.grouped``, on checked operands) with the cuBLAS pairs, then with the kernel's."""
+    ``approxdrop.ops.grouped``, on checked operands) with the cuBLAS pairs, then with the kernel's. ``at``: where
+    the weight is in the inputs; the two sides' dp are 2 and 5 places after it."""
     return [
         reference(torch_impl),
         cublas(lambda k, *inputs: executor(*inputs, path=cuda_grouped.cublas_path(k))),
-        pattern(lambda ext, s, *inputs: executor(*inputs, path=_kernel_pairs(ext, s))),
+        pattern(
+            lambda ext, s, *inputs: executor(*inputs, path=_kernel_pairs(ext, s)),
+            lambda inputs: _kernel_limits(inputs[at], (inputs[at + 2], inputs[at + 5])),
+        ),
     ]
 
 
@@ -184,10 +212,16 @@ def _tile_backward_kernel(ext, stream, grad_y, x, weight, dp, keep, tile_, offse
     return tile.run_backward(grad_y, x, weight, dp, keep, tile_, offsets, need_grad_x, one)
 
 
-ROW_LINEAR = _pairs(row_linear_torch, grouped.run_forward)
-ROW_LINEAR_BACKWARD = _pairs(row_linear_backward_torch, grouped.run_backward)
-TILE_LINEAR = [reference(tile_linear_torch), pattern(_tile_kernel)]
-TILE_LINEAR_BACKWARD = [reference(tile_linear_backward_torch), pattern(_tile_backward_kernel)]
+ROW_LINEAR = _pairs(row_linear_torch, grouped.run_forward, 1)  # (xs, weight, bias, in_dp, .., out_dp, ..)
+ROW_LINEAR_BACKWARD = _pairs(row_linear_backward_torch, grouped.run_backward, 2)  # (grads, xs, weight, blocks, ..)
+TILE_LINEAR = [  # (x, weight, bias, dp, keep, tile, offsets)
+    reference(tile_linear_torch),
+    pattern(_tile_kernel, lambda inputs: _kernel_limits(inputs[1], (inputs[3],), inputs[5])),
+]
+TILE_LINEAR_BACKWARD = [  # (grad_y, x, weight, dp, keep, tile, offsets, need_grad_x)
+    reference(tile_linear_backward_torch),
+    pattern(_tile_backward_kernel, lambda inputs: _kernel_limits(inputs[2], (inputs[3],), inputs[5])),
+]
 
 
 # --------------------------------------------------------------------------- CUDA implementations
