@@ -250,10 +250,9 @@ class ApproxDropoutFFN(ModeInDropout, DropoutRate, nn.Module):
 
     def _row(self, x: torch.Tensor, pattern: RowPattern, gate: nn.Linear | None) -> torch.Tensor:
         fc1, fc2 = self.fc1, self.fc2
-        if not torch.compiler.is_compiling() and self.executor_for(x) == "masked":
-            return self._grouped_masked(x, (pattern,), gate)  # GEMMs too small to shrink: dense, times the mask
-        if self._calls_parts(gate):
-            return self._grouped_masked(x, (pattern,), gate)
+        masked = not torch.compiler.is_compiling() and self.executor_for(x) == "masked"  # GEMMs too small to shrink
+        if masked or self._calls_parts(gate):
+            return self._grouped_masked(x, (pattern,), gate)  # dense, times the mask
         h = row_pattern_linear(x, fc1.weight, fc1.bias, FULL, pattern, check=False)  # [*, k]: the kept units only
         h = activate(self.activation, h)
         if gate is not None:

@@ -3,9 +3,10 @@ OutputRowDropout) read a Linear's weight and never call the module, so a part th
 subclass with its own forward, a patched forward, hooks) would silently stop running in training.
 
 ``convert`` refuses such parts with the reason (``gemm_problem``, ``hook_problem``). A part that becomes
-one after the block is built (LoRA wrapped around it, a hook registered later) is caught at each training
-forward by ``must_call`` (cheap: a few attribute reads), and the block then calls its parts: dense GEMMs,
-the same dropout, no GEMM saved (``warn_calls_parts`` says so once).
+one after the block is built (LoRA wrapped around it, a hook registered later) is caught by ``must_call``
+(a few attribute reads) on each training forward that would read the weights, and the block then calls its
+parts: dense GEMMs, the same dropout, no GEMM saved (``warn_calls_parts`` says so once). The masked executor
+calls the parts anyway, so it asks nothing.
 """
 
 from __future__ import annotations
