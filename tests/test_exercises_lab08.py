@@ -129,6 +129,7 @@ def hard_coded_activations(seq):
 TABLE = {lab08.layers_text(seq): SOL.find_chains(seq) for _, seq in lab08.CASES}
 
 
+@pytest.mark.slow  # long: left out of the fast tier (CI runs it)
 @pytest.mark.parametrize(
     "answer",
     [hard_coded_activations, lambda seq: TABLE.get(lab08.layers_text(seq), [])],

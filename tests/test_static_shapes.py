@@ -415,6 +415,7 @@ def test_static_lstm_matches_the_compact_lstm_step_by_step(groups, batch):
     assert "static_shapes=True" in repr(static) and static.static_offsets.shape == (3, groups)
 
 
+@pytest.mark.slow  # long: left out of the fast tier (CI runs it)
 def test_compiled_static_lstm_makes_one_graph_per_dp_keep_class():
     law = ad.PatternDistribution(((3, 1), (3, 2)), (0.5, 0.5))
     compact, static = _lstm_pair(4, distributions=[law] * 3)
@@ -437,6 +438,7 @@ def test_compiled_static_lstm_makes_one_graph_per_dp_keep_class():
     assert counters["stats"]["unique_graphs"] <= len(keys) < 20, counters["stats"]
 
 
+@pytest.mark.slow  # long: left out of the fast tier (CI runs it)
 def test_compiled_step_allows_a_graph_per_class_past_dynamos_recompile_limit():
     """Two sites with three (dp, keep) classes each: 9 combinations, one more than Dynamo's default limit
     of 8. compiled_step raises the limit for its calls to the bound, so every combination gets its graph
@@ -464,6 +466,7 @@ def test_compiled_step_allows_a_graph_per_class_past_dynamos_recompile_limit():
     assert torch._dynamo.config.recompile_limit == 8
 
 
+@pytest.mark.slow  # long: left out of the fast tier (CI runs it)
 def test_compiled_step_compiles_an_epochs_last_smaller_batch_too():
     """A batch of another size (an epoch's last, drop_last=False) makes Dynamo compile the combinations it
     meets again with a dynamic batch: more graphs than the bound, which compiled_step's limit leaves room
@@ -486,6 +489,7 @@ def test_compiled_step_compiles_an_epochs_last_smaller_batch_too():
     assert counters["frames"]["total"] == counters["frames"]["ok"], counters["frames"]  # every frame compiled
 
 
+@pytest.mark.slow  # long: left out of the fast tier (CI runs it)
 def test_compiled_step_keeps_compiling_through_a_rate_schedule():
     """A schedule that raises p brings new laws with more (dp, keep) classes, so more graphs than the first
     rate's bound (4 at p = 0.1, under Dynamo's default limit of 8). compiled_step raises the limit by each new

@@ -62,6 +62,7 @@ def test_a_methods_numbers_do_not_depend_on_the_other_methods_or_their_order(met
     assert run([method], seed=1) != alone  # the seed still matters
 
 
+@pytest.mark.slow  # long: left out of the fast tier (CI runs it)
 def test_race_seeds_are_a_fixed_hash_of_seed_method_and_stream():
     # recorded races are reproducible in any process: not Python's per-process (salted) hash()
     code = "from approxdrop.training.race import race_seed; print(race_seed(0, 'row', 'patterns'))"
