@@ -30,7 +30,7 @@ import torch
 from torch._subclasses.fake_tensor import is_fake, unset_fake_temporarily
 
 
-def _is_int(value: object) -> bool:
+def is_int(value: object) -> bool:
     """An int or an integral numpy scalar (``numbers.Integral``), never a bool or a float like 2.0."""
     return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
 
@@ -43,7 +43,7 @@ def _is_real(value: object) -> bool:
 def check_int(name: str, value: object, low: int, high: int | None = None) -> int:
     """``value`` as an int if it is an integer (a Python int or an integral numpy scalar; not a bool,
     not a float such as 2.0) in ``[low, high]``, else raise ValueError naming it."""
-    if not _is_int(value):
+    if not is_int(value):
         raise ValueError(f"{name} must be an int, got {value!r}")
     value = int(value)
     if value < low or (high is not None and value > high):
@@ -105,6 +105,16 @@ def tensor_cache(maxsize: int) -> Callable[[Callable[..., Any]], Callable[..., A
         return functools.wraps(make)(functools.partial(outside_fake_mode, cached))
 
     return decorate
+
+
+def check_token_ids(ids: torch.Tensor, vocab: int) -> None:
+    """ValueError unless the token ids lie in [0, vocab). Under torch.compile, and on meta or fake ids, they
+    are not read (reading would end the graph; the embedding rejects an id out of range)."""
+    if torch.compiler.is_compiling() or not holds_values(ids) or not ids.numel():
+        return
+    low, high = int(ids.min()), int(ids.max())
+    if low < 0 or high >= vocab:
+        raise ValueError(f"token ids must lie in [0, {vocab}), got [{low}, {high}]")
 
 
 def holds_values(t: torch.Tensor) -> bool:

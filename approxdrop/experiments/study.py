@@ -173,12 +173,13 @@ def _sorted_rates(settings: object) -> object:
 
 def _recorded_settings(recorded: object) -> object:
     """A file's recorded settings in the form of ``run_settings``: files written before it record the whole
-    ``StudyConfig`` (with ``variants``), read as its settings and the first of its ``seeds``."""
+    ``StudyConfig`` (with ``variants``), read as its settings and the first of its ``seeds``; rates recorded
+    in the order given, sorted (``_sorted_rates``)."""
     if not isinstance(recorded, dict) or "variants" not in recorded:
-        return recorded
+        return _sorted_rates(recorded)
     seeds = recorded.get("seeds")
     settings = {name: value for name, value in recorded.items() if name not in _STUDY_LISTS}
-    return {**settings, "pilot_seed": seeds[0] if isinstance(seeds, list) and seeds else seeds}
+    return _sorted_rates({**settings, "pilot_seed": seeds[0] if isinstance(seeds, list) and seeds else seeds})
 
 
 class StudyData(NamedTuple):
@@ -311,7 +312,7 @@ def _read_run(path: Path, config: StudyConfig, key: tuple, epochs: int, full: bo
     except (ValueError, KeyError, TypeError) as err:
         print(f"ignoring unreadable {path.name} ({err}); training it again", file=sys.stderr)
         return None
-    recorded, settings = _sorted_rates(_recorded_settings(payload.get("config"))), run_settings(config)
+    recorded, settings = _recorded_settings(payload.get("config")), run_settings(config)
     if recorded != settings:
         if isinstance(recorded, dict):  # name the settings that differ, in the order of run_settings
             names = [*settings, *sorted(recorded.keys() - settings.keys())]

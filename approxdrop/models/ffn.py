@@ -226,8 +226,8 @@ class ApproxDropoutFFN(ModeInDropout, DropoutRate, nn.Module):
         so the paths that read the weights must call the Linears instead (with a warning). The masked path
         calls them anyway: only the others ask."""
         for name, part in (("fc1", self.fc1), ("fc2", self.fc2), ("gate", gate)):
-            if must_call(part):
-                warn_calls_parts(self, name, part)
+            if (why := must_call(part)) is not None:
+                warn_calls_parts(self, name, why)
                 return True
         return False
 

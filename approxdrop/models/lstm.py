@@ -31,7 +31,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .._env import check_generator, check_int, check_rate, holds_values
+from .._env import check_generator, check_int, check_rate, check_token_ids
 from ..distribution import MAX_GROUPS, PatternDistribution
 from ..ops import (
     FULL,
@@ -223,10 +223,7 @@ def _check_tokens(x: torch.Tensor, vocab: int) -> None:
         raise ValueError(f"tokens must be a Long tensor [T, B], got {x.dtype} of shape {tuple(x.shape)}")
     if x.shape[0] < 1:
         raise ValueError(f"tokens must hold at least one time step: T must be >= 1, got shape {tuple(x.shape)}")
-    if torch.compiler.is_compiling() or not holds_values(x):
-        return
-    if x.numel() and (int(x.min()) < 0 or int(x.max()) >= vocab):
-        raise ValueError(f"token ids must lie in [0, {vocab}), got [{int(x.min())}, {int(x.max())}]")
+    check_token_ids(x, vocab)
 
 
 def _check_state(state: object, shape: tuple[int, int, int], weight: torch.Tensor) -> None:

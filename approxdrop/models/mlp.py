@@ -195,14 +195,14 @@ class ApproxDropoutMLP(DropoutRate, nn.Module):
             return self._tile(x, draws) if self.groups == 1 else self._grouped_tile(x, draws)
         return self._shared(x, draws)
 
-    def _called_linear(self) -> tuple[str, nn.Module] | None:
-        """The first Linear to call rather than read (``parts.must_call``), with its name; or None."""
+    def _called_linear(self) -> tuple[str, str] | None:
+        """The name of the first Linear to call rather than read, and why (``parts.must_call``); or None."""
         for i, linear in enumerate(self.linears):
-            if must_call(linear):
-                return f"linears[{i}]", linear
+            if (why := must_call(linear)) is not None:
+                return f"linears[{i}]", why
         return None
 
-    def _calling_linears(self, x, draws: list, name: str, linear: nn.Module):
+    def _calling_linears(self, x, draws: list, name: str, why: str):
         """For a Linear wrapped, patched or hooked since the model was built (``_called_linear``, checked on the
         paths that read the weights, not the masked one, which calls the Linears): the masked executor for row
         patterns (with a warning); a RuntimeError for tile and shared patterns, whose pattern is on the weight."""
@@ -212,7 +212,7 @@ class ApproxDropoutMLP(DropoutRate, nn.Module):
                 f"{self.method!r} step reads the weights without calling the Linears, so it would skip that: remove "
                 "the wrapper or hook, or train with a row-pattern method"
             )
-        warn_calls_parts(self, name, linear)
+        warn_calls_parts(self, name, why)
         return self._grouped_masked(x, draws if self.groups > 1 else [None if q is None else (q,) for q in draws])
 
     def _stack(self, x, layer):

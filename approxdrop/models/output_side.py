@@ -88,8 +88,8 @@ class OutputRowDropout(ModeInDropout, DropoutRate, nn.Module):
             return self.linear(x)
         if self.spec.drops == ELEMENT:
             return self.dropout(self.linear(x))
-        if must_call(self.linear, self.gemm_class):  # wrapped (LoRA) or hooked since the block was built
-            warn_calls_parts(self, "linear", self.linear, self.gemm_class)
+        if (why := must_call(self.linear, self.gemm_class)) is not None:  # wrapped (LoRA) or hooked since built
+            warn_calls_parts(self, "linear", why)
             y = self.linear(x)  # [*, d_out]
             (pattern,) = step_draws(self)
             self.last_pattern = pattern

@@ -63,27 +63,24 @@ def type_name(module: nn.Module) -> str:
     return f"nn.{cls.__name__}" if cls.__module__.startswith("torch.nn.") else cls.__name__
 
 
-def must_call(part: nn.Module | None, gemm_class: type[nn.Module] = nn.Linear) -> bool:
-    """Whether a block must call ``part`` (None: no part) instead of reading its weight: its class's forward
-    is not ``gemm_class``'s (a wrapper such as peft's LoRA Linear put in its place), its instance has its own
-    forward, or it carries hooks. Checked at each training forward, so it reads attributes only."""
+def must_call(part: nn.Module | None, gemm_class: type[nn.Module] = nn.Linear) -> str | None:
+    """Why a block must call ``part`` (None: no part) instead of reading its weight, or None: its class's
+    forward is not ``gemm_class``'s (a wrapper such as peft's LoRA Linear put in its place), its instance has
+    its own forward, or it carries hooks. Checked on training forwards, so it reads attributes only."""
     if part is None:
-        return False
-    return (
-        type(part).forward is not gemm_class.forward
-        or "forward" in part.__dict__
-        or bool(part._forward_hooks or part._forward_pre_hooks or part._backward_hooks or part._backward_pre_hooks)
-    )
-
-
-def warn_calls_parts(block: nn.Module, name: str, part: nn.Module, gemm_class: type[nn.Module] = nn.Linear) -> None:
-    """A RuntimeWarning (shown once per call site, as warnings are) that ``block`` calls its parts, and why."""
+        return None
     if type(part).forward is not gemm_class.forward:
-        why = f"is now a {type(part).__name__} (a module with its own forward, such as a LoRA wrapper)"
-    elif "forward" in part.__dict__:
-        why = "has its forward replaced on the instance"
-    else:
-        why = "carries hooks"
+        return f"is now a {type(part).__name__} (a module with its own forward, such as a LoRA wrapper)"
+    if "forward" in part.__dict__:
+        return "has its forward replaced on the instance"
+    if part._forward_hooks or part._forward_pre_hooks or part._backward_hooks or part._backward_pre_hooks:
+        return "carries hooks"
+    return None
+
+
+def warn_calls_parts(block: nn.Module, name: str, why: str) -> None:
+    """A RuntimeWarning (shown once per call site, as warnings are) that ``block`` calls its parts, and ``why``
+    (``must_call``'s reason for its part ``name``)."""
     warnings.warn(
         f"{type(block).__name__}: its {name} {why} since the block was built, so in training the block calls its "
         "parts instead of computing only the kept units: dense GEMMs times the row pattern's mask (the same dropout, "

@@ -16,18 +16,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .._env import check_int, check_rate, holds_values
-
-
-def _check_ids(idx: torch.Tensor, vocab: int) -> None:
-    """ValueError unless the token ids lie in [0, vocab), as the LSTM models check them. Under torch.compile,
-    and on meta or fake ids, they are not read (reading would end the graph; the embedding rejects an id out
-    of range)."""
-    if torch.compiler.is_compiling() or not holds_values(idx) or not idx.numel():
-        return
-    low, high = int(idx.min()), int(idx.max())
-    if low < 0 or high >= vocab:
-        raise ValueError(f"token ids must lie in [0, {vocab}), got [{low}, {high}]")
+from .._env import check_int, check_rate, check_token_ids
 
 
 class CausalSelfAttention(nn.Module):
@@ -132,7 +121,7 @@ class DecoderLM(nn.Module):
         ``idx[:, :t + 1]`` only."""
         if idx.dim() != 2 or not 1 <= idx.shape[1] <= self.context:
             raise ValueError(f"idx must be [B, T] with 1 <= T <= context={self.context}, got shape {tuple(idx.shape)}")
-        _check_ids(idx, self.vocab)
+        check_token_ids(idx, self.vocab)
         positions = torch.arange(idx.shape[1], device=idx.device)  # [T]
         x = self.tok(idx) + self.pos(positions)  # [B, T, d_model]
         for block in self.blocks:
