@@ -1,8 +1,9 @@
 """ApproxDropoutMLP and ApproxDropoutFFN under DistributedDataParallel: torchrun starts 2 processes on
 127.0.0.1 (gloo, CPU). Each rank seeds its pattern generator by its rank, so the ranks draw their own
 patterns (as batch groups do); DDP averages the gradients, so the weights stay identical on every rank
-and equal a one-process replay that averages the two ranks' gradients. Every wait is bounded, and a
-run that overstays is killed.
+and equal a one-process replay that averages the two ranks' gradients. The static-shape MLP draws ahead
+(``draw_patterns``) under DDP's default buffer sync, which copies rank 0's offsets over each rank's.
+Every wait is bounded, and a run that overstays is killed.
 
 Run as a script (``python tests/test_distributed.py OUT_DIR`` under torchrun), this file is the worker. In
 CI a rank once hung after its work, in C++ teardown with no Python frame left (the watchdog's stacks): the
@@ -24,12 +25,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from approxdrop import ApproxDropoutFFN, ApproxDropoutMLP, RowPattern
+from approxdrop import ApproxDropoutFFN, ApproxDropoutMLP, RowPattern, draw_patterns
 
 pytestmark = pytest.mark.distributed
 
 WORLD, STEPS, LR = 2, 5, 0.05
-KINDS = ("mlp", "ffn")
+KINDS = ("mlp", "ffn", "static-mlp")
 LAUNCH_TIMEOUT = 90  # seconds for the whole torchrun run (it takes ~10 s); then it is stopped
 WATCHDOG = 60  # seconds after which a worker prints every thread's stack and exits (faulthandler)
 HUNG = "Timeout ("  # what faulthandler's watchdog prints first
@@ -41,12 +42,14 @@ def build(kind: str, generator: torch.Generator | None) -> torch.nn.Module:
     torch.manual_seed(0)
     if kind == "mlp":
         return ApproxDropoutMLP([12, 32, 32, 3], 0.5, method="row", generator=generator)
+    if kind == "static-mlp":
+        return ApproxDropoutMLP([12, 32, 32, 3], 0.5, method="row-g4", static_shapes=True, generator=generator)
     return ApproxDropoutFFN(12, 32, 0.5, method="row-g4", generator=generator)
 
 
 def batch(kind: str, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """One rank's step of data: x [B, 12] (MLP) or [B, T, 12] (FFN), and a target like the output."""
-    if kind == "mlp":
+    if kind != "ffn":
         return torch.randn(8, 12, generator=generator), torch.randn(8, 3, generator=generator)
     return torch.randn(8, 5, 12, generator=generator), torch.randn(8, 5, 12, generator=generator)
 
@@ -85,6 +88,8 @@ def worker(out_dir: Path) -> None:
             draws = []
             for _ in range(STEPS):
                 optimizer.zero_grad()
+                if kind == "static-mlp":
+                    draw_patterns(model)  # ahead of DDP's buffer sync: the forward must still run this draw
                 loss_of(ddp, *batch(kind, data)).backward()  # DDP all-reduces (averages) the gradients
                 optimizer.step()
                 draws.append(drawn(model))

@@ -155,9 +155,12 @@ def test_errors(kwargs, match):
         (lambda: search_distribution(0.5, 100, max_period=2000), "max_period=2000 is above the limit 1024"),
         (lambda: exact_optimum(0.5, 100, family="extended", max_period=65), "max_period=65 is above the limit 64"),
         (lambda: candidates("extended", 1024), "max_period=1024 is above the limit 64 of family 'extended'"),
+        # an allocator RuntimeError from deep in the search (n + 1 values per candidate) before the cap
+        (lambda: ad.distribution_for(0.5, 2**40), r"n=1099511627776 units is above MAX_SEARCH_UNITS = 2\*\*22"),
+        (lambda: exact_optimum(0.5, 2**22 + 1), r"n=4194305 units is above MAX_SEARCH_UNITS"),
     ],
 )
-def test_periods_are_capped_with_a_clear_error(call, match):
+def test_periods_and_widths_are_capped_with_a_clear_error(call, match):
     with pytest.raises(ValueError, match=match):
         call()
     assert MAX_PERIODS == {"paper": 1024, "extended": 64}

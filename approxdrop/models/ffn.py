@@ -86,7 +86,8 @@ class ApproxDropoutFFN(ModeInDropout, DropoutRate, nn.Module):
         distributions: one row PatternDistribution (a sequence of one) for the site; by default
             ``distribution_for(p, d_hidden)`` of the method's family.
         generator: CPU generator for the pattern draws (default: torch's global RNG). Seed it by rank
-            under DistributedDataParallel, so each process draws its own patterns.
+            under DistributedDataParallel, so each process draws its own patterns. Its state is not in
+            ``state_dict()``: checkpoint ``generator.get_state()`` to resume the same pattern stream.
         d_out: output width (default ``d_model``).
         executor: how row patterns run in eager training, "auto" (default), "compact", "masked" or
             "measured", as in ApproxDropoutMLP (``sites.GROUPED_EXECUTORS``); ``executor_for(x)`` says which.

@@ -276,7 +276,8 @@ class ApproxDropoutLSTM(DropoutRate, nn.Module):
             the offsets, read from the ``static_offsets`` buffer each draw fills, as ApproxDropoutMLP's
             ``static_shapes``: one compiled or CUDA graph per ``(dp, keep)`` combination of the sites.
         generator: CPU generator for pattern and mask draws (default: torch's global RNG);
-            ``bernoulli`` drops per element from the global RNG, as nn.Dropout does.
+            ``bernoulli`` drops per element from the global RNG, as nn.Dropout does. Its state is not in
+            ``state_dict()``: checkpoint ``generator.get_state()`` to resume the same pattern stream.
 
     ``forward(x Long[T, B], state)`` -> (logits Float[T, B, V], state). After a training forward,
     ``last_patterns`` holds what each site drew (a RowPattern, a tuple of one per group with

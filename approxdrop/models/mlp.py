@@ -102,10 +102,11 @@ class ApproxDropoutMLP(DropoutRate, nn.Module):
             which every draw fills, so a graph compiled or captured after ``draw_patterns`` serves every
             offset of its ``(dp, keep)`` classes (``pattern_key`` keys by them). Same outputs as the
             compact path, at ``keep * ceil(n / dp)`` slots per site (with groups, one GEMM per group and
-            layer). Under DistributedDataParallel pass ``forward_sync_buffers=False``
+            layer). Compiled or graphed under DistributedDataParallel, pass ``forward_sync_buffers=False``
             (``broadcast_buffers=False`` before torch 2.13; each rank reads its own offsets).
         generator: CPU generator for pattern and mask draws (default: torch's global RNG);
-            ``bernoulli`` drops per element from the global RNG, as nn.Dropout does.
+            ``bernoulli`` drops per element from the global RNG, as nn.Dropout does. Its state is not in
+            ``state_dict()``: checkpoint ``generator.get_state()`` to resume the same pattern stream.
 
     After a training forward, ``last_patterns`` holds what each site drew (a pattern, a tuple of
     one pattern per group with ``groups > 1``, a Long index tensor of kept units for ``shared``,

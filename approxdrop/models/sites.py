@@ -555,6 +555,8 @@ def step_draws(module: nn.Module) -> list:
         setattr(module, PENDING, None)
         if getattr(module, PENDING_RATE, module.p) != module.p:
             pending = None
+        elif eager and getattr(module, "static_shapes", False):  # a buffer sync (DDP's) may have written others
+            store_static(module, [d for d in pending if d is not None])
     if eager and not in_backward:  # plain attributes, without Module.__setattr__
         if pending is not None:
             module.__dict__.setdefault(REPLAY, Replays()).start(module, pending)
@@ -706,8 +708,10 @@ def pattern_key(model: nn.Module) -> tuple:
 def setup_static(module: nn.Module, static_shapes: bool, sites: int) -> None:
     """Set ``module.static_shapes``; when True, also the ``static_classes`` each draw sets and the
     non-persistent ``static_offsets`` buffer (Long[sites, groups]) it fills. A ValueError for a module that
-    does not draw row patterns. Under DistributedDataParallel use ``forward_sync_buffers=False``
-    (``broadcast_buffers=False`` before torch 2.13): each rank reads its own offsets."""
+    does not draw row patterns. An eager forward that takes a draw of ``draw_patterns`` writes it again (a
+    buffer sync may have come between); a compiled or graphed one reads the buffer as it is, so under
+    DistributedDataParallel use ``forward_sync_buffers=False`` there (``broadcast_buffers=False`` before torch
+    2.13): each rank reads its own offsets."""
     module.static_shapes = bool(static_shapes)
     if not module.static_shapes:
         return

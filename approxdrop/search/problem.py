@@ -14,6 +14,10 @@ from ..distribution import KINDS, PatternDistribution
 from .family import MAX_PERIODS, check_family, check_max_period, min_period, pattern_work, reachable_range
 from .stats import binomial_pmf, candidate_dropped_counts
 
+# the widest site a law is searched for: the dropped-count laws hold n + 1 values per candidate, and a search
+# at 2**22 units takes about a minute and 1 GB on a 2-core CPU (wider layers than any model's)
+MAX_SEARCH_UNITS = 2**22
+
 
 @dataclass
 class SearchProblem:
@@ -95,6 +99,11 @@ def check_search_args(
     """The arguments the SGD search and the LP share, checked: ``(p, n, max_period, tile, mu,
     work_exponent)`` as numbers, else ValueError naming the bad one."""
     p, n = check_rate(p), check_int("n", n, 1)
+    if n > MAX_SEARCH_UNITS:
+        raise ValueError(
+            f"n={n} units is above MAX_SEARCH_UNITS = 2**22 = {MAX_SEARCH_UNITS}, the widest site a pattern law is "
+            "searched for (its dropped-count laws hold n + 1 values per candidate)"
+        )
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     check_reached(p, family)
