@@ -113,6 +113,21 @@ def test_static_shapes_refuses_what_it_cannot_run():
         ad.ApproxDropoutFFN(6, 11, 0.5, method="bernoulli", static_shapes=True)
 
 
+@pytest.mark.parametrize("executor", ["auto", "masked", "compact"])
+def test_executor_for_a_static_model_names_the_static_path_it_runs(executor):
+    # it said "masked" for these tiny models, whose forward runs ops.static whatever the executor
+    models = {
+        "mlp": (ad.ApproxDropoutMLP([4, 8, 2], 0.5, method="row-g4", executor=executor, static_shapes=True), (8, 4)),
+        "ffn": (ad.ApproxDropoutFFN(6, 11, 0.5, method="row-g4", executor=executor, static_shapes=True), (8, 3, 6)),
+        "lstm": (ad.ApproxDropoutLSTM(20, 8, 1, 0.5, method="row-g4", executor=executor, static_shapes=True), (3, 8)),
+    }
+    for name, (model, shape) in models.items():
+        x = torch.zeros(shape, dtype=torch.long) if name == "lstm" else torch.zeros(shape)
+        assert model.executor_for(x) == "static", name
+        model.static_shapes = False  # its twin without static shapes takes the executor's answer
+        assert model.executor_for(x) in ("compact", "masked"), name
+
+
 @pytest.mark.parametrize(
     "groups,shape,input_dropout",
     [(4, (5, 11), False), (4, (3, 11), True), (3, (2, 7, 11), True), (2, (11,), False), (1, (11,), True)],

@@ -77,7 +77,7 @@ class ApproxDropoutFFN(ModeInDropout, DropoutRate, nn.Module):
             (``sites.is_elementwise``): a row pattern computes only the kept units, and a module that
             mixes units (nn.Softmax, nn.LayerNorm) would see only those, so it is refused.
         method: one of ``FFN_METHODS``: a row-pattern method of the methods table (``row``,
-            ``row-extended``, ``row-g4``, ``row-g16``), ``bernoulli`` (nn.Dropout) or ``none``.
+            ``row-extended``, ``row-g4``, ``row-g16``, ``row-extended-g4``), ``bernoulli`` (nn.Dropout) or ``none``.
         groups: batch groups with complementary offsets (row patterns only; docs/method.md §9); default:
             the method's. The groups split the LEADING axis of x as ``torch.tensor_split`` does: the
             samples B of a transformer's [B, T, d_model] (every token of a sample shares its group's
@@ -261,7 +261,10 @@ class ApproxDropoutFFN(ModeInDropout, DropoutRate, nn.Module):
         return row_pattern_linear(h, fc2.weight, fc2.bias, pattern, FULL, check=False)  # [*, d_out]
 
     def executor_for(self, x: torch.Tensor) -> str:
-        """ "compact" or "masked": how an eager training forward on x runs row patterns (``executor``)."""
+        """How an eager training forward on x runs row patterns: "compact" or "masked" (``executor``), or
+        "static" for a ``static_shapes`` model, whatever ``executor``."""
+        if self.static_shapes:
+            return "static"
         largest = self.d_hidden * max(self.d_model, self.d_out)
         return choose_executor(
             self.executor, x.device, x.dtype, math.prod(x.shape[:-1]), self.groups, largest, self.executor_probe

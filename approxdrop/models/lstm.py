@@ -382,7 +382,10 @@ class ApproxDropoutLSTM(DropoutRate, nn.Module):
         return nn.functional.dropout(u, drop, training=drop > 0), weight
 
     def executor_for(self, x: torch.Tensor) -> str:
-        """ "compact" or "masked": how a training forward on tokens x (Long[T, B]) runs grouped row patterns."""
+        """How a training forward on tokens x (Long[T, B]) runs grouped row patterns: "compact" or "masked"
+        (``executor``), or "static" for a ``static_shapes`` model, whatever ``executor``."""
+        if self.static_shapes:
+            return "static"
         largest = max(4 * self.hidden * max(self.emb_size, self.hidden), self.vocab * self.hidden)
         weight = self.decoder.weight
         return choose_executor(

@@ -270,7 +270,10 @@ class ApproxDropoutMLP(DropoutRate, nn.Module):
         return y.squeeze(0) if single else y
 
     def executor_for(self, x: torch.Tensor) -> str:
-        """ "compact" or "masked": how an eager training forward on x runs row patterns (``executor``)."""
+        """How an eager training forward on x runs row patterns: "compact" or "masked" (``executor``), or
+        "static" for a ``static_shapes`` model, whatever ``executor``."""
+        if self.static_shapes:
+            return "static"
         largest = max(linear.in_features * linear.out_features for linear in self.linears)
         return choose_executor(
             self.executor, x.device, x.dtype, math.prod(x.shape[:-1]), self.groups, largest, self.executor_probe
