@@ -4,7 +4,9 @@ tensors and sys.exit give a FAIL, wrong dtypes and kinds fail, the kept-size GEM
 chain matcher's look-alikes fail, the notebook's random streams survive a check, and a lookup table of
 the fixed cases fails."""
 
+import ast
 import importlib.util
+import inspect
 import random
 import signal
 import sys
@@ -662,3 +664,39 @@ def test_a_train_step_that_changes_its_batch_in_place_fails_naming_it(capsys):
         assert f"step 1 changed {name} (the {ordinal} argument) in place: leave the inputs as they are" in out, out
     assert lab05.check_train_step(train_step).passed
     capsys.readouterr()
+
+
+def test_the_lab06_reference_keeps_the_exercises_no_loop_constraint():
+    """Lab 06's exercise 1 says "no loop", and its reference solution used a generator over range(keep)."""
+    tree = ast.parse(inspect.getsource(SOL["lab06"].kept_residues))
+    loops = (ast.For, ast.While, ast.comprehension)
+    assert not [type(node).__name__ for node in ast.walk(tree) if isinstance(node, loops)]
+    assert lab06.check_kept_residues(SOL["lab06"].kept_residues).passed
+
+
+@pytest.mark.parametrize(
+    "change, path",
+    [
+        (lambda seq: setattr(seq[1], "p", 0.0), "seq.1.p"),
+        (lambda seq: seq.eval(), "seq.training"),
+        (lambda seq: setattr(seq[0], "eps", 1e-3), "seq.0.eps"),
+        (lambda seq: setattr(seq[0], "normalized_shape", (4,)), "seq.0.normalized_shape"),
+    ],
+    ids=["dropout-p", "eval-mode", "norm-eps", "norm-shape"],
+)
+def test_an_answer_that_changes_a_module_setting_fails_naming_it(change, path, capsys):
+    """The docstring promises that changing an input module in place fails, but only tensors were compared:
+    an answer that set a Dropout's p (a plain attribute) passed."""
+
+    def width(seq):
+        return seq[0].normalized_shape[0]
+
+    def changes(seq):
+        out = width(seq)
+        change(seq)
+        return out
+
+    case = (nn.Sequential(nn.LayerNorm(3), nn.Dropout(0.1)),)
+    assert check("width", width, width, [case]).passed
+    assert check("width", changes, width, [case]).status == "fail"
+    assert f"it changed {path} in place" in capsys.readouterr().out

@@ -42,7 +42,7 @@ def test_solution_passes_and_todo_is_not_attempted(capsys):
     out = capsys.readouterr().out
     cases = len(lab08.CASES) + len(lab08.UNSEEN_ACTIVATIONS) + lab08.DRAWN
     assert (
-        cases == 43 and f"[PASS] find_chains (max difference 0): {cases} cases\n" in out and "[TODO] find_chains" in out
+        cases == 47 and f"[PASS] find_chains (max difference 0): {cases} cases\n" in out and "[TODO] find_chains" in out
     )
 
 
@@ -69,6 +69,11 @@ def test_the_cases_cover_what_the_brief_lists():
     for note in ("a subclass of nn.Linear with a forward of its own is not a Linear to convert",
                  "nn.Dropout with p = 1 drops every unit: no block"):  # fmt: skip
         assert expected[note] == []
+    assert expected["nn.Dropout with p = 0 is still a chain: a block takes any rate below 1"] == [0]
+    for note in ("a LayerNorm where the activation goes: it mixes units",
+                 "a Linear where the activation goes: it mixes units",
+                 "a PReLU with one slope per unit is not elementwise"):  # fmt: skip
+        assert expected[note] == []
 
 
 @pytest.mark.parametrize("note, seq", lab08.CASES, ids=[note for note, _ in lab08.CASES])
@@ -88,7 +93,7 @@ def test_the_reference_is_what_convert_replaces_and_chain_problem_agrees(note, s
 def test_the_solution_and_chain_problem_follow_convert_on_drawn_sequentials():
     """Drawn cases hold Linear subclasses (one that keeps nn.Linear's forward, one with its own) and Dropouts
     of p = 1; on each, the solution and ``chain_problem`` say what ``convert`` does."""
-    seen = set()
+    seen, slot = set(), set()
     for seed in range(200):
         seq = lab08.random_sequential(torch.Generator().manual_seed(seed))
         starts = lab08.reference_find_chains(seq)
@@ -96,7 +101,17 @@ def test_the_solution_and_chain_problem_follow_convert_on_drawn_sequentials():
         clean = [i for i in range(len(seq)) if lab08.chain_problem(seq, i) is None]
         assert starts == [i for i in clean if not any(j < i <= j + 3 for j in starts)], lab08.layers_text(seq)
         seen |= {type(m) for m in seq} | {m.p for m in seq if type(m) is nn.Dropout}
-    assert {NonDynamicallyQuantizableLinear, lab08.ClampedLinear, 1.0} <= seen
+        mods = list(seq)
+        slot |= {  # what sits between a Linear and a dropout: the activation slot
+            lab08._layer(b) for a, b, c in zip(mods, mods[1:], mods[2:]) if isinstance(a, nn.Linear) and _dropout(c)
+        }
+    assert {NonDynamicallyQuantizableLinear, lab08.ClampedLinear, 1.0, 0.0} <= seen
+    assert {"Softmax", "LayerNorm", "BatchNorm1d", "Linear"} <= {name.split("(")[0] for name in slot}, slot
+    assert any(name.startswith("PReLU(") for name in slot) and "PReLU" in slot, slot  # PReLU(n) and PReLU(1)
+
+
+def _dropout(m):
+    return isinstance(m, nn.modules.dropout._DropoutNd)
 
 
 def test_a_transformer_block_mlp_is_one_chain():
@@ -121,7 +136,8 @@ def hard_coded_activations(seq):
 
     def accept(a, b, c, d):
         linears = SOL.is_linear(a) and SOL.is_linear(d) and a.out_features == d.in_features
-        return linears and type(b) in FIXED_ACTIVATIONS and type(c) is nn.Dropout and c.p < 1
+        one_slope = type(b) is not nn.PReLU or b.num_parameters == 1  # PReLU(n): a slope per unit, not elementwise
+        return linears and type(b) in FIXED_ACTIVATIONS and one_slope and type(c) is nn.Dropout and c.p < 1
 
     return chains_where(seq, accept)
 
@@ -165,6 +181,13 @@ def converts_after(seq):
     return starts
 
 
+def sets_dropout_rates(seq):
+    starts = SOL.find_chains(seq)
+    for i in starts:
+        seq[i + 2].p = 0.0  # a setting, not a tensor: still a change to the input
+    return starts
+
+
 @pytest.mark.parametrize(
     "answer, changed",
     [
@@ -172,8 +195,9 @@ def converts_after(seq):
         (zeroes_weights, "seq.0.weight"),
         (converts_after, "seq"),
         (lambda s: SOL.find_chains(s.double()), "seq.0.weight"),
+        (sets_dropout_rates, "seq.2.p"),
     ],
-    ids=["empties-seq", "zeroes-weights", "converts-seq", "converts-dtype"],
+    ids=["empties-seq", "zeroes-weights", "converts-seq", "converts-dtype", "sets-dropout-p"],
 )
 def test_a_matcher_that_changes_its_input_module_fails_naming_what_changed(answer, changed, capsys):
     assert lab08.check_find_chains(answer).status == "fail"

@@ -83,9 +83,34 @@ def test_the_last_frontier_label_sits_below_the_line_that_comes_down_to_it():
     """The curve falls into its last point from the upper left: a label above left sat on the line."""
     points = [FrontierPoint(mu, d, w, MIX) for mu, d, w in [(0, 0.001, 0.63), (4, 0.31, 0.55), (10, 0.41, 0.52)]]
     fig = frontier_figure(points)
-    assert list(fig.data[0].textposition) == ["top right", "top left", "bottom left"]
+    # every point right of the middle that the curve comes down to: the middle one's label sat on the line too
+    assert list(fig.data[0].textposition) == ["top right", "bottom left", "bottom left"]
     low, high = fig.layout.yaxis.range
     assert low < 0.52 and high > 0.63  # room for the labels inside the plot
+    assert fig.data[0].line.dash == "dot"  # the line only joins the points in order of mu: no curve of its own
+
+
+# lab 04's frontier (p = 0.6, n = 256): seven points within a factor 2 at the left, four at the right
+LAB04 = [(0, 0.0010, 0.632), (0.5, 0.0010, 0.632), (1, 0.0010, 0.632), (1.5, 0.0010, 0.632), (2, 0.0010, 0.632)]
+LAB04 += [(2.5, 0.0013, 0.632), (3, 0.0018, 0.632), (4, 0.4075, 0.520), (6, 0.4089, 0.52), (10, 0.409, 0.52)]
+
+
+def test_frontier_labels_that_would_overlap_on_a_wide_log_axis_share_one():
+    """Overlap is a label's width as a share of the axis span: on 2.6 decades "mu=0..2", "mu=2.5" and
+    "mu=3" printed on top of each other (the rule was a 10% distance)."""
+    points = [FrontierPoint(mu, d, w, MIX) for mu, d, w in LAB04]
+    assert list(frontier_figure(points).data[0].text) == ["mu=0..3"] + [""] * 6 + ["mu=4..10", "", ""]
+    # the same two W1 a factor 1.8 apart are far apart on an axis of a fifth of a decade
+    narrow = [FrontierPoint(mu, d, 0.632, MIX) for mu, d in [(2, 0.0010), (3, 0.0018)]]
+    assert list(frontier_figure(narrow).data[0].text) == ["mu=2", "mu=3"]
+
+
+def test_frontier_labels_are_spaced_by_their_own_length():
+    """A run's label is as long as its text: "mu=3.12..3.22" needs more room than "mu=4"."""
+    short = [FrontierPoint(mu, d, 0.6, MIX) for mu, d in [(1, 0.001), (2, 0.003), (3, 1.0)]]
+    assert list(frontier_figure(short).data[0].text) == ["mu=1", "mu=2", "mu=3"]
+    long = [FrontierPoint(mu, d, 0.6, MIX) for mu, d in [(1.0625, 0.001), (2.125, 0.003), (3, 1.0)]]
+    assert list(frontier_figure(long).data[0].text) == ["mu=1.06..2.12", "", "mu=3"]
 
 
 def test_a_law_built_by_hand_is_titled_without_a_width_or_a_distance():

@@ -18,6 +18,7 @@ from approxdrop.course.viz.timing import (
     TimingSpread,
     from_bench,
     median_rows,
+    ms_text,
     noise_warning,
     race_lines,
     race_speedups,
@@ -31,7 +32,7 @@ from approxdrop.course.viz.timing import (
 from approxdrop.experiments.bench import BenchRow
 from approxdrop.experiments.gemm_timing import Timing, dropout_timings, median_ms, row_timings, tile_timings
 from approxdrop.models.methods import DROPOUT_METHODS, MODELS, methods_for
-from approxdrop.training.race import ACCURACY, History, RaceResult
+from approxdrop.training.race import ACCURACY, History, RaceResult, opposite_ways
 
 ROWS = [Timing("dense GEMM", 4.0, 1.0), Timing("row pattern", 2.0, 0.25)]
 
@@ -41,11 +42,11 @@ def test_timing_figure_draws_measured_bars_and_the_work_bound():
     bars, bound = fig.data
     assert list(bars.x) == ["dense GEMM", "row pattern"] and list(bars.y) == [4.0, 2.0]
     assert list(bound.y) == [4.0, 1.0]  # baseline ms x work
-    assert bars.text[1] == "2.000 ms, 2.00x"  # speedup: the dense GEMM's time / its own (single medians: their ratio)
+    assert bars.text[1] == "2.00 ms, 2.00x"  # speedup: the dense GEMM's time / its own (single medians: their ratio)
     assert bars.textposition == "none"  # the label is under the bar, in its tick label: no whisker runs through it
     assert list(fig.layout.xaxis.ticktext) == [
-        "dense GEMM<br><b>4.000 ms, 1.00x</b>",
-        "row pattern<br><b>2.000 ms, 2.00x</b>",
+        "dense GEMM<br><b>4.00 ms, 1.00x</b>",
+        "row pattern<br><b>2.00 ms, 2.00x</b>",
     ]
     assert "above 1x: faster" in fig.layout.title.text and "lower is faster" in fig.layout.yaxis.title.text
     assert fig.layout.yaxis.rangemode == "tozero"  # whiskers never push the axis below 0 ms
@@ -236,11 +237,11 @@ def test_the_table_the_bars_and_the_lines_give_one_speedup():
     assert race_speedups(result)["row"].median == pytest.approx(2.0)
     assert race_lines(result)[0].startswith("row: speedup vs bernoulli 2.00x (IQR")
     fig = training_viz.summary_figure(result, "t")
-    assert list(fig.data[0].text) == ["3.000 ms, 1.00x", "2.000 ms, 2.00x"]
-    assert fig.layout.xaxis.ticktext[1] == "row<br><b>2.000 ms, 2.00x</b>"
+    assert list(fig.data[0].text) == ["3.00 ms, 1.00x", "2.00 ms, 2.00x"]
+    assert fig.layout.xaxis.ticktext[1] == "row<br><b>2.00 ms, 2.00x</b>"
     assert "median of the per-step ratios" in fig.layout.title.text
     plain = timing_figure(training_viz.summary_timings(result), "t")  # lab 07's way: the rows carry the speedups
-    assert list(plain.data[0].text) == ["3.000 ms, 1.00x", "2.000 ms, 2.00x"] and "per-step" in plain.layout.title.text
+    assert list(plain.data[0].text) == ["3.00 ms, 1.00x", "2.00 ms, 2.00x"] and "per-step" in plain.layout.title.text
     assert [t.speedup for t in training_viz.summary_timings(result)] == pytest.approx([1.0, 2.0])
 
 
@@ -253,12 +254,12 @@ def test_spread_figure_labels_the_median_per_round_speedup_that_the_lines_print(
 
     timings = repeat_timings(measure, 3)
     fig = spread_figure(timings, "t")
-    assert list(fig.data[0].text) == ["4.000 ms, 1.00x", "2.000 ms, 4.00x"]
+    assert list(fig.data[0].text) == ["4.00 ms, 1.00x", "2.00 ms, 4.00x"]
     assert "speedup vs dense GEMM 4.00x" in timing_lines(timings)[1]
     assert "median of the per-round ratios" in fig.layout.title.text
     live = go.FigureWidget(timing_figure([], "t"))
     update_timing_figure(live, median_rows(timings), "t", [t.ms for t in timings])
-    assert list(live.data[0].text) == ["4.000 ms, 1.00x", "2.000 ms, 4.00x"] and live.layout.xaxis.ticktext[1].endswith(
+    assert list(live.data[0].text) == ["4.00 ms, 1.00x", "2.00 ms, 4.00x"] and live.layout.xaxis.ticktext[1].endswith(
         "4.00x</b>"
     )
     assert "median of the per-round ratios" in live.layout.title.text
@@ -291,3 +292,41 @@ def test_the_methods_one_model_offers_have_colours_a_reader_tells_apart(model):
     for a, b in itertools.combinations(names, 2):
         la, lb = _cie_lab(DROPOUT_METHODS[a].color), _cie_lab(DROPOUT_METHODS[b].color)
         assert math.dist(la, lb) >= 20, (a, b)
+
+
+def test_when_the_ms_and_the_speedup_point_opposite_ways_the_table_and_the_bars_say_so():
+    """Lab 05 showed row-g4 at 230.69 ms against bernoulli's 221.44 ms labelled 1.05x, a taller bar called
+    faster, with no word on why: each is a median, of different things, and a load that moves during the
+    race can turn them apart. The table now says so under it, and the bar's label is marked."""
+    base = [0.009, 0.009, 0.001, 0.010, 0.005]  # steps 1-2 are warm-up; after it: median 5 ms
+    row = [0.009, 0.009, 0.0009, 0.009, 0.011]  # median 9 ms; per step 1.11, 1.11, 0.45: median 1.11x
+    result = _race({"bernoulli": _history(base), "row": _history(row)}, warmup=2, steps=5)
+    assert result.speedup("bernoulli", "row") == pytest.approx(1 / 0.9)
+    table = result.format_table()
+    rows, note = table.split("\n\n")
+    assert "| row | 9.00 | 1.11x |" in rows and "| bernoulli | 5.00 | 1.00x |" in rows
+    assert note.startswith("row took more ms per step than bernoulli, yet has a speedup above 1x.") and (
+        note.endswith("read the speedup.") and "\n" not in note
+    )
+    fig = training_viz.summary_figure(result, "t")
+    assert list(fig.data[0].text) == ["5.00 ms, 1.00x", "9.00 ms, 1.11x*"]
+    assert "*: its ms and its speedup point opposite ways" in fig.layout.title.text
+    assert fig.layout.margin.t > timing_figure(ROWS, "t").layout.margin.t  # room for the title's fourth line
+    # the reverse: fewer ms, yet slower step by step
+    result = _race({"bernoulli": _history(row), "row": _history(base)}, warmup=2, steps=5)
+    assert result.timing_note().startswith("row took fewer ms per step than bernoulli, yet has a speedup below 1x")
+    # agreeing numbers, a speedup shown as 1.00x, plain Timings: no note, no mark
+    agree = _race({"bernoulli": _history(base), "row": _history([t / 2 for t in base])}, warmup=2, steps=5)
+    assert "\n\n" not in agree.format_table() and "*" not in "".join(training_viz.summary_figure(agree).data[0].text)
+    assert not opposite_ways(5.0, 9.0, 1.004) and not opposite_ways(5.0, 9.0, None) and opposite_ways(5.0, 9.0, 1.01)
+    assert "*" not in "".join(timing_figure([Timing("a", 5.0, 1.0), Timing("b", 9.0, 0.5)]).data[0].text)
+
+
+@pytest.mark.parametrize(
+    "ms, text", [(221.437, "221.4"), (23.514, "23.5"), (2.034, "2.03"), (0.4123, "0.412"), (0.0, "0.000")]
+)
+def test_a_bar_label_gives_its_ms_to_three_or_four_digits(ms, text):
+    """The labels printed three decimals whatever the size: "221.437 ms, 1.00x"."""
+    assert ms_text(ms) == text
+    speedup = ", 1.00x" if ms > 0 else ""  # no speedup over a 0 ms baseline
+    assert timing_figure([Timing("a", ms, 1.0)]).data[0].text[0] == f"{text} ms{speedup}"

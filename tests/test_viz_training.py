@@ -167,3 +167,12 @@ def test_samples_figure_titles_images_with_class_names():
     x = torch.zeros(3, 6)
     fig = samples_figure(x, torch.tensor([6, 9, 1]), (2, 3), names=names)
     assert [a.text for a in fig.layout.annotations] == ["Shirt", "Ankle boot", "Trouser"]
+
+
+def test_log_tick_labels_keep_one_format_across_the_axis():
+    """Lab 07's perplexity axis read "2e+04", "1e+04", "5000", "2000", "1000": two formats on one axis."""
+    from approxdrop.course.viz.training import log_ticks, tick_text
+
+    ticks = log_ticks(900.0, 25_000.0)
+    assert [tick_text(t) for t in ticks] == ["1000", "2000", "5000", "10000", "20000"]
+    assert [tick_text(t) for t in (150_000.0, 12.5, 0.05, 3e6)] == ["150000", "12.5", "0.05", "3e+06"]

@@ -5,10 +5,11 @@ import pytest
 import torch
 
 from approxdrop.course.display import static_copy
-from approxdrop.course.viz.ffn import block_gemm_flops
+from approxdrop.course.viz.ffn import DODGE, block_gemm_flops, race_result_figure, update_race_figure
 from approxdrop.course.viz.timing import race_lines
 from approxdrop.course.widgets.ffn import GemmFlopsPanel, TransformerRacePanel, race_groups
-from approxdrop.experiments.bench_transformer import CharCorpus
+from approxdrop.experiments.bench_transformer import VALID_LOSS, CharCorpus, TransformerRaceConfig
+from approxdrop.training import History, RaceResult
 
 gen = torch.Generator().manual_seed(0)
 CHARS = CharCorpus(
@@ -60,7 +61,8 @@ def test_start_trains_the_baseline_and_the_checked_copies_and_redraws_in_place(c
     panel.button.click()
     assert seen == [1, 2, 3]  # redrawn after every step: live
     assert panel.fig is fig and [t.name for t in fig.data[::3]] == ["nn.Dropout", "row G=4"]
-    assert list(fig.data[0].x) == [1, 2, 3] and list(fig.data[4].x) == [3]  # valid loss after the last step
+    assert list(fig.data[0].x) == [1, 2, 3] and list(fig.data[4].customdata) == [3]  # valid loss after the last step
+    assert list(fig.data[4].x) == pytest.approx([3 + DODGE * 3 / 2])  # beside nn.Dropout's dot, not on it
     result = panel.result
     assert result.methods == ["nn.Dropout", "row G=4"] and result.p == 0.3 and result.config.size == "tiny"
     assert panel.progress.value == 3 and not panel.button.disabled
@@ -96,3 +98,32 @@ def test_a_race_stopped_or_failing_says_so_and_leaves_no_stale_table(error, caps
     why = "stopped" if error is KeyboardInterrupt else "failed: RuntimeError: stop"
     assert f"the race {why} at step 2 of 3: no table" in out and "| method |" not in out
     assert panel.result is None and not panel.button.disabled
+
+
+def test_a_label_without_a_box_is_refused_naming_the_known_ones():
+    """TransformerRacePanel(chars, methods=("row G=3",)) raced nn.Dropout alone, without a word."""
+    known = r"\['nn.Dropout', 'row G=1', 'row G=4'\]"
+    with pytest.raises(ValueError, match=rf"methods must be distinct names from {known}, got \['row G=3'\]"):
+        TransformerRacePanel(CHARS, methods=("row G=3",), steps=2, **TINY)
+
+
+def test_the_validation_dots_of_one_step_stand_side_by_side():
+    """Lab 08 takes the validation loss once, after the last step: the labels' dots sat on top of each other
+    at that step, and only the widest (nn.Dropout's) could be seen."""
+    config = TransformerRaceConfig(size="tiny", p=0.2, steps=4, warmup=1)
+    labels = ["nn.Dropout", "row G=1", "row G=4"]
+    curve = ([1, 2, 3, 4], [3.0, 2.5, 2.0, 1.5], [0.01] * 4)
+    histories = {m: History(*curve, [4], [2.0 + i / 50]) for i, m in enumerate(labels)}  # close: the dots would touch
+    result = RaceResult(histories, VALID_LOSS, config, dict.fromkeys(labels, 1.0), "cpu", ("nn.Dropout",))
+    fig = race_result_figure(result)
+    dots = fig.data[1::3]
+    assert [t.x[0] for t in dots] == pytest.approx([4 - DODGE * 4, 4.0, 4 + DODGE * 4])
+    assert [t.customdata[0] for t in dots] == [4, 4, 4] and len({t.marker.symbol for t in dots}) == 3
+    assert [t.marker.size for t in dots] == [11, 9, 9]  # large enough for their symbols to read
+    assert fig.layout.annotations[1].text == "validation loss (nats / char) after step 4"
+    for h in result.histories.values():  # evaluations at several steps: the dots sit at their steps
+        h.eval_step, h.metric = [2, 4], [2.5, 2.0]
+    update_race_figure(fig, result)
+    assert [list(t.x) for t in fig.data[1::3]] == [[2, 4]] * 3 and fig.data[1].marker.symbol is None
+    assert [t.marker.size for t in fig.data[1::3]] == [11, None, None]  # as race_figure drew them
+    assert fig.layout.annotations[1].text == "validation loss (nats / char)"

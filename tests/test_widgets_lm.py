@@ -1,5 +1,6 @@
 """Lab 07's race panel: Start trains the checked methods and redraws the curves in place."""
 
+import pytest
 import torch
 
 from approxdrop.course.viz.timing import race_lines
@@ -45,3 +46,9 @@ def test_an_earlier_result_is_shown_until_start_and_no_method_trains_nothing(cap
     capsys.readouterr()
     panel.start()
     assert panel.result is first.result and capsys.readouterr().out.endswith("check at least one method\n")
+
+
+def test_a_method_without_a_box_is_refused_naming_the_known_ones():
+    """LMRacePanel(corpus, methods=("row-g4", "bogus")) dropped "bogus" without a word."""
+    with pytest.raises(ValueError, match=r"methods must be distinct names from \[.*'torch'.*unknown: \['bogus'\]"):
+        LMRacePanel(CORPUS, methods=("row-g4", "bogus"), steps=3, **SMALL)

@@ -198,5 +198,53 @@ def test_a_layer_of_no_units_is_refused_by_name(panel, sizes):
 def test_a_grouped_panel_setting_outside_its_sliders_range_is_refused(kwargs, match):
     """p=0.0 was shown as 0.05, p=1.5 as 0.9 and groups=40 as 16, with no word."""
     with pytest.raises(ValueError, match=match):
-        GroupedPatternPanel(n=8, batch=4, **kwargs)
-    assert GroupedPatternPanel(n=8, batch=4, groups=16, p=0.9).p.value == 0.9  # the sliders' ends are fine
+        GroupedPatternPanel(n=8, batch=16, **kwargs)
+    assert GroupedPatternPanel(n=8, batch=16, groups=16, p=0.9).p.value == 0.9  # the sliders' ends are fine
+
+
+TIMED = dict(n_out=12, n_in=5, n_next=4, batch=4, n=16, device="cpu", repeats=1)
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ({"batch": 0}, r"batch must be in \[1, inf\), got 0"),  # timed an empty GEMM: "0.04x", a busy warning
+        ({"batch": 2.5}, "batch must be an int, got 2.5"),
+        ({"n": -5}, r"n must be in \[1, inf\), got -5"),  # torch's negative-dimension RuntimeError at the click
+        ({"n": 2.5}, "n must be an int, got 2.5"),  # a randn() TypeError at the click
+        ({"repeats": 0}, r"repeats must be in \[1, inf\), got 0"),  # quietly taken as 1
+        ({"repeats": -3}, r"repeats must be in \[1, inf\), got -3"),
+        ({"repeats": 2.0}, "repeats must be an int, got 2.0"),
+        ({"rounds": 1.5}, "rounds must be an int, got 1.5"),
+    ],
+)
+def test_timed_panels_refuse_bad_sizes_when_built(bad, message):
+    for panel in (RowPatternPanel, TilePatternPanel):
+        sizes = {k: v for k, v in TIMED.items() if panel is RowPatternPanel or k != "n_next"}
+        with pytest.raises(ValueError, match=message):
+            panel(**{**sizes, **bad})
+
+
+def test_a_grouped_panel_refuses_a_batch_too_small_for_its_groups():
+    """batch=3 with G up to 16 drew groups with no samples under "every unit kept by some group"."""
+    for batch, message in [
+        (3, r"batch must be at least max_groups = 16 .*got 3"),
+        (0, r"batch must be in \[1, inf\), got 0"),
+        (2.5, "batch must be an int, got 2.5"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            GroupedPatternPanel(n=8, batch=batch, groups=4)
+    assert GroupedPatternPanel(n=8, batch=3, groups=2, max_groups=3).groups.max == 3  # a smaller slider fits
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ({"block_k": 0}, r"block_k must be in \[1, inf\), got 0"),  # "range() arg 3 must not be zero"
+        ({"block_n": 0}, r"block_n must be in \[1, inf\), got 0"),  # a ZeroDivisionError
+        ({"block_n": 8.0}, "block_n must be an int, got 8.0"),
+    ],
+)
+def test_block_panel_refuses_empty_blocks_by_name(bad, message):
+    with pytest.raises(ValueError, match=message):
+        BlockReadsPanel(**{**dict(n_out=32, n_in=32, tile=4, block_n=8, block_k=4, dp=4), **bad})

@@ -28,6 +28,8 @@ def test_controls_rerun_the_search_and_redraw_in_place():
         ({"max_period": 1}, r"max_period must be in \[2, inf\), got 1"),
         ({"p": 0.99}, r"p must be in \[0.05, 0.93\] \(the slider's range for max_period=16\), got 0.99"),
         ({"n": 100}, r"n must be one of \(16, 64, 256, 1024, 2048\)"),
+        ({"p": "0.5"}, "p must be a finite number, got '0.5'"),  # a TypeError from the range comparison
+        ({"p": float("nan")}, "p must be a finite number, got nan"),
     ],
 )
 def test_settings_the_controls_cannot_show_are_refused(kwargs, message):

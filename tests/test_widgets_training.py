@@ -80,3 +80,17 @@ def test_a_step_count_the_steps_box_cannot_hold_is_refused(steps, match):
     with pytest.raises(ValueError, match=match):
         TrainingPanel(DATA, methods=("row",), steps=steps, **SMALL)
     assert TrainingPanel(DATA, methods=("row",), steps=100_000, **SMALL).steps.value == 100_000
+
+
+@pytest.mark.parametrize(
+    "methods, match",
+    [
+        (("foo",), r"methods must be distinct names from \['bernoulli', .*got \['foo'\] \(unknown: \['foo'\]\)"),
+        (("row", "row"), r"got \['row', 'row'\] \(a name twice\)"),
+        ("row", r"got the string 'row': write \('row',\)"),
+    ],
+)
+def test_a_method_without_a_box_is_refused_naming_the_known_ones(methods, match):
+    """TrainingPanel(data, methods=("foo",)) built a panel with no box checked and traces named "foo"."""
+    with pytest.raises(ValueError, match=match):
+        TrainingPanel(DATA, methods=methods, steps=3, **SMALL)

@@ -192,4 +192,46 @@ FIND_CHAINS = {
         ),
         "seq[2] is Dropout(1): p = 1 drops every unit",
     ),
+    "any activation but Softmax (LayerNorm, Linear too)": (
+        lambda seq: chains_where(
+            seq,
+            lambda a, b, c, d: (
+                _gemm_linear(a)
+                and not isinstance(b, torch.nn.Softmax)
+                and _dropout(c)
+                and c.p < 1
+                and _gemm_linear(d)
+                and _sizes(a, d)
+            ),
+        ),
+        "seq[1] is LayerNorm: not an elementwise activation",
+    ),
+    "every PReLU (one slope per unit too)": (
+        lambda seq: chains_where(
+            seq,
+            lambda a, b, c, d: (
+                _gemm_linear(a)
+                and (is_elementwise(b) or type(b) is torch.nn.PReLU)
+                and _dropout(c)
+                and c.p < 1
+                and _gemm_linear(d)
+                and _sizes(a, d)
+            ),
+        ),
+        "seq[1] is PReLU(16): not an elementwise activation",
+    ),
+    "0 < p < 1 (p = 0 missed)": (
+        lambda seq: chains_where(
+            seq,
+            lambda a, b, c, d: (
+                _gemm_linear(a)
+                and is_elementwise(b)
+                and _dropout(c)
+                and 0 < c.p < 1
+                and _gemm_linear(d)
+                and _sizes(a, d)
+            ),
+        ),
+        "it misses the chain that starts at 0. The case (nn.Dropout with p = 0 is still a chain",
+    ),
 }

@@ -195,11 +195,34 @@ def _own_parts(module: torch.nn.Module) -> dict[str, Any]:
     return parts | dict(module.named_children())
 
 
+def _plain(value: Any) -> bool:
+    """Whether ``value`` is a plain setting: None, a bool, a number, a string, or a tuple or list of them."""
+    if isinstance(value, (tuple, list)):
+        return all(_plain(v) for v in value)
+    return value is None or isinstance(value, (bool, numbers.Number, str))
+
+
+def _settings(module: torch.nn.Module) -> dict[str, Any]:
+    """A module's own plain attributes by name: its settings (a Dropout's ``p``, a Linear's ``in_features``,
+    ``training``), not its parameters, buffers, children or hooks."""
+    return {k: v for k, v in vars(module).items() if not k.startswith("_") and _plain(v)}
+
+
+def _same_setting(before: Any, after: Any) -> bool:
+    """``after`` equals ``before`` (a plain setting), NaN equal to NaN, of the same type."""
+    if type(before) is not type(after):
+        return False
+    if isinstance(before, (tuple, list)):
+        return len(before) == len(after) and all(_same_setting(b, a) for b, a in zip(before, after))
+    return before == after or (before != before and after != after)
+
+
 def _changed(before: Any, after: Any, path: str, trained: frozenset[int] = frozenset()) -> str | None:
     """The path of the first tensor in ``after`` that is not the same as in ``before``, looking into
     lists, tuples, dicts and modules (their parameters, buffers and children, which must keep their names
-    and types); None when every tensor is unchanged. A module holding a parameter whose id is in ``trained``
-    (one an optimizer of the case steps: a training step changes it) is not looked into."""
+    and types, and their plain settings, such as a Dropout's ``p``); None when every tensor and setting is
+    unchanged. A module holding a parameter whose id is in ``trained`` (one an optimizer of the case steps:
+    a training step changes it) is not looked into."""
     if isinstance(before, torch.Tensor):
         return None if _same(before, after) else path
     if isinstance(before, torch.nn.Module):
@@ -210,6 +233,10 @@ def _changed(before: Any, after: Any, path: str, trained: frozenset[int] = froze
         parts = _own_parts(before), _own_parts(after)
         if parts[0].keys() != parts[1].keys():
             return path
+        settings = _settings(before), _settings(after)
+        moved = (k for k, v in settings[0].items() if k not in settings[1] or not _same_setting(v, settings[1][k]))
+        if moved := next(moved, None):
+            return f"{path}.{moved}"  # a setting such as a Dropout's p
         return next((p for k in parts[0] if (p := _changed(parts[0][k], parts[1][k], f"{path}.{k}", trained))), None)
     if isinstance(before, (list, tuple)) and isinstance(after, (list, tuple)):
         if len(before) != len(after):

@@ -555,8 +555,8 @@ def step_draws(module: nn.Module) -> list:
         setattr(module, PENDING, None)
         if getattr(module, PENDING_RATE, module.p) != module.p:
             pending = None
-        elif eager and getattr(module, "static_shapes", False):  # a buffer sync (DDP's) may have written others
-            store_static(module, [d for d in pending if d is not None])
+        elif eager and getattr(module, "static_shapes", False) and torch._C._functorch.peek_interpreter_stack() is None:
+            store_static(module, [d for d in pending if d is not None])  # a buffer sync (DDP's) may have written others
     if eager and not in_backward:  # plain attributes, without Module.__setattr__
         if pending is not None:
             module.__dict__.setdefault(REPLAY, Replays()).start(module, pending)

@@ -56,6 +56,20 @@ ACCURACY = Metric("test accuracy", higher_is_better=True, digits=3)
 PERPLEXITY = Metric("valid perplexity", higher_is_better=False, digits=1)
 
 
+BASELINE_NAMES = {"bernoulli": "bernoulli", "torch": "nn.LSTM"}  # a baseline as the table names it
+
+
+def opposite_ways(base_ms: float, ms: float, speedup: float | None) -> bool:
+    """Whether a method's median ms / step (``ms``) and its speedup over a baseline (median of the per-step
+    ratios) point opposite ways: more ms than the baseline's median ``base_ms`` with a speedup above 1x, or
+    fewer with one below. A speedup that shows as 1.00x, equal ms or a missing number never does. Both are
+    medians, of different things: under a load that changes during a race they can disagree."""
+    numbers = (base_ms, ms, speedup)
+    if speedup is None or not all(math.isfinite(v) for v in numbers) or round(speedup, 2) == 1 or ms == base_ms:
+        return False
+    return (speedup > 1) == (ms > base_ms)
+
+
 @dataclass(frozen=True)
 class SummaryRow:
     """One method's line of the final table."""
@@ -135,10 +149,42 @@ class RaceResult:
             for m, h in self.histories.items()
         ]
 
+    def timing_note(self) -> str:
+        """One line for under the table when a method's ms / step and its speedup over a baseline point
+        opposite ways (``opposite_ways``: more ms than the baseline, yet a speedup above 1x, or the reverse),
+        saying which and why, and which number to read; "" when they all agree."""
+        rows = self.summary()
+        ms = {r.method: r.ms_per_step for r in rows}
+        parts = []
+        for b in self.baselines:
+            if not _timed(ms.get(b)):
+                continue
+            for above, more in ((True, "more"), (False, "fewer")):
+                odd = [
+                    r.method
+                    for r in rows
+                    if r.method != b
+                    and opposite_ways(ms[b], r.ms_per_step, r.speedups[b])
+                    and (r.speedups[b] > 1) == above
+                ]
+                if odd:
+                    parts.append(
+                        f"{', '.join(odd)} took {more} ms per step than {BASELINE_NAMES.get(b, b)}, yet "
+                        f"{'has' if len(odd) == 1 else 'have'} a speedup {'above' if above else 'below'} 1x"
+                    )
+        if not parts:
+            return ""
+        return (
+            "; ".join(parts) + ". The ms column is the median over each method's own steps, which the machine's "
+            "load moves; the speedup compares each step with the baseline's in the same step, where the load hits "
+            "both: read the speedup."
+        )
+
     def format_table(self) -> str:
         """The summary as a markdown table. A speedup is the median over the steps of the baseline's time
-        over the method's in the same step (above 1x: faster); "-" where there is none to take."""
-        names = {"bernoulli": "bernoulli", "torch": "nn.LSTM"}
+        over the method's in the same step (above 1x: faster); "-" where there is none to take. Under the
+        table, after a blank line, ``timing_note`` when a method's ms and its speedup point opposite ways."""
+        names = BASELINE_NAMES
         speed_cols = "".join(f" speedup vs {names.get(b, b)} (median per step; > 1x: faster) |" for b in self.baselines)
         lines = [
             f"| method | ms / step (median) |{speed_cols} ideal GEMM speedup | {self.metric.name} |",
@@ -151,7 +197,8 @@ class RaceResult:
                 value = f"diverged at step {r.diverged_at}" + (f" (last: {value})" if r.metric == r.metric else "")
             ms = f"{r.ms_per_step:.2f}" if _timed(r.ms_per_step) else "-"  # a method stopped before any timed step
             lines.append(f"| {r.method} | {ms} |{speeds} {1 / r.gemm_work:.2f}x | {value} |")
-        return "\n".join(lines)
+        note = self.timing_note()
+        return "\n".join(lines + (["", note] if note else []))
 
 
 class Contestant(Protocol):

@@ -4,7 +4,7 @@ import torch
 
 
 def kept_residues(dp, offset, keep):
-    return torch.tensor(sorted((offset + t) % dp for t in range(keep)))
+    return torch.sort(torch.remainder(offset + torch.arange(keep), dp)).values  # no loop: all the residues at once
 
 
 def kept_index(j, dp, offset, keep):

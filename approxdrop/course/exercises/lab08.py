@@ -57,6 +57,8 @@ def _layer(module: nn.Module) -> str:
         return f"{type(module).__name__}({module.in_features}->{module.out_features})"
     if isinstance(module, nn.Dropout):
         return f"{type(module).__name__}({module.p:g})"
+    if type(module) is nn.PReLU and module.num_parameters != 1:
+        return f"PReLU({module.num_parameters})"  # one slope per unit: it is not elementwise
     return type(module).__name__
 
 
@@ -250,6 +252,22 @@ CASES: list[tuple[str, nn.Sequential]] = [  # (what the case tests, the nn.Seque
         "nn.Dropout with p = 1 drops every unit: no block",
         nn.Sequential(nn.Linear(8, 16), nn.GELU(), nn.Dropout(1.0), nn.Linear(16, 8)),
     ),
+    (
+        "nn.Dropout with p = 0 is still a chain: a block takes any rate below 1",
+        nn.Sequential(nn.Linear(8, 16), nn.GELU(), nn.Dropout(0.0), nn.Linear(16, 8)),
+    ),
+    (
+        "a LayerNorm where the activation goes: it mixes units",
+        nn.Sequential(nn.Linear(8, 16), nn.LayerNorm(16), nn.Dropout(0.1), nn.Linear(16, 8)),
+    ),
+    (
+        "a Linear where the activation goes: it mixes units",
+        nn.Sequential(nn.Linear(8, 16), nn.Linear(16, 16), nn.Dropout(0.1), nn.Linear(16, 8)),
+    ),
+    (
+        "a PReLU with one slope per unit is not elementwise",
+        nn.Sequential(nn.Linear(8, 16), nn.PReLU(16), nn.Dropout(0.1), nn.Linear(16, 8)),
+    ),
 ]
 _NOTES = {layers_text(seq): note for note, seq in CASES}
 DRAWN = 8  # drawn cases besides those with an unseen activation
@@ -267,17 +285,32 @@ def _new(kind: type[nn.Module]) -> nn.Module:
     return nn.Softmax(-1) if kind is nn.Softmax else kind()
 
 
-def _activation(generator: torch.Generator) -> nn.Module:
-    """Any of ``ELEMENTWISE`` (so a hard-coded list misses some), or now and then one that mixes units."""
-    kinds = [*ELEMENTWISE, nn.Softmax, nn.PReLU]
-    return _new(kinds[draw_int(generator, 0, len(kinds) - 1)])
+# modules that mix units, drawn now and then in the activation slot: built for a hidden width
+MIXING: list[Callable[[int], nn.Module]] = [
+    lambda width: nn.Softmax(-1),
+    nn.LayerNorm,
+    nn.BatchNorm1d,
+    lambda width: nn.Linear(width, width),
+    nn.PReLU,  # PReLU(width): one slope per unit
+]
+
+
+def _activation(generator: torch.Generator, width: int) -> nn.Module:
+    """Any of ``ELEMENTWISE`` and a one-parameter PReLU (so a hard-coded list misses some), or now and then
+    one of ``MIXING``, for ``width`` hidden units."""
+    kinds = [*ELEMENTWISE, nn.PReLU]
+    pick = draw_int(generator, 0, len(kinds) + 3)  # 4 draws in len(kinds) + 4 mix units
+    if pick < len(kinds):
+        return _new(kinds[pick])
+    return MIXING[draw_int(generator, 0, len(MIXING) - 1)](width)
 
 
 def _dropout(generator: torch.Generator) -> nn.Module:
-    """Mostly nn.Dropout, sometimes a look-alike that convert leaves alone; now and then with p = 1."""
+    """Mostly nn.Dropout, sometimes a look-alike that convert leaves alone; now and then with p = 1 or p = 0."""
     kinds = [nn.Dropout, nn.Dropout, nn.Dropout, SubclassedDropout, nn.Dropout1d, nn.AlphaDropout]
     kind = kinds[draw_int(generator, 0, len(kinds) - 1)]
-    return kind(1.0 if draw_int(generator, 1, 8) == 8 else 0.1 * draw_int(generator, 1, 5))
+    rate = draw_int(generator, 0, 9)
+    return kind(1.0 if rate == 9 else 0.0 if rate == 0 else 0.1 * (1 + (rate - 1) % 5))
 
 
 def _linear(generator: torch.Generator, n_in: int, n_out: int) -> nn.Linear:
@@ -303,7 +336,7 @@ def random_sequential(generator: torch.Generator, activation: type[nn.Module] | 
         elif piece <= 2:
             hidden, out = 4 * draw_int(generator, 1, 6), 4 * draw_int(generator, 1, 6)
             reads = hidden + (draw_int(generator, 0, 1) if piece == 2 else 0)  # sometimes sizes that do not chain
-            head = [_linear(generator, width, hidden), _activation(generator), _dropout(generator)]
+            head = [_linear(generator, width, hidden), _activation(generator, hidden), _dropout(generator)]
             mods += [*head, _linear(generator, reads, out)]
             width = out
         elif piece == 3:

@@ -177,9 +177,14 @@ def label_color(label: str) -> str:
     return color(label)
 
 
+VALID_TITLE = "validation loss (nats / char)"
+SYMBOLS = ("circle", "diamond", "square", "triangle-up", "cross", "x")  # one per label, when the dots sit side by side
+DODGE = 0.05  # share of the race's steps between two labels' validation dots, when they share one step
+
+
 def race_figure(methods: Sequence[str], title: str = "The transformer and its converted copies") -> go.Figure:
     """Empty figure with the traces of every race label, ready for ``update_race_figure``."""
-    titles = (f"training loss (mean of {WINDOW})", "validation loss (nats / char)", f"ms per step (median of {WINDOW})")
+    titles = (f"training loss (mean of {WINDOW})", VALID_TITLE, f"ms per step (median of {WINDOW})")
     fig = race_panels(methods, titles, title)
     fig.update_xaxes(matches="x")  # one step axis: the validation loss, taken after the last step, sits at its end
     for i, method in enumerate(methods):
@@ -192,8 +197,29 @@ def race_figure(methods: Sequence[str], title: str = "The transformer and its co
 
 def update_race_figure(fig: go.Figure | go.FigureWidget, result: RaceResult) -> None:
     """Set every trace from ``result`` (a RaceResult of ``bench_transformer.race``); a FigureWidget redraws
-    in place."""
-    update_race_panels(fig, result)
+    in place. The race takes the validation loss once, after its last step: then the panel's title gives
+    that step, and the labels' dots, which would sit on top of each other, stand side by side around it
+    (``DODGE`` of the steps apart, one symbol each, drawn larger; the hover gives the step and the loss)."""
+    with fig.batch_update():
+        update_race_panels(fig, result)
+        evaluated = {s for h in result.histories.values() for s in h.eval_step}
+        once = len(evaluated) == 1
+        fig.layout.annotations[1].text = f"{VALID_TITLE} after step {min(evaluated)}" if once else VALID_TITLE
+        shown = [i for i, m in enumerate(result.methods) if result.histories[m].eval_step]
+        steps = max((s for h in result.histories.values() for s in h.step), default=1)
+        for k, i in enumerate(shown):
+            trace, step = fig.data[3 * i + 1], min(evaluated)
+            if once and len(shown) > 1:
+                trace.update(
+                    x=[step + (k - (len(shown) - 1) / 2) * DODGE * steps],
+                    marker_symbol=SYMBOLS[k % len(SYMBOLS)],
+                    marker_size=11 if result.methods[i] == BASELINE else 9,  # the symbols read at this size
+                    customdata=[step],
+                    hovertemplate="%{fullData.name}: %{y:.4f} after step %{customdata}<extra></extra>",
+                )
+            else:
+                size = 11 if result.methods[i] == BASELINE else None  # as race_figure drew it
+                trace.update(marker_symbol=None, marker_size=size, customdata=None, hovertemplate=None)
 
 
 def race_result_figure(result: RaceResult, title: str = "The transformer and its converted copies") -> go.Figure:

@@ -245,9 +245,10 @@ def frontier_figure(
     points: list[FrontierPoint], title: str = "Cost-aware frontier", work_exponent: float = 0.5
 ) -> go.Figure:
     """Expected relative GEMM time against distance to the binomial, one point per ``mu``; points
-    that would overlap share one label, e.g. ``mu=6..20``. The time is the search's model, not a
-    measurement: a pattern keeping a share f costs ``f ** work_exponent`` of dense (the
-    ``work_exponent`` the frontier was searched with, 0.5 by default), and the y axis says so."""
+    whose labels would overlap share one label, e.g. ``mu=6..20``. The dotted line only joins the
+    points in order of ``mu``. The time is the search's model, not a measurement: a pattern keeping a
+    share f costs ``f ** work_exponent`` of dense (the ``work_exponent`` the frontier was searched
+    with, 0.5 by default), and the y axis says so."""
     if not points:
         raise ValueError("frontier_figure needs at least one point, got none")
     fig = go.Figure(
@@ -257,8 +258,9 @@ def frontier_figure(
             text=_frontier_labels(points),
             mode="lines+markers+text",
             textposition=_label_sides(points),
-            line_color=PATTERN,
-            hovertemplate="W1 %{x:.4f}, modelled time %{y:.3f}<extra></extra>",
+            line={"color": PATTERN, "dash": "dot"},
+            hovertemplate="mu %{customdata:.4g}: W1 %{x:.4f}, modelled time %{y:.3f}<extra></extra>",
+            customdata=[pt.mu for pt in points],
         )
     )
     fig.update_layout(
@@ -268,35 +270,61 @@ def frontier_figure(
         yaxis_title=f"expected GEMM time, modelled, not measured<br>(f^{work_exponent:g} of dense for a share f kept)",
         height=420,
     )
-    low, high = min(pt.expected_work for pt in points), max(pt.expected_work for pt in points)
-    pad = max(high - low, 0.01) * 0.12  # room for the labels above the top point and below the last one
-    fig.update_yaxes(range=[low - pad, high + pad])
+    fig.update_yaxes(range=list(_work_range(points)))
     return fig
 
 
+# a label's size as a share of the plot area, for 12 px text on the figure's default size (about
+# 540 x 280 px inside the axes): about 7 px a character and 17 px a line
+LABEL_CHAR_SHARE, LABEL_LINE_SHARE = 0.013, 0.06
+
+
+def _work_range(points: list[FrontierPoint]) -> tuple[float, float]:
+    """The y axis range: the points' times and room for the labels above the top point and below the last one."""
+    low, high = min(pt.expected_work for pt in points), max(pt.expected_work for pt in points)
+    pad = max(high - low, 0.01) * 0.12
+    return low - pad, high + pad
+
+
+def _mu_text(first: float, last: float) -> str:
+    return f"mu={first:.3g}" if first == last else f"mu={first:.3g}..{last:.3g}"
+
+
 def _frontier_labels(points: list[FrontierPoint]) -> list[str]:
-    """``mu=a..b`` on the first of each run of points that would overlap on the plot (distance
-    within 10% on the log axis and work within 0.002), empty on the others."""
+    """``mu=a..b`` on the first of each run of points whose labels would overlap on the plot, empty on
+    the others. A point joins the run when it lies within the run's label width of the run's first
+    point across (the label's share of the plot's width, times the log axis span) and within a line
+    of text of it up and down (a share of the time axis span)."""
+    logs = [math.log10(pt.distance + 1e-12) for pt in points]
+    x_span = max(max(logs) - min(logs), 1e-12)
+    y_low, y_high = _work_range(points)
+    y_span = y_high - y_low
     labels = [""] * len(points)
     start = 0
     for i in range(1, len(points) + 1):
-        near = i < len(points) and (
-            abs(math.log((points[i].distance + 1e-12) / (points[start].distance + 1e-12))) < math.log(1.1)
-            and abs(points[i].expected_work - points[start].expected_work) < 2e-3
-        )
+        near = False
+        if i < len(points):
+            # the run's label as it stands or with point i in it, whichever is longer, and a character of margin
+            chars = max(len(_mu_text(points[start].mu, points[k].mu)) for k in (i - 1, i)) + 1
+            width = chars * LABEL_CHAR_SHARE
+            near = (
+                abs(logs[i] - logs[start]) / x_span < width
+                and abs(points[i].expected_work - points[start].expected_work) / y_span < LABEL_LINE_SHARE
+            )
         if not near:
-            first, last = points[start].mu, points[i - 1].mu
-            labels[start] = f"mu={first:g}" if i - 1 == start else f"mu={first:g}..{last:g}"
+            labels[start] = _mu_text(points[start].mu, points[i - 1].mu)
             start = i
     return labels
 
 
 def _label_sides(points: list[FrontierPoint]) -> list[str]:
-    """Labels right of points in the left half of the log axis, left of the others (none clipped). The
-    last point, where the curve comes down from the upper left, takes its label below left, off the line."""
+    """Labels right of points in the left half of the log axis, left of the others (none clipped). A
+    point in the right half that the curve comes down to from the upper left takes its label below
+    left, off the line (above left sat on it)."""
     logs = [math.log(pt.distance + 1e-12) for pt in points]
     middle = (min(logs) + max(logs)) / 2
     sides = ["top right" if x <= middle else "top left" for x in logs]
-    if len(points) > 1 and sides[-1] == "top left" and points[-1].expected_work < points[-2].expected_work:
-        sides[-1] = "bottom left"
+    for i in range(1, len(points)):
+        if sides[i] == "top left" and points[i].expected_work < points[i - 1].expected_work:
+            sides[i] = "bottom left"
     return sides

@@ -10,6 +10,9 @@ One statistic and one direction everywhere: a **speedup** is the baseline's time
 1x: faster). Where a timing is repeated side by side (rounds of labs 01-03, the interleaved steps of a
 race), it is the median of the per-round (per-step) ratios, and the bars' labels, the printed lines and the
 race's table all show that same number. A chart of single medians (no rounds) labels the ratio of them.
+The bars are medians of each method's own times: when the load changes while they are measured, a bar and
+its speedup can point opposite ways; its label is then marked ``*`` and the title says why (the race's
+table says it in a line under it, ``RaceResult.timing_note``).
 
 Spread: ``spread(values)`` gives median, quartiles and range (NaN and inf left out);
 ``noise_warning`` returns one warning line, naming each noisy measurement and its spread, when any
@@ -30,6 +33,7 @@ from typing import TYPE_CHECKING
 import plotly.graph_objects as go
 
 from ...experiments.gemm_timing import Timing
+from ...training.race import opposite_ways
 
 if TYPE_CHECKING:
     from ...experiments.bench import BenchRow  # not at run time: bench pulls in the training stack and tqdm
@@ -90,10 +94,28 @@ def _speedups(rows: Sequence[Timing]) -> list[float | None]:
     return [base / r.ms if base > 0 and r.ms > 0 else None for r in rows]
 
 
-def _label(row: Timing, speedup: float | None) -> str:
-    """A bar's label: its median ms, always to 3 decimals, and its speedup over the first row (e.g.
-    ``2.000 ms, 2.00x``)."""
-    return f"{row.ms:.3f} ms" + ("" if speedup is None else f", {speedup:.2f}x")
+def ms_text(ms: float) -> str:
+    """``ms`` to 3 or 4 significant digits, as a bar's label shows it: ``221.4``, ``23.5``, ``2.03``, ``0.412``."""
+    return f"{ms:.1f}" if ms >= 10 else f"{ms:.2f}" if ms >= 1 else f"{ms:.3f}"
+
+
+ODD_MARK = "*"  # after a label whose ms and speedup point opposite ways; the title says why
+
+
+def _odd(rows: Sequence[Timing], speedups: Sequence[float | None]) -> list[bool]:
+    """Per row, whether its ms and the speedup it carries point opposite ways against the first row
+    (``training.race.opposite_ways``, as the race's table notes under it); never for plain Timings, whose
+    speedup is the ratio of the ms themselves."""
+    carried, _ = _carried(rows)
+    if carried is None or not rows:
+        return [False] * len(rows)
+    return [opposite_ways(rows[0].ms, r.ms, s) for r, s in zip(rows, speedups)]
+
+
+def _label(row: Timing, speedup: float | None, odd: bool = False) -> str:
+    """A bar's label: its median ms (``ms_text``) and its speedup over the first row (e.g. ``2.00 ms, 2.00x``),
+    marked ``ODD_MARK`` when the two point opposite ways."""
+    return f"{ms_text(row.ms)} ms" + ("" if speedup is None else f", {speedup:.2f}x") + (ODD_MARK if odd else "")
 
 
 BOUND_NAME = "GEMM-work bound (ideal)"
@@ -107,7 +129,8 @@ def _traces(rows: Sequence[Timing], spreads: Sequence[Spread] | None = None) -> 
         raise ValueError(f"{len(spreads)} spreads for {len(rows)} timing rows")
     names = [r.name for r in rows]
     base = rows[0].ms if rows else 1.0
-    labels = [_label(r, s) for r, s in zip(rows, _speedups(rows))]
+    speedups = _speedups(rows)
+    labels = [_label(r, s, odd) for r, s, odd in zip(rows, speedups, _odd(rows, speedups))]
     bars = go.Bar(
         x=names,
         y=[r.ms for r in rows],
@@ -142,9 +165,15 @@ def _title(title: str, rows: Sequence[Timing], spreads: Sequence[Spread] | None 
     base = rows[0].name
     how = f"median of the per-{paired} ratios" if paired else "ratio of the medians"
     bars = "bars: measured median, whiskers: its IQR over the rounds" if spreads else "bars: measured median"
+    odd = (
+        f"<br><sup>{ODD_MARK}: its ms and its speedup point opposite ways: the load moved the medians; the speedup "
+        f"pairs each {paired} with {base}'s, so read it</sup>"
+        if any(_odd(rows, _speedups(rows)))
+        else ""
+    )
     return (
         f"{title}<br><sup>under each bar: its ms and its speedup, {base}'s time / its time ({how}; above 1x: "
-        f"faster)</sup><br><sup>black line: {BOUND_NAME}, {base} time x GEMM work left; {bars}</sup>"
+        f"faster)</sup><br><sup>black line: {BOUND_NAME}, {base} time x GEMM work left; {bars}</sup>{odd}"
     )
 
 
@@ -153,6 +182,11 @@ def _axes(ticks: Sequence[str], rows: Sequence[Timing]) -> dict:
         "xaxis": {"tickmode": "array", "tickvals": [r.name for r in rows], "ticktext": list(ticks)},
         "yaxis": {"title": {"text": "ms (lower is faster)"}, "rangemode": "tozero"},
     }
+
+
+def _top_margin(rows: Sequence[Timing]) -> int:
+    """Room for the title's three lines, and a fourth on ``ODD_MARK`` when a label carries it."""
+    return 135 if any(_odd(rows, _speedups(rows))) else 110
 
 
 def timing_figure(
@@ -168,7 +202,7 @@ def timing_figure(
     fig.update_layout(
         title=_title(title, rows, spreads),
         height=420,
-        margin={"t": 110},
+        margin={"t": _top_margin(rows)},
         legend={"orientation": "h", "y": -0.28},
         **_axes(ticks, rows),
     )
@@ -187,7 +221,7 @@ def update_timing_figure(
         fig.data[0].update(x=bars.x, y=bars.y, text=bars.text, error_y=bars.error_y)
         fig.data[1].update(x=bound.x, y=bound.y)
         fig.layout.title.text = _title(title, rows, spreads)
-        fig.update_layout(**_axes(ticks, rows))
+        fig.update_layout(margin={"t": _top_margin(rows)}, **_axes(ticks, rows))
 
 
 # ---- spread over rounds: one helper for every live timing of the labs ----------------------------------

@@ -99,8 +99,11 @@ def log_ticks(lo: float, hi: float, least: int = MIN_TICKS) -> list[float]:
 
 
 def tick_text(value: float) -> str:
-    """A tick label in full: ``20``, ``1.5``, ``1000``, ``0.25``."""
-    return f"{value:.4g}" if value < 1e5 else f"{value:.3g}"
+    """A tick label in full, in one format from the smallest tick to the largest: ``20``, ``1.5``, ``1000``,
+    ``0.25``, and whole numbers written out up to a million (``20000``, not ``2e+04`` beside ``5000``)."""
+    if 1 <= value < 1e6 and value == round(value):
+        return f"{value:.0f}"
+    return f"{value:.4g}" if value < 1e6 else f"{value:.3g}"
 
 
 def _log_axis_ticks(axis, values: Sequence[float], span: Sequence[float] | None = None) -> None:

@@ -93,10 +93,12 @@ class _TimedPanel:
     ``warning`` the busy-machine line (``viz.timing.noise_warning``) when the spread is large."""
 
     def __init__(self, batch: int, n: int, device, repeats: int, rounds: int = 5) -> None:
-        if rounds < 1:
-            raise ValueError(f"rounds must be at least 1, got {rounds}")
-        self.batch, self.n, self.rounds = batch, n, rounds
-        self.repeats = max(1, -(-repeats // rounds))  # timed calls per round: about ``repeats`` in all
+        # refused here, by name: batch=0 timed an empty GEMM (a meaningless speed-up), n=-5 or 2.5 failed
+        # inside torch at the first click, repeats=0 was quietly taken as 1
+        self.batch, self.n = check_int("batch", batch, 1), check_int("n", n, 1)
+        self.rounds = check_int("rounds", rounds, 1)
+        repeats = check_int("repeats", repeats, 1)
+        self.repeats = -(-repeats // self.rounds)  # timed calls per round: about ``repeats`` in all, at least 1
         self.device = default_device() if device is None else device
         self.timing = figure_widget(timing_figure([], self._timing_title()))
         self.button = w.Button(description="time it", icon="clock-o", tooltip="measure the GEMMs at this pattern")
@@ -250,7 +252,9 @@ class BlockReadsPanel:
         step: int | None = None,
         **start: int,
     ) -> None:
-        self.shape, self.tile, self.block_n, self.block_k = (n_out, n_in), tile, block_n, block_k
+        self.shape, self.tile = (n_out, n_in), tile
+        # block_k=0 was "range() arg 3 must not be zero" and block_n=0 a ZeroDivisionError, from inside the figure
+        self.block_n, self.block_k = check_int("block_n", block_n, 1), check_int("block_k", block_k, 1)
         self.sliders = PatternSliders(self._pattern_changed, **start)
         dp = self.sliders.dp.value
         if not 0 <= cls < dp:
@@ -324,7 +328,6 @@ class GroupedPatternPanel:
     def __init__(
         self, n: int = 32, batch: int = 128, groups: int = 4, p: float = 0.5, max_groups: int = 16, seed: int = 0
     ) -> None:
-        self.n, self.batch = n, batch
         max_groups = check_int("max_groups", max_groups, 1)
         if check_int("groups", groups, 1) > max_groups:
             raise ValueError(
@@ -333,6 +336,15 @@ class GroupedPatternPanel:
         p = check_number("p", p)
         if not self.P_MIN <= p <= self.P_MAX:
             raise ValueError(f"p must be in [{self.P_MIN:g}, {self.P_MAX:g}] (the slider's range), got {p:g}")
+        # every group the G slider can reach needs a sample: with fewer, the figure showed groups with no samples
+        # under a title saying every unit is kept by some group
+        batch = check_int("batch", batch, 1)
+        if batch < max_groups:
+            raise ValueError(
+                f"batch must be at least max_groups = {max_groups} (each of up to {max_groups} groups on the "
+                f"G slider needs a sample; lower max_groups for a smaller batch), got {batch}"
+            )
+        self.n, self.batch = n, batch
         self.groups = w.IntSlider(value=groups, min=1, max=max_groups, description="G", **LAYOUT)
         self.p = w.FloatSlider(value=p, min=self.P_MIN, max=self.P_MAX, step=0.05, description="p", **LAYOUT)
         self.button = w.Button(description="new draw", icon="refresh", tooltip="draw the next training step")

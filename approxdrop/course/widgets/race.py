@@ -25,8 +25,9 @@ MAX_STEPS = 100_000  # the steps box's upper end
 class RacePanel:
     """Race the checked methods on ``source`` on Start. Subclasses name the methods (``METHODS``) and
     say how to train (``_train``), how to build the figure (``_figure``) and how to redraw it
-    (``_update``). ``result``: an earlier result to show until the first Start. ``steps`` must lie in the
-    steps box's range, 1 to ``MAX_STEPS`` (the box would clamp it, and the progress bar would not follow)."""
+    (``_update``); ``methods`` (the boxes checked at first) must be names of ``METHODS``, else a ValueError
+    names the known ones. ``result``: an earlier result to show until the first Start. ``steps`` must lie in
+    the steps box's range, 1 to ``MAX_STEPS`` (the box would clamp it, and the progress bar would not follow)."""
 
     METHODS: tuple[str, ...] = ()
 
@@ -41,6 +42,7 @@ class RacePanel:
     ) -> None:
         if check_int("steps", steps, 1) > MAX_STEPS:
             raise ValueError(f"steps must be in [1, {MAX_STEPS}] (the steps box's range), got {steps}")
+        methods = self.check_methods(methods)
         self.source, self.train_kwargs, self.result = source, train_kwargs, result
         if result is not None:
             methods, p = result.methods, result.p
@@ -61,6 +63,22 @@ class RacePanel:
         self.button.on_click(lambda _: self.start())
         controls = w.HBox([w.VBox(list(self.boxes.values())), w.VBox([self.p, self.steps, self.button])])
         self.widget = w.VBox([controls, self.progress, self.fig, self.table])
+
+    @classmethod
+    def check_methods(cls, methods: Sequence[str]) -> list[str]:
+        """``methods`` as a list if they are distinct names of ``METHODS`` (the panel's boxes), else a
+        ValueError naming the known ones: a name without a box would be dropped without a word."""
+        known = list(cls.METHODS)
+        if isinstance(methods, str):  # list("row") would be ['r', 'o', 'w']
+            raise ValueError(
+                f"methods must be a sequence of names from {known}, got the string {methods!r}: write ({methods!r},)"
+            )
+        methods = list(methods)
+        unknown = [m for m in methods if m not in known]
+        if unknown or len(set(methods)) != len(methods):
+            why = f"unknown: {unknown}" if unknown else "a name twice"
+            raise ValueError(f"methods must be distinct names from {known}, got {methods} ({why})")
+        return methods
 
     def _train(self, methods, p, steps, callback, **kwargs):
         raise NotImplementedError

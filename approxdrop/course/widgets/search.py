@@ -10,7 +10,7 @@ import math
 
 import ipywidgets as w
 
-from ..._env import check_int
+from ..._env import check_int, check_number
 from ...search import FAMILIES, search_distribution
 from ..viz.live import figure_widget
 from ..viz.search import search_figure, update_search_figure
@@ -27,7 +27,7 @@ class SearchPanel:
     ) -> None:
         self.max_period, self.search_steps = check_int("max_period", max_period, 2), steps
         top = math.floor(round(100 * (1.0 - 1.0 / max_period), 6)) / 100  # the largest reachable rate, rounded down
-        if not 0.05 <= p <= top:
+        if not 0.05 <= check_number("p", p) <= top:  # a string was a TypeError from the comparison
             raise ValueError(f"p must be in [0.05, {top}] (the slider's range for max_period={max_period}), got {p}")
         if n not in N_CHOICES:
             raise ValueError(f"n must be one of {N_CHOICES} (the dropdown's choices), got {n}")
