@@ -71,7 +71,8 @@ def test_converts_the_chains_and_reports_the_rest_with_reasons():
     assert list(model[4]._modules) == ["0", "1", "2", "3"]  # renumbered, as del seq[i] does
     text = str(report)
     assert "converted 4" in text and "left 5 dropout(s) alone" in text
-    assert "  5.0.0: ApproxDropoutFFN (adapter sequential)" in text and "  2.2: activation not elementwise" in text
+    assert "  5.0.0: ApproxDropoutFFN (adapter sequential, p = 0.25)" in text
+    assert "  2.2: activation not elementwise" in text
 
 
 @pytest.mark.parametrize("method, groups", [("row", None), ("row-g4", None), ("row", 4), ("bernoulli", None)])

@@ -281,9 +281,8 @@ def test_output_side_dropout_on_request_trains_as_the_masked_reference():
     report = convert(model, output_side=True, generator=torch.Generator().manual_seed(9))
     assert report.converted == ["0"] and report.kinds == {"0": "OutputRowDropout"}
     assert str(report).startswith("converted 0 Linear -> activation -> Dropout -> Linear chain(s)\n")
-    assert "converted 1 Linear -> Dropout pair(s) (output side)\n  0: OutputRowDropout (adapter sequential)" in str(
-        report
-    )
+    pairs = "converted 1 Linear -> Dropout pair(s) (output side)\n  0: OutputRowDropout (adapter sequential, p = 0.3)"
+    assert pairs in str(report)
     assert torch.equal(model(x), before) and list(model.state_dict()) == keys
     model.train()
 

@@ -156,6 +156,8 @@ def _sequence_problem(mods: list[nn.Module], j: int) -> str | None:
         return f"nn.{type(mods[j]).__name__} is not nn.Dropout: only per-element dropout becomes a row pattern"
     if j >= 1 and is_linear(mods[j - 1]):
         return OUTPUT_SIDE
+    if j >= 1 and isinstance(mods[j - 1], (ApproxDropoutFFN, GatedApproxDropoutFFN)):
+        return AFTER_BLOCK  # what the first convert said of it (an adapter's drop2 after its block)
     if j < 2 or j + 1 >= len(mods) or not isinstance(mods[j - 2], nn.Linear) or not isinstance(mods[j + 1], nn.Linear):
         found = " -> ".join(type(m).__name__ for m in mods[max(j - 2, 0) : j + 2])
         return f"Dropout not between two Linears: needs Linear -> activation -> Dropout -> Linear, found {found}"
@@ -294,39 +296,81 @@ class AttributeAdapter(Adapter):
 
     def plan(self, module: nn.Module, build: Build) -> Plan:
         fc1, act, drop, fc2 = (getattr(module, m) for m in self.members)
-        for name in self.identity:
-            if type(getattr(module, name)) is not nn.Identity:
-                kind = type(getattr(module, name)).__name__
-                why = f"its {name} is {kind}, not Identity: it would sit between the GEMMs"
-                return Plan(skipped=[(self.members[2], why)])
-        block = build(Chain(fc1, act, fc2, drop.p, drop, self.members)) if type(drop) is nn.Dropout else None
+        why = _not_identity(module, self.identity)
+        block = (
+            build(Chain(fc1, act, fc2, drop.p, drop, self.members)) if why is None and type(drop) is nn.Dropout else why
+        )
         if block is None or isinstance(block, str):
-            return Plan(skipped=[(self.members[2], block or f"its {self.members[2]} is not nn.Dropout")])
+            why = block or f"its {self.members[2]} is not nn.Dropout"
+            return Plan(skipped=[(self.members[2], why), *_left_after(module, self.rest, converted=False)])
         if not self.rest:
             moved = [(f"{n}.", f"{m}.", False) for n, m in enumerate(self.members)]
             return Plan(converted=[""], moved=moved, apply=lambda: block)
-        moved = [(f"ffn.{n}.", f"{m}.", False) for n, m in enumerate(self.members)]
-        moved += [(f"{m}.", f"{m}.", False) for m in self.rest]
-        wrapped = nn.Sequential(OrderedDict([("ffn", block)] + [(m, getattr(module, m)) for m in self.rest]))
-        after = [m for m in self.rest if isinstance(getattr(module, m), DROPOUT_TYPES)]
-        left = [(m, "output-side dropout after the converted block: left as it is") for m in after]
-        return Plan(converted=["ffn"], skipped=left, moved=moved, apply=lambda: wrapped)
+        return _with_rest(module, block, "", [(str(n), m) for n, m in enumerate(self.members)], self.rest)
+
+
+def _not_identity(module: nn.Module, names: tuple[str, ...]) -> str | None:
+    """Why the first of ``module``'s ``names`` that is not nn.Identity stops a conversion (None if all are)."""
+    for name in names:
+        if type(getattr(module, name)) is not nn.Identity:
+            kind = type(getattr(module, name)).__name__
+            return f"its {name} is {kind}, not Identity: it would sit between the GEMMs"
+    return None
+
+
+AFTER_BLOCK = "output-side dropout after the converted block: left as it is"
+
+
+def _left_after(module: nn.Module, rest: tuple[str, ...], converted: bool) -> list[tuple[str, str]]:
+    """The dropouts among ``module``'s output-side ``rest`` modules, each with why it is left alone."""
+    why = AFTER_BLOCK if converted else "output-side dropout after the feed-forward (not converted): left as it is"
+    return [(m, why) for m in rest if isinstance(getattr(module, m), DROPOUT_TYPES)]
+
+
+def _with_rest(
+    module: nn.Module, block: nn.Module, converted: str, members: list[tuple[str, str]], rest: tuple[str, ...]
+) -> Plan:
+    """``module`` replaced by ``nn.Sequential(ffn=block, *rest)`` (``rest``: its output-side modules, timm
+    Mlp's drop2); ``members``: (the block's key, the module's) of each moved part; ``converted``: the key
+    of the ApproxDropoutFFN inside ``block``."""
+    moved = [(f"ffn.{inner}.", f"{m}.", False) for inner, m in members] + [(f"{m}.", f"{m}.", False) for m in rest]
+    wrapped = nn.Sequential(OrderedDict([("ffn", block)] + [(m, getattr(module, m)) for m in rest]))
+    return Plan(
+        converted=[_join_key("ffn", converted)],
+        skipped=_left_after(module, rest, converted=True),
+        moved=moved,
+        apply=lambda: wrapped,
+    )
+
+
+def _join_key(prefix: str, key: str) -> str:
+    return f"{prefix}.{key}" if key else prefix
 
 
 class GatedAdapter(Adapter):
     """A gated feed-forward ``wo(dropout(act(wi_0(x)) * wi_1(x)))`` on attributes named by ``members`` =
     (wi_0, activation, dropout, wo) and ``gate`` = wi_1 (HF T5DenseGatedActDense): replaced in its
-    parent by a GatedApproxDropoutFFN (any batch groups), which holds them in T5's order and names."""
+    parent by a GatedApproxDropoutFFN (any batch groups), which holds them in T5's order and names.
+    ``rest`` and ``identity`` as AttributeAdapter's (timm SwiGLU: drop2 after, norm between dropout and wo)."""
 
     replaces = True
 
-    def __init__(self, name: str, members: tuple[str, str, str, str], gate: str) -> None:
-        self.name, self.members, self.gate = name, members, gate
+    def __init__(
+        self,
+        name: str,
+        members: tuple[str, str, str, str],
+        gate: str,
+        rest: tuple[str, ...] = (),
+        identity: tuple[str, ...] = (),
+    ) -> None:
+        self.name, self.members, self.gate, self.rest, self.identity = name, members, gate, rest, identity
 
     def plan(self, module: nn.Module, build: Build) -> Plan:
         wi_0, act, drop, wo = (getattr(module, m) for m in self.members)
         wi_1 = getattr(module, self.gate)
-        why = None if type(drop) is nn.Dropout else f"its {self.members[2]} is not nn.Dropout"
+        why = _not_identity(module, self.identity)
+        if why is None and type(drop) is not nn.Dropout:
+            why = f"its {self.members[2]} is not nn.Dropout"
         block = build(Chain(wi_0, act, wo, drop.p, drop, self.members)) if why is None else why
         if not isinstance(block, str):
             gate_chain = Chain(wi_1, nn.Identity(), wo, drop.p, None, (self.gate, "", "", self.members[3]))
@@ -336,8 +380,10 @@ class GatedAdapter(Adapter):
             except ValueError as error:
                 block = f"cannot build the block: {error}"
         if isinstance(block, str):
-            return Plan(skipped=[(self.members[2], block)])
+            return Plan(skipped=[(self.members[2], block), *_left_after(module, self.rest, converted=False)])
         names = ("wi_0", "ffn.1", "ffn.2", "wo", "wi_1")  # the block's, for members + (gate,)
+        if self.rest:
+            return _with_rest(module, block, "ffn", list(zip(names, self.members + (self.gate,))), self.rest)
         moved = [(f"{n}.", f"{m}.", False) for n, m in zip(names, self.members + (self.gate,)) if n != m]
         return Plan(converted=["ffn"], moved=moved, apply=lambda: block)
 
@@ -516,6 +562,11 @@ for _name, _linear in (("gpt2.modeling_gpt2.GPT2MLP", "c_proj"), ("bert.modeling
 ADAPTERS["transformers.models.bert.modeling_bert.BertSelfOutput"] = OutputSideAdapter("output-side", "dense", "dropout")
 _TIMM_MLP = AttributeAdapter("timm-mlp", ("fc1", "act", "drop1", "fc2"), rest=("drop2",), identity=("norm",))
 ADAPTERS["timm.layers.mlp.Mlp"] = ADAPTERS["timm.models.layers.mlp.Mlp"] = _TIMM_MLP
+# fc2(norm(drop1(act(fc1_g(x)) * fc1_x(x)))), then drop2: T5's gated layout (its gate is fc1_x)
+_TIMM_SWIGLU = GatedAdapter(
+    "timm-swiglu", ("fc1_g", "act", "drop1", "fc2"), "fc1_x", rest=("drop2",), identity=("norm",)
+)
+ADAPTERS["timm.layers.mlp.SwiGLU"] = ADAPTERS["timm.models.layers.mlp.SwiGLU"] = _TIMM_SWIGLU
 _FUNCTIONAL = FunctionalDropoutAdapter()
 for _model in ("bart", "mbart", "marian", "plbart", "pegasus", "blenderbot", "blenderbot_small", "m2m_100"):
     _prefix = "".join(part.capitalize() for part in _model.split("_"))

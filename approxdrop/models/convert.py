@@ -24,6 +24,7 @@ from .adapters import (
     Chain,
     FunctionalDropoutAdapter,
     MovedDropout,
+    OutputSideAdapter,
     Plan,
     adapter_for,
     class_name,
@@ -64,15 +65,26 @@ class ConvertReport:
     kinds: dict[str, str] = field(default_factory=dict)  # name -> class of the block
     skipped: list[tuple[str, str]] = field(default_factory=list)
     functional: list[tuple[str, str]] = field(default_factory=list)
+    rates: dict[str, float] = field(default_factory=dict)  # name -> the block's p when convert returned
 
     def __str__(self) -> str:
         outputs = [name for name in self.converted if self.kinds[name] == OutputRowDropout.__name__]
         chains = [name for name in self.converted if name not in outputs]
+
+        def line(name: str) -> str:
+            rate = f", p = {self.rates[name]:g}" if name in self.rates else ""
+            return f"  {name}: {self.kinds[name]} (adapter {self.adapters[name]}{rate})"
+
         lines = [f"converted {len(chains)} Linear -> activation -> Dropout -> Linear chain(s)"]
-        lines += [f"  {name}: {self.kinds[name]} (adapter {self.adapters[name]})" for name in chains]
+        lines += [line(name) for name in chains]
         if outputs:
             lines.append(f"converted {len(outputs)} Linear -> Dropout pair(s) (output side)")
-            lines += [f"  {name}: {self.kinds[name]} (adapter {self.adapters[name]})" for name in outputs]
+            lines += [line(name) for name in outputs]
+        if idle := [name for name in self.converted if self.rates.get(name) == 0.0]:
+            lines.append(
+                f"{len(idle)} of them at p = 0: they drop nothing and run dense GEMMs until their rate is set "
+                "(convert(model, p=...), or the p of each block's nn.Dropout)"
+            )
         lines.append(f"left {len(self.skipped)} dropout(s) alone")
         lines += [f"  {name}: {reason}" for name, reason in self.skipped]
         if self.functional:
@@ -257,7 +269,9 @@ class _Walk:
             name = name_of(module, key)
             out.converted.append(name)
             out.adapters[name] = adapter
-            out.kinds[name] = type(root.get_submodule(name)).__name__
+            block = root.get_submodule(name)
+            out.kinds[name] = type(block).__name__
+            out.rates[name] = float(block.p)
         out.skipped = [(name_of(module, key), why) for module, key, why in self.left]
         out.functional = [(name_of(module) or type(module).__name__, detail) for module, detail in self.functional]
         return out
@@ -279,6 +293,12 @@ def _outside(parent: nn.Module, key: str, adapter: Adapter | None, output_side: 
     if adapter is None:
         return (
             f"no adapter for its parent {kind}: its forward code applies it "
+            "(approxdrop.models.adapters.register_adapter adds one)"
+        )
+    if isinstance(adapter, OutputSideAdapter):  # it may well be a hidden-unit site: say only what was done
+        return (
+            f"{kind} applies it in its forward code, and its adapter converts only the output-side pair "
+            f"{adapter.linear} -> {adapter.dropout}: no adapter for the rest of that forward "
             "(approxdrop.models.adapters.register_adapter adds one)"
         )
     return (

@@ -88,22 +88,27 @@ ELEMENTWISE_NAMES: frozenset[str] = frozenset(
             "HardMishMe",
         )
     ]
+    + ["timm.models.metaformer.StarReLU", "timm.models.metaformer.SquaredReLU"]  # scale * relu(x)**2 + bias
 )
+# nn.PReLU subclasses of optional packages that keep its one-slope-per-channel forward (timm's adds an unused
+# ``inplace``): elementwise with one parameter, as nn.PReLU itself
+PRELU_NAMES: frozenset[str] = frozenset(["timm.layers.activations.PReLU"])
 
 
 def is_elementwise(module: nn.Module) -> bool:
     """True when ``module`` is known to act on each unit alone: its type is one of ``ELEMENTWISE``
     (exactly, not a subclass) or its "module.QualName" is in ``ELEMENTWISE_NAMES`` (transformers and
-    timm activations), an ``nn.PReLU`` with one parameter, an ``nn.Sequential`` of such modules, or a
-    module that declares itself with the attribute ``elementwise = True``."""
+    timm activations), an ``nn.PReLU`` (or one of ``PRELU_NAMES``) with one parameter, an ``nn.Sequential``
+    of such modules, or a module that declares itself with the attribute ``elementwise = True``."""
     if getattr(module, "elementwise", False) is True:
         return True
-    if type(module) is nn.PReLU:
-        return module.num_parameters == 1
-    if type(module) is nn.Sequential:
-        return all(is_elementwise(child) for child in module)
     cls = type(module)
-    return cls in ELEMENTWISE or f"{cls.__module__}.{cls.__qualname__}" in ELEMENTWISE_NAMES
+    name = f"{cls.__module__}.{cls.__qualname__}"
+    if cls is nn.PReLU or name in PRELU_NAMES:
+        return module.num_parameters == 1
+    if cls is nn.Sequential:
+        return all(is_elementwise(child) for child in module)
+    return cls in ELEMENTWISE or name in ELEMENTWISE_NAMES
 
 
 def check_elementwise(activation: object, name: str = "activation") -> nn.Module:
@@ -382,8 +387,9 @@ def check_drawable(generator: torch.Generator | None) -> None:
         raise RuntimeError(
             "this training forward runs inside a backward pass (activation checkpointing recomputes it): a "
             "pattern drawn now from the module's own generator would not be the one the first forward drew, and "
-            "the gradients would be wrong. Build the module with generator=None (the global random state, which "
-            "checkpointing saves and restores, so the recomputed forward draws the same pattern)"
+            "the gradients would be wrong. Build the module with generator=None, or convert with "
+            "ad.convert(model, generator=None): the global random state, which checkpointing saves and restores, "
+            "so the recomputed forward draws the same pattern"
         )
     if torch.jit.is_tracing():
         raise RuntimeError(
