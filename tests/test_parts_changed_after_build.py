@@ -167,3 +167,42 @@ def test_a_torch_layers_linear_replaced_after_convert_runs_in_training():
         y = block(x)
     mask = block.last_pattern.keep_mask(32).double() * block.last_pattern.scale  # [32]
     torch.testing.assert_close(y, layer.linear2(block.activation(wrapped(x)) * mask))
+
+
+@pytest.mark.parametrize("name", ["wi_0", "wo"])
+@pytest.mark.parametrize("executor", ["compact", "masked"])
+def test_a_gated_blocks_linear_replaced_after_convert_runs_in_eval_and_training(name, executor):
+    """peft puts its LoRA Linear in the gated block's attribute (``wi_0``, the name named_modules gives): the
+    block's ApproxDropoutFFN reads wi_0 and wo from the block, so it runs the wrapper. It held the Linears itself
+    and ran the bare ones: the LoRA changed nothing and got no gradient."""
+    torch.manual_seed(0)
+    ffn = ApproxDropoutFFN.from_modules(nn.Linear(8, 16), nn.GELU(), nn.Linear(16, 8), 0.5, executor=executor)
+    model = nn.Sequential(GatedApproxDropoutFFN(ffn, nn.Linear(8, 16))).double()  # where convert puts one
+    block = model[0]
+    assert [n for n, m in model.named_modules() if m is getattr(block, name)] == [f"0.{name}"]  # one name only
+    wrapped = LoraLike(getattr(block, name)).double()
+    nn.init.normal_(wrapped.b.weight)
+    setattr(block, name, wrapped)
+    x = torch.randn(6, 8, dtype=torch.float64)
+    hidden = block.ffn.activation(block.wi_0(x)) * block.wi_1(x)  # [6, 16]: through the wrapper where it is
+    torch.testing.assert_close(block.eval()(x), block.wo(hidden))
+    block.train()
+    with warns_where_weights_are_read(executor, False, "its fc[12] is now a LoraLike"):
+        y = block(x)
+    torch.testing.assert_close(y, block.wo(hidden * hidden_mask(block.ffn, 6)))
+    y.sum().backward()
+    assert wrapped.a.weight.grad is not None and wrapped.a.weight.grad.abs().sum() > 0
+
+
+def test_functional_call_on_a_gated_block_gives_gradients_for_every_linear():
+    """Each Linear has one name in the block: torch.func.functional_call swapped wi_0 and wo twice (also as
+    ffn.0 and ffn.3) and left plain tensors in them."""
+    torch.manual_seed(0)
+    ffn = ApproxDropoutFFN.from_modules(nn.Linear(8, 16), nn.GELU(), nn.Linear(16, 8), 0.5, executor="compact")
+    block = GatedApproxDropoutFFN(ffn, nn.Linear(8, 16)).double().train()
+    params = {k: v.detach().clone().requires_grad_() for k, v in block.named_parameters()}
+    assert sorted(params) == sorted(f"{n}.{w}" for n in ("wi_0", "wi_1", "wo") for w in ("weight", "bias"))
+    x = torch.randn(5, 8, dtype=torch.float64)
+    torch.func.functional_call(block, params, (x,)).square().sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in params.values())
+    assert all(isinstance(p, nn.Parameter) for p in block.parameters())  # the block's own are back in place

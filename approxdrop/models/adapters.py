@@ -26,7 +26,7 @@ from typing import Protocol
 import torch
 from torch import nn
 
-from .ffn import ApproxDropoutFFN
+from .ffn import ApproxDropoutFFN, PartsOf
 from .gated import GatedApproxDropoutFFN
 from .output_side import OutputRowDropout
 from .state_keys import Entry
@@ -212,36 +212,11 @@ class ConvertedLayerAdapter(Adapter):
         return Plan(skipped=[("dropout", why)], used=["dropout"])
 
 
-class LayerFFN(ApproxDropoutFFN):
+class LayerFFN(PartsOf):
     """The block of a converted torch Transformer layer: its Linears and its dropout are the layer's ``linear1``,
-    ``linear2`` and ``dropout``, read from the layer at each use (``layer``, a plain attribute), not children of
-    the block. A Linear held under two names would be swapped twice by ``torch.func.functional_call``, which
-    then leaves a plain tensor in it; a module put in the layer's place later (peft's LoRA Linear, an
-    nn.Identity for the dropout) would not be the one the block runs; and an identity test of the two names
-    fails under torch.export, which copies modules."""
+    ``linear2`` and ``dropout``, read from the layer (``owner``) at each use (``PartsOf``)."""
 
-    @classmethod
-    def of(cls, block: ApproxDropoutFFN, layer: nn.Module) -> LayerFFN:
-        """``block`` (built around ``layer``'s parts) as the layer's: its own entries ``0``, ``2``, ``3`` dropped."""
-        del block._modules["0"], block._modules["2"], block._modules["3"]
-        block.__class__ = cls
-        object.__setattr__(block, "layer", layer)  # not a child: the layer holds the block
-        return block
-
-    @property
-    def dropout(self) -> nn.Module:
-        """The layer's dropout (an nn.Dropout, which holds ``p``, or an nn.Identity: no dropout)."""
-        return self.layer.dropout
-
-    @property
-    def fc1(self) -> nn.Linear:
-        """The layer's first Linear."""
-        return self.layer.linear1
-
-    @property
-    def fc2(self) -> nn.Linear:
-        """The layer's second Linear."""
-        return self.layer.linear2
+    FC1, FC2, DROPOUT = "linear1", "linear2", "dropout"
 
 
 class ConvertedEncoderLayer(nn.TransformerEncoderLayer):

@@ -314,6 +314,41 @@ class ApproxDropoutFFN(ModeInDropout, DropoutRate, nn.Module):
         )
 
 
+class PartsOf(ApproxDropoutFFN):
+    """An ApproxDropoutFFN whose Linears (and, where ``DROPOUT`` names one, dropout) are the attributes ``FC1``,
+    ``FC2`` and ``DROPOUT`` of the module that holds it (``owner``, a plain attribute, not a child), read at each
+    use: a module put in the owner's place later (peft's LoRA Linear, a hook's wrapper, an nn.Identity for the
+    dropout) is the one the block runs, each Linear has one name (``torch.func.functional_call`` swaps a module held
+    twice twice, and leaves a plain tensor in it), and an identity test of two names does not fail under
+    torch.export, which copies modules. Subclasses name the attributes."""
+
+    FC1, FC2, DROPOUT = "fc1", "fc2", ""
+
+    @classmethod
+    def of(cls, block: ApproxDropoutFFN, owner: nn.Module) -> PartsOf:
+        """``block`` (built around ``owner``'s parts) as the owner's: its own entries for them dropped."""
+        for key in ("0", "3", "2") if cls.DROPOUT else ("0", "3"):
+            del block._modules[key]
+        block.__class__ = cls
+        object.__setattr__(block, "owner", owner)  # not a child: the owner holds the block
+        return block
+
+    @property
+    def fc1(self) -> nn.Linear:
+        """The owner's first Linear."""
+        return getattr(self.owner, self.FC1)
+
+    @property
+    def fc2(self) -> nn.Linear:
+        """The owner's second Linear."""
+        return getattr(self.owner, self.FC2)
+
+    @property
+    def dropout(self) -> nn.Module:
+        """The owner's dropout (an nn.Dropout, which holds ``p``, or an nn.Identity: no dropout), or the block's."""
+        return getattr(self.owner, self.DROPOUT) if self.DROPOUT else self._modules["2"]
+
+
 def _gated(h: torch.Tensor, gate: nn.Linear | None, x: torch.Tensor) -> torch.Tensor:
     """The hidden units h (Tensor[*, d_hidden]) times ``gate(x)`` for a gated block, else h itself."""
     return h if gate is None else h * gate(x)

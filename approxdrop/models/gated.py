@@ -5,9 +5,10 @@ such a block, with any number of batch groups (the pattern is drawn per group, a
 
 The pattern, p, method and generator live in an ApproxDropoutFFN around (wi_0, act, wo) held as ``ffn``
 (so ``draw_patterns`` finds it, and ``ffn.last_pattern`` holds the step's draw); ``wi_1`` is the gate's
-second Linear. The block also holds the three Linears as ``wi_0``, ``wi_1``, ``wo``, ahead of ``ffn``, so
+second Linear. The block holds the three Linears as ``wi_0``, ``wi_1``, ``wo``, ahead of ``ffn``, so
 ``parameters()`` and ``named_parameters()`` give them in T5DenseGatedActDense's order and names, and its
-state_dict has T5's keys (``ffn``'s copies of wi_0 and wo are left out, and filled on load).
+state_dict has T5's keys. ``ffn`` reads wi_0 and wo from the block at each use (``GatedParts``): a module put
+in their place later (peft's LoRA Linear) is the one that runs.
 """
 
 from __future__ import annotations
@@ -15,8 +16,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .ffn import ApproxDropoutFFN
-from .state_keys import add_entries
+from .ffn import ApproxDropoutFFN, PartsOf
+
+
+class GatedParts(PartsOf):
+    """The ApproxDropoutFFN of a GatedApproxDropoutFFN: its Linears are the block's ``wi_0`` and ``wo``."""
+
+    FC1, FC2 = "wi_0", "wo"
 
 
 class GatedApproxDropoutFFN(nn.Module):
@@ -33,9 +39,7 @@ class GatedApproxDropoutFFN(nn.Module):
         if not isinstance(wi_1, nn.Linear) or (wi_1.in_features, wi_1.out_features) != (ffn.d_model, ffn.d_hidden):
             raise ValueError(f"wi_1 must be an nn.Linear({ffn.d_model}, {ffn.d_hidden}) like wi_0, got {wi_1!r}")
         self.wi_0, self.wi_1, self.wo = ffn.fc1, wi_1, ffn.fc2  # T5's order: an optimizer's state keeps its place
-        self.ffn = ffn  # wi_0 and wo a second time: listed once, under the names above
-        aliases = [("ffn.0.", "wi_0.", True), ("ffn.3.", "wo.", True)]
-        add_entries(self, aliases, [key for key in self.state_dict(keep_vars=True) if not key.startswith("ffn.")])
+        self.ffn = GatedParts.of(ffn, self)  # reads wi_0 and wo from this block: each Linear has one name
 
     @property
     def p(self) -> float:
