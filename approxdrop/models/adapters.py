@@ -54,6 +54,8 @@ class Build(Protocol):
     not; ``build.output(linear, dropout, members)`` makes the OutputRowDropout of a ``linear -> dropout``
     pair (output side), or says why not (also when ``convert`` was not asked for output-side dropout)."""
 
+    p: float | None  # the rate given to convert, if any
+
     def __call__(self, chain: Chain) -> ApproxDropoutFFN | str: ...
 
     def output(self, linear: nn.Module, dropout: nn.Module, members: tuple[str, str]) -> OutputRowDropout | str: ...
@@ -70,6 +72,7 @@ class Plan:
     used: list[str] = field(default_factory=list)  # keys (as they are now) of the dropouts it speaks for
     moved: list[Entry] = field(default_factory=list)
     apply: Callable[[], nn.Module | None] | None = None
+    no_dropout: bool = False  # a feed-forward with no dropout, which a rate given to convert would give one
 
 
 class Adapter:
@@ -325,8 +328,11 @@ def _join_key(prefix: str, key: str) -> str:
 class GatedAdapter(Adapter):
     """A gated feed-forward ``wo(dropout(act(wi_0(x)) * wi_1(x)))`` on attributes named by ``members`` =
     (wi_0, activation, dropout, wo) and ``gate`` = wi_1 (HF T5DenseGatedActDense): replaced in its
-    parent by a GatedApproxDropoutFFN (any batch groups), which holds them in T5's order and names.
-    ``rest`` and ``identity`` as AttributeAdapter's (timm SwiGLU: drop2 after, norm between dropout and wo)."""
+    parent by a GatedApproxDropoutFFN (any batch groups), which holds the Linears under the module's names.
+    ``rest`` and ``identity`` as AttributeAdapter's (timm SwiGLU: drop2 after, norm between dropout and wo).
+    With no dropout member (``""``: Llama's ``down_proj(act_fn(gate_proj(x)) * up_proj(x))``, the forward
+    checked for ``line``), the block's dropout is new, at the rate given to ``convert``; with none given the
+    module is left as it is, and the report lists it."""
 
     replaces = True
 
@@ -337,29 +343,38 @@ class GatedAdapter(Adapter):
         gate: str,
         rest: tuple[str, ...] = (),
         identity: tuple[str, ...] = (),
+        line: str = "",
     ) -> None:
         self.name, self.members, self.gate, self.rest, self.identity = name, members, gate, rest, identity
+        self.line = line
 
     def plan(self, module: nn.Module, build: Build) -> Plan:
-        wi_0, act, drop, wo = (getattr(module, m) for m in self.members)
-        wi_1 = getattr(module, self.gate)
+        if self.line and not any(self.line in text for text in _forward_lines(module)):
+            return Plan()  # not the layout expected (another version of the class): nothing to say of a dropout
+        wi_0, act, wo, wi_1 = (getattr(module, m) for m in (*self.members[:2], self.members[3], self.gate))
+        drop = getattr(module, self.members[2]) if self.members[2] else None
+        if drop is None and not build.p:
+            return Plan(no_dropout=True)
         why = _not_identity(module, self.identity)
-        if why is None and type(drop) is not nn.Dropout:
+        if why is None and drop is not None and type(drop) is not nn.Dropout:
             why = f"its {self.members[2]} is not nn.Dropout"
-        block = build(Chain(wi_0, act, wo, drop.p, drop, self.members)) if why is None else why
+        rate = build.p if drop is None else drop.p
+        block = build(Chain(wi_0, act, wo, rate, drop, self.members)) if why is None else why
         if not isinstance(block, str):
-            gate_chain = Chain(wi_1, nn.Identity(), wo, drop.p, None, (self.gate, "", "", self.members[3]))
+            gate_chain = Chain(wi_1, nn.Identity(), wo, rate, None, (self.gate, "", "", self.members[3]))
             problem = build(gate_chain)  # the same checks for wi_1 (type, sizes, hooks)
+            names = (self.members[0], self.gate, self.members[3])
             try:
-                block = problem if isinstance(problem, str) else GatedApproxDropoutFFN(block, wi_1)
+                block = problem if isinstance(problem, str) else GatedApproxDropoutFFN(block, wi_1, names)
             except ValueError as error:
                 block = f"cannot build the block: {error}"
         if isinstance(block, str):
             return Plan(skipped=[(self.members[2], block), *_left_after(module, self.rest, converted=False)])
-        names = ("wi_0", "ffn.1", "ffn.2", "wo", "wi_1")  # the block's, for members + (gate,)
+        parts = [("ffn.1", self.members[1])] + ([("ffn.2", self.members[2])] if drop is not None else [])
+        parts += [(m, m) for m in (self.members[0], self.members[3], self.gate)]  # the Linears keep their names
         if self.rest:
-            return _with_rest(module, block, "ffn", list(zip(names, self.members + (self.gate,))), self.rest)
-        moved = [(f"{n}.", f"{m}.", False) for n, m in zip(names, self.members + (self.gate,)) if n != m]
+            return _with_rest(module, block, "ffn", parts, self.rest)
+        moved = [(f"{n}.", f"{m}.", False) for n, m in parts if n != m]
         return Plan(converted=["ffn"], moved=moved, apply=lambda: block)
 
 
@@ -542,6 +557,33 @@ _TIMM_SWIGLU = GatedAdapter(
     "timm-swiglu", ("fc1_g", "act", "drop1", "fc2"), "fc1_x", rest=("drop2",), identity=("norm",)
 )
 ADAPTERS["timm.layers.mlp.SwiGLU"] = ADAPTERS["timm.models.layers.mlp.SwiGLU"] = _TIMM_SWIGLU
+# Hugging Face decoders' gated MLPs, with no dropout: given a rate, convert adds a row-pattern one on the hidden units
+_NO_DROPOUT_GATED = GatedAdapter(
+    "hf-gated-mlp",
+    ("gate_proj", "act_fn", "", "down_proj"),
+    "up_proj",
+    line="self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))",
+)
+for _model, _cls in (
+    ("llama", "LlamaMLP"),
+    ("mistral", "MistralMLP"),
+    ("ministral", "MinistralMLP"),
+    ("qwen2", "Qwen2MLP"),
+    ("qwen3", "Qwen3MLP"),
+    ("gemma", "GemmaMLP"),
+    ("gemma2", "Gemma2MLP"),
+    ("gemma3", "Gemma3MLP"),
+    ("olmo", "OlmoMLP"),
+    ("olmo2", "Olmo2MLP"),
+    ("olmo3", "Olmo3MLP"),
+    ("granite", "GraniteMLP"),
+    ("cohere", "CohereMLP"),
+    ("cohere2", "Cohere2MLP"),
+    ("smollm3", "SmolLM3MLP"),
+    ("helium", "HeliumMLP"),
+    ("stablelm", "StableLmMLP"),
+):
+    ADAPTERS[f"transformers.models.{_model}.modeling_{_model}.{_cls}"] = _NO_DROPOUT_GATED
 _FUNCTIONAL = FunctionalDropoutAdapter()
 for _model in ("bart", "mbart", "marian", "plbart", "pegasus", "blenderbot", "blenderbot_small", "m2m_100"):
     _prefix = "".join(part.capitalize() for part in _model.split("_"))

@@ -57,8 +57,9 @@ class ConvertReport:
     ``model.get_submodule(name)`` returns it, and ``adapters`` the adapter that made each; ``skipped`` a
     ``(name, reason)`` pair for every dropout left alone (for an approxdrop block already in the model, the
     block's name); ``functional`` a ``(name, detail)`` pair for
-    every module whose forward code applies dropout that no adapter turned into a block. Names are as
-    in the converted model."""
+    every module whose forward code applies dropout that no adapter turned into a block; ``no_dropout`` the gated
+    feed-forwards with no dropout, which a rate given to ``convert`` would give one; ``rates`` each block's p.
+    Names are as in the converted model."""
 
     converted: list[str] = field(default_factory=list)
     adapters: dict[str, str] = field(default_factory=dict)
@@ -66,6 +67,7 @@ class ConvertReport:
     skipped: list[tuple[str, str]] = field(default_factory=list)
     functional: list[tuple[str, str]] = field(default_factory=list)
     rates: dict[str, float] = field(default_factory=dict)  # name -> the block's p when convert returned
+    no_dropout: list[str] = field(default_factory=list)  # gated feed-forwards without dropout (Llama's MLP)
 
     def __str__(self) -> str:
         outputs = [name for name in self.converted if self.kinds[name] == OutputRowDropout.__name__]
@@ -87,6 +89,12 @@ class ConvertReport:
             )
         lines.append(f"left {len(self.skipped)} dropout(s) alone")
         lines += [f"  {name}: {reason}" for name, reason in self.skipped]
+        if self.no_dropout:
+            lines.append(
+                f"{len(self.no_dropout)} gated feed-forward(s) have no dropout: convert(model, p=...) gives each a "
+                "row-pattern dropout on its hidden units"
+            )
+            lines += [f"  {name}" for name in self.no_dropout]
         if self.functional:
             lines.append(f"{len(self.functional)} module(s) apply dropout in forward code")
             lines += [f"  {name}: {FUNCTIONAL} ({detail})" for name, detail in self.functional]
@@ -108,7 +116,9 @@ def convert(
     very same Parameter objects: an optimizer built before keeps working, eval outputs do not change,
     and state_dict keys stay as they were (a checkpoint loads both ways, ``strict=True``).
 
-    ``p`` defaults to each dropout's own p; ``method`` and ``groups`` are ApproxDropoutFFN's; ``generator``
+    ``p`` defaults to each dropout's own p; a gated feed-forward with no dropout (Hugging Face Llama's MLP and its
+    kind) gets a new one at ``p`` when ``p`` is given (and above 0), else the report lists it (``no_dropout``);
+    ``method`` and ``groups`` are ApproxDropoutFFN's; ``generator``
     is given to every new block. A block holds the very nn.Dropout of its chain (its p is the block's rate,
     and ``p``, when given, is set on it) and takes its train / eval mode. ``output_side``: also
     turn ``Linear -> Dropout`` pairs (whole output features dropped) into OutputRowDropout blocks that
@@ -162,6 +172,7 @@ class _Walk:
         self.made: list[tuple[nn.Module, str, str]] = []  # (module, key relative to it, adapter name)
         self.left: list[tuple[nn.Module, str, str]] = []  # (module, key relative to it, reason)
         self.functional: list[tuple[nn.Module, str]] = []
+        self.no_dropout: list[nn.Module] = []  # feed-forwards with no dropout, which a rate given would convert
         self.refused: dict[int, set[str]] = {}  # id of a module whose replacement was refused -> its dropouts
         self.swapped: dict[int, tuple[nn.Module, Plan, str]] = {}  # id of a module replaced -> (block, plan, adapter)
 
@@ -238,6 +249,8 @@ class _Walk:
             keys = [k for k, m in child.named_children() if isinstance(m, DROPOUT_TYPES)]
             plan = Plan(skipped=[(k, why) for k in keys])
         if plan.apply is None:
+            if plan.no_dropout:
+                self.no_dropout.append(child)
             self.left += [(child, k, why) for k, why in plan.skipped]
             self.refused[id(child)] = {k for k, _ in plan.skipped}
             return False
@@ -274,6 +287,7 @@ class _Walk:
             out.rates[name] = float(block.p)
         out.skipped = [(name_of(module, key), why) for module, key, why in self.left]
         out.functional = [(name_of(module) or type(module).__name__, detail) for module, detail in self.functional]
+        out.no_dropout = [name_of(module) for module in self.no_dropout]
         return out
 
 
