@@ -12,11 +12,11 @@ TINY = bench_convert.Size(d_model=16, d_hidden=32, heads=2, layers=2, sequence=4
 
 
 def test_measure_converts_every_feed_forward_and_times_both():
-    models = ("encoder", "t5", "gpt2", "bert") if _has_transformers() else ("encoder",)
+    models = ("encoder", "t5", "gpt2", "bert", "llama") if _has_transformers() else ("encoder",)
     rows = bench_convert.measure(models, size=TINY, warmup=0, rounds=2, progress=False)
     assert [r.model for r in rows] == list(models)
     # T5: 2 encoder + 2 decoder blocks; GPT-2 and BERT: two output-side projections per layer (attention, MLP)
-    assert [r.converted_blocks for r in rows] == [2, 4, 4, 4][: len(models)]
+    assert [r.converted_blocks for r in rows] == [2, 4, 4, 4, 2][: len(models)]
     for r in rows:
         assert (
             r.ms_unconverted > 0 and r.ms_converted > 0 and r.ratio == pytest.approx(r.ms_converted / r.ms_unconverted)
@@ -40,6 +40,24 @@ def test_the_special_tokens_of_the_hf_models_are_in_their_vocabulary(name):
     config = bench_convert.BUILDERS[name](TINY, 0.1)[0].config
     ids = {key: value for key, value in config.to_dict().items() if key.endswith("_token_id") and value is not None}
     assert ids and all(0 <= value < config.vocab_size for value in ids.values()), ids
+
+
+def test_llamas_unconverted_twin_drops_its_mlp_hidden_units_as_nn_dropout_does():
+    """Llama's MLPs have no dropout: the converted twin gets row patterns at p, the unconverted one F.dropout at
+    the same place (the input of down_proj), so the two steps do the same kind of work."""
+    if not _has_transformers():
+        pytest.skip("transformers is not installed")
+    torch = pytest.importorskip("torch")
+    model, twin, forward, report = bench_convert._converted_twins("llama", TINY, 0.5, "row", 0, torch.device("cpu"))
+    assert report.converted == ["layers.0.mlp.ffn", "layers.1.mlp.ffn"] and set(report.rates.values()) == {0.5}
+    ids = torch.randint(256, (2, 4))
+    hidden = []
+    model.layers[0].mlp.down_proj.register_forward_pre_hook(lambda linear, args: hidden.append(args[0]))
+    forward(model.train(), ids)
+    assert (hidden[0] == 0).float().mean() > 0.3  # about half of the hidden units dropped, per element
+    forward(model.eval(), ids)
+    assert (hidden[1] == 0).sum() == 0  # eval: nothing dropped
+    assert not twin.layers[0].mlp.down_proj._forward_pre_hooks  # the hook went on the unconverted model only
 
 
 @pytest.mark.parametrize(

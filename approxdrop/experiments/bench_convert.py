@@ -1,7 +1,8 @@
 """Training-step benchmark of ``convert`` on real model classes: PyTorch's ``nn.TransformerEncoder`` and,
-when transformers is installed, Hugging Face T5, GPT-2 and BERT built from their configs (random
-weights; GPT-2 and BERT have output-side dropout only, converted with ``output_side=True``), each
-against its unconverted twin, side by side in one process.
+when transformers is installed, Hugging Face T5, GPT-2, BERT and Llama built from their configs (random
+weights; GPT-2 and BERT have output-side dropout only, converted with ``output_side=True``; Llama's MLPs have
+none, so convert is given p and the unconverted twin gets ``F.dropout`` at the same place), each against its
+unconverted twin, side by side in one process.
 
 One step is zero_grad + forward + mean-squared error of the last hidden state against a fixed target +
 backward + SGD step with momentum. The converted copy is a deep copy of the unconverted model (the same
@@ -31,7 +32,7 @@ from ..training import sgd
 from .bench import check_protocol, time_side_by_side
 from .options import Distinct, non_negative_int, positive_int, progress_bar, rate, write_record
 
-MODELS = ("encoder", "t5", "gpt2", "bert")
+MODELS = ("encoder", "t5", "gpt2", "bert", "llama")
 CLOCKS: dict[str, Callable[[], float]] = {"cpu": time.process_time, "wall": time.perf_counter}
 
 
@@ -109,8 +110,31 @@ def bert(size: Size, p: float) -> tuple[nn.Module, Callable[[nn.Module, torch.Te
     return T.BertModel(config), lambda m, ids: m(input_ids=ids).last_hidden_state
 
 
-BUILDERS = {"encoder": encoder, "t5": t5, "gpt2": gpt2, "bert": bert}
+def llama(size: Size, p: float) -> tuple[nn.Module, Callable[[nn.Module, torch.Tensor], torch.Tensor]]:
+    """A Llama decoder from its config (a gated SiLU MLP with no dropout of its own) and its forward on token ids
+    (Long[B, T]) -> last hidden state. ``convert`` gives its MLPs a row-pattern dropout at p; the unconverted twin
+    gets nn.Dropout's own, ``F.dropout`` on the same hidden units (``add_mlp_dropout``), for a like-for-like step."""
+    T = _transformers()
+    config = T.LlamaConfig(
+        vocab_size=256, hidden_size=size.d_model, intermediate_size=size.d_hidden, num_hidden_layers=size.layers,
+        num_attention_heads=size.heads, num_key_value_heads=size.heads, max_position_embeddings=max(size.sequence, 8),
+    )  # fmt: skip
+    return T.LlamaModel(config), lambda m, ids: m(input_ids=ids).last_hidden_state
+
+
+def add_mlp_dropout(model: nn.Module, p: float) -> None:
+    """Per-element dropout at ``p`` on the hidden units of every Llama MLP of ``model`` (the input of its
+    down_proj, as ``convert(model, p=p)`` puts its row patterns there): a forward pre-hook."""
+    for name, module in model.named_modules():
+        if name.endswith("mlp") and hasattr(module, "down_proj"):
+            module.down_proj.register_forward_pre_hook(
+                lambda linear, args: (nn.functional.dropout(args[0], p, linear.training),)
+            )
+
+
+BUILDERS = {"encoder": encoder, "t5": t5, "gpt2": gpt2, "bert": bert, "llama": llama}
 OUTPUT_SIDE = ("gpt2", "bert")  # converted with output_side=True: they have no hidden-unit dropout
+NO_DROPOUT = ("llama",)  # no dropout of their own: convert is given p, the unconverted twin gets F.dropout there
 
 
 def train_step(model: nn.Module, forward, x: torch.Tensor, target: torch.Tensor) -> Callable[[], torch.Tensor]:
@@ -175,8 +199,10 @@ def _converted_twins(name: str, size: Size, p: float, method: str, seed: int, de
     model, forward = BUILDERS[name](size, p)
     model.to(device)
     twin = copy.deepcopy(model)
-    side = name in OUTPUT_SIDE
-    report = convert(twin, method=method, generator=torch.Generator().manual_seed(seed), output_side=side)
+    side, rate = name in OUTPUT_SIDE, p if name in NO_DROPOUT else None
+    report = convert(twin, rate, method, generator=torch.Generator().manual_seed(seed), output_side=side)
+    if name in NO_DROPOUT:
+        add_mlp_dropout(model, p)  # after the copy: the converted twin runs its own dropout
     if not report.converted:
         refusals = [item for item in report.skipped if item[1].startswith("cannot build")] or report.skipped
         where, why = refusals[0] if refusals else ("", "no dropout found")
@@ -196,6 +222,7 @@ def format_table(rows: list[ConvertBenchRow], size: Size) -> str:
             "t5": "HF T5 (T5Model)",
             "gpt2": "HF GPT-2, output side (c_proj + dropout)",
             "bert": "HF BERT, output side (dense + dropout)",
+            "llama": "HF Llama (LlamaModel; MLP dropout added: F.dropout / row patterns)",
         }[r.model]
         lines.append(
             f"| {label} | {r.converted_blocks} | {r.ms_unconverted:.2f} | {r.ms_converted:.2f} | {r.ratio:.3f} |"
