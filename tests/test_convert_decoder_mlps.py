@@ -12,6 +12,7 @@ from test_convert_models import assert_checkpoints_load_both_ways, hf
 from torch import nn
 
 from approxdrop import ApproxDropoutFFN, convert
+from approxdrop.models.adapters import NO_DROPOUT
 from approxdrop.models.gated import GatedApproxDropoutFFN
 
 SIZES = dict(vocab_size=50, hidden_size=16, intermediate_size=40, num_hidden_layers=2, num_attention_heads=2)
@@ -32,8 +33,11 @@ def loss_of(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
 def test_a_gated_mlp_without_dropout_gets_one_only_with_a_rate_and_trains_as_the_masked_reference(kind):
     model = decoder(kind)
     report = convert(model)  # no rate: nothing to drop, so nothing changes, and the report says where it could
-    assert report.converted == [] and report.no_dropout == ["model.layers.0.mlp", "model.layers.1.mlp"]
-    assert "2 gated feed-forward(s) have no dropout: convert(model, p=...)" in str(report)
+    assert report.converted == [] and [name for name, _ in report.no_dropout] == [
+        "model.layers.0.mlp",
+        "model.layers.1.mlp",
+    ]
+    assert f"  model.layers.0.mlp: {NO_DROPOUT}" in str(report) and "convert(model, p=...)" in NO_DROPOUT
     assert convert(model, p=0.0).converted == []  # p = 0 drops nothing either
     names, keys = [n for n, _ in model.named_modules()], list(model.state_dict())
     params = list(model.parameters())
@@ -43,6 +47,7 @@ def test_a_gated_mlp_without_dropout_gets_one_only_with_a_rate_and_trains_as_the
     report = convert(model, p=0.3, generator=torch.Generator().manual_seed(1))
     assert report.converted == ["model.layers.0.mlp.ffn", "model.layers.1.mlp.ffn"] and not report.no_dropout
     assert set(report.adapters.values()) == {"hf-gated-mlp"} and set(report.rates.values()) == {0.3}
+    assert set(report.kinds.values()) == {"GatedApproxDropoutFFN"}  # not its inner GatedParts
     for name in report.converted:
         assert isinstance(model.get_submodule(name.removesuffix(".ffn")), GatedApproxDropoutFFN)
     linears = {n for n in names if n.endswith(("gate_proj", "up_proj", "down_proj"))}
@@ -65,19 +70,68 @@ def test_a_gated_mlp_without_dropout_gets_one_only_with_a_rate_and_trains_as_the
     assert_checkpoints_load_both_ways(lambda: decoder(kind), model)
 
 
-def test_another_forward_under_a_registered_name_is_left_alone_and_not_listed():
-    T = hf()
+class SeedOssMLP(nn.Module):
+    """Llama's MLP under another class name, as transformers repeats it in many models."""
 
-    class LlamaMLP(nn.Module):  # the registered name, another forward (a version that changed it): not read
-        def __init__(self) -> None:
-            super().__init__()
-            self.gate_proj, self.up_proj, self.down_proj = nn.Linear(4, 8), nn.Linear(4, 8), nn.Linear(8, 4)
-            self.act_fn = nn.SiLU()
+    def __init__(self, act: nn.Module | None = None) -> None:
+        super().__init__()
+        self.gate_proj, self.up_proj, self.down_proj = nn.Linear(4, 8), nn.Linear(4, 8), nn.Linear(8, 4)
+        self.act_fn = act or nn.SiLU()
 
-        def forward(self, x):
-            return self.down_proj(self.act_fn(self.up_proj(x)) * self.gate_proj(x))
+    def forward(self, x):
+        return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
 
-    LlamaMLP.__module__ = T.models.llama.modeling_llama.__name__
-    model = nn.Sequential(LlamaMLP())
+
+class SwappedMLP(SeedOssMLP):
+    """The same parts with another forward: not Llama's layout."""
+
+    def forward(self, x):
+        return self.down_proj(self.act_fn(self.up_proj(x)) * self.gate_proj(x))
+
+
+class Linear(nn.Module):
+    """What peft's LoRA puts in a Linear's place (its class is called Linear too)."""
+
+    def __init__(self, base: nn.Linear) -> None:
+        super().__init__()
+        self.base_layer, self.lora_a = base, nn.Linear(base.in_features, 2, bias=False)
+        self.lora_b = nn.Linear(2, base.out_features, bias=False)
+
+    def forward(self, x):
+        return self.base_layer(x) + self.lora_b(self.lora_a(x))
+
+
+Linear.__module__ = "peft.tuners.lora.layer"
+
+
+def test_llamas_layout_is_found_whatever_the_class_is_called():
+    # SeedOss, Exaone4, Ministral3, VaultGemma, Qwen2-MoE's shared expert ... were neither converted nor listed
+    model = nn.Sequential(SeedOssMLP(), SwappedMLP())
+    assert convert(model).no_dropout == [("0", NO_DROPOUT)]  # the swapped forward is not the layout: not listed
     report = convert(model, p=0.5)
-    assert report.converted == [] and report.no_dropout == [] and type(model[0]) is LlamaMLP
+    assert report.converted == ["0.ffn"] and report.adapters == {"0.ffn": "hf-gated-mlp"}
+    assert isinstance(model[0], GatedApproxDropoutFFN) and type(model[1]) is SwappedMLP
+
+
+def test_a_lora_put_on_before_convert_is_named_and_nothing_is_promised():
+    # it was listed as "convert(model, p=...) gives it a dropout", then refused as "gate_proj is Linear, not an
+    # nn.Linear" under the dropouts left alone
+    model = nn.Sequential(SeedOssMLP())
+    model[0].gate_proj = Linear(model[0].gate_proj)
+    for p in (None, 0.3):
+        report = convert(model, p)
+        assert report.converted == [] and report.skipped == []
+        ((name, what),) = report.no_dropout
+        assert name == "0" and what.startswith("not convertible: gate_proj is peft.tuners.lora.layer.Linear, not an")
+        assert what.endswith("convert before wrapping it (peft: before get_peft_model)")
+    model = nn.Sequential(SeedOssMLP(nn.Softmax(-1)))
+    assert (
+        convert(model).no_dropout
+        == convert(model, p=0.3).no_dropout
+        == [
+            (
+                "0",
+                "not convertible: activation not elementwise: nn.Softmax may mix units, and would see only the kept ones",
+            )
+        ]
+    )

@@ -3,6 +3,7 @@ reference, reproducibility, optimizers, and argument errors."""
 
 import pytest
 import torch
+from test_ffn import Recorder
 from torch import nn
 
 from approxdrop import METHODS, ApproxDropoutMLP, PatternDistribution, RowPattern, TilePattern, mlp_gemm_work
@@ -136,10 +137,9 @@ def test_row_method_runs_the_hidden_gemm_on_the_kept_units_only():
     model = ApproxDropoutMLP(
         [8, 12, 12, 2], 0.5, method="row", executor="compact", generator=torch.Generator().manual_seed(0)
     )
-    shapes = []
-    hook = model.activation.register_forward_hook(lambda m, args, out: shapes.append(tuple(out.shape)))
+    model.activation = recorder = Recorder(model.activation)
     model(torch.randn(4, 8))
-    hook.remove()
+    shapes = [tuple(h.shape) for h in recorder.outputs]
     kept = [d.kept_count(12) for d in model.last_patterns[1:]]
     assert shapes == [(4, kept[0]), (4, kept[1])] and max(kept) < 12  # both sites dropped units
 

@@ -206,3 +206,40 @@ def test_functional_call_on_a_gated_block_gives_gradients_for_every_linear():
     torch.func.functional_call(block, params, (x,)).square().sum().backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in params.values())
     assert all(isinstance(p, nn.Parameter) for p in block.parameters())  # the block's own are back in place
+
+
+@pytest.mark.parametrize("method", ["row", "row-g4"])
+@pytest.mark.parametrize("static_shapes", [False, True])
+def test_a_hook_on_the_activation_after_the_block_is_built_sees_every_unit(method, static_shapes):
+    """An activation hook (patching, ablation, steering) put on after build saw only the kept units on the
+    compact and static paths, so "unit 10" was another unit and the outputs were wrong, silently."""
+    block = ffn_block(method, "compact", static_shapes)
+    seen = []
+
+    def ablate_unit_10(module, inputs, output):
+        seen.append(output.shape)
+        output = output.clone()
+        output[..., 10] = 0.0
+        return output
+
+    block.activation.register_forward_hook(ablate_unit_10)
+    x = torch.randn(8, 12, dtype=torch.float64)
+    with pytest.warns(RuntimeWarning, match="its activation carries hooks"):
+        y = block(x)
+    assert seen == [torch.Size([8, 40])]
+    hidden = torch.relu(block.fc1(x))
+    hidden[:, 10] = 0.0
+    torch.testing.assert_close(y, block.fc2(hidden * hidden_mask(block, 8)))
+
+
+def test_an_mlps_activation_hooked_after_the_model_is_built_sees_every_unit():
+    torch.manual_seed(0)
+    model = ApproxDropoutMLP([12, 32, 32, 4], 0.5, method="row", executor="compact").double().train()
+    seen = []
+    model.activation.register_forward_hook(lambda module, inputs, output: seen.append(output.shape))
+    with pytest.warns(RuntimeWarning, match="its activation carries hooks"):
+        model(torch.randn(8, 12, dtype=torch.float64))
+    assert seen == [torch.Size([8, 32])] * 2
+    tiled = ApproxDropoutMLP([12, 32, 4], 0.5, method="tile").train()  # full-width activations: no reason to refuse
+    tiled.activation.register_forward_hook(lambda module, inputs, output: None)
+    tiled(torch.randn(8, 12))

@@ -29,6 +29,7 @@ from torch import nn
 from .ffn import ApproxDropoutFFN, PartsOf
 from .gated import GatedApproxDropoutFFN
 from .output_side import OutputRowDropout
+from .parts import activation_problem, gemm_problem, hook_problem
 from .state_keys import Entry
 
 # what a second convert does to a block already there (convert's report says it for every kind of block)
@@ -72,7 +73,7 @@ class Plan:
     used: list[str] = field(default_factory=list)  # keys (as they are now) of the dropouts it speaks for
     moved: list[Entry] = field(default_factory=list)
     apply: Callable[[], nn.Module | None] | None = None
-    no_dropout: bool = False  # a feed-forward with no dropout, which a rate given to convert would give one
+    no_dropout: str | None = None  # for a feed-forward with no dropout: what a rate given to convert does with it
 
 
 class Adapter:
@@ -348,13 +349,25 @@ class GatedAdapter(Adapter):
         self.name, self.members, self.gate, self.rest, self.identity = name, members, gate, rest, identity
         self.line = line
 
+    def fits(self, module: nn.Module) -> bool:
+        """Whether ``module`` holds this adapter's parts and its forward has ``line`` (an adapter with one): its
+        layout, whatever its class is called (Hugging Face repeats Llama's MLP in many models)."""
+        names = [m for m in (*self.members, self.gate) if m]
+        return (
+            bool(self.line)
+            and all(isinstance(module._modules.get(n), nn.Module) for n in names)
+            and any(self.line in text for text in _forward_lines(module))
+        )
+
     def plan(self, module: nn.Module, build: Build) -> Plan:
         if self.line and not any(self.line in text for text in _forward_lines(module)):
             return Plan()  # not the layout expected (another version of the class): nothing to say of a dropout
         wi_0, act, wo, wi_1 = (getattr(module, m) for m in (*self.members[:2], self.members[3], self.gate))
         drop = getattr(module, self.members[2]) if self.members[2] else None
+        if drop is None and (why := self._parts_problem(module)) is not None:
+            return Plan(no_dropout=f"not convertible: {why}")
         if drop is None and not build.p:
-            return Plan(no_dropout=True)
+            return Plan(no_dropout=NO_DROPOUT)
         why = _not_identity(module, self.identity)
         if why is None and drop is not None and type(drop) is not nn.Dropout:
             why = f"its {self.members[2]} is not nn.Dropout"
@@ -368,6 +381,8 @@ class GatedAdapter(Adapter):
                 block = problem if isinstance(problem, str) else GatedApproxDropoutFFN(block, wi_1, names)
             except ValueError as error:
                 block = f"cannot build the block: {error}"
+        if isinstance(block, str) and drop is None:
+            return Plan(no_dropout=f"not convertible: {block}")
         if isinstance(block, str):
             return Plan(skipped=[(self.members[2], block), *_left_after(module, self.rest, converted=False)])
         parts = [("ffn.1", self.members[1])] + ([("ffn.2", self.members[2])] if drop is not None else [])
@@ -376,6 +391,21 @@ class GatedAdapter(Adapter):
             return _with_rest(module, block, "ffn", parts, self.rest)
         moved = [(f"{n}.", f"{m}.", False) for n, m in parts if n != m]
         return Plan(converted=["ffn"], moved=moved, apply=lambda: block)
+
+    def _parts_problem(self, module: nn.Module) -> str | None:
+        """Why the Linears of ``module`` could not be read by a block (a LoRA wrapper put on first, hooks), found
+        without building one (no rate given, no law searched), or None."""
+        for name in (self.members[0], self.gate, self.members[3]):
+            part = getattr(module, name)
+            if (why := gemm_problem(name, part)) is not None:
+                return why + ("; convert before wrapping it (peft: before get_peft_model)" if "peft" in why else "")
+            if (why := hook_problem(part)) is not None:
+                return f"{name} {why}"
+        act = getattr(module, self.members[1])
+        return activation_problem(act) if isinstance(act, nn.Module) else None
+
+
+NO_DROPOUT = "no dropout of its own: convert(model, p=...) gives it a row-pattern dropout on its hidden units"
 
 
 class OutputSideAdapter(Adapter):
@@ -557,33 +587,14 @@ _TIMM_SWIGLU = GatedAdapter(
     "timm-swiglu", ("fc1_g", "act", "drop1", "fc2"), "fc1_x", rest=("drop2",), identity=("norm",)
 )
 ADAPTERS["timm.layers.mlp.SwiGLU"] = ADAPTERS["timm.models.layers.mlp.SwiGLU"] = _TIMM_SWIGLU
-# Hugging Face decoders' gated MLPs, with no dropout: given a rate, convert adds a row-pattern one on the hidden units
+# Hugging Face decoders' gated MLPs (Llama's, repeated in Mistral, Qwen, Gemma ... under many class names), with no
+# dropout: found by their layout (``fits``); given a rate, convert adds a row-pattern one on the hidden units
 _NO_DROPOUT_GATED = GatedAdapter(
     "hf-gated-mlp",
     ("gate_proj", "act_fn", "", "down_proj"),
     "up_proj",
     line="self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))",
 )
-for _model, _cls in (
-    ("llama", "LlamaMLP"),
-    ("mistral", "MistralMLP"),
-    ("ministral", "MinistralMLP"),
-    ("qwen2", "Qwen2MLP"),
-    ("qwen3", "Qwen3MLP"),
-    ("gemma", "GemmaMLP"),
-    ("gemma2", "Gemma2MLP"),
-    ("gemma3", "Gemma3MLP"),
-    ("olmo", "OlmoMLP"),
-    ("olmo2", "Olmo2MLP"),
-    ("olmo3", "Olmo3MLP"),
-    ("granite", "GraniteMLP"),
-    ("cohere", "CohereMLP"),
-    ("cohere2", "Cohere2MLP"),
-    ("smollm3", "SmolLM3MLP"),
-    ("helium", "HeliumMLP"),
-    ("stablelm", "StableLmMLP"),
-):
-    ADAPTERS[f"transformers.models.{_model}.modeling_{_model}.{_cls}"] = _NO_DROPOUT_GATED
 _FUNCTIONAL = FunctionalDropoutAdapter()
 for _model in ("bart", "mbart", "marian", "plbart", "pegasus", "blenderbot", "blenderbot_small", "m2m_100"):
     _prefix = "".join(part.capitalize() for part in _model.split("_"))
@@ -610,14 +621,16 @@ def class_name(cls: type) -> str:
 def adapter_for(module: nn.Module, output_side: bool = False) -> Adapter | None:
     """The adapter of ``module``'s class (exact match), Sequential's for a subclass that keeps
     Sequential's forward, the functional one for a layer of BART's layout (``FunctionalDropoutAdapter.fits``:
-    HF Whisper, LED, ...), else (with ``output_side``) the one ``found_output_side`` reads in its forward,
-    else None."""
+    HF Whisper, LED, ...), the gated one for an MLP of Llama's layout (``GatedAdapter.fits``), else (with
+    ``output_side``) the one ``found_output_side`` reads in its forward, else None."""
     cls = type(module)
     found = ADAPTERS.get(cls) or ADAPTERS.get(class_name(cls))
     if found is None and isinstance(module, nn.Sequential) and cls.forward is nn.Sequential.forward:
         return SEQUENTIAL
     if found is None and _FUNCTIONAL.fits(module):
         return _FUNCTIONAL
+    if found is None and _NO_DROPOUT_GATED.fits(module):
+        return _NO_DROPOUT_GATED
     if found is None and output_side:
         return found_output_side(module)
     return found

@@ -36,8 +36,7 @@ from .lstm import ApproxDropoutLSTM
 from .methods import ROW
 from .mlp import ApproxDropoutMLP
 from .output_side import OutputRowDropout
-from .parts import gemm_problem, hook_problem, type_name
-from .sites import is_elementwise
+from .parts import activation_problem, gemm_problem, hook_problem
 from .state_keys import add_entries
 
 ARD_MODELS = (
@@ -57,8 +56,9 @@ class ConvertReport:
     ``model.get_submodule(name)`` returns it, and ``adapters`` the adapter that made each; ``skipped`` a
     ``(name, reason)`` pair for every dropout left alone (for an approxdrop block already in the model, the
     block's name); ``functional`` a ``(name, detail)`` pair for
-    every module whose forward code applies dropout that no adapter turned into a block; ``no_dropout`` the gated
-    feed-forwards with no dropout, which a rate given to ``convert`` would give one; ``rates`` each block's p.
+    every module whose forward code applies dropout that no adapter turned into a block; ``no_dropout`` a
+    ``(name, what)`` pair for each gated feed-forward with no dropout left as it is (what a rate given to
+    ``convert`` does with it); ``rates`` each block's p.
     Names are as in the converted model."""
 
     converted: list[str] = field(default_factory=list)
@@ -67,7 +67,7 @@ class ConvertReport:
     skipped: list[tuple[str, str]] = field(default_factory=list)
     functional: list[tuple[str, str]] = field(default_factory=list)
     rates: dict[str, float] = field(default_factory=dict)  # name -> the block's p when convert returned
-    no_dropout: list[str] = field(default_factory=list)  # gated feed-forwards without dropout (Llama's MLP)
+    no_dropout: list[tuple[str, str]] = field(default_factory=list)  # gated feed-forwards without dropout, and why
 
     def __str__(self) -> str:
         outputs = [name for name in self.converted if self.kinds[name] == OutputRowDropout.__name__]
@@ -90,11 +90,8 @@ class ConvertReport:
         lines.append(f"left {len(self.skipped)} dropout(s) alone")
         lines += [f"  {name}: {reason}" for name, reason in self.skipped]
         if self.no_dropout:
-            lines.append(
-                f"{len(self.no_dropout)} gated feed-forward(s) have no dropout: convert(model, p=...) gives each a "
-                "row-pattern dropout on its hidden units"
-            )
-            lines += [f"  {name}" for name in self.no_dropout]
+            lines.append(f"{len(self.no_dropout)} gated feed-forward(s) with no dropout left as they are")
+            lines += [f"  {name}: {what}" for name, what in self.no_dropout]
         if self.functional:
             lines.append(f"{len(self.functional)} module(s) apply dropout in forward code")
             lines += [f"  {name}: {FUNCTIONAL} ({detail})" for name, detail in self.functional]
@@ -172,7 +169,7 @@ class _Walk:
         self.made: list[tuple[nn.Module, str, str]] = []  # (module, key relative to it, adapter name)
         self.left: list[tuple[nn.Module, str, str]] = []  # (module, key relative to it, reason)
         self.functional: list[tuple[nn.Module, str]] = []
-        self.no_dropout: list[nn.Module] = []  # feed-forwards with no dropout, which a rate given would convert
+        self.no_dropout: list[tuple[nn.Module, str]] = []  # feed-forwards with no dropout, and what p does to them
         self.refused: dict[int, set[str]] = {}  # id of a module whose replacement was refused -> its dropouts
         self.swapped: dict[int, tuple[nn.Module, Plan, str]] = {}  # id of a module replaced -> (block, plan, adapter)
 
@@ -249,8 +246,8 @@ class _Walk:
             keys = [k for k, m in child.named_children() if isinstance(m, DROPOUT_TYPES)]
             plan = Plan(skipped=[(k, why) for k in keys])
         if plan.apply is None:
-            if plan.no_dropout:
-                self.no_dropout.append(child)
+            if plan.no_dropout is not None:
+                self.no_dropout.append((child, plan.no_dropout))
             self.left += [(child, k, why) for k, why in plan.skipped]
             self.refused[id(child)] = {k for k, _ in plan.skipped}
             return False
@@ -283,11 +280,11 @@ class _Walk:
             out.converted.append(name)
             out.adapters[name] = adapter
             block = root.get_submodule(name)
-            out.kinds[name] = type(block).__name__
+            out.kinds[name] = getattr(block, "REPORTED_AS", type(block).__name__)
             out.rates[name] = float(block.p)
         out.skipped = [(name_of(module, key), why) for module, key, why in self.left]
         out.functional = [(name_of(module) or type(module).__name__, detail) for module, detail in self.functional]
-        out.no_dropout = [name_of(module) for module in self.no_dropout]
+        out.no_dropout = [(name_of(module), what) for module, what in self.no_dropout]
         return out
 
 
@@ -483,8 +480,8 @@ def _activation_module(activation) -> nn.Module | str:
         if module_type is None:
             return f"activation function {getattr(activation, '__name__', activation)!r} is not a known elementwise one"
         return module_type()
-    if not is_elementwise(activation):
-        return f"activation not elementwise: {type_name(activation)} may mix units, and would see only the kept ones"
+    if (why := activation_problem(activation)) is not None:
+        return why
     if getattr(activation, "inplace", False) is True:
         activation = copy.copy(activation)  # the kept units are a view of the GEMM output: no in-place
         activation.inplace = False

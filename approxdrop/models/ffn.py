@@ -223,11 +223,14 @@ class ApproxDropoutFFN(ModeInDropout, DropoutRate, nn.Module):
         return self._row(x, draw, gate) if self.groups == 1 else self._grouped(x, draw, gate)
 
     def _calls_parts(self, gate: nn.Linear | None) -> bool:
-        """Whether a Linear was wrapped (LoRA), patched or hooked since the block was built (``parts.must_call``),
-        so the paths that read the weights must call the Linears instead (with a warning). The masked path
-        calls them anyway: only the others ask."""
-        for name, part in (("fc1", self.fc1), ("fc2", self.fc2), ("gate", gate)):
-            if (why := must_call(part)) is not None:
+        """Whether a Linear was wrapped (LoRA), patched or hooked since the block was built, or the activation
+        patched or hooked (it would see only the kept units) (``parts.must_call``), so the paths that read the
+        weights must call the parts on every unit instead (with a warning). The masked path does anyway: only the
+        others ask."""
+        act = self.activation
+        parts = (("fc1", self.fc1, nn.Linear), ("fc2", self.fc2, nn.Linear), ("gate", gate, nn.Linear))
+        for name, part, cls in (*parts, ("activation", act, type(act))):
+            if (why := must_call(part, cls)) is not None:
                 warn_calls_parts(self, name, why)
                 return True
         return False

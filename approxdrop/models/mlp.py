@@ -186,7 +186,7 @@ class ApproxDropoutMLP(DropoutRate, nn.Module):
             return self._dense(x, dropout=True)
         draws = step_draws(self)  # drawn now, or ahead by draw_patterns (compiled training)
         self.last_patterns = stored_draws(draws)
-        if drops != ROW and (called := self._called_linear()) is not None:  # tile and shared read every weight
+        if drops != ROW and (called := self._called_linear(drops != TILE)) is not None:  # they read every weight
             return self._calling_linears(x, draws, *called)
         if drops == ROW and self.static_shapes:
             return self._static(x)
@@ -196,11 +196,16 @@ class ApproxDropoutMLP(DropoutRate, nn.Module):
             return self._tile(x, draws) if self.groups == 1 else self._grouped_tile(x, draws)
         return self._shared(x, draws)
 
-    def _called_linear(self) -> tuple[str, str] | None:
-        """The name of the first Linear to call rather than read, and why (``parts.must_call``); or None."""
+    def _called_linear(self, activation: bool = True) -> tuple[str, str] | None:
+        """The name of the first Linear to call rather than read, and why (``parts.must_call``); with
+        ``activation``, also the activation if it was patched or hooked since the model was built (on kept
+        units only it would see other units than it was written for); or None."""
         for i, linear in enumerate(self.linears):
             if (why := must_call(linear)) is not None:
                 return f"linears[{i}]", why
+        act = self.activation
+        if activation and isinstance(act, nn.Module) and (why := must_call(act, type(act))) is not None:
+            return "activation", why
         return None
 
     def _calling_linears(self, x, draws: list, name: str, why: str):

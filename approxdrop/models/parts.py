@@ -16,18 +16,29 @@ import warnings
 from torch import nn
 from torch.nn.modules.lazy import LazyModuleMixin
 
+from .sites import is_elementwise
+
 
 def gemm_problem(name: str, linear: nn.Module, conv1d: bool = False) -> str | None:
     """Why a block cannot compute the GEMM of ``linear`` itself (it reads the weight and never calls the
     module), or None. ``conv1d``: a Hugging Face Conv1D, whose GEMM the block computes transposed."""
     if not conv1d and (not isinstance(linear, nn.Linear) or type(linear).forward is not nn.Linear.forward):
-        return f"{name} is {type(linear).__name__}, not an nn.Linear (the block computes the GEMM itself)"
+        cls = type(linear)
+        kind = type_name(linear) if cls.__module__.startswith("torch.nn.") else f"{cls.__module__}.{cls.__qualname__}"
+        return f"{name} is {kind}, not an nn.Linear (the block computes the GEMM itself)"
     if "forward" in vars(linear):
         return (
             f"{name} has its forward replaced on the instance (a patch, or a wrapper's hook such as accelerate's): "
             "the block computes the GEMM itself, so in training the replacement would silently stop running"
         )
     return None
+
+
+def activation_problem(activation: nn.Module) -> str | None:
+    """Why a block cannot apply ``activation`` to the kept units only (it may mix units), or None."""
+    if is_elementwise(activation):
+        return None
+    return f"activation not elementwise: {type_name(activation)} may mix units, and would see only the kept ones"
 
 
 def hook_problem(module: nn.Module) -> str | None:
