@@ -8,9 +8,10 @@ changes the module. Nothing changes before ``apply``, so a failed check leaves t
 adapter with ``replaces = True`` plans on a child: its ``apply`` returns the module that takes the
 child's place in its parent.
 
-Register one for a class of your own with ``register_adapter(MyLayer, adapter)`` (README, convert). With
-``output_side``, a module of a class with none registered gets an OutputSideAdapter where its forward
-shows a ``Linear -> Dropout`` pair (``found_output_side``).
+Register one for a class of your own with ``register_adapter(MyLayer, adapter)`` (README, convert). A module of
+a class with none registered is read by its layout: BART's (``FunctionalDropoutAdapter.fits``), Llama's gated MLP
+with no dropout (``GatedAdapter.fits``: given a rate, convert adds one), and with ``output_side`` a ``Linear ->
+Dropout`` pair its forward shows (``found_output_side``).
 """
 
 from __future__ import annotations
