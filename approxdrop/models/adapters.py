@@ -277,12 +277,11 @@ class AttributeAdapter(Adapter):
     def plan(self, module: nn.Module, build: Build) -> Plan:
         fc1, act, drop, fc2 = (getattr(module, m) for m in self.members)
         why = _not_identity(module, self.identity)
-        block = (
-            build(Chain(fc1, act, fc2, drop.p, drop, self.members)) if why is None and type(drop) is nn.Dropout else why
-        )
-        if block is None or isinstance(block, str):
-            why = block or f"its {self.members[2]} is not nn.Dropout"
-            return Plan(skipped=[(self.members[2], why), *_left_after(module, self.rest, converted=False)])
+        if why is None and type(drop) is not nn.Dropout:
+            why = f"its {self.members[2]} is not nn.Dropout"
+        block = build(Chain(fc1, act, fc2, drop.p, drop, self.members)) if why is None else why
+        if isinstance(block, str):
+            return Plan(skipped=[(self.members[2], block), *_left_after(module, self.rest, converted=False)])
         if not self.rest:
             moved = [(f"{n}.", f"{m}.", False) for n, m in enumerate(self.members)]
             return Plan(converted=[""], moved=moved, apply=lambda: block)
@@ -399,7 +398,8 @@ class GatedAdapter(Adapter):
         for name in (self.members[0], self.gate, self.members[3]):
             part = getattr(module, name)
             if (why := gemm_problem(name, part)) is not None:
-                return why + ("; convert before wrapping it (peft: before get_peft_model)" if "peft" in why else "")
+                peft = type(part).__module__.startswith("peft.")  # a LoRA put on before convert
+                return why + ("; convert before wrapping it (peft: before get_peft_model)" if peft else "")
             if (why := hook_problem(part)) is not None:
                 return f"{name} {why}"
         act = getattr(module, self.members[1])
