@@ -145,14 +145,22 @@ def methods_for(model: str) -> tuple[str, ...]:
 
 def check_methods(names: Sequence[str], model: str) -> list[str]:
     """``names`` as a list if they are distinct methods of ``model``, else ValueError naming them."""
-    allowed = methods_for(model)
+    return check_names(names, methods_for(model))
+
+
+def check_names(names: Sequence[str], allowed: Sequence[str], least: int = 1) -> list[str]:
+    """``names`` as a list if they are at least ``least`` distinct names of ``allowed`` (a model's methods, a
+    panel's boxes), else ValueError naming them and what is wrong."""
     if isinstance(names, str):  # list("row") would be ['r', 'o', 'w']
         raise ValueError(
             f"methods must be a sequence of names from {allowed}, got the string {names!r}: write ({names!r},)"
         )
     names = list(names)
-    if not names or any(n not in allowed for n in names) or len(set(names)) != len(names):
-        raise ValueError(f"methods must be distinct names from {allowed}, got {names}")
+    unknown = [n for n in names if n not in allowed]
+    twice = len(set(names)) != len(names)
+    if unknown or twice or len(names) < least:
+        why = f"unknown: {unknown}" if unknown else "a name twice" if twice else f"fewer than {least}"
+        raise ValueError(f"methods must be distinct names from {allowed}, got {names} ({why})")
     return names
 
 

@@ -14,6 +14,7 @@ import plotly.graph_objects as go
 
 from ..._env import check_int, check_rate
 from ...data import Corpus, Dataset
+from ...models.methods import check_names
 from ...training import RaceResult
 from ..viz.live import figure_widget
 from ..viz.timing import race_lines
@@ -42,7 +43,7 @@ class RacePanel:
     ) -> None:
         if check_int("steps", steps, 1) > MAX_STEPS:
             raise ValueError(f"steps must be in [1, {MAX_STEPS}] (the steps box's range), got {steps}")
-        methods = self.check_methods(methods)
+        methods = check_names(methods, list(self.METHODS), least=0)  # a name without a box would be dropped
         self.source, self.train_kwargs, self.result = source, train_kwargs, result
         if result is not None:
             methods, p = result.methods, result.p
@@ -63,22 +64,6 @@ class RacePanel:
         self.button.on_click(lambda _: self.start())
         controls = w.HBox([w.VBox(list(self.boxes.values())), w.VBox([self.p, self.steps, self.button])])
         self.widget = w.VBox([controls, self.progress, self.fig, self.table])
-
-    @classmethod
-    def check_methods(cls, methods: Sequence[str]) -> list[str]:
-        """``methods`` as a list if they are distinct names of ``METHODS`` (the panel's boxes), else a
-        ValueError naming the known ones: a name without a box would be dropped without a word."""
-        known = list(cls.METHODS)
-        if isinstance(methods, str):  # list("row") would be ['r', 'o', 'w']
-            raise ValueError(
-                f"methods must be a sequence of names from {known}, got the string {methods!r}: write ({methods!r},)"
-            )
-        methods = list(methods)
-        unknown = [m for m in methods if m not in known]
-        if unknown or len(set(methods)) != len(methods):
-            why = f"unknown: {unknown}" if unknown else "a name twice"
-            raise ValueError(f"methods must be distinct names from {known}, got {methods} ({why})")
-        return methods
 
     def _train(self, methods, p, steps, callback, **kwargs):
         raise NotImplementedError
