@@ -331,9 +331,9 @@ class GatedAdapter(Adapter):
     (wi_0, activation, dropout, wo) and ``gate`` = wi_1 (HF T5DenseGatedActDense): replaced in its
     parent by a GatedApproxDropoutFFN (any batch groups), which holds the Linears under the module's names.
     ``rest`` and ``identity`` as AttributeAdapter's (timm SwiGLU: drop2 after, norm between dropout and wo).
-    With no dropout member (``""``: Llama's ``down_proj(act_fn(gate_proj(x)) * up_proj(x))``, the forward
-    checked for ``line``), the block's dropout is new, at the rate given to ``convert``; with none given the
-    module is left as it is, and the report lists it."""
+    With no dropout member (``""``: Llama's ``down_proj(act_fn(gate_proj(x)) * up_proj(x))``, found by ``fits``,
+    which checks the forward for ``line``), the block's dropout is new, at the rate given to ``convert``; with
+    none given the module is left as it is, and the report lists it."""
 
     replaces = True
 
@@ -360,8 +360,6 @@ class GatedAdapter(Adapter):
         )
 
     def plan(self, module: nn.Module, build: Build) -> Plan:
-        if self.line and not any(self.line in text for text in _forward_lines(module)):
-            return Plan()  # not the layout expected (another version of the class): nothing to say of a dropout
         wi_0, act, wo, wi_1 = (getattr(module, m) for m in (*self.members[:2], self.members[3], self.gate))
         drop = getattr(module, self.members[2]) if self.members[2] else None
         if drop is None and (why := self._parts_problem(module)) is not None:

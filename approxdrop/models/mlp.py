@@ -186,8 +186,8 @@ class ApproxDropoutMLP(DropoutRate, nn.Module):
             return self._dense(x, dropout=True)
         draws = step_draws(self)  # drawn now, or ahead by draw_patterns (compiled training)
         self.last_patterns = stored_draws(draws)
-        if drops != ROW and (called := self._called_linear(drops != TILE)) is not None:  # they read every weight
-            return self._calling_linears(x, draws, *called)
+        if drops != ROW and (called := self._called_part(drops != TILE)) is not None:  # they read every weight
+            return self._calling_parts(x, draws, *called)
         if drops == ROW and self.static_shapes:
             return self._static(x)
         if drops == ROW:
@@ -196,7 +196,7 @@ class ApproxDropoutMLP(DropoutRate, nn.Module):
             return self._tile(x, draws) if self.groups == 1 else self._grouped_tile(x, draws)
         return self._shared(x, draws)
 
-    def _called_linear(self, activation: bool = True) -> tuple[str, str] | None:
+    def _called_part(self, activation: bool = True) -> tuple[str, str] | None:
         """The name of the first Linear to call rather than read, and why (``parts.must_call``); with
         ``activation``, also the activation if it was patched or hooked since the model was built (on kept
         units only it would see other units than it was written for); or None."""
@@ -208,9 +208,10 @@ class ApproxDropoutMLP(DropoutRate, nn.Module):
             return "activation", why
         return None
 
-    def _calling_linears(self, x, draws: list, name: str, why: str):
-        """For a Linear wrapped, patched or hooked since the model was built (``_called_linear``, checked on the
-        paths that read the weights, not the masked one, which calls the Linears): the masked executor for row
+    def _calling_parts(self, x, draws: list, name: str, why: str):
+        """For a Linear wrapped, patched or hooked, or the activation patched or hooked, since the model was built
+        (``_called_part``, checked on the paths that read the weights or gather units, not the masked one, which
+        calls every part on every unit): the masked executor for row
         patterns (with a warning); a RuntimeError for tile and shared patterns, whose pattern is on the weight."""
         if self.spec.drops != ROW:
             raise RuntimeError(
@@ -239,8 +240,8 @@ class ApproxDropoutMLP(DropoutRate, nn.Module):
     def _row(self, x, patterns: list[RowPattern | None]):
         if not torch.compiler.is_compiling() and self.executor_for(x) == "masked":  # GEMMs too small to shrink
             return self._grouped_masked(x, [None if q is None else (q,) for q in patterns])
-        if (called := self._called_linear()) is not None:
-            return self._calling_linears(x, patterns, *called)
+        if (called := self._called_part()) is not None:
+            return self._calling_parts(x, patterns, *called)
         # x stays compact: [*, kept units of the current site]
         outs = patterns[1:] + [None]
         if patterns[0] is not None:
@@ -253,8 +254,8 @@ class ApproxDropoutMLP(DropoutRate, nn.Module):
         return self._stack(x, layer)
 
     def _static(self, x):
-        if (called := self._called_linear()) is not None:
-            return self._calling_linears(x, self.last_patterns, *called)
+        if (called := self._called_part()) is not None:
+            return self._calling_parts(x, self.last_patterns, *called)
         # each group's rows in slots: xs[g] is [*, B_g, keep * ceil(n / dp) of the current site], shapes free
         # of the offsets (groups split the batch axis, the second-to-last)
         sides = static_sides(self, self.site_widths)  # per site: one StaticSide per group, or None
@@ -298,8 +299,8 @@ class ApproxDropoutMLP(DropoutRate, nn.Module):
     def _grouped(self, x, patterns: list[tuple[RowPattern, ...] | None]):
         if self.executor_for(x) == "masked":
             return self._grouped_masked(x, patterns)
-        if (called := self._called_linear()) is not None:
-            return self._calling_linears(x, patterns, *called)
+        if (called := self._called_part()) is not None:
+            return self._calling_parts(x, patterns, *called)
         # activations stay compact per group: xs[g] is [*, B_g, kept units of group g at the current site]
         # (groups split the batch axis, the second-to-last, as torch.tensor_split does)
         single = x.dim() == 1

@@ -23,9 +23,7 @@ def gemm_problem(name: str, linear: nn.Module, conv1d: bool = False) -> str | No
     """Why a block cannot compute the GEMM of ``linear`` itself (it reads the weight and never calls the
     module), or None. ``conv1d``: a Hugging Face Conv1D, whose GEMM the block computes transposed."""
     if not conv1d and (not isinstance(linear, nn.Linear) or type(linear).forward is not nn.Linear.forward):
-        cls = type(linear)
-        kind = type_name(linear) if cls.__module__.startswith("torch.nn.") else f"{cls.__module__}.{cls.__qualname__}"
-        return f"{name} is {kind}, not an nn.Linear (the block computes the GEMM itself)"
+        return f"{name} is {type_name(linear, qualified=True)}, not an nn.Linear (the block computes the GEMM itself)"
     if "forward" in vars(linear):
         return (
             f"{name} has its forward replaced on the instance (a patch, or a wrapper's hook such as accelerate's): "
@@ -68,10 +66,13 @@ def hook_problem(module: nn.Module) -> str | None:
     return None
 
 
-def type_name(module: nn.Module) -> str:
-    """``nn.LayerNorm`` for torch.nn's classes, the bare class name for others."""
+def type_name(module: nn.Module, qualified: bool = False) -> str:
+    """``nn.LayerNorm`` for torch.nn's classes, the bare class name for others, or with ``qualified`` its
+    "module.QualName" (peft's LoRA class is called Linear too)."""
     cls = type(module)
-    return f"nn.{cls.__name__}" if cls.__module__.startswith("torch.nn.") else cls.__name__
+    if cls.__module__.startswith("torch.nn."):
+        return f"nn.{cls.__name__}"
+    return f"{cls.__module__}.{cls.__qualname__}" if qualified else cls.__name__
 
 
 def must_call(part: nn.Module | None, gemm_class: type[nn.Module] = nn.Linear) -> str | None:

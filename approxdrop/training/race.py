@@ -149,11 +149,12 @@ class RaceResult:
             for m, h in self.histories.items()
         ]
 
-    def timing_note(self) -> str:
+    def timing_note(self, rows: list[SummaryRow] | None = None) -> str:
         """One line for under the table when a method's ms / step and its speedup over a baseline point
         opposite ways (``opposite_ways``: more ms than the baseline, yet a speedup above 1x, or the reverse),
-        saying which and why, and which number to read; "" when they all agree."""
-        rows = self.summary()
+        saying which and why, and which number to read; "" when they all agree. ``rows``: ``summary()``, when
+        the caller has it."""
+        rows = self.summary() if rows is None else rows
         ms = {r.method: r.ms_per_step for r in rows}
         parts = []
         for b in self.baselines:
@@ -184,20 +185,22 @@ class RaceResult:
         """The summary as a markdown table. A speedup is the median over the steps of the baseline's time
         over the method's in the same step (above 1x: faster); "-" where there is none to take. Under the
         table, after a blank line, ``timing_note`` when a method's ms and its speedup point opposite ways."""
-        names = BASELINE_NAMES
-        speed_cols = "".join(f" speedup vs {names.get(b, b)} (median per step; > 1x: faster) |" for b in self.baselines)
+        speed_cols = "".join(
+            f" speedup vs {BASELINE_NAMES.get(b, b)} (median per step; > 1x: faster) |" for b in self.baselines
+        )
         lines = [
             f"| method | ms / step (median) |{speed_cols} ideal GEMM speedup | {self.metric.name} |",
             "|---|---:|" + "---:|" * (len(self.baselines) + 2),
         ]
-        for r in self.summary():
+        rows = self.summary()
+        for r in rows:
             speeds = "".join(" - |" if s is None else f" {s:.2f}x |" for s in r.speedups.values())
             value = f"{r.metric:.{self.metric.digits}f}" if r.metric == r.metric else "-"
             if r.diverged_at is not None:
                 value = f"diverged at step {r.diverged_at}" + (f" (last: {value})" if r.metric == r.metric else "")
             ms = f"{r.ms_per_step:.2f}" if _timed(r.ms_per_step) else "-"  # a method stopped before any timed step
             lines.append(f"| {r.method} | {ms} |{speeds} {1 / r.gemm_work:.2f}x | {value} |")
-        note = self.timing_note()
+        note = self.timing_note(rows)
         return "\n".join(lines + (["", note] if note else []))
 
 
