@@ -249,6 +249,7 @@ def test_compact_weights_outside_every_groups_block_get_exactly_zero_gradient():
     [
         (2, (0, 1, 0, 1), 2, (0, 0, 1, 1), True),  # all four (out, in) offset pairs: the blocks tile W
         (1, (0, 0, 0), 3, (2, 0, 1), True),  # every input kept: the out offsets' row sets tile W
+        (1, (0, 0, 0), 3, (2, 0, 2), False),  # every input kept, rows of offset 1 in no group: zeros there
         (2, (0, 1, 0, 1), 2, (0, 1, 0, 1), False),  # (0, 1) and (1, 0) missing
         (3, (0, 1, 2, 0), 2, (0, 1, 0, 1), False),  # 4 of the 6 pairs
     ],

@@ -261,7 +261,8 @@ class _Sums:
     """grad_w (Tensor[n_out, n_in]) and grad_b (Tensor[n_out]) on PyTorch: one pair's block with exact zeros
     around it (``block_product``), or several pairs' blocks written into zeros (disjoint) or added; into an
     uninitialised tensor where the blocks tile W (``_blocks_cover_weight``): a zero fill of W that every
-    element's block overwrites would be a pass over W at memory speed."""
+    element's block overwrites would be a pass over W at memory speed. Where every input is kept, each
+    GEMM writes its block straight into W's kept rows (benchmarks/cpu_grouped_step.md)."""
 
     def __init__(self, weight: torch.Tensor, sides: list) -> None:
         self.weight, self.pairs = weight, len(sides)
@@ -291,11 +292,13 @@ class _Sums:
             self.grad_b[rows].add_(g2.sum(0))
         else:
             self.grad_b.index_add_(0, rows, g2.sum(0))
-        grad_block = scaled_mm(g2.t(), x2, scale, like=block)  # [k_out, k_in]
-        if _disjoint(inp, out):
-            put_block(self.grad_w, grad_block, rows, cols)
+        if _disjoint(inp, out) and isinstance(rows, slice) and cols == slice(0, shape[1]):
+            scaled_mm(g2.t(), x2, scale, out=self.grad_w[rows])  # W's kept rows: a view BLAS writes in place
+        elif _disjoint(inp, out):
+            put_block(self.grad_w, scaled_mm(g2.t(), x2, scale, like=block), rows, cols)  # [k_out, k_in]
         else:  # blocks of keep > 1 patterns overlap: add
             r, c = as_index(rows, shape[0], x2.device), as_index(cols, shape[1], x2.device)
+            grad_block = scaled_mm(g2.t(), x2, scale, like=block)  # [k_out, k_in]
             self.grad_w.index_put_((r[:, None], c[None, :]), grad_block, accumulate=True)
 
     def result(self) -> tuple[torch.Tensor, torch.Tensor]:
