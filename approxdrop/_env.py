@@ -30,6 +30,30 @@ import torch
 from torch._subclasses.fake_tensor import is_fake, unset_fake_temporarily
 
 
+def _scalar(value: object) -> object:
+    """A 0-d real tensor with values (a rate kept as ``torch.tensor(0.5)``) as the NumPy scalar of its dtype;
+    any other value as it is. A bool tensor stays a tensor, so it is refused like a bool."""
+    if (
+        isinstance(value, torch.Tensor)
+        and value.dim() == 0
+        and value.dtype != torch.bool
+        and not value.is_complex()
+        and holds_values(value)
+    ):
+        t = value.detach().cpu()
+        return (t.float() if t.dtype == torch.bfloat16 else t).numpy()[()]  # NumPy has no bfloat16
+    return value
+
+
+def _as_float(value: numbers.Real) -> float:
+    """A checked real number as a float; a NumPy float32 or float16 as the shortest decimal that is that
+    value in its own precision (``np.float32(0.3)`` is 0.3, not 0.30000001192092896, so a rate given in
+    float32 finds the law searched for 0.3)."""
+    if isinstance(value, np.floating) and value.itemsize < 8:
+        return float(np.format_float_positional(value, unique=True))
+    return float(value)
+
+
 def is_int(value: object) -> bool:
     """An int or an integral numpy scalar (``numbers.Integral``), never a bool or a float like 2.0."""
     return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
@@ -42,9 +66,11 @@ def _is_real(value: object) -> bool:
 
 def check_int(name: str, value: object, low: int, high: int | None = None) -> int:
     """``value`` as an int if it is an integer (a Python int or an integral numpy scalar; not a bool,
-    not a float such as 2.0) in ``[low, high]``, else raise ValueError naming it."""
+    not a float such as 2.0; a 0-d integer tensor is read as its value) in ``[low, high]``, else raise
+    ValueError naming it."""
+    given, value = value, _scalar(value)
     if not is_int(value):
-        raise ValueError(f"{name} must be an int, got {value!r}")
+        raise ValueError(f"{name} must be an int, got {given!r}")
     value = int(value)
     if value < low or (high is not None and value > high):
         bound = f"[{low}, {high}]" if high is not None else f"[{low}, inf)"
@@ -53,30 +79,33 @@ def check_int(name: str, value: object, low: int, high: int | None = None) -> in
 
 
 def check_rate(p: object, name: str = "dropout rate p") -> float:
-    """``p`` as a float if it is a real number (int, float or numpy scalar; not a bool) in [0, 1),
-    else raise ValueError naming it."""
-    if not _is_real(p) or not 0.0 <= p < 1.0:
+    """``p`` as a float if it is a real number (int, float, numpy scalar or 0-d tensor; not a bool) in
+    [0, 1), else raise ValueError naming it."""
+    value = _scalar(p)
+    if not _is_real(value) or not 0.0 <= value < 1.0:
         raise ValueError(f"{name} must be a number in [0, 1), got {p!r}")
-    return float(p)
+    return _as_float(value)
 
 
 def check_number(name: str, value: object, low: float | None = None, high: float | None = None) -> float:
-    """``value`` as a float if it is a finite real number (int, float or numpy scalar; not a bool) in
-    ``[low, high]`` (an open end where a bound is None), else raise ValueError naming it."""
+    """``value`` as a float if it is a finite real number (int, float, numpy scalar or 0-d tensor; not a
+    bool) in ``[low, high]`` (an open end where a bound is None), else raise ValueError naming it."""
+    given, value = value, _scalar(value)
     if not _is_real(value) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
+        raise ValueError(f"{name} must be a finite number, got {given!r}")
     if (low is not None and value < low) or (high is not None and value > high):
         bound = f"[{'-inf' if low is None else low}, {'inf' if high is None else high}]"
-        raise ValueError(f"{name} must be in {bound}, got {value!r}")
-    return float(value)
+        raise ValueError(f"{name} must be in {bound}, got {given!r}")
+    return _as_float(value)
 
 
 def check_positive(name: str, value: object) -> float:
-    """``value`` as a float if it is a finite real number > 0 (int, float or numpy scalar; not a
-    bool), else ValueError naming it."""
+    """``value`` as a float if it is a finite real number > 0 (int, float, numpy scalar or 0-d tensor;
+    not a bool), else ValueError naming it."""
+    given, value = value, _scalar(value)
     if not _is_real(value) or not 0 < value < float("inf"):
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-    return float(value)
+        raise ValueError(f"{name} must be a finite number > 0, got {given!r}")
+    return _as_float(value)
 
 
 def check_generator(generator: object) -> torch.Generator | None:

@@ -280,7 +280,9 @@ def test_output_side_dropout_on_request_trains_as_the_masked_reference():
     before = model.eval()(x)
     report = convert(model, output_side=True, generator=torch.Generator().manual_seed(9))
     assert report.converted == ["0"] and report.kinds == {"0": "OutputRowDropout"}
-    assert str(report).startswith("converted 0 Linear -> activation -> Dropout -> Linear chain(s)\n")
+    assert str(report).startswith(
+        "converted 0 feed-forward(s): Linear -> activation -> dropout on its units -> Linear\n"
+    )
     pairs = "converted 1 Linear -> Dropout pair(s) (output side)\n  0: OutputRowDropout (adapter sequential, p = 0.3)"
     assert pairs in str(report)
     assert torch.equal(model(x), before) and list(model.state_dict()) == keys
@@ -424,6 +426,25 @@ def test_a_rate_attribute_handed_on_as_a_keyword_is_reported_a_dropout_modules_p
     report = convert(nn.Sequential(FloatRate(), ModuleRate()))
     assert report.functional == [("0", "FloatRate calls dropout=self.attention_dropout")]
     assert [name for name, _ in report.skipped] == ["1.dropout"]
+
+
+def test_a_dropout_module_taken_from_a_module_dict_is_listed_once_as_a_module():
+    """peft's LoRA Linear runs ``dropout = self.lora_dropout[name]`` (a ModuleDict of nn.Dropout): it was listed as
+    a dropout module and again as functional dropout, and its reason named the ModuleDict as the one applying it."""
+
+    class LoraLike(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.base, self.lora_dropout = nn.Linear(4, 4), nn.ModuleDict({"default": nn.Dropout(0.1)})
+
+        def forward(self, x, name="default"):
+            dropout = self.lora_dropout[name]
+            return self.base(x) + dropout(x)
+
+    report = convert(nn.Sequential(LoraLike()))
+    assert report.functional == []
+    assert [name for name, _ in report.skipped] == ["0.lora_dropout.default"]
+    assert report.skipped[0][1].startswith("no adapter for what holds its ModuleDict: its forward code applies it")
 
 
 def hf():

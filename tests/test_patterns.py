@@ -6,7 +6,8 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from approxdrop import RowPattern, TilePattern
+from approxdrop import ApproxDropoutMLP, RowPattern, TilePattern
+from approxdrop._env import check_int, check_rate
 from approxdrop.patterns import periodic_count, periodic_selector
 
 
@@ -159,3 +160,17 @@ def test_a_huge_period_costs_no_loop_over_keep():
     q = RowPattern(10**6 + 1, 3, 10**6)
     assert q.kept_count(8) == periodic_count(8, q.dp, q.offset, q.keep) == 7
     assert q.kept_indices(8).tolist() == [0, 1, 3, 4, 5, 6, 7]
+
+
+def test_zero_dim_tensors_and_float32_numbers_are_read_as_the_numbers_they_hold():
+    """A 0-d tensor was refused where a NumPy scalar was taken, and np.float32(0.3) became 0.30000001192092896:
+    a rate for which no law was searched."""
+    assert RowPattern(torch.tensor(3), torch.tensor(1)) == RowPattern(3, 1)
+    assert ApproxDropoutMLP([8, 16, 4], p=torch.tensor(0.3)).p == 0.3
+    assert check_rate(np.float32(0.3)) == 0.3 and check_rate(np.float16(0.1)) == 0.1
+    assert check_rate(torch.tensor(0.3, dtype=torch.bfloat16)) == 0.30078125  # bfloat16's own value
+    for bad in (torch.tensor(True), torch.tensor([0.5]), torch.tensor(0.5 + 0j), torch.tensor(1.0)):
+        with pytest.raises(ValueError, match=r"must be a number in \[0, 1\), got tensor"):
+            check_rate(bad)
+    with pytest.raises(ValueError, match=r"must be an int, got tensor\(2\.\)"):
+        check_int("n", torch.tensor(2.0), 1)

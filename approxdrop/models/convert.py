@@ -77,7 +77,7 @@ class ConvertReport:
             rate = f", p = {self.rates[name]:g}" if name in self.rates else ""
             return f"  {name}: {self.kinds[name]} (adapter {self.adapters[name]}{rate})"
 
-        lines = [f"converted {len(chains)} Linear -> activation -> Dropout -> Linear chain(s)"]
+        lines = [f"converted {len(chains)} feed-forward(s): Linear -> activation -> dropout on its units -> Linear"]
         lines += [line(name) for name in chains]
         if outputs:
             lines.append(f"converted {len(outputs)} Linear -> Dropout pair(s) (output side)")
@@ -301,9 +301,10 @@ def _outside(parent: nn.Module, key: str, adapter: Adapter | None, output_side: 
         found = found_output_side(parent)
         if found is not None and found.dropout == key:
             return OUTPUT_OFF
-    if adapter is None:
+    if adapter is None:  # a ModuleDict has no forward: what holds it calls the dropout (peft's lora_dropout)
+        owner = f"what holds its {kind}" if isinstance(parent, (nn.ModuleDict, nn.ModuleList)) else f"its parent {kind}"
         return (
-            f"no adapter for its parent {kind}: its forward code applies it "
+            f"no adapter for {owner}: its forward code applies it "
             "(approxdrop.models.adapters.register_adapter adds one)"
         )
     if isinstance(adapter, OutputSideAdapter):  # it may well be a hidden-unit site: say only what was done
@@ -335,7 +336,16 @@ def _functional_dropout(module: nn.Module) -> str | None:
     if isinstance(module, DROPOUT_TYPES + ARD_MODELS) or cls.__module__.startswith("approxdrop."):
         return None
     found = set().union(*(_calls(base) for base in cls.__mro__ if base not in (nn.Module, object)))
+    found = {call for call in found if not _module_attribute(module, call)}
     return f"{cls.__name__} calls {', '.join(sorted(found))}" if found else None
+
+
+def _module_attribute(module: nn.Module, call: str) -> bool:
+    """Whether ``call`` is ``dropout=self.<attribute>`` with a module there, not a rate: peft's LoRA Linear
+    takes ``dropout = self.lora_dropout[name]`` from a ModuleDict of nn.Dropout, which the report lists as
+    modules already."""
+    attribute = call.removeprefix("dropout=self.")
+    return attribute != call and isinstance(getattr(module, attribute, None), nn.Module)
 
 
 def _calls(cls: type) -> set[str]:
