@@ -534,6 +534,24 @@ def test_bart_style_functional_activation_dropout_converts(kind):
     assert_checkpoints_load_both_ways(lambda: bart(kind), model.float())
 
 
+def test_bart_style_layer_whose_activation_has_parameters_is_left_with_the_reason():
+    """With ``activation_function="prelu"`` the activation holds a Parameter registered before fc1: moving it into
+    the block at fc1 changed model.parameters()' order, so an optimizer state saved before convert loaded onto
+    other parameters (Adam then failed on a shape, or would have applied them to the wrong tensors)."""
+    T = hf()
+    config = T.MarianConfig(
+        vocab_size=40, d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+        decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32, activation_dropout=0.3, dropout=0.0,
+        max_position_embeddings=16, pad_token_id=0, decoder_start_token_id=0, activation_function="prelu",
+    )  # fmt: skip
+    model = T.MarianModel(config)
+    order = [id(q) for q in model.parameters()]
+    report = convert(model)
+    assert report.converted == [] and [id(q) for q in model.parameters()] == order
+    reasons = [why for name, why in report.skipped if name.endswith("activation_dropout")]
+    assert len(reasons) == 2 and all("PReLU has parameters" in why for why in reasons)
+
+
 def whisper():
     T = hf()
     torch.manual_seed(0)

@@ -164,3 +164,36 @@ def test_a_dropout_applied_in_two_places_is_left_alone_with_the_reason():
     (name, why), *rest = report.skipped
     assert name == "dropout" and not rest
     assert why.startswith("its forward applies self.dropout in 2 places") and "stop dropping" in why
+
+
+class GatedChunkMLP(nn.Module):
+    """ModernBERT's MLP: one Linear makes the input and the gate, the dropout acts on the gated hidden units."""
+
+    def __init__(self):
+        super().__init__()
+        self.Wi, self.act, self.drop, self.Wo = nn.Linear(4, 16), nn.GELU(), nn.Dropout(0.5), nn.Linear(8, 4)
+
+    def forward(self, hidden_states):
+        input, gate = self.Wi(hidden_states).chunk(2, dim=-1)
+        return self.Wo(self.drop(self.act(input) * gate))
+
+
+def test_a_dropout_on_the_next_line_but_not_on_the_linears_output_is_no_output_side_pair():
+    """``self.Wi(...)`` on one line and ``self.drop(...)`` on the next were taken for an output-side pair: Wi's
+    output features were dropped before the activation and the gate product (training outputs about twice too
+    large at p = 0.5, eval unchanged, nothing said). The dropout must take the Linear's output as it is."""
+    model = nn.Sequential(GatedChunkMLP())
+    report = convert(model, output_side=True)
+    assert report.converted == [] and type(model[0].Wi) is nn.Linear and type(model[0].drop) is nn.Dropout
+    assert [name for name, _ in report.skipped] == ["0.drop"] and OUTPUT_OFF not in dict(report.skipped)["0.drop"]
+    T = hf()
+    if getattr(T, "ModernBertModel", None) is None:
+        pytest.skip(f"transformers {T.__version__} has no ModernBertModel")
+    config = T.ModernBertConfig(
+        vocab_size=50, hidden_size=16, intermediate_size=40, num_hidden_layers=1, num_attention_heads=2,
+        max_position_embeddings=32, mlp_dropout=0.5, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+        cls_token_id=1, sep_token_id=2,
+    )  # fmt: skip
+    modern = T.ModernBertModel(config)
+    assert not [name for name in convert(modern, output_side=True).converted if name.endswith("mlp.Wi")]
+    assert type(modern.layers[0].mlp.Wi) is nn.Linear

@@ -16,6 +16,7 @@ Dropout`` pair its forward shows (``found_output_side``).
 
 from __future__ import annotations
 
+import ast
 import functools
 import inspect
 import re
@@ -453,15 +454,39 @@ def found_output_side(module: nn.Module) -> OutputSideAdapter | None:
     next (each as converted before: OutputRowDropout, MovedDropout); None where it does not."""
     lines, children = _forward_lines(module), module._modules
     for line, after in zip(lines, lines[1:]):
-        calls = [(n, children.get(n)) for n in _SELF_CALL.findall(line)]
-        linears = [n for n, child in calls if is_linear(child) or isinstance(child, OutputRowDropout)]
-        dropouts = [n for n in _SELF_CALL.findall(after) if isinstance(children.get(n), (nn.Dropout, MovedDropout))]
-        if linears and dropouts:
-            return OutputSideAdapter("output-side", linears[0], dropouts[0])
+        made, applied = _self_call(line), _self_call(after)
+        if made is None or applied is None or made[0] is None:
+            continue
+        (out, linear, _), (_, dropout, args) = made, applied
+        is_output = is_linear(children.get(linear)) or isinstance(children.get(linear), OutputRowDropout)
+        if is_output and isinstance(children.get(dropout), (nn.Dropout, MovedDropout)) and args == [out]:
+            return OutputSideAdapter("output-side", linear, dropout)
     return None
 
 
-_SELF_CALL = re.compile(r"\bself\.(\w+)\(")
+def _self_call(line: str) -> tuple[str | None, str, list[str | None]] | None:
+    """``(target, attribute, args)`` of a line that is all one call of a child, ``target = self.attribute(args)``
+    or ``return self.attribute(args)`` (target None), args as names (None for any other expression); None for
+    any other line. ModernBERT's ``input, gate = self.Wi(x).chunk(2)`` then ``self.drop(self.act(input) *
+    gate)`` drops hidden units after a gate product: not the Linear's output features."""
+    try:
+        statement = ast.parse(line).body[0]
+    except (SyntaxError, IndexError):  # a line of a statement that spans several
+        return None
+    if isinstance(statement, ast.Assign) and len(statement.targets) == 1 and isinstance(statement.targets[0], ast.Name):
+        target, call = statement.targets[0].id, statement.value
+    elif isinstance(statement, ast.Return):
+        target, call = None, statement.value
+    else:
+        return None
+    if not (
+        isinstance(call, ast.Call)
+        and isinstance(call.func, ast.Attribute)
+        and isinstance(call.func.value, ast.Name)
+        and call.func.value.id == "self"
+    ):
+        return None
+    return target, call.func.attr, [arg.id if isinstance(arg, ast.Name) else None for arg in call.args]
 
 
 class MovedDropout(nn.Module):
@@ -548,12 +573,28 @@ class FunctionalDropoutAdapter(Adapter):
         if isinstance(block, str):
             return Plan(skipped=[("activation_dropout", block)])
         moved = [("fc1.0.", "fc1.", False), ("fc1.1.", "activation_fn.", False), ("fc1.3.", "fc2.", False)]
+        if not _keeps_parameter_order(module, {"fc1": block, "activation_fn": nn.Identity(), "fc2": nn.Identity()}):
+            why = (
+                f"its activation {type(module.activation_fn).__name__} has parameters and is registered apart from "
+                "fc1 and fc2: in the block at fc1, model.parameters() would change order, and an optimizer's saved "
+                "state would load onto other parameters"
+            )
+            return Plan(skipped=[("activation_dropout", why)])
 
         def apply() -> None:
             module.fc1, module.activation_fn, module.fc2 = block, nn.Identity(), nn.Identity()
             module.activation_dropout = 0.0
 
         return Plan(converted=["fc1"], moved=moved, apply=apply)
+
+
+def _keeps_parameter_order(module: nn.Module, children: dict[str, nn.Module]) -> bool:
+    """Whether ``module.parameters()`` keeps its order once the given children replace its children of those
+    names in place (``module.parameters()``: its own, then each child's in registration order, each once)."""
+    after: dict[int, None] = dict.fromkeys(id(q) for q in module._parameters.values() if q is not None)
+    for key, child in module._modules.items():
+        after.update(dict.fromkeys(id(q) for q in children.get(key, child).parameters()) if child is not None else {})
+    return list(after) == [id(q) for q in module.parameters()]
 
 
 DROPOUT_TYPES: tuple[type[nn.Module], ...] = (
