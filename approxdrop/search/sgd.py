@@ -26,11 +26,11 @@ Project choices:
   mixing in the one candidate on the other side of p that gives the lowest objective:
   ``q <- (1 - t) q + t e_j`` with ``t = (p - mean) / (r_j - mean)``.
 - **Cost (beyond the paper).** The expected FLOPs of a site are fixed by the mean: ``1 - p``. Time
-  is not: small GEMMs run less efficiently (docs/method.md §6: on an H100 a 4x FLOP cut gives ~1.8x at
-  width <= 1024, ~3.4x at 4096). We model the relative GEMM time of a pattern keeping the fraction
-  ``f = keep/dp`` as ``f ** work_exponent`` (default 0.5: a 4x cut gives 2x) and call its mean
-  ``expected_work``. It is concave, so mixing light and heavy patterns lowers it while moving the
-  dropped-count law away from the binomial: ``mu`` trades fidelity for speed. With
+  is not: small GEMMs run less efficiently (docs/method.md §6: on an H100 a 4x FLOP cut gave about 1.7-1.9x
+  at width <= 1024, about 3.4x at 4096-8192; reported, not recorded in this repository). We model the
+  relative GEMM time of a pattern keeping the fraction ``f = keep/dp`` as ``f ** work_exponent`` (default 0.5:
+  a 4x cut gives 2x) and call its mean ``expected_work``. It is concave, so mixing light and heavy patterns
+  lowers it while moving the dropped-count law away from the binomial: ``mu`` trades fidelity for speed. With
   ``work_exponent = 1`` it is the constant ``1 - p`` and ``mu`` has no effect.
 - **Extended never worse than paper.** The paper family is a subset of the extended one; an
   extended search also runs the paper search and returns whichever has the lower objective.
