@@ -617,6 +617,18 @@ ADAPTERS: dict[type | str, Adapter] = {
         "hf-t5-gated", ("wi_0", "act", "dropout", "wo"), "wi_1"
     ),
 }
+# T5's gated feed-forward copied under other names (T5's plain one, copied, is found by ``found_feed_forward``)
+for _name in (
+    "mt5.modeling_mt5.MT5",
+    "umt5.modeling_umt5.UMT5",
+    "longt5.modeling_longt5.LongT5",
+    "udop.modeling_udop.Udop",
+    "pop2piano.modeling_pop2piano.Pop2Piano",
+    "pix2struct.modeling_pix2struct.Pix2StructText",
+):
+    ADAPTERS[f"transformers.models.{_name}DenseGatedActDense"] = ADAPTERS[
+        "transformers.models.t5.modeling_t5.T5DenseGatedActDense"
+    ]
 for _name, _linear in (("gpt2.modeling_gpt2.GPT2MLP", "c_proj"), ("bert.modeling_bert.BertOutput", "dense")):
     ADAPTERS[f"transformers.models.{_name}"] = OutputSideAdapter("output-side", _linear, "dropout")
 ADAPTERS["transformers.models.bert.modeling_bert.BertSelfOutput"] = OutputSideAdapter("output-side", "dense", "dropout")
@@ -658,11 +670,91 @@ def class_name(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
+def found_feed_forward(module: nn.Module) -> AttributeAdapter | None:
+    """The adapter for a module whose whole forward is the chain ``x = self.fc1(x)``, ``x = self.act(x)``, ``x =
+    self.drop(x)``, ``x = self.fc2(x)``, then at most one more dropout and ``return x`` (the T5 copies mT5, UMT5,
+    LongT5, SwitchTransformers' experts; NLLB-MoE's experts; Wav2Vec2's feed-forward and its copies; the Mlp that
+    ViT code writes by hand), with any names, read from its source (``_chain_of``). Its children must be exactly
+    those modules (a norm or a residual would be lost with the module), fc1 and fc2 nn.Linear and the dropouts
+    nn.Dropout; the activation is checked when the block is built. None for any other module."""
+    if type(module).__module__.startswith("approxdrop.") or isinstance(module, nn.Sequential):
+        return None
+    names = _chain_of(type(module))
+    if names is None or set(module._modules) != set(names):
+        return None
+    fc1, act, drop, fc2, *rest = (module._modules[n] for n in names)
+    linears = isinstance(fc1, nn.Linear) and isinstance(fc2, nn.Linear)
+    dropouts = all(type(d) is nn.Dropout for d in (drop, *rest)) and not isinstance(act, DROPOUT_TYPES)
+    return AttributeAdapter("feed-forward-layout", names[:4], rest=names[4:]) if linears and dropouts else None
+
+
+@functools.cache
+def _chain_of(cls: type) -> tuple[str, ...] | None:
+    """The attribute names ``(fc1, act, drop, fc2[, drop2])`` that ``cls.forward`` calls in a chain, each on the
+    last one's output starting from its input, with nothing else but ``return`` of the last output and dtype
+    casts of it (T5's ``if ...: x = x.to(self.wo.weight.dtype)``); None for any other forward."""
+    try:
+        function = ast.parse(inspect.cleandoc("\n" + _source(cls.forward))).body[0]
+    except (SyntaxError, IndexError):
+        return None
+    if not isinstance(function, ast.FunctionDef) or len(function.args.args) != 2:
+        return None
+    value, names = function.args.args[1].arg, []
+    body = [s for s in function.body if not (isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant))]
+    for statement in body[:-1]:
+        call = _chained_call(statement, value)
+        if call is not None:
+            value = statement.targets[0].id
+            names.append(call)
+        elif not _casts(statement, value):
+            return None
+    returned = isinstance(body[-1], ast.Return) and isinstance(body[-1].value, ast.Name) and body[-1].value.id == value
+    return tuple(names) if returned and len(names) in (4, 5) else None
+
+
+def _chained_call(statement: ast.stmt, value: str) -> str | None:
+    """``attribute`` of ``target = self.attribute(value)``, else None."""
+    if not (isinstance(statement, ast.Assign) and len(statement.targets) == 1):
+        return None
+    target, call = statement.targets[0], statement.value
+    chained = (
+        isinstance(target, ast.Name)
+        and isinstance(call, ast.Call)
+        and isinstance(call.func, ast.Attribute)
+        and isinstance(call.func.value, ast.Name)
+        and call.func.value.id == "self"
+        and len(call.args) == 1
+        and not call.keywords
+        and isinstance(call.args[0], ast.Name)
+        and call.args[0].id == value
+    )
+    return call.func.attr if chained else None
+
+
+def _casts(statement: ast.stmt, value: str) -> bool:
+    """Whether ``statement`` is ``if ...: value = value.to(...)`` (no else): it changes only the dtype."""
+    if not (isinstance(statement, ast.If) and not statement.orelse and len(statement.body) == 1):
+        return False
+    (inner,) = statement.body
+    return (
+        isinstance(inner, ast.Assign)
+        and len(inner.targets) == 1
+        and isinstance(inner.targets[0], ast.Name)
+        and inner.targets[0].id == value
+        and isinstance(inner.value, ast.Call)
+        and isinstance(inner.value.func, ast.Attribute)
+        and inner.value.func.attr == "to"
+        and isinstance(inner.value.func.value, ast.Name)
+        and inner.value.func.value.id == value
+    )
+
+
 def adapter_for(module: nn.Module, output_side: bool = False) -> Adapter | None:
     """The adapter of ``module``'s class (exact match), Sequential's for a subclass that keeps
     Sequential's forward, the functional one for a layer of BART's layout (``FunctionalDropoutAdapter.fits``:
-    HF Whisper, LED, ...), the gated one for an MLP of Llama's layout (``GatedAdapter.fits``), else (with
-    ``output_side``) the one ``found_output_side`` reads in its forward, else None."""
+    HF Whisper, LED, ...), the gated one for an MLP of Llama's layout (``GatedAdapter.fits``), one for a module
+    whose forward is a feed-forward chain (``found_feed_forward``), else (with ``output_side``) the one
+    ``found_output_side`` reads in its forward, else None."""
     cls = type(module)
     found = ADAPTERS.get(cls) or ADAPTERS.get(class_name(cls))
     if found is None and isinstance(module, nn.Sequential) and cls.forward is nn.Sequential.forward:
@@ -671,6 +763,8 @@ def adapter_for(module: nn.Module, output_side: bool = False) -> Adapter | None:
         return _FUNCTIONAL
     if found is None and _NO_DROPOUT_GATED.fits(module):
         return _NO_DROPOUT_GATED
+    if found is None:
+        found = found_feed_forward(module)
     if found is None and output_side:
         return found_output_side(module)
     return found
