@@ -428,6 +428,41 @@ def test_a_rate_attribute_handed_on_as_a_keyword_is_reported_a_dropout_modules_p
     assert [name for name, _ in report.skipped] == ["1.dropout"]
 
 
+def dropout_add(x, residual, p, training):
+    """BLOOM's and Falcon's module-level helper: dropout on a residual branch."""
+    return residual + nn.functional.dropout(x, p, training)
+
+
+def test_report_names_helpers_unused_dropouts_and_a_rate_that_went_nowhere():
+    """BLOOM and Falcon apply their residual dropout through a module-level ``dropout_add`` (not listed);
+    ALBERT's layer holds a ``dropout`` its forward never applies (reported as applied); and ``convert(model,
+    p=0.25)`` on a model with nothing to convert said nothing about the rate."""
+
+    class Residual(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.dense, self.rate = nn.Linear(4, 4), 0.1
+
+        def forward(self, x):
+            return dropout_add(self.dense(x), x, self.rate, self.training)
+
+    class Unused(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.dense, self.dropout = nn.Linear(4, 4), nn.Dropout(0.1)
+
+        def forward(self, x):
+            return self.dense(x)
+
+    report = convert(nn.Sequential(Residual(), Unused()), p=0.25)
+    assert report.functional == [("0", "Residual calls dropout_add")]
+    assert report.skipped == [
+        ("1.dropout", "Unused's forward code never names self.dropout: most likely unused, it drops nothing")
+    ]
+    assert report.given_p == 0.25 and "p = 0.25 was given, but nothing was converted" in str(report)
+    assert "was given" not in str(convert(nn.Sequential(Residual())))
+
+
 def test_a_dropout_module_taken_from_a_module_dict_is_listed_once_as_a_module():
     """peft's LoRA Linear runs ``dropout = self.lora_dropout[name]`` (a ModuleDict of nn.Dropout): it was listed as
     a dropout module and again as functional dropout, and its reason named the ModuleDict as the one applying it."""

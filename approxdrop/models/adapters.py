@@ -357,7 +357,7 @@ class GatedAdapter(Adapter):
         return (
             bool(self.line)
             and all(isinstance(module._modules.get(n), nn.Module) for n in names)
-            and any(self.line in text for text in _forward_lines(module))
+            and any(self.line in text for text in forward_lines(module))
         )
 
     def plan(self, module: nn.Module, build: Build) -> Plan:
@@ -412,14 +412,14 @@ class OutputSideAdapter(Adapter):
     """A module whose forward applies ``dropout`` right after ``linear`` (output side; HF GPT2MLP's c_proj,
     BertOutput's dense): with ``convert(..., output_side=True)`` the Linear becomes an OutputRowDropout
     around it, holding the nn.Dropout, and the dropout a MovedDropout (the input as it is; its ``p`` the
-    block's); the forward source (``_forward_lines``) is checked for the two lines in a row, and for the
+    block's); the forward source (``forward_lines``) is checked for the two lines in a row, and for the
     dropout applied nowhere else."""
 
     def __init__(self, name: str, linear: str, dropout: str) -> None:
         self.name, self.linear, self.dropout = name, linear, dropout
 
     def plan(self, module: nn.Module, build: Build) -> Plan:
-        lines = _forward_lines(module)
+        lines = forward_lines(module)
         calls = [i for i, line in enumerate(lines) if f"self.{self.linear}(" in line]
         if not any(i + 1 < len(lines) and f"self.{self.dropout}(" in lines[i + 1] for i in calls):
             order = f"self.{self.dropout} right after self.{self.linear}"
@@ -450,9 +450,9 @@ class OutputSideAdapter(Adapter):
 
 def found_output_side(module: nn.Module) -> OutputSideAdapter | None:
     """The output-side adapter for a module of a class with none registered (HF RobertaOutput, DistilBERT's
-    FFN): its forward (``_forward_lines``) calls a child Linear on one line and a child nn.Dropout on the
+    FFN): its forward (``forward_lines``) calls a child Linear on one line and a child nn.Dropout on the
     next (each as converted before: OutputRowDropout, MovedDropout); None where it does not."""
-    lines, children = _forward_lines(module), module._modules
+    lines, children = forward_lines(module), module._modules
     for line, after in zip(lines, lines[1:]):
         made, applied = _self_call(line), _self_call(after)
         if made is None or applied is None or made[0] is None:
@@ -523,7 +523,7 @@ def _source(function: Callable) -> str:
         return ""
 
 
-def _forward_lines(module: nn.Module) -> tuple[str, ...]:
+def forward_lines(module: nn.Module) -> tuple[str, ...]:
     """The lines (stripped, blank ones left out) of ``module``'s forward and, one level deep, of the methods
     it calls or hands on as ``self.<name>`` (DistilBERT FFN's ``ff_chunk``, given to
     ``apply_chunking_to_forward``)."""
@@ -532,7 +532,7 @@ def _forward_lines(module: nn.Module) -> tuple[str, ...]:
 
 @functools.cache
 def _class_lines(cls: type) -> tuple[str, ...]:
-    """``_forward_lines`` of a class, read once per class (a model repeats its layers' classes, and a module
+    """``forward_lines`` of a class, read once per class (a model repeats its layers' classes, and a module
     found by ``found_output_side`` is read again by its adapter's plan)."""
     forward = _source(cls.forward)
     names = dict.fromkeys(re.findall(r"\bself\.(\w+)", forward))

@@ -28,6 +28,7 @@ from .adapters import (
     Plan,
     adapter_for,
     class_name,
+    forward_lines,
     found_output_side,
 )
 from .ffn import ApproxDropoutFFN, ffn_method
@@ -58,7 +59,7 @@ class ConvertReport:
     block's name); ``functional`` a ``(name, detail)`` pair for
     every module whose forward code applies dropout that no adapter turned into a block; ``no_dropout`` a
     ``(name, what)`` pair for each gated feed-forward with no dropout left as it is (what a rate given to
-    ``convert`` does with it); ``rates`` each block's p.
+    ``convert`` does with it); ``rates`` each block's p; ``given_p`` the rate given to ``convert``, if any.
     Names are as in the converted model."""
 
     converted: list[str] = field(default_factory=list)
@@ -68,6 +69,7 @@ class ConvertReport:
     functional: list[tuple[str, str]] = field(default_factory=list)
     rates: dict[str, float] = field(default_factory=dict)  # name -> the block's p when convert returned
     no_dropout: list[tuple[str, str]] = field(default_factory=list)  # gated feed-forwards without dropout, and why
+    given_p: float | None = None  # the rate given to convert, if one was
 
     def __str__(self) -> str:
         outputs = [name for name in self.converted if self.kinds[name] == OutputRowDropout.__name__]
@@ -79,6 +81,8 @@ class ConvertReport:
 
         lines = [f"converted {len(chains)} feed-forward(s): Linear -> activation -> dropout on its units -> Linear"]
         lines += [line(name) for name in chains]
+        if self.given_p is not None and not self.converted:
+            lines.append(f"p = {self.given_p:g} was given, but nothing was converted: no rate was set anywhere")
         if outputs:
             lines.append(f"converted {len(outputs)} Linear -> Dropout pair(s) (output side)")
             lines += [line(name) for name in outputs]
@@ -285,6 +289,7 @@ class _Walk:
         out.skipped = [(name_of(module, key), why) for module, key, why in self.left]
         out.functional = [(name_of(module) or type(module).__name__, detail) for module, detail in self.functional]
         out.no_dropout = [(name_of(module), what) for module, what in self.no_dropout]
+        out.given_p = self.build.p
         return out
 
 
@@ -301,6 +306,8 @@ def _outside(parent: nn.Module, key: str, adapter: Adapter | None, output_side: 
         found = found_output_side(parent)
         if found is not None and found.dropout == key:
             return OUTPUT_OFF
+    if adapter is None and not isinstance(parent, (nn.ModuleDict, nn.ModuleList)) and _never_named(parent, key):
+        return f"{kind}'s forward code never names self.{key}: most likely unused, it drops nothing"
     if adapter is None:  # a ModuleDict has no forward: what holds it calls the dropout (peft's lora_dropout)
         owner = f"what holds its {kind}" if isinstance(parent, (nn.ModuleDict, nn.ModuleList)) else f"its parent {kind}"
         return (
@@ -317,6 +324,22 @@ def _outside(parent: nn.Module, key: str, adapter: Adapter | None, output_side: 
         f"{kind} applies it in its forward code outside the feed-forward its adapter converts (after attention, "
         "on a residual branch or an output): not a hidden-unit site"
     )
+
+
+def _never_named(parent: nn.Module, key: str) -> bool:
+    """Whether ``parent``'s forward and the methods it calls (``forward_lines``, read) never name ``self.<key>``
+    (ALBERT's AlbertLayer holds a ``dropout`` it never applies); False where there is no source to read, for a
+    container and for a forward that may reach its children otherwise (``super().forward``, iteration,
+    ``getattr``)."""
+    lines = forward_lines(parent)
+    if not lines or not key.isidentifier() or isinstance(parent, (nn.Sequential, nn.ModuleList, nn.ModuleDict)):
+        return False
+    if any(re.search(_CHILDREN_REACHED, line) for line in lines):
+        return False
+    return not any(re.search(rf"\bself\.{re.escape(key)}\b", line) for line in lines)
+
+
+_CHILDREN_REACHED = r"super\(|\bin self\b|self\[|getattr\(self|self\.(?:_modules|children|named_children|modules)\b"
 
 
 # ``F.dropout(``, ``nn.functional.dropout(``, ``torch.dropout(``, ``F.alpha_dropout(``, ``dropout_p=...``, and a
@@ -355,11 +378,23 @@ def _calls(cls: type) -> set[str]:
             source = inspect.getsource(cls)
         except (OSError, TypeError):
             source = ""
-        _SOURCE_CACHE[cls] = {
+        found = {
             call or keyword or f"dropout=self.{attribute}"
             for call, keyword, _, attribute in _FUNCTIONAL_CALL.findall(source)
         }
+        _SOURCE_CACHE[cls] = found | _helper_calls(cls, source)
     return _SOURCE_CACHE[cls]
+
+
+_BARE_CALL = re.compile(r"(?<![.\w])(\w*dropout\w*)\(")
+
+
+def _helper_calls(cls: type, source: str) -> set[str]:
+    """The functions of ``cls``'s own module with dropout in their name that its source calls by bare name
+    (BLOOM's and Falcon's ``dropout_add``, which runs F.dropout on a residual branch); a local variable
+    holding a module (``dropout = self.lora_dropout[name]``) is not one."""
+    scope = vars(inspect.getmodule(cls) or object)
+    return {name for name in _BARE_CALL.findall(source) if inspect.isfunction(scope.get(name))}
 
 
 # Activation functions a layer may hold instead of a module, as the module that computes the same.
