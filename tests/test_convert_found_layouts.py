@@ -210,3 +210,41 @@ def test_wav2vec2_feed_forwards_convert_and_train_as_the_masked_twin():
 
     assert_same_training_step(model.train(), twin.train(), lambda m: m(audio).last_hidden_state, masks_into)
     assert_checkpoints_load_both_ways(make, model.float())
+
+
+def test_bart_layout_written_one_call_per_line_converts_biogpt():
+    """BioGPT's layer runs fc1, activation_fn, F.dropout(p=self.activation_dropout) and fc2 on separate lines: the
+    functional adapter read only BART's inline form, and the report called it not convertible."""
+    T = hf()
+
+    def make():
+        torch.manual_seed(0)
+        config = T.BioGptConfig(
+            vocab_size=40, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
+            activation_dropout=0.3, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+            max_position_embeddings=32,
+        )  # fmt: skip
+        return T.BioGptModel(config)
+
+    model = make().double()
+    ids = torch.randint(1, 40, (2, 6))
+
+    def run(m):
+        return m(input_ids=ids).last_hidden_state
+
+    with torch.no_grad():
+        before = run(model.eval())
+    twin, keys = copy.deepcopy(model), list(model.state_dict())
+    report = convert(model, generator=torch.Generator().manual_seed(4))
+    assert report.converted == ["layers.0.fc1", "layers.1.fc1"]
+    assert set(report.adapters.values()) == {"functional-activation-dropout"}
+    with torch.no_grad():
+        assert torch.equal(run(model), before)
+    assert list(model.state_dict()) == keys
+
+    def masks_into(reference, blocks):
+        for layer, block in zip(reference.layers, blocks):
+            layer.activation_fn, layer.activation_dropout = nn.Sequential(layer.activation_fn, Masked(block)), 0.0
+
+    assert_same_training_step(model.train(), twin.train(), run, masks_into)
+    assert_checkpoints_load_both_ways(make, model.float())

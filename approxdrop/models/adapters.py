@@ -551,18 +551,29 @@ class FunctionalDropoutAdapter(Adapter):
 
     name = "functional-activation-dropout"
     LINES = ("self.activation_fn(self.fc1(", "p=self.activation_dropout", "self.fc2(")
+    # the same chain one call per line, on one variable (HF BioGPT, ProphetNet)
+    SEPARATE = re.compile(
+        r"(\w+) = self\.fc1\(\1\)\s*\n\s*\1 = self\.activation_fn\(\1\)\s*\n\s*"
+        r"\1 = (?:nn\.functional|F)\.dropout\(\1, p=self\.activation_dropout, training=self\.training\)\s*\n\s*"
+        r"\1 = self\.fc2\(\1\)"
+    )
 
     def fits(self, module: nn.Module) -> bool:
         """Whether ``module`` (of a class with no adapter registered) has this layout: an ``fc1`` and ``fc2``,
-        an ``activation_dropout`` rate and ``LINES`` in its forward (read only once the attributes are there)."""
+        an ``activation_dropout`` rate and ``LINES`` in its forward, or the ``SEPARATE`` lines (read only once the
+        attributes are there)."""
         attributes = module._modules.keys() >= {"fc1", "fc2"} and "activation_dropout" in module.__dict__
-        return attributes and all(line in _source(type(module).forward) for line in self.LINES)
+        return attributes and self._missing(_source(type(module).forward)) is None
+
+    def _missing(self, source: str) -> str | None:
+        """The first of ``LINES`` that ``source`` lacks, or None where it has them all or the ``SEPARATE`` lines."""
+        missing = [line for line in self.LINES if line not in source]
+        return missing[0] if missing and not self.SEPARATE.search(source) else None
 
     def plan(self, module: nn.Module, build: Build) -> Plan:
-        source = _source(type(module).forward)
-        missing = [line for line in self.LINES if line not in source]
-        if missing:
-            return Plan(skipped=[("activation_dropout", f"its forward lacks {missing[0]!r}: not the expected layout")])
+        missing = self._missing(_source(type(module).forward))
+        if missing is not None:
+            return Plan(skipped=[("activation_dropout", f"its forward lacks {missing!r}: not the expected layout")])
         p = module.activation_dropout
         if isinstance(module.fc1, ApproxDropoutFFN):
             return Plan(skipped=[("activation_dropout", f"already converted: fc1 is the block, {KEPT_AS_IS}")])
