@@ -71,11 +71,11 @@ def test_functional_call_on_a_converted_torch_layer_equals_autograd_and_leaves_i
     assert not torch.equal(before, layer.linear1.weight)
 
 
-def test_per_sample_gradients_with_vmap_equal_a_loop_over_samples():
+def test_per_sample_gradients_with_vmap_equal_a_loop_over_samples_and_average_to_the_batch_step():
     torch.manual_seed(0)
-    model = ApproxDropoutMLP([16, 64, 64, 4], p=0.5, method="row-g4", executor="compact")
+    model = ApproxDropoutMLP([16, 64, 64, 4], p=0.5, method="row", executor="compact").double()
     params = {name: p.detach() for name, p in model.named_parameters()}
-    x = torch.randn(6, 16)
+    x = torch.randn(6, 16, dtype=torch.float64)
 
     def loss(ps, sample):
         return _squares(torch.func.functional_call(model, ps, (sample[None],)))
@@ -87,9 +87,30 @@ def test_per_sample_gradients_with_vmap_equal_a_loop_over_samples():
         one = torch.func.grad(loss)(params, x[i])
         for name in one:
             torch.testing.assert_close(per_sample[name][i], one[name], msg=name)
+    torch.manual_seed(3)  # the same draw as a batch step: the per-sample gradients average to its gradient
+    _squares(model(x)).backward()
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(per_sample[name].mean(0), p.grad, msg=name)
 
 
-@pytest.mark.parametrize("method", ["row", "row-g4", "shared", "tile"])
+@pytest.mark.parametrize("method", ["row-g4", "row-extended-g4"])
+def test_vmap_over_a_model_with_batch_groups_is_refused(method):
+    """Under vmap each call sees one sample, which cannot know its batch group: every sample got group 0's
+    pattern, so the per-sample gradients of the MLP's default row-g4 did not add up to the batch step's."""
+    model = ApproxDropoutMLP([6, 10, 3], 0.5, method)
+    params = {name: p.detach() for name, p in model.named_parameters()}
+
+    def loss(ps, sample):
+        return _squares(torch.func.functional_call(model, ps, (sample[None],)))
+
+    per_sample = torch.func.vmap(torch.func.grad(loss), in_dims=(None, 0), randomness="same")
+    with pytest.raises(RuntimeError, match=r"cannot know its batch group.*groups=1"):
+        per_sample(params, torch.randn(4, 6))
+    model.eval()  # no dropout, no groups: vmap runs
+    assert per_sample(params, torch.randn(4, 6))["linears.0.weight"].shape == (4, 10, 6)
+
+
+@pytest.mark.parametrize("method", ["row", "shared", "tile"])
 def test_vmap_with_a_pattern_per_sample_is_refused_with_the_mode_that_works(method):
     """randomness="different" asks each sample for its own draw; ARD's pattern is the batch's (it failed with
     "Cannot access data pointer of Tensor that doesn't have storage")."""

@@ -412,6 +412,24 @@ VMAP_ADVICE = (
 )
 
 
+GROUPS_VMAP_ADVICE = (
+    "torch.func.vmap over a model with batch groups (groups > 1, e.g. the MLP's default row-g4): a vmapped "
+    "function sees one sample, which cannot know its batch group, so every sample would get group 0's pattern "
+    "and the per-sample gradients would not add up to the batch step's: build the model with groups=1 (method "
+    "'row') for per-sample gradients"
+)
+
+
+def _in_vmap() -> bool:
+    """Whether this runs inside a torch.func.vmap (one C call when no torch.func transform is active)."""
+    if torch._C._functorch.peek_interpreter_stack() is None:
+        return False
+    from torch._functorch.pyfunctorch import coerce_cinterpreter
+
+    interpreters = map(coerce_cinterpreter, torch._C._functorch.get_interpreter_stack() or [])
+    return any(i.key() == torch._C._functorch.TransformType.Vmap for i in interpreters)
+
+
 def _vmap_with_different_randomness() -> bool:
     """Whether this runs inside a torch.func.vmap with ``randomness="different"`` (a random op there draws per
     sample, and a draw's ``tolist`` fails)."""
@@ -547,6 +565,8 @@ def step_draws(module: nn.Module) -> list:
     call is matched to the call it repeats."""
     if torch.compiler.is_exporting():
         raise ValueError(EXPORT_ADVICE)
+    if getattr(module, "groups", 1) > 1 and _in_vmap():
+        raise RuntimeError(GROUPS_VMAP_ADVICE)
     eager = not torch.compiler.is_compiling()
     record = module.__dict__.get(REPLAY) if eager else None
     in_backward = eager and torch._C._current_graph_task_id() != -1
