@@ -463,6 +463,29 @@ def test_report_names_helpers_unused_dropouts_and_a_rate_that_went_nowhere():
     assert "was given" not in str(convert(nn.Sequential(Residual())))
 
 
+def test_report_lists_an_rnns_dropout_a_shared_sequential_at_each_place_and_names_classes_as_they_are():
+    """nn.LSTM(dropout=...) applies dropout between its layers in a fused kernel (the report said "left 0
+    dropout(s) alone"); a shared Sequential feed-forward was named at its first place only; a user's nn.Dropout
+    subclass was called "nn.MyDropout"; a per-channel PReLU was said to "mix units" (its slopes would not line
+    up with the kept units)."""
+
+    class MyDropout(nn.Dropout):
+        pass
+
+    report = convert(nn.Sequential(nn.LSTM(4, 8, num_layers=2, dropout=0.4), nn.GRU(4, 4, num_layers=2)))
+    assert report.functional == [
+        ("0", "nn.LSTM applies dropout=0.4 between its 2 layers inside its fused kernel; approxdrop.ApproxDropoutLSTM "
+         "is an LSTM that drops with row patterns")
+    ]  # fmt: skip
+    ffn = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Dropout(0.3), nn.Linear(8, 4))
+    report = convert(nn.Sequential(ffn, nn.Tanh(), ffn))
+    assert report.converted == ["0.0", "2.0"] and report.rates == {"0.0": 0.3, "2.0": 0.3}
+    report = convert(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), MyDropout(0.3), nn.Linear(8, 4)))
+    assert report.skipped == [("2", "MyDropout is not nn.Dropout: only per-element dropout becomes a row pattern")]
+    report = convert(nn.Sequential(nn.Linear(4, 8), nn.PReLU(8), nn.Dropout(0.3), nn.Linear(8, 4)))
+    assert dict(report.skipped)["2"].startswith("activation not elementwise: nn.PReLU has 8 slopes, one per unit")
+
+
 def test_a_dropout_module_taken_from_a_module_dict_is_listed_once_as_a_module():
     """peft's LoRA Linear runs ``dropout = self.lora_dropout[name]`` (a ModuleDict of nn.Dropout): it was listed as
     a dropout module and again as functional dropout, and its reason named the ModuleDict as the one applying it."""

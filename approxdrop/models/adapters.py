@@ -31,7 +31,7 @@ from torch import nn
 from .ffn import ApproxDropoutFFN, PartsOf
 from .gated import GatedApproxDropoutFFN
 from .output_side import OutputRowDropout
-from .parts import activation_problem, gemm_problem, hook_problem
+from .parts import activation_problem, gemm_problem, hook_problem, type_name
 from .state_keys import Entry
 
 # what a second convert does to a block already there (convert's report says it for every kind of block)
@@ -159,7 +159,7 @@ def _sequence_problem(mods: list[nn.Module], j: int) -> str | None:
     """Why the dropout at ``mods[j]`` is not in a ``Linear, activation, Dropout, Linear`` run (None if
     it is; ``OUTPUT_SIDE`` when it follows a Linear: an output-side pair)."""
     if type(mods[j]) is not nn.Dropout:
-        return f"nn.{type(mods[j]).__name__} is not nn.Dropout: only per-element dropout becomes a row pattern"
+        return f"{type_name(mods[j])} is not nn.Dropout: only per-element dropout becomes a row pattern"
     if j >= 1 and is_linear(mods[j - 1]):
         return OUTPUT_SIDE
     if j >= 1 and isinstance(mods[j - 1], (ApproxDropoutFFN, GatedApproxDropoutFFN)):

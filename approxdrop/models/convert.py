@@ -37,7 +37,7 @@ from .lstm import ApproxDropoutLSTM
 from .methods import ROW
 from .mlp import ApproxDropoutMLP
 from .output_side import OutputRowDropout
-from .parts import activation_problem, gemm_problem, hook_problem
+from .parts import activation_problem, gemm_problem, hook_problem, type_name
 from .state_keys import add_entries
 
 ARD_MODELS = (
@@ -271,21 +271,24 @@ class _Walk:
         self.made += [(parent, _join(key, k), adapter) for k in plan.converted]
 
     def report(self, root: nn.Module) -> ConvertReport:
-        names: dict[int, str] = {}
+        places: dict[int, list[str]] = {}
         for name, m in root.named_modules(remove_duplicate=False):
-            names.setdefault(id(m), name)  # a shared module: its first name
+            places.setdefault(id(m), []).append(name)  # a shared module: its first name first
+        in_place = {id(owner) for owner, _ in self.plans}
 
         def name_of(module: nn.Module, key: str = "") -> str:
-            return _join(names.get(id(module), type(module).__name__), key)
+            return _join(places[id(module)][0] if id(module) in places else type(module).__name__, key)
 
         out = ConvertReport()
         for module, key, adapter in self.made:
-            name = name_of(module, key)
-            out.converted.append(name)
-            out.adapters[name] = adapter
-            block = root.get_submodule(name)
-            out.kinds[name] = getattr(block, "REPORTED_AS", type(block).__name__)
-            out.rates[name] = float(block.p)
+            # a module changed in place (a Sequential) and shared is named at each place, as a replaced one is
+            shared = places.get(id(module), [])[1:] if id(module) in in_place else []
+            for name in [name_of(module, key)] + [_join(place, key) for place in shared]:
+                out.converted.append(name)
+                out.adapters[name] = adapter
+                block = root.get_submodule(name)
+                out.kinds[name] = getattr(block, "REPORTED_AS", type(block).__name__)
+                out.rates[name] = float(block.p)
         out.skipped = [(name_of(module, key), why) for module, key, why in self.left]
         out.functional = [(name_of(module) or type(module).__name__, detail) for module, detail in self.functional]
         out.no_dropout = [(name_of(module), what) for module, what in self.no_dropout]
@@ -358,6 +361,11 @@ def _functional_dropout(module: nn.Module) -> str | None:
     cls = type(module)
     if isinstance(module, DROPOUT_TYPES + ARD_MODELS) or cls.__module__.startswith("approxdrop."):
         return None
+    if isinstance(module, nn.RNNBase) and module.dropout > 0 and module.num_layers > 1:
+        return (
+            f"{type_name(module)} applies dropout={module.dropout:g} between its {module.num_layers} layers inside "
+            "its fused kernel; approxdrop.ApproxDropoutLSTM is an LSTM that drops with row patterns"
+        )
     found = set().union(*(_calls(base) for base in cls.__mro__ if base not in (nn.Module, object)))
     found = {call for call in found if not _module_attribute(module, call)}
     return f"{cls.__name__} calls {', '.join(sorted(found))}" if found else None
@@ -456,7 +464,7 @@ class _Builder:
         if not self.output_side:
             return OUTPUT_OFF
         if type(dropout) is not nn.Dropout:
-            return f"nn.{type(dropout).__name__} is not nn.Dropout: only per-element dropout becomes a row pattern"
+            return f"{type_name(dropout)} is not nn.Dropout: only per-element dropout becomes a row pattern"
         conv1d = class_name(type(linear)) == CONV1D
         why = gemm_problem(members[0], linear, conv1d)
         if why is not None:

@@ -16,7 +16,7 @@ import warnings
 from torch import nn
 from torch.nn.modules.lazy import LazyModuleMixin
 
-from .sites import is_elementwise
+from .sites import is_elementwise, slope_problem, type_name
 
 
 def gemm_problem(name: str, linear: nn.Module, conv1d: bool = False) -> str | None:
@@ -36,6 +36,8 @@ def activation_problem(activation: nn.Module) -> str | None:
     """Why a block cannot apply ``activation`` to the kept units only (it may mix units), or None."""
     if is_elementwise(activation):
         return None
+    if (why := slope_problem(activation)) is not None:
+        return f"activation not elementwise: {why}"
     return f"activation not elementwise: {type_name(activation)} may mix units, and would see only the kept ones"
 
 
@@ -64,15 +66,6 @@ def hook_problem(module: nn.Module) -> str | None:
             "calling its parts, so in training they would silently stop firing. Remove them to convert"
         )
     return None
-
-
-def type_name(module: nn.Module, qualified: bool = False) -> str:
-    """``nn.LayerNorm`` for torch.nn's classes, the bare class name for others, or with ``qualified`` its
-    "module.QualName" (peft's LoRA class is called Linear too)."""
-    cls = type(module)
-    if cls.__module__.startswith("torch.nn."):
-        return f"nn.{cls.__name__}"
-    return f"{cls.__module__}.{cls.__qualname__}" if qualified else cls.__name__
 
 
 def must_call(part: nn.Module | None, gemm_class: type[nn.Module] = nn.Linear) -> str | None:

@@ -111,17 +111,38 @@ def is_elementwise(module: nn.Module) -> bool:
     return cls in ELEMENTWISE or name in ELEMENTWISE_NAMES
 
 
+def type_name(module: nn.Module, qualified: bool = False) -> str:
+    """``nn.LayerNorm`` for torch.nn's classes, the bare class name for others, or with ``qualified`` its
+    "module.QualName" (peft's LoRA class is called Linear too)."""
+    cls = type(module)
+    if cls.__module__.startswith("torch.nn."):
+        return f"nn.{cls.__name__}"
+    return f"{cls.__module__}.{cls.__qualname__}" if qualified else cls.__name__
+
+
+def slope_problem(activation: nn.Module) -> str | None:
+    """Why a PReLU with a slope per unit cannot run on the kept units only, or None for any other module."""
+    cls = type(activation)
+    if (cls is nn.PReLU or f"{cls.__module__}.{cls.__qualname__}" in PRELU_NAMES) and activation.num_parameters > 1:
+        return (
+            f"{type_name(activation)} has {activation.num_parameters} slopes, one per unit: run on the kept units "
+            "only, they would not line up with their slopes (a PReLU with one parameter is elementwise)"
+        )
+    return None
+
+
 def check_elementwise(activation: object, name: str = "activation") -> nn.Module:
     """``activation`` if it is an nn.Module that acts on each unit alone (``is_elementwise``), else
     a ValueError saying why: a row pattern (or batch-shared units) computes only the kept units, so
     a module that mixes units, such as nn.Softmax or nn.LayerNorm, would see only those."""
     if not isinstance(activation, nn.Module):
         raise ValueError(f"{name} must be an nn.Module acting on each unit alone (e.g. nn.ReLU()), got {activation!r}")
+    if slope_problem(activation) is not None:
+        raise ValueError(f"{name}: {slope_problem(activation)}")
     if not is_elementwise(activation):
-        kind = type(activation).__name__
         raise ValueError(
-            f"{name} nn.{kind} is not a known elementwise module: it may mix units, and with row patterns "
-            f"(or batch-shared units) it would see only the kept units. Use one of "
+            f"{name} {type_name(activation)} is not a known elementwise module: it may mix units, and with row "
+            f"patterns (or batch-shared units) it would see only the kept units. Use one of "
             f"{', '.join(t.__name__ for t in ELEMENTWISE)} (or PReLU with one parameter), or set "
             f"`elementwise = True` on a module of your own that acts on each unit alone"
         )
