@@ -221,7 +221,7 @@ def test_elementwise_activations_are_accepted_and_run_on_the_kept_units(activati
     [
         (nn.Softmax(dim=-1), "activation nn.Softmax is not a known elementwise module.*see only the kept units"),
         (nn.LayerNorm(17), "nn.LayerNorm is not a known elementwise module"),
-        (nn.PReLU(17), "nn.PReLU is not"),  # one parameter per unit: the kept units would get the wrong ones
+        (nn.PReLU(17), "nn.PReLU has 17 slopes, one per unit"),  # the kept units would get the wrong slopes
         (nn.Sequential(nn.ReLU(), nn.Softmin(dim=-1)), "nn.Sequential is not"),
         (torch.relu, "activation must be an nn.Module"),
     ],
