@@ -17,6 +17,7 @@ from torch import nn
 from .._env import check_generator, check_int, check_rate
 from ..distribution import MAX_GROUPS, PatternDistribution
 from ..ops import FULL, group_bounds, grouped_row_pattern_linear, row_pattern_linear, static_grouped_linear
+from ..ops.static import static_groups
 from ..patterns import RowPattern
 from .executor_choice import Probe, choose_executor
 from .methods import DROPOUT_METHODS, ELEMENT, NOTHING, ROW, Method
@@ -241,9 +242,9 @@ class ApproxDropoutFFN(ModeInDropout, DropoutRate, nn.Module):
         # hidden units in slots, [*, K] whatever the offsets (ops.static); with groups, each group's samples
         # (the leading axis, as the grouped path splits it) read their own group's slots
         (sides,) = static_sides(self, [self.d_hidden])  # one StaticSide per group
-        parts = [x] if x.dim() == 1 else x.tensor_split(len(sides), dim=0)  # [B_g, *, d_model]
+        parts = [x] if x.dim() == 1 else static_groups(x, len(sides), 0)  # [B_g, *, d_model], groups with samples
         fc1, fc2 = self.fc1, self.fc2
-        sides = sides[: len(parts)]  # a single sample (x 1-D) is group 0's
+        sides = sides[: len(parts)]  # a single sample (x 1-D) is group 0's; empty groups get nothing
         whole = (None,) * len(parts)
         hs = static_grouped_linear(parts, fc1.weight, fc1.bias, whole, sides)  # [B_g, *, K]
         hs = [activate(self.activation, h) for h in hs]

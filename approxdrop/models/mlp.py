@@ -37,6 +37,7 @@ from ..ops import (
     static_site,
     tile_pattern_linear,
 )
+from ..ops.static import static_groups
 from ..patterns import RowPattern, TilePattern
 from .executor_choice import Probe, choose_executor
 from .methods import ELEMENT, NOTHING, ROW, TILE, get_method, methods_for
@@ -184,6 +185,8 @@ class ApproxDropoutMLP(DropoutRate, nn.Module):
             return self._dense(x, dropout=False)
         if drops == ELEMENT:
             return self._dense(x, dropout=True)
+        if drops == ROW and self.groups > 1 and not self.static_shapes:
+            return self._grouped_step(x)  # eager: Dynamo would guard on the groups' pattern objects
         draws = step_draws(self)  # drawn now, or ahead by draw_patterns (compiled training)
         self.last_patterns = stored_draws(draws)
         if drops != ROW and (called := self._called_part(drops != TILE)) is not None:  # they read every weight
@@ -258,11 +261,12 @@ class ApproxDropoutMLP(DropoutRate, nn.Module):
             return self._calling_parts(x, self.last_patterns, *called)
         # each group's rows in slots: xs[g] is [*, B_g, keep * ceil(n / dp) of the current site], shapes free
         # of the offsets (groups split the batch axis, the second-to-last)
-        sides = static_sides(self, self.site_widths)  # per site: one StaticSide per group, or None
         single = x.dim() == 1
         x = x.unsqueeze(0) if single else x  # [*, B, n]
-        xs = list(x.tensor_split(self.groups, dim=-2))  # [*, B_g, n]
-        whole = (None,) * self.groups
+        xs = static_groups(x, self.groups, -2)  # [*, B_g, n]: the groups with samples
+        # per site: one StaticSide per group with samples, or None
+        sides = [None if s is None else s[: len(xs)] for s in static_sides(self, self.site_widths)]
+        whole = (None,) * len(xs)
         ins = [s or whole for s in sides]
         outs = ins[1:] + [whole]
         if sides[0] is not None:
@@ -272,7 +276,7 @@ class ApproxDropoutMLP(DropoutRate, nn.Module):
             xs = static_grouped_linear(xs, linear.weight, linear.bias, ins[i], outs[i])
             if i < last:
                 xs = [activate(self.activation, t) for t in xs]
-        y = xs[0] if self.groups == 1 else torch.cat(xs, -2)  # [*, B, sizes[-1]]
+        y = xs[0] if len(xs) == 1 else torch.cat(xs, -2)  # [*, B, sizes[-1]]
         return y.squeeze(0) if single else y
 
     def executor_for(self, x: torch.Tensor) -> str:
@@ -294,6 +298,15 @@ class ApproxDropoutMLP(DropoutRate, nn.Module):
             if width is not None
         ]
         return max(probes, key=lambda q: ((q.n_in or 0) + q.n_out) * q.n_site)
+
+    @run_eagerly
+    def _grouped_step(self, x):
+        """Row patterns with groups: the draws taken (``step_draws``) and run, all eagerly under torch.compile, so
+        Dynamo never reads the patterns (groups of one offset share a pattern object, and a guard on which groups
+        share one recompiled the forward at every new sharing until the recompile limit)."""
+        draws = step_draws(self)
+        self.last_patterns = stored_draws(draws)
+        return self._grouped(x, draws)
 
     @run_eagerly
     def _grouped(self, x, patterns: list[tuple[RowPattern, ...] | None]):

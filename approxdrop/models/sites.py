@@ -586,9 +586,9 @@ def step_draws(module: nn.Module) -> list:
     call is matched to the call it repeats."""
     if torch.compiler.is_exporting():
         raise ValueError(EXPORT_ADVICE)
-    if getattr(module, "groups", 1) > 1 and _in_vmap():
-        raise RuntimeError(GROUPS_VMAP_ADVICE)
     eager = not torch.compiler.is_compiling()
+    if getattr(module, "groups", 1) > 1 and eager and _in_vmap():  # Dynamo cannot trace the functorch stack
+        raise RuntimeError(GROUPS_VMAP_ADVICE)
     record = module.__dict__.get(REPLAY) if eager else None
     in_backward = eager and torch._C._current_graph_task_id() != -1
     if record is not None and in_backward:

@@ -66,6 +66,15 @@ def _check_side(n: int, dp: int, keep: int, offset: torch.Tensor) -> None:
         check_int("static_side: offset", int(offset), 0, dp - 1)
 
 
+def static_groups(x: torch.Tensor, groups: int, dim: int) -> list[torch.Tensor]:
+    """x split into ``groups`` parts along ``dim`` as ``torch.tensor_split`` does, less the empty parts at the end
+    (a batch of fewer rows than groups: those groups get nothing; the first part is kept, so an empty batch has
+    one). Callers pass the first ``len(parts)`` groups' sides. Compiled with a dynamic batch, an empty group's
+    GEMMs and reductions would be loops whose size bounds to 0, which Inductor refuses (ValueRangeError)."""
+    parts = x.tensor_split(groups, dim)  # views, [..., B_g, ...]
+    return [parts[0], *(part for part in parts[1:] if part.shape[dim] > 0)]
+
+
 def static_site(x: torch.Tensor, side: StaticSide) -> torch.Tensor:
     """x (Tensor[*, n]) -> its slots (Tensor[*, K]), zero at padding."""
     kept = x.index_select(-1, side.index)  # [*, K]

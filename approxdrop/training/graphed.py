@@ -34,11 +34,16 @@ def compiled_step(
     if clip is not None:
         check_positive("clip", clip)
     cuda = any(p.is_cuda for p in model.parameters())
-    run = torch.compile(model, mode=mode or ("reduce-overhead" if cuda else None), backend=backend)
+    static = static_modules(model)
+    # batch groups split the batch: with a dynamic batch their row counts are symbolic, and Inductor miscompiles
+    # a group of one row (its small-GEMM decomposition, silently wrong numbers); static graphs, one per batch size
+    grouped = any(module.groups > 1 for module in static)
+    mode = mode or ("reduce-overhead" if cuda else None)
+    run = torch.compile(model, mode=mode, backend=backend, dynamic=False if grouped else None)
     # a graph per (dp, keep) combination may pass Dynamo's default recompile limit (8): raise it to the bound,
     # and by the bound of each new set of laws a new rate brings (its graphs come on top of the old ones); twice
-    # that, since a batch of another size (an epoch's last) compiles each combination again with a dynamic batch
-    static = static_modules(model)
+    # that, since a batch of another size (an epoch's last) compiles each combination again (with a dynamic
+    # batch, or at its size with groups)
     bounds: dict[tuple, int] = {}  # the graph bound of each set of the sites' (dp, keep) classes seen
 
     def recompile_limit() -> int:
