@@ -37,7 +37,7 @@ def compiled_step(
     static = static_modules(model)
     # batch groups split the batch: with a dynamic batch their row counts are symbolic, and Inductor miscompiles
     # a group of one row (its small-GEMM decomposition, silently wrong numbers); static graphs, one per batch size
-    grouped = any(module.groups > 1 for module in static)
+    grouped = any(getattr(module, "groups", 1) > 1 for module in static)
     mode = mode or ("reduce-overhead" if cuda else None)
     run = torch.compile(model, mode=mode, backend=backend, dynamic=False if grouped else None)
     # a graph per (dp, keep) combination may pass Dynamo's default recompile limit (8): raise it to the bound,
