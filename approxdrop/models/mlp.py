@@ -43,6 +43,7 @@ from .executor_choice import Probe, choose_executor
 from .methods import ELEMENT, NOTHING, ROW, TILE, get_method, methods_for
 from .parts import must_call, warn_calls_parts
 from .sites import (
+    EXPORT_ADVICE,
     DropoutRate,
     activate,
     check_elementwise,
@@ -186,6 +187,8 @@ class ApproxDropoutMLP(DropoutRate, nn.Module):
         if drops == ELEMENT:
             return self._dense(x, dropout=True)
         if drops == ROW and self.groups > 1 and not self.static_shapes:
+            if torch.compiler.is_exporting():  # step_draws' advice, before the eager call's graph break
+                raise ValueError(EXPORT_ADVICE)
             return self._grouped_step(x)  # eager: Dynamo would guard on the groups' pattern objects
         draws = step_draws(self)  # drawn now, or ahead by draw_patterns (compiled training)
         self.last_patterns = stored_draws(draws)
