@@ -23,6 +23,7 @@ from .executor_choice import Probe, choose_executor
 from .methods import DROPOUT_METHODS, ELEMENT, NOTHING, ROW, Method
 from .parts import must_call, warn_calls_parts
 from .sites import (
+    EXPORT_ADVICE,
     DropoutRate,
     ModeInDropout,
     activate,
@@ -217,11 +218,15 @@ class ApproxDropoutFFN(ModeInDropout, DropoutRate, nn.Module):
             return self.fc2(_gated(self.activation(self.fc1(x)), gate, x))
         if drops == ELEMENT:
             return self.fc2(self.dropout(_gated(self.activation(self.fc1(x)), gate, x)))
+        if self.groups > 1 and not self.static_shapes:
+            if torch.compiler.is_exporting():  # step_draws' advice, before the eager call's graph break
+                raise ValueError(EXPORT_ADVICE)
+            return self._grouped_step(x, gate)  # eager: Dynamo would guard on the groups' pattern objects
         (draw,) = step_draws(self)  # drawn now, or ahead by draw_patterns (compiled training)
         self.last_pattern = draw
         if self.static_shapes:
             return self._static(x, gate)
-        return self._row(x, draw, gate) if self.groups == 1 else self._grouped(x, draw, gate)
+        return self._row(x, draw, gate)
 
     def _calls_parts(self, gate: nn.Linear | None) -> bool:
         """Whether a Linear was wrapped (LoRA), patched or hooked since the block was built, or the activation
@@ -277,6 +282,15 @@ class ApproxDropoutFFN(ModeInDropout, DropoutRate, nn.Module):
     def executor_probe(self) -> Probe:
         """The block itself (``executor_choice.Probe``)."""
         return Probe(self.d_model, self.d_hidden, self.d_out, self.site_laws()[0], self.p)
+
+    @run_eagerly
+    def _grouped_step(self, x: torch.Tensor, gate: nn.Linear | None) -> torch.Tensor:
+        """Row patterns with groups: the draw taken (``step_draws``) and run, all eagerly under torch.compile, so
+        Dynamo never reads the patterns (groups of one offset share a pattern object, and a guard on which groups
+        share one recompiled the caller at every new sharing until the recompile limit), as the MLP's."""
+        (draw,) = step_draws(self)
+        self.last_pattern = draw
+        return self._grouped(x, draw, gate)
 
     @run_eagerly
     def _grouped(self, x: torch.Tensor, patterns: tuple[RowPattern, ...], gate: nn.Linear | None) -> torch.Tensor:
