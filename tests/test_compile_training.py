@@ -95,13 +95,14 @@ def test_the_default_grouped_mlp_runs_its_groups_eagerly_under_compile():
         torch.compile(twin, fullgraph=True, backend="eager")(torch.randn(6, 8))
 
 
+@pytest.mark.parametrize("method", ["row-g4", "tile-g4"])
 @pytest.mark.parametrize("draw_ahead", [True, False])
-def test_the_default_grouped_mlp_stops_recompiling_under_compile(draw_ahead):
+def test_the_default_grouped_mlp_stops_recompiling_under_compile(draw_ahead, method):
     """Groups of one offset share a pattern object (the law's table), and Dynamo guarded on which groups of the
     draw it read shared one: each new sharing recompiled the forward, until the recompile limit, after which
     the forward ran eagerly for good. The draws are now taken inside the eager grouped call: two frames compiled
     in 20 steps (the forward and the code after its graph break), and no more."""
-    model = ad.ApproxDropoutMLP([8, 16, 16, 4], 0.5, generator=torch.Generator().manual_seed(0))
+    model = ad.ApproxDropoutMLP([8, 16, 16, 4], 0.5, method, tile=2, generator=torch.Generator().manual_seed(0))
     torch._dynamo.reset()
     counters.clear()
     compiled = torch.compile(model, backend="eager")

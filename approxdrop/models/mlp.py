@@ -186,7 +186,7 @@ class ApproxDropoutMLP(DropoutRate, nn.Module):
             return self._dense(x, dropout=False)
         if drops == ELEMENT:
             return self._dense(x, dropout=True)
-        if drops == ROW and self.groups > 1 and not self.static_shapes:
+        if drops in (ROW, TILE) and self.groups > 1 and not self.static_shapes:
             if torch.compiler.is_exporting():  # step_draws' advice, before the eager call's graph break
                 raise ValueError(EXPORT_ADVICE)
             return self._grouped_step(x)  # eager: Dynamo would guard on the groups' pattern objects
@@ -304,12 +304,16 @@ class ApproxDropoutMLP(DropoutRate, nn.Module):
 
     @run_eagerly
     def _grouped_step(self, x):
-        """Row patterns with groups: the draws taken (``step_draws``) and run, all eagerly under torch.compile, so
-        Dynamo never reads the patterns (groups of one offset share a pattern object, and a guard on which groups
-        share one recompiled the forward at every new sharing until the recompile limit)."""
+        """Row or tile patterns with groups: the draws taken (``step_draws``) and run, all eagerly under
+        torch.compile, so Dynamo never reads the patterns (groups of one offset share a pattern object, and a guard
+        on which groups share one recompiled the forward at every new sharing until the recompile limit)."""
         draws = step_draws(self)
         self.last_patterns = stored_draws(draws)
-        return self._grouped(x, draws)
+        if self.spec.drops == ROW:
+            return self._grouped(x, draws)
+        if (called := self._called_part(False)) is not None:  # a tile layer reads every weight
+            return self._calling_parts(x, draws, *called)
+        return self._grouped_tile(x, draws)
 
     @run_eagerly
     def _grouped(self, x, patterns: list[tuple[RowPattern, ...] | None]):
