@@ -473,20 +473,29 @@ def _self_call(line: str) -> tuple[str | None, str, list[str | None]] | None:
         statement = ast.parse(line).body[0]
     except (SyntaxError, IndexError):  # a line of a statement that spans several
         return None
+    found = _child_call(statement)
+    if found is None:
+        return None
+    target, call = found
+    return target, call.func.attr, [arg.id if isinstance(arg, ast.Name) else None for arg in call.args]
+
+
+def _child_call(statement: ast.stmt) -> tuple[str | None, ast.Call] | None:
+    """``(target, call)`` of ``target = self.<child>(...)``, or of ``return self.<child>(...)`` (target None);
+    None for any other statement."""
     if isinstance(statement, ast.Assign) and len(statement.targets) == 1 and isinstance(statement.targets[0], ast.Name):
         target, call = statement.targets[0].id, statement.value
     elif isinstance(statement, ast.Return):
         target, call = None, statement.value
     else:
         return None
-    if not (
+    calls_child = (
         isinstance(call, ast.Call)
         and isinstance(call.func, ast.Attribute)
         and isinstance(call.func.value, ast.Name)
         and call.func.value.id == "self"
-    ):
-        return None
-    return target, call.func.attr, [arg.id if isinstance(arg, ast.Name) else None for arg in call.args]
+    )
+    return (target, call) if calls_child else None
 
 
 class MovedDropout(nn.Module):
@@ -713,33 +722,19 @@ def _chain_of(cls: type) -> tuple[str, ...] | None:
     value, names = function.args.args[1].arg, []
     body = [s for s in function.body if not (isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant))]
     for statement in body[:-1]:
-        call = _chained_call(statement, value)
-        if call is not None:
-            value = statement.targets[0].id
-            names.append(call)
+        found = _child_call(statement)
+        if found is not None and found[0] is not None and _on(found[1], value):
+            value = found[0]
+            names.append(found[1].func.attr)
         elif not _casts(statement, value):
             return None
     returned = isinstance(body[-1], ast.Return) and isinstance(body[-1].value, ast.Name) and body[-1].value.id == value
     return tuple(names) if returned and len(names) in (4, 5) else None
 
 
-def _chained_call(statement: ast.stmt, value: str) -> str | None:
-    """``attribute`` of ``target = self.attribute(value)``, else None."""
-    if not (isinstance(statement, ast.Assign) and len(statement.targets) == 1):
-        return None
-    target, call = statement.targets[0], statement.value
-    chained = (
-        isinstance(target, ast.Name)
-        and isinstance(call, ast.Call)
-        and isinstance(call.func, ast.Attribute)
-        and isinstance(call.func.value, ast.Name)
-        and call.func.value.id == "self"
-        and len(call.args) == 1
-        and not call.keywords
-        and isinstance(call.args[0], ast.Name)
-        and call.args[0].id == value
-    )
-    return call.func.attr if chained else None
+def _on(call: ast.Call, value: str) -> bool:
+    """Whether ``call`` takes ``value`` alone: one positional argument, that name, no keywords."""
+    return len(call.args) == 1 and not call.keywords and isinstance(call.args[0], ast.Name) and call.args[0].id == value
 
 
 def _casts(statement: ast.stmt, value: str) -> bool:

@@ -309,7 +309,7 @@ def _outside(parent: nn.Module, key: str, adapter: Adapter | None, output_side: 
         found = found_output_side(parent)
         if found is not None and found.dropout == key:
             return OUTPUT_OFF
-    if adapter is None and not isinstance(parent, (nn.ModuleDict, nn.ModuleList)) and _never_named(parent, key):
+    if adapter is None and _never_named(parent, key):
         return f"{kind}'s forward code never names self.{key}: most likely unused, it drops nothing"
     if adapter is None:  # a ModuleDict has no forward: what holds it calls the dropout (peft's lora_dropout)
         owner = f"what holds its {kind}" if isinstance(parent, (nn.ModuleDict, nn.ModuleList)) else f"its parent {kind}"

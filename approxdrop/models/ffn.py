@@ -23,7 +23,6 @@ from .executor_choice import Probe, choose_executor
 from .methods import DROPOUT_METHODS, ELEMENT, NOTHING, ROW, Method
 from .parts import must_call, warn_calls_parts
 from .sites import (
-    EXPORT_ADVICE,
     DropoutRate,
     ModeInDropout,
     activate,
@@ -219,8 +218,6 @@ class ApproxDropoutFFN(ModeInDropout, DropoutRate, nn.Module):
         if drops == ELEMENT:
             return self.fc2(self.dropout(_gated(self.activation(self.fc1(x)), gate, x)))
         if self.groups > 1 and not self.static_shapes:
-            if torch.compiler.is_exporting():  # step_draws' advice, before the eager call's graph break
-                raise ValueError(EXPORT_ADVICE)
             return self._grouped_step(x, gate)  # eager: Dynamo would guard on the groups' pattern objects
         (draw,) = step_draws(self)  # drawn now, or ahead by draw_patterns (compiled training)
         self.last_pattern = draw

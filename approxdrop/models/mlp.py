@@ -43,7 +43,6 @@ from .executor_choice import Probe, choose_executor
 from .methods import ELEMENT, NOTHING, ROW, TILE, get_method, methods_for
 from .parts import must_call, warn_calls_parts
 from .sites import (
-    EXPORT_ADVICE,
     DropoutRate,
     activate,
     check_elementwise,
@@ -187,8 +186,6 @@ class ApproxDropoutMLP(DropoutRate, nn.Module):
         if drops == ELEMENT:
             return self._dense(x, dropout=True)
         if drops in (ROW, TILE) and self.groups > 1 and not self.static_shapes:
-            if torch.compiler.is_exporting():  # step_draws' advice, before the eager call's graph break
-                raise ValueError(EXPORT_ADVICE)
             return self._grouped_step(x)  # eager: Dynamo would guard on the groups' pattern objects
         draws = step_draws(self)  # drawn now, or ahead by draw_patterns (compiled training)
         self.last_patterns = stored_draws(draws)
@@ -197,9 +194,9 @@ class ApproxDropoutMLP(DropoutRate, nn.Module):
         if drops == ROW and self.static_shapes:
             return self._static(x)
         if drops == ROW:
-            return self._row(x, draws) if self.groups == 1 else self._grouped(x, draws)
+            return self._row(x, draws)
         if drops == TILE:
-            return self._tile(x, draws) if self.groups == 1 else self._grouped_tile(x, draws)
+            return self._tile(x, draws)
         return self._shared(x, draws)
 
     def _called_part(self, activation: bool = True) -> tuple[str, str] | None:

@@ -502,11 +502,15 @@ _draw_outside_graph = torch.compiler.disable(_draw, reason=_COMPILE_ADVICE)
 def run_eagerly(fn):
     """``fn`` as it is, except that under torch.compile it runs outside the graph (a graph break; under
     ``fullgraph=True`` an error giving ``GROUPED_COMPILE_REASON``): the grouped paths, whose GEMMs depend on
-    the drawn offsets. Eager calls pay nothing for the wrapper but one check."""
+    the drawn offsets. Only a training forward runs them, so under torch.export they raise ``step_draws``'
+    advice (some take the step's draws themselves, and the graph break would come first). Eager calls pay
+    nothing for the wrapper but one check."""
     outside = torch.compiler.disable(fn, reason=GROUPED_COMPILE_REASON)
 
     def call(*args, **kwargs):
         if torch.compiler.is_compiling():
+            if torch.compiler.is_exporting():
+                raise ValueError(EXPORT_ADVICE)
             return outside(*args, **kwargs)
         return fn(*args, **kwargs)
 
