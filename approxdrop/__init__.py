@@ -21,6 +21,7 @@ from .models import (
     TorchLSTM,
     convert,
     language_model,
+    lora_targets,
     lstm_gemm_work,
     mlp_gemm_work,
 )
@@ -86,6 +87,7 @@ __all__ = [
     "expected_work",
     "kernels",
     "language_model",
+    "lora_targets",
     "load_corpus",
     "load_dataset",
     "lstm_gemm_work",

@@ -49,7 +49,7 @@ def test_llamas_unconverted_twin_drops_its_mlp_hidden_units_as_nn_dropout_does()
         pytest.skip("transformers is not installed")
     torch = pytest.importorskip("torch")
     model, twin, forward, report = bench_convert._converted_twins("llama", TINY, 0.5, "row", 0, torch.device("cpu"))
-    assert report.converted == ["layers.0.mlp.ffn", "layers.1.mlp.ffn"] and set(report.rates.values()) == {0.5}
+    assert report.converted == ["layers.0.mlp", "layers.1.mlp"] and set(report.rates.values()) == {0.5}
     ids = torch.randint(256, (2, 4))
     hidden = []
     model.layers[0].mlp.down_proj.register_forward_pre_hook(lambda linear, args: hidden.append(args[0]))

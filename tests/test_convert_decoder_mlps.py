@@ -45,11 +45,11 @@ def test_a_gated_mlp_without_dropout_gets_one_only_with_a_rate_and_trains_as_the
     with torch.no_grad():
         before = model.eval()(input_ids=ids).logits
     report = convert(model, p=0.3, generator=torch.Generator().manual_seed(1))
-    assert report.converted == ["model.layers.0.mlp.ffn", "model.layers.1.mlp.ffn"] and not report.no_dropout
+    assert report.converted == ["model.layers.0.mlp", "model.layers.1.mlp"] and not report.no_dropout
     assert set(report.adapters.values()) == {"hf-gated-mlp"} and set(report.rates.values()) == {0.3}
-    assert set(report.kinds.values()) == {"GatedApproxDropoutFFN"}  # not its inner GatedParts
+    assert set(report.kinds.values()) == {"GatedApproxDropoutFFN"}  # the block at each name, not its GatedParts
     for name in report.converted:
-        assert isinstance(model.get_submodule(name.removesuffix(".ffn")), GatedApproxDropoutFFN)
+        assert isinstance(model.get_submodule(name), GatedApproxDropoutFFN)
     linears = {n for n in names if n.endswith(("gate_proj", "up_proj", "down_proj"))}
     assert len(linears) == 6 and linears <= {n for n, _ in model.named_modules()}  # what LoRA targets by name
     assert list(model.parameters()) == params and list(model.state_dict()) == keys
@@ -109,7 +109,7 @@ def test_llamas_layout_is_found_whatever_the_class_is_called():
     model = nn.Sequential(SeedOssMLP(), SwappedMLP())
     assert convert(model).no_dropout == [("0", NO_DROPOUT)]  # the swapped forward is not the layout: not listed
     report = convert(model, p=0.5)
-    assert report.converted == ["0.ffn"] and report.adapters == {"0.ffn": "hf-gated-mlp"}
+    assert report.converted == ["0"] and report.adapters == {"0": "hf-gated-mlp"}
     assert isinstance(model[0], GatedApproxDropoutFFN) and type(model[1]) is SwappedMLP
 
 

@@ -579,6 +579,11 @@ def test_bart_style_functional_activation_dropout_converts(kind):
     layers = [n for n, m in model.named_modules() if type(m).__name__.endswith("Layer")]
     assert report.converted == [f"{n}.fc1" for n in layers] and len(layers) == 3
     assert all(f"{FUNCTIONAL} ({kind}" in line for line in str(report).splitlines() if FUNCTIONAL in line)
+    where = [line for line in str(report).splitlines() if "activation dropout was converted" in line]
+    assert len(where) == 3 and all("its rate is fc1.p now, and activation_dropout reads 0" in line for line in where)
+    assert all(
+        model.get_submodule(n).activation_dropout == 0 and model.get_submodule(f"{n}.fc1").p == 0.3 for n in layers
+    )
     with torch.no_grad():
         assert torch.equal(seq2seq(model, ids), before)
     assert list(model.state_dict()) == keys
@@ -764,9 +769,9 @@ def test_t5_gated_feed_forward_converts_and_trains_as_the_reference():
     twin, keys = copy.deepcopy(model), list(model.state_dict())
     report = convert(model, generator=torch.Generator().manual_seed(7))
     assert len(report.converted) == 4 and set(report.adapters.values()) == {"hf-t5-gated"}
-    for name in report.converted:  # the pattern site, inside the gated block that replaced DenseReluDense
-        assert name.endswith("DenseReluDense.ffn") and isinstance(model.get_submodule(name), ApproxDropoutFFN)
-        assert isinstance(model.get_submodule(name.removesuffix(".ffn")), GatedApproxDropoutFFN)
+    for name in report.converted:  # the gated block that replaced DenseReluDense
+        assert name.endswith("DenseReluDense") and isinstance(model.get_submodule(name), GatedApproxDropoutFFN)
+        assert report.kinds[name] == "GatedApproxDropoutFFN" and report.rates[name] == model.get_submodule(name).p
     with torch.no_grad():
         assert torch.equal(seq2seq(model, ids), before)
     assert list(model.state_dict()) == keys

@@ -59,7 +59,9 @@ def test_a_linear_wrapped_after_the_block_is_built_runs_in_training(method, exec
     nn.init.normal_(wrapped.b.weight)  # a LoRA delta that changes the output
     block._modules[entry] = wrapped
     x = torch.randn(8, 12, dtype=torch.float64)
-    with warns_where_weights_are_read(executor, static_shapes, r"its fc[12] is now a LoraLike .* calls its parts"):
+    with warns_where_weights_are_read(
+        executor, static_shapes, r"its fc[12] is now a test_parts_changed_after_build\.LoraLike .* calls its parts"
+    ):
         y = block(x)
     expected = block.fc2(block.activation(block.fc1(x)) * hidden_mask(block, 8))  # [8, 12]
     torch.testing.assert_close(y, expected)
@@ -105,7 +107,7 @@ def test_an_output_side_linear_wrapped_after_convert_runs_in_training(static_sha
     nn.init.normal_(wrapped.b.weight)
     block.linear = wrapped
     x = torch.randn(7, 10, dtype=torch.float64)
-    with pytest.warns(RuntimeWarning, match="its linear is now a LoraLike"):
+    with pytest.warns(RuntimeWarning, match=r"its linear is now a test_parts_changed_after_build\.LoraLike"):
         y = block(x)
     q = block.last_pattern
     torch.testing.assert_close(y, wrapped(x) * (q.keep_mask(24).double() * q.scale))
@@ -163,7 +165,7 @@ def test_a_torch_layers_linear_replaced_after_convert_runs_in_training():
     layer.linear1 = wrapped
     block = layer.ard_ffn
     x = torch.randn(3, 4, 12, dtype=torch.float64)
-    with pytest.warns(RuntimeWarning, match="its fc1 is now a LoraLike"):
+    with pytest.warns(RuntimeWarning, match=r"its fc1 is now a test_parts_changed_after_build\.LoraLike"):
         y = block(x)
     mask = block.last_pattern.keep_mask(32).double() * block.last_pattern.scale  # [32]
     torch.testing.assert_close(y, layer.linear2(block.activation(wrapped(x)) * mask))
@@ -187,7 +189,7 @@ def test_a_gated_blocks_linear_replaced_after_convert_runs_in_eval_and_training(
     hidden = block.ffn.activation(block.wi_0(x)) * block.wi_1(x)  # [6, 16]: through the wrapper where it is
     torch.testing.assert_close(block.eval()(x), block.wo(hidden))
     block.train()
-    with warns_where_weights_are_read(executor, False, "its fc[12] is now a LoraLike"):
+    with warns_where_weights_are_read(executor, False, r"its fc[12] is now a test_parts_changed_after_build\.LoraLike"):
         y = block(x)
     torch.testing.assert_close(y, block.wo(hidden * hidden_mask(block.ffn, 6)))
     y.sum().backward()

@@ -3,9 +3,11 @@ decoder-only transformer."""
 
 from .convert import convert
 from .ffn import ApproxDropoutFFN
+from .gated import GatedApproxDropoutFFN
 from .lstm import LM_METHODS, LSTM_METHODS, ApproxDropoutLSTM, TorchLSTM, language_model
 from .methods import DROPOUT_METHODS, Method, get_method, lstm_gemm_work, methods_for, mlp_gemm_work
 from .mlp import METHODS, ApproxDropoutMLP
+from .peft_names import lora_targets
 from .transformer import DecoderLM
 
 __all__ = [
@@ -17,11 +19,13 @@ __all__ = [
     "ApproxDropoutLSTM",
     "ApproxDropoutMLP",
     "DecoderLM",
+    "GatedApproxDropoutFFN",
     "Method",
     "TorchLSTM",
     "convert",
     "get_method",
     "language_model",
+    "lora_targets",
     "lstm_gemm_work",
     "methods_for",
     "mlp_gemm_work",

@@ -312,7 +312,7 @@ def _with_rest(
 ) -> Plan:
     """``module`` replaced by ``nn.Sequential(ffn=block, *rest)`` (``rest``: its output-side modules, timm
     Mlp's drop2); ``members``: (the block's key, the module's) of each moved part; ``converted``: the key
-    of the ApproxDropoutFFN inside ``block``."""
+    of the block ``convert`` reports inside ``block`` ("" for ``block`` itself)."""
     moved = [(f"ffn.{inner}.", f"{m}.", False) for inner, m in members] + [(f"{m}.", f"{m}.", False) for m in rest]
     wrapped = nn.Sequential(OrderedDict([("ffn", block)] + [(m, getattr(module, m)) for m in rest]))
     return Plan(
@@ -387,9 +387,9 @@ class GatedAdapter(Adapter):
         parts = [("ffn.1", self.members[1])] + ([("ffn.2", self.members[2])] if drop is not None else [])
         parts += [(m, m) for m in (self.members[0], self.members[3], self.gate)]  # the Linears keep their names
         if self.rest:
-            return _with_rest(module, block, "ffn", parts, self.rest)
+            return _with_rest(module, block, "", parts, self.rest)
         moved = [(f"{n}.", f"{m}.", False) for n, m in parts if n != m]
-        return Plan(converted=["ffn"], moved=moved, apply=lambda: block)
+        return Plan(converted=[""], moved=moved, apply=lambda: block)  # the gated block, named as the module was
 
     def _parts_problem(self, module: nn.Module) -> str | None:
         """Why the Linears of ``module`` could not be read by a block (a LoRA wrapper put on first, hooks), found

@@ -53,7 +53,8 @@ FUNCTIONAL = "functional dropout in forward code: not convertible"
 @dataclass
 class ConvertReport:
     """What ``convert`` did: ``converted`` holds the qualified names of the new blocks, each an
-    ApproxDropoutFFN (an OutputRowDropout for output-side dropout; ``kinds`` says which), so
+    ApproxDropoutFFN (a GatedApproxDropoutFFN for a gated feed-forward, an OutputRowDropout for output-side
+    dropout; ``kinds`` says which), so
     ``model.get_submodule(name)`` returns it, and ``adapters`` the adapter that made each; ``skipped`` a
     ``(name, reason)`` pair for every dropout left alone (for an approxdrop block already in the model, the
     block's name); ``functional`` a ``(name, detail)`` pair for
@@ -210,7 +211,9 @@ class _Walk:
         detail = _functional_dropout(module)
         if detail is not None:
             if isinstance(adapter, FunctionalDropoutAdapter) and any(m is module for m, _ in self.plans):
-                detail += "; its activation dropout was converted"
+                detail += (
+                    "; its activation dropout was converted: its rate is fc1.p now, and activation_dropout reads 0"
+                )
             self.functional.append((module, detail))
 
     def _already(self, block: nn.Module) -> None:
@@ -287,7 +290,7 @@ class _Walk:
                 out.converted.append(name)
                 out.adapters[name] = adapter
                 block = root.get_submodule(name)
-                out.kinds[name] = getattr(block, "REPORTED_AS", type(block).__name__)
+                out.kinds[name] = type(block).__name__
                 out.rates[name] = float(block.p)
         out.skipped = [(name_of(module, key), why) for module, key, why in self.left]
         out.functional = [(name_of(module) or type(module).__name__, detail) for module, detail in self.functional]

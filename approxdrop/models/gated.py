@@ -23,9 +23,7 @@ WI_NAMES = ("wi_0", "wi_1", "wo")  # T5DenseGatedActDense's
 
 class GatedParts(PartsOf):
     """The ApproxDropoutFFN of a GatedApproxDropoutFFN: its Linears are the block's first input Linear and its
-    output Linear, under the names the block keeps (``names``). ``convert``'s report names it by its block."""
-
-    REPORTED_AS = "GatedApproxDropoutFFN"
+    output Linear, under the names the block keeps (``names``)."""
 
     @property
     def fc1(self) -> nn.Linear:

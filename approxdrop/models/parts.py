@@ -75,7 +75,8 @@ def must_call(part: nn.Module | None, gemm_class: type[nn.Module] = nn.Linear) -
     if part is None:
         return None
     if type(part).forward is not gemm_class.forward:
-        return f"is now a {type(part).__name__} (a module with its own forward, such as a LoRA wrapper)"
+        kind = f"{type(part).__module__}.{type(part).__qualname__}"  # peft's LoRA wrapper is also called Linear
+        return f"is now a {kind} (a module with its own forward, such as a LoRA wrapper)"
     if "forward" in part.__dict__:
         return "has its forward replaced on the instance"
     if part._forward_hooks or part._forward_pre_hooks or part._backward_hooks or part._backward_pre_hooks:

@@ -119,3 +119,19 @@ def _load_post_hook(module: nn.Module, incompatible) -> None:
             if key is not None and key not in renamed:
                 renamed.append(key)
         found[start:] = renamed
+
+
+def saved_key(root: nn.Module, key: str) -> str | None:
+    """The checkpoint key of ``root``'s state key ``key`` as it is now (a converted T5 block's
+    ``DenseReluDense.0.weight`` is ``DenseReluDense.wi.weight``): the key maps of the modules on its path applied
+    from the deepest up, as ``state_dict``'s hooks apply them; None for an alias, which is not saved."""
+    path = key.split(".")[:-1]
+    owners = [(".".join(path[:i]) + "." if i else "", root.get_submodule(".".join(path[:i]))) for i in range(len(path))]
+    for prefix, module in reversed(owners):
+        keys: KeyMap | None = getattr(module, ATTR, None)
+        if keys is not None:
+            saved = keys.to_saved(key[len(prefix) :])
+            if saved is None:
+                return None
+            key = prefix + saved
+    return key
