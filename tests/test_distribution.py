@@ -52,6 +52,13 @@ def test_samples_follow_the_probabilities_and_uniform_offsets():
         assert len(counts) == dp and counts.min() > 0.8 * len(picked) / dp
 
 
+def test_a_pattern_of_probability_zero_is_not_in_the_law():
+    law = PatternDistribution(((2, 1), (4, 1)), (1.0, 0.0))
+    assert [(q.dp, w) for q, w in law.enumerate()] == [(2, 0.5), (2, 0.5)]
+    with pytest.raises(ValueError, match="first must be a pattern this law draws"):
+        law.complete_groups(RowPattern(4, 0, 1), 2)  # no draw gives (4, 1)
+
+
 def test_same_generator_seed_gives_the_same_patterns():
     a = [MIXED.sample(torch.Generator().manual_seed(7)) for _ in range(3)]
     gen1, gen2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)

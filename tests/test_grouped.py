@@ -530,3 +530,23 @@ def test_compact_op_never_returns_a_block_aliasing_the_weight():
     assert blocks and all(b.untyped_storage().data_ptr() != weight.untyped_storage().data_ptr() for b in blocks)
     torch.testing.assert_close(ys[0], xs[0] @ weight[0:1, 0:1].t() * 2)
     torch.testing.assert_close(ys[1], xs[1] @ weight[1:2, 1:2].t() * 2)
+
+
+@pytest.mark.parametrize("path", ["registered op", "eager Function"])
+def test_a_group_whose_input_needs_no_gradient_leaves_the_others_theirs(path):
+    """Group 0's input needs a gradient, group 1's (a frozen input) does not: group 0 still gets its own, the
+    dense masked one (in: dp 2, group offsets 0 and 1; out: every unit)."""
+    from approxdrop.ops import eager
+
+    ints = (2, 1, [0, 1], 1, 1, [0, 0])
+    gen = torch.Generator().manual_seed(0)
+    w = torch.randn(6, 8, dtype=torch.float64, generator=gen, requires_grad=True)
+    x0 = torch.randn(3, 4, dtype=torch.float64, generator=gen, requires_grad=True)  # group 0's kept inputs
+    x1 = torch.randn(3, 4, dtype=torch.float64, generator=gen)  # group 1's, frozen
+    if path == "registered op":
+        ys, _ = OPS.row_linear([x0, x1], w, None, *ints)
+    else:
+        ys = eager.RowLinear.apply(w, None, ints, x0, x1)
+    (ys[0].sum() + ys[1].sum()).backward()
+    assert x0.grad is not None and x1.grad is None
+    torch.testing.assert_close(x0.grad, 2.0 * w.detach()[:, 0::2].sum(0).expand(3, 4))  # input scale dp / keep = 2

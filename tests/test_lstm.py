@@ -361,15 +361,20 @@ def grouped_reference(model: ApproxDropoutLSTM, x, draws, state):
     return model.decoder(masked(u, draws[-1])), (torch.stack(hs), torch.stack(cs))
 
 
+@pytest.mark.parametrize("executor", ["compact", "masked"])
 @pytest.mark.parametrize("family", ["paper", "extended"])
 @pytest.mark.parametrize("groups, batch", [(4, 10), (4, 3), (2, 7)])
-def test_grouped_training_carries_each_sequences_state_through_its_groups_masks(family, groups, batch):
+def test_grouped_training_carries_each_sequences_state_through_its_groups_masks(family, groups, batch, executor):
     """Batch groups over several truncated-BPTT steps with the state carried (the LM race): logits,
-    the new state and every gradient equal the dense model with one mask per group, split along B."""
+    the new state and every gradient equal the dense model with one mask per group, split along B; by each
+    executor (at these sizes "auto" takes masked, so compact is asked for by name)."""
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(1)
-    model = ApproxDropoutLSTM(VOCAB, HIDDEN, 2, 0.5, "row", embedding=EMB, family=family, groups=groups, generator=gen)
+    model = ApproxDropoutLSTM(
+        VOCAB, HIDDEN, 2, 0.5, "row", embedding=EMB, family=family, groups=groups, generator=gen, executor=executor
+    )
     model.double()
+    assert model.executor_for(torch.zeros(T, batch, dtype=torch.long)) == executor
     state = tuple(torch.randn(2, batch, HIDDEN, dtype=torch.float64) for _ in range(2))  # [layers, B, H]
     params = list(model.parameters())
     for step in range(3):

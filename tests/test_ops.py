@@ -139,6 +139,20 @@ def test_row_linear_gradcheck(in_p, out_p, n_in, n_out):
     assert torch.autograd.gradcheck(lambda *t: row_pattern_linear(*t, in_p, out_p), (x, weight, bias))
 
 
+@pytest.mark.parametrize("n_out, n_in", [(4, 6), (6, 4)])
+def test_tile_linear_never_reads_a_skipped_tile(n_out, n_in):
+    """NaN in every skipped tile changes nothing: a skipped tile is never read (2 x 3 and 3 x 2 tile grids, dp 2
+    not dividing 3 tile columns or rows, so the layout pads them)."""
+    torch.manual_seed(0)
+    q = TilePattern(2, 0, 2, 1)  # dp 2, offset 0, tile 2, keep 1
+    w, x = torch.randn(n_out, n_in), torch.randn(5, n_in, requires_grad=True)
+    mask = q.keep_mask(n_out, n_in)
+    y = torch.ops.approxdrop.tile_linear(x, w.masked_fill(~mask, float("nan")), None, 2, 1, 2, [0])
+    torch.testing.assert_close(y, x @ (w * mask * q.scale).T)
+    y.sum().backward()
+    torch.testing.assert_close(x.grad, (w * mask * q.scale).sum(0).expand(5, n_in))
+
+
 @pytest.mark.parametrize(
     "pattern, n_in, n_out",
     [
