@@ -69,3 +69,14 @@ def test_without_refinement_the_points_follow_the_mus_given():
 def test_refinement_arguments_are_checked(kwargs, message):
     with pytest.raises(ValueError, match=message):
         ad.search_frontier(0.6, 64, mus=GRID, exact=True, **kwargs)
+
+
+# Guards against this change: (search/frontier.py: the MIN_MU_GAP_SHARE guard dropped from the refinement). At a jump
+# of the exact optimum (a breakpoint of the LP) halving the gap again only finds one end or the other, so
+# without the guard every refinement is spent bisecting the same breakpoint down to mus 1e-9 apart. No pair
+# closer than MIN_MU_GAP_SHARE of the mu range may be split: every gap stays >= half of it.
+def test_refinement_never_bisects_below_the_minimum_gap():
+    mus = (0.0, 20.0)
+    points = search_frontier(0.6, 256, mus=mus, exact=True, refine=25, refine_ratio=1.01)
+    gaps = [b.mu - a.mu for a, b in zip(points, points[1:])]
+    assert min(gaps) >= MIN_MU_GAP_SHARE * (mus[1] - mus[0]) / 2, sorted(gaps)[:3]

@@ -1,12 +1,16 @@
 """What a race measures: accuracy of the eval-mode model on the test split, and speedups as baseline time over the
 method's."""
 
+import math
+
 import pytest
 import torch
 
-from approxdrop.data import Dataset, DatasetInfo
+from approxdrop.data import Dataset, DatasetInfo, batchify
+from approxdrop.data.corpus import Corpus, CorpusInfo, Vocabulary
 from approxdrop.models import ApproxDropoutMLP
-from approxdrop.training import ACCURACY, History, MLPRaceConfig, RaceResult, evaluate, train
+from approxdrop.training import ACCURACY, History, MLPRaceConfig, RaceResult, evaluate, run_race, train, train_lm
+from approxdrop.training import lm as lm_module
 
 # Guards against this change: (training/mlp.py evaluate: model.eval() dropped, so test accuracy is measured with
 # dropout still on). The race's accuracies then carry dropout noise (and, for the pattern methods, the
@@ -76,3 +80,66 @@ def test_a_method_twice_as_fast_as_bernoulli_has_speedup_2():
     rows = {r.method: r for r in result.summary()}
     assert rows["row"].speedup == pytest.approx(2.0) and rows["row"].ms_per_step == pytest.approx(1.0)
     assert "2.00x" in result.format_table() and result.timing_note() == ""
+
+
+# Guards against this change: (training/race.py run_race: only a NaN loss stops a method, an inf one goes into the
+# history). The module promises "a method whose loss becomes NaN or inf is stopped there"; the suite's
+# divergence test drives the loss to NaN only. A contestant whose loss is inf at step 3 must be marked
+# diverged at step 3, with no inf in its history.
+
+
+class Contestant:
+    def __init__(self, losses):
+        self.losses = iter(losses)
+
+    def step(self, batch):
+        return next(self.losses)
+
+    def evaluate(self):
+        return 0.5
+
+
+def test_an_inf_loss_stops_the_method_like_a_nan():
+    contestants = {"bernoulli": Contestant([1.0] * 5), "row": Contestant([1.0, 1.0, math.inf, 1.0, 1.0])}
+    result = RaceResult(
+        {m: History() for m in contestants}, ACCURACY, MLPRaceConfig(steps=5), dict.fromkeys(contestants, 1.0), "cpu"
+    )
+    run_race(contestants, lambda step: None, result, steps=5, eval_every=5, progress=False)
+    row = result.histories["row"]
+    assert row.diverged_at == 3 and row.step == [1, 2] and all(math.isfinite(v) for v in row.loss)
+
+
+# Guards against this change: (training/lm.py train_lm: the contestants' perplexity read on the training stream
+# instead of the validation split). Nothing in the suite looks at which data the race evaluates; this pins
+# it: every evaluation reads batchify(corpus.valid, batch). The validation split here is not a slice of the
+# training split, so the two cannot coincide.
+
+
+def test_the_lm_race_evaluates_on_the_validation_split(monkeypatch):
+    words = ("the cat sat on the mat <eos> a dog ran in the park <eos> " * 20).split()
+    vocab = Vocabulary(words)
+    ids = vocab.encode(words)
+    train, valid = ids[:200], ids.flip(0)[:60]  # valid: the text backwards, not part of the training stream
+    corpus = Corpus(train, valid, valid, vocab, CorpusInfo("periodic", "test", len(vocab), 200, 60, 60))
+    seen = []
+
+    def recording_perplexity(model, data, bptt=35):
+        seen.append(data.clone())
+        return 1.0
+
+    monkeypatch.setattr(lm_module, "perplexity", recording_perplexity)
+    train_lm(
+        corpus,
+        ("bernoulli", "row"),
+        hidden=8,
+        layers=1,
+        bptt=5,
+        batch=4,
+        steps=2,
+        eval_every=2,
+        optimizer="adam",
+        progress=False,
+        device="cpu",
+    )
+    expected = batchify(valid, 4)
+    assert len(seen) == 2 and all(torch.equal(d, expected) for d in seen)

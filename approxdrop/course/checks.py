@@ -417,7 +417,9 @@ def _compare(
         return None, wrong_kind
     if got_t is None and isinstance(got, numbers.Number) and isinstance(want, numbers.Real):
         return None, f"{wrong_kind}: convert it with {'int' if isinstance(want, numbers.Integral) else 'float'}()"
-    if got_t is None or (got_t.is_complex() and not want_t.is_complex()):
+    if got_t is not None and got_t.is_complex() and not want_t.is_complex():
+        return None, f"{wrong_kind}: it holds complex numbers, expected real ones"
+    if got_t is None:
         return None, wrong_kind
     if got_t.shape != want_t.shape:
         if isinstance(got, torch.Tensor) and isinstance(want, torch.Tensor):
