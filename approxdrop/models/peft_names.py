@@ -28,6 +28,11 @@ def names_before_convert(model: nn.Module) -> dict[str, str]:
     return out
 
 
+def _peft_match(name: str, target: str) -> bool:
+    """peft's rule for a list of target names: ``name`` is ``target`` or ends with ``"." + target``."""
+    return name == target or name.endswith(f".{target}")
+
+
 def lora_targets(model: nn.Module, names: Sequence[str]) -> list[str]:
     """peft's ``target_modules`` for a converted ``model``, from module names as they were before ``convert``:
     the full current names of the modules whose old name is one of ``names`` or ends with ``"." + name`` (peft's
@@ -44,12 +49,12 @@ def lora_targets(model: nn.Module, names: Sequence[str]) -> list[str]:
     if bad:
         raise ValueError(f"names must be non-empty strings, got {bad!r} in {names!r}")
     before = names_before_convert(model)
-    hits = {n: [now for now, old in before.items() if old == n or old.endswith(f".{n}")] for n in names}
+    hits = {n: [now for now, old in before.items() if _peft_match(old, n)] for n in names}
     if missing := [n for n, found in hits.items() if not found]:
         raise ValueError(f"no module of the model was called {missing} before convert (nor ends with '.' + it)")
     found = {now for targets in hits.values() for now in targets}
     targets = [name for name in before if name in found]
-    also = [n for n, _ in model.named_modules() if n not in found and any(n.endswith(f".{t}") for t in targets)]
+    also = [n for n, _ in model.named_modules() if n not in found and any(_peft_match(n, t) for t in targets)]
     if also:  # top-level numbered modules: target "1" is also the end of "0.1"
         raise ValueError(
             f"peft would also wrap {also}, whose names end with a target's: pass target_modules as the regular "

@@ -125,8 +125,10 @@ def saved_key(root: nn.Module, key: str) -> str | None:
     """The checkpoint key of ``root``'s state key ``key`` as it is now (a converted T5 block's
     ``DenseReluDense.0.weight`` is ``DenseReluDense.wi.weight``): the key maps of the modules on its path applied
     from the deepest up, as ``state_dict``'s hooks apply them; None for an alias, which is not saved."""
-    path = key.split(".")[:-1]
-    owners = [(".".join(path[:i]) + "." if i else "", root.get_submodule(".".join(path[:i]))) for i in range(len(path))]
+    owners, prefix, module = [("", root)], "", root
+    for name in key.split(".")[:-1]:  # down to the module that holds the tensor, one child at a time
+        prefix, module = f"{prefix}{name}.", module.get_submodule(name)
+        owners.append((prefix, module))
     for prefix, module in reversed(owners):
         keys: KeyMap | None = getattr(module, ATTR, None)
         if keys is not None:
