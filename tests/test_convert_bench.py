@@ -12,11 +12,11 @@ TINY = bench_convert.Size(d_model=16, d_hidden=32, heads=2, layers=2, sequence=4
 
 
 def test_measure_converts_every_feed_forward_and_times_both():
-    models = ("encoder", "t5", "gpt2", "bert", "llama") if _has_transformers() else ("encoder",)
+    models = ("encoder", "t5", "gpt2", "bert", "llama", "phi3") if _has_transformers() else ("encoder",)
     rows = bench_convert.measure(models, size=TINY, warmup=0, rounds=2, progress=False)
     assert [r.model for r in rows] == list(models)
     # T5: 2 encoder + 2 decoder blocks; GPT-2 and BERT: two output-side projections per layer (attention, MLP)
-    assert [r.converted_blocks for r in rows] == [2, 4, 4, 4, 2][: len(models)]
+    assert [r.converted_blocks for r in rows] == [2, 4, 4, 4, 2, 2][: len(models)]
     for r in rows:
         assert (
             r.ms_unconverted > 0 and r.ms_converted > 0 and r.ratio == pytest.approx(r.ms_converted / r.ms_unconverted)
@@ -33,7 +33,7 @@ def test_the_cli_writes_the_table_and_the_record(tmp_path, capsys):
     assert json.loads(out.read_text())["rows"][0]["converted_blocks"] == 2
 
 
-@pytest.mark.parametrize("name", ["t5", "gpt2", "bert"])
+@pytest.mark.parametrize("name", ["t5", "gpt2", "bert", "phi3"])
 def test_the_special_tokens_of_the_hf_models_are_in_their_vocabulary(name):
     if not _has_transformers():
         pytest.skip("transformers is not installed")
@@ -42,13 +42,14 @@ def test_the_special_tokens_of_the_hf_models_are_in_their_vocabulary(name):
     assert ids and all(0 <= value < config.vocab_size for value in ids.values()), ids
 
 
-def test_llamas_unconverted_twin_drops_its_mlp_hidden_units_as_nn_dropout_does():
-    """Llama's MLPs have no dropout: the converted twin gets row patterns at p, the unconverted one F.dropout at
-    the same place (the input of down_proj), so the two steps do the same kind of work."""
+@pytest.mark.parametrize("name", ["llama", "phi3"])
+def test_the_unconverted_twin_of_a_model_without_mlp_dropout_drops_its_hidden_units_as_nn_dropout_does(name):
+    """Llama's and Phi-3's MLPs have no dropout: the converted twin gets row patterns at p, the unconverted one
+    F.dropout at the same place (the input of down_proj), so the two steps do the same kind of work."""
     if not _has_transformers():
         pytest.skip("transformers is not installed")
     torch = pytest.importorskip("torch")
-    model, twin, forward, report = bench_convert._converted_twins("llama", TINY, 0.5, "row", 0, torch.device("cpu"))
+    model, twin, forward, report = bench_convert._converted_twins(name, TINY, 0.5, "row", 0, torch.device("cpu"))
     assert report.converted == ["layers.0.mlp", "layers.1.mlp"] and set(report.rates.values()) == {0.5}
     ids = torch.randint(256, (2, 4))
     hidden = []

@@ -1,7 +1,7 @@
 """Training-step benchmark of ``convert`` on real model classes: PyTorch's ``nn.TransformerEncoder`` and,
-when transformers is installed, Hugging Face T5, GPT-2, BERT and Llama built from their configs (random
-weights; GPT-2 and BERT have output-side dropout only, converted with ``output_side=True``; Llama's MLPs have
-none, so convert is given p and the unconverted twin gets ``F.dropout`` at the same place), each against its
+when transformers is installed, Hugging Face T5, GPT-2, BERT, Llama and Phi-3 built from their configs (random
+weights; GPT-2 and BERT have output-side dropout only, converted with ``output_side=True``; Llama's and Phi-3's
+MLPs have none, so convert is given p and the unconverted twin gets ``F.dropout`` at the same place), each against its
 unconverted twin, side by side in one process.
 
 One step is zero_grad + forward + mean-squared error of the last hidden state against a fixed target +
@@ -32,7 +32,7 @@ from ..training import sgd
 from .bench import check_protocol, time_side_by_side
 from .options import Distinct, non_negative_int, positive_int, progress_bar, rate, write_record
 
-MODELS = ("encoder", "t5", "gpt2", "bert", "llama")
+MODELS = ("encoder", "t5", "gpt2", "bert", "llama", "phi3")
 CLOCKS: dict[str, Callable[[], float]] = {"cpu": time.process_time, "wall": time.perf_counter}
 
 
@@ -122,8 +122,20 @@ def llama(size: Size, p: float) -> tuple[nn.Module, Callable[[nn.Module, torch.T
     return T.LlamaModel(config), lambda m, ids: m(input_ids=ids).last_hidden_state
 
 
+def phi3(size: Size, p: float) -> tuple[nn.Module, Callable[[nn.Module, torch.Tensor], torch.Tensor]]:
+    """A Phi-3 decoder from its config (a gated SiLU MLP whose two input Linears are one, ``gate_up_proj``, with no
+    dropout of its own), as ``llama``: convert gives its MLPs row patterns at p, the twin ``F.dropout`` there."""
+    T = _transformers()
+    config = T.Phi3Config(
+        vocab_size=256, hidden_size=size.d_model, intermediate_size=size.d_hidden, num_hidden_layers=size.layers,
+        num_attention_heads=size.heads, num_key_value_heads=size.heads, max_position_embeddings=max(size.sequence, 8),
+        pad_token_id=0, bos_token_id=1, eos_token_id=2,
+    )  # fmt: skip
+    return T.Phi3Model(config), lambda m, ids: m(input_ids=ids).last_hidden_state
+
+
 def add_mlp_dropout(model: nn.Module, p: float) -> None:
-    """Per-element dropout at ``p`` on the hidden units of every Llama MLP of ``model`` (the input of its
+    """Per-element dropout at ``p`` on the hidden units of every Llama or Phi-3 MLP of ``model`` (the input of its
     down_proj, as ``convert(model, p=p)`` puts its row patterns there): a forward pre-hook."""
     for name, module in model.named_modules():
         if name.endswith("mlp") and hasattr(module, "down_proj"):
@@ -132,9 +144,10 @@ def add_mlp_dropout(model: nn.Module, p: float) -> None:
             )
 
 
-BUILDERS = {"encoder": encoder, "t5": t5, "gpt2": gpt2, "bert": bert, "llama": llama}
+BUILDERS = {"encoder": encoder, "t5": t5, "gpt2": gpt2, "bert": bert, "llama": llama, "phi3": phi3}
 OUTPUT_SIDE = ("gpt2", "bert")  # converted with output_side=True: they have no hidden-unit dropout
-NO_DROPOUT = ("llama",)  # no dropout of their own: convert is given p, the unconverted twin gets F.dropout there
+# no dropout of their own: convert is given p, the unconverted twin gets F.dropout there
+NO_DROPOUT = ("llama", "phi3")
 
 
 def train_step(model: nn.Module, forward, x: torch.Tensor, target: torch.Tensor) -> Callable[[], torch.Tensor]:
@@ -223,6 +236,7 @@ def format_table(rows: list[ConvertBenchRow], size: Size) -> str:
             "gpt2": "HF GPT-2, output side (c_proj + dropout)",
             "bert": "HF BERT, output side (dense + dropout)",
             "llama": "HF Llama (LlamaModel; MLP dropout added: F.dropout / row patterns)",
+            "phi3": "HF Phi-3 (Phi3Model, packed gate_up_proj; MLP dropout added as Llama's)",
         }[r.model]
         lines.append(
             f"| {label} | {r.converted_blocks} | {r.ms_unconverted:.2f} | {r.ms_converted:.2f} | {r.ratio:.3f} |"

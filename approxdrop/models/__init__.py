@@ -3,7 +3,7 @@ decoder-only transformer."""
 
 from .convert import convert
 from .ffn import ApproxDropoutFFN
-from .gated import GatedApproxDropoutFFN
+from .gated import GatedApproxDropoutFFN, PackedGatedApproxDropoutFFN
 from .lstm import LM_METHODS, LSTM_METHODS, ApproxDropoutLSTM, TorchLSTM, language_model
 from .methods import DROPOUT_METHODS, Method, get_method, lstm_gemm_work, methods_for, mlp_gemm_work
 from .mlp import METHODS, ApproxDropoutMLP
@@ -21,6 +21,7 @@ __all__ = [
     "DecoderLM",
     "GatedApproxDropoutFFN",
     "Method",
+    "PackedGatedApproxDropoutFFN",
     "TorchLSTM",
     "convert",
     "get_method",

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from .ffn import ApproxDropoutFFN, PartsOf
-from .gated import GatedApproxDropoutFFN
+from .gated import GatedApproxDropoutFFN, PackedGatedApproxDropoutFFN
 from .output_side import OutputRowDropout
 from .parts import activation_problem, gemm_problem, hook_problem, type_name
 from .state_keys import Entry
@@ -162,7 +162,7 @@ def _sequence_problem(mods: list[nn.Module], j: int) -> str | None:
         return f"{type_name(mods[j])} is not nn.Dropout: only per-element dropout becomes a row pattern"
     if j >= 1 and is_linear(mods[j - 1]):
         return OUTPUT_SIDE
-    if j >= 1 and isinstance(mods[j - 1], (ApproxDropoutFFN, GatedApproxDropoutFFN)):
+    if j >= 1 and isinstance(mods[j - 1], (ApproxDropoutFFN, GatedApproxDropoutFFN, PackedGatedApproxDropoutFFN)):
         return AFTER_BLOCK  # what the first convert said of it (an adapter's drop2 after its block)
     if j < 2 or j + 1 >= len(mods) or not isinstance(mods[j - 2], nn.Linear) or not isinstance(mods[j + 1], nn.Linear):
         found = " -> ".join(type(m).__name__ for m in mods[max(j - 2, 0) : j + 2])
@@ -392,17 +392,86 @@ class GatedAdapter(Adapter):
         return Plan(converted=[""], moved=moved, apply=lambda: block)  # the gated block, named as the module was
 
     def _parts_problem(self, module: nn.Module) -> str | None:
-        """Why the Linears of ``module`` could not be read by a block (a LoRA wrapper put on first, hooks), found
-        without building one (no rate given, no law searched), or None."""
-        for name in (self.members[0], self.gate, self.members[3]):
-            part = getattr(module, name)
-            if (why := gemm_problem(name, part)) is not None:
-                peft = type(part).__module__.startswith("peft.")  # a LoRA put on before convert
-                return why + ("; convert before wrapping it (peft: before get_peft_model)" if peft else "")
-            if (why := hook_problem(part)) is not None:
-                return f"{name} {why}"
-        act = getattr(module, self.members[1])
-        return activation_problem(act) if isinstance(act, nn.Module) else None
+        """Why the Linears of ``module`` could not be read by a block (``parts_problem``), or None."""
+        return parts_problem(module, (self.members[0], self.gate, self.members[3]), self.members[1])
+
+
+def parts_problem(module: nn.Module, linears: tuple[str, ...], activation: str) -> str | None:
+    """Why ``module``'s Linears named ``linears`` could not be read by a block (a LoRA wrapper put on first, hooks),
+    or its activation applied to the kept units only, found without building one (no rate given, no law
+    searched), or None."""
+    for name in linears:
+        part = getattr(module, name)
+        if (why := gemm_problem(name, part)) is not None:
+            peft = type(part).__module__.startswith("peft.")  # a LoRA put on before convert
+            return why + ("; convert before wrapping it (peft: before get_peft_model)" if peft else "")
+        if (why := hook_problem(part)) is not None:
+            return f"{name} {why}"
+    act = getattr(module, activation)
+    return activation_problem(act) if isinstance(act, nn.Module) else None
+
+
+class PackedGatedAdapter(Adapter):
+    """A gated feed-forward whose two input Linears are one, ``wo(dropout(act(a) * b))`` with ``a, b =
+    wi(x).chunk(2, -1)``, on attributes named by ``members`` = (wi, activation, dropout, wo) (Hugging Face
+    ModernBERT's MLP): replaced in its parent by a PackedGatedApproxDropoutFFN, which holds wi, wo and the dropout
+    under the module's names. Its forward must have every line of ``lines``, and its children must be exactly the
+    members (a norm or a residual would be lost). With no dropout member (``""``: Phi-3's and GLM's MLPs, found by
+    ``fits``) the block's dropout is new, at the rate given to ``convert``; with none given the module is left as
+    it is, and the report lists it."""
+
+    replaces = True
+
+    def __init__(self, name: str, members: tuple[str, str, str, str], lines: tuple[str, ...]) -> None:
+        self.name, self.members, self.lines = name, members, lines
+
+    def fits(self, module: nn.Module) -> bool:
+        """Whether ``module``'s children are the members and its forward has ``lines``: its layout, whatever its
+        class is called (Hugging Face repeats Phi-3's MLP in GLM, Dia and others)."""
+        names = {m for m in self.members if m}
+        forward = forward_lines(module)
+        return (
+            set(module._modules) == names
+            and all(isinstance(module._modules[n], nn.Module) for n in names)
+            and all(line in forward for line in self.lines)
+        )
+
+    def plan(self, module: nn.Module, build: Build) -> Plan:
+        wi_name, act_name, drop_name, wo_name = self.members
+        drop = getattr(module, drop_name) if drop_name else None
+        if not self.fits(module):
+            why = f"not the layout expected: children {', '.join(self.members)} and a forward with {self.lines[0]!r}"
+        else:
+            why = parts_problem(module, (wi_name, wo_name), act_name)
+        if why is None and drop is None and not build.p:
+            return Plan(no_dropout=NO_DROPOUT)
+        block = why if why is not None else self._block(module, build, drop)
+        if isinstance(block, str):
+            return Plan(no_dropout=f"not convertible: {block}") if drop is None else Plan(skipped=[(drop_name, block)])
+        moved = [("ffn.1.", f"{act_name}.", False)]  # the Linears and the dropout keep their names in the block
+        return Plan(converted=[""], moved=moved, apply=lambda: block)  # the block, named as the module was
+
+    def _block(self, module: nn.Module, build: Build, drop: nn.Module | None) -> nn.Module | str:
+        """The PackedGatedApproxDropoutFFN of ``module``, or why not: ``build`` checks the chain with a stand-in for
+        one half of wi (on the meta device: no memory)."""
+        wi_name, act_name, drop_name, wo_name = self.members
+        wi, act, wo = getattr(module, wi_name), getattr(module, act_name), getattr(module, wo_name)
+        if wi.out_features % 2:
+            return f"{wi_name} gives {wi.out_features} units, an odd number: not two halves"
+        if drop is not None and type(drop) is not nn.Dropout:
+            return f"its {drop_name} is not nn.Dropout"
+        half = nn.Linear(
+            wi.in_features, wi.out_features // 2, wi.bias is not None, device="meta", dtype=wi.weight.dtype
+        )
+        half.train(wi.training)
+        block = build(Chain(half, act, wo, build.p if drop is None else drop.p, drop, self.members))
+        if isinstance(block, str):
+            return block
+        names = (wi_name, wo_name, drop_name) if drop is not None else (wi_name, wo_name)
+        try:
+            return PackedGatedApproxDropoutFFN(block, wi, 0, names)
+        except ValueError as error:
+            return f"cannot build the block: {error}"
 
 
 NO_DROPOUT = "no dropout of its own: convert(model, p=...) gives it a row-pattern dropout on its hidden units"
@@ -667,6 +736,26 @@ _NO_DROPOUT_GATED = GatedAdapter(
     "up_proj",
     line="self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))",
 )
+# Phi-3's gated MLP with its two input Linears packed in one (repeated in GLM, GLM-4, Dia and others), no dropout:
+# found by its layout (``fits``); given a rate, convert adds a row-pattern one on the hidden units
+_NO_DROPOUT_PACKED = PackedGatedAdapter(
+    "hf-packed-gated-mlp",
+    ("gate_up_proj", "activation_fn", "", "down_proj"),
+    lines=(
+        "up_states = self.gate_up_proj(hidden_states)",
+        "gate, up_states = up_states.chunk(2, dim=-1)",
+        "up_states = up_states * self.activation_fn(gate)",
+        "return self.down_proj(up_states)",
+    ),
+)
+ADAPTERS["transformers.models.modernbert.modeling_modernbert.ModernBertMLP"] = PackedGatedAdapter(
+    "hf-modernbert-mlp",
+    ("Wi", "act", "drop", "Wo"),
+    lines=(
+        "input, gate = self.Wi(hidden_states).chunk(2, dim=-1)",
+        "return self.Wo(self.drop(self.act(input) * gate))",
+    ),
+)
 _FUNCTIONAL = FunctionalDropoutAdapter()
 for _model in ("bart", "mbart", "marian", "plbart", "pegasus", "blenderbot", "blenderbot_small", "m2m_100"):
     _prefix = "".join(part.capitalize() for part in _model.split("_"))
@@ -769,6 +858,8 @@ def adapter_for(module: nn.Module, output_side: bool = False) -> Adapter | None:
         return _FUNCTIONAL
     if found is None and _NO_DROPOUT_GATED.fits(module):
         return _NO_DROPOUT_GATED
+    if found is None and _NO_DROPOUT_PACKED.fits(module):
+        return _NO_DROPOUT_PACKED
     if found is None:
         found = found_feed_forward(module)
     if found is None and output_side:

@@ -32,7 +32,7 @@ from .adapters import (
     found_output_side,
 )
 from .ffn import ApproxDropoutFFN, ffn_method
-from .gated import GatedApproxDropoutFFN
+from .gated import GatedApproxDropoutFFN, PackedGatedApproxDropoutFFN
 from .lstm import ApproxDropoutLSTM
 from .methods import ROW
 from .mlp import ApproxDropoutMLP
@@ -43,6 +43,7 @@ from .state_keys import add_entries
 ARD_MODELS = (
     ApproxDropoutFFN,
     GatedApproxDropoutFFN,
+    PackedGatedApproxDropoutFFN,
     OutputRowDropout,
     ApproxDropoutMLP,
     ApproxDropoutLSTM,
@@ -53,8 +54,8 @@ FUNCTIONAL = "functional dropout in forward code: not convertible"
 @dataclass
 class ConvertReport:
     """What ``convert`` did: ``converted`` holds the qualified names of the new blocks, each an
-    ApproxDropoutFFN (a GatedApproxDropoutFFN for a gated feed-forward, an OutputRowDropout for output-side
-    dropout; ``kinds`` says which), so
+    ApproxDropoutFFN (a GatedApproxDropoutFFN for a gated feed-forward, a PackedGatedApproxDropoutFFN for one whose
+    input Linears are one, an OutputRowDropout for output-side dropout; ``kinds`` says which), so
     ``model.get_submodule(name)`` returns it, and ``adapters`` the adapter that made each; ``skipped`` a
     ``(name, reason)`` pair for every dropout left alone (for an approxdrop block already in the model, the
     block's name); ``functional`` a ``(name, detail)`` pair for
@@ -251,7 +252,7 @@ class _Walk:
                 "model.parameters() would change, and an optimizer's saved state would load onto other parameters"
             )
             keys = [k for k, m in child.named_children() if isinstance(m, DROPOUT_TYPES)]
-            plan = Plan(skipped=[(k, why) for k in keys])
+            plan = Plan(skipped=[(k, why) for k in keys]) if keys else Plan(no_dropout=f"not convertible: {why}")
         if plan.apply is None:
             if plan.no_dropout is not None:
                 self.no_dropout.append((child, plan.no_dropout))

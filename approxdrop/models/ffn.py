@@ -214,9 +214,9 @@ class ApproxDropoutFFN(ModeInDropout, DropoutRate, nn.Module):
         self.last_pattern = None
         drops = self.spec.drops
         if not self.dropout_training or self.p == 0.0 or drops == NOTHING:  # the nn.Dropout's mode
-            return self.fc2(_gated(self.activation(self.fc1(x)), gate, x))
+            return self.fc2(self._dense_hidden(x, gate))
         if drops == ELEMENT:
-            return self.fc2(self.dropout(_gated(self.activation(self.fc1(x)), gate, x)))
+            return self.fc2(self.dropout(self._dense_hidden(x, gate)))
         if self.groups > 1 and not self.static_shapes:
             return self._grouped_step(x, gate)  # eager: Dynamo would guard on the groups' pattern objects
         (draw,) = step_draws(self)  # drawn now, or ahead by draw_patterns (compiled training)
@@ -231,12 +231,32 @@ class ApproxDropoutFFN(ModeInDropout, DropoutRate, nn.Module):
         weights must call the parts on every unit instead (with a warning). The masked path does anyway: only the
         others ask."""
         act = self.activation
-        parts = (("fc1", self.fc1, nn.Linear), ("fc2", self.fc2, nn.Linear), ("gate", gate, nn.Linear))
+        parts = [(name, part, nn.Linear) for name, part in self._gemm_parts(gate)]
         for name, part, cls in (*parts, ("activation", act, type(act))):
             if (why := must_call(part, cls)) is not None:
                 warn_calls_parts(self, name, why)
                 return True
         return False
+
+    def _gemm_parts(self, gate: nn.Linear | None) -> tuple[tuple[str, nn.Module | None], ...]:
+        """The Linears whose weights the paths that compute only the kept units read, by name (a part None: no
+        gate)."""
+        return (("fc1", self.fc1), ("fc2", self.fc2), ("gate", gate))
+
+    def _input_weights(self, gate: nn.Linear | None) -> tuple[tuple, tuple | None]:
+        """``(weight, bias)`` of fc1 and of the gate (None without one): what those paths read of the input side."""
+        fc1 = self.fc1
+        return (fc1.weight, fc1.bias), None if gate is None else (gate.weight, gate.bias)
+
+    def _dense_inputs(self, x: torch.Tensor, gate: nn.Linear | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``fc1(x)`` and ``gate(x)`` (None without a gate), Tensor[*, d_hidden] each: every unit, the parts called."""
+        return self.fc1(x), None if gate is None else gate(x)
+
+    def _dense_hidden(self, x: torch.Tensor, gate: nn.Linear | None) -> torch.Tensor:
+        """Every hidden unit before dropout (Tensor[*, d_hidden]): ``act(fc1(x))``, times ``gate(x)`` if gated."""
+        h, gated = self._dense_inputs(x, gate)
+        h = activate(self.activation, h)
+        return h if gated is None else h * gated
 
     def _static(self, x: torch.Tensor, gate: nn.Linear | None) -> torch.Tensor:
         if self._calls_parts(gate):
@@ -245,25 +265,27 @@ class ApproxDropoutFFN(ModeInDropout, DropoutRate, nn.Module):
         # (the leading axis, as the grouped path splits it) read their own group's slots
         (sides,) = static_sides(self, [self.d_hidden])  # one StaticSide per group
         parts = [x] if x.dim() == 1 else static_groups(x, len(sides), 0)  # [B_g, *, d_model], groups with samples
-        fc1, fc2 = self.fc1, self.fc2
+        (w1, b1), gating = self._input_weights(gate)
         sides = sides[: len(parts)]  # a single sample (x 1-D) is group 0's; empty groups get nothing
         whole = (None,) * len(parts)
-        hs = static_grouped_linear(parts, fc1.weight, fc1.bias, whole, sides)  # [B_g, *, K]
+        hs = static_grouped_linear(parts, w1, b1, whole, sides)  # [B_g, *, K]
         hs = [activate(self.activation, h) for h in hs]
-        if gate is not None:
-            hs = [h * g for h, g in zip(hs, static_grouped_linear(parts, gate.weight, gate.bias, whole, sides))]
+        if gating is not None:
+            hs = [h * g for h, g in zip(hs, static_grouped_linear(parts, *gating, whole, sides))]
+        fc2 = self.fc2
         ys = static_grouped_linear(hs, fc2.weight, fc2.bias, sides, whole)  # [B_g, *, d_out]
         return ys[0] if len(ys) == 1 else torch.cat(ys, 0)  # [*, d_out]
 
     def _row(self, x: torch.Tensor, pattern: RowPattern, gate: nn.Linear | None) -> torch.Tensor:
-        fc1, fc2 = self.fc1, self.fc2
         masked = not torch.compiler.is_compiling() and self.executor_for(x) == "masked"  # GEMMs too small to shrink
         if masked or self._calls_parts(gate):
             return self._grouped_masked(x, (pattern,), gate)  # dense, times the mask
-        h = row_pattern_linear(x, fc1.weight, fc1.bias, FULL, pattern, check=False)  # [*, k]: the kept units only
+        (w1, b1), gating = self._input_weights(gate)
+        h = row_pattern_linear(x, w1, b1, FULL, pattern, check=False)  # [*, k]: the kept units only
         h = activate(self.activation, h)
-        if gate is not None:
-            h = h * row_pattern_linear(x, gate.weight, gate.bias, FULL, pattern, check=False)  # [*, k]
+        if gating is not None:
+            h = h * row_pattern_linear(x, *gating, FULL, pattern, check=False)  # [*, k]
+        fc2 = self.fc2
         return row_pattern_linear(h, fc2.weight, fc2.bias, pattern, FULL, check=False)  # [*, d_out]
 
     def executor_for(self, x: torch.Tensor) -> str:
@@ -303,11 +325,12 @@ class ApproxDropoutFFN(ModeInDropout, DropoutRate, nn.Module):
                 for _ in range(start, stop)
             )  # one per sample: N splits into B equal runs
         whole = (FULL,) * len(patterns)
-        fc1, fc2 = self.fc1, self.fc2
-        h = grouped_row_pattern_linear(rows, fc1.weight, fc1.bias, whole, patterns, check=False)  # [N, d_hidden]
+        (w1, b1), gating = self._input_weights(gate)
+        h = grouped_row_pattern_linear(rows, w1, b1, whole, patterns, check=False)  # [N, d_hidden]
         h = activate(self.activation, h)  # what it gives at the dropped units (zeros) is never read
-        if gate is not None:
-            h = h * grouped_row_pattern_linear(rows, gate.weight, gate.bias, whole, patterns, check=False)
+        if gating is not None:
+            h = h * grouped_row_pattern_linear(rows, *gating, whole, patterns, check=False)
+        fc2 = self.fc2
         y = grouped_row_pattern_linear(h, fc2.weight, fc2.bias, patterns, whole, check=False)
         return y.reshape(*x.shape[:-1], self.d_out)  # [*, d_out]
 
@@ -315,7 +338,7 @@ class ApproxDropoutFFN(ModeInDropout, DropoutRate, nn.Module):
         self, x: torch.Tensor, patterns: tuple[RowPattern, ...], gate: nn.Linear | None
     ) -> torch.Tensor:
         # dense GEMMs; the hidden units of each sample (the leading axis) multiplied by its group's scaled mask
-        h = _gated(activate(self.activation, self.fc1(x)), gate, x)  # [B, *, d_hidden]
+        h = self._dense_hidden(x, gate)  # [B, *, d_hidden]
         mask = group_mask(patterns, x.shape[0] if x.dim() > 1 else 1, self.d_hidden, h.dtype, h.device)  # [B, d_h]
         mask = mask[0] if x.dim() == 1 else mask.view(mask.shape[0], *(1,) * (x.dim() - 2), self.d_hidden)
         return self.fc2(h * mask)  # [*, d_out]
@@ -362,8 +385,3 @@ class PartsOf(ApproxDropoutFFN):
     def dropout(self) -> nn.Module:
         """The owner's dropout (an nn.Dropout, which holds ``p``, or an nn.Identity: no dropout), or the block's."""
         return getattr(self.owner, self.DROPOUT) if self.DROPOUT else self._modules["2"]
-
-
-def _gated(h: torch.Tensor, gate: nn.Linear | None, x: torch.Tensor) -> torch.Tensor:
-    """The hidden units h (Tensor[*, d_hidden]) times ``gate(x)`` for a gated block, else h itself."""
-    return h if gate is None else h * gate(x)
