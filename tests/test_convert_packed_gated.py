@@ -1,8 +1,8 @@
 """convert on gated MLPs whose two input Linears are packed in one, ``a, b = wi(x).chunk(2, -1)`` then
-``wo(dropout(act(a) * b))``: Hugging Face Phi-3's (repeated in GLM, GLM-4, Dia, ...; no dropout, found by its layout)
-and ModernBERT's (with a dropout). Before, convert neither converted nor listed them. A row pattern on the hidden
-units keeps the same rows of both halves of the packed weight; trained as a dense masked reference, with the
-module's parameters, names and checkpoints."""
+``wo(dropout(act(a) * b))``: Hugging Face Phi-3's (repeated in GLM, GLM-4, Dia, ...; no dropout, found by its layout),
+ModernBERT's (with a dropout) and timm's GluMlp / SwiGLUPacked (a stand-in with timm's code). Before, convert
+neither converted nor listed them. A row pattern on the hidden units keeps the same rows of both halves of the
+packed weight; trained as a dense masked reference, with the module's parameters, names and checkpoints."""
 
 from __future__ import annotations
 
@@ -12,11 +12,12 @@ import pytest
 import torch
 from test_convert_decoder_mlps import Linear
 from test_convert_models import assert_checkpoints_load_both_ways, hf
+from test_convert_timm_layouts import Block
 from torch import nn
 
 from approxdrop import ApproxDropoutFFN, convert
 from approxdrop.models import PackedGatedApproxDropoutFFN
-from approxdrop.models.adapters import NO_DROPOUT
+from approxdrop.models.adapters import AFTER_BLOCK, NO_DROPOUT
 from approxdrop.ops import group_bounds
 
 SIZES = dict(vocab_size=50, hidden_size=16, intermediate_size=40, num_hidden_layers=2, num_attention_heads=2)
@@ -256,3 +257,79 @@ def test_bad_parts_are_refused_when_the_block_is_built():
         PackedGatedApproxDropoutFFN(ffn, nn.Linear(6, 20), act_half=2)
     with pytest.raises(ValueError, match="would hide the block's own attribute"):
         PackedGatedApproxDropoutFFN(ffn, nn.Linear(6, 20), names=("wi", "forward"))
+
+
+class GluMlp(nn.Module):
+    """timm.layers.mlp.GluMlp with Linear layers (timm's code; SwiGLUPacked is this class with SiLU and
+    ``gate_last=False``)."""
+
+    def __init__(self, in_features, hidden_features, act_layer=nn.Sigmoid, norm_layer=None, drop=0.0, gate_last=True):
+        super().__init__()
+        self.chunk_dim = -1
+        self.gate_last = gate_last  # use second half of width for gate
+        self.fc1 = nn.Linear(in_features, hidden_features)
+        self.act = act_layer()
+        self.drop1 = nn.Dropout(drop)
+        self.norm = norm_layer(hidden_features // 2) if norm_layer is not None else nn.Identity()
+        self.fc2 = nn.Linear(hidden_features // 2, in_features)
+        self.drop2 = nn.Dropout(drop)
+
+    def forward(self, x):
+        x = self.fc1(x)
+        x1, x2 = x.chunk(2, dim=self.chunk_dim)
+        x = x1 * self.act(x2) if self.gate_last else self.act(x1) * x2
+        x = self.drop1(x)
+        x = self.norm(x)
+        x = self.fc2(x)
+        x = self.drop2(x)
+        return x
+
+
+GluMlp.__module__ = "timm.layers.mlp"
+
+
+def glu_model(gate_last: bool = True, **kwargs) -> nn.Module:
+    torch.manual_seed(0)
+    act = nn.Sigmoid if gate_last else nn.SiLU
+    mlps = [GluMlp(8, 24, act, drop=0.3, gate_last=gate_last, **kwargs) for _ in range(2)]
+    return nn.Sequential(*(Block(mlp) for mlp in mlps)).double()
+
+
+@pytest.mark.parametrize("gate_last", [True, False], ids=["GluMlp", "SwiGLUPacked"])
+def test_timms_packed_glu_mlp_becomes_a_packed_block_that_trains_as_the_masked_reference(gate_last):
+    # it was left alone ("no adapter for its parent GluMlp"): EVA-02's and other timm ViTs' MLP
+    model, x = glu_model(gate_last), torch.randn(3, 5, 8, dtype=torch.float64)
+    twin, keys, params = copy.deepcopy(model), list(model.state_dict()), list(model.parameters())
+    before = model.eval()(x)
+    report = convert(model, generator=torch.Generator().manual_seed(3))
+    assert report.converted == ["0.mlp.ffn", "1.mlp.ffn"] and set(report.adapters.values()) == {"timm-glu-mlp"}
+    assert set(report.rates.values()) == {0.3} and dict(report.skipped) == {
+        "0.mlp.drop2": AFTER_BLOCK,
+        "1.mlp.drop2": AFTER_BLOCK,
+    }
+    block = model.get_submodule("0.mlp.ffn")
+    assert isinstance(block, PackedGatedApproxDropoutFFN) and block.act_half == (1 if gate_last else 0)
+    assert torch.equal(model(x), before) and list(model.state_dict()) == keys and list(model.parameters()) == params
+
+    for seq in (model, twin):  # drop2 draws per element in both models: off, so only the patterns differ
+        for b in seq:
+            b.mlp.drop2.p = 0.0
+    y = model.train()(x)
+    y.square().sum().backward()
+    for b, ref in zip(model, twin):
+        ref.mlp.drop1 = Scale(keep_mask(b.mlp.ffn.ffn, 1)[0])
+    y_ref = twin.train()(x)
+    y_ref.square().sum().backward()
+    torch.testing.assert_close(y, y_ref, rtol=1e-10, atol=1e-12)
+    for key, got in model.state_dict(keep_vars=True).items():
+        torch.testing.assert_close(got.grad, twin.state_dict(keep_vars=True)[key].grad, rtol=1e-9, atol=1e-12)
+    assert_checkpoints_load_both_ways(lambda: glu_model(gate_last), model)
+
+
+def test_a_timm_glu_mlp_with_a_norm_inside_is_refused_and_its_drop2_says_why():
+    model = glu_model(norm_layer=nn.LayerNorm)
+    report = convert(model)
+    assert report.converted == []
+    why = dict(report.skipped)
+    assert why["0.mlp.drop1"] == "its norm is LayerNorm, not Identity: it would sit between the GEMMs"
+    assert why["0.mlp.drop2"] == "output-side dropout after the feed-forward (not converted): left as it is"

@@ -416,19 +416,27 @@ class PackedGatedAdapter(Adapter):
     wi(x).chunk(2, -1)``, on attributes named by ``members`` = (wi, activation, dropout, wo) (Hugging Face
     ModernBERT's MLP): replaced in its parent by a PackedGatedApproxDropoutFFN, which holds wi, wo and the dropout
     under the module's names. Its forward must have every line of ``lines``, and its children must be exactly the
-    members (a norm or a residual would be lost). With no dropout member (``""``: Phi-3's and GLM's MLPs, found by
-    ``fits``) the block's dropout is new, at the rate given to ``convert``; with none given the module is left as
-    it is, and the report lists it."""
+    members, ``rest`` and ``identity`` (a norm or a residual would be lost); ``rest`` and ``identity`` as
+    AttributeAdapter's. With no dropout member (``""``: Phi-3's and GLM's MLPs, found by ``fits``) the block's
+    dropout is new, at the rate given to ``convert``; with none given the module is left as it is, and the report
+    lists it."""
 
     replaces = True
 
-    def __init__(self, name: str, members: tuple[str, str, str, str], lines: tuple[str, ...]) -> None:
-        self.name, self.members, self.lines = name, members, lines
+    def __init__(
+        self,
+        name: str,
+        members: tuple[str, str, str, str],
+        lines: tuple[str, ...],
+        rest: tuple[str, ...] = (),
+        identity: tuple[str, ...] = (),
+    ) -> None:
+        self.name, self.members, self.lines, self.rest, self.identity = name, members, lines, rest, identity
 
     def fits(self, module: nn.Module) -> bool:
-        """Whether ``module``'s children are the members and its forward has ``lines``: its layout, whatever its
-        class is called (Hugging Face repeats Phi-3's MLP in GLM, Dia and others)."""
-        names = {m for m in self.members if m}
+        """Whether ``module``'s children are its parts and its forward has ``lines``: its layout, whatever its class
+        is called (Hugging Face repeats Phi-3's MLP in GLM, Dia and others)."""
+        names = {m for m in (*self.members, *self.rest, *self.identity) if m}
         forward = forward_lines(module)
         return (
             set(module._modules) == names
@@ -436,18 +444,27 @@ class PackedGatedAdapter(Adapter):
             and all(line in forward for line in self.lines)
         )
 
+    def act_half(self, module: nn.Module) -> int:
+        """Which half of wi's output the activation takes in ``module``: the first."""
+        return 0
+
     def plan(self, module: nn.Module, build: Build) -> Plan:
         wi_name, act_name, drop_name, wo_name = self.members
         drop = getattr(module, drop_name) if drop_name else None
         if not self.fits(module):
             why = f"not the layout expected: children {', '.join(self.members)} and a forward with {self.lines[0]!r}"
         else:
-            why = parts_problem(module, (wi_name, wo_name), act_name)
+            why = parts_problem(module, (wi_name, wo_name), act_name) or _not_identity(module, self.identity)
         if why is None and drop is None and not build.p:
             return Plan(no_dropout=NO_DROPOUT)
         block = why if why is not None else self._block(module, build, drop)
+        if isinstance(block, str) and drop is None:
+            return Plan(no_dropout=f"not convertible: {block}")
         if isinstance(block, str):
-            return Plan(no_dropout=f"not convertible: {block}") if drop is None else Plan(skipped=[(drop_name, block)])
+            return Plan(skipped=[(drop_name, block), *_left_after(module, self.rest, converted=False)])
+        if self.rest:  # the block's parts keep their names in it: only the activation moves
+            parts = [("ffn.1", act_name)] + [(m, m) for m in (wi_name, wo_name, drop_name) if m]
+            return _with_rest(module, block, "", parts, self.rest)
         moved = [("ffn.1.", f"{act_name}.", False)]  # the Linears and the dropout keep their names in the block
         return Plan(converted=[""], moved=moved, apply=lambda: block)  # the block, named as the module was
 
@@ -460,18 +477,26 @@ class PackedGatedAdapter(Adapter):
             return f"{wi_name} gives {wi.out_features} units, an odd number: not two halves"
         if drop is not None and type(drop) is not nn.Dropout:
             return f"its {drop_name} is not nn.Dropout"
-        half = nn.Linear(
-            wi.in_features, wi.out_features // 2, wi.bias is not None, device="meta", dtype=wi.weight.dtype
-        )
+        d_hidden, dtype = wi.out_features // 2, wi.weight.dtype
+        half = nn.Linear(wi.in_features, d_hidden, wi.bias is not None, device="meta", dtype=dtype)
         half.train(wi.training)
         block = build(Chain(half, act, wo, build.p if drop is None else drop.p, drop, self.members))
         if isinstance(block, str):
             return block
         names = (wi_name, wo_name, drop_name) if drop is not None else (wi_name, wo_name)
         try:
-            return PackedGatedApproxDropoutFFN(block, wi, 0, names)
+            return PackedGatedApproxDropoutFFN(block, wi, self.act_half(module), names)
         except ValueError as error:
             return f"cannot build the block: {error}"
+
+
+class TimmGluAdapter(PackedGatedAdapter):
+    """timm's GluMlp (and SwiGLUPacked, the same class): ``fc2(norm(drop1(glu(fc1(x)))))``, then drop2, where
+    ``glu`` takes the activation of the second half of fc1's output with ``gate_last`` (GluMlp's default), else of
+    the first (SwiGLUPacked)."""
+
+    def act_half(self, module: nn.Module) -> int:
+        return 1 if module.gate_last else 0
 
 
 NO_DROPOUT = "no dropout of its own: convert(model, p=...) gives it a row-pattern dropout on its hidden units"
@@ -728,6 +753,18 @@ _TIMM_SWIGLU = GatedAdapter(
     "timm-swiglu", ("fc1_g", "act", "drop1", "fc2"), "fc1_x", rest=("drop2",), identity=("norm",)
 )
 ADAPTERS["timm.layers.mlp.SwiGLU"] = ADAPTERS["timm.models.layers.mlp.SwiGLU"] = _TIMM_SWIGLU
+# fc1 packed: x1, x2 = fc1(x).chunk(2), then x1 * act(x2) (gate_last) or act(x1) * x2, drop1, norm, fc2, drop2
+_TIMM_GLU = TimmGluAdapter(
+    "timm-glu-mlp",
+    ("fc1", "act", "drop1", "fc2"),
+    lines=(
+        "x1, x2 = x.chunk(2, dim=self.chunk_dim)",
+        "x = x1 * self.act(x2) if self.gate_last else self.act(x1) * x2",
+    ),
+    rest=("drop2",),
+    identity=("norm",),
+)
+ADAPTERS["timm.layers.mlp.GluMlp"] = ADAPTERS["timm.models.layers.mlp.GluMlp"] = _TIMM_GLU
 # Hugging Face decoders' gated MLPs (Llama's, repeated in Mistral, Qwen, Gemma ... under many class names), with no
 # dropout: found by their layout (``fits``); given a rate, convert adds a row-pattern one on the hidden units
 _NO_DROPOUT_GATED = GatedAdapter(
