@@ -23,30 +23,44 @@ Entry = tuple[str, str, bool]  # (raw prefix, saved prefix, alias); prefixes rel
 
 @dataclass
 class KeyMap:
-    """The entries of one module; the longest matching prefix wins."""
+    """The entries of one module; the longest matching prefix wins. ``implied``: entries a later ``convert`` adds
+    for a module it moves whose own keys an earlier one's entries already map (a block made by the first, renumbered
+    by the second): its prefix keeps the checkpoint's name only for keys no entry maps, so where a checkpoint prefix
+    is both an entry's and an implied one's (the first block's Linear saved as ``3.``, the renumbered block once
+    ``3.``), the entry's wins on load."""
 
     entries: list[Entry] = field(default_factory=list)
     order: list[str] = field(default_factory=list)  # the checkpoint's keys in the order they were saved
+    implied: list[Entry] = field(default_factory=list)
+
+    def _hit(self, rel: str) -> tuple[Entry, bool] | None:
+        """The entry whose raw prefix is the longest of ``rel``'s (an entry before an implied one), and whether it
+        is implied; None when none matches."""
+        hits = [(e, False) for e in self.entries if rel.startswith(e[0])]
+        hits += [(e, True) for e in self.implied if rel.startswith(e[0])]
+        return max(hits, key=lambda hit: len(hit[0][0])) if hits else None
 
     def to_saved(self, rel: str) -> str | None:
         """The checkpoint key of raw key ``rel`` (None for an alias: not saved)."""
-        hits = [e for e in self.entries if rel.startswith(e[0])]
-        if not hits:
+        hit = self._hit(rel)
+        if hit is None:
             return rel
-        raw, saved, alias = max(hits, key=lambda e: len(e[0]))
+        (raw, saved, alias), _ = hit
         return None if alias else saved + rel[len(raw) :]
 
     def to_raw(self, rel: str) -> list[str]:
         """The raw keys checkpoint key ``rel`` fills: its new key (or itself, if it did not move and its
         place was not taken) and its aliases; empty when it has no place here."""
-        renames = [e for e in self.entries if not e[2] and rel.startswith(e[1])]
-        if renames:
-            raw, saved, _ = max(renames, key=lambda e: len(e[1]))
+        renames = [(e, False) for e in self.entries if not e[2] and rel.startswith(e[1])]
+        renames += [(e, True) for e in self.implied if not e[2] and rel.startswith(e[1])]
+        if renames:  # the longest checkpoint prefix; on a tie, an entry before an implied one
+            (raw, saved, _), _ = max(renames, key=lambda hit: (len(hit[0][1]), not hit[1]))
             out = [raw + rel[len(saved) :]]
         else:
             out = [rel]
         out = [key for key in out if self.to_saved(key) == rel]
-        aliases = [raw + rel[len(saved) :] for raw, saved, alias in self.entries if alias and rel.startswith(saved)]
+        everything = self.entries + self.implied
+        aliases = [raw + rel[len(saved) :] for raw, saved, alias in everything if alias and rel.startswith(saved)]
         return out + [key for key in aliases if self.to_saved(key) is None]
 
 
@@ -61,12 +75,17 @@ def add_entries(module: nn.Module, moved: list[Entry], order: list[str]) -> None
         module.register_load_state_dict_post_hook(_load_post_hook)
         old = KeyMap()
     entries: list[Entry] = []
+    implied: list[Entry] = []
     for raw, before, alias in moved:
-        entries += [(raw + r[len(before) :], s, a or alias) for r, s, a in old.entries if r.startswith(before)]
-        saved = old.to_saved(before)
-        entries.append((raw, before if saved is None else saved, alias or saved is None))
-    entries += [e for e in old.entries if not any(e[0].startswith(before) for _, before, _ in moved)]
-    object.__setattr__(module, ATTR, KeyMap(entries, order))
+        for new, earlier in ((entries, old.entries), (implied, old.implied)):  # the moved module's inner entries
+            new += [(raw + r[len(before) :], s, a or alias) for r, s, a in earlier if r.startswith(before)]
+        saved, hit = old.to_saved(before), old._hit(before)
+        inner = any(r.startswith(before) and r != before for r, _, _ in old.entries + old.implied)
+        kind = implied if (hit is None and inner) or (hit is not None and hit[1]) else entries
+        kind.append((raw, before if saved is None else saved, alias or saved is None))
+    untouched = [e for e in old.entries if not any(e[0].startswith(before) for _, before, _ in moved)]
+    implied += [e for e in old.implied if not any(e[0].startswith(before) for _, before, _ in moved)]
+    object.__setattr__(module, ATTR, KeyMap(entries + untouched, order, implied))
 
 
 def _save_hook(module: nn.Module, state_dict: dict, prefix: str, local_metadata: dict) -> None:
