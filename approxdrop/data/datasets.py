@@ -178,14 +178,15 @@ def _check_sizes(train_size: object, test_size: object) -> None:
 
 
 def subset(data: Dataset, train_size: int | None = None, test_size: int | None = None, seed: int = 0) -> Dataset:
-    """A seeded random subset (sizes None or larger than the split keep everything; at least 1)."""
+    """A seeded random subset (sizes None or larger than the split keep everything; at least 1). Each split draws
+    from its own generator: the test subset of a seed is the same whatever the training split keeps, so runs on
+    more or less training data are scored on the same test examples."""
     _check_sizes(train_size, test_size)
-    gen = torch.Generator().manual_seed(seed)
 
     def take(x, y, size):
         if size is None or size >= len(y):
             return x, y
-        index = torch.randperm(len(y), generator=gen)[:size]
+        index = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))[:size]
         return x[index], y[index]
 
     return Dataset(*take(data.train_x, data.train_y, train_size), *take(data.test_x, data.test_y, test_size), data.info)
