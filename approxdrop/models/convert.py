@@ -49,6 +49,8 @@ ARD_MODELS = (
     ApproxDropoutLSTM,
 )  # their dropouts are already theirs
 FUNCTIONAL = "functional dropout in forward code: not convertible"
+ALONE = "the model itself is a dropout module, with no Linears around it for a block to shrink: convert the model"
+MOVED = f"the model itself is the dropout of an output-side pair, which the block in its Linear applies: {KEPT_AS_IS}"
 
 
 @dataclass
@@ -94,7 +96,7 @@ class ConvertReport:
                 "(convert(model, p=...), or the p of each block's nn.Dropout)"
             )
         lines.append(f"left {len(self.skipped)} dropout(s) alone")
-        lines += [f"  {name}: {reason}" for name, reason in self.skipped]
+        lines += [f"  {name or '(the model)'}: {reason}" for name, reason in self.skipped]
         if self.no_dropout:
             lines.append(f"{len(self.no_dropout)} gated feed-forward(s) with no dropout left as they are")
             lines += [f"  {name}: {what}" for name, what in self.no_dropout]
@@ -143,6 +145,8 @@ def convert(
     build = _Builder(p, method, groups, generator, output_side, static_shapes)
     walk = _Walk(build, output_side)
     walk.visit(module)
+    if isinstance(module, (*DROPOUT_TYPES, MovedDropout)):  # handed over alone: no Linears around it
+        walk.left.append((module, "", MOVED if isinstance(module, MovedDropout) else ALONE))
     owners = [owner for owner, *_ in walk.replacements] + [owner for owner, _ in walk.plans]
     order = {id(owner): list(owner.state_dict(keep_vars=True)) for owner in owners}  # checkpoint key order
     for owner, key, replacement, plan in walk.replacements:
@@ -172,7 +176,8 @@ class _Walk:
         self.seen: set[int] = set()
         self.plans: list[tuple[nn.Module, Plan]] = []
         self.replacements: list[tuple[nn.Module, str, nn.Module, Plan]] = []
-        self.made: list[tuple[nn.Module, str, str]] = []  # (module, key relative to it, adapter name)
+        # (module, key relative to it once every plan is applied, adapter name) of each block made at its first place
+        self.made: list[tuple[nn.Module, str, str]] = []
         self.left: list[tuple[nn.Module, str, str]] = []  # (module, key relative to it, reason)
         self.functional: list[tuple[nn.Module, str]] = []
         self.no_dropout: list[tuple[nn.Module, str]] = []  # feed-forwards with no dropout, and what p does to them
@@ -268,29 +273,27 @@ class _Walk:
 
     def _again(self, parent: nn.Module, key: str, child: nn.Module) -> None:
         """``parent.key`` holds a module already swapped at another place (a module shared by layers): it
-        gets the same block, so the places still share one module (the same parameters), and the report
-        names the block at this place too."""
-        new, plan, adapter = self.swapped[id(child)]
+        gets the same block, so the places still share one module (the same parameters); the report finds the
+        block at this place too (``report``)."""
+        new, plan, _ = self.swapped[id(child)]
         self.replacements.append((parent, key, new, plan))
-        self.made += [(parent, _join(key, k), adapter) for k in plan.converted]
 
     def report(self, root: nn.Module) -> ConvertReport:
+        """The report, read from the model once every plan is applied: each block made is named at every place
+        it is reached (a shared module, or one under a shared parent), in the model's order."""
         places: dict[int, list[str]] = {}
         for name, m in root.named_modules(remove_duplicate=False):
             places.setdefault(id(m), []).append(name)  # a shared module: its first name first
-        in_place = {id(owner) for owner, _ in self.plans}
 
         def name_of(module: nn.Module, key: str = "") -> str:
             return _join(places[id(module)][0] if id(module) in places else type(module).__name__, key)
 
+        made = {id(owner.get_submodule(key)): adapter for owner, key, adapter in self.made}  # block -> adapter
         out = ConvertReport()
-        for module, key, adapter in self.made:
-            # a module changed in place (a Sequential) and shared is named at each place, as a replaced one is
-            shared = places.get(id(module), [])[1:] if id(module) in in_place else []
-            for name in [name_of(module, key)] + [_join(place, key) for place in shared]:
+        for name, block in root.named_modules(remove_duplicate=False):
+            if id(block) in made:
                 out.converted.append(name)
-                out.adapters[name] = adapter
-                block = root.get_submodule(name)
+                out.adapters[name] = made[id(block)]
                 out.kinds[name] = type(block).__name__
                 out.rates[name] = float(block.p)
         out.skipped = [(name_of(module, key), why) for module, key, why in self.left]

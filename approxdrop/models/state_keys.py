@@ -32,6 +32,21 @@ class KeyMap:
     entries: list[Entry] = field(default_factory=list)
     order: list[str] = field(default_factory=list)  # the checkpoint's keys in the order they were saved
     implied: list[Entry] = field(default_factory=list)
+    modules: list[str] = field(default_factory=list)  # raw prefixes that named a module when convert left the map
+
+    def check(self, module: nn.Module) -> None:
+        """RuntimeError unless every raw prefix that named a module still does: children removed or moved since
+        (``insert`` into a converted Sequential) would make the map read or write other tensors. A module put in
+        one's place (peft's LoRA wrapper) is fine: its keys are still under the prefix."""
+        for raw in self.modules:
+            try:
+                module.get_submodule(raw[:-1])
+            except AttributeError:
+                raise RuntimeError(
+                    f"{type(module).__name__}: its children changed after convert ({raw[:-1]!r} no longer names a "
+                    "module), so the checkpoint key map convert left on it no longer applies. Change the model's "
+                    "structure before convert"
+                ) from None
 
     def _hit(self, rel: str) -> tuple[Entry, bool] | None:
         """The entry whose raw prefix is the longest of ``rel``'s (an entry before an implied one), and whether it
@@ -77,6 +92,9 @@ def add_entries(module: nn.Module, moved: list[Entry], order: list[str]) -> None
     entries: list[Entry] = []
     implied: list[Entry] = []
     for raw, before, alias in moved:
+        saved_before = old.to_saved(before)
+        if saved_before is not None and not any(key.startswith(saved_before) for key in order):
+            continue  # nothing of it is saved (an activation, a dropout): a map would only claim its names
         for new, earlier in ((entries, old.entries), (implied, old.implied)):  # the moved module's inner entries
             new += [(raw + r[len(before) :], s, a or alias) for r, s, a in earlier if r.startswith(before)]
         saved, hit = old.to_saved(before), old._hit(before)
@@ -85,12 +103,21 @@ def add_entries(module: nn.Module, moved: list[Entry], order: list[str]) -> None
         kind.append((raw, before if saved is None else saved, alias or saved is None))
     untouched = [e for e in old.entries if not any(e[0].startswith(before) for _, before, _ in moved)]
     implied += [e for e in old.implied if not any(e[0].startswith(before) for _, before, _ in moved)]
-    object.__setattr__(module, ATTR, KeyMap(entries + untouched, order, implied))
+    entries += untouched
+    modules = []
+    for raw, _, _ in entries + implied:
+        try:
+            module.get_submodule(raw[:-1])
+            modules.append(raw)
+        except AttributeError:
+            pass  # a prefix that names no module (a tensor's own key): nothing to check
+    object.__setattr__(module, ATTR, KeyMap(entries, order, implied, modules))
 
 
 def _save_hook(module: nn.Module, state_dict: dict, prefix: str, local_metadata: dict) -> None:
     """Rename this module's keys to the checkpoint's, in the checkpoint's order, leaving aliases out."""
     keys: KeyMap = getattr(module, ATTR)
+    keys.check(module)
     items = list(state_dict.items())
     state_dict.clear()
     mine = []  # (checkpoint key relative to the module, value)
@@ -101,6 +128,13 @@ def _save_hook(module: nn.Module, state_dict: dict, prefix: str, local_metadata:
         saved = keys.to_saved(key[len(prefix) :])
         if saved is not None:
             mine.append((saved, value))
+    clashes = sorted({saved for saved, _ in mine if sum(s == saved for s, _ in mine) > 1})
+    if clashes:  # a module added since convert, at a key a moved one is saved under: one would overwrite the other
+        raise RuntimeError(
+            f"{type(module).__name__}: two of its tensors would be saved as {prefix}{clashes[0]}: a module added after "
+            "convert takes a key the converted parts keep for the checkpoint. Change the model's structure before "
+            "convert"
+        )
     rank = {key: i for i, key in enumerate(keys.order)}
     for saved, value in sorted(mine, key=lambda item: rank.get(item[0], len(rank))):  # stable: new keys last
         state_dict[prefix + saved] = value
@@ -110,6 +144,7 @@ def _load_hook(module, state_dict, prefix, local_metadata, strict, missing_keys,
     """Rename the checkpoint's keys to this module's before its children read them; a key whose place
     is taken by a moved child is unexpected."""
     keys: KeyMap = getattr(module, ATTR)
+    keys.check(module)
     items = list(state_dict.items())
     state_dict.clear()
     for key, value in items:
