@@ -33,6 +33,7 @@ class KeyMap:
     order: list[str] = field(default_factory=list)  # the checkpoint's keys in the order they were saved
     implied: list[Entry] = field(default_factory=list)
     modules: list[str] = field(default_factory=list)  # raw prefixes that named a module when convert left the map
+    empty: list[str] = field(default_factory=list)  # raw prefixes of moved parts with nothing saved: never loaded into
 
     def check(self, module: nn.Module) -> None:
         """RuntimeError unless every raw prefix that named a module still does: children removed or moved since
@@ -66,8 +67,8 @@ class KeyMap:
     def to_raw(self, rel: str) -> list[str]:
         """The raw keys checkpoint key ``rel`` fills: its new key (or itself, if it did not move and its
         place was not taken) and its aliases; empty when it has no place here."""
-        renames = [(e, False) for e in self.entries if not e[2] and rel.startswith(e[1])]
-        renames += [(e, True) for e in self.implied if not e[2] and rel.startswith(e[1])]
+        renames = [(e, False) for e in self.entries if not e[2] and rel.startswith(e[1]) and e[0] not in self.empty]
+        renames += [(e, True) for e in self.implied if not e[2] and rel.startswith(e[1]) and e[0] not in self.empty]
         if renames:  # the longest checkpoint prefix; on a tie, an entry before an implied one
             (raw, saved, _), _ = max(renames, key=lambda hit: (len(hit[0][1]), not hit[1]))
             out = [raw + rel[len(saved) :]]
@@ -92,9 +93,6 @@ def add_entries(module: nn.Module, moved: list[Entry], order: list[str]) -> None
     entries: list[Entry] = []
     implied: list[Entry] = []
     for raw, before, alias in moved:
-        saved_before = old.to_saved(before)
-        if saved_before is not None and not any(key.startswith(saved_before) for key in order):
-            continue  # nothing of it is saved (an activation, a dropout): a map would only claim its names
         for new, earlier in ((entries, old.entries), (implied, old.implied)):  # the moved module's inner entries
             new += [(raw + r[len(before) :], s, a or alias) for r, s, a in earlier if r.startswith(before)]
         saved, hit = old.to_saved(before), old._hit(before)
@@ -111,7 +109,9 @@ def add_entries(module: nn.Module, moved: list[Entry], order: list[str]) -> None
             modules.append(raw)
         except AttributeError:
             pass  # a prefix that names no module (a tensor's own key): nothing to check
-    object.__setattr__(module, ATTR, KeyMap(entries, order, implied, modules))
+    # moved parts that save nothing (an activation, a dropout): their checkpoint names are free for what comes later
+    empty = [raw for raw, saved, _ in entries + implied if not any(key.startswith(saved) for key in order)]
+    object.__setattr__(module, ATTR, KeyMap(entries, order, implied, modules, empty))
 
 
 def _save_hook(module: nn.Module, state_dict: dict, prefix: str, local_metadata: dict) -> None:
