@@ -25,6 +25,7 @@ SLOW_MODULES = {
     "test_compile_training.py",
     "test_bench_lstm_study.py",
     "test_study.py",
+    "test_llama_study_script.py",
 }
 
 
