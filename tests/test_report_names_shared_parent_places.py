@@ -7,22 +7,10 @@ Expected (README, convert: "A feed-forward module shared by several places (tied
 at every place ... (the report names it at each place)"; ConvertReport: "converted holds the qualified names of
 the new blocks"): the block is named at both places, "0.inner" and "1.inner"."""
 
+from test_shared_module_in_renumbered_sequential import FFN
 from torch import nn
 
 import approxdrop as ad
-
-
-class FFN(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.fc1, self.act, self.drop, self.fc2 = nn.Linear(8, 16), nn.ReLU(), nn.Dropout(0.1), nn.Linear(16, 8)
-
-    def forward(self, x):
-        x = self.fc1(x)
-        x = self.act(x)
-        x = self.drop(x)
-        x = self.fc2(x)
-        return x
 
 
 class Holder(nn.Module):

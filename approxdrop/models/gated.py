@@ -38,7 +38,30 @@ class GatedParts(PartsOf):
         return getattr(self.owner, self.owner.names[2])
 
 
-class GatedApproxDropoutFFN(nn.Module):
+class HoldsFFN(nn.Module):
+    """A block whose pattern, rate, method and dropout live in the ApproxDropoutFFN it holds as ``ffn``."""
+
+    @property
+    def p(self) -> float:
+        """The dropout rate (``ffn``'s, kept in ``dropout``); setting it sets ``ffn.p``."""
+        return self.ffn.p
+
+    @p.setter
+    def p(self, value: float) -> None:
+        self.ffn.p = value
+
+    @property
+    def method(self) -> str:
+        """``ffn``'s method."""
+        return self.ffn.method
+
+    @property
+    def dropout(self) -> nn.Dropout:
+        """The nn.Dropout holding p (``ffn``'s), as T5DenseGatedActDense's ``dropout``."""
+        return self.ffn.dropout
+
+
+class GatedApproxDropoutFFN(HoldsFFN):
     """``wo(dropout_p(act(wi_0(x)) * wi_1(x)))`` on x (Tensor[*, d_model]) around existing modules.
 
     Args:
@@ -69,25 +92,6 @@ class GatedApproxDropoutFFN(nn.Module):
     def gate(self) -> nn.Module:
         """The gate's Linear (wi_1), under its name."""
         return getattr(self, self.names[1])
-
-    @property
-    def p(self) -> float:
-        """The dropout rate (``ffn``'s, kept in ``dropout``); setting it sets ``ffn.p``."""
-        return self.ffn.p
-
-    @p.setter
-    def p(self, value: float) -> None:
-        self.ffn.p = value
-
-    @property
-    def method(self) -> str:
-        """``ffn``'s method."""
-        return self.ffn.method
-
-    @property
-    def dropout(self) -> nn.Dropout:
-        """The nn.Dropout holding p (``ffn``'s), as T5DenseGatedActDense's ``dropout``."""
-        return self.ffn.dropout
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (Tensor[*, d_model]) -> Tensor[*, d_out]: ``ffn`` with wi_1 as its gate, on every path it has
@@ -132,7 +136,7 @@ class PackedGatedParts(PartsOf):
         return self._halves(self.fc1(x).chunk(2, dim=-1))  # [*, d_hidden] each, as the module's forward splits
 
 
-class PackedGatedApproxDropoutFFN(nn.Module):
+class PackedGatedApproxDropoutFFN(HoldsFFN):
     """A gated feed-forward whose two input Linears are one, ``wo(dropout(act(a) * b))`` with ``a, b =
     wi(x).chunk(2, -1)`` (``act_half=1``: ``b, a``, the activation on the second half) on x (Tensor[*, d_model]):
     Hugging Face Phi-3's, GLM's and ModernBERT's MLPs. A row pattern on the d_hidden hidden units keeps the
@@ -172,25 +176,6 @@ class PackedGatedApproxDropoutFFN(nn.Module):
         self.ffn = PackedGatedParts.of(ffn, self)
         if len(names) == 3:  # the dropout has one place: the block's, under the module's name
             del self.ffn._modules["2"]
-
-    @property
-    def p(self) -> float:
-        """The dropout rate (``ffn``'s); setting it sets ``ffn.p``."""
-        return self.ffn.p
-
-    @p.setter
-    def p(self, value: float) -> None:
-        self.ffn.p = value
-
-    @property
-    def method(self) -> str:
-        """``ffn``'s method."""
-        return self.ffn.method
-
-    @property
-    def dropout(self) -> nn.Dropout:
-        """The nn.Dropout holding p (``ffn``'s)."""
-        return self.ffn.dropout
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (Tensor[*, d_model]) -> Tensor[*, d_out]: ``ffn`` with both halves of wi as its input side, on every
