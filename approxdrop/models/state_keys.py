@@ -11,6 +11,7 @@ key (the same Parameter reached twice): it is left out on save and filled from t
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 
 from torch import nn
@@ -103,7 +104,7 @@ def add_entries(module: nn.Module, moved: list[Entry], order: list[str]) -> None
     implied += [e for e in old.implied if not any(e[0].startswith(before) for _, before, _ in moved)]
     entries += untouched
     modules = []
-    for raw, _, _ in entries + implied:
+    for raw in dict.fromkeys(raw for raw, _, _ in entries + implied):
         try:
             module.get_submodule(raw[:-1])
             modules.append(raw)
@@ -128,7 +129,7 @@ def _save_hook(module: nn.Module, state_dict: dict, prefix: str, local_metadata:
         saved = keys.to_saved(key[len(prefix) :])
         if saved is not None:
             mine.append((saved, value))
-    clashes = sorted({saved for saved, _ in mine if sum(s == saved for s, _ in mine) > 1})
+    clashes = sorted(saved for saved, count in Counter(saved for saved, _ in mine).items() if count > 1)
     if clashes:  # a module added since convert, at a key a moved one is saved under: one would overwrite the other
         raise RuntimeError(
             f"{type(module).__name__}: two of its tensors would be saved as {prefix}{clashes[0]}: a module added after "
