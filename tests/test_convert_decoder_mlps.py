@@ -18,15 +18,34 @@ from approxdrop.models.gated import GatedApproxDropoutFFN
 SIZES = dict(vocab_size=50, hidden_size=16, intermediate_size=40, num_hidden_layers=2, num_attention_heads=2)
 
 
-def decoder(kind: str) -> nn.Module:
+def decoder(kind: str, **config) -> nn.Module:
+    """A ``{kind}ForCausalLM`` of ``SIZES`` from its config (``config``: more settings), float64, seeded."""
     T = hf()
     torch.manual_seed(0)
-    config = getattr(T, f"{kind}Config")(num_key_value_heads=2, max_position_embeddings=32, **SIZES)
+    config = getattr(T, f"{kind}Config")(num_key_value_heads=2, max_position_embeddings=32, **SIZES, **config)
     return getattr(T, f"{kind}ForCausalLM")(config).double()
 
 
 def loss_of(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
     return model(input_ids=ids, labels=ids).loss
+
+
+def assert_trains_as_the_masked_reference(model: nn.Module, twin: nn.Module, ids: torch.Tensor) -> list:
+    """One training step of the converted decoder ``model`` equals its unconverted ``twin`` with each block's draw as
+    a dense mask on the input of the layer's down_proj: the loss and every gradient. Returns the blocks."""
+    loss = loss_of(model.train(), ids)
+    loss.backward()
+    blocks = [m for m in model.modules() if isinstance(m, ApproxDropoutFFN)]
+    assert len(blocks) == len(twin.model.layers)
+    for block, mlp in zip(blocks, (layer.mlp for layer in twin.model.layers)):  # the same draw, as a dense mask
+        mask = block.last_pattern.keep_mask(block.d_hidden).double() * block.last_pattern.scale
+        mlp.down_proj.register_forward_pre_hook(lambda module, args, mask=mask: (args[0] * mask,))
+    reference = loss_of(twin.train(), ids)
+    reference.backward()
+    torch.testing.assert_close(loss, reference, rtol=1e-10, atol=1e-12)
+    for (name, got), want in zip(model.named_parameters(), twin.parameters()):
+        torch.testing.assert_close(got.grad, want.grad, rtol=1e-9, atol=1e-12, msg=name)
+    return blocks
 
 
 @pytest.mark.parametrize("kind", ["Llama", "Mistral", "Qwen2"])
@@ -56,17 +75,8 @@ def test_a_gated_mlp_without_dropout_gets_one_only_with_a_rate_and_trains_as_the
     with torch.no_grad():
         assert torch.equal(model(input_ids=ids).logits, before)
 
-    loss = loss_of(model.train(), ids)
-    loss.backward()
-    blocks = [m for m in model.modules() if isinstance(m, ApproxDropoutFFN)]
-    for block, mlp in zip(blocks, (layer.mlp for layer in twin.model.layers)):  # the same draw, as a dense mask
-        mask = block.last_pattern.keep_mask(SIZES["intermediate_size"]).double() * block.last_pattern.scale
-        mlp.down_proj.register_forward_pre_hook(lambda module, args, mask=mask: (args[0] * mask,))
-    reference = loss_of(twin.train(), ids)
-    reference.backward()
-    torch.testing.assert_close(loss, reference, rtol=1e-10, atol=1e-12)
-    for (name, got), want in zip(model.named_parameters(), twin.parameters()):
-        torch.testing.assert_close(got.grad, want.grad, rtol=1e-9, atol=1e-12, msg=name)
+    blocks = assert_trains_as_the_masked_reference(model, twin, ids)
+    assert all(b.d_hidden == SIZES["intermediate_size"] for b in blocks)
     assert_checkpoints_load_both_ways(lambda: decoder(kind), model)
 
 

@@ -10,7 +10,7 @@ import copy
 
 import pytest
 import torch
-from test_convert_decoder_mlps import Linear
+from test_convert_decoder_mlps import SIZES, Linear, assert_trains_as_the_masked_reference, decoder
 from test_convert_models import assert_checkpoints_load_both_ways, hf
 from test_convert_timm_layouts import Block
 from torch import nn
@@ -20,20 +20,7 @@ from approxdrop.models import PackedGatedApproxDropoutFFN
 from approxdrop.models.adapters import AFTER_BLOCK, NO_DROPOUT
 from approxdrop.ops import group_bounds
 
-SIZES = dict(vocab_size=50, hidden_size=16, intermediate_size=40, num_hidden_layers=2, num_attention_heads=2)
-
-
-def decoder(kind: str) -> nn.Module:
-    T = hf()
-    torch.manual_seed(0)
-    config = getattr(T, f"{kind}Config")(
-        num_key_value_heads=2, max_position_embeddings=32, head_dim=8, pad_token_id=0, eos_token_id=1, **SIZES
-    )
-    return getattr(T, f"{kind}ForCausalLM")(config).double()
-
-
-def loss_of(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
-    return model(input_ids=ids, labels=ids).loss
+HF_IDS = dict(head_dim=8, pad_token_id=0, eos_token_id=1)  # Phi-3's and GLM's defaults lie outside the vocabulary
 
 
 def keep_mask(block: ApproxDropoutFFN, batch: int) -> torch.Tensor:
@@ -45,7 +32,7 @@ def keep_mask(block: ApproxDropoutFFN, batch: int) -> torch.Tensor:
 
 @pytest.mark.parametrize("kind", ["Phi3", "Glm"])
 def test_a_packed_gated_mlp_without_dropout_gets_one_only_with_a_rate_and_trains_as_the_masked_reference(kind):
-    model = decoder(kind)
+    model = decoder(kind, **HF_IDS)
     report = convert(model)  # no rate: listed, nothing changed
     assert report.converted == [] and report.no_dropout == [
         ("model.layers.0.mlp", NO_DROPOUT),
@@ -65,19 +52,9 @@ def test_a_packed_gated_mlp_without_dropout_gets_one_only_with_a_rate_and_trains
     with torch.no_grad():
         assert torch.equal(model(input_ids=ids).logits, before)  # eval: the module's own packed GEMM and split
 
-    loss = loss_of(model.train(), ids)
-    loss.backward()
-    blocks = [m for m in model.modules() if isinstance(m, ApproxDropoutFFN)]
-    assert len(blocks) == 2 and all(b.d_hidden == SIZES["intermediate_size"] for b in blocks)
-    for block, mlp in zip(blocks, (layer.mlp for layer in twin.model.layers)):  # the same draw, as a dense mask
-        mask = keep_mask(block, 1)[0]
-        mlp.down_proj.register_forward_pre_hook(lambda module, args, mask=mask: (args[0] * mask,))
-    reference = loss_of(twin.train(), ids)
-    reference.backward()
-    torch.testing.assert_close(loss, reference, rtol=1e-10, atol=1e-12)
-    for (name, got), want in zip(model.named_parameters(), twin.parameters()):
-        torch.testing.assert_close(got.grad, want.grad, rtol=1e-9, atol=1e-12, msg=name)
-    assert_checkpoints_load_both_ways(lambda: decoder(kind), model)
+    blocks = assert_trains_as_the_masked_reference(model, twin, ids)
+    assert all(b.d_hidden == SIZES["intermediate_size"] for b in blocks)
+    assert_checkpoints_load_both_ways(lambda: decoder(kind, **HF_IDS), model)
 
 
 class Scale(nn.Module):

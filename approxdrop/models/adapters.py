@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from .ffn import ApproxDropoutFFN, PartsOf
-from .gated import GatedApproxDropoutFFN, PackedGatedApproxDropoutFFN
+from .gated import GatedApproxDropoutFFN, HoldsFFN, PackedGatedApproxDropoutFFN
 from .output_side import OutputRowDropout
 from .parts import activation_problem, gemm_problem, hook_problem, type_name
 from .state_keys import Entry
@@ -162,7 +162,7 @@ def _sequence_problem(mods: list[nn.Module], j: int) -> str | None:
         return f"{type_name(mods[j])} is not nn.Dropout: only per-element dropout becomes a row pattern"
     if j >= 1 and is_linear(mods[j - 1]):
         return OUTPUT_SIDE
-    if j >= 1 and isinstance(mods[j - 1], (ApproxDropoutFFN, GatedApproxDropoutFFN, PackedGatedApproxDropoutFFN)):
+    if j >= 1 and isinstance(mods[j - 1], (ApproxDropoutFFN, HoldsFFN)):
         return AFTER_BLOCK  # what the first convert said of it (an adapter's drop2 after its block)
     if j < 2 or j + 1 >= len(mods) or not isinstance(mods[j - 2], nn.Linear) or not isinstance(mods[j + 1], nn.Linear):
         found = " -> ".join(type(m).__name__ for m in mods[max(j - 2, 0) : j + 2])

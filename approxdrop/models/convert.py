@@ -32,7 +32,7 @@ from .adapters import (
     found_output_side,
 )
 from .ffn import ApproxDropoutFFN, ffn_method
-from .gated import GatedApproxDropoutFFN, PackedGatedApproxDropoutFFN
+from .gated import HoldsFFN
 from .lstm import ApproxDropoutLSTM
 from .methods import ROW
 from .mlp import ApproxDropoutMLP
@@ -42,8 +42,7 @@ from .state_keys import add_entries
 
 ARD_MODELS = (
     ApproxDropoutFFN,
-    GatedApproxDropoutFFN,
-    PackedGatedApproxDropoutFFN,
+    HoldsFFN,  # the gated blocks, split or packed
     OutputRowDropout,
     ApproxDropoutMLP,
     ApproxDropoutLSTM,
