@@ -126,7 +126,7 @@ def convert(
     is given to every new block. A block holds the very nn.Dropout of its chain (its p is the block's rate,
     and ``p``, when given, is set on it) and takes its train / eval mode. ``output_side``: also
     turn ``Linear -> Dropout`` pairs (whole output features dropped) into OutputRowDropout blocks that
-    compute only the kept output rows (one pattern per batch); off by default (README, convert).
+    compute only the kept output rows (one pattern per batch, or per batch group); off by default (README, convert).
     ``static_shapes``: the feed-forward and output-side blocks run at shapes set by their draw's ``(dp, keep)``
     (ApproxDropoutFFN, OutputRowDropout), for one compiled or CUDA graph per pattern class.
     Everything is planned before anything changes: a chain is converted whole or left untouched, with
@@ -479,12 +479,16 @@ class _Builder:
             why = hook_problem(part)
             if why is not None:
                 return f"{name} {why}"
-        if self.groups not in (None, 1):
-            return f"output-side dropout takes one pattern per batch, not groups={self.groups}"
         try:
             rate = dropout.p if self.p is None else self.p
             block = OutputRowDropout(
-                linear, rate, self.method, generator=self.generator, transposed=conv1d, static_shapes=self.static_shapes
+                linear,
+                rate,
+                self.method,
+                generator=self.generator,
+                transposed=conv1d,
+                static_shapes=self.static_shapes,
+                groups=self.groups,
             )
         except ValueError as error:
             return f"cannot build the block: {error}"

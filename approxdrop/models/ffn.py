@@ -16,7 +16,7 @@ from torch import nn
 
 from .._env import check_generator, check_int, check_rate
 from ..distribution import MAX_GROUPS, PatternDistribution
-from ..ops import FULL, group_bounds, grouped_row_pattern_linear, row_pattern_linear, static_grouped_linear
+from ..ops import FULL, grouped_row_pattern_linear, row_pattern_linear, static_grouped_linear
 from ..ops.static import static_groups
 from ..patterns import RowPattern
 from .executor_choice import Probe, choose_executor
@@ -29,8 +29,9 @@ from .sites import (
     check_elementwise,
     check_executor,
     draw_sites,
-    group_mask,
+    row_patterns,
     run_eagerly,
+    sample_mask,
     setup_static,
     site_distributions,
     static_sides,
@@ -45,11 +46,11 @@ FFN_METHODS = tuple(
 ACTIVATIONS: dict[str, type[nn.Module]] = {"gelu": nn.GELU, "relu": nn.ReLU, "silu": nn.SiLU, "tanh": nn.Tanh}
 
 
-def ffn_method(method: str, groups: int | None) -> tuple[Method, int]:
+def ffn_method(method: str, groups: int | None, block: str = "ApproxDropoutFFN") -> tuple[Method, int]:
     """The table row of ``method`` and the batch group count (``groups``, or the method's own), else a
-    ValueError naming the choices."""
+    ValueError naming the choices (for ``block``, the class asking)."""
     if method not in FFN_METHODS:
-        raise ValueError(f"method must be one of {FFN_METHODS} for ApproxDropoutFFN, got {method!r}")
+        raise ValueError(f"method must be one of {FFN_METHODS} for {block}, got {method!r}")
     spec = DROPOUT_METHODS[method]
     groups = spec.groups if groups is None else check_int("groups", groups, 1, MAX_GROUPS)
     if groups > 1 and spec.drops != ROW:
@@ -315,15 +316,7 @@ class ApproxDropoutFFN(ModeInDropout, DropoutRate, nn.Module):
     def _grouped(self, x: torch.Tensor, patterns: tuple[RowPattern, ...], gate: nn.Linear | None) -> torch.Tensor:
         if self.executor_for(x) == "masked" or self._calls_parts(gate):
             return self._grouped_masked(x, patterns, gate)
-        # the grouped op splits the rows of a [N, n] tensor; with x [B, *, d_model] every sample's
-        # rows get its group's pattern (the op then runs one GEMM per distinct offset, not per sample)
-        rows = x.reshape(-1, self.d_model)  # [N, d_model]
-        if x.dim() >= 3 and x.shape[0] > 0:
-            patterns = tuple(
-                q
-                for (start, stop), q in zip(group_bounds(x.shape[0], len(patterns)), patterns)
-                for _ in range(start, stop)
-            )  # one per sample: N splits into B equal runs
+        rows, patterns = x.reshape(-1, self.d_model), row_patterns(x, patterns)  # [N, d_model], the groups by sample
         whole = (FULL,) * len(patterns)
         (w1, b1), gating = self._input_weights(gate)
         h = grouped_row_pattern_linear(rows, w1, b1, whole, patterns, check=False)  # [N, d_hidden]
@@ -339,9 +332,7 @@ class ApproxDropoutFFN(ModeInDropout, DropoutRate, nn.Module):
     ) -> torch.Tensor:
         # dense GEMMs; the hidden units of each sample (the leading axis) multiplied by its group's scaled mask
         h = self._dense_hidden(x, gate)  # [B, *, d_hidden]
-        mask = group_mask(patterns, x.shape[0] if x.dim() > 1 else 1, self.d_hidden, h.dtype, h.device)  # [B, d_h]
-        mask = mask[0] if x.dim() == 1 else mask.view(mask.shape[0], *(1,) * (x.dim() - 2), self.d_hidden)
-        return self.fc2(h * mask)  # [*, d_out]
+        return self.fc2(h * sample_mask(patterns, x, self.d_hidden, h.dtype))  # [*, d_out]
 
     def extra_repr(self) -> str:
         out = f", d_out={self.d_out}" if self.d_out != self.d_model else ""

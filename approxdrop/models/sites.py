@@ -212,6 +212,23 @@ def group_mask(
     return torch.cat(rows)  # [batch, n]
 
 
+def row_patterns(x: torch.Tensor, patterns: tuple[RowPattern, ...]) -> tuple[RowPattern, ...]:
+    """The patterns for the rows of ``x.reshape(-1, n)`` that the grouped op (which splits the rows of an [N, n]
+    tensor) must take so that the groups split x's LEADING axis: with x [B, *, n] (3-D or more) one per sample,
+    repeated for its rows (the op still runs one GEMM per distinct offset); a 2-D x's rows are its samples."""
+    if x.dim() < 3 or x.shape[0] == 0:
+        return patterns
+    bounds = group_bounds(x.shape[0], len(patterns))
+    return tuple(q for (start, stop), q in zip(bounds, patterns) for _ in range(start, stop))
+
+
+def sample_mask(patterns: tuple[RowPattern, ...], x: torch.Tensor, n: int, dtype: torch.dtype) -> torch.Tensor:
+    """The scaled keep masks of ``patterns`` for an activation Tensor[*, n] computed from x (Tensor[*, d]), the
+    groups splitting x's leading axis (a 1-D x is one sample, group 0's): broadcastable to [*, n]."""
+    mask = group_mask(patterns, x.shape[0] if x.dim() > 1 else 1, n, dtype, x.device)  # [B, n]
+    return mask[0] if x.dim() == 1 else mask.view(mask.shape[0], *(1,) * (x.dim() - 2), n)
+
+
 def shared_keep_indices(n: int, p: float, generator: torch.Generator | None = None) -> torch.Tensor:
     """Long[k]: units kept by one batch-shared Bernoulli(p) draw over ``n`` units."""
     return (torch.rand(n, generator=generator) >= p).nonzero().flatten()
@@ -772,7 +789,7 @@ def setup_static(module: nn.Module, static_shapes: bool, sites: int) -> None:
     module.register_buffer("static_offsets", torch.zeros(sites, module.groups, dtype=torch.long), persistent=False)
 
 
-def _groups_of(draw: RowPattern | tuple[RowPattern, ...]) -> tuple[RowPattern, ...]:
+def groups_of(draw: RowPattern | tuple[RowPattern, ...]) -> tuple[RowPattern, ...]:
     """A site's draw as one pattern per group (a one-group module draws a bare pattern)."""
     return draw if isinstance(draw, tuple) else (draw,)
 
@@ -789,7 +806,7 @@ def store_static(module: nn.Module, drawn: Sequence) -> None:
                 "runs that draw)"
             )
         module.static_classes = tuple(static_class(q) for q in drawn)
-        module.static_offsets.copy_(torch.tensor([[q.offset for q in _groups_of(site)] for site in drawn]))
+        module.static_offsets.copy_(torch.tensor([[q.offset for q in groups_of(site)] for site in drawn]))
 
 
 def static_modules(model: nn.Module) -> list[nn.Module]:
@@ -816,7 +833,7 @@ def static_class(draw: RowPattern | tuple[RowPattern, ...] | None) -> tuple[int,
     """A site's ``(dp, keep)``, which sets a static-shape module's shapes (None where it drew nothing)."""
     if draw is None:
         return None
-    first = _groups_of(draw)[0]
+    first = groups_of(draw)[0]
     return first.dp, first.keep
 
 
