@@ -25,7 +25,7 @@ SLOW_MODULES = {
     "test_compile_training.py",
     "test_bench_lstm_study.py",
     "test_study.py",
-    "test_llama_study_script.py",
+    "test_hf_study_script.py",
 }
 
 

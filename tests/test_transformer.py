@@ -163,6 +163,7 @@ def test_char_corpus_spells_the_words_with_newlines_and_marks_unknown_ones():
     assert text == "ab ba\nab\n"
     valid = "".join(chars.alphabet[i] for i in chars.valid)
     assert valid == "ba ?\nab\n"  # zz is not a training word: <unk>, spelled "?"
+    assert torch.equal(chars.test, chars.valid)  # word_corpus's test split repeats its validation text
 
 
 def test_valid_loss_is_the_mean_cross_entropy_of_non_overlapping_windows():

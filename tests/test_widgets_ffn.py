@@ -13,7 +13,7 @@ from approxdrop.training import History, RaceResult
 
 gen = torch.Generator().manual_seed(0)
 CHARS = CharCorpus(
-    torch.randint(12, (600,), generator=gen), torch.randint(12, (100,), generator=gen), "abcdefghijk?", "x"
+    *(torch.randint(12, (n,), generator=gen) for n in (600, 100, 100)), alphabet="abcdefghijk?", name="x"
 )
 TINY = dict(size="tiny", warmup=1, callback_every=1)
 

@@ -61,31 +61,33 @@ SIZES = {
 
 @dataclass(frozen=True)
 class CharCorpus:
-    """A corpus as characters: ``train`` and ``valid`` Long[N] ids into ``alphabet``."""
+    """A corpus as characters: ``train``, ``valid`` and ``test`` Long[N] ids into ``alphabet``."""
 
     train: torch.Tensor
     valid: torch.Tensor
+    test: torch.Tensor
     alphabet: str
     name: str
 
 
 def char_corpus(corpus: Corpus) -> CharCorpus:
-    """The training and validation splits of a word corpus as characters (module docstring); the
-    alphabet is the training text's characters and ``UNKNOWN_CHAR``, sorted."""
+    """The three splits of a word corpus as characters (module docstring); the alphabet is the training
+    text's characters and ``UNKNOWN_CHAR``, sorted."""
     spelled = {EOS: "\n", UNK: UNKNOWN_CHAR}
 
     def text(ids: torch.Tensor) -> str:
         spaced = " ".join(spelled.get(word, word) for word in corpus.vocab.decode(ids))
         return spaced.replace(" \n", "\n").replace("\n ", "\n")  # no space around a newline
 
-    train_text, valid_text = text(corpus.train), text(corpus.valid)
+    train_text = text(corpus.train)
     alphabet = "".join(sorted(set(train_text) | {UNKNOWN_CHAR}))
     index = {c: i for i, c in enumerate(alphabet)}
 
     def encode(s: str) -> torch.Tensor:
         return torch.tensor([index.get(c, index[UNKNOWN_CHAR]) for c in s], dtype=torch.long)  # [N]
 
-    return CharCorpus(encode(train_text), encode(valid_text), alphabet, corpus.info.name)
+    valid, test = encode(text(corpus.valid)), encode(text(corpus.test))
+    return CharCorpus(encode(train_text), valid, test, alphabet, corpus.info.name)
 
 
 @dataclass(frozen=True)
