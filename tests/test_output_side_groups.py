@@ -30,13 +30,16 @@ def masked_reference(linear: nn.Module, x: torch.Tensor, patterns: tuple, transp
     return torch.cat(rows, 0)
 
 
+@pytest.mark.parametrize("executor", ["compact", "masked"])
 @pytest.mark.parametrize("shape", [(7, 5, 9), (6, 9), (3, 9), (9,)])
-def test_each_group_drops_its_own_features_as_the_masked_reference_in_float64(shape):
+def test_each_group_drops_its_own_features_as_the_masked_reference_in_float64(shape, executor):
     """Odd sizes (d_out 13: the periods need not divide it), fewer samples than groups, a 1-D input; outputs and
-    every gradient equal the reference's under each of many draws."""
+    every gradient equal the reference's under each of many draws, on both executors."""
     torch.manual_seed(0)
     linear = nn.Linear(9, 13).double()
-    block = OutputRowDropout(linear, 0.5, "row-g4", generator=torch.Generator().manual_seed(2)).train()
+    gen = torch.Generator().manual_seed(2)
+    block = OutputRowDropout(linear, 0.5, "row-g4", generator=gen, executor=executor).train()
+    assert block.executor_for(torch.randn(*shape)) == executor
     assert block.groups == 4 and "method='row-g4'" in repr(block)
     twin = copy.deepcopy(linear)
     dropped_some = 0
@@ -99,7 +102,8 @@ def test_a_hooked_linear_is_called_on_every_feature_and_still_masked_by_group():
     output by each sample's group, with a warning."""
     torch.manual_seed(0)
     linear = nn.Linear(6, 10).double()
-    block = OutputRowDropout(linear, 0.5, "row-g4", generator=torch.Generator().manual_seed(4)).train()
+    gen = torch.Generator().manual_seed(4)
+    block = OutputRowDropout(linear, 0.5, "row-g4", generator=gen, executor="compact").train()
     calls = []
     linear.register_forward_hook(lambda m, args, out: calls.append(out.shape))
     x = torch.randn(5, 3, 6, dtype=torch.float64)
@@ -184,6 +188,28 @@ def test_convert_gives_gpt2_grouped_output_side_blocks_that_train_as_the_masked_
     grads = dict(twin.named_parameters())
     for name, param in model.named_parameters():
         torch.testing.assert_close(param.grad, grads[name.replace(".linear", "")].grad, rtol=1e-9, atol=1e-11)
+
+
+def test_the_auto_executor_masks_grouped_blocks_and_small_gemms_and_only_compact_shrinks_the_gemm():
+    """ "auto": with groups, masked (measured faster on a CPU); with one pattern, the FFN's rule
+    (sites.grouped_executor) on the rows and the weight's size. Only the compact executor shrinks the GEMM (the
+    masked one multiplies the dense output by the mask)."""
+    grouped, one = (OutputRowDropout(nn.Linear(512, 128), 0.5, method) for method in ("row-g4", "row"))
+    small, large = torch.randn(2, 8, 512), torch.randn(16, 32, 512)  # 16 and 512 rows
+    assert grouped.executor_for(small) == grouped.executor_for(large) == "masked"
+    assert (one.executor_for(small), one.executor_for(large)) == ("masked", "compact")
+    assert OutputRowDropout(nn.Linear(512, 128), 0.5, "row-g4", static_shapes=True).executor_for(None) == "static"
+    with pytest.raises(ValueError, match="executor must be one of"):
+        OutputRowDropout(nn.Linear(4, 4), 0.3, "row-g4", executor="measured")
+    law = ad.PatternDistribution(((4, 1),), (1.0,))  # keep a quarter of the features
+    x = torch.randn(8, 3, 16)
+    flops = {}
+    for executor in ("compact", "masked"):
+        block = OutputRowDropout(nn.Linear(16, 64), 0.75, "row-g4", distributions=[law], executor=executor).train()
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], with_flops=True) as prof:
+            block(x)
+        flops[executor] = sum(e.flops for e in prof.events() if e.name in ("aten::mm", "aten::addmm", "aten::bmm"))
+    assert flops["compact"] == flops["masked"] / 4
 
 
 def test_groups_are_for_row_patterns_only():

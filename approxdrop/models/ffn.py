@@ -16,7 +16,7 @@ from torch import nn
 
 from .._env import check_generator, check_int, check_rate
 from ..distribution import MAX_GROUPS, PatternDistribution
-from ..ops import FULL, grouped_row_pattern_linear, row_pattern_linear, static_grouped_linear
+from ..ops import FULL, grouped_row_pattern_linear_compact, row_pattern_linear, static_grouped_linear
 from ..ops.static import static_groups
 from ..patterns import RowPattern
 from .executor_choice import Probe, choose_executor
@@ -29,8 +29,8 @@ from .sites import (
     check_elementwise,
     check_executor,
     draw_sites,
-    row_patterns,
     run_eagerly,
+    sample_groups,
     sample_mask,
     setup_static,
     site_distributions,
@@ -316,16 +316,17 @@ class ApproxDropoutFFN(ModeInDropout, DropoutRate, nn.Module):
     def _grouped(self, x: torch.Tensor, patterns: tuple[RowPattern, ...], gate: nn.Linear | None) -> torch.Tensor:
         if self.executor_for(x) == "masked" or self._calls_parts(gate):
             return self._grouped_masked(x, patterns, gate)
-        rows, patterns = x.reshape(-1, self.d_model), row_patterns(x, patterns)  # [N, d_model], the groups by sample
-        whole = (FULL,) * len(patterns)
+        parts, patterns = sample_groups(x, patterns)  # [B_g, *, d_model] each, G of them: one GEMM per pair
+        whole = (FULL,) * len(parts)
         (w1, b1), gating = self._input_weights(gate)
-        h = grouped_row_pattern_linear(rows, w1, b1, whole, patterns, check=False)  # [N, d_hidden]
-        h = activate(self.activation, h)  # what it gives at the dropped units (zeros) is never read
+        hs = grouped_row_pattern_linear_compact(parts, w1, b1, whole, patterns, check=False)  # [B_g, *, k]: kept units
+        hs = [activate(self.activation, h) for h in hs]
         if gating is not None:
-            h = h * grouped_row_pattern_linear(rows, *gating, whole, patterns, check=False)
+            gated = grouped_row_pattern_linear_compact(parts, *gating, whole, patterns, check=False)  # [B_g, *, k]
+            hs = [h * g for h, g in zip(hs, gated)]
         fc2 = self.fc2
-        y = grouped_row_pattern_linear(h, fc2.weight, fc2.bias, patterns, whole, check=False)
-        return y.reshape(*x.shape[:-1], self.d_out)  # [*, d_out]
+        ys = grouped_row_pattern_linear_compact(hs, fc2.weight, fc2.bias, patterns, whole, check=False)
+        return ys[0] if len(ys) == 1 else torch.cat(ys, 0)  # [*, d_out]
 
     def _grouped_masked(
         self, x: torch.Tensor, patterns: tuple[RowPattern, ...], gate: nn.Linear | None

@@ -8,6 +8,7 @@ the draw's ``(dp, keep)``, not its offsets).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -15,9 +16,10 @@ from torch import nn
 
 from .._env import check_generator, check_rate
 from ..distribution import PatternDistribution
-from ..ops import FULL, grouped_row_pattern_linear, row_pattern_linear, static_grouped_linear
+from ..ops import FULL, grouped_row_pattern_linear_compact, row_pattern_linear, static_grouped_linear
 from ..ops.static import static_groups
 from ..patterns import RowPattern
+from .executor_choice import COMPACT, MASKED
 from .ffn import ffn_method
 from .methods import ELEMENT, NOTHING
 from .parts import must_call, warn_calls_parts
@@ -25,9 +27,10 @@ from .sites import (
     DropoutRate,
     ModeInDropout,
     draw_sites,
+    grouped_executor,
     groups_of,
-    row_patterns,
     run_eagerly,
+    sample_groups,
     sample_mask,
     setup_static,
     site_distributions,
@@ -35,6 +38,8 @@ from .sites import (
     step_draws,
     store_static,
 )
+
+OUTPUT_EXECUTORS = ("auto", COMPACT, MASKED)
 
 
 class OutputRowDropout(ModeInDropout, DropoutRate, nn.Module):
@@ -55,6 +60,9 @@ class OutputRowDropout(ModeInDropout, DropoutRate, nn.Module):
         transposed: the weight is ``[d_in, d_out]``.
         static_shapes: run at the shapes the draw's ``(dp, keep)`` sets, the offsets read from a buffer, as
             ApproxDropoutFFN's ``static_shapes``: one compiled or CUDA graph per pattern class.
+        executor: how row patterns run in eager training: "compact" (only the kept output rows computed),
+            "masked" (the dense GEMM times the scaled mask: fewer ops, so faster where the GEMM is small) or
+            "auto" (default; ``executor_for`` says which it runs).
 
     After a training forward, ``last_pattern`` holds the step's draw: a RowPattern, a tuple of one per group with
     ``groups > 1``, or None.
@@ -70,14 +78,18 @@ class OutputRowDropout(ModeInDropout, DropoutRate, nn.Module):
         transposed: bool = False,
         static_shapes: bool = False,
         groups: int | None = None,
+        executor: str = "auto",
     ) -> None:
         super().__init__()
         self.dropout = nn.Dropout(check_rate(p))  # holds p (sites.DropoutRate)
         self.spec, self.groups = ffn_method(method, groups, type(self).__name__)
         self.method, self.transposed = method, transposed
+        if executor not in OUTPUT_EXECUTORS:
+            raise ValueError(f"executor must be one of {OUTPUT_EXECUTORS}, got {executor!r}")
+        self.executor = executor
         self.linear = linear
         self.gemm_class = type(linear)  # a linear of another class later (a LoRA wrapper) is called (parts.must_call)
-        self.d_out = linear.weight.shape[1 if transposed else 0]
+        self.d_out, self.d_in = linear.weight.shape[::-1] if transposed else linear.weight.shape  # ints
         self.init_laws(distributions)
         self.generator = check_generator(generator)
         self.last_pattern: RowPattern | tuple[RowPattern, ...] | None = None
@@ -114,25 +126,43 @@ class OutputRowDropout(ModeInDropout, DropoutRate, nn.Module):
     def _kept(self, x: torch.Tensor, draw: RowPattern | tuple[RowPattern, ...]) -> torch.Tensor:
         """The step on x with its draw (a pattern, or one per group): only the kept output rows computed, unless
         the Linear must be called."""
-        if (why := must_call(self.linear, self.gemm_class)) is not None:  # wrapped (LoRA) or hooked since built
-            warn_calls_parts(self, "linear", why)
+        if x.dim() < 1 or x.shape[-1] != self.d_in:
+            raise ValueError(f"input must have last dimension {self.d_in}, got shape {tuple(x.shape)}")
+        masked = not torch.compiler.is_compiling() and self.executor_for(x) == MASKED  # a GEMM too small to shrink
+        if masked or (why := must_call(self.linear, self.gemm_class)) is not None:  # wrapped (LoRA) or hooked
+            if not masked:
+                warn_calls_parts(self, "linear", why)
             y = self.linear(x)  # [*, d_out]
             return y * sample_mask(groups_of(draw), x, self.d_out, y.dtype)  # [*, d_out]
         weight = self.linear.weight.t() if self.transposed else self.linear.weight  # [d_out, d_in]
-        if x.dim() < 1 or x.shape[-1] != weight.shape[1]:
-            raise ValueError(f"input must have last dimension {weight.shape[1]}, got shape {tuple(x.shape)}")
         if self.static_shapes:
             return self._static(x, weight)
         # no Python dtype check (check=False, as the FFN blocks): under torch.autocast the op's autocast rule
         # casts x, weight and bias to the autocast dtype, as nn.Linear's does
-        if isinstance(draw, tuple):  # groups: zero at each group's dropped features
-            rows, patterns = x.reshape(-1, weight.shape[1]), row_patterns(x, draw)  # [N, d_in], the groups by sample
-            whole = (FULL,) * len(patterns)
-            y = grouped_row_pattern_linear(rows, weight, self.linear.bias, whole, patterns, check=False)  # [N, d_out]
-            return (y * draw[0].scale).reshape(*x.shape[:-1], self.d_out)  # [*, d_out]; the groups share keep
-        kept = row_pattern_linear(x, weight, self.linear.bias, FULL, draw, check=False) * draw.scale  # [*, k]
-        index = draw.kept_indices(self.d_out, kept.device)  # Long[k]
-        return kept.new_zeros(*kept.shape[:-1], self.d_out).index_copy(-1, index, kept)  # [*, d_out]
+        if not isinstance(draw, tuple):
+            kept = row_pattern_linear(x, weight, self.linear.bias, FULL, draw, check=False)  # [*, k]
+            return self._widen(kept, draw)
+        parts, patterns = sample_groups(x, draw)  # [B_g, *, d_in] each: one GEMM per distinct offset
+        whole = (FULL,) * len(parts)
+        kept = grouped_row_pattern_linear_compact(parts, weight, self.linear.bias, whole, patterns, check=False)
+        ys = [self._widen(k, q) for k, q in zip(kept, patterns)]  # [B_g, *, d_out]
+        return ys[0] if len(ys) == 1 else torch.cat(ys, 0)  # [*, d_out]
+
+    def executor_for(self, x: torch.Tensor) -> str:
+        """How an eager training forward on x runs row patterns: "compact" or "masked" (``executor``), or "static"
+        for a ``static_shapes`` block. "auto": with batch groups, masked (measured on a CPU from 16 x 32 to 4096 x 1
+        rows of a 512 -> 128 Linear, benchmarks/convert_step.md: compact saves on one GEMM only and pays each
+        group's scatter); with one pattern, the FFN's rule (``sites.grouped_executor``) on the rows and weights."""
+        if self.static_shapes:
+            return "static"
+        if self.executor == "auto" and self.groups > 1:
+            return MASKED
+        return grouped_executor(self.executor, math.prod(x.shape[:-1]), self.groups, self.d_in * self.d_out)
+
+    def _widen(self, kept: torch.Tensor, pattern: RowPattern) -> torch.Tensor:
+        """The kept features (Tensor[*, k]) scaled, at their places in a zero Tensor[*, d_out]."""
+        index = pattern.kept_indices(self.d_out, kept.device)  # Long[k]
+        return kept.new_zeros(*kept.shape[:-1], self.d_out).index_copy(-1, index, kept * pattern.scale)
 
     def _static(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         # the kept features in slots, [*, K] whatever the offsets; a padding slot (index 0) adds an exact zero;

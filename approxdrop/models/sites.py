@@ -212,14 +212,14 @@ def group_mask(
     return torch.cat(rows)  # [batch, n]
 
 
-def row_patterns(x: torch.Tensor, patterns: tuple[RowPattern, ...]) -> tuple[RowPattern, ...]:
-    """The patterns for the rows of ``x.reshape(-1, n)`` that the grouped op (which splits the rows of an [N, n]
-    tensor) must take so that the groups split x's LEADING axis: with x [B, *, n] (3-D or more) one per sample,
-    repeated for its rows (the op still runs one GEMM per distinct offset); a 2-D x's rows are its samples."""
-    if x.dim() < 3 or x.shape[0] == 0:
-        return patterns
-    bounds = group_bounds(x.shape[0], len(patterns))
-    return tuple(q for (start, stop), q in zip(bounds, patterns) for _ in range(start, stop))
+def sample_groups(
+    x: torch.Tensor, patterns: tuple[RowPattern, ...]
+) -> tuple[list[torch.Tensor], tuple[RowPattern, ...]]:
+    """x (Tensor[B, *, d]) split into its batch groups along the LEADING axis as torch.tensor_split does (views
+    [B_g, *, d]; trailing groups empty when B < G), with each group's pattern; a 1-D x is one sample, group 0's."""
+    if x.dim() == 1:
+        return [x], patterns[:1]
+    return list(x.tensor_split(len(patterns), 0)), patterns
 
 
 def sample_mask(patterns: tuple[RowPattern, ...], x: torch.Tensor, n: int, dtype: torch.dtype) -> torch.Tensor:
