@@ -296,10 +296,12 @@ def test_static_grouped_ffn_matches_the_compact_grouped_block(shape, compiled):
             torch.testing.assert_close(b.grad, a.grad)
 
 
-@pytest.mark.parametrize("shape", [(2, 3, 6), (6,)])
-def test_static_output_side_block_matches_the_eager_block_and_compiles_once_per_class(shape):
+@pytest.mark.parametrize("method", ["row", "row-g4"])
+@pytest.mark.parametrize("shape", [(6, 3, 6), (3, 6), (6,)])
+def test_static_output_side_block_matches_the_eager_block_and_compiles_once_per_class(shape, method):
     """OutputRowDropout (what convert(output_side=True) builds): dp 4 does not divide d_out 11, so some
-    offsets pad; every output and gradient equals the eager block's, one graph per (dp, keep) class."""
+    offsets pad; with groups, each group's samples (the leading axis; fewer than the groups in (3, 6)) read their
+    own slots; every output and gradient equals the eager block's, one graph per (dp, keep) class."""
     from approxdrop.models.output_side import OutputRowDropout
 
     law = ad.PatternDistribution(((4, 1), (4, 3)), (0.5, 0.5))
@@ -307,7 +309,7 @@ def test_static_output_side_block_matches_the_eager_block_and_compiles_once_per_
     linear = nn.Linear(6, 11)
     eager, static = (
         OutputRowDropout(
-            copy.deepcopy(linear), 0.5, distributions=[law], generator=torch.Generator().manual_seed(3),
+            copy.deepcopy(linear), 0.5, method, distributions=[law], generator=torch.Generator().manual_seed(3),
             static_shapes=static_shapes,
         )
         for static_shapes in (False, True)
@@ -321,7 +323,7 @@ def test_static_output_side_block_matches_the_eager_block_and_compiles_once_per_
         for block in (eager, static):
             block.zero_grad()
         ad.draw_patterns(static)
-        offsets.add(static.static_offsets.item())
+        offsets.add(tuple(static.static_offsets.flatten().tolist()))
         y = compiled(x)
         y.square().sum().backward()
         want = eager(x)
